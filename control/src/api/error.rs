@@ -1,0 +1,146 @@
+//! Every API failure, and its one translation into a Kubernetes `Status`.
+
+use serde_json::{Value, json};
+
+
+/// A field-level cause, as `Status.details.causes` carries it.
+#[derive(Clone, Debug)]
+pub struct Cause {
+    pub reason: String,
+    pub message: String,
+    pub field: String,
+}
+
+/// Who an error names: `(group, kind-or-resource, name)`.
+#[derive(Clone, Debug, Default)]
+pub struct Subject {
+    pub group: String,
+    pub kind: String,
+    pub name: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("Unauthorized")]
+    Unauthorized,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("{resource} \"{name}\" not found")]
+    NotFound { resource: String, name: String, subject: Subject },
+    #[error("the server could not find the requested resource")]
+    NoRoute,
+    #[error("{resource} \"{name}\" already exists")]
+    AlreadyExists { resource: String, name: String, subject: Subject },
+    #[error(
+        "Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
+    )]
+    Conflict { resource: String, name: String, subject: Subject },
+    #[error("{0}")]
+    PreconditionFailed(String),
+    #[error("{message}")]
+    ApplyConflict { message: String, causes: Vec<Cause>, subject: Subject },
+    #[error("{message}")]
+    Invalid { message: String, causes: Vec<Cause>, subject: Subject },
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    #[error("{0}")]
+    UnsupportedMediaType(String),
+    #[error("{0}")]
+    NotAcceptable(String),
+    #[error("the request body is too large: limit is {limit} bytes")]
+    TooLarge { limit: usize },
+    #[error("too old resource version: {requested} ({oldest})")]
+    Gone { requested: u64, oldest: u64 },
+    #[error("{0}")]
+    Internal(String),
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl ApiError {
+    pub fn code(&self) -> u16 {
+        match self {
+            ApiError::BadRequest(_) => 400,
+            ApiError::Unauthorized => 401,
+            ApiError::Forbidden(_) => 403,
+            ApiError::NotFound { .. } | ApiError::NoRoute => 404,
+            ApiError::MethodNotAllowed(_) => 405,
+            ApiError::NotAcceptable(_) => 406,
+            ApiError::AlreadyExists { .. }
+            | ApiError::Conflict { .. }
+            | ApiError::PreconditionFailed(_)
+            | ApiError::ApplyConflict { .. } => 409,
+            ApiError::Gone { .. } => 410,
+            ApiError::TooLarge { .. } => 413,
+            ApiError::UnsupportedMediaType(_) => 415,
+            ApiError::Invalid { .. } => 422,
+            ApiError::Internal(_) => 500,
+            ApiError::Unavailable(_) => 503,
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            ApiError::BadRequest(_) => "BadRequest",
+            ApiError::Unauthorized => "Unauthorized",
+            ApiError::Forbidden(_) => "Forbidden",
+            ApiError::NotFound { .. } | ApiError::NoRoute => "NotFound",
+            ApiError::MethodNotAllowed(_) => "MethodNotAllowed",
+            ApiError::NotAcceptable(_) => "NotAcceptable",
+            ApiError::AlreadyExists { .. } => "AlreadyExists",
+            ApiError::Conflict { .. } | ApiError::PreconditionFailed(_) | ApiError::ApplyConflict { .. } => "Conflict",
+            ApiError::Gone { .. } => "Expired",
+            ApiError::TooLarge { .. } => "RequestEntityTooLarge",
+            ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
+            ApiError::Invalid { .. } => "Invalid",
+            ApiError::Internal(_) => "InternalError",
+            ApiError::Unavailable(_) => "ServiceUnavailable",
+        }
+    }
+
+    /// The `Status` object the apiserver would send.
+    pub fn status(&self) -> Value {
+        let mut status = json!({
+            "kind": "Status",
+            "apiVersion": "v1",
+            "metadata": {},
+            "status": "Failure",
+            "message": self.to_string(),
+            "reason": self.reason(),
+            "code": self.code(),
+        });
+        let (subject, causes) = match self {
+            ApiError::NotFound { subject, .. }
+            | ApiError::AlreadyExists { subject, .. }
+            | ApiError::Conflict { subject, .. } => (Some(subject), None),
+            ApiError::Invalid { subject, causes, .. } | ApiError::ApplyConflict { subject, causes, .. } => {
+                (Some(subject), Some(causes))
+            }
+            _ => (None, None),
+        };
+        if let Some(s) = subject {
+            let mut details = json!({ "name": s.name, "kind": s.kind });
+            if !s.group.is_empty() {
+                details["group"] = json!(s.group);
+            }
+            if let Some(causes) = causes {
+                details["causes"] = causes
+                    .iter()
+                    .map(|c| json!({"reason": c.reason, "message": c.message, "field": c.field}))
+                    .collect();
+            }
+            status["details"] = details;
+        }
+        status
+    }
+
+    pub fn bad_request(msg: impl Into<String>) -> Self {
+        ApiError::BadRequest(msg.into())
+    }
+
+    pub fn internal(msg: impl std::fmt::Display) -> Self {
+        ApiError::Internal(msg.to_string())
+    }
+}

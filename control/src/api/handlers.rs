@@ -1,0 +1,628 @@
+//! The verbs on resources: get, list, create, update, patch, delete, and the status and scale
+//! subresources. Every write goes through [`commit_update`] or [`create_object`], so admission,
+//! defaults and metadata rules apply the same way whichever verb carried the change.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use ::http::{Method, Request, Response};
+use hyper::body::Incoming;
+use serde_json::{Value, json};
+
+use super::error::{ApiError, Cause, Subject};
+use super::http::{Body, BodyType, Want, body_type, json_response, parse_value, read_body, wants};
+use super::objects::{self, FieldValidation};
+use super::registry::Served;
+use super::select::{FieldSelector, LabelSelector};
+use super::{ApiState, Target, delete, patching, pods, watch};
+use crate::store::{Stored, Write};
+
+pub type Query = HashMap<String, String>;
+
+pub fn parse_query(q: Option<&str>) -> Query {
+    url::form_urlencoded::parse(q.unwrap_or_default().as_bytes()).into_owned().collect()
+}
+
+fn flag(q: &Query, k: &str) -> bool {
+    q.get(k).is_some_and(|v| v == "true" || v == "1")
+}
+
+pub fn dry_run(q: &Query) -> bool {
+    q.get("dryRun").is_some_and(|v| v == "All")
+}
+
+pub(super) async fn dispatch(state: &Arc<ApiState>, t: Target, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let served = state.registry.lookup(&t.group, &t.version, &t.plural).ok_or(ApiError::NoRoute)?;
+    if !served.def.namespaced() && t.namespace.is_some() {
+        return Err(ApiError::NoRoute);
+    }
+    if let Some(sub) = &t.sub {
+        if !served.def.has_subresource(sub) {
+            return Err(ApiError::NoRoute);
+        }
+    }
+    let q = parse_query(req.uri().query());
+    let method = req.method().clone();
+    match (&t.name, t.sub.as_deref(), method) {
+        (None, None, Method::GET) => {
+            let want = wants(req.headers())?;
+            if t.watch_path || flag(&q, "watch") {
+                watch::watch(state.clone(), served, t.namespace.clone(), &q, want)
+            } else {
+                list(state, &served, t.namespace.as_deref(), &q, want)
+            }
+        }
+        (None, None, Method::POST) => {
+            let ty = body_type(req.headers())?;
+            let body = parse_value(&read_body(req.into_body()).await?, ty)?;
+            create(state, &served, t.namespace.as_deref(), &q, body).await
+        }
+        (None, None, Method::DELETE) => delete::delete_collection(state, &served, t.namespace.as_deref(), &q).await,
+        (Some(name), None, Method::GET) => {
+            let want = wants(req.headers())?;
+            if t.watch_path || flag(&q, "watch") {
+                let mut q = q.clone();
+                q.insert("fieldSelector".into(), format!("metadata.name={name}"));
+                return watch::watch(state.clone(), served, t.namespace.clone(), &q, want);
+            }
+            get(state, &served, t.namespace.as_deref(), name, want, &q)
+        }
+        (Some(name), sub @ (None | Some("status")), Method::PUT) => {
+            let ty = body_type(req.headers())?;
+            let body = parse_value(&read_body(req.into_body()).await?, ty)?;
+            update(state, &served, t.namespace.as_deref(), name, sub, &q, body).await
+        }
+        (Some(name), sub @ (None | Some("status")), Method::PATCH) => {
+            let ty = body_type(req.headers())?;
+            let raw = read_body(req.into_body()).await?;
+            patch(state, &served, t.namespace.as_deref(), name, sub, &q, ty, &raw).await
+        }
+        (Some(name), Some("status"), Method::GET) => get(state, &served, t.namespace.as_deref(), name, Want::Json, &q),
+        (Some(name), None, Method::DELETE) => {
+            let raw = read_body(req.into_body()).await?;
+            delete::delete(state, &served, t.namespace.as_deref(), name, &q, &raw).await
+        }
+        (Some(name), Some("scale"), m) => scale(state, &served, t.namespace.as_deref(), name, m, &q, req).await,
+        (Some(name), Some("finalize"), Method::PUT) => {
+            let ty = body_type(req.headers())?;
+            let body = parse_value(&read_body(req.into_body()).await?, ty)?;
+            delete::finalize_namespace(state, &served, name, body).await
+        }
+        (Some(name), Some("binding"), Method::POST) => {
+            let ty = body_type(req.headers())?;
+            let body = parse_value(&read_body(req.into_body()).await?, ty)?;
+            pods::bind(state, &served, t.namespace.as_deref().unwrap_or("default"), name, body).await
+        }
+        (Some(name), Some(sub @ ("log" | "exec" | "attach" | "portforward")), _) => {
+            pods::proxy_to_node(state, t.namespace.as_deref().unwrap_or("default"), name, sub, req).await
+        }
+        (_, _, m) => Err(ApiError::MethodNotAllowed(format!("the server does not allow this method on the requested resource ({m})"))),
+    }
+}
+
+/// The error subject the apiserver puts in `details` (kind is the plural resource name).
+pub fn subject(served: &Served, name: &str) -> Subject {
+    Subject { group: served.def.group.clone(), kind: served.def.plural.clone(), name: name.to_string() }
+}
+
+pub fn not_found(served: &Served, name: &str) -> ApiError {
+    ApiError::NotFound { resource: served.def.qualified_resource(), name: name.to_string(), subject: subject(served, name) }
+}
+
+pub fn store_err(served: &Served, name: &str, e: crate::store::StoreError) -> ApiError {
+    use crate::store::StoreError as S;
+    let resource = served.def.qualified_resource();
+    let subject = subject(served, name);
+    let name = name.to_string();
+    match e {
+        S::AlreadyExists => ApiError::AlreadyExists { resource, name, subject },
+        S::NotFound => ApiError::NotFound { resource, name, subject },
+        S::Conflict { .. } => ApiError::Conflict { resource, name, subject },
+        S::Gone { requested, oldest } => ApiError::Gone { requested, oldest },
+        S::Backend(m) => ApiError::Internal(m),
+        S::Closed => ApiError::Unavailable("the store is shutting down".into()),
+    }
+}
+
+fn get(state: &ApiState, served: &Served, ns: Option<&str>, name: &str, want: Want, q: &Query) -> Result<Response<Body>, ApiError> {
+    let stored = state.store.get(&served.key(ns, name)).ok_or_else(|| not_found(served, name))?;
+    if want == Want::Table {
+        let table = tables::table(served, std::slice::from_ref(&*stored.obj), q, json!({"resourceVersion": stored.rev.to_string()}));
+        return Ok(json_response(200, &table, &[]));
+    }
+    Ok(json_response(200, &stored.obj, &[]))
+}
+
+pub mod tables {
+    //! Table responses through the printers crate.
+    use super::{Query, Served};
+    use serde_json::Value;
+
+    pub fn include(q: &Query) -> nodeless_printers::IncludeObject {
+        match q.get("includeObject").map(String::as_str) {
+            Some("None") => nodeless_printers::IncludeObject::None,
+            Some("Object") => nodeless_printers::IncludeObject::Object,
+            _ => nodeless_printers::IncludeObject::Metadata,
+        }
+    }
+
+    pub fn table(served: &Served, items: &[Value], q: &Query, list_meta: Value) -> Value {
+        let now = chrono::Utc::now();
+        match (&served.columns, served.custom) {
+            (Some(cols), true) => nodeless_printers::custom_table(items, cols, include(q), now, list_meta),
+            _ => nodeless_printers::table(&served.def.group, &served.def.kind, items, include(q), now, list_meta),
+        }
+    }
+}
+
+/// Parsed list options shared by list and watch.
+pub struct ListOpts {
+    pub labels: LabelSelector,
+    pub fields: FieldSelector,
+}
+
+impl ListOpts {
+    pub fn parse(q: &Query) -> Result<Self, ApiError> {
+        Ok(Self {
+            labels: LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or_default())?,
+            fields: FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or_default())?,
+        })
+    }
+
+    pub fn matches(&self, obj: &Value) -> bool {
+        self.labels.matches(obj) && self.fields.matches(obj)
+    }
+}
+
+fn encode_continue(rev: u64, key: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(json!({"rv": rev, "start": key}).to_string())
+}
+
+fn decode_continue(token: &str) -> Result<String, ApiError> {
+    use base64::Engine;
+    let bad = || ApiError::bad_request("continue key is not valid: the token could not be decoded");
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
+    v.get("start").and_then(Value::as_str).map(String::from).ok_or_else(bad)
+}
+
+fn list(state: &ApiState, served: &Served, ns: Option<&str>, q: &Query, want: Want) -> Result<Response<Body>, ApiError> {
+    let opts = ListOpts::parse(q)?;
+    let limit: usize = match q.get("limit") {
+        Some(l) => l.parse().map_err(|_| ApiError::bad_request(format!("limit: invalid value \"{l}\"")))?,
+        None => 0,
+    };
+    let after = q.get("continue").filter(|c| !c.is_empty()).map(|c| decode_continue(c)).transpose()?;
+    let prefix = served.ns_prefix(ns);
+    let (items, rev, next) = state.store.list(&prefix, after.as_deref(), limit, &|o| opts.matches(o));
+    let mut meta = json!({"resourceVersion": rev.to_string()});
+    if let Some(last) = next {
+        meta["continue"] = json!(encode_continue(rev, &last));
+    }
+    let items: Vec<Value> = items.into_iter().map(|s| Arc::unwrap_or_clone(s.obj)).collect();
+    if want == Want::Table {
+        return Ok(json_response(200, &tables::table(served, &items, q, meta), &[]));
+    }
+    let list = json!({
+        "kind": served.def.list_kind,
+        "apiVersion": served.def.api_version(),
+        "metadata": meta,
+        "items": items,
+    });
+    Ok(json_response(200, &list, &[]))
+}
+
+/// Check `apiVersion`/`kind` in a body against the resource and fill them in when absent.
+fn check_type(served: &Served, obj: &mut Value) -> Result<(), ApiError> {
+    let Some(map) = obj.as_object_mut() else {
+        return Err(ApiError::bad_request("the request body must be a JSON or YAML object"));
+    };
+    let want_av = served.def.api_version();
+    match map.get("apiVersion").and_then(Value::as_str) {
+        Some(av) if av != want_av => {
+            return Err(ApiError::bad_request(format!(
+                "the API version in the data ({av}) does not match the expected API version ({want_av})"
+            )));
+        }
+        _ => {}
+    }
+    match map.get("kind").and_then(Value::as_str) {
+        Some(k) if k != served.def.kind => {
+            return Err(ApiError::bad_request(format!(
+                "the kind in the data ({k}) does not match the expected kind ({})",
+                served.def.kind
+            )));
+        }
+        _ => {}
+    }
+    map.insert("apiVersion".into(), json!(want_av));
+    map.insert("kind".into(), json!(served.def.kind));
+    Ok(())
+}
+
+/// Decode a body into the canonical object for this resource.
+pub fn decode_body(served: &Served, mut obj: Value, q: &Query) -> Result<(Value, Vec<String>), ApiError> {
+    check_type(served, &mut obj)?;
+    let validation = FieldValidation::parse(q.get("fieldValidation").map(String::as_str))?;
+    if served.custom {
+        return super::crd_schema::check(served, obj, validation);
+    }
+    objects::canonicalize(&served.def.group, &served.def.kind, &served.def.version, obj, validation)
+}
+
+/// Run admission: the apiserver's validation and the platform's rules.
+pub fn admit(state: &ApiState, served: &Served, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+    use nodeless_admission::Verdict;
+    let name = objects::name_of(obj).to_string();
+    match nodeless_admission::admit(&served.def.group, &served.def.kind, obj, old, &state.policy) {
+        Verdict::Allowed => Ok(()),
+        Verdict::Invalid(causes) => Err(ApiError::Invalid {
+            message: nodeless_admission::invalid_message(&served.def.qualified_kind(), &name, &causes),
+            causes: causes
+                .iter()
+                .map(|c| Cause { reason: c.reason.as_str().to_string(), message: c.message.clone(), field: c.field.clone() })
+                .collect(),
+            subject: Subject { group: served.def.group.clone(), kind: served.def.kind.clone(), name },
+        }),
+        Verdict::Forbidden { rule, message } => Err(ApiError::Forbidden(format!(
+            "{} \"{name}\" is forbidden: {message} (rule {rule})",
+            served.def.qualified_resource()
+        ))),
+    }
+}
+
+fn required_name(served: &Served) -> ApiError {
+    ApiError::Invalid {
+        message: format!("{} \"\" is invalid: metadata.name: Required value: name or generateName is required", served.def.qualified_kind()),
+        causes: vec![Cause {
+            reason: "FieldValueRequired".into(),
+            message: "Required value: name or generateName is required".into(),
+            field: "metadata.name".into(),
+        }],
+        subject: Subject { group: served.def.group.clone(), kind: served.def.kind.clone(), name: String::new() },
+    }
+}
+
+/// The namespace must exist and not be terminating for anything to be created in it.
+fn check_namespace(state: &ApiState, ns: &str) -> Result<(), ApiError> {
+    let ns_res = state.registry.lookup("", "v1", "namespaces").ok_or(ApiError::NoRoute)?;
+    let Some(stored) = state.store.get(&ns_res.key(None, ns)) else {
+        return Err(not_found(&ns_res, ns));
+    };
+    if stored.obj.pointer("/metadata/deletionTimestamp").is_some() {
+        return Err(ApiError::Forbidden(format!(
+            "unable to create new content in namespace {ns} because it is being terminated"
+        )));
+    }
+    Ok(())
+}
+
+pub(super) async fn create(
+    state: &ApiState,
+    served: &Served,
+    ns: Option<&str>,
+    q: &Query,
+    body: Value,
+) -> Result<Response<Body>, ApiError> {
+    if served.def.namespaced() && ns.is_none() {
+        return Err(ApiError::MethodNotAllowed(format!(
+            "{} is namespaced: create it under /namespaces/<namespace>/{}",
+            served.def.kind, served.def.plural
+        )));
+    }
+    if let (Some(ns), Some(body_ns)) = (ns, body.pointer("/metadata/namespace").and_then(Value::as_str)) {
+        if !body_ns.is_empty() && body_ns != ns {
+            return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+        }
+    }
+    let (obj, warnings) = decode_body(served, body, q)?;
+    let stored = create_object(state, served, ns, obj, dry_run(q)).await?;
+    Ok(json_response(201, &stored, &warnings))
+}
+
+/// Create a decoded object: metadata, defaults, admission, kind hooks, store.
+pub async fn create_object(state: &ApiState, served: &Served, ns: Option<&str>, mut obj: Value, dry: bool) -> Result<Value, ApiError> {
+    let ns = if served.def.namespaced() { ns } else { None };
+    if let Some(ns) = ns {
+        check_namespace(state, ns)?;
+    }
+    objects::prepare_create_meta(&mut obj, ns);
+    let name = objects::name_of(&obj).to_string();
+    if name.is_empty() {
+        return Err(required_name(served));
+    }
+    if served.def.has_subresource("status") {
+        match objects::initial_status(&served.def.group, &served.def.kind) {
+            Some(status) => obj["status"] = status,
+            None => {}
+        }
+    }
+    objects::apply_defaults(&served.def.group, &served.def.kind, &mut obj);
+    if served.def.group.is_empty() && served.def.kind == "Pod" {
+        let qos = obj.get("spec").map(objects::qos_class).unwrap_or("BestEffort");
+        obj["status"]["qosClass"] = json!(qos);
+    }
+    admit(state, served, &obj, None)?;
+    let allocated = super::hooks::before_create(state, served, &mut obj)?;
+    if dry {
+        super::hooks::undo_create(state, allocated.as_deref());
+        return Ok(obj);
+    }
+    let key = served.key(ns, &name);
+    match state.store.write(Write::Create { key, obj }).await {
+        Ok(stored) => {
+            super::hooks::after_write(state, served).await;
+            Ok(Arc::unwrap_or_clone(stored.obj))
+        }
+        Err(e) => {
+            super::hooks::undo_create(state, allocated.as_deref());
+            Err(store_err(served, &name, e))
+        }
+    }
+}
+
+/// The new object of an update, before it is committed.
+pub struct UpdateCtx<'a> {
+    pub sub: Option<&'a str>,
+    pub dry: bool,
+}
+
+/// Commit `new` over `current`: subresource rules, immutable metadata, defaults, generation,
+/// admission, deletion when the last finalizer goes, and no write at all when nothing changed.
+pub async fn commit_update(
+    state: &ApiState,
+    served: &Served,
+    key: &str,
+    current: &Stored,
+    mut new: Value,
+    ctx: &UpdateCtx<'_>,
+) -> Result<Value, ApiError> {
+    let old = &*current.obj;
+    let name = objects::name_of(old).to_string();
+    if let Some(rv) = new.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|r| !r.is_empty()) {
+        if rv != current.rev.to_string() {
+            return Err(ApiError::Conflict { resource: served.def.qualified_resource(), name: name.clone(), subject: subject(served, &name) });
+        }
+    }
+    let body_name = objects::name_of(&new);
+    if !body_name.is_empty() && body_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    objects::meta_mut(&mut new).insert("name".into(), json!(name));
+    match ctx.sub {
+        Some("status") => {
+            // Only the status changes through /status.
+            let status = new.get("status").cloned();
+            new = old.clone();
+            match status {
+                Some(s) => new["status"] = s,
+                None => {
+                    if let Some(m) = new.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+        }
+        _ => {
+            if served.def.has_subresource("status") {
+                match old.get("status") {
+                    Some(s) => new["status"] = s.clone(),
+                    None => {
+                        if let Some(m) = new.as_object_mut() {
+                            m.remove("status");
+                        }
+                    }
+                }
+            }
+            objects::keep_immutable_meta(&mut new, old);
+            objects::apply_defaults(&served.def.group, &served.def.kind, &mut new);
+            objects::bump_generation(&mut new, old);
+        }
+    }
+    if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.insert("resourceVersion".into(), json!(current.rev.to_string()));
+    }
+    if new == *old {
+        return Ok(new);
+    }
+    admit(state, served, &new, Some(old))?;
+    super::hooks::before_update(state, served, &mut new, old)?;
+    if ctx.dry {
+        return Ok(new);
+    }
+    let deleting = new.pointer("/metadata/deletionTimestamp").is_some()
+        && new.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(Vec::is_empty)
+        && !(served.def.group.is_empty() && served.def.kind == "Namespace");
+    let write = if deleting {
+        Write::Delete { key: key.to_string(), expect_rev: Some(current.rev) }
+    } else {
+        Write::Update { key: key.to_string(), obj: new, expect_rev: Some(current.rev) }
+    };
+    let stored = state.store.write(write).await.map_err(|e| store_err(served, &name, e))?;
+    if deleting {
+        super::hooks::after_delete(state, served, &stored.obj);
+    }
+    super::hooks::after_write(state, served).await;
+    Ok(Arc::unwrap_or_clone(stored.obj))
+}
+
+async fn update(
+    state: &ApiState,
+    served: &Served,
+    ns: Option<&str>,
+    name: &str,
+    sub: Option<&str>,
+    q: &Query,
+    body: Value,
+) -> Result<Response<Body>, ApiError> {
+    let (obj, warnings) = decode_body(served, body, q)?;
+    let key = served.key(ns, name);
+    let current = state.store.get(&key).ok_or_else(|| not_found(served, name))?;
+    let out = commit_update(state, served, &key, &current, obj, &UpdateCtx { sub, dry: dry_run(q) }).await?;
+    Ok(json_response(200, &out, &warnings))
+}
+
+/// How many times a patch is re-applied when the object changed underneath it.
+const PATCH_RETRIES: usize = 8;
+
+#[allow(clippy::too_many_arguments)]
+async fn patch(
+    state: &ApiState,
+    served: &Served,
+    ns: Option<&str>,
+    name: &str,
+    sub: Option<&str>,
+    q: &Query,
+    ty: BodyType,
+    raw: &[u8],
+) -> Result<Response<Body>, ApiError> {
+    let patch = parse_value(raw, if ty == BodyType::ApplyPatch { BodyType::ApplyPatch } else { BodyType::Json })?;
+    let key = served.key(ns, name);
+    let manager = q.get("fieldManager").cloned();
+    let force = flag(q, "force");
+    if ty == BodyType::ApplyPatch && manager.as_deref().is_none_or(str::is_empty) {
+        return Err(ApiError::bad_request("fieldManager must be set for apply requests"));
+    }
+    for _ in 0..PATCH_RETRIES {
+        let current = match state.store.get(&key) {
+            Some(c) => c,
+            None if ty == BodyType::ApplyPatch && sub.is_none() => {
+                // Server-side apply creates what does not exist yet.
+                let applied = patching::apply_create(served, &patch, manager.as_deref().unwrap_or_default())?;
+                let (obj, warnings) = decode_body(served, applied, q)?;
+                if objects::name_of(&obj) != name {
+                    return Err(ApiError::bad_request(format!(
+                        "the name of the object ({}) does not match the name on the URL ({name})",
+                        objects::name_of(&obj)
+                    )));
+                }
+                let created = create_object(state, served, ns, obj, dry_run(q)).await;
+                match created {
+                    Ok(v) => return Ok(json_response(201, &v, &warnings)),
+                    Err(ApiError::AlreadyExists { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            None => return Err(not_found(served, name)),
+        };
+        let patched = patching::apply_patch(served, ty, &current.obj, &patch, manager.as_deref(), force)?;
+        let (obj, warnings) = decode_body(served, patched, q)?;
+        let ctx = UpdateCtx { sub, dry: dry_run(q) };
+        match commit_update(state, served, &key, &current, obj, &ctx).await {
+            Err(ApiError::Conflict { .. }) if !patch_pins_version(&patch) => continue,
+            Err(e) => return Err(e),
+            Ok(v) => return Ok(json_response(200, &v, &warnings)),
+        }
+    }
+    Err(ApiError::Conflict { resource: served.def.qualified_resource(), name: name.to_string(), subject: subject(served, name) })
+}
+
+/// A patch that names a resourceVersion wants optimistic concurrency, not a retry.
+fn patch_pins_version(patch: &Value) -> bool {
+    patch.pointer("/metadata/resourceVersion").is_some()
+}
+
+/// The `autoscaling/v1` Scale view of an object.
+fn scale_view(served: &Served, obj: &Value) -> Value {
+    let (spec_path, status_path, selector_path) = scale_paths(served);
+    let get = |p: &str| obj.pointer(p).cloned();
+    let selector = match selector_path {
+        Some(p) => get(&p).and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        None => obj.pointer("/spec/selector").map(|s| LabelSelector::from_object(s).to_query()).unwrap_or_default(),
+    };
+    let meta = obj.get("metadata").cloned().unwrap_or_default();
+    json!({
+        "kind": "Scale",
+        "apiVersion": "autoscaling/v1",
+        "metadata": {
+            "name": meta.get("name"), "namespace": meta.get("namespace"), "uid": meta.get("uid"),
+            "resourceVersion": meta.get("resourceVersion"), "creationTimestamp": meta.get("creationTimestamp"),
+        },
+        "spec": {"replicas": get(&spec_path).unwrap_or(json!(0))},
+        "status": {"replicas": get(&status_path).unwrap_or(json!(0)), "selector": selector},
+    })
+}
+
+fn json_path_to_pointer(p: &str) -> String {
+    p.trim_start_matches('.').split('.').map(|s| format!("/{s}")).collect()
+}
+
+fn scale_paths(served: &Served) -> (String, String, Option<String>) {
+    match &served.scale_paths {
+        Some((spec, status, sel)) => (json_path_to_pointer(spec), json_path_to_pointer(status), sel.as_deref().map(json_path_to_pointer)),
+        None => ("/spec/replicas".into(), "/status/replicas".into(), None),
+    }
+}
+
+async fn scale(
+    state: &ApiState,
+    served: &Served,
+    ns: Option<&str>,
+    name: &str,
+    method: Method,
+    q: &Query,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let key = served.key(ns, name);
+    if method == Method::GET {
+        let cur = state.store.get(&key).ok_or_else(|| not_found(served, name))?;
+        return Ok(json_response(200, &scale_view(served, &cur.obj), &[]));
+    }
+    let ty = body_type(req.headers())?;
+    let raw = read_body(req.into_body()).await?;
+    let body = parse_value(&raw, if ty == BodyType::Yaml { ty } else { BodyType::Json })?;
+    for _ in 0..PATCH_RETRIES {
+        let cur = state.store.get(&key).ok_or_else(|| not_found(served, name))?;
+        let view = scale_view(served, &cur.obj);
+        let new_view = match method {
+            Method::PUT => body.clone(),
+            Method::PATCH => patching::apply_plain_patch(ty, &view, &body)?,
+            m => return Err(ApiError::MethodNotAllowed(format!("{m} is not allowed on scale"))),
+        };
+        let replicas = new_view.pointer("/spec/replicas").and_then(Value::as_i64).ok_or_else(|| ApiError::Invalid {
+            message: format!("Scale.autoscaling \"{name}\" is invalid: spec.replicas: Required value"),
+            causes: vec![Cause { reason: "FieldValueRequired".into(), message: "Required value".into(), field: "spec.replicas".into() }],
+            subject: Subject { group: "autoscaling".into(), kind: "Scale".into(), name: name.to_string() },
+        })?;
+        if replicas < 0 {
+            return Err(ApiError::Invalid {
+                message: format!("Scale.autoscaling \"{name}\" is invalid: spec.replicas: Invalid value: {replicas}: must be greater than or equal to 0"),
+                causes: vec![Cause { reason: "FieldValueInvalid".into(), message: format!("Invalid value: {replicas}: must be greater than or equal to 0"), field: "spec.replicas".into() }],
+                subject: Subject { group: "autoscaling".into(), kind: "Scale".into(), name: name.to_string() },
+            });
+        }
+        let mut new = (*cur.obj).clone();
+        let (spec_path, _, _) = scale_paths(served);
+        set_pointer(&mut new, &spec_path, json!(replicas));
+        if let Some(rv) = new_view.pointer("/metadata/resourceVersion").and_then(Value::as_str) {
+            objects::meta_mut(&mut new).insert("resourceVersion".into(), json!(rv));
+        } else if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("resourceVersion");
+        }
+        match commit_update(state, served, &key, &cur, new, &UpdateCtx { sub: None, dry: dry_run(q) }).await {
+            Ok(v) => return Ok(json_response(200, &scale_view(served, &v), &[])),
+            Err(ApiError::Conflict { .. }) if new_view.pointer("/metadata/resourceVersion").is_none() => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(ApiError::Conflict { resource: served.def.qualified_resource(), name: name.to_string(), subject: subject(served, name) })
+}
+
+/// Set a value at a JSON pointer, making objects along the way.
+pub fn set_pointer(obj: &mut Value, pointer: &str, value: Value) {
+    let mut cur = obj;
+    let parts: Vec<&str> = pointer.trim_start_matches('/').split('/').collect();
+    for (i, p) in parts.iter().enumerate() {
+        if !cur.is_object() {
+            *cur = json!({});
+        }
+        if i == parts.len() - 1 {
+            cur[*p] = value;
+            return;
+        }
+        cur = cur.as_object_mut().expect("made an object above").entry(p.to_string()).or_insert_with(|| json!({}));
+    }
+}

@@ -1,0 +1,89 @@
+//! The in-process client the controllers use: the same write path as HTTP requests (admission,
+//! defaults, metadata rules), without the HTTP.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use super::ApiState;
+use super::error::ApiError;
+use super::handlers::{UpdateCtx, commit_update, create_object, not_found};
+use super::registry::Served;
+use crate::store::{Stored, Write};
+
+#[derive(Clone)]
+pub struct LocalClient {
+    pub state: Arc<ApiState>,
+}
+
+impl LocalClient {
+    pub fn served(&self, group: &str, plural: &str) -> Arc<Served> {
+        self.state.registry.lookup(group, "v1", plural).expect("built-in resources are always served")
+    }
+
+    pub fn get(&self, served: &Served, ns: Option<&str>, name: &str) -> Option<Stored> {
+        self.state.store.get(&served.key(ns, name))
+    }
+
+    pub fn list(&self, served: &Served, ns: Option<&str>, filter: &dyn Fn(&Value) -> bool) -> Vec<Stored> {
+        self.state.store.list(&served.ns_prefix(ns), None, 0, filter).0
+    }
+
+    pub async fn create(&self, served: &Served, ns: Option<&str>, obj: Value) -> Result<Value, ApiError> {
+        create_object(&self.state, served, ns, obj, false).await
+    }
+
+    /// Replace the object (spec and metadata; status is kept for kinds with a status subresource).
+    pub async fn update(&self, served: &Served, current: &Stored, new: Value) -> Result<Value, ApiError> {
+        self.commit(served, current, new, None).await
+    }
+
+    /// Replace only the status.
+    pub async fn update_status(&self, served: &Served, current: &Stored, new: Value) -> Result<Value, ApiError> {
+        self.commit(served, current, new, Some("status")).await
+    }
+
+    async fn commit(&self, served: &Served, current: &Stored, new: Value, sub: Option<&str>) -> Result<Value, ApiError> {
+        let ns = current.obj.pointer("/metadata/namespace").and_then(Value::as_str);
+        let key = served.key(ns, super::objects::name_of(&current.obj));
+        commit_update(&self.state, served, &key, current, new, &UpdateCtx { sub, dry: false }).await
+    }
+
+    /// Delete with the given propagation policy (Background when None).
+    pub async fn delete(&self, served: &Served, ns: Option<&str>, name: &str, propagation: Option<&str>) -> Result<(), ApiError> {
+        let q = match propagation {
+            Some(p) => [("propagationPolicy".to_string(), p.to_string())].into_iter().collect(),
+            None => Default::default(),
+        };
+        match super::delete::delete(&self.state, served, ns, name, &q, b"").await {
+            Ok(_) | Err(ApiError::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Remove an object now, whatever its grace period (pod GC of pods on lost nodes).
+    pub async fn force_delete(&self, served: &Served, current: &Stored) -> Result<(), ApiError> {
+        let ns = current.obj.pointer("/metadata/namespace").and_then(Value::as_str);
+        let name = super::objects::name_of(&current.obj);
+        let key = served.key(ns, name);
+        match self.state.store.write(Write::Delete { key, expect_rev: Some(current.rev) }).await {
+            Ok(stored) => {
+                super::hooks::after_delete(&self.state, served, &stored.obj);
+                Ok(())
+            }
+            Err(crate::store::StoreError::NotFound) => Ok(()),
+            Err(e) => Err(super::handlers::store_err(served, name, e)),
+        }
+    }
+
+    /// Bind a pod to a node (what the scheduler writes).
+    pub async fn bind(&self, ns: &str, name: &str, node: &str) -> Result<(), ApiError> {
+        let pods = self.served("", "pods");
+        let body = serde_json::json!({"target": {"kind": "Node", "name": node}});
+        super::pods::bind(&self.state, &pods, ns, name, body).await.map(|_| ())
+    }
+
+    pub fn not_found(&self, served: &Served, name: &str) -> ApiError {
+        not_found(served, name)
+    }
+}

@@ -1,0 +1,256 @@
+//! The Kubernetes REST API over HTTPS (HTTP/2 and HTTP/1.1).
+
+mod crd_schema;
+mod delete;
+pub mod discovery;
+pub mod error;
+mod handlers;
+mod hooks;
+pub mod http;
+pub mod local;
+pub mod objects;
+mod patching;
+mod pods;
+pub mod registry;
+pub mod select;
+mod watch;
+
+pub use hooks::refresh_crds;
+pub use pods::KUBELET_SCHEME;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use ::http::{Method, Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::auth::{Authenticator, Role};
+use crate::ipalloc::IpAllocator;
+use crate::store::Store;
+use error::ApiError;
+use http::{Body, error_response, json_response, text_response};
+use registry::Registry;
+
+/// Everything a request handler needs.
+pub struct ApiState {
+    pub store: Store,
+    pub registry: Registry,
+    pub auth: Authenticator,
+    pub policy: nodeless_admission::Policy,
+    pub cluster_ips: IpAllocator,
+    /// TLS client settings for the kubelet API of nodes (trusts the cluster CA).
+    pub node_tls: Arc<rustls::ClientConfig>,
+}
+
+/// Where a request is going, parsed from its path.
+#[derive(Debug, PartialEq)]
+enum Route {
+    Health,
+    Version,
+    CoreVersions,
+    GroupList,
+    Group(String),
+    ResourceList(String, String),
+    OpenApiIndex,
+    OpenApi(String, String),
+    OpenApiV2,
+    Resource(Target),
+}
+
+/// A resource path: `/api/v1/namespaces/ns/pods/name/log`.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Target {
+    pub group: String,
+    pub version: String,
+    pub namespace: Option<String>,
+    pub plural: String,
+    pub name: Option<String>,
+    pub sub: Option<String>,
+    /// The legacy `/watch/` path form.
+    pub watch_path: bool,
+}
+
+fn parse_route(path: &str) -> Option<Route> {
+    let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
+    let (group, version, rest) = match segs.as_slice() {
+        ["healthz" | "livez" | "readyz", ..] => return Some(Route::Health),
+        ["version"] => return Some(Route::Version),
+        ["api"] => return Some(Route::CoreVersions),
+        ["apis"] => return Some(Route::GroupList),
+        ["apis", g] => return Some(Route::Group(g.to_string())),
+        ["openapi", "v3"] => return Some(Route::OpenApiIndex),
+        ["openapi", "v3", "api", v] => return Some(Route::OpenApi(String::new(), v.to_string())),
+        ["openapi", "v3", "apis", g, v] => return Some(Route::OpenApi(g.to_string(), v.to_string())),
+        ["openapi", "v2"] | ["swagger.json"] => return Some(Route::OpenApiV2),
+        ["api", v] => return Some(Route::ResourceList(String::new(), v.to_string())),
+        ["apis", g, v] => return Some(Route::ResourceList(g.to_string(), v.to_string())),
+        ["api", v, rest @ ..] => ("", *v, rest),
+        ["apis", g, v, rest @ ..] => (*g, *v, rest),
+        _ => return None,
+    };
+    let (watch_path, rest) = match rest {
+        ["watch", r @ ..] => (true, r),
+        r => (false, r),
+    };
+    let mk = |namespace: Option<&str>, plural: &str, name: Option<&str>, sub: Option<&str>| {
+        Route::Resource(Target {
+            group: group.to_string(),
+            version: version.to_string(),
+            namespace: namespace.map(String::from),
+            plural: plural.to_string(),
+            name: name.map(String::from),
+            sub: sub.map(String::from),
+            watch_path,
+        })
+    };
+    Some(match rest {
+        ["namespaces", ns, plural] if !matches!(*plural, "status" | "finalize") => mk(Some(ns), plural, None, None),
+        ["namespaces", ns, plural, name] => mk(Some(ns), plural, Some(name), None),
+        ["namespaces", ns, plural, name, sub] => mk(Some(ns), plural, Some(name), Some(sub)),
+        [plural] => mk(None, plural, None, None),
+        [plural, name] => mk(None, plural, Some(name), None),
+        [plural, name, sub] => mk(None, plural, Some(name), Some(sub)),
+        _ => return None,
+    })
+}
+
+/// Serve the API on `listener` until the task is dropped.
+pub async fn serve(state: Arc<ApiState>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::warn!(error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let state = state.clone();
+        tokio::spawn(async move {
+            let stream = match acceptor.accept(tcp).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+            };
+            let svc = hyper::service::service_fn(move |req| {
+                let state = state.clone();
+                async move { Ok::<_, std::convert::Infallible>(handle(state, req, peer).await) }
+            });
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await {
+                tracing::debug!(%peer, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+async fn handle(state: Arc<ApiState>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let result = route(state, req).await;
+    match result {
+        Ok(resp) => resp,
+        Err(e) => {
+            if e.code() >= 500 {
+                tracing::warn!(%method, %path, error = %e, "request failed");
+            } else {
+                tracing::debug!(%method, %path, error = %e, "request refused");
+            }
+            error_response(&e)
+        }
+    }
+}
+
+async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
+    let route = parse_route(req.uri().path()).ok_or(ApiError::NoRoute)?;
+    if matches!(route, Route::Health) {
+        return Ok(text_response(200, "ok"));
+    }
+    let auth_header = req.headers().get(::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let role = state.auth.authenticate(auth_header).ok_or(ApiError::Unauthorized)?;
+    let reg = &state.registry;
+    match route {
+        Route::Health => Ok(text_response(200, "ok")),
+        Route::Version => Ok(json_response(200, &discovery::version(), &[])),
+        Route::CoreVersions => Ok(json_response(200, &discovery::core_versions(), &[])),
+        Route::GroupList => Ok(json_response(200, &discovery::group_list(reg), &[])),
+        Route::Group(g) => discovery::group(reg, &g).map(|v| json_response(200, &v, &[])).ok_or(ApiError::NoRoute),
+        Route::ResourceList(g, v) => {
+            discovery::resource_list(reg, &g, &v).map(|d| json_response(200, &d, &[])).ok_or(ApiError::NoRoute)
+        }
+        Route::OpenApiIndex => Ok(json_response(200, &discovery::openapi_index(reg), &[])),
+        Route::OpenApi(g, v) => {
+            discovery::openapi_group_version(reg, &g, &v).map(|d| json_response(200, &d, &[])).ok_or(ApiError::NoRoute)
+        }
+        Route::OpenApiV2 => Err(ApiError::NoRoute),
+        Route::Resource(target) => {
+            if role == Role::Viewer && !matches!(*req.method(), Method::GET | Method::HEAD) {
+                return Err(forbidden_for(role, req.method(), &target));
+            }
+            handlers::dispatch(&state, target, req).await
+        }
+    }
+}
+
+fn forbidden_for(role: Role, method: &Method, t: &Target) -> ApiError {
+    let verb = match *method {
+        Method::POST => "create",
+        Method::PUT => "update",
+        Method::PATCH => "patch",
+        Method::DELETE => "delete",
+        _ => "access",
+    };
+    let resource = match &t.sub {
+        Some(s) => format!("{}/{s}", t.plural),
+        None => t.plural.clone(),
+    };
+    let scope = match &t.namespace {
+        Some(ns) => format!(" in the namespace \"{ns}\""),
+        None => " at the cluster scope".to_string(),
+    };
+    ApiError::Forbidden(format!(
+        "{} is forbidden: User \"{}\" cannot {verb} resource \"{resource}\" in API group \"{}\"{scope}",
+        t.plural,
+        role.user(),
+        t.group
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn target(r: Option<Route>) -> Target {
+        match r {
+            Some(Route::Resource(t)) => t,
+            other => panic!("not a resource route: {other:?}"),
+        }
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(parse_route("/api"), Some(Route::CoreVersions));
+        assert_eq!(parse_route("/apis/apps/v1"), Some(Route::ResourceList("apps".into(), "v1".into())));
+        let t = target(parse_route("/api/v1/namespaces/default/pods/p1/log"));
+        assert_eq!(
+            (t.namespace.as_deref(), t.plural.as_str(), t.name.as_deref(), t.sub.as_deref()),
+            (Some("default"), "pods", Some("p1"), Some("log"))
+        );
+        let t = target(parse_route("/api/v1/namespaces/default"));
+        assert_eq!((t.plural.as_str(), t.name.as_deref()), ("namespaces", Some("default")));
+        let t = target(parse_route("/api/v1/namespaces/gone/finalize"));
+        assert_eq!((t.plural.as_str(), t.name.as_deref(), t.sub.as_deref()), ("namespaces", Some("gone"), Some("finalize")));
+        let t = target(parse_route("/apis/apps/v1/watch/namespaces/x/deployments"));
+        assert!(t.watch_path);
+        assert_eq!(t.plural, "deployments");
+        assert_eq!(parse_route("/nope"), None);
+    }
+}

@@ -1,0 +1,201 @@
+//! Controllers inside control. Each one follows the same loop ([`drive`]): watch every change,
+//! turn each change into the keys it affects, reconcile those keys (deduplicated, after a few
+//! milliseconds so bursts coalesce), and resync everything periodically to heal anything missed.
+
+mod deployment;
+mod endpoints;
+mod gc;
+mod namespace;
+mod replicaset;
+mod scheduler;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use serde_json::{Value, json};
+
+use crate::api::error::ApiError;
+use crate::api::local::LocalClient;
+use crate::store::Event;
+
+/// Start every controller; returns their tasks.
+pub fn start(client: LocalClient) -> Vec<tokio::task::JoinHandle<()>> {
+    vec![
+        tokio::spawn(drive(client.clone(), "replicaset", replicaset::interested, replicaset::resync, |c, k| {
+            Box::pin(replicaset::reconcile(c, k))
+        })),
+        tokio::spawn(drive(client.clone(), "deployment", deployment::interested, deployment::resync, |c, k| {
+            Box::pin(deployment::reconcile(c, k))
+        })),
+        tokio::spawn(drive(client.clone(), "endpointslice", endpoints::interested, endpoints::resync, |c, k| {
+            Box::pin(endpoints::reconcile(c, k))
+        })),
+        tokio::spawn(drive(client.clone(), "scheduler", scheduler::interested, scheduler::resync, |c, k| {
+            Box::pin(scheduler::reconcile(c, k))
+        })),
+        tokio::spawn(drive(client.clone(), "namespace", namespace::interested, namespace::resync, |c, k| {
+            Box::pin(namespace::reconcile(c, k))
+        })),
+        tokio::spawn(drive(client, "garbage-collector", gc::interested, gc::resync, |c, k| Box::pin(gc::reconcile(c, k)))),
+    ]
+}
+
+const RESYNC_EVERY: Duration = Duration::from_secs(30);
+const COALESCE: Duration = Duration::from_millis(3);
+
+type Interested = fn(&LocalClient, &Event) -> Vec<String>;
+type Resync = fn(&LocalClient) -> Vec<String>;
+
+async fn drive<R>(client: LocalClient, name: &'static str, interested: Interested, resync: Resync, reconcile: R)
+where
+    R: Fn(LocalClient, String) -> BoxFuture<'static, Result<(), ApiError>> + Send + 'static,
+{
+    loop {
+        let rev = client.state.store.revision();
+        let Ok(mut watch) = client.state.store.watch("/", rev) else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            continue;
+        };
+        let mut dirty: BTreeSet<String> = resync(&client).into_iter().collect();
+        let mut tick = tokio::time::interval(RESYNC_EVERY);
+        tick.tick().await;
+        loop {
+            tokio::select! {
+                ev = watch.next() => match ev {
+                    Some(e) => dirty.extend(interested(&client, &e)),
+                    // Fell behind the change stream: start over from a full resync.
+                    None => break,
+                },
+                _ = tick.tick() => dirty.extend(resync(&client)),
+                _ = tokio::time::sleep(COALESCE), if !dirty.is_empty() => {
+                    let keys = std::mem::take(&mut dirty);
+                    let mut retry = Vec::new();
+                    for key in keys {
+                        match reconcile(client.clone(), key.clone()).await {
+                            Ok(()) => {}
+                            Err(ApiError::Conflict { .. }) | Err(ApiError::AlreadyExists { .. }) => retry.push(key),
+                            Err(ApiError::NotFound { .. }) => {}
+                            Err(e) => {
+                                tracing::warn!(controller = name, %key, error = %e, "reconcile failed");
+                                retry.push(key);
+                            }
+                        }
+                    }
+                    if !retry.is_empty() {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                        dirty.extend(retry);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `(namespace, name)` from a store key `/<group>/<plural>/<ns>/<name>` or `/<group>/<plural>/<name>`.
+pub fn split_key(key: &str) -> (Option<&str>, &str) {
+    let parts: Vec<&str> = key.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        [_, _, ns, name] => (Some(ns), name),
+        [_, _, name] => (None, name),
+        _ => (None, ""),
+    }
+}
+
+pub fn str_at<'a>(v: &'a Value, ptr: &str) -> &'a str {
+    v.pointer(ptr).and_then(Value::as_str).unwrap_or_default()
+}
+
+pub fn uid(v: &Value) -> &str {
+    str_at(v, "/metadata/uid")
+}
+
+pub fn is_deleting(v: &Value) -> bool {
+    v.pointer("/metadata/deletionTimestamp").is_some()
+}
+
+/// The controller owner reference of an object, if any.
+pub fn controller_ref(v: &Value) -> Option<&Value> {
+    v.pointer("/metadata/ownerReferences")
+        .and_then(Value::as_array)?
+        .iter()
+        .find(|r| r.get("controller") == Some(&json!(true)))
+}
+
+pub fn owner_ref(api_version: &str, kind: &str, owner: &Value) -> Value {
+    json!({
+        "apiVersion": api_version, "kind": kind,
+        "name": str_at(owner, "/metadata/name"), "uid": uid(owner),
+        "controller": true, "blockOwnerDeletion": true,
+    })
+}
+
+/// Whether a pod is counted as running or about to run (not finished, not being deleted).
+pub fn pod_active(p: &Value) -> bool {
+    !is_deleting(p) && !matches!(str_at(p, "/status/phase"), "Succeeded" | "Failed")
+}
+
+pub fn pod_ready(p: &Value) -> bool {
+    condition_true(p, "Ready")
+}
+
+pub fn condition_true(v: &Value, ty: &str) -> bool {
+    v.pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .any(|c| c.get("type") == Some(&json!(ty)) && c.get("status") == Some(&json!("True")))
+}
+
+/// Record an Event about `obj`, as `kubectl describe` shows them.
+pub async fn event(client: &LocalClient, obj: &Value, ty: &str, reason: &str, message: &str, component: &str) {
+    let events = client.served("", "events");
+    let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
+    let now = crate::api::objects::now_rfc3339();
+    let name = str_at(obj, "/metadata/name");
+    let ev = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": format!("{name}."), "namespace": ns},
+        "involvedObject": {
+            "apiVersion": obj.get("apiVersion"), "kind": obj.get("kind"), "name": name, "namespace": ns,
+            "uid": uid(obj), "resourceVersion": obj.pointer("/metadata/resourceVersion"),
+        },
+        "reason": reason, "message": message, "type": ty,
+        "source": {"component": component},
+        "reportingComponent": component, "reportingInstance": component,
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+    });
+    if let Err(e) = client.create(&events, Some(ns), ev).await {
+        tracing::debug!(error = %e, "recording an event failed");
+    }
+}
+
+/// Resolve an int-or-percent (`2`, `"25%"`) against `total`, rounding up or down.
+pub fn int_or_percent(v: Option<&Value>, total: i64, round_up: bool, default: i64) -> i64 {
+    match v {
+        Some(Value::Number(n)) => n.as_i64().unwrap_or(default),
+        Some(Value::String(s)) => match s.strip_suffix('%').and_then(|p| p.parse::<i64>().ok()) {
+            Some(p) => {
+                let x = p * total;
+                if round_up { (x + 99) / 100 } else { x / 100 }
+            }
+            None => s.parse().unwrap_or(default),
+        },
+        _ => default,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_and_percentages() {
+        assert_eq!(split_key("/apps/deployments/ns/web"), (Some("ns"), "web"));
+        assert_eq!(split_key("/core/nodes/n1"), (None, "n1"));
+        assert_eq!(int_or_percent(Some(&json!("25%")), 3, true, 0), 1);
+        assert_eq!(int_or_percent(Some(&json!("25%")), 3, false, 0), 0);
+        assert_eq!(int_or_percent(Some(&json!(2)), 3, false, 0), 2);
+        assert_eq!(int_or_percent(None, 3, false, 7), 7);
+    }
+}

@@ -1,0 +1,170 @@
+//! Nodeless control: a Kubernetes-API-compatible server on an embedded, crash-safe store, and the
+//! controllers that make Deployments, ReplicaSets, EndpointSlices, namespaces, garbage collection
+//! and scheduling onto virtual nodes work.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod auth;
+pub mod controllers;
+pub mod ipalloc;
+pub mod kubeconfig;
+pub mod store;
+pub mod tls;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+use api::ApiState;
+use api::local::LocalClient;
+use api::registry::Registry;
+use auth::{Authenticator, Tokens};
+use ipalloc::IpAllocator;
+use store::Store;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("store: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("bootstrap failed: {0}")]
+    Bootstrap(String),
+}
+
+/// How to run the control plane.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub data_dir: PathBuf,
+    /// Listen address; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// Extra names/addresses for the serving certificate.
+    pub hosts: Vec<String>,
+    /// Allow pods with hostNetwork (refused by default, as on ECI).
+    pub allow_host_network: bool,
+    /// Run the controllers (tests of the bare API may turn them off).
+    pub controllers: bool,
+}
+
+impl Config {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            data_dir: data_dir.into(),
+            listen: SocketAddr::from(([127, 0, 0, 1], 6443)),
+            hosts: Vec::new(),
+            allow_host_network: false,
+            controllers: true,
+        }
+    }
+}
+
+/// A running control plane.
+pub struct ControlPlane {
+    pub addr: SocketAddr,
+    pub tokens: Tokens,
+    pub ca_pem: String,
+    pub state: Arc<ApiState>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ControlPlane {
+    pub async fn start(cfg: Config) -> Result<Self, ControlError> {
+        let io = |what: &str| {
+            let what = what.to_string();
+            move |source| ControlError::Io { what, source }
+        };
+        std::fs::create_dir_all(&cfg.data_dir).map_err(io("creating the data directory"))?;
+        let store = Store::open_embedded(&cfg.data_dir.join("store"))?;
+        let tokens = Tokens::load_or_create(&cfg.data_dir.join("tokens.json")).map_err(io("token file"))?;
+        let listener = TcpListener::bind(cfg.listen).await.map_err(io(&format!("binding {}", cfg.listen)))?;
+        let addr = listener.local_addr().map_err(io("reading the listen address"))?;
+        let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string(), "kubernetes.default.svc".to_string()];
+        if !addr.ip().is_unspecified() && !hosts.contains(&addr.ip().to_string()) {
+            hosts.push(addr.ip().to_string());
+        }
+        hosts.extend(cfg.hosts.iter().cloned());
+        let pki = tls::Pki::load_or_create(&cfg.data_dir.join("pki"), &hosts)?;
+        let server_tls = pki.server_config()?;
+        let node_tls = node_client_tls(&pki.ca_cert_pem)?;
+        let cluster_ips = IpAllocator::new(std::net::Ipv4Addr::new(10, 96, 0, 0), 16);
+        let state = Arc::new(ApiState {
+            store,
+            registry: Registry::with_builtins(),
+            auth: Authenticator::new(&tokens),
+            policy: nodeless_admission::Policy { allow_host_network: cfg.allow_host_network },
+            cluster_ips,
+            node_tls,
+        });
+        bootstrap(&state, addr).await?;
+        let mut tasks = vec![tokio::spawn(api::serve(state.clone(), listener, server_tls))];
+        if cfg.controllers {
+            tasks.extend(controllers::start(LocalClient { state: state.clone() }));
+        }
+        tracing::info!(%addr, "control plane serving");
+        Ok(Self { addr, tokens, ca_pem: pki.ca_cert_pem, state, tasks })
+    }
+
+    /// A kubeconfig for the admin (or viewer) token.
+    pub fn kubeconfig(&self, admin: bool) -> String {
+        let host = if self.addr.ip().is_unspecified() { IpAddr::from([127, 0, 0, 1]) } else { self.addr.ip() };
+        let server = format!("https://{}", SocketAddr::new(host, self.addr.port()));
+        let token = if admin { &self.tokens.admin } else { &self.tokens.viewer };
+        kubeconfig::render(&server, &self.ca_pem, token, if admin { "nodeless-admin" } else { "nodeless-viewer" })
+    }
+
+    /// Stop serving and stop the controllers.
+    pub fn shutdown(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn node_client_tls(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, ControlError> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()).flatten() {
+        let _ = roots.add(cert);
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(tls::TlsError::from)?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(cfg))
+}
+
+/// What every cluster starts with: the system namespaces, the `kubernetes` Service, ClusterIPs
+/// already in use, and the CRDs already registered.
+async fn bootstrap(state: &Arc<ApiState>, addr: SocketAddr) -> Result<(), ControlError> {
+    let client = LocalClient { state: state.clone() };
+    let services = client.served("", "services");
+    for svc in client.list(&services, None, &|_| true) {
+        if let Some(ip) = svc.obj.pointer("/spec/clusterIP").and_then(Value::as_str) {
+            let _ = state.cluster_ips.reserve(ip);
+        }
+    }
+    api::refresh_crds(state);
+    let namespaces = client.served("", "namespaces");
+    for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+        if client.get(&namespaces, None, ns).is_none() {
+            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            client.create(&namespaces, None, obj).await.map_err(|e| ControlError::Bootstrap(e.to_string()))?;
+        }
+    }
+    if client.get(&services, Some("default"), "kubernetes").is_none() {
+        let ip = state.cluster_ips.first_host().to_string();
+        let svc = json!({
+            "apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+            "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": addr.port()}]},
+        });
+        client.create(&services, Some("default"), svc).await.map_err(|e| ControlError::Bootstrap(e.to_string()))?;
+    }
+    Ok(())
+}

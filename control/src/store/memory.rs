@@ -1,0 +1,323 @@
+//! The in-memory index, the change history and the group-committing writer.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::{Arc, RwLock};
+
+use serde_json::Value;
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use super::{Backend, Event, EventType, Mutation, StoreError, Stored, Write};
+
+/// Events kept in memory for watches that start from an older revision.
+const HISTORY: usize = 50_000;
+/// Largest batch one durable transaction takes.
+const MAX_BATCH: usize = 2_048;
+/// Compact the persisted change log every this many revisions.
+const COMPACT_EVERY: u64 = 10_000;
+
+struct State {
+    objects: BTreeMap<String, Stored>,
+    history: VecDeque<Arc<Event>>,
+    revision: u64,
+    /// A watch may resume from any revision >= this one.
+    oldest_resumable: u64,
+}
+
+struct Request {
+    write: Write,
+    reply: oneshot::Sender<Result<Stored, StoreError>>,
+}
+
+/// The store handle. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    state: Arc<RwLock<State>>,
+    events: broadcast::Sender<Arc<Event>>,
+    writes: mpsc::Sender<Request>,
+}
+
+fn set_resource_version(obj: &mut Value, rev: u64) {
+    if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.insert("resourceVersion".into(), Value::String(rev.to_string()));
+    }
+}
+
+impl Store {
+    /// Load the backend's contents and start the writer thread.
+    pub fn open(mut backend: impl Backend) -> Result<Self, StoreError> {
+        let loaded = backend.load()?;
+        let mut objects = BTreeMap::new();
+        for (key, bytes, rev) in loaded.objects {
+            let obj: Value = serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Backend(format!("corrupt object {key}: {e}")))?;
+            objects.insert(key, Stored { obj: Arc::new(obj), rev });
+        }
+        let mut history = VecDeque::with_capacity(loaded.events.len());
+        for (rev, kind, key, bytes) in loaded.events {
+            let obj: Value = serde_json::from_slice(&bytes)
+                .map_err(|e| StoreError::Backend(format!("corrupt change {rev}: {e}")))?;
+            history.push_back(Arc::new(Event { rev, kind, key, obj: Arc::new(obj), prev: None }));
+        }
+        let oldest_resumable = history.front().map(|e| e.rev - 1).unwrap_or(loaded.revision);
+        let state = Arc::new(RwLock::new(State {
+            objects,
+            history,
+            revision: loaded.revision,
+            oldest_resumable,
+        }));
+        let (events, _) = broadcast::channel(16_384);
+        let (writes, rx) = mpsc::channel(8_192);
+        let writer = Writer { state: state.clone(), events: events.clone(), backend: Box::new(backend) };
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
+        Ok(Self { state, events, writes })
+    }
+
+    /// Open the embedded store in `dir`.
+    pub fn open_embedded(dir: &std::path::Path) -> Result<Self, StoreError> {
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(format!("{}: {e}", dir.display())))?;
+        Self::open(super::redb::RedbBackend::open(&dir.join("objects.redb"))?)
+    }
+
+    /// Commit one write durably; returns the object as stored (absent fields filled).
+    pub async fn write(&self, write: Write) -> Result<Stored, StoreError> {
+        let (reply, rx) = oneshot::channel();
+        self.writes.send(Request { write, reply }).await.map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    pub fn get(&self, key: &str) -> Option<Stored> {
+        self.state.read().unwrap().objects.get(key).cloned()
+    }
+
+    pub fn revision(&self) -> u64 {
+        self.state.read().unwrap().revision
+    }
+
+    /// Objects under `prefix`, in key order, starting after `after`, that pass `filter`, at most
+    /// `limit` (0 = all). Returns them with the current revision and the last key when more remain.
+    pub fn list(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        limit: usize,
+        filter: &dyn Fn(&Value) -> bool,
+    ) -> (Vec<Stored>, u64, Option<String>) {
+        use std::ops::Bound;
+        let state = self.state.read().unwrap();
+        let start = match after {
+            Some(a) if a >= prefix => Bound::Excluded(a.to_string()),
+            _ => Bound::Included(prefix.to_string()),
+        };
+        let mut out: Vec<(&String, &Stored)> = Vec::new();
+        let mut has_more = false;
+        for (key, stored) in state.objects.range((start, Bound::Unbounded)) {
+            if !key.starts_with(prefix) {
+                break;
+            }
+            if !filter(&stored.obj) {
+                continue;
+            }
+            if limit > 0 && out.len() == limit {
+                has_more = true;
+                break;
+            }
+            out.push((key, stored));
+        }
+        let next = if has_more { out.last().map(|(k, _)| (*k).clone()) } else { None };
+        (out.into_iter().map(|(_, s)| s.clone()).collect(), state.revision, next)
+    }
+
+    /// Watch keys under `prefix` for changes after revision `from`.
+    pub fn watch(&self, prefix: &str, from: u64) -> Result<Watch, StoreError> {
+        let state = self.state.read().unwrap();
+        if from < state.oldest_resumable {
+            return Err(StoreError::Gone { requested: from, oldest: state.oldest_resumable });
+        }
+        let backlog: VecDeque<Arc<Event>> = if from < state.revision {
+            let start = state.history.partition_point(|e| e.rev <= from);
+            state.history.range(start..).filter(|e| e.key.starts_with(prefix)).cloned().collect()
+        } else {
+            VecDeque::new()
+        };
+        let rx = self.events.subscribe();
+        let last = state.revision.max(from);
+        Ok(Watch { prefix: prefix.to_string(), backlog, rx, last, from })
+    }
+}
+
+/// A stream of changes under one prefix. Ends (returns `None`) when it falls too far behind;
+/// the caller's client then resumes from the last revision it saw.
+pub struct Watch {
+    prefix: String,
+    backlog: VecDeque<Arc<Event>>,
+    rx: broadcast::Receiver<Arc<Event>>,
+    /// Live events with a revision at or below this were covered by the backlog.
+    last: u64,
+    from: u64,
+}
+
+impl Watch {
+    pub async fn next(&mut self) -> Option<Arc<Event>> {
+        if let Some(e) = self.backlog.pop_front() {
+            return Some(e);
+        }
+        loop {
+            match self.rx.recv().await {
+                Ok(e) if e.rev > self.last && e.rev > self.from && e.key.starts_with(&self.prefix) => {
+                    return Some(e);
+                }
+                Ok(_) => continue,
+                Err(broadcast::error::RecvError::Lagged(_)) | Err(broadcast::error::RecvError::Closed) => {
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+struct Writer {
+    state: Arc<RwLock<State>>,
+    events: broadcast::Sender<Arc<Event>>,
+    backend: Box<dyn Backend>,
+}
+
+/// What one request will do if the batch commits.
+struct Staged {
+    kind: EventType,
+    key: String,
+    obj: Arc<Value>,
+    bytes: Vec<u8>,
+    rev: u64,
+}
+
+impl Writer {
+    fn run(mut self, mut rx: mpsc::Receiver<Request>) {
+        let mut last_compact = self.state.read().unwrap().revision;
+        while let Some(first) = rx.blocking_recv() {
+            let mut batch = vec![first];
+            while batch.len() < MAX_BATCH {
+                match rx.try_recv() {
+                    Ok(r) => batch.push(r),
+                    Err(_) => break,
+                }
+            }
+            self.commit_batch(batch);
+            let revision = self.state.read().unwrap().revision;
+            if revision - last_compact >= COMPACT_EVERY {
+                last_compact = revision;
+                let below = revision.saturating_sub(HISTORY as u64);
+                if let Err(e) = self.backend.compact(below) {
+                    tracing::warn!(error = %e, "change-log compaction failed");
+                }
+            }
+        }
+    }
+
+    fn commit_batch(&mut self, batch: Vec<Request>) {
+        let (base_rev, mut results) = {
+            let state = self.state.read().unwrap();
+            (state.revision, Vec::with_capacity(batch.len()))
+        };
+        // Stage every request against the committed state plus earlier requests of this batch.
+        let mut overlay: HashMap<String, Option<(Arc<Value>, u64)>> = HashMap::new();
+        let mut staged: Vec<Staged> = Vec::new();
+        let mut prevs: Vec<Option<Arc<Value>>> = Vec::new();
+        let mut rev = base_rev;
+        {
+            let state = self.state.read().unwrap();
+            for req in &batch {
+                let key = req.write.key().to_string();
+                let current = match overlay.get(&key) {
+                    Some(v) => v.clone(),
+                    None => state.objects.get(&key).map(|s| (s.obj.clone(), s.rev)),
+                };
+                let outcome = stage(&req.write, current.as_ref(), rev + 1);
+                match outcome {
+                    Ok((kind, mut obj)) => {
+                        rev += 1;
+                        set_resource_version(&mut obj, rev);
+                        let bytes = match serde_json::to_vec(&obj) {
+                            Ok(b) => b,
+                            Err(e) => {
+                                rev -= 1;
+                                results.push(Err(StoreError::Backend(e.to_string())));
+                                continue;
+                            }
+                        };
+                        let obj = Arc::new(obj);
+                        overlay.insert(
+                            key.clone(),
+                            if kind == EventType::Deleted { None } else { Some((obj.clone(), rev)) },
+                        );
+                        prevs.push(current.map(|(o, _)| o));
+                        results.push(Ok(staged.len()));
+                        staged.push(Staged { kind, key, obj, bytes, rev });
+                    }
+                    Err(e) => results.push(Err(e)),
+                }
+            }
+        }
+        if !staged.is_empty() {
+            let mutations: Vec<Mutation<'_>> = staged
+                .iter()
+                .map(|s| Mutation { rev: s.rev, kind: s.kind, key: &s.key, bytes: &s.bytes })
+                .collect();
+            if let Err(e) = self.backend.commit(&mutations, rev) {
+                tracing::error!(error = %e, "store commit failed; the batch is refused");
+                let msg = e.to_string();
+                for (req, _) in batch.into_iter().zip(results) {
+                    let _ = req.reply.send(Err(StoreError::Backend(msg.clone())));
+                }
+                return;
+            }
+            let mut state = self.state.write().unwrap();
+            for (s, prev) in staged.iter().zip(prevs) {
+                match s.kind {
+                    EventType::Deleted => {
+                        state.objects.remove(&s.key);
+                    }
+                    _ => {
+                        state.objects.insert(s.key.clone(), Stored { obj: s.obj.clone(), rev: s.rev });
+                    }
+                }
+                let event =
+                    Arc::new(Event { rev: s.rev, kind: s.kind, key: s.key.clone(), obj: s.obj.clone(), prev });
+                if state.history.len() >= HISTORY {
+                    if let Some(old) = state.history.pop_front() {
+                        state.oldest_resumable = old.rev;
+                    }
+                }
+                state.history.push_back(event.clone());
+                let _ = self.events.send(event);
+            }
+            state.revision = rev;
+        }
+        for (req, result) in batch.into_iter().zip(results) {
+            let reply = result.map(|i| Stored { obj: staged[i].obj.clone(), rev: staged[i].rev });
+            let _ = req.reply.send(reply);
+        }
+    }
+}
+
+/// Check a write's precondition against the current value; return the event type and new object.
+fn stage(write: &Write, current: Option<&(Arc<Value>, u64)>, _rev: u64) -> Result<(EventType, Value), StoreError> {
+    match write {
+        Write::Create { obj, .. } => match current {
+            Some(_) => Err(StoreError::AlreadyExists),
+            None => Ok((EventType::Added, obj.clone())),
+        },
+        Write::Update { obj, expect_rev, .. } => match current {
+            None => Err(StoreError::NotFound),
+            Some((_, cur)) if expect_rev.is_some_and(|e| e != *cur) => Err(StoreError::Conflict { current: *cur }),
+            Some(_) => Ok((EventType::Modified, obj.clone())),
+        },
+        Write::Delete { expect_rev, .. } => match current {
+            None => Err(StoreError::NotFound),
+            Some((_, cur)) if expect_rev.is_some_and(|e| e != *cur) => Err(StoreError::Conflict { current: *cur }),
+            Some((obj, _)) => Ok((EventType::Deleted, (**obj).clone())),
+        },
+    }
+}

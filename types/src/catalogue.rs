@@ -1,0 +1,177 @@
+//! The API resources Nodeless serves, as discovery documents describe them.
+
+use serde::{Deserialize, Serialize};
+
+/// Whether objects of a resource live in a namespace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Scope {
+    Namespaced,
+    Cluster,
+}
+
+/// One served resource (one plural name in one group/version).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ResourceDef {
+    /// API group; "" for the core group.
+    pub group: String,
+    pub version: String,
+    pub kind: String,
+    pub list_kind: String,
+    pub plural: String,
+    pub singular: String,
+    pub scope: Scope,
+    pub short_names: Vec<String>,
+    pub categories: Vec<String>,
+    /// Subresources served under `<object>/<name>` (e.g. "status", "scale", "log").
+    pub subresources: Vec<String>,
+    /// Objects of this resource may be read but not written by clients (none yet).
+    pub read_only: bool,
+}
+
+impl ResourceDef {
+    /// `apps/v1`, or `v1` for the core group.
+    pub fn api_version(&self) -> String {
+        if self.group.is_empty() {
+            self.version.clone()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
+    }
+
+    /// `Deployment.apps`, or `Pod` for the core group: how the apiserver names a kind in messages.
+    pub fn qualified_kind(&self) -> String {
+        if self.group.is_empty() {
+            self.kind.clone()
+        } else {
+            format!("{}.{}", self.kind, self.group)
+        }
+    }
+
+    /// `deployments.apps`, or `pods`: how the apiserver names a resource in messages.
+    pub fn qualified_resource(&self) -> String {
+        if self.group.is_empty() {
+            self.plural.clone()
+        } else {
+            format!("{}.{}", self.plural, self.group)
+        }
+    }
+
+    pub fn namespaced(&self) -> bool {
+        self.scope == Scope::Namespaced
+    }
+
+    pub fn has_subresource(&self, sub: &str) -> bool {
+        self.subresources.iter().any(|s| s == sub)
+    }
+}
+
+struct Row {
+    group: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    scope: Scope,
+    short: &'static [&'static str],
+    categories: &'static [&'static str],
+    subresources: &'static [&'static str],
+}
+
+const ROWS: &[Row] = &[
+    row("", "Namespace", "namespaces", Scope::Cluster, &["ns"], &[], &["status", "finalize"]),
+    row("", "Pod", "pods", Scope::Namespaced, &["po"], &["all"], &[
+        "status",
+        "log",
+        "exec",
+        "attach",
+        "portforward",
+        "binding",
+    ]),
+    row("", "Service", "services", Scope::Namespaced, &["svc"], &["all"], &["status"]),
+    row("", "Endpoints", "endpoints", Scope::Namespaced, &["ep"], &[], &[]),
+    row("", "ConfigMap", "configmaps", Scope::Namespaced, &["cm"], &[], &[]),
+    row("", "Secret", "secrets", Scope::Namespaced, &[], &[], &[]),
+    row("", "Node", "nodes", Scope::Cluster, &["no"], &[], &["status"]),
+    row("", "Event", "events", Scope::Namespaced, &["ev"], &[], &[]),
+    row("", "ServiceAccount", "serviceaccounts", Scope::Namespaced, &["sa"], &[], &[]),
+    row("apps", "Deployment", "deployments", Scope::Namespaced, &["deploy"], &["all"], &[
+        "status", "scale",
+    ]),
+    row("apps", "ReplicaSet", "replicasets", Scope::Namespaced, &["rs"], &["all"], &["status", "scale"]),
+    // Served so kubectl knows the kind; admission refuses every DaemonSet with the reason.
+    row("apps", "DaemonSet", "daemonsets", Scope::Namespaced, &["ds"], &[], &["status"]),
+    row("networking.k8s.io", "Ingress", "ingresses", Scope::Namespaced, &["ing"], &[], &["status"]),
+    row("networking.k8s.io", "IngressClass", "ingressclasses", Scope::Cluster, &[], &[], &[]),
+    row("discovery.k8s.io", "EndpointSlice", "endpointslices", Scope::Namespaced, &[], &[], &[]),
+    row("coordination.k8s.io", "Lease", "leases", Scope::Namespaced, &[], &[], &[]),
+    row(
+        "apiextensions.k8s.io",
+        "CustomResourceDefinition",
+        "customresourcedefinitions",
+        Scope::Cluster,
+        &["crd", "crds"],
+        &[],
+        &["status"],
+    ),
+];
+
+const fn row(
+    group: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    scope: Scope,
+    short: &'static [&'static str],
+    categories: &'static [&'static str],
+    subresources: &'static [&'static str],
+) -> Row {
+    Row { group, kind, plural, scope, short, categories, subresources }
+}
+
+/// Marker for the built-in catalogue; call [`builtin`] to get the definitions.
+pub const BUILTIN: usize = ROWS.len();
+
+/// Every built-in resource, in discovery order.
+pub fn builtin() -> Vec<ResourceDef> {
+    ROWS.iter()
+        .map(|r| ResourceDef {
+            group: r.group.to_string(),
+            version: "v1".to_string(),
+            kind: r.kind.to_string(),
+            list_kind: format!("{}List", r.kind),
+            plural: r.plural.to_string(),
+            singular: r.kind.to_ascii_lowercase(),
+            scope: r.scope,
+            short_names: r.short.iter().map(|s| s.to_string()).collect(),
+            categories: r.categories.iter().map(|s| s.to_string()).collect(),
+            subresources: r.subresources.iter().map(|s| s.to_string()).collect(),
+            read_only: false,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plurals_are_unique_per_group() {
+        let defs = builtin();
+        for (i, a) in defs.iter().enumerate() {
+            for b in &defs[i + 1..] {
+                assert!(!(a.group == b.group && a.plural == b.plural), "{} twice", a.plural);
+            }
+        }
+        assert_eq!(defs.len(), BUILTIN);
+    }
+
+    #[test]
+    fn names_read_like_the_apiserver() {
+        let defs = builtin();
+        let deploy = defs.iter().find(|d| d.kind == "Deployment").unwrap();
+        assert_eq!(deploy.api_version(), "apps/v1");
+        assert_eq!(deploy.qualified_kind(), "Deployment.apps");
+        assert_eq!(deploy.qualified_resource(), "deployments.apps");
+        let pod = defs.iter().find(|d| d.kind == "Pod").unwrap();
+        assert_eq!(pod.api_version(), "v1");
+        assert_eq!(pod.qualified_resource(), "pods");
+        assert!(pod.has_subresource("log"));
+    }
+}

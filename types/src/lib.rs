@@ -1,0 +1,11 @@
+//! Types shared by every Nodeless component. No I/O lives here.
+//!
+//! * [`catalogue`]: the API resources the control plane serves (group, version, kind, plural,
+//!   scope, verbs, short names, subresources) — the one table discovery, routing and clients use.
+//! * [`keys`]: well-known label, annotation and taint keys, so components agree on spelling.
+#![forbid(unsafe_code)]
+
+pub mod catalogue;
+pub mod keys;
+
+pub use catalogue::{BUILTIN, ResourceDef, Scope};
