@@ -9,6 +9,7 @@ mod hooks;
 pub mod http;
 pub mod local;
 pub mod objects;
+mod openapi_v2;
 mod patching;
 mod pods;
 pub mod registry;
@@ -190,7 +191,14 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Response<
         Route::OpenApi(g, v) => {
             discovery::openapi_group_version(reg, &g, &v).map(|d| json_response(200, &d, &[])).ok_or(ApiError::NoRoute)
         }
-        Route::OpenApiV2 => Err(ApiError::NoRoute),
+        Route::OpenApiV2 => {
+            let mut resp = Response::new(http::full(openapi_v2::document(reg)));
+            resp.headers_mut().insert(
+                ::http::header::CONTENT_TYPE,
+                ::http::HeaderValue::from_static("application/com.github.proto-openapi.spec.v2.v1.0+protobuf"),
+            );
+            Ok(resp)
+        }
         Route::Resource(target) => {
             if role == Role::Viewer && !matches!(*req.method(), Method::GET | Method::HEAD) {
                 return Err(forbidden_for(role, req.method(), &target));
