@@ -1,1 +1,217 @@
+//! Test support for black-box tests: run the real `nodeless` binary, drive it with the real
+//! `kubectl` and with `kube` clients, and stand in for a virtual node's kubelet where a test
+//! needs pods to become Ready.
+#![forbid(unsafe_code)]
 
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+/// Where kubectl binaries for each minor version live on these machines.
+const KUBECTL_DIR: &str = "/usr/lib/google-cloud-sdk/bin";
+
+/// The newest and the oldest kubectl the project supports.
+pub const KUBECTL_VERSIONS: [&str; 2] = ["1.33", "1.27"];
+
+/// Path of `kubectl.<version>`, or the default `kubectl` when that one is missing.
+pub fn kubectl_path(version: &str) -> PathBuf {
+    let p = Path::new(KUBECTL_DIR).join(format!("kubectl.{version}"));
+    if p.exists() { p } else { PathBuf::from("kubectl") }
+}
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace").to_path_buf()
+}
+
+/// The `nodeless` binary, built on demand (the test binary cannot depend on another package's
+/// binary target directly).
+pub fn nodeless_binary() -> Result<PathBuf> {
+    static BUILT: std::sync::OnceLock<std::result::Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let release = std::env::current_exe().ok().is_some_and(|p| p.components().any(|c| c.as_os_str() == "release"));
+            let mut cmd = Command::new(cargo);
+            cmd.current_dir(workspace_root()).args(["build", "-q", "-p", "nodeless", "--bin", "nodeless"]);
+            if release {
+                cmd.arg("--release");
+            }
+            let status = cmd.status().map_err(|e| format!("running cargo: {e}"))?;
+            if !status.success() {
+                return Err("building the nodeless binary failed".to_string());
+            }
+            let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target"));
+            Ok(target.join(if release { "release" } else { "debug" }).join("nodeless"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+/// A `nodeless up` process with its own data directory, on a free loopback port.
+pub struct Nodeless {
+    child: Option<Child>,
+    pub dir: tempfile::TempDir,
+    pub port: u16,
+    pub extra_args: Vec<String>,
+}
+
+impl Nodeless {
+    pub fn start() -> Result<Self> {
+        Self::start_with(&[])
+    }
+
+    pub fn start_with(extra: &[&str]) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("nodeless-e2e-").tempdir()?;
+        let mut n = Nodeless { child: None, dir, port: 0, extra_args: extra.iter().map(|s| s.to_string()).collect() };
+        n.launch()?;
+        Ok(n)
+    }
+
+    pub fn kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("kubeconfig")
+    }
+
+    pub fn viewer_kubeconfig(&self) -> PathBuf {
+        self.dir.path().join("viewer.kubeconfig")
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    fn launch(&mut self) -> Result<()> {
+        let _ = std::fs::remove_file(self.kubeconfig());
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("nodeless.log"))?;
+        let child = Command::new(nodeless_binary()?)
+            .arg("up")
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{}", self.port))
+            .arg("--kubeconfig")
+            .arg(self.kubeconfig())
+            .arg("--viewer-kubeconfig")
+            .arg(self.viewer_kubeconfig())
+            .args(&self.extra_args)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting nodeless up")?;
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Ok(text) = std::fs::read_to_string(self.kubeconfig()) {
+                if let Some(port) = text.lines().find_map(|l| l.trim().strip_prefix("server: https://127.0.0.1:")) {
+                    self.port = port.trim().parse()?;
+                    return Ok(());
+                }
+            }
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("nodeless up exited with {status}: {}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("nodeless up did not write its kubeconfig in 30 s: {}", self.log())
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nodeless.log")).unwrap_or_default()
+    }
+
+    /// Stop with SIGKILL (a crash) or SIGTERM (a clean stop).
+    pub fn stop(&mut self, crash: bool) -> Result<()> {
+        if let Some(mut c) = self.child.take() {
+            let sig = if crash { "-KILL" } else { "-TERM" };
+            Command::new("kill").arg(sig).arg(c.id().to_string()).status()?;
+            c.wait()?;
+        }
+        Ok(())
+    }
+
+    /// Start again on the same port and data directory.
+    pub fn restart(&mut self, crash: bool) -> Result<()> {
+        self.stop(crash)?;
+        self.launch()
+    }
+
+    pub fn kubectl(&self, version: &str, args: &[&str]) -> Output {
+        self.kubectl_with(version, &self.kubeconfig(), args, None)
+    }
+
+    pub fn kubectl_with(&self, version: &str, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+        let mut cmd = Command::new(kubectl_path(version));
+        cmd.env("KUBECONFIG", kubeconfig).env_remove("HTTPS_PROXY").env_remove("HTTP_PROXY").args(args);
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+        let mut child = cmd.spawn().expect("kubectl runs");
+        if let Some(input) = stdin {
+            use std::io::Write;
+            child.stdin.take().expect("piped").write_all(input.as_bytes()).expect("write stdin");
+        }
+        child.wait_with_output().expect("kubectl finishes")
+    }
+
+    /// Run kubectl and require success; returns stdout.
+    pub fn kubectl_ok(&self, version: &str, args: &[&str]) -> String {
+        let out = self.kubectl(version, args);
+        assert!(
+            out.status.success(),
+            "kubectl {version} {args:?} failed:\nstdout: {}\nstderr: {}\nserver log tail: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            tail(&self.log(), 2000)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    pub async fn client(&self) -> Result<kube::Client> {
+        let kc = kube::config::Kubeconfig::read_from(self.kubeconfig())?;
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+        Ok(kube::Client::try_from(cfg)?)
+    }
+
+    pub fn admin_token(&self) -> String {
+        token_of(&self.kubeconfig())
+    }
+
+    pub fn viewer_token(&self) -> String {
+        token_of(&self.viewer_kubeconfig())
+    }
+
+    pub fn ca_pem(&self) -> Vec<u8> {
+        std::fs::read(self.data_dir().join("pki").join("ca.crt")).unwrap_or_default()
+    }
+
+    /// An HTTP client trusting the cluster CA, for raw API requests.
+    pub fn http(&self) -> reqwest::Client {
+        let ca = reqwest::Certificate::from_pem(&self.ca_pem()).expect("CA PEM");
+        reqwest::Client::builder().add_root_certificate(ca).build().expect("client")
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("https://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+fn token_of(path: &Path) -> String {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("token: ").map(|t| t.trim().to_string()))
+        .unwrap_or_default()
+}
+
+pub fn tail(s: &str, n: usize) -> &str {
+    let start = s.len().saturating_sub(n);
+    let start = (start..s.len()).find(|i| s.is_char_boundary(*i)).unwrap_or(s.len());
+    &s[start..]
+}
+
+impl Drop for Nodeless {
+    fn drop(&mut self) {
+        let _ = self.stop(false);
+    }
+}
+
+pub mod kubelet;

@@ -1,0 +1,146 @@
+//! Control-plane benchmark: durable pod creates per second (1 and 32 concurrent clients) and
+//! watch delivery latency with 100 watchers, against a real `nodeless up` on this machine.
+//!
+//!     cargo run --release -p nodeless-tests --bin control-bench
+#![forbid(unsafe_code)]
+
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Result;
+use clap::Parser;
+use futures::StreamExt;
+use nodeless_tests::Nodeless;
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+struct Args {
+    /// Pods created by the single client.
+    #[arg(long, default_value_t = 1000)]
+    single: usize,
+    /// Pods created by the concurrent clients together.
+    #[arg(long, default_value_t = 6400)]
+    concurrent: usize,
+    #[arg(long, default_value_t = 32)]
+    clients: usize,
+    #[arg(long, default_value_t = 100)]
+    watchers: usize,
+    /// Changes made while the watchers listen.
+    #[arg(long, default_value_t = 300)]
+    changes: usize,
+}
+
+fn pod(ns: &str, name: &str) -> Value {
+    json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "namespace": ns, "labels": {"app": "bench"}},
+        "spec": {"nodeName": "bench-node", "containers": [{"name": "app", "image": "registry.example/echo:1.0",
+            "ports": [{"containerPort": 8080}], "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]}})
+}
+
+async fn create_pods(n: &Nodeless, ns: &str, total: usize, clients: usize) -> Result<f64> {
+    let token = n.admin_token();
+    let url = n.url(&format!("/api/v1/namespaces/{ns}/pods"));
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (http, token, url, next, ns) = (n.http(), token.clone(), url.clone(), next.clone(), ns.to_string());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let resp = http.post(&url).bearer_auth(&token).json(&pod(&ns, &format!("p{i}"))).send().await?;
+                anyhow::ensure!(resp.status().as_u16() == 201, "create failed: {}", resp.text().await?);
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+fn now_us() -> u128 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0)
+}
+
+async fn watch_latency(n: &Nodeless, watchers: usize, changes: usize) -> Result<(f64, f64, usize)> {
+    let token = n.admin_token();
+    let ns = "watchbench";
+    let http = n.http();
+    http.post(n.url("/api/v1/namespaces")).bearer_auth(&token).json(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).send().await?;
+    let rv = n.http().get(n.url(&format!("/api/v1/namespaces/{ns}/configmaps"))).bearer_auth(&token).send().await?.json::<Value>().await?["metadata"]["resourceVersion"]
+        .as_str()
+        .unwrap_or("0")
+        .to_string();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<u128>();
+    let mut tasks = Vec::new();
+    for _ in 0..watchers {
+        let client = n.http();
+        let url = n.url(&format!("/api/v1/namespaces/{ns}/configmaps?watch=1&resourceVersion={rv}"));
+        let (token, tx) = (token.clone(), tx.clone());
+        tasks.push(tokio::spawn(async move {
+            let resp = client.get(&url).bearer_auth(&token).send().await?;
+            let mut stream = resp.bytes_stream();
+            let mut buf = Vec::new();
+            while let Some(chunk) = stream.next().await {
+                buf.extend_from_slice(&chunk?);
+                while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
+                    let line: Vec<u8> = buf.drain(..=pos).collect();
+                    let received = now_us();
+                    let ev: Value = serde_json::from_slice(&line)?;
+                    if let Some(sent) = ev["object"]["data"]["sent"].as_str().and_then(|s| s.parse::<u128>().ok()) {
+                        let _ = tx.send(received.saturating_sub(sent));
+                    }
+                }
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    drop(tx);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let url = n.url(&format!("/api/v1/namespaces/{ns}/configmaps"));
+    for i in 0..changes {
+        let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": format!("c{i}")}, "data": {"sent": now_us().to_string()}});
+        http.post(&url).bearer_auth(&token).json(&body).send().await?;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut lat = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while lat.len() < watchers * changes {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(l)) => lat.push(l),
+            _ => break,
+        }
+    }
+    for t in tasks {
+        t.abort();
+    }
+    lat.sort_unstable();
+    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+    Ok((pct(0.50), pct(0.99), lat.len()))
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let n = Nodeless::start()?;
+    let http = n.http();
+    let token = n.admin_token();
+    for ns in ["bench1", "bench32"] {
+        http.post(n.url("/api/v1/namespaces")).bearer_auth(&token).json(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).send().await?;
+    }
+    println!("nodeless control-plane benchmark ({} cores)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    let one = create_pods(&n, "bench1", args.single, 1).await?;
+    println!("durable pod creates/s, 1 client:    {one:>8.0}  ({} pods)", args.single);
+    let many = create_pods(&n, "bench32", args.concurrent, args.clients).await?;
+    println!("durable pod creates/s, {} clients: {many:>8.0}  ({} pods)   goal >= 2000", args.clients, args.concurrent);
+    let (p50, p99, got) = watch_latency(&n, args.watchers, args.changes).await?;
+    println!(
+        "watch delivery latency, {} watchers: p50 {p50:.2} ms  p99 {p99:.2} ms  ({got} of {} events)   goal p99 <= 10 ms",
+        args.watchers,
+        args.watchers * args.changes
+    );
+    Ok(())
+}

@@ -1,0 +1,293 @@
+//! A user's day with the real kubectl, newest and oldest installed version.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nodeless_tests::kubelet::FakeKubelet;
+use nodeless_tests::{Nodeless, kubectl_path};
+
+fn manifest(env_value: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: web-config
+  namespace: shop
+data:
+  greeting: hello
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: web-secret
+  namespace: shop
+type: Opaque
+stringData:
+  password: s3cret
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+  labels:
+    app: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: app
+        image: registry.example/echo:1.0
+        ports:
+        - name: http
+          containerPort: 8080
+        env:
+        - name: MODE
+          value: "{env_value}"
+        - name: GREETING
+          valueFrom:
+            configMapKeyRef:
+              name: web-config
+              key: greeting
+        resources:
+          requests:
+            cpu: 100m
+            memory: 64Mi
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+spec:
+  selector:
+    app: web
+  ports:
+  - name: http
+    port: 80
+    targetPort: http
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: web
+  namespace: shop
+spec:
+  rules:
+  - host: shop.example.com
+    http:
+      paths:
+      - path: /
+        pathType: Prefix
+        backend:
+          service:
+            name: web
+            port:
+              number: 80
+"#
+    )
+}
+
+const CRD: &str = r#"apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names:
+    kind: Widget
+    plural: widgets
+    singular: widget
+    shortNames: [wd]
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [size]
+            properties:
+              size:
+                type: integer
+                minimum: 1
+"#;
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Poll until `f` holds or the deadline passes.
+fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if f() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out waiting for: {what}");
+}
+
+async fn user_workflow(v: &str) {
+    let n = Nodeless::start().unwrap();
+    let _kubelet = FakeKubelet::start(n.client().await.unwrap(), "vk-e2e").await.unwrap();
+    let file = n.dir.path().join("app.yaml");
+    std::fs::write(&file, manifest("blue")).unwrap();
+    let f = file.to_str().unwrap();
+    let k = |args: &[&str]| n.kubectl_ok(v, args);
+
+    // apply, get, get -o yaml, rollout status
+    let out = k(&["apply", "-f", f]);
+    for created in ["namespace/shop created", "deployment.apps/web created", "service/web created", "ingress.networking.k8s.io/web created", "configmap/web-config created", "secret/web-secret created"] {
+        assert!(out.contains(created), "{out}");
+    }
+    let out = k(&["rollout", "status", "deployment/web", "-n", "shop", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let table = k(&["get", "deployments", "-n", "shop"]);
+    assert!(table.contains("READY") && table.contains("web") && table.contains("2/2"), "{table}");
+    let yaml: serde_yaml::Value = serde_yaml::from_str(&k(&["get", "deployment", "web", "-n", "shop", "-o", "yaml"])).unwrap();
+    assert_eq!(yaml["kind"].as_str(), Some("Deployment"));
+    assert_eq!(yaml["spec"]["replicas"].as_i64(), Some(2));
+    assert_eq!(yaml["status"]["readyReplicas"].as_i64(), Some(2));
+    let secret = k(&["get", "secret", "web-secret", "-n", "shop", "-o", "jsonpath={.data.password}"]);
+    assert_eq!(secret, "czNjcmV0", "stringData becomes base64 data");
+    let svc_ip = k(&["get", "svc", "web", "-n", "shop", "-o", "jsonpath={.spec.clusterIP}"]);
+    assert!(svc_ip.starts_with("10.96."), "{svc_ip}");
+    eventually("the EndpointSlice lists both ready pods", 20, || {
+        let eps = n.kubectl(v, &["get", "endpointslices", "-n", "shop", "-l", "kubernetes.io/service-name=web", "-o", "jsonpath={.items[0].endpoints[*].conditions.ready}"]);
+        stdout(&eps) == "true true"
+    });
+
+    // A second identical apply changes nothing.
+    let rv = k(&["get", "deployment", "web", "-n", "shop", "-o", "jsonpath={.metadata.resourceVersion}"]);
+    let out = k(&["apply", "-f", f]);
+    assert!(out.contains("deployment.apps/web unchanged"), "{out}");
+    let rv2 = k(&["get", "deployment", "web", "-n", "shop", "-o", "jsonpath={.metadata.resourceVersion}"]);
+    assert_eq!(rv, rv2, "an unchanged apply must not write");
+
+    // Changing one env var merges into the container (strategic merge patch by name).
+    std::fs::write(&file, manifest("green")).unwrap();
+    let out = k(&["apply", "-f", f]);
+    assert!(out.contains("deployment.apps/web configured"), "{out}");
+    let env = k(&["get", "deployment", "web", "-n", "shop", "-o", "jsonpath={range .spec.template.spec.containers[0].env[*]}{.name}={.value}{.valueFrom.configMapKeyRef.key};{end}"]);
+    assert_eq!(env, "MODE=green;GREETING=greeting;", "{env}");
+    let image = k(&["get", "deployment", "web", "-n", "shop", "-o", "jsonpath={.spec.template.spec.containers[0].image}"]);
+    assert_eq!(image, "registry.example/echo:1.0");
+    let out = k(&["rollout", "status", "deployment/web", "-n", "shop", "--timeout=60s"]);
+    assert!(out.contains("successfully rolled out"), "{out}");
+    let rs = k(&["get", "rs", "-n", "shop", "-o", "name"]);
+    assert_eq!(rs.lines().count(), 2, "one ReplicaSet per template: {rs}");
+
+    // rollout undo goes back to the first template.
+    k(&["rollout", "undo", "deployment/web", "-n", "shop"]);
+    k(&["rollout", "status", "deployment/web", "-n", "shop", "--timeout=60s"]);
+    let mode = k(&["get", "deployment", "web", "-n", "shop", "-o", "jsonpath={.spec.template.spec.containers[0].env[0].value}"]);
+    assert_eq!(mode, "blue");
+
+    // scale
+    k(&["scale", "deployment/web", "-n", "shop", "--replicas=3"]);
+    k(&["rollout", "status", "deployment/web", "-n", "shop", "--timeout=60s"]);
+    eventually("3 pods run", 20, || stdout(&n.kubectl(v, &["get", "pods", "-n", "shop", "-l", "app=web", "-o", "name"])).lines().count() == 3);
+
+    // describe
+    let d = k(&["describe", "deployment", "web", "-n", "shop"]);
+    assert!(d.contains("Replicas:") && d.contains("3 desired"), "{d}");
+    let pod = k(&["get", "pods", "-n", "shop", "-l", "app=web", "-o", "jsonpath={.items[0].metadata.name}"]);
+    let d = k(&["describe", "pod", &pod, "-n", "shop"]);
+    assert!(d.contains("Status:") && d.contains("Running"), "{d}");
+
+    // server-side apply
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\n  namespace: shop\ndata:\n  a: \"1\"\n  b: \"2\"\n";
+    let out = n.kubectl_with(v, &n.kubeconfig(), &["apply", "--server-side", "-f", "-"], Some(cm));
+    assert!(out.status.success() && stdout(&out).contains("configmap/ssa serverside-applied"), "{} {}", stdout(&out), stderr(&out));
+    let cm2 = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\n  namespace: shop\ndata:\n  a: \"10\"\n";
+    let out = n.kubectl_with(v, &n.kubeconfig(), &["apply", "--server-side", "-f", "-"], Some(cm2));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let data = k(&["get", "cm", "ssa", "-n", "shop", "-o", "jsonpath={.data}"]);
+    assert_eq!(data, r#"{"a":"10"}"#, "a field the manager stopped applying is removed");
+
+    // get -w sees a change
+    let mut watch = Command::new(kubectl_path(v))
+        .env("KUBECONFIG", n.kubeconfig())
+        .args(["get", "cm", "web-config", "-n", "shop", "-w", "-o", "jsonpath={.data.greeting}{\"\\n\"}"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let reader = {
+        let lines = lines.clone();
+        let out = watch.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                lines.lock().unwrap().push(l);
+            }
+        })
+    };
+    eventually("the watch prints the current value", 20, || lines.lock().unwrap().iter().any(|l| l == "hello"));
+    k(&["patch", "cm", "web-config", "-n", "shop", "--type", "merge", "-p", r#"{"data":{"greeting":"bonjour"}}"#]);
+    eventually("the watch prints the new value", 20, || lines.lock().unwrap().iter().any(|l| l == "bonjour"));
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let _ = reader.join();
+
+    // A CRD, then its objects.
+    let out = n.kubectl_with(v, &n.kubeconfig(), &["apply", "-f", "-"], Some(CRD));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let widget = "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w1\n  namespace: shop\nspec:\n  size: 3\n";
+    let out = n.kubectl_with(v, &n.kubeconfig(), &["apply", "-f", "-"], Some(widget));
+    assert!(out.status.success() && stdout(&out).contains("widget.example.com/w1 created"), "{} {}", stdout(&out), stderr(&out));
+    let got = k(&["get", "wd", "-n", "shop", "-o", "jsonpath={.items[0].spec.size}"]);
+    assert_eq!(got, "3");
+    let bad_widget = "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w2\n  namespace: shop\nspec:\n  size: 0\n";
+    let out = n.kubectl_with(v, &n.kubeconfig(), &["apply", "-f", "-"], Some(bad_widget));
+    assert!(!out.status.success() && stderr(&out).contains("spec.size"), "{}", stderr(&out));
+
+    // A bad manifest gets kubectl's error with the field.
+    let bad = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: broken\n  namespace: shop\nspec:\n  selector:\n    matchLabels: {app: b}\n  template:\n    metadata:\n      labels: {app: b}\n    spec:\n      containers:\n      - name: c\n";
+    let out = n.kubectl_with(v, &n.kubeconfig(), &["apply", "-f", "-"], Some(bad));
+    assert!(!out.status.success(), "a container without an image must be refused");
+    assert!(stderr(&out).contains("spec.template.spec.containers[0].image"), "{}", stderr(&out));
+    let typo = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: typo\n  namespace: shop\ndatta:\n  a: b\n";
+    let out = n.kubectl_with(v, &n.kubeconfig(), &["apply", "-f", "-"], Some(typo));
+    assert!(!out.status.success() && stderr(&out).contains("unknown field \"datta\""), "{}", stderr(&out));
+
+    // delete: the namespace takes everything in it along.
+    let out = k(&["delete", "-f", f, "--wait=true", "--timeout=60s"]);
+    assert!(out.contains("namespace \"shop\" deleted"), "{out}");
+    eventually("the namespace is gone", 30, || !n.kubectl(v, &["get", "ns", "shop"]).status.success());
+    let left = k(&["get", "pods,rs,deploy,svc,cm,endpointslices", "-A", "-o", "name", "--field-selector", "metadata.namespace=shop"]);
+    assert!(left.trim().is_empty(), "objects left behind: {left}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_newest() {
+    user_workflow("1.33").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubectl_oldest() {
+    user_workflow("1.27").await;
+}

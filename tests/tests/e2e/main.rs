@@ -1,0 +1,7 @@
+//! Black-box end-to-end tests against the real `nodeless` binary. One test binary; each module
+//! starts its own `nodeless up` on a free port with its own data directory.
+
+mod bad_input;
+mod durability;
+mod kubectl;
+mod reflector;
