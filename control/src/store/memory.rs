@@ -321,3 +321,88 @@ fn stage(write: &Write, current: Option<&(Arc<Value>, u64)>, _rev: u64) -> Resul
         },
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    /// Open, waiting for a just-dropped store's writer thread to let go of the file.
+    fn open(dir: &std::path::Path) -> Store {
+        for _ in 0..200 {
+            if let Ok(s) = Store::open_embedded(dir) {
+                return s;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        Store::open_embedded(dir).unwrap()
+    }
+
+    fn obj(name: &str, v: i64) -> Value {
+        json!({"metadata": {"name": name}, "v": v})
+    }
+
+    #[tokio::test]
+    async fn writes_are_ordered_checked_and_durable() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        let a = s.write(Write::Create { key: "/g/r/a".into(), obj: obj("a", 1) }).await.unwrap();
+        assert_eq!(a.rev, 1);
+        assert_eq!(a.obj["metadata"]["resourceVersion"], "1");
+        assert!(matches!(s.write(Write::Create { key: "/g/r/a".into(), obj: obj("a", 2) }).await, Err(StoreError::AlreadyExists)));
+        assert!(matches!(
+            s.write(Write::Update { key: "/g/r/a".into(), obj: obj("a", 2), expect_rev: Some(99) }).await,
+            Err(StoreError::Conflict { current: 1 })
+        ));
+        let b = s.write(Write::Update { key: "/g/r/a".into(), obj: obj("a", 2), expect_rev: Some(1) }).await.unwrap();
+        assert_eq!(b.rev, 2);
+        // Concurrent writers share commits but each gets its own revision.
+        let writes = (0..100).map(|i| s.write(Write::Create { key: format!("/g/r/x{i:03}"), obj: obj("x", i) }));
+        let revs: Vec<u64> = futures::future::join_all(writes).await.into_iter().map(|r| r.unwrap().rev).collect();
+        let mut sorted = revs.clone();
+        sorted.sort_unstable();
+        sorted.dedup();
+        assert_eq!(sorted.len(), 100);
+        s.write(Write::Delete { key: "/g/r/a".into(), expect_rev: None }).await.unwrap();
+        let rev = s.revision();
+        drop(s);
+        let s = open(dir.path());
+        assert_eq!(s.revision(), rev, "the revision survives a reopen");
+        assert!(s.get("/g/r/a").is_none());
+        assert_eq!(s.get("/g/r/x042").unwrap().obj["v"], 42);
+    }
+
+    #[tokio::test]
+    async fn list_pages_and_filters() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        for i in 0..10 {
+            s.write(Write::Create { key: format!("/g/r/ns/o{i}"), obj: obj("o", i) }).await.unwrap();
+        }
+        s.write(Write::Create { key: "/g/r2/ns/other".into(), obj: obj("other", 0) }).await.unwrap();
+        let (page, _, next) = s.list("/g/r/", None, 4, &|_| true);
+        assert_eq!(page.len(), 4);
+        let (rest, _, end) = s.list("/g/r/", next.as_deref(), 0, &|_| true);
+        assert_eq!(rest.len(), 6);
+        assert!(end.is_none());
+        let (even, _, _) = s.list("/g/r/", None, 0, &|o| o["v"].as_i64().unwrap() % 2 == 0);
+        assert_eq!(even.len(), 5);
+    }
+
+    #[tokio::test]
+    async fn watch_resumes_from_history_even_after_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = open(dir.path());
+        s.write(Write::Create { key: "/g/r/a".into(), obj: obj("a", 1) }).await.unwrap();
+        s.write(Write::Update { key: "/g/r/a".into(), obj: obj("a", 2), expect_rev: None }).await.unwrap();
+        drop(s);
+        let s = open(dir.path());
+        let mut w = s.watch("/g/r/", 1).unwrap();
+        let e = w.next().await.unwrap();
+        assert_eq!((e.rev, e.kind), (2, EventType::Modified));
+        s.write(Write::Delete { key: "/g/r/a".into(), expect_rev: None }).await.unwrap();
+        let e = w.next().await.unwrap();
+        assert_eq!((e.rev, e.kind), (3, EventType::Deleted));
+        assert_eq!(e.obj["metadata"]["resourceVersion"], "3");
+    }
+}
