@@ -3,11 +3,14 @@
 //! and scheduling onto virtual nodes work.
 #![forbid(unsafe_code)]
 
+pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod controllers;
 pub mod ipalloc;
 pub mod kubeconfig;
+pub mod patch;
+pub mod printers;
 pub mod store;
 pub mod tls;
 
@@ -96,7 +99,7 @@ impl ControlPlane {
             store,
             registry: Registry::with_builtins(),
             auth: Authenticator::new(&tokens),
-            policy: nodeless_admission::Policy { allow_host_network: cfg.allow_host_network },
+            policy: admission::Policy { allow_host_network: cfg.allow_host_network },
             cluster_ips,
             node_tls,
         });

@@ -138,19 +138,19 @@ pub mod tables {
     use super::{Query, Served};
     use serde_json::Value;
 
-    pub fn include(q: &Query) -> nodeless_printers::IncludeObject {
+    pub fn include(q: &Query) -> crate::printers::IncludeObject {
         match q.get("includeObject").map(String::as_str) {
-            Some("None") => nodeless_printers::IncludeObject::None,
-            Some("Object") => nodeless_printers::IncludeObject::Object,
-            _ => nodeless_printers::IncludeObject::Metadata,
+            Some("None") => crate::printers::IncludeObject::None,
+            Some("Object") => crate::printers::IncludeObject::Object,
+            _ => crate::printers::IncludeObject::Metadata,
         }
     }
 
     pub fn table(served: &Served, items: &[Value], q: &Query, list_meta: Value) -> Value {
         let now = chrono::Utc::now();
         match (&served.columns, served.custom) {
-            (Some(cols), true) => nodeless_printers::custom_table(items, cols, include(q), now, list_meta),
-            _ => nodeless_printers::table(&served.def.group, &served.def.kind, items, include(q), now, list_meta),
+            (Some(cols), true) => crate::printers::custom_table(items, cols, include(q), now, list_meta),
+            _ => crate::printers::table(&served.def.group, &served.def.kind, items, include(q), now, list_meta),
         }
     }
 }
@@ -253,15 +253,15 @@ pub fn decode_body(served: &Served, mut obj: Value, q: &Query) -> Result<(Value,
 
 /// Run admission: the apiserver's validation and the platform's rules.
 pub fn admit(state: &ApiState, served: &Served, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
-    use nodeless_admission::Verdict;
+    use crate::admission::Verdict;
     let name = objects::name_of(obj).to_string();
-    match nodeless_admission::admit(&served.def.group, &served.def.kind, obj, old, &state.policy) {
+    match crate::admission::admit(&served.def.group, &served.def.kind, obj, old, &state.policy) {
         Verdict::Allowed => Ok(()),
         Verdict::Invalid(causes) => Err(ApiError::Invalid {
-            message: nodeless_admission::invalid_message(&served.def.qualified_kind(), &name, &causes),
+            message: crate::admission::invalid_message(&served.def.qualified_kind(), &name, &causes),
             causes: causes
                 .iter()
-                .map(|c| Cause { reason: c.reason.as_str().to_string(), message: c.message.clone(), field: c.field.clone() })
+                .map(|c| Cause { reason: c.reason.to_string(), message: c.message.clone(), field: c.field.clone() })
                 .collect(),
             subject: Subject { group: served.def.group.clone(), kind: served.def.kind.clone(), name },
         }),

@@ -40,7 +40,7 @@ pub struct ApiState {
     pub store: Store,
     pub registry: Registry,
     pub auth: Authenticator,
-    pub policy: nodeless_admission::Policy,
+    pub policy: crate::admission::Policy,
     pub cluster_ips: IpAllocator,
     /// TLS client settings for the kubelet API of nodes (trusts the cluster CA).
     pub node_tls: Arc<rustls::ClientConfig>,

@@ -1,15 +1,17 @@
 //! PATCH bodies: JSON patch, merge patch, strategic merge patch and server-side apply, through
 //! the `nodeless-patch` crate; errors become Kubernetes statuses here.
 
-use nodeless_patch::{BuiltinSchema, GenericSchema, PatchSchema};
 use serde_json::Value;
+
+use crate::patch;
 
 use super::error::{ApiError, Cause, Subject};
 use super::http::BodyType;
 use super::registry::Served;
 
-fn schema_for(served: &Served) -> Box<dyn PatchSchema> {
-    if served.custom { Box::new(GenericSchema) } else { Box::new(BuiltinSchema) }
+/// The kind whose list merge keys apply; custom resources have none (every list is atomic).
+fn schema_kind(served: &Served) -> &str {
+    if served.custom { "" } else { &served.def.kind }
 }
 
 fn patch_error(e: impl std::fmt::Display) -> ApiError {
@@ -23,10 +25,10 @@ fn patch_error(e: impl std::fmt::Display) -> ApiError {
 /// Apply a JSON, merge or strategic patch to `doc` (used for the Scale view too).
 pub fn apply_plain_patch(ty: BodyType, doc: &Value, patch: &Value) -> Result<Value, ApiError> {
     match ty {
-        BodyType::JsonPatch => nodeless_patch::json_patch(doc, patch).map_err(patch_error),
-        BodyType::MergePatch | BodyType::Json => Ok(nodeless_patch::merge_patch(doc, patch)),
+        BodyType::JsonPatch => patch::json_patch(doc, patch).map_err(patch_error),
+        BodyType::MergePatch | BodyType::Json => Ok(patch::merge_patch(doc, patch)),
         BodyType::StrategicMergePatch => {
-            nodeless_patch::strategic_merge_patch(doc, patch, &GenericSchema, "").map_err(patch_error)
+            patch::strategic_merge_patch(doc, patch, "").map_err(patch_error)
         }
         _ => Err(ApiError::UnsupportedMediaType(format!("{ty:?} is not a patch type for this resource"))),
     }
@@ -41,15 +43,14 @@ pub fn apply_patch(
     manager: Option<&str>,
     force: bool,
 ) -> Result<Value, ApiError> {
-    let schema = schema_for(served);
-    let kind = served.def.kind.as_str();
+    let kind = schema_kind(served);
     match ty {
-        BodyType::JsonPatch => nodeless_patch::json_patch(current, patch).map_err(patch_error),
+        BodyType::JsonPatch => patch::json_patch(current, patch).map_err(patch_error),
         BodyType::MergePatch => {
             if !patch.is_object() {
                 return Err(ApiError::bad_request("a merge patch must be a JSON object"));
             }
-            Ok(nodeless_patch::merge_patch(current, patch))
+            Ok(patch::merge_patch(current, patch))
         }
         BodyType::StrategicMergePatch => {
             if served.custom {
@@ -57,25 +58,13 @@ pub fn apply_patch(
                     "strategic merge patch is not supported for custom resources: use a merge or JSON patch".into(),
                 ));
             }
-            nodeless_patch::strategic_merge_patch(current, patch, schema.as_ref(), kind).map_err(patch_error)
+            patch::strategic_merge_patch(current, patch, kind).map_err(patch_error)
         }
         BodyType::ApplyPatch => {
             check_applied(served, patch)?;
-            let managed = nodeless_patch::ManagedEntry::list_from(current);
             let now = super::objects::now_rfc3339();
-            let outcome = nodeless_patch::apply(
-                Some(current),
-                patch,
-                manager.unwrap_or_default(),
-                &managed,
-                force,
-                schema.as_ref(),
-                kind,
-                &served.def.api_version(),
-                &now,
-            )
-            .map_err(|c| apply_conflict(served, current, c))?;
-            Ok(outcome.into_object())
+            patch::apply(Some(current), patch, manager.unwrap_or_default(), force, kind, &served.def.api_version(), &now)
+                .map_err(|c| apply_conflict(served, current, c))
         }
         BodyType::Json | BodyType::Yaml => Err(ApiError::UnsupportedMediaType(
             "the body of a PATCH must be application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json or application/apply-patch+yaml".into(),
@@ -86,21 +75,9 @@ pub fn apply_patch(
 /// The object server-side apply creates when nothing exists yet.
 pub fn apply_create(served: &Served, patch: &Value, manager: &str) -> Result<Value, ApiError> {
     check_applied(served, patch)?;
-    let schema = schema_for(served);
     let now = super::objects::now_rfc3339();
-    let outcome = nodeless_patch::apply(
-        None,
-        patch,
-        manager,
-        &[],
-        false,
-        schema.as_ref(),
-        &served.def.kind,
-        &served.def.api_version(),
-        &now,
-    )
-    .map_err(|c| apply_conflict(served, patch, c))?;
-    Ok(outcome.into_object())
+    patch::apply(None, patch, manager, false, schema_kind(served), &served.def.api_version(), &now)
+        .map_err(|c| apply_conflict(served, patch, c))
 }
 
 fn check_applied(served: &Served, patch: &Value) -> Result<(), ApiError> {
@@ -117,7 +94,7 @@ fn check_applied(served: &Served, patch: &Value) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn apply_conflict(served: &Served, obj: &Value, c: nodeless_patch::ApplyConflict) -> ApiError {
+fn apply_conflict(served: &Served, obj: &Value, c: patch::ApplyConflict) -> ApiError {
     let name = super::objects::name_of(obj).to_string();
     let causes = c
         .conflicts

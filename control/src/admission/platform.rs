@@ -1,0 +1,79 @@
+//! What a serverless Kubernetes does not run. Each rule names itself and says why.
+
+use serde_json::Value;
+
+use super::Policy;
+
+fn pod_spec<'a>(group: &str, kind: &str, obj: &'a Value) -> Option<&'a Value> {
+    match (group, kind) {
+        ("", "Pod") => obj.get("spec"),
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") | ("batch", "Job") => obj.pointer("/spec/template/spec"),
+        ("batch", "CronJob") => obj.pointer("/spec/jobTemplate/spec/template/spec"),
+        _ => None,
+    }
+}
+
+fn containers(spec: &Value) -> impl Iterator<Item = &Value> {
+    ["containers", "initContainers", "ephemeralContainers"]
+        .into_iter()
+        .flat_map(move |l| spec.get(l).and_then(Value::as_array).into_iter().flatten())
+}
+
+const NO_NODE: &str = "pods run in sandboxes on virtual nodes, so there is no node";
+
+/// The rule an object breaks, with the message the user sees.
+pub fn check(group: &str, kind: &str, obj: &Value, policy: &Policy) -> Option<(&'static str, String)> {
+    if group == "apps" && kind == "DaemonSet" {
+        return Some(("nodeless.io/no-daemonset", format!("DaemonSet is not supported: {NO_NODE} to run a per-node agent on; use a Deployment")));
+    }
+    if group.is_empty() && kind == "Service" && obj.pointer("/spec/type").and_then(Value::as_str) == Some("NodePort") {
+        return Some(("nodeless.io/no-nodeport", format!("Service type NodePort is not supported: {NO_NODE} to open a port on; use type LoadBalancer or an Ingress")));
+    }
+    let spec = pod_spec(group, kind, obj)?;
+    for c in containers(spec) {
+        let name = c.get("name").and_then(Value::as_str).unwrap_or_default();
+        if c.get("ports").and_then(Value::as_array).into_iter().flatten().any(|p| p.get("hostPort").and_then(Value::as_i64).is_some_and(|h| h != 0)) {
+            return Some(("nodeless.io/no-hostport", format!("container \"{name}\" asks for a hostPort, which is not supported: {NO_NODE} port to bind; expose the port through a Service")));
+        }
+        if c.pointer("/securityContext/privileged") == Some(&Value::Bool(true)) {
+            return Some(("nodeless.io/no-privileged", format!("container \"{name}\" asks to run privileged, which is not supported: a privileged container could escape its sandbox")));
+        }
+        let adds = c.pointer("/securityContext/capabilities/add").and_then(Value::as_array).into_iter().flatten();
+        if let Some(cap) = adds.filter_map(Value::as_str).find(|c| matches!(c.trim_start_matches("CAP_"), "SYS_ADMIN" | "ALL" | "SYS_MODULE" | "SYS_RAWIO")) {
+            return Some(("nodeless.io/no-privileged", format!("container \"{name}\" adds capability {cap}, which is not supported: it would let the container escape its sandbox")));
+        }
+    }
+    if spec.get("hostNetwork") == Some(&Value::Bool(true)) && !policy.allow_host_network {
+        return Some(("nodeless.io/no-host-network", "hostNetwork is not allowed on this cluster: each pod gets its own network identity (start nodeless with --allow-host-network to permit it)".into()));
+    }
+    for (field, what) in [("hostPID", "the host's process namespace"), ("hostIPC", "the host's IPC namespace")] {
+        if spec.get(field) == Some(&Value::Bool(true)) {
+            return Some(("nodeless.io/no-host-namespaces", format!("{field} is not supported: {NO_NODE} and no {what} to share")));
+        }
+    }
+    if let Some(v) = spec.get("volumes").and_then(Value::as_array).into_iter().flatten().find(|v| v.get("hostPath").is_some()) {
+        let name = v.get("name").and_then(Value::as_str).unwrap_or_default();
+        return Some(("nodeless.io/no-hostpath", format!("volume \"{name}\" is a hostPath, which is not supported: {NO_NODE} filesystem to mount; use emptyDir, a ConfigMap/Secret, disk, NAS or OSS")));
+    }
+    None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn rules() {
+        let p = Policy::default();
+        assert_eq!(check("apps", "DaemonSet", &json!({}), &p).unwrap().0, "nodeless.io/no-daemonset");
+        assert_eq!(check("", "Service", &json!({"spec": {"type": "NodePort"}}), &p).unwrap().0, "nodeless.io/no-nodeport");
+        let pod = |c: Value| json!({"spec": {"containers": [c]}});
+        assert_eq!(check("", "Pod", &pod(json!({"name": "c", "ports": [{"containerPort": 80, "hostPort": 80}]})), &p).unwrap().0, "nodeless.io/no-hostport");
+        assert_eq!(check("", "Pod", &pod(json!({"name": "c", "securityContext": {"privileged": true}})), &p).unwrap().0, "nodeless.io/no-privileged");
+        let d = json!({"spec": {"template": {"spec": {"hostNetwork": true, "containers": []}}}});
+        assert_eq!(check("apps", "Deployment", &d, &p).unwrap().0, "nodeless.io/no-host-network");
+        assert!(check("apps", "Deployment", &d, &Policy { allow_host_network: true }).is_none());
+        assert!(check("", "Pod", &pod(json!({"name": "c", "ports": [{"containerPort": 80}]})), &p).is_none());
+    }
+}

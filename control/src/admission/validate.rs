@@ -1,0 +1,512 @@
+//! Schema-level validation of the built-in kinds, with the apiserver's field paths and messages.
+
+use std::collections::HashSet;
+
+use serde_json::{Value, json};
+
+use super::Cause;
+use super::names;
+use super::quantity::{QUANTITY_MSG, parse_quantity};
+
+type Causes = Vec<Cause>;
+
+fn s<'a>(v: &'a Value, ptr: &str) -> Option<&'a str> {
+    v.pointer(ptr).and_then(Value::as_str)
+}
+
+fn arr<'a>(v: &'a Value, key: &str) -> &'a [Value] {
+    v.get(key).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+}
+
+pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Causes {
+    let mut c = Vec::new();
+    let label_names = matches!((group, kind), ("", "Namespace" | "Service"));
+    metadata(obj, label_names, &mut c);
+    match (group, kind) {
+        ("", "Pod") => {
+            if let Some(spec) = obj.get("spec") {
+                pod_spec(spec, "spec", false, &mut c);
+            } else {
+                c.push(Cause::required("spec"));
+            }
+        }
+        ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") => workload(kind, obj, old, &mut c),
+        ("", "Service") => service(obj, old, &mut c),
+        ("", "ConfigMap") => config_data(obj, false, &mut c),
+        ("", "Secret") => {
+            config_data(obj, true, &mut c);
+            if s(obj, "/type") == Some("kubernetes.io/tls") {
+                for k in ["tls.crt", "tls.key"] {
+                    if obj.pointer("/data").and_then(|d| d.get(k)).is_none() {
+                        c.push(Cause::required(format!("data[{k}]")));
+                    }
+                }
+            }
+        }
+        ("networking.k8s.io", "Ingress") => ingress(obj, &mut c),
+        ("discovery.k8s.io", "EndpointSlice") => {
+            let t = s(obj, "/addressType").unwrap_or_default();
+            if !matches!(t, "IPv4" | "IPv6" | "FQDN") {
+                c.push(Cause::unsupported("addressType", t, &["FQDN", "IPv4", "IPv6"]));
+            }
+        }
+        _ => {}
+    }
+    c
+}
+
+fn metadata(obj: &Value, label_name: bool, c: &mut Causes) {
+    let name = s(obj, "/metadata/name").unwrap_or_default();
+    if !name.is_empty() {
+        let bad = if label_name { names::dns1123_label(name) } else { names::dns1123_subdomain(name) };
+        if let Some(why) = bad {
+            c.push(Cause::invalid("metadata.name", &json!(name), &why));
+        }
+    }
+    if let Some(ns) = s(obj, "/metadata/namespace").filter(|n| !n.is_empty()) {
+        if let Some(why) = names::dns1123_label(ns) {
+            c.push(Cause::invalid("metadata.namespace", &json!(ns), &why));
+        }
+    }
+    labels(obj.pointer("/metadata/labels"), "metadata.labels", c);
+    if let Some(ann) = obj.pointer("/metadata/annotations").and_then(Value::as_object) {
+        let mut total = 0;
+        for (k, v) in ann {
+            total += k.len() + v.as_str().map(str::len).unwrap_or(0);
+            if let Some(why) = names::qualified_name(k) {
+                c.push(Cause::invalid("metadata.annotations", &json!(k), &why));
+            }
+        }
+        if total > 256 * 1024 {
+            c.push(Cause { field: "metadata.annotations".into(), reason: "FieldValueTooLong", message: "Too long: must have at most 262144 bytes".into() });
+        }
+    }
+}
+
+fn labels(l: Option<&Value>, field: &str, c: &mut Causes) {
+    for (k, v) in l.and_then(Value::as_object).into_iter().flatten() {
+        if let Some(why) = names::qualified_name(k) {
+            c.push(Cause::invalid(field, &json!(k), &why));
+        }
+        if let Some(why) = v.as_str().and_then(names::label_value) {
+            c.push(Cause::invalid(format!("{field}"), v, &why));
+        }
+    }
+}
+
+fn quantities(res: &Value, path: &str, c: &mut Causes) {
+    for section in ["requests", "limits"] {
+        for (k, v) in res.get(section).and_then(Value::as_object).into_iter().flatten() {
+            let text = match v {
+                Value::String(t) => t.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => String::new(),
+            };
+            match parse_quantity(&text) {
+                Err(_) => c.push(Cause::invalid(format!("{path}.{section}[{k}]"), v, QUANTITY_MSG)),
+                Ok(q) if q.milli() < 0 => c.push(Cause::invalid(format!("{path}.{section}[{k}]"), v, "must be greater than or equal to 0")),
+                Ok(_) => {}
+            }
+        }
+    }
+    for k in ["cpu", "memory"] {
+        let q = |sec: &str| res.pointer(&format!("/{sec}/{k}")).and_then(|v| v.as_str().map(String::from).or_else(|| v.as_i64().map(|n| n.to_string()))).and_then(|t| parse_quantity(&t).ok());
+        if let (Some(r), Some(l)) = (q("requests"), q("limits")) {
+            if r > l {
+                let shown = res.pointer(&format!("/requests/{k}")).cloned().unwrap_or_default();
+                c.push(Cause::invalid(format!("{path}.requests"), &shown, &format!("must be less than or equal to {k} limit of {}", res.pointer(&format!("/limits/{k}")).map(|v| v.as_str().map(String::from).unwrap_or(v.to_string())).unwrap_or_default())));
+            }
+        }
+    }
+}
+
+fn probe(p: &Value, path: &str, c: &mut Causes) {
+    let handlers = ["exec", "httpGet", "tcpSocket", "grpc"].iter().filter(|h| p.get(**h).is_some()).count();
+    if handlers == 0 {
+        c.push(Cause::required_because(path.to_string(), "must specify a handler type"));
+    } else if handlers > 1 {
+        c.push(Cause::forbidden(path.to_string(), "may not specify more than 1 handler type"));
+    }
+}
+
+fn container(ct: &Value, path: &str, volumes: &HashSet<String>, names_seen: &mut HashSet<String>, template: bool, c: &mut Causes) {
+    let name = s(ct, "/name").unwrap_or_default();
+    if name.is_empty() {
+        c.push(Cause::required(format!("{path}.name")));
+    } else if let Some(why) = names::dns1123_label(name) {
+        c.push(Cause::invalid(format!("{path}.name"), &json!(name), &why));
+    } else if !names_seen.insert(name.to_string()) {
+        c.push(Cause::duplicate(format!("{path}.name"), name));
+    }
+    if s(ct, "/image").unwrap_or_default().trim().is_empty() {
+        let _ = template;
+        c.push(Cause::required(format!("{path}.image")));
+    }
+    let mut port_names = HashSet::new();
+    for (i, p) in arr(ct, "ports").iter().enumerate() {
+        let pp = format!("{path}.ports[{i}]");
+        match p.get("containerPort").and_then(Value::as_i64) {
+            None => c.push(Cause::required(format!("{pp}.containerPort"))),
+            Some(n) if !(1..=65535).contains(&n) => c.push(Cause::invalid(format!("{pp}.containerPort"), &json!(n), "must be between 1 and 65535, inclusive")),
+            _ => {}
+        }
+        if let Some(proto) = s(p, "/protocol") {
+            if !matches!(proto, "TCP" | "UDP" | "SCTP") {
+                c.push(Cause::unsupported(format!("{pp}.protocol"), proto, &["SCTP", "TCP", "UDP"]));
+            }
+        }
+        if let Some(n) = s(p, "/name") {
+            if let Some(why) = names::port_name(n) {
+                c.push(Cause::invalid(format!("{pp}.name"), &json!(n), &why));
+            } else if !port_names.insert(n.to_string()) {
+                c.push(Cause::duplicate(format!("{pp}.name"), n));
+            }
+        }
+    }
+    for (i, e) in arr(ct, "env").iter().enumerate() {
+        let ep = format!("{path}.env[{i}]");
+        let n = s(e, "/name").unwrap_or_default();
+        if n.is_empty() {
+            c.push(Cause::required(format!("{ep}.name")));
+        } else if let Some(why) = names::env_name(n) {
+            c.push(Cause::invalid(format!("{ep}.name"), &json!(n), &why));
+        }
+        if let Some(vf) = e.get("valueFrom").and_then(Value::as_object) {
+            if e.get("value").and_then(Value::as_str).is_some_and(|v| !v.is_empty()) {
+                c.push(Cause::invalid(format!("{ep}.valueFrom"), &json!(""), "may not be specified when `value` is not empty"));
+            }
+            if vf.len() != 1 {
+                c.push(Cause::invalid(format!("{ep}.valueFrom"), &json!(""), "may not have more than one field specified at a time"));
+            }
+        }
+    }
+    if let Some(res) = ct.get("resources") {
+        quantities(res, &format!("{path}.resources"), c);
+    }
+    for (i, m) in arr(ct, "volumeMounts").iter().enumerate() {
+        let mp = format!("{path}.volumeMounts[{i}]");
+        let n = s(m, "/name").unwrap_or_default();
+        if n.is_empty() {
+            c.push(Cause::required(format!("{mp}.name")));
+        } else if !volumes.contains(n) {
+            c.push(Cause { field: format!("{mp}.name"), reason: "FieldValueNotFound", message: format!("Not found: \"{n}\"") });
+        }
+        if s(m, "/mountPath").unwrap_or_default().is_empty() {
+            c.push(Cause::required(format!("{mp}.mountPath")));
+        }
+    }
+    for pr in ["livenessProbe", "readinessProbe", "startupProbe"] {
+        if let Some(p) = ct.get(pr) {
+            probe(p, &format!("{path}.{pr}"), c);
+        }
+    }
+}
+
+pub fn pod_spec(spec: &Value, path: &str, template: bool, c: &mut Causes) {
+    let mut volumes = HashSet::new();
+    for (i, v) in arr(spec, "volumes").iter().enumerate() {
+        let vp = format!("{path}.volumes[{i}]");
+        let n = s(v, "/name").unwrap_or_default();
+        if n.is_empty() {
+            c.push(Cause::required(format!("{vp}.name")));
+        } else if let Some(why) = names::dns1123_label(n) {
+            c.push(Cause::invalid(format!("{vp}.name"), &json!(n), &why));
+        } else if !volumes.insert(n.to_string()) {
+            c.push(Cause::duplicate(format!("{vp}.name"), n));
+        }
+        let sources = v.as_object().map(|m| m.keys().filter(|k| *k != "name").count()).unwrap_or(0);
+        if sources == 0 {
+            c.push(Cause::required_because(vp.clone(), "must specify a volume type"));
+        } else if sources > 1 {
+            c.push(Cause::forbidden(vp, "may not specify more than 1 volume type"));
+        }
+    }
+    let cs = arr(spec, "containers");
+    if cs.is_empty() {
+        c.push(Cause::required(format!("{path}.containers")));
+    }
+    let mut seen = HashSet::new();
+    for (i, ct) in cs.iter().enumerate() {
+        container(ct, &format!("{path}.containers[{i}]"), &volumes, &mut seen, template, c);
+    }
+    for (i, ct) in arr(spec, "initContainers").iter().enumerate() {
+        container(ct, &format!("{path}.initContainers[{i}]"), &volumes, &mut seen, template, c);
+    }
+    if let Some(rp) = s(spec, "/restartPolicy") {
+        let allowed: &[&str] = if template { &["Always"] } else { &["Always", "OnFailure", "Never"] };
+        if !allowed.contains(&rp) {
+            c.push(Cause::unsupported(format!("{path}.restartPolicy"), rp, allowed));
+        }
+    }
+    if let Some(dp) = s(spec, "/dnsPolicy") {
+        let allowed = ["ClusterFirst", "ClusterFirstWithHostNet", "Default", "None"];
+        if !allowed.contains(&dp) {
+            c.push(Cause::unsupported(format!("{path}.dnsPolicy"), dp, &allowed));
+        }
+    }
+    if let Some(g) = spec.get("terminationGracePeriodSeconds").and_then(Value::as_i64) {
+        if g < 0 {
+            c.push(Cause::invalid(format!("{path}.terminationGracePeriodSeconds"), &json!(g), "must be greater than or equal to 0"));
+        }
+    }
+}
+
+fn int_or_percent_ok(v: Option<&Value>) -> bool {
+    match v {
+        None | Some(Value::Number(_)) => true,
+        Some(Value::String(t)) => t.strip_suffix('%').is_some_and(|p| p.parse::<u32>().is_ok()),
+        _ => false,
+    }
+}
+
+fn is_zero(v: Option<&Value>) -> bool {
+    matches!(v, Some(Value::Number(n)) if n.as_i64() == Some(0)) || matches!(v, Some(Value::String(t)) if t == "0%" || t == "0")
+}
+
+fn workload(kind: &str, obj: &Value, old: Option<&Value>, c: &mut Causes) {
+    let selector = obj.pointer("/spec/selector");
+    let match_labels = selector.and_then(|s| s.get("matchLabels")).and_then(Value::as_object);
+    let has_exprs = selector.and_then(|s| s.get("matchExpressions")).and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+    if match_labels.is_none_or(|m| m.is_empty()) && !has_exprs {
+        c.push(Cause::required("spec.selector"));
+    }
+    let tlabels = obj.pointer("/spec/template/metadata/labels");
+    if let Some(ml) = match_labels {
+        let ok = ml.iter().all(|(k, v)| tlabels.and_then(|l| l.get(k)) == Some(v));
+        if !ok {
+            c.push(Cause::invalid("spec.template.metadata.labels", tlabels.unwrap_or(&json!({})), "`selector` does not match template `labels`"));
+        }
+    }
+    labels(tlabels, "spec.template.metadata.labels", c);
+    if let Some(r) = obj.pointer("/spec/replicas").and_then(Value::as_i64) {
+        if r < 0 {
+            c.push(Cause::invalid("spec.replicas", &json!(r), "must be greater than or equal to 0"));
+        }
+    }
+    match obj.pointer("/spec/template/spec") {
+        Some(spec) => pod_spec(spec, "spec.template.spec", true, c),
+        None => c.push(Cause::required("spec.template")),
+    }
+    if kind == "Deployment" {
+        let t = s(obj, "/spec/strategy/type").unwrap_or("RollingUpdate");
+        if !matches!(t, "RollingUpdate" | "Recreate") {
+            c.push(Cause::unsupported("spec.strategy.type", t, &["Recreate", "RollingUpdate"]));
+        }
+        let ru = obj.pointer("/spec/strategy/rollingUpdate");
+        if t == "Recreate" && ru.is_some_and(|v| !v.is_null()) {
+            c.push(Cause::forbidden("spec.strategy.rollingUpdate", "may not be specified when strategy `type` is 'Recreate'"));
+        }
+        let (surge, unavail) = (ru.and_then(|r| r.get("maxSurge")), ru.and_then(|r| r.get("maxUnavailable")));
+        for (f, v) in [("maxSurge", surge), ("maxUnavailable", unavail)] {
+            if !int_or_percent_ok(v) {
+                c.push(Cause::invalid(format!("spec.strategy.rollingUpdate.{f}"), v.unwrap_or(&Value::Null), "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')"));
+            }
+        }
+        if is_zero(surge) && is_zero(unavail) {
+            c.push(Cause::invalid("spec.strategy.rollingUpdate.maxUnavailable", unavail.unwrap_or(&Value::Null), "may not be 0 when `maxSurge` is 0"));
+        }
+    }
+    if let Some(old) = old {
+        if old.pointer("/spec/selector") != obj.pointer("/spec/selector") {
+            c.push(Cause::invalid("spec.selector", obj.pointer("/spec/selector").unwrap_or(&Value::Null), "field is immutable"));
+        }
+    }
+}
+
+fn service(obj: &Value, _old: Option<&Value>, c: &mut Causes) {
+    let ty = s(obj, "/spec/type").unwrap_or("ClusterIP");
+    if !matches!(ty, "ClusterIP" | "ExternalName" | "LoadBalancer" | "NodePort") {
+        c.push(Cause::unsupported("spec.type", ty, &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"]));
+    }
+    let ports = obj.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
+    let headless = s(obj, "/spec/clusterIP") == Some("None");
+    if ty == "ExternalName" {
+        match s(obj, "/spec/externalName") {
+            None | Some("") => c.push(Cause::required("spec.externalName")),
+            Some(n) => {
+                if let Some(why) = names::dns1123_subdomain(n.trim_end_matches('.')) {
+                    c.push(Cause::invalid("spec.externalName", &json!(n), &why));
+                }
+            }
+        }
+    } else if ports.is_empty() && !headless {
+        c.push(Cause::required("spec.ports"));
+    }
+    let mut seen = HashSet::new();
+    for (i, p) in ports.iter().enumerate() {
+        let pp = format!("spec.ports[{i}]");
+        match p.get("port").and_then(Value::as_i64) {
+            None => c.push(Cause::required(format!("{pp}.port"))),
+            Some(n) if !(1..=65535).contains(&n) => c.push(Cause::invalid(format!("{pp}.port"), &json!(n), "must be between 1 and 65535, inclusive")),
+            _ => {}
+        }
+        match s(p, "/name") {
+            Some(n) if !n.is_empty() => {
+                if let Some(why) = names::dns1123_label(n) {
+                    c.push(Cause::invalid(format!("{pp}.name"), &json!(n), &why));
+                } else if !seen.insert(n.to_string()) {
+                    c.push(Cause::duplicate(format!("{pp}.name"), n));
+                }
+            }
+            _ if ports.len() > 1 => c.push(Cause::required(format!("{pp}.name"))),
+            _ => {}
+        }
+        if let Some(proto) = s(p, "/protocol") {
+            if !matches!(proto, "TCP" | "UDP" | "SCTP") {
+                c.push(Cause::unsupported(format!("{pp}.protocol"), proto, &["SCTP", "TCP", "UDP"]));
+            }
+        }
+        match p.get("targetPort") {
+            Some(Value::Number(n)) if !(1..=65535).contains(&n.as_i64().unwrap_or(0)) => {
+                c.push(Cause::invalid(format!("{pp}.targetPort"), &json!(n), "must be between 1 and 65535, inclusive"));
+            }
+            Some(Value::String(n)) => {
+                if let Some(why) = names::port_name(n) {
+                    c.push(Cause::invalid(format!("{pp}.targetPort"), &json!(n), &why));
+                }
+            }
+            _ => {}
+        }
+    }
+    labels(obj.pointer("/spec/selector"), "spec.selector", c);
+}
+
+fn config_data(obj: &Value, secret: bool, c: &mut Causes) {
+    let mut total = 0usize;
+    let data = obj.get("data").and_then(Value::as_object);
+    let binary = obj.get("binaryData").and_then(Value::as_object);
+    for (field, map) in [("data", data), ("binaryData", binary)] {
+        for (k, v) in map.into_iter().flatten() {
+            total += k.len() + v.as_str().map(str::len).unwrap_or(0);
+            if let Some(why) = names::config_key(k) {
+                c.push(Cause::invalid(format!("{field}[{k}]"), &json!(k), &why));
+            }
+            if field == "binaryData" && data.is_some_and(|d| d.contains_key(k)) {
+                c.push(Cause::invalid(format!("binaryData[{k}]"), &json!(k), "duplicate of key present in data"));
+            }
+        }
+    }
+    let limit = 1024 * 1024;
+    if total > limit {
+        let field = if secret { "data" } else { "[]" };
+        c.push(Cause { field: field.into(), reason: "FieldValueTooLong", message: format!("Too long: must have at most {limit} bytes") });
+    }
+}
+
+fn backend(b: &Value, path: &str, c: &mut Causes) {
+    let svc = b.get("service");
+    match (svc, b.get("resource")) {
+        (Some(_), Some(_)) => c.push(Cause::invalid(path.to_string(), &json!(""), "cannot set both resource and service backends")),
+        (None, None) => c.push(Cause::invalid(path.to_string(), &json!(""), "resource or service backend is required")),
+        _ => {}
+    }
+    if let Some(svc) = svc {
+        if s(svc, "/name").unwrap_or_default().is_empty() {
+            c.push(Cause::required(format!("{path}.service.name")));
+        }
+        let (num, name) = (svc.pointer("/port/number"), svc.pointer("/port/name"));
+        match (num, name) {
+            (Some(_), Some(_)) => c.push(Cause::invalid(format!("{path}.service.port"), &json!(""), "cannot set both port name & port number")),
+            (None, None) => c.push(Cause::invalid(format!("{path}.service.port"), &json!(""), "port name or number is required")),
+            _ => {}
+        }
+    }
+}
+
+fn ingress(obj: &Value, c: &mut Causes) {
+    let rules = obj.pointer("/spec/rules").and_then(Value::as_array).cloned().unwrap_or_default();
+    if let Some(b) = obj.pointer("/spec/defaultBackend") {
+        backend(b, "spec.defaultBackend", c);
+    } else if rules.is_empty() {
+        c.push(Cause::invalid("spec.rules", &json!([]), "either `defaultBackend` or `rules` must be specified"));
+    }
+    for (i, r) in rules.iter().enumerate() {
+        let rp = format!("spec.rules[{i}]");
+        if let Some(host) = s(r, "/host").filter(|h| !h.is_empty()) {
+            let bare = host.strip_prefix("*.").unwrap_or(host);
+            if bare.contains('*') {
+                c.push(Cause::invalid(format!("{rp}.host"), &json!(host), "a wildcard DNS-1123 subdomain must start with '*.', followed by a valid DNS subdomain"));
+            } else if let Some(why) = names::dns1123_subdomain(bare) {
+                c.push(Cause::invalid(format!("{rp}.host"), &json!(host), &why));
+            }
+        }
+        for (j, p) in r.pointer("/http/paths").and_then(Value::as_array).into_iter().flatten().enumerate() {
+            let pp = format!("{rp}.http.paths[{j}]");
+            let pt = s(p, "/pathType").unwrap_or_default();
+            match pt {
+                "" => c.push(Cause::required(format!("{pp}.pathType"))),
+                "Exact" | "Prefix" => {
+                    if !s(p, "/path").unwrap_or_default().starts_with('/') {
+                        c.push(Cause::invalid(format!("{pp}.path"), p.get("path").unwrap_or(&json!("")), "must be an absolute path"));
+                    }
+                }
+                "ImplementationSpecific" => {}
+                other => c.push(Cause::unsupported(format!("{pp}.pathType"), other, &["Exact", "ImplementationSpecific", "Prefix"])),
+            }
+            match p.get("backend") {
+                Some(b) => backend(b, &format!("{pp}.backend"), c),
+                None => c.push(Cause::required(format!("{pp}.backend"))),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fields(c: &Causes) -> Vec<&str> {
+        c.iter().map(|x| x.field.as_str()).collect()
+    }
+
+    #[test]
+    fn deployment_rules() {
+        let d = json!({"metadata": {"name": "web"}, "spec": {"replicas": -1, "selector": {"matchLabels": {"app": "a"}},
+            "template": {"metadata": {"labels": {"app": "b"}}, "spec": {"restartPolicy": "Never", "containers": [
+                {"name": "c"}, {"name": "c", "image": "i", "ports": [{"containerPort": 70000}],
+                 "resources": {"requests": {"memory": "2Gi"}, "limits": {"memory": "1Gi", "cpu": "12 GB"}}}]}}}});
+        let c = validate("apps", "Deployment", &d, None);
+        let f = fields(&c);
+        for want in [
+            "spec.template.metadata.labels",
+            "spec.replicas",
+            "spec.template.spec.containers[0].image",
+            "spec.template.spec.containers[1].name",
+            "spec.template.spec.containers[1].ports[0].containerPort",
+            "spec.template.spec.containers[1].resources.limits[cpu]",
+            "spec.template.spec.restartPolicy",
+        ] {
+            assert!(f.contains(&want), "{want} missing from {f:?}");
+        }
+        let dup = c.iter().find(|x| x.field == "spec.template.spec.containers[1].name").unwrap();
+        assert_eq!(dup.message, "Duplicate value: \"c\"");
+        assert_eq!(c.iter().find(|x| x.field.ends_with("containers[0].image")).unwrap().message, "Required value");
+    }
+
+    #[test]
+    fn names_services_ingresses() {
+        let c = validate("", "ConfigMap", &json!({"metadata": {"name": "Bad_Name"}}), None);
+        assert_eq!(fields(&c), ["metadata.name"]);
+        assert!(c[0].message.starts_with("Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain"));
+        let svc = json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}, {"port": 0, "name": "b"}]}});
+        let f = validate("", "Service", &svc, None);
+        assert_eq!(fields(&f), ["spec.ports[0].name", "spec.ports[1].port"]);
+        let ing = json!({"metadata": {"name": "i"}, "spec": {"rules": [{"host": "*.*.x.com", "http": {"paths": [{"path": "a", "pathType": "Prefix",
+            "backend": {"service": {"name": "s", "port": {}}}}]}}]}});
+        let f = validate("networking.k8s.io", "Ingress", &ing, None);
+        assert_eq!(fields(&f), ["spec.rules[0].host", "spec.rules[0].http.paths[0].path", "spec.rules[0].http.paths[0].backend.service.port"]);
+    }
+
+    #[test]
+    fn valid_objects_pass_and_selector_is_immutable() {
+        let d = json!({"metadata": {"name": "web", "labels": {"app.kubernetes.io/name": "web"}}, "spec": {"selector": {"matchLabels": {"app": "a"}},
+            "template": {"metadata": {"labels": {"app": "a"}}, "spec": {"volumes": [{"name": "v", "emptyDir": {}}], "containers": [
+                {"name": "c", "image": "i", "volumeMounts": [{"name": "v", "mountPath": "/v"}], "ports": [{"name": "http", "containerPort": 80}],
+                 "resources": {"requests": {"cpu": "100m"}, "limits": {"cpu": "1"}}}]}}}});
+        assert!(validate("apps", "Deployment", &d, None).is_empty());
+        let mut moved = d.clone();
+        moved["spec"]["selector"]["matchLabels"]["app"] = json!("b");
+        moved["spec"]["template"]["metadata"]["labels"]["app"] = json!("b");
+        assert_eq!(fields(&validate("apps", "Deployment", &moved, Some(&d))), ["spec.selector"]);
+    }
+}
