@@ -10,18 +10,45 @@ use serde_json::json;
 
 pub struct FakeKubelet {
     task: tokio::task::JoinHandle<()>,
+    server: tokio::task::JoinHandle<()>,
+}
+
+/// A minimal kubelet API on loopback: `GET /containerLogs/<ns>/<pod>/<container>` answers with
+/// one line naming what was asked for, so tests can see `kubectl logs` travel through control.
+async fn serve_logs(listener: tokio::net::TcpListener) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    loop {
+        let Ok((mut sock, _)) = listener.accept().await else { return };
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 8192];
+            let Ok(n) = sock.read(&mut buf).await else { return };
+            let head = String::from_utf8_lossy(&buf[..n]).to_string();
+            let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
+            let (status, body) = match path.strip_prefix("/containerLogs/") {
+                Some(rest) => ("200 OK", format!("log of {}\n", rest.split('?').next().unwrap_or_default())),
+                None => ("404 Not Found", "not found\n".to_string()),
+            };
+            let resp = format!("HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let _ = sock.write_all(resp.as_bytes()).await;
+        });
+    }
 }
 
 impl FakeKubelet {
     pub async fn start(client: kube::Client, node: &str) -> anyhow::Result<Self> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let port = listener.local_addr()?.port();
+        let server = tokio::spawn(serve_logs(listener));
         let nodes: Api<Node> = Api::all(client.clone());
         let obj: Node = serde_json::from_value(json!({
             "apiVersion": "v1", "kind": "Node",
-            "metadata": {"name": node, "labels": {"type": "virtual-kubelet", "kubernetes.io/hostname": node}},
+            "metadata": {"name": node, "labels": {"type": "virtual-kubelet", "kubernetes.io/hostname": node},
+                "annotations": {"nodeless.io/kubelet-scheme": "http"}},
             "spec": {"taints": []},
             "status": {
                 "conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "test node"}],
                 "addresses": [{"type": "InternalIP", "address": "127.0.0.1"}],
+                "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
                 "capacity": {"cpu": "1000", "memory": "4Ti", "pods": "10000"},
                 "allocatable": {"cpu": "1000", "memory": "4Ti", "pods": "10000"},
                 "nodeInfo": {"kubeletVersion": "v1.33.0-test", "osImage": "test", "kernelVersion": "test",
@@ -81,7 +108,7 @@ impl FakeKubelet {
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         });
-        Ok(Self { task })
+        Ok(Self { task, server })
     }
 }
 
@@ -92,5 +119,6 @@ fn chrono_now() -> String {
 impl Drop for FakeKubelet {
     fn drop(&mut self) {
         self.task.abort();
+        self.server.abort();
     }
 }

@@ -77,8 +77,20 @@ async fn release(client: &LocalClient, key: &str, dep: &Stored, owner_uid: &str)
         return Ok(());
     };
     let mut new = (*dep.obj).clone();
-    if let Some(refs) = new.pointer_mut("/metadata/ownerReferences").and_then(Value::as_array_mut) {
-        refs.retain(|r| str_at(r, "/uid") != owner_uid);
+    if let Some(meta) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+        let remaining: Vec<Value> = meta
+            .get("ownerReferences")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter(|r| str_at(r, "/uid") != owner_uid)
+            .cloned()
+            .collect();
+        if remaining.is_empty() {
+            meta.remove("ownerReferences");
+        } else {
+            meta.insert("ownerReferences".into(), Value::Array(remaining));
+        }
     }
     client.update(&served, dep, new).await.map(|_| ())
 }

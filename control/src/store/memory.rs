@@ -21,6 +21,8 @@ struct State {
     revision: u64,
     /// A watch may resume from any revision >= this one.
     oldest_resumable: u64,
+    /// How many events `history` keeps.
+    history_limit: usize,
 }
 
 struct Request {
@@ -44,7 +46,12 @@ fn set_resource_version(obj: &mut Value, rev: u64) {
 
 impl Store {
     /// Load the backend's contents and start the writer thread.
-    pub fn open(mut backend: impl Backend) -> Result<Self, StoreError> {
+    pub fn open(backend: impl Backend) -> Result<Self, StoreError> {
+        Self::open_with_history(backend, HISTORY)
+    }
+
+    /// As [`Store::open`], keeping `history_limit` events for resuming watches.
+    pub fn open_with_history(mut backend: impl Backend, history_limit: usize) -> Result<Self, StoreError> {
         let loaded = backend.load()?;
         let mut objects = BTreeMap::new();
         for (key, bytes, rev) in loaded.objects {
@@ -64,6 +71,7 @@ impl Store {
             history,
             revision: loaded.revision,
             oldest_resumable,
+            history_limit: history_limit.max(1),
         }));
         let (events, _) = broadcast::channel(16_384);
         let (writes, rx) = mpsc::channel(8_192);
@@ -208,7 +216,8 @@ impl Writer {
             let revision = self.state.read().unwrap().revision;
             if revision - last_compact >= COMPACT_EVERY {
                 last_compact = revision;
-                let below = revision.saturating_sub(HISTORY as u64);
+                let limit = self.state.read().unwrap().history_limit as u64;
+                let below = revision.saturating_sub(limit);
                 if let Err(e) = self.backend.compact(below) {
                     tracing::warn!(error = %e, "change-log compaction failed");
                 }
@@ -285,7 +294,7 @@ impl Writer {
                 }
                 let event =
                     Arc::new(Event { rev: s.rev, kind: s.kind, key: s.key.clone(), obj: s.obj.clone(), prev });
-                if state.history.len() >= HISTORY {
+                if state.history.len() >= state.history_limit {
                     if let Some(old) = state.history.pop_front() {
                         state.oldest_resumable = old.rev;
                     }
@@ -370,6 +379,19 @@ mod tests {
         assert_eq!(s.revision(), rev, "the revision survives a reopen");
         assert!(s.get("/g/r/a").is_none());
         assert_eq!(s.get("/g/r/x042").unwrap().obj["v"], 42);
+    }
+
+    #[tokio::test]
+    async fn watch_from_a_compacted_revision_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let backend = super::super::redb::RedbBackend::open(&dir.path().join("s.redb")).unwrap();
+        let s = Store::open_with_history(backend, 5).unwrap();
+        for i in 0..10 {
+            s.write(Write::Create { key: format!("/g/r/o{i}"), obj: obj("o", i) }).await.unwrap();
+        }
+        assert!(matches!(s.watch("/g/r/", 2), Err(StoreError::Gone { requested: 2, .. })));
+        let mut w = s.watch("/g/r/", 6).unwrap();
+        assert_eq!(w.next().await.unwrap().rev, 7);
     }
 
     #[tokio::test]
