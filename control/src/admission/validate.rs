@@ -89,7 +89,7 @@ fn labels(l: Option<&Value>, field: &str, c: &mut Causes) {
             c.push(Cause::invalid(field, &json!(k), &why));
         }
         if let Some(why) = v.as_str().and_then(names::label_value) {
-            c.push(Cause::invalid(format!("{field}"), v, &why));
+            c.push(Cause::invalid(field.to_string(), v, &why));
         }
     }
 }

@@ -126,8 +126,10 @@ async fn delete_object(
         let is_namespace = is_kind(served, "", "Namespace");
         let grace = opts.grace.or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64)).unwrap_or(30);
         let graceful_pod = is_pod && grace > 0 && node_will_kill(state, obj);
-        if already && !(is_pod && !graceful_pod) {
-            // Deletion is under way; a second request changes nothing.
+        // A pod already terminating may be deleted again with a grace its node will not honour
+        // (e.g. --grace-period=0): that removes it now. Anything else: a second request changes nothing.
+        let remove_pod_now = is_pod && !graceful_pod;
+        if already && !remove_pod_now {
             return Ok(obj.clone());
         }
         let write = if is_namespace {

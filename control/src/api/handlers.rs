@@ -333,9 +333,8 @@ pub async fn create_object(state: &ApiState, served: &Served, ns: Option<&str>, 
         return Err(required_name(served));
     }
     if served.def.has_subresource("status") {
-        match objects::initial_status(&served.def.group, &served.def.kind) {
-            Some(status) => obj["status"] = status,
-            None => {}
+        if let Some(status) = objects::initial_status(&served.def.group, &served.def.kind) {
+            obj["status"] = status;
         }
     }
     objects::apply_defaults(&served.def.group, &served.def.kind, &mut obj);

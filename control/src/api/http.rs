@@ -35,6 +35,10 @@ pub fn json_response(code: u16, value: &Value, warnings: &[String]) -> Response<
 
 pub fn error_response(e: &ApiError) -> Response<Body> {
     let mut resp = json_response(e.code(), &e.status(), &[]);
+    if e.code() == 413 {
+        // The rest of the body was never read: the connection cannot carry another request.
+        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
     if e.code() == 401 {
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"nodeless\""));
     }

@@ -100,7 +100,7 @@ impl Registry {
                 let mut versions: Vec<String> =
                     inner.by_path.keys().filter(|(gg, _, _)| gg == g).map(|(_, v, _)| v.clone()).collect();
                 versions.dedup();
-                versions.sort_by(|a, b| version_priority(b).cmp(&version_priority(a)));
+                versions.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
                 (g.clone(), versions)
             })
             .filter(|(_, v)| !v.is_empty())
@@ -243,7 +243,7 @@ mod tests {
     #[test]
     fn version_order() {
         let mut v = vec!["v1beta1", "v2", "v1", "v1alpha1"];
-        v.sort_by(|a, b| version_priority(b).cmp(&version_priority(a)));
+        v.sort_by_key(|x| std::cmp::Reverse(version_priority(x)));
         assert_eq!(v, ["v2", "v1", "v1beta1", "v1alpha1"]);
     }
 }

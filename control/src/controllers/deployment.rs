@@ -269,14 +269,9 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
             cur = client.get(&d_res, ns, name).ok_or_else(|| client.not_found(&d_res, name))?;
         }
     }
-    let mut compare = cur.obj.get("status").cloned().unwrap_or(json!({}));
-    if compare != status {
-        // Ignore timestamp-only differences in conditions.
-        if let (Some(a), Some(b)) = (compare.get_mut("conditions"), status.get("conditions")) {
-            if strip_times(a) == strip_times(&mut b.clone()) && { let mut x = compare.clone(); x["conditions"] = json!(null); let mut y = status.clone(); y["conditions"] = json!(null); x == y } {
-                return Ok(());
-            }
-        }
+    // Timestamps in conditions alone are no reason to write.
+    let current = cur.obj.get("status").cloned().unwrap_or(json!({}));
+    if without_condition_times(&current) != without_condition_times(&status) {
         let mut new = (*cur.obj).clone();
         new["status"] = status;
         client.update_status(&d_res, &cur, new).await?;
@@ -284,13 +279,13 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
     Ok(())
 }
 
-fn strip_times(conds: &mut Value) -> Value {
-    let mut c = conds.clone();
-    for x in c.as_array_mut().into_iter().flatten() {
-        if let Some(m) = x.as_object_mut() {
+fn without_condition_times(status: &Value) -> Value {
+    let mut s = status.clone();
+    for c in s.get_mut("conditions").and_then(Value::as_array_mut).into_iter().flatten() {
+        if let Some(m) = c.as_object_mut() {
             m.remove("lastUpdateTime");
             m.remove("lastTransitionTime");
         }
     }
-    c
+    s
 }

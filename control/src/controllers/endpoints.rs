@@ -143,8 +143,9 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
         json!({"ip": str_at(p, "/status/podIP"), "nodeName": p.pointer("/spec/nodeName"),
             "targetRef": {"kind": "Pod", "namespace": ns, "name": str_at(p, "/metadata/name"), "uid": str_at(p, "/metadata/uid")}})
     };
-    let ready: Vec<Value> = pods.iter().filter(|p| pod_ready(&p.obj) && !is_deleting(&p.obj)).map(|p| address(&p.obj)).collect();
-    let not_ready: Vec<Value> = pods.iter().filter(|p| !(pod_ready(&p.obj) && !is_deleting(&p.obj))).map(|p| address(&p.obj)).collect();
+    let serving = |p: &Value| pod_ready(p) && !is_deleting(p);
+    let ready: Vec<Value> = pods.iter().filter(|p| serving(&p.obj)).map(|p| address(&p.obj)).collect();
+    let not_ready: Vec<Value> = pods.iter().filter(|p| !serving(&p.obj)).map(|p| address(&p.obj)).collect();
     let subsets = if pods.is_empty() {
         json!([])
     } else {

@@ -2,10 +2,9 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use nodeless_tests::kubelet::FakeKubelet;
-use nodeless_tests::{Nodeless, kubectl_path};
+use nodeless_tests::{Nodeless, eventually, kubectl_path};
 
 fn manifest(env_value: &str) -> String {
     format!(
@@ -136,18 +135,6 @@ fn stdout(out: &std::process::Output) -> String {
 
 fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-/// Poll until `f` holds or the deadline passes.
-fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for: {what}");
 }
 
 async fn user_workflow(v: &str) {

@@ -1,20 +1,7 @@
 //! Scheduling, garbage collection with each propagation policy, and pod logs through control.
 
-use std::time::{Duration, Instant};
-
-use nodeless_tests::Nodeless;
 use nodeless_tests::kubelet::FakeKubelet;
-
-fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if f() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out waiting for: {what}");
-}
+use nodeless_tests::{Nodeless, eventually};
 
 fn deployment(name: &str) -> String {
     format!(
