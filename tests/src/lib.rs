@@ -55,18 +55,87 @@ pub struct Nodeless {
     pub dir: tempfile::TempDir,
     pub port: u16,
     pub extra_args: Vec<String>,
+    /// The virtual node's name, when this instance runs one.
+    pub node: Option<String>,
 }
 
 impl Nodeless {
+    /// The control plane alone (tests that stand in for nodes with [`kubelet::FakeKubelet`]).
     pub fn start() -> Result<Self> {
         Self::start_with(&[])
     }
 
     pub fn start_with(extra: &[&str]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("nodeless-e2e-").tempdir()?;
-        let mut n = Nodeless { child: None, dir, port: 0, extra_args: extra.iter().map(|s| s.to_string()).collect() };
+        let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        args.push("--no-node".into());
+        let mut n = Nodeless { child: None, dir, port: 0, extra_args: args, node: None };
         n.launch()?;
         Ok(n)
+    }
+
+    /// `nodeless up` with a real node (uniquely named, 1 s restart back-off) and the test
+    /// images imported into its store. Needs root.
+    pub fn start_with_node(extra: &[&str]) -> Result<Self> {
+        let dir = tempfile::Builder::new().prefix("nodeless-e2e-").tempdir()?;
+        let node = format!("e2e-{}", &dir.path().file_name().unwrap_or_default().to_string_lossy().replace(['_', '.'], "-").to_lowercase()[13..]);
+        let mut args: Vec<String> = vec!["--node-name".into(), node.clone(), "--restart-backoff".into(), "1s".into()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let n = Nodeless { child: None, dir, port: 0, extra_args: args, node: Some(node) };
+        n.import_test_images()?;
+        let mut n = n;
+        n.launch()?;
+        Ok(n)
+    }
+
+    /// Build the test images (once per test binary) and import them into this data directory.
+    pub fn import_test_images(&self) -> Result<()> {
+        for layout in test_image_layouts()? {
+            self.nodeless(&["image", "import", &layout.to_string_lossy()])?;
+        }
+        Ok(())
+    }
+
+    /// Run a `nodeless` subcommand against this instance's data directory.
+    pub fn nodeless(&self, args: &[&str]) -> Result<String> {
+        let out = Command::new(nodeless_binary()?).args(args).arg("--data-dir").arg(self.data_dir()).output()?;
+        if !out.status.success() {
+            bail!("nodeless {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// The node's runtime state directory.
+    pub fn node_run_dir(&self) -> Option<PathBuf> {
+        self.node.as_ref().map(|n| Path::new("/run/nodeless").join(n))
+    }
+
+    /// Remove whatever the node left (containers, mounts, namespaces, cgroups), so a failed
+    /// test leaves the machine clean.
+    fn clean_node(&self) {
+        let Some(node) = &self.node else { return };
+        let root = Path::new("/run/nodeless").join(node).join("runtime");
+        if let Ok(out) = Command::new("runc").arg("--root").arg(&root).args(["list", "-q"]).output() {
+            for id in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = Command::new("runc").arg("--root").arg(&root).args(["delete", "--force", id]).output();
+            }
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let ours: Vec<String> = mounts
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+            .filter(|m| m.starts_with(&self.dir.path().to_string_lossy().to_string()) || m.starts_with(&format!("/run/nodeless/{node}/")))
+            .collect();
+        for m in ours.iter().rev() {
+            let _ = Command::new("umount").arg("-l").arg(m).output();
+        }
+        let _ = std::fs::remove_dir_all(Path::new("/run/nodeless").join(node));
+        for ctl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let base = ctl.path().join("nodeless").join(node);
+            if base.is_dir() {
+                let _ = Command::new("find").arg(&base).args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"]).output();
+            }
+        }
     }
 
     pub fn kubeconfig(&self) -> PathBuf {
@@ -223,7 +292,37 @@ pub fn tail(s: &str, n: usize) -> &str {
 impl Drop for Nodeless {
     fn drop(&mut self) {
         let _ = self.stop(false);
+        self.clean_node();
     }
 }
+
+/// The echo-server binary, built beside `nodeless`.
+pub fn echo_binary() -> Result<PathBuf> {
+    let nodeless = nodeless_binary()?;
+    let echo = nodeless.with_file_name("echo-server");
+    if !echo.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo).current_dir(workspace_root()).args(["build", "-q", "-p", "nodeless-tests", "--bin", "echo-server"]).status()?;
+        anyhow::ensure!(status.success(), "building echo-server failed");
+    }
+    Ok(echo)
+}
+
+/// OCI layouts of the test images, built once per process.
+pub fn test_image_layouts() -> Result<Vec<PathBuf>> {
+    static BUILT: std::sync::OnceLock<std::result::Result<Vec<PathBuf>, String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let build = || -> Result<Vec<PathBuf>> {
+                let dir = std::env::temp_dir().join(format!("nodeless-test-images-{}", std::process::id()));
+                Ok(vec![images::busybox_layout(&dir.join("busybox"))?, images::echo_layout(&dir.join("echo"), &echo_binary()?)?])
+            };
+            build().map_err(|e| format!("{e:#}"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
+pub mod images;
 
 pub mod kubelet;

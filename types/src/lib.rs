@@ -7,5 +7,6 @@
 
 pub mod catalogue;
 pub mod keys;
+pub mod quantity;
 
 pub use catalogue::{BUILTIN, ResourceDef, Scope};

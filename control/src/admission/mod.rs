@@ -3,10 +3,9 @@
 
 mod names;
 mod platform;
-mod quantity;
 mod validate;
 
-pub use quantity::{Quantity, parse_quantity};
+pub use nodeless_types::quantity::{Quantity, parse_quantity};
 
 use serde_json::Value;
 

@@ -6,7 +6,7 @@ use serde_json::{Value, json};
 
 use super::Cause;
 use super::names;
-use super::quantity::{QUANTITY_MSG, parse_quantity};
+use nodeless_types::quantity::{QUANTITY_MSG, parse_quantity};
 
 type Causes = Vec<Cause>;
 

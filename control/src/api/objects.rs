@@ -250,12 +250,26 @@ pub fn default_pod_spec(spec: &mut Value) {
     }
 }
 
+/// Every pod tolerates the virtual nodes' provider taint, as ASK injects it: on a serverless
+/// cluster the virtual nodes are where pods run.
+fn tolerate_virtual_nodes(spec: &mut Value) {
+    let Some(s) = spec.as_object_mut() else { return };
+    let key = nodeless_types::keys::VIRTUAL_NODE_TAINT;
+    let list = s.entry("tolerations").or_insert_with(|| json!([]));
+    if let Some(l) = list.as_array_mut() {
+        if !l.iter().any(|t| t.get("key").and_then(Value::as_str) == Some(key)) {
+            l.push(json!({"key": key, "operator": "Exists", "effect": "NoSchedule"}));
+        }
+    }
+}
+
 /// Defaults for the built-in kinds, applied on every create and update.
 pub fn apply_defaults(group: &str, kind: &str, obj: &mut Value) {
     match (group, kind) {
         ("", "Pod") => {
             if let Some(spec) = obj.get_mut("spec") {
                 default_pod_spec(spec);
+                tolerate_virtual_nodes(spec);
             }
         }
         ("apps", "Deployment") => {

@@ -1,0 +1,156 @@
+//! `nodeless node` and `nodeless image`: the virtual node and its image store.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use nodeless_sandbox_node::image::{ImageStore, reference};
+use nodeless_sandbox_node::network::{Cni, LoopbackOnly, Network};
+use nodeless_sandbox_node::node::{NodeConfig, RunningNode};
+use nodeless_sandbox_node::runtime::OciRuntime;
+
+#[derive(clap::Args, Clone)]
+pub struct NodeArgs {
+    /// The Node's name (default: nodeless-<hostname>).
+    #[arg(long)]
+    pub node_name: Option<String>,
+    /// The OCI runtime: runc (default; applies cgroup limits on cgroups v1), crun, or a path.
+    #[arg(long, default_value = "runc")]
+    pub runtime: String,
+    /// Where the kubelet API listens (control proxies logs and exec here).
+    #[arg(long, default_value = "127.0.0.1:0")]
+    pub kubelet_listen: std::net::SocketAddr,
+    /// A CNI conflist for pod networks; without one pods get loopback only.
+    #[arg(long)]
+    pub cni_conf: Option<PathBuf>,
+    /// Where CNI plugin binaries are looked for.
+    #[arg(long, default_values = ["/usr/lib/cni", "/opt/cni/bin"])]
+    pub cni_bin_dir: Vec<PathBuf>,
+    /// The cluster DNS server written into pods' resolv.conf (dnsPolicy ClusterFirst).
+    #[arg(long)]
+    pub cluster_dns: Option<String>,
+    #[arg(long, default_value = "cluster.local")]
+    pub cluster_domain: String,
+    /// The first restart back-off of a crashing container (doubles up to 5 minutes).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub restart_backoff: Duration,
+}
+
+/// Where the node keeps images and pods under a data directory.
+pub fn node_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("node")
+}
+
+fn find_runtime(name: &str) -> anyhow::Result<PathBuf> {
+    let p = Path::new(name);
+    if p.components().count() > 1 {
+        return Ok(p.to_path_buf());
+    }
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")]) {
+        let c = dir.join(name);
+        if c.exists() {
+            return Ok(c);
+        }
+    }
+    anyhow::bail!("the OCI runtime {name:?} is not installed (apt-get install {name})")
+}
+
+fn shim_path() -> anyhow::Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let shim = exe.with_file_name("nodeless-shim");
+    anyhow::ensure!(shim.exists(), "nodeless-shim is missing beside {} (cargo build --bins builds both)", exe.display());
+    Ok(shim)
+}
+
+pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) -> anyhow::Result<RunningNode> {
+    anyhow::ensure!(nix_is_root(), "the node needs root (namespaces, mounts and cgroups)");
+    let name = args.node_name.clone().unwrap_or_else(|| {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "local".into());
+        format!("nodeless-{}", host.trim().to_lowercase())
+    });
+    let run_dir = PathBuf::from("/run/nodeless").join(&name);
+    let dir = node_dir(data_dir);
+    let runtime = Arc::new(OciRuntime::new(find_runtime(&args.runtime)?, run_dir.join("runtime"), shim_path()?));
+    let network: Arc<dyn Network> = match &args.cni_conf {
+        Some(conf) => Arc::new(Cni::load(conf, args.cni_bin_dir.clone(), dir.join("cni"))?),
+        None => Arc::new(LoopbackOnly),
+    };
+    let host_ip = if args.kubelet_listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { args.kubelet_listen.ip().to_string() };
+    let cfg = NodeConfig {
+        name,
+        data_dir: dir,
+        run_dir,
+        runtime,
+        network,
+        listen: args.kubelet_listen,
+        host_ip,
+        cluster_dns: args.cluster_dns.clone(),
+        cluster_domain: args.cluster_domain.clone(),
+        backoff_base: args.restart_backoff,
+        backoff_max: Duration::from_secs(300),
+    };
+    nodeless_sandbox_node::node::start(cfg, client).await
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .unwrap_or(false)
+}
+
+/// A client for a kubeconfig file.
+pub async fn client_from(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::read_from(kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    Ok(kube::Client::try_from(cfg)?)
+}
+
+/// A client for a kubeconfig held in memory.
+pub async fn client_from_yaml(yaml: &str) -> anyhow::Result<kube::Client> {
+    let kc = kube::config::Kubeconfig::from_yaml(yaml)?;
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
+    Ok(kube::Client::try_from(cfg)?)
+}
+
+#[derive(clap::Subcommand)]
+pub enum ImageCommand {
+    /// Import an OCI image layout directory, an OCI archive or a `docker save` tar.
+    Import {
+        path: PathBuf,
+        /// A reference to give the image (needed when the archive names none).
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the images in the node's store.
+    Ls,
+    /// Remove an image by reference or ID.
+    Rm { reference: String },
+}
+
+pub fn image(cmd: ImageCommand, data_dir: &Path) -> anyhow::Result<()> {
+    let store = ImageStore::open(node_dir(data_dir).join("images"))?;
+    match cmd {
+        ImageCommand::Import { path, name } => {
+            for r in store.import(&path, name.as_deref())? {
+                let refs: Vec<&str> = r.references.iter().map(|x| reference::short(x)).collect();
+                println!("imported {} {}", &r.id[7..19], if refs.is_empty() { "<untagged: use --name>".to_string() } else { refs.join(" ") });
+            }
+        }
+        ImageCommand::Ls => {
+            println!("{:<40} {:<14} {:>10}", "REFERENCE", "IMAGE ID", "SIZE");
+            for r in store.list()? {
+                let refs = if r.references.is_empty() { vec!["<none>".to_string()] } else { r.references.clone() };
+                for reference in refs {
+                    println!("{:<40} {:<14} {:>9.1}M", reference::short(&reference), &r.id[7..19], r.size as f64 / 1e6);
+                }
+            }
+        }
+        ImageCommand::Rm { reference } => {
+            let r = store.remove(&reference)?;
+            println!("removed {} ({})", reference, &r.id[7..19]);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,213 @@
+//! Reading image archives: OCI image layouts (a directory, or a tar of one) and `docker save`
+//! tars. Every blob's digest and every layer's diff ID is checked before anything is published.
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use super::unpack::{decompressed, unpack_layer};
+use super::{ImageConfig, ImageError, ImageRecord, ImageStore, reference};
+
+const MANIFEST_LIST_TYPES: [&str; 2] =
+    ["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
+
+/// A temporary directory removed when dropped, import succeeded or not.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn scratch(store: &ImageStore, what: &str) -> Result<Scratch, ImageError> {
+    let dir = store.root().join("tmp").join(format!("{what}-{}-{}", std::process::id(), rand::random::<u32>()));
+    std::fs::create_dir_all(&dir).map_err(ImageError::io("creating a scratch directory"))?;
+    Ok(Scratch(dir))
+}
+
+fn read_json(path: &Path) -> Result<Value, ImageError> {
+    let bytes = std::fs::read(path).map_err(|e| ImageError::Corrupt(format!("{}: {e}", path.display())))?;
+    serde_json::from_slice(&bytes).map_err(|e| ImageError::Corrupt(format!("{}: {e}", path.display())))
+}
+
+fn file_digest(path: &Path) -> Result<(String, u64), ImageError> {
+    let mut f = File::open(path).map_err(|e| ImageError::Corrupt(format!("{}: {e}", path.display())))?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    let mut size = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(ImageError::io("reading a blob"))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        h.update(&buf[..n]);
+    }
+    Ok((format!("sha256:{}", hex::encode(h.finalize())), size))
+}
+
+/// The path of a blob in an OCI layout, after checking the digest is well formed.
+fn blob_path(layout: &Path, digest: &str) -> Result<PathBuf, ImageError> {
+    let (algo, hex) = digest.split_once(':').ok_or_else(|| ImageError::Corrupt(format!("bad digest {digest:?}")))?;
+    if algo != "sha256" || hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(ImageError::Corrupt(format!("unsupported digest {digest:?}")));
+    }
+    Ok(layout.join("blobs").join(algo).join(hex))
+}
+
+fn verified_blob(layout: &Path, digest: &str) -> Result<(PathBuf, u64), ImageError> {
+    let path = blob_path(layout, digest)?;
+    let (actual, size) = file_digest(&path)?;
+    if actual != digest {
+        return Err(ImageError::Corrupt(format!("blob {digest} has digest {actual}")));
+    }
+    Ok((path, size))
+}
+
+fn strings(v: &Value) -> Vec<String> {
+    v.as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_string)).collect()
+}
+
+fn image_config(config: &Value) -> (ImageConfig, Vec<String>) {
+    let c = &config["config"];
+    let cfg = ImageConfig {
+        entrypoint: strings(&c["Entrypoint"]),
+        cmd: strings(&c["Cmd"]),
+        env: strings(&c["Env"]),
+        working_dir: c["WorkingDir"].as_str().unwrap_or_default().to_string(),
+        user: c["User"].as_str().unwrap_or_default().to_string(),
+    };
+    (cfg, strings(&config["rootfs"]["diff_ids"]))
+}
+
+/// Unpack each layer not already in the store and check its diff ID.
+fn unpack_layers(store: &ImageStore, blobs: &[PathBuf], diff_ids: &[String]) -> Result<(), ImageError> {
+    if blobs.len() != diff_ids.len() {
+        return Err(ImageError::Corrupt(format!("{} layers but {} diff IDs in the config", blobs.len(), diff_ids.len())));
+    }
+    for (blob, diff_id) in blobs.iter().zip(diff_ids) {
+        let dst = store.layer_dir(diff_id);
+        if !diff_id.starts_with("sha256:") || diff_id.len() != 71 {
+            return Err(ImageError::Corrupt(format!("bad diff ID {diff_id:?}")));
+        }
+        if dst.exists() {
+            continue;
+        }
+        let tmp = scratch(store, "layer")?;
+        let file = File::open(blob).map_err(|e| ImageError::Corrupt(format!("{}: {e}", blob.display())))?;
+        let got = unpack_layer(decompressed(file)?, &tmp.0)?;
+        if &got != diff_id {
+            return Err(ImageError::Corrupt(format!("layer {} unpacks to {got}, the config says {diff_id}", blob.display())));
+        }
+        match std::fs::rename(&tmp.0, &dst) {
+            Ok(()) => {}
+            // Another import published the same layer first.
+            Err(_) if dst.exists() => {}
+            Err(e) => return Err(ImageError::Io { what: "publishing a layer".into(), source: e }),
+        }
+    }
+    Ok(())
+}
+
+/// Choose the linux/amd64 manifest of a multi-platform index.
+fn pick_platform(list: &Value) -> Option<&Value> {
+    let ms = list["manifests"].as_array()?;
+    ms.iter()
+        .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == std::env::consts::ARCH.replace("x86_64", "amd64"))
+        .or_else(|| ms.first())
+}
+
+fn oci_layout(store: &ImageStore, layout: &Path) -> Result<Vec<ImageRecord>, ImageError> {
+    let index = read_json(&layout.join("index.json"))?;
+    let mut out = Vec::new();
+    for desc in index["manifests"].as_array().into_iter().flatten() {
+        let annotations = &desc["annotations"];
+        let mut references = Vec::new();
+        for key in ["io.containerd.image.name", "org.opencontainers.image.ref.name"] {
+            if let Some(n) = annotations[key].as_str() {
+                // A bare tag ("latest") names nothing by itself; `--name` supplies the repository.
+                if n.contains('/') || n.contains(':') || key == "io.containerd.image.name" {
+                    references.push(reference::normalize(n));
+                }
+            }
+        }
+        let mut digest = desc["digest"].as_str().unwrap_or_default().to_string();
+        let media = desc["mediaType"].as_str().unwrap_or_default();
+        let mut manifest = read_json(&verified_blob(layout, &digest)?.0)?;
+        if MANIFEST_LIST_TYPES.contains(&media) || manifest["manifests"].is_array() {
+            let chosen = pick_platform(&manifest).ok_or_else(|| ImageError::Corrupt("an empty image index".into()))?.clone();
+            digest = chosen["digest"].as_str().unwrap_or_default().to_string();
+            manifest = read_json(&verified_blob(layout, &digest)?.0)?;
+        }
+        let config_digest = manifest["config"]["digest"].as_str().unwrap_or_default().to_string();
+        let config = read_json(&verified_blob(layout, &config_digest)?.0)?;
+        let mut blobs = Vec::new();
+        let mut size = 0;
+        for l in manifest["layers"].as_array().into_iter().flatten() {
+            let (p, s) = verified_blob(layout, l["digest"].as_str().unwrap_or_default())?;
+            blobs.push(p);
+            size += s;
+        }
+        let (cfg, diff_ids) = image_config(&config);
+        unpack_layers(store, &blobs, &diff_ids)?;
+        out.push(ImageRecord { id: config_digest, references, layers: diff_ids, config: cfg, size });
+    }
+    Ok(out)
+}
+
+fn docker_archive(store: &ImageStore, dir: &Path) -> Result<Vec<ImageRecord>, ImageError> {
+    let manifest = read_json(&dir.join("manifest.json"))?;
+    let mut out = Vec::new();
+    for m in manifest.as_array().into_iter().flatten() {
+        let config_path = dir.join(m["Config"].as_str().unwrap_or_default());
+        let (id, _) = file_digest(&config_path)?;
+        let config = read_json(&config_path)?;
+        let mut blobs = Vec::new();
+        let mut size = 0;
+        for l in strings(&m["Layers"]) {
+            let p = dir.join(&l);
+            if l.split('/').any(|c| c == "..") {
+                return Err(ImageError::Corrupt(format!("layer path {l:?} leaves the archive")));
+            }
+            size += std::fs::metadata(&p).map_err(|e| ImageError::Corrupt(format!("{l}: {e}")))?.len();
+            blobs.push(p);
+        }
+        let (cfg, diff_ids) = image_config(&config);
+        unpack_layers(store, &blobs, &diff_ids)?;
+        let references = strings(&m["RepoTags"]).iter().map(|r| reference::normalize(r)).collect();
+        out.push(ImageRecord { id, references, layers: diff_ids, config: cfg, size });
+    }
+    Ok(out)
+}
+
+/// Unpack and check everything in `src`; the caller publishes the records.
+pub(super) fn stage(store: &ImageStore, src: &Path) -> Result<Vec<ImageRecord>, ImageError> {
+    let meta = std::fs::metadata(src).map_err(|e| ImageError::Io { what: format!("{}", src.display()), source: e })?;
+    if meta.is_dir() {
+        return staged_dir(store, src);
+    }
+    let tmp = scratch(store, "archive")?;
+    let file = File::open(src).map_err(|e| ImageError::Io { what: format!("{}", src.display()), source: e })?;
+    let mut archive = tar::Archive::new(decompressed(file)?);
+    archive.set_preserve_permissions(false);
+    archive.set_unpack_xattrs(false);
+    archive.unpack(&tmp.0).map_err(|e| ImageError::Corrupt(format!("{}: not a readable tar archive: {e}", src.display())))?;
+    staged_dir(store, &tmp.0)
+}
+
+fn staged_dir(store: &ImageStore, dir: &Path) -> Result<Vec<ImageRecord>, ImageError> {
+    if dir.join("index.json").exists() && dir.join("blobs").is_dir() {
+        oci_layout(store, dir)
+    } else if dir.join("manifest.json").exists() {
+        docker_archive(store, dir)
+    } else {
+        Err(ImageError::Unsupported(format!(
+            "{}: neither an OCI image layout (index.json, blobs/) nor a docker save archive (manifest.json)",
+            dir.display()
+        )))
+    }
+}

@@ -1,0 +1,16 @@
+//! sandbox-node: a virtual node that turns every pod bound to it into a sandbox.
+//!
+//! The node registers a Node object, watches the pods bound to it, and gives each pod its own
+//! network, IPC and UTS namespaces; each container is an OCI bundle (an overlay of image layers)
+//! run by an OCI runtime (runc or crun) under a small shim that outlives the node. Status flows
+//! back to control as a kubelet's does; logs and exec are served on the kubelet API.
+
+pub mod image;
+pub mod shim_proto;
+pub mod network;
+pub mod node;
+pub mod pod;
+pub mod runtime;
+pub mod sandbox;
+pub mod server;
+pub mod spec;

@@ -1,0 +1,282 @@
+//! The virtual node: registers its Node object, renews its Lease, watches the pods bound to it
+//! and keeps one worker per pod; serves the kubelet API for logs and exec.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Event as K8sEvent, Node, Pod};
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use serde_json::json;
+use tokio::sync::mpsc;
+
+use crate::image::ImageStore;
+use crate::network::Network;
+use crate::pod::{Event, Worker};
+use crate::runtime::Runtime;
+
+pub struct NodeConfig {
+    pub name: String,
+    /// Images and pod state (survives restarts).
+    pub data_dir: PathBuf,
+    /// Namespaces pins and runtime state (tmpfs, under /run).
+    pub run_dir: PathBuf,
+    pub runtime: Arc<dyn Runtime>,
+    pub network: Arc<dyn Network>,
+    /// The kubelet API listens here (port 0 picks one).
+    pub listen: SocketAddr,
+    pub host_ip: String,
+    pub cluster_dns: Option<String>,
+    pub cluster_domain: String,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+}
+
+pub struct NodeCtx {
+    pub client: kube::Client,
+    pub name: String,
+    pub runtime: Arc<dyn Runtime>,
+    pub network: Arc<dyn Network>,
+    pub images: ImageStore,
+    pub pods_dir: PathBuf,
+    pub ns_dir: PathBuf,
+    pub host_ip: String,
+    pub cluster_dns: Option<String>,
+    pub cluster_domain: String,
+    pub host_resolv: String,
+    pub cgroup_parent: String,
+    pub backoff_base: Duration,
+    pub backoff_max: Duration,
+    workers: Mutex<HashMap<String, mpsc::UnboundedSender<Event>>>,
+    names: Mutex<HashMap<(String, String), String>>,
+}
+
+impl NodeCtx {
+    /// A worker that finished removes itself.
+    pub fn forget(&self, uid: &str) {
+        self.workers.lock().unwrap_or_else(|e| e.into_inner()).remove(uid);
+    }
+
+    /// The UID of a pod on this node, by namespace and name.
+    pub fn uid_of(&self, ns: &str, name: &str) -> Option<String> {
+        self.names.lock().unwrap_or_else(|e| e.into_inner()).get(&(ns.to_string(), name.to_string())).cloned()
+    }
+
+    pub fn pod_dir(&self, uid: &str) -> PathBuf {
+        self.pods_dir.join(uid)
+    }
+}
+
+/// Record a Kubernetes Event about a pod, as kubelet does; failures only get logged.
+pub fn emit_event(ctx: &Arc<NodeCtx>, pod: &Pod, kind: &str, reason: &str, message: &str) {
+    let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+    let name = pod.metadata.name.clone().unwrap_or_default();
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let ev = json!({
+        "apiVersion": "v1", "kind": "Event",
+        "metadata": {"generateName": format!("{name}."), "namespace": ns},
+        "involvedObject": {"kind": "Pod", "apiVersion": "v1", "namespace": ns, "name": name, "uid": pod.metadata.uid},
+        "reason": reason, "message": message, "type": kind,
+        "source": {"component": "kubelet", "host": ctx.name},
+        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        "reportingComponent": "kubelet", "reportingInstance": ctx.name,
+    });
+    let client = ctx.client.clone();
+    tokio::spawn(async move {
+        let Ok(ev) = serde_json::from_value::<K8sEvent>(ev) else { return };
+        let _ = Api::<K8sEvent>::namespaced(client, &ns).create(&PostParams::default(), &ev).await;
+    });
+}
+
+pub struct RunningNode {
+    pub ctx: Arc<NodeCtx>,
+    pub kubelet_addr: SocketAddr,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl RunningNode {
+    pub fn stop(self) {
+        for t in self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn node_object(name: &str, host_ip: &str, port: u16, runtime: &str) -> Node {
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let capacity = json!({"cpu": "1000", "memory": "4Ti", "pods": "10000", "ephemeral-storage": "10Ti"});
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Node",
+        "metadata": {"name": name,
+            "labels": {"type": "virtual-kubelet", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
+                "kubernetes.io/arch": std::env::consts::ARCH.replace("x86_64", "amd64"), "kubernetes.io/role": "agent",
+                "node.kubernetes.io/instance-type": "nodeless-virtual-node"},
+            "annotations": {"nodeless.io/kubelet-scheme": "http"}},
+        "spec": {"taints": [{"key": nodeless_types::keys::VIRTUAL_NODE_TAINT, "value": "nodeless", "effect": "NoSchedule"}]},
+        "status": {
+            "conditions": [
+                {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "sandbox-node is ready", "lastHeartbeatTime": now, "lastTransitionTime": now},
+                {"type": "MemoryPressure", "status": "False", "reason": "KubeletHasSufficientMemory", "message": "", "lastHeartbeatTime": now, "lastTransitionTime": now},
+                {"type": "DiskPressure", "status": "False", "reason": "KubeletHasNoDiskPressure", "message": "", "lastHeartbeatTime": now, "lastTransitionTime": now},
+                {"type": "PIDPressure", "status": "False", "reason": "KubeletHasSufficientPID", "message": "", "lastHeartbeatTime": now, "lastTransitionTime": now},
+            ],
+            "addresses": [{"type": "InternalIP", "address": host_ip}, {"type": "Hostname", "address": name}],
+            "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
+            "capacity": capacity, "allocatable": capacity,
+            "nodeInfo": {"kubeletVersion": format!("v1.33.0-nodeless-{}", env!("CARGO_PKG_VERSION")), "osImage": "nodeless sandbox-node",
+                "kernelVersion": nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().to_string()).unwrap_or_default(),
+                "containerRuntimeVersion": format!("{runtime}://oci"), "architecture": std::env::consts::ARCH.replace("x86_64", "amd64"),
+                "operatingSystem": "linux", "machineID": "", "systemUUID": "", "bootID": "", "kubeProxyVersion": ""}
+        }
+    }))
+    .expect("the Node object is well formed")
+}
+
+async fn register(client: &kube::Client, node: &Node) -> Result<(), kube::Error> {
+    let nodes: Api<Node> = Api::all(client.clone());
+    let name = node.metadata.name.clone().unwrap_or_default();
+    match nodes.create(&PostParams::default(), node).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {
+            let patch = json!({"metadata": {"labels": node.metadata.labels, "annotations": node.metadata.annotations}, "spec": node.spec});
+            nodes.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+        }
+        Err(e) => return Err(e),
+    }
+    nodes.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": node.status}))).await?;
+    Ok(())
+}
+
+async fn heartbeat(client: kube::Client, name: String) {
+    let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
+    let nodes: Api<Node> = Api::all(client);
+    let mut tick = 0u64;
+    loop {
+        let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
+        let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name, "namespace": "kube-node-lease"},
+            "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now}});
+        let r = leases.patch(&name, &PatchParams::apply("sandbox-node").force(), &Patch::Apply(&lease)).await;
+        if let Err(e) = r {
+            tracing::warn!(error = %e, "renewing the node lease");
+        }
+        if tick % 4 == 0 {
+            let hb = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+            if let Ok(n) = nodes.get_status(&name).await {
+                let mut conds = n.status.and_then(|s| s.conditions).unwrap_or_default();
+                for c in &mut conds {
+                    c.last_heartbeat_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(hb.parse().unwrap_or_default()));
+                }
+                let _ = nodes.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": {"conditions": conds}}))).await;
+            }
+        }
+        tick += 1;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}
+
+async fn watch_pods(ctx: Arc<NodeCtx>) {
+    let pods: Api<Pod> = Api::all(ctx.client.clone());
+    let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.name));
+    let mut stream = watcher(pods, cfg).boxed();
+    let mut seen_in_relist: Option<std::collections::HashSet<String>> = None;
+    while let Some(ev) = stream.next().await {
+        let ev = match ev {
+            Ok(ev) => ev,
+            Err(e) => {
+                tracing::warn!(error = %e, "watching pods");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        match ev {
+            watcher::Event::Init => seen_in_relist = Some(Default::default()),
+            watcher::Event::InitApply(p) | watcher::Event::Apply(p) => {
+                let uid = p.metadata.uid.clone().unwrap_or_default();
+                let key = (p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default());
+                ctx.names.lock().unwrap_or_else(|e| e.into_inner()).insert(key, uid.clone());
+                if let Some(s) = seen_in_relist.as_mut() {
+                    s.insert(uid.clone());
+                }
+                let mut workers = ctx.workers.lock().unwrap_or_else(|e| e.into_inner());
+                let sent = workers.get(&uid).is_some_and(|tx| tx.send(Event::Pod(Box::new(p.clone()))).is_ok());
+                if !sent {
+                    let finished = p.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
+                    let known = ctx.pod_dir(&uid).exists();
+                    // A finished pod the node no longer tracks needs no worker, unless it is being deleted.
+                    if finished && !known && p.metadata.deletion_timestamp.is_none() {
+                        continue;
+                    }
+                    workers.insert(uid, Worker::spawn(ctx.clone(), p));
+                }
+            }
+            watcher::Event::Delete(p) => {
+                let uid = p.metadata.uid.clone().unwrap_or_default();
+                if let Some(tx) = ctx.workers.lock().unwrap_or_else(|e| e.into_inner()).get(&uid) {
+                    let _ = tx.send(Event::Gone);
+                }
+            }
+            watcher::Event::InitDone => {
+                let seen = seen_in_relist.take().unwrap_or_default();
+                for (uid, tx) in ctx.workers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                    if !seen.contains(uid) {
+                        let _ = tx.send(Event::Gone);
+                    }
+                }
+                clean_orphans(&ctx, &seen).await;
+            }
+        }
+    }
+}
+
+/// Pods on disk that the API no longer has (deleted while the node was down): tear them down.
+async fn clean_orphans(ctx: &Arc<NodeCtx>, live: &std::collections::HashSet<String>) {
+    let Ok(dir) = std::fs::read_dir(&ctx.pods_dir) else { return };
+    for e in dir.flatten() {
+        let uid = e.file_name().to_string_lossy().to_string();
+        if live.contains(&uid) || ctx.workers.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&uid) {
+            continue;
+        }
+        let pod = Pod { metadata: kube::api::ObjectMeta { uid: Some(uid.clone()), name: Some(uid.clone()), ..Default::default() }, ..Default::default() };
+        let tx = Worker::spawn(ctx.clone(), pod);
+        let _ = tx.send(Event::Gone);
+    }
+}
+
+pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<RunningNode> {
+    let images = ImageStore::open(cfg.data_dir.join("images"))?;
+    let pods_dir = cfg.data_dir.join("pods");
+    let ns_dir = cfg.run_dir.join("ns");
+    std::fs::create_dir_all(&pods_dir)?;
+    std::fs::create_dir_all(&ns_dir)?;
+    let ctx = Arc::new(NodeCtx {
+        client: client.clone(),
+        name: cfg.name.clone(),
+        runtime: cfg.runtime,
+        network: cfg.network,
+        images,
+        pods_dir,
+        ns_dir,
+        host_ip: cfg.host_ip.clone(),
+        cluster_dns: cfg.cluster_dns,
+        cluster_domain: cfg.cluster_domain,
+        host_resolv: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        cgroup_parent: format!("/nodeless/{}", cfg.name),
+        backoff_base: cfg.backoff_base,
+        backoff_max: cfg.backoff_max,
+        workers: Mutex::new(HashMap::new()),
+        names: Mutex::new(HashMap::new()),
+    });
+    let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
+    let kubelet_addr = listener.local_addr()?;
+    let server = tokio::spawn(crate::server::serve(listener, ctx.clone()));
+    register(&client, &node_object(&cfg.name, &cfg.host_ip, kubelet_addr.port(), ctx.runtime.name())).await?;
+    let hb = tokio::spawn(heartbeat(client, cfg.name.clone()));
+    let watch = tokio::spawn(watch_pods(ctx.clone()));
+    tracing::info!(node = %cfg.name, kubelet = %kubelet_addr, "node registered");
+    Ok(RunningNode { ctx, kubelet_addr, tasks: vec![server, hb, watch] })
+}

@@ -1,0 +1,651 @@
+//! One worker per pod bound to the node: it makes the sandbox, runs init containers in order
+//! and then the containers, restarts them by the pod's restartPolicy with back-off, runs probes
+//! and hooks, reports status, and on deletion stops everything and tears the sandbox down.
+
+mod container;
+mod files;
+pub mod probe;
+mod state;
+mod status;
+mod teardown;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, Pod};
+use kube::Api;
+use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::node::NodeCtx;
+use crate::runtime::Launch;
+use crate::sandbox::PodNamespaces;
+use crate::shim_proto::{ExitRecord, now_rfc3339};
+use crate::spec::{ContainerSpec, config_json};
+pub use state::Attempt;
+use state::{Ctr, Saved, SavedCtr};
+
+pub enum Event {
+    Pod(Box<Pod>),
+    /// The pod is gone from the API (deleted without grace, or the watch lost it).
+    Gone,
+    Exited { name: String, number: u32, record: ExitRecord },
+    Probe { name: String, number: u32, kind: probe::Kind, ok: bool, message: String },
+}
+
+pub struct Worker {
+    ctx: Arc<NodeCtx>,
+    pod: Pod,
+    uid: String,
+    dir: PathBuf,
+    ns: PodNamespaces,
+    pod_ip: String,
+    sandbox_ready: bool,
+    volumes: Vec<(String, PathBuf)>,
+    ctrs: Vec<Ctr>,
+    tx: mpsc::UnboundedSender<Event>,
+    last_status: Value,
+    transitions: BTreeMap<String, (String, String)>,
+    failed_sandbox: Option<(String, Instant)>,
+}
+
+fn grace_period(pod: &Pod) -> i64 {
+    pod.metadata.deletion_grace_period_seconds.or(pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds)).unwrap_or(30).max(0)
+}
+
+impl Worker {
+    /// Start a worker for `pod`; adopt its containers if the node ran them before a restart.
+    pub fn spawn(ctx: Arc<NodeCtx>, pod: Pod) -> mpsc::UnboundedSender<Event> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let uid = pod.metadata.uid.clone().unwrap_or_default();
+        let dir = ctx.pods_dir.join(&uid);
+        let ns = PodNamespaces::at(ctx.ns_dir.join(&uid));
+        let spec = pod.spec.clone().unwrap_or_default();
+        let mut ctrs: Vec<Ctr> = Vec::new();
+        for (init, list) in [(true, spec.init_containers.clone().unwrap_or_default()), (false, spec.containers.clone())] {
+            for c in list {
+                ctrs.push(Ctr { name: c.name.clone(), init, backoff: ctx.backoff_base, ..Default::default() });
+            }
+        }
+        let w = Worker {
+            ctx,
+            pod,
+            uid,
+            dir,
+            ns,
+            pod_ip: String::new(),
+            sandbox_ready: false,
+            volumes: Vec::new(),
+            ctrs,
+            tx: tx.clone(),
+            last_status: Value::Null,
+            transitions: BTreeMap::new(),
+            failed_sandbox: None,
+        };
+        tokio::spawn(w.run(rx));
+        tx
+    }
+
+    fn pod_name(&self) -> String {
+        format!("{}/{}", self.pod.metadata.namespace.clone().unwrap_or_default(), self.pod.metadata.name.clone().unwrap_or_default())
+    }
+
+    fn spec_of(&self, name: &str) -> Option<Container> {
+        let s = self.pod.spec.as_ref()?;
+        s.init_containers.iter().flatten().chain(s.containers.iter()).find(|c| c.name == name).cloned()
+    }
+
+    fn restart_policy(&self) -> String {
+        self.pod.spec.as_ref().and_then(|s| s.restart_policy.clone()).unwrap_or_else(|| "Always".into())
+    }
+
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
+        self.adopt().await;
+        loop {
+            if self.pod.metadata.deletion_timestamp.is_some() {
+                self.terminate(&mut rx, true).await;
+                return;
+            }
+            self.reconcile().await;
+            self.report().await;
+            let deadline = self.ctrs.iter().filter_map(|c| c.next_start).chain(self.failed_sandbox.as_ref().map(|f| f.1)).min();
+            let ev = match deadline {
+                Some(d) => tokio::select! {
+                    ev = rx.recv() => ev,
+                    _ = tokio::time::sleep_until(d) => continue,
+                },
+                None => rx.recv().await,
+            };
+            let Some(ev) = ev else { return };
+            match ev {
+                Event::Gone => {
+                    self.terminate(&mut rx, false).await;
+                    return;
+                }
+                other => self.apply(other),
+            }
+            // Take every event already queued before the next reconcile.
+            while let Ok(ev) = rx.try_recv() {
+                if matches!(ev, Event::Gone) {
+                    self.terminate(&mut rx, false).await;
+                    return;
+                }
+                self.apply(ev);
+            }
+        }
+    }
+
+    fn apply(&mut self, ev: Event) {
+        match ev {
+            Event::Pod(p) => self.pod = *p,
+            Event::Gone => {}
+            Event::Exited { name, number, record } => {
+                let base = self.ctx.backoff_base;
+                let Some(c) = self.ctrs.iter_mut().find(|c| c.name == name) else { return };
+                let Some(cur) = c.current.as_mut().filter(|a| a.number == number && a.exit.is_none()) else { return };
+                // A container that ran ten minutes has earned a fresh back-off.
+                let ran_long = chrono::DateTime::parse_from_rfc3339(&cur.started_at)
+                    .is_ok_and(|s| chrono::Utc::now().signed_duration_since(s) > chrono::Duration::minutes(10));
+                if ran_long {
+                    c.backoff = base;
+                }
+                cur.exit = Some(record);
+                c.ready = false;
+                c.started = false;
+                c.stop_tasks();
+                self.save();
+            }
+            Event::Probe { name, number, kind, ok, message } => {
+                let Some(c) = self.ctrs.iter_mut().find(|c| c.name == name) else { return };
+                if c.current.as_ref().is_none_or(|a| a.number != number || a.exit.is_some()) {
+                    return;
+                }
+                match kind {
+                    probe::Kind::Readiness => c.ready = ok,
+                    probe::Kind::Startup => c.started = ok,
+                    probe::Kind::Liveness => {}
+                }
+                if !ok {
+                    let id = c.current.as_ref().map(|a| a.id.clone()).unwrap_or_default();
+                    let what = match kind {
+                        probe::Kind::Startup => "Startup",
+                        probe::Kind::Liveness => "Liveness",
+                        probe::Kind::Readiness => "Readiness",
+                    };
+                    self.event("Warning", "Unhealthy", &format!("{what} probe failed: {message}"));
+                    if kind != probe::Kind::Readiness {
+                        // A failed liveness or startup probe restarts the container.
+                        self.event("Normal", "Killing", &format!("Container {name} failed {} probe, will be restarted", what.to_lowercase()));
+                        let rt = self.ctx.runtime.clone();
+                        let grace = grace_period(&self.pod);
+                        tokio::spawn(async move {
+                            let _ = rt.kill(&id, "TERM").await;
+                            tokio::time::sleep(Duration::from_secs(grace as u64)).await;
+                            let _ = rt.kill(&id, "KILL").await;
+                        });
+                    }
+                }
+            }
+        }
+    }
+
+    fn save(&self) {
+        let saved = Saved {
+            pod_ip: self.pod_ip.clone(),
+            containers: self.ctrs.iter().map(|c| (c.name.clone(), SavedCtr { current: c.current.clone(), previous: c.previous.clone() })).collect(),
+        };
+        if let Err(e) = state::save(&self.dir, &saved) {
+            tracing::warn!(pod = %self.pod_name(), error = %e, "saving pod state");
+        }
+    }
+
+    /// Pick up where a previous run of the node left off.
+    async fn adopt(&mut self) {
+        let Some(saved) = state::load(&self.dir) else { return };
+        if !self.ns.exist() {
+            return;
+        }
+        let running: Vec<String> = self.ctx.runtime.list().await.unwrap_or_default().into_iter().filter(|s| s.status == "running").map(|s| s.id).collect();
+        self.pod_ip = saved.pod_ip;
+        if let Ok(v) = files::prepare_volumes(&self.ctx.client, &self.pod, &self.dir.join("volumes")).await {
+            self.volumes = v;
+        }
+        self.sandbox_ready = true;
+        for c in &mut self.ctrs {
+            let Some(s) = saved.containers.get(&c.name) else { continue };
+            c.previous = s.previous.clone();
+            c.current = s.current.clone();
+            if let Some(cur) = c.current.as_mut().filter(|a| a.exit.is_none()) {
+                let exit_file = self.dir.join("containers").join(&c.name).join(cur.number.to_string()).join("exit");
+                if let Some(rec) = ExitRecord::read(&exit_file) {
+                    cur.exit = Some(rec);
+                } else if running.contains(&cur.id) {
+                    c.started = true;
+                    c.ready = true;
+                    let (tx, name, number) = (self.tx.clone(), c.name.clone(), cur.number);
+                    c.tasks.push(tokio::spawn(async move {
+                        loop {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            if let Some(record) = ExitRecord::read(&exit_file) {
+                                let _ = tx.send(Event::Exited { name, number, record });
+                                return;
+                            }
+                        }
+                    }));
+                } else {
+                    cur.exit = Some(ExitRecord { exit_code: 255, signal: None, reason: "Error".into(), message: "the container was gone when the node restarted".into(), finished_at: now_rfc3339() });
+                }
+            }
+        }
+        tracing::info!(pod = %self.pod_name(), "adopted");
+        // Probes start again for the running containers.
+        let names: Vec<String> = self.ctrs.iter().filter(|c| c.running()).map(|c| c.name.clone()).collect();
+        for n in names {
+            self.start_probes(&n);
+        }
+    }
+
+    fn event(&self, kind: &str, reason: &str, message: &str) {
+        crate::node::emit_event(&self.ctx, &self.pod, kind, reason, message);
+    }
+
+    async fn ensure_sandbox(&mut self) -> Result<(), String> {
+        if self.sandbox_ready {
+            return Ok(());
+        }
+        std::fs::create_dir_all(self.dir.join("containers")).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        let hostname = self.pod.spec.as_ref().and_then(|s| s.hostname.clone()).or(self.pod.metadata.name.clone()).unwrap_or_default();
+        let hostname: String = hostname.chars().take(63).collect();
+        if !self.ns.exist() {
+            let ns = self.ns.clone();
+            let h = hostname.clone();
+            tokio::task::spawn_blocking(move || ns.create(&h)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+        }
+        let ip = self.ctx.network.attach(&self.uid, &self.pod, &self.ns.net()).await.map_err(|e| format!("network: {e}"))?;
+        self.pod_ip = ip;
+        let dns = files::DnsSettings {
+            cluster_dns: self.ctx.cluster_dns.as_deref(),
+            cluster_domain: &self.ctx.cluster_domain,
+            host_resolv: &self.ctx.host_resolv,
+        };
+        let write = |name: &str, body: String| std::fs::write(self.dir.join(name), body).map_err(|e| format!("{name}: {e}"));
+        write("hosts", files::hosts_file(&self.pod, &self.pod_ip))?;
+        write("hostname", format!("{hostname}\n"))?;
+        write("resolv.conf", files::resolv_conf(&self.pod, &dns))?;
+        self.volumes = files::prepare_volumes(&self.ctx.client, &self.pod, &self.dir.join("volumes")).await?;
+        self.sandbox_ready = true;
+        self.save();
+        Ok(())
+    }
+
+    async fn reconcile(&mut self) {
+        if let Err(e) = self.ensure_sandbox().await {
+            let retry = self.failed_sandbox.as_ref().is_none_or(|f| f.0 != e);
+            if retry {
+                self.event("Warning", "FailedCreatePodSandBox", &e);
+            }
+            self.failed_sandbox = Some((e.clone(), Instant::now() + Duration::from_secs(5)));
+            for c in &mut self.ctrs {
+                if c.current.is_none() {
+                    c.waiting = Some(("ContainerCreating".into(), e.clone()));
+                }
+            }
+            return;
+        }
+        self.failed_sandbox = None;
+        let policy = self.restart_policy();
+        let now = Instant::now();
+        // Init containers, one at a time, in order.
+        let inits: Vec<usize> = (0..self.ctrs.len()).filter(|i| self.ctrs[*i].init).collect();
+        for i in inits {
+            let c = &self.ctrs[i];
+            if c.exited().is_some_and(|e| e.exit_code == 0) {
+                continue;
+            }
+            if c.running() {
+                return;
+            }
+            if c.exited().is_some() && policy == "Never" {
+                return;
+            }
+            self.maybe_start(i, now).await;
+            return;
+        }
+        for i in 0..self.ctrs.len() {
+            if self.ctrs[i].init || self.ctrs[i].running() {
+                continue;
+            }
+            if let Some(e) = self.ctrs[i].exited() {
+                let restart = match policy.as_str() {
+                    "Never" => false,
+                    "OnFailure" => e.exit_code != 0,
+                    _ => true,
+                };
+                if !restart {
+                    continue;
+                }
+            }
+            self.maybe_start(i, now).await;
+        }
+    }
+
+    /// Start container `i` unless its back-off has not run out (then it waits in CrashLoopBackOff
+    /// or ImagePullBackOff).
+    async fn maybe_start(&mut self, i: usize, now: Instant) {
+        let c = &mut self.ctrs[i];
+        if let Some(t) = c.next_start {
+            if t > now {
+                if c.exited().is_some() {
+                    let name = c.name.clone();
+                    let msg = format!("back-off {:?} restarting failed container={name} pod={}", c.backoff, self.pod.metadata.name.clone().unwrap_or_default());
+                    let c = &mut self.ctrs[i];
+                    if c.waiting.as_ref().is_none_or(|w| w.0 != "CrashLoopBackOff") {
+                        c.waiting = Some(("CrashLoopBackOff".into(), msg.clone()));
+                        self.event("Warning", "BackOff", &msg);
+                    }
+                }
+                return;
+            }
+        }
+        let name = self.ctrs[i].name.clone();
+        match self.start(&name).await {
+            Ok(()) => {
+                let c = &mut self.ctrs[i];
+                c.waiting = None;
+                c.next_start = None;
+            }
+            Err((reason, message)) => {
+                let c = &mut self.ctrs[i];
+                let first = c.waiting.as_ref().is_none_or(|w| w.1 != message);
+                c.waiting = Some((reason.clone(), message.clone()));
+                c.next_start = Some(Instant::now() + c.backoff);
+                c.backoff = (c.backoff * 2).min(self.ctx.backoff_max);
+                if first {
+                    self.event("Warning", if reason == "ErrImagePull" { "Failed" } else { &reason }, &message);
+                }
+                if reason == "ErrImagePull" {
+                    self.ctrs[i].waiting = Some(("ErrImagePull".into(), message));
+                }
+            }
+        }
+    }
+
+    /// Start a new attempt of a container; on failure, the waiting reason and message.
+    async fn start(&mut self, name: &str) -> Result<(), (String, String)> {
+        let spec = self.spec_of(name).ok_or_else(|| ("CreateContainerConfigError".to_string(), "no such container".to_string()))?;
+        let image_ref = spec.image.clone().unwrap_or_default();
+        let cfg_err = |m: String| ("CreateContainerConfigError".to_string(), m);
+        let image = match self.ctx.images.resolve(&image_ref) {
+            Ok(Some(i)) => i,
+            Ok(None) => {
+                let c = self.ctrs.iter().find(|c| c.name == name);
+                let reason = if c.is_some_and(|c| c.waiting.as_ref().is_some_and(|w| w.0.contains("ImagePull"))) { "ImagePullBackOff" } else { "ErrImagePull" };
+                return Err((
+                    reason.into(),
+                    format!("image \"{image_ref}\" is not in the node's image store and no registry is reachable to pull it (import it with `nodeless image import`)"),
+                ));
+            }
+            Err(e) => return Err(("ErrImagePull".into(), format!("image \"{image_ref}\": {e}"))),
+        };
+        let c = self.ctrs.iter().find(|c| c.name == name).ok_or_else(|| cfg_err("no such container".into()))?;
+        let number = match (&c.current, c.current.as_ref().and_then(|a| a.exit.as_ref())) {
+            (Some(a), Some(_)) => a.number + 1,
+            (Some(a), None) => a.number,
+            (None, _) => 0,
+        };
+        let id = format!("{}-{}-{number}", self.uid, name);
+        let bundle = self.dir.join("containers").join(name).join(number.to_string());
+        let _ = teardown::unmount_rootfs(&bundle);
+        let _ = std::fs::remove_dir_all(&bundle);
+        for d in ["rootfs", "upper", "work"] {
+            std::fs::create_dir_all(bundle.join(d)).map_err(|e| cfg_err(format!("{}: {e}", bundle.display())))?;
+        }
+        let lower: Vec<String> = image.layers.iter().rev().map(|l| self.ctx.images.layer_dir(l).display().to_string()).collect();
+        let opts = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), bundle.join("upper").display(), bundle.join("work").display());
+        nix::mount::mount(Some("overlay"), &bundle.join("rootfs"), Some("overlay"), nix::mount::MsFlags::empty(), Some(opts.as_str()))
+            .map_err(|e| cfg_err(format!("mounting the image's layers: {e}")))?;
+        let built = self.build_spec(&spec, &image, &bundle).await;
+        let cspec = match built {
+            Ok(s) => s,
+            Err(m) => {
+                let _ = teardown::unmount_rootfs(&bundle);
+                return Err(cfg_err(m));
+            }
+        };
+        std::fs::write(bundle.join("config.json"), serde_json::to_vec(&config_json(&cspec)).unwrap_or_default())
+            .map_err(|e| cfg_err(format!("writing config.json: {e}")))?;
+        let launch = Launch { id: id.clone(), bundle: bundle.clone(), log: bundle.join("log"), exit: bundle.join("exit") };
+        let mut child = match self.ctx.runtime.start(&launch).await {
+            Ok(ch) => ch,
+            Err(e) => {
+                let _ = teardown::unmount_rootfs(&bundle);
+                return Err(("RunContainerError".into(), e.to_string()));
+            }
+        };
+        let attempt = Attempt { number, id, started_at: now_rfc3339(), image: image_ref.clone(), image_id: image.id.clone(), exit: None };
+        let tx = self.tx.clone();
+        let (cname, exit_file) = (name.to_string(), launch.exit.clone());
+        let watcher = tokio::spawn(async move {
+            let _ = child.wait().await;
+            let record = ExitRecord::read(&exit_file).unwrap_or_else(|| ExitRecord {
+                exit_code: 255,
+                signal: None,
+                reason: "Error".into(),
+                message: "the container's shim exited without an exit record".into(),
+                finished_at: now_rfc3339(),
+            });
+            let _ = tx.send(Event::Exited { name: cname, number, record });
+        });
+        let pod_name = self.pod.metadata.name.clone().unwrap_or_default();
+        let c = self.ctrs.iter_mut().find(|c| c.name == name).ok_or_else(|| cfg_err("no such container".into()))?;
+        if let Some(prev) = c.current.take() {
+            c.previous = Some(prev);
+        }
+        c.current = Some(attempt);
+        c.ready = false;
+        c.started = spec.startup_probe.is_none();
+        // The exit watcher is not a probe: it must outlive stop_tasks on probe failures.
+        drop(watcher);
+        self.save();
+        self.event("Normal", "Started", &format!("Started container {name} of pod {pod_name}"));
+        self.start_probes(name);
+        if let Some(h) = spec.lifecycle.as_ref().and_then(|l| l.post_start.clone()) {
+            if let Err(m) = self.run_hook(name, &spec, &h).await {
+                self.event("Warning", "FailedPostStartHook", &m);
+                let id = self.ctrs.iter().find(|c| c.name == name).and_then(|c| c.current.as_ref()).map(|a| a.id.clone()).unwrap_or_default();
+                let _ = self.ctx.runtime.kill(&id, "KILL").await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn build_spec(&self, c: &Container, image: &crate::image::ImageRecord, bundle: &std::path::Path) -> Result<ContainerSpec, String> {
+        let env = container::environment(&self.ctx.client, &self.pod, c, &image.config, &self.pod_ip, &self.ctx.host_ip).await?;
+        let vars: BTreeMap<String, String> = env.iter().cloned().collect();
+        let args = container::process_args(c, &image.config, &vars);
+        if args.is_empty() {
+            return Err("no command specified: the image has no entrypoint or cmd and the container sets no command".into());
+        }
+        let rootfs = bundle.join("rootfs");
+        let (uid, gid, groups) = container::user(&self.pod, c, &image.config.user, &rootfs)?;
+        let sc = c.security_context.as_ref();
+        if sc.and_then(|s| s.privileged).unwrap_or(false) {
+            return Err("privileged containers are not allowed on this platform".into());
+        }
+        let mut mounts = vec![
+            crate::spec::BindMount { source: self.dir.join("hosts"), destination: "/etc/hosts".into(), read_only: false },
+            crate::spec::BindMount { source: self.dir.join("hostname"), destination: "/etc/hostname".into(), read_only: false },
+            crate::spec::BindMount { source: self.dir.join("resolv.conf"), destination: "/etc/resolv.conf".into(), read_only: false },
+        ];
+        let term = bundle.join("termination-log");
+        std::fs::write(&term, b"").map_err(|e| e.to_string())?;
+        mounts.push(crate::spec::BindMount {
+            source: term,
+            destination: c.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into()),
+            read_only: false,
+        });
+        mounts.extend(files::volume_mounts(c, &self.volumes)?);
+        let cwd = c.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| image.config.working_dir.clone());
+        Ok(ContainerSpec {
+            args,
+            env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+            cwd,
+            uid,
+            gid,
+            additional_gids: groups,
+            hostname: std::fs::read_to_string(self.dir.join("hostname")).unwrap_or_default().trim().to_string(),
+            rootfs,
+            readonly_rootfs: sc.and_then(|s| s.read_only_root_filesystem).unwrap_or(false),
+            no_new_privileges: sc.and_then(|s| s.allow_privilege_escalation) == Some(false),
+            capabilities: container::caps(c)?,
+            mounts,
+            netns: self.ns.net(),
+            ipcns: self.ns.ipc(),
+            utsns: self.ns.uts(),
+            cgroups_path: format!("{}/{}/{}", self.ctx.cgroup_parent, self.uid, c.name),
+            limits: container::limits(c)?,
+            seccomp: true,
+            oom_score_adj: 0,
+        })
+    }
+
+    fn target(&self, name: &str) -> Option<probe::Target> {
+        let c = self.ctrs.iter().find(|c| c.name == name)?;
+        Some(probe::Target {
+            runtime: self.ctx.runtime.clone(),
+            container_id: c.current.as_ref()?.id.clone(),
+            netns: self.ns.net(),
+            pod_ip: self.pod_ip.clone(),
+            container: self.spec_of(name)?,
+        })
+    }
+
+    async fn run_hook(&self, name: &str, spec: &Container, h: &k8s_openapi::api::core::v1::LifecycleHandler) -> Result<(), String> {
+        let t = self.target(name).ok_or("container is gone")?;
+        let action = probe::hook_action(spec, h)?;
+        probe::run(&t, &action, Duration::from_secs(grace_period(&self.pod).max(1) as u64)).await
+    }
+
+    fn start_probes(&mut self, name: &str) {
+        let Some(t) = self.target(name) else { return };
+        let Some(spec) = self.spec_of(name) else { return };
+        let number = self.ctrs.iter().find(|c| c.name == name).map_or(0, |c| c.restart_count());
+        let mut tasks = Vec::new();
+        let has_startup = spec.startup_probe.is_some();
+        let (started_tx, started_rx) = tokio::sync::watch::channel(!has_startup);
+        for (kind, p) in [(probe::Kind::Startup, &spec.startup_probe), (probe::Kind::Liveness, &spec.liveness_probe), (probe::Kind::Readiness, &spec.readiness_probe)] {
+            let Some(p) = p.clone() else { continue };
+            let (tx, t, n, mut srx) = (self.tx.clone(), t.clone(), name.to_string(), started_rx.clone());
+            let started_tx = started_tx.clone();
+            tasks.push(tokio::spawn(async move {
+                if kind != probe::Kind::Startup {
+                    let _ = srx.wait_for(|s| *s).await;
+                }
+                probe::probe_loop(kind, t, p, move |ok, message| {
+                    if kind == probe::Kind::Startup && ok {
+                        let _ = started_tx.send(true);
+                    }
+                    let _ = tx.send(Event::Probe { name: n.clone(), number, kind, ok, message });
+                })
+                .await;
+            }));
+        }
+        if let Some(c) = self.ctrs.iter_mut().find(|c| c.name == name) {
+            if spec.readiness_probe.is_none() {
+                c.ready = true;
+            }
+            c.tasks.extend(tasks);
+        }
+    }
+
+    async fn report(&mut self) {
+        let status = status::pod_status(self);
+        if status == self.last_status {
+            return;
+        }
+        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), self.pod.metadata.namespace.as_deref().unwrap_or("default"));
+        let patch = serde_json::json!({"status": status});
+        match api.patch_status(self.pod.metadata.name.as_deref().unwrap_or_default(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+            Ok(_) => self.last_status = status,
+            Err(e) => tracing::warn!(pod = %self.pod_name(), error = %e, "reporting status"),
+        }
+    }
+
+    /// Stop every container (preStop, SIGTERM, then SIGKILL after the grace period), tear the
+    /// sandbox down, and, when the pod is still in the API, finish its deletion.
+    async fn terminate(&mut self, rx: &mut mpsc::UnboundedReceiver<Event>, finish_delete: bool) {
+        let grace = if finish_delete { grace_period(&self.pod) } else { 0 };
+        let deadline = Instant::now() + Duration::from_secs(grace as u64);
+        let running: Vec<(String, String)> =
+            self.ctrs.iter().filter(|c| c.running()).filter_map(|c| Some((c.name.clone(), c.current.as_ref()?.id.clone()))).collect();
+        for (name, _) in &running {
+            self.event("Normal", "Killing", &format!("Stopping container {name}"));
+        }
+        let mut stops = Vec::new();
+        for (name, id) in running {
+            let spec = self.spec_of(&name);
+            let target = self.target(&name);
+            let rt = self.ctx.runtime.clone();
+            stops.push(tokio::spawn(async move {
+                if let (Some(spec), Some(t)) = (spec, target) {
+                    if let Some(h) = spec.lifecycle.as_ref().and_then(|l| l.pre_stop.clone()) {
+                        if let Ok(a) = probe::hook_action(&spec, &h) {
+                            let left = deadline.saturating_duration_since(Instant::now());
+                            let _ = probe::run(&t, &a, left.max(Duration::from_millis(1))).await;
+                        }
+                    }
+                }
+                let _ = rt.kill(&id, "TERM").await;
+            }));
+        }
+        for s in stops {
+            let _ = s.await;
+        }
+        // Wait for exits until the deadline, then kill what is left.
+        while self.ctrs.iter().any(|c| c.running()) {
+            tokio::select! {
+                ev = rx.recv() => match ev {
+                    Some(ev @ Event::Exited { .. }) => self.apply(ev),
+                    Some(_) => {}
+                    None => break,
+                },
+                _ = tokio::time::sleep_until(deadline) => {
+                    for c in self.ctrs.iter().filter(|c| c.running()) {
+                        if let Some(a) = &c.current {
+                            let _ = self.ctx.runtime.kill(&a.id, "KILL").await;
+                        }
+                    }
+                    break;
+                }
+            }
+        }
+        let mut ids: Vec<String> = self.ctrs.iter().flat_map(|c| [c.current.as_ref(), c.previous.as_ref()]).flatten().map(|a| a.id.clone()).collect();
+        // What the node saved before a restart, for pods it no longer has a spec for.
+        for s in state::load(&self.dir).map(|s| s.containers).unwrap_or_default().into_values() {
+            ids.extend([s.current, s.previous].into_iter().flatten().map(|a| a.id).filter(|id| !ids.contains(id)).collect::<Vec<_>>());
+        }
+        for c in &mut self.ctrs {
+            c.stop_tasks();
+        }
+        let errors = teardown::teardown(&self.ctx, &self.uid, &self.dir, &self.ns, &ids).await;
+        if !errors.is_empty() {
+            let msg = errors.join("; ");
+            tracing::warn!(pod = %self.pod_name(), errors = %msg, "teardown");
+            self.event("Warning", "FailedKillPod", &msg);
+        }
+        if finish_delete {
+            let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), self.pod.metadata.namespace.as_deref().unwrap_or("default"));
+            let dp = DeleteParams { grace_period_seconds: Some(0), preconditions: Some(Preconditions { uid: Some(self.uid.clone()), resource_version: None }), ..Default::default() };
+            if let Err(e) = api.delete(self.pod.metadata.name.as_deref().unwrap_or_default(), &dp).await {
+                if !matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409) {
+                    tracing::warn!(pod = %self.pod_name(), error = %e, "finishing deletion");
+                }
+            }
+        }
+        self.ctx.forget(&self.uid);
+    }
+}

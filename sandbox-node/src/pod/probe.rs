@@ -1,0 +1,196 @@
+//! Probes (startup, liveness, readiness) and lifecycle hooks: exec in the container, HTTP GET
+//! and TCP connect from inside the pod's network namespace, so they work with or without a
+//! routable pod IP.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::{Container, ExecAction, HTTPGetAction, LifecycleHandler, Probe, TCPSocketAction};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use crate::runtime::Runtime;
+use crate::sandbox::in_netns;
+
+#[derive(Clone)]
+pub struct Target {
+    pub runtime: Arc<dyn Runtime>,
+    pub container_id: String,
+    pub netns: PathBuf,
+    pub pod_ip: String,
+    pub container: Container,
+}
+
+#[derive(Clone, Debug)]
+pub enum Action {
+    Exec(Vec<String>),
+    Http { host: String, port: u16, path: String, https: bool, headers: Vec<(String, String)> },
+    Tcp { host: String, port: u16 },
+    Sleep(u64),
+}
+
+fn port(c: &Container, p: &IntOrString) -> Result<u16, String> {
+    match p {
+        IntOrString::Int(n) => u16::try_from(*n).map_err(|_| format!("port {n} is out of range")),
+        IntOrString::String(name) => c
+            .ports
+            .iter()
+            .flatten()
+            .find(|cp| cp.name.as_deref() == Some(name.as_str()))
+            .and_then(|cp| u16::try_from(cp.container_port).ok())
+            .ok_or_else(|| format!("the container has no port named {name:?}")),
+    }
+}
+
+fn from_parts(c: &Container, exec: Option<&ExecAction>, http: Option<&HTTPGetAction>, tcp: Option<&TCPSocketAction>) -> Result<Action, String> {
+    if let Some(e) = exec {
+        return Ok(Action::Exec(e.command.clone().unwrap_or_default()));
+    }
+    if let Some(h) = http {
+        return Ok(Action::Http {
+            host: h.host.clone().unwrap_or_default(),
+            port: port(c, &h.port)?,
+            path: h.path.clone().unwrap_or_else(|| "/".into()),
+            https: h.scheme.as_deref() == Some("HTTPS"),
+            headers: h.http_headers.iter().flatten().map(|x| (x.name.clone(), x.value.clone())).collect(),
+        });
+    }
+    if let Some(t) = tcp {
+        return Ok(Action::Tcp { host: t.host.clone().unwrap_or_default(), port: port(c, &t.port)? });
+    }
+    Err("the handler names no action".into())
+}
+
+pub fn probe_action(c: &Container, p: &Probe) -> Result<Action, String> {
+    from_parts(c, p.exec.as_ref(), p.http_get.as_ref(), p.tcp_socket.as_ref())
+}
+
+pub fn hook_action(c: &Container, h: &LifecycleHandler) -> Result<Action, String> {
+    if let Some(s) = &h.sleep {
+        return Ok(Action::Sleep(s.seconds.max(0) as u64));
+    }
+    from_parts(c, h.exec.as_ref(), h.http_get.as_ref(), h.tcp_socket.as_ref())
+}
+
+async fn connect(t: &Target, host: &str, port: u16, timeout: Duration) -> Result<tokio::net::TcpStream, String> {
+    let host = if !host.is_empty() { host.to_string() } else if !t.pod_ip.is_empty() { t.pod_ip.clone() } else { "127.0.0.1".to_string() };
+    let addr: SocketAddr = format!("{host}:{port}").parse().map_err(|_| format!("{host}:{port} is not an address"))?;
+    let netns = t.netns.clone();
+    let std_stream = tokio::task::spawn_blocking(move || in_netns(&netns, move || std::net::TcpStream::connect_timeout(&addr, timeout)))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("dial tcp {addr}: {e}"))?;
+    std_stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+    tokio::net::TcpStream::from_std(std_stream).map_err(|e| e.to_string())
+}
+
+async fn http_get(t: &Target, host: &str, port: u16, path: &str, headers: &[(String, String)], timeout: Duration) -> Result<(), String> {
+    use http_body_util::BodyExt;
+    let stream = connect(t, host, port, timeout).await?;
+    let io = hyper_util::rt::TokioIo::new(stream);
+    let (mut send, conn) = hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(io).await.map_err(|e| e.to_string())?;
+    let driver = tokio::spawn(conn);
+    let mut req = http::Request::get(path).header("Host", format!("{}:{port}", if host.is_empty() { &t.pod_ip } else { host })).header("User-Agent", "kube-probe/1.33");
+    for (k, v) in headers {
+        req = req.header(k.as_str(), v.as_str());
+    }
+    let req = req.body(http_body_util::Empty::new()).map_err(|e| e.to_string())?;
+    let resp = send.send_request(req).await.map_err(|e| e.to_string());
+    let out = match resp {
+        Ok(r) => {
+            let code = r.status().as_u16();
+            let _ = r.into_body().collect().await;
+            if (200..400).contains(&code) { Ok(()) } else { Err(format!("HTTP probe failed with statuscode: {code}")) }
+        }
+        Err(e) => Err(e),
+    };
+    driver.abort();
+    out
+}
+
+/// Run one action against the container, bounded by `timeout`.
+pub async fn run(t: &Target, action: &Action, timeout: Duration) -> Result<(), String> {
+    let work = async {
+        match action {
+            Action::Exec(cmd) => {
+                let out = t.runtime.exec(&t.container_id, cmd, false).stdin(std::process::Stdio::null()).output().await.map_err(|e| e.to_string())?;
+                if out.status.success() {
+                    Ok(())
+                } else {
+                    let mut msg = String::from_utf8_lossy(&out.stdout).trim().to_string();
+                    if msg.is_empty() {
+                        msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
+                    }
+                    Err(format!("command {cmd:?} exited with {}: {msg}", out.status.code().unwrap_or(-1)))
+                }
+            }
+            Action::Http { host, port, path, https, headers } => {
+                if *https {
+                    // Kubelet does not verify probe certificates; a TCP connect stands in for now.
+                    connect(t, host, *port, timeout).await.map(drop)
+                } else {
+                    http_get(t, host, *port, path, headers, timeout).await
+                }
+            }
+            Action::Tcp { host, port } => connect(t, host, *port, timeout).await.map(drop),
+            Action::Sleep(s) => {
+                tokio::time::sleep(Duration::from_secs(*s)).await;
+                Ok(())
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, work).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("timed out after {timeout:?}")),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Startup,
+    Liveness,
+    Readiness,
+}
+
+/// Run a probe on its period and report each change of its verdict (after the thresholds).
+pub async fn probe_loop(kind: Kind, t: Target, probe: Probe, report: impl Fn(bool, String) + Send + 'static) {
+    let action = match probe_action(&t.container, &probe) {
+        Ok(a) => a,
+        Err(e) => {
+            report(false, e);
+            return;
+        }
+    };
+    let period = Duration::from_secs(probe.period_seconds.unwrap_or(10).max(1) as u64);
+    let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
+    let need_ok = probe.success_threshold.unwrap_or(1).max(1);
+    let need_fail = probe.failure_threshold.unwrap_or(3).max(1);
+    tokio::time::sleep(Duration::from_secs(probe.initial_delay_seconds.unwrap_or(0).max(0) as u64)).await;
+    let (mut oks, mut fails) = (0, 0);
+    let mut verdict: Option<bool> = None;
+    loop {
+        match run(&t, &action, timeout).await {
+            Ok(()) => {
+                oks += 1;
+                fails = 0;
+                if oks >= need_ok && verdict != Some(true) {
+                    verdict = Some(true);
+                    report(true, String::new());
+                }
+            }
+            Err(msg) => {
+                fails += 1;
+                oks = 0;
+                if fails >= need_fail && verdict != Some(false) {
+                    verdict = Some(false);
+                    report(false, msg);
+                } else if kind == Kind::Liveness && fails >= need_fail {
+                    report(false, msg);
+                }
+            }
+        }
+        tokio::time::sleep(period).await;
+    }
+}

@@ -1,0 +1,85 @@
+//! What a pod worker remembers about each container, in memory and on disk (so a restarted
+//! node adopts running containers instead of starting them again).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::shim_proto::ExitRecord;
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    /// Restart count of this attempt (0 for the first).
+    pub number: u32,
+    pub id: String,
+    pub started_at: String,
+    pub image: String,
+    pub image_id: String,
+    #[serde(default)]
+    pub exit: Option<ExitRecord>,
+}
+
+#[derive(Debug, Default)]
+pub struct Ctr {
+    pub name: String,
+    pub init: bool,
+    pub current: Option<Attempt>,
+    pub previous: Option<Attempt>,
+    /// Why the container is not running (ErrImagePull, CrashLoopBackOff, …) and the message.
+    pub waiting: Option<(String, String)>,
+    pub next_start: Option<Instant>,
+    pub backoff: Duration,
+    pub ready: bool,
+    /// The startup probe passed (or there is none) for the current attempt.
+    pub started: bool,
+    pub tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Ctr {
+    pub fn running(&self) -> bool {
+        self.current.as_ref().is_some_and(|a| a.exit.is_none())
+    }
+    pub fn exited(&self) -> Option<&ExitRecord> {
+        self.current.as_ref().and_then(|a| a.exit.as_ref())
+    }
+    pub fn restart_count(&self) -> u32 {
+        self.current.as_ref().map_or(0, |a| a.number)
+    }
+    pub fn stop_tasks(&mut self) {
+        for t in self.tasks.drain(..) {
+            t.abort();
+        }
+    }
+}
+
+#[derive(Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Saved {
+    pub pod_ip: String,
+    pub containers: BTreeMap<String, SavedCtr>,
+}
+
+#[derive(Default, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SavedCtr {
+    pub current: Option<Attempt>,
+    pub previous: Option<Attempt>,
+}
+
+pub fn state_path(pod_dir: &Path) -> PathBuf {
+    pod_dir.join("state.json")
+}
+
+pub fn load(pod_dir: &Path) -> Option<Saved> {
+    serde_json::from_slice(&std::fs::read(state_path(pod_dir)).ok()?).ok()
+}
+
+pub fn save(pod_dir: &Path, saved: &Saved) -> std::io::Result<()> {
+    let tmp = pod_dir.join("state.json.tmp");
+    std::fs::write(&tmp, serde_json::to_vec(saved)?)?;
+    std::fs::rename(tmp, state_path(pod_dir))
+}

@@ -1,0 +1,156 @@
+//! The seam to the container runtime. `OciRuntime` drives an OCI runtime CLI (runc, crun, or
+//! any that speaks the same commands) with each container under its shim; the microVM runtime
+//! will be another implementation of [`Runtime`].
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use async_trait::async_trait;
+use tokio::process::{Child, Command};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("running {binary}: {source}")]
+    Spawn { binary: String, source: std::io::Error },
+    #[error("{binary} {command} {id}: {message}")]
+    Failed { binary: String, command: String, id: String, message: String },
+}
+
+/// Where one container attempt lives on disk.
+#[derive(Clone, Debug)]
+pub struct Launch {
+    pub id: String,
+    pub bundle: PathBuf,
+    pub log: PathBuf,
+    pub exit: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerState {
+    pub id: String,
+    pub pid: i32,
+    /// `created`, `running`, `paused` or `stopped`.
+    pub status: String,
+}
+
+#[async_trait]
+pub trait Runtime: Send + Sync {
+    fn name(&self) -> &str;
+    /// Start the container in `launch.bundle` under a shim; the child is the shim.
+    async fn start(&self, launch: &Launch) -> Result<Child, RuntimeError>;
+    async fn kill(&self, id: &str, signal: &str) -> Result<(), RuntimeError>;
+    /// Remove the container, killing it if it still runs. Gone already is success.
+    async fn delete(&self, id: &str) -> Result<(), RuntimeError>;
+    async fn list(&self) -> Result<Vec<ContainerState>, RuntimeError>;
+    /// A command that runs `args` inside the running container (exec probes, hooks, `kubectl exec`).
+    fn exec(&self, id: &str, args: &[String], tty: bool) -> Command;
+}
+
+pub struct OciRuntime {
+    binary: PathBuf,
+    root: PathBuf,
+    shim: PathBuf,
+}
+
+impl OciRuntime {
+    /// `root` holds the runtime's state (one per node, so nodes never see each other's containers).
+    pub fn new(binary: impl Into<PathBuf>, root: impl Into<PathBuf>, shim: impl Into<PathBuf>) -> Self {
+        Self { binary: binary.into(), root: root.into(), shim: shim.into() }
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.arg("--root").arg(&self.root);
+        c.stdin(Stdio::null());
+        c
+    }
+
+    async fn run(&self, command: &str, id: &str, args: &[&str]) -> Result<String, RuntimeError> {
+        let out = self.command().arg(command).args(args).output().await.map_err(|e| self.spawn_err(e))?;
+        if out.status.success() {
+            return Ok(String::from_utf8_lossy(&out.stdout).to_string());
+        }
+        Err(RuntimeError::Failed {
+            binary: self.binary.display().to_string(),
+            command: command.to_string(),
+            id: id.to_string(),
+            message: String::from_utf8_lossy(&out.stderr).trim().to_string(),
+        })
+    }
+
+    fn spawn_err(&self, source: std::io::Error) -> RuntimeError {
+        RuntimeError::Spawn { binary: self.binary.display().to_string(), source }
+    }
+}
+
+fn gone(e: &RuntimeError) -> bool {
+    matches!(e, RuntimeError::Failed { message, .. } if message.contains("does not exist") || message.contains("not found") || message.contains("not running") || message.contains("process already finished"))
+}
+
+#[async_trait]
+impl Runtime for OciRuntime {
+    fn name(&self) -> &str {
+        Path::new(&self.binary).file_name().and_then(|n| n.to_str()).unwrap_or("oci")
+    }
+
+    async fn start(&self, l: &Launch) -> Result<Child, RuntimeError> {
+        Command::new(&self.shim)
+            .arg("--runtime")
+            .arg(&self.binary)
+            .arg("--root")
+            .arg(&self.root)
+            .arg("--id")
+            .arg(&l.id)
+            .arg("--bundle")
+            .arg(&l.bundle)
+            .arg("--log")
+            .arg(&l.log)
+            .arg("--exit")
+            .arg(&l.exit)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            // Out of the node's process group: a Ctrl-C to the node must not reach containers.
+            .process_group(0)
+            .spawn()
+            .map_err(|e| RuntimeError::Spawn { binary: self.shim.display().to_string(), source: e })
+    }
+
+    async fn kill(&self, id: &str, signal: &str) -> Result<(), RuntimeError> {
+        match self.run("kill", id, &[id, signal]).await {
+            Err(e) if gone(&e) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    async fn delete(&self, id: &str) -> Result<(), RuntimeError> {
+        match self.run("delete", id, &["--force", id]).await {
+            Err(e) if gone(&e) => Ok(()),
+            other => other.map(drop),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<ContainerState>, RuntimeError> {
+        let out = self.run("list", "", &["--format", "json"]).await?;
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap_or(serde_json::Value::Null);
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .map(|c| ContainerState {
+                id: c["id"].as_str().unwrap_or_default().to_string(),
+                pid: c["pid"].as_i64().unwrap_or(0) as i32,
+                status: c["status"].as_str().unwrap_or_default().to_string(),
+            })
+            .collect())
+    }
+
+    fn exec(&self, id: &str, args: &[String], tty: bool) -> Command {
+        let mut c = Command::new(&self.binary);
+        c.arg("--root").arg(&self.root).arg("exec");
+        if tty {
+            c.arg("--tty");
+        }
+        c.arg(id).args(args);
+        c
+    }
+}

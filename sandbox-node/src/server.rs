@@ -1,0 +1,174 @@
+//! The kubelet API, the part control proxies to: container logs now; exec, attach and
+//! port-forward next. Plain HTTP on the node's address (the Node carries the
+//! `nodeless.io/kubelet-scheme: http` annotation so control knows).
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+use crate::node::NodeCtx;
+use crate::shim_proto::parse_cri_line;
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn text(code: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    Response::builder().status(code).header("Content-Type", "text/plain; charset=utf-8").body(Full::new(Bytes::from(msg.into())).boxed()).unwrap_or_default()
+}
+
+fn query(req: &Request<Incoming>) -> HashMap<String, String> {
+    url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()).into_owned().collect()
+}
+
+pub async fn serve(listener: tokio::net::TcpListener, ctx: Arc<NodeCtx>) {
+    loop {
+        let Ok((sock, _)) = listener.accept().await else { continue };
+        let ctx = ctx.clone();
+        tokio::spawn(async move {
+            let svc = hyper::service::service_fn(move |req| {
+                let ctx = ctx.clone();
+                async move { Ok::<_, Infallible>(route(ctx, req).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(sock), svc).with_upgrades().await;
+        });
+    }
+}
+
+async fn route(ctx: Arc<NodeCtx>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["healthz"] => text(StatusCode::OK, "ok"),
+        ["containerLogs", ns, pod, container] => logs(ctx, ns, pod, container, query(&req)).await,
+        _ => text(StatusCode::NOT_FOUND, format!("{path}: not found on this node")),
+    }
+}
+
+/// The log file of a container's current (or previous) attempt, and its exit file.
+pub fn log_files(ctx: &NodeCtx, ns: &str, pod: &str, container: &str, previous: bool) -> Result<(PathBuf, PathBuf), String> {
+    let uid = ctx.uid_of(ns, pod).ok_or_else(|| format!("pod {ns}/{pod} is not on this node"))?;
+    let dir = ctx.pod_dir(&uid);
+    let saved: serde_json::Value = std::fs::read(dir.join("state.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    let c = &saved["containers"][container];
+    let attempt = if previous { &c["previous"] } else { &c["current"] };
+    let Some(n) = attempt["number"].as_u64() else {
+        return Err(if previous {
+            format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")
+        } else {
+            format!("container \"{container}\" in pod \"{pod}\" is waiting to start")
+        });
+    };
+    let base = dir.join("containers").join(container).join(n.to_string());
+    Ok((base.join("log"), base.join("exit")))
+}
+
+struct Options {
+    timestamps: bool,
+    tail: Option<usize>,
+    limit: Option<usize>,
+    since: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// Turn CRI records into what `kubectl logs` prints.
+fn render(lines: &str, o: &Options) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut partial = String::new();
+    for l in lines.lines() {
+        let Some(p) = parse_cri_line(l) else { continue };
+        if let Some(since) = o.since {
+            if chrono::DateTime::parse_from_rfc3339(p.timestamp).is_ok_and(|t| t < since) {
+                continue;
+            }
+        }
+        if partial.is_empty() && o.timestamps {
+            partial.push_str(p.timestamp);
+            partial.push(' ');
+        }
+        partial.push_str(p.text);
+        if p.full {
+            partial.push('\n');
+            out.push(std::mem::take(&mut partial));
+        }
+    }
+    out
+}
+
+async fn logs(ctx: Arc<NodeCtx>, ns: &str, pod: &str, container: &str, q: HashMap<String, String>) -> Response<Body> {
+    let flag = |k: &str| q.get(k).is_some_and(|v| v == "true" || v == "1");
+    let (log, exit) = match log_files(&ctx, ns, pod, container, flag("previous")) {
+        Ok(f) => f,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let since = q
+        .get("sinceTime")
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok().map(|t| t.with_timezone(&chrono::Utc)))
+        .or_else(|| q.get("sinceSeconds").and_then(|s| s.parse::<i64>().ok()).map(|s| chrono::Utc::now() - chrono::Duration::seconds(s)));
+    let o = Options {
+        timestamps: flag("timestamps"),
+        tail: q.get("tailLines").and_then(|t| t.parse().ok()),
+        limit: q.get("limitBytes").and_then(|t| t.parse().ok()),
+        since,
+    };
+    let mut file = match tokio::fs::File::open(&log).await {
+        Ok(f) => f,
+        Err(e) => return text(StatusCode::NOT_FOUND, format!("{}: {e}", log.display())),
+    };
+    let mut content = String::new();
+    let _ = file.read_to_string(&mut content).await;
+    let consumed = content.rfind('\n').map_or(0, |i| i + 1);
+    let mut rendered = render(&content[..consumed], &o);
+    if let Some(t) = o.tail {
+        let skip = rendered.len().saturating_sub(t);
+        rendered.drain(..skip);
+    }
+    let mut first: String = rendered.concat();
+    if let Some(l) = o.limit {
+        first.truncate(l);
+    }
+    if !flag("follow") {
+        return Response::builder().header("Content-Type", "text/plain").body(Full::new(Bytes::from(first)).boxed()).unwrap_or_default();
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
+    tokio::spawn(async move {
+        if tx.send(Ok(Frame::data(Bytes::from(first)))).await.is_err() {
+            return;
+        }
+        let mut offset = consumed as u64;
+        let mut carry = String::new();
+        loop {
+            let done = exit.exists();
+            let _ = file.seek(std::io::SeekFrom::Start(offset)).await;
+            let mut more = String::new();
+            let n = file.read_to_string(&mut more).await.unwrap_or(0);
+            offset += n as u64;
+            carry.push_str(&more);
+            if let Some(i) = carry.rfind('\n') {
+                let ready: String = carry.drain(..=i).collect();
+                let chunk = render(&ready, &Options { tail: None, limit: None, since: None, ..o });
+                if !chunk.is_empty() && tx.send(Ok(Frame::data(Bytes::from(chunk.concat())))).await.is_err() {
+                    return;
+                }
+            }
+            if done && n == 0 {
+                return;
+            }
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    });
+    let stream = tokio_stream_from(rx);
+    Response::builder().header("Content-Type", "text/plain").body(StreamBody::new(stream).boxed()).unwrap_or_default()
+}
+
+fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send + 'static {
+    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+}

@@ -1,0 +1,98 @@
+//! What a container's shim leaves behind for the node: the exit record, written once,
+//! atomically, when the container's init process has exited (or could not be started).
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// The exit code kubelet reports for a container that never started (the runtime failed).
+pub const START_FAILED_EXIT_CODE: i32 = 128;
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct ExitRecord {
+    pub exit_code: i32,
+    /// The signal that ended the process, if one did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signal: Option<i32>,
+    /// `Completed`, `Error` or `StartError`, as kubelet names them.
+    pub reason: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// RFC 3339 with nanoseconds.
+    pub finished_at: String,
+}
+
+impl ExitRecord {
+    pub fn read(path: &Path) -> Option<ExitRecord> {
+        let bytes = std::fs::read(path).ok()?;
+        serde_json::from_slice(&bytes).ok()
+    }
+
+    /// Write through a temporary file and a rename, so a reader sees all of it or none.
+    pub fn write(&self, path: &Path) -> std::io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        std::fs::write(&tmp, serde_json::to_vec(self)?)?;
+        std::fs::rename(tmp, path)
+    }
+}
+
+/// One line of the CRI log format that kubelet and `kubectl logs` use:
+/// `<RFC 3339 nano timestamp> <stream> <F|P> <text>`; `P` marks a line split for length.
+pub fn cri_line(timestamp: &str, stream: &str, full: bool, text: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(text.len() + 48);
+    out.extend_from_slice(timestamp.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(stream.as_bytes());
+    out.extend_from_slice(if full { b" F " } else { b" P " });
+    out.extend_from_slice(text);
+    out.push(b'\n');
+    out
+}
+
+/// A parsed CRI log line.
+#[derive(Debug, PartialEq, Eq)]
+pub struct LogLine<'a> {
+    pub timestamp: &'a str,
+    pub stream: &'a str,
+    pub full: bool,
+    pub text: &'a str,
+}
+
+pub fn parse_cri_line(line: &str) -> Option<LogLine<'_>> {
+    let mut parts = line.splitn(4, ' ');
+    let timestamp = parts.next()?;
+    let stream = parts.next()?;
+    let tag = parts.next()?;
+    let text = parts.next().unwrap_or("");
+    Some(LogLine { timestamp, stream, full: tag != "P", text })
+}
+
+pub fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cri_lines_round_trip() {
+        let l = cri_line("2026-01-01T00:00:00.000000001Z", "stderr", true, b"hello world");
+        let s = String::from_utf8(l).unwrap();
+        let p = parse_cri_line(s.trim_end_matches('\n')).unwrap();
+        assert_eq!(p, LogLine { timestamp: "2026-01-01T00:00:00.000000001Z", stream: "stderr", full: true, text: "hello world" });
+        let partial = String::from_utf8(cri_line("t", "stdout", false, b"")).unwrap();
+        assert!(!parse_cri_line(partial.trim_end()).unwrap().full);
+    }
+
+    #[test]
+    fn exit_records_are_written_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("exit");
+        let r = ExitRecord { exit_code: 1, signal: None, reason: "Error".into(), message: String::new(), finished_at: now_rfc3339() };
+        r.write(&p).unwrap();
+        assert_eq!(ExitRecord::read(&p), Some(r));
+        assert!(!dir.path().join("exit.tmp").exists());
+    }
+}

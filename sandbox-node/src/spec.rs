@@ -1,0 +1,217 @@
+//! The OCI runtime spec (`config.json`) for one container of a pod: a pure function of what
+//! the pod, the image and the node decided, so it is tested without a runtime.
+
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+/// Capabilities a container gets unless it drops them (containerd's default set).
+pub const DEFAULT_CAPS: [&str; 14] = [
+    "CAP_CHOWN",
+    "CAP_DAC_OVERRIDE",
+    "CAP_FSETID",
+    "CAP_FOWNER",
+    "CAP_MKNOD",
+    "CAP_NET_RAW",
+    "CAP_SETGID",
+    "CAP_SETUID",
+    "CAP_SETFCAP",
+    "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE",
+    "CAP_SYS_CHROOT",
+    "CAP_KILL",
+    "CAP_AUDIT_WRITE",
+];
+
+/// What a container may add beyond the defaults: confined to its own namespaces.
+pub const ADDABLE_CAPS: [&str; 1] = ["CAP_NET_ADMIN"];
+
+/// System calls the default seccomp profile refuses with EPERM: those that reach past the
+/// container's namespaces (kernel modules, clocks, keyrings, mounts, namespaces, tracing).
+const DENIED_SYSCALLS: [&str; 47] = [
+    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module", "delete_module",
+    "finit_module", "fsconfig", "fsmount", "fsopen", "fspick", "get_kernel_syms", "init_module",
+    "ioperm", "iopl", "kcmp", "kexec_file_load", "kexec_load", "keyctl", "lookup_dcookie", "mount",
+    "move_mount", "name_to_handle_at", "nfsservctl", "open_by_handle_at", "open_tree",
+    "perf_event_open", "pivot_root", "process_vm_readv", "process_vm_writev", "ptrace",
+    "query_module", "quotactl", "reboot", "request_key", "setns", "settimeofday", "swapoff",
+    "swapon", "sysfs", "umount2", "unshare", "uselib", "userfaultfd", "ustat", "_sysctl",
+];
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BindMount {
+    pub source: PathBuf,
+    pub destination: String,
+    pub read_only: bool,
+}
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Limits {
+    pub memory_bytes: Option<i64>,
+    /// CPU limit in millicores.
+    pub cpu_millis: Option<i64>,
+    /// CPU request in millicores (becomes shares).
+    pub cpu_request_millis: Option<i64>,
+    pub pids: Option<i64>,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct ContainerSpec {
+    pub args: Vec<String>,
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub additional_gids: Vec<u32>,
+    pub hostname: String,
+    pub rootfs: PathBuf,
+    pub readonly_rootfs: bool,
+    pub no_new_privileges: bool,
+    pub capabilities: Vec<String>,
+    pub mounts: Vec<BindMount>,
+    /// Paths of the pod's namespaces to join: network, ipc, uts.
+    pub netns: PathBuf,
+    pub ipcns: PathBuf,
+    pub utsns: PathBuf,
+    pub cgroups_path: String,
+    pub limits: Limits,
+    pub seccomp: bool,
+    pub oom_score_adj: i32,
+}
+
+/// The capability set after the container's `add` and `drop` (names with or without `CAP_`,
+/// any case; `ALL` in drop clears the defaults). Adds outside the permitted set are refused.
+pub fn capabilities(add: &[String], drop: &[String]) -> Result<Vec<String>, String> {
+    let norm = |c: &String| {
+        let u = c.to_ascii_uppercase();
+        if u.starts_with("CAP_") || u == "ALL" { u } else { format!("CAP_{u}") }
+    };
+    let drop: Vec<String> = drop.iter().map(norm).collect();
+    let mut caps: Vec<String> =
+        if drop.iter().any(|d| d == "ALL") { Vec::new() } else { DEFAULT_CAPS.iter().map(|c| c.to_string()).filter(|c| !drop.contains(c)).collect() };
+    for a in add.iter().map(norm) {
+        if !DEFAULT_CAPS.contains(&a.as_str()) && !ADDABLE_CAPS.contains(&a.as_str()) {
+            return Err(format!("capability {a} is outside the set this platform grants ({} and {})", DEFAULT_CAPS.join(", "), ADDABLE_CAPS.join(", ")));
+        }
+        if !caps.contains(&a) {
+            caps.push(a);
+        }
+    }
+    Ok(caps)
+}
+
+fn seccomp_profile() -> Value {
+    json!({
+        "defaultAction": "SCMP_ACT_ALLOW",
+        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
+        "syscalls": [{"names": DENIED_SYSCALLS.to_vec(), "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
+    })
+}
+
+pub fn config_json(c: &ContainerSpec) -> Value {
+    let mut mounts = vec![
+        json!({"destination": "/proc", "type": "proc", "source": "proc"}),
+        json!({"destination": "/dev", "type": "tmpfs", "source": "tmpfs", "options": ["nosuid", "strictatime", "mode=755", "size=65536k"]}),
+        json!({"destination": "/dev/pts", "type": "devpts", "source": "devpts", "options": ["nosuid", "noexec", "newinstance", "ptmxmode=0666", "mode=0620", "gid=5"]}),
+        json!({"destination": "/dev/shm", "type": "tmpfs", "source": "shm", "options": ["nosuid", "noexec", "nodev", "mode=1777", "size=65536k"]}),
+        json!({"destination": "/dev/mqueue", "type": "mqueue", "source": "mqueue", "options": ["nosuid", "noexec", "nodev"]}),
+        json!({"destination": "/sys", "type": "sysfs", "source": "sysfs", "options": ["nosuid", "noexec", "nodev", "ro"]}),
+        json!({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup", "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]}),
+    ];
+    for m in &c.mounts {
+        let mut options = vec!["rbind", "rprivate"];
+        options.push(if m.read_only { "ro" } else { "rw" });
+        mounts.push(json!({"destination": m.destination, "type": "bind", "source": m.source, "options": options}));
+    }
+    let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    let l = &c.limits;
+    if let Some(m) = l.memory_bytes {
+        resources["memory"] = json!({"limit": m});
+    }
+    let mut cpu = serde_json::Map::new();
+    if let Some(millis) = l.cpu_millis {
+        cpu.insert("quota".into(), json!(millis * 100));
+        cpu.insert("period".into(), json!(100_000u64));
+    }
+    if let Some(req) = l.cpu_request_millis {
+        cpu.insert("shares".into(), json!((req * 1024 / 1000).max(2) as u64));
+    }
+    if !cpu.is_empty() {
+        resources["cpu"] = Value::Object(cpu);
+    }
+    if let Some(p) = l.pids {
+        resources["pids"] = json!({"limit": p});
+    }
+    let mut linux = json!({
+        "namespaces": [
+            {"type": "pid"},
+            {"type": "mount"},
+            {"type": "network", "path": c.netns},
+            {"type": "ipc", "path": c.ipcns},
+            {"type": "uts", "path": c.utsns},
+        ],
+        "cgroupsPath": c.cgroups_path,
+        "resources": resources,
+        "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+            "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
+        "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+    });
+    if c.seccomp {
+        linux["seccomp"] = seccomp_profile();
+    }
+    json!({
+        "ociVersion": "1.0.2",
+        "process": {
+            "terminal": false,
+            "user": {"uid": c.uid, "gid": c.gid, "additionalGids": c.additional_gids},
+            "args": c.args,
+            "env": c.env,
+            "cwd": if c.cwd.is_empty() { "/" } else { &c.cwd },
+            "capabilities": {
+                "bounding": c.capabilities, "effective": c.capabilities, "permitted": c.capabilities,
+                "inheritable": [], "ambient": [],
+            },
+            "noNewPrivileges": c.no_new_privileges,
+            "oomScoreAdj": c.oom_score_adj,
+        },
+        "root": {"path": c.rootfs, "readonly": c.readonly_rootfs},
+        "hostname": c.hostname,
+        "mounts": mounts,
+        "linux": linux,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capability_sets() {
+        let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        let caps = capabilities(&s(&["net_admin"]), &s(&["NET_RAW"])).unwrap();
+        assert!(caps.contains(&"CAP_NET_ADMIN".to_string()));
+        assert!(!caps.contains(&"CAP_NET_RAW".to_string()));
+        assert_eq!(capabilities(&s(&["CHOWN"]), &s(&["all"])).unwrap(), s(&["CAP_CHOWN"]));
+        let err = capabilities(&s(&["SYS_ADMIN"]), &[]).unwrap_err();
+        assert!(err.contains("CAP_SYS_ADMIN"), "{err}");
+    }
+
+    #[test]
+    fn limits_become_cgroup_resources() {
+        let spec = ContainerSpec {
+            args: vec!["/bin/sh".into()],
+            limits: Limits { memory_bytes: Some(64 << 20), cpu_millis: Some(500), cpu_request_millis: Some(250), pids: Some(100) },
+            seccomp: true,
+            ..Default::default()
+        };
+        let v = config_json(&spec);
+        assert_eq!(v["linux"]["resources"]["memory"]["limit"], 64 << 20);
+        assert_eq!(v["linux"]["resources"]["cpu"]["quota"], 50_000);
+        assert_eq!(v["linux"]["resources"]["cpu"]["period"], 100_000);
+        assert_eq!(v["linux"]["resources"]["cpu"]["shares"], 256);
+        assert_eq!(v["linux"]["resources"]["pids"]["limit"], 100);
+        assert_eq!(v["process"]["cwd"], "/");
+        let denied = v["linux"]["seccomp"]["syscalls"][0]["names"].as_array().unwrap();
+        assert!(denied.iter().any(|n| n == "mount"));
+    }
+}

@@ -1,0 +1,71 @@
+//! The test image's HTTP echo server: answers every request with the pod's name, the request's
+//! path and its headers. `/status/<code>` answers with that status (for probes that must fail).
+//! Standard library only, so the image holds one binary and the C library.
+#![forbid(unsafe_code)]
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::{TcpListener, TcpStream};
+
+fn handle(stream: TcpStream, pod: &str) -> std::io::Result<()> {
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut out = stream;
+    loop {
+        let mut request_line = String::new();
+        if reader.read_line(&mut request_line)? == 0 {
+            return Ok(());
+        }
+        let path = request_line.split_whitespace().nth(1).unwrap_or("/").to_string();
+        let mut headers = Vec::new();
+        let mut content_length = 0usize;
+        let mut close = false;
+        loop {
+            let mut h = String::new();
+            if reader.read_line(&mut h)? == 0 {
+                return Ok(());
+            }
+            let h = h.trim_end().to_string();
+            if h.is_empty() {
+                break;
+            }
+            let lower = h.to_ascii_lowercase();
+            if let Some(v) = lower.strip_prefix("content-length:") {
+                content_length = v.trim().parse().unwrap_or(0);
+            }
+            if lower.starts_with("connection:") && lower.contains("close") {
+                close = true;
+            }
+            headers.push(h);
+        }
+        let mut body_in = vec![0u8; content_length];
+        std::io::Read::read_exact(&mut reader, &mut body_in)?;
+        let code: u16 = path.strip_prefix("/status/").and_then(|c| c.parse().ok()).unwrap_or(200);
+        let mut body = format!("pod: {pod}\npath: {path}\n");
+        for h in &headers {
+            body.push_str(&format!("header: {h}\n"));
+        }
+        write!(out, "HTTP/1.1 {code} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len())?;
+        out.flush()?;
+        if close {
+            return Ok(());
+        }
+    }
+}
+
+fn main() {
+    let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
+    let pod = std::env::var("POD_NAME").ok().or_else(|| std::fs::read_to_string("/etc/hostname").ok()).unwrap_or_default().trim().to_string();
+    let listener = match TcpListener::bind(format!("0.0.0.0:{port}")) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("echo-server: binding port {port}: {e}");
+            std::process::exit(1);
+        }
+    };
+    println!("echo-server: pod {pod} listening on :{port}");
+    for stream in listener.incoming().flatten() {
+        let pod = pod.clone();
+        std::thread::spawn(move || {
+            let _ = handle(stream, &pod);
+        });
+    }
+}
