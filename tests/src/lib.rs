@@ -57,6 +57,10 @@ pub struct Nodeless {
     pub extra_args: Vec<String>,
     /// The virtual node's name, when this instance runs one.
     pub node: Option<String>,
+    /// The pod network's bridge and subnet, when the node has one.
+    pub net: Option<(String, String)>,
+    /// Directories that live as long as the instance.
+    keep: Vec<tempfile::TempDir>,
 }
 
 impl Nodeless {
@@ -69,7 +73,7 @@ impl Nodeless {
         let dir = tempfile::Builder::new().prefix("nodeless-e2e-").tempdir()?;
         let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         args.push("--no-node".into());
-        let mut n = Nodeless { child: None, dir, port: 0, extra_args: args, node: None };
+        let mut n = Nodeless { child: None, dir, port: 0, extra_args: args, node: None, net: None, keep: Vec::new() };
         n.launch()?;
         Ok(n)
     }
@@ -81,10 +85,33 @@ impl Nodeless {
         let node = format!("e2e-{}", &dir.path().file_name().unwrap_or_default().to_string_lossy().replace(['_', '.'], "-").to_lowercase()[13..]);
         let mut args: Vec<String> = vec!["--node-name".into(), node.clone(), "--restart-backoff".into(), "1s".into()];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let n = Nodeless { child: None, dir, port: 0, extra_args: args, node: Some(node) };
+        let mut n = Nodeless { child: None, dir, port: 0, extra_args: args, node: Some(node), net: None, keep: Vec::new() };
         n.import_test_images()?;
-        let mut n = n;
         n.launch()?;
+        Ok(n)
+    }
+
+    /// Like [`Nodeless::start_with_node`], with pods on a network of their own: a bridge and a
+    /// /24 made by Debian's reference CNI plugins (bridge + host-local) through the node's CNI
+    /// seam, until eni-cni takes its place.
+    pub fn start_with_node_network(extra: &[&str]) -> Result<Self> {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let k = (std::process::id() + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed) * 7) % 250;
+        let bridge = format!("nlt{k}");
+        let subnet = format!("10.252.{k}.0/24");
+        let dir = tempfile::Builder::new().prefix("nodeless-net-").tempdir()?;
+        let conf = dir.path().join("net.conflist");
+        let conflist = serde_json::json!({"cniVersion": "1.0.0", "name": format!("nodeless-test-{k}"), "plugins": [{
+            "type": "bridge", "bridge": bridge, "isGateway": true, "ipMasq": false,
+            "ipam": {"type": "host-local", "dataDir": dir.path().join("ipam"), "ranges": [[{"subnet": subnet}]], "routes": [{"dst": "0.0.0.0/0"}]}
+        }]});
+        std::fs::write(&conf, conflist.to_string())?;
+        let conf_arg = conf.to_string_lossy().to_string();
+        let mut args = vec!["--cni-conf", conf_arg.as_str()];
+        args.extend_from_slice(extra);
+        let mut n = Self::start_with_node(&args)?;
+        n.net = Some((bridge, subnet));
+        n.keep.push(dir);
         Ok(n)
     }
 
@@ -130,6 +157,9 @@ impl Nodeless {
             let _ = Command::new("umount").arg("-l").arg(m).output();
         }
         let _ = std::fs::remove_dir_all(Path::new("/run/nodeless").join(node));
+        if let Some((bridge, _)) = &self.net {
+            let _ = Command::new("ip").args(["link", "del", bridge]).output();
+        }
         for ctl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
             let base = ctl.path().join("nodeless").join(node);
             if base.is_dir() {

@@ -144,7 +144,7 @@ impl Worker {
             Event::Pod(p) => self.pod = *p,
             Event::Gone => {}
             Event::Exited { name, number, record } => {
-                let base = self.ctx.backoff_base;
+                let (base, max) = (self.ctx.backoff_base, self.ctx.backoff_max);
                 let Some(c) = self.ctrs.iter_mut().find(|c| c.name == name) else { return };
                 let Some(cur) = c.current.as_mut().filter(|a| a.number == number && a.exit.is_none()) else { return };
                 // A container that ran ten minutes has earned a fresh back-off.
@@ -154,6 +154,9 @@ impl Worker {
                     c.backoff = base;
                 }
                 cur.exit = Some(record);
+                // The next attempt waits out the back-off, which doubles each time.
+                c.next_start = Some(Instant::now() + c.backoff);
+                c.backoff = (c.backoff * 2).min(max);
                 c.ready = false;
                 c.started = false;
                 c.stop_tasks();
@@ -442,15 +445,25 @@ impl Worker {
         });
         let pod_name = self.pod.metadata.name.clone().unwrap_or_default();
         let c = self.ctrs.iter_mut().find(|c| c.name == name).ok_or_else(|| cfg_err("no such container".into()))?;
-        if let Some(prev) = c.current.take() {
-            c.previous = Some(prev);
-        }
+        let retired = match c.current.take() {
+            Some(prev) => c.previous.replace(prev),
+            None => None,
+        };
         c.current = Some(attempt);
         c.ready = false;
         c.started = spec.startup_probe.is_none();
         // The exit watcher is not a probe: it must outlive stop_tasks on probe failures.
         drop(watcher);
         self.save();
+        // Like kubelet, keep the current and the previous attempt; older ones go.
+        if let Some(old) = retired {
+            let dir = self.dir.join("containers").join(name).join(old.number.to_string());
+            if let Err(e) = self.ctx.runtime.delete(&old.id).await {
+                tracing::warn!(pod = %self.pod_name(), error = %e, "removing an old container");
+            }
+            let _ = teardown::unmount_rootfs(&dir);
+            let _ = std::fs::remove_dir_all(&dir);
+        }
         self.event("Normal", "Started", &format!("Started container {name} of pod {pod_name}"));
         self.start_probes(name);
         if let Some(h) = spec.lifecycle.as_ref().and_then(|l| l.post_start.clone()) {
@@ -465,6 +478,11 @@ impl Worker {
 
     async fn build_spec(&self, c: &Container, image: &crate::image::ImageRecord, bundle: &std::path::Path) -> Result<ContainerSpec, String> {
         let env = container::environment(&self.ctx.client, &self.pod, c, &image.config, &self.pod_ip, &self.ctx.host_ip).await?;
+        let hostname = std::fs::read_to_string(self.dir.join("hostname")).unwrap_or_default().trim().to_string();
+        let mut env = env;
+        if !env.iter().any(|(k, _)| k == "HOSTNAME") {
+            env.insert(0, ("HOSTNAME".to_string(), hostname.clone()));
+        }
         let vars: BTreeMap<String, String> = env.iter().cloned().collect();
         let args = container::process_args(c, &image.config, &vars);
         if args.is_empty() {
@@ -497,7 +515,7 @@ impl Worker {
             uid,
             gid,
             additional_gids: groups,
-            hostname: std::fs::read_to_string(self.dir.join("hostname")).unwrap_or_default().trim().to_string(),
+            hostname,
             rootfs,
             readonly_rootfs: sc.and_then(|s| s.read_only_root_filesystem).unwrap_or(false),
             no_new_privileges: sc.and_then(|s| s.allow_privilege_escalation) == Some(false),

@@ -5,4 +5,5 @@ mod bad_input;
 mod durability;
 mod kubectl;
 mod lifecycle;
+mod node;
 mod reflector;

@@ -1,0 +1,221 @@
+//! sandbox-node end to end: real pods in runc sandboxes on a real node, driven with kubectl.
+//! Needs root (namespaces, mounts, cgroups); every test removes what it made, also on failure.
+
+use std::path::Path;
+use std::time::Duration;
+
+use nodeless_tests::images::{BUSYBOX, ECHO};
+use nodeless_tests::{Nodeless, eventually};
+
+const V: &str = "1.33";
+
+fn app() -> String {
+    format!(
+        r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: echo}}
+spec:
+  replicas: 3
+  selector: {{matchLabels: {{app: echo}}}}
+  template:
+    metadata: {{labels: {{app: echo}}}}
+    spec:
+      containers:
+      - name: echo
+        image: {ECHO}
+        ports: [{{containerPort: 8080, name: http}}]
+        env:
+        - {{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}
+        readinessProbe: {{httpGet: {{path: /ready, port: http}}, periodSeconds: 1}}
+        livenessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 2}}
+        resources: {{limits: {{memory: 64Mi, cpu: 500m}}}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo}}
+spec:
+  selector: {{app: echo}}
+  ports: [{{port: 80, targetPort: http}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: notready, labels: {{app: echo}}}}
+spec:
+  containers:
+  - name: echo
+    image: {ECHO}
+    readinessProbe: {{httpGet: {{path: /status/503, port: 8080}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: crash}}
+spec:
+  containers:
+  - {{name: c, image: {BUSYBOX}, command: [sh, -c, "echo about to fail; exit 1"]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: nocmd}}
+spec:
+  containers:
+  - {{name: c, image: {BUSYBOX}, command: [/no/such/binary]}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: noimage}}
+spec:
+  containers:
+  - {{name: c, image: registry.invalid/nothing:1}}
+"#
+    )
+}
+
+/// Every trace a pod can leave on the host: shims and containers, mounts, pinned namespaces,
+/// cgroups, pod directories.
+fn leftovers(n: &Nodeless) -> Vec<String> {
+    let node = n.node.clone().unwrap_or_default();
+    let mut found = Vec::new();
+    let root = format!("/run/nodeless/{node}/runtime");
+    if let Ok(out) = std::process::Command::new("runc").args(["--root", &root, "list", "-q"]).output() {
+        found.extend(String::from_utf8_lossy(&out.stdout).lines().map(|l| format!("runc container {l}")));
+    }
+    let ps = std::process::Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    found.extend(String::from_utf8_lossy(&ps.stdout).lines().filter(|l| l.contains("nodeless-shim") && l.contains(&root)).map(|l| format!("process {l}")));
+    let data = n.data_dir().to_string_lossy().to_string();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    found.extend(mounts.lines().filter(|l| l.contains(&data) || l.contains(&format!("/run/nodeless/{node}/"))).map(|l| format!("mount {l}")));
+    let ns = Path::new("/run/nodeless").join(&node).join("ns");
+    found.extend(std::fs::read_dir(&ns).into_iter().flatten().flatten().map(|e| format!("namespaces {}", e.path().display())));
+    for ctl in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
+        let base = ctl.path().join("nodeless").join(&node);
+        found.extend(std::fs::read_dir(&base).into_iter().flatten().flatten().filter(|e| e.path().is_dir()).map(|e| format!("cgroup {}", e.path().display())));
+    }
+    let pods = n.data_dir().join("node").join("pods");
+    found.extend(std::fs::read_dir(&pods).into_iter().flatten().flatten().map(|e| format!("pod dir {}", e.path().display())));
+    found
+}
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").unwrap().lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_run_in_sandboxes() {
+    assert!(is_root(), "sandbox-node tests need root");
+    let n = Nodeless::start_with_node_network(&[]).unwrap();
+    let out = |args: &[&str]| String::from_utf8_lossy(&n.kubectl(V, args).stdout).into_owned();
+    let applied = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&app()));
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+
+    // Three echo replicas come up Running and Ready, and are the Service's ready endpoints.
+    n.kubectl_ok(V, &["rollout", "status", "deployment/echo", "--timeout=60s"]);
+    let ready = out(&["get", "pods", "-l", "app=echo", "-o", "jsonpath={range .items[*]}{.metadata.name} {.status.phase} {.status.conditions[?(@.type==\"Ready\")].status} {.status.podIP}{\"\\n\"}{end}"]);
+    let replicas: Vec<&str> = ready.lines().filter(|l| l.starts_with("echo-")).collect();
+    assert_eq!(replicas.len(), 3, "{ready}");
+    assert!(replicas.iter().all(|l| l.contains(" Running True 10.252.")), "{ready}");
+    let slice = || out(&["get", "endpointslices", "-l", "kubernetes.io/service-name=echo", "-o", "jsonpath={range .items[*].endpoints[*]}{.targetRef.name}={.conditions.ready}{\"\\n\"}{end}"]);
+    eventually("3 ready endpoints and notready not ready", 30, || {
+        let s = slice();
+        s.lines().filter(|l| l.starts_with("echo-") && l.ends_with("=true")).count() == 3 && !s.contains("notready=true")
+    });
+
+    // A pod answers on its own IP with its own name (the env from a fieldRef).
+    let line = replicas[0];
+    let (name, ip) = (line.split(' ').next().unwrap(), line.rsplit(' ').next().unwrap());
+    let body = reqwest::get(format!("http://{ip}:8080/hello")).await.unwrap().text().await.unwrap();
+    assert!(body.starts_with(&format!("pod: {name}\npath: /hello\n")), "{body}");
+
+    // Logs come from the container through control and the node.
+    let logs = n.kubectl_ok(V, &["logs", name]);
+    assert_eq!(logs.trim(), format!("echo-server: pod {name} listening on :8080"));
+    let stamped = n.kubectl_ok(V, &["logs", name, "--timestamps", "--tail=1"]);
+    assert!(stamped.split(' ').next().unwrap().parse::<chrono::DateTime<chrono::Utc>>().is_ok(), "{stamped}");
+
+    // A failing readiness probe keeps the pod NotReady, with the reason in its events.
+    assert_eq!(out(&["get", "pod", "notready", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]), "False");
+    eventually("the Unhealthy event", 20, || out(&["describe", "pod", "notready"]).contains("Readiness probe failed: HTTP probe failed with statuscode: 503"));
+
+    // A container that exits 1 goes to CrashLoopBackOff with a growing restart count.
+    eventually("crash restarts at least twice and backs off", 60, || {
+        let restarts: u32 = out(&["get", "pod", "crash", "-o", "jsonpath={.status.containerStatuses[0].restartCount}"]).parse().unwrap_or(0);
+        restarts >= 2 && out(&["get", "pod", "crash"]).contains("CrashLoopBackOff")
+    });
+    let crash = out(&["describe", "pod", "crash"]);
+    assert!(crash.contains("Exit Code:    1"), "{crash}");
+    assert_eq!(n.kubectl_ok(V, &["logs", "crash", "--previous"]).trim(), "about to fail");
+
+    // A missing command and a missing image each say why in describe.
+    eventually("nocmd names the missing binary", 30, || {
+        let d = out(&["describe", "pod", "nocmd"]);
+        d.contains("StartError") && d.contains("/no/such/binary")
+    });
+    eventually("noimage names the image", 30, || {
+        let d = out(&["describe", "pod", "noimage"]);
+        (d.contains("ErrImagePull") || d.contains("ImagePullBackOff")) && d.contains("registry.invalid/nothing:1")
+    });
+
+    // Deleting everything leaves nothing behind on the host.
+    assert!(!leftovers(&n).is_empty(), "the running pods are visible to the leftover check");
+    n.kubectl_ok(V, &["delete", "deployment", "echo", "--wait=false"]);
+    n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
+    eventually("no pods", 60, || out(&["get", "pods", "-o", "name"]).trim().is_empty());
+    eventually("no leftovers", 20, || leftovers(&n).is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_restart_adopts_running_pods() {
+    assert!(is_root(), "sandbox-node tests need root");
+    let mut n = Nodeless::start_with_node(&[]).unwrap();
+    let out = |n: &Nodeless, args: &[&str]| String::from_utf8_lossy(&n.kubectl(V, args).stdout).into_owned();
+    let pod = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: keeper}}\nspec:\n  containers:\n  - {{name: c, image: {BUSYBOX}, command: [sh, -c, 'echo started; while true; do sleep 1; done']}}\n");
+    assert!(n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&pod)).status.success());
+    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/keeper", "--timeout=60s"]);
+    let id_before = out(&n, &["get", "pod", "keeper", "-o", "jsonpath={.status.containerStatuses[0].containerID}"]);
+    assert!(id_before.starts_with("runc://"), "{id_before}");
+
+    // The whole of `nodeless up` dies (control plane and node); the container does not.
+    n.restart(true).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/keeper", "--timeout=60s"]);
+    let after = out(&n, &["get", "pod", "keeper", "-o", "jsonpath={.status.containerStatuses[0].containerID} {.status.containerStatuses[0].restartCount}"]);
+    assert_eq!(after, format!("{id_before} 0"), "the same container, never restarted");
+    assert_eq!(n.kubectl_ok(V, &["logs", "keeper"]).trim(), "started");
+    let runc = std::process::Command::new("runc")
+        .args(["--root", &format!("/run/nodeless/{}/runtime", n.node.clone().unwrap()), "list", "-q"])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&runc.stdout).lines().count(), 1, "one container, not duplicated");
+
+    n.kubectl_ok(V, &["delete", "pod", "keeper", "--grace-period=1"]);
+    eventually("no leftovers after the restart", 30, || leftovers(&n).is_empty());
+}
+
+#[test]
+fn corrupt_image_archives_are_refused() {
+    let n = Nodeless::start().unwrap();
+    n.import_test_images().unwrap();
+    let before = n.nodeless(&["image", "ls"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    // A tar that is cut short, and a layout whose layer blob was tampered with.
+    let layouts = nodeless_tests::test_image_layouts().unwrap();
+    let busybox = &layouts[0];
+    let tampered = dir.path().join("tampered");
+    std::process::Command::new("cp").arg("-r").arg(busybox).arg(&tampered).status().unwrap();
+    let blobs = tampered.join("blobs/sha256");
+    let biggest = std::fs::read_dir(&blobs).unwrap().flatten().max_by_key(|e| e.metadata().unwrap().len()).unwrap().path();
+    let mut bytes = std::fs::read(&biggest).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&biggest, bytes).unwrap();
+    let err = n.nodeless(&["image", "import", &tampered.to_string_lossy(), "--name", "tampered:1"]).unwrap_err().to_string();
+    assert!(err.contains("corrupt") && err.contains("digest"), "{err}");
+    let truncated = dir.path().join("cut.tar");
+    std::process::Command::new("tar").arg("-cf").arg(&truncated).arg("-C").arg(busybox).arg(".").status().unwrap();
+    let len = std::fs::metadata(&truncated).unwrap().len();
+    std::fs::OpenOptions::new().write(true).open(&truncated).unwrap().set_len(len / 3).unwrap();
+    let err = n.nodeless(&["image", "import", &truncated.to_string_lossy(), "--name", "cut:1"]).unwrap_err().to_string();
+    assert!(err.contains("corrupt") || err.contains("not a readable tar"), "{err}");
+    assert_eq!(n.nodeless(&["image", "ls"]).unwrap(), before, "the store is unchanged");
+    let tmp = n.data_dir().join("node/images/tmp");
+    assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "no scratch left behind");
+}
