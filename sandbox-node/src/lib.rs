@@ -14,3 +14,4 @@ pub mod runtime;
 pub mod sandbox;
 pub mod server;
 pub mod spec;
+pub mod streams;

@@ -164,7 +164,7 @@ async fn heartbeat(client: kube::Client, name: String) {
         if let Err(e) = r {
             tracing::warn!(error = %e, "renewing the node lease");
         }
-        if tick % 4 == 0 {
+        if tick.is_multiple_of(4) {
             let hb = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
             if let Ok(n) = nodes.get_status(&name).await {
                 let mut conds = n.status.and_then(|s| s.conditions).unwrap_or_default();

@@ -47,8 +47,126 @@ async fn route(ctx: Arc<NodeCtx>, req: Request<Incoming>) -> Response<Body> {
     match parts.as_slice() {
         ["healthz"] => text(StatusCode::OK, "ok"),
         ["containerLogs", ns, pod, container] => logs(ctx, ns, pod, container, query(&req)).await,
+        ["exec", ns, pod, container] => {
+            let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
+            exec(ctx, &ns, &pod, &container, req).await
+        }
+        ["portForward", ns, pod] => {
+            let (ns, pod) = (ns.to_string(), pod.to_string());
+            port_forward(ctx, &ns, &pod, req).await
+        }
         _ => text(StatusCode::NOT_FOUND, format!("{path}: not found on this node")),
     }
+}
+
+fn header<'a>(req: &'a Request<Incoming>, name: &str) -> &'a str {
+    req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
+}
+
+/// The protocols a client offers, in its order of preference.
+fn offered(req: &Request<Incoming>, name: &str) -> Vec<String> {
+    req.headers().get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(|p| p.trim().to_string()).collect()
+}
+
+enum Transport {
+    Websocket { protocol: String, accept: String },
+    Spdy { protocol: String },
+}
+
+/// Choose the transport and sub-protocol for a streaming request, or the 4xx to refuse it with.
+fn negotiate(req: &Request<Incoming>, ws_protocols: &[&str], spdy_protocols: &[&str]) -> Result<Transport, Box<Response<Body>>> {
+    let upgrade = header(req, "upgrade").to_ascii_lowercase();
+    if upgrade == "websocket" {
+        let offers = offered(req, "sec-websocket-protocol");
+        let Some(p) = offers.iter().find(|o| ws_protocols.contains(&o.as_str())) else {
+            // kubectl falls back to SPDY when the websocket upgrade is refused.
+            return Err(Box::new(text(StatusCode::BAD_REQUEST, format!("none of the websocket protocols {offers:?} is supported (supported: {ws_protocols:?})"))));
+        };
+        let key = header(req, "sec-websocket-key");
+        let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+        return Ok(Transport::Websocket { protocol: p.clone(), accept });
+    }
+    if upgrade.starts_with("spdy/3.1") {
+        let offers = offered(req, "x-stream-protocol-version");
+        let Some(p) = spdy_protocols.iter().find(|p| offers.iter().any(|o| o == *p)) else {
+            return Err(Box::new(text(StatusCode::FORBIDDEN, format!("none of the stream protocols {offers:?} is supported (supported: {spdy_protocols:?})"))));
+        };
+        return Ok(Transport::Spdy { protocol: p.to_string() });
+    }
+    Err(Box::new(text(StatusCode::BAD_REQUEST, "this endpoint needs a websocket or SPDY/3.1 upgrade")))
+}
+
+fn switching(t: &Transport) -> Response<Body> {
+    let b = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS).header("Connection", "Upgrade");
+    let b = match t {
+        Transport::Websocket { protocol, accept } => b.header("Upgrade", "websocket").header("Sec-WebSocket-Accept", accept).header("Sec-WebSocket-Protocol", protocol),
+        Transport::Spdy { protocol } => b.header("Upgrade", "SPDY/3.1").header("X-Stream-Protocol-Version", protocol),
+    };
+    b.body(Full::new(Bytes::new()).boxed()).unwrap_or_default()
+}
+
+/// The runtime ID of a container's running attempt.
+fn running_container(ctx: &NodeCtx, ns: &str, pod: &str, container: &str) -> Result<String, String> {
+    let uid = ctx.uid_of(ns, pod).ok_or_else(|| format!("pod {ns}/{pod} is not on this node"))?;
+    let saved: serde_json::Value = std::fs::read(ctx.pod_dir(&uid).join("state.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+    let cur = &saved["containers"][container]["current"];
+    match cur["id"].as_str() {
+        Some(id) if cur["exit"].is_null() => Ok(id.to_string()),
+        _ => Err(format!("container {container} is not running")),
+    }
+}
+
+async fn exec(ctx: Arc<NodeCtx>, ns: &str, pod: &str, container: &str, mut req: Request<Incoming>) -> Response<Body> {
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()).into_owned().collect();
+    let opts = crate::streams::exec::ExecOptions::from_query(&pairs);
+    if opts.command.is_empty() {
+        return text(StatusCode::BAD_REQUEST, "you must specify at least one command for the container");
+    }
+    let id = match running_container(&ctx, ns, pod, container) {
+        Ok(id) => id,
+        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+    };
+    let transport = match negotiate(&req, &["v5.channel.k8s.io", "v4.channel.k8s.io"], &["v4.channel.k8s.io"]) {
+        Ok(t) => t,
+        Err(resp) => return *resp,
+    };
+    let resp = switching(&transport);
+    let upgrade = hyper::upgrade::on(&mut req);
+    let runtime = ctx.runtime.clone();
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let io = hyper_util::rt::TokioIo::new(upgraded);
+        let (out, input) = match transport {
+            Transport::Websocket { protocol, .. } => crate::streams::websocket(io, protocol.starts_with("v5")).await,
+            Transport::Spdy { .. } => match crate::streams::spdy_channels(io, &opts.channels()).await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "exec session");
+                    return;
+                }
+            },
+        };
+        crate::streams::exec::run(runtime, id, opts, out, input).await;
+    });
+    resp
+}
+
+async fn port_forward(ctx: Arc<NodeCtx>, ns: &str, pod: &str, mut req: Request<Incoming>) -> Response<Body> {
+    let Some(uid) = ctx.uid_of(ns, pod) else {
+        return text(StatusCode::NOT_FOUND, format!("pod {ns}/{pod} is not on this node"));
+    };
+    let netns = ctx.ns_dir.join(uid).join("net");
+    let transport = match negotiate(&req, &[], &["portforward.k8s.io"]) {
+        Ok(t) => t,
+        Err(resp) => return *resp,
+    };
+    let resp = switching(&transport);
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        crate::streams::portforward::serve(hyper_util::rt::TokioIo::new(upgraded), netns).await;
+    });
+    resp
 }
 
 /// The log file of a container's current (or previous) attempt, and its exit file.
