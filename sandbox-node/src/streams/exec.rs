@@ -103,10 +103,16 @@ async fn plain(runtime: Arc<dyn Runtime>, id: &str, o: &ExecOptions, out: Output
             if ch != STDIN {
                 continue;
             }
-            match (data, stdin.as_mut()) {
-                (Some(d), Some(s)) if s.write_all(&d).await.is_err() => stdin = None,
-                (None, _) => stdin = None,
-                _ => {}
+            let Some(d) = data else {
+                stdin = None;
+                continue;
+            };
+            let failed = match stdin.as_mut() {
+                Some(s) => s.write_all(&d).await.is_err(),
+                None => false,
+            };
+            if failed {
+                stdin = None;
             }
         }
     });
