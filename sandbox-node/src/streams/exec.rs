@@ -141,6 +141,19 @@ fn resize(master: &OwnedFd, pid: Option<u32>, msg: &[u8]) {
 
 async fn with_tty(runtime: Arc<dyn Runtime>, id: &str, o: &ExecOptions, out: Output, mut input: Input) -> Result<Option<i32>, String> {
     let pty = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
+    // Clients send the terminal's size first: size the terminal before the command starts, so
+    // it never sees a resize race at its start. Anything else that came early is replayed.
+    let mut early = Vec::new();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+    while let Ok(Some((ch, data))) = tokio::time::timeout_at(deadline, input.recv()).await {
+        if ch == RESIZE {
+            if let Some(d) = data {
+                resize(&pty.master, None, &d);
+            }
+            break;
+        }
+        early.push((ch, data));
+    }
     let slave = pty.slave;
     let mut cmd = runtime.exec(id, &o.command, true);
     let fd = |f: &OwnedFd| f.try_clone().map(Stdio::from).map_err(|e| e.to_string());
@@ -172,6 +185,11 @@ async fn with_tty(runtime: Arc<dyn Runtime>, id: &str, o: &ExecOptions, out: Out
     let master_for_resize = master.clone();
     let feeder = tokio::spawn(async move {
         let mut w = std::fs::File::from(writer_fd);
+        for (ch, data) in early {
+            if let (STDIN, Some(d)) = (ch, data) {
+                let _ = w.write_all(&d);
+            }
+        }
         while let Some((ch, data)) = input.recv().await {
             match (ch, data) {
                 (STDIN, Some(d)) => {

@@ -219,3 +219,96 @@ fn corrupt_image_archives_are_refused() {
     let tmp = n.data_dir().join("node/images/tmp");
     assert_eq!(std::fs::read_dir(&tmp).unwrap().count(), 0, "no scratch left behind");
 }
+
+/// The lines a child prints, as they come.
+fn lines(child: &mut std::process::Child) -> std::sync::mpsc::Receiver<String> {
+    use std::io::BufRead;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    rx
+}
+
+/// The first line that satisfies `f`, if one comes within `secs`.
+fn wait_line(rx: &std::sync::mpsc::Receiver<String>, secs: u64, f: impl Fn(&str) -> bool) -> Option<String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    while let Some(left) = deadline.checked_duration_since(std::time::Instant::now()) {
+        match rx.recv_timeout(left) {
+            Ok(l) if f(&l) => return Some(l),
+            Ok(_) => {}
+            Err(_) => return None,
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_port_forward_and_follow_with_every_kubectl() {
+    assert!(is_root(), "sandbox-node tests need root");
+    let n = Nodeless::start_with_node(&[]).unwrap();
+    let pods = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: shell}}\nspec:\n  containers:\n  - {{name: c, image: {BUSYBOX}, command: [sh, -c, 'i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done']}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  containers:\n  - {{name: echo, image: {ECHO}, readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}}}\n"
+    );
+    assert!(n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&pods)).status.success());
+    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/shell", "pod/web", "--timeout=60s"]);
+    let kc = n.kubeconfig();
+    for v in ["1.33", "1.27"] {
+        // 1.33 speaks websockets (v5.channel.k8s.io), 1.27 SPDY; both must carry the exit code.
+        let out = n.kubectl(v, &["exec", "shell", "--", "sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3"]);
+        assert_eq!(out.status.code(), Some(3), "kubectl {v} exec: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "to-stdout\n");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("to-stderr"), "{out:?}");
+        let out = n.kubectl_with(v, &kc, &["exec", "-i", "shell", "--", "sh", "-c", "tr a-z A-Z"], Some("piped through stdin\n"));
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "PIPED THROUGH STDIN\n", "kubectl {v} exec -i");
+
+        // A TTY, sized like the caller's terminal.
+        let kubectl = nodeless_tests::kubectl_path(v);
+        let script = format!("stty cols 91 rows 33; KUBECONFIG={} {} exec -it shell -- sh -c 'tty; stty size; exit 4'", kc.display(), kubectl.display());
+        let out = std::process::Command::new("script").args(["-qec", &script, "/dev/null"]).stdin(std::process::Stdio::null()).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("/dev/pts/") && text.contains("33 91"), "kubectl {v} exec -it: {text}");
+        assert_eq!(out.status.code(), Some(4), "kubectl {v} exec -it: {text}");
+
+        // port-forward to the pod's loopback, inside its network namespace.
+        let mut pf = std::process::Command::new(&kubectl)
+            .env("KUBECONFIG", &kc)
+            .args(["port-forward", "pod/web", ":8080"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        // Keep reading kubectl's output while it forwards: a closed pipe would kill it.
+        let pf_lines = lines(&mut pf);
+        let line = wait_line(&pf_lines, 20, |l| l.starts_with("Forwarding from 127.0.0.1:")).expect("port-forward listens");
+        let port = line.trim_start_matches("Forwarding from 127.0.0.1:").split(' ').next().unwrap().to_string();
+        let body = reqwest::get(format!("http://127.0.0.1:{port}/forwarded")).await.unwrap().text().await.unwrap();
+        let _ = pf.kill();
+        let _ = pf.wait();
+        drop(pf_lines);
+        assert!(body.starts_with("pod: web\npath: /forwarded\n"), "kubectl {v} port-forward: {body}");
+    }
+
+    // logs -f follows a running container.
+    let mut follow = std::process::Command::new(nodeless_tests::kubectl_path(V))
+        .env("KUBECONFIG", &kc)
+        .args(["logs", "-f", "shell", "--tail=1"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let followed = lines(&mut follow);
+    let first = wait_line(&followed, 20, |l| l.starts_with("tick ")).expect("a first line");
+    let n0: u32 = first.trim_start_matches("tick ").parse().unwrap();
+    let later = wait_line(&followed, 20, |l| l.trim_start_matches("tick ").parse::<u32>().is_ok_and(|k| k >= n0 + 5));
+    let _ = follow.kill();
+    let _ = follow.wait();
+    assert!(later.is_some(), "logs -f kept following past {first}");
+
+    n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
+    eventually("no leftovers", 30, || leftovers(&n).is_empty());
+}
