@@ -34,7 +34,7 @@ pub fn nodeless_binary() -> Result<PathBuf> {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let release = std::env::current_exe().ok().is_some_and(|p| p.components().any(|c| c.as_os_str() == "release"));
             let mut cmd = Command::new(cargo);
-            cmd.current_dir(workspace_root()).args(["build", "-q", "-p", "nodeless", "--bin", "nodeless"]);
+            cmd.current_dir(workspace_root()).args(["build", "-q", "-p", "nodeless", "-p", "nodeless-sandbox-node", "-p", "nodeless-tests", "--bins"]);
             if release {
                 cmd.arg("--release");
             }
@@ -326,15 +326,10 @@ impl Drop for Nodeless {
     }
 }
 
-/// The echo-server binary, built beside `nodeless`.
+/// The echo-server binary, built beside `nodeless` (by [`nodeless_binary`]).
 pub fn echo_binary() -> Result<PathBuf> {
-    let nodeless = nodeless_binary()?;
-    let echo = nodeless.with_file_name("echo-server");
-    if !echo.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo).current_dir(workspace_root()).args(["build", "-q", "-p", "nodeless-tests", "--bin", "echo-server"]).status()?;
-        anyhow::ensure!(status.success(), "building echo-server failed");
-    }
+    let echo = nodeless_binary()?.with_file_name("echo-server");
+    anyhow::ensure!(echo.exists(), "{} was not built", echo.display());
     Ok(echo)
 }
 

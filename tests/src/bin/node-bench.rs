@@ -1,0 +1,317 @@
+//! sandbox-node benchmark, side by side with podman on the same image in one run:
+//! create-to-Ready latency of single pods (p50/p99), the time for a burst of pods to all be
+//! Ready, and the node's memory per pod. Needs root.
+//!
+//!     cargo run --release -p nodeless-tests --bin node-bench
+//!
+//! Nodeless: `nodeless control` and a separate `nodeless node` (runc), pods of the busybox test
+//! image running `sleep`, loopback-only networking; created through the API, Ready seen through
+//! a watch. podman: `podman run -d --rm --runtime runc --network none` of the same image (as an
+//! OCI archive), with explicit nofile/nproc ulimits; "ready" is `podman run -d` returning.
+#![forbid(unsafe_code)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, DeleteParams, PostParams};
+use kube::runtime::watcher;
+use nodeless_tests::Nodeless;
+use nodeless_tests::images::BUSYBOX;
+use serde_json::json;
+
+#[derive(Parser)]
+struct Args {
+    /// Single pods created one after another.
+    #[arg(long, default_value_t = 40)]
+    single: usize,
+    /// Pods in the burst.
+    #[arg(long, default_value_t = 500)]
+    burst: usize,
+    /// Concurrent clients creating the burst.
+    #[arg(long, default_value_t = 16)]
+    clients: usize,
+    /// Leave podman out.
+    #[arg(long)]
+    skip_podman: bool,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn stats(mut v: Vec<f64>) -> (f64, f64) {
+    v.sort_by(|a, b| a.total_cmp(b));
+    (percentile(&v, 0.5), percentile(&v, 0.99))
+}
+
+/// (RSS, PSS) in KiB of a process.
+fn memory(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| text.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
+    (field("Rss:"), field("Pss:"))
+}
+
+fn pids_of(pattern: &str) -> Vec<u32> {
+    let out = Command::new("pgrep").args(["-f", pattern]).output().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+    out.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
+fn pod(name: &str) -> Pod {
+    serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": {"bench": "node"}},
+        "spec": {"terminationGracePeriodSeconds": 0, "containers": [{"name": "c", "image": BUSYBOX, "command": ["sleep", "3600"]}]}}))
+    .expect("pod")
+}
+
+/// When each pod was first seen Ready.
+type ReadyTimes = Arc<Mutex<HashMap<String, Instant>>>;
+
+fn watch_ready(api: Api<Pod>) -> ReadyTimes {
+    let times: ReadyTimes = Default::default();
+    let t = times.clone();
+    tokio::spawn(async move {
+        let mut s = watcher(api, watcher::Config::default()).boxed();
+        while let Some(Ok(ev)) = s.next().await {
+            if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = ev {
+                let ready = p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                if ready {
+                    t.lock().unwrap().entry(p.metadata.name.unwrap_or_default()).or_insert_with(Instant::now);
+                }
+            }
+        }
+    });
+    times
+}
+
+async fn wait_ready(times: &ReadyTimes, names: &[String], limit: Duration) -> Result<Instant> {
+    let deadline = Instant::now() + limit;
+    loop {
+        {
+            let t = times.lock().unwrap();
+            if names.iter().all(|n| t.contains_key(n)) {
+                return Ok(names.iter().map(|n| t[n]).max().unwrap_or_else(Instant::now));
+            }
+        }
+        if Instant::now() > deadline {
+            let done = names.iter().filter(|n| times.lock().unwrap().contains_key(*n)).count();
+            bail!("only {done}/{} pods Ready after {limit:?}", names.len());
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+}
+
+struct Figures {
+    p50: f64,
+    p99: f64,
+    burst_secs: f64,
+    burst_n: usize,
+    rss_per_pod_kib: f64,
+    pss_per_pod_kib: f64,
+}
+
+async fn nodeless(args: &Args) -> Result<Figures> {
+    let n = Nodeless::start()?;
+    n.import_test_images()?;
+    let node_name = format!("bench-{}", std::process::id());
+    let mut node = Command::new(nodeless_tests::nodeless_binary()?)
+        .args(["node", "--node-name", &node_name, "--kubeconfig"])
+        .arg(n.kubeconfig())
+        .arg("--data-dir")
+        .arg(n.data_dir())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let client = n.client().await?;
+    let api: Api<Pod> = Api::namespaced(client, "default");
+    let times = watch_ready(api.clone());
+    // The node registers; a first pod warms the image's layer cache.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    api.create(&PostParams::default(), &pod("warm")).await?;
+    wait_ready(&times, &["warm".into()], Duration::from_secs(60)).await?;
+    api.delete("warm", &DeleteParams::default()).await?;
+    let (rss0, pss0) = memory(node.id());
+
+    let mut lat = Vec::new();
+    for i in 0..args.single {
+        let name = format!("single-{i}");
+        let t0 = Instant::now();
+        api.create(&PostParams::default(), &pod(&name)).await?;
+        let t1 = wait_ready(&times, std::slice::from_ref(&name), Duration::from_secs(30)).await?;
+        lat.push(t1.duration_since(t0).as_secs_f64() * 1000.0);
+        api.delete(&name, &DeleteParams::default()).await?;
+    }
+    let (p50, p99) = stats(lat);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    let names: Vec<String> = (0..args.burst).map(|i| format!("burst-{i}")).collect();
+    let t0 = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..args.clients {
+        let (api, names, next) = (api.clone(), names.clone(), next.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let Some(name) = names.get(i) else { return Ok::<_, anyhow::Error>(()) };
+                api.create(&PostParams::default(), &pod(name)).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let done = wait_ready(&times, &names, Duration::from_secs(300)).await?;
+    let burst_secs = done.duration_since(t0).as_secs_f64();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let (rss1, pss1) = memory(node.id());
+    let root = format!("/run/nodeless/{node_name}/runtime");
+    let shims: Vec<(u64, u64)> = pids_of(&format!("nodeless-shim.*{root}")).into_iter().map(memory).collect();
+    let (shim_rss, shim_pss): (u64, u64) = shims.iter().fold((0, 0), |a, m| (a.0 + m.0, a.1 + m.1));
+    let per = |node: u64, node0: u64, shim: u64| (node.saturating_sub(node0) + shim) as f64 / args.burst as f64;
+    let figures = Figures {
+        p50,
+        p99,
+        burst_secs,
+        burst_n: args.burst,
+        rss_per_pod_kib: per(rss1, rss0, shim_rss),
+        pss_per_pod_kib: per(pss1, pss0, shim_pss),
+    };
+    eprintln!("nodeless: node RSS {rss0} -> {rss1} KiB, {} shims with RSS {shim_rss} KiB, PSS {shim_pss} KiB", shims.len());
+
+    // Clean up through the API, as a user would.
+    api.delete_collection(&DeleteParams::default(), &kube::api::ListParams::default().labels("bench=node")).await?;
+    let deadline = Instant::now() + Duration::from_secs(300);
+    while !api.list(&kube::api::ListParams::default().labels("bench=node")).await?.items.is_empty() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let _ = Command::new("kill").arg("-TERM").arg(node.id().to_string()).status();
+    let _ = node.wait();
+    Ok(figures)
+}
+
+struct Podman {
+    root: PathBuf,
+    runroot: PathBuf,
+}
+
+impl Podman {
+    fn cmd(&self) -> Command {
+        let mut c = Command::new("podman");
+        c.arg("--root").arg(&self.root).arg("--runroot").arg(&self.runroot).args(["--cgroup-manager", "cgroupfs", "--events-backend", "none"]);
+        c
+    }
+
+    fn run(&self, name: &str) -> Result<()> {
+        let out = self
+            .cmd()
+            .args(["run", "-d", "--rm", "--runtime", "runc", "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", "--name", name, BUSYBOX, "sleep", "3600"])
+            .output()?;
+        if !out.status.success() {
+            bail!("podman run: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let _ = self.cmd().args(["rm", "-a", "-f", "-t", "0"]).output();
+        let _ = self.cmd().args(["system", "reset", "-f"]).output();
+        let _ = Command::new("umount").arg("-R").arg(&self.root).output();
+        let _ = std::fs::remove_dir_all(&self.root);
+        let _ = std::fs::remove_dir_all(&self.runroot);
+    }
+}
+
+fn podman(args: &Args, layout: &Path) -> Result<Figures> {
+    let base = std::env::temp_dir().join(format!("nodeless-bench-podman-{}", std::process::id()));
+    let p = Podman { root: base.join("root"), runroot: base.join("run") };
+    let archive = base.join("busybox.tar");
+    std::fs::create_dir_all(&base)?;
+    let st = Command::new("tar").arg("-cf").arg(&archive).arg("-C").arg(layout).arg(".").status()?;
+    anyhow::ensure!(st.success(), "tar");
+    let out = p.cmd().arg("load").arg("-i").arg(&archive).output()?;
+    anyhow::ensure!(out.status.success(), "podman load: {}", String::from_utf8_lossy(&out.stderr));
+    let out = p.cmd().args(["tag", "nodeless.test/busybox:1", BUSYBOX]).output()?;
+    let _ = out;
+    p.run("warm")?;
+    let _ = p.cmd().args(["rm", "-f", "-t", "0", "warm"]).output();
+
+    let mut lat = Vec::new();
+    for i in 0..args.single {
+        let name = format!("single-{i}");
+        let t0 = Instant::now();
+        p.run(&name)?;
+        lat.push(t0.elapsed().as_secs_f64() * 1000.0);
+        let _ = p.cmd().args(["rm", "-f", "-t", "0", &name]).output();
+    }
+    let (p50, p99) = stats(lat);
+
+    let t0 = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let p = Arc::new(p);
+    let mut threads = Vec::new();
+    for _ in 0..args.clients {
+        let (p, next, total) = (p.clone(), next.clone(), args.burst);
+        threads.push(std::thread::spawn(move || -> Result<()> {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    return Ok(());
+                }
+                p.run(&format!("burst-{i}"))?;
+            }
+        }));
+    }
+    for t in threads {
+        t.join().map_err(|_| anyhow::anyhow!("podman thread panicked"))??;
+    }
+    let burst_secs = t0.elapsed().as_secs_f64();
+    let conmons: Vec<(u64, u64)> = pids_of(&format!("conmon.*{}", p.runroot.display())).into_iter().map(memory).collect();
+    let (rss, pss): (u64, u64) = conmons.iter().fold((0, 0), |a, m| (a.0 + m.0, a.1 + m.1));
+    eprintln!("podman: {} conmon processes with RSS {rss} KiB, PSS {pss} KiB", conmons.len());
+    Ok(Figures {
+        p50,
+        p99,
+        burst_secs,
+        burst_n: args.burst,
+        rss_per_pod_kib: rss as f64 / args.burst as f64,
+        pss_per_pod_kib: pss as f64 / args.burst as f64,
+    })
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let ours = nodeless(&args).await.context("nodeless")?;
+    let layouts = nodeless_tests::test_image_layouts()?;
+    let theirs = if args.skip_podman { None } else { Some(tokio::task::block_in_place(|| podman(&args, &layouts[0])).context("podman")?) };
+    println!("node benchmark: {} single pods one after another, then a burst of {} by {} clients (2 cores)", args.single, args.burst, args.clients);
+    println!("{:<44} {:>12} {:>12} {:>10}", "", "nodeless", "podman", "ratio");
+    let row = |what: &str, a: f64, b: Option<f64>, lower_is_better: bool| {
+        let ratio = b.map(|b| if lower_is_better { b / a } else { a / b });
+        println!(
+            "{:<44} {:>12.1} {:>12} {:>10}",
+            what,
+            a,
+            b.map(|b| format!("{b:.1}")).unwrap_or_else(|| "-".into()),
+            ratio.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "-".into())
+        );
+    };
+    row("create-to-Ready p50 (ms)", ours.p50, theirs.as_ref().map(|t| t.p50), true);
+    row("create-to-Ready p99 (ms)", ours.p99, theirs.as_ref().map(|t| t.p99), true);
+    row(&format!("burst of {} all Ready (s)", ours.burst_n), ours.burst_secs, theirs.as_ref().map(|t| t.burst_secs), true);
+    row("memory per pod, RSS (KiB)", ours.rss_per_pod_kib, theirs.as_ref().map(|t| t.rss_per_pod_kib), true);
+    row("memory per pod, PSS (KiB)", ours.pss_per_pod_kib, theirs.as_ref().map(|t| t.pss_per_pod_kib), true);
+    println!("(ratio > 1 means nodeless is better; podman's per-pod memory is its conmon per container)");
+    Ok(())
+}
