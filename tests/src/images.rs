@@ -10,8 +10,8 @@ use anyhow::{Context, Result, bail};
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
-pub const BUSYBOX: &str = "nodeless.test/busybox:1";
-pub const ECHO: &str = "nodeless.test/echo:1";
+pub const BUSYBOX: &str = "nodeless.local/busybox:1";
+pub const ECHO: &str = "nodeless.local/echo:1";
 
 enum Entry {
     Dir(&'static str, u32),

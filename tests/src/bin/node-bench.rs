@@ -241,7 +241,7 @@ fn podman(args: &Args, layout: &Path) -> Result<Figures> {
     anyhow::ensure!(st.success(), "tar");
     let out = p.cmd().arg("load").arg("-i").arg(&archive).output()?;
     anyhow::ensure!(out.status.success(), "podman load: {}", String::from_utf8_lossy(&out.stderr));
-    let out = p.cmd().args(["tag", "nodeless.test/busybox:1", BUSYBOX]).output()?;
+    let out = p.cmd().args(["tag", "nodeless.local/busybox:1", BUSYBOX]).output()?;
     let _ = out;
     p.run("warm")?;
     let _ = p.cmd().args(["rm", "-f", "-t", "0", "warm"]).output();
