@@ -70,7 +70,8 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         format!("nodeless-{}", host.trim().to_lowercase())
     });
     let run_dir = PathBuf::from("/run/nodeless").join(&name);
-    let dir = node_dir(data_dir);
+    // The runtime resolves bundle paths itself: everything the node hands it is absolute.
+    let dir = std::path::absolute(node_dir(data_dir))?;
     let runtime = Arc::new(OciRuntime::new(find_runtime(&args.runtime)?, run_dir.join("runtime"), shim_path()?));
     let network: Arc<dyn Network> = match &args.cni_conf {
         Some(conf) => Arc::new(Cni::load(conf, args.cni_bin_dir.clone(), dir.join("cni"))?),
