@@ -141,30 +141,9 @@ impl Nodeless {
     /// test leaves the machine clean.
     fn clean_node(&self) {
         let Some(node) = &self.node else { return };
-        let root = Path::new("/run/nodeless").join(node).join("runtime");
-        if let Ok(out) = Command::new("runc").arg("--root").arg(&root).args(["list", "-q"]).output() {
-            for id in String::from_utf8_lossy(&out.stdout).lines() {
-                let _ = Command::new("runc").arg("--root").arg(&root).args(["delete", "--force", id]).output();
-            }
-        }
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        let ours: Vec<String> = mounts
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
-            .filter(|m| m.starts_with(&self.dir.path().to_string_lossy().to_string()) || m.starts_with(&format!("/run/nodeless/{node}/")))
-            .collect();
-        for m in ours.iter().rev() {
-            let _ = Command::new("umount").arg("-l").arg(m).output();
-        }
-        let _ = std::fs::remove_dir_all(Path::new("/run/nodeless").join(node));
+        clean_node_leftovers(node, &self.data_dir());
         if let Some((bridge, _)) = &self.net {
             let _ = Command::new("ip").args(["link", "del", bridge]).output();
-        }
-        for ctl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-            let base = ctl.path().join("nodeless").join(node);
-            if base.is_dir() {
-                let _ = Command::new("find").arg(&base).args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"]).output();
-            }
         }
     }
 
@@ -333,19 +312,62 @@ pub fn echo_binary() -> Result<PathBuf> {
     Ok(echo)
 }
 
-/// OCI layouts of the test images, built once per process.
+/// OCI layouts of the test images, built once per process into `target/test-images/<echo
+/// binary digest>` (kept between runs; a new echo binary makes a new directory).
 pub fn test_image_layouts() -> Result<Vec<PathBuf>> {
     static BUILT: std::sync::OnceLock<std::result::Result<Vec<PathBuf>, String>> = std::sync::OnceLock::new();
     BUILT
         .get_or_init(|| {
             let build = || -> Result<Vec<PathBuf>> {
-                let dir = std::env::temp_dir().join(format!("nodeless-test-images-{}", std::process::id()));
-                Ok(vec![images::busybox_layout(&dir.join("busybox"))?, images::echo_layout(&dir.join("echo"), &echo_binary()?)?])
+                use sha2::Digest;
+                let echo = echo_binary()?;
+                let digest = hex::encode(sha2::Sha256::digest(std::fs::read(&echo)?));
+                let base = nodeless_binary()?.parent().and_then(Path::parent).unwrap_or(Path::new("target")).join("test-images");
+                let dir = base.join(&digest[..16]);
+                if !dir.join("echo/index.json").exists() {
+                    // Built aside and renamed into place: a concurrent run sees all or nothing.
+                    let tmp = base.join(format!("tmp-{}", std::process::id()));
+                    images::busybox_layout(&tmp.join("busybox"))?;
+                    images::echo_layout(&tmp.join("echo"), &echo)?;
+                    if std::fs::rename(&tmp, &dir).is_err() {
+                        let _ = std::fs::remove_dir_all(&tmp);
+                    }
+                }
+                Ok(vec![dir.join("busybox"), dir.join("echo")])
             };
             build().map_err(|e| format!("{e:#}"))
         })
         .clone()
         .map_err(anyhow::Error::msg)
+}
+
+/// Remove whatever a node left on the host (containers, shims, mounts, namespaces, cgroups, its
+/// runtime directory), for tests and benchmarks that stop a node before its pods are gone.
+pub fn clean_node_leftovers(node: &str, data_dir: &Path) {
+    let root = Path::new("/run/nodeless").join(node).join("runtime");
+    if let Ok(out) = Command::new("runc").arg("--root").arg(&root).args(["list", "-q"]).output() {
+        for id in String::from_utf8_lossy(&out.stdout).lines() {
+            let _ = Command::new("runc").arg("--root").arg(&root).args(["delete", "--force", id]).output();
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let data = data_dir.to_string_lossy().to_string();
+    let run = format!("/run/nodeless/{node}/");
+    let ours: Vec<String> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .filter(|m| m.starts_with(&data) || m.starts_with(&run))
+        .collect();
+    for m in ours.iter().rev() {
+        let _ = Command::new("umount").arg("-l").arg(m).output();
+    }
+    let _ = std::fs::remove_dir_all(Path::new("/run/nodeless").join(node));
+    for ctl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+        let base = ctl.path().join("nodeless").join(node);
+        if base.is_dir() {
+            let _ = Command::new("find").arg(&base).args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"]).output();
+        }
+    }
 }
 
 pub mod images;

@@ -193,8 +193,15 @@ async fn nodeless(args: &Args) -> Result<Figures> {
     while !api.list(&kube::api::ListParams::default().labels("bench=node")).await?.items.is_empty() && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
+    // The node tears pods down after the API forgets them: give it the time, then make sure.
+    let ns_dir = Path::new("/run/nodeless").join(&node_name).join("ns");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while std::fs::read_dir(&ns_dir).map(|d| d.count()).unwrap_or(0) > 0 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
     let _ = Command::new("kill").arg("-TERM").arg(node.id().to_string()).status();
     let _ = node.wait();
+    nodeless_tests::clean_node_leftovers(&node_name, &n.data_dir());
     Ok(figures)
 }
 
@@ -227,8 +234,9 @@ impl Drop for Podman {
         let _ = self.cmd().args(["rm", "-a", "-f", "-t", "0"]).output();
         let _ = self.cmd().args(["system", "reset", "-f"]).output();
         let _ = Command::new("umount").arg("-R").arg(&self.root).output();
-        let _ = std::fs::remove_dir_all(&self.root);
-        let _ = std::fs::remove_dir_all(&self.runroot);
+        if let Some(base) = self.root.parent() {
+            let _ = std::fs::remove_dir_all(base);
+        }
     }
 }
 
