@@ -32,6 +32,9 @@ pub struct NodeArgs {
     pub cluster_dns: Option<String>,
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
+    /// A registry to reach over plain HTTP (repeatable; loopback registries always are).
+    #[arg(long = "insecure-registry")]
+    pub insecure_registries: Vec<String>,
     /// The first restart back-off of a crashing container (doubles up to 5 minutes).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub restart_backoff: Duration,
@@ -90,6 +93,7 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         cluster_domain: args.cluster_domain.clone(),
         backoff_base: args.restart_backoff,
         backoff_max: Duration::from_secs(300),
+        insecure_registries: args.insecure_registries.clone(),
     };
     nodeless_sandbox_node::node::start(cfg, client).await
 }

@@ -35,6 +35,8 @@ pub struct NodeConfig {
     pub cluster_domain: String,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// Registries reached over plain HTTP (loopback ones always are).
+    pub insecure_registries: Vec<String>,
 }
 
 pub struct NodeCtx {
@@ -52,6 +54,8 @@ pub struct NodeCtx {
     pub cgroup_parent: String,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    pub insecure_registries: Vec<String>,
+    pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     workers: Mutex<HashMap<String, mpsc::UnboundedSender<Event>>>,
     names: Mutex<HashMap<(String, String), String>>,
 }
@@ -60,6 +64,11 @@ impl NodeCtx {
     /// A worker that finished removes itself.
     pub fn forget(&self, uid: &str) {
         self.workers.lock().unwrap_or_else(|e| e.into_inner()).remove(uid);
+    }
+
+    /// The lock that makes concurrent pulls of one image a single pull.
+    pub fn pull_lock(&self, image: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.pulls.lock().unwrap_or_else(|e| e.into_inner()).entry(image.to_string()).or_default().clone()
     }
 
     /// The UID of a pod on this node, by namespace and name.
@@ -268,6 +277,8 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
         cgroup_parent: format!("/nodeless/{}", cfg.name),
         backoff_base: cfg.backoff_base,
         backoff_max: cfg.backoff_max,
+        insecure_registries: cfg.insecure_registries,
+        pulls: Mutex::new(HashMap::new()),
         workers: Mutex::new(HashMap::new()),
         names: Mutex::new(HashMap::new()),
     });

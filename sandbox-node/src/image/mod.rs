@@ -9,6 +9,7 @@
 //! ```
 
 mod import;
+mod pull;
 pub mod reference;
 mod unpack;
 
@@ -28,6 +29,8 @@ pub enum ImageError {
     Unsupported(String),
     #[error("image {0:?} is not in the node's store")]
     NotFound(String),
+    #[error("{0}")]
+    Pull(String),
 }
 
 impl ImageError {
@@ -82,6 +85,12 @@ impl ImageStore {
             std::fs::create_dir_all(root.join(d)).map_err(ImageError::io("creating the image store"))?;
         }
         Ok(Self { root })
+    }
+
+    /// Pull an image from its registry into the store (registries in `insecure`, and loopback
+    /// ones, over plain HTTP).
+    pub async fn pull(&self, image: &str, insecure: &[String]) -> Result<ImageRecord, ImageError> {
+        pull::pull(self, image, insecure).await
     }
 
     pub fn root(&self) -> &Path {

@@ -382,18 +382,7 @@ impl Worker {
         let spec = self.spec_of(name).ok_or_else(|| ("CreateContainerConfigError".to_string(), "no such container".to_string()))?;
         let image_ref = spec.image.clone().unwrap_or_default();
         let cfg_err = |m: String| ("CreateContainerConfigError".to_string(), m);
-        let image = match self.ctx.images.resolve(&image_ref) {
-            Ok(Some(i)) => i,
-            Ok(None) => {
-                let c = self.ctrs.iter().find(|c| c.name == name);
-                let reason = if c.is_some_and(|c| c.waiting.as_ref().is_some_and(|w| w.0.contains("ImagePull"))) { "ImagePullBackOff" } else { "ErrImagePull" };
-                return Err((
-                    reason.into(),
-                    format!("image \"{image_ref}\" is not in the node's image store and no registry is reachable to pull it (import it with `nodeless image import`)"),
-                ));
-            }
-            Err(e) => return Err(("ErrImagePull".into(), format!("image \"{image_ref}\": {e}"))),
-        };
+        let image = self.image_for(name, &spec).await?;
         let c = self.ctrs.iter().find(|c| c.name == name).ok_or_else(|| cfg_err("no such container".into()))?;
         let number = match (&c.current, c.current.as_ref().and_then(|a| a.exit.as_ref())) {
             (Some(a), Some(_)) => a.number + 1,
@@ -474,6 +463,39 @@ impl Worker {
             }
         }
         Ok(())
+    }
+
+    /// The container's image by its imagePullPolicy: Never uses the store only, IfNotPresent
+    /// pulls what the store lacks, Always pulls (several pods share one pull).
+    async fn image_for(&mut self, name: &str, spec: &Container) -> Result<crate::image::ImageRecord, (String, String)> {
+        let image_ref = spec.image.clone().unwrap_or_default();
+        let policy = spec.image_pull_policy.clone().unwrap_or_else(|| "IfNotPresent".into());
+        let local = self.ctx.images.resolve(&image_ref).map_err(|e| ("ErrImagePull".to_string(), format!("image \"{image_ref}\": {e}")))?;
+        match (policy.as_str(), local) {
+            ("Never", Some(i)) | ("IfNotPresent", Some(i)) => return Ok(i),
+            ("Never", None) => {
+                return Err(("ErrImageNeverPull".into(), format!("Container image \"{image_ref}\" is not present with pull policy of Never")));
+            }
+            _ => {}
+        }
+        let backing_off = self.ctrs.iter().find(|c| c.name == name).is_some_and(|c| c.waiting.as_ref().is_some_and(|w| w.0.contains("ImagePull")));
+        self.event("Normal", "Pulling", &format!("Pulling image \"{image_ref}\""));
+        let started = std::time::Instant::now();
+        let lock = self.ctx.pull_lock(&image_ref);
+        let _one_pull = lock.lock().await;
+        // Another pod may have pulled it while this one waited.
+        let fresh = if policy != "Always" { self.ctx.images.resolve(&image_ref).ok().flatten() } else { None };
+        let pulled = match fresh {
+            Some(i) => Ok(i),
+            None => self.ctx.images.pull(&image_ref, &self.ctx.insecure_registries).await,
+        };
+        match pulled {
+            Ok(i) => {
+                self.event("Normal", "Pulled", &format!("Successfully pulled image \"{image_ref}\" in {:?}", started.elapsed()));
+                Ok(i)
+            }
+            Err(e) => Err((if backing_off { "ImagePullBackOff" } else { "ErrImagePull" }.into(), format!("Failed to pull image \"{image_ref}\": {e}"))),
+        }
     }
 
     async fn build_spec(&self, c: &Container, image: &crate::image::ImageRecord, bundle: &std::path::Path) -> Result<ContainerSpec, String> {

@@ -312,3 +312,90 @@ async fn exec_port_forward_and_follow_with_every_kubectl() {
     n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
     eventually("no leftovers", 30, || leftovers(&n).is_empty());
 }
+
+/// A local registry (Debian's docker-registry) on a free loopback port; removed on drop.
+struct Registry {
+    child: std::process::Child,
+    addr: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Registry {
+    fn start() -> Registry {
+        let dir = tempfile::tempdir().unwrap();
+        let config = format!("version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n", dir.path().join("data").display());
+        std::fs::write(dir.path().join("config.yml"), config).unwrap();
+        let log = std::fs::File::create(dir.path().join("log")).unwrap();
+        let child = std::process::Command::new("docker-registry").arg("serve").arg(dir.path().join("config.yml")).stdout(std::process::Stdio::null()).stderr(log).spawn().unwrap();
+        let mut addr = String::new();
+        eventually("the registry listens", 20, || {
+            let text = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
+            match text.split("listening on ").nth(1) {
+                Some(rest) => {
+                    addr = rest.split('"').next().unwrap_or_default().trim().to_string();
+                    true
+                }
+                None => false,
+            }
+        });
+        Registry { child, addr, _dir: dir }
+    }
+
+    /// Push the busybox test image (an OCI layout) with podman, a client that is not ours.
+    fn push(&self, layout: &Path, name: &str) {
+        let root = tempfile::tempdir().unwrap();
+        let podman = |args: &[&str]| {
+            let out = std::process::Command::new("podman")
+                .arg("--root")
+                .arg(root.path().join("root"))
+                .arg("--runroot")
+                .arg(root.path().join("run"))
+                .args(["--events-backend", "none"])
+                .args(args)
+                .output()
+                .unwrap();
+            assert!(out.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        let archive = root.path().join("image.tar");
+        let tar = std::process::Command::new("tar").arg("-cf").arg(&archive).arg("-C").arg(layout).arg(".").status().unwrap();
+        assert!(tar.success());
+        podman(&["load", "-i", &archive.to_string_lossy()]);
+        let dest = format!("docker://{}/{name}", self.addr);
+        podman(&["push", "--tls-verify=false", nodeless_tests::images::BUSYBOX, &dest]);
+        let _ = std::process::Command::new("podman").arg("--root").arg(root.path().join("root")).arg("--runroot").arg(root.path().join("run")).args(["system", "reset", "-f"]).output();
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_are_pulled_from_a_registry_by_pull_policy() {
+    assert!(is_root(), "sandbox-node tests need root");
+    let registry = Registry::start();
+    let layouts = nodeless_tests::test_image_layouts().unwrap();
+    registry.push(&layouts[0], "team/tools:1");
+    let n = Nodeless::start_with_node(&[]).unwrap();
+    let out = |args: &[&str]| String::from_utf8_lossy(&n.kubectl(V, args).stdout).into_owned();
+    let a = &registry.addr;
+    let pods = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: pulled}}\nspec:\n  containers:\n  - {{name: c, image: {a}/team/tools:1, command: [sh, -c, 'echo from the registry; sleep 3600']}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: absent}}\nspec:\n  containers:\n  - {{name: c, image: {a}/team/absent:1}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: never}}\nspec:\n  containers:\n  - {{name: c, image: {a}/team/unpulled:1, imagePullPolicy: Never}}\n"
+    );
+    assert!(n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&pods)).status.success());
+    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/pulled", "--timeout=60s"]);
+    assert_eq!(n.kubectl_ok(V, &["logs", "pulled"]).trim(), "from the registry");
+    let described = out(&["describe", "pod", "pulled"]);
+    assert!(described.contains("Successfully pulled image"), "{described}");
+    assert!(n.nodeless(&["image", "ls"]).unwrap().contains(&format!("{a}/team/tools:1")));
+    eventually("a missing image fails to pull, naming it", 30, || {
+        let d = out(&["describe", "pod", "absent"]);
+        (d.contains("ErrImagePull") || d.contains("ImagePullBackOff")) && d.contains(&format!("{a}/team/absent:1"))
+    });
+    eventually("Never does not pull", 30, || out(&["describe", "pod", "never"]).contains("ErrImageNeverPull"));
+    n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
+    eventually("no leftovers", 30, || leftovers(&n).is_empty());
+}
