@@ -36,7 +36,8 @@ pub struct ContainerState {
 #[async_trait]
 pub trait Runtime: Send + Sync {
     fn name(&self) -> &str;
-    /// Start the container in `launch.bundle` under a shim; the child is the shim.
+    /// Start the container in `launch.bundle` under a shim; the child is the shim, whose stdout
+    /// says `started <pid>` once the container runs (and closes without it if it never does).
     async fn start(&self, launch: &Launch) -> Result<Child, RuntimeError>;
     async fn kill(&self, id: &str, signal: &str) -> Result<(), RuntimeError>;
     /// Remove the container, killing it if it still runs. Gone already is success.
@@ -108,7 +109,7 @@ impl Runtime for OciRuntime {
             .arg("--exit")
             .arg(&l.exit)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::null())
             // Out of the node's process group: a Ctrl-C to the node must not reach containers.
             .process_group(0)

@@ -2,7 +2,8 @@
 //!
 //! It runs the OCI runtime's `run --detach`, becomes the container's parent (child subreaper),
 //! copies the container's stdout and stderr into a CRI-format log file, and when the container's
-//! init process exits writes an exit record for the node. Because it, not the node, holds the
+//! init process exits writes an exit record for the node. It prints `started <pid>` once the
+//! runtime has started the container. Because it, not the node, holds the
 //! pipes and reaps the process, a node can restart while containers run and lose nothing.
 #![forbid(unsafe_code)]
 
@@ -158,6 +159,13 @@ fn run(args: Args) -> Result<ExitRecord, String> {
         .trim()
         .parse()
         .map_err(|e| format!("pid file: {e}"))?;
+    // Tell the node the container runs; nothing more is ever written here, so a node that
+    // went away in the meantime costs nothing.
+    {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "started {pid}");
+        let _ = out.flush();
+    }
     let (code, signal) = loop {
         match waitpid(None::<Pid>, None) {
             Ok(WaitStatus::Exited(p, c)) if p.as_raw() == pid => break (c, None),

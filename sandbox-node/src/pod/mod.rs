@@ -382,6 +382,7 @@ impl Worker {
         let spec = self.spec_of(name).ok_or_else(|| ("CreateContainerConfigError".to_string(), "no such container".to_string()))?;
         let image_ref = spec.image.clone().unwrap_or_default();
         let cfg_err = |m: String| ("CreateContainerConfigError".to_string(), m);
+        let t0 = std::time::Instant::now();
         let image = self.image_for(name, &spec).await?;
         let c = self.ctrs.iter().find(|c| c.name == name).ok_or_else(|| cfg_err("no such container".into()))?;
         let number = match (&c.current, c.current.as_ref().and_then(|a| a.exit.as_ref())) {
@@ -411,6 +412,7 @@ impl Worker {
         std::fs::write(bundle.join("config.json"), serde_json::to_vec(&config_json(&cspec)).unwrap_or_default())
             .map_err(|e| cfg_err(format!("writing config.json: {e}")))?;
         let launch = Launch { id: id.clone(), bundle: bundle.clone(), log: bundle.join("log"), exit: bundle.join("exit") };
+        let prepared = t0.elapsed();
         let mut child = match self.ctx.runtime.start(&launch).await {
             Ok(ch) => ch,
             Err(e) => {
@@ -418,6 +420,14 @@ impl Worker {
                 return Err(("RunContainerError".into(), e.to_string()));
             }
         };
+        // Running means the runtime has started the process, not that the shim was spawned.
+        if let Some(stdout) = child.stdout.take() {
+            use tokio::io::AsyncBufReadExt;
+            let mut line = String::new();
+            let mut reader = tokio::io::BufReader::new(stdout);
+            let _ = tokio::time::timeout(Duration::from_secs(60), reader.read_line(&mut line)).await;
+        }
+        tracing::debug!(pod = %self.pod_name(), container = name, prepare_ms = prepared.as_millis() as u64, start_ms = (t0.elapsed() - prepared).as_millis() as u64, "container started");
         let attempt = Attempt { number, id, started_at: now_rfc3339(), image: image_ref.clone(), image_id: image.id.clone(), exit: None };
         let tx = self.tx.clone();
         let (cname, exit_file) = (name.to_string(), launch.exit.clone());

@@ -127,8 +127,9 @@ async fn nodeless(args: &Args) -> Result<Figures> {
         .arg(n.kubeconfig())
         .arg("--data-dir")
         .arg(n.data_dir())
+        .env("NODELESS_LOG", std::env::var("NODE_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(std::env::temp_dir().join("node-bench-node.log"))?)
         .spawn()?;
     let client = n.client().await?;
     let api: Api<Pod> = Api::namespaced(client, "default");
