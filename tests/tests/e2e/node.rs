@@ -399,3 +399,100 @@ async fn images_are_pulled_from_a_registry_by_pull_policy() {
     n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
     eventually("no leftovers", 30, || leftovers(&n).is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_spec_is_honoured_in_the_sandbox() {
+    assert!(is_root(), "sandbox-node tests need root");
+    let n = Nodeless::start_with_node(&[]).unwrap();
+    let out = |args: &[&str]| String::from_utf8_lossy(&n.kubectl(V, args).stdout).into_owned();
+    let manifest = format!(
+        r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: settings}}
+data: {{greeting: hello, file.txt: from a configmap}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: spec}}
+spec:
+  securityContext: {{runAsUser: 1000, runAsGroup: 3000, supplementalGroups: [4000]}}
+  initContainers:
+  - {{name: first, image: {BUSYBOX}, command: [sh, -c, "echo one > /work/order"], securityContext: {{runAsUser: 0}}, volumeMounts: [{{name: work, mountPath: /work}}]}}
+  - {{name: second, image: {BUSYBOX}, command: [sh, -c, "echo two >> /work/order; chmod 777 /work"], securityContext: {{runAsUser: 0}}, volumeMounts: [{{name: work, mountPath: /work}}]}}
+  containers:
+  - name: main
+    image: {BUSYBOX}
+    command: [sleep, "3600"]
+    workingDir: /work
+    env:
+    - {{name: GREETING, valueFrom: {{configMapKeyRef: {{name: settings, key: greeting}}}}}}
+    - {{name: MSG, value: "$(GREETING) world"}}
+    volumeMounts: [{{name: work, mountPath: /work}}, {{name: cfg, mountPath: /cfg, readOnly: true}}]
+    resources: {{limits: {{memory: 64Mi, cpu: 250m}}}}
+    securityContext: {{readOnlyRootFilesystem: true, allowPrivilegeEscalation: false, capabilities: {{drop: [ALL]}}}}
+    lifecycle:
+      postStart: {{exec: {{command: [sh, -c, "echo started > /work/poststart"]}}}}
+  volumes:
+  - {{name: work, emptyDir: {{}}}}
+  - {{name: cfg, configMap: {{name: settings}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: done}}
+spec:
+  restartPolicy: Never
+  containers: [{{name: c, image: {BUSYBOX}, command: [sh, -c, "exit 0"]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: failed}}
+spec:
+  restartPolicy: Never
+  containers: [{{name: c, image: {BUSYBOX}, command: [sh, -c, "echo last words > /dev/termination-log; exit 2"]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: stubborn}}
+spec:
+  terminationGracePeriodSeconds: 2
+  containers: [{{name: c, image: {BUSYBOX}, command: [sh, -c, "trap '' TERM; while true; do sleep 1; done"]}}]
+"#
+    );
+    let applied = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&manifest));
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/spec", "pod/stubborn", "--timeout=60s"]);
+    let sh = |cmd: &str| n.kubectl_ok(V, &["exec", "spec", "--", "sh", "-c", cmd]);
+
+    // Init containers ran in order, before the container, and finished.
+    assert_eq!(sh("cat /work/order"), "one\ntwo\n");
+    assert_eq!(out(&["get", "pod", "spec", "-o", "jsonpath={.status.initContainerStatuses[*].state.terminated.reason}"]), "Completed Completed");
+    // User, groups, working directory, environment with valueFrom and $(VAR), volumes, hooks.
+    assert_eq!(sh("id -u; id -g"), "1000\n3000\n");
+    assert!(sh("id -G").split_whitespace().any(|g| g == "4000"));
+    assert_eq!(sh("pwd; echo $MSG"), "/work\nhello world\n");
+    assert_eq!(sh("cat /cfg/file.txt"), "from a configmap");
+    eventually("the postStart hook ran", 10, || n.kubectl(V, &["exec", "spec", "--", "cat", "/work/poststart"]).stdout == b"started\n");
+    // A read-only root, no capabilities, no privilege escalation.
+    assert!(!n.kubectl(V, &["exec", "spec", "--", "touch", "/rootfile"]).status.success());
+    assert_eq!(sh("grep -E '^(CapEff|NoNewPrivs)' /proc/self/status | tr -s '\\t' ' '"), "CapEff: 0000000000000000\nNoNewPrivs: 1\n");
+    // Resources became cgroup limits.
+    let uid = out(&["get", "pod", "spec", "-o", "jsonpath={.metadata.uid}"]);
+    let cg = |ctl: &str, file: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{ctl}/nodeless/{}/{uid}/main/{file}", n.node.clone().unwrap())).unwrap_or_default();
+    assert_eq!(cg("memory", "memory.limit_in_bytes").trim(), (64u64 << 20).to_string());
+    assert_eq!(cg("cpu", "cpu.cfs_quota_us").trim(), "25000");
+
+    // restartPolicy Never: success and failure are final, with the termination message.
+    eventually("done Succeeded", 30, || out(&["get", "pod", "done", "-o", "jsonpath={.status.phase}"]) == "Succeeded");
+    eventually("failed Failed", 30, || out(&["get", "pod", "failed", "-o", "jsonpath={.status.phase}"]) == "Failed");
+    let term = out(&["get", "pod", "failed", "-o", "jsonpath={.status.containerStatuses[0].state.terminated.exitCode} {.status.containerStatuses[0].state.terminated.message}"]);
+    assert_eq!(term.trim(), "2 last words");
+
+    // A container that ignores SIGTERM is killed when its grace period runs out, not before.
+    let t0 = std::time::Instant::now();
+    n.kubectl_ok(V, &["delete", "pod", "stubborn", "--timeout=30s"]);
+    let took = t0.elapsed();
+    assert!(took >= Duration::from_millis(1800), "deleted after {took:?}, before the 2 s grace period ended");
+
+    n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
+    eventually("no leftovers", 30, || leftovers(&n).is_empty());
+}
