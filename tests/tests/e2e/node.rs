@@ -342,7 +342,7 @@ impl Registry {
     }
 
     /// Push the busybox test image (an OCI layout) with podman, a client that is not ours.
-    fn push(&self, layout: &Path, name: &str) {
+    fn push(&self, layout: &Path, name: &str, save_as: Option<&Path>) {
         let root = tempfile::tempdir().unwrap();
         let podman = |args: &[&str]| {
             let out = std::process::Command::new("podman")
@@ -362,6 +362,10 @@ impl Registry {
         podman(&["load", "-i", &archive.to_string_lossy()]);
         let dest = format!("docker://{}/{name}", self.addr);
         podman(&["push", "--tls-verify=false", nodeless_tests::images::BUSYBOX, &dest]);
+        // While podman has it: a `docker save` archive of the same image, for the import test.
+        if let Some(save) = save_as {
+            podman(&["save", "--format", "docker-archive", "-o", &save.to_string_lossy(), nodeless_tests::images::BUSYBOX]);
+        }
         let _ = std::process::Command::new("podman").arg("--root").arg(root.path().join("root")).arg("--runroot").arg(root.path().join("run")).args(["system", "reset", "-f"]).output();
     }
 }
@@ -378,8 +382,13 @@ async fn images_are_pulled_from_a_registry_by_pull_policy() {
     assert!(is_root(), "sandbox-node tests need root");
     let registry = Registry::start();
     let layouts = nodeless_tests::test_image_layouts().unwrap();
-    registry.push(&layouts[0], "team/tools:1");
+    let saved = tempfile::tempdir().unwrap();
+    let docker_archive = saved.path().join("busybox-docker.tar");
+    registry.push(&layouts[0], "team/tools:1", Some(&docker_archive));
     let n = Nodeless::start_with_node(&[]).unwrap();
+    // A `docker save` archive imports too, under the name it carries.
+    let imported = n.nodeless(&["image", "import", &docker_archive.to_string_lossy(), "--name", "saved/busybox:1"]).unwrap();
+    assert!(imported.contains("saved/busybox:1"), "{imported}");
     let out = |args: &[&str]| String::from_utf8_lossy(&n.kubectl(V, args).stdout).into_owned();
     let a = &registry.addr;
     let pods = format!(
@@ -390,7 +399,8 @@ async fn images_are_pulled_from_a_registry_by_pull_policy() {
     assert_eq!(n.kubectl_ok(V, &["logs", "pulled"]).trim(), "from the registry");
     let described = out(&["describe", "pod", "pulled"]);
     assert!(described.contains("Successfully pulled image"), "{described}");
-    assert!(n.nodeless(&["image", "ls"]).unwrap().contains(&format!("{a}/team/tools:1")));
+    let listed = n.nodeless(&["image", "ls"]).unwrap();
+    assert!(listed.contains(&format!("{a}/team/tools:1")) && listed.contains("saved/busybox:1"), "{listed}");
     eventually("a missing image fails to pull, naming it", 30, || {
         let d = out(&["describe", "pod", "absent"]);
         (d.contains("ErrImagePull") || d.contains("ImagePullBackOff")) && d.contains(&format!("{a}/team/absent:1"))
