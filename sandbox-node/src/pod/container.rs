@@ -95,22 +95,11 @@ fn resource_ref(c: &Container, resource: &str, divisor: Option<&str>) -> Result<
 }
 
 async fn config_value(client: &kube::Client, ns: &str, secret: bool, name: &str, key: &str, optional: bool) -> Result<Option<String>, String> {
-    let what = if secret { "secret" } else { "configmap" };
-    let data: Option<BTreeMap<String, String>> = if secret {
-        let s = Api::<Secret>::namespaced(client.clone(), ns).get_opt(name).await.map_err(|e| format!("{what} {name:?}: {e}"))?;
-        s.map(|s| s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v.0).to_string())).collect())
-    } else {
-        let c = Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt(name).await.map_err(|e| format!("{what} {name:?}: {e}"))?;
-        c.map(|c| c.data.unwrap_or_default())
-    };
-    match data {
+    let data = config_map_all(client, ns, secret, name, optional).await?;
+    match data.get(key) {
+        Some(v) => Ok(Some(v.clone())),
         None if optional => Ok(None),
-        None => Err(format!("{what} \"{name}\" not found")),
-        Some(d) => match d.get(key) {
-            Some(v) => Ok(Some(v.clone())),
-            None if optional => Ok(None),
-            None => Err(format!("couldn't find key {key} in {}{} {ns}/{name}", what[..1].to_uppercase(), &what[1..])),
-        },
+        None => Err(format!("couldn't find key {key} in {} {ns}/{name}", if secret { "Secret" } else { "ConfigMap" })),
     }
 }
 
