@@ -107,14 +107,14 @@ fn copy_streams(out: OwnedFd, err: OwnedFd, mut log: File) {
     }
 }
 
-/// The last error the runtime logged (runc and crun write JSON lines with `--log-format json`).
+/// The first error the runtime logged: runc and crun write JSON lines `{"level": "error",
+/// "msg": …}` with `--log-format json`, youki `{"level": "ERROR", "message": …}`.
 fn runtime_error(log: &std::path::Path) -> String {
     let text = std::fs::read_to_string(log).unwrap_or_default();
     text.lines()
-        .rev()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-        .find(|v| v["level"] == "error")
-        .and_then(|v| v["msg"].as_str().map(str::to_string))
+        .filter(|v| v["level"].as_str().is_some_and(|l| l.eq_ignore_ascii_case("error")))
+        .find_map(|v| v["msg"].as_str().or(v["message"].as_str()).map(str::to_string))
         .unwrap_or_else(|| "the OCI runtime failed to start the container".to_string())
 }
 

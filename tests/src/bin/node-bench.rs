@@ -40,6 +40,9 @@ struct Args {
     /// Leave podman out.
     #[arg(long)]
     skip_podman: bool,
+    /// The node's OCI runtime (runc by default).
+    #[arg(long, default_value = "runc")]
+    runtime: String,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -123,7 +126,7 @@ async fn nodeless(args: &Args) -> Result<Figures> {
     n.import_test_images()?;
     let node_name = format!("bench-{}", std::process::id());
     let mut node = Command::new(nodeless_tests::nodeless_binary()?)
-        .args(["node", "--node-name", &node_name, "--kubeconfig"])
+        .args(["node", "--node-name", &node_name, "--runtime", &args.runtime, "--kubeconfig"])
         .arg(n.kubeconfig())
         .arg("--data-dir")
         .arg(n.data_dir())
@@ -304,7 +307,10 @@ async fn main() -> Result<()> {
     let ours = nodeless(&args).await.context("nodeless")?;
     let layouts = nodeless_tests::test_image_layouts()?;
     let theirs = if args.skip_podman { None } else { Some(tokio::task::block_in_place(|| podman(&args, &layouts[0])).context("podman")?) };
-    println!("node benchmark: {} single pods one after another, then a burst of {} by {} clients (2 cores)", args.single, args.burst, args.clients);
+    println!(
+        "node benchmark ({}): {} single pods one after another, then a burst of {} by {} clients (2 cores)",
+        args.runtime, args.single, args.burst, args.clients
+    );
     println!("{:<44} {:>12} {:>12} {:>10}", "", "nodeless", "podman", "ratio");
     let row = |what: &str, a: f64, b: Option<f64>, lower_is_better: bool| {
         let ratio = b.map(|b| if lower_is_better { b / a } else { a / b });
