@@ -75,7 +75,8 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
     let run_dir = PathBuf::from("/run/nodeless").join(&name);
     // The runtime resolves bundle paths itself: everything the node hands it is absolute.
     let dir = std::path::absolute(node_dir(data_dir))?;
-    let runtime = Arc::new(OciRuntime::new(find_runtime(&args.runtime)?, run_dir.join("runtime"), shim_path()?));
+    let shim = shim_path()?;
+    let runtime = Arc::new(OciRuntime::new(find_runtime(&args.runtime)?, run_dir.join("runtime"), shim.clone()));
     let network: Arc<dyn Network> = match &args.cni_conf {
         Some(conf) => Arc::new(Cni::load(conf, args.cni_bin_dir.clone(), dir.join("cni"))?),
         None => Arc::new(LoopbackOnly),
@@ -94,6 +95,7 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         backoff_base: args.restart_backoff,
         backoff_max: Duration::from_secs(300),
         insecure_registries: args.insecure_registries.clone(),
+        holder_binary: shim,
     };
     nodeless_sandbox_node::node::start(cfg, client).await
 }

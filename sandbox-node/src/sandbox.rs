@@ -1,9 +1,10 @@
-//! A pod's shared namespaces (network, IPC, UTS), kept alive without any process by bind
-//! mounts of their nsfs files, the way `ip netns add` and CNI runtimes keep network namespaces.
+//! A pod's shared namespaces (network, IPC, UTS), held by a small process of their own
+//! (`nodeless-shim hold`, the pause container's job) and reached as `/proc/<pid>/ns/*`. Holding
+//! them with a process rather than bind mounts keeps the host's mount table from growing with
+//! every pod: each new container's mount namespace copies that table, so it stays short.
 
 use std::path::{Path, PathBuf};
 
-use nix::mount::{MntFlags, MsFlags};
 use nix::sched::CloneFlags;
 
 #[derive(Debug, thiserror::Error)]
@@ -18,6 +19,7 @@ fn err(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> SandboxErro
     move |e| SandboxError { what, source: e.into() }
 }
 
+/// Where a pod's namespace holder is recorded: `<dir>/holder` holds its PID.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodNamespaces {
     pub dir: PathBuf,
@@ -27,72 +29,86 @@ impl PodNamespaces {
     pub fn at(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
     }
+
+    /// The holder's PID, if it still runs (and is a holder: PIDs get reused).
+    pub fn holder(&self) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(self.dir.join("holder")).ok()?.trim().parse().ok()?;
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
+        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+        (args.get(1) == Some(&&b"hold"[..])).then_some(pid)
+    }
+
+    fn path(&self, kind: &str) -> PathBuf {
+        match self.holder() {
+            Some(pid) => PathBuf::from(format!("/proc/{pid}/ns/{kind}")),
+            None => self.dir.join(format!("no-holder-{kind}")),
+        }
+    }
     pub fn net(&self) -> PathBuf {
-        self.dir.join("net")
+        self.path("net")
     }
     pub fn ipc(&self) -> PathBuf {
-        self.dir.join("ipc")
+        self.path("ipc")
     }
     pub fn uts(&self) -> PathBuf {
-        self.dir.join("uts")
+        self.path("uts")
     }
 
-    /// Whether all three namespaces are still held by their bind mounts.
     pub fn exist(&self) -> bool {
-        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-        [self.net(), self.ipc(), self.uts()].iter().all(|p| mounts.contains(&format!(" {} ", p.display())))
+        self.holder().is_some()
     }
 
-    /// Make new namespaces with this hostname and loopback up, pinned under `dir`.
-    /// Runs on a thread of its own: unsharing changes only the calling thread.
-    pub fn create(&self, hostname: &str) -> Result<(), SandboxError> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| SandboxError { what: format!("creating {}", self.dir.display()), source: e })?;
-        let me = self.clone();
-        let hostname = hostname.to_string();
-        let made = std::thread::spawn(move || -> Result<(), SandboxError> {
-            nix::sched::unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWIPC | CloneFlags::CLONE_NEWUTS).map_err(err("unshare"))?;
-            nix::unistd::sethostname(&hostname).map_err(err("sethostname"))?;
-            let tid = nix::unistd::gettid();
-            for (kind, path) in [("net", me.net()), ("ipc", me.ipc()), ("uts", me.uts())] {
-                std::fs::File::create(&path).map_err(|e| SandboxError { what: format!("creating {}", path.display()), source: e })?;
-                let src = format!("/proc/self/task/{tid}/ns/{kind}");
-                nix::mount::mount(Some(src.as_str()), &path, None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                    .map_err(err(format!("pinning the {kind} namespace at {}", path.display())))?;
-            }
-            // A child forked from this thread starts in its namespaces.
-            let up = std::process::Command::new("ip").args(["link", "set", "lo", "up"]).status();
-            match up {
-                Ok(s) if s.success() => Ok(()),
-                Ok(s) => Err(SandboxError { what: "ip link set lo up".into(), source: std::io::Error::other(format!("exited with {s}")) }),
-                Err(e) => Err(SandboxError { what: "running ip".into(), source: e }),
-            }
-        })
-        .join()
-        .unwrap_or_else(|_| Err(SandboxError { what: "namespace thread".into(), source: std::io::Error::other("panicked") }));
-        if made.is_err() {
-            let _ = self.remove();
+    /// Start a holder with new namespaces, this hostname and loopback up.
+    pub async fn create(&self, holder_binary: &Path, node: &str, hostname: &str) -> Result<(), SandboxError> {
+        use tokio::io::AsyncBufReadExt;
+        let io = |what: String| move |e: std::io::Error| SandboxError { what, source: e };
+        std::fs::create_dir_all(&self.dir).map_err(io(format!("creating {}", self.dir.display())))?;
+        let mut child = tokio::process::Command::new(holder_binary)
+            .args(["hold", "--node", node, "--hostname", hostname])
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            // Out of the node's process group: a Ctrl-C to the node must not reach pods.
+            .process_group(0)
+            .spawn()
+            .map_err(io(format!("starting {}", holder_binary.display())))?;
+        let pid = child.id().unwrap_or(0);
+        let mut line = String::new();
+        if let Some(out) = child.stdout.take() {
+            let mut r = tokio::io::BufReader::new(out);
+            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), r.read_line(&mut line)).await;
         }
-        made
+        if line.trim() != "ready" {
+            let _ = child.kill().await;
+            let mut msg = String::new();
+            if let Some(mut e) = child.stderr.take() {
+                use tokio::io::AsyncReadExt;
+                let _ = e.read_to_string(&mut msg).await;
+            }
+            return Err(SandboxError { what: "the namespace holder".into(), source: std::io::Error::other(msg.trim().to_string()) });
+        }
+        let tmp = self.dir.join("holder.tmp");
+        std::fs::write(&tmp, pid.to_string()).map_err(io("recording the holder".into()))?;
+        std::fs::rename(&tmp, self.dir.join("holder")).map_err(io("recording the holder".into()))?;
+        // Reap it when it ends (after a node restart, init does).
+        tokio::spawn(async move {
+            let _ = child.wait().await;
+        });
+        Ok(())
     }
 
-    /// Unpin and delete; keeps going past failures and reports all of them.
+    /// Stop the holder (the namespaces go with their last process) and forget it; keeps going
+    /// past failures and reports all of them.
     pub fn remove(&self) -> Result<(), Vec<SandboxError>> {
         let mut errors = Vec::new();
-        for path in [self.net(), self.ipc(), self.uts()] {
-            if !path.exists() {
-                continue;
-            }
-            match nix::mount::umount2(&path, MntFlags::MNT_DETACH) {
-                Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
-                Err(e) => errors.push(SandboxError { what: format!("unmounting {}", path.display()), source: e.into() }),
-            }
-            if let Err(e) = std::fs::remove_file(&path) {
-                if e.kind() != std::io::ErrorKind::NotFound {
-                    errors.push(SandboxError { what: format!("removing {}", path.display()), source: e });
+        if let Some(pid) = self.holder() {
+            if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL) {
+                if e != nix::errno::Errno::ESRCH {
+                    errors.push(SandboxError { what: format!("stopping the namespace holder {pid}"), source: e.into() });
                 }
             }
         }
-        if let Err(e) = std::fs::remove_dir(&self.dir) {
+        if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 errors.push(SandboxError { what: format!("removing {}", self.dir.display()), source: e });
             }

@@ -155,7 +155,7 @@ async fn port_forward(ctx: Arc<NodeCtx>, ns: &str, pod: &str, mut req: Request<I
     let Some(uid) = ctx.uid_of(ns, pod) else {
         return text(StatusCode::NOT_FOUND, format!("pod {ns}/{pod} is not on this node"));
     };
-    let netns = ctx.ns_dir.join(uid).join("net");
+    let netns = crate::sandbox::PodNamespaces::at(ctx.ns_dir.join(uid)).net();
     let transport = match negotiate(&req, &[], &["portforward.k8s.io"]) {
         Ok(t) => t,
         Err(resp) => return *resp,

@@ -151,6 +151,9 @@ pub fn config_json(c: &ContainerSpec) -> Value {
             {"type": "uts", "path": c.utsns},
         ],
         "cgroupsPath": c.cgroups_path,
+        // The container's mounts are its own: the node unmounts its copy of the rootfs once
+        // the container runs, and that must not reach into the container.
+        "rootfsPropagation": "private",
         "resources": resources,
         "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
             "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],

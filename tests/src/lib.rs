@@ -350,6 +350,7 @@ pub fn clean_node_leftovers(node: &str, data_dir: &Path) {
             let _ = Command::new("runc").arg("--root").arg(&root).args(["delete", "--force", id]).output();
         }
     }
+    let _ = Command::new("pkill").args(["-KILL", "-f", &format!("nodeless-shim hold --node {node} ")]).output();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let data = data_dir.to_string_lossy().to_string();
     let run = format!("/run/nodeless/{node}/");

@@ -187,7 +187,38 @@ fn run(args: Args) -> Result<ExitRecord, String> {
     })
 }
 
+/// `nodeless-shim hold --node N --hostname H`: new network, IPC and UTS namespaces for a pod,
+/// with its hostname and loopback up, held until the process is killed. Prints `ready`.
+fn hold() -> ExitCode {
+    let args: Vec<String> = std::env::args().collect();
+    let hostname = args.iter().position(|a| a == "--hostname").and_then(|i| args.get(i + 1)).cloned().unwrap_or_default();
+    let flags = nix::sched::CloneFlags::CLONE_NEWNET | nix::sched::CloneFlags::CLONE_NEWIPC | nix::sched::CloneFlags::CLONE_NEWUTS;
+    if let Err(e) = nix::sched::unshare(flags) {
+        eprintln!("nodeless-shim hold: unshare: {e}");
+        return ExitCode::FAILURE;
+    }
+    if let Err(e) = nix::unistd::sethostname(&hostname) {
+        eprintln!("nodeless-shim hold: sethostname {hostname:?}: {e}");
+        return ExitCode::FAILURE;
+    }
+    match Command::new("ip").args(["link", "set", "lo", "up"]).stdin(Stdio::null()).status() {
+        Ok(s) if s.success() => {}
+        other => {
+            eprintln!("nodeless-shim hold: ip link set lo up: {other:?}");
+            return ExitCode::FAILURE;
+        }
+    }
+    println!("ready");
+    let _ = std::io::stdout().flush();
+    loop {
+        nix::unistd::pause();
+    }
+}
+
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some("hold") {
+        return hold();
+    }
     let args = match parse_args() {
         Ok(a) => a,
         Err(e) => {

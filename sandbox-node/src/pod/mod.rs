@@ -264,9 +264,7 @@ impl Worker {
         let hostname = self.pod.spec.as_ref().and_then(|s| s.hostname.clone()).or(self.pod.metadata.name.clone()).unwrap_or_default();
         let hostname: String = hostname.chars().take(63).collect();
         if !self.ns.exist() {
-            let ns = self.ns.clone();
-            let h = hostname.clone();
-            tokio::task::spawn_blocking(move || ns.create(&h)).await.map_err(|e| e.to_string())?.map_err(|e| e.to_string())?;
+            self.ns.create(&self.ctx.holder_binary, &self.ctx.name, &hostname).await.map_err(|e| e.to_string())?;
         }
         let ip = self.ctx.network.attach(&self.uid, &self.pod, &self.ns.net()).await.map_err(|e| format!("network: {e}"))?;
         self.pod_ip = ip;
@@ -426,6 +424,11 @@ impl Worker {
             let mut line = String::new();
             let mut reader = tokio::io::BufReader::new(stdout);
             let _ = tokio::time::timeout(Duration::from_secs(60), reader.read_line(&mut line)).await;
+        }
+        // The container has its own copy of the rootfs mount now; the host's would only make
+        // every later container's mount namespace larger (and slower to create).
+        if let Err(e) = teardown::unmount_rootfs(&bundle) {
+            tracing::warn!(pod = %self.pod_name(), error = %e, "unmounting the started container's rootfs");
         }
         tracing::debug!(pod = %self.pod_name(), container = name, prepare_ms = prepared.as_millis() as u64, start_ms = (t0.elapsed() - prepared).as_millis() as u64, "container started");
         let attempt = Attempt { number, id, started_at: now_rfc3339(), image: image_ref.clone(), image_id: image.id.clone(), exit: None };

@@ -80,7 +80,13 @@ fn leftovers(n: &Nodeless) -> Vec<String> {
         found.extend(String::from_utf8_lossy(&out.stdout).lines().map(|l| format!("runc container {l}")));
     }
     let ps = std::process::Command::new("ps").args(["-eo", "args"]).output().unwrap();
-    found.extend(String::from_utf8_lossy(&ps.stdout).lines().filter(|l| l.contains("nodeless-shim") && l.contains(&root)).map(|l| format!("process {l}")));
+    let holder = format!("nodeless-shim hold --node {node} ");
+    found.extend(
+        String::from_utf8_lossy(&ps.stdout)
+            .lines()
+            .filter(|l| l.contains("nodeless-shim") && (l.contains(&root) || l.contains(&holder)))
+            .map(|l| format!("process {l}")),
+    );
     let data = n.data_dir().to_string_lossy().to_string();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     found.extend(mounts.lines().filter(|l| l.contains(&data) || l.contains(&format!("/run/nodeless/{node}/"))).map(|l| format!("mount {l}")));
