@@ -1,6 +1,7 @@
 //! The test image's HTTP echo server: answers every request with the pod's name, the request's
 //! path and its headers. `/status/<code>` answers with that status (for probes that must fail).
-//! Standard library only, so the image holds one binary and the C library.
+//! It exits on SIGTERM, as a well-behaved server does (as PID 1 it would otherwise ignore it).
+//! The image holds this one binary and the C library.
 #![forbid(unsafe_code)]
 
 use std::io::{BufRead, BufReader, Write};
@@ -52,6 +53,14 @@ fn handle(stream: TcpStream, pod: &str) -> std::io::Result<()> {
 }
 
 fn main() {
+    if let Ok(mut signals) = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM]) {
+        std::thread::spawn(move || {
+            if signals.forever().next().is_some() {
+                println!("echo-server: SIGTERM, exiting");
+                std::process::exit(0);
+            }
+        });
+    }
     let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
     let pod = std::env::var("POD_NAME").ok().or_else(|| std::fs::read_to_string("/etc/hostname").ok()).unwrap_or_default().trim().to_string();
     let listener = match TcpListener::bind(format!("0.0.0.0:{port}")) {
