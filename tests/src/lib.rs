@@ -194,6 +194,11 @@ impl Nodeless {
         bail!("nodeless up did not write its kubeconfig in 30 s: {}", self.log())
     }
 
+    /// The PID of the running `nodeless up`.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("nodeless.log")).unwrap_or_default()
     }

@@ -57,6 +57,16 @@ fn stats(mut v: Vec<f64>) -> (f64, f64) {
     (percentile(&v, 0.5), percentile(&v, 0.99))
 }
 
+/// CPU seconds (user + system) a process has used so far.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit(')').next().unwrap_or_default();
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of stat (utime, stime), counted after the command's closing parenthesis.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
 /// (RSS, PSS) in KiB of a process.
 fn memory(pid: u32) -> (u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
@@ -157,6 +167,7 @@ async fn nodeless(args: &Args) -> Result<Figures> {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let names: Vec<String> = (0..args.burst).map(|i| format!("burst-{i}")).collect();
+    let (node_cpu0, control_cpu0) = (cpu_secs(node.id()), n.pid().map_or(0.0, cpu_secs));
     let t0 = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -175,6 +186,11 @@ async fn nodeless(args: &Args) -> Result<Figures> {
     }
     let done = wait_ready(&times, &names, Duration::from_secs(300)).await?;
     let burst_secs = done.duration_since(t0).as_secs_f64();
+    eprintln!(
+        "nodeless: during the burst the node used {:.1} s of CPU and the control plane {:.1} s (the rest is runc, shims and the machine)",
+        cpu_secs(node.id()) - node_cpu0,
+        n.pid().map_or(0.0, cpu_secs) - control_cpu0
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss1, pss1) = memory(node.id());
     let root = format!("/run/nodeless/{node_name}/runtime");
