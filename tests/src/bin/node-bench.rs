@@ -256,7 +256,8 @@ impl Drop for Podman {
     fn drop(&mut self) {
         let _ = self.cmd().args(["rm", "-a", "-f", "-t", "0"]).output();
         let _ = self.cmd().args(["system", "reset", "-f"]).output();
-        let _ = Command::new("umount").arg("-R").arg(&self.root).output();
+        // podman's overlay driver bind-mounts its storage onto itself.
+        let _ = Command::new("umount").arg("-R").arg(self.root.join("overlay")).output();
         if let Some(base) = self.root.parent() {
             let _ = std::fs::remove_dir_all(base);
         }

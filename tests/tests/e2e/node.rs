@@ -349,30 +349,41 @@ impl Registry {
 
     /// Push the busybox test image (an OCI layout) with podman, a client that is not ours.
     fn push(&self, layout: &Path, name: &str, save_as: Option<&Path>) {
-        let root = tempfile::tempdir().unwrap();
-        let podman = |args: &[&str]| {
-            let out = std::process::Command::new("podman")
-                .arg("--root")
-                .arg(root.path().join("root"))
-                .arg("--runroot")
-                .arg(root.path().join("run"))
-                .args(["--events-backend", "none"])
-                .args(args)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-        };
-        let archive = root.path().join("image.tar");
+        let root = PodmanStore(tempfile::tempdir().unwrap());
+        let archive = root.0.path().join("image.tar");
         let tar = std::process::Command::new("tar").arg("-cf").arg(&archive).arg("-C").arg(layout).arg(".").status().unwrap();
         assert!(tar.success());
-        podman(&["load", "-i", &archive.to_string_lossy()]);
+        root.podman(&["load", "-i", &archive.to_string_lossy()]);
         let dest = format!("docker://{}/{name}", self.addr);
-        podman(&["push", "--tls-verify=false", nodeless_tests::images::BUSYBOX, &dest]);
+        root.podman(&["push", "--tls-verify=false", nodeless_tests::images::BUSYBOX, &dest]);
         // While podman has it: a `docker save` archive of the same image, for the import test.
         if let Some(save) = save_as {
-            podman(&["save", "--format", "docker-archive", "-o", &save.to_string_lossy(), nodeless_tests::images::BUSYBOX]);
+            root.podman(&["save", "--format", "docker-archive", "-o", &save.to_string_lossy(), nodeless_tests::images::BUSYBOX]);
         }
-        let _ = std::process::Command::new("podman").arg("--root").arg(root.path().join("root")).arg("--runroot").arg(root.path().join("run")).args(["system", "reset", "-f"]).output();
+    }
+}
+
+/// A podman storage of the test's own, removed (mounts included) even when the test fails.
+struct PodmanStore(tempfile::TempDir);
+
+impl PodmanStore {
+    fn command(&self) -> std::process::Command {
+        let mut c = std::process::Command::new("podman");
+        c.arg("--root").arg(self.0.path().join("root")).arg("--runroot").arg(self.0.path().join("run")).args(["--events-backend", "none"]);
+        c
+    }
+
+    fn podman(&self, args: &[&str]) {
+        let out = self.command().args(args).output().unwrap();
+        assert!(out.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for PodmanStore {
+    fn drop(&mut self) {
+        let _ = self.command().args(["system", "reset", "-f"]).output();
+        // podman's overlay driver bind-mounts its storage onto itself; that mount is ours to remove.
+        let _ = std::process::Command::new("umount").arg("-R").arg(self.0.path().join("root/overlay")).output();
     }
 }
 
