@@ -128,3 +128,15 @@ pub fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 
     .join()
     .unwrap_or_else(|_| Err(SandboxError { what: "netns thread".into(), source: std::io::Error::other("panicked") }))
 }
+
+/// A TCP connection made from inside the network namespace at `netns` (the socket stays there).
+pub async fn connect_in(netns: &Path, addr: std::net::SocketAddr, timeout: std::time::Duration) -> Result<tokio::net::TcpStream, String> {
+    let netns = netns.to_path_buf();
+    let stream = tokio::task::spawn_blocking(move || in_netns(&netns, move || std::net::TcpStream::connect_timeout(&addr, timeout)))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("dial tcp {addr}: {e}"))?;
+    stream.set_nonblocking(true).map_err(|e| e.to_string())?;
+    tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())
+}

@@ -105,13 +105,27 @@ fn switching(t: &Transport) -> Response<Body> {
     b.body(Full::new(Bytes::new()).boxed()).unwrap_or_default()
 }
 
+/// A container's saved attempt (the current one, or the one before it) and where its files are.
+fn saved_attempt(ctx: &NodeCtx, ns: &str, pod: &str, container: &str, previous: bool) -> Result<(crate::pod::Attempt, PathBuf), String> {
+    let uid = ctx.uid_of(ns, pod).ok_or_else(|| format!("pod {ns}/{pod} is not on this node"))?;
+    let dir = ctx.pod_dir(&uid);
+    let saved = crate::pod::state::load(&dir).and_then(|mut s| s.containers.remove(container));
+    let attempt = saved.and_then(|c| if previous { c.previous } else { c.current });
+    let Some(a) = attempt else {
+        return Err(if previous {
+            format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")
+        } else {
+            format!("container \"{container}\" in pod \"{pod}\" is waiting to start")
+        });
+    };
+    let files = dir.join("containers").join(container).join(a.number.to_string());
+    Ok((a, files))
+}
+
 /// The runtime ID of a container's running attempt.
 fn running_container(ctx: &NodeCtx, ns: &str, pod: &str, container: &str) -> Result<String, String> {
-    let uid = ctx.uid_of(ns, pod).ok_or_else(|| format!("pod {ns}/{pod} is not on this node"))?;
-    let saved: serde_json::Value = std::fs::read(ctx.pod_dir(&uid).join("state.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-    let cur = &saved["containers"][container]["current"];
-    match cur["id"].as_str() {
-        Some(id) if cur["exit"].is_null() => Ok(id.to_string()),
+    match saved_attempt(ctx, ns, pod, container, false)? {
+        (a, _) if a.exit.is_none() => Ok(a.id),
         _ => Err(format!("container {container} is not running")),
     }
 }
@@ -171,20 +185,8 @@ async fn port_forward(ctx: Arc<NodeCtx>, ns: &str, pod: &str, mut req: Request<I
 
 /// The log file of a container's current (or previous) attempt, and its exit file.
 pub fn log_files(ctx: &NodeCtx, ns: &str, pod: &str, container: &str, previous: bool) -> Result<(PathBuf, PathBuf), String> {
-    let uid = ctx.uid_of(ns, pod).ok_or_else(|| format!("pod {ns}/{pod} is not on this node"))?;
-    let dir = ctx.pod_dir(&uid);
-    let saved: serde_json::Value = std::fs::read(dir.join("state.json")).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
-    let c = &saved["containers"][container];
-    let attempt = if previous { &c["previous"] } else { &c["current"] };
-    let Some(n) = attempt["number"].as_u64() else {
-        return Err(if previous {
-            format!("previous terminated container \"{container}\" in pod \"{pod}\" not found")
-        } else {
-            format!("container \"{container}\" in pod \"{pod}\" is waiting to start")
-        });
-    };
-    let base = dir.join("containers").join(container).join(n.to_string());
-    Ok((base.join("log"), base.join("exit")))
+    let (_, files) = saved_attempt(ctx, ns, pod, container, previous)?;
+    Ok((files.join("log"), files.join("exit")))
 }
 
 struct Options {

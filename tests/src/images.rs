@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+use nodeless_sandbox_node::image::layout;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 
@@ -50,18 +51,6 @@ fn layer(entries: &[Entry]) -> Result<Vec<u8>> {
     Ok(b.into_inner()?)
 }
 
-fn sha(b: &[u8]) -> String {
-    format!("sha256:{}", hex::encode(Sha256::digest(b)))
-}
-
-fn put_blob(dir: &Path, bytes: &[u8]) -> Result<String> {
-    let d = sha(bytes);
-    let p = dir.join("blobs/sha256").join(&d[7..]);
-    std::fs::create_dir_all(p.parent().unwrap_or(dir))?;
-    std::fs::write(p, bytes)?;
-    Ok(d)
-}
-
 /// Write an OCI image layout with one gzip layer.
 fn write_layout(dir: &Path, reference: &str, tar_bytes: &[u8], entrypoint: &[&str], cmd: &[&str]) -> Result<PathBuf> {
     let _ = std::fs::remove_dir_all(dir);
@@ -69,25 +58,12 @@ fn write_layout(dir: &Path, reference: &str, tar_bytes: &[u8], entrypoint: &[&st
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(tar_bytes)?;
     let gz = gz.finish()?;
-    let layer_digest = put_blob(dir, &gz)?;
     let config = json!({
         "architecture": "amd64", "os": "linux",
         "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Entrypoint": entrypoint, "Cmd": cmd, "WorkingDir": "/"},
-        "rootfs": {"type": "layers", "diff_ids": [sha(tar_bytes)]}
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", hex::encode(Sha256::digest(tar_bytes)))]}
     });
-    let config_bytes = serde_json::to_vec(&config)?;
-    let config_digest = put_blob(dir, &config_bytes)?;
-    let manifest = json!({
-        "schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_bytes.len()},
-        "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": layer_digest, "size": gz.len()}]
-    });
-    let manifest_bytes = serde_json::to_vec(&manifest)?;
-    let manifest_digest = put_blob(dir, &manifest_bytes)?;
-    let index = json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json",
-        "digest": manifest_digest, "size": manifest_bytes.len(), "annotations": {"org.opencontainers.image.ref.name": reference}}]});
-    std::fs::write(dir.join("index.json"), serde_json::to_vec(&index)?)?;
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion": "1.0.0"}"#)?;
+    layout::write(dir, reference, &serde_json::to_vec(&config)?, &[("application/vnd.oci.image.layer.v1.tar+gzip", &gz)])?;
     Ok(dir.to_path_buf())
 }
 

@@ -9,6 +9,7 @@
 //! ```
 
 mod import;
+pub mod layout;
 mod pull;
 pub mod reference;
 mod unpack;

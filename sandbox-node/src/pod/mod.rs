@@ -5,7 +5,7 @@
 mod container;
 mod files;
 pub mod probe;
-mod state;
+pub(crate) mod state;
 mod status;
 mod teardown;
 
@@ -62,7 +62,7 @@ impl Worker {
     pub fn spawn(ctx: Arc<NodeCtx>, pod: Pod) -> mpsc::UnboundedSender<Event> {
         let (tx, rx) = mpsc::unbounded_channel();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
-        let dir = ctx.pods_dir.join(&uid);
+        let dir = ctx.pod_dir(&uid);
         let ns = PodNamespaces::at(ctx.ns_dir.join(&uid));
         let spec = pod.spec.clone().unwrap_or_default();
         let mut ctrs: Vec<Ctr> = Vec::new();
@@ -367,9 +367,6 @@ impl Worker {
                 c.backoff = (c.backoff * 2).min(self.ctx.backoff_max);
                 if first {
                     self.event("Warning", if reason == "ErrImagePull" { "Failed" } else { &reason }, &message);
-                }
-                if reason == "ErrImagePull" {
-                    self.ctrs[i].waiting = Some(("ErrImagePull".into(), message));
                 }
             }
         }

@@ -11,7 +11,6 @@ use k8s_openapi::api::core::v1::{Container, ExecAction, HTTPGetAction, Lifecycle
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 use crate::runtime::Runtime;
-use crate::sandbox::in_netns;
 
 #[derive(Clone)]
 pub struct Target {
@@ -76,14 +75,7 @@ pub fn hook_action(c: &Container, h: &LifecycleHandler) -> Result<Action, String
 async fn connect(t: &Target, host: &str, port: u16, timeout: Duration) -> Result<tokio::net::TcpStream, String> {
     let host = if !host.is_empty() { host.to_string() } else if !t.pod_ip.is_empty() { t.pod_ip.clone() } else { "127.0.0.1".to_string() };
     let addr: SocketAddr = format!("{host}:{port}").parse().map_err(|_| format!("{host}:{port} is not an address"))?;
-    let netns = t.netns.clone();
-    let std_stream = tokio::task::spawn_blocking(move || in_netns(&netns, move || std::net::TcpStream::connect_timeout(&addr, timeout)))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("dial tcp {addr}: {e}"))?;
-    std_stream.set_nonblocking(true).map_err(|e| e.to_string())?;
-    tokio::net::TcpStream::from_std(std_stream).map_err(|e| e.to_string())
+    crate::sandbox::connect_in(&t.netns, addr, timeout).await
 }
 
 async fn http_get(t: &Target, host: &str, port: u16, path: &str, headers: &[(String, String)], timeout: Duration) -> Result<(), String> {

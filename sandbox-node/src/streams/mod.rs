@@ -36,14 +36,14 @@ pub type Input = mpsc::Receiver<(u8, Option<Vec<u8>>)>;
 /// The sending half of a stream session.
 #[derive(Clone)]
 pub enum Output {
-    Ws { sink: Arc<Mutex<WsSink>>, v5: bool },
+    Ws { sink: Arc<Mutex<WsSink>> },
     Spdy { spdy: spdy::Spdy<WriteHalf<Io>>, ids: Arc<HashMap<u8, u32>> },
 }
 
 impl Output {
     pub async fn write(&self, channel: u8, data: &[u8]) -> std::io::Result<()> {
         match self {
-            Output::Ws { sink, .. } => {
+            Output::Ws { sink } => {
                 let mut m = Vec::with_capacity(data.len() + 1);
                 m.push(channel);
                 m.extend_from_slice(data);
@@ -59,7 +59,7 @@ impl Output {
     /// Close every channel and the session.
     pub async fn finish(&self) {
         match self {
-            Output::Ws { sink, .. } => {
+            Output::Ws { sink } => {
                 // A normal closure: the client reads it as the end of every stream (the
                 // per-channel close signal of v5 goes only from client to server).
                 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
@@ -96,7 +96,7 @@ pub async fn websocket(io: Io, v5: bool) -> (Output, Input) {
         }
         let _ = tx.send((STDIN, None)).await;
     });
-    (Output::Ws { sink: Arc::new(Mutex::new(sink)), v5 }, rx)
+    (Output::Ws { sink: Arc::new(Mutex::new(sink)) }, rx)
 }
 
 /// A SPDY exec session: wait for the client to open the streams it asked for (by their

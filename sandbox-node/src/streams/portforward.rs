@@ -81,16 +81,9 @@ async fn connection(
         return fail("the data stream names no port".into()).await;
     };
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let dialed = tokio::task::spawn_blocking(move || crate::sandbox::in_netns(&netns, move || std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5)))).await;
-    let stream = match dialed {
-        Ok(Ok(Ok(s))) => s,
-        Ok(Ok(Err(e))) => return fail(format!("error forwarding port {port} to pod: dial tcp4 {addr}: {e}")).await,
-        Ok(Err(e)) => return fail(format!("error forwarding port {port}: {e}")).await,
-        Err(e) => return fail(e.to_string()).await,
-    };
-    let _ = stream.set_nonblocking(true);
-    let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
-        return fail("socket setup failed".into()).await;
+    let stream = match crate::sandbox::connect_in(&netns, addr, Duration::from_secs(5)).await {
+        Ok(s) => s,
+        Err(e) => return fail(format!("error forwarding port {port} to pod: {e}")).await,
     };
     let (mut r, mut w) = stream.into_split();
     let up = tokio::spawn(async move {
