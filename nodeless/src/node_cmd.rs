@@ -15,8 +15,9 @@ pub struct NodeArgs {
     /// The Node's name (default: nodeless-<hostname>).
     #[arg(long)]
     pub node_name: Option<String>,
-    /// The OCI runtime: runc (default; applies cgroup limits on cgroups v1), crun, or a path.
-    #[arg(long, default_value = "runc")]
+    /// The OCI runtime: `auto` (crun where the cgroup layout lets it run, else runc), crun, runc,
+    /// or a path to another runtime with the same command line.
+    #[arg(long, default_value = "auto")]
     pub runtime: String,
     /// Where the kubelet API listens (control proxies logs and exec here).
     #[arg(long, default_value = "127.0.0.1:0")]
@@ -59,6 +60,30 @@ fn find_runtime(name: &str) -> anyhow::Result<PathBuf> {
     anyhow::bail!("the OCI runtime {name:?} is not installed (apt-get install {name})")
 }
 
+/// The runtime binary for `--runtime`. crun refuses every container on a cgroups v1 hybrid host
+/// whose v2 hierarchy still holds a controller, so for crun (and `auto`, which prefers it as the
+/// faster of the two) such controllers are first given v1 hierarchies.
+fn choose_runtime(name: &str) -> anyhow::Result<PathBuf> {
+    use nodeless_sandbox_node::cgroups;
+    let wants_crun = name == "auto" || Path::new(name).file_name().is_some_and(|f| f == "crun");
+    if wants_crun && !cgroups::crun_supported(&cgroups::layout()) {
+        match cgroups::bind_v2_controllers() {
+            Ok(moved) => tracing::info!(controllers = %moved.join(","), "gave the controllers left on the cgroups v2 hierarchy their own v1 hierarchies under /sys/fs/cgroup, so crun can run"),
+            Err(e) if name == "auto" => tracing::warn!("crun cannot run on this cgroup layout ({e}); using runc"),
+            Err(e) => anyhow::bail!("crun cannot run on this hybrid cgroup layout: {e}"),
+        }
+    }
+    if name != "auto" {
+        return find_runtime(name);
+    }
+    if cgroups::crun_supported(&cgroups::layout())
+        && let Ok(crun) = find_runtime("crun")
+    {
+        return Ok(crun);
+    }
+    find_runtime("runc").context("neither crun nor runc is installed (apt-get install crun runc)")
+}
+
 fn shim_path() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let shim = exe.with_file_name("nodeless-shim");
@@ -76,7 +101,7 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
     // The runtime resolves bundle paths itself: everything the node hands it is absolute.
     let dir = std::path::absolute(node_dir(data_dir))?;
     let shim = shim_path()?;
-    let runtime = Arc::new(OciRuntime::new(find_runtime(&args.runtime)?, run_dir.join("runtime"), shim.clone()));
+    let runtime = Arc::new(OciRuntime::new(choose_runtime(&args.runtime)?, run_dir.join("runtime"), shim.clone()));
     let network: Arc<dyn Network> = match &args.cni_conf {
         Some(conf) => Arc::new(Cni::load(conf, args.cni_bin_dir.clone(), dir.join("cni"))?),
         None => Arc::new(LoopbackOnly),

@@ -142,7 +142,7 @@ fn node_object(name: &str, host_ip: &str, port: u16, runtime: &str) -> Node {
             "capacity": capacity, "allocatable": capacity,
             "nodeInfo": {"kubeletVersion": format!("v1.33.0-nodeless-{}", env!("CARGO_PKG_VERSION")), "osImage": "nodeless sandbox-node",
                 "kernelVersion": nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().to_string()).unwrap_or_default(),
-                "containerRuntimeVersion": format!("{runtime}://oci"), "architecture": std::env::consts::ARCH.replace("x86_64", "amd64"),
+                "containerRuntimeVersion": runtime, "architecture": std::env::consts::ARCH.replace("x86_64", "amd64"),
                 "operatingSystem": "linux", "machineID": "", "systemUUID": "", "bootID": "", "kubeProxyVersion": ""}
         }
     }))
@@ -289,7 +289,7 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     let kubelet_addr = listener.local_addr()?;
     let server = tokio::spawn(crate::server::serve(listener, ctx.clone()));
-    register(&client, &node_object(&cfg.name, &cfg.host_ip, kubelet_addr.port(), ctx.runtime.name())).await?;
+    register(&client, &node_object(&cfg.name, &cfg.host_ip, kubelet_addr.port(), &ctx.runtime.version())).await?;
     let hb = tokio::spawn(heartbeat(client, cfg.name.clone()));
     let watch = tokio::spawn(watch_pods(ctx.clone()));
     tracing::info!(node = %cfg.name, kubelet = %kubelet_addr, "node registered");

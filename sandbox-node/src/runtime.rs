@@ -25,6 +25,13 @@ pub struct Launch {
     pub exit: PathBuf,
 }
 
+/// A running container as `exec` needs it.
+#[derive(Clone, Debug)]
+pub struct ContainerRef {
+    pub id: String,
+    pub bundle: PathBuf,
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ContainerState {
     pub id: String,
@@ -36,6 +43,10 @@ pub struct ContainerState {
 #[async_trait]
 pub trait Runtime: Send + Sync {
     fn name(&self) -> &str;
+    /// `<name>://<version>`, as a Node's `containerRuntimeVersion` shows it.
+    fn version(&self) -> String {
+        format!("{}://unknown", self.name())
+    }
     /// Start the container in `launch.bundle` under a shim; the child is the shim, whose stdout
     /// says `started <pid>` once the container runs (and closes without it if it never does).
     async fn start(&self, launch: &Launch) -> Result<Child, RuntimeError>;
@@ -43,20 +54,31 @@ pub trait Runtime: Send + Sync {
     /// Remove the container, killing it if it still runs. Gone already is success.
     async fn delete(&self, id: &str) -> Result<(), RuntimeError>;
     async fn list(&self) -> Result<Vec<ContainerState>, RuntimeError>;
-    /// A command that runs `args` inside the running container (exec probes, hooks, `kubectl exec`).
-    fn exec(&self, id: &str, args: &[String], tty: bool) -> Command;
+    /// A command that runs `args` inside the running container (exec probes, hooks, `kubectl exec`)
+    /// as the container's own process does: same user and groups, environment, working directory,
+    /// capabilities and limits.
+    fn exec(&self, c: &ContainerRef, args: &[String], tty: bool) -> Result<Command, RuntimeError>;
 }
 
 pub struct OciRuntime {
     binary: PathBuf,
     root: PathBuf,
     shim: PathBuf,
+    version: String,
 }
 
 impl OciRuntime {
     /// `root` holds the runtime's state (one per node, so nodes never see each other's containers).
     pub fn new(binary: impl Into<PathBuf>, root: impl Into<PathBuf>, shim: impl Into<PathBuf>) -> Self {
-        Self { binary: binary.into(), root: root.into(), shim: shim.into() }
+        let binary = binary.into();
+        // runc and crun both print `<name> version <x.y.z>` first.
+        let version = std::process::Command::new(&binary)
+            .arg("--version")
+            .output()
+            .ok()
+            .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().and_then(|l| l.split_whitespace().nth(2)).map(str::to_string))
+            .unwrap_or_else(|| "unknown".into());
+        Self { binary, root: root.into(), shim: shim.into(), version }
     }
 
     fn command(&self) -> Command {
@@ -84,6 +106,25 @@ impl OciRuntime {
     }
 }
 
+/// Write (once per distinct command) the process file for `exec` beside the bundle's config.json:
+/// its `process` with `args` and `terminal` replaced. Returns the file's path.
+fn exec_process(bundle: &Path, args: &[String], tty: bool) -> Result<PathBuf, String> {
+    use sha2::Digest;
+    let key = serde_json::to_vec(&(args, tty)).unwrap_or_default();
+    let path = bundle.join(format!("exec-{}.json", &hex::encode(sha2::Sha256::digest(&key))[..16]));
+    if path.exists() {
+        return Ok(path);
+    }
+    let config = std::fs::read(bundle.join("config.json")).map_err(|e| format!("reading the container's config.json: {e}"))?;
+    let config: serde_json::Value = serde_json::from_slice(&config).map_err(|e| format!("the container's config.json: {e}"))?;
+    let mut process = config.get("process").cloned().ok_or("the container's config.json has no process")?;
+    process["args"] = serde_json::json!(args);
+    process["terminal"] = serde_json::json!(tty);
+    let tmp = path.with_extension(format!("{:016x}.tmp", rand::random::<u64>()));
+    std::fs::write(&tmp, serde_json::to_vec(&process).unwrap_or_default()).and_then(|_| std::fs::rename(&tmp, &path)).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    Ok(path)
+}
+
 fn gone(e: &RuntimeError) -> bool {
     matches!(e, RuntimeError::Failed { message, .. } if message.contains("does not exist") || message.contains("not found") || message.contains("not running") || message.contains("process already finished"))
 }
@@ -92,6 +133,10 @@ fn gone(e: &RuntimeError) -> bool {
 impl Runtime for OciRuntime {
     fn name(&self) -> &str {
         Path::new(&self.binary).file_name().and_then(|n| n.to_str()).unwrap_or("oci")
+    }
+
+    fn version(&self) -> String {
+        format!("{}://{}", self.name(), self.version)
     }
 
     async fn start(&self, l: &Launch) -> Result<Child, RuntimeError> {
@@ -145,13 +190,17 @@ impl Runtime for OciRuntime {
             .collect())
     }
 
-    fn exec(&self, id: &str, args: &[String], tty: bool) -> Command {
-        let mut c = Command::new(&self.binary);
-        c.arg("--root").arg(&self.root).arg("exec");
-        if tty {
-            c.arg("--tty");
-        }
-        c.arg(id).args(args);
-        c
+    fn exec(&self, c: &ContainerRef, args: &[String], tty: bool) -> Result<Command, RuntimeError> {
+        // runc's `exec` starts from the container's process (user, groups, env, cwd, caps); crun's
+        // starts from root with nothing. A process file built from config.json gives both the same.
+        let process = exec_process(&c.bundle, args, tty).map_err(|e| RuntimeError::Failed {
+            binary: self.binary.display().to_string(),
+            command: "exec".into(),
+            id: c.id.clone(),
+            message: e,
+        })?;
+        let mut cmd = self.command();
+        cmd.arg("exec").arg("--process").arg(process).arg(&c.id);
+        Ok(cmd)
     }
 }

@@ -118,14 +118,14 @@ fn saved_attempt(ctx: &NodeCtx, ns: &str, pod: &str, container: &str, previous: 
             format!("container \"{container}\" in pod \"{pod}\" is waiting to start")
         });
     };
-    let files = dir.join("containers").join(container).join(a.number.to_string());
+    let files = crate::pod::bundle_dir(&dir, container, a.number);
     Ok((a, files))
 }
 
-/// The runtime ID of a container's running attempt.
-fn running_container(ctx: &NodeCtx, ns: &str, pod: &str, container: &str) -> Result<String, String> {
+/// A container's running attempt.
+fn running_container(ctx: &NodeCtx, ns: &str, pod: &str, container: &str) -> Result<crate::runtime::ContainerRef, String> {
     match saved_attempt(ctx, ns, pod, container, false)? {
-        (a, _) if a.exit.is_none() => Ok(a.id),
+        (a, bundle) if a.exit.is_none() => Ok(crate::runtime::ContainerRef { id: a.id, bundle }),
         _ => Err(format!("container {container} is not running")),
     }
 }

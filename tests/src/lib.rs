@@ -346,13 +346,21 @@ pub fn test_image_layouts() -> Result<Vec<PathBuf>> {
         .map_err(anyhow::Error::msg)
 }
 
+/// The containers a node's OCI runtime holds: one state directory each, for runc and crun alike.
+pub fn runtime_containers(node: &str) -> Vec<String> {
+    let root = Path::new("/run/nodeless").join(node).join("runtime");
+    let mut ids: Vec<String> = std::fs::read_dir(root).into_iter().flatten().flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    ids.sort();
+    ids
+}
+
 /// Remove whatever a node left on the host (containers, shims, mounts, namespaces, cgroups, its
 /// runtime directory), for tests and benchmarks that stop a node before its pods are gone.
 pub fn clean_node_leftovers(node: &str, data_dir: &Path) {
     let root = Path::new("/run/nodeless").join(node).join("runtime");
-    if let Ok(out) = Command::new("runc").arg("--root").arg(&root).args(["list", "-q"]).output() {
-        for id in String::from_utf8_lossy(&out.stdout).lines() {
-            let _ = Command::new("runc").arg("--root").arg(&root).args(["delete", "--force", id]).output();
+    for id in runtime_containers(node) {
+        for runtime in ["crun", "runc"] {
+            let _ = Command::new(runtime).arg("--root").arg(&root).args(["delete", "--force", &id]).output();
         }
     }
     let _ = Command::new("pkill").args(["-KILL", "-f", &format!("nodeless-shim hold --node {node} ")]).output();

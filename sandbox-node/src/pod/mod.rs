@@ -10,7 +10,7 @@ mod status;
 mod teardown;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -386,7 +386,7 @@ impl Worker {
             (None, _) => 0,
         };
         let id = format!("{}-{}-{number}", self.uid, name);
-        let bundle = self.dir.join("containers").join(name).join(number.to_string());
+        let bundle = bundle_dir(&self.dir, name, number);
         let _ = teardown::unmount_rootfs(&bundle);
         let _ = std::fs::remove_dir_all(&bundle);
         for d in ["rootfs", "upper", "work"] {
@@ -567,7 +567,10 @@ impl Worker {
         let c = self.ctrs.iter().find(|c| c.name == name)?;
         Some(probe::Target {
             runtime: self.ctx.runtime.clone(),
-            container_id: c.current.as_ref()?.id.clone(),
+            container_ref: {
+                let a = c.current.as_ref()?;
+                crate::runtime::ContainerRef { id: a.id.clone(), bundle: bundle_dir(&self.dir, name, a.number) }
+            },
             netns: self.ns.net(),
             pod_ip: self.pod_ip.clone(),
             container: self.spec_of(name)?,
@@ -698,4 +701,9 @@ impl Worker {
         }
         self.ctx.forget(&self.uid);
     }
+}
+
+/// Where attempt `number` of a container keeps its bundle, log and exit record.
+pub fn bundle_dir(pod_dir: &Path, container: &str, number: u32) -> PathBuf {
+    pod_dir.join("containers").join(container).join(number.to_string())
 }

@@ -15,7 +15,7 @@ use crate::runtime::Runtime;
 #[derive(Clone)]
 pub struct Target {
     pub runtime: Arc<dyn Runtime>,
-    pub container_id: String,
+    pub container_ref: crate::runtime::ContainerRef,
     pub netns: PathBuf,
     pub pod_ip: String,
     pub container: Container,
@@ -107,7 +107,7 @@ pub async fn run(t: &Target, action: &Action, timeout: Duration) -> Result<(), S
     let work = async {
         match action {
             Action::Exec(cmd) => {
-                let out = t.runtime.exec(&t.container_id, cmd, false).stdin(std::process::Stdio::null()).output().await.map_err(|e| e.to_string())?;
+                let out = t.runtime.exec(&t.container_ref, cmd, false).map_err(|e| e.to_string())?.stdin(std::process::Stdio::null()).output().await.map_err(|e| e.to_string())?;
                 if out.status.success() {
                     Ok(())
                 } else {

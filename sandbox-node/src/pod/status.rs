@@ -5,11 +5,11 @@ use serde_json::{Value, json};
 use super::Worker;
 use super::state::{Attempt, Ctr};
 
-fn terminated(a: &Attempt) -> Option<Value> {
+fn terminated(a: &Attempt, runtime: &str) -> Option<Value> {
     let e = a.exit.as_ref()?;
     let mut t = json!({
         "exitCode": e.exit_code, "reason": e.reason, "startedAt": a.started_at, "finishedAt": e.finished_at,
-        "containerID": format!("runc://{}", a.id),
+        "containerID": format!("{runtime}://{}", a.id),
     });
     if let Some(s) = e.signal {
         t["signal"] = json!(s);
@@ -20,22 +20,22 @@ fn terminated(a: &Attempt) -> Option<Value> {
     Some(t)
 }
 
-fn container_status(c: &Ctr, image: &str, termination_message: Option<String>) -> Value {
+fn container_status(c: &Ctr, runtime: &str, image: &str, termination_message: Option<String>) -> Value {
     let mut s = json!({
         "name": c.name, "image": image, "imageID": c.current.as_ref().map(|a| a.image_id.clone()).unwrap_or_default(),
         "ready": c.ready && c.running(), "restartCount": c.restart_count(), "started": c.running() && c.started,
         "state": {}, "lastState": {},
     });
     if let Some(a) = &c.current {
-        s["containerID"] = json!(format!("runc://{}", a.id));
+        s["containerID"] = json!(format!("{runtime}://{}", a.id));
     }
     if let Some((reason, message)) = c.waiting.as_ref().filter(|_| !c.running()) {
         s["state"] = json!({"waiting": {"reason": reason, "message": message}});
-        if let Some(t) = c.current.as_ref().and_then(terminated) {
+        if let Some(t) = c.current.as_ref().and_then(|a| terminated(a, runtime)) {
             s["lastState"] = json!({"terminated": t});
         }
     } else if let Some(a) = &c.current {
-        match terminated(a) {
+        match terminated(a, runtime) {
             Some(mut t) => {
                 if let Some(m) = termination_message.filter(|m| !m.is_empty()) {
                     t["message"] = json!(m);
@@ -44,7 +44,7 @@ fn container_status(c: &Ctr, image: &str, termination_message: Option<String>) -
             }
             None => s["state"] = json!({"running": {"startedAt": a.started_at}}),
         }
-        if let Some(t) = c.previous.as_ref().and_then(terminated) {
+        if let Some(t) = c.previous.as_ref().and_then(|a| terminated(a, runtime)) {
             s["lastState"] = json!({"terminated": t});
         }
     } else {
@@ -85,8 +85,9 @@ pub fn pod_status(w: &mut Worker) -> Value {
         std::fs::read_to_string(p).ok().map(|s| s.chars().take(4096).collect::<String>())
     };
     let image_of = |name: &str| w.spec_of(name).and_then(|c| c.image).unwrap_or_default();
-    let init_statuses: Vec<Value> = inits.iter().map(|c| container_status(c, &image_of(&c.name), term_msg(c))).collect();
-    let statuses: Vec<Value> = mains.iter().map(|c| container_status(c, &image_of(&c.name), term_msg(c))).collect();
+    let runtime = w.ctx.runtime.name();
+    let init_statuses: Vec<Value> = inits.iter().map(|c| container_status(c, runtime, &image_of(&c.name), term_msg(c))).collect();
+    let statuses: Vec<Value> = mains.iter().map(|c| container_status(c, runtime, &image_of(&c.name), term_msg(c))).collect();
     let not_ready: Vec<String> = mains.iter().filter(|c| !(c.ready && c.running())).map(|c| c.name.clone()).collect();
     let reason_for = |ok: bool| if ok { (None, None) } else { (Some("ContainersNotReady"), Some(format!("containers with unready status: [{}]", not_ready.join(" ")))) };
     let conds = [

@@ -10,7 +10,7 @@ use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{ERROR, Input, Output, RESIZE, STDERR, STDIN, STDOUT};
-use crate::runtime::Runtime;
+use crate::runtime::{ContainerRef, Runtime};
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ExecOptions {
@@ -79,8 +79,8 @@ async fn pump(mut from: impl tokio::io::AsyncRead + Unpin, out: Output, channel:
     }
 }
 
-pub async fn run(runtime: Arc<dyn Runtime>, container_id: String, o: ExecOptions, out: Output, input: Input) {
-    let result = if o.tty { with_tty(runtime, &container_id, &o, out.clone(), input).await } else { plain(runtime, &container_id, &o, out.clone(), input).await };
+pub async fn run(runtime: Arc<dyn Runtime>, c: ContainerRef, o: ExecOptions, out: Output, input: Input) {
+    let result = if o.tty { with_tty(runtime, &c, &o, out.clone(), input).await } else { plain(runtime, &c, &o, out.clone(), input).await };
     let status = match result {
         Ok(code) => exit_status(code, None),
         Err(e) => exit_status(None, Some(e)),
@@ -89,8 +89,8 @@ pub async fn run(runtime: Arc<dyn Runtime>, container_id: String, o: ExecOptions
     out.finish().await;
 }
 
-async fn plain(runtime: Arc<dyn Runtime>, id: &str, o: &ExecOptions, out: Output, mut input: Input) -> Result<Option<i32>, String> {
-    let mut cmd = runtime.exec(id, &o.command, false);
+async fn plain(runtime: Arc<dyn Runtime>, c: &ContainerRef, o: &ExecOptions, out: Output, mut input: Input) -> Result<Option<i32>, String> {
+    let mut cmd = runtime.exec(c, &o.command, false).map_err(|e| e.to_string())?;
     cmd.stdin(if o.stdin { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("starting the command: {e}"))?;
     let mut stdin = child.stdin.take();
@@ -139,7 +139,7 @@ fn resize(master: &OwnedFd, pid: Option<u32>, msg: &[u8]) {
     }
 }
 
-async fn with_tty(runtime: Arc<dyn Runtime>, id: &str, o: &ExecOptions, out: Output, mut input: Input) -> Result<Option<i32>, String> {
+async fn with_tty(runtime: Arc<dyn Runtime>, c: &ContainerRef, o: &ExecOptions, out: Output, mut input: Input) -> Result<Option<i32>, String> {
     let pty = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
     // Clients send the terminal's size first: size the terminal before the command starts, so
     // it never sees a resize race at its start. Anything else that came early is replayed.
@@ -155,7 +155,7 @@ async fn with_tty(runtime: Arc<dyn Runtime>, id: &str, o: &ExecOptions, out: Out
         early.push((ch, data));
     }
     let slave = pty.slave;
-    let mut cmd = runtime.exec(id, &o.command, true);
+    let mut cmd = runtime.exec(c, &o.command, true).map_err(|e| e.to_string())?;
     let fd = |f: &OwnedFd| f.try_clone().map(Stdio::from).map_err(|e| e.to_string());
     cmd.stdin(fd(&slave)?).stdout(fd(&slave)?).stderr(fd(&slave)?);
     let mut child = cmd.spawn().map_err(|e| format!("starting the command: {e}"))?;

@@ -4,9 +4,10 @@
 //!
 //!     cargo run --release -p nodeless-tests --bin node-bench
 //!
-//! Nodeless: `nodeless control` and a separate `nodeless node` (runc), pods of the busybox test
-//! image running `sleep`, loopback-only networking; created through the API, Ready seen through
-//! a watch. podman: `podman run -d --rm --runtime runc --network none` of the same image (as an
+//! Nodeless: `nodeless control` and a separate `nodeless node` (its default runtime: crun where
+//! the cgroup layout allows, else runc), pods of the busybox test image running `sleep`,
+//! loopback-only networking; created through the API, Ready seen through a watch. podman:
+//! `podman run -d --rm --runtime <the node's runtime> --network none` of the same image (as an
 //! OCI archive), with explicit nofile/nproc ulimits; "ready" is `podman run -d` returning.
 #![forbid(unsafe_code)]
 
@@ -40,8 +41,8 @@ struct Args {
     /// Leave podman out.
     #[arg(long)]
     skip_podman: bool,
-    /// The node's OCI runtime (runc by default).
-    #[arg(long, default_value = "runc")]
+    /// The node's OCI runtime (`nodeless node --runtime`); podman runs the one the node chose.
+    #[arg(long, default_value = "auto")]
     runtime: String,
 }
 
@@ -123,6 +124,8 @@ async fn wait_ready(times: &ReadyTimes, names: &[String], limit: Duration) -> Re
 }
 
 struct Figures {
+    /// `<runtime>://<version>` as the Node reports it.
+    runtime: String,
     p50: f64,
     p99: f64,
     burst_secs: f64,
@@ -153,6 +156,8 @@ async fn nodeless(args: &Args) -> Result<Figures> {
     wait_ready(&times, &["warm".into()], Duration::from_secs(60)).await?;
     api.delete("warm", &DeleteParams::default()).await?;
     let (rss0, pss0) = memory(node.id());
+    let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(n.client().await?);
+    let runtime = nodes.get(&node_name).await?.status.and_then(|s| s.node_info).map(|i| i.container_runtime_version).unwrap_or_default();
 
     let mut lat = Vec::new();
     for i in 0..args.single {
@@ -187,9 +192,10 @@ async fn nodeless(args: &Args) -> Result<Figures> {
     let done = wait_ready(&times, &names, Duration::from_secs(300)).await?;
     let burst_secs = done.duration_since(t0).as_secs_f64();
     eprintln!(
-        "nodeless: during the burst the node used {:.1} s of CPU and the control plane {:.1} s (the rest is runc, shims and the machine)",
+        "nodeless: during the burst the node used {:.1} s of CPU and the control plane {:.1} s (the rest is {}, shims and the machine)",
         cpu_secs(node.id()) - node_cpu0,
-        n.pid().map_or(0.0, cpu_secs) - control_cpu0
+        n.pid().map_or(0.0, cpu_secs) - control_cpu0,
+        runtime.split("://").next().unwrap_or("the runtime")
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss1, pss1) = memory(node.id());
@@ -201,6 +207,7 @@ async fn nodeless(args: &Args) -> Result<Figures> {
     let (shim_rss, shim_pss): (u64, u64) = shims.iter().fold((0, 0), |a, m| (a.0 + m.0, a.1 + m.1));
     let per = |node: u64, node0: u64, shim: u64| (node.saturating_sub(node0) + shim) as f64 / args.burst as f64;
     let figures = Figures {
+        runtime: runtime.clone(),
         p50,
         p99,
         burst_secs,
@@ -229,6 +236,7 @@ async fn nodeless(args: &Args) -> Result<Figures> {
 }
 
 struct Podman {
+    runtime: String,
     root: PathBuf,
     runroot: PathBuf,
 }
@@ -243,7 +251,7 @@ impl Podman {
     fn run(&self, name: &str) -> Result<()> {
         let out = self
             .cmd()
-            .args(["run", "-d", "--rm", "--runtime", "runc", "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", "--name", name, BUSYBOX, "sleep", "3600"])
+            .args(["run", "-d", "--rm", "--runtime", &self.runtime, "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", "--name", name, BUSYBOX, "sleep", "3600"])
             .output()?;
         if !out.status.success() {
             bail!("podman run: {}", String::from_utf8_lossy(&out.stderr));
@@ -264,9 +272,9 @@ impl Drop for Podman {
     }
 }
 
-fn podman(args: &Args, layout: &Path) -> Result<Figures> {
+fn podman(args: &Args, runtime: &str, layout: &Path) -> Result<Figures> {
     let base = std::env::temp_dir().join(format!("nodeless-bench-podman-{}", std::process::id()));
-    let p = Podman { root: base.join("root"), runroot: base.join("run") };
+    let p = Podman { runtime: runtime.to_string(), root: base.join("root"), runroot: base.join("run") };
     let archive = base.join("busybox.tar");
     std::fs::create_dir_all(&base)?;
     let st = Command::new("tar").arg("-cf").arg(&archive).arg("-C").arg(layout).arg(".").status()?;
@@ -312,6 +320,7 @@ fn podman(args: &Args, layout: &Path) -> Result<Figures> {
     let (rss, pss): (u64, u64) = conmons.iter().fold((0, 0), |a, m| (a.0 + m.0, a.1 + m.1));
     eprintln!("podman: {} conmon processes with RSS {rss} KiB, PSS {pss} KiB", conmons.len());
     Ok(Figures {
+        runtime: format!("{runtime}://podman"),
         p50,
         p99,
         burst_secs,
@@ -326,10 +335,10 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let ours = nodeless(&args).await.context("nodeless")?;
     let layouts = nodeless_tests::test_image_layouts()?;
-    let theirs = if args.skip_podman { None } else { Some(tokio::task::block_in_place(|| podman(&args, &layouts[0])).context("podman")?) };
+    let theirs = if args.skip_podman { None } else { Some(tokio::task::block_in_place(|| podman(&args, ours.runtime.split("://").next().unwrap_or("runc"), &layouts[0])).context("podman")?) };
     println!(
-        "node benchmark ({}): {} single pods one after another, then a burst of {} by {} clients (2 cores)",
-        args.runtime, args.single, args.burst, args.clients
+        "node benchmark (nodeless on {}, podman --runtime the same): {} single pods one after another, then a burst of {} by {} clients (2 cores)",
+        ours.runtime, args.single, args.burst, args.clients
     );
     println!("{:<44} {:>12} {:>12} {:>10}", "", "nodeless", "podman", "ratio");
     let row = |what: &str, a: f64, b: Option<f64>, lower_is_better: bool| {

@@ -76,9 +76,7 @@ fn leftovers(n: &Nodeless) -> Vec<String> {
     let node = n.node.clone().unwrap_or_default();
     let mut found = Vec::new();
     let root = format!("/run/nodeless/{node}/runtime");
-    if let Ok(out) = std::process::Command::new("runc").args(["--root", &root, "list", "-q"]).output() {
-        found.extend(String::from_utf8_lossy(&out.stdout).lines().map(|l| format!("runc container {l}")));
-    }
+    found.extend(nodeless_tests::runtime_containers(&node).into_iter().map(|id| format!("runtime container {id}")));
     let ps = std::process::Command::new("ps").args(["-eo", "args"]).output().unwrap();
     let holder = format!("nodeless-shim hold --node {node} ");
     found.extend(
@@ -177,7 +175,10 @@ async fn node_restart_adopts_running_pods() {
     assert!(n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&pod)).status.success());
     n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/keeper", "--timeout=60s"]);
     let id_before = out(&n, &["get", "pod", "keeper", "-o", "jsonpath={.status.containerStatuses[0].containerID}"]);
-    assert!(id_before.starts_with("runc://"), "{id_before}");
+    let runtime = out(&n, &["get", "node", n.node.as_deref().unwrap(), "-o", "jsonpath={.status.nodeInfo.containerRuntimeVersion}"]);
+    let runtime = runtime.split("://").next().unwrap().to_string();
+    assert!(["crun", "runc"].contains(&runtime.as_str()), "{runtime}");
+    assert!(id_before.starts_with(&format!("{runtime}://")), "{id_before}");
 
     // The whole of `nodeless up` dies (control plane and node); the container does not.
     n.restart(true).unwrap();
@@ -186,11 +187,11 @@ async fn node_restart_adopts_running_pods() {
     let after = out(&n, &["get", "pod", "keeper", "-o", "jsonpath={.status.containerStatuses[0].containerID} {.status.containerStatuses[0].restartCount}"]);
     assert_eq!(after, format!("{id_before} 0"), "the same container, never restarted");
     assert_eq!(n.kubectl_ok(V, &["logs", "keeper"]).trim(), "started");
-    let runc = std::process::Command::new("runc")
+    let listed = std::process::Command::new(&runtime)
         .args(["--root", &format!("/run/nodeless/{}/runtime", n.node.clone().unwrap()), "list", "-q"])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&runc.stdout).lines().count(), 1, "one container, not duplicated");
+    assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 1, "one container, not duplicated");
 
     n.kubectl_ok(V, &["delete", "pod", "keeper", "--grace-period=1"]);
     eventually("no leftovers after the restart", 30, || leftovers(&n).is_empty());
@@ -429,8 +430,20 @@ async fn images_are_pulled_from_a_registry_by_pull_policy() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pod_spec_is_honoured_in_the_sandbox() {
+    pod_spec_is_honoured_by("auto");
+}
+
+/// The same pod spec under runc, the runtime `auto` does not pick where crun can run.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pod_spec_is_honoured_by_runc_too() {
+    pod_spec_is_honoured_by("runc");
+}
+
+fn pod_spec_is_honoured_by(runtime: &str) {
     assert!(is_root(), "sandbox-node tests need root");
-    let n = Nodeless::start_with_node(&[]).unwrap();
+    let n = Nodeless::start_with_node(&["--runtime", runtime]).unwrap();
+    let chosen = String::from_utf8_lossy(&n.kubectl(V, &["get", "node", n.node.as_deref().unwrap(), "-o", "jsonpath={.status.nodeInfo.containerRuntimeVersion}"]).stdout).into_owned();
+    assert!(runtime == "auto" || chosen.starts_with(&format!("{runtime}://")), "{chosen}");
     let out = |args: &[&str]| String::from_utf8_lossy(&n.kubectl(V, args).stdout).into_owned();
     let manifest = format!(
         r#"apiVersion: v1
