@@ -120,7 +120,7 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         backoff_base: args.restart_backoff,
         backoff_max: Duration::from_secs(300),
         insecure_registries: args.insecure_registries.clone(),
-        holder_binary: shim,
+        shim_binary: shim,
     };
     nodeless_sandbox_node::node::start(cfg, client).await
 }

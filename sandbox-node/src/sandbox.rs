@@ -1,11 +1,16 @@
-//! A pod's shared namespaces (network, IPC, UTS), held by a small process of their own
-//! (`nodeless-shim hold`, the pause container's job) and reached as `/proc/<pid>/ns/*`. Holding
-//! them with a process rather than bind mounts keeps the host's mount table from growing with
-//! every pod: each new container's mount namespace copies that table, so it stays short.
+//! A pod's shared namespaces (network, IPC, UTS), held by the node's namespace keeper
+//! (`nodeless-shim keep`, the pause container's job for every pod at once) as open files and
+//! reached as `/proc/<keeper>/fd/<n>`. Holding them with descriptors rather than bind mounts
+//! keeps the host's mount table from growing with every pod (each new container's mount
+//! namespace copies that table), and one keeper rather than a process per pod keeps the node's
+//! memory per pod small. The keeper outlives the node while it holds namespaces.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use nix::sched::CloneFlags;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixStream;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{what}: {source}")]
@@ -19,64 +24,38 @@ fn err(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> SandboxErro
     move |e| SandboxError { what, source: e.into() }
 }
 
-/// Where a pod's namespace holder is recorded: `<dir>/holder` holds its PID.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PodNamespaces {
-    pub dir: PathBuf,
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
+    let what = what.into();
+    move |source| SandboxError { what, source }
 }
 
-impl PodNamespaces {
-    pub fn at(dir: impl Into<PathBuf>) -> Self {
-        Self { dir: dir.into() }
+/// The node's connection to its namespace keeper, started on first use.
+pub struct Keeper {
+    binary: PathBuf,
+    socket: PathBuf,
+    conn: tokio::sync::Mutex<Option<BufReader<UnixStream>>>,
+}
+
+impl Keeper {
+    pub fn new(binary: PathBuf, socket: PathBuf) -> Self {
+        Self { binary, socket, conn: tokio::sync::Mutex::new(None) }
     }
 
-    /// The holder's PID, if it still runs (and is a holder: PIDs get reused).
-    pub fn holder(&self) -> Option<u32> {
-        let pid: u32 = std::fs::read_to_string(self.dir.join("holder")).ok()?.trim().parse().ok()?;
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).ok()?;
-        let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        (args.get(1) == Some(&&b"hold"[..])).then_some(pid)
-    }
-
-    fn path(&self, kind: &str) -> PathBuf {
-        match self.holder() {
-            Some(pid) => PathBuf::from(format!("/proc/{pid}/ns/{kind}")),
-            None => self.dir.join(format!("no-holder-{kind}")),
-        }
-    }
-    pub fn net(&self) -> PathBuf {
-        self.path("net")
-    }
-    pub fn ipc(&self) -> PathBuf {
-        self.path("ipc")
-    }
-    pub fn uts(&self) -> PathBuf {
-        self.path("uts")
-    }
-
-    pub fn exist(&self) -> bool {
-        self.holder().is_some()
-    }
-
-    /// Start a holder with new namespaces, this hostname and loopback up.
-    pub async fn create(&self, holder_binary: &Path, node: &str, hostname: &str) -> Result<(), SandboxError> {
-        use tokio::io::AsyncBufReadExt;
-        let io = |what: String| move |e: std::io::Error| SandboxError { what, source: e };
-        std::fs::create_dir_all(&self.dir).map_err(io(format!("creating {}", self.dir.display())))?;
-        let mut child = tokio::process::Command::new(holder_binary)
-            .args(["hold", "--node", node, "--hostname", hostname])
+    async fn spawn(&self) -> Result<(), SandboxError> {
+        let mut child = tokio::process::Command::new(&self.binary)
+            .arg("keep")
+            .arg("--socket")
+            .arg(&self.socket)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             // Out of the node's process group: a Ctrl-C to the node must not reach pods.
             .process_group(0)
             .spawn()
-            .map_err(io(format!("starting {}", holder_binary.display())))?;
-        let pid = child.id().unwrap_or(0);
+            .map_err(io(format!("starting {}", self.binary.display())))?;
         let mut line = String::new();
         if let Some(out) = child.stdout.take() {
-            let mut r = tokio::io::BufReader::new(out);
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(10), r.read_line(&mut line)).await;
+            let _ = tokio::time::timeout(Duration::from_secs(10), BufReader::new(out).read_line(&mut line)).await;
         }
         if line.trim() != "ready" {
             let _ = child.kill().await;
@@ -85,11 +64,8 @@ impl PodNamespaces {
                 use tokio::io::AsyncReadExt;
                 let _ = e.read_to_string(&mut msg).await;
             }
-            return Err(SandboxError { what: "the namespace holder".into(), source: std::io::Error::other(msg.trim().to_string()) });
+            return Err(SandboxError { what: "the namespace keeper".into(), source: std::io::Error::other(msg.trim().to_string()) });
         }
-        let tmp = self.dir.join("holder.tmp");
-        std::fs::write(&tmp, pid.to_string()).map_err(io("recording the holder".into()))?;
-        std::fs::rename(&tmp, self.dir.join("holder")).map_err(io("recording the holder".into()))?;
         // Reap it when it ends (after a node restart, init does).
         tokio::spawn(async move {
             let _ = child.wait().await;
@@ -97,16 +73,135 @@ impl PodNamespaces {
         Ok(())
     }
 
-    /// Stop the holder (the namespaces go with their last process) and forget it; keeps going
-    /// past failures and reports all of them.
-    pub fn remove(&self) -> Result<(), Vec<SandboxError>> {
-        let mut errors = Vec::new();
-        if let Some(pid) = self.holder() {
-            if let Err(e) = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), nix::sys::signal::Signal::SIGKILL) {
-                if e != nix::errno::Errno::ESRCH {
-                    errors.push(SandboxError { what: format!("stopping the namespace holder {pid}"), source: e.into() });
+    async fn connect(&self) -> Result<BufReader<UnixStream>, SandboxError> {
+        if let Ok(s) = UnixStream::connect(&self.socket).await {
+            return Ok(BufReader::new(s));
+        }
+        self.spawn().await?;
+        UnixStream::connect(&self.socket).await.map(BufReader::new).map_err(io(format!("connecting to the namespace keeper at {}", self.socket.display())))
+    }
+
+    async fn exchange(conn: &mut BufReader<UnixStream>, request: &str) -> std::io::Result<String> {
+        conn.get_mut().write_all(format!("{request}\n").as_bytes()).await?;
+        let mut line = String::new();
+        if conn.read_line(&mut line).await? == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(line.trim().to_string())
+    }
+
+    /// One request and its answer; a keeper that went away is started again once.
+    async fn request(&self, request: &str) -> Result<String, SandboxError> {
+        let mut conn = self.conn.lock().await;
+        let mut last = None;
+        for _ in 0..2 {
+            let mut c = match conn.take() {
+                Some(c) => c,
+                None => self.connect().await?,
+            };
+            match tokio::time::timeout(Duration::from_secs(10), Self::exchange(&mut c, request)).await {
+                Ok(Ok(reply)) => {
+                    *conn = Some(c);
+                    return Ok(reply);
                 }
+                Ok(Err(e)) => last = Some(e),
+                Err(_) => last = Some(std::io::ErrorKind::TimedOut.into()),
             }
+        }
+        Err(SandboxError { what: "the namespace keeper".into(), source: last.unwrap_or_else(|| std::io::ErrorKind::Other.into()) })
+    }
+}
+
+/// A pod's namespaces: `<dir>/ns` records the keeper's PID and its descriptors for them
+/// (`<pid> <net> <ipc> <uts>`, as the keeper answers).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PodNamespaces {
+    pub dir: PathBuf,
+}
+
+/// The keeper's PID and its descriptors for the network, IPC and UTS namespaces.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Held {
+    keeper: u32,
+    fds: [u32; 3],
+}
+
+impl Held {
+    fn parse(text: &str) -> Option<Held> {
+        let v: Vec<u32> = text.split_whitespace().map(|w| w.parse().ok()).collect::<Option<_>>()?;
+        match v.as_slice() {
+            [keeper, net, ipc, uts] => Some(Held { keeper: *keeper, fds: [*net, *ipc, *uts] }),
+            _ => None,
+        }
+    }
+}
+
+impl PodNamespaces {
+    pub fn at(dir: impl Into<PathBuf>) -> Self {
+        Self { dir: dir.into() }
+    }
+
+    fn key(&self) -> String {
+        self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+    }
+
+    /// The recorded descriptors, if the keeper still holds them (PIDs and fds get reused: the
+    /// process must be a keeper and the descriptor a namespace of the right kind).
+    fn held(&self) -> Option<Held> {
+        let held = Held::parse(&std::fs::read_to_string(self.dir.join("ns")).ok()?)?;
+        let cmdline = std::fs::read(format!("/proc/{}/cmdline", held.keeper)).ok()?;
+        let is_keeper = cmdline.split(|b| *b == 0).nth(1) == Some(&b"keep"[..]);
+        let links_ok = ["net", "ipc", "uts"].iter().zip(held.fds).all(|(kind, fd)| {
+            std::fs::read_link(format!("/proc/{}/fd/{fd}", held.keeper)).is_ok_and(|l| l.to_string_lossy().starts_with(&format!("{kind}:[")))
+        });
+        (is_keeper && links_ok).then_some(held)
+    }
+
+    fn path(&self, i: usize, kind: &str) -> PathBuf {
+        match self.held() {
+            Some(h) => PathBuf::from(format!("/proc/{}/fd/{}", h.keeper, h.fds[i])),
+            None => self.dir.join(format!("no-{kind}-namespace")),
+        }
+    }
+    pub fn net(&self) -> PathBuf {
+        self.path(0, "net")
+    }
+    pub fn ipc(&self) -> PathBuf {
+        self.path(1, "ipc")
+    }
+    pub fn uts(&self) -> PathBuf {
+        self.path(2, "uts")
+    }
+
+    pub fn exist(&self) -> bool {
+        self.held().is_some()
+    }
+
+    /// New namespaces from the keeper, with this hostname and loopback up.
+    pub async fn create(&self, keeper: &Keeper, hostname: &str) -> Result<(), SandboxError> {
+        std::fs::create_dir_all(&self.dir).map_err(io(format!("creating {}", self.dir.display())))?;
+        check_hostname(hostname)?;
+        let reply = keeper.request(&format!("new {} {hostname}", self.key())).await?;
+        let fds = reply.strip_prefix("ok ").ok_or_else(|| SandboxError {
+            what: "the namespace keeper".into(),
+            source: std::io::Error::other(reply.strip_prefix("err ").unwrap_or(&reply).to_string()),
+        })?;
+        if Held::parse(fds).is_none() {
+            return Err(SandboxError { what: "the namespace keeper".into(), source: std::io::Error::other(format!("unexpected answer {reply:?}")) });
+        }
+        let tmp = self.dir.join("ns.tmp");
+        std::fs::write(&tmp, format!("{fds}\n")).map_err(io("recording the namespaces"))?;
+        std::fs::rename(&tmp, self.dir.join("ns")).map_err(io("recording the namespaces"))?;
+        Ok(())
+    }
+
+    /// Let the keeper close them (the namespaces go with their last user) and forget them;
+    /// keeps going past failures and reports all of them.
+    pub async fn remove(&self, keeper: &Keeper) -> Result<(), Vec<SandboxError>> {
+        let mut errors = Vec::new();
+        let recorded = self.dir.join("ns").exists();
+        if recorded && let Err(e) = keeper.request(&format!("del {}", self.key())).await {
+            errors.push(e);
         }
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
@@ -115,6 +210,14 @@ impl PodNamespaces {
         }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
     }
+}
+
+/// A hostname goes to the keeper as one word of a line.
+fn check_hostname(hostname: &str) -> Result<(), SandboxError> {
+    if hostname.is_empty() || hostname.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err(SandboxError { what: "the pod's hostname".into(), source: std::io::Error::other(format!("{hostname:?} is not a hostname")) });
+    }
+    Ok(())
 }
 
 /// Run `f` on a fresh thread inside the network namespace at `netns` (to open sockets there:

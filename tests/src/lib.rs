@@ -354,6 +354,14 @@ pub fn runtime_containers(node: &str) -> Vec<String> {
     ids
 }
 
+/// The PIDs of a node's namespace keeper (`nodeless-shim keep`; one, or none when it holds
+/// nothing and the node is gone).
+pub fn keeper_pids(node: &str) -> Vec<u32> {
+    let pattern = format!("nodeless-shim keep --socket /run/nodeless/{node}/keeper.sock");
+    let out = Command::new("pgrep").args(["-f", &pattern]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    out.lines().filter_map(|l| l.trim().parse().ok()).collect()
+}
+
 /// Remove whatever a node left on the host (containers, shims, mounts, namespaces, cgroups, its
 /// runtime directory), for tests and benchmarks that stop a node before its pods are gone.
 pub fn clean_node_leftovers(node: &str, data_dir: &Path) {
@@ -363,7 +371,9 @@ pub fn clean_node_leftovers(node: &str, data_dir: &Path) {
             let _ = Command::new(runtime).arg("--root").arg(&root).args(["delete", "--force", &id]).output();
         }
     }
-    let _ = Command::new("pkill").args(["-KILL", "-f", &format!("nodeless-shim hold --node {node} ")]).output();
+    for pid in keeper_pids(node) {
+        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).output();
+    }
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
     let data = data_dir.to_string_lossy().to_string();
     let run = format!("/run/nodeless/{node}/");

@@ -187,37 +187,171 @@ fn run(args: Args) -> Result<ExitRecord, String> {
     })
 }
 
-/// `nodeless-shim hold --node N --hostname H`: new network, IPC and UTS namespaces for a pod,
-/// with its hostname and loopback up, held until the process is killed. Prints `ready`.
-fn hold() -> ExitCode {
-    let args: Vec<String> = std::env::args().collect();
-    let hostname = args.iter().position(|a| a == "--hostname").and_then(|i| args.get(i + 1)).cloned().unwrap_or_default();
-    let flags = nix::sched::CloneFlags::CLONE_NEWNET | nix::sched::CloneFlags::CLONE_NEWIPC | nix::sched::CloneFlags::CLONE_NEWUTS;
-    if let Err(e) = nix::sched::unshare(flags) {
-        eprintln!("nodeless-shim hold: unshare: {e}");
-        return ExitCode::FAILURE;
+/// `nodeless-shim keep --socket S`: the node's namespace keeper, the pause container's job for
+/// every pod at once. On request it makes a pod's network, IPC and UTS namespaces (with the
+/// pod's hostname and loopback up) by unsharing into them and back, and keeps an open file of
+/// each; the runtime, the CNI plugins and the node reach them as `/proc/<keeper>/fd/<n>`. One
+/// process and three descriptors per pod instead of a process per pod, and no bind mounts, so
+/// the host's mount table (which every new container copies) stays short. It answers one
+/// connection at a time, line by line (`new <key> <hostname>`, `get <key>`, `del <key>`), and
+/// answers `ok <pid> <net> <ipc> <uts>` with its PID and descriptors, and
+/// exits when a connection ends while it holds nothing; while it holds namespaces it outlives
+/// the node, which finds it again after a restart.
+mod keeper {
+    use std::collections::HashMap;
+    use std::fs::File;
+    use std::io::{BufRead, BufReader, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::linux::fs::MetadataExt;
+    use std::os::unix::net::{UnixListener, UnixStream};
+    use std::path::Path;
+    use std::process::ExitCode;
+
+    use nix::sched::{CloneFlags, setns, unshare};
+
+    const KINDS: [(&str, CloneFlags); 3] =
+        [("net", CloneFlags::CLONE_NEWNET), ("ipc", CloneFlags::CLONE_NEWIPC), ("uts", CloneFlags::CLONE_NEWUTS)];
+
+    struct Keeper {
+        home: Vec<File>,
+        held: HashMap<String, Vec<File>>,
     }
-    if let Err(e) = nix::unistd::sethostname(&hostname) {
-        eprintln!("nodeless-shim hold: sethostname {hostname:?}: {e}");
-        return ExitCode::FAILURE;
-    }
-    match Command::new("ip").args(["link", "set", "lo", "up"]).stdin(Stdio::null()).status() {
-        Ok(s) if s.success() => {}
-        other => {
-            eprintln!("nodeless-shim hold: ip link set lo up: {other:?}");
-            return ExitCode::FAILURE;
+
+    impl Keeper {
+        fn fds(files: &[File]) -> String {
+            let fds: Vec<String> = files.iter().map(|f| f.as_raw_fd().to_string()).collect();
+            format!("ok {} {}", std::process::id(), fds.join(" "))
+        }
+
+        fn new_namespaces(&mut self, key: &str, hostname: &str) -> Result<String, String> {
+            if let Some(files) = self.held.get(key) {
+                return Ok(Self::fds(files));
+            }
+            let flags = KINDS.iter().fold(CloneFlags::empty(), |a, k| a | k.1);
+            unshare(flags).map_err(|e| format!("unshare: {e}"))?;
+            let made = (|| -> Result<Vec<File>, String> {
+                nix::unistd::sethostname(hostname).map_err(|e| format!("sethostname {hostname:?}: {e}"))?;
+                loopback_up().map_err(|e| format!("setting lo up: {e}"))?;
+                KINDS.iter().map(|(k, _)| File::open(format!("/proc/thread-self/ns/{k}")).map_err(|e| format!("opening the new {k} namespace: {e}"))).collect()
+            })();
+            // Back home, or this process would keep the pod's namespaces alive after `del`.
+            for (file, (kind, flag)) in self.home.iter().zip(KINDS) {
+                if let Err(e) = setns(file, flag) {
+                    eprintln!("nodeless-shim keep: cannot return to the host's {kind} namespace: {e}");
+                    std::process::exit(1);
+                }
+            }
+            let files = made?;
+            let reply = Self::fds(&files);
+            self.held.insert(key.to_string(), files);
+            Ok(reply)
+        }
+
+        fn answer(&mut self, line: &str) -> String {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["new", key, hostname] => self.new_namespaces(key, hostname).unwrap_or_else(|e| format!("err {e}")),
+                ["get", key] => self.held.get(*key).map_or_else(|| "none".to_string(), |f| Self::fds(f)),
+                ["del", key] => {
+                    self.held.remove(*key);
+                    "ok".to_string()
+                }
+                _ => format!("err unknown request {line:?}"),
+            }
         }
     }
-    println!("ready");
-    let _ = std::io::stdout().flush();
-    loop {
-        nix::unistd::pause();
+
+    /// `ip link set lo up` as one rtnetlink request: RTM_NEWLINK for ifindex 1 (a new network
+    /// namespace's loopback) with IFF_UP, acknowledged.
+    fn loopback_up() -> Result<(), String> {
+        use nix::sys::socket::{AddressFamily, NetlinkAddr, MsgFlags, SockFlag, SockProtocol, SockType, recv, sendto, socket};
+        const RTM_NEWLINK: u16 = 16;
+        const NLM_F_REQUEST_ACK: u16 = 1 | 4;
+        const NLMSG_ERROR: u16 = 2;
+        const IFF_UP: u32 = 1;
+        let sock = socket(AddressFamily::Netlink, SockType::Raw, SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkRoute).map_err(|e| e.to_string())?;
+        let mut msg = Vec::with_capacity(32);
+        msg.extend(32u32.to_ne_bytes()); // nlmsg_len
+        msg.extend(RTM_NEWLINK.to_ne_bytes());
+        msg.extend(NLM_F_REQUEST_ACK.to_ne_bytes());
+        msg.extend(1u32.to_ne_bytes()); // seq
+        msg.extend(0u32.to_ne_bytes()); // pid: the kernel fills it in
+        msg.extend([0u8, 0]); // ifi_family AF_UNSPEC, padding
+        msg.extend(0u16.to_ne_bytes()); // ifi_type
+        msg.extend(1i32.to_ne_bytes()); // ifi_index: lo
+        msg.extend(IFF_UP.to_ne_bytes()); // ifi_flags
+        msg.extend(IFF_UP.to_ne_bytes()); // ifi_change
+        sendto(sock.as_raw_fd(), &msg, &NetlinkAddr::new(0, 0), MsgFlags::empty()).map_err(|e| e.to_string())?;
+        let mut buf = [0u8; 256];
+        let n = recv(sock.as_raw_fd(), &mut buf, MsgFlags::empty()).map_err(|e| e.to_string())?;
+        if n < 20 || u16::from_ne_bytes([buf[4], buf[5]]) != NLMSG_ERROR {
+            return Err("unexpected rtnetlink reply".into());
+        }
+        match i32::from_ne_bytes([buf[16], buf[17], buf[18], buf[19]]) {
+            0 => Ok(()),
+            e => Err(nix::errno::Errno::from_raw(-e).to_string()),
+        }
+    }
+
+    fn bind(path: &Path) -> Result<Option<UnixListener>, String> {
+        if UnixStream::connect(path).is_ok() {
+            return Ok(None);
+        }
+        let _ = std::fs::remove_file(path);
+        UnixListener::bind(path).map(Some).map_err(|e| format!("binding {}: {e}", path.display()))
+    }
+
+    pub fn main(socket: &Path) -> ExitCode {
+        let home: Result<Vec<File>, _> = KINDS.iter().map(|(k, _)| File::open(format!("/proc/thread-self/ns/{k}"))).collect();
+        let listener = match home.as_ref().map_err(|e| e.to_string()).and_then(|_| bind(socket)) {
+            Ok(Some(l)) => l,
+            Ok(None) => {
+                // Another keeper already serves this socket.
+                println!("ready");
+                return ExitCode::SUCCESS;
+            }
+            Err(e) => {
+                eprintln!("nodeless-shim keep: {e}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let inode = std::fs::metadata(socket).map(|m| m.st_ino()).unwrap_or(0);
+        println!("ready");
+        let _ = std::io::stdout().flush();
+        let mut keeper = Keeper { home: home.unwrap_or_default(), held: HashMap::new() };
+        for conn in listener.incoming() {
+            let Ok(conn) = conn else { continue };
+            let Ok(mut out) = conn.try_clone() else { continue };
+            for line in BufReader::new(conn).lines() {
+                let Ok(line) = line else { break };
+                let reply = keeper.answer(&line);
+                if writeln!(out, "{reply}").is_err() {
+                    break;
+                }
+            }
+            if keeper.held.is_empty() {
+                break;
+            }
+        }
+        drop(listener);
+        // Remove the socket unless a newer keeper has bound the path since.
+        if std::fs::metadata(socket).is_ok_and(|m| m.st_ino() == inode) {
+            let _ = std::fs::remove_file(socket);
+        }
+        ExitCode::SUCCESS
     }
 }
 
 fn main() -> ExitCode {
-    if std::env::args().nth(1).as_deref() == Some("hold") {
-        return hold();
+    let argv: Vec<String> = std::env::args().collect();
+    if argv.get(1).map(String::as_str) == Some("keep") {
+        return match argv.iter().position(|a| a == "--socket").and_then(|i| argv.get(i + 1)) {
+            Some(socket) => keeper::main(std::path::Path::new(socket)),
+            None => {
+                eprintln!("nodeless-shim keep: --socket is required");
+                ExitCode::from(2)
+            }
+        };
     }
     let args = match parse_args() {
         Ok(a) => a,

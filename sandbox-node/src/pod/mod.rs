@@ -264,7 +264,7 @@ impl Worker {
         let hostname = self.pod.spec.as_ref().and_then(|s| s.hostname.clone()).or(self.pod.metadata.name.clone()).unwrap_or_default();
         let hostname: String = hostname.chars().take(63).collect();
         if !self.ns.exist() {
-            self.ns.create(&self.ctx.holder_binary, &self.ctx.name, &hostname).await.map_err(|e| e.to_string())?;
+            self.ns.create(&self.ctx.keeper, &hostname).await.map_err(|e| e.to_string())?;
         }
         let ip = self.ctx.network.attach(&self.uid, &self.pod, &self.ns.net()).await.map_err(|e| format!("network: {e}"))?;
         self.pod_ip = ip;

@@ -57,7 +57,7 @@ pub async fn teardown(ctx: &NodeCtx, uid: &str, dir: &Path, ns: &PodNamespaces, 
     if let Err(e) = ctx.network.detach(uid, &ns.net()).await {
         errors.push(format!("network: {e}"));
     }
-    if let Err(es) = ns.remove() {
+    if let Err(es) = ns.remove(&ctx.keeper).await {
         errors.extend(es.into_iter().map(|e| e.to_string()));
     }
     errors.extend(remove_cgroups(&ctx.cgroup_parent, uid));

@@ -200,9 +200,9 @@ async fn nodeless(args: &Args) -> Result<Figures> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss1, pss1) = memory(node.id());
     let root = format!("/run/nodeless/{node_name}/runtime");
-    // Per pod: a shim per container and the process holding the pod's namespaces.
+    // Per pod: a shim per container; and all of the node's namespace keeper, shared by the pods.
     let mut shim_pids = pids_of(&format!("nodeless-shim.*{root}"));
-    shim_pids.extend(pids_of(&format!("nodeless-shim hold --node {node_name} ")));
+    shim_pids.extend(nodeless_tests::keeper_pids(&node_name));
     let shims: Vec<(u64, u64)> = shim_pids.into_iter().map(memory).collect();
     let (shim_rss, shim_pss): (u64, u64) = shims.iter().fold((0, 0), |a, m| (a.0 + m.0, a.1 + m.1));
     let per = |node: u64, node0: u64, shim: u64| (node.saturating_sub(node0) + shim) as f64 / args.burst as f64;
@@ -215,7 +215,7 @@ async fn nodeless(args: &Args) -> Result<Figures> {
         rss_per_pod_kib: per(rss1, rss0, shim_rss),
         pss_per_pod_kib: per(pss1, pss0, shim_pss),
     };
-    eprintln!("nodeless: node RSS {rss0} -> {rss1} KiB, {} shims and namespace holders with RSS {shim_rss} KiB, PSS {shim_pss} KiB", shims.len());
+    eprintln!("nodeless: node RSS {rss0} -> {rss1} KiB, {} shims and the namespace keeper with RSS {shim_rss} KiB, PSS {shim_pss} KiB", shims.len());
 
     // Clean up through the API, as a user would.
     api.delete_collection(&DeleteParams::default(), &kube::api::ListParams::default().labels("bench=node")).await?;

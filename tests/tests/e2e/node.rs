@@ -78,13 +78,18 @@ fn leftovers(n: &Nodeless) -> Vec<String> {
     let root = format!("/run/nodeless/{node}/runtime");
     found.extend(nodeless_tests::runtime_containers(&node).into_iter().map(|id| format!("runtime container {id}")));
     let ps = std::process::Command::new("ps").args(["-eo", "args"]).output().unwrap();
-    let holder = format!("nodeless-shim hold --node {node} ");
-    found.extend(
-        String::from_utf8_lossy(&ps.stdout)
-            .lines()
-            .filter(|l| l.contains("nodeless-shim") && (l.contains(&root) || l.contains(&holder)))
-            .map(|l| format!("process {l}")),
-    );
+    found.extend(String::from_utf8_lossy(&ps.stdout).lines().filter(|l| l.contains("nodeless-shim") && l.contains(&root)).map(|l| format!("process {l}")));
+    // The node's namespace keeper may run on, holding nothing but its own (the host's) namespaces.
+    for pid in nodeless_tests::keeper_pids(&node) {
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten() {
+            let Ok(link) = std::fs::read_link(fd.path()) else { continue };
+            let link = link.to_string_lossy().into_owned();
+            let host = ["net", "ipc", "uts"].iter().any(|k| std::fs::read_link(format!("/proc/self/ns/{k}")).is_ok_and(|h| h.to_string_lossy() == link));
+            if ["net:[", "ipc:[", "uts:["].iter().any(|k| link.starts_with(k)) && !host {
+                found.push(format!("namespace {link} held by the keeper {pid}"));
+            }
+        }
+    }
     let data = n.data_dir().to_string_lossy().to_string();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     found.extend(mounts.lines().filter(|l| l.contains(&data) || l.contains(&format!("/run/nodeless/{node}/"))).map(|l| format!("mount {l}")));
