@@ -33,6 +33,14 @@ enum Command {
         #[command(flatten)]
         node: node_cmd::NodeArgs,
     },
+    /// Run cluster DNS against a control plane (or any Kubernetes API server).
+    Dns {
+        /// The kubeconfig of the cluster to serve.
+        #[arg(long, default_value = "nodeless.kubeconfig")]
+        kubeconfig: PathBuf,
+        #[command(flatten)]
+        dns: DnsArgs,
+    },
     /// Manage the node's images.
     Image {
         #[arg(long, default_value = ".nodeless", global = true)]
@@ -67,6 +75,57 @@ struct UpArgs {
     no_node: bool,
     #[command(flatten)]
     node: node_cmd::NodeArgs,
+    #[command(flatten)]
+    dns: DnsArgs,
+    /// Run no cluster DNS.
+    #[arg(long)]
+    no_dns: bool,
+}
+
+#[derive(clap::Args, Clone)]
+struct DnsArgs {
+    /// Where cluster DNS serves, UDP and TCP (port 0 picks one). `up` also serves on the node's
+    /// --cluster-dns address, port 53, which pods' resolv.conf names.
+    #[arg(long = "dns-listen", default_value = "127.0.0.1:53")]
+    dns_listen: Vec<SocketAddr>,
+    /// Upstream resolvers for names outside the cluster (default: the host's resolv.conf).
+    #[arg(long = "dns-upstream")]
+    dns_upstreams: Vec<SocketAddr>,
+    /// TTL of cluster records and of negative answers about them.
+    #[arg(long = "dns-ttl", default_value_t = 5)]
+    dns_ttl: u32,
+    /// Write the first address DNS serves on to this file (for scripts and tests).
+    #[arg(long = "dns-address-file")]
+    dns_address_file: Option<PathBuf>,
+}
+
+/// Start cluster DNS on `listen` (and, bound before the address exists, on `freebind`).
+async fn start_dns(args: &DnsArgs, domain: &str, freebind: Vec<SocketAddr>, client: kube::Client) -> anyhow::Result<nodeless_dns::RunningDns> {
+    let mut upstreams = args.dns_upstreams.clone();
+    if upstreams.is_empty() {
+        upstreams = nodeless_dns::forward::resolv_conf_upstreams(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+    }
+    // Never forward to ourselves.
+    let ours: Vec<SocketAddr> = args.dns_listen.iter().chain(freebind.iter()).copied().collect();
+    upstreams.retain(|u| !ours.iter().any(|o| o.port() == u.port() && (o.ip() == u.ip() || o.ip().is_unspecified())));
+    let mut cfg = nodeless_dns::DnsConfig::new(args.dns_listen.clone(), upstreams);
+    cfg.listen_freebind = freebind;
+    cfg.cluster_domain = domain.to_string();
+    cfg.ttl = args.dns_ttl;
+    let dns = nodeless_dns::start(cfg, Some(client)).await?;
+    if let (Some(file), Some(addr)) = (&args.dns_address_file, dns.addrs.first()) {
+        std::fs::write(file, format!("{addr}\n")).with_context(|| format!("writing {}", file.display()))?;
+    }
+    Ok(dns)
+}
+
+async fn run_dns(kubeconfig: PathBuf, args: DnsArgs) -> anyhow::Result<()> {
+    let client = node_cmd::client_from(&kubeconfig).await?;
+    let dns = start_dns(&args, "cluster.local", Vec::new(), client).await.context("starting DNS")?;
+    println!("nodeless: DNS on {:?}", dns.addrs);
+    wait_for_signal().await?;
+    dns.stop();
+    Ok(())
 }
 
 fn write_private(path: &PathBuf, contents: &str) -> anyhow::Result<()> {
@@ -126,8 +185,24 @@ async fn run_control(args: UpArgs, with_node: bool) -> anyhow::Result<()> {
             Err(e) => eprintln!("nodeless: no node started: {e:#}; pods will stay Pending"),
         }
     }
+    let mut dns = None;
+    if with_node && !args.no_dns {
+        let client = node_cmd::client_from_yaml(&cp.kubeconfig(true)).await?;
+        // Pods reach DNS at the node's --cluster-dns address (their network's gateway), port 53.
+        let freebind: Vec<SocketAddr> = args.node.cluster_dns.iter().filter_map(|ip| ip.parse::<std::net::IpAddr>().ok()).map(|ip| SocketAddr::new(ip, 53)).collect();
+        match start_dns(&args.dns, &args.node.cluster_domain, freebind, client).await {
+            Ok(d) => {
+                println!("nodeless: DNS on {:?}", d.addrs);
+                dns = Some(d);
+            }
+            Err(e) => eprintln!("nodeless: no cluster DNS started: {e:#}"),
+        }
+    }
     wait_for_signal().await?;
     println!("nodeless: stopping");
+    if let Some(d) = dns {
+        d.stop();
+    }
     if let Some(n) = node {
         n.stop();
     }
@@ -145,10 +220,11 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        // `up` runs the control plane and a node; ingress and DNS join as their issues land.
+        // `up` runs the control plane, a node and DNS; ingress joins as its issue lands.
         Command::Up(args) => rt.block_on(run_control(args, true)),
         Command::Control(args) => rt.block_on(run_control(args, false)),
         Command::Node { kubeconfig, data_dir, node } => rt.block_on(run_node(kubeconfig, data_dir, node)),
+        Command::Dns { kubeconfig, dns } => rt.block_on(run_dns(kubeconfig, dns)),
         Command::Image { data_dir, command } => node_cmd::image(command, &data_dir),
     }
 }

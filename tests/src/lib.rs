@@ -172,6 +172,10 @@ impl Nodeless {
             .arg(self.kubeconfig())
             .arg("--viewer-kubeconfig")
             .arg(self.viewer_kubeconfig())
+            .arg("--dns-listen")
+            .arg("127.0.0.1:0")
+            .arg("--dns-address-file")
+            .arg(self.dir.path().join("dns.addr"))
             .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(log)
@@ -192,6 +196,18 @@ impl Nodeless {
             std::thread::sleep(Duration::from_millis(20));
         }
         bail!("nodeless up did not write its kubeconfig in 30 s: {}", self.log())
+    }
+
+    /// Where this instance's cluster DNS serves (UDP and TCP), once it does.
+    pub fn dns_addr(&self) -> Result<std::net::SocketAddr> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while Instant::now() < deadline {
+            if let Some(addr) = std::fs::read_to_string(self.dir.path().join("dns.addr")).ok().and_then(|t| t.trim().parse().ok()) {
+                return Ok(addr);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("nodeless up did not start DNS in 30 s: {}", self.log())
     }
 
     /// The PID of the running `nodeless up`.

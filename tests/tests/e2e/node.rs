@@ -104,6 +104,19 @@ fn leftovers(n: &Nodeless) -> Vec<String> {
     found
 }
 
+/// Wait until the host holds nothing of the node's pods; name what is left when it does not.
+fn no_leftovers(n: &Nodeless, what: &str, secs: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(secs);
+    loop {
+        let left = leftovers(n);
+        if left.is_empty() {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "{what}: still there after {secs} s: {left:#?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 fn is_root() -> bool {
     std::fs::read_to_string("/proc/self/status").unwrap().lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
@@ -168,7 +181,7 @@ async fn pods_run_in_sandboxes() {
     n.kubectl_ok(V, &["delete", "deployment", "echo", "--wait=false"]);
     n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
     eventually("no pods", 60, || out(&["get", "pods", "-o", "name"]).trim().is_empty());
-    eventually("no leftovers", 20, || leftovers(&n).is_empty());
+    no_leftovers(&n, "no leftovers", 20);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -199,7 +212,7 @@ async fn node_restart_adopts_running_pods() {
     assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 1, "one container, not duplicated");
 
     n.kubectl_ok(V, &["delete", "pod", "keeper", "--grace-period=1"]);
-    eventually("no leftovers after the restart", 30, || leftovers(&n).is_empty());
+    no_leftovers(&n, "no leftovers after the restart", 30);
 }
 
 #[test]
@@ -322,7 +335,7 @@ async fn exec_port_forward_and_follow_with_every_kubectl() {
     assert!(later.is_some(), "logs -f kept following past {first}");
 
     n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
-    eventually("no leftovers", 30, || leftovers(&n).is_empty());
+    no_leftovers(&n, "no leftovers", 30);
 }
 
 /// A local registry (Debian's docker-registry) on a free loopback port; removed on drop.
@@ -430,7 +443,7 @@ async fn images_are_pulled_from_a_registry_by_pull_policy() {
     });
     eventually("Never does not pull", 30, || out(&["describe", "pod", "never"]).contains("ErrImageNeverPull"));
     n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
-    eventually("no leftovers", 30, || leftovers(&n).is_empty());
+    no_leftovers(&n, "no leftovers", 30);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -539,5 +552,5 @@ spec:
     assert!(took >= Duration::from_millis(1800), "deleted after {took:?}, before the 2 s grace period ended");
 
     n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
-    eventually("no leftovers", 30, || leftovers(&n).is_empty());
+    no_leftovers(&n, "no leftovers", 30);
 }

@@ -1,0 +1,219 @@
+//! The request handler: the cluster zone answers authoritatively for every name under it (so
+//! search-path expansions such as `example.com.default.svc.cluster.local` never leave the
+//! server), pod names are read from the name, the cluster's reverse records answer PTR queries,
+//! and every other name goes through the forwarding cache.
+
+use std::sync::{Arc, RwLock};
+
+use hickory_server::net::runtime::Time;
+use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
+use hickory_server::proto::rr::{DNSClass, LowerName, Name, RData, Record, RecordType};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
+
+use crate::cluster::{ClusterZone, pod_address};
+use crate::forward::Forwarder;
+use crate::table::Answer;
+
+/// What the server knows, swapped whole when the objects change.
+pub struct Shared {
+    pub cluster: RwLock<Arc<ClusterZone>>,
+    pub pod_zone: LowerName,
+    pub ttl: u32,
+    pub forwarder: Forwarder,
+}
+
+impl Shared {
+    pub fn cluster(&self) -> Arc<ClusterZone> {
+        self.cluster.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_cluster(&self, zone: ClusterZone) {
+        *self.cluster.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(zone);
+    }
+}
+
+#[derive(Clone)]
+pub struct Handler {
+    pub shared: Arc<Shared>,
+}
+
+/// An answer ready to send.
+#[derive(Default)]
+struct Reply {
+    code: ResponseCode,
+    authoritative: bool,
+    answers: Vec<Record>,
+    authorities: Vec<Record>,
+    additionals: Vec<Record>,
+}
+
+fn renamed(records: &[Record], name: &Name) -> Vec<Record> {
+    records
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.name = name.clone();
+            r
+        })
+        .collect()
+}
+
+impl Handler {
+    fn negative(&self, zone: &ClusterZone, code: ResponseCode) -> Reply {
+        Reply { code, authoritative: true, authorities: vec![zone.zone.soa().clone()], ..Reply::default() }
+    }
+
+    /// A name under `pod.<zone>`: `<a-b-c-d>.<namespace>.pod.<zone>`.
+    fn pod_name(&self, zone: &ClusterZone, qname: &Name, name: &LowerName, qtype: RecordType) -> Reply {
+        let depth = name.num_labels().saturating_sub(self.shared.pod_zone.num_labels());
+        if depth < 2 {
+            return self.negative(zone, ResponseCode::NoError);
+        }
+        let label = name.iter().next().map(|l| String::from_utf8_lossy(l).into_owned()).unwrap_or_default();
+        match (depth, pod_address(&label)) {
+            (2, Some(ip)) => {
+                let wanted = matches!((ip, qtype), (std::net::IpAddr::V4(_), RecordType::A | RecordType::ANY) | (std::net::IpAddr::V6(_), RecordType::AAAA | RecordType::ANY));
+                if wanted {
+                    Reply { authoritative: true, answers: vec![Record::from_rdata(qname.clone(), self.shared.ttl, RData::from(ip))], ..Reply::default() }
+                } else {
+                    self.negative(zone, ResponseCode::NoError)
+                }
+            }
+            _ => self.negative(zone, ResponseCode::NXDomain),
+        }
+    }
+
+    async fn cluster_answer(&self, zone: &ClusterZone, qname: &Name, name: &LowerName, qtype: RecordType) -> Reply {
+        if self.shared.pod_zone.zone_of(name) {
+            return self.pod_name(zone, qname, name, qtype);
+        }
+        match zone.zone.lookup(name, qtype) {
+            Answer::NxDomain => self.negative(zone, ResponseCode::NXDomain),
+            Answer::NoData => self.negative(zone, ResponseCode::NoError),
+            Answer::Records(records) => {
+                let mut reply = Reply { authoritative: true, answers: renamed(records, qname), ..Reply::default() };
+                // An ExternalName: follow the CNAME so the client gets the addresses at once.
+                if qtype != RecordType::CNAME {
+                    if let Some(RData::CNAME(target)) = records.first().map(|r| &r.data) {
+                        let target = LowerName::from(&target.0);
+                        if zone.zone.contains(&target) {
+                            if let Answer::Records(more) = zone.zone.lookup(&target, qtype) {
+                                reply.answers.extend(more.iter().cloned());
+                            }
+                        } else if let Ok(f) = self.shared.forwarder.resolve(&target, qtype, DNSClass::IN).await {
+                            reply.answers.extend(f.answers);
+                        }
+                    }
+                }
+                // SRV targets' addresses in the additional section.
+                for r in records {
+                    if let RData::SRV(srv) = &r.data {
+                        let t = LowerName::from(&srv.target);
+                        for kind in [RecordType::A, RecordType::AAAA] {
+                            reply.additionals.extend(zone.zone.records(&t, kind).iter().cloned());
+                        }
+                    }
+                }
+                reply
+            }
+        }
+    }
+
+    async fn answer(&self, qname: &Name, name: &LowerName, qtype: RecordType, class: DNSClass) -> (Reply, bool) {
+        let zone = self.shared.cluster();
+        if class == DNSClass::IN && zone.zone.contains(name) {
+            return (self.cluster_answer(&zone, qname, name, qtype).await, false);
+        }
+        if class == DNSClass::IN && qtype == RecordType::PTR {
+            if let Some(ptr) = zone.ptr.get(name) {
+                return (Reply { authoritative: true, answers: renamed(ptr, qname), ..Reply::default() }, false);
+            }
+        }
+        if !self.shared.forwarder.has_upstreams() {
+            return (Reply { code: ResponseCode::Refused, ..Reply::default() }, false);
+        }
+        match self.shared.forwarder.resolve(name, qtype, class).await {
+            Ok(f) => (
+                Reply {
+                    code: f.response_code,
+                    authoritative: false,
+                    answers: renamed_first(f.answers, qname, name),
+                    authorities: f.authorities,
+                    additionals: f.additionals,
+                },
+                true,
+            ),
+            Err(e) => {
+                tracing::debug!(%name, %qtype, error = %e, "no upstream answered");
+                (Reply { code: ResponseCode::ServFail, ..Reply::default() }, true)
+            }
+        }
+    }
+}
+
+/// Records owned by the asked name carry the asker's spelling of it.
+fn renamed_first(records: Vec<Record>, qname: &Name, name: &LowerName) -> Vec<Record> {
+    records
+        .into_iter()
+        .map(|mut r| {
+            if LowerName::from(&r.name) == *name {
+                r.name = qname.clone();
+            }
+            r
+        })
+        .collect()
+}
+
+fn failed(request: &Request, code: ResponseCode) -> ResponseInfo {
+    let mut metadata = Metadata::response_from_request(&request.metadata);
+    metadata.response_code = code;
+    ResponseInfo::from(Header { metadata, counts: HeaderCounts::default() })
+}
+
+async fn send<'q, 'a, R, A, N, S, D>(handle: &mut R, request: &Request, response: MessageResponse<'q, 'a, A, N, S, D>) -> ResponseInfo
+where
+    R: ResponseHandler,
+    A: Iterator<Item = &'a Record> + Send + 'a,
+    N: Iterator<Item = &'a Record> + Send + 'a,
+    S: Iterator<Item = &'a Record> + Send + 'a,
+    D: Iterator<Item = &'a Record> + Send + 'a,
+{
+    match handle.send_response(response).await {
+        Ok(info) => info,
+        Err(e) => {
+            tracing::debug!(error = %e, "sending a DNS response");
+            failed(request, ResponseCode::ServFail)
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for Handler {
+    async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, mut handle: R) -> ResponseInfo {
+        // The reply's EDNS payload is the UDP size the server truncates to (TC set).
+        let edns = request.edns.as_ref().map(|e| {
+            let mut r = Edns::new();
+            r.set_max_payload(e.max_payload().clamp(512, 4096));
+            r
+        });
+        let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
+        if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
+            return send(&mut handle, request, builder.error_msg(&request.metadata, ResponseCode::BADVERS)).await;
+        }
+        if request.metadata.op_code != OpCode::Query {
+            return send(&mut handle, request, builder.error_msg(&request.metadata, ResponseCode::NotImp)).await;
+        }
+        let Ok(info) = request.request_info() else {
+            return send(&mut handle, request, builder.error_msg(&request.metadata, ResponseCode::FormErr)).await;
+        };
+        let (qname, name, qtype, class) = (info.query.original().name().clone(), info.query.name().clone(), info.query.query_type(), info.query.query_class());
+        let (reply, _forwarded) = self.answer(&qname, &name, qtype, class).await;
+        let mut md = Metadata::response_from_request(&request.metadata);
+        md.response_code = reply.code;
+        md.authoritative = reply.authoritative;
+        md.recursion_available = self.shared.forwarder.has_upstreams();
+        let response = builder.build(md, reply.answers.iter(), reply.authorities.iter(), std::iter::empty(), reply.additionals.iter());
+        send(&mut handle, request, response).await
+    }
+}

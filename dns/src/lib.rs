@@ -1,0 +1,132 @@
+//! Cluster DNS: the Kubernetes DNS specification (schema 1.0.1) for Services, EndpointSlices
+//! and pods, and a forwarding cache for every other name, served over UDP and TCP by
+//! hickory's `Server`. It is a Kubernetes client like any other component: it watches Services
+//! and EndpointSlices and keeps answering from the last state it saw while control is away.
+
+pub mod cluster;
+pub mod forward;
+pub mod handler;
+pub mod table;
+pub mod watch;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use hickory_server::Server;
+use hickory_server::proto::rr::LowerName;
+
+use crate::forward::{ForwardConfig, Forwarder};
+use crate::handler::{Handler, Shared};
+
+#[derive(Clone, Debug)]
+pub struct DnsConfig {
+    /// Addresses to serve on, UDP and TCP (port 0 picks one, the same for both).
+    pub listen: Vec<SocketAddr>,
+    /// Addresses that may not exist yet (a pod network's gateway before its bridge is made):
+    /// bound with IP_FREEBIND.
+    pub listen_freebind: Vec<SocketAddr>,
+    pub cluster_domain: String,
+    pub ttl: u32,
+    pub forward: ForwardConfig,
+}
+
+impl DnsConfig {
+    pub fn new(listen: Vec<SocketAddr>, upstreams: Vec<SocketAddr>) -> Self {
+        DnsConfig { listen, listen_freebind: Vec::new(), cluster_domain: "cluster.local".into(), ttl: 5, forward: ForwardConfig::new(upstreams) }
+    }
+}
+
+pub struct RunningDns {
+    /// Where it serves (UDP and TCP on each).
+    pub addrs: Vec<SocketAddr>,
+    pub shared: Arc<Shared>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    shutdown: tokio_util_token::Token,
+}
+
+mod tokio_util_token {
+    /// Stops the server tasks.
+    #[derive(Clone, Default)]
+    pub struct Token(pub std::sync::Arc<tokio::sync::Notify>);
+}
+
+impl RunningDns {
+    pub fn stop(&self) {
+        self.shutdown.0.notify_waiters();
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+fn udp_socket(addr: SocketAddr, freebind: bool) -> std::io::Result<std::net::UdpSocket> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    if freebind {
+        s.set_freebind_v4(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    Ok(s.into())
+}
+
+fn tcp_listener(addr: SocketAddr, freebind: bool) -> std::io::Result<std::net::TcpListener> {
+    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    if freebind {
+        s.set_freebind_v4(true)?;
+    }
+    s.set_nonblocking(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    Ok(s.into())
+}
+
+/// UDP and TCP on one port: with port 0, the port UDP got (tried a few times).
+fn bind_pair(addr: SocketAddr, freebind: bool) -> anyhow::Result<(std::net::UdpSocket, std::net::TcpListener, SocketAddr)> {
+    let mut last = None;
+    for _ in 0..20 {
+        let udp = udp_socket(addr, freebind).map_err(|e| anyhow::anyhow!("binding udp {addr}: {e}"))?;
+        let bound = udp.local_addr()?;
+        match tcp_listener(bound, freebind) {
+            Ok(tcp) => return Ok((udp, tcp, bound)),
+            Err(e) if addr.port() == 0 => last = Some(e),
+            Err(e) => anyhow::bail!("binding tcp {addr}: {e}"),
+        }
+    }
+    anyhow::bail!("no port free for both udp and tcp on {addr}: {last:?}")
+}
+
+/// Start serving; `client` feeds the cluster zone (None: forwarding only).
+pub async fn start(cfg: DnsConfig, client: Option<kube::Client>) -> anyhow::Result<RunningDns> {
+    let origin = cluster::origin(&cfg.cluster_domain)?;
+    let pod_zone = LowerName::from(hickory_server::proto::rr::Name::from_ascii("pod").and_then(|n| n.append_domain(&origin)).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let shared = Arc::new(Shared {
+        cluster: RwLock::new(Arc::new(cluster::build(&origin, cfg.ttl, 1, &[], &[]))),
+        pod_zone,
+        ttl: cfg.ttl,
+        forwarder: Forwarder::new(cfg.forward.clone()),
+    });
+    let mut server = Server::new(Handler { shared: shared.clone() });
+    let mut addrs = Vec::new();
+    for (addr, freebind) in cfg.listen.iter().map(|a| (*a, false)).chain(cfg.listen_freebind.iter().map(|a| (*a, true))) {
+        let (udp, tcp, bound) = bind_pair(addr, freebind)?;
+        server.register_socket(tokio::net::UdpSocket::from_std(udp)?);
+        server.register_listener(tokio::net::TcpListener::from_std(tcp)?, Duration::from_secs(10), 64);
+        addrs.push(bound);
+    }
+    let shutdown = tokio_util_token::Token::default();
+    let mut tasks = Vec::new();
+    let stop = shutdown.clone();
+    tasks.push(tokio::spawn(async move {
+        tokio::select! {
+            r = server.block_until_done() => if let Err(e) = r { tracing::warn!(error = %e, "dns server stopped") },
+            _ = stop.0.notified() => { let _ = server.shutdown_gracefully().await; }
+        }
+    }));
+    if let Some(client) = client {
+        tasks.push(tokio::spawn(watch::run(client, shared.clone(), origin, cfg.ttl)));
+    }
+    tracing::info!(addrs = ?addrs, domain = %cfg.cluster_domain, "dns serving");
+    Ok(RunningDns { addrs, shared, tasks, shutdown })
+}
