@@ -16,23 +16,42 @@ pub fn unmount_rootfs(bundle: &Path) -> Result<(), String> {
     }
 }
 
-/// Remove the pod's cgroup directories in every controller (deepest first).
-fn remove_cgroups(parent: &str, uid: &str) -> Vec<String> {
-    let mut errors = Vec::new();
-    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else { return errors };
+/// The pod's cgroup directories in every controller, deepest first.
+fn pod_cgroups(parent: &str, uid: &str) -> Vec<std::path::PathBuf> {
+    let mut dirs = Vec::new();
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else { return dirs };
     for ctl in controllers.flatten() {
         let dir = ctl.path().join(parent.trim_start_matches('/')).join(uid);
         if !dir.is_dir() {
             continue;
         }
-        let mut subdirs: Vec<std::path::PathBuf> = std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir()).collect();
-        subdirs.push(dir);
-        for d in subdirs {
+        dirs.extend(std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        dirs.push(dir);
+    }
+    dirs
+}
+
+/// Remove the pod's cgroups. A process still in one (an exec session's, on its way out)
+/// keeps it busy: such processes are killed and removal tried again for a few seconds.
+async fn remove_cgroups(parent: &str, uid: &str) -> Vec<String> {
+    let mut errors = Vec::new();
+    for attempt in 0..50 {
+        errors.clear();
+        for d in pod_cgroups(parent, uid) {
+            for pid in std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+                let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+            }
             if let Err(e) = std::fs::remove_dir(&d) {
                 if e.kind() != std::io::ErrorKind::NotFound {
                     errors.push(format!("removing cgroup {}: {e}", d.display()));
                 }
             }
+        }
+        if errors.is_empty() {
+            break;
+        }
+        if attempt < 49 {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         }
     }
     errors
@@ -60,7 +79,7 @@ pub async fn teardown(ctx: &NodeCtx, uid: &str, dir: &Path, ns: &PodNamespaces, 
     if let Err(es) = ns.remove(&ctx.keeper).await {
         errors.extend(es.into_iter().map(|e| e.to_string()));
     }
-    errors.extend(remove_cgroups(&ctx.cgroup_parent, uid));
+    errors.extend(remove_cgroups(&ctx.cgroup_parent, uid).await);
     if let Err(e) = std::fs::remove_dir_all(dir) {
         if e.kind() != std::io::ErrorKind::NotFound {
             errors.push(format!("removing {}: {e}", dir.display()));
