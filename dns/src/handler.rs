@@ -12,12 +12,14 @@ use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseI
 use hickory_server::zone_handler::{MessageResponse, MessageResponseBuilder};
 
 use crate::cluster::{ClusterZone, pod_address};
-use crate::forward::Forwarder;
+use crate::forward::{Forwarded, Forwarder};
+use crate::privatezone::{ViewAnswer, Views};
 use crate::table::Answer;
 
 /// What the server knows, swapped whole when the objects change.
 pub struct Shared {
     pub cluster: RwLock<Arc<ClusterZone>>,
+    pub views: RwLock<Arc<Views>>,
     pub pod_zone: LowerName,
     pub ttl: u32,
     pub forwarder: Forwarder,
@@ -30,6 +32,14 @@ impl Shared {
 
     pub fn set_cluster(&self, zone: ClusterZone) {
         *self.cluster.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(zone);
+    }
+
+    pub fn views(&self) -> Arc<Views> {
+        self.views.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    pub fn set_views(&self, views: Views) {
+        *self.views.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(views);
     }
 }
 
@@ -120,7 +130,20 @@ impl Handler {
         }
     }
 
-    async fn answer(&self, qname: &Name, name: &LowerName, qtype: RecordType, class: DNSClass) -> (Reply, bool) {
+    async fn answer(&self, client: std::net::IpAddr, qname: &Name, name: &LowerName, qtype: RecordType, class: DNSClass) -> (Reply, bool) {
+        // A PrivateZone bound to the asker's network comes first.
+        let views = self.shared.views();
+        if class == DNSClass::IN && !views.is_empty() {
+            if let Some(view) = views.find(client, name) {
+                let reply = match view.answer(name, qtype) {
+                    ViewAnswer::Records(r) => Reply { authoritative: true, answers: renamed_first(r, qname, name), ..Reply::default() },
+                    ViewAnswer::NoData(soa) => Reply { authoritative: true, authorities: vec![soa], ..Reply::default() },
+                    ViewAnswer::NxDomain(soa) => Reply { code: ResponseCode::NXDomain, authoritative: true, authorities: vec![soa], ..Reply::default() },
+                    ViewAnswer::Forward(f) => return (forwarded(f.resolve(name, qtype, class).await, qname, name), true),
+                };
+                return (reply, false);
+            }
+        }
         let zone = self.shared.cluster();
         if class == DNSClass::IN && zone.zone.contains(name) {
             return (self.cluster_answer(&zone, qname, name, qtype).await, false);
@@ -133,21 +156,22 @@ impl Handler {
         if !self.shared.forwarder.has_upstreams() {
             return (Reply { code: ResponseCode::Refused, ..Reply::default() }, false);
         }
-        match self.shared.forwarder.resolve(name, qtype, class).await {
-            Ok(f) => (
-                Reply {
-                    code: f.response_code,
-                    authoritative: false,
-                    answers: renamed_first(f.answers, qname, name),
-                    authorities: f.authorities,
-                    additionals: f.additionals,
-                },
-                true,
-            ),
-            Err(e) => {
-                tracing::debug!(%name, %qtype, error = %e, "no upstream answered");
-                (Reply { code: ResponseCode::ServFail, ..Reply::default() }, true)
-            }
+        (forwarded(self.shared.forwarder.resolve(name, qtype, class).await, qname, name), true)
+    }
+}
+
+fn forwarded(result: Result<Forwarded, String>, qname: &Name, name: &LowerName) -> Reply {
+    match result {
+        Ok(f) => Reply {
+            code: f.response_code,
+            authoritative: false,
+            answers: renamed_first(f.answers, qname, name),
+            authorities: f.authorities,
+            additionals: f.additionals,
+        },
+        Err(e) => {
+            tracing::debug!(%name, error = %e, "no upstream answered");
+            Reply { code: ResponseCode::ServFail, ..Reply::default() }
         }
     }
 }
@@ -208,7 +232,7 @@ impl RequestHandler for Handler {
             return send(&mut handle, request, builder.error_msg(&request.metadata, ResponseCode::FormErr)).await;
         };
         let (qname, name, qtype, class) = (info.query.original().name().clone(), info.query.name().clone(), info.query.query_type(), info.query.query_class());
-        let (reply, _forwarded) = self.answer(&qname, &name, qtype, class).await;
+        let (reply, _forwarded) = self.answer(request.src().ip().to_canonical(), &qname, &name, qtype, class).await;
         let mut md = Metadata::response_from_request(&request.metadata);
         md.response_code = reply.code;
         md.authoritative = reply.authoritative;

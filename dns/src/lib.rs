@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod forward;
 pub mod handler;
+pub mod privatezone;
 pub mod table;
 pub mod watch;
 
@@ -103,6 +104,7 @@ pub async fn start(cfg: DnsConfig, client: Option<kube::Client>) -> anyhow::Resu
     let pod_zone = LowerName::from(hickory_server::proto::rr::Name::from_ascii("pod").and_then(|n| n.append_domain(&origin)).map_err(|e| anyhow::anyhow!("{e}"))?);
     let shared = Arc::new(Shared {
         cluster: RwLock::new(Arc::new(cluster::build(&origin, cfg.ttl, 1, &[], &[]))),
+        views: RwLock::new(Arc::new(privatezone::Views::default())),
         pod_zone,
         ttl: cfg.ttl,
         forwarder: Forwarder::new(cfg.forward.clone()),
@@ -125,7 +127,8 @@ pub async fn start(cfg: DnsConfig, client: Option<kube::Client>) -> anyhow::Resu
         }
     }));
     if let Some(client) = client {
-        tasks.push(tokio::spawn(watch::run(client, shared.clone(), origin, cfg.ttl)));
+        tasks.push(tokio::spawn(watch::run(client.clone(), shared.clone(), origin, cfg.ttl)));
+        tasks.push(tokio::spawn(watch::private_zones(client, shared.clone(), cfg.forward.clone())));
     }
     tracing::info!(addrs = ?addrs, domain = %cfg.cluster_domain, "dns serving");
     Ok(RunningDns { addrs, shared, tasks, shutdown })

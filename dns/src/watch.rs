@@ -54,3 +54,40 @@ where
 {
     futures::FutureExt::now_or_never(store.wait_until_ready()).is_some_and(|r| r.is_ok())
 }
+
+/// Install the PrivateZone CRD (server-side apply; a cluster that refuses leaves it to its
+/// admin), then keep the views in step with the PrivateZone objects.
+pub async fn private_zones(client: kube::Client, shared: Arc<Shared>, forward: crate::forward::ForwardConfig) {
+    use kube::CustomResourceExt;
+    use nodeless_types::privatezone::PrivateZone;
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
+    let crd = PrivateZone::crd();
+    let name = crd.metadata.name.clone().unwrap_or_default();
+    if let Err(e) = crds.patch(&name, &kube::api::PatchParams::apply("nodeless-dns").force(), &kube::api::Patch::Apply(&crd)).await {
+        tracing::warn!(error = %e, "installing the PrivateZone CRD");
+    }
+    let (zones, writer) = reflector::store::<PrivateZone>();
+    let mut events = reflector(writer, watcher(Api::<PrivateZone>::all(client), watcher::Config::default())).default_backoff().boxed();
+    while let Some(e) = events.next().await {
+        if let Err(e) = e {
+            tracing::debug!(error = %e, "privatezone watch (the last views stay in place)");
+            continue;
+        }
+        let pause = tokio::time::sleep(Duration::from_millis(50));
+        tokio::pin!(pause);
+        loop {
+            tokio::select! {
+                _ = &mut pause => break,
+                more = events.next() => if more.is_none() { break },
+            }
+        }
+        if !listed(&zones) {
+            continue;
+        }
+        let (views, problems) = crate::privatezone::Views::build(&zones.state(), &forward);
+        for p in problems {
+            tracing::warn!("{p}");
+        }
+        shared.set_views(views);
+    }
+}

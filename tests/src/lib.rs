@@ -107,7 +107,10 @@ impl Nodeless {
         }]});
         std::fs::write(&conf, conflist.to_string())?;
         let conf_arg = conf.to_string_lossy().to_string();
-        let mut args = vec!["--cni-conf", conf_arg.as_str()];
+        // Pods' resolv.conf names their gateway; cluster DNS serves there (bound before the
+        // bridge exists).
+        let gateway = format!("10.252.{k}.1");
+        let mut args = vec!["--cni-conf", conf_arg.as_str(), "--cluster-dns", gateway.as_str()];
         args.extend_from_slice(extra);
         let mut n = Self::start_with_node(&args)?;
         n.net = Some((bridge, subnet));

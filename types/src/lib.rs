@@ -7,6 +7,7 @@
 
 pub mod catalogue;
 pub mod keys;
+pub mod privatezone;
 pub mod quantity;
 
 pub use catalogue::{BUILTIN, ResourceDef, Scope};

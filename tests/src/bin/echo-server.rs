@@ -52,7 +52,32 @@ fn handle(stream: TcpStream, pod: &str) -> std::io::Result<()> {
     }
 }
 
+/// `echo-server get http://<host>:<port><path>`: one GET through the C library's resolver (so
+/// resolv.conf's search path and ndots apply); prints the body, exits 1 on any failure.
+fn get(url: &str) -> ! {
+    use std::io::{Read, Write};
+    use std::net::ToSocketAddrs;
+    let fail = |what: String| -> ! {
+        eprintln!("echo-server get: {what}");
+        std::process::exit(1)
+    };
+    let rest = url.strip_prefix("http://").unwrap_or_else(|| fail(format!("{url}: only http:// URLs")));
+    let (hostport, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let addrs: Vec<_> = hostport.to_socket_addrs().unwrap_or_else(|e| fail(format!("resolving {hostport}: {e}"))).collect();
+    let mut stream = addrs.iter().find_map(|a| std::net::TcpStream::connect_timeout(a, std::time::Duration::from_secs(5)).ok()).unwrap_or_else(|| fail(format!("connecting to {addrs:?}")));
+    let host = hostport.split(':').next().unwrap_or(hostport);
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap_or_else(|e| fail(e.to_string()));
+    let mut response = String::new();
+    stream.read_to_string(&mut response).unwrap_or_else(|e| fail(e.to_string()));
+    print!("{}", response.split_once("\r\n\r\n").map_or("", |(_, body)| body));
+    std::process::exit(0)
+}
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("get") {
+        get(args.get(2).map_or("", String::as_str));
+    }
     if let Ok(mut signals) = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM]) {
         std::thread::spawn(move || {
             if signals.forever().next().is_some() {

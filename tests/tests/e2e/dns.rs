@@ -309,3 +309,169 @@ fn forwarding_caches_coalesces_and_serves_stale() {
     // A name never seen fails cleanly.
     assert_eq!(dig(dns, &["+time=6", "never.example.test", "A"]).status, "SERVFAIL");
 }
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").unwrap().lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+/// From inside a pod: a Service by its short name, `<svc>.<ns>` and its FQDN, through the
+/// resolv.conf the node wrote (cluster DNS at the pod's gateway, the search path, ndots:5).
+#[test]
+fn pods_resolve_service_names() {
+    use nodeless_tests::images::{BUSYBOX, ECHO};
+    assert!(is_root(), "pod tests need root");
+    let n = Nodeless::start_with_node_network(&[]).unwrap();
+    apply(
+        &n,
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: echo-0, labels: {{app: echo-dns}}}}
+spec:
+  containers:
+  - name: echo
+    image: {ECHO}
+    ports: [{{containerPort: 8080, name: http}}]
+    env: [{{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
+    readinessProbe: {{httpGet: {{path: /ready, port: http}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo}}
+spec:
+  clusterIP: None
+  selector: {{app: echo-dns}}
+  ports: [{{name: http, port: 8080}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  containers:
+  - {{name: c, image: {BUSYBOX}, command: [sleep, "3600"]}}
+"#
+        ),
+    );
+    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/echo-0", "pod/client", "--timeout=60s"]);
+    let ip = n.kubectl_ok(V, &["get", "pod", "echo-0", "-o", "jsonpath={.status.podIP}"]);
+    let (_, subnet) = n.net.clone().unwrap();
+    let gateway = subnet.replace(".0/24", ".1");
+    let resolv = n.kubectl_ok(V, &["exec", "client", "--", "cat", "/etc/resolv.conf"]);
+    assert!(resolv.contains(&format!("nameserver {gateway}")) && resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local") && resolv.contains("ndots:5"), "{resolv}");
+    eventually("the headless Service to have its ready pod", 30, || dig(n.dns_addr().unwrap(), &["echo.default.svc.cluster.local", "A"]).data() == vec![ip.clone()]);
+    // (busybox's nslookup applies the search path to dotless names only; `<svc>.<ns>` is asked
+    // through the C library below.)
+    for name in ["echo", "echo.default.svc.cluster.local"] {
+        let out = n.kubectl(V, &["exec", "client", "--", "nslookup", name]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        // busybox's nslookup asks every search-path expansion at once and prints each NXDOMAIN
+        // (and then exits 1); the answer must be among them.
+        assert!(text.contains(&format!("Name:\techo.default.svc.cluster.local\nAddress: {ip}")), "nslookup {name}: {text}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    // The C library's resolver, with the search path and ndots:5: HTTP to the Service by every
+    // form of its name.
+    for host in ["echo", "echo.default", "echo.default.svc", "echo.default.svc.cluster.local"] {
+        let out = n.kubectl(V, &["exec", "echo-0", "--", "/echo-server", "get", &format!("http://{host}:8080/dns")]);
+        let body = String::from_utf8_lossy(&out.stdout);
+        assert!(body.starts_with("pod: echo-0\npath: /dns\n"), "{host}: {body}{}", String::from_utf8_lossy(&out.stderr));
+    }
+    n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
+}
+
+/// PrivateZone: one zone name bound to two networks answers each with its own records; a
+/// weight of 0 is never served; a sub-zone overrides its parent; a forwarding rule sends a
+/// zone to its resolver; a bad object is refused with the field.
+#[test]
+fn private_zones_answer_by_network() {
+    let port = free_port();
+    let authority = Unbound::start(port);
+    let n = Nodeless::start().unwrap();
+    let dns = n.dns_addr().unwrap();
+    eventually("the PrivateZone CRD to be served", 30, || n.kubectl(V, &["get", "privatezones"]).status.success());
+    apply(
+        &n,
+        &format!(
+            r#"apiVersion: network.nodeless.io/v1
+kind: PrivateZone
+metadata: {{name: corp-a}}
+spec:
+  zone: corp.example
+  networks: [127.10.0.0/16]
+  ttl: 30
+  records:
+  - {{name: www, type: A, values: [{{value: 192.0.2.1, weight: 70}}, {{value: 192.0.2.2, weight: 30}}, {{value: 192.0.2.3, weight: 0}}]}}
+  - {{name: "@", type: MX, values: [{{value: "10 mail"}}]}}
+  - {{name: mail, type: A, values: [{{value: 192.0.2.25}}]}}
+  - {{name: info, type: TXT, values: [{{value: "network a"}}]}}
+  - {{name: _sip._tcp, type: SRV, values: [{{value: "0 5 5060 sip.corp.example."}}]}}
+  - {{name: alias, type: CNAME, values: [{{value: www}}]}}
+---
+apiVersion: network.nodeless.io/v1
+kind: PrivateZone
+metadata: {{name: corp-b}}
+spec:
+  zone: corp.example
+  networks: [127.20.0.0/16]
+  records:
+  - {{name: www, type: A, values: [{{value: 198.51.100.1}}]}}
+---
+apiVersion: network.nodeless.io/v1
+kind: PrivateZone
+metadata: {{name: corp-a-dev}}
+spec:
+  zone: dev.corp.example
+  networks: [127.10.0.0/16]
+  records:
+  - {{name: www, type: AAAA, values: [{{value: "fd00::1"}}]}}
+---
+apiVersion: network.nodeless.io/v1
+kind: PrivateZone
+metadata: {{name: rule}}
+spec:
+  zone: example.test
+  networks: [127.30.0.0/16]
+  forwardTo: ["127.0.0.1:{port}"]
+"#
+        ),
+    );
+    let from = |src: &str, args: &[&str]| {
+        let mut a = vec!["-b", src];
+        a.extend_from_slice(args);
+        dig(dns, &a)
+    };
+    eventually("the zones to be served", 20, || from("127.10.0.1", &["www.corp.example", "A"]).status == "NOERROR");
+
+    // Weighted: one value per answer, in proportion; weight 0 never.
+    let mut seen = std::collections::BTreeMap::new();
+    for _ in 0..60 {
+        let d = from("127.10.0.1", &["www.corp.example", "A"]);
+        assert_eq!(d.answer.len(), 1, "{}", d.raw);
+        *seen.entry(d.data()[0].clone()).or_insert(0) += 1;
+    }
+    assert!(!seen.contains_key("192.0.2.3"), "weight 0 served: {seen:?}");
+    assert!(seen.get("192.0.2.1").copied().unwrap_or(0) > seen.get("192.0.2.2").copied().unwrap_or(0), "70 against 30: {seen:?}");
+    // The other record types.
+    assert_eq!(from("127.10.0.1", &["corp.example", "MX"]).data(), vec!["10 mail.corp.example."]);
+    assert_eq!(from("127.10.0.1", &["info.corp.example", "TXT"]).data(), vec!["\"network a\""]);
+    assert_eq!(from("127.10.0.1", &["_sip._tcp.corp.example", "SRV"]).data(), vec!["0 5 5060 sip.corp.example."]);
+    assert_eq!(from("127.10.0.1", &["alias.corp.example", "CNAME"]).data(), vec!["www.corp.example."]);
+    let d = from("127.10.0.1", &["nothing.corp.example", "A"]);
+    assert!(d.status == "NXDOMAIN" && d.soa_in_authority(), "{}", d.raw);
+
+    // The same name, another network, another answer; no bound network, no zone.
+    assert_eq!(from("127.20.0.1", &["www.corp.example", "A"]).data(), vec!["198.51.100.1"]);
+    assert_ne!(from("127.40.0.1", &["www.corp.example", "A"]).status, "NOERROR");
+    // The sub-zone overrides its parent for its names, in its network only.
+    assert_eq!(from("127.10.0.1", &["www.dev.corp.example", "AAAA"]).data(), vec!["fd00::1"]);
+    assert_eq!(from("127.20.0.1", &["www.dev.corp.example", "AAAA"]).status, "NXDOMAIN");
+
+    // A forwarding rule: the zone's names go to its resolver.
+    assert_eq!(from("127.30.0.1", &["www.example.test", "A"]).data(), vec!["192.0.2.10"]);
+    drop(authority);
+
+    // A bad object is refused with the field.
+    let bad = "apiVersion: network.nodeless.io/v1\nkind: PrivateZone\nmetadata: {name: bad}\nspec:\n  zone: x.example\n  networks: [10.0.0.0/8]\n  records:\n  - {name: www, type: A, values: [{value: 192.0.2.1, weight: 101}]}\n";
+    let out = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(bad));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("weight"), "{err}");
+}
