@@ -3,7 +3,9 @@
 //! server), pod names are read from the name, the cluster's reverse records answer PTR queries,
 //! and every other name goes through the forwarding cache.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
 
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{Edns, Header, HeaderCounts, Metadata, OpCode, ResponseCode};
@@ -18,8 +20,8 @@ use crate::table::Answer;
 
 /// What the server knows, swapped whole when the objects change.
 pub struct Shared {
-    pub cluster: RwLock<Arc<ClusterZone>>,
-    pub views: RwLock<Arc<Views>>,
+    pub cluster: ArcSwap<ClusterZone>,
+    pub views: ArcSwap<Views>,
     pub pod_zone: LowerName,
     pub ttl: u32,
     pub forwarder: Forwarder,
@@ -27,19 +29,19 @@ pub struct Shared {
 
 impl Shared {
     pub fn cluster(&self) -> Arc<ClusterZone> {
-        self.cluster.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.cluster.load_full()
     }
 
     pub fn set_cluster(&self, zone: ClusterZone) {
-        *self.cluster.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(zone);
+        self.cluster.store(Arc::new(zone));
     }
 
     pub fn views(&self) -> Arc<Views> {
-        self.views.read().unwrap_or_else(|e| e.into_inner()).clone()
+        self.views.load_full()
     }
 
     pub fn set_views(&self, views: Views) {
-        *self.views.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(views);
+        self.views.store(Arc::new(views));
     }
 }
 
@@ -58,15 +60,9 @@ struct Reply {
     additionals: Vec<Record>,
 }
 
+/// The records under the asker's spelling of the name (one allocation each, not two).
 fn renamed(records: &[Record], name: &Name) -> Vec<Record> {
-    records
-        .iter()
-        .map(|r| {
-            let mut r = r.clone();
-            r.name = name.clone();
-            r
-        })
-        .collect()
+    records.iter().map(|r| Record::from_rdata(name.clone(), r.ttl, r.data.clone())).collect()
 }
 
 impl Handler {
@@ -132,7 +128,7 @@ impl Handler {
 
     async fn answer(&self, client: std::net::IpAddr, qname: &Name, name: &LowerName, qtype: RecordType, class: DNSClass) -> (Reply, bool) {
         // A PrivateZone bound to the asker's network comes first.
-        let views = self.shared.views();
+        let views = self.shared.views.load();
         if class == DNSClass::IN && !views.is_empty() {
             if let Some(view) = views.find(client, name) {
                 let reply = match view.answer(name, qtype) {
@@ -144,7 +140,7 @@ impl Handler {
                 return (reply, false);
             }
         }
-        let zone = self.shared.cluster();
+        let zone = self.shared.cluster.load();
         if class == DNSClass::IN && zone.zone.contains(name) {
             return (self.cluster_answer(&zone, qname, name, qtype).await, false);
         }

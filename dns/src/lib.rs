@@ -1,6 +1,6 @@
 //! Cluster DNS: the Kubernetes DNS specification (schema 1.0.1) for Services, EndpointSlices
-//! and pods, and a forwarding cache for every other name, served over UDP and TCP by
-//! hickory's `Server`. It is a Kubernetes client like any other component: it watches Services
+//! and pods, and a forwarding cache for every other name, served over UDP (our receive loops,
+//! hickory's messages and handler trait) and TCP (hickory's `Server`). It is a Kubernetes client like any other component: it watches Services
 //! and EndpointSlices and keeps answering from the last state it saw while control is away.
 
 pub mod cluster;
@@ -8,10 +8,11 @@ pub mod forward;
 pub mod handler;
 pub mod privatezone;
 pub mod table;
+mod udp;
 pub mod watch;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use hickory_server::Server;
@@ -66,6 +67,11 @@ fn udp_socket(addr: SocketAddr, freebind: bool) -> std::io::Result<std::net::Udp
     if freebind {
         s.set_freebind_v4(true)?;
     }
+    // Several sockets share the port and the kernel spreads askers over them.
+    s.set_reuse_port(true)?;
+    // Room for bursts: as much receive buffer as the host allows (net.core.rmem_max).
+    let max = std::fs::read_to_string("/proc/sys/net/core/rmem_max").ok().and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(212_992);
+    let _ = s.set_recv_buffer_size(max.min(8 << 20));
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
     Ok(s.into())
@@ -103,22 +109,28 @@ pub async fn start(cfg: DnsConfig, client: Option<kube::Client>) -> anyhow::Resu
     let origin = cluster::origin(&cfg.cluster_domain)?;
     let pod_zone = LowerName::from(hickory_server::proto::rr::Name::from_ascii("pod").and_then(|n| n.append_domain(&origin)).map_err(|e| anyhow::anyhow!("{e}"))?);
     let shared = Arc::new(Shared {
-        cluster: RwLock::new(Arc::new(cluster::build(&origin, cfg.ttl, 1, &[], &[]))),
-        views: RwLock::new(Arc::new(privatezone::Views::default())),
+        cluster: arc_swap::ArcSwap::from_pointee(cluster::build(&origin, cfg.ttl, 1, &[], &[])),
+        views: arc_swap::ArcSwap::from_pointee(privatezone::Views::default()),
         pod_zone,
         ttl: cfg.ttl,
         forwarder: Forwarder::new(cfg.forward.clone()),
     });
-    let mut server = Server::new(Handler { shared: shared.clone() });
+    let handler = Handler { shared: shared.clone() };
+    let mut server = Server::new(handler.clone());
     let mut addrs = Vec::new();
+    let mut udp_sockets = Vec::new();
     for (addr, freebind) in cfg.listen.iter().map(|a| (*a, false)).chain(cfg.listen_freebind.iter().map(|a| (*a, true))) {
         let (udp, tcp, bound) = bind_pair(addr, freebind)?;
-        server.register_socket(tokio::net::UdpSocket::from_std(udp)?);
+        udp_sockets.push(tokio::net::UdpSocket::from_std(udp)?);
+        // One receive loop per core: a single loop tops out long before the cores do.
+        for _ in 1..std::thread::available_parallelism().map_or(1, |n| n.get()) {
+            udp_sockets.push(tokio::net::UdpSocket::from_std(udp_socket(bound, freebind)?)?);
+        }
         server.register_listener(tokio::net::TcpListener::from_std(tcp)?, Duration::from_secs(10), 64);
         addrs.push(bound);
     }
     let shutdown = tokio_util_token::Token::default();
-    let mut tasks = Vec::new();
+    let mut tasks: Vec<tokio::task::JoinHandle<()>> = udp_sockets.into_iter().map(|s| tokio::spawn(udp::serve(s, handler.clone()))).collect();
     let stop = shutdown.clone();
     tasks.push(tokio::spawn(async move {
         tokio::select! {

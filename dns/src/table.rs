@@ -2,7 +2,7 @@
 //! names that exist only because something lies below them (empty non-terminals), and the SOA
 //! that negative answers carry. Built whole from the objects and swapped in, never edited.
 
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 
 use hickory_server::proto::rr::{LowerName, Name, RData, Record, RecordType, rdata};
 
@@ -19,7 +19,7 @@ pub enum Answer<'a> {
 
 #[derive(Debug, Default)]
 struct Node {
-    sets: HashMap<RecordType, Vec<Record>>,
+    sets: std::collections::HashMap<RecordType, Vec<Record>, rustc_hash::FxBuildHasher>,
 }
 
 #[derive(Debug)]
@@ -35,7 +35,7 @@ impl Zone {
         let mname = Name::from_ascii("ns.dns").and_then(|n| n.append_domain(origin)).unwrap_or_else(|_| origin.clone());
         let rname = Name::from_ascii("hostmaster").and_then(|n| n.append_domain(origin)).unwrap_or_else(|_| origin.clone());
         let soa = Record::from_rdata(origin.clone(), ttl, RData::SOA(rdata::SOA::new(mname, rname, serial, 7200, 1800, 86400, ttl)));
-        let mut zone = Zone { origin: LowerName::new(origin), soa: soa.clone(), names: HashMap::new() };
+        let mut zone = Zone { origin: LowerName::new(origin), soa: soa.clone(), names: HashMap::default() };
         zone.add(soa);
         zone
     }

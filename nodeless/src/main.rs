@@ -212,7 +212,7 @@ async fn run_control(args: UpArgs, with_node: bool) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NODELESS_LOG").unwrap_or_else(|_| "info".into()))
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NODELESS_LOG").unwrap_or_else(|_| "info,hickory_server=warn".into()))
         .with_writer(std::io::stderr)
         .init();
     // One TLS provider for every client in the process (kube, the registry client).

@@ -29,6 +29,9 @@ struct Args {
     /// dnsperf clients (sockets).
     #[arg(long, default_value_t = 8)]
     clients: usize,
+    /// Queries each dnsperf client keeps outstanding.
+    #[arg(long, default_value_t = 50)]
+    outstanding: usize,
 }
 
 fn free_port() -> u16 {
@@ -89,11 +92,11 @@ struct Perf {
     sent: u64,
 }
 
-fn dnsperf(server: SocketAddr, queries: &std::path::Path, seconds: u64, clients: usize) -> Result<Perf> {
+fn dnsperf(server: SocketAddr, queries: &std::path::Path, seconds: u64, clients: usize, args_q: usize) -> Result<Perf> {
     let out = Command::new("dnsperf")
         .args(["-s", &server.ip().to_string(), "-p", &server.port().to_string(), "-d"])
         .arg(queries)
-        .args(["-l", &seconds.to_string(), "-c", &clients.to_string(), "-T", "1", "-q", "200", "-t", "2"])
+        .args(["-l", &seconds.to_string(), "-c", &clients.to_string(), "-T", "1", "-q", &args_q.to_string(), "-t", "2"])
         .output()
         .context("dnsperf (apt-get install dnsperf)")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -167,6 +170,8 @@ async fn main() -> Result<()> {
         let (Some(name), Some(ip)) = (s.metadata.name.as_deref(), s.spec.as_ref().and_then(|s| s.cluster_ip.as_deref())) else { continue };
         peer_conf.push_str(&format!("  local-data: \"{name}.default.svc.cluster.local. 5 IN A {ip}\"\n"));
     }
+    // unbound answers the special-use `test.` itself (RFC 6761) unless told not to.
+    peer_conf.push_str("  local-zone: \"test.\" nodefault\n");
     peer_conf.push_str(&format!("forward-zone:\n  name: \"fwd.test.\"\n  forward-addr: {}@{}\n", authority.addr.ip(), authority.addr.port()));
     let peer = Unbound::start(cores, &peer_conf)?;
 
@@ -177,17 +182,17 @@ async fn main() -> Result<()> {
 
     // Warm both caches with every forwarded name.
     for server in [ours, peer.addr] {
-        dnsperf(server, &forward_q, 2, 1)?;
+        dnsperf(server, &forward_q, 2, 1, args.outstanding)?;
     }
 
     println!(
-        "DNS benchmark: {} names of each kind, dnsperf {} s x {} clients, {} cores shared by everything (unbound with num-threads {cores}; nodeless with {cores} runtime threads)",
-        args.names, args.seconds, args.clients, cores
+        "DNS benchmark: {} names of each kind, dnsperf {} s x {} clients x {} outstanding, {} cores shared by everything (unbound with num-threads {cores}; nodeless with {cores} runtime threads)",
+        args.names, args.seconds, args.clients, args.outstanding, cores
     );
     println!("{:<34} {:>12} {:>12} {:>8} {:>14}", "", "nodeless", "unbound", "ratio", "lost (n / u)");
     for (label, file) in [("cluster names (q/s)", &cluster_q), ("cached forwarded names (q/s)", &forward_q)] {
-        let a = dnsperf(ours, file, args.seconds, args.clients)?;
-        let b = dnsperf(peer.addr, file, args.seconds, args.clients)?;
+        let a = dnsperf(ours, file, args.seconds, args.clients, args.outstanding)?;
+        let b = dnsperf(peer.addr, file, args.seconds, args.clients, args.outstanding)?;
         println!("{:<34} {:>12.0} {:>12.0} {:>7.2}x {:>8} / {}", label, a.qps, b.qps, a.qps / b.qps.max(1.0), a.lost, b.lost);
     }
     println!("(ratio > 1 means nodeless is faster; both answer every query from memory)");

@@ -475,3 +475,48 @@ spec:
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && err.contains("weight"), "{err}");
 }
+
+/// `nodeless dns` on its own against control keeps answering from the last state it saw while
+/// control is down, and follows changes again once it is back.
+#[test]
+fn answers_survive_control_going_away() {
+    let mut n = Nodeless::start_with(&["--no-dns"]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let addr_file = dir.path().join("dns.addr");
+    let mut dns = Command::new(nodeless_tests::nodeless_binary().unwrap())
+        .args(["dns", "--dns-listen", "127.0.0.1:0", "--dns-upstream", "127.0.0.1:9", "--kubeconfig"])
+        .arg(n.kubeconfig())
+        .arg("--dns-address-file")
+        .arg(&addr_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let _guard = Kill(&mut dns);
+    let mut addr = None;
+    eventually("nodeless dns to serve", 30, || {
+        addr = std::fs::read_to_string(&addr_file).ok().and_then(|t| t.trim().parse::<SocketAddr>().ok());
+        addr.is_some()
+    });
+    let addr = addr.unwrap();
+    apply(&n, "apiVersion: v1\nkind: Service\nmetadata: {name: kept}\nspec: {ports: [{port: 80}]}\n");
+    let ip = n.kubectl_ok(V, &["get", "svc", "kept", "-o", "jsonpath={.spec.clusterIP}"]);
+    eventually("the Service to be served", 20, || dig(addr, &["kept.default.svc.cluster.local", "A"]).data() == vec![ip.clone()]);
+
+    n.stop(true).unwrap();
+    std::thread::sleep(Duration::from_secs(3));
+    for _ in 0..3 {
+        assert_eq!(dig(addr, &["kept.default.svc.cluster.local", "A"]).data(), vec![ip.clone()], "answers from the last state");
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    n.restart(false).unwrap();
+    n.kubectl_ok(V, &["delete", "svc", "kept"]);
+    eventually("the deletion to be seen after control came back", 60, || dig(addr, &["kept.default.svc.cluster.local", "A"]).status == "NXDOMAIN");
+}
