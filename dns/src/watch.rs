@@ -26,15 +26,7 @@ pub async fn run(client: kube::Client, shared: Arc<Shared>, origin: Name, ttl: u
             tracing::debug!(error = %e, "watch (the last cluster zone stays in place)");
             continue;
         }
-        // Take whatever else arrives within 50 ms into the same rebuild.
-        let pause = tokio::time::sleep(Duration::from_millis(50));
-        tokio::pin!(pause);
-        loop {
-            tokio::select! {
-                _ = &mut pause => break,
-                more = events.next() => if more.is_none() { break },
-            }
-        }
+        settle(&mut events).await;
         if !listed(&services) || !listed(&slices) {
             // Until both first lists are in, a partial zone would answer NXDOMAIN wrongly.
             continue;
@@ -73,14 +65,7 @@ pub async fn private_zones(client: kube::Client, shared: Arc<Shared>, forward: c
             tracing::debug!(error = %e, "privatezone watch (the last views stay in place)");
             continue;
         }
-        let pause = tokio::time::sleep(Duration::from_millis(50));
-        tokio::pin!(pause);
-        loop {
-            tokio::select! {
-                _ = &mut pause => break,
-                more = events.next() => if more.is_none() { break },
-            }
-        }
+        settle(&mut events).await;
         if !listed(&zones) {
             continue;
         }
@@ -89,5 +74,17 @@ pub async fn private_zones(client: kube::Client, shared: Arc<Shared>, forward: c
             tracing::warn!("{p}");
         }
         shared.set_views(views);
+    }
+}
+
+/// Take whatever else arrives within 50 ms into the same rebuild.
+async fn settle<S: futures::Stream + Unpin>(events: &mut S) {
+    let pause = tokio::time::sleep(Duration::from_millis(50));
+    tokio::pin!(pause);
+    loop {
+        tokio::select! {
+            _ = &mut pause => break,
+            more = events.next() => if more.is_none() { break },
+        }
     }
 }

@@ -305,6 +305,18 @@ fn token_of(path: &Path) -> String {
 }
 
 /// Poll `f` every 100 ms until it holds; panic naming `what` after `secs` seconds.
+/// A loopback port free for both UDP and TCP (bound, read back, released), for peers such as
+/// unbound that take a port on their command line.
+pub fn free_port() -> u16 {
+    loop {
+        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let port = u.local_addr().unwrap().port();
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 pub fn eventually(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let deadline = Instant::now() + Duration::from_secs(secs);
     while Instant::now() < deadline {

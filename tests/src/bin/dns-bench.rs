@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use nodeless_tests::Nodeless;
+use nodeless_tests::{Nodeless, free_port};
 
 #[derive(Parser)]
 struct Args {
@@ -32,16 +32,6 @@ struct Args {
     /// Queries each dnsperf client keeps outstanding.
     #[arg(long, default_value_t = 50)]
     outstanding: usize,
-}
-
-fn free_port() -> u16 {
-    loop {
-        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = u.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
 }
 
 struct Unbound {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use nodeless_tests::{Nodeless, eventually};
+use nodeless_tests::{Nodeless, eventually, free_port};
 
 const V: &str = "1.33";
 
@@ -212,17 +212,6 @@ fn cluster_names_follow_the_dns_spec() {
     eventually("the third endpoint to become ready", 5, || dig(dns, &["db.prod.svc.cluster.local", "A"]).data().len() == 3);
     n.kubectl_ok(V, &["delete", "svc", "web"]);
     eventually("the deleted Service to be gone", 5, || dig(dns, &["web.default.svc.cluster.local", "A"]).status == "NXDOMAIN");
-}
-
-/// A free loopback port for UDP and TCP (bound, read back, released).
-fn free_port() -> u16 {
-    loop {
-        let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        let port = u.local_addr().unwrap().port();
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
 }
 
 /// unbound answering `example.test` from local data, logging every query it gets.
