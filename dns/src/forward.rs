@@ -79,7 +79,8 @@ pub struct Forwarded {
     pub answers: Vec<Record>,
     pub authorities: Vec<Record>,
     pub additionals: Vec<Record>,
-    pub from_cache: bool,
+    /// How much longer this answer stays fresh; None for a stale one.
+    pub fresh_for: Option<Duration>,
 }
 
 impl Cached {
@@ -87,8 +88,9 @@ impl Cached {
         self.stored.elapsed() < self.ttl
     }
 
-    fn view(&self, stale: bool, from_cache: bool) -> Forwarded {
-        let age = self.stored.elapsed().as_secs().min(u64::from(u32::MAX)) as u32;
+    fn view(&self, stale: bool) -> Forwarded {
+        let elapsed = self.stored.elapsed();
+        let age = elapsed.as_secs().min(u64::from(u32::MAX)) as u32;
         let adjust = |records: &[Record]| -> Vec<Record> {
             records
                 .iter()
@@ -105,7 +107,7 @@ impl Cached {
             answers: adjust(&self.answers),
             authorities: adjust(&self.authorities),
             additionals: adjust(&self.additionals),
-            from_cache,
+            fresh_for: (!stale).then(|| self.ttl.saturating_sub(elapsed)),
         }
     }
 }
@@ -155,14 +157,14 @@ impl Forwarder {
         let key = (name.clone(), qtype, class);
         let cached = self.inner.cache.get(&key).await;
         if let Some(c) = cached.as_ref().filter(|c| c.fresh()) {
-            return Ok(c.view(false, true));
+            return Ok(c.view(false));
         }
         match self.fetch_coalesced(key.clone()).await {
-            Ok(c) => Ok(c.view(false, false)),
+            Ok(c) => Ok(c.view(false)),
             Err(e) => match cached {
                 Some(c) if c.stored.elapsed() < c.ttl + self.inner.cfg.stale_for => {
                     self.inner.stats.stale_served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                    Ok(c.view(true, true))
+                    Ok(c.view(true))
                 }
                 _ => Err(e),
             },

@@ -4,6 +4,7 @@
 //! and every other name goes through the forwarding cache.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use arc_swap::ArcSwap;
 
@@ -25,6 +26,8 @@ pub struct Shared {
     pub pod_zone: LowerName,
     pub ttl: u32,
     pub forwarder: Forwarder,
+    /// Bumped whenever the zones change, so encoded answers kept elsewhere can be dropped.
+    pub generation: AtomicU64,
 }
 
 impl Shared {
@@ -34,6 +37,7 @@ impl Shared {
 
     pub fn set_cluster(&self, zone: ClusterZone) {
         self.cluster.store(Arc::new(zone));
+        self.generation.fetch_add(1, Ordering::Release);
     }
 
     pub fn views(&self) -> Arc<Views> {
@@ -42,6 +46,7 @@ impl Shared {
 
     pub fn set_views(&self, views: Views) {
         self.views.store(Arc::new(views));
+        self.generation.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -58,6 +63,20 @@ struct Reply {
     answers: Vec<Record>,
     authorities: Vec<Record>,
     additionals: Vec<Record>,
+    keep: Keep,
+}
+
+/// For how long the bytes of an answer may be sent again to the same request (from an asker
+/// no PrivateZone is bound to).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Keep {
+    /// The answer depends on the asker, the dice or a failing upstream.
+    #[default]
+    Never,
+    /// The answer depends on the question and the zones alone.
+    UntilZonesChange,
+    /// A fresh forwarded answer: this long, its TTLs counted down meanwhile.
+    For(std::time::Duration),
 }
 
 /// The records under the asker's spelling of the name (one allocation each, not two).
@@ -67,7 +86,7 @@ fn renamed(records: &[Record], name: &Name) -> Vec<Record> {
 
 impl Handler {
     fn negative(&self, zone: &ClusterZone, code: ResponseCode) -> Reply {
-        Reply { code, authoritative: true, authorities: vec![zone.zone.soa().clone()], ..Reply::default() }
+        Reply { code, authoritative: true, authorities: vec![zone.zone.soa().clone()], keep: Keep::UntilZonesChange, ..Reply::default() }
     }
 
     /// A name under `pod.<zone>`: `<a-b-c-d>.<namespace>.pod.<zone>`.
@@ -81,7 +100,7 @@ impl Handler {
             (2, Some(ip)) => {
                 let wanted = matches!((ip, qtype), (std::net::IpAddr::V4(_), RecordType::A | RecordType::ANY) | (std::net::IpAddr::V6(_), RecordType::AAAA | RecordType::ANY));
                 if wanted {
-                    Reply { authoritative: true, answers: vec![Record::from_rdata(qname.clone(), self.shared.ttl, RData::from(ip))], ..Reply::default() }
+                    Reply { authoritative: true, answers: vec![Record::from_rdata(qname.clone(), self.shared.ttl, RData::from(ip))], keep: Keep::UntilZonesChange, ..Reply::default() }
                 } else {
                     self.negative(zone, ResponseCode::NoError)
                 }
@@ -98,7 +117,7 @@ impl Handler {
             Answer::NxDomain => self.negative(zone, ResponseCode::NXDomain),
             Answer::NoData => self.negative(zone, ResponseCode::NoError),
             Answer::Records(records) => {
-                let mut reply = Reply { authoritative: true, answers: renamed(records, qname), ..Reply::default() };
+                let mut reply = Reply { authoritative: true, answers: renamed(records, qname), keep: Keep::UntilZonesChange, ..Reply::default() };
                 // An ExternalName: follow the CNAME so the client gets the addresses at once.
                 if qtype != RecordType::CNAME {
                     if let Some(RData::CNAME(target)) = records.first().map(|r| &r.data) {
@@ -107,8 +126,11 @@ impl Handler {
                             if let Answer::Records(more) = zone.zone.lookup(&target, qtype) {
                                 reply.answers.extend(more.iter().cloned());
                             }
-                        } else if let Ok(f) = self.shared.forwarder.resolve(&target, qtype, DNSClass::IN).await {
-                            reply.answers.extend(f.answers);
+                        } else {
+                            reply.keep = Keep::Never;
+                            if let Ok(f) = self.shared.forwarder.resolve(&target, qtype, DNSClass::IN).await {
+                                reply.answers.extend(f.answers);
+                            }
                         }
                     }
                 }
@@ -126,7 +148,7 @@ impl Handler {
         }
     }
 
-    async fn answer(&self, client: std::net::IpAddr, qname: &Name, name: &LowerName, qtype: RecordType, class: DNSClass) -> (Reply, bool) {
+    async fn answer(&self, client: std::net::IpAddr, qname: &Name, name: &LowerName, qtype: RecordType, class: DNSClass) -> Reply {
         // A PrivateZone bound to the asker's network comes first.
         let views = self.shared.views.load();
         if class == DNSClass::IN && !views.is_empty() {
@@ -135,24 +157,24 @@ impl Handler {
                     ViewAnswer::Records(r) => Reply { authoritative: true, answers: renamed_first(r, qname, name), ..Reply::default() },
                     ViewAnswer::NoData(soa) => Reply { authoritative: true, authorities: vec![soa], ..Reply::default() },
                     ViewAnswer::NxDomain(soa) => Reply { code: ResponseCode::NXDomain, authoritative: true, authorities: vec![soa], ..Reply::default() },
-                    ViewAnswer::Forward(f) => return (forwarded(f.resolve(name, qtype, class).await, qname, name), true),
+                    ViewAnswer::Forward(f) => forwarded(f.resolve(name, qtype, class).await, qname, name),
                 };
-                return (reply, false);
+                return reply;
             }
         }
         let zone = self.shared.cluster.load();
         if class == DNSClass::IN && zone.zone.contains(name) {
-            return (self.cluster_answer(&zone, qname, name, qtype).await, false);
+            return self.cluster_answer(&zone, qname, name, qtype).await;
         }
         if class == DNSClass::IN && qtype == RecordType::PTR {
             if let Some(ptr) = zone.ptr.get(name) {
-                return (Reply { authoritative: true, answers: renamed(ptr, qname), ..Reply::default() }, false);
+                return Reply { authoritative: true, answers: renamed(ptr, qname), keep: Keep::UntilZonesChange, ..Reply::default() };
             }
         }
         if !self.shared.forwarder.has_upstreams() {
-            return (Reply { code: ResponseCode::Refused, ..Reply::default() }, false);
+            return Reply { code: ResponseCode::Refused, ..Reply::default() };
         }
-        (forwarded(self.shared.forwarder.resolve(name, qtype, class).await, qname, name), true)
+        forwarded(self.shared.forwarder.resolve(name, qtype, class).await, qname, name)
     }
 }
 
@@ -164,6 +186,7 @@ fn forwarded(result: Result<Forwarded, String>, qname: &Name, name: &LowerName) 
             answers: renamed_first(f.answers, qname, name),
             authorities: f.authorities,
             additionals: f.additionals,
+            keep: f.fresh_for.map_or(Keep::Never, Keep::For),
         },
         Err(e) => {
             tracing::debug!(%name, error = %e, "no upstream answered");
@@ -211,6 +234,14 @@ where
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, mut handle: R) -> ResponseInfo {
+        self.respond(request, &mut handle).await.0
+    }
+}
+
+impl Handler {
+    /// Answer one request, and say for how long the answer sent may be sent again for the
+    /// same request bytes.
+    pub async fn respond<R: ResponseHandler>(&self, request: &Request, handle: &mut R) -> (ResponseInfo, Keep) {
         // The reply's EDNS payload is the UDP size the server truncates to (TC set).
         let edns = request.edns.as_ref().map(|e| {
             let mut r = Edns::new();
@@ -219,21 +250,21 @@ impl RequestHandler for Handler {
         });
         let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
         if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            return send(&mut handle, request, builder.error_msg(&request.metadata, ResponseCode::BADVERS)).await;
+            return (send(handle, request, builder.error_msg(&request.metadata, ResponseCode::BADVERS)).await, Keep::Never);
         }
         if request.metadata.op_code != OpCode::Query {
-            return send(&mut handle, request, builder.error_msg(&request.metadata, ResponseCode::NotImp)).await;
+            return (send(handle, request, builder.error_msg(&request.metadata, ResponseCode::NotImp)).await, Keep::Never);
         }
         let Ok(info) = request.request_info() else {
-            return send(&mut handle, request, builder.error_msg(&request.metadata, ResponseCode::FormErr)).await;
+            return (send(handle, request, builder.error_msg(&request.metadata, ResponseCode::FormErr)).await, Keep::Never);
         };
         let (qname, name, qtype, class) = (info.query.original().name().clone(), info.query.name().clone(), info.query.query_type(), info.query.query_class());
-        let (reply, _forwarded) = self.answer(request.src().ip().to_canonical(), &qname, &name, qtype, class).await;
+        let reply = self.answer(request.src().ip().to_canonical(), &qname, &name, qtype, class).await;
         let mut md = Metadata::response_from_request(&request.metadata);
         md.response_code = reply.code;
         md.authoritative = reply.authoritative;
         md.recursion_available = self.shared.forwarder.has_upstreams();
         let response = builder.build(md, reply.answers.iter(), reply.authorities.iter(), std::iter::empty(), reply.additionals.iter());
-        send(&mut handle, request, response).await
+        (send(handle, request, response).await, reply.keep)
     }
 }

@@ -3,6 +3,7 @@
 //! hickory's messages and handler trait) and TCP (hickory's `Server`). It is a Kubernetes client like any other component: it watches Services
 //! and EndpointSlices and keeps answering from the last state it saw while control is away.
 
+mod batch;
 pub mod cluster;
 pub mod forward;
 pub mod handler;
@@ -114,6 +115,7 @@ pub async fn start(cfg: DnsConfig, client: Option<kube::Client>) -> anyhow::Resu
         pod_zone,
         ttl: cfg.ttl,
         forwarder: Forwarder::new(cfg.forward.clone()),
+        generation: std::sync::atomic::AtomicU64::new(0),
     });
     let handler = Handler { shared: shared.clone() };
     let mut server = Server::new(handler.clone());

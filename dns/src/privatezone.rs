@@ -134,6 +134,11 @@ impl Views {
         self.views.is_empty()
     }
 
+    /// Whether any zone is bound to a network holding the client.
+    pub fn binds(&self, client: IpAddr) -> bool {
+        self.views.iter().any(|v| v.networks.iter().any(|n| n.contains(client)))
+    }
+
     /// Build from the objects; a bad object or record is left out and reported.
     pub fn build(objects: &[Arc<PrivateZone>], forward_defaults: &ForwardConfig) -> (Views, Vec<String>) {
         let mut views = Vec::new();

@@ -7,6 +7,10 @@
 //!   authority), asked through Nodeless's forwarding cache and through unbound as a forwarding
 //!   cache, both warmed first.
 //!
+//! dnsperf runs on the same cores and takes its share of them, so beside the rates the bench
+//! prints each server's CPU time per query (from /proc/<pid>/stat), the cost that does not
+//! depend on how the cores were shared.
+//!
 //!     cargo run --release -p nodeless-tests --bin dns-bench
 #![forbid(unsafe_code)]
 
@@ -68,6 +72,12 @@ impl Unbound {
     }
 }
 
+impl Unbound {
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
 impl Drop for Unbound {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -75,11 +85,23 @@ impl Drop for Unbound {
     }
 }
 
+/// User plus system CPU time of a process so far, in seconds.
+fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed /proc/<pid>/stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // USER_HZ is 100 on Linux.
+    Ok(ticks as f64 / 100.0)
+}
+
 #[derive(Debug, Default)]
 struct Perf {
     qps: f64,
     lost: u64,
     sent: u64,
+    completed: u64,
 }
 
 fn dnsperf(server: SocketAddr, queries: &std::path::Path, seconds: u64, clients: usize, args_q: usize) -> Result<Perf> {
@@ -95,11 +117,12 @@ fn dnsperf(server: SocketAddr, queries: &std::path::Path, seconds: u64, clients:
         qps: field("Queries per second:").and_then(|v| v.parse().ok()).unwrap_or(0.0),
         lost: field("Queries lost:").and_then(|v| v.parse().ok()).unwrap_or(u64::MAX),
         sent: field("Queries sent:").and_then(|v| v.parse().ok()).unwrap_or(0),
+        completed: field("Queries completed:").and_then(|v| v.parse().ok()).unwrap_or(0),
     };
     if perf.sent == 0 {
         bail!("dnsperf: {text}\n{}", String::from_utf8_lossy(&out.stderr));
     }
-    let completed = field("Queries completed:").and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let completed = perf.completed;
     let noerror = text.lines().find_map(|l| l.trim().strip_prefix("Response codes:")).unwrap_or("").to_string();
     anyhow::ensure!(noerror.contains("NOERROR") && !noerror.contains("SERVFAIL") && !noerror.contains("NXDOMAIN"), "unexpected response codes from {server}: {noerror} ({completed} completed)");
     Ok(perf)
@@ -180,11 +203,25 @@ async fn main() -> Result<()> {
         args.names, args.seconds, args.clients, args.outstanding, cores
     );
     println!("{:<34} {:>12} {:>12} {:>8} {:>14}", "", "nodeless", "unbound", "ratio", "lost (n / u)");
-    for (label, file) in [("cluster names (q/s)", &cluster_q), ("cached forwarded names (q/s)", &forward_q)] {
-        let a = dnsperf(ours, file, args.seconds, args.clients, args.outstanding)?;
-        let b = dnsperf(peer.addr, file, args.seconds, args.clients, args.outstanding)?;
-        println!("{:<34} {:>12.0} {:>12.0} {:>7.2}x {:>8} / {}", label, a.qps, b.qps, a.qps / b.qps.max(1.0), a.lost, b.lost);
+    let our_pid = n.pid().context("nodeless is not running")?;
+    let mut costs = Vec::new();
+    for (label, file) in [("cluster names", &cluster_q), ("cached forwarded names", &forward_q)] {
+        let measure = |server: SocketAddr, pid: u32| -> Result<(Perf, f64)> {
+            let before = cpu_seconds(pid)?;
+            let perf = dnsperf(server, file, args.seconds, args.clients, args.outstanding)?;
+            let cpu = cpu_seconds(pid)? - before;
+            // Queries answered per second of the server's own CPU time.
+            let per_cpu = perf.completed as f64 / cpu.max(0.01);
+            Ok((perf, per_cpu))
+        };
+        let (a, a_cpu) = measure(ours, our_pid)?;
+        let (b, b_cpu) = measure(peer.addr, peer.pid())?;
+        println!("{:<34} {:>12.0} {:>12.0} {:>7.2}x {:>8} / {}", format!("{label} (q/s)"), a.qps, b.qps, a.qps / b.qps.max(1.0), a.lost, b.lost);
+        costs.push((label, a_cpu, b_cpu));
     }
-    println!("(ratio > 1 means nodeless is faster; both answer every query from memory)");
+    for (label, a, b) in costs {
+        println!("{:<34} {:>12.0} {:>12.0} {:>7.2}x", format!("{label} (q per CPU-s)"), a, b, a / b.max(1.0));
+    }
+    println!("(ratio > 1 means nodeless is faster; both answer every query from memory; q per CPU-s is queries answered per second of the server's own CPU time, dnsperf's share of the cores left out)");
     Ok(())
 }

@@ -144,6 +144,13 @@ fn cluster_names_follow_the_dns_spec() {
     let d = dig(dns, &["WeB.DeFault.SVC.cluster.LOCAL", "A"]);
     assert_eq!(d.data(), vec![cluster_ip.clone()], "{}", d.raw);
     assert!(d.answer[0].starts_with("WeB.DeFault.SVC.cluster.LOCAL."), "{}", d.raw);
+    // The same question again, byte for byte but for the ID and the case (no cookie), is
+    // answered from the bytes kept from the first answer: the asker's spelling still comes back.
+    for spelling in ["web.default.svc.cluster.local", "WEB.default.svc.cluster.local", "web.default.svc.cluster.local"] {
+        let d = dig(dns, &["+nocookie", spelling, "A"]);
+        assert_eq!(d.data(), vec![cluster_ip.clone()], "{}", d.raw);
+        assert!(d.answer[0].starts_with(&format!("{spelling}.")) && d.has_flag("aa"), "{}", d.raw);
+    }
     let d = dig(dns, &["_http._tcp.web.default.svc.cluster.local", "SRV"]);
     assert_eq!(d.data(), vec!["0 100 80 web.default.svc.cluster.local."], "{}", d.raw);
     assert!(d.additional.iter().any(|l| l.contains(&cluster_ip)), "{}", d.raw);
@@ -212,6 +219,8 @@ fn cluster_names_follow_the_dns_spec() {
     eventually("the third endpoint to become ready", 5, || dig(dns, &["db.prod.svc.cluster.local", "A"]).data().len() == 3);
     n.kubectl_ok(V, &["delete", "svc", "web"]);
     eventually("the deleted Service to be gone", 5, || dig(dns, &["web.default.svc.cluster.local", "A"]).status == "NXDOMAIN");
+    // Answers kept for repeated questions went with the change too.
+    assert_eq!(dig(dns, &["+nocookie", "web.default.svc.cluster.local", "A"]).status, "NXDOMAIN");
 }
 
 /// unbound answering `example.test` from local data, logging every query it gets.
@@ -274,6 +283,15 @@ fn forwarding_caches_coalesces_and_serves_stale() {
         assert!(!d.has_flag("aa") && d.has_flag("ra"), "{}", d.raw);
     }
     assert_eq!(unbound.queries("www.example.test") - before, 1, "one upstream query for three asks");
+    // The same request bytes again (no cookie) are answered from the bytes kept from the first
+    // answer; their TTLs count down all the same.
+    let first = dig(dns, &["+nocookie", "www.example.test", "A"]).ttl().unwrap();
+    std::thread::sleep(Duration::from_millis(2100));
+    for _ in 0..3 {
+        let d = dig(dns, &["+nocookie", "www.example.test", "A"]);
+        assert_eq!(d.data(), vec!["192.0.2.10"], "{}", d.raw);
+        assert!(d.ttl().unwrap() <= first - 2, "TTL {first} two seconds ago: {}", d.raw);
+    }
 
     // Identical queries in flight are one upstream query.
     let askers: Vec<_> = (0..20).map(|_| std::thread::spawn(move || dig(dns, &["burst.example.test", "A"]).data())).collect();
@@ -285,6 +303,7 @@ fn forwarding_caches_coalesces_and_serves_stale() {
     // Negative answers are cached too (for the SOA's minimum, 60 s here).
     assert_eq!(dig(dns, &["nothing.example.test", "A"]).status, "NXDOMAIN");
     assert_eq!(dig(dns, &["short.example.test", "A"]).data(), vec!["192.0.2.11"]);
+    assert_eq!(dig(dns, &["+nocookie", "short.example.test", "A"]).data(), vec!["192.0.2.11"]);
 
     // Upstream down: cached answers stay, the negative one too, and an expired one is served
     // stale (TTL 30, RFC 8767) instead of failing.
@@ -295,6 +314,9 @@ fn forwarding_caches_coalesces_and_serves_stale() {
     let d = dig(dns, &["+time=6", "short.example.test", "A"]);
     assert_eq!(d.data(), vec!["192.0.2.11"], "{}", d.raw);
     assert_eq!(d.ttl(), Some(30), "a stale answer goes out with TTL 30: {}", d.raw);
+    // Kept bytes are not sent past the answer's freshness either.
+    let d = dig(dns, &["+time=6", "+nocookie", "short.example.test", "A"]);
+    assert_eq!((d.data(), d.ttl()), (vec!["192.0.2.11".to_string()], Some(30)), "{}", d.raw);
     // A name never seen fails cleanly.
     assert_eq!(dig(dns, &["+time=6", "never.example.test", "A"]).status, "SERVFAIL");
 }
