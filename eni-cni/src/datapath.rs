@@ -1,0 +1,250 @@
+//! Interfaces, addresses, routes and neighbours, through rtnetlink, in the host's and the
+//! pod's network namespaces.
+//!
+//! veth mode (Calico's and Cilium's shape): the pod's `eth0` holds its address as a /32 and
+//! reaches everything through `169.254.1.1`, a gateway that exists only as a permanent
+//! neighbour entry pointing at the host end's fixed MAC (ee:ee:ee:ee:ee:ee); the host end has
+//! no address, and a /32 route on the host sends the pod's address to it. No bridge, no ARP for
+//! the gateway, no iptables. The eBPF programs on the host ends then redirect between pods
+//! directly.
+
+use std::fs::File;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+
+use futures::TryStreamExt;
+use ipnet::Ipv4Net;
+use nix::sched::CloneFlags;
+use rtnetlink::packet_route::address::AddressAttribute;
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, IpVlanMode, LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::neighbour::NeighbourState;
+use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteScope};
+use rtnetlink::{Handle, LinkIpVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use sha2::{Digest, Sha256};
+
+use crate::spec::{CniError, code};
+
+/// The pods' gateway in veth mode: link-local, the same in every pod.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// The MAC of every host end, so the pod's neighbour entry needs no lookup.
+pub const HOST_MAC: [u8; 6] = [0xee; 6];
+
+pub fn mac_string(mac: &[u8]) -> String {
+    mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// The host end's name for an attachment: `nl` and 12 hex digits of a hash (15 bytes at most).
+pub fn host_ifname(network: &str, container: &str, ifname: &str) -> String {
+    let digest = Sha256::digest(format!("{network}/{container}/{ifname}"));
+    format!("nl{}", &hex::encode(digest)[..12])
+}
+
+fn netlink_err(what: &str, e: rtnetlink::Error) -> CniError {
+    CniError::new(code::NETLINK, what.to_string(), e.to_string())
+}
+
+/// The errno of a kernel refusal.
+pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
+    match e {
+        rtnetlink::Error::NetlinkError(m) => Some(-m.raw_code()),
+        _ => None,
+    }
+}
+
+const ENODEV: i32 = 19;
+const ENOENT: i32 = 2;
+const EEXIST: i32 = 17;
+
+/// A netlink handle in the current (host) namespace.
+pub fn host() -> Result<Handle, CniError> {
+    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| CniError::new(code::IO, "opening a netlink socket", e.to_string()))?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// A netlink handle whose socket lives in the namespace at `netns` (opened on a thread that
+/// joins the namespace; the socket stays there when the thread ends).
+pub fn inside(netns: &File) -> Result<Handle, CniError> {
+    let rt = tokio::runtime::Handle::current();
+    let made = std::thread::scope(|s| {
+        s.spawn(|| {
+            let _enter = rt.enter();
+            nix::sched::setns(netns, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
+            rtnetlink::new_connection().map_err(|e| e.to_string())
+        })
+        .join()
+        .unwrap_or_else(|_| Err("the netlink thread panicked".into()))
+    });
+    let (conn, handle, _) = made.map_err(|e| CniError::new(code::IO, "opening a netlink socket in the container's namespace", e))?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
+/// Open a network namespace path; code 3 when it does not exist.
+pub fn open_netns(path: &Path) -> Result<File, CniError> {
+    File::open(path).map_err(|e| CniError::new(code::UNKNOWN_CONTAINER, format!("network namespace {} cannot be opened", path.display()), e.to_string()))
+}
+
+pub async fn link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, CniError> {
+    match h.link().get().match_name(name.to_string()).execute().try_next().await {
+        Ok(l) => Ok(l),
+        Err(e) if matches!(errno(&e), Some(ENODEV) | Some(ENOENT)) => Ok(None),
+        Err(e) => Err(netlink_err("reading a link", e)),
+    }
+}
+
+pub fn link_mac(l: &LinkMessage) -> Vec<u8> {
+    l.attributes.iter().find_map(|a| if let LinkAttribute::Address(m) = a { Some(m.clone()) } else { None }).unwrap_or_default()
+}
+
+pub async fn delete_link(h: &Handle, name: &str) -> Result<bool, CniError> {
+    let Some(l) = link(h, name).await? else { return Ok(false) };
+    match h.link().del(l.header.index).execute().await {
+        Ok(()) => Ok(true),
+        Err(e) if matches!(errno(&e), Some(ENODEV) | Some(ENOENT)) => Ok(false),
+        Err(e) => Err(netlink_err("deleting a link", e)),
+    }
+}
+
+async fn set_up(h: &Handle, index: u32) -> Result<(), CniError> {
+    h.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.map_err(|e| netlink_err("setting a link up", e))
+}
+
+async fn add_route(h: &Handle, msg: rtnetlink::packet_route::route::RouteMessage, what: &str) -> Result<(), CniError> {
+    match h.route().add(msg).replace().execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+        Err(e) => Err(netlink_err(what, e)),
+    }
+}
+
+/// IPv4 addresses on a link, with prefix length.
+pub async fn addresses(h: &Handle, index: u32) -> Result<Vec<Ipv4Net>, CniError> {
+    let mut out = Vec::new();
+    let mut s = h.address().get().set_link_index_filter(index).execute();
+    while let Some(m) = s.try_next().await.map_err(|e| netlink_err("reading addresses", e))? {
+        for a in &m.attributes {
+            if let AddressAttribute::Address(IpAddr::V4(ip)) = a {
+                out.extend(Ipv4Net::new(*ip, m.header.prefix_len).ok());
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// IPv4 routes of the main table: (destination, gateway, output interface).
+pub async fn routes(h: &Handle) -> Result<Vec<(Ipv4Net, Option<Ipv4Addr>, Option<u32>)>, CniError> {
+    let mut out = Vec::new();
+    let mut s = h.route().get(RouteMessageBuilder::<Ipv4Addr>::new().build()).execute();
+    while let Some(m) = s.try_next().await.map_err(|e| netlink_err("reading routes", e))? {
+        let mut dst = Ipv4Addr::UNSPECIFIED;
+        let (mut gw, mut oif) = (None, None);
+        for a in &m.attributes {
+            match a {
+                RouteAttribute::Destination(RouteAddress::Inet(d)) => dst = *d,
+                RouteAttribute::Gateway(RouteAddress::Inet(g)) => gw = Some(*g),
+                RouteAttribute::Oif(i) => oif = Some(*i),
+                _ => {}
+            }
+        }
+        out.extend(Ipv4Net::new(dst, m.header.destination_prefix_length).ok().map(|n| (n, gw, oif)));
+    }
+    Ok(out)
+}
+
+/// What a pod ends up with.
+pub struct Attached {
+    pub host_ifname: Option<String>,
+    pub pod_mac: Vec<u8>,
+    pub address: Ipv4Net,
+    pub gateway: Ipv4Addr,
+}
+
+/// veth mode: the pair (pod end created straight in the pod's namespace), the pod's /32,
+/// gateway neighbour and routes, and the host's route to the pod.
+pub async fn veth_add(host: &Handle, pod: &Handle, netns: &File, host_name: &str, ifname: &str, ip: Ipv4Addr, mtu: Option<u32>) -> Result<Attached, CniError> {
+    use std::os::fd::AsRawFd;
+    // A host end left by an ADD that failed half-way goes first.
+    delete_link(host, host_name).await?;
+    let mut peer = LinkMessageBuilder::<LinkUnspec>::new().name(ifname.to_string()).setns_by_fd(netns.as_raw_fd());
+    let mut end = LinkVeth::new(host_name, ifname).address(HOST_MAC.to_vec());
+    if let Some(m) = mtu {
+        peer = peer.mtu(m);
+        end = end.mtu(m);
+    }
+    let end = end.set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build()))).build();
+    host.link().add(end).execute().await.map_err(|e| netlink_err("creating the veth pair", e))?;
+    let host_link = link(host, host_name).await?.ok_or_else(|| CniError::new(code::NETLINK, "the host end vanished", host_name.to_string()))?;
+    set_up(host, host_link.header.index).await?;
+    add_route(host, RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(ip, 32).output_interface(host_link.header.index).scope(RouteScope::Link).build(), "routing the pod's address to its host end").await?;
+
+    let pod_link = link(pod, ifname).await?.ok_or_else(|| CniError::new(code::NETLINK, "the pod end did not arrive in the pod's namespace", ifname.to_string()))?;
+    let index = pod_link.header.index;
+    match pod.address().add(index, IpAddr::V4(ip), 32).execute().await {
+        Ok(()) => {}
+        Err(e) if errno(&e) == Some(EEXIST) => {}
+        Err(e) => return Err(netlink_err("adding the pod's address", e)),
+    }
+    set_up(pod, index).await?;
+    if let Some(lo) = link(pod, "lo").await? {
+        if !lo.header.flags.contains(LinkFlags::Up) {
+            set_up(pod, lo.header.index).await?;
+        }
+    }
+    pod.neighbours()
+        .add(index, IpAddr::V4(GATEWAY))
+        .link_layer_address(&HOST_MAC)
+        .state(NeighbourState::Permanent)
+        .replace()
+        .execute()
+        .await
+        .map_err(|e| netlink_err("adding the gateway's neighbour entry", e))?;
+    add_route(pod, RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(GATEWAY, 32).output_interface(index).scope(RouteScope::Link).build(), "routing the gateway").await?;
+    add_route(pod, RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(Ipv4Addr::UNSPECIFIED, 0).gateway(GATEWAY).output_interface(index).build(), "adding the default route").await?;
+    Ok(Attached { host_ifname: Some(host_name.to_string()), pod_mac: link_mac(&pod_link), address: Ipv4Net::new(ip, 32).unwrap_or_default(), gateway: GATEWAY })
+}
+
+/// ipvlan (L2) mode: a child of `parent` moved into the pod as `ifname`, with the address in
+/// its subnet and the subnet's first address as the gateway.
+pub async fn ipvlan_add(host: &Handle, pod: &Handle, netns: &File, parent: &str, ifname: &str, ip: Ipv4Addr, subnet: Ipv4Net, mtu: Option<u32>) -> Result<Attached, CniError> {
+    use std::os::fd::AsRawFd;
+    let parent_link = link(host, parent).await?.ok_or_else(|| CniError::new(code::INVALID_CONFIG, "invalid network configuration field parent", format!("no interface {parent} on the host")))?;
+    let temp = format!("nv{}", &hex::encode(Sha256::digest(format!("{}/{ifname}", netns.as_raw_fd())))[..10]);
+    let mut child = LinkIpVlan::new(&temp, parent_link.header.index, IpVlanMode::L2).setns_by_fd(netns.as_raw_fd()).name(ifname.to_string());
+    if let Some(m) = mtu {
+        child = child.mtu(m);
+    }
+    host.link().add(child.build()).execute().await.map_err(|e| netlink_err("creating the ipvlan interface", e))?;
+    let pod_link = link(pod, ifname).await?.ok_or_else(|| CniError::new(code::NETLINK, "the ipvlan interface did not arrive in the pod's namespace", ifname.to_string()))?;
+    let index = pod_link.header.index;
+    pod.address().add(index, IpAddr::V4(ip), subnet.prefix_len()).execute().await.map_err(|e| netlink_err("adding the pod's address", e))?;
+    set_up(pod, index).await?;
+    let gateway = subnet.hosts().next().unwrap_or(subnet.addr());
+    add_route(pod, RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(Ipv4Addr::UNSPECIFIED, 0).gateway(gateway).output_interface(index).build(), "adding the default route").await?;
+    Ok(Attached { host_ifname: None, pod_mac: link_mac(&pod_link), address: Ipv4Net::new(ip, subnet.prefix_len()).unwrap_or_default(), gateway })
+}
+
+/// The host's first global IPv4 address.
+pub async fn host_address(h: &Handle) -> Result<Option<Ipv4Addr>, CniError> {
+    let mut s = h.address().get().execute();
+    while let Some(m) = s.try_next().await.map_err(|e| netlink_err("reading addresses", e))? {
+        if m.header.scope != rtnetlink::packet_route::address::AddressScope::Universe {
+            continue;
+        }
+        for a in &m.attributes {
+            if let AddressAttribute::Address(IpAddr::V4(ip)) = a {
+                return Ok(Some(*ip));
+            }
+        }
+    }
+    Ok(None)
+}
+
+/// Make sure the host forwards IPv4 between its interfaces (pods reach each other through it).
+pub fn enable_forwarding() -> Result<(), CniError> {
+    let path = "/proc/sys/net/ipv4/ip_forward";
+    if std::fs::read_to_string(path).map(|s| s.trim() == "1").unwrap_or(false) {
+        return Ok(());
+    }
+    std::fs::write(path, "1").map_err(|e| CniError::new(code::IO, "enabling IPv4 forwarding", e.to_string()))
+}

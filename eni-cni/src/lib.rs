@@ -1,0 +1,4 @@
+pub mod datapath;
+pub mod plugin;
+pub mod pool;
+pub mod spec;

@@ -1,0 +1,267 @@
+//! The plugin's verbs, as the CNI spec defines them: the runtime's environment and the network
+//! configuration in, a result or an error with the spec's code out.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use crate::datapath::{self, GATEWAY, HOST_MAC, mac_string};
+use crate::pool::{self, Allocation, Reply, Request};
+use crate::spec::{CniError, CniResult, IpConfig, Interface, Mode, NetConf, Route, SUPPORTED, code};
+
+/// What the runtime told us through the environment.
+#[derive(Debug, Clone)]
+pub struct Invocation {
+    pub command: String,
+    pub container_id: String,
+    pub netns: Option<PathBuf>,
+    pub ifname: String,
+}
+
+fn valid_container_id(s: &str) -> bool {
+    !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+fn valid_ifname(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 15 && s != "." && s != ".." && !s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
+}
+
+impl Invocation {
+    /// Read the CNI_* variables a verb needs; code 4 names every one missing or malformed.
+    pub fn from_env(env: &HashMap<String, String>) -> Result<Invocation, CniError> {
+        let get = |k: &str| env.get(k).map(String::as_str).filter(|v| !v.is_empty());
+        let command = get("CNI_COMMAND").ok_or_else(|| CniError::new(code::INVALID_ENV, "missing environment variable CNI_COMMAND", ""))?.to_string();
+        let needed: &[&str] = match command.as_str() {
+            "ADD" | "CHECK" => &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"],
+            "DEL" => &["CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"],
+            "GC" | "STATUS" => &["CNI_PATH"],
+            "VERSION" => &[],
+            other => return Err(CniError::new(code::INVALID_ENV, format!("unknown CNI_COMMAND {other:?}"), "one of ADD, DEL, CHECK, GC, STATUS, VERSION")),
+        };
+        let missing: Vec<&str> = needed.iter().copied().filter(|k| get(k).is_none()).collect();
+        if !missing.is_empty() {
+            return Err(CniError::new(code::INVALID_ENV, format!("missing environment variables {}", missing.join(", ")), format!("{command} needs {}", needed.join(", "))));
+        }
+        let inv = Invocation {
+            command,
+            container_id: get("CNI_CONTAINERID").unwrap_or_default().to_string(),
+            netns: get("CNI_NETNS").map(PathBuf::from),
+            ifname: get("CNI_IFNAME").unwrap_or_default().to_string(),
+        };
+        if needed.contains(&"CNI_CONTAINERID") && !valid_container_id(&inv.container_id) {
+            return Err(CniError::new(code::INVALID_ENV, "invalid environment variable CNI_CONTAINERID", format!("{:?}: letters, digits, _ . - only", inv.container_id)));
+        }
+        if needed.contains(&"CNI_IFNAME") && !valid_ifname(&inv.ifname) {
+            return Err(CniError::new(code::INVALID_ENV, "invalid environment variable CNI_IFNAME", format!("{:?}: at most 15 bytes, no / : or spaces", inv.ifname)));
+        }
+        Ok(inv)
+    }
+}
+
+/// Run one verb. Ok(Some) is printed as the result; errors carry the version to answer in.
+pub async fn run(env: &HashMap<String, String>, stdin: &[u8]) -> Result<Option<Value>, (CniError, String)> {
+    let fallback = "1.1.0".to_string();
+    let inv = Invocation::from_env(env).map_err(|e| (e, fallback.clone()))?;
+    if inv.command == "VERSION" {
+        // The asker's version, if it sent one, else ours.
+        let asked = serde_json::from_slice::<Value>(stdin).ok().and_then(|v| v["cniVersion"].as_str().map(str::to_string)).unwrap_or(fallback);
+        return Ok(Some(json!({"cniVersion": asked, "supportedVersions": SUPPORTED})));
+    }
+    let conf = NetConf::parse(stdin).map_err(|e| (e, fallback.clone()))?;
+    let version = conf.cni_version.clone();
+    let result = match inv.command.as_str() {
+        "ADD" => add(&inv, &conf).await.map(Some),
+        "DEL" => del(&inv, &conf).await.map(|()| None),
+        "CHECK" => check(&inv, &conf).await.map(|()| None),
+        "GC" => gc(&conf).await.map(|()| None),
+        "STATUS" => status(&conf).await.map(|()| None),
+        _ => unreachable_command(&inv.command),
+    };
+    result.map_err(|e| (e, version))
+}
+
+fn unreachable_command(c: &str) -> Result<Option<Value>, CniError> {
+    Err(CniError::new(code::INVALID_ENV, format!("unknown CNI_COMMAND {c:?}"), ""))
+}
+
+fn needs_1_1(conf: &NetConf, verb: &str) -> Result<(), CniError> {
+    if conf.at_least("1.1.0") {
+        Ok(())
+    } else {
+        Err(CniError::new(code::INCOMPATIBLE_VERSION, format!("{verb} needs cniVersion 1.1.0"), format!("the configuration says {}", conf.cni_version)))
+    }
+}
+
+async fn ask(conf: &NetConf, req: Request) -> Result<Reply, CniError> {
+    let reply = pool::call(&conf.pool, &req).await.map_err(|e| CniError::new(code::TRY_AGAIN, format!("the IP pool at {} is not reachable", conf.pool.display()), e.to_string()))?;
+    match reply.error {
+        Some(e) if e.contains("no free addresses") => Err(CniError::new(code::TRY_AGAIN, "no free addresses in the pool", e)),
+        Some(e) => Err(CniError::new(code::IO, "the IP pool failed", e)),
+        None => Ok(reply),
+    }
+}
+
+fn pool_key(conf: &NetConf, inv: &Invocation) -> (String, String, String) {
+    (conf.name.clone(), inv.container_id.clone(), inv.ifname.clone())
+}
+
+async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
+    let netns_path = inv.netns.clone().unwrap_or_default();
+    let netns = datapath::open_netns(&netns_path)?;
+    let prev = conf.prev_result.as_ref().map(CniResult::from_value).transpose()?.unwrap_or_default();
+    let mut result = prev.clone();
+    if conf.mode == Mode::Host {
+        let host = datapath::host()?;
+        let ip = match conf.host_ip {
+            Some(ip) => ip,
+            None => datapath::host_address(&host).await?.ok_or_else(|| CniError::new(code::INVALID_CONFIG, "invalid network configuration field hostIP", "the host has no global IPv4 address to report"))?,
+        };
+        result.ips.push(IpConfig { address: ipnet::IpNet::V4(ipnet::Ipv4Net::new(ip, 32).unwrap_or_default()), gateway: None, interface: None });
+        result.dns = conf.dns.clone().unwrap_or(prev.dns);
+        return Ok(result.to_json(&conf.cni_version));
+    }
+    let pod = datapath::inside(&netns)?;
+    if datapath::link(&pod, &inv.ifname).await?.is_some() {
+        return Err(CniError::new(code::INTERFACE_EXISTS, format!("interface {} already exists in the container", inv.ifname), netns_path.display().to_string()));
+    }
+    let (network, container, ifname) = pool_key(conf, inv);
+    let reply = ask(conf, Request::Alloc { network, container, ifname }).await?;
+    let alloc: Allocation = reply.allocation.ok_or_else(|| CniError::new(code::IO, "the IP pool gave no address", ""))?;
+    let host = datapath::host()?;
+    let host_name = datapath::host_ifname(&conf.name, &inv.container_id, &inv.ifname);
+    let attached = match conf.mode {
+        Mode::Veth => {
+            datapath::enable_forwarding()?;
+            datapath::veth_add(&host, &pod, &netns, &host_name, &inv.ifname, alloc.ip, conf.mtu).await
+        }
+        Mode::Ipvlan => datapath::ipvlan_add(&host, &pod, &netns, conf.parent.as_deref().unwrap_or_default(), &inv.ifname, alloc.ip, alloc.subnet, conf.mtu).await,
+        Mode::Host => unreachable_mode(),
+    };
+    let attached = match attached {
+        Ok(a) => a,
+        Err(e) => {
+            // Nothing half-done stays: the links go, the address goes back.
+            let _ = datapath::delete_link(&host, &host_name).await;
+            let _ = datapath::delete_link(&pod, &inv.ifname).await;
+            let (network, container, ifname) = pool_key(conf, inv);
+            let _ = ask(conf, Request::Release { network, container, ifname }).await;
+            return Err(e);
+        }
+    };
+    if let Some(h) = &attached.host_ifname {
+        result.interfaces.push(Interface { name: h.clone(), mac: mac_string(&HOST_MAC), sandbox: String::new() });
+    }
+    result.interfaces.push(Interface { name: inv.ifname.clone(), mac: mac_string(&attached.pod_mac), sandbox: netns_path.display().to_string() });
+    let index = result.interfaces.len() - 1;
+    result.ips.push(IpConfig { address: ipnet::IpNet::V4(attached.address), gateway: Some(attached.gateway.into()), interface: Some(index) });
+    result.routes.push(Route { dst: "0.0.0.0/0".parse().unwrap_or_default(), gw: Some(attached.gateway.into()) });
+    if let Some(dns) = &conf.dns {
+        result.dns = dns.clone();
+    }
+    Ok(result.to_json(&conf.cni_version))
+}
+
+fn unreachable_mode() -> Result<datapath::Attached, CniError> {
+    Err(CniError::new(code::INVALID_CONFIG, "invalid network configuration field mode", "host mode creates no interface"))
+}
+
+async fn del(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
+    if conf.mode == Mode::Host {
+        return Ok(());
+    }
+    let host = datapath::host()?;
+    // The host end takes the veth pair with it; an ipvlan child is deleted in the pod.
+    datapath::delete_link(&host, &datapath::host_ifname(&conf.name, &inv.container_id, &inv.ifname)).await?;
+    if conf.mode == Mode::Ipvlan {
+        if let Some(netns) = inv.netns.as_deref().and_then(|p| std::fs::File::open(p).ok()) {
+            let pod = datapath::inside(&netns)?;
+            datapath::delete_link(&pod, &inv.ifname).await?;
+        }
+    }
+    let (network, container, ifname) = pool_key(conf, inv);
+    ask(conf, Request::Release { network, container, ifname }).await?;
+    Ok(())
+}
+
+fn check_failed(what: impl Into<String>, details: impl Into<String>) -> CniError {
+    CniError::new(code::CHECK_FAILED, what, details)
+}
+
+async fn check(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
+    let prev = conf.prev_result.as_ref().ok_or_else(|| CniError::new(code::INVALID_CONFIG, "invalid network configuration field prevResult", "CHECK needs the result of ADD"))?;
+    let prev = CniResult::from_value(prev)?;
+    if conf.mode == Mode::Host {
+        return Ok(());
+    }
+    let netns_path = inv.netns.clone().unwrap_or_default();
+    let netns = datapath::open_netns(&netns_path)?;
+    // Our address in the result: the one on the interface we made in this sandbox.
+    let ours = prev
+        .interfaces
+        .iter()
+        .position(|i| i.name == inv.ifname && i.sandbox == netns_path.display().to_string())
+        .ok_or_else(|| check_failed(format!("prevResult has no interface {} in {}", inv.ifname, netns_path.display()), ""))?;
+    let ip = prev.ips.iter().find(|c| c.interface == Some(ours)).ok_or_else(|| check_failed(format!("prevResult has no address on {}", inv.ifname), ""))?;
+    let ipnet::IpNet::V4(want) = ip.address else { return Err(check_failed("an IPv6 address in prevResult", ip.address.to_string())) };
+    let (network, container, ifname) = pool_key(conf, inv);
+    let reply = ask(conf, Request::Get { network, container, ifname }).await?;
+    match reply.allocation {
+        Some(a) if a.ip == want.addr() => {}
+        Some(a) => return Err(check_failed("the pool holds another address for this container", format!("{} (prevResult says {want})", a.ip))),
+        None => return Err(check_failed("the pool holds no address for this container", want.to_string())),
+    }
+    let pod = datapath::inside(&netns)?;
+    let l = datapath::link(&pod, &inv.ifname).await?.ok_or_else(|| check_failed(format!("interface {} is gone from the container", inv.ifname), ""))?;
+    let have = datapath::addresses(&pod, l.header.index).await?;
+    if !have.contains(&want) {
+        return Err(check_failed(format!("{want} is not on {}", inv.ifname), format!("found {have:?}")));
+    }
+    let routes = datapath::routes(&pod).await?;
+    let gateway = if conf.mode == Mode::Veth { GATEWAY } else { want.trunc().hosts().next().unwrap_or(want.addr()) };
+    if !routes.iter().any(|(dst, gw, oif)| dst.prefix_len() == 0 && *gw == Some(gateway) && *oif == Some(l.header.index)) {
+        return Err(check_failed(format!("the default route via {gateway} is gone from the container"), format!("{routes:?}")));
+    }
+    if conf.mode == Mode::Veth {
+        let host = datapath::host()?;
+        let name = datapath::host_ifname(&conf.name, &inv.container_id, &inv.ifname);
+        let h = datapath::link(&host, &name).await?.ok_or_else(|| check_failed(format!("the host end {name} is gone"), ""))?;
+        let host_routes = datapath::routes(&host).await?;
+        if !host_routes.iter().any(|(dst, _, oif)| dst.prefix_len() == 32 && dst.addr() == want.addr() && *oif == Some(h.header.index)) {
+            return Err(check_failed(format!("the host's route to {} is gone", want.addr()), ""));
+        }
+    }
+    Ok(())
+}
+
+async fn gc(conf: &NetConf) -> Result<(), CniError> {
+    needs_1_1(conf, "GC")?;
+    if conf.mode == Mode::Host {
+        return Ok(());
+    }
+    let keep: Vec<(String, String)> = conf.valid_attachments.clone().unwrap_or_default().into_iter().map(|a| (a.container_id, a.ifname)).collect();
+    let reply = ask(conf, Request::Gc { network: conf.name.clone(), keep }).await?;
+    let host = datapath::host()?;
+    let mut errors = Vec::new();
+    for a in &reply.released {
+        if let Err(e) = datapath::delete_link(&host, &datapath::host_ifname(&a.network, &a.container, &a.ifname)).await {
+            errors.push(e.to_string());
+        }
+    }
+    if errors.is_empty() { Ok(()) } else { Err(CniError::new(code::NETLINK, "GC left links behind", errors.join("; "))) }
+}
+
+async fn status(conf: &NetConf) -> Result<(), CniError> {
+    needs_1_1(conf, "STATUS")?;
+    if conf.mode == Mode::Host {
+        return Ok(());
+    }
+    let reply = pool::call(&conf.pool, &Request::Status).await.map_err(|e| CniError::new(code::NOT_AVAILABLE, format!("the IP pool at {} is not reachable", conf.pool.display()), e.to_string()))?;
+    if let Some(e) = reply.error {
+        return Err(CniError::new(code::NOT_AVAILABLE, "the IP pool failed", e));
+    }
+    if reply.warm == 0 && reply.free == 0 {
+        return Err(CniError::new(code::NOT_AVAILABLE, "no free addresses in the pool", format!("{} in use", reply.in_use)));
+    }
+    Ok(())
+}

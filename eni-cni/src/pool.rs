@@ -1,0 +1,452 @@
+//! The IP/ENI pool: a small long-lived service that hands pod addresses to the short-lived
+//! plugin over a Unix socket (one JSON request and one JSON reply per line).
+//!
+//! Addresses come from a [`Provider`]: [`LocalProvider`] assigns them from this host's vSwitch
+//! CIDRs; a cloud provider would attach secondary IPs to an ENI, which takes seconds, which is
+//! why the pool keeps a warm set: `min_warm` assigned addresses held ready (filled at start and
+//! after every allocation), at most `max_warm` idle ones kept, and idle ones beyond `min_warm`
+//! handed back after `idle_reclaim`. Allocations and assignments are written to redb before a
+//! reply goes out, so a restarted pool knows every address it gave and never gives one twice.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use ipnet::Ipv4Net;
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::Mutex;
+
+/// Addresses assigned to the node: address -> unix seconds it went idle (0 while in use).
+const ASSIGNED: TableDefinition<'_, u32, u64> = TableDefinition::new("assigned");
+/// Allocations: "<network>/<container>/<ifname>" -> JSON `Allocation`.
+const ALLOCATIONS: TableDefinition<'_, &str, &str> = TableDefinition::new("allocations");
+
+/// Where the pool gets addresses from.
+pub trait Provider: Send + Sync + 'static {
+    /// Assign up to `n` addresses not in `taken` to the node.
+    fn assign(&self, taken: &BTreeSet<Ipv4Addr>, n: usize) -> Result<Vec<Ipv4Addr>, String>;
+    /// Give addresses back.
+    fn unassign(&self, ips: &[Ipv4Addr]) -> Result<(), String>;
+    /// The subnet (vSwitch CIDR) an assigned address belongs to.
+    fn subnet_of(&self, ip: Ipv4Addr) -> Option<Ipv4Net>;
+    /// Addresses the provider could still assign.
+    fn capacity(&self, taken: &BTreeSet<Ipv4Addr>) -> usize;
+}
+
+/// Addresses from this host's CIDRs: every host address but the first (the gateway's).
+pub struct LocalProvider {
+    cidrs: Vec<Ipv4Net>,
+}
+
+impl LocalProvider {
+    pub fn new(cidrs: Vec<Ipv4Net>) -> Self {
+        LocalProvider { cidrs }
+    }
+
+    fn usable(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
+        self.cidrs.iter().flat_map(|c| c.hosts().skip(1))
+    }
+}
+
+impl Provider for LocalProvider {
+    fn assign(&self, taken: &BTreeSet<Ipv4Addr>, n: usize) -> Result<Vec<Ipv4Addr>, String> {
+        Ok(self.usable().filter(|ip| !taken.contains(ip)).take(n).collect())
+    }
+
+    fn unassign(&self, _: &[Ipv4Addr]) -> Result<(), String> {
+        Ok(())
+    }
+
+    fn subnet_of(&self, ip: Ipv4Addr) -> Option<Ipv4Net> {
+        self.cidrs.iter().find(|c| c.contains(&ip)).copied()
+    }
+
+    fn capacity(&self, taken: &BTreeSet<Ipv4Addr>) -> usize {
+        self.usable().filter(|ip| !taken.contains(ip)).take(1024).count()
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
+    pub state: PathBuf,
+    pub min_warm: usize,
+    pub max_warm: usize,
+    pub idle_reclaim: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Allocation {
+    pub network: String,
+    pub container: String,
+    pub ifname: String,
+    pub ip: Ipv4Addr,
+    /// The vSwitch CIDR the address belongs to.
+    pub subnet: Ipv4Net,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Request {
+    Alloc { network: String, container: String, ifname: String },
+    Release { network: String, container: String, ifname: String },
+    Get { network: String, container: String, ifname: String },
+    /// Release every allocation of `network` but these (container, ifname) pairs.
+    Gc { network: String, keep: Vec<(String, String)> },
+    Status,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Reply {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allocation: Option<Allocation>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub released: Vec<Allocation>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default)]
+    pub in_use: usize,
+    #[serde(default)]
+    pub warm: usize,
+    /// Addresses the provider could still assign (capped).
+    #[serde(default)]
+    pub free: usize,
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+fn key(network: &str, container: &str, ifname: &str) -> String {
+    format!("{network}/{container}/{ifname}")
+}
+
+struct State {
+    db: Database,
+    /// Assigned addresses -> when they went idle (0: in use).
+    assigned: BTreeMap<Ipv4Addr, u64>,
+    allocations: BTreeMap<String, Allocation>,
+}
+
+pub struct Pool<P: Provider> {
+    cfg: PoolConfig,
+    provider: P,
+    state: Mutex<State>,
+}
+
+type DbResult<T> = Result<T, String>;
+
+fn db_err(e: impl std::fmt::Display) -> String {
+    format!("pool state: {e}")
+}
+
+impl State {
+    fn warm(&self) -> usize {
+        self.assigned.values().filter(|&&t| t != 0).count()
+    }
+
+    /// Write these address and allocation changes in one transaction.
+    fn commit(&mut self, assigned: &[(Ipv4Addr, Option<u64>)], allocations: &[(&str, Option<&Allocation>)]) -> DbResult<()> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut t = tx.open_table(ASSIGNED).map_err(db_err)?;
+            for (ip, v) in assigned {
+                match v {
+                    Some(v) => t.insert(u32::from(*ip), *v).map_err(db_err)?,
+                    None => t.remove(u32::from(*ip)).map_err(db_err)?,
+                };
+            }
+            let mut t = tx.open_table(ALLOCATIONS).map_err(db_err)?;
+            for (k, a) in allocations {
+                match a {
+                    Some(a) => t.insert(*k, serde_json::to_string(a).map_err(db_err)?.as_str()).map_err(db_err)?,
+                    None => t.remove(*k).map_err(db_err)?,
+                };
+            }
+        }
+        tx.commit().map_err(db_err)?;
+        for (ip, v) in assigned {
+            match v {
+                Some(v) => self.assigned.insert(*ip, *v),
+                None => self.assigned.remove(ip),
+            };
+        }
+        for (k, a) in allocations {
+            match a {
+                Some(a) => self.allocations.insert(k.to_string(), (*a).clone()),
+                None => self.allocations.remove(*k),
+            };
+        }
+        Ok(())
+    }
+}
+
+impl<P: Provider> Pool<P> {
+    /// Open (or create) the pool's state and warm it up.
+    pub fn open(cfg: PoolConfig, provider: P) -> anyhow::Result<Arc<Self>> {
+        if let Some(dir) = cfg.state.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let db = Database::create(&cfg.state)?;
+        let mut assigned = BTreeMap::new();
+        let mut allocations = BTreeMap::new();
+        {
+            let tx = db.begin_write()?;
+            tx.open_table(ASSIGNED)?;
+            tx.open_table(ALLOCATIONS)?;
+            tx.commit()?;
+            let tx = db.begin_read()?;
+            for row in tx.open_table(ASSIGNED)?.iter()? {
+                let (ip, since) = row?;
+                assigned.insert(Ipv4Addr::from(ip.value()), since.value());
+            }
+            for row in tx.open_table(ALLOCATIONS)?.iter()? {
+                let (k, v) = row?;
+                let a: Allocation = serde_json::from_str(v.value())?;
+                allocations.insert(k.value().to_string(), a);
+            }
+        }
+        let pool = Arc::new(Pool { cfg, provider, state: Mutex::new(State { db, assigned, allocations }) });
+        Ok(pool)
+    }
+
+    /// Assign addresses until `min_warm` are idle.
+    pub async fn fill(&self) -> Result<(), String> {
+        let mut st = self.state.lock().await;
+        self.fill_locked(&mut st)
+    }
+
+    fn fill_locked(&self, st: &mut State) -> Result<(), String> {
+        let want = self.cfg.min_warm.saturating_sub(st.warm());
+        if want == 0 {
+            return Ok(());
+        }
+        let taken: BTreeSet<Ipv4Addr> = st.assigned.keys().copied().collect();
+        let new = self.provider.assign(&taken, want)?;
+        let t = now().max(1);
+        let changes: Vec<_> = new.iter().map(|ip| (*ip, Some(t))).collect();
+        st.commit(&changes, &[])
+    }
+
+    /// Hand back idle addresses: beyond `max_warm` at once, beyond `min_warm` once idle for
+    /// `idle_reclaim`.
+    pub async fn reclaim(&self) -> Result<usize, String> {
+        let mut st = self.state.lock().await;
+        self.reclaim_locked(&mut st)
+    }
+
+    fn reclaim_locked(&self, st: &mut State) -> Result<usize, String> {
+        let mut idle: Vec<(u64, Ipv4Addr)> = st.assigned.iter().filter(|(_, t)| **t != 0).map(|(ip, t)| (*t, *ip)).collect();
+        // Newest idle first: the ones idle longest are handed out next, so they stay.
+        idle.sort_by(|a, b| b.cmp(a));
+        let limit = now().saturating_sub(self.cfg.idle_reclaim.as_secs());
+        let mut give_back = Vec::new();
+        let mut left = idle.len();
+        for (since, ip) in idle {
+            if left > self.cfg.max_warm || (left > self.cfg.min_warm && since <= limit) {
+                give_back.push(ip);
+                left -= 1;
+            }
+        }
+        if give_back.is_empty() {
+            return Ok(0);
+        }
+        self.provider.unassign(&give_back)?;
+        let changes: Vec<_> = give_back.iter().map(|ip| (*ip, None)).collect();
+        st.commit(&changes, &[])?;
+        Ok(give_back.len())
+    }
+
+    pub async fn handle(&self, req: Request) -> Reply {
+        let mut st = self.state.lock().await;
+        let mut reply = match self.handle_locked(&mut st, req) {
+            Ok(r) => r,
+            Err(e) => Reply { error: Some(e), ..Reply::default() },
+        };
+        reply.in_use = st.allocations.len();
+        reply.warm = st.warm();
+        let taken: BTreeSet<Ipv4Addr> = st.assigned.keys().copied().collect();
+        reply.free = self.provider.capacity(&taken);
+        reply
+    }
+
+    fn handle_locked(&self, st: &mut State, req: Request) -> Result<Reply, String> {
+        match req {
+            Request::Alloc { network, container, ifname } => {
+                let k = key(&network, &container, &ifname);
+                if let Some(a) = st.allocations.get(&k) {
+                    return Ok(Reply { allocation: Some(a.clone()), ..Reply::default() });
+                }
+                // The address idle longest, else a new one from the provider.
+                let warm = st.assigned.iter().filter(|(_, t)| **t != 0).min_by_key(|(ip, t)| (**t, **ip)).map(|(ip, _)| *ip);
+                let ip = match warm {
+                    Some(ip) => ip,
+                    None => {
+                        let taken: BTreeSet<Ipv4Addr> = st.assigned.keys().copied().collect();
+                        self.provider.assign(&taken, 1)?.into_iter().next().ok_or("no free addresses left in the pool's CIDRs")?
+                    }
+                };
+                let subnet = self.provider.subnet_of(ip).ok_or_else(|| format!("{ip} is in none of the pool's CIDRs"))?;
+                let a = Allocation { network, container, ifname, ip, subnet };
+                st.commit(&[(ip, Some(0))], &[(&k, Some(&a))])?;
+                // Top the warm set up again; a failure here costs the next ADD a wait, not this one.
+                if let Err(e) = self.fill_locked(st) {
+                    tracing::warn!(error = %e, "refilling the warm pool");
+                }
+                Ok(Reply { allocation: Some(a), ..Reply::default() })
+            }
+            Request::Release { network, container, ifname } => {
+                let k = key(&network, &container, &ifname);
+                let Some(a) = st.allocations.get(&k).cloned() else { return Ok(Reply::default()) };
+                st.commit(&[(a.ip, Some(now().max(1)))], &[(&k, None)])?;
+                self.reclaim_locked(st)?;
+                Ok(Reply { released: vec![a], ..Reply::default() })
+            }
+            Request::Get { network, container, ifname } => Ok(Reply { allocation: st.allocations.get(&key(&network, &container, &ifname)).cloned(), ..Reply::default() }),
+            Request::Gc { network, keep } => {
+                let keep: BTreeSet<String> = keep.iter().map(|(c, i)| key(&network, c, i)).collect();
+                let gone: Vec<(String, Allocation)> = st.allocations.iter().filter(|(k, a)| a.network == network && !keep.contains(*k)).map(|(k, a)| (k.clone(), a.clone())).collect();
+                if gone.is_empty() {
+                    return Ok(Reply::default());
+                }
+                let t = now().max(1);
+                let ips: Vec<_> = gone.iter().map(|(_, a)| (a.ip, Some(t))).collect();
+                let allocs: Vec<(&str, Option<&Allocation>)> = gone.iter().map(|(k, _)| (k.as_str(), None)).collect();
+                st.commit(&ips, &allocs)?;
+                self.reclaim_locked(st)?;
+                Ok(Reply { released: gone.into_iter().map(|(_, a)| a).collect(), ..Reply::default() })
+            }
+            Request::Status => Ok(Reply::default()),
+        }
+    }
+
+    /// Serve on a Unix socket until the task is dropped; reclaims idle addresses meanwhile.
+    pub async fn serve(self: Arc<Self>, socket: &Path) -> anyhow::Result<()> {
+        if let Some(dir) = socket.parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        let _ = std::fs::remove_file(socket);
+        let listener = UnixListener::bind(socket)?;
+        if let Err(e) = self.fill().await {
+            tracing::warn!(error = %e, "warming the pool");
+        }
+        let reclaimer = {
+            let pool = self.clone();
+            let every = (self.cfg.idle_reclaim / 2).clamp(Duration::from_millis(200), Duration::from_secs(30));
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(every).await;
+                    if let Err(e) = pool.reclaim().await {
+                        tracing::warn!(error = %e, "reclaiming idle addresses");
+                    }
+                }
+            })
+        };
+        let result = loop {
+            let (conn, _) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => break Err(e.into()),
+            };
+            let pool = self.clone();
+            tokio::spawn(async move {
+                if let Err(e) = pool.connection(conn).await {
+                    tracing::debug!(error = %e, "pool connection");
+                }
+            });
+        };
+        reclaimer.abort();
+        result
+    }
+
+    async fn connection(&self, conn: UnixStream) -> std::io::Result<()> {
+        let (read, mut write) = conn.into_split();
+        let mut lines = BufReader::new(read).lines();
+        while let Some(line) = lines.next_line().await? {
+            let reply = match serde_json::from_str::<Request>(&line) {
+                Ok(req) => self.handle(req).await,
+                Err(e) => Reply { error: Some(format!("bad request: {e}")), ..Reply::default() },
+            };
+            let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+            out.push(b'\n');
+            write.write_all(&out).await?;
+        }
+        Ok(())
+    }
+}
+
+/// One request to the pool at `socket`.
+pub async fn call(socket: &Path, req: &Request) -> std::io::Result<Reply> {
+    let conn = UnixStream::connect(socket).await?;
+    let (read, mut write) = conn.into_split();
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    let mut reply = String::new();
+    BufReader::new(read).read_line(&mut reply).await?;
+    serde_json::from_str(&reply).map_err(std::io::Error::other)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pool(dir: &Path, min: usize, max: usize) -> Arc<Pool<LocalProvider>> {
+        let cfg = PoolConfig { state: dir.join("pool.redb"), min_warm: min, max_warm: max, idle_reclaim: Duration::from_secs(3600) };
+        Pool::open(cfg, LocalProvider::new(vec!["10.9.0.0/29".parse().unwrap()])).unwrap()
+    }
+
+    fn alloc(c: &str) -> Request {
+        Request::Alloc { network: "n".into(), container: c.into(), ifname: "eth0".into() }
+    }
+
+    #[tokio::test]
+    async fn addresses_are_warm_unique_persisted_and_reused_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool(dir.path(), 2, 3);
+        p.fill().await.unwrap();
+        let r = p.handle(Request::Status).await;
+        assert_eq!((r.warm, r.in_use), (2, 0));
+        // 10.9.0.0/29: .1 is the gateway, .2-.6 are handed out, .7 is broadcast.
+        let a = p.handle(alloc("a")).await.allocation.unwrap();
+        assert_eq!((a.ip, a.subnet), ("10.9.0.2".parse().unwrap(), "10.9.0.0/29".parse().unwrap()));
+        assert_eq!(p.handle(alloc("a")).await.allocation.unwrap(), a, "ADD again: the same address");
+        let mut seen = BTreeSet::from([a.ip]);
+        for c in ["b", "c", "d", "e"] {
+            let r = p.handle(alloc(c)).await;
+            assert!(seen.insert(r.allocation.unwrap().ip), "never handed out twice");
+        }
+        let full = p.handle(alloc("f")).await;
+        assert!(full.error.unwrap().contains("no free addresses"));
+        assert_eq!(full.free, 0);
+        // Released, the address goes back to the warm set, and is handed out after older idle ones.
+        let rel = p.handle(Request::Release { network: "n".into(), container: "b".into(), ifname: "eth0".into() }).await;
+        assert_eq!(rel.released.len(), 1);
+        assert!(p.handle(Request::Release { network: "n".into(), container: "b".into(), ifname: "eth0".into() }).await.error.is_none(), "release is idempotent");
+        // A restart keeps everything.
+        drop(p);
+        let p = pool(dir.path(), 2, 3);
+        let r = p.handle(Request::Get { network: "n".into(), container: "a".into(), ifname: "eth0".into() }).await;
+        assert_eq!(r.allocation.unwrap(), a);
+        assert_eq!((r.in_use, r.warm), (4, 1));
+        // GC keeps what is listed, releases the rest of the network.
+        let gc = p.handle(Request::Gc { network: "n".into(), keep: vec![("a".into(), "eth0".into())] }).await;
+        assert_eq!(gc.released.len(), 3);
+        assert_eq!(p.handle(Request::Status).await.in_use, 1);
+    }
+
+    #[tokio::test]
+    async fn idle_addresses_beyond_max_go_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool(dir.path(), 0, 1);
+        for c in ["a", "b", "c"] {
+            p.handle(alloc(c)).await;
+        }
+        let gc = p.handle(Request::Gc { network: "n".into(), keep: vec![] }).await;
+        assert_eq!(gc.released.len(), 3);
+        assert_eq!(gc.warm, 1, "at most max_warm idle addresses stay assigned");
+    }
+}
