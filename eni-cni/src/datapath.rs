@@ -16,10 +16,10 @@ use futures::TryStreamExt;
 use ipnet::Ipv4Net;
 use nix::sched::CloneFlags;
 use rtnetlink::packet_route::address::AddressAttribute;
-use rtnetlink::packet_route::link::{InfoData, InfoVeth, IpVlanMode, LinkAttribute, LinkFlags, LinkMessage};
+use rtnetlink::packet_route::link::{InfoData, InfoVeth, IpVlanMode, LinkAttribute, LinkFlags, LinkMessage, MacVlanMode};
 use rtnetlink::packet_route::neighbour::NeighbourState;
 use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute, RouteScope};
-use rtnetlink::{Handle, LinkIpVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{Handle, LinkIpVlan, LinkMacVlan, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 use sha2::{Digest, Sha256};
 
 use crate::spec::{CniError, code};
@@ -54,6 +54,7 @@ pub fn errno(e: &rtnetlink::Error) -> Option<i32> {
 const ENODEV: i32 = 19;
 const ENOENT: i32 = 2;
 const EEXIST: i32 = 17;
+const EOPNOTSUPP: i32 = 95;
 
 /// A netlink handle in the current (host) namespace.
 pub fn host() -> Result<Handle, CniError> {
@@ -200,21 +201,33 @@ pub async fn veth_add(host: &Handle, pod: &Handle, netns: &File, host_name: &str
         .await
         .map_err(|e| netlink_err("adding the gateway's neighbour entry", e))?;
     add_route(pod, RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(GATEWAY, 32).output_interface(index).scope(RouteScope::Link).build(), "routing the gateway").await?;
-    add_route(pod, RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(Ipv4Addr::UNSPECIFIED, 0).gateway(GATEWAY).output_interface(index).build(), "adding the default route").await?;
+    // onlink: the gateway is reachable through this interface whatever else the pod has.
+    add_route(pod, RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(Ipv4Addr::UNSPECIFIED, 0).gateway(GATEWAY).output_interface(index).onlink().build(), "adding the default route").await?;
     Ok(Attached { host_ifname: Some(host_name.to_string()), pod_mac: link_mac(&pod_link), address: Ipv4Net::new(ip, 32).unwrap_or_default(), gateway: GATEWAY })
 }
 
-/// ipvlan (L2) mode: a child of `parent` moved into the pod as `ifname`, with the address in
-/// its subnet and the subnet's first address as the gateway.
-pub async fn ipvlan_add(host: &Handle, pod: &Handle, netns: &File, parent: &str, ifname: &str, ip: Ipv4Addr, subnet: Ipv4Net, mtu: Option<u32>) -> Result<Attached, CniError> {
+/// ipvlan (L2) or macvlan (bridge) mode: a child of `parent` moved into the pod as `ifname`,
+/// with the address in its subnet and the subnet's first address as the gateway.
+pub async fn child_add(host: &Handle, pod: &Handle, netns: &File, macvlan: bool, parent: &str, ifname: &str, ip: Ipv4Addr, subnet: Ipv4Net, mtu: Option<u32>) -> Result<Attached, CniError> {
     use std::os::fd::AsRawFd;
     let parent_link = link(host, parent).await?.ok_or_else(|| CniError::new(code::INVALID_CONFIG, "invalid network configuration field parent", format!("no interface {parent} on the host")))?;
     let temp = format!("nv{}", &hex::encode(Sha256::digest(format!("{}/{ifname}", netns.as_raw_fd())))[..10]);
-    let mut child = LinkIpVlan::new(&temp, parent_link.header.index, IpVlanMode::L2).setns_by_fd(netns.as_raw_fd()).name(ifname.to_string());
-    if let Some(m) = mtu {
-        child = child.mtu(m);
+    let parent_index = parent_link.header.index;
+    let child = if macvlan {
+        let b = LinkMacVlan::new(&temp, parent_index, MacVlanMode::Bridge).setns_by_fd(netns.as_raw_fd()).name(ifname.to_string());
+        if let Some(m) = mtu { b.mtu(m) } else { b }.build()
+    } else {
+        let b = LinkIpVlan::new(&temp, parent_index, IpVlanMode::L2).setns_by_fd(netns.as_raw_fd()).name(ifname.to_string());
+        if let Some(m) = mtu { b.mtu(m) } else { b }.build()
+    };
+    let kind = if macvlan { "macvlan" } else { "ipvlan" };
+    match host.link().add(child).execute().await {
+        Ok(()) => {}
+        Err(e) if errno(&e) == Some(EOPNOTSUPP) => {
+            return Err(CniError::new(code::UNSUPPORTED_FIELD, format!("unsupported field mode: {kind}"), format!("this kernel has no {kind} driver (CONFIG_{})", kind.to_uppercase())));
+        }
+        Err(e) => return Err(netlink_err(&format!("creating the {kind} interface"), e)),
     }
-    host.link().add(child.build()).execute().await.map_err(|e| netlink_err("creating the ipvlan interface", e))?;
     let pod_link = link(pod, ifname).await?.ok_or_else(|| CniError::new(code::NETLINK, "the ipvlan interface did not arrive in the pod's namespace", ifname.to_string()))?;
     let index = pod_link.header.index;
     pod.address().add(index, IpAddr::V4(ip), subnet.prefix_len()).execute().await.map_err(|e| netlink_err("adding the pod's address", e))?;

@@ -35,7 +35,8 @@ enum Cli {
 }
 
 fn main() {
-    if std::env::var_os("CNI_COMMAND").is_some() {
+    // Runtimes run plugins with no arguments (and CNI_COMMAND set); the pool has a subcommand.
+    if std::env::var_os("CNI_COMMAND").is_some() || std::env::args_os().len() == 1 {
         std::process::exit(run_plugin());
     }
     let Cli::Pool { socket, state, cidrs, min_warm, max_warm, idle_reclaim } = Cli::parse();

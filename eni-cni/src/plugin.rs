@@ -135,7 +135,7 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
             datapath::enable_forwarding()?;
             datapath::veth_add(&host, &pod, &netns, &host_name, &inv.ifname, alloc.ip, conf.mtu).await
         }
-        Mode::Ipvlan => datapath::ipvlan_add(&host, &pod, &netns, conf.parent.as_deref().unwrap_or_default(), &inv.ifname, alloc.ip, alloc.subnet, conf.mtu).await,
+        Mode::Ipvlan | Mode::Macvlan => datapath::child_add(&host, &pod, &netns, conf.mode == Mode::Macvlan, conf.parent.as_deref().unwrap_or_default(), &inv.ifname, alloc.ip, alloc.subnet, conf.mtu).await,
         Mode::Host => unreachable_mode(),
     };
     let attached = match attached {
@@ -171,9 +171,9 @@ async fn del(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
         return Ok(());
     }
     let host = datapath::host()?;
-    // The host end takes the veth pair with it; an ipvlan child is deleted in the pod.
+    // The host end takes the veth pair with it; an ipvlan or macvlan child is deleted in the pod.
     datapath::delete_link(&host, &datapath::host_ifname(&conf.name, &inv.container_id, &inv.ifname)).await?;
-    if conf.mode == Mode::Ipvlan {
+    if conf.mode.has_parent() {
         if let Some(netns) = inv.netns.as_deref().and_then(|p| std::fs::File::open(p).ok()) {
             let pod = datapath::inside(&netns)?;
             datapath::delete_link(&pod, &inv.ifname).await?;

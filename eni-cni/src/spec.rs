@@ -69,6 +69,15 @@ pub enum Mode {
     Host,
     /// eth0 is an ipvlan (L2) child of `parent`, the interface standing for an ENI.
     Ipvlan,
+    /// The same with a macvlan (bridge) child, for kernels built without ipvlan.
+    Macvlan,
+}
+
+impl Mode {
+    /// Whether pods hang off a parent interface.
+    pub fn has_parent(self) -> bool {
+        matches!(self, Mode::Ipvlan | Mode::Macvlan)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
@@ -98,7 +107,7 @@ pub struct NetConf {
     #[serde(default)]
     pub parent: Option<String>,
     /// host: the node's address to report.
-    #[serde(default)]
+    #[serde(default, rename = "hostIP")]
     pub host_ip: Option<Ipv4Addr>,
     #[serde(default)]
     pub dns: Option<Dns>,
@@ -147,8 +156,8 @@ impl NetConf {
         if !valid_name(&conf.name) {
             return Err(CniError::new(code::INVALID_CONFIG, "invalid network configuration field name", format!("{:?}: letters, digits, _ . - only, starting with a letter or digit", conf.name)));
         }
-        if conf.mode == Mode::Ipvlan && conf.parent.as_deref().is_none_or(str::is_empty) {
-            return Err(CniError::new(code::INVALID_CONFIG, "invalid network configuration field parent", "mode ipvlan needs the parent interface"));
+        if conf.mode.has_parent() && conf.parent.as_deref().is_none_or(str::is_empty) {
+            return Err(CniError::new(code::INVALID_CONFIG, "invalid network configuration field parent", "modes ipvlan and macvlan need the parent interface"));
         }
         if let Some(mtu) = conf.mtu {
             if !(68..=65535).contains(&mtu) {

@@ -34,7 +34,7 @@ pub fn nodeless_binary() -> Result<PathBuf> {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let release = std::env::current_exe().ok().is_some_and(|p| p.components().any(|c| c.as_os_str() == "release"));
             let mut cmd = Command::new(cargo);
-            cmd.current_dir(workspace_root()).args(["build", "-q", "-p", "nodeless", "-p", "nodeless-sandbox-node", "-p", "nodeless-tests", "--bins"]);
+            cmd.current_dir(workspace_root()).args(["build", "-q", "-p", "nodeless", "-p", "nodeless-sandbox-node", "-p", "nodeless-eni-cni", "-p", "nodeless-tests", "--bins"]);
             if release {
                 cmd.arg("--release");
             }
@@ -47,6 +47,11 @@ pub fn nodeless_binary() -> Result<PathBuf> {
         })
         .clone()
         .map_err(anyhow::Error::msg)
+}
+
+/// Another binary of the workspace (built with `nodeless`), e.g. `eni-cni`.
+pub fn workspace_binary(name: &str) -> Result<PathBuf> {
+    Ok(nodeless_binary()?.with_file_name(name))
 }
 
 /// A `nodeless up` process with its own data directory, on a free loopback port.
