@@ -293,10 +293,7 @@ impl<P: Provider> Pool<P> {
                 let subnet = self.provider.subnet_of(ip).ok_or_else(|| format!("{ip} is in none of the pool's CIDRs"))?;
                 let a = Allocation { network, container, ifname, ip, subnet };
                 st.commit(&[(ip, Some(0))], &[(&k, Some(&a))])?;
-                // Top the warm set up again; a failure here costs the next ADD a wait, not this one.
-                if let Err(e) = self.fill_locked(st) {
-                    tracing::warn!(error = %e, "refilling the warm pool");
-                }
+                // The warm set is topped up again after the reply has gone (`connection`).
                 Ok(Reply { allocation: Some(a), ..Reply::default() })
             }
             Request::Release { network, container, ifname } => {
@@ -366,13 +363,22 @@ impl<P: Provider> Pool<P> {
         let (read, mut write) = conn.into_split();
         let mut lines = BufReader::new(read).lines();
         while let Some(line) = lines.next_line().await? {
-            let reply = match serde_json::from_str::<Request>(&line) {
-                Ok(req) => self.handle(req).await,
-                Err(e) => Reply { error: Some(format!("bad request: {e}")), ..Reply::default() },
+            let (reply, allocated) = match serde_json::from_str::<Request>(&line) {
+                Ok(req) => {
+                    let alloc = matches!(req, Request::Alloc { .. });
+                    (self.handle(req).await, alloc)
+                }
+                Err(e) => (Reply { error: Some(format!("bad request: {e}")), ..Reply::default() }, false),
             };
             let mut out = serde_json::to_vec(&reply).unwrap_or_default();
             out.push(b'\n');
             write.write_all(&out).await?;
+            // Top the warm set up again, off the ADD's path; a failure costs a later ADD a wait.
+            if allocated {
+                if let Err(e) = self.fill().await {
+                    tracing::warn!(error = %e, "refilling the warm pool");
+                }
+            }
         }
         Ok(())
     }

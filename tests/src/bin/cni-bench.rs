@@ -1,0 +1,269 @@
+//! CNI benchmark: eni-cni against Debian's reference `bridge` + `host-local` plugins, in one
+//! run, on the same work, with the ratios printed:
+//!
+//! - ADD and DEL latency (each pod its own network namespace; the two plugins take turns, so
+//!   the machine's noise falls on both);
+//! - pod-to-pod TCP throughput (iperf3, 5 s) and TCP request/response rate (1-byte ping-pong
+//!   over one connection, 5 s) between two pods of each network.
+//!
+//!     cargo run --release -p nodeless-tests --bin cni-bench [-- --pods 100]
+//!
+//! Everything it makes (namespaces, the bridge, the pool's files) is removed at the end, also
+//! when it fails.
+#![forbid(unsafe_code)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use serde_json::{Value, json};
+
+#[derive(Parser)]
+struct Args {
+    /// Pods (ADD + DEL) per plugin.
+    #[arg(long, default_value_t = 100)]
+    pods: usize,
+    /// Seconds per throughput and request/response measurement.
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Internal: serve 1-byte request/response on this port (run inside a pod).
+    #[arg(long, hide = true)]
+    rr_server: Option<u16>,
+    /// Internal: run the request/response client against this address (run inside a pod).
+    #[arg(long, hide = true)]
+    rr_client: Option<String>,
+}
+
+struct Netns(String);
+
+impl Netns {
+    fn new(name: String) -> Result<Netns> {
+        anyhow::ensure!(Command::new("ip").args(["netns", "add", &name]).status()?.success(), "ip netns add {name}");
+        Ok(Netns(name))
+    }
+    fn path(&self) -> String {
+        format!("/run/netns/{}", self.0)
+    }
+    fn cmd(&self, program: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, program]);
+        c
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "delete", &self.0]).status();
+    }
+}
+
+struct Cleanup {
+    pool: Option<Child>,
+    bridge: String,
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(mut p) = self.pool.take() {
+            let _ = p.kill();
+            let _ = p.wait();
+        }
+        let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
+    }
+}
+
+struct Plugin {
+    label: &'static str,
+    bin: PathBuf,
+    cni_path: String,
+    conf: Value,
+}
+
+impl Plugin {
+    /// Run one verb; the time it took and the result.
+    fn run(&self, command: &str, id: &str, netns: &str) -> Result<(Duration, Value)> {
+        let start = Instant::now();
+        let mut child = Command::new(&self.bin)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .envs([("CNI_COMMAND", command), ("CNI_CONTAINERID", id), ("CNI_NETNS", netns), ("CNI_IFNAME", "eth0"), ("CNI_PATH", &self.cni_path)])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()?;
+        child.stdin.take().context("stdin")?.write_all(self.conf.to_string().as_bytes())?;
+        let out = child.wait_with_output()?;
+        let took = start.elapsed();
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!("{} {command}: {text}", self.label);
+        }
+        Ok((took, if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text)? }))
+    }
+}
+
+fn pod_ip(result: &Value) -> Result<Ipv4Addr> {
+    let a = result["ips"].as_array().and_then(|v| v.last()).and_then(|v| v["address"].as_str()).context("no address in the result")?;
+    Ok(a.split('/').next().unwrap_or_default().parse()?)
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// Serve 1-byte request/response until the client goes.
+fn rr_server(port: u16) -> Result<()> {
+    let l = TcpListener::bind(("0.0.0.0", port))?;
+    println!("ready");
+    std::io::stdout().flush()?;
+    let (mut s, _) = l.accept()?;
+    s.set_nodelay(true)?;
+    let mut b = [0u8; 1];
+    while s.read_exact(&mut b).is_ok() {
+        s.write_all(&b)?;
+    }
+    Ok(())
+}
+
+/// Ping-pong one byte for `seconds`; print the exchanges per second.
+fn rr_client(addr: &str, seconds: u64) -> Result<()> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_nodelay(true)?;
+    let mut b = [7u8; 1];
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut n = 0u64;
+    let start = Instant::now();
+    while Instant::now() < deadline {
+        s.write_all(&b)?;
+        s.read_exact(&mut b)?;
+        n += 1;
+    }
+    println!("{:.0}", n as f64 / start.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// TCP throughput (Gbit/s) and request/response rate (per second) from pod `a` to pod `b`.
+fn traffic(me: &Path, a: &Netns, b: &Netns, b_ip: Ipv4Addr, seconds: u64) -> Result<(f64, f64)> {
+    let mut server = b.cmd("iperf3").args(["-s", "-1", "-p", "5201"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("iperf3 (apt-get install iperf3)")?;
+    std::thread::sleep(Duration::from_millis(300));
+    let out = a.cmd("iperf3").args(["-c", &b_ip.to_string(), "-p", "5201", "-t", &seconds.to_string(), "-J"]).output()?;
+    let _ = server.kill();
+    let _ = server.wait();
+    let v: Value = serde_json::from_slice(&out.stdout).context("iperf3 output")?;
+    let gbps = v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 gave no rate")? / 1e9;
+
+    let mut server = b.cmd(me.to_str().unwrap_or_default()).args(["--rr-server", "5301"]).stdout(Stdio::piped()).spawn()?;
+    let mut ready = [0u8; 6];
+    server.stdout.as_mut().context("rr server stdout")?.read_exact(&mut ready)?;
+    let out = a.cmd(me.to_str().unwrap_or_default()).args(["--rr-client", &format!("{b_ip}:5301"), "--seconds", &seconds.to_string()]).output()?;
+    let _ = server.kill();
+    let _ = server.wait();
+    let rate: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().with_context(|| format!("rr client: {}", String::from_utf8_lossy(&out.stderr)))?;
+    Ok((gbps, rate))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    if let Some(port) = args.rr_server {
+        return rr_server(port);
+    }
+    if let Some(addr) = &args.rr_client {
+        return rr_client(addr, args.seconds);
+    }
+    let me = std::env::current_exe()?;
+    let eni = me.with_file_name("eni-cni");
+    anyhow::ensure!(eni.exists(), "{} is missing: cargo build --release -p nodeless-eni-cni", eni.display());
+    anyhow::ensure!(Path::new("/usr/lib/cni/bridge").exists(), "the reference plugins are missing: apt-get install containernetworking-plugins");
+    let tag = std::process::id() % 10_000;
+    let work = tempfile::tempdir()?;
+    let socket = work.path().join("pool.sock");
+    let pool = Command::new(&eni)
+        .args(["pool", "--socket"])
+        .arg(&socket)
+        .arg("--state")
+        .arg(work.path().join("pool.redb"))
+        .args(["--cidr", "10.242.0.0/22", "--min-warm", "32", "--max-warm", "64"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    let _cleanup = Cleanup { pool: Some(pool), bridge: format!("nlb{tag}") };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::os::unix::net::UnixStream::connect(&socket).is_err() {
+        anyhow::ensure!(Instant::now() < deadline, "the pool never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let plugins = [
+        Plugin { label: "eni-cni", bin: eni.clone(), cni_path: "/usr/lib/cni".into(), conf: json!({"cniVersion": "1.1.0", "name": format!("bench{tag}"), "type": "eni-cni", "pool": socket}) },
+        Plugin {
+            label: "bridge",
+            bin: "/usr/lib/cni/bridge".into(),
+            cni_path: "/usr/lib/cni".into(),
+            conf: json!({"cniVersion": "1.0.0", "name": format!("benchbr{tag}"), "type": "bridge", "bridge": format!("nlb{tag}"), "isGateway": true,
+                "ipam": {"type": "host-local", "dataDir": work.path().join("host-local"), "ranges": [[{"subnet": "10.243.0.0/22"}]], "routes": [{"dst": "0.0.0.0/0"}]}}),
+        },
+    ];
+    // Namespaces first (not timed), then ADDs taking turns, then DELs taking turns.
+    let mut pods: Vec<Vec<(Netns, String)>> = vec![Vec::new(), Vec::new()];
+    for (k, list) in pods.iter_mut().enumerate() {
+        for i in 0..args.pods {
+            list.push((Netns::new(format!("nlb{tag}x{k}x{i}"))?, format!("bench{k}x{i}")));
+        }
+    }
+    let mut add: Vec<Vec<Duration>> = vec![Vec::new(), Vec::new()];
+    let mut ips: Vec<Vec<Ipv4Addr>> = vec![Vec::new(), Vec::new()];
+    for i in 0..args.pods {
+        for (k, p) in plugins.iter().enumerate() {
+            let (ns, id) = &pods[k][i];
+            let (took, result) = p.run("ADD", id, &ns.path())?;
+            add[k].push(took);
+            ips[k].push(pod_ip(&result)?);
+        }
+    }
+    println!("CNI benchmark: {} pods per plugin, each in its own network namespace; eni-cni (veth, warm pool) vs bridge + host-local", args.pods);
+    println!("{:<36} {:>12} {:>12} {:>8}", "", "eni-cni", "bridge", "ratio");
+    let mut rows = Vec::new();
+    for a in &mut add {
+        a.sort();
+    }
+    for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+        rows.push((format!("ADD latency {name} (ms)"), ms(percentile(&add[0], p)), ms(percentile(&add[1], p))));
+    }
+    // Traffic between the first two pods of each network.
+    let mut traffic_rows = Vec::new();
+    let t0 = traffic(&me, &pods[0][0].0, &pods[0][1].0, ips[0][1], args.seconds)?;
+    let t1 = traffic(&me, &pods[1][0].0, &pods[1][1].0, ips[1][1], args.seconds)?;
+    traffic_rows.push(("pod-to-pod TCP (Gbit/s)".to_string(), t0.0, t1.0));
+    traffic_rows.push(("pod-to-pod request/response (/s)".to_string(), t0.1, t1.1));
+
+    let mut del: Vec<Vec<Duration>> = vec![Vec::new(), Vec::new()];
+    for i in 0..args.pods {
+        for (k, p) in plugins.iter().enumerate() {
+            let (ns, id) = &pods[k][i];
+            del[k].push(p.run("DEL", id, &ns.path())?.0);
+        }
+    }
+    for d in &mut del {
+        d.sort();
+    }
+    for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
+        rows.push((format!("DEL latency {name} (ms)"), ms(percentile(&del[0], p)), ms(percentile(&del[1], p))));
+    }
+    for (label, a, b) in &rows {
+        // Latency: lower is better; the ratio is ours over theirs (goal ADD <= 0.5x).
+        println!("{:<36} {:>12.2} {:>12.2} {:>7.2}x", label, a, b, a / b.max(1e-9));
+    }
+    for (label, a, b) in &traffic_rows {
+        // Rates: higher is better; ours over theirs (goals >= 1.1x and >= 1.2x).
+        println!("{:<36} {:>12.2} {:>12.2} {:>7.2}x", label, a, b, a / b.max(1e-9));
+    }
+    println!("(latency ratios below 1 and rate ratios above 1 favour eni-cni)");
+    Ok(())
+}
