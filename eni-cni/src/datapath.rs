@@ -156,6 +156,7 @@ pub async fn routes(h: &Handle) -> Result<Vec<(Ipv4Net, Option<Ipv4Addr>, Option
 /// What a pod ends up with.
 pub struct Attached {
     pub host_ifname: Option<String>,
+    pub host_ifindex: u32,
     pub pod_mac: Vec<u8>,
     pub address: Ipv4Net,
     pub gateway: Ipv4Addr,
@@ -203,7 +204,7 @@ pub async fn veth_add(host: &Handle, pod: &Handle, netns: &File, host_name: &str
     add_route(pod, RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(GATEWAY, 32).output_interface(index).scope(RouteScope::Link).build(), "routing the gateway").await?;
     // onlink: the gateway is reachable through this interface whatever else the pod has.
     add_route(pod, RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(Ipv4Addr::UNSPECIFIED, 0).gateway(GATEWAY).output_interface(index).onlink().build(), "adding the default route").await?;
-    Ok(Attached { host_ifname: Some(host_name.to_string()), pod_mac: link_mac(&pod_link), address: Ipv4Net::new(ip, 32).unwrap_or_default(), gateway: GATEWAY })
+    Ok(Attached { host_ifname: Some(host_name.to_string()), host_ifindex: host_link.header.index, pod_mac: link_mac(&pod_link), address: Ipv4Net::new(ip, 32).unwrap_or_default(), gateway: GATEWAY })
 }
 
 /// ipvlan (L2) or macvlan (bridge) mode: a child of `parent` moved into the pod as `ifname`,
@@ -234,7 +235,7 @@ pub async fn child_add(host: &Handle, pod: &Handle, netns: &File, macvlan: bool,
     set_up(pod, index).await?;
     let gateway = subnet.hosts().next().unwrap_or(subnet.addr());
     add_route(pod, RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(Ipv4Addr::UNSPECIFIED, 0).gateway(gateway).output_interface(index).build(), "adding the default route").await?;
-    Ok(Attached { host_ifname: None, pod_mac: link_mac(&pod_link), address: Ipv4Net::new(ip, subnet.prefix_len()).unwrap_or_default(), gateway })
+    Ok(Attached { host_ifname: None, host_ifindex: 0, pod_mac: link_mac(&pod_link), address: Ipv4Net::new(ip, subnet.prefix_len()).unwrap_or_default(), gateway })
 }
 
 /// The host's first global IPv4 address.

@@ -1,3 +1,4 @@
+pub mod bpf;
 pub mod datapath;
 pub mod plugin;
 pub mod pool;

@@ -32,6 +32,11 @@ enum Cli {
         #[arg(long, default_value_t = 300)]
         idle_reclaim: u64,
     },
+    /// Show a network's eBPF datapath: pods and packet counters (drops by reason among them).
+    Show {
+        /// The network's name (the `name` of its CNI configuration).
+        network: String,
+    },
 }
 
 fn main() {
@@ -39,7 +44,19 @@ fn main() {
     if std::env::var_os("CNI_COMMAND").is_some() || std::env::args_os().len() == 1 {
         std::process::exit(run_plugin());
     }
-    let Cli::Pool { socket, state, cidrs, min_warm, max_warm, idle_reclaim } = Cli::parse();
+    let (socket, state, cidrs, min_warm, max_warm, idle_reclaim) = match Cli::parse() {
+        Cli::Pool { socket, state, cidrs, min_warm, max_warm, idle_reclaim } => (socket, state, cidrs, min_warm, max_warm, idle_reclaim),
+        Cli::Show { network } => match nodeless_eni_cni::bpf::Pins::for_network(&network).show() {
+            Ok(text) => {
+                print!("{text}");
+                return;
+            }
+            Err(e) => {
+                eprintln!("eni-cni show: {e}");
+                std::process::exit(1);
+            }
+        },
+    };
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).init();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a Tokio runtime");
     let result = rt.block_on(async {

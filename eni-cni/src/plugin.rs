@@ -6,6 +6,7 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
+use crate::bpf::{Pins, PodEndpoint};
 use crate::datapath::{self, GATEWAY, HOST_MAC, mac_string};
 use crate::pool::{self, Allocation, Reply, Request};
 use crate::spec::{CniError, CniResult, IpConfig, Interface, Mode, NetConf, Route, SUPPORTED, code};
@@ -138,9 +139,21 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
         Mode::Ipvlan | Mode::Macvlan => datapath::child_add(&host, &pod, &netns, conf.mode == Mode::Macvlan, conf.parent.as_deref().unwrap_or_default(), &inv.ifname, alloc.ip, alloc.subnet, conf.mtu).await,
         Mode::Host => unreachable_mode(),
     };
+    // The fast path: the program on the host end, the pod in the map.
+    let attached = match attached {
+        Ok(a) if conf.mode == Mode::Veth && conf.fast_path => {
+            let mut mac = [0u8; 6];
+            if a.pod_mac.len() == 6 {
+                mac.copy_from_slice(&a.pod_mac);
+            }
+            Pins::for_network(&conf.name).attach(&host_name, alloc.ip, PodEndpoint { ifindex: a.host_ifindex, mac }).map(|()| a)
+        }
+        other => other,
+    };
     let attached = match attached {
         Ok(a) => a,
         Err(e) => {
+            let _ = Pins::for_network(&conf.name).detach(&host_name, Some(alloc.ip));
             // Nothing half-done stays: the links go, the address goes back.
             let _ = datapath::delete_link(&host, &host_name).await;
             let _ = datapath::delete_link(&pod, &inv.ifname).await;
@@ -170,9 +183,13 @@ async fn del(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
     if conf.mode == Mode::Host {
         return Ok(());
     }
+    let (network, container, ifname) = pool_key(conf, inv);
+    let held = ask(conf, Request::Get { network, container, ifname }).await?.allocation;
     let host = datapath::host()?;
+    let host_name = datapath::host_ifname(&conf.name, &inv.container_id, &inv.ifname);
     // The host end takes the veth pair with it; an ipvlan or macvlan child is deleted in the pod.
-    datapath::delete_link(&host, &datapath::host_ifname(&conf.name, &inv.container_id, &inv.ifname)).await?;
+    datapath::delete_link(&host, &host_name).await?;
+    Pins::for_network(&conf.name).detach(&host_name, held.map(|a| a.ip))?;
     if conf.mode.has_parent() {
         if let Some(netns) = inv.netns.as_deref().and_then(|p| std::fs::File::open(p).ok()) {
             let pod = datapath::inside(&netns)?;
@@ -226,6 +243,9 @@ async fn check(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
         let host = datapath::host()?;
         let name = datapath::host_ifname(&conf.name, &inv.container_id, &inv.ifname);
         let h = datapath::link(&host, &name).await?.ok_or_else(|| check_failed(format!("the host end {name} is gone"), ""))?;
+        if conf.fast_path {
+            Pins::for_network(&conf.name).check(&name, want.addr(), h.header.index).map_err(|e| check_failed("the eBPF fast path is not as ADD left it", e))?;
+        }
         let host_routes = datapath::routes(&host).await?;
         if !host_routes.iter().any(|(dst, _, oif)| dst.prefix_len() == 32 && dst.addr() == want.addr() && *oif == Some(h.header.index)) {
             return Err(check_failed(format!("the host's route to {} is gone", want.addr()), ""));
@@ -244,7 +264,11 @@ async fn gc(conf: &NetConf) -> Result<(), CniError> {
     let host = datapath::host()?;
     let mut errors = Vec::new();
     for a in &reply.released {
-        if let Err(e) = datapath::delete_link(&host, &datapath::host_ifname(&a.network, &a.container, &a.ifname)).await {
+        let name = datapath::host_ifname(&a.network, &a.container, &a.ifname);
+        if let Err(e) = datapath::delete_link(&host, &name).await {
+            errors.push(e.to_string());
+        }
+        if let Err(e) = Pins::for_network(&conf.name).detach(&name, Some(a.ip)) {
             errors.push(e.to_string());
         }
     }

@@ -111,10 +111,17 @@ pub struct NetConf {
     pub host_ip: Option<Ipv4Addr>,
     #[serde(default)]
     pub dns: Option<Dns>,
+    /// veth: the eBPF fast path between pods (on by default).
+    #[serde(default = "yes")]
+    pub fast_path: bool,
     #[serde(default)]
     pub prev_result: Option<Value>,
     #[serde(rename = "cni.dev/valid-attachments", default)]
     pub valid_attachments: Option<Vec<Attachment>>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 pub fn default_pool() -> PathBuf {

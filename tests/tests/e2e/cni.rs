@@ -103,6 +103,23 @@ impl Plugin {
         }
     }
 
+    /// `eni-cni show`: the network's eBPF datapath state.
+    fn show(&self) -> String {
+        let out = Command::new(&self.bin).args(["show", &self.network]).output().unwrap();
+        assert!(out.status.success(), "eni-cni show: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A packet counter from `show`.
+    fn counter(&self, name: &str) -> u64 {
+        self.show().lines().find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().parse().unwrap_or(0))).unwrap_or(0)
+    }
+
+    /// The network's pins under /sys/fs/bpf.
+    fn pins(&self) -> PathBuf {
+        PathBuf::from("/sys/fs/bpf/nodeless").join(&self.network)
+    }
+
     fn conf(&self, version: &str) -> Value {
         json!({"cniVersion": version, "name": self.network, "type": "eni-cni", "pool": self.socket()})
     }
@@ -282,8 +299,12 @@ fn add_check_del_in_every_version_and_the_datapath_works() {
     assert!(ips.iter().all(|ip| ip.octets()[..3] == [10, 241, 3] && ip.octets()[3] > 1), "{ips:?}");
     assert!(ips[0] != ips[1] && ips[1] != ips[2] && ips[0] != ips[2]);
 
-    // The datapath: pod to pod, pod to host, host to pod.
+    // The datapath: pod to pod (through the eBPF fast path), pod to host, host to pod.
+    let show = p.show();
+    assert!(ips.iter().all(|ip| show.contains(&format!("{ip} "))), "every pod published in the map: {show}");
+    let before = p.counter("redirected");
     assert!(ping(&a, ips[1]), "pod a -> pod b");
+    assert!(p.counter("redirected") >= before + 2, "request and reply redirected pod to pod: {}", p.show());
     assert!(ping(&b, ips[0]), "pod b -> pod a");
     assert!(Command::new("busybox").args(["ping", "-c", "1", "-W", "2", &ips[2].to_string()]).status().unwrap().success(), "host -> pod");
 
@@ -312,9 +333,10 @@ fn add_check_del_in_every_version_and_the_datapath_works() {
     p.start_pool(2);
     p.del("c9", Some(&b.path()), "eth9", &conf);
     assert!(!host_routes_in("10.241.3.").iter().any(|l| l.starts_with(&format!("{} ", pod_ip(&r)))), "DEL took the host route");
-    // Nothing of ours is left on the host.
+    // Nothing of ours is left on the host: no route, no program, map or link pin.
     drop((a, b));
     assert_eq!(host_routes_in("10.241.3."), Vec::<String>::new());
+    assert!(!p.pins().exists(), "pins left: {:?}", std::fs::read_dir(p.pins()).map(|d| d.count()));
 }
 
 #[test]
@@ -369,6 +391,7 @@ fn gc_and_status() {
     assert_eq!(p.run(&[("CNI_COMMAND", "GC"), ("CNI_PATH", "/x")], &gc.to_string()), (0, Value::Null));
     assert!(host_ends.iter().all(|h| host_links(h).is_empty()), "after DEL and GC no interface is left");
     assert_eq!(host_routes_in("10.241.5."), Vec::<String>::new(), "nor any route");
+    assert!(!p.pins().exists(), "nor any bpf program, map or link pin");
 }
 
 #[test]
@@ -410,6 +433,7 @@ fn concurrent_adds_never_share_an_address_and_survive_a_pool_restart() {
     }
     p.del("after-restart", Some(&ns[0].path()), "fresh0", &conf);
     assert_eq!(host_routes_in("10.241.6.").len() + host_routes_in("10.241.7.").len(), 0);
+    assert!(!p.pins().exists());
 }
 
 /// ipvlan and macvlan modes: pods hang off a parent interface standing for an ENI (one end of

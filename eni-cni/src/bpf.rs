@@ -1,0 +1,259 @@
+//! The eBPF datapath from userspace: `bpf/datapath.c`, built by build.rs and embedded here,
+//! loaded with aya and pinned under /sys/fs/bpf/nodeless/<network>/ so it outlives the
+//! short-lived plugin:
+//!
+//! - `from_pod`, the program, attached (TCX) to the ingress of every pod's host end, each link
+//!   pinned as `links/<host end>`;
+//! - `nl_pods`, pod address -> host end and pod MAC, filled by ADD, emptied by DEL and GC;
+//! - `nl_stats`, per-CPU counters of what happened to packets (the drop reasons among them).
+//!
+//! The map layouts mirror `bpf/datapath.h`; `layouts_match_the_object` checks them against the
+//! object itself. When a network's last pod goes, its pins go too.
+
+use std::fs::File;
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
+use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::{SchedClassifier, TcAttachType};
+use aya::EbpfLoader;
+use nix::fcntl::{Flock, FlockArg};
+
+use crate::spec::{CniError, code};
+
+/// The object built from bpf/datapath.c.
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.o"));
+
+pub const PROGRAM: &str = "from_pod";
+pub const PODS_MAP: &str = "nl_pods";
+pub const STATS_MAP: &str = "nl_stats";
+
+/// `struct pod_endpoint`: ifindex (u32), mac (6 bytes), 2 bytes of padding.
+pub const POD_ENDPOINT_SIZE: usize = 12;
+
+/// `enum nl_stat`, in order.
+pub const STATS: [&str; 6] = ["redirected", "passed", "not-ipv4", "ttl-expired", "drop-malformed", "drop-redirect"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PodEndpoint {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+}
+
+impl PodEndpoint {
+    pub fn encode(&self) -> [u8; POD_ENDPOINT_SIZE] {
+        let mut b = [0u8; POD_ENDPOINT_SIZE];
+        b[..4].copy_from_slice(&self.ifindex.to_ne_bytes());
+        b[4..10].copy_from_slice(&self.mac);
+        b
+    }
+
+    pub fn decode(b: &[u8; POD_ENDPOINT_SIZE]) -> PodEndpoint {
+        let mut mac = [0u8; 6];
+        mac.copy_from_slice(&b[4..10]);
+        PodEndpoint { ifindex: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]), mac }
+    }
+}
+
+/// The map key for an address: its bytes as the kernel holds them (network order).
+pub fn key(ip: Ipv4Addr) -> u32 {
+    u32::from_ne_bytes(ip.octets())
+}
+
+fn err(what: &str, e: impl std::fmt::Display) -> CniError {
+    CniError::new(code::IO, format!("eBPF datapath: {what}"), e.to_string())
+}
+
+pub const BPFFS: &str = "/sys/fs/bpf";
+
+/// Mount the BPF filesystem where the kernel expects it, if it is not there yet.
+pub fn ensure_bpffs() -> Result<(), CniError> {
+    let mounts = std::fs::read_to_string("/proc/mounts").map_err(|e| err("reading /proc/mounts", e))?;
+    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(BPFFS) && l.split_whitespace().nth(2) == Some("bpf")) {
+        return Ok(());
+    }
+    std::fs::create_dir_all(BPFFS).map_err(|e| err("creating /sys/fs/bpf", e))?;
+    nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>).map_err(|e| err("mounting the BPF filesystem", e))
+}
+
+/// Where one network's programs, maps and links are pinned.
+#[derive(Debug, Clone)]
+pub struct Pins {
+    pub dir: PathBuf,
+}
+
+impl Pins {
+    pub fn for_network(network: &str) -> Pins {
+        Pins { dir: Path::new(BPFFS).join("nodeless").join(network) }
+    }
+    fn program(&self) -> PathBuf {
+        self.dir.join(PROGRAM)
+    }
+    fn pods(&self) -> PathBuf {
+        self.dir.join(PODS_MAP)
+    }
+    fn stats(&self) -> PathBuf {
+        self.dir.join(STATS_MAP)
+    }
+    fn links(&self) -> PathBuf {
+        self.dir.join("links")
+    }
+    fn link(&self, host_ifname: &str) -> PathBuf {
+        self.links().join(host_ifname)
+    }
+
+    /// Changes to one network's pins, one plugin at a time.
+    fn lock(&self) -> Result<Flock<File>, CniError> {
+        let path = Path::new("/run/nodeless/eni").join(format!("bpf-{}.lock", self.dir.file_name().and_then(|n| n.to_str()).unwrap_or("default")));
+        std::fs::create_dir_all(path.parent().unwrap_or(Path::new("/run"))).map_err(|e| err("creating /run/nodeless/eni", e))?;
+        let f = File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| err("opening the lock", e))?;
+        Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| err("locking", e))
+    }
+
+    /// The program, loaded and pinned (with its maps) by the first pod of the network.
+    fn program_loaded(&self) -> Result<SchedClassifier, CniError> {
+        if self.program().exists() {
+            return SchedClassifier::from_pin(self.program()).map_err(|e| err("opening the pinned program", e));
+        }
+        ensure_bpffs()?;
+        std::fs::create_dir_all(self.links()).map_err(|e| err("creating the pin directory", e))?;
+        let mut ebpf = EbpfLoader::new().map_pin_path(PODS_MAP, self.pods()).map_pin_path(STATS_MAP, self.stats()).load(OBJECT).map_err(|e| err("loading the object", e))?;
+        let prog: &mut SchedClassifier = ebpf.program_mut(PROGRAM).ok_or_else(|| err("the object has no program", PROGRAM))?.try_into().map_err(|e| err("the program's type", e))?;
+        prog.load().map_err(|e| err("loading the program (verifier)", e))?;
+        prog.pin(self.program()).map_err(|e| err("pinning the program", e))?;
+        drop(ebpf);
+        SchedClassifier::from_pin(self.program()).map_err(|e| err("opening the pinned program", e))
+    }
+
+    fn pods_map(&self) -> Result<HashMap<MapData, u32, [u8; POD_ENDPOINT_SIZE]>, CniError> {
+        let data = MapData::from_pin(self.pods()).map_err(|e| err("opening the pods map", e))?;
+        let map = Map::from_map_data(data).map_err(|e| err("the pods map", e))?;
+        HashMap::try_from(map).map_err(|e| err("the pods map's layout", e))
+    }
+
+    /// Attach the fast path to a pod's host end and publish the pod.
+    pub fn attach(&self, host_ifname: &str, pod_ip: Ipv4Addr, endpoint: PodEndpoint) -> Result<(), CniError> {
+        let _lock = self.lock()?;
+        let mut prog = self.program_loaded()?;
+        let _ = std::fs::remove_file(self.link(host_ifname));
+        let id = prog.attach(host_ifname, TcAttachType::Ingress).map_err(|e| err(&format!("attaching to {host_ifname}"), e))?;
+        let link = prog.take_link(id).map_err(|e| err("taking the link", e))?;
+        let fd: FdLink = link.try_into().map_err(|e| err("the link's kind", e))?;
+        fd.pin(self.link(host_ifname)).map_err(|e| err("pinning the link", e))?;
+        self.pods_map()?.insert(key(pod_ip), endpoint.encode(), 0).map_err(|e| err("publishing the pod", e))
+    }
+
+    /// Undo `attach` for whatever of it exists; when the network has no pods left, remove its
+    /// program and maps too.
+    pub fn detach(&self, host_ifname: &str, pod_ip: Option<Ipv4Addr>) -> Result<(), CniError> {
+        if !self.dir.exists() {
+            return Ok(());
+        }
+        let _lock = self.lock()?;
+        let link = self.link(host_ifname);
+        if link.exists() {
+            match PinnedLink::from_pin(&link) {
+                Ok(l) => drop(l.unpin().map_err(|e| err("unpinning the link", e))?),
+                Err(_) => std::fs::remove_file(&link).map_err(|e| err("removing the link pin", e))?,
+            }
+        }
+        let mut empty = true;
+        if self.pods().exists() {
+            let mut pods = self.pods_map()?;
+            if let Some(ip) = pod_ip {
+                match pods.remove(&key(ip)) {
+                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(e) => return Err(err("withdrawing the pod", e)),
+                }
+            }
+            empty = pods.keys().next().is_none();
+        }
+        let links_left = std::fs::read_dir(self.links()).map(|d| d.count()).unwrap_or(0);
+        if empty && links_left == 0 {
+            for p in [self.program(), self.pods(), self.stats()] {
+                let _ = std::fs::remove_file(p);
+            }
+            let _ = std::fs::remove_dir(self.links());
+            let _ = std::fs::remove_dir(&self.dir);
+            let _ = std::fs::remove_dir(Path::new(BPFFS).join("nodeless"));
+        }
+        Ok(())
+    }
+
+    /// Whether the pod is published and its host end's link pinned.
+    pub fn check(&self, host_ifname: &str, pod_ip: Ipv4Addr, ifindex: u32) -> Result<(), String> {
+        if !self.link(host_ifname).exists() {
+            return Err(format!("no fast-path link pinned for {host_ifname}"));
+        }
+        let pods = self.pods_map().map_err(|e| e.to_string())?;
+        match pods.get(&key(pod_ip), 0) {
+            Ok(v) if PodEndpoint::decode(&v).ifindex == ifindex => Ok(()),
+            Ok(v) => Err(format!("{pod_ip} is published on ifindex {}, not {ifindex}", PodEndpoint::decode(&v).ifindex)),
+            Err(e) => Err(format!("{pod_ip} is not published in {PODS_MAP}: {e}")),
+        }
+    }
+
+    /// The datapath's state: pods and counters.
+    pub fn show(&self) -> Result<String, CniError> {
+        let mut out = format!("network {}\n", self.dir.file_name().and_then(|n| n.to_str()).unwrap_or(""));
+        if !self.pods().exists() {
+            out.push_str("  no datapath loaded (no pods)\n");
+            return Ok(out);
+        }
+        out.push_str("  pods:\n");
+        let pods = self.pods_map()?;
+        let mut rows: Vec<(Ipv4Addr, PodEndpoint)> = pods.iter().filter_map(Result::ok).map(|(k, v)| (Ipv4Addr::from(k.to_ne_bytes()), PodEndpoint::decode(&v))).collect();
+        rows.sort_by_key(|r| r.0);
+        for (ip, ep) in rows {
+            out.push_str(&format!("    {ip:<15} ifindex {:<6} mac {}\n", ep.ifindex, crate::datapath::mac_string(&ep.mac)));
+        }
+        let data = MapData::from_pin(self.stats()).map_err(|e| err("opening the counters", e))?;
+        let stats: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::from_map_data(data).map_err(|e| err("the counters", e))?).map_err(|e| err("the counters' layout", e))?;
+        out.push_str("  packets:\n");
+        for (i, name) in STATS.iter().enumerate() {
+            let n: u64 = stats.get(&(i as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
+            out.push_str(&format!("    {name:<16} {n}\n"));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_encode_as_the_c_struct() {
+        let ep = PodEndpoint { ifindex: 0x01020304, mac: [1, 2, 3, 4, 5, 6] };
+        let b = ep.encode();
+        assert_eq!(&b[..4], &0x01020304u32.to_ne_bytes());
+        assert_eq!(&b[4..10], &[1, 2, 3, 4, 5, 6]);
+        assert_eq!(PodEndpoint::decode(&b), ep);
+        assert_eq!(key(Ipv4Addr::new(10, 0, 0, 1)).to_ne_bytes(), [10, 0, 0, 1]);
+    }
+
+    /// The object's maps have the layouts the Rust side reads and writes, and the counters
+    /// table has a row per name. Needs root (it loads the object; nothing is pinned).
+    #[test]
+    fn layouts_match_the_object() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root to load eBPF objects");
+            return;
+        }
+        let mut ebpf = aya::Ebpf::load(OBJECT).expect("the object loads");
+        let pods = ebpf.map(PODS_MAP).expect("the pods map");
+        let _: HashMap<&MapData, u32, [u8; POD_ENDPOINT_SIZE]> = HashMap::try_from(pods).expect("pods map layout");
+        let stats = ebpf.map(STATS_MAP).expect("the counters map");
+        let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(stats).expect("counters layout");
+        assert_eq!(stats.len() as usize, STATS.len(), "a counter per name in enum nl_stat");
+        let prog: &mut SchedClassifier = ebpf.program_mut(PROGRAM).expect("the program").try_into().expect("a tc program");
+        prog.load().expect("the verifier accepts the program");
+        // The C header's enum agrees with the names.
+        let header = include_str!("../../bpf/datapath.h");
+        for (i, name) in STATS.iter().enumerate() {
+            let c = format!("NL_{} = {i},", name.replace('-', "_").to_uppercase());
+            assert!(header.replace(' ', "").contains(&c.replace(' ', "")), "bpf/datapath.h should have {c}");
+        }
+    }
+}
