@@ -67,6 +67,8 @@ fn err(what: &str, e: impl std::fmt::Display) -> CniError {
 
 pub const BPFFS: &str = "/sys/fs/bpf";
 
+const ENOENT: i32 = 2;
+
 /// Mount the BPF filesystem where the kernel expects it, if it is not there yet.
 pub fn ensure_bpffs() -> Result<(), CniError> {
     let mounts = std::fs::read_to_string("/proc/mounts").map_err(|e| err("reading /proc/mounts", e))?;
@@ -164,6 +166,7 @@ impl Pins {
             if let Some(ip) = pod_ip {
                 match pods.remove(&key(ip)) {
                     Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
+                    Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(ENOENT) => {}
                     Err(e) => return Err(err("withdrawing the pod", e)),
                 }
             }
@@ -175,10 +178,14 @@ impl Pins {
                 let _ = std::fs::remove_file(p);
             }
             let _ = std::fs::remove_dir(self.links());
+            // The directory above stays: another network may be creating its own in it.
             let _ = std::fs::remove_dir(&self.dir);
-            let _ = std::fs::remove_dir(Path::new(BPFFS).join("nodeless"));
         }
         Ok(())
+    }
+
+    pub fn has_link(&self, host_ifname: &str) -> bool {
+        self.link(host_ifname).exists()
     }
 
     /// Whether the pod is published and its host end's link pinned.

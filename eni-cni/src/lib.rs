@@ -1,5 +1,6 @@
 pub mod bpf;
 pub mod datapath;
+pub mod fastpath;
 pub mod plugin;
 pub mod pool;
 pub mod spec;

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
-use crate::bpf::{Pins, PodEndpoint};
+use crate::bpf::Pins;
 use crate::datapath::{self, GATEWAY, HOST_MAC, mac_string};
 use crate::pool::{self, Allocation, Reply, Request};
 use crate::spec::{CniError, CniResult, IpConfig, Interface, Mode, NetConf, Route, SUPPORTED, code};
@@ -139,21 +139,23 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
         Mode::Ipvlan | Mode::Macvlan => datapath::child_add(&host, &pod, &netns, conf.mode == Mode::Macvlan, conf.parent.as_deref().unwrap_or_default(), &inv.ifname, alloc.ip, alloc.subnet, conf.mtu).await,
         Mode::Host => unreachable_mode(),
     };
-    // The fast path: the program on the host end, the pod in the map.
+    // The fast path: the pool attaches the program to the host end and publishes the pod,
+    // after this reply (the host route carries the pod's traffic until then).
     let attached = match attached {
         Ok(a) if conf.mode == Mode::Veth && conf.fast_path => {
             let mut mac = [0u8; 6];
             if a.pod_mac.len() == 6 {
                 mac.copy_from_slice(&a.pod_mac);
             }
-            Pins::for_network(&conf.name).attach(&host_name, alloc.ip, PodEndpoint { ifindex: a.host_ifindex, mac }).map(|()| a)
+            let publish = Request::Publish { network: conf.name.clone(), container: inv.container_id.clone(), ifname: inv.ifname.clone(), host_ifname: host_name.clone(), ip: alloc.ip, ifindex: a.host_ifindex, mac };
+            ask(conf, publish).await.map(|_| a)
         }
         other => other,
     };
     let attached = match attached {
         Ok(a) => a,
         Err(e) => {
-            let _ = Pins::for_network(&conf.name).detach(&host_name, Some(alloc.ip));
+            let _ = ask(conf, Request::Withdraw { network: conf.name.clone(), host_ifname: host_name.clone(), ip: Some(alloc.ip) }).await;
             // Nothing half-done stays: the links go, the address goes back.
             let _ = datapath::delete_link(&host, &host_name).await;
             let _ = datapath::delete_link(&pod, &inv.ifname).await;
@@ -187,9 +189,11 @@ async fn del(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
     let held = ask(conf, Request::Get { network, container, ifname }).await?.allocation;
     let host = datapath::host()?;
     let host_name = datapath::host_ifname(&conf.name, &inv.container_id, &inv.ifname);
-    // The host end takes the veth pair with it; an ipvlan or macvlan child is deleted in the pod.
+    // The fast path first (after the pool has done any attach still pending), then the
+    // interfaces: the host end takes the veth pair with it; an ipvlan or macvlan child is
+    // deleted in the pod.
+    ask(conf, Request::Withdraw { network: conf.name.clone(), host_ifname: host_name.clone(), ip: held.map(|a| a.ip) }).await?;
     datapath::delete_link(&host, &host_name).await?;
-    Pins::for_network(&conf.name).detach(&host_name, held.map(|a| a.ip))?;
     if conf.mode.has_parent() {
         if let Some(netns) = inv.netns.as_deref().and_then(|p| std::fs::File::open(p).ok()) {
             let pod = datapath::inside(&netns)?;
@@ -244,6 +248,7 @@ async fn check(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
         let name = datapath::host_ifname(&conf.name, &inv.container_id, &inv.ifname);
         let h = datapath::link(&host, &name).await?.ok_or_else(|| check_failed(format!("the host end {name} is gone"), ""))?;
         if conf.fast_path {
+            ask(conf, Request::Sync { network: conf.name.clone() }).await?;
             Pins::for_network(&conf.name).check(&name, want.addr(), h.header.index).map_err(|e| check_failed("the eBPF fast path is not as ADD left it", e))?;
         }
         let host_routes = datapath::routes(&host).await?;
@@ -265,10 +270,10 @@ async fn gc(conf: &NetConf) -> Result<(), CniError> {
     let mut errors = Vec::new();
     for a in &reply.released {
         let name = datapath::host_ifname(&a.network, &a.container, &a.ifname);
-        if let Err(e) = datapath::delete_link(&host, &name).await {
+        if let Err(e) = ask(conf, Request::Withdraw { network: conf.name.clone(), host_ifname: name.clone(), ip: Some(a.ip) }).await {
             errors.push(e.to_string());
         }
-        if let Err(e) = Pins::for_network(&conf.name).detach(&name, Some(a.ip)) {
+        if let Err(e) = datapath::delete_link(&host, &name).await {
             errors.push(e.to_string());
         }
     }

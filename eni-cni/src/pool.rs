@@ -87,6 +87,16 @@ pub struct Allocation {
     pub ip: Ipv4Addr,
     /// The vSwitch CIDR the address belongs to.
     pub subnet: Ipv4Net,
+    /// The eBPF fast path's entry for the pod, kept so a restarted pool can finish attaching.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fastpath: Option<FastPathEntry>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FastPathEntry {
+    pub host_ifname: String,
+    pub ifindex: u32,
+    pub mac: [u8; 6],
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -98,6 +108,12 @@ pub enum Request {
     /// Release every allocation of `network` but these (container, ifname) pairs.
     Gc { network: String, keep: Vec<(String, String)> },
     Status,
+    /// Attach the eBPF fast path to a pod's host end and publish the pod (done after the reply).
+    Publish { network: String, container: String, ifname: String, host_ifname: String, ip: Ipv4Addr, ifindex: u32, mac: [u8; 6] },
+    /// Undo a publish (replied when done, after every earlier publish).
+    Withdraw { network: String, host_ifname: String, ip: Option<Ipv4Addr> },
+    /// Replied when every earlier publish and withdrawal is done.
+    Sync { network: String },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -136,6 +152,7 @@ pub struct Pool<P: Provider> {
     cfg: PoolConfig,
     provider: P,
     state: Mutex<State>,
+    fastpath: crate::fastpath::FastPath,
 }
 
 type DbResult<T> = Result<T, String>;
@@ -210,7 +227,7 @@ impl<P: Provider> Pool<P> {
                 allocations.insert(k.value().to_string(), a);
             }
         }
-        let pool = Arc::new(Pool { cfg, provider, state: Mutex::new(State { db, assigned, allocations }) });
+        let pool = Arc::new(Pool { cfg, provider, state: Mutex::new(State { db, assigned, allocations }), fastpath: Default::default() });
         Ok(pool)
     }
 
@@ -262,6 +279,35 @@ impl<P: Provider> Pool<P> {
     }
 
     pub async fn handle(&self, req: Request) -> Reply {
+        // The fast path's requests do not touch the addresses.
+        let outcome = match &req {
+            Request::Publish { network, container, ifname, host_ifname, ip, ifindex, mac } => {
+                // Kept with the allocation first, so a restarted pool finishes the job.
+                let mut st = self.state.lock().await;
+                let k = key(network, container, ifname);
+                let kept = match st.allocations.get(&k).cloned() {
+                    Some(mut a) if a.ip == *ip => {
+                        a.fastpath = Some(FastPathEntry { host_ifname: host_ifname.clone(), ifindex: *ifindex, mac: *mac });
+                        st.commit(&[], &[(&k, Some(&a))])
+                    }
+                    _ => Err(format!("no allocation of {ip} for {k}")),
+                };
+                drop(st);
+                if kept.is_ok() {
+                    self.fastpath.publish(network, host_ifname, *ip, crate::bpf::PodEndpoint { ifindex: *ifindex, mac: *mac });
+                }
+                Some(kept)
+            }
+            Request::Withdraw { network, host_ifname, ip } => Some(self.fastpath.withdraw(network, host_ifname, *ip).await),
+            Request::Sync { network } => {
+                self.fastpath.sync(network).await;
+                Some(Ok(()))
+            }
+            _ => None,
+        };
+        if let Some(r) = outcome {
+            return Reply { error: r.err(), ..Reply::default() };
+        }
         let mut st = self.state.lock().await;
         let mut reply = match self.handle_locked(&mut st, req) {
             Ok(r) => r,
@@ -291,7 +337,7 @@ impl<P: Provider> Pool<P> {
                     }
                 };
                 let subnet = self.provider.subnet_of(ip).ok_or_else(|| format!("{ip} is in none of the pool's CIDRs"))?;
-                let a = Allocation { network, container, ifname, ip, subnet };
+                let a = Allocation { network, container, ifname, ip, subnet, fastpath: None };
                 st.commit(&[(ip, Some(0))], &[(&k, Some(&a))])?;
                 // The warm set is topped up again after the reply has gone (`connection`).
                 Ok(Reply { allocation: Some(a), ..Reply::default() })
@@ -318,6 +364,21 @@ impl<P: Provider> Pool<P> {
                 Ok(Reply { released: gone.into_iter().map(|(_, a)| a).collect(), ..Reply::default() })
             }
             Request::Status => Ok(Reply::default()),
+            Request::Publish { .. } | Request::Withdraw { .. } | Request::Sync { .. } => Ok(Reply::default()),
+        }
+    }
+
+    /// Publish again every pod whose fast-path link is not pinned (the pool went away between
+    /// an ADD and its attach, or the pins were lost with a reboot); links that are gone are
+    /// reported and skipped.
+    async fn republish(&self) {
+        let st = self.state.lock().await;
+        for a in st.allocations.values() {
+            let Some(f) = &a.fastpath else { continue };
+            let pins = crate::bpf::Pins::for_network(&a.network);
+            if !pins.has_link(&f.host_ifname) {
+                self.fastpath.publish(&a.network, &f.host_ifname, a.ip, crate::bpf::PodEndpoint { ifindex: f.ifindex, mac: f.mac });
+            }
         }
     }
 
@@ -331,6 +392,7 @@ impl<P: Provider> Pool<P> {
         if let Err(e) = self.fill().await {
             tracing::warn!(error = %e, "warming the pool");
         }
+        self.republish().await;
         let reclaimer = {
             let pool = self.clone();
             let every = (self.cfg.idle_reclaim / 2).clamp(Duration::from_millis(200), Duration::from_secs(30));

@@ -300,8 +300,11 @@ fn add_check_del_in_every_version_and_the_datapath_works() {
     assert!(ips[0] != ips[1] && ips[1] != ips[2] && ips[0] != ips[2]);
 
     // The datapath: pod to pod (through the eBPF fast path), pod to host, host to pod.
-    let show = p.show();
-    assert!(ips.iter().all(|ip| show.contains(&format!("{ip} "))), "every pod published in the map: {show}");
+    // The pool attaches the fast path just after ADD returns.
+    nodeless_tests::eventually("every pod published in the fast path's map", 10, || {
+        let show = p.show();
+        ips.iter().all(|ip| show.contains(&format!("{ip} ")))
+    });
     let before = p.counter("redirected");
     assert!(ping(&a, ips[1]), "pod a -> pod b");
     assert!(p.counter("redirected") >= before + 2, "request and reply redirected pod to pod: {}", p.show());
