@@ -166,9 +166,14 @@ impl State {
         self.assigned.values().filter(|&&t| t != 0).count()
     }
 
-    /// Write these address and allocation changes in one transaction.
+    /// Write these address and allocation changes in one transaction, durable when it returns.
     fn commit(&mut self, assigned: &[(Ipv4Addr, Option<u64>)], allocations: &[(&str, Option<&Allocation>)]) -> DbResult<()> {
-        let tx = self.db.begin_write().map_err(db_err)?;
+        self.commit_with(assigned, allocations, redb::Durability::Immediate)
+    }
+
+    fn commit_with(&mut self, assigned: &[(Ipv4Addr, Option<u64>)], allocations: &[(&str, Option<&Allocation>)], durability: redb::Durability) -> DbResult<()> {
+        let mut tx = self.db.begin_write().map_err(db_err)?;
+        tx.set_durability(durability).map_err(db_err)?;
         {
             let mut t = tx.open_table(ASSIGNED).map_err(db_err)?;
             for (ip, v) in assigned {
@@ -288,7 +293,9 @@ impl<P: Provider> Pool<P> {
                 let kept = match st.allocations.get(&k).cloned() {
                     Some(mut a) if a.ip == *ip => {
                         a.fastpath = Some(FastPathEntry { host_ifname: host_ifname.clone(), ifindex: *ifindex, mac: *mac });
-                        st.commit(&[], &[(&k, Some(&a))])
+                        // Not waited onto disk (the next durable commit takes it along): losing
+                        // it in a crash only leaves the pod on its routed path.
+                        st.commit_with(&[], &[(&k, Some(&a))], redb::Durability::None)
                     }
                     _ => Err(format!("no allocation of {ip} for {k}")),
                 };

@@ -170,6 +170,8 @@ fn traffic(me: &Path, a: &Netns, b: &Netns, b_ip: Ipv4Addr, seconds: u64) -> Res
     Ok((gbps, rate))
 }
 
+// The plugins take turns at each pod index, so the loops index two lists by position.
+#[allow(clippy::needless_range_loop)]
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(port) = args.rr_server {
