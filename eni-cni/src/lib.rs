@@ -3,4 +3,5 @@ pub mod datapath;
 pub mod fastpath;
 pub mod plugin;
 pub mod pool;
+pub mod snat;
 pub mod spec;

@@ -31,6 +31,9 @@ enum Cli {
         /// Seconds an idle address beyond min-warm is kept.
         #[arg(long, default_value_t = 300)]
         idle_reclaim: u64,
+        /// Do not masquerade pods' traffic to hosts beyond the CIDRs (egress SNAT is on by default).
+        #[arg(long)]
+        no_snat: bool,
     },
     /// Show a network's eBPF datapath: pods and packet counters (drops by reason among them).
     Show {
@@ -44,8 +47,8 @@ fn main() {
     if std::env::var_os("CNI_COMMAND").is_some() || std::env::args_os().len() == 1 {
         std::process::exit(run_plugin());
     }
-    let (socket, state, cidrs, min_warm, max_warm, idle_reclaim) = match Cli::parse() {
-        Cli::Pool { socket, state, cidrs, min_warm, max_warm, idle_reclaim } => (socket, state, cidrs, min_warm, max_warm, idle_reclaim),
+    let (socket, state, cidrs, min_warm, max_warm, idle_reclaim, no_snat) = match Cli::parse() {
+        Cli::Pool { socket, state, cidrs, min_warm, max_warm, idle_reclaim, no_snat } => (socket, state, cidrs, min_warm, max_warm, idle_reclaim, no_snat),
         Cli::Show { network } => match nodeless_eni_cni::bpf::Pins::for_network(&network).show() {
             Ok(text) => {
                 print!("{text}");
@@ -61,12 +64,21 @@ fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("a Tokio runtime");
     let result = rt.block_on(async {
         let cfg = PoolConfig { state, min_warm, max_warm: max_warm.max(min_warm), idle_reclaim: Duration::from_secs(idle_reclaim) };
+        let snat = if no_snat { None } else { Some(nodeless_eni_cni::snat::Snat::install(&cidrs).map_err(anyhow::Error::msg)?) };
         let pool = Pool::open(cfg, LocalProvider::new(cidrs))?;
-        tracing::info!(socket = %socket.display(), "IP pool serving");
-        tokio::select! {
+        tracing::info!(socket = %socket.display(), snat = snat.is_some(), "IP pool serving");
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let result = tokio::select! {
             r = pool.serve(&socket) => r,
             _ = tokio::signal::ctrl_c() => Ok(()),
+            _ = term.recv() => Ok(()),
+        };
+        if let Some(s) = snat {
+            if let Err(e) = s.remove() {
+                tracing::warn!(error = %e, "removing the SNAT rule");
+            }
         }
+        result
     });
     if let Err(e) = result {
         eprintln!("eni-cni pool: {e:#}");

@@ -62,12 +62,17 @@ struct Plugin {
     pool: Option<Child>,
     cidr: String,
     network: String,
+    pool_args: Vec<String>,
 }
 
 impl Plugin {
     fn start(cidr: &str, min_warm: usize) -> Plugin {
+        Self::start_with(cidr, min_warm, &[])
+    }
+
+    fn start_with(cidr: &str, min_warm: usize, pool_args: &[&str]) -> Plugin {
         let dir = tempfile::Builder::new().prefix("nodeless-cni-").tempdir().unwrap();
-        let mut p = Plugin { bin: workspace_binary("eni-cni").unwrap(), dir, pool: None, cidr: cidr.to_string(), network: unique("net") };
+        let mut p = Plugin { bin: workspace_binary("eni-cni").unwrap(), dir, pool: None, cidr: cidr.to_string(), network: unique("net"), pool_args: pool_args.iter().map(|a| a.to_string()).collect() };
         p.start_pool(min_warm);
         p
     }
@@ -84,6 +89,7 @@ impl Plugin {
             .arg("--state")
             .arg(self.dir.path().join("pool.redb"))
             .args(["--cidr", &self.cidr, "--min-warm", &min_warm.to_string()])
+            .args(&self.pool_args)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -96,11 +102,24 @@ impl Plugin {
         }
     }
 
+    /// Stop the pool as a service manager would (SIGTERM), so it removes its SNAT rule.
     fn stop_pool(&mut self) {
         if let Some(mut c) = self.pool.take() {
+            let _ = Command::new("kill").args(["-TERM", &c.id().to_string()]).status();
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline && c.try_wait().ok().flatten().is_none() {
+                std::thread::sleep(Duration::from_millis(20));
+            }
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// The pool's nftables table, if installed.
+    fn snat_table(&self) -> Option<String> {
+        let name = format!("nodeless_eni_{}", self.cidr.replace(['.', '/'], "_"));
+        let out = Command::new("nft").args(["list", "table", "ip", &name]).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 
     /// `eni-cni show`: the network's eBPF datapath state.
@@ -503,4 +522,51 @@ fn host_mode_uses_the_nodes_network() {
     assert_eq!(r["interfaces"], json!([]), "{r}");
     assert!(ns.ip(&["-o", "link"]).lines().count() == 1);
     p.del("h1", Some(&ns.path()), "eth0", &conf);
+}
+
+/// Egress: a namespace playing a host beyond the node (no route back to the pods' CIDR) is
+/// reached through the pool's masquerade rule, and not without it.
+#[test]
+fn pods_reach_the_outside_through_snat() {
+    let outside = Netns::new();
+    let host_end = unique("nlo");
+    let ok = Command::new("ip").args(["link", "add", &host_end, "type", "veth", "peer", "name", "ext0", "netns", &outside.name]).status().unwrap().success();
+    assert!(ok, "the outside link");
+    struct Link(String);
+    impl Drop for Link {
+        fn drop(&mut self) {
+            let _ = Command::new("ip").args(["link", "del", &self.0]).status();
+        }
+    }
+    let _link = Link(host_end.clone());
+    for args in [vec!["addr", "add", "198.18.10.1/24", "dev", &host_end], vec!["link", "set", &host_end, "up"]] {
+        assert!(Command::new("ip").args(&args).status().unwrap().success());
+    }
+    for args in [vec!["addr", "add", "198.18.10.2/24", "dev", "ext0"], vec!["link", "set", "ext0", "up"]] {
+        assert!(outside.exec(&[&["ip"][..], &args[..]].concat()).status.success());
+    }
+    let outside_ip = Ipv4Addr::new(198, 18, 10, 2);
+    let pod = Netns::new();
+
+    // Without SNAT the outside host cannot answer a pod address.
+    let mut p = Plugin::start_with("10.241.10.0/24", 1, &["--no-snat"]);
+    assert!(p.snat_table().is_none());
+    let conf = p.conf("1.1.0");
+    p.add("e1", &pod, "eth0", &conf);
+    assert!(!ping(&pod, outside_ip), "no reply without SNAT: the outside has no route to pods");
+    p.del("e1", Some(&pod.path()), "eth0", &conf);
+    p.stop_pool();
+
+    // With it (the default), the pod reaches the outside as the node.
+    let p = Plugin::start("10.241.10.0/24", 1);
+    let table = p.snat_table().expect("the pool installs its masquerade rule");
+    assert!(table.contains("10.241.10.0/24") && table.contains("masquerade"), "{table}");
+    let conf = p.conf("1.1.0");
+    p.add("e2", &pod, "eth0", &conf);
+    assert!(ping(&pod, outside_ip), "pod -> outside through SNAT");
+    p.del("e2", Some(&pod.path()), "eth0", &conf);
+    let table_name = format!("nodeless_eni_{}", p.cidr.replace(['.', '/'], "_"));
+    drop(p);
+    let gone = Command::new("nft").args(["list", "table", "ip", &table_name]).output().unwrap();
+    assert!(!gone.status.success(), "the pool removed its rule when it stopped");
 }
