@@ -433,3 +433,60 @@ pub fn clean_node_leftovers(node: &str, data_dir: &Path) {
 pub mod images;
 
 pub mod kubelet;
+
+/// A podman storage of a test's own (root, runroot, its own containers.conf), removed — mounts
+/// included — even when the test fails.
+pub struct PodmanStore {
+    dir: tempfile::TempDir,
+    /// A containers.conf for this store (CONTAINERS_CONF), if one was written.
+    conf: Option<PathBuf>,
+}
+
+impl Default for PodmanStore {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl PodmanStore {
+    pub fn new() -> PodmanStore {
+        PodmanStore { dir: tempfile::Builder::new().prefix("nodeless-podman-").tempdir().expect("a temporary directory"), conf: None }
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Use this containers.conf text for every command.
+    pub fn with_conf(mut self, text: &str) -> PodmanStore {
+        let path = self.dir.path().join("containers.conf");
+        std::fs::write(&path, text).expect("writing containers.conf");
+        self.conf = Some(path);
+        self
+    }
+
+    pub fn command(&self) -> Command {
+        let mut c = Command::new("podman");
+        if let Some(conf) = &self.conf {
+            c.env("CONTAINERS_CONF", conf);
+        }
+        c.arg("--root").arg(self.dir.path().join("root")).arg("--runroot").arg(self.dir.path().join("run")).args(["--events-backend", "none"]);
+        c
+    }
+
+    /// Run podman; its stdout. Panics (with stderr) if it fails.
+    pub fn podman(&self, args: &[&str]) -> String {
+        let out = self.command().args(args).output().expect("podman (apt-get install podman)");
+        assert!(out.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for PodmanStore {
+    fn drop(&mut self) {
+        let _ = self.command().args(["rm", "-a", "-f", "-t", "0"]).output();
+        let _ = self.command().args(["system", "reset", "-f"]).output();
+        // podman's overlay driver bind-mounts its storage onto itself; that mount is ours to remove.
+        let _ = Command::new("umount").arg("-R").arg(self.dir.path().join("root/overlay")).output();
+    }
+}

@@ -570,3 +570,50 @@ fn pods_reach_the_outside_through_snat() {
     let gone = Command::new("nft").args(["list", "table", "ip", &table_name]).output().unwrap();
     assert!(!gone.status.success(), "the pool removed its rule when it stopped");
 }
+
+/// A real libcni client that is not ours: Debian's podman with its CNI network backend runs two
+/// containers on an eni-cni network, and one reaches the other (ICMP and HTTP), through the
+/// fast path.
+#[test]
+fn podman_runs_containers_on_an_eni_cni_network() {
+    let p = Plugin::start("10.241.11.0/24", 2);
+    let cni_dir = p.dir.path().join("cni");
+    std::fs::create_dir_all(&cni_dir).unwrap();
+    let conflist = json!({"cniVersion": "1.0.0", "name": p.network, "plugins": [{"type": "eni-cni", "pool": p.socket()}]});
+    std::fs::write(cni_dir.join(format!("{}.conflist", p.network)), conflist.to_string()).unwrap();
+    let plugin_dir = p.bin.parent().unwrap().to_path_buf();
+    let store = nodeless_tests::PodmanStore::new().with_conf(&format!(
+        "[network]\nnetwork_backend = \"cni\"\ncni_plugin_dirs = [\"{}\", \"/usr/lib/cni\"]\nnetwork_config_dir = \"{}\"\n[engine]\ncgroup_manager = \"cgroupfs\"\n",
+        plugin_dir.display(),
+        cni_dir.display()
+    ));
+    let layouts = nodeless_tests::test_image_layouts().unwrap();
+    let archive = store.dir().join("busybox.tar");
+    assert!(Command::new("tar").arg("-cf").arg(&archive).arg("-C").arg(&layouts[0]).arg(".").status().unwrap().success());
+    store.podman(&["load", "-i", &archive.to_string_lossy()]);
+    let image = nodeless_tests::images::BUSYBOX;
+    let run = ["run", "--runtime", "runc", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", "--network", &p.network];
+    let mut server: Vec<&str> = run.to_vec();
+    server.extend(["-d", "--name", "server", "--hostname", "served-by-eni", image, "httpd", "-f", "-p", "8080", "-h", "/etc"]);
+    store.podman(&server);
+    let ip = store.podman(&["inspect", "server", "--format", &format!("{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}", p.network)]).trim().to_string();
+    assert!(ip.starts_with("10.241.11."), "the server's address from eni-cni: {ip:?}");
+    let mut client: Vec<&str> = run.to_vec();
+    client.extend(["-d", "--name", "client", image, "sleep", "3600"]);
+    store.podman(&client);
+    let client_ip = store.podman(&["inspect", "client", "--format", &format!("{{{{(index .NetworkSettings.Networks \"{}\").IPAddress}}}}", p.network)]).trim().to_string();
+    // Both published in the fast path (the pool attaches just after ADD returns).
+    nodeless_tests::eventually("both containers in the fast path", 10, || {
+        let show = p.show();
+        show.contains(&format!("{ip} ")) && show.contains(&format!("{client_ip} "))
+    });
+    let before = p.counter("redirected");
+    let script = format!("ping -c 1 -W 2 {ip} >/dev/null && wget -qO- http://{ip}:8080/hostname");
+    let out = store.podman(&["exec", "client", "sh", "-c", &script]);
+    assert_eq!(out.trim(), "served-by-eni", "the client container reached the server container");
+    assert!(p.counter("redirected") >= before + 4, "through the fast path: {}", p.show());
+    store.podman(&["rm", "-f", "-t", "0", "server", "client"]);
+    // podman's DEL gave everything back.
+    assert_eq!(host_routes_in("10.241.11."), Vec::<String>::new());
+    assert!(!p.pins().exists(), "the fast path's pins went with the last container");
+}

@@ -368,8 +368,8 @@ impl Registry {
 
     /// Push the busybox test image (an OCI layout) with podman, a client that is not ours.
     fn push(&self, layout: &Path, name: &str, save_as: Option<&Path>) {
-        let root = PodmanStore(tempfile::tempdir().unwrap());
-        let archive = root.0.path().join("image.tar");
+        let root = nodeless_tests::PodmanStore::new();
+        let archive = root.dir().join("image.tar");
         let tar = std::process::Command::new("tar").arg("-cf").arg(&archive).arg("-C").arg(layout).arg(".").status().unwrap();
         assert!(tar.success());
         root.podman(&["load", "-i", &archive.to_string_lossy()]);
@@ -379,30 +379,6 @@ impl Registry {
         if let Some(save) = save_as {
             root.podman(&["save", "--format", "docker-archive", "-o", &save.to_string_lossy(), nodeless_tests::images::BUSYBOX]);
         }
-    }
-}
-
-/// A podman storage of the test's own, removed (mounts included) even when the test fails.
-struct PodmanStore(tempfile::TempDir);
-
-impl PodmanStore {
-    fn command(&self) -> std::process::Command {
-        let mut c = std::process::Command::new("podman");
-        c.arg("--root").arg(self.0.path().join("root")).arg("--runroot").arg(self.0.path().join("run")).args(["--events-backend", "none"]);
-        c
-    }
-
-    fn podman(&self, args: &[&str]) {
-        let out = self.command().args(args).output().unwrap();
-        assert!(out.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-}
-
-impl Drop for PodmanStore {
-    fn drop(&mut self) {
-        let _ = self.command().args(["system", "reset", "-f"]).output();
-        // podman's overlay driver bind-mounts its storage onto itself; that mount is ours to remove.
-        let _ = std::process::Command::new("umount").arg("-R").arg(self.0.path().join("root/overlay")).output();
     }
 }
 
