@@ -105,11 +105,13 @@ impl Pins {
         self.links().join(host_ifname)
     }
 
-    /// Changes to one network's pins, one plugin at a time.
+    /// Changes to the pins, one process at a time (one lock for every network, so no lock file
+    /// is left per network).
     fn lock(&self) -> Result<Flock<File>, CniError> {
-        let path = Path::new("/run/nodeless/eni").join(format!("bpf-{}.lock", self.dir.file_name().and_then(|n| n.to_str()).unwrap_or("default")));
-        std::fs::create_dir_all(path.parent().unwrap_or(Path::new("/run"))).map_err(|e| err("creating /run/nodeless/eni", e))?;
-        let f = File::options().create(true).truncate(false).write(true).open(&path).map_err(|e| err("opening the lock", e))?;
+        // /run/lock is where lock files live; this one is made once and reused.
+        let path = Path::new("/run/lock/nodeless-eni-bpf.lock");
+        std::fs::create_dir_all(path.parent().unwrap_or(Path::new("/run"))).map_err(|e| err("creating /run/lock", e))?;
+        let f = File::options().create(true).truncate(false).write(true).open(path).map_err(|e| err("opening the lock", e))?;
         Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| err("locking", e))
     }
 

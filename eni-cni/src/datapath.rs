@@ -262,3 +262,28 @@ pub fn enable_forwarding() -> Result<(), CniError> {
     }
     std::fs::write(path, "1").map_err(|e| CniError::new(code::IO, "enabling IPv4 forwarding", e.to_string()))
 }
+
+/// Make `ip` a local address of the host (a /32 on `lo`), for services such as cluster DNS that
+/// pods reach through their host route; nothing if it already is.
+pub async fn add_loopback_address(h: &Handle, ip: Ipv4Addr) -> Result<(), CniError> {
+    let lo = link(h, "lo").await?.ok_or_else(|| CniError::new(code::NETLINK, "the host has no lo", ""))?;
+    match h.address().add(lo.header.index, IpAddr::V4(ip), 32).execute().await {
+        Ok(()) => Ok(()),
+        Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+        Err(e) => Err(netlink_err("adding an address to lo", e)),
+    }
+}
+
+/// Undo [`add_loopback_address`].
+pub async fn del_loopback_address(h: &Handle, ip: Ipv4Addr) -> Result<(), CniError> {
+    let Some(lo) = link(h, "lo").await? else { return Ok(()) };
+    let mut s = h.address().get().set_link_index_filter(lo.header.index).execute();
+    while let Some(m) = s.try_next().await.map_err(|e| netlink_err("reading addresses", e))? {
+        let ours = m.header.prefix_len == 32 && m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(a)) if *a == ip));
+        if ours {
+            h.address().del(m).execute().await.map_err(|e| netlink_err("removing an address from lo", e))?;
+            break;
+        }
+    }
+    Ok(())
+}

@@ -154,10 +154,10 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 async fn run_node(kubeconfig: PathBuf, data_dir: PathBuf, args: node_cmd::NodeArgs) -> anyhow::Result<()> {
     let client = node_cmd::client_from(&kubeconfig).await?;
     let node = node_cmd::start_node(&args, &data_dir, client).await.context("starting the node")?;
-    println!("nodeless: node {} ready, kubelet API on {}", node.ctx.name, node.kubelet_addr);
+    println!("nodeless: node {} ready, kubelet API on {}", node.node.ctx.name, node.node.kubelet_addr);
     wait_for_signal().await?;
     println!("nodeless: node stopping (its pods keep running and are adopted at the next start)");
-    node.stop();
+    node.stop().await;
     Ok(())
 }
 
@@ -179,7 +179,7 @@ async fn run_control(args: UpArgs, with_node: bool) -> anyhow::Result<()> {
         let client = node_cmd::client_from_yaml(&cp.kubeconfig(true)).await?;
         match node_cmd::start_node(&args.node, &args.data_dir, client).await {
             Ok(n) => {
-                println!("nodeless: node {} ready (runtime {})", n.ctx.name, args.node.runtime);
+                println!("nodeless: node {} ready (runtime {})", n.node.ctx.name, args.node.runtime);
                 node = Some(n);
             }
             Err(e) => eprintln!("nodeless: no node started: {e:#}; pods will stay Pending"),
@@ -204,7 +204,7 @@ async fn run_control(args: UpArgs, with_node: bool) -> anyhow::Result<()> {
         d.stop();
     }
     if let Some(n) = node {
-        n.stop();
+        n.stop().await;
     }
     cp.shutdown();
     Ok(())

@@ -22,9 +22,14 @@ pub struct NodeArgs {
     /// Where the kubelet API listens (control proxies logs and exec here).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub kubelet_listen: std::net::SocketAddr,
-    /// A CNI conflist for pod networks; without one pods get loopback only.
+    /// A CNI conflist for pod networks; without one (and without --pod-cidr) pods get loopback only.
     #[arg(long)]
     pub cni_conf: Option<PathBuf>,
+    /// Give pods addresses from this CIDR (repeatable) on eni-cni: its IP pool runs inside the
+    /// node, pods get a /32 on a veth with the eBPF fast path between them, and egress is
+    /// masqueraded. The CIDR's first address is never a pod's: use it for --cluster-dns.
+    #[arg(long = "pod-cidr", conflicts_with = "cni_conf")]
+    pub pod_cidrs: Vec<ipnet::Ipv4Net>,
     /// Where CNI plugin binaries are looked for.
     #[arg(long, default_values = ["/usr/lib/cni", "/opt/cni/bin"])]
     pub cni_bin_dir: Vec<PathBuf>,
@@ -91,7 +96,22 @@ fn shim_path() -> anyhow::Result<PathBuf> {
     Ok(shim)
 }
 
-pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) -> anyhow::Result<RunningNode> {
+/// A running node and, with --pod-cidr, the eni-cni pod network it runs.
+pub struct StartedNode {
+    pub node: RunningNode,
+    pub network: Option<nodeless_eni_cni::node::NodeNetwork>,
+}
+
+impl StartedNode {
+    pub async fn stop(self) {
+        self.node.stop();
+        if let Some(n) = self.network {
+            n.stop().await;
+        }
+    }
+}
+
+pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) -> anyhow::Result<StartedNode> {
     anyhow::ensure!(nix_is_root(), "the node needs root (namespaces, mounts and cgroups)");
     let name = args.node_name.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "local".into());
@@ -102,8 +122,29 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
     let dir = std::path::absolute(node_dir(data_dir))?;
     let shim = shim_path()?;
     let runtime = Arc::new(OciRuntime::new(choose_runtime(&args.runtime)?, run_dir.join("runtime"), shim.clone()));
+    let mut pod_network = None;
     let network: Arc<dyn Network> = match &args.cni_conf {
         Some(conf) => Arc::new(Cni::load(conf, args.cni_bin_dir.clone(), dir.join("cni"))?),
+        None if !args.pod_cidrs.is_empty() => {
+            let dns = args.cluster_dns.as_deref().map(str::parse::<std::net::Ipv4Addr>).transpose().context("--cluster-dns with --pod-cidr must be an IPv4 address")?;
+            let net = nodeless_eni_cni::node::start(&name, &dir.join("eni"), &run_dir.join("eni.sock"), args.pod_cidrs.clone(), dns).await.context("starting the eni-cni pod network")?;
+            // The plugin binary sits beside ours.
+            let exe_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).unwrap_or_default();
+            anyhow::ensure!(exe_dir.join("eni-cni").exists(), "eni-cni is missing beside {} (cargo build --bins builds it)", exe_dir.display());
+            let mut bins = vec![exe_dir];
+            bins.extend(args.cni_bin_dir.iter().cloned());
+            let cni = Cni::load(&net.conflist, bins, dir.join("cni"));
+            pod_network = Some(net);
+            match cni {
+                Ok(c) => Arc::new(c),
+                Err(e) => {
+                    if let Some(n) = pod_network.take() {
+                        n.stop().await;
+                    }
+                    return Err(e.into());
+                }
+            }
+        }
         None => Arc::new(LoopbackOnly),
     };
     let host_ip = if args.kubelet_listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { args.kubelet_listen.ip().to_string() };
@@ -122,7 +163,15 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         insecure_registries: args.insecure_registries.clone(),
         shim_binary: shim,
     };
-    nodeless_sandbox_node::node::start(cfg, client).await
+    match nodeless_sandbox_node::node::start(cfg, client).await {
+        Ok(node) => Ok(StartedNode { node, network: pod_network }),
+        Err(e) => {
+            if let Some(n) = pod_network {
+                n.stop().await;
+            }
+            Err(e)
+        }
+    }
 }
 
 fn nix_is_root() -> bool {

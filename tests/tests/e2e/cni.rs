@@ -617,3 +617,89 @@ fn podman_runs_containers_on_an_eni_cni_network() {
     assert_eq!(host_routes_in("10.241.11."), Vec::<String>::new());
     assert!(!p.pins().exists(), "the fast path's pins went with the last container");
 }
+
+/// `nodeless up --pod-cidr`: the node's pods get eni-cni addresses and reach each other (through
+/// the fast path) by address and by Service name through cluster DNS; the host reaches them; and
+/// once they are deleted and the node stops, nothing of the network is left on the host.
+#[test]
+fn nodeless_pods_run_on_eni_cni() {
+    use nodeless_tests::Nodeless;
+    use nodeless_tests::images::{BUSYBOX, ECHO};
+    const V: &str = "1.33";
+    let k = 20 + (std::process::id() + NEXT.fetch_add(1, Ordering::Relaxed)) % 200;
+    let cidr = format!("10.249.{k}.0/24");
+    let dns = format!("10.249.{k}.1");
+    let n = Nodeless::start_with_node(&["--pod-cidr", &cidr, "--cluster-dns", &dns]).unwrap();
+    let node = n.node.clone().unwrap();
+    let yaml = format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: echo-0, labels: {{app: echo-eni}}}}
+spec:
+  containers:
+  - name: echo
+    image: {ECHO}
+    ports: [{{containerPort: 8080, name: http}}]
+    env: [{{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
+    readinessProbe: {{httpGet: {{path: /ready, port: http}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo}}
+spec:
+  clusterIP: None
+  selector: {{app: echo-eni}}
+  ports: [{{name: http, port: 8080}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  containers:
+  - {{name: c, image: {BUSYBOX}, command: [sleep, "3600"]}}
+"#
+    );
+    let out = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&yaml));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/echo-0", "pod/client", "--timeout=60s"]);
+    let echo_ip = n.kubectl_ok(V, &["get", "pod", "echo-0", "-o", "jsonpath={.status.podIP}"]);
+    let client_ip = n.kubectl_ok(V, &["get", "pod", "client", "-o", "jsonpath={.status.podIP}"]);
+    for ip in [&echo_ip, &client_ip] {
+        assert!(ip.starts_with(&format!("10.249.{k}.")) && *ip != dns, "a pod address from the pod CIDR: {ip}");
+    }
+    // Pod to pod by address, through the fast path once both are published.
+    let bin = workspace_binary("eni-cni").unwrap();
+    let show = || String::from_utf8_lossy(&Command::new(&bin).args(["show", &node]).output().unwrap().stdout).into_owned();
+    nodeless_tests::eventually("both pods in the fast path", 10, || {
+        let s = show();
+        s.contains(&format!("{echo_ip} ")) && s.contains(&format!("{client_ip} "))
+    });
+    let out = n.kubectl(V, &["exec", "client", "--", "wget", "-qO-", &format!("http://{echo_ip}:8080/by-address")]);
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(body.starts_with("pod: echo-0\npath: /by-address\n"), "{body}{}", String::from_utf8_lossy(&out.stderr));
+    let redirected = show().lines().find_map(|l| l.trim().strip_prefix("redirected").map(|v| v.trim().parse::<u64>().unwrap_or(0))).unwrap_or(0);
+    assert!(redirected > 0, "{}", show());
+    // By Service name through cluster DNS at the CIDR's first address (made local on the host).
+    let resolv = n.kubectl_ok(V, &["exec", "client", "--", "cat", "/etc/resolv.conf"]);
+    assert!(resolv.contains(&format!("nameserver {dns}")), "{resolv}");
+    let out = n.kubectl(V, &["exec", "echo-0", "--", "/echo-server", "get", "http://echo.default:8080/by-name"]);
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(body.starts_with("pod: echo-0\npath: /by-name\n"), "{body}{}", String::from_utf8_lossy(&out.stderr));
+    // Host to pod.
+    let mut s = std::net::TcpStream::connect((echo_ip.as_str(), 8080)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(b"GET /from-host HTTP/1.1\r\nHost: pod\r\nConnection: close\r\n\r\n").unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.contains("pod: echo-0\npath: /from-host\n"), "{reply}");
+    // Pods gone, node stopped: no route, pin, SNAT rule or DNS address left.
+    n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
+    nodeless_tests::eventually("the pods' networks to be torn down", 30, || host_routes_in(&format!("10.249.{k}.")).is_empty());
+    nodeless_tests::eventually("the fast path's pins to go", 10, || !std::path::Path::new("/sys/fs/bpf/nodeless").join(&node).exists());
+    drop(n);
+    let table = format!("nodeless_eni_{}", cidr.replace(['.', '/'], "_"));
+    assert!(!Command::new("nft").args(["list", "table", "ip", &table]).output().unwrap().status.success(), "the SNAT rule went with the node");
+    let lo = String::from_utf8_lossy(&Command::new("ip").args(["-4", "addr", "show", "dev", "lo"]).output().unwrap().stdout).into_owned();
+    assert!(!lo.contains(&format!("{dns}/32")), "the DNS address went with the node: {lo}");
+}
