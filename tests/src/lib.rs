@@ -490,3 +490,38 @@ impl Drop for PodmanStore {
         let _ = Command::new("umount").arg("-R").arg(self.dir.path().join("root/overlay")).output();
     }
 }
+
+/// Manifests for an echo pod `echo-0` (labelled `app: <app>`, ready on /ready), a headless
+/// Service `echo` in front of it, and a busybox pod `client` that sleeps.
+pub fn echo_service_and_client(app: &str) -> String {
+    use images::{BUSYBOX, ECHO};
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: echo-0, labels: {{app: {app}}}}}
+spec:
+  containers:
+  - name: echo
+    image: {ECHO}
+    ports: [{{containerPort: 8080, name: http}}]
+    env: [{{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
+    readinessProbe: {{httpGet: {{path: /ready, port: http}}, periodSeconds: 1}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: echo}}
+spec:
+  clusterIP: None
+  selector: {{app: {app}}}
+  ports: [{{name: http, port: 8080}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  containers:
+  - {{name: c, image: {BUSYBOX}, command: [sleep, "3600"]}}
+"#
+    )
+}
+

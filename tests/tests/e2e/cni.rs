@@ -624,41 +624,13 @@ fn podman_runs_containers_on_an_eni_cni_network() {
 #[test]
 fn nodeless_pods_run_on_eni_cni() {
     use nodeless_tests::Nodeless;
-    use nodeless_tests::images::{BUSYBOX, ECHO};
     const V: &str = "1.33";
     let k = 20 + (std::process::id() + NEXT.fetch_add(1, Ordering::Relaxed)) % 200;
     let cidr = format!("10.249.{k}.0/24");
     let dns = format!("10.249.{k}.1");
     let n = Nodeless::start_with_node(&["--pod-cidr", &cidr, "--cluster-dns", &dns]).unwrap();
     let node = n.node.clone().unwrap();
-    let yaml = format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata: {{name: echo-0, labels: {{app: echo-eni}}}}
-spec:
-  containers:
-  - name: echo
-    image: {ECHO}
-    ports: [{{containerPort: 8080, name: http}}]
-    env: [{{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
-    readinessProbe: {{httpGet: {{path: /ready, port: http}}, periodSeconds: 1}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: echo}}
-spec:
-  clusterIP: None
-  selector: {{app: echo-eni}}
-  ports: [{{name: http, port: 8080}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: client}}
-spec:
-  containers:
-  - {{name: c, image: {BUSYBOX}, command: [sleep, "3600"]}}
-"#
-    );
+    let yaml = nodeless_tests::echo_service_and_client("echo-eni");
     let out = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&yaml));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/echo-0", "pod/client", "--timeout=60s"]);

@@ -329,40 +329,9 @@ fn is_root() -> bool {
 /// resolv.conf the node wrote (cluster DNS at the pod's gateway, the search path, ndots:5).
 #[test]
 fn pods_resolve_service_names() {
-    use nodeless_tests::images::{BUSYBOX, ECHO};
     assert!(is_root(), "pod tests need root");
     let n = Nodeless::start_with_node_network(&[]).unwrap();
-    apply(
-        &n,
-        &format!(
-            r#"apiVersion: v1
-kind: Pod
-metadata: {{name: echo-0, labels: {{app: echo-dns}}}}
-spec:
-  containers:
-  - name: echo
-    image: {ECHO}
-    ports: [{{containerPort: 8080, name: http}}]
-    env: [{{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
-    readinessProbe: {{httpGet: {{path: /ready, port: http}}, periodSeconds: 1}}
----
-apiVersion: v1
-kind: Service
-metadata: {{name: echo}}
-spec:
-  clusterIP: None
-  selector: {{app: echo-dns}}
-  ports: [{{name: http, port: 8080}}]
----
-apiVersion: v1
-kind: Pod
-metadata: {{name: client}}
-spec:
-  containers:
-  - {{name: c, image: {BUSYBOX}, command: [sleep, "3600"]}}
-"#
-        ),
-    );
+    apply(&n, &nodeless_tests::echo_service_and_client("echo-dns"));
     n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/echo-0", "pod/client", "--timeout=60s"]);
     let ip = n.kubectl_ok(V, &["get", "pod", "echo-0", "-o", "jsonpath={.status.podIP}"]);
     let (_, subnet) = n.net.clone().unwrap();
