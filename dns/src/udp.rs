@@ -267,7 +267,10 @@ pub async fn serve(socket: UdpSocket, handler: Handler) {
                         Keep::Never => continue,
                         Keep::UntilZonesChange => None,
                         Keep::For(d) if d.is_zero() => continue,
-                        Keep::For(d) => Some((Instant::now(), Instant::now() + d)),
+                        Keep::For(d) => {
+                            let now = Instant::now();
+                            Some((now, now + d))
+                        }
                     };
                     // Kept only when the answer repeats the question where the patching expects it.
                     let same_question = sent.len() >= end && sent[12..end].eq_ignore_ascii_case(&packet[12..end]);

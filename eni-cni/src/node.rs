@@ -64,6 +64,7 @@ impl NodeNetwork {
     pub async fn stop(mut self) {
         let in_use = crate::pool::call(&self.socket, &crate::pool::Request::Status).await.map(|r| r.in_use).unwrap_or(0);
         self.pool.abort();
+        let _ = std::fs::remove_file(&self.socket);
         if in_use > 0 {
             tracing::info!(pods = in_use, "pods keep running: the egress rule and the cluster DNS address stay");
             return;

@@ -185,14 +185,12 @@ async fn del(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
     if conf.mode == Mode::Host {
         return Ok(());
     }
-    let (network, container, ifname) = pool_key(conf, inv);
-    let held = ask(conf, Request::Get { network, container, ifname }).await?.allocation;
     let host = datapath::host()?;
     let host_name = datapath::host_ifname(&conf.name, &inv.container_id, &inv.ifname);
     // The fast path first (after the pool has done any attach still pending), then the
     // interfaces: the host end takes the veth pair with it; an ipvlan or macvlan child is
     // deleted in the pod.
-    ask(conf, Request::Withdraw { network: conf.name.clone(), host_ifname: host_name.clone(), ip: held.map(|a| a.ip) }).await?;
+    ask(conf, Request::Withdraw { network: conf.name.clone(), host_ifname: host_name.clone(), ip: None }).await?;
     datapath::delete_link(&host, &host_name).await?;
     if conf.mode.has_parent() {
         if let Some(netns) = inv.netns.as_deref().and_then(|p| std::fs::File::open(p).ok()) {

@@ -110,7 +110,8 @@ pub enum Request {
     Status,
     /// Attach the eBPF fast path to a pod's host end and publish the pod (done after the reply).
     Publish { network: String, container: String, ifname: String, host_ifname: String, ip: Ipv4Addr, ifindex: u32, mac: [u8; 6] },
-    /// Undo a publish (replied when done, after every earlier publish).
+    /// Undo a publish (replied when done, after every earlier publish); without `ip`, the
+    /// address published for `host_ifname`.
     Withdraw { network: String, host_ifname: String, ip: Option<Ipv4Addr> },
     /// Replied when every earlier publish and withdrawal is done.
     Sync { network: String },
@@ -305,7 +306,23 @@ impl<P: Provider> Pool<P> {
                 }
                 Some(kept)
             }
-            Request::Withdraw { network, host_ifname, ip } => Some(self.fastpath.withdraw(network, host_ifname, *ip).await),
+            Request::Withdraw { network, host_ifname, ip } => {
+                // Without an address: the one published for that host end, if any.
+                let ip = match ip {
+                    Some(ip) => Some(*ip),
+                    None => {
+                        let st = self.state.lock().await;
+                        let mine = st.allocations.values().filter(|a| a.network == *network);
+                        // The recorded entry, else the name the plugin derives (the entry is
+                        // written without waiting on the disk and may be lost in a crash).
+                        mine.clone()
+                            .find(|a| a.fastpath.as_ref().is_some_and(|f| f.host_ifname == *host_ifname))
+                            .or_else(|| mine.clone().find(|a| crate::datapath::host_ifname(&a.network, &a.container, &a.ifname) == *host_ifname))
+                            .map(|a| a.ip)
+                    }
+                };
+                Some(self.fastpath.withdraw(network, host_ifname, ip).await)
+            }
             Request::Sync { network } => {
                 self.fastpath.sync(network).await;
                 Some(Ok(()))
@@ -315,6 +332,7 @@ impl<P: Provider> Pool<P> {
         if let Some(r) = outcome {
             return Reply { error: r.err(), ..Reply::default() };
         }
+        let status = matches!(req, Request::Status);
         let mut st = self.state.lock().await;
         let mut reply = match self.handle_locked(&mut st, req) {
             Ok(r) => r,
@@ -322,8 +340,12 @@ impl<P: Provider> Pool<P> {
         };
         reply.in_use = st.allocations.len();
         reply.warm = st.warm();
-        let taken: BTreeSet<Ipv4Addr> = st.assigned.keys().copied().collect();
-        reply.free = self.provider.capacity(&taken);
+        // What the provider could still give costs a walk of the CIDRs: only STATUS and
+        // failures need it, not every ADD.
+        if status || reply.error.is_some() {
+            let taken: BTreeSet<Ipv4Addr> = st.assigned.keys().copied().collect();
+            reply.free = self.provider.capacity(&taken);
+        }
         reply
     }
 
