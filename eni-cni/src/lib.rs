@@ -1,6 +1,7 @@
 pub mod bpf;
 pub mod datapath;
 pub mod fastpath;
+pub mod lb;
 pub mod node;
 pub mod plugin;
 pub mod pool;

@@ -1,6 +1,7 @@
 //! eni-cni as a node's pod network: the pool served inside the node's process, egress SNAT, the
-//! conflist the node's CNI seam runs (the plugin binary sits beside the node's), and the
-//! cluster DNS address made local so pods reach it through their host route.
+//! conflist the node's CNI seam runs (the plugin binary sits beside the node's), the cluster
+//! DNS address made local so pods reach it through their host route, and the eBPF service
+//! load balancer on the cgroup that holds the node's pods.
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -16,58 +17,169 @@ pub struct NodeNetwork {
     /// The conflist to hand the node's CNI seam.
     pub conflist: PathBuf,
     socket: PathBuf,
-    pool: tokio::task::JoinHandle<()>,
+    pool: Option<tokio::task::JoinHandle<()>>,
     snat: Option<Snat>,
     local_dns: Option<Ipv4Addr>,
+    services: Option<(tokio::task::JoinHandle<()>, crate::lb::Pins, PathBuf)>,
+}
+
+/// Where the node's pods will be balanced: the cgroup (v2) the runtime puts them under.
+pub struct ServiceBalancing {
+    pub client: kube::Client,
+    /// The pods' cgroup parent, as given to the runtime (`/nodeless/<node>`).
+    pub cgroup_parent: String,
+}
+
+/// The mount point of the cgroup v2 hierarchy: `/sys/fs/cgroup` on a unified host,
+/// `/sys/fs/cgroup/unified` on a hybrid one.
+pub fn cgroup2_root() -> Option<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").ok()?;
+    let mut found: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+        })
+        .collect();
+    found.sort_by_key(|p| p.components().count());
+    found.into_iter().next()
 }
 
 /// Start a node's pod network named `network` (the fast path's pins are per network, so a
-/// node name makes a good one) on `cidrs`.
-pub async fn start(network: &str, state_dir: &Path, socket: &Path, cidrs: Vec<Ipv4Net>, cluster_dns: Option<Ipv4Addr>) -> anyhow::Result<NodeNetwork> {
+/// node name makes a good one) on `cidrs`. A step that fails undoes the ones before it.
+pub async fn start(
+    network: &str,
+    state_dir: &Path,
+    socket: &Path,
+    cidrs: Vec<Ipv4Net>,
+    cluster_dns: Option<Ipv4Addr>,
+    balancing: Option<ServiceBalancing>,
+) -> anyhow::Result<NodeNetwork> {
     anyhow::ensure!(!cidrs.is_empty(), "a pod network needs at least one CIDR");
     if let Some(dns) = cluster_dns {
         // The first address of each CIDR is never handed to a pod; any other one could be.
         if let Some(c) = cidrs.iter().find(|c| c.contains(&dns)) {
-            anyhow::ensure!(c.hosts().next() == Some(dns), "--cluster-dns {dns} lies in the pod CIDR {c}: use its first address, {}, which pods never get", c.hosts().next().unwrap_or(c.addr()));
+            anyhow::ensure!(
+                c.hosts().next() == Some(dns),
+                "--cluster-dns {dns} lies in the pod CIDR {c}: use its first address, {}, which pods never get",
+                c.hosts().next().unwrap_or(c.addr())
+            );
         }
     }
     std::fs::create_dir_all(state_dir)?;
-    let cfg = PoolConfig { state: state_dir.join("pool.redb"), min_warm: 8, max_warm: 32, idle_reclaim: Duration::from_secs(300) };
-    let snat = Snat::install(&cidrs).map_err(anyhow::Error::msg)?;
-    let pool: Arc<Pool<LocalProvider>> = Pool::open(cfg, LocalProvider::new(cidrs))?;
-    let sock = socket.to_path_buf();
-    let pool = tokio::spawn(async move {
-        if let Err(e) = pool.serve(&sock).await {
-            tracing::error!(error = %e, "the IP pool stopped");
+    let mut net = NodeNetwork {
+        conflist: state_dir.join("pods.conflist"),
+        socket: socket.to_path_buf(),
+        pool: None,
+        snat: None,
+        local_dns: None,
+        services: None,
+    };
+    match net.bring_up(network, cidrs, cluster_dns, balancing).await {
+        Ok(()) => Ok(net),
+        Err(e) => {
+            net.remove_host_changes().await;
+            Err(e)
         }
-    });
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while tokio::net::UnixStream::connect(socket).await.is_err() {
-        anyhow::ensure!(std::time::Instant::now() < deadline, "the IP pool did not start on {}", socket.display());
-        tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let mut local_dns = None;
-    if let Some(dns) = cluster_dns.filter(|d| !d.is_loopback()) {
-        let host = crate::datapath::host().map_err(anyhow::Error::msg)?;
-        crate::datapath::add_loopback_address(&host, dns).await.map_err(anyhow::Error::msg)?;
-        local_dns = Some(dns);
-    }
-    let conflist = state_dir.join("pods.conflist");
-    let conf = serde_json::json!({"cniVersion": "1.1.0", "name": network, "plugins": [{"type": "eni-cni", "pool": socket}]});
-    std::fs::write(&conflist, conf.to_string())?;
-    Ok(NodeNetwork { conflist, socket: socket.to_path_buf(), pool, snat: Some(snat), local_dns })
 }
 
 impl NodeNetwork {
-    /// Stop the pool. With no pod left on the network, the host changes go too; pods still
-    /// running (a restarted node adopts them) keep their egress rule and DNS address.
+    async fn bring_up(
+        &mut self,
+        network: &str,
+        cidrs: Vec<Ipv4Net>,
+        cluster_dns: Option<Ipv4Addr>,
+        balancing: Option<ServiceBalancing>,
+    ) -> anyhow::Result<()> {
+        if let Some(b) = balancing {
+            let root = cgroup2_root().ok_or_else(|| anyhow::anyhow!("the service load balancer needs a cgroup v2 hierarchy, and this host mounts none"))?;
+            let cgroup = root.join(b.cgroup_parent.trim_start_matches('/'));
+            std::fs::create_dir_all(&cgroup)
+                .map_err(|e| anyhow::anyhow!("creating {}: {e}", cgroup.display()))?;
+            let lb = crate::lb::Balancer::start(network, &cgroup)?;
+            let pins = lb.pins().clone();
+            let task = tokio::spawn(crate::lb::watch::run(b.client, lb));
+            self.services = Some((task, pins, cgroup));
+        }
+        let state_dir = self
+            .conflist
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+        let cfg = PoolConfig {
+            state: state_dir.join("pool.redb"),
+            min_warm: 8,
+            max_warm: 32,
+            idle_reclaim: Duration::from_secs(300),
+        };
+        self.snat = Some(Snat::install(&cidrs).map_err(anyhow::Error::msg)?);
+        let pool: Arc<Pool<LocalProvider>> = Pool::open(cfg, LocalProvider::new(cidrs))?;
+        let sock = self.socket.clone();
+        self.pool = Some(tokio::spawn(async move {
+            if let Err(e) = pool.serve(&sock).await {
+                tracing::error!(error = %e, "the IP pool stopped");
+            }
+        }));
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while tokio::net::UnixStream::connect(&self.socket).await.is_err() {
+            anyhow::ensure!(
+                std::time::Instant::now() < deadline,
+                "the IP pool did not start on {}",
+                self.socket.display()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        if let Some(dns) = cluster_dns.filter(|d| !d.is_loopback()) {
+            let host = crate::datapath::host().map_err(anyhow::Error::msg)?;
+            crate::datapath::add_loopback_address(&host, dns)
+                .await
+                .map_err(anyhow::Error::msg)?;
+            self.local_dns = Some(dns);
+        }
+        let conf = serde_json::json!({"cniVersion": "1.1.0", "name": network, "plugins": [{"type": "eni-cni", "pool": self.socket}]});
+        std::fs::write(&self.conflist, conf.to_string())?;
+        Ok(())
+    }
+
+    /// Stop the pool and the balancer's watch. With no pod left on the network, the host
+    /// changes go too; pods still running (a restarted node adopts them) keep their egress
+    /// rule, DNS address and service load balancer.
     pub async fn stop(mut self) {
-        let in_use = crate::pool::call(&self.socket, &crate::pool::Request::Status).await.map(|r| r.in_use).unwrap_or(0);
-        self.pool.abort();
-        let _ = std::fs::remove_file(&self.socket);
+        let in_use = crate::pool::call(&self.socket, &crate::pool::Request::Status)
+            .await
+            .map(|r| r.in_use)
+            .unwrap_or(0);
         if in_use > 0 {
-            tracing::info!(pods = in_use, "pods keep running: the egress rule and the cluster DNS address stay");
+            if let Some(p) = self.pool.take() {
+                p.abort();
+            }
+            if let Some((task, _, _)) = self.services.take() {
+                task.abort();
+            }
+            let _ = std::fs::remove_file(&self.socket);
+            tracing::info!(
+                pods = in_use,
+                "pods keep running: the egress rule, the cluster DNS address and the service load balancer stay"
+            );
             return;
+        }
+        self.remove_host_changes().await;
+    }
+
+    /// Stop everything started and undo every change made to the host.
+    async fn remove_host_changes(&mut self) {
+        if let Some(p) = self.pool.take() {
+            p.abort();
+        }
+        let _ = std::fs::remove_file(&self.socket);
+        if let Some((task, pins, cgroup)) = self.services.take() {
+            task.abort();
+            if let Err(e) = pins.remove() {
+                tracing::warn!(error = %e, "removing the service load balancer");
+            }
+            // Empty once the pods are gone; the runtime made the levels below.
+            let _ = std::fs::remove_dir(&cgroup);
         }
         if let Some(s) = self.snat.take() {
             if let Err(e) = s.remove() {

@@ -27,7 +27,8 @@ pub struct NodeArgs {
     pub cni_conf: Option<PathBuf>,
     /// Give pods addresses from this CIDR (repeatable) on eni-cni: its IP pool runs inside the
     /// node, pods get a /32 on a veth with the eBPF fast path between them, and egress is
-    /// masqueraded. The CIDR's first address is never a pod's: use it for --cluster-dns.
+    /// masqueraded; pods reach ClusterIPs through the eBPF service load balancer (socket-level,
+    /// on the pods' cgroup). The CIDR's first address is never a pod's: use it for --cluster-dns.
     #[arg(long = "pod-cidr", conflicts_with = "cni_conf")]
     pub pod_cidrs: Vec<ipnet::Ipv4Net>,
     /// Where CNI plugin binaries are looked for.
@@ -127,7 +128,8 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         Some(conf) => Arc::new(Cni::load(conf, args.cni_bin_dir.clone(), dir.join("cni"))?),
         None if !args.pod_cidrs.is_empty() => {
             let dns = args.cluster_dns.as_deref().map(str::parse::<std::net::Ipv4Addr>).transpose().context("--cluster-dns with --pod-cidr must be an IPv4 address")?;
-            let net = nodeless_eni_cni::node::start(&name, &dir.join("eni"), &run_dir.join("eni.sock"), args.pod_cidrs.clone(), dns).await.context("starting the eni-cni pod network")?;
+            let balancing = nodeless_eni_cni::node::ServiceBalancing { client: client.clone(), cgroup_parent: nodeless_sandbox_node::node::cgroup_parent(&name) };
+            let net = nodeless_eni_cni::node::start(&name, &dir.join("eni"), &run_dir.join("eni.sock"), args.pod_cidrs.clone(), dns, Some(balancing)).await.context("starting the eni-cni pod network")?;
             // The plugin binary sits beside ours.
             let exe_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).unwrap_or_default();
             anyhow::ensure!(exe_dir.join("eni-cni").exists(), "eni-cni is missing beside {} (cargo build --bins builds it)", exe_dir.display());

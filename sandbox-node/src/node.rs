@@ -119,6 +119,11 @@ impl RunningNode {
     }
 }
 
+/// The cgroup every pod of the node `name` is created under (in each hierarchy).
+pub fn cgroup_parent(name: &str) -> String {
+    format!("/nodeless/{name}")
+}
+
 fn node_object(name: &str, host_ip: &str, port: u16, runtime: &str) -> Node {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let capacity = json!({"cpu": "1000", "memory": "4Ti", "pods": "10000", "ephemeral-storage": "10Ti"});
@@ -277,7 +282,7 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
         cluster_dns: cfg.cluster_dns,
         cluster_domain: cfg.cluster_domain,
         host_resolv: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
-        cgroup_parent: format!("/nodeless/{}", cfg.name),
+        cgroup_parent: cgroup_parent(&cfg.name),
         backoff_base: cfg.backoff_base,
         backoff_max: cfg.backoff_max,
         insecure_registries: cfg.insecure_registries,

@@ -1,5 +1,6 @@
 //! The test image's HTTP echo server: answers every request with the pod's name, the request's
 //! path and its headers. `/status/<code>` answers with that status (for probes that must fail).
+//! The same port over UDP answers each datagram with the pod's name and the datagram.
 //! It exits on SIGTERM, as a well-behaved server does (as PID 1 it would otherwise ignore it).
 //! The image holds this one binary and the C library.
 #![forbid(unsafe_code)]
@@ -64,7 +65,11 @@ fn get(url: &str) -> ! {
     let rest = url.strip_prefix("http://").unwrap_or_else(|| fail(format!("{url}: only http:// URLs")));
     let (hostport, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
     let addrs: Vec<_> = hostport.to_socket_addrs().unwrap_or_else(|e| fail(format!("resolving {hostport}: {e}"))).collect();
-    let mut stream = addrs.iter().find_map(|a| std::net::TcpStream::connect_timeout(a, std::time::Duration::from_secs(5)).ok()).unwrap_or_else(|| fail(format!("connecting to {addrs:?}")));
+    let mut last_error = String::from("no address");
+    let mut stream = addrs
+        .iter()
+        .find_map(|a| std::net::TcpStream::connect_timeout(a, std::time::Duration::from_secs(5)).map_err(|e| last_error = e.to_string()).ok())
+        .unwrap_or_else(|| fail(format!("connecting to {addrs:?}: {last_error}")));
     let host = hostport.split(':').next().unwrap_or(hostport);
     write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap_or_else(|e| fail(e.to_string()));
     let mut response = String::new();
@@ -73,10 +78,44 @@ fn get(url: &str) -> ! {
     std::process::exit(0)
 }
 
+/// `echo-server udp <ip>:<port> <message>`: one datagram sent with sendto (not connected);
+/// prints the address the answer came from, then the answer.
+fn udp(to: &str, message: &str) -> ! {
+    let fail = |what: String| -> ! {
+        eprintln!("echo-server udp: {what}");
+        std::process::exit(1)
+    };
+    let to: std::net::SocketAddr = to.parse().unwrap_or_else(|e| fail(format!("{to}: {e}")));
+    let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap_or_else(|e| fail(e.to_string()));
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap_or_else(|e| fail(e.to_string()));
+    sock.send_to(message.as_bytes(), to).unwrap_or_else(|e| fail(format!("sending to {to}: {e}")));
+    let mut buf = [0u8; 2048];
+    let (n, from) = sock.recv_from(&mut buf).unwrap_or_else(|e| fail(format!("waiting for {to}: {e}")));
+    println!("from: {from}");
+    print!("{}", String::from_utf8_lossy(&buf[..n]));
+    std::process::exit(0)
+}
+
+fn serve_udp(port: &str, pod: String) {
+    let Ok(sock) = std::net::UdpSocket::bind(format!("0.0.0.0:{port}")) else {
+        eprintln!("echo-server: UDP port {port} is taken; serving TCP only");
+        return;
+    };
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = sock.recv_from(&mut buf) {
+            let reply = format!("pod: {pod}\n{}\n", String::from_utf8_lossy(&buf[..n]));
+            let _ = sock.send_to(reply.as_bytes(), from);
+        }
+    });
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
-    if args.get(1).map(String::as_str) == Some("get") {
-        get(args.get(2).map_or("", String::as_str));
+    match args.get(1).map(String::as_str) {
+        Some("get") => get(args.get(2).map_or("", String::as_str)),
+        Some("udp") => udp(args.get(2).map_or("", String::as_str), args.get(3).map_or("", String::as_str)),
+        _ => {}
     }
     if let Ok(mut signals) = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM]) {
         std::thread::spawn(move || {
@@ -95,7 +134,8 @@ fn main() {
             std::process::exit(1);
         }
     };
-    println!("echo-server: pod {pod} listening on :{port}");
+    serve_udp(&port, pod.clone());
+    println!("echo-server: pod {pod} listening on :{port} (TCP and UDP)");
     for stream in listener.incoming().flatten() {
         let pod = pod.clone();
         std::thread::spawn(move || {

@@ -9,3 +9,4 @@ mod kubectl;
 mod lifecycle;
 mod node;
 mod reflector;
+mod services;

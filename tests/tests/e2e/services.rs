@@ -1,0 +1,274 @@
+//! The eBPF service load balancer (`eni-cni services`): ClusterIP ports reach ready endpoints
+//! for every process of the cgroup it is attached to, over TCP and UDP (replies and
+//! getpeername show the ClusterIP), with ClientIP affinity, refusing ports with no endpoint,
+//! and following changes; then the same through `nodeless up --pod-cidr`, where pods reach
+//! Services by ClusterIP and the balancer follows EndpointSlices. Each test makes its own
+//! cgroup and pins, and removes them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use nodeless_tests::{eventually, free_port, workspace_binary};
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}x{}",
+        std::process::id() % 100_000,
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+fn cgroup2_root() -> PathBuf {
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+    let mut roots: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+        })
+        .collect();
+    roots.sort_by_key(|p| p.components().count());
+    roots.into_iter().next().expect("a cgroup v2 hierarchy")
+}
+
+/// A cgroup v2 directory of the test's own; its processes are killed and it is removed on drop.
+struct Cgroup {
+    dir: PathBuf,
+}
+
+impl Cgroup {
+    fn new() -> Cgroup {
+        let dir = cgroup2_root().join(unique("nltest-lb"));
+        std::fs::create_dir(&dir).unwrap();
+        Cgroup { dir }
+    }
+
+    /// Run a command inside the cgroup (the shell joins it, then execs the command).
+    fn run(&self, args: &[&str]) -> Output {
+        let procs = self.dir.join("cgroup.procs");
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!("echo $$ > {} && exec \"$@\"", procs.display()))
+            .arg("sh")
+            .args(args);
+        cmd.output().unwrap()
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        for _ in 0..50 {
+            for pid in std::fs::read_to_string(self.dir.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+            {
+                let _ = Command::new("kill").args(["-9", pid]).status();
+            }
+            if std::fs::remove_dir(&self.dir).is_ok() || !self.dir.exists() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+/// A process killed on drop.
+struct Running(Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn echo_server(name: &str, port: u16) -> Running {
+    let bin = workspace_binary("echo-server").unwrap();
+    let child = Command::new(bin)
+        .env("PORT", port.to_string())
+        .env("POD_NAME", name)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            Instant::now() < deadline,
+            "echo-server {name} did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Running(child)
+}
+
+fn show(name: &str) -> String {
+    let out = Command::new(workspace_binary("eni-cni").unwrap())
+        .args(["show", name])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn counter(name: &str, which: &str) -> u64 {
+    show(name)
+        .lines()
+        .find_map(|l| {
+            l.trim()
+                .strip_prefix(which)
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// Which echo pod answered a GET through the cgroup.
+fn get_from(cg: &Cgroup, url: &str) -> Result<String, String> {
+    let echo = workspace_binary("echo-server").unwrap();
+    let out = cg.run(&[echo.to_str().unwrap(), "get", url]);
+    let body = String::from_utf8_lossy(&out.stdout).into_owned();
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(body
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("pod: "))
+        .unwrap_or_default()
+        .to_string())
+}
+
+#[test]
+fn the_balancer_serves_a_table_to_a_cgroup() {
+    let bin = workspace_binary("eni-cni").unwrap();
+    let name = unique("nllb");
+    let cg = Cgroup::new();
+    let dir = tempfile::tempdir().unwrap();
+    let table = dir.path().join("table.json");
+    let (pa, pb) = (free_port(), free_port());
+    let _a = echo_server("a", pa);
+    let _b = echo_server("b", pb);
+    let k = 1 + NEXT.fetch_add(1, Ordering::Relaxed) % 250;
+    let vip = format!("10.250.{k}.10");
+    let sticky = format!("10.250.{k}.11");
+    let empty = format!("10.250.{k}.12");
+    let write_table = |endpoints: &[u16]| {
+        let eps: Vec<String> = endpoints.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let rows = serde_json::json!([
+            {"address": vip, "port": 80, "endpoints": eps},
+            {"address": vip, "port": 53, "protocol": "UDP", "endpoints": [format!("127.0.0.1:{pa}")]},
+            {"address": sticky, "port": 80, "endpoints": [format!("127.0.0.1:{pa}"), format!("127.0.0.1:{pb}")], "affinity": 60},
+            {"address": empty, "port": 80, "endpoints": []},
+        ]);
+        std::fs::write(&table, rows.to_string()).unwrap();
+    };
+
+    // A bad table is refused, naming the row and field, and nothing is attached.
+    std::fs::write(
+        &table,
+        r#"[{"address": "10.250.0.1", "port": 80, "protocol": "SCTP"}]"#,
+    )
+    .unwrap();
+    let out = Command::new(&bin)
+        .args(["services", "--name", &name, "--cgroup"])
+        .arg(&cg.dir)
+        .arg("--table")
+        .arg(&table)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("[0].protocol"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!Path::new("/sys/fs/bpf/nodeless/lb").join(&name).exists());
+
+    write_table(&[pa, pb]);
+    let lb = Running(
+        Command::new(&bin)
+            .args(["services", "--name", &name, "--cgroup"])
+            .arg(&cg.dir)
+            .arg("--table")
+            .arg(&table)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    eventually("the balancer to load its table", 10, || {
+        show(&name).contains("services: 4")
+    });
+
+    // TCP: both endpoints serve the ClusterIP.
+    let mut seen = std::collections::BTreeSet::new();
+    for i in 0..30 {
+        seen.insert(get_from(&cg, &format!("http://{vip}:80/{i}")).unwrap());
+        if seen.len() == 2 {
+            break;
+        }
+    }
+    assert_eq!(
+        seen.into_iter().collect::<Vec<_>>(),
+        ["a", "b"],
+        "both endpoints are chosen"
+    );
+    assert!(counter(&name, "translated") >= 2, "{}", show(&name));
+
+    // UDP with sendto/recvfrom: the answer shows the ClusterIP, not the endpoint.
+    let echo = workspace_binary("echo-server").unwrap();
+    let out = cg.run(&[echo.to_str().unwrap(), "udp", &format!("{vip}:53"), "ping"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(text, format!("from: {vip}:53\npod: a\nping\n"));
+    assert!(counter(&name, "reversed") >= 1, "{}", show(&name));
+
+    // ClientIP affinity: one client keeps its endpoint.
+    let first = get_from(&cg, &format!("http://{sticky}:80/")).unwrap();
+    for _ in 0..10 {
+        assert_eq!(
+            get_from(&cg, &format!("http://{sticky}:80/")).unwrap(),
+            first,
+            "affinity keeps the endpoint"
+        );
+    }
+    assert!(counter(&name, "affinity") >= 10, "{}", show(&name));
+
+    // A service port with no endpoint is refused at once, not routed anywhere.
+    let started = Instant::now();
+    let e = get_from(&cg, &format!("http://{empty}:80/")).unwrap_err();
+    assert!(e.contains("not permitted"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "refused, not timed out"
+    );
+    assert!(counter(&name, "no-endpoint") >= 1);
+
+    // An endpoint leaves: after SIGHUP only the other one serves.
+    write_table(&[pa]);
+    let _ = Command::new("kill")
+        .args(["-HUP", &lb.0.id().to_string()])
+        .status();
+    eventually("the endpoint to leave the map", 10, || {
+        show(&name)
+            .lines()
+            .any(|l| l.trim() == format!("{vip}:80/TCP -> 127.0.0.1:{pa}"))
+    });
+    for i in 0..10 {
+        assert_eq!(get_from(&cg, &format!("http://{vip}:80/{i}")).unwrap(), "a");
+    }
+
+    // Stopped: the programs are detached and the pins gone.
+    let _ = Command::new("kill")
+        .args(["-TERM", &lb.0.id().to_string()])
+        .status();
+    eventually("the balancer to remove its pins", 10, || {
+        !Path::new("/sys/fs/bpf/nodeless/lb").join(&name).exists()
+    });
+    drop(lb);
+}
