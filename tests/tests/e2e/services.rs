@@ -76,6 +76,16 @@ impl Drop for Cgroup {
     }
 }
 
+/// A balancer's pin directory, removed on drop (the test may end before the balancer does;
+/// unpinning its links detaches the programs).
+struct PinsGone(PathBuf);
+
+impl Drop for PinsGone {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
 /// A process killed on drop.
 struct Running(Child);
 
@@ -144,6 +154,7 @@ fn get_from(cg: &Cgroup, url: &str) -> Result<String, String> {
 fn the_balancer_serves_a_table_to_a_cgroup() {
     let bin = workspace_binary("eni-cni").unwrap();
     let name = unique("nllb");
+    let _pins = PinsGone(Path::new("/sys/fs/bpf/nodeless/lb").join(&name));
     let cg = Cgroup::new();
     let dir = tempfile::tempdir().unwrap();
     let table = dir.path().join("table.json");
@@ -271,4 +282,133 @@ fn the_balancer_serves_a_table_to_a_cgroup() {
         !Path::new("/sys/fs/bpf/nodeless/lb").join(&name).exists()
     });
     drop(lb);
+}
+
+/// `nodeless up --pod-cidr`: pods reach Services by ClusterIP over TCP and UDP, with ClientIP
+/// affinity; the balancer follows EndpointSlices (a deleted pod leaves, a new one joins) and
+/// serves a selectorless Service whose EndpointSlice the user wrote (cluster DNS behind a
+/// ClusterIP, as kube-dns is); with the pods gone and the node stopped, nothing is left.
+#[test]
+fn pods_reach_services_by_cluster_ip() {
+    use nodeless_tests::Nodeless;
+    use nodeless_tests::images::{BUSYBOX, ECHO};
+    const V: &str = "1.33";
+    let k = 20 + (std::process::id() + NEXT.fetch_add(1, Ordering::Relaxed)) % 200;
+    let cidr = format!("10.248.{k}.0/24");
+    let dns = format!("10.248.{k}.1");
+    let n = Nodeless::start_with_node(&["--pod-cidr", &cidr, "--cluster-dns", &dns]).unwrap();
+    let node = n.node.clone().unwrap();
+    let echo_pod = |name: &str| {
+        format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, labels: {{app: lb-echo}}}}
+spec:
+  containers:
+  - name: echo
+    image: {ECHO}
+    ports: [{{containerPort: 8080, name: http}}]
+    env: [{{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
+    readinessProbe: {{httpGet: {{path: /ready, port: http}}, periodSeconds: 1}}
+"#
+        )
+    };
+    let yaml = format!(
+        r#"{}---
+{}---
+apiVersion: v1
+kind: Service
+metadata: {{name: web}}
+spec:
+  selector: {{app: lb-echo}}
+  ports:
+  - {{name: http, port: 80, targetPort: http}}
+  - {{name: udp, port: 5353, targetPort: 8080, protocol: UDP}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: sticky}}
+spec:
+  selector: {{app: lb-echo}}
+  sessionAffinity: ClientIP
+  ports: [{{port: 80, targetPort: http}}]
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: resolver}}
+spec:
+  ports: [{{name: dns, port: 53, protocol: UDP}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: resolver-1, labels: {{kubernetes.io/service-name: resolver}}}}
+addressType: IPv4
+ports: [{{name: dns, port: 53, protocol: UDP}}]
+endpoints: [{{addresses: ["{dns}"]}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: client}}
+spec:
+  containers:
+  - {{name: c, image: {BUSYBOX}, command: [sleep, "3600"]}}
+"#,
+        echo_pod("echo-0"),
+        echo_pod("echo-1")
+    );
+    let out = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&yaml));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/echo-0", "pod/echo-1", "pod/client", "--timeout=60s"]);
+    let ip_of = |what: &str| n.kubectl_ok(V, &["get", what, "-o", "jsonpath={.spec.clusterIP}{.status.podIP}"]);
+    let (web, sticky, resolver) = (ip_of("service/web"), ip_of("service/sticky"), ip_of("service/resolver"));
+    let (ip0, ip1) = (ip_of("pod/echo-0"), ip_of("pod/echo-1"));
+    eventually("both pods behind the web ClusterIP", 10, || {
+        let s = show(&node);
+        s.lines().any(|l| l.contains(&format!("{web}:80/TCP")) && l.contains(&format!("{ip0}:8080")) && l.contains(&format!("{ip1}:8080")))
+    });
+
+    // TCP: a pod reaches the ClusterIP, and both endpoints serve it.
+    let answers = |svc: &str, times: u32| -> Vec<String> {
+        let script = format!("for i in $(seq {times}); do wget -qO- http://{svc}:80/$i | head -n 1; done");
+        let out = n.kubectl_ok(V, &["exec", "client", "--", "sh", "-c", &script]);
+        out.lines().map(|l| l.trim_start_matches("pod: ").to_string()).collect()
+    };
+    let got = answers(&web, 20);
+    assert_eq!(got.len(), 20, "every request answered: {got:?}");
+    assert!(got.contains(&"echo-0".to_string()) && got.contains(&"echo-1".to_string()), "both endpoints serve: {got:?}");
+
+    // UDP (sendto/recvfrom): the answer comes from the ClusterIP.
+    let out = n.kubectl_ok(V, &["exec", "echo-0", "--", "/echo-server", "udp", &format!("{web}:5353"), "ping"]);
+    assert!(out.starts_with(&format!("from: {web}:5353\npod: echo-")), "{out}");
+    // Cluster DNS behind a ClusterIP with a hand-written EndpointSlice.
+    let out = n.kubectl(V, &["exec", "client", "--", "nslookup", "web.default.svc.cluster.local", &resolver]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.contains(&web), "{text}{}", String::from_utf8_lossy(&out.stderr));
+
+    // ClientIP affinity: the client keeps one endpoint.
+    let got = answers(&sticky, 10);
+    assert_eq!(got.len(), 10, "{got:?}");
+    assert!(got.iter().all(|g| *g == got[0]), "one endpoint for the client: {got:?}");
+
+    // A deleted pod leaves the service; only the other one answers.
+    let started = Instant::now();
+    n.kubectl_ok(V, &["delete", "pod", "echo-1", "--wait=false", "--grace-period=5"]);
+    eventually("echo-1 to leave the balancer", 10, || !show(&node).contains(&format!("{ip1}:8080")));
+    eprintln!("echo-1 left the balancer {:?} after kubectl delete returned", started.elapsed());
+    let got = answers(&web, 10);
+    assert!(got.iter().all(|g| g == "echo-0"), "{got:?}");
+    // A new pod joins once ready.
+    let out = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&echo_pod("echo-2")));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/echo-2", "--timeout=60s"]);
+    let ip2 = ip_of("pod/echo-2");
+    eventually("echo-2 to join the balancer", 10, || show(&node).contains(&format!("{ip2}:8080")));
+    let got = answers(&web, 30);
+    assert!(got.contains(&"echo-2".to_string()), "{got:?}");
+
+    // Pods gone and node stopped: the balancer's pins and cgroup go too.
+    n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
+    nodeless_tests::eventually("the pods' networks to be torn down", 30, || !show(&node).contains(&format!("{ip0} ")));
+    drop(n);
+    assert!(!Path::new("/sys/fs/bpf/nodeless/lb").join(&node).exists(), "the balancer's pins went with the node");
 }
