@@ -7,6 +7,9 @@ use std::process::Command;
 fn main() {
     let bpf = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("../bpf");
     let out = PathBuf::from(std::env::var("OUT_DIR").unwrap());
+    // The plugin is exec'd for every pod: a position-dependent executable skips the ~1 ms the
+    // loader spends applying relative relocations to a 20 MB PIE at each start.
+    println!("cargo:rustc-link-arg-bins=-no-pie");
     let clang = std::env::var("CLANG").unwrap_or_else(|_| "clang".into());
     for name in ["datapath", "service"] {
         for f in [format!("{name}.c"), format!("{name}.h")] {

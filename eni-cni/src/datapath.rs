@@ -162,49 +162,82 @@ pub struct Attached {
     pub gateway: Ipv4Addr,
 }
 
-/// veth mode: the pair (pod end created straight in the pod's namespace), the pod's /32,
-/// gateway neighbour and routes, and the host's route to the pod.
-pub async fn veth_add(host: &Handle, pod: &Handle, netns: &File, host_name: &str, ifname: &str, ip: Ipv4Addr, mtu: Option<u32>) -> Result<Attached, CniError> {
+/// A pod's veth pair, made before its address is known.
+#[derive(Debug, Clone)]
+pub struct VethPair {
+    pub host_ifname: String,
+    pub host_ifindex: u32,
+    pub pod_ifindex: u32,
+    pub pod_mac: Vec<u8>,
+}
+
+/// veth mode, first half: the pair (the pod end created straight in the pod's namespace), both
+/// ends up, and in the pod the gateway's neighbour entry and routes. Nothing here needs the
+/// pod's address, so it runs while the pool picks one; [`veth_address`] finishes. The host
+/// side and the pod side go over their own netlink sockets at once.
+pub async fn veth_create(host: &Handle, pod: &Handle, netns: &File, host_name: &str, ifname: &str, mtu: Option<u32>) -> Result<VethPair, CniError> {
     use std::os::fd::AsRawFd;
     // A host end left by an ADD that failed half-way goes first.
     delete_link(host, host_name).await?;
+    // The host end is created up; the pod end cannot be (the kernel configures it before the
+    // pair is joined, and a veth without its peer refuses to open), so it is set up below.
     let mut peer = LinkMessageBuilder::<LinkUnspec>::new().name(ifname.to_string()).setns_by_fd(netns.as_raw_fd());
-    let mut end = LinkVeth::new(host_name, ifname).address(HOST_MAC.to_vec());
+    let mut end = LinkVeth::new(host_name, ifname).address(HOST_MAC.to_vec()).up();
     if let Some(m) = mtu {
         peer = peer.mtu(m);
         end = end.mtu(m);
     }
     let end = end.set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build()))).build();
     host.link().add(end).execute().await.map_err(|e| netlink_err("creating the veth pair", e))?;
-    let host_link = link(host, host_name).await?.ok_or_else(|| CniError::new(code::NETLINK, "the host end vanished", host_name.to_string()))?;
-    set_up(host, host_link.header.index).await?;
-    add_route(host, RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(ip, 32).output_interface(host_link.header.index).scope(RouteScope::Link).build(), "routing the pod's address to its host end").await?;
+    let host_side = async {
+        let host_link = link(host, host_name).await?.ok_or_else(|| CniError::new(code::NETLINK, "the host end vanished", host_name.to_string()))?;
+        Ok::<u32, CniError>(host_link.header.index)
+    };
+    let pod_side = async {
+        let pod_link = link(pod, ifname).await?.ok_or_else(|| CniError::new(code::NETLINK, "the pod end did not arrive in the pod's namespace", ifname.to_string()))?;
+        let index = pod_link.header.index;
+        // Both up before any route: the kernel refuses routes through a link that is down, and
+        // checks an onlink gateway against the local table, which lo's address creates.
+        let lo = async {
+            match link(pod, "lo").await? {
+                Some(lo) if !lo.header.flags.contains(LinkFlags::Up) => set_up(pod, lo.header.index).await,
+                _ => Ok(()),
+            }
+        };
+        tokio::try_join!(set_up(pod, index), lo)?;
+        let neighbour = async {
+            pod.neighbours()
+                .add(index, IpAddr::V4(GATEWAY))
+                .link_layer_address(&HOST_MAC)
+                .state(NeighbourState::Permanent)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| netlink_err("adding the gateway's neighbour entry", e))
+        };
+        let gateway = add_route(pod, RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(GATEWAY, 32).output_interface(index).scope(RouteScope::Link).build(), "routing the gateway");
+        // onlink: the gateway is reachable through this interface whatever else the pod has
+        // (so this route does not wait for the one above).
+        let default = add_route(pod, RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(Ipv4Addr::UNSPECIFIED, 0).gateway(GATEWAY).output_interface(index).onlink().build(), "adding the default route");
+        tokio::try_join!(neighbour, gateway, default)?;
+        Ok::<(u32, Vec<u8>), CniError>((index, link_mac(&pod_link)))
+    };
+    let (host_ifindex, (pod_ifindex, pod_mac)) = tokio::try_join!(host_side, pod_side)?;
+    Ok(VethPair { host_ifname: host_name.to_string(), host_ifindex, pod_ifindex, pod_mac })
+}
 
-    let pod_link = link(pod, ifname).await?.ok_or_else(|| CniError::new(code::NETLINK, "the pod end did not arrive in the pod's namespace", ifname.to_string()))?;
-    let index = pod_link.header.index;
-    match pod.address().add(index, IpAddr::V4(ip), 32).execute().await {
-        Ok(()) => {}
-        Err(e) if errno(&e) == Some(EEXIST) => {}
-        Err(e) => return Err(netlink_err("adding the pod's address", e)),
-    }
-    set_up(pod, index).await?;
-    if let Some(lo) = link(pod, "lo").await? {
-        if !lo.header.flags.contains(LinkFlags::Up) {
-            set_up(pod, lo.header.index).await?;
+/// veth mode, second half: the pod's /32 on its end and the host's route to it.
+pub async fn veth_address(host: &Handle, pod: &Handle, pair: &VethPair, ip: Ipv4Addr) -> Result<Attached, CniError> {
+    let host_route = add_route(host, RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(ip, 32).output_interface(pair.host_ifindex).scope(RouteScope::Link).build(), "routing the pod's address to its host end");
+    let pod_address = async {
+        match pod.address().add(pair.pod_ifindex, IpAddr::V4(ip), 32).execute().await {
+            Ok(()) => Ok(()),
+            Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
+            Err(e) => Err(netlink_err("adding the pod's address", e)),
         }
-    }
-    pod.neighbours()
-        .add(index, IpAddr::V4(GATEWAY))
-        .link_layer_address(&HOST_MAC)
-        .state(NeighbourState::Permanent)
-        .replace()
-        .execute()
-        .await
-        .map_err(|e| netlink_err("adding the gateway's neighbour entry", e))?;
-    add_route(pod, RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(GATEWAY, 32).output_interface(index).scope(RouteScope::Link).build(), "routing the gateway").await?;
-    // onlink: the gateway is reachable through this interface whatever else the pod has.
-    add_route(pod, RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(Ipv4Addr::UNSPECIFIED, 0).gateway(GATEWAY).output_interface(index).onlink().build(), "adding the default route").await?;
-    Ok(Attached { host_ifname: Some(host_name.to_string()), host_ifindex: host_link.header.index, pod_mac: link_mac(&pod_link), address: Ipv4Net::new(ip, 32).unwrap_or_default(), gateway: GATEWAY })
+    };
+    tokio::try_join!(host_route, pod_address)?;
+    Ok(Attached { host_ifname: Some(pair.host_ifname.clone()), host_ifindex: pair.host_ifindex, pod_mac: pair.pod_mac.clone(), address: Ipv4Net::new(ip, 32).unwrap_or_default(), gateway: GATEWAY })
 }
 
 /// ipvlan (L2) or macvlan (bridge) mode: a child of `parent` moved into the pod as `ifname`,

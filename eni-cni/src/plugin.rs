@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::bpf::Pins;
 use crate::datapath::{self, GATEWAY, HOST_MAC, mac_string};
-use crate::pool::{self, Allocation, Reply, Request};
+use crate::pool::{self, Reply, Request};
 use crate::spec::{CniError, CniResult, IpConfig, Interface, Mode, NetConf, Route, SUPPORTED, code};
 
 /// What the runtime told us through the environment.
@@ -95,7 +95,21 @@ fn needs_1_1(conf: &NetConf, verb: &str) -> Result<(), CniError> {
 }
 
 async fn ask(conf: &NetConf, req: Request) -> Result<Reply, CniError> {
-    let reply = pool::call(&conf.pool, &req).await.map_err(|e| CniError::new(code::TRY_AGAIN, format!("the IP pool at {} is not reachable", conf.pool.display()), e.to_string()))?;
+    let reply = pool::call(&conf.pool, &req).await.map_err(|e| unreachable_pool(conf, e))?;
+    checked(reply)
+}
+
+/// A request on an open connection to the pool.
+async fn ask_on(conf: &NetConf, client: &mut pool::Client, req: Request) -> Result<Reply, CniError> {
+    let reply = client.call(&req).await.map_err(|e| unreachable_pool(conf, e))?;
+    checked(reply)
+}
+
+fn unreachable_pool(conf: &NetConf, e: std::io::Error) -> CniError {
+    CniError::new(code::TRY_AGAIN, format!("the IP pool at {} is not reachable", conf.pool.display()), e.to_string())
+}
+
+fn checked(reply: Reply) -> Result<Reply, CniError> {
     match reply.error {
         Some(e) if e.contains("no free addresses") => Err(CniError::new(code::TRY_AGAIN, "no free addresses in the pool", e)),
         Some(e) => Err(CniError::new(code::IO, "the IP pool failed", e)),
@@ -127,36 +141,57 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
         return Err(CniError::new(code::INTERFACE_EXISTS, format!("interface {} already exists in the container", inv.ifname), netns_path.display().to_string()));
     }
     let (network, container, ifname) = pool_key(conf, inv);
-    let reply = ask(conf, Request::Alloc { network, container, ifname }).await?;
-    let alloc: Allocation = reply.allocation.ok_or_else(|| CniError::new(code::IO, "the IP pool gave no address", ""))?;
+    // One connection for the allocation and the fast-path entry that follows it.
+    let alloc = async {
+        let mut client = pool::Client::connect(&conf.pool).await.map_err(|e| unreachable_pool(conf, e))?;
+        let reply = ask_on(conf, &mut client, Request::Alloc { network, container, ifname }).await?;
+        let alloc = reply.allocation.ok_or_else(|| CniError::new(code::IO, "the IP pool gave no address", ""))?;
+        Ok::<_, CniError>((client, alloc))
+    };
     let host = datapath::host()?;
     let host_name = datapath::host_ifname(&conf.name, &inv.container_id, &inv.ifname);
     let attached = match conf.mode {
         Mode::Veth => {
-            datapath::enable_forwarding()?;
-            datapath::veth_add(&host, &pod, &netns, &host_name, &inv.ifname, alloc.ip, conf.mtu).await
-        }
-        Mode::Ipvlan | Mode::Macvlan => datapath::child_add(&host, &pod, &netns, conf.mode == Mode::Macvlan, conf.parent.as_deref().unwrap_or_default(), &inv.ifname, alloc.ip, alloc.subnet, conf.mtu).await,
-        Mode::Host => unreachable_mode(),
-    };
-    // The fast path: the pool attaches the program to the host end and publishes the pod,
-    // after this reply (the host route carries the pod's traffic until then).
-    let attached = match attached {
-        Ok(a) if conf.mode == Mode::Veth && conf.fast_path => {
-            let mut mac = [0u8; 6];
-            if a.pod_mac.len() == 6 {
-                mac.copy_from_slice(&a.pod_mac);
+            // The pair is made while the pool picks (and persists) the address.
+            let create = async {
+                datapath::enable_forwarding()?;
+                datapath::veth_create(&host, &pod, &netns, &host_name, &inv.ifname, conf.mtu).await
+            };
+            let (alloc, pair) = tokio::join!(alloc, create);
+            match (alloc, pair) {
+                (Ok((mut client, alloc)), Ok(pair)) => {
+                    let address = datapath::veth_address(&host, &pod, &pair, alloc.ip);
+                    // The fast path: the pool attaches the program to the host end and
+                    // publishes the pod after replying (the host route carries the pod's
+                    // traffic until then).
+                    let publish = async {
+                        if !conf.fast_path {
+                            return Ok(());
+                        }
+                        let mut mac = [0u8; 6];
+                        if pair.pod_mac.len() == 6 {
+                            mac.copy_from_slice(&pair.pod_mac);
+                        }
+                        let publish = Request::Publish { network: conf.name.clone(), container: inv.container_id.clone(), ifname: inv.ifname.clone(), host_ifname: host_name.clone(), ip: alloc.ip, ifindex: pair.host_ifindex, mac };
+                        ask_on(conf, &mut client, publish).await.map(drop)
+                    };
+                    tokio::try_join!(address, publish).map(|(a, ())| a)
+                }
+                (Err(e), _) | (_, Err(e)) => Err(e),
             }
-            let publish = Request::Publish { network: conf.name.clone(), container: inv.container_id.clone(), ifname: inv.ifname.clone(), host_ifname: host_name.clone(), ip: alloc.ip, ifindex: a.host_ifindex, mac };
-            ask(conf, publish).await.map(|_| a)
         }
-        other => other,
+        Mode::Ipvlan | Mode::Macvlan => match alloc.await {
+            Ok((_, alloc)) => datapath::child_add(&host, &pod, &netns, conf.mode == Mode::Macvlan, conf.parent.as_deref().unwrap_or_default(), &inv.ifname, alloc.ip, alloc.subnet, conf.mtu).await,
+            Err(e) => Err(e),
+        },
+        Mode::Host => unreachable_mode(),
     };
     let attached = match attached {
         Ok(a) => a,
         Err(e) => {
-            let _ = ask(conf, Request::Withdraw { network: conf.name.clone(), host_ifname: host_name.clone(), ip: Some(alloc.ip) }).await;
-            // Nothing half-done stays: the links go, the address goes back.
+            // Nothing half-done stays: the fast-path entry, the links, the address (each step
+            // is a no-op for what was never made).
+            let _ = ask(conf, Request::Withdraw { network: conf.name.clone(), host_ifname: host_name.clone(), ip: None }).await;
             let _ = datapath::delete_link(&host, &host_name).await;
             let _ = datapath::delete_link(&pod, &inv.ifname).await;
             let (network, container, ifname) = pool_key(conf, inv);

@@ -154,6 +154,8 @@ pub struct Pool<P: Provider> {
     provider: P,
     state: Mutex<State>,
     fastpath: crate::fastpath::FastPath,
+    /// Wakes the task that tops the warm set up after allocations.
+    refill: tokio::sync::Notify,
 }
 
 type DbResult<T> = Result<T, String>;
@@ -233,7 +235,7 @@ impl<P: Provider> Pool<P> {
                 allocations.insert(k.value().to_string(), a);
             }
         }
-        let pool = Arc::new(Pool { cfg, provider, state: Mutex::new(State { db, assigned, allocations }), fastpath: Default::default() });
+        let pool = Arc::new(Pool { cfg, provider, state: Mutex::new(State { db, assigned, allocations }), fastpath: Default::default(), refill: tokio::sync::Notify::new() });
         Ok(pool)
     }
 
@@ -434,6 +436,19 @@ impl<P: Provider> Pool<P> {
                 }
             })
         };
+        // The warm set is topped up off the ADDs' path: allocations wake this task, and a burst
+        // of them is one fill.
+        let filler = {
+            let pool = self.clone();
+            tokio::spawn(async move {
+                loop {
+                    pool.refill.notified().await;
+                    if let Err(e) = pool.fill().await {
+                        tracing::warn!(error = %e, "refilling the warm pool");
+                    }
+                }
+            })
+        };
         let result = loop {
             let (conn, _) = match listener.accept().await {
                 Ok(c) => c,
@@ -447,6 +462,7 @@ impl<P: Provider> Pool<P> {
             });
         };
         reclaimer.abort();
+        filler.abort();
         result
     }
 
@@ -466,9 +482,7 @@ impl<P: Provider> Pool<P> {
             write.write_all(&out).await?;
             // Top the warm set up again, off the ADD's path; a failure costs a later ADD a wait.
             if allocated {
-                if let Err(e) = self.fill().await {
-                    tracing::warn!(error = %e, "refilling the warm pool");
-                }
+                self.refill.notify_one();
             }
         }
         Ok(())
@@ -477,14 +491,31 @@ impl<P: Provider> Pool<P> {
 
 /// One request to the pool at `socket`.
 pub async fn call(socket: &Path, req: &Request) -> std::io::Result<Reply> {
-    let conn = UnixStream::connect(socket).await?;
-    let (read, mut write) = conn.into_split();
-    let mut line = serde_json::to_vec(req)?;
-    line.push(b'\n');
-    write.write_all(&line).await?;
-    let mut reply = String::new();
-    BufReader::new(read).read_line(&mut reply).await?;
-    serde_json::from_str(&reply).map_err(std::io::Error::other)
+    Client::connect(socket).await?.call(req).await
+}
+
+/// A connection to the pool, for several requests in turn.
+pub struct Client {
+    read: BufReader<tokio::net::unix::OwnedReadHalf>,
+    write: tokio::net::unix::OwnedWriteHalf,
+}
+
+impl Client {
+    pub async fn connect(socket: &Path) -> std::io::Result<Client> {
+        let (read, write) = UnixStream::connect(socket).await?.into_split();
+        Ok(Client { read: BufReader::new(read), write })
+    }
+
+    pub async fn call(&mut self, req: &Request) -> std::io::Result<Reply> {
+        let mut line = serde_json::to_vec(req)?;
+        line.push(b'\n');
+        self.write.write_all(&line).await?;
+        let mut reply = String::new();
+        if self.read.read_line(&mut reply).await? == 0 {
+            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the pool closed the connection"));
+        }
+        serde_json::from_str(&reply).map_err(std::io::Error::other)
+    }
 }
 
 #[cfg(test)]
