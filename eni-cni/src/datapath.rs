@@ -81,6 +81,23 @@ pub fn inside(netns: &File) -> Result<Handle, CniError> {
     Ok(handle)
 }
 
+/// [`inside`] without blocking: the thread that joins the namespace runs while the caller's
+/// other work goes on.
+pub async fn inside_async(netns: &File) -> Result<Handle, CniError> {
+    let ns = netns.try_clone().map_err(|e| CniError::new(code::IO, "opening a netlink socket in the container's namespace", e.to_string()))?;
+    let rt = tokio::runtime::Handle::current();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::spawn(move || {
+        let _enter = rt.enter();
+        let made = nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string()).and_then(|()| rtnetlink::new_connection().map_err(|e| e.to_string()));
+        let _ = tx.send(made);
+    });
+    let made = rx.await.unwrap_or_else(|_| Err("the netlink thread ended without an answer".into()));
+    let (conn, handle, _) = made.map_err(|e| CniError::new(code::IO, "opening a netlink socket in the container's namespace", e))?;
+    tokio::spawn(conn);
+    Ok(handle)
+}
+
 /// Open a network namespace path; code 3 when it does not exist.
 pub fn open_netns(path: &Path) -> Result<File, CniError> {
     File::open(path).map_err(|e| CniError::new(code::UNKNOWN_CONTAINER, format!("network namespace {} cannot be opened", path.display()), e.to_string()))
@@ -175,20 +192,40 @@ pub struct VethPair {
 /// ends up, and in the pod the gateway's neighbour entry and routes. Nothing here needs the
 /// pod's address, so it runs while the pool picks one; [`veth_address`] finishes. The host
 /// side and the pod side go over their own netlink sockets at once.
-pub async fn veth_create(host: &Handle, pod: &Handle, netns: &File, host_name: &str, ifname: &str, mtu: Option<u32>) -> Result<VethPair, CniError> {
+///
+/// The pod's netlink handle is still being opened when this starts (`pod`), and the pair is made
+/// meanwhile. A pod interface of that name already there makes the kernel refuse the pair:
+/// that is code 100, and nothing was created.
+pub async fn veth_create(host: &Handle, pod: impl std::future::Future<Output = Result<Handle, CniError>>, netns: &File, host_name: &str, ifname: &str, mtu: Option<u32>) -> Result<(VethPair, Handle), CniError> {
     use std::os::fd::AsRawFd;
-    // A host end left by an ADD that failed half-way goes first.
-    delete_link(host, host_name).await?;
     // The host end is created up; the pod end cannot be (the kernel configures it before the
     // pair is joined, and a veth without its peer refuses to open), so it is set up below.
-    let mut peer = LinkMessageBuilder::<LinkUnspec>::new().name(ifname.to_string()).setns_by_fd(netns.as_raw_fd());
-    let mut end = LinkVeth::new(host_name, ifname).address(HOST_MAC.to_vec()).up();
-    if let Some(m) = mtu {
-        peer = peer.mtu(m);
-        end = end.mtu(m);
+    let pair = || {
+        let mut peer = LinkMessageBuilder::<LinkUnspec>::new().name(ifname.to_string()).setns_by_fd(netns.as_raw_fd());
+        let mut end = LinkVeth::new(host_name, ifname).address(HOST_MAC.to_vec()).up();
+        if let Some(m) = mtu {
+            peer = peer.mtu(m);
+            end = end.mtu(m);
+        }
+        end.set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build()))).build()
+    };
+    let first = async { host.link().add(pair()).execute().await };
+    let (first, pod) = tokio::join!(first, pod);
+    let pod = pod?;
+    match first {
+        Ok(()) => {}
+        Err(e) if errno(&e) == Some(EEXIST) => {
+            // Either the pod has the interface (not ours to touch: code 100) or a host end is
+            // left by an ADD that failed half-way (removed, and the pair made again).
+            if link(&pod, ifname).await?.is_some() {
+                return Err(CniError::new(code::INTERFACE_EXISTS, format!("interface {ifname} already exists in the container"), ""));
+            }
+            delete_link(host, host_name).await?;
+            host.link().add(pair()).execute().await.map_err(|e| netlink_err("creating the veth pair", e))?;
+        }
+        Err(e) => return Err(netlink_err("creating the veth pair", e)),
     }
-    let end = end.set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build()))).build();
-    host.link().add(end).execute().await.map_err(|e| netlink_err("creating the veth pair", e))?;
+    let pod = &pod;
     let host_side = async {
         let host_link = link(host, host_name).await?.ok_or_else(|| CniError::new(code::NETLINK, "the host end vanished", host_name.to_string()))?;
         Ok::<u32, CniError>(host_link.header.index)
@@ -223,7 +260,7 @@ pub async fn veth_create(host: &Handle, pod: &Handle, netns: &File, host_name: &
         Ok::<(u32, Vec<u8>), CniError>((index, link_mac(&pod_link)))
     };
     let (host_ifindex, (pod_ifindex, pod_mac)) = tokio::try_join!(host_side, pod_side)?;
-    Ok(VethPair { host_ifname: host_name.to_string(), host_ifindex, pod_ifindex, pod_mac })
+    Ok((VethPair { host_ifname: host_name.to_string(), host_ifindex, pod_ifindex, pod_mac }, pod.clone()))
 }
 
 /// veth mode, second half: the pod's /32 on its end and the host's route to it.

@@ -136,31 +136,44 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
         result.dns = conf.dns.clone().unwrap_or(prev.dns);
         return Ok(result.to_json(&conf.cni_version));
     }
-    let pod = datapath::inside(&netns)?;
-    if datapath::link(&pod, &inv.ifname).await?.is_some() {
-        return Err(CniError::new(code::INTERFACE_EXISTS, format!("interface {} already exists in the container", inv.ifname), netns_path.display().to_string()));
-    }
+    let exists = |name: &str| CniError::new(code::INTERFACE_EXISTS, format!("interface {name} already exists in the container"), netns_path.display().to_string());
     let (network, container, ifname) = pool_key(conf, inv);
     // One connection for the allocation and the fast-path entry that follows it.
     let alloc = async {
         let mut client = pool::Client::connect(&conf.pool).await.map_err(|e| unreachable_pool(conf, e))?;
         let reply = ask_on(conf, &mut client, Request::Alloc { network, container, ifname }).await?;
+        let existing = reply.existing;
         let alloc = reply.allocation.ok_or_else(|| CniError::new(code::IO, "the IP pool gave no address", ""))?;
-        Ok::<_, CniError>((client, alloc))
+        Ok::<_, CniError>((client, alloc, existing))
     };
     let host = datapath::host()?;
     let host_name = datapath::host_ifname(&conf.name, &inv.container_id, &inv.ifname);
+    // The pod's netlink handle, once made (veth mode makes it while creating the pair).
+    let mut pod: Option<rtnetlink::Handle> = None;
     let attached = match conf.mode {
         Mode::Veth => {
-            // The pair is made while the pool picks (and persists) the address.
+            // The pair is made while the pool picks (and persists) the address and while the
+            // pod's netlink socket is opened.
             let create = async {
                 datapath::enable_forwarding()?;
-                datapath::veth_create(&host, &pod, &netns, &host_name, &inv.ifname, conf.mtu).await
+                datapath::veth_create(&host, datapath::inside_async(&netns), &netns, &host_name, &inv.ifname, conf.mtu).await
             };
-            let (alloc, pair) = tokio::join!(alloc, create);
-            match (alloc, pair) {
-                (Ok((mut client, alloc)), Ok(pair)) => {
-                    let address = datapath::veth_address(&host, &pod, &pair, alloc.ip);
+            let (alloc, created) = tokio::join!(alloc, create);
+            if let Err(e) = &created {
+                if e.code == code::INTERFACE_EXISTS {
+                    // Nothing was created, and the interface stays; an address given for this
+                    // ADD goes back (one the container already had stays with it).
+                    if matches!(alloc, Ok((_, _, false))) {
+                        let (network, container, ifname) = pool_key(conf, inv);
+                        let _ = ask(conf, Request::Release { network, container, ifname }).await;
+                    }
+                    return Err(exists(&inv.ifname));
+                }
+            }
+            match (alloc, created) {
+                (Ok((mut client, alloc, _)), Ok((pair, handle))) => {
+                    let handle = pod.insert(handle);
+                    let address = datapath::veth_address(&host, handle, &pair, alloc.ip);
                     // The fast path: the pool attaches the program to the host end and
                     // publishes the pod after replying (the host route carries the pod's
                     // traffic until then).
@@ -180,10 +193,16 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
                 (Err(e), _) | (_, Err(e)) => Err(e),
             }
         }
-        Mode::Ipvlan | Mode::Macvlan => match alloc.await {
-            Ok((_, alloc)) => datapath::child_add(&host, &pod, &netns, conf.mode == Mode::Macvlan, conf.parent.as_deref().unwrap_or_default(), &inv.ifname, alloc.ip, alloc.subnet, conf.mtu).await,
-            Err(e) => Err(e),
-        },
+        Mode::Ipvlan | Mode::Macvlan => {
+            let handle = pod.insert(datapath::inside(&netns)?);
+            if datapath::link(handle, &inv.ifname).await?.is_some() {
+                return Err(exists(&inv.ifname));
+            }
+            match alloc.await {
+                Ok((_, alloc, _)) => datapath::child_add(&host, handle, &netns, conf.mode == Mode::Macvlan, conf.parent.as_deref().unwrap_or_default(), &inv.ifname, alloc.ip, alloc.subnet, conf.mtu).await,
+                Err(e) => Err(e),
+            }
+        }
         Mode::Host => unreachable_mode(),
     };
     let attached = match attached {
@@ -193,7 +212,13 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
             // is a no-op for what was never made).
             let _ = ask(conf, Request::Withdraw { network: conf.name.clone(), host_ifname: host_name.clone(), ip: None }).await;
             let _ = datapath::delete_link(&host, &host_name).await;
-            let _ = datapath::delete_link(&pod, &inv.ifname).await;
+            let pod = match pod {
+                Some(p) => Some(p),
+                None => datapath::inside(&netns).ok(),
+            };
+            if let Some(pod) = pod {
+                let _ = datapath::delete_link(&pod, &inv.ifname).await;
+            }
             let (network, container, ifname) = pool_key(conf, inv);
             let _ = ask(conf, Request::Release { network, container, ifname }).await;
             return Err(e);

@@ -132,6 +132,9 @@ pub struct Reply {
     /// Addresses the provider could still assign (capped).
     #[serde(default)]
     pub free: usize,
+    /// Alloc: the container/interface already had this address (an ADD repeated).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub existing: bool,
 }
 
 fn now() -> u64 {
@@ -356,7 +359,7 @@ impl<P: Provider> Pool<P> {
             Request::Alloc { network, container, ifname } => {
                 let k = key(&network, &container, &ifname);
                 if let Some(a) = st.allocations.get(&k) {
-                    return Ok(Reply { allocation: Some(a.clone()), ..Reply::default() });
+                    return Ok(Reply { allocation: Some(a.clone()), existing: true, ..Reply::default() });
                 }
                 // The address idle longest, else a new one from the provider.
                 let warm = st.assigned.iter().filter(|(_, t)| **t != 0).min_by_key(|(ip, t)| (**t, **ip)).map(|(ip, _)| *ip);

@@ -3,8 +3,9 @@
 //!
 //! - ADD and DEL latency (each pod its own network namespace; the two plugins take turns, so
 //!   the machine's noise falls on both);
-//! - pod-to-pod TCP throughput (iperf3, 5 s) and TCP request/response rate (1-byte ping-pong
-//!   over one connection, 5 s) between two pods of each network.
+//! - pod-to-pod TCP throughput (iperf3, 3 s) and TCP request/response rate (1-byte ping-pong
+//!   over one connection, 3 s) between two pods of each network, in three rounds taking turns,
+//!   medians printed.
 //!
 //!     cargo run --release -p nodeless-tests --bin cni-bench [-- --pods 100]
 //!
@@ -28,8 +29,11 @@ struct Args {
     #[arg(long, default_value_t = 100)]
     pods: usize,
     /// Seconds per throughput and request/response measurement.
-    #[arg(long, default_value_t = 5)]
+    #[arg(long, default_value_t = 3)]
     seconds: u64,
+    /// Rounds of the traffic measurements, the two networks taking turns; medians are printed.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Internal: serve 1-byte request/response on this port (run inside a pod).
     #[arg(long, hide = true)]
     rr_server: Option<u16>,
@@ -151,6 +155,15 @@ fn rr_client(addr: &str, seconds: u64) -> Result<()> {
 }
 
 /// TCP throughput (Gbit/s) and request/response rate (per second) from pod `a` to pod `b`.
+/// The median of each field over the rounds.
+fn medians(rounds: &[(f64, f64)]) -> (f64, f64) {
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    (median(rounds.iter().map(|r| r.0).collect()), median(rounds.iter().map(|r| r.1).collect()))
+}
+
 fn traffic(me: &Path, a: &Netns, b: &Netns, b_ip: Ipv4Addr, seconds: u64) -> Result<(f64, f64)> {
     let mut server = b.cmd("iperf3").args(["-s", "-1", "-p", "5201"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("iperf3 (apt-get install iperf3)")?;
     std::thread::sleep(Duration::from_millis(300));
@@ -240,8 +253,13 @@ fn main() -> Result<()> {
     }
     // Traffic between the first two pods of each network.
     let mut traffic_rows = Vec::new();
-    let t0 = traffic(&me, &pods[0][0].0, &pods[0][1].0, ips[0][1], args.seconds)?;
-    let t1 = traffic(&me, &pods[1][0].0, &pods[1][1].0, ips[1][1], args.seconds)?;
+    // Rounds taking turns, medians kept: the machine's noise falls on both.
+    let (mut r0, mut r1) = (Vec::new(), Vec::new());
+    for _ in 0..args.rounds.max(1) {
+        r0.push(traffic(&me, &pods[0][0].0, &pods[0][1].0, ips[0][1], args.seconds)?);
+        r1.push(traffic(&me, &pods[1][0].0, &pods[1][1].0, ips[1][1], args.seconds)?);
+    }
+    let (t0, t1) = (medians(&r0), medians(&r1));
     traffic_rows.push(("pod-to-pod TCP (Gbit/s)".to_string(), t0.0, t1.0));
     traffic_rows.push(("pod-to-pod request/response (/s)".to_string(), t0.1, t1.1));
 
