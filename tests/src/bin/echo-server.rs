@@ -135,7 +135,7 @@ fn main() {
         }
     };
     serve_udp(&port, pod.clone());
-    println!("echo-server: pod {pod} listening on :{port} (TCP and UDP)");
+    println!("echo-server: pod {pod} listening on :{port}");
     for stream in listener.incoming().flatten() {
         let pod = pod.clone();
         std::thread::spawn(move || {
