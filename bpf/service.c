@@ -5,17 +5,12 @@
 #include <linux/bpf.h>
 #include <linux/in.h>
 #include <bpf/bpf_helpers.h>
-#include <bpf/bpf_endian.h>
 
 #include "service.h"
 
 /* From <sys/socket.h>, which a BPF build cannot include. */
 #define SOCK_STREAM 1
 #define SOCK_DGRAM 2
-#define AF_INET 2
-
-/* One 32-bit load, which the kernel's context rewriting expects. */
-#define READ_ONCE(x) (*(volatile typeof(x) *)&(x))
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -44,13 +39,6 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } nl_lb_stats SEC(".maps");
-
-struct {
-	__uint(type, BPF_MAP_TYPE_SOCKHASH);
-	__uint(max_entries, 65536);
-	__type(key, struct sock_key);
-	__type(value, __u32);
-} nl_sockets SEC(".maps");
 
 #define NS_PER_SEC 1000000000ULL
 
@@ -172,53 +160,6 @@ SEC("cgroup/getpeername4")
 int lb_getpeername4(struct bpf_sock_addr *ctx)
 {
 	return reverse(ctx);
-}
-
-/* 127.0.0.0/8: the same loopback address exists in every pod's namespace, so such connections
- * never enter nl_sockets (two pods' loopback connections could share a key). */
-static __always_inline int loopback(__u32 addr_be)
-{
-	return (bpf_ntohl(addr_be) >> 24) == 127;
-}
-
-/* Established TCP sockets of the cgroup enter nl_sockets (and leave it when they close). */
-SEC("sockops")
-int lb_sockops(struct bpf_sock_ops *ops)
-{
-	if (ops->family != AF_INET)
-		return 0;
-	if (ops->op != BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB && ops->op != BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB)
-		return 0;
-	struct sock_key key = {
-		.local_ip = ops->local_ip4,
-		.remote_ip = ops->remote_ip4,
-		/* local_port is in host order, remote_port in network order in the upper half. */
-		.local_port = (__u16)(bpf_htonl(ops->local_port) >> 16),
-		.remote_port = (__u16)(READ_ONCE(ops->remote_port) >> 16),
-	};
-	if (loopback(key.local_ip) || loopback(key.remote_ip))
-		return 0;
-	if (bpf_sock_hash_update(ops, &nl_sockets, &key, BPF_ANY) == 0)
-		count(NL_LB_SOCKET_ADDED);
-	return 0;
-}
-
-/* A message on a socket of nl_sockets: when the other end of the connection is there too (a
- * pod of this node), into its receive queue; otherwise on through TCP as usual. */
-SEC("sk_msg")
-int lb_sk_msg(struct sk_msg_md *msg)
-{
-	if (msg->family != AF_INET)
-		return SK_PASS;
-	struct sock_key peer = {
-		.local_ip = msg->remote_ip4,
-		.remote_ip = msg->local_ip4,
-		.local_port = (__u16)(READ_ONCE(msg->remote_port) >> 16),
-		.remote_port = (__u16)(bpf_htonl(msg->local_port) >> 16),
-	};
-	if (bpf_msg_redirect_hash(msg, &nl_sockets, &peer, BPF_F_INGRESS) == SK_PASS)
-		count(NL_LB_SHORTCUT);
-	return SK_PASS;
 }
 
 char LICENSE[] SEC("license") = "GPL";

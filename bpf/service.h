@@ -55,25 +55,13 @@ struct revnat_value {
 	__u16 pad;
 };
 
-/* nl_sockets (SOCKHASH): established TCP sockets of the cgroup, by their own view of the
- * connection; ports in network order. A message sent on one socket whose peer is also here
- * goes straight into the peer's receive queue, past both TCP/IP stacks. */
-struct sock_key {
-	__u32 local_ip;
-	__u32 remote_ip;
-	__u16 local_port;
-	__u16 remote_port;
-};
-
 /* nl_lb_stats: per-CPU counters, by what happened to a socket call. */
 enum nl_lb_stat {
 	NL_LB_TRANSLATED = 0,  /* a service address replaced by an endpoint */
 	NL_LB_AFFINITY = 1,    /* ... the client's previous endpoint, by ClientIP affinity */
 	NL_LB_NO_ENDPOINT = 2, /* refused: the service has no ready endpoint */
 	NL_LB_REVERSED = 3,    /* an endpoint shown as its service address (recvmsg, getpeername) */
-	NL_LB_SOCKET_ADDED = 4,/* an established TCP socket entered nl_sockets */
-	NL_LB_SHORTCUT = 5,    /* a message handed straight to the peer socket */
-	NL_LB_STAT_MAX = 6,
+	NL_LB_STAT_MAX = 4,
 };
 
 #endif

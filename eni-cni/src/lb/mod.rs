@@ -16,9 +16,9 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use aya::EbpfLoader;
-use aya::maps::{HashMap, Map, MapData, PerCpuArray, SockHash};
+use aya::maps::{HashMap, Map, MapData, PerCpuArray};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::{CgroupAttachMode, CgroupSockAddr, SkMsg, SockOps};
+use aya::programs::{CgroupAttachMode, CgroupSockAddr};
 
 pub use table::{Backend, Entry, Frontend, Proto, Table};
 
@@ -29,14 +29,6 @@ pub const SERVICES_MAP: &str = "nl_services";
 pub const AFFINITY_MAP: &str = "nl_affinity";
 pub const REVNAT_MAP: &str = "nl_revnat";
 pub const STATS_MAP: &str = "nl_lb_stats";
-pub const SOCKETS_MAP: &str = "nl_sockets";
-/// Every map, pinned by name.
-const MAPS: [&str; 5] = [SERVICES_MAP, AFFINITY_MAP, REVNAT_MAP, STATS_MAP, SOCKETS_MAP];
-/// The socket shortcut: established TCP sockets into `nl_sockets` (attached to the cgroup,
-/// its link pinned), and messages between two of them past TCP (attached to the map).
-pub const SOCKOPS: &str = "lb_sockops";
-pub const SK_MSG: &str = "lb_sk_msg";
-pub const SOCK_KEY_SIZE: usize = 12;
 /// The programs, by the hook each is attached at.
 pub const PROGRAMS: [&str; 4] = [
     "lb_connect4",
@@ -46,7 +38,7 @@ pub const PROGRAMS: [&str; 4] = [
 ];
 
 /// `enum nl_lb_stat`, in order.
-pub const STATS: [&str; 6] = ["translated", "affinity", "no-endpoint", "reversed", "socket-added", "shortcut"];
+pub const STATS: [&str; 4] = ["translated", "affinity", "no-endpoint", "reversed"];
 
 pub const SVC_KEY_SIZE: usize = 12;
 pub const SVC_VALUE_SIZE: usize = 12;
@@ -180,13 +172,16 @@ impl Pins {
     }
 
     fn complete(&self) -> bool {
-        PROGRAMS.iter().chain([&SOCKOPS]).all(|p| self.link(p).exists()) && MAPS.iter().all(|m| self.map(m).exists())
+        PROGRAMS.iter().all(|p| self.link(p).exists())
+            && [SERVICES_MAP, AFFINITY_MAP, REVNAT_MAP, STATS_MAP]
+                .iter()
+                .all(|m| self.map(m).exists())
     }
 
     /// Detach the programs and remove every pin; whatever is already gone is skipped.
     pub fn remove(&self) -> Result<(), LbError> {
         let mut first_error = None;
-        for p in PROGRAMS.iter().chain([&SOCKOPS]) {
+        for p in PROGRAMS {
             let link = self.link(p);
             if !link.exists() {
                 continue;
@@ -202,7 +197,7 @@ impl Pins {
                 first_error.get_or_insert(e);
             }
         }
-        for m in MAPS {
+        for m in [SERVICES_MAP, AFFINITY_MAP, REVNAT_MAP, STATS_MAP] {
             let _ = std::fs::remove_file(self.map(m));
         }
         let _ = std::fs::remove_dir(self.dir.join("links"));
@@ -436,7 +431,7 @@ fn load(pins: &Pins, cgroup: &Path) -> Result<(), LbError> {
         let cg = std::fs::File::open(cgroup)
             .map_err(|e| err(&format!("opening the cgroup {}", cgroup.display()), e))?;
         let mut loader = EbpfLoader::new();
-        for m in MAPS {
+        for m in [SERVICES_MAP, AFFINITY_MAP, REVNAT_MAP, STATS_MAP] {
             loader.map_pin_path(m, pins.map(m));
         }
         let mut ebpf = loader
@@ -461,19 +456,6 @@ fn load(pins: &Pins, cgroup: &Path) -> Result<(), LbError> {
             link.pin(pins.link(name))
                 .map_err(|e| err("pinning the link", e))?;
         }
-        // The socket shortcut. The message program is attached to the (pinned) map, which
-        // holds it for as long as the map lives.
-        let sockets: SockHash<MapData, [u8; SOCK_KEY_SIZE]> = SockHash::try_from(ebpf.take_map(SOCKETS_MAP).ok_or_else(|| err("the object has no map", SOCKETS_MAP))?).map_err(|e| err("the sockets map's layout", e))?;
-        let msg: &mut SkMsg = ebpf.program_mut(SK_MSG).ok_or_else(|| err("the object has no program", SK_MSG))?.try_into().map_err(|e| err("the program's type", e))?;
-        msg.load().map_err(|e| err(&format!("loading {SK_MSG} (verifier)"), e))?;
-        let id = msg.attach(sockets.fd()).map_err(|e| err(&format!("attaching {SK_MSG} to {SOCKETS_MAP}"), e))?;
-        // Dropping the handle would detach it; the map keeps the attachment.
-        std::mem::forget(msg.take_link(id).map_err(|e| err("taking the link", e))?);
-        let ops: &mut SockOps = ebpf.program_mut(SOCKOPS).ok_or_else(|| err("the object has no program", SOCKOPS))?.try_into().map_err(|e| err("the program's type", e))?;
-        ops.load().map_err(|e| err(&format!("loading {SOCKOPS} (verifier)"), e))?;
-        let id = ops.attach(&cg, CgroupAttachMode::Single).map_err(|e| err(&format!("attaching {SOCKOPS} to {}", cgroup.display()), e))?;
-        let link: FdLink = ops.take_link(id).map_err(|e| err("taking the link", e))?.try_into().map_err(|e| err("the link's kind", e))?;
-        link.pin(pins.link(SOCKOPS)).map_err(|e| err("pinning the link", e))?;
         Ok(())
     })();
     if result.is_err() {
@@ -533,11 +515,6 @@ mod tests {
             prog.load()
                 .unwrap_or_else(|e| panic!("the verifier accepts {name}: {e}"));
         }
-        let _: SockHash<&MapData, [u8; SOCK_KEY_SIZE]> = SockHash::try_from(ebpf.map(SOCKETS_MAP).expect("sockets")).expect("sockets layout");
-        let ops: &mut SockOps = ebpf.program_mut(SOCKOPS).expect("the program").try_into().expect("a sock_ops program");
-        ops.load().expect("the verifier accepts the sock_ops program");
-        let msg: &mut SkMsg = ebpf.program_mut(SK_MSG).expect("the program").try_into().expect("an sk_msg program");
-        msg.load().expect("the verifier accepts the sk_msg program");
         let header = include_str!("../../../bpf/service.h");
         for (i, name) in STATS.iter().enumerate() {
             let c = format!("NL_LB_{}={i},", name.replace('-', "_").to_uppercase());

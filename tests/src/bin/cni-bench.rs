@@ -57,15 +57,6 @@ impl Netns {
         c.args(["netns", "exec", &self.0, program]);
         c
     }
-    /// `cmd` run in a cgroup, when given (joined before entering the namespace: `ip netns
-    /// exec` mounts a sysfs of its own, without the cgroup hierarchies).
-    fn cmd_in(&self, cgroup: Option<&Path>, program: &str) -> Command {
-        let Some(cg) = cgroup else { return self.cmd(program) };
-        let mut c = Command::new("sh");
-        c.arg("-c").arg(format!("echo $$ > {} && exec \"$@\"", cg.join("cgroup.procs").display()));
-        c.args(["sh", "ip", "netns", "exec", &self.0, program]);
-        c
-    }
 }
 
 impl Drop for Netns {
@@ -77,8 +68,6 @@ impl Drop for Netns {
 struct Cleanup {
     pool: Option<Child>,
     bridge: String,
-    /// eni-cni's socket programs on the pods' cgroup (what `nodeless up --pod-cidr` attaches).
-    sockets: Option<(Child, PathBuf, String)>,
 }
 
 impl Drop for Cleanup {
@@ -87,27 +76,8 @@ impl Drop for Cleanup {
             let _ = p.kill();
             let _ = p.wait();
         }
-        if let Some((mut lb, cgroup, name)) = self.sockets.take() {
-            let _ = Command::new("kill").args(["-TERM", &lb.id().to_string()]).status();
-            let _ = lb.wait();
-            let _ = std::fs::remove_dir_all(Path::new("/sys/fs/bpf/nodeless/lb").join(name));
-            let _ = std::fs::remove_dir(cgroup);
-        }
         let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
     }
-}
-
-fn cgroup2_root() -> Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-    let mut roots: Vec<PathBuf> = mounts
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
-        })
-        .collect();
-    roots.sort_by_key(|p| p.components().count());
-    roots.into_iter().next().context("no cgroup v2 hierarchy is mounted")
 }
 
 struct Plugin {
@@ -194,19 +164,19 @@ fn medians(rounds: &[(f64, f64)]) -> (f64, f64) {
     (median(rounds.iter().map(|r| r.0).collect()), median(rounds.iter().map(|r| r.1).collect()))
 }
 
-fn traffic(me: &Path, a: &Netns, b: &Netns, b_ip: Ipv4Addr, seconds: u64, cgroup: Option<&Path>) -> Result<(f64, f64)> {
-    let mut server = b.cmd_in(cgroup, "iperf3").args(["-s", "-1", "-p", "5201"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("iperf3 (apt-get install iperf3)")?;
+fn traffic(me: &Path, a: &Netns, b: &Netns, b_ip: Ipv4Addr, seconds: u64) -> Result<(f64, f64)> {
+    let mut server = b.cmd("iperf3").args(["-s", "-1", "-p", "5201"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("iperf3 (apt-get install iperf3)")?;
     std::thread::sleep(Duration::from_millis(300));
-    let out = a.cmd_in(cgroup, "iperf3").args(["-c", &b_ip.to_string(), "-p", "5201", "-t", &seconds.to_string(), "-J"]).output()?;
+    let out = a.cmd("iperf3").args(["-c", &b_ip.to_string(), "-p", "5201", "-t", &seconds.to_string(), "-J"]).output()?;
     let _ = server.kill();
     let _ = server.wait();
     let v: Value = serde_json::from_slice(&out.stdout).context("iperf3 output")?;
     let gbps = v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 gave no rate")? / 1e9;
 
-    let mut server = b.cmd_in(cgroup, me.to_str().unwrap_or_default()).args(["--rr-server", "5301"]).stdout(Stdio::piped()).spawn()?;
+    let mut server = b.cmd(me.to_str().unwrap_or_default()).args(["--rr-server", "5301"]).stdout(Stdio::piped()).spawn()?;
     let mut ready = [0u8; 6];
     server.stdout.as_mut().context("rr server stdout")?.read_exact(&mut ready)?;
-    let out = a.cmd_in(cgroup, me.to_str().unwrap_or_default()).args(["--rr-client", &format!("{b_ip}:5301"), "--seconds", &seconds.to_string()]).output()?;
+    let out = a.cmd(me.to_str().unwrap_or_default()).args(["--rr-client", &format!("{b_ip}:5301"), "--seconds", &seconds.to_string()]).output()?;
     let _ = server.kill();
     let _ = server.wait();
     let rate: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().with_context(|| format!("rr client: {}", String::from_utf8_lossy(&out.stderr)))?;
@@ -239,22 +209,7 @@ fn main() -> Result<()> {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let mut cleanup = Cleanup { pool: Some(pool), bridge: format!("nlb{tag}"), sockets: None };
-    // eni-cni's pods run in a cgroup with its socket programs attached, as `nodeless up
-    // --pod-cidr` runs them (the service load balancer with no services, and the shortcut
-    // between established pod sockets); the bridge's pods in none.
-    let cgroup = cgroup2_root()?.join(format!("nlb{tag}"));
-    std::fs::create_dir_all(&cgroup)?;
-    let empty = work.path().join("services.json");
-    std::fs::write(&empty, "[]")?;
-    let lb_name = format!("nlb{tag}");
-    let lb = Command::new(&eni).args(["services", "--name", &lb_name, "--cgroup"]).arg(&cgroup).arg("--table").arg(&empty).stderr(Stdio::null()).spawn()?;
-    cleanup.sockets = Some((lb, cgroup.clone(), lb_name.clone()));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !Path::new("/sys/fs/bpf/nodeless/lb").join(&lb_name).join("links").join("lb_sockops").exists() {
-        anyhow::ensure!(Instant::now() < deadline, "eni-cni services did not attach");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let _cleanup = Cleanup { pool: Some(pool), bridge: format!("nlb{tag}") };
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
         anyhow::ensure!(Instant::now() < deadline, "the pool never listened");
@@ -301,8 +256,8 @@ fn main() -> Result<()> {
     // Rounds taking turns, medians kept: the machine's noise falls on both.
     let (mut r0, mut r1) = (Vec::new(), Vec::new());
     for _ in 0..args.rounds.max(1) {
-        r0.push(traffic(&me, &pods[0][0].0, &pods[0][1].0, ips[0][1], args.seconds, Some(&cgroup))?);
-        r1.push(traffic(&me, &pods[1][0].0, &pods[1][1].0, ips[1][1], args.seconds, None)?);
+        r0.push(traffic(&me, &pods[0][0].0, &pods[0][1].0, ips[0][1], args.seconds)?);
+        r1.push(traffic(&me, &pods[1][0].0, &pods[1][1].0, ips[1][1], args.seconds)?);
     }
     let (t0, t1) = (medians(&r0), medians(&r1));
     traffic_rows.push(("pod-to-pod TCP (Gbit/s)".to_string(), t0.0, t1.0));
