@@ -205,7 +205,7 @@ fn main() -> Result<()> {
         .arg(&socket)
         .arg("--state")
         .arg(work.path().join("pool.redb"))
-        .args(["--cidr", "10.242.0.0/22", "--min-warm", "32", "--max-warm", "64"])
+        .args(["--cidr", "10.242.0.0/22", "--min-warm", "32", "--max-warm", "64", "--no-snat"])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;

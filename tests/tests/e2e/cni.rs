@@ -185,6 +185,13 @@ impl Plugin {
 impl Drop for Plugin {
     fn drop(&mut self) {
         self.stop_pool();
+        // A test that failed half-way may leave pods' fast-path pins or, with the pool killed,
+        // its egress table; both are this test's own (unique network name and CIDR).
+        let _ = std::fs::remove_dir_all(PathBuf::from("/sys/fs/bpf/nodeless").join(&self.network));
+        if self.snat_table().is_some() {
+            let name = format!("nodeless_eni_{}", self.cidr.replace(['.', '/'], "_"));
+            let _ = Command::new("nft").args(["delete", "table", "ip", &name]).status();
+        }
     }
 }
 
