@@ -491,14 +491,14 @@ impl Drop for PodmanStore {
     }
 }
 
-/// Manifests for an echo pod `echo-0` (labelled `app: <app>`, ready on /ready), a headless
-/// Service `echo` in front of it, and a busybox pod `client` that sleeps.
-pub fn echo_service_and_client(app: &str) -> String {
-    use images::{BUSYBOX, ECHO};
+/// The manifest of an echo pod `name` (labelled `app: <app>`, port `http` 8080, ready on
+/// /ready, answering with its name).
+pub fn echo_pod(name: &str, app: &str) -> String {
+    use images::ECHO;
     format!(
         r#"apiVersion: v1
 kind: Pod
-metadata: {{name: echo-0, labels: {{app: {app}}}}}
+metadata: {{name: {name}, labels: {{app: {app}}}}}
 spec:
   containers:
   - name: echo
@@ -506,7 +506,31 @@ spec:
     ports: [{{containerPort: 8080, name: http}}]
     env: [{{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
     readinessProbe: {{httpGet: {{path: /ready, port: http}}, periodSeconds: 1}}
----
+"#
+    )
+}
+
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup/unified` on a hybrid host).
+pub fn cgroup2_root() -> Result<PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    let mut roots: Vec<PathBuf> = mounts
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
+        })
+        .collect();
+    roots.sort_by_key(|p| p.components().count());
+    roots.into_iter().next().ok_or_else(|| anyhow::anyhow!("no cgroup v2 hierarchy is mounted"))
+}
+
+/// Manifests for an echo pod `echo-0` (labelled `app: <app>`, ready on /ready), a headless
+/// Service `echo` in front of it, and a busybox pod `client` that sleeps.
+pub fn echo_service_and_client(app: &str) -> String {
+    use images::BUSYBOX;
+    let echo = echo_pod("echo-0", app);
+    format!(
+        r#"{echo}---
 apiVersion: v1
 kind: Service
 metadata: {{name: echo}}

@@ -92,7 +92,7 @@ impl Setup {
     fn new() -> Result<Setup> {
         let tag = format!("nlsb{}", std::process::id() % 100_000);
         let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?.trim().to_string();
-        let cgroup = cgroup2_root()?.join(&tag);
+        let cgroup = nodeless_tests::cgroup2_root()?.join(&tag);
         let s = Setup { tag, cgroup, forwarding, children: Vec::new() };
         std::fs::create_dir_all(&s.cgroup)?;
         // client 10.253.1.2 <-> host 10.253.1.1; server 10.253.2.2 <-> host 10.253.2.1.
@@ -198,19 +198,6 @@ impl Drop for Setup {
         let _ = std::fs::remove_dir(&self.cgroup);
         let _ = std::fs::write("/proc/sys/net/ipv4/ip_forward", &self.forwarding);
     }
-}
-
-fn cgroup2_root() -> Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-    let mut roots: Vec<PathBuf> = mounts
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
-        })
-        .collect();
-    roots.sort_by_key(|p| p.components().count());
-    roots.into_iter().next().context("no cgroup v2 hierarchy is mounted")
 }
 
 /// Accept and drop connections on each port, until killed.

@@ -22,19 +22,6 @@ fn unique(prefix: &str) -> String {
     )
 }
 
-fn cgroup2_root() -> PathBuf {
-    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
-    let mut roots: Vec<PathBuf> = mounts
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
-        })
-        .collect();
-    roots.sort_by_key(|p| p.components().count());
-    roots.into_iter().next().expect("a cgroup v2 hierarchy")
-}
-
 /// A cgroup v2 directory of the test's own; its processes are killed and it is removed on drop.
 struct Cgroup {
     dir: PathBuf,
@@ -42,7 +29,7 @@ struct Cgroup {
 
 impl Cgroup {
     fn new() -> Cgroup {
-        let dir = cgroup2_root().join(unique("nltest-lb"));
+        let dir = nodeless_tests::cgroup2_root().unwrap().join(unique("nltest-lb"));
         std::fs::create_dir(&dir).unwrap();
         Cgroup { dir }
     }
@@ -291,28 +278,14 @@ fn the_balancer_serves_a_table_to_a_cgroup() {
 #[test]
 fn pods_reach_services_by_cluster_ip() {
     use nodeless_tests::Nodeless;
-    use nodeless_tests::images::{BUSYBOX, ECHO};
+    use nodeless_tests::images::BUSYBOX;
     const V: &str = "1.33";
     let k = 20 + (std::process::id() + NEXT.fetch_add(1, Ordering::Relaxed)) % 200;
     let cidr = format!("10.248.{k}.0/24");
     let dns = format!("10.248.{k}.1");
     let n = Nodeless::start_with_node(&["--pod-cidr", &cidr, "--cluster-dns", &dns]).unwrap();
     let node = n.node.clone().unwrap();
-    let echo_pod = |name: &str| {
-        format!(
-            r#"apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, labels: {{app: lb-echo}}}}
-spec:
-  containers:
-  - name: echo
-    image: {ECHO}
-    ports: [{{containerPort: 8080, name: http}}]
-    env: [{{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
-    readinessProbe: {{httpGet: {{path: /ready, port: http}}, periodSeconds: 1}}
-"#
-        )
-    };
+    let echo_pod = |name: &str| nodeless_tests::echo_pod(name, "lb-echo");
     let yaml = format!(
         r#"{}---
 {}---
