@@ -101,6 +101,8 @@ fn shim_path() -> anyhow::Result<PathBuf> {
 pub struct StartedNode {
     pub node: RunningNode,
     pub network: Option<nodeless_eni_cni::node::NodeNetwork>,
+    /// The cgroup the node's pods run under, removed at stop when no pod is left in it.
+    cgroup_parent: String,
 }
 
 impl StartedNode {
@@ -109,6 +111,7 @@ impl StartedNode {
         if let Some(n) = self.network {
             n.stop().await;
         }
+        nodeless_sandbox_node::cgroups::remove_empty(&self.cgroup_parent);
     }
 }
 
@@ -150,6 +153,7 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         None => Arc::new(LoopbackOnly),
     };
     let host_ip = if args.kubelet_listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { args.kubelet_listen.ip().to_string() };
+    let cgroup_parent = nodeless_sandbox_node::node::cgroup_parent(&name);
     let cfg = NodeConfig {
         name,
         data_dir: dir,
@@ -166,7 +170,7 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         shim_binary: shim,
     };
     match nodeless_sandbox_node::node::start(cfg, client).await {
-        Ok(node) => Ok(StartedNode { node, network: pod_network }),
+        Ok(node) => Ok(StartedNode { node, network: pod_network, cgroup_parent }),
         Err(e) => {
             if let Some(n) = pod_network {
                 n.stop().await;

@@ -69,6 +69,26 @@ pub fn bind_v2_controllers() -> Result<Vec<String>, String> {
     }
 }
 
+/// Remove the cgroup `parent` (e.g. `/nodeless/<node>`, as given to the runtime) and then each
+/// level above it, in every hierarchy, as far as they are empty: the kernel refuses to remove a
+/// cgroup that still holds cgroups or processes, so the pods of a node still running (or of
+/// another node) keep theirs. Best effort: nothing is reported.
+pub fn remove_empty(parent: &str) {
+    let root = Path::new("/sys/fs/cgroup");
+    let mut bases = vec![root.to_path_buf()];
+    bases.extend(std::fs::read_dir(root).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    let rel = Path::new(parent.trim_start_matches('/'));
+    for base in &bases {
+        for level in rel.ancestors().filter(|a| !a.as_os_str().is_empty()) {
+            match std::fs::remove_dir(base.join(level)) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(_) => break,
+            }
+        }
+    }
+}
+
 /// Whether crun can run containers on this layout.
 pub fn crun_supported(layout: &Layout) -> bool {
     !matches!(layout, Layout::Hybrid { v2_controllers } if !v2_controllers.is_empty())

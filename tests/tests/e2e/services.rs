@@ -384,4 +384,8 @@ spec:
     nodeless_tests::eventually("the pods' networks to be torn down", 30, || !show(&node).contains(&format!("{ip0} ")));
     drop(n);
     assert!(!Path::new("/sys/fs/bpf/nodeless/lb").join(&node).exists(), "the balancer's pins went with the node");
+    for h in ["unified", "memory", "pids"] {
+        let dir = Path::new("/sys/fs/cgroup").join(h).join("nodeless").join(&node);
+        assert!(!dir.exists(), "the node's cgroup went with it: {}", dir.display());
+    }
 }
