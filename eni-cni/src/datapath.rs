@@ -63,22 +63,24 @@ pub fn host() -> Result<Handle, CniError> {
     Ok(handle)
 }
 
-/// A netlink handle whose socket lives in the namespace at `netns` (opened on a thread that
-/// joins the namespace; the socket stays there when the thread ends).
-pub fn inside(netns: &File) -> Result<Handle, CniError> {
-    let rt = tokio::runtime::Handle::current();
-    let made = std::thread::scope(|s| {
-        s.spawn(|| {
-            let _enter = rt.enter();
-            nix::sched::setns(netns, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string())?;
-            rtnetlink::new_connection().map_err(|e| e.to_string())
-        })
-        .join()
-        .unwrap_or_else(|_| Err("the netlink thread panicked".into()))
-    });
+/// On a thread of its own: join the namespace, open a netlink socket there (it stays there
+/// when the thread ends) and hand its connection to the runtime.
+fn connect_inside(rt: &tokio::runtime::Handle, netns: &File) -> Result<Handle, CniError> {
+    let _enter = rt.enter();
+    let made = nix::sched::setns(netns, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string()).and_then(|()| rtnetlink::new_connection().map_err(|e| e.to_string()));
     let (conn, handle, _) = made.map_err(|e| CniError::new(code::IO, "opening a netlink socket in the container's namespace", e))?;
     tokio::spawn(conn);
     Ok(handle)
+}
+
+fn thread_lost() -> CniError {
+    CniError::new(code::IO, "opening a netlink socket in the container's namespace", "the netlink thread ended without an answer")
+}
+
+/// A netlink handle whose socket lives in the namespace at `netns`.
+pub fn inside(netns: &File) -> Result<Handle, CniError> {
+    let rt = tokio::runtime::Handle::current();
+    std::thread::scope(|s| s.spawn(|| connect_inside(&rt, netns)).join().unwrap_or_else(|_| Err(thread_lost())))
 }
 
 /// [`inside`] without blocking: the thread that joins the namespace runs while the caller's
@@ -88,14 +90,9 @@ pub async fn inside_async(netns: &File) -> Result<Handle, CniError> {
     let rt = tokio::runtime::Handle::current();
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
-        let _enter = rt.enter();
-        let made = nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string()).and_then(|()| rtnetlink::new_connection().map_err(|e| e.to_string()));
-        let _ = tx.send(made);
+        let _ = tx.send(connect_inside(&rt, &ns));
     });
-    let made = rx.await.unwrap_or_else(|_| Err("the netlink thread ended without an answer".into()));
-    let (conn, handle, _) = made.map_err(|e| CniError::new(code::IO, "opening a netlink socket in the container's namespace", e))?;
-    tokio::spawn(conn);
-    Ok(handle)
+    rx.await.unwrap_or_else(|_| Err(thread_lost()))
 }
 
 /// Open a network namespace path; code 3 when it does not exist.

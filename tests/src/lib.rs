@@ -527,7 +527,6 @@ pub fn cgroup2_root() -> Result<PathBuf> {
 /// Manifests for an echo pod `echo-0` (labelled `app: <app>`, ready on /ready), a headless
 /// Service `echo` in front of it, and a busybox pod `client` that sleeps.
 pub fn echo_service_and_client(app: &str) -> String {
-    use images::BUSYBOX;
     let echo = echo_pod("echo-0", app);
     format!(
         r#"{echo}---
@@ -539,7 +538,16 @@ spec:
   selector: {{app: {app}}}
   ports: [{{name: http, port: 8080}}]
 ---
-apiVersion: v1
+{}"#,
+        client_pod()
+    )
+}
+
+/// The manifest of a busybox pod `client` that sleeps (to exec commands in).
+pub fn client_pod() -> String {
+    use images::BUSYBOX;
+    format!(
+        r#"apiVersion: v1
 kind: Pod
 metadata: {{name: client}}
 spec:

@@ -278,7 +278,6 @@ fn the_balancer_serves_a_table_to_a_cgroup() {
 #[test]
 fn pods_reach_services_by_cluster_ip() {
     use nodeless_tests::Nodeless;
-    use nodeless_tests::images::BUSYBOX;
     const V: &str = "1.33";
     let k = 20 + (std::process::id() + NEXT.fetch_add(1, Ordering::Relaxed)) % 200;
     let cidr = format!("10.248.{k}.0/24");
@@ -319,15 +318,10 @@ addressType: IPv4
 ports: [{{name: dns, port: 53, protocol: UDP}}]
 endpoints: [{{addresses: ["{dns}"]}}]
 ---
-apiVersion: v1
-kind: Pod
-metadata: {{name: client}}
-spec:
-  containers:
-  - {{name: c, image: {BUSYBOX}, command: [sleep, "3600"]}}
-"#,
+{}"#,
         echo_pod("echo-0"),
-        echo_pod("echo-1")
+        echo_pod("echo-1"),
+        nodeless_tests::client_pod()
     );
     let out = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&yaml));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
