@@ -2,8 +2,8 @@
 //! loaded with aya and pinned under /sys/fs/bpf/nodeless/<network>/ so it outlives the
 //! short-lived plugin:
 //!
-//! - `from_pod`, the program, attached (TCX) to the ingress of every pod's host end, each link
-//!   pinned as `links/<host end>`;
+//! - `from_pod`, the program, attached to the ingress of every pod's host end as a tc filter
+//!   (clsact, direct action) and pinned again as `links/<host end>`, the record of that attach;
 //! - `nl_pods`, pod address -> host end and pod MAC, filled by ADD, emptied by DEL and GC;
 //! - `nl_stats`, per-CPU counters of what happened to packets (the drop reasons among them).
 //!
@@ -15,7 +15,8 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, Map, MapData, PerCpuArray};
-use aya::programs::links::{FdLink, PinnedLink};
+use aya::programs::links::PinnedLink;
+use aya::programs::tc::{self, NlOptions, TcAttachOptions, TcError, TcHandle};
 use aya::programs::{SchedClassifier, TcAttachType};
 use aya::EbpfLoader;
 use nix::fcntl::{Flock, FlockArg};
@@ -68,6 +69,23 @@ fn err(what: &str, e: impl std::fmt::Display) -> CniError {
 pub const BPFFS: &str = "/sys/fs/bpf";
 
 const ENOENT: i32 = 2;
+const EEXIST: i32 = 17;
+const ENODEV: i32 = 19;
+const EINVAL: i32 = 22;
+
+/// The fast path's filter priority on a host end (the interface is ours alone).
+const FILTER_PRIORITY: u16 = 1;
+
+/// Remove the fast path's filter from a host end; nothing to do when the interface or the
+/// filter is already gone.
+fn detach_filter(host_ifname: &str) -> Result<(), CniError> {
+    match tc::qdisc_detach_program(host_ifname, TcAttachType::Ingress, PROGRAM) {
+        Ok(()) => Ok(()),
+        Err(TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(ENODEV) => Ok(()),
+        Err(TcError::NetlinkError(e)) if matches!(e.raw_os_error(), Some(ENOENT) | Some(ENODEV) | Some(EINVAL)) => Ok(()),
+        Err(e) => Err(err(&format!("detaching from {host_ifname}"), e)),
+    }
+}
 
 /// Mount the BPF filesystem where the kernel expects it, if it is not there yet.
 pub fn ensure_bpffs() -> Result<(), CniError> {
@@ -137,14 +155,31 @@ impl Pins {
     }
 
     /// Attach the fast path to a pod's host end and publish the pod.
+    ///
+    /// The program goes on as a classic tc filter, not a TCX link: attaching a TCX link waits
+    /// for a full RCU grace period with the RTNL lock held (~9 ms here), which stalls every
+    /// ADD under way; adding clsact and a cls_bpf filter takes ~0.3 ms each. The filter lives
+    /// as long as the interface; the program pinned under `links/` records it.
     pub fn attach(&self, host_ifname: &str, pod_ip: Ipv4Addr, endpoint: PodEndpoint) -> Result<(), CniError> {
         let _lock = self.lock()?;
         let mut prog = self.program_loaded()?;
-        let _ = std::fs::remove_file(self.link(host_ifname));
-        let id = prog.attach(host_ifname, TcAttachType::Ingress).map_err(|e| err(&format!("attaching to {host_ifname}"), e))?;
+        let marker = self.link(host_ifname);
+        if marker.exists() {
+            // An earlier attach (a pool restarted half-way): replace it.
+            detach_filter(host_ifname)?;
+            let _ = std::fs::remove_file(&marker);
+        }
+        match tc::qdisc_add_clsact(host_ifname) {
+            Ok(()) => {}
+            Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(EEXIST) => {}
+            Err(e) => return Err(err(&format!("adding clsact to {host_ifname}"), e)),
+        }
+        let options = TcAttachOptions::Netlink(NlOptions { priority: FILTER_PRIORITY, handle: TcHandle::new(0, 1), classid: None });
+        let id = prog.attach_with_options(host_ifname, TcAttachType::Ingress, options).map_err(|e| err(&format!("attaching to {host_ifname}"), e))?;
+        // The filter stays when this process ends: the link handle is let go without detaching.
         let link = prog.take_link(id).map_err(|e| err("taking the link", e))?;
-        let fd: FdLink = link.try_into().map_err(|e| err("the link's kind", e))?;
-        fd.pin(self.link(host_ifname)).map_err(|e| err("pinning the link", e))?;
+        std::mem::forget(link);
+        prog.pin(&marker).map_err(|e| err("recording the attach", e))?;
         self.pods_map()?.insert(key(pod_ip), endpoint.encode(), 0).map_err(|e| err("publishing the pod", e))
     }
 
@@ -157,6 +192,8 @@ impl Pins {
         let _lock = self.lock()?;
         let link = self.link(host_ifname);
         if link.exists() {
+            detach_filter(host_ifname)?;
+            // The record is a pinned program (a pinned TCX link from an earlier version).
             match PinnedLink::from_pin(&link) {
                 Ok(l) => drop(l.unpin().map_err(|e| err("unpinning the link", e))?),
                 Err(_) => std::fs::remove_file(&link).map_err(|e| err("removing the link pin", e))?,
