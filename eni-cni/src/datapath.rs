@@ -29,6 +29,12 @@ pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
 /// The MAC of every host end, so the pod's neighbour entry needs no lookup.
 pub const HOST_MAC: [u8; 6] = [0xee; 6];
 
+/// BIG TCP for IPv4 (Linux 6.3+): both ends of a pod's veth build and accept TCP segments up
+/// to 192 KiB instead of 64 KiB, a third as many packets through the stack for the same bulk
+/// transfer (Cilium's `enable-ipv4-big-tcp` sets the same size). A kernel without it ignores
+/// the attributes.
+pub const BIG_TCP: u32 = 196_608;
+
 pub fn mac_string(mac: &[u8]) -> String {
     mac.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
 }
@@ -200,6 +206,10 @@ pub async fn veth_create(host: &Handle, pod: impl std::future::Future<Output = R
     let pair = || {
         let mut peer = LinkMessageBuilder::<LinkUnspec>::new().name(ifname.to_string()).setns_by_fd(netns.as_raw_fd());
         let mut end = LinkVeth::new(host_name, ifname).address(HOST_MAC.to_vec()).up();
+        for a in [LinkAttribute::GsoIpv4MaxSize(BIG_TCP), LinkAttribute::GroIpv4MaxSize(BIG_TCP)] {
+            peer = peer.append_extra_attribute(a.clone());
+            end = end.append_extra_attribute(a);
+        }
         if let Some(m) = mtu {
             peer = peer.mtu(m);
             end = end.mtu(m);
@@ -353,4 +363,44 @@ pub async fn del_loopback_address(h: &Handle, ip: Ipv4Addr) -> Result<(), CniErr
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Removes the test's namespace (and with it the pod end; the host end goes with its peer)
+    /// even when an assertion fails.
+    struct Netns(String);
+    impl Drop for Netns {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("ip").args(["netns", "delete", &self.0]).status();
+        }
+    }
+
+    /// Both ends of a pod's veth carry BIG TCP's segment sizes. Needs root (it makes a
+    /// namespace and a veth pair, named after this process, and removes them).
+    #[tokio::test]
+    async fn both_veth_ends_take_big_tcp() {
+        if !nix::unistd::Uid::effective().is_root() {
+            eprintln!("skipped: needs root");
+            return;
+        }
+        let ns = Netns(format!("nlgso{}", std::process::id()));
+        assert!(std::process::Command::new("ip").args(["netns", "add", &ns.0]).status().unwrap().success());
+        let file = open_netns(&Path::new("/run/netns").join(&ns.0)).unwrap();
+        let host = host().unwrap();
+        let host_name = format!("nlgso{}", std::process::id());
+        let (_, pod) = veth_create(&host, inside_async(&file), &file, &host_name, "eth0", None).await.unwrap();
+        let sizes = |l: LinkMessage| {
+            let gso = l.attributes.iter().find_map(|a| if let LinkAttribute::GsoIpv4MaxSize(n) = a { Some(*n) } else { None });
+            let gro = l.attributes.iter().find_map(|a| if let LinkAttribute::GroIpv4MaxSize(n) = a { Some(*n) } else { None });
+            (gso, gro)
+        };
+        let host_end = link(&host, &host_name).await.unwrap().expect("the host end");
+        let pod_end = link(&pod, "eth0").await.unwrap().expect("the pod end");
+        assert_eq!(sizes(host_end), (Some(BIG_TCP), Some(BIG_TCP)), "host end");
+        assert_eq!(sizes(pod_end), (Some(BIG_TCP), Some(BIG_TCP)), "pod end");
+        let _ = delete_link(&host, &host_name).await;
+    }
 }

@@ -4,8 +4,9 @@
 //! - ADD and DEL latency (each pod its own network namespace; the two plugins take turns, so
 //!   the machine's noise falls on both);
 //! - pod-to-pod TCP throughput (iperf3, 3 s) and TCP request/response rate (1-byte ping-pong
-//!   over one connection, 3 s) between two pods of each network, in three rounds taking turns,
-//!   medians printed.
+//!   over one connection, 3 s; client and server on two cores, then on one) between two pods
+//!   of each network, in five rounds taking turns, medians printed. Each process is pinned to
+//!   its core, the same for both networks.
 //!
 //!     cargo run --release -p nodeless-tests --bin cni-bench [-- --pods 100]
 //!
@@ -32,7 +33,7 @@ struct Args {
     #[arg(long, default_value_t = 3)]
     seconds: u64,
     /// Rounds of the traffic measurements, the two networks taking turns; medians are printed.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Internal: serve 1-byte request/response on this port (run inside a pod).
     #[arg(long, hide = true)]
@@ -154,33 +155,41 @@ fn rr_client(addr: &str, seconds: u64) -> Result<()> {
     Ok(())
 }
 
-/// TCP throughput (Gbit/s) and request/response rate (per second) from pod `a` to pod `b`.
 /// The median of each field over the rounds.
-fn medians(rounds: &[(f64, f64)]) -> (f64, f64) {
-    let median = |mut v: Vec<f64>| {
+fn medians(rounds: &[[f64; 3]]) -> [f64; 3] {
+    let median = |i: usize| {
+        let mut v: Vec<f64> = rounds.iter().map(|r| r[i]).collect();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    (median(rounds.iter().map(|r| r.0).collect()), median(rounds.iter().map(|r| r.1).collect()))
+    [median(0), median(1), median(2)]
 }
 
-fn traffic(me: &Path, a: &Netns, b: &Netns, b_ip: Ipv4Addr, seconds: u64) -> Result<(f64, f64)> {
-    let mut server = b.cmd("iperf3").args(["-s", "-1", "-p", "5201"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("iperf3 (apt-get install iperf3)")?;
+fn request_response(me: &Path, a: &Netns, b: &Netns, b_ip: Ipv4Addr, seconds: u64, cores: (&str, &str)) -> Result<f64> {
+    let me = me.to_str().unwrap_or_default();
+    let mut server = b.cmd("taskset").args(["-c", cores.1, me, "--rr-server", "5301"]).stdout(Stdio::piped()).spawn()?;
+    let mut ready = [0u8; 6];
+    server.stdout.as_mut().context("rr server stdout")?.read_exact(&mut ready)?;
+    let out = a.cmd("taskset").args(["-c", cores.0, me, "--rr-client", &format!("{b_ip}:5301"), "--seconds", &seconds.to_string()]).output()?;
+    let _ = server.kill();
+    let _ = server.wait();
+    String::from_utf8_lossy(&out.stdout).trim().parse().with_context(|| format!("rr client: {}", String::from_utf8_lossy(&out.stderr)))
+}
+
+/// TCP throughput (Gbit/s) from pod `a` to pod `b`, and request/response rates (per second)
+/// with client and server on two cores and on one. Each process keeps to its core (the same
+/// for both networks): the scheduler moving them about was most of the spread between rounds.
+fn traffic(me: &Path, a: &Netns, b: &Netns, b_ip: Ipv4Addr, seconds: u64) -> Result<[f64; 3]> {
+    let mut server = b.cmd("taskset").args(["-c", "1", "iperf3", "-s", "-1", "-p", "5201"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("iperf3 (apt-get install iperf3)")?;
     std::thread::sleep(Duration::from_millis(300));
-    let out = a.cmd("iperf3").args(["-c", &b_ip.to_string(), "-p", "5201", "-t", &seconds.to_string(), "-J"]).output()?;
+    let out = a.cmd("taskset").args(["-c", "0", "iperf3", "-c", &b_ip.to_string(), "-p", "5201", "-t", &seconds.to_string(), "-J"]).output()?;
     let _ = server.kill();
     let _ = server.wait();
     let v: Value = serde_json::from_slice(&out.stdout).context("iperf3 output")?;
     let gbps = v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 gave no rate")? / 1e9;
-
-    let mut server = b.cmd(me.to_str().unwrap_or_default()).args(["--rr-server", "5301"]).stdout(Stdio::piped()).spawn()?;
-    let mut ready = [0u8; 6];
-    server.stdout.as_mut().context("rr server stdout")?.read_exact(&mut ready)?;
-    let out = a.cmd(me.to_str().unwrap_or_default()).args(["--rr-client", &format!("{b_ip}:5301"), "--seconds", &seconds.to_string()]).output()?;
-    let _ = server.kill();
-    let _ = server.wait();
-    let rate: f64 = String::from_utf8_lossy(&out.stdout).trim().parse().with_context(|| format!("rr client: {}", String::from_utf8_lossy(&out.stderr)))?;
-    Ok((gbps, rate))
+    let two = request_response(me, a, b, b_ip, seconds, ("0", "1"))?;
+    let one = request_response(me, a, b, b_ip, seconds, ("0", "0"))?;
+    Ok([gbps, two, one])
 }
 
 // The plugins take turns at each pod index, so the loops index two lists by position.
@@ -260,8 +269,9 @@ fn main() -> Result<()> {
         r1.push(traffic(&me, &pods[1][0].0, &pods[1][1].0, ips[1][1], args.seconds)?);
     }
     let (t0, t1) = (medians(&r0), medians(&r1));
-    traffic_rows.push(("pod-to-pod TCP (Gbit/s)".to_string(), t0.0, t1.0));
-    traffic_rows.push(("pod-to-pod request/response (/s)".to_string(), t0.1, t1.1));
+    traffic_rows.push(("pod-to-pod TCP (Gbit/s)".to_string(), t0[0], t1[0]));
+    traffic_rows.push(("request/response, two cores (/s)".to_string(), t0[1], t1[1]));
+    traffic_rows.push(("request/response, one core (/s)".to_string(), t0[2], t1[2]));
 
     let mut del: Vec<Vec<Duration>> = vec![Vec::new(), Vec::new()];
     for i in 0..args.pods {
