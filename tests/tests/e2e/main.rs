@@ -5,6 +5,7 @@ mod bad_input;
 mod cni;
 mod dns;
 mod durability;
+mod ingress;
 mod kubectl;
 mod lifecycle;
 mod node;

@@ -1,0 +1,128 @@
+//! The HTTP proxy on pingora: each request is routed by the current table (Host, path), sent
+//! round robin to one of its upstream's ready endpoints, and answered by the ingress itself when
+//! there is nowhere to send it (404 with no rule, 503 naming the reason when the backend cannot
+//! take it: never a hang).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{ProxyHttp, Session};
+
+use crate::routes::{Decision, Table, Target, Upstream};
+
+/// Connect attempts for one request (the first and up to two retries on other endpoints).
+const CONNECT_TRIES: usize = 3;
+
+pub struct Ingress {
+    pub table: Arc<ArcSwap<Table>>,
+    /// `http` or `https`: what this listener tells the upstream in X-Forwarded-Proto.
+    pub scheme: &'static str,
+}
+
+#[derive(Default)]
+pub struct Ctx {
+    upstream: Option<Arc<Upstream>>,
+    tried: Vec<SocketAddr>,
+    request_id: String,
+}
+
+/// The request's host: the Host header, or the authority of an HTTP/2 request.
+fn request_host(req: &RequestHeader) -> String {
+    req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string).or_else(|| req.uri.authority().map(|a| a.to_string())).unwrap_or_default()
+}
+
+async fn respond(session: &mut Session, status: u16, body: String) -> Result<bool> {
+    let mut resp = ResponseHeader::build(status, Some(3))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, (body.len() + 1).to_string())?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(Bytes::from(body + "\n")), true).await?;
+    Ok(true)
+}
+
+fn idempotent(method: &http::Method) -> bool {
+    matches!(*method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::PUT | http::Method::DELETE | http::Method::TRACE)
+}
+
+#[async_trait]
+impl ProxyHttp for Ingress {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let req = session.req_header();
+        let host = request_host(req);
+        let path = req.uri.path().to_string();
+        ctx.request_id = req.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
+        let table = self.table.load();
+        let target = match table.route(&host, &path) {
+            Decision::Route(r) => r.target.clone(),
+            Decision::Default(t, _) => t.clone(),
+            Decision::NotFound => return respond(session, 404, format!("no ingress rule matches host {:?} and path {path:?}", crate::routes::normalize_host(&host))).await,
+        };
+        match target {
+            Target::Upstream(u) => {
+                ctx.upstream = Some(u);
+                Ok(false)
+            }
+            Target::Unavailable(reason) => respond(session, 503, reason).await,
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let u = ctx.upstream.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))?;
+        let addr = u.pick(&ctx.tried).ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), format!("service {} has no ready endpoints", u.name)))?;
+        ctx.tried.push(addr);
+        let mut peer = HttpPeer::new(addr, false, String::new());
+        peer.options.connection_timeout = Some(Duration::from_secs(5));
+        peer.options.read_timeout = Some(Duration::from_secs(60));
+        peer.options.write_timeout = Some(Duration::from_secs(60));
+        peer.options.idle_timeout = Some(Duration::from_secs(90));
+        if u.h2c {
+            peer.options.set_http_version(2, 2);
+        }
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
+        // Nothing reached the endpoint: an idempotent request goes to another one.
+        let others = ctx.upstream.as_ref().map(|u| u.endpoints.len()).unwrap_or(0);
+        if idempotent(&session.req_header().method) && ctx.tried.len() < CONNECT_TRIES.min(others.max(1)) {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(&self, session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+        let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string());
+        let host = request_host(session.req_header());
+        if let Some(ip) = client {
+            let xff = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+                Some(prior) if !prior.is_empty() => format!("{prior}, {ip}"),
+                _ => ip,
+            };
+            req.insert_header("x-forwarded-for", xff)?;
+        }
+        req.insert_header("x-forwarded-proto", self.scheme)?;
+        if !host.is_empty() {
+            req.insert_header("x-forwarded-host", host)?;
+        }
+        req.insert_header("x-request-id", ctx.request_id.clone())?;
+        Ok(())
+    }
+
+    async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        resp.insert_header("x-request-id", ctx.request_id.clone())?;
+        Ok(())
+    }
+}

@@ -1,0 +1,95 @@
+//! Keeps the routing table and the certificates in step with the control API through `kube`
+//! reflectors: after a change (and a short settle, so a burst is one rebuild) the table is built
+//! whole and swapped in; requests under way keep the table they started with. The address the
+//! ingress answers on is published in the `status.loadBalancer` of every Ingress it serves.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{Secret, Service};
+use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
+use kube::Api;
+use kube::api::{Patch, PatchParams};
+use kube::runtime::{WatchStreamExt, reflector, watcher};
+use serde_json::json;
+
+use crate::routes::{self, Table};
+use crate::tls::Certs;
+
+/// How long after a change more changes are gathered into the same rebuild.
+const SETTLE: Duration = Duration::from_millis(20);
+
+fn stream<K>(api: Api<K>) -> (reflector::Store<K>, futures::stream::BoxStream<'static, Result<(), String>>)
+where
+    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
+{
+    let (store, writer) = reflector::store::<K>();
+    let s = reflector(writer, watcher(api, watcher::Config::default())).default_backoff().map(|e| e.map(|_| ()).map_err(|e| e.to_string())).boxed();
+    (store, s)
+}
+
+fn listed<K>(store: &reflector::Store<K>) -> bool
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    futures::FutureExt::now_or_never(store.wait_until_ready()).is_some_and(|r| r.is_ok())
+}
+
+pub async fn run(client: kube::Client, table: Arc<ArcSwap<Table>>, certs: Arc<Certs>, address: Option<String>) {
+    let (ingresses, s1) = stream(Api::<Ingress>::all(client.clone()));
+    let (classes, s2) = stream(Api::<IngressClass>::all(client.clone()));
+    let (services, s3) = stream(Api::<Service>::all(client.clone()));
+    let (slices, s4) = stream(Api::<EndpointSlice>::all(client.clone()));
+    let (secrets, s5) = stream(Api::<Secret>::all(client.clone()));
+    let mut events = futures::stream::select_all([s1, s2, s3, s4, s5]);
+    while let Some(e) = events.next().await {
+        if let Err(e) = e {
+            tracing::debug!(error = %e, "watch (the table keeps what it holds)");
+            continue;
+        }
+        let deadline = tokio::time::Instant::now() + SETTLE;
+        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, events.next()).await {}
+        if !(listed(&ingresses) && listed(&classes) && listed(&services) && listed(&slices) && listed(&secrets)) {
+            continue;
+        }
+        let all_ingresses = ingresses.state();
+        let built = routes::build(&all_ingresses, &classes.state(), &services.state(), &slices.state());
+        let by_name: HashMap<String, Arc<Secret>> = secrets.state().into_iter().map(|s| (format!("{}/{}", s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default()), s)).collect();
+        for problem in certs.update(&built.tls, &by_name) {
+            tracing::warn!(%problem, "TLS certificate left out");
+        }
+        tracing::debug!(ingresses = built.ingresses.len(), tls_hosts = certs.hosts(), "routing table rebuilt");
+        let served = built.ingresses.clone();
+        table.store(Arc::new(built));
+        if let Some(addr) = &address {
+            publish(&client, &all_ingresses, &served, addr).await;
+        }
+    }
+}
+
+/// Write the ingress's address into the status of each served Ingress that lacks it.
+async fn publish(client: &kube::Client, all: &[Arc<Ingress>], served: &[String], address: &str) {
+    let lb = if address.parse::<std::net::IpAddr>().is_ok() { json!({"ip": address}) } else { json!({"hostname": address}) };
+    for ing in all {
+        let ns = ing.metadata.namespace.clone().unwrap_or_default();
+        let name = ing.metadata.name.clone().unwrap_or_default();
+        let id = format!("{ns}/{name}");
+        if !served.contains(&id) {
+            continue;
+        }
+        let current = ing.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|l| l.ingress.as_ref()).map(|v| v.iter().any(|i| i.ip.as_deref() == Some(address) || i.hostname.as_deref() == Some(address))).unwrap_or(false);
+        if current {
+            continue;
+        }
+        let api: Api<Ingress> = Api::namespaced(client.clone(), &ns);
+        match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": [lb]}}}))).await {
+            Ok(_) => tracing::info!(ingress = %id, %address, "address published"),
+            Err(e) => tracing::warn!(ingress = %id, error = %e, "publishing the address"),
+        }
+    }
+}

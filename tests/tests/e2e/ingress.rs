@@ -1,0 +1,184 @@
+//! ingress-l7 end to end: a node with eni-cni runs echo pods behind Services; `ingress-l7`
+//! follows the cluster and curl goes through it. Every Ingress v1 matching rule the API
+//! defines, TLS with two hosts on two certificates chosen by SNI, HTTP/2 by ALPN, the 503 of a
+//! backend that does not exist, the forwarded headers, the published address, and route and
+//! endpoint changes taking effect.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use nodeless_tests::{Nodeless, eventually, workspace_binary};
+
+const V: &str = "1.33";
+
+/// The ingress process, killed on drop.
+struct IngressL7 {
+    child: Child,
+    http: SocketAddr,
+    https: SocketAddr,
+}
+
+impl IngressL7 {
+    fn start(n: &Nodeless) -> IngressL7 {
+        let mut child = Command::new(workspace_binary("ingress-l7").unwrap())
+            .args(["--kubeconfig"])
+            .arg(n.kubeconfig())
+            .args(["--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--address", "127.0.0.1"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        // "ingress-l7: http on A, https on B"
+        let addrs: Vec<SocketAddr> = line.split_whitespace().filter_map(|w| w.trim_end_matches(',').parse().ok()).collect();
+        assert_eq!(addrs.len(), 2, "{line:?}");
+        IngressL7 { child, http: addrs[0], https: addrs[1] }
+    }
+}
+
+impl Drop for IngressL7 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn curl(args: &[&str]) -> Output {
+    Command::new("curl").args(["-sS", "--max-time", "10"]).args(args).output().unwrap()
+}
+
+/// The pod that answered `http://<host><path>` through the ingress, or the status and body
+/// when it was the ingress that answered.
+fn via(ing: &IngressL7, host: &str, path: &str) -> String {
+    let out = curl(&["-H", &format!("Host: {host}"), "-w", "\n%{http_code}", &format!("http://{}{path}", ing.http)]);
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
+    match body.lines().next().and_then(|l| l.strip_prefix("pod: ")) {
+        Some(pod) if code == "200" => pod.to_string(),
+        _ => format!("{code} {}", body.trim()),
+    }
+}
+
+/// A self-signed certificate for `hosts`: (certificate PEM, key PEM).
+fn cert(hosts: &[&str]) -> (String, String) {
+    let c = rcgen::generate_simple_self_signed(hosts.iter().map(|h| h.to_string()).collect::<Vec<_>>()).unwrap();
+    (c.cert.pem(), c.key_pair.serialize_pem())
+}
+
+fn tls_secret(name: &str, (crt, key): &(String, String)) -> String {
+    let indent = |s: &str| s.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
+    format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}\n  tls.key: |\n{}\n", indent(crt), indent(key))
+}
+
+fn service(name: &str) -> String {
+    format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{app: ing-{name}}}\n  ports: [{{name: http, port: 80, targetPort: http}}]\n")
+}
+
+#[test]
+fn ingress_routes_tls_and_http2_through_real_pods() {
+    let k = 20 + std::process::id() % 200;
+    let n = Nodeless::start_with_node(&["--pod-cidr", &format!("10.249.{k}.0/24"), "--cluster-dns", &format!("10.249.{k}.1")]).unwrap();
+    let one = cert(&["one.example"]);
+    let wild = cert(&["*.wild.example"]);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("one.pem"), &one.0).unwrap();
+    std::fs::write(dir.path().join("wild.pem"), &wild.0).unwrap();
+    let path = |p: &str, kind: &str, svc: &str| format!("{{path: {p}, pathType: {kind}, backend: {{service: {{name: {svc}, port: {{number: 80}}}}}}}}");
+    let yaml = [
+        nodeless_tests::echo_pod("echo-a", "ing-a"),
+        nodeless_tests::echo_pod("echo-b", "ing-b"),
+        nodeless_tests::echo_pod("echo-c", "ing-c"),
+        service("a"),
+        service("b"),
+        service("c"),
+        tls_secret("tls-one", &one),
+        tls_secret("tls-wild", &wild),
+        "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata:\n  name: nodeless\n  annotations: {ingressclass.kubernetes.io/is-default-class: \"true\"}\nspec: {controller: nodeless.io/ingress-l7}\n".to_string(),
+        format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: routes}}\nspec:\n  tls:\n  - {{hosts: [one.example], secretName: tls-one}}\n  - {{hosts: [\"*.wild.example\"], secretName: tls-wild}}\n  rules:\n  - http:\n      paths: [{}, {}, {}, {}]\n  - host: \"*.foo.com\"\n    http: {{paths: [{}]}}\n  - host: one.example\n    http: {{paths: [{}]}}\n  - host: x.wild.example\n    http: {{paths: [{}]}}\n",
+            path("/foo", "Exact", "a"),
+            path("/aaa", "Prefix", "b"),
+            path("/", "Prefix", "c"),
+            path("/missing", "Prefix", "nope"),
+            path("/", "Prefix", "a"),
+            path("/", "Prefix", "b"),
+            path("/", "Prefix", "a"),
+        ),
+        // Another controller's class: this ingress must leave it alone.
+        format!("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: not-ours}}\nspec:\n  ingressClassName: nginx\n  rules:\n  - host: other.example\n    http: {{paths: [{}]}}\n", path("/", "Prefix", "a")),
+    ]
+    .join("---\n");
+    let out = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&yaml));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/echo-a", "pod/echo-b", "pod/echo-c", "--timeout=60s"]);
+
+    let ing = IngressL7::start(&n);
+    eventually("the routes to be served", 20, || via(&ing, "h", "/foo") == "echo-a" && via(&ing, "h", "/aaa") == "echo-b");
+
+    // Paths.
+    assert_eq!(via(&ing, "h", "/foo"), "echo-a");
+    assert_eq!(via(&ing, "h", "/foo/"), "echo-c", "Exact /foo does not match /foo/");
+    assert_eq!(via(&ing, "h", "/aaa"), "echo-b");
+    assert_eq!(via(&ing, "h", "/aaa/"), "echo-b");
+    assert_eq!(via(&ing, "h", "/aaa/ccc"), "echo-b");
+    assert_eq!(via(&ing, "h", "/aaaccc"), "echo-c", "Prefix /aaa does not match /aaaccc");
+    // Hosts.
+    assert_eq!(via(&ing, "bar.foo.com", "/"), "echo-a");
+    assert_eq!(via(&ing, "baz.bar.foo.com", "/"), "echo-c", "*.foo.com covers one label");
+    assert_eq!(via(&ing, "foo.com", "/"), "echo-c", "*.foo.com does not cover foo.com");
+    assert_eq!(via(&ing, "other.example", "/"), "echo-c", "another class's Ingress is not served");
+    // A backend that does not exist: 503 at once, saying why.
+    let started = Instant::now();
+    let missing = via(&ing, "h", "/missing");
+    assert_eq!(missing, "503 service default/nope does not exist");
+    assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+
+    // What the upstream is told.
+    let out = curl(&["-H", "Host: h.example", &format!("http://{}/foo", ing.http)]);
+    let body = String::from_utf8_lossy(&out.stdout);
+    for h in ["x-forwarded-for: 127.0.0.1", "x-forwarded-proto: http", "x-forwarded-host: h.example", "x-request-id: "] {
+        assert!(body.to_ascii_lowercase().contains(h), "{h} missing in\n{body}");
+    }
+
+    // TLS: two hosts, two certificates, chosen by SNI; HTTP/2 by ALPN.
+    let https = |host: &str, ca: &str, extra: &[&str]| {
+        let resolve = format!("{host}:{}:127.0.0.1", ing.https.port());
+        let url = format!("https://{host}:{}/", ing.https.port());
+        let ca = dir.path().join(ca);
+        let mut args = vec!["--resolve", &resolve, "--cacert", ca.to_str().unwrap(), "-w", "\n%{http_version}"];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        curl(&args)
+    };
+    let out = https("one.example", "one.pem", &["--http1.1"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.starts_with("pod: echo-b") && text.ends_with("\n1.1"), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("x-forwarded-proto: https"), "{text}");
+    let out = https("x.wild.example", "wild.pem", &["--http2"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && text.starts_with("pod: echo-a") && text.ends_with("\n2"), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    let out = https("one.example", "wild.pem", &[]);
+    assert!(!out.status.success(), "one.example must not be served the wildcard certificate");
+    let out = https("nocert.example", "one.pem", &[]);
+    assert!(!out.status.success(), "a host without a certificate gets no handshake");
+
+    // The address is published.
+    eventually("status.loadBalancer to show the address", 10, || {
+        n.kubectl_ok(V, &["get", "ingress", "routes", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"]) == "127.0.0.1"
+    });
+
+    // A route change applies within a second or so.
+    n.kubectl_ok(V, &["patch", "ingress", "routes", "--type=json", "-p", r#"[{"op":"replace","path":"/spec/rules/0/http/paths/0/backend/service/name","value":"b"}]"#]);
+    let changed = Instant::now();
+    eventually("/foo to move to service b", 10, || via(&ing, "h", "/foo") == "echo-b");
+    let took = changed.elapsed();
+    eprintln!("route change served after {took:?}");
+    // An endpoint going: its service answers 503 rather than hanging.
+    n.kubectl_ok(V, &["delete", "pod", "echo-b", "--wait=false"]);
+    eventually("service b's last endpoint to leave", 30, || via(&ing, "h", "/aaa") == "503 service default/b:80 has no ready endpoints");
+    n.kubectl_ok(V, &["delete", "ingress", "routes"]);
+    eventually("the deleted Ingress's routes to go", 10, || via(&ing, "h", "/foo").starts_with("404 no ingress rule matches"));
+}
