@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use clap::Parser;
 use nodeless_ingress_l7::{proxy::Ingress, routes::Table, tls::Certs, watch};
-use pingora_core::apps::ServerApp;
+use pingora_core::apps::{HttpServerOptions, ServerApp};
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::GetSocketDigest;
 use pingora_core::protocols::SocketDigest;
@@ -37,26 +37,45 @@ struct Args {
     /// The address published in the status of the Ingresses served.
     #[arg(long)]
     address: Option<String>,
+    /// Worker threads, each with its own listeners and event loop (default: one per CPU).
+    #[arg(long)]
+    threads: Option<usize>,
 }
+
+// The proxy allocates a little for every request; glibc's allocator showed up as a tenth of
+// the CPU under load.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<()> {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).init();
     let args = Args::parse();
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()?.block_on(run(args))
-}
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
 
-async fn run(args: Args) -> Result<()> {
-    let kubeconfig = kube::config::Kubeconfig::read_from(&args.kubeconfig).with_context(|| format!("reading {}", args.kubeconfig.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default()).await.context("the kubeconfig")?;
-    let client = kube::Client::try_from(config).context("the control API client")?;
+    // Every worker thread has its own listening sockets on the same addresses (SO_REUSEPORT:
+    // the kernel spreads connections over them) and its own single-threaded runtime, as nginx's
+    // workers do: a connection stays on one thread, with no wakeups across threads.
+    let mut http = vec![reuseport_listener(&args.http)?];
+    let mut https = vec![reuseport_listener(&args.https)?];
+    let (http_addr, https_addr) = (http[0].local_addr()?, https[0].local_addr()?);
+    for _ in 1..threads {
+        http.push(reuseport_listener(&http_addr.to_string())?);
+        https.push(reuseport_listener(&https_addr.to_string())?);
+    }
 
+    let control = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let client = control.block_on(client(&args.kubeconfig))?;
     let table = Arc::new(ArcSwap::from_pointee(Table::default()));
-    let certs = Arc::new(Certs::default());
-    let http = TcpListener::bind(&args.http).await.with_context(|| format!("binding {}", args.http))?;
-    let https = TcpListener::bind(&args.https).await.with_context(|| format!("binding {}", args.https))?;
-
+    let certs = Arc::new(Certs::new().map_err(anyhow::Error::msg)?);
     let conf = Arc::new(ServerConf::default());
-    let app = |scheme| Arc::new(pingora_proxy::http_proxy(&conf, Ingress { table: table.clone(), scheme }));
+    let app = |scheme| {
+        let mut proxy = pingora_proxy::http_proxy(&conf, Ingress { table: table.clone(), scheme });
+        // Plain listeners also take HTTP/2 with prior knowledge (h2c), beside HTTP/1.1.
+        let mut options = HttpServerOptions::default();
+        options.h2c = scheme == "http";
+        proxy.server_options = Some(options);
+        Arc::new(proxy)
+    };
     let mut server_tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .context("TLS versions")?
@@ -64,20 +83,54 @@ async fn run(args: Args) -> Result<()> {
         .with_cert_resolver(certs.clone());
     server_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = Arc::new(Acceptor::from_server_config(Arc::new(server_tls)));
-
+    let (plain, secure) = (app("http"), app("https"));
     let (stop, shutdown) = tokio::sync::watch::channel(false);
-    println!("ingress-l7: http on {}, https on {}", http.local_addr()?, https.local_addr()?);
-    tokio::spawn(watch::run(client, table.clone(), certs.clone(), args.address.clone()));
-    tokio::spawn(serve(http, app("http"), None, shutdown.clone()));
-    tokio::spawn(serve(https, app("https"), Some(acceptor), shutdown.clone()));
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {}
-        _ = term.recv() => {}
+    for (i, (h, s)) in http.into_iter().zip(https).enumerate() {
+        let (plain, secure, acceptor, shutdown) = (plain.clone(), secure.clone(), acceptor.clone(), shutdown.clone());
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        std::thread::Builder::new().name(format!("ingress-{i}")).spawn(move || {
+            rt.block_on(async move {
+                let (h, s) = match (TcpListener::from_std(h), TcpListener::from_std(s)) {
+                    (Ok(h), Ok(s)) => (h, s),
+                    (Err(e), _) | (_, Err(e)) => {
+                        tracing::error!(error = %e, "listening");
+                        return;
+                    }
+                };
+                tokio::join!(serve(h, plain, None, shutdown.clone()), serve(s, secure, Some(acceptor), shutdown));
+            })
+        })?;
     }
-    let _ = stop.send(true);
-    Ok(())
+    println!("ingress-l7: http on {http_addr}, https on {https_addr}");
+    control.block_on(async move {
+        tokio::spawn(watch::run(client, table, certs, args.address.clone()));
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+        let _ = stop.send(true);
+        Ok(())
+    })
+}
+
+async fn client(kubeconfig: &std::path::Path) -> Result<kube::Client> {
+    let file = kube::config::Kubeconfig::read_from(kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await.context("the kubeconfig")?;
+    kube::Client::try_from(config).context("the control API client")
+}
+
+/// A listening socket with SO_REUSEPORT, non-blocking, for a worker's runtime to take.
+fn reuseport_listener(addr: &str) -> Result<std::net::TcpListener> {
+    let addr: std::net::SocketAddr = addr.parse().with_context(|| format!("{addr}: not an address:port"))?;
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    socket.set_reuse_port(true)?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into()).with_context(|| format!("binding {addr}"))?;
+    socket.listen(4096)?;
+    Ok(socket.into())
 }
 
 /// Accept connections and hand each to the proxy (after the TLS handshake on an HTTPS

@@ -1,7 +1,9 @@
 //! Certificates by SNI: the TLS hosts of the Ingresses served, each with the key pair of its
 //! `kubernetes.io/tls` Secret, picked during the handshake (an exact name first, then a `*.`
 //! certificate for the name's parent domain). The set is swapped whole when an Ingress or a
-//! Secret changes, so a renewed certificate is served from the next handshake on.
+//! Secret changes, so a renewed certificate is served from the next handshake on. A client that
+//! names no host, or one without a certificate, gets a self-signed certificate made at start
+//! (as ingress-nginx's "fake certificate"), which it will not trust unless told to.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -13,12 +15,20 @@ use rustls::sign::CertifiedKey;
 
 use crate::routes::{TlsHost, secret_pem};
 
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Certs {
     by_host: ArcSwap<HashMap<String, Arc<CertifiedKey>>>,
+    fallback: Arc<CertifiedKey>,
 }
 
 impl Certs {
+    pub fn new() -> Result<Certs, String> {
+        let c = rcgen::generate_simple_self_signed(vec!["nodeless-ingress.invalid".to_string()]).map_err(|e| format!("making the default certificate: {e}"))?;
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(c.key_pair.serialize_der().into());
+        let signing = rustls::crypto::ring::sign::any_supported_type(&key).map_err(|e| format!("the default certificate's key: {e}"))?;
+        Ok(Certs { by_host: ArcSwap::default(), fallback: Arc::new(CertifiedKey::new(vec![c.cert.der().clone()], signing)) })
+    }
+
     /// Load the certificates for `hosts` from `secrets` (`namespace/name` -> Secret). A Secret
     /// that is missing or unreadable leaves its hosts out; the reasons are returned.
     pub fn update(&self, hosts: &[TlsHost], secrets: &HashMap<String, Arc<Secret>>) -> Vec<String> {
@@ -60,7 +70,7 @@ impl Certs {
 
 impl ResolvesServerCert for Certs {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        hello.server_name().and_then(|n| self.lookup(n))
+        Some(hello.server_name().and_then(|n| self.lookup(n)).unwrap_or_else(|| self.fallback.clone()))
     }
 }
 
@@ -97,7 +107,7 @@ mod tests {
             TlsHost { host: "b.example".into(), secret: "default/bad".into() },
             TlsHost { host: "c.example".into(), secret: "default/absent".into() },
         ];
-        let certs = Certs::default();
+        let certs = Certs::new().unwrap();
         let problems = certs.update(&hosts, &secrets);
         assert_eq!(problems.len(), 2, "{problems:?}");
         assert!(problems.iter().any(|p| p.contains("default/absent") && p.contains("does not exist")), "{problems:?}");

@@ -34,7 +34,7 @@ pub fn nodeless_binary() -> Result<PathBuf> {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
             let release = std::env::current_exe().ok().is_some_and(|p| p.components().any(|c| c.as_os_str() == "release"));
             let mut cmd = Command::new(cargo);
-            cmd.current_dir(workspace_root()).args(["build", "-q", "-p", "nodeless", "-p", "nodeless-sandbox-node", "-p", "nodeless-eni-cni", "-p", "nodeless-tests", "--bins"]);
+            cmd.current_dir(workspace_root()).args(["build", "-q", "-p", "nodeless", "-p", "nodeless-sandbox-node", "-p", "nodeless-eni-cni", "-p", "nodeless-ingress-l7", "-p", "nodeless-tests", "--bins"]);
             if release {
                 cmd.arg("--release");
             }
@@ -557,3 +557,14 @@ spec:
     )
 }
 
+
+/// User plus system CPU time of a process (all its threads) so far, in seconds.
+pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // The fields after the command name (which may hold spaces), from field 3 on.
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow::anyhow!("malformed /proc/{pid}/stat"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    // USER_HZ is 100 on Linux.
+    Ok(ticks as f64 / 100.0)
+}

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use nodeless_tests::{Nodeless, free_port};
+use nodeless_tests::{Nodeless, cpu_seconds, free_port};
 
 #[derive(Parser)]
 struct Args {
@@ -83,17 +83,6 @@ impl Drop for Unbound {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// User plus system CPU time of a process so far, in seconds.
-fn cpu_seconds(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // The fields after the command name (which may hold spaces), from field 3 on.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed /proc/<pid>/stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    // USER_HZ is 100 on Linux.
-    Ok(ticks as f64 / 100.0)
 }
 
 #[derive(Debug, Default)]

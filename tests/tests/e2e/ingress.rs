@@ -163,7 +163,7 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
     let out = https("one.example", "wild.pem", &[]);
     assert!(!out.status.success(), "one.example must not be served the wildcard certificate");
     let out = https("nocert.example", "one.pem", &[]);
-    assert!(!out.status.success(), "a host without a certificate gets no handshake");
+    assert!(!out.status.success(), "a host without a certificate gets the default one, which is not trusted");
 
     // The address is published.
     eventually("status.loadBalancer to show the address", 10, || {
