@@ -3,7 +3,6 @@
 //! there is nowhere to send it (404 with no rule, 503 naming the reason when the backend cannot
 //! take it: never a hang).
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,7 +14,7 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 
-use crate::routes::{Decision, Table, Target, Upstream};
+use crate::routes::{Decision, Settings, Table, Target, Upstream};
 
 /// Connect attempts for one request (the first and up to two retries on other endpoints).
 const CONNECT_TRIES: usize = 3;
@@ -29,8 +28,22 @@ pub struct Ingress {
 #[derive(Default)]
 pub struct Ctx {
     upstream: Option<Arc<Upstream>>,
-    tried: Vec<SocketAddr>,
+    settings: Arc<Settings>,
+    /// Endpoints tried for this request (indices into the upstream's), the last one current.
+    tried: Vec<usize>,
+    /// Whether the current endpoint's request is counted as under way.
+    counted: bool,
+    body_bytes: u64,
     request_id: String,
+}
+
+impl Ctx {
+    fn release(&mut self) {
+        if let (true, Some(u), Some(&i)) = (self.counted, &self.upstream, self.tried.last()) {
+            u.done(i);
+            self.counted = false;
+        }
+    }
 }
 
 /// The request's host: the Host header, or the authority of an HTTP/2 request.
@@ -65,12 +78,24 @@ impl ProxyHttp for Ingress {
         let path = req.uri.path().to_string();
         ctx.request_id = req.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let table = self.table.load();
-        let target = match table.route(&host, &path) {
-            Decision::Route(r) => r.target.clone(),
-            Decision::Default(t, _) => t.clone(),
+        let route = match table.route(&host, &path) {
+            Decision::Route(r) | Decision::Default(r) => r,
             Decision::NotFound => return respond(session, 404, format!("no ingress rule matches host {:?} and path {path:?}", crate::routes::normalize_host(&host))).await,
         };
-        match target {
+        ctx.settings = route.settings.clone();
+        if ctx.settings.ssl_redirect && self.scheme == "http" {
+            let target = format!("https://{}{}", crate::routes::normalize_host(&host), req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
+            let mut resp = ResponseHeader::build(308, Some(2))?;
+            resp.insert_header(http::header::LOCATION, target)?;
+            resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+            session.write_response_header(Box::new(resp), true).await?;
+            return Ok(true);
+        }
+        let declared: Option<u64> = req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+        if ctx.settings.body_limit > 0 && declared.is_some_and(|n| n > ctx.settings.body_limit) {
+            return respond(session, 413, format!("the request body is larger than this route's limit of {} bytes", ctx.settings.body_limit)).await;
+        }
+        match route.target.clone() {
             Target::Upstream(u) => {
                 ctx.upstream = Some(u);
                 Ok(false)
@@ -80,13 +105,16 @@ impl ProxyHttp for Ingress {
     }
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let u = ctx.upstream.as_ref().ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))?;
-        let addr = u.pick(&ctx.tried).ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), format!("service {} has no ready endpoints", u.name)))?;
-        ctx.tried.push(addr);
-        let mut peer = HttpPeer::new(addr, false, String::new());
-        peer.options.connection_timeout = Some(Duration::from_secs(5));
-        peer.options.read_timeout = Some(Duration::from_secs(60));
-        peer.options.write_timeout = Some(Duration::from_secs(60));
+        ctx.release();
+        let u = ctx.upstream.clone().ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))?;
+        let i = u.pick(ctx.settings.balance, &ctx.tried).ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), format!("service {} has no ready endpoints", u.name)))?;
+        ctx.tried.push(i);
+        u.start(i);
+        ctx.counted = true;
+        let mut peer = HttpPeer::new(u.addr(i), false, String::new());
+        peer.options.connection_timeout = Some(ctx.settings.connect_timeout);
+        peer.options.read_timeout = Some(ctx.settings.read_timeout);
+        peer.options.write_timeout = Some(ctx.settings.read_timeout);
         peer.options.idle_timeout = Some(Duration::from_secs(90));
         if u.h2c {
             peer.options.set_http_version(2, 2);
@@ -95,7 +123,12 @@ impl ProxyHttp for Ingress {
     }
 
     fn fail_to_connect(&self, session: &mut Session, _peer: &HttpPeer, ctx: &mut Ctx, mut e: Box<Error>) -> Box<Error> {
-        // Nothing reached the endpoint: an idempotent request goes to another one.
+        // Nothing reached the endpoint: it counts towards ejecting it, and an idempotent
+        // request goes to another one.
+        if let (Some(u), Some(&i)) = (&ctx.upstream, ctx.tried.last()) {
+            u.connect_failed(i);
+        }
+        ctx.release();
         let others = ctx.upstream.as_ref().map(|u| u.endpoints.len()).unwrap_or(0);
         if idempotent(&session.req_header().method) && ctx.tried.len() < CONNECT_TRIES.min(others.max(1)) {
             e.set_retry(true);
@@ -121,8 +154,24 @@ impl ProxyHttp for Ingress {
         Ok(())
     }
 
+    async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, _end: bool, ctx: &mut Ctx) -> Result<()> {
+        // Bodies without a length (chunked) are counted as they stream.
+        ctx.body_bytes += body.as_ref().map(|b| b.len() as u64).unwrap_or(0);
+        if ctx.settings.body_limit > 0 && ctx.body_bytes > ctx.settings.body_limit {
+            return Err(Error::explain(ErrorType::HTTPStatus(413), "request body over the route's limit"));
+        }
+        Ok(())
+    }
+
     async fn response_filter(&self, _session: &mut Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+        if let (Some(u), Some(&i)) = (&ctx.upstream, ctx.tried.last()) {
+            u.connected(i);
+        }
         resp.insert_header("x-request-id", ctx.request_id.clone())?;
         Ok(())
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        ctx.release();
     }
 }

@@ -16,7 +16,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -28,6 +29,76 @@ pub const CONTROLLER: &str = "nodeless.io/ingress-l7";
 pub const DEFAULT_CLASS: &str = "ingressclass.kubernetes.io/is-default-class";
 /// The Service port `appProtocol` that asks for HTTP/2 without TLS to the endpoints.
 pub const H2C: &str = "kubernetes.io/h2c";
+
+/// Per-Ingress settings, from annotations under `nodeless.io/`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// `proxy-connect-timeout` (seconds).
+    pub connect_timeout: Duration,
+    /// `proxy-read-timeout` (seconds): the longest wait for the upstream between reads.
+    pub read_timeout: Duration,
+    /// `proxy-body-size` (bytes, or with k/m/g): larger request bodies get 413. 0: no limit.
+    pub body_limit: u64,
+    /// `ssl-redirect: "true"`: plain HTTP gets a 308 to the same URL over HTTPS.
+    pub ssl_redirect: bool,
+    /// `load-balance: round-robin | least-request` (power of two choices).
+    pub balance: Balance,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    LeastRequest,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings { connect_timeout: Duration::from_secs(5), read_timeout: Duration::from_secs(60), body_limit: 0, ssl_redirect: false, balance: Balance::RoundRobin }
+    }
+}
+
+pub const ANNOTATION_PREFIX: &str = "nodeless.io/";
+
+/// "10", "1k", "8m", "1g" -> bytes.
+fn size(v: &str) -> Option<u64> {
+    let v = v.trim().to_ascii_lowercase();
+    let (num, mult) = match v.chars().last()? {
+        'k' => (&v[..v.len() - 1], 1u64 << 10),
+        'm' => (&v[..v.len() - 1], 1 << 20),
+        'g' => (&v[..v.len() - 1], 1 << 30),
+        _ => (v.as_str(), 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+impl Settings {
+    /// The settings an Ingress's annotations ask for; a value that does not parse keeps the
+    /// default and is reported.
+    pub fn from_annotations(annotations: Option<&BTreeMap<String, String>>) -> (Settings, Vec<String>) {
+        let mut s = Settings::default();
+        let mut problems = Vec::new();
+        for (k, v) in annotations.into_iter().flatten() {
+            let Some(name) = k.strip_prefix(ANNOTATION_PREFIX) else { continue };
+            let secs = || v.trim().parse::<u64>().ok().filter(|n| *n > 0).map(Duration::from_secs);
+            let ok = match name {
+                "proxy-connect-timeout" => secs().map(|d| s.connect_timeout = d).is_some(),
+                "proxy-read-timeout" => secs().map(|d| s.read_timeout = d).is_some(),
+                "proxy-body-size" => size(v).map(|n| s.body_limit = n).is_some(),
+                "ssl-redirect" => v.parse::<bool>().map(|b| s.ssl_redirect = b).is_ok(),
+                "load-balance" => match v.as_str() {
+                    "round-robin" => Some(s.balance = Balance::RoundRobin).is_some(),
+                    "least-request" => Some(s.balance = Balance::LeastRequest).is_some(),
+                    _ => false,
+                },
+                _ => true,
+            };
+            if !ok {
+                problems.push(format!("annotation {k}: {v:?} is not a valid value"));
+            }
+        }
+        (s, problems)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PathKind {
@@ -73,7 +144,8 @@ impl PathRule {
     }
 }
 
-/// An upstream: the ready endpoints of one Service port.
+/// An upstream: the ready endpoints of one Service port, with what the balancer keeps about
+/// each (requests under way, connect failures in a row, ejected until when).
 #[derive(Debug)]
 pub struct Upstream {
     /// `namespace/service:port`, for logs, metrics and error bodies.
@@ -82,22 +154,95 @@ pub struct Upstream {
     /// HTTP/2 without TLS to the endpoints (the port's appProtocol is `kubernetes.io/h2c`).
     pub h2c: bool,
     next: AtomicUsize,
+    outstanding: Vec<AtomicUsize>,
+    failures: Vec<AtomicUsize>,
+    /// Milliseconds since `epoch` until which the endpoint is left out (0: not ejected).
+    ejected_until: Vec<AtomicU64>,
+    epoch: Instant,
 }
+
+/// Connect failures in a row that eject an endpoint, and for how long.
+pub const EJECT_AFTER: usize = 3;
+pub const EJECT_FOR: Duration = Duration::from_secs(10);
 
 impl Upstream {
     pub fn new(name: String, endpoints: Vec<SocketAddr>, h2c: bool) -> Upstream {
-        Upstream { name, endpoints, h2c, next: AtomicUsize::new(0) }
+        let n = endpoints.len();
+        let counters = || (0..n).map(|_| AtomicUsize::new(0)).collect();
+        Upstream { name, endpoints, h2c, next: AtomicUsize::new(0), outstanding: counters(), failures: counters(), ejected_until: (0..n).map(|_| AtomicU64::new(0)).collect(), epoch: Instant::now() }
     }
 
-    /// Round robin over the endpoints, skipping those in `skip` (tried already) while others
-    /// are left.
-    pub fn pick(&self, skip: &[SocketAddr]) -> Option<SocketAddr> {
-        let n = self.endpoints.len();
-        if n == 0 {
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Endpoints that may be picked: not tried already for this request and not ejected; when
+    /// that leaves none, ejection is ignored (a guess beats a certain failure), then tries.
+    fn candidates(&self, skip: &[usize]) -> Vec<usize> {
+        let now = self.now_ms();
+        let untried: Vec<usize> = (0..self.endpoints.len()).filter(|i| !skip.contains(i)).collect();
+        let live: Vec<usize> = untried.iter().copied().filter(|&i| self.ejected_until[i].load(Ordering::Relaxed) <= now).collect();
+        if !live.is_empty() {
+            live
+        } else if !untried.is_empty() {
+            untried
+        } else {
+            (0..self.endpoints.len()).collect()
+        }
+    }
+
+    /// Pick an endpoint (its index) by `balance`, skipping those in `skip` (tried already for
+    /// this request) and ejected ones while others are left.
+    pub fn pick(&self, balance: Balance, skip: &[usize]) -> Option<usize> {
+        let c = self.candidates(skip);
+        if c.is_empty() {
             return None;
         }
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..n).map(|i| self.endpoints[(start + i) % n]).find(|e| !skip.contains(e)).or_else(|| Some(self.endpoints[start % n]))
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        Some(match balance {
+            Balance::RoundRobin => c[n % c.len()],
+            Balance::LeastRequest => {
+                // Power of two choices: two distinct candidates, the one with fewer requests
+                // under way (a cheap spread of the round-robin counter stands for randomness).
+                let a = c[n % c.len()];
+                let b = c[(n.wrapping_mul(2_654_435_761) >> 7) % c.len()];
+                if self.outstanding[b].load(Ordering::Relaxed) < self.outstanding[a].load(Ordering::Relaxed) { b } else { a }
+            }
+        })
+    }
+
+    pub fn addr(&self, i: usize) -> SocketAddr {
+        self.endpoints[i]
+    }
+
+    /// A request to endpoint `i` starts; `done` when it ends.
+    pub fn start(&self, i: usize) {
+        self.outstanding[i].fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn done(&self, i: usize) {
+        let _ = self.outstanding[i].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+    }
+
+    pub fn outstanding(&self, i: usize) -> usize {
+        self.outstanding[i].load(Ordering::Relaxed)
+    }
+
+    /// A connect to endpoint `i` failed: after `EJECT_AFTER` in a row it is left out for
+    /// `EJECT_FOR` (passive ejection).
+    pub fn connect_failed(&self, i: usize) {
+        if self.failures[i].fetch_add(1, Ordering::Relaxed) + 1 >= EJECT_AFTER {
+            self.ejected_until[i].store(self.now_ms() + EJECT_FOR.as_millis() as u64, Ordering::Relaxed);
+            self.failures[i].store(0, Ordering::Relaxed);
+        }
+    }
+
+    pub fn connected(&self, i: usize) {
+        self.failures[i].store(0, Ordering::Relaxed);
+    }
+
+    pub fn ejected(&self, i: usize) -> bool {
+        self.ejected_until[i].load(Ordering::Relaxed) > self.now_ms()
     }
 }
 
@@ -115,6 +260,8 @@ pub struct Route {
     pub target: Target,
     /// `namespace/name` of the Ingress the rule came from.
     pub ingress: String,
+    /// That Ingress's settings.
+    pub settings: Arc<Settings>,
 }
 
 /// A TLS host and the Secret holding its certificate.
@@ -131,7 +278,9 @@ pub struct Table {
     /// Keyed by the domain after `*.`.
     wildcard: HashMap<String, Vec<Route>>,
     any_host: Vec<Route>,
-    default_backend: Option<(Target, String)>,
+    default_backend: Option<Route>,
+    /// Annotations that did not parse, for the log.
+    pub problems: Vec<String>,
     /// Hosts with TLS and their Secrets, in Ingress order (older first).
     pub tls: Vec<TlsHost>,
     /// The Ingresses served (`namespace/name`), for status and logs.
@@ -142,7 +291,8 @@ pub struct Table {
 #[derive(Debug, Clone)]
 pub enum Decision<'a> {
     Route(&'a Route),
-    Default(&'a Target, &'a str),
+    /// The default backend (its route's path is `/`).
+    Default(&'a Route),
     NotFound,
 }
 
@@ -157,7 +307,7 @@ impl Table {
             }
         }
         match &self.default_backend {
-            Some((t, ingress)) => Decision::Default(t, ingress),
+            Some(r) => Decision::Default(r),
             None => Decision::NotFound,
         }
     }
@@ -165,7 +315,7 @@ impl Table {
     /// Every upstream in the table (each once), for health and metrics.
     pub fn upstreams(&self) -> Vec<Arc<Upstream>> {
         let mut seen: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
-        let all = self.exact.values().chain(self.wildcard.values()).flatten().chain(self.any_host.iter()).map(|r| &r.target).chain(self.default_backend.iter().map(|d| &d.0));
+        let all = self.exact.values().chain(self.wildcard.values()).flatten().chain(self.any_host.iter()).map(|r| &r.target).chain(self.default_backend.iter().map(|d| &d.target));
         for t in all {
             if let Target::Upstream(u) = t {
                 seen.entry(u.name.clone()).or_insert_with(|| u.clone());
@@ -292,9 +442,12 @@ pub fn build(ingresses: &[Arc<Ingress>], classes: &[Arc<IngressClass>], services
         let ns = ing.metadata.namespace.clone().unwrap_or_default();
         let id = format!("{ns}/{}", ing.metadata.name.clone().unwrap_or_default());
         table.ingresses.push(id.clone());
+        let (settings, problems) = Settings::from_annotations(ing.metadata.annotations.as_ref());
+        table.problems.extend(problems.into_iter().map(|p| format!("ingress {id}: {p}")));
+        let settings = Arc::new(settings);
         let Some(spec) = &ing.spec else { continue };
         if let (None, Some(b)) = (&table.default_backend, &spec.default_backend) {
-            table.default_backend = Some((backends.target(&ns, b), id.clone()));
+            table.default_backend = Some(Route { path: PathRule::new(PathKind::Prefix, "/"), target: backends.target(&ns, b), ingress: id.clone(), settings: settings.clone() });
         }
         for tls in spec.tls.iter().flatten() {
             let Some(secret) = &tls.secret_name else { continue };
@@ -321,7 +474,7 @@ pub fn build(ingresses: &[Arc<Ingress>], classes: &[Arc<IngressClass>], services
                 if list.iter().any(|r| r.path == path) {
                     continue;
                 }
-                list.push(Route { path, target: backends.target(&ns, &p.backend), ingress: id.clone() });
+                list.push(Route { path, target: backends.target(&ns, &p.backend), ingress: id.clone(), settings: settings.clone() });
             }
         }
     }
@@ -385,8 +538,8 @@ mod tests {
     /// The service a request is routed to, or "404".
     fn to(t: &Table, host: &str, p: &str) -> String {
         match t.route(host, p) {
-            Decision::Route(Route { target: Target::Upstream(u), .. }) | Decision::Default(Target::Upstream(u), _) => u.name.split(['/', ':']).nth(1).unwrap_or_default().to_string(),
-            Decision::Route(Route { target: Target::Unavailable(m), .. }) | Decision::Default(Target::Unavailable(m), _) => format!("503 {m}"),
+            Decision::Route(Route { target: Target::Upstream(u), .. }) | Decision::Default(Route { target: Target::Upstream(u), .. }) => u.name.split(['/', ':']).nth(1).unwrap_or_default().to_string(),
+            Decision::Route(Route { target: Target::Unavailable(m), .. }) | Decision::Default(Route { target: Target::Unavailable(m), .. }) => format!("503 {m}"),
             Decision::NotFound => "404".into(),
         }
     }
@@ -465,10 +618,10 @@ mod tests {
             Decision::Route(Route { target: Target::Upstream(u), .. }) => {
                 assert_eq!(u.endpoints, vec!["10.0.0.1:8080".parse().unwrap(), "10.0.0.3:8080".parse().unwrap()], "ready endpoints only");
                 assert!(!u.h2c);
-                let a = u.pick(&[]).unwrap();
-                let b = u.pick(&[]).unwrap();
+                let a = u.pick(Balance::RoundRobin, &[]).unwrap();
+                let b = u.pick(Balance::RoundRobin, &[]).unwrap();
                 assert_ne!(a, b, "round robin");
-                assert_ne!(u.pick(&[a]), Some(a), "an endpoint tried already is skipped");
+                assert_ne!(u.pick(Balance::RoundRobin, &[a]), Some(a), "an endpoint tried already is skipped");
             }
             other => panic!("{other:?}"),
         }
@@ -479,6 +632,57 @@ mod tests {
         assert_eq!(to(&t, "h", "/missing"), "503 service default/nope does not exist");
         assert_eq!(to(&t, "h", "/badport"), "503 service default/web has no port 81");
         assert_eq!(to(&t, "h", "/empty"), "503 service default/empty:80 has no ready endpoints");
+    }
+
+    #[test]
+    fn least_request_prefers_the_idle_endpoint_and_failures_eject() {
+        let u = Upstream::new("default/s:80".into(), (1..=3).map(|n| format!("10.0.0.{n}:80").parse().unwrap()).collect(), false);
+        // Endpoint 0 busy, 1 busier, 2 idle: two choices never land on the busiest of a pair.
+        for _ in 0..5 {
+            u.start(0);
+        }
+        for _ in 0..9 {
+            u.start(1);
+        }
+        let picks: Vec<usize> = (0..60).map(|_| u.pick(Balance::LeastRequest, &[]).unwrap()).collect();
+        assert!(picks.iter().filter(|&&i| i == 2).count() > picks.iter().filter(|&&i| i == 1).count(), "{picks:?}");
+        assert!(picks.iter().filter(|&&i| i == 1).count() <= 20, "the busiest is picked only when drawn twice: {picks:?}");
+        u.done(0);
+        assert_eq!(u.outstanding(0), 4);
+        // Passive ejection after three connect failures in a row; a success in between resets.
+        u.connect_failed(2);
+        u.connect_failed(2);
+        u.connected(2);
+        u.connect_failed(2);
+        assert!(!u.ejected(2));
+        u.connect_failed(2);
+        u.connect_failed(2);
+        assert!(u.ejected(2));
+        assert!((0..30).all(|_| u.pick(Balance::RoundRobin, &[]) != Some(2)), "an ejected endpoint is left out");
+        // With every other endpoint tried, the ejected one is still a better guess than nothing.
+        assert_eq!(u.pick(Balance::RoundRobin, &[0, 1]), Some(2));
+    }
+
+    #[test]
+    fn annotations() {
+        let a: BTreeMap<String, String> = [
+            ("nodeless.io/proxy-connect-timeout", "2"),
+            ("nodeless.io/proxy-read-timeout", "30"),
+            ("nodeless.io/proxy-body-size", "8k"),
+            ("nodeless.io/ssl-redirect", "true"),
+            ("nodeless.io/load-balance", "least-request"),
+            ("other.io/x", "y"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let (s, problems) = Settings::from_annotations(Some(&a));
+        assert!(problems.is_empty(), "{problems:?}");
+        assert_eq!(s, Settings { connect_timeout: Duration::from_secs(2), read_timeout: Duration::from_secs(30), body_limit: 8192, ssl_redirect: true, balance: Balance::LeastRequest });
+        let bad: BTreeMap<String, String> = [("nodeless.io/proxy-read-timeout".to_string(), "soon".to_string()), ("nodeless.io/load-balance".to_string(), "random".to_string())].into();
+        let (s, problems) = Settings::from_annotations(Some(&bad));
+        assert_eq!(s, Settings::default(), "bad values keep the defaults");
+        assert_eq!(problems.len(), 2, "{problems:?}");
     }
 
     #[test]

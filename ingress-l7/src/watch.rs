@@ -60,6 +60,9 @@ pub async fn run(client: kube::Client, table: Arc<ArcSwap<Table>>, certs: Arc<Ce
         let all_ingresses = ingresses.state();
         let built = routes::build(&all_ingresses, &classes.state(), &services.state(), &slices.state());
         let by_name: HashMap<String, Arc<Secret>> = secrets.state().into_iter().map(|s| (format!("{}/{}", s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default()), s)).collect();
+        for problem in &built.problems {
+            tracing::warn!(%problem, "annotation ignored");
+        }
         for problem in certs.update(&built.tls, &by_name) {
             tracing::warn!(%problem, "TLS certificate left out");
         }

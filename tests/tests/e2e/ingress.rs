@@ -107,6 +107,9 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
             path("/", "Prefix", "b"),
             path("/", "Prefix", "a"),
         ),
+        // Settings by annotation.
+        format!("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: secure\n  annotations: {{nodeless.io/ssl-redirect: \"true\"}}\nspec:\n  rules:\n  - host: secure.example\n    http: {{paths: [{}]}}\n", path("/", "Prefix", "a")),
+        format!("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: small\n  annotations: {{nodeless.io/proxy-body-size: 1k, nodeless.io/load-balance: least-request}}\nspec:\n  rules:\n  - host: small.example\n    http: {{paths: [{}]}}\n", path("/", "Prefix", "c")),
         // Another controller's class: this ingress must leave it alone.
         format!("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: not-ours}}\nspec:\n  ingressClassName: nginx\n  rules:\n  - host: other.example\n    http: {{paths: [{}]}}\n", path("/", "Prefix", "a")),
     ]
@@ -135,6 +138,23 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
     let missing = via(&ing, "h", "/missing");
     assert_eq!(missing, "503 service default/nope does not exist");
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
+
+    // Annotations: HTTP to HTTPS, a body-size limit (declared and chunked), least-request.
+    let out = curl(&["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "-H", "Host: secure.example", &format!("http://{}/x?y=1", ing.http)]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "308 https://secure.example/x?y=1");
+    let small = |body: &str, chunked: bool| {
+        let mut args = vec!["-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: small.example", "--data-binary", body];
+        if chunked {
+            args.extend_from_slice(&["-H", "Transfer-Encoding: chunked"]);
+        }
+        let url = format!("http://{}/upload", ing.http);
+        args.push(&url);
+        String::from_utf8_lossy(&curl(&args).stdout).to_string()
+    };
+    assert_eq!(small(&"x".repeat(512), false), "200");
+    assert_eq!(small(&"x".repeat(4096), false), "413", "a declared length over proxy-body-size");
+    assert_ne!(small(&"x".repeat(4096), true), "200", "a chunked body over proxy-body-size");
+    assert_eq!(via(&ing, "small.example", "/"), "echo-c", "least-request routes as well");
 
     // What the upstream is told.
     let out = curl(&["-H", "Host: h.example", &format!("http://{}/foo", ing.http)]);
