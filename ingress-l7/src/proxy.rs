@@ -19,6 +19,10 @@ use crate::routes::{Decision, Settings, Table, Target, Upstream};
 /// Connect attempts for one request (the first and up to two retries on other endpoints).
 const CONNECT_TRIES: usize = 3;
 
+/// The most request-line-and-header bytes taken; more gets 431 (nginx allows 4 x 8 KiB by
+/// default). Pingora itself stops reading at 1 MiB and drops the connection.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 pub struct Ingress {
     pub table: Arc<ArcSwap<Table>>,
     /// `http` or `https`: what this listener tells the upstream in X-Forwarded-Proto.
@@ -74,6 +78,10 @@ impl ProxyHttp for Ingress {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let req = session.req_header();
+        let header_bytes = req.uri.path_and_query().map(|p| p.as_str().len()).unwrap_or(0) + req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
+        if header_bytes > MAX_HEADER_BYTES {
+            return respond(session, 431, format!("the request's header is {header_bytes} bytes, over the limit of {MAX_HEADER_BYTES}")).await;
+        }
         let host = request_host(req);
         let path = req.uri.path().to_string();
         ctx.request_id = req.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());

@@ -156,6 +156,16 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
     assert_ne!(small(&"x".repeat(4096), true), "200", "a chunked body over proxy-body-size");
     assert_eq!(via(&ing, "small.example", "/"), "echo-c", "least-request routes as well");
 
+    // Oversized headers: 431.
+    let big = format!("X-Big: {}", "y".repeat(100 * 1024));
+    let out = curl(&["-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: h", "-H", &big, &format!("http://{}/foo", ing.http)]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "431");
+    // A malformed Ingress is refused by control, with the fields named.
+    let bad = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: bad}\nspec:\n  rules:\n  - host: \"a*b.example\"\n    http: {paths: [{path: /x, pathType: Bogus, backend: {service: {name: a, port: {number: 80}}}}]}\n";
+    let out = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(bad));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("spec.rules[0].http.paths[0].pathType") && err.contains("spec.rules[0].host"), "{err}");
+
     // What the upstream is told.
     let out = curl(&["-H", "Host: h.example", &format!("http://{}/foo", ing.http)]);
     let body = String::from_utf8_lossy(&out.stdout);
