@@ -11,7 +11,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use clap::Parser;
-use nodeless_ingress_l7::{proxy::Ingress, routes::Table, tls::Certs, watch};
+use nodeless_ingress_l7::{metrics::Metrics, proxy::Ingress, routes::Table, tls::Certs, watch};
 use pingora_core::apps::{HttpServerOptions, ServerApp};
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::GetSocketDigest;
@@ -37,6 +37,12 @@ struct Args {
     /// The address published in the status of the Ingresses served.
     #[arg(long)]
     address: Option<String>,
+    /// Where to serve Prometheus metrics at /metrics (port 0 picks one; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:9113")]
+    metrics: String,
+    /// Access-log lines a second at most (0: none).
+    #[arg(long, default_value_t = 100)]
+    access_log_rate: u64,
     /// Worker threads, each with its own listeners and event loop (default: one per CPU).
     #[arg(long)]
     threads: Option<usize>,
@@ -67,9 +73,13 @@ fn main() -> Result<()> {
     let client = control.block_on(client(&args.kubeconfig))?;
     let table = Arc::new(ArcSwap::from_pointee(Table::default()));
     let certs = Arc::new(Certs::new().map_err(anyhow::Error::msg)?);
+    let metrics = Arc::new(Metrics::new(args.access_log_rate));
+    let metrics_listener = std::net::TcpListener::bind(&args.metrics).with_context(|| format!("binding {}", args.metrics))?;
+    metrics_listener.set_nonblocking(true)?;
+    let metrics_addr = metrics_listener.local_addr()?;
     let conf = Arc::new(ServerConf::default());
     let app = |scheme| {
-        let mut proxy = pingora_proxy::http_proxy(&conf, Ingress { table: table.clone(), scheme });
+        let mut proxy = pingora_proxy::http_proxy(&conf, Ingress { table: table.clone(), metrics: metrics.clone(), scheme });
         // Plain listeners also take HTTP/2 with prior knowledge (h2c), beside HTTP/1.1.
         let mut options = HttpServerOptions::default();
         options.h2c = scheme == "http";
@@ -102,9 +112,10 @@ fn main() -> Result<()> {
             })
         })?;
     }
-    println!("ingress-l7: http on {http_addr}, https on {https_addr}");
+    println!("ingress-l7: http on {http_addr}, https on {https_addr}, metrics on {metrics_addr}");
     control.block_on(async move {
         tokio::spawn(watch::run(client, table, certs, args.address.clone()));
+        tokio::spawn(serve_metrics(TcpListener::from_std(metrics_listener)?, metrics));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
@@ -119,6 +130,30 @@ async fn client(kubeconfig: &std::path::Path) -> Result<kube::Client> {
     let file = kube::config::Kubeconfig::read_from(kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
     let config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await.context("the kubeconfig")?;
     kube::Client::try_from(config).context("the control API client")
+}
+
+/// `/metrics` in the Prometheus text format, anything else 404.
+async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
+    use http_body_util::Full;
+    use hyper::{Response, body::Incoming, service::service_fn};
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let metrics = metrics.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: hyper::Request<Incoming>| {
+                let metrics = metrics.clone();
+                async move {
+                    let resp = if req.uri().path() == "/metrics" {
+                        Response::builder().header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8").body(Full::new(bytes::Bytes::from(metrics.encode())))
+                    } else {
+                        Response::builder().status(404).body(Full::new(bytes::Bytes::from_static(b"not found\n")))
+                    };
+                    resp
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tcp), service).await;
+        });
+    }
 }
 
 /// A listening socket with SO_REUSEPORT, non-blocking, for a worker's runtime to take.

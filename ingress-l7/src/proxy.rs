@@ -14,6 +14,7 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 
+use crate::metrics::{self, Metrics};
 use crate::routes::{Decision, Settings, Table, Target, Upstream};
 
 /// Connect attempts for one request (the first and up to two retries on other endpoints).
@@ -25,6 +26,7 @@ pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 pub struct Ingress {
     pub table: Arc<ArcSwap<Table>>,
+    pub metrics: Arc<Metrics>,
     /// `http` or `https`: what this listener tells the upstream in X-Forwarded-Proto.
     pub scheme: &'static str,
 }
@@ -39,6 +41,9 @@ pub struct Ctx {
     counted: bool,
     body_bytes: u64,
     request_id: String,
+    /// The Ingress that routed the request (`-` when none did).
+    ingress: String,
+    started: Option<std::time::Instant>,
 }
 
 impl Ctx {
@@ -86,11 +91,13 @@ impl ProxyHttp for Ingress {
         let path = req.uri.path().to_string();
         ctx.request_id = req.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
         let table = self.table.load();
+        ctx.started = Some(std::time::Instant::now());
         let route = match table.route(&host, &path) {
             Decision::Route(r) | Decision::Default(r) => r,
             Decision::NotFound => return respond(session, 404, format!("no ingress rule matches host {:?} and path {path:?}", crate::routes::normalize_host(&host))).await,
         };
         ctx.settings = route.settings.clone();
+        ctx.ingress = route.ingress.clone();
         if ctx.settings.ssl_redirect && self.scheme == "http" {
             let target = format!("https://{}{}", crate::routes::normalize_host(&host), req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
             let mut resp = ResponseHeader::build(308, Some(2))?;
@@ -135,6 +142,7 @@ impl ProxyHttp for Ingress {
         // request goes to another one.
         if let (Some(u), Some(&i)) = (&ctx.upstream, ctx.tried.last()) {
             u.connect_failed(i);
+            self.metrics.upstream_errors.get_or_create(&metrics::UpstreamError { ingress: ctx.ingress.clone(), service: u.name.clone(), kind: "connect".into() }).inc();
         }
         ctx.release();
         let others = ctx.upstream.as_ref().map(|u| u.endpoints.len()).unwrap_or(0);
@@ -179,7 +187,28 @@ impl ProxyHttp for Ingress {
         Ok(())
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.release();
+        let code = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
+        let service = ctx.upstream.as_ref().map(|u| u.name.clone()).unwrap_or_else(|| "-".into());
+        let ingress = if ctx.ingress.is_empty() { "-".to_string() } else { ctx.ingress.clone() };
+        let took = ctx.started.map(|t| t.elapsed()).unwrap_or_default();
+        let route = metrics::Route { ingress: ingress.clone(), service: service.clone() };
+        self.metrics.requests.get_or_create(&metrics::Request { ingress: ingress.clone(), service: service.clone(), code }).inc();
+        self.metrics.latency.get_or_create(&route).observe(took.as_secs_f64());
+        if let (Some(e), true) = (e, ctx.upstream.is_some()) {
+            if matches!(e.esource(), pingora_error::ErrorSource::Upstream) {
+                self.metrics.upstream_errors.get_or_create(&metrics::UpstreamError { ingress: ingress.clone(), service: service.clone(), kind: e.etype().as_str().to_string() }).inc();
+            }
+        }
+        if self.metrics.may_log() {
+            let req = session.req_header();
+            let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()).unwrap_or_default();
+            let upstream = match (&ctx.upstream, ctx.tried.last()) {
+                (Some(u), Some(&i)) => u.addr(i).to_string(),
+                _ => "-".to_string(),
+            };
+            tracing::info!(target: "access", %client, method = %req.method, host = %request_host(req), path = %req.uri.path(), code, %ingress, %service, %upstream, ms = took.as_secs_f64() * 1000.0, id = %ctx.request_id, error = e.map(|e| e.to_string()).unwrap_or_default());
+        }
     }
 }

@@ -209,7 +209,7 @@ fn main() -> Result<()> {
         bail!("kubectl apply: {}", String::from_utf8_lossy(&out.stderr));
     }
     let bin: PathBuf = workspace_binary("ingress-l7")?;
-    let mut child = group(Command::new(&bin).arg("--kubeconfig").arg(n.kubeconfig()).args(["--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--threads", &args.threads.to_string()]))
+    let mut child = group(Command::new(&bin).arg("--kubeconfig").arg(n.kubeconfig()).args(["--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--threads", &args.threads.to_string()]))
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
@@ -218,7 +218,7 @@ fn main() -> Result<()> {
     BufReader::new(child.stdout.take().context("ingress-l7 stdout")?).read_line(&mut line)?;
     let ours = Proc(child);
     let addrs: Vec<SocketAddr> = line.split_whitespace().filter_map(|w| w.trim_end_matches(',').parse().ok()).collect();
-    if addrs.len() != 2 {
+    if addrs.len() < 2 {
         bail!("ingress-l7 printed {line:?}");
     }
     let (nl_h1, nl_tls) = (addrs[0].port(), addrs[1].port());

@@ -18,6 +18,7 @@ struct IngressL7 {
     child: Child,
     http: SocketAddr,
     https: SocketAddr,
+    metrics: SocketAddr,
 }
 
 impl IngressL7 {
@@ -25,17 +26,17 @@ impl IngressL7 {
         let mut child = Command::new(workspace_binary("ingress-l7").unwrap())
             .args(["--kubeconfig"])
             .arg(n.kubeconfig())
-            .args(["--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--address", "127.0.0.1"])
+            .args(["--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--address", "127.0.0.1"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        // "ingress-l7: http on A, https on B"
+        // "ingress-l7: http on A, https on B, metrics on C"
         let addrs: Vec<SocketAddr> = line.split_whitespace().filter_map(|w| w.trim_end_matches(',').parse().ok()).collect();
-        assert_eq!(addrs.len(), 2, "{line:?}");
-        IngressL7 { child, http: addrs[0], https: addrs[1] }
+        assert_eq!(addrs.len(), 3, "{line:?}");
+        IngressL7 { child, http: addrs[0], https: addrs[1], metrics: addrs[2] }
     }
 }
 
@@ -194,6 +195,13 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
     assert!(!out.status.success(), "one.example must not be served the wildcard certificate");
     let out = https("nocert.example", "one.pem", &[]);
     assert!(!out.status.success(), "a host without a certificate gets the default one, which is not trusted");
+
+    // Metrics: requests by Ingress, Service and status, latency, and the 503s of the missing one.
+    let out = curl(&[&format!("http://{}/metrics", ing.metrics)]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for want in [r#"nodeless_ingress_requests_total{ingress="default/routes",service="default/a:80",code="200"}"#, r#"nodeless_ingress_requests_total{ingress="default/routes",service="-",code="503"}"#, r#"nodeless_ingress_request_duration_seconds_count{ingress="default/routes",service="default/b:80"}"#] {
+        assert!(text.contains(want), "{want} missing in\n{text}");
+    }
 
     // The address is published.
     eventually("status.loadBalancer to show the address", 10, || {

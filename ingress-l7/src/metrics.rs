@@ -1,0 +1,120 @@
+//! What the ingress counts, for Prometheus (`/metrics` on `--metrics`): requests by Ingress,
+//! Service and status, request latency by Ingress and Service, and upstream errors by kind; and
+//! the access log, one structured line a request, at most `--access-log-rate` lines a second
+//! (the lines left out are counted and reported once a second).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Request {
+    pub ingress: String,
+    pub service: String,
+    pub code: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct Route {
+    pub ingress: String,
+    pub service: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamError {
+    pub ingress: String,
+    pub service: String,
+    pub kind: String,
+}
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms to ~16 s.
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<Request, Counter>,
+    pub latency: Family<Route, Histogram, fn() -> Histogram>,
+    pub upstream_errors: Family<UpstreamError, Counter>,
+    log: AccessLog,
+}
+
+impl Metrics {
+    pub fn new(access_log_per_second: u64) -> Metrics {
+        let mut registry = Registry::with_prefix("nodeless_ingress");
+        let requests = Family::<Request, Counter>::default();
+        let latency = Family::<Route, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let upstream_errors = Family::<UpstreamError, Counter>::default();
+        registry.register("requests", "Requests answered, by Ingress, Service and status", requests.clone());
+        registry.register("request_duration_seconds", "Time from the request's header to the end of the response", latency.clone());
+        registry.register("upstream_errors", "Failures talking to endpoints, by kind", upstream_errors.clone());
+        Metrics { registry, requests, latency, upstream_errors, log: AccessLog { per_second: access_log_per_second, ..Default::default() } }
+    }
+
+    /// The OpenMetrics text.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        if prometheus_client::encoding::text::encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    /// Whether this request's access-log line may be written (the rate limit).
+    pub fn may_log(&self) -> bool {
+        self.log.admit()
+    }
+}
+
+#[derive(Default)]
+struct AccessLog {
+    per_second: u64,
+    second: AtomicU64,
+    written: AtomicU64,
+    dropped: AtomicU64,
+}
+
+impl AccessLog {
+    fn admit(&self) -> bool {
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        if self.second.swap(now, Ordering::Relaxed) != now {
+            self.written.store(0, Ordering::Relaxed);
+            let dropped = self.dropped.swap(0, Ordering::Relaxed);
+            if dropped > 0 {
+                tracing::info!(target: "access", dropped, "access log lines left out (rate limit)");
+            }
+        }
+        if self.written.fetch_add(1, Ordering::Relaxed) < self.per_second {
+            true
+        } else {
+            self.dropped.fetch_add(1, Ordering::Relaxed);
+            false
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metrics_encode_and_the_log_is_rate_limited() {
+        let m = Metrics::new(3);
+        m.requests.get_or_create(&Request { ingress: "default/a".into(), service: "default/s:80".into(), code: 200 }).inc();
+        m.latency.get_or_create(&Route { ingress: "default/a".into(), service: "default/s:80".into() }).observe(0.002);
+        m.upstream_errors.get_or_create(&UpstreamError { ingress: "default/a".into(), service: "default/s:80".into(), kind: "connect".into() }).inc();
+        let text = m.encode();
+        assert!(text.contains(r#"nodeless_ingress_requests_total{ingress="default/a",service="default/s:80",code="200"} 1"#), "{text}");
+        assert!(text.contains("nodeless_ingress_request_duration_seconds_bucket"), "{text}");
+        assert!(text.contains(r#"nodeless_ingress_upstream_errors_total{ingress="default/a",service="default/s:80",kind="connect"} 1"#), "{text}");
+        let admitted = (0..10).filter(|_| m.may_log()).count();
+        // Within one second three lines pass (a second boundary in between lets up to six).
+        assert!((3..=6).contains(&admitted), "{admitted}");
+    }
+}
