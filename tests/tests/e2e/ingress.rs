@@ -219,4 +219,13 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
     eventually("service b's last endpoint to leave", 30, || via(&ing, "h", "/aaa") == "503 service default/b:80 has no ready endpoints");
     n.kubectl_ok(V, &["delete", "ingress", "routes"]);
     eventually("the deleted Ingress's routes to go", 10, || via(&ing, "h", "/foo").starts_with("404 no ingress rule matches"));
+
+    // Pods gone, then the node: its network (pins, egress rule, cgroups) goes with it.
+    drop(ing);
+    n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
+    let node = n.node.clone().unwrap();
+    eventually("the pods' fast-path pins to go", 30, || !std::path::Path::new("/sys/fs/bpf/nodeless").join(&node).exists());
+    drop(n);
+    let dir = std::path::Path::new("/sys/fs/cgroup/unified/nodeless").join(&node);
+    assert!(!dir.exists(), "{} left", dir.display());
 }
