@@ -40,6 +40,9 @@ struct Args {
     /// Where to serve Prometheus metrics at /metrics (port 0 picks one; the address is printed).
     #[arg(long, default_value = "127.0.0.1:9113")]
     metrics: String,
+    /// Make this IngressClass (for this controller, marked the default) if it does not exist.
+    #[arg(long)]
+    ensure_class: Option<String>,
     /// Access-log lines a second at most (0: none).
     #[arg(long, default_value_t = 100)]
     access_log_rate: u64,
@@ -114,6 +117,9 @@ fn main() -> Result<()> {
     }
     println!("ingress-l7: http on {http_addr}, https on {https_addr}, metrics on {metrics_addr}");
     control.block_on(async move {
+        if let Some(name) = args.ensure_class.clone() {
+            tokio::spawn(watch::ensure_class(client.clone(), name));
+        }
         tokio::spawn(watch::run(client, table, certs, args.address.clone()));
         tokio::spawn(serve_metrics(TcpListener::from_std(metrics_listener)?, metrics));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -96,3 +96,26 @@ async fn publish(client: &kube::Client, all: &[Arc<Ingress>], served: &[String],
         }
     }
 }
+
+/// Create the IngressClass `name` for this controller, marked the cluster's default, unless it
+/// exists; tried until control answers.
+pub async fn ensure_class(client: kube::Client, name: String) {
+    let api: Api<IngressClass> = Api::all(client);
+    let class: IngressClass = match serde_json::from_value(json!({
+        "metadata": {"name": name, "annotations": {routes::DEFAULT_CLASS: "true"}},
+        "spec": {"controller": routes::CONTROLLER},
+    })) {
+        Ok(c) => c,
+        Err(e) => return tracing::warn!(error = %e, "the IngressClass"),
+    };
+    loop {
+        match api.create(&Default::default(), &class).await {
+            Ok(_) => return tracing::info!(class = %name, "IngressClass created"),
+            Err(kube::Error::Api(e)) if e.code == 409 => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "creating the IngressClass (will retry)");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
