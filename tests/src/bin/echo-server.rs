@@ -1,6 +1,7 @@
 //! The test image's HTTP echo server: answers every request with the pod's name, the request's
 //! path and its headers. `/status/<code>` answers with that status (for probes that must fail).
-//! The same port over UDP answers each datagram with the pod's name and the datagram.
+//! The same port over UDP answers each datagram with the pod's name and the datagram, and
+//! `WS_PORT` (8081) is a websocket echo.
 //! It exits on SIGTERM, as a well-behaved server does (as PID 1 it would otherwise ignore it).
 //! The image holds this one binary and the C library.
 #![forbid(unsafe_code)]
@@ -110,6 +111,35 @@ fn serve_udp(port: &str, pod: String) {
     });
 }
 
+/// A websocket echo on `WS_PORT` (default 8081): each text or binary message comes back as text,
+/// `<pod>: <message>`.
+fn serve_websocket(pod: String) {
+    let port = std::env::var("WS_PORT").unwrap_or_else(|_| "8081".into());
+    let Ok(listener) = TcpListener::bind(format!("0.0.0.0:{port}")) else {
+        eprintln!("echo-server: websocket port {port} is taken; no websocket echo");
+        return;
+    };
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let pod = pod.clone();
+            std::thread::spawn(move || {
+                let Ok(mut ws) = tungstenite::accept(stream) else { return };
+                while let Ok(msg) = ws.read() {
+                    let text = match msg {
+                        tungstenite::Message::Text(t) => t.to_string(),
+                        tungstenite::Message::Binary(b) => String::from_utf8_lossy(&b).to_string(),
+                        tungstenite::Message::Close(_) => break,
+                        _ => continue,
+                    };
+                    if ws.send(tungstenite::Message::text(format!("{pod}: {text}"))).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -135,6 +165,7 @@ fn main() {
         }
     };
     serve_udp(&port, pod.clone());
+    serve_websocket(pod.clone());
     println!("echo-server: pod {pod} listening on :{port}");
     for stream in listener.incoming().flatten() {
         let pod = pod.clone();

@@ -108,6 +108,9 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
             path("/", "Prefix", "b"),
             path("/", "Prefix", "a"),
         ),
+        // A websocket echo behind its own host.
+        "apiVersion: v1\nkind: Service\nmetadata: {name: ws}\nspec:\n  selector: {app: ing-a}\n  ports: [{name: ws, port: 80, targetPort: 8081}]\n".to_string(),
+        format!("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: ws}}\nspec:\n  rules:\n  - host: ws.example\n    http: {{paths: [{}]}}\n", path("/", "Prefix", "ws")),
         // Settings by annotation.
         format!("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: secure\n  annotations: {{nodeless.io/ssl-redirect: \"true\"}}\nspec:\n  rules:\n  - host: secure.example\n    http: {{paths: [{}]}}\n", path("/", "Prefix", "a")),
         format!("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: small\n  annotations: {{nodeless.io/proxy-body-size: 1k, nodeless.io/load-balance: least-request}}\nspec:\n  rules:\n  - host: small.example\n    http: {{paths: [{}]}}\n", path("/", "Prefix", "c")),
@@ -156,6 +159,17 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
     assert_eq!(small(&"x".repeat(4096), false), "413", "a declared length over proxy-body-size");
     assert_ne!(small(&"x".repeat(4096), true), "200", "a chunked body over proxy-body-size");
     assert_eq!(via(&ing, "small.example", "/"), "echo-c", "least-request routes as well");
+
+    // A websocket passes through (the upgrade, then messages both ways).
+    let tcp = std::net::TcpStream::connect(ing.http).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let (mut ws, resp) = tungstenite::client("ws://ws.example/chat", tcp).expect("the websocket handshake through the ingress");
+    assert_eq!(resp.status(), 101);
+    for text in ["hello", "again"] {
+        ws.send(tungstenite::Message::text(text)).unwrap();
+        assert_eq!(ws.read().unwrap().into_text().unwrap().as_str(), format!("echo-a: {text}"));
+    }
+    let _ = ws.close(None);
 
     // Oversized headers: 431.
     let big = format!("X-Big: {}", "y".repeat(100 * 1024));
