@@ -176,39 +176,32 @@ impl Upstream {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    /// Endpoints that may be picked: not tried already for this request and not ejected; when
-    /// that leaves none, ejection is ignored (a guess beats a certain failure), then tries.
-    fn candidates(&self, skip: &[usize]) -> Vec<usize> {
-        let now = self.now_ms();
-        let untried: Vec<usize> = (0..self.endpoints.len()).filter(|i| !skip.contains(i)).collect();
-        let live: Vec<usize> = untried.iter().copied().filter(|&i| self.ejected_until[i].load(Ordering::Relaxed) <= now).collect();
-        if !live.is_empty() {
-            live
-        } else if !untried.is_empty() {
-            untried
-        } else {
-            (0..self.endpoints.len()).collect()
-        }
-    }
-
-    /// Pick an endpoint (its index) by `balance`, skipping those in `skip` (tried already for
-    /// this request) and ejected ones while others are left.
+    /// Pick an endpoint (its index) by `balance` among those not tried already for this
+    /// request (`skip`) and not ejected; when that leaves none, ejection is ignored (a guess
+    /// beats a certain failure), then what was tried. Nothing is allocated: this runs for every
+    /// request.
     pub fn pick(&self, balance: Balance, skip: &[usize]) -> Option<usize> {
-        let c = self.candidates(skip);
-        if c.is_empty() {
-            return None;
-        }
+        let now = self.now_ms();
+        let live = |i: usize| self.ejected_until[i].load(Ordering::Relaxed) <= now;
+        let all = 0..self.endpoints.len();
+        let filters: [&dyn Fn(usize) -> bool; 3] = [&|i| !skip.contains(&i) && live(i), &|i| !skip.contains(&i), &|_| true];
+        let (eligible, count) = filters.into_iter().map(|f| (f, all.clone().filter(|&i| f(i)).count())).find(|(_, n)| *n > 0)?;
+        let nth = |k: usize| all.clone().filter(|&i| eligible(i)).nth(k % count);
         let n = self.next.fetch_add(1, Ordering::Relaxed);
-        Some(match balance {
-            Balance::RoundRobin => c[n % c.len()],
+        match balance {
+            Balance::RoundRobin => nth(n),
             Balance::LeastRequest => {
-                // Power of two choices: two distinct candidates, the one with fewer requests
-                // under way (a cheap spread of the round-robin counter stands for randomness).
-                let a = c[n % c.len()];
-                let b = c[(n.wrapping_mul(2_654_435_761) >> 7) % c.len()];
-                if self.outstanding[b].load(Ordering::Relaxed) < self.outstanding[a].load(Ordering::Relaxed) { b } else { a }
+                // Power of two choices: two distinct candidates (a cheap spread of the
+                // round-robin counter stands for randomness), the one with fewer requests under
+                // way.
+                let a = nth(n)?;
+                if count == 1 {
+                    return Some(a);
+                }
+                let b = nth(n + 1 + (n.wrapping_mul(2_654_435_761) >> 7) % (count - 1))?;
+                Some(if self.outstanding[b].load(Ordering::Relaxed) < self.outstanding[a].load(Ordering::Relaxed) { b } else { a })
             }
-        })
+        }
     }
 
     pub fn addr(&self, i: usize) -> SocketAddr {
