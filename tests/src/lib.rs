@@ -510,18 +510,10 @@ spec:
     )
 }
 
-/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup/unified` on a hybrid host).
+/// Where the cgroup v2 hierarchy is mounted (`/sys/fs/cgroup/unified` on a hybrid host): the
+/// node's own lookup.
 pub fn cgroup2_root() -> Result<PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-    let mut roots: Vec<PathBuf> = mounts
-        .lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.len() > 2 && f[2] == "cgroup2").then(|| PathBuf::from(f[1]))
-        })
-        .collect();
-    roots.sort_by_key(|p| p.components().count());
-    roots.into_iter().next().ok_or_else(|| anyhow::anyhow!("no cgroup v2 hierarchy is mounted"))
+    nodeless_eni_cni::node::cgroup2_root().ok_or_else(|| anyhow::anyhow!("no cgroup v2 hierarchy is mounted"))
 }
 
 /// Manifests for an echo pod `echo-0` (labelled `app: <app>`, ready on /ready), a headless
