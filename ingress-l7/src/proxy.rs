@@ -31,7 +31,6 @@ pub struct Ingress {
     pub scheme: &'static str,
 }
 
-#[derive(Default)]
 pub struct Ctx {
     upstream: Option<Arc<Upstream>>,
     settings: Arc<Settings>,
@@ -78,7 +77,9 @@ impl ProxyHttp for Ingress {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+        // The default settings are shared: a request that no route takes allocates none.
+        static DEFAULT: std::sync::LazyLock<Arc<Settings>> = std::sync::LazyLock::new(Arc::default);
+        Ctx { upstream: None, settings: DEFAULT.clone(), tried: Vec::new(), counted: false, body_bytes: 0, request_id: String::new(), ingress: String::new(), started: None }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
