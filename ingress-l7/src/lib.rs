@@ -1,6 +1,7 @@
 //! The L7 ingress: Ingress v1 routing ([`routes`]), certificates by SNI ([`tls`]), the proxy on
-//! pingora ([`proxy`]), its counters and access log ([`metrics`]) and the watch that keeps them in step with the control API ([`watch`]).
+//! pingora ([`proxy`]), HTTP/3 over QUIC ([`http3`]), its counters and access log ([`metrics`]) and the watch that keeps them in step with the control API ([`watch`]).
 
+pub mod http3;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;

@@ -1,6 +1,7 @@
 //! `ingress-l7`: the L7 ingress. It follows a cluster's Ingresses (of IngressClasses whose
 //! controller is `nodeless.io/ingress-l7`), Services, EndpointSlices and TLS Secrets, and
-//! proxies HTTP/1.1 and HTTP/2 (TLS by SNI, h2 by ALPN) to the ready endpoints, on pingora.
+//! proxies HTTP/1.1 and HTTP/2 (TLS by SNI, h2 by ALPN) to the ready endpoints, on pingora,
+//! and HTTP/3 over QUIC on the HTTPS port (quinn and h3).
 //!
 //!     ingress-l7 --kubeconfig nodeless.kubeconfig --http 0.0.0.0:80 --https 0.0.0.0:443
 
@@ -11,7 +12,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use clap::Parser;
-use nodeless_ingress_l7::{metrics::Metrics, proxy::Ingress, routes::Table, tls::Certs, watch};
+use nodeless_ingress_l7::{http3, metrics::Metrics, proxy::Ingress, routes::Table, tls::Certs, watch};
 use pingora_core::apps::{HttpServerOptions, ServerApp};
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::GetSocketDigest;
@@ -23,7 +24,7 @@ use pingora_proxy::HttpProxy;
 use tokio::net::TcpListener;
 
 #[derive(Parser)]
-#[command(version, about = "An L7 ingress on pingora: Ingress v1, TLS by SNI, HTTP/2")]
+#[command(version, about = "An L7 ingress on pingora: Ingress v1, TLS by SNI, HTTP/2, HTTP/3")]
 struct Args {
     /// The control API to follow.
     #[arg(long)]
@@ -49,6 +50,10 @@ struct Args {
     /// Worker threads, each with its own listeners and event loop (default: one per CPU).
     #[arg(long)]
     threads: Option<usize>,
+    /// Serve no HTTP/3 (by default QUIC is served on the HTTPS port's number, over UDP, and
+    /// advertised by Alt-Svc).
+    #[arg(long)]
+    no_http3: bool,
 }
 
 // The proxy allocates a little for every request; glibc's allocator showed up as a tenth of
@@ -80,9 +85,22 @@ fn main() -> Result<()> {
     let metrics_listener = std::net::TcpListener::bind(&args.metrics).with_context(|| format!("binding {}", args.metrics))?;
     metrics_listener.set_nonblocking(true)?;
     let metrics_addr = metrics_listener.local_addr()?;
+    // HTTP/3 has a thread and runtime of its own: one UDP socket, whose connections quinn keeps.
+    let quic = if args.no_http3 {
+        None
+    } else {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let endpoint = {
+            let _in = rt.enter();
+            http3::endpoint(https_addr, certs.clone())?
+        };
+        Some((rt, endpoint))
+    };
+    let alt_svc = quic.as_ref().map(|_| format!("h3=\":{}\"; ma=86400", https_addr.port()));
     let conf = Arc::new(ServerConf::default());
-    let app = |scheme| {
-        let mut proxy = pingora_proxy::http_proxy(&conf, Ingress { table: table.clone(), metrics: metrics.clone(), scheme });
+    let app = |scheme: &'static str| {
+        let alt_svc = if scheme == "https" { alt_svc.clone() } else { None };
+        let mut proxy = pingora_proxy::http_proxy(&conf, Ingress { table: table.clone(), metrics: metrics.clone(), scheme, alt_svc });
         // Plain listeners also take HTTP/2 with prior knowledge (h2c), beside HTTP/1.1.
         let mut options = HttpServerOptions::default();
         options.h2c = scheme == "http";
@@ -115,7 +133,12 @@ fn main() -> Result<()> {
             })
         })?;
     }
-    println!("ingress-l7: http on {http_addr}, https on {https_addr}, metrics on {metrics_addr}");
+    if let Some((rt, endpoint)) = quic {
+        let app = Arc::new(http3::Http3::new(table.clone(), metrics.clone()));
+        std::thread::Builder::new().name("ingress-h3".into()).spawn(move || rt.block_on(app.serve(endpoint)))?;
+    }
+    let over = if args.no_http3 { "https" } else { "https and http3" };
+    println!("ingress-l7: http on {http_addr}, {over} on {https_addr}, metrics on {metrics_addr}");
     control.block_on(async move {
         if let Some(name) = args.ensure_class.clone() {
             tokio::spawn(watch::ensure_class(client.clone(), name));
@@ -149,12 +172,11 @@ async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
             let service = service_fn(move |req: hyper::Request<Incoming>| {
                 let metrics = metrics.clone();
                 async move {
-                    let resp = if req.uri().path() == "/metrics" {
+                    if req.uri().path() == "/metrics" {
                         Response::builder().header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8").body(Full::new(bytes::Bytes::from(metrics.encode())))
                     } else {
                         Response::builder().status(404).body(Full::new(bytes::Bytes::from_static(b"not found\n")))
-                    };
-                    resp
+                    }
                 }
             });
             let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tcp), service).await;

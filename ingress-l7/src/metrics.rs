@@ -70,6 +70,42 @@ impl Metrics {
     pub fn may_log(&self) -> bool {
         self.log.admit()
     }
+
+    /// Count a finished request.
+    pub fn count(&self, ingress: &str, service: &str, code: u16, took: std::time::Duration, upstream_error: Option<&str>) {
+        let route = Route { ingress: ingress.to_string(), service: service.to_string() };
+        self.requests.get_or_create(&Request { ingress: route.ingress.clone(), service: route.service.clone(), code }).inc();
+        self.latency.get_or_create(&route).observe(took.as_secs_f64());
+        if let Some(kind) = upstream_error {
+            self.upstream_errors.get_or_create(&UpstreamError { ingress: route.ingress.clone(), service: route.service.clone(), kind: kind.to_string() }).inc();
+        }
+    }
+
+    /// Write a finished request's access-log line; call when [`Metrics::may_log`] allows.
+    pub fn log(&self, r: &Finished<'_>) {
+        tracing::info!(target: "access", client = %r.client, protocol = r.protocol, method = %r.method, host = %r.host, path = %r.path, code = r.code, ingress = %r.ingress, service = %r.service, upstream = %r.upstream, ms = r.took.as_secs_f64() * 1000.0, id = %r.id, error = %r.error);
+    }
+}
+
+/// One finished request, as counted and logged.
+pub struct Finished<'a> {
+    pub client: &'a str,
+    /// `HTTP/1.1`, `HTTP/2` or `HTTP/3`.
+    pub protocol: &'a str,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub code: u16,
+    /// `namespace/name`, or `-`.
+    pub ingress: &'a str,
+    /// `namespace/service:port`, or `-`.
+    pub service: &'a str,
+    /// The endpoint last tried, or `-`.
+    pub upstream: &'a str,
+    pub took: std::time::Duration,
+    pub id: &'a str,
+    /// Why the request failed, if it did (empty otherwise).
+    pub error: &'a str,
 }
 
 #[derive(Default)]

@@ -29,6 +29,8 @@ pub struct Ingress {
     pub metrics: Arc<Metrics>,
     /// `http` or `https`: what this listener tells the upstream in X-Forwarded-Proto.
     pub scheme: &'static str,
+    /// The Alt-Svc value that advertises HTTP/3 in this listener's responses.
+    pub alt_svc: Option<String>,
 }
 
 pub struct Ctx {
@@ -54,9 +56,9 @@ impl Ctx {
     }
 }
 
-/// The request's host: the Host header, or the authority of an HTTP/2 request.
-fn request_host(req: &RequestHeader) -> String {
-    req.headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string).or_else(|| req.uri.authority().map(|a| a.to_string())).unwrap_or_default()
+/// The request's host: the Host header, or the authority of an HTTP/2 or HTTP/3 request.
+pub fn request_host(uri: &http::Uri, headers: &http::HeaderMap) -> String {
+    headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string).or_else(|| uri.authority().map(|a| a.to_string())).unwrap_or_default()
 }
 
 async fn respond(session: &mut Session, status: u16, body: String) -> Result<bool> {
@@ -68,8 +70,71 @@ async fn respond(session: &mut Session, status: u16, body: String) -> Result<boo
     Ok(true)
 }
 
-fn idempotent(method: &http::Method) -> bool {
+pub fn idempotent(method: &http::Method) -> bool {
     matches!(*method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::PUT | http::Method::DELETE | http::Method::TRACE)
+}
+
+/// What the ingress does with a request, decided from its head alone: the one policy the TCP
+/// listeners (pingora) and the QUIC listener (HTTP/3) share.
+pub struct Admitted {
+    /// The Ingress whose rule matched (`-` when none did).
+    pub ingress: String,
+    pub settings: Arc<Settings>,
+    pub outcome: Outcome,
+}
+
+pub enum Outcome {
+    /// Send it to this upstream.
+    Forward(Arc<Upstream>),
+    /// Answer it here: status and body.
+    Respond(u16, String),
+    /// Answer with a 308 to this URL (the route wants HTTPS).
+    Redirect(String),
+}
+
+/// The shared default settings: a request that no route takes allocates none.
+fn default_settings() -> Arc<Settings> {
+    static DEFAULT: std::sync::LazyLock<Arc<Settings>> = std::sync::LazyLock::new(Arc::default);
+    DEFAULT.clone()
+}
+
+/// Route a request by its head: 431 for an oversized head, 404 when no rule matches, 308 when
+/// the route wants HTTPS and this is plain HTTP, 413 for a declared body over the route's
+/// limit, 503 naming why when the backend cannot take it.
+pub fn admit(table: &Table, scheme: &str, uri: &http::Uri, headers: &http::HeaderMap) -> Admitted {
+    let early = |status, body| Admitted { ingress: "-".to_string(), settings: default_settings(), outcome: Outcome::Respond(status, body) };
+    let header_bytes = uri.path_and_query().map(|p| p.as_str().len()).unwrap_or(0) + headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
+    if header_bytes > MAX_HEADER_BYTES {
+        return early(431, format!("the request's header is {header_bytes} bytes, over the limit of {MAX_HEADER_BYTES}"));
+    }
+    let host = request_host(uri, headers);
+    let path = uri.path();
+    let route = match table.route(&host, path) {
+        Decision::Route(r) | Decision::Default(r) => r,
+        Decision::NotFound => return early(404, format!("no ingress rule matches host {:?} and path {path:?}", crate::routes::normalize_host(&host))),
+    };
+    let settings = route.settings.clone();
+    let outcome = if settings.ssl_redirect && scheme == "http" {
+        Outcome::Redirect(format!("https://{}{}", crate::routes::normalize_host(&host), uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")))
+    } else if settings.body_limit > 0 && declared_length(headers).is_some_and(|n| n > settings.body_limit) {
+        Outcome::Respond(413, format!("the request body is larger than this route's limit of {} bytes", settings.body_limit))
+    } else {
+        match &route.target {
+            Target::Upstream(u) => Outcome::Forward(u.clone()),
+            Target::Unavailable(reason) => Outcome::Respond(503, reason.clone()),
+        }
+    };
+    Admitted { ingress: route.ingress.clone(), settings, outcome }
+}
+
+/// The request body's declared length.
+pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
+    headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+}
+
+/// The client's X-Request-Id, or a new one.
+pub fn request_id(headers: &http::HeaderMap) -> String {
+    headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
 }
 
 #[async_trait]
@@ -77,46 +142,29 @@ impl ProxyHttp for Ingress {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        // The default settings are shared: a request that no route takes allocates none.
-        static DEFAULT: std::sync::LazyLock<Arc<Settings>> = std::sync::LazyLock::new(Arc::default);
-        Ctx { upstream: None, settings: DEFAULT.clone(), tried: Vec::new(), counted: false, body_bytes: 0, request_id: String::new(), ingress: String::new(), started: None }
+        Ctx { upstream: None, settings: default_settings(), tried: Vec::new(), counted: false, body_bytes: 0, request_id: String::new(), ingress: String::new(), started: None }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let req = session.req_header();
-        let header_bytes = req.uri.path_and_query().map(|p| p.as_str().len()).unwrap_or(0) + req.headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
-        if header_bytes > MAX_HEADER_BYTES {
-            return respond(session, 431, format!("the request's header is {header_bytes} bytes, over the limit of {MAX_HEADER_BYTES}")).await;
-        }
-        let host = request_host(req);
-        let path = req.uri.path().to_string();
-        ctx.request_id = req.headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string());
-        let table = self.table.load();
+        ctx.request_id = request_id(&req.headers);
         ctx.started = Some(std::time::Instant::now());
-        let route = match table.route(&host, &path) {
-            Decision::Route(r) | Decision::Default(r) => r,
-            Decision::NotFound => return respond(session, 404, format!("no ingress rule matches host {:?} and path {path:?}", crate::routes::normalize_host(&host))).await,
-        };
-        ctx.settings = route.settings.clone();
-        ctx.ingress = route.ingress.clone();
-        if ctx.settings.ssl_redirect && self.scheme == "http" {
-            let target = format!("https://{}{}", crate::routes::normalize_host(&host), req.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/"));
-            let mut resp = ResponseHeader::build(308, Some(2))?;
-            resp.insert_header(http::header::LOCATION, target)?;
-            resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
-            session.write_response_header(Box::new(resp), true).await?;
-            return Ok(true);
-        }
-        let declared: Option<u64> = req.headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
-        if ctx.settings.body_limit > 0 && declared.is_some_and(|n| n > ctx.settings.body_limit) {
-            return respond(session, 413, format!("the request body is larger than this route's limit of {} bytes", ctx.settings.body_limit)).await;
-        }
-        match route.target.clone() {
-            Target::Upstream(u) => {
+        let admitted = admit(&self.table.load(), self.scheme, &req.uri, &req.headers);
+        ctx.settings = admitted.settings;
+        ctx.ingress = admitted.ingress;
+        match admitted.outcome {
+            Outcome::Forward(u) => {
                 ctx.upstream = Some(u);
                 Ok(false)
             }
-            Target::Unavailable(reason) => respond(session, 503, reason).await,
+            Outcome::Respond(status, body) => respond(session, status, body).await,
+            Outcome::Redirect(target) => {
+                let mut resp = ResponseHeader::build(308, Some(2))?;
+                resp.insert_header(http::header::LOCATION, target)?;
+                resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+                session.write_response_header(Box::new(resp), true).await?;
+                Ok(true)
+            }
         }
     }
 
@@ -155,7 +203,7 @@ impl ProxyHttp for Ingress {
 
     async fn upstream_request_filter(&self, session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
         let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string());
-        let host = request_host(session.req_header());
+        let host = { let r = session.req_header(); request_host(&r.uri, &r.headers) };
         if let Some(ip) = client {
             let xff = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
                 Some(prior) if !prior.is_empty() => format!("{prior}, {ip}"),
@@ -185,31 +233,46 @@ impl ProxyHttp for Ingress {
             u.connected(i);
         }
         resp.insert_header("x-request-id", ctx.request_id.clone())?;
+        if let Some(v) = &self.alt_svc {
+            resp.insert_header(http::header::ALT_SVC, v.as_str())?;
+        }
         Ok(())
     }
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.release();
         let code = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
-        let service = ctx.upstream.as_ref().map(|u| u.name.clone()).unwrap_or_else(|| "-".into());
-        let ingress = if ctx.ingress.is_empty() { "-".to_string() } else { ctx.ingress.clone() };
+        let service = ctx.upstream.as_ref().map(|u| u.name.as_str()).unwrap_or("-");
+        let ingress = if ctx.ingress.is_empty() { "-" } else { ctx.ingress.as_str() };
+        let upstream_error = match (e, ctx.upstream.is_some()) {
+            (Some(e), true) if matches!(e.esource(), pingora_error::ErrorSource::Upstream) => Some(e.etype().as_str()),
+            _ => None,
+        };
         let took = ctx.started.map(|t| t.elapsed()).unwrap_or_default();
-        let route = metrics::Route { ingress: ingress.clone(), service: service.clone() };
-        self.metrics.requests.get_or_create(&metrics::Request { ingress: ingress.clone(), service: service.clone(), code }).inc();
-        self.metrics.latency.get_or_create(&route).observe(took.as_secs_f64());
-        if let (Some(e), true) = (e, ctx.upstream.is_some()) {
-            if matches!(e.esource(), pingora_error::ErrorSource::Upstream) {
-                self.metrics.upstream_errors.get_or_create(&metrics::UpstreamError { ingress: ingress.clone(), service: service.clone(), kind: e.etype().as_str().to_string() }).inc();
-            }
+        self.metrics.count(ingress, service, code, took, upstream_error);
+        if !self.metrics.may_log() {
+            return;
         }
-        if self.metrics.may_log() {
-            let req = session.req_header();
-            let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()).unwrap_or_default();
-            let upstream = match (&ctx.upstream, ctx.tried.last()) {
-                (Some(u), Some(&i)) => u.addr(i).to_string(),
-                _ => "-".to_string(),
-            };
-            tracing::info!(target: "access", %client, method = %req.method, host = %request_host(req), path = %req.uri.path(), code, %ingress, %service, %upstream, ms = took.as_secs_f64() * 1000.0, id = %ctx.request_id, error = e.map(|e| e.to_string()).unwrap_or_default());
-        }
+        let req = session.req_header();
+        let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()).unwrap_or_default();
+        let upstream = match (&ctx.upstream, ctx.tried.last()) {
+            (Some(u), Some(&i)) => u.addr(i).to_string(),
+            _ => "-".to_string(),
+        };
+        let error = e.map(|e| e.to_string()).unwrap_or_default();
+        self.metrics.log(&metrics::Finished {
+            client: &client,
+            protocol: if session.is_http2() { "HTTP/2" } else { "HTTP/1.1" },
+            method: req.method.as_str(),
+            host: &request_host(&req.uri, &req.headers),
+            path: req.uri.path(),
+            code,
+            ingress,
+            service,
+            upstream: &upstream,
+            took,
+            id: &ctx.request_id,
+            error: &error,
+        });
     }
 }

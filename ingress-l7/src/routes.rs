@@ -85,11 +85,14 @@ impl Settings {
                 "proxy-read-timeout" => secs().map(|d| s.read_timeout = d).is_some(),
                 "proxy-body-size" => size(v).map(|n| s.body_limit = n).is_some(),
                 "ssl-redirect" => v.parse::<bool>().map(|b| s.ssl_redirect = b).is_ok(),
-                "load-balance" => match v.as_str() {
-                    "round-robin" => Some(s.balance = Balance::RoundRobin).is_some(),
-                    "least-request" => Some(s.balance = Balance::LeastRequest).is_some(),
-                    _ => false,
-                },
+                "load-balance" => {
+                    let balance = match v.as_str() {
+                        "round-robin" => Some(Balance::RoundRobin),
+                        "least-request" => Some(Balance::LeastRequest),
+                        _ => None,
+                    };
+                    balance.map(|b| s.balance = b).is_some()
+                }
                 _ => true,
             };
             if !ok {

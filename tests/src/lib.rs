@@ -430,6 +430,7 @@ pub fn clean_node_leftovers(node: &str, data_dir: &Path) {
     }
 }
 
+pub mod http3;
 pub mod images;
 
 pub mod kubelet;

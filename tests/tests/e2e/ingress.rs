@@ -210,6 +210,27 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
     let out = https("nocert.example", "one.pem", &[]);
     assert!(!out.status.success(), "a host without a certificate gets the default one, which is not trusted");
 
+    // HTTP/3: advertised by Alt-Svc over TLS, served over QUIC on the HTTPS port's number with
+    // the same certificates by SNI and the same routes (a quinn client).
+    let out = https("one.example", "one.pem", &["-D", "-", "-o", "/dev/null"]);
+    let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
+    assert!(head.contains(&format!("alt-svc: h3=\":{}\"", ing.https.port())), "{head}");
+    let ca = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut c = nodeless_tests::http3::Client::connect(ing.https, "one.example", &ca("one.pem")).await.unwrap();
+        let a = c.request("GET", "/h3?x=1", b"").await.unwrap();
+        assert!(a.status == 200 && a.body.starts_with("pod: echo-b\npath: /h3?x=1\n"), "{} {}", a.status, a.body);
+        let body = a.body.to_ascii_lowercase();
+        assert!(body.contains("x-forwarded-proto: https") && body.contains("host: one.example") && a.headers.contains_key("x-request-id"), "{body}");
+        let a = c.request("POST", "/upload", b"hello").await.unwrap();
+        assert!(a.status == 200 && a.body.to_ascii_lowercase().contains("content-length: 5"), "{} {}", a.status, a.body);
+        let mut c = nodeless_tests::http3::Client::connect(ing.https, "x.wild.example", &ca("wild.pem")).await.unwrap();
+        let a = c.request("GET", "/", b"").await.unwrap();
+        assert!(a.status == 200 && a.body.starts_with("pod: echo-a"), "{} {}", a.status, a.body);
+        assert!(nodeless_tests::http3::Client::connect(ing.https, "one.example", &ca("wild.pem")).await.is_err(), "one.example must not be served the wildcard certificate over QUIC either");
+    });
+
     // Metrics: requests by Ingress, Service and status, latency, and the 503s of the missing one.
     let out = curl(&[&format!("http://{}/metrics", ing.metrics)]);
     let text = String::from_utf8_lossy(&out.stdout);
