@@ -2,6 +2,7 @@
 //! pingora ([`proxy`]), HTTP/3 over QUIC ([`http3`]), its counters and access log ([`metrics`]) and the watch that keeps them in step with the control API ([`watch`]).
 
 pub mod http3;
+pub mod lb;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use clap::Parser;
-use nodeless_ingress_l7::{http3, metrics::Metrics, proxy::Ingress, routes::Table, tls::Certs, watch};
+use nodeless_ingress_l7::{http3, lb, metrics::Metrics, proxy::Ingress, routes::Table, tls::Certs, watch};
 use pingora_core::apps::{HttpServerOptions, ServerApp};
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::GetSocketDigest;
@@ -54,6 +54,14 @@ struct Args {
     /// advertised by Alt-Svc).
     #[arg(long)]
     no_http3: bool,
+    /// Serve LoadBalancer Services from this pool of addresses (an IPv4 CIDR, standing for
+    /// SLB/EIP addresses), put on `--lb-interface`, with TCP and UDP forwarded to the endpoints.
+    #[arg(long)]
+    lb_pool: Option<ipnet::Ipv4Net>,
+    /// The interface the pool's addresses go on (a dummy interface, made if missing and then
+    /// removed at exit).
+    #[arg(long, default_value = "nodeless-lb0")]
+    lb_interface: String,
 }
 
 // The proxy allocates a little for every request; glibc's allocator showed up as a tenth of
@@ -137,20 +145,60 @@ fn main() -> Result<()> {
         let app = Arc::new(http3::Http3::new(table.clone(), metrics.clone()));
         std::thread::Builder::new().name("ingress-h3".into()).spawn(move || rt.block_on(app.serve(endpoint)))?;
     }
+    // LoadBalancer Services: a thread of their own forwards layer 4; the watch sends it plans.
+    let (lbs, lb_done) = match args.lb_pool {
+        None => (None, None),
+        Some(pool) => {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let mut forwarder = rt.block_on(lb::Forwarder::new(&args.lb_interface, pool)).with_context(|| format!("the load balancer interface {}", args.lb_interface))?;
+            let (plans, mut next) = tokio::sync::watch::channel(Arc::new(Vec::new()));
+            let (done_tx, done) = std::sync::mpsc::channel();
+            let mut shutdown = shutdown.clone();
+            std::thread::Builder::new().name("ingress-l4".into()).spawn(move || {
+                rt.block_on(async move {
+                    loop {
+                        tokio::select! {
+                            changed = next.changed() => {
+                                if changed.is_err() {
+                                    break;
+                                }
+                                let plan = next.borrow_and_update().clone();
+                                forwarder.apply(&plan).await;
+                            }
+                            _ = shutdown.changed() => break,
+                        }
+                    }
+                    forwarder.shutdown().await;
+                });
+                let _ = done_tx.send(());
+            })?;
+            (Some(watch::LoadBalancers { pool, plans }), Some(done))
+        }
+    };
     let over = if args.no_http3 { "https" } else { "https and http3" };
     println!("ingress-l7: http on {http_addr}, {over} on {https_addr}, metrics on {metrics_addr}");
+    // SIGTERM and SIGINT are taken on a thread of their own: with several runtimes in the
+    // process, tokio's shared signal pipe has been seen to let a first SIGTERM go unnoticed.
+    let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
+    std::thread::Builder::new().name("ingress-signals".into()).spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!(signal = sig, "stopping");
+            let _ = stopping_tx.send(());
+        }
+    })?;
     control.block_on(async move {
         if let Some(name) = args.ensure_class.clone() {
             tokio::spawn(watch::ensure_class(client.clone(), name));
         }
-        tokio::spawn(watch::run(client, table, certs, args.address.clone()));
+        tokio::spawn(watch::run(client, table, certs, args.address.clone(), lbs));
         tokio::spawn(serve_metrics(TcpListener::from_std(metrics_listener)?, metrics));
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
+        let _ = stopping.await;
         let _ = stop.send(true);
+        // The load balancer's addresses (and interface) go before the process does.
+        if let Some(done) = lb_done {
+            let _ = done.recv_timeout(std::time::Duration::from_secs(5));
+        }
         Ok(())
     })
 }

@@ -396,35 +396,43 @@ impl<'a> Backends<'a> {
             return Target::Unavailable(format!("port {port_key} of service {namespace}/{name} is not TCP"));
         }
         let port_name = sp.name.clone().unwrap_or_default();
-        let mut endpoints = Vec::new();
-        for slice in self.slices.get(&(namespace.to_string(), name.to_string())).into_iter().flatten() {
-            if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
-                continue;
-            }
-            let Some(target_port) = slice.ports.iter().flatten().find(|p| p.name.clone().unwrap_or_default() == port_name).and_then(|p| p.port) else {
-                continue;
-            };
-            for ep in slice.endpoints.iter().flatten() {
-                // Ready only; a missing condition counts as ready, as the API says.
-                if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
-                    continue;
-                }
-                for a in &ep.addresses {
-                    if let Ok(ip) = a.parse::<std::net::IpAddr>() {
-                        let addr = SocketAddr::new(ip, target_port as u16);
-                        if !endpoints.contains(&addr) {
-                            endpoints.push(addr);
-                        }
-                    }
-                }
-            }
-        }
-        endpoints.sort();
+        let slices = self.slices.get(&(namespace.to_string(), name.to_string())).map(Vec::as_slice).unwrap_or_default();
+        let endpoints = ready_endpoints(slices, &port_name);
         if endpoints.is_empty() {
             return Target::Unavailable(format!("service {label} has no ready endpoints"));
         }
         Target::Upstream(Arc::new(Upstream::new(label, endpoints, sp.app_protocol.as_deref() == Some(H2C))))
     }
+}
+
+/// The ready endpoints (address and target port) of the Service port named `port_name` (empty
+/// for an unnamed port), from the Service's EndpointSlices; sorted, each once.
+pub fn ready_endpoints(slices: &[&EndpointSlice], port_name: &str) -> Vec<SocketAddr> {
+    let mut endpoints = Vec::new();
+    for slice in slices {
+        if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
+            continue;
+        }
+        let Some(target_port) = slice.ports.iter().flatten().find(|p| p.name.as_deref().unwrap_or_default() == port_name).and_then(|p| p.port) else {
+            continue;
+        };
+        for ep in slice.endpoints.iter().flatten() {
+            // Ready only; a missing condition counts as ready, as the API says.
+            if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
+                continue;
+            }
+            for a in &ep.addresses {
+                if let Ok(ip) = a.parse::<std::net::IpAddr>() {
+                    let addr = SocketAddr::new(ip, target_port as u16);
+                    if !endpoints.contains(&addr) {
+                        endpoints.push(addr);
+                    }
+                }
+            }
+        }
+    }
+    endpoints.sort();
+    endpoints
 }
 
 /// Build the table from the cluster's objects: the Ingresses of this controller's classes, the

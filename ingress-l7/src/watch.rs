@@ -17,6 +17,7 @@ use kube::api::{Patch, PatchParams};
 use kube::runtime::{WatchStreamExt, reflector, watcher};
 use serde_json::json;
 
+use crate::lb;
 use crate::routes::{self, Table};
 use crate::tls::Certs;
 
@@ -40,7 +41,14 @@ where
     futures::FutureExt::now_or_never(store.wait_until_ready()).is_some_and(|r| r.is_ok())
 }
 
-pub async fn run(client: kube::Client, table: Arc<ArcSwap<Table>>, certs: Arc<Certs>, address: Option<String>) {
+/// Where LoadBalancer Services' plans go: the pool, and the channel to the forwarder.
+pub struct LoadBalancers {
+    pub pool: ipnet::Ipv4Net,
+    pub plans: tokio::sync::watch::Sender<Arc<Vec<lb::Assignment>>>,
+}
+
+pub async fn run(client: kube::Client, table: Arc<ArcSwap<Table>>, certs: Arc<Certs>, address: Option<String>, lbs: Option<LoadBalancers>) {
+    let mut reported: Vec<String> = Vec::new();
     let (ingresses, s1) = stream(Api::<Ingress>::all(client.clone()));
     let (classes, s2) = stream(Api::<IngressClass>::all(client.clone()));
     let (services, s3) = stream(Api::<Service>::all(client.clone()));
@@ -71,6 +79,42 @@ pub async fn run(client: kube::Client, table: Arc<ArcSwap<Table>>, certs: Arc<Ce
         table.store(Arc::new(built));
         if let Some(addr) = &address {
             publish(&client, &all_ingresses, &served, addr).await;
+        }
+        if let Some(lbs) = &lbs {
+            let all_services = services.state();
+            let plan = lb::plan(lbs.pool, &all_services, &slices.state());
+            // Each problem is logged when it appears, not on every rebuild.
+            for problem in plan.problems.iter().filter(|p| !reported.contains(p)) {
+                tracing::warn!(%problem, "load balancer");
+            }
+            reported = plan.problems.clone();
+            let _ = lbs.plans.send(Arc::new(plan.assignments.clone()));
+            publish_lb(&client, &all_services, &plan.assignments, lbs.pool).await;
+        }
+    }
+}
+
+/// Write each LoadBalancer Service's address and ports into its status, and clear the pool's
+/// address from a Service that is no longer ours.
+async fn publish_lb(client: &kube::Client, services: &[Arc<Service>], assignments: &[lb::Assignment], pool: ipnet::Ipv4Net) {
+    for s in services {
+        let ns = s.metadata.namespace.clone().unwrap_or_default();
+        let name = s.metadata.name.clone().unwrap_or_default();
+        let id = format!("{ns}/{name}");
+        let want = if lb::ours(s) {
+            lb::status_value(assignments.iter().find(|a| a.service == id))
+        } else if !lb::status_ips(s, pool).is_empty() {
+            lb::status_value(None)
+        } else {
+            continue;
+        };
+        if lb::status_matches(s, &want) {
+            continue;
+        }
+        let api: Api<Service> = Api::namespaced(client.clone(), &ns);
+        match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": {"loadBalancer": want}}))).await {
+            Ok(_) => tracing::info!(service = %id, status = %want, "load balancer status"),
+            Err(e) => tracing::warn!(service = %id, error = %e, "publishing the load balancer status"),
         }
     }
 }

@@ -19,31 +19,56 @@ struct IngressL7 {
     http: SocketAddr,
     https: SocketAddr,
     metrics: SocketAddr,
+    /// The dummy interface the load balancer addresses go on.
+    lb_link: String,
 }
 
 impl IngressL7 {
-    fn start(n: &Nodeless) -> IngressL7 {
+    /// Started with a load balancer pool of its own: `lb_pool` on the interface `lb_link`.
+    fn start(n: &Nodeless, lb_pool: &str, lb_link: &str) -> IngressL7 {
+        // Its log, shown if it fails to start.
+        let log = tempfile::NamedTempFile::new().unwrap();
         let mut child = Command::new(workspace_binary("ingress-l7").unwrap())
             .args(["--kubeconfig"])
             .arg(n.kubeconfig())
             .args(["--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--address", "127.0.0.1"])
+            .args(["--lb-pool", lb_pool, "--lb-interface", lb_link])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap();
         let mut line = String::new();
         BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        // "ingress-l7: http on A, https on B, metrics on C"
+        // "ingress-l7: http on A, https and http3 on B, metrics on C"
         let addrs: Vec<SocketAddr> = line.split_whitespace().filter_map(|w| w.trim_end_matches(',').parse().ok()).collect();
-        assert_eq!(addrs.len(), 3, "{line:?}");
-        IngressL7 { child, http: addrs[0], https: addrs[1], metrics: addrs[2] }
+        assert_eq!(addrs.len(), 3, "{line:?}\n{}", std::fs::read_to_string(log.path()).unwrap_or_default());
+        IngressL7 { child, http: addrs[0], https: addrs[1], metrics: addrs[2], lb_link: lb_link.to_string() }
+    }
+
+    /// SIGTERM, as a service manager stops it, and its exit status.
+    fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        for _ in 0..100 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
     }
 }
 
 impl Drop for IngressL7 {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        if self.stop().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // Whatever happened, the test's interface does not outlive it.
+        let _ = Command::new("ip").args(["link", "del", &self.lb_link]).stderr(Stdio::null()).status();
     }
 }
 
@@ -122,7 +147,8 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/echo-a", "pod/echo-b", "pod/echo-c", "--timeout=60s"]);
 
-    let ing = IngressL7::start(&n);
+    let (lb_pool, lb_link) = (format!("198.19.{k}.0/29"), format!("nllb{}", std::process::id() % 100_000));
+    let mut ing = IngressL7::start(&n, &lb_pool, &lb_link);
     eventually("the routes to be served", 20, || via(&ing, "h", "/foo") == "echo-a" && via(&ing, "h", "/aaa") == "echo-b");
 
     // Paths.
@@ -254,6 +280,49 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
     eventually("service b's last endpoint to leave", 30, || via(&ing, "h", "/aaa") == "503 service default/b:80 has no ready endpoints");
     n.kubectl_ok(V, &["delete", "ingress", "routes"]);
     eventually("the deleted Ingress's routes to go", 10, || via(&ing, "h", "/foo").starts_with("404 no ingress rule matches"));
+
+    // A LoadBalancer Service: an address from the pool on the dummy interface, in its status,
+    // with TCP and UDP forwarded to the endpoints.
+    let lb = "apiVersion: v1\nkind: Service\nmetadata: {name: lb}\nspec:\n  type: LoadBalancer\n  selector: {app: ing-a}\n  ports:\n  - {name: web, port: 80, targetPort: 8080}\n  - {name: dns, port: 53, targetPort: 8080, protocol: UDP}\n";
+    let out = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(lb));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut lb_ip = String::new();
+    eventually("the LoadBalancer Service's address", 10, || {
+        lb_ip = n.kubectl_ok(V, &["get", "service", "lb", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"]);
+        !lb_ip.is_empty()
+    });
+    assert!(lb_ip.starts_with(&format!("198.19.{k}.")), "{lb_ip} is not from the pool {lb_pool}");
+    let ports = n.kubectl_ok(V, &["get", "service", "lb", "-o", "jsonpath={.status.loadBalancer.ingress[0].ports[*].protocol}"]);
+    assert_eq!(ports, "TCP UDP");
+    let on_link = || String::from_utf8_lossy(&Command::new("ip").args(["-o", "-4", "addr", "show", "dev", &lb_link]).output().unwrap().stdout).to_string();
+    assert!(on_link().contains(&format!("{lb_ip}/32")), "{}", on_link());
+    eventually("TCP through the load balancer", 10, || {
+        let out = curl(&[&format!("http://{lb_ip}/lb")]);
+        String::from_utf8_lossy(&out.stdout).starts_with("pod: echo-a\npath: /lb\n")
+    });
+    let udp = std::net::UdpSocket::bind("0.0.0.0:0").unwrap();
+    udp.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    let target: SocketAddr = format!("{lb_ip}:53").parse().unwrap();
+    let mut answer = None;
+    for _ in 0..5 {
+        udp.send_to(b"ping", target).unwrap();
+        let mut buf = [0u8; 2048];
+        if let Ok((len, from)) = udp.recv_from(&mut buf) {
+            answer = Some((from, String::from_utf8_lossy(&buf[..len]).to_string()));
+            break;
+        }
+    }
+    let (from, text) = answer.expect("no UDP answer through the load balancer");
+    assert_eq!(from, target, "the answer comes back from the Service's address");
+    assert_eq!(text, "pod: echo-a\nping\n");
+    // The Service goes: so do its address and its listener.
+    n.kubectl_ok(V, &["delete", "service", "lb"]);
+    eventually("the address to leave the interface", 10, || !on_link().contains(&format!("{lb_ip}/")));
+    // SIGTERM: the ingress exits cleanly and takes its interface with it.
+    let status = ing.stop().expect("ingress-l7 did not exit on SIGTERM");
+    assert!(status.success(), "{status:?}");
+    let gone = Command::new("ip").args(["link", "show", &lb_link]).output().unwrap();
+    assert!(!gone.status.success(), "{lb_link} left behind");
 
     // Pods gone, then the node: its network (pins, egress rule, cgroups) goes with it.
     drop(ing);
