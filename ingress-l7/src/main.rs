@@ -122,11 +122,13 @@ fn main() -> Result<()> {
         .with_cert_resolver(certs.clone());
     server_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = Arc::new(Acceptor::from_server_config(Arc::new(server_tls)));
-    let (plain, secure) = (app("http"), app("https"));
     let (stop, shutdown) = tokio::sync::watch::channel(false);
 
     for (i, (h, s)) in http.into_iter().zip(https).enumerate() {
-        let (plain, secure, acceptor, shutdown) = (plain.clone(), secure.clone(), acceptor.clone(), shutdown.clone());
+        // Each worker has its own proxies and so its own pools of upstream connections: a
+        // connection is kept, watched while idle and reused on one thread (shared pools had
+        // threads race for the same idle connection, which pingora then drops).
+        let (plain, secure, acceptor, shutdown) = (app("http"), app("https"), acceptor.clone(), shutdown.clone());
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         std::thread::Builder::new().name(format!("ingress-{i}")).spawn(move || {
             rt.block_on(async move {
