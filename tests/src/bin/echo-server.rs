@@ -1,7 +1,9 @@
 //! The test image's HTTP echo server: answers every request with the pod's name, the request's
 //! path and its headers. `/status/<code>` answers with that status (for probes that must fail).
 //! The same port over UDP answers each datagram with the pod's name and the datagram, and
-//! `WS_PORT` (8081) is a websocket echo.
+//! `WS_PORT` (8081) is a websocket echo, and `GRPC_PORT` (8082) serves gRPC's standard health
+//! service (`grpc.health.v1.Health`, tonic) over HTTP/2 without TLS: `Check` and the streaming
+//! `Watch`, with the service `echo` SERVING and any other name NOT_FOUND.
 //! It exits on SIGTERM, as a well-behaved server does (as PID 1 it would otherwise ignore it).
 //! The image holds this one binary and the C library.
 #![forbid(unsafe_code)]
@@ -140,6 +142,27 @@ fn serve_websocket(pod: String) {
     });
 }
 
+/// gRPC's health service on `GRPC_PORT` (default 8082), on a thread of its own.
+fn serve_grpc() {
+    let port = std::env::var("GRPC_PORT").unwrap_or_else(|_| "8082".into());
+    let Ok(listener) = std::net::TcpListener::bind(format!("0.0.0.0:{port}")) else {
+        eprintln!("echo-server: gRPC port {port} is taken; no gRPC");
+        return;
+    };
+    std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        rt.block_on(async move {
+            let (reporter, service) = tonic_health::server::health_reporter();
+            reporter.set_service_status("echo", tonic_health::ServingStatus::Serving).await;
+            let Ok(listener) = listener.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(listener)) else { return };
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+            if let Err(e) = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await {
+                eprintln!("echo-server: gRPC: {e}");
+            }
+        });
+    });
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
@@ -166,6 +189,7 @@ fn main() {
     };
     serve_udp(&port, pod.clone());
     serve_websocket(pod.clone());
+    serve_grpc();
     println!("echo-server: pod {pod} listening on :{port}");
     for stream in listener.incoming().flatten() {
         let pod = pod.clone();

@@ -136,6 +136,9 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
         // A websocket echo behind its own host.
         "apiVersion: v1\nkind: Service\nmetadata: {name: ws}\nspec:\n  selector: {app: ing-a}\n  ports: [{name: ws, port: 80, targetPort: 8081}]\n".to_string(),
         format!("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: ws}}\nspec:\n  rules:\n  - host: ws.example\n    http: {{paths: [{}]}}\n", path("/", "Prefix", "ws")),
+        // gRPC (the pods' health service) over HTTP/2 without TLS to the endpoints.
+        "apiVersion: v1\nkind: Service\nmetadata: {name: grpc}\nspec:\n  selector: {app: ing-a}\n  ports: [{name: grpc, port: 80, targetPort: 8082, appProtocol: kubernetes.io/h2c}]\n".to_string(),
+        format!("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: grpc}}\nspec:\n  rules:\n  - host: grpc.example\n    http: {{paths: [{}]}}\n", path("/", "Prefix", "grpc")),
         // Settings by annotation.
         format!("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: secure\n  annotations: {{nodeless.io/ssl-redirect: \"true\"}}\nspec:\n  rules:\n  - host: secure.example\n    http: {{paths: [{}]}}\n", path("/", "Prefix", "a")),
         format!("apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: small\n  annotations: {{nodeless.io/proxy-body-size: 1k, nodeless.io/load-balance: least-request}}\nspec:\n  rules:\n  - host: small.example\n    http: {{paths: [{}]}}\n", path("/", "Prefix", "c")),
@@ -255,6 +258,21 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
         let a = c.request("GET", "/", b"").await.unwrap();
         assert!(a.status == 200 && a.body.starts_with("pod: echo-a"), "{} {}", a.status, a.body);
         assert!(nodeless_tests::http3::Client::connect(ing.https, "one.example", &ca("wild.pem")).await.is_err(), "one.example must not be served the wildcard certificate over QUIC either");
+    });
+
+    // gRPC passes through: a unary call, a server stream, and an error status, which travels in
+    // HTTP/2 trailers (tonic's client, h2c to the ingress, h2c to the pod by appProtocol).
+    rt.block_on(async {
+        use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", ing.http)).unwrap().origin("http://grpc.example".parse().unwrap()).connect().await.unwrap();
+        let mut c = HealthClient::new(channel);
+        let r = c.check(HealthCheckRequest { service: "echo".into() }).await.unwrap();
+        assert_eq!(r.into_inner().status, ServingStatus::Serving as i32);
+        let e = c.check(HealthCheckRequest { service: "nope".into() }).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
+        let mut watch = c.watch(HealthCheckRequest { service: "echo".into() }).await.unwrap().into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.expect("the stream's first message").unwrap().unwrap();
+        assert_eq!(first.status, ServingStatus::Serving as i32);
     });
 
     // Metrics: requests by Ingress, Service and status, latency, and the 503s of the missing one.
