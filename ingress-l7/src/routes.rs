@@ -147,8 +147,25 @@ impl PathRule {
     }
 }
 
-/// An upstream: the ready endpoints of one Service port, with what the balancer keeps about
-/// each (requests under way, connect failures in a row, ejected until when).
+/// What the balancer keeps about one endpoint: requests under way, connect failures in a row,
+/// and until when it is ejected. It is shared with the next table's upstream for the same
+/// Service port and address, so a rebuild (any change in the cluster) neither forgets an
+/// ejection nor loses count of the requests still under way.
+#[derive(Debug, Default)]
+pub struct EndpointState {
+    outstanding: AtomicUsize,
+    failures: AtomicUsize,
+    /// Milliseconds since [`epoch`] until which the endpoint is left out (0: not ejected).
+    ejected_until: AtomicU64,
+}
+
+/// The process's clock origin for ejection deadlines.
+fn now_ms() -> u64 {
+    static EPOCH: std::sync::LazyLock<Instant> = std::sync::LazyLock::new(Instant::now);
+    EPOCH.elapsed().as_millis() as u64
+}
+
+/// An upstream: the ready endpoints of one Service port, with the balancer's state for each.
 #[derive(Debug)]
 pub struct Upstream {
     /// `namespace/service:port`, for logs, metrics and error bodies.
@@ -157,11 +174,7 @@ pub struct Upstream {
     /// HTTP/2 without TLS to the endpoints (the port's appProtocol is `kubernetes.io/h2c`).
     pub h2c: bool,
     next: AtomicUsize,
-    outstanding: Vec<AtomicUsize>,
-    failures: Vec<AtomicUsize>,
-    /// Milliseconds since `epoch` until which the endpoint is left out (0: not ejected).
-    ejected_until: Vec<AtomicU64>,
-    epoch: Instant,
+    state: Vec<Arc<EndpointState>>,
 }
 
 /// Connect failures in a row that eject an endpoint, and for how long.
@@ -170,13 +183,19 @@ pub const EJECT_FOR: Duration = Duration::from_secs(10);
 
 impl Upstream {
     pub fn new(name: String, endpoints: Vec<SocketAddr>, h2c: bool) -> Upstream {
-        let n = endpoints.len();
-        let counters = || (0..n).map(|_| AtomicUsize::new(0)).collect();
-        Upstream { name, endpoints, h2c, next: AtomicUsize::new(0), outstanding: counters(), failures: counters(), ejected_until: (0..n).map(|_| AtomicU64::new(0)).collect(), epoch: Instant::now() }
+        let state = endpoints.iter().map(|_| Arc::default()).collect();
+        Upstream { name, endpoints, h2c, next: AtomicUsize::new(0), state }
     }
 
-    fn now_ms(&self) -> u64 {
-        self.epoch.elapsed().as_millis() as u64
+    /// Take over the state `prior` (the same Service port in the previous table) keeps for the
+    /// endpoints both have.
+    pub fn inherit(&mut self, prior: &Upstream) {
+        for (i, addr) in self.endpoints.iter().enumerate() {
+            if let Some(j) = prior.endpoints.iter().position(|a| a == addr) {
+                self.state[i] = prior.state[j].clone();
+            }
+        }
+        self.next.store(prior.next.load(Ordering::Relaxed), Ordering::Relaxed);
     }
 
     /// Pick an endpoint (its index) by `balance` among those not tried already for this
@@ -184,8 +203,8 @@ impl Upstream {
     /// beats a certain failure), then what was tried. Nothing is allocated: this runs for every
     /// request.
     pub fn pick(&self, balance: Balance, skip: &[usize]) -> Option<usize> {
-        let now = self.now_ms();
-        let live = |i: usize| self.ejected_until[i].load(Ordering::Relaxed) <= now;
+        let now = now_ms();
+        let live = |i: usize| self.state[i].ejected_until.load(Ordering::Relaxed) <= now;
         let all = 0..self.endpoints.len();
         let filters: [&dyn Fn(usize) -> bool; 3] = [&|i| !skip.contains(&i) && live(i), &|i| !skip.contains(&i), &|_| true];
         let (eligible, count) = filters.into_iter().map(|f| (f, all.clone().filter(|&i| f(i)).count())).find(|(_, n)| *n > 0)?;
@@ -202,7 +221,7 @@ impl Upstream {
                     return Some(a);
                 }
                 let b = nth(n + 1 + (n.wrapping_mul(2_654_435_761) >> 7) % (count - 1))?;
-                Some(if self.outstanding[b].load(Ordering::Relaxed) < self.outstanding[a].load(Ordering::Relaxed) { b } else { a })
+                Some(if self.outstanding(b) < self.outstanding(a) { b } else { a })
             }
         }
     }
@@ -213,32 +232,33 @@ impl Upstream {
 
     /// A request to endpoint `i` starts; `done` when it ends.
     pub fn start(&self, i: usize) {
-        self.outstanding[i].fetch_add(1, Ordering::Relaxed);
+        self.state[i].outstanding.fetch_add(1, Ordering::Relaxed);
     }
 
     pub fn done(&self, i: usize) {
-        let _ = self.outstanding[i].fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+        let _ = self.state[i].outstanding.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
     }
 
     pub fn outstanding(&self, i: usize) -> usize {
-        self.outstanding[i].load(Ordering::Relaxed)
+        self.state[i].outstanding.load(Ordering::Relaxed)
     }
 
     /// A connect to endpoint `i` failed: after `EJECT_AFTER` in a row it is left out for
     /// `EJECT_FOR` (passive ejection).
     pub fn connect_failed(&self, i: usize) {
-        if self.failures[i].fetch_add(1, Ordering::Relaxed) + 1 >= EJECT_AFTER {
-            self.ejected_until[i].store(self.now_ms() + EJECT_FOR.as_millis() as u64, Ordering::Relaxed);
-            self.failures[i].store(0, Ordering::Relaxed);
+        let st = &self.state[i];
+        if st.failures.fetch_add(1, Ordering::Relaxed) + 1 >= EJECT_AFTER {
+            st.ejected_until.store(now_ms() + EJECT_FOR.as_millis() as u64, Ordering::Relaxed);
+            st.failures.store(0, Ordering::Relaxed);
         }
     }
 
     pub fn connected(&self, i: usize) {
-        self.failures[i].store(0, Ordering::Relaxed);
+        self.state[i].failures.store(0, Ordering::Relaxed);
     }
 
     pub fn ejected(&self, i: usize) -> bool {
-        self.ejected_until[i].load(Ordering::Relaxed) > self.now_ms()
+        self.state[i].ejected_until.load(Ordering::Relaxed) > now_ms()
     }
 }
 
@@ -344,13 +364,15 @@ pub fn ours(ingress: &Ingress, classes: &[Arc<IngressClass>]) -> bool {
 
 /// Service ports and their ready endpoints, looked up by the backends.
 struct Backends<'a> {
+    /// The previous table's upstreams by name, whose endpoint state carries over.
+    prior: HashMap<String, Arc<Upstream>>,
     services: HashMap<(String, String), &'a Service>,
     slices: HashMap<(String, String), Vec<&'a EndpointSlice>>,
     built: HashMap<(String, String, String), Target>,
 }
 
 impl<'a> Backends<'a> {
-    fn new(services: &'a [Arc<Service>], slices: &'a [Arc<EndpointSlice>]) -> Backends<'a> {
+    fn new(services: &'a [Arc<Service>], slices: &'a [Arc<EndpointSlice>], prior: &Table) -> Backends<'a> {
         let services = services.iter().map(|s| ((s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default()), s.as_ref())).collect();
         let mut by_service: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
         for s in slices {
@@ -358,7 +380,8 @@ impl<'a> Backends<'a> {
                 by_service.entry((s.metadata.namespace.clone().unwrap_or_default(), svc.clone())).or_default().push(s.as_ref());
             }
         }
-        Backends { services, slices: by_service, built: HashMap::new() }
+        let prior = prior.upstreams().into_iter().map(|u| (u.name.clone(), u)).collect();
+        Backends { prior, services, slices: by_service, built: HashMap::new() }
     }
 
     fn target(&mut self, namespace: &str, backend: &IngressBackend) -> Target {
@@ -401,7 +424,11 @@ impl<'a> Backends<'a> {
         if endpoints.is_empty() {
             return Target::Unavailable(format!("service {label} has no ready endpoints"));
         }
-        Target::Upstream(Arc::new(Upstream::new(label, endpoints, sp.app_protocol.as_deref() == Some(H2C))))
+        let mut u = Upstream::new(label, endpoints, sp.app_protocol.as_deref() == Some(H2C));
+        if let Some(p) = self.prior.get(&u.name) {
+            u.inherit(p);
+        }
+        Target::Upstream(Arc::new(u))
     }
 }
 
@@ -436,11 +463,12 @@ pub fn ready_endpoints(slices: &[&EndpointSlice], port_name: &str) -> Vec<Socket
 }
 
 /// Build the table from the cluster's objects: the Ingresses of this controller's classes, the
-/// oldest first (it wins ties).
-pub fn build(ingresses: &[Arc<Ingress>], classes: &[Arc<IngressClass>], services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Table {
+/// oldest first (it wins ties). The balancer's state for endpoints that `prior` (the table in
+/// use) also has carries over.
+pub fn build(ingresses: &[Arc<Ingress>], classes: &[Arc<IngressClass>], services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], prior: &Table) -> Table {
     let mut mine: Vec<&Ingress> = ingresses.iter().map(|i| i.as_ref()).filter(|i| ours(i, classes)).collect();
     mine.sort_by(|a, b| (a.metadata.creation_timestamp.as_ref().map(|t| t.0), &a.metadata.namespace, &a.metadata.name).cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), &b.metadata.namespace, &b.metadata.name)));
-    let mut backends = Backends::new(services, slices);
+    let mut backends = Backends::new(services, slices, prior);
     let mut table = Table::default();
     for ing in mine {
         let ns = ing.metadata.namespace.clone().unwrap_or_default();
@@ -536,7 +564,7 @@ mod tests {
             services.push(service(&format!("s{n}"), json!([{"name": "http", "port": 80, "targetPort": 8080}])));
             slices.push(slice(&format!("s{n}"), "http", 8080, &[(&format!("10.0.0.{n}"), true)]));
         }
-        build(ingresses, &[class()], &services, &slices)
+        build(ingresses, &[class()], &services, &slices, &Table::default())
     }
 
     /// The service a request is routed to, or "404".
@@ -617,7 +645,7 @@ mod tests {
             {"path": "/missing", "pathType": "Prefix", "backend": {"service": {"name": "nope", "port": {"number": 80}}}},
             {"path": "/badport", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 81}}}},
             {"path": "/empty", "pathType": "Prefix", "backend": {"service": {"name": "empty", "port": {"number": 80}}}}]}}]}));
-        let t = build(&[ing], &[class()], &services, &slices);
+        let t = build(&[ing], &[class()], &services, &slices, &Table::default());
         match t.route("h", "/by-name") {
             Decision::Route(Route { target: Target::Upstream(u), .. }) => {
                 assert_eq!(u.endpoints, vec!["10.0.0.1:8080".parse().unwrap(), "10.0.0.3:8080".parse().unwrap()], "ready endpoints only");
@@ -665,6 +693,31 @@ mod tests {
         assert!((0..30).all(|_| u.pick(Balance::RoundRobin, &[]) != Some(2)), "an ejected endpoint is left out");
         // With every other endpoint tried, the ejected one is still a better guess than nothing.
         assert_eq!(u.pick(Balance::RoundRobin, &[0, 1]), Some(2));
+    }
+
+    #[test]
+    fn a_rebuild_keeps_ejections_and_requests_under_way() {
+        let services = vec![service("web", json!([{"name": "http", "port": 80, "targetPort": 8080}]))];
+        let ing = ingress("a", "2026-01-01T00:00:00Z", json!({"rules": [{"http": {"paths": [path("/", "Prefix", "web")]}}]}));
+        let upstream = |t: &Table| match t.route("h", "/") {
+            Decision::Route(Route { target: Target::Upstream(u), .. }) => u.clone(),
+            other => panic!("{other:?}"),
+        };
+        let first = build(&[ing.clone()], &[class()], &services, &[slice("web", "http", 8080, &[("10.0.0.1", true), ("10.0.0.2", true)])], &Table::default());
+        let u1 = upstream(&first);
+        for _ in 0..EJECT_AFTER {
+            u1.connect_failed(1);
+        }
+        u1.start(0);
+        // An endpoint joins: a new table, whose upstream has the old endpoints' state.
+        let second = build(&[ing], &[class()], &services, &[slice("web", "http", 8080, &[("10.0.0.1", true), ("10.0.0.2", true), ("10.0.0.3", true)])], &first);
+        let u2 = upstream(&second);
+        assert_eq!(u2.endpoints.len(), 3);
+        assert!(u2.ejected(1) && !u2.ejected(2), "10.0.0.2 stays ejected, the new 10.0.0.3 is not");
+        assert_eq!(u2.outstanding(0), 1);
+        // The request started on the old table ends there, and is counted off in the new one.
+        u1.done(0);
+        assert_eq!(u2.outstanding(0), 0);
     }
 
     #[test]

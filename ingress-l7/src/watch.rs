@@ -66,7 +66,7 @@ pub async fn run(client: kube::Client, table: Arc<ArcSwap<Table>>, certs: Arc<Ce
             continue;
         }
         let all_ingresses = ingresses.state();
-        let built = routes::build(&all_ingresses, &classes.state(), &services.state(), &slices.state());
+        let built = routes::build(&all_ingresses, &classes.state(), &services.state(), &slices.state(), &table.load());
         let by_name: HashMap<String, Arc<Secret>> = secrets.state().into_iter().map(|s| (format!("{}/{}", s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default()), s)).collect();
         for problem in &built.problems {
             tracing::warn!(%problem, "annotation ignored");
