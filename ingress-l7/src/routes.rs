@@ -703,7 +703,7 @@ mod tests {
             Decision::Route(Route { target: Target::Upstream(u), .. }) => u.clone(),
             other => panic!("{other:?}"),
         };
-        let first = build(&[ing.clone()], &[class()], &services, &[slice("web", "http", 8080, &[("10.0.0.1", true), ("10.0.0.2", true)])], &Table::default());
+        let first = build(std::slice::from_ref(&ing), &[class()], &services, &[slice("web", "http", 8080, &[("10.0.0.1", true), ("10.0.0.2", true)])], &Table::default());
         let u1 = upstream(&first);
         for _ in 0..EJECT_AFTER {
             u1.connect_failed(1);

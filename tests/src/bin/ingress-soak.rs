@@ -224,7 +224,7 @@ fn main() -> Result<()> {
             let pod = ["soak-3", "soak-4"][which];
             groups[which] = if groups[which] == "soak-a" { "soak-b" } else { "soak-a" };
             pods.patch(pod, &PatchParams::default(), &Patch::Merge(serde_json::json!({"metadata": {"labels": {"app": groups[which]}}}))).await.context("moving an endpoint")?;
-            if changes % 60 == 0 {
+            if changes.is_multiple_of(60) {
                 let ok: u64 = counts.ok.iter().map(|c| c.load(Ordering::Relaxed)).sum();
                 let failed: u64 = counts.failed.iter().map(|c| c.load(Ordering::Relaxed)).sum();
                 eprintln!("ingress-soak: {}s, {changes} changes, {ok} requests answered, {failed} failed", started.elapsed().as_secs());
