@@ -150,6 +150,12 @@ impl Nodeless {
     fn clean_node(&self) {
         let Some(node) = &self.node else { return };
         clean_node_leftovers(node, &self.data_dir());
+        // The pod network's egress rule, which a node stopped with pods still running keeps
+        // (a restarted node adopts them).
+        if let Some(cidr) = self.extra_args.iter().position(|a| a == "--pod-cidr").and_then(|i| self.extra_args.get(i + 1)).and_then(|c| c.parse::<ipnet::Ipv4Net>().ok()) {
+            let table = nodeless_eni_cni::snat::Snat::table_for(&[cidr]);
+            let _ = Command::new("nft").args(["delete", "table", "ip", &table]).stderr(Stdio::null()).output();
+        }
         if let Some((bridge, _)) = &self.net {
             let _ = Command::new("ip").args(["link", "del", bridge]).output();
         }
@@ -422,11 +428,22 @@ pub fn clean_node_leftovers(node: &str, data_dir: &Path) {
         let _ = Command::new("umount").arg("-l").arg(m).output();
     }
     let _ = std::fs::remove_dir_all(Path::new("/run/nodeless").join(node));
-    for ctl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-        let base = ctl.path().join("nodeless").join(node);
-        if base.is_dir() {
-            let _ = Command::new("find").arg(&base).args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"]).output();
+    // The node's eBPF pins (the fast path's program and maps); unlinking a pin is how it goes.
+    let _ = std::fs::remove_dir_all(Path::new("/sys/fs/bpf/nodeless").join(node));
+    // Cgroups go once their last process has exited, which takes a moment after a kill.
+    for _ in 0..20 {
+        let mut left = false;
+        for ctl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
+            let base = ctl.path().join("nodeless").join(node);
+            if base.is_dir() {
+                let _ = Command::new("find").arg(&base).args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"]).output();
+                left |= base.is_dir();
+            }
         }
+        if !left {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
     }
 }
 
