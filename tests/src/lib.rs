@@ -433,9 +433,6 @@ pub fn clean_node_leftovers(node: &str, data_dir: &Path) {
     // Its service load balancer's pins: the cgroup hooks stay attached while their links are
     // pinned.
     let _ = std::fs::remove_dir_all(Path::new("/sys/fs/bpf/nodeless/lb").join(node));
-    for d in ["/sys/fs/bpf/nodeless/lb", "/sys/fs/bpf/nodeless"] {
-        let _ = std::fs::remove_dir(d);
-    }
     // Cgroups go once their last process has exited, which takes a moment after a kill.
     for _ in 0..20 {
         let mut left = false;
