@@ -149,33 +149,22 @@ fn main() -> Result<()> {
         let counts = Arc::new(Counts::default());
         let stop = Arc::new(AtomicBool::new(false));
         let mut tasks = Vec::new();
+        // HTTP/1.1 and h2c clients (reqwest), each a loop of GETs.
+        let mut plain = Vec::new();
         for c in 0..args.clients {
-            let (counts, stop) = (counts.clone(), stop.clone());
-            let h1 = reqwest::Client::builder().timeout(Duration::from_secs(10)).http1_only().build()?;
-            tasks.push(tokio::spawn(async move {
-                let mut i = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    i += 1;
-                    let r = h1.get(format!("http://{http}/h1/{c}/{i}")).header("host", "soak.example").send().await;
-                    let result = match r {
-                        Ok(r) => {
-                            let status = r.status().as_u16();
-                            check(status, &r.text().await.unwrap_or_default())
-                        }
-                        Err(e) => Err(format!("{e:#}")),
-                    };
-                    counts.record(0, result);
-                }
-            }));
+            plain.push((0, c, reqwest::Client::builder().http1_only()));
         }
         for c in 0..(args.clients / 2).max(1) {
+            plain.push((1, c, reqwest::Client::builder().http2_prior_knowledge()));
+        }
+        for (proto, c, builder) in plain {
             let (counts, stop) = (counts.clone(), stop.clone());
-            let h2 = reqwest::Client::builder().timeout(Duration::from_secs(10)).http2_prior_knowledge().resolve("soak.example", http).build()?;
+            let client = builder.timeout(Duration::from_secs(10)).resolve("soak.example", http).build()?;
             tasks.push(tokio::spawn(async move {
                 let mut i = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     i += 1;
-                    let r = h2.get(format!("http://soak.example:{}/h2/{c}/{i}", http.port())).send().await;
+                    let r = client.get(format!("http://soak.example:{}/{proto}/{c}/{i}", http.port())).send().await;
                     let result = match r {
                         Ok(r) => {
                             let status = r.status().as_u16();
@@ -183,7 +172,7 @@ fn main() -> Result<()> {
                         }
                         Err(e) => Err(format!("{e:#}")),
                     };
-                    counts.record(1, result);
+                    counts.record(proto, result);
                 }
             }));
         }
