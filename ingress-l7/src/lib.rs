@@ -6,5 +6,6 @@ pub mod lb;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;
+pub mod stream;
 pub mod tls;
 pub mod watch;

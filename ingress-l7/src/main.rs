@@ -12,7 +12,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use clap::Parser;
-use nodeless_ingress_l7::{http3, lb, metrics::Metrics, proxy::Ingress, routes::Table, tls::Certs, watch};
+use nodeless_ingress_l7::{http3, lb, metrics::Metrics, stream, proxy::Ingress, routes::Table, tls::Certs, watch};
 use pingora_core::apps::{HttpServerOptions, ServerApp};
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::GetSocketDigest;
@@ -267,13 +267,13 @@ async fn serve(listener: TcpListener, app: Arc<HttpProxy<Ingress>>, tls: Option<
             l4.set_socket_digest(SocketDigest::from_raw_fd(fd));
             let mut stream: pingora_core::protocols::Stream = match tls {
                 Some(a) => match a.tls_handshake(l4).await {
-                    Ok(s) => Box::new(s),
+                    Ok(s) => stream::boxed(s),
                     Err(e) => {
                         tracing::debug!(error = %e, "TLS handshake");
                         return;
                     }
                 },
-                None => Box::new(l4),
+                None => stream::boxed(l4),
             };
             while let Some(s) = app.process_new(stream, &shutdown).await {
                 stream = s;
