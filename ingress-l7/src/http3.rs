@@ -116,12 +116,14 @@ impl Http3 {
         let id = proxy::request_id(&head.headers);
         let admitted = proxy::admit(&self.table.load(), "https", &head.uri, &head.headers);
         let (mut upstream, mut service) = (None, "-".to_string());
+        let host = proxy::request_host(&head.uri, &head.headers);
+        let (method, uri) = (head.method.clone(), head.uri.clone());
         let (code, upstream_error, error) = match admitted.outcome {
             Outcome::Respond(status, body) => (answer(&mut send, status, &body, &id).await, None, String::new()),
             // Only plain HTTP is redirected; HTTP/3 is never plain.
             Outcome::Redirect(_) => (answer(&mut send, 500, "redirect on a secure listener", &id).await, None, String::new()),
             Outcome::Forward(u) => {
-                let f = self.forward(&u, &admitted.settings, &admitted.ingress, head.clone(), &id, client, &mut send, recv).await;
+                let f = self.forward(&u, &admitted.settings, &admitted.ingress, head, &host, &id, client, &mut send, recv).await;
                 upstream = f.endpoint.map(|i| u.addr(i));
                 service = u.name.clone();
                 let code = match f.answer {
@@ -137,9 +139,9 @@ impl Http3 {
             self.metrics.log(&metrics::Finished {
                 client: &client.ip().to_string(),
                 protocol: "HTTP/3",
-                method: head.method.as_str(),
-                host: &proxy::request_host(&head.uri, &head.headers),
-                path: head.uri.path(),
+                method: method.as_str(),
+                host: &host,
+                path: uri.path(),
                 code,
                 ingress: &admitted.ingress,
                 service: &service,
@@ -152,7 +154,7 @@ impl Http3 {
     }
 
     /// Send the request to one of `u`'s endpoints and stream the answer back.
-    async fn forward(&self, u: &Upstream, settings: &Settings, ingress: &str, head: http::request::Parts, id: &str, client: SocketAddr, send: &mut SendHalf, recv: RecvHalf) -> Forwarded {
+    async fn forward(&self, u: &Upstream, settings: &Settings, ingress: &str, head: http::request::Parts, host: &str, id: &str, client: SocketAddr, send: &mut SendHalf, recv: RecvHalf) -> Forwarded {
         let mut done = Forwarded::default();
         let mut tried = Vec::new();
         let tries = if proxy::idempotent(&head.method) { CONNECT_TRIES.min(u.endpoints.len().max(1)) } else { 1 };
@@ -181,7 +183,7 @@ impl Http3 {
         let _under_way = Release(u, i);
 
         let too_large = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let req = match upstream_request(head, id, client, recv, settings.body_limit, too_large.clone()) {
+        let req = match upstream_request(head, host, id, client, recv, settings.body_limit, too_large.clone()) {
             Ok(r) => r,
             Err(e) => {
                 done.answer = Some((400, format!("the request cannot be forwarded: {e}")));
@@ -311,15 +313,14 @@ fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// The HTTP/1.1 (or h2c) request for the endpoint: origin-form target, Host from the
 /// authority, the forwarding headers, and the client's body streamed as it arrives (cut off
 /// past `limit` bytes, which sets `too_large`).
-fn upstream_request(head: http::request::Parts, id: &str, client: SocketAddr, recv: RecvHalf, limit: u64, too_large: Arc<std::sync::atomic::AtomicBool>) -> Result<Request<Body>> {
-    let host = proxy::request_host(&head.uri, &head.headers);
+fn upstream_request(head: http::request::Parts, host: &str, id: &str, client: SocketAddr, recv: RecvHalf, limit: u64, too_large: Arc<std::sync::atomic::AtomicBool>) -> Result<Request<Body>> {
     let target = head.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
     let declared = proxy::declared_length(&head.headers);
     let mut headers = head.headers;
     strip_hop_by_hop(&mut headers);
     if !host.is_empty() {
-        headers.insert(http::header::HOST, HeaderValue::from_str(&host)?);
-        headers.insert("x-forwarded-host", HeaderValue::from_str(&host)?);
+        headers.insert(http::header::HOST, HeaderValue::from_str(host)?);
+        headers.insert("x-forwarded-host", HeaderValue::from_str(host)?);
     }
     let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
         Some(prior) if !prior.is_empty() => format!("{prior}, {}", client.ip()),
@@ -341,12 +342,19 @@ fn upstream_request(head: http::request::Parts, id: &str, client: SocketAddr, re
     Ok(req)
 }
 
-/// The client's body as frames: data as it arrives, then its trailers.
+/// Where the client's body stands.
+enum Phase {
+    /// Data, this many bytes so far; then the trailers.
+    Data(u64),
+    Done,
+}
+
+/// The client's body as frames: data as it arrives, then its trailers; it ends after an error.
 fn client_body(recv: RecvHalf, limit: u64, too_large: Arc<std::sync::atomic::AtomicBool>) -> impl futures::Stream<Item = Result<Frame<Bytes>, BoxError>> {
-    futures::stream::unfold((recv, 0u64, false), move |(mut recv, seen, data_done)| {
+    futures::stream::unfold((recv, Phase::Data(0)), move |(mut recv, phase)| {
         let too_large = too_large.clone();
         async move {
-            if !data_done {
+            if let Phase::Data(seen) = phase {
                 match recv.recv_data().await {
                     Ok(Some(mut chunk)) => {
                         let bytes = chunk.copy_to_bytes(chunk.remaining());
@@ -354,45 +362,23 @@ fn client_body(recv: RecvHalf, limit: u64, too_large: Arc<std::sync::atomic::Ato
                         if limit > 0 && seen > limit {
                             too_large.store(true, std::sync::atomic::Ordering::Relaxed);
                             recv.stop_sending(h3::error::Code::H3_REQUEST_REJECTED);
-                            return Some((Err(BoxError::from("request body over the route's limit")), (recv, seen, true)));
+                            return Some((Err(BoxError::from("request body over the route's limit")), (recv, Phase::Done)));
                         }
-                        return Some((Ok(Frame::data(bytes)), (recv, seen, false)));
+                        return Some((Ok(Frame::data(bytes)), (recv, Phase::Data(seen))));
                     }
                     Ok(None) => {}
-                    Err(e) => return Some((Err(BoxError::from(e.to_string())), (recv, seen, true))),
+                    Err(e) => return Some((Err(BoxError::from(e.to_string())), (recv, Phase::Done))),
                 }
             }
-            match recv.recv_trailers().await {
-                Ok(Some(t)) => Some((Ok(Frame::trailers(t)), (recv, seen, true))),
-                _ => None,
+            match phase {
+                Phase::Done => None,
+                Phase::Data(_) => match recv.recv_trailers().await {
+                    Ok(Some(t)) => Some((Ok(Frame::trailers(t)), (recv, Phase::Done))),
+                    _ => None,
+                },
             }
         }
     })
-    .take_while_ok()
-}
-
-trait TakeWhileOk: futures::Stream + Sized {
-    /// End the stream after its first error (the error itself is passed on).
-    fn take_while_ok(self) -> futures::stream::BoxStream<'static, Self::Item>
-    where
-        Self: Send + 'static;
-}
-
-impl<S, T> TakeWhileOk for S
-where
-    S: futures::Stream<Item = Result<T, BoxError>> + Send + 'static,
-    T: Send + 'static,
-{
-    fn take_while_ok(self) -> futures::stream::BoxStream<'static, Self::Item> {
-        use futures::StreamExt;
-        let mut failed = false;
-        self.take_while(move |item| {
-            let go = !failed;
-            failed |= item.is_err();
-            std::future::ready(go)
-        })
-        .boxed()
-    }
 }
 
 /// A connection to an endpoint, ready for one request.

@@ -37,6 +37,8 @@ const CONNECT_TRIES: usize = 3;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// A UDP flow with no datagram either way for this long is forgotten.
 const UDP_IDLE: Duration = Duration::from_secs(60);
+const ENODEV: i32 = 19;
+const EOPNOTSUPP: i32 = 95;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
@@ -83,7 +85,7 @@ pub struct Plan {
 /// The pool's addresses, in order (a /31 or /32 is used whole; otherwise the network and
 /// broadcast addresses are left out).
 pub fn addresses(pool: ipnet::Ipv4Net) -> Vec<Ipv4Addr> {
-    if pool.prefix_len() >= 31 { pool.hosts().chain([pool.network(), pool.broadcast()]).collect::<std::collections::BTreeSet<_>>().into_iter().collect() } else { pool.hosts().collect() }
+    pool.hosts().collect()
 }
 
 fn id(s: &Service) -> String {
@@ -239,7 +241,7 @@ impl Forwarder {
                 Ok(()) => {}
                 // A kernel without the dummy driver: a veth pair, both ends on this host,
                 // stands in (addresses on it are local all the same).
-                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -95 => {
+                Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -EOPNOTSUPP => {
                     let peer = format!("{}p", &link[..link.len().min(14)]);
                     tracing::info!(%link, %peer, "no dummy interfaces in this kernel: a veth pair stands in");
                     handle.link().add(rtnetlink::LinkVeth::new(link, &peer).up().build()).execute().await.map_err(|e| nl(&format!("making the veth pair {link}/{peer}"), e))?;
@@ -261,7 +263,7 @@ impl Forwarder {
         match links.try_next().await {
             Ok(Some(m)) => Ok(Some(m.header.index)),
             Ok(None) => Ok(None),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -19 => Ok(None),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -ENODEV => Ok(None),
             Err(e) => Err(nl(&format!("looking up {link}"), e)),
         }
     }
@@ -449,7 +451,7 @@ async fn serve_udp(socket: Arc<UdpSocket>, port: Arc<ArcSwap<Port>>, service: St
 }
 
 async fn open_flow(to: SocketAddr) -> std::io::Result<UdpSocket> {
-    let local: SocketAddr = if to.is_ipv4() { "0.0.0.0:0".parse().unwrap_or_else(|_| unreachable!()) } else { "[::]:0".parse().unwrap_or_else(|_| unreachable!()) };
+    let local = if to.is_ipv4() { SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)) } else { SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)) };
     let s = UdpSocket::bind(local).await?;
     s.connect(to).await?;
     Ok(s)

@@ -104,7 +104,10 @@ fn main() -> Result<()> {
         };
         Some((rt, endpoint))
     };
-    let alt_svc = quic.as_ref().map(|_| format!("h3=\":{}\"; ma=86400", https_addr.port()));
+    let alt_svc = match &quic {
+        Some(_) => Some(http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", https_addr.port()))?),
+        None => None,
+    };
     let conf = Arc::new(ServerConf::default());
     let app = |scheme: &'static str| {
         let alt_svc = if scheme == "https" { alt_svc.clone() } else { None };

@@ -30,7 +30,7 @@ pub struct Ingress {
     /// `http` or `https`: what this listener tells the upstream in X-Forwarded-Proto.
     pub scheme: &'static str,
     /// The Alt-Svc value that advertises HTTP/3 in this listener's responses.
-    pub alt_svc: Option<String>,
+    pub alt_svc: Option<http::HeaderValue>,
 }
 
 pub struct Ctx {
@@ -234,7 +234,7 @@ impl ProxyHttp for Ingress {
         }
         resp.insert_header("x-request-id", ctx.request_id.clone())?;
         if let Some(v) = &self.alt_svc {
-            resp.insert_header(http::header::ALT_SVC, v.as_str())?;
+            resp.insert_header(http::header::ALT_SVC, v.clone())?;
         }
         Ok(())
     }

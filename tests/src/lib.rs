@@ -451,6 +451,16 @@ pub fn clean_node_leftovers(node: &str, data_dir: &Path) {
 }
 
 pub mod http3;
+
+/// The addresses `ingress-l7` prints once listening ("ingress-l7: http on A, https and http3 on
+/// B, metrics on C"), read from its piped stdout: HTTP, HTTPS, metrics.
+pub fn ingress_addresses(child: &mut Child) -> Result<[std::net::SocketAddr; 3]> {
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().context("ingress-l7's stdout is not piped")?).read_line(&mut line)?;
+    let addrs: Vec<std::net::SocketAddr> = line.split_whitespace().filter_map(|w| w.trim_end_matches(',').parse().ok()).collect();
+    addrs.try_into().map_err(|_| anyhow::anyhow!("ingress-l7 printed {line:?}"))
+}
 pub mod images;
 
 pub mod kubelet;

@@ -14,8 +14,6 @@
 //!     cargo run --release -p nodeless-tests --bin ingress-bench
 #![forbid(unsafe_code)]
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -214,14 +212,10 @@ fn main() -> Result<()> {
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("ingress-l7 stdout")?).read_line(&mut line)?;
+    let addrs = nodeless_tests::ingress_addresses(&mut child);
     let ours = Proc(child);
-    let addrs: Vec<SocketAddr> = line.split_whitespace().filter_map(|w| w.trim_end_matches(',').parse().ok()).collect();
-    if addrs.len() < 2 {
-        bail!("ingress-l7 printed {line:?}");
-    }
-    let (nl_h1, nl_tls) = (addrs[0].port(), addrs[1].port());
+    let [h1, tls, _] = addrs?;
+    let (nl_h1, nl_tls) = (h1.port(), tls.port());
     let resolve = |port: u16| format!("bench.example:{port}:127.0.0.1");
     wait_ok(&format!("http://127.0.0.1:{nl_h1}/"), "bench.example", &[])?;
     wait_ok(&format!("http://127.0.0.1:{ng_h1}/"), "bench.example", &[])?;

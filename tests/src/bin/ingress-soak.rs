@@ -11,8 +11,6 @@
 //!     cargo run --release -p nodeless-tests --bin ingress-soak -- --seconds 600
 #![forbid(unsafe_code)]
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -118,14 +116,9 @@ fn main() -> Result<()> {
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()?;
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().context("ingress-l7's stdout")?).read_line(&mut line)?;
+    let addrs = nodeless_tests::ingress_addresses(&mut child);
     let _ingress = Proc(child);
-    let addrs: Vec<SocketAddr> = line.split_whitespace().filter_map(|w| w.trim_end_matches(',').parse().ok()).collect();
-    if addrs.len() < 2 {
-        bail!("ingress-l7 printed {line:?}");
-    }
-    let (http, https) = (addrs[0], addrs[1]);
+    let [http, https, _] = addrs?;
     let ca = cert.cert.pem();
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

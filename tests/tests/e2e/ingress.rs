@@ -4,7 +4,6 @@
 //! backend that does not exist, the forwarded headers, the published address, and route and
 //! endpoint changes taking effect.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -37,12 +36,11 @@ impl IngressL7 {
             .stderr(log.reopen().unwrap())
             .spawn()
             .unwrap();
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        // "ingress-l7: http on A, https and http3 on B, metrics on C"
-        let addrs: Vec<SocketAddr> = line.split_whitespace().filter_map(|w| w.trim_end_matches(',').parse().ok()).collect();
-        assert_eq!(addrs.len(), 3, "{line:?}\n{}", std::fs::read_to_string(log.path()).unwrap_or_default());
-        IngressL7 { child, http: addrs[0], https: addrs[1], metrics: addrs[2], lb_link: lb_link.to_string() }
+        let [http, https, metrics] = match nodeless_tests::ingress_addresses(&mut child) {
+            Ok(a) => a,
+            Err(e) => panic!("{e}\n{}", std::fs::read_to_string(log.path()).unwrap_or_default()),
+        };
+        IngressL7 { child, http, https, metrics, lb_link: lb_link.to_string() }
     }
 
     /// SIGTERM, as a service manager stops it, and its exit status.
