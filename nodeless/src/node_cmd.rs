@@ -9,6 +9,7 @@ use nodeless_sandbox_node::image::{ImageStore, reference};
 use nodeless_sandbox_node::network::{Cni, LoopbackOnly, Network};
 use nodeless_sandbox_node::node::{NodeConfig, RunningNode};
 use nodeless_sandbox_node::runtime::OciRuntime;
+use nodeless_sandbox_node::sandbox::Keeper;
 
 #[derive(clap::Args, Clone)]
 pub struct NodeArgs {
@@ -124,8 +125,8 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
     let run_dir = PathBuf::from("/run/nodeless").join(&name);
     // The runtime resolves bundle paths itself: everything the node hands it is absolute.
     let dir = std::path::absolute(node_dir(data_dir))?;
-    let shim = shim_path()?;
-    let runtime = Arc::new(OciRuntime::new(choose_runtime(&args.runtime)?, run_dir.join("runtime"), shim.clone()));
+    let keeper = Arc::new(Keeper::new(shim_path()?, run_dir.join("keeper.sock")));
+    let runtime = Arc::new(OciRuntime::new(choose_runtime(&args.runtime)?, run_dir.join("runtime"), keeper.clone()));
     let mut pod_network = None;
     let network: Arc<dyn Network> = match &args.cni_conf {
         Some(conf) => Arc::new(Cni::load(conf, args.cni_bin_dir.clone(), dir.join("cni"))?),
@@ -167,7 +168,7 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         backoff_base: args.restart_backoff,
         backoff_max: Duration::from_secs(300),
         insecure_registries: args.insecure_registries.clone(),
-        shim_binary: shim,
+        keeper,
     };
     match nodeless_sandbox_node::node::start(cfg, client).await {
         Ok(node) => Ok(StartedNode { node, network: pod_network, cgroup_parent }),

@@ -37,8 +37,8 @@ pub struct NodeConfig {
     pub backoff_max: Duration,
     /// Registries reached over plain HTTP (loopback ones always are).
     pub insecure_registries: Vec<String>,
-    /// `nodeless-shim`, whose `keep` mode holds pods' namespaces.
-    pub shim_binary: PathBuf,
+    /// The node's supervisor, which holds pods' namespaces (and runs the OCI runtime's containers).
+    pub keeper: Arc<crate::sandbox::Keeper>,
 }
 
 pub struct NodeCtx {
@@ -57,7 +57,7 @@ pub struct NodeCtx {
     pub backoff_base: Duration,
     pub backoff_max: Duration,
     pub insecure_registries: Vec<String>,
-    pub keeper: crate::sandbox::Keeper,
+    pub keeper: Arc<crate::sandbox::Keeper>,
     pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     workers: Mutex<HashMap<String, mpsc::UnboundedSender<Event>>>,
     names: Mutex<HashMap<(String, String), String>>,
@@ -286,7 +286,7 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
         backoff_base: cfg.backoff_base,
         backoff_max: cfg.backoff_max,
         insecure_registries: cfg.insecure_registries,
-        keeper: crate::sandbox::Keeper::new(cfg.shim_binary, cfg.run_dir.join("keeper.sock")),
+        keeper: cfg.keeper,
         pulls: Mutex::new(HashMap::new()),
         workers: Mutex::new(HashMap::new()),
         names: Mutex::new(HashMap::new()),

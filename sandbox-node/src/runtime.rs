@@ -1,12 +1,20 @@
 //! The seam to the container runtime. `OciRuntime` drives an OCI runtime CLI (runc, crun, or
-//! any that speaks the same commands) with each container under its shim; the microVM runtime
-//! will be another implementation of [`Runtime`].
+//! any that speaks the same commands) with every container under the node's supervisor; the
+//! microVM runtime will be another implementation of [`Runtime`].
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::process::{Child, Command};
+use tokio::io::AsyncBufReadExt;
+use tokio::process::Command;
+
+use crate::sandbox::Keeper;
+use crate::shim_proto::RunRequest;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -23,6 +31,14 @@ pub struct Launch {
     pub bundle: PathBuf,
     pub log: PathBuf,
     pub exit: PathBuf,
+}
+
+/// A container attempt the runtime has taken on.
+pub struct Started {
+    /// Its init process, if it runs (if not, its exit record says why).
+    pub pid: Option<i32>,
+    /// Resolves once it has ended and its exit record is written.
+    pub ended: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
 /// A running container as `exec` needs it.
@@ -47,9 +63,9 @@ pub trait Runtime: Send + Sync {
     fn version(&self) -> String {
         format!("{}://unknown", self.name())
     }
-    /// Start the container in `launch.bundle` under a shim; the child is the shim, whose stdout
-    /// says `started <pid>` once the container runs (and closes without it if it never does).
-    async fn start(&self, launch: &Launch) -> Result<Child, RuntimeError>;
+    /// Start the container in `launch.bundle`; returns once it runs or has failed to start, and
+    /// writes `launch.exit` when it ends.
+    async fn start(&self, launch: &Launch) -> Result<Started, RuntimeError>;
     async fn kill(&self, id: &str, signal: &str) -> Result<(), RuntimeError>;
     /// Remove the container, killing it if it still runs. Gone already is success.
     async fn delete(&self, id: &str) -> Result<(), RuntimeError>;
@@ -63,13 +79,14 @@ pub trait Runtime: Send + Sync {
 pub struct OciRuntime {
     binary: PathBuf,
     root: PathBuf,
-    shim: PathBuf,
+    supervisor: Arc<Keeper>,
     version: String,
 }
 
 impl OciRuntime {
     /// `root` holds the runtime's state (one per node, so nodes never see each other's containers).
-    pub fn new(binary: impl Into<PathBuf>, root: impl Into<PathBuf>, shim: impl Into<PathBuf>) -> Self {
+    /// Containers run under `supervisor`, the node's `nodeless-shim keep`.
+    pub fn new(binary: impl Into<PathBuf>, root: impl Into<PathBuf>, supervisor: Arc<Keeper>) -> Self {
         let binary = binary.into();
         // runc and crun both print `<name> version <x.y.z>` first.
         let version = std::process::Command::new(&binary)
@@ -78,7 +95,7 @@ impl OciRuntime {
             .ok()
             .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().and_then(|l| l.split_whitespace().nth(2)).map(str::to_string))
             .unwrap_or_else(|| "unknown".into());
-        Self { binary, root: root.into(), shim: shim.into(), version }
+        Self { binary, root: root.into(), supervisor, version }
     }
 
     fn command(&self) -> Command {
@@ -139,27 +156,18 @@ impl Runtime for OciRuntime {
         format!("{}://{}", self.name(), self.version)
     }
 
-    async fn start(&self, l: &Launch) -> Result<Child, RuntimeError> {
-        Command::new(&self.shim)
-            .arg("--runtime")
-            .arg(&self.binary)
-            .arg("--root")
-            .arg(&self.root)
-            .arg("--id")
-            .arg(&l.id)
-            .arg("--bundle")
-            .arg(&l.bundle)
-            .arg("--log")
-            .arg(&l.log)
-            .arg("--exit")
-            .arg(&l.exit)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            // Out of the node's process group: a Ctrl-C to the node must not reach containers.
-            .process_group(0)
-            .spawn()
-            .map_err(|e| RuntimeError::Spawn { binary: self.shim.display().to_string(), source: e })
+    async fn start(&self, l: &Launch) -> Result<Started, RuntimeError> {
+        let req = RunRequest { runtime: self.binary.clone(), root: self.root.clone(), id: l.id.clone(), bundle: l.bundle.clone(), log: l.log.clone(), exit: l.exit.clone() };
+        let mut conn = self.supervisor.run(&req).await.map_err(|e| RuntimeError::Spawn { binary: e.what, source: e.source })?;
+        let mut line = String::new();
+        let _ = tokio::time::timeout(Duration::from_secs(60), conn.read_line(&mut line)).await;
+        let pid = line.trim().strip_prefix("started ").and_then(|p| p.parse().ok());
+        // `exited`, or the end of the connection if the container never ran.
+        let ended = Box::pin(async move {
+            line.clear();
+            let _ = conn.read_line(&mut line).await;
+        });
+        Ok(Started { pid, ended })
     }
 
     async fn kill(&self, id: &str, signal: &str) -> Result<(), RuntimeError> {

@@ -1,9 +1,10 @@
-//! A pod's shared namespaces (network, IPC, UTS), held by the node's namespace keeper
-//! (`nodeless-shim keep`, the pause container's job for every pod at once) as open files and
-//! reached as `/proc/<keeper>/fd/<n>`. Holding them with descriptors rather than bind mounts
-//! keeps the host's mount table from growing with every pod (each new container's mount
-//! namespace copies that table), and one keeper rather than a process per pod keeps the node's
-//! memory per pod small. The keeper outlives the node while it holds namespaces.
+//! A pod's shared namespaces (network, IPC, UTS), held by the node's supervisor
+//! (`nodeless-shim keep`, the pause container's job for every pod at once, and the parent of
+//! every container) as open files and reached as `/proc/<supervisor>/fd/<n>`. Holding them with
+//! descriptors rather than bind mounts keeps the host's mount table from growing with every pod
+//! (each new container's mount namespace copies that table), and one supervisor rather than a
+//! process per pod keeps the node's memory per pod small. The supervisor outlives the node while
+//! it holds namespaces or runs containers.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -29,26 +30,41 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
     move |source| SandboxError { what, source }
 }
 
-/// The node's connection to its namespace keeper, started on first use.
+/// The node's connection to its supervisor (the namespace keeper), started on first use.
 pub struct Keeper {
     binary: PathBuf,
     socket: PathBuf,
     conn: tokio::sync::Mutex<Option<BufReader<UnixStream>>>,
+    /// Held while starting the supervisor, so concurrent requests start one, not several.
+    starting: tokio::sync::Mutex<()>,
 }
 
 impl Keeper {
     pub fn new(binary: PathBuf, socket: PathBuf) -> Self {
-        Self { binary, socket, conn: tokio::sync::Mutex::new(None) }
+        Self { binary, socket, conn: tokio::sync::Mutex::new(None), starting: tokio::sync::Mutex::new(()) }
+    }
+
+    /// Ask the supervisor to run a container (see [`crate::shim_proto::RunRequest`]). The answer is read from the
+    /// returned connection: `started <pid>` and later `exited`, or `failed <why>`.
+    pub async fn run(&self, req: &crate::shim_proto::RunRequest) -> Result<BufReader<UnixStream>, SandboxError> {
+        let mut conn = self.connect().await?;
+        let line = format!("run {}\n", serde_json::to_string(req).map_err(|e| SandboxError { what: "a run request".into(), source: e.into() })?);
+        conn.get_mut().write_all(line.as_bytes()).await.map_err(io("asking the node's supervisor to run a container"))?;
+        Ok(conn)
     }
 
     async fn spawn(&self) -> Result<(), SandboxError> {
+        // Its complaints go to a file beside the socket: a pipe nobody reads would fill up.
+        let log_path = self.socket.with_extension("log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io(format!("opening {}", log_path.display())))?;
+        let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
         let mut child = tokio::process::Command::new(&self.binary)
             .arg("keep")
             .arg("--socket")
             .arg(&self.socket)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
+            .stderr(log)
             // Out of the node's process group: a Ctrl-C to the node must not reach pods.
             .process_group(0)
             .spawn()
@@ -59,12 +75,9 @@ impl Keeper {
         }
         if line.trim() != "ready" {
             let _ = child.kill().await;
-            let mut msg = String::new();
-            if let Some(mut e) = child.stderr.take() {
-                use tokio::io::AsyncReadExt;
-                let _ = e.read_to_string(&mut msg).await;
-            }
-            return Err(SandboxError { what: "the namespace keeper".into(), source: std::io::Error::other(msg.trim().to_string()) });
+            let text = std::fs::read(&log_path).unwrap_or_default();
+            let msg = String::from_utf8_lossy(text.get(log_start as usize..).unwrap_or_default()).to_string();
+            return Err(SandboxError { what: "the node's supervisor".into(), source: std::io::Error::other(msg.trim().to_string()) });
         }
         // Reap it when it ends (after a node restart, init does).
         tokio::spawn(async move {
@@ -77,8 +90,12 @@ impl Keeper {
         if let Ok(s) = UnixStream::connect(&self.socket).await {
             return Ok(BufReader::new(s));
         }
+        let _one = self.starting.lock().await;
+        if let Ok(s) = UnixStream::connect(&self.socket).await {
+            return Ok(BufReader::new(s));
+        }
         self.spawn().await?;
-        UnixStream::connect(&self.socket).await.map(BufReader::new).map_err(io(format!("connecting to the namespace keeper at {}", self.socket.display())))
+        UnixStream::connect(&self.socket).await.map(BufReader::new).map_err(io(format!("connecting to the node's supervisor at {}", self.socket.display())))
     }
 
     async fn exchange(conn: &mut BufReader<UnixStream>, request: &str) -> std::io::Result<String> {
@@ -108,7 +125,7 @@ impl Keeper {
                 Err(_) => last = Some(std::io::ErrorKind::TimedOut.into()),
             }
         }
-        Err(SandboxError { what: "the namespace keeper".into(), source: last.unwrap_or_else(|| std::io::ErrorKind::Other.into()) })
+        Err(SandboxError { what: "the node's supervisor".into(), source: last.unwrap_or_else(|| std::io::ErrorKind::Other.into()) })
     }
 }
 
@@ -183,11 +200,11 @@ impl PodNamespaces {
         check_hostname(hostname)?;
         let reply = keeper.request(&format!("new {} {hostname}", self.key())).await?;
         let fds = reply.strip_prefix("ok ").ok_or_else(|| SandboxError {
-            what: "the namespace keeper".into(),
+            what: "the node's supervisor".into(),
             source: std::io::Error::other(reply.strip_prefix("err ").unwrap_or(&reply).to_string()),
         })?;
         if Held::parse(fds).is_none() {
-            return Err(SandboxError { what: "the namespace keeper".into(), source: std::io::Error::other(format!("unexpected answer {reply:?}")) });
+            return Err(SandboxError { what: "the node's supervisor".into(), source: std::io::Error::other(format!("unexpected answer {reply:?}")) });
         }
         let tmp = self.dir.join("ns.tmp");
         std::fs::write(&tmp, format!("{fds}\n")).map_err(io("recording the namespaces"))?;

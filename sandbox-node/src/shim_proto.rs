@@ -1,12 +1,28 @@
-//! What a container's shim leaves behind for the node: the exit record, written once,
+//! What the node and its supervisor (`nodeless-shim keep`) say to each other about containers:
+//! the request that starts one, and the exit record the supervisor leaves behind, written once,
 //! atomically, when the container's init process has exited (or could not be started).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 /// The exit code kubelet reports for a container that never started (the runtime failed).
 pub const START_FAILED_EXIT_CODE: i32 = 128;
+
+/// `run <this as JSON>` on a connection to the supervisor: run the container with `<runtime> run
+/// --detach`, become its parent, copy its stdout and stderr into `log` as CRI lines and write
+/// `exit` when it ends. The supervisor answers `started <pid>` once it runs and `exited` once the
+/// exit record is written, or `failed <why>` (with the exit record written) if it never ran.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RunRequest {
+    pub runtime: PathBuf,
+    /// The runtime's state directory (`--root`).
+    pub root: PathBuf,
+    pub id: String,
+    pub bundle: PathBuf,
+    pub log: PathBuf,
+    pub exit: PathBuf,
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]

@@ -408,20 +408,13 @@ impl Worker {
             .map_err(|e| cfg_err(format!("writing config.json: {e}")))?;
         let launch = Launch { id: id.clone(), bundle: bundle.clone(), log: bundle.join("log"), exit: bundle.join("exit") };
         let prepared = t0.elapsed();
-        let mut child = match self.ctx.runtime.start(&launch).await {
-            Ok(ch) => ch,
+        let started = match self.ctx.runtime.start(&launch).await {
+            Ok(s) => s,
             Err(e) => {
                 let _ = teardown::unmount_rootfs(&bundle);
                 return Err(("RunContainerError".into(), e.to_string()));
             }
         };
-        // Running means the runtime has started the process, not that the shim was spawned.
-        if let Some(stdout) = child.stdout.take() {
-            use tokio::io::AsyncBufReadExt;
-            let mut line = String::new();
-            let mut reader = tokio::io::BufReader::new(stdout);
-            let _ = tokio::time::timeout(Duration::from_secs(60), reader.read_line(&mut line)).await;
-        }
         // The container has its own copy of the rootfs mount now; the host's would only make
         // every later container's mount namespace larger (and slower to create).
         if let Err(e) = teardown::unmount_rootfs(&bundle) {
@@ -432,12 +425,12 @@ impl Worker {
         let tx = self.tx.clone();
         let (cname, exit_file) = (name.to_string(), launch.exit.clone());
         let watcher = tokio::spawn(async move {
-            let _ = child.wait().await;
+            started.ended.await;
             let record = ExitRecord::read(&exit_file).unwrap_or_else(|| ExitRecord {
                 exit_code: 255,
                 signal: None,
                 reason: "Error".into(),
-                message: "the container's shim exited without an exit record".into(),
+                message: "the node's supervisor ended without an exit record for the container".into(),
                 finished_at: now_rfc3339(),
             });
             let _ = tx.send(Event::Exited { name: cname, number, record });

@@ -1,0 +1,333 @@
+//! Containers under the supervisor: every container's parent (child subreaper) for the whole
+//! node. It runs the OCI runtime's `run --detach`, copies every container's stdout and stderr
+//! into its CRI-format log file from one epoll thread, reaps every process from one thread, and
+//! writes each container's exit record when its init process ends. Because the supervisor, not
+//! the node, holds the pipes and reaps the processes, a node can restart while containers run
+//! and lose nothing; because there is one supervisor and not a process per container, a
+//! container costs the node two pipes, a socket and a few hundred bytes.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
+use std::time::Duration;
+
+use nix::errno::Errno;
+use nix::fcntl::OFlag;
+use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
+use nix::sys::wait::{WaitStatus, waitpid};
+use nix::unistd::Pid;
+use nodeless_sandbox_node::shim_proto::{ExitRecord, RunRequest, START_FAILED_EXIT_CODE, cri_line, now_rfc3339};
+
+/// Lines longer than this are split into partial (`P`) records, as kubelet does.
+const MAX_LINE: usize = 16 * 1024;
+
+/// Reaped processes nobody has claimed yet are forgotten beyond this many.
+const UNCLAIMED: usize = 1024;
+
+/// How a process ended: its exit code (128 + the signal for a signal) and the signal.
+#[derive(Clone, Copy, Debug)]
+struct Ended {
+    code: i32,
+    signal: Option<i32>,
+}
+
+/// A running container, waiting for its init process to end.
+struct Container {
+    exit: std::path::PathBuf,
+    /// The node's connection, told `exited` at the end (it may be gone after a node restart).
+    conn: UnixStream,
+    /// Disconnected once both of the container's streams reached end of file.
+    drained: mpsc::Receiver<()>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Bumped on every spawn, so the reaper knows a child may exist again.
+    spawns: u64,
+    /// Bumped on every reaped process.
+    reaps: u64,
+    /// Processes reaped before anyone claimed them, with the `reaps` count at the time.
+    reaped: HashMap<i32, (u64, Ended)>,
+    /// Running containers by their init process.
+    running: HashMap<i32, Container>,
+    /// `run` requests under way.
+    starting: usize,
+}
+
+pub struct Supervisor {
+    state: Mutex<State>,
+    changed: Condvar,
+    logs: Logs,
+}
+
+impl Supervisor {
+    /// Start the reaper and the log copier. The process must be a child subreaper already.
+    pub fn start() -> std::io::Result<Arc<Self>> {
+        let sup = Arc::new(Self { state: Mutex::default(), changed: Condvar::new(), logs: Logs::new()? });
+        let reaper = sup.clone();
+        std::thread::Builder::new().name("reaper".into()).spawn(move || reaper.reap())?;
+        let copier = sup.clone();
+        std::thread::Builder::new().name("logs".into()).spawn(move || copier.logs.copy())?;
+        Ok(sup)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Nothing running and nothing starting.
+    pub fn is_idle(&self) -> bool {
+        let s = self.lock();
+        s.running.is_empty() && s.starting == 0
+    }
+
+    /// Serve one `run` request on `conn`, which is kept until the container ends.
+    pub fn run(&self, req: RunRequest, mut conn: UnixStream) {
+        self.lock().starting += 1;
+        let outcome = self.start_container(&req);
+        let mut s = self.lock();
+        s.starting -= 1;
+        match outcome {
+            Ok((pid, after, drained)) => {
+                let _ = writeln!(conn, "started {pid}");
+                let container = Container { exit: req.exit, conn, drained };
+                // Its init may have ended (and been reaped) already.
+                match s.reaped.get(&pid) {
+                    Some((at, ended)) if *at > after => {
+                        let ended = *ended;
+                        s.reaped.remove(&pid);
+                        drop(s);
+                        finish(container, ended);
+                    }
+                    _ => {
+                        s.running.insert(pid, container);
+                    }
+                }
+            }
+            Err(message) => {
+                drop(s);
+                let record = ExitRecord { exit_code: START_FAILED_EXIT_CODE, signal: None, reason: "StartError".into(), message, finished_at: now_rfc3339() };
+                let written = record.write(&req.exit).err().map(|e| format!(" (writing {}: {e})", req.exit.display())).unwrap_or_default();
+                let _ = writeln!(conn, "failed {}{written}", record.message.replace('\n', " "));
+            }
+        }
+    }
+
+    /// Run the runtime and wait for it: the container's init PID, the reap count before the
+    /// runtime started, and the container's drain signal.
+    fn start_container(&self, req: &RunRequest) -> Result<(i32, u64, mpsc::Receiver<()>), String> {
+        let log = OpenOptions::new().create(true).append(true).open(&req.log).map_err(|e| format!("{}: {e}", req.log.display()))?;
+        let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+        let drained = self.logs.add(Arc::new(log), out_r, err_r).map_err(|e| format!("watching the container's output: {e}"))?;
+        let runtime_log = req.bundle.join("runtime.log");
+        let pid_file = req.bundle.join("pid");
+        let mut cmd = Command::new(&req.runtime);
+        cmd.arg("--root")
+            .arg(&req.root)
+            .arg("--log")
+            .arg(&runtime_log)
+            .args(["--log-format", "json", "run", "--detach", "--bundle"])
+            .arg(&req.bundle)
+            .arg("--pid-file")
+            .arg(&pid_file)
+            .arg(&req.id)
+            .stdin(Stdio::null())
+            .stdout(Stdio::from(out_w))
+            .stderr(Stdio::from(err_w));
+        // Spawned under the lock, so the reaper cannot report the runtime before it is known.
+        let (runtime_pid, after) = {
+            let mut s = self.lock();
+            let child = cmd.spawn().map_err(|e| format!("{}: {e}", req.runtime.display()))?;
+            s.spawns += 1;
+            self.changed.notify_all();
+            (child.id() as i32, s.reaps)
+        };
+        // The write ends live on in the container only.
+        drop(cmd);
+        let ended = self.wait_for(runtime_pid);
+        if ended.code != 0 {
+            return Err(runtime_error(&runtime_log));
+        }
+        let pid = std::fs::read_to_string(&pid_file)
+            .map_err(|e| format!("{}: {e}", pid_file.display()))?
+            .trim()
+            .parse()
+            .map_err(|e| format!("pid file: {e}"))?;
+        Ok((pid, after, drained))
+    }
+
+    /// Wait until the reaper has reaped `pid`, a child of ours.
+    fn wait_for(&self, pid: i32) -> Ended {
+        let mut s = self.lock();
+        loop {
+            if let Some((_, ended)) = s.reaped.remove(&pid) {
+                return ended;
+            }
+            s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Reap every process that ends under us: containers' init processes (their containers
+    /// finish) and the runtime's processes (their `run` waits for them).
+    fn reap(&self) {
+        loop {
+            let spawns = self.lock().spawns;
+            let (pid, ended) = match waitpid(None::<Pid>, None) {
+                Ok(WaitStatus::Exited(p, c)) => (p.as_raw(), Ended { code: c, signal: None }),
+                Ok(WaitStatus::Signaled(p, sig, _)) => (p.as_raw(), Ended { code: 128 + sig as i32, signal: Some(sig as i32) }),
+                Ok(_) | Err(Errno::EINTR) => continue,
+                Err(_) => {
+                    // No children: sleep until something is spawned.
+                    let mut s = self.lock();
+                    while s.spawns == spawns {
+                        s = self.changed.wait(s).unwrap_or_else(|e| e.into_inner());
+                    }
+                    continue;
+                }
+            };
+            let mut s = self.lock();
+            s.reaps += 1;
+            if let Some(container) = s.running.remove(&pid) {
+                drop(s);
+                // Waiting for its output to drain must not hold up reaping.
+                let _ = std::thread::Builder::new().name("finish".into()).spawn(move || finish(container, ended));
+                continue;
+            }
+            let at = s.reaps;
+            s.reaped.insert(pid, (at, ended));
+            if s.reaped.len() > UNCLAIMED {
+                s.reaped.retain(|_, (n, _)| *n + UNCLAIMED as u64 / 2 > at);
+            }
+            self.changed.notify_all();
+        }
+    }
+}
+
+/// The container's init has ended: let its output drain, write the exit record, tell the node.
+fn finish(mut c: Container, ended: Ended) {
+    // Every process of the container has gone with its init; give the copier a moment.
+    let _ = c.drained.recv_timeout(Duration::from_secs(2));
+    let record = ExitRecord {
+        exit_code: ended.code,
+        signal: ended.signal,
+        reason: if ended.code == 0 { "Completed".into() } else { "Error".into() },
+        message: String::new(),
+        finished_at: now_rfc3339(),
+    };
+    if let Err(e) = record.write(&c.exit) {
+        eprintln!("nodeless-shim keep: writing {}: {e}", c.exit.display());
+    }
+    let _ = writeln!(c.conn, "exited");
+}
+
+/// The first error the runtime logged: runc and crun write JSON lines `{"level": "error",
+/// "msg": …}` with `--log-format json`, youki `{"level": "ERROR", "message": …}`.
+fn runtime_error(log: &Path) -> String {
+    let text = std::fs::read_to_string(log).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["level"].as_str().is_some_and(|l| l.eq_ignore_ascii_case("error")))
+        .find_map(|v| v["msg"].as_str().or(v["message"].as_str()).map(str::to_string))
+        .unwrap_or_else(|| "the OCI runtime failed to start the container".to_string())
+}
+
+/// One of a container's output streams.
+struct Stream {
+    pipe: File,
+    name: &'static str,
+    log: Arc<File>,
+    /// A partial line, kept until its end arrives.
+    pending: Vec<u8>,
+    /// Dropped at end of file; the container has drained when both of its streams dropped theirs.
+    _open: mpsc::Sender<()>,
+}
+
+/// Every container's output, copied into its log by one thread.
+struct Logs {
+    epoll: Epoll,
+    streams: Mutex<HashMap<u64, Stream>>,
+    next: AtomicU64,
+}
+
+impl Logs {
+    fn new() -> std::io::Result<Self> {
+        let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
+        Ok(Self { epoll, streams: Mutex::default(), next: AtomicU64::new(0) })
+    }
+
+    /// Watch a container's stdout and stderr; the receiver disconnects when both have ended.
+    fn add(&self, log: Arc<File>, out: OwnedFd, err: OwnedFd) -> std::io::Result<mpsc::Receiver<()>> {
+        let (open, drained) = mpsc::channel();
+        let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+        for (fd, name) in [(out, "stdout"), (err, "stderr")] {
+            let key = self.next.fetch_add(1, Ordering::Relaxed);
+            let stream = Stream { pipe: File::from(fd), name, log: log.clone(), pending: Vec::new(), _open: open.clone() };
+            self.epoll.add(stream.pipe.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, key))?;
+            streams.insert(key, stream);
+        }
+        Ok(drained)
+    }
+
+    fn copy(&self) {
+        let mut events = vec![EpollEvent::empty(); 64];
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match self.epoll.wait(&mut events, EpollTimeout::NONE) {
+                Ok(n) => n,
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    eprintln!("nodeless-shim keep: epoll: {e}");
+                    std::thread::sleep(Duration::from_millis(100));
+                    continue;
+                }
+            };
+            let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
+            for ev in &events[..n] {
+                let key = ev.data();
+                let Some(s) = streams.get_mut(&key) else { continue };
+                match s.pipe.read(&mut buf) {
+                    Ok(0) | Err(_) => {
+                        if !s.pending.is_empty() {
+                            let _ = (&*s.log).write_all(&cri_line(&now_rfc3339(), s.name, true, &s.pending));
+                        }
+                        let _ = self.epoll.delete(s.pipe.as_fd());
+                        streams.remove(&key);
+                    }
+                    Ok(n) => s.take(&buf[..n]),
+                }
+            }
+        }
+    }
+}
+
+impl Stream {
+    /// Append what was read; write out every complete line, and overlong partial ones.
+    fn take(&mut self, data: &[u8]) {
+        self.pending.extend_from_slice(data);
+        let ts = now_rfc3339();
+        let mut out = Vec::new();
+        let mut start = 0;
+        while let Some(pos) = self.pending[start..].iter().position(|b| *b == b'\n') {
+            out.extend(cri_line(&ts, self.name, true, &self.pending[start..start + pos]));
+            start += pos + 1;
+        }
+        while self.pending.len() - start >= MAX_LINE {
+            out.extend(cri_line(&ts, self.name, false, &self.pending[start..start + MAX_LINE]));
+            start += MAX_LINE;
+        }
+        self.pending.drain(..start);
+        if !out.is_empty() {
+            let _ = (&*self.log).write_all(&out);
+        }
+        if self.pending.capacity() > MAX_LINE * 2 {
+            self.pending.shrink_to(MAX_LINE);
+        }
+    }
+}
