@@ -68,6 +68,15 @@ fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// CPU seconds the whole machine has spent busy so far (all but idle and iowait).
+fn machine_busy_secs() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let f: Vec<f64> = stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let at = |i: usize| f.get(i).copied().unwrap_or(0.0);
+    // user nice system idle iowait irq softirq steal
+    (at(0) + at(1) + at(2) + at(5) + at(6) + at(7)) / 100.0
+}
+
 /// (RSS, PSS) in KiB of a process.
 fn memory(pid: u32) -> (u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
@@ -172,7 +181,7 @@ async fn nodeless(args: &Args) -> Result<Figures> {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let names: Vec<String> = (0..args.burst).map(|i| format!("burst-{i}")).collect();
-    let (node_cpu0, control_cpu0) = (cpu_secs(node.id()), n.pid().map_or(0.0, cpu_secs));
+    let (node_cpu0, control_cpu0, busy0) = (cpu_secs(node.id()), n.pid().map_or(0.0, cpu_secs), machine_busy_secs());
     let t0 = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut tasks = Vec::new();
@@ -191,19 +200,20 @@ async fn nodeless(args: &Args) -> Result<Figures> {
     }
     let done = wait_ready(&times, &names, Duration::from_secs(300)).await?;
     let burst_secs = done.duration_since(t0).as_secs_f64();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     eprintln!(
-        "nodeless: during the burst the node used {:.1} s of CPU and the control plane {:.1} s (the rest is {}, shims and the machine)",
+        "nodeless: during the burst the machine was {:.0}% busy ({:.1} CPU-seconds); the node used {:.1} s and the control plane {:.1} s (the rest is {}, the supervisor, the kernel and this benchmark)",
+        (machine_busy_secs() - busy0) / (burst_secs * cores) * 100.0,
+        machine_busy_secs() - busy0,
         cpu_secs(node.id()) - node_cpu0,
         n.pid().map_or(0.0, cpu_secs) - control_cpu0,
         runtime.split("://").next().unwrap_or("the runtime")
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss1, pss1) = memory(node.id());
-    let root = format!("/run/nodeless/{node_name}/runtime");
-    // Per pod: a shim per container; and all of the node's namespace keeper, shared by the pods.
-    let mut shim_pids = pids_of(&format!("nodeless-shim.*{root}"));
-    shim_pids.extend(nodeless_tests::keeper_pids(&node_name));
-    let shims: Vec<(u64, u64)> = shim_pids.into_iter().map(memory).collect();
+    // Per pod: the node's growth, and all of the node's supervisor (it holds every pod's
+    // namespaces and is every container's parent) shared among the pods.
+    let shims: Vec<(u64, u64)> = nodeless_tests::keeper_pids(&node_name).into_iter().map(memory).collect();
     let (shim_rss, shim_pss): (u64, u64) = shims.iter().fold((0, 0), |a, m| (a.0 + m.0, a.1 + m.1));
     let per = |node: u64, node0: u64, shim: u64| (node.saturating_sub(node0) + shim) as f64 / args.burst as f64;
     let figures = Figures {
@@ -215,7 +225,7 @@ async fn nodeless(args: &Args) -> Result<Figures> {
         rss_per_pod_kib: per(rss1, rss0, shim_rss),
         pss_per_pod_kib: per(pss1, pss0, shim_pss),
     };
-    eprintln!("nodeless: node RSS {rss0} -> {rss1} KiB, {} shims and the namespace keeper with RSS {shim_rss} KiB, PSS {shim_pss} KiB", shims.len());
+    eprintln!("nodeless: node RSS {rss0} -> {rss1} KiB; the supervisor ({} process) RSS {shim_rss} KiB, PSS {shim_pss} KiB", shims.len());
 
     // Clean up through the API, as a user would.
     api.delete_collection(&DeleteParams::default(), &kube::api::ListParams::default().labels("bench=node")).await?;
