@@ -396,15 +396,15 @@ pub fn runtime_containers(node: &str) -> Vec<String> {
     ids
 }
 
-/// The PIDs of a node's namespace keeper (`nodeless-shim keep`; one, or none when it holds
-/// nothing and the node is gone).
+/// The PIDs of a node's supervisor (`nodeless-shim keep`, which holds pods' namespaces and is
+/// every container's parent; one, or none when it holds nothing and the node is gone).
 pub fn keeper_pids(node: &str) -> Vec<u32> {
     let pattern = format!("nodeless-shim keep --socket /run/nodeless/{node}/keeper.sock");
     let out = Command::new("pgrep").args(["-f", &pattern]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
     out.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
-/// Remove whatever a node left on the host (containers, shims, mounts, namespaces, cgroups, its
+/// Remove whatever a node left on the host (containers, its supervisor, mounts, namespaces, cgroups, its
 /// runtime directory), for tests and benchmarks that stop a node before its pods are gone.
 pub fn clean_node_leftovers(node: &str, data_dir: &Path) {
     let root = Path::new("/run/nodeless").join(node).join("runtime");

@@ -70,17 +70,19 @@ spec:
     )
 }
 
-/// Every trace a pod can leave on the host: shims and containers, mounts, pinned namespaces,
+/// Every trace a pod can leave on the host: containers and their processes, mounts, namespaces,
 /// cgroups, pod directories.
 fn leftovers(n: &Nodeless) -> Vec<String> {
     let node = n.node.clone().unwrap_or_default();
     let mut found = Vec::new();
-    let root = format!("/run/nodeless/{node}/runtime");
     found.extend(nodeless_tests::runtime_containers(&node).into_iter().map(|id| format!("runtime container {id}")));
-    let ps = std::process::Command::new("ps").args(["-eo", "args"]).output().unwrap();
-    found.extend(String::from_utf8_lossy(&ps.stdout).lines().filter(|l| l.contains("nodeless-shim") && l.contains(&root)).map(|l| format!("process {l}")));
-    // The node's namespace keeper may run on, holding nothing but its own (the host's) namespaces.
+    // The node's supervisor may run on, with no container under it and holding nothing but its own
+    // (the host's) namespaces.
     for pid in nodeless_tests::keeper_pids(&node) {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+            let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+            found.extend(children.split_whitespace().map(|c| format!("process {c} under the supervisor {pid}")));
+        }
         for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten() {
             let Ok(link) = std::fs::read_link(fd.path()) else { continue };
             let link = link.to_string_lossy().into_owned();

@@ -331,3 +331,67 @@ impl Stream {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stream(log: &Path) -> (Stream, mpsc::Receiver<()>) {
+        let (open, drained) = mpsc::channel();
+        let (r, _w) = nix::unistd::pipe().unwrap();
+        let log = Arc::new(OpenOptions::new().create(true).append(true).open(log).unwrap());
+        (Stream { pipe: File::from(r), name: "stdout", log, pending: Vec::new(), _open: open }, drained)
+    }
+
+    fn records(log: &Path) -> Vec<(String, String)> {
+        let text = std::fs::read_to_string(log).unwrap();
+        text.lines()
+            .map(|l| {
+                let mut f = l.splitn(4, ' ');
+                let (_ts, stream, tag, body) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap(), f.next().unwrap_or(""));
+                (format!("{stream} {tag}"), body.to_string())
+            })
+            .collect()
+    }
+
+    #[test]
+    fn output_becomes_cri_lines_with_partial_lines_kept_and_long_ones_split() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let (mut s, _drained) = stream(&log);
+        s.take(b"one\ntw");
+        assert_eq!(records(&log), vec![("stdout F".to_string(), "one".to_string())]);
+        s.take(b"o\n");
+        s.take(&vec![b'x'; MAX_LINE + 5]);
+        s.take(b"\n");
+        let r = records(&log);
+        assert_eq!(r.len(), 4, "{r:?}");
+        assert_eq!(r[1], ("stdout F".to_string(), "two".to_string()));
+        assert_eq!(r[2].0, "stdout P");
+        assert_eq!(r[2].1.len(), MAX_LINE);
+        assert_eq!(r[3], ("stdout F".to_string(), "xxxxx".to_string()));
+        assert!(s.pending.is_empty());
+    }
+
+    #[test]
+    fn a_container_has_drained_when_both_streams_are_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let logs = Logs::new().unwrap();
+        let (out_r, out_w) = nix::unistd::pipe().unwrap();
+        let (err_r, err_w) = nix::unistd::pipe().unwrap();
+        let log = Arc::new(OpenOptions::new().create(true).append(true).open(dir.path().join("log")).unwrap());
+        let drained = logs.add(log, out_r, err_r).unwrap();
+        let logs = Arc::new(logs);
+        let copier = logs.clone();
+        std::thread::spawn(move || copier.copy());
+        nix::unistd::write(&out_w, b"hello\n").unwrap();
+        nix::unistd::write(&err_w, b"oops").unwrap();
+        drop(out_w);
+        assert!(matches!(drained.recv_timeout(Duration::from_millis(300)), Err(mpsc::RecvTimeoutError::Timeout)), "stderr is still open");
+        drop(err_w);
+        assert!(matches!(drained.recv_timeout(Duration::from_secs(5)), Err(mpsc::RecvTimeoutError::Disconnected)));
+        let r = records(&dir.path().join("log"));
+        assert!(r.contains(&("stdout F".to_string(), "hello".to_string())), "{r:?}");
+        assert!(r.contains(&("stderr F".to_string(), "oops".to_string())), "{r:?}");
+    }
+}
