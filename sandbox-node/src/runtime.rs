@@ -161,8 +161,17 @@ impl Runtime for OciRuntime {
         let mut conn = self.supervisor.run(&req).await.map_err(|e| RuntimeError::Spawn { binary: e.what, source: e.source })?;
         let mut line = String::new();
         let _ = tokio::time::timeout(Duration::from_secs(60), conn.read_line(&mut line)).await;
-        let pid = line.trim().strip_prefix("started ").and_then(|p| p.parse().ok());
-        // `exited`, or the end of the connection if the container never ran.
+        let answer = line.trim().to_string();
+        let pid = answer.strip_prefix("started ").and_then(|p| p.parse().ok());
+        if pid.is_none() && !answer.is_empty() {
+            // `failed <why>` leaves an exit record behind; anything else is a supervisor that
+            // does not know the request (an older one still running after an upgrade).
+            if answer.starts_with("failed ") {
+                return Ok(Started { pid: None, ended: Box::pin(std::future::ready(())) });
+            }
+            return Err(RuntimeError::Failed { binary: "the node's supervisor".into(), command: "run".into(), id: l.id.clone(), message: answer });
+        }
+        // `exited` once the exit record is written (or the end of the connection).
         let ended = Box::pin(async move {
             line.clear();
             let _ = conn.read_line(&mut line).await;
