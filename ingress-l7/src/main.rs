@@ -109,15 +109,18 @@ fn main() -> Result<()> {
         None => None,
     };
     let conf = Arc::new(ServerConf::default());
-    let app = |scheme: &'static str| {
+    let app = |scheme: &'static str, h2c: bool| {
         let alt_svc = if scheme == "https" { alt_svc.clone() } else { None };
         let mut proxy = pingora_proxy::http_proxy(&conf, Ingress { table: table.clone(), metrics: metrics.clone(), scheme, alt_svc });
-        // Plain listeners also take HTTP/2 with prior knowledge (h2c), beside HTTP/1.1.
         let mut options = HttpServerOptions::default();
-        options.h2c = scheme == "http";
+        options.h2c = h2c;
         proxy.server_options = Some(options);
         Arc::new(proxy)
     };
+    // Plain listeners also take HTTP/2 with prior knowledge (h2c), beside HTTP/1.1: which one a
+    // connection speaks is found once, when it opens, and it goes to the proxy for that.
+    let plain = || Apps { http1: app("http", false), h2c: Some(app("http", true)) };
+    let secure = || Apps { http1: app("https", false), h2c: None };
     let mut server_tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .context("TLS versions")?
@@ -131,7 +134,7 @@ fn main() -> Result<()> {
         // Each worker has its own proxies and so its own pools of upstream connections: a
         // connection is kept, watched while idle and reused on one thread (shared pools had
         // threads race for the same idle connection, which pingora then drops).
-        let (plain, secure, acceptor, shutdown) = (app("http"), app("https"), acceptor.clone(), shutdown.clone());
+        let (plain, secure, acceptor, shutdown) = (plain(), secure(), acceptor.clone(), shutdown.clone());
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         std::thread::Builder::new().name(format!("ingress-{i}")).spawn(move || {
             rt.block_on(async move {
@@ -251,7 +254,13 @@ fn reuseport_listener(addr: &str) -> Result<std::net::TcpListener> {
 
 /// Accept connections and hand each to the proxy (after the TLS handshake on an HTTPS
 /// listener), keeping a connection while the client keeps it alive.
-async fn serve(listener: TcpListener, app: Arc<HttpProxy<Ingress>>, tls: Option<Arc<Acceptor>>, shutdown: ShutdownWatch) {
+/// A listener's proxies: plain listeners have a second one for h2c connections.
+struct Apps {
+    http1: Arc<HttpProxy<Ingress>>,
+    h2c: Option<Arc<HttpProxy<Ingress>>>,
+}
+
+async fn serve(listener: TcpListener, apps: Apps, tls: Option<Arc<Acceptor>>, shutdown: ShutdownWatch) {
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(c) => c,
@@ -263,8 +272,16 @@ async fn serve(listener: TcpListener, app: Arc<HttpProxy<Ingress>>, tls: Option<
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (app, tls, shutdown) = (app.clone(), tls.clone(), shutdown.clone());
+        let (http1, h2c, tls, shutdown) = (apps.http1.clone(), apps.h2c.clone(), tls.clone(), shutdown.clone());
         tokio::spawn(async move {
+            let app = match h2c {
+                Some(h2c) => match stream::opens_with_h2_preface(&tcp).await {
+                    Some(true) => h2c,
+                    Some(false) => http1,
+                    None => return,
+                },
+                None => http1,
+            };
             let fd = tcp.as_raw_fd();
             let mut l4 = L4Stream::from(tcp);
             l4.set_socket_digest(SocketDigest::from_raw_fd(fd));
