@@ -30,7 +30,7 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
     move |source| SandboxError { what, source }
 }
 
-/// The node's connection to its supervisor (the namespace keeper), started on first use.
+/// The node's connection to its supervisor, started on first use.
 pub struct Keeper {
     binary: PathBuf,
     socket: PathBuf,
@@ -44,8 +44,9 @@ impl Keeper {
         Self { binary, socket, conn: tokio::sync::Mutex::new(None), starting: tokio::sync::Mutex::new(()) }
     }
 
-    /// Ask the supervisor to run a container (see [`crate::shim_proto::RunRequest`]). The answer is read from the
-    /// returned connection: `started <pid>` and later `exited`, or `failed <why>`.
+    /// Ask the supervisor to run a container (see [`crate::shim_proto::RunRequest`]). The
+    /// answer is read from the returned connection: `started <pid>` and later `exited`, or
+    /// `failed <why>`.
     pub async fn run(&self, req: &crate::shim_proto::RunRequest) -> Result<BufReader<UnixStream>, SandboxError> {
         let mut conn = self.connect().await?;
         let line = format!("run {}\n", serde_json::to_string(req).map_err(|e| SandboxError { what: "a run request".into(), source: e.into() })?);
