@@ -14,7 +14,7 @@ use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, mpsc};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, mpsc};
 use std::time::Duration;
 
 use nix::errno::Errno;
@@ -64,12 +64,14 @@ pub struct Supervisor {
     state: Mutex<State>,
     changed: Condvar,
     logs: Logs,
+    /// Called when a container's end leaves nothing running.
+    on_idle: OnceLock<Box<dyn Fn() + Send + Sync>>,
 }
 
 impl Supervisor {
     /// Start the reaper and the log copier. The process must be a child subreaper already.
     pub fn start() -> std::io::Result<Arc<Self>> {
-        let sup = Arc::new(Self { state: Mutex::default(), changed: Condvar::new(), logs: Logs::new()? });
+        let sup = Arc::new(Self { state: Mutex::default(), changed: Condvar::new(), logs: Logs::new()?, on_idle: OnceLock::new() });
         let reaper = sup.clone();
         std::thread::Builder::new().name("reaper".into()).spawn(move || reaper.reap())?;
         let copier = sup.clone();
@@ -79,6 +81,11 @@ impl Supervisor {
 
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Call `f` whenever a container's end leaves nothing running or starting.
+    pub fn when_idle(&self, f: impl Fn() + Send + Sync + 'static) {
+        let _ = self.on_idle.set(Box::new(f));
     }
 
     /// Nothing running and nothing starting.
@@ -176,7 +183,7 @@ impl Supervisor {
 
     /// Reap every process that ends under us: containers' init processes (their containers
     /// finish) and the runtime's processes (their `run` waits for them).
-    fn reap(&self) {
+    fn reap(self: Arc<Self>) {
         loop {
             let spawns = self.lock().spawns;
             let (pid, ended) = match waitpid(None::<Pid>, None) {
@@ -197,7 +204,15 @@ impl Supervisor {
             if let Some(container) = s.running.remove(&pid) {
                 drop(s);
                 // Waiting for its output to drain must not hold up reaping.
-                let _ = std::thread::Builder::new().name("finish".into()).spawn(move || finish(container, ended));
+                let sup = self.clone();
+                let _ = std::thread::Builder::new().name("finish".into()).spawn(move || {
+                    finish(container, ended);
+                    if sup.is_idle()
+                        && let Some(f) = sup.on_idle.get()
+                    {
+                        f();
+                    }
+                });
                 continue;
             }
             let at = s.reaps;

@@ -38,10 +38,15 @@ impl Shared {
         self.namespaces.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A connection ended: leave when nobody is connected and nothing is held.
+    /// A connection ended.
     fn ended(&self) {
-        let mut open = self.connections.lock().unwrap_or_else(|e| e.into_inner());
-        *open -= 1;
+        *self.connections.lock().unwrap_or_else(|e| e.into_inner()) -= 1;
+        self.maybe_leave();
+    }
+
+    /// Leave when nobody is connected and nothing is held.
+    fn maybe_leave(&self) {
+        let open = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         if *open == 0 && self.namespaces().is_empty() && self.containers.is_idle() {
             // Remove the socket unless a newer supervisor has bound the path since.
             if std::fs::metadata(&self.socket).is_ok_and(|m| m.st_ino() == self.inode) {
@@ -99,6 +104,13 @@ fn keep(socket: &Path) -> Result<(), String> {
     let containers = Supervisor::start().map_err(|e| format!("starting the supervisor's threads: {e}"))?;
     let inode = std::fs::metadata(socket).map(|m| m.st_ino()).unwrap_or(0);
     let shared = Arc::new(Shared { socket: socket.to_path_buf(), inode, namespaces: Mutex::new(namespaces), containers, connections: Mutex::new(0) });
+    // The last container may end after the node has gone.
+    let weak = Arc::downgrade(&shared);
+    shared.containers.when_idle(move || {
+        if let Some(s) = weak.upgrade() {
+            s.maybe_leave();
+        }
+    });
     println!("ready");
     let _ = std::io::stdout().flush();
     for conn in listener.incoming() {
