@@ -33,11 +33,9 @@ pub struct Launch {
     pub exit: PathBuf,
 }
 
-/// A container attempt the runtime has taken on.
+/// A container attempt the runtime has taken on: resolves once it has ended (or never ran) and
+/// its exit record is written.
 pub struct Started {
-    /// Its init process, if it runs (if not, its exit record says why).
-    pub pid: Option<i32>,
-    /// Resolves once it has ended and its exit record is written.
     pub ended: Pin<Box<dyn Future<Output = ()> + Send>>,
 }
 
@@ -162,12 +160,12 @@ impl Runtime for OciRuntime {
         let mut line = String::new();
         let _ = tokio::time::timeout(Duration::from_secs(60), conn.read_line(&mut line)).await;
         let answer = line.trim().to_string();
-        let pid = answer.strip_prefix("started ").and_then(|p| p.parse().ok());
-        if pid.is_none() && !answer.is_empty() {
+        let running = answer.strip_prefix("started ").is_some_and(|p| p.parse::<i32>().is_ok());
+        if !running && !answer.is_empty() {
             // `failed <why>` leaves an exit record behind; anything else is a supervisor that
             // does not know the request (an older one still running after an upgrade).
             if answer.starts_with("failed ") {
-                return Ok(Started { pid: None, ended: Box::pin(std::future::ready(())) });
+                return Ok(Started { ended: Box::pin(std::future::ready(())) });
             }
             return Err(RuntimeError::Failed { binary: "the node's supervisor".into(), command: "run".into(), id: l.id.clone(), message: answer });
         }
@@ -176,7 +174,7 @@ impl Runtime for OciRuntime {
             line.clear();
             let _ = conn.read_line(&mut line).await;
         });
-        Ok(Started { pid, ended })
+        Ok(Started { ended })
     }
 
     async fn kill(&self, id: &str, signal: &str) -> Result<(), RuntimeError> {
