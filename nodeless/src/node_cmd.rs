@@ -8,6 +8,7 @@ use anyhow::Context;
 use nodeless_sandbox_node::image::{ImageStore, reference};
 use nodeless_sandbox_node::network::{Cni, LoopbackOnly, Network};
 use nodeless_sandbox_node::node::{NodeConfig, RunningNode};
+use nodeless_sandbox_node::rundir::{self, RunDir};
 use nodeless_sandbox_node::runtime::OciRuntime;
 use nodeless_sandbox_node::sandbox::Keeper;
 
@@ -122,7 +123,16 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "local".into());
         format!("nodeless-{}", host.trim().to_lowercase())
     });
-    let run_dir = PathBuf::from("/run/nodeless").join(&name);
+    let run_base = Path::new("/run/nodeless");
+    match rundir::keep_in_memory(run_base) {
+        Ok(RunDir::Mounted) => tracing::info!(dir = %run_base.display(), "/run is on a disk: mounted a tmpfs for the runtime's state"),
+        Ok(RunDir::LeftOnDisk) => {
+            tracing::warn!(dir = %run_base.display(), "the runtime's state stays on a disk (the directory is not empty): container starts are slower there")
+        }
+        Ok(RunDir::InMemory) => {}
+        Err(e) => tracing::warn!(dir = %run_base.display(), error = %e, "could not keep the runtime's state in memory"),
+    }
+    let run_dir = run_base.join(&name);
     // The runtime resolves bundle paths itself: everything the node hands it is absolute.
     let dir = std::path::absolute(node_dir(data_dir))?;
     let keeper = Arc::new(Keeper::new(shim_path()?, run_dir.join("keeper.sock")));

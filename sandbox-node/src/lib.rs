@@ -11,6 +11,7 @@ pub mod shim_proto;
 pub mod network;
 pub mod node;
 pub mod pod;
+pub mod rundir;
 pub mod runtime;
 pub mod sandbox;
 pub mod server;
