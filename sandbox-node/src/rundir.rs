@@ -41,7 +41,7 @@ pub fn keep_in_memory(dir: &Path) -> io::Result<RunDir> {
         return Ok(RunDir::InMemory);
     }
     let handle = std::fs::File::open(dir)?;
-    let lock = Flock::lock(handle, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))?;
+    let _lock = Flock::lock(handle, FlockArg::LockExclusive).map_err(|(_, e)| io::Error::from(e))?;
     if in_memory(dir)? {
         return Ok(RunDir::InMemory);
     }
@@ -56,7 +56,6 @@ pub fn keep_in_memory(dir: &Path) -> io::Result<RunDir> {
         Some("mode=0755"),
     )
     .map_err(io::Error::from)?;
-    drop(lock);
     Ok(RunDir::Mounted)
 }
 
