@@ -7,3 +7,4 @@ pub mod plugin;
 pub mod pool;
 pub mod snat;
 pub mod spec;
+pub mod verbs;

@@ -1,5 +1,6 @@
-//! `eni-cni`: the CNI plugin when run with CNI_COMMAND set (the runtime's way), and
-//! `eni-cni pool …`, the long-lived IP pool it talks to.
+//! `eni-cnid`: the long-lived IP pool (`eni-cni pool …`, which the small `eni-cni` binary
+//! passes on here, as it does `show` and `services`), and the CNI plugin itself for the verbs
+//! `eni-cni` cannot hand to a pool (run with CNI_COMMAND set, the runtime's way).
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
@@ -229,33 +230,13 @@ async fn services(args: ServicesArgs) -> anyhow::Result<()> {
 }
 
 fn run_plugin() -> i32 {
-    let env: std::collections::HashMap<String, String> = std::env::vars().collect();
+    let env: std::collections::HashMap<String, String> = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
     let mut stdin = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut stdin);
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            println!(
-                "{}",
-                serde_json::json!({"cniVersion": "1.1.0", "code": 5, "msg": "starting the plugin", "details": e.to_string()})
-            );
-            return 1;
-        }
+    let (code, text) = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => plugin::render(rt.block_on(plugin::run(&env, &stdin))),
+        Err(e) => (1, format!("{}\n", nodeless_eni_cni::spec::CniError::new(nodeless_eni_cni::spec::code::IO, "starting the plugin", e.to_string()).to_json("1.1.0"))),
     };
-    let outcome = rt.block_on(plugin::run(&env, &stdin));
-    let mut out = std::io::stdout().lock();
-    match outcome {
-        Ok(Some(v)) => {
-            let _ = writeln!(out, "{v}");
-            0
-        }
-        Ok(None) => 0,
-        Err((e, version)) => {
-            let _ = writeln!(out, "{}", e.to_json(&version));
-            1
-        }
-    }
+    let _ = std::io::stdout().lock().write_all(text.as_bytes());
+    code
 }

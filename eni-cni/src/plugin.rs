@@ -82,6 +82,57 @@ pub async fn run(env: &HashMap<String, String>, stdin: &[u8]) -> Result<Option<V
     result.map_err(|e| (e, version))
 }
 
+/// What the plugin process answers for an outcome of [`run`]: its exit code and its output.
+pub fn render(outcome: Result<Option<Value>, (CniError, String)>) -> (i32, String) {
+    match outcome {
+        Ok(Some(v)) => (0, format!("{v}\n")),
+        Ok(None) => (0, String::new()),
+        Err((e, version)) => (1, format!("{}\n", e.to_json(&version))),
+    }
+}
+
+/// Hand a verb to the pool service its configuration names, to be run there: a warm process
+/// with its runtime and threads up does the netlink work, and this one only waits (no Tokio
+/// runtime of its own, no threads). `None` when the pool cannot take it — VERSION, host mode,
+/// input that does not parse, a pool that is not listening or does not know the request — and
+/// the caller runs the verb itself, which gives the spec's answer (code 11 when the pool is
+/// needed and unreachable).
+pub fn forward(env: &HashMap<String, String>, stdin: &[u8]) -> Option<(i32, String)> {
+    use std::io::{BufRead, BufReader, Write};
+    if env.get("CNI_COMMAND").is_none_or(|c| c == "VERSION") {
+        return None;
+    }
+    let text = std::str::from_utf8(stdin).ok()?;
+    let conf = NetConf::parse(stdin).ok()?;
+    if conf.mode == Mode::Host {
+        return None;
+    }
+    let mut stream = std::os::unix::net::UnixStream::connect(&conf.pool).ok()?;
+    let mut env: HashMap<String, String> = env.iter().filter(|(k, _)| k.starts_with("CNI_")).map(|(k, v)| (k.clone(), v.clone())).collect();
+    // The pool's working directory is not ours.
+    if let Some(ns) = env.get_mut("CNI_NETNS").filter(|p| !p.is_empty() && !p.starts_with('/')) {
+        let cwd = std::env::current_dir().ok()?;
+        *ns = cwd.join(&*ns).display().to_string();
+    }
+    let command = env.get("CNI_COMMAND").cloned().unwrap_or_default();
+    let mut line = serde_json::to_vec(&Request::Exec { env, stdin: text.to_string() }).ok()?;
+    line.push(b'\n');
+    stream.write_all(&line).ok()?;
+    let mut reply = String::new();
+    let answer = match BufReader::new(&stream).read_line(&mut reply) {
+        Ok(n) if n > 0 => serde_json::from_str::<Reply>(&reply).map_err(|e| e.to_string()),
+        Ok(_) => Err("the pool closed the connection".to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    match answer {
+        Ok(Reply { plugin: Some(answer), .. }) => Some(answer),
+        // A pool that does not run verbs (an older one) still serves the plugin's requests.
+        Ok(_) => None,
+        // The verb may have been under way: the runtime is told to try again.
+        Err(e) => Some(render(Err((CniError::new(code::TRY_AGAIN, format!("the IP pool at {} went away during {command}", conf.pool.display()), e), conf.cni_version)))),
+    }
+}
+
 fn unreachable_command(c: &str) -> Result<Option<Value>, CniError> {
     Err(CniError::new(code::INVALID_ENV, format!("unknown CNI_COMMAND {c:?}"), ""))
 }
@@ -138,10 +189,13 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
     }
     let exists = |name: &str| CniError::new(code::INTERFACE_EXISTS, format!("interface {name} already exists in the container"), netns_path.display().to_string());
     let (network, container, ifname) = pool_key(conf, inv);
-    // One connection for the allocation and the fast-path entry that follows it.
+    // One connection for the allocation and the fast-path entry that follows it. The request
+    // is sent before any interface work starts, so the pool's write (and the disk wait after
+    // it) overlaps all of that work instead of queueing behind it.
+    let mut client = pool::Client::connect(&conf.pool).await.map_err(|e| unreachable_pool(conf, e))?;
+    client.send(&Request::Alloc { network, container, ifname }).await.map_err(|e| unreachable_pool(conf, e))?;
     let alloc = async {
-        let mut client = pool::Client::connect(&conf.pool).await.map_err(|e| unreachable_pool(conf, e))?;
-        let reply = ask_on(conf, &mut client, Request::Alloc { network, container, ifname }).await?;
+        let reply = client.receive().await.map_err(|e| unreachable_pool(conf, e)).and_then(checked)?;
         let existing = reply.existing;
         let alloc = reply.allocation.ok_or_else(|| CniError::new(code::IO, "the IP pool gave no address", ""))?;
         Ok::<_, CniError>((client, alloc, existing))
@@ -179,7 +233,8 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
                     // traffic until then).
                     let publish = async {
                         if !conf.fast_path {
-                            return Ok(());
+                            // The allocation on disk is all that is left to wait for.
+                            return ask_on(conf, &mut client, Request::Persisted).await.map(drop);
                         }
                         let mut mac = [0u8; 6];
                         if pair.pod_mac.len() == 6 {
@@ -199,7 +254,11 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
                 return Err(exists(&inv.ifname));
             }
             match alloc.await {
-                Ok((_, alloc, _)) => datapath::child_add(&host, handle, &netns, conf.mode == Mode::Macvlan, conf.parent.as_deref().unwrap_or_default(), &inv.ifname, alloc.ip, alloc.subnet, conf.mtu).await,
+                Ok((mut client, alloc, _)) => {
+                    let child = datapath::child_add(&host, handle, &netns, conf.mode == Mode::Macvlan, conf.parent.as_deref().unwrap_or_default(), &inv.ifname, alloc.ip, alloc.subnet, conf.mtu);
+                    let persisted = ask_on(conf, &mut client, Request::Persisted);
+                    tokio::try_join!(child, persisted).map(|(a, _)| a)
+                }
                 Err(e) => Err(e),
             }
         }

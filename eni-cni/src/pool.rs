@@ -8,10 +8,13 @@
 //! handed back after `idle_reclaim`. Allocations and assignments are written to redb before a
 //! reply goes out, so a restarted pool knows every address it gave and never gives one twice.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::Ipv4Addr;
+use std::collections::VecDeque;
+use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::Ipv4Net;
@@ -115,6 +118,13 @@ pub enum Request {
     Withdraw { network: String, host_ifname: String, ip: Option<Ipv4Addr> },
     /// Replied when every earlier publish and withdrawal is done.
     Sync { network: String },
+    /// Replied once every allocation made so far is on disk. (A connection that handed out an
+    /// address waits for the disk before it reads its next request, so any later request on it
+    /// says the same; ADD asks this when it has nothing else to ask.)
+    Persisted,
+    /// Run a plugin invocation (its CNI_* variables and its standard input) in this process
+    /// and answer with what the plugin would have printed ([`crate::plugin::forward`]).
+    Exec { env: HashMap<String, String>, stdin: String },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -135,6 +145,9 @@ pub struct Reply {
     /// Alloc: the container/interface already had this address (an ADD repeated).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub existing: bool,
+    /// Exec: the plugin's exit code and standard output.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<(i32, String)>,
 }
 
 fn now() -> u64 {
@@ -150,6 +163,8 @@ struct State {
     /// Assigned addresses -> when they went idle (0: in use).
     assigned: BTreeMap<Ipv4Addr, u64>,
     allocations: BTreeMap<String, Allocation>,
+    /// A commit since the last durable one was not waited onto the disk.
+    unsynced: bool,
 }
 
 pub struct Pool<P: Provider> {
@@ -159,6 +174,7 @@ pub struct Pool<P: Provider> {
     fastpath: crate::fastpath::FastPath,
     /// Wakes the task that tops the warm set up after allocations.
     refill: tokio::sync::Notify,
+    verbs: crate::verbs::Verbs,
 }
 
 type DbResult<T> = Result<T, String>;
@@ -197,6 +213,7 @@ impl State {
             }
         }
         tx.commit().map_err(db_err)?;
+        self.unsynced = !matches!(durability, redb::Durability::Immediate);
         for (ip, v) in assigned {
             match v {
                 Some(v) => self.assigned.insert(*ip, *v),
@@ -238,17 +255,27 @@ impl<P: Provider> Pool<P> {
                 allocations.insert(k.value().to_string(), a);
             }
         }
-        let pool = Arc::new(Pool { cfg, provider, state: Mutex::new(State { db, assigned, allocations }), fastpath: Default::default(), refill: tokio::sync::Notify::new() });
+        let pool = Arc::new(Pool { cfg, provider, state: Mutex::new(State { db, assigned, allocations, unsynced: false }), fastpath: Default::default(), refill: tokio::sync::Notify::new(), verbs: crate::verbs::Verbs::start() });
         Ok(pool)
     }
 
     /// Assign addresses until `min_warm` are idle.
     pub async fn fill(&self) -> Result<(), String> {
         let mut st = self.state.lock().await;
-        self.fill_locked(&mut st)
+        self.fill_locked(&mut st, redb::Durability::Immediate)
     }
 
-    fn fill_locked(&self, st: &mut State) -> Result<(), String> {
+    /// Top the warm set up after allocations. The commit is not waited onto the disk: it holds
+    /// the state, and an fsync here (~1.3 ms) made the ADD under way wait for its publish. The
+    /// next allocation's durable commit carries it; a crash before that forgets idle addresses
+    /// only, which the local provider hands out again (a cloud provider would reconcile them
+    /// with the ENI's list at start).
+    async fn top_up(&self) -> Result<(), String> {
+        let mut st = self.state.lock().await;
+        self.fill_locked(&mut st, redb::Durability::None)
+    }
+
+    fn fill_locked(&self, st: &mut State, durability: redb::Durability) -> Result<(), String> {
         let want = self.cfg.min_warm.saturating_sub(st.warm());
         if want == 0 {
             return Ok(());
@@ -257,7 +284,19 @@ impl<P: Provider> Pool<P> {
         let new = self.provider.assign(&taken, want)?;
         let t = now().max(1);
         let changes: Vec<_> = new.iter().map(|ip| (*ip, Some(t))).collect();
-        st.commit(&changes, &[])
+        st.commit_with(&changes, &[], durability)
+    }
+
+    /// Make every commit so far durable (one fsync covers all the ones not waited for), on a
+    /// blocking thread: the fsync takes 1-2 ms here, which a runtime worker would spend idle
+    /// while the ADD waiting for it has netlink work to do.
+    async fn persist(self: &Arc<Self>) -> Result<(), String> {
+        let pool = self.clone();
+        let done = tokio::task::spawn_blocking(move || {
+            let mut st = pool.state.blocking_lock();
+            if st.unsynced { st.commit(&[], &[]) } else { Ok(()) }
+        });
+        done.await.map_err(|e| format!("pool state: {e}"))?
     }
 
     /// Hand back idle addresses: beyond `max_warm` at once, beyond `min_warm` once idle for
@@ -289,7 +328,11 @@ impl<P: Provider> Pool<P> {
         Ok(give_back.len())
     }
 
-    pub async fn handle(&self, req: Request) -> Reply {
+    pub async fn handle(self: &Arc<Self>, req: Request) -> Reply {
+        let req = match req {
+            Request::Exec { env, stdin } => return Reply { plugin: Some(self.verbs.run(env, stdin).await), ..Reply::default() },
+            req => req,
+        };
         // The fast path's requests do not touch the addresses.
         let outcome = match &req {
             Request::Publish { network, container, ifname, host_ifname, ip, ifindex, mac } => {
@@ -332,6 +375,7 @@ impl<P: Provider> Pool<P> {
                 self.fastpath.sync(network).await;
                 Some(Ok(()))
             }
+            Request::Persisted => Some(self.persist().await),
             _ => None,
         };
         if let Some(r) = outcome {
@@ -372,7 +416,9 @@ impl<P: Provider> Pool<P> {
                 };
                 let subnet = self.provider.subnet_of(ip).ok_or_else(|| format!("{ip} is in none of the pool's CIDRs"))?;
                 let a = Allocation { network, container, ifname, ip, subnet, fastpath: None };
-                st.commit(&[(ip, Some(0))], &[(&k, Some(&a))])?;
+                // Not waited onto the disk here: the reply goes at once, and the connection
+                // waits for the disk before it reads its next request (`connection`).
+                st.commit_with(&[(ip, Some(0))], &[(&k, Some(&a))], redb::Durability::None)?;
                 // The warm set is topped up again after the reply has gone (`connection`).
                 Ok(Reply { allocation: Some(a), ..Reply::default() })
             }
@@ -398,7 +444,7 @@ impl<P: Provider> Pool<P> {
                 Ok(Reply { released: gone.into_iter().map(|(_, a)| a).collect(), ..Reply::default() })
             }
             Request::Status => Ok(Reply::default()),
-            Request::Publish { .. } | Request::Withdraw { .. } | Request::Sync { .. } => Ok(Reply::default()),
+            Request::Publish { .. } | Request::Withdraw { .. } | Request::Sync { .. } | Request::Persisted | Request::Exec { .. } => Ok(Reply::default()),
         }
     }
 
@@ -423,6 +469,7 @@ impl<P: Provider> Pool<P> {
         }
         let _ = std::fs::remove_file(socket);
         let listener = UnixListener::bind(socket)?;
+        let _local = Registered::new(socket, self.clone());
         if let Err(e) = self.fill().await {
             tracing::warn!(error = %e, "warming the pool");
         }
@@ -446,7 +493,7 @@ impl<P: Provider> Pool<P> {
             tokio::spawn(async move {
                 loop {
                     pool.refill.notified().await;
-                    if let Err(e) = pool.fill().await {
+                    if let Err(e) = pool.top_up().await {
                         tracing::warn!(error = %e, "refilling the warm pool");
                     }
                 }
@@ -469,7 +516,7 @@ impl<P: Provider> Pool<P> {
         result
     }
 
-    async fn connection(&self, conn: UnixStream) -> std::io::Result<()> {
+    async fn connection(self: &Arc<Self>, conn: UnixStream) -> std::io::Result<()> {
         let (read, mut write) = conn.into_split();
         let mut lines = BufReader::new(read).lines();
         while let Some(line) = lines.next_line().await? {
@@ -483,13 +530,64 @@ impl<P: Provider> Pool<P> {
             let mut out = serde_json::to_vec(&reply).unwrap_or_default();
             out.push(b'\n');
             write.write_all(&out).await?;
-            // Top the warm set up again, off the ADD's path; a failure costs a later ADD a wait.
             if allocated {
+                // Top the warm set up again, off the ADD's path; a failure costs a later ADD a
+                // wait.
                 self.refill.notify_one();
+                // The address is on disk before this connection is answered again: the ADD
+                // asking goes on with its interfaces meanwhile, and its last request (a publish,
+                // or Persisted) is answered only once the address would survive a restart. If
+                // the disk fails, the connection ends and so does the ADD.
+                self.persist().await.map_err(std::io::Error::other)?;
             }
         }
         Ok(())
     }
+}
+
+/// A pool as the [`Client`]s of its own process reach it: the verbs a pool runs for the plugin
+/// (`Request::Exec`) ask it for addresses without a socket in between.
+trait Local: Send + Sync {
+    fn handle(self: Arc<Self>, req: Request) -> Pin<Box<dyn Future<Output = Reply> + Send>>;
+    /// An address was handed out: the warm set is topped up and the disk waited for.
+    fn allocated(self: Arc<Self>) -> tokio::task::JoinHandle<Result<(), String>>;
+}
+
+impl<P: Provider> Local for Pool<P> {
+    fn handle(self: Arc<Self>, req: Request) -> Pin<Box<dyn Future<Output = Reply> + Send>> {
+        Box::pin(async move { Pool::handle(&self, req).await })
+    }
+
+    fn allocated(self: Arc<Self>) -> tokio::task::JoinHandle<Result<(), String>> {
+        self.refill.notify_one();
+        tokio::spawn(async move { self.persist().await })
+    }
+}
+
+/// The pools this process serves, by socket path.
+static LOCAL: std::sync::Mutex<Vec<(PathBuf, Weak<dyn Local>)>> = std::sync::Mutex::new(Vec::new());
+
+/// A pool's entry in [`LOCAL`], for as long as it serves.
+struct Registered(PathBuf);
+
+impl Registered {
+    fn new<P: Provider>(socket: &Path, pool: Arc<Pool<P>>) -> Registered {
+        let pool: Arc<dyn Local> = pool;
+        let mut all = LOCAL.lock().unwrap_or_else(|e| e.into_inner());
+        all.retain(|(path, _)| path != socket);
+        all.push((socket.to_path_buf(), Arc::downgrade(&pool)));
+        Registered(socket.to_path_buf())
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        LOCAL.lock().unwrap_or_else(|e| e.into_inner()).retain(|(path, _)| *path != self.0);
+    }
+}
+
+fn local(socket: &Path) -> Option<Arc<dyn Local>> {
+    LOCAL.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(path, _)| path == socket).and_then(|(_, pool)| pool.upgrade())
 }
 
 /// One request to the pool at `socket`.
@@ -497,24 +595,62 @@ pub async fn call(socket: &Path, req: &Request) -> std::io::Result<Reply> {
     Client::connect(socket).await?.call(req).await
 }
 
-/// A connection to the pool, for several requests in turn.
-pub struct Client {
-    read: BufReader<tokio::net::unix::OwnedReadHalf>,
-    write: tokio::net::unix::OwnedWriteHalf,
+/// A connection to the pool, for several requests in turn: its socket, or the pool itself when
+/// it serves in this process.
+pub struct Client(Link);
+
+enum Link {
+    Socket { read: BufReader<tokio::net::unix::OwnedReadHalf>, write: tokio::net::unix::OwnedWriteHalf },
+    /// Replies wait in `replies`; after an allocation, `persisting` waits for the disk, and the
+    /// next request waits for it (what a socket connection does, `Pool::connection`).
+    Local { pool: Arc<dyn Local>, replies: VecDeque<Reply>, persisting: Option<tokio::task::JoinHandle<Result<(), String>>> },
 }
 
 impl Client {
     pub async fn connect(socket: &Path) -> std::io::Result<Client> {
+        if let Some(pool) = local(socket) {
+            return Ok(Client(Link::Local { pool, replies: VecDeque::new(), persisting: None }));
+        }
         let (read, write) = UnixStream::connect(socket).await?.into_split();
-        Ok(Client { read: BufReader::new(read), write })
+        Ok(Client(Link::Socket { read: BufReader::new(read), write }))
     }
 
     pub async fn call(&mut self, req: &Request) -> std::io::Result<Reply> {
-        let mut line = serde_json::to_vec(req)?;
-        line.push(b'\n');
-        self.write.write_all(&line).await?;
+        self.send(req).await?;
+        self.receive().await
+    }
+
+    /// Send a request; [`Client::receive`] reads its reply.
+    pub async fn send(&mut self, req: &Request) -> std::io::Result<()> {
+        match &mut self.0 {
+            Link::Socket { write, .. } => {
+                let mut line = serde_json::to_vec(req)?;
+                line.push(b'\n');
+                write.write_all(&line).await
+            }
+            Link::Local { pool, replies, persisting } => {
+                if let Some(p) = persisting.take() {
+                    p.await.map_err(std::io::Error::other)?.map_err(std::io::Error::other)?;
+                }
+                let alloc = matches!(req, Request::Alloc { .. });
+                let reply = pool.clone().handle(req.clone()).await;
+                if alloc {
+                    *persisting = Some(pool.clone().allocated());
+                }
+                replies.push_back(reply);
+                Ok(())
+            }
+        }
+    }
+
+    /// The reply to the oldest request sent and not yet answered.
+    pub async fn receive(&mut self) -> std::io::Result<Reply> {
+        let read = match &mut self.0 {
+            Link::Socket { read, .. } => read,
+            Link::Local { replies, .. } => return replies.pop_front().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no request waits for a reply")),
+        };
         let mut reply = String::new();
-        if self.read.read_line(&mut reply).await? == 0 {
+        if read.read_line(&mut reply).await? == 0 {
             return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the pool closed the connection"));
         }
         serde_json::from_str(&reply).map_err(std::io::Error::other)
