@@ -548,13 +548,13 @@ impl<P: Provider> Pool<P> {
 /// A pool as the [`Client`]s of its own process reach it: the verbs a pool runs for the plugin
 /// (`Request::Exec`) ask it for addresses without a socket in between.
 trait Local: Send + Sync {
-    fn handle(self: Arc<Self>, req: Request) -> Pin<Box<dyn Future<Output = Reply> + Send>>;
+    fn call(self: Arc<Self>, req: Request) -> Pin<Box<dyn Future<Output = Reply> + Send>>;
     /// An address was handed out: the warm set is topped up and the disk waited for.
     fn allocated(self: Arc<Self>) -> tokio::task::JoinHandle<Result<(), String>>;
 }
 
 impl<P: Provider> Local for Pool<P> {
-    fn handle(self: Arc<Self>, req: Request) -> Pin<Box<dyn Future<Output = Reply> + Send>> {
+    fn call(self: Arc<Self>, req: Request) -> Pin<Box<dyn Future<Output = Reply> + Send>> {
         Box::pin(async move { Pool::handle(&self, req).await })
     }
 
@@ -633,7 +633,7 @@ impl Client {
                     p.await.map_err(std::io::Error::other)?.map_err(std::io::Error::other)?;
                 }
                 let alloc = matches!(req, Request::Alloc { .. });
-                let reply = pool.clone().handle(req.clone()).await;
+                let reply = pool.clone().call(req.clone()).await;
                 if alloc {
                     *persisting = Some(pool.clone().allocated());
                 }
