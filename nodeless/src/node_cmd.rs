@@ -146,7 +146,9 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
             let net = nodeless_eni_cni::node::start(&name, &dir.join("eni"), &run_dir.join("eni.sock"), args.pod_cidrs.clone(), dns, Some(balancing)).await.context("starting the eni-cni pod network")?;
             // The plugin binary sits beside ours.
             let exe_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).unwrap_or_default();
-            anyhow::ensure!(exe_dir.join("eni-cni").exists(), "eni-cni is missing beside {} (cargo build --bins builds it)", exe_dir.display());
+            for bin in ["eni-cni", "eni-cnid"] {
+                anyhow::ensure!(exe_dir.join(bin).exists(), "{bin} is missing beside {} (cargo build --bins builds it)", exe_dir.display());
+            }
             let mut bins = vec![exe_dir];
             bins.extend(args.cni_bin_dir.iter().cloned());
             let cni = Cni::load(&net.conflist, bins, dir.join("cni"));

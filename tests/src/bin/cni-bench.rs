@@ -111,6 +111,16 @@ impl Plugin {
     }
 }
 
+/// Whether an ELF executable names a program interpreter (the dynamic loader).
+fn dynamically_linked(path: &Path) -> Result<bool> {
+    let elf = std::fs::read(path)?;
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
+    let phoff = elf.get(0x20..0x28).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) as usize);
+    let (Some(phoff), Some(size), Some(count)) = (phoff, u16_at(0x36), u16_at(0x38)) else { bail!("{} is not an ELF executable", path.display()) };
+    const PT_INTERP: u32 = 3;
+    Ok((0..count).any(|i| elf.get(phoff + i * size..phoff + i * size + 4).is_some_and(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) == PT_INTERP)))
+}
+
 fn pod_ip(result: &Value) -> Result<Ipv4Addr> {
     let a = result["ips"].as_array().and_then(|v| v.last()).and_then(|v| v["address"].as_str()).context("no address in the result")?;
     Ok(a.split('/').next().unwrap_or_default().parse()?)
@@ -204,7 +214,7 @@ fn main() -> Result<()> {
     }
     let me = std::env::current_exe()?;
     let eni = me.with_file_name("eni-cni");
-    anyhow::ensure!(eni.exists(), "{} is missing: cargo build --release -p nodeless-eni-cni", eni.display());
+    anyhow::ensure!(eni.exists() && eni.with_file_name("eni-cnid").exists(), "eni-cni or eni-cnid is missing beside {}: scripts/up builds them", eni.display());
     anyhow::ensure!(Path::new("/usr/lib/cni/bridge").exists(), "the reference plugins are missing: apt-get install containernetworking-plugins");
     let tag = std::process::id() % 10_000;
     let work = tempfile::tempdir()?;
@@ -252,6 +262,8 @@ fn main() -> Result<()> {
         }
     }
     println!("CNI benchmark: {} pods per plugin, each in its own network namespace; eni-cni (veth, warm pool) vs bridge + host-local", args.pods);
+    let linked = if dynamically_linked(&eni)? { "dynamically (scripts/up links it statically)" } else { "statically" };
+    println!("the eni-cni binary is linked {linked}");
     println!("{:<36} {:>12} {:>12} {:>8}", "", "eni-cni", "bridge", "ratio");
     let mut rows = Vec::new();
     for a in &mut add {
