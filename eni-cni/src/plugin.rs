@@ -189,19 +189,27 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
     }
     let exists = |name: &str| CniError::new(code::INTERFACE_EXISTS, format!("interface {name} already exists in the container"), netns_path.display().to_string());
     let (network, container, ifname) = pool_key(conf, inv);
-    // One connection for the allocation and the fast-path entry that follows it. The request
-    // is sent before any interface work starts, so the pool's write (and the disk wait after
-    // it) overlaps all of that work instead of queueing behind it.
+    let host = datapath::host()?;
+    let host_name = datapath::host_ifname(&conf.name, &inv.container_id, &inv.ifname);
+    // One connection for the allocation and the fast-path entry that follows it. In veth mode
+    // the request goes before any interface work starts, so the pool's write (and the disk wait
+    // after it) overlaps that work instead of queueing behind it; from here on, every way out
+    // gives a new address back. The other modes look at the pod's interfaces first.
     let mut client = pool::Client::connect(&conf.pool).await.map_err(|e| unreachable_pool(conf, e))?;
-    client.send(&Request::Alloc { network, container, ifname }).await.map_err(|e| unreachable_pool(conf, e))?;
+    let request = Request::Alloc { network, container, ifname };
+    let sent_early = conf.mode == Mode::Veth;
+    if sent_early {
+        client.send(&request).await.map_err(|e| unreachable_pool(conf, e))?;
+    }
     let alloc = async {
+        if !sent_early {
+            client.send(&request).await.map_err(|e| unreachable_pool(conf, e))?;
+        }
         let reply = client.receive().await.map_err(|e| unreachable_pool(conf, e)).and_then(checked)?;
         let existing = reply.existing;
         let alloc = reply.allocation.ok_or_else(|| CniError::new(code::IO, "the IP pool gave no address", ""))?;
         Ok::<_, CniError>((client, alloc, existing))
     };
-    let host = datapath::host()?;
-    let host_name = datapath::host_ifname(&conf.name, &inv.container_id, &inv.ifname);
     // The pod's netlink handle, once made (veth mode makes it while creating the pair).
     let mut pod: Option<rtnetlink::Handle> = None;
     let attached = match conf.mode {

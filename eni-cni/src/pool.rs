@@ -5,13 +5,16 @@
 //! CIDRs; a cloud provider would attach secondary IPs to an ENI, which takes seconds, which is
 //! why the pool keeps a warm set: `min_warm` assigned addresses held ready (filled at start and
 //! after every allocation), at most `max_warm` idle ones kept, and idle ones beyond `min_warm`
-//! handed back after `idle_reclaim`. Allocations and assignments are written to redb before a
-//! reply goes out, so a restarted pool knows every address it gave and never gives one twice.
+//! handed back after `idle_reclaim`. An allocation is on disk (redb, fsynced) before its
+//! connection is answered again, and ADD's last request goes on that connection, so a restarted
+//! pool knows every address an ADD returned and never gives one twice.
+//!
+//! The pool also runs the plugin's verbs for the small `eni-cni` binary (`Request::Exec`, on the
+//! threads of [`crate::verbs`]); those verbs reach the pool directly, not through its socket.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::net::Ipv4Addr;
-use std::collections::VecDeque;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::{Arc, Weak};
@@ -287,6 +290,15 @@ impl<P: Provider> Pool<P> {
         st.commit_with(&changes, &[], durability)
     }
 
+    /// After an address went out: top the warm set up again, off the ADD's path (a failure costs
+    /// a later ADD a wait), and put the allocation on disk. The ADD asking goes on with its
+    /// interfaces meanwhile; its last request (a publish, or Persisted) is answered only after
+    /// this, once the address would survive a restart.
+    async fn after_allocation(self: &Arc<Self>) -> Result<(), String> {
+        self.refill.notify_one();
+        self.persist().await
+    }
+
     /// Make every commit so far durable (one fsync covers all the ones not waited for), on a
     /// blocking thread: the fsync takes 1-2 ms here, which a runtime worker would spend idle
     /// while the ADD waiting for it has netlink work to do.
@@ -531,14 +543,8 @@ impl<P: Provider> Pool<P> {
             out.push(b'\n');
             write.write_all(&out).await?;
             if allocated {
-                // Top the warm set up again, off the ADD's path; a failure costs a later ADD a
-                // wait.
-                self.refill.notify_one();
-                // The address is on disk before this connection is answered again: the ADD
-                // asking goes on with its interfaces meanwhile, and its last request (a publish,
-                // or Persisted) is answered only once the address would survive a restart. If
-                // the disk fails, the connection ends and so does the ADD.
-                self.persist().await.map_err(std::io::Error::other)?;
+                // If the disk fails, the connection ends and so does the ADD.
+                self.after_allocation().await.map_err(std::io::Error::other)?;
             }
         }
         Ok(())
@@ -549,8 +555,8 @@ impl<P: Provider> Pool<P> {
 /// (`Request::Exec`) ask it for addresses without a socket in between.
 trait Local: Send + Sync {
     fn call(self: Arc<Self>, req: Request) -> Pin<Box<dyn Future<Output = Reply> + Send>>;
-    /// An address was handed out: the warm set is topped up and the disk waited for.
-    fn allocated(self: Arc<Self>) -> tokio::task::JoinHandle<Result<(), String>>;
+    /// [`Pool::after_allocation`], started.
+    fn after_allocation(self: Arc<Self>) -> tokio::task::JoinHandle<Result<(), String>>;
 }
 
 impl<P: Provider> Local for Pool<P> {
@@ -558,9 +564,8 @@ impl<P: Provider> Local for Pool<P> {
         Box::pin(async move { Pool::handle(&self, req).await })
     }
 
-    fn allocated(self: Arc<Self>) -> tokio::task::JoinHandle<Result<(), String>> {
-        self.refill.notify_one();
-        tokio::spawn(async move { self.persist().await })
+    fn after_allocation(self: Arc<Self>) -> tokio::task::JoinHandle<Result<(), String>> {
+        tokio::spawn(async move { Pool::after_allocation(&self).await })
     }
 }
 
@@ -635,7 +640,7 @@ impl Client {
                 let alloc = matches!(req, Request::Alloc { .. });
                 let reply = pool.clone().call(req.clone()).await;
                 if alloc {
-                    *persisting = Some(pool.clone().allocated());
+                    *persisting = Some(pool.clone().after_allocation());
                 }
                 replies.push_back(reply);
                 Ok(())
@@ -664,6 +669,10 @@ mod tests {
     fn pool(dir: &Path, min: usize, max: usize) -> Arc<Pool<LocalProvider>> {
         let cfg = PoolConfig { state: dir.join("pool.redb"), min_warm: min, max_warm: max, idle_reclaim: Duration::from_secs(3600) };
         Pool::open(cfg, LocalProvider::new(vec!["10.9.0.0/29".parse().unwrap()])).unwrap()
+    }
+
+    async fn serve(p: Arc<Pool<LocalProvider>>, socket: PathBuf) {
+        let _ = p.serve(&socket).await;
     }
 
     fn alloc(c: &str) -> Request {
@@ -715,5 +724,41 @@ mod tests {
         let gc = p.handle(Request::Gc { network: "n".into(), keep: vec![] }).await;
         assert_eq!(gc.released.len(), 3);
         assert_eq!(gc.warm, 1, "at most max_warm idle addresses stay assigned");
+    }
+
+    /// An allocation is answered before it is on disk, and the connection's next request waits
+    /// for the disk: over the socket, and through the link a pool's own process uses.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_next_request_on_a_connection_finds_the_allocation_on_disk() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool(dir.path(), 0, 1);
+        let a = p.handle(alloc("a")).await.allocation.unwrap();
+        assert!(p.state.lock().await.unsynced, "answered before the fsync");
+        assert!(p.handle(Request::Persisted).await.error.is_none());
+        assert!(!p.state.lock().await.unsynced, "Persisted waits for the disk");
+
+        let socket = dir.path().join("pool.sock");
+        let serving = tokio::spawn(serve(p.clone(), socket.clone()));
+        while !socket.exists() || local(&socket).is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // In this process the client takes the pool directly.
+        let mut c = Client::connect(&socket).await.unwrap();
+        assert!(matches!(c.0, Link::Local { .. }));
+        let b = c.call(&alloc("b")).await.unwrap().allocation.unwrap();
+        assert_ne!(a.ip, b.ip);
+        c.call(&Request::Status).await.unwrap();
+        assert!(!p.state.lock().await.unsynced, "the request after an allocation came after the fsync");
+        // Over the socket, the same.
+        let stream = UnixStream::connect(&socket).await.unwrap();
+        let (read, write) = stream.into_split();
+        let mut c = Client(Link::Socket { read: BufReader::new(read), write });
+        let d = c.call(&alloc("d")).await.unwrap().allocation.unwrap();
+        assert!(d.ip != a.ip && d.ip != b.ip);
+        c.call(&Request::Status).await.unwrap();
+        assert!(!p.state.lock().await.unsynced, "the request after an allocation came after the fsync");
+        serving.abort();
+        let _ = serving.await;
+        assert!(local(&socket).is_none(), "a pool that stopped serving is not reached directly");
     }
 }
