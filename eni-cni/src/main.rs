@@ -230,7 +230,7 @@ async fn services(args: ServicesArgs) -> anyhow::Result<()> {
 }
 
 fn run_plugin() -> i32 {
-    let env: std::collections::HashMap<String, String> = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
+    let env = plugin::environment();
     let mut stdin = Vec::new();
     let _ = std::io::stdin().read_to_end(&mut stdin);
     let (code, text) = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

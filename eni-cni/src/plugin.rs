@@ -82,6 +82,11 @@ pub async fn run(env: &HashMap<String, String>, stdin: &[u8]) -> Result<Option<V
     result.map_err(|e| (e, version))
 }
 
+/// The process's environment as [`run`] takes it (variables that are not UTF-8 left out).
+pub fn environment() -> HashMap<String, String> {
+    std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect()
+}
+
 /// What the plugin process answers for an outcome of [`run`]: its exit code and its output.
 pub fn render(outcome: Result<Option<Value>, (CniError, String)>) -> (i32, String) {
     match outcome {

@@ -291,24 +291,23 @@ impl<P: Provider> Pool<P> {
     }
 
     /// After an address went out: top the warm set up again, off the ADD's path (a failure costs
-    /// a later ADD a wait), and put the allocation on disk. The ADD asking goes on with its
-    /// interfaces meanwhile; its last request (a publish, or Persisted) is answered only after
-    /// this, once the address would survive a restart.
-    async fn after_allocation(self: &Arc<Self>) -> Result<(), String> {
+    /// a later ADD a wait), and start putting the allocation on disk. The ADD asking goes on
+    /// with its interfaces meanwhile; its last request (a publish, or Persisted) is answered
+    /// only once this is done and the address would survive a restart.
+    fn after_allocation(self: &Arc<Self>) -> Persisting {
         self.refill.notify_one();
-        self.persist().await
+        self.persist()
     }
 
-    /// Make every commit so far durable (one fsync covers all the ones not waited for), on a
-    /// blocking thread: the fsync takes 1-2 ms here, which a runtime worker would spend idle
-    /// while the ADD waiting for it has netlink work to do.
-    async fn persist(self: &Arc<Self>) -> Result<(), String> {
+    /// Start making every commit so far durable (one fsync covers all the ones not waited for),
+    /// on a blocking thread: the fsync takes 1-2 ms here, which a runtime worker would spend
+    /// idle while the ADD waiting for it has netlink work to do.
+    fn persist(self: &Arc<Self>) -> Persisting {
         let pool = self.clone();
-        let done = tokio::task::spawn_blocking(move || {
+        tokio::task::spawn_blocking(move || {
             let mut st = pool.state.blocking_lock();
             if st.unsynced { st.commit(&[], &[]) } else { Ok(()) }
-        });
-        done.await.map_err(|e| format!("pool state: {e}"))?
+        })
     }
 
     /// Hand back idle addresses: beyond `max_warm` at once, beyond `min_warm` once idle for
@@ -387,7 +386,7 @@ impl<P: Provider> Pool<P> {
                 self.fastpath.sync(network).await;
                 Some(Ok(()))
             }
-            Request::Persisted => Some(self.persist().await),
+            Request::Persisted => Some(persisted(self.persist()).await),
             _ => None,
         };
         if let Some(r) = outcome {
@@ -544,19 +543,27 @@ impl<P: Provider> Pool<P> {
             write.write_all(&out).await?;
             if allocated {
                 // If the disk fails, the connection ends and so does the ADD.
-                self.after_allocation().await.map_err(std::io::Error::other)?;
+                persisted(self.after_allocation()).await.map_err(std::io::Error::other)?;
             }
         }
         Ok(())
     }
 }
 
+/// An fsync under way ([`Pool::persist`]).
+type Persisting = tokio::task::JoinHandle<Result<(), String>>;
+
+/// Wait for an fsync under way.
+async fn persisted(p: Persisting) -> Result<(), String> {
+    p.await.map_err(|e| format!("pool state: {e}"))?
+}
+
 /// A pool as the [`Client`]s of its own process reach it: the verbs a pool runs for the plugin
 /// (`Request::Exec`) ask it for addresses without a socket in between.
 trait Local: Send + Sync {
     fn call(self: Arc<Self>, req: Request) -> Pin<Box<dyn Future<Output = Reply> + Send>>;
-    /// [`Pool::after_allocation`], started.
-    fn after_allocation(self: Arc<Self>) -> tokio::task::JoinHandle<Result<(), String>>;
+    /// [`Pool::after_allocation`].
+    fn after_allocation(self: Arc<Self>) -> Persisting;
 }
 
 impl<P: Provider> Local for Pool<P> {
@@ -564,8 +571,8 @@ impl<P: Provider> Local for Pool<P> {
         Box::pin(async move { Pool::handle(&self, req).await })
     }
 
-    fn after_allocation(self: Arc<Self>) -> tokio::task::JoinHandle<Result<(), String>> {
-        tokio::spawn(async move { Pool::after_allocation(&self).await })
+    fn after_allocation(self: Arc<Self>) -> Persisting {
+        Pool::after_allocation(&self)
     }
 }
 
@@ -608,7 +615,7 @@ enum Link {
     Socket { read: BufReader<tokio::net::unix::OwnedReadHalf>, write: tokio::net::unix::OwnedWriteHalf },
     /// Replies wait in `replies`; after an allocation, `persisting` waits for the disk, and the
     /// next request waits for it (what a socket connection does, `Pool::connection`).
-    Local { pool: Arc<dyn Local>, replies: VecDeque<Reply>, persisting: Option<tokio::task::JoinHandle<Result<(), String>>> },
+    Local { pool: Arc<dyn Local>, replies: VecDeque<Reply>, persisting: Option<Persisting> },
 }
 
 impl Client {
@@ -635,7 +642,7 @@ impl Client {
             }
             Link::Local { pool, replies, persisting } => {
                 if let Some(p) = persisting.take() {
-                    p.await.map_err(std::io::Error::other)?.map_err(std::io::Error::other)?;
+                    persisted(p).await.map_err(std::io::Error::other)?;
                 }
                 let alloc = matches!(req, Request::Alloc { .. });
                 let reply = pool.clone().call(req.clone()).await;

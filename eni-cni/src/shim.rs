@@ -8,7 +8,6 @@
 //! and every subcommand (`eni-cni pool`, `show`, `services`) go to `eni-cnid` beside this
 //! binary, with the same arguments, environment and standard input.
 
-use std::collections::HashMap;
 use std::io::{Read, Seek, Write};
 use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
@@ -20,7 +19,7 @@ fn main() {
     let is_plugin = std::env::var_os("CNI_COMMAND").is_some() || std::env::args_os().len() == 1;
     let mut stdin = Vec::new();
     if is_plugin {
-        let env: HashMap<String, String> = std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect();
+        let env = plugin::environment();
         let _ = std::io::stdin().read_to_end(&mut stdin);
         if let Some((code, text)) = plugin::forward(&env, &stdin) {
             let _ = std::io::stdout().lock().write_all(text.as_bytes());
