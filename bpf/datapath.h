@@ -20,7 +20,28 @@ enum nl_stat {
 	NL_TTL_EXPIRED = 3,   /* passed to the stack, which answers with ICMP */
 	NL_DROP_MALFORMED = 4,/* dropped: shorter than its headers */
 	NL_DROP_REDIRECT = 5, /* dropped: the redirect failed */
-	NL_STAT_MAX = 6,
+	/* Socket-level acceleration (TCP between two pods of the network): */
+	NL_SOCK_PAIRED = 6,   /* sockets entered in nl_sockets at the handshake */
+	NL_MSG_SHORTCUT = 7,  /* messages put straight into the peer socket */
+	NL_MSG_STACK = 8,     /* messages sent through the stack: the peer was not there yet */
+	NL_STAT_MAX = 9,
+};
+
+/* nl_sockets: a TCP socket between two pods, by its own view of the connection (ports in
+ * host order), so the peer's key is this one with the ends swapped. */
+struct sock_key {
+	__u32 local_ip;
+	__u32 remote_ip;
+	__u32 local_port;
+	__u32 remote_port;
+};
+
+/* nl_sock_state: per socket (socket-local storage), how its messages travel. A socket's
+ * bytes take one way for its whole life, so they cannot overtake each other. */
+enum nl_sock_state {
+	NL_SOCK_UNDECIDED = 0, /* entered at the handshake; its first message decides */
+	NL_SOCK_SHORTCUT = 1,  /* straight into the peer socket */
+	NL_SOCK_STACK = 2,     /* through TCP, as without acceleration */
 };
 
 #endif

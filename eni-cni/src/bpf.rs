@@ -5,7 +5,13 @@
 //! - `from_pod`, the program, attached to the ingress of every pod's host end as a tc filter
 //!   (clsact, direct action) and pinned again as `links/<host end>`, the record of that attach;
 //! - `nl_pods`, pod address -> host end and pod MAC, filled by ADD, emptied by DEL and GC;
-//! - `nl_stats`, per-CPU counters of what happened to packets (the drop reasons among them).
+//! - `nl_stats`, per-CPU counters of what happened to packets (the drop reasons among them)
+//!   and to accelerated sockets;
+//! - with socket acceleration (`socketAcceleration`, off by default), `pod_sockets`, a sockops program attached to the
+//!   root of the cgroup v2 hierarchy, which enters every TCP socket between two pods of the
+//!   network in `nl_sockets` at the handshake, and `pod_messages`, an sk_msg program on that
+//!   map, which puts what such a socket sends straight into its peer's receive queue. The
+//!   cgroup link is pinned as `sockets`; it holds the programs and maps.
 //!
 //! The map layouts mirror `bpf/datapath.h`; `layouts_match_the_object` checks them against the
 //! object itself. When a network's last pod goes, its pins go too.
@@ -14,11 +20,11 @@ use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, Map, MapData, PerCpuArray};
-use aya::programs::links::PinnedLink;
+use aya::maps::{HashMap, Map, MapData, PerCpuArray, SockHash};
+use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{self, NlOptions, TcAttachOptions, TcError, TcHandle};
-use aya::programs::{SchedClassifier, TcAttachType};
-use aya::EbpfLoader;
+use aya::programs::{CgroupAttachMode, SchedClassifier, SkMsg, SockOps, TcAttachType};
+use aya::{Ebpf, EbpfLoader};
 use nix::fcntl::{Flock, FlockArg};
 
 use crate::spec::{CniError, code};
@@ -29,12 +35,17 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const PROGRAM: &str = "from_pod";
 pub const PODS_MAP: &str = "nl_pods";
 pub const STATS_MAP: &str = "nl_stats";
+pub const SOCKOPS_PROGRAM: &str = "pod_sockets";
+pub const MSG_PROGRAM: &str = "pod_messages";
+pub const SOCKETS_MAP: &str = "nl_sockets";
 
 /// `struct pod_endpoint`: ifindex (u32), mac (6 bytes), 2 bytes of padding.
 pub const POD_ENDPOINT_SIZE: usize = 12;
+/// `struct sock_key`: four u32s.
+pub const SOCK_KEY_SIZE: usize = 16;
 
 /// `enum nl_stat`, in order.
-pub const STATS: [&str; 6] = ["redirected", "passed", "not-ipv4", "ttl-expired", "drop-malformed", "drop-redirect"];
+pub const STATS: [&str; 9] = ["redirected", "passed", "not-ipv4", "ttl-expired", "drop-malformed", "drop-redirect", "sock-paired", "msg-shortcut", "msg-stack"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PodEndpoint {
@@ -122,6 +133,10 @@ impl Pins {
     fn link(&self, host_ifname: &str) -> PathBuf {
         self.links().join(host_ifname)
     }
+    /// The pinned cgroup link of socket acceleration.
+    fn sockets_link(&self) -> PathBuf {
+        self.dir.join("sockets")
+    }
 
     /// Changes to the pins, one process at a time (one lock for every network, so no lock file
     /// is left per network).
@@ -133,8 +148,9 @@ impl Pins {
         Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| err("locking", e))
     }
 
-    /// The program, loaded and pinned (with its maps) by the first pod of the network.
-    fn program_loaded(&self) -> Result<SchedClassifier, CniError> {
+    /// The program, loaded and pinned (with its maps) by the first pod of the network, which
+    /// also decides whether the network's sockets are accelerated.
+    fn program_loaded(&self, accelerate: bool) -> Result<SchedClassifier, CniError> {
         if self.program().exists() {
             return SchedClassifier::from_pin(self.program()).map_err(|e| err("opening the pinned program", e));
         }
@@ -144,8 +160,40 @@ impl Pins {
         let prog: &mut SchedClassifier = ebpf.program_mut(PROGRAM).ok_or_else(|| err("the object has no program", PROGRAM))?.try_into().map_err(|e| err("the program's type", e))?;
         prog.load().map_err(|e| err("loading the program (verifier)", e))?;
         prog.pin(self.program()).map_err(|e| err("pinning the program", e))?;
+        if accelerate {
+            // Pods reach each other without it, through the fast path: a failure is logged.
+            if let Err(e) = self.accelerate_sockets(&mut ebpf) {
+                tracing::warn!(network = %self.dir.display(), error = %e, "socket acceleration is off");
+            }
+        }
         drop(ebpf);
         SchedClassifier::from_pin(self.program()).map_err(|e| err("opening the pinned program", e))
+    }
+
+    /// Attach the sk_msg program to the sockets map and the sockops program to the root of the
+    /// cgroup v2 hierarchy (as a BPF link, beside any other program there), and pin the link.
+    fn accelerate_sockets(&self, ebpf: &mut Ebpf) -> Result<(), CniError> {
+        let cgroup = crate::node::cgroup2_root().ok_or_else(|| err("socket acceleration", "no cgroup v2 hierarchy is mounted"))?;
+        let map = ebpf.take_map(SOCKETS_MAP).ok_or_else(|| err("the object has no map", SOCKETS_MAP))?;
+        let sockets: SockHash<MapData, [u8; SOCK_KEY_SIZE]> = SockHash::try_from(map).map_err(|e| err("the sockets map's layout", e))?;
+        let msg: &mut SkMsg = ebpf.program_mut(MSG_PROGRAM).ok_or_else(|| err("the object has no program", MSG_PROGRAM))?.try_into().map_err(|e| err("the program's type", e))?;
+        msg.load().map_err(|e| err("loading the sk_msg program (verifier)", e))?;
+        let id = msg.attach(sockets.fd()).map_err(|e| err("attaching the sk_msg program", e))?;
+        // The attachment lasts as long as the map, which the sockops program holds.
+        std::mem::forget(msg.take_link(id).map_err(|e| err("taking the link", e))?);
+        let ops: &mut SockOps = ebpf.program_mut(SOCKOPS_PROGRAM).ok_or_else(|| err("the object has no program", SOCKOPS_PROGRAM))?.try_into().map_err(|e| err("the program's type", e))?;
+        ops.load().map_err(|e| err("loading the sockops program (verifier)", e))?;
+        let cg = File::open(&cgroup).map_err(|e| err(&format!("opening {}", cgroup.display()), e))?;
+        // A BPF link: the kernel takes cgroup links with no flags, and always beside others.
+        let id = ops.attach(&cg, CgroupAttachMode::Single).map_err(|e| err(&format!("attaching the sockops program to {}", cgroup.display()), e))?;
+        let link: FdLink = ops.take_link(id).map_err(|e| err("taking the link", e))?.try_into().map_err(|e| err("the link's kind", e))?;
+        link.pin(self.sockets_link()).map_err(|e| err("pinning the sockops link", e))?;
+        Ok(())
+    }
+
+    /// Whether this network's sockets are accelerated.
+    pub fn accelerated(&self) -> bool {
+        self.sockets_link().exists()
     }
 
     fn pods_map(&self) -> Result<HashMap<MapData, u32, [u8; POD_ENDPOINT_SIZE]>, CniError> {
@@ -160,9 +208,9 @@ impl Pins {
     /// for a full RCU grace period with the RTNL lock held (~9 ms here), which stalls every
     /// ADD under way; adding clsact and a cls_bpf filter takes ~0.3 ms each. The filter lives
     /// as long as the interface; the program pinned under `links/` records it.
-    pub fn attach(&self, host_ifname: &str, pod_ip: Ipv4Addr, endpoint: PodEndpoint) -> Result<(), CniError> {
+    pub fn attach(&self, host_ifname: &str, pod_ip: Ipv4Addr, endpoint: PodEndpoint, accelerate: bool) -> Result<(), CniError> {
         let _lock = self.lock()?;
-        let mut prog = self.program_loaded()?;
+        let mut prog = self.program_loaded(accelerate)?;
         let marker = self.link(host_ifname);
         if marker.exists() {
             // An earlier attach (a pool restarted half-way): replace it.
@@ -213,6 +261,10 @@ impl Pins {
         }
         let links_left = std::fs::read_dir(self.links()).map(|d| d.count()).unwrap_or(0);
         if empty && links_left == 0 {
+            // Unpinning the cgroup link detaches the sockops program; the maps go with it.
+            if let Ok(link) = PinnedLink::from_pin(self.sockets_link()) {
+                drop(link.unpin().map_err(|e| err("unpinning the sockops link", e))?);
+            }
             for p in [self.program(), self.pods(), self.stats()] {
                 let _ = std::fs::remove_file(p);
             }
@@ -247,6 +299,7 @@ impl Pins {
             out.push_str("  no datapath loaded (no pods)\n");
             return Ok(out);
         }
+        out.push_str(&format!("  socket acceleration: {}\n", if self.accelerated() { "on" } else { "off" }));
         out.push_str("  pods:\n");
         let pods = self.pods_map()?;
         let mut rows: Vec<(Ipv4Addr, PodEndpoint)> = pods.iter().filter_map(Result::ok).map(|(k, v)| (Ipv4Addr::from(k.to_ne_bytes()), PodEndpoint::decode(&v))).collect();
@@ -295,6 +348,11 @@ mod tests {
         assert_eq!(stats.len() as usize, STATS.len(), "a counter per name in enum nl_stat");
         let prog: &mut SchedClassifier = ebpf.program_mut(PROGRAM).expect("the program").try_into().expect("a tc program");
         prog.load().expect("the verifier accepts the program");
+        let _: SockHash<&MapData, [u8; SOCK_KEY_SIZE]> = SockHash::try_from(ebpf.map(SOCKETS_MAP).expect("the sockets map")).expect("sockets map layout");
+        let ops: &mut SockOps = ebpf.program_mut(SOCKOPS_PROGRAM).expect("the sockops program").try_into().expect("a sockops program");
+        ops.load().expect("the verifier accepts the sockops program");
+        let msg: &mut SkMsg = ebpf.program_mut(MSG_PROGRAM).expect("the sk_msg program").try_into().expect("an sk_msg program");
+        msg.load().expect("the verifier accepts the sk_msg program");
         // The C header's enum agrees with the names.
         let header = include_str!("../../bpf/datapath.h");
         for (i, name) in STATS.iter().enumerate() {

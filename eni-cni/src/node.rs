@@ -54,6 +54,7 @@ pub async fn start(
     cidrs: Vec<Ipv4Net>,
     cluster_dns: Option<Ipv4Addr>,
     balancing: Option<ServiceBalancing>,
+    socket_acceleration: bool,
 ) -> anyhow::Result<NodeNetwork> {
     anyhow::ensure!(!cidrs.is_empty(), "a pod network needs at least one CIDR");
     if let Some(dns) = cluster_dns {
@@ -75,7 +76,7 @@ pub async fn start(
         local_dns: None,
         services: None,
     };
-    match net.bring_up(network, cidrs, cluster_dns, balancing).await {
+    match net.bring_up(network, cidrs, cluster_dns, balancing, socket_acceleration).await {
         Ok(()) => Ok(net),
         Err(e) => {
             net.remove_host_changes().await;
@@ -91,6 +92,7 @@ impl NodeNetwork {
         cidrs: Vec<Ipv4Net>,
         cluster_dns: Option<Ipv4Addr>,
         balancing: Option<ServiceBalancing>,
+        socket_acceleration: bool,
     ) -> anyhow::Result<()> {
         if let Some(b) = balancing {
             let root = cgroup2_root().ok_or_else(|| anyhow::anyhow!("the service load balancer needs a cgroup v2 hierarchy, and this host mounts none"))?;
@@ -137,7 +139,7 @@ impl NodeNetwork {
                 .map_err(anyhow::Error::msg)?;
             self.local_dns = Some(dns);
         }
-        let conf = serde_json::json!({"cniVersion": "1.1.0", "name": network, "plugins": [{"type": "eni-cni", "pool": self.socket}]});
+        let conf = serde_json::json!({"cniVersion": "1.1.0", "name": network, "plugins": [{"type": "eni-cni", "pool": self.socket, "socketAcceleration": socket_acceleration}]});
         std::fs::write(&self.conflist, conf.to_string())?;
         Ok(())
     }

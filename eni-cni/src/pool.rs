@@ -103,6 +103,8 @@ pub struct FastPathEntry {
     pub host_ifname: String,
     pub ifindex: u32,
     pub mac: [u8; 6],
+    #[serde(default)]
+    pub socket_acceleration: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,7 +117,18 @@ pub enum Request {
     Gc { network: String, keep: Vec<(String, String)> },
     Status,
     /// Attach the eBPF fast path to a pod's host end and publish the pod (done after the reply).
-    Publish { network: String, container: String, ifname: String, host_ifname: String, ip: Ipv4Addr, ifindex: u32, mac: [u8; 6] },
+    Publish {
+        network: String,
+        container: String,
+        ifname: String,
+        host_ifname: String,
+        ip: Ipv4Addr,
+        ifindex: u32,
+        mac: [u8; 6],
+        /// Whether the network's datapath, when this pod loads it, also accelerates sockets.
+        #[serde(default)]
+        socket_acceleration: bool,
+    },
     /// Undo a publish (replied when done, after every earlier publish); without `ip`, the
     /// address published for `host_ifname`.
     Withdraw { network: String, host_ifname: String, ip: Option<Ipv4Addr> },
@@ -346,13 +359,13 @@ impl<P: Provider> Pool<P> {
         };
         // The fast path's requests do not touch the addresses.
         let outcome = match &req {
-            Request::Publish { network, container, ifname, host_ifname, ip, ifindex, mac } => {
+            Request::Publish { network, container, ifname, host_ifname, ip, ifindex, mac, socket_acceleration } => {
                 // Kept with the allocation first, so a restarted pool finishes the job.
                 let mut st = self.state.lock().await;
                 let k = key(network, container, ifname);
                 let kept = match st.allocations.get(&k).cloned() {
                     Some(mut a) if a.ip == *ip => {
-                        a.fastpath = Some(FastPathEntry { host_ifname: host_ifname.clone(), ifindex: *ifindex, mac: *mac });
+                        a.fastpath = Some(FastPathEntry { host_ifname: host_ifname.clone(), ifindex: *ifindex, mac: *mac, socket_acceleration: *socket_acceleration });
                         // Not waited onto disk (the next durable commit takes it along): losing
                         // it in a crash only leaves the pod on its routed path.
                         st.commit_with(&[], &[(&k, Some(&a))], redb::Durability::None)
@@ -361,7 +374,7 @@ impl<P: Provider> Pool<P> {
                 };
                 drop(st);
                 if kept.is_ok() {
-                    self.fastpath.publish(network, host_ifname, *ip, crate::bpf::PodEndpoint { ifindex: *ifindex, mac: *mac });
+                    self.fastpath.publish(network, host_ifname, *ip, crate::bpf::PodEndpoint { ifindex: *ifindex, mac: *mac }, *socket_acceleration);
                 }
                 Some(kept)
             }
@@ -468,7 +481,7 @@ impl<P: Provider> Pool<P> {
             let Some(f) = &a.fastpath else { continue };
             let pins = crate::bpf::Pins::for_network(&a.network);
             if !pins.has_link(&f.host_ifname) {
-                self.fastpath.publish(&a.network, &f.host_ifname, a.ip, crate::bpf::PodEndpoint { ifindex: f.ifindex, mac: f.mac });
+                self.fastpath.publish(&a.network, &f.host_ifname, a.ip, crate::bpf::PodEndpoint { ifindex: f.ifindex, mac: f.mac }, f.socket_acceleration);
             }
         }
     }

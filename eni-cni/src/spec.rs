@@ -114,6 +114,11 @@ pub struct NetConf {
     /// veth: the eBPF fast path between pods (on by default).
     #[serde(default = "yes")]
     pub fast_path: bool,
+    /// veth, with the fast path: TCP between two pods of the network goes from socket to
+    /// socket (sockops and sk_msg), skipping TCP/IP and the veths. Off by default: see the
+    /// README for what changes for programs.
+    #[serde(default)]
+    pub socket_acceleration: bool,
     #[serde(default)]
     pub prev_result: Option<Value>,
     #[serde(rename = "cni.dev/valid-attachments", default)]

@@ -33,6 +33,11 @@ pub struct NodeArgs {
     /// on the pods' cgroup). The CIDR's first address is never a pod's: use it for --cluster-dns.
     #[arg(long = "pod-cidr", conflicts_with = "cni_conf")]
     pub pod_cidrs: Vec<ipnet::Ipv4Net>,
+    /// With --pod-cidr: TCP between two pods goes from socket to socket (eBPF sockops and
+    /// sk_msg), skipping TCP/IP and the veths. Off by default: a blocking read on a socket
+    /// that has shut down its sending side can end in EAGAIN (see eni-cni's README).
+    #[arg(long, requires = "pod_cidrs")]
+    pub socket_acceleration: bool,
     /// Where CNI plugin binaries are looked for.
     #[arg(long, default_values = ["/usr/lib/cni", "/opt/cni/bin"])]
     pub cni_bin_dir: Vec<PathBuf>,
@@ -143,7 +148,7 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         None if !args.pod_cidrs.is_empty() => {
             let dns = args.cluster_dns.as_deref().map(str::parse::<std::net::Ipv4Addr>).transpose().context("--cluster-dns with --pod-cidr must be an IPv4 address")?;
             let balancing = nodeless_eni_cni::node::ServiceBalancing { client: client.clone(), cgroup_parent: nodeless_sandbox_node::node::cgroup_parent(&name) };
-            let net = nodeless_eni_cni::node::start(&name, &dir.join("eni"), &run_dir.join("eni.sock"), args.pod_cidrs.clone(), dns, Some(balancing)).await.context("starting the eni-cni pod network")?;
+            let net = nodeless_eni_cni::node::start(&name, &dir.join("eni"), &run_dir.join("eni.sock"), args.pod_cidrs.clone(), dns, Some(balancing), args.socket_acceleration).await.context("starting the eni-cni pod network")?;
             // The plugin binary sits beside ours.
             let exe_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).unwrap_or_default();
             for bin in ["eni-cni", "eni-cnid"] {

@@ -7,6 +7,9 @@
 //!   over one connection, 3 s; client and server on two cores, then on one) between two pods
 //!   of each network, in five rounds taking turns, medians printed. Each process is pinned to
 //!   its core, the same for both networks.
+//! - the same traffic between two pods of a third network, eni-cni with `socketAcceleration`
+//!   (socket to socket through sockops and sk_msg), taking its turn in every round, against
+//!   the same bridge figures.
 //!
 //!     cargo run --release -p nodeless-tests --bin cni-bench [-- --pods 100]
 //!
@@ -272,18 +275,33 @@ fn main() -> Result<()> {
     for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
         rows.push((format!("ADD latency {name} (ms)"), ms(percentile(&add[0], p)), ms(percentile(&add[1], p))));
     }
+    // Two pods of a third network: eni-cni with socket acceleration (not timed).
+    let accelerated = Plugin { label: "eni-cni, socket acceleration", bin: eni.clone(), cni_path: "/usr/lib/cni".into(), conf: json!({"cniVersion": "1.1.0", "name": format!("benchsa{tag}"), "type": "eni-cni", "pool": socket, "socketAcceleration": true}) };
+    let mut sa_pods = Vec::new();
+    for i in 0..2 {
+        let ns = Netns::new(format!("nlb{tag}xsx{i}"))?;
+        let ip = pod_ip(&accelerated.run("ADD", &format!("benchsax{i}"), &ns.path())?.1)?;
+        sa_pods.push((ns, ip));
+    }
     // Traffic between the first two pods of each network.
     let mut traffic_rows = Vec::new();
-    // Rounds taking turns, medians kept: the machine's noise falls on both.
-    let (mut r0, mut r1) = (Vec::new(), Vec::new());
+    // Rounds taking turns, medians kept: the machine's noise falls on all three.
+    let (mut r0, mut r1, mut r2) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.rounds.max(1) {
         r0.push(traffic(&me, &pods[0][0].0, &pods[0][1].0, ips[0][1], args.seconds)?);
         r1.push(traffic(&me, &pods[1][0].0, &pods[1][1].0, ips[1][1], args.seconds)?);
+        r2.push(traffic(&me, &sa_pods[0].0, &sa_pods[1].0, sa_pods[1].1, args.seconds)?);
     }
-    let (t0, t1) = (medians(&r0), medians(&r1));
+    let (t0, t1, t2) = (medians(&r0), medians(&r1), medians(&r2));
     traffic_rows.push(("pod-to-pod TCP (Gbit/s)".to_string(), t0[0], t1[0]));
     traffic_rows.push(("request/response, two cores (/s)".to_string(), t0[1], t1[1]));
     traffic_rows.push(("request/response, one core (/s)".to_string(), t0[2], t1[2]));
+    traffic_rows.push(("accelerated: pod-to-pod TCP (Gbit/s)".to_string(), t2[0], t1[0]));
+    traffic_rows.push(("accelerated: req/resp, two cores (/s)".to_string(), t2[1], t1[1]));
+    traffic_rows.push(("accelerated: req/resp, one core (/s)".to_string(), t2[2], t1[2]));
+    for (i, (ns, _)) in sa_pods.iter().enumerate() {
+        accelerated.run("DEL", &format!("benchsax{i}"), &ns.path())?;
+    }
 
     let mut del: Vec<Vec<Duration>> = vec![Vec::new(), Vec::new()];
     for i in 0..args.pods {
@@ -306,6 +324,7 @@ fn main() -> Result<()> {
         // Rates: higher is better; ours over theirs (goals >= 1.1x and >= 1.2x).
         println!("{:<36} {:>12.2} {:>12.2} {:>7.2}x", label, a, b, a / b.max(1e-9));
     }
-    println!("(latency ratios below 1 and rate ratios above 1 favour eni-cni)");
+    println!("(latency ratios below 1 and rate ratios above 1 favour eni-cni; \"accelerated\" rows are eni-cni with");
+    println!(" socketAcceleration on, socket to socket through sockops and sk_msg, against the same bridge figures)");
     Ok(())
 }

@@ -368,6 +368,116 @@ fn add_check_del_in_every_version_and_the_datapath_works() {
     assert!(!p.pins().exists(), "pins left: {:?}", std::fs::read_dir(p.pins()).map(|d| d.count()));
 }
 
+/// Run `f` on a thread of its own inside the network namespace at `path`; the sockets it makes
+/// belong to that namespace.
+fn in_netns<T: Send + 'static>(path: &str, f: impl FnOnce() -> T + Send + 'static) -> std::thread::JoinHandle<T> {
+    let ns = std::fs::File::open(path).unwrap();
+    std::thread::spawn(move || {
+        nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("entering the pod's namespace");
+        f()
+    })
+}
+
+/// The bytes of a bulk transfer: position-dependent, so a lost, repeated or reordered piece
+/// shows.
+fn pattern(seed: u8, len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(seed as u32 % 32) as u8 ^ seed).collect()
+}
+
+/// Read until the peer's EOF the way an event-driven program does, taking EAGAIN as "not yet":
+/// after its own shutdown(SHUT_WR), a blocked read on an accelerated socket can end in EAGAIN
+/// when the peer acknowledges the FIN (the kernel's tcp_bpf; see eni-cni's README).
+fn read_to_eof(s: &mut std::net::TcpStream, within: Duration) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    s.set_nonblocking(true)?;
+    let deadline = Instant::now() + within;
+    let (mut got, mut buf) = (Vec::new(), vec![0u8; 1 << 16]);
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return Ok(got),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// With `socketAcceleration`, TCP between two pods goes from socket to socket (sockops and
+/// sk_msg) and arrives whole and in order: many small exchanges, bulk both ways, a
+/// half-close. By default the same traffic takes TCP all the way and no socket is entered.
+#[test]
+fn tcp_between_pods_goes_socket_to_socket() {
+    use std::io::{Read, Write};
+    const BULK: usize = 8 << 20;
+    const ROUNDS: u32 = 2_000;
+    for (accelerate, cidr) in [(true, "10.241.13.0/24"), (false, "10.241.14.0/24")] {
+        let p = Plugin::start(cidr, 2);
+        let (a, b) = (Netns::new(), Netns::new());
+        let mut conf = p.conf("1.1.0");
+        if accelerate {
+            conf["socketAcceleration"] = json!(true);
+        }
+        let b_ip = pod_ip(&p.add("cb", &b, "eth0", &conf));
+        let a_ip = pod_ip(&p.add("ca", &a, "eth0", &conf));
+        nodeless_tests::eventually("both pods published in the fast path", 10, || {
+            let show = p.show();
+            show.contains(&format!("{a_ip} ")) && show.contains(&format!("{b_ip} "))
+        });
+        let show = p.show();
+        assert!(show.contains(&format!("socket acceleration: {}", if accelerate { "on" } else { "off" })), "{show}");
+        let (paired, shortcut) = (p.counter("sock-paired"), p.counter("msg-shortcut"));
+
+        // The server, in pod b: a counter service, then a bulk exchange ended by half-closes.
+        let listener = in_netns(&b.path(), || std::net::TcpListener::bind("0.0.0.0:0").unwrap()).join().unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = std::thread::spawn(move || {
+            let (mut s, _) = listener.accept().unwrap();
+            let mut n = [0u8; 4];
+            for _ in 0..ROUNDS {
+                s.read_exact(&mut n).unwrap();
+                s.write_all(&(u32::from_be_bytes(n) + 1).to_be_bytes()).unwrap();
+            }
+            let (mut s, _) = listener.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            let mut got = Vec::new();
+            let r = s.read_to_end(&mut got);
+            assert!(r.is_ok() && got == pattern(1, BULK), "the server got {} bytes ({r:?}), not the {BULK} sent in order", got.len());
+            s.write_all(&pattern(2, BULK)).unwrap();
+        });
+        let client = in_netns(&a.path(), move || {
+            let to = std::net::SocketAddr::from((b_ip, port));
+            let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.set_nodelay(true).unwrap();
+            let mut n = [0u8; 4];
+            for i in 0..ROUNDS {
+                s.write_all(&(i * 7).to_be_bytes()).unwrap();
+                s.read_exact(&mut n).unwrap();
+                assert_eq!(u32::from_be_bytes(n), i * 7 + 1, "round {i}");
+            }
+            let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(5)).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+            s.write_all(&pattern(1, BULK)).unwrap();
+            s.shutdown(std::net::Shutdown::Write).unwrap();
+            let got = read_to_eof(&mut s, Duration::from_secs(20));
+            assert!(got.as_ref().is_ok_and(|g| *g == pattern(2, BULK)), "the client got {:?} bytes back, not the {BULK} sent in order", got.map(|g| g.len()));
+        });
+        client.join().unwrap_or_else(|_| panic!("the client's side, acceleration {accelerate}: {}", p.show()));
+        server.join().unwrap_or_else(|_| panic!("the server's side, acceleration {accelerate}: {}", p.show()));
+
+        let show = p.show();
+        if accelerate {
+            assert!(p.counter("sock-paired") >= paired + 4, "both ends of both connections entered: {show}");
+            assert!(p.counter("msg-shortcut") > shortcut, "messages went socket to socket: {show}");
+        } else {
+            assert_eq!((p.counter("sock-paired"), p.counter("msg-shortcut")), (paired, shortcut), "nothing accelerated: {show}");
+        }
+        p.del("ca", Some(&a.path()), "eth0", &conf);
+        p.del("cb", Some(&b.path()), "eth0", &conf);
+        assert!(!p.pins().exists(), "the pins, the sockops link among them, went with the last pod");
+    }
+}
+
 #[test]
 fn chained_after_another_plugin_the_result_keeps_the_previous_one() {
     let p = Plugin::start("10.241.4.0/24", 1);
