@@ -48,6 +48,10 @@ pub struct NodeCtx {
     pub network: Arc<dyn Network>,
     pub images: ImageStore,
     pub pods_dir: PathBuf,
+    /// The containers' bundles (rootfs mount points, config.json, exit records), in the run
+    /// directory: each start writes a handful of small files there, which cost far less on a
+    /// tmpfs than on a disk. Writable layers and logs stay in `pods_dir`.
+    pub bundles_dir: PathBuf,
     pub ns_dir: PathBuf,
     pub host_ip: String,
     pub cluster_dns: Option<String>,
@@ -81,6 +85,11 @@ impl NodeCtx {
 
     pub fn pod_dir(&self, uid: &str) -> PathBuf {
         self.pods_dir.join(uid)
+    }
+
+    /// Where a pod's container bundles are (see `bundles_dir`).
+    pub fn pod_run_dir(&self, uid: &str) -> PathBuf {
+        self.bundles_dir.join(uid)
     }
 }
 
@@ -268,7 +277,9 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
     let images = ImageStore::open(cfg.data_dir.join("images"))?;
     let pods_dir = cfg.data_dir.join("pods");
     let ns_dir = cfg.run_dir.join("ns");
+    let bundles_dir = cfg.run_dir.join("bundles");
     std::fs::create_dir_all(&pods_dir)?;
+    std::fs::create_dir_all(&bundles_dir)?;
     std::fs::create_dir_all(&ns_dir)?;
     let ctx = Arc::new(NodeCtx {
         client: client.clone(),
@@ -277,6 +288,7 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
         network: cfg.network,
         images,
         pods_dir,
+        bundles_dir,
         ns_dir,
         host_ip: cfg.host_ip.clone(),
         cluster_dns: cfg.cluster_dns,

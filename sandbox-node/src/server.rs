@@ -105,8 +105,9 @@ fn switching(t: &Transport) -> Response<Body> {
     b.body(Full::new(Bytes::new()).boxed()).unwrap_or_default()
 }
 
-/// A container's saved attempt (the current one, or the one before it) and where its files are.
-fn saved_attempt(ctx: &NodeCtx, ns: &str, pod: &str, container: &str, previous: bool) -> Result<(crate::pod::Attempt, PathBuf), String> {
+/// A container's saved attempt (the current one, or the one before it) and where its files are:
+/// its bundle and its data directory (the log).
+fn saved_attempt(ctx: &NodeCtx, ns: &str, pod: &str, container: &str, previous: bool) -> Result<(crate::pod::Attempt, PathBuf, PathBuf), String> {
     let uid = ctx.uid_of(ns, pod).ok_or_else(|| format!("pod {ns}/{pod} is not on this node"))?;
     let dir = ctx.pod_dir(&uid);
     let saved = crate::pod::state::load(&dir).and_then(|mut s| s.containers.remove(container));
@@ -118,14 +119,15 @@ fn saved_attempt(ctx: &NodeCtx, ns: &str, pod: &str, container: &str, previous: 
             format!("container \"{container}\" in pod \"{pod}\" is waiting to start")
         });
     };
-    let files = crate::pod::bundle_dir(&dir, container, a.number);
-    Ok((a, files))
+    let bundle = crate::pod::bundle_dir(&ctx.pod_run_dir(&uid), container, a.number);
+    let data = crate::pod::attempt_data_dir(&dir, container, a.number);
+    Ok((a, bundle, data))
 }
 
 /// A container's running attempt.
 fn running_container(ctx: &NodeCtx, ns: &str, pod: &str, container: &str) -> Result<crate::runtime::ContainerRef, String> {
     match saved_attempt(ctx, ns, pod, container, false)? {
-        (a, bundle) if a.exit.is_none() => Ok(crate::runtime::ContainerRef { id: a.id, bundle }),
+        (a, bundle, _) if a.exit.is_none() => Ok(crate::runtime::ContainerRef { id: a.id, bundle }),
         _ => Err(format!("container {container} is not running")),
     }
 }
@@ -185,8 +187,8 @@ async fn port_forward(ctx: Arc<NodeCtx>, ns: &str, pod: &str, mut req: Request<I
 
 /// The log file of a container's current (or previous) attempt, and its exit file.
 pub fn log_files(ctx: &NodeCtx, ns: &str, pod: &str, container: &str, previous: bool) -> Result<(PathBuf, PathBuf), String> {
-    let (_, files) = saved_attempt(ctx, ns, pod, container, previous)?;
-    Ok((files.join("log"), files.join("exit")))
+    let (_, bundle, data) = saved_attempt(ctx, ns, pod, container, previous)?;
+    Ok((data.join("log"), bundle.join("exit")))
 }
 
 struct Options {

@@ -41,7 +41,10 @@ pub struct Worker {
     ctx: Arc<NodeCtx>,
     pod: Pod,
     uid: String,
+    /// Pod state, volumes, and each attempt's writable layer and log (on the data disk).
     dir: PathBuf,
+    /// Each attempt's bundle (in the run directory).
+    run_dir: PathBuf,
     ns: PodNamespaces,
     pod_ip: String,
     sandbox_ready: bool,
@@ -63,6 +66,7 @@ impl Worker {
         let (tx, rx) = mpsc::unbounded_channel();
         let uid = pod.metadata.uid.clone().unwrap_or_default();
         let dir = ctx.pod_dir(&uid);
+        let run_dir = ctx.pod_run_dir(&uid);
         let ns = PodNamespaces::at(ctx.ns_dir.join(&uid));
         let spec = pod.spec.clone().unwrap_or_default();
         let mut ctrs: Vec<Ctr> = Vec::new();
@@ -76,6 +80,7 @@ impl Worker {
             pod,
             uid,
             dir,
+            run_dir,
             ns,
             pod_ip: String::new(),
             sandbox_ready: false,
@@ -223,7 +228,7 @@ impl Worker {
             c.previous = s.previous.clone();
             c.current = s.current.clone();
             if let Some(cur) = c.current.as_mut().filter(|a| a.exit.is_none()) {
-                let exit_file = self.dir.join("containers").join(&c.name).join(cur.number.to_string()).join("exit");
+                let exit_file = bundle_dir(&self.run_dir, &c.name, cur.number).join("exit");
                 if let Some(rec) = ExitRecord::read(&exit_file) {
                     cur.exit = Some(rec);
                 } else if running.contains(&cur.id) {
@@ -260,7 +265,9 @@ impl Worker {
         if self.sandbox_ready {
             return Ok(());
         }
-        std::fs::create_dir_all(self.dir.join("containers")).map_err(|e| format!("{}: {e}", self.dir.display()))?;
+        for d in [&self.dir, &self.run_dir] {
+            std::fs::create_dir_all(d.join("containers")).map_err(|e| format!("{}: {e}", d.display()))?;
+        }
         let hostname = self.pod.spec.as_ref().and_then(|s| s.hostname.clone()).or(self.pod.metadata.name.clone()).unwrap_or_default();
         let hostname: String = hostname.chars().take(63).collect();
         if !self.ns.exist() {
@@ -386,14 +393,16 @@ impl Worker {
             (None, _) => 0,
         };
         let id = format!("{}-{}-{number}", self.uid, name);
-        let bundle = bundle_dir(&self.dir, name, number);
+        let bundle = bundle_dir(&self.run_dir, name, number);
+        let data = attempt_data_dir(&self.dir, name, number);
         let _ = teardown::unmount_rootfs(&bundle);
         let _ = std::fs::remove_dir_all(&bundle);
-        for d in ["rootfs", "upper", "work"] {
-            std::fs::create_dir_all(bundle.join(d)).map_err(|e| cfg_err(format!("{}: {e}", bundle.display())))?;
+        let _ = std::fs::remove_dir_all(&data);
+        for d in [bundle.join("rootfs"), data.join("upper"), data.join("work")] {
+            std::fs::create_dir_all(&d).map_err(|e| cfg_err(format!("{}: {e}", d.display())))?;
         }
         let lower: Vec<String> = image.layers.iter().rev().map(|l| self.ctx.images.layer_dir(l).display().to_string()).collect();
-        let opts = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), bundle.join("upper").display(), bundle.join("work").display());
+        let opts = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), data.join("upper").display(), data.join("work").display());
         nix::mount::mount(Some("overlay"), &bundle.join("rootfs"), Some("overlay"), nix::mount::MsFlags::empty(), Some(opts.as_str()))
             .map_err(|e| cfg_err(format!("mounting the image's layers: {e}")))?;
         let built = self.build_spec(&spec, &image, &bundle).await;
@@ -406,7 +415,7 @@ impl Worker {
         };
         std::fs::write(bundle.join("config.json"), serde_json::to_vec(&config_json(&cspec)).unwrap_or_default())
             .map_err(|e| cfg_err(format!("writing config.json: {e}")))?;
-        let launch = Launch { id: id.clone(), bundle: bundle.clone(), log: bundle.join("log"), exit: bundle.join("exit") };
+        let launch = Launch { id: id.clone(), bundle: bundle.clone(), log: data.join("log"), exit: bundle.join("exit") };
         let prepared = t0.elapsed();
         let started = match self.ctx.runtime.start(&launch).await {
             Ok(s) => s,
@@ -449,12 +458,13 @@ impl Worker {
         self.save();
         // Like kubelet, keep the current and the previous attempt; older ones go.
         if let Some(old) = retired {
-            let dir = self.dir.join("containers").join(name).join(old.number.to_string());
+            let bundle = bundle_dir(&self.run_dir, name, old.number);
             if let Err(e) = self.ctx.runtime.delete(&old.id).await {
                 tracing::warn!(pod = %self.pod_name(), error = %e, "removing an old container");
             }
-            let _ = teardown::unmount_rootfs(&dir);
-            let _ = std::fs::remove_dir_all(&dir);
+            let _ = teardown::unmount_rootfs(&bundle);
+            let _ = std::fs::remove_dir_all(&bundle);
+            let _ = std::fs::remove_dir_all(attempt_data_dir(&self.dir, name, old.number));
         }
         self.event("Normal", "Started", &format!("Started container {name} of pod {pod_name}"));
         self.start_probes(name);
@@ -562,7 +572,7 @@ impl Worker {
             runtime: self.ctx.runtime.clone(),
             container_ref: {
                 let a = c.current.as_ref()?;
-                crate::runtime::ContainerRef { id: a.id.clone(), bundle: bundle_dir(&self.dir, name, a.number) }
+                crate::runtime::ContainerRef { id: a.id.clone(), bundle: bundle_dir(&self.run_dir, name, a.number) }
             },
             netns: self.ns.net(),
             pod_ip: self.pod_ip.clone(),
@@ -677,7 +687,7 @@ impl Worker {
         for c in &mut self.ctrs {
             c.stop_tasks();
         }
-        let errors = teardown::teardown(&self.ctx, &self.uid, &self.dir, &self.ns, &ids).await;
+        let errors = teardown::teardown(&self.ctx, &self.uid, &self.dir, &self.run_dir, &self.ns, &ids).await;
         if !errors.is_empty() {
             let msg = errors.join("; ");
             tracing::warn!(pod = %self.pod_name(), errors = %msg, "teardown");
@@ -696,7 +706,14 @@ impl Worker {
     }
 }
 
-/// Where attempt `number` of a container keeps its bundle, log and exit record.
-pub fn bundle_dir(pod_dir: &Path, container: &str, number: u32) -> PathBuf {
+/// Where attempt `number` of a container keeps its bundle: the rootfs mount point,
+/// config.json, the exit record, the termination log (under the pod's run directory).
+pub fn bundle_dir(pod_run_dir: &Path, container: &str, number: u32) -> PathBuf {
+    pod_run_dir.join("containers").join(container).join(number.to_string())
+}
+
+/// Where attempt `number` of a container keeps its writable layer (`upper`, `work`) and its log
+/// (under the pod's directory on the data disk).
+pub fn attempt_data_dir(pod_dir: &Path, container: &str, number: u32) -> PathBuf {
     pod_dir.join("containers").join(container).join(number.to_string())
 }

@@ -57,7 +57,7 @@ async fn remove_cgroups(parent: &str, uid: &str) -> Vec<String> {
     errors
 }
 
-pub async fn teardown(ctx: &NodeCtx, uid: &str, dir: &Path, ns: &PodNamespaces, ids: &[String]) -> Vec<String> {
+pub async fn teardown(ctx: &NodeCtx, uid: &str, dir: &Path, run_dir: &Path, ns: &PodNamespaces, ids: &[String]) -> Vec<String> {
     let mut errors = Vec::new();
     for id in ids {
         if let Err(e) = ctx.runtime.delete(id).await {
@@ -65,7 +65,7 @@ pub async fn teardown(ctx: &NodeCtx, uid: &str, dir: &Path, ns: &PodNamespaces, 
         }
     }
     // Every attempt's rootfs mount.
-    let containers = dir.join("containers");
+    let containers = run_dir.join("containers");
     for c in std::fs::read_dir(&containers).into_iter().flatten().flatten() {
         for a in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
             if let Err(e) = unmount_rootfs(&a.path()) {
@@ -80,9 +80,11 @@ pub async fn teardown(ctx: &NodeCtx, uid: &str, dir: &Path, ns: &PodNamespaces, 
         errors.extend(es.into_iter().map(|e| e.to_string()));
     }
     errors.extend(remove_cgroups(&ctx.cgroup_parent, uid).await);
-    if let Err(e) = std::fs::remove_dir_all(dir) {
-        if e.kind() != std::io::ErrorKind::NotFound {
-            errors.push(format!("removing {}: {e}", dir.display()));
+    for d in [run_dir, dir] {
+        if let Err(e) = std::fs::remove_dir_all(d) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                errors.push(format!("removing {}: {e}", d.display()));
+            }
         }
     }
     errors

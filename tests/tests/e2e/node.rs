@@ -103,6 +103,8 @@ fn leftovers(n: &Nodeless) -> Vec<String> {
     }
     let pods = n.data_dir().join("node").join("pods");
     found.extend(std::fs::read_dir(&pods).into_iter().flatten().flatten().map(|e| format!("pod dir {}", e.path().display())));
+    let bundles = Path::new("/run/nodeless").join(&node).join("bundles");
+    found.extend(std::fs::read_dir(&bundles).into_iter().flatten().flatten().map(|e| format!("bundles {}", e.path().display())));
     found
 }
 
