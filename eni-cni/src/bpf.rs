@@ -7,11 +7,11 @@
 //! - `nl_pods`, pod address -> host end and pod MAC, filled by ADD, emptied by DEL and GC;
 //! - `nl_stats`, per-CPU counters of what happened to packets (the drop reasons among them)
 //!   and to accelerated sockets;
-//! - with socket acceleration (`socketAcceleration`, off by default), `pod_sockets`, a sockops program attached to the
-//!   root of the cgroup v2 hierarchy, which enters every TCP socket between two pods of the
-//!   network in `nl_sockets` at the handshake, and `pod_messages`, an sk_msg program on that
-//!   map, which puts what such a socket sends straight into its peer's receive queue. The
-//!   cgroup link is pinned as `sockets`; it holds the programs and maps.
+//! - with socket acceleration (`socketAcceleration`, off by default): `pod_sockets`, a sockops
+//!   program attached to the root of the cgroup v2 hierarchy, which enters every TCP socket
+//!   between two pods of the network in `nl_sockets` at the handshake, and `pod_messages`, an
+//!   sk_msg program on that map, which puts what such a socket sends straight into its peer's
+//!   receive queue. The cgroup link is pinned as `sockets`; it holds the programs and maps.
 //!
 //! The map layouts mirror `bpf/datapath.h`; `layouts_match_the_object` checks them against the
 //! object itself. When a network's last pod goes, its pins go too.
@@ -262,8 +262,11 @@ impl Pins {
         let links_left = std::fs::read_dir(self.links()).map(|d| d.count()).unwrap_or(0);
         if empty && links_left == 0 {
             // Unpinning the cgroup link detaches the sockops program; the maps go with it.
-            if let Ok(link) = PinnedLink::from_pin(self.sockets_link()) {
-                drop(link.unpin().map_err(|e| err("unpinning the sockops link", e))?);
+            match PinnedLink::from_pin(self.sockets_link()) {
+                Ok(link) => drop(link.unpin().map_err(|e| err("unpinning the sockops link", e))?),
+                Err(_) => {
+                    let _ = std::fs::remove_file(self.sockets_link());
+                }
             }
             for p in [self.program(), self.pods(), self.stats()] {
                 let _ = std::fs::remove_file(p);

@@ -264,6 +264,10 @@ mod tests {
         assert!(bad.msg.contains("mode"), "{bad}");
         let bad = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"pods","type":"eni-cni","mtu":"big"}"#).unwrap_err();
         assert!(bad.code == code::INVALID_CONFIG && bad.msg.contains("mtu"), "{bad}");
+        let bad = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"pods","type":"eni-cni","socketAcceleration":"yes"}"#).unwrap_err();
+        assert!(bad.code == code::INVALID_CONFIG && bad.msg.contains("socketAcceleration"), "{bad}");
+        let plain = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"pods","type":"eni-cni"}"#).unwrap();
+        assert!(plain.fast_path && !plain.socket_acceleration, "the fast path is on by default, socket acceleration off");
         let bad = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"-x","type":"eni-cni"}"#).unwrap_err();
         assert!(bad.code == code::INVALID_CONFIG && bad.msg.contains("name"), "{bad}");
         let bad = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"x","type":"eni-cni","mode":"ipvlan"}"#).unwrap_err();
