@@ -119,7 +119,7 @@ fn saved_attempt(ctx: &NodeCtx, ns: &str, pod: &str, container: &str, previous: 
             format!("container \"{container}\" in pod \"{pod}\" is waiting to start")
         });
     };
-    let bundle = crate::pod::bundle_dir(&ctx.pod_run_dir(&uid), container, a.number);
+    let bundle = crate::pod::attempt_bundle(&ctx.pod_run_dir(&uid), &dir, container, a.number);
     let data = crate::pod::attempt_data_dir(&dir, container, a.number);
     Ok((a, bundle, data))
 }

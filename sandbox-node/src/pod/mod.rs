@@ -228,7 +228,7 @@ impl Worker {
             c.previous = s.previous.clone();
             c.current = s.current.clone();
             if let Some(cur) = c.current.as_mut().filter(|a| a.exit.is_none()) {
-                let exit_file = bundle_dir(&self.run_dir, &c.name, cur.number).join("exit");
+                let exit_file = attempt_bundle(&self.run_dir, &self.dir, &c.name, cur.number).join("exit");
                 if let Some(rec) = ExitRecord::read(&exit_file) {
                     cur.exit = Some(rec);
                 } else if running.contains(&cur.id) {
@@ -572,7 +572,7 @@ impl Worker {
             runtime: self.ctx.runtime.clone(),
             container_ref: {
                 let a = c.current.as_ref()?;
-                crate::runtime::ContainerRef { id: a.id.clone(), bundle: bundle_dir(&self.run_dir, name, a.number) }
+                crate::runtime::ContainerRef { id: a.id.clone(), bundle: attempt_bundle(&self.run_dir, &self.dir, name, a.number) }
             },
             netns: self.ns.net(),
             pod_ip: self.pod_ip.clone(),
@@ -716,4 +716,36 @@ pub fn bundle_dir(pod_run_dir: &Path, container: &str, number: u32) -> PathBuf {
 /// (under the pod's directory on the data disk).
 pub fn attempt_data_dir(pod_dir: &Path, container: &str, number: u32) -> PathBuf {
     pod_dir.join("containers").join(container).join(number.to_string())
+}
+
+/// The bundle of an attempt that exists: in the run directory, or beside its data for one
+/// started before bundles moved there (a running container adopted after an upgrade).
+pub fn attempt_bundle(pod_run_dir: &Path, pod_dir: &Path, container: &str, number: u32) -> PathBuf {
+    let bundle = bundle_dir(pod_run_dir, container, number);
+    let legacy = attempt_data_dir(pod_dir, container, number);
+    if !bundle.exists() && legacy.join("config.json").exists() { legacy } else { bundle }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attempt_started_before_the_move_keeps_its_bundle_beside_its_data() {
+        let t = tempfile::tempdir().unwrap();
+        let (run, data) = (t.path().join("run"), t.path().join("data"));
+        // Neither yet: a new attempt's bundle goes to the run directory.
+        assert_eq!(attempt_bundle(&run, &data, "c", 0), bundle_dir(&run, "c", 0));
+        // Only the old layout's bundle: that one.
+        let legacy = attempt_data_dir(&data, "c", 0);
+        std::fs::create_dir_all(&legacy).unwrap();
+        std::fs::write(legacy.join("config.json"), "{}").unwrap();
+        assert_eq!(attempt_bundle(&run, &data, "c", 0), legacy);
+        // Both: the run directory's.
+        std::fs::create_dir_all(bundle_dir(&run, "c", 0)).unwrap();
+        assert_eq!(attempt_bundle(&run, &data, "c", 0), bundle_dir(&run, "c", 0));
+        // A data directory without a bundle in it (the new layout) is not taken for one.
+        std::fs::create_dir_all(attempt_data_dir(&data, "c", 1)).unwrap();
+        assert_eq!(attempt_bundle(&run, &data, "c", 1), bundle_dir(&run, "c", 1));
+    }
 }

@@ -81,7 +81,7 @@ pub fn pod_status(w: &mut Worker) -> Value {
     let all_ready = !mains.is_empty() && mains.iter().all(|c| c.ready && c.running());
     let term_msg = |c: &Ctr| {
         let a = c.current.as_ref()?;
-        let p = super::bundle_dir(&w.run_dir, &c.name, a.number).join("termination-log");
+        let p = super::attempt_bundle(&w.run_dir, &w.dir, &c.name, a.number).join("termination-log");
         std::fs::read_to_string(p).ok().map(|s| s.chars().take(4096).collect::<String>())
     };
     let image_of = |name: &str| w.spec_of(name).and_then(|c| c.image).unwrap_or_default();

@@ -64,12 +64,14 @@ pub async fn teardown(ctx: &NodeCtx, uid: &str, dir: &Path, run_dir: &Path, ns: 
             errors.push(e.to_string());
         }
     }
-    // Every attempt's rootfs mount.
-    let containers = run_dir.join("containers");
-    for c in std::fs::read_dir(&containers).into_iter().flatten().flatten() {
-        for a in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
-            if let Err(e) = unmount_rootfs(&a.path()) {
-                errors.push(e);
+    // Every attempt's rootfs mount (in the data directory for attempts started before bundles
+    // moved to the run directory).
+    for containers in [run_dir.join("containers"), dir.join("containers")] {
+        for c in std::fs::read_dir(&containers).into_iter().flatten().flatten() {
+            for a in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
+                if let Err(e) = unmount_rootfs(&a.path()) {
+                    errors.push(e);
+                }
             }
         }
     }
