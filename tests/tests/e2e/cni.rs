@@ -131,7 +131,7 @@ impl Plugin {
 
     /// A packet counter from `show`.
     fn counter(&self, name: &str) -> u64 {
-        self.show().lines().find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().parse().unwrap_or(0))).unwrap_or(0)
+        counter_in(&self.show(), name)
     }
 
     /// The network's pins under /sys/fs/bpf.
@@ -196,6 +196,11 @@ impl Drop for Plugin {
 }
 
 /// An error result: exit code 1 and the spec's fields, with this code.
+/// A counter from `eni-cni show`'s output (0 when it is not there).
+fn counter_in(show: &str, name: &str) -> u64 {
+    show.lines().find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().parse().unwrap_or(0))).unwrap_or(0)
+}
+
 fn assert_error(out: &(i32, Value), code: u64, mentions: &str) {
     let (rc, v) = out;
     assert_ne!(*rc, 0, "an error exits non-zero: {v}");
@@ -384,19 +389,19 @@ fn pattern(seed: u8, len: usize) -> Vec<u8> {
     (0..len).map(|i| (i as u32).wrapping_mul(2_654_435_761).rotate_left(seed as u32 % 32) as u8 ^ seed).collect()
 }
 
-/// Read until the peer's EOF the way an event-driven program does, taking EAGAIN as "not yet":
-/// after its own shutdown(SHUT_WR), a blocked read on an accelerated socket can end in EAGAIN
-/// when the peer acknowledges the FIN (the kernel's tcp_bpf; see eni-cni's README).
+/// Read until the peer's EOF the way an event-driven program does, taking EAGAIN as "not yet"
+/// and reading again: after its own shutdown(SHUT_WR), a blocked read on an accelerated socket
+/// can end in EAGAIN when the peer acknowledges the FIN (the kernel's tcp_bpf; see eni-cni's
+/// README). The socket's read timeout bounds each read, `within` the whole.
 fn read_to_eof(s: &mut std::net::TcpStream, within: Duration) -> std::io::Result<Vec<u8>> {
     use std::io::Read;
-    s.set_nonblocking(true)?;
     let deadline = Instant::now() + within;
     let (mut got, mut buf) = (Vec::new(), vec![0u8; 1 << 16]);
     loop {
         match s.read(&mut buf) {
             Ok(0) => return Ok(got),
             Ok(n) => got.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < deadline => {}
             Err(e) => return Err(e),
         }
     }
@@ -768,7 +773,7 @@ fn nodeless_pods_run_on_eni_cni() {
     let out = n.kubectl(V, &["exec", "client", "--", "wget", "-qO-", &format!("http://{echo_ip}:8080/by-address")]);
     let body = String::from_utf8_lossy(&out.stdout);
     assert!(body.starts_with("pod: echo-0\npath: /by-address\n"), "{body}{}", String::from_utf8_lossy(&out.stderr));
-    let counter = |name: &str| show().lines().find_map(|l| l.trim().strip_prefix(name).map(|v| v.trim().parse::<u64>().unwrap_or(0))).unwrap_or(0);
+    let counter = |name: &str| counter_in(&show(), name);
     // The handshake's packets through the fast path, the bytes socket to socket.
     assert!(counter("redirected") > 0, "{}", show());
     assert!(show().contains("socket acceleration: on"), "{}", show());
