@@ -11,6 +11,8 @@
 /* From <sys/socket.h>, which a BPF build cannot include. */
 #define SOCK_STREAM 1
 #define SOCK_DGRAM 2
+/* From <errno.h>. */
+#define ECONNREFUSED 111
 
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
@@ -18,6 +20,16 @@ struct {
 	__type(key, struct svc_key);
 	__type(value, struct svc_value);
 } nl_services SEC(".maps");
+
+/* Every ClusterIP with at least one port in nl_services (the value counts its ports), so that
+ * a call to such an address on a port no service has is refused here rather than sent out
+ * by the node's default route to whatever answers there. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, __u32);
+} nl_service_ips SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_LRU_HASH);
@@ -49,9 +61,18 @@ static __always_inline void count(__u32 what)
 		*n += 1;
 }
 
+/* Refuse the socket call with ECONNREFUSED, what kube-proxy's reject rule gives a client of a
+ * service with no endpoint. */
+static __always_inline int refuse(__u32 why)
+{
+	count(why);
+	bpf_set_retval(-ECONNREFUSED);
+	return 0;
+}
+
 /* Give the socket call an endpoint if it is for a service. 1 lets the call go on (changed or
- * not); 0 refuses it (EPERM), as a service with no endpoint must not reach whatever the
- * ClusterIP would route to. */
+ * not); 0 refuses it, as a ClusterIP port with no endpoint, or one no service has, must not
+ * reach whatever the ClusterIP would route to. */
 static __always_inline int balance(struct bpf_sock_addr *ctx, __u8 proto)
 {
 	struct svc_key key = {
@@ -61,14 +82,15 @@ static __always_inline int balance(struct bpf_sock_addr *ctx, __u8 proto)
 		.slot = 0,
 	};
 	struct svc_value *svc = bpf_map_lookup_elem(&nl_services, &key);
-	if (!svc)
+	if (!svc) {
+		if (bpf_map_lookup_elem(&nl_service_ips, &key.addr))
+			return refuse(NL_LB_NO_PORT);
 		return 1;
+	}
 	__u16 n = svc->count;
 	__u32 timeout = svc->affinity;
-	if (n == 0) {
-		count(NL_LB_NO_ENDPOINT);
-		return 0;
-	}
+	if (n == 0)
+		return refuse(NL_LB_NO_ENDPOINT);
 
 	__u32 to_addr = 0;
 	__u16 to_port = 0;
@@ -91,11 +113,9 @@ static __always_inline int balance(struct bpf_sock_addr *ctx, __u8 proto)
 	if (!to_addr) {
 		key.slot = bpf_get_prandom_u32() % n + 1;
 		struct svc_value *ep = bpf_map_lookup_elem(&nl_services, &key);
-		if (!ep) {
+		if (!ep)
 			/* Only while userspace shrinks the service. */
-			count(NL_LB_NO_ENDPOINT);
-			return 0;
-		}
+			return refuse(NL_LB_NO_ENDPOINT);
 		to_addr = ep->addr;
 		to_port = ep->port;
 		if (timeout) {

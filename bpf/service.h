@@ -61,7 +61,8 @@ enum nl_lb_stat {
 	NL_LB_AFFINITY = 1,    /* ... the client's previous endpoint, by ClientIP affinity */
 	NL_LB_NO_ENDPOINT = 2, /* refused: the service has no ready endpoint */
 	NL_LB_REVERSED = 3,    /* an endpoint shown as its service address (recvmsg, getpeername) */
-	NL_LB_STAT_MAX = 4,
+	NL_LB_NO_PORT = 4,     /* refused: a ClusterIP, on a port none of its services has */
+	NL_LB_STAT_MAX = 5,
 };
 
 #endif

@@ -26,6 +26,7 @@ pub use table::{Backend, Entry, Frontend, Proto, Table};
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/service.o"));
 
 pub const SERVICES_MAP: &str = "nl_services";
+pub const SERVICE_IPS_MAP: &str = "nl_service_ips";
 pub const AFFINITY_MAP: &str = "nl_affinity";
 pub const REVNAT_MAP: &str = "nl_revnat";
 pub const STATS_MAP: &str = "nl_lb_stats";
@@ -38,7 +39,10 @@ pub const PROGRAMS: [&str; 4] = [
 ];
 
 /// `enum nl_lb_stat`, in order.
-pub const STATS: [&str; 4] = ["translated", "affinity", "no-endpoint", "reversed"];
+pub const STATS: [&str; 5] = ["translated", "affinity", "no-endpoint", "reversed", "no-port"];
+
+/// Every map, as pinned.
+const MAPS: [&str; 5] = [SERVICES_MAP, SERVICE_IPS_MAP, AFFINITY_MAP, REVNAT_MAP, STATS_MAP];
 
 pub const SVC_KEY_SIZE: usize = 12;
 pub const SVC_VALUE_SIZE: usize = 12;
@@ -50,6 +54,17 @@ pub const REVNAT_VALUE_SIZE: usize = 8;
 type SvcKey = [u8; SVC_KEY_SIZE];
 type SvcValue = [u8; SVC_VALUE_SIZE];
 type AffinityKey = [u8; AFFINITY_KEY_SIZE];
+/// A ClusterIP in `nl_service_ips`, in network order, and how many service ports it has.
+type AddrKey = [u8; 4];
+
+/// The ClusterIPs of a table, each with its number of service ports.
+fn addresses(table: &Table) -> BTreeMap<Ipv4Addr, u32> {
+    let mut out = BTreeMap::new();
+    for f in table.keys() {
+        *out.entry(f.addr).or_insert(0) += 1;
+    }
+    out
+}
 
 /// `struct svc_key` for a frontend's slot.
 pub fn svc_key(f: &Frontend, slot: u32) -> SvcKey {
@@ -173,9 +188,7 @@ impl Pins {
 
     fn complete(&self) -> bool {
         PROGRAMS.iter().all(|p| self.link(p).exists())
-            && [SERVICES_MAP, AFFINITY_MAP, REVNAT_MAP, STATS_MAP]
-                .iter()
-                .all(|m| self.map(m).exists())
+            && MAPS.iter().all(|m| self.map(m).exists())
     }
 
     /// Detach the programs and remove every pin; whatever is already gone is skipped.
@@ -197,7 +210,7 @@ impl Pins {
                 first_error.get_or_insert(e);
             }
         }
-        for m in [SERVICES_MAP, AFFINITY_MAP, REVNAT_MAP, STATS_MAP] {
+        for m in MAPS {
             let _ = std::fs::remove_file(self.map(m));
         }
         let _ = std::fs::remove_dir(self.dir.join("links"));
@@ -219,7 +232,11 @@ impl Pins {
             HashMap::try_from(self.open_map(SERVICES_MAP)?)
                 .map_err(|e| err("the services map's layout", e))?;
         let table = read_table(&services);
-        out.push_str(&format!("  services: {}\n", table.len()));
+        out.push_str(&format!(
+            "  services: {} ports on {} addresses (other ports of those addresses: refused)\n",
+            table.len(),
+            addresses(&table).len()
+        ));
         for (f, e) in &table {
             let eps: Vec<String> = e
                 .backends
@@ -282,8 +299,11 @@ fn read_table(services: &HashMap<MapData, SvcKey, SvcValue>) -> Table {
 pub struct Balancer {
     pins: Pins,
     services: HashMap<MapData, SvcKey, SvcValue>,
+    service_ips: HashMap<MapData, AddrKey, u32>,
     affinity: HashMap<MapData, AffinityKey, [u8; AFFINITY_VALUE_SIZE]>,
     current: Table,
+    /// What `service_ips` holds.
+    current_ips: BTreeMap<Ipv4Addr, u32>,
 }
 
 impl Balancer {
@@ -298,14 +318,24 @@ impl Balancer {
         let services: HashMap<MapData, SvcKey, SvcValue> =
             HashMap::try_from(pins.open_map(SERVICES_MAP)?)
                 .map_err(|e| err("the services map's layout", e))?;
+        let service_ips: HashMap<MapData, AddrKey, u32> =
+            HashMap::try_from(pins.open_map(SERVICE_IPS_MAP)?)
+                .map_err(|e| err("the service addresses map's layout", e))?;
         let affinity = HashMap::try_from(pins.open_map(AFFINITY_MAP)?)
             .map_err(|e| err("the affinity map's layout", e))?;
         let current = read_table(&services);
+        let current_ips = service_ips
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, n)| (Ipv4Addr::from(k), n))
+            .collect();
         Ok(Balancer {
             pins,
             services,
+            service_ips,
             affinity,
             current,
+            current_ips,
         })
     }
 
@@ -320,7 +350,8 @@ impl Balancer {
     /// Make the maps hold `table`, touching only the service ports that changed. A changed
     /// service is written endpoints first and count last, so a socket call in between picks
     /// an endpoint that is either old or new, never an empty slot; affinity to an endpoint
-    /// that left is forgotten.
+    /// that left is forgotten. A ClusterIP is entered as a service address after its ports,
+    /// and leaves after them.
     pub fn sync(&mut self, table: &Table) -> Result<usize, LbError> {
         let mut changed = 0;
         let mut gone: BTreeSet<(Frontend, Backend)> = BTreeSet::new();
@@ -376,7 +407,33 @@ impl Balancer {
         if !gone.is_empty() {
             self.forget_affinity(&gone)?;
         }
+        self.sync_addresses(&addresses(table))?;
         Ok(changed)
+    }
+
+    fn sync_addresses(&mut self, wanted: &BTreeMap<Ipv4Addr, u32>) -> Result<(), LbError> {
+        for (addr, &n) in wanted {
+            if self.current_ips.get(addr) != Some(&n) {
+                self.service_ips
+                    .insert(addr.octets(), n, 0)
+                    .map_err(|e| err("entering a service address", e))?;
+                self.current_ips.insert(*addr, n);
+            }
+        }
+        let left: Vec<Ipv4Addr> = self
+            .current_ips
+            .keys()
+            .filter(|a| !wanted.contains_key(a))
+            .copied()
+            .collect();
+        for addr in left {
+            match self.service_ips.remove(&addr.octets()) {
+                Err(e) if !not_found(&e) => return Err(err("removing a service address", e)),
+                _ => {}
+            }
+            self.current_ips.remove(&addr);
+        }
+        Ok(())
     }
 
     fn remove_row(&mut self, f: &Frontend, slot: u32) -> Result<(), LbError> {
@@ -431,7 +488,7 @@ fn load(pins: &Pins, cgroup: &Path) -> Result<(), LbError> {
         let cg = std::fs::File::open(cgroup)
             .map_err(|e| err(&format!("opening the cgroup {}", cgroup.display()), e))?;
         let mut loader = EbpfLoader::new();
-        for m in [SERVICES_MAP, AFFINITY_MAP, REVNAT_MAP, STATS_MAP] {
+        for m in MAPS {
             loader.map_pin_path(m, pins.map(m));
         }
         let mut ebpf = loader
@@ -499,6 +556,9 @@ mod tests {
         let mut ebpf = aya::Ebpf::load(OBJECT).expect("the object loads");
         let _: HashMap<&MapData, SvcKey, SvcValue> =
             HashMap::try_from(ebpf.map(SERVICES_MAP).expect("services")).expect("services layout");
+        let _: HashMap<&MapData, AddrKey, u32> =
+            HashMap::try_from(ebpf.map(SERVICE_IPS_MAP).expect("service addresses"))
+                .expect("service addresses layout");
         let _: HashMap<&MapData, AffinityKey, [u8; AFFINITY_VALUE_SIZE]> =
             HashMap::try_from(ebpf.map(AFFINITY_MAP).expect("affinity")).expect("affinity layout");
         let _: HashMap<&MapData, [u8; REVNAT_KEY_SIZE], [u8; REVNAT_VALUE_SIZE]> =

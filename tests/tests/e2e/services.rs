@@ -237,15 +237,31 @@ fn the_balancer_serves_a_table_to_a_cgroup() {
     }
     assert!(counter(&name, "affinity") >= 10, "{}", show(&name));
 
-    // A service port with no endpoint is refused at once, not routed anywhere.
+    // A service port with no endpoint is refused at once, not routed anywhere, as kube-proxy's
+    // reject rule does.
     let started = Instant::now();
     let e = get_from(&cg, &format!("http://{empty}:80/")).unwrap_err();
-    assert!(e.contains("not permitted"), "{e}");
+    assert!(e.contains("Connection refused"), "{e}");
     assert!(
         started.elapsed() < Duration::from_secs(4),
         "refused, not timed out"
     );
     assert!(counter(&name, "no-endpoint") >= 1);
+
+    // So is a port that no service of a ClusterIP has, over TCP and UDP, instead of leaving by
+    // the default route for whatever answers at that address.
+    let started = Instant::now();
+    let e = get_from(&cg, &format!("http://{vip}:81/")).unwrap_err();
+    assert!(e.contains("Connection refused"), "{e}");
+    let out = cg.run(&[echo.to_str().unwrap(), "udp", &format!("{vip}:54"), "ping"]);
+    assert!(!out.status.success());
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("Connection refused"), "{e}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "refused, not timed out"
+    );
+    assert!(counter(&name, "no-port") >= 2, "{}", show(&name));
 
     // An endpoint leaves: after SIGHUP only the other one serves.
     write_table(&[pa]);
@@ -347,6 +363,10 @@ endpoints: [{{addresses: ["{dns}"]}}]
     // UDP (sendto/recvfrom): the answer comes from the ClusterIP.
     let out = n.kubectl_ok(V, &["exec", "echo-0", "--", "/echo-server", "udp", &format!("{web}:5353"), "ping"]);
     assert!(out.starts_with(&format!("from: {web}:5353\npod: echo-")), "{out}");
+    // A port the Service does not have is refused in the pod, not sent out by the default route.
+    let out = n.kubectl(V, &["exec", "client", "--", "wget", "-qO-", &format!("http://{web}:81/")]);
+    let text = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && text.contains("refused"), "{text}{}", String::from_utf8_lossy(&out.stdout));
     // Cluster DNS behind a ClusterIP with a hand-written EndpointSlice.
     let out = n.kubectl(V, &["exec", "client", "--", "nslookup", "web.default.svc.cluster.local", &resolver]);
     let text = String::from_utf8_lossy(&out.stdout);
