@@ -110,7 +110,8 @@ fn switching(t: &Transport) -> Response<Body> {
 fn saved_attempt(ctx: &NodeCtx, ns: &str, pod: &str, container: &str, previous: bool) -> Result<(crate::pod::Attempt, PathBuf, PathBuf), String> {
     let uid = ctx.uid_of(ns, pod).ok_or_else(|| format!("pod {ns}/{pod} is not on this node"))?;
     let dir = ctx.pod_dir(&uid);
-    let saved = crate::pod::state::load(&dir).and_then(|mut s| s.containers.remove(container));
+    let run_dir = ctx.pod_run_dir(&uid);
+    let saved = crate::pod::state::load(&run_dir, &dir).and_then(|mut s| s.containers.remove(container));
     let attempt = saved.and_then(|c| if previous { c.previous } else { c.current });
     let Some(a) = attempt else {
         return Err(if previous {
@@ -119,7 +120,7 @@ fn saved_attempt(ctx: &NodeCtx, ns: &str, pod: &str, container: &str, previous: 
             format!("container \"{container}\" in pod \"{pod}\" is waiting to start")
         });
     };
-    let bundle = crate::pod::attempt_bundle(&ctx.pod_run_dir(&uid), &dir, container, a.number);
+    let bundle = crate::pod::attempt_bundle(&run_dir, &dir, container, a.number);
     let data = crate::pod::attempt_data_dir(&dir, container, a.number);
     Ok((a, bundle, data))
 }

@@ -201,19 +201,26 @@ impl Worker {
         }
     }
 
+    /// A file the pod's containers bind-mount (`hosts`, `hostname`, `resolv.conf`): in its run
+    /// directory, or in its data directory for a pod set up before they moved (adopted after
+    /// an upgrade).
+    fn pod_file(&self, name: &str) -> PathBuf {
+        pod_file(&self.run_dir, &self.dir, name)
+    }
+
     fn save(&self) {
         let saved = Saved {
             pod_ip: self.pod_ip.clone(),
             containers: self.ctrs.iter().map(|c| (c.name.clone(), SavedCtr { current: c.current.clone(), previous: c.previous.clone() })).collect(),
         };
-        if let Err(e) = state::save(&self.dir, &saved) {
+        if let Err(e) = state::save(&self.run_dir, &saved) {
             tracing::warn!(pod = %self.pod_name(), error = %e, "saving pod state");
         }
     }
 
     /// Pick up where a previous run of the node left off.
     async fn adopt(&mut self) {
-        let Some(saved) = state::load(&self.dir) else { return };
+        let Some(saved) = state::load(&self.run_dir, &self.dir) else { return };
         if !self.ns.exist() {
             return;
         }
@@ -280,7 +287,7 @@ impl Worker {
             cluster_domain: &self.ctx.cluster_domain,
             host_resolv: &self.ctx.host_resolv,
         };
-        let write = |name: &str, body: String| std::fs::write(self.dir.join(name), body).map_err(|e| format!("{name}: {e}"));
+        let write = |name: &str, body: String| std::fs::write(self.run_dir.join(name), body).map_err(|e| format!("{name}: {e}"));
         write("hosts", files::hosts_file(&self.pod, &self.pod_ip))?;
         write("hostname", format!("{hostname}\n"))?;
         write("resolv.conf", files::resolv_conf(&self.pod, &dns))?;
@@ -513,7 +520,7 @@ impl Worker {
 
     async fn build_spec(&self, c: &Container, image: &crate::image::ImageRecord, bundle: &std::path::Path) -> Result<ContainerSpec, String> {
         let env = container::environment(&self.ctx.client, &self.pod, c, &image.config, &self.pod_ip, &self.ctx.host_ip).await?;
-        let hostname = std::fs::read_to_string(self.dir.join("hostname")).unwrap_or_default().trim().to_string();
+        let hostname = std::fs::read_to_string(self.pod_file("hostname")).unwrap_or_default().trim().to_string();
         let mut env = env;
         if !env.iter().any(|(k, _)| k == "HOSTNAME") {
             env.insert(0, ("HOSTNAME".to_string(), hostname.clone()));
@@ -530,9 +537,9 @@ impl Worker {
             return Err("privileged containers are not allowed on this platform".into());
         }
         let mut mounts = vec![
-            crate::spec::BindMount { source: self.dir.join("hosts"), destination: "/etc/hosts".into(), read_only: false },
-            crate::spec::BindMount { source: self.dir.join("hostname"), destination: "/etc/hostname".into(), read_only: false },
-            crate::spec::BindMount { source: self.dir.join("resolv.conf"), destination: "/etc/resolv.conf".into(), read_only: false },
+            crate::spec::BindMount { source: self.pod_file("hosts"), destination: "/etc/hosts".into(), read_only: false },
+            crate::spec::BindMount { source: self.pod_file("hostname"), destination: "/etc/hostname".into(), read_only: false },
+            crate::spec::BindMount { source: self.pod_file("resolv.conf"), destination: "/etc/resolv.conf".into(), read_only: false },
         ];
         let term = bundle.join("termination-log");
         std::fs::write(&term, b"").map_err(|e| e.to_string())?;
@@ -681,7 +688,7 @@ impl Worker {
         }
         let mut ids: Vec<String> = self.ctrs.iter().flat_map(|c| [c.current.as_ref(), c.previous.as_ref()]).flatten().map(|a| a.id.clone()).collect();
         // What the node saved before a restart, for pods it no longer has a spec for.
-        for s in state::load(&self.dir).map(|s| s.containers).unwrap_or_default().into_values() {
+        for s in state::load(&self.run_dir, &self.dir).map(|s| s.containers).unwrap_or_default().into_values() {
             ids.extend([s.current, s.previous].into_iter().flatten().map(|a| a.id).filter(|id| !ids.contains(id)).collect::<Vec<_>>());
         }
         for c in &mut self.ctrs {
@@ -718,6 +725,13 @@ pub fn attempt_data_dir(pod_dir: &Path, container: &str, number: u32) -> PathBuf
     pod_dir.join("containers").join(container).join(number.to_string())
 }
 
+/// See [`Worker::pod_file`].
+fn pod_file(pod_run_dir: &Path, pod_dir: &Path, name: &str) -> PathBuf {
+    let file = pod_run_dir.join(name);
+    let legacy = pod_dir.join(name);
+    if !file.exists() && legacy.exists() { legacy } else { file }
+}
+
 /// The bundle of an attempt that exists: in the run directory, or beside its data for one
 /// started before bundles moved there (a running container adopted after an upgrade).
 pub fn attempt_bundle(pod_run_dir: &Path, pod_dir: &Path, container: &str, number: u32) -> PathBuf {
@@ -747,5 +761,26 @@ mod tests {
         // A data directory without a bundle in it (the new layout) is not taken for one.
         std::fs::create_dir_all(attempt_data_dir(&data, "c", 1)).unwrap();
         assert_eq!(attempt_bundle(&run, &data, "c", 1), bundle_dir(&run, "c", 1));
+    }
+
+    #[test]
+    fn a_pod_set_up_before_the_move_keeps_its_state_and_files_in_its_data_directory() {
+        let t = tempfile::tempdir().unwrap();
+        let (run, data) = (t.path().join("run"), t.path().join("data"));
+        std::fs::create_dir_all(&data).unwrap();
+        assert!(state::load(&run, &data).is_none());
+        assert_eq!(pod_file(&run, &data, "hosts"), run.join("hosts"));
+        // The old layout: both in the data directory, and read from there.
+        std::fs::write(data.join("hosts"), "127.0.0.1 localhost\n").unwrap();
+        let old = Saved { pod_ip: "10.0.0.1".into(), containers: BTreeMap::new() };
+        std::fs::write(state::state_path(&data), serde_json::to_vec(&old).unwrap()).unwrap();
+        assert_eq!(pod_file(&run, &data, "hosts"), data.join("hosts"));
+        assert_eq!(state::load(&run, &data).map(|s| s.pod_ip).as_deref(), Some("10.0.0.1"));
+        // Saving writes to the run directory (creating it), which wins from then on.
+        state::save(&run, &Saved { pod_ip: "10.0.0.2".into(), containers: BTreeMap::new() }).unwrap();
+        assert!(state::state_path(&run).exists());
+        assert_eq!(state::load(&run, &data).map(|s| s.pod_ip).as_deref(), Some("10.0.0.2"));
+        std::fs::write(run.join("hosts"), "").unwrap();
+        assert_eq!(pod_file(&run, &data, "hosts"), run.join("hosts"));
     }
 }

@@ -70,16 +70,22 @@ pub struct SavedCtr {
     pub previous: Option<Attempt>,
 }
 
-pub fn state_path(pod_dir: &Path) -> PathBuf {
-    pod_dir.join("state.json")
+/// The pod's state file, in its run directory (memory): every save writes a new file and
+/// renames it over the old one, which on the data disk cost an inode allocation each time.
+pub fn state_path(pod_run_dir: &Path) -> PathBuf {
+    pod_run_dir.join("state.json")
 }
 
-pub fn load(pod_dir: &Path) -> Option<Saved> {
-    serde_json::from_slice(&std::fs::read(state_path(pod_dir)).ok()?).ok()
+/// The pod's saved state: from its run directory, or from its data directory for a pod that
+/// the node saved before the state moved (adopted after an upgrade).
+pub fn load(pod_run_dir: &Path, pod_dir: &Path) -> Option<Saved> {
+    let read = |dir: &Path| std::fs::read(state_path(dir)).ok();
+    serde_json::from_slice(&read(pod_run_dir).or_else(|| read(pod_dir))?).ok()
 }
 
-pub fn save(pod_dir: &Path, saved: &Saved) -> std::io::Result<()> {
-    let tmp = pod_dir.join("state.json.tmp");
+pub fn save(pod_run_dir: &Path, saved: &Saved) -> std::io::Result<()> {
+    std::fs::create_dir_all(pod_run_dir)?;
+    let tmp = pod_run_dir.join("state.json.tmp");
     std::fs::write(&tmp, serde_json::to_vec(saved)?)?;
-    std::fs::rename(tmp, state_path(pod_dir))
+    std::fs::rename(tmp, state_path(pod_run_dir))
 }
