@@ -77,6 +77,13 @@ fn machine_busy_secs() -> f64 {
     (at(0) + at(1) + at(2) + at(5) + at(6) + at(7)) / 100.0
 }
 
+/// How many memory cgroups the kernel has, counting removed ones that still hold pages (they
+/// make creating more slower, so a machine that has run many containers is slower here).
+fn memory_cgroups() -> u64 {
+    let text = std::fs::read_to_string("/proc/cgroups").unwrap_or_default();
+    text.lines().find(|l| l.starts_with("memory\t")).and_then(|l| l.split_whitespace().nth(2)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
 /// (RSS, PSS) in KiB of a process.
 fn memory(pid: u32) -> (u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
@@ -181,6 +188,7 @@ async fn nodeless(args: &Args) -> Result<Figures> {
     tokio::time::sleep(Duration::from_secs(2)).await;
 
     let names: Vec<String> = (0..args.burst).map(|i| format!("burst-{i}")).collect();
+    let memcgs = memory_cgroups();
     let (node_cpu0, control_cpu0, busy0) = (cpu_secs(node.id()), n.pid().map_or(0.0, cpu_secs), machine_busy_secs());
     let t0 = Instant::now();
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -209,6 +217,7 @@ async fn nodeless(args: &Args) -> Result<Figures> {
         n.pid().map_or(0.0, cpu_secs) - control_cpu0,
         runtime.split("://").next().unwrap_or("the runtime")
     );
+    eprintln!("nodeless: {memcgs} memory cgroups on the machine when the burst began (removed ones that still hold pages count, and slow the kernel's cgroup work)");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss1, pss1) = memory(node.id());
     // Per pod: the node's growth, and all of the node's supervisor (it holds every pod's
