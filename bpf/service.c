@@ -8,9 +8,6 @@
 
 #include "service.h"
 
-/* From <sys/socket.h>, which a BPF build cannot include. */
-#define SOCK_STREAM 1
-#define SOCK_DGRAM 2
 /* From <errno.h>. */
 #define ECONNREFUSED 111
 
@@ -151,17 +148,17 @@ static __always_inline int reverse(struct bpf_sock_addr *ctx)
 	return 1;
 }
 
-static __always_inline __u8 l4(struct bpf_sock_addr *ctx)
-{
-	return ctx->type == SOCK_STREAM ? IPPROTO_TCP : IPPROTO_UDP;
-}
-
+/* TCP sockets (MPTCP ones too, whose subflows are TCP) and UDP sockets are balanced; others (an
+ * ICMP ping socket, SCTP) are left as they are, even to a ClusterIP. */
 SEC("cgroup/connect4")
 int lb_connect4(struct bpf_sock_addr *ctx)
 {
-	if (ctx->type != SOCK_STREAM && ctx->type != SOCK_DGRAM)
-		return 1;
-	return balance(ctx, l4(ctx));
+	__u32 proto = ctx->protocol;
+	if (proto == IPPROTO_TCP || proto == IPPROTO_MPTCP)
+		return balance(ctx, IPPROTO_TCP);
+	if (proto == IPPROTO_UDP)
+		return balance(ctx, IPPROTO_UDP);
+	return 1;
 }
 
 SEC("cgroup/sendmsg4")
