@@ -1,5 +1,6 @@
-//! What a pod worker remembers about each container, in memory and on disk (so a restarted
-//! node adopts running containers instead of starting them again).
+//! What a pod worker remembers about each container, in its own memory and in a file under the
+//! node's run directory, which outlives the node process (so a restarted node adopts running
+//! containers instead of starting them again).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
