@@ -342,7 +342,7 @@ fn main() -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let show = run(Command::new(&eni).args(["show", &setup.lb_name()])).unwrap_or_default();
-            if show.contains(&format!("services: {n}\n")) {
+            if show.contains(&format!("services: {n} ports ")) {
                 break;
             }
             if Instant::now() > deadline {

@@ -196,7 +196,7 @@ fn the_balancer_serves_a_table_to_a_cgroup() {
             .unwrap(),
     );
     eventually("the balancer to load its table", 10, || {
-        show(&name).contains("services: 4")
+        show(&name).contains("services: 4 ports ")
     });
 
     // TCP: both endpoints serve the ClusterIP.
