@@ -72,6 +72,8 @@ struct Setup {
     tag: String,
     cgroup: PathBuf,
     forwarding: String,
+    /// Whether the host had an nft `ip nat` table before (iptables-nft makes one for the rules).
+    nat_table_existed: bool,
     children: Vec<Child>,
 }
 
@@ -93,7 +95,8 @@ impl Setup {
         let tag = format!("nlsb{}", std::process::id() % 100_000);
         let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?.trim().to_string();
         let cgroup = nodeless_tests::cgroup2_root()?.join(&tag);
-        let s = Setup { tag, cgroup, forwarding, children: Vec::new() };
+        let nat_table_existed = Command::new("nft").args(["list", "table", "ip", "nat"]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
+        let s = Setup { tag, cgroup, forwarding, nat_table_existed, children: Vec::new() };
         std::fs::create_dir_all(&s.cgroup)?;
         // client 10.253.1.2 <-> host 10.253.1.1; server 10.253.2.2 <-> host 10.253.2.1.
         for (ns, net) in [(s.client_ns(), 1), (s.server_ns(), 2)] {
@@ -191,6 +194,12 @@ impl Drop for Setup {
             let _ = c.wait();
         }
         self.remove_iptables();
+        // The empty `ip nat` table iptables-nft left, when there was none before and no rule is
+        // in it now.
+        let rules_left = run(Command::new("iptables-save").args(["-t", "nat"])).map(|r| r.lines().any(|l| l.starts_with("-A ")));
+        if !self.nat_table_existed && matches!(rules_left, Ok(false)) {
+            let _ = Command::new("nft").args(["delete", "table", "ip", "nat"]).stderr(Stdio::null()).status();
+        }
         let _ = std::fs::remove_dir_all(Path::new("/sys/fs/bpf/nodeless/lb").join(self.lb_name()));
         for ns in [self.client_ns(), self.server_ns()] {
             let _ = Command::new("ip").args(["netns", "delete", &ns]).status();
