@@ -389,13 +389,7 @@ impl Balancer {
             self.current.insert(*f, entry.clone());
             changed += 1;
         }
-        let removed: Vec<Frontend> = self
-            .current
-            .keys()
-            .filter(|f| !table.contains_key(f))
-            .copied()
-            .collect();
-        for f in removed {
+        for f in absent(&self.current, table) {
             let old = self.current.remove(&f).unwrap_or_default();
             self.remove_row(&f, 0)?;
             for i in 0..old.backends.len() {
@@ -420,13 +414,7 @@ impl Balancer {
                 self.current_ips.insert(*addr, n);
             }
         }
-        let left: Vec<Ipv4Addr> = self
-            .current_ips
-            .keys()
-            .filter(|a| !wanted.contains_key(a))
-            .copied()
-            .collect();
-        for addr in left {
+        for addr in absent(&self.current_ips, wanted) {
             match self.service_ips.remove(&addr.octets()) {
                 Err(e) if !not_found(&e) => return Err(err("removing a service address", e)),
                 _ => {}
@@ -466,6 +454,11 @@ impl Balancer {
         drop(self);
         pins.remove()
     }
+}
+
+/// The keys `held` has and `wanted` lacks.
+fn absent<K: Ord + Copy, V, W>(held: &BTreeMap<K, V>, wanted: &BTreeMap<K, W>) -> Vec<K> {
+    held.keys().filter(|k| !wanted.contains_key(k)).copied().collect()
 }
 
 /// A service port holds at most u16::MAX endpoints (the count is 16 bits).
