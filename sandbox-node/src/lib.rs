@@ -14,6 +14,7 @@ pub mod pod;
 pub mod rundir;
 pub mod runtime;
 pub mod sandbox;
+pub mod sealed_binary;
 pub mod server;
 pub mod spec;
 pub mod streams;

@@ -97,7 +97,9 @@ impl OciRuntime {
     }
 
     fn command(&self) -> Command {
-        let mut c = Command::new(&self.binary);
+        let (program, arg0) = crate::sealed_binary::program(&self.binary);
+        let mut c = Command::new(program);
+        c.arg0(arg0);
         c.arg("--root").arg(&self.root);
         c.stdin(Stdio::null());
         c

@@ -10,6 +10,7 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::process::CommandExt;
 use std::os::unix::net::UnixStream;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -135,8 +136,10 @@ impl Supervisor {
         let drained = self.logs.add(Arc::new(log), out_r, err_r).map_err(|e| format!("watching the container's output: {e}"))?;
         let runtime_log = req.bundle.join("runtime.log");
         let pid_file = req.bundle.join("pid");
-        let mut cmd = Command::new(&req.runtime);
-        cmd.arg("--root")
+        let (program, arg0) = nodeless_sandbox_node::sealed_binary::program(&req.runtime);
+        let mut cmd = Command::new(program);
+        cmd.arg0(arg0)
+            .arg("--root")
             .arg(&req.root)
             .arg("--log")
             .arg(&runtime_log)
