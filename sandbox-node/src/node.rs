@@ -273,35 +273,15 @@ async fn clean_orphans(ctx: &Arc<NodeCtx>, live: &std::collections::HashSet<Stri
     }
 }
 
-/// Mark `dir` as the top of unrelated directory trees (ext4's `T` attribute, `chattr +T`), so
-/// ext4 places each pod's directory in a block group of its own choosing, as it does for
-/// directories under the root, instead of next to its siblings. ext4 without a journal (this
-/// machine's root disk) never hands out an inode freed in the last minute (the last six while
-/// its table block is dirty): to find one it steps over every such inode of the group, reading
-/// each one's deletion time. With every pod in one group, a burst of pods after the teardown of
-/// another stepped over thousands of them at each mkdir and overlay mount, and that was most of
-/// the node's CPU in the burst (`recently_deleted` under `__ext4_new_inode`). Other file systems
-/// refuse or ignore the flag; either is fine.
-fn spread_subdirectories(dir: &std::path::Path) {
-    use rustix::fs::{IFlags, ioctl_getflags, ioctl_setflags};
-    let Ok(f) = std::fs::File::open(dir) else { return };
-    match ioctl_getflags(&f) {
-        Ok(flags) if !flags.contains(IFlags::TOPDIR) => {
-            if let Err(e) = ioctl_setflags(&f, flags | IFlags::TOPDIR) {
-                tracing::debug!("{}: not marked as a top directory: {e}", dir.display());
-            }
-        }
-        _ => {}
-    }
-}
-
 pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<RunningNode> {
     let images = ImageStore::open(cfg.data_dir.join("images"))?;
     let pods_dir = cfg.data_dir.join("pods");
     let ns_dir = cfg.run_dir.join("ns");
     let bundles_dir = cfg.run_dir.join("bundles");
     std::fs::create_dir_all(&pods_dir)?;
-    spread_subdirectories(&pods_dir);
+    if let Err(e) = crate::rundir::spread_subdirectories(&pods_dir) {
+        tracing::debug!("{}: not marked as a top directory: {e}", pods_dir.display());
+    }
     std::fs::create_dir_all(&bundles_dir)?;
     std::fs::create_dir_all(&ns_dir)?;
     let ctx = Arc::new(NodeCtx {

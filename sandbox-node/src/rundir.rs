@@ -9,12 +9,35 @@
 //! the state on such a disk and 6.8 s in memory, on the same machine). [`keep_in_memory`]
 //! mounts a tmpfs on the directory when it is on a disk and still empty; the mount stays when
 //! the node stops, as `/run` does, so a restarted node finds the pods it left running.
+//!
+//! The same disk also holds the pods' writable layers and logs, which stay there; for them
+//! [`spread_subdirectories`] keeps each pod's inodes away from its neighbours'.
 
 use std::io;
 use std::path::Path;
 
 use nix::fcntl::{Flock, FlockArg};
-use nix::sys::statfs::{TMPFS_MAGIC, statfs};
+use nix::sys::statfs::{EXT4_SUPER_MAGIC, TMPFS_MAGIC, statfs};
+
+/// Mark `dir` as the top of unrelated directory trees (ext4's `T` attribute, `chattr +T`), so
+/// ext4 places each directory made in it in a block group of its own choosing, as it does for
+/// directories under the root, instead of beside its siblings. ext4 without a journal (the
+/// root disk of this project's machines) never hands out an inode freed in the last minute (the
+/// last six while its table block is dirty): to find another it steps over every such inode of
+/// the group, reading each one's deletion time. With every pod's directory in one group, a burst
+/// of pods after another burst's teardown stepped over thousands of them at each `mkdir` and
+/// overlay mount: in a profile of such a burst, 47% of the node's samples were under
+/// `__ext4_new_inode` (10-11% with the flag). Returns whether the flag is set now; file systems
+/// without it give an error, which costs nothing but the spreading.
+pub fn spread_subdirectories(dir: &Path) -> io::Result<bool> {
+    use rustix::fs::{IFlags, ioctl_getflags, ioctl_setflags};
+    let f = std::fs::File::open(dir)?;
+    let flags = ioctl_getflags(&f)?;
+    if !flags.contains(IFlags::TOPDIR) {
+        ioctl_setflags(&f, flags | IFlags::TOPDIR)?;
+    }
+    Ok(ioctl_getflags(&f)?.contains(IFlags::TOPDIR))
+}
 
 /// What [`keep_in_memory`] found or did.
 #[derive(Debug, PartialEq, Eq)]
@@ -67,6 +90,24 @@ mod tests {
         let tmp = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
         assert!(!in_memory(tmp.path()).unwrap(), "the workspace is expected on a disk");
         tmp
+    }
+
+    #[test]
+    fn pods_directories_are_spread_on_ext4() {
+        let tmp = tmp_on_disk();
+        let dir = tmp.path().join("pods");
+        std::fs::create_dir(&dir).unwrap();
+        if statfs(&dir).unwrap().filesystem_type() != EXT4_SUPER_MAGIC {
+            // Elsewhere the flag may be refused; that must be an error, not a claim.
+            assert!(!matches!(spread_subdirectories(&dir), Ok(false)));
+            return;
+        }
+        assert!(spread_subdirectories(&dir).unwrap());
+        // Marking it again is harmless.
+        assert!(spread_subdirectories(&dir).unwrap());
+        let out = std::process::Command::new("lsattr").arg("-d").arg(&dir).output().unwrap();
+        let attrs = String::from_utf8_lossy(&out.stdout);
+        assert!(attrs.split_whitespace().next().unwrap_or_default().contains('T'), "{attrs}");
     }
 
     #[test]
