@@ -17,7 +17,7 @@ use std::io;
 use std::path::Path;
 
 use nix::fcntl::{Flock, FlockArg};
-use nix::sys::statfs::{EXT4_SUPER_MAGIC, TMPFS_MAGIC, statfs};
+use nix::sys::statfs::{TMPFS_MAGIC, statfs};
 
 /// Mark `dir` as the top of unrelated directory trees (ext4's `T` attribute, `chattr +T`), so
 /// ext4 places each directory made in it in a block group of its own choosing, as it does for
@@ -84,6 +84,8 @@ pub fn keep_in_memory(dir: &Path) -> io::Result<RunDir> {
 
 #[cfg(test)]
 mod tests {
+    use nix::sys::statfs::EXT4_SUPER_MAGIC;
+
     use super::*;
 
     fn tmp_on_disk() -> tempfile::TempDir {
