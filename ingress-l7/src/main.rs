@@ -12,10 +12,11 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use clap::Parser;
-use nodeless_ingress_l7::{http3, lb, metrics::Metrics, stream, proxy::Ingress, routes::Table, tls::Certs, watch};
+use nodeless_ingress_l7::{h1, http3, lb, metrics::Metrics, stream, proxy::Ingress, routes::Table, tls::Certs, watch};
 use pingora_core::apps::{HttpServerOptions, ServerApp};
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::GetSocketDigest;
+use pingora_core::protocols::Ssl;
 use pingora_core::protocols::SocketDigest;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::server::ShutdownWatch;
@@ -119,8 +120,9 @@ fn main() -> Result<()> {
     };
     // Plain listeners also take HTTP/2 with prior knowledge (h2c), beside HTTP/1.1: which one a
     // connection speaks is found once, when it opens, and it goes to the proxy for that.
-    let plain = || Apps { http1: app("http", false), h2c: Some(app("http", true)) };
-    let secure = || Apps { http1: app("https", false), h2c: None };
+    let front = |scheme: &'static str| Arc::new(h1::Front { table: table.clone(), metrics: metrics.clone(), scheme, alt_svc: if scheme == "https" { alt_svc.clone() } else { None } });
+    let plain = || Apps { front: front("http"), http1: app("http", false), h2c: Some(app("http", true)) };
+    let secure = || Apps { front: front("https"), http1: app("https", false), h2c: None };
     let mut server_tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .context("TLS versions")?
@@ -145,6 +147,7 @@ fn main() -> Result<()> {
                         return;
                     }
                 };
+                tokio::spawn(h1::sweep_idle());
                 tokio::join!(serve(h, plain, None, shutdown.clone()), serve(s, secure, Some(acceptor), shutdown));
             })
         })?;
@@ -254,15 +257,17 @@ fn reuseport_listener(addr: &str) -> Result<std::net::TcpListener> {
 
 /// Accept connections and hand each to the proxy (after the TLS handshake on an HTTPS
 /// listener), keeping a connection while the client keeps it alive.
-/// A listener's proxies: plain listeners have a second one for h2c connections.
+/// A listener's proxies: the HTTP/1.1 path, pingora's proxy (for HTTP/2 over TLS and what the
+/// HTTP/1.1 path hands over), and on plain listeners a second one for h2c connections.
 struct Apps {
+    front: Arc<h1::Front>,
     http1: Arc<HttpProxy<Ingress>>,
     h2c: Option<Arc<HttpProxy<Ingress>>>,
 }
 
 async fn serve(listener: TcpListener, apps: Apps, tls: Option<Arc<Acceptor>>, shutdown: ShutdownWatch) {
     loop {
-        let (tcp, _) = match listener.accept().await {
+        let (tcp, client) = match listener.accept().await {
             Ok(c) => c,
             Err(e) => {
                 // Out of descriptors, most likely: wait rather than spin.
@@ -272,32 +277,54 @@ async fn serve(listener: TcpListener, apps: Apps, tls: Option<Arc<Acceptor>>, sh
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (http1, h2c, tls, shutdown) = (apps.http1.clone(), apps.h2c.clone(), tls.clone(), shutdown.clone());
+        let (front, http1, h2c, tls, shutdown) = (apps.front.clone(), apps.http1.clone(), apps.h2c.clone(), tls.clone(), shutdown.clone());
         tokio::spawn(async move {
-            let app = match h2c {
-                Some(h2c) => match stream::opens_with_h2_preface(&tcp).await {
-                    Some(true) => h2c,
-                    Some(false) => http1,
+            let fd = tcp.as_raw_fd();
+            // HTTP/1.1 goes to the HTTP/1.1 path, until it hands a connection over; HTTP/2 (h2c
+            // by its preface, h2 by ALPN) to pingora.
+            let stream: pingora_core::protocols::Stream = match (h2c, tls) {
+                (Some(h2c), _) => match stream::opens_with_h2_preface(&tcp).await {
+                    Some(true) => return keep_serving(&h2c, stream::boxed(l4(tcp, fd)), &shutdown).await,
+                    Some(false) => match front.serve(tcp, client, &shutdown).await {
+                        h1::End::Closed => return,
+                        h1::End::HandOff(tcp, replay) => stream::boxed_replaying(l4(tcp, fd), replay),
+                    },
                     None => return,
                 },
-                None => http1,
-            };
-            let fd = tcp.as_raw_fd();
-            let mut l4 = L4Stream::from(tcp);
-            l4.set_socket_digest(SocketDigest::from_raw_fd(fd));
-            let mut stream: pingora_core::protocols::Stream = match tls {
-                Some(a) => match a.tls_handshake(l4).await {
-                    Ok(s) => stream::boxed(s),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "TLS handshake");
-                        return;
+                (None, Some(a)) => {
+                    let secure = match a.tls_handshake(l4(tcp, fd)).await {
+                        Ok(s) => s,
+                        Err(e) => return tracing::debug!(error = %e, "TLS handshake"),
+                    };
+                    if matches!(secure.selected_alpn_proto(), Some(pingora_core::protocols::ALPN::H2)) {
+                        stream::boxed(secure)
+                    } else {
+                        match front.serve(secure, client, &shutdown).await {
+                            h1::End::Closed => return,
+                            h1::End::HandOff(secure, replay) => stream::boxed_replaying(secure, replay),
+                        }
                     }
+                }
+                (None, None) => match front.serve(tcp, client, &shutdown).await {
+                    h1::End::Closed => return,
+                    h1::End::HandOff(tcp, replay) => stream::boxed_replaying(l4(tcp, fd), replay),
                 },
-                None => stream::boxed(l4),
             };
-            while let Some(s) = app.process_new(stream, &shutdown).await {
-                stream = s;
-            }
+            keep_serving(&http1, stream, &shutdown).await
         });
+    }
+}
+
+/// A TCP connection as pingora's stream type.
+fn l4(tcp: tokio::net::TcpStream, fd: std::os::fd::RawFd) -> L4Stream {
+    let mut l4 = L4Stream::from(tcp);
+    l4.set_socket_digest(SocketDigest::from_raw_fd(fd));
+    l4
+}
+
+/// Hand `stream` to a pingora proxy, request after request, while the client keeps it alive.
+async fn keep_serving(app: &Arc<HttpProxy<Ingress>>, mut stream: pingora_core::protocols::Stream, shutdown: &ShutdownWatch) {
+    while let Some(s) = app.process_new(stream, shutdown).await {
+        stream = s;
     }
 }

@@ -71,7 +71,12 @@ async fn respond(session: &mut Session, status: u16, body: String) -> Result<boo
 }
 
 pub fn idempotent(method: &http::Method) -> bool {
-    matches!(*method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::PUT | http::Method::DELETE | http::Method::TRACE)
+    idempotent_method(method.as_str())
+}
+
+/// Whether a request by this method may be sent again (RFC 9110, section 9.2.2).
+pub fn idempotent_method(method: &str) -> bool {
+    matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE")
 }
 
 /// What the ingress does with a request, decided from its head alone: the one policy the TCP
@@ -102,21 +107,28 @@ fn default_settings() -> Arc<Settings> {
 /// the route wants HTTPS and this is plain HTTP, 413 for a declared body over the route's
 /// limit, 503 naming why when the backend cannot take it.
 pub fn admit(table: &Table, scheme: &str, uri: &http::Uri, headers: &http::HeaderMap) -> Admitted {
-    let early = |status, body| Admitted { ingress: "-".to_string(), settings: default_settings(), outcome: Outcome::Respond(status, body) };
     let header_bytes = uri.path_and_query().map(|p| p.as_str().len()).unwrap_or(0) + headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
+    let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    admit_head(table, scheme, &request_host(uri, headers), target, declared_length(headers), header_bytes)
+}
+
+/// [`admit`] from the parts of a request head that decide it: the host (Host header or
+/// authority), the origin-form target (path and query), the declared body length and the head's
+/// size in bytes.
+pub fn admit_head(table: &Table, scheme: &str, host: &str, target: &str, declared: Option<u64>, header_bytes: usize) -> Admitted {
+    let early = |status, body| Admitted { ingress: "-".to_string(), settings: default_settings(), outcome: Outcome::Respond(status, body) };
     if header_bytes > MAX_HEADER_BYTES {
         return early(431, format!("the request's header is {header_bytes} bytes, over the limit of {MAX_HEADER_BYTES}"));
     }
-    let host = request_host(uri, headers);
-    let path = uri.path();
-    let route = match table.route(&host, path) {
+    let path = target.split_once('?').map_or(target, |(p, _)| p);
+    let route = match table.route(host, path) {
         Decision::Route(r) | Decision::Default(r) => r,
-        Decision::NotFound => return early(404, format!("no ingress rule matches host {:?} and path {path:?}", crate::routes::normalize_host(&host))),
+        Decision::NotFound => return early(404, format!("no ingress rule matches host {:?} and path {path:?}", crate::routes::normalize_host(host))),
     };
     let settings = route.settings.clone();
     let outcome = if settings.ssl_redirect && scheme == "http" {
-        Outcome::Redirect(format!("https://{}{}", crate::routes::normalize_host(&host), uri.path_and_query().map(|p| p.as_str()).unwrap_or("/")))
-    } else if settings.body_limit > 0 && declared_length(headers).is_some_and(|n| n > settings.body_limit) {
+        Outcome::Redirect(format!("https://{}{}", crate::routes::normalize_host(host), target))
+    } else if settings.body_limit > 0 && declared.is_some_and(|n| n > settings.body_limit) {
         Outcome::Respond(413, format!("the request body is larger than this route's limit of {} bytes", settings.body_limit))
     } else {
         match &route.target {

@@ -6,6 +6,9 @@
 //! without one, so every response went out in two `sendto`s and two segments. Wrapped in
 //! [`Buffered`], a small response leaves in one. Over TLS the buffer sits above the TLS stream,
 //! so the header and body also go out in one record.
+//!
+//! A connection the HTTP/1.1 path ([`crate::h1`]) hands to pingora comes with the bytes it read
+//! and did not consume; [`Buffered`] returns them first.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -24,11 +27,18 @@ pub const WRITE_BUFFER: usize = 4096;
 #[derive(Debug)]
 pub struct Buffered<S: IO> {
     inner: BufWriter<S>,
+    /// Read already, to be read again before the stream.
+    replay: bytes::BytesMut,
 }
 
 impl<S: IO> Buffered<S> {
     pub fn new(stream: S) -> Buffered<S> {
-        Buffered { inner: BufWriter::with_capacity(WRITE_BUFFER, stream) }
+        Buffered::replaying(stream, bytes::BytesMut::new())
+    }
+
+    /// `stream`, whose reads return `replay` first.
+    pub fn replaying(stream: S, replay: bytes::BytesMut) -> Buffered<S> {
+        Buffered { inner: BufWriter::with_capacity(WRITE_BUFFER, stream), replay }
     }
 
     fn stream(&self) -> &S {
@@ -38,6 +48,11 @@ impl<S: IO> Buffered<S> {
 
 impl<S: IO> AsyncRead for Buffered<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if !self.replay.is_empty() {
+            let n = self.replay.len().min(buf.remaining());
+            buf.put_slice(&self.replay.split_to(n));
+            return Poll::Ready(Ok(()));
+        }
         Pin::new(self.inner.get_mut()).poll_read(cx, buf)
     }
 }
@@ -137,6 +152,11 @@ impl<S: IO> Peek for Buffered<S> {
 /// `stream` buffered, as the stream pingora's apps take.
 pub fn boxed<S: IO + 'static>(stream: S) -> pingora_core::protocols::Stream {
     Box::new(Buffered::new(stream))
+}
+
+/// `stream` buffered, reading `replay` first, as the stream pingora's apps take.
+pub fn boxed_replaying<S: IO + 'static>(stream: S, replay: bytes::BytesMut) -> pingora_core::protocols::Stream {
+    Box::new(Buffered::replaying(stream, replay))
 }
 
 /// How long a new plain connection may take to send its first bytes.
