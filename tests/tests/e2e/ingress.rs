@@ -228,7 +228,7 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
     let out = https("one.example", "one.pem", &["--http1.1"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.starts_with("pod: echo-b") && text.ends_with("\n1.1"), "{text} {}", String::from_utf8_lossy(&out.stderr));
-    assert!(text.contains("x-forwarded-proto: https"), "{text}");
+    assert!(text.to_ascii_lowercase().contains("x-forwarded-proto: https"), "{text}");
     let out = https("x.wild.example", "wild.pem", &["--http2"]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success() && text.starts_with("pod: echo-a") && text.ends_with("\n2"), "{text} {}", String::from_utf8_lossy(&out.stderr));
