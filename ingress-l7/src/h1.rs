@@ -32,21 +32,21 @@ use crate::proxy::{self, MAX_HEADER_BYTES, Outcome};
 use crate::routes::{Settings, Table, Upstream};
 
 /// Header fields taken in one head.
-const MAX_HEADERS: usize = 128;
+pub(crate) const MAX_HEADERS: usize = 128;
 /// How long a client may take to send a request's head, and stay idle between requests.
 const CLIENT_IDLE: Duration = Duration::from_secs(60);
 /// Connect attempts for one idempotent request (the first and up to two other endpoints).
-const CONNECT_TRIES: usize = 3;
+pub(crate) const CONNECT_TRIES: usize = 3;
 /// An idle upstream connection is closed after this long.
 const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
 /// Idle connections kept per endpoint, per worker thread.
-const IDLE_PER_ENDPOINT: usize = 64;
+const IDLE_PER_ENDPOINT: usize = 256;
 /// A connection idle for longer than this is checked for a close from the endpoint before it is
 /// reused; a younger one is trusted, and a request without a body that finds it closed anyway
 /// is sent again on a new connection.
 const CHECK_AFTER: Duration = Duration::from_secs(1);
 /// Read buffer growth step.
-const READ_CHUNK: usize = 16 * 1024;
+pub(crate) const READ_CHUNK: usize = 16 * 1024;
 
 /// Request headers not passed on: hop-by-hop ones, and those the ingress sets itself.
 const REQUEST_DROPPED: [&str; 8] = ["connection", "keep-alive", "proxy-connection", "te", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"];
@@ -59,6 +59,9 @@ pub struct Front {
     pub scheme: &'static str,
     /// The Alt-Svc value that advertises HTTP/3 in this listener's responses.
     pub alt_svc: Option<http::HeaderValue>,
+    /// Connections to h2c endpoints (HTTP/2 clients' requests for them; HTTP/1.1 clients' go to
+    /// pingora).
+    pub h2c: crate::http3::Pool,
 }
 
 /// How a connection left this path.
@@ -104,20 +107,20 @@ struct Request {
 
 /// What happened to a forwarded request, for the metrics and the log.
 #[derive(Default)]
-struct Forwarded {
-    code: u16,
-    endpoint: Option<SocketAddr>,
-    upstream_error: Option<&'static str>,
-    error: String,
+pub(crate) struct Forwarded {
+    pub(crate) code: u16,
+    pub(crate) endpoint: Option<SocketAddr>,
+    pub(crate) upstream_error: Option<&'static str>,
+    pub(crate) error: String,
     /// The ingress's own answer instead of the endpoint's (nothing was sent to the client yet).
-    answer: Option<(u16, String)>,
+    pub(crate) answer: Option<(u16, String)>,
     /// The client connection cannot go on (an error mid-response, or the response was delimited
     /// by closing).
-    close: bool,
+    pub(crate) close: bool,
 }
 
 /// Counts a request as under way at an endpoint until dropped.
-struct UnderWay<'a>(&'a Upstream, usize);
+pub(crate) struct UnderWay<'a>(pub(crate) &'a Upstream, pub(crate) usize);
 
 impl Drop for UnderWay<'_> {
     fn drop(&mut self) {
@@ -353,39 +356,8 @@ impl Front {
         // The endpoint the request is under way at (replaced, and so released, by a retry).
         let mut under_way: Option<UnderWay<'_>>;
         let (i, mut conn, head) = 'attempt: loop {
-            let (i, mut conn, reused) = match again.take() {
-                Some(i) => match connect(u.addr(i), f.settings.connect_timeout).await {
-                    Ok(c) => (i, c, false),
-                    Err(e) => {
-                        self.connect_failed(u, i, ingress);
-                        done.error = format!("connecting to {}: {e}", u.addr(i));
-                        done.answer = Some((502, format!("could not connect to an endpoint of service {}: {e}", u.name)));
-                        return done;
-                    }
-                },
-                None => loop {
-                    let Some(i) = u.pick(f.settings.balance, &tried[..ntried]) else {
-                        done.answer = Some((503, format!("service {} has no ready endpoints", u.name)));
-                        return done;
-                    };
-                    tried[ntried] = i;
-                    ntried += 1;
-                    done.endpoint = Some(u.addr(i));
-                    if let Some(c) = take_idle(u.addr(i), f.body > 0) {
-                        break (i, c, true);
-                    }
-                    match connect(u.addr(i), f.settings.connect_timeout).await {
-                        Ok(c) => break (i, c, false),
-                        Err(e) => {
-                            self.connect_failed(u, i, ingress);
-                            if ntried >= tries {
-                                done.error = format!("connecting to {}: {e}", u.addr(i));
-                                done.answer = Some((502, format!("could not connect to an endpoint of service {}: {e}", u.name)));
-                                return done;
-                            }
-                        }
-                    }
-                },
+            let Some((i, mut conn, reused)) = self.obtain(u, &f.settings, tries, f.body > 0, &mut tried, &mut ntried, again.take(), ingress, &mut done).await else {
+                return done;
             };
             if !reused {
                 u.connected(i);
@@ -540,6 +512,47 @@ impl Front {
         done
     }
 
+    /// A connection to one of `u`'s endpoints: `again`'s anew, or one picked among those not
+    /// `tried` yet, kept-alive if one is idle (checked first when `check`), else new; up to
+    /// `tries` endpoints. `None` when there is none, with the answer set in `done`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) async fn obtain(&self, u: &Upstream, settings: &Settings, tries: usize, check: bool, tried: &mut [usize; CONNECT_TRIES], ntried: &mut usize, again: Option<usize>, ingress: &str, done: &mut Forwarded) -> Option<(usize, TcpStream, bool)> {
+        if let Some(i) = again {
+            return match connect(u.addr(i), settings.connect_timeout).await {
+                Ok(c) => Some((i, c, false)),
+                Err(e) => {
+                    self.connect_failed(u, i, ingress);
+                    done.error = format!("connecting to {}: {e}", u.addr(i));
+                    done.answer = Some((502, format!("could not connect to an endpoint of service {}: {e}", u.name)));
+                    None
+                }
+            };
+        }
+        loop {
+            let Some(i) = u.pick(settings.balance, &tried[..*ntried]) else {
+                done.answer = Some((503, format!("service {} has no ready endpoints", u.name)));
+                return None;
+            };
+            tried[*ntried] = i;
+            *ntried += 1;
+            done.endpoint = Some(u.addr(i));
+            if let Some(c) = take_idle(u.addr(i), check) {
+                return Some((i, c, true));
+            }
+            match connect(u.addr(i), settings.connect_timeout).await {
+                Ok(c) => return Some((i, c, false)),
+                Err(e) => {
+                    self.connect_failed(u, i, ingress);
+                    if *ntried >= tries {
+                        done.error = format!("connecting to {}: {e}", u.addr(i));
+                        done.answer = Some((502, format!("could not connect to an endpoint of service {}: {e}", u.name)));
+                        return None;
+                    }
+                }
+            }
+        }
+    }
+
     fn connect_failed(&self, u: &Upstream, i: usize, ingress: &str) {
         u.connect_failed(i);
         self.metrics.upstream_errors.get_or_create(&metrics::UpstreamError { ingress: ingress.to_string(), service: u.name.clone(), kind: "connect".into() }).inc();
@@ -610,7 +623,7 @@ struct Head {
 }
 
 /// How a response body ends.
-enum Body {
+pub(crate) enum Body {
     /// After this many more bytes.
     Length(u64),
     /// After its last chunk and trailer.
@@ -622,7 +635,7 @@ enum Body {
 impl Body {
     /// How many bytes at the start of `buf` belong to the body (all of them are passed on as
     /// they are); `None` for a malformed chunked body.
-    fn take(&mut self, buf: &[u8]) -> Option<usize> {
+    pub(crate) fn take(&mut self, buf: &[u8]) -> Option<usize> {
         match self {
             Body::Length(rest) => {
                 let n = (*rest).min(buf.len() as u64);
@@ -634,7 +647,7 @@ impl Body {
         }
     }
 
-    fn finished(&self) -> bool {
+    pub(crate) fn finished(&self) -> bool {
         match self {
             Body::Length(rest) => *rest == 0,
             Body::Chunked(c) => c.state == ChunkState::Done,
@@ -645,7 +658,7 @@ impl Body {
 
 /// Where a scan of a chunked body is: it finds where the body ends, passing every byte on.
 #[derive(Default)]
-struct Chunked {
+pub(crate) struct Chunked {
     state: ChunkState,
     /// The size being read, or the data left in the current chunk.
     n: u64,
@@ -672,6 +685,12 @@ impl Chunked {
     /// How many bytes of `buf` belong to the body: all of them, or fewer when the body ends in
     /// them. `None` when the framing is malformed.
     fn scan(&mut self, buf: &[u8]) -> Option<usize> {
+        self.scan_into(buf, None)
+    }
+
+    /// [`Chunked::scan`], with the chunks' data appended to `data` (the body without its
+    /// framing, as HTTP/2 carries it).
+    pub(crate) fn scan_into(&mut self, buf: &[u8], mut data: Option<&mut BytesMut>) -> Option<usize> {
         use ChunkState::*;
         let mut k = 0;
         while k < buf.len() && self.state != Done {
@@ -702,6 +721,9 @@ impl Chunked {
                 }
                 Data => {
                     let n = (self.n).min((buf.len() - k) as u64) as usize;
+                    if let Some(d) = data.as_deref_mut() {
+                        d.extend_from_slice(&buf[k..k + n]);
+                    }
                     self.n -= n as u64;
                     k += n;
                     if self.n == 0 {
@@ -767,7 +789,7 @@ fn reason(status: u16) -> &'static str {
 }
 
 /// Write all of `bytes` and flush (a TLS stream sends its records on flush), within `limit`.
-async fn write_out<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8], limit: Duration) -> std::io::Result<()> {
+pub(crate) async fn write_out<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8], limit: Duration) -> std::io::Result<()> {
     match tokio::time::timeout(limit, async {
         io.write_all(bytes).await?;
         io.flush().await
@@ -816,7 +838,7 @@ fn open(conn: &TcpStream) -> bool {
     matches!(conn.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
-fn put_idle(addr: SocketAddr, conn: TcpStream) {
+pub(crate) fn put_idle(addr: SocketAddr, conn: TcpStream) {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
         let list = idle.entry(addr).or_default();

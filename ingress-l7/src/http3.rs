@@ -26,8 +26,8 @@ use crate::proxy::{self, Outcome};
 use crate::routes::{Settings, Table, Upstream};
 use crate::tls::Certs;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type Body = UnsyncBoxBody<Bytes, BoxError>;
+pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 type SendHalf = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 type RecvHalf = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
 
@@ -302,7 +302,7 @@ async fn answer(send: &mut SendHalf, status: u16, body: &str, id: &str) -> u16 {
     status
 }
 
-fn strip_hop_by_hop(h: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
     // Headers the Connection header names are hop-by-hop too.
     let named: Vec<String> = h.get_all(http::header::CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(|s| s.trim().to_ascii_lowercase()).collect();
     for n in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
@@ -382,13 +382,13 @@ fn client_body(recv: RecvHalf, limit: u64, too_large: Arc<std::sync::atomic::Ato
 }
 
 /// A connection to an endpoint, ready for one request.
-enum Conn {
+pub(crate) enum Conn {
     H1(hyper::client::conn::http1::SendRequest<Body>),
     H2(hyper::client::conn::http2::SendRequest<Body>),
 }
 
 impl Conn {
-    async fn send(&mut self, req: Request<Body>) -> hyper::Result<Response<hyper::body::Incoming>> {
+    pub(crate) async fn send(&mut self, req: Request<Body>) -> hyper::Result<Response<hyper::body::Incoming>> {
         match self {
             Conn::H1(s) => s.send_request(req).await,
             Conn::H2(s) => {
@@ -406,13 +406,13 @@ impl Conn {
 type Idle = (Instant, hyper::client::conn::http1::SendRequest<Body>);
 
 #[derive(Default)]
-struct Pool {
+pub struct Pool {
     idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
     h2: Mutex<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<Body>>>,
 }
 
 impl Pool {
-    async fn get(&self, addr: SocketAddr, h2c: bool, connect_timeout: Duration) -> Result<Conn> {
+    pub(crate) async fn get(&self, addr: SocketAddr, h2c: bool, connect_timeout: Duration) -> Result<Conn> {
         if h2c {
             if let Some(s) = self.h2.lock().unwrap_or_else(|p| p.into_inner()).get(&addr).filter(|s| !s.is_closed()).cloned() {
                 return Ok(Conn::H2(s));
@@ -442,7 +442,7 @@ impl Pool {
     }
 
     /// A connection whose response was read to the end goes back to the pool.
-    fn put(&self, addr: SocketAddr, conn: Conn) {
+    pub(crate) fn put(&self, addr: SocketAddr, conn: Conn) {
         if let Conn::H1(s) = conn {
             if s.is_closed() {
                 return;

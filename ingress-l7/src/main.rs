@@ -110,19 +110,17 @@ fn main() -> Result<()> {
         None => None,
     };
     let conf = Arc::new(ServerConf::default());
-    let app = |scheme: &'static str, h2c: bool| {
+    let app = |scheme: &'static str| {
         let alt_svc = if scheme == "https" { alt_svc.clone() } else { None };
         let mut proxy = pingora_proxy::http_proxy(&conf, Ingress { table: table.clone(), metrics: metrics.clone(), scheme, alt_svc });
-        let mut options = HttpServerOptions::default();
-        options.h2c = h2c;
-        proxy.server_options = Some(options);
+        proxy.server_options = Some(HttpServerOptions::default());
         Arc::new(proxy)
     };
     // Plain listeners also take HTTP/2 with prior knowledge (h2c), beside HTTP/1.1: which one a
     // connection speaks is found once, when it opens, and it goes to the proxy for that.
-    let front = |scheme: &'static str| Arc::new(h1::Front { table: table.clone(), metrics: metrics.clone(), scheme, alt_svc: if scheme == "https" { alt_svc.clone() } else { None } });
-    let plain = || Apps { front: front("http"), http1: app("http", false), h2c: Some(app("http", true)) };
-    let secure = || Apps { front: front("https"), http1: app("https", false), h2c: None };
+    let front = |scheme: &'static str| Arc::new(h1::Front { table: table.clone(), metrics: metrics.clone(), scheme, alt_svc: if scheme == "https" { alt_svc.clone() } else { None }, h2c: Default::default() });
+    let plain = || Apps { front: front("http"), http1: app("http"), h2c: true };
+    let secure = || Apps { front: front("https"), http1: app("https"), h2c: false };
     let mut server_tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
         .with_safe_default_protocol_versions()
         .context("TLS versions")?
@@ -257,12 +255,12 @@ fn reuseport_listener(addr: &str) -> Result<std::net::TcpListener> {
 
 /// Accept connections and hand each to the proxy (after the TLS handshake on an HTTPS
 /// listener), keeping a connection while the client keeps it alive.
-/// A listener's proxies: the HTTP/1.1 path, pingora's proxy (for HTTP/2 over TLS and what the
-/// HTTP/1.1 path hands over), and on plain listeners a second one for h2c connections.
+/// A listener's proxies: the HTTP/1.1 and HTTP/2 paths, and pingora's proxy for what the
+/// HTTP/1.1 path hands over; plain listeners also take h2c.
 struct Apps {
     front: Arc<h1::Front>,
     http1: Arc<HttpProxy<Ingress>>,
-    h2c: Option<Arc<HttpProxy<Ingress>>>,
+    h2c: bool,
 }
 
 async fn serve(listener: TcpListener, apps: Apps, tls: Option<Arc<Acceptor>>, shutdown: ShutdownWatch) {
@@ -277,27 +275,27 @@ async fn serve(listener: TcpListener, apps: Apps, tls: Option<Arc<Acceptor>>, sh
             }
         };
         let _ = tcp.set_nodelay(true);
-        let (front, http1, h2c, tls, shutdown) = (apps.front.clone(), apps.http1.clone(), apps.h2c.clone(), tls.clone(), shutdown.clone());
+        let (front, http1, h2c, tls, shutdown) = (apps.front.clone(), apps.http1.clone(), apps.h2c, tls.clone(), shutdown.clone());
         tokio::spawn(async move {
             let fd = tcp.as_raw_fd();
-            // HTTP/1.1 goes to the HTTP/1.1 path, until it hands a connection over; HTTP/2 (h2c
-            // by its preface, h2 by ALPN) to pingora.
+            // HTTP/1.1 goes to the HTTP/1.1 path (which may hand a connection over to pingora),
+            // HTTP/2 (h2c by its preface, h2 by ALPN) to the HTTP/2 path.
             let stream: pingora_core::protocols::Stream = match (h2c, tls) {
-                (Some(h2c), _) => match stream::opens_with_h2_preface(&tcp).await {
-                    Some(true) => return keep_serving(&h2c, stream::boxed(l4(tcp, fd)), &shutdown).await,
+                (true, _) => match stream::opens_with_h2_preface(&tcp).await {
+                    Some(true) => return front.serve_h2(tcp, client, &shutdown).await,
                     Some(false) => match front.serve(tcp, client, &shutdown).await {
                         h1::End::Closed => return,
                         h1::End::HandOff(tcp, replay) => stream::boxed_replaying(l4(tcp, fd), replay),
                     },
                     None => return,
                 },
-                (None, Some(a)) => {
+                (false, Some(a)) => {
                     let secure = match a.tls_handshake(l4(tcp, fd)).await {
                         Ok(s) => s,
                         Err(e) => return tracing::debug!(error = %e, "TLS handshake"),
                     };
                     if matches!(secure.selected_alpn_proto(), Some(pingora_core::protocols::ALPN::H2)) {
-                        stream::boxed(secure)
+                        return front.serve_h2(secure, client, &shutdown).await;
                     } else {
                         match front.serve(secure, client, &shutdown).await {
                             h1::End::Closed => return,
@@ -305,7 +303,7 @@ async fn serve(listener: TcpListener, apps: Apps, tls: Option<Arc<Acceptor>>, sh
                         }
                     }
                 }
-                (None, None) => match front.serve(tcp, client, &shutdown).await {
+                (false, None) => match front.serve(tcp, client, &shutdown).await {
                     h1::End::Closed => return,
                     h1::End::HandOff(tcp, replay) => stream::boxed_replaying(l4(tcp, fd), replay),
                 },
