@@ -33,8 +33,9 @@ use crate::routes::{Settings, Table, Upstream};
 
 /// Header fields taken in one head.
 pub(crate) const MAX_HEADERS: usize = 128;
-/// How long a client may take to send a request's head, and stay idle between requests.
-const CLIENT_IDLE: Duration = Duration::from_secs(60);
+/// How long a client may take to send a request's head (all of it, counted from the end of the
+/// previous response), and so stay idle between requests.
+pub(crate) const CLIENT_IDLE: Duration = Duration::from_secs(60);
 /// Connect attempts for one idempotent request (the first and up to two other endpoints).
 pub(crate) const CONNECT_TRIES: usize = 3;
 /// An idle upstream connection is closed after this long.
@@ -136,14 +137,18 @@ impl Front {
         let mut ubuf = BytesMut::with_capacity(READ_CHUNK);
         let mut out = Vec::with_capacity(1024);
         let mut rout = Vec::with_capacity(1024);
+        // The client's address as X-Forwarded-For and the access log write it.
+        let ip = client.ip().to_string();
         loop {
             if *shutdown.borrow() {
                 return End::Closed;
             }
-            // The next request's head.
+            // The next request's head, all of it within the deadline (a client sending a byte now
+            // and then is cut off as one sending nothing).
+            let deadline = tokio::time::Instant::now() + CLIENT_IDLE;
             let req = loop {
                 if !buf.is_empty() {
-                    match self.plan(&buf, client, &mut out) {
+                    match self.plan(&buf, &ip, &mut out) {
                         Ok(Some(r)) => break r,
                         Ok(None) if buf.len() <= MAX_HEADER_BYTES => {}
                         Ok(None) => {
@@ -158,7 +163,7 @@ impl Front {
                     }
                 }
                 buf.reserve(READ_CHUNK);
-                match tokio::time::timeout(CLIENT_IDLE, io.read_buf(&mut buf)).await {
+                match tokio::time::timeout_at(deadline, io.read_buf(&mut buf)).await {
                     Ok(Ok(n)) if n > 0 => {}
                     _ => return End::Closed,
                 }
@@ -193,7 +198,7 @@ impl Front {
             self.metrics.count(&ingress, service_name, code, took, done.upstream_error);
             if let Some((method, host, path)) = log {
                 self.metrics.log(&metrics::Finished {
-                    client: &client.ip().to_string(),
+                    client: &ip,
                     protocol: "HTTP/1.1",
                     method: &method,
                     host: &host,
@@ -217,7 +222,7 @@ impl Front {
     /// Parse the head at the start of `buf` and decide what to do with it; a request to forward
     /// has its head for the endpoint written into `out`. `Ok(None)`: the head is not complete
     /// yet. `Err`: the status and reason to answer with before closing.
-    fn plan(&self, buf: &[u8], client: SocketAddr, out: &mut Vec<u8>) -> Result<Option<Request>, (u16, String)> {
+    fn plan(&self, buf: &[u8], ip: &str, out: &mut Vec<u8>) -> Result<Option<Request>, (u16, String)> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         let head_len = match req.parse(buf) {
@@ -296,7 +301,6 @@ impl Front {
             for h in req.headers.iter().filter(|h| !REQUEST_DROPPED.iter().any(|d| h.name.eq_ignore_ascii_case(d))) {
                 field(out, h.name, h.value);
             }
-            let ip = client.ip().to_string();
             match prior_xff {
                 Some(prior) => field(out, "X-Forwarded-For", format!("{prior}, {ip}").as_bytes()),
                 None => field(out, "X-Forwarded-For", ip.as_bytes()),

@@ -24,7 +24,7 @@ use hyper::body::Frame;
 use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
-use crate::h1::{Body, CONNECT_TRIES, Chunked, Forwarded, Front, MAX_HEADERS, READ_CHUNK, UnderWay, put_idle, write_out};
+use crate::h1::{Body, CLIENT_IDLE, CONNECT_TRIES, Chunked, Forwarded, Front, MAX_HEADERS, READ_CHUNK, UnderWay, put_idle, write_out};
 use crate::http3::{BoxError, Conn, strip_hop_by_hop};
 use crate::metrics;
 use crate::proxy::{self, MAX_HEADER_BYTES, Outcome};
@@ -42,7 +42,8 @@ impl Front {
     pub async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin>(&self, io: S, client: SocketAddr, shutdown: &ShutdownWatch) {
         let handshake = h2::server::Builder::new()
             .max_concurrent_streams(MAX_STREAMS)
-            .max_header_list_size(MAX_HEADER_BYTES as u32)
+            // Above the ingress's own limit, so a head over it gets the same 431 as on HTTP/1.1.
+            .max_header_list_size(2 * MAX_HEADER_BYTES as u32)
             .initial_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
             .handshake::<_, Bytes>(io);
@@ -57,17 +58,30 @@ impl Front {
         if closing {
             conn.graceful_shutdown();
         }
+        // A connection with no stream open for as long as an HTTP/1.1 one may idle is closed.
+        let idle = tokio::time::sleep(CLIENT_IDLE);
+        tokio::pin!(idle);
         loop {
             tokio::select! {
                 next = conn.accept() => match next {
-                    Some(Ok((req, respond))) => streams.push(self.h2_stream(req, respond, client)),
+                    Some(Ok((req, respond))) => {
+                        streams.push(self.h2_stream(req, respond, client));
+                    }
                     Some(Err(e)) => {
                         tracing::debug!(%client, error = %e, "HTTP/2 connection");
                         break;
                     }
                     None => break,
                 },
-                Some(()) = streams.next(), if !streams.is_empty() => {}
+                Some(()) = streams.next(), if !streams.is_empty() => {
+                    if streams.is_empty() {
+                        idle.as_mut().reset(tokio::time::Instant::now() + CLIENT_IDLE);
+                    }
+                }
+                _ = &mut idle, if streams.is_empty() && !closing => {
+                    closing = true;
+                    conn.graceful_shutdown();
+                }
                 _ = shutdown.changed(), if !closing => {
                     closing = true;
                     conn.graceful_shutdown();
