@@ -415,56 +415,28 @@ impl Front {
             // The response's head.
             ubuf.clear();
             loop {
-                if !ubuf.is_empty() {
-                    match self.response_head(ubuf, f.head, id, close, rout) {
-                        Ok(Some(h)) if (100..200).contains(&h.status) && h.status != 101 => {
-                            // An interim response (103 Early Hints): passed on; the final one follows.
-                            ubuf.advance(h.len);
-                            if write_out(io, rout, timeout).await.is_err() {
-                                done.close = true;
-                                return done;
-                            }
-                            continue;
-                        }
-                        Ok(Some(h)) if h.status == 101 => {
-                            done.upstream_error = Some("protocol");
-                            done.answer = Some((502, format!("endpoint {} of service {} switched protocols unasked", u.addr(i), u.name)));
-                            return done;
-                        }
-                        Ok(Some(h)) => break 'attempt (i, conn, h),
-                        Ok(None) if ubuf.len() <= MAX_HEADER_BYTES => {}
-                        Ok(None) => {
-                            done.upstream_error = Some("protocol");
-                            done.answer = Some((502, format!("endpoint {} of service {} sent a response head over {MAX_HEADER_BYTES} bytes", u.addr(i), u.name)));
-                            return done;
-                        }
-                        Err(e) => {
-                            done.upstream_error = Some("protocol");
-                            done.answer = Some((502, format!("endpoint {} of service {} sent a malformed response: {e}", u.addr(i), u.name)));
+                match read_head(&mut conn, ubuf, timeout, u, i, reused && f.body == 0, &mut done).await {
+                    Read::Head => {}
+                    Read::Again => {
+                        again = Some(i);
+                        continue 'attempt;
+                    }
+                    Read::Failed => return done,
+                }
+                match self.response_head(ubuf, f.head, id, close, rout) {
+                    Ok(Some(h)) if (100..200).contains(&h.status) && h.status != 101 => {
+                        // An interim response (103 Early Hints): passed on; the final one follows.
+                        ubuf.advance(h.len);
+                        if write_out(io, rout, timeout).await.is_err() {
+                            done.close = true;
                             return done;
                         }
                     }
+                    Ok(Some(h)) if h.status != 101 => break 'attempt (i, conn, h),
+                    Ok(Some(_)) => return unusable_head(done, u, i, "switched protocols unasked"),
+                    Ok(None) => return unusable_head(done, u, i, "sent a malformed response head"),
+                    Err(e) => return unusable_head(done, u, i, &format!("sent a malformed response: {e}")),
                 }
-                ubuf.reserve(READ_CHUNK);
-                let failure = match tokio::time::timeout(timeout, conn.read_buf(ubuf)).await {
-                    Ok(Ok(n)) if n > 0 => continue,
-                    Ok(Ok(_)) => "closed the connection without an answer".to_string(),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => {
-                        done.upstream_error = Some("read timeout");
-                        done.error = "read timeout".into();
-                        done.answer = Some((504, format!("endpoint {} of service {} sent no answer in {:?}", u.addr(i), u.name, timeout)));
-                        return done;
-                    }
-                };
-                if reused && f.body == 0 && ubuf.is_empty() {
-                    again = Some(i);
-                    continue 'attempt;
-                }
-                done.upstream_error = Some("read");
-                done.error = format!("{}: {failure}", u.addr(i));
-                done.answer = Some((502, format!("endpoint {} of service {} failed: {failure}", u.addr(i), u.name)));
-                return done;
             }
         };
         let _under_way = under_way;
@@ -615,6 +587,59 @@ impl Front {
         }
         Ok(Some(Head { len, status, body, keep_alive }))
     }
+}
+
+/// How reading a response head ended.
+pub(crate) enum Read {
+    /// `ubuf` starts with a whole head (perhaps an interim one).
+    Head,
+    /// A kept-alive connection turned out closed before any answer: send the request again on a
+    /// new one.
+    Again,
+    /// The ingress's answer is set.
+    Failed,
+}
+
+/// Read from an endpoint's connection into `ubuf` until it holds a whole response head, within
+/// `timeout` a read. A connection closed before any byte of answer is [`Read::Again`] when
+/// `retryable`.
+pub(crate) async fn read_head(conn: &mut TcpStream, ubuf: &mut BytesMut, timeout: Duration, u: &Upstream, i: usize, retryable: bool, done: &mut Forwarded) -> Read {
+    loop {
+        if ubuf.windows(4).any(|w| w == b"\r\n\r\n") {
+            return Read::Head;
+        }
+        if ubuf.len() > MAX_HEADER_BYTES {
+            *done = unusable_head(std::mem::take(done), u, i, &format!("sent a response head over {MAX_HEADER_BYTES} bytes"));
+            return Read::Failed;
+        }
+        ubuf.reserve(READ_CHUNK);
+        let failure = match tokio::time::timeout(timeout, conn.read_buf(ubuf)).await {
+            Ok(Ok(n)) if n > 0 => continue,
+            Ok(Ok(_)) => "closed the connection without an answer".to_string(),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => {
+                done.upstream_error = Some("read timeout");
+                done.error = "read timeout".into();
+                done.answer = Some((504, format!("endpoint {} of service {} sent no answer in {:?}", u.addr(i), u.name, timeout)));
+                return Read::Failed;
+            }
+        };
+        if retryable && ubuf.is_empty() {
+            return Read::Again;
+        }
+        done.upstream_error = Some("read");
+        done.error = format!("{}: {failure}", u.addr(i));
+        done.answer = Some((502, format!("endpoint {} of service {} failed: {failure}", u.addr(i), u.name)));
+        return Read::Failed;
+    }
+}
+
+/// `done` with the 502 for an endpoint's response head the ingress cannot pass on.
+pub(crate) fn unusable_head(mut done: Forwarded, u: &Upstream, i: usize, what: &str) -> Forwarded {
+    done.upstream_error = Some("protocol");
+    done.error = format!("{} {what}", u.addr(i));
+    done.answer = Some((502, format!("endpoint {} of service {} {what}", u.addr(i), u.name)));
+    done
 }
 
 /// A response head from an endpoint, parsed.

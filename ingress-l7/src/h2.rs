@@ -24,7 +24,7 @@ use hyper::body::Frame;
 use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
-use crate::h1::{Body, CLIENT_IDLE, CONNECT_TRIES, Chunked, Forwarded, Front, MAX_HEADERS, READ_CHUNK, UnderWay, put_idle, write_out};
+use crate::h1::{Body, CLIENT_IDLE, CONNECT_TRIES, Chunked, Forwarded, Front, MAX_HEADERS, READ_CHUNK, Read, UnderWay, put_idle, read_head, unusable_head, write_out};
 use crate::http3::{BoxError, Conn, strip_hop_by_hop};
 use crate::metrics;
 use crate::proxy::{self, MAX_HEADER_BYTES, Outcome};
@@ -240,51 +240,21 @@ impl Front {
             }
             // The response's head; interim (1xx) ones are skipped.
             loop {
-                if !ubuf.is_empty() {
-                    match response_head(&ubuf, head.method == http::Method::HEAD) {
-                        Ok(Some((len, status, ..))) if (100..200).contains(&status) && status != 101 => {
-                            ubuf.advance(len);
-                            continue;
-                        }
-                        Ok(Some((_, 101, ..))) => {
-                            done.upstream_error = Some("protocol");
-                            done.answer = Some((502, format!("endpoint {} of service {} switched protocols unasked", u.addr(i), u.name)));
-                            return done;
-                        }
-                        Ok(Some((len, status, headers, framing, keep_alive))) => break 'attempt (i, conn, len, status, headers, framing, keep_alive),
-                        Ok(None) if ubuf.len() <= MAX_HEADER_BYTES => {}
-                        Ok(None) => {
-                            done.upstream_error = Some("protocol");
-                            done.answer = Some((502, format!("endpoint {} of service {} sent a response head over {MAX_HEADER_BYTES} bytes", u.addr(i), u.name)));
-                            return done;
-                        }
-                        Err(e) => {
-                            done.upstream_error = Some("protocol");
-                            done.answer = Some((502, format!("endpoint {} of service {} sent a malformed response: {e}", u.addr(i), u.name)));
-                            return done;
-                        }
+                match read_head(&mut conn, &mut ubuf, timeout, u, i, reused && !has_body, &mut done).await {
+                    Read::Head => {}
+                    Read::Again => {
+                        again = Some(i);
+                        continue 'attempt;
                     }
+                    Read::Failed => return done,
                 }
-                ubuf.reserve(READ_CHUNK);
-                let failure = match tokio::time::timeout(timeout, conn.read_buf(&mut ubuf)).await {
-                    Ok(Ok(n)) if n > 0 => continue,
-                    Ok(Ok(_)) => "closed the connection without an answer".to_string(),
-                    Ok(Err(e)) => e.to_string(),
-                    Err(_) => {
-                        done.upstream_error = Some("read timeout");
-                        done.error = "read timeout".into();
-                        done.answer = Some((504, format!("endpoint {} of service {} sent no answer in {:?}", u.addr(i), u.name, timeout)));
-                        return done;
-                    }
-                };
-                if reused && !has_body && ubuf.is_empty() {
-                    again = Some(i);
-                    continue 'attempt;
+                match response_head(&ubuf, head.method == http::Method::HEAD) {
+                    Ok(Some((len, status, ..))) if (100..200).contains(&status) && status != 101 => ubuf.advance(len),
+                    Ok(Some((len, status, headers, framing, keep_alive))) if status != 101 => break 'attempt (i, conn, len, status, headers, framing, keep_alive),
+                    Ok(Some(_)) => return unusable_head(done, u, i, "switched protocols unasked"),
+                    Ok(None) => return unusable_head(done, u, i, "sent a malformed response head"),
+                    Err(e) => return unusable_head(done, u, i, &format!("sent a malformed response: {e}")),
                 }
-                done.upstream_error = Some("read");
-                done.error = format!("{}: {failure}", u.addr(i));
-                done.answer = Some((502, format!("endpoint {} of service {} failed: {failure}", u.addr(i), u.name)));
-                return done;
             }
         };
         let _under_way = under_way;
@@ -351,26 +321,14 @@ impl Front {
     #[allow(clippy::too_many_arguments)]
     async fn h2_to_h2c(&self, u: &Upstream, settings: &Settings, head: &http::request::Parts, body: RecvStream, host: &str, id: &str, client: SocketAddr, ingress: &str, respond: &mut SendResponse<Bytes>) -> Forwarded {
         let mut done = Forwarded::default();
-        let mut tried = Vec::new();
-        let tries = if proxy::idempotent(&head.method) { CONNECT_TRIES.min(u.endpoints.len().max(1)) } else { 1 };
-        let (i, mut conn) = loop {
-            let Some(i) = u.pick(settings.balance, &tried) else {
-                done.answer = Some((503, format!("service {} has no ready endpoints", u.name)));
+        let (last, got) = self.h2c.connect_any(u, settings, proxy::idempotent(&head.method), &self.metrics, ingress).await;
+        done.endpoint = last.map(|i| u.addr(i));
+        let (i, mut conn) = match got {
+            Ok(c) => c,
+            Err((status, body, error)) => {
+                done.error = error;
+                done.answer = Some((status, body));
                 return done;
-            };
-            tried.push(i);
-            done.endpoint = Some(u.addr(i));
-            match self.h2c.get(u.addr(i), true, settings.connect_timeout).await {
-                Ok(c) => break (i, c),
-                Err(e) => {
-                    u.connect_failed(i);
-                    self.metrics.upstream_errors.get_or_create(&metrics::UpstreamError { ingress: ingress.to_string(), service: u.name.clone(), kind: "connect".into() }).inc();
-                    if tried.len() >= tries {
-                        done.error = format!("connecting to {}: {e}", u.addr(i));
-                        done.answer = Some((502, format!("could not connect to an endpoint of service {}: {e}", u.name)));
-                        return done;
-                    }
-                }
             }
         };
         u.connected(i);

@@ -156,26 +156,14 @@ impl Http3 {
     /// Send the request to one of `u`'s endpoints and stream the answer back.
     async fn forward(&self, u: &Upstream, settings: &Settings, ingress: &str, head: http::request::Parts, host: &str, id: &str, client: SocketAddr, send: &mut SendHalf, recv: RecvHalf) -> Forwarded {
         let mut done = Forwarded::default();
-        let mut tried = Vec::new();
-        let tries = if proxy::idempotent(&head.method) { CONNECT_TRIES.min(u.endpoints.len().max(1)) } else { 1 };
-        let (i, mut conn) = loop {
-            let Some(i) = u.pick(settings.balance, &tried) else {
-                done.answer = Some((503, format!("service {} has no ready endpoints", u.name)));
+        let (last, got) = self.pool.connect_any(u, settings, proxy::idempotent(&head.method), &self.metrics, ingress).await;
+        done.endpoint = last;
+        let (i, mut conn) = match got {
+            Ok(c) => c,
+            Err((status, body, error)) => {
+                done.error = error;
+                done.answer = Some((status, body));
                 return done;
-            };
-            tried.push(i);
-            done.endpoint = Some(i);
-            match self.pool.get(u.addr(i), u.h2c, settings.connect_timeout).await {
-                Ok(c) => break (i, c),
-                Err(e) => {
-                    u.connect_failed(i);
-                    self.metrics.upstream_errors.get_or_create(&metrics::UpstreamError { ingress: ingress.to_string(), service: u.name.clone(), kind: "connect".into() }).inc();
-                    if tried.len() >= tries {
-                        done.error = format!("connecting to {}: {e}", u.addr(i));
-                        done.answer = Some((502, format!("could not connect to an endpoint of service {}: {e}", u.name)));
-                        return done;
-                    }
-                }
             }
         };
         u.connected(i);
@@ -412,6 +400,31 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// A connection to one of `u`'s endpoints: another one after a failed connect (each counted
+    /// towards the endpoint's ejection and in the metrics), up to three for an idempotent
+    /// request. Returns the endpoint last tried, and the connection or the status, body and
+    /// error of the answer to give instead.
+    pub(crate) async fn connect_any(&self, u: &Upstream, settings: &Settings, idempotent: bool, metrics: &Metrics, ingress: &str) -> (Option<usize>, std::result::Result<(usize, Conn), (u16, String, String)>) {
+        let tries = if idempotent { CONNECT_TRIES.min(u.endpoints.len().max(1)) } else { 1 };
+        let mut tried = Vec::new();
+        loop {
+            let Some(i) = u.pick(settings.balance, &tried) else {
+                return (tried.last().copied(), Err((503, format!("service {} has no ready endpoints", u.name), String::new())));
+            };
+            tried.push(i);
+            match self.get(u.addr(i), u.h2c, settings.connect_timeout).await {
+                Ok(c) => return (Some(i), Ok((i, c))),
+                Err(e) => {
+                    u.connect_failed(i);
+                    metrics.upstream_errors.get_or_create(&metrics::UpstreamError { ingress: ingress.to_string(), service: u.name.clone(), kind: "connect".into() }).inc();
+                    if tried.len() >= tries {
+                        return (Some(i), Err((502, format!("could not connect to an endpoint of service {}: {e}", u.name), format!("connecting to {}: {e}", u.addr(i)))));
+                    }
+                }
+            }
+        }
+    }
+
     pub(crate) async fn get(&self, addr: SocketAddr, h2c: bool, connect_timeout: Duration) -> Result<Conn> {
         if h2c {
             if let Some(s) = self.h2.lock().unwrap_or_else(|p| p.into_inner()).get(&addr).filter(|s| !s.is_closed()).cloned() {
