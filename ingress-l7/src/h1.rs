@@ -547,28 +547,7 @@ impl Front {
         let (Some(status), Some(version)) = (resp.code, resp.version) else {
             return Err(httparse::Error::Status);
         };
-        let mut keep_alive = version == 1;
-        let (mut length, mut chunked, mut coded) = (None::<u64>, false, false);
-        for h in resp.headers.iter() {
-            let value = std::str::from_utf8(h.value).unwrap_or("").trim();
-            if h.name.eq_ignore_ascii_case("connection") {
-                if value.split(',').any(|t| t.trim().eq_ignore_ascii_case("close")) {
-                    keep_alive = false;
-                }
-            } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-                coded = true;
-                chunked = value.rsplit(',').next().is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-            } else if h.name.eq_ignore_ascii_case("content-length") {
-                length = value.parse().ok();
-            }
-        }
-        let body = if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
-            Body::Length(0)
-        } else if coded {
-            if chunked { Body::Chunked(Chunked::default()) } else { Body::UntilClose }
-        } else {
-            length.map_or(Body::UntilClose, Body::Length)
-        };
+        let (body, keep_alive) = framing(status, version, head_request, resp.headers);
         let interim = (100..200).contains(&status);
         rout.clear();
         status_line(rout, status, resp.reason.unwrap_or(""));
@@ -640,6 +619,32 @@ pub(crate) fn unusable_head(mut done: Forwarded, u: &Upstream, i: usize, what: &
     done.error = format!("{} {what}", u.addr(i));
     done.answer = Some((502, format!("endpoint {} of service {} {what}", u.addr(i), u.name)));
     done
+}
+
+/// How a response's body ends, and whether the endpoint keeps the connection open after it,
+/// from its status, version and fields (and whether it answers a HEAD).
+pub(crate) fn framing(status: u16, version: u8, head_request: bool, fields: &[httparse::Header<'_>]) -> (Body, bool) {
+    let mut keep_alive = version == 1;
+    let (mut length, mut chunked, mut coded) = (None::<u64>, false, false);
+    for h in fields {
+        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
+        if h.name.eq_ignore_ascii_case("connection") {
+            keep_alive &= !value.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"));
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            coded = true;
+            chunked = value.rsplit(',').next().is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        } else if h.name.eq_ignore_ascii_case("content-length") {
+            length = value.parse().ok();
+        }
+    }
+    let body = if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
+        Body::Length(0)
+    } else if coded {
+        if chunked { Body::Chunked(Chunked::default()) } else { Body::UntilClose }
+    } else {
+        length.map_or(Body::UntilClose, Body::Length)
+    };
+    (body, keep_alive)
 }
 
 /// A response head from an endpoint, parsed.

@@ -24,7 +24,7 @@ use hyper::body::Frame;
 use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
-use crate::h1::{Body, CLIENT_IDLE, CONNECT_TRIES, Chunked, Forwarded, Front, MAX_HEADERS, READ_CHUNK, Read, UnderWay, put_idle, read_head, unusable_head, write_out};
+use crate::h1::{Body, CLIENT_IDLE, CONNECT_TRIES, Forwarded, Front, MAX_HEADERS, READ_CHUNK, Read, UnderWay, framing, put_idle, read_head, unusable_head, write_out};
 use crate::http3::{BoxError, Conn, strip_hop_by_hop};
 use crate::metrics;
 use crate::proxy::{self, MAX_HEADER_BYTES, Outcome};
@@ -504,37 +504,17 @@ fn response_head(ubuf: &[u8], head_request: bool) -> Result<Option<(usize, u16, 
     let (Some(status), Some(version)) = (resp.code, resp.version) else {
         return Err(httparse::Error::Status);
     };
-    let mut keep_alive = version == 1;
-    let (mut length, mut chunked, mut coded) = (None::<u64>, false, false);
+    let (body, keep_alive) = framing(status, version, head_request, resp.headers);
     let mut headers = HeaderMap::with_capacity(resp.headers.len());
     for h in resp.headers.iter() {
-        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
-        if h.name.eq_ignore_ascii_case("connection") {
-            keep_alive &= !value.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"));
-            continue;
-        }
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            coded = true;
-            chunked = value.rsplit(',').next().is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-            continue;
-        }
-        if h.name.eq_ignore_ascii_case("content-length") {
-            length = value.parse().ok();
-        }
-        if ["keep-alive", "proxy-connection", "upgrade", "te", "x-request-id"].iter().any(|d| h.name.eq_ignore_ascii_case(d)) {
+        let hop = ["connection", "transfer-encoding", "keep-alive", "proxy-connection", "upgrade", "te", "x-request-id"].iter().any(|d| h.name.eq_ignore_ascii_case(d));
+        if hop {
             continue;
         }
         if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(h.value)) {
             headers.append(n, v);
         }
     }
-    let body = if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
-        Body::Length(0)
-    } else if coded {
-        if chunked { Body::Chunked(Chunked::default()) } else { Body::UntilClose }
-    } else {
-        length.map_or(Body::UntilClose, Body::Length)
-    };
     Ok(Some((len, status, headers, body, keep_alive)))
 }
 
