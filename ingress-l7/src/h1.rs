@@ -540,12 +540,8 @@ impl Front {
     fn response_head(&self, ubuf: &[u8], head_request: bool, id: &str, close: bool, rout: &mut Vec<u8>) -> Result<Option<Head>, httparse::Error> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut headers);
-        let len = match resp.parse(ubuf)? {
-            httparse::Status::Complete(n) => n,
-            httparse::Status::Partial => return Ok(None),
-        };
-        let (Some(status), Some(version)) = (resp.code, resp.version) else {
-            return Err(httparse::Error::Status);
+        let Some((len, status, version)) = parse_response(&mut resp, ubuf)? else {
+            return Ok(None);
         };
         let (body, keep_alive) = framing(status, version, head_request, resp.headers);
         let interim = (100..200).contains(&status);
@@ -619,6 +615,18 @@ pub(crate) fn unusable_head(mut done: Forwarded, u: &Upstream, i: usize, what: &
     done.error = format!("{} {what}", u.addr(i));
     done.answer = Some((502, format!("endpoint {} of service {} {what}", u.addr(i), u.name)));
     done
+}
+
+/// Parse the response head at the start of `ubuf` into `resp`: its length, status and version,
+/// or `None` while it is incomplete.
+pub(crate) fn parse_response<'b>(resp: &mut httparse::Response<'_, 'b>, ubuf: &'b [u8]) -> Result<Option<(usize, u16, u8)>, httparse::Error> {
+    let httparse::Status::Complete(len) = resp.parse(ubuf)? else {
+        return Ok(None);
+    };
+    match (resp.code, resp.version) {
+        (Some(status), Some(version)) => Ok(Some((len, status, version))),
+        _ => Err(httparse::Error::Status),
+    }
 }
 
 /// How a response's body ends, and whether the endpoint keeps the connection open after it,

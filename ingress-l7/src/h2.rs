@@ -24,7 +24,7 @@ use hyper::body::Frame;
 use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
-use crate::h1::{Body, CLIENT_IDLE, CONNECT_TRIES, Forwarded, Front, MAX_HEADERS, READ_CHUNK, Read, UnderWay, framing, put_idle, read_head, unusable_head, write_out};
+use crate::h1::{Body, CLIENT_IDLE, CONNECT_TRIES, Forwarded, Front, MAX_HEADERS, READ_CHUNK, Read, UnderWay, framing, parse_response, put_idle, read_head, unusable_head, write_out};
 use crate::http3::{BoxError, Conn, strip_hop_by_hop};
 use crate::metrics;
 use crate::proxy::{self, MAX_HEADER_BYTES, Outcome};
@@ -497,12 +497,8 @@ fn request_head(head: &http::request::Parts, host: &str, id: &str, client: Socke
 fn response_head(ubuf: &[u8], head_request: bool) -> Result<Option<(usize, u16, HeaderMap, Body, bool)>, httparse::Error> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut fields);
-    let len = match resp.parse(ubuf)? {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial => return Ok(None),
-    };
-    let (Some(status), Some(version)) = (resp.code, resp.version) else {
-        return Err(httparse::Error::Status);
+    let Some((len, status, version)) = parse_response(&mut resp, ubuf)? else {
+        return Ok(None);
     };
     let (body, keep_alive) = framing(status, version, head_request, resp.headers);
     let mut headers = HeaderMap::with_capacity(resp.headers.len());
