@@ -1,7 +1,8 @@
 //! `ingress-l7`: the L7 ingress. It follows a cluster's Ingresses (of IngressClasses whose
 //! controller is `nodeless.io/ingress-l7`), Services, EndpointSlices and TLS Secrets, and
-//! proxies HTTP/1.1 and HTTP/2 (TLS by SNI, h2 by ALPN) to the ready endpoints, on pingora,
-//! and HTTP/3 over QUIC on the HTTPS port (quinn and h3).
+//! proxies HTTP/1.1 and HTTP/2 (TLS by SNI, h2 by ALPN) to the ready endpoints, by its own
+//! HTTP/1.1 and HTTP/2 paths on pingora-core's listeners and TLS (with pingora's proxy for the
+//! HTTP/1.1 requests those leave to it), and HTTP/3 over QUIC on the HTTPS port (quinn and h3).
 //!
 //!     ingress-l7 --kubeconfig nodeless.kubeconfig --http 0.0.0.0:80 --https 0.0.0.0:443
 
@@ -116,8 +117,9 @@ fn main() -> Result<()> {
         proxy.server_options = Some(HttpServerOptions::default());
         Arc::new(proxy)
     };
-    // Plain listeners also take HTTP/2 with prior knowledge (h2c), beside HTTP/1.1: which one a
-    // connection speaks is found once, when it opens, and it goes to the proxy for that.
+    // Each listener has its HTTP/1.1 and HTTP/2 fronts and a pingora proxy for the connections
+    // the HTTP/1.1 front hands over. Plain listeners also take HTTP/2 with prior knowledge (h2c):
+    // which protocol a connection speaks is found once, when it opens.
     let front = |scheme: &'static str| Arc::new(h1::Front { table: table.clone(), metrics: metrics.clone(), scheme, alt_svc: if scheme == "https" { alt_svc.clone() } else { None }, h2c: Default::default() });
     let plain = || Apps { front: front("http"), http1: app("http"), h2c: true };
     let secure = || Apps { front: front("https"), http1: app("https"), h2c: false };
@@ -253,8 +255,6 @@ fn reuseport_listener(addr: &str) -> Result<std::net::TcpListener> {
     Ok(socket.into())
 }
 
-/// Accept connections and hand each to the proxy (after the TLS handshake on an HTTPS
-/// listener), keeping a connection while the client keeps it alive.
 /// A listener's proxies: the HTTP/1.1 and HTTP/2 paths, and pingora's proxy for what the
 /// HTTP/1.1 path hands over; plain listeners also take h2c.
 struct Apps {
@@ -263,6 +263,8 @@ struct Apps {
     h2c: bool,
 }
 
+/// Accept connections and hand each to the front for its protocol (after the TLS handshake on an
+/// HTTPS listener), keeping a connection while the client keeps it alive.
 async fn serve(listener: TcpListener, apps: Apps, tls: Option<Arc<Acceptor>>, shutdown: ShutdownWatch) {
     loop {
         let (tcp, client) = match listener.accept().await {

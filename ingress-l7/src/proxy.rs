@@ -1,7 +1,9 @@
-//! The HTTP proxy on pingora: each request is routed by the current table (Host, path), sent
-//! round robin to one of its upstream's ready endpoints, and answered by the ingress itself when
-//! there is nowhere to send it (404 with no rule, 503 naming the reason when the backend cannot
-//! take it: never a hang).
+//! The admission policy every listener shares ([`admit`]), and the pingora proxy that serves the
+//! HTTP/1.1 connections the ingress's own HTTP/1.1 path hands over (chunked request bodies,
+//! upgrades, HTTP/1.0, routes to h2c endpoints): each request is routed by the current table
+//! (Host, path), sent to one of its upstream's ready endpoints, and answered by the ingress
+//! itself when there is nowhere to send it (404 with no rule, 503 naming the reason when the
+//! backend cannot take it: never a hang).
 
 use std::sync::Arc;
 use std::time::Duration;
