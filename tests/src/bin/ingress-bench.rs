@@ -61,14 +61,43 @@ fn group(cmd: &mut Command) -> &mut Command {
     std::os::unix::process::CommandExt::process_group(cmd, 0)
 }
 
-/// The CPU time of a process and its children (nginx's workers) so far.
-fn tree_cpu(pid: u32) -> f64 {
-    let mut total = cpu_seconds(pid).unwrap_or(0.0);
+/// The CPU time of a process and its children (nginx's workers) so far, in seconds: in user
+/// space, and in all.
+fn tree_cpu(pid: u32) -> (f64, f64) {
+    let mut pids = vec![pid];
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-    for c in children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()) {
-        total += cpu_seconds(c).unwrap_or(0.0);
-    }
-    total
+    pids.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
+    pids.into_iter().fold((0.0, 0.0), |(user, all), p| (user + user_seconds(p), all + cpu_seconds(p).unwrap_or(0.0)))
+}
+
+/// A process's CPU time in user space so far (`utime`, in USER_HZ = 100 ticks a second).
+fn user_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(11)).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0
+}
+
+/// The whole machine's busy CPU time so far, in seconds (user, nice, system, irq and softirq of
+/// `/proc/stat`'s first line; not idle, iowait, or the time a hypervisor gave to others): the
+/// proxy's, the load generator's, the backends' and the kernel's.
+fn machine_busy() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let ticks: Vec<f64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    [0, 1, 2, 5, 6].iter().filter_map(|&i| ticks.get(i)).sum::<f64>() / 100.0
+}
+
+/// The time a hypervisor gave this machine's CPUs to others so far, in seconds (steal).
+fn stolen() -> f64 {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    stat.lines().next().unwrap_or("").split_whitespace().nth(8).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0
+}
+
+/// TCP segments the machine has sent so far (`OutSegs` of `/proc/net/snmp`; on loopback every
+/// segment is sent once and received once).
+fn tcp_segments_sent() -> f64 {
+    let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (tcp.next().unwrap_or(""), tcp.next().unwrap_or(""));
+    names.split_whitespace().zip(values.split_whitespace()).find(|(name, _)| *name == "OutSegs").and_then(|(_, v)| v.parse().ok()).unwrap_or(0.0)
 }
 
 fn nginx(conf_dir: &Path, name: &str, conf: &str) -> Result<Proc> {
@@ -101,6 +130,9 @@ struct Run {
     rps: f64,
     p99_ms: f64,
     cpu_us_per_req: f64,
+    user_us_per_req: f64,
+    machine_us_per_req: f64,
+    segments_per_req: f64,
 }
 
 /// "1.23ms", "456.00us", "2.00s" -> milliseconds.
@@ -226,6 +258,9 @@ fn main() -> Result<()> {
     println!("{:<24} {:>14} {:>14} {:>8} {:>12} {:>12} {:>15} {:>15}", "", "rps ours", "rps nginx", "ratio", "p99 ours", "p99 nginx", "CPU/req ours", "CPU/req nginx");
     type Load<'a> = Box<dyn Fn(u16) -> Result<(f64, f64)> + 'a>;
     let log = d.join("h2load.log");
+    // Where the machine's time went, per case, printed after the ratios.
+    let mut costs = Vec::new();
+    let steal_before = stolen();
     let cases: Vec<(&str, u16, u16, Load<'_>)> = vec![
         ("HTTP/1.1", nl_h1, ng_h1, Box::new(|p| wrk(&format!("http://127.0.0.1:{p}/"), "bench.example", args.seconds, args.connections))),
         ("HTTP/1.1 + TLS", nl_tls, ng_tls, Box::new(|p| wrk(&format!("https://127.0.0.1:{p}/"), "bench.example", args.seconds, args.connections))),
@@ -236,10 +271,17 @@ fn main() -> Result<()> {
         let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
         for _ in 0..args.rounds.max(1) {
             for (k, (port, pid)) in [(*ours_port, ours.0.id()), (*nginx_port, nginx_pid)].into_iter().enumerate() {
-                let before = tree_cpu(pid);
+                let (before, machine, segments) = (tree_cpu(pid), machine_busy(), tcp_segments_sent());
                 let (rps, p99_ms) = load(port).with_context(|| format!("{label} through {}", if k == 0 { "ingress-l7" } else { "nginx" }))?;
-                let cpu = tree_cpu(pid) - before;
-                runs[k].push(Run { rps, p99_ms, cpu_us_per_req: cpu * 1e6 / (rps * args.seconds as f64).max(1.0) });
+                let (after, requests) = (tree_cpu(pid), (rps * args.seconds as f64).max(1.0));
+                runs[k].push(Run {
+                    rps,
+                    p99_ms,
+                    cpu_us_per_req: (after.1 - before.1) * 1e6 / requests,
+                    user_us_per_req: (after.0 - before.0) * 1e6 / requests,
+                    machine_us_per_req: (machine_busy() - machine) * 1e6 / requests,
+                    segments_per_req: (tcp_segments_sent() - segments) / requests,
+                });
             }
         }
         let m = |k: usize, f: fn(&Run) -> f64| median(runs[k].iter().map(f).collect());
@@ -248,8 +290,20 @@ fn main() -> Result<()> {
             "{:<24} {:>14.0} {:>14.0} {:>7.2}x {:>10.2}ms {:>10.2}ms {:>13.1}us {:>13.1}us",
             label, r0, r1, r0 / r1.max(1e-9), m(0, |r| r.p99_ms), m(1, |r| r.p99_ms), m(0, |r| r.cpu_us_per_req), m(1, |r| r.cpu_us_per_req)
         );
+        costs.push((label, [0, 1].map(|k| (m(k, |r| r.segments_per_req), m(k, |r| r.machine_us_per_req))), m(0, |r| r.user_us_per_req), m(1, |r| r.user_us_per_req)));
     }
     println!("(rps ratio: ingress-l7 over nginx, goal >= 1.2x; p99 and CPU per request: lower is better)");
+    // The load generator, the backends and both proxies share the machine's cores, and the
+    // machine is busy throughout: requests per second are its CPU time over the CPU time a request
+    // costs all of them together. The last column is the ratio if ingress-l7 spent no time at all
+    // in user space, everything else the same: how far any change to our own code could go.
+    println!();
+    println!("{:<24} {:>14} {:>14} {:>15} {:>15} {:>12} {:>12} {:>14}", "", "TCP segs ours", "TCP segs nginx", "machine ours", "machine nginx", "user ours", "user nginx", "no-user ratio");
+    for (label, [(seg0, mach0), (seg1, mach1)], user0, user1) in costs {
+        println!("{:<24} {:>14.2} {:>14.2} {:>13.1}us {:>13.1}us {:>10.1}us {:>10.1}us {:>13.2}x", label, seg0, seg1, mach0, mach1, user0, user1, mach1 / (mach0 - user0).max(1e-9));
+    }
+    println!("(per request: TCP segments sent on the machine, the machine's busy CPU time, the proxy's CPU time in user space)");
+    println!("CPU time the hypervisor gave to others during the runs (steal): {:.1} s", stolen() - steal_before);
     drop(ours);
     drop(procs);
     Ok(())
