@@ -583,11 +583,17 @@ spec:
 
 /// User plus system CPU time of a process (all its threads) so far, in seconds.
 pub fn cpu_seconds(pid: u32) -> Result<f64> {
+    let (user, system) = cpu_times(pid)?;
+    Ok(user + system)
+}
+
+/// A process's CPU time so far, in seconds: in user space, and in the kernel.
+pub fn cpu_times(pid: u32) -> Result<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The fields after the command name (which may hold spaces), from field 3 on.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow::anyhow!("malformed /proc/{pid}/stat"))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = fields.get(11).and_then(|v| v.parse().ok()).unwrap_or(0) + fields.get(12).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    // USER_HZ is 100 on Linux.
-    Ok(ticks as f64 / 100.0)
+    // utime and stime, in USER_HZ: 100 on Linux.
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) as f64 / 100.0;
+    Ok((ticks(11), ticks(12)))
 }

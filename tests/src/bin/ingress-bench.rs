@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use nodeless_tests::{Nodeless, cpu_seconds, free_port, workspace_binary};
+use nodeless_tests::{Nodeless, cpu_times, free_port, workspace_binary};
 
 #[derive(Parser)]
 struct Args {
@@ -67,28 +67,27 @@ fn tree_cpu(pid: u32) -> (f64, f64) {
     let mut pids = vec![pid];
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     pids.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
-    pids.into_iter().fold((0.0, 0.0), |(user, all), p| (user + user_seconds(p), all + cpu_seconds(p).unwrap_or(0.0)))
+    pids.into_iter().filter_map(|p| cpu_times(p).ok()).fold((0.0, 0.0), |(user, all), (u, k)| (user + u, all + u + k))
 }
 
-/// A process's CPU time in user space so far (`utime`, in USER_HZ = 100 ticks a second).
-fn user_seconds(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(11)).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0
+/// The machine's CPU times so far, in seconds: the fields of `/proc/stat`'s first line (user,
+/// nice, system, idle, iowait, irq, softirq, steal, ...).
+fn machine_cpu() -> Vec<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse::<f64>().ok()).map(|t| t / 100.0).collect()
 }
 
-/// The whole machine's busy CPU time so far, in seconds (user, nice, system, irq and softirq of
-/// `/proc/stat`'s first line; not idle, iowait, or the time a hypervisor gave to others): the
-/// proxy's, the load generator's, the backends' and the kernel's.
+/// The whole machine's busy CPU time so far (user, nice, system, irq and softirq; not idle,
+/// iowait, or the time a hypervisor gave to others): the proxy's, the load generator's, the
+/// backends' and the kernel's.
 fn machine_busy() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let ticks: Vec<f64> = stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
-    [0, 1, 2, 5, 6].iter().filter_map(|&i| ticks.get(i)).sum::<f64>() / 100.0
+    let cpu = machine_cpu();
+    [0, 1, 2, 5, 6].iter().filter_map(|&i| cpu.get(i)).sum()
 }
 
-/// The time a hypervisor gave this machine's CPUs to others so far, in seconds (steal).
+/// The time a hypervisor gave this machine's CPUs to others so far (steal).
 fn stolen() -> f64 {
-    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    stat.lines().next().unwrap_or("").split_whitespace().nth(8).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0) / 100.0
+    machine_cpu().get(7).copied().unwrap_or(0.0)
 }
 
 /// TCP segments the machine has sent so far (`OutSegs` of `/proc/net/snmp`; on loopback every
