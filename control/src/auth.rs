@@ -1,4 +1,7 @@
-//! Bearer-token authentication with two roles: admin (everything) and viewer (read only).
+//! Bearer-token authentication with two roles: admin (everything) and viewer — Kubernetes'
+//! `view` ClusterRole: reads, but no Secrets (a Secret's bytes are credentials, not a view of the
+//! cluster) and none of the subresources that reach into a pod (exec, attach, port-forward,
+//! proxy), whatever the method: a websocket exec is a GET with `Upgrade`.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -21,6 +24,49 @@ impl Role {
 }
 
 /// The token file under the data directory.
+/// Subresources that act on a running pod or node rather than show an object.
+const ACTING_SUBRESOURCES: [&str; 4] = ["exec", "attach", "portforward", "proxy"];
+
+/// What a request asks for, as far as authorization cares.
+#[derive(Clone, Copy, Debug)]
+pub struct Request<'a> {
+    /// GET or HEAD (list and watch included).
+    pub read: bool,
+    pub group: &'a str,
+    pub plural: &'a str,
+    pub sub: Option<&'a str>,
+}
+
+/// Why a role may not do what it asked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Denial {
+    /// The role only reads.
+    Write,
+    /// Secrets are not part of the view.
+    Secrets,
+    /// exec, attach, port-forward and proxy act on a pod, whatever the method.
+    Acting,
+}
+
+impl Role {
+    /// The one authorization decision: `Ok` or why not.
+    pub fn authorize(self, r: &Request<'_>) -> Result<(), Denial> {
+        if self == Role::Admin {
+            return Ok(());
+        }
+        if r.sub.is_some_and(|s| ACTING_SUBRESOURCES.contains(&s)) {
+            return Err(Denial::Acting);
+        }
+        if r.group.is_empty() && r.plural == "secrets" {
+            return Err(Denial::Secrets);
+        }
+        if !r.read {
+            return Err(Denial::Write);
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Tokens {
@@ -88,5 +134,26 @@ mod tests {
         assert_eq!(auth.authenticate(Some("Bearer x")), None);
         assert_eq!(auth.authenticate(Some("Basic a1")), None);
         assert_eq!(auth.authenticate(None), None);
+    }
+
+    #[test]
+    fn the_viewer_is_kubernetes_view_role() {
+        let req = |read, group, plural, sub| Request { read, group, plural, sub };
+        let v = Role::Viewer;
+        assert_eq!(v.authorize(&req(true, "", "pods", None)), Ok(()));
+        assert_eq!(v.authorize(&req(true, "", "pods", Some("log"))), Ok(()));
+        assert_eq!(v.authorize(&req(true, "apps", "deployments", Some("scale"))), Ok(()));
+        assert_eq!(v.authorize(&req(false, "", "pods", None)), Err(Denial::Write));
+        for sub in ACTING_SUBRESOURCES {
+            assert_eq!(v.authorize(&req(true, "", "pods", Some(sub))), Err(Denial::Acting), "{sub}");
+            assert_eq!(v.authorize(&req(false, "", "pods", Some(sub))), Err(Denial::Acting), "{sub}");
+        }
+        assert_eq!(v.authorize(&req(true, "", "services", Some("proxy"))), Err(Denial::Acting));
+        assert_eq!(v.authorize(&req(true, "", "secrets", None)), Err(Denial::Secrets));
+        // A CRD's resource that happens to be called secrets is not the core kind.
+        assert_eq!(v.authorize(&req(true, "example.com", "secrets", None)), Ok(()));
+        for sub in [None, Some("exec")] {
+            assert_eq!(Role::Admin.authorize(&req(false, "", "secrets", sub)), Ok(()));
+        }
     }
 }

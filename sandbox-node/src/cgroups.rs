@@ -89,6 +89,39 @@ pub fn remove_empty(parent: &str) {
     }
 }
 
+/// Processes and threads one pod may have at once, all its containers together (kubelet's
+/// `podPidsLimit`, which a serverless platform cannot leave unlimited): a fork bomb ends here,
+/// inside its pod, far below the node's own limit.
+pub const POD_PIDS_MAX: i64 = 4096;
+
+/// The pod's own cgroup in the pids controller: `<parent>/<uid>` in the v1 `pids` hierarchy, or
+/// in the unified one (where `pids` is enabled for every level above it first).
+fn pod_pids_dir(layout: &Layout, parent: &str, uid: &str) -> std::path::PathBuf {
+    let rel = Path::new(parent.trim_start_matches('/')).join(uid);
+    match layout {
+        Layout::Unified => Path::new("/sys/fs/cgroup").join(rel),
+        _ => Path::new("/sys/fs/cgroup/pids").join(rel),
+    }
+}
+
+/// Cap the processes of the pod `uid` (its cgroup under `parent`, which the runtime then puts
+/// each container's cgroup below) at `max`.
+pub fn limit_pod_pids(parent: &str, uid: &str, max: i64) -> Result<(), String> {
+    let layout = layout();
+    let dir = pod_pids_dir(&layout, parent, uid);
+    if layout == Layout::Unified {
+        let mut level = Path::new("/sys/fs/cgroup").to_path_buf();
+        for part in Path::new(parent.trim_start_matches('/')).components() {
+            std::fs::write(level.join("cgroup.subtree_control"), "+pids").map_err(|e| format!("enabling pids in {}: {e}", level.display()))?;
+            level.push(part);
+            std::fs::create_dir_all(&level).map_err(|e| format!("{}: {e}", level.display()))?;
+        }
+        std::fs::write(level.join("cgroup.subtree_control"), "+pids").map_err(|e| format!("enabling pids in {}: {e}", level.display()))?;
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("creating the pod's pids cgroup {}: {e}", dir.display()))?;
+    std::fs::write(dir.join("pids.max"), max.to_string()).map_err(|e| format!("limiting the pod's processes in {}: {e}", dir.display()))
+}
+
 /// Whether crun can run containers on this layout.
 pub fn crun_supported(layout: &Layout) -> bool {
     !matches!(layout, Layout::Hybrid { v2_controllers } if !v2_controllers.is_empty())

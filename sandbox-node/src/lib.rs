@@ -5,6 +5,7 @@
 //! run by an OCI runtime (runc or crun) under a small shim that outlives the node. Status flows
 //! back to control as a kubelet's does; logs and exec are served on the kubelet API.
 
+pub mod beneath;
 pub mod cgroups;
 pub mod image;
 pub mod shim_proto;

@@ -28,7 +28,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 
-use crate::auth::{Authenticator, Role};
+use crate::auth::{self, Authenticator, Role};
 use crate::ipalloc::IpAllocator;
 use crate::store::Store;
 use error::ApiError;
@@ -201,7 +201,13 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Response<
             Ok(resp)
         }
         Route::Resource(target) => {
-            if role == Role::Viewer && !matches!(*req.method(), Method::GET | Method::HEAD) {
+            let asked = auth::Request {
+                read: matches!(*req.method(), Method::GET | Method::HEAD),
+                group: &target.group,
+                plural: &target.plural,
+                sub: target.sub.as_deref(),
+            };
+            if role.authorize(&asked).is_err() {
                 return Err(forbidden_for(role, req.method(), &target));
             }
             handlers::dispatch(&state, target, req).await
@@ -211,6 +217,8 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Response<
 
 fn forbidden_for(role: Role, method: &Method, t: &Target) -> ApiError {
     let verb = match *method {
+        Method::GET | Method::HEAD if t.name.is_none() => "list",
+        Method::GET | Method::HEAD => "get",
         Method::POST => "create",
         Method::PUT => "update",
         Method::PATCH => "patch",

@@ -1,13 +1,19 @@
 //! Unpacking one image layer into a directory overlayfs can stack: AUFS-style whiteouts in the
 //! tar (`.wh.<name>`, `.wh..wh..opq`) become overlayfs whiteouts (a 0/0 character device) and
-//! opaque directories (`trusted.overlay.opaque=y`).
+//! opaque directories (`trusted.overlay.opaque=y`). tar's own checks keep its entries inside the
+//! layer; the whiteouts and markers made here go through [`crate::beneath`] so that a symlink an
+//! earlier entry planted is never followed out of it.
 
 use std::io::Read;
 use std::path::{Component, Path, PathBuf};
 
+use std::os::fd::OwnedFd;
+
+use rustix::fs::{FileType, Mode, OFlags, XattrFlags};
 use sha2::{Digest, Sha256};
 
 use super::ImageError;
+use crate::beneath::{self, Resolve};
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
@@ -65,6 +71,25 @@ fn inside(path: &Path) -> Option<PathBuf> {
     Some(out)
 }
 
+/// An opaque-directory marker or a whiteout, made in the layer's own tree: its directory is
+/// resolved beneath the layer with no symlink anywhere on the way (the tar's own entries may
+/// have planted one pointing at the node's files), and every change is made through that
+/// directory's descriptor.
+fn mark_hidden(root: &OwnedFd, rel: &Path, name: &str) -> std::io::Result<()> {
+    let parent = rel.parent().unwrap_or(Path::new(""));
+    let dir = beneath::mkdir_all(root, parent, 0o755, Resolve::NoSymlinks)?;
+    if name == OPAQUE {
+        let dir = beneath::open(&dir, Path::new(""), OFlags::RDONLY | OFlags::DIRECTORY, 0, Resolve::NoSymlinks)?;
+        return Ok(rustix::fs::fsetxattr(&dir, "trusted.overlay.opaque", b"y", XattrFlags::empty())?);
+    }
+    let hidden = Path::new(&name[WHITEOUT_PREFIX.len()..]);
+    if hidden.as_os_str().is_empty() || hidden.components().count() != 1 || hidden == Path::new("..") || hidden == Path::new(".") {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "a whiteout must name one entry"));
+    }
+    beneath::remove(&dir, hidden)?;
+    Ok(rustix::fs::mknodat(&dir, hidden, FileType::CharacterDevice, Mode::empty(), 0)?)
+}
+
 /// Unpack a layer tar stream into `dst` (which exists and is empty) and return its diff ID.
 pub fn unpack_layer(stream: Box<dyn Read>, dst: &Path) -> Result<String, ImageError> {
     let mut hashing = HashingReader::new(stream);
@@ -75,6 +100,7 @@ pub fn unpack_layer(stream: Box<dyn Read>, dst: &Path) -> Result<String, ImageEr
         archive.set_preserve_mtime(true);
         archive.set_unpack_xattrs(false);
         archive.set_overwrite(true);
+        let root = beneath::open_dir(dst).map_err(ImageError::io("opening the layer directory"))?;
         let entries = archive.entries().map_err(|e| ImageError::Corrupt(format!("layer is not a tar archive: {e}")))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| ImageError::Corrupt(format!("layer tar: {e}")))?;
@@ -83,19 +109,8 @@ pub fn unpack_layer(stream: Box<dyn Read>, dst: &Path) -> Result<String, ImageEr
                 return Err(ImageError::Corrupt(format!("layer entry {} leaves the layer", raw.display())));
             };
             let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
-            if name == OPAQUE {
-                let dir = dst.join(rel.parent().unwrap_or(Path::new("")));
-                std::fs::create_dir_all(&dir).map_err(ImageError::io("creating a directory"))?;
-                xattr::set(&dir, "trusted.overlay.opaque", b"y").map_err(ImageError::io("marking an opaque directory"))?;
-                continue;
-            }
-            if let Some(hidden) = name.strip_prefix(WHITEOUT_PREFIX) {
-                let dir = dst.join(rel.parent().unwrap_or(Path::new("")));
-                std::fs::create_dir_all(&dir).map_err(ImageError::io("creating a directory"))?;
-                let target = dir.join(hidden);
-                let _ = std::fs::remove_file(&target);
-                nix::sys::stat::mknod(&target, nix::sys::stat::SFlag::S_IFCHR, nix::sys::stat::Mode::empty(), 0)
-                    .map_err(|e| ImageError::Io { what: "creating a whiteout".into(), source: e.into() })?;
+            if name == OPAQUE || name.starts_with(WHITEOUT_PREFIX) {
+                mark_hidden(&root, &rel, &name).map_err(|e| ImageError::Corrupt(format!("layer entry {}: {e}", raw.display())))?;
                 continue;
             }
             let unpacked = entry.unpack_in(dst).map_err(|e| ImageError::Corrupt(format!("unpacking {}: {e}", raw.display())))?;
@@ -105,4 +120,72 @@ pub fn unpack_layer(stream: Box<dyn Read>, dst: &Path) -> Result<String, ImageEr
         }
     }
     hashing.finish().map_err(ImageError::io("reading a layer"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(entries: &[(&str, tar::EntryType, &str)]) -> Box<dyn Read> {
+        let mut b = tar::Builder::new(Vec::new());
+        for (path, kind, data) in entries {
+            let mut h = tar::Header::new_gnu();
+            h.set_entry_type(*kind);
+            h.set_mode(0o755);
+            h.set_mtime(0);
+            h.set_uid(0);
+            h.set_gid(0);
+            if *kind == tar::EntryType::Symlink {
+                h.set_size(0);
+                b.append_link(&mut h, path, data).unwrap();
+            } else {
+                h.set_size(data.len() as u64);
+                b.append_data(&mut h, path, data.as_bytes()).unwrap();
+            }
+        }
+        Box::new(std::io::Cursor::new(b.into_inner().unwrap()))
+    }
+
+    /// The attack of the issue: a symlink to a node directory, then a whiteout "inside" it.
+    #[test]
+    fn a_whiteout_through_a_symlink_is_refused_and_changes_nothing_outside() {
+        let t = tempfile::tempdir().unwrap();
+        let (dst, host) = (t.path().join("layer"), t.path().join("host"));
+        std::fs::create_dir_all(&dst).unwrap();
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(host.join("passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
+        let host_s = host.display().to_string();
+        for (kind, second) in [("whiteout", "a/.wh.passwd"), ("opaque", "a/.wh..wh..opq"), ("nested whiteout", "a/sub/.wh.x")] {
+            let _ = std::fs::remove_file(dst.join("a"));
+            let tar = layer(&[("a", tar::EntryType::Symlink, &host_s), (second, tar::EntryType::Regular, "")]);
+            let err = unpack_layer(tar, &dst).unwrap_err();
+            assert!(matches!(err, ImageError::Corrupt(_)), "{kind}: {err}");
+            assert_eq!(std::fs::read_to_string(host.join("passwd")).unwrap(), "root:x:0:0::/root:/bin/sh\n", "{kind}");
+            assert!(!host.join("sub").exists(), "{kind}");
+            assert!(xattr::get(&host, "trusted.overlay.opaque").unwrap().is_none(), "{kind}");
+        }
+    }
+
+    #[test]
+    fn whiteouts_and_opaque_markers_in_the_layer_itself() {
+        let t = tempfile::tempdir().unwrap();
+        let dst = t.path().join("layer");
+        std::fs::create_dir_all(&dst).unwrap();
+        let tar = layer(&[
+            ("etc/", tar::EntryType::Directory, ""),
+            ("etc/.wh.motd", tar::EntryType::Regular, ""),
+            ("var/lib/.wh..wh..opq", tar::EntryType::Regular, ""),
+            ("bin/sh", tar::EntryType::Regular, "#!"),
+        ]);
+        let id = unpack_layer(tar, &dst).unwrap();
+        assert!(id.starts_with("sha256:"));
+        use std::os::unix::fs::FileTypeExt;
+        let m = std::fs::symlink_metadata(dst.join("etc/motd")).unwrap();
+        assert!(m.file_type().is_char_device());
+        assert_eq!(xattr::get(dst.join("var/lib"), "trusted.overlay.opaque").unwrap().as_deref(), Some(&b"y"[..]));
+        assert_eq!(std::fs::read_to_string(dst.join("bin/sh")).unwrap(), "#!");
+        // A whiteout cannot name its own directory's parent.
+        let tar = layer(&[("x/.wh...", tar::EntryType::Regular, "")]);
+        assert!(unpack_layer(tar, &dst).is_err());
+    }
 }

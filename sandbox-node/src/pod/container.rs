@@ -8,7 +8,11 @@ use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 use kube::Api;
 use nodeless_types::quantity::parse_quantity;
 
+use crate::beneath::{self, Resolve};
 use crate::image::ImageConfig;
+
+/// The largest image /etc/passwd or /etc/group the node reads for a user name.
+const MAX_ACCOUNTS_FILE: u64 = 4 << 20;
 use crate::spec::{Limits, capabilities};
 
 /// Expand `$(NAME)` from `vars`; `$$(NAME)` is a literal `$(NAME)`; unknown names stay as written.
@@ -196,7 +200,8 @@ pub fn limits(c: &Container) -> Result<Limits, String> {
         memory_bytes: get(limits, "memory")?.map(|q| q.units_ceil() as i64),
         cpu_millis: get(limits, "cpu")?.map(|q| q.milli().max(10) as i64),
         cpu_request_millis: get(requests, "cpu")?.or(get(limits, "cpu")?).map(|q| q.milli() as i64),
-        pids: None,
+        // Each container at most the pod's cap too, in case its cgroup is placed elsewhere.
+        pids: Some(crate::cgroups::POD_PIDS_MAX),
     })
 }
 
@@ -207,7 +212,9 @@ pub fn user(pod: &Pod, c: &Container, image_user: &str, rootfs: &std::path::Path
     let csc = c.security_context.as_ref();
     let (img_user, img_group) = image_user.split_once(':').map_or((image_user, None), |(u, g)| (u, Some(g)));
     let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
-        let text = std::fs::read_to_string(rootfs.join(file)).ok()?;
+        // The image's file: resolved inside its rootfs, bounded, a regular file only.
+        let root = beneath::open_dir(rootfs).ok()?;
+        let text = String::from_utf8(beneath::read(&root, std::path::Path::new(file), Resolve::InRoot, MAX_ACCOUNTS_FILE, false).ok()?).ok()?;
         text.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
             if f.first() != Some(&name) {

@@ -1,12 +1,19 @@
 //! Files a pod's containers see that the node writes: /etc/hosts, /etc/hostname,
 //! /etc/resolv.conf (from dnsPolicy and dnsConfig), and the simple volumes
 //! (emptyDir, configMap, secret); the CSI-shaped drivers of `volumes/` take over the rest.
+//! configMap and secret volumes are always read-only in the pod and written by
+//! [`super::projection`]; subPaths are resolved beneath their volume and mounted by descriptor.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Volume};
+use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Volume};
 use kube::Api;
+use nix::mount::MsFlags;
+use rustix::fs::OFlags;
 
+use super::projection;
+use crate::beneath::{self, Resolve};
 use crate::spec::BindMount;
 
 pub struct DnsSettings<'a> {
@@ -85,23 +92,6 @@ pub fn resolv_conf(pod: &Pod, dns: &DnsSettings<'_>) -> String {
     out
 }
 
-fn write_key_files(dir: &Path, data: Vec<(String, Vec<u8>)>, mode: u32) -> Result<(), String> {
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-    for (key, value) in data {
-        if key.contains("..") || key.starts_with('/') {
-            return Err(format!("key path {key:?} leaves the volume"));
-        }
-        let p = dir.join(&key);
-        if let Some(parent) = p.parent() {
-            std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
-        }
-        std::fs::write(&p, value).map_err(|e| format!("{}: {e}", p.display()))?;
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).map_err(|e| format!("{}: {e}", p.display()))?;
-    }
-    Ok(())
-}
-
 /// Choose keys (all, or `items` with their paths and modes).
 fn select(data: Vec<(String, Vec<u8>)>, items: Option<&Vec<k8s_openapi::api::core::v1::KeyToPath>>, what: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
     match items {
@@ -115,17 +105,30 @@ fn select(data: Vec<(String, Vec<u8>)>, items: Option<&Vec<k8s_openapi::api::cor
     }
 }
 
-/// Prepare each volume under `dir` and return its host path; unsupported kinds are an error
+/// A pod volume prepared on the node.
+#[derive(Clone, Debug)]
+pub struct PodVolume {
+    pub name: String,
+    pub path: PathBuf,
+    /// configMap and secret volumes: the node writes them, the pod only reads them.
+    pub read_only: bool,
+}
+
+/// Prepare each volume under `dir` and return where it is; unsupported kinds are an error
 /// naming the volume (CreateContainerConfigError).
-pub async fn prepare_volumes(client: &kube::Client, pod: &Pod, dir: &Path) -> Result<Vec<(String, PathBuf)>, String> {
+pub async fn prepare_volumes(client: &kube::Client, pod: &Pod, dir: &Path) -> Result<Vec<PodVolume>, String> {
     let ns = pod.metadata.namespace.clone().unwrap_or_default();
     let mut out = Vec::new();
     for v in pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default() {
         let path = dir.join(&v.name);
         prepare_one(client, &ns, &v, &path).await?;
-        out.push((v.name.clone(), path));
+        out.push(PodVolume { name: v.name.clone(), path, read_only: v.config_map.is_some() || v.secret.is_some() });
     }
     Ok(out)
+}
+
+fn project(v: &Volume, path: &Path, data: &[(String, Vec<u8>)], mode: Option<i32>) -> Result<(), String> {
+    projection::write(path, data, mode.unwrap_or(0o644) as u32).map_err(|e| format!("volume {:?}: {e}", v.name))
 }
 
 async fn prepare_one(client: &kube::Client, ns: &str, v: &Volume, path: &Path) -> Result<(), String> {
@@ -136,49 +139,80 @@ async fn prepare_one(client: &kube::Client, ns: &str, v: &Volume, path: &Path) -
         let got = Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt(&cm.name).await.map_err(|e| format!("volume {:?}: {e}", v.name))?;
         let Some(got) = got else {
             if cm.optional.unwrap_or(false) {
-                return std::fs::create_dir_all(path).map_err(|e| e.to_string());
+                return project(v, path, &[], cm.default_mode);
             }
             return Err(format!("configmap \"{}\" not found", cm.name));
         };
         let mut data: Vec<(String, Vec<u8>)> = got.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
         data.extend(got.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
         let data = select(data, cm.items.as_ref(), &format!("configmap {:?}", cm.name))?;
-        return write_key_files(path, data, cm.default_mode.unwrap_or(0o644) as u32);
+        return project(v, path, &data, cm.default_mode);
     }
     if let Some(s) = &v.secret {
         let name = s.secret_name.clone().unwrap_or_default();
         let got = Api::<Secret>::namespaced(client.clone(), ns).get_opt(&name).await.map_err(|e| format!("volume {:?}: {e}", v.name))?;
         let Some(got) = got else {
             if s.optional.unwrap_or(false) {
-                return std::fs::create_dir_all(path).map_err(|e| e.to_string());
+                return project(v, path, &[], s.default_mode);
             }
             return Err(format!("secret \"{name}\" not found"));
         };
         let data: Vec<(String, Vec<u8>)> = got.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
         let data = select(data, s.items.as_ref(), &format!("secret {name:?}"))?;
-        return write_key_files(path, data, s.default_mode.unwrap_or(0o644) as u32);
+        return project(v, path, &data, s.default_mode);
     }
     Err(format!("volume {:?}: this volume type is not supported by the node yet (emptyDir, configMap and secret are)", v.name))
 }
 
-/// The bind mounts for one container's volumeMounts.
-pub fn volume_mounts(c: &k8s_openapi::api::core::v1::Container, volumes: &[(String, PathBuf)]) -> Result<Vec<BindMount>, String> {
+/// The bind mounts for one container's volumeMounts. A `subPath` (or `subPathExpr`, expanded
+/// from the container's environment) is opened beneath its volume — links inside the volume
+/// are followed, links out of it are an error — and the directory or file found is bind-mounted
+/// by descriptor at `subpaths/<n>` under `bundle`, which the runtime then mounts: what the pod
+/// does to the path afterwards changes nothing. The caller unmounts those once the container
+/// runs (see `teardown::unmount_bundle`).
+pub fn volume_mounts(c: &Container, volumes: &[PodVolume], vars: &BTreeMap<String, String>, bundle: &Path) -> Result<Vec<BindMount>, String> {
     let mut out = Vec::new();
-    for m in c.volume_mounts.iter().flatten() {
-        let (_, host) = volumes.iter().find(|(n, _)| *n == m.name).ok_or_else(|| format!("volumeMount {:?}: no volume of that name", m.name))?;
-        let mut source = host.clone();
-        if let Some(sub) = m.sub_path.as_deref().filter(|s| !s.is_empty()) {
-            if sub.split('/').any(|c| c == "..") || sub.starts_with('/') {
-                return Err(format!("volumeMount {:?}: subPath {sub:?} leaves the volume", m.name));
+    for (i, m) in c.volume_mounts.iter().flatten().enumerate() {
+        let vol = volumes.iter().find(|v| v.name == m.name).ok_or_else(|| format!("volumeMount {:?}: no volume of that name", m.name))?;
+        let read_only = vol.read_only || m.read_only.unwrap_or(false);
+        let sub = match (m.sub_path.as_deref().filter(|s| !s.is_empty()), m.sub_path_expr.as_deref().filter(|s| !s.is_empty())) {
+            (Some(_), Some(_)) => return Err(format!("volumeMount {:?}: subPath and subPathExpr are mutually exclusive", m.name)),
+            (Some(s), None) => Some(s.to_string()),
+            (None, Some(e)) => Some(super::container::expand(e, vars)),
+            (None, None) => None,
+        };
+        let source = match sub {
+            None => vol.path.clone(),
+            Some(sub) => {
+                let target = bundle.join("subpaths").join(i.to_string());
+                bind_sub_path(&vol.path, &sub, &target).map_err(|e| format!("volumeMount {:?}: subPath {sub:?}: {e}", m.name))?;
+                target
             }
-            source = host.join(sub);
-            if !source.exists() {
-                std::fs::create_dir_all(&source).map_err(|e| format!("subPath {sub}: {e}"))?;
-            }
-        }
-        out.push(BindMount { source, destination: m.mount_path.clone(), read_only: m.read_only.unwrap_or(false) });
+        };
+        out.push(BindMount { source, destination: m.mount_path.clone(), read_only });
     }
     Ok(out)
+}
+
+/// Open `sub` beneath the volume at `volume` (creating directories that are missing, as
+/// kubelet does) and bind-mount what it names onto `target`, by descriptor.
+fn bind_sub_path(volume: &Path, sub: &str, target: &Path) -> Result<(), String> {
+    let rel = beneath::relative(Path::new(sub)).map_err(|e| e.to_string())?;
+    let root = beneath::open_dir(volume).map_err(|e| e.to_string())?;
+    let found = match beneath::open(&root, &rel, OFlags::PATH, 0, Resolve::Beneath) {
+        Ok(fd) => fd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => beneath::mkdir_all(&root, &rel, 0o755, Resolve::Beneath).map_err(|e| e.to_string())?,
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => return Err("it leaves the volume (through a symlink)".into()),
+        Err(e) => return Err(e.to_string()),
+    };
+    let st = rustix::fs::fstat(&found).map_err(|e| e.to_string())?;
+    let is_dir = rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Directory;
+    if let Some(parent) = target.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
+    }
+    let made = if is_dir { std::fs::create_dir(target) } else { std::fs::File::create(target).map(drop) };
+    made.map_err(|e| format!("{}: {e}", target.display()))?;
+    nix::mount::mount(Some(&beneath::fd_path(&found)), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| format!("bind-mounting it: {e}"))
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 mod container;
 mod files;
 pub mod probe;
+mod projection;
 pub(crate) mod state;
 mod status;
 mod teardown;
@@ -48,7 +49,7 @@ pub struct Worker {
     ns: PodNamespaces,
     pod_ip: String,
     sandbox_ready: bool,
-    volumes: Vec<(String, PathBuf)>,
+    volumes: Vec<files::PodVolume>,
     ctrs: Vec<Ctr>,
     tx: mpsc::UnboundedSender<Event>,
     last_status: Value,
@@ -275,11 +276,11 @@ impl Worker {
         for d in [&self.dir, &self.run_dir] {
             std::fs::create_dir_all(d.join("containers")).map_err(|e| format!("{}: {e}", d.display()))?;
         }
-        let hostname = self.pod.spec.as_ref().and_then(|s| s.hostname.clone()).or(self.pod.metadata.name.clone()).unwrap_or_default();
-        let hostname: String = hostname.chars().take(63).collect();
+        let hostname = pod_hostname(&self.pod);
         if !self.ns.exist() {
             self.ns.create(&self.ctx.keeper, &hostname).await.map_err(|e| e.to_string())?;
         }
+        crate::cgroups::limit_pod_pids(&self.ctx.cgroup_parent, &self.uid, crate::cgroups::POD_PIDS_MAX)?;
         let ip = self.ctx.network.attach(&self.uid, &self.pod, &self.ns.net()).await.map_err(|e| format!("network: {e}"))?;
         self.pod_ip = ip;
         let dns = files::DnsSettings {
@@ -402,7 +403,7 @@ impl Worker {
         let id = format!("{}-{}-{number}", self.uid, name);
         let bundle = bundle_dir(&self.run_dir, name, number);
         let data = attempt_data_dir(&self.dir, name, number);
-        let _ = teardown::unmount_rootfs(&bundle);
+        let _ = teardown::unmount_bundle(&bundle);
         let _ = std::fs::remove_dir_all(&bundle);
         let _ = std::fs::remove_dir_all(&data);
         for d in [bundle.join("rootfs"), data.join("upper"), data.join("work")] {
@@ -416,24 +417,24 @@ impl Worker {
         let cspec = match built {
             Ok(s) => s,
             Err(m) => {
-                let _ = teardown::unmount_rootfs(&bundle);
+                let _ = teardown::unmount_bundle(&bundle);
                 return Err(cfg_err(m));
             }
         };
-        std::fs::write(bundle.join("config.json"), serde_json::to_vec(&config_json(&cspec)).unwrap_or_default())
+        crate::private::write(&bundle.join("config.json"), &serde_json::to_vec(&config_json(&cspec)).unwrap_or_default())
             .map_err(|e| cfg_err(format!("writing config.json: {e}")))?;
         let launch = Launch { id: id.clone(), bundle: bundle.clone(), log: data.join("log"), exit: bundle.join("exit") };
         let prepared = t0.elapsed();
         let started = match self.ctx.runtime.start(&launch).await {
             Ok(s) => s,
             Err(e) => {
-                let _ = teardown::unmount_rootfs(&bundle);
+                let _ = teardown::unmount_bundle(&bundle);
                 return Err(("RunContainerError".into(), e.to_string()));
             }
         };
         // The container has its own copy of the rootfs mount now; the host's would only make
         // every later container's mount namespace larger (and slower to create).
-        if let Err(e) = teardown::unmount_rootfs(&bundle) {
+        if let Err(e) = teardown::unmount_bundle(&bundle) {
             tracing::warn!(pod = %self.pod_name(), error = %e, "unmounting the started container's rootfs");
         }
         tracing::debug!(pod = %self.pod_name(), container = name, prepare_ms = prepared.as_millis() as u64, start_ms = (t0.elapsed() - prepared).as_millis() as u64, "container started");
@@ -469,7 +470,7 @@ impl Worker {
             if let Err(e) = self.ctx.runtime.delete(&old.id).await {
                 tracing::warn!(pod = %self.pod_name(), error = %e, "removing an old container");
             }
-            let _ = teardown::unmount_rootfs(&bundle);
+            let _ = teardown::unmount_bundle(&bundle);
             let _ = std::fs::remove_dir_all(&bundle);
             let _ = std::fs::remove_dir_all(attempt_data_dir(&self.dir, name, old.number));
         }
@@ -520,7 +521,8 @@ impl Worker {
 
     async fn build_spec(&self, c: &Container, image: &crate::image::ImageRecord, bundle: &std::path::Path) -> Result<ContainerSpec, String> {
         let env = container::environment(&self.ctx.client, &self.pod, c, &image.config, &self.pod_ip, &self.ctx.host_ip).await?;
-        let hostname = std::fs::read_to_string(self.pod_file("hostname")).unwrap_or_default().trim().to_string();
+        // Not read back from the file: the pod can write to its /etc/hostname.
+        let hostname = pod_hostname(&self.pod);
         let mut env = env;
         if !env.iter().any(|(k, _)| k == "HOSTNAME") {
             env.insert(0, ("HOSTNAME".to_string(), hostname.clone()));
@@ -548,7 +550,7 @@ impl Worker {
             destination: c.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into()),
             read_only: false,
         });
-        mounts.extend(files::volume_mounts(c, &self.volumes)?);
+        mounts.extend(files::volume_mounts(c, &self.volumes, &vars, bundle)?);
         let cwd = c.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| image.config.working_dir.clone());
         Ok(ContainerSpec {
             args,
@@ -711,6 +713,12 @@ impl Worker {
         }
         self.ctx.forget(&self.uid);
     }
+}
+
+/// The pod's hostname: `spec.hostname` or its name, at most 63 characters.
+fn pod_hostname(pod: &Pod) -> String {
+    let name = pod.spec.as_ref().and_then(|s| s.hostname.clone()).or(pod.metadata.name.clone()).unwrap_or_default();
+    name.chars().take(63).collect()
 }
 
 /// Where attempt `number` of a container keeps its bundle: the rootfs mount point,

@@ -4,6 +4,7 @@ use serde_json::{Value, json};
 
 use super::Worker;
 use super::state::{Attempt, Ctr};
+use crate::beneath::{self, Resolve};
 
 fn terminated(a: &Attempt, runtime: &str) -> Option<Value> {
     let e = a.exit.as_ref()?;
@@ -81,8 +82,10 @@ pub fn pod_status(w: &mut Worker) -> Value {
     let all_ready = !mains.is_empty() && mains.iter().all(|c| c.ready && c.running());
     let term_msg = |c: &Ctr| {
         let a = c.current.as_ref()?;
-        let p = super::attempt_bundle(&w.run_dir, &w.dir, &c.name, a.number).join("termination-log");
-        std::fs::read_to_string(p).ok().map(|s| s.chars().take(4096).collect::<String>())
+        // The pod writes this file: read at most kubelet's 4096 bytes of it, and only a file.
+        let bundle = beneath::open_dir(&super::attempt_bundle(&w.run_dir, &w.dir, &c.name, a.number)).ok()?;
+        let bytes = beneath::read(&bundle, std::path::Path::new("termination-log"), Resolve::NoSymlinks, 4096, true).ok()?;
+        Some(String::from_utf8_lossy(&bytes).into_owned())
     };
     let image_of = |name: &str| w.spec_of(name).and_then(|c| c.image).unwrap_or_default();
     let runtime = w.ctx.runtime.name();

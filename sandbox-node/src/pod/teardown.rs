@@ -8,12 +8,19 @@ use nix::mount::MntFlags;
 use crate::node::NodeCtx;
 use crate::sandbox::PodNamespaces;
 
-pub fn unmount_rootfs(bundle: &Path) -> Result<(), String> {
-    let rootfs = bundle.join("rootfs");
-    match nix::mount::umount2(&rootfs, MntFlags::MNT_DETACH) {
-        Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => Ok(()),
-        Err(e) => Err(format!("unmounting {}: {e}", rootfs.display())),
+/// Unmount what the node mounted for one attempt: its rootfs and its subPath mounts. The
+/// runtime has its own copies once the container runs.
+pub fn unmount_bundle(bundle: &Path) -> Result<(), String> {
+    let mut targets = vec![bundle.join("rootfs")];
+    targets.extend(std::fs::read_dir(bundle.join("subpaths")).into_iter().flatten().flatten().map(|e| e.path()));
+    let mut errors = Vec::new();
+    for t in targets {
+        match nix::mount::umount2(&t, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
+            Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+            Err(e) => errors.push(format!("unmounting {}: {e}", t.display())),
+        }
     }
+    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
 }
 
 /// The pod's cgroup directories in every controller, deepest first.
@@ -92,7 +99,7 @@ pub async fn teardown(ctx: &NodeCtx, uid: &str, dir: &Path, run_dir: &Path, ns: 
     for containers in [run_dir.join("containers"), dir.join("containers")] {
         for c in std::fs::read_dir(&containers).into_iter().flatten().flatten() {
             for a in std::fs::read_dir(c.path()).into_iter().flatten().flatten() {
-                if let Err(e) = unmount_rootfs(&a.path()) {
+                if let Err(e) = unmount_bundle(&a.path()) {
                     errors.push(e);
                 }
             }

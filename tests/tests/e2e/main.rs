@@ -6,6 +6,7 @@ mod cni;
 mod dns;
 mod durability;
 mod ingress;
+mod isolation;
 mod kubectl;
 mod lifecycle;
 mod node;

@@ -1,0 +1,293 @@
+//! Tenant isolation, replayed as a hostile tenant would try it: an image whose layer reaches out
+//! through a symlink, a subPath through a symlink, a configMap swapped for a symlink before the
+//! node restarts, the read-only token running commands and reading Secrets, a fork bomb. Each
+//! test asserts the attack fails and checks the node's files and the pod's status.
+
+use std::io::Write;
+use std::path::Path;
+
+use nodeless_tests::images::BUSYBOX;
+use nodeless_tests::{Nodeless, eventually};
+use sha2::{Digest, Sha256};
+
+const V: &str = "1.33";
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status").unwrap().lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+}
+
+fn apply(n: &Nodeless, yaml: &str) {
+    let out = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(yaml));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn out(n: &Nodeless, args: &[&str]) -> String {
+    String::from_utf8_lossy(&n.kubectl(V, args).stdout).into_owned()
+}
+
+/// An OCI layout of one layer: a symlink `a` to `host`, then an entry under `a` (a whiteout,
+/// or an opaque-directory marker).
+fn hostile_layout(dir: &Path, host: &Path, second: &str) -> std::path::PathBuf {
+    let mut b = tar::Builder::new(Vec::new());
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Symlink);
+    h.set_mode(0o777);
+    h.set_size(0);
+    b.append_link(&mut h, "a", host).unwrap();
+    let mut h = tar::Header::new_gnu();
+    h.set_entry_type(tar::EntryType::Regular);
+    h.set_mode(0o644);
+    h.set_size(0);
+    b.append_data(&mut h, second, std::io::empty()).unwrap();
+    let tar_bytes = b.into_inner().unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(&tar_bytes).unwrap();
+    let gz = gz.finish().unwrap();
+    let config = serde_json::json!({
+        "architecture": "amd64", "os": "linux", "config": {"Cmd": ["sh"]},
+        "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", hex::encode(Sha256::digest(&tar_bytes)))]}
+    });
+    std::fs::create_dir_all(dir).unwrap();
+    nodeless_sandbox_node::image::layout::write(dir, "evil.example/whiteout:1", &serde_json::to_vec(&config).unwrap(), &[("application/vnd.oci.image.layer.v1.tar+gzip", &gz)])
+        .unwrap();
+    dir.to_path_buf()
+}
+
+#[test]
+fn an_image_reaching_out_through_a_symlink_is_refused() {
+    assert!(is_root(), "the image store makes whiteouts (character devices): needs root");
+    let n = Nodeless::start().unwrap();
+    n.import_test_images().unwrap();
+    let before = n.nodeless(&["image", "ls"]).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let host = t.path().join("host");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("victim"), "the node's file").unwrap();
+    for (i, second) in ["a/.wh.victim", "a/.wh..wh..opq"].iter().enumerate() {
+        let layout = hostile_layout(&t.path().join(format!("layout{i}")), &host, second);
+        let err = n.nodeless(&["image", "import", &layout.to_string_lossy()]).unwrap_err().to_string();
+        assert!(err.contains("corrupt") && err.contains(second), "{second}: {err}");
+        assert_eq!(std::fs::read_to_string(host.join("victim")).unwrap(), "the node's file", "{second}");
+        assert!(xattr_absent(&host), "{second}: the host directory was marked opaque");
+    }
+    assert_eq!(std::fs::read_dir(&host).unwrap().count(), 1, "nothing was added beside the victim");
+    assert_eq!(n.nodeless(&["image", "ls"]).unwrap(), before, "the store is unchanged");
+    let tmp = n.data_dir().join("node/images/tmp");
+    assert_eq!(std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0), 0, "no scratch left behind");
+}
+
+fn xattr_absent(p: &Path) -> bool {
+    xattr::get(p, "trusted.overlay.opaque").unwrap().is_none()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sub_path_through_a_symlink_is_an_error_not_the_host_directory() {
+    assert!(is_root(), "sandbox-node tests need root");
+    let n = Nodeless::start_with_node(&[]).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let host = t.path().join("node-secrets");
+    std::fs::create_dir_all(&host).unwrap();
+    std::fs::write(host.join("marker"), "host-only").unwrap();
+    let host_s = host.display();
+    apply(
+        &n,
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: escape}}
+spec:
+  restartPolicy: Never
+  initContainers:
+  - {{name: plant, image: {BUSYBOX}, command: [sh, -c, "ln -s {host_s} /vol/x && mkdir -p /vol/real && echo inside > /vol/real/f && ln -s real /vol/rel"],
+      volumeMounts: [{{name: v, mountPath: /vol}}]}}
+  containers:
+  - {{name: read, image: {BUSYBOX}, command: [sh, -c, "cat /mnt/marker; sleep 3600"], volumeMounts: [{{name: v, mountPath: /mnt, subPath: x}}]}}
+  volumes: [{{name: v, emptyDir: {{}}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: inside}}
+spec:
+  initContainers:
+  - {{name: plant, image: {BUSYBOX}, command: [sh, -c, "mkdir -p /vol/real && echo inside > /vol/real/f && ln -s real /vol/rel"],
+      volumeMounts: [{{name: v, mountPath: /vol}}]}}
+  containers:
+  - name: read
+    image: {BUSYBOX}
+    command: [sh, -c, "sleep 3600"]
+    env: [{{name: POD_NAME, valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}}}]
+    volumeMounts:
+    - {{name: v, mountPath: /rel, subPath: rel}}
+    - {{name: v, mountPath: /made, subPathExpr: "by/$(POD_NAME)"}}
+  volumes: [{{name: v, emptyDir: {{}}}}]
+"#
+        ),
+    );
+    // The escaping subPath: the container never starts, and the reason says why.
+    eventually("escape waits with a config error naming the subPath", 60, || {
+        let d = out(&n, &["get", "pod", "escape", "-o", "jsonpath={.status.containerStatuses[0].state.waiting.reason} {.status.containerStatuses[0].state.waiting.message}"]);
+        d.starts_with("CreateContainerConfigError") && d.contains("subPath \"x\"") && d.contains("leaves the volume")
+    });
+    let running = out(&n, &["get", "pod", "escape", "-o", "jsonpath={.status.containerStatuses[0].state.running}"]);
+    assert!(running.is_empty(), "the container must not run: {running}");
+    let logs = n.kubectl(V, &["logs", "escape", "-c", "read"]);
+    assert!(!String::from_utf8_lossy(&logs.stdout).contains("host-only"));
+    assert_eq!(std::fs::read_dir(&host).unwrap().count(), 1, "nothing was made in the host directory");
+    // A link that stays inside the volume works as on kubelet, and subPathExpr expands.
+    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/inside", "--timeout=60s"]);
+    assert_eq!(n.kubectl_ok(V, &["exec", "inside", "--", "cat", "/rel/f"]).trim(), "inside");
+    n.kubectl_ok(V, &["exec", "inside", "--", "sh", "-c", "echo made > /made/g"]);
+    let uid = out(&n, &["get", "pod", "inside", "-o", "jsonpath={.metadata.uid}"]);
+    let made = n.data_dir().join("node/pods").join(&uid).join("volumes/v/by/inside/g");
+    assert_eq!(std::fs::read_to_string(&made).unwrap_or_default().trim(), "made", "{}", made.display());
+    n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
+    eventually("pods gone", 60, || out(&n, &["get", "pods", "-o", "name"]).trim().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_config_map_swapped_for_a_symlink_is_not_written_through() {
+    assert!(is_root(), "sandbox-node tests need root");
+    let mut n = Nodeless::start_with_node(&[]).unwrap();
+    let t = tempfile::tempdir().unwrap();
+    let victim = t.path().join("victim");
+    std::fs::write(&victim, "node data").unwrap();
+    apply(
+        &n,
+        &format!(
+            r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: cfg}}
+data: {{conf: "from-the-configmap"}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: holder}}
+spec:
+  containers:
+  - {{name: c, image: {BUSYBOX}, command: [sh, -c, "sleep 3600"], volumeMounts: [{{name: cfg, mountPath: /cfg}}]}}
+  volumes: [{{name: cfg, configMap: {{name: cfg}}}}]
+"#
+        ),
+    );
+    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/holder", "--timeout=60s"]);
+    assert_eq!(n.kubectl_ok(V, &["exec", "holder", "--", "cat", "/cfg/conf"]), "from-the-configmap");
+    // The pod cannot change its configMap volume.
+    let victim_s = victim.display().to_string();
+    let swap = n.kubectl(V, &["exec", "holder", "--", "sh", "-c", &format!("rm -f /cfg/conf; ln -s {victim_s} /cfg/conf")]);
+    assert!(!swap.status.success(), "the swap must fail");
+    assert!(String::from_utf8_lossy(&swap.stderr).contains("Read-only file system"), "{}", String::from_utf8_lossy(&swap.stderr));
+    // What a pod could plant in a volume an older node left writable: every name a link out.
+    let uid = out(&n, &["get", "pod", "holder", "-o", "jsonpath={.metadata.uid}"]);
+    let vol = n.data_dir().join("node/pods").join(&uid).join("volumes/cfg");
+    for name in ["conf", "..data"] {
+        std::fs::remove_file(vol.join(name)).unwrap();
+        std::os::unix::fs::symlink(&victim, vol.join(name)).unwrap();
+    }
+    // The node restarts, adopts the pod and writes its configMap again.
+    n.restart(false).unwrap();
+    eventually("the node adopted the pod and rewrote the volume", 60, || std::fs::read_link(vol.join("conf")).is_ok_and(|l| l == Path::new("..data/conf")));
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "node data", "the node wrote through the planted link");
+    assert_eq!(n.kubectl_ok(V, &["exec", "holder", "--", "cat", "/cfg/conf"]), "from-the-configmap");
+    n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
+    eventually("pods gone", 60, || out(&n, &["get", "pods", "-o", "name"]).trim().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_viewer_cannot_run_commands_or_read_secrets() {
+    assert!(is_root(), "sandbox-node tests need root");
+    let n = Nodeless::start_with_node(&[]).unwrap();
+    apply(
+        &n,
+        &format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: s}}\nstringData: {{password: hunter2}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: target}}\nspec:\n  containers:\n  - {{name: c, image: {BUSYBOX}, command: [sh, -c, 'sleep 3600']}}\n"
+        ),
+    );
+    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/target", "--timeout=60s"]);
+    let viewer = n.viewer_kubeconfig();
+    for version in nodeless_tests::KUBECTL_VERSIONS {
+        let as_viewer = |args: &[&str]| n.kubectl_with(version, &viewer, args, None);
+        // Reads work.
+        assert!(as_viewer(&["get", "pods"]).status.success());
+        for args in [
+            &["exec", "target", "--", "id"][..],
+            &["attach", "target"],
+            &["port-forward", "pod/target", "0:80"],
+            &["get", "secret", "s", "-o", "yaml"],
+            &["get", "secrets"],
+        ] {
+            let o = as_viewer(args);
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(!o.status.success() && err.contains("forbidden"), "kubectl {version} {args:?}: {err}");
+            assert!(!String::from_utf8_lossy(&o.stdout).contains("aHVudGVyMg"), "{args:?} showed the secret");
+        }
+    }
+    // The raw requests, every method, are 403 too.
+    let http = n.http();
+    let token = n.viewer_token();
+    for (method, path) in [
+        ("GET", "/api/v1/namespaces/default/pods/target/exec?command=id&stdout=true"),
+        ("POST", "/api/v1/namespaces/default/pods/target/exec?command=id&stdout=true"),
+        ("GET", "/api/v1/namespaces/default/pods/target/attach?stdout=true"),
+        ("GET", "/api/v1/namespaces/default/pods/target/portforward?ports=80"),
+        ("GET", "/api/v1/namespaces/default/pods/target/proxy/"),
+        ("GET", "/api/v1/secrets"),
+        ("GET", "/api/v1/watch/namespaces/default/secrets"),
+    ] {
+        let req = http.request(method.parse().unwrap(), n.url(path)).bearer_auth(&token).header("Connection", "Upgrade").header("Upgrade", "websocket");
+        let code = req.send().await.unwrap().status().as_u16();
+        assert_eq!(code, 403, "{method} {path}");
+    }
+    // The admin still can.
+    assert_eq!(n.kubectl_ok(V, &["exec", "target", "--", "id", "-u"]).trim(), "0");
+    n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
+    eventually("pods gone", 60, || out(&n, &["get", "pods", "-o", "name"]).trim().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fork_bomb_ends_at_the_pods_limit() {
+    assert!(is_root(), "sandbox-node tests need root");
+    let n = Nodeless::start_with_node(&[]).unwrap();
+    // Bounded: it stops by itself at 6000 forks, well past the limit.
+    apply(
+        &n,
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: bomb}}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sh, -c, "n=0; while [ $n -lt 6000 ]; do sleep 120 & n=$((n+1)); done; echo forked $n; sleep 120"]
+"#
+        ),
+    );
+    eventually("the bomb started", 60, || !out(&n, &["get", "pod", "bomb", "-o", "jsonpath={.status.containerStatuses[0].containerID}"]).is_empty());
+    let uid = out(&n, &["get", "pod", "bomb", "-o", "jsonpath={.metadata.uid}"]);
+    let node = n.node.clone().unwrap();
+    let cg = Path::new("/sys/fs/cgroup/pids/nodeless").join(&node).join(&uid);
+    let unified = Path::new("/sys/fs/cgroup/nodeless").join(&node).join(&uid);
+    let cg = if cg.exists() { cg } else { unified };
+    let max: u64 = std::fs::read_to_string(cg.join("pids.max")).unwrap().trim().parse().unwrap();
+    assert_eq!(max, 4096);
+    // Forks fail at the wall (the kernel counts each refusal), and never more than the cap ran.
+    let refused = || -> u64 {
+        let events = std::fs::read_to_string(cg.join("pids.events")).unwrap_or_default();
+        events.lines().find_map(|l| l.strip_prefix("max ")?.trim().parse().ok()).unwrap_or(0)
+    };
+    let mut peak = 0;
+    eventually("forks refused at the pod's limit", 120, || {
+        peak = peak.max(std::fs::read_to_string(cg.join("pids.current")).ok().and_then(|s| s.trim().parse().ok()).unwrap_or(0));
+        refused() > 0
+    });
+    assert!(peak <= max, "{peak} processes in the pod");
+    let logs = out(&n, &["logs", "bomb"]);
+    assert!(logs.contains("can't fork") || logs.contains("forked"), "{logs}");
+    // The node is healthy: another pod starts and runs.
+    apply(&n, &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: after}}\nspec:\n  containers:\n  - {{name: c, image: {BUSYBOX}, command: [sh, -c, 'sleep 3600']}}\n"));
+    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/after", "--timeout=60s"]);
+    assert_eq!(n.kubectl_ok(V, &["exec", "after", "--", "echo", "ok"]).trim(), "ok");
+    n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
+    eventually("pods gone", 120, || out(&n, &["get", "pods", "-o", "name"]).trim().is_empty());
+}
