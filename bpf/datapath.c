@@ -1,6 +1,9 @@
 /* The pod fast path (tc ingress on each pod's host-side veth end): a packet from a pod to
  * another pod on this node skips the host's routing and goes straight into the other pod's
- * namespace with bpf_redirect_peer; anything else continues up the host's stack.
+ * namespace with bpf_redirect_peer; anything else continues up the host's stack, through the
+ * walls of walls.h (not to the node, not to link-local addresses). A packet whose source is
+ * not the address published for the host end it came through is dropped first: a pod speaks
+ * only for itself.
  *
  * Socket-level acceleration (sockops + sk_msg, as in Cilium's sockmap mode): a TCP connection
  * whose two ends are pods of this network has both sockets entered in nl_sockets at the
@@ -15,6 +18,7 @@
 #include <bpf/bpf_endian.h>
 
 #include "datapath.h"
+#include "walls.h"
 
 #define AF_INET 2
 #define AF_INET6 10
@@ -32,6 +36,13 @@ struct {
 	__type(key, __u32);
 	__type(value, __u64);
 } nl_stats SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct net_config);
+} nl_config SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_SOCKHASH);
@@ -73,10 +84,19 @@ int from_pod(struct __sk_buff *skb)
 	if ((void *)(ip + 1) > end)
 		return count(NL_DROP_MALFORMED, TC_ACT_SHOT);
 
+	/* Anti-spoofing: the source is the pod published for this very host end. */
+	__u32 saddr = ip->saddr;
+	struct pod_endpoint *from = bpf_map_lookup_elem(&nl_pods, &saddr);
+	if (!from || from->ifindex != skb->ifindex)
+		return count(NL_DROP_SPOOFED, TC_ACT_SHOT);
+
 	__u32 daddr = ip->daddr;
 	struct pod_endpoint *to = bpf_map_lookup_elem(&nl_pods, &daddr);
-	if (!to)
-		return count(NL_PASSED, TC_ACT_OK);
+	if (!to) {
+		__u32 zero = 0;
+		__u32 what = node_wall(skb, ip, end, bpf_map_lookup_elem(&nl_config, &zero));
+		return count(what, what == NL_PASSED || what == NL_NODE_DNS || what == NL_NODE_REPLY ? TC_ACT_OK : TC_ACT_SHOT);
+	}
 	if (ip->ttl <= 1)
 		return count(NL_TTL_EXPIRED, TC_ACT_OK);
 

@@ -24,7 +24,24 @@ enum nl_stat {
 	NL_SOCK_PAIRED = 6,   /* sockets entered in nl_sockets at the handshake */
 	NL_MSG_SHORTCUT = 7,  /* messages put straight into the peer socket */
 	NL_MSG_STACK = 8,     /* messages sent through the stack: the peer was not there yet */
-	NL_STAT_MAX = 9,
+	/* The walls (bpf/walls.h): what a pod may not send. */
+	NL_DROP_SPOOFED = 9,  /* dropped: the source is not the address of the pod it came from */
+	NL_DROP_NODE = 10,    /* dropped: for the node itself (an address it holds, or nowhere) */
+	NL_DROP_LINK_LOCAL = 11, /* dropped: for 169.254.0.0/16 (cloud metadata among it) */
+	NL_NODE_DNS = 12,     /* passed to the node: the cluster DNS address, port 53 */
+	NL_NODE_REPLY = 13,   /* passed to the node: part of an exchange the node began */
+	NL_STAT_MAX = 14,
+};
+
+/* nl_config: the network's settings, one row (key 0), written at every attach. */
+struct net_config {
+	__u32 cluster_dns; /* network order, 0 for none: the node address pods may reach on port 53 */
+	__u32 flags;       /* enum nl_config_flag */
+};
+
+enum nl_config_flag {
+	NL_ALLOW_NODE_ACCESS = 1, /* pods may reach every address the node holds */
+	NL_ALLOW_LINK_LOCAL = 2,  /* pods may reach 169.254.0.0/16 */
 };
 
 /* nl_sockets: a TCP socket between two pods, by its own view of the connection (ports in

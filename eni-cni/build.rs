@@ -11,6 +11,8 @@ fn main() {
     // loader spends applying relative relocations to a 20 MB PIE at each start.
     println!("cargo:rustc-link-arg-bins=-no-pie");
     let clang = std::env::var("CLANG").unwrap_or_else(|_| "clang".into());
+    // Headers of logic shared by the programs.
+    println!("cargo:rerun-if-changed={}", bpf.join("walls.h").display());
     for name in ["datapath", "service"] {
         for f in [format!("{name}.c"), format!("{name}.h")] {
             println!("cargo:rerun-if-changed={}", bpf.join(f).display());

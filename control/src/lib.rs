@@ -11,6 +11,7 @@ pub mod ipalloc;
 pub mod kubeconfig;
 pub mod patch;
 pub mod printers;
+pub mod private;
 pub mod store;
 pub mod tls;
 
@@ -81,9 +82,10 @@ impl ControlPlane {
             let what = what.to_string();
             move |source| ControlError::Io { what, source }
         };
-        std::fs::create_dir_all(&cfg.data_dir).map_err(io("creating the data directory"))?;
+        private::dir(&cfg.data_dir).map_err(io("creating the data directory"))?;
         let store = Store::open_embedded(&cfg.data_dir.join("store"))?;
         let tokens = Tokens::load_or_create(&cfg.data_dir.join("tokens.json")).map_err(io("token file"))?;
+        private::file(&cfg.data_dir.join("tokens.json")).map_err(io("token file"))?;
         let listener = TcpListener::bind(cfg.listen).await.map_err(io(&format!("binding {}", cfg.listen)))?;
         let addr = listener.local_addr().map_err(io("reading the listen address"))?;
         let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string(), "kubernetes.default.svc".to_string()];
@@ -93,7 +95,7 @@ impl ControlPlane {
         hosts.extend(cfg.hosts.iter().cloned());
         let pki = tls::Pki::load_or_create(&cfg.data_dir.join("pki"), &hosts)?;
         let server_tls = pki.server_config()?;
-        let node_tls = node_client_tls(&pki.ca_cert_pem)?;
+        let node_tls = pki.kubelet_client_config()?;
         let cluster_ips = IpAllocator::new(std::net::Ipv4Addr::new(10, 96, 0, 0), 16);
         let state = Arc::new(ApiState {
             store,
@@ -126,20 +128,6 @@ impl ControlPlane {
             t.abort();
         }
     }
-}
-
-fn node_client_tls(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, ControlError> {
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pemfile::certs(&mut ca_pem.as_bytes()).flatten() {
-        let _ = roots.add(cert);
-    }
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let cfg = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(tls::TlsError::from)?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(Arc::new(cfg))
 }
 
 /// What every cluster starts with: the system namespaces, the `kubernetes` Service, ClusterIPs

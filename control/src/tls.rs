@@ -1,4 +1,9 @@
-//! The cluster CA (made at first start) and the API server's serving certificate.
+//! The cluster CA (made at first start), the API server's serving certificate, and the two
+//! halves of the kubelet API's mutual TLS: the client certificate control presents to nodes
+//! (`kubelet-client.crt`, CN [`KUBELET_CLIENT_NAME`], client-auth only) and the serving
+//! certificates nodes get from the same CA ([`issue_kubelet_serving`]). A node accepts only a
+//! client certificate of the cluster CA that carries that name, so no other certificate the CA
+//! issued (the API server's, another node's) opens a node's exec or logs.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -17,6 +22,16 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
+/// The common name of the client certificate control presents to nodes' kubelet APIs; nodes
+/// accept no other by default.
+pub const KUBELET_CLIENT_NAME: &str = "nodeless-kubelet-client";
+
+/// A certificate and its private key, in PEM.
+pub struct Issued {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
 fn read(path: &Path) -> Result<String, TlsError> {
     std::fs::read_to_string(path).map_err(|source| TlsError::Io { path: path.into(), source })
 }
@@ -28,6 +43,57 @@ fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
     let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path).map_err(io)?;
     f.write_all(contents.as_bytes()).map_err(io)?;
     f.sync_all().map_err(io)
+}
+
+/// A leaf certificate of the CA: `common_name`, valid for `hosts` (names and IP addresses),
+/// for `usage`.
+fn leaf_params(common_name: &str, hosts: &[String], usage: rcgen::ExtendedKeyUsagePurpose) -> Result<CertificateParams, TlsError> {
+    let mut params = CertificateParams::new(hosts.to_vec())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, common_name);
+    params.distinguished_name = dn;
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    params.extended_key_usages = vec![usage];
+    Ok(params)
+}
+
+/// Sign `params` with the CA under `dir`; a new key pair.
+fn sign(dir: &Path, params: CertificateParams) -> Result<Issued, TlsError> {
+    let ca_key_pair = KeyPair::from_pem(&read(&dir.join("ca.key"))?)?;
+    let ca = ca_params()?.self_signed(&ca_key_pair)?;
+    let key = KeyPair::generate()?;
+    let cert = params.signed_by(&key, &ca, &ca_key_pair)?;
+    Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+}
+
+/// A serving certificate for a node's kubelet API, from the cluster CA under `pki_dir`: for the
+/// node's `hosts` (the addresses control dials: its InternalIP) and its name. Made in memory at
+/// each node start; only the CA's key is on disk.
+pub fn issue_kubelet_serving(pki_dir: &Path, node: &str, hosts: &[String]) -> Result<Issued, TlsError> {
+    let mut names = hosts.to_vec();
+    if !names.iter().any(|h| h == node) {
+        names.push(node.to_string());
+    }
+    sign(pki_dir, leaf_params(&format!("system:node:{node}"), &names, rcgen::ExtendedKeyUsagePurpose::ServerAuth)?)
+}
+
+/// A client certificate from the cluster CA under `pki_dir` for `common_name`: the kubelet
+/// client's, and tests' (a certificate of the right CA with the wrong name must be refused).
+pub fn issue_client(pki_dir: &Path, common_name: &str) -> Result<Issued, TlsError> {
+    sign(pki_dir, leaf_params(common_name, &[], rcgen::ExtendedKeyUsagePurpose::ClientAuth)?)
+}
+
+fn parse_certs(pem: &str, what: &str) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_bytes()).collect::<Result<_, _>>().map_err(|_| TlsError::Pem(what.into()))?;
+    if certs.is_empty() {
+        return Err(TlsError::Pem(what.into()));
+    }
+    Ok(certs)
+}
+
+fn parse_key(pem: &str, what: &str) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsError> {
+    rustls_pemfile::private_key(&mut pem.as_bytes()).map_err(|_| TlsError::Pem(what.into()))?.ok_or_else(|| TlsError::Pem(what.into()))
 }
 
 fn ca_params() -> Result<CertificateParams, TlsError> {
@@ -47,51 +113,71 @@ pub struct Pki {
     pub ca_cert_pem: String,
     pub server_cert_pem: String,
     pub server_key_pem: String,
+    /// Control's client certificate for nodes' kubelet APIs (CN [`KUBELET_CLIENT_NAME`]).
+    pub kubelet_client: Issued,
 }
 
 impl Pki {
-    /// Load the PKI from `dir`, making the CA on first start and a serving certificate for
-    /// `hosts` (names and IP addresses) whenever the hosts change.
+    /// Load the PKI from `dir` (0700, its files 0600), making the CA and the kubelet client
+    /// certificate on first start and a serving certificate for `hosts` (names and IP addresses)
+    /// whenever the hosts change.
     pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Self, TlsError> {
-        std::fs::create_dir_all(dir).map_err(|source| TlsError::Io { path: dir.into(), source })?;
+        crate::private::dir(dir).map_err(|source| TlsError::Io { path: dir.into(), source })?;
         let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
         let (srv_crt, srv_key, srv_hosts) = (dir.join("server.crt"), dir.join("server.key"), dir.join("server.hosts"));
+        let (cli_crt, cli_key) = (dir.join("kubelet-client.crt"), dir.join("kubelet-client.key"));
         if !ca_crt.exists() || !ca_key.exists() {
             let key = KeyPair::generate()?;
             let cert = ca_params()?.self_signed(&key)?;
             write_private(&ca_key, &key.serialize_pem())?;
             write_private(&ca_crt, &cert.pem())?;
             let _ = std::fs::remove_file(&srv_crt);
+            let _ = std::fs::remove_file(&cli_crt);
         }
         let wanted_hosts = hosts.join(",");
         let have_hosts = std::fs::read_to_string(&srv_hosts).unwrap_or_default();
         if !srv_crt.exists() || !srv_key.exists() || have_hosts != wanted_hosts {
-            let ca_key_pair = KeyPair::from_pem(&read(&ca_key)?)?;
-            let ca = ca_params()?.self_signed(&ca_key_pair)?;
-            let mut params = CertificateParams::new(hosts.to_vec())?;
-            let mut dn = DistinguishedName::new();
-            dn.push(DnType::CommonName, "nodeless-apiserver");
-            params.distinguished_name = dn;
-            params.not_before = rcgen::date_time_ymd(2024, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2124, 1, 1);
-            params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-            let key = KeyPair::generate()?;
-            let cert = params.signed_by(&key, &ca, &ca_key_pair)?;
-            write_private(&srv_key, &key.serialize_pem())?;
-            write_private(&srv_crt, &cert.pem())?;
+            let issued = sign(dir, leaf_params("nodeless-apiserver", hosts, rcgen::ExtendedKeyUsagePurpose::ServerAuth)?)?;
+            write_private(&srv_key, &issued.key_pem)?;
+            write_private(&srv_crt, &issued.cert_pem)?;
             write_private(&srv_hosts, &wanted_hosts)?;
         }
-        Ok(Self { ca_cert_pem: read(&ca_crt)?, server_cert_pem: read(&srv_crt)?, server_key_pem: read(&srv_key)? })
+        if !cli_crt.exists() || !cli_key.exists() {
+            let issued = issue_client(dir, KUBELET_CLIENT_NAME)?;
+            write_private(&cli_key, &issued.key_pem)?;
+            write_private(&cli_crt, &issued.cert_pem)?;
+        }
+        // Files written by a version that left them readable.
+        for f in [&ca_crt, &ca_key, &srv_crt, &srv_key, &srv_hosts, &cli_crt, &cli_key] {
+            crate::private::file(f).map_err(|source| TlsError::Io { path: f.to_path_buf(), source })?;
+        }
+        Ok(Self {
+            ca_cert_pem: read(&ca_crt)?,
+            server_cert_pem: read(&srv_crt)?,
+            server_key_pem: read(&srv_key)?,
+            kubelet_client: Issued { cert_pem: read(&cli_crt)?, key_pem: read(&cli_key)? },
+        })
+    }
+
+    /// How control dials nodes' kubelet APIs: trusting only the cluster CA for the node's
+    /// serving certificate, and presenting the kubelet client certificate.
+    pub fn kubelet_client_config(&self) -> Result<Arc<rustls::ClientConfig>, TlsError> {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in parse_certs(&self.ca_cert_pem, "ca.crt")? {
+            roots.add(cert)?;
+        }
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let cfg = rustls::ClientConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots)
+            .with_client_auth_cert(parse_certs(&self.kubelet_client.cert_pem, "kubelet-client.crt")?, parse_key(&self.kubelet_client.key_pem, "kubelet-client.key")?)?;
+        Ok(Arc::new(cfg))
     }
 
     /// A rustls server configuration offering HTTP/2 and HTTP/1.1 by ALPN.
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let certs: Vec<_> = rustls_pemfile::certs(&mut self.server_cert_pem.as_bytes())
-            .collect::<Result<_, _>>()
-            .map_err(|_| TlsError::Pem("server.crt".into()))?;
-        let key = rustls_pemfile::private_key(&mut self.server_key_pem.as_bytes())
-            .map_err(|_| TlsError::Pem("server.key".into()))?
-            .ok_or_else(|| TlsError::Pem("server.key".into()))?;
+        let certs = parse_certs(&self.server_cert_pem, "server.crt")?;
+        let key = parse_key(&self.server_key_pem, "server.key")?;
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?

@@ -7,6 +7,9 @@
 //! - `nl_pods`, pod address -> host end and pod MAC, filled by ADD, emptied by DEL and GC;
 //! - `nl_stats`, per-CPU counters of what happened to packets (the drop reasons among them)
 //!   and to accelerated sockets;
+//! - `nl_config`, the network's [`Walls`]: a pod's packets carry its own source address, and
+//!   reach neither the node's addresses (but the cluster DNS) nor link-local ones, unless the
+//!   network's configuration lets them (`bpf/walls.h`); rewritten by every attach;
 //! - with socket acceleration (`socketAcceleration`, off by default): `pod_sockets`, a sockops
 //!   program attached to the root of the cgroup v2 hierarchy, which enters every TCP socket
 //!   between two pods of the network in `nl_sockets` at the handshake, and `pod_messages`, an
@@ -20,7 +23,7 @@ use std::fs::File;
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, Map, MapData, PerCpuArray, SockHash};
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, SockHash};
 use aya::programs::links::{FdLink, PinnedLink};
 use aya::programs::tc::{self, NlOptions, TcAttachOptions, TcError, TcHandle};
 use aya::programs::{CgroupAttachMode, SchedClassifier, SkMsg, SockOps, TcAttachType};
@@ -35,6 +38,7 @@ pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), 
 pub const PROGRAM: &str = "from_pod";
 pub const PODS_MAP: &str = "nl_pods";
 pub const STATS_MAP: &str = "nl_stats";
+pub const CONFIG_MAP: &str = "nl_config";
 pub const SOCKOPS_PROGRAM: &str = "pod_sockets";
 pub const MSG_PROGRAM: &str = "pod_messages";
 pub const SOCKETS_MAP: &str = "nl_sockets";
@@ -43,9 +47,80 @@ pub const SOCKETS_MAP: &str = "nl_sockets";
 pub const POD_ENDPOINT_SIZE: usize = 12;
 /// `struct sock_key`: four u32s.
 pub const SOCK_KEY_SIZE: usize = 16;
+/// `struct net_config`: the cluster DNS address (u32, network order) and flags (u32).
+pub const NET_CONFIG_SIZE: usize = 8;
 
-/// `enum nl_stat`, in order.
-pub const STATS: [&str; 9] = ["redirected", "passed", "not-ipv4", "ttl-expired", "drop-malformed", "drop-redirect", "sock-paired", "msg-shortcut", "msg-stack"];
+/// `enum nl_stat`, in order: the one table of what happens to packets, drop reasons among them.
+pub const STATS: [&str; 14] = [
+    "redirected",
+    "passed",
+    "not-ipv4",
+    "ttl-expired",
+    "drop-malformed",
+    "drop-redirect",
+    "sock-paired",
+    "msg-shortcut",
+    "msg-stack",
+    "drop-spoofed",
+    "drop-node",
+    "drop-link-local",
+    "node-dns",
+    "node-reply",
+];
+
+/// `enum nl_config_flag`.
+const ALLOW_NODE_ACCESS: u32 = 1;
+const ALLOW_LINK_LOCAL: u32 = 2;
+
+/// What a network's pods may reach besides each other and the world beyond the node
+/// (`bpf/walls.h`). The default is the strict one: the cluster DNS is the only door into the
+/// node, and link-local addresses (the cloud's metadata service) are closed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Walls {
+    /// The node address pods may reach on port 53 (UDP and TCP) with the node walled off.
+    #[serde(default)]
+    pub cluster_dns: Option<Ipv4Addr>,
+    /// Pods may reach every address the node holds.
+    #[serde(default)]
+    pub allow_node_access: bool,
+    /// Pods may reach 169.254.0.0/16.
+    #[serde(default)]
+    pub allow_link_local: bool,
+}
+
+impl Walls {
+    /// `struct net_config`, as the map holds it.
+    pub fn encode(&self) -> [u8; NET_CONFIG_SIZE] {
+        let mut flags = 0;
+        if self.allow_node_access {
+            flags |= ALLOW_NODE_ACCESS;
+        }
+        if self.allow_link_local {
+            flags |= ALLOW_LINK_LOCAL;
+        }
+        let mut b = [0u8; NET_CONFIG_SIZE];
+        b[..4].copy_from_slice(&self.cluster_dns.map_or(0, key).to_ne_bytes());
+        b[4..].copy_from_slice(&flags.to_ne_bytes());
+        b
+    }
+
+    pub fn decode(b: &[u8; NET_CONFIG_SIZE]) -> Walls {
+        let dns = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
+        let flags = u32::from_ne_bytes([b[4], b[5], b[6], b[7]]);
+        Walls { cluster_dns: (dns != 0).then(|| Ipv4Addr::from(dns.to_ne_bytes())), allow_node_access: flags & ALLOW_NODE_ACCESS != 0, allow_link_local: flags & ALLOW_LINK_LOCAL != 0 }
+    }
+
+    /// One line for `show`.
+    pub fn describe(&self) -> String {
+        let node = match (self.allow_node_access, self.cluster_dns) {
+            (true, _) => "open".to_string(),
+            (false, Some(dns)) => format!("closed but the cluster DNS {dns} port 53"),
+            (false, None) => "closed".to_string(),
+        };
+        format!("node {node}; link-local {}", if self.allow_link_local { "open" } else { "closed" })
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PodEndpoint {
@@ -127,6 +202,9 @@ impl Pins {
     fn stats(&self) -> PathBuf {
         self.dir.join(STATS_MAP)
     }
+    fn config(&self) -> PathBuf {
+        self.dir.join(CONFIG_MAP)
+    }
     fn links(&self) -> PathBuf {
         self.dir.join("links")
     }
@@ -156,7 +234,12 @@ impl Pins {
         }
         ensure_bpffs()?;
         std::fs::create_dir_all(self.links()).map_err(|e| err("creating the pin directory", e))?;
-        let mut ebpf = EbpfLoader::new().map_pin_path(PODS_MAP, self.pods()).map_pin_path(STATS_MAP, self.stats()).load(OBJECT).map_err(|e| err("loading the object", e))?;
+        let mut ebpf = EbpfLoader::new()
+            .map_pin_path(PODS_MAP, self.pods())
+            .map_pin_path(STATS_MAP, self.stats())
+            .map_pin_path(CONFIG_MAP, self.config())
+            .load(OBJECT)
+            .map_err(|e| err("loading the object", e))?;
         let prog: &mut SchedClassifier = ebpf.program_mut(PROGRAM).ok_or_else(|| err("the object has no program", PROGRAM))?.try_into().map_err(|e| err("the program's type", e))?;
         prog.load().map_err(|e| err("loading the program (verifier)", e))?;
         prog.pin(self.program()).map_err(|e| err("pinning the program", e))?;
@@ -202,15 +285,36 @@ impl Pins {
         HashMap::try_from(map).map_err(|e| err("the pods map's layout", e))
     }
 
-    /// Attach the fast path to a pod's host end and publish the pod.
+    fn config_map(&self) -> Result<Array<MapData, [u8; NET_CONFIG_SIZE]>, CniError> {
+        let data = MapData::from_pin(self.config()).map_err(|e| err("opening the settings map", e))?;
+        let map = Map::from_map_data(data).map_err(|e| err("the settings map", e))?;
+        Array::try_from(map).map_err(|e| err("the settings map's layout", e))
+    }
+
+    /// The network's walls as the datapath holds them (the strict default when nothing is
+    /// loaded).
+    pub fn walls(&self) -> Result<Walls, CniError> {
+        if !self.config().exists() {
+            return Ok(Walls::default());
+        }
+        Ok(Walls::decode(&self.config_map()?.get(&0, 0).map_err(|e| err("reading the settings", e))?))
+    }
+
+    /// Attach the fast path to a pod's host end and publish the pod, with the network's
+    /// `walls` (every attach writes them: the latest configuration wins).
+    ///
+    /// The pod is published before the filter goes on: from then on its packets are checked
+    /// against its entry, and a packet from it in between would be dropped as spoofed.
     ///
     /// The program goes on as a classic tc filter, not a TCX link: attaching a TCX link waits
     /// for a full RCU grace period with the RTNL lock held (~9 ms here), which stalls every
     /// ADD under way; adding clsact and a cls_bpf filter takes ~0.3 ms each. The filter lives
     /// as long as the interface; the program pinned under `links/` records it.
-    pub fn attach(&self, host_ifname: &str, pod_ip: Ipv4Addr, endpoint: PodEndpoint, accelerate: bool) -> Result<(), CniError> {
+    pub fn attach(&self, host_ifname: &str, pod_ip: Ipv4Addr, endpoint: PodEndpoint, accelerate: bool, walls: Walls) -> Result<(), CniError> {
         let _lock = self.lock()?;
         let mut prog = self.program_loaded(accelerate)?;
+        self.config_map()?.set(0, walls.encode(), 0).map_err(|e| err("writing the network's walls", e))?;
+        self.pods_map()?.insert(key(pod_ip), endpoint.encode(), 0).map_err(|e| err("publishing the pod", e))?;
         let marker = self.link(host_ifname);
         if marker.exists() {
             // An earlier attach (a pool restarted half-way): replace it.
@@ -227,8 +331,7 @@ impl Pins {
         // The filter stays when this process ends: the link handle is let go without detaching.
         let link = prog.take_link(id).map_err(|e| err("taking the link", e))?;
         std::mem::forget(link);
-        prog.pin(&marker).map_err(|e| err("recording the attach", e))?;
-        self.pods_map()?.insert(key(pod_ip), endpoint.encode(), 0).map_err(|e| err("publishing the pod", e))
+        prog.pin(&marker).map_err(|e| err("recording the attach", e))
     }
 
     /// Undo `attach` for whatever of it exists; when the network has no pods left, remove its
@@ -268,7 +371,7 @@ impl Pins {
                     let _ = std::fs::remove_file(self.sockets_link());
                 }
             }
-            for p in [self.program(), self.pods(), self.stats()] {
+            for p in [self.program(), self.pods(), self.stats(), self.config()] {
                 let _ = std::fs::remove_file(p);
             }
             let _ = std::fs::remove_dir(self.links());
@@ -303,6 +406,7 @@ impl Pins {
             return Ok(out);
         }
         out.push_str(&format!("  socket acceleration: {}\n", if self.accelerated() { "on" } else { "off" }));
+        out.push_str(&format!("  walls: {}\n", self.walls()?.describe()));
         out.push_str("  pods:\n");
         let pods = self.pods_map()?;
         let mut rows: Vec<(Ipv4Addr, PodEndpoint)> = pods.iter().filter_map(Result::ok).map(|(k, v)| (Ipv4Addr::from(k.to_ne_bytes()), PodEndpoint::decode(&v))).collect();
@@ -335,6 +439,21 @@ mod tests {
         assert_eq!(key(Ipv4Addr::new(10, 0, 0, 1)).to_ne_bytes(), [10, 0, 0, 1]);
     }
 
+    #[test]
+    fn walls_encode_as_the_c_struct() {
+        let strict = Walls::default();
+        assert_eq!(strict.encode(), [0; NET_CONFIG_SIZE], "the strict default is the map's zero row");
+        let w = Walls { cluster_dns: Some(Ipv4Addr::new(10, 66, 0, 1)), allow_node_access: false, allow_link_local: true };
+        let b = w.encode();
+        assert_eq!(&b[..4], &[10, 66, 0, 1], "the address in network order");
+        assert_eq!(u32::from_ne_bytes([b[4], b[5], b[6], b[7]]), ALLOW_LINK_LOCAL);
+        assert_eq!(Walls::decode(&b), w);
+        let open = Walls { cluster_dns: None, allow_node_access: true, allow_link_local: false };
+        assert_eq!(Walls::decode(&open.encode()), open);
+        assert_eq!(w.describe(), "node closed but the cluster DNS 10.66.0.1 port 53; link-local open");
+        assert_eq!(open.describe(), "node open; link-local closed");
+    }
+
     /// The object's maps have the layouts the Rust side reads and writes, and the counters
     /// table has a row per name. Needs root (it loads the object; nothing is pinned).
     #[test]
@@ -349,6 +468,8 @@ mod tests {
         let stats = ebpf.map(STATS_MAP).expect("the counters map");
         let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(stats).expect("counters layout");
         assert_eq!(stats.len() as usize, STATS.len(), "a counter per name in enum nl_stat");
+        let config: Array<&MapData, [u8; NET_CONFIG_SIZE]> = Array::try_from(ebpf.map(CONFIG_MAP).expect("the settings map")).expect("settings layout");
+        assert_eq!(config.len(), 1, "one row of settings");
         let prog: &mut SchedClassifier = ebpf.program_mut(PROGRAM).expect("the program").try_into().expect("a tc program");
         prog.load().expect("the verifier accepts the program");
         let _: SockHash<&MapData, [u8; SOCK_KEY_SIZE]> = SockHash::try_from(ebpf.map(SOCKETS_MAP).expect("the sockets map")).expect("sockets map layout");
@@ -361,6 +482,10 @@ mod tests {
         for (i, name) in STATS.iter().enumerate() {
             let c = format!("NL_{} = {i},", name.replace('-', "_").to_uppercase());
             assert!(header.replace(' ', "").contains(&c.replace(' ', "")), "bpf/datapath.h should have {c}");
+        }
+        assert!(header.replace(' ', "").contains(&format!("NL_STAT_MAX={},", STATS.len())));
+        for (flag, value) in [("NL_ALLOW_NODE_ACCESS", ALLOW_NODE_ACCESS), ("NL_ALLOW_LINK_LOCAL", ALLOW_LINK_LOCAL)] {
+            assert!(header.replace(' ', "").contains(&format!("{flag}={value},")), "bpf/datapath.h should have {flag} = {value}");
         }
     }
 }

@@ -10,10 +10,10 @@ use std::sync::Mutex;
 
 use tokio::sync::{mpsc, oneshot};
 
-use crate::bpf::{Pins, PodEndpoint};
+use crate::bpf::{Pins, PodEndpoint, Walls};
 
 enum Op {
-    Publish { host_ifname: String, ip: Ipv4Addr, endpoint: PodEndpoint, accelerate: bool },
+    Publish { host_ifname: String, ip: Ipv4Addr, endpoint: PodEndpoint, accelerate: bool, walls: Walls },
     Withdraw { host_ifname: String, ip: Option<Ipv4Addr>, done: oneshot::Sender<Result<(), String>> },
     Sync { done: oneshot::Sender<()> },
 }
@@ -41,9 +41,10 @@ impl FastPath {
     }
 
     /// Attach to the pod's host end and publish the pod, soon (`accelerate`: whether the
-    /// network's datapath, if this pod is the one to load it, accelerates sockets).
-    pub fn publish(&self, network: &str, host_ifname: &str, ip: Ipv4Addr, endpoint: PodEndpoint, accelerate: bool) {
-        self.send(network, Op::Publish { host_ifname: host_ifname.to_string(), ip, endpoint, accelerate });
+    /// network's datapath, if this pod is the one to load it, accelerates sockets; `walls`:
+    /// what the network's pods may reach, written again by every publish).
+    pub fn publish(&self, network: &str, host_ifname: &str, ip: Ipv4Addr, endpoint: PodEndpoint, accelerate: bool, walls: Walls) {
+        self.send(network, Op::Publish { host_ifname: host_ifname.to_string(), ip, endpoint, accelerate, walls });
     }
 
     /// Undo a publish, after everything asked before it.
@@ -64,10 +65,10 @@ impl FastPath {
 async fn work(pins: Pins, mut rx: mpsc::UnboundedReceiver<Op>) {
     while let Some(op) = rx.recv().await {
         match op {
-            Op::Publish { host_ifname, ip, endpoint, accelerate } => {
+            Op::Publish { host_ifname, ip, endpoint, accelerate, walls } => {
                 let p = pins.clone();
                 let name = host_ifname.clone();
-                match tokio::task::spawn_blocking(move || p.attach(&name, ip, endpoint, accelerate)).await {
+                match tokio::task::spawn_blocking(move || p.attach(&name, ip, endpoint, accelerate, walls)).await {
                     Ok(Ok(())) => {}
                     // The pod keeps its routed path; CHECK reports the missing fast path.
                     Ok(Err(e)) => tracing::warn!(pod = %ip, interface = %host_ifname, error = %e, "eBPF fast path not attached"),

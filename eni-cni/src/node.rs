@@ -139,7 +139,8 @@ impl NodeNetwork {
                 .map_err(anyhow::Error::msg)?;
             self.local_dns = Some(dns);
         }
-        let conf = serde_json::json!({"cniVersion": "1.1.0", "name": network, "plugins": [{"type": "eni-cni", "pool": self.socket, "socketAcceleration": socket_acceleration}]});
+        // The pods' walls (eni-cni/README.md): the cluster DNS is their one door into the node.
+        let conf = serde_json::json!({"cniVersion": "1.1.0", "name": network, "plugins": [{"type": "eni-cni", "pool": self.socket, "socketAcceleration": socket_acceleration, "clusterDNS": cluster_dns}]});
         std::fs::write(&self.conflist, conf.to_string())?;
         Ok(())
     }

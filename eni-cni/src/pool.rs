@@ -105,6 +105,10 @@ pub struct FastPathEntry {
     pub mac: [u8; 6],
     #[serde(default)]
     pub socket_acceleration: bool,
+    /// The network's walls as the pod's ADD read them (the strict default for entries
+    /// recorded before there were any).
+    #[serde(default)]
+    pub walls: crate::bpf::Walls,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -128,6 +132,9 @@ pub enum Request {
         /// Whether the network's datapath, when this pod loads it, also accelerates sockets.
         #[serde(default)]
         socket_acceleration: bool,
+        /// What the network's pods may reach (the strict default when not sent).
+        #[serde(default)]
+        walls: crate::bpf::Walls,
     },
     /// Undo a publish (replied when done, after every earlier publish); without `ip`, the
     /// address published for `host_ifname`.
@@ -359,13 +366,13 @@ impl<P: Provider> Pool<P> {
         };
         // The fast path's requests do not touch the addresses.
         let outcome = match &req {
-            Request::Publish { network, container, ifname, host_ifname, ip, ifindex, mac, socket_acceleration } => {
+            Request::Publish { network, container, ifname, host_ifname, ip, ifindex, mac, socket_acceleration, walls } => {
                 // Kept with the allocation first, so a restarted pool finishes the job.
                 let mut st = self.state.lock().await;
                 let k = key(network, container, ifname);
                 let kept = match st.allocations.get(&k).cloned() {
                     Some(mut a) if a.ip == *ip => {
-                        a.fastpath = Some(FastPathEntry { host_ifname: host_ifname.clone(), ifindex: *ifindex, mac: *mac, socket_acceleration: *socket_acceleration });
+                        a.fastpath = Some(FastPathEntry { host_ifname: host_ifname.clone(), ifindex: *ifindex, mac: *mac, socket_acceleration: *socket_acceleration, walls: *walls });
                         // Not waited onto disk (the next durable commit takes it along): losing
                         // it in a crash only leaves the pod on its routed path.
                         st.commit_with(&[], &[(&k, Some(&a))], redb::Durability::None)
@@ -374,7 +381,7 @@ impl<P: Provider> Pool<P> {
                 };
                 drop(st);
                 if kept.is_ok() {
-                    self.fastpath.publish(network, host_ifname, *ip, crate::bpf::PodEndpoint { ifindex: *ifindex, mac: *mac }, *socket_acceleration);
+                    self.fastpath.publish(network, host_ifname, *ip, crate::bpf::PodEndpoint { ifindex: *ifindex, mac: *mac }, *socket_acceleration, *walls);
                 }
                 Some(kept)
             }
@@ -481,18 +488,27 @@ impl<P: Provider> Pool<P> {
             let Some(f) = &a.fastpath else { continue };
             let pins = crate::bpf::Pins::for_network(&a.network);
             if !pins.has_link(&f.host_ifname) {
-                self.fastpath.publish(&a.network, &f.host_ifname, a.ip, crate::bpf::PodEndpoint { ifindex: f.ifindex, mac: f.mac }, f.socket_acceleration);
+                self.fastpath.publish(&a.network, &f.host_ifname, a.ip, crate::bpf::PodEndpoint { ifindex: f.ifindex, mac: f.mac }, f.socket_acceleration, f.walls);
             }
         }
     }
 
     /// Serve on a Unix socket until the task is dropped; reclaims idle addresses meanwhile.
+    /// The socket hands out addresses and runs the plugin's verbs as root, so it is 0600 (its
+    /// directory 0700 when the pool makes it) and a peer of another uid than the pool's own
+    /// (SO_PEERCRED) is hung up on unread.
     pub async fn serve(self: Arc<Self>, socket: &Path) -> anyhow::Result<()> {
-        if let Some(dir) = socket.parent() {
-            std::fs::create_dir_all(dir)?;
+        if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty() && !d.exists()) {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
         }
         let _ = std::fs::remove_file(socket);
         let listener = UnixListener::bind(socket)?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(socket, std::fs::Permissions::from_mode(0o600))?;
+        }
+        let mut refused = RefusedPeers::default();
         let _local = Registered::new(socket, self.clone());
         if let Err(e) = self.fill().await {
             tracing::warn!(error = %e, "warming the pool");
@@ -528,6 +544,11 @@ impl<P: Provider> Pool<P> {
                 Ok(c) => c,
                 Err(e) => break Err(e.into()),
             };
+            let peer = conn.peer_cred().map(|c| c.uid());
+            if !matches!(peer, Ok(uid) if peer_allowed(uid, nix::unistd::geteuid().as_raw())) {
+                refused.refused(peer.ok());
+                continue;
+            }
             let pool = self.clone();
             tokio::spawn(async move {
                 if let Err(e) = pool.connection(conn).await {
@@ -560,6 +581,29 @@ impl<P: Provider> Pool<P> {
             }
         }
         Ok(())
+    }
+}
+
+/// Whether a process of `peer_uid` may use the pool's socket: only the pool's own user may.
+fn peer_allowed(peer_uid: u32, own_uid: u32) -> bool {
+    peer_uid == own_uid
+}
+
+/// Peers hung up on, logged at most every ten seconds (a loop of connections must not flood
+/// the log).
+#[derive(Default)]
+struct RefusedPeers {
+    count: u64,
+    logged: Option<std::time::Instant>,
+}
+
+impl RefusedPeers {
+    fn refused(&mut self, uid: Option<u32>) {
+        self.count += 1;
+        if self.logged.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+            tracing::warn!(?uid, refused = self.count, "IP pool: refused a connection from another uid than the pool's own");
+            self.logged = Some(std::time::Instant::now());
+        }
     }
 }
 
@@ -780,5 +824,28 @@ mod tests {
         serving.abort();
         let _ = serving.await;
         assert!(local(&socket).is_none(), "a pool that stopped serving is not reached directly");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_socket_is_its_owners_alone() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = pool(dir.path(), 0, 1);
+        let socket = dir.path().join("run/pool.sock");
+        let serving = tokio::spawn(serve(p.clone(), socket.clone()));
+        while !socket.exists() || local(&socket).is_none() {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o7777;
+        assert_eq!(mode(&socket), 0o600);
+        assert_eq!(mode(&dir.path().join("run")), 0o700);
+        // A peer of the pool's own uid is served.
+        let (read, write) = UnixStream::connect(&socket).await.unwrap().into_split();
+        let mut c = Client(Link::Socket { read: BufReader::new(read), write });
+        assert!(c.call(&Request::Status).await.unwrap().error.is_none());
+        assert!(peer_allowed(7, 7));
+        assert!(!peer_allowed(65534, 0));
+        serving.abort();
+        let _ = serving.await;
     }
 }

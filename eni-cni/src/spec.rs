@@ -119,6 +119,18 @@ pub struct NetConf {
     /// README for what changes for programs.
     #[serde(default)]
     pub socket_acceleration: bool,
+    /// veth, with the fast path: the node address pods may reach on port 53 (UDP and TCP)
+    /// while the node is walled off (`allowNodeAccess` false).
+    #[serde(default, rename = "clusterDNS")]
+    pub cluster_dns: Option<Ipv4Addr>,
+    /// veth, with the fast path: pods may reach the node's own addresses (off by default:
+    /// only the cluster DNS, and the node's own exchanges with the pod).
+    #[serde(default)]
+    pub allow_node_access: bool,
+    /// veth, with the fast path: pods may reach link-local addresses, 169.254.0.0/16, where
+    /// clouds serve instance metadata (off by default).
+    #[serde(default)]
+    pub allow_link_local: bool,
     #[serde(default)]
     pub prev_result: Option<Value>,
     #[serde(rename = "cni.dev/valid-attachments", default)]
@@ -177,6 +189,11 @@ impl NetConf {
             }
         }
         Ok(conf)
+    }
+
+    /// What the network's pods may reach besides each other and the world beyond the node.
+    pub fn walls(&self) -> crate::bpf::Walls {
+        crate::bpf::Walls { cluster_dns: self.cluster_dns, allow_node_access: self.allow_node_access, allow_link_local: self.allow_link_local }
     }
 
     /// Whether the config's version has a verb (GC and STATUS came with 1.1.0).
@@ -268,6 +285,13 @@ mod tests {
         assert!(bad.code == code::INVALID_CONFIG && bad.msg.contains("socketAcceleration"), "{bad}");
         let plain = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"pods","type":"eni-cni"}"#).unwrap();
         assert!(plain.fast_path && !plain.socket_acceleration, "the fast path is on by default, socket acceleration off");
+        assert_eq!(plain.walls(), crate::bpf::Walls::default(), "walled off by default");
+        let open = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"pods","type":"eni-cni","clusterDNS":"10.66.0.1","allowNodeAccess":true,"allowLinkLocal":true}"#).unwrap();
+        assert_eq!(open.walls(), crate::bpf::Walls { cluster_dns: Some(Ipv4Addr::new(10, 66, 0, 1)), allow_node_access: true, allow_link_local: true });
+        let bad = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"pods","type":"eni-cni","clusterDNS":"dns"}"#).unwrap_err();
+        assert!(bad.code == code::INVALID_CONFIG && bad.msg.contains("clusterDNS"), "{bad}");
+        let bad = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"pods","type":"eni-cni","allowNodeAccess":"yes"}"#).unwrap_err();
+        assert!(bad.code == code::INVALID_CONFIG && bad.msg.contains("allowNodeAccess"), "{bad}");
         let bad = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"-x","type":"eni-cni"}"#).unwrap_err();
         assert!(bad.code == code::INVALID_CONFIG && bad.msg.contains("name"), "{bad}");
         let bad = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"x","type":"eni-cni","mode":"ipvlan"}"#).unwrap_err();

@@ -6,11 +6,13 @@ use std::time::Duration;
 
 use anyhow::Context;
 use nodeless_sandbox_node::image::{ImageStore, reference};
+use nodeless_sandbox_node::kubelet_tls::{DEFAULT_CLIENT_NAME, KubeletTls};
 use nodeless_sandbox_node::network::{Cni, LoopbackOnly, Network};
 use nodeless_sandbox_node::node::{NodeConfig, RunningNode};
 use nodeless_sandbox_node::rundir::{self, RunDir};
 use nodeless_sandbox_node::runtime::OciRuntime;
 use nodeless_sandbox_node::sandbox::Keeper;
+use nodeless_sandbox_node::shim_proto::RuntimeIdentity;
 
 #[derive(clap::Args, Clone)]
 pub struct NodeArgs {
@@ -21,9 +23,25 @@ pub struct NodeArgs {
     /// or a path to another runtime with the same command line.
     #[arg(long, default_value = "auto")]
     pub runtime: String,
-    /// Where the kubelet API listens (control proxies logs and exec here).
+    /// Where the kubelet API listens (control proxies logs and exec here, over mutual TLS).
     #[arg(long, default_value = "127.0.0.1:0")]
     pub kubelet_listen: std::net::SocketAddr,
+    /// The kubelet API's serving certificate (PEM, intermediates after it), for a node that
+    /// joins a cluster from elsewhere. Without it the node issues itself one from the cluster
+    /// CA in `<data-dir>/pki`, as `nodeless up` (or a node beside its control plane) does.
+    #[arg(long, requires_all = ["kubelet_key", "kubelet_client_ca"])]
+    pub kubelet_cert: Option<PathBuf>,
+    /// The private key of --kubelet-cert (PEM).
+    #[arg(long, requires = "kubelet_cert")]
+    pub kubelet_key: Option<PathBuf>,
+    /// The CA that signs the API server's client certificate for kubelets (PEM): the only CA
+    /// the kubelet API trusts.
+    #[arg(long, requires = "kubelet_cert")]
+    pub kubelet_client_ca: Option<PathBuf>,
+    /// The common name a client certificate must carry to use the kubelet API (repeatable;
+    /// e.g. `kube-apiserver-kubelet-client` for a kubeadm cluster).
+    #[arg(long = "kubelet-client-name", default_value = DEFAULT_CLIENT_NAME)]
+    pub kubelet_client_names: Vec<String>,
     /// A CNI conflist for pod networks; without one (and without --pod-cidr) pods get loopback only.
     #[arg(long)]
     pub cni_conf: Option<PathBuf>,
@@ -97,6 +115,24 @@ fn choose_runtime(name: &str) -> anyhow::Result<PathBuf> {
     find_runtime("runc").context("neither crun nor runc is installed (apt-get install crun runc)")
 }
 
+/// The kubelet API's certificate and the client it accepts: from the flags, or issued from the
+/// cluster CA under the data directory for the node's name and the address control dials.
+fn kubelet_tls(args: &NodeArgs, data_dir: &Path, name: &str, host_ip: &str) -> anyhow::Result<KubeletTls> {
+    let read = |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let client_names = args.kubelet_client_names.clone();
+    if let (Some(cert), Some(key), Some(ca)) = (&args.kubelet_cert, &args.kubelet_key, &args.kubelet_client_ca) {
+        return Ok(KubeletTls { cert_chain_pem: read(cert)?, key_pem: read(key)?, client_ca_pem: read(ca)?, client_names });
+    }
+    let pki = data_dir.join("pki");
+    anyhow::ensure!(
+        pki.join("ca.key").exists(),
+        "the kubelet API needs a certificate: pass --kubelet-cert, --kubelet-key and --kubelet-client-ca, or give the node the --data-dir of its control plane ({} holds no cluster CA)",
+        pki.display()
+    );
+    let issued = nodeless_control::tls::issue_kubelet_serving(&pki, name, &[host_ip.to_string()]).context("issuing the kubelet API's certificate")?;
+    Ok(KubeletTls { cert_chain_pem: issued.cert_pem, key_pem: issued.key_pem, client_ca_pem: read(&pki.join("ca.crt"))?, client_names })
+}
+
 fn shim_path() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let shim = exe.with_file_name("nodeless-shim");
@@ -128,6 +164,8 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "local".into());
         format!("nodeless-{}", host.trim().to_lowercase())
     });
+    // Before anything is made in them: the data and run directories are the node's alone.
+    nodeless_sandbox_node::private::dir(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let run_base = Path::new("/run/nodeless");
     match rundir::keep_in_memory(run_base) {
         Ok(RunDir::Mounted) => tracing::info!(dir = %run_base.display(), "/run is on a disk: mounted a tmpfs for the runtime's state"),
@@ -138,10 +176,16 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         Err(e) => tracing::warn!(dir = %run_base.display(), error = %e, "could not keep the runtime's state in memory"),
     }
     let run_dir = run_base.join(&name);
+    for d in [run_base, run_dir.as_path()] {
+        nodeless_sandbox_node::private::dir(d).with_context(|| format!("creating {}", d.display()))?;
+    }
     // The runtime resolves bundle paths itself: everything the node hands it is absolute.
     let dir = std::path::absolute(node_dir(data_dir))?;
-    let keeper = Arc::new(Keeper::new(shim_path()?, run_dir.join("keeper.sock")));
-    let runtime = Arc::new(OciRuntime::new(choose_runtime(&args.runtime)?, run_dir.join("runtime"), keeper.clone()));
+    let host_ip = if args.kubelet_listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { args.kubelet_listen.ip().to_string() };
+    let tls = kubelet_tls(args, data_dir, &name, &host_ip)?;
+    let runtime_identity = RuntimeIdentity { runtime: choose_runtime(&args.runtime)?, root: run_dir.join("runtime") };
+    let keeper = Arc::new(Keeper::new(shim_path()?, run_dir.join("keeper.sock"), runtime_identity.clone()));
+    let runtime = Arc::new(OciRuntime::new(runtime_identity.runtime, runtime_identity.root, keeper.clone()));
     let mut pod_network = None;
     let network: Arc<dyn Network> = match &args.cni_conf {
         Some(conf) => Arc::new(Cni::load(conf, args.cni_bin_dir.clone(), dir.join("cni"))?),
@@ -170,7 +214,6 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         }
         None => Arc::new(LoopbackOnly),
     };
-    let host_ip = if args.kubelet_listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { args.kubelet_listen.ip().to_string() };
     let cgroup_parent = nodeless_sandbox_node::node::cgroup_parent(&name);
     let cfg = NodeConfig {
         name,
@@ -179,6 +222,7 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         runtime,
         network,
         listen: args.kubelet_listen,
+        tls,
         host_ip,
         cluster_dns: args.cluster_dns.clone(),
         cluster_domain: args.cluster_domain.clone(),
@@ -235,6 +279,7 @@ pub enum ImageCommand {
 }
 
 pub fn image(cmd: ImageCommand, data_dir: &Path) -> anyhow::Result<()> {
+    nodeless_sandbox_node::private::dir(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     let store = ImageStore::open(node_dir(data_dir).join("images"))?;
     match cmd {
         ImageCommand::Import { path, name } => {
@@ -258,4 +303,12 @@ pub fn image(cmd: ImageCommand, data_dir: &Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_node_accepts_the_client_name_control_presents() {
+        assert_eq!(nodeless_sandbox_node::kubelet_tls::DEFAULT_CLIENT_NAME, nodeless_control::tls::KUBELET_CLIENT_NAME);
+    }
 }

@@ -3,19 +3,23 @@
 //! The node registers a Node object, watches the pods bound to it, and gives each pod its own
 //! network, IPC and UTS namespaces; each container is an OCI bundle (an overlay of image layers)
 //! run by an OCI runtime (runc or crun) under a small shim that outlives the node. Status flows
-//! back to control as a kubelet's does; logs and exec are served on the kubelet API.
+//! back to control as a kubelet's does; logs and exec are served on the kubelet API, over mutual
+//! TLS with control's client certificate.
 
 pub mod beneath;
 pub mod cgroups;
 pub mod image;
+pub mod kubelet_tls;
 pub mod shim_proto;
 pub mod network;
 pub mod node;
 pub mod pod;
+pub mod private;
 pub mod rundir;
 pub mod runtime;
 pub mod sandbox;
 pub mod sealed_binary;
+pub mod seccomp;
 pub mod server;
 pub mod spec;
 pub mod streams;

@@ -30,6 +30,8 @@ pub struct NodeConfig {
     pub network: Arc<dyn Network>,
     /// The kubelet API listens here (port 0 picks one).
     pub listen: SocketAddr,
+    /// Its serving certificate and the clients it accepts (mutual TLS, see `kubelet_tls`).
+    pub tls: crate::kubelet_tls::KubeletTls,
     pub host_ip: String,
     pub cluster_dns: Option<String>,
     pub cluster_domain: String,
@@ -142,7 +144,7 @@ fn node_object(name: &str, host_ip: &str, port: u16, runtime: &str) -> Node {
             "labels": {"type": "virtual-kubelet", "kubernetes.io/hostname": name, "kubernetes.io/os": "linux",
                 "kubernetes.io/arch": std::env::consts::ARCH.replace("x86_64", "amd64"), "kubernetes.io/role": "agent",
                 "node.kubernetes.io/instance-type": "nodeless-virtual-node"},
-            "annotations": {"nodeless.io/kubelet-scheme": "http"}},
+            "annotations": {"nodeless.io/kubelet-scheme": "https"}},
         "spec": {"taints": [{"key": nodeless_types::keys::VIRTUAL_NODE_TAINT, "value": "nodeless", "effect": "NoSchedule"}]},
         "status": {
             "conditions": [
@@ -274,16 +276,21 @@ async fn clean_orphans(ctx: &Arc<NodeCtx>, live: &std::collections::HashSet<Stri
 }
 
 pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<RunningNode> {
+    let tls = cfg.tls.server_config()?;
+    // Pods' env (from Secrets) is in their bundles, their secret volumes under `pods`: both
+    // trees are the node's alone (see `private`).
+    crate::private::dir(&cfg.data_dir)?;
+    crate::private::dir(&cfg.run_dir)?;
     let images = ImageStore::open(cfg.data_dir.join("images"))?;
     let pods_dir = cfg.data_dir.join("pods");
     let ns_dir = cfg.run_dir.join("ns");
     let bundles_dir = cfg.run_dir.join("bundles");
-    std::fs::create_dir_all(&pods_dir)?;
+    crate::private::dir(&pods_dir)?;
     if let Err(e) = crate::rundir::spread_subdirectories(&pods_dir) {
         tracing::debug!("{}: not marked as a top directory: {e}", pods_dir.display());
     }
-    std::fs::create_dir_all(&bundles_dir)?;
-    std::fs::create_dir_all(&ns_dir)?;
+    crate::private::dir(&bundles_dir)?;
+    crate::private::dir(&ns_dir)?;
     let ctx = Arc::new(NodeCtx {
         client: client.clone(),
         name: cfg.name.clone(),
@@ -308,7 +315,7 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
     });
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     let kubelet_addr = listener.local_addr()?;
-    let server = tokio::spawn(crate::server::serve(listener, ctx.clone()));
+    let server = tokio::spawn(crate::server::serve(listener, tls, ctx.clone()));
     register(&client, &node_object(&cfg.name, &cfg.host_ip, kubelet_addr.port(), &ctx.runtime.version())).await?;
     let hb = tokio::spawn(heartbeat(client, cfg.name.clone()));
     let watch = tokio::spawn(watch_pods(ctx.clone()));

@@ -76,7 +76,8 @@ pub fn keep_in_memory(dir: &Path) -> io::Result<RunDir> {
         dir,
         Some("tmpfs"),
         nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV,
-        Some("mode=0755"),
+        // The node's state (bundles with pods' env, its sockets) is root's alone.
+        Some("mode=0700"),
     )
     .map_err(io::Error::from)?;
     Ok(RunDir::Mounted)

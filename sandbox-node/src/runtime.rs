@@ -138,7 +138,8 @@ fn exec_process(bundle: &Path, args: &[String], tty: bool) -> Result<PathBuf, St
     process["args"] = serde_json::json!(args);
     process["terminal"] = serde_json::json!(tty);
     let tmp = path.with_extension(format!("{:016x}.tmp", rand::random::<u64>()));
-    std::fs::write(&tmp, serde_json::to_vec(&process).unwrap_or_default()).and_then(|_| std::fs::rename(&tmp, &path)).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    // It holds the container's env (values from Secrets): 0600, as config.json.
+    crate::private::write(&tmp, &serde_json::to_vec(&process).unwrap_or_default()).and_then(|_| std::fs::rename(&tmp, &path)).map_err(|e| format!("writing {}: {e}", path.display()))?;
     Ok(path)
 }
 
@@ -157,7 +158,8 @@ impl Runtime for OciRuntime {
     }
 
     async fn start(&self, l: &Launch) -> Result<Started, RuntimeError> {
-        let req = RunRequest { runtime: self.binary.clone(), root: self.root.clone(), id: l.id.clone(), bundle: l.bundle.clone(), log: l.log.clone(), exit: l.exit.clone() };
+        // The supervisor runs the runtime it was started with (the keeper's, checked to be ours).
+        let req = RunRequest { id: l.id.clone(), bundle: l.bundle.clone(), log: l.log.clone(), exit: l.exit.clone() };
         let mut conn = self.supervisor.run(&req).await.map_err(|e| RuntimeError::Spawn { binary: e.what, source: e.source })?;
         let mut line = String::new();
         let _ = tokio::time::timeout(Duration::from_secs(60), conn.read_line(&mut line)).await;

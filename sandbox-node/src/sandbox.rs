@@ -7,11 +7,14 @@
 //! it holds namespaces or runs containers.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use nix::sched::CloneFlags;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
+
+use crate::shim_proto::RuntimeIdentity;
 
 #[derive(Debug, thiserror::Error)]
 #[error("{what}: {source}")]
@@ -34,14 +37,19 @@ fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> SandboxError {
 pub struct Keeper {
     binary: PathBuf,
     socket: PathBuf,
+    /// The OCI runtime the supervisor runs containers with (given on its command line; a run
+    /// request cannot name a program).
+    runtime: RuntimeIdentity,
+    /// Whether the supervisor on the socket was found to run `runtime`.
+    checked: AtomicBool,
     conn: tokio::sync::Mutex<Option<BufReader<UnixStream>>>,
     /// Held while starting the supervisor, so concurrent requests start one, not several.
     starting: tokio::sync::Mutex<()>,
 }
 
 impl Keeper {
-    pub fn new(binary: PathBuf, socket: PathBuf) -> Self {
-        Self { binary, socket, conn: tokio::sync::Mutex::new(None), starting: tokio::sync::Mutex::new(()) }
+    pub fn new(binary: PathBuf, socket: PathBuf, runtime: RuntimeIdentity) -> Self {
+        Self { binary, socket, runtime, checked: AtomicBool::new(false), conn: tokio::sync::Mutex::new(None), starting: tokio::sync::Mutex::new(()) }
     }
 
     /// Ask the supervisor to run a container (see [`crate::shim_proto::RunRequest`]). The
@@ -63,6 +71,10 @@ impl Keeper {
             .arg("keep")
             .arg("--socket")
             .arg(&self.socket)
+            .arg("--runtime")
+            .arg(&self.runtime.runtime)
+            .arg("--root")
+            .arg(&self.runtime.root)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(log)
@@ -88,6 +100,15 @@ impl Keeper {
     }
 
     async fn connect(&self) -> Result<BufReader<UnixStream>, SandboxError> {
+        let mut conn = self.connect_or_spawn().await?;
+        if !self.checked.load(Ordering::Acquire) {
+            self.check_runtime(&mut conn).await?;
+            self.checked.store(true, Ordering::Release);
+        }
+        Ok(conn)
+    }
+
+    async fn connect_or_spawn(&self) -> Result<BufReader<UnixStream>, SandboxError> {
         if let Ok(s) = UnixStream::connect(&self.socket).await {
             return Ok(BufReader::new(s));
         }
@@ -97,6 +118,29 @@ impl Keeper {
         }
         self.spawn().await?;
         UnixStream::connect(&self.socket).await.map(BufReader::new).map_err(io(format!("connecting to the node's supervisor at {}", self.socket.display())))
+    }
+
+    /// A supervisor left by an earlier start of the node runs the runtime it was started with:
+    /// refuse to go on with one that runs another (its containers would be started by one
+    /// program and killed by another).
+    async fn check_runtime(&self, conn: &mut BufReader<UnixStream>) -> Result<(), SandboxError> {
+        let reply = tokio::time::timeout(Duration::from_secs(10), Self::exchange(conn, "runtime"))
+            .await
+            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+            .map_err(io("asking the node's supervisor for its runtime"))?;
+        let theirs = reply.strip_prefix("ok ").and_then(|j| serde_json::from_str::<RuntimeIdentity>(j).ok());
+        match theirs {
+            Some(t) if t == self.runtime => Ok(()),
+            other => Err(SandboxError {
+                what: "the node's supervisor".into(),
+                source: std::io::Error::other(format!(
+                    "it runs containers with {}, not {} ({}): stop its pods (or the supervisor) before changing the runtime",
+                    other.map_or_else(|| format!("an unknown runtime (it answered {reply:?}: an older supervisor?)"), |t| format!("{} (state in {})", t.runtime.display(), t.root.display())),
+                    self.runtime.runtime.display(),
+                    self.runtime.root.display()
+                )),
+            }),
+        }
     }
 
     async fn exchange(conn: &mut BufReader<UnixStream>, request: &str) -> std::io::Result<String> {

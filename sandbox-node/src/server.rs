@@ -1,6 +1,7 @@
-//! The kubelet API, the part control proxies to: container logs now; exec, attach and
-//! port-forward next. Plain HTTP on the node's address (the Node carries the
-//! `nodeless.io/kubelet-scheme: http` annotation so control knows).
+//! The kubelet API, the part control proxies to: container logs, exec and port-forward. HTTP/1.1
+//! (websocket and SPDY upgrades included) inside mutual TLS on the node's address, loopback
+//! too: only a client with control's certificate gets past the handshake (see
+//! [`crate::kubelet_tls`]); the Node carries `nodeless.io/kubelet-scheme: https`.
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -27,16 +28,32 @@ fn query(req: &Request<Incoming>) -> HashMap<String, String> {
     url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()).into_owned().collect()
 }
 
-pub async fn serve(listener: tokio::net::TcpListener, ctx: Arc<NodeCtx>) {
+/// A client that has not finished its TLS handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, ctx: Arc<NodeCtx>) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
-        let Ok((sock, _)) = listener.accept().await else { continue };
-        let ctx = ctx.clone();
+        let Ok((sock, peer)) = listener.accept().await else { continue };
+        let (ctx, acceptor) = (ctx.clone(), acceptor.clone());
         tokio::spawn(async move {
+            let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
+                Ok(Ok(s)) => s,
+                // Anyone can knock: debug level, so a scan does not flood the node's log.
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "kubelet API: TLS handshake refused");
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "kubelet API: TLS handshake timed out");
+                    return;
+                }
+            };
             let svc = hyper::service::service_fn(move |req| {
                 let ctx = ctx.clone();
                 async move { Ok::<_, Infallible>(route(ctx, req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(sock), svc).with_upgrades().await;
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc).with_upgrades().await;
         });
     }
 }

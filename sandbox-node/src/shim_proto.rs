@@ -13,15 +13,28 @@ pub const START_FAILED_EXIT_CODE: i32 = 128;
 /// --detach`, become its parent, copy its stdout and stderr into `log` as CRI lines and write
 /// `exit` when it ends. The supervisor answers `started <pid>` once it runs and `exited` once the
 /// exit record is written, or `failed <why>` (with the exit record written) if it never ran.
+///
+/// The request names no program: the supervisor runs the runtime it was started with
+/// ([`RuntimeIdentity`]), so whoever reaches its socket cannot have it exec something else as
+/// root. Unknown fields (an older node's `runtime`) are refused, not ignored.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
 pub struct RunRequest {
-    pub runtime: PathBuf,
-    /// The runtime's state directory (`--root`).
-    pub root: PathBuf,
     pub id: String,
     pub bundle: PathBuf,
     pub log: PathBuf,
     pub exit: PathBuf,
+}
+
+/// The OCI runtime a supervisor runs every container with and its state directory (`--root`),
+/// fixed by its command line (`nodeless-shim keep --socket S --runtime R --root D`). `runtime`
+/// on a connection is answered `ok <this as JSON>`: a node finding a supervisor left by an
+/// earlier start checks that it runs the runtime the node was configured with.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeIdentity {
+    pub runtime: PathBuf,
+    pub root: PathBuf,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
@@ -100,6 +113,16 @@ mod tests {
         assert_eq!(p, LogLine { timestamp: "2026-01-01T00:00:00.000000001Z", stream: "stderr", full: true, text: "hello world" });
         let partial = String::from_utf8(cri_line("t", "stdout", false, b"")).unwrap();
         assert!(!parse_cri_line(partial.trim_end()).unwrap().full);
+    }
+
+    #[test]
+    fn a_run_request_cannot_name_a_program() {
+        let ok = r#"{"id":"c","bundle":"/b","log":"/l","exit":"/e"}"#;
+        assert_eq!(serde_json::from_str::<RunRequest>(ok).unwrap().id, "c");
+        for extra in [r#""runtime":"/bin/sh""#, r#""root":"/tmp""#] {
+            let bad = format!(r#"{{"id":"c","bundle":"/b","log":"/l","exit":"/e",{extra}}}"#);
+            assert!(serde_json::from_str::<RunRequest>(&bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

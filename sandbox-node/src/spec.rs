@@ -3,40 +3,33 @@
 
 use std::path::PathBuf;
 
+use nodeless_types::caps;
 use serde_json::{Value, json};
 
-/// Capabilities a container gets unless it drops them (containerd's default set).
-pub const DEFAULT_CAPS: [&str; 14] = [
-    "CAP_CHOWN",
-    "CAP_DAC_OVERRIDE",
-    "CAP_FSETID",
-    "CAP_FOWNER",
-    "CAP_MKNOD",
-    "CAP_NET_RAW",
-    "CAP_SETGID",
-    "CAP_SETUID",
-    "CAP_SETFCAP",
-    "CAP_SETPCAP",
-    "CAP_NET_BIND_SERVICE",
-    "CAP_SYS_CHROOT",
-    "CAP_KILL",
-    "CAP_AUDIT_WRITE",
+use crate::seccomp;
+
+/// Kernel files a container sees as empty (`/dev/null` over a file, an empty read-only tmpfs
+/// over a directory): what containerd and Docker hide by default, because they describe the
+/// host's hardware and kernel (`/proc/kcore` is its memory, `/proc/keys` its keyrings;
+/// `/proc/interrupts` and the RAPL energy counters under powercap are side channels into what
+/// other tenants' pods are doing).
+pub const MASKED_PATHS: [&str; 12] = [
+    "/proc/acpi",
+    "/proc/asound",
+    "/proc/interrupts",
+    "/proc/kcore",
+    "/proc/keys",
+    "/proc/latency_stats",
+    "/proc/timer_list",
+    "/proc/timer_stats",
+    "/proc/sched_debug",
+    "/proc/scsi",
+    "/sys/firmware",
+    "/sys/devices/virtual/powercap",
 ];
 
-/// What a container may add beyond the defaults: confined to its own namespaces.
-pub const ADDABLE_CAPS: [&str; 1] = ["CAP_NET_ADMIN"];
-
-/// System calls the default seccomp profile refuses with EPERM: those that reach past the
-/// container's namespaces (kernel modules, clocks, keyrings, mounts, namespaces, tracing).
-const DENIED_SYSCALLS: [&str; 47] = [
-    "acct", "add_key", "bpf", "clock_adjtime", "clock_settime", "create_module", "delete_module",
-    "finit_module", "fsconfig", "fsmount", "fsopen", "fspick", "get_kernel_syms", "init_module",
-    "ioperm", "iopl", "kcmp", "kexec_file_load", "kexec_load", "keyctl", "lookup_dcookie", "mount",
-    "move_mount", "name_to_handle_at", "nfsservctl", "open_by_handle_at", "open_tree",
-    "perf_event_open", "pivot_root", "process_vm_readv", "process_vm_writev", "ptrace",
-    "query_module", "quotactl", "reboot", "request_key", "setns", "settimeofday", "swapoff",
-    "swapon", "sysfs", "umount2", "unshare", "uselib", "userfaultfd", "ustat", "_sysctl",
-];
+/// Kernel files a container may read but not write: the host's settings.
+pub const READONLY_PATHS: [&str; 5] = ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct BindMount {
@@ -80,32 +73,10 @@ pub struct ContainerSpec {
 }
 
 /// The capability set after the container's `add` and `drop` (names with or without `CAP_`,
-/// any case; `ALL` in drop clears the defaults). Adds outside the permitted set are refused.
+/// any case; `ALL` in drop clears the defaults): the one rule admission applies too
+/// ([`nodeless_types::caps::effective`]). Adds outside the permitted set are refused.
 pub fn capabilities(add: &[String], drop: &[String]) -> Result<Vec<String>, String> {
-    let norm = |c: &String| {
-        let u = c.to_ascii_uppercase();
-        if u.starts_with("CAP_") || u == "ALL" { u } else { format!("CAP_{u}") }
-    };
-    let drop: Vec<String> = drop.iter().map(norm).collect();
-    let mut caps: Vec<String> =
-        if drop.iter().any(|d| d == "ALL") { Vec::new() } else { DEFAULT_CAPS.iter().map(|c| c.to_string()).filter(|c| !drop.contains(c)).collect() };
-    for a in add.iter().map(norm) {
-        if !DEFAULT_CAPS.contains(&a.as_str()) && !ADDABLE_CAPS.contains(&a.as_str()) {
-            return Err(format!("capability {a} is outside the set this platform grants ({} and {})", DEFAULT_CAPS.join(", "), ADDABLE_CAPS.join(", ")));
-        }
-        if !caps.contains(&a) {
-            caps.push(a);
-        }
-    }
-    Ok(caps)
-}
-
-fn seccomp_profile() -> Value {
-    json!({
-        "defaultAction": "SCMP_ACT_ALLOW",
-        "architectures": ["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"],
-        "syscalls": [{"names": DENIED_SYSCALLS.to_vec(), "action": "SCMP_ACT_ERRNO", "errnoRet": 1}]
-    })
+    caps::effective(add, drop).map_err(|e| e.to_string())
 }
 
 pub fn config_json(c: &ContainerSpec) -> Value {
@@ -155,12 +126,11 @@ pub fn config_json(c: &ContainerSpec) -> Value {
         // the container runs, and that must not reach into the container.
         "rootfsPropagation": "private",
         "resources": resources,
-        "maskedPaths": ["/proc/acpi", "/proc/asound", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
-            "/proc/timer_list", "/proc/timer_stats", "/proc/sched_debug", "/sys/firmware", "/proc/scsi"],
-        "readonlyPaths": ["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"],
+        "maskedPaths": MASKED_PATHS,
+        "readonlyPaths": READONLY_PATHS,
     });
     if c.seccomp {
-        linux["seccomp"] = seccomp_profile();
+        linux["seccomp"] = seccomp::profile();
     }
     json!({
         "ociVersion": "1.0.2",
@@ -195,8 +165,22 @@ mod tests {
         assert!(caps.contains(&"CAP_NET_ADMIN".to_string()));
         assert!(!caps.contains(&"CAP_NET_RAW".to_string()));
         assert_eq!(capabilities(&s(&["CHOWN"]), &s(&["all"])).unwrap(), s(&["CAP_CHOWN"]));
-        let err = capabilities(&s(&["SYS_ADMIN"]), &[]).unwrap_err();
-        assert!(err.contains("CAP_SYS_ADMIN"), "{err}");
+        for admin in ["sys_admin", "Cap_Sys_Admin", "CAP_SYS_ADMIN", "SYS_ADMIN"] {
+            let err = capabilities(&s(&[admin]), &[]).unwrap_err();
+            assert!(err.contains("CAP_SYS_ADMIN"), "{err}");
+        }
+    }
+
+    #[test]
+    fn host_kernel_files_are_masked_or_read_only() {
+        let v = config_json(&ContainerSpec { args: vec!["/bin/sh".into()], ..Default::default() });
+        let masked = v["linux"]["maskedPaths"].as_array().unwrap();
+        // containerd's defaults, and Docker's /proc/interrupts.
+        for p in ["/proc/kcore", "/proc/interrupts", "/sys/devices/virtual/powercap", "/proc/keys", "/proc/timer_list", "/sys/firmware", "/proc/scsi"] {
+            assert!(masked.iter().any(|m| m == p), "{p} is not masked");
+        }
+        assert_eq!(v["linux"]["readonlyPaths"], json!(["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]));
+        assert!(v["linux"].get("seccomp").is_none(), "no profile unless asked for");
     }
 
     #[test]
@@ -214,7 +198,6 @@ mod tests {
         assert_eq!(v["linux"]["resources"]["cpu"]["shares"], 256);
         assert_eq!(v["linux"]["resources"]["pids"]["limit"], 100);
         assert_eq!(v["process"]["cwd"], "/");
-        let denied = v["linux"]["seccomp"]["syscalls"][0]["names"].as_array().unwrap();
-        assert!(denied.iter().any(|n| n == "mount"));
+        assert_eq!(v["linux"]["seccomp"], crate::seccomp::profile());
     }
 }

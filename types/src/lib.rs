@@ -3,8 +3,10 @@
 //! * [`catalogue`]: the API resources the control plane serves (group, version, kind, plural,
 //!   scope, verbs, short names, subresources) — the one table discovery, routing and clients use.
 //! * [`keys`]: well-known label, annotation and taint keys, so components agree on spelling.
+//! * [`caps`]: the capabilities a container may hold, one rule for admission and the node.
 #![forbid(unsafe_code)]
 
+pub mod caps;
 pub mod catalogue;
 pub mod keys;
 pub mod privatezone;

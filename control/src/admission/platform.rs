@@ -1,5 +1,6 @@
 //! What a serverless Kubernetes does not run. Each rule names itself and says why.
 
+use nodeless_types::caps;
 use serde_json::Value;
 
 use super::Policy;
@@ -38,9 +39,10 @@ pub fn check(group: &str, kind: &str, obj: &Value, policy: &Policy) -> Option<(&
         if c.pointer("/securityContext/privileged") == Some(&Value::Bool(true)) {
             return Some(("nodeless.io/no-privileged", format!("container \"{name}\" asks to run privileged, which is not supported: a privileged container could escape its sandbox")));
         }
-        let adds = c.pointer("/securityContext/capabilities/add").and_then(Value::as_array).into_iter().flatten();
-        if let Some(cap) = adds.filter_map(Value::as_str).find(|c| matches!(c.trim_start_matches("CAP_"), "SYS_ADMIN" | "ALL" | "SYS_MODULE" | "SYS_RAWIO")) {
-            return Some(("nodeless.io/no-privileged", format!("container \"{name}\" adds capability {cap}, which is not supported: it would let the container escape its sandbox")));
+        // The node's own rule, so what is admitted is what the node runs.
+        let listed = |field: &str| c.pointer(field).and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str).collect::<Vec<_>>();
+        if let Err(e) = caps::effective(&listed("/securityContext/capabilities/add"), &listed("/securityContext/capabilities/drop")) {
+            return Some(("nodeless.io/no-privileged", format!("container \"{name}\": {e}")));
         }
     }
     if spec.get("hostNetwork") == Some(&Value::Bool(true)) && !policy.allow_host_network {
@@ -75,5 +77,21 @@ mod tests {
         assert_eq!(check("apps", "Deployment", &d, &p).unwrap().0, "nodeless.io/no-host-network");
         assert!(check("apps", "Deployment", &d, &Policy { allow_host_network: true }).is_none());
         assert!(check("", "Pod", &pod(json!({"name": "c", "ports": [{"containerPort": 80}]})), &p).is_none());
+    }
+
+    #[test]
+    fn capabilities_are_the_nodes_rule_in_any_spelling() {
+        let p = Policy::default();
+        let pod = |add: Value, drop: Value| json!({"spec": {"containers": [{"name": "c", "securityContext": {"capabilities": {"add": add, "drop": drop}}}]}});
+        for cap in ["sys_admin", "Cap_Sys_Admin", "CAP_SYS_ADMIN", "SYS_ADMIN", "all", "sys_module", "SYS_PTRACE"] {
+            let (rule, msg) = check("", "Pod", &pod(json!([cap]), json!([])), &p).expect(cap);
+            assert_eq!(rule, "nodeless.io/no-privileged");
+            assert!(msg.contains(&caps::canonical(cap)), "{msg}");
+            // The node refuses exactly what admission refuses.
+            assert!(caps::effective(&[cap], &[] as &[&str]).is_err(), "{cap}");
+        }
+        for (add, drop) in [(json!(["net_admin"]), json!([])), (json!(["Chown"]), json!(["ALL"])), (json!([]), json!(["all"]))] {
+            assert!(check("", "Pod", &pod(add, drop), &p).is_none());
+        }
     }
 }

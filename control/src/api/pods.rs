@@ -15,7 +15,9 @@ use super::http::{Body, json_response};
 use super::registry::Served;
 use super::ApiState;
 
-/// Annotation a node sets when its kubelet API listens on plain HTTP (loopback set-ups only).
+/// Annotation a node sets when its kubelet API listens on plain HTTP. sandbox-node never does
+/// (its kubelet API is mutual TLS: control presents `tls::KUBELET_CLIENT_NAME`'s certificate and
+/// checks the node's against the cluster CA); the tests' stand-in kubelet does.
 pub const KUBELET_SCHEME: &str = "nodeless.io/kubelet-scheme";
 
 pub(super) async fn bind(state: &ApiState, served: &Served, ns: &str, name: &str, body: Value) -> Result<Response<Body>, ApiError> {

@@ -85,7 +85,8 @@ impl Store {
 
     /// Open the embedded store in `dir`.
     pub fn open_embedded(dir: &std::path::Path) -> Result<Self, StoreError> {
-        std::fs::create_dir_all(dir).map_err(|e| StoreError::Backend(format!("{}: {e}", dir.display())))?;
+        // Every object, Secrets included, is in there: the directory is the control plane's alone.
+        crate::private::dir(dir).map_err(|e| StoreError::Backend(format!("{}: {e}", dir.display())))?;
         Self::open(super::redb::RedbBackend::open(&dir.join("objects.redb"))?)
     }
 

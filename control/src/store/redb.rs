@@ -22,7 +22,16 @@ fn backend<E: std::fmt::Display>(e: E) -> StoreError {
 }
 
 impl RedbBackend {
+    /// Open (or create) the database at `path`, readable by its owner only (it holds Secrets).
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        // redb creates the file with the process's umask; made empty here first (redb takes an
+        // empty file for a new database), it is 0600 from its first byte.
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let io = |e: std::io::Error| StoreError::Backend(format!("{}: {e}", path.display()));
+            std::fs::OpenOptions::new().create(true).append(true).mode(crate::private::FILE_MODE).open(path).map_err(io)?;
+            crate::private::file(path).map_err(io)?;
+        }
         let db = Database::create(path).map_err(backend)?;
         let txn = db.begin_write().map_err(backend)?;
         {

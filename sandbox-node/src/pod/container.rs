@@ -200,8 +200,8 @@ pub fn limits(c: &Container) -> Result<Limits, String> {
         memory_bytes: get(limits, "memory")?.map(|q| q.units_ceil() as i64),
         cpu_millis: get(limits, "cpu")?.map(|q| q.milli().max(10) as i64),
         cpu_request_millis: get(requests, "cpu")?.or(get(limits, "cpu")?).map(|q| q.milli() as i64),
-        // Each container at most the pod's cap too, in case its cgroup is placed elsewhere.
-        pids: Some(crate::cgroups::POD_PIDS_MAX),
+        // The pod's cgroup caps its processes (`cgroups::POD_PIDS_MAX`), all containers together.
+        pids: None,
     })
 }
 

@@ -23,7 +23,7 @@ use nix::fcntl::OFlag;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
-use nodeless_sandbox_node::shim_proto::{ExitRecord, RunRequest, START_FAILED_EXIT_CODE, cri_line, now_rfc3339};
+use nodeless_sandbox_node::shim_proto::{ExitRecord, RunRequest, RuntimeIdentity, START_FAILED_EXIT_CODE, cri_line, now_rfc3339};
 
 /// Lines longer than this are split into partial (`P`) records, as kubelet does.
 const MAX_LINE: usize = 16 * 1024;
@@ -62,6 +62,8 @@ struct State {
 }
 
 pub struct Supervisor {
+    /// The only program it runs containers with, and its state directory.
+    runtime: RuntimeIdentity,
     state: Mutex<State>,
     changed: Condvar,
     logs: Logs,
@@ -71,13 +73,18 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Start the reaper and the log copier. The process must be a child subreaper already.
-    pub fn start() -> std::io::Result<Arc<Self>> {
-        let sup = Arc::new(Self { state: Mutex::default(), changed: Condvar::new(), logs: Logs::new()?, on_idle: OnceLock::new() });
+    pub fn start(runtime: RuntimeIdentity) -> std::io::Result<Arc<Self>> {
+        let sup = Arc::new(Self { runtime, state: Mutex::default(), changed: Condvar::new(), logs: Logs::new()?, on_idle: OnceLock::new() });
         let reaper = sup.clone();
         std::thread::Builder::new().name("reaper".into()).spawn(move || reaper.reap())?;
         let copier = sup.clone();
         std::thread::Builder::new().name("logs".into()).spawn(move || copier.logs.copy())?;
         Ok(sup)
+    }
+
+    /// The runtime it runs every container with.
+    pub fn identity(&self) -> &RuntimeIdentity {
+        &self.runtime
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -136,11 +143,11 @@ impl Supervisor {
         let drained = self.logs.add(Arc::new(log), out_r, err_r).map_err(|e| format!("watching the container's output: {e}"))?;
         let runtime_log = req.bundle.join("runtime.log");
         let pid_file = req.bundle.join("pid");
-        let (program, arg0) = nodeless_sandbox_node::sealed_binary::program(&req.runtime);
+        let (program, arg0) = nodeless_sandbox_node::sealed_binary::program(&self.runtime.runtime);
         let mut cmd = Command::new(program);
         cmd.arg0(arg0)
             .arg("--root")
-            .arg(&req.root)
+            .arg(&self.runtime.root)
             .arg("--log")
             .arg(&runtime_log)
             .args(["--log-format", "json", "run", "--detach", "--bundle"])
@@ -154,7 +161,7 @@ impl Supervisor {
         // Spawned under the lock, so the reaper cannot report the runtime before it is known.
         let (runtime_pid, after) = {
             let mut s = self.lock();
-            let child = cmd.spawn().map_err(|e| format!("{}: {e}", req.runtime.display()))?;
+            let child = cmd.spawn().map_err(|e| format!("{}: {e}", self.runtime.runtime.display()))?;
             s.spawns += 1;
             self.changed.notify_all();
             (child.id() as i32, s.reaps)

@@ -1,12 +1,18 @@
-//! `nodeless-shim keep --socket S`: the node's supervisor, one process per node that outlives the
-//! node. It holds every pod's shared namespaces (`namespaces`) and is the parent of every
-//! container (`containers`), so a node can restart, or crash, while pods run.
+//! `nodeless-shim keep --socket S --runtime R --root D`: the node's supervisor, one process per
+//! node that outlives the node. It holds every pod's shared namespaces (`namespaces`) and is the
+//! parent of every container (`containers`), so a node can restart, or crash, while pods run.
 //!
 //! It serves a Unix socket, a thread per connection, a request per line:
 //! `new <key> <hostname>`, `get <key>` and `del <key>` for namespaces, answered on the same line;
-//! `run <RunRequest JSON>`, answered `started <pid>` and later `exited`, or `failed <why>`, after
-//! which the connection belongs to that container. It exits when its last connection ends while
-//! it holds no namespace and runs no container; otherwise the node finds it again after a restart.
+//! `runtime`, answered `ok <RuntimeIdentity JSON>`; `run <RunRequest JSON>`, answered
+//! `started <pid>` and later `exited`, or `failed <why>`, after which the connection belongs to
+//! that container. It exits when its last connection ends while it holds no namespace and runs
+//! no container; otherwise the node finds it again after a restart.
+//!
+//! It runs as root and execs the runtime as root, so who may talk to it is narrow: the socket is
+//! 0600 in the node's 0700 run directory, a peer whose uid (SO_PEERCRED) is not the
+//! supervisor's own is hung up on before a byte is read, and the only program it ever runs is
+//! the runtime on its command line (a request names none).
 #![forbid(unsafe_code)]
 
 mod containers;
@@ -18,10 +24,11 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use containers::Supervisor;
 use namespaces::Namespaces;
-use nodeless_sandbox_node::shim_proto::RunRequest;
+use nodeless_sandbox_node::shim_proto::{RunRequest, RuntimeIdentity};
 
 struct Shared {
     socket: PathBuf,
@@ -77,7 +84,11 @@ impl Shared {
                     }
                 }
             }
-            let reply = self.namespaces().answer(request);
+            let reply = if request == "runtime" {
+                format!("ok {}", serde_json::to_string(self.containers.identity()).unwrap_or_default())
+            } else {
+                self.namespaces().answer(request)
+            };
             if writeln!(out, "{reply}").is_err() {
                 return;
             }
@@ -90,10 +101,29 @@ fn bind(path: &Path) -> Result<Option<UnixListener>, String> {
         return Ok(None);
     }
     let _ = std::fs::remove_file(path);
-    UnixListener::bind(path).map(Some).map_err(|e| format!("binding {}: {e}", path.display()))
+    let listener = UnixListener::bind(path).map_err(|e| format!("binding {}: {e}", path.display()))?;
+    nodeless_sandbox_node::private::restrict(path).map_err(|e| format!("making {} 0600: {e}", path.display()))?;
+    Ok(Some(listener))
 }
 
-fn keep(socket: &Path) -> Result<(), String> {
+/// Refused peers, logged at most every few seconds (a loop of connections must not fill the log).
+struct Refusals {
+    count: u64,
+    logged: Option<Instant>,
+}
+
+impl Refusals {
+    fn refused(&mut self, uid: Option<u32>) {
+        self.count += 1;
+        if self.logged.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
+            let who = uid.map_or_else(|| "of unknown uid".to_string(), |u| format!("uid {u}"));
+            eprintln!("nodeless-shim keep: refused a connection from {who} ({} refused so far): only the node's own uid may connect", self.count);
+            self.logged = Some(Instant::now());
+        }
+    }
+}
+
+fn keep(socket: &Path, runtime: RuntimeIdentity) -> Result<(), String> {
     nix::sys::prctl::set_child_subreaper(true).map_err(|e| format!("PR_SET_CHILD_SUBREAPER: {e}"))?;
     let namespaces = Namespaces::new().map_err(|e| format!("opening the host's namespaces: {e}"))?;
     let Some(listener) = bind(socket)? else {
@@ -101,7 +131,7 @@ fn keep(socket: &Path) -> Result<(), String> {
         println!("ready");
         return Ok(());
     };
-    let containers = Supervisor::start().map_err(|e| format!("starting the supervisor's threads: {e}"))?;
+    let containers = Supervisor::start(runtime).map_err(|e| format!("starting the supervisor's threads: {e}"))?;
     let inode = std::fs::metadata(socket).map(|m| m.st_ino()).unwrap_or(0);
     let shared = Arc::new(Shared { socket: socket.to_path_buf(), inode, namespaces: Mutex::new(namespaces), containers, connections: Mutex::new(0) });
     // The last container may end after the node has gone.
@@ -113,8 +143,16 @@ fn keep(socket: &Path) -> Result<(), String> {
     });
     println!("ready");
     let _ = std::io::stdout().flush();
+    let mut refusals = Refusals { count: 0, logged: None };
     for conn in listener.incoming() {
         let Ok(conn) = conn else { continue };
+        match nodeless_sandbox_node::private::peer_uid(&conn) {
+            Ok(uid) if nodeless_sandbox_node::private::peer_allowed(uid) => {}
+            other => {
+                refusals.refused(other.ok());
+                continue;
+            }
+        }
         *shared.connections.lock().unwrap_or_else(|e| e.into_inner()) += 1;
         let s = shared.clone();
         let spawned = std::thread::Builder::new().name("conn".into()).spawn(move || {
@@ -128,16 +166,21 @@ fn keep(socket: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The value after `--<name>` on the command line.
+fn flag(argv: &[String], name: &str) -> Option<PathBuf> {
+    argv.iter().position(|a| a == name).and_then(|i| argv.get(i + 1)).map(PathBuf::from)
+}
+
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
-    let socket = match (argv.get(1).map(String::as_str), argv.iter().position(|a| a == "--socket").and_then(|i| argv.get(i + 1))) {
-        (Some("keep"), Some(socket)) => PathBuf::from(socket),
+    let (socket, runtime, root) = match (argv.get(1).map(String::as_str), flag(&argv, "--socket"), flag(&argv, "--runtime"), flag(&argv, "--root")) {
+        (Some("keep"), Some(socket), Some(runtime), Some(root)) => (socket, runtime, root),
         _ => {
-            eprintln!("usage: nodeless-shim keep --socket <path>");
+            eprintln!("usage: nodeless-shim keep --socket <path> --runtime <OCI runtime binary> --root <its state directory>");
             return ExitCode::from(2);
         }
     };
-    match keep(&socket) {
+    match keep(&socket, RuntimeIdentity { runtime, root }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("nodeless-shim keep: {e}");
