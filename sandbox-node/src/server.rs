@@ -260,8 +260,10 @@ async fn logs(ctx: Arc<NodeCtx>, ns: &str, pod: &str, container: &str, q: HashMa
         Ok(f) => f,
         Err(e) => return text(StatusCode::NOT_FOUND, format!("{}: {e}", log.display())),
     };
-    let mut content = String::new();
-    let _ = file.read_to_string(&mut content).await;
+    // The supervisor rotates the log at LOG_MAX_BYTES; a read never takes more than twice that.
+    let mut raw = Vec::new();
+    let _ = (&mut file).take(2 * crate::shim_proto::LOG_MAX_BYTES).read_to_end(&mut raw).await;
+    let content = String::from_utf8_lossy(&raw).into_owned();
     let consumed = content.rfind('\n').map_or(0, |i| i + 1);
     let mut rendered = render(&content[..consumed], &o);
     if let Some(t) = o.tail {
@@ -296,6 +298,16 @@ async fn logs(ctx: Arc<NodeCtx>, ns: &str, pod: &str, container: &str, q: HashMa
                     return;
                 }
             }
+            if n == 0 && rotated(&log, &file).await {
+                // The supervisor rotated the log: go on from the start of the new file.
+                match tokio::fs::File::open(&log).await {
+                    Ok(f) => {
+                        (file, offset) = (f, 0);
+                        continue;
+                    }
+                    Err(_) => return,
+                }
+            }
             if done && n == 0 {
                 return;
             }
@@ -307,6 +319,15 @@ async fn logs(ctx: Arc<NodeCtx>, ns: &str, pod: &str, container: &str, q: HashMa
     });
     let stream = tokio_stream_from(rx);
     Response::builder().header("Content-Type", "text/plain").body(StreamBody::new(stream).boxed()).unwrap_or_default()
+}
+
+/// Whether the file now at `path` is another one than `open` (the log was rotated).
+async fn rotated(path: &std::path::Path, open: &tokio::fs::File) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (tokio::fs::metadata(path).await, open.metadata().await) {
+        (Ok(now), Ok(was)) => (now.dev(), now.ino()) != (was.dev(), was.ino()),
+        _ => false,
+    }
 }
 
 fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send + 'static {

@@ -6,6 +6,19 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+/// A container's log is rotated past this size (kubelet's `containerLogMaxSize` default).
+pub const LOG_MAX_BYTES: u64 = 10 << 20;
+/// How many files of a container's log are kept, the current one included (kubelet's
+/// `containerLogMaxFiles` default).
+pub const LOG_MAX_FILES: u32 = 5;
+
+/// The `n`th older file of the log at `path` (`log.1` is the newest of them).
+pub fn rotated_log(path: &std::path::Path, n: u32) -> std::path::PathBuf {
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{n}"));
+    path.with_file_name(name)
+}
+
 /// The exit code kubelet reports for a container that never started (the runtime failed).
 pub const START_FAILED_EXIT_CODE: i32 = 128;
 

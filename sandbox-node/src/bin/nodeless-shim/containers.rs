@@ -23,7 +23,9 @@ use nix::fcntl::OFlag;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
-use nodeless_sandbox_node::shim_proto::{ExitRecord, RunRequest, RuntimeIdentity, START_FAILED_EXIT_CODE, cri_line, now_rfc3339};
+use nodeless_sandbox_node::shim_proto::{
+    ExitRecord, LOG_MAX_BYTES, LOG_MAX_FILES, RunRequest, RuntimeIdentity, START_FAILED_EXIT_CODE, cri_line, now_rfc3339, rotated_log,
+};
 
 /// Lines longer than this are split into partial (`P`) records, as kubelet does.
 const MAX_LINE: usize = 16 * 1024;
@@ -137,10 +139,10 @@ impl Supervisor {
     /// Run the runtime and wait for it: the container's init PID, the reap count before the
     /// runtime started, and the container's drain signal.
     fn start_container(&self, req: &RunRequest) -> Result<(i32, u64, mpsc::Receiver<()>), String> {
-        let log = OpenOptions::new().create(true).append(true).open(&req.log).map_err(|e| format!("{}: {e}", req.log.display()))?;
+        let log = LogFile::open(&req.log).map_err(|e| format!("{}: {e}", req.log.display()))?;
         let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
         let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-        let drained = self.logs.add(Arc::new(log), out_r, err_r).map_err(|e| format!("watching the container's output: {e}"))?;
+        let drained = self.logs.add(Arc::new(Mutex::new(log)), out_r, err_r).map_err(|e| format!("watching the container's output: {e}"))?;
         let runtime_log = req.bundle.join("runtime.log");
         let pid_file = req.bundle.join("pid");
         let (program, arg0) = nodeless_sandbox_node::sealed_binary::program(&self.runtime.runtime);
@@ -263,11 +265,52 @@ fn runtime_error(log: &Path) -> String {
         .unwrap_or_else(|| "the OCI runtime failed to start the container".to_string())
 }
 
+/// A container's log file, rotated as kubelet rotates it (`containerLogMaxSize`,
+/// `containerLogMaxFiles`): past [`LOG_MAX_BYTES`] the file becomes `log.1` (older ones move up,
+/// the oldest goes) and a new one starts, so a pod that prints without end fills neither the
+/// node's disk nor, through `kubectl logs`, its memory.
+struct LogFile {
+    path: std::path::PathBuf,
+    file: File,
+    size: u64,
+}
+
+impl LogFile {
+    fn open(path: &Path) -> std::io::Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+        let size = file.metadata()?.len();
+        Ok(Self { path: path.to_path_buf(), file, size })
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        if self.size > 0 && self.size + bytes.len() as u64 > LOG_MAX_BYTES {
+            if let Err(e) = self.rotate() {
+                eprintln!("nodeless-shim keep: rotating {}: {e}", self.path.display());
+            }
+        }
+        if (&self.file).write_all(bytes).is_ok() {
+            self.size += bytes.len() as u64;
+        }
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        let nth = |n: u32| rotated_log(&self.path, n);
+        let _ = std::fs::remove_file(nth(LOG_MAX_FILES - 1));
+        for n in (1..LOG_MAX_FILES - 1).rev() {
+            let _ = std::fs::rename(nth(n), nth(n + 1));
+        }
+        std::fs::rename(&self.path, nth(1))?;
+        *self = Self::open(&self.path)?;
+        Ok(())
+    }
+}
+
 /// One of a container's output streams.
 struct Stream {
     pipe: File,
     name: &'static str,
-    log: Arc<File>,
+    log: Arc<Mutex<LogFile>>,
     /// A partial line, kept until its end arrives.
     pending: Vec<u8>,
     /// Dropped at end of file; the container has drained when both of its streams dropped theirs.
@@ -288,7 +331,7 @@ impl Logs {
     }
 
     /// Watch a container's stdout and stderr; the receiver disconnects when both have ended.
-    fn add(&self, log: Arc<File>, out: OwnedFd, err: OwnedFd) -> std::io::Result<mpsc::Receiver<()>> {
+    fn add(&self, log: Arc<Mutex<LogFile>>, out: OwnedFd, err: OwnedFd) -> std::io::Result<mpsc::Receiver<()>> {
         let (open, drained) = mpsc::channel();
         let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
         for (fd, name) in [(out, "stdout"), (err, "stderr")] {
@@ -320,7 +363,7 @@ impl Logs {
                 match s.pipe.read(&mut buf) {
                     Ok(0) | Err(_) => {
                         if !s.pending.is_empty() {
-                            let _ = (&*s.log).write_all(&cri_line(&now_rfc3339(), s.name, true, &s.pending));
+                            s.log.lock().unwrap_or_else(|e| e.into_inner()).write(&cri_line(&now_rfc3339(), s.name, true, &s.pending));
                         }
                         let _ = self.epoll.delete(s.pipe.as_fd());
                         streams.remove(&key);
@@ -349,7 +392,7 @@ impl Stream {
         }
         self.pending.drain(..start);
         if !out.is_empty() {
-            let _ = (&*self.log).write_all(&out);
+            self.log.lock().unwrap_or_else(|e| e.into_inner()).write(&out);
         }
         if self.pending.capacity() > MAX_LINE * 2 {
             self.pending.shrink_to(MAX_LINE);
@@ -364,7 +407,7 @@ mod tests {
     fn stream(log: &Path) -> (Stream, mpsc::Receiver<()>) {
         let (open, drained) = mpsc::channel();
         let (r, _w) = nix::unistd::pipe().unwrap();
-        let log = Arc::new(OpenOptions::new().create(true).append(true).open(log).unwrap());
+        let log = Arc::new(Mutex::new(LogFile::open(log).unwrap()));
         (Stream { pipe: File::from(r), name: "stdout", log, pending: Vec::new(), _open: open }, drained)
     }
 
@@ -404,7 +447,7 @@ mod tests {
         let logs = Logs::new().unwrap();
         let (out_r, out_w) = nix::unistd::pipe().unwrap();
         let (err_r, err_w) = nix::unistd::pipe().unwrap();
-        let log = Arc::new(OpenOptions::new().create(true).append(true).open(dir.path().join("log")).unwrap());
+        let log = Arc::new(Mutex::new(LogFile::open(&dir.path().join("log")).unwrap()));
         let drained = logs.add(log, out_r, err_r).unwrap();
         let logs = Arc::new(logs);
         let copier = logs.clone();
@@ -418,5 +461,31 @@ mod tests {
         let r = records(&dir.path().join("log"));
         assert!(r.contains(&("stdout F".to_string(), "hello".to_string())), "{r:?}");
         assert!(r.contains(&("stderr F".to_string(), "oops".to_string())), "{r:?}");
+    }
+
+    #[test]
+    fn a_log_rotates_at_its_size_and_keeps_its_count_of_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut log = LogFile::open(&path).unwrap();
+        let line = vec![b'x'; 64 * 1024];
+        let lines = (LOG_MAX_BYTES / line.len() as u64) * (LOG_MAX_FILES as u64 + 2);
+        for _ in 0..lines {
+            log.write(&line);
+        }
+        let mut total = 0;
+        for n in 0..LOG_MAX_FILES + 2 {
+            let p = if n == 0 { path.clone() } else { rotated_log(&path, n) };
+            let len = std::fs::metadata(&p).map(|m| m.len()).ok();
+            if n < LOG_MAX_FILES {
+                let len = len.unwrap_or_else(|| panic!("{} is missing", p.display()));
+                assert!(len <= LOG_MAX_BYTES, "{}: {len}", p.display());
+                total += len;
+            } else {
+                assert!(len.is_none(), "{} should be gone", p.display());
+            }
+        }
+        assert!(total <= LOG_MAX_BYTES * LOG_MAX_FILES as u64);
+        assert!(total >= LOG_MAX_BYTES * (LOG_MAX_FILES as u64 - 1));
     }
 }
