@@ -122,6 +122,53 @@ pub fn limit_pod_pids(parent: &str, uid: &str, max: i64) -> Result<(), String> {
     std::fs::write(dir.join("pids.max"), max.to_string()).map_err(|e| format!("limiting the pod's processes in {}: {e}", dir.display()))
 }
 
+/// What the node keeps for itself out of the pods' reach: memory (the larger of 512 MiB and 5 %
+/// of the machine's) and a quarter of one CPU.
+const RESERVED_MEMORY_MIN: u64 = 512 << 20;
+const RESERVED_MILLICPU: u64 = 250;
+
+/// The caps on all pods of a node together, from the machine's size: (memory bytes, CPU
+/// millicores).
+pub fn pods_caps(mem_total: u64, cpus: u64) -> (u64, u64) {
+    let reserve = RESERVED_MEMORY_MIN.max(mem_total / 20);
+    (mem_total.saturating_sub(reserve).max(RESERVED_MEMORY_MIN), (cpus * 1000).saturating_sub(RESERVED_MILLICPU).max(100))
+}
+
+/// Cap the memory and CPU of every pod of the node together at their cgroup `parent`, so that
+/// pods cannot starve the node's own processes (kubelet's `system-reserved`). Returns the caps.
+pub fn cap_pods(parent: &str) -> Result<(u64, u64), String> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").map_err(|e| format!("/proc/meminfo: {e}"))?;
+    let mem_total = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        .ok_or("/proc/meminfo has no MemTotal")?
+        * 1024;
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
+    let (memory, millicpu) = pods_caps(mem_total, cpus);
+    let rel = Path::new(parent.trim_start_matches('/'));
+    let write = |dir: &Path, file: &str, value: String| -> Result<(), String> {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::write(dir.join(file), &value).map_err(|e| format!("writing {value} to {}: {e}", dir.join(file).display()))
+    };
+    let period = 100_000u64;
+    let quota = millicpu * period / 1000;
+    if layout() == Layout::Unified {
+        let mut level = Path::new("/sys/fs/cgroup").to_path_buf();
+        for part in rel.components() {
+            write(&level, "cgroup.subtree_control", "+memory +cpu".into())?;
+            level.push(part);
+        }
+        write(&level, "memory.max", memory.to_string())?;
+        write(&level, "cpu.max", format!("{quota} {period}"))?;
+    } else {
+        write(&Path::new("/sys/fs/cgroup/memory").join(rel), "memory.limit_in_bytes", memory.to_string())?;
+        let cpu = Path::new("/sys/fs/cgroup/cpu").join(rel);
+        write(&cpu, "cpu.cfs_period_us", period.to_string())?;
+        write(&cpu, "cpu.cfs_quota_us", quota.to_string())?;
+    }
+    Ok((memory, millicpu))
+}
+
 /// Whether crun can run containers on this layout.
 pub fn crun_supported(layout: &Layout) -> bool {
     !matches!(layout, Layout::Hybrid { v2_controllers } if !v2_controllers.is_empty())
@@ -138,6 +185,14 @@ mod tests {
         assert_eq!(parse_layout("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n", || unreachable!()), Layout::Unified);
         assert_eq!(parse_layout(HYBRID, || "hugetlb\n".into()), Layout::Hybrid { v2_controllers: vec!["hugetlb".into()] });
         assert_eq!(parse_layout("cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n", || unreachable!()), Layout::Legacy);
+    }
+
+    #[test]
+    fn the_node_keeps_a_reserve() {
+        assert_eq!(pods_caps(24 << 30, 2), ((24u64 << 30) - (24u64 << 30) / 20, 1750));
+        assert_eq!(pods_caps(4 << 30, 1), ((4u64 << 30) - (512 << 20), 750));
+        // A tiny machine still lets pods run.
+        assert_eq!(pods_caps(256 << 20, 0), (512 << 20, 100));
     }
 
     #[test]

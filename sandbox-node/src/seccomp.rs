@@ -5,12 +5,11 @@
 //! (the new mount API, io_uring and `clone3` all arrived after the lists that missed them).
 //! Here a call is refused with EPERM unless it is named below, as in Docker's and containerd's
 //! default profiles, and this list is the shorter: calls a pod has no need of stay out even
-//! where those profiles let them in (`ptrace` and `process_vm_readv`/`writev`, which Docker
-//! allows on recent kernels; `adjtimex`, `name_to_handle_at`, the NUMA memory-policy calls).
-//! What is left out on purpose:
+//! where Docker lets them in (`ptrace` and `process_vm_readv`/`writev`, which it allows on
+//! kernels from 4.8). What is left out on purpose:
 //! - namespaces: `unshare`, `setns`, and `clone` with any `CLONE_NEW*` flag (a masked rule on
 //!   its flags); `clone3` passes its flags in memory a filter cannot read, so it answers ENOSYS
-//!   and the C libraries and Go fall back to `clone`;
+//!   and glibc and Go fall back to `clone` (musl never calls it);
 //! - mounts, old and new API: `mount`, `umount`/`umount2`, `pivot_root`, `fsopen`, `fsconfig`,
 //!   `fsmount`, `fspick`, `move_mount`, `open_tree`, `mount_setattr`;
 //! - kernel attack surface a pod needs not reach: `bpf`, `perf_event_open`, `userfaultfd`,
@@ -20,10 +19,13 @@
 //! - reaching other processes' memory or files: `ptrace`, `process_vm_*`, `process_madvise`,
 //!   `pidfd_getfd`, `kcmp`, `open_by_handle_at`;
 //! - `personality` except the values programs really set (Linux, 32-bit, uname26, query), and
-//!   `socket` for `AF_VSOCK`, which reaches the hypervisor when the node is a VM.
+//!   `socket` for `AF_VSOCK`, which reaches the hypervisor when the node is a VM (an i386
+//!   program can still ask through `socketcall`, whose arguments sit in memory, as Docker's
+//!   profile also allows).
 //!
-//! Every name must be known to the runtime's libseccomp (Debian 12's 2.5.4 here): crun refuses
-//! to start a container whose profile names a call libseccomp does not know.
+//! Every name must be known to the runtime's libseccomp (Debian 12's 2.5.4 here): crun 1.8 and
+//! runc 1.1 skip a name it does not know without a word, so a misspelt call here would be
+//! refused in every pod. The e2e suite checks each name with `scmp_sys_resolver`.
 
 use serde_json::{Value, json};
 

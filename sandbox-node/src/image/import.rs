@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use super::unpack::{decompressed, unpack_layer};
+use super::unpack::{MAX_UNPACKED_LAYER, decompressed, unpack_layer};
 use super::{ImageConfig, ImageError, ImageRecord, ImageStore, reference};
 
 const MANIFEST_LIST_TYPES: [&str; 2] =
@@ -30,7 +30,14 @@ fn scratch(store: &ImageStore, what: &str) -> Result<Scratch, ImageError> {
 }
 
 fn read_json(path: &Path) -> Result<Value, ImageError> {
-    let bytes = std::fs::read(path).map_err(|e| ImageError::Corrupt(format!("{}: {e}", path.display())))?;
+    // An index, manifest or config is a few kilobytes; the archive's author decides its size.
+    const MAX_JSON: u64 = 4 << 20;
+    let mut bytes = Vec::new();
+    let file = File::open(path).map_err(|e| ImageError::Corrupt(format!("{}: {e}", path.display())))?;
+    file.take(MAX_JSON + 1).read_to_end(&mut bytes).map_err(|e| ImageError::Corrupt(format!("{}: {e}", path.display())))?;
+    if bytes.len() as u64 > MAX_JSON {
+        return Err(ImageError::Corrupt(format!("{} is larger than {MAX_JSON} bytes", path.display())));
+    }
     serde_json::from_slice(&bytes).map_err(|e| ImageError::Corrupt(format!("{}: {e}", path.display())))
 }
 
@@ -99,7 +106,7 @@ fn unpack_layers(store: &ImageStore, blobs: &[PathBuf], diff_ids: &[String]) -> 
         }
         let tmp = scratch(store, "layer")?;
         let file = File::open(blob).map_err(|e| ImageError::Corrupt(format!("{}: {e}", blob.display())))?;
-        let got = unpack_layer(decompressed(file)?, &tmp.0)?;
+        let got = unpack_layer(decompressed(file)?, &tmp.0, MAX_UNPACKED_LAYER)?;
         if &got != diff_id {
             return Err(ImageError::Corrupt(format!("layer {} unpacks to {got}, the config says {diff_id}", blob.display())));
         }

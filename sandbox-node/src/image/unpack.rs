@@ -15,6 +15,10 @@ use sha2::{Digest, Sha256};
 use super::ImageError;
 use crate::beneath::{self, Resolve};
 
+/// The most one layer may unpack to: a small gzip can expand a thousandfold (a decompression
+/// bomb), and the node's disk is shared by every pod.
+pub const MAX_UNPACKED_LAYER: u64 = 32 << 30;
+
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE: &str = ".wh..wh..opq";
 
@@ -41,6 +45,25 @@ impl<R: Read> Read for HashingReader<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
         let n = self.inner.read(buf)?;
         self.hasher.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// Reads at most `left` bytes from the inner reader, and fails past that.
+struct Capped<R> {
+    inner: R,
+    left: u64,
+    max: u64,
+}
+
+impl<R: Read> Read for Capped<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let want = buf.len().min(usize::try_from(self.left.saturating_add(1)).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..want])?;
+        if n as u64 > self.left {
+            return Err(std::io::Error::other(format!("the layer unpacks to more than {} bytes", self.max)));
+        }
+        self.left -= n as u64;
         Ok(n)
     }
 }
@@ -90,9 +113,10 @@ fn mark_hidden(root: &OwnedFd, rel: &Path, name: &str) -> std::io::Result<()> {
     Ok(rustix::fs::mknodat(&dir, hidden, FileType::CharacterDevice, Mode::empty(), 0)?)
 }
 
-/// Unpack a layer tar stream into `dst` (which exists and is empty) and return its diff ID.
-pub fn unpack_layer(stream: Box<dyn Read>, dst: &Path) -> Result<String, ImageError> {
-    let mut hashing = HashingReader::new(stream);
+/// Unpack a layer tar stream into `dst` (which exists and is empty) and return its diff ID;
+/// a stream longer than `max` bytes is refused.
+pub fn unpack_layer(stream: Box<dyn Read>, dst: &Path, max: u64) -> Result<String, ImageError> {
+    let mut hashing = HashingReader::new(Capped { inner: stream, left: max, max });
     {
         let mut archive = tar::Archive::new(&mut hashing);
         archive.set_preserve_permissions(true);
@@ -119,7 +143,7 @@ pub fn unpack_layer(stream: Box<dyn Read>, dst: &Path) -> Result<String, ImageEr
             }
         }
     }
-    hashing.finish().map_err(ImageError::io("reading a layer"))
+    hashing.finish().map_err(|e| ImageError::Corrupt(format!("reading a layer: {e}")))
 }
 
 #[cfg(test)]
@@ -158,7 +182,7 @@ mod tests {
         for (kind, second) in [("whiteout", "a/.wh.passwd"), ("opaque", "a/.wh..wh..opq"), ("nested whiteout", "a/sub/.wh.x")] {
             let _ = std::fs::remove_file(dst.join("a"));
             let tar = layer(&[("a", tar::EntryType::Symlink, &host_s), (second, tar::EntryType::Regular, "")]);
-            let err = unpack_layer(tar, &dst).unwrap_err();
+            let err = unpack_layer(tar, &dst, MAX_UNPACKED_LAYER).unwrap_err();
             assert!(matches!(err, ImageError::Corrupt(_)), "{kind}: {err}");
             assert_eq!(std::fs::read_to_string(host.join("passwd")).unwrap(), "root:x:0:0::/root:/bin/sh\n", "{kind}");
             assert!(!host.join("sub").exists(), "{kind}");
@@ -177,7 +201,7 @@ mod tests {
             ("var/lib/.wh..wh..opq", tar::EntryType::Regular, ""),
             ("bin/sh", tar::EntryType::Regular, "#!"),
         ]);
-        let id = unpack_layer(tar, &dst).unwrap();
+        let id = unpack_layer(tar, &dst, MAX_UNPACKED_LAYER).unwrap();
         assert!(id.starts_with("sha256:"));
         use std::os::unix::fs::FileTypeExt;
         let m = std::fs::symlink_metadata(dst.join("etc/motd")).unwrap();
@@ -186,6 +210,19 @@ mod tests {
         assert_eq!(std::fs::read_to_string(dst.join("bin/sh")).unwrap(), "#!");
         // A whiteout cannot name its own directory's parent.
         let tar = layer(&[("x/.wh...", tar::EntryType::Regular, "")]);
-        assert!(unpack_layer(tar, &dst).is_err());
+        assert!(unpack_layer(tar, &dst, MAX_UNPACKED_LAYER).is_err());
+    }
+
+    #[test]
+    fn a_layer_unpacking_past_its_cap_is_refused() {
+        let t = tempfile::tempdir().unwrap();
+        let dst = t.path().join("layer");
+        std::fs::create_dir_all(&dst).unwrap();
+        let big = "x".repeat(64 * 1024);
+        let err = unpack_layer(layer(&[("f", tar::EntryType::Regular, &big)]), &dst, 32 * 1024).unwrap_err();
+        assert!(err.to_string().contains("more than 32768 bytes"), "{err}");
+        let dst2 = t.path().join("layer2");
+        std::fs::create_dir_all(&dst2).unwrap();
+        unpack_layer(layer(&[("f", tar::EntryType::Regular, &big)]), &dst2, 1 << 20).unwrap();
     }
 }

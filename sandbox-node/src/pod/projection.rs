@@ -151,7 +151,7 @@ mod tests {
         write(&vol, &files(&[("conf", "v1"), ("d/x", "v1")]), 0o644).unwrap();
         // What a pod could do to a writable volume: every name replaced by a link out.
         for planted in ["conf", "..data", "d"] {
-            beneath::remove(&beneath::open_dir(&vol).unwrap(), Path::new(planted)).unwrap();
+            beneath::remove(beneath::open_dir(&vol).unwrap(), Path::new(planted)).unwrap();
             std::os::unix::fs::symlink(&host, vol.join(planted)).unwrap();
         }
         std::os::unix::fs::symlink(t.path(), vol.join("..data_tmp")).unwrap();

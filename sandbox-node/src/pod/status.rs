@@ -117,6 +117,7 @@ pub fn pod_status(w: &mut Worker) -> Value {
         }
         conditions.push(c);
     }
+    let phase = if w.evicted.is_some() { "Failed" } else { phase };
     let start = w.pod.status.as_ref().and_then(|s| s.start_time.as_ref()).map(|t| t.0.to_string());
     let mut status = json!({
         "phase": phase,
@@ -128,6 +129,10 @@ pub fn pod_status(w: &mut Worker) -> Value {
     });
     if !init_statuses.is_empty() {
         status["initContainerStatuses"] = json!(init_statuses);
+    }
+    if let Some(why) = &w.evicted {
+        status["reason"] = json!("Evicted");
+        status["message"] = json!(why);
     }
     if !w.pod_ip.is_empty() {
         status["podIP"] = json!(w.pod_ip);

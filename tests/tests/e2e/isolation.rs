@@ -288,3 +288,89 @@ spec:
     n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
     eventually("pods gone", 120, || out(&n, &["get", "pods", "-o", "name"]).trim().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_printing_without_end_keeps_to_its_log_files() {
+    assert!(is_root(), "sandbox-node tests need root");
+    let n = Nodeless::start_with_node(&[]).unwrap();
+    // 64 MiB of output, more than the five 10 MiB files kept, in 16 KiB partial records.
+    apply(
+        &n,
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: chatty}}
+spec:
+  restartPolicy: Never
+  containers:
+  - {{name: c, image: {BUSYBOX}, command: [sh, -c, "head -c 67108864 /dev/zero | tr '\\0' x; echo; echo the-end; sleep 3600"]}}
+"#
+        ),
+    );
+    let uid = out(&n, &["get", "pod", "chatty", "-o", "jsonpath={.metadata.uid}"]);
+    let dir = n.data_dir().join("node/pods").join(&uid).join("containers/c/0");
+    eventually("the last line is logged", 120, || out(&n, &["logs", "chatty", "--tail=1"]).trim() == "the-end");
+    let mut total = 0;
+    for name in ["log", "log.1", "log.2", "log.3", "log.4"] {
+        let len = std::fs::metadata(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}")).len();
+        assert!(len <= 10 << 20, "{name} holds {len} bytes");
+        total += len;
+    }
+    assert!(!dir.join("log.5").exists(), "a sixth file was kept");
+    assert!(total < 50 << 20, "{total} bytes kept");
+    // `kubectl logs` reads the current file only, bounded.
+    let logs = n.kubectl_ok(V, &["logs", "chatty"]);
+    assert!(logs.len() <= 20 << 20 && logs.trim_end().ends_with("the-end"), "{} bytes", logs.len());
+    n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
+    eventually("pods gone", 60, || out(&n, &["get", "pods", "-o", "name"]).trim().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pod_over_its_local_storage_limits_is_evicted() {
+    assert!(is_root(), "sandbox-node tests need root");
+    let n = Nodeless::start_with_node(&[]).unwrap();
+    apply(
+        &n,
+        &format!(
+            r#"apiVersion: v1
+kind: Pod
+metadata: {{name: fills-volume}}
+spec:
+  containers:
+  - {{name: c, image: {BUSYBOX}, command: [sh, -c, "head -c 4194304 /dev/urandom > /scratch/f; sleep 3600"], volumeMounts: [{{name: scratch, mountPath: /scratch}}]}}
+  volumes: [{{name: scratch, emptyDir: {{sizeLimit: 1Mi}}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: fills-layer}}
+spec:
+  containers:
+  - {{name: c, image: {BUSYBOX}, command: [sh, -c, "head -c 8388608 /dev/urandom > /tmp/f; sleep 3600"], resources: {{limits: {{ephemeral-storage: 2Mi}}}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: within}}
+spec:
+  containers:
+  - {{name: c, image: {BUSYBOX}, command: [sh, -c, "head -c 65536 /dev/urandom > /tmp/f; sleep 3600"], resources: {{limits: {{ephemeral-storage: 2Mi}}}}}}
+"#
+        ),
+    );
+    let status = |pod: &str| out(&n, &["get", "pod", pod, "-o", "jsonpath={.status.phase} {.status.reason} {.status.message}"]);
+    eventually("the emptyDir over its sizeLimit is evicted", 90, || {
+        let s = status("fills-volume");
+        s.starts_with("Failed Evicted") && s.contains("Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\"")
+    });
+    eventually("the writable layer over its limit is evicted", 90, || {
+        let s = status("fills-layer");
+        s.starts_with("Failed Evicted") && s.contains("Container c exceeded its local ephemeral storage limit \"2Mi\"")
+    });
+    // Its containers stay stopped, and the pod within its limit runs on.
+    let running = out(&n, &["get", "pod", "fills-layer", "-o", "jsonpath={.status.containerStatuses[0].state.running}"]);
+    assert!(running.is_empty(), "{running}");
+    assert_eq!(status("within").trim(), "Running");
+    let events = out(&n, &["get", "events", "--field-selector", "reason=Evicted", "-o", "name"]);
+    assert!(events.lines().count() >= 2, "{events}");
+    n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
+    eventually("pods gone", 60, || out(&n, &["get", "pods", "-o", "name"]).trim().is_empty());
+}
