@@ -4,11 +4,14 @@
 //!   scope, verbs, short names, subresources) — the one table discovery, routing and clients use.
 //! * [`keys`]: well-known label, annotation and taint keys, so components agree on spelling.
 //! * [`caps`]: the capabilities a container may hold, one rule for admission and the node.
+//! * [`pod_features`]: what a pod may ask of a node (runtime class, seccomp and AppArmor
+//!   profiles, procMount, sysctls), one rule for admission and the node.
 #![forbid(unsafe_code)]
 
 pub mod caps;
 pub mod catalogue;
 pub mod keys;
+pub mod pod_features;
 pub mod privatezone;
 pub mod quantity;
 

@@ -374,3 +374,30 @@ spec:
     n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
     eventually("pods gone", 60, || out(&n, &["get", "pods", "-o", "name"]).trim().is_empty());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn what_the_node_cannot_honour_is_refused_not_ignored() {
+    assert!(is_root(), "sandbox-node tests need root");
+    let n = Nodeless::start_with_node(&[]).unwrap();
+    for (spec, field) in [
+        ("  runtimeClassName: microvm\n", "spec.runtimeClassName"),
+        ("  securityContext: {seccompProfile: {type: Unconfined}}\n", "spec.securityContext.seccompProfile.type"),
+        ("  securityContext: {sysctls: [{name: kernel.msgmax, value: '1'}]}\n", "spec.securityContext.sysctls[0].name"),
+    ] {
+        let yaml = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: asks}}\nspec:\n{spec}  containers:\n  - {{name: c, image: {BUSYBOX}}}\n");
+        let o = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&yaml));
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success() && err.contains(field), "{field}: {err}");
+    }
+    // A safe sysctl is honoured inside the pod's own namespaces.
+    apply(
+        &n,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: tuned}}\nspec:\n  securityContext: {{sysctls: [{{name: net.ipv4.ip_unprivileged_port_start, value: '0'}}]}}\n  containers:\n  - {{name: c, image: {BUSYBOX}, command: [sh, -c, 'sleep 3600']}}\n"
+        ),
+    );
+    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/tuned", "--timeout=60s"]);
+    assert_eq!(n.kubectl_ok(V, &["exec", "tuned", "--", "cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]).trim(), "0");
+    n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
+    eventually("pods gone", 60, || out(&n, &["get", "pods", "-o", "name"]).trim().is_empty());
+}
