@@ -2,8 +2,9 @@
  * another pod on this node skips the host's routing and goes straight into the other pod's
  * namespace with bpf_redirect_peer; anything else continues up the host's stack, through the
  * walls of walls.h (not to the node, not to link-local addresses). A packet whose source is
- * not the address published for the host end it came through is dropped first: a pod speaks
- * only for itself.
+ * not an address published for the sandbox behind the host end it came through is dropped
+ * first: a pod speaks only for itself (with any of its addresses, when it has several
+ * interfaces on the network).
  *
  * Socket-level acceleration (sockops + sk_msg, as in Cilium's sockmap mode): a TCP connection
  * whose two ends are pods of this network has both sockets entered in nl_sockets at the
@@ -29,6 +30,13 @@ struct {
 	__type(key, __u32);
 	__type(value, struct pod_endpoint);
 } nl_pods SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536);
+	__type(key, __u32);
+	__type(value, struct host_end);
+} nl_host_ends SEC(".maps");
 
 struct {
 	__uint(type, BPF_MAP_TYPE_PERCPU_ARRAY);
@@ -69,6 +77,15 @@ static __always_inline int count(__u32 what, int verdict)
 	return verdict;
 }
 
+/* Whether the host end at `ifindex` leads into the sandbox `from` was published for: the
+ * source is another address of the same pod (one lookup, only when the source is published
+ * for another host end). */
+static __always_inline int same_sandbox(const struct pod_endpoint *from, __u32 ifindex)
+{
+	struct host_end *here = bpf_map_lookup_elem(&nl_host_ends, &ifindex);
+	return here && here->sandbox != 0 && here->sandbox == from->sandbox;
+}
+
 SEC("classifier")
 int from_pod(struct __sk_buff *skb)
 {
@@ -84,10 +101,13 @@ int from_pod(struct __sk_buff *skb)
 	if ((void *)(ip + 1) > end)
 		return count(NL_DROP_MALFORMED, TC_ACT_SHOT);
 
-	/* Anti-spoofing: the source is the pod published for this very host end. */
+	/* Anti-spoofing: the source is published for this very host end, or for another
+	 * interface of the same sandbox (whose routes may send any of its addresses out here). */
 	__u32 saddr = ip->saddr;
 	struct pod_endpoint *from = bpf_map_lookup_elem(&nl_pods, &saddr);
-	if (!from || from->ifindex != skb->ifindex)
+	if (!from)
+		return count(NL_DROP_SPOOFED, TC_ACT_SHOT);
+	if (from->ifindex != skb->ifindex && !same_sandbox(from, skb->ifindex))
 		return count(NL_DROP_SPOOFED, TC_ACT_SHOT);
 
 	__u32 daddr = ip->daddr;

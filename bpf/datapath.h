@@ -10,6 +10,14 @@ struct pod_endpoint {
 	__u32 ifindex;   /* the host end of the pod's veth */
 	__u8 mac[6];     /* the pod's eth0 */
 	__u8 pad[2];
+	__u32 sandbox;   /* the pod's sandbox (its network namespace's inode number), 0 unknown */
+};
+
+/* nl_host_ends: a host end's ifindex -> the sandbox on its other side. A sandbox with several
+ * interfaces on the network routes its own addresses out of any of them: a source published
+ * for another host end passes if both ends lead into the same sandbox (not 0). */
+struct host_end {
+	__u32 sandbox;
 };
 
 /* nl_stats: per-CPU packet counters, by what happened to a packet. */

@@ -1,6 +1,7 @@
 /* The walls around a pod's traffic that is not for another pod of the node: what a hostile
  * pod must not reach. Included by datapath.c, which has already checked the packet's source
- * (anti-spoofing, one lookup in nl_pods) and found the destination is not a local pod.
+ * (anti-spoofing: one lookup in nl_pods, one more in nl_host_ends for a source published for
+ * another interface of the same sandbox) and found the destination is not a local pod.
  *
  * - 169.254.0.0/16 is dropped: link-local addresses stand for the cloud's metadata service
  *   (169.254.169.254), which hands out the node's credentials.

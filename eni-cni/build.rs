@@ -1,5 +1,6 @@
 //! Builds the eBPF programs in ../bpf with clang (`-g -O2 -target bpf`, BTF on) into OUT_DIR,
-//! where `src/bpf.rs` embeds them.
+//! where `src/bpf.rs` embeds them, and the upgrade test's stand-in for an older datapath
+//! (`tests/integration/datapath_v1.c`), which only that test embeds.
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -13,9 +14,12 @@ fn main() {
     let clang = std::env::var("CLANG").unwrap_or_else(|_| "clang".into());
     // Headers of logic shared by the programs.
     println!("cargo:rerun-if-changed={}", bpf.join("walls.h").display());
-    for name in ["datapath", "service"] {
+    let fixtures = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap()).join("tests/integration");
+    for (dir, name) in [(&bpf, "datapath"), (&bpf, "service"), (&fixtures, "datapath_v1")] {
         for f in [format!("{name}.c"), format!("{name}.h")] {
-            println!("cargo:rerun-if-changed={}", bpf.join(f).display());
+            if dir.join(&f).exists() {
+                println!("cargo:rerun-if-changed={}", dir.join(f).display());
+            }
         }
         let status = Command::new(&clang)
             .args([
@@ -28,13 +32,13 @@ fn main() {
                 "-I/usr/include/x86_64-linux-gnu",
                 "-c",
             ])
-            .arg(bpf.join(format!("{name}.c")))
+            .arg(dir.join(format!("{name}.c")))
             .arg("-o")
             .arg(out.join(format!("{name}.o")))
             .status();
         match status {
             Ok(s) if s.success() => {}
-            Ok(s) => panic!("clang failed ({s}) building bpf/{name}.c"),
+            Ok(s) => panic!("clang failed ({s}) building {}", dir.join(format!("{name}.c")).display()),
             Err(e) => panic!(
                 "running {clang}: {e} (apt-get install clang libbpf-dev; scripts/up and scripts/test do)"
             ),

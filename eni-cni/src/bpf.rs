@@ -4,7 +4,11 @@
 //!
 //! - `from_pod`, the program, attached to the ingress of every pod's host end as a tc filter
 //!   (clsact, direct action) and pinned again as `links/<host end>`, the record of that attach;
-//! - `nl_pods`, pod address -> host end and pod MAC, filled by ADD, emptied by DEL and GC;
+//! - `nl_pods`, pod address -> host end, pod MAC and sandbox, filled by ADD, emptied by DEL
+//!   and GC;
+//! - `nl_host_ends`, host end -> the sandbox behind it (the pod's network namespace, by inode
+//!   number): a pod with several interfaces on the network may send any of its own addresses
+//!   out of any of them, as its routes decide, and no other pod's;
 //! - `nl_stats`, per-CPU counters of what happened to packets (the drop reasons among them)
 //!   and to accelerated sockets;
 //! - `nl_config`, the network's [`Walls`]: a pod's packets carry its own source address, and
@@ -17,7 +21,10 @@
 //!   receive queue. The cgroup link is pinned as `sockets`; it holds the programs and maps.
 //!
 //! The map layouts mirror `bpf/datapath.h`; `layouts_match_the_object` checks them against the
-//! object itself. When a network's last pod goes, its pins go too.
+//! object itself. When a network's last pod goes, its pins go too. Pins an older eni-cni left
+//! with other layouts (a running node upgraded in place) are replaced at the next attach, the
+//! pods they hold carried over and the program swapped on every host end ([`Pins::upgrade`]);
+//! until then DEL, CHECK and `show` read them as they are.
 
 use std::fs::File;
 use std::net::Ipv4Addr;
@@ -25,7 +32,7 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray, SockHash};
 use aya::programs::links::{FdLink, PinnedLink};
-use aya::programs::tc::{self, NlOptions, TcAttachOptions, TcError, TcHandle};
+use aya::programs::tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle};
 use aya::programs::{CgroupAttachMode, SchedClassifier, SkMsg, SockOps, TcAttachType};
 use aya::{Ebpf, EbpfLoader};
 use nix::fcntl::{Flock, FlockArg};
@@ -39,12 +46,17 @@ pub const PROGRAM: &str = "from_pod";
 pub const PODS_MAP: &str = "nl_pods";
 pub const STATS_MAP: &str = "nl_stats";
 pub const CONFIG_MAP: &str = "nl_config";
+pub const HOST_ENDS_MAP: &str = "nl_host_ends";
 pub const SOCKOPS_PROGRAM: &str = "pod_sockets";
 pub const MSG_PROGRAM: &str = "pod_messages";
 pub const SOCKETS_MAP: &str = "nl_sockets";
 
-/// `struct pod_endpoint`: ifindex (u32), mac (6 bytes), 2 bytes of padding.
-pub const POD_ENDPOINT_SIZE: usize = 12;
+/// `struct pod_endpoint`: ifindex (u32), mac (6 bytes), 2 bytes of padding, sandbox (u32).
+pub const POD_ENDPOINT_SIZE: usize = 16;
+/// `struct pod_endpoint` as eni-cni pinned it before sandboxes: the same without the sandbox.
+const POD_ENDPOINT_V1_SIZE: usize = 12;
+/// `struct host_end`: the sandbox (u32).
+pub const HOST_END_SIZE: usize = 4;
 /// `struct sock_key`: four u32s.
 pub const SOCK_KEY_SIZE: usize = 16;
 /// `struct net_config`: the cluster DNS address (u32, network order) and flags (u32).
@@ -124,8 +136,13 @@ impl Walls {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PodEndpoint {
+    /// The pod's host end.
     pub ifindex: u32,
+    /// The pod's end of the pair.
     pub mac: [u8; 6],
+    /// The pod's sandbox ([`sandbox_of`]), the same for all its interfaces; 0 when unknown,
+    /// which matches no other interface.
+    pub sandbox: u32,
 }
 
 impl PodEndpoint {
@@ -133,13 +150,69 @@ impl PodEndpoint {
         let mut b = [0u8; POD_ENDPOINT_SIZE];
         b[..4].copy_from_slice(&self.ifindex.to_ne_bytes());
         b[4..10].copy_from_slice(&self.mac);
+        b[12..].copy_from_slice(&self.sandbox.to_ne_bytes());
         b
     }
 
     pub fn decode(b: &[u8; POD_ENDPOINT_SIZE]) -> PodEndpoint {
+        // The first twelve bytes are the older layout's.
+        let mut v1 = [0u8; POD_ENDPOINT_V1_SIZE];
+        v1.copy_from_slice(&b[..POD_ENDPOINT_V1_SIZE]);
+        PodEndpoint { sandbox: u32::from_ne_bytes([b[12], b[13], b[14], b[15]]), ..PodEndpoint::decode_v1(&v1) }
+    }
+
+    /// An entry of an older pin, which had no sandbox.
+    fn decode_v1(b: &[u8; POD_ENDPOINT_V1_SIZE]) -> PodEndpoint {
         let mut mac = [0u8; 6];
         mac.copy_from_slice(&b[4..10]);
-        PodEndpoint { ifindex: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]), mac }
+        PodEndpoint { ifindex: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]), mac, sandbox: 0 }
+    }
+}
+
+/// The sandbox a network namespace stands for: its inode number on nsfs (the kernel's `inum`,
+/// 32 bits), what `ls -i /proc/<pid>/ns/net` prints. Every interface ADD puts into one
+/// namespace gets the same, whatever its network name, container ID or interface name; 0 (no
+/// namespace has it) when the file cannot be read.
+pub fn sandbox_of(netns: &File) -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    netns.metadata().ok().and_then(|m| u32::try_from(m.ino()).ok()).unwrap_or(0)
+}
+
+/// The pods map as pinned: this build's layout, or an older eni-cni's (read and emptied by
+/// DEL, CHECK and `show` until the next attach replaces it).
+enum PodsMap {
+    Current(HashMap<MapData, u32, [u8; POD_ENDPOINT_SIZE]>),
+    V1(HashMap<MapData, u32, [u8; POD_ENDPOINT_V1_SIZE]>),
+}
+
+impl PodsMap {
+    fn get(&self, ip: Ipv4Addr) -> Result<PodEndpoint, aya::maps::MapError> {
+        match self {
+            PodsMap::Current(m) => m.get(&key(ip), 0).map(|v| PodEndpoint::decode(&v)),
+            PodsMap::V1(m) => m.get(&key(ip), 0).map(|v| PodEndpoint::decode_v1(&v)),
+        }
+    }
+
+    fn remove(&mut self, ip: Ipv4Addr) -> Result<(), aya::maps::MapError> {
+        match self {
+            PodsMap::Current(m) => m.remove(&key(ip)),
+            PodsMap::V1(m) => m.remove(&key(ip)),
+        }
+    }
+
+    fn entries(&self) -> Vec<(Ipv4Addr, PodEndpoint)> {
+        let addr = |k: u32| Ipv4Addr::from(k.to_ne_bytes());
+        match self {
+            PodsMap::Current(m) => m.iter().filter_map(Result::ok).map(|(k, v)| (addr(k), PodEndpoint::decode(&v))).collect(),
+            PodsMap::V1(m) => m.iter().filter_map(Result::ok).map(|(k, v)| (addr(k), PodEndpoint::decode_v1(&v))).collect(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            PodsMap::Current(m) => m.keys().next().is_none(),
+            PodsMap::V1(m) => m.keys().next().is_none(),
+        }
     }
 }
 
@@ -205,6 +278,9 @@ impl Pins {
     fn config(&self) -> PathBuf {
         self.dir.join(CONFIG_MAP)
     }
+    fn host_ends(&self) -> PathBuf {
+        self.dir.join(HOST_ENDS_MAP)
+    }
     fn links(&self) -> PathBuf {
         self.dir.join("links")
     }
@@ -230,14 +306,24 @@ impl Pins {
     /// also decides whether the network's sockets are accelerated.
     fn program_loaded(&self, accelerate: bool) -> Result<SchedClassifier, CniError> {
         if self.program().exists() {
+            if !self.pinned_layouts_current()? {
+                return self.upgrade(accelerate);
+            }
             return SchedClassifier::from_pin(self.program()).map_err(|e| err("opening the pinned program", e));
         }
+        self.load(accelerate)
+    }
+
+    /// Load the object, pin the program and its maps (new ones where none is pinned), and with
+    /// `accelerate` set socket acceleration up.
+    fn load(&self, accelerate: bool) -> Result<SchedClassifier, CniError> {
         ensure_bpffs()?;
         std::fs::create_dir_all(self.links()).map_err(|e| err("creating the pin directory", e))?;
         let mut ebpf = EbpfLoader::new()
             .map_pin_path(PODS_MAP, self.pods())
             .map_pin_path(STATS_MAP, self.stats())
             .map_pin_path(CONFIG_MAP, self.config())
+            .map_pin_path(HOST_ENDS_MAP, self.host_ends())
             .load(OBJECT)
             .map_err(|e| err("loading the object", e))?;
         let prog: &mut SchedClassifier = ebpf.program_mut(PROGRAM).ok_or_else(|| err("the object has no program", PROGRAM))?.try_into().map_err(|e| err("the program's type", e))?;
@@ -251,6 +337,64 @@ impl Pins {
         }
         drop(ebpf);
         SchedClassifier::from_pin(self.program()).map_err(|e| err("opening the pinned program", e))
+    }
+
+    /// Whether every map pinned for the network has this build's layout: the pods' entries
+    /// their size, a counter per name, and the settings and host-end maps there at all (an
+    /// older eni-cni pinned fewer).
+    fn pinned_layouts_current(&self) -> Result<bool, CniError> {
+        if !self.config().exists() || !self.host_ends().exists() || !self.pods().exists() || !self.stats().exists() {
+            return Ok(false);
+        }
+        let info = |path: PathBuf, what: &str| MapData::from_pin(path).and_then(|m| m.info()).map_err(|e| err(&format!("reading the pinned {what}"), e));
+        let pods = info(self.pods(), "pods map")?;
+        let stats = info(self.stats(), "counters")?;
+        Ok(pods.value_size() as usize == POD_ENDPOINT_SIZE && stats.max_entries() as usize == STATS.len())
+    }
+
+    /// Replace a datapath an older eni-cni pinned with other layouts (entries without the
+    /// sandbox, fewer counters, no settings or host-end map), on a node that keeps running:
+    /// this build's object is loaded with new maps, the old map's pods are published in the new
+    /// one (an entry without a sandbox passes only on its own host end, as before), and the
+    /// program is swapped on every recorded host end in place — the tc filter replaced at the
+    /// same priority and handle, so no packet goes unfiltered or finds a half-filled map. The
+    /// old program and maps go when their last filter does; the counters start from zero.
+    /// Socket acceleration that the older version set up stays as it is (its sockets keep
+    /// their way; unpinning it would drop messages queued in a peer's socket) and sees the
+    /// pods as they were, until the network's last pod goes.
+    fn upgrade(&self, accelerate: bool) -> Result<SchedClassifier, CniError> {
+        let pods = if self.pods().exists() { self.pinned_pods()?.entries() } else { Vec::new() };
+        tracing::info!(network = %self.dir.display(), pods = pods.len(), "replacing a datapath pinned with older map layouts");
+        for p in [self.program(), self.pods(), self.stats(), self.config(), self.host_ends()] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(err(&format!("removing the old pin {}", p.display()), e)),
+            }
+        }
+        let mut prog = self.load(accelerate && !self.accelerated())?;
+        let mut map = self.pods_map()?;
+        let mut host_ends = self.host_ends_map()?;
+        for (ip, ep) in &pods {
+            map.insert(key(*ip), ep.encode(), 0).map_err(|e| err("carrying a pod over", e))?;
+            if ep.sandbox != 0 {
+                host_ends.insert(ep.ifindex, ep.sandbox.to_ne_bytes(), 0).map_err(|e| err("carrying a host end over", e))?;
+            }
+        }
+        let markers = std::fs::read_dir(self.links()).map_err(|e| err("reading the recorded attaches", e))?;
+        for marker in markers.filter_map(Result::ok) {
+            let Some(name) = marker.file_name().to_str().map(str::to_string) else { continue };
+            // An interface that is gone took its filter along; its record goes too.
+            let Ok(link) = SchedClassifierLink::attached(&name, TcAttachType::Ingress, FILTER_PRIORITY, TcHandle::new(0, 1), None) else {
+                let _ = std::fs::remove_file(marker.path());
+                continue;
+            };
+            let id = prog.attach_to_link(link).map_err(|e| err(&format!("replacing the program on {name}"), e))?;
+            std::mem::forget(prog.take_link(id).map_err(|e| err("taking the link", e))?);
+            std::fs::remove_file(marker.path()).map_err(|e| err("replacing the attach record", e))?;
+            prog.pin(marker.path()).map_err(|e| err("recording the attach", e))?;
+        }
+        Ok(prog)
     }
 
     /// Attach the sk_msg program to the sockets map and the sockops program to the root of the
@@ -285,6 +429,25 @@ impl Pins {
         HashMap::try_from(map).map_err(|e| err("the pods map's layout", e))
     }
 
+    /// The pinned pods map in whichever layout it has.
+    fn pinned_pods(&self) -> Result<PodsMap, CniError> {
+        let data = MapData::from_pin(self.pods()).map_err(|e| err("opening the pods map", e))?;
+        let size = data.info().map_err(|e| err("reading the pods map", e))?.value_size() as usize;
+        let map = Map::from_map_data(data).map_err(|e| err("the pods map", e))?;
+        match size {
+            POD_ENDPOINT_SIZE => HashMap::try_from(map).map(PodsMap::Current),
+            POD_ENDPOINT_V1_SIZE => HashMap::try_from(map).map(PodsMap::V1),
+            n => return Err(err("the pods map's layout", format!("{n}-byte entries, a layout this eni-cni does not know"))),
+        }
+        .map_err(|e| err("the pods map's layout", e))
+    }
+
+    fn host_ends_map(&self) -> Result<HashMap<MapData, u32, [u8; HOST_END_SIZE]>, CniError> {
+        let data = MapData::from_pin(self.host_ends()).map_err(|e| err("opening the host-ends map", e))?;
+        let map = Map::from_map_data(data).map_err(|e| err("the host-ends map", e))?;
+        HashMap::try_from(map).map_err(|e| err("the host-ends map's layout", e))
+    }
+
     fn config_map(&self) -> Result<Array<MapData, [u8; NET_CONFIG_SIZE]>, CniError> {
         let data = MapData::from_pin(self.config()).map_err(|e| err("opening the settings map", e))?;
         let map = Map::from_map_data(data).map_err(|e| err("the settings map", e))?;
@@ -303,8 +466,9 @@ impl Pins {
     /// Attach the fast path to a pod's host end and publish the pod, with the network's
     /// `walls` (every attach writes them: the latest configuration wins).
     ///
-    /// The pod is published before the filter goes on: from then on its packets are checked
-    /// against its entry, and a packet from it in between would be dropped as spoofed.
+    /// The pod (and its host end's sandbox) is published before the filter goes on: from then
+    /// on its packets are checked against its entry, and a packet from it in between would be
+    /// dropped as spoofed.
     ///
     /// The program goes on as a classic tc filter, not a TCX link: attaching a TCX link waits
     /// for a full RCU grace period with the RTNL lock held (~9 ms here), which stalls every
@@ -315,6 +479,7 @@ impl Pins {
         let mut prog = self.program_loaded(accelerate)?;
         self.config_map()?.set(0, walls.encode(), 0).map_err(|e| err("writing the network's walls", e))?;
         self.pods_map()?.insert(key(pod_ip), endpoint.encode(), 0).map_err(|e| err("publishing the pod", e))?;
+        self.host_ends_map()?.insert(endpoint.ifindex, endpoint.sandbox.to_ne_bytes(), 0).map_err(|e| err("publishing the host end", e))?;
         let marker = self.link(host_ifname);
         if marker.exists() {
             // An earlier attach (a pool restarted half-way): replace it.
@@ -350,17 +515,27 @@ impl Pins {
                 Err(_) => std::fs::remove_file(&link).map_err(|e| err("removing the link pin", e))?,
             }
         }
+        let gone = |r: Result<(), aya::maps::MapError>, what: &str| match r {
+            Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
+            Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(ENOENT) => Ok(()),
+            Err(e) => Err(err(what, e)),
+        };
         let mut empty = true;
+        // The host end, by the pod's entry or (the pod's address unknown) by its name while
+        // the interface is there.
+        let mut host_ifindex = std::fs::read_to_string(format!("/sys/class/net/{host_ifname}/ifindex")).ok().and_then(|s| s.trim().parse::<u32>().ok());
         if self.pods().exists() {
-            let mut pods = self.pods_map()?;
+            let mut pods = self.pinned_pods()?;
             if let Some(ip) = pod_ip {
-                match pods.remove(&key(ip)) {
-                    Ok(()) | Err(aya::maps::MapError::KeyNotFound) => {}
-                    Err(aya::maps::MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(ENOENT) => {}
-                    Err(e) => return Err(err("withdrawing the pod", e)),
+                if let Ok(ep) = pods.get(ip) {
+                    host_ifindex = Some(ep.ifindex);
                 }
+                gone(pods.remove(ip), "withdrawing the pod")?;
             }
-            empty = pods.keys().next().is_none();
+            empty = pods.is_empty();
+        }
+        if let (Some(index), true) = (host_ifindex, self.host_ends().exists()) {
+            gone(self.host_ends_map()?.remove(&index), "withdrawing the host end")?;
         }
         let links_left = std::fs::read_dir(self.links()).map(|d| d.count()).unwrap_or(0);
         if empty && links_left == 0 {
@@ -371,7 +546,7 @@ impl Pins {
                     let _ = std::fs::remove_file(self.sockets_link());
                 }
             }
-            for p in [self.program(), self.pods(), self.stats(), self.config()] {
+            for p in [self.program(), self.pods(), self.stats(), self.config(), self.host_ends()] {
                 let _ = std::fs::remove_file(p);
             }
             let _ = std::fs::remove_dir(self.links());
@@ -390,10 +565,10 @@ impl Pins {
         if !self.link(host_ifname).exists() {
             return Err(format!("no fast-path link pinned for {host_ifname}"));
         }
-        let pods = self.pods_map().map_err(|e| e.to_string())?;
-        match pods.get(&key(pod_ip), 0) {
-            Ok(v) if PodEndpoint::decode(&v).ifindex == ifindex => Ok(()),
-            Ok(v) => Err(format!("{pod_ip} is published on ifindex {}, not {ifindex}", PodEndpoint::decode(&v).ifindex)),
+        let pods = self.pinned_pods().map_err(|e| e.to_string())?;
+        match pods.get(pod_ip) {
+            Ok(ep) if ep.ifindex == ifindex => Ok(()),
+            Ok(ep) => Err(format!("{pod_ip} is published on ifindex {}, not {ifindex}", ep.ifindex)),
             Err(e) => Err(format!("{pod_ip} is not published in {PODS_MAP}: {e}")),
         }
     }
@@ -408,11 +583,11 @@ impl Pins {
         out.push_str(&format!("  socket acceleration: {}\n", if self.accelerated() { "on" } else { "off" }));
         out.push_str(&format!("  walls: {}\n", self.walls()?.describe()));
         out.push_str("  pods:\n");
-        let pods = self.pods_map()?;
-        let mut rows: Vec<(Ipv4Addr, PodEndpoint)> = pods.iter().filter_map(Result::ok).map(|(k, v)| (Ipv4Addr::from(k.to_ne_bytes()), PodEndpoint::decode(&v))).collect();
+        let mut rows = self.pinned_pods()?.entries();
         rows.sort_by_key(|r| r.0);
         for (ip, ep) in rows {
-            out.push_str(&format!("    {ip:<15} ifindex {:<6} mac {}\n", ep.ifindex, crate::datapath::mac_string(&ep.mac)));
+            let sandbox = if ep.sandbox == 0 { "unknown".to_string() } else { ep.sandbox.to_string() };
+            out.push_str(&format!("    {ip:<15} ifindex {:<6} mac {} sandbox {sandbox}\n", ep.ifindex, crate::datapath::mac_string(&ep.mac)));
         }
         let data = MapData::from_pin(self.stats()).map_err(|e| err("opening the counters", e))?;
         let stats: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::from_map_data(data).map_err(|e| err("the counters", e))?).map_err(|e| err("the counters' layout", e))?;
@@ -431,11 +606,17 @@ mod tests {
 
     #[test]
     fn endpoints_encode_as_the_c_struct() {
-        let ep = PodEndpoint { ifindex: 0x01020304, mac: [1, 2, 3, 4, 5, 6] };
+        let ep = PodEndpoint { ifindex: 0x01020304, mac: [1, 2, 3, 4, 5, 6], sandbox: 0xf000_0abc };
         let b = ep.encode();
         assert_eq!(&b[..4], &0x01020304u32.to_ne_bytes());
         assert_eq!(&b[4..10], &[1, 2, 3, 4, 5, 6]);
+        assert_eq!(&b[10..12], &[0, 0], "padding");
+        assert_eq!(&b[12..], &0xf000_0abcu32.to_ne_bytes());
         assert_eq!(PodEndpoint::decode(&b), ep);
+        // An older pin's entry: the same first twelve bytes, no sandbox.
+        let mut old = [0u8; POD_ENDPOINT_V1_SIZE];
+        old.copy_from_slice(&b[..POD_ENDPOINT_V1_SIZE]);
+        assert_eq!(PodEndpoint::decode_v1(&old), PodEndpoint { sandbox: 0, ..ep });
         assert_eq!(key(Ipv4Addr::new(10, 0, 0, 1)).to_ne_bytes(), [10, 0, 0, 1]);
     }
 
@@ -465,6 +646,7 @@ mod tests {
         let mut ebpf = aya::Ebpf::load(OBJECT).expect("the object loads");
         let pods = ebpf.map(PODS_MAP).expect("the pods map");
         let _: HashMap<&MapData, u32, [u8; POD_ENDPOINT_SIZE]> = HashMap::try_from(pods).expect("pods map layout");
+        let _: HashMap<&MapData, u32, [u8; HOST_END_SIZE]> = HashMap::try_from(ebpf.map(HOST_ENDS_MAP).expect("the host-ends map")).expect("host-ends map layout");
         let stats = ebpf.map(STATS_MAP).expect("the counters map");
         let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(stats).expect("counters layout");
         assert_eq!(stats.len() as usize, STATS.len(), "a counter per name in enum nl_stat");

@@ -253,7 +253,7 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
                         if pair.pod_mac.len() == 6 {
                             mac.copy_from_slice(&pair.pod_mac);
                         }
-                        let publish = Request::Publish { network: conf.name.clone(), container: inv.container_id.clone(), ifname: inv.ifname.clone(), host_ifname: host_name.clone(), ip: alloc.ip, ifindex: pair.host_ifindex, mac, socket_acceleration: conf.socket_acceleration, walls: conf.walls() };
+                        let publish = Request::Publish { network: conf.name.clone(), container: inv.container_id.clone(), ifname: inv.ifname.clone(), host_ifname: host_name.clone(), ip: alloc.ip, ifindex: pair.host_ifindex, mac, socket_acceleration: conf.socket_acceleration, walls: conf.walls(), sandbox: crate::bpf::sandbox_of(&netns) };
                         ask_on(conf, &mut client, publish).await.map(drop)
                     };
                     tokio::try_join!(address, publish).map(|(a, ())| a)

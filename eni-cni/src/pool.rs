@@ -109,6 +109,10 @@ pub struct FastPathEntry {
     /// recorded before there were any).
     #[serde(default)]
     pub walls: crate::bpf::Walls,
+    /// The pod's sandbox ([`crate::bpf::sandbox_of`]; 0, unknown, for entries recorded before
+    /// there were any: the pod's source then passes on its own host end only).
+    #[serde(default)]
+    pub sandbox: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -135,6 +139,9 @@ pub enum Request {
         /// What the network's pods may reach (the strict default when not sent).
         #[serde(default)]
         walls: crate::bpf::Walls,
+        /// The pod's sandbox, the same for all its interfaces (0, unknown, when not sent).
+        #[serde(default)]
+        sandbox: u32,
     },
     /// Undo a publish (replied when done, after every earlier publish); without `ip`, the
     /// address published for `host_ifname`.
@@ -366,13 +373,13 @@ impl<P: Provider> Pool<P> {
         };
         // The fast path's requests do not touch the addresses.
         let outcome = match &req {
-            Request::Publish { network, container, ifname, host_ifname, ip, ifindex, mac, socket_acceleration, walls } => {
+            Request::Publish { network, container, ifname, host_ifname, ip, ifindex, mac, socket_acceleration, walls, sandbox } => {
                 // Kept with the allocation first, so a restarted pool finishes the job.
                 let mut st = self.state.lock().await;
                 let k = key(network, container, ifname);
                 let kept = match st.allocations.get(&k).cloned() {
                     Some(mut a) if a.ip == *ip => {
-                        a.fastpath = Some(FastPathEntry { host_ifname: host_ifname.clone(), ifindex: *ifindex, mac: *mac, socket_acceleration: *socket_acceleration, walls: *walls });
+                        a.fastpath = Some(FastPathEntry { host_ifname: host_ifname.clone(), ifindex: *ifindex, mac: *mac, socket_acceleration: *socket_acceleration, walls: *walls, sandbox: *sandbox });
                         // Not waited onto disk (the next durable commit takes it along): losing
                         // it in a crash only leaves the pod on its routed path.
                         st.commit_with(&[], &[(&k, Some(&a))], redb::Durability::None)
@@ -381,7 +388,7 @@ impl<P: Provider> Pool<P> {
                 };
                 drop(st);
                 if kept.is_ok() {
-                    self.fastpath.publish(network, host_ifname, *ip, crate::bpf::PodEndpoint { ifindex: *ifindex, mac: *mac }, *socket_acceleration, *walls);
+                    self.fastpath.publish(network, host_ifname, *ip, crate::bpf::PodEndpoint { ifindex: *ifindex, mac: *mac, sandbox: *sandbox }, *socket_acceleration, *walls);
                 }
                 Some(kept)
             }
@@ -488,7 +495,7 @@ impl<P: Provider> Pool<P> {
             let Some(f) = &a.fastpath else { continue };
             let pins = crate::bpf::Pins::for_network(&a.network);
             if !pins.has_link(&f.host_ifname) {
-                self.fastpath.publish(&a.network, &f.host_ifname, a.ip, crate::bpf::PodEndpoint { ifindex: f.ifindex, mac: f.mac }, f.socket_acceleration, f.walls);
+                self.fastpath.publish(&a.network, &f.host_ifname, a.ip, crate::bpf::PodEndpoint { ifindex: f.ifindex, mac: f.mac, sandbox: f.sandbox }, f.socket_acceleration, f.walls);
             }
         }
     }

@@ -3,4 +3,6 @@
 //! when it fails. Run as root (`cargo test -p nodeless-eni-cni --test integration`); without
 //! root each test says it was skipped.
 
+mod support;
+mod upgrade;
 mod walls;

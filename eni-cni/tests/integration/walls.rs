@@ -7,132 +7,34 @@
 //! What is pinned: a spoofed source is dropped (an unknown address, and another pod's) and
 //! counted; the node's addresses are closed to pods but for the cluster DNS on port 53, while
 //! the node's own exchanges with a pod (TCP it began, connected UDP, ping) still work;
-//! 169.254.169.254 is closed; pod to pod is untouched; each wall falls with its setting.
+//! 169.254.169.254 is closed; pod to pod is untouched; each wall falls with its setting; a pod
+//! with two interfaces may send either of its addresses out of either (one sandbox, one pod),
+//! and still no other pod's.
 
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use nodeless_eni_cni::bpf::{Pins, PodEndpoint, Walls};
-use nodeless_eni_cni::datapath;
+use nodeless_eni_cni::bpf::{Pins, Walls};
 
-const WAIT: Duration = Duration::from_millis(800);
+use crate::support::{Scene, WAIT, counter, plumb, pod, received, root, run};
+
 const METADATA: Ipv4Addr = Ipv4Addr::new(169, 254, 169, 254);
-
-fn root() -> bool {
-    if nix::unistd::Uid::effective().is_root() {
-        return true;
-    }
-    eprintln!("skipped: needs root");
-    false
-}
-
-fn run(args: &[&str]) {
-    let out = Command::new(args[0]).args(&args[1..]).output().expect("iproute2");
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-}
-
-/// Everything a test made on the host, removed on drop (pass or fail): the namespaces (their
-/// veth pairs and host routes go with them), the node's interface (with its addresses) and the
-/// network's pins (the filters went with the interfaces).
-struct Scene {
-    network: String,
-    namespaces: Vec<String>,
-    node_link: String,
-}
-
-impl Drop for Scene {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.node_link]).stderr(Stdio::null()).status();
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "delete", ns]).status();
-        }
-        let _ = std::fs::remove_dir_all(Pins::for_network(&self.network).dir);
-    }
-}
-
-struct Pod {
-    ns: String,
-    host_ifname: String,
-    ip: Ipv4Addr,
-    endpoint: PodEndpoint,
-}
-
-impl Pod {
-    /// Run `f` on a thread inside the pod's namespace (sockets made there stay there).
-    fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> T {
-        let path = format!("/run/netns/{}", self.ns);
-        std::thread::spawn(move || {
-            let ns = std::fs::File::open(&path).expect("the pod's namespace");
-            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).expect("setns");
-            f()
-        })
-        .join()
-        .expect("the pod's thread")
-    }
-
-    /// Connect from the pod; whether the connection was made within WAIT.
-    fn connects(&self, to: SocketAddr) -> bool {
-        self.run(move || TcpStream::connect_timeout(&to, WAIT).is_ok())
-    }
-}
-
-/// Make a pod: namespace, veth pair, address, host route; then the datapath, as ADD and the
-/// pool do.
-fn pod(rt: &tokio::runtime::Runtime, scene: &mut Scene, pins: &Pins, name: &str, ip: Ipv4Addr, walls: Walls) -> Pod {
-    let ns = format!("{}{name}", scene.network);
-    run(&["ip", "netns", "add", &ns]);
-    scene.namespaces.push(ns.clone());
-    let host_ifname = datapath::host_ifname(&scene.network, name, "eth0");
-    let (pair, address) = rt.block_on(async {
-        let file = datapath::open_netns(std::path::Path::new(&format!("/run/netns/{ns}"))).unwrap();
-        let host = datapath::host().unwrap();
-        datapath::enable_forwarding().unwrap();
-        let (pair, pod) = datapath::veth_create(&host, datapath::inside_async(&file), &file, &host_ifname, "eth0", None).await.unwrap();
-        let address = datapath::veth_address(&host, &pod, &pair, ip).await.unwrap();
-        (pair, address)
-    });
-    let mut mac = [0u8; 6];
-    mac.copy_from_slice(&address.pod_mac);
-    let endpoint = PodEndpoint { ifindex: pair.host_ifindex, mac };
-    pins.attach(&host_ifname, ip, endpoint, false, walls).expect("attaching the datapath");
-    Pod { ns, host_ifname, ip, endpoint }
-}
-
-/// A counter from `show`.
-fn counter(pins: &Pins, name: &str) -> u64 {
-    let show = pins.show().unwrap();
-    show.lines().find_map(|l| l.trim().strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
-}
-
-/// Datagrams that reach `socket` within WAIT of each other.
-fn received(socket: &UdpSocket) -> Vec<String> {
-    socket.set_read_timeout(Some(WAIT)).unwrap();
-    let mut got = Vec::new();
-    let mut buf = [0u8; 256];
-    while let Ok((n, _)) = socket.recv_from(&mut buf) {
-        got.push(String::from_utf8_lossy(&buf[..n]).into_owned());
-    }
-    got
-}
 
 #[test]
 fn pods_cannot_lie_about_their_address_or_reach_the_node() {
     if !root() {
         return;
     }
-    let id = std::process::id();
-    let k = (id % 250) as u8;
-    let mut scene = Scene { network: format!("nlw{}", id % 100_000), namespaces: Vec::new(), node_link: format!("nlwd{}", id % 100_000) };
+    let k = (std::process::id() % 250) as u8;
+    let mut scene = Scene::new("w");
     let pins = Pins::for_network(&scene.network);
     let subnet = |last: u8| Ipv4Addr::new(10, 246, k, last);
     // The node's addresses: the cluster DNS (the CIDR's first address, as a node makes it
     // local), one more, and the metadata address, all on an interface of the test's.
     let (dns, node) = (subnet(1), Ipv4Addr::new(198, 18, k, 1));
-    let far = format!("{}far", scene.network);
-    run(&["ip", "netns", "add", &far]);
-    scene.namespaces.push(far.clone());
+    let far = scene.namespace("far");
     run(&["ip", "link", "add", &scene.node_link, "type", "veth", "peer", "name", "eth0", "netns", &far]);
     for a in [dns, node, METADATA] {
         run(&["ip", "addr", "add", &format!("{a}/32"), "dev", &scene.node_link]);
@@ -269,4 +171,70 @@ fn pods_cannot_lie_about_their_address_or_reach_the_node() {
     std::thread::sleep(Duration::from_millis(200));
     assert!(counter(&pins, "drop-spoofed") > before, "{}", pins.show().unwrap());
     drop(host_server);
+}
+
+/// A sandbox with two interfaces on the network is one pod: its routes send one interface's
+/// address out of the other (the latest default route wins, as in a pod on two networks or
+/// with two attachments), and that passes, both ways of an exchange; another sandbox's address
+/// does not, nor an address published without a sandbox (an older pin's entry).
+#[test]
+fn a_pod_with_two_interfaces_may_use_either_address_on_either() {
+    if !root() {
+        return;
+    }
+    let k = (std::process::id() % 250) as u8;
+    let mut scene = Scene::new("s");
+    let pins = Pins::for_network(&scene.network);
+    let subnet = |last: u8| Ipv4Addr::new(10, 247, k, last);
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let walls = Walls::default();
+    let b = pod(&rt, &mut scene, &pins, "b", subnet(3), walls);
+    let c = pod(&rt, &mut scene, &pins, "c", subnet(4), walls);
+    let ns = scene.namespace("d");
+    let d0 = plumb(&rt, &scene.network, &ns, "d", "eth0", subnet(10));
+    pins.attach(&d0.host_ifname, d0.ip, d0.endpoint, false, walls).unwrap();
+    let d1 = plumb(&rt, &scene.network, &ns, "d", "eth1", subnet(11));
+    pins.attach(&d1.host_ifname, d1.ip, d1.endpoint, false, walls).unwrap();
+    let sandbox = d0.endpoint.sandbox;
+    assert!(sandbox != 0 && d1.endpoint.sandbox == sandbox, "one namespace, one sandbox: {:?} {:?}", d0.endpoint, d1.endpoint);
+    assert!(b.endpoint.sandbox != sandbox && c.endpoint.sandbox != sandbox, "other namespaces, other sandboxes");
+    assert!(pins.show().unwrap().contains(&format!("sandbox {sandbox}")), "{}", pins.show().unwrap());
+    let routes = Command::new("ip").args(["-n", &ns, "route"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&routes.stdout).contains("default via 169.254.1.1 dev eth1"), "the latest default route: {}", String::from_utf8_lossy(&routes.stdout));
+
+    // d sends to b from each of its addresses (both leave through eth1) and from c's, which
+    // it puts on its eth0 as a pod with NET_ADMIN can.
+    let b_ip = b.ip;
+    let listener = b.run(move || UdpSocket::bind((b_ip, 0)).unwrap());
+    let to = listener.local_addr().unwrap();
+    run(&["ip", "-n", &ns, "addr", "add", &format!("{}/32", c.ip), "dev", "eth0"]);
+    let spoofed = counter(&pins, "drop-spoofed");
+    let (ip0, ip1, c_ip) = (d0.ip, d1.ip, c.ip);
+    let send = move |from: Vec<(Ipv4Addr, &'static str)>| {
+        for (ip, text) in from {
+            UdpSocket::bind((ip, 0)).unwrap().send_to(text.as_bytes(), to).unwrap();
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    d1.run(move || send(vec![(ip0, "from eth0's address"), (ip1, "from eth1's address"), (c_ip, "from c")]));
+    assert_eq!(received(&listener), vec!["from eth0's address".to_string(), "from eth1's address".to_string()], "the pod's own addresses arrive, another pod's does not");
+    assert!(counter(&pins, "drop-spoofed") > spoofed, "{}", pins.show().unwrap());
+    // The end-to-end test's case: b pings eth0's address; the reply leaves through eth1.
+    let ping = Command::new("ip").args(["netns", "exec", &b.ns, "busybox", "ping", "-c", "1", "-W", "2", &d0.ip.to_string()]).stdout(Stdio::null()).status().unwrap();
+    assert!(ping.success(), "b -> d's eth0, answered through eth1");
+
+    // An entry without a sandbox (what an older pin carries over) passes on its own host end
+    // only.
+    let unknown = nodeless_eni_cni::bpf::PodEndpoint { sandbox: 0, ..d0.endpoint };
+    pins.attach(&d0.host_ifname, d0.ip, unknown, false, walls).unwrap();
+    let spoofed = counter(&pins, "drop-spoofed");
+    d1.run(move || UdpSocket::bind((ip0, 0)).unwrap().send_to(b"unknown sandbox", to).unwrap());
+    assert_eq!(received(&listener), Vec::<String>::new(), "eth0's address without a sandbox, through eth1");
+    assert!(counter(&pins, "drop-spoofed") > spoofed, "{}", pins.show().unwrap());
+
+    // Withdrawn, every pod takes its host end's entry along, and the last one the pins.
+    for p in [&b, &c, &d0, &d1] {
+        pins.detach(&p.host_ifname, Some(p.ip)).unwrap();
+    }
+    assert!(!pins.dir.exists(), "pins left: {:?}", std::fs::read_dir(&pins.dir).map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect::<Vec<_>>()));
 }
