@@ -262,6 +262,10 @@ impl CniResult {
     }
 }
 
+/// Fuzz targets for the config and result parsers.
+#[doc(hidden)]
+pub mod fuzz;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,8 @@
 //! patch (with the list merge keys of the built-in types) and server-side apply.
 
 mod apply;
+#[doc(hidden)]
+pub mod fuzz;
 mod json_patch;
 mod schema;
 mod strategic;

@@ -29,11 +29,28 @@ fn scratch(store: &ImageStore, what: &str) -> Result<Scratch, ImageError> {
     Ok(Scratch(dir))
 }
 
-fn read_json(path: &Path) -> Result<Value, ImageError> {
+/// Open the regular file `path` of the archive unpacked (or the layout) at `root`, following no
+/// symlink out of it: an archive may hold links to anywhere (`config.json -> /dev/zero` would
+/// hang the import, `-> /etc/shadow` read a node file), and a device or FIFO never ends. Links
+/// that stay inside are followed: `docker save` links a layer it has already written.
+fn open_in(root: &Path, path: &Path) -> Result<File, ImageError> {
+    use rustix::fs::OFlags;
+    let corrupt = |e: &dyn std::fmt::Display| ImageError::Corrupt(format!("{}: {e}", path.display()));
+    let rel = path.strip_prefix(root).map_err(|e| corrupt(&e))?;
+    let dir = crate::beneath::open_dir(root).map_err(|e| corrupt(&e))?;
+    let fd = crate::beneath::open(&dir, rel, OFlags::RDONLY | OFlags::NOCTTY | OFlags::NONBLOCK, 0, crate::beneath::Resolve::Beneath).map_err(|e| corrupt(&e))?;
+    let file = File::from(fd);
+    if !file.metadata().map_err(|e| corrupt(&e))?.is_file() {
+        return Err(corrupt(&"not a regular file"));
+    }
+    Ok(file)
+}
+
+fn read_json(root: &Path, path: &Path) -> Result<Value, ImageError> {
     // An index, manifest or config is a few kilobytes; the archive's author decides its size.
     const MAX_JSON: u64 = 4 << 20;
     let mut bytes = Vec::new();
-    let file = File::open(path).map_err(|e| ImageError::Corrupt(format!("{}: {e}", path.display())))?;
+    let file = open_in(root, path)?;
     file.take(MAX_JSON + 1).read_to_end(&mut bytes).map_err(|e| ImageError::Corrupt(format!("{}: {e}", path.display())))?;
     if bytes.len() as u64 > MAX_JSON {
         return Err(ImageError::Corrupt(format!("{} is larger than {MAX_JSON} bytes", path.display())));
@@ -41,8 +58,8 @@ fn read_json(path: &Path) -> Result<Value, ImageError> {
     serde_json::from_slice(&bytes).map_err(|e| ImageError::Corrupt(format!("{}: {e}", path.display())))
 }
 
-fn file_digest(path: &Path) -> Result<(String, u64), ImageError> {
-    let mut f = File::open(path).map_err(|e| ImageError::Corrupt(format!("{}: {e}", path.display())))?;
+fn file_digest(root: &Path, path: &Path) -> Result<(String, u64), ImageError> {
+    let mut f = open_in(root, path)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut size = 0u64;
@@ -68,7 +85,7 @@ fn blob_path(layout: &Path, digest: &str) -> Result<PathBuf, ImageError> {
 
 fn verified_blob(layout: &Path, digest: &str) -> Result<(PathBuf, u64), ImageError> {
     let path = blob_path(layout, digest)?;
-    let (actual, size) = file_digest(&path)?;
+    let (actual, size) = file_digest(layout, &path)?;
     if actual != digest {
         return Err(ImageError::Corrupt(format!("blob {digest} has digest {actual}")));
     }
@@ -92,20 +109,23 @@ fn image_config(config: &Value) -> (ImageConfig, Vec<String>) {
 }
 
 /// Unpack each layer not already in the store and check its diff ID.
-fn unpack_layers(store: &ImageStore, blobs: &[PathBuf], diff_ids: &[String]) -> Result<(), ImageError> {
+fn unpack_layers(store: &ImageStore, root: &Path, blobs: &[PathBuf], diff_ids: &[String]) -> Result<(), ImageError> {
     if blobs.len() != diff_ids.len() {
         return Err(ImageError::Corrupt(format!("{} layers but {} diff IDs in the config", blobs.len(), diff_ids.len())));
     }
     for (blob, diff_id) in blobs.iter().zip(diff_ids) {
-        let dst = store.layer_dir(diff_id);
-        if !diff_id.starts_with("sha256:") || diff_id.len() != 71 {
+        // The diff ID names a directory of the store: hex digits only, or `sha256:../../etc`
+        // (padded to 64) would make a node directory a layer of the image.
+        let hex = diff_id.strip_prefix("sha256:").unwrap_or_default();
+        if hex.len() != 64 || !hex.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(ImageError::Corrupt(format!("bad diff ID {diff_id:?}")));
         }
+        let dst = store.layer_dir(diff_id);
         if dst.exists() {
             continue;
         }
         let tmp = scratch(store, "layer")?;
-        let file = File::open(blob).map_err(|e| ImageError::Corrupt(format!("{}: {e}", blob.display())))?;
+        let file = open_in(root, blob)?;
         let got = unpack_layer(decompressed(file)?, &tmp.0, MAX_UNPACKED_LAYER)?;
         if &got != diff_id {
             return Err(ImageError::Corrupt(format!("layer {} unpacks to {got}, the config says {diff_id}", blob.display())));
@@ -129,7 +149,7 @@ fn pick_platform(list: &Value) -> Option<&Value> {
 }
 
 fn oci_layout(store: &ImageStore, layout: &Path) -> Result<Vec<ImageRecord>, ImageError> {
-    let index = read_json(&layout.join("index.json"))?;
+    let index = read_json(layout, &layout.join("index.json"))?;
     let mut out = Vec::new();
     for desc in index["manifests"].as_array().into_iter().flatten() {
         let annotations = &desc["annotations"];
@@ -144,14 +164,14 @@ fn oci_layout(store: &ImageStore, layout: &Path) -> Result<Vec<ImageRecord>, Ima
         }
         let mut digest = desc["digest"].as_str().unwrap_or_default().to_string();
         let media = desc["mediaType"].as_str().unwrap_or_default();
-        let mut manifest = read_json(&verified_blob(layout, &digest)?.0)?;
+        let mut manifest = read_json(layout, &verified_blob(layout, &digest)?.0)?;
         if MANIFEST_LIST_TYPES.contains(&media) || manifest["manifests"].is_array() {
             let chosen = pick_platform(&manifest).ok_or_else(|| ImageError::Corrupt("an empty image index".into()))?.clone();
             digest = chosen["digest"].as_str().unwrap_or_default().to_string();
-            manifest = read_json(&verified_blob(layout, &digest)?.0)?;
+            manifest = read_json(layout, &verified_blob(layout, &digest)?.0)?;
         }
         let config_digest = manifest["config"]["digest"].as_str().unwrap_or_default().to_string();
-        let config = read_json(&verified_blob(layout, &config_digest)?.0)?;
+        let config = read_json(layout, &verified_blob(layout, &config_digest)?.0)?;
         let mut blobs = Vec::new();
         let mut size = 0;
         for l in manifest["layers"].as_array().into_iter().flatten() {
@@ -160,31 +180,38 @@ fn oci_layout(store: &ImageStore, layout: &Path) -> Result<Vec<ImageRecord>, Ima
             size += s;
         }
         let (cfg, diff_ids) = image_config(&config);
-        unpack_layers(store, &blobs, &diff_ids)?;
+        unpack_layers(store, layout, &blobs, &diff_ids)?;
         out.push(ImageRecord { id: config_digest, references, layers: diff_ids, config: cfg, size });
     }
     Ok(out)
 }
 
+/// A file the archive's manifest names, which must be inside the archive: a relative path with
+/// no `..` (an absolute one, joined, would replace `dir`).
+fn in_archive(dir: &Path, name: &str) -> Result<PathBuf, ImageError> {
+    let rel = Path::new(name);
+    if name.is_empty() || !rel.components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir)) {
+        return Err(ImageError::Corrupt(format!("path {name:?} leaves the archive")));
+    }
+    Ok(dir.join(rel))
+}
+
 fn docker_archive(store: &ImageStore, dir: &Path) -> Result<Vec<ImageRecord>, ImageError> {
-    let manifest = read_json(&dir.join("manifest.json"))?;
+    let manifest = read_json(dir, &dir.join("manifest.json"))?;
     let mut out = Vec::new();
     for m in manifest.as_array().into_iter().flatten() {
-        let config_path = dir.join(m["Config"].as_str().unwrap_or_default());
-        let (id, _) = file_digest(&config_path)?;
-        let config = read_json(&config_path)?;
+        let config_path = in_archive(dir, m["Config"].as_str().unwrap_or_default())?;
+        let (id, _) = file_digest(dir, &config_path)?;
+        let config = read_json(dir, &config_path)?;
         let mut blobs = Vec::new();
         let mut size = 0;
         for l in strings(&m["Layers"]) {
-            let p = dir.join(&l);
-            if l.split('/').any(|c| c == "..") {
-                return Err(ImageError::Corrupt(format!("layer path {l:?} leaves the archive")));
-            }
-            size += std::fs::metadata(&p).map_err(|e| ImageError::Corrupt(format!("{l}: {e}")))?.len();
+            let p = in_archive(dir, &l)?;
+            size += open_in(dir, &p)?.metadata().map_err(|e| ImageError::Corrupt(format!("{l}: {e}")))?.len();
             blobs.push(p);
         }
         let (cfg, diff_ids) = image_config(&config);
-        unpack_layers(store, &blobs, &diff_ids)?;
+        unpack_layers(store, dir, &blobs, &diff_ids)?;
         let references = strings(&m["RepoTags"]).iter().map(|r| reference::normalize(r)).collect();
         out.push(ImageRecord { id, references, layers: diff_ids, config: cfg, size });
     }

@@ -8,6 +8,8 @@
 //! <root>/lock                  flock taken by every writer of index.json
 //! ```
 
+#[doc(hidden)]
+pub mod fuzz;
 mod import;
 pub mod layout;
 mod pull;
