@@ -39,6 +39,8 @@ pub enum ControlError {
     Io { what: String, source: std::io::Error },
     #[error("bootstrap failed: {0}")]
     Bootstrap(String),
+    #[error("API server limits: {0}")]
+    Limits(#[from] api::LimitsError),
 }
 
 /// How to run the control plane.
@@ -53,6 +55,8 @@ pub struct Config {
     pub allow_host_network: bool,
     /// Run the controllers (tests of the bare API may turn them off).
     pub controllers: bool,
+    /// The API server's connection limits (timeouts and a cap).
+    pub limits: api::ServeLimits,
 }
 
 impl Config {
@@ -63,6 +67,7 @@ impl Config {
             hosts: Vec::new(),
             allow_host_network: false,
             controllers: true,
+            limits: api::ServeLimits::default(),
         }
     }
 }
@@ -82,6 +87,7 @@ impl ControlPlane {
             let what = what.to_string();
             move |source| ControlError::Io { what, source }
         };
+        cfg.limits.validate()?;
         private::dir(&cfg.data_dir).map_err(io("creating the data directory"))?;
         let store = Store::open_embedded(&cfg.data_dir.join("store"))?;
         let tokens = Tokens::load_or_create(&cfg.data_dir.join("tokens.json")).map_err(io("token file"))?;
@@ -106,7 +112,7 @@ impl ControlPlane {
             node_tls,
         });
         bootstrap(&state, addr).await?;
-        let mut tasks = vec![tokio::spawn(api::serve(state.clone(), listener, server_tls))];
+        let mut tasks = vec![tokio::spawn(api::serve(state.clone(), listener, server_tls, cfg.limits))];
         if cfg.controllers {
             tasks.extend(controllers::start(LocalClient { state: state.clone() }));
         }

@@ -28,6 +28,8 @@ pub struct Shared {
     pub forwarder: Forwarder,
     /// Bumped whenever the zones change, so encoded answers kept elsewhere can be dropped.
     pub generation: AtomicU64,
+    /// Who is answered, and how fast.
+    pub guard: crate::guard::Guard,
 }
 
 impl Shared {
@@ -233,7 +235,12 @@ where
 
 #[async_trait::async_trait]
 impl RequestHandler for Handler {
+    /// TCP's way in (UDP's is [`crate::udp`], which checks the asker before decoding).
     async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, mut handle: R) -> ResponseInfo {
+        if !self.shared.guard.allowed(request.src().ip()) {
+            let builder = MessageResponseBuilder::new(&request.queries, None);
+            return send(&mut handle, request, builder.error_msg(&request.metadata, ResponseCode::Refused)).await;
+        }
         self.respond(request, &mut handle).await.0
     }
 }

@@ -6,10 +6,13 @@
 mod batch;
 pub mod cluster;
 pub mod forward;
+pub mod guard;
 pub mod handler;
 pub mod privatezone;
 pub mod table;
 mod udp;
+#[doc(hidden)]
+pub use udp::fuzz;
 pub mod watch;
 
 use std::net::SocketAddr;
@@ -20,6 +23,7 @@ use hickory_server::Server;
 use hickory_server::proto::rr::LowerName;
 
 use crate::forward::{ForwardConfig, Forwarder};
+use crate::guard::{Guard, RateLimit};
 use crate::handler::{Handler, Shared};
 
 #[derive(Clone, Debug)]
@@ -32,11 +36,24 @@ pub struct DnsConfig {
     pub cluster_domain: String,
     pub ttl: u32,
     pub forward: ForwardConfig,
+    /// The client networks answered; others get REFUSED. Loopback by default; `nodeless up`
+    /// adds the pod networks and `--dns-allow`. Empty: everyone (an open resolver).
+    pub allow: Vec<ipnet::IpNet>,
+    /// Response-rate limiting over UDP ([`guard`]).
+    pub rate_limit: RateLimit,
 }
 
 impl DnsConfig {
     pub fn new(listen: Vec<SocketAddr>, upstreams: Vec<SocketAddr>) -> Self {
-        DnsConfig { listen, listen_freebind: Vec::new(), cluster_domain: "cluster.local".into(), ttl: 5, forward: ForwardConfig::new(upstreams) }
+        DnsConfig {
+            listen,
+            listen_freebind: Vec::new(),
+            cluster_domain: "cluster.local".into(),
+            ttl: 5,
+            forward: ForwardConfig::new(upstreams),
+            allow: guard::loopback(),
+            rate_limit: RateLimit::default(),
+        }
     }
 }
 
@@ -107,6 +124,7 @@ fn bind_pair(addr: SocketAddr, freebind: bool) -> anyhow::Result<(std::net::UdpS
 
 /// Start serving; `client` feeds the cluster zone (None: forwarding only).
 pub async fn start(cfg: DnsConfig, client: Option<kube::Client>) -> anyhow::Result<RunningDns> {
+    cfg.rate_limit.validate()?;
     let origin = cluster::origin(&cfg.cluster_domain)?;
     let pod_zone = LowerName::from(hickory_server::proto::rr::Name::from_ascii("pod").and_then(|n| n.append_domain(&origin)).map_err(|e| anyhow::anyhow!("{e}"))?);
     let shared = Arc::new(Shared {
@@ -116,6 +134,7 @@ pub async fn start(cfg: DnsConfig, client: Option<kube::Client>) -> anyhow::Resu
         ttl: cfg.ttl,
         forwarder: Forwarder::new(cfg.forward.clone()),
         generation: std::sync::atomic::AtomicU64::new(0),
+        guard: Guard::new(cfg.allow.clone(), cfg.rate_limit.clone()),
     });
     let handler = Handler { shared: shared.clone() };
     let mut server = Server::new(handler.clone());
@@ -144,6 +163,6 @@ pub async fn start(cfg: DnsConfig, client: Option<kube::Client>) -> anyhow::Resu
         tasks.push(tokio::spawn(watch::run(client.clone(), shared.clone(), origin, cfg.ttl)));
         tasks.push(tokio::spawn(watch::private_zones(client, shared.clone(), cfg.forward.clone())));
     }
-    tracing::info!(addrs = ?addrs, domain = %cfg.cluster_domain, "dns serving");
+    tracing::info!(addrs = ?addrs, domain = %cfg.cluster_domain, allow = ?cfg.allow, rate_limit = cfg.rate_limit.per_second, "dns serving");
     Ok(RunningDns { addrs, shared, tasks, shutdown })
 }

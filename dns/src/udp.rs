@@ -3,7 +3,9 @@
 //! decodes the request with hickory, runs the same `RequestHandler`, and an answer that is
 //! ready at once (cluster names, cache hits) is encoded (truncated to the asker's EDNS size,
 //! TC set, by hickory's encoder) and sent from the loop itself. Only answers that wait for an
-//! upstream get a task of their own. TCP stays on hickory's `Server`.
+//! upstream get a task of their own. TCP stays on hickory's `Server`. Before any of that, the
+//! asker is checked ([`crate::guard`]): over its network's rate it gets a truncated reply or
+//! none, outside the allowed networks a bare REFUSED.
 //!
 //! Each loop also keeps the bytes of the answers it sent that depend on nothing but the
 //! request's bytes, the zones and the clock: cluster names, and fresh forwarded answers, not
@@ -28,7 +30,8 @@ use hickory_server::zone_handler::MessageResponse;
 use rustc_hash::FxHashMap;
 use tokio::net::UdpSocket;
 
-use crate::batch::{Inbox, Outbox};
+use crate::batch::{BATCH, Inbox, Outbox};
+use crate::guard::{REFUSED, Verdict, bare_reply};
 use crate::handler::{Handler, Keep};
 
 #[derive(Clone)]
@@ -222,9 +225,32 @@ pub async fn serve(socket: UdpSocket, handler: Handler) {
             kept.generation = generation;
         }
         let views = handler.shared.views.load_full();
-        for i in 0..n {
+        // The rate limit for the whole batch first: its lock (if any asker needs it) is not
+        // held while answering.
+        let guard = &handler.shared.guard;
+        let verdicts: [Verdict; BATCH] = {
+            let mut batch = guard.batch();
+            std::array::from_fn(|i| if i < n { batch.verdict(inbox.packet(i).1.ip()) } else { Verdict::Answer })
+        };
+        for (i, verdict) in verdicts.into_iter().enumerate().take(n) {
             let (packet, from) = inbox.packet(i);
             if from.port() == 0 || from.ip().is_unspecified() {
+                continue;
+            }
+            match verdict {
+                Verdict::Answer => {}
+                Verdict::Truncate => {
+                    if bare_reply(packet, 0, true, &mut out) {
+                        outbox.push(&out, from);
+                    }
+                    continue;
+                }
+                Verdict::Drop => continue,
+            }
+            if !guard.allowed(from.ip()) {
+                if bare_reply(packet, REFUSED, false, &mut out) {
+                    outbox.push(&out, from);
+                }
                 continue;
             }
             // A question answered before, from an asker no PrivateZone is bound to.
@@ -291,6 +317,10 @@ pub async fn serve(socket: UdpSocket, handler: Handler) {
         outbox.flush(&socket).await;
     }
 }
+
+/// Fuzz targets for the packet parsers above (they stay private here).
+#[doc(hidden)]
+pub mod fuzz;
 
 #[cfg(test)]
 mod tests {

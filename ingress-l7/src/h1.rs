@@ -27,15 +27,13 @@ use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::limits::ClientLimits;
 use crate::metrics::{self, Metrics};
 use crate::proxy::{self, MAX_HEADER_BYTES, Outcome};
 use crate::routes::{Settings, Table, Upstream};
 
 /// Header fields taken in one head.
 pub(crate) const MAX_HEADERS: usize = 128;
-/// How long a client may take to send a request's head (all of it, counted from the end of the
-/// previous response), and so stay idle between requests.
-pub(crate) const CLIENT_IDLE: Duration = Duration::from_secs(60);
 /// Connect attempts for one idempotent request (the first and up to two other endpoints).
 pub(crate) const CONNECT_TRIES: usize = 3;
 /// An idle upstream connection is closed after this long.
@@ -63,6 +61,8 @@ pub struct Front {
     /// Connections to h2c endpoints (HTTP/2 clients' requests for them; HTTP/1.1 clients' go to
     /// pingora).
     pub h2c: crate::http3::Pool,
+    /// How long a client may take over a head and stay idle between requests.
+    pub limits: ClientLimits,
 }
 
 /// How a connection left this path.
@@ -143,14 +143,21 @@ impl Front {
             if *shutdown.borrow() {
                 return End::Closed;
             }
-            // The next request's head, all of it within the deadline (a client sending a byte now
-            // and then is cut off as one sending nothing).
-            let deadline = tokio::time::Instant::now() + CLIENT_IDLE;
+            // The next request's head: its first byte within the idle limit, then all of it
+            // within the header limit (a client sending a byte now and then is cut off as one
+            // sending nothing). A head that arrives whole costs no second clock read.
+            let mut begun = !buf.is_empty();
+            let mut deadline = tokio::time::Instant::now() + if begun { self.limits.header } else { self.limits.idle };
             let req = loop {
                 if !buf.is_empty() {
                     match self.plan(&buf, &ip, &mut out) {
                         Ok(Some(r)) => break r,
-                        Ok(None) if buf.len() <= MAX_HEADER_BYTES => {}
+                        Ok(None) if buf.len() <= MAX_HEADER_BYTES => {
+                            if !begun {
+                                begun = true;
+                                deadline = tokio::time::Instant::now() + self.limits.header;
+                            }
+                        }
                         Ok(None) => {
                             let body = format!("the request's header is over the limit of {MAX_HEADER_BYTES} bytes");
                             let _ = self.answer(&mut io, &mut rout, 431, &body, None, "-", true).await;
@@ -235,10 +242,12 @@ impl Front {
             return Err((400, "malformed request line".into()));
         };
         let hand_off = Request { head_len, close: false, id: String::new(), ingress: String::new(), log: None, plan: Plan::HandOff };
-        if version != 1 || !target.starts_with('/') {
-            return Ok(Some(hand_off));
-        }
+        // Every field is looked at, whoever serves the request: the framing rules below hold for
+        // what is handed to pingora too.
         let (mut host, mut length, mut close, mut id, mut prior_xff) = (None::<&str>, None::<u64>, false, None::<&str>, None::<&str>);
+        // Transfer-Encoding: present, and whether its final coding is chunked.
+        let (mut coded, mut chunked) = (false, false);
+        let mut pingoras = version != 1 || !target.starts_with('/');
         for h in req.headers.iter() {
             let name = h.name;
             let value = || std::str::from_utf8(h.value).map(str::trim);
@@ -248,7 +257,7 @@ impl Front {
                 }
                 host = Some(value().map_err(|_| (400, "the Host header is not text".to_string()))?);
             } else if name.eq_ignore_ascii_case("content-length") {
-                let n = value().ok().and_then(|v| v.parse::<u64>().ok()).ok_or_else(|| (400, "Content-Length is not a number".to_string()))?;
+                let n = content_length(h.value).ok_or_else(|| (400, "Content-Length is not a number (ASCII digits only)".to_string()))?;
                 if length.is_some_and(|m| m != n) {
                     return Err((400, "conflicting Content-Length headers".into()));
                 }
@@ -259,16 +268,33 @@ impl Front {
                         close = true;
                     } else if !token.eq_ignore_ascii_case("keep-alive") {
                         // Upgrade, or a header named as hop-by-hop: pingora's.
-                        return Ok(Some(hand_off));
+                        pingoras = true;
                     }
                 }
-            } else if name.eq_ignore_ascii_case("transfer-encoding") || name.eq_ignore_ascii_case("upgrade") || name.eq_ignore_ascii_case("expect") {
-                return Ok(Some(hand_off));
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                coded = true;
+                chunked = value().ok().and_then(|v| v.rsplit(',').next()).is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+                pingoras = true;
+            } else if name.eq_ignore_ascii_case("upgrade") || name.eq_ignore_ascii_case("expect") {
+                pingoras = true;
             } else if name.eq_ignore_ascii_case("x-request-id") {
                 id = value().ok().filter(|v| !v.is_empty());
             } else if name.eq_ignore_ascii_case("x-forwarded-for") {
                 prior_xff = value().ok().filter(|v| !v.is_empty());
             }
+        }
+        // RFC 9112 section 6.3: a body framed two ways, or by a coding that does not end in
+        // chunked, or coded in HTTP/1.0, is where request smuggling starts. 400, then close.
+        if coded {
+            if length.is_some() {
+                return Err((400, "both Transfer-Encoding and Content-Length".into()));
+            }
+            if !chunked || version != 1 {
+                return Err((400, "Transfer-Encoding whose final coding is not chunked, or in HTTP/1.0".into()));
+            }
+        }
+        if pingoras {
+            return Ok(Some(hand_off));
         }
         let Some(host) = host else {
             return Err((400, "an HTTP/1.1 request without a Host header".into()));
@@ -330,7 +356,7 @@ impl Front {
         field(rout, "X-Request-Id", id.as_bytes());
         self.closing_fields(rout, close);
         rout.extend_from_slice(text.as_bytes());
-        write_out(io, rout, CLIENT_IDLE).await
+        write_out(io, rout, self.limits.idle).await
     }
 
     /// The fields every response from this listener ends its head with.
@@ -811,6 +837,22 @@ impl Chunked {
     }
 }
 
+/// A Content-Length value: ASCII digits and nothing else (optional whitespace around them),
+/// within u64. Not `str::parse`, which takes a leading `+`; a list (`5, 5`) is refused too,
+/// as RFC 9110 section 8.6 allows.
+pub(crate) fn content_length(value: &[u8]) -> Option<u64> {
+    let start = value.iter().position(|b| !matches!(b, b' ' | b'\t'))?;
+    let end = value.iter().rposition(|b| !matches!(b, b' ' | b'\t'))? + 1;
+    let mut n: u64 = 0;
+    for &b in &value[start..end] {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
+    }
+    Some(n)
+}
+
 fn status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
     out.extend_from_slice(b"HTTP/1.1 ");
     out.extend_from_slice(status.to_string().as_bytes());
@@ -905,6 +947,10 @@ pub async fn sweep_idle() {
     }
 }
 
+/// Fuzz targets for the head planner and the chunked scanner (they stay private here).
+#[doc(hidden)]
+pub mod fuzz;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -933,6 +979,16 @@ mod tests {
         assert_eq!(Chunked::default().scan(b"\r\n"), None);
         assert_eq!(Chunked::default().scan(b"2\r\nabXY"), None);
         assert_eq!(Chunked::default().scan(b"ffffffffffffffffff\r\n"), None);
+    }
+
+    #[test]
+    fn content_length_is_ascii_digits_only() {
+        assert_eq!(content_length(b"5"), Some(5));
+        assert_eq!(content_length(b" 0042\t"), Some(42));
+        assert_eq!(content_length(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [&b""[..], b" ", b"+5", b"-5", b"0x5", b"5 ,6", b"5,5", b"5 5", b"5.0", b"\xd9\xa5", b"18446744073709551616"] {
+            assert_eq!(content_length(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use hyper::body::Frame;
 use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
-use crate::h1::{Body, CLIENT_IDLE, CONNECT_TRIES, Forwarded, Front, MAX_HEADERS, READ_CHUNK, Read, UnderWay, framing, parse_response, put_idle, read_head, unusable_head, write_out};
+use crate::h1::{Body, CONNECT_TRIES, Forwarded, Front, MAX_HEADERS, READ_CHUNK, Read, UnderWay, framing, parse_response, put_idle, read_head, unusable_head, write_out};
 use crate::http3::{BoxError, Conn, strip_hop_by_hop};
 use crate::metrics;
 use crate::proxy::{self, MAX_HEADER_BYTES, Outcome};
@@ -59,7 +59,7 @@ impl Front {
             conn.graceful_shutdown();
         }
         // A connection with no stream open for as long as an HTTP/1.1 one may idle is closed.
-        let idle = tokio::time::sleep(CLIENT_IDLE);
+        let idle = tokio::time::sleep(self.limits.idle);
         tokio::pin!(idle);
         loop {
             tokio::select! {
@@ -75,7 +75,7 @@ impl Front {
                 },
                 Some(()) = streams.next(), if !streams.is_empty() => {
                     if streams.is_empty() {
-                        idle.as_mut().reset(tokio::time::Instant::now() + CLIENT_IDLE);
+                        idle.as_mut().reset(tokio::time::Instant::now() + self.limits.idle);
                     }
                 }
                 _ = &mut idle, if streams.is_empty() && !closing => {

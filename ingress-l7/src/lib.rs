@@ -5,6 +5,7 @@ pub mod h1;
 pub mod h2;
 pub mod http3;
 pub mod lb;
+pub mod limits;
 pub mod metrics;
 pub mod proxy;
 pub mod routes;

@@ -9,10 +9,12 @@
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use clap::Parser;
+use nodeless_ingress_l7::limits::{ClientLimits, Gate};
 use nodeless_ingress_l7::{h1, http3, lb, metrics::Metrics, stream, proxy::Ingress, routes::Table, tls::Certs, watch};
 use pingora_core::apps::{HttpServerOptions, ServerApp};
 use pingora_core::listeners::tls::Acceptor;
@@ -64,6 +66,32 @@ struct Args {
     /// removed at exit).
     #[arg(long, default_value = "nodeless-lb0")]
     lb_interface: String,
+    /// Seconds a client may take over its TLS handshake.
+    #[arg(long, default_value_t = ClientLimits::default().tls_handshake.as_secs_f64())]
+    tls_handshake_timeout: f64,
+    /// Seconds a client may take over a request head, from its first byte.
+    #[arg(long, default_value_t = ClientLimits::default().header.as_secs_f64())]
+    client_header_timeout: f64,
+    /// Seconds a client connection may stay idle between requests (HTTP/2: with no stream open).
+    #[arg(long, default_value_t = ClientLimits::default().idle.as_secs_f64())]
+    client_idle_timeout: f64,
+    /// Client connections open at once, over all threads; one over it is closed at once.
+    #[arg(long, default_value_t = ClientLimits::default().max_connections)]
+    max_connections: usize,
+}
+
+impl Args {
+    fn limits(&self) -> Result<ClientLimits> {
+        let secs = |s: f64, what: &str| Duration::try_from_secs_f64(s).with_context(|| format!("{what}: {s} is not a number of seconds"));
+        let limits = ClientLimits {
+            tls_handshake: secs(self.tls_handshake_timeout, "--tls-handshake-timeout")?,
+            header: secs(self.client_header_timeout, "--client-header-timeout")?,
+            idle: secs(self.client_idle_timeout, "--client-idle-timeout")?,
+            max_connections: self.max_connections,
+        };
+        limits.validate()?;
+        Ok(limits)
+    }
 }
 
 // The proxy allocates a little for every request; glibc's allocator showed up as a tenth of
@@ -74,6 +102,8 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() -> Result<()> {
     tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).init();
     let args = Args::parse();
+    let limits = args.limits()?;
+    let gate = Gate::new(limits.max_connections);
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
 
     // Every worker thread has its own listening sockets on the same addresses (SO_REUSEPORT:
@@ -120,7 +150,7 @@ fn main() -> Result<()> {
     // Each listener has its HTTP/1.1 and HTTP/2 fronts and a pingora proxy for the connections
     // the HTTP/1.1 front hands over. Plain listeners also take HTTP/2 with prior knowledge (h2c):
     // which protocol a connection speaks is found once, when it opens.
-    let front = |scheme: &'static str| Arc::new(h1::Front { table: table.clone(), metrics: metrics.clone(), scheme, alt_svc: if scheme == "https" { alt_svc.clone() } else { None }, h2c: Default::default() });
+    let front = |scheme: &'static str| Arc::new(h1::Front { table: table.clone(), metrics: metrics.clone(), scheme, alt_svc: if scheme == "https" { alt_svc.clone() } else { None }, h2c: Default::default(), limits });
     let plain = || Apps { front: front("http"), http1: app("http"), h2c: true };
     let secure = || Apps { front: front("https"), http1: app("https"), h2c: false };
     let mut server_tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -136,7 +166,7 @@ fn main() -> Result<()> {
         // Each worker has its own proxies and so its own pools of upstream connections: a
         // connection is kept, watched while idle and reused on one thread (shared pools had
         // threads race for the same idle connection, which pingora then drops).
-        let (plain, secure, acceptor, shutdown) = (plain(), secure(), acceptor.clone(), shutdown.clone());
+        let (plain, secure, acceptor, shutdown, gate) = (plain(), secure(), acceptor.clone(), shutdown.clone(), gate.clone());
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         std::thread::Builder::new().name(format!("ingress-{i}")).spawn(move || {
             rt.block_on(async move {
@@ -148,7 +178,7 @@ fn main() -> Result<()> {
                     }
                 };
                 tokio::spawn(h1::sweep_idle());
-                tokio::join!(serve(h, plain, None, shutdown.clone()), serve(s, secure, Some(acceptor), shutdown));
+                tokio::join!(serve(h, plain, None, shutdown.clone(), gate.clone()), serve(s, secure, Some(acceptor), shutdown, gate));
             })
         })?;
     }
@@ -264,8 +294,10 @@ struct Apps {
 }
 
 /// Accept connections and hand each to the front for its protocol (after the TLS handshake on an
-/// HTTPS listener), keeping a connection while the client keeps it alive.
-async fn serve(listener: TcpListener, apps: Apps, tls: Option<Arc<Acceptor>>, shutdown: ShutdownWatch) {
+/// HTTPS listener), keeping a connection while the client keeps it alive; past the connection
+/// cap, a new connection is closed at once.
+async fn serve(listener: TcpListener, apps: Apps, tls: Option<Arc<Acceptor>>, shutdown: ShutdownWatch, gate: Arc<Gate>) {
+    let limits = apps.front.limits;
     loop {
         let (tcp, client) = match listener.accept().await {
             Ok(c) => c,
@@ -276,14 +308,19 @@ async fn serve(listener: TcpListener, apps: Apps, tls: Option<Arc<Acceptor>>, sh
                 continue;
             }
         };
+        let Some(admitted) = gate.admit() else {
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let (front, http1, h2c, tls, shutdown) = (apps.front.clone(), apps.http1.clone(), apps.h2c, tls.clone(), shutdown.clone());
         tokio::spawn(async move {
+            let _admitted = admitted;
             let fd = tcp.as_raw_fd();
             // HTTP/1.1 goes to the HTTP/1.1 path (which may hand a connection over to pingora),
             // HTTP/2 (h2c by its preface, h2 by ALPN) to the HTTP/2 path.
             let stream: pingora_core::protocols::Stream = match (h2c, tls) {
-                (true, _) => match stream::opens_with_h2_preface(&tcp).await {
+                (true, _) => match stream::opens_with_h2_preface(&tcp, limits.idle).await {
                     Some(true) => return front.serve_h2(tcp, client, &shutdown).await,
                     Some(false) => match front.serve(tcp, client, &shutdown).await {
                         h1::End::Closed => return,
@@ -292,9 +329,10 @@ async fn serve(listener: TcpListener, apps: Apps, tls: Option<Arc<Acceptor>>, sh
                     None => return,
                 },
                 (false, Some(a)) => {
-                    let secure = match a.tls_handshake(l4(tcp, fd)).await {
-                        Ok(s) => s,
-                        Err(e) => return tracing::debug!(error = %e, "TLS handshake"),
+                    let secure = match tokio::time::timeout(limits.tls_handshake, a.tls_handshake(l4(tcp, fd))).await {
+                        Ok(Ok(s)) => s,
+                        Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake"),
+                        Err(_) => return tracing::debug!(%client, "TLS handshake timed out"),
                     };
                     if matches!(secure.selected_alpn_proto(), Some(pingora_core::protocols::ALPN::H2)) {
                         return front.serve_h2(secure, client, &shutdown).await;

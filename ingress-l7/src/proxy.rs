@@ -143,7 +143,7 @@ pub fn admit_head(table: &Table, scheme: &str, host: &str, target: &str, declare
 
 /// The request body's declared length.
 pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers.get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok())
+    headers.get(http::header::CONTENT_LENGTH).and_then(|v| crate::h1::content_length(v.as_bytes()))
 }
 
 /// The client's X-Request-Id, or a new one.

@@ -38,6 +38,7 @@ pub struct Settings {
     /// `proxy-read-timeout` (seconds): the longest wait for the upstream between reads.
     pub read_timeout: Duration,
     /// `proxy-body-size` (bytes, or with k/m/g): larger request bodies get 413. 0: no limit.
+    /// [`DEFAULT_BODY_LIMIT`] without the annotation.
     pub body_limit: u64,
     /// `ssl-redirect: "true"`: plain HTTP gets a 308 to the same URL over HTTPS.
     pub ssl_redirect: bool,
@@ -51,9 +52,16 @@ pub enum Balance {
     LeastRequest,
 }
 
+/// The request-body limit of an Ingress without `proxy-body-size`: 64 MiB. Large enough for
+/// the uploads a serverless app takes in one request (ingress-nginx's 1 MiB is its most
+/// overridden default), small enough that one request cannot hold an endpoint and the
+/// ingress's connection to it for the minutes a multi-gigabyte stream takes; an Ingress that
+/// needs more (or none: `"0"`) says so with the annotation.
+pub const DEFAULT_BODY_LIMIT: u64 = 64 << 20;
+
 impl Default for Settings {
     fn default() -> Settings {
-        Settings { connect_timeout: Duration::from_secs(5), read_timeout: Duration::from_secs(60), body_limit: 0, ssl_redirect: false, balance: Balance::RoundRobin }
+        Settings { connect_timeout: Duration::from_secs(5), read_timeout: Duration::from_secs(60), body_limit: DEFAULT_BODY_LIMIT, ssl_redirect: false, balance: Balance::RoundRobin }
     }
 }
 
@@ -739,6 +747,9 @@ mod tests {
         let bad: BTreeMap<String, String> = [("nodeless.io/proxy-read-timeout".to_string(), "soon".to_string()), ("nodeless.io/load-balance".to_string(), "random".to_string())].into();
         let (s, problems) = Settings::from_annotations(Some(&bad));
         assert_eq!(s, Settings::default(), "bad values keep the defaults");
+        assert_eq!(Settings::default().body_limit, DEFAULT_BODY_LIMIT, "64 MiB without the annotation");
+        let none: BTreeMap<String, String> = [("nodeless.io/proxy-body-size".to_string(), "0".to_string())].into_iter().collect();
+        assert_eq!(Settings::from_annotations(Some(&none)).0.body_limit, 0, "\"0\": no limit");
         assert_eq!(problems.len(), 2, "{problems:?}");
     }
 

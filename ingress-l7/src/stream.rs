@@ -159,18 +159,15 @@ pub fn boxed_replaying<S: IO + 'static>(stream: S, replay: bytes::BytesMut) -> p
     Box::new(Buffered::replaying(stream, replay))
 }
 
-/// How long a new plain connection may take to send its first bytes.
-const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(60);
-
 /// HTTP/2's connection preface (RFC 9113, section 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Whether a plain connection opens with HTTP/2's preface (h2c with prior knowledge). Found by
 /// peeking, so nothing is consumed, and once per connection: pingora, with h2c on, reads for the
 /// preface before every request of a kept-alive HTTP/1.1 connection. `None`: the client closed,
-/// or sent nothing in time.
-pub async fn opens_with_h2_preface(tcp: &tokio::net::TcpStream) -> Option<bool> {
-    let deadline = tokio::time::Instant::now() + FIRST_BYTES_TIMEOUT;
+/// or sent nothing within `limit` (the idle limit: it has not begun a request).
+pub async fn opens_with_h2_preface(tcp: &tokio::net::TcpStream, limit: Duration) -> Option<bool> {
+    let deadline = tokio::time::Instant::now() + limit;
     let mut buf = [0u8; H2_PREFACE.len()];
     loop {
         let n = tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await.ok()?.ok()?;
@@ -207,7 +204,7 @@ mod tests {
     async fn the_h2_preface_is_told_from_http1_without_consuming_anything() {
         let (mut c, mut s) = pair().await;
         c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
-        assert_eq!(opens_with_h2_preface(&s).await, Some(false));
+        assert_eq!(opens_with_h2_preface(&s, Duration::from_secs(5)).await, Some(false));
         let mut first = [0u8; 3];
         s.read_exact(&mut first).await.unwrap();
         assert_eq!(&first, b"GET");
@@ -220,11 +217,11 @@ mod tests {
             c.write_all(&H2_PREFACE[10..]).await.unwrap();
             c
         });
-        assert_eq!(opens_with_h2_preface(&s).await, Some(true));
+        assert_eq!(opens_with_h2_preface(&s, Duration::from_secs(5)).await, Some(true));
         let _c = rest.await.unwrap();
 
         let (c, s) = pair().await;
         drop(c);
-        assert_eq!(opens_with_h2_preface(&s).await, None);
+        assert_eq!(opens_with_h2_preface(&s, Duration::from_secs(5)).await, None);
     }
 }

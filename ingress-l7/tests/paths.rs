@@ -2,15 +2,20 @@
 //! connections: keep-alive reuse of upstream connections, bodies by length, chunked and delimited
 //! by close (passed through to HTTP/1.1 clients, decoded for HTTP/2 ones), request bodies by
 //! length and (from HTTP/2) of unknown length, HEAD, pipelining, the ingress's own answers, and
-//! the hand-over to pingora of what the HTTP/1.1 path does not take.
+//! the hand-over to pingora of what the HTTP/1.1 path does not take; and what a slow or
+//! hostile client gets: cut off when idle or sending its head slowly (slowloris), 413 for a body
+//! over the default limit, 400 for a `Content-Length` that is not plain digits, conflicting or
+//! beside `Transfer-Encoding`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::{Buf, Bytes, BytesMut};
 use nodeless_ingress_l7::h1::{End, Front};
+use nodeless_ingress_l7::limits::ClientLimits;
 use nodeless_ingress_l7::metrics::Metrics;
 use nodeless_ingress_l7::routes::{self, Table};
 use serde_json::json;
@@ -120,7 +125,7 @@ async fn answer_requests(mut conn: TcpStream) {
 }
 
 fn front(endpoint: SocketAddr) -> Arc<Front> {
-    Arc::new(Front { table: Arc::new(ArcSwap::from_pointee(table(endpoint))), metrics: Arc::new(Metrics::new(0)), scheme: "http", alt_svc: None, h2c: Default::default() })
+    Arc::new(Front { table: Arc::new(ArcSwap::from_pointee(table(endpoint))), metrics: Arc::new(Metrics::new(0)), scheme: "http", alt_svc: None, h2c: Default::default(), limits: Default::default() })
 }
 
 const CLIENT: &str = "192.0.2.7:5555";
@@ -288,4 +293,116 @@ async fn http2_requests_become_http1_to_the_endpoint() {
     assert_eq!(text, "bye");
     let (status, _, text) = call(&h2, "GET", "/", None).await;
     assert!(status == 200 && text.contains("GET GET / HTTP/1.1"), "{text}");
+}
+
+/// `front` with short client limits: 1 s for a head, 1 s idle.
+fn impatient(endpoint: SocketAddr) -> Arc<Front> {
+    let mut f = Arc::into_inner(front(endpoint)).unwrap();
+    f.limits = ClientLimits { header: Duration::from_secs(1), idle: Duration::from_secs(1), ..ClientLimits::default() };
+    Arc::new(f)
+}
+
+/// How long until the server side closes `c` (reads until end of stream), at most `limit`.
+async fn closed_within(c: &mut DuplexStream, limit: Duration) -> Option<Duration> {
+    let started = Instant::now();
+    let mut sink = Vec::new();
+    match tokio::time::timeout(limit, c.read_to_end(&mut sink)).await {
+        Ok(_) => Some(started.elapsed()),
+        Err(_) => None,
+    }
+}
+
+#[tokio::test]
+async fn slow_and_idle_clients_are_cut_off() {
+    let (addr, accepted) = endpoint().await;
+    // Slowloris: a head begun and then fed a byte every 200 ms never completes; it is cut off at
+    // the header limit, not kept alive by the trickle.
+    let (mut c, task) = connect_h1(impatient(addr));
+    c.write_all(b"GET /cl HTTP/1.1\r\nHost: h\r\n").await.unwrap();
+    let (mut r, mut w) = tokio::io::split(c);
+    let trickle = tokio::spawn(async move {
+        for _ in 0..50 {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if w.write_all(b"X").await.is_err() {
+                return;
+            }
+        }
+    });
+    let started = Instant::now();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), r.read_to_end(&mut sink)).await.expect("a slowloris head is cut off");
+    let took = started.elapsed();
+    assert!(took >= Duration::from_millis(800) && took < Duration::from_secs(3), "cut off after {took:?}");
+    assert!(sink.is_empty(), "no answer to half a head: {:?}", String::from_utf8_lossy(&sink));
+    assert_eq!(task.await.unwrap(), None);
+    trickle.abort();
+
+    // A connection that sends nothing, and one idle after a response: closed at the idle limit.
+    let (mut c, task) = connect_h1(impatient(addr));
+    let took = closed_within(&mut c, Duration::from_secs(5)).await.expect("an idle connection is closed");
+    assert!(took >= Duration::from_millis(800), "{took:?}");
+    assert_eq!(task.await.unwrap(), None);
+    let (mut c, task) = connect_h1(impatient(addr));
+    let mut buf = BytesMut::new();
+    c.write_all(b"GET /cl HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
+    assert!(response(&mut c, &mut buf).await.ends_with("hello"));
+    closed_within(&mut c, Duration::from_secs(5)).await.expect("idle after a response, closed");
+    assert_eq!(task.await.unwrap(), None);
+    assert_eq!(accepted.load(Ordering::SeqCst), 1, "only the whole request reached the endpoint");
+}
+
+#[tokio::test]
+async fn a_body_over_the_default_limit_gets_413() {
+    let (addr, accepted) = endpoint().await;
+    let (mut c, task) = connect_h1(front(addr));
+    let mut buf = BytesMut::new();
+    let over = routes::DEFAULT_BODY_LIMIT + 1;
+    c.write_all(format!("POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: {over}\r\n\r\nabc").as_bytes()).await.unwrap();
+    let r = response(&mut c, &mut buf).await;
+    assert!(r.starts_with("HTTP/1.1 413 Payload Too Large\r\n") && r.contains("Connection: close") && r.contains("limit of 67108864 bytes"), "{r}");
+    assert_eq!(task.await.unwrap(), None, "closed: the body was not read");
+    // At the limit it goes through (declared; the endpoint gets the head).
+    let (mut c, _task) = connect_h1(front(addr));
+    c.write_all(format!("POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n", routes::DEFAULT_BODY_LIMIT).as_bytes()).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while accepted.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("a body at the limit is forwarded");
+}
+
+#[tokio::test]
+async fn content_length_is_digits_only_and_never_beside_transfer_encoding() {
+    let (addr, accepted) = endpoint().await;
+    for head in [
+        "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: +5\r\n\r\nhello",
+        "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 0x5\r\n\r\nhello",
+        "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length:  5 ,6\r\n\r\nhello",
+        "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\nhello",
+        "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: -1\r\n\r\n",
+        // Framed two ways, in either order (these went to pingora before).
+        "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        "POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        // A final coding other than chunked, and chunked in HTTP/1.0.
+        "POST /echo HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+        "POST /echo HTTP/1.0\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        // Handed to pingora otherwise, but not with a bad length.
+        "GET /ws HTTP/1.1\r\nHost: h\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: +0\r\n\r\n",
+    ] {
+        let (mut c, task) = connect_h1(front(addr));
+        let mut buf = BytesMut::new();
+        c.write_all(head.as_bytes()).await.unwrap();
+        let r = response(&mut c, &mut buf).await;
+        assert!(r.starts_with("HTTP/1.1 400 Bad Request\r\n") && r.contains("Connection: close"), "{head:?}: {r}");
+        assert_eq!(task.await.unwrap(), None, "{head:?}: closed, not handed over");
+    }
+    assert_eq!(accepted.load(Ordering::SeqCst), 0, "none reached the endpoint");
+    // The same length twice is one length.
+    let (mut c, _task) = connect_h1(front(addr));
+    let mut buf = BytesMut::new();
+    c.write_all(b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello").await.unwrap();
+    let r = response(&mut c, &mut buf).await;
+    assert!(r.starts_with("HTTP/1.1 200 OK\r\n") && r.ends_with("body=hello"), "{r}");
 }

@@ -97,10 +97,53 @@ struct DnsArgs {
     /// Write the first address DNS serves on to this file (for scripts and tests).
     #[arg(long = "dns-address-file")]
     dns_address_file: Option<PathBuf>,
+    /// Also answer clients in this network (repeatable). DNS answers loopback and (under `up`)
+    /// the pod networks (--pod-cidr, or the subnets of --cni-conf's IPAM); others get REFUSED.
+    #[arg(long = "dns-allow")]
+    dns_allow: Vec<ipnet::IpNet>,
+    /// UDP replies a second per client /24 (/56 for IPv6), with bursts of twice as many; past
+    /// it every second reply is truncated (TC=1, the client retries over TCP) and the rest are
+    /// dropped. Loopback is exempt. 0: no limit.
+    #[arg(long = "dns-rate-limit", default_value_t = nodeless_dns::guard::RateLimit::default().per_second)]
+    dns_rate_limit: u32,
 }
 
-/// Start cluster DNS on `listen` (and, bound before the address exists, on `freebind`).
-async fn start_dns(args: &DnsArgs, domain: &str, freebind: Vec<SocketAddr>, client: kube::Client) -> anyhow::Result<nodeless_dns::RunningDns> {
+/// The subnets a CNI network config's IPAM hands out (host-local's `ranges[][].subnet` or
+/// `subnet`, wherever they sit in the plugin list): the pod networks DNS answers.
+fn cni_subnets(conf: &serde_json::Value) -> Vec<ipnet::IpNet> {
+    let mut out = Vec::new();
+    let mut stack = vec![conf];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::Object(m) => {
+                for (k, v) in m {
+                    match v.as_str().and_then(|s| s.parse::<ipnet::IpNet>().ok()) {
+                        Some(net) if k == "subnet" => out.push(net.trunc()),
+                        _ => stack.push(v),
+                    }
+                }
+            }
+            serde_json::Value::Array(a) => stack.extend(a),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The pod networks of `up`'s node: --pod-cidr, or the subnets of --cni-conf.
+fn pod_networks(node: &node_cmd::NodeArgs) -> anyhow::Result<Vec<ipnet::IpNet>> {
+    let mut nets: Vec<ipnet::IpNet> = node.pod_cidrs.iter().map(|n| ipnet::IpNet::V4(*n)).collect();
+    if let Some(conf) = &node.cni_conf {
+        let text = std::fs::read_to_string(conf).with_context(|| format!("reading {}", conf.display()))?;
+        let conf: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", conf.display()))?;
+        nets.extend(cni_subnets(&conf));
+    }
+    Ok(nets)
+}
+
+/// Start cluster DNS on `listen` (and, bound before the address exists, on `freebind`),
+/// answering loopback, `pod_networks` and --dns-allow.
+async fn start_dns(args: &DnsArgs, domain: &str, freebind: Vec<SocketAddr>, pod_networks: Vec<ipnet::IpNet>, client: kube::Client) -> anyhow::Result<nodeless_dns::RunningDns> {
     let mut upstreams = args.dns_upstreams.clone();
     if upstreams.is_empty() {
         upstreams = nodeless_dns::forward::resolv_conf_upstreams(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
@@ -112,6 +155,10 @@ async fn start_dns(args: &DnsArgs, domain: &str, freebind: Vec<SocketAddr>, clie
     cfg.listen_freebind = freebind;
     cfg.cluster_domain = domain.to_string();
     cfg.ttl = args.dns_ttl;
+    cfg.allow.extend(pod_networks);
+    cfg.allow.extend(args.dns_allow.iter().copied());
+    cfg.rate_limit.per_second = args.dns_rate_limit;
+    cfg.rate_limit.burst = args.dns_rate_limit.saturating_mul(2);
     let dns = nodeless_dns::start(cfg, Some(client)).await?;
     if let (Some(file), Some(addr)) = (&args.dns_address_file, dns.addrs.first()) {
         std::fs::write(file, format!("{addr}\n")).with_context(|| format!("writing {}", file.display()))?;
@@ -121,7 +168,7 @@ async fn start_dns(args: &DnsArgs, domain: &str, freebind: Vec<SocketAddr>, clie
 
 async fn run_dns(kubeconfig: PathBuf, args: DnsArgs) -> anyhow::Result<()> {
     let client = node_cmd::client_from(&kubeconfig).await?;
-    let dns = start_dns(&args, "cluster.local", Vec::new(), client).await.context("starting DNS")?;
+    let dns = start_dns(&args, "cluster.local", Vec::new(), Vec::new(), client).await.context("starting DNS")?;
     println!("nodeless: DNS on {:?}", dns.addrs);
     wait_for_signal().await?;
     dns.stop();
@@ -190,7 +237,11 @@ async fn run_control(args: UpArgs, with_node: bool) -> anyhow::Result<()> {
         let client = node_cmd::client_from_yaml(&cp.kubeconfig(true)).await?;
         // Pods reach DNS at the node's --cluster-dns address (their network's gateway), port 53.
         let freebind: Vec<SocketAddr> = args.node.cluster_dns.iter().filter_map(|ip| ip.parse::<std::net::IpAddr>().ok()).map(|ip| SocketAddr::new(ip, 53)).collect();
-        match start_dns(&args.dns, &args.node.cluster_domain, freebind, client).await {
+        let started = match pod_networks(&args.node) {
+            Ok(nets) => start_dns(&args.dns, &args.node.cluster_domain, freebind, nets, client).await,
+            Err(e) => Err(e),
+        };
+        match started {
             Ok(d) => {
                 println!("nodeless: DNS on {:?}", d.addrs);
                 dns = Some(d);
@@ -226,5 +277,21 @@ fn main() -> anyhow::Result<()> {
         Command::Node { kubeconfig, data_dir, node } => rt.block_on(run_node(kubeconfig, data_dir, node)),
         Command::Dns { kubeconfig, dns } => rt.block_on(run_dns(kubeconfig, dns)),
         Command::Image { data_dir, command } => node_cmd::image(command, &data_dir),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_subnets_of_a_cni_config_are_its_pod_networks() {
+        let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "n", "plugins": [
+            {"type": "bridge", "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.252.7.0/24", "gateway": "10.252.7.1"}], [{"subnet": "fd00:1::/64"}]]}},
+            {"type": "other", "ipam": {"subnet": "10.9.0.5/16"}},
+            {"type": "portmap", "capabilities": {"portMappings": true}}
+        ]});
+        let nets: Vec<String> = super::cni_subnets(&conf).iter().map(|n| n.to_string()).collect();
+        let mut sorted = nets.clone();
+        sorted.sort();
+        assert_eq!(sorted, vec!["10.252.7.0/24", "10.9.0.0/16", "fd00:1::/64"]);
     }
 }

@@ -1,5 +1,6 @@
 //! The Kubernetes REST API over HTTPS (HTTP/2 and HTTP/1.1).
 
+mod conn;
 mod crd_schema;
 mod delete;
 pub mod discovery;
@@ -16,6 +17,7 @@ pub mod registry;
 pub mod select;
 mod watch;
 
+pub use conn::{LimitsError, ServeLimits, serve};
 pub use hooks::refresh_crds;
 pub use pods::KUBELET_SCHEME;
 
@@ -24,9 +26,6 @@ use std::sync::Arc;
 
 use ::http::{Method, Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::TcpListener;
-use tokio_rustls::TlsAcceptor;
 
 use crate::auth::{self, Authenticator, Role};
 use crate::ipalloc::IpAllocator;
@@ -116,41 +115,6 @@ fn parse_route(path: &str) -> Option<Route> {
         [plural, name, sub] => mk(None, plural, Some(name), Some(sub)),
         _ => return None,
     })
-}
-
-/// Serve the API on `listener` until the task is dropped.
-pub async fn serve(state: Arc<ApiState>, listener: TcpListener, tls: Arc<rustls::ServerConfig>) {
-    let acceptor = TlsAcceptor::from(tls);
-    loop {
-        let (tcp, peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::warn!(error = %e, "accept failed");
-                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                continue;
-            }
-        };
-        let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
-        let state = state.clone();
-        tokio::spawn(async move {
-            let stream = match acceptor.accept(tcp).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    return;
-                }
-            };
-            let svc = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(state, req, peer).await) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            if let Err(e) = builder.serve_connection_with_upgrades(TokioIo::new(stream), svc).await {
-                tracing::debug!(%peer, error = %e, "connection ended with an error");
-            }
-        });
-    }
 }
 
 async fn handle(state: Arc<ApiState>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {

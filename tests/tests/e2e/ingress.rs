@@ -349,3 +349,96 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
     let dir = std::path::Path::new("/sys/fs/cgroup/unified/nodeless").join(&node);
     assert!(!dir.exists(), "{} left", dir.display());
 }
+
+/// The connection limits of the ingress binary: a client that opens a TLS connection and
+/// sends nothing is closed at `--tls-handshake-timeout`; one that trickles a request head a
+/// byte at a time at `--client-header-timeout`; and past `--max-connections` a new connection
+/// is closed at once, without waiting for any timeout. Needs only control (no node).
+#[test]
+fn ingress_cuts_off_slow_clients_and_caps_connections() {
+    use std::io::{Read, Write};
+    let n = Nodeless::start().unwrap();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let mut child = Command::new(workspace_binary("ingress-l7").unwrap())
+        .arg("--kubeconfig")
+        .arg(n.kubeconfig())
+        .args(["--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--no-http3", "--threads", "1"])
+        .args(["--tls-handshake-timeout", "1", "--client-header-timeout", "1", "--client-idle-timeout", "30", "--max-connections", "2"])
+        .stdout(Stdio::piped())
+        .stderr(log.reopen().unwrap())
+        .spawn()
+        .unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let addrs = nodeless_tests::ingress_addresses(&mut child);
+    let _child = Kill(child);
+    let [http, https, _] = addrs.unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(log.path()).unwrap_or_default()));
+    // How long until the ingress closes `c` (EOF or reset).
+    let closed_after = |c: &mut std::net::TcpStream, within: Duration| -> Option<Duration> {
+        c.set_read_timeout(Some(within)).unwrap();
+        let started = Instant::now();
+        let mut buf = [0u8; 1024];
+        loop {
+            match c.read(&mut buf) {
+                Ok(0) => return Some(started.elapsed()),
+                Ok(_) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return None,
+                Err(_) => return Some(started.elapsed()),
+            }
+            if started.elapsed() > within {
+                return None;
+            }
+        }
+    };
+
+    // A TCP connection to the HTTPS port that never starts its handshake.
+    let mut c = std::net::TcpStream::connect(https).unwrap();
+    let took = closed_after(&mut c, Duration::from_secs(5)).expect("no handshake: closed");
+    assert!(took >= Duration::from_millis(800) && took < Duration::from_secs(3), "{took:?}");
+    drop(c);
+
+    // Slowloris on the plain port: half a head, then a byte every 200 ms.
+    let mut c = std::net::TcpStream::connect(http).unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n").unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let cut = loop {
+        assert!(started.elapsed() < Duration::from_secs(6), "the slowloris head was kept for 6 s");
+        if c.write_all(b"X").is_err() {
+            break started.elapsed();
+        }
+        match c.read(&mut buf) {
+            Ok(0) => break started.elapsed(),
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => break started.elapsed(),
+        }
+    };
+    assert!(cut < Duration::from_secs(3), "cut off after {cut:?}");
+    drop(c);
+    std::thread::sleep(Duration::from_millis(300));
+
+    // Two connections within the cap stay open (idle, 30 s allowed); a third is closed at once.
+    let (a, _b) = (std::net::TcpStream::connect(http).unwrap(), std::net::TcpStream::connect(http).unwrap());
+    std::thread::sleep(Duration::from_millis(300));
+    let mut third = std::net::TcpStream::connect(http).unwrap();
+    let took = closed_after(&mut third, Duration::from_secs(5)).expect("over the cap: closed");
+    assert!(took < Duration::from_millis(900), "closed at once: {took:?}");
+    let mut a2 = a.try_clone().unwrap();
+    assert_eq!(closed_after(&mut a2, Duration::from_millis(500)), None, "the first is still open");
+    drop((a, a2));
+    std::thread::sleep(Duration::from_millis(300));
+    // A freed place lets the next one in: it gets an answer (404: no Ingress).
+    let mut d = std::net::TcpStream::connect(http).unwrap();
+    d.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    d.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut answer = String::new();
+    let _ = d.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 404"), "{answer}");
+}

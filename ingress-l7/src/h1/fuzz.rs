@@ -1,0 +1,237 @@
+//! Fuzz targets for the HTTP/1.1 path's parsers of client and endpoint bytes: the request head
+//! (httparse, then this path's framing and forwarding rules in [`Front::plan`]) and the chunked
+//! body scanner. `fuzz/` runs them under libfuzzer and `tests/fuzz_props.rs` on stable; both
+//! panic when a property fails, not only when the parser does.
+//!
+//! A child of [`super`] so that it reaches the private planner and scanner without widening
+//! them; the front it plans with routes host `h` to an endpoint nothing connects to.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use bytes::BytesMut;
+use serde_json::json;
+
+use super::{Chunked, ChunkState, Front, MAX_HEADERS, Plan, content_length};
+use crate::metrics::Metrics;
+use crate::routes::{self, Table};
+
+fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
+    Arc::new(serde_json::from_value(v).expect("a fixed object"))
+}
+
+/// A front routing every request for host `h` to 192.0.2.1:80 (never connected to).
+fn front() -> Front {
+    let class = obj(json!({"metadata": {"name": "nodeless", "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}}, "spec": {"controller": "nodeless.io/ingress-l7"}}));
+    let service = obj(json!({"metadata": {"name": "up", "namespace": "default"}, "spec": {"ports": [{"name": "http", "port": 80}]}}));
+    let slice = obj(json!({"metadata": {"name": "up-x", "namespace": "default", "labels": {"kubernetes.io/service-name": "up"}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}], "endpoints": [{"addresses": ["192.0.2.1"]}]}));
+    let ingress = obj(json!({"metadata": {"name": "i", "namespace": "default", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"rules": [{"host": "h", "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "up", "port": {"number": 80}}}}]}}]}}));
+    let table: Table = routes::build(&[ingress], &[class], &[service], &[slice], &Table::default());
+    Front { table: Arc::new(ArcSwap::from_pointee(table)), metrics: Arc::new(Metrics::new(0)), scheme: "http", alt_svc: None, h2c: Default::default(), limits: Default::default() }
+}
+
+thread_local! {
+    static FRONT: Front = front();
+}
+
+/// Request headers the forwarded head does not carry as they came (see `REQUEST_DROPPED`).
+fn dropped(name: &str) -> bool {
+    super::REQUEST_DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
+}
+
+/// A request head from a client. It is incomplete, refused with a 4xx, handed to pingora, or
+/// taken; a taken head is as long as httparse says, and the head forwarded for it parses
+/// again with the client's method, target and fields (less the hop-by-hop ones) in order, one
+/// of each forwarding field, and the body length the client declared.
+pub fn head(data: &[u8]) {
+    FRONT.with(|front| check_head(front, data));
+}
+
+fn check_head(front: &Front, data: &[u8]) {
+    let mut out = Vec::new();
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut parsed = httparse::Request::new(&mut headers);
+    let status = parsed.parse(data);
+    match front.plan(data, "192.0.2.7", &mut out) {
+        Ok(None) => assert!(matches!(status, Ok(httparse::Status::Partial)), "an incomplete head that httparse calls {status:?}"),
+        Err((code, _)) => assert!((400..500).contains(&code), "a refused head answered with {code}"),
+        Ok(Some(req)) => {
+            assert_eq!(status, Ok(httparse::Status::Complete(req.head_len)), "the head's length");
+            let Plan::Forward(f) = &req.plan else { return };
+            let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS + 4];
+            let mut fwd = httparse::Request::new(&mut fields);
+            assert_eq!(fwd.parse(&out), Ok(httparse::Status::Complete(out.len())), "the forwarded head: {:?}", String::from_utf8_lossy(&out));
+            assert_eq!((fwd.method, fwd.path, fwd.version), (parsed.method, parsed.path, Some(1)));
+            let kept: Vec<(&str, &[u8])> = parsed.headers.iter().filter(|h| !dropped(h.name)).map(|h| (h.name, h.value)).collect();
+            let sent: Vec<(&str, &[u8])> = fwd.headers.iter().map(|h| (h.name, h.value)).collect();
+            assert!(sent.len() >= kept.len() + 3, "fields went missing");
+            assert_eq!(&sent[..kept.len()], &kept[..], "the client's fields, in order");
+            for name in ["x-forwarded-for", "x-forwarded-proto", "x-request-id"] {
+                assert_eq!(sent.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count(), 1, "{name}");
+            }
+            assert!(!sent.iter().any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding")), "a taken request with a coded body");
+            let declared: Vec<u64> = sent.iter().filter(|(n, _)| n.eq_ignore_ascii_case("content-length")).map(|(_, v)| content_length(v).expect("a checked length")).collect();
+            assert!(declared.iter().all(|&n| n == f.body), "Content-Length {declared:?} but a body of {}", f.body);
+            assert!(!declared.is_empty() || f.body == 0, "a body of {} without a Content-Length", f.body);
+        }
+    }
+}
+
+/// Reads an input as a stream of choices; past its end every choice is 0.
+struct Choices<'a>(&'a [u8]);
+
+impl Choices<'_> {
+    fn byte(&mut self) -> u8 {
+        let Some((&b, rest)) = self.0.split_first() else { return 0 };
+        self.0 = rest;
+        b
+    }
+
+    fn below(&mut self, n: usize) -> usize {
+        usize::from(self.byte()) % n
+    }
+
+    fn pick<'v>(&mut self, from: &[&'v str]) -> &'v str {
+        from[self.below(from.len())]
+    }
+
+    fn done(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+/// A head built from choices of request line, names and values (every `Content-Length`
+/// spelling that has smuggled a request somewhere), checked against the framing rules: a
+/// length that is not plain digits, two that differ, or a length beside `Transfer-Encoding` is
+/// a 400, and a head that breaks none of them is never refused for its framing.
+pub fn head_fields(data: &[u8]) {
+    const LENGTHS: [&str; 12] = ["0", "5", " 7 ", "+5", "-1", "0x5", "5,5", "5 5", "007", "18446744073709551615", "18446744073709551616", ""];
+    const CODINGS: [&str; 6] = ["chunked", "gzip", "gzip, chunked", "chunked, gzip", "CHUNKED", " chunked "];
+    const NAMES: [&str; 10] = ["Host", "Connection", "X-Request-Id", "X-Forwarded-For", "Accept", "Content-Length", "Transfer-Encoding", "Upgrade", "Expect", "TE"];
+    let mut c = Choices(data);
+    let mut text = String::new();
+    text.push_str(c.pick(&["GET", "POST", "HEAD", "PUT", "OPTIONS"]));
+    text.push(' ');
+    text.push_str(c.pick(&["/", "/a?b=c", "*", "http://h/", "/%2e%2e/x"]));
+    text.push_str(c.pick(&[" HTTP/1.1\r\n", " HTTP/1.0\r\n"]));
+    let (mut lengths, mut coded, mut hosts) = (Vec::new(), false, 0);
+    while !c.done() && text.len() < 2048 {
+        let name = match c.below(4) {
+            0 => "Content-Length",
+            1 => "Host",
+            _ => c.pick(&NAMES),
+        };
+        let value = match name {
+            "Content-Length" => {
+                let v = c.pick(&LENGTHS);
+                lengths.push(content_length(v.as_bytes()));
+                v
+            }
+            "Transfer-Encoding" => {
+                coded = true;
+                c.pick(&CODINGS)
+            }
+            "Host" => {
+                hosts += 1;
+                c.pick(&["h", "H", "h:80", "other", ""])
+            }
+            "Connection" => c.pick(&["close", "keep-alive", "Upgrade", "close, te"]),
+            _ => c.pick(&["1", "x", "100-continue", "websocket", "a, b"]),
+        };
+        text.push_str(&format!("{name}: {value}\r\n"));
+    }
+    text.push_str("\r\n");
+    FRONT.with(|front| {
+        check_head(front, text.as_bytes());
+        let mut out = Vec::new();
+        let verdict = front.plan(text.as_bytes(), "192.0.2.7", &mut out);
+        let digits: Vec<u64> = lengths.iter().flatten().copied().collect();
+        let framing_bad = lengths.iter().any(Option::is_none) || digits.windows(2).any(|w| w[0] != w[1]) || (coded && !lengths.is_empty());
+        if framing_bad {
+            assert!(matches!(verdict, Err((400, _))), "{text:?} was not refused");
+        }
+        if hosts > 1 {
+            assert!(verdict.is_err(), "{text:?}: two Host fields");
+        }
+        if let Err((status, why)) = &verdict {
+            if !framing_bad && hosts <= 1 && !coded {
+                assert!(!why.contains("Content-Length"), "{text:?} refused for its length ({status}: {why})");
+            }
+        }
+    });
+}
+
+/// Scan `buf` in pieces of `step` bytes (the last piece shorter): what was taken, the chunks'
+/// data, and whether the body ended.
+fn scan_in_steps(buf: &[u8], step: usize) -> (Option<usize>, Vec<u8>, bool) {
+    let mut c = Chunked::default();
+    let mut data = BytesMut::new();
+    let mut taken = 0;
+    for piece in buf.chunks(step.max(1)) {
+        match c.scan_into(piece, Some(&mut data)) {
+            None => return (None, data.to_vec(), false),
+            Some(n) => {
+                taken += n;
+                if c.state == ChunkState::Done {
+                    assert!(n <= piece.len());
+                    break;
+                }
+                assert_eq!(n, piece.len(), "an unfinished body left bytes of a piece");
+            }
+        }
+    }
+    (Some(taken), data.to_vec(), c.state == ChunkState::Done)
+}
+
+/// A chunked body from an endpoint (or an HTTP/2 client's request turned HTTP/1.1): scanned
+/// whole or in pieces of any size, the same verdict, the same end and the same data.
+pub fn chunked(data: &[u8]) {
+    let Some((&step, body)) = data.split_first() else { return };
+    let whole = scan_in_steps(body, body.len());
+    let pieces = scan_in_steps(body, usize::from(step % 7) + 1);
+    if whole.0.is_none() {
+        assert_eq!(pieces.0, None, "refused whole but not in pieces");
+    } else {
+        assert_eq!(whole, pieces, "a different scan in pieces of {}", step % 7 + 1);
+    }
+}
+
+/// A well-formed chunked body built from choices (sizes in any case with leading zeros,
+/// extensions, trailers) then bytes of the next message: the scanner gives back exactly the
+/// data and stops exactly at the body's end.
+pub fn chunked_encode(data: &[u8]) {
+    let mut c = Choices(data);
+    let (mut wire, mut want) = (Vec::new(), Vec::new());
+    let mut n = 0u8;
+    while !c.done() && c.below(6) != 0 {
+        n = n.wrapping_add(1);
+        let len = 1 + c.below(40);
+        let chunk: Vec<u8> = (0..len).map(|i| b'a' + ((i + usize::from(n)) % 26) as u8).collect();
+        let size = match c.below(3) {
+            0 => format!("{len:x}"),
+            1 => format!("{len:X}"),
+            _ => format!("{len:08x}"),
+        };
+        wire.extend_from_slice(size.as_bytes());
+        wire.extend_from_slice(c.pick(&["", ";ext", ";a=b;c=\"d\"", " ", "\t;x"]).as_bytes());
+        wire.extend_from_slice(b"\r\n");
+        wire.extend_from_slice(&chunk);
+        wire.extend_from_slice(b"\r\n");
+        want.extend_from_slice(&chunk);
+    }
+    wire.extend_from_slice(c.pick(&["0", "000", "0;last"]).as_bytes());
+    wire.extend_from_slice(b"\r\n");
+    for _ in 0..c.below(3) {
+        wire.extend_from_slice(c.pick(&["X-T: 1\r\n", "Checksum: abc\r\n", "E:\r\n"]).as_bytes());
+    }
+    wire.extend_from_slice(b"\r\n");
+    let end = wire.len();
+    wire.extend_from_slice(b"GET / HTTP/1.1\r\n");
+    for step in [wire.len(), 1, 1 + c.below(13)] {
+        let (taken, got, done) = scan_in_steps(&wire, step);
+        assert_eq!((taken, done), (Some(end), true), "{:?} in pieces of {step}", String::from_utf8_lossy(&wire));
+        assert_eq!(got, want);
+    }
+}
