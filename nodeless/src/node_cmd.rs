@@ -70,6 +70,10 @@ pub struct NodeArgs {
     /// The first restart back-off of a crashing container (doubles up to 5 minutes).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub restart_backoff: Duration,
+    /// Run pods without a user namespace each (root in a pod is then root on the node), for
+    /// kernels without overlayfs metacopy; pods that ask for one (`hostUsers: false`) fail.
+    #[arg(long)]
+    pub no_user_namespaces: bool,
 }
 
 /// Where the node keeps images and pods under a data directory.
@@ -165,7 +169,9 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         format!("nodeless-{}", host.trim().to_lowercase())
     });
     // Before anything is made in them: the data and run directories are the node's alone.
-    nodeless_sandbox_node::private::dir(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    // (0711 with user namespaces: the pods' ranges pass through, see `private`.)
+    let userns = !args.no_user_namespaces;
+    nodeless_sandbox_node::private::dir_for_pods(data_dir, userns).with_context(|| format!("creating {}", data_dir.display()))?;
     let run_base = Path::new("/run/nodeless");
     match rundir::keep_in_memory(run_base) {
         Ok(RunDir::Mounted) => tracing::info!(dir = %run_base.display(), "/run is on a disk: mounted a tmpfs for the runtime's state"),
@@ -177,7 +183,7 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
     }
     let run_dir = run_base.join(&name);
     for d in [run_base, run_dir.as_path()] {
-        nodeless_sandbox_node::private::dir(d).with_context(|| format!("creating {}", d.display()))?;
+        nodeless_sandbox_node::private::dir_for_pods(d, userns).with_context(|| format!("creating {}", d.display()))?;
     }
     // The runtime resolves bundle paths itself: everything the node hands it is absolute.
     let dir = std::path::absolute(node_dir(data_dir))?;
@@ -230,6 +236,7 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         backoff_max: Duration::from_secs(300),
         insecure_registries: args.insecure_registries.clone(),
         keeper,
+        user_namespaces: !args.no_user_namespaces,
     };
     match nodeless_sandbox_node::node::start(cfg, client).await {
         Ok(node) => Ok(StartedNode { node, network: pod_network, cgroup_parent }),
@@ -279,7 +286,11 @@ pub enum ImageCommand {
 }
 
 pub fn image(cmd: ImageCommand, data_dir: &Path) -> anyhow::Result<()> {
-    nodeless_sandbox_node::private::dir(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    // A node with user namespaces made it searchable (0711) for its pods: keep that.
+    let searchable = std::fs::metadata(data_dir).is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777 == nodeless_sandbox_node::private::TRAVERSE_MODE);
+    if !searchable {
+        nodeless_sandbox_node::private::dir(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+    }
     let store = ImageStore::open(node_dir(data_dir).join("images"))?;
     match cmd {
         ImageCommand::Import { path, name } => {

@@ -74,6 +74,18 @@ pub fn open(start: impl AsFd, rel: &Path, flags: OFlags, mode: u32, how: Resolve
 /// Open the directory `rel` below `start`, creating what is missing one component at a time
 /// (mode `mode`), each component resolved under `how` from the one before.
 pub fn mkdir_all(start: impl AsFd, rel: &Path, mode: u32, how: Resolve) -> std::io::Result<OwnedFd> {
+    mkdir_all_owned(start, rel, mode, how, false)
+}
+
+/// Like [`mkdir_all`]; with `inherit`, each directory made gets the owner of `start` (a volume
+/// that belongs to a pod's user namespace keeps belonging to it).
+pub fn mkdir_all_owned(start: impl AsFd, rel: &Path, mode: u32, how: Resolve, inherit: bool) -> std::io::Result<OwnedFd> {
+    let owner = if inherit {
+        let st = rustix::fs::fstat(start.as_fd())?;
+        Some((rustix::fs::Uid::from_raw(st.st_uid), rustix::fs::Gid::from_raw(st.st_gid)))
+    } else {
+        None
+    };
     let rel = relative(rel)?;
     let mut cur = open(start, Path::new(""), OFlags::PATH | OFlags::DIRECTORY, 0, how)?;
     for comp in rel.components() {
@@ -82,7 +94,12 @@ pub fn mkdir_all(start: impl AsFd, rel: &Path, mode: u32, how: Resolve) -> std::
             Ok(fd) => fd,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 match rustix::fs::mkdirat(&cur, comp, Mode::from_raw_mode(mode)) {
-                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Ok(()) => {
+                        if let Some((uid, gid)) = owner {
+                            rustix::fs::chownat(&cur, comp, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)?;
+                        }
+                    }
+                    Err(rustix::io::Errno::EXIST) => {}
                     Err(e) => return Err(e.into()),
                 }
                 open(&cur, comp, OFlags::PATH | OFlags::DIRECTORY, 0, how)?

@@ -23,3 +23,4 @@ pub mod seccomp;
 pub mod server;
 pub mod spec;
 pub mod streams;
+pub mod userns;

@@ -41,6 +41,8 @@ pub struct NodeConfig {
     pub insecure_registries: Vec<String>,
     /// The node's supervisor, which holds pods' namespaces (and runs the OCI runtime's containers).
     pub keeper: Arc<crate::sandbox::Keeper>,
+    /// Every pod in its own user namespace (see `userns`); off for kernels that cannot.
+    pub user_namespaces: bool,
 }
 
 pub struct NodeCtx {
@@ -64,6 +66,9 @@ pub struct NodeCtx {
     pub backoff_max: Duration,
     pub insecure_registries: Vec<String>,
     pub keeper: Arc<crate::sandbox::Keeper>,
+    pub user_namespaces: bool,
+    /// The host id ranges of pods' user namespaces, one per pod.
+    pub id_ranges: crate::userns::IdRanges,
     pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     workers: Mutex<HashMap<String, mpsc::UnboundedSender<Event>>>,
     names: Mutex<HashMap<(String, String), String>>,
@@ -93,6 +98,18 @@ impl NodeCtx {
     pub fn pod_run_dir(&self, uid: &str) -> PathBuf {
         self.bundles_dir.join(uid)
     }
+}
+
+/// The id ranges that pods saved under `bundles_dir` hold (pods a restarted node will adopt):
+/// read before any worker starts, so a new pod never gets a range an adopted one still has.
+fn held_id_ranges(bundles_dir: &std::path::Path) -> crate::userns::IdRanges {
+    let ranges = crate::userns::IdRanges::default();
+    for entry in std::fs::read_dir(bundles_dir).into_iter().flatten().flatten() {
+        if let Some(base) = crate::pod::state::load(&entry.path(), &entry.path()).and_then(|s| s.user_base) {
+            ranges.hold(base);
+        }
+    }
+    ranges
 }
 
 /// Record a Kubernetes Event about a pod, as kubelet does; failures only get logged.
@@ -279,18 +296,36 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
     let tls = cfg.tls.server_config()?;
     // Pods' env (from Secrets) is in their bundles, their secret volumes under `pods`: both
     // trees are the node's alone (see `private`).
-    crate::private::dir(&cfg.data_dir)?;
-    crate::private::dir(&cfg.run_dir)?;
+    // With user namespaces, searchable by the pods' ranges on the way to their own directories.
+    let userns = cfg.user_namespaces;
+    crate::private::dir_for_pods(&cfg.data_dir, userns)?;
+    crate::private::dir_for_pods(&cfg.run_dir, userns)?;
     let images = ImageStore::open(cfg.data_dir.join("images"))?;
     let pods_dir = cfg.data_dir.join("pods");
     let ns_dir = cfg.run_dir.join("ns");
     let bundles_dir = cfg.run_dir.join("bundles");
-    crate::private::dir(&pods_dir)?;
+    crate::private::dir_for_pods(&pods_dir, userns)?;
     if let Err(e) = crate::rundir::spread_subdirectories(&pods_dir) {
         tracing::debug!("{}: not marked as a top directory: {e}", pods_dir.display());
     }
-    crate::private::dir(&bundles_dir)?;
+    crate::private::dir_for_pods(&bundles_dir, userns)?;
+    if userns {
+        for d in [&pods_dir, &bundles_dir] {
+            if let Some(a) = crate::private::unsearchable_ancestor(&std::path::absolute(d)?) {
+                anyhow::bail!(
+                    "pods run in user namespaces, as unprivileged uids that must reach {} to mount their files, and {} is not searchable by others: make it o+x, or start the node with --no-user-namespaces",
+                    d.display(),
+                    a.display()
+                );
+            }
+        }
+    }
     crate::private::dir(&ns_dir)?;
+    match crate::cgroups::cap_pods(&cgroup_parent(&cfg.name)) {
+        Ok((memory, millicpu)) => tracing::info!(memory, millicpu, "all pods together capped"),
+        Err(e) => tracing::warn!(error = %e, "the pods' memory and CPU are not capped: the node's processes are not protected from them"),
+    }
+    let bundles_dir_for_ranges = bundles_dir.clone();
     let ctx = Arc::new(NodeCtx {
         client: client.clone(),
         name: cfg.name.clone(),
@@ -309,6 +344,8 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
         backoff_max: cfg.backoff_max,
         insecure_registries: cfg.insecure_registries,
         keeper: cfg.keeper,
+        user_namespaces: cfg.user_namespaces,
+        id_ranges: held_id_ranges(&bundles_dir_for_ranges),
         pulls: Mutex::new(HashMap::new()),
         workers: Mutex::new(HashMap::new()),
         names: Mutex::new(HashMap::new()),

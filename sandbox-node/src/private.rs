@@ -6,6 +6,12 @@
 //! files with a pod's secrets are written 0600 from their first byte. What a pod itself sees of
 //! its volumes keeps the modes Kubernetes gives it (`defaultMode`): the host side is closed by
 //! the 0700 directories above it.
+//!
+//! With pods in user namespaces (see `userns`) the runtime sets a container's mounts up as the
+//! pod's root, an unprivileged uid on the host, which must reach the rootfs and the volumes: the
+//! directories on the way (data, run, `pods`, `bundles`) are then 0711, searchable and not
+//! listable, and each pod's own directories belong to its range's root and are 0700, so neither
+//! a local user nor another pod's range gets into them.
 
 use std::io::{self, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
@@ -13,6 +19,8 @@ use std::path::Path;
 
 /// Mode of the node's state directories.
 pub const DIR_MODE: u32 = 0o700;
+/// Mode of the node's state directories on the way to pods' directories, with user namespaces.
+pub const TRAVERSE_MODE: u32 = 0o711;
 /// Mode of files that hold a pod's secrets, and of the node's Unix sockets.
 pub const FILE_MODE: u32 = 0o600;
 
@@ -20,6 +28,21 @@ pub const FILE_MODE: u32 = 0o600;
 pub fn dir(dir: &Path) -> io::Result<()> {
     std::fs::DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)?;
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
+}
+
+/// Like [`dir`], 0711 when pods' user namespaces must pass through it.
+pub fn dir_for_pods(path: &Path, user_namespaces: bool) -> io::Result<()> {
+    dir(path)?;
+    if user_namespaces {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(TRAVERSE_MODE))?;
+    }
+    Ok(())
+}
+
+/// The first directory above `path` (absolute) that others may not search: a pod's user
+/// namespace could not reach anything beneath it.
+pub fn unsearchable_ancestor(path: &Path) -> Option<std::path::PathBuf> {
+    path.ancestors().skip(1).find(|a| std::fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 == 0)).map(Path::to_path_buf)
 }
 
 /// Write `bytes` to `path` as a 0600 file (replacing what was there; an existing file is made

@@ -1,4 +1,5 @@
-//! A pod's shared namespaces (network, IPC, UTS), held by the node's supervisor
+//! A pod's shared namespaces (network, IPC, UTS, and the user namespace that owns them when the
+//! pod has one), held by the node's supervisor
 //! (`nodeless-shim keep`, the pause container's job for every pod at once, and the parent of
 //! every container) as open files and reached as `/proc/<supervisor>/fd/<n>`. Holding them with
 //! descriptors rather than bind mounts keeps the host's mount table from growing with every pod
@@ -175,24 +176,27 @@ impl Keeper {
 }
 
 /// A pod's namespaces: `<dir>/ns` records the keeper's PID and its descriptors for them
-/// (`<pid> <net> <ipc> <uts>`, as the keeper answers).
+/// (`<pid> <net> <ipc> <uts> [<user>]`, as the keeper answers).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PodNamespaces {
     pub dir: PathBuf,
 }
 
-/// The keeper's PID and its descriptors for the network, IPC and UTS namespaces.
+/// The keeper's PID and its descriptors for the network, IPC and UTS namespaces, and for the
+/// user namespace that owns them if the pod has one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Held {
     keeper: u32,
     fds: [u32; 3],
+    user: Option<u32>,
 }
 
 impl Held {
     fn parse(text: &str) -> Option<Held> {
         let v: Vec<u32> = text.split_whitespace().map(|w| w.parse().ok()).collect::<Option<_>>()?;
         match v.as_slice() {
-            [keeper, net, ipc, uts] => Some(Held { keeper: *keeper, fds: [*net, *ipc, *uts] }),
+            [keeper, net, ipc, uts] => Some(Held { keeper: *keeper, fds: [*net, *ipc, *uts], user: None }),
+            [keeper, net, ipc, uts, user] => Some(Held { keeper: *keeper, fds: [*net, *ipc, *uts], user: Some(*user) }),
             _ => None,
         }
     }
@@ -213,7 +217,7 @@ impl PodNamespaces {
         let held = Held::parse(&std::fs::read_to_string(self.dir.join("ns")).ok()?)?;
         let cmdline = std::fs::read(format!("/proc/{}/cmdline", held.keeper)).ok()?;
         let is_keeper = cmdline.split(|b| *b == 0).nth(1) == Some(&b"keep"[..]);
-        let links_ok = ["net", "ipc", "uts"].iter().zip(held.fds).all(|(kind, fd)| {
+        let links_ok = ["net", "ipc", "uts"].iter().zip(held.fds).chain(held.user.map(|u| (&"user", u))).all(|(kind, fd)| {
             std::fs::read_link(format!("/proc/{}/fd/{fd}", held.keeper)).is_ok_and(|l| l.to_string_lossy().starts_with(&format!("{kind}:[")))
         });
         (is_keeper && links_ok).then_some(held)
@@ -235,20 +239,31 @@ impl PodNamespaces {
         self.path(2, "uts")
     }
 
+    /// The pod's user namespace, if it has one (and the keeper still holds it).
+    pub fn user(&self) -> Option<PathBuf> {
+        let h = self.held()?;
+        Some(PathBuf::from(format!("/proc/{}/fd/{}", h.keeper, h.user?)))
+    }
+
     pub fn exist(&self) -> bool {
         self.held().is_some()
     }
 
-    /// New namespaces from the keeper, with this hostname and loopback up.
-    pub async fn create(&self, keeper: &Keeper, hostname: &str) -> Result<(), SandboxError> {
+    /// New namespaces from the keeper, with this hostname and loopback up; with `user_base`, owned
+    /// by a new user namespace that maps the pod's 0…65535 to `user_base`… on the host.
+    pub async fn create(&self, keeper: &Keeper, hostname: &str, user_base: Option<u32>) -> Result<(), SandboxError> {
         std::fs::create_dir_all(&self.dir).map_err(io(format!("creating {}", self.dir.display())))?;
         check_hostname(hostname)?;
-        let reply = keeper.request(&format!("new {} {hostname}", self.key())).await?;
+        let request = match user_base {
+            Some(base) => format!("new {} {hostname} {base}", self.key()),
+            None => format!("new {} {hostname}", self.key()),
+        };
+        let reply = keeper.request(&request).await?;
         let fds = reply.strip_prefix("ok ").ok_or_else(|| SandboxError {
             what: "the node's supervisor".into(),
             source: std::io::Error::other(reply.strip_prefix("err ").unwrap_or(&reply).to_string()),
         })?;
-        if Held::parse(fds).is_none() {
+        if Held::parse(fds).is_none_or(|h| h.user.is_some() != user_base.is_some()) {
             return Err(SandboxError { what: "the node's supervisor".into(), source: std::io::Error::other(format!("unexpected answer {reply:?}")) });
         }
         let tmp = self.dir.join("ns.tmp");

@@ -66,10 +66,15 @@ pub struct ContainerSpec {
     pub netns: PathBuf,
     pub ipcns: PathBuf,
     pub utsns: PathBuf,
+    /// The pod's user namespace to join, and the host id its root maps to (65536 ids from it,
+    /// repeated as `uidMappings`/`gidMappings`: runc wants them even when joining by path).
+    pub userns: Option<(PathBuf, u32)>,
     pub cgroups_path: String,
     pub limits: Limits,
     pub seccomp: bool,
     pub oom_score_adj: i32,
+    /// Namespaced sysctls (`linux.sysctl`), the safe ones a pod asked for.
+    pub sysctls: std::collections::BTreeMap<String, String>,
 }
 
 /// The capability set after the container's `add` and `drop` (names with or without `CAP_`,
@@ -129,8 +134,19 @@ pub fn config_json(c: &ContainerSpec) -> Value {
         "maskedPaths": MASKED_PATHS,
         "readonlyPaths": READONLY_PATHS,
     });
+    if !c.sysctls.is_empty() {
+        linux["sysctl"] = json!(c.sysctls);
+    }
     if c.seccomp {
         linux["seccomp"] = seccomp::profile();
+    }
+    if let Some((path, base)) = &c.userns {
+        if let Some(ns) = linux["namespaces"].as_array_mut() {
+            ns.push(json!({"type": "user", "path": path}));
+        }
+        let map = json!([{"containerID": 0, "hostID": base, "size": crate::userns::RANGE_SIZE}]);
+        linux["uidMappings"] = map.clone();
+        linux["gidMappings"] = map;
     }
     json!({
         "ociVersion": "1.0.2",
@@ -181,6 +197,19 @@ mod tests {
         }
         assert_eq!(v["linux"]["readonlyPaths"], json!(["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]));
         assert!(v["linux"].get("seccomp").is_none(), "no profile unless asked for");
+    }
+
+    #[test]
+    fn a_pod_user_namespace_is_joined_with_its_mappings() {
+        let plain = config_json(&ContainerSpec { args: vec!["/bin/sh".into()], ..Default::default() });
+        assert!(plain["linux"]["namespaces"].as_array().unwrap().iter().all(|n| n["type"] != "user"));
+        assert!(plain["linux"].get("uidMappings").is_none());
+        let spec = ContainerSpec { args: vec!["/bin/sh".into()], userns: Some(("/proc/7/fd/9".into(), 1 << 20)), ..Default::default() };
+        let v = config_json(&spec);
+        assert!(v["linux"]["namespaces"].as_array().unwrap().contains(&json!({"type": "user", "path": "/proc/7/fd/9"})));
+        let map = json!([{"containerID": 0, "hostID": 1 << 20, "size": 65536}]);
+        assert_eq!(v["linux"]["uidMappings"], map);
+        assert_eq!(v["linux"]["gidMappings"], map);
     }
 
     #[test]

@@ -87,6 +87,7 @@ impl Nodeless {
     /// images imported into its store. Needs root.
     pub fn start_with_node(extra: &[&str]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("nodeless-e2e-").tempdir()?;
+        searchable(dir.path())?;
         let node = format!("e2e-{}", &dir.path().file_name().unwrap_or_default().to_string_lossy().replace(['_', '.'], "-").to_lowercase()[13..]);
         let mut args: Vec<String> = vec!["--node-name".into(), node.clone(), "--restart-backoff".into(), "1s".into()];
         args.extend(extra.iter().map(|s| s.to_string()));
@@ -318,6 +319,14 @@ fn token_of(path: &Path) -> String {
 /// Poll `f` every 100 ms until it holds; panic naming `what` after `secs` seconds.
 /// A loopback port free for both UDP and TCP (bound, read back, released), for peers such as
 /// unbound that take a port on their command line.
+/// Let others search `dir` (0711), as a node's data directory's parents must be for pods in
+/// user namespaces, whose unprivileged root mounts the pod's files from beneath it
+/// (a temporary directory is 0700).
+pub fn searchable(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
+}
+
 pub fn free_port() -> u16 {
     loop {
         let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();

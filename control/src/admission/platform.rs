@@ -1,6 +1,6 @@
 //! What a serverless Kubernetes does not run. Each rule names itself and says why.
 
-use nodeless_types::caps;
+use nodeless_types::{caps, pod_features};
 use serde_json::Value;
 
 use super::Policy;
@@ -18,6 +18,15 @@ fn containers(spec: &Value) -> impl Iterator<Item = &Value> {
     ["containers", "initContainers", "ephemeralContainers"]
         .into_iter()
         .flat_map(move |l| spec.get(l).and_then(Value::as_array).into_iter().flatten())
+}
+
+/// Where a kind keeps its pod spec, as a field path prefix.
+fn spec_path(group: &str, kind: &str) -> &'static str {
+    match (group, kind) {
+        ("", "Pod") => "spec.",
+        ("batch", "CronJob") => "spec.jobTemplate.spec.template.spec.",
+        _ => "spec.template.spec.",
+    }
 }
 
 const NO_NODE: &str = "pods run in sandboxes on virtual nodes, so there is no node";
@@ -45,8 +54,21 @@ pub fn check(group: &str, kind: &str, obj: &Value, policy: &Policy) -> Option<(&
             return Some(("nodeless.io/no-privileged", format!("container \"{name}\": {e}")));
         }
     }
+    // What the node could not honour: the node's own rule, so nothing admitted fails there.
+    if let Ok(typed) = serde_json::from_value::<k8s_openapi::api::core::v1::PodSpec>(spec.clone()) {
+        if let Some(why) = pod_features::unsupported(&typed) {
+            return Some(("nodeless.io/unsupported-pod-feature", format!("{}{why}", spec_path(group, kind))));
+        }
+    }
     if spec.get("hostNetwork") == Some(&Value::Bool(true)) && !policy.allow_host_network {
         return Some(("nodeless.io/no-host-network", "hostNetwork is not allowed on this cluster: each pod gets its own network identity (start nodeless with --allow-host-network to permit it)".into()));
+    }
+    if spec.get("hostUsers") == Some(&Value::Bool(true)) {
+        let field = spec_path(group, kind);
+        return Some((
+            "nodeless.io/no-host-users",
+            format!("{field}hostUsers: Forbidden: true is not supported: every pod runs in its own user namespace, so that root in a pod is not root on the node; leave it unset or false"),
+        ));
     }
     for (field, what) in [("hostPID", "the host's process namespace"), ("hostIPC", "the host's IPC namespace")] {
         if spec.get(field) == Some(&Value::Bool(true)) {
@@ -77,6 +99,20 @@ mod tests {
         assert_eq!(check("apps", "Deployment", &d, &p).unwrap().0, "nodeless.io/no-host-network");
         assert!(check("apps", "Deployment", &d, &Policy { allow_host_network: true }).is_none());
         assert!(check("", "Pod", &pod(json!({"name": "c", "ports": [{"containerPort": 80}]})), &p).is_none());
+        // What the node cannot honour, with the field path of the kind.
+        let d = json!({"spec": {"template": {"spec": {"runtimeClassName": "microvm", "containers": [{"name": "c"}]}}}});
+        let (rule, message) = check("apps", "Deployment", &d, &p).unwrap();
+        assert_eq!(rule, "nodeless.io/unsupported-pod-feature");
+        assert!(message.starts_with("spec.template.spec.runtimeClassName: "), "{message}");
+        let (_, message) = check("", "Pod", &pod(json!({"name": "c", "securityContext": {"seccompProfile": {"type": "Unconfined"}}})), &p).unwrap();
+        assert!(message.starts_with("spec.containers[0].securityContext.seccompProfile.type: Unconfined"), "{message}");
+        let host_users = |v: bool| json!({"spec": {"hostUsers": v, "containers": []}});
+        let (rule, message) = check("", "Pod", &host_users(true), &p).unwrap();
+        assert_eq!(rule, "nodeless.io/no-host-users");
+        assert!(message.starts_with("spec.hostUsers: Forbidden"), "{message}");
+        assert!(check("", "Pod", &host_users(false), &p).is_none());
+        let d = json!({"spec": {"template": {"spec": {"hostUsers": true, "containers": []}}}});
+        assert!(check("apps", "Deployment", &d, &p).unwrap().1.starts_with("spec.template.spec.hostUsers"));
     }
 
     #[test]

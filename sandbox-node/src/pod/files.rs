@@ -201,7 +201,7 @@ fn bind_sub_path(volume: &Path, sub: &str, target: &Path) -> Result<(), String> 
     let root = beneath::open_dir(volume).map_err(|e| e.to_string())?;
     let found = match beneath::open(&root, &rel, OFlags::PATH, 0, Resolve::Beneath) {
         Ok(fd) => fd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => beneath::mkdir_all(&root, &rel, 0o755, Resolve::Beneath).map_err(|e| e.to_string())?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => beneath::mkdir_all_owned(&root, &rel, 0o755, Resolve::Beneath, true).map_err(|e| e.to_string())?,
         Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => return Err("it leaves the volume (through a symlink)".into()),
         Err(e) => return Err(e.to_string()),
     };

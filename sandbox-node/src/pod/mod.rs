@@ -6,6 +6,7 @@ mod container;
 mod files;
 pub mod probe;
 mod projection;
+mod storage;
 pub(crate) mod state;
 mod status;
 mod teardown;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use k8s_openapi::api::core::v1::{Container, Pod};
 use kube::Api;
 use kube::api::{DeleteParams, Patch, PatchParams, Preconditions};
+use nodeless_types::pod_features;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -55,6 +57,13 @@ pub struct Worker {
     last_status: Value,
     transitions: BTreeMap<String, (String, String)>,
     failed_sandbox: Option<(String, Instant)>,
+    /// The host id that is root in the pod's user namespace (see `userns`), if it has one.
+    user_base: Option<u32>,
+    /// Local storage limits (emptyDir sizeLimit, ephemeral-storage) and when to measure next.
+    storage: storage::Limits,
+    next_storage_check: Option<Instant>,
+    /// Why the pod was evicted, once it is: its containers stay stopped.
+    evicted: Option<String>,
 }
 
 fn grace_period(pod: &Pod) -> i64 {
@@ -91,6 +100,10 @@ impl Worker {
             last_status: Value::Null,
             transitions: BTreeMap::new(),
             failed_sandbox: None,
+            user_base: None,
+            storage: storage::Limits::default(),
+            next_storage_check: None,
+            evicted: None,
         };
         tokio::spawn(w.run(rx));
         tx
@@ -110,15 +123,23 @@ impl Worker {
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
+        match storage::Limits::of(&self.pod) {
+            Ok(l) => self.storage = l,
+            Err(e) => self.event("Warning", "InvalidStorageLimit", &e),
+        }
         self.adopt().await;
         loop {
             if self.pod.metadata.deletion_timestamp.is_some() {
                 self.terminate(&mut rx, true).await;
                 return;
             }
+            self.check_storage().await;
             self.reconcile().await;
             self.report().await;
-            let deadline = self.ctrs.iter().filter_map(|c| c.next_start).chain(self.failed_sandbox.as_ref().map(|f| f.1)).min();
+            let deadline =
+                self.ctrs.iter().filter_map(|c| c.next_start).chain(self.failed_sandbox.as_ref().map(|f| f.1)).chain(self.next_storage_check).min();
+            // An evicted pod waits for its deletion only.
+            let deadline = deadline.filter(|_| self.evicted.is_none());
             let ev = match deadline {
                 Some(d) => tokio::select! {
                     ev = rx.recv() => ev,
@@ -212,6 +233,7 @@ impl Worker {
     fn save(&self) {
         let saved = Saved {
             pod_ip: self.pod_ip.clone(),
+            user_base: self.user_base,
             containers: self.ctrs.iter().map(|c| (c.name.clone(), SavedCtr { current: c.current.clone(), previous: c.previous.clone() })).collect(),
         };
         if let Err(e) = state::save(&self.run_dir, &saved) {
@@ -222,7 +244,13 @@ impl Worker {
     /// Pick up where a previous run of the node left off.
     async fn adopt(&mut self) {
         let Some(saved) = state::load(&self.run_dir, &self.dir) else { return };
-        if !self.ns.exist() {
+        // Held whether or not the namespaces are still there: the range is released with the
+        // pod, at its teardown.
+        if let Some(base) = saved.user_base {
+            self.ctx.id_ranges.hold(base);
+            self.user_base = Some(base);
+        }
+        if !self.ns.exist() || self.ns.user().is_some() != self.user_base.is_some() {
             return;
         }
         let running: Vec<String> = self.ctx.runtime.list().await.unwrap_or_default().into_iter().filter(|s| s.status == "running").map(|s| s.id).collect();
@@ -273,12 +301,25 @@ impl Worker {
         if self.sandbox_ready {
             return Ok(());
         }
+        if let Some(why) = self.pod.spec.as_ref().and_then(pod_features::unsupported) {
+            return Err(format!("spec.{why}"));
+        }
         for d in [&self.dir, &self.run_dir] {
             std::fs::create_dir_all(d.join("containers")).map_err(|e| format!("{}: {e}", d.display()))?;
         }
         let hostname = pod_hostname(&self.pod);
+        let wants_userns = crate::userns::wants_user_namespace(&self.pod, self.ctx.user_namespaces).map_err(|e| e.to_string())?;
+        if wants_userns && self.user_base.is_none() {
+            self.user_base = Some(self.ctx.id_ranges.allocate().map_err(|e| e.to_string())?);
+            self.save();
+        }
+        let user_base = self.user_base.filter(|_| wants_userns);
+        // Namespaces left from an earlier try that do not match (made before the range was saved).
+        if self.ns.exist() && self.ns.user().is_some() != user_base.is_some() {
+            self.ns.remove(&self.ctx.keeper).await.map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))?;
+        }
         if !self.ns.exist() {
-            self.ns.create(&self.ctx.keeper, &hostname).await.map_err(|e| e.to_string())?;
+            self.ns.create(&self.ctx.keeper, &hostname, user_base).await.map_err(|e| e.to_string())?;
         }
         crate::cgroups::limit_pod_pids(&self.ctx.cgroup_parent, &self.uid, crate::cgroups::POD_PIDS_MAX)?;
         let ip = self.ctx.network.attach(&self.uid, &self.pod, &self.ns.net()).await.map_err(|e| format!("network: {e}"))?;
@@ -293,12 +334,52 @@ impl Worker {
         write("hostname", format!("{hostname}\n"))?;
         write("resolv.conf", files::resolv_conf(&self.pod, &dns))?;
         self.volumes = files::prepare_volumes(&self.ctx.client, &self.pod, &self.dir.join("volumes")).await?;
+        if let Some(base) = user_base {
+            // The pod's own directories: its range's root reaches its rootfs and volumes through
+            // them (the runtime mounts them as that uid), nobody else gets in (see `private`).
+            for d in [&self.dir, &self.run_dir] {
+                crate::userns::give_to_pod(d, base).map_err(|e| format!("giving {} to the pod's user namespace: {e}", d.display()))?;
+                std::fs::set_permissions(d, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(crate::private::DIR_MODE)).map_err(|e| format!("{}: {e}", d.display()))?;
+            }
+            // Root in the pod writes these, as it would without a user namespace; configMap and
+            // secret volumes stay the node's (read-only, world-readable).
+            let writable = ["hosts", "hostname", "resolv.conf"].map(|n| self.run_dir.join(n));
+            for p in writable.iter().chain(self.volumes.iter().filter(|v| !v.read_only).map(|v| &v.path)) {
+                crate::userns::give_to_pod(p, base).map_err(|e| format!("giving {} to the pod's user namespace: {e}", p.display()))?;
+            }
+        }
         self.sandbox_ready = true;
         self.save();
         Ok(())
     }
 
+    /// Measure the pod's local storage when it is due; evict the pod that is over a limit.
+    async fn check_storage(&mut self) {
+        if self.storage.is_empty() || self.evicted.is_some() || !self.sandbox_ready {
+            return;
+        }
+        if self.next_storage_check.is_some_and(|t| t > Instant::now()) {
+            return;
+        }
+        self.next_storage_check = Some(Instant::now() + storage::CHECK_EVERY);
+        let dirs: Vec<(String, PathBuf)> =
+            self.ctrs.iter().filter_map(|c| Some((c.name.clone(), attempt_data_dir(&self.dir, &c.name, c.current.as_ref()?.number)))).collect();
+        let (limits, volumes) = (self.storage.clone(), self.dir.join("volumes"));
+        let Ok(Some(why)) = tokio::task::spawn_blocking(move || storage::over(&limits, &volumes, &dirs)).await else { return };
+        self.event("Warning", "Evicted", &why);
+        self.evicted = Some(why);
+        self.next_storage_check = None;
+        for c in self.ctrs.iter().filter(|c| c.running()) {
+            if let Some(a) = &c.current {
+                let _ = self.ctx.runtime.kill(&a.id, "KILL").await;
+            }
+        }
+    }
+
     async fn reconcile(&mut self) {
+        if self.evicted.is_some() {
+            return;
+        }
         if let Err(e) = self.ensure_sandbox().await {
             let retry = self.failed_sandbox.as_ref().is_none_or(|f| f.0 != e);
             if retry {
@@ -410,9 +491,20 @@ impl Worker {
             std::fs::create_dir_all(&d).map_err(|e| cfg_err(format!("{}: {e}", d.display())))?;
         }
         let lower: Vec<String> = image.layers.iter().rev().map(|l| self.ctx.images.layer_dir(l).display().to_string()).collect();
-        let opts = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), data.join("upper").display(), data.join("work").display());
+        let mut opts = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), data.join("upper").display(), data.join("work").display());
+        let user_base = self.user_base.filter(|_| self.ns.user().is_some());
+        if user_base.is_some() {
+            // Chowning into the pod's range then copies metadata up, not data (see `userns`).
+            opts.push_str(",metacopy=on");
+        }
         nix::mount::mount(Some("overlay"), &bundle.join("rootfs"), Some("overlay"), nix::mount::MsFlags::empty(), Some(opts.as_str()))
             .map_err(|e| cfg_err(format!("mounting the image's layers: {e}")))?;
+        if let Some(base) = user_base
+            && let Err(e) = crate::userns::shift_rootfs(&bundle.join("rootfs"), base)
+        {
+            let _ = teardown::unmount_bundle(&bundle);
+            return Err(cfg_err(format!("shifting the rootfs into the pod's user namespace: {e}")));
+        }
         let built = self.build_spec(&spec, &image, &bundle).await;
         let cspec = match built {
             Ok(s) => s,
@@ -545,6 +637,10 @@ impl Worker {
         ];
         let term = bundle.join("termination-log");
         std::fs::write(&term, b"").map_err(|e| e.to_string())?;
+        let userns = self.ns.user().zip(self.user_base);
+        if let Some((_, base)) = &userns {
+            crate::userns::give_to_pod(&term, *base).map_err(|e| format!("giving the termination log to the pod: {e}"))?;
+        }
         mounts.push(crate::spec::BindMount {
             source: term,
             destination: c.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into()),
@@ -568,10 +664,12 @@ impl Worker {
             netns: self.ns.net(),
             ipcns: self.ns.ipc(),
             utsns: self.ns.uts(),
+            userns,
             cgroups_path: format!("{}/{}/{}", self.ctx.cgroup_parent, self.uid, c.name),
             limits: container::limits(c)?,
             seccomp: true,
             oom_score_adj: 0,
+            sysctls: pod_features::sysctls(self.pod.spec.as_ref().ok_or("the pod has no spec")?).map_err(|e| format!("spec.{e}"))?,
         })
     }
 
@@ -697,6 +795,13 @@ impl Worker {
             c.stop_tasks();
         }
         let errors = teardown::teardown(&self.ctx, &self.uid, &self.dir, &self.run_dir, &self.ns, &ids).await;
+        // The range is free once nothing of the pod runs in it (its namespaces are gone with
+        // the keeper's descriptors, its files with its directories).
+        if let Some(base) = self.user_base.take()
+            && errors.is_empty()
+        {
+            self.ctx.id_ranges.release(base);
+        }
         if !errors.is_empty() {
             let msg = errors.join("; ");
             tracing::warn!(pod = %self.pod_name(), errors = %msg, "teardown");
@@ -780,12 +885,12 @@ mod tests {
         assert_eq!(pod_file(&run, &data, "hosts"), run.join("hosts"));
         // The old layout: both in the data directory, and read from there.
         std::fs::write(data.join("hosts"), "127.0.0.1 localhost\n").unwrap();
-        let old = Saved { pod_ip: "10.0.0.1".into(), containers: BTreeMap::new() };
+        let old = Saved { pod_ip: "10.0.0.1".into(), containers: BTreeMap::new(), ..Default::default() };
         std::fs::write(state::state_path(&data), serde_json::to_vec(&old).unwrap()).unwrap();
         assert_eq!(pod_file(&run, &data, "hosts"), data.join("hosts"));
         assert_eq!(state::load(&run, &data).map(|s| s.pod_ip).as_deref(), Some("10.0.0.1"));
         // Saving writes to the run directory (creating it), which wins from then on.
-        state::save(&run, &Saved { pod_ip: "10.0.0.2".into(), containers: BTreeMap::new() }).unwrap();
+        state::save(&run, &Saved { pod_ip: "10.0.0.2".into(), containers: BTreeMap::new(), ..Default::default() }).unwrap();
         assert!(state::state_path(&run).exists());
         assert_eq!(state::load(&run, &data).map(|s| s.pod_ip).as_deref(), Some("10.0.0.2"));
         std::fs::write(run.join("hosts"), "").unwrap();

@@ -61,6 +61,10 @@ impl Ctr {
 #[serde(rename_all = "camelCase")]
 pub struct Saved {
     pub pod_ip: String,
+    /// The host uid (and gid) that is root in the pod's user namespace, if it has one: the
+    /// pod's range, kept across node restarts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_base: Option<u32>,
     pub containers: BTreeMap<String, SavedCtr>,
 }
 

@@ -44,6 +44,9 @@ struct Args {
     /// The node's OCI runtime (`nodeless node --runtime`); podman runs the one the node chose.
     #[arg(long, default_value = "auto")]
     runtime: String,
+    /// Run the node without a user namespace per pod (`nodeless node --no-user-namespaces`).
+    #[arg(long)]
+    no_user_namespaces: bool,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -153,9 +156,13 @@ struct Figures {
 async fn nodeless(args: &Args) -> Result<Figures> {
     let n = Nodeless::start()?;
     n.import_test_images()?;
+    // The pods' user namespaces pass through the data directory's parent.
+    nodeless_tests::searchable(n.dir.path())?;
     let node_name = format!("bench-{}", std::process::id());
     let mut node = Command::new(nodeless_tests::nodeless_binary()?)
-        .args(["node", "--node-name", &node_name, "--runtime", &args.runtime, "--kubeconfig"])
+        .args(["node", "--node-name", &node_name, "--runtime", &args.runtime])
+        .args(args.no_user_namespaces.then_some("--no-user-namespaces"))
+        .arg("--kubeconfig")
         .arg(n.kubeconfig())
         .arg("--data-dir")
         .arg(n.data_dir())

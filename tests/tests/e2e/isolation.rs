@@ -25,6 +25,18 @@ fn out(n: &Nodeless, args: &[&str]) -> String {
     String::from_utf8_lossy(&n.kubectl(V, args).stdout).into_owned()
 }
 
+/// Delete every pod and wait until they are gone (their sandboxes torn down).
+fn delete_pods(n: &Nodeless, secs: u64) {
+    n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
+    eventually("pods gone", secs, || out(n, &["get", "pods", "-o", "name"]).trim().is_empty());
+}
+
+/// Apply one pod running `sleep 3600` in busybox and wait for it to be Ready.
+fn sleeper(n: &Nodeless, name: &str, spec_extra: &str) {
+    apply(n, &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n{spec_extra}  containers:\n  - {{name: c, image: {BUSYBOX}, command: [sh, -c, 'sleep 3600']}}\n"));
+    n.kubectl_ok(V, &["wait", "--for=condition=Ready", &format!("pod/{name}"), "--timeout=60s"]);
+}
+
 /// An OCI layout of one layer: a symlink `a` to `host`, then an entry under `a` (a whiteout,
 /// or an opaque-directory marker).
 fn hostile_layout(dir: &Path, host: &Path, second: &str) -> std::path::PathBuf {
@@ -146,8 +158,7 @@ spec:
     let uid = out(&n, &["get", "pod", "inside", "-o", "jsonpath={.metadata.uid}"]);
     let made = n.data_dir().join("node/pods").join(&uid).join("volumes/v/by/inside/g");
     assert_eq!(std::fs::read_to_string(&made).unwrap_or_default().trim(), "made", "{}", made.display());
-    n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
-    eventually("pods gone", 60, || out(&n, &["get", "pods", "-o", "name"]).trim().is_empty());
+    delete_pods(&n, 60);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,8 +205,7 @@ spec:
     eventually("the node adopted the pod and rewrote the volume", 60, || std::fs::read_link(vol.join("conf")).is_ok_and(|l| l == Path::new("..data/conf")));
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "node data", "the node wrote through the planted link");
     assert_eq!(n.kubectl_ok(V, &["exec", "holder", "--", "cat", "/cfg/conf"]), "from-the-configmap");
-    n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
-    eventually("pods gone", 60, || out(&n, &["get", "pods", "-o", "name"]).trim().is_empty());
+    delete_pods(&n, 60);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -245,8 +255,7 @@ async fn the_viewer_cannot_run_commands_or_read_secrets() {
     }
     // The admin still can.
     assert_eq!(n.kubectl_ok(V, &["exec", "target", "--", "id", "-u"]).trim(), "0");
-    n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
-    eventually("pods gone", 60, || out(&n, &["get", "pods", "-o", "name"]).trim().is_empty());
+    delete_pods(&n, 60);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -282,11 +291,9 @@ spec:
     let peak: u64 = std::fs::read_to_string(cg.join("pids.peak")).unwrap().trim().parse().unwrap();
     assert_eq!(peak, max, "the pod's processes peaked at {peak}");
     // The node is healthy: another pod starts and runs.
-    apply(&n, &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: after}}\nspec:\n  containers:\n  - {{name: c, image: {BUSYBOX}, command: [sh, -c, 'sleep 3600']}}\n"));
-    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/after", "--timeout=60s"]);
+    sleeper(&n, "after", "");
     assert_eq!(n.kubectl_ok(V, &["exec", "after", "--", "echo", "ok"]).trim(), "ok");
-    n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
-    eventually("pods gone", 120, || out(&n, &["get", "pods", "-o", "name"]).trim().is_empty());
+    delete_pods(&n, 120);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -321,8 +328,7 @@ spec:
     // `kubectl logs` reads the current file only, bounded.
     let logs = n.kubectl_ok(V, &["logs", "chatty"]);
     assert!(logs.len() <= 20 << 20 && logs.trim_end().ends_with("the-end"), "{} bytes", logs.len());
-    n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
-    eventually("pods gone", 60, || out(&n, &["get", "pods", "-o", "name"]).trim().is_empty());
+    delete_pods(&n, 60);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -371,8 +377,7 @@ spec:
     assert_eq!(status("within").trim(), "Running");
     let events = out(&n, &["get", "events", "--field-selector", "reason=Evicted", "-o", "name"]);
     assert!(events.lines().count() >= 2, "{events}");
-    n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
-    eventually("pods gone", 60, || out(&n, &["get", "pods", "-o", "name"]).trim().is_empty());
+    delete_pods(&n, 60);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -390,14 +395,7 @@ async fn what_the_node_cannot_honour_is_refused_not_ignored() {
         assert!(!o.status.success() && err.contains(field), "{field}: {err}");
     }
     // A safe sysctl is honoured inside the pod's own namespaces.
-    apply(
-        &n,
-        &format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: tuned}}\nspec:\n  securityContext: {{sysctls: [{{name: net.ipv4.ip_unprivileged_port_start, value: '0'}}]}}\n  containers:\n  - {{name: c, image: {BUSYBOX}, command: [sh, -c, 'sleep 3600']}}\n"
-        ),
-    );
-    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/tuned", "--timeout=60s"]);
+    sleeper(&n, "tuned", "  securityContext: {sysctls: [{name: net.ipv4.ip_unprivileged_port_start, value: '0'}]}\n");
     assert_eq!(n.kubectl_ok(V, &["exec", "tuned", "--", "cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]).trim(), "0");
-    n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
-    eventually("pods gone", 60, || out(&n, &["get", "pods", "-o", "name"]).trim().is_empty());
+    delete_pods(&n, 60);
 }

@@ -164,10 +164,15 @@ async fn kubelet_api_takes_only_controls_certificate_and_pod_secrets_stay_privat
         assert_eq!(String::from_utf8_lossy(&out.stdout), "stdin travels\ns3cret-value\n", "kubectl {v} exec");
     }
 
-    // The data directory and the run directory are root's alone, and so is what is in them.
+    // The data directory and the run directory are root's alone, and so is what is in them: the
+    // directories on the way to pods' own are searchable (0711) by the pods' user namespaces,
+    // not listable, and each pod's own directories are its range's alone.
     let data = n.data_dir();
     let run = n.node_run_dir().unwrap();
-    for d in [data.clone(), data.join("node"), data.join("node/pods"), data.join("pki"), data.join("store"), run.clone(), PathBuf::from("/run/nodeless"), run.join("bundles")] {
+    for d in [data.clone(), data.join("node"), data.join("node/pods"), run.clone(), PathBuf::from("/run/nodeless"), run.join("bundles")] {
+        assert_eq!(mode(&d), 0o711, "{}", d.display());
+    }
+    for d in [data.join("pki"), data.join("store")] {
         assert_eq!(mode(&d), 0o700, "{}", d.display());
     }
     for f in [data.join("store/objects.redb"), data.join("pki/ca.key"), data.join("pki/kubelet-client.key"), data.join("tokens.json")] {
@@ -256,6 +261,7 @@ fn a_node_joining_from_elsewhere_takes_its_certificate_from_flags() {
     assert!(is_root(), "node isolation tests need root");
     let n = Nodeless::start().unwrap();
     let dir = tempfile::Builder::new().prefix("nodeless-e2e-alone-").tempdir().unwrap();
+    nodeless_tests::searchable(dir.path()).unwrap();
     let data = dir.path().join("data");
     let bin = nodeless_tests::nodeless_binary().unwrap();
     for layout in nodeless_tests::test_image_layouts().unwrap() {
@@ -295,6 +301,7 @@ fn a_node_joining_from_elsewhere_takes_its_certificate_from_flags() {
     assert!(ready.status.success(), "{}\nnode log: {}", String::from_utf8_lossy(&ready.stderr), nodeless_tests::tail(&node_log(), 2000));
     assert_eq!(n.kubectl_ok(V, &["logs", "alone"]).trim(), "hello from afar");
     assert_eq!(n.kubectl_ok(V, &["exec", "alone", "--", "echo", "exec from afar"]).trim(), "exec from afar");
-    assert_eq!(mode(&data), 0o700);
+    // Searchable, not listable: the pods' user namespaces pass through it (see `private`).
+    assert_eq!(mode(&data), 0o711);
     n.kubectl_ok(V, &["delete", "pod", "alone", "--grace-period=1"]);
 }

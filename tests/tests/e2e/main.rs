@@ -10,6 +10,7 @@ mod isolation;
 mod isolation_network;
 mod isolation_node;
 mod isolation_seccomp;
+mod isolation_userns;
 mod kubectl;
 mod lifecycle;
 mod node;

@@ -3,7 +3,7 @@
 //! parent of every container (`containers`), so a node can restart, or crash, while pods run.
 //!
 //! It serves a Unix socket, a thread per connection, a request per line:
-//! `new <key> <hostname>`, `get <key>` and `del <key>` for namespaces, answered on the same line;
+//! `new <key> <hostname> [<host uid base>]`, `get <key>` and `del <key>` for namespaces, answered on the same line;
 //! `runtime`, answered `ok <RuntimeIdentity JSON>`; `run <RunRequest JSON>`, answered
 //! `started <pid>` and later `exited`, or `failed <why>`, after which the connection belongs to
 //! that container. It exits when its last connection ends while it holds no namespace and runs
@@ -173,6 +173,17 @@ fn flag(argv: &[String], name: &str) -> Option<PathBuf> {
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
+    // The supervisor's own child for a pod's user namespace (see `namespaces::child`): before
+    // anything could start a thread.
+    if let (Some("pod-namespaces"), Some(hostname)) = (argv.get(1).map(String::as_str), argv.get(2)) {
+        return match namespaces::child(hostname) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("nodeless-shim pod-namespaces: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let (socket, runtime, root) = match (argv.get(1).map(String::as_str), flag(&argv, "--socket"), flag(&argv, "--runtime"), flag(&argv, "--root")) {
         (Some("keep"), Some(socket), Some(runtime), Some(root)) => (socket, runtime, root),
         _ => {
