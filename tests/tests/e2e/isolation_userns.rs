@@ -74,7 +74,7 @@ fn root_in_a_pod_is_an_unprivileged_range_on_the_host() {
     for (p, uids) in [("a", &a), ("b", &b)] {
         assert_eq!(uids.len(), 4, "{p}: {uids:?}");
         assert!(uids.iter().all(|u| *u == uids[0]), "{p}: {uids:?}");
-        assert!(uids[0] >= FIRST_BASE && (uids[0] - FIRST_BASE) % RANGE == 0, "pod {p} runs as host uid {}", uids[0]);
+        assert!(uids[0] >= FIRST_BASE && (uids[0] - FIRST_BASE).is_multiple_of(RANGE), "pod {p} runs as host uid {}", uids[0]);
     }
     assert!(a[0].abs_diff(b[0]) >= RANGE, "ranges overlap: {} and {}", a[0], b[0]);
     let map = n.kubectl_ok(V, &["exec", "a", "--", "cat", "/proc/self/uid_map"]);
