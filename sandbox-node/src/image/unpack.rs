@@ -113,6 +113,21 @@ fn mark_hidden(root: &OwnedFd, rel: &Path, name: &str) -> std::io::Result<()> {
     Ok(rustix::fs::mknodat(&dir, hidden, FileType::CharacterDevice, Mode::empty(), 0)?)
 }
 
+/// An error and every cause under it: tar's own message hides the reader's.
+fn with_causes(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let text = c.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        cause = c.source();
+    }
+    out
+}
+
 /// Unpack a layer tar stream into `dst` (which exists and is empty) and return its diff ID;
 /// a stream longer than `max` bytes is refused.
 pub fn unpack_layer(stream: Box<dyn Read>, dst: &Path, max: u64) -> Result<String, ImageError> {
@@ -137,7 +152,7 @@ pub fn unpack_layer(stream: Box<dyn Read>, dst: &Path, max: u64) -> Result<Strin
                 mark_hidden(&root, &rel, &name).map_err(|e| ImageError::Corrupt(format!("layer entry {}: {e}", raw.display())))?;
                 continue;
             }
-            let unpacked = entry.unpack_in(dst).map_err(|e| ImageError::Corrupt(format!("unpacking {}: {e}", raw.display())))?;
+            let unpacked = entry.unpack_in(dst).map_err(|e| ImageError::Corrupt(format!("unpacking {}: {}", raw.display(), with_causes(&e))))?;
             if !unpacked {
                 return Err(ImageError::Corrupt(format!("layer entry {} leaves the layer", raw.display())));
             }
