@@ -22,6 +22,7 @@ use std::time::Instant;
 
 use hickory_server::net::NetError;
 use hickory_server::net::xfer::Protocol;
+use hickory_server::proto::ProtoError;
 use hickory_server::proto::op::MessageType;
 use hickory_server::proto::rr::Record;
 use hickory_server::proto::serialize::binary::BinEncoder;
@@ -55,13 +56,9 @@ impl ResponseHandler for Reply {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        let mut bytes = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut bytes);
-        // RFC 1035 4.2.1: 512 bytes unless the asker's EDNS says more.
-        encoder.set_max_size(response.edns().map_or(512, |e| e.max_payload()));
-        let id = response.metadata().id;
-        let info = match response.destructive_emit(&mut encoder) {
-            Ok(info) => info,
+        let (id, encoded) = encode(response);
+        let (bytes, info) = match encoded {
+            Ok(done) => done,
             Err(e) => {
                 // As hickory does: a bare SERVFAIL rather than silence.
                 tracing::warn!(error = %e, "encoding a DNS response");
@@ -77,6 +74,26 @@ impl ResponseHandler for Reply {
         self.sent = bytes;
         Ok(info)
     }
+}
+
+/// A response encoded as the UDP path sends it, with its request's ID: at most 512 bytes unless
+/// the asker's EDNS says more (RFC 1035 4.2.1).
+fn encode<'a>(
+    response: MessageResponse<
+        '_,
+        'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+        impl Iterator<Item = &'a Record> + Send + 'a,
+    >,
+) -> (u16, Result<(Vec<u8>, ResponseInfo), ProtoError>) {
+    let mut bytes = Vec::with_capacity(512);
+    let mut encoder = BinEncoder::new(&mut bytes);
+    encoder.set_max_size(response.edns().map_or(512, |e| e.max_payload()));
+    let id = response.metadata().id;
+    let info = response.destructive_emit(&mut encoder);
+    (id, info.map(|info| (bytes, info)))
 }
 
 /// FORMERR for a packet whose header could be read but not the rest.

@@ -17,7 +17,7 @@ use hickory_server::net::NetError;
 use hickory_server::net::xfer::Protocol;
 use hickory_server::proto::op::{Message, MessageType};
 use hickory_server::proto::rr::{LowerName, Name, Record};
-use hickory_server::proto::serialize::binary::{BinEncodable, BinEncoder};
+use hickory_server::proto::serialize::binary::BinEncodable;
 use hickory_server::server::{Request, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponse;
 
@@ -45,10 +45,7 @@ impl ResponseHandler for Captured {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        let mut bytes = Vec::with_capacity(512);
-        let mut encoder = BinEncoder::new(&mut bytes);
-        encoder.set_max_size(response.edns().map_or(512, |e| e.max_payload()));
-        let info = response.destructive_emit(&mut encoder).map_err(|e| NetError::from(e.to_string()))?;
+        let (bytes, info) = super::encode(response).1.map_err(|e| NetError::from(e.to_string()))?;
         self.sent = bytes;
         Ok(info)
     }
