@@ -344,18 +344,7 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
-    /// A query for `name` (labels given), with this ID and flags, and an EDNS OPT record.
-    fn query(id: u16, labels: &[&str]) -> Vec<u8> {
-        let mut p = id.to_be_bytes().to_vec();
-        p.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1]);
-        for l in labels {
-            p.push(l.len() as u8);
-            p.extend_from_slice(l.as_bytes());
-        }
-        p.extend_from_slice(&[0, 0, 1, 0, 1]);
-        p.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0]);
-        p
-    }
+    use fuzz::query_packet as query;
 
     #[test]
     fn keys_ignore_the_id_and_the_case_of_the_name_only() {

@@ -6,19 +6,7 @@
 mod stable;
 
 use nodeless_dns::fuzz;
-
-/// A query for `labels`, type A, class IN, with an EDNS OPT record of 4096 bytes.
-fn query(id: u16, labels: &[&str]) -> Vec<u8> {
-    let mut p = id.to_be_bytes().to_vec();
-    p.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1]);
-    for l in labels {
-        p.push(l.len() as u8);
-        p.extend_from_slice(l.as_bytes());
-    }
-    p.extend_from_slice(&[0, 0, 1, 0, 1]);
-    p.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0]);
-    p
-}
+use nodeless_dns::fuzz::query_packet as query;
 
 #[test]
 fn packet() {

@@ -51,6 +51,20 @@ impl ResponseHandler for Captured {
     }
 }
 
+/// A query for `labels`, type A, class IN, with this ID and an EDNS OPT record of 4096 bytes:
+/// the seed the unit and property tests start from.
+pub fn query_packet(id: u16, labels: &[&str]) -> Vec<u8> {
+    let mut p = id.to_be_bytes().to_vec();
+    p.extend_from_slice(&[0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 1]);
+    for l in labels {
+        p.push(l.len() as u8);
+        p.extend_from_slice(l.as_bytes());
+    }
+    p.extend_from_slice(&[0, 0, 1, 0, 1]);
+    p.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0]);
+    p
+}
+
 fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
     Arc::new(serde_json::from_value(v).expect("a fixed object"))
 }
