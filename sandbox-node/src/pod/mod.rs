@@ -490,16 +490,41 @@ impl Worker {
         for d in [bundle.join("rootfs"), data.join("upper"), data.join("work")] {
             std::fs::create_dir_all(&d).map_err(|e| cfg_err(format!("{}: {e}", d.display())))?;
         }
-        let lower: Vec<String> = image.layers.iter().rev().map(|l| self.ctx.images.layer_dir(l).display().to_string()).collect();
-        let mut opts = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), data.join("upper").display(), data.join("work").display());
+        let layers: Vec<PathBuf> = image.layers.iter().rev().map(|l| self.ctx.images.layer_dir(l)).collect();
         let user_base = self.user_base.filter(|_| self.ns.user().is_some());
-        if user_base.is_some() {
+        // With a user namespace the layers are seen through idmapped mounts (see `userns`); the
+        // views live until the overlay holds its own clones of them.
+        let idmapped = match (user_base, self.ns.user()) {
+            (Some(base), Some(ns)) => match crate::userns::IdmappedLayers::mount(&layers, &ns, &bundle.join("layers")) {
+                Ok(views) => {
+                    let top = layers.first().and_then(|l| std::fs::metadata(l).ok()).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777);
+                    let upper = data.join("upper");
+                    crate::userns::give_to_pod(&upper, base)
+                        .and_then(|()| std::fs::set_permissions(&upper, std::os::unix::fs::PermissionsExt::from_mode(top.unwrap_or(0o755))))
+                        .map_err(|e| cfg_err(format!("giving the pod its writable layer: {e}")))?;
+                    Some(views)
+                }
+                Err(e) => {
+                    tracing::warn!(pod = %self.pod_name(), error = %e, "the image's layers cannot be idmapped here; shifting the rootfs's owners instead");
+                    None
+                }
+            },
+            _ => None,
+        };
+        let lower: Vec<String> = match &idmapped {
+            Some(views) => views.paths.iter().map(|p| p.display().to_string()).collect(),
+            None => layers.iter().map(|p| p.display().to_string()).collect(),
+        };
+        let mut opts = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), data.join("upper").display(), data.join("work").display());
+        let shift = user_base.filter(|_| idmapped.is_none());
+        if shift.is_some() {
             // Chowning into the pod's range then copies metadata up, not data (see `userns`).
             opts.push_str(",metacopy=on");
         }
         nix::mount::mount(Some("overlay"), &bundle.join("rootfs"), Some("overlay"), nix::mount::MsFlags::empty(), Some(opts.as_str()))
             .map_err(|e| cfg_err(format!("mounting the image's layers: {e}")))?;
-        if let Some(base) = user_base
+        drop(idmapped);
+        if let Some(base) = shift
             && let Err(e) = crate::userns::shift_rootfs(&bundle.join("rootfs"), base)
         {
             let _ = teardown::unmount_bundle(&bundle);

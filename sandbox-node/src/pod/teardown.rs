@@ -12,7 +12,9 @@ use crate::sandbox::PodNamespaces;
 /// runtime has its own copies once the container runs.
 pub fn unmount_bundle(bundle: &Path) -> Result<(), String> {
     let mut targets = vec![bundle.join("rootfs")];
-    targets.extend(std::fs::read_dir(bundle.join("subpaths")).into_iter().flatten().flatten().map(|e| e.path()));
+    for dir in ["subpaths", "layers"] {
+        targets.extend(std::fs::read_dir(bundle.join(dir)).into_iter().flatten().flatten().map(|e| e.path()));
+    }
     let mut errors = Vec::new();
     for t in targets {
         match nix::mount::umount2(&t, MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {

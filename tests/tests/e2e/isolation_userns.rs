@@ -53,6 +53,23 @@ fn ready(n: &Nodeless, pod: &str) {
     panic!("pod {pod} is not ready:\n{}\n{}", out(n, &["describe", "pod", pod]), nodeless_tests::tail(&n.log(), 3000));
 }
 
+/// The directory `name` under `dir` on a path through a directory named `under`.
+fn find_dir(dir: &Path, under: &str, name: &str) -> Option<std::path::PathBuf> {
+    for e in std::fs::read_dir(dir).ok()?.flatten() {
+        let (p, file) = (e.path(), e.file_name());
+        if !e.file_type().is_ok_and(|t| t.is_dir()) || file == "rootfs" {
+            continue;
+        }
+        if file == name && p.to_string_lossy().contains(under) {
+            return Some(p);
+        }
+        if let Some(found) = find_dir(&p, under, name) {
+            return Some(found);
+        }
+    }
+    None
+}
+
 fn exec(n: &Nodeless, pod: &str, script: &str) -> std::process::Output {
     n.kubectl(V, &["exec", pod, "--", "sh", "-c", script])
 }
@@ -85,6 +102,15 @@ fn root_in_a_pod_is_an_unprivileged_range_on_the_host() {
     assert!(w.status.success() && String::from_utf8_lossy(&w.stdout).contains("ok"), "{}", String::from_utf8_lossy(&w.stderr));
     let owners = n.kubectl_ok(V, &["exec", "a", "--", "stat", "-c", "%u", "/etc/x", "/scratch/y", "/etc/passwd"]);
     assert_eq!(owners.split_whitespace().collect::<Vec<_>>(), ["0", "1000", "0"], "the image's files are root's in the pod");
+    // The image's layers are seen through idmapped mounts: the pod's writable layer holds what
+    // it wrote and nothing else (a shift of owners would have copied up every entry's metadata).
+    let uid = out(&n, &["get", "pod", "a", "-o", "jsonpath={.metadata.uid}"]);
+    let upper = find_dir(&n.data_dir(), &uid, "upper").unwrap_or_else(|| panic!("no writable layer for pod {uid} under {}", n.data_dir().display()));
+    assert!(upper.join("etc/x").is_file(), "{}", upper.display());
+    let copied: Vec<_> = std::fs::read_dir(&upper).unwrap().flatten().map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    assert!(!copied.iter().any(|n| n == "bin"), "the rootfs was shifted, not idmapped: {copied:?} in {}", upper.display());
+    let on_disk = std::fs::metadata(upper.join("etc/x")).unwrap();
+    assert_eq!(std::os::unix::fs::MetadataExt::uid(&on_disk), a[0], "a file root wrote in the pod belongs to the pod's range on the host");
 
     // The node's files (a configMap) are readable and read-only, and owned by nobody in the pod:
     // root in the pod is not root over them.
