@@ -38,10 +38,11 @@ fn main() {
             .status();
         match status {
             Ok(s) if s.success() => {}
-            Ok(s) => panic!("clang failed ({s}) building {}", dir.join(format!("{name}.c")).display()),
-            Err(e) => panic!(
-                "running {clang}: {e} (apt-get install clang libbpf-dev; scripts/up and scripts/test do)"
+            Ok(s) => panic!(
+                "clang failed ({s}) building {}",
+                dir.join(format!("{name}.c")).display()
             ),
+            Err(e) => panic!("running {clang}: {e} (apt-get install clang libbpf-dev; scripts/up and scripts/test do)"),
         }
     }
 }

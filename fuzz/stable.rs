@@ -50,7 +50,9 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 /// FNV-1a of the target's name: each target its own fixed sequence.
 fn name_seed(name: &str) -> u64 {
-    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3))
+    name.bytes().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 /// Mutate `input` a few times, borrowing from `seeds` for splices.
@@ -115,7 +117,11 @@ pub fn run(name: &str, cases: usize, max_len: usize, seeds: &[&[u8]], target: im
     let one = |input: &[u8], ran: &mut usize| {
         *ran += 1;
         if let Err(panic) = catch_unwind(AssertUnwindSafe(|| target(input))) {
-            eprintln!("fuzz target {name} failed (seed {seed:#x}) on {} bytes: {}", input.len(), hex(input));
+            eprintln!(
+                "fuzz target {name} failed (seed {seed:#x}) on {} bytes: {}",
+                input.len(),
+                hex(input)
+            );
             resume_unwind(panic);
         }
     };
@@ -147,5 +153,8 @@ pub fn hex(bytes: &[u8]) -> String {
 
 /// The bytes of a hex string (a kept failing input).
 pub fn unhex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
+        .collect()
 }

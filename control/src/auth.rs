@@ -86,10 +86,18 @@ impl Tokens {
         if let Ok(text) = std::fs::read_to_string(path) {
             return serde_json::from_str(&text).map_err(|e| std::io::Error::other(format!("{}: {e}", path.display())));
         }
-        let tokens = Tokens { admin: new_token(), viewer: new_token() };
+        let tokens = Tokens {
+            admin: new_token(),
+            viewer: new_token(),
+        };
         use std::io::Write;
         use std::os::unix::fs::OpenOptionsExt;
-        let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path)?;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)?;
         f.write_all(serde_json::to_string_pretty(&tokens).unwrap_or_default().as_bytes())?;
         f.sync_all()?;
         Ok(tokens)
@@ -113,7 +121,10 @@ impl Authenticator {
     pub fn authenticate(&self, header: Option<&str>) -> Option<Role> {
         let token = header?.strip_prefix("Bearer ")?.trim();
         // Compare in constant time per candidate so a token cannot be guessed byte by byte.
-        self.tokens.iter().find(|(t, _)| constant_eq(t.as_bytes(), token.as_bytes())).map(|(_, r)| *r)
+        self.tokens
+            .iter()
+            .find(|(t, _)| constant_eq(t.as_bytes(), token.as_bytes()))
+            .map(|(_, r)| *r)
     }
 }
 
@@ -127,7 +138,10 @@ mod tests {
 
     #[test]
     fn roles_by_token() {
-        let t = Tokens { admin: "a1".into(), viewer: "v1".into() };
+        let t = Tokens {
+            admin: "a1".into(),
+            viewer: "v1".into(),
+        };
         let auth = Authenticator::new(&t);
         assert_eq!(auth.authenticate(Some("Bearer a1")), Some(Role::Admin));
         assert_eq!(auth.authenticate(Some("Bearer v1")), Some(Role::Viewer));
@@ -138,17 +152,33 @@ mod tests {
 
     #[test]
     fn the_viewer_is_kubernetes_view_role() {
-        let req = |read, group, plural, sub| Request { read, group, plural, sub };
+        let req = |read, group, plural, sub| Request {
+            read,
+            group,
+            plural,
+            sub,
+        };
         let v = Role::Viewer;
         assert_eq!(v.authorize(&req(true, "", "pods", None)), Ok(()));
         assert_eq!(v.authorize(&req(true, "", "pods", Some("log"))), Ok(()));
         assert_eq!(v.authorize(&req(true, "apps", "deployments", Some("scale"))), Ok(()));
         assert_eq!(v.authorize(&req(false, "", "pods", None)), Err(Denial::Write));
         for sub in ACTING_SUBRESOURCES {
-            assert_eq!(v.authorize(&req(true, "", "pods", Some(sub))), Err(Denial::Acting), "{sub}");
-            assert_eq!(v.authorize(&req(false, "", "pods", Some(sub))), Err(Denial::Acting), "{sub}");
+            assert_eq!(
+                v.authorize(&req(true, "", "pods", Some(sub))),
+                Err(Denial::Acting),
+                "{sub}"
+            );
+            assert_eq!(
+                v.authorize(&req(false, "", "pods", Some(sub))),
+                Err(Denial::Acting),
+                "{sub}"
+            );
         }
-        assert_eq!(v.authorize(&req(true, "", "services", Some("proxy"))), Err(Denial::Acting));
+        assert_eq!(
+            v.authorize(&req(true, "", "services", Some("proxy"))),
+            Err(Denial::Acting)
+        );
         assert_eq!(v.authorize(&req(true, "", "secrets", None)), Err(Denial::Secrets));
         // A CRD's resource that happens to be called secrets is not the core kind.
         assert_eq!(v.authorize(&req(true, "example.com", "secrets", None)), Ok(()));

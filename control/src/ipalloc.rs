@@ -60,7 +60,10 @@ impl IpAllocator {
         let addr: Ipv4Addr = ip.parse().map_err(|_| AllocError::Invalid(ip.to_string()))?;
         let n = u32::from(addr);
         if n < self.base || n >= self.base + self.size {
-            return Err(AllocError::OutOfRange { ip: ip.to_string(), cidr: self.cidr.clone() });
+            return Err(AllocError::OutOfRange {
+                ip: ip.to_string(),
+                cidr: self.cidr.clone(),
+            });
         }
         if !self.used.lock().unwrap().0.insert(n - self.base) {
             return Err(AllocError::Taken(ip.to_string()));

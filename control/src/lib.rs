@@ -92,9 +92,16 @@ impl ControlPlane {
         let store = Store::open_embedded(&cfg.data_dir.join("store"))?;
         let tokens = Tokens::load_or_create(&cfg.data_dir.join("tokens.json")).map_err(io("token file"))?;
         private::file(&cfg.data_dir.join("tokens.json")).map_err(io("token file"))?;
-        let listener = TcpListener::bind(cfg.listen).await.map_err(io(&format!("binding {}", cfg.listen)))?;
+        let listener = TcpListener::bind(cfg.listen)
+            .await
+            .map_err(io(&format!("binding {}", cfg.listen)))?;
         let addr = listener.local_addr().map_err(io("reading the listen address"))?;
-        let mut hosts = vec!["localhost".to_string(), "127.0.0.1".to_string(), "::1".to_string(), "kubernetes.default.svc".to_string()];
+        let mut hosts = vec![
+            "localhost".to_string(),
+            "127.0.0.1".to_string(),
+            "::1".to_string(),
+            "kubernetes.default.svc".to_string(),
+        ];
         if !addr.ip().is_unspecified() && !hosts.contains(&addr.ip().to_string()) {
             hosts.push(addr.ip().to_string());
         }
@@ -107,25 +114,47 @@ impl ControlPlane {
             store,
             registry: Registry::with_builtins(),
             auth: Authenticator::new(&tokens),
-            policy: admission::Policy { allow_host_network: cfg.allow_host_network },
+            policy: admission::Policy {
+                allow_host_network: cfg.allow_host_network,
+            },
             cluster_ips,
             node_tls,
         });
         bootstrap(&state, addr).await?;
-        let mut tasks = vec![tokio::spawn(api::serve(state.clone(), listener, server_tls, cfg.limits))];
+        let mut tasks = vec![tokio::spawn(api::serve(
+            state.clone(),
+            listener,
+            server_tls,
+            cfg.limits,
+        ))];
         if cfg.controllers {
             tasks.extend(controllers::start(LocalClient { state: state.clone() }));
         }
         tracing::info!(%addr, "control plane serving");
-        Ok(Self { addr, tokens, ca_pem: pki.ca_cert_pem, state, tasks })
+        Ok(Self {
+            addr,
+            tokens,
+            ca_pem: pki.ca_cert_pem,
+            state,
+            tasks,
+        })
     }
 
     /// A kubeconfig for the admin (or viewer) token.
     pub fn kubeconfig(&self, admin: bool) -> String {
-        let host = if self.addr.ip().is_unspecified() { IpAddr::from([127, 0, 0, 1]) } else { self.addr.ip() };
+        let host = if self.addr.ip().is_unspecified() {
+            IpAddr::from([127, 0, 0, 1])
+        } else {
+            self.addr.ip()
+        };
         let server = format!("https://{}", SocketAddr::new(host, self.addr.port()));
         let token = if admin { &self.tokens.admin } else { &self.tokens.viewer };
-        kubeconfig::render(&server, &self.ca_pem, token, if admin { "nodeless-admin" } else { "nodeless-viewer" })
+        kubeconfig::render(
+            &server,
+            &self.ca_pem,
+            token,
+            if admin { "nodeless-admin" } else { "nodeless-viewer" },
+        )
     }
 
     /// Stop serving and stop the controllers.
@@ -151,7 +180,10 @@ async fn bootstrap(state: &Arc<ApiState>, addr: SocketAddr) -> Result<(), Contro
     for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         if client.get(&namespaces, None, ns).is_none() {
             let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
-            client.create(&namespaces, None, obj).await.map_err(|e| ControlError::Bootstrap(e.to_string()))?;
+            client
+                .create(&namespaces, None, obj)
+                .await
+                .map_err(|e| ControlError::Bootstrap(e.to_string()))?;
         }
     }
     if client.get(&services, Some("default"), "kubernetes").is_none() {
@@ -161,7 +193,10 @@ async fn bootstrap(state: &Arc<ApiState>, addr: SocketAddr) -> Result<(), Contro
             "metadata": {"name": "kubernetes", "namespace": "default", "labels": {"component": "apiserver", "provider": "kubernetes"}},
             "spec": {"clusterIP": ip, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": addr.port()}]},
         });
-        client.create(&services, Some("default"), svc).await.map_err(|e| ControlError::Bootstrap(e.to_string()))?;
+        client
+            .create(&services, Some("default"), svc)
+            .await
+            .map_err(|e| ControlError::Bootstrap(e.to_string()))?;
     }
     Ok(())
 }

@@ -33,21 +33,37 @@ pub struct Issued {
 }
 
 fn read(path: &Path) -> Result<String, TlsError> {
-    std::fs::read_to_string(path).map_err(|source| TlsError::Io { path: path.into(), source })
+    std::fs::read_to_string(path).map_err(|source| TlsError::Io {
+        path: path.into(),
+        source,
+    })
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| TlsError::Io { path: path.into(), source };
-    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(0o600).open(path).map_err(io)?;
+    let io = |source| TlsError::Io {
+        path: path.into(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
     f.write_all(contents.as_bytes()).map_err(io)?;
     f.sync_all().map_err(io)
 }
 
 /// A leaf certificate of the CA: `common_name`, valid for `hosts` (names and IP addresses),
 /// for `usage`.
-fn leaf_params(common_name: &str, hosts: &[String], usage: rcgen::ExtendedKeyUsagePurpose) -> Result<CertificateParams, TlsError> {
+fn leaf_params(
+    common_name: &str,
+    hosts: &[String],
+    usage: rcgen::ExtendedKeyUsagePurpose,
+) -> Result<CertificateParams, TlsError> {
     let mut params = CertificateParams::new(hosts.to_vec())?;
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, common_name);
@@ -64,7 +80,10 @@ fn sign(dir: &Path, params: CertificateParams) -> Result<Issued, TlsError> {
     let ca = ca_params()?.self_signed(&ca_key_pair)?;
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, &ca, &ca_key_pair)?;
-    Ok(Issued { cert_pem: cert.pem(), key_pem: key.serialize_pem() })
+    Ok(Issued {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+    })
 }
 
 /// A serving certificate for a node's kubelet API, from the cluster CA under `pki_dir`: for the
@@ -75,17 +94,29 @@ pub fn issue_kubelet_serving(pki_dir: &Path, node: &str, hosts: &[String]) -> Re
     if !names.iter().any(|h| h == node) {
         names.push(node.to_string());
     }
-    sign(pki_dir, leaf_params(&format!("system:node:{node}"), &names, rcgen::ExtendedKeyUsagePurpose::ServerAuth)?)
+    sign(
+        pki_dir,
+        leaf_params(
+            &format!("system:node:{node}"),
+            &names,
+            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        )?,
+    )
 }
 
 /// A client certificate from the cluster CA under `pki_dir` for `common_name`: the kubelet
 /// client's, and tests' (a certificate of the right CA with the wrong name must be refused).
 pub fn issue_client(pki_dir: &Path, common_name: &str) -> Result<Issued, TlsError> {
-    sign(pki_dir, leaf_params(common_name, &[], rcgen::ExtendedKeyUsagePurpose::ClientAuth)?)
+    sign(
+        pki_dir,
+        leaf_params(common_name, &[], rcgen::ExtendedKeyUsagePurpose::ClientAuth)?,
+    )
 }
 
 fn parse_certs(pem: &str, what: &str) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
-    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_bytes()).collect::<Result<_, _>>().map_err(|_| TlsError::Pem(what.into()))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|_| TlsError::Pem(what.into()))?;
     if certs.is_empty() {
         return Err(TlsError::Pem(what.into()));
     }
@@ -93,7 +124,9 @@ fn parse_certs(pem: &str, what: &str) -> Result<Vec<rustls::pki_types::Certifica
 }
 
 fn parse_key(pem: &str, what: &str) -> Result<rustls::pki_types::PrivateKeyDer<'static>, TlsError> {
-    rustls_pemfile::private_key(&mut pem.as_bytes()).map_err(|_| TlsError::Pem(what.into()))?.ok_or_else(|| TlsError::Pem(what.into()))
+    rustls_pemfile::private_key(&mut pem.as_bytes())
+        .map_err(|_| TlsError::Pem(what.into()))?
+        .ok_or_else(|| TlsError::Pem(what.into()))
 }
 
 fn ca_params() -> Result<CertificateParams, TlsError> {
@@ -102,7 +135,11 @@ fn ca_params() -> Result<CertificateParams, TlsError> {
     dn.push(DnType::CommonName, "nodeless-ca");
     params.distinguished_name = dn;
     params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
     params.not_before = rcgen::date_time_ymd(2024, 1, 1);
     params.not_after = rcgen::date_time_ymd(2124, 1, 1);
     Ok(params)
@@ -122,7 +159,10 @@ impl Pki {
     /// certificate on first start and a serving certificate for `hosts` (names and IP addresses)
     /// whenever the hosts change.
     pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Self, TlsError> {
-        crate::private::dir(dir).map_err(|source| TlsError::Io { path: dir.into(), source })?;
+        crate::private::dir(dir).map_err(|source| TlsError::Io {
+            path: dir.into(),
+            source,
+        })?;
         let (ca_crt, ca_key) = (dir.join("ca.crt"), dir.join("ca.key"));
         let (srv_crt, srv_key, srv_hosts) = (dir.join("server.crt"), dir.join("server.key"), dir.join("server.hosts"));
         let (cli_crt, cli_key) = (dir.join("kubelet-client.crt"), dir.join("kubelet-client.key"));
@@ -137,7 +177,10 @@ impl Pki {
         let wanted_hosts = hosts.join(",");
         let have_hosts = std::fs::read_to_string(&srv_hosts).unwrap_or_default();
         if !srv_crt.exists() || !srv_key.exists() || have_hosts != wanted_hosts {
-            let issued = sign(dir, leaf_params("nodeless-apiserver", hosts, rcgen::ExtendedKeyUsagePurpose::ServerAuth)?)?;
+            let issued = sign(
+                dir,
+                leaf_params("nodeless-apiserver", hosts, rcgen::ExtendedKeyUsagePurpose::ServerAuth)?,
+            )?;
             write_private(&srv_key, &issued.key_pem)?;
             write_private(&srv_crt, &issued.cert_pem)?;
             write_private(&srv_hosts, &wanted_hosts)?;
@@ -149,13 +192,19 @@ impl Pki {
         }
         // Files written by a version that left them readable.
         for f in [&ca_crt, &ca_key, &srv_crt, &srv_key, &srv_hosts, &cli_crt, &cli_key] {
-            crate::private::file(f).map_err(|source| TlsError::Io { path: f.to_path_buf(), source })?;
+            crate::private::file(f).map_err(|source| TlsError::Io {
+                path: f.to_path_buf(),
+                source,
+            })?;
         }
         Ok(Self {
             ca_cert_pem: read(&ca_crt)?,
             server_cert_pem: read(&srv_crt)?,
             server_key_pem: read(&srv_key)?,
-            kubelet_client: Issued { cert_pem: read(&cli_crt)?, key_pem: read(&cli_key)? },
+            kubelet_client: Issued {
+                cert_pem: read(&cli_crt)?,
+                key_pem: read(&cli_key)?,
+            },
         })
     }
 
@@ -170,7 +219,10 @@ impl Pki {
         let cfg = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_root_certificates(roots)
-            .with_client_auth_cert(parse_certs(&self.kubelet_client.cert_pem, "kubelet-client.crt")?, parse_key(&self.kubelet_client.key_pem, "kubelet-client.key")?)?;
+            .with_client_auth_cert(
+                parse_certs(&self.kubelet_client.cert_pem, "kubelet-client.crt")?,
+                parse_key(&self.kubelet_client.key_pem, "kubelet-client.key")?,
+            )?;
         Ok(Arc::new(cfg))
     }
 

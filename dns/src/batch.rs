@@ -32,7 +32,10 @@ pub struct Inbox {
 
 impl Default for Inbox {
     fn default() -> Self {
-        Inbox { bufs: vec![0; BATCH * SLOT], got: Vec::with_capacity(BATCH) }
+        Inbox {
+            bufs: vec![0; BATCH * SLOT],
+            got: Vec::with_capacity(BATCH),
+        }
     }
 }
 
@@ -52,7 +55,14 @@ impl Inbox {
         let Inbox { bufs, got } = self;
         let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(BATCH, None);
         let mut slices: Vec<[IoSliceMut<'_>; 1]> = bufs.chunks_mut(SLOT).map(|c| [IoSliceMut::new(c)]).collect();
-        let results = recvmmsg(socket.as_raw_fd(), &mut headers, slices.iter_mut(), MsgFlags::MSG_DONTWAIT, None).map_err(io::Error::from)?;
+        let results = recvmmsg(
+            socket.as_raw_fd(),
+            &mut headers,
+            slices.iter_mut(),
+            MsgFlags::MSG_DONTWAIT,
+            None,
+        )
+        .map_err(io::Error::from)?;
         got.clear();
         for (slot, r) in results.enumerate() {
             if r.flags.contains(MsgFlags::MSG_TRUNC) {
@@ -114,7 +124,15 @@ fn send_now(socket: &UdpSocket, bytes: &[u8], items: &[(Range<usize>, SocketAddr
     let mut headers = MultiHeaders::<SockaddrStorage>::preallocate(items.len(), None);
     let slices: Vec<[IoSlice<'_>; 1]> = items.iter().map(|(r, _)| [IoSlice::new(&bytes[r.clone()])]).collect();
     let addrs: Vec<Option<SockaddrStorage>> = items.iter().map(|(_, a)| Some(SockaddrStorage::from(*a))).collect();
-    let results = sendmmsg(socket.as_raw_fd(), &mut headers, slices.iter(), addrs, [], MsgFlags::MSG_DONTWAIT).map_err(io::Error::from)?;
+    let results = sendmmsg(
+        socket.as_raw_fd(),
+        &mut headers,
+        slices.iter(),
+        addrs,
+        [],
+        MsgFlags::MSG_DONTWAIT,
+    )
+    .map_err(io::Error::from)?;
     Ok(results.count())
 }
 

@@ -52,7 +52,11 @@ pub fn pod_address(label: &str) -> Option<IpAddr> {
             return Some(IpAddr::V4(ip));
         }
     }
-    label.replace('-', ":").parse::<std::net::Ipv6Addr>().ok().map(IpAddr::V6)
+    label
+        .replace('-', ":")
+        .parse::<std::net::Ipv6Addr>()
+        .ok()
+        .map(IpAddr::V6)
 }
 
 /// One endpoint as DNS sees it.
@@ -62,7 +66,13 @@ struct Endpoint {
 }
 
 /// Build the zone `origin` from the objects. `serial` goes into the SOA.
-pub fn build(origin: &Name, ttl: u32, serial: u32, services: &[std::sync::Arc<Service>], slices: &[std::sync::Arc<EndpointSlice>]) -> ClusterZone {
+pub fn build(
+    origin: &Name,
+    ttl: u32,
+    serial: u32,
+    services: &[std::sync::Arc<Service>],
+    slices: &[std::sync::Arc<EndpointSlice>],
+) -> ClusterZone {
     let mut zone = Zone::new(origin, ttl, serial);
     let mut ptr: HashMap<LowerName, Vec<Record>> = HashMap::new();
     let mut add_ptr = |ip: IpAddr, target: &Name| {
@@ -74,13 +84,25 @@ pub fn build(origin: &Name, ttl: u32, serial: u32, services: &[std::sync::Arc<Se
         }
     };
     if let Some(owner) = name("dns-version").and_then(|n| n.append_domain(origin).ok()) {
-        zone.add(Record::from_rdata(owner, ttl, RData::TXT(rdata::TXT::new(vec![SCHEMA_VERSION.to_string()]))));
+        zone.add(Record::from_rdata(
+            owner,
+            ttl,
+            RData::TXT(rdata::TXT::new(vec![SCHEMA_VERSION.to_string()])),
+        ));
     }
 
     // Endpoints by (namespace, service), from every slice of the service.
     let mut endpoints: BTreeMap<(String, String), Vec<(Endpoint, bool)>> = BTreeMap::new();
     for slice in slices {
-        let (Some(ns), Some(svc)) = (slice.metadata.namespace.clone(), slice.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")).cloned()) else {
+        let (Some(ns), Some(svc)) = (
+            slice.metadata.namespace.clone(),
+            slice
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"))
+                .cloned(),
+        ) else {
             continue;
         };
         for ep in slice.endpoints.iter().flatten() {
@@ -88,14 +110,28 @@ pub fn build(origin: &Name, ttl: u32, serial: u32, services: &[std::sync::Arc<Se
             let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
             for addr in &ep.addresses {
                 let Ok(ip) = addr.parse::<IpAddr>() else { continue };
-                endpoints.entry((ns.clone(), svc.clone())).or_default().push((Endpoint { ip, hostname: ep.hostname.clone() }, ready));
+                endpoints.entry((ns.clone(), svc.clone())).or_default().push((
+                    Endpoint {
+                        ip,
+                        hostname: ep.hostname.clone(),
+                    },
+                    ready,
+                ));
             }
         }
     }
 
     for svc in services {
-        let (Some(ns), Some(svc_name), Some(spec)) = (svc.metadata.namespace.as_deref(), svc.metadata.name.as_deref(), svc.spec.as_ref()) else { continue };
-        let Some(owner) = name(&format!("{svc_name}.{ns}.svc")).and_then(|n| n.append_domain(origin).ok()) else { continue };
+        let (Some(ns), Some(svc_name), Some(spec)) = (
+            svc.metadata.namespace.as_deref(),
+            svc.metadata.name.as_deref(),
+            svc.spec.as_ref(),
+        ) else {
+            continue;
+        };
+        let Some(owner) = name(&format!("{svc_name}.{ns}.svc")).and_then(|n| n.append_domain(origin).ok()) else {
+            continue;
+        };
         if spec.type_.as_deref() == Some("ExternalName") {
             if let Some(target) = spec.external_name.as_deref().and_then(name) {
                 zone.add(Record::from_rdata(owner, ttl, RData::CNAME(rdata::CNAME(target))));
@@ -106,12 +142,25 @@ pub fn build(origin: &Name, ttl: u32, serial: u32, services: &[std::sync::Arc<Se
             .ports
             .iter()
             .flatten()
-            .filter_map(|p| Some((p.name.clone().filter(|n| !n.is_empty())?, p.protocol.clone().unwrap_or_else(|| "TCP".into()).to_lowercase(), u16::try_from(p.port).ok()?)))
+            .filter_map(|p| {
+                Some((
+                    p.name.clone().filter(|n| !n.is_empty())?,
+                    p.protocol.clone().unwrap_or_else(|| "TCP".into()).to_lowercase(),
+                    u16::try_from(p.port).ok()?,
+                ))
+            })
             .collect();
-        let srv_owner = |port: &str, proto: &str| name(&format!("_{port}._{proto}")).and_then(|n| n.append_domain(&owner).ok());
+        let srv_owner =
+            |port: &str, proto: &str| name(&format!("_{port}._{proto}")).and_then(|n| n.append_domain(&owner).ok());
         let headless = spec.cluster_ip.as_deref() == Some("None");
         if !headless {
-            let ips: Vec<IpAddr> = spec.cluster_ips.iter().flatten().chain(spec.cluster_ip.iter()).filter_map(|s| s.parse().ok()).collect();
+            let ips: Vec<IpAddr> = spec
+                .cluster_ips
+                .iter()
+                .flatten()
+                .chain(spec.cluster_ip.iter())
+                .filter_map(|s| s.parse().ok())
+                .collect();
             if ips.is_empty() {
                 continue;
             }
@@ -121,13 +170,23 @@ pub fn build(origin: &Name, ttl: u32, serial: u32, services: &[std::sync::Arc<Se
             }
             for (port, proto, number) in &ports {
                 if let Some(o) = srv_owner(port, proto) {
-                    zone.add(Record::from_rdata(o, ttl, RData::SRV(rdata::SRV::new(0, 100, *number, owner.clone()))));
+                    zone.add(Record::from_rdata(
+                        o,
+                        ttl,
+                        RData::SRV(rdata::SRV::new(0, 100, *number, owner.clone())),
+                    ));
                 }
             }
             continue;
         }
         let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
-        let eps: Vec<&Endpoint> = endpoints.get(&(ns.to_string(), svc_name.to_string())).into_iter().flatten().filter(|(_, ready)| *ready || publish_not_ready).map(|(e, _)| e).collect();
+        let eps: Vec<&Endpoint> = endpoints
+            .get(&(ns.to_string(), svc_name.to_string()))
+            .into_iter()
+            .flatten()
+            .filter(|(_, ready)| *ready || publish_not_ready)
+            .map(|(e, _)| e)
+            .collect();
         if eps.is_empty() {
             continue;
         }
@@ -135,15 +194,25 @@ pub fn build(origin: &Name, ttl: u32, serial: u32, services: &[std::sync::Arc<Se
         for ep in eps {
             zone.add(address_record(&owner, ttl, ep.ip));
             let label = ep.hostname.clone().unwrap_or_else(|| dashed(&ep.ip));
-            let Some(host) = name(&label).and_then(|n| n.append_domain(&owner).ok()) else { continue };
+            let Some(host) = name(&label).and_then(|n| n.append_domain(&owner).ok()) else {
+                continue;
+            };
             zone.add(address_record(&host, ttl, ep.ip));
             if ep.hostname.is_some() {
                 add_ptr(ep.ip, &host);
             }
             for (port, proto, _) in &ports {
                 // The endpoint's port of that name (a headless Service has no port mapping).
-                if let (Some(o), Some(number)) = (srv_owner(port, proto), endpoint_port(slices, ns, svc_name, port).or_else(|| ports.iter().find(|p| &p.0 == port).map(|p| p.2))) {
-                    zone.add(Record::from_rdata(o, ttl, RData::SRV(rdata::SRV::new(0, weight, number, host.clone()))));
+                if let (Some(o), Some(number)) = (
+                    srv_owner(port, proto),
+                    endpoint_port(slices, ns, svc_name, port)
+                        .or_else(|| ports.iter().find(|p| &p.0 == port).map(|p| p.2)),
+                ) {
+                    zone.add(Record::from_rdata(
+                        o,
+                        ttl,
+                        RData::SRV(rdata::SRV::new(0, weight, number, host.clone())),
+                    ));
                 }
             }
         }
@@ -155,7 +224,15 @@ pub fn build(origin: &Name, ttl: u32, serial: u32, services: &[std::sync::Arc<Se
 fn endpoint_port(slices: &[std::sync::Arc<EndpointSlice>], ns: &str, svc: &str, port: &str) -> Option<u16> {
     slices
         .iter()
-        .filter(|s| s.metadata.namespace.as_deref() == Some(ns) && s.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")).map(String::as_str) == Some(svc))
+        .filter(|s| {
+            s.metadata.namespace.as_deref() == Some(ns)
+                && s.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("kubernetes.io/service-name"))
+                    .map(String::as_str)
+                    == Some(svc)
+        })
         .flat_map(|s| s.ports.iter().flatten())
         .find(|p| p.name.as_deref() == Some(port))
         .and_then(|p| p.port)
@@ -164,7 +241,8 @@ fn endpoint_port(slices: &[std::sync::Arc<EndpointSlice>], ns: &str, svc: &str, 
 
 /// The cluster zone's name from a domain such as `cluster.local`.
 pub fn origin(domain: &str) -> anyhow::Result<Name> {
-    let mut n = Name::from_str(domain.trim_end_matches('.')).map_err(|e| anyhow::anyhow!("cluster domain {domain:?}: {e}"))?;
+    let mut n =
+        Name::from_str(domain.trim_end_matches('.')).map_err(|e| anyhow::anyhow!("cluster domain {domain:?}: {e}"))?;
     n.set_fqdn(true);
     Ok(n)
 }
@@ -183,10 +261,16 @@ mod tests {
 
     fn fixture() -> ClusterZone {
         let services = vec![
-            svc(json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {"clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"], "ports": [{"name": "http", "port": 80}, {"port": 81}]}})),
-            svc(json!({"metadata": {"name": "db", "namespace": "prod"}, "spec": {"clusterIP": "None", "ports": [{"name": "pg", "port": 5432}]}})),
+            svc(
+                json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {"clusterIP": "10.96.0.20", "clusterIPs": ["10.96.0.20"], "ports": [{"name": "http", "port": 80}, {"port": 81}]}}),
+            ),
+            svc(
+                json!({"metadata": {"name": "db", "namespace": "prod"}, "spec": {"clusterIP": "None", "ports": [{"name": "pg", "port": 5432}]}}),
+            ),
             svc(json!({"metadata": {"name": "empty", "namespace": "prod"}, "spec": {"clusterIP": "None"}})),
-            svc(json!({"metadata": {"name": "ext", "namespace": "default"}, "spec": {"type": "ExternalName", "externalName": "example.com"}})),
+            svc(
+                json!({"metadata": {"name": "ext", "namespace": "default"}, "spec": {"type": "ExternalName", "externalName": "example.com"}}),
+            ),
         ];
         let slices: Vec<Arc<EndpointSlice>> = vec![Arc::new(
             serde_json::from_value(json!({"metadata": {"name": "db-1", "namespace": "prod", "labels": {"kubernetes.io/service-name": "db"}},
@@ -215,22 +299,56 @@ mod tests {
     fn services_follow_the_spec() {
         let z = fixture();
         assert_eq!(ask(&z, "dns-version.cluster.local.", RecordType::TXT), vec!["1.0.1"]);
-        assert_eq!(ask(&z, "web.default.svc.cluster.local.", RecordType::A), vec!["10.96.0.20"]);
-        assert_eq!(ask(&z, "_http._tcp.web.default.svc.cluster.local.", RecordType::SRV), vec!["0 100 80 web.default.svc.cluster.local."]);
+        assert_eq!(
+            ask(&z, "web.default.svc.cluster.local.", RecordType::A),
+            vec!["10.96.0.20"]
+        );
+        assert_eq!(
+            ask(&z, "_http._tcp.web.default.svc.cluster.local.", RecordType::SRV),
+            vec!["0 100 80 web.default.svc.cluster.local."]
+        );
         // The unnamed port has no SRV record.
-        assert_eq!(ask(&z, "web.default.svc.cluster.local.", RecordType::SRV), vec!["NoData"]);
+        assert_eq!(
+            ask(&z, "web.default.svc.cluster.local.", RecordType::SRV),
+            vec!["NoData"]
+        );
         // Headless: ready endpoints only; a hostname or the dashed address.
-        assert_eq!(ask(&z, "db.prod.svc.cluster.local.", RecordType::A), vec!["10.1.0.1", "10.1.0.2"]);
-        assert_eq!(ask(&z, "db-0.db.prod.svc.cluster.local.", RecordType::A), vec!["10.1.0.1"]);
-        assert_eq!(ask(&z, "10-1-0-2.db.prod.svc.cluster.local.", RecordType::A), vec!["10.1.0.2"]);
-        assert_eq!(ask(&z, "10-1-0-3.db.prod.svc.cluster.local.", RecordType::A), vec!["NxDomain"]);
+        assert_eq!(
+            ask(&z, "db.prod.svc.cluster.local.", RecordType::A),
+            vec!["10.1.0.1", "10.1.0.2"]
+        );
+        assert_eq!(
+            ask(&z, "db-0.db.prod.svc.cluster.local.", RecordType::A),
+            vec!["10.1.0.1"]
+        );
+        assert_eq!(
+            ask(&z, "10-1-0-2.db.prod.svc.cluster.local.", RecordType::A),
+            vec!["10.1.0.2"]
+        );
+        assert_eq!(
+            ask(&z, "10-1-0-3.db.prod.svc.cluster.local.", RecordType::A),
+            vec!["NxDomain"]
+        );
         assert_eq!(
             ask(&z, "_pg._tcp.db.prod.svc.cluster.local.", RecordType::SRV),
-            vec!["0 50 5433 10-1-0-2.db.prod.svc.cluster.local.", "0 50 5433 db-0.db.prod.svc.cluster.local."]
+            vec![
+                "0 50 5433 10-1-0-2.db.prod.svc.cluster.local.",
+                "0 50 5433 db-0.db.prod.svc.cluster.local."
+            ]
         );
-        assert_eq!(ask(&z, "empty.prod.svc.cluster.local.", RecordType::A), vec!["NxDomain"]);
-        assert_eq!(ask(&z, "ext.default.svc.cluster.local.", RecordType::A), vec!["example.com."]);
-        let ptr = |ip: &str| z.ptr.get(&LowerName::from(Name::from(ip.parse::<IpAddr>().unwrap()))).map(|r| r[0].data.to_string());
+        assert_eq!(
+            ask(&z, "empty.prod.svc.cluster.local.", RecordType::A),
+            vec!["NxDomain"]
+        );
+        assert_eq!(
+            ask(&z, "ext.default.svc.cluster.local.", RecordType::A),
+            vec!["example.com."]
+        );
+        let ptr = |ip: &str| {
+            z.ptr
+                .get(&LowerName::from(Name::from(ip.parse::<IpAddr>().unwrap())))
+                .map(|r| r[0].data.to_string())
+        };
         assert_eq!(ptr("10.96.0.20").as_deref(), Some("web.default.svc.cluster.local."));
         assert_eq!(ptr("10.1.0.1").as_deref(), Some("db-0.db.prod.svc.cluster.local."));
         assert_eq!(ptr("10.1.0.2"), None);

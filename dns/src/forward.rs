@@ -137,10 +137,29 @@ impl Forwarder {
         let udp = cfg
             .upstreams
             .iter()
-            .map(|a| (*a, UdpClientStream::builder(*a, TokioRuntimeProvider::new()).with_timeout(Some(cfg.timeout)).with_max_retries(0).exchange()))
+            .map(|a| {
+                (
+                    *a,
+                    UdpClientStream::builder(*a, TokioRuntimeProvider::new())
+                        .with_timeout(Some(cfg.timeout))
+                        .with_max_retries(0)
+                        .exchange(),
+                )
+            })
             .collect();
-        let cache = moka::future::Cache::builder().max_capacity(cfg.max_entries).time_to_live(cfg.max_ttl + cfg.stale_for).build();
-        Forwarder { inner: Arc::new(Inner { cfg, udp, cache, inflight: Mutex::new(HashMap::new()), stats: Stats::default() }) }
+        let cache = moka::future::Cache::builder()
+            .max_capacity(cfg.max_entries)
+            .time_to_live(cfg.max_ttl + cfg.stale_for)
+            .build();
+        Forwarder {
+            inner: Arc::new(Inner {
+                cfg,
+                udp,
+                cache,
+                inflight: Mutex::new(HashMap::new()),
+                stats: Stats::default(),
+            }),
+        }
     }
 
     pub fn stats(&self) -> &Stats {
@@ -163,7 +182,10 @@ impl Forwarder {
             Ok(c) => Ok(c.view(false)),
             Err(e) => match cached {
                 Some(c) if c.stored.elapsed() < c.ttl + self.inner.cfg.stale_for => {
-                    self.inner.stats.stale_served.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    self.inner
+                        .stats
+                        .stale_served
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     Ok(c.view(true))
                 }
                 _ => Err(e),
@@ -184,7 +206,11 @@ impl Forwarder {
                         if let Ok(c) = &result {
                             this.inner.cache.insert(key.clone(), c.clone()).await;
                         }
-                        this.inner.inflight.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
+                        this.inner
+                            .inflight
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&key);
                         result
                     }
                     .boxed()
@@ -202,7 +228,10 @@ impl Forwarder {
         let mut last = String::new();
         for _ in 0..self.inner.cfg.attempts.max(1) {
             for (addr, udp) in &self.inner.udp {
-                self.inner.stats.upstream_queries.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                self.inner
+                    .stats
+                    .upstream_queries
+                    .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 match self.exchange(*addr, udp, key).await {
                     // A failing upstream is not an answer: try the next one.
                     Ok(m) if matches!(m.metadata.response_code, ResponseCode::ServFail | ResponseCode::Refused) => {
@@ -216,7 +245,12 @@ impl Forwarder {
         Err(last)
     }
 
-    async fn exchange(&self, addr: SocketAddr, udp: &DnsExchange<TokioRuntimeProvider>, key: &Key) -> Result<Message, String> {
+    async fn exchange(
+        &self,
+        addr: SocketAddr,
+        udp: &DnsExchange<TokioRuntimeProvider>,
+        key: &Key,
+    ) -> Result<Message, String> {
         let mut query = Query::query(key.0.clone().into(), key.1);
         query.query_class = key.2;
         let mut msg = Message::query();
@@ -230,8 +264,13 @@ impl Forwarder {
         if !resp.metadata.truncation {
             return Ok(resp.into_message());
         }
-        let tcp = TcpClientStream::exchange(addr, None, self.inner.cfg.timeout, None, TokioRuntimeProvider::new()).await.map_err(|e| e.to_string())?;
-        let resp = tokio::time::timeout(self.inner.cfg.timeout, tcp.send(req).first_answer()).await.map_err(|_| "timed out over TCP".to_string())?.map_err(|e| e.to_string())?;
+        let tcp = TcpClientStream::exchange(addr, None, self.inner.cfg.timeout, None, TokioRuntimeProvider::new())
+            .await
+            .map_err(|e| e.to_string())?;
+        let resp = tokio::time::timeout(self.inner.cfg.timeout, tcp.send(req).first_answer())
+            .await
+            .map_err(|_| "timed out over TCP".to_string())?
+            .map_err(|e| e.to_string())?;
         Ok(resp.into_message())
     }
 
@@ -266,6 +305,9 @@ mod tests {
     #[test]
     fn upstreams_come_from_resolv_conf() {
         let text = "# comment\nnameserver 192.0.2.1\nsearch example.com\nnameserver fd00::53\nnameserver bogus\n";
-        assert_eq!(resolv_conf_upstreams(text), vec!["192.0.2.1:53".parse().unwrap(), "[fd00::53]:53".parse().unwrap()]);
+        assert_eq!(
+            resolv_conf_upstreams(text),
+            vec!["192.0.2.1:53".parse().unwrap(), "[fd00::53]:53".parse().unwrap()]
+        );
     }
 }

@@ -43,13 +43,21 @@ impl Default for RateLimit {
     /// resolving with ndots:5 stays under it, while a reflection attack through one address is
     /// held to a trickle. Loopback exempt.
     fn default() -> RateLimit {
-        RateLimit { per_second: 1000, burst: 2000, slip: 2, exempt: loopback() }
+        RateLimit {
+            per_second: 1000,
+            burst: 2000,
+            slip: 2,
+            exempt: loopback(),
+        }
     }
 }
 
 /// 127.0.0.0/8 and ::1.
 pub fn loopback() -> Vec<IpNet> {
-    vec![IpNet::V4(ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::new(127, 0, 0, 0), 8)), IpNet::V6(ipnet::Ipv6Net::new_assert(std::net::Ipv6Addr::LOCALHOST, 128))]
+    vec![
+        IpNet::V4(ipnet::Ipv4Net::new_assert(std::net::Ipv4Addr::new(127, 0, 0, 0), 8)),
+        IpNet::V6(ipnet::Ipv6Net::new_assert(std::net::Ipv6Addr::LOCALHOST, 128)),
+    ]
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -61,7 +69,10 @@ pub enum GuardError {
 impl RateLimit {
     pub fn validate(&self) -> Result<(), GuardError> {
         if self.per_second > 0 && self.burst < self.per_second {
-            return Err(GuardError::Burst { per_second: self.per_second, burst: self.burst });
+            return Err(GuardError::Burst {
+                per_second: self.per_second,
+                burst: self.burst,
+            });
         }
         Ok(())
     }
@@ -115,7 +126,14 @@ pub struct Batch<'g> {
 impl Guard {
     /// Answer `allow` (an empty list: everyone), limited by `limit`.
     pub fn new(allow: Vec<IpNet>, limit: RateLimit) -> Guard {
-        Guard { allow, limit, buckets: Mutex::default(), limited: AtomicU64::new(0), logged: AtomicU64::new(u64::MAX), epoch: Instant::now() }
+        Guard {
+            allow,
+            limit,
+            buckets: Mutex::default(),
+            limited: AtomicU64::new(0),
+            logged: AtomicU64::new(u64::MAX),
+            epoch: Instant::now(),
+        }
     }
 
     /// Whether `ip` may be answered (REFUSED otherwise).
@@ -130,7 +148,10 @@ impl Guard {
     }
 
     pub fn batch(&self) -> Batch<'_> {
-        Batch { guard: self, held: None }
+        Batch {
+            guard: self,
+            held: None,
+        }
     }
 }
 
@@ -154,15 +175,23 @@ impl Batch<'_> {
         if limit.exempt.iter().any(|n| n.contains(&ip)) {
             return Verdict::Answer;
         }
-        let (buckets, now) = self.held.get_or_insert_with(|| (g.buckets.lock().unwrap_or_else(|e| e.into_inner()), Instant::now()));
+        let (buckets, now) = self
+            .held
+            .get_or_insert_with(|| (g.buckets.lock().unwrap_or_else(|e| e.into_inner()), Instant::now()));
         let now = *now;
         let (rate, burst) = (f64::from(limit.per_second), f64::from(limit.burst));
-        let fresh = Bucket { tokens: burst, at: now, limited: 0 };
+        let fresh = Bucket {
+            tokens: burst,
+            at: now,
+            limited: 0,
+        };
         let key = network(ip);
         if !buckets.by_network.contains_key(&key) && buckets.by_network.len() >= TRACKED {
             // Forget the networks whose buckets have filled up again (quiet ones).
             let full_after = Duration::from_secs_f64(burst / rate);
-            buckets.by_network.retain(|_, b| now.saturating_duration_since(b.at) < full_after);
+            buckets
+                .by_network
+                .retain(|_, b| now.saturating_duration_since(b.at) < full_after);
         }
         let bucket = if buckets.by_network.len() < TRACKED || buckets.by_network.contains_key(&key) {
             buckets.by_network.entry(key).or_insert(fresh)
@@ -177,11 +206,19 @@ impl Batch<'_> {
             return Verdict::Answer;
         }
         bucket.limited = bucket.limited.wrapping_add(1);
-        let verdict = if limit.slip > 0 && bucket.limited % limit.slip == 0 { Verdict::Truncate } else { Verdict::Drop };
+        let verdict = if limit.slip > 0 && bucket.limited % limit.slip == 0 {
+            Verdict::Truncate
+        } else {
+            Verdict::Drop
+        };
         let n = g.limited.fetch_add(1, Ordering::Relaxed) + 1;
         let ms = now.saturating_duration_since(g.epoch).as_millis() as u64;
         let last = g.logged.load(Ordering::Relaxed);
-        if (last == u64::MAX || ms >= last + 1000) && g.logged.compare_exchange(last, ms, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+        if (last == u64::MAX || ms >= last + 1000)
+            && g.logged
+                .compare_exchange(last, ms, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
             tracing::warn!(client = %ip, per_second = limit.per_second, limited_so_far = n, "DNS response-rate limit: replies to this network truncated or dropped");
         }
         verdict
@@ -235,23 +272,56 @@ mod tests {
 
     #[test]
     fn only_allowed_networks_are_answered() {
-        let g = Guard::new(vec!["127.0.0.0/8".parse().unwrap(), "::1/128".parse().unwrap(), "10.88.0.0/16".parse().unwrap()], RateLimit::default());
+        let g = Guard::new(
+            vec![
+                "127.0.0.0/8".parse().unwrap(),
+                "::1/128".parse().unwrap(),
+                "10.88.0.0/16".parse().unwrap(),
+            ],
+            RateLimit::default(),
+        );
         for yes in ["127.0.0.1", "127.10.0.1", "::1", "10.88.3.4", "::ffff:10.88.0.9"] {
             assert!(g.allowed(ip(yes)), "{yes}");
         }
         for no in ["10.89.0.1", "192.0.2.1", "fd00::1", "::ffff:192.0.2.1"] {
             assert!(!g.allowed(ip(no)), "{no}");
         }
-        assert!(Guard::new(Vec::new(), RateLimit::default()).allowed(ip("192.0.2.1")), "an empty list allows everyone");
+        assert!(
+            Guard::new(Vec::new(), RateLimit::default()).allowed(ip("192.0.2.1")),
+            "an empty list allows everyone"
+        );
     }
 
     #[test]
     fn a_network_over_its_rate_gets_every_second_reply_truncated_and_the_rest_dropped() {
-        let g = Guard::new(Vec::new(), RateLimit { per_second: 10, burst: 20, slip: 2, exempt: loopback() });
+        let g = Guard::new(
+            Vec::new(),
+            RateLimit {
+                per_second: 10,
+                burst: 20,
+                slip: 2,
+                exempt: loopback(),
+            },
+        );
         let mut b = g.batch();
-        let verdicts: Vec<Verdict> = (0..26).map(|i| b.verdict(ip(&format!("192.0.2.{}", i % 200)))).collect();
-        assert!(verdicts[..20].iter().all(|v| *v == Verdict::Answer), "the burst: {verdicts:?}");
-        assert_eq!(&verdicts[20..], &[Verdict::Drop, Verdict::Truncate, Verdict::Drop, Verdict::Truncate, Verdict::Drop, Verdict::Truncate]);
+        let verdicts: Vec<Verdict> = (0..26)
+            .map(|i| b.verdict(ip(&format!("192.0.2.{}", i % 200))))
+            .collect();
+        assert!(
+            verdicts[..20].iter().all(|v| *v == Verdict::Answer),
+            "the burst: {verdicts:?}"
+        );
+        assert_eq!(
+            &verdicts[20..],
+            &[
+                Verdict::Drop,
+                Verdict::Truncate,
+                Verdict::Drop,
+                Verdict::Truncate,
+                Verdict::Drop,
+                Verdict::Truncate
+            ]
+        );
         assert_eq!(g.limited(), 6);
         // Another /24, loopback and IPv6 /56s are counted on their own.
         assert_eq!(b.verdict(ip("192.0.3.1")), Verdict::Answer);
@@ -267,7 +337,13 @@ mod tests {
         let mut b = g.batch();
         assert_eq!(b.verdict(ip("192.0.2.1")), Verdict::Answer);
         // Off.
-        let off = Guard::new(Vec::new(), RateLimit { per_second: 0, ..RateLimit::default() });
+        let off = Guard::new(
+            Vec::new(),
+            RateLimit {
+                per_second: 0,
+                ..RateLimit::default()
+            },
+        );
         let mut b = off.batch();
         assert!((0..10_000).all(|_| b.verdict(ip("192.0.2.1")) == Verdict::Answer));
     }
@@ -279,7 +355,10 @@ mod tests {
         q.extend_from_slice(&[0, 0, 41, 0x10, 0, 0, 0, 0, 0, 0, 0]);
         let mut out = Vec::new();
         assert!(bare_reply(&q, REFUSED, false, &mut out));
-        assert_eq!(out, [0xab, 0xcd, 0x81, 5, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'a', 0, 0, 1, 0, 1]);
+        assert_eq!(
+            out,
+            [0xab, 0xcd, 0x81, 5, 0, 1, 0, 0, 0, 0, 0, 0, 1, b'a', 0, 0, 1, 0, 1]
+        );
         assert!(bare_reply(&q, 0, true, &mut out));
         assert_eq!(&out[2..4], &[0x83, 0]);
         // No reply to a response; a header alone for a question that cannot be read.
@@ -307,7 +386,12 @@ mod tests {
     async fn server() -> (crate::RunningDns, std::net::SocketAddr) {
         let mut cfg = crate::DnsConfig::new(vec!["127.0.0.1:0".parse().unwrap()], Vec::new());
         cfg.allow = vec!["127.0.0.1/32".parse().unwrap()];
-        cfg.rate_limit = RateLimit { per_second: 20, burst: 20, slip: 2, exempt: Vec::new() };
+        cfg.rate_limit = RateLimit {
+            per_second: 20,
+            burst: 20,
+            slip: 2,
+            exempt: Vec::new(),
+        };
         let dns = crate::start(cfg, None).await.unwrap();
         let addr = dns.addrs[0];
         (dns, addr)
@@ -321,11 +405,18 @@ mod tests {
             let s = tokio::net::UdpSocket::bind(from).await.unwrap();
             s.send_to(&query(7), addr).await.unwrap();
             let mut buf = [0u8; 512];
-            let n = tokio::time::timeout(Duration::from_secs(2), s.recv(&mut buf)).await.expect("an answer").unwrap();
+            let n = tokio::time::timeout(Duration::from_secs(2), s.recv(&mut buf))
+                .await
+                .expect("an answer")
+                .unwrap();
             buf[..n].to_vec()
         };
         let allowed = ask("127.0.0.1:0").await;
-        assert_eq!((allowed[3] & 0x0f, allowed[7]), (0, 1), "NOERROR with the dns-version record");
+        assert_eq!(
+            (allowed[3] & 0x0f, allowed[7]),
+            (0, 1),
+            "NOERROR with the dns-version record"
+        );
         let refused = ask("127.0.0.2:0").await;
         assert_eq!(&refused[..2], &[0, 7]);
         assert_eq!(refused[3] & 0x0f, REFUSED, "REFUSED from outside the allowed networks");
@@ -339,7 +430,10 @@ mod tests {
         framed.extend_from_slice(&q);
         c.write_all(&framed).await.unwrap();
         let mut len = [0u8; 2];
-        tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut len)).await.expect("a TCP answer").unwrap();
+        tokio::time::timeout(Duration::from_secs(2), c.read_exact(&mut len))
+            .await
+            .expect("a TCP answer")
+            .unwrap();
         let mut reply = vec![0u8; usize::from(u16::from_be_bytes(len))];
         c.read_exact(&mut reply).await.unwrap();
         assert_eq!((&reply[..2], reply[3] & 0x0f), (&[0u8, 9][..], REFUSED));
@@ -367,12 +461,18 @@ mod tests {
         // 200 in well under a second: the burst of 20 (and the tokens a few milliseconds
         // bring), then every second reply truncated and the rest dropped.
         assert!((20..=40).contains(&full), "{full} full answers");
-        assert!(truncated >= 60 && full + truncated < 140, "{truncated} truncated, {full} full");
+        assert!(
+            truncated >= 60 && full + truncated < 140,
+            "{truncated} truncated, {full} full"
+        );
         assert!(dns.shared.guard.limited() >= 150);
         // Tokens come back with time.
         tokio::time::sleep(Duration::from_millis(300)).await;
         s.send_to(&query(999), addr).await.unwrap();
-        let n = tokio::time::timeout(Duration::from_secs(2), s.recv(&mut buf)).await.unwrap().unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(2), s.recv(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
         assert!(n > 12 && buf[2] & 0x02 == 0, "answered again after a pause");
         dns.stop();
     }
@@ -380,6 +480,14 @@ mod tests {
     #[test]
     fn a_burst_below_the_rate_is_refused() {
         assert!(RateLimit::default().validate().is_ok());
-        assert!(RateLimit { per_second: 100, burst: 10, ..RateLimit::default() }.validate().is_err());
+        assert!(
+            RateLimit {
+                per_second: 100,
+                burst: 10,
+                ..RateLimit::default()
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

@@ -83,12 +83,21 @@ pub enum Keep {
 
 /// The records under the asker's spelling of the name (one allocation each, not two).
 fn renamed(records: &[Record], name: &Name) -> Vec<Record> {
-    records.iter().map(|r| Record::from_rdata(name.clone(), r.ttl, r.data.clone())).collect()
+    records
+        .iter()
+        .map(|r| Record::from_rdata(name.clone(), r.ttl, r.data.clone()))
+        .collect()
 }
 
 impl Handler {
     fn negative(&self, zone: &ClusterZone, code: ResponseCode) -> Reply {
-        Reply { code, authoritative: true, authorities: vec![zone.zone.soa().clone()], keep: Keep::UntilZonesChange, ..Reply::default() }
+        Reply {
+            code,
+            authoritative: true,
+            authorities: vec![zone.zone.soa().clone()],
+            keep: Keep::UntilZonesChange,
+            ..Reply::default()
+        }
     }
 
     /// A name under `pod.<zone>`: `<a-b-c-d>.<namespace>.pod.<zone>`.
@@ -97,12 +106,25 @@ impl Handler {
         if depth < 2 {
             return self.negative(zone, ResponseCode::NoError);
         }
-        let label = name.iter().next().map(|l| String::from_utf8_lossy(l).into_owned()).unwrap_or_default();
+        let label = name
+            .iter()
+            .next()
+            .map(|l| String::from_utf8_lossy(l).into_owned())
+            .unwrap_or_default();
         match (depth, pod_address(&label)) {
             (2, Some(ip)) => {
-                let wanted = matches!((ip, qtype), (std::net::IpAddr::V4(_), RecordType::A | RecordType::ANY) | (std::net::IpAddr::V6(_), RecordType::AAAA | RecordType::ANY));
+                let wanted = matches!(
+                    (ip, qtype),
+                    (std::net::IpAddr::V4(_), RecordType::A | RecordType::ANY)
+                        | (std::net::IpAddr::V6(_), RecordType::AAAA | RecordType::ANY)
+                );
                 if wanted {
-                    Reply { authoritative: true, answers: vec![Record::from_rdata(qname.clone(), self.shared.ttl, RData::from(ip))], keep: Keep::UntilZonesChange, ..Reply::default() }
+                    Reply {
+                        authoritative: true,
+                        answers: vec![Record::from_rdata(qname.clone(), self.shared.ttl, RData::from(ip))],
+                        keep: Keep::UntilZonesChange,
+                        ..Reply::default()
+                    }
                 } else {
                     self.negative(zone, ResponseCode::NoError)
                 }
@@ -119,7 +141,12 @@ impl Handler {
             Answer::NxDomain => self.negative(zone, ResponseCode::NXDomain),
             Answer::NoData => self.negative(zone, ResponseCode::NoError),
             Answer::Records(records) => {
-                let mut reply = Reply { authoritative: true, answers: renamed(records, qname), keep: Keep::UntilZonesChange, ..Reply::default() };
+                let mut reply = Reply {
+                    authoritative: true,
+                    answers: renamed(records, qname),
+                    keep: Keep::UntilZonesChange,
+                    ..Reply::default()
+                };
                 // An ExternalName: follow the CNAME so the client gets the addresses at once.
                 if qtype != RecordType::CNAME {
                     if let Some(RData::CNAME(target)) = records.first().map(|r| &r.data) {
@@ -150,15 +177,35 @@ impl Handler {
         }
     }
 
-    async fn answer(&self, client: std::net::IpAddr, qname: &Name, name: &LowerName, qtype: RecordType, class: DNSClass) -> Reply {
+    async fn answer(
+        &self,
+        client: std::net::IpAddr,
+        qname: &Name,
+        name: &LowerName,
+        qtype: RecordType,
+        class: DNSClass,
+    ) -> Reply {
         // A PrivateZone bound to the asker's network comes first.
         let views = self.shared.views.load();
         if class == DNSClass::IN && !views.is_empty() {
             if let Some(view) = views.find(client, name) {
                 let reply = match view.answer(name, qtype) {
-                    ViewAnswer::Records(r) => Reply { authoritative: true, answers: renamed_first(r, qname, name), ..Reply::default() },
-                    ViewAnswer::NoData(soa) => Reply { authoritative: true, authorities: vec![soa], ..Reply::default() },
-                    ViewAnswer::NxDomain(soa) => Reply { code: ResponseCode::NXDomain, authoritative: true, authorities: vec![soa], ..Reply::default() },
+                    ViewAnswer::Records(r) => Reply {
+                        authoritative: true,
+                        answers: renamed_first(r, qname, name),
+                        ..Reply::default()
+                    },
+                    ViewAnswer::NoData(soa) => Reply {
+                        authoritative: true,
+                        authorities: vec![soa],
+                        ..Reply::default()
+                    },
+                    ViewAnswer::NxDomain(soa) => Reply {
+                        code: ResponseCode::NXDomain,
+                        authoritative: true,
+                        authorities: vec![soa],
+                        ..Reply::default()
+                    },
                     ViewAnswer::Forward(f) => forwarded(f.resolve(name, qtype, class).await, qname, name),
                 };
                 return reply;
@@ -170,11 +217,19 @@ impl Handler {
         }
         if class == DNSClass::IN && qtype == RecordType::PTR {
             if let Some(ptr) = zone.ptr.get(name) {
-                return Reply { authoritative: true, answers: renamed(ptr, qname), keep: Keep::UntilZonesChange, ..Reply::default() };
+                return Reply {
+                    authoritative: true,
+                    answers: renamed(ptr, qname),
+                    keep: Keep::UntilZonesChange,
+                    ..Reply::default()
+                };
             }
         }
         if !self.shared.forwarder.has_upstreams() {
-            return Reply { code: ResponseCode::Refused, ..Reply::default() };
+            return Reply {
+                code: ResponseCode::Refused,
+                ..Reply::default()
+            };
         }
         forwarded(self.shared.forwarder.resolve(name, qtype, class).await, qname, name)
     }
@@ -192,7 +247,10 @@ fn forwarded(result: Result<Forwarded, String>, qname: &Name, name: &LowerName) 
         },
         Err(e) => {
             tracing::debug!(%name, error = %e, "no upstream answered");
-            Reply { code: ResponseCode::ServFail, ..Reply::default() }
+            Reply {
+                code: ResponseCode::ServFail,
+                ..Reply::default()
+            }
         }
     }
 }
@@ -213,10 +271,17 @@ fn renamed_first(records: Vec<Record>, qname: &Name, name: &LowerName) -> Vec<Re
 fn failed(request: &Request, code: ResponseCode) -> ResponseInfo {
     let mut metadata = Metadata::response_from_request(&request.metadata);
     metadata.response_code = code;
-    ResponseInfo::from(Header { metadata, counts: HeaderCounts::default() })
+    ResponseInfo::from(Header {
+        metadata,
+        counts: HeaderCounts::default(),
+    })
 }
 
-async fn send<'q, 'a, R, A, N, S, D>(handle: &mut R, request: &Request, response: MessageResponse<'q, 'a, A, N, S, D>) -> ResponseInfo
+async fn send<'q, 'a, R, A, N, S, D>(
+    handle: &mut R,
+    request: &Request,
+    response: MessageResponse<'q, 'a, A, N, S, D>,
+) -> ResponseInfo
 where
     R: ResponseHandler,
     A: Iterator<Item = &'a Record> + Send + 'a,
@@ -239,7 +304,12 @@ impl RequestHandler for Handler {
     async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, mut handle: R) -> ResponseInfo {
         if !self.shared.guard.allowed(request.src().ip()) {
             let builder = MessageResponseBuilder::new(&request.queries, None);
-            return send(&mut handle, request, builder.error_msg(&request.metadata, ResponseCode::Refused)).await;
+            return send(
+                &mut handle,
+                request,
+                builder.error_msg(&request.metadata, ResponseCode::Refused),
+            )
+            .await;
         }
         self.respond(request, &mut handle).await.0
     }
@@ -257,21 +327,58 @@ impl Handler {
         });
         let builder = MessageResponseBuilder::new(&request.queries, edns.as_ref());
         if request.edns.as_ref().is_some_and(|e| e.version() > 0) {
-            return (send(handle, request, builder.error_msg(&request.metadata, ResponseCode::BADVERS)).await, Keep::Never);
+            return (
+                send(
+                    handle,
+                    request,
+                    builder.error_msg(&request.metadata, ResponseCode::BADVERS),
+                )
+                .await,
+                Keep::Never,
+            );
         }
         if request.metadata.op_code != OpCode::Query {
-            return (send(handle, request, builder.error_msg(&request.metadata, ResponseCode::NotImp)).await, Keep::Never);
+            return (
+                send(
+                    handle,
+                    request,
+                    builder.error_msg(&request.metadata, ResponseCode::NotImp),
+                )
+                .await,
+                Keep::Never,
+            );
         }
         let Ok(info) = request.request_info() else {
-            return (send(handle, request, builder.error_msg(&request.metadata, ResponseCode::FormErr)).await, Keep::Never);
+            return (
+                send(
+                    handle,
+                    request,
+                    builder.error_msg(&request.metadata, ResponseCode::FormErr),
+                )
+                .await,
+                Keep::Never,
+            );
         };
-        let (qname, name, qtype, class) = (info.query.original().name().clone(), info.query.name().clone(), info.query.query_type(), info.query.query_class());
-        let reply = self.answer(request.src().ip().to_canonical(), &qname, &name, qtype, class).await;
+        let (qname, name, qtype, class) = (
+            info.query.original().name().clone(),
+            info.query.name().clone(),
+            info.query.query_type(),
+            info.query.query_class(),
+        );
+        let reply = self
+            .answer(request.src().ip().to_canonical(), &qname, &name, qtype, class)
+            .await;
         let mut md = Metadata::response_from_request(&request.metadata);
         md.response_code = reply.code;
         md.authoritative = reply.authoritative;
         md.recursion_available = self.shared.forwarder.has_upstreams();
-        let response = builder.build(md, reply.answers.iter(), reply.authorities.iter(), std::iter::empty(), reply.additionals.iter());
+        let response = builder.build(
+            md,
+            reply.answers.iter(),
+            reply.authorities.iter(),
+            std::iter::empty(),
+            reply.additionals.iter(),
+        );
         (send(handle, request, response).await, reply.keep)
     }
 }

@@ -81,14 +81,21 @@ impl RunningDns {
 }
 
 fn udp_socket(addr: SocketAddr, freebind: bool) -> std::io::Result<std::net::UdpSocket> {
-    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::DGRAM, Some(socket2::Protocol::UDP))?;
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::DGRAM,
+        Some(socket2::Protocol::UDP),
+    )?;
     if freebind {
         s.set_freebind_v4(true)?;
     }
     // Several sockets share the port and the kernel spreads askers over them.
     s.set_reuse_port(true)?;
     // Room for bursts: as much receive buffer as the host allows (net.core.rmem_max).
-    let max = std::fs::read_to_string("/proc/sys/net/core/rmem_max").ok().and_then(|v| v.trim().parse::<usize>().ok()).unwrap_or(212_992);
+    let max = std::fs::read_to_string("/proc/sys/net/core/rmem_max")
+        .ok()
+        .and_then(|v| v.trim().parse::<usize>().ok())
+        .unwrap_or(212_992);
     let _ = s.set_recv_buffer_size(max.min(8 << 20));
     s.set_nonblocking(true)?;
     s.bind(&addr.into())?;
@@ -96,7 +103,11 @@ fn udp_socket(addr: SocketAddr, freebind: bool) -> std::io::Result<std::net::Udp
 }
 
 fn tcp_listener(addr: SocketAddr, freebind: bool) -> std::io::Result<std::net::TcpListener> {
-    let s = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
     s.set_reuse_address(true)?;
     if freebind {
         s.set_freebind_v4(true)?;
@@ -108,7 +119,10 @@ fn tcp_listener(addr: SocketAddr, freebind: bool) -> std::io::Result<std::net::T
 }
 
 /// UDP and TCP on one port: with port 0, the port UDP got (tried a few times).
-fn bind_pair(addr: SocketAddr, freebind: bool) -> anyhow::Result<(std::net::UdpSocket, std::net::TcpListener, SocketAddr)> {
+fn bind_pair(
+    addr: SocketAddr,
+    freebind: bool,
+) -> anyhow::Result<(std::net::UdpSocket, std::net::TcpListener, SocketAddr)> {
     let mut last = None;
     for _ in 0..20 {
         let udp = udp_socket(addr, freebind).map_err(|e| anyhow::anyhow!("binding udp {addr}: {e}"))?;
@@ -126,7 +140,11 @@ fn bind_pair(addr: SocketAddr, freebind: bool) -> anyhow::Result<(std::net::UdpS
 pub async fn start(cfg: DnsConfig, client: Option<kube::Client>) -> anyhow::Result<RunningDns> {
     cfg.rate_limit.validate()?;
     let origin = cluster::origin(&cfg.cluster_domain)?;
-    let pod_zone = LowerName::from(hickory_server::proto::rr::Name::from_ascii("pod").and_then(|n| n.append_domain(&origin)).map_err(|e| anyhow::anyhow!("{e}"))?);
+    let pod_zone = LowerName::from(
+        hickory_server::proto::rr::Name::from_ascii("pod")
+            .and_then(|n| n.append_domain(&origin))
+            .map_err(|e| anyhow::anyhow!("{e}"))?,
+    );
     let shared = Arc::new(Shared {
         cluster: arc_swap::ArcSwap::from_pointee(cluster::build(&origin, cfg.ttl, 1, &[], &[])),
         views: arc_swap::ArcSwap::from_pointee(privatezone::Views::default()),
@@ -140,7 +158,12 @@ pub async fn start(cfg: DnsConfig, client: Option<kube::Client>) -> anyhow::Resu
     let mut server = Server::new(handler.clone());
     let mut addrs = Vec::new();
     let mut udp_sockets = Vec::new();
-    for (addr, freebind) in cfg.listen.iter().map(|a| (*a, false)).chain(cfg.listen_freebind.iter().map(|a| (*a, true))) {
+    for (addr, freebind) in cfg
+        .listen
+        .iter()
+        .map(|a| (*a, false))
+        .chain(cfg.listen_freebind.iter().map(|a| (*a, true)))
+    {
         let (udp, tcp, bound) = bind_pair(addr, freebind)?;
         udp_sockets.push(tokio::net::UdpSocket::from_std(udp)?);
         // One receive loop per core: a single loop tops out long before the cores do.
@@ -151,7 +174,10 @@ pub async fn start(cfg: DnsConfig, client: Option<kube::Client>) -> anyhow::Resu
         addrs.push(bound);
     }
     let shutdown = tokio_util_token::Token::default();
-    let mut tasks: Vec<tokio::task::JoinHandle<()>> = udp_sockets.into_iter().map(|s| tokio::spawn(udp::serve(s, handler.clone()))).collect();
+    let mut tasks: Vec<tokio::task::JoinHandle<()>> = udp_sockets
+        .into_iter()
+        .map(|s| tokio::spawn(udp::serve(s, handler.clone())))
+        .collect();
     let stop = shutdown.clone();
     tasks.push(tokio::spawn(async move {
         tokio::select! {
@@ -160,9 +186,23 @@ pub async fn start(cfg: DnsConfig, client: Option<kube::Client>) -> anyhow::Resu
         }
     }));
     if let Some(client) = client {
-        tasks.push(tokio::spawn(watch::run(client.clone(), shared.clone(), origin, cfg.ttl)));
-        tasks.push(tokio::spawn(watch::private_zones(client, shared.clone(), cfg.forward.clone())));
+        tasks.push(tokio::spawn(watch::run(
+            client.clone(),
+            shared.clone(),
+            origin,
+            cfg.ttl,
+        )));
+        tasks.push(tokio::spawn(watch::private_zones(
+            client,
+            shared.clone(),
+            cfg.forward.clone(),
+        )));
     }
     tracing::info!(addrs = ?addrs, domain = %cfg.cluster_domain, allow = ?cfg.allow, rate_limit = cfg.rate_limit.per_second, "dns serving");
-    Ok(RunningDns { addrs, shared, tasks, shutdown })
+    Ok(RunningDns {
+        addrs,
+        shared,
+        tasks,
+        shutdown,
+    })
 }

@@ -127,7 +127,10 @@ pub struct Views {
 impl Views {
     /// The most specific zone bound to the client's network that holds `name`.
     pub fn find(&self, client: IpAddr, name: &LowerName) -> Option<&Arc<View>> {
-        self.views.iter().filter(|v| v.zone.contains(name) && v.networks.iter().any(|n| n.contains(client))).max_by_key(|v| v.zone.origin().num_labels())
+        self.views
+            .iter()
+            .filter(|v| v.zone.contains(name) && v.networks.iter().any(|n| n.contains(client)))
+            .max_by_key(|v| v.zone.origin().num_labels())
     }
 
     pub fn is_empty(&self) -> bool {
@@ -162,7 +165,11 @@ fn parse_name(s: &str, origin: &Name) -> Result<Name, String> {
         return Ok(origin.clone());
     }
     let n = Name::from_ascii(s).map_err(|e| format!("{s:?}: {e}"))?;
-    if s.ends_with('.') { Ok(n) } else { n.append_domain(origin).map_err(|e| format!("{s:?}: {e}")) }
+    if s.ends_with('.') {
+        Ok(n)
+    } else {
+        n.append_domain(origin).map_err(|e| format!("{s:?}: {e}"))
+    }
 }
 
 fn rdata(kind: RecordKind, value: &str, origin: &Name) -> Result<RData, String> {
@@ -173,15 +180,26 @@ fn rdata(kind: RecordKind, value: &str, origin: &Name) -> Result<RData, String> 
         RecordKind::AAAA => RData::AAAA(rdata::AAAA(value.parse().map_err(|_| bad("an IPv6 address"))?)),
         RecordKind::CNAME => RData::CNAME(rdata::CNAME(parse_name(value, origin)?)),
         RecordKind::PTR => RData::PTR(rdata::PTR(parse_name(value, origin)?)),
-        RecordKind::TXT => RData::TXT(rdata::TXT::new(value.as_bytes().chunks(255).map(|c| String::from_utf8_lossy(c).into_owned()).collect())),
+        RecordKind::TXT => RData::TXT(rdata::TXT::new(
+            value
+                .as_bytes()
+                .chunks(255)
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .collect(),
+        )),
         RecordKind::MX => match words.as_slice() {
-            [pref, host] => RData::MX(rdata::MX::new(pref.parse().map_err(|_| bad("`<preference> <host>`"))?, parse_name(host, origin)?)),
+            [pref, host] => RData::MX(rdata::MX::new(
+                pref.parse().map_err(|_| bad("`<preference> <host>`"))?,
+                parse_name(host, origin)?,
+            )),
             _ => return Err(bad("`<preference> <host>`")),
         },
         RecordKind::SRV => match words.as_slice() {
             [prio, weight, port, target] => RData::SRV(rdata::SRV::new(
                 prio.parse().map_err(|_| bad("`<priority> <weight> <port> <target>`"))?,
-                weight.parse().map_err(|_| bad("`<priority> <weight> <port> <target>`"))?,
+                weight
+                    .parse()
+                    .map_err(|_| bad("`<priority> <weight> <port> <target>`"))?,
                 port.parse().map_err(|_| bad("`<priority> <weight> <port> <target>`"))?,
                 parse_name(target, origin)?,
             )),
@@ -190,14 +208,24 @@ fn rdata(kind: RecordKind, value: &str, origin: &Name) -> Result<RData, String> 
     })
 }
 
-fn add_record(zone: &mut Zone, weighted: &mut HashMap<(LowerName, RecordType), Vec<(Record, u8)>>, r: &ZoneRecord, origin: &Name, ttl: u32) -> Result<(), String> {
+fn add_record(
+    zone: &mut Zone,
+    weighted: &mut HashMap<(LowerName, RecordType), Vec<(Record, u8)>>,
+    r: &ZoneRecord,
+    origin: &Name,
+    ttl: u32,
+) -> Result<(), String> {
     let owner = parse_name(&r.name, origin)?;
-    let weights_apply = matches!(r.type_, RecordKind::A | RecordKind::AAAA | RecordKind::CNAME) && r.values.iter().any(|v| v.weight.is_some());
+    let weights_apply = matches!(r.type_, RecordKind::A | RecordKind::AAAA | RecordKind::CNAME)
+        && r.values.iter().any(|v| v.weight.is_some());
     for v in &r.values {
         let record = Record::from_rdata(owner.clone(), ttl, rdata(r.type_, &v.value, origin)?);
         if weights_apply {
             let w = v.weight.unwrap_or(1).min(100);
-            weighted.entry((LowerName::from(&owner), record.record_type())).or_default().push((record.clone(), w));
+            weighted
+                .entry((LowerName::from(&owner), record.record_type()))
+                .or_default()
+                .push((record.clone(), w));
         }
         zone.add(record);
     }
@@ -207,9 +235,14 @@ fn add_record(zone: &mut Zone, weighted: &mut HashMap<(LowerName, RecordType), V
 fn build_view(pz: &PrivateZone, forward_defaults: &ForwardConfig) -> Result<(View, Vec<String>), String> {
     let spec = &pz.spec;
     let name = pz.metadata.name.clone().unwrap_or_default();
-    let mut origin = Name::from_ascii(spec.zone.trim_end_matches('.')).map_err(|e| format!("zone {:?}: {e}", spec.zone))?;
+    let mut origin =
+        Name::from_ascii(spec.zone.trim_end_matches('.')).map_err(|e| format!("zone {:?}: {e}", spec.zone))?;
     origin.set_fqdn(true);
-    let networks = spec.networks.iter().map(|n| n.parse::<Network>()).collect::<Result<Vec<_>, _>>()?;
+    let networks = spec
+        .networks
+        .iter()
+        .map(|n| n.parse::<Network>())
+        .collect::<Result<Vec<_>, _>>()?;
     let ttl = spec.ttl.unwrap_or(60);
     let mut zone = Zone::new(&origin, ttl, 1);
     let mut weighted = HashMap::new();
@@ -225,11 +258,27 @@ fn build_view(pz: &PrivateZone, forward_defaults: &ForwardConfig) -> Result<(Vie
         let upstreams = spec
             .forward_to
             .iter()
-            .map(|u| u.parse::<SocketAddr>().or_else(|_| u.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53))).map_err(|_| format!("forwardTo {u:?} is not an address")))
+            .map(|u| {
+                u.parse::<SocketAddr>()
+                    .or_else(|_| u.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                    .map_err(|_| format!("forwardTo {u:?} is not an address"))
+            })
             .collect::<Result<Vec<_>, _>>()?;
-        Some(Forwarder::new(ForwardConfig { upstreams, ..forward_defaults.clone() }))
+        Some(Forwarder::new(ForwardConfig {
+            upstreams,
+            ..forward_defaults.clone()
+        }))
     };
-    Ok((View { name, networks, zone, weighted, forward }, problems))
+    Ok((
+        View {
+            name,
+            networks,
+            zone,
+            weighted,
+            forward,
+        },
+        problems,
+    ))
 }
 
 #[cfg(test)]
@@ -251,30 +300,44 @@ mod tests {
         assert!(n.contains("10.1.200.3".parse().unwrap()));
         assert!(n.contains("::ffff:10.1.0.9".parse().unwrap()));
         assert!(!n.contains("10.2.0.1".parse().unwrap()));
-        assert!("0.0.0.0/0".parse::<Network>().unwrap().contains("192.0.2.1".parse().unwrap()));
+        assert!(
+            "0.0.0.0/0"
+                .parse::<Network>()
+                .unwrap()
+                .contains("192.0.2.1".parse().unwrap())
+        );
         assert!("10.0.0.0/33".parse::<Network>().is_err());
     }
 
     #[tokio::test]
     async fn views_by_network_sub_zones_and_weights() {
         let objects = vec![
-            pz(json!({"apiVersion": "network.nodeless.io/v1", "kind": "PrivateZone", "metadata": {"name": "a"},
+            pz(
+                json!({"apiVersion": "network.nodeless.io/v1", "kind": "PrivateZone", "metadata": {"name": "a"},
                 "spec": {"zone": "corp.example", "networks": ["10.1.0.0/16"], "records": [
                     {"name": "www", "type": "A", "values": [{"value": "192.0.2.1", "weight": 100}, {"value": "192.0.2.2", "weight": 0}]},
                     {"name": "@", "type": "MX", "values": [{"value": "10 mail"}]},
-                    {"name": "bad", "type": "A", "values": [{"value": "not-an-ip"}]}]}})),
-            pz(json!({"apiVersion": "network.nodeless.io/v1", "kind": "PrivateZone", "metadata": {"name": "b"},
+                    {"name": "bad", "type": "A", "values": [{"value": "not-an-ip"}]}]}}),
+            ),
+            pz(
+                json!({"apiVersion": "network.nodeless.io/v1", "kind": "PrivateZone", "metadata": {"name": "b"},
                 "spec": {"zone": "corp.example", "networks": ["10.2.0.0/16"], "records": [
-                    {"name": "www", "type": "A", "values": [{"value": "198.51.100.1"}]}]}})),
-            pz(json!({"apiVersion": "network.nodeless.io/v1", "kind": "PrivateZone", "metadata": {"name": "sub"},
+                    {"name": "www", "type": "A", "values": [{"value": "198.51.100.1"}]}]}}),
+            ),
+            pz(
+                json!({"apiVersion": "network.nodeless.io/v1", "kind": "PrivateZone", "metadata": {"name": "sub"},
                 "spec": {"zone": "dev.corp.example", "networks": ["10.1.0.0/16"], "records": [
-                    {"name": "www", "type": "A", "values": [{"value": "192.0.2.99"}]}]}})),
+                    {"name": "www", "type": "A", "values": [{"value": "192.0.2.99"}]}]}}),
+            ),
         ];
         let (views, problems) = Views::build(&objects, &ForwardConfig::new(vec![]));
         assert_eq!(problems.len(), 1, "{problems:?}");
         assert!(problems[0].contains("spec.records[2]"), "{problems:?}");
         let ask = |client: &str, q: &str| -> Vec<String> {
-            match views.find(client.parse().unwrap(), &ln(q)).map(|v| v.answer(&ln(q), RecordType::A)) {
+            match views
+                .find(client.parse().unwrap(), &ln(q))
+                .map(|v| v.answer(&ln(q), RecordType::A))
+            {
                 Some(ViewAnswer::Records(r)) => r.iter().map(|r| r.data.to_string()).collect(),
                 Some(ViewAnswer::NxDomain(_)) => vec!["NXDOMAIN".into()],
                 Some(ViewAnswer::NoData(_)) => vec!["NODATA".into()],
@@ -283,12 +346,28 @@ mod tests {
             }
         };
         for _ in 0..200 {
-            assert_eq!(ask("10.1.0.5", "www.corp.example."), vec!["192.0.2.1"], "weight 0 is never served");
+            assert_eq!(
+                ask("10.1.0.5", "www.corp.example."),
+                vec!["192.0.2.1"],
+                "weight 0 is never served"
+            );
         }
         assert_eq!(ask("10.2.0.5", "www.corp.example."), vec!["198.51.100.1"]);
-        assert_eq!(ask("10.3.0.5", "www.corp.example."), Vec::<String>::new(), "not bound to that network");
-        assert_eq!(ask("10.1.0.5", "www.dev.corp.example."), vec!["192.0.2.99"], "the sub-zone overrides");
-        assert_eq!(ask("10.2.0.5", "www.dev.corp.example."), vec!["NXDOMAIN"], "the other network has no sub-zone");
+        assert_eq!(
+            ask("10.3.0.5", "www.corp.example."),
+            Vec::<String>::new(),
+            "not bound to that network"
+        );
+        assert_eq!(
+            ask("10.1.0.5", "www.dev.corp.example."),
+            vec!["192.0.2.99"],
+            "the sub-zone overrides"
+        );
+        assert_eq!(
+            ask("10.2.0.5", "www.dev.corp.example."),
+            vec!["NXDOMAIN"],
+            "the other network has no sub-zone"
+        );
         assert_eq!(ask("10.1.0.5", "corp.example."), vec!["NODATA"]);
     }
 }

@@ -32,10 +32,22 @@ pub struct Zone {
 impl Zone {
     /// An empty zone whose SOA minimum (the negative-caching TTL) is `ttl`.
     pub fn new(origin: &Name, ttl: u32, serial: u32) -> Zone {
-        let mname = Name::from_ascii("ns.dns").and_then(|n| n.append_domain(origin)).unwrap_or_else(|_| origin.clone());
-        let rname = Name::from_ascii("hostmaster").and_then(|n| n.append_domain(origin)).unwrap_or_else(|_| origin.clone());
-        let soa = Record::from_rdata(origin.clone(), ttl, RData::SOA(rdata::SOA::new(mname, rname, serial, 7200, 1800, 86400, ttl)));
-        let mut zone = Zone { origin: LowerName::new(origin), soa: soa.clone(), names: HashMap::default() };
+        let mname = Name::from_ascii("ns.dns")
+            .and_then(|n| n.append_domain(origin))
+            .unwrap_or_else(|_| origin.clone());
+        let rname = Name::from_ascii("hostmaster")
+            .and_then(|n| n.append_domain(origin))
+            .unwrap_or_else(|_| origin.clone());
+        let soa = Record::from_rdata(
+            origin.clone(),
+            ttl,
+            RData::SOA(rdata::SOA::new(mname, rname, serial, 7200, 1800, 86400, ttl)),
+        );
+        let mut zone = Zone {
+            origin: LowerName::new(origin),
+            soa: soa.clone(),
+            names: HashMap::default(),
+        };
         zone.add(soa);
         zone
     }
@@ -64,14 +76,22 @@ impl Zone {
             self.names.entry(parent.clone()).or_default();
             parent = parent.base_name();
         }
-        let set = self.names.entry(owner).or_default().sets.entry(record.record_type()).or_default();
+        let set = self
+            .names
+            .entry(owner)
+            .or_default()
+            .sets
+            .entry(record.record_type())
+            .or_default();
         if !set.iter().any(|r| r.data == record.data) {
             set.push(record);
         }
     }
 
     pub fn lookup(&self, name: &LowerName, qtype: RecordType) -> Answer<'_> {
-        let Some(node) = self.names.get(name) else { return Answer::NxDomain };
+        let Some(node) = self.names.get(name) else {
+            return Answer::NxDomain;
+        };
         if let Some(set) = node.sets.get(&qtype).filter(|s| !s.is_empty()) {
             return Answer::Records(set);
         }
@@ -90,7 +110,10 @@ impl Zone {
 
     /// Records at `name` of `qtype`, for the additional section.
     pub fn records(&self, name: &LowerName, qtype: RecordType) -> &[Record] {
-        self.names.get(name).and_then(|n| n.sets.get(&qtype)).map_or(&[], Vec::as_slice)
+        self.names
+            .get(name)
+            .and_then(|n| n.sets.get(&qtype))
+            .map_or(&[], Vec::as_slice)
     }
 
     pub fn len(&self) -> usize {
@@ -114,7 +137,11 @@ mod tests {
     #[test]
     fn names_types_and_empty_non_terminals() {
         let mut z = Zone::new(&n("cluster.local."), 5, 1);
-        z.add(Record::from_rdata(n("web.default.svc.cluster.local."), 5, RData::A(rdata::A::new(10, 96, 0, 1))));
+        z.add(Record::from_rdata(
+            n("web.default.svc.cluster.local."),
+            5,
+            RData::A(rdata::A::new(10, 96, 0, 1)),
+        ));
         let q = |s: &str, t| match z.lookup(&LowerName::from(n(s)), t) {
             Answer::Records(r) => format!("{} records", r.len()),
             other => format!("{other:?}"),
@@ -128,7 +155,11 @@ mod tests {
         assert_eq!(q("other.default.svc.cluster.local.", RecordType::A), "NxDomain");
         assert_eq!(q("x.web.default.svc.cluster.local.", RecordType::A), "NxDomain");
         // Records outside the zone are not taken.
-        z.add(Record::from_rdata(n("example.com."), 5, RData::A(rdata::A::new(1, 2, 3, 4))));
+        z.add(Record::from_rdata(
+            n("example.com."),
+            5,
+            RData::A(rdata::A::new(1, 2, 3, 4)),
+        ));
         assert!(!z.contains(&LowerName::from(n("example.com."))));
     }
 }

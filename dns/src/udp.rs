@@ -66,11 +66,17 @@ impl ResponseHandler for Reply {
                 h[..2].copy_from_slice(&id.to_be_bytes());
                 h[2] = 0x80;
                 h[3] = 2;
-                self.socket.send_to(&h, self.to).await.map_err(|e| NetError::from(e.to_string()))?;
+                self.socket
+                    .send_to(&h, self.to)
+                    .await
+                    .map_err(|e| NetError::from(e.to_string()))?;
                 return Err(NetError::from(e.to_string()));
             }
         };
-        self.socket.send_to(&bytes, self.to).await.map_err(|e| NetError::from(e.to_string()))?;
+        self.socket
+            .send_to(&bytes, self.to)
+            .await
+            .map_err(|e| NetError::from(e.to_string()))?;
         self.sent = bytes;
         Ok(info)
     }
@@ -247,7 +253,13 @@ pub async fn serve(socket: UdpSocket, handler: Handler) {
         let guard = &handler.shared.guard;
         let verdicts: [Verdict; BATCH] = {
             let mut batch = guard.batch();
-            std::array::from_fn(|i| if i < n { batch.verdict(inbox.packet(i).1.ip()) } else { Verdict::Answer })
+            std::array::from_fn(|i| {
+                if i < n {
+                    batch.verdict(inbox.packet(i).1.ip())
+                } else {
+                    Verdict::Answer
+                }
+            })
         };
         for (i, verdict) in verdicts.into_iter().enumerate().take(n) {
             let (packet, from) = inbox.packet(i);
@@ -297,7 +309,11 @@ pub async fn serve(socket: UdpSocket, handler: Handler) {
             if request.metadata.message_type == MessageType::Response {
                 continue;
             }
-            let mut reply = Reply { socket: socket.clone(), to: from, sent: Vec::new() };
+            let mut reply = Reply {
+                socket: socket.clone(),
+                to: from,
+                sent: Vec::new(),
+            };
             let h = handler.clone();
             let mut work = Box::pin(async move {
                 let (_, keep) = h.respond(&request, &mut reply).await;
@@ -324,7 +340,14 @@ pub async fn serve(socket: UdpSocket, handler: Handler) {
                     if kept.answers.len() >= KEPT_ANSWERS {
                         kept.answers.clear();
                     }
-                    kept.answers.insert(key.as_slice().into(), KeptAnswer { bytes: sent.into_boxed_slice(), layout, clock });
+                    kept.answers.insert(
+                        key.as_slice().into(),
+                        KeptAnswer {
+                            bytes: sent.into_boxed_slice(),
+                            layout,
+                            clock,
+                        },
+                    );
                 }
                 std::task::Poll::Pending => {
                     tokio::spawn(work);
@@ -396,7 +419,13 @@ mod tests {
         rr(&mut m, &[2, b'a', b'b', 1, b'c', 0]);
         rr(&mut m, &[0xc0, 12]);
         rr(&mut m, &[2, b'x', b'b', 1, b'c', 0]);
-        assert_eq!(layout(&m, 18), Some(Layout { owners: vec![22], ttls: vec![32, 48, 68] }));
+        assert_eq!(
+            layout(&m, 18),
+            Some(Layout {
+                owners: vec![22],
+                ttls: vec![32, 48, 68]
+            })
+        );
         // Trailing garbage or a cut record: not kept.
         let mut longer = m.clone();
         longer.push(0);
@@ -411,8 +440,14 @@ mod tests {
         m.extend_from_slice(&[2, b'a', b'b', 0, 0, 1, 0, 1, 0, 0, 0, 5, 0, 4, 10, 0, 0, 1]);
         let layout = layout(&m, 16).unwrap();
         let now = Instant::now();
-        let kept = KeptAnswer { bytes: m.clone().into(), layout, clock: Some((now - Duration::from_secs(3), now + Duration::from_secs(10))) };
-        let mut asked = vec![0xbe, 0xef, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 2, b'A', b'B', 0, 0, 1, 0, 1];
+        let kept = KeptAnswer {
+            bytes: m.clone().into(),
+            layout,
+            clock: Some((now - Duration::from_secs(3), now + Duration::from_secs(10))),
+        };
+        let mut asked = vec![
+            0xbe, 0xef, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 2, b'A', b'B', 0, 0, 1, 0, 1,
+        ];
         let mut out = Vec::new();
         assert!(patch(&kept, &asked, 16, &mut out));
         assert_eq!(&out[..2], &[0xbe, 0xef]);
@@ -421,7 +456,10 @@ mod tests {
         assert_eq!(&out[28..32], &2u32.to_be_bytes());
         assert_eq!(&out[34..], &[10, 0, 0, 1]);
         // Past its freshness it is not sent.
-        let stale = KeptAnswer { clock: Some((now - Duration::from_secs(3), now)), ..kept };
+        let stale = KeptAnswer {
+            clock: Some((now - Duration::from_secs(3), now)),
+            ..kept
+        };
         asked[0] = 0;
         assert!(!patch(&stale, &asked, 16, &mut out));
     }

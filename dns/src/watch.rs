@@ -17,9 +17,21 @@ use crate::handler::Shared;
 pub async fn run(client: kube::Client, shared: Arc<Shared>, origin: Name, ttl: u32) {
     let (services, svc_writer) = reflector::store::<Service>();
     let (slices, slice_writer) = reflector::store::<EndpointSlice>();
-    let svc_stream = reflector(svc_writer, watcher(Api::<Service>::all(client.clone()), watcher::Config::default())).default_backoff();
-    let slice_stream = reflector(slice_writer, watcher(Api::<EndpointSlice>::all(client), watcher::Config::default())).default_backoff();
-    let mut events = futures::stream::select(svc_stream.map(|e| e.map(|_| ()).map_err(|e| e.to_string())), slice_stream.map(|e| e.map(|_| ()).map_err(|e| e.to_string()))).boxed();
+    let svc_stream = reflector(
+        svc_writer,
+        watcher(Api::<Service>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff();
+    let slice_stream = reflector(
+        slice_writer,
+        watcher(Api::<EndpointSlice>::all(client), watcher::Config::default()),
+    )
+    .default_backoff();
+    let mut events = futures::stream::select(
+        svc_stream.map(|e| e.map(|_| ()).map_err(|e| e.to_string())),
+        slice_stream.map(|e| e.map(|_| ()).map_err(|e| e.to_string())),
+    )
+    .boxed();
     let mut serial: u32 = 1;
     while let Some(e) = events.next().await {
         if let Err(e) = e {
@@ -52,14 +64,27 @@ where
 pub async fn private_zones(client: kube::Client, shared: Arc<Shared>, forward: crate::forward::ForwardConfig) {
     use kube::CustomResourceExt;
     use nodeless_types::privatezone::PrivateZone;
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> = Api::all(client.clone());
+    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
+        Api::all(client.clone());
     let crd = PrivateZone::crd();
     let name = crd.metadata.name.clone().unwrap_or_default();
-    if let Err(e) = crds.patch(&name, &kube::api::PatchParams::apply("nodeless-dns").force(), &kube::api::Patch::Apply(&crd)).await {
+    if let Err(e) = crds
+        .patch(
+            &name,
+            &kube::api::PatchParams::apply("nodeless-dns").force(),
+            &kube::api::Patch::Apply(&crd),
+        )
+        .await
+    {
         tracing::warn!(error = %e, "installing the PrivateZone CRD");
     }
     let (zones, writer) = reflector::store::<PrivateZone>();
-    let mut events = reflector(writer, watcher(Api::<PrivateZone>::all(client), watcher::Config::default())).default_backoff().boxed();
+    let mut events = reflector(
+        writer,
+        watcher(Api::<PrivateZone>::all(client), watcher::Config::default()),
+    )
+    .default_backoff()
+    .boxed();
     while let Some(e) = events.next().await {
         if let Err(e) = e {
             tracing::debug!(error = %e, "privatezone watch (the last views stay in place)");

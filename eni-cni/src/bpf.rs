@@ -120,7 +120,11 @@ impl Walls {
     pub fn decode(b: &[u8; NET_CONFIG_SIZE]) -> Walls {
         let dns = u32::from_ne_bytes([b[0], b[1], b[2], b[3]]);
         let flags = u32::from_ne_bytes([b[4], b[5], b[6], b[7]]);
-        Walls { cluster_dns: (dns != 0).then(|| Ipv4Addr::from(dns.to_ne_bytes())), allow_node_access: flags & ALLOW_NODE_ACCESS != 0, allow_link_local: flags & ALLOW_LINK_LOCAL != 0 }
+        Walls {
+            cluster_dns: (dns != 0).then(|| Ipv4Addr::from(dns.to_ne_bytes())),
+            allow_node_access: flags & ALLOW_NODE_ACCESS != 0,
+            allow_link_local: flags & ALLOW_LINK_LOCAL != 0,
+        }
     }
 
     /// One line for `show`.
@@ -130,7 +134,10 @@ impl Walls {
             (false, Some(dns)) => format!("closed but the cluster DNS {dns} port 53"),
             (false, None) => "closed".to_string(),
         };
-        format!("node {node}; link-local {}", if self.allow_link_local { "open" } else { "closed" })
+        format!(
+            "node {node}; link-local {}",
+            if self.allow_link_local { "open" } else { "closed" }
+        )
     }
 }
 
@@ -158,14 +165,21 @@ impl PodEndpoint {
         // The first twelve bytes are the older layout's.
         let mut v1 = [0u8; POD_ENDPOINT_V1_SIZE];
         v1.copy_from_slice(&b[..POD_ENDPOINT_V1_SIZE]);
-        PodEndpoint { sandbox: u32::from_ne_bytes([b[12], b[13], b[14], b[15]]), ..PodEndpoint::decode_v1(&v1) }
+        PodEndpoint {
+            sandbox: u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+            ..PodEndpoint::decode_v1(&v1)
+        }
     }
 
     /// An entry of an older pin, which had no sandbox.
     fn decode_v1(b: &[u8; POD_ENDPOINT_V1_SIZE]) -> PodEndpoint {
         let mut mac = [0u8; 6];
         mac.copy_from_slice(&b[4..10]);
-        PodEndpoint { ifindex: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]), mac, sandbox: 0 }
+        PodEndpoint {
+            ifindex: u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+            mac,
+            sandbox: 0,
+        }
     }
 }
 
@@ -175,7 +189,11 @@ impl PodEndpoint {
 /// namespace has it) when the file cannot be read.
 pub fn sandbox_of(netns: &File) -> u32 {
     use std::os::unix::fs::MetadataExt;
-    netns.metadata().ok().and_then(|m| u32::try_from(m.ino()).ok()).unwrap_or(0)
+    netns
+        .metadata()
+        .ok()
+        .and_then(|m| u32::try_from(m.ino()).ok())
+        .unwrap_or(0)
 }
 
 /// The pods map as pinned: this build's layout, or an older eni-cni's (read and emptied by
@@ -203,8 +221,16 @@ impl PodsMap {
     fn entries(&self) -> Vec<(Ipv4Addr, PodEndpoint)> {
         let addr = |k: u32| Ipv4Addr::from(k.to_ne_bytes());
         match self {
-            PodsMap::Current(m) => m.iter().filter_map(Result::ok).map(|(k, v)| (addr(k), PodEndpoint::decode(&v))).collect(),
-            PodsMap::V1(m) => m.iter().filter_map(Result::ok).map(|(k, v)| (addr(k), PodEndpoint::decode_v1(&v))).collect(),
+            PodsMap::Current(m) => m
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, v)| (addr(k), PodEndpoint::decode(&v)))
+                .collect(),
+            PodsMap::V1(m) => m
+                .iter()
+                .filter_map(Result::ok)
+                .map(|(k, v)| (addr(k), PodEndpoint::decode_v1(&v)))
+                .collect(),
         }
     }
 
@@ -240,8 +266,12 @@ const FILTER_PRIORITY: u16 = 1;
 fn detach_filter(host_ifname: &str) -> Result<(), CniError> {
     match tc::qdisc_detach_program(host_ifname, TcAttachType::Ingress, PROGRAM) {
         Ok(()) => Ok(()),
-        Err(TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(ENODEV) => Ok(()),
-        Err(TcError::NetlinkError(e)) if matches!(e.raw_os_error(), Some(ENOENT) | Some(ENODEV) | Some(EINVAL)) => Ok(()),
+        Err(TcError::IoError(e)) if e.kind() == std::io::ErrorKind::NotFound || e.raw_os_error() == Some(ENODEV) => {
+            Ok(())
+        }
+        Err(TcError::NetlinkError(e)) if matches!(e.raw_os_error(), Some(ENOENT) | Some(ENODEV) | Some(EINVAL)) => {
+            Ok(())
+        }
         Err(e) => Err(err(&format!("detaching from {host_ifname}"), e)),
     }
 }
@@ -249,11 +279,21 @@ fn detach_filter(host_ifname: &str) -> Result<(), CniError> {
 /// Mount the BPF filesystem where the kernel expects it, if it is not there yet.
 pub fn ensure_bpffs() -> Result<(), CniError> {
     let mounts = std::fs::read_to_string("/proc/mounts").map_err(|e| err("reading /proc/mounts", e))?;
-    if mounts.lines().any(|l| l.split_whitespace().nth(1) == Some(BPFFS) && l.split_whitespace().nth(2) == Some("bpf")) {
+    if mounts
+        .lines()
+        .any(|l| l.split_whitespace().nth(1) == Some(BPFFS) && l.split_whitespace().nth(2) == Some("bpf"))
+    {
         return Ok(());
     }
     std::fs::create_dir_all(BPFFS).map_err(|e| err("creating /sys/fs/bpf", e))?;
-    nix::mount::mount(Some("bpf"), BPFFS, Some("bpf"), nix::mount::MsFlags::empty(), None::<&str>).map_err(|e| err("mounting the BPF filesystem", e))
+    nix::mount::mount(
+        Some("bpf"),
+        BPFFS,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .map_err(|e| err("mounting the BPF filesystem", e))
 }
 
 /// Where one network's programs, maps and links are pinned.
@@ -264,7 +304,9 @@ pub struct Pins {
 
 impl Pins {
     pub fn for_network(network: &str) -> Pins {
-        Pins { dir: Path::new(BPFFS).join("nodeless").join(network) }
+        Pins {
+            dir: Path::new(BPFFS).join("nodeless").join(network),
+        }
     }
     fn program(&self) -> PathBuf {
         self.dir.join(PROGRAM)
@@ -297,8 +339,14 @@ impl Pins {
     fn lock(&self) -> Result<Flock<File>, CniError> {
         // /run/lock is where lock files live; this one is made once and reused.
         let path = Path::new("/run/lock/nodeless-eni-bpf.lock");
-        std::fs::create_dir_all(path.parent().unwrap_or(Path::new("/run"))).map_err(|e| err("creating /run/lock", e))?;
-        let f = File::options().create(true).truncate(false).write(true).open(path).map_err(|e| err("opening the lock", e))?;
+        std::fs::create_dir_all(path.parent().unwrap_or(Path::new("/run")))
+            .map_err(|e| err("creating /run/lock", e))?;
+        let f = File::options()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(|e| err("opening the lock", e))?;
         Flock::lock(f, FlockArg::LockExclusive).map_err(|(_, e)| err("locking", e))
     }
 
@@ -326,7 +374,11 @@ impl Pins {
             .map_pin_path(HOST_ENDS_MAP, self.host_ends())
             .load(OBJECT)
             .map_err(|e| err("loading the object", e))?;
-        let prog: &mut SchedClassifier = ebpf.program_mut(PROGRAM).ok_or_else(|| err("the object has no program", PROGRAM))?.try_into().map_err(|e| err("the program's type", e))?;
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(PROGRAM)
+            .ok_or_else(|| err("the object has no program", PROGRAM))?
+            .try_into()
+            .map_err(|e| err("the program's type", e))?;
         prog.load().map_err(|e| err("loading the program (verifier)", e))?;
         prog.pin(self.program()).map_err(|e| err("pinning the program", e))?;
         if accelerate {
@@ -346,7 +398,11 @@ impl Pins {
         if !self.config().exists() || !self.host_ends().exists() || !self.pods().exists() || !self.stats().exists() {
             return Ok(false);
         }
-        let info = |path: PathBuf, what: &str| MapData::from_pin(path).and_then(|m| m.info()).map_err(|e| err(&format!("reading the pinned {what}"), e));
+        let info = |path: PathBuf, what: &str| {
+            MapData::from_pin(path)
+                .and_then(|m| m.info())
+                .map_err(|e| err(&format!("reading the pinned {what}"), e))
+        };
         let pods = info(self.pods(), "pods map")?;
         let stats = info(self.stats(), "counters")?;
         Ok(pods.value_size() as usize == POD_ENDPOINT_SIZE && stats.max_entries() as usize == STATS.len())
@@ -363,9 +419,19 @@ impl Pins {
     /// their way; unpinning it would drop messages queued in a peer's socket) and sees the
     /// pods as they were, until the network's last pod goes.
     fn upgrade(&self, accelerate: bool) -> Result<SchedClassifier, CniError> {
-        let pods = if self.pods().exists() { self.pinned_pods()?.entries() } else { Vec::new() };
+        let pods = if self.pods().exists() {
+            self.pinned_pods()?.entries()
+        } else {
+            Vec::new()
+        };
         tracing::info!(network = %self.dir.display(), pods = pods.len(), "replacing a datapath pinned with older map layouts");
-        for p in [self.program(), self.pods(), self.stats(), self.config(), self.host_ends()] {
+        for p in [
+            self.program(),
+            self.pods(),
+            self.stats(),
+            self.config(),
+            self.host_ends(),
+        ] {
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -376,20 +442,29 @@ impl Pins {
         let mut map = self.pods_map()?;
         let mut host_ends = self.host_ends_map()?;
         for (ip, ep) in &pods {
-            map.insert(key(*ip), ep.encode(), 0).map_err(|e| err("carrying a pod over", e))?;
+            map.insert(key(*ip), ep.encode(), 0)
+                .map_err(|e| err("carrying a pod over", e))?;
             if ep.sandbox != 0 {
-                host_ends.insert(ep.ifindex, ep.sandbox.to_ne_bytes(), 0).map_err(|e| err("carrying a host end over", e))?;
+                host_ends
+                    .insert(ep.ifindex, ep.sandbox.to_ne_bytes(), 0)
+                    .map_err(|e| err("carrying a host end over", e))?;
             }
         }
         let markers = std::fs::read_dir(self.links()).map_err(|e| err("reading the recorded attaches", e))?;
         for marker in markers.filter_map(Result::ok) {
-            let Some(name) = marker.file_name().to_str().map(str::to_string) else { continue };
+            let Some(name) = marker.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
             // An interface that is gone took its filter along; its record goes too.
-            let Ok(link) = SchedClassifierLink::attached(&name, TcAttachType::Ingress, FILTER_PRIORITY, TcHandle::new(0, 1), None) else {
+            let Ok(link) =
+                SchedClassifierLink::attached(&name, TcAttachType::Ingress, FILTER_PRIORITY, TcHandle::new(0, 1), None)
+            else {
                 let _ = std::fs::remove_file(marker.path());
                 continue;
             };
-            let id = prog.attach_to_link(link).map_err(|e| err(&format!("replacing the program on {name}"), e))?;
+            let id = prog
+                .attach_to_link(link)
+                .map_err(|e| err(&format!("replacing the program on {name}"), e))?;
             std::mem::forget(prog.take_link(id).map_err(|e| err("taking the link", e))?);
             std::fs::remove_file(marker.path()).map_err(|e| err("replacing the attach record", e))?;
             prog.pin(marker.path()).map_err(|e| err("recording the attach", e))?;
@@ -400,21 +475,44 @@ impl Pins {
     /// Attach the sk_msg program to the sockets map and the sockops program to the root of the
     /// cgroup v2 hierarchy (as a BPF link, beside any other program there), and pin the link.
     fn accelerate_sockets(&self, ebpf: &mut Ebpf) -> Result<(), CniError> {
-        let cgroup = crate::node::cgroup2_root().ok_or_else(|| err("socket acceleration", "no cgroup v2 hierarchy is mounted"))?;
-        let map = ebpf.take_map(SOCKETS_MAP).ok_or_else(|| err("the object has no map", SOCKETS_MAP))?;
-        let sockets: SockHash<MapData, [u8; SOCK_KEY_SIZE]> = SockHash::try_from(map).map_err(|e| err("the sockets map's layout", e))?;
-        let msg: &mut SkMsg = ebpf.program_mut(MSG_PROGRAM).ok_or_else(|| err("the object has no program", MSG_PROGRAM))?.try_into().map_err(|e| err("the program's type", e))?;
-        msg.load().map_err(|e| err("loading the sk_msg program (verifier)", e))?;
-        let id = msg.attach(sockets.fd()).map_err(|e| err("attaching the sk_msg program", e))?;
+        let cgroup = crate::node::cgroup2_root()
+            .ok_or_else(|| err("socket acceleration", "no cgroup v2 hierarchy is mounted"))?;
+        let map = ebpf
+            .take_map(SOCKETS_MAP)
+            .ok_or_else(|| err("the object has no map", SOCKETS_MAP))?;
+        let sockets: SockHash<MapData, [u8; SOCK_KEY_SIZE]> =
+            SockHash::try_from(map).map_err(|e| err("the sockets map's layout", e))?;
+        let msg: &mut SkMsg = ebpf
+            .program_mut(MSG_PROGRAM)
+            .ok_or_else(|| err("the object has no program", MSG_PROGRAM))?
+            .try_into()
+            .map_err(|e| err("the program's type", e))?;
+        msg.load()
+            .map_err(|e| err("loading the sk_msg program (verifier)", e))?;
+        let id = msg
+            .attach(sockets.fd())
+            .map_err(|e| err("attaching the sk_msg program", e))?;
         // The attachment lasts as long as the map, which the sockops program holds.
         std::mem::forget(msg.take_link(id).map_err(|e| err("taking the link", e))?);
-        let ops: &mut SockOps = ebpf.program_mut(SOCKOPS_PROGRAM).ok_or_else(|| err("the object has no program", SOCKOPS_PROGRAM))?.try_into().map_err(|e| err("the program's type", e))?;
-        ops.load().map_err(|e| err("loading the sockops program (verifier)", e))?;
+        let ops: &mut SockOps = ebpf
+            .program_mut(SOCKOPS_PROGRAM)
+            .ok_or_else(|| err("the object has no program", SOCKOPS_PROGRAM))?
+            .try_into()
+            .map_err(|e| err("the program's type", e))?;
+        ops.load()
+            .map_err(|e| err("loading the sockops program (verifier)", e))?;
         let cg = File::open(&cgroup).map_err(|e| err(&format!("opening {}", cgroup.display()), e))?;
         // A BPF link: the kernel takes cgroup links with no flags, and always beside others.
-        let id = ops.attach(&cg, CgroupAttachMode::Single).map_err(|e| err(&format!("attaching the sockops program to {}", cgroup.display()), e))?;
-        let link: FdLink = ops.take_link(id).map_err(|e| err("taking the link", e))?.try_into().map_err(|e| err("the link's kind", e))?;
-        link.pin(self.sockets_link()).map_err(|e| err("pinning the sockops link", e))?;
+        let id = ops
+            .attach(&cg, CgroupAttachMode::Single)
+            .map_err(|e| err(&format!("attaching the sockops program to {}", cgroup.display()), e))?;
+        let link: FdLink = ops
+            .take_link(id)
+            .map_err(|e| err("taking the link", e))?
+            .try_into()
+            .map_err(|e| err("the link's kind", e))?;
+        link.pin(self.sockets_link())
+            .map_err(|e| err("pinning the sockops link", e))?;
         Ok(())
     }
 
@@ -437,7 +535,12 @@ impl Pins {
         match size {
             POD_ENDPOINT_SIZE => HashMap::try_from(map).map(PodsMap::Current),
             POD_ENDPOINT_V1_SIZE => HashMap::try_from(map).map(PodsMap::V1),
-            n => return Err(err("the pods map's layout", format!("{n}-byte entries, a layout this eni-cni does not know"))),
+            n => {
+                return Err(err(
+                    "the pods map's layout",
+                    format!("{n}-byte entries, a layout this eni-cni does not know"),
+                ));
+            }
         }
         .map_err(|e| err("the pods map's layout", e))
     }
@@ -460,7 +563,12 @@ impl Pins {
         if !self.config().exists() {
             return Ok(Walls::default());
         }
-        Ok(Walls::decode(&self.config_map()?.get(&0, 0).map_err(|e| err("reading the settings", e))?))
+        Ok(Walls::decode(
+            &self
+                .config_map()?
+                .get(&0, 0)
+                .map_err(|e| err("reading the settings", e))?,
+        ))
     }
 
     /// Attach the fast path to a pod's host end and publish the pod, with the network's
@@ -474,12 +582,25 @@ impl Pins {
     /// for a full RCU grace period with the RTNL lock held (~9 ms here), which stalls every
     /// ADD under way; adding clsact and a cls_bpf filter takes ~0.3 ms each. The filter lives
     /// as long as the interface; the program pinned under `links/` records it.
-    pub fn attach(&self, host_ifname: &str, pod_ip: Ipv4Addr, endpoint: PodEndpoint, accelerate: bool, walls: Walls) -> Result<(), CniError> {
+    pub fn attach(
+        &self,
+        host_ifname: &str,
+        pod_ip: Ipv4Addr,
+        endpoint: PodEndpoint,
+        accelerate: bool,
+        walls: Walls,
+    ) -> Result<(), CniError> {
         let _lock = self.lock()?;
         let mut prog = self.program_loaded(accelerate)?;
-        self.config_map()?.set(0, walls.encode(), 0).map_err(|e| err("writing the network's walls", e))?;
-        self.pods_map()?.insert(key(pod_ip), endpoint.encode(), 0).map_err(|e| err("publishing the pod", e))?;
-        self.host_ends_map()?.insert(endpoint.ifindex, endpoint.sandbox.to_ne_bytes(), 0).map_err(|e| err("publishing the host end", e))?;
+        self.config_map()?
+            .set(0, walls.encode(), 0)
+            .map_err(|e| err("writing the network's walls", e))?;
+        self.pods_map()?
+            .insert(key(pod_ip), endpoint.encode(), 0)
+            .map_err(|e| err("publishing the pod", e))?;
+        self.host_ends_map()?
+            .insert(endpoint.ifindex, endpoint.sandbox.to_ne_bytes(), 0)
+            .map_err(|e| err("publishing the host end", e))?;
         let marker = self.link(host_ifname);
         if marker.exists() {
             // An earlier attach (a pool restarted half-way): replace it.
@@ -491,8 +612,14 @@ impl Pins {
             Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(EEXIST) => {}
             Err(e) => return Err(err(&format!("adding clsact to {host_ifname}"), e)),
         }
-        let options = TcAttachOptions::Netlink(NlOptions { priority: FILTER_PRIORITY, handle: TcHandle::new(0, 1), classid: None });
-        let id = prog.attach_with_options(host_ifname, TcAttachType::Ingress, options).map_err(|e| err(&format!("attaching to {host_ifname}"), e))?;
+        let options = TcAttachOptions::Netlink(NlOptions {
+            priority: FILTER_PRIORITY,
+            handle: TcHandle::new(0, 1),
+            classid: None,
+        });
+        let id = prog
+            .attach_with_options(host_ifname, TcAttachType::Ingress, options)
+            .map_err(|e| err(&format!("attaching to {host_ifname}"), e))?;
         // The filter stays when this process ends: the link handle is let go without detaching.
         let link = prog.take_link(id).map_err(|e| err("taking the link", e))?;
         std::mem::forget(link);
@@ -523,7 +650,9 @@ impl Pins {
         let mut empty = true;
         // The host end, by the pod's entry or (the pod's address unknown) by its name while
         // the interface is there.
-        let mut host_ifindex = std::fs::read_to_string(format!("/sys/class/net/{host_ifname}/ifindex")).ok().and_then(|s| s.trim().parse::<u32>().ok());
+        let mut host_ifindex = std::fs::read_to_string(format!("/sys/class/net/{host_ifname}/ifindex"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok());
         if self.pods().exists() {
             let mut pods = self.pinned_pods()?;
             if let Some(ip) = pod_ip {
@@ -546,7 +675,13 @@ impl Pins {
                     let _ = std::fs::remove_file(self.sockets_link());
                 }
             }
-            for p in [self.program(), self.pods(), self.stats(), self.config(), self.host_ends()] {
+            for p in [
+                self.program(),
+                self.pods(),
+                self.stats(),
+                self.config(),
+                self.host_ends(),
+            ] {
                 let _ = std::fs::remove_file(p);
             }
             let _ = std::fs::remove_dir(self.links());
@@ -568,29 +703,48 @@ impl Pins {
         let pods = self.pinned_pods().map_err(|e| e.to_string())?;
         match pods.get(pod_ip) {
             Ok(ep) if ep.ifindex == ifindex => Ok(()),
-            Ok(ep) => Err(format!("{pod_ip} is published on ifindex {}, not {ifindex}", ep.ifindex)),
+            Ok(ep) => Err(format!(
+                "{pod_ip} is published on ifindex {}, not {ifindex}",
+                ep.ifindex
+            )),
             Err(e) => Err(format!("{pod_ip} is not published in {PODS_MAP}: {e}")),
         }
     }
 
     /// The datapath's state: pods and counters.
     pub fn show(&self) -> Result<String, CniError> {
-        let mut out = format!("network {}\n", self.dir.file_name().and_then(|n| n.to_str()).unwrap_or(""));
+        let mut out = format!(
+            "network {}\n",
+            self.dir.file_name().and_then(|n| n.to_str()).unwrap_or("")
+        );
         if !self.pods().exists() {
             out.push_str("  no datapath loaded (no pods)\n");
             return Ok(out);
         }
-        out.push_str(&format!("  socket acceleration: {}\n", if self.accelerated() { "on" } else { "off" }));
+        out.push_str(&format!(
+            "  socket acceleration: {}\n",
+            if self.accelerated() { "on" } else { "off" }
+        ));
         out.push_str(&format!("  walls: {}\n", self.walls()?.describe()));
         out.push_str("  pods:\n");
         let mut rows = self.pinned_pods()?.entries();
         rows.sort_by_key(|r| r.0);
         for (ip, ep) in rows {
-            let sandbox = if ep.sandbox == 0 { "unknown".to_string() } else { ep.sandbox.to_string() };
-            out.push_str(&format!("    {ip:<15} ifindex {:<6} mac {} sandbox {sandbox}\n", ep.ifindex, crate::datapath::mac_string(&ep.mac)));
+            let sandbox = if ep.sandbox == 0 {
+                "unknown".to_string()
+            } else {
+                ep.sandbox.to_string()
+            };
+            out.push_str(&format!(
+                "    {ip:<15} ifindex {:<6} mac {} sandbox {sandbox}\n",
+                ep.ifindex,
+                crate::datapath::mac_string(&ep.mac)
+            ));
         }
         let data = MapData::from_pin(self.stats()).map_err(|e| err("opening the counters", e))?;
-        let stats: PerCpuArray<MapData, u64> = PerCpuArray::try_from(Map::from_map_data(data).map_err(|e| err("the counters", e))?).map_err(|e| err("the counters' layout", e))?;
+        let stats: PerCpuArray<MapData, u64> =
+            PerCpuArray::try_from(Map::from_map_data(data).map_err(|e| err("the counters", e))?)
+                .map_err(|e| err("the counters' layout", e))?;
         out.push_str("  packets:\n");
         for (i, name) in STATS.iter().enumerate() {
             let n: u64 = stats.get(&(i as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
@@ -606,7 +760,11 @@ mod tests {
 
     #[test]
     fn endpoints_encode_as_the_c_struct() {
-        let ep = PodEndpoint { ifindex: 0x01020304, mac: [1, 2, 3, 4, 5, 6], sandbox: 0xf000_0abc };
+        let ep = PodEndpoint {
+            ifindex: 0x01020304,
+            mac: [1, 2, 3, 4, 5, 6],
+            sandbox: 0xf000_0abc,
+        };
         let b = ep.encode();
         assert_eq!(&b[..4], &0x01020304u32.to_ne_bytes());
         assert_eq!(&b[4..10], &[1, 2, 3, 4, 5, 6]);
@@ -623,15 +781,30 @@ mod tests {
     #[test]
     fn walls_encode_as_the_c_struct() {
         let strict = Walls::default();
-        assert_eq!(strict.encode(), [0; NET_CONFIG_SIZE], "the strict default is the map's zero row");
-        let w = Walls { cluster_dns: Some(Ipv4Addr::new(10, 66, 0, 1)), allow_node_access: false, allow_link_local: true };
+        assert_eq!(
+            strict.encode(),
+            [0; NET_CONFIG_SIZE],
+            "the strict default is the map's zero row"
+        );
+        let w = Walls {
+            cluster_dns: Some(Ipv4Addr::new(10, 66, 0, 1)),
+            allow_node_access: false,
+            allow_link_local: true,
+        };
         let b = w.encode();
         assert_eq!(&b[..4], &[10, 66, 0, 1], "the address in network order");
         assert_eq!(u32::from_ne_bytes([b[4], b[5], b[6], b[7]]), ALLOW_LINK_LOCAL);
         assert_eq!(Walls::decode(&b), w);
-        let open = Walls { cluster_dns: None, allow_node_access: true, allow_link_local: false };
+        let open = Walls {
+            cluster_dns: None,
+            allow_node_access: true,
+            allow_link_local: false,
+        };
         assert_eq!(Walls::decode(&open.encode()), open);
-        assert_eq!(w.describe(), "node closed but the cluster DNS 10.66.0.1 port 53; link-local open");
+        assert_eq!(
+            w.describe(),
+            "node closed but the cluster DNS 10.66.0.1 port 53; link-local open"
+        );
         assert_eq!(open.describe(), "node open; link-local closed");
     }
 
@@ -646,28 +819,56 @@ mod tests {
         let mut ebpf = aya::Ebpf::load(OBJECT).expect("the object loads");
         let pods = ebpf.map(PODS_MAP).expect("the pods map");
         let _: HashMap<&MapData, u32, [u8; POD_ENDPOINT_SIZE]> = HashMap::try_from(pods).expect("pods map layout");
-        let _: HashMap<&MapData, u32, [u8; HOST_END_SIZE]> = HashMap::try_from(ebpf.map(HOST_ENDS_MAP).expect("the host-ends map")).expect("host-ends map layout");
+        let _: HashMap<&MapData, u32, [u8; HOST_END_SIZE]> =
+            HashMap::try_from(ebpf.map(HOST_ENDS_MAP).expect("the host-ends map")).expect("host-ends map layout");
         let stats = ebpf.map(STATS_MAP).expect("the counters map");
         let stats: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(stats).expect("counters layout");
         assert_eq!(stats.len() as usize, STATS.len(), "a counter per name in enum nl_stat");
-        let config: Array<&MapData, [u8; NET_CONFIG_SIZE]> = Array::try_from(ebpf.map(CONFIG_MAP).expect("the settings map")).expect("settings layout");
+        let config: Array<&MapData, [u8; NET_CONFIG_SIZE]> =
+            Array::try_from(ebpf.map(CONFIG_MAP).expect("the settings map")).expect("settings layout");
         assert_eq!(config.len(), 1, "one row of settings");
-        let prog: &mut SchedClassifier = ebpf.program_mut(PROGRAM).expect("the program").try_into().expect("a tc program");
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut(PROGRAM)
+            .expect("the program")
+            .try_into()
+            .expect("a tc program");
         prog.load().expect("the verifier accepts the program");
-        let _: SockHash<&MapData, [u8; SOCK_KEY_SIZE]> = SockHash::try_from(ebpf.map(SOCKETS_MAP).expect("the sockets map")).expect("sockets map layout");
-        let ops: &mut SockOps = ebpf.program_mut(SOCKOPS_PROGRAM).expect("the sockops program").try_into().expect("a sockops program");
+        let _: SockHash<&MapData, [u8; SOCK_KEY_SIZE]> =
+            SockHash::try_from(ebpf.map(SOCKETS_MAP).expect("the sockets map")).expect("sockets map layout");
+        let ops: &mut SockOps = ebpf
+            .program_mut(SOCKOPS_PROGRAM)
+            .expect("the sockops program")
+            .try_into()
+            .expect("a sockops program");
         ops.load().expect("the verifier accepts the sockops program");
-        let msg: &mut SkMsg = ebpf.program_mut(MSG_PROGRAM).expect("the sk_msg program").try_into().expect("an sk_msg program");
+        let msg: &mut SkMsg = ebpf
+            .program_mut(MSG_PROGRAM)
+            .expect("the sk_msg program")
+            .try_into()
+            .expect("an sk_msg program");
         msg.load().expect("the verifier accepts the sk_msg program");
         // The C header's enum agrees with the names.
         let header = include_str!("../../bpf/datapath.h");
         for (i, name) in STATS.iter().enumerate() {
             let c = format!("NL_{} = {i},", name.replace('-', "_").to_uppercase());
-            assert!(header.replace(' ', "").contains(&c.replace(' ', "")), "bpf/datapath.h should have {c}");
+            assert!(
+                header.replace(' ', "").contains(&c.replace(' ', "")),
+                "bpf/datapath.h should have {c}"
+            );
         }
-        assert!(header.replace(' ', "").contains(&format!("NL_STAT_MAX={},", STATS.len())));
-        for (flag, value) in [("NL_ALLOW_NODE_ACCESS", ALLOW_NODE_ACCESS), ("NL_ALLOW_LINK_LOCAL", ALLOW_LINK_LOCAL)] {
-            assert!(header.replace(' ', "").contains(&format!("{flag}={value},")), "bpf/datapath.h should have {flag} = {value}");
+        assert!(
+            header
+                .replace(' ', "")
+                .contains(&format!("NL_STAT_MAX={},", STATS.len()))
+        );
+        for (flag, value) in [
+            ("NL_ALLOW_NODE_ACCESS", ALLOW_NODE_ACCESS),
+            ("NL_ALLOW_LINK_LOCAL", ALLOW_LINK_LOCAL),
+        ] {
+            assert!(
+                header.replace(' ', "").contains(&format!("{flag}={value},")),
+                "bpf/datapath.h should have {flag} = {value}"
+            );
         }
     }
 }

@@ -67,7 +67,8 @@ const EOPNOTSUPP: i32 = 95;
 
 /// A netlink handle in the current (host) namespace.
 pub fn host() -> Result<Handle, CniError> {
-    let (conn, handle, _) = rtnetlink::new_connection().map_err(|e| CniError::new(code::IO, "opening a netlink socket", e.to_string()))?;
+    let (conn, handle, _) =
+        rtnetlink::new_connection().map_err(|e| CniError::new(code::IO, "opening a netlink socket", e.to_string()))?;
     tokio::spawn(conn);
     Ok(handle)
 }
@@ -76,26 +77,43 @@ pub fn host() -> Result<Handle, CniError> {
 /// when the thread ends) and hand its connection to the runtime.
 fn connect_inside(rt: &tokio::runtime::Handle, netns: &File) -> Result<Handle, CniError> {
     let _enter = rt.enter();
-    let made = nix::sched::setns(netns, CloneFlags::CLONE_NEWNET).map_err(|e| e.to_string()).and_then(|()| rtnetlink::new_connection().map_err(|e| e.to_string()));
-    let (conn, handle, _) = made.map_err(|e| CniError::new(code::IO, "opening a netlink socket in the container's namespace", e))?;
+    let made = nix::sched::setns(netns, CloneFlags::CLONE_NEWNET)
+        .map_err(|e| e.to_string())
+        .and_then(|()| rtnetlink::new_connection().map_err(|e| e.to_string()));
+    let (conn, handle, _) =
+        made.map_err(|e| CniError::new(code::IO, "opening a netlink socket in the container's namespace", e))?;
     tokio::spawn(conn);
     Ok(handle)
 }
 
 fn thread_lost() -> CniError {
-    CniError::new(code::IO, "opening a netlink socket in the container's namespace", "the netlink thread ended without an answer")
+    CniError::new(
+        code::IO,
+        "opening a netlink socket in the container's namespace",
+        "the netlink thread ended without an answer",
+    )
 }
 
 /// A netlink handle whose socket lives in the namespace at `netns`.
 pub fn inside(netns: &File) -> Result<Handle, CniError> {
     let rt = tokio::runtime::Handle::current();
-    std::thread::scope(|s| s.spawn(|| connect_inside(&rt, netns)).join().unwrap_or_else(|_| Err(thread_lost())))
+    std::thread::scope(|s| {
+        s.spawn(|| connect_inside(&rt, netns))
+            .join()
+            .unwrap_or_else(|_| Err(thread_lost()))
+    })
 }
 
 /// [`inside`] without blocking: the thread that joins the namespace runs while the caller's
 /// other work goes on.
 pub async fn inside_async(netns: &File) -> Result<Handle, CniError> {
-    let ns = netns.try_clone().map_err(|e| CniError::new(code::IO, "opening a netlink socket in the container's namespace", e.to_string()))?;
+    let ns = netns.try_clone().map_err(|e| {
+        CniError::new(
+            code::IO,
+            "opening a netlink socket in the container's namespace",
+            e.to_string(),
+        )
+    })?;
     let rt = tokio::runtime::Handle::current();
     let (tx, rx) = tokio::sync::oneshot::channel();
     std::thread::spawn(move || {
@@ -106,7 +124,13 @@ pub async fn inside_async(netns: &File) -> Result<Handle, CniError> {
 
 /// Open a network namespace path; code 3 when it does not exist.
 pub fn open_netns(path: &Path) -> Result<File, CniError> {
-    File::open(path).map_err(|e| CniError::new(code::UNKNOWN_CONTAINER, format!("network namespace {} cannot be opened", path.display()), e.to_string()))
+    File::open(path).map_err(|e| {
+        CniError::new(
+            code::UNKNOWN_CONTAINER,
+            format!("network namespace {} cannot be opened", path.display()),
+            e.to_string(),
+        )
+    })
 }
 
 pub async fn link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, CniError> {
@@ -118,11 +142,22 @@ pub async fn link(h: &Handle, name: &str) -> Result<Option<LinkMessage>, CniErro
 }
 
 pub fn link_mac(l: &LinkMessage) -> Vec<u8> {
-    l.attributes.iter().find_map(|a| if let LinkAttribute::Address(m) = a { Some(m.clone()) } else { None }).unwrap_or_default()
+    l.attributes
+        .iter()
+        .find_map(|a| {
+            if let LinkAttribute::Address(m) = a {
+                Some(m.clone())
+            } else {
+                None
+            }
+        })
+        .unwrap_or_default()
 }
 
 pub async fn delete_link(h: &Handle, name: &str) -> Result<bool, CniError> {
-    let Some(l) = link(h, name).await? else { return Ok(false) };
+    let Some(l) = link(h, name).await? else {
+        return Ok(false);
+    };
     match h.link().del(l.header.index).execute().await {
         Ok(()) => Ok(true),
         Err(e) if matches!(errno(&e), Some(ENODEV) | Some(ENOENT)) => Ok(false),
@@ -131,7 +166,11 @@ pub async fn delete_link(h: &Handle, name: &str) -> Result<bool, CniError> {
 }
 
 async fn set_up(h: &Handle, index: u32) -> Result<(), CniError> {
-    h.link().set(LinkUnspec::new_with_index(index).up().build()).execute().await.map_err(|e| netlink_err("setting a link up", e))
+    h.link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await
+        .map_err(|e| netlink_err("setting a link up", e))
 }
 
 async fn add_route(h: &Handle, msg: rtnetlink::packet_route::route::RouteMessage, what: &str) -> Result<(), CniError> {
@@ -171,7 +210,11 @@ pub async fn routes(h: &Handle) -> Result<Vec<(Ipv4Net, Option<Ipv4Addr>, Option
                 _ => {}
             }
         }
-        out.extend(Ipv4Net::new(dst, m.header.destination_prefix_length).ok().map(|n| (n, gw, oif)));
+        out.extend(
+            Ipv4Net::new(dst, m.header.destination_prefix_length)
+                .ok()
+                .map(|n| (n, gw, oif)),
+        );
     }
     Ok(out)
 }
@@ -202,15 +245,27 @@ pub struct VethPair {
 /// The pod's netlink handle is still being opened when this starts (`pod`), and the pair is made
 /// meanwhile. A pod interface of that name already there makes the kernel refuse the pair:
 /// that is code 100, and nothing was created.
-pub async fn veth_create(host: &Handle, pod: impl std::future::Future<Output = Result<Handle, CniError>>, netns: &File, host_name: &str, ifname: &str, mtu: Option<u32>) -> Result<(VethPair, Handle), CniError> {
+pub async fn veth_create(
+    host: &Handle,
+    pod: impl std::future::Future<Output = Result<Handle, CniError>>,
+    netns: &File,
+    host_name: &str,
+    ifname: &str,
+    mtu: Option<u32>,
+) -> Result<(VethPair, Handle), CniError> {
     use std::os::fd::AsRawFd;
     // Both ends are created down and set up below: the pod end because a veth without its peer
     // refuses to open (the kernel configures it before the pair is joined), the host end so
     // that IPv6 is off before it opens (`host_side`).
     let pair = || {
-        let mut peer = LinkMessageBuilder::<LinkUnspec>::new().name(ifname.to_string()).setns_by_fd(netns.as_raw_fd());
+        let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(ifname.to_string())
+            .setns_by_fd(netns.as_raw_fd());
         let mut end = LinkVeth::new(host_name, ifname).address(HOST_MAC.to_vec());
-        for a in [LinkAttribute::GsoIpv4MaxSize(BIG_TCP), LinkAttribute::GroIpv4MaxSize(BIG_TCP)] {
+        for a in [
+            LinkAttribute::GsoIpv4MaxSize(BIG_TCP),
+            LinkAttribute::GroIpv4MaxSize(BIG_TCP),
+        ] {
             peer = peer.append_extra_attribute(a.clone());
             end = end.append_extra_attribute(a);
         }
@@ -229,22 +284,38 @@ pub async fn veth_create(host: &Handle, pod: impl std::future::Future<Output = R
             // Either the pod has the interface (not ours to touch: code 100) or a host end is
             // left by an ADD that failed half-way (removed, and the pair made again).
             if link(&pod, ifname).await?.is_some() {
-                return Err(CniError::new(code::INTERFACE_EXISTS, format!("interface {ifname} already exists in the container"), ""));
+                return Err(CniError::new(
+                    code::INTERFACE_EXISTS,
+                    format!("interface {ifname} already exists in the container"),
+                    "",
+                ));
             }
             delete_link(host, host_name).await?;
-            host.link().add(pair()).execute().await.map_err(|e| netlink_err("creating the veth pair", e))?;
+            host.link()
+                .add(pair())
+                .execute()
+                .await
+                .map_err(|e| netlink_err("creating the veth pair", e))?;
         }
         Err(e) => return Err(netlink_err("creating the veth pair", e)),
     }
     let pod = &pod;
     let host_side = async {
-        let host_link = link(host, host_name).await?.ok_or_else(|| CniError::new(code::NETLINK, "the host end vanished", host_name.to_string()))?;
+        let host_link = link(host, host_name)
+            .await?
+            .ok_or_else(|| CniError::new(code::NETLINK, "the host end vanished", host_name.to_string()))?;
         ipv6_off(host_name);
         set_up(host, host_link.header.index).await?;
         Ok::<u32, CniError>(host_link.header.index)
     };
     let pod_side = async {
-        let pod_link = link(pod, ifname).await?.ok_or_else(|| CniError::new(code::NETLINK, "the pod end did not arrive in the pod's namespace", ifname.to_string()))?;
+        let pod_link = link(pod, ifname).await?.ok_or_else(|| {
+            CniError::new(
+                code::NETLINK,
+                "the pod end did not arrive in the pod's namespace",
+                ifname.to_string(),
+            )
+        })?;
         let index = pod_link.header.index;
         // Both up before any route: the kernel refuses routes through a link that is down, and
         // checks an onlink gateway against the local table, which lo's address creates.
@@ -260,15 +331,40 @@ pub async fn veth_create(host: &Handle, pod: impl std::future::Future<Output = R
                 .await
                 .map_err(|e| netlink_err("adding the gateway's neighbour entry", e))
         };
-        let gateway = add_route(pod, RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(GATEWAY, 32).output_interface(index).scope(RouteScope::Link).build(), "routing the gateway");
+        let gateway = add_route(
+            pod,
+            RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(GATEWAY, 32)
+                .output_interface(index)
+                .scope(RouteScope::Link)
+                .build(),
+            "routing the gateway",
+        );
         // onlink: the gateway is reachable through this interface whatever else the pod has
         // (so this route does not wait for the one above).
-        let default = add_route(pod, RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(Ipv4Addr::UNSPECIFIED, 0).gateway(GATEWAY).output_interface(index).onlink().build(), "adding the default route");
+        let default = add_route(
+            pod,
+            RouteMessageBuilder::<Ipv4Addr>::new()
+                .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+                .gateway(GATEWAY)
+                .output_interface(index)
+                .onlink()
+                .build(),
+            "adding the default route",
+        );
         tokio::try_join!(neighbour, gateway, default)?;
         Ok::<(u32, Vec<u8>), CniError>((index, link_mac(&pod_link)))
     };
     let (host_ifindex, (pod_ifindex, pod_mac)) = tokio::try_join!(host_side, pod_side)?;
-    Ok((VethPair { host_ifname: host_name.to_string(), host_ifindex, pod_ifindex, pod_mac }, pod.clone()))
+    Ok((
+        VethPair {
+            host_ifname: host_name.to_string(),
+            host_ifindex,
+            pod_ifindex,
+            pod_mac,
+        },
+        pod.clone(),
+    ))
 }
 
 /// Turn IPv6 off on a host end before it opens. The datapath is IPv4, and with IPv6 on, each
@@ -282,7 +378,15 @@ fn ipv6_off(ifname: &str) {
 
 /// veth mode, second half: the pod's /32 on its end and the host's route to it.
 pub async fn veth_address(host: &Handle, pod: &Handle, pair: &VethPair, ip: Ipv4Addr) -> Result<Attached, CniError> {
-    let host_route = add_route(host, RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(ip, 32).output_interface(pair.host_ifindex).scope(RouteScope::Link).build(), "routing the pod's address to its host end");
+    let host_route = add_route(
+        host,
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(ip, 32)
+            .output_interface(pair.host_ifindex)
+            .scope(RouteScope::Link)
+            .build(),
+        "routing the pod's address to its host end",
+    );
     let pod_address = async {
         match pod.address().add(pair.pod_ifindex, IpAddr::V4(ip), 32).execute().await {
             Ok(()) => Ok(()),
@@ -291,38 +395,96 @@ pub async fn veth_address(host: &Handle, pod: &Handle, pair: &VethPair, ip: Ipv4
         }
     };
     tokio::try_join!(host_route, pod_address)?;
-    Ok(Attached { host_ifname: Some(pair.host_ifname.clone()), host_ifindex: pair.host_ifindex, pod_mac: pair.pod_mac.clone(), address: Ipv4Net::new(ip, 32).unwrap_or_default(), gateway: GATEWAY })
+    Ok(Attached {
+        host_ifname: Some(pair.host_ifname.clone()),
+        host_ifindex: pair.host_ifindex,
+        pod_mac: pair.pod_mac.clone(),
+        address: Ipv4Net::new(ip, 32).unwrap_or_default(),
+        gateway: GATEWAY,
+    })
 }
 
 /// ipvlan (L2) or macvlan (bridge) mode: a child of `parent` moved into the pod as `ifname`,
 /// with the address in its subnet and the subnet's first address as the gateway.
-pub async fn child_add(host: &Handle, pod: &Handle, netns: &File, macvlan: bool, parent: &str, ifname: &str, ip: Ipv4Addr, subnet: Ipv4Net, mtu: Option<u32>) -> Result<Attached, CniError> {
+pub async fn child_add(
+    host: &Handle,
+    pod: &Handle,
+    netns: &File,
+    macvlan: bool,
+    parent: &str,
+    ifname: &str,
+    ip: Ipv4Addr,
+    subnet: Ipv4Net,
+    mtu: Option<u32>,
+) -> Result<Attached, CniError> {
     use std::os::fd::AsRawFd;
-    let parent_link = link(host, parent).await?.ok_or_else(|| CniError::new(code::INVALID_CONFIG, "invalid network configuration field parent", format!("no interface {parent} on the host")))?;
-    let temp = format!("nv{}", &hex::encode(Sha256::digest(format!("{}/{ifname}", netns.as_raw_fd())))[..10]);
+    let parent_link = link(host, parent).await?.ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "invalid network configuration field parent",
+            format!("no interface {parent} on the host"),
+        )
+    })?;
+    let temp = format!(
+        "nv{}",
+        &hex::encode(Sha256::digest(format!("{}/{ifname}", netns.as_raw_fd())))[..10]
+    );
     let parent_index = parent_link.header.index;
     let child = if macvlan {
-        let b = LinkMacVlan::new(&temp, parent_index, MacVlanMode::Bridge).setns_by_fd(netns.as_raw_fd()).name(ifname.to_string());
+        let b = LinkMacVlan::new(&temp, parent_index, MacVlanMode::Bridge)
+            .setns_by_fd(netns.as_raw_fd())
+            .name(ifname.to_string());
         if let Some(m) = mtu { b.mtu(m) } else { b }.build()
     } else {
-        let b = LinkIpVlan::new(&temp, parent_index, IpVlanMode::L2).setns_by_fd(netns.as_raw_fd()).name(ifname.to_string());
+        let b = LinkIpVlan::new(&temp, parent_index, IpVlanMode::L2)
+            .setns_by_fd(netns.as_raw_fd())
+            .name(ifname.to_string());
         if let Some(m) = mtu { b.mtu(m) } else { b }.build()
     };
     let kind = if macvlan { "macvlan" } else { "ipvlan" };
     match host.link().add(child).execute().await {
         Ok(()) => {}
         Err(e) if errno(&e) == Some(EOPNOTSUPP) => {
-            return Err(CniError::new(code::UNSUPPORTED_FIELD, format!("unsupported field mode: {kind}"), format!("this kernel has no {kind} driver (CONFIG_{})", kind.to_uppercase())));
+            return Err(CniError::new(
+                code::UNSUPPORTED_FIELD,
+                format!("unsupported field mode: {kind}"),
+                format!("this kernel has no {kind} driver (CONFIG_{})", kind.to_uppercase()),
+            ));
         }
         Err(e) => return Err(netlink_err(&format!("creating the {kind} interface"), e)),
     }
-    let pod_link = link(pod, ifname).await?.ok_or_else(|| CniError::new(code::NETLINK, "the ipvlan interface did not arrive in the pod's namespace", ifname.to_string()))?;
+    let pod_link = link(pod, ifname).await?.ok_or_else(|| {
+        CniError::new(
+            code::NETLINK,
+            "the ipvlan interface did not arrive in the pod's namespace",
+            ifname.to_string(),
+        )
+    })?;
     let index = pod_link.header.index;
-    pod.address().add(index, IpAddr::V4(ip), subnet.prefix_len()).execute().await.map_err(|e| netlink_err("adding the pod's address", e))?;
+    pod.address()
+        .add(index, IpAddr::V4(ip), subnet.prefix_len())
+        .execute()
+        .await
+        .map_err(|e| netlink_err("adding the pod's address", e))?;
     set_up(pod, index).await?;
     let gateway = subnet.hosts().next().unwrap_or(subnet.addr());
-    add_route(pod, RouteMessageBuilder::<Ipv4Addr>::new().destination_prefix(Ipv4Addr::UNSPECIFIED, 0).gateway(gateway).output_interface(index).build(), "adding the default route").await?;
-    Ok(Attached { host_ifname: None, host_ifindex: 0, pod_mac: link_mac(&pod_link), address: Ipv4Net::new(ip, subnet.prefix_len()).unwrap_or_default(), gateway })
+    add_route(
+        pod,
+        RouteMessageBuilder::<Ipv4Addr>::new()
+            .destination_prefix(Ipv4Addr::UNSPECIFIED, 0)
+            .gateway(gateway)
+            .output_interface(index)
+            .build(),
+        "adding the default route",
+    )
+    .await?;
+    Ok(Attached {
+        host_ifname: None,
+        host_ifindex: 0,
+        pod_mac: link_mac(&pod_link),
+        address: Ipv4Net::new(ip, subnet.prefix_len()).unwrap_or_default(),
+        gateway,
+    })
 }
 
 /// The host's first global IPv4 address.
@@ -353,7 +515,9 @@ pub fn enable_forwarding() -> Result<(), CniError> {
 /// Make `ip` a local address of the host (a /32 on `lo`), for services such as cluster DNS that
 /// pods reach through their host route; nothing if it already is.
 pub async fn add_loopback_address(h: &Handle, ip: Ipv4Addr) -> Result<(), CniError> {
-    let lo = link(h, "lo").await?.ok_or_else(|| CniError::new(code::NETLINK, "the host has no lo", ""))?;
+    let lo = link(h, "lo")
+        .await?
+        .ok_or_else(|| CniError::new(code::NETLINK, "the host has no lo", ""))?;
     match h.address().add(lo.header.index, IpAddr::V4(ip), 32).execute().await {
         Ok(()) => Ok(()),
         Err(e) if errno(&e) == Some(EEXIST) => Ok(()),
@@ -366,9 +530,16 @@ pub async fn del_loopback_address(h: &Handle, ip: Ipv4Addr) -> Result<(), CniErr
     let Some(lo) = link(h, "lo").await? else { return Ok(()) };
     let mut s = h.address().get().set_link_index_filter(lo.header.index).execute();
     while let Some(m) = s.try_next().await.map_err(|e| netlink_err("reading addresses", e))? {
-        let ours = m.header.prefix_len == 32 && m.attributes.iter().any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(a)) if *a == ip));
+        let ours = m.header.prefix_len == 32
+            && m.attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Address(IpAddr::V4(a)) if *a == ip));
         if ours {
-            h.address().del(m).execute().await.map_err(|e| netlink_err("removing an address from lo", e))?;
+            h.address()
+                .del(m)
+                .execute()
+                .await
+                .map_err(|e| netlink_err("removing an address from lo", e))?;
             break;
         }
     }
@@ -384,7 +555,9 @@ mod tests {
     struct Netns(String);
     impl Drop for Netns {
         fn drop(&mut self) {
-            let _ = std::process::Command::new("ip").args(["netns", "delete", &self.0]).status();
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "delete", &self.0])
+                .status();
         }
     }
 
@@ -397,14 +570,34 @@ mod tests {
             return;
         }
         let ns = Netns(format!("nlgso{}", std::process::id()));
-        assert!(std::process::Command::new("ip").args(["netns", "add", &ns.0]).status().unwrap().success());
+        assert!(
+            std::process::Command::new("ip")
+                .args(["netns", "add", &ns.0])
+                .status()
+                .unwrap()
+                .success()
+        );
         let file = open_netns(&Path::new("/run/netns").join(&ns.0)).unwrap();
         let host = host().unwrap();
         let host_name = format!("nlgso{}", std::process::id());
-        let (_, pod) = veth_create(&host, inside_async(&file), &file, &host_name, "eth0", None).await.unwrap();
+        let (_, pod) = veth_create(&host, inside_async(&file), &file, &host_name, "eth0", None)
+            .await
+            .unwrap();
         let sizes = |l: LinkMessage| {
-            let gso = l.attributes.iter().find_map(|a| if let LinkAttribute::GsoIpv4MaxSize(n) = a { Some(*n) } else { None });
-            let gro = l.attributes.iter().find_map(|a| if let LinkAttribute::GroIpv4MaxSize(n) = a { Some(*n) } else { None });
+            let gso = l.attributes.iter().find_map(|a| {
+                if let LinkAttribute::GsoIpv4MaxSize(n) = a {
+                    Some(*n)
+                } else {
+                    None
+                }
+            });
+            let gro = l.attributes.iter().find_map(|a| {
+                if let LinkAttribute::GroIpv4MaxSize(n) = a {
+                    Some(*n)
+                } else {
+                    None
+                }
+            });
             (gso, gro)
         };
         let host_end = link(&host, &host_name).await.unwrap().expect("the host end");

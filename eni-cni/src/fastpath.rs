@@ -13,9 +13,21 @@ use tokio::sync::{mpsc, oneshot};
 use crate::bpf::{Pins, PodEndpoint, Walls};
 
 enum Op {
-    Publish { host_ifname: String, ip: Ipv4Addr, endpoint: PodEndpoint, accelerate: bool, walls: Walls },
-    Withdraw { host_ifname: String, ip: Option<Ipv4Addr>, done: oneshot::Sender<Result<(), String>> },
-    Sync { done: oneshot::Sender<()> },
+    Publish {
+        host_ifname: String,
+        ip: Ipv4Addr,
+        endpoint: PodEndpoint,
+        accelerate: bool,
+        walls: Walls,
+    },
+    Withdraw {
+        host_ifname: String,
+        ip: Option<Ipv4Addr>,
+        done: oneshot::Sender<Result<(), String>>,
+    },
+    Sync {
+        done: oneshot::Sender<()>,
+    },
 }
 
 #[derive(Default)]
@@ -43,14 +55,38 @@ impl FastPath {
     /// Attach to the pod's host end and publish the pod, soon (`accelerate`: whether the
     /// network's datapath, if this pod is the one to load it, accelerates sockets; `walls`:
     /// what the network's pods may reach, written again by every publish).
-    pub fn publish(&self, network: &str, host_ifname: &str, ip: Ipv4Addr, endpoint: PodEndpoint, accelerate: bool, walls: Walls) {
-        self.send(network, Op::Publish { host_ifname: host_ifname.to_string(), ip, endpoint, accelerate, walls });
+    pub fn publish(
+        &self,
+        network: &str,
+        host_ifname: &str,
+        ip: Ipv4Addr,
+        endpoint: PodEndpoint,
+        accelerate: bool,
+        walls: Walls,
+    ) {
+        self.send(
+            network,
+            Op::Publish {
+                host_ifname: host_ifname.to_string(),
+                ip,
+                endpoint,
+                accelerate,
+                walls,
+            },
+        );
     }
 
     /// Undo a publish, after everything asked before it.
     pub async fn withdraw(&self, network: &str, host_ifname: &str, ip: Option<Ipv4Addr>) -> Result<(), String> {
         let (done, wait) = oneshot::channel();
-        self.send(network, Op::Withdraw { host_ifname: host_ifname.to_string(), ip, done });
+        self.send(
+            network,
+            Op::Withdraw {
+                host_ifname: host_ifname.to_string(),
+                ip,
+                done,
+            },
+        );
         wait.await.map_err(|_| "the fast-path worker went away".to_string())?
     }
 
@@ -65,19 +101,30 @@ impl FastPath {
 async fn work(pins: Pins, mut rx: mpsc::UnboundedReceiver<Op>) {
     while let Some(op) = rx.recv().await {
         match op {
-            Op::Publish { host_ifname, ip, endpoint, accelerate, walls } => {
+            Op::Publish {
+                host_ifname,
+                ip,
+                endpoint,
+                accelerate,
+                walls,
+            } => {
                 let p = pins.clone();
                 let name = host_ifname.clone();
                 match tokio::task::spawn_blocking(move || p.attach(&name, ip, endpoint, accelerate, walls)).await {
                     Ok(Ok(())) => {}
                     // The pod keeps its routed path; CHECK reports the missing fast path.
-                    Ok(Err(e)) => tracing::warn!(pod = %ip, interface = %host_ifname, error = %e, "eBPF fast path not attached"),
+                    Ok(Err(e)) => {
+                        tracing::warn!(pod = %ip, interface = %host_ifname, error = %e, "eBPF fast path not attached")
+                    }
                     Err(e) => tracing::warn!(error = %e, "eBPF attach task"),
                 }
             }
             Op::Withdraw { host_ifname, ip, done } => {
                 let p = pins.clone();
-                let r = tokio::task::spawn_blocking(move || p.detach(&host_ifname, ip)).await.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()));
+                let r = tokio::task::spawn_blocking(move || p.detach(&host_ifname, ip))
+                    .await
+                    .map_err(|e| e.to_string())
+                    .and_then(|r| r.map_err(|e| e.to_string()));
                 let _ = done.send(r);
             }
             Op::Sync { done } => {

@@ -84,15 +84,7 @@ fn main() {
             max_warm,
             idle_reclaim,
             no_snat,
-        } => (
-            socket,
-            state,
-            cidrs,
-            min_warm,
-            max_warm,
-            idle_reclaim,
-            no_snat,
-        ),
+        } => (socket, state, cidrs, min_warm, max_warm, idle_reclaim, no_snat),
         Cli::Show { network } => match nodeless_eni_cni::bpf::Pins::for_network(&network).show() {
             Ok(text) => {
                 print!("{text}");
@@ -167,9 +159,7 @@ fn main() {
 
 fn init_tracing() {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
 }
@@ -235,7 +225,18 @@ fn run_plugin() -> i32 {
     let _ = std::io::stdin().read_to_end(&mut stdin);
     let (code, text) = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => plugin::render(rt.block_on(plugin::run(&env, &stdin))),
-        Err(e) => (1, format!("{}\n", nodeless_eni_cni::spec::CniError::new(nodeless_eni_cni::spec::code::IO, "starting the plugin", e.to_string()).to_json("1.1.0"))),
+        Err(e) => (
+            1,
+            format!(
+                "{}\n",
+                nodeless_eni_cni::spec::CniError::new(
+                    nodeless_eni_cni::spec::code::IO,
+                    "starting the plugin",
+                    e.to_string()
+                )
+                .to_json("1.1.0")
+            ),
+        ),
     };
     let _ = std::io::stdout().lock().write_all(text.as_bytes());
     code

@@ -76,7 +76,10 @@ pub async fn start(
         local_dns: None,
         services: None,
     };
-    match net.bring_up(network, cidrs, cluster_dns, balancing, socket_acceleration).await {
+    match net
+        .bring_up(network, cidrs, cluster_dns, balancing, socket_acceleration)
+        .await
+    {
         Ok(()) => Ok(net),
         Err(e) => {
             net.remove_host_changes().await;
@@ -95,20 +98,17 @@ impl NodeNetwork {
         socket_acceleration: bool,
     ) -> anyhow::Result<()> {
         if let Some(b) = balancing {
-            let root = cgroup2_root().ok_or_else(|| anyhow::anyhow!("the service load balancer needs a cgroup v2 hierarchy, and this host mounts none"))?;
+            let root = cgroup2_root().ok_or_else(|| {
+                anyhow::anyhow!("the service load balancer needs a cgroup v2 hierarchy, and this host mounts none")
+            })?;
             let cgroup = root.join(b.cgroup_parent.trim_start_matches('/'));
-            std::fs::create_dir_all(&cgroup)
-                .map_err(|e| anyhow::anyhow!("creating {}: {e}", cgroup.display()))?;
+            std::fs::create_dir_all(&cgroup).map_err(|e| anyhow::anyhow!("creating {}: {e}", cgroup.display()))?;
             let lb = crate::lb::Balancer::start(network, &cgroup)?;
             let pins = lb.pins().clone();
             let task = tokio::spawn(crate::lb::watch::run(b.client, lb));
             self.services = Some((task, pins, cgroup));
         }
-        let state_dir = self
-            .conflist
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_default();
+        let state_dir = self.conflist.parent().map(Path::to_path_buf).unwrap_or_default();
         let cfg = PoolConfig {
             state: state_dir.join("pool.redb"),
             min_warm: 8,

@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use crate::bpf::Pins;
 use crate::datapath::{self, GATEWAY, HOST_MAC, mac_string};
 use crate::pool::{self, Reply, Request};
-use crate::spec::{CniError, CniResult, IpConfig, Interface, Mode, NetConf, Route, SUPPORTED, code};
+use crate::spec::{CniError, CniResult, Interface, IpConfig, Mode, NetConf, Route, SUPPORTED, code};
 
 /// What the runtime told us through the environment.
 #[derive(Debug, Clone)]
@@ -25,24 +25,40 @@ fn valid_container_id(s: &str) -> bool {
 }
 
 fn valid_ifname(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 15 && s != "." && s != ".." && !s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
+    !s.is_empty()
+        && s.len() <= 15
+        && s != "."
+        && s != ".."
+        && !s.chars().any(|c| c == '/' || c == ':' || c.is_whitespace())
 }
 
 impl Invocation {
     /// Read the CNI_* variables a verb needs; code 4 names every one missing or malformed.
     pub fn from_env(env: &HashMap<String, String>) -> Result<Invocation, CniError> {
         let get = |k: &str| env.get(k).map(String::as_str).filter(|v| !v.is_empty());
-        let command = get("CNI_COMMAND").ok_or_else(|| CniError::new(code::INVALID_ENV, "missing environment variable CNI_COMMAND", ""))?.to_string();
+        let command = get("CNI_COMMAND")
+            .ok_or_else(|| CniError::new(code::INVALID_ENV, "missing environment variable CNI_COMMAND", ""))?
+            .to_string();
         let needed: &[&str] = match command.as_str() {
             "ADD" | "CHECK" => &["CNI_CONTAINERID", "CNI_NETNS", "CNI_IFNAME", "CNI_PATH"],
             "DEL" => &["CNI_CONTAINERID", "CNI_IFNAME", "CNI_PATH"],
             "GC" | "STATUS" => &["CNI_PATH"],
             "VERSION" => &[],
-            other => return Err(CniError::new(code::INVALID_ENV, format!("unknown CNI_COMMAND {other:?}"), "one of ADD, DEL, CHECK, GC, STATUS, VERSION")),
+            other => {
+                return Err(CniError::new(
+                    code::INVALID_ENV,
+                    format!("unknown CNI_COMMAND {other:?}"),
+                    "one of ADD, DEL, CHECK, GC, STATUS, VERSION",
+                ));
+            }
         };
         let missing: Vec<&str> = needed.iter().copied().filter(|k| get(k).is_none()).collect();
         if !missing.is_empty() {
-            return Err(CniError::new(code::INVALID_ENV, format!("missing environment variables {}", missing.join(", ")), format!("{command} needs {}", needed.join(", "))));
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                format!("missing environment variables {}", missing.join(", ")),
+                format!("{command} needs {}", needed.join(", ")),
+            ));
         }
         let inv = Invocation {
             command,
@@ -51,10 +67,18 @@ impl Invocation {
             ifname: get("CNI_IFNAME").unwrap_or_default().to_string(),
         };
         if needed.contains(&"CNI_CONTAINERID") && !valid_container_id(&inv.container_id) {
-            return Err(CniError::new(code::INVALID_ENV, "invalid environment variable CNI_CONTAINERID", format!("{:?}: letters, digits, _ . - only", inv.container_id)));
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                "invalid environment variable CNI_CONTAINERID",
+                format!("{:?}: letters, digits, _ . - only", inv.container_id),
+            ));
         }
         if needed.contains(&"CNI_IFNAME") && !valid_ifname(&inv.ifname) {
-            return Err(CniError::new(code::INVALID_ENV, "invalid environment variable CNI_IFNAME", format!("{:?}: at most 15 bytes, no / : or spaces", inv.ifname)));
+            return Err(CniError::new(
+                code::INVALID_ENV,
+                "invalid environment variable CNI_IFNAME",
+                format!("{:?}: at most 15 bytes, no / : or spaces", inv.ifname),
+            ));
         }
         Ok(inv)
     }
@@ -66,7 +90,10 @@ pub async fn run(env: &HashMap<String, String>, stdin: &[u8]) -> Result<Option<V
     let inv = Invocation::from_env(env).map_err(|e| (e, fallback.clone()))?;
     if inv.command == "VERSION" {
         // The asker's version, if it sent one, else ours.
-        let asked = serde_json::from_slice::<Value>(stdin).ok().and_then(|v| v["cniVersion"].as_str().map(str::to_string)).unwrap_or(fallback);
+        let asked = serde_json::from_slice::<Value>(stdin)
+            .ok()
+            .and_then(|v| v["cniVersion"].as_str().map(str::to_string))
+            .unwrap_or(fallback);
         return Ok(Some(json!({"cniVersion": asked, "supportedVersions": SUPPORTED})));
     }
     let conf = NetConf::parse(stdin).map_err(|e| (e, fallback.clone()))?;
@@ -84,7 +111,9 @@ pub async fn run(env: &HashMap<String, String>, stdin: &[u8]) -> Result<Option<V
 
 /// The process's environment as [`run`] takes it (variables that are not UTF-8 left out).
 pub fn environment() -> HashMap<String, String> {
-    std::env::vars_os().filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?))).collect()
+    std::env::vars_os()
+        .filter_map(|(k, v)| Some((k.into_string().ok()?, v.into_string().ok()?)))
+        .collect()
 }
 
 /// What the plugin process answers for an outcome of [`run`]: its exit code and its output.
@@ -113,14 +142,25 @@ pub fn forward(env: &HashMap<String, String>, stdin: &[u8]) -> Option<(i32, Stri
         return None;
     }
     let mut stream = std::os::unix::net::UnixStream::connect(&conf.pool).ok()?;
-    let mut env: HashMap<String, String> = env.iter().filter(|(k, _)| k.starts_with("CNI_")).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut env: HashMap<String, String> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with("CNI_"))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     // The pool's working directory is not ours.
-    if let Some(ns) = env.get_mut("CNI_NETNS").filter(|p| !p.is_empty() && !p.starts_with('/')) {
+    if let Some(ns) = env
+        .get_mut("CNI_NETNS")
+        .filter(|p| !p.is_empty() && !p.starts_with('/'))
+    {
         let cwd = std::env::current_dir().ok()?;
         *ns = cwd.join(&*ns).display().to_string();
     }
     let command = env.get("CNI_COMMAND").cloned().unwrap_or_default();
-    let mut line = serde_json::to_vec(&Request::Exec { env, stdin: text.to_string() }).ok()?;
+    let mut line = serde_json::to_vec(&Request::Exec {
+        env,
+        stdin: text.to_string(),
+    })
+    .ok()?;
     line.push(b'\n');
     stream.write_all(&line).ok()?;
     let mut reply = String::new();
@@ -130,28 +170,47 @@ pub fn forward(env: &HashMap<String, String>, stdin: &[u8]) -> Option<(i32, Stri
         Err(e) => Err(e.to_string()),
     };
     match answer {
-        Ok(Reply { plugin: Some(answer), .. }) => Some(answer),
+        Ok(Reply {
+            plugin: Some(answer), ..
+        }) => Some(answer),
         // A pool that does not run verbs (an older one) still serves the plugin's requests.
         Ok(_) => None,
         // The verb may have been under way: the runtime is told to try again.
-        Err(e) => Some(render(Err((CniError::new(code::TRY_AGAIN, format!("the IP pool at {} went away during {command}", conf.pool.display()), e), conf.cni_version)))),
+        Err(e) => Some(render(Err((
+            CniError::new(
+                code::TRY_AGAIN,
+                format!("the IP pool at {} went away during {command}", conf.pool.display()),
+                e,
+            ),
+            conf.cni_version,
+        )))),
     }
 }
 
 fn unreachable_command(c: &str) -> Result<Option<Value>, CniError> {
-    Err(CniError::new(code::INVALID_ENV, format!("unknown CNI_COMMAND {c:?}"), ""))
+    Err(CniError::new(
+        code::INVALID_ENV,
+        format!("unknown CNI_COMMAND {c:?}"),
+        "",
+    ))
 }
 
 fn needs_1_1(conf: &NetConf, verb: &str) -> Result<(), CniError> {
     if conf.at_least("1.1.0") {
         Ok(())
     } else {
-        Err(CniError::new(code::INCOMPATIBLE_VERSION, format!("{verb} needs cniVersion 1.1.0"), format!("the configuration says {}", conf.cni_version)))
+        Err(CniError::new(
+            code::INCOMPATIBLE_VERSION,
+            format!("{verb} needs cniVersion 1.1.0"),
+            format!("the configuration says {}", conf.cni_version),
+        ))
     }
 }
 
 async fn ask(conf: &NetConf, req: Request) -> Result<Reply, CniError> {
-    let reply = pool::call(&conf.pool, &req).await.map_err(|e| unreachable_pool(conf, e))?;
+    let reply = pool::call(&conf.pool, &req)
+        .await
+        .map_err(|e| unreachable_pool(conf, e))?;
     checked(reply)
 }
 
@@ -162,12 +221,18 @@ async fn ask_on(conf: &NetConf, client: &mut pool::Client, req: Request) -> Resu
 }
 
 fn unreachable_pool(conf: &NetConf, e: std::io::Error) -> CniError {
-    CniError::new(code::TRY_AGAIN, format!("the IP pool at {} is not reachable", conf.pool.display()), e.to_string())
+    CniError::new(
+        code::TRY_AGAIN,
+        format!("the IP pool at {} is not reachable", conf.pool.display()),
+        e.to_string(),
+    )
 }
 
 fn checked(reply: Reply) -> Result<Reply, CniError> {
     match reply.error {
-        Some(e) if e.contains("no free addresses") => Err(CniError::new(code::TRY_AGAIN, "no free addresses in the pool", e)),
+        Some(e) if e.contains("no free addresses") => {
+            Err(CniError::new(code::TRY_AGAIN, "no free addresses in the pool", e))
+        }
         Some(e) => Err(CniError::new(code::IO, "the IP pool failed", e)),
         None => Ok(reply),
     }
@@ -180,19 +245,40 @@ fn pool_key(conf: &NetConf, inv: &Invocation) -> (String, String, String) {
 async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
     let netns_path = inv.netns.clone().unwrap_or_default();
     let netns = datapath::open_netns(&netns_path)?;
-    let prev = conf.prev_result.as_ref().map(CniResult::from_value).transpose()?.unwrap_or_default();
+    let prev = conf
+        .prev_result
+        .as_ref()
+        .map(CniResult::from_value)
+        .transpose()?
+        .unwrap_or_default();
     let mut result = prev.clone();
     if conf.mode == Mode::Host {
         let host = datapath::host()?;
         let ip = match conf.host_ip {
             Some(ip) => ip,
-            None => datapath::host_address(&host).await?.ok_or_else(|| CniError::new(code::INVALID_CONFIG, "invalid network configuration field hostIP", "the host has no global IPv4 address to report"))?,
+            None => datapath::host_address(&host).await?.ok_or_else(|| {
+                CniError::new(
+                    code::INVALID_CONFIG,
+                    "invalid network configuration field hostIP",
+                    "the host has no global IPv4 address to report",
+                )
+            })?,
         };
-        result.ips.push(IpConfig { address: ipnet::IpNet::V4(ipnet::Ipv4Net::new(ip, 32).unwrap_or_default()), gateway: None, interface: None });
+        result.ips.push(IpConfig {
+            address: ipnet::IpNet::V4(ipnet::Ipv4Net::new(ip, 32).unwrap_or_default()),
+            gateway: None,
+            interface: None,
+        });
         result.dns = conf.dns.clone().unwrap_or(prev.dns);
         return Ok(result.to_json(&conf.cni_version));
     }
-    let exists = |name: &str| CniError::new(code::INTERFACE_EXISTS, format!("interface {name} already exists in the container"), netns_path.display().to_string());
+    let exists = |name: &str| {
+        CniError::new(
+            code::INTERFACE_EXISTS,
+            format!("interface {name} already exists in the container"),
+            netns_path.display().to_string(),
+        )
+    };
     let (network, container, ifname) = pool_key(conf, inv);
     let host = datapath::host()?;
     let host_name = datapath::host_ifname(&conf.name, &inv.container_id, &inv.ifname);
@@ -200,8 +286,14 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
     // the request goes before any interface work starts, so the pool's write (and the disk wait
     // after it) overlaps that work instead of queueing behind it; from here on, every way out
     // gives a new address back. The other modes look at the pod's interfaces first.
-    let mut client = pool::Client::connect(&conf.pool).await.map_err(|e| unreachable_pool(conf, e))?;
-    let request = Request::Alloc { network, container, ifname };
+    let mut client = pool::Client::connect(&conf.pool)
+        .await
+        .map_err(|e| unreachable_pool(conf, e))?;
+    let request = Request::Alloc {
+        network,
+        container,
+        ifname,
+    };
     let sent_early = conf.mode == Mode::Veth;
     if sent_early {
         client.send(&request).await.map_err(|e| unreachable_pool(conf, e))?;
@@ -210,9 +302,15 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
         if !sent_early {
             client.send(&request).await.map_err(|e| unreachable_pool(conf, e))?;
         }
-        let reply = client.receive().await.map_err(|e| unreachable_pool(conf, e)).and_then(checked)?;
+        let reply = client
+            .receive()
+            .await
+            .map_err(|e| unreachable_pool(conf, e))
+            .and_then(checked)?;
         let existing = reply.existing;
-        let alloc = reply.allocation.ok_or_else(|| CniError::new(code::IO, "the IP pool gave no address", ""))?;
+        let alloc = reply
+            .allocation
+            .ok_or_else(|| CniError::new(code::IO, "the IP pool gave no address", ""))?;
         Ok::<_, CniError>((client, alloc, existing))
     };
     // The pod's netlink handle, once made (veth mode makes it while creating the pair).
@@ -223,7 +321,15 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
             // pod's netlink socket is opened.
             let create = async {
                 datapath::enable_forwarding()?;
-                datapath::veth_create(&host, datapath::inside_async(&netns), &netns, &host_name, &inv.ifname, conf.mtu).await
+                datapath::veth_create(
+                    &host,
+                    datapath::inside_async(&netns),
+                    &netns,
+                    &host_name,
+                    &inv.ifname,
+                    conf.mtu,
+                )
+                .await
             };
             let (alloc, created) = tokio::join!(alloc, create);
             if let Err(e) = &created {
@@ -232,7 +338,15 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
                     // ADD goes back (one the container already had stays with it).
                     if matches!(alloc, Ok((_, _, false))) {
                         let (network, container, ifname) = pool_key(conf, inv);
-                        let _ = ask(conf, Request::Release { network, container, ifname }).await;
+                        let _ = ask(
+                            conf,
+                            Request::Release {
+                                network,
+                                container,
+                                ifname,
+                            },
+                        )
+                        .await;
                     }
                     return Err(exists(&inv.ifname));
                 }
@@ -253,7 +367,18 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
                         if pair.pod_mac.len() == 6 {
                             mac.copy_from_slice(&pair.pod_mac);
                         }
-                        let publish = Request::Publish { network: conf.name.clone(), container: inv.container_id.clone(), ifname: inv.ifname.clone(), host_ifname: host_name.clone(), ip: alloc.ip, ifindex: pair.host_ifindex, mac, socket_acceleration: conf.socket_acceleration, walls: conf.walls(), sandbox: crate::bpf::sandbox_of(&netns) };
+                        let publish = Request::Publish {
+                            network: conf.name.clone(),
+                            container: inv.container_id.clone(),
+                            ifname: inv.ifname.clone(),
+                            host_ifname: host_name.clone(),
+                            ip: alloc.ip,
+                            ifindex: pair.host_ifindex,
+                            mac,
+                            socket_acceleration: conf.socket_acceleration,
+                            walls: conf.walls(),
+                            sandbox: crate::bpf::sandbox_of(&netns),
+                        };
                         ask_on(conf, &mut client, publish).await.map(drop)
                     };
                     tokio::try_join!(address, publish).map(|(a, ())| a)
@@ -268,7 +393,17 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
             }
             match alloc.await {
                 Ok((mut client, alloc, _)) => {
-                    let child = datapath::child_add(&host, handle, &netns, conf.mode == Mode::Macvlan, conf.parent.as_deref().unwrap_or_default(), &inv.ifname, alloc.ip, alloc.subnet, conf.mtu);
+                    let child = datapath::child_add(
+                        &host,
+                        handle,
+                        &netns,
+                        conf.mode == Mode::Macvlan,
+                        conf.parent.as_deref().unwrap_or_default(),
+                        &inv.ifname,
+                        alloc.ip,
+                        alloc.subnet,
+                        conf.mtu,
+                    );
                     let persisted = ask_on(conf, &mut client, Request::Persisted);
                     tokio::try_join!(child, persisted).map(|(a, _)| a)
                 }
@@ -282,7 +417,15 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
         Err(e) => {
             // Nothing half-done stays: the fast-path entry, the links, the address (each step
             // is a no-op for what was never made).
-            let _ = ask(conf, Request::Withdraw { network: conf.name.clone(), host_ifname: host_name.clone(), ip: None }).await;
+            let _ = ask(
+                conf,
+                Request::Withdraw {
+                    network: conf.name.clone(),
+                    host_ifname: host_name.clone(),
+                    ip: None,
+                },
+            )
+            .await;
             let _ = datapath::delete_link(&host, &host_name).await;
             let pod = match pod {
                 Some(p) => Some(p),
@@ -292,17 +435,40 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
                 let _ = datapath::delete_link(&pod, &inv.ifname).await;
             }
             let (network, container, ifname) = pool_key(conf, inv);
-            let _ = ask(conf, Request::Release { network, container, ifname }).await;
+            let _ = ask(
+                conf,
+                Request::Release {
+                    network,
+                    container,
+                    ifname,
+                },
+            )
+            .await;
             return Err(e);
         }
     };
     if let Some(h) = &attached.host_ifname {
-        result.interfaces.push(Interface { name: h.clone(), mac: mac_string(&HOST_MAC), sandbox: String::new() });
+        result.interfaces.push(Interface {
+            name: h.clone(),
+            mac: mac_string(&HOST_MAC),
+            sandbox: String::new(),
+        });
     }
-    result.interfaces.push(Interface { name: inv.ifname.clone(), mac: mac_string(&attached.pod_mac), sandbox: netns_path.display().to_string() });
+    result.interfaces.push(Interface {
+        name: inv.ifname.clone(),
+        mac: mac_string(&attached.pod_mac),
+        sandbox: netns_path.display().to_string(),
+    });
     let index = result.interfaces.len() - 1;
-    result.ips.push(IpConfig { address: ipnet::IpNet::V4(attached.address), gateway: Some(attached.gateway.into()), interface: Some(index) });
-    result.routes.push(Route { dst: "0.0.0.0/0".parse().unwrap_or_default(), gw: Some(attached.gateway.into()) });
+    result.ips.push(IpConfig {
+        address: ipnet::IpNet::V4(attached.address),
+        gateway: Some(attached.gateway.into()),
+        interface: Some(index),
+    });
+    result.routes.push(Route {
+        dst: "0.0.0.0/0".parse().unwrap_or_default(),
+        gw: Some(attached.gateway.into()),
+    });
     if let Some(dns) = &conf.dns {
         result.dns = dns.clone();
     }
@@ -310,7 +476,11 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
 }
 
 fn unreachable_mode() -> Result<datapath::Attached, CniError> {
-    Err(CniError::new(code::INVALID_CONFIG, "invalid network configuration field mode", "host mode creates no interface"))
+    Err(CniError::new(
+        code::INVALID_CONFIG,
+        "invalid network configuration field mode",
+        "host mode creates no interface",
+    ))
 }
 
 async fn del(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
@@ -322,7 +492,15 @@ async fn del(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
     // The fast path first (after the pool has done any attach still pending), then the
     // interfaces: the host end takes the veth pair with it; an ipvlan or macvlan child is
     // deleted in the pod.
-    ask(conf, Request::Withdraw { network: conf.name.clone(), host_ifname: host_name.clone(), ip: None }).await?;
+    ask(
+        conf,
+        Request::Withdraw {
+            network: conf.name.clone(),
+            host_ifname: host_name.clone(),
+            ip: None,
+        },
+    )
+    .await?;
     datapath::delete_link(&host, &host_name).await?;
     if conf.mode.has_parent() {
         if let Some(netns) = inv.netns.as_deref().and_then(|p| std::fs::File::open(p).ok()) {
@@ -331,7 +509,15 @@ async fn del(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
         }
     }
     let (network, container, ifname) = pool_key(conf, inv);
-    ask(conf, Request::Release { network, container, ifname }).await?;
+    ask(
+        conf,
+        Request::Release {
+            network,
+            container,
+            ifname,
+        },
+    )
+    .await?;
     Ok(())
 }
 
@@ -340,7 +526,13 @@ fn check_failed(what: impl Into<String>, details: impl Into<String>) -> CniError
 }
 
 async fn check(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
-    let prev = conf.prev_result.as_ref().ok_or_else(|| CniError::new(code::INVALID_CONFIG, "invalid network configuration field prevResult", "CHECK needs the result of ADD"))?;
+    let prev = conf.prev_result.as_ref().ok_or_else(|| {
+        CniError::new(
+            code::INVALID_CONFIG,
+            "invalid network configuration field prevResult",
+            "CHECK needs the result of ADD",
+        )
+    })?;
     let prev = CniResult::from_value(prev)?;
     if conf.mode == Mode::Host {
         return Ok(());
@@ -352,37 +544,94 @@ async fn check(inv: &Invocation, conf: &NetConf) -> Result<(), CniError> {
         .interfaces
         .iter()
         .position(|i| i.name == inv.ifname && i.sandbox == netns_path.display().to_string())
-        .ok_or_else(|| check_failed(format!("prevResult has no interface {} in {}", inv.ifname, netns_path.display()), ""))?;
-    let ip = prev.ips.iter().find(|c| c.interface == Some(ours)).ok_or_else(|| check_failed(format!("prevResult has no address on {}", inv.ifname), ""))?;
-    let ipnet::IpNet::V4(want) = ip.address else { return Err(check_failed("an IPv6 address in prevResult", ip.address.to_string())) };
+        .ok_or_else(|| {
+            check_failed(
+                format!("prevResult has no interface {} in {}", inv.ifname, netns_path.display()),
+                "",
+            )
+        })?;
+    let ip = prev
+        .ips
+        .iter()
+        .find(|c| c.interface == Some(ours))
+        .ok_or_else(|| check_failed(format!("prevResult has no address on {}", inv.ifname), ""))?;
+    let ipnet::IpNet::V4(want) = ip.address else {
+        return Err(check_failed("an IPv6 address in prevResult", ip.address.to_string()));
+    };
     let (network, container, ifname) = pool_key(conf, inv);
-    let reply = ask(conf, Request::Get { network, container, ifname }).await?;
+    let reply = ask(
+        conf,
+        Request::Get {
+            network,
+            container,
+            ifname,
+        },
+    )
+    .await?;
     match reply.allocation {
         Some(a) if a.ip == want.addr() => {}
-        Some(a) => return Err(check_failed("the pool holds another address for this container", format!("{} (prevResult says {want})", a.ip))),
-        None => return Err(check_failed("the pool holds no address for this container", want.to_string())),
+        Some(a) => {
+            return Err(check_failed(
+                "the pool holds another address for this container",
+                format!("{} (prevResult says {want})", a.ip),
+            ));
+        }
+        None => {
+            return Err(check_failed(
+                "the pool holds no address for this container",
+                want.to_string(),
+            ));
+        }
     }
     let pod = datapath::inside(&netns)?;
-    let l = datapath::link(&pod, &inv.ifname).await?.ok_or_else(|| check_failed(format!("interface {} is gone from the container", inv.ifname), ""))?;
+    let l = datapath::link(&pod, &inv.ifname)
+        .await?
+        .ok_or_else(|| check_failed(format!("interface {} is gone from the container", inv.ifname), ""))?;
     let have = datapath::addresses(&pod, l.header.index).await?;
     if !have.contains(&want) {
-        return Err(check_failed(format!("{want} is not on {}", inv.ifname), format!("found {have:?}")));
+        return Err(check_failed(
+            format!("{want} is not on {}", inv.ifname),
+            format!("found {have:?}"),
+        ));
     }
     let routes = datapath::routes(&pod).await?;
-    let gateway = if conf.mode == Mode::Veth { GATEWAY } else { want.trunc().hosts().next().unwrap_or(want.addr()) };
-    if !routes.iter().any(|(dst, gw, oif)| dst.prefix_len() == 0 && *gw == Some(gateway) && *oif == Some(l.header.index)) {
-        return Err(check_failed(format!("the default route via {gateway} is gone from the container"), format!("{routes:?}")));
+    let gateway = if conf.mode == Mode::Veth {
+        GATEWAY
+    } else {
+        want.trunc().hosts().next().unwrap_or(want.addr())
+    };
+    if !routes
+        .iter()
+        .any(|(dst, gw, oif)| dst.prefix_len() == 0 && *gw == Some(gateway) && *oif == Some(l.header.index))
+    {
+        return Err(check_failed(
+            format!("the default route via {gateway} is gone from the container"),
+            format!("{routes:?}"),
+        ));
     }
     if conf.mode == Mode::Veth {
         let host = datapath::host()?;
         let name = datapath::host_ifname(&conf.name, &inv.container_id, &inv.ifname);
-        let h = datapath::link(&host, &name).await?.ok_or_else(|| check_failed(format!("the host end {name} is gone"), ""))?;
+        let h = datapath::link(&host, &name)
+            .await?
+            .ok_or_else(|| check_failed(format!("the host end {name} is gone"), ""))?;
         if conf.fast_path {
-            ask(conf, Request::Sync { network: conf.name.clone() }).await?;
-            Pins::for_network(&conf.name).check(&name, want.addr(), h.header.index).map_err(|e| check_failed("the eBPF fast path is not as ADD left it", e))?;
+            ask(
+                conf,
+                Request::Sync {
+                    network: conf.name.clone(),
+                },
+            )
+            .await?;
+            Pins::for_network(&conf.name)
+                .check(&name, want.addr(), h.header.index)
+                .map_err(|e| check_failed("the eBPF fast path is not as ADD left it", e))?;
         }
         let host_routes = datapath::routes(&host).await?;
-        if !host_routes.iter().any(|(dst, _, oif)| dst.prefix_len() == 32 && dst.addr() == want.addr() && *oif == Some(h.header.index)) {
+        if !host_routes
+            .iter()
+            .any(|(dst, _, oif)| dst.prefix_len() == 32 && dst.addr() == want.addr() && *oif == Some(h.header.index))
+        {
             return Err(check_failed(format!("the host's route to {} is gone", want.addr()), ""));
         }
     }
@@ -394,20 +643,46 @@ async fn gc(conf: &NetConf) -> Result<(), CniError> {
     if conf.mode == Mode::Host {
         return Ok(());
     }
-    let keep: Vec<(String, String)> = conf.valid_attachments.clone().unwrap_or_default().into_iter().map(|a| (a.container_id, a.ifname)).collect();
-    let reply = ask(conf, Request::Gc { network: conf.name.clone(), keep }).await?;
+    let keep: Vec<(String, String)> = conf
+        .valid_attachments
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| (a.container_id, a.ifname))
+        .collect();
+    let reply = ask(
+        conf,
+        Request::Gc {
+            network: conf.name.clone(),
+            keep,
+        },
+    )
+    .await?;
     let host = datapath::host()?;
     let mut errors = Vec::new();
     for a in &reply.released {
         let name = datapath::host_ifname(&a.network, &a.container, &a.ifname);
-        if let Err(e) = ask(conf, Request::Withdraw { network: conf.name.clone(), host_ifname: name.clone(), ip: Some(a.ip) }).await {
+        if let Err(e) = ask(
+            conf,
+            Request::Withdraw {
+                network: conf.name.clone(),
+                host_ifname: name.clone(),
+                ip: Some(a.ip),
+            },
+        )
+        .await
+        {
             errors.push(e.to_string());
         }
         if let Err(e) = datapath::delete_link(&host, &name).await {
             errors.push(e.to_string());
         }
     }
-    if errors.is_empty() { Ok(()) } else { Err(CniError::new(code::NETLINK, "GC left links behind", errors.join("; "))) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(CniError::new(code::NETLINK, "GC left links behind", errors.join("; ")))
+    }
 }
 
 async fn status(conf: &NetConf) -> Result<(), CniError> {
@@ -415,12 +690,22 @@ async fn status(conf: &NetConf) -> Result<(), CniError> {
     if conf.mode == Mode::Host {
         return Ok(());
     }
-    let reply = pool::call(&conf.pool, &Request::Status).await.map_err(|e| CniError::new(code::NOT_AVAILABLE, format!("the IP pool at {} is not reachable", conf.pool.display()), e.to_string()))?;
+    let reply = pool::call(&conf.pool, &Request::Status).await.map_err(|e| {
+        CniError::new(
+            code::NOT_AVAILABLE,
+            format!("the IP pool at {} is not reachable", conf.pool.display()),
+            e.to_string(),
+        )
+    })?;
     if let Some(e) = reply.error {
         return Err(CniError::new(code::NOT_AVAILABLE, "the IP pool failed", e));
     }
     if reply.warm == 0 && reply.free == 0 {
-        return Err(CniError::new(code::NOT_AVAILABLE, "no free addresses in the pool", format!("{} in use", reply.in_use)));
+        return Err(CniError::new(
+            code::NOT_AVAILABLE,
+            "no free addresses in the pool",
+            format!("{} in use", reply.in_use),
+        ));
     }
     Ok(())
 }

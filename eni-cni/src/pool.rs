@@ -118,11 +118,26 @@ pub struct FastPathEntry {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "lowercase")]
 pub enum Request {
-    Alloc { network: String, container: String, ifname: String },
-    Release { network: String, container: String, ifname: String },
-    Get { network: String, container: String, ifname: String },
+    Alloc {
+        network: String,
+        container: String,
+        ifname: String,
+    },
+    Release {
+        network: String,
+        container: String,
+        ifname: String,
+    },
+    Get {
+        network: String,
+        container: String,
+        ifname: String,
+    },
     /// Release every allocation of `network` but these (container, ifname) pairs.
-    Gc { network: String, keep: Vec<(String, String)> },
+    Gc {
+        network: String,
+        keep: Vec<(String, String)>,
+    },
     Status,
     /// Attach the eBPF fast path to a pod's host end and publish the pod (done after the reply).
     Publish {
@@ -145,16 +160,25 @@ pub enum Request {
     },
     /// Undo a publish (replied when done, after every earlier publish); without `ip`, the
     /// address published for `host_ifname`.
-    Withdraw { network: String, host_ifname: String, ip: Option<Ipv4Addr> },
+    Withdraw {
+        network: String,
+        host_ifname: String,
+        ip: Option<Ipv4Addr>,
+    },
     /// Replied when every earlier publish and withdrawal is done.
-    Sync { network: String },
+    Sync {
+        network: String,
+    },
     /// Replied once every allocation made so far is on disk. (A connection that handed out an
     /// address waits for the disk before it reads its next request, so any later request on it
     /// says the same; ADD asks this when it has nothing else to ask.)
     Persisted,
     /// Run a plugin invocation (its CNI_* variables and its standard input) in this process
     /// and answer with what the plugin would have printed ([`crate::plugin::forward`]).
-    Exec { env: HashMap<String, String>, stdin: String },
+    Exec {
+        env: HashMap<String, String>,
+        stdin: String,
+    },
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -219,11 +243,20 @@ impl State {
     }
 
     /// Write these address and allocation changes in one transaction, durable when it returns.
-    fn commit(&mut self, assigned: &[(Ipv4Addr, Option<u64>)], allocations: &[(&str, Option<&Allocation>)]) -> DbResult<()> {
+    fn commit(
+        &mut self,
+        assigned: &[(Ipv4Addr, Option<u64>)],
+        allocations: &[(&str, Option<&Allocation>)],
+    ) -> DbResult<()> {
         self.commit_with(assigned, allocations, redb::Durability::Immediate)
     }
 
-    fn commit_with(&mut self, assigned: &[(Ipv4Addr, Option<u64>)], allocations: &[(&str, Option<&Allocation>)], durability: redb::Durability) -> DbResult<()> {
+    fn commit_with(
+        &mut self,
+        assigned: &[(Ipv4Addr, Option<u64>)],
+        allocations: &[(&str, Option<&Allocation>)],
+        durability: redb::Durability,
+    ) -> DbResult<()> {
         let mut tx = self.db.begin_write().map_err(db_err)?;
         tx.set_durability(durability).map_err(db_err)?;
         {
@@ -237,7 +270,9 @@ impl State {
             let mut t = tx.open_table(ALLOCATIONS).map_err(db_err)?;
             for (k, a) in allocations {
                 match a {
-                    Some(a) => t.insert(*k, serde_json::to_string(a).map_err(db_err)?.as_str()).map_err(db_err)?,
+                    Some(a) => t
+                        .insert(*k, serde_json::to_string(a).map_err(db_err)?.as_str())
+                        .map_err(db_err)?,
                     None => t.remove(*k).map_err(db_err)?,
                 };
             }
@@ -285,7 +320,19 @@ impl<P: Provider> Pool<P> {
                 allocations.insert(k.value().to_string(), a);
             }
         }
-        let pool = Arc::new(Pool { cfg, provider, state: Mutex::new(State { db, assigned, allocations, unsynced: false }), fastpath: Default::default(), refill: tokio::sync::Notify::new(), verbs: crate::verbs::Verbs::start() });
+        let pool = Arc::new(Pool {
+            cfg,
+            provider,
+            state: Mutex::new(State {
+                db,
+                assigned,
+                allocations,
+                unsynced: false,
+            }),
+            fastpath: Default::default(),
+            refill: tokio::sync::Notify::new(),
+            verbs: crate::verbs::Verbs::start(),
+        });
         Ok(pool)
     }
 
@@ -345,7 +392,12 @@ impl<P: Provider> Pool<P> {
     }
 
     fn reclaim_locked(&self, st: &mut State) -> Result<usize, String> {
-        let mut idle: Vec<(u64, Ipv4Addr)> = st.assigned.iter().filter(|(_, t)| **t != 0).map(|(ip, t)| (*t, *ip)).collect();
+        let mut idle: Vec<(u64, Ipv4Addr)> = st
+            .assigned
+            .iter()
+            .filter(|(_, t)| **t != 0)
+            .map(|(ip, t)| (*t, *ip))
+            .collect();
         // Newest idle first: the ones idle longest are handed out next, so they stay.
         idle.sort_by(|a, b| b.cmp(a));
         let limit = now().saturating_sub(self.cfg.idle_reclaim.as_secs());
@@ -368,18 +420,41 @@ impl<P: Provider> Pool<P> {
 
     pub async fn handle(self: &Arc<Self>, req: Request) -> Reply {
         let req = match req {
-            Request::Exec { env, stdin } => return Reply { plugin: Some(self.verbs.run(env, stdin).await), ..Reply::default() },
+            Request::Exec { env, stdin } => {
+                return Reply {
+                    plugin: Some(self.verbs.run(env, stdin).await),
+                    ..Reply::default()
+                };
+            }
             req => req,
         };
         // The fast path's requests do not touch the addresses.
         let outcome = match &req {
-            Request::Publish { network, container, ifname, host_ifname, ip, ifindex, mac, socket_acceleration, walls, sandbox } => {
+            Request::Publish {
+                network,
+                container,
+                ifname,
+                host_ifname,
+                ip,
+                ifindex,
+                mac,
+                socket_acceleration,
+                walls,
+                sandbox,
+            } => {
                 // Kept with the allocation first, so a restarted pool finishes the job.
                 let mut st = self.state.lock().await;
                 let k = key(network, container, ifname);
                 let kept = match st.allocations.get(&k).cloned() {
                     Some(mut a) if a.ip == *ip => {
-                        a.fastpath = Some(FastPathEntry { host_ifname: host_ifname.clone(), ifindex: *ifindex, mac: *mac, socket_acceleration: *socket_acceleration, walls: *walls, sandbox: *sandbox });
+                        a.fastpath = Some(FastPathEntry {
+                            host_ifname: host_ifname.clone(),
+                            ifindex: *ifindex,
+                            mac: *mac,
+                            socket_acceleration: *socket_acceleration,
+                            walls: *walls,
+                            sandbox: *sandbox,
+                        });
                         // Not waited onto disk (the next durable commit takes it along): losing
                         // it in a crash only leaves the pod on its routed path.
                         st.commit_with(&[], &[(&k, Some(&a))], redb::Durability::None)
@@ -388,11 +463,26 @@ impl<P: Provider> Pool<P> {
                 };
                 drop(st);
                 if kept.is_ok() {
-                    self.fastpath.publish(network, host_ifname, *ip, crate::bpf::PodEndpoint { ifindex: *ifindex, mac: *mac, sandbox: *sandbox }, *socket_acceleration, *walls);
+                    self.fastpath.publish(
+                        network,
+                        host_ifname,
+                        *ip,
+                        crate::bpf::PodEndpoint {
+                            ifindex: *ifindex,
+                            mac: *mac,
+                            sandbox: *sandbox,
+                        },
+                        *socket_acceleration,
+                        *walls,
+                    );
                 }
                 Some(kept)
             }
-            Request::Withdraw { network, host_ifname, ip } => {
+            Request::Withdraw {
+                network,
+                host_ifname,
+                ip,
+            } => {
                 // Without an address: the one published for that host end, if any.
                 let ip = match ip {
                     Some(ip) => Some(*ip),
@@ -403,7 +493,11 @@ impl<P: Provider> Pool<P> {
                         // written without waiting on the disk and may be lost in a crash).
                         mine.clone()
                             .find(|a| a.fastpath.as_ref().is_some_and(|f| f.host_ifname == *host_ifname))
-                            .or_else(|| mine.clone().find(|a| crate::datapath::host_ifname(&a.network, &a.container, &a.ifname) == *host_ifname))
+                            .or_else(|| {
+                                mine.clone().find(|a| {
+                                    crate::datapath::host_ifname(&a.network, &a.container, &a.ifname) == *host_ifname
+                                })
+                            })
                             .map(|a| a.ip)
                     }
                 };
@@ -417,13 +511,19 @@ impl<P: Provider> Pool<P> {
             _ => None,
         };
         if let Some(r) = outcome {
-            return Reply { error: r.err(), ..Reply::default() };
+            return Reply {
+                error: r.err(),
+                ..Reply::default()
+            };
         }
         let status = matches!(req, Request::Status);
         let mut st = self.state.lock().await;
         let mut reply = match self.handle_locked(&mut st, req) {
             Ok(r) => r,
-            Err(e) => Reply { error: Some(e), ..Reply::default() },
+            Err(e) => Reply {
+                error: Some(e),
+                ..Reply::default()
+            },
         };
         reply.in_use = st.allocations.len();
         reply.warm = st.warm();
@@ -438,39 +538,90 @@ impl<P: Provider> Pool<P> {
 
     fn handle_locked(&self, st: &mut State, req: Request) -> Result<Reply, String> {
         match req {
-            Request::Alloc { network, container, ifname } => {
+            Request::Alloc {
+                network,
+                container,
+                ifname,
+            } => {
                 let k = key(&network, &container, &ifname);
                 if let Some(a) = st.allocations.get(&k) {
-                    return Ok(Reply { allocation: Some(a.clone()), existing: true, ..Reply::default() });
+                    return Ok(Reply {
+                        allocation: Some(a.clone()),
+                        existing: true,
+                        ..Reply::default()
+                    });
                 }
                 // The address idle longest, else a new one from the provider.
-                let warm = st.assigned.iter().filter(|(_, t)| **t != 0).min_by_key(|(ip, t)| (**t, **ip)).map(|(ip, _)| *ip);
+                let warm = st
+                    .assigned
+                    .iter()
+                    .filter(|(_, t)| **t != 0)
+                    .min_by_key(|(ip, t)| (**t, **ip))
+                    .map(|(ip, _)| *ip);
                 let ip = match warm {
                     Some(ip) => ip,
                     None => {
                         let taken: BTreeSet<Ipv4Addr> = st.assigned.keys().copied().collect();
-                        self.provider.assign(&taken, 1)?.into_iter().next().ok_or("no free addresses left in the pool's CIDRs")?
+                        self.provider
+                            .assign(&taken, 1)?
+                            .into_iter()
+                            .next()
+                            .ok_or("no free addresses left in the pool's CIDRs")?
                     }
                 };
-                let subnet = self.provider.subnet_of(ip).ok_or_else(|| format!("{ip} is in none of the pool's CIDRs"))?;
-                let a = Allocation { network, container, ifname, ip, subnet, fastpath: None };
+                let subnet = self
+                    .provider
+                    .subnet_of(ip)
+                    .ok_or_else(|| format!("{ip} is in none of the pool's CIDRs"))?;
+                let a = Allocation {
+                    network,
+                    container,
+                    ifname,
+                    ip,
+                    subnet,
+                    fastpath: None,
+                };
                 // Not waited onto the disk here: the reply goes at once, and the connection
                 // waits for the disk before it reads its next request (`connection`).
                 st.commit_with(&[(ip, Some(0))], &[(&k, Some(&a))], redb::Durability::None)?;
                 // The warm set is topped up again after the reply has gone (`connection`).
-                Ok(Reply { allocation: Some(a), ..Reply::default() })
+                Ok(Reply {
+                    allocation: Some(a),
+                    ..Reply::default()
+                })
             }
-            Request::Release { network, container, ifname } => {
+            Request::Release {
+                network,
+                container,
+                ifname,
+            } => {
                 let k = key(&network, &container, &ifname);
-                let Some(a) = st.allocations.get(&k).cloned() else { return Ok(Reply::default()) };
+                let Some(a) = st.allocations.get(&k).cloned() else {
+                    return Ok(Reply::default());
+                };
                 st.commit(&[(a.ip, Some(now().max(1)))], &[(&k, None)])?;
                 self.reclaim_locked(st)?;
-                Ok(Reply { released: vec![a], ..Reply::default() })
+                Ok(Reply {
+                    released: vec![a],
+                    ..Reply::default()
+                })
             }
-            Request::Get { network, container, ifname } => Ok(Reply { allocation: st.allocations.get(&key(&network, &container, &ifname)).cloned(), ..Reply::default() }),
+            Request::Get {
+                network,
+                container,
+                ifname,
+            } => Ok(Reply {
+                allocation: st.allocations.get(&key(&network, &container, &ifname)).cloned(),
+                ..Reply::default()
+            }),
             Request::Gc { network, keep } => {
                 let keep: BTreeSet<String> = keep.iter().map(|(c, i)| key(&network, c, i)).collect();
-                let gone: Vec<(String, Allocation)> = st.allocations.iter().filter(|(k, a)| a.network == network && !keep.contains(*k)).map(|(k, a)| (k.clone(), a.clone())).collect();
+                let gone: Vec<(String, Allocation)> = st
+                    .allocations
+                    .iter()
+                    .filter(|(k, a)| a.network == network && !keep.contains(*k))
+                    .map(|(k, a)| (k.clone(), a.clone()))
+                    .collect();
                 if gone.is_empty() {
                     return Ok(Reply::default());
                 }
@@ -479,10 +630,17 @@ impl<P: Provider> Pool<P> {
                 let allocs: Vec<(&str, Option<&Allocation>)> = gone.iter().map(|(k, _)| (k.as_str(), None)).collect();
                 st.commit(&ips, &allocs)?;
                 self.reclaim_locked(st)?;
-                Ok(Reply { released: gone.into_iter().map(|(_, a)| a).collect(), ..Reply::default() })
+                Ok(Reply {
+                    released: gone.into_iter().map(|(_, a)| a).collect(),
+                    ..Reply::default()
+                })
             }
             Request::Status => Ok(Reply::default()),
-            Request::Publish { .. } | Request::Withdraw { .. } | Request::Sync { .. } | Request::Persisted | Request::Exec { .. } => Ok(Reply::default()),
+            Request::Publish { .. }
+            | Request::Withdraw { .. }
+            | Request::Sync { .. }
+            | Request::Persisted
+            | Request::Exec { .. } => Ok(Reply::default()),
         }
     }
 
@@ -495,7 +653,18 @@ impl<P: Provider> Pool<P> {
             let Some(f) = &a.fastpath else { continue };
             let pins = crate::bpf::Pins::for_network(&a.network);
             if !pins.has_link(&f.host_ifname) {
-                self.fastpath.publish(&a.network, &f.host_ifname, a.ip, crate::bpf::PodEndpoint { ifindex: f.ifindex, mac: f.mac, sandbox: f.sandbox }, f.socket_acceleration, f.walls);
+                self.fastpath.publish(
+                    &a.network,
+                    &f.host_ifname,
+                    a.ip,
+                    crate::bpf::PodEndpoint {
+                        ifindex: f.ifindex,
+                        mac: f.mac,
+                        sandbox: f.sandbox,
+                    },
+                    f.socket_acceleration,
+                    f.walls,
+                );
             }
         }
     }
@@ -577,14 +746,22 @@ impl<P: Provider> Pool<P> {
                     let alloc = matches!(req, Request::Alloc { .. });
                     (self.handle(req).await, alloc)
                 }
-                Err(e) => (Reply { error: Some(format!("bad request: {e}")), ..Reply::default() }, false),
+                Err(e) => (
+                    Reply {
+                        error: Some(format!("bad request: {e}")),
+                        ..Reply::default()
+                    },
+                    false,
+                ),
             };
             let mut out = serde_json::to_vec(&reply).unwrap_or_default();
             out.push(b'\n');
             write.write_all(&out).await?;
             if allocated {
                 // If the disk fails, the connection ends and so does the ADD.
-                persisted(self.after_allocation()).await.map_err(std::io::Error::other)?;
+                persisted(self.after_allocation())
+                    .await
+                    .map_err(std::io::Error::other)?;
             }
         }
         Ok(())
@@ -608,7 +785,11 @@ impl RefusedPeers {
     fn refused(&mut self, uid: Option<u32>) {
         self.count += 1;
         if self.logged.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-            tracing::warn!(?uid, refused = self.count, "IP pool: refused a connection from another uid than the pool's own");
+            tracing::warn!(
+                ?uid,
+                refused = self.count,
+                "IP pool: refused a connection from another uid than the pool's own"
+            );
             self.logged = Some(std::time::Instant::now());
         }
     }
@@ -658,12 +839,20 @@ impl Registered {
 
 impl Drop for Registered {
     fn drop(&mut self) {
-        LOCAL.lock().unwrap_or_else(|e| e.into_inner()).retain(|(path, _)| *path != self.0);
+        LOCAL
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(path, _)| *path != self.0);
     }
 }
 
 fn local(socket: &Path) -> Option<Arc<dyn Local>> {
-    LOCAL.lock().unwrap_or_else(|e| e.into_inner()).iter().find(|(path, _)| path == socket).and_then(|(_, pool)| pool.upgrade())
+    LOCAL
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .iter()
+        .find(|(path, _)| path == socket)
+        .and_then(|(_, pool)| pool.upgrade())
 }
 
 /// One request to the pool at `socket`.
@@ -676,19 +865,33 @@ pub async fn call(socket: &Path, req: &Request) -> std::io::Result<Reply> {
 pub struct Client(Link);
 
 enum Link {
-    Socket { read: BufReader<tokio::net::unix::OwnedReadHalf>, write: tokio::net::unix::OwnedWriteHalf },
+    Socket {
+        read: BufReader<tokio::net::unix::OwnedReadHalf>,
+        write: tokio::net::unix::OwnedWriteHalf,
+    },
     /// Replies wait in `replies`; after an allocation, `persisting` waits for the disk, and the
     /// next request waits for it (what a socket connection does, `Pool::connection`).
-    Local { pool: Arc<dyn Local>, replies: VecDeque<Reply>, persisting: Option<Persisting> },
+    Local {
+        pool: Arc<dyn Local>,
+        replies: VecDeque<Reply>,
+        persisting: Option<Persisting>,
+    },
 }
 
 impl Client {
     pub async fn connect(socket: &Path) -> std::io::Result<Client> {
         if let Some(pool) = local(socket) {
-            return Ok(Client(Link::Local { pool, replies: VecDeque::new(), persisting: None }));
+            return Ok(Client(Link::Local {
+                pool,
+                replies: VecDeque::new(),
+                persisting: None,
+            }));
         }
         let (read, write) = UnixStream::connect(socket).await?.into_split();
-        Ok(Client(Link::Socket { read: BufReader::new(read), write }))
+        Ok(Client(Link::Socket {
+            read: BufReader::new(read),
+            write,
+        }))
     }
 
     pub async fn call(&mut self, req: &Request) -> std::io::Result<Reply> {
@@ -704,7 +907,11 @@ impl Client {
                 line.push(b'\n');
                 write.write_all(&line).await
             }
-            Link::Local { pool, replies, persisting } => {
+            Link::Local {
+                pool,
+                replies,
+                persisting,
+            } => {
                 if let Some(p) = persisting.take() {
                     persisted(p).await.map_err(std::io::Error::other)?;
                 }
@@ -723,11 +930,18 @@ impl Client {
     pub async fn receive(&mut self) -> std::io::Result<Reply> {
         let read = match &mut self.0 {
             Link::Socket { read, .. } => read,
-            Link::Local { replies, .. } => return replies.pop_front().ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "no request waits for a reply")),
+            Link::Local { replies, .. } => {
+                return replies.pop_front().ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, "no request waits for a reply")
+                });
+            }
         };
         let mut reply = String::new();
         if read.read_line(&mut reply).await? == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the pool closed the connection"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "the pool closed the connection",
+            ));
         }
         serde_json::from_str(&reply).map_err(std::io::Error::other)
     }
@@ -738,7 +952,12 @@ mod tests {
     use super::*;
 
     fn pool(dir: &Path, min: usize, max: usize) -> Arc<Pool<LocalProvider>> {
-        let cfg = PoolConfig { state: dir.join("pool.redb"), min_warm: min, max_warm: max, idle_reclaim: Duration::from_secs(3600) };
+        let cfg = PoolConfig {
+            state: dir.join("pool.redb"),
+            min_warm: min,
+            max_warm: max,
+            idle_reclaim: Duration::from_secs(3600),
+        };
         Pool::open(cfg, LocalProvider::new(vec!["10.9.0.0/29".parse().unwrap()])).unwrap()
     }
 
@@ -747,7 +966,11 @@ mod tests {
     }
 
     fn alloc(c: &str) -> Request {
-        Request::Alloc { network: "n".into(), container: c.into(), ifname: "eth0".into() }
+        Request::Alloc {
+            network: "n".into(),
+            container: c.into(),
+            ifname: "eth0".into(),
+        }
     }
 
     #[tokio::test]
@@ -759,8 +982,15 @@ mod tests {
         assert_eq!((r.warm, r.in_use), (2, 0));
         // 10.9.0.0/29: .1 is the gateway, .2-.6 are handed out, .7 is broadcast.
         let a = p.handle(alloc("a")).await.allocation.unwrap();
-        assert_eq!((a.ip, a.subnet), ("10.9.0.2".parse().unwrap(), "10.9.0.0/29".parse().unwrap()));
-        assert_eq!(p.handle(alloc("a")).await.allocation.unwrap(), a, "ADD again: the same address");
+        assert_eq!(
+            (a.ip, a.subnet),
+            ("10.9.0.2".parse().unwrap(), "10.9.0.0/29".parse().unwrap())
+        );
+        assert_eq!(
+            p.handle(alloc("a")).await.allocation.unwrap(),
+            a,
+            "ADD again: the same address"
+        );
         let mut seen = BTreeSet::from([a.ip]);
         for c in ["b", "c", "d", "e"] {
             let r = p.handle(alloc(c)).await;
@@ -770,17 +1000,44 @@ mod tests {
         assert!(full.error.unwrap().contains("no free addresses"));
         assert_eq!(full.free, 0);
         // Released, the address goes back to the warm set, and is handed out after older idle ones.
-        let rel = p.handle(Request::Release { network: "n".into(), container: "b".into(), ifname: "eth0".into() }).await;
+        let rel = p
+            .handle(Request::Release {
+                network: "n".into(),
+                container: "b".into(),
+                ifname: "eth0".into(),
+            })
+            .await;
         assert_eq!(rel.released.len(), 1);
-        assert!(p.handle(Request::Release { network: "n".into(), container: "b".into(), ifname: "eth0".into() }).await.error.is_none(), "release is idempotent");
+        assert!(
+            p.handle(Request::Release {
+                network: "n".into(),
+                container: "b".into(),
+                ifname: "eth0".into()
+            })
+            .await
+            .error
+            .is_none(),
+            "release is idempotent"
+        );
         // A restart keeps everything.
         drop(p);
         let p = pool(dir.path(), 2, 3);
-        let r = p.handle(Request::Get { network: "n".into(), container: "a".into(), ifname: "eth0".into() }).await;
+        let r = p
+            .handle(Request::Get {
+                network: "n".into(),
+                container: "a".into(),
+                ifname: "eth0".into(),
+            })
+            .await;
         assert_eq!(r.allocation.unwrap(), a);
         assert_eq!((r.in_use, r.warm), (4, 1));
         // GC keeps what is listed, releases the rest of the network.
-        let gc = p.handle(Request::Gc { network: "n".into(), keep: vec![("a".into(), "eth0".into())] }).await;
+        let gc = p
+            .handle(Request::Gc {
+                network: "n".into(),
+                keep: vec![("a".into(), "eth0".into())],
+            })
+            .await;
         assert_eq!(gc.released.len(), 3);
         assert_eq!(p.handle(Request::Status).await.in_use, 1);
     }
@@ -792,7 +1049,12 @@ mod tests {
         for c in ["a", "b", "c"] {
             p.handle(alloc(c)).await;
         }
-        let gc = p.handle(Request::Gc { network: "n".into(), keep: vec![] }).await;
+        let gc = p
+            .handle(Request::Gc {
+                network: "n".into(),
+                keep: vec![],
+            })
+            .await;
         assert_eq!(gc.released.len(), 3);
         assert_eq!(gc.warm, 1, "at most max_warm idle addresses stay assigned");
     }
@@ -819,18 +1081,30 @@ mod tests {
         let b = c.call(&alloc("b")).await.unwrap().allocation.unwrap();
         assert_ne!(a.ip, b.ip);
         c.call(&Request::Status).await.unwrap();
-        assert!(!p.state.lock().await.unsynced, "the request after an allocation came after the fsync");
+        assert!(
+            !p.state.lock().await.unsynced,
+            "the request after an allocation came after the fsync"
+        );
         // Over the socket, the same.
         let stream = UnixStream::connect(&socket).await.unwrap();
         let (read, write) = stream.into_split();
-        let mut c = Client(Link::Socket { read: BufReader::new(read), write });
+        let mut c = Client(Link::Socket {
+            read: BufReader::new(read),
+            write,
+        });
         let d = c.call(&alloc("d")).await.unwrap().allocation.unwrap();
         assert!(d.ip != a.ip && d.ip != b.ip);
         c.call(&Request::Status).await.unwrap();
-        assert!(!p.state.lock().await.unsynced, "the request after an allocation came after the fsync");
+        assert!(
+            !p.state.lock().await.unsynced,
+            "the request after an allocation came after the fsync"
+        );
         serving.abort();
         let _ = serving.await;
-        assert!(local(&socket).is_none(), "a pool that stopped serving is not reached directly");
+        assert!(
+            local(&socket).is_none(),
+            "a pool that stopped serving is not reached directly"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -848,7 +1122,10 @@ mod tests {
         assert_eq!(mode(&dir.path().join("run")), 0o700);
         // A peer of the pool's own uid is served.
         let (read, write) = UnixStream::connect(&socket).await.unwrap().into_split();
-        let mut c = Client(Link::Socket { read: BufReader::new(read), write });
+        let mut c = Client(Link::Socket {
+            read: BufReader::new(read),
+            write,
+        });
         assert!(c.call(&Request::Status).await.unwrap().error.is_none());
         assert!(peer_allowed(7, 7));
         assert!(!peer_allowed(65534, 0));

@@ -46,7 +46,8 @@ fn become_full(stdin: Option<&[u8]>) -> String {
     let mut cmd = Command::new(&full);
     cmd.args(std::env::args_os().skip(1));
     if let Some(bytes) = stdin {
-        let file = nix::sys::memfd::memfd_create(c"eni-cni-stdin", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC).map(std::fs::File::from);
+        let file = nix::sys::memfd::memfd_create(c"eni-cni-stdin", nix::sys::memfd::MemFdCreateFlag::MFD_CLOEXEC)
+            .map(std::fs::File::from);
         let mut file = match file {
             Ok(f) => f,
             Err(e) => return format!("a memory file for the standard input: {e}"),

@@ -13,10 +13,25 @@ pub struct Snat {
 }
 
 fn nft(script: &str) -> Result<(), String> {
-    let mut child = Command::new("nft").args(["-f", "-"]).stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().map_err(|e| format!("running nft (apt-get install nftables): {e}"))?;
-    child.stdin.take().ok_or("nft's stdin")?.write_all(script.as_bytes()).map_err(|e| e.to_string())?;
+    let mut child = Command::new("nft")
+        .args(["-f", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("running nft (apt-get install nftables): {e}"))?;
+    child
+        .stdin
+        .take()
+        .ok_or("nft's stdin")?
+        .write_all(script.as_bytes())
+        .map_err(|e| e.to_string())?;
     let out = child.wait_with_output().map_err(|e| e.to_string())?;
-    if out.status.success() { Ok(()) } else { Err(format!("nft: {}", String::from_utf8_lossy(&out.stderr).trim())) }
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!("nft: {}", String::from_utf8_lossy(&out.stderr).trim()))
+    }
 }
 
 impl Snat {

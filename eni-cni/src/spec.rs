@@ -38,7 +38,11 @@ pub struct CniError {
 
 impl CniError {
     pub fn new(code: u32, msg: impl Into<String>, details: impl Into<String>) -> Self {
-        CniError { code, msg: msg.into(), details: details.into() }
+        CniError {
+            code,
+            msg: msg.into(),
+            details: details.into(),
+        }
     }
 
     pub fn to_json(&self, version: &str) -> Value {
@@ -159,33 +163,62 @@ pub struct Dns {
 
 /// A network name: letters, digits, `_`, `.` and `-`, starting with a letter or digit.
 fn valid_name(s: &str) -> bool {
-    s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric()) && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+    s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
 }
 
 impl NetConf {
     /// Decode and check a config: 6 for what is not JSON, 7 naming the field for a bad value,
     /// 1 for a version this plugin does not speak.
     pub fn parse(bytes: &[u8]) -> Result<NetConf, CniError> {
-        let value: Value = serde_json::from_slice(bytes).map_err(|e| CniError::new(code::DECODE, "the network configuration is not JSON", e.to_string()))?;
+        let value: Value = serde_json::from_slice(bytes)
+            .map_err(|e| CniError::new(code::DECODE, "the network configuration is not JSON", e.to_string()))?;
         if !value.is_object() {
-            return Err(CniError::new(code::DECODE, "the network configuration is not a JSON object", ""));
+            return Err(CniError::new(
+                code::DECODE,
+                "the network configuration is not a JSON object",
+                "",
+            ));
         }
         let conf: NetConf = serde_path_to_error::deserialize(&value).map_err(|e| {
             let path = e.path().to_string();
-            CniError::new(code::INVALID_CONFIG, format!("invalid network configuration field {path}"), e.inner().to_string())
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!("invalid network configuration field {path}"),
+                e.inner().to_string(),
+            )
         })?;
         if !SUPPORTED.contains(&conf.cni_version.as_str()) {
-            return Err(CniError::new(code::INCOMPATIBLE_VERSION, format!("cniVersion {} is not supported", conf.cni_version), format!("supported: {}", SUPPORTED.join(", "))));
+            return Err(CniError::new(
+                code::INCOMPATIBLE_VERSION,
+                format!("cniVersion {} is not supported", conf.cni_version),
+                format!("supported: {}", SUPPORTED.join(", ")),
+            ));
         }
         if !valid_name(&conf.name) {
-            return Err(CniError::new(code::INVALID_CONFIG, "invalid network configuration field name", format!("{:?}: letters, digits, _ . - only, starting with a letter or digit", conf.name)));
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                "invalid network configuration field name",
+                format!(
+                    "{:?}: letters, digits, _ . - only, starting with a letter or digit",
+                    conf.name
+                ),
+            ));
         }
         if conf.mode.has_parent() && conf.parent.as_deref().is_none_or(str::is_empty) {
-            return Err(CniError::new(code::INVALID_CONFIG, "invalid network configuration field parent", "modes ipvlan and macvlan need the parent interface"));
+            return Err(CniError::new(
+                code::INVALID_CONFIG,
+                "invalid network configuration field parent",
+                "modes ipvlan and macvlan need the parent interface",
+            ));
         }
         if let Some(mtu) = conf.mtu {
             if !(68..=65535).contains(&mtu) {
-                return Err(CniError::new(code::INVALID_CONFIG, "invalid network configuration field mtu", format!("{mtu} is not between 68 and 65535")));
+                return Err(CniError::new(
+                    code::INVALID_CONFIG,
+                    "invalid network configuration field mtu",
+                    format!("{mtu} is not between 68 and 65535"),
+                ));
             }
         }
         Ok(conf)
@@ -193,7 +226,11 @@ impl NetConf {
 
     /// What the network's pods may reach besides each other and the world beyond the node.
     pub fn walls(&self) -> crate::bpf::Walls {
-        crate::bpf::Walls { cluster_dns: self.cluster_dns, allow_node_access: self.allow_node_access, allow_link_local: self.allow_link_local }
+        crate::bpf::Walls {
+            cluster_dns: self.cluster_dns,
+            allow_node_access: self.allow_node_access,
+            allow_link_local: self.allow_link_local,
+        }
     }
 
     /// Whether the config's version has a verb (GC and STATUS came with 1.1.0).
@@ -244,7 +281,13 @@ pub struct CniResult {
 impl CniResult {
     /// Read a prevResult (any supported version).
     pub fn from_value(v: &Value) -> Result<CniResult, CniError> {
-        serde_path_to_error::deserialize(v).map_err(|e| CniError::new(code::INVALID_CONFIG, format!("invalid network configuration field prevResult.{}", e.path()), e.inner().to_string()))
+        serde_path_to_error::deserialize(v).map_err(|e| {
+            CniError::new(
+                code::INVALID_CONFIG,
+                format!("invalid network configuration field prevResult.{}", e.path()),
+                e.inner().to_string(),
+            )
+        })
     }
 
     pub fn to_json(&self, version: &str) -> Value {
@@ -279,37 +322,80 @@ mod tests {
         assert!(!old.at_least("1.1.0"));
         assert_eq!(NetConf::parse(b"{nope").unwrap_err().code, code::DECODE);
         assert_eq!(NetConf::parse(b"[1]").unwrap_err().code, code::DECODE);
-        assert_eq!(NetConf::parse(br#"{"cniVersion":"0.3.1","name":"pods","type":"eni-cni"}"#).unwrap_err().code, code::INCOMPATIBLE_VERSION);
-        let bad = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"pods","type":"eni-cni","mode":"bridge"}"#).unwrap_err();
+        assert_eq!(
+            NetConf::parse(br#"{"cniVersion":"0.3.1","name":"pods","type":"eni-cni"}"#)
+                .unwrap_err()
+                .code,
+            code::INCOMPATIBLE_VERSION
+        );
+        let bad =
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"pods","type":"eni-cni","mode":"bridge"}"#).unwrap_err();
         assert_eq!(bad.code, code::INVALID_CONFIG);
         assert!(bad.msg.contains("mode"), "{bad}");
         let bad = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"pods","type":"eni-cni","mtu":"big"}"#).unwrap_err();
         assert!(bad.code == code::INVALID_CONFIG && bad.msg.contains("mtu"), "{bad}");
-        let bad = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"pods","type":"eni-cni","socketAcceleration":"yes"}"#).unwrap_err();
-        assert!(bad.code == code::INVALID_CONFIG && bad.msg.contains("socketAcceleration"), "{bad}");
+        let bad =
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"pods","type":"eni-cni","socketAcceleration":"yes"}"#)
+                .unwrap_err();
+        assert!(
+            bad.code == code::INVALID_CONFIG && bad.msg.contains("socketAcceleration"),
+            "{bad}"
+        );
         let plain = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"pods","type":"eni-cni"}"#).unwrap();
-        assert!(plain.fast_path && !plain.socket_acceleration, "the fast path is on by default, socket acceleration off");
+        assert!(
+            plain.fast_path && !plain.socket_acceleration,
+            "the fast path is on by default, socket acceleration off"
+        );
         assert_eq!(plain.walls(), crate::bpf::Walls::default(), "walled off by default");
         let open = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"pods","type":"eni-cni","clusterDNS":"10.66.0.1","allowNodeAccess":true,"allowLinkLocal":true}"#).unwrap();
-        assert_eq!(open.walls(), crate::bpf::Walls { cluster_dns: Some(Ipv4Addr::new(10, 66, 0, 1)), allow_node_access: true, allow_link_local: true });
-        let bad = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"pods","type":"eni-cni","clusterDNS":"dns"}"#).unwrap_err();
-        assert!(bad.code == code::INVALID_CONFIG && bad.msg.contains("clusterDNS"), "{bad}");
-        let bad = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"pods","type":"eni-cni","allowNodeAccess":"yes"}"#).unwrap_err();
-        assert!(bad.code == code::INVALID_CONFIG && bad.msg.contains("allowNodeAccess"), "{bad}");
+        assert_eq!(
+            open.walls(),
+            crate::bpf::Walls {
+                cluster_dns: Some(Ipv4Addr::new(10, 66, 0, 1)),
+                allow_node_access: true,
+                allow_link_local: true
+            }
+        );
+        let bad =
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"pods","type":"eni-cni","clusterDNS":"dns"}"#).unwrap_err();
+        assert!(
+            bad.code == code::INVALID_CONFIG && bad.msg.contains("clusterDNS"),
+            "{bad}"
+        );
+        let bad = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"pods","type":"eni-cni","allowNodeAccess":"yes"}"#)
+            .unwrap_err();
+        assert!(
+            bad.code == code::INVALID_CONFIG && bad.msg.contains("allowNodeAccess"),
+            "{bad}"
+        );
         let bad = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"-x","type":"eni-cni"}"#).unwrap_err();
         assert!(bad.code == code::INVALID_CONFIG && bad.msg.contains("name"), "{bad}");
         let bad = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"x","type":"eni-cni","mode":"ipvlan"}"#).unwrap_err();
         assert!(bad.code == code::INVALID_CONFIG && bad.msg.contains("parent"), "{bad}");
         let bad = NetConf::parse(br#"{"cniVersion":"1.0.0","type":"eni-cni"}"#).unwrap_err();
-        assert!(bad.code == code::INVALID_CONFIG && bad.details.contains("name"), "{bad}");
+        assert!(
+            bad.code == code::INVALID_CONFIG && bad.details.contains("name"),
+            "{bad}"
+        );
     }
 
     #[test]
     fn results_follow_the_version_asked() {
         let r = CniResult {
-            interfaces: vec![Interface { name: "eth0".into(), mac: "aa:bb:cc:dd:ee:ff".into(), sandbox: "/run/netns/x".into() }],
-            ips: vec![IpConfig { address: "10.0.0.2/32".parse().unwrap(), gateway: Some("169.254.1.1".parse().unwrap()), interface: Some(0) }],
-            routes: vec![Route { dst: "0.0.0.0/0".parse().unwrap(), gw: None }],
+            interfaces: vec![Interface {
+                name: "eth0".into(),
+                mac: "aa:bb:cc:dd:ee:ff".into(),
+                sandbox: "/run/netns/x".into(),
+            }],
+            ips: vec![IpConfig {
+                address: "10.0.0.2/32".parse().unwrap(),
+                gateway: Some("169.254.1.1".parse().unwrap()),
+                interface: Some(0),
+            }],
+            routes: vec![Route {
+                dst: "0.0.0.0/0".parse().unwrap(),
+                gw: None,
+            }],
             dns: Dns::default(),
         };
         let v = r.to_json("1.1.0");

@@ -29,8 +29,17 @@ impl Verbs {
     /// Start the threads. They end when this is dropped (the verbs under way with them).
     pub fn start() -> Verbs {
         let n = std::thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
-        let threads = (0..n).filter_map(|i| start_thread(i).map_err(|e| tracing::warn!(error = %e, "a thread for CNI verbs")).ok()).collect();
-        Verbs { threads, next: AtomicUsize::new(0) }
+        let threads = (0..n)
+            .filter_map(|i| {
+                start_thread(i)
+                    .map_err(|e| tracing::warn!(error = %e, "a thread for CNI verbs"))
+                    .ok()
+            })
+            .collect();
+        Verbs {
+            threads,
+            next: AtomicUsize::new(0),
+        }
     }
 
     /// Run one invocation (its CNI_* variables and standard input): the plugin's exit code and
@@ -43,24 +52,34 @@ impl Verbs {
         // Round robin; with no thread left, here.
         let job = match self.threads.len() {
             0 => Some(job),
-            n => self.threads[self.next.fetch_add(1, Ordering::Relaxed) % n].send(job).err().map(|e| e.0),
+            n => self.threads[self.next.fetch_add(1, Ordering::Relaxed) % n]
+                .send(job)
+                .err()
+                .map(|e| e.0),
         };
         if let Some(job) = job {
             job.await;
         }
-        rx.await.unwrap_or_else(|_| plugin::render(Err((CniError::new(code::IO, "the verb's thread ended before it answered", ""), "1.1.0".to_string()))))
+        rx.await.unwrap_or_else(|_| {
+            plugin::render(Err((
+                CniError::new(code::IO, "the verb's thread ended before it answered", ""),
+                "1.1.0".to_string(),
+            )))
+        })
     }
 }
 
 fn start_thread(i: usize) -> std::io::Result<mpsc::UnboundedSender<Job>> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
     let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    std::thread::Builder::new().name(format!("cni-verbs-{i}")).spawn(move || {
-        rt.block_on(async move {
-            while let Some(job) = rx.recv().await {
-                tokio::spawn(job);
-            }
-        })
-    })?;
+    std::thread::Builder::new()
+        .name(format!("cni-verbs-{i}"))
+        .spawn(move || {
+            rt.block_on(async move {
+                while let Some(job) = rx.recv().await {
+                    tokio::spawn(job);
+                }
+            })
+        })?;
     Ok(tx)
 }

@@ -48,7 +48,16 @@ const CHECK_AFTER: Duration = Duration::from_secs(1);
 pub(crate) const READ_CHUNK: usize = 16 * 1024;
 
 /// Request headers not passed on: hop-by-hop ones, and those the ingress sets itself.
-const REQUEST_DROPPED: [&str; 8] = ["connection", "keep-alive", "proxy-connection", "te", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"];
+const REQUEST_DROPPED: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+];
 
 /// One listener's HTTP/1.1 front on one worker thread.
 pub struct Front {
@@ -132,7 +141,12 @@ impl Drop for UnderWay<'_> {
 impl Front {
     /// Serve HTTP/1.1 requests on `io` until the client closes, an error ends the connection, the
     /// ingress shuts down, or a request needs pingora ([`End::HandOff`]).
-    pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(&self, mut io: S, client: SocketAddr, shutdown: &ShutdownWatch) -> End<S> {
+    pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        mut io: S,
+        client: SocketAddr,
+        shutdown: &ShutdownWatch,
+    ) -> End<S> {
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         let mut ubuf = BytesMut::with_capacity(READ_CHUNK);
         let mut out = Vec::with_capacity(1024);
@@ -176,19 +190,32 @@ impl Front {
                 }
             };
             let started = Instant::now();
-            let Request { head_len, close, id, ingress, log, plan } = req;
+            let Request {
+                head_len,
+                close,
+                id,
+                ingress,
+                log,
+                plan,
+            } = req;
             let (code, service, done) = match plan {
                 Plan::HandOff => return End::HandOff(io, buf),
                 Plan::Answer(status, body, location) => {
                     buf.advance(head_len);
-                    if self.answer(&mut io, &mut rout, status, &body, location.as_deref(), &id, close).await.is_err() {
+                    if self
+                        .answer(&mut io, &mut rout, status, &body, location.as_deref(), &id, close)
+                        .await
+                        .is_err()
+                    {
                         return End::Closed;
                     }
                     (status, None, Forwarded::default())
                 }
                 Plan::Forward(f) => {
                     buf.advance(head_len);
-                    let mut done = self.forward(&mut io, &mut buf, &mut ubuf, &out, &mut rout, &f, &id, &ingress, close).await;
+                    let mut done = self
+                        .forward(&mut io, &mut buf, &mut ubuf, &out, &mut rout, &f, &id, &ingress, close)
+                        .await;
                     if let Some((status, body)) = done.answer.take() {
                         // Nothing of the endpoint's answer reached the client: the ingress's own
                         // answer, after which the connection closes (what is left of a request
@@ -202,7 +229,8 @@ impl Front {
             };
             let took = started.elapsed();
             let service_name = service.as_ref().map_or("-", |u| u.name.as_str());
-            self.metrics.count(&ingress, service_name, code, took, done.upstream_error);
+            self.metrics
+                .count(&ingress, service_name, code, took, done.upstream_error);
             if let Some((method, host, path)) = log {
                 self.metrics.log(&metrics::Finished {
                     client: &ip,
@@ -235,16 +263,26 @@ impl Front {
         let head_len = match req.parse(buf) {
             Ok(httparse::Status::Complete(n)) => n,
             Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => return Err((431, format!("the request has more than {MAX_HEADERS} header fields"))),
+            Err(httparse::Error::TooManyHeaders) => {
+                return Err((431, format!("the request has more than {MAX_HEADERS} header fields")));
+            }
             Err(e) => return Err((400, format!("malformed request head: {e}"))),
         };
         let (Some(method), Some(target), Some(version)) = (req.method, req.path, req.version) else {
             return Err((400, "malformed request line".into()));
         };
-        let hand_off = Request { head_len, close: false, id: String::new(), ingress: String::new(), log: None, plan: Plan::HandOff };
+        let hand_off = Request {
+            head_len,
+            close: false,
+            id: String::new(),
+            ingress: String::new(),
+            log: None,
+            plan: Plan::HandOff,
+        };
         // Every field is looked at, whoever serves the request: the framing rules below hold for
         // what is handed to pingora too.
-        let (mut host, mut length, mut close, mut id, mut prior_xff) = (None::<&str>, None::<u64>, false, None::<&str>, None::<&str>);
+        let (mut host, mut length, mut close, mut id, mut prior_xff) =
+            (None::<&str>, None::<u64>, false, None::<&str>, None::<&str>);
         // Transfer-Encoding: present, and whether its final coding is chunked.
         let (mut coded, mut chunked) = (false, false);
         let mut pingoras = version != 1 || !target.starts_with('/');
@@ -257,13 +295,19 @@ impl Front {
                 }
                 host = Some(value().map_err(|_| (400, "the Host header is not text".to_string()))?);
             } else if name.eq_ignore_ascii_case("content-length") {
-                let n = content_length(h.value).ok_or_else(|| (400, "Content-Length is not a number (ASCII digits only)".to_string()))?;
+                let n = content_length(h.value)
+                    .ok_or_else(|| (400, "Content-Length is not a number (ASCII digits only)".to_string()))?;
                 if length.is_some_and(|m| m != n) {
                     return Err((400, "conflicting Content-Length headers".into()));
                 }
                 length = Some(n);
             } else if name.eq_ignore_ascii_case("connection") {
-                for token in value().unwrap_or("").split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                for token in value()
+                    .unwrap_or("")
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|t| !t.is_empty())
+                {
                     if token.eq_ignore_ascii_case("close") {
                         close = true;
                     } else if !token.eq_ignore_ascii_case("keep-alive") {
@@ -273,7 +317,10 @@ impl Front {
                 }
             } else if name.eq_ignore_ascii_case("transfer-encoding") {
                 coded = true;
-                chunked = value().ok().and_then(|v| v.rsplit(',').next()).is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+                chunked = value()
+                    .ok()
+                    .and_then(|v| v.rsplit(',').next())
+                    .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
                 pingoras = true;
             } else if name.eq_ignore_ascii_case("upgrade") || name.eq_ignore_ascii_case("expect") {
                 pingoras = true;
@@ -290,7 +337,10 @@ impl Front {
                 return Err((400, "both Transfer-Encoding and Content-Length".into()));
             }
             if !chunked || version != 1 {
-                return Err((400, "Transfer-Encoding whose final coding is not chunked, or in HTTP/1.0".into()));
+                return Err((
+                    400,
+                    "Transfer-Encoding whose final coding is not chunked, or in HTTP/1.0".into(),
+                ));
             }
         }
         if pingoras {
@@ -302,9 +352,13 @@ impl Front {
         let admitted = proxy::admit_head(&self.table.load(), self.scheme, host, target, length, head_len);
         let plan = match admitted.outcome {
             Outcome::Forward(u) if u.h2c => return Ok(Some(hand_off)),
-            Outcome::Forward(upstream) => {
-                Plan::Forward(Forward { upstream, settings: admitted.settings, body: length.unwrap_or(0), idempotent: proxy::idempotent_method(method), head: method == "HEAD" })
-            }
+            Outcome::Forward(upstream) => Plan::Forward(Forward {
+                upstream,
+                settings: admitted.settings,
+                body: length.unwrap_or(0),
+                idempotent: proxy::idempotent_method(method),
+                head: method == "HEAD",
+            }),
             // A body that is not read leaves the connection unusable.
             Outcome::Respond(status, body) => {
                 close |= length.is_some_and(|n| n > 0);
@@ -324,7 +378,11 @@ impl Front {
             out.push(b' ');
             out.extend_from_slice(target.as_bytes());
             out.extend_from_slice(b" HTTP/1.1\r\n");
-            for h in req.headers.iter().filter(|h| !REQUEST_DROPPED.iter().any(|d| h.name.eq_ignore_ascii_case(d))) {
+            for h in req
+                .headers
+                .iter()
+                .filter(|h| !REQUEST_DROPPED.iter().any(|d| h.name.eq_ignore_ascii_case(d)))
+            {
                 field(out, h.name, h.value);
             }
             match prior_xff {
@@ -338,15 +396,41 @@ impl Front {
             field(out, "X-Request-Id", id.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
-        let log = self.metrics.may_log().then(|| (method.to_string(), host.to_string(), target.split_once('?').map_or(target, |(p, _)| p).to_string()));
-        Ok(Some(Request { head_len, close, id, ingress: admitted.ingress, log, plan }))
+        let log = self.metrics.may_log().then(|| {
+            (
+                method.to_string(),
+                host.to_string(),
+                target.split_once('?').map_or(target, |(p, _)| p).to_string(),
+            )
+        });
+        Ok(Some(Request {
+            head_len,
+            close,
+            id,
+            ingress: admitted.ingress,
+            log,
+            plan,
+        }))
     }
 
     /// The ingress's own answer: a short text body (or none for a redirect).
-    async fn answer<S: AsyncWrite + Unpin>(&self, io: &mut S, rout: &mut Vec<u8>, status: u16, body: &str, location: Option<&str>, id: &str, close: bool) -> std::io::Result<()> {
+    async fn answer<S: AsyncWrite + Unpin>(
+        &self,
+        io: &mut S,
+        rout: &mut Vec<u8>,
+        status: u16,
+        body: &str,
+        location: Option<&str>,
+        id: &str,
+        close: bool,
+    ) -> std::io::Result<()> {
         rout.clear();
         status_line(rout, status, reason(status));
-        let text = if location.is_some() { String::new() } else { format!("{body}\n") };
+        let text = if location.is_some() {
+            String::new()
+        } else {
+            format!("{body}\n")
+        };
         if let Some(to) = location {
             field(rout, "Location", to.as_bytes());
         } else {
@@ -373,11 +457,26 @@ impl Front {
     /// Send the request (its head in `out`, its body from `buf` and then the client) to one of
     /// the upstream's endpoints, and its answer back to the client.
     #[allow(clippy::too_many_arguments)]
-    async fn forward<S: AsyncRead + AsyncWrite + Unpin>(&self, io: &mut S, buf: &mut BytesMut, ubuf: &mut BytesMut, out: &[u8], rout: &mut Vec<u8>, f: &Forward, id: &str, ingress: &str, close: bool) -> Forwarded {
+    async fn forward<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        io: &mut S,
+        buf: &mut BytesMut,
+        ubuf: &mut BytesMut,
+        out: &[u8],
+        rout: &mut Vec<u8>,
+        f: &Forward,
+        id: &str,
+        ingress: &str,
+        close: bool,
+    ) -> Forwarded {
         let u = &*f.upstream;
         let mut done = Forwarded::default();
         let timeout = f.settings.read_timeout;
-        let tries = if f.idempotent { CONNECT_TRIES.min(u.endpoints.len().max(1)) } else { 1 };
+        let tries = if f.idempotent {
+            CONNECT_TRIES.min(u.endpoints.len().max(1))
+        } else {
+            1
+        };
         let mut tried = [0usize; CONNECT_TRIES];
         let mut ntried = 0;
         // After a kept-alive connection turned out closed, a request without a body goes again,
@@ -386,7 +485,20 @@ impl Front {
         // The endpoint the request is under way at (replaced, and so released, by a retry).
         let mut under_way: Option<UnderWay<'_>>;
         let (i, mut conn, head) = 'attempt: loop {
-            let Some((i, mut conn, reused)) = self.obtain(u, &f.settings, tries, f.body > 0, &mut tried, &mut ntried, again.take(), ingress, &mut done).await else {
+            let Some((i, mut conn, reused)) = self
+                .obtain(
+                    u,
+                    &f.settings,
+                    tries,
+                    f.body > 0,
+                    &mut tried,
+                    &mut ntried,
+                    again.take(),
+                    ingress,
+                    &mut done,
+                )
+                .await
+            else {
                 return done;
             };
             if !reused {
@@ -518,14 +630,28 @@ impl Front {
     /// `tried` yet, kept-alive if one is idle (checked first when `check`), else new; up to
     /// `tries` endpoints. `None` when there is none, with the answer set in `done`.
     #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn obtain(&self, u: &Upstream, settings: &Settings, tries: usize, check: bool, tried: &mut [usize; CONNECT_TRIES], ntried: &mut usize, again: Option<usize>, ingress: &str, done: &mut Forwarded) -> Option<(usize, TcpStream, bool)> {
+    pub(crate) async fn obtain(
+        &self,
+        u: &Upstream,
+        settings: &Settings,
+        tries: usize,
+        check: bool,
+        tried: &mut [usize; CONNECT_TRIES],
+        ntried: &mut usize,
+        again: Option<usize>,
+        ingress: &str,
+        done: &mut Forwarded,
+    ) -> Option<(usize, TcpStream, bool)> {
         if let Some(i) = again {
             return match connect(u.addr(i), settings.connect_timeout).await {
                 Ok(c) => Some((i, c, false)),
                 Err(e) => {
                     self.connect_failed(u, i, ingress);
                     done.error = format!("connecting to {}: {e}", u.addr(i));
-                    done.answer = Some((502, format!("could not connect to an endpoint of service {}: {e}", u.name)));
+                    done.answer = Some((
+                        502,
+                        format!("could not connect to an endpoint of service {}: {e}", u.name),
+                    ));
                     None
                 }
             };
@@ -547,7 +673,10 @@ impl Front {
                     self.connect_failed(u, i, ingress);
                     if *ntried >= tries {
                         done.error = format!("connecting to {}: {e}", u.addr(i));
-                        done.answer = Some((502, format!("could not connect to an endpoint of service {}: {e}", u.name)));
+                        done.answer = Some((
+                            502,
+                            format!("could not connect to an endpoint of service {}: {e}", u.name),
+                        ));
                         return None;
                     }
                 }
@@ -557,13 +686,27 @@ impl Front {
 
     fn connect_failed(&self, u: &Upstream, i: usize, ingress: &str) {
         u.connect_failed(i);
-        self.metrics.upstream_errors.get_or_create(&metrics::UpstreamError { ingress: ingress.to_string(), service: u.name.clone(), kind: "connect".into() }).inc();
+        self.metrics
+            .upstream_errors
+            .get_or_create(&metrics::UpstreamError {
+                ingress: ingress.to_string(),
+                service: u.name.clone(),
+                kind: "connect".into(),
+            })
+            .inc();
     }
 
     /// Parse the response head at the start of `ubuf` and write the client's version of it into
     /// `rout`: the status line and fields as they came, less the hop-by-hop ones and those the
     /// ingress sets (X-Request-Id, Alt-Svc).
-    fn response_head(&self, ubuf: &[u8], head_request: bool, id: &str, close: bool, rout: &mut Vec<u8>) -> Result<Option<Head>, httparse::Error> {
+    fn response_head(
+        &self,
+        ubuf: &[u8],
+        head_request: bool,
+        id: &str,
+        close: bool,
+        rout: &mut Vec<u8>,
+    ) -> Result<Option<Head>, httparse::Error> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut headers);
         let Some((len, status, version)) = parse_response(&mut resp, ubuf)? else {
@@ -575,7 +718,11 @@ impl Front {
         status_line(rout, status, resp.reason.unwrap_or(""));
         for h in resp.headers.iter() {
             let n = h.name;
-            if ["connection", "keep-alive", "proxy-connection", "x-request-id"].iter().any(|d| n.eq_ignore_ascii_case(d)) || (self.alt_svc.is_some() && n.eq_ignore_ascii_case("alt-svc")) {
+            if ["connection", "keep-alive", "proxy-connection", "x-request-id"]
+                .iter()
+                .any(|d| n.eq_ignore_ascii_case(d))
+                || (self.alt_svc.is_some() && n.eq_ignore_ascii_case("alt-svc"))
+            {
                 continue;
             }
             field(rout, n, h.value);
@@ -586,7 +733,12 @@ impl Front {
             field(rout, "X-Request-Id", id.as_bytes());
             self.closing_fields(rout, close || matches!(body, Body::UntilClose));
         }
-        Ok(Some(Head { len, status, body, keep_alive }))
+        Ok(Some(Head {
+            len,
+            status,
+            body,
+            keep_alive,
+        }))
     }
 }
 
@@ -604,13 +756,26 @@ pub(crate) enum Read {
 /// Read from an endpoint's connection into `ubuf` until it holds a whole response head, within
 /// `timeout` a read. A connection closed before any byte of answer is [`Read::Again`] when
 /// `retryable`.
-pub(crate) async fn read_head(conn: &mut TcpStream, ubuf: &mut BytesMut, timeout: Duration, u: &Upstream, i: usize, retryable: bool, done: &mut Forwarded) -> Read {
+pub(crate) async fn read_head(
+    conn: &mut TcpStream,
+    ubuf: &mut BytesMut,
+    timeout: Duration,
+    u: &Upstream,
+    i: usize,
+    retryable: bool,
+    done: &mut Forwarded,
+) -> Read {
     loop {
         if ubuf.windows(4).any(|w| w == b"\r\n\r\n") {
             return Read::Head;
         }
         if ubuf.len() > MAX_HEADER_BYTES {
-            *done = unusable_head(std::mem::take(done), u, i, &format!("sent a response head over {MAX_HEADER_BYTES} bytes"));
+            *done = unusable_head(
+                std::mem::take(done),
+                u,
+                i,
+                &format!("sent a response head over {MAX_HEADER_BYTES} bytes"),
+            );
             return Read::Failed;
         }
         ubuf.reserve(READ_CHUNK);
@@ -621,7 +786,15 @@ pub(crate) async fn read_head(conn: &mut TcpStream, ubuf: &mut BytesMut, timeout
             Err(_) => {
                 done.upstream_error = Some("read timeout");
                 done.error = "read timeout".into();
-                done.answer = Some((504, format!("endpoint {} of service {} sent no answer in {:?}", u.addr(i), u.name, timeout)));
+                done.answer = Some((
+                    504,
+                    format!(
+                        "endpoint {} of service {} sent no answer in {:?}",
+                        u.addr(i),
+                        u.name,
+                        timeout
+                    ),
+                ));
                 return Read::Failed;
             }
         };
@@ -630,7 +803,10 @@ pub(crate) async fn read_head(conn: &mut TcpStream, ubuf: &mut BytesMut, timeout
         }
         done.upstream_error = Some("read");
         done.error = format!("{}: {failure}", u.addr(i));
-        done.answer = Some((502, format!("endpoint {} of service {} failed: {failure}", u.addr(i), u.name)));
+        done.answer = Some((
+            502,
+            format!("endpoint {} of service {} failed: {failure}", u.addr(i), u.name),
+        ));
         return Read::Failed;
     }
 }
@@ -645,7 +821,10 @@ pub(crate) fn unusable_head(mut done: Forwarded, u: &Upstream, i: usize, what: &
 
 /// Parse the response head at the start of `ubuf` into `resp`: its length, status and version,
 /// or `None` while it is incomplete.
-pub(crate) fn parse_response<'b>(resp: &mut httparse::Response<'_, 'b>, ubuf: &'b [u8]) -> Result<Option<(usize, u16, u8)>, httparse::Error> {
+pub(crate) fn parse_response<'b>(
+    resp: &mut httparse::Response<'_, 'b>,
+    ubuf: &'b [u8],
+) -> Result<Option<(usize, u16, u8)>, httparse::Error> {
     let httparse::Status::Complete(len) = resp.parse(ubuf)? else {
         return Ok(None);
     };
@@ -666,7 +845,10 @@ pub(crate) fn framing(status: u16, version: u8, head_request: bool, fields: &[ht
             keep_alive &= !value.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"));
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             coded = true;
-            chunked = value.rsplit(',').next().is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+            chunked = value
+                .rsplit(',')
+                .next()
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
         } else if h.name.eq_ignore_ascii_case("content-length") {
             length = value.parse().ok();
         }
@@ -674,7 +856,11 @@ pub(crate) fn framing(status: u16, version: u8, head_request: bool, fields: &[ht
     let body = if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
         Body::Length(0)
     } else if coded {
-        if chunked { Body::Chunked(Chunked::default()) } else { Body::UntilClose }
+        if chunked {
+            Body::Chunked(Chunked::default())
+        } else {
+            Body::UntilClose
+        }
     } else {
         length.map_or(Body::UntilClose, Body::Length)
     };
@@ -869,7 +1055,10 @@ fn field(out: &mut Vec<u8>, name: &str, value: &[u8]) {
 }
 
 fn reason(status: u16) -> &'static str {
-    http::StatusCode::from_u16(status).ok().and_then(|s| s.canonical_reason()).unwrap_or("")
+    http::StatusCode::from_u16(status)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+        .unwrap_or("")
 }
 
 /// Write all of `bytes` and flush (a TLS stream sends its records on flush), within `limit`.
@@ -888,7 +1077,12 @@ pub(crate) async fn write_out<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8], l
 async fn connect(addr: SocketAddr, limit: Duration) -> std::io::Result<TcpStream> {
     let conn = match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
         Ok(r) => r?,
-        Err(_) => return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, format!("no connection in {limit:?}"))),
+        Err(_) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no connection in {limit:?}"),
+            ));
+        }
     };
     conn.set_nodelay(true)?;
     Ok(conn)
@@ -986,7 +1180,19 @@ mod tests {
         assert_eq!(content_length(b"5"), Some(5));
         assert_eq!(content_length(b" 0042\t"), Some(42));
         assert_eq!(content_length(b"18446744073709551615"), Some(u64::MAX));
-        for bad in [&b""[..], b" ", b"+5", b"-5", b"0x5", b"5 ,6", b"5,5", b"5 5", b"5.0", b"\xd9\xa5", b"18446744073709551616"] {
+        for bad in [
+            &b""[..],
+            b" ",
+            b"+5",
+            b"-5",
+            b"0x5",
+            b"5 ,6",
+            b"5,5",
+            b"5 5",
+            b"5.0",
+            b"\xd9\xa5",
+            b"18446744073709551616",
+        ] {
             assert_eq!(content_length(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }
     }

@@ -24,7 +24,10 @@ use hyper::body::Frame;
 use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
-use crate::h1::{Body, CONNECT_TRIES, Forwarded, Front, MAX_HEADERS, READ_CHUNK, Read, UnderWay, framing, parse_response, put_idle, read_head, unusable_head, write_out};
+use crate::h1::{
+    Body, CONNECT_TRIES, Forwarded, Front, MAX_HEADERS, READ_CHUNK, Read, UnderWay, framing, parse_response, put_idle,
+    read_head, unusable_head, write_out,
+};
 use crate::http3::{BoxError, Conn, strip_hop_by_hop};
 use crate::metrics;
 use crate::proxy::{self, MAX_HEADER_BYTES, Outcome};
@@ -34,12 +37,29 @@ use crate::routes::{Settings, Upstream};
 const MAX_STREAMS: u32 = 256;
 /// Request headers not sent to an HTTP/1.1 endpoint: HTTP/2 has no hop-by-hop fields, and
 /// these the ingress writes itself.
-const REQUEST_DROPPED: [&str; 11] = ["host", "connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "x-forwarded-for", "x-forwarded-proto", "x-forwarded-host", "x-request-id"];
+const REQUEST_DROPPED: [&str; 11] = [
+    "host",
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-request-id",
+];
 
 impl Front {
     /// Serve an HTTP/2 connection until the client closes it, it fails, or the ingress shuts
     /// down (then gracefully: streams under way finish).
-    pub async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin>(&self, io: S, client: SocketAddr, shutdown: &ShutdownWatch) {
+    pub async fn serve_h2<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        io: S,
+        client: SocketAddr,
+        shutdown: &ShutdownWatch,
+    ) {
         let handshake = h2::server::Builder::new()
             .max_concurrent_streams(MAX_STREAMS)
             // Above the ingress's own limit, so a head over it gets the same 431 as on HTTP/1.1.
@@ -100,7 +120,10 @@ impl Front {
         let host = proxy::request_host(&head.uri, &head.headers);
         let mut service = None;
         let mut done = match admitted.outcome {
-            Outcome::Respond(status, text) => Forwarded { answer: Some((status, text)), ..Default::default() },
+            Outcome::Respond(status, text) => Forwarded {
+                answer: Some((status, text)),
+                ..Default::default()
+            },
             Outcome::Redirect(to) => {
                 let mut resp = Response::new(());
                 *resp.status_mut() = http::StatusCode::PERMANENT_REDIRECT;
@@ -109,13 +132,38 @@ impl Front {
                 }
                 self.finish_head(resp.headers_mut(), &id);
                 let _ = respond.send_response(resp, true);
-                Forwarded { code: 308, ..Default::default() }
+                Forwarded {
+                    code: 308,
+                    ..Default::default()
+                }
             }
             Outcome::Forward(u) => {
                 let f = if u.h2c {
-                    self.h2_to_h2c(&u, &admitted.settings, &head, body, &host, &id, client, &admitted.ingress, &mut respond).await
+                    self.h2_to_h2c(
+                        &u,
+                        &admitted.settings,
+                        &head,
+                        body,
+                        &host,
+                        &id,
+                        client,
+                        &admitted.ingress,
+                        &mut respond,
+                    )
+                    .await
                 } else {
-                    self.h2_to_h1(&u, &admitted.settings, &head, body, &host, &id, client, &admitted.ingress, &mut respond).await
+                    self.h2_to_h1(
+                        &u,
+                        &admitted.settings,
+                        &head,
+                        body,
+                        &host,
+                        &id,
+                        client,
+                        &admitted.ingress,
+                        &mut respond,
+                    )
+                    .await
                 };
                 service = Some(u);
                 f
@@ -126,8 +174,12 @@ impl Front {
             let text = Bytes::from(format!("{text}\n"));
             let mut resp = Response::new(());
             *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
-            resp.headers_mut().insert(http::header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
-            resp.headers_mut().insert(http::header::CONTENT_LENGTH, HeaderValue::from(text.len()));
+            resp.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; charset=utf-8"),
+            );
+            resp.headers_mut()
+                .insert(http::header::CONTENT_LENGTH, HeaderValue::from(text.len()));
             self.finish_head(resp.headers_mut(), &id);
             if let Ok(mut stream) = respond.send_response(resp, false) {
                 let _ = send_all(&mut stream, text, true).await;
@@ -135,7 +187,8 @@ impl Front {
         }
         let took = started.elapsed();
         let service_name = service.as_ref().map_or("-", |u| u.name.as_str());
-        self.metrics.count(&admitted.ingress, service_name, done.code, took, done.upstream_error);
+        self.metrics
+            .count(&admitted.ingress, service_name, done.code, took, done.upstream_error);
         if self.metrics.may_log() {
             self.metrics.log(&metrics::Finished {
                 client: &client.ip().to_string(),
@@ -156,7 +209,10 @@ impl Front {
 
     /// The fields the ingress adds to every response head.
     fn finish_head(&self, headers: &mut HeaderMap, id: &str) {
-        headers.insert("x-request-id", HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("-")));
+        headers.insert(
+            "x-request-id",
+            HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("-")),
+        );
         if let Some(v) = &self.alt_svc {
             headers.insert(http::header::ALT_SVC, v.clone());
         }
@@ -164,19 +220,47 @@ impl Front {
 
     /// Forward a stream as HTTP/1.1 to one of `u`'s endpoints.
     #[allow(clippy::too_many_arguments)]
-    async fn h2_to_h1(&self, u: &Upstream, settings: &Settings, head: &http::request::Parts, mut body: RecvStream, host: &str, id: &str, client: SocketAddr, ingress: &str, respond: &mut SendResponse<Bytes>) -> Forwarded {
+    async fn h2_to_h1(
+        &self,
+        u: &Upstream,
+        settings: &Settings,
+        head: &http::request::Parts,
+        mut body: RecvStream,
+        host: &str,
+        id: &str,
+        client: SocketAddr,
+        ingress: &str,
+        respond: &mut SendResponse<Bytes>,
+    ) -> Forwarded {
         let mut done = Forwarded::default();
         let declared = proxy::declared_length(&head.headers);
         let has_body = !body.is_end_stream();
         let chunked = has_body && declared.is_none();
         let out = request_head(head, host, id, client, self.scheme, chunked);
         let timeout = settings.read_timeout;
-        let tries = if proxy::idempotent(&head.method) { CONNECT_TRIES.min(u.endpoints.len().max(1)) } else { 1 };
+        let tries = if proxy::idempotent(&head.method) {
+            CONNECT_TRIES.min(u.endpoints.len().max(1))
+        } else {
+            1
+        };
         let (mut tried, mut ntried, mut again) = ([0usize; CONNECT_TRIES], 0, None);
         let mut under_way: Option<UnderWay<'_>>;
         let mut ubuf = BytesMut::with_capacity(READ_CHUNK);
         let (i, mut conn, len, status, headers, mut framing, keep_alive) = 'attempt: loop {
-            let Some((i, mut conn, reused)) = self.obtain(u, settings, tries, has_body, &mut tried, &mut ntried, again.take(), ingress, &mut done).await else {
+            let Some((i, mut conn, reused)) = self
+                .obtain(
+                    u,
+                    settings,
+                    tries,
+                    has_body,
+                    &mut tried,
+                    &mut ntried,
+                    again.take(),
+                    ingress,
+                    &mut done,
+                )
+                .await
+            else {
                 return done;
             };
             if !reused {
@@ -209,7 +293,13 @@ impl Front {
                     let _ = body.flow_control().release_capacity(data.len());
                     seen += data.len() as u64;
                     if settings.body_limit > 0 && seen > settings.body_limit {
-                        done.answer = Some((413, format!("the request body is larger than this route's limit of {} bytes", settings.body_limit)));
+                        done.answer = Some((
+                            413,
+                            format!(
+                                "the request body is larger than this route's limit of {} bytes",
+                                settings.body_limit
+                            ),
+                        ));
                         return done;
                     }
                     if data.is_empty() {
@@ -250,7 +340,9 @@ impl Front {
                 }
                 match response_head(&ubuf, head.method == http::Method::HEAD) {
                     Ok(Some((len, status, ..))) if (100..200).contains(&status) && status != 101 => ubuf.advance(len),
-                    Ok(Some((len, status, headers, framing, keep_alive))) if status != 101 => break 'attempt (i, conn, len, status, headers, framing, keep_alive),
+                    Ok(Some((len, status, headers, framing, keep_alive))) if status != 101 => {
+                        break 'attempt (i, conn, len, status, headers, framing, keep_alive);
+                    }
                     Ok(Some(_)) => return unusable_head(done, u, i, "switched protocols unasked"),
                     Ok(None) => return unusable_head(done, u, i, "sent a malformed response head"),
                     Err(e) => return unusable_head(done, u, i, &format!("sent a malformed response: {e}")),
@@ -319,9 +411,23 @@ impl Front {
 
     /// Forward a stream over HTTP/2 to an h2c endpoint: bodies and trailers both ways.
     #[allow(clippy::too_many_arguments)]
-    async fn h2_to_h2c(&self, u: &Upstream, settings: &Settings, head: &http::request::Parts, body: RecvStream, host: &str, id: &str, client: SocketAddr, ingress: &str, respond: &mut SendResponse<Bytes>) -> Forwarded {
+    async fn h2_to_h2c(
+        &self,
+        u: &Upstream,
+        settings: &Settings,
+        head: &http::request::Parts,
+        body: RecvStream,
+        host: &str,
+        id: &str,
+        client: SocketAddr,
+        ingress: &str,
+        respond: &mut SendResponse<Bytes>,
+    ) -> Forwarded {
         let mut done = Forwarded::default();
-        let (last, got) = self.h2c.connect_any(u, settings, proxy::idempotent(&head.method), &self.metrics, ingress).await;
+        let (last, got) = self
+            .h2c
+            .connect_any(u, settings, proxy::idempotent(&head.method), &self.metrics, ingress)
+            .await;
         done.endpoint = last.map(|i| u.addr(i));
         let (i, mut conn) = match got {
             Ok(c) => c,
@@ -334,7 +440,11 @@ impl Front {
         u.connected(i);
         u.start(i);
         let _under_way = UnderWay(u, i);
-        let uri = format!("http://{}{}", if host.is_empty() { "localhost" } else { host }, head.uri.path_and_query().map_or("/", |p| p.as_str()));
+        let uri = format!(
+            "http://{}{}",
+            if host.is_empty() { "localhost" } else { host },
+            head.uri.path_and_query().map_or("/", |p| p.as_str())
+        );
         let mut headers = head.headers.clone();
         strip_hop_by_hop(&mut headers);
         let ip = client.ip().to_string();
@@ -342,7 +452,12 @@ impl Front {
             Some(prior) if !prior.is_empty() => format!("{prior}, {ip}"),
             _ => ip,
         };
-        let values = [("x-forwarded-for", xff.as_str()), ("x-forwarded-proto", self.scheme), ("x-forwarded-host", host), ("x-request-id", id)];
+        let values = [
+            ("x-forwarded-for", xff.as_str()),
+            ("x-forwarded-proto", self.scheme),
+            ("x-forwarded-host", host),
+            ("x-request-id", id),
+        ];
         for (name, value) in values {
             if let Ok(v) = HeaderValue::from_str(value) {
                 headers.insert(name, v);
@@ -351,7 +466,11 @@ impl Front {
         headers.remove(http::header::HOST);
         let limit = settings.body_limit;
         let stream_body = StreamBody::new(client_frames(body, limit));
-        let req = http::Request::builder().method(head.method.clone()).uri(uri).version(http::Version::HTTP_2).body(stream_body.boxed_unsync());
+        let req = http::Request::builder()
+            .method(head.method.clone())
+            .uri(uri)
+            .version(http::Version::HTTP_2)
+            .body(stream_body.boxed_unsync());
         let mut req = match req {
             Ok(r) => r,
             Err(e) => {
@@ -370,7 +489,15 @@ impl Front {
             }
             Err(_) => {
                 done.upstream_error = Some("read timeout");
-                done.answer = Some((504, format!("endpoint {} of service {} sent no answer in {:?}", u.addr(i), u.name, settings.read_timeout)));
+                done.answer = Some((
+                    504,
+                    format!(
+                        "endpoint {} of service {} sent no answer in {:?}",
+                        u.addr(i),
+                        u.name,
+                        settings.read_timeout
+                    ),
+                ));
                 return done;
             }
         };
@@ -422,7 +549,10 @@ impl Front {
 
 /// The client's body as frames for hyper: data as it arrives (its flow-control window given
 /// back), then its trailers; an error past `limit` bytes.
-fn client_frames(body: RecvStream, limit: u64) -> impl futures::Stream<Item = Result<Frame<Bytes>, BoxError>> + Send + 'static {
+fn client_frames(
+    body: RecvStream,
+    limit: u64,
+) -> impl futures::Stream<Item = Result<Frame<Bytes>, BoxError>> + Send + 'static {
     futures::stream::unfold((body, Some(0u64)), move |(mut body, seen)| async move {
         let seen = seen?;
         match body.data().await {
@@ -445,7 +575,14 @@ fn client_frames(body: RecvStream, limit: u64) -> impl futures::Stream<Item = Re
 
 /// The HTTP/1.1 head for an endpoint: the request line, Host from the authority, the client's
 /// fields (cookies joined into one), the forwarding fields, and the body's framing.
-fn request_head(head: &http::request::Parts, host: &str, id: &str, client: SocketAddr, scheme: &str, chunked: bool) -> Vec<u8> {
+fn request_head(
+    head: &http::request::Parts,
+    host: &str,
+    id: &str,
+    client: SocketAddr,
+    scheme: &str,
+    chunked: bool,
+) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
@@ -494,7 +631,10 @@ fn request_head(head: &http::request::Parts, host: &str, id: &str, client: Socke
 /// response (no hop-by-hop ones, no X-Request-Id, which the ingress sets), how its body ends,
 /// and whether the connection stays open.
 #[allow(clippy::type_complexity)]
-fn response_head(ubuf: &[u8], head_request: bool) -> Result<Option<(usize, u16, HeaderMap, Body, bool)>, httparse::Error> {
+fn response_head(
+    ubuf: &[u8],
+    head_request: bool,
+) -> Result<Option<(usize, u16, HeaderMap, Body, bool)>, httparse::Error> {
     let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut resp = httparse::Response::new(&mut fields);
     let Some((len, status, version)) = parse_response(&mut resp, ubuf)? else {
@@ -503,11 +643,24 @@ fn response_head(ubuf: &[u8], head_request: bool) -> Result<Option<(usize, u16, 
     let (body, keep_alive) = framing(status, version, head_request, resp.headers);
     let mut headers = HeaderMap::with_capacity(resp.headers.len());
     for h in resp.headers.iter() {
-        let hop = ["connection", "transfer-encoding", "keep-alive", "proxy-connection", "upgrade", "te", "x-request-id"].iter().any(|d| h.name.eq_ignore_ascii_case(d));
+        let hop = [
+            "connection",
+            "transfer-encoding",
+            "keep-alive",
+            "proxy-connection",
+            "upgrade",
+            "te",
+            "x-request-id",
+        ]
+        .iter()
+        .any(|d| h.name.eq_ignore_ascii_case(d));
         if hop {
             continue;
         }
-        if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(h.name.as_bytes()), HeaderValue::from_bytes(h.value)) {
+        if let (Ok(n), Ok(v)) = (
+            HeaderName::from_bytes(h.name.as_bytes()),
+            HeaderValue::from_bytes(h.value),
+        ) {
             headers.append(n, v);
         }
     }

@@ -39,7 +39,15 @@ const IDLE: Duration = Duration::from_secs(90);
 const IDLE_PER_ENDPOINT: usize = 64;
 
 /// Headers about one hop, which a proxy does not pass on (and HTTP/3 forbids).
-const HOP_BY_HOP: [&str; 7] = ["connection", "keep-alive", "proxy-connection", "te", "transfer-encoding", "upgrade", "proxy-authenticate"];
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "transfer-encoding",
+    "upgrade",
+    "proxy-authenticate",
+];
 
 /// The QUIC endpoint: TLS 1.3 with the ingress's certificates by SNI, ALPN `h3`.
 pub fn endpoint(addr: SocketAddr, certs: Arc<Certs>) -> Result<quinn::Endpoint> {
@@ -65,7 +73,11 @@ pub struct Http3 {
 
 impl Http3 {
     pub fn new(table: Arc<ArcSwap<Table>>, metrics: Arc<Metrics>) -> Http3 {
-        Http3 { table, metrics, pool: Pool::default() }
+        Http3 {
+            table,
+            metrics,
+            pool: Pool::default(),
+        }
     }
 
     /// Accept QUIC connections until the endpoint closes.
@@ -83,7 +95,11 @@ impl Http3 {
     }
 
     async fn connection(self: Arc<Self>, conn: quinn::Connection, client: SocketAddr) {
-        let mut h3 = match h3::server::builder().max_field_section_size(proxy::MAX_HEADER_BYTES as u64).build::<_, Bytes>(h3_quinn::Connection::new(conn)).await {
+        let mut h3 = match h3::server::builder()
+            .max_field_section_size(proxy::MAX_HEADER_BYTES as u64)
+            .build::<_, Bytes>(h3_quinn::Connection::new(conn))
+            .await
+        {
             Ok(c) => c,
             Err(e) => return tracing::debug!(%client, error = %e, "HTTP/3 connection"),
         };
@@ -121,9 +137,25 @@ impl Http3 {
         let (code, upstream_error, error) = match admitted.outcome {
             Outcome::Respond(status, body) => (answer(&mut send, status, &body, &id).await, None, String::new()),
             // Only plain HTTP is redirected; HTTP/3 is never plain.
-            Outcome::Redirect(_) => (answer(&mut send, 500, "redirect on a secure listener", &id).await, None, String::new()),
+            Outcome::Redirect(_) => (
+                answer(&mut send, 500, "redirect on a secure listener", &id).await,
+                None,
+                String::new(),
+            ),
             Outcome::Forward(u) => {
-                let f = self.forward(&u, &admitted.settings, &admitted.ingress, head, &host, &id, client, &mut send, recv).await;
+                let f = self
+                    .forward(
+                        &u,
+                        &admitted.settings,
+                        &admitted.ingress,
+                        head,
+                        &host,
+                        &id,
+                        client,
+                        &mut send,
+                        recv,
+                    )
+                    .await;
                 upstream = f.endpoint.map(|i| u.addr(i));
                 service = u.name.clone();
                 let code = match f.answer {
@@ -134,7 +166,8 @@ impl Http3 {
             }
         };
         let took = started.elapsed();
-        self.metrics.count(&admitted.ingress, &service, code, took, upstream_error);
+        self.metrics
+            .count(&admitted.ingress, &service, code, took, upstream_error);
         if self.metrics.may_log() {
             self.metrics.log(&metrics::Finished {
                 client: &client.ip().to_string(),
@@ -154,9 +187,23 @@ impl Http3 {
     }
 
     /// Send the request to one of `u`'s endpoints and stream the answer back.
-    async fn forward(&self, u: &Upstream, settings: &Settings, ingress: &str, head: http::request::Parts, host: &str, id: &str, client: SocketAddr, send: &mut SendHalf, recv: RecvHalf) -> Forwarded {
+    async fn forward(
+        &self,
+        u: &Upstream,
+        settings: &Settings,
+        ingress: &str,
+        head: http::request::Parts,
+        host: &str,
+        id: &str,
+        client: SocketAddr,
+        send: &mut SendHalf,
+        recv: RecvHalf,
+    ) -> Forwarded {
         let mut done = Forwarded::default();
-        let (last, got) = self.pool.connect_any(u, settings, proxy::idempotent(&head.method), &self.metrics, ingress).await;
+        let (last, got) = self
+            .pool
+            .connect_any(u, settings, proxy::idempotent(&head.method), &self.metrics, ingress)
+            .await;
         done.endpoint = last;
         let (i, mut conn) = match got {
             Ok(c) => c,
@@ -183,7 +230,13 @@ impl Http3 {
             Ok(Err(e)) => {
                 done.error = e.to_string();
                 if too_large.load(std::sync::atomic::Ordering::Relaxed) {
-                    done.answer = Some((413, format!("the request body is larger than this route's limit of {} bytes", settings.body_limit)));
+                    done.answer = Some((
+                        413,
+                        format!(
+                            "the request body is larger than this route's limit of {} bytes",
+                            settings.body_limit
+                        ),
+                    ));
                 } else {
                     done.upstream_error = Some("read");
                     done.answer = Some((502, format!("endpoint {} of service {} failed: {e}", u.addr(i), u.name)));
@@ -193,7 +246,15 @@ impl Http3 {
             Err(_) => {
                 done.upstream_error = Some("read timeout");
                 done.error = "read timeout".into();
-                done.answer = Some((504, format!("endpoint {} of service {} sent no answer in {:?}", u.addr(i), u.name, settings.read_timeout)));
+                done.answer = Some((
+                    504,
+                    format!(
+                        "endpoint {} of service {} sent no answer in {:?}",
+                        u.addr(i),
+                        u.name,
+                        settings.read_timeout
+                    ),
+                ));
                 return done;
             }
         };
@@ -203,7 +264,10 @@ impl Http3 {
         if let Some(h) = out.headers_mut() {
             *h = parts.headers;
             strip_hop_by_hop(h);
-            h.insert("x-request-id", HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("-")));
+            h.insert(
+                "x-request-id",
+                HeaderValue::from_str(id).unwrap_or_else(|_| HeaderValue::from_static("-")),
+            );
         }
         let Ok(out) = out.body(()) else {
             done.answer = Some((502, "the endpoint's response head cannot be sent".into()));
@@ -292,7 +356,13 @@ async fn answer(send: &mut SendHalf, status: u16, body: &str, id: &str) -> u16 {
 
 pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
     // Headers the Connection header names are hop-by-hop too.
-    let named: Vec<String> = h.get_all(http::header::CONNECTION).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(|s| s.trim().to_ascii_lowercase()).collect();
+    let named: Vec<String> = h
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_ascii_lowercase())
+        .collect();
     for n in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
         h.remove(n);
     }
@@ -301,7 +371,15 @@ pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
 /// The HTTP/1.1 (or h2c) request for the endpoint: origin-form target, Host from the
 /// authority, the forwarding headers, and the client's body streamed as it arrives (cut off
 /// past `limit` bytes, which sets `too_large`).
-fn upstream_request(head: http::request::Parts, host: &str, id: &str, client: SocketAddr, recv: RecvHalf, limit: u64, too_large: Arc<std::sync::atomic::AtomicBool>) -> Result<Request<Body>> {
+fn upstream_request(
+    head: http::request::Parts,
+    host: &str,
+    id: &str,
+    client: SocketAddr,
+    recv: RecvHalf,
+    limit: u64,
+    too_large: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<Request<Body>> {
     let target = head.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
     let declared = proxy::declared_length(&head.headers);
     let mut headers = head.headers;
@@ -319,13 +397,28 @@ fn upstream_request(head: http::request::Parts, host: &str, id: &str, client: So
     headers.insert("x-request-id", HeaderValue::from_str(id)?);
     // A GET or the like with no declared length has no body (HTTP/3 ends the stream); others
     // are streamed, chunked when no length is declared.
-    let bodyless = declared == Some(0) || (declared.is_none() && matches!(head.method, http::Method::GET | http::Method::HEAD | http::Method::OPTIONS | http::Method::DELETE | http::Method::TRACE));
+    let bodyless = declared == Some(0)
+        || (declared.is_none()
+            && matches!(
+                head.method,
+                http::Method::GET
+                    | http::Method::HEAD
+                    | http::Method::OPTIONS
+                    | http::Method::DELETE
+                    | http::Method::TRACE
+            ));
     let body: Body = if bodyless {
-        Empty::new().map_err(|e: std::convert::Infallible| match e {}).boxed_unsync()
+        Empty::new()
+            .map_err(|e: std::convert::Infallible| match e {})
+            .boxed_unsync()
     } else {
         StreamBody::new(client_body(recv, limit, too_large)).boxed_unsync()
     };
-    let mut req = Request::builder().method(head.method).uri(target).version(http::Version::HTTP_11).body(body)?;
+    let mut req = Request::builder()
+        .method(head.method)
+        .uri(target)
+        .version(http::Version::HTTP_11)
+        .body(body)?;
     *req.headers_mut() = headers;
     Ok(req)
 }
@@ -338,7 +431,11 @@ enum Phase {
 }
 
 /// The client's body as frames: data as it arrives, then its trailers; it ends after an error.
-fn client_body(recv: RecvHalf, limit: u64, too_large: Arc<std::sync::atomic::AtomicBool>) -> impl futures::Stream<Item = Result<Frame<Bytes>, BoxError>> {
+fn client_body(
+    recv: RecvHalf,
+    limit: u64,
+    too_large: Arc<std::sync::atomic::AtomicBool>,
+) -> impl futures::Stream<Item = Result<Frame<Bytes>, BoxError>> {
     futures::stream::unfold((recv, Phase::Data(0)), move |(mut recv, phase)| {
         let too_large = too_large.clone();
         async move {
@@ -350,7 +447,10 @@ fn client_body(recv: RecvHalf, limit: u64, too_large: Arc<std::sync::atomic::Ato
                         if limit > 0 && seen > limit {
                             too_large.store(true, std::sync::atomic::Ordering::Relaxed);
                             recv.stop_sending(h3::error::Code::H3_REQUEST_REJECTED);
-                            return Some((Err(BoxError::from("request body over the route's limit")), (recv, Phase::Done)));
+                            return Some((
+                                Err(BoxError::from("request body over the route's limit")),
+                                (recv, Phase::Done),
+                            ));
                         }
                         return Some((Ok(Frame::data(bytes)), (recv, Phase::Data(seen))));
                     }
@@ -404,21 +504,49 @@ impl Pool {
     /// towards the endpoint's ejection and in the metrics), up to three for an idempotent
     /// request. Returns the endpoint last tried, and the connection or the status, body and
     /// error of the answer to give instead.
-    pub(crate) async fn connect_any(&self, u: &Upstream, settings: &Settings, idempotent: bool, metrics: &Metrics, ingress: &str) -> (Option<usize>, std::result::Result<(usize, Conn), (u16, String, String)>) {
-        let tries = if idempotent { CONNECT_TRIES.min(u.endpoints.len().max(1)) } else { 1 };
+    pub(crate) async fn connect_any(
+        &self,
+        u: &Upstream,
+        settings: &Settings,
+        idempotent: bool,
+        metrics: &Metrics,
+        ingress: &str,
+    ) -> (Option<usize>, std::result::Result<(usize, Conn), (u16, String, String)>) {
+        let tries = if idempotent {
+            CONNECT_TRIES.min(u.endpoints.len().max(1))
+        } else {
+            1
+        };
         let mut tried = Vec::new();
         loop {
             let Some(i) = u.pick(settings.balance, &tried) else {
-                return (tried.last().copied(), Err((503, format!("service {} has no ready endpoints", u.name), String::new())));
+                return (
+                    tried.last().copied(),
+                    Err((503, format!("service {} has no ready endpoints", u.name), String::new())),
+                );
             };
             tried.push(i);
             match self.get(u.addr(i), u.h2c, settings.connect_timeout).await {
                 Ok(c) => return (Some(i), Ok((i, c))),
                 Err(e) => {
                     u.connect_failed(i);
-                    metrics.upstream_errors.get_or_create(&metrics::UpstreamError { ingress: ingress.to_string(), service: u.name.clone(), kind: "connect".into() }).inc();
+                    metrics
+                        .upstream_errors
+                        .get_or_create(&metrics::UpstreamError {
+                            ingress: ingress.to_string(),
+                            service: u.name.clone(),
+                            kind: "connect".into(),
+                        })
+                        .inc();
                     if tried.len() >= tries {
-                        return (Some(i), Err((502, format!("could not connect to an endpoint of service {}: {e}", u.name), format!("connecting to {}: {e}", u.addr(i)))));
+                        return (
+                            Some(i),
+                            Err((
+                                502,
+                                format!("could not connect to an endpoint of service {}: {e}", u.name),
+                                format!("connecting to {}: {e}", u.addr(i)),
+                            )),
+                        );
                     }
                 }
             }
@@ -427,7 +555,14 @@ impl Pool {
 
     pub(crate) async fn get(&self, addr: SocketAddr, h2c: bool, connect_timeout: Duration) -> Result<Conn> {
         if h2c {
-            if let Some(s) = self.h2.lock().unwrap_or_else(|p| p.into_inner()).get(&addr).filter(|s| !s.is_closed()).cloned() {
+            if let Some(s) = self
+                .h2
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&addr)
+                .filter(|s| !s.is_closed())
+                .cloned()
+            {
                 return Ok(Conn::H2(s));
             }
         } else {
@@ -440,12 +575,17 @@ impl Pool {
                 }
             }
         }
-        let tcp = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr)).await.map_err(|_| anyhow::anyhow!("timed out after {connect_timeout:?}"))??;
+        let tcp = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| anyhow::anyhow!("timed out after {connect_timeout:?}"))??;
         tcp.set_nodelay(true)?;
         if h2c {
             let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
             tokio::spawn(conn);
-            self.h2.lock().unwrap_or_else(|p| p.into_inner()).insert(addr, send.clone());
+            self.h2
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(addr, send.clone());
             Ok(Conn::H2(send))
         } else {
             let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;

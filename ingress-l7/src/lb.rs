@@ -89,25 +89,43 @@ pub fn addresses(pool: ipnet::Ipv4Net) -> Vec<Ipv4Addr> {
 }
 
 fn id(s: &Service) -> String {
-    format!("{}/{}", s.metadata.namespace.as_deref().unwrap_or_default(), s.metadata.name.as_deref().unwrap_or_default())
+    format!(
+        "{}/{}",
+        s.metadata.namespace.as_deref().unwrap_or_default(),
+        s.metadata.name.as_deref().unwrap_or_default()
+    )
 }
 
 /// Whether this ingress serves the Service's load balancer.
 pub fn ours(s: &Service) -> bool {
     let spec = s.spec.as_ref();
-    spec.and_then(|p| p.type_.as_deref()) == Some("LoadBalancer") && spec.and_then(|p| p.load_balancer_class.as_deref()).is_none_or(|c| c == CLASS)
+    spec.and_then(|p| p.type_.as_deref()) == Some("LoadBalancer")
+        && spec
+            .and_then(|p| p.load_balancer_class.as_deref())
+            .is_none_or(|c| c == CLASS)
 }
 
 /// The pool addresses a Service's status holds.
 pub fn status_ips(s: &Service, pool: ipnet::Ipv4Net) -> Vec<Ipv4Addr> {
-    let list = s.status.as_ref().and_then(|st| st.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
-    list.into_iter().flatten().filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok()).filter(|ip| pool.contains(ip)).collect()
+    let list = s
+        .status
+        .as_ref()
+        .and_then(|st| st.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    list.into_iter()
+        .flatten()
+        .filter_map(|i| i.ip.as_deref()?.parse::<Ipv4Addr>().ok())
+        .filter(|ip| pool.contains(ip))
+        .collect()
 }
 
 /// Decide every LoadBalancer Service's address and forwarding.
 pub fn plan(pool: ipnet::Ipv4Net, services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Plan {
     let mut mine: Vec<&Service> = services.iter().map(|s| s.as_ref()).filter(|s| ours(s)).collect();
-    mine.sort_by(|a, b| (a.metadata.creation_timestamp.as_ref().map(|t| t.0), id(a)).cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), id(b))));
+    mine.sort_by(|a, b| {
+        (a.metadata.creation_timestamp.as_ref().map(|t| t.0), id(a))
+            .cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), id(b)))
+    });
     let free_list = addresses(pool);
     let mut taken: HashMap<Ipv4Addr, String> = HashMap::new();
     let mut chosen: BTreeMap<String, Ipv4Addr> = BTreeMap::new();
@@ -116,7 +134,10 @@ pub fn plan(pool: ipnet::Ipv4Net, services: &[Arc<Service>], slices: &[Arc<Endpo
     // each pass over all Services before the next, so no Service loses its address to another's
     // request.
     for s in &mine {
-        if let Some(ip) = status_ips(s, pool).into_iter().find(|ip| !taken.contains_key(ip) && free_list.contains(ip)) {
+        if let Some(ip) = status_ips(s, pool)
+            .into_iter()
+            .find(|ip| !taken.contains_key(ip) && free_list.contains(ip))
+        {
             taken.insert(ip, id(s));
             chosen.insert(id(s), ip);
         }
@@ -125,21 +146,41 @@ pub fn plan(pool: ipnet::Ipv4Net, services: &[Arc<Service>], slices: &[Arc<Endpo
         if chosen.contains_key(&id(s)) {
             continue;
         }
-        let Some(asked) = s.spec.as_ref().and_then(|p| p.load_balancer_ip.as_deref()).filter(|v| !v.is_empty()) else { continue };
+        let Some(asked) = s
+            .spec
+            .as_ref()
+            .and_then(|p| p.load_balancer_ip.as_deref())
+            .filter(|v| !v.is_empty())
+        else {
+            continue;
+        };
         match asked.parse::<Ipv4Addr>() {
-            Ok(ip) if !free_list.contains(&ip) => problems.push(format!("service {}: spec.loadBalancerIP {ip} is not in the pool {pool}", id(s))),
+            Ok(ip) if !free_list.contains(&ip) => problems.push(format!(
+                "service {}: spec.loadBalancerIP {ip} is not in the pool {pool}",
+                id(s)
+            )),
             Ok(ip) => match taken.get(&ip) {
-                Some(other) => problems.push(format!("service {}: spec.loadBalancerIP {ip} is held by {other}", id(s))),
+                Some(other) => problems.push(format!(
+                    "service {}: spec.loadBalancerIP {ip} is held by {other}",
+                    id(s)
+                )),
                 None => {
                     taken.insert(ip, id(s));
                     chosen.insert(id(s), ip);
                 }
             },
-            Err(_) => problems.push(format!("service {}: spec.loadBalancerIP {asked:?} is not an IPv4 address", id(s))),
+            Err(_) => problems.push(format!(
+                "service {}: spec.loadBalancerIP {asked:?} is not an IPv4 address",
+                id(s)
+            )),
         }
     }
     for s in &mine {
-        let asked = s.spec.as_ref().and_then(|p| p.load_balancer_ip.as_deref()).is_some_and(|v| !v.is_empty());
+        let asked = s
+            .spec
+            .as_ref()
+            .and_then(|p| p.load_balancer_ip.as_deref())
+            .is_some_and(|v| !v.is_empty());
         if chosen.contains_key(&id(s)) || asked {
             continue;
         }
@@ -154,14 +195,25 @@ pub fn plan(pool: ipnet::Ipv4Net, services: &[Arc<Service>], slices: &[Arc<Endpo
 
     let mut by_service: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
     for sl in slices {
-        if let Some(svc) = sl.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) {
-            by_service.entry((sl.metadata.namespace.clone().unwrap_or_default(), svc.clone())).or_default().push(sl.as_ref());
+        if let Some(svc) = sl
+            .metadata
+            .labels
+            .as_ref()
+            .and_then(|l| l.get("kubernetes.io/service-name"))
+        {
+            by_service
+                .entry((sl.metadata.namespace.clone().unwrap_or_default(), svc.clone()))
+                .or_default()
+                .push(sl.as_ref());
         }
     }
     let mut assignments = Vec::new();
     for s in &mine {
         let Some(&ip) = chosen.get(&id(s)) else { continue };
-        let key = (s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default());
+        let key = (
+            s.metadata.namespace.clone().unwrap_or_default(),
+            s.metadata.name.clone().unwrap_or_default(),
+        );
         let slices = by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
         let spec = s.spec.as_ref();
         let affinity = spec.and_then(|p| p.session_affinity.as_deref()) == Some("ClientIP");
@@ -171,14 +223,27 @@ pub fn plan(pool: ipnet::Ipv4Net, services: &[Arc<Service>], slices: &[Arc<Endpo
                 "TCP" => Protocol::Tcp,
                 "UDP" => Protocol::Udp,
                 other => {
-                    problems.push(format!("service {}: port {} is {other}, which is not forwarded (TCP and UDP are)", id(s), p.port));
+                    problems.push(format!(
+                        "service {}: port {} is {other}, which is not forwarded (TCP and UDP are)",
+                        id(s),
+                        p.port
+                    ));
                     continue;
                 }
             };
             let Ok(port) = u16::try_from(p.port) else { continue };
-            ports.push(Port { port, protocol, endpoints: ready_endpoints(slices, p.name.as_deref().unwrap_or_default()), affinity });
+            ports.push(Port {
+                port,
+                protocol,
+                endpoints: ready_endpoints(slices, p.name.as_deref().unwrap_or_default()),
+                affinity,
+            });
         }
-        assignments.push(Assignment { service: id(s), ip, ports });
+        assignments.push(Assignment {
+            service: id(s),
+            ip,
+            ports,
+        });
     }
     Plan { assignments, problems }
 }
@@ -187,7 +252,11 @@ pub fn plan(pool: ipnet::Ipv4Net, services: &[Arc<Service>], slices: &[Arc<Endpo
 pub fn status_value(a: Option<&Assignment>) -> serde_json::Value {
     match a {
         Some(a) => {
-            let ports: Vec<_> = a.ports.iter().map(|p| serde_json::json!({"port": p.port, "protocol": p.protocol.as_str()})).collect();
+            let ports: Vec<_> = a
+                .ports
+                .iter()
+                .map(|p| serde_json::json!({"port": p.port, "protocol": p.protocol.as_str()}))
+                .collect();
             serde_json::json!({"ingress": [{"ip": a.ip.to_string(), "ipMode": "VIP", "ports": ports}]})
         }
         None => serde_json::json!({"ingress": null}),
@@ -196,10 +265,22 @@ pub fn status_value(a: Option<&Assignment>) -> serde_json::Value {
 
 /// Whether the Service's status already shows `want`.
 pub fn status_matches(s: &Service, want: &serde_json::Value) -> bool {
-    let have = s.status.as_ref().and_then(|st| st.load_balancer.as_ref()).map(|lb| serde_json::to_value(lb).unwrap_or_default()).unwrap_or_else(|| serde_json::json!({}));
+    let have = s
+        .status
+        .as_ref()
+        .and_then(|st| st.load_balancer.as_ref())
+        .map(|lb| serde_json::to_value(lb).unwrap_or_default())
+        .unwrap_or_else(|| serde_json::json!({}));
     let norm = |v: &serde_json::Value| {
         let list = v.get("ingress").and_then(|i| i.as_array()).cloned().unwrap_or_default();
-        list.iter().map(|i| (i.get("ip").cloned(), i.get("ports").cloned().unwrap_or_else(|| serde_json::json!([])))).collect::<Vec<_>>()
+        list.iter()
+            .map(|i| {
+                (
+                    i.get("ip").cloned(),
+                    i.get("ports").cloned().unwrap_or_else(|| serde_json::json!([])),
+                )
+            })
+            .collect::<Vec<_>>()
     };
     norm(&have) == norm(want)
 }
@@ -237,25 +318,53 @@ impl Forwarder {
         tokio::spawn(conn);
         let mut made_link = false;
         if Self::index_of(&handle, link).await?.is_none() {
-            match handle.link().add(rtnetlink::LinkDummy::new(link).up().build()).execute().await {
+            match handle
+                .link()
+                .add(rtnetlink::LinkDummy::new(link).up().build())
+                .execute()
+                .await
+            {
                 Ok(()) => {}
                 // A kernel without the dummy driver: a veth pair, both ends on this host,
                 // stands in (addresses on it are local all the same).
                 Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -EOPNOTSUPP => {
                     let peer = format!("{}p", &link[..link.len().min(14)]);
                     tracing::info!(%link, %peer, "no dummy interfaces in this kernel: a veth pair stands in");
-                    handle.link().add(rtnetlink::LinkVeth::new(link, &peer).up().build()).execute().await.map_err(|e| nl(&format!("making the veth pair {link}/{peer}"), e))?;
+                    handle
+                        .link()
+                        .add(rtnetlink::LinkVeth::new(link, &peer).up().build())
+                        .execute()
+                        .await
+                        .map_err(|e| nl(&format!("making the veth pair {link}/{peer}"), e))?;
                     if let Some(i) = Self::index_of(&handle, &peer).await? {
-                        handle.link().set(rtnetlink::LinkUnspec::new_with_index(i).up().build()).execute().await.map_err(|e| nl(&format!("bringing {peer} up"), e))?;
+                        handle
+                            .link()
+                            .set(rtnetlink::LinkUnspec::new_with_index(i).up().build())
+                            .execute()
+                            .await
+                            .map_err(|e| nl(&format!("bringing {peer} up"), e))?;
                     }
                 }
                 Err(e) => return Err(nl(&format!("making the dummy interface {link}"), e)),
             }
             made_link = true;
         }
-        let index = Self::index_of(&handle, link).await?.ok_or_else(|| anyhow::anyhow!("interface {link} vanished"))?;
-        handle.link().set(rtnetlink::LinkUnspec::new_with_index(index).up().build()).execute().await.map_err(|e| nl(&format!("bringing {link} up"), e))?;
-        Ok(Forwarder { link: link.to_string(), pool, handle, made_link, listeners: HashMap::new() })
+        let index = Self::index_of(&handle, link)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("interface {link} vanished"))?;
+        handle
+            .link()
+            .set(rtnetlink::LinkUnspec::new_with_index(index).up().build())
+            .execute()
+            .await
+            .map_err(|e| nl(&format!("bringing {link} up"), e))?;
+        Ok(Forwarder {
+            link: link.to_string(),
+            pool,
+            handle,
+            made_link,
+            listeners: HashMap::new(),
+        })
     }
 
     async fn index_of(handle: &rtnetlink::Handle, link: &str) -> anyhow::Result<Option<u32>> {
@@ -285,15 +394,34 @@ impl Forwarder {
     }
 
     async fn set_addresses(&self, want: &HashSet<Ipv4Addr>) -> anyhow::Result<()> {
-        let index = Self::index_of(&self.handle, &self.link).await?.ok_or_else(|| anyhow::anyhow!("interface {} is gone", self.link))?;
+        let index = Self::index_of(&self.handle, &self.link)
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("interface {} is gone", self.link))?;
         let present = self.present(index).await?;
         for ip in want.difference(&present) {
-            self.handle.address().add(index, IpAddr::V4(*ip), 32).replace().execute().await.map_err(|e| nl(&format!("adding {ip} to {}", self.link), e))?;
+            self.handle
+                .address()
+                .add(index, IpAddr::V4(*ip), 32)
+                .replace()
+                .execute()
+                .await
+                .map_err(|e| nl(&format!("adding {ip} to {}", self.link), e))?;
         }
         for ip in present.difference(want) {
-            let mut s = self.handle.address().get().set_link_index_filter(index).set_address_filter(IpAddr::V4(*ip)).execute();
+            let mut s = self
+                .handle
+                .address()
+                .get()
+                .set_link_index_filter(index)
+                .set_address_filter(IpAddr::V4(*ip))
+                .execute();
             while let Some(m) = s.try_next().await.map_err(|e| nl("listing addresses", e))? {
-                self.handle.address().del(m).execute().await.map_err(|e| nl(&format!("removing {ip} from {}", self.link), e))?;
+                self.handle
+                    .address()
+                    .del(m)
+                    .execute()
+                    .await
+                    .map_err(|e| nl(&format!("removing {ip} from {}", self.link), e))?;
             }
         }
         Ok(())
@@ -358,7 +486,11 @@ impl Forwarder {
 }
 
 fn bind_tcp(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
     socket.bind(&addr.into())?;
@@ -399,7 +531,9 @@ async fn serve_tcp(listener: TcpListener, port: Arc<ArcSwap<Port>>, service: Str
             let mut client = client;
             let _ = client.set_nodelay(true);
             for attempt in 0..CONNECT_TRIES.min(port.endpoints.len()) {
-                let Some(to) = choose(&port, from.ip(), &rr, attempt) else { break };
+                let Some(to) = choose(&port, from.ip(), &rr, attempt) else {
+                    break;
+                };
                 match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(to)).await {
                     Ok(Ok(mut upstream)) => {
                         let _ = upstream.set_nodelay(true);
@@ -431,17 +565,26 @@ async fn serve_udp(socket: Arc<UdpSocket>, port: Arc<ArcSwap<Port>>, service: St
                 continue;
             }
         };
-        let existing = flows.lock().unwrap_or_else(|p| p.into_inner()).get_mut(&from).map(|(s, seen)| {
-            *seen = Instant::now();
-            s.clone()
-        });
+        let existing = flows
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_mut(&from)
+            .map(|(s, seen)| {
+                *seen = Instant::now();
+                s.clone()
+            });
         let upstream = match existing {
             Some(s) => s,
             None => {
-                let Some(to) = choose(&port.load(), from.ip(), &rr, 0) else { continue };
+                let Some(to) = choose(&port.load(), from.ip(), &rr, 0) else {
+                    continue;
+                };
                 let Ok(s) = open_flow(to).await else { continue };
                 let s = Arc::new(s);
-                flows.lock().unwrap_or_else(|p| p.into_inner()).insert(from, (s.clone(), Instant::now()));
+                flows
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(from, (s.clone(), Instant::now()));
                 tokio::spawn(answers(socket.clone(), s.clone(), from, flows.clone()));
                 s
             }
@@ -451,7 +594,11 @@ async fn serve_udp(socket: Arc<UdpSocket>, port: Arc<ArcSwap<Port>>, service: St
 }
 
 async fn open_flow(to: SocketAddr) -> std::io::Result<UdpSocket> {
-    let local = if to.is_ipv4() { SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0)) } else { SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0)) };
+    let local = if to.is_ipv4() {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, 0))
+    };
     let s = UdpSocket::bind(local).await?;
     s.connect(to).await?;
     Ok(s)
@@ -472,7 +619,12 @@ async fn answers(socket: Arc<UdpSocket>, upstream: Arc<UdpSocket>, client: Socke
             // An ICMP error (the endpoint went away): the next datagram picks again.
             Ok(Err(_)) => break,
             Err(_) => {
-                let idle = flows.lock().unwrap_or_else(|p| p.into_inner()).get(&client).map(|(_, seen)| seen.elapsed() >= UDP_IDLE).unwrap_or(true);
+                let idle = flows
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .get(&client)
+                    .map(|(_, seen)| seen.elapsed() >= UDP_IDLE)
+                    .unwrap_or(true);
                 if idle {
                     break;
                 }
@@ -486,7 +638,14 @@ async fn answers(socket: Arc<UdpSocket>, upstream: Arc<UdpSocket>, client: Socke
 mod tests {
     use super::*;
 
-    fn svc(name: &str, created: i64, lb_ip: Option<&str>, status_ip: Option<&str>, class: Option<&str>, ports: serde_json::Value) -> Arc<Service> {
+    fn svc(
+        name: &str,
+        created: i64,
+        lb_ip: Option<&str>,
+        status_ip: Option<&str>,
+        class: Option<&str>,
+        ports: serde_json::Value,
+    ) -> Arc<Service> {
         let ts = chrono_like(created);
         Arc::new(
             serde_json::from_value(serde_json::json!({
@@ -503,7 +662,10 @@ mod tests {
     }
 
     fn slice(svc: &str, port_name: &str, port: i32, ips: &[(&str, bool)]) -> Arc<EndpointSlice> {
-        let eps: Vec<_> = ips.iter().map(|(ip, ready)| serde_json::json!({"addresses": [ip], "conditions": {"ready": ready}})).collect();
+        let eps: Vec<_> = ips
+            .iter()
+            .map(|(ip, ready)| serde_json::json!({"addresses": [ip], "conditions": {"ready": ready}}))
+            .collect();
         Arc::new(
             serde_json::from_value(serde_json::json!({
                 "metadata": {"name": format!("{svc}-x"), "namespace": "default", "labels": {"kubernetes.io/service-name": svc}},
@@ -526,17 +688,52 @@ mod tests {
             svc("b", 2, Some("198.18.0.3"), None, None, tcp.clone()),
             svc("d", 4, Some("10.0.0.1"), None, None, tcp.clone()),
             svc("e", 5, None, None, Some("other.example/lb"), tcp.clone()),
-            svc("f", 6, None, None, Some(CLASS), serde_json::json!([{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "s", "port": 9, "protocol": "SCTP"}])),
+            svc(
+                "f",
+                6,
+                None,
+                None,
+                Some(CLASS),
+                serde_json::json!([{"name": "dns", "port": 53, "protocol": "UDP"}, {"name": "s", "port": 9, "protocol": "SCTP"}]),
+            ),
         ];
-        let slices = vec![slice("a", "web", 8080, &[("10.1.0.2", true), ("10.1.0.1", true), ("10.1.0.3", false)])];
+        let slices = vec![slice(
+            "a",
+            "web",
+            8080,
+            &[("10.1.0.2", true), ("10.1.0.1", true), ("10.1.0.3", false)],
+        )];
         let p = plan(pool, &services, &slices);
-        let ips: Vec<(String, String)> = p.assignments.iter().map(|a| (a.service.clone(), a.ip.to_string())).collect();
-        assert_eq!(ips, vec![("default/a".into(), "198.18.0.1".into()), ("default/c".into(), "198.18.0.3".into()), ("default/f".into(), "198.18.0.2".into())]);
-        assert_eq!(p.assignments[0].ports, vec![Port { port: 80, protocol: Protocol::Tcp, endpoints: vec!["10.1.0.1:8080".parse().unwrap(), "10.1.0.2:8080".parse().unwrap()], affinity: false }]);
+        let ips: Vec<(String, String)> = p
+            .assignments
+            .iter()
+            .map(|a| (a.service.clone(), a.ip.to_string()))
+            .collect();
+        assert_eq!(
+            ips,
+            vec![
+                ("default/a".into(), "198.18.0.1".into()),
+                ("default/c".into(), "198.18.0.3".into()),
+                ("default/f".into(), "198.18.0.2".into())
+            ]
+        );
+        assert_eq!(
+            p.assignments[0].ports,
+            vec![Port {
+                port: 80,
+                protocol: Protocol::Tcp,
+                endpoints: vec!["10.1.0.1:8080".parse().unwrap(), "10.1.0.2:8080".parse().unwrap()],
+                affinity: false
+            }]
+        );
         assert_eq!(p.assignments[2].ports.len(), 1, "SCTP is left out");
         assert_eq!(p.assignments[2].ports[0].protocol, Protocol::Udp);
         let problems = p.problems.join("\n");
-        for want in ["default/b: spec.loadBalancerIP 198.18.0.3 is held by default/c", "default/d: spec.loadBalancerIP 10.0.0.1 is not in the pool", "port 9 is SCTP"] {
+        for want in [
+            "default/b: spec.loadBalancerIP 198.18.0.3 is held by default/c",
+            "default/d: spec.loadBalancerIP 10.0.0.1 is not in the pool",
+            "port 9 is SCTP",
+        ] {
             assert!(problems.contains(want), "{want} missing in\n{problems}");
         }
         // The same objects give the same plan: nothing moves on a rebuild.
@@ -547,17 +744,40 @@ mod tests {
     fn a_used_up_pool_leaves_the_newest_waiting() {
         let pool: ipnet::Ipv4Net = "198.18.0.4/31".parse().unwrap();
         let tcp = serde_json::json!([{"port": 80}]);
-        let services: Vec<_> = (0..3).map(|i| svc(&format!("s{i}"), i, None, None, None, tcp.clone())).collect();
+        let services: Vec<_> = (0..3)
+            .map(|i| svc(&format!("s{i}"), i, None, None, None, tcp.clone()))
+            .collect();
         let p = plan(pool, &services, &[]);
-        assert_eq!(p.assignments.iter().map(|a| a.ip.to_string()).collect::<Vec<_>>(), vec!["198.18.0.4", "198.18.0.5"]);
-        assert!(p.problems.iter().any(|m| m.contains("default/s2: the address pool 198.18.0.4/31 is used up")), "{:?}", p.problems);
+        assert_eq!(
+            p.assignments.iter().map(|a| a.ip.to_string()).collect::<Vec<_>>(),
+            vec!["198.18.0.4", "198.18.0.5"]
+        );
+        assert!(
+            p.problems
+                .iter()
+                .any(|m| m.contains("default/s2: the address pool 198.18.0.4/31 is used up")),
+            "{:?}",
+            p.problems
+        );
     }
 
     #[test]
     fn status_shows_the_address_and_ports() {
-        let a = Assignment { service: "default/a".into(), ip: "198.18.0.1".parse().unwrap(), ports: vec![Port { port: 53, protocol: Protocol::Udp, endpoints: vec![], affinity: false }] };
+        let a = Assignment {
+            service: "default/a".into(),
+            ip: "198.18.0.1".parse().unwrap(),
+            ports: vec![Port {
+                port: 53,
+                protocol: Protocol::Udp,
+                endpoints: vec![],
+                affinity: false,
+            }],
+        };
         let want = status_value(Some(&a));
-        assert_eq!(want, serde_json::json!({"ingress": [{"ip": "198.18.0.1", "ipMode": "VIP", "ports": [{"port": 53, "protocol": "UDP"}]}]}));
+        assert_eq!(
+            want,
+            serde_json::json!({"ingress": [{"ip": "198.18.0.1", "ipMode": "VIP", "ports": [{"port": 53, "protocol": "UDP"}]}]})
+        );
         let s = svc("a", 1, None, None, None, serde_json::json!([]));
         assert!(!status_matches(&s, &want));
         let mut with: Service = (*s).clone();
@@ -568,7 +788,12 @@ mod tests {
 
     #[test]
     fn affinity_keeps_a_client_on_one_endpoint() {
-        let mut p = Port { port: 80, protocol: Protocol::Tcp, endpoints: (1..=4).map(|i| format!("10.0.0.{i}:80").parse().unwrap()).collect(), affinity: true };
+        let mut p = Port {
+            port: 80,
+            protocol: Protocol::Tcp,
+            endpoints: (1..=4).map(|i| format!("10.0.0.{i}:80").parse().unwrap()).collect(),
+            affinity: true,
+        };
         let rr = AtomicUsize::new(0);
         let client: IpAddr = "192.0.2.7".parse().unwrap();
         let first = choose(&p, client, &rr, 0);

@@ -35,7 +35,12 @@ pub struct ClientLimits {
 
 impl Default for ClientLimits {
     fn default() -> ClientLimits {
-        ClientLimits { tls_handshake: Duration::from_secs(10), header: Duration::from_secs(30), idle: Duration::from_secs(60), max_connections: 16_384 }
+        ClientLimits {
+            tls_handshake: Duration::from_secs(10),
+            header: Duration::from_secs(30),
+            idle: Duration::from_secs(60),
+            max_connections: 16_384,
+        }
     }
 }
 
@@ -48,7 +53,11 @@ pub enum LimitsError {
 impl ClientLimits {
     /// Zero would close every connection at once.
     pub fn validate(&self) -> Result<(), LimitsError> {
-        for (d, name) in [(self.tls_handshake, "the TLS handshake timeout"), (self.header, "the header timeout"), (self.idle, "the idle timeout")] {
+        for (d, name) in [
+            (self.tls_handshake, "the TLS handshake timeout"),
+            (self.header, "the header timeout"),
+            (self.idle, "the idle timeout"),
+        ] {
             if d.is_zero() {
                 return Err(LimitsError::Zero(name));
             }
@@ -83,7 +92,13 @@ impl Drop for Admitted {
 
 impl Gate {
     pub fn new(max: usize) -> Arc<Gate> {
-        Arc::new(Gate { max, open: AtomicUsize::new(0), refused: AtomicU64::new(0), logged: AtomicU64::new(u64::MAX), epoch: std::time::Instant::now() })
+        Arc::new(Gate {
+            max,
+            open: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
+            logged: AtomicU64::new(u64::MAX),
+            epoch: std::time::Instant::now(),
+        })
     }
 
     /// A place for one more connection, or `None` (counted, and logged at most once a second
@@ -94,8 +109,17 @@ impl Gate {
             let refused = self.refused.fetch_add(1, Ordering::Relaxed) + 1;
             let now = self.epoch.elapsed().as_secs();
             let last = self.logged.load(Ordering::Relaxed);
-            if last != now && self.logged.compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
-                tracing::warn!(max = self.max, refused_so_far = refused, "connection cap reached: new connections are closed at once");
+            if last != now
+                && self
+                    .logged
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                tracing::warn!(
+                    max = self.max,
+                    refused_so_far = refused,
+                    "connection cap reached: new connections are closed at once"
+                );
             }
             return None;
         }
@@ -133,8 +157,18 @@ mod tests {
     #[test]
     fn zero_limits_are_refused() {
         assert_eq!(ClientLimits::default().validate(), Ok(()));
-        let bad = ClientLimits { idle: Duration::ZERO, ..ClientLimits::default() };
+        let bad = ClientLimits {
+            idle: Duration::ZERO,
+            ..ClientLimits::default()
+        };
         assert_eq!(bad.validate(), Err(LimitsError::Zero("the idle timeout")));
-        assert!(ClientLimits { max_connections: 0, ..ClientLimits::default() }.validate().is_err());
+        assert!(
+            ClientLimits {
+                max_connections: 0,
+                ..ClientLimits::default()
+            }
+            .validate()
+            .is_err()
+        );
     }
 }

@@ -15,12 +15,12 @@ use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use clap::Parser;
 use nodeless_ingress_l7::limits::{ClientLimits, Gate};
-use nodeless_ingress_l7::{h1, http3, lb, metrics::Metrics, stream, proxy::Ingress, routes::Table, tls::Certs, watch};
+use nodeless_ingress_l7::{h1, http3, lb, metrics::Metrics, proxy::Ingress, routes::Table, stream, tls::Certs, watch};
 use pingora_core::apps::{HttpServerOptions, ServerApp};
 use pingora_core::listeners::tls::Acceptor;
 use pingora_core::protocols::GetSocketDigest;
-use pingora_core::protocols::Ssl;
 use pingora_core::protocols::SocketDigest;
+use pingora_core::protocols::Ssl;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::server::configuration::ServerConf;
@@ -82,7 +82,9 @@ struct Args {
 
 impl Args {
     fn limits(&self) -> Result<ClientLimits> {
-        let secs = |s: f64, what: &str| Duration::try_from_secs_f64(s).with_context(|| format!("{what}: {s} is not a number of seconds"));
+        let secs = |s: f64, what: &str| {
+            Duration::try_from_secs_f64(s).with_context(|| format!("{what}: {s} is not a number of seconds"))
+        };
         let limits = ClientLimits {
             tls_handshake: secs(self.tls_handshake_timeout, "--tls-handshake-timeout")?,
             header: secs(self.client_header_timeout, "--client-header-timeout")?,
@@ -100,11 +102,17 @@ impl Args {
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> Result<()> {
-    tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into())).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
     let args = Args::parse();
     let limits = args.limits()?;
     let gate = Gate::new(limits.max_connections);
-    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)).max(1);
+    let threads = args
+        .threads
+        .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1))
+        .max(1);
 
     // Every worker thread has its own listening sockets on the same addresses (SO_REUSEPORT:
     // the kernel spreads connections over them) and its own single-threaded runtime, as nginx's
@@ -122,7 +130,8 @@ fn main() -> Result<()> {
     let table = Arc::new(ArcSwap::from_pointee(Table::default()));
     let certs = Arc::new(Certs::new().map_err(anyhow::Error::msg)?);
     let metrics = Arc::new(Metrics::new(args.access_log_rate));
-    let metrics_listener = std::net::TcpListener::bind(&args.metrics).with_context(|| format!("binding {}", args.metrics))?;
+    let metrics_listener =
+        std::net::TcpListener::bind(&args.metrics).with_context(|| format!("binding {}", args.metrics))?;
     metrics_listener.set_nonblocking(true)?;
     let metrics_addr = metrics_listener.local_addr()?;
     // HTTP/3 has a thread and runtime of its own: one UDP socket, whose connections quinn keeps.
@@ -137,27 +146,56 @@ fn main() -> Result<()> {
         Some((rt, endpoint))
     };
     let alt_svc = match &quic {
-        Some(_) => Some(http::HeaderValue::from_str(&format!("h3=\":{}\"; ma=86400", https_addr.port()))?),
+        Some(_) => Some(http::HeaderValue::from_str(&format!(
+            "h3=\":{}\"; ma=86400",
+            https_addr.port()
+        ))?),
         None => None,
     };
     let conf = Arc::new(ServerConf::default());
     let app = |scheme: &'static str| {
         let alt_svc = if scheme == "https" { alt_svc.clone() } else { None };
-        let mut proxy = pingora_proxy::http_proxy(&conf, Ingress { table: table.clone(), metrics: metrics.clone(), scheme, alt_svc });
+        let mut proxy = pingora_proxy::http_proxy(
+            &conf,
+            Ingress {
+                table: table.clone(),
+                metrics: metrics.clone(),
+                scheme,
+                alt_svc,
+            },
+        );
         proxy.server_options = Some(HttpServerOptions::default());
         Arc::new(proxy)
     };
     // Each listener has its HTTP/1.1 and HTTP/2 fronts and a pingora proxy for the connections
     // the HTTP/1.1 front hands over. Plain listeners also take HTTP/2 with prior knowledge (h2c):
     // which protocol a connection speaks is found once, when it opens.
-    let front = |scheme: &'static str| Arc::new(h1::Front { table: table.clone(), metrics: metrics.clone(), scheme, alt_svc: if scheme == "https" { alt_svc.clone() } else { None }, h2c: Default::default(), limits });
-    let plain = || Apps { front: front("http"), http1: app("http"), h2c: true };
-    let secure = || Apps { front: front("https"), http1: app("https"), h2c: false };
-    let mut server_tls = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .context("TLS versions")?
-        .with_no_client_auth()
-        .with_cert_resolver(certs.clone());
+    let front = |scheme: &'static str| {
+        Arc::new(h1::Front {
+            table: table.clone(),
+            metrics: metrics.clone(),
+            scheme,
+            alt_svc: if scheme == "https" { alt_svc.clone() } else { None },
+            h2c: Default::default(),
+            limits,
+        })
+    };
+    let plain = || Apps {
+        front: front("http"),
+        http1: app("http"),
+        h2c: true,
+    };
+    let secure = || Apps {
+        front: front("https"),
+        http1: app("https"),
+        h2c: false,
+    };
+    let mut server_tls =
+        rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .context("TLS versions")?
+            .with_no_client_auth()
+            .with_cert_resolver(certs.clone());
     server_tls.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     let acceptor = Arc::new(Acceptor::from_server_config(Arc::new(server_tls)));
     let (stop, shutdown) = tokio::sync::watch::channel(false);
@@ -166,32 +204,42 @@ fn main() -> Result<()> {
         // Each worker has its own proxies and so its own pools of upstream connections: a
         // connection is kept, watched while idle and reused on one thread (shared pools had
         // threads race for the same idle connection, which pingora then drops).
-        let (plain, secure, acceptor, shutdown, gate) = (plain(), secure(), acceptor.clone(), shutdown.clone(), gate.clone());
+        let (plain, secure, acceptor, shutdown, gate) =
+            (plain(), secure(), acceptor.clone(), shutdown.clone(), gate.clone());
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        std::thread::Builder::new().name(format!("ingress-{i}")).spawn(move || {
-            rt.block_on(async move {
-                let (h, s) = match (TcpListener::from_std(h), TcpListener::from_std(s)) {
-                    (Ok(h), Ok(s)) => (h, s),
-                    (Err(e), _) | (_, Err(e)) => {
-                        tracing::error!(error = %e, "listening");
-                        return;
-                    }
-                };
-                tokio::spawn(h1::sweep_idle());
-                tokio::join!(serve(h, plain, None, shutdown.clone(), gate.clone()), serve(s, secure, Some(acceptor), shutdown, gate));
-            })
-        })?;
+        std::thread::Builder::new()
+            .name(format!("ingress-{i}"))
+            .spawn(move || {
+                rt.block_on(async move {
+                    let (h, s) = match (TcpListener::from_std(h), TcpListener::from_std(s)) {
+                        (Ok(h), Ok(s)) => (h, s),
+                        (Err(e), _) | (_, Err(e)) => {
+                            tracing::error!(error = %e, "listening");
+                            return;
+                        }
+                    };
+                    tokio::spawn(h1::sweep_idle());
+                    tokio::join!(
+                        serve(h, plain, None, shutdown.clone(), gate.clone()),
+                        serve(s, secure, Some(acceptor), shutdown, gate)
+                    );
+                })
+            })?;
     }
     if let Some((rt, endpoint)) = quic {
         let app = Arc::new(http3::Http3::new(table.clone(), metrics.clone()));
-        std::thread::Builder::new().name("ingress-h3".into()).spawn(move || rt.block_on(app.serve(endpoint)))?;
+        std::thread::Builder::new()
+            .name("ingress-h3".into())
+            .spawn(move || rt.block_on(app.serve(endpoint)))?;
     }
     // LoadBalancer Services: a thread of their own forwards layer 4; the watch sends it plans.
     let (lbs, lb_done) = match args.lb_pool {
         None => (None, None),
         Some(pool) => {
             let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let mut forwarder = rt.block_on(lb::Forwarder::new(&args.lb_interface, pool)).with_context(|| format!("the load balancer interface {}", args.lb_interface))?;
+            let mut forwarder = rt
+                .block_on(lb::Forwarder::new(&args.lb_interface, pool))
+                .with_context(|| format!("the load balancer interface {}", args.lb_interface))?;
             let (plans, mut next) = tokio::sync::watch::channel(Arc::new(Vec::new()));
             let (done_tx, done) = std::sync::mpsc::channel();
             let mut shutdown = shutdown.clone();
@@ -222,12 +270,14 @@ fn main() -> Result<()> {
     // process, tokio's shared signal pipe has been seen to let a first SIGTERM go unnoticed.
     let (stopping_tx, stopping) = tokio::sync::oneshot::channel::<()>();
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT])?;
-    std::thread::Builder::new().name("ingress-signals".into()).spawn(move || {
-        if let Some(sig) = signals.forever().next() {
-            tracing::info!(signal = sig, "stopping");
-            let _ = stopping_tx.send(());
-        }
-    })?;
+    std::thread::Builder::new()
+        .name("ingress-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!(signal = sig, "stopping");
+                let _ = stopping_tx.send(());
+            }
+        })?;
     control.block_on(async move {
         if let Some(name) = args.ensure_class.clone() {
             tokio::spawn(watch::ensure_class(client.clone(), name));
@@ -245,8 +295,11 @@ fn main() -> Result<()> {
 }
 
 async fn client(kubeconfig: &std::path::Path) -> Result<kube::Client> {
-    let file = kube::config::Kubeconfig::read_from(kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
-    let config = kube::Config::from_custom_kubeconfig(file, &Default::default()).await.context("the kubeconfig")?;
+    let file =
+        kube::config::Kubeconfig::read_from(kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let config = kube::Config::from_custom_kubeconfig(file, &Default::default())
+        .await
+        .context("the kubeconfig")?;
     kube::Client::try_from(config).context("the control API client")
 }
 
@@ -255,20 +308,31 @@ async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
     use http_body_util::Full;
     use hyper::{Response, body::Incoming, service::service_fn};
     loop {
-        let Ok((tcp, _)) = listener.accept().await else { continue };
+        let Ok((tcp, _)) = listener.accept().await else {
+            continue;
+        };
         let metrics = metrics.clone();
         tokio::spawn(async move {
             let service = service_fn(move |req: hyper::Request<Incoming>| {
                 let metrics = metrics.clone();
                 async move {
                     if req.uri().path() == "/metrics" {
-                        Response::builder().header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8").body(Full::new(bytes::Bytes::from(metrics.encode())))
+                        Response::builder()
+                            .header(
+                                "content-type",
+                                "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                            )
+                            .body(Full::new(bytes::Bytes::from(metrics.encode())))
                     } else {
-                        Response::builder().status(404).body(Full::new(bytes::Bytes::from_static(b"not found\n")))
+                        Response::builder()
+                            .status(404)
+                            .body(Full::new(bytes::Bytes::from_static(b"not found\n")))
                     }
                 }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(tcp), service).await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(tcp), service)
+                .await;
         });
     }
 }
@@ -276,7 +340,11 @@ async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
 /// A listening socket with SO_REUSEPORT, non-blocking, for a worker's runtime to take.
 fn reuseport_listener(addr: &str) -> Result<std::net::TcpListener> {
     let addr: std::net::SocketAddr = addr.parse().with_context(|| format!("{addr}: not an address:port"))?;
-    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
@@ -296,7 +364,13 @@ struct Apps {
 /// Accept connections and hand each to the front for its protocol (after the TLS handshake on an
 /// HTTPS listener), keeping a connection while the client keeps it alive; past the connection
 /// cap, a new connection is closed at once.
-async fn serve(listener: TcpListener, apps: Apps, tls: Option<Arc<Acceptor>>, shutdown: ShutdownWatch, gate: Arc<Gate>) {
+async fn serve(
+    listener: TcpListener,
+    apps: Apps,
+    tls: Option<Arc<Acceptor>>,
+    shutdown: ShutdownWatch,
+    gate: Arc<Gate>,
+) {
     let limits = apps.front.limits;
     loop {
         let (tcp, client) = match listener.accept().await {
@@ -313,7 +387,13 @@ async fn serve(listener: TcpListener, apps: Apps, tls: Option<Arc<Acceptor>>, sh
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let (front, http1, h2c, tls, shutdown) = (apps.front.clone(), apps.http1.clone(), apps.h2c, tls.clone(), shutdown.clone());
+        let (front, http1, h2c, tls, shutdown) = (
+            apps.front.clone(),
+            apps.http1.clone(),
+            apps.h2c,
+            tls.clone(),
+            shutdown.clone(),
+        );
         tokio::spawn(async move {
             let _admitted = admitted;
             let fd = tcp.as_raw_fd();
@@ -361,7 +441,11 @@ fn l4(tcp: tokio::net::TcpStream, fd: std::os::fd::RawFd) -> L4Stream {
 }
 
 /// Hand `stream` to a pingora proxy, request after request, while the client keeps it alive.
-async fn keep_serving(app: &Arc<HttpProxy<Ingress>>, mut stream: pingora_core::protocols::Stream, shutdown: &ShutdownWatch) {
+async fn keep_serving(
+    app: &Arc<HttpProxy<Ingress>>,
+    mut stream: pingora_core::protocols::Stream,
+    shutdown: &ShutdownWatch,
+) {
     while let Some(s) = app.process_new(stream, shutdown).await {
         stream = s;
     }

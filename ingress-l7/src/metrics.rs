@@ -51,10 +51,31 @@ impl Metrics {
         let requests = Family::<Request, Counter>::default();
         let latency = Family::<Route, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
         let upstream_errors = Family::<UpstreamError, Counter>::default();
-        registry.register("requests", "Requests answered, by Ingress, Service and status", requests.clone());
-        registry.register("request_duration_seconds", "Time from the request's header to the end of the response", latency.clone());
-        registry.register("upstream_errors", "Failures talking to endpoints, by kind", upstream_errors.clone());
-        Metrics { registry, requests, latency, upstream_errors, log: AccessLog { per_second: access_log_per_second, ..Default::default() } }
+        registry.register(
+            "requests",
+            "Requests answered, by Ingress, Service and status",
+            requests.clone(),
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from the request's header to the end of the response",
+            latency.clone(),
+        );
+        registry.register(
+            "upstream_errors",
+            "Failures talking to endpoints, by kind",
+            upstream_errors.clone(),
+        );
+        Metrics {
+            registry,
+            requests,
+            latency,
+            upstream_errors,
+            log: AccessLog {
+                per_second: access_log_per_second,
+                ..Default::default()
+            },
+        }
     }
 
     /// The OpenMetrics text.
@@ -72,12 +93,34 @@ impl Metrics {
     }
 
     /// Count a finished request.
-    pub fn count(&self, ingress: &str, service: &str, code: u16, took: std::time::Duration, upstream_error: Option<&str>) {
-        let route = Route { ingress: ingress.to_string(), service: service.to_string() };
-        self.requests.get_or_create(&Request { ingress: route.ingress.clone(), service: route.service.clone(), code }).inc();
+    pub fn count(
+        &self,
+        ingress: &str,
+        service: &str,
+        code: u16,
+        took: std::time::Duration,
+        upstream_error: Option<&str>,
+    ) {
+        let route = Route {
+            ingress: ingress.to_string(),
+            service: service.to_string(),
+        };
+        self.requests
+            .get_or_create(&Request {
+                ingress: route.ingress.clone(),
+                service: route.service.clone(),
+                code,
+            })
+            .inc();
         self.latency.get_or_create(&route).observe(took.as_secs_f64());
         if let Some(kind) = upstream_error {
-            self.upstream_errors.get_or_create(&UpstreamError { ingress: route.ingress.clone(), service: route.service.clone(), kind: kind.to_string() }).inc();
+            self.upstream_errors
+                .get_or_create(&UpstreamError {
+                    ingress: route.ingress.clone(),
+                    service: route.service.clone(),
+                    kind: kind.to_string(),
+                })
+                .inc();
         }
     }
 
@@ -118,7 +161,10 @@ struct AccessLog {
 
 impl AccessLog {
     fn admit(&self) -> bool {
-        let now = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
         if self.second.swap(now, Ordering::Relaxed) != now {
             self.written.store(0, Ordering::Relaxed);
             let dropped = self.dropped.swap(0, Ordering::Relaxed);
@@ -142,13 +188,43 @@ mod tests {
     #[test]
     fn metrics_encode_and_the_log_is_rate_limited() {
         let m = Metrics::new(3);
-        m.requests.get_or_create(&Request { ingress: "default/a".into(), service: "default/s:80".into(), code: 200 }).inc();
-        m.latency.get_or_create(&Route { ingress: "default/a".into(), service: "default/s:80".into() }).observe(0.002);
-        m.upstream_errors.get_or_create(&UpstreamError { ingress: "default/a".into(), service: "default/s:80".into(), kind: "connect".into() }).inc();
+        m.requests
+            .get_or_create(&Request {
+                ingress: "default/a".into(),
+                service: "default/s:80".into(),
+                code: 200,
+            })
+            .inc();
+        m.latency
+            .get_or_create(&Route {
+                ingress: "default/a".into(),
+                service: "default/s:80".into(),
+            })
+            .observe(0.002);
+        m.upstream_errors
+            .get_or_create(&UpstreamError {
+                ingress: "default/a".into(),
+                service: "default/s:80".into(),
+                kind: "connect".into(),
+            })
+            .inc();
         let text = m.encode();
-        assert!(text.contains(r#"nodeless_ingress_requests_total{ingress="default/a",service="default/s:80",code="200"} 1"#), "{text}");
-        assert!(text.contains("nodeless_ingress_request_duration_seconds_bucket"), "{text}");
-        assert!(text.contains(r#"nodeless_ingress_upstream_errors_total{ingress="default/a",service="default/s:80",kind="connect"} 1"#), "{text}");
+        assert!(
+            text.contains(
+                r#"nodeless_ingress_requests_total{ingress="default/a",service="default/s:80",code="200"} 1"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("nodeless_ingress_request_duration_seconds_bucket"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"nodeless_ingress_upstream_errors_total{ingress="default/a",service="default/s:80",kind="connect"} 1"#
+            ),
+            "{text}"
+        );
         let admitted = (0..10).filter(|_| m.may_log()).count();
         // Within one second three lines pass (a second boundary in between lets up to six).
         assert!((3..=6).contains(&admitted), "{admitted}");

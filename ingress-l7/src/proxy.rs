@@ -60,7 +60,12 @@ impl Ctx {
 
 /// The request's host: the Host header, or the authority of an HTTP/2 or HTTP/3 request.
 pub fn request_host(uri: &http::Uri, headers: &http::HeaderMap) -> String {
-    headers.get(http::header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string).or_else(|| uri.authority().map(|a| a.to_string())).unwrap_or_default()
+    headers
+        .get(http::header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| uri.authority().map(|a| a.to_string()))
+        .unwrap_or_default()
 }
 
 async fn respond(session: &mut Session, status: u16, body: String) -> Result<bool> {
@@ -68,7 +73,9 @@ async fn respond(session: &mut Session, status: u16, body: String) -> Result<boo
     resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(http::header::CONTENT_LENGTH, (body.len() + 1).to_string())?;
     session.write_response_header(Box::new(resp), false).await?;
-    session.write_response_body(Some(Bytes::from(body + "\n")), true).await?;
+    session
+        .write_response_body(Some(Bytes::from(body + "\n")), true)
+        .await?;
     Ok(true)
 }
 
@@ -109,46 +116,95 @@ fn default_settings() -> Arc<Settings> {
 /// the route wants HTTPS and this is plain HTTP, 413 for a declared body over the route's
 /// limit, 503 naming why when the backend cannot take it.
 pub fn admit(table: &Table, scheme: &str, uri: &http::Uri, headers: &http::HeaderMap) -> Admitted {
-    let header_bytes = uri.path_and_query().map(|p| p.as_str().len()).unwrap_or(0) + headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>();
+    let header_bytes = uri.path_and_query().map(|p| p.as_str().len()).unwrap_or(0)
+        + headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>();
     let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    admit_head(table, scheme, &request_host(uri, headers), target, declared_length(headers), header_bytes)
+    admit_head(
+        table,
+        scheme,
+        &request_host(uri, headers),
+        target,
+        declared_length(headers),
+        header_bytes,
+    )
 }
 
 /// [`admit`] from the parts of a request head that decide it: the host (Host header or
 /// authority), the origin-form target (path and query), the declared body length and the head's
 /// size in bytes.
-pub fn admit_head(table: &Table, scheme: &str, host: &str, target: &str, declared: Option<u64>, header_bytes: usize) -> Admitted {
-    let early = |status, body| Admitted { ingress: "-".to_string(), settings: default_settings(), outcome: Outcome::Respond(status, body) };
+pub fn admit_head(
+    table: &Table,
+    scheme: &str,
+    host: &str,
+    target: &str,
+    declared: Option<u64>,
+    header_bytes: usize,
+) -> Admitted {
+    let early = |status, body| Admitted {
+        ingress: "-".to_string(),
+        settings: default_settings(),
+        outcome: Outcome::Respond(status, body),
+    };
     if header_bytes > MAX_HEADER_BYTES {
-        return early(431, format!("the request's header is {header_bytes} bytes, over the limit of {MAX_HEADER_BYTES}"));
+        return early(
+            431,
+            format!("the request's header is {header_bytes} bytes, over the limit of {MAX_HEADER_BYTES}"),
+        );
     }
     let path = target.split_once('?').map_or(target, |(p, _)| p);
     let route = match table.route(host, path) {
         Decision::Route(r) | Decision::Default(r) => r,
-        Decision::NotFound => return early(404, format!("no ingress rule matches host {:?} and path {path:?}", crate::routes::normalize_host(host))),
+        Decision::NotFound => {
+            return early(
+                404,
+                format!(
+                    "no ingress rule matches host {:?} and path {path:?}",
+                    crate::routes::normalize_host(host)
+                ),
+            );
+        }
     };
     let settings = route.settings.clone();
     let outcome = if settings.ssl_redirect && scheme == "http" {
         Outcome::Redirect(format!("https://{}{}", crate::routes::normalize_host(host), target))
     } else if settings.body_limit > 0 && declared.is_some_and(|n| n > settings.body_limit) {
-        Outcome::Respond(413, format!("the request body is larger than this route's limit of {} bytes", settings.body_limit))
+        Outcome::Respond(
+            413,
+            format!(
+                "the request body is larger than this route's limit of {} bytes",
+                settings.body_limit
+            ),
+        )
     } else {
         match &route.target {
             Target::Upstream(u) => Outcome::Forward(u.clone()),
             Target::Unavailable(reason) => Outcome::Respond(503, reason.clone()),
         }
     };
-    Admitted { ingress: route.ingress.clone(), settings, outcome }
+    Admitted {
+        ingress: route.ingress.clone(),
+        settings,
+        outcome,
+    }
 }
 
 /// The request body's declared length.
 pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers.get(http::header::CONTENT_LENGTH).and_then(|v| crate::h1::content_length(v.as_bytes()))
+    headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| crate::h1::content_length(v.as_bytes()))
 }
 
 /// The client's X-Request-Id, or a new one.
 pub fn request_id(headers: &http::HeaderMap) -> String {
-    headers.get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_string).unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
 }
 
 #[async_trait]
@@ -156,7 +212,16 @@ impl ProxyHttp for Ingress {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx { upstream: None, settings: default_settings(), tried: Vec::new(), counted: false, body_bytes: 0, request_id: String::new(), ingress: String::new(), started: None }
+        Ctx {
+            upstream: None,
+            settings: default_settings(),
+            tried: Vec::new(),
+            counted: false,
+            body_bytes: 0,
+            request_id: String::new(),
+            ingress: String::new(),
+            started: None,
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -184,8 +249,16 @@ impl ProxyHttp for Ingress {
 
     async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
         ctx.release();
-        let u = ctx.upstream.clone().ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))?;
-        let i = u.pick(ctx.settings.balance, &ctx.tried).ok_or_else(|| Error::explain(ErrorType::HTTPStatus(503), format!("service {} has no ready endpoints", u.name)))?;
+        let u = ctx
+            .upstream
+            .clone()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))?;
+        let i = u.pick(ctx.settings.balance, &ctx.tried).ok_or_else(|| {
+            Error::explain(
+                ErrorType::HTTPStatus(503),
+                format!("service {} has no ready endpoints", u.name),
+            )
+        })?;
         ctx.tried.push(i);
         u.start(i);
         ctx.counted = true;
@@ -205,7 +278,14 @@ impl ProxyHttp for Ingress {
         // request goes to another one.
         if let (Some(u), Some(&i)) = (&ctx.upstream, ctx.tried.last()) {
             u.connect_failed(i);
-            self.metrics.upstream_errors.get_or_create(&metrics::UpstreamError { ingress: ctx.ingress.clone(), service: u.name.clone(), kind: "connect".into() }).inc();
+            self.metrics
+                .upstream_errors
+                .get_or_create(&metrics::UpstreamError {
+                    ingress: ctx.ingress.clone(),
+                    service: u.name.clone(),
+                    kind: "connect".into(),
+                })
+                .inc();
         }
         ctx.release();
         let others = ctx.upstream.as_ref().map(|u| u.endpoints.len()).unwrap_or(0);
@@ -215,9 +295,20 @@ impl ProxyHttp for Ingress {
         e
     }
 
-    async fn upstream_request_filter(&self, session: &mut Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
-        let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string());
-        let host = { let r = session.req_header(); request_host(&r.uri, &r.headers) };
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string());
+        let host = {
+            let r = session.req_header();
+            request_host(&r.uri, &r.headers)
+        };
         if let Some(ip) = client {
             let xff = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
                 Some(prior) if !prior.is_empty() => format!("{prior}, {ip}"),
@@ -233,11 +324,20 @@ impl ProxyHttp for Ingress {
         Ok(())
     }
 
-    async fn request_body_filter(&self, _session: &mut Session, body: &mut Option<Bytes>, _end: bool, ctx: &mut Ctx) -> Result<()> {
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
         // Bodies without a length (chunked) are counted as they stream.
         ctx.body_bytes += body.as_ref().map(|b| b.len() as u64).unwrap_or(0);
         if ctx.settings.body_limit > 0 && ctx.body_bytes > ctx.settings.body_limit {
-            return Err(Error::explain(ErrorType::HTTPStatus(413), "request body over the route's limit"));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(413),
+                "request body over the route's limit",
+            ));
         }
         Ok(())
     }
@@ -257,7 +357,11 @@ impl ProxyHttp for Ingress {
         ctx.release();
         let code = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
         let service = ctx.upstream.as_ref().map(|u| u.name.as_str()).unwrap_or("-");
-        let ingress = if ctx.ingress.is_empty() { "-" } else { ctx.ingress.as_str() };
+        let ingress = if ctx.ingress.is_empty() {
+            "-"
+        } else {
+            ctx.ingress.as_str()
+        };
         let upstream_error = match (e, ctx.upstream.is_some()) {
             (Some(e), true) if matches!(e.esource(), pingora_error::ErrorSource::Upstream) => Some(e.etype().as_str()),
             _ => None,
@@ -268,7 +372,11 @@ impl ProxyHttp for Ingress {
             return;
         }
         let req = session.req_header();
-        let client = session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip().to_string()).unwrap_or_default();
+        let client = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
         let upstream = match (&ctx.upstream, ctx.tried.last()) {
             (Some(u), Some(&i)) => u.addr(i).to_string(),
             _ => "-".to_string(),

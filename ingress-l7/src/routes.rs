@@ -61,7 +61,13 @@ pub const DEFAULT_BODY_LIMIT: u64 = 64 << 20;
 
 impl Default for Settings {
     fn default() -> Settings {
-        Settings { connect_timeout: Duration::from_secs(5), read_timeout: Duration::from_secs(60), body_limit: DEFAULT_BODY_LIMIT, ssl_redirect: false, balance: Balance::RoundRobin }
+        Settings {
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(60),
+            body_limit: DEFAULT_BODY_LIMIT,
+            ssl_redirect: false,
+            balance: Balance::RoundRobin,
+        }
     }
 }
 
@@ -86,7 +92,9 @@ impl Settings {
         let mut s = Settings::default();
         let mut problems = Vec::new();
         for (k, v) in annotations.into_iter().flatten() {
-            let Some(name) = k.strip_prefix(ANNOTATION_PREFIX) else { continue };
+            let Some(name) = k.strip_prefix(ANNOTATION_PREFIX) else {
+                continue;
+            };
             let secs = || v.trim().parse::<u64>().ok().filter(|n| *n > 0).map(Duration::from_secs);
             let ok = match name {
                 "proxy-connect-timeout" => secs().map(|d| s.connect_timeout = d).is_some(),
@@ -129,7 +137,11 @@ pub struct PathRule {
 
 impl PathRule {
     pub fn new(kind: PathKind, path: &str) -> PathRule {
-        let path = if path.is_empty() { "/".to_string() } else { path.to_string() };
+        let path = if path.is_empty() {
+            "/".to_string()
+        } else {
+            path.to_string()
+        };
         let elements = path.split('/').filter(|e| !e.is_empty()).map(str::to_string).collect();
         PathRule { kind, path, elements }
     }
@@ -192,7 +204,13 @@ pub const EJECT_FOR: Duration = Duration::from_secs(10);
 impl Upstream {
     pub fn new(name: String, endpoints: Vec<SocketAddr>, h2c: bool) -> Upstream {
         let state = endpoints.iter().map(|_| Arc::default()).collect();
-        Upstream { name, endpoints, h2c, next: AtomicUsize::new(0), state }
+        Upstream {
+            name,
+            endpoints,
+            h2c,
+            next: AtomicUsize::new(0),
+            state,
+        }
     }
 
     /// Take over the state `prior` (the same Service port in the previous table) keeps for the
@@ -214,8 +232,12 @@ impl Upstream {
         let now = now_ms();
         let live = |i: usize| self.state[i].ejected_until.load(Ordering::Relaxed) <= now;
         let all = 0..self.endpoints.len();
-        let filters: [&dyn Fn(usize) -> bool; 3] = [&|i| !skip.contains(&i) && live(i), &|i| !skip.contains(&i), &|_| true];
-        let (eligible, count) = filters.into_iter().map(|f| (f, all.clone().filter(|&i| f(i)).count())).find(|(_, n)| *n > 0)?;
+        let filters: [&dyn Fn(usize) -> bool; 3] =
+            [&|i| !skip.contains(&i) && live(i), &|i| !skip.contains(&i), &|_| true];
+        let (eligible, count) = filters
+            .into_iter()
+            .map(|f| (f, all.clone().filter(|&i| f(i)).count()))
+            .find(|(_, n)| *n > 0)?;
         let nth = |k: usize| all.clone().filter(|&i| eligible(i)).nth(k % count);
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         match balance {
@@ -229,7 +251,11 @@ impl Upstream {
                     return Some(a);
                 }
                 let b = nth(n + 1 + (n.wrapping_mul(2_654_435_761) >> 7) % (count - 1))?;
-                Some(if self.outstanding(b) < self.outstanding(a) { b } else { a })
+                Some(if self.outstanding(b) < self.outstanding(a) {
+                    b
+                } else {
+                    a
+                })
             }
         }
     }
@@ -244,7 +270,9 @@ impl Upstream {
     }
 
     pub fn done(&self, i: usize) {
-        let _ = self.state[i].outstanding.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
+        let _ = self.state[i]
+            .outstanding
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| v.checked_sub(1));
     }
 
     pub fn outstanding(&self, i: usize) -> usize {
@@ -256,7 +284,8 @@ impl Upstream {
     pub fn connect_failed(&self, i: usize) {
         let st = &self.state[i];
         if st.failures.fetch_add(1, Ordering::Relaxed) + 1 >= EJECT_AFTER {
-            st.ejected_until.store(now_ms() + EJECT_FOR.as_millis() as u64, Ordering::Relaxed);
+            st.ejected_until
+                .store(now_ms() + EJECT_FOR.as_millis() as u64, Ordering::Relaxed);
             st.failures.store(0, Ordering::Relaxed);
         }
     }
@@ -323,7 +352,11 @@ pub enum Decision<'a> {
 impl Table {
     pub fn route(&self, host: &str, path: &str) -> Decision<'_> {
         let host = normalize_host(host);
-        let groups = [self.exact.get(&host), wildcard_domain(&host).and_then(|d| self.wildcard.get(d)), Some(&self.any_host)];
+        let groups = [
+            self.exact.get(&host),
+            wildcard_domain(&host).and_then(|d| self.wildcard.get(d)),
+            Some(&self.any_host),
+        ];
         for routes in groups.into_iter().flatten() {
             // Sorted best first: the first match wins.
             if let Some(r) = routes.iter().find(|r| r.path.matches(path)) {
@@ -339,7 +372,14 @@ impl Table {
     /// Every upstream in the table (each once), for health and metrics.
     pub fn upstreams(&self) -> Vec<Arc<Upstream>> {
         let mut seen: BTreeMap<String, Arc<Upstream>> = BTreeMap::new();
-        let all = self.exact.values().chain(self.wildcard.values()).flatten().chain(self.any_host.iter()).map(|r| &r.target).chain(self.default_backend.iter().map(|d| &d.target));
+        let all = self
+            .exact
+            .values()
+            .chain(self.wildcard.values())
+            .flatten()
+            .chain(self.any_host.iter())
+            .map(|r| &r.target)
+            .chain(self.default_backend.iter().map(|d| &d.target));
         for t in all {
             if let Target::Upstream(u) = t {
                 seen.entry(u.name.clone()).or_insert_with(|| u.clone());
@@ -351,7 +391,11 @@ impl Table {
 
 /// Lower case, without a port.
 pub fn normalize_host(host: &str) -> String {
-    let h = if host.starts_with('[') { host.split(']').next().map(|s| format!("{s}]")).unwrap_or_default() } else { host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host).to_string() };
+    let h = if host.starts_with('[') {
+        host.split(']').next().map(|s| format!("{s}]")).unwrap_or_default()
+    } else {
+        host.rsplit_once(':').map(|(h, _)| h).unwrap_or(host).to_string()
+    };
     h.trim_end_matches('.').to_ascii_lowercase()
 }
 
@@ -363,10 +407,30 @@ fn wildcard_domain(host: &str) -> Option<&str> {
 /// Whether this ingress serves `ingress`, given the cluster's IngressClasses.
 pub fn ours(ingress: &Ingress, classes: &[Arc<IngressClass>]) -> bool {
     let mine = |c: &IngressClass| c.spec.as_ref().and_then(|s| s.controller.as_deref()) == Some(CONTROLLER);
-    let class_name = ingress.spec.as_ref().and_then(|s| s.ingress_class_name.clone()).or_else(|| ingress.metadata.annotations.as_ref().and_then(|a| a.get("kubernetes.io/ingress.class").cloned()));
+    let class_name = ingress
+        .spec
+        .as_ref()
+        .and_then(|s| s.ingress_class_name.clone())
+        .or_else(|| {
+            ingress
+                .metadata
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get("kubernetes.io/ingress.class").cloned())
+        });
     match class_name {
-        Some(name) => classes.iter().any(|c| c.metadata.name.as_deref() == Some(name.as_str()) && mine(c)),
-        None => classes.iter().any(|c| mine(c) && c.metadata.annotations.as_ref().and_then(|a| a.get(DEFAULT_CLASS)).map(|v| v == "true").unwrap_or(false)),
+        Some(name) => classes
+            .iter()
+            .any(|c| c.metadata.name.as_deref() == Some(name.as_str()) && mine(c)),
+        None => classes.iter().any(|c| {
+            mine(c)
+                && c.metadata
+                    .annotations
+                    .as_ref()
+                    .and_then(|a| a.get(DEFAULT_CLASS))
+                    .map(|v| v == "true")
+                    .unwrap_or(false)
+        }),
     }
 }
 
@@ -381,22 +445,55 @@ struct Backends<'a> {
 
 impl<'a> Backends<'a> {
     fn new(services: &'a [Arc<Service>], slices: &'a [Arc<EndpointSlice>], prior: &Table) -> Backends<'a> {
-        let services = services.iter().map(|s| ((s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default()), s.as_ref())).collect();
+        let services = services
+            .iter()
+            .map(|s| {
+                (
+                    (
+                        s.metadata.namespace.clone().unwrap_or_default(),
+                        s.metadata.name.clone().unwrap_or_default(),
+                    ),
+                    s.as_ref(),
+                )
+            })
+            .collect();
         let mut by_service: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
         for s in slices {
-            if let Some(svc) = s.metadata.labels.as_ref().and_then(|l| l.get("kubernetes.io/service-name")) {
-                by_service.entry((s.metadata.namespace.clone().unwrap_or_default(), svc.clone())).or_default().push(s.as_ref());
+            if let Some(svc) = s
+                .metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("kubernetes.io/service-name"))
+            {
+                by_service
+                    .entry((s.metadata.namespace.clone().unwrap_or_default(), svc.clone()))
+                    .or_default()
+                    .push(s.as_ref());
             }
         }
         let prior = prior.upstreams().into_iter().map(|u| (u.name.clone(), u)).collect();
-        Backends { prior, services, slices: by_service, built: HashMap::new() }
+        Backends {
+            prior,
+            services,
+            slices: by_service,
+            built: HashMap::new(),
+        }
     }
 
     fn target(&mut self, namespace: &str, backend: &IngressBackend) -> Target {
         let Some(svc) = &backend.service else {
             return Target::Unavailable("resource backends are not supported by this ingress".into());
         };
-        let port_key = svc.port.as_ref().map(|p| p.name.clone().filter(|n| !n.is_empty()).unwrap_or_else(|| p.number.unwrap_or(0).to_string())).unwrap_or_default();
+        let port_key = svc
+            .port
+            .as_ref()
+            .map(|p| {
+                p.name
+                    .clone()
+                    .filter(|n| !n.is_empty())
+                    .unwrap_or_else(|| p.number.unwrap_or(0).to_string())
+            })
+            .unwrap_or_default();
         let key = (namespace.to_string(), svc.name.clone(), port_key.clone());
         if let Some(t) = self.built.get(&key) {
             return t.clone();
@@ -406,7 +503,13 @@ impl<'a> Backends<'a> {
         t
     }
 
-    fn resolve(&self, namespace: &str, name: &str, port: Option<&k8s_openapi::api::networking::v1::ServiceBackendPort>, port_key: &str) -> Target {
+    fn resolve(
+        &self,
+        namespace: &str,
+        name: &str,
+        port: Option<&k8s_openapi::api::networking::v1::ServiceBackendPort>,
+        port_key: &str,
+    ) -> Target {
         let label = format!("{namespace}/{name}:{port_key}");
         let Some(service) = self.services.get(&(namespace.to_string(), name.to_string())) else {
             return Target::Unavailable(format!("service {namespace}/{name} does not exist"));
@@ -427,7 +530,11 @@ impl<'a> Backends<'a> {
             return Target::Unavailable(format!("port {port_key} of service {namespace}/{name} is not TCP"));
         }
         let port_name = sp.name.clone().unwrap_or_default();
-        let slices = self.slices.get(&(namespace.to_string(), name.to_string())).map(Vec::as_slice).unwrap_or_default();
+        let slices = self
+            .slices
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let endpoints = ready_endpoints(slices, &port_name);
         if endpoints.is_empty() {
             return Target::Unavailable(format!("service {label} has no ready endpoints"));
@@ -448,7 +555,13 @@ pub fn ready_endpoints(slices: &[&EndpointSlice], port_name: &str) -> Vec<Socket
         if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
             continue;
         }
-        let Some(target_port) = slice.ports.iter().flatten().find(|p| p.name.as_deref().unwrap_or_default() == port_name).and_then(|p| p.port) else {
+        let Some(target_port) = slice
+            .ports
+            .iter()
+            .flatten()
+            .find(|p| p.name.as_deref().unwrap_or_default() == port_name)
+            .and_then(|p| p.port)
+        else {
             continue;
         };
         for ep in slice.endpoints.iter().flatten() {
@@ -473,9 +586,30 @@ pub fn ready_endpoints(slices: &[&EndpointSlice], port_name: &str) -> Vec<Socket
 /// Build the table from the cluster's objects: the Ingresses of this controller's classes, the
 /// oldest first (it wins ties). The balancer's state for endpoints that `prior` (the table in
 /// use) also has carries over.
-pub fn build(ingresses: &[Arc<Ingress>], classes: &[Arc<IngressClass>], services: &[Arc<Service>], slices: &[Arc<EndpointSlice>], prior: &Table) -> Table {
-    let mut mine: Vec<&Ingress> = ingresses.iter().map(|i| i.as_ref()).filter(|i| ours(i, classes)).collect();
-    mine.sort_by(|a, b| (a.metadata.creation_timestamp.as_ref().map(|t| t.0), &a.metadata.namespace, &a.metadata.name).cmp(&(b.metadata.creation_timestamp.as_ref().map(|t| t.0), &b.metadata.namespace, &b.metadata.name)));
+pub fn build(
+    ingresses: &[Arc<Ingress>],
+    classes: &[Arc<IngressClass>],
+    services: &[Arc<Service>],
+    slices: &[Arc<EndpointSlice>],
+    prior: &Table,
+) -> Table {
+    let mut mine: Vec<&Ingress> = ingresses
+        .iter()
+        .map(|i| i.as_ref())
+        .filter(|i| ours(i, classes))
+        .collect();
+    mine.sort_by(|a, b| {
+        (
+            a.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            &a.metadata.namespace,
+            &a.metadata.name,
+        )
+            .cmp(&(
+                b.metadata.creation_timestamp.as_ref().map(|t| t.0),
+                &b.metadata.namespace,
+                &b.metadata.name,
+            ))
+    });
     let mut backends = Backends::new(services, slices, prior);
     let mut table = Table::default();
     for ing in mine {
@@ -483,18 +617,28 @@ pub fn build(ingresses: &[Arc<Ingress>], classes: &[Arc<IngressClass>], services
         let id = format!("{ns}/{}", ing.metadata.name.clone().unwrap_or_default());
         table.ingresses.push(id.clone());
         let (settings, problems) = Settings::from_annotations(ing.metadata.annotations.as_ref());
-        table.problems.extend(problems.into_iter().map(|p| format!("ingress {id}: {p}")));
+        table
+            .problems
+            .extend(problems.into_iter().map(|p| format!("ingress {id}: {p}")));
         let settings = Arc::new(settings);
         let Some(spec) = &ing.spec else { continue };
         if let (None, Some(b)) = (&table.default_backend, &spec.default_backend) {
-            table.default_backend = Some(Route { path: PathRule::new(PathKind::Prefix, "/"), target: backends.target(&ns, b), ingress: id.clone(), settings: settings.clone() });
+            table.default_backend = Some(Route {
+                path: PathRule::new(PathKind::Prefix, "/"),
+                target: backends.target(&ns, b),
+                ingress: id.clone(),
+                settings: settings.clone(),
+            });
         }
         for tls in spec.tls.iter().flatten() {
             let Some(secret) = &tls.secret_name else { continue };
             for h in tls.hosts.iter().flatten() {
                 let host = h.to_ascii_lowercase();
                 if !table.tls.iter().any(|t| t.host == host) {
-                    table.tls.push(TlsHost { host, secret: format!("{ns}/{secret}") });
+                    table.tls.push(TlsHost {
+                        host,
+                        secret: format!("{ns}/{secret}"),
+                    });
                 }
             }
         }
@@ -508,17 +652,31 @@ pub fn build(ingresses: &[Arc<Ingress>], classes: &[Arc<IngressClass>], services
                 },
             };
             for p in rule.http.iter().flat_map(|h| h.paths.iter()) {
-                let kind = if p.path_type == "Exact" { PathKind::Exact } else { PathKind::Prefix };
+                let kind = if p.path_type == "Exact" {
+                    PathKind::Exact
+                } else {
+                    PathKind::Prefix
+                };
                 let path = PathRule::new(kind, p.path.as_deref().unwrap_or("/"));
                 // The first (older) Ingress keeps a path both define.
                 if list.iter().any(|r| r.path == path) {
                     continue;
                 }
-                list.push(Route { path, target: backends.target(&ns, &p.backend), ingress: id.clone(), settings: settings.clone() });
+                list.push(Route {
+                    path,
+                    target: backends.target(&ns, &p.backend),
+                    ingress: id.clone(),
+                    settings: settings.clone(),
+                });
             }
         }
     }
-    for list in table.exact.values_mut().chain(table.wildcard.values_mut()).chain(std::iter::once(&mut table.any_host)) {
+    for list in table
+        .exact
+        .values_mut()
+        .chain(table.wildcard.values_mut())
+        .chain(std::iter::once(&mut table.any_host))
+    {
         // Best first; a stable sort keeps the older Ingress first among equals.
         list.sort_by_key(|r| std::cmp::Reverse(r.path.weight()));
     }
@@ -543,7 +701,9 @@ mod tests {
     }
 
     fn class() -> Arc<IngressClass> {
-        obj(json!({"metadata": {"name": "nodeless", "annotations": {DEFAULT_CLASS: "true"}}, "spec": {"controller": CONTROLLER}}))
+        obj(
+            json!({"metadata": {"name": "nodeless", "annotations": {DEFAULT_CLASS: "true"}}, "spec": {"controller": CONTROLLER}}),
+        )
     }
 
     fn service(name: &str, ports: serde_json::Value) -> Arc<Service> {
@@ -551,9 +711,14 @@ mod tests {
     }
 
     fn slice(service: &str, port_name: &str, port: u16, ready: &[(&str, bool)]) -> Arc<EndpointSlice> {
-        let eps: Vec<_> = ready.iter().map(|(ip, r)| json!({"addresses": [ip], "conditions": {"ready": r}})).collect();
-        obj(json!({"metadata": {"name": format!("{service}-x"), "namespace": "default", "labels": {"kubernetes.io/service-name": service}},
-            "addressType": "IPv4", "ports": [{"name": port_name, "port": port, "protocol": "TCP"}], "endpoints": eps}))
+        let eps: Vec<_> = ready
+            .iter()
+            .map(|(ip, r)| json!({"addresses": [ip], "conditions": {"ready": r}}))
+            .collect();
+        obj(
+            json!({"metadata": {"name": format!("{service}-x"), "namespace": "default", "labels": {"kubernetes.io/service-name": service}},
+            "addressType": "IPv4", "ports": [{"name": port_name, "port": port, "protocol": "TCP"}], "endpoints": eps}),
+        )
     }
 
     fn ingress(name: &str, created: &str, spec: serde_json::Value) -> Arc<Ingress> {
@@ -569,7 +734,10 @@ mod tests {
         let mut services = Vec::new();
         let mut slices = Vec::new();
         for n in 1..=9 {
-            services.push(service(&format!("s{n}"), json!([{"name": "http", "port": 80, "targetPort": 8080}])));
+            services.push(service(
+                &format!("s{n}"),
+                json!([{"name": "http", "port": 80, "targetPort": 8080}]),
+            ));
             slices.push(slice(&format!("s{n}"), "http", 8080, &[(&format!("10.0.0.{n}"), true)]));
         }
         build(ingresses, &[class()], &services, &slices, &Table::default())
@@ -578,23 +746,45 @@ mod tests {
     /// The service a request is routed to, or "404".
     fn to(t: &Table, host: &str, p: &str) -> String {
         match t.route(host, p) {
-            Decision::Route(Route { target: Target::Upstream(u), .. }) | Decision::Default(Route { target: Target::Upstream(u), .. }) => u.name.split(['/', ':']).nth(1).unwrap_or_default().to_string(),
-            Decision::Route(Route { target: Target::Unavailable(m), .. }) | Decision::Default(Route { target: Target::Unavailable(m), .. }) => format!("503 {m}"),
+            Decision::Route(Route {
+                target: Target::Upstream(u),
+                ..
+            })
+            | Decision::Default(Route {
+                target: Target::Upstream(u),
+                ..
+            }) => u.name.split(['/', ':']).nth(1).unwrap_or_default().to_string(),
+            Decision::Route(Route {
+                target: Target::Unavailable(m),
+                ..
+            })
+            | Decision::Default(Route {
+                target: Target::Unavailable(m),
+                ..
+            }) => format!("503 {m}"),
             Decision::NotFound => "404".into(),
         }
     }
 
     #[test]
     fn exact_and_prefix_paths() {
-        let t = table(&[ingress("a", "2026-01-01T00:00:00Z", json!({"rules": [{"http": {"paths": [
-            path("/foo", "Exact", "s1"), path("/aaa", "Prefix", "s2"), path("/aaa/bbb/", "Prefix", "s3"), path("/", "Prefix", "s4"), path("/x", "ImplementationSpecific", "s5")]}}]}))]);
+        let t = table(&[ingress(
+            "a",
+            "2026-01-01T00:00:00Z",
+            json!({"rules": [{"http": {"paths": [
+            path("/foo", "Exact", "s1"), path("/aaa", "Prefix", "s2"), path("/aaa/bbb/", "Prefix", "s3"), path("/", "Prefix", "s4"), path("/x", "ImplementationSpecific", "s5")]}}]}),
+        )]);
         assert_eq!(to(&t, "h", "/foo"), "s1");
         assert_eq!(to(&t, "h", "/foo/"), "s4", "Exact /foo does not match /foo/");
         assert_eq!(to(&t, "h", "/aaa"), "s2");
         assert_eq!(to(&t, "h", "/aaa/"), "s2");
         assert_eq!(to(&t, "h", "/aaa/ccc"), "s2");
         assert_eq!(to(&t, "h", "/aaaccc"), "s4", "Prefix /aaa does not match /aaaccc");
-        assert_eq!(to(&t, "h", "/aaa/bbb"), "s3", "the longest prefix wins, its trailing slash ignored");
+        assert_eq!(
+            to(&t, "h", "/aaa/bbb"),
+            "s3",
+            "the longest prefix wins, its trailing slash ignored"
+        );
         assert_eq!(to(&t, "h", "/aaa/bbbb"), "s2");
         assert_eq!(to(&t, "h", "/x/y"), "s5", "ImplementationSpecific is a prefix");
         assert_eq!(to(&t, "h", "/"), "s4");
@@ -602,39 +792,67 @@ mod tests {
 
     #[test]
     fn exact_beats_an_equally_long_prefix() {
-        let t = table(&[ingress("a", "2026-01-01T00:00:00Z", json!({"rules": [{"http": {"paths": [path("/foo/", "Prefix", "s1"), path("/foo", "Exact", "s2")]}}]}))]);
+        let t = table(&[ingress(
+            "a",
+            "2026-01-01T00:00:00Z",
+            json!({"rules": [{"http": {"paths": [path("/foo/", "Prefix", "s1"), path("/foo", "Exact", "s2")]}}]}),
+        )]);
         assert_eq!(to(&t, "h", "/foo"), "s2");
         assert_eq!(to(&t, "h", "/foo/bar"), "s1");
     }
 
     #[test]
     fn hosts_exact_wildcard_and_any() {
-        let t = table(&[ingress("a", "2026-01-01T00:00:00Z", json!({"rules": [
+        let t = table(&[ingress(
+            "a",
+            "2026-01-01T00:00:00Z",
+            json!({"rules": [
             {"host": "foo.com", "http": {"paths": [path("/", "Prefix", "s1")]}},
             {"host": "*.foo.com", "http": {"paths": [path("/", "Prefix", "s2")]}},
             {"host": "only.example", "http": {"paths": [path("/api", "Prefix", "s3")]}},
-            {"http": {"paths": [path("/", "Prefix", "s4")]}}]}))]);
+            {"http": {"paths": [path("/", "Prefix", "s4")]}}]}),
+        )]);
         assert_eq!(to(&t, "foo.com", "/"), "s1");
         assert_eq!(to(&t, "FOO.com:8080", "/"), "s1", "case and port do not count");
         assert_eq!(to(&t, "bar.foo.com", "/"), "s2");
         assert_eq!(to(&t, "baz.bar.foo.com", "/"), "s4", "a wildcard covers one label only");
         assert_eq!(to(&t, "other.example", "/"), "s4");
         assert_eq!(to(&t, "only.example", "/api/v1"), "s3");
-        assert_eq!(to(&t, "only.example", "/web"), "s4", "a host's unmatched path falls through to the host-less rules");
+        assert_eq!(
+            to(&t, "only.example", "/web"),
+            "s4",
+            "a host's unmatched path falls through to the host-less rules"
+        );
     }
 
     #[test]
     fn default_backend_and_not_found() {
-        let t = table(&[ingress("a", "2026-01-01T00:00:00Z", json!({"rules": [{"host": "a.example", "http": {"paths": [path("/", "Prefix", "s1")]}}]}))]);
+        let t = table(&[ingress(
+            "a",
+            "2026-01-01T00:00:00Z",
+            json!({"rules": [{"host": "a.example", "http": {"paths": [path("/", "Prefix", "s1")]}}]}),
+        )]);
         assert_eq!(to(&t, "b.example", "/"), "404");
-        let t = table(&[ingress("a", "2026-01-01T00:00:00Z", json!({"defaultBackend": {"service": {"name": "s7", "port": {"number": 80}}}, "rules": [{"host": "a.example", "http": {"paths": [path("/", "Prefix", "s1")]}}]}))]);
+        let t = table(&[ingress(
+            "a",
+            "2026-01-01T00:00:00Z",
+            json!({"defaultBackend": {"service": {"name": "s7", "port": {"number": 80}}}, "rules": [{"host": "a.example", "http": {"paths": [path("/", "Prefix", "s1")]}}]}),
+        )]);
         assert_eq!(to(&t, "b.example", "/"), "s7");
     }
 
     #[test]
     fn the_older_ingress_wins_a_path_both_define() {
-        let newer = ingress("new", "2026-02-01T00:00:00Z", json!({"rules": [{"http": {"paths": [path("/p", "Prefix", "s2"), path("/q", "Prefix", "s3")]}}]}));
-        let older = ingress("old", "2026-01-01T00:00:00Z", json!({"rules": [{"http": {"paths": [path("/p", "Prefix", "s1")]}}]}));
+        let newer = ingress(
+            "new",
+            "2026-02-01T00:00:00Z",
+            json!({"rules": [{"http": {"paths": [path("/p", "Prefix", "s2"), path("/q", "Prefix", "s3")]}}]}),
+        );
+        let older = ingress(
+            "old",
+            "2026-01-01T00:00:00Z",
+            json!({"rules": [{"http": {"paths": [path("/p", "Prefix", "s1")]}}]}),
+        );
         let t = table(&[newer, older]);
         assert_eq!(to(&t, "h", "/p"), "s1");
         assert_eq!(to(&t, "h", "/q"), "s3", "the newer one's other paths merge in");
@@ -643,40 +861,76 @@ mod tests {
     #[test]
     fn backends_by_port_name_ready_endpoints_and_clear_failures() {
         let services = vec![
-            service("web", json!([{"name": "http", "port": 80, "targetPort": 8080}, {"name": "grpc", "port": 9000, "targetPort": 9000, "appProtocol": H2C}])),
+            service(
+                "web",
+                json!([{"name": "http", "port": 80, "targetPort": 8080}, {"name": "grpc", "port": 9000, "targetPort": 9000, "appProtocol": H2C}]),
+            ),
             service("empty", json!([{"name": "http", "port": 80}])),
         ];
-        let slices = vec![slice("web", "http", 8080, &[("10.0.0.1", true), ("10.0.0.2", false), ("10.0.0.3", true)]), slice("web", "grpc", 9000, &[("10.0.0.1", true)])];
-        let ing = ingress("a", "2026-01-01T00:00:00Z", json!({"rules": [{"http": {"paths": [
+        let slices = vec![
+            slice(
+                "web",
+                "http",
+                8080,
+                &[("10.0.0.1", true), ("10.0.0.2", false), ("10.0.0.3", true)],
+            ),
+            slice("web", "grpc", 9000, &[("10.0.0.1", true)]),
+        ];
+        let ing = ingress(
+            "a",
+            "2026-01-01T00:00:00Z",
+            json!({"rules": [{"http": {"paths": [
             {"path": "/by-name", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"name": "http"}}}},
             {"path": "/grpc", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 9000}}}},
             {"path": "/missing", "pathType": "Prefix", "backend": {"service": {"name": "nope", "port": {"number": 80}}}},
             {"path": "/badport", "pathType": "Prefix", "backend": {"service": {"name": "web", "port": {"number": 81}}}},
-            {"path": "/empty", "pathType": "Prefix", "backend": {"service": {"name": "empty", "port": {"number": 80}}}}]}}]}));
+            {"path": "/empty", "pathType": "Prefix", "backend": {"service": {"name": "empty", "port": {"number": 80}}}}]}}]}),
+        );
         let t = build(&[ing], &[class()], &services, &slices, &Table::default());
         match t.route("h", "/by-name") {
-            Decision::Route(Route { target: Target::Upstream(u), .. }) => {
-                assert_eq!(u.endpoints, vec!["10.0.0.1:8080".parse().unwrap(), "10.0.0.3:8080".parse().unwrap()], "ready endpoints only");
+            Decision::Route(Route {
+                target: Target::Upstream(u),
+                ..
+            }) => {
+                assert_eq!(
+                    u.endpoints,
+                    vec!["10.0.0.1:8080".parse().unwrap(), "10.0.0.3:8080".parse().unwrap()],
+                    "ready endpoints only"
+                );
                 assert!(!u.h2c);
                 let a = u.pick(Balance::RoundRobin, &[]).unwrap();
                 let b = u.pick(Balance::RoundRobin, &[]).unwrap();
                 assert_ne!(a, b, "round robin");
-                assert_ne!(u.pick(Balance::RoundRobin, &[a]), Some(a), "an endpoint tried already is skipped");
+                assert_ne!(
+                    u.pick(Balance::RoundRobin, &[a]),
+                    Some(a),
+                    "an endpoint tried already is skipped"
+                );
             }
             other => panic!("{other:?}"),
         }
         match t.route("h", "/grpc") {
-            Decision::Route(Route { target: Target::Upstream(u), .. }) => assert!(u.h2c, "appProtocol kubernetes.io/h2c"),
+            Decision::Route(Route {
+                target: Target::Upstream(u),
+                ..
+            }) => assert!(u.h2c, "appProtocol kubernetes.io/h2c"),
             other => panic!("{other:?}"),
         }
         assert_eq!(to(&t, "h", "/missing"), "503 service default/nope does not exist");
         assert_eq!(to(&t, "h", "/badport"), "503 service default/web has no port 81");
-        assert_eq!(to(&t, "h", "/empty"), "503 service default/empty:80 has no ready endpoints");
+        assert_eq!(
+            to(&t, "h", "/empty"),
+            "503 service default/empty:80 has no ready endpoints"
+        );
     }
 
     #[test]
     fn least_request_prefers_the_idle_endpoint_and_failures_eject() {
-        let u = Upstream::new("default/s:80".into(), (1..=3).map(|n| format!("10.0.0.{n}:80").parse().unwrap()).collect(), false);
+        let u = Upstream::new(
+            "default/s:80".into(),
+            (1..=3).map(|n| format!("10.0.0.{n}:80").parse().unwrap()).collect(),
+            false,
+        );
         // Endpoint 0 busy, 1 busier, 2 idle: two choices never land on the busiest of a pair.
         for _ in 0..5 {
             u.start(0);
@@ -685,8 +939,14 @@ mod tests {
             u.start(1);
         }
         let picks: Vec<usize> = (0..60).map(|_| u.pick(Balance::LeastRequest, &[]).unwrap()).collect();
-        assert!(picks.iter().filter(|&&i| i == 2).count() > picks.iter().filter(|&&i| i == 1).count(), "{picks:?}");
-        assert!(picks.iter().filter(|&&i| i == 1).count() <= 20, "the busiest is picked only when drawn twice: {picks:?}");
+        assert!(
+            picks.iter().filter(|&&i| i == 2).count() > picks.iter().filter(|&&i| i == 1).count(),
+            "{picks:?}"
+        );
+        assert!(
+            picks.iter().filter(|&&i| i == 1).count() <= 20,
+            "the busiest is picked only when drawn twice: {picks:?}"
+        );
         u.done(0);
         assert_eq!(u.outstanding(0), 4);
         // Passive ejection after three connect failures in a row; a success in between resets.
@@ -698,30 +958,63 @@ mod tests {
         u.connect_failed(2);
         u.connect_failed(2);
         assert!(u.ejected(2));
-        assert!((0..30).all(|_| u.pick(Balance::RoundRobin, &[]) != Some(2)), "an ejected endpoint is left out");
+        assert!(
+            (0..30).all(|_| u.pick(Balance::RoundRobin, &[]) != Some(2)),
+            "an ejected endpoint is left out"
+        );
         // With every other endpoint tried, the ejected one is still a better guess than nothing.
         assert_eq!(u.pick(Balance::RoundRobin, &[0, 1]), Some(2));
     }
 
     #[test]
     fn a_rebuild_keeps_ejections_and_requests_under_way() {
-        let services = vec![service("web", json!([{"name": "http", "port": 80, "targetPort": 8080}]))];
-        let ing = ingress("a", "2026-01-01T00:00:00Z", json!({"rules": [{"http": {"paths": [path("/", "Prefix", "web")]}}]}));
+        let services = vec![service(
+            "web",
+            json!([{"name": "http", "port": 80, "targetPort": 8080}]),
+        )];
+        let ing = ingress(
+            "a",
+            "2026-01-01T00:00:00Z",
+            json!({"rules": [{"http": {"paths": [path("/", "Prefix", "web")]}}]}),
+        );
         let upstream = |t: &Table| match t.route("h", "/") {
-            Decision::Route(Route { target: Target::Upstream(u), .. }) => u.clone(),
+            Decision::Route(Route {
+                target: Target::Upstream(u),
+                ..
+            }) => u.clone(),
             other => panic!("{other:?}"),
         };
-        let first = build(std::slice::from_ref(&ing), &[class()], &services, &[slice("web", "http", 8080, &[("10.0.0.1", true), ("10.0.0.2", true)])], &Table::default());
+        let first = build(
+            std::slice::from_ref(&ing),
+            &[class()],
+            &services,
+            &[slice("web", "http", 8080, &[("10.0.0.1", true), ("10.0.0.2", true)])],
+            &Table::default(),
+        );
         let u1 = upstream(&first);
         for _ in 0..EJECT_AFTER {
             u1.connect_failed(1);
         }
         u1.start(0);
         // An endpoint joins: a new table, whose upstream has the old endpoints' state.
-        let second = build(&[ing], &[class()], &services, &[slice("web", "http", 8080, &[("10.0.0.1", true), ("10.0.0.2", true), ("10.0.0.3", true)])], &first);
+        let second = build(
+            &[ing],
+            &[class()],
+            &services,
+            &[slice(
+                "web",
+                "http",
+                8080,
+                &[("10.0.0.1", true), ("10.0.0.2", true), ("10.0.0.3", true)],
+            )],
+            &first,
+        );
         let u2 = upstream(&second);
         assert_eq!(u2.endpoints.len(), 3);
-        assert!(u2.ejected(1) && !u2.ejected(2), "10.0.0.2 stays ejected, the new 10.0.0.3 is not");
+        assert!(
+            u2.ejected(1) && !u2.ejected(2),
+            "10.0.0.2 stays ejected, the new 10.0.0.3 is not"
+        );
         assert_eq!(u2.outstanding(0), 1);
         // The request started on the old table ends there, and is counted off in the new one.
         u1.done(0);
@@ -743,37 +1036,85 @@ mod tests {
         .collect();
         let (s, problems) = Settings::from_annotations(Some(&a));
         assert!(problems.is_empty(), "{problems:?}");
-        assert_eq!(s, Settings { connect_timeout: Duration::from_secs(2), read_timeout: Duration::from_secs(30), body_limit: 8192, ssl_redirect: true, balance: Balance::LeastRequest });
-        let bad: BTreeMap<String, String> = [("nodeless.io/proxy-read-timeout".to_string(), "soon".to_string()), ("nodeless.io/load-balance".to_string(), "random".to_string())].into();
+        assert_eq!(
+            s,
+            Settings {
+                connect_timeout: Duration::from_secs(2),
+                read_timeout: Duration::from_secs(30),
+                body_limit: 8192,
+                ssl_redirect: true,
+                balance: Balance::LeastRequest
+            }
+        );
+        let bad: BTreeMap<String, String> = [
+            ("nodeless.io/proxy-read-timeout".to_string(), "soon".to_string()),
+            ("nodeless.io/load-balance".to_string(), "random".to_string()),
+        ]
+        .into();
         let (s, problems) = Settings::from_annotations(Some(&bad));
         assert_eq!(s, Settings::default(), "bad values keep the defaults");
-        assert_eq!(Settings::default().body_limit, DEFAULT_BODY_LIMIT, "64 MiB without the annotation");
-        let none: BTreeMap<String, String> = [("nodeless.io/proxy-body-size".to_string(), "0".to_string())].into_iter().collect();
-        assert_eq!(Settings::from_annotations(Some(&none)).0.body_limit, 0, "\"0\": no limit");
+        assert_eq!(
+            Settings::default().body_limit,
+            DEFAULT_BODY_LIMIT,
+            "64 MiB without the annotation"
+        );
+        let none: BTreeMap<String, String> = [("nodeless.io/proxy-body-size".to_string(), "0".to_string())]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            Settings::from_annotations(Some(&none)).0.body_limit,
+            0,
+            "\"0\": no limit"
+        );
         assert_eq!(problems.len(), 2, "{problems:?}");
     }
 
     #[test]
     fn classes() {
         let mine = obj::<IngressClass>(json!({"metadata": {"name": "nl"}, "spec": {"controller": CONTROLLER}}));
-        let other = obj::<IngressClass>(json!({"metadata": {"name": "nginx", "annotations": {DEFAULT_CLASS: "true"}}, "spec": {"controller": "k8s.io/ingress-nginx"}}));
+        let other = obj::<IngressClass>(
+            json!({"metadata": {"name": "nginx", "annotations": {DEFAULT_CLASS: "true"}}, "spec": {"controller": "k8s.io/ingress-nginx"}}),
+        );
         let named = |c: Option<&str>| ingress("a", "2026-01-01T00:00:00Z", json!({"ingressClassName": c, "rules": []}));
         assert!(ours(&named(Some("nl")), &[mine.clone(), other.clone()]));
         assert!(!ours(&named(Some("nginx")), &[mine.clone(), other.clone()]));
-        assert!(!ours(&named(None), &[mine.clone(), other.clone()]), "no class, and the default is someone else's");
+        assert!(
+            !ours(&named(None), &[mine.clone(), other.clone()]),
+            "no class, and the default is someone else's"
+        );
         assert!(ours(&named(None), &[class()]), "no class, and ours is the default");
         assert!(!ours(&named(Some("absent")), &[class()]));
     }
 
     #[test]
     fn tls_hosts_keep_the_older_secret() {
-        let a = ingress("a", "2026-01-01T00:00:00Z", json!({"tls": [{"hosts": ["a.example", "*.w.example"], "secretName": "certa"}], "rules": []}));
-        let b = ingress("b", "2026-02-01T00:00:00Z", json!({"tls": [{"hosts": ["a.example", "b.example"], "secretName": "certb"}], "rules": []}));
+        let a = ingress(
+            "a",
+            "2026-01-01T00:00:00Z",
+            json!({"tls": [{"hosts": ["a.example", "*.w.example"], "secretName": "certa"}], "rules": []}),
+        );
+        let b = ingress(
+            "b",
+            "2026-02-01T00:00:00Z",
+            json!({"tls": [{"hosts": ["a.example", "b.example"], "secretName": "certb"}], "rules": []}),
+        );
         let t = table(&[b, a]);
-        assert_eq!(t.tls, vec![
-            TlsHost { host: "a.example".into(), secret: "default/certa".into() },
-            TlsHost { host: "*.w.example".into(), secret: "default/certa".into() },
-            TlsHost { host: "b.example".into(), secret: "default/certb".into() },
-        ]);
+        assert_eq!(
+            t.tls,
+            vec![
+                TlsHost {
+                    host: "a.example".into(),
+                    secret: "default/certa".into()
+                },
+                TlsHost {
+                    host: "*.w.example".into(),
+                    secret: "default/certa".into()
+                },
+                TlsHost {
+                    host: "b.example".into(),
+                    secret: "default/certb".into()
+                },
+            ]
+        );
     }
 }

@@ -17,7 +17,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use pingora_core::protocols::tls::{SslDigest, TlsRef};
-use pingora_core::protocols::{ALPN, GetProxyDigest, GetSocketDigest, GetTimingDigest, IO, Peek, Shutdown, SocketDigest, Ssl, TimingDigest, UniqueID, UniqueIDType, raw_connect::ProxyDigest};
+use pingora_core::protocols::{
+    ALPN, GetProxyDigest, GetSocketDigest, GetTimingDigest, IO, Peek, Shutdown, SocketDigest, Ssl, TimingDigest,
+    UniqueID, UniqueIDType, raw_connect::ProxyDigest,
+};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, BufWriter, ReadBuf};
 
 /// Bytes gathered before a write goes out (pingora's own default is one segment, 1460).
@@ -38,7 +41,10 @@ impl<S: IO> Buffered<S> {
 
     /// `stream`, whose reads return `replay` first.
     pub fn replaying(stream: S, replay: bytes::BytesMut) -> Buffered<S> {
-        Buffered { inner: BufWriter::with_capacity(WRITE_BUFFER, stream), replay }
+        Buffered {
+            inner: BufWriter::with_capacity(WRITE_BUFFER, stream),
+            replay,
+        }
     }
 
     fn stream(&self) -> &S {
@@ -62,7 +68,11 @@ impl<S: IO> AsyncWrite for Buffered<S> {
         Pin::new(&mut self.inner).poll_write(cx, buf)
     }
 
-    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
         Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
     }
 

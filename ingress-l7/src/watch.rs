@@ -24,12 +24,20 @@ use crate::tls::Certs;
 /// How long after a change more changes are gathered into the same rebuild.
 const SETTLE: Duration = Duration::from_millis(20);
 
-fn stream<K>(api: Api<K>) -> (reflector::Store<K>, futures::stream::BoxStream<'static, Result<(), String>>)
+fn stream<K>(
+    api: Api<K>,
+) -> (
+    reflector::Store<K>,
+    futures::stream::BoxStream<'static, Result<(), String>>,
+)
 where
     K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
 {
     let (store, writer) = reflector::store::<K>();
-    let s = reflector(writer, watcher(api, watcher::Config::default())).default_backoff().map(|e| e.map(|_| ()).map_err(|e| e.to_string())).boxed();
+    let s = reflector(writer, watcher(api, watcher::Config::default()))
+        .default_backoff()
+        .map(|e| e.map(|_| ()).map_err(|e| e.to_string()))
+        .boxed();
     (store, s)
 }
 
@@ -47,7 +55,13 @@ pub struct LoadBalancers {
     pub plans: tokio::sync::watch::Sender<Arc<Vec<lb::Assignment>>>,
 }
 
-pub async fn run(client: kube::Client, table: Arc<ArcSwap<Table>>, certs: Arc<Certs>, address: Option<String>, lbs: Option<LoadBalancers>) {
+pub async fn run(
+    client: kube::Client,
+    table: Arc<ArcSwap<Table>>,
+    certs: Arc<Certs>,
+    address: Option<String>,
+    lbs: Option<LoadBalancers>,
+) {
     let mut reported: Vec<String> = Vec::new();
     let (ingresses, s1) = stream(Api::<Ingress>::all(client.clone()));
     let (classes, s2) = stream(Api::<IngressClass>::all(client.clone()));
@@ -66,15 +80,38 @@ pub async fn run(client: kube::Client, table: Arc<ArcSwap<Table>>, certs: Arc<Ce
             continue;
         }
         let all_ingresses = ingresses.state();
-        let built = routes::build(&all_ingresses, &classes.state(), &services.state(), &slices.state(), &table.load());
-        let by_name: HashMap<String, Arc<Secret>> = secrets.state().into_iter().map(|s| (format!("{}/{}", s.metadata.namespace.clone().unwrap_or_default(), s.metadata.name.clone().unwrap_or_default()), s)).collect();
+        let built = routes::build(
+            &all_ingresses,
+            &classes.state(),
+            &services.state(),
+            &slices.state(),
+            &table.load(),
+        );
+        let by_name: HashMap<String, Arc<Secret>> = secrets
+            .state()
+            .into_iter()
+            .map(|s| {
+                (
+                    format!(
+                        "{}/{}",
+                        s.metadata.namespace.clone().unwrap_or_default(),
+                        s.metadata.name.clone().unwrap_or_default()
+                    ),
+                    s,
+                )
+            })
+            .collect();
         for problem in &built.problems {
             tracing::warn!(%problem, "annotation ignored");
         }
         for problem in certs.update(&built.tls, &by_name) {
             tracing::warn!(%problem, "TLS certificate left out");
         }
-        tracing::debug!(ingresses = built.ingresses.len(), tls_hosts = certs.hosts(), "routing table rebuilt");
+        tracing::debug!(
+            ingresses = built.ingresses.len(),
+            tls_hosts = certs.hosts(),
+            "routing table rebuilt"
+        );
         let served = built.ingresses.clone();
         table.store(Arc::new(built));
         if let Some(addr) = &address {
@@ -96,7 +133,12 @@ pub async fn run(client: kube::Client, table: Arc<ArcSwap<Table>>, certs: Arc<Ce
 
 /// Write each LoadBalancer Service's address and ports into its status, and clear the pool's
 /// address from a Service that is no longer ours.
-async fn publish_lb(client: &kube::Client, services: &[Arc<Service>], assignments: &[lb::Assignment], pool: ipnet::Ipv4Net) {
+async fn publish_lb(
+    client: &kube::Client,
+    services: &[Arc<Service>],
+    assignments: &[lb::Assignment],
+    pool: ipnet::Ipv4Net,
+) {
     for s in services {
         let ns = s.metadata.namespace.clone().unwrap_or_default();
         let name = s.metadata.name.clone().unwrap_or_default();
@@ -112,7 +154,14 @@ async fn publish_lb(client: &kube::Client, services: &[Arc<Service>], assignment
             continue;
         }
         let api: Api<Service> = Api::namespaced(client.clone(), &ns);
-        match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": {"loadBalancer": want}}))).await {
+        match api
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"loadBalancer": want}})),
+            )
+            .await
+        {
             Ok(_) => tracing::info!(service = %id, status = %want, "load balancer status"),
             Err(e) => tracing::warn!(service = %id, error = %e, "publishing the load balancer status"),
         }
@@ -121,7 +170,11 @@ async fn publish_lb(client: &kube::Client, services: &[Arc<Service>], assignment
 
 /// Write the ingress's address into the status of each served Ingress that lacks it.
 async fn publish(client: &kube::Client, all: &[Arc<Ingress>], served: &[String], address: &str) {
-    let lb = if address.parse::<std::net::IpAddr>().is_ok() { json!({"ip": address}) } else { json!({"hostname": address}) };
+    let lb = if address.parse::<std::net::IpAddr>().is_ok() {
+        json!({"ip": address})
+    } else {
+        json!({"hostname": address})
+    };
     for ing in all {
         let ns = ing.metadata.namespace.clone().unwrap_or_default();
         let name = ing.metadata.name.clone().unwrap_or_default();
@@ -129,12 +182,28 @@ async fn publish(client: &kube::Client, all: &[Arc<Ingress>], served: &[String],
         if !served.contains(&id) {
             continue;
         }
-        let current = ing.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|l| l.ingress.as_ref()).map(|v| v.iter().any(|i| i.ip.as_deref() == Some(address) || i.hostname.as_deref() == Some(address))).unwrap_or(false);
+        let current = ing
+            .status
+            .as_ref()
+            .and_then(|s| s.load_balancer.as_ref())
+            .and_then(|l| l.ingress.as_ref())
+            .map(|v| {
+                v.iter()
+                    .any(|i| i.ip.as_deref() == Some(address) || i.hostname.as_deref() == Some(address))
+            })
+            .unwrap_or(false);
         if current {
             continue;
         }
         let api: Api<Ingress> = Api::namespaced(client.clone(), &ns);
-        match api.patch_status(&name, &PatchParams::default(), &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": [lb]}}}))).await {
+        match api
+            .patch_status(
+                &name,
+                &PatchParams::default(),
+                &Patch::Merge(json!({"status": {"loadBalancer": {"ingress": [lb]}}})),
+            )
+            .await
+        {
             Ok(_) => tracing::info!(ingress = %id, %address, "address published"),
             Err(e) => tracing::warn!(ingress = %id, error = %e, "publishing the address"),
         }

@@ -30,7 +30,11 @@ fn head_fields() {
 
 #[test]
 fn chunked() {
-    let seeds: [&[u8]; 3] = [b"\x015\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT", b"\x030\r\n\r\n", b"\x00a\r\n0123456789\r\n0\r\n\r\n"];
+    let seeds: [&[u8]; 3] = [
+        b"\x015\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT",
+        b"\x030\r\n\r\n",
+        b"\x00a\r\n0123456789\r\n0\r\n\r\n",
+    ];
     stable::run("h1_chunked", 30000, 256, &seeds, fuzz::chunked);
 }
 

@@ -28,12 +28,20 @@ fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
 
 /// A table sending every request for host `h` to one endpoint.
 fn table(endpoint: SocketAddr) -> Table {
-    let class = obj(json!({"metadata": {"name": "nodeless", "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}}, "spec": {"controller": "nodeless.io/ingress-l7"}}));
-    let service = obj(json!({"metadata": {"name": "up", "namespace": "default"}, "spec": {"ports": [{"name": "http", "port": 80}]}}));
-    let slice = obj(json!({"metadata": {"name": "up-x", "namespace": "default", "labels": {"kubernetes.io/service-name": "up"}},
-        "addressType": "IPv4", "ports": [{"name": "http", "port": endpoint.port(), "protocol": "TCP"}], "endpoints": [{"addresses": [endpoint.ip().to_string()]}]}));
-    let ingress = obj(json!({"metadata": {"name": "i", "namespace": "default", "creationTimestamp": "2026-01-01T00:00:00Z"},
-        "spec": {"rules": [{"host": "h", "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "up", "port": {"number": 80}}}}]}}]}}));
+    let class = obj(
+        json!({"metadata": {"name": "nodeless", "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}}, "spec": {"controller": "nodeless.io/ingress-l7"}}),
+    );
+    let service = obj(
+        json!({"metadata": {"name": "up", "namespace": "default"}, "spec": {"ports": [{"name": "http", "port": 80}]}}),
+    );
+    let slice = obj(
+        json!({"metadata": {"name": "up-x", "namespace": "default", "labels": {"kubernetes.io/service-name": "up"}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": endpoint.port(), "protocol": "TCP"}], "endpoints": [{"addresses": [endpoint.ip().to_string()]}]}),
+    );
+    let ingress = obj(
+        json!({"metadata": {"name": "i", "namespace": "default", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"rules": [{"host": "h", "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "up", "port": {"number": 80}}}}]}}]}}),
+    );
     routes::build(&[ingress], &[class], &[service], &[slice], &Table::default())
 }
 
@@ -63,10 +71,22 @@ async fn answer_requests(mut conn: TcpStream) {
             let mut fields = [httparse::EMPTY_HEADER; 64];
             let mut req = httparse::Request::new(&mut fields);
             if let Ok(httparse::Status::Complete(n)) = req.parse(&buf) {
-                let field = |name: &str| req.headers.iter().find(|h| h.name.eq_ignore_ascii_case(name)).map(|h| String::from_utf8_lossy(h.value).to_string());
+                let field = |name: &str| {
+                    req.headers
+                        .iter()
+                        .find(|h| h.name.eq_ignore_ascii_case(name))
+                        .map(|h| String::from_utf8_lossy(h.value).to_string())
+                };
                 let length = field("content-length").map(|v| v.parse::<usize>().unwrap());
                 let chunked = field("transfer-encoding").is_some_and(|v| v.contains("chunked"));
-                break (n, req.path.unwrap().to_string(), req.method.unwrap().to_string(), length, chunked, String::from_utf8_lossy(&buf[..n]).to_string());
+                break (
+                    n,
+                    req.path.unwrap().to_string(),
+                    req.method.unwrap().to_string(),
+                    length,
+                    chunked,
+                    String::from_utf8_lossy(&buf[..n]).to_string(),
+                );
             }
             if conn.read_buf(&mut buf).await.unwrap_or(0) == 0 {
                 return;
@@ -85,7 +105,10 @@ async fn answer_requests(mut conn: TcpStream) {
         } else if chunked {
             loop {
                 let text = String::from_utf8_lossy(&buf).to_string();
-                if let Some(end) = text.find("0\r\n\r\n").filter(|&e| e == 0 || text[..e].ends_with("\r\n")) {
+                if let Some(end) = text
+                    .find("0\r\n\r\n")
+                    .filter(|&e| e == 0 || text[..e].ends_with("\r\n"))
+                {
                     let mut rest = &text[..end];
                     while let Some((size, after)) = rest.split_once("\r\n") {
                         let size = usize::from_str_radix(size, 16).unwrap();
@@ -125,7 +148,14 @@ async fn answer_requests(mut conn: TcpStream) {
 }
 
 fn front(endpoint: SocketAddr) -> Arc<Front> {
-    Arc::new(Front { table: Arc::new(ArcSwap::from_pointee(table(endpoint))), metrics: Arc::new(Metrics::new(0)), scheme: "http", alt_svc: None, h2c: Default::default(), limits: Default::default() })
+    Arc::new(Front {
+        table: Arc::new(ArcSwap::from_pointee(table(endpoint))),
+        metrics: Arc::new(Metrics::new(0)),
+        scheme: "http",
+        alt_svc: None,
+        h2c: Default::default(),
+        limits: Default::default(),
+    })
 }
 
 const CLIENT: &str = "192.0.2.7:5555";
@@ -151,10 +181,16 @@ async fn response(c: &mut DuplexStream, buf: &mut BytesMut) -> String {
         let text = String::from_utf8_lossy(buf).to_string();
         if let Some(head_end) = text.find("\r\n\r\n") {
             let head = &text[..head_end];
-            let length = head.lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.parse::<usize>().unwrap()));
+            let length = head.lines().find_map(|l| {
+                l.to_ascii_lowercase()
+                    .strip_prefix("content-length: ")
+                    .map(|v| v.parse::<usize>().unwrap())
+            });
             let total = match length {
                 Some(n) => Some(head_end + 4 + n),
-                _ if head.to_ascii_lowercase().contains("transfer-encoding: chunked") => text.find("\r\n0\r\n").and_then(|z| text[z..].find("\r\n\r\n").map(|e| z + e + 4)),
+                _ if head.to_ascii_lowercase().contains("transfer-encoding: chunked") => text
+                    .find("\r\n0\r\n")
+                    .and_then(|z| text[z..].find("\r\n\r\n").map(|e| z + e + 4)),
                 _ => None,
             };
             if let Some(total) = total.filter(|&t| t <= buf.len()) {
@@ -174,27 +210,55 @@ async fn http1_requests_through_kept_alive_connections() {
     let mut buf = BytesMut::new();
 
     // A GET with the forwarding fields, then others on the same upstream connection.
-    c.write_all(b"GET /echo?q=1 HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.1.1.1\r\nConnection: keep-alive\r\n\r\n").await.unwrap();
+    c.write_all(b"GET /echo?q=1 HTTP/1.1\r\nHost: h\r\nX-Forwarded-For: 10.1.1.1\r\nConnection: keep-alive\r\n\r\n")
+        .await
+        .unwrap();
     let r = response(&mut c, &mut buf).await;
-    assert!(r.starts_with("HTTP/1.1 200 OK\r\n") && r.to_ascii_lowercase().contains("x-request-id: "), "{r}");
+    assert!(
+        r.starts_with("HTTP/1.1 200 OK\r\n") && r.to_ascii_lowercase().contains("x-request-id: "),
+        "{r}"
+    );
     assert!(r.contains("GET GET /echo?q=1 HTTP/1.1\r\nHost: h\r\n"), "{r}");
-    assert!(r.contains("X-Forwarded-For: 10.1.1.1, 192.0.2.7\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\nX-Request-Id: "), "{r}");
-    assert!(!r.contains("Connection: keep-alive\r\nX"), "hop-by-hop fields are not passed on: {r}");
+    assert!(
+        r.contains(
+            "X-Forwarded-For: 10.1.1.1, 192.0.2.7\r\nX-Forwarded-Proto: http\r\nX-Forwarded-Host: h\r\nX-Request-Id: "
+        ),
+        "{r}"
+    );
+    assert!(
+        !r.contains("Connection: keep-alive\r\nX"),
+        "hop-by-hop fields are not passed on: {r}"
+    );
 
-    c.write_all(b"GET /cl HTTP/1.1\r\nHost: h\r\nX-Request-Id: abc\r\n\r\n").await.unwrap();
+    c.write_all(b"GET /cl HTTP/1.1\r\nHost: h\r\nX-Request-Id: abc\r\n\r\n")
+        .await
+        .unwrap();
     let r = response(&mut c, &mut buf).await;
-    assert!(r.starts_with("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Request-Id: abc\r\n\r\nhello"), "{r}");
+    assert!(
+        r.starts_with("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nX-Request-Id: abc\r\n\r\nhello"),
+        "{r}"
+    );
 
     // A chunked response passes through as it is, trailer and all.
     c.write_all(b"GET /chunked HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
     let r = response(&mut c, &mut buf).await;
-    assert!(r.ends_with("\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"), "{r}");
+    assert!(
+        r.ends_with("\r\n\r\n5\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"),
+        "{r}"
+    );
 
     // A POST with a body by length, and two pipelined requests in one write.
-    c.write_all(b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello world").await.unwrap();
+    c.write_all(b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 11\r\n\r\nhello world")
+        .await
+        .unwrap();
     let r = response(&mut c, &mut buf).await;
-    assert!(r.contains("POST POST /echo HTTP/1.1\r\n") && r.ends_with("body=hello world"), "{r}");
-    c.write_all(b"GET /cl HTTP/1.1\r\nHost: h\r\n\r\nHEAD /echo HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
+    assert!(
+        r.contains("POST POST /echo HTTP/1.1\r\n") && r.ends_with("body=hello world"),
+        "{r}"
+    );
+    c.write_all(b"GET /cl HTTP/1.1\r\nHost: h\r\n\r\nHEAD /echo HTTP/1.1\r\nHost: h\r\n\r\n")
+        .await
+        .unwrap();
     let r = response(&mut c, &mut buf).await;
     assert!(r.ends_with("\r\n\r\nhello"), "{r}");
     // HEAD: the length of a body that is not sent.
@@ -205,24 +269,42 @@ async fn http1_requests_through_kept_alive_connections() {
         c.read_buf(&mut buf).await.unwrap();
     }
     let r = String::from_utf8_lossy(&buf.split()).to_string();
-    assert!(r.starts_with("HTTP/1.1 200 OK\r\nContent-Length: ") && r.ends_with("\r\n\r\n"), "{r}");
-    assert_eq!(accepted.load(Ordering::SeqCst), 1, "one upstream connection for all of them");
+    assert!(
+        r.starts_with("HTTP/1.1 200 OK\r\nContent-Length: ") && r.ends_with("\r\n\r\n"),
+        "{r}"
+    );
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "one upstream connection for all of them"
+    );
 
     // The ingress's own answers: no rule (404), and a malformed head (400, then closed).
     c.write_all(b"GET / HTTP/1.1\r\nHost: nowhere\r\n\r\n").await.unwrap();
     let r = response(&mut c, &mut buf).await;
-    assert!(r.starts_with("HTTP/1.1 404 Not Found\r\n") && r.contains("no ingress rule matches host \"nowhere\""), "{r}");
+    assert!(
+        r.starts_with("HTTP/1.1 404 Not Found\r\n") && r.contains("no ingress rule matches host \"nowhere\""),
+        "{r}"
+    );
 
     // A response delimited by close: passed on, and the client's connection closes after it.
     c.write_all(b"GET /close HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
     let r = response(&mut c, &mut buf).await;
-    assert!(r.starts_with("HTTP/1.1 200 OK\r\n") && r.contains("Connection: close\r\n") && r.ends_with("\r\n\r\nbye"), "{r}");
+    assert!(
+        r.starts_with("HTTP/1.1 200 OK\r\n") && r.contains("Connection: close\r\n") && r.ends_with("\r\n\r\nbye"),
+        "{r}"
+    );
     assert_eq!(task.await.unwrap(), None, "closed, not handed over");
 
     let (mut c, task) = connect_h1(front(addr));
-    c.write_all(b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: x\r\n\r\n").await.unwrap();
+    c.write_all(b"GET / HTTP/1.1\r\nHost: h\r\nContent-Length: x\r\n\r\n")
+        .await
+        .unwrap();
     let r = response(&mut c, &mut buf).await;
-    assert!(r.starts_with("HTTP/1.1 400 Bad Request\r\n") && r.contains("Connection: close"), "{r}");
+    assert!(
+        r.starts_with("HTTP/1.1 400 Bad Request\r\n") && r.contains("Connection: close"),
+        "{r}"
+    );
     assert_eq!(task.await.unwrap(), None);
 }
 
@@ -252,9 +334,18 @@ async fn http2_requests_become_http1_to_the_endpoint() {
     let (h2, conn) = h2::client::handshake(client).await.unwrap();
     tokio::spawn(conn);
 
-    async fn call(h2: &h2::client::SendRequest<Bytes>, method: &str, path: &str, body: Option<&[u8]>) -> (u16, http::HeaderMap, String) {
+    async fn call(
+        h2: &h2::client::SendRequest<Bytes>,
+        method: &str,
+        path: &str,
+        body: Option<&[u8]>,
+    ) -> (u16, http::HeaderMap, String) {
         let mut h2 = h2.clone().ready().await.unwrap();
-        let req = http::Request::builder().method(method).uri(format!("http://h{path}")).body(()).unwrap();
+        let req = http::Request::builder()
+            .method(method)
+            .uri(format!("http://h{path}"))
+            .body(())
+            .unwrap();
         let (resp, mut send) = h2.send_request(req, body.is_none()).unwrap();
         if let Some(b) = body {
             // Two DATA frames and no declared length: chunked to the endpoint.
@@ -270,15 +361,25 @@ async fn http2_requests_become_http1_to_the_endpoint() {
             let _ = body.flow_control().release_capacity(chunk.len());
             text.extend_from_slice(&chunk);
         }
-        (parts.status.as_u16(), parts.headers, String::from_utf8_lossy(&text).to_string())
+        (
+            parts.status.as_u16(),
+            parts.headers,
+            String::from_utf8_lossy(&text).to_string(),
+        )
     }
 
     let (status, headers, text) = call(&h2, "GET", "/echo?x=1", None).await;
     assert_eq!(status, 200);
     assert!(headers.contains_key("x-request-id"));
-    assert!(text.contains("GET GET /echo?x=1 HTTP/1.1\r\nHost: h\r\n") && text.contains("X-Forwarded-Proto: http\r\n"), "{text}");
+    assert!(
+        text.contains("GET GET /echo?x=1 HTTP/1.1\r\nHost: h\r\n") && text.contains("X-Forwarded-Proto: http\r\n"),
+        "{text}"
+    );
     let (_, _, text) = call(&h2, "POST", "/echo", Some(b"hello world")).await;
-    assert!(text.contains("Transfer-Encoding: chunked\r\n") && text.ends_with("body=hello world"), "{text}");
+    assert!(
+        text.contains("Transfer-Encoding: chunked\r\n") && text.ends_with("body=hello world"),
+        "{text}"
+    );
     // A chunked response is decoded into DATA frames.
     let (status, headers, text) = call(&h2, "GET", "/chunked", None).await;
     assert_eq!((status, text.as_str()), (200, "hello world"));
@@ -288,7 +389,10 @@ async fn http2_requests_become_http1_to_the_endpoint() {
     // Concurrent streams.
     let all = futures::future::join_all((0..20).map(|_| call(&h2, "GET", "/cl", None))).await;
     assert!(all.iter().all(|(s, _, t)| *s == 200 && t == "hello"));
-    assert!(accepted.load(Ordering::SeqCst) <= 20, "upstream connections are kept and reused");
+    assert!(
+        accepted.load(Ordering::SeqCst) <= 20,
+        "upstream connections are kept and reused"
+    );
     let (_, _, text) = call(&h2, "GET", "/close", None).await;
     assert_eq!(text, "bye");
     let (status, _, text) = call(&h2, "GET", "/", None).await;
@@ -298,7 +402,11 @@ async fn http2_requests_become_http1_to_the_endpoint() {
 /// `front` with short client limits: 1 s for a head, 1 s idle.
 fn impatient(endpoint: SocketAddr) -> Arc<Front> {
     let mut f = Arc::into_inner(front(endpoint)).unwrap();
-    f.limits = ClientLimits { header: Duration::from_secs(1), idle: Duration::from_secs(1), ..ClientLimits::default() };
+    f.limits = ClientLimits {
+        header: Duration::from_secs(1),
+        idle: Duration::from_secs(1),
+        ..ClientLimits::default()
+    };
     Arc::new(f)
 }
 
@@ -330,25 +438,42 @@ async fn slow_and_idle_clients_are_cut_off() {
     });
     let started = Instant::now();
     let mut sink = Vec::new();
-    let _ = tokio::time::timeout(Duration::from_secs(5), r.read_to_end(&mut sink)).await.expect("a slowloris head is cut off");
+    let _ = tokio::time::timeout(Duration::from_secs(5), r.read_to_end(&mut sink))
+        .await
+        .expect("a slowloris head is cut off");
     let took = started.elapsed();
-    assert!(took >= Duration::from_millis(800) && took < Duration::from_secs(3), "cut off after {took:?}");
-    assert!(sink.is_empty(), "no answer to half a head: {:?}", String::from_utf8_lossy(&sink));
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(3),
+        "cut off after {took:?}"
+    );
+    assert!(
+        sink.is_empty(),
+        "no answer to half a head: {:?}",
+        String::from_utf8_lossy(&sink)
+    );
     assert_eq!(task.await.unwrap(), None);
     trickle.abort();
 
     // A connection that sends nothing, and one idle after a response: closed at the idle limit.
     let (mut c, task) = connect_h1(impatient(addr));
-    let took = closed_within(&mut c, Duration::from_secs(5)).await.expect("an idle connection is closed");
+    let took = closed_within(&mut c, Duration::from_secs(5))
+        .await
+        .expect("an idle connection is closed");
     assert!(took >= Duration::from_millis(800), "{took:?}");
     assert_eq!(task.await.unwrap(), None);
     let (mut c, task) = connect_h1(impatient(addr));
     let mut buf = BytesMut::new();
     c.write_all(b"GET /cl HTTP/1.1\r\nHost: h\r\n\r\n").await.unwrap();
     assert!(response(&mut c, &mut buf).await.ends_with("hello"));
-    closed_within(&mut c, Duration::from_secs(5)).await.expect("idle after a response, closed");
+    closed_within(&mut c, Duration::from_secs(5))
+        .await
+        .expect("idle after a response, closed");
     assert_eq!(task.await.unwrap(), None);
-    assert_eq!(accepted.load(Ordering::SeqCst), 1, "only the whole request reached the endpoint");
+    assert_eq!(
+        accepted.load(Ordering::SeqCst),
+        1,
+        "only the whole request reached the endpoint"
+    );
 }
 
 #[tokio::test]
@@ -357,13 +482,28 @@ async fn a_body_over_the_default_limit_gets_413() {
     let (mut c, task) = connect_h1(front(addr));
     let mut buf = BytesMut::new();
     let over = routes::DEFAULT_BODY_LIMIT + 1;
-    c.write_all(format!("POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: {over}\r\n\r\nabc").as_bytes()).await.unwrap();
+    c.write_all(format!("POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: {over}\r\n\r\nabc").as_bytes())
+        .await
+        .unwrap();
     let r = response(&mut c, &mut buf).await;
-    assert!(r.starts_with("HTTP/1.1 413 Payload Too Large\r\n") && r.contains("Connection: close") && r.contains("limit of 67108864 bytes"), "{r}");
+    assert!(
+        r.starts_with("HTTP/1.1 413 Payload Too Large\r\n")
+            && r.contains("Connection: close")
+            && r.contains("limit of 67108864 bytes"),
+        "{r}"
+    );
     assert_eq!(task.await.unwrap(), None, "closed: the body was not read");
     // At the limit it goes through (declared; the endpoint gets the head).
     let (mut c, _task) = connect_h1(front(addr));
-    c.write_all(format!("POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n", routes::DEFAULT_BODY_LIMIT).as_bytes()).await.unwrap();
+    c.write_all(
+        format!(
+            "POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
+            routes::DEFAULT_BODY_LIMIT
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
     tokio::time::timeout(Duration::from_secs(5), async {
         while accepted.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -395,14 +535,19 @@ async fn content_length_is_digits_only_and_never_beside_transfer_encoding() {
         let mut buf = BytesMut::new();
         c.write_all(head.as_bytes()).await.unwrap();
         let r = response(&mut c, &mut buf).await;
-        assert!(r.starts_with("HTTP/1.1 400 Bad Request\r\n") && r.contains("Connection: close"), "{head:?}: {r}");
+        assert!(
+            r.starts_with("HTTP/1.1 400 Bad Request\r\n") && r.contains("Connection: close"),
+            "{head:?}: {r}"
+        );
         assert_eq!(task.await.unwrap(), None, "{head:?}: closed, not handed over");
     }
     assert_eq!(accepted.load(Ordering::SeqCst), 0, "none reached the endpoint");
     // The same length twice is one length.
     let (mut c, _task) = connect_h1(front(addr));
     let mut buf = BytesMut::new();
-    c.write_all(b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello").await.unwrap();
+    c.write_all(b"POST /echo HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello")
+        .await
+        .unwrap();
     let r = response(&mut c, &mut buf).await;
     assert!(r.starts_with("HTTP/1.1 200 OK\r\n") && r.ends_with("body=hello"), "{r}");
 }

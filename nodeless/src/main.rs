@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 mod node_cmd;
 
 #[derive(Parser)]
-#[command(name = "nodeless", version, about = "A serverless-Kubernetes data plane: Kubernetes YAML in, sandboxed pods out, no nodes to manage")]
+#[command(
+    name = "nodeless",
+    version,
+    about = "A serverless-Kubernetes data plane: Kubernetes YAML in, sandboxed pods out, no nodes to manage"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -135,7 +139,8 @@ fn pod_networks(node: &node_cmd::NodeArgs) -> anyhow::Result<Vec<ipnet::IpNet>> 
     let mut nets: Vec<ipnet::IpNet> = node.pod_cidrs.iter().map(|n| ipnet::IpNet::V4(*n)).collect();
     if let Some(conf) = &node.cni_conf {
         let text = std::fs::read_to_string(conf).with_context(|| format!("reading {}", conf.display()))?;
-        let conf: serde_json::Value = serde_json::from_str(&text).with_context(|| format!("{} is not JSON", conf.display()))?;
+        let conf: serde_json::Value =
+            serde_json::from_str(&text).with_context(|| format!("{} is not JSON", conf.display()))?;
         nets.extend(cni_subnets(&conf));
     }
     Ok(nets)
@@ -143,14 +148,26 @@ fn pod_networks(node: &node_cmd::NodeArgs) -> anyhow::Result<Vec<ipnet::IpNet>> 
 
 /// Start cluster DNS on `listen` (and, bound before the address exists, on `freebind`),
 /// answering loopback, `pod_networks` and --dns-allow.
-async fn start_dns(args: &DnsArgs, domain: &str, freebind: Vec<SocketAddr>, pod_networks: Vec<ipnet::IpNet>, client: kube::Client) -> anyhow::Result<nodeless_dns::RunningDns> {
+async fn start_dns(
+    args: &DnsArgs,
+    domain: &str,
+    freebind: Vec<SocketAddr>,
+    pod_networks: Vec<ipnet::IpNet>,
+    client: kube::Client,
+) -> anyhow::Result<nodeless_dns::RunningDns> {
     let mut upstreams = args.dns_upstreams.clone();
     if upstreams.is_empty() {
-        upstreams = nodeless_dns::forward::resolv_conf_upstreams(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default());
+        upstreams = nodeless_dns::forward::resolv_conf_upstreams(
+            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        );
     }
     // Never forward to ourselves.
     let ours: Vec<SocketAddr> = args.dns_listen.iter().chain(freebind.iter()).copied().collect();
-    upstreams.retain(|u| !ours.iter().any(|o| o.port() == u.port() && (o.ip() == u.ip() || o.ip().is_unspecified())));
+    upstreams.retain(|u| {
+        !ours
+            .iter()
+            .any(|o| o.port() == u.port() && (o.ip() == u.ip() || o.ip().is_unspecified()))
+    });
     let mut cfg = nodeless_dns::DnsConfig::new(args.dns_listen.clone(), upstreams);
     cfg.listen_freebind = freebind;
     cfg.cluster_domain = domain.to_string();
@@ -168,7 +185,9 @@ async fn start_dns(args: &DnsArgs, domain: &str, freebind: Vec<SocketAddr>, pod_
 
 async fn run_dns(kubeconfig: PathBuf, args: DnsArgs) -> anyhow::Result<()> {
     let client = node_cmd::client_from(&kubeconfig).await?;
-    let dns = start_dns(&args, "cluster.local", Vec::new(), Vec::new(), client).await.context("starting DNS")?;
+    let dns = start_dns(&args, "cluster.local", Vec::new(), Vec::new(), client)
+        .await
+        .context("starting DNS")?;
     println!("nodeless: DNS on {:?}", dns.addrs);
     wait_for_signal().await?;
     dns.stop();
@@ -200,8 +219,13 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 
 async fn run_node(kubeconfig: PathBuf, data_dir: PathBuf, args: node_cmd::NodeArgs) -> anyhow::Result<()> {
     let client = node_cmd::client_from(&kubeconfig).await?;
-    let node = node_cmd::start_node(&args, &data_dir, client).await.context("starting the node")?;
-    println!("nodeless: node {} ready, kubelet API on {}", node.node.ctx.name, node.node.kubelet_addr);
+    let node = node_cmd::start_node(&args, &data_dir, client)
+        .await
+        .context("starting the node")?;
+    println!(
+        "nodeless: node {} ready, kubelet API on {}",
+        node.node.ctx.name, node.node.kubelet_addr
+    );
     wait_for_signal().await?;
     println!("nodeless: node stopping (its pods keep running and are adopted at the next start)");
     node.stop().await;
@@ -213,20 +237,28 @@ async fn run_control(args: UpArgs, with_node: bool) -> anyhow::Result<()> {
     cfg.listen = args.listen;
     cfg.hosts = args.tls_hosts.clone();
     cfg.allow_host_network = args.allow_host_network;
-    let cp = nodeless_control::ControlPlane::start(cfg).await.context("starting the control plane")?;
+    let cp = nodeless_control::ControlPlane::start(cfg)
+        .await
+        .context("starting the control plane")?;
     write_private(&args.kubeconfig, &cp.kubeconfig(true))?;
     if let Some(v) = &args.viewer_kubeconfig {
         write_private(v, &cp.kubeconfig(false))?;
     }
     println!("nodeless: API server on https://{}", cp.addr);
     println!("nodeless: kubeconfig written to {}", args.kubeconfig.display());
-    println!("nodeless: try  kubectl --kubeconfig {} get namespaces", args.kubeconfig.display());
+    println!(
+        "nodeless: try  kubectl --kubeconfig {} get namespaces",
+        args.kubeconfig.display()
+    );
     let mut node = None;
     if with_node && !args.no_node {
         let client = node_cmd::client_from_yaml(&cp.kubeconfig(true)).await?;
         match node_cmd::start_node(&args.node, &args.data_dir, client).await {
             Ok(n) => {
-                println!("nodeless: node {} ready (runtime {})", n.node.ctx.name, args.node.runtime);
+                println!(
+                    "nodeless: node {} ready (runtime {})",
+                    n.node.ctx.name, args.node.runtime
+                );
                 node = Some(n);
             }
             Err(e) => eprintln!("nodeless: no node started: {e:#}; pods will stay Pending"),
@@ -236,7 +268,13 @@ async fn run_control(args: UpArgs, with_node: bool) -> anyhow::Result<()> {
     if with_node && !args.no_dns {
         let client = node_cmd::client_from_yaml(&cp.kubeconfig(true)).await?;
         // Pods reach DNS at the node's --cluster-dns address (their network's gateway), port 53.
-        let freebind: Vec<SocketAddr> = args.node.cluster_dns.iter().filter_map(|ip| ip.parse::<std::net::IpAddr>().ok()).map(|ip| SocketAddr::new(ip, 53)).collect();
+        let freebind: Vec<SocketAddr> = args
+            .node
+            .cluster_dns
+            .iter()
+            .filter_map(|ip| ip.parse::<std::net::IpAddr>().ok())
+            .map(|ip| SocketAddr::new(ip, 53))
+            .collect();
         let started = match pod_networks(&args.node) {
             Ok(nets) => start_dns(&args.dns, &args.node.cluster_domain, freebind, nets, client).await,
             Err(e) => Err(e),
@@ -263,7 +301,10 @@ async fn run_control(args: UpArgs, with_node: bool) -> anyhow::Result<()> {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("NODELESS_LOG").unwrap_or_else(|_| "info,hickory_server=warn".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("NODELESS_LOG")
+                .unwrap_or_else(|_| "info,hickory_server=warn".into()),
+        )
         .with_writer(std::io::stderr)
         .init();
     // One TLS provider for every client in the process (kube, the registry client).
@@ -274,7 +315,11 @@ fn main() -> anyhow::Result<()> {
         // `up` runs the control plane, a node and DNS; ingress joins as its issue lands.
         Command::Up(args) => rt.block_on(run_control(args, true)),
         Command::Control(args) => rt.block_on(run_control(args, false)),
-        Command::Node { kubeconfig, data_dir, node } => rt.block_on(run_node(kubeconfig, data_dir, node)),
+        Command::Node {
+            kubeconfig,
+            data_dir,
+            node,
+        } => rt.block_on(run_node(kubeconfig, data_dir, node)),
         Command::Dns { kubeconfig, dns } => rt.block_on(run_dns(kubeconfig, dns)),
         Command::Image { data_dir, command } => node_cmd::image(command, &data_dir),
     }

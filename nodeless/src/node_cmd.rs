@@ -86,7 +86,9 @@ fn find_runtime(name: &str) -> anyhow::Result<PathBuf> {
     if p.components().count() > 1 {
         return Ok(p.to_path_buf());
     }
-    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")]) {
+    for dir in std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default())
+        .chain([PathBuf::from("/usr/sbin"), PathBuf::from("/usr/bin")])
+    {
         let c = dir.join(name);
         if c.exists() {
             return Ok(c);
@@ -103,7 +105,9 @@ fn choose_runtime(name: &str) -> anyhow::Result<PathBuf> {
     let wants_crun = name == "auto" || Path::new(name).file_name().is_some_and(|f| f == "crun");
     if wants_crun && !cgroups::crun_supported(&cgroups::layout()) {
         match cgroups::bind_v2_controllers() {
-            Ok(moved) => tracing::info!(controllers = %moved.join(","), "gave the controllers left on the cgroups v2 hierarchy their own v1 hierarchies under /sys/fs/cgroup, so crun can run"),
+            Ok(moved) => {
+                tracing::info!(controllers = %moved.join(","), "gave the controllers left on the cgroups v2 hierarchy their own v1 hierarchies under /sys/fs/cgroup, so crun can run")
+            }
             Err(e) if name == "auto" => tracing::warn!("crun cannot run on this cgroup layout ({e}); using runc"),
             Err(e) => anyhow::bail!("crun cannot run on this hybrid cgroup layout: {e}"),
         }
@@ -125,7 +129,12 @@ fn kubelet_tls(args: &NodeArgs, data_dir: &Path, name: &str, host_ip: &str) -> a
     let read = |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
     let client_names = args.kubelet_client_names.clone();
     if let (Some(cert), Some(key), Some(ca)) = (&args.kubelet_cert, &args.kubelet_key, &args.kubelet_client_ca) {
-        return Ok(KubeletTls { cert_chain_pem: read(cert)?, key_pem: read(key)?, client_ca_pem: read(ca)?, client_names });
+        return Ok(KubeletTls {
+            cert_chain_pem: read(cert)?,
+            key_pem: read(key)?,
+            client_ca_pem: read(ca)?,
+            client_names,
+        });
     }
     let pki = data_dir.join("pki");
     anyhow::ensure!(
@@ -133,14 +142,24 @@ fn kubelet_tls(args: &NodeArgs, data_dir: &Path, name: &str, host_ip: &str) -> a
         "the kubelet API needs a certificate: pass --kubelet-cert, --kubelet-key and --kubelet-client-ca, or give the node the --data-dir of its control plane ({} holds no cluster CA)",
         pki.display()
     );
-    let issued = nodeless_control::tls::issue_kubelet_serving(&pki, name, &[host_ip.to_string()]).context("issuing the kubelet API's certificate")?;
-    Ok(KubeletTls { cert_chain_pem: issued.cert_pem, key_pem: issued.key_pem, client_ca_pem: read(&pki.join("ca.crt"))?, client_names })
+    let issued = nodeless_control::tls::issue_kubelet_serving(&pki, name, &[host_ip.to_string()])
+        .context("issuing the kubelet API's certificate")?;
+    Ok(KubeletTls {
+        cert_chain_pem: issued.cert_pem,
+        key_pem: issued.key_pem,
+        client_ca_pem: read(&pki.join("ca.crt"))?,
+        client_names,
+    })
 }
 
 fn shim_path() -> anyhow::Result<PathBuf> {
     let exe = std::env::current_exe()?;
     let shim = exe.with_file_name("nodeless-shim");
-    anyhow::ensure!(shim.exists(), "nodeless-shim is missing beside {} (cargo build --bins builds both)", exe.display());
+    anyhow::ensure!(
+        shim.exists(),
+        "nodeless-shim is missing beside {} (cargo build --bins builds both)",
+        exe.display()
+    );
     Ok(shim)
 }
 
@@ -171,10 +190,13 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
     // Before anything is made in them: the data and run directories are the node's alone.
     // (0711 with user namespaces: the pods' ranges pass through, see `private`.)
     let userns = !args.no_user_namespaces;
-    nodeless_sandbox_node::private::dir_for_pods(data_dir, userns).with_context(|| format!("creating {}", data_dir.display()))?;
+    nodeless_sandbox_node::private::dir_for_pods(data_dir, userns)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
     let run_base = Path::new("/run/nodeless");
     match rundir::keep_in_memory(run_base) {
-        Ok(RunDir::Mounted) => tracing::info!(dir = %run_base.display(), "/run is on a disk: mounted a tmpfs for the runtime's state"),
+        Ok(RunDir::Mounted) => {
+            tracing::info!(dir = %run_base.display(), "/run is on a disk: mounted a tmpfs for the runtime's state")
+        }
         Ok(RunDir::LeftOnDisk) => {
             tracing::warn!(dir = %run_base.display(), "the runtime's state stays on a disk (the directory is not empty): container starts are slower there")
         }
@@ -187,22 +209,62 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
     }
     // The runtime resolves bundle paths itself: everything the node hands it is absolute.
     let dir = std::path::absolute(node_dir(data_dir))?;
-    let host_ip = if args.kubelet_listen.ip().is_unspecified() { "127.0.0.1".to_string() } else { args.kubelet_listen.ip().to_string() };
+    let host_ip = if args.kubelet_listen.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        args.kubelet_listen.ip().to_string()
+    };
     let tls = kubelet_tls(args, data_dir, &name, &host_ip)?;
-    let runtime_identity = RuntimeIdentity { runtime: choose_runtime(&args.runtime)?, root: run_dir.join("runtime") };
-    let keeper = Arc::new(Keeper::new(shim_path()?, run_dir.join("keeper.sock"), runtime_identity.clone()));
-    let runtime = Arc::new(OciRuntime::new(runtime_identity.runtime, runtime_identity.root, keeper.clone()));
+    let runtime_identity = RuntimeIdentity {
+        runtime: choose_runtime(&args.runtime)?,
+        root: run_dir.join("runtime"),
+    };
+    let keeper = Arc::new(Keeper::new(
+        shim_path()?,
+        run_dir.join("keeper.sock"),
+        runtime_identity.clone(),
+    ));
+    let runtime = Arc::new(OciRuntime::new(
+        runtime_identity.runtime,
+        runtime_identity.root,
+        keeper.clone(),
+    ));
     let mut pod_network = None;
     let network: Arc<dyn Network> = match &args.cni_conf {
         Some(conf) => Arc::new(Cni::load(conf, args.cni_bin_dir.clone(), dir.join("cni"))?),
         None if !args.pod_cidrs.is_empty() => {
-            let dns = args.cluster_dns.as_deref().map(str::parse::<std::net::Ipv4Addr>).transpose().context("--cluster-dns with --pod-cidr must be an IPv4 address")?;
-            let balancing = nodeless_eni_cni::node::ServiceBalancing { client: client.clone(), cgroup_parent: nodeless_sandbox_node::node::cgroup_parent(&name) };
-            let net = nodeless_eni_cni::node::start(&name, &dir.join("eni"), &run_dir.join("eni.sock"), args.pod_cidrs.clone(), dns, Some(balancing), args.socket_acceleration).await.context("starting the eni-cni pod network")?;
+            let dns = args
+                .cluster_dns
+                .as_deref()
+                .map(str::parse::<std::net::Ipv4Addr>)
+                .transpose()
+                .context("--cluster-dns with --pod-cidr must be an IPv4 address")?;
+            let balancing = nodeless_eni_cni::node::ServiceBalancing {
+                client: client.clone(),
+                cgroup_parent: nodeless_sandbox_node::node::cgroup_parent(&name),
+            };
+            let net = nodeless_eni_cni::node::start(
+                &name,
+                &dir.join("eni"),
+                &run_dir.join("eni.sock"),
+                args.pod_cidrs.clone(),
+                dns,
+                Some(balancing),
+                args.socket_acceleration,
+            )
+            .await
+            .context("starting the eni-cni pod network")?;
             // The plugin binary sits beside ours.
-            let exe_dir = std::env::current_exe()?.parent().map(Path::to_path_buf).unwrap_or_default();
+            let exe_dir = std::env::current_exe()?
+                .parent()
+                .map(Path::to_path_buf)
+                .unwrap_or_default();
             for bin in ["eni-cni", "eni-cnid"] {
-                anyhow::ensure!(exe_dir.join(bin).exists(), "{bin} is missing beside {} (cargo build --bins builds it)", exe_dir.display());
+                anyhow::ensure!(
+                    exe_dir.join(bin).exists(),
+                    "{bin} is missing beside {} (cargo build --bins builds it)",
+                    exe_dir.display()
+                );
             }
             let mut bins = vec![exe_dir];
             bins.extend(args.cni_bin_dir.iter().cloned());
@@ -239,7 +301,11 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         user_namespaces: !args.no_user_namespaces,
     };
     match nodeless_sandbox_node::node::start(cfg, client).await {
-        Ok(node) => Ok(StartedNode { node, network: pod_network, cgroup_parent }),
+        Ok(node) => Ok(StartedNode {
+            node,
+            network: pod_network,
+            cgroup_parent,
+        }),
         Err(e) => {
             if let Some(n) = pod_network {
                 n.stop().await;
@@ -252,13 +318,18 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
 fn nix_is_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
-        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(2) == Some("0")))
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
         .unwrap_or(false)
 }
 
 /// A client for a kubeconfig file.
 pub async fn client_from(kubeconfig: &Path) -> anyhow::Result<kube::Client> {
-    let kc = kube::config::Kubeconfig::read_from(kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let kc =
+        kube::config::Kubeconfig::read_from(kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
     let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await?;
     Ok(kube::Client::try_from(cfg)?)
 }
@@ -287,7 +358,10 @@ pub enum ImageCommand {
 
 pub fn image(cmd: ImageCommand, data_dir: &Path) -> anyhow::Result<()> {
     // A node with user namespaces made it searchable (0711) for its pods: keep that.
-    let searchable = std::fs::metadata(data_dir).is_ok_and(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777 == nodeless_sandbox_node::private::TRAVERSE_MODE);
+    let searchable = std::fs::metadata(data_dir).is_ok_and(|m| {
+        std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777
+            == nodeless_sandbox_node::private::TRAVERSE_MODE
+    });
     if !searchable {
         nodeless_sandbox_node::private::dir(data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
     }
@@ -296,15 +370,32 @@ pub fn image(cmd: ImageCommand, data_dir: &Path) -> anyhow::Result<()> {
         ImageCommand::Import { path, name } => {
             for r in store.import(&path, name.as_deref())? {
                 let refs: Vec<&str> = r.references.iter().map(|x| reference::short(x)).collect();
-                println!("imported {} {}", &r.id[7..19], if refs.is_empty() { "<untagged: use --name>".to_string() } else { refs.join(" ") });
+                println!(
+                    "imported {} {}",
+                    &r.id[7..19],
+                    if refs.is_empty() {
+                        "<untagged: use --name>".to_string()
+                    } else {
+                        refs.join(" ")
+                    }
+                );
             }
         }
         ImageCommand::Ls => {
             println!("{:<40} {:<14} {:>10}", "REFERENCE", "IMAGE ID", "SIZE");
             for r in store.list()? {
-                let refs = if r.references.is_empty() { vec!["<none>".to_string()] } else { r.references.clone() };
+                let refs = if r.references.is_empty() {
+                    vec!["<none>".to_string()]
+                } else {
+                    r.references.clone()
+                };
                 for reference in refs {
-                    println!("{:<40} {:<14} {:>9.1}M", reference::short(&reference), &r.id[7..19], r.size as f64 / 1e6);
+                    println!(
+                        "{:<40} {:<14} {:>9.1}M",
+                        reference::short(&reference),
+                        &r.id[7..19],
+                        r.size as f64 / 1e6
+                    );
                 }
             }
         }
@@ -320,6 +411,9 @@ pub fn image(cmd: ImageCommand, data_dir: &Path) -> anyhow::Result<()> {
 mod tests {
     #[test]
     fn the_node_accepts_the_client_name_control_presents() {
-        assert_eq!(nodeless_sandbox_node::kubelet_tls::DEFAULT_CLIENT_NAME, nodeless_control::tls::KUBELET_CLIENT_NAME);
+        assert_eq!(
+            nodeless_sandbox_node::kubelet_tls::DEFAULT_CLIENT_NAME,
+            nodeless_control::tls::KUBELET_CLIENT_NAME
+        );
     }
 }

@@ -45,7 +45,11 @@ impl Resolve {
 /// Open a directory the node itself chose (its data, run or store directory) as the start of
 /// later resolutions.
 pub fn open_dir(path: &Path) -> std::io::Result<OwnedFd> {
-    Ok(rustix::fs::open(path, OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?)
+    Ok(rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// The relative form of `rel`, refusing `..` (the kernel would refuse it too, with a less
@@ -57,7 +61,10 @@ pub fn relative(rel: &Path) -> std::io::Result<PathBuf> {
             Component::Normal(p) => out.push(p),
             Component::CurDir | Component::RootDir => {}
             Component::ParentDir | Component::Prefix(_) => {
-                return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("{} leaves its directory", rel.display())));
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{} leaves its directory", rel.display()),
+                ));
             }
         }
     }
@@ -67,8 +74,18 @@ pub fn relative(rel: &Path) -> std::io::Result<PathBuf> {
 /// `openat2(start, rel, flags)` under `how`; an empty `rel` opens the start itself.
 pub fn open(start: impl AsFd, rel: &Path, flags: OFlags, mode: u32, how: Resolve) -> std::io::Result<OwnedFd> {
     let rel = relative(rel)?;
-    let rel = if rel.as_os_str().is_empty() { Path::new(".") } else { rel.as_path() };
-    Ok(rustix::fs::openat2(start, rel, flags | OFlags::CLOEXEC, Mode::from_raw_mode(mode), how.flags())?)
+    let rel = if rel.as_os_str().is_empty() {
+        Path::new(".")
+    } else {
+        rel.as_path()
+    };
+    Ok(rustix::fs::openat2(
+        start,
+        rel,
+        flags | OFlags::CLOEXEC,
+        Mode::from_raw_mode(mode),
+        how.flags(),
+    )?)
 }
 
 /// Open the directory `rel` below `start`, creating what is missing one component at a time
@@ -79,10 +96,19 @@ pub fn mkdir_all(start: impl AsFd, rel: &Path, mode: u32, how: Resolve) -> std::
 
 /// Like [`mkdir_all`]; with `inherit`, each directory made gets the owner of `start` (a volume
 /// that belongs to a pod's user namespace keeps belonging to it).
-pub fn mkdir_all_owned(start: impl AsFd, rel: &Path, mode: u32, how: Resolve, inherit: bool) -> std::io::Result<OwnedFd> {
+pub fn mkdir_all_owned(
+    start: impl AsFd,
+    rel: &Path,
+    mode: u32,
+    how: Resolve,
+    inherit: bool,
+) -> std::io::Result<OwnedFd> {
     let owner = if inherit {
         let st = rustix::fs::fstat(start.as_fd())?;
-        Some((rustix::fs::Uid::from_raw(st.st_uid), rustix::fs::Gid::from_raw(st.st_gid)))
+        Some((
+            rustix::fs::Uid::from_raw(st.st_uid),
+            rustix::fs::Gid::from_raw(st.st_gid),
+        ))
     } else {
         None
     };
@@ -159,7 +185,13 @@ pub fn remove(dir: impl AsFd, name: &Path) -> std::io::Result<()> {
     if rustix::fs::FileType::from_raw_mode(st.st_mode) != rustix::fs::FileType::Directory {
         return Ok(rustix::fs::unlinkat(dir, name, AtFlags::empty())?);
     }
-    let sub = open(dir, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW, 0, Resolve::NoSymlinks)?;
+    let sub = open(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW,
+        0,
+        Resolve::NoSymlinks,
+    )?;
     empty_dir(sub)?;
     match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
         Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
@@ -199,14 +231,23 @@ mod tests {
         std::os::unix::fs::symlink("/proc/self/root/etc", root.join("magic")).unwrap();
         let start = open_dir(&root).unwrap();
         for bad in ["abs/secret", "up/secret", "magic/hostname"] {
-            assert!(read(&start, Path::new(bad), Resolve::Beneath, 100, false).is_err(), "{bad}");
+            assert!(
+                read(&start, Path::new(bad), Resolve::Beneath, 100, false).is_err(),
+                "{bad}"
+            );
         }
         assert!(relative(Path::new("a/../../b")).is_err());
-        assert_eq!(read(&start, Path::new("rel/f"), Resolve::Beneath, 100, false).unwrap(), b"pod");
+        assert_eq!(
+            read(&start, Path::new("rel/f"), Resolve::Beneath, 100, false).unwrap(),
+            b"pod"
+        );
         assert!(read(&start, Path::new("rel/f"), Resolve::NoSymlinks, 100, false).is_err());
         // In-root: an absolute link means the start's own path.
         std::os::unix::fs::symlink("/inside/f", root.join("rooted")).unwrap();
-        assert_eq!(read(&start, Path::new("rooted"), Resolve::InRoot, 100, false).unwrap(), b"pod");
+        assert_eq!(
+            read(&start, Path::new("rooted"), Resolve::InRoot, 100, false).unwrap(),
+            b"pod"
+        );
         assert!(read(&start, Path::new("rooted"), Resolve::Beneath, 100, false).is_err());
         // Creating through a link is refused too, and nothing appears outside.
         assert!(mkdir_all(&start, Path::new("abs/new"), 0o755, Resolve::Beneath).is_err());
@@ -221,12 +262,23 @@ mod tests {
         std::fs::write(t.path().join("big"), vec![b'x'; 5000]).unwrap();
         std::os::unix::fs::symlink("/dev/zero", t.path().join("zero")).unwrap();
         let start = open_dir(t.path()).unwrap();
-        assert!(matches!(read(&start, Path::new("big"), Resolve::Beneath, 4096, false), Err(ReadError::TooLarge(4096))));
-        assert_eq!(read(&start, Path::new("big"), Resolve::Beneath, 4096, true).unwrap().len(), 4096);
+        assert!(matches!(
+            read(&start, Path::new("big"), Resolve::Beneath, 4096, false),
+            Err(ReadError::TooLarge(4096))
+        ));
+        assert_eq!(
+            read(&start, Path::new("big"), Resolve::Beneath, 4096, true)
+                .unwrap()
+                .len(),
+            4096
+        );
         // In-root resolution keeps the link inside: /dev/zero of the start, which is missing.
         assert!(read(&start, Path::new("zero"), Resolve::InRoot, 10, true).is_err());
         let dev = open_dir(Path::new("/dev")).unwrap();
-        assert!(matches!(read(&dev, Path::new("zero"), Resolve::Beneath, 10, true), Err(ReadError::NotRegular)));
+        assert!(matches!(
+            read(&dev, Path::new("zero"), Resolve::Beneath, 10, true),
+            Err(ReadError::NotRegular)
+        ));
     }
 
     #[test]

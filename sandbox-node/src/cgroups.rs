@@ -26,7 +26,9 @@ pub fn parse_layout(mounts: &str, unified_controllers: impl FnOnce() -> String) 
     let mut unified_beside = false;
     for line in mounts.lines() {
         let mut f = line.split_whitespace();
-        let (_, Some(target), Some(fstype)) = (f.next(), f.next(), f.next()) else { continue };
+        let (_, Some(target), Some(fstype)) = (f.next(), f.next(), f.next()) else {
+            continue;
+        };
         if fstype != "cgroup2" {
             continue;
         }
@@ -39,7 +41,9 @@ pub fn parse_layout(mounts: &str, unified_controllers: impl FnOnce() -> String) 
     if unified_at_root {
         Layout::Unified
     } else if unified_beside {
-        Layout::Hybrid { v2_controllers: unified_controllers().split_whitespace().map(str::to_string).collect() }
+        Layout::Hybrid {
+            v2_controllers: unified_controllers().split_whitespace().map(str::to_string).collect(),
+        }
     } else {
         Layout::Legacy
     }
@@ -48,23 +52,35 @@ pub fn parse_layout(mounts: &str, unified_controllers: impl FnOnce() -> String) 
 /// This host's layout.
 pub fn layout() -> Layout {
     let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
-    parse_layout(&mounts, || std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers").unwrap_or_default())
+    parse_layout(&mounts, || {
+        std::fs::read_to_string("/sys/fs/cgroup/unified/cgroup.controllers").unwrap_or_default()
+    })
 }
 
 /// On a hybrid host, mount a v1 hierarchy at `/sys/fs/cgroup/<controller>` for every controller
 /// the v2 hierarchy still holds (the kernel moves a controller to v1 when nothing in v2 uses it).
 /// Returns the controllers moved; any other layout is left alone.
 pub fn bind_v2_controllers() -> Result<Vec<String>, String> {
-    let Layout::Hybrid { v2_controllers } = layout() else { return Ok(Vec::new()) };
+    let Layout::Hybrid { v2_controllers } = layout() else {
+        return Ok(Vec::new());
+    };
     let root = Path::new("/sys/fs/cgroup");
     for c in &v2_controllers {
         let target = root.join(c);
         std::fs::create_dir_all(&target).map_err(|e| format!("creating {}: {e}", target.display()))?;
-        nix::mount::mount(Some("cgroup"), &target, Some("cgroup"), nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC, Some(c.as_str()))
-            .map_err(|e| format!("mounting the {c} controller as cgroups v1 at {}: {e}", target.display()))?;
+        nix::mount::mount(
+            Some("cgroup"),
+            &target,
+            Some("cgroup"),
+            nix::mount::MsFlags::MS_NOSUID | nix::mount::MsFlags::MS_NODEV | nix::mount::MsFlags::MS_NOEXEC,
+            Some(c.as_str()),
+        )
+        .map_err(|e| format!("mounting the {c} controller as cgroups v1 at {}: {e}", target.display()))?;
     }
     match layout() {
-        Layout::Hybrid { v2_controllers: left } if !left.is_empty() => Err(format!("the cgroups v2 hierarchy still holds {}", left.join(", "))),
+        Layout::Hybrid { v2_controllers: left } if !left.is_empty() => {
+            Err(format!("the cgroups v2 hierarchy still holds {}", left.join(", ")))
+        }
         _ => Ok(v2_controllers),
     }
 }
@@ -76,7 +92,14 @@ pub fn bind_v2_controllers() -> Result<Vec<String>, String> {
 pub fn remove_empty(parent: &str) {
     let root = Path::new("/sys/fs/cgroup");
     let mut bases = vec![root.to_path_buf()];
-    bases.extend(std::fs::read_dir(root).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+    bases.extend(
+        std::fs::read_dir(root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.is_dir()),
+    );
     let rel = Path::new(parent.trim_start_matches('/'));
     for base in &bases {
         for level in rel.ancestors().filter(|a| !a.as_os_str().is_empty()) {
@@ -112,14 +135,17 @@ pub fn limit_pod_pids(parent: &str, uid: &str, max: i64) -> Result<(), String> {
     if layout == Layout::Unified {
         let mut level = Path::new("/sys/fs/cgroup").to_path_buf();
         for part in Path::new(parent.trim_start_matches('/')).components() {
-            std::fs::write(level.join("cgroup.subtree_control"), "+pids").map_err(|e| format!("enabling pids in {}: {e}", level.display()))?;
+            std::fs::write(level.join("cgroup.subtree_control"), "+pids")
+                .map_err(|e| format!("enabling pids in {}: {e}", level.display()))?;
             level.push(part);
             std::fs::create_dir_all(&level).map_err(|e| format!("{}: {e}", level.display()))?;
         }
-        std::fs::write(level.join("cgroup.subtree_control"), "+pids").map_err(|e| format!("enabling pids in {}: {e}", level.display()))?;
+        std::fs::write(level.join("cgroup.subtree_control"), "+pids")
+            .map_err(|e| format!("enabling pids in {}: {e}", level.display()))?;
     }
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating the pod's pids cgroup {}: {e}", dir.display()))?;
-    std::fs::write(dir.join("pids.max"), max.to_string()).map_err(|e| format!("limiting the pod's processes in {}: {e}", dir.display()))
+    std::fs::write(dir.join("pids.max"), max.to_string())
+        .map_err(|e| format!("limiting the pod's processes in {}: {e}", dir.display()))
 }
 
 /// What the node keeps for itself out of the pods' reach: memory (the larger of 512 MiB and 5 %
@@ -131,7 +157,10 @@ const RESERVED_MILLICPU: u64 = 250;
 /// millicores).
 pub fn pods_caps(mem_total: u64, cpus: u64) -> (u64, u64) {
     let reserve = RESERVED_MEMORY_MIN.max(mem_total / 20);
-    (mem_total.saturating_sub(reserve).max(RESERVED_MEMORY_MIN), (cpus * 1000).saturating_sub(RESERVED_MILLICPU).max(100))
+    (
+        mem_total.saturating_sub(reserve).max(RESERVED_MEMORY_MIN),
+        (cpus * 1000).saturating_sub(RESERVED_MILLICPU).max(100),
+    )
 }
 
 /// Cap the memory and CPU of every pod of the node together at their cgroup `parent`, so that
@@ -140,7 +169,14 @@ pub fn cap_pods(parent: &str) -> Result<(u64, u64), String> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").map_err(|e| format!("/proc/meminfo: {e}"))?;
     let mem_total = meminfo
         .lines()
-        .find_map(|l| l.strip_prefix("MemTotal:")?.trim().strip_suffix("kB")?.trim().parse::<u64>().ok())
+        .find_map(|l| {
+            l.strip_prefix("MemTotal:")?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
         .ok_or("/proc/meminfo has no MemTotal")?
         * 1024;
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u64);
@@ -148,7 +184,8 @@ pub fn cap_pods(parent: &str) -> Result<(u64, u64), String> {
     let rel = Path::new(parent.trim_start_matches('/'));
     let write = |dir: &Path, file: &str, value: String| -> Result<(), String> {
         std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
-        std::fs::write(dir.join(file), &value).map_err(|e| format!("writing {value} to {}: {e}", dir.join(file).display()))
+        std::fs::write(dir.join(file), &value)
+            .map_err(|e| format!("writing {value} to {}: {e}", dir.join(file).display()))
     };
     let period = 100_000u64;
     let quota = millicpu * period / 1000;
@@ -161,7 +198,11 @@ pub fn cap_pods(parent: &str) -> Result<(u64, u64), String> {
         write(&level, "memory.max", memory.to_string())?;
         write(&level, "cpu.max", format!("{quota} {period}"))?;
     } else {
-        write(&Path::new("/sys/fs/cgroup/memory").join(rel), "memory.limit_in_bytes", memory.to_string())?;
+        write(
+            &Path::new("/sys/fs/cgroup/memory").join(rel),
+            "memory.limit_in_bytes",
+            memory.to_string(),
+        )?;
         let cpu = Path::new("/sys/fs/cgroup/cpu").join(rel);
         write(&cpu, "cpu.cfs_period_us", period.to_string())?;
         write(&cpu, "cpu.cfs_quota_us", quota.to_string())?;
@@ -182,9 +223,20 @@ mod tests {
 
     #[test]
     fn layouts_are_told_apart() {
-        assert_eq!(parse_layout("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n", || unreachable!()), Layout::Unified);
-        assert_eq!(parse_layout(HYBRID, || "hugetlb\n".into()), Layout::Hybrid { v2_controllers: vec!["hugetlb".into()] });
-        assert_eq!(parse_layout("cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n", || unreachable!()), Layout::Legacy);
+        assert_eq!(
+            parse_layout("cgroup2 /sys/fs/cgroup cgroup2 rw 0 0\n", || unreachable!()),
+            Layout::Unified
+        );
+        assert_eq!(
+            parse_layout(HYBRID, || "hugetlb\n".into()),
+            Layout::Hybrid {
+                v2_controllers: vec!["hugetlb".into()]
+            }
+        );
+        assert_eq!(
+            parse_layout("cgroup /sys/fs/cgroup/memory cgroup rw,memory 0 0\n", || unreachable!()),
+            Layout::Legacy
+        );
     }
 
     #[test]

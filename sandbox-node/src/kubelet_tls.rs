@@ -47,12 +47,16 @@ pub struct KubeletTls {
 
 impl std::fmt::Debug for KubeletTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KubeletTls").field("client_names", &self.client_names).finish_non_exhaustive()
+        f.debug_struct("KubeletTls")
+            .field("client_names", &self.client_names)
+            .finish_non_exhaustive()
     }
 }
 
 fn certs(pem: &str, what: &str) -> Result<Vec<CertificateDer<'static>>, KubeletTlsError> {
-    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_bytes()).collect::<Result<_, _>>().map_err(|_| KubeletTlsError::Pem(what.into()))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|_| KubeletTlsError::Pem(what.into()))?;
     if certs.is_empty() {
         return Err(KubeletTlsError::Pem(what.into()));
     }
@@ -71,10 +75,16 @@ impl KubeletTls {
         for ca in certs(&self.client_ca_pem, "the client CA")? {
             roots.add(ca).map_err(|e| KubeletTlsError::ClientCa(e.to_string()))?;
         }
-        let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone()).build().map_err(|e| KubeletTlsError::ClientCa(e.to_string()))?;
-        let verifier = Arc::new(NamedClients { inner: webpki, names: self.client_names.clone() });
-        let key =
-            rustls_pemfile::private_key(&mut self.key_pem.as_bytes()).map_err(|_| KubeletTlsError::Pem("the serving key".into()))?.ok_or_else(|| KubeletTlsError::Pem("the serving key".into()))?;
+        let webpki = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .build()
+            .map_err(|e| KubeletTlsError::ClientCa(e.to_string()))?;
+        let verifier = Arc::new(NamedClients {
+            inner: webpki,
+            names: self.client_names.clone(),
+        });
+        let key = rustls_pemfile::private_key(&mut self.key_pem.as_bytes())
+            .map_err(|_| KubeletTlsError::Pem("the serving key".into()))?
+            .ok_or_else(|| KubeletTlsError::Pem("the serving key".into()))?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)
@@ -86,8 +96,13 @@ impl KubeletTls {
 
 /// The subject common names of a DER certificate (none if it does not parse).
 pub fn common_names(der: &[u8]) -> Vec<String> {
-    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else { return Vec::new() };
-    cert.subject().iter_common_name().filter_map(|cn| cn.as_str().ok().map(str::to_string)).collect()
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    cert.subject()
+        .iter_common_name()
+        .filter_map(|cn| cn.as_str().ok().map(str::to_string))
+        .collect()
 }
 
 /// Whether a certificate with these common names is one of `allowed`: exactly one common name
@@ -108,19 +123,36 @@ impl ClientCertVerifier for NamedClients {
         self.inner.root_hint_subjects()
     }
 
-    fn verify_client_cert(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>], now: UnixTime) -> Result<ClientCertVerified, rustls::Error> {
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
         let verified = self.inner.verify_client_cert(end_entity, intermediates, now)?;
         if !name_allowed(&common_names(end_entity), &self.names) {
-            return Err(rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure));
+            return Err(rustls::Error::InvalidCertificate(
+                CertificateError::ApplicationVerificationFailure,
+            ));
         }
         Ok(verified)
     }
 
-    fn verify_tls12_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls12_signature(message, cert, dss)
     }
 
-    fn verify_tls13_signature(&self, message: &[u8], cert: &CertificateDer<'_>, dss: &DigitallySignedStruct) -> Result<HandshakeSignatureValid, rustls::Error> {
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
         self.inner.verify_tls13_signature(message, cert, dss)
     }
 
@@ -150,8 +182,12 @@ mod tests {
     #[test]
     fn common_names_come_from_the_subject() {
         let mut params = rcgen::CertificateParams::new(vec!["ignored.example".to_string()]).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, DEFAULT_CLIENT_NAME);
-        params.distinguished_name.push(rcgen::DnType::OrganizationName, "nodeless");
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, DEFAULT_CLIENT_NAME);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "nodeless");
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.self_signed(&key).unwrap();
         assert_eq!(common_names(cert.der()), names(&[DEFAULT_CLIENT_NAME]));
@@ -161,8 +197,16 @@ mod tests {
     #[test]
     fn a_configuration_needs_a_name_to_accept_and_a_client_ca() {
         let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()]).unwrap().self_signed(&key).unwrap();
-        let mut tls = KubeletTls { cert_chain_pem: cert.pem(), key_pem: key.serialize_pem(), client_ca_pem: cert.pem(), client_names: names(&[DEFAULT_CLIENT_NAME]) };
+        let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let mut tls = KubeletTls {
+            cert_chain_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            client_ca_pem: cert.pem(),
+            client_names: names(&[DEFAULT_CLIENT_NAME]),
+        };
         assert!(tls.server_config().is_ok());
         tls.client_names.clear();
         assert!(matches!(tls.server_config(), Err(KubeletTlsError::NoClientNames)));
@@ -199,18 +243,33 @@ mod tests {
 
     /// A handshake and one byte each way between the node's configuration and a client
     /// presenting `identity` (or none), trusting `server_ca`.
-    async fn handshake(server: Arc<rustls::ServerConfig>, server_ca: &str, identity: Option<(String, String)>) -> Result<(), String> {
+    async fn handshake(
+        server: Arc<rustls::ServerConfig>,
+        server_ca: &str,
+        identity: Option<(String, String)>,
+    ) -> Result<(), String> {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut roots = rustls::RootCertStore::empty();
         roots.add(certs(server_ca, "ca").unwrap().remove(0)).unwrap();
-        let b = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider())).with_safe_default_protocol_versions().unwrap().with_root_certificates(roots);
+        let b = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots);
         let client = match identity {
-            Some((c, k)) => b.with_client_auth_cert(certs(&c, "client").unwrap(), rustls_pemfile::private_key(&mut k.as_bytes()).unwrap().unwrap()).unwrap(),
+            Some((c, k)) => b
+                .with_client_auth_cert(
+                    certs(&c, "client").unwrap(),
+                    rustls_pemfile::private_key(&mut k.as_bytes()).unwrap().unwrap(),
+                )
+                .unwrap(),
             None => b.with_no_client_auth(),
         };
         let (a, z) = tokio::io::duplex(64 * 1024);
         let serve = tokio::spawn(async move {
-            let mut s = tokio_rustls::TlsAcceptor::from(server).accept(z).await.map_err(|e| e.to_string())?;
+            let mut s = tokio_rustls::TlsAcceptor::from(server)
+                .accept(z)
+                .await
+                .map_err(|e| e.to_string())?;
             let mut byte = [0u8; 1];
             s.read_exact(&mut byte).await.map_err(|e| e.to_string())?;
             s.write_all(&byte).await.map_err(|e| e.to_string())?;
@@ -218,7 +277,10 @@ mod tests {
         });
         let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
         let dialed = async {
-            let mut c = tokio_rustls::TlsConnector::from(Arc::new(client)).connect(name, a).await.map_err(|e| e.to_string())?;
+            let mut c = tokio_rustls::TlsConnector::from(Arc::new(client))
+                .connect(name, a)
+                .await
+                .map_err(|e| e.to_string())?;
             c.write_all(b"x").await.map_err(|e| e.to_string())?;
             c.flush().await.map_err(|e| e.to_string())?;
             let mut byte = [0u8; 1];
@@ -235,13 +297,56 @@ mod tests {
         use rcgen::ExtendedKeyUsagePurpose::{ClientAuth, ServerAuth};
         let cluster = Ca::new();
         let (cert, key) = cluster.leaf("system:node:n1", &["127.0.0.1"], ServerAuth);
-        let tls = KubeletTls { cert_chain_pem: cert, key_pem: key, client_ca_pem: cluster.cert.pem(), client_names: names(&[DEFAULT_CLIENT_NAME]) };
+        let tls = KubeletTls {
+            cert_chain_pem: cert,
+            key_pem: key,
+            client_ca_pem: cluster.cert.pem(),
+            client_names: names(&[DEFAULT_CLIENT_NAME]),
+        };
         let server = tls.server_config().unwrap();
         let ca = cluster.cert.pem();
-        assert_eq!(handshake(server.clone(), &ca, Some(cluster.leaf(DEFAULT_CLIENT_NAME, &[], ClientAuth))).await, Ok(()));
-        assert!(handshake(server.clone(), &ca, None).await.is_err(), "no client certificate");
-        assert!(handshake(server.clone(), &ca, Some(Ca::new().leaf(DEFAULT_CLIENT_NAME, &[], ClientAuth))).await.is_err(), "another CA");
-        assert!(handshake(server.clone(), &ca, Some(cluster.leaf("system:node:n2", &[], ClientAuth))).await.is_err(), "another name");
-        assert!(handshake(server.clone(), &ca, Some(cluster.leaf(DEFAULT_CLIENT_NAME, &["127.0.0.1"], ServerAuth))).await.is_err(), "a serving certificate");
+        assert_eq!(
+            handshake(
+                server.clone(),
+                &ca,
+                Some(cluster.leaf(DEFAULT_CLIENT_NAME, &[], ClientAuth))
+            )
+            .await,
+            Ok(())
+        );
+        assert!(
+            handshake(server.clone(), &ca, None).await.is_err(),
+            "no client certificate"
+        );
+        assert!(
+            handshake(
+                server.clone(),
+                &ca,
+                Some(Ca::new().leaf(DEFAULT_CLIENT_NAME, &[], ClientAuth))
+            )
+            .await
+            .is_err(),
+            "another CA"
+        );
+        assert!(
+            handshake(
+                server.clone(),
+                &ca,
+                Some(cluster.leaf("system:node:n2", &[], ClientAuth))
+            )
+            .await
+            .is_err(),
+            "another name"
+        );
+        assert!(
+            handshake(
+                server.clone(),
+                &ca,
+                Some(cluster.leaf(DEFAULT_CLIENT_NAME, &["127.0.0.1"], ServerAuth))
+            )
+            .await
+            .is_err(),
+            "a serving certificate"
+        );
     }
 }

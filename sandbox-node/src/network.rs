@@ -15,7 +15,11 @@ pub enum NetworkError {
     #[error("reading the network config {path}: {message}")]
     Config { path: String, message: String },
     #[error("CNI plugin {plugin} {command}: {message}")]
-    Plugin { plugin: String, command: String, message: String },
+    Plugin {
+        plugin: String,
+        command: String,
+        message: String,
+    },
 }
 
 #[async_trait]
@@ -46,20 +50,44 @@ pub struct Cni {
 
 impl Cni {
     pub fn load(conflist: &Path, bin_dirs: Vec<PathBuf>, cache_dir: PathBuf) -> Result<Self, NetworkError> {
-        let err = |message: String| NetworkError::Config { path: conflist.display().to_string(), message };
+        let err = |message: String| NetworkError::Config {
+            path: conflist.display().to_string(),
+            message,
+        };
         let text = std::fs::read_to_string(conflist).map_err(|e| err(e.to_string()))?;
         let v: Value = serde_json::from_str(&text).map_err(|e| err(e.to_string()))?;
         if v["plugins"].as_array().is_none_or(|p| p.is_empty()) || v["name"].as_str().is_none() {
             return Err(err("a conflist needs a name and at least one plugin".into()));
         }
         std::fs::create_dir_all(&cache_dir).map_err(|e| err(e.to_string()))?;
-        Ok(Self { conflist: v, bin_dirs, cache_dir })
+        Ok(Self {
+            conflist: v,
+            bin_dirs,
+            cache_dir,
+        })
     }
 
-    async fn invoke(&self, command: &str, id: &str, netns: &Path, plugin: &Value, prev: Option<&Value>, args: &str) -> Result<Value, NetworkError> {
+    async fn invoke(
+        &self,
+        command: &str,
+        id: &str,
+        netns: &Path,
+        plugin: &Value,
+        prev: Option<&Value>,
+        args: &str,
+    ) -> Result<Value, NetworkError> {
         let kind = plugin["type"].as_str().unwrap_or_default().to_string();
-        let perr = |message: String| NetworkError::Plugin { plugin: kind.clone(), command: command.to_string(), message };
-        let bin = self.bin_dirs.iter().map(|d| d.join(&kind)).find(|p| p.exists()).ok_or_else(|| perr("plugin binary not found in the CNI path".into()))?;
+        let perr = |message: String| NetworkError::Plugin {
+            plugin: kind.clone(),
+            command: command.to_string(),
+            message,
+        };
+        let bin = self
+            .bin_dirs
+            .iter()
+            .map(|d| d.join(&kind))
+            .find(|p| p.exists())
+            .ok_or_else(|| perr("plugin binary not found in the CNI path".into()))?;
         let mut conf = plugin.clone();
         conf["name"] = self.conflist["name"].clone();
         conf["cniVersion"] = self.conflist["cniVersion"].clone();
@@ -80,12 +108,18 @@ impl Cni {
             .spawn()
             .map_err(|e| perr(e.to_string()))?;
         if let Some(mut stdin) = child.stdin.take() {
-            stdin.write_all(conf.to_string().as_bytes()).await.map_err(|e| perr(e.to_string()))?;
+            stdin
+                .write_all(conf.to_string().as_bytes())
+                .await
+                .map_err(|e| perr(e.to_string()))?;
         }
         let out = child.wait_with_output().await.map_err(|e| perr(e.to_string()))?;
         let body: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
         if !out.status.success() {
-            let msg = body["msg"].as_str().map(|m| format!("{m} {}", body["details"].as_str().unwrap_or_default())).unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).to_string());
+            let msg = body["msg"]
+                .as_str()
+                .map(|m| format!("{m} {}", body["details"].as_str().unwrap_or_default()))
+                .unwrap_or_else(|| String::from_utf8_lossy(&out.stderr).to_string());
             return Err(perr(format!("code {}: {}", body["code"], msg.trim())));
         }
         Ok(body)
@@ -116,12 +150,21 @@ impl Network for Cni {
         }
         let result = prev.unwrap_or(Value::Null);
         let _ = std::fs::write(self.cache(id), json!({"result": result, "args": args}).to_string());
-        let ip = result["ips"].as_array().into_iter().flatten().filter_map(|i| i["address"].as_str()).next().unwrap_or_default();
+        let ip = result["ips"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|i| i["address"].as_str())
+            .next()
+            .unwrap_or_default();
         Ok(ip.split('/').next().unwrap_or_default().to_string())
     }
 
     async fn detach(&self, id: &str, netns: &Path) -> Result<(), NetworkError> {
-        let cached: Value = std::fs::read(self.cache(id)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or(Value::Null);
+        let cached: Value = std::fs::read(self.cache(id))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(Value::Null);
         let args = cached["args"].as_str().unwrap_or("IgnoreUnknown=1").to_string();
         let prev = cached.get("result").filter(|r| !r.is_null());
         let mut first_err = None;

@@ -82,12 +82,21 @@ impl NodeCtx {
 
     /// The lock that makes concurrent pulls of one image a single pull.
     pub fn pull_lock(&self, image: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.pulls.lock().unwrap_or_else(|e| e.into_inner()).entry(image.to_string()).or_default().clone()
+        self.pulls
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(image.to_string())
+            .or_default()
+            .clone()
     }
 
     /// The UID of a pod on this node, by namespace and name.
     pub fn uid_of(&self, ns: &str, name: &str) -> Option<String> {
-        self.names.lock().unwrap_or_else(|e| e.into_inner()).get(&(ns.to_string(), name.to_string())).cloned()
+        self.names
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(ns.to_string(), name.to_string()))
+            .cloned()
     }
 
     pub fn pod_dir(&self, uid: &str) -> PathBuf {
@@ -128,8 +137,12 @@ pub fn emit_event(ctx: &Arc<NodeCtx>, pod: &Pod, kind: &str, reason: &str, messa
     });
     let client = ctx.client.clone();
     tokio::spawn(async move {
-        let Ok(ev) = serde_json::from_value::<K8sEvent>(ev) else { return };
-        let _ = Api::<K8sEvent>::namespaced(client, &ns).create(&PostParams::default(), &ev).await;
+        let Ok(ev) = serde_json::from_value::<K8sEvent>(ev) else {
+            return;
+        };
+        let _ = Api::<K8sEvent>::namespaced(client, &ns)
+            .create(&PostParams::default(), &ev)
+            .await;
     });
 }
 
@@ -189,11 +202,19 @@ async fn register(client: &kube::Client, node: &Node) -> Result<(), kube::Error>
         Ok(_) => {}
         Err(kube::Error::Api(s)) if s.code == 409 => {
             let patch = json!({"metadata": {"labels": node.metadata.labels, "annotations": node.metadata.annotations}, "spec": node.spec});
-            nodes.patch(&name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            nodes
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
         }
         Err(e) => return Err(e),
     }
-    nodes.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": node.status}))).await?;
+    nodes
+        .patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"status": node.status})),
+        )
+        .await?;
     Ok(())
 }
 
@@ -205,7 +226,13 @@ async fn heartbeat(client: kube::Client, name: String) {
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name, "namespace": "kube-node-lease"},
             "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now}});
-        let r = leases.patch(&name, &PatchParams::apply("sandbox-node").force(), &Patch::Apply(&lease)).await;
+        let r = leases
+            .patch(
+                &name,
+                &PatchParams::apply("sandbox-node").force(),
+                &Patch::Apply(&lease),
+            )
+            .await;
         if let Err(e) = r {
             tracing::warn!(error = %e, "renewing the node lease");
         }
@@ -214,9 +241,17 @@ async fn heartbeat(client: kube::Client, name: String) {
             if let Ok(n) = nodes.get_status(&name).await {
                 let mut conds = n.status.and_then(|s| s.conditions).unwrap_or_default();
                 for c in &mut conds {
-                    c.last_heartbeat_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(hb.parse().unwrap_or_default()));
+                    c.last_heartbeat_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                        hb.parse().unwrap_or_default(),
+                    ));
                 }
-                let _ = nodes.patch_status(&name, &PatchParams::default(), &Patch::Merge(&json!({"status": {"conditions": conds}}))).await;
+                let _ = nodes
+                    .patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(&json!({"status": {"conditions": conds}})),
+                    )
+                    .await;
             }
         }
         tick += 1;
@@ -242,15 +277,27 @@ async fn watch_pods(ctx: Arc<NodeCtx>) {
             watcher::Event::Init => seen_in_relist = Some(Default::default()),
             watcher::Event::InitApply(p) | watcher::Event::Apply(p) => {
                 let uid = p.metadata.uid.clone().unwrap_or_default();
-                let key = (p.metadata.namespace.clone().unwrap_or_default(), p.metadata.name.clone().unwrap_or_default());
-                ctx.names.lock().unwrap_or_else(|e| e.into_inner()).insert(key, uid.clone());
+                let key = (
+                    p.metadata.namespace.clone().unwrap_or_default(),
+                    p.metadata.name.clone().unwrap_or_default(),
+                );
+                ctx.names
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(key, uid.clone());
                 if let Some(s) = seen_in_relist.as_mut() {
                     s.insert(uid.clone());
                 }
                 let mut workers = ctx.workers.lock().unwrap_or_else(|e| e.into_inner());
-                let sent = workers.get(&uid).is_some_and(|tx| tx.send(Event::Pod(Box::new(p.clone()))).is_ok());
+                let sent = workers
+                    .get(&uid)
+                    .is_some_and(|tx| tx.send(Event::Pod(Box::new(p.clone()))).is_ok());
                 if !sent {
-                    let finished = p.status.as_ref().and_then(|s| s.phase.as_deref()).is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
+                    let finished = p
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.phase.as_deref())
+                        .is_some_and(|ph| ph == "Succeeded" || ph == "Failed");
                     let known = ctx.pod_dir(&uid).exists();
                     // A finished pod the node no longer tracks needs no worker, unless it is being deleted.
                     if finished && !known && p.metadata.deletion_timestamp.is_none() {
@@ -280,13 +327,22 @@ async fn watch_pods(ctx: Arc<NodeCtx>) {
 
 /// Pods on disk that the API no longer has (deleted while the node was down): tear them down.
 async fn clean_orphans(ctx: &Arc<NodeCtx>, live: &std::collections::HashSet<String>) {
-    let Ok(dir) = std::fs::read_dir(&ctx.pods_dir) else { return };
+    let Ok(dir) = std::fs::read_dir(&ctx.pods_dir) else {
+        return;
+    };
     for e in dir.flatten() {
         let uid = e.file_name().to_string_lossy().to_string();
         if live.contains(&uid) || ctx.workers.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&uid) {
             continue;
         }
-        let pod = Pod { metadata: kube::api::ObjectMeta { uid: Some(uid.clone()), name: Some(uid.clone()), ..Default::default() }, ..Default::default() };
+        let pod = Pod {
+            metadata: kube::api::ObjectMeta {
+                uid: Some(uid.clone()),
+                name: Some(uid.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
         let tx = Worker::spawn(ctx.clone(), pod);
         let _ = tx.send(Event::Gone);
     }
@@ -323,7 +379,9 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
     crate::private::dir(&ns_dir)?;
     match crate::cgroups::cap_pods(&cgroup_parent(&cfg.name)) {
         Ok((memory, millicpu)) => tracing::info!(memory, millicpu, "all pods together capped"),
-        Err(e) => tracing::warn!(error = %e, "the pods' memory and CPU are not capped: the node's processes are not protected from them"),
+        Err(e) => {
+            tracing::warn!(error = %e, "the pods' memory and CPU are not capped: the node's processes are not protected from them")
+        }
     }
     let bundles_dir_for_ranges = bundles_dir.clone();
     let ctx = Arc::new(NodeCtx {
@@ -353,9 +411,17 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     let kubelet_addr = listener.local_addr()?;
     let server = tokio::spawn(crate::server::serve(listener, tls, ctx.clone()));
-    register(&client, &node_object(&cfg.name, &cfg.host_ip, kubelet_addr.port(), &ctx.runtime.version())).await?;
+    register(
+        &client,
+        &node_object(&cfg.name, &cfg.host_ip, kubelet_addr.port(), &ctx.runtime.version()),
+    )
+    .await?;
     let hb = tokio::spawn(heartbeat(client, cfg.name.clone()));
     let watch = tokio::spawn(watch_pods(ctx.clone()));
     tracing::info!(node = %cfg.name, kubelet = %kubelet_addr, "node registered");
-    Ok(RunningNode { ctx, kubelet_addr, tasks: vec![server, hb, watch] })
+    Ok(RunningNode {
+        ctx,
+        kubelet_addr,
+        tasks: vec![server, hb, watch],
+    })
 }

@@ -42,13 +42,21 @@ pub fn dir_for_pods(path: &Path, user_namespaces: bool) -> io::Result<()> {
 /// The first directory above `path` (absolute) that others may not search: a pod's user
 /// namespace could not reach anything beneath it.
 pub fn unsearchable_ancestor(path: &Path) -> Option<std::path::PathBuf> {
-    path.ancestors().skip(1).find(|a| std::fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 == 0)).map(Path::to_path_buf)
+    path.ancestors()
+        .skip(1)
+        .find(|a| std::fs::metadata(a).is_ok_and(|m| m.permissions().mode() & 0o001 == 0))
+        .map(Path::to_path_buf)
 }
 
 /// Write `bytes` to `path` as a 0600 file (replacing what was there; an existing file is made
 /// 0600 before it gets the new bytes).
 pub fn write(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let mut f = std::fs::OpenOptions::new().create(true).write(true).truncate(true).mode(FILE_MODE).open(path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(path)?;
     f.set_permissions(std::fs::Permissions::from_mode(FILE_MODE))?;
     f.write_all(bytes)
 }
@@ -61,7 +69,8 @@ pub fn restrict(path: &Path) -> io::Result<()> {
 /// The uid of the process at the other end of a Unix socket, as the kernel recorded it when
 /// that process connected (SO_PEERCRED): it cannot be forged by what the peer sends.
 pub fn peer_uid(sock: &impl std::os::fd::AsFd) -> io::Result<u32> {
-    let cred = nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::PeerCredentials).map_err(io::Error::from)?;
+    let cred =
+        nix::sys::socket::getsockopt(sock, nix::sys::socket::sockopt::PeerCredentials).map_err(io::Error::from)?;
     Ok(cred.uid())
 }
 

@@ -108,9 +108,16 @@ mod tests {
         assert!(spread_subdirectories(&dir).unwrap());
         // Marking it again is harmless.
         assert!(spread_subdirectories(&dir).unwrap());
-        let out = std::process::Command::new("lsattr").arg("-d").arg(&dir).output().unwrap();
+        let out = std::process::Command::new("lsattr")
+            .arg("-d")
+            .arg(&dir)
+            .output()
+            .unwrap();
         let attrs = String::from_utf8_lossy(&out.stdout);
-        assert!(attrs.split_whitespace().next().unwrap_or_default().contains('T'), "{attrs}");
+        assert!(
+            attrs.split_whitespace().next().unwrap_or_default().contains('T'),
+            "{attrs}"
+        );
     }
 
     #[test]

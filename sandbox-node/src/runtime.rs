@@ -21,7 +21,12 @@ pub enum RuntimeError {
     #[error("running {binary}: {source}")]
     Spawn { binary: String, source: std::io::Error },
     #[error("{binary} {command} {id}: {message}")]
-    Failed { binary: String, command: String, id: String, message: String },
+    Failed {
+        binary: String,
+        command: String,
+        id: String,
+        message: String,
+    },
 }
 
 /// Where one container attempt lives on disk.
@@ -91,9 +96,20 @@ impl OciRuntime {
             .arg("--version")
             .output()
             .ok()
-            .and_then(|o| String::from_utf8_lossy(&o.stdout).lines().next().and_then(|l| l.split_whitespace().nth(2)).map(str::to_string))
+            .and_then(|o| {
+                String::from_utf8_lossy(&o.stdout)
+                    .lines()
+                    .next()
+                    .and_then(|l| l.split_whitespace().nth(2))
+                    .map(str::to_string)
+            })
             .unwrap_or_else(|| "unknown".into());
-        Self { binary, root: root.into(), supervisor, version }
+        Self {
+            binary,
+            root: root.into(),
+            supervisor,
+            version,
+        }
     }
 
     fn command(&self) -> Command {
@@ -106,7 +122,13 @@ impl OciRuntime {
     }
 
     async fn run(&self, command: &str, id: &str, args: &[&str]) -> Result<String, RuntimeError> {
-        let out = self.command().arg(command).args(args).output().await.map_err(|e| self.spawn_err(e))?;
+        let out = self
+            .command()
+            .arg(command)
+            .args(args)
+            .output()
+            .await
+            .map_err(|e| self.spawn_err(e))?;
         if out.status.success() {
             return Ok(String::from_utf8_lossy(&out.stdout).to_string());
         }
@@ -119,7 +141,10 @@ impl OciRuntime {
     }
 
     fn spawn_err(&self, source: std::io::Error) -> RuntimeError {
-        RuntimeError::Spawn { binary: self.binary.display().to_string(), source }
+        RuntimeError::Spawn {
+            binary: self.binary.display().to_string(),
+            source,
+        }
     }
 }
 
@@ -132,14 +157,21 @@ fn exec_process(bundle: &Path, args: &[String], tty: bool) -> Result<PathBuf, St
     if path.exists() {
         return Ok(path);
     }
-    let config = std::fs::read(bundle.join("config.json")).map_err(|e| format!("reading the container's config.json: {e}"))?;
-    let config: serde_json::Value = serde_json::from_slice(&config).map_err(|e| format!("the container's config.json: {e}"))?;
-    let mut process = config.get("process").cloned().ok_or("the container's config.json has no process")?;
+    let config =
+        std::fs::read(bundle.join("config.json")).map_err(|e| format!("reading the container's config.json: {e}"))?;
+    let config: serde_json::Value =
+        serde_json::from_slice(&config).map_err(|e| format!("the container's config.json: {e}"))?;
+    let mut process = config
+        .get("process")
+        .cloned()
+        .ok_or("the container's config.json has no process")?;
     process["args"] = serde_json::json!(args);
     process["terminal"] = serde_json::json!(tty);
     let tmp = path.with_extension(format!("{:016x}.tmp", rand::random::<u64>()));
     // It holds the container's env (values from Secrets): 0600, as config.json.
-    crate::private::write(&tmp, &serde_json::to_vec(&process).unwrap_or_default()).and_then(|_| std::fs::rename(&tmp, &path)).map_err(|e| format!("writing {}: {e}", path.display()))?;
+    crate::private::write(&tmp, &serde_json::to_vec(&process).unwrap_or_default())
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| format!("writing {}: {e}", path.display()))?;
     Ok(path)
 }
 
@@ -150,7 +182,10 @@ fn gone(e: &RuntimeError) -> bool {
 #[async_trait]
 impl Runtime for OciRuntime {
     fn name(&self) -> &str {
-        Path::new(&self.binary).file_name().and_then(|n| n.to_str()).unwrap_or("oci")
+        Path::new(&self.binary)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("oci")
     }
 
     fn version(&self) -> String {
@@ -159,19 +194,36 @@ impl Runtime for OciRuntime {
 
     async fn start(&self, l: &Launch) -> Result<Started, RuntimeError> {
         // The supervisor runs the runtime it was started with (the keeper's, checked to be ours).
-        let req = RunRequest { id: l.id.clone(), bundle: l.bundle.clone(), log: l.log.clone(), exit: l.exit.clone() };
-        let mut conn = self.supervisor.run(&req).await.map_err(|e| RuntimeError::Spawn { binary: e.what, source: e.source })?;
+        let req = RunRequest {
+            id: l.id.clone(),
+            bundle: l.bundle.clone(),
+            log: l.log.clone(),
+            exit: l.exit.clone(),
+        };
+        let mut conn = self.supervisor.run(&req).await.map_err(|e| RuntimeError::Spawn {
+            binary: e.what,
+            source: e.source,
+        })?;
         let mut line = String::new();
         let _ = tokio::time::timeout(Duration::from_secs(60), conn.read_line(&mut line)).await;
         let answer = line.trim().to_string();
-        let running = answer.strip_prefix("started ").is_some_and(|p| p.parse::<i32>().is_ok());
+        let running = answer
+            .strip_prefix("started ")
+            .is_some_and(|p| p.parse::<i32>().is_ok());
         if !running && !answer.is_empty() {
             // `failed <why>` leaves an exit record behind; anything else is a supervisor that
             // does not know the request (an older one still running after an upgrade).
             if answer.starts_with("failed ") {
-                return Ok(Started { ended: Box::pin(std::future::ready(())) });
+                return Ok(Started {
+                    ended: Box::pin(std::future::ready(())),
+                });
             }
-            return Err(RuntimeError::Failed { binary: "the node's supervisor".into(), command: "run".into(), id: l.id.clone(), message: answer });
+            return Err(RuntimeError::Failed {
+                binary: "the node's supervisor".into(),
+                command: "run".into(),
+                id: l.id.clone(),
+                message: answer,
+            });
         }
         // `exited` once the exit record is written (or the end of the connection).
         let ended = Box::pin(async move {

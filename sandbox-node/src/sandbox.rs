@@ -50,7 +50,14 @@ pub struct Keeper {
 
 impl Keeper {
     pub fn new(binary: PathBuf, socket: PathBuf, runtime: RuntimeIdentity) -> Self {
-        Self { binary, socket, runtime, checked: AtomicBool::new(false), conn: tokio::sync::Mutex::new(None), starting: tokio::sync::Mutex::new(()) }
+        Self {
+            binary,
+            socket,
+            runtime,
+            checked: AtomicBool::new(false),
+            conn: tokio::sync::Mutex::new(None),
+            starting: tokio::sync::Mutex::new(()),
+        }
     }
 
     /// Ask the supervisor to run a container (see [`crate::shim_proto::RunRequest`]). The
@@ -58,15 +65,28 @@ impl Keeper {
     /// `failed <why>`.
     pub async fn run(&self, req: &crate::shim_proto::RunRequest) -> Result<BufReader<UnixStream>, SandboxError> {
         let mut conn = self.connect().await?;
-        let line = format!("run {}\n", serde_json::to_string(req).map_err(|e| SandboxError { what: "a run request".into(), source: e.into() })?);
-        conn.get_mut().write_all(line.as_bytes()).await.map_err(io("asking the node's supervisor to run a container"))?;
+        let line = format!(
+            "run {}\n",
+            serde_json::to_string(req).map_err(|e| SandboxError {
+                what: "a run request".into(),
+                source: e.into()
+            })?
+        );
+        conn.get_mut()
+            .write_all(line.as_bytes())
+            .await
+            .map_err(io("asking the node's supervisor to run a container"))?;
         Ok(conn)
     }
 
     async fn spawn(&self) -> Result<(), SandboxError> {
         // Its complaints go to a file beside the socket: a pipe nobody reads would fill up.
         let log_path = self.socket.with_extension("log");
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path).map_err(io(format!("opening {}", log_path.display())))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log_path)
+            .map_err(io(format!("opening {}", log_path.display())))?;
         let log_start = log.metadata().map(|m| m.len()).unwrap_or(0);
         let mut child = tokio::process::Command::new(&self.binary)
             .arg("keep")
@@ -91,7 +111,10 @@ impl Keeper {
             let _ = child.kill().await;
             let text = std::fs::read(&log_path).unwrap_or_default();
             let msg = String::from_utf8_lossy(text.get(log_start as usize..).unwrap_or_default()).to_string();
-            return Err(SandboxError { what: "the node's supervisor".into(), source: std::io::Error::other(msg.trim().to_string()) });
+            return Err(SandboxError {
+                what: "the node's supervisor".into(),
+                source: std::io::Error::other(msg.trim().to_string()),
+            });
         }
         // Reap it when it ends (after a node restart, init does).
         tokio::spawn(async move {
@@ -118,7 +141,13 @@ impl Keeper {
             return Ok(BufReader::new(s));
         }
         self.spawn().await?;
-        UnixStream::connect(&self.socket).await.map(BufReader::new).map_err(io(format!("connecting to the node's supervisor at {}", self.socket.display())))
+        UnixStream::connect(&self.socket)
+            .await
+            .map(BufReader::new)
+            .map_err(io(format!(
+                "connecting to the node's supervisor at {}",
+                self.socket.display()
+            )))
     }
 
     /// A supervisor left by an earlier start of the node runs the runtime it was started with:
@@ -129,14 +158,19 @@ impl Keeper {
             .await
             .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
             .map_err(io("asking the node's supervisor for its runtime"))?;
-        let theirs = reply.strip_prefix("ok ").and_then(|j| serde_json::from_str::<RuntimeIdentity>(j).ok());
+        let theirs = reply
+            .strip_prefix("ok ")
+            .and_then(|j| serde_json::from_str::<RuntimeIdentity>(j).ok());
         match theirs {
             Some(t) if t == self.runtime => Ok(()),
             other => Err(SandboxError {
                 what: "the node's supervisor".into(),
                 source: std::io::Error::other(format!(
                     "it runs containers with {}, not {} ({}): stop its pods (or the supervisor) before changing the runtime",
-                    other.map_or_else(|| format!("an unknown runtime (it answered {reply:?}: an older supervisor?)"), |t| format!("{} (state in {})", t.runtime.display(), t.root.display())),
+                    other.map_or_else(
+                        || format!("an unknown runtime (it answered {reply:?}: an older supervisor?)"),
+                        |t| format!("{} (state in {})", t.runtime.display(), t.root.display())
+                    ),
                     self.runtime.runtime.display(),
                     self.runtime.root.display()
                 )),
@@ -171,7 +205,10 @@ impl Keeper {
                 Err(_) => last = Some(std::io::ErrorKind::TimedOut.into()),
             }
         }
-        Err(SandboxError { what: "the node's supervisor".into(), source: last.unwrap_or_else(|| std::io::ErrorKind::Other.into()) })
+        Err(SandboxError {
+            what: "the node's supervisor".into(),
+            source: last.unwrap_or_else(|| std::io::ErrorKind::Other.into()),
+        })
     }
 }
 
@@ -195,8 +232,16 @@ impl Held {
     fn parse(text: &str) -> Option<Held> {
         let v: Vec<u32> = text.split_whitespace().map(|w| w.parse().ok()).collect::<Option<_>>()?;
         match v.as_slice() {
-            [keeper, net, ipc, uts] => Some(Held { keeper: *keeper, fds: [*net, *ipc, *uts], user: None }),
-            [keeper, net, ipc, uts, user] => Some(Held { keeper: *keeper, fds: [*net, *ipc, *uts], user: Some(*user) }),
+            [keeper, net, ipc, uts] => Some(Held {
+                keeper: *keeper,
+                fds: [*net, *ipc, *uts],
+                user: None,
+            }),
+            [keeper, net, ipc, uts, user] => Some(Held {
+                keeper: *keeper,
+                fds: [*net, *ipc, *uts],
+                user: Some(*user),
+            }),
             _ => None,
         }
     }
@@ -208,7 +253,10 @@ impl PodNamespaces {
     }
 
     fn key(&self) -> String {
-        self.dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
+        self.dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
     }
 
     /// The recorded descriptors, if the keeper still holds them (PIDs and fds get reused: the
@@ -217,9 +265,14 @@ impl PodNamespaces {
         let held = Held::parse(&std::fs::read_to_string(self.dir.join("ns")).ok()?)?;
         let cmdline = std::fs::read(format!("/proc/{}/cmdline", held.keeper)).ok()?;
         let is_keeper = cmdline.split(|b| *b == 0).nth(1) == Some(&b"keep"[..]);
-        let links_ok = ["net", "ipc", "uts"].iter().zip(held.fds).chain(held.user.map(|u| (&"user", u))).all(|(kind, fd)| {
-            std::fs::read_link(format!("/proc/{}/fd/{fd}", held.keeper)).is_ok_and(|l| l.to_string_lossy().starts_with(&format!("{kind}:[")))
-        });
+        let links_ok = ["net", "ipc", "uts"]
+            .iter()
+            .zip(held.fds)
+            .chain(held.user.map(|u| (&"user", u)))
+            .all(|(kind, fd)| {
+                std::fs::read_link(format!("/proc/{}/fd/{fd}", held.keeper))
+                    .is_ok_and(|l| l.to_string_lossy().starts_with(&format!("{kind}:[")))
+            });
         (is_keeper && links_ok).then_some(held)
     }
 
@@ -264,7 +317,10 @@ impl PodNamespaces {
             source: std::io::Error::other(reply.strip_prefix("err ").unwrap_or(&reply).to_string()),
         })?;
         if Held::parse(fds).is_none_or(|h| h.user.is_some() != user_base.is_some()) {
-            return Err(SandboxError { what: "the node's supervisor".into(), source: std::io::Error::other(format!("unexpected answer {reply:?}")) });
+            return Err(SandboxError {
+                what: "the node's supervisor".into(),
+                source: std::io::Error::other(format!("unexpected answer {reply:?}")),
+            });
         }
         let tmp = self.dir.join("ns.tmp");
         std::fs::write(&tmp, format!("{fds}\n")).map_err(io("recording the namespaces"))?;
@@ -282,7 +338,10 @@ impl PodNamespaces {
         }
         if let Err(e) = std::fs::remove_dir_all(&self.dir) {
             if e.kind() != std::io::ErrorKind::NotFound {
-                errors.push(SandboxError { what: format!("removing {}", self.dir.display()), source: e });
+                errors.push(SandboxError {
+                    what: format!("removing {}", self.dir.display()),
+                    source: e,
+                });
             }
         }
         if errors.is_empty() { Ok(()) } else { Err(errors) }
@@ -292,7 +351,10 @@ impl PodNamespaces {
 /// A hostname goes to the keeper as one word of a line.
 fn check_hostname(hostname: &str) -> Result<(), SandboxError> {
     if hostname.is_empty() || hostname.chars().any(|c| c.is_whitespace() || c.is_control()) {
-        return Err(SandboxError { what: "the pod's hostname".into(), source: std::io::Error::other(format!("{hostname:?} is not a hostname")) });
+        return Err(SandboxError {
+            what: "the pod's hostname".into(),
+            source: std::io::Error::other(format!("{hostname:?} is not a hostname")),
+        });
     }
     Ok(())
 }
@@ -300,23 +362,37 @@ fn check_hostname(hostname: &str) -> Result<(), SandboxError> {
 /// Run `f` on a fresh thread inside the network namespace at `netns` (to open sockets there:
 /// a socket stays in the namespace it was made in).
 pub fn in_netns<T: Send + 'static>(netns: &Path, f: impl FnOnce() -> T + Send + 'static) -> Result<T, SandboxError> {
-    let ns = std::fs::File::open(netns).map_err(|e| SandboxError { what: format!("opening {}", netns.display()), source: e })?;
+    let ns = std::fs::File::open(netns).map_err(|e| SandboxError {
+        what: format!("opening {}", netns.display()),
+        source: e,
+    })?;
     std::thread::spawn(move || -> Result<T, SandboxError> {
         nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET).map_err(err("setns"))?;
         Ok(f())
     })
     .join()
-    .unwrap_or_else(|_| Err(SandboxError { what: "netns thread".into(), source: std::io::Error::other("panicked") }))
+    .unwrap_or_else(|_| {
+        Err(SandboxError {
+            what: "netns thread".into(),
+            source: std::io::Error::other("panicked"),
+        })
+    })
 }
 
 /// A TCP connection made from inside the network namespace at `netns` (the socket stays there).
-pub async fn connect_in(netns: &Path, addr: std::net::SocketAddr, timeout: std::time::Duration) -> Result<tokio::net::TcpStream, String> {
+pub async fn connect_in(
+    netns: &Path,
+    addr: std::net::SocketAddr,
+    timeout: std::time::Duration,
+) -> Result<tokio::net::TcpStream, String> {
     let netns = netns.to_path_buf();
-    let stream = tokio::task::spawn_blocking(move || in_netns(&netns, move || std::net::TcpStream::connect_timeout(&addr, timeout)))
-        .await
-        .map_err(|e| e.to_string())?
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("dial tcp {addr}: {e}"))?;
+    let stream = tokio::task::spawn_blocking(move || {
+        in_netns(&netns, move || std::net::TcpStream::connect_timeout(&addr, timeout))
+    })
+    .await
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("dial tcp {addr}: {e}"))?;
     stream.set_nonblocking(true).map_err(|e| e.to_string())?;
     tokio::net::TcpStream::from_std(stream).map_err(|e| e.to_string())
 }

@@ -34,7 +34,13 @@ struct Version {
 
 impl Version {
     fn of(meta: &std::fs::Metadata) -> Self {
-        Self { dev: meta.dev(), ino: meta.ino(), size: meta.size(), mtime: meta.mtime(), mtime_nsec: meta.mtime_nsec() }
+        Self {
+            dev: meta.dev(),
+            ino: meta.ino(),
+            size: meta.size(),
+            mtime: meta.mtime(),
+            mtime_nsec: meta.mtime_nsec(),
+        }
     }
 }
 
@@ -55,12 +61,18 @@ fn seals() -> SealFlag {
 fn copy(binary: &Path) -> io::Result<(Version, OwnedFd)> {
     let mut file = File::open(binary)?;
     let version = Version::of(&file.metadata()?);
-    let fd = memfd_create(c"nodeless-runtime", MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING)?;
+    let fd = memfd_create(
+        c"nodeless-runtime",
+        MemFdCreateFlag::MFD_CLOEXEC | MemFdCreateFlag::MFD_ALLOW_SEALING,
+    )?;
     let mut mem = File::from(fd);
     let copied = io::copy(&mut file, &mut mem)?;
     // A binary replaced while it was read is copied again at the next call.
     if copied != version.size {
-        return Err(io::Error::other(format!("{} changed while it was copied", binary.display())));
+        return Err(io::Error::other(format!(
+            "{} changed while it was copied",
+            binary.display()
+        )));
     }
     let fd = OwnedFd::from(mem);
     fcntl(fd.as_raw_fd(), FcntlArg::F_ADD_SEALS(seals()))?;
@@ -88,7 +100,10 @@ pub fn program(binary: &Path) -> (PathBuf, OsString) {
                 raw
             }
             Err(e) => {
-                tracing::warn!("running {} from its file: a sealed copy in memory failed: {e}", binary.display());
+                tracing::warn!(
+                    "running {} from its file: a sealed copy in memory failed: {e}",
+                    binary.display()
+                );
                 return (binary.to_path_buf(), arg0);
             }
         },
@@ -127,8 +142,16 @@ mod tests {
         }
         child.kill().unwrap();
         child.wait().unwrap();
-        assert!(exe.to_string_lossy().starts_with("/memfd:nodeless-runtime"), "{}", exe.display());
-        assert!(cmdline.starts_with(bin.as_os_str().as_encoded_bytes()), "{}", String::from_utf8_lossy(&cmdline));
+        assert!(
+            exe.to_string_lossy().starts_with("/memfd:nodeless-runtime"),
+            "{}",
+            exe.display()
+        );
+        assert!(
+            cmdline.starts_with(bin.as_os_str().as_encoded_bytes()),
+            "{}",
+            String::from_utf8_lossy(&cmdline)
+        );
         // A new version on disk gives a new copy; the old one stays open.
         std::fs::copy("/bin/false", &bin).unwrap();
         let (second, _) = program(&bin);
@@ -139,7 +162,13 @@ mod tests {
         let fd: i32 = second.file_name().unwrap().to_str().unwrap().parse().unwrap();
         let seals = fcntl(fd, FcntlArg::F_GET_SEALS).unwrap();
         assert_eq!(seals, super::seals().bits());
-        assert!(std::fs::OpenOptions::new().write(true).open(&second).and_then(|mut f| std::io::Write::write_all(&mut f, b"x")).is_err());
+        assert!(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .open(&second)
+                .and_then(|mut f| std::io::Write::write_all(&mut f, b"x"))
+                .is_err()
+        );
         // Not a file: the path itself, for spawning to report.
         let missing = dir.join("missing");
         assert_eq!(program(&missing).0, missing);

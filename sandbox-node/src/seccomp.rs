@@ -214,12 +214,17 @@ mod tests {
 
     /// The rules that name `call`.
     fn rules_for<'a>(p: &'a Value, call: &str) -> Vec<&'a Value> {
-        rules(p).iter().filter(|r| r["names"].as_array().unwrap().iter().any(|n| n == call)).collect()
+        rules(p)
+            .iter()
+            .filter(|r| r["names"].as_array().unwrap().iter().any(|n| n == call))
+            .collect()
     }
 
     /// Allowed whatever the arguments.
     fn allowed_always(p: &Value, call: &str) -> bool {
-        rules_for(p, call).iter().any(|r| r["action"] == "SCMP_ACT_ALLOW" && r.get("args").is_none())
+        rules_for(p, call)
+            .iter()
+            .any(|r| r["action"] == "SCMP_ACT_ALLOW" && r.get("args").is_none())
     }
 
     #[test]
@@ -227,13 +232,28 @@ mod tests {
         let p = profile();
         assert_eq!(p["defaultAction"], "SCMP_ACT_ERRNO");
         assert_eq!(p["defaultErrnoRet"], 1);
-        assert_eq!(p["architectures"], json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"]));
+        assert_eq!(
+            p["architectures"],
+            json!(["SCMP_ARCH_X86_64", "SCMP_ARCH_X86", "SCMP_ARCH_X32"])
+        );
     }
 
     #[test]
     fn escapes_are_not_allowed() {
         let p = profile();
-        for call in ["mount", "unshare", "setns", "io_uring_setup", "keyctl", "bpf", "ptrace", "open_by_handle_at", "fsopen", "personality", "socket"] {
+        for call in [
+            "mount",
+            "unshare",
+            "setns",
+            "io_uring_setup",
+            "keyctl",
+            "bpf",
+            "ptrace",
+            "open_by_handle_at",
+            "fsopen",
+            "personality",
+            "socket",
+        ] {
             assert!(!allowed_always(&p, call), "{call} is allowed whatever its arguments");
         }
         for call in NEVER.iter().filter(|c| **c != "clone3") {
@@ -247,12 +267,33 @@ mod tests {
         let clone = rules_for(&p, "clone");
         assert_eq!(clone.len(), 1, "{clone:?}");
         assert_eq!(clone[0]["action"], "SCMP_ACT_ALLOW");
-        assert_eq!(clone[0]["args"], json!([{"index": 0, "value": 0x7E02_0000u64, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}]));
+        assert_eq!(
+            clone[0]["args"],
+            json!([{"index": 0, "value": 0x7E02_0000u64, "valueTwo": 0, "op": "SCMP_CMP_MASKED_EQ"}])
+        );
         // CLONE_NEWNS | NEWCGROUP | NEWUTS | NEWIPC | NEWUSER | NEWPID | NEWNET.
-        let flags: u64 = [0x0002_0000u64, 0x0200_0000, 0x0400_0000, 0x0800_0000, 0x1000_0000, 0x2000_0000, 0x4000_0000].iter().sum();
+        let flags: u64 = [
+            0x0002_0000u64,
+            0x0200_0000,
+            0x0400_0000,
+            0x0800_0000,
+            0x1000_0000,
+            0x2000_0000,
+            0x4000_0000,
+        ]
+        .iter()
+        .sum();
         assert_eq!(CLONE_NAMESPACE_FLAGS, flags);
         // A thread (glibc's pthread_create) and a fork pass the mask.
-        let thread = 0x0001_0000 | 0x0000_0100 | 0x0000_0200 | 0x0000_0400 | 0x0000_0800 | 0x0004_0000 | 0x0010_0000 | 0x0020_0000 | 0x0008_0000;
+        let thread = 0x0001_0000
+            | 0x0000_0100
+            | 0x0000_0200
+            | 0x0000_0400
+            | 0x0000_0800
+            | 0x0004_0000
+            | 0x0010_0000
+            | 0x0020_0000
+            | 0x0008_0000;
         assert_eq!(thread & CLONE_NAMESPACE_FLAGS, 0);
         assert_eq!((0x0120_0000 | 17) & CLONE_NAMESPACE_FLAGS, 0);
     }
@@ -269,12 +310,22 @@ mod tests {
     #[test]
     fn personality_and_socket_only_with_safe_arguments() {
         let p = profile();
-        let values: BTreeSet<u64> = rules_for(&p, "personality").iter().map(|r| r["args"][0]["value"].as_u64().unwrap()).collect();
+        let values: BTreeSet<u64> = rules_for(&p, "personality")
+            .iter()
+            .map(|r| r["args"][0]["value"].as_u64().unwrap())
+            .collect();
         assert_eq!(values, BTreeSet::from([0, 8, 0x20000, 0x20008, 0xFFFF_FFFF]));
-        assert!(rules_for(&p, "personality").iter().all(|r| r["args"][0]["op"] == "SCMP_CMP_EQ" && r["args"][0]["index"] == 0));
+        assert!(
+            rules_for(&p, "personality")
+                .iter()
+                .all(|r| r["args"][0]["op"] == "SCMP_CMP_EQ" && r["args"][0]["index"] == 0)
+        );
         let socket = rules_for(&p, "socket");
         assert_eq!(socket.len(), 1);
-        assert_eq!(socket[0]["args"], json!([{"index": 0, "value": 40, "op": "SCMP_CMP_NE"}]));
+        assert_eq!(
+            socket[0]["args"],
+            json!([{"index": 0, "value": 40, "op": "SCMP_CMP_NE"}])
+        );
     }
 
     #[test]
@@ -291,7 +342,11 @@ mod tests {
         let unique: BTreeSet<&str> = names.iter().copied().collect();
         assert_eq!(unique.len(), names.len(), "a call is listed twice");
         for n in &names {
-            assert!(n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'), "{n:?}");
+            assert!(
+                n.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_'),
+                "{n:?}"
+            );
             assert!(!NEVER.contains(n), "{n} is allowed");
         }
         for special in ["clone", "clone3", "personality", "socket"] {

@@ -21,11 +21,17 @@ use crate::shim_proto::parse_cri_line;
 type Body = BoxBody<Bytes, Infallible>;
 
 fn text(code: StatusCode, msg: impl Into<String>) -> Response<Body> {
-    Response::builder().status(code).header("Content-Type", "text/plain; charset=utf-8").body(Full::new(Bytes::from(msg.into())).boxed()).unwrap_or_default()
+    Response::builder()
+        .status(code)
+        .header("Content-Type", "text/plain; charset=utf-8")
+        .body(Full::new(Bytes::from(msg.into())).boxed())
+        .unwrap_or_default()
 }
 
 fn query(req: &Request<Incoming>) -> HashMap<String, String> {
-    url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()).into_owned().collect()
+    url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
 }
 
 /// A client that has not finished its TLS handshake by then is dropped.
@@ -34,7 +40,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerConfig>, ctx: Arc<NodeCtx>) {
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
     loop {
-        let Ok((sock, peer)) = listener.accept().await else { continue };
+        let Ok((sock, peer)) = listener.accept().await else {
+            continue;
+        };
         let (ctx, acceptor) = (ctx.clone(), acceptor.clone());
         tokio::spawn(async move {
             let stream = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(sock)).await {
@@ -53,7 +61,10 @@ pub async fn serve(listener: tokio::net::TcpListener, tls: Arc<rustls::ServerCon
                 let ctx = ctx.clone();
                 async move { Ok::<_, Infallible>(route(ctx, req).await) }
             });
-            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), svc).with_upgrades().await;
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                .with_upgrades()
+                .await;
         });
     }
 }
@@ -77,12 +88,21 @@ async fn route(ctx: Arc<NodeCtx>, req: Request<Incoming>) -> Response<Body> {
 }
 
 fn header<'a>(req: &'a Request<Incoming>, name: &str) -> &'a str {
-    req.headers().get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
+    req.headers()
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
 }
 
 /// The protocols a client offers, in its order of preference.
 fn offered(req: &Request<Incoming>, name: &str) -> Vec<String> {
-    req.headers().get_all(name).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(|p| p.trim().to_string()).collect()
+    req.headers()
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|p| p.trim().to_string())
+        .collect()
 }
 
 enum Transport {
@@ -91,41 +111,74 @@ enum Transport {
 }
 
 /// Choose the transport and sub-protocol for a streaming request, or the 4xx to refuse it with.
-fn negotiate(req: &Request<Incoming>, ws_protocols: &[&str], spdy_protocols: &[&str]) -> Result<Transport, Box<Response<Body>>> {
+fn negotiate(
+    req: &Request<Incoming>,
+    ws_protocols: &[&str],
+    spdy_protocols: &[&str],
+) -> Result<Transport, Box<Response<Body>>> {
     let upgrade = header(req, "upgrade").to_ascii_lowercase();
     if upgrade == "websocket" {
         let offers = offered(req, "sec-websocket-protocol");
         let Some(p) = offers.iter().find(|o| ws_protocols.contains(&o.as_str())) else {
             // kubectl falls back to SPDY when the websocket upgrade is refused.
-            return Err(Box::new(text(StatusCode::BAD_REQUEST, format!("none of the websocket protocols {offers:?} is supported (supported: {ws_protocols:?})"))));
+            return Err(Box::new(text(
+                StatusCode::BAD_REQUEST,
+                format!("none of the websocket protocols {offers:?} is supported (supported: {ws_protocols:?})"),
+            )));
         };
         let key = header(req, "sec-websocket-key");
         let accept = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
-        return Ok(Transport::Websocket { protocol: p.clone(), accept });
+        return Ok(Transport::Websocket {
+            protocol: p.clone(),
+            accept,
+        });
     }
     if upgrade.starts_with("spdy/3.1") {
         let offers = offered(req, "x-stream-protocol-version");
         let Some(p) = spdy_protocols.iter().find(|p| offers.iter().any(|o| o == *p)) else {
-            return Err(Box::new(text(StatusCode::FORBIDDEN, format!("none of the stream protocols {offers:?} is supported (supported: {spdy_protocols:?})"))));
+            return Err(Box::new(text(
+                StatusCode::FORBIDDEN,
+                format!("none of the stream protocols {offers:?} is supported (supported: {spdy_protocols:?})"),
+            )));
         };
-        return Ok(Transport::Spdy { protocol: p.to_string() });
+        return Ok(Transport::Spdy {
+            protocol: p.to_string(),
+        });
     }
-    Err(Box::new(text(StatusCode::BAD_REQUEST, "this endpoint needs a websocket or SPDY/3.1 upgrade")))
+    Err(Box::new(text(
+        StatusCode::BAD_REQUEST,
+        "this endpoint needs a websocket or SPDY/3.1 upgrade",
+    )))
 }
 
 fn switching(t: &Transport) -> Response<Body> {
-    let b = Response::builder().status(StatusCode::SWITCHING_PROTOCOLS).header("Connection", "Upgrade");
+    let b = Response::builder()
+        .status(StatusCode::SWITCHING_PROTOCOLS)
+        .header("Connection", "Upgrade");
     let b = match t {
-        Transport::Websocket { protocol, accept } => b.header("Upgrade", "websocket").header("Sec-WebSocket-Accept", accept).header("Sec-WebSocket-Protocol", protocol),
-        Transport::Spdy { protocol } => b.header("Upgrade", "SPDY/3.1").header("X-Stream-Protocol-Version", protocol),
+        Transport::Websocket { protocol, accept } => b
+            .header("Upgrade", "websocket")
+            .header("Sec-WebSocket-Accept", accept)
+            .header("Sec-WebSocket-Protocol", protocol),
+        Transport::Spdy { protocol } => b
+            .header("Upgrade", "SPDY/3.1")
+            .header("X-Stream-Protocol-Version", protocol),
     };
     b.body(Full::new(Bytes::new()).boxed()).unwrap_or_default()
 }
 
 /// A container's saved attempt (the current one, or the one before it) and where its files are:
 /// its bundle and its data directory (the log).
-fn saved_attempt(ctx: &NodeCtx, ns: &str, pod: &str, container: &str, previous: bool) -> Result<(crate::pod::Attempt, PathBuf, PathBuf), String> {
-    let uid = ctx.uid_of(ns, pod).ok_or_else(|| format!("pod {ns}/{pod} is not on this node"))?;
+fn saved_attempt(
+    ctx: &NodeCtx,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    previous: bool,
+) -> Result<(crate::pod::Attempt, PathBuf, PathBuf), String> {
+    let uid = ctx
+        .uid_of(ns, pod)
+        .ok_or_else(|| format!("pod {ns}/{pod} is not on this node"))?;
     let dir = ctx.pod_dir(&uid);
     let run_dir = ctx.pod_run_dir(&uid);
     let saved = crate::pod::state::load(&run_dir, &dir).and_then(|mut s| s.containers.remove(container));
@@ -143,7 +196,12 @@ fn saved_attempt(ctx: &NodeCtx, ns: &str, pod: &str, container: &str, previous: 
 }
 
 /// A container's running attempt.
-fn running_container(ctx: &NodeCtx, ns: &str, pod: &str, container: &str) -> Result<crate::runtime::ContainerRef, String> {
+fn running_container(
+    ctx: &NodeCtx,
+    ns: &str,
+    pod: &str,
+    container: &str,
+) -> Result<crate::runtime::ContainerRef, String> {
     match saved_attempt(ctx, ns, pod, container, false)? {
         (a, bundle, _) if a.exit.is_none() => Ok(crate::runtime::ContainerRef { id: a.id, bundle }),
         _ => Err(format!("container {container} is not running")),
@@ -151,16 +209,25 @@ fn running_container(ctx: &NodeCtx, ns: &str, pod: &str, container: &str) -> Res
 }
 
 async fn exec(ctx: Arc<NodeCtx>, ns: &str, pod: &str, container: &str, mut req: Request<Incoming>) -> Response<Body> {
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes()).into_owned().collect();
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect();
     let opts = crate::streams::exec::ExecOptions::from_query(&pairs);
     if opts.command.is_empty() {
-        return text(StatusCode::BAD_REQUEST, "you must specify at least one command for the container");
+        return text(
+            StatusCode::BAD_REQUEST,
+            "you must specify at least one command for the container",
+        );
     }
     let id = match running_container(&ctx, ns, pod, container) {
         Ok(id) => id,
         Err(e) => return text(StatusCode::BAD_REQUEST, e),
     };
-    let transport = match negotiate(&req, &["v5.channel.k8s.io", "v4.channel.k8s.io"], &["v4.channel.k8s.io"]) {
+    let transport = match negotiate(
+        &req,
+        &["v5.channel.k8s.io", "v4.channel.k8s.io"],
+        &["v4.channel.k8s.io"],
+    ) {
         Ok(t) => t,
         Err(resp) => return *resp,
     };
@@ -204,7 +271,13 @@ async fn port_forward(ctx: Arc<NodeCtx>, ns: &str, pod: &str, mut req: Request<I
 }
 
 /// The log file of a container's current (or previous) attempt, and its exit file.
-pub fn log_files(ctx: &NodeCtx, ns: &str, pod: &str, container: &str, previous: bool) -> Result<(PathBuf, PathBuf), String> {
+pub fn log_files(
+    ctx: &NodeCtx,
+    ns: &str,
+    pod: &str,
+    container: &str,
+    previous: bool,
+) -> Result<(PathBuf, PathBuf), String> {
     let (_, bundle, data) = saved_attempt(ctx, ns, pod, container, previous)?;
     Ok((data.join("log"), bundle.join("exit")))
 }
@@ -248,8 +321,16 @@ async fn logs(ctx: Arc<NodeCtx>, ns: &str, pod: &str, container: &str, q: HashMa
     };
     let since = q
         .get("sinceTime")
-        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok().map(|t| t.with_timezone(&chrono::Utc)))
-        .or_else(|| q.get("sinceSeconds").and_then(|s| s.parse::<i64>().ok()).map(|s| chrono::Utc::now() - chrono::Duration::seconds(s)));
+        .and_then(|t| {
+            chrono::DateTime::parse_from_rfc3339(t)
+                .ok()
+                .map(|t| t.with_timezone(&chrono::Utc))
+        })
+        .or_else(|| {
+            q.get("sinceSeconds")
+                .and_then(|s| s.parse::<i64>().ok())
+                .map(|s| chrono::Utc::now() - chrono::Duration::seconds(s))
+        });
     let o = Options {
         timestamps: flag("timestamps"),
         tail: q.get("tailLines").and_then(|t| t.parse().ok()),
@@ -262,7 +343,10 @@ async fn logs(ctx: Arc<NodeCtx>, ns: &str, pod: &str, container: &str, q: HashMa
     };
     // The supervisor rotates the log at LOG_MAX_BYTES; a read never takes more than twice that.
     let mut raw = Vec::new();
-    let _ = (&mut file).take(2 * crate::shim_proto::LOG_MAX_BYTES).read_to_end(&mut raw).await;
+    let _ = (&mut file)
+        .take(2 * crate::shim_proto::LOG_MAX_BYTES)
+        .read_to_end(&mut raw)
+        .await;
     let content = String::from_utf8_lossy(&raw).into_owned();
     let consumed = content.rfind('\n').map_or(0, |i| i + 1);
     let mut rendered = render(&content[..consumed], &o);
@@ -275,7 +359,10 @@ async fn logs(ctx: Arc<NodeCtx>, ns: &str, pod: &str, container: &str, q: HashMa
         first.truncate(l);
     }
     if !flag("follow") {
-        return Response::builder().header("Content-Type", "text/plain").body(Full::new(Bytes::from(first)).boxed()).unwrap_or_default();
+        return Response::builder()
+            .header("Content-Type", "text/plain")
+            .body(Full::new(Bytes::from(first)).boxed())
+            .unwrap_or_default();
     }
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(16);
     tokio::spawn(async move {
@@ -293,7 +380,15 @@ async fn logs(ctx: Arc<NodeCtx>, ns: &str, pod: &str, container: &str, q: HashMa
             carry.push_str(&more);
             if let Some(i) = carry.rfind('\n') {
                 let ready: String = carry.drain(..=i).collect();
-                let chunk = render(&ready, &Options { tail: None, limit: None, since: None, ..o });
+                let chunk = render(
+                    &ready,
+                    &Options {
+                        tail: None,
+                        limit: None,
+                        since: None,
+                        ..o
+                    },
+                );
                 if !chunk.is_empty() && tx.send(Ok(Frame::data(Bytes::from(chunk.concat())))).await.is_err() {
                     return;
                 }
@@ -318,7 +413,10 @@ async fn logs(ctx: Arc<NodeCtx>, ns: &str, pod: &str, container: &str, q: HashMa
         }
     });
     let stream = tokio_stream_from(rx);
-    Response::builder().header("Content-Type", "text/plain").body(StreamBody::new(stream).boxed()).unwrap_or_default()
+    Response::builder()
+        .header("Content-Type", "text/plain")
+        .body(StreamBody::new(stream).boxed())
+        .unwrap_or_default()
 }
 
 /// Whether the file now at `path` is another one than `open` (the log was rotated).
@@ -330,6 +428,8 @@ async fn rotated(path: &std::path::Path, open: &tokio::fs::File) -> bool {
     }
 }
 
-fn tokio_stream_from<T: Send + 'static>(mut rx: tokio::sync::mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send + 'static {
+fn tokio_stream_from<T: Send + 'static>(
+    mut rx: tokio::sync::mpsc::Receiver<T>,
+) -> impl futures::Stream<Item = T> + Send + 'static {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }

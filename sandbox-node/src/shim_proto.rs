@@ -107,7 +107,12 @@ pub fn parse_cri_line(line: &str) -> Option<LogLine<'_>> {
     let stream = parts.next()?;
     let tag = parts.next()?;
     let text = parts.next().unwrap_or("");
-    Some(LogLine { timestamp, stream, full: tag != "P", text })
+    Some(LogLine {
+        timestamp,
+        stream,
+        full: tag != "P",
+        text,
+    })
 }
 
 pub fn now_rfc3339() -> String {
@@ -123,7 +128,15 @@ mod tests {
         let l = cri_line("2026-01-01T00:00:00.000000001Z", "stderr", true, b"hello world");
         let s = String::from_utf8(l).unwrap();
         let p = parse_cri_line(s.trim_end_matches('\n')).unwrap();
-        assert_eq!(p, LogLine { timestamp: "2026-01-01T00:00:00.000000001Z", stream: "stderr", full: true, text: "hello world" });
+        assert_eq!(
+            p,
+            LogLine {
+                timestamp: "2026-01-01T00:00:00.000000001Z",
+                stream: "stderr",
+                full: true,
+                text: "hello world"
+            }
+        );
         let partial = String::from_utf8(cri_line("t", "stdout", false, b"")).unwrap();
         assert!(!parse_cri_line(partial.trim_end()).unwrap().full);
     }
@@ -142,7 +155,13 @@ mod tests {
     fn exit_records_are_written_whole() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("exit");
-        let r = ExitRecord { exit_code: 1, signal: None, reason: "Error".into(), message: String::new(), finished_at: now_rfc3339() };
+        let r = ExitRecord {
+            exit_code: 1,
+            signal: None,
+            reason: "Error".into(),
+            message: String::new(),
+            finished_at: now_rfc3339(),
+        };
         r.write(&p).unwrap();
         assert_eq!(ExitRecord::read(&p), Some(r));
         assert!(!dir.path().join("exit.tmp").exists());

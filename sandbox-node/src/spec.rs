@@ -189,24 +189,56 @@ mod tests {
 
     #[test]
     fn host_kernel_files_are_masked_or_read_only() {
-        let v = config_json(&ContainerSpec { args: vec!["/bin/sh".into()], ..Default::default() });
+        let v = config_json(&ContainerSpec {
+            args: vec!["/bin/sh".into()],
+            ..Default::default()
+        });
         let masked = v["linux"]["maskedPaths"].as_array().unwrap();
         // containerd's defaults, and Docker's /proc/interrupts.
-        for p in ["/proc/kcore", "/proc/interrupts", "/sys/devices/virtual/powercap", "/proc/keys", "/proc/timer_list", "/sys/firmware", "/proc/scsi"] {
+        for p in [
+            "/proc/kcore",
+            "/proc/interrupts",
+            "/sys/devices/virtual/powercap",
+            "/proc/keys",
+            "/proc/timer_list",
+            "/sys/firmware",
+            "/proc/scsi",
+        ] {
             assert!(masked.iter().any(|m| m == p), "{p} is not masked");
         }
-        assert_eq!(v["linux"]["readonlyPaths"], json!(["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"]));
+        assert_eq!(
+            v["linux"]["readonlyPaths"],
+            json!(["/proc/bus", "/proc/fs", "/proc/irq", "/proc/sys", "/proc/sysrq-trigger"])
+        );
         assert!(v["linux"].get("seccomp").is_none(), "no profile unless asked for");
     }
 
     #[test]
     fn a_pod_user_namespace_is_joined_with_its_mappings() {
-        let plain = config_json(&ContainerSpec { args: vec!["/bin/sh".into()], ..Default::default() });
-        assert!(plain["linux"]["namespaces"].as_array().unwrap().iter().all(|n| n["type"] != "user"));
+        let plain = config_json(&ContainerSpec {
+            args: vec!["/bin/sh".into()],
+            ..Default::default()
+        });
+        assert!(
+            plain["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["type"] != "user")
+        );
         assert!(plain["linux"].get("uidMappings").is_none());
-        let spec = ContainerSpec { args: vec!["/bin/sh".into()], userns: Some(("/proc/7/fd/9".into(), 1 << 20)), ..Default::default() };
+        let spec = ContainerSpec {
+            args: vec!["/bin/sh".into()],
+            userns: Some(("/proc/7/fd/9".into(), 1 << 20)),
+            ..Default::default()
+        };
         let v = config_json(&spec);
-        assert!(v["linux"]["namespaces"].as_array().unwrap().contains(&json!({"type": "user", "path": "/proc/7/fd/9"})));
+        assert!(
+            v["linux"]["namespaces"]
+                .as_array()
+                .unwrap()
+                .contains(&json!({"type": "user", "path": "/proc/7/fd/9"}))
+        );
         let map = json!([{"containerID": 0, "hostID": 1 << 20, "size": 65536}]);
         assert_eq!(v["linux"]["uidMappings"], map);
         assert_eq!(v["linux"]["gidMappings"], map);
@@ -216,7 +248,12 @@ mod tests {
     fn limits_become_cgroup_resources() {
         let spec = ContainerSpec {
             args: vec!["/bin/sh".into()],
-            limits: Limits { memory_bytes: Some(64 << 20), cpu_millis: Some(500), cpu_request_millis: Some(250), pids: Some(100) },
+            limits: Limits {
+                memory_bytes: Some(64 << 20),
+                cpu_millis: Some(500),
+                cpu_request_millis: Some(250),
+                pids: Some(100),
+            },
             seccomp: true,
             ..Default::default()
         };

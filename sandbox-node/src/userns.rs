@@ -34,9 +34,13 @@ const LAST_BASE: u32 = u32::MAX - RANGE_SIZE + 1;
 pub enum UsernsError {
     #[error("every user namespace range of this node is held ({held} pods)")]
     Exhausted { held: usize },
-    #[error("spec.hostUsers: true is not allowed on this platform: every pod runs in its own user namespace, so that root in a pod is not root on the node")]
+    #[error(
+        "spec.hostUsers: true is not allowed on this platform: every pod runs in its own user namespace, so that root in a pod is not root on the node"
+    )]
     HostUsersRefused,
-    #[error("spec.hostUsers: false asks for a user namespace, and this node runs pods without them (it was started with --no-user-namespaces)")]
+    #[error(
+        "spec.hostUsers: false asks for a user namespace, and this node runs pods without them (it was started with --no-user-namespaces)"
+    )]
     Unavailable,
 }
 
@@ -113,13 +117,31 @@ impl IdmappedLayers {
         use rustix::mount::{MoveMountFlags, OpenTreeFlags};
         let ns = std::fs::File::open(userns)?;
         std::fs::create_dir_all(at)?;
-        let mut made = IdmappedLayers { paths: Vec::with_capacity(layers.len()) };
+        let mut made = IdmappedLayers {
+            paths: Vec::with_capacity(layers.len()),
+        };
         for (i, layer) in layers.iter().enumerate() {
-            let tree = rustix::mount::open_tree(rustix::fs::CWD, layer, OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC)?;
+            let tree = rustix::mount::open_tree(
+                rustix::fs::CWD,
+                layer,
+                OpenTreeFlags::OPEN_TREE_CLONE | OpenTreeFlags::OPEN_TREE_CLOEXEC,
+            )?;
             composefs_ioctls::mount::mount_setattr_idmap(&tree, &ns)?;
             let point = at.join(i.to_string());
-            std::fs::create_dir(&point).or_else(|e| if e.kind() == std::io::ErrorKind::AlreadyExists { Ok(()) } else { Err(e) })?;
-            rustix::mount::move_mount(tree.as_fd(), c"", rustix::fs::CWD, &point, MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH)?;
+            std::fs::create_dir(&point).or_else(|e| {
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    Ok(())
+                } else {
+                    Err(e)
+                }
+            })?;
+            rustix::mount::move_mount(
+                tree.as_fd(),
+                c"",
+                rustix::fs::CWD,
+                &point,
+                MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+            )?;
             made.paths.push(point);
         }
         Ok(made)
@@ -129,7 +151,10 @@ impl IdmappedLayers {
 impl Drop for IdmappedLayers {
     fn drop(&mut self) {
         for p in &self.paths {
-            let _ = rustix::mount::unmount(p, rustix::mount::UnmountFlags::DETACH | rustix::mount::UnmountFlags::NOFOLLOW);
+            let _ = rustix::mount::unmount(
+                p,
+                rustix::mount::UnmountFlags::DETACH | rustix::mount::UnmountFlags::NOFOLLOW,
+            );
             let _ = std::fs::remove_dir(p);
         }
     }
@@ -140,7 +165,11 @@ impl Drop for IdmappedLayers {
 /// and each directory is opened beneath the last one with `O_NOFOLLOW`. chown clears set-id
 /// bits, so they are put back. Returns how many entries were shifted.
 pub fn shift_rootfs(root: &Path, base: u32) -> std::io::Result<usize> {
-    let dir = rustix::fs::open(root, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
+    let dir = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
     shift_entry(&dir, None, base)?;
     let mut stack = vec![dir];
     let mut count = 1;
@@ -154,7 +183,12 @@ pub fn shift_rootfs(root: &Path, base: u32) -> std::io::Result<usize> {
             let is_dir = shift_entry(&dir, Some(&name), base)?;
             count += 1;
             if is_dir {
-                stack.push(rustix::fs::openat(&dir, &name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?);
+                stack.push(rustix::fs::openat(
+                    &dir,
+                    &name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?);
             }
         }
     }
@@ -169,16 +203,36 @@ fn shifted(id: u32, base: u32) -> u32 {
 /// Shift one entry (`name` in `dir`, or `dir` itself); whether it is a directory.
 fn shift_entry(dir: &OwnedFd, name: Option<&std::ffi::CStr>, base: u32) -> std::io::Result<bool> {
     let name: &std::ffi::CStr = name.unwrap_or(c"");
-    let flags = if name.is_empty() { AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW } else { AtFlags::SYMLINK_NOFOLLOW };
+    let flags = if name.is_empty() {
+        AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW
+    } else {
+        AtFlags::SYMLINK_NOFOLLOW
+    };
     let st = rustix::fs::statat(dir.as_fd(), name, flags)?;
     let (uid, gid) = (shifted(st.st_uid, base), shifted(st.st_gid, base));
-    rustix::fs::chownat(dir.as_fd(), name, Some(rustix::fs::Uid::from_raw(uid)), Some(rustix::fs::Gid::from_raw(gid)), flags)?;
+    rustix::fs::chownat(
+        dir.as_fd(),
+        name,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+        flags,
+    )?;
     let mode = st.st_mode as RawMode;
     let kind = rustix::fs::FileType::from_raw_mode(mode);
     if kind == rustix::fs::FileType::RegularFile && mode & 0o6000 != 0 {
         // chmod of a name could follow a link planted since the stat: open it, not a path.
-        let f = rustix::fs::openat(dir.as_fd(), name, OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())?;
-        rustix::fs::chmodat(rustix::fs::CWD, format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f)), Mode::from_raw_mode(mode & 0o7777), AtFlags::empty())?;
+        let f = rustix::fs::openat(
+            dir.as_fd(),
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?;
+        rustix::fs::chmodat(
+            rustix::fs::CWD,
+            format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f)),
+            Mode::from_raw_mode(mode & 0o7777),
+            AtFlags::empty(),
+        )?;
     }
     Ok(kind == rustix::fs::FileType::Directory)
 }
@@ -214,13 +268,28 @@ mod tests {
 
     #[test]
     fn host_users_decides() {
-        let pod = |h: Option<bool>| Pod { spec: Some(PodSpec { host_users: h, ..Default::default() }), ..Default::default() };
+        let pod = |h: Option<bool>| Pod {
+            spec: Some(PodSpec {
+                host_users: h,
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
         assert_eq!(wants_user_namespace(&pod(None), true), Ok(true));
         assert_eq!(wants_user_namespace(&pod(Some(false)), true), Ok(true));
         assert_eq!(wants_user_namespace(&pod(None), false), Ok(false));
-        assert_eq!(wants_user_namespace(&pod(Some(true)), true), Err(UsernsError::HostUsersRefused));
-        assert_eq!(wants_user_namespace(&pod(Some(true)), false), Err(UsernsError::HostUsersRefused));
-        assert_eq!(wants_user_namespace(&pod(Some(false)), false), Err(UsernsError::Unavailable));
+        assert_eq!(
+            wants_user_namespace(&pod(Some(true)), true),
+            Err(UsernsError::HostUsersRefused)
+        );
+        assert_eq!(
+            wants_user_namespace(&pod(Some(true)), false),
+            Err(UsernsError::HostUsersRefused)
+        );
+        assert_eq!(
+            wants_user_namespace(&pod(Some(false)), false),
+            Err(UsernsError::Unavailable)
+        );
         assert!(UsernsError::HostUsersRefused.to_string().contains("spec.hostUsers"));
     }
 
@@ -249,9 +318,17 @@ mod tests {
         assert_eq!(shift_rootfs(&root, FIRST_BASE).unwrap(), 5);
         use std::os::unix::fs::MetadataExt;
         for p in [root.clone(), root.join("etc"), root.join("etc/passwd"), suid.clone()] {
-            assert_eq!(std::fs::symlink_metadata(&p).unwrap().uid(), FIRST_BASE, "{}", p.display());
+            assert_eq!(
+                std::fs::symlink_metadata(&p).unwrap().uid(),
+                FIRST_BASE,
+                "{}",
+                p.display()
+            );
         }
-        assert_eq!(std::fs::symlink_metadata(root.join("etc/link")).unwrap().uid(), FIRST_BASE);
+        assert_eq!(
+            std::fs::symlink_metadata(root.join("etc/link")).unwrap().uid(),
+            FIRST_BASE
+        );
         assert_eq!(std::fs::metadata(&outside).unwrap().uid(), 0, "a link was followed");
         assert_eq!(std::fs::metadata(&suid).unwrap().mode() & 0o7777, 0o4755);
     }

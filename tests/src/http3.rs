@@ -35,20 +35,34 @@ impl Client {
             .with_no_client_auth();
         tls.alpn_protocols = vec![b"h3".to_vec()];
         let quic = quinn::crypto::rustls::QuicClientConfig::try_from(tls)?;
-        let local: SocketAddr = if addr.is_ipv4() { "127.0.0.1:0".parse()? } else { "[::1]:0".parse()? };
+        let local: SocketAddr = if addr.is_ipv4() {
+            "127.0.0.1:0".parse()?
+        } else {
+            "[::1]:0".parse()?
+        };
         let mut endpoint = quinn::Endpoint::client(local)?;
         endpoint.set_default_client_config(quinn::ClientConfig::new(Arc::new(quic)));
-        let conn = endpoint.connect(addr, host)?.await.with_context(|| format!("QUIC to {addr} for {host}"))?;
+        let conn = endpoint
+            .connect(addr, host)?
+            .await
+            .with_context(|| format!("QUIC to {addr} for {host}"))?;
         let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(conn)).await?;
         let driver = tokio::spawn(async move {
             let _ = futures::future::poll_fn(|cx| driver.poll_close(cx)).await;
         });
-        Ok(Client { endpoint, send, driver, host: host.to_string() })
+        Ok(Client {
+            endpoint,
+            send,
+            driver,
+            host: host.to_string(),
+        })
     }
 
     /// `method path` with `body` (sent with its length when not empty).
     pub async fn request(&mut self, method: &str, path: &str, body: &[u8]) -> Result<Answer> {
-        let mut req = http::Request::builder().method(method).uri(format!("https://{}{path}", self.host));
+        let mut req = http::Request::builder()
+            .method(method)
+            .uri(format!("https://{}{path}", self.host));
         if !body.is_empty() {
             req = req.header(http::header::CONTENT_LENGTH, body.len());
         }
@@ -62,7 +76,11 @@ impl Client {
         while let Some(mut chunk) = stream.recv_data().await? {
             data.extend_from_slice(&chunk.copy_to_bytes(chunk.remaining()));
         }
-        Ok(Answer { status: resp.status().as_u16(), headers: resp.headers().clone(), body: String::from_utf8_lossy(&data).into_owned() })
+        Ok(Answer {
+            status: resp.status().as_u16(),
+            headers: resp.headers().clone(),
+            body: String::from_utf8_lossy(&data).into_owned(),
+        })
     }
 }
 

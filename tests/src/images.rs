@@ -63,7 +63,12 @@ fn write_layout(dir: &Path, reference: &str, tar_bytes: &[u8], entrypoint: &[&st
         "config": {"Env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"], "Entrypoint": entrypoint, "Cmd": cmd, "WorkingDir": "/"},
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", hex::encode(Sha256::digest(tar_bytes)))]}
     });
-    layout::write(dir, reference, &serde_json::to_vec(&config)?, &[("application/vnd.oci.image.layer.v1.tar+gzip", &gz)])?;
+    layout::write(
+        dir,
+        reference,
+        &serde_json::to_vec(&config)?,
+        &[("application/vnd.oci.image.layer.v1.tar+gzip", &gz)],
+    )?;
     Ok(dir.to_path_buf())
 }
 
@@ -77,18 +82,29 @@ fn base_entries() -> Vec<Entry> {
         Entry::Dir("sys", 0o555),
         Entry::Dir("dev", 0o755),
         Entry::Dir("home", 0o755),
-        Entry::File("etc/passwd".into(), b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n".to_vec(), 0o644),
+        Entry::File(
+            "etc/passwd".into(),
+            b"root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/home:/bin/false\n".to_vec(),
+            0o644,
+        ),
         Entry::File("etc/group".into(), b"root:x:0:\nnogroup:x:65534:\n".to_vec(), 0o644),
     ]
 }
 
 /// busybox from Debian's busybox-static, with a symlink per applet.
 pub fn busybox_layout(dir: &Path) -> Result<PathBuf> {
-    let bin = ["/bin/busybox", "/usr/bin/busybox"].into_iter().map(PathBuf::from).find(|p| p.exists()).context("busybox-static is not installed")?;
+    let bin = ["/bin/busybox", "/usr/bin/busybox"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
+        .context("busybox-static is not installed")?;
     let list = Command::new(&bin).arg("--list").output()?;
     let mut entries = base_entries();
     entries.push(Entry::File("bin/busybox".into(), std::fs::read(&bin)?, 0o755));
-    for applet in String::from_utf8_lossy(&list.stdout).lines().filter(|a| !a.is_empty() && *a != "busybox") {
+    for applet in String::from_utf8_lossy(&list.stdout)
+        .lines()
+        .filter(|a| !a.is_empty() && *a != "busybox")
+    {
         entries.push(Entry::Symlink(format!("bin/{applet}"), "busybox".into()));
     }
     write_layout(dir, BUSYBOX, &layer(&entries)?, &[], &["sh"])
@@ -108,9 +124,16 @@ pub fn echo_layout(dir: &Path, echo_bin: &Path) -> Result<PathBuf> {
         let path = line.split_whitespace().find(|w| w.starts_with('/'));
         let Some(path) = path else { continue };
         let real = std::fs::canonicalize(path)?;
-        entries.push(Entry::File(path.trim_start_matches('/').to_string(), std::fs::read(&real)?, 0o755));
+        entries.push(Entry::File(
+            path.trim_start_matches('/').to_string(),
+            std::fs::read(&real)?,
+            0o755,
+        ));
     }
-    if !entries.iter().any(|e| matches!(e, Entry::File(p, _, _) if p.contains("ld-linux"))) {
+    if !entries
+        .iter()
+        .any(|e| matches!(e, Entry::File(p, _, _) if p.contains("ld-linux")))
+    {
         bail!("ldd named no dynamic loader for {}", echo_bin.display());
     }
     entries.push(Entry::File("echo-server".into(), std::fs::read(echo_bin)?, 0o755));

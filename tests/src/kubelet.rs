@@ -18,17 +18,25 @@ pub struct FakeKubelet {
 async fn serve_logs(listener: tokio::net::TcpListener) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     loop {
-        let Ok((mut sock, _)) = listener.accept().await else { return };
+        let Ok((mut sock, _)) = listener.accept().await else {
+            return;
+        };
         tokio::spawn(async move {
             let mut buf = vec![0u8; 8192];
             let Ok(n) = sock.read(&mut buf).await else { return };
             let head = String::from_utf8_lossy(&buf[..n]).to_string();
             let path = head.split_whitespace().nth(1).unwrap_or("/").to_string();
             let (status, body) = match path.strip_prefix("/containerLogs/") {
-                Some(rest) => ("200 OK", format!("log of {}\n", rest.split('?').next().unwrap_or_default())),
+                Some(rest) => (
+                    "200 OK",
+                    format!("log of {}\n", rest.split('?').next().unwrap_or_default()),
+                ),
                 None => ("404 Not Found", "not found\n".to_string()),
             };
-            let resp = format!("HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+            let resp = format!(
+                "HTTP/1.1 {status}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
             let _ = sock.write_all(resp.as_bytes()).await;
         });
     }
@@ -63,7 +71,9 @@ impl FakeKubelet {
         }
         // Status is ignored on create for kinds with a status subresource elsewhere; set it explicitly.
         let status = json!({"status": obj.status});
-        nodes.patch_status(node, &PatchParams::default(), &Patch::Merge(&status)).await?;
+        nodes
+            .patch_status(node, &PatchParams::default(), &Patch::Merge(&status))
+            .await?;
         let node = node.to_string();
         let task = tokio::spawn(async move {
             let pods: Api<Pod> = Api::all(client.clone());
@@ -76,7 +86,15 @@ impl FakeKubelet {
                         let name = p.metadata.name.clone().unwrap_or_default();
                         let api: Api<Pod> = Api::namespaced(client.clone(), &ns);
                         if p.metadata.deletion_timestamp.is_some() {
-                            let _ = api.delete(&name, &DeleteParams { grace_period_seconds: Some(0), ..Default::default() }).await;
+                            let _ = api
+                                .delete(
+                                    &name,
+                                    &DeleteParams {
+                                        grace_period_seconds: Some(0),
+                                        ..Default::default()
+                                    },
+                                )
+                                .await;
                             continue;
                         }
                         let running = p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
@@ -89,8 +107,15 @@ impl FakeKubelet {
                         let statuses: Vec<_> = p
                             .spec
                             .as_ref()
-                            .map(|s| s.containers.iter().map(|c| json!({"name": c.name, "image": c.image, "imageID": "", "ready": true,
-                                "restartCount": 0, "started": true, "state": {"running": {"startedAt": now}}})).collect())
+                            .map(|s| {
+                                s.containers
+                                    .iter()
+                                    .map(|c| {
+                                        json!({"name": c.name, "image": c.image, "imageID": "", "ready": true,
+                                "restartCount": 0, "started": true, "state": {"running": {"startedAt": now}}})
+                                    })
+                                    .collect()
+                            })
                             .unwrap_or_default();
                         let status = json!({"status": {
                             "phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}], "hostIP": "127.0.0.1", "startTime": now,
@@ -102,7 +127,9 @@ impl FakeKubelet {
                             ],
                             "containerStatuses": statuses,
                         }});
-                        let _ = api.patch_status(&name, &PatchParams::default(), &Patch::Merge(&status)).await;
+                        let _ = api
+                            .patch_status(&name, &PatchParams::default(), &Patch::Merge(&status))
+                            .await;
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(100)).await;

@@ -22,7 +22,10 @@ pub fn kubectl_path(version: &str) -> PathBuf {
 }
 
 fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ sits in the workspace")
+        .to_path_buf()
 }
 
 /// The `nodeless` binary, built on demand (the test binary cannot depend on another package's
@@ -32,9 +35,25 @@ pub fn nodeless_binary() -> Result<PathBuf> {
     BUILT
         .get_or_init(|| {
             let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-            let release = std::env::current_exe().ok().is_some_and(|p| p.components().any(|c| c.as_os_str() == "release"));
+            let release = std::env::current_exe()
+                .ok()
+                .is_some_and(|p| p.components().any(|c| c.as_os_str() == "release"));
             let mut cmd = Command::new(cargo);
-            cmd.current_dir(workspace_root()).args(["build", "-q", "-p", "nodeless", "-p", "nodeless-sandbox-node", "-p", "nodeless-eni-cni", "-p", "nodeless-ingress-l7", "-p", "nodeless-tests", "--bins"]);
+            cmd.current_dir(workspace_root()).args([
+                "build",
+                "-q",
+                "-p",
+                "nodeless",
+                "-p",
+                "nodeless-sandbox-node",
+                "-p",
+                "nodeless-eni-cni",
+                "-p",
+                "nodeless-ingress-l7",
+                "-p",
+                "nodeless-tests",
+                "--bins",
+            ]);
             if release {
                 cmd.arg("--release");
             }
@@ -42,7 +61,9 @@ pub fn nodeless_binary() -> Result<PathBuf> {
             if !status.success() {
                 return Err("building the nodeless binary failed".to_string());
             }
-            let target = std::env::var("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|_| workspace_root().join("target"));
+            let target = std::env::var("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| workspace_root().join("target"));
             Ok(target.join(if release { "release" } else { "debug" }).join("nodeless"))
         })
         .clone()
@@ -78,7 +99,15 @@ impl Nodeless {
         let dir = tempfile::Builder::new().prefix("nodeless-e2e-").tempdir()?;
         let mut args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
         args.push("--no-node".into());
-        let mut n = Nodeless { child: None, dir, port: 0, extra_args: args, node: None, net: None, keep: Vec::new() };
+        let mut n = Nodeless {
+            child: None,
+            dir,
+            port: 0,
+            extra_args: args,
+            node: None,
+            net: None,
+            keep: Vec::new(),
+        };
         n.launch()?;
         Ok(n)
     }
@@ -88,10 +117,31 @@ impl Nodeless {
     pub fn start_with_node(extra: &[&str]) -> Result<Self> {
         let dir = tempfile::Builder::new().prefix("nodeless-e2e-").tempdir()?;
         searchable(dir.path())?;
-        let node = format!("e2e-{}", &dir.path().file_name().unwrap_or_default().to_string_lossy().replace(['_', '.'], "-").to_lowercase()[13..]);
-        let mut args: Vec<String> = vec!["--node-name".into(), node.clone(), "--restart-backoff".into(), "1s".into()];
+        let node = format!(
+            "e2e-{}",
+            &dir.path()
+                .file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .replace(['_', '.'], "-")
+                .to_lowercase()[13..]
+        );
+        let mut args: Vec<String> = vec![
+            "--node-name".into(),
+            node.clone(),
+            "--restart-backoff".into(),
+            "1s".into(),
+        ];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut n = Nodeless { child: None, dir, port: 0, extra_args: args, node: Some(node), net: None, keep: Vec::new() };
+        let mut n = Nodeless {
+            child: None,
+            dir,
+            port: 0,
+            extra_args: args,
+            node: Some(node),
+            net: None,
+            keep: Vec::new(),
+        };
         n.import_test_images()?;
         n.launch()?;
         Ok(n)
@@ -134,7 +184,11 @@ impl Nodeless {
 
     /// Run a `nodeless` subcommand against this instance's data directory.
     pub fn nodeless(&self, args: &[&str]) -> Result<String> {
-        let out = Command::new(nodeless_binary()?).args(args).arg("--data-dir").arg(self.data_dir()).output()?;
+        let out = Command::new(nodeless_binary()?)
+            .args(args)
+            .arg("--data-dir")
+            .arg(self.data_dir())
+            .output()?;
         if !out.status.success() {
             bail!("nodeless {args:?}: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -153,9 +207,18 @@ impl Nodeless {
         clean_node_leftovers(node, &self.data_dir());
         // The pod network's egress rule, which a node stopped with pods still running keeps
         // (a restarted node adopts them).
-        if let Some(cidr) = self.extra_args.iter().position(|a| a == "--pod-cidr").and_then(|i| self.extra_args.get(i + 1)).and_then(|c| c.parse::<ipnet::Ipv4Net>().ok()) {
+        if let Some(cidr) = self
+            .extra_args
+            .iter()
+            .position(|a| a == "--pod-cidr")
+            .and_then(|i| self.extra_args.get(i + 1))
+            .and_then(|c| c.parse::<ipnet::Ipv4Net>().ok())
+        {
             let table = nodeless_eni_cni::snat::Snat::table_for(&[cidr]);
-            let _ = Command::new("nft").args(["delete", "table", "ip", &table]).stderr(Stdio::null()).output();
+            let _ = Command::new("nft")
+                .args(["delete", "table", "ip", &table])
+                .stderr(Stdio::null())
+                .output();
         }
         if let Some((bridge, _)) = &self.net {
             let _ = Command::new("ip").args(["link", "del", bridge]).output();
@@ -176,7 +239,10 @@ impl Nodeless {
 
     fn launch(&mut self) -> Result<()> {
         let _ = std::fs::remove_file(self.kubeconfig());
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.path().join("nodeless.log"))?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("nodeless.log"))?;
         let child = Command::new(nodeless_binary()?)
             .arg("up")
             .arg("--data-dir")
@@ -200,7 +266,10 @@ impl Nodeless {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
             if let Ok(text) = std::fs::read_to_string(self.kubeconfig()) {
-                if let Some(port) = text.lines().find_map(|l| l.trim().strip_prefix("server: https://127.0.0.1:")) {
+                if let Some(port) = text
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("server: https://127.0.0.1:"))
+                {
                     self.port = port.trim().parse()?;
                     return Ok(());
                 }
@@ -217,7 +286,10 @@ impl Nodeless {
     pub fn dns_addr(&self) -> Result<std::net::SocketAddr> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Some(addr) = std::fs::read_to_string(self.dir.path().join("dns.addr")).ok().and_then(|t| t.trim().parse().ok()) {
+            if let Some(addr) = std::fs::read_to_string(self.dir.path().join("dns.addr"))
+                .ok()
+                .and_then(|t| t.trim().parse().ok())
+            {
                 return Ok(addr);
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -256,12 +328,22 @@ impl Nodeless {
 
     pub fn kubectl_with(&self, version: &str, kubeconfig: &Path, args: &[&str], stdin: Option<&str>) -> Output {
         let mut cmd = Command::new(kubectl_path(version));
-        cmd.env("KUBECONFIG", kubeconfig).env_remove("HTTPS_PROXY").env_remove("HTTP_PROXY").args(args);
-        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+        cmd.env("KUBECONFIG", kubeconfig)
+            .env_remove("HTTPS_PROXY")
+            .env_remove("HTTP_PROXY")
+            .args(args);
+        cmd.stdin(if stdin.is_some() { Stdio::piped() } else { Stdio::null() })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().expect("kubectl runs");
         if let Some(input) = stdin {
             use std::io::Write;
-            child.stdin.take().expect("piped").write_all(input.as_bytes()).expect("write stdin");
+            child
+                .stdin
+                .take()
+                .expect("piped")
+                .write_all(input.as_bytes())
+                .expect("write stdin");
         }
         child.wait_with_output().expect("kubectl finishes")
     }
@@ -300,7 +382,10 @@ impl Nodeless {
     /// An HTTP client trusting the cluster CA, for raw API requests.
     pub fn http(&self) -> reqwest::Client {
         let ca = reqwest::Certificate::from_pem(&self.ca_pem()).expect("CA PEM");
-        reqwest::Client::builder().add_root_certificate(ca).build().expect("client")
+        reqwest::Client::builder()
+            .add_root_certificate(ca)
+            .build()
+            .expect("client")
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -378,7 +463,11 @@ pub fn test_image_layouts() -> Result<Vec<PathBuf>> {
                 use sha2::Digest;
                 let echo = echo_binary()?;
                 let digest = hex::encode(sha2::Sha256::digest(std::fs::read(&echo)?));
-                let base = nodeless_binary()?.parent().and_then(Path::parent).unwrap_or(Path::new("target")).join("test-images");
+                let base = nodeless_binary()?
+                    .parent()
+                    .and_then(Path::parent)
+                    .unwrap_or(Path::new("target"))
+                    .join("test-images");
                 let dir = base.join(&digest[..16]);
                 if !dir.join("echo/index.json").exists() {
                     // Built aside and renamed into place: a concurrent run sees all or nothing.
@@ -400,7 +489,13 @@ pub fn test_image_layouts() -> Result<Vec<PathBuf>> {
 /// The containers a node's OCI runtime holds: one state directory each, for runc and crun alike.
 pub fn runtime_containers(node: &str) -> Vec<String> {
     let root = Path::new("/run/nodeless").join(node).join("runtime");
-    let mut ids: Vec<String> = std::fs::read_dir(root).into_iter().flatten().flatten().filter(|e| e.path().is_dir()).map(|e| e.file_name().to_string_lossy().into_owned()).collect();
+    let mut ids: Vec<String> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter(|e| e.path().is_dir())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
     ids.sort();
     ids
 }
@@ -409,7 +504,11 @@ pub fn runtime_containers(node: &str) -> Vec<String> {
 /// every container's parent; one, or none when it holds nothing and the node is gone).
 pub fn keeper_pids(node: &str) -> Vec<u32> {
     let pattern = format!("nodeless-shim keep --socket /run/nodeless/{node}/keeper.sock");
-    let out = Command::new("pgrep").args(["-f", &pattern]).output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default();
+    let out = Command::new("pgrep")
+        .args(["-f", &pattern])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default();
     out.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
@@ -419,7 +518,11 @@ pub fn clean_node_leftovers(node: &str, data_dir: &Path) {
     let root = Path::new("/run/nodeless").join(node).join("runtime");
     for id in runtime_containers(node) {
         for runtime in ["crun", "runc"] {
-            let _ = Command::new(runtime).arg("--root").arg(&root).args(["delete", "--force", &id]).output();
+            let _ = Command::new(runtime)
+                .arg("--root")
+                .arg(&root)
+                .args(["delete", "--force", &id])
+                .output();
         }
     }
     for pid in keeper_pids(node) {
@@ -448,7 +551,10 @@ pub fn clean_node_leftovers(node: &str, data_dir: &Path) {
         for ctl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
             let base = ctl.path().join("nodeless").join(node);
             if base.is_dir() {
-                let _ = Command::new("find").arg(&base).args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"]).output();
+                let _ = Command::new("find")
+                    .arg(&base)
+                    .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
+                    .output();
                 left |= base.is_dir();
             }
         }
@@ -467,8 +573,13 @@ pub fn ingress_addresses(child: &mut Child) -> Result<[std::net::SocketAddr; 3]>
     use std::io::BufRead;
     let mut line = String::new();
     std::io::BufReader::new(child.stdout.take().context("ingress-l7's stdout is not piped")?).read_line(&mut line)?;
-    let addrs: Vec<std::net::SocketAddr> = line.split_whitespace().filter_map(|w| w.trim_end_matches(',').parse().ok()).collect();
-    addrs.try_into().map_err(|_| anyhow::anyhow!("ingress-l7 printed {line:?}"))
+    let addrs: Vec<std::net::SocketAddr> = line
+        .split_whitespace()
+        .filter_map(|w| w.trim_end_matches(',').parse().ok())
+        .collect();
+    addrs
+        .try_into()
+        .map_err(|_| anyhow::anyhow!("ingress-l7 printed {line:?}"))
 }
 pub mod images;
 
@@ -490,7 +601,13 @@ impl Default for PodmanStore {
 
 impl PodmanStore {
     pub fn new() -> PodmanStore {
-        PodmanStore { dir: tempfile::Builder::new().prefix("nodeless-podman-").tempdir().expect("a temporary directory"), conf: None }
+        PodmanStore {
+            dir: tempfile::Builder::new()
+                .prefix("nodeless-podman-")
+                .tempdir()
+                .expect("a temporary directory"),
+            conf: None,
+        }
     }
 
     pub fn dir(&self) -> &Path {
@@ -510,14 +627,26 @@ impl PodmanStore {
         if let Some(conf) = &self.conf {
             c.env("CONTAINERS_CONF", conf);
         }
-        c.arg("--root").arg(self.dir.path().join("root")).arg("--runroot").arg(self.dir.path().join("run")).args(["--events-backend", "none"]);
+        c.arg("--root")
+            .arg(self.dir.path().join("root"))
+            .arg("--runroot")
+            .arg(self.dir.path().join("run"))
+            .args(["--events-backend", "none"]);
         c
     }
 
     /// Run podman; its stdout. Panics (with stderr) if it fails.
     pub fn podman(&self, args: &[&str]) -> String {
-        let out = self.command().args(args).output().expect("podman (apt-get install podman)");
-        assert!(out.status.success(), "podman {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let out = self
+            .command()
+            .args(args)
+            .output()
+            .expect("podman (apt-get install podman)");
+        assert!(
+            out.status.success(),
+            "podman {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
 }
@@ -527,7 +656,10 @@ impl Drop for PodmanStore {
         let _ = self.command().args(["rm", "-a", "-f", "-t", "0"]).output();
         let _ = self.command().args(["system", "reset", "-f"]).output();
         // podman's overlay driver bind-mounts its storage onto itself; that mount is ours to remove.
-        let _ = Command::new("umount").arg("-R").arg(self.dir.path().join("root/overlay")).output();
+        let _ = Command::new("umount")
+            .arg("-R")
+            .arg(self.dir.path().join("root/overlay"))
+            .output();
     }
 }
 
@@ -589,7 +721,6 @@ spec:
     )
 }
 
-
 /// User plus system CPU time of a process (all its threads) so far, in seconds.
 pub fn cpu_seconds(pid: u32) -> Result<f64> {
     let (user, system) = cpu_times(pid)?;
@@ -600,7 +731,10 @@ pub fn cpu_seconds(pid: u32) -> Result<f64> {
 pub fn cpu_times(pid: u32) -> Result<(f64, f64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The fields after the command name (which may hold spaces), from field 3 on.
-    let rest = stat.rsplit_once(')').map(|(_, r)| r).ok_or_else(|| anyhow::anyhow!("malformed /proc/{pid}/stat"))?;
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or_else(|| anyhow::anyhow!("malformed /proc/{pid}/stat"))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime, in USER_HZ: 100 on Linux.
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) as f64 / 100.0;

@@ -41,7 +41,13 @@ pub struct NotGranted {
 
 impl fmt::Display for NotGranted {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "capability {} is outside the set this platform grants ({} and {})", self.capability, DEFAULT.join(", "), ADDABLE.join(", "))
+        write!(
+            f,
+            "capability {} is outside the set this platform grants ({} and {})",
+            self.capability,
+            DEFAULT.join(", "),
+            ADDABLE.join(", ")
+        )
     }
 }
 
@@ -51,7 +57,11 @@ impl std::error::Error for NotGranted {}
 /// stays `ALL`).
 pub fn canonical(name: &str) -> String {
     let upper = name.trim().to_ascii_uppercase();
-    if upper.starts_with("CAP_") || upper == ALL { upper } else { format!("CAP_{upper}") }
+    if upper.starts_with("CAP_") || upper == ALL {
+        upper
+    } else {
+        format!("CAP_{upper}")
+    }
 }
 
 /// The capability set after a container's `add` and `drop`, in canonical form: the defaults
@@ -59,8 +69,15 @@ pub fn canonical(name: &str) -> String {
 /// outside [`DEFAULT`] and [`ADDABLE`] (`ALL` included) is refused.
 pub fn effective<A: AsRef<str>, D: AsRef<str>>(add: &[A], drop: &[D]) -> Result<Vec<String>, NotGranted> {
     let drop: Vec<String> = drop.iter().map(|d| canonical(d.as_ref())).collect();
-    let mut caps: Vec<String> =
-        if drop.iter().any(|d| d == ALL) { Vec::new() } else { DEFAULT.iter().map(|c| c.to_string()).filter(|c| !drop.contains(c)).collect() };
+    let mut caps: Vec<String> = if drop.iter().any(|d| d == ALL) {
+        Vec::new()
+    } else {
+        DEFAULT
+            .iter()
+            .map(|c| c.to_string())
+            .filter(|c| !drop.contains(c))
+            .collect()
+    };
     for a in add.iter().map(|a| canonical(a.as_ref())) {
         if !DEFAULT.contains(&a.as_str()) && !ADDABLE.contains(&a.as_str()) {
             return Err(NotGranted { capability: a });
@@ -80,7 +97,14 @@ mod tests {
 
     #[test]
     fn names_are_one_capability_in_any_spelling() {
-        for n in ["sys_admin", "Cap_Sys_Admin", "CAP_SYS_ADMIN", "cap_sys_admin", "SYS_ADMIN", " SYS_ADMIN "] {
+        for n in [
+            "sys_admin",
+            "Cap_Sys_Admin",
+            "CAP_SYS_ADMIN",
+            "cap_sys_admin",
+            "SYS_ADMIN",
+            " SYS_ADMIN ",
+        ] {
             assert_eq!(canonical(n), "CAP_SYS_ADMIN", "{n:?}");
         }
         assert_eq!(canonical("all"), "ALL");
@@ -88,9 +112,26 @@ mod tests {
 
     #[test]
     fn adds_outside_the_grant_are_refused_in_every_spelling() {
-        for n in ["sys_admin", "Cap_Sys_Admin", "CAP_SYS_ADMIN", "SYS_ADMIN", "sys_module", "SYS_RAWIO", "sys_ptrace", "all", "ALL", "bogus"] {
+        for n in [
+            "sys_admin",
+            "Cap_Sys_Admin",
+            "CAP_SYS_ADMIN",
+            "SYS_ADMIN",
+            "sys_module",
+            "SYS_RAWIO",
+            "sys_ptrace",
+            "all",
+            "ALL",
+            "bogus",
+        ] {
             let err = effective(&[n], &NONE).unwrap_err();
-            assert_eq!(err, NotGranted { capability: canonical(n) }, "{n}");
+            assert_eq!(
+                err,
+                NotGranted {
+                    capability: canonical(n)
+                },
+                "{n}"
+            );
             assert!(err.to_string().contains(&canonical(n)), "{err}");
         }
     }
@@ -102,10 +143,18 @@ mod tests {
         assert!(caps.contains(&"CAP_NET_ADMIN".to_string()));
         assert!(!caps.contains(&"CAP_NET_RAW".to_string()));
         assert_eq!(effective(&["CHOWN"], &["all"]).unwrap(), vec!["CAP_CHOWN".to_string()]);
-        assert_eq!(effective(&["Cap_Chown", "chown"], &["ALL"]).unwrap(), vec!["CAP_CHOWN".to_string()], "added once");
+        assert_eq!(
+            effective(&["Cap_Chown", "chown"], &["ALL"]).unwrap(),
+            vec!["CAP_CHOWN".to_string()],
+            "added once"
+        );
         assert!(effective(&NONE, &["All"]).unwrap().is_empty());
         for a in ADDABLE {
-            assert!(effective(&[a.to_ascii_lowercase()], &NONE).unwrap().contains(&a.to_string()));
+            assert!(
+                effective(&[a.to_ascii_lowercase()], &NONE)
+                    .unwrap()
+                    .contains(&a.to_string())
+            );
         }
     }
 }

@@ -26,7 +26,9 @@ const SAFE_SYSCTLS: [&str; 9] = [
 fn seccomp_refusal(p: &SeccompProfile, field: &str) -> Option<String> {
     match p.type_.as_str() {
         "RuntimeDefault" => None,
-        "Unconfined" => Some(format!("{field}.type: Unconfined is not allowed: every container runs under the node's seccomp profile")),
+        "Unconfined" => Some(format!(
+            "{field}.type: Unconfined is not allowed: every container runs under the node's seccomp profile"
+        )),
         "Localhost" => Some(format!(
             "{field}.type: Localhost profiles are not supported by this node (it has none installed); use RuntimeDefault, which is applied always"
         )),
@@ -37,30 +39,55 @@ fn seccomp_refusal(p: &SeccompProfile, field: &str) -> Option<String> {
 /// Why the node cannot run a pod of this spec as asked, if it cannot.
 pub fn unsupported(spec: &PodSpec) -> Option<String> {
     if let Some(rc) = spec.runtime_class_name.as_deref().filter(|r| !r.is_empty()) {
-        return Some(format!("runtimeClassName: RuntimeClass {rc:?} is not supported by this node: it runs pods in OCI sandboxes only"));
+        return Some(format!(
+            "runtimeClassName: RuntimeClass {rc:?} is not supported by this node: it runs pods in OCI sandboxes only"
+        ));
     }
-    if let Some(why) = spec.security_context.as_ref().and_then(|s| s.seccomp_profile.as_ref()).and_then(|p| seccomp_refusal(p, "securityContext.seccompProfile")) {
+    if let Some(why) = spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.seccomp_profile.as_ref())
+        .and_then(|p| seccomp_refusal(p, "securityContext.seccompProfile"))
+    {
         return Some(why);
     }
-    if let Some(p) = spec.security_context.as_ref().and_then(|s| s.app_armor_profile.as_ref()).filter(|p| p.type_ == "Localhost") {
+    if let Some(p) = spec
+        .security_context
+        .as_ref()
+        .and_then(|s| s.app_armor_profile.as_ref())
+        .filter(|p| p.type_ == "Localhost")
+    {
         return Some(format!(
             "securityContext.appArmorProfile: Localhost profile {:?} cannot be applied: this node has no AppArmor",
             p.localhost_profile.clone().unwrap_or_default()
         ));
     }
-    let lists = [("initContainers", spec.init_containers.as_deref().unwrap_or_default()), ("containers", &spec.containers[..])];
+    let lists = [
+        ("initContainers", spec.init_containers.as_deref().unwrap_or_default()),
+        ("containers", &spec.containers[..]),
+    ];
     for (list, containers) in lists {
         for (i, c) in containers.iter().enumerate() {
             let sc = c.security_context.as_ref();
             let field = format!("{list}[{i}].securityContext");
-            if let Some(why) = sc.and_then(|s| s.seccomp_profile.as_ref()).and_then(|p| seccomp_refusal(p, &format!("{field}.seccompProfile"))) {
+            if let Some(why) = sc
+                .and_then(|s| s.seccomp_profile.as_ref())
+                .and_then(|p| seccomp_refusal(p, &format!("{field}.seccompProfile")))
+            {
                 return Some(why);
             }
-            if sc.and_then(|s| s.app_armor_profile.as_ref()).is_some_and(|p| p.type_ == "Localhost") {
-                return Some(format!("{field}.appArmorProfile: Localhost profiles cannot be applied: this node has no AppArmor"));
+            if sc
+                .and_then(|s| s.app_armor_profile.as_ref())
+                .is_some_and(|p| p.type_ == "Localhost")
+            {
+                return Some(format!(
+                    "{field}.appArmorProfile: Localhost profiles cannot be applied: this node has no AppArmor"
+                ));
             }
             if sc.and_then(|s| s.proc_mount.as_deref()) == Some("Unmasked") {
-                return Some(format!("{field}.procMount: Unmasked is not allowed: /proc stays masked in every container"));
+                return Some(format!(
+                    "{field}.procMount: Unmasked is not allowed: /proc stays masked in every container"
+                ));
             }
         }
     }
@@ -99,20 +126,46 @@ mod tests {
         let c = serde_json::json!([{"name": "c"}]);
         assert_eq!(unsupported(&pod(serde_json::json!({"containers": c}))), None);
         let cases = [
-            (serde_json::json!({"containers": c, "runtimeClassName": "microvm"}), "runtimeClassName"),
-            (serde_json::json!({"containers": c, "securityContext": {"seccompProfile": {"type": "Unconfined"}}}), "securityContext.seccompProfile.type"),
-            (serde_json::json!({"containers": [{"name": "c", "securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "x.json"}}}]}), "containers[0].securityContext.seccompProfile.type"),
-            (serde_json::json!({"containers": [{"name": "c", "securityContext": {"procMount": "Unmasked"}}]}), "containers[0].securityContext.procMount"),
-            (serde_json::json!({"containers": c, "securityContext": {"appArmorProfile": {"type": "Localhost", "localhostProfile": "p"}}}), "securityContext.appArmorProfile"),
-            (serde_json::json!({"containers": c, "securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "1"}]}}), "securityContext.sysctls[0].name"),
+            (
+                serde_json::json!({"containers": c, "runtimeClassName": "microvm"}),
+                "runtimeClassName",
+            ),
+            (
+                serde_json::json!({"containers": c, "securityContext": {"seccompProfile": {"type": "Unconfined"}}}),
+                "securityContext.seccompProfile.type",
+            ),
+            (
+                serde_json::json!({"containers": [{"name": "c", "securityContext": {"seccompProfile": {"type": "Localhost", "localhostProfile": "x.json"}}}]}),
+                "containers[0].securityContext.seccompProfile.type",
+            ),
+            (
+                serde_json::json!({"containers": [{"name": "c", "securityContext": {"procMount": "Unmasked"}}]}),
+                "containers[0].securityContext.procMount",
+            ),
+            (
+                serde_json::json!({"containers": c, "securityContext": {"appArmorProfile": {"type": "Localhost", "localhostProfile": "p"}}}),
+                "securityContext.appArmorProfile",
+            ),
+            (
+                serde_json::json!({"containers": c, "securityContext": {"sysctls": [{"name": "kernel.msgmax", "value": "1"}]}}),
+                "securityContext.sysctls[0].name",
+            ),
         ];
         for (spec, field) in cases {
             let why = unsupported(&pod(spec)).unwrap_or_default();
             assert!(why.starts_with(field), "{field}: {why}");
         }
-        let ok = pod(serde_json::json!({"containers": [{"name": "c", "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}}],
-            "securityContext": {"sysctls": [{"name": "net/ipv4/ip_unprivileged_port_start", "value": "0"}]}}));
+        let ok = pod(
+            serde_json::json!({"containers": [{"name": "c", "securityContext": {"seccompProfile": {"type": "RuntimeDefault"}}}],
+            "securityContext": {"sysctls": [{"name": "net/ipv4/ip_unprivileged_port_start", "value": "0"}]}}),
+        );
         assert_eq!(unsupported(&ok), None);
-        assert_eq!(sysctls(&ok).unwrap().get("net.ipv4.ip_unprivileged_port_start").map(String::as_str), Some("0"));
+        assert_eq!(
+            sysctls(&ok)
+                .unwrap()
+                .get("net.ipv4.ip_unprivileged_port_start")
+                .map(String::as_str),
+            Some("0")
+        );
     }
 }

@@ -9,7 +9,13 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 #[derive(CustomResource, Clone, Debug, Default, Deserialize, Serialize, JsonSchema, PartialEq)]
-#[kube(group = "network.nodeless.io", version = "v1", kind = "PrivateZone", plural = "privatezones", shortname = "pz")]
+#[kube(
+    group = "network.nodeless.io",
+    version = "v1",
+    kind = "PrivateZone",
+    plural = "privatezones",
+    shortname = "pz"
+)]
 #[kube(printcolumn = r#"{"name": "Zone", "type": "string", "jsonPath": ".spec.zone"}"#)]
 #[kube(printcolumn = r#"{"name": "Networks", "type": "string", "jsonPath": ".spec.networks"}"#)]
 #[serde(rename_all = "camelCase")]

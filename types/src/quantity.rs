@@ -15,17 +15,24 @@ impl Quantity {
     }
 }
 
-pub const QUANTITY_MSG: &str = "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'";
+pub const QUANTITY_MSG: &str =
+    "quantities must match the regular expression '^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$'";
 
 pub fn parse_quantity(s: &str) -> Result<Quantity, &'static str> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '+' || c == '-'))
+        .unwrap_or(s.len());
     let (num, suffix) = s.split_at(split);
     let (negative, digits) = match num.strip_prefix('-') {
         Some(d) => (true, d),
         None => (false, num.strip_prefix('+').unwrap_or(num)),
     };
-    if digits.is_empty() || digits == "." || digits.matches('.').count() > 1 || !digits.chars().all(|c| c.is_ascii_digit() || c == '.') {
+    if digits.is_empty()
+        || digits == "."
+        || digits.matches('.').count() > 1
+        || !digits.chars().all(|c| c.is_ascii_digit() || c == '.')
+    {
         return Err(QUANTITY_MSG);
     }
     let (int_part, frac_part) = digits.split_once('.').unwrap_or((digits, ""));
@@ -55,7 +62,9 @@ pub fn parse_quantity(s: &str) -> Result<Quantity, &'static str> {
     let scale = exp10 + 3 - frac_len;
     let mut v = mantissa.checked_mul(mul).ok_or("quantity is too large")?;
     if scale >= 0 {
-        v = v.checked_mul(10i128.checked_pow(scale as u32).ok_or("quantity is too large")?).ok_or("quantity is too large")?;
+        v = v
+            .checked_mul(10i128.checked_pow(scale as u32).ok_or("quantity is too large")?)
+            .ok_or("quantity is too large")?;
     } else {
         let d = 10i128.checked_pow((-scale) as u32).unwrap_or(i128::MAX);
         v = (v + d - 1) / d; // round up, as the apiserver does for sub-milli precision

@@ -20,11 +20,19 @@ pub struct Cause {
 
 impl Cause {
     pub fn required(field: impl Into<String>) -> Self {
-        Self { field: field.into(), reason: "FieldValueRequired", message: "Required value".into() }
+        Self {
+            field: field.into(),
+            reason: "FieldValueRequired",
+            message: "Required value".into(),
+        }
     }
 
     pub fn required_because(field: impl Into<String>, why: &str) -> Self {
-        Self { field: field.into(), reason: "FieldValueRequired", message: format!("Required value: {why}") }
+        Self {
+            field: field.into(),
+            reason: "FieldValueRequired",
+            message: format!("Required value: {why}"),
+        }
     }
 
     pub fn invalid(field: impl Into<String>, value: &Value, why: &str) -> Self {
@@ -32,7 +40,11 @@ impl Cause {
             Value::String(s) => format!("\"{s}\""),
             other => other.to_string(),
         };
-        Self { field: field.into(), reason: "FieldValueInvalid", message: format!("Invalid value: {shown}: {why}") }
+        Self {
+            field: field.into(),
+            reason: "FieldValueInvalid",
+            message: format!("Invalid value: {shown}: {why}"),
+        }
     }
 
     pub fn unsupported(field: impl Into<String>, value: &str, supported: &[&str]) -> Self {
@@ -45,11 +57,19 @@ impl Cause {
     }
 
     pub fn duplicate(field: impl Into<String>, value: &str) -> Self {
-        Self { field: field.into(), reason: "FieldValueDuplicate", message: format!("Duplicate value: \"{value}\"") }
+        Self {
+            field: field.into(),
+            reason: "FieldValueDuplicate",
+            message: format!("Duplicate value: \"{value}\""),
+        }
     }
 
     pub fn forbidden(field: impl Into<String>, why: &str) -> Self {
-        Self { field: field.into(), reason: "FieldValueForbidden", message: format!("Forbidden: {why}") }
+        Self {
+            field: field.into(),
+            reason: "FieldValueForbidden",
+            message: format!("Forbidden: {why}"),
+        }
     }
 }
 
@@ -72,13 +92,21 @@ pub fn admit(group: &str, kind: &str, obj: &Value, old: Option<&Value>, policy: 
         return Verdict::Forbidden { rule, message };
     }
     let causes = validate::validate(group, kind, obj, old);
-    if causes.is_empty() { Verdict::Allowed } else { Verdict::Invalid(causes) }
+    if causes.is_empty() {
+        Verdict::Allowed
+    } else {
+        Verdict::Invalid(causes)
+    }
 }
 
 /// The apiserver's message for an invalid object:
 /// `Deployment.apps "web" is invalid: spec.replicas: Invalid value: -1: must be …`.
 pub fn invalid_message(qualified_kind: &str, name: &str, causes: &[Cause]) -> String {
     let parts: Vec<String> = causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect();
-    let joined = if parts.len() == 1 { parts[0].clone() } else { format!("[{}]", parts.join(", ")) };
+    let joined = if parts.len() == 1 {
+        parts[0].clone()
+    } else {
+        format!("[{}]", parts.join(", "))
+    };
     format!("{qualified_kind} \"{name}\" is invalid: {joined}")
 }

@@ -11,10 +11,7 @@ pub fn dns1123_label(s: &str) -> Option<String> {
     if s.len() > 63 {
         return Some("must be no more than 63 characters".into());
     }
-    let ok = !s.is_empty()
-        && s.chars().all(|c| alnum(c) || c == '-')
-        && s.starts_with(alnum)
-        && s.ends_with(alnum);
+    let ok = !s.is_empty() && s.chars().all(|c| alnum(c) || c == '-') && s.starts_with(alnum) && s.ends_with(alnum);
     (!ok).then(|| DNS1123_LABEL_MSG.to_string())
 }
 
@@ -22,7 +19,10 @@ pub fn dns1123_subdomain(s: &str) -> Option<String> {
     if s.len() > 253 {
         return Some("must be no more than 253 characters".into());
     }
-    let ok = !s.is_empty() && s.split('.').all(|l| !l.is_empty() && l.chars().all(|c| alnum(c) || c == '-') && l.starts_with(alnum) && l.ends_with(alnum));
+    let ok = !s.is_empty()
+        && s.split('.').all(|l| {
+            !l.is_empty() && l.chars().all(|c| alnum(c) || c == '-') && l.starts_with(alnum) && l.ends_with(alnum)
+        });
     (!ok).then(|| DNS1123_SUBDOMAIN_MSG.to_string())
 }
 
@@ -50,7 +50,8 @@ fn label_name_part(s: &str) -> bool {
     let edge = |c: char| c.is_ascii_alphanumeric();
     !s.is_empty()
         && s.len() <= 63
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
         && s.starts_with(edge)
         && s.ends_with(edge)
 }
@@ -79,12 +80,19 @@ pub fn label_value(s: &str) -> Option<String> {
 /// Environment variable names (the apiserver accepts any printable name without '=').
 pub fn env_name(s: &str) -> Option<String> {
     let ok = !s.is_empty() && s.chars().all(|c| c.is_ascii_graphic() && c != '=');
-    (!ok).then(|| "a valid environment variable name must consist only of printable ASCII characters other than '='".into())
+    (!ok).then(|| {
+        "a valid environment variable name must consist only of printable ASCII characters other than '='".into()
+    })
 }
 
 /// ConfigMap and Secret keys.
 pub fn config_key(s: &str) -> Option<String> {
-    let ok = !s.is_empty() && s.len() <= 253 && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.')) && s != "." && s != "..";
+    let ok = !s.is_empty()
+        && s.len() <= 253
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s != "."
+        && s != "..";
     (!ok).then(|| "a valid config key must consist of alphanumeric characters, '-', '_' or '.' (e.g. 'key.name',  or 'KEY_NAME',  or 'key-name', regex used for validation is '[-._a-zA-Z0-9]+')".into())
 }
 

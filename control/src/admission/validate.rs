@@ -58,7 +58,11 @@ pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Ca
 fn metadata(obj: &Value, label_name: bool, c: &mut Causes) {
     let name = s(obj, "/metadata/name").unwrap_or_default();
     if !name.is_empty() {
-        let bad = if label_name { names::dns1123_label(name) } else { names::dns1123_subdomain(name) };
+        let bad = if label_name {
+            names::dns1123_label(name)
+        } else {
+            names::dns1123_subdomain(name)
+        };
         if let Some(why) = bad {
             c.push(Cause::invalid("metadata.name", &json!(name), &why));
         }
@@ -78,7 +82,11 @@ fn metadata(obj: &Value, label_name: bool, c: &mut Causes) {
             }
         }
         if total > 256 * 1024 {
-            c.push(Cause { field: "metadata.annotations".into(), reason: "FieldValueTooLong", message: "Too long: must have at most 262144 bytes".into() });
+            c.push(Cause {
+                field: "metadata.annotations".into(),
+                reason: "FieldValueTooLong",
+                message: "Too long: must have at most 262144 bytes".into(),
+            });
         }
     }
 }
@@ -104,32 +112,66 @@ fn quantities(res: &Value, path: &str, c: &mut Causes) {
             };
             match parse_quantity(&text) {
                 Err(_) => c.push(Cause::invalid(format!("{path}.{section}[{k}]"), v, QUANTITY_MSG)),
-                Ok(q) if q.milli() < 0 => c.push(Cause::invalid(format!("{path}.{section}[{k}]"), v, "must be greater than or equal to 0")),
+                Ok(q) if q.milli() < 0 => c.push(Cause::invalid(
+                    format!("{path}.{section}[{k}]"),
+                    v,
+                    "must be greater than or equal to 0",
+                )),
                 Ok(_) => {}
             }
         }
     }
     for k in ["cpu", "memory"] {
-        let q = |sec: &str| res.pointer(&format!("/{sec}/{k}")).and_then(|v| v.as_str().map(String::from).or_else(|| v.as_i64().map(|n| n.to_string()))).and_then(|t| parse_quantity(&t).ok());
+        let q = |sec: &str| {
+            res.pointer(&format!("/{sec}/{k}"))
+                .and_then(|v| {
+                    v.as_str()
+                        .map(String::from)
+                        .or_else(|| v.as_i64().map(|n| n.to_string()))
+                })
+                .and_then(|t| parse_quantity(&t).ok())
+        };
         if let (Some(r), Some(l)) = (q("requests"), q("limits")) {
             if r > l {
                 let shown = res.pointer(&format!("/requests/{k}")).cloned().unwrap_or_default();
-                c.push(Cause::invalid(format!("{path}.requests"), &shown, &format!("must be less than or equal to {k} limit of {}", res.pointer(&format!("/limits/{k}")).map(|v| v.as_str().map(String::from).unwrap_or(v.to_string())).unwrap_or_default())));
+                c.push(Cause::invalid(
+                    format!("{path}.requests"),
+                    &shown,
+                    &format!(
+                        "must be less than or equal to {k} limit of {}",
+                        res.pointer(&format!("/limits/{k}"))
+                            .map(|v| v.as_str().map(String::from).unwrap_or(v.to_string()))
+                            .unwrap_or_default()
+                    ),
+                ));
             }
         }
     }
 }
 
 fn probe(p: &Value, path: &str, c: &mut Causes) {
-    let handlers = ["exec", "httpGet", "tcpSocket", "grpc"].iter().filter(|h| p.get(**h).is_some()).count();
+    let handlers = ["exec", "httpGet", "tcpSocket", "grpc"]
+        .iter()
+        .filter(|h| p.get(**h).is_some())
+        .count();
     if handlers == 0 {
         c.push(Cause::required_because(path.to_string(), "must specify a handler type"));
     } else if handlers > 1 {
-        c.push(Cause::forbidden(path.to_string(), "may not specify more than 1 handler type"));
+        c.push(Cause::forbidden(
+            path.to_string(),
+            "may not specify more than 1 handler type",
+        ));
     }
 }
 
-fn container(ct: &Value, path: &str, volumes: &HashSet<String>, names_seen: &mut HashSet<String>, template: bool, c: &mut Causes) {
+fn container(
+    ct: &Value,
+    path: &str,
+    volumes: &HashSet<String>,
+    names_seen: &mut HashSet<String>,
+    template: bool,
+    c: &mut Causes,
+) {
     let name = s(ct, "/name").unwrap_or_default();
     if name.is_empty() {
         c.push(Cause::required(format!("{path}.name")));
@@ -147,12 +189,20 @@ fn container(ct: &Value, path: &str, volumes: &HashSet<String>, names_seen: &mut
         let pp = format!("{path}.ports[{i}]");
         match p.get("containerPort").and_then(Value::as_i64) {
             None => c.push(Cause::required(format!("{pp}.containerPort"))),
-            Some(n) if !(1..=65535).contains(&n) => c.push(Cause::invalid(format!("{pp}.containerPort"), &json!(n), "must be between 1 and 65535, inclusive")),
+            Some(n) if !(1..=65535).contains(&n) => c.push(Cause::invalid(
+                format!("{pp}.containerPort"),
+                &json!(n),
+                "must be between 1 and 65535, inclusive",
+            )),
             _ => {}
         }
         if let Some(proto) = s(p, "/protocol") {
             if !matches!(proto, "TCP" | "UDP" | "SCTP") {
-                c.push(Cause::unsupported(format!("{pp}.protocol"), proto, &["SCTP", "TCP", "UDP"]));
+                c.push(Cause::unsupported(
+                    format!("{pp}.protocol"),
+                    proto,
+                    &["SCTP", "TCP", "UDP"],
+                ));
             }
         }
         if let Some(n) = s(p, "/name") {
@@ -173,10 +223,18 @@ fn container(ct: &Value, path: &str, volumes: &HashSet<String>, names_seen: &mut
         }
         if let Some(vf) = e.get("valueFrom").and_then(Value::as_object) {
             if e.get("value").and_then(Value::as_str).is_some_and(|v| !v.is_empty()) {
-                c.push(Cause::invalid(format!("{ep}.valueFrom"), &json!(""), "may not be specified when `value` is not empty"));
+                c.push(Cause::invalid(
+                    format!("{ep}.valueFrom"),
+                    &json!(""),
+                    "may not be specified when `value` is not empty",
+                ));
             }
             if vf.len() != 1 {
-                c.push(Cause::invalid(format!("{ep}.valueFrom"), &json!(""), "may not have more than one field specified at a time"));
+                c.push(Cause::invalid(
+                    format!("{ep}.valueFrom"),
+                    &json!(""),
+                    "may not have more than one field specified at a time",
+                ));
             }
         }
     }
@@ -189,7 +247,11 @@ fn container(ct: &Value, path: &str, volumes: &HashSet<String>, names_seen: &mut
         if n.is_empty() {
             c.push(Cause::required(format!("{mp}.name")));
         } else if !volumes.contains(n) {
-            c.push(Cause { field: format!("{mp}.name"), reason: "FieldValueNotFound", message: format!("Not found: \"{n}\"") });
+            c.push(Cause {
+                field: format!("{mp}.name"),
+                reason: "FieldValueNotFound",
+                message: format!("Not found: \"{n}\""),
+            });
         }
         if s(m, "/mountPath").unwrap_or_default().is_empty() {
             c.push(Cause::required(format!("{mp}.mountPath")));
@@ -214,7 +276,10 @@ pub fn pod_spec(spec: &Value, path: &str, template: bool, c: &mut Causes) {
         } else if !volumes.insert(n.to_string()) {
             c.push(Cause::duplicate(format!("{vp}.name"), n));
         }
-        let sources = v.as_object().map(|m| m.keys().filter(|k| *k != "name").count()).unwrap_or(0);
+        let sources = v
+            .as_object()
+            .map(|m| m.keys().filter(|k| *k != "name").count())
+            .unwrap_or(0);
         if sources == 0 {
             c.push(Cause::required_because(vp.clone(), "must specify a volume type"));
         } else if sources > 1 {
@@ -230,10 +295,21 @@ pub fn pod_spec(spec: &Value, path: &str, template: bool, c: &mut Causes) {
         container(ct, &format!("{path}.containers[{i}]"), &volumes, &mut seen, template, c);
     }
     for (i, ct) in arr(spec, "initContainers").iter().enumerate() {
-        container(ct, &format!("{path}.initContainers[{i}]"), &volumes, &mut seen, template, c);
+        container(
+            ct,
+            &format!("{path}.initContainers[{i}]"),
+            &volumes,
+            &mut seen,
+            template,
+            c,
+        );
     }
     if let Some(rp) = s(spec, "/restartPolicy") {
-        let allowed: &[&str] = if template { &["Always"] } else { &["Always", "OnFailure", "Never"] };
+        let allowed: &[&str] = if template {
+            &["Always"]
+        } else {
+            &["Always", "OnFailure", "Never"]
+        };
         if !allowed.contains(&rp) {
             c.push(Cause::unsupported(format!("{path}.restartPolicy"), rp, allowed));
         }
@@ -246,7 +322,11 @@ pub fn pod_spec(spec: &Value, path: &str, template: bool, c: &mut Causes) {
     }
     if let Some(g) = spec.get("terminationGracePeriodSeconds").and_then(Value::as_i64) {
         if g < 0 {
-            c.push(Cause::invalid(format!("{path}.terminationGracePeriodSeconds"), &json!(g), "must be greater than or equal to 0"));
+            c.push(Cause::invalid(
+                format!("{path}.terminationGracePeriodSeconds"),
+                &json!(g),
+                "must be greater than or equal to 0",
+            ));
         }
     }
 }
@@ -260,13 +340,17 @@ fn int_or_percent_ok(v: Option<&Value>) -> bool {
 }
 
 fn is_zero(v: Option<&Value>) -> bool {
-    matches!(v, Some(Value::Number(n)) if n.as_i64() == Some(0)) || matches!(v, Some(Value::String(t)) if t == "0%" || t == "0")
+    matches!(v, Some(Value::Number(n)) if n.as_i64() == Some(0))
+        || matches!(v, Some(Value::String(t)) if t == "0%" || t == "0")
 }
 
 fn workload(kind: &str, obj: &Value, old: Option<&Value>, c: &mut Causes) {
     let selector = obj.pointer("/spec/selector");
     let match_labels = selector.and_then(|s| s.get("matchLabels")).and_then(Value::as_object);
-    let has_exprs = selector.and_then(|s| s.get("matchExpressions")).and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+    let has_exprs = selector
+        .and_then(|s| s.get("matchExpressions"))
+        .and_then(Value::as_array)
+        .is_some_and(|a| !a.is_empty());
     if match_labels.is_none_or(|m| m.is_empty()) && !has_exprs {
         c.push(Cause::required("spec.selector"));
     }
@@ -274,13 +358,21 @@ fn workload(kind: &str, obj: &Value, old: Option<&Value>, c: &mut Causes) {
     if let Some(ml) = match_labels {
         let ok = ml.iter().all(|(k, v)| tlabels.and_then(|l| l.get(k)) == Some(v));
         if !ok {
-            c.push(Cause::invalid("spec.template.metadata.labels", tlabels.unwrap_or(&json!({})), "`selector` does not match template `labels`"));
+            c.push(Cause::invalid(
+                "spec.template.metadata.labels",
+                tlabels.unwrap_or(&json!({})),
+                "`selector` does not match template `labels`",
+            ));
         }
     }
     labels(tlabels, "spec.template.metadata.labels", c);
     if let Some(r) = obj.pointer("/spec/replicas").and_then(Value::as_i64) {
         if r < 0 {
-            c.push(Cause::invalid("spec.replicas", &json!(r), "must be greater than or equal to 0"));
+            c.push(Cause::invalid(
+                "spec.replicas",
+                &json!(r),
+                "must be greater than or equal to 0",
+            ));
         }
     }
     match obj.pointer("/spec/template/spec") {
@@ -290,25 +382,43 @@ fn workload(kind: &str, obj: &Value, old: Option<&Value>, c: &mut Causes) {
     if kind == "Deployment" {
         let t = s(obj, "/spec/strategy/type").unwrap_or("RollingUpdate");
         if !matches!(t, "RollingUpdate" | "Recreate") {
-            c.push(Cause::unsupported("spec.strategy.type", t, &["Recreate", "RollingUpdate"]));
+            c.push(Cause::unsupported(
+                "spec.strategy.type",
+                t,
+                &["Recreate", "RollingUpdate"],
+            ));
         }
         let ru = obj.pointer("/spec/strategy/rollingUpdate");
         if t == "Recreate" && ru.is_some_and(|v| !v.is_null()) {
-            c.push(Cause::forbidden("spec.strategy.rollingUpdate", "may not be specified when strategy `type` is 'Recreate'"));
+            c.push(Cause::forbidden(
+                "spec.strategy.rollingUpdate",
+                "may not be specified when strategy `type` is 'Recreate'",
+            ));
         }
-        let (surge, unavail) = (ru.and_then(|r| r.get("maxSurge")), ru.and_then(|r| r.get("maxUnavailable")));
+        let (surge, unavail) = (
+            ru.and_then(|r| r.get("maxSurge")),
+            ru.and_then(|r| r.get("maxUnavailable")),
+        );
         for (f, v) in [("maxSurge", surge), ("maxUnavailable", unavail)] {
             if !int_or_percent_ok(v) {
                 c.push(Cause::invalid(format!("spec.strategy.rollingUpdate.{f}"), v.unwrap_or(&Value::Null), "a valid percent string must be a numeric string followed by an ending '%' (e.g. '1%',  or '93%', regex used for validation is '[0-9]+%')"));
             }
         }
         if is_zero(surge) && is_zero(unavail) {
-            c.push(Cause::invalid("spec.strategy.rollingUpdate.maxUnavailable", unavail.unwrap_or(&Value::Null), "may not be 0 when `maxSurge` is 0"));
+            c.push(Cause::invalid(
+                "spec.strategy.rollingUpdate.maxUnavailable",
+                unavail.unwrap_or(&Value::Null),
+                "may not be 0 when `maxSurge` is 0",
+            ));
         }
     }
     if let Some(old) = old {
         if old.pointer("/spec/selector") != obj.pointer("/spec/selector") {
-            c.push(Cause::invalid("spec.selector", obj.pointer("/spec/selector").unwrap_or(&Value::Null), "field is immutable"));
+            c.push(Cause::invalid(
+                "spec.selector",
+                obj.pointer("/spec/selector").unwrap_or(&Value::Null),
+                "field is immutable",
+            ));
         }
     }
 }
@@ -316,9 +426,17 @@ fn workload(kind: &str, obj: &Value, old: Option<&Value>, c: &mut Causes) {
 fn service(obj: &Value, _old: Option<&Value>, c: &mut Causes) {
     let ty = s(obj, "/spec/type").unwrap_or("ClusterIP");
     if !matches!(ty, "ClusterIP" | "ExternalName" | "LoadBalancer" | "NodePort") {
-        c.push(Cause::unsupported("spec.type", ty, &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"]));
+        c.push(Cause::unsupported(
+            "spec.type",
+            ty,
+            &["ClusterIP", "ExternalName", "LoadBalancer", "NodePort"],
+        ));
     }
-    let ports = obj.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
+    let ports = obj
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let headless = s(obj, "/spec/clusterIP") == Some("None");
     if ty == "ExternalName" {
         match s(obj, "/spec/externalName") {
@@ -337,7 +455,11 @@ fn service(obj: &Value, _old: Option<&Value>, c: &mut Causes) {
         let pp = format!("spec.ports[{i}]");
         match p.get("port").and_then(Value::as_i64) {
             None => c.push(Cause::required(format!("{pp}.port"))),
-            Some(n) if !(1..=65535).contains(&n) => c.push(Cause::invalid(format!("{pp}.port"), &json!(n), "must be between 1 and 65535, inclusive")),
+            Some(n) if !(1..=65535).contains(&n) => c.push(Cause::invalid(
+                format!("{pp}.port"),
+                &json!(n),
+                "must be between 1 and 65535, inclusive",
+            )),
             _ => {}
         }
         match s(p, "/name") {
@@ -353,12 +475,20 @@ fn service(obj: &Value, _old: Option<&Value>, c: &mut Causes) {
         }
         if let Some(proto) = s(p, "/protocol") {
             if !matches!(proto, "TCP" | "UDP" | "SCTP") {
-                c.push(Cause::unsupported(format!("{pp}.protocol"), proto, &["SCTP", "TCP", "UDP"]));
+                c.push(Cause::unsupported(
+                    format!("{pp}.protocol"),
+                    proto,
+                    &["SCTP", "TCP", "UDP"],
+                ));
             }
         }
         match p.get("targetPort") {
             Some(Value::Number(n)) if !(1..=65535).contains(&n.as_i64().unwrap_or(0)) => {
-                c.push(Cause::invalid(format!("{pp}.targetPort"), &json!(n), "must be between 1 and 65535, inclusive"));
+                c.push(Cause::invalid(
+                    format!("{pp}.targetPort"),
+                    &json!(n),
+                    "must be between 1 and 65535, inclusive",
+                ));
             }
             Some(Value::String(n)) => {
                 if let Some(why) = names::port_name(n) {
@@ -382,22 +512,38 @@ fn config_data(obj: &Value, secret: bool, c: &mut Causes) {
                 c.push(Cause::invalid(format!("{field}[{k}]"), &json!(k), &why));
             }
             if field == "binaryData" && data.is_some_and(|d| d.contains_key(k)) {
-                c.push(Cause::invalid(format!("binaryData[{k}]"), &json!(k), "duplicate of key present in data"));
+                c.push(Cause::invalid(
+                    format!("binaryData[{k}]"),
+                    &json!(k),
+                    "duplicate of key present in data",
+                ));
             }
         }
     }
     let limit = 1024 * 1024;
     if total > limit {
         let field = if secret { "data" } else { "[]" };
-        c.push(Cause { field: field.into(), reason: "FieldValueTooLong", message: format!("Too long: must have at most {limit} bytes") });
+        c.push(Cause {
+            field: field.into(),
+            reason: "FieldValueTooLong",
+            message: format!("Too long: must have at most {limit} bytes"),
+        });
     }
 }
 
 fn backend(b: &Value, path: &str, c: &mut Causes) {
     let svc = b.get("service");
     match (svc, b.get("resource")) {
-        (Some(_), Some(_)) => c.push(Cause::invalid(path.to_string(), &json!(""), "cannot set both resource and service backends")),
-        (None, None) => c.push(Cause::invalid(path.to_string(), &json!(""), "resource or service backend is required")),
+        (Some(_), Some(_)) => c.push(Cause::invalid(
+            path.to_string(),
+            &json!(""),
+            "cannot set both resource and service backends",
+        )),
+        (None, None) => c.push(Cause::invalid(
+            path.to_string(),
+            &json!(""),
+            "resource or service backend is required",
+        )),
         _ => {}
     }
     if let Some(svc) = svc {
@@ -406,42 +552,76 @@ fn backend(b: &Value, path: &str, c: &mut Causes) {
         }
         let (num, name) = (svc.pointer("/port/number"), svc.pointer("/port/name"));
         match (num, name) {
-            (Some(_), Some(_)) => c.push(Cause::invalid(format!("{path}.service.port"), &json!(""), "cannot set both port name & port number")),
-            (None, None) => c.push(Cause::invalid(format!("{path}.service.port"), &json!(""), "port name or number is required")),
+            (Some(_), Some(_)) => c.push(Cause::invalid(
+                format!("{path}.service.port"),
+                &json!(""),
+                "cannot set both port name & port number",
+            )),
+            (None, None) => c.push(Cause::invalid(
+                format!("{path}.service.port"),
+                &json!(""),
+                "port name or number is required",
+            )),
             _ => {}
         }
     }
 }
 
 fn ingress(obj: &Value, c: &mut Causes) {
-    let rules = obj.pointer("/spec/rules").and_then(Value::as_array).cloned().unwrap_or_default();
+    let rules = obj
+        .pointer("/spec/rules")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if let Some(b) = obj.pointer("/spec/defaultBackend") {
         backend(b, "spec.defaultBackend", c);
     } else if rules.is_empty() {
-        c.push(Cause::invalid("spec.rules", &json!([]), "either `defaultBackend` or `rules` must be specified"));
+        c.push(Cause::invalid(
+            "spec.rules",
+            &json!([]),
+            "either `defaultBackend` or `rules` must be specified",
+        ));
     }
     for (i, r) in rules.iter().enumerate() {
         let rp = format!("spec.rules[{i}]");
         if let Some(host) = s(r, "/host").filter(|h| !h.is_empty()) {
             let bare = host.strip_prefix("*.").unwrap_or(host);
             if bare.contains('*') {
-                c.push(Cause::invalid(format!("{rp}.host"), &json!(host), "a wildcard DNS-1123 subdomain must start with '*.', followed by a valid DNS subdomain"));
+                c.push(Cause::invalid(
+                    format!("{rp}.host"),
+                    &json!(host),
+                    "a wildcard DNS-1123 subdomain must start with '*.', followed by a valid DNS subdomain",
+                ));
             } else if let Some(why) = names::dns1123_subdomain(bare) {
                 c.push(Cause::invalid(format!("{rp}.host"), &json!(host), &why));
             }
         }
-        for (j, p) in r.pointer("/http/paths").and_then(Value::as_array).into_iter().flatten().enumerate() {
+        for (j, p) in r
+            .pointer("/http/paths")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
             let pp = format!("{rp}.http.paths[{j}]");
             let pt = s(p, "/pathType").unwrap_or_default();
             match pt {
                 "" => c.push(Cause::required(format!("{pp}.pathType"))),
                 "Exact" | "Prefix" => {
                     if !s(p, "/path").unwrap_or_default().starts_with('/') {
-                        c.push(Cause::invalid(format!("{pp}.path"), p.get("path").unwrap_or(&json!("")), "must be an absolute path"));
+                        c.push(Cause::invalid(
+                            format!("{pp}.path"),
+                            p.get("path").unwrap_or(&json!("")),
+                            "must be an absolute path",
+                        ));
                     }
                 }
                 "ImplementationSpecific" => {}
-                other => c.push(Cause::unsupported(format!("{pp}.pathType"), other, &["Exact", "ImplementationSpecific", "Prefix"])),
+                other => c.push(Cause::unsupported(
+                    format!("{pp}.pathType"),
+                    other,
+                    &["Exact", "ImplementationSpecific", "Prefix"],
+                )),
             }
             match p.get("backend") {
                 Some(b) => backend(b, &format!("{pp}.backend"), c),
@@ -478,23 +658,42 @@ mod tests {
         ] {
             assert!(f.contains(&want), "{want} missing from {f:?}");
         }
-        let dup = c.iter().find(|x| x.field == "spec.template.spec.containers[1].name").unwrap();
+        let dup = c
+            .iter()
+            .find(|x| x.field == "spec.template.spec.containers[1].name")
+            .unwrap();
         assert_eq!(dup.message, "Duplicate value: \"c\"");
-        assert_eq!(c.iter().find(|x| x.field.ends_with("containers[0].image")).unwrap().message, "Required value");
+        assert_eq!(
+            c.iter()
+                .find(|x| x.field.ends_with("containers[0].image"))
+                .unwrap()
+                .message,
+            "Required value"
+        );
     }
 
     #[test]
     fn names_services_ingresses() {
         let c = validate("", "ConfigMap", &json!({"metadata": {"name": "Bad_Name"}}), None);
         assert_eq!(fields(&c), ["metadata.name"]);
-        assert!(c[0].message.starts_with("Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain"));
+        assert!(
+            c[0].message
+                .starts_with("Invalid value: \"Bad_Name\": a lowercase RFC 1123 subdomain")
+        );
         let svc = json!({"metadata": {"name": "s"}, "spec": {"ports": [{"port": 80}, {"port": 0, "name": "b"}]}});
         let f = validate("", "Service", &svc, None);
         assert_eq!(fields(&f), ["spec.ports[0].name", "spec.ports[1].port"]);
         let ing = json!({"metadata": {"name": "i"}, "spec": {"rules": [{"host": "*.*.x.com", "http": {"paths": [{"path": "a", "pathType": "Prefix",
             "backend": {"service": {"name": "s", "port": {}}}}]}}]}});
         let f = validate("networking.k8s.io", "Ingress", &ing, None);
-        assert_eq!(fields(&f), ["spec.rules[0].host", "spec.rules[0].http.paths[0].path", "spec.rules[0].http.paths[0].backend.service.port"]);
+        assert_eq!(
+            fields(&f),
+            [
+                "spec.rules[0].host",
+                "spec.rules[0].http.paths[0].path",
+                "spec.rules[0].http.paths[0].backend.service.port"
+            ]
+        );
     }
 
     #[test]
@@ -507,6 +706,9 @@ mod tests {
         let mut moved = d.clone();
         moved["spec"]["selector"]["matchLabels"]["app"] = json!("b");
         moved["spec"]["template"]["metadata"]["labels"]["app"] = json!("b");
-        assert_eq!(fields(&validate("apps", "Deployment", &moved, Some(&d))), ["spec.selector"]);
+        assert_eq!(
+            fields(&validate("apps", "Deployment", &moved, Some(&d))),
+            ["spec.selector"]
+        );
     }
 }

@@ -12,8 +12,8 @@
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -47,7 +47,12 @@ pub struct ServeLimits {
 
 impl Default for ServeLimits {
     fn default() -> ServeLimits {
-        ServeLimits { tls_handshake: Duration::from_secs(10), header: Duration::from_secs(32), idle: Duration::from_secs(90), max_connections: 4096 }
+        ServeLimits {
+            tls_handshake: Duration::from_secs(10),
+            header: Duration::from_secs(32),
+            idle: Duration::from_secs(90),
+            max_connections: 4096,
+        }
     }
 }
 
@@ -60,7 +65,11 @@ pub enum LimitsError {
 impl ServeLimits {
     /// Zero would close every connection at once.
     pub fn validate(&self) -> Result<(), LimitsError> {
-        for (d, name) in [(self.tls_handshake, "the TLS handshake timeout"), (self.header, "the header read timeout"), (self.idle, "the idle timeout")] {
+        for (d, name) in [
+            (self.tls_handshake, "the TLS handshake timeout"),
+            (self.header, "the header read timeout"),
+            (self.idle, "the idle timeout"),
+        ] {
             if d.is_zero() {
                 return Err(LimitsError::Zero(name));
             }
@@ -102,7 +111,8 @@ struct Activity {
 
 impl Activity {
     fn touch(&self) {
-        self.last_ms.store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        self.last_ms
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 
     fn begin(self: &Arc<Self>) -> Busy {
@@ -151,7 +161,10 @@ impl hyper::body::Body for Counted {
     type Data = bytes::Bytes;
     type Error = std::convert::Infallible;
 
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
         Pin::new(&mut self.inner).poll_frame(cx)
     }
 
@@ -170,7 +183,10 @@ pub async fn serve(state: Arc<ApiState>, listener: TcpListener, tls: Arc<rustls:
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let refusals = Arc::new(Refusals::default());
     let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(limits.header);
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header);
     let builder = Arc::new(builder);
     loop {
         let (tcp, peer) = match listener.accept().await {
@@ -195,7 +211,12 @@ pub async fn serve(state: Arc<ApiState>, listener: TcpListener, tls: Arc<rustls:
                 Ok(Err(e)) => return tracing::debug!(%peer, error = %e, "TLS handshake failed"),
                 Err(_) => return tracing::debug!(%peer, "TLS handshake timed out"),
             };
-            let activity = Arc::new(Activity { started: Instant::now(), under_way: AtomicUsize::new(0), last_ms: AtomicU64::new(0), any: AtomicBool::new(false) });
+            let activity = Arc::new(Activity {
+                started: Instant::now(),
+                under_way: AtomicUsize::new(0),
+                last_ms: AtomicU64::new(0),
+                any: AtomicBool::new(false),
+            });
             let seen = activity.clone();
             let svc = hyper::service::service_fn(move |req| {
                 let (state, busy) = (state.clone(), seen.begin());
@@ -238,7 +259,12 @@ mod tests {
     use crate::{Config, ControlPlane};
 
     fn quick() -> ServeLimits {
-        ServeLimits { tls_handshake: Duration::from_secs(1), header: Duration::from_secs(1), idle: Duration::from_secs(1), max_connections: 64 }
+        ServeLimits {
+            tls_handshake: Duration::from_secs(1),
+            header: Duration::from_secs(1),
+            idle: Duration::from_secs(1),
+            max_connections: 64,
+        }
     }
 
     async fn control(limits: ServeLimits) -> (ControlPlane, tempfile::TempDir) {
@@ -276,10 +302,15 @@ mod tests {
         for cert in rustls_pemfile::certs(&mut cp.ca_pem.as_bytes()) {
             roots.add(cert.unwrap()).unwrap();
         }
-        let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let mut cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let mut s = rustls::StreamOwned::new(rustls::ClientConnection::new(Arc::new(cfg), name).unwrap(), tcp(cp.addr));
+        let mut s = rustls::StreamOwned::new(
+            rustls::ClientConnection::new(Arc::new(cfg), name).unwrap(),
+            tcp(cp.addr),
+        );
         while s.conn.is_handshaking() {
             s.conn.complete_io(&mut s.sock).unwrap();
         }
@@ -289,8 +320,22 @@ mod tests {
     #[test]
     fn zero_limits_are_refused() {
         assert_eq!(ServeLimits::default().validate(), Ok(()));
-        assert!(ServeLimits { header: Duration::ZERO, ..ServeLimits::default() }.validate().is_err());
-        assert!(ServeLimits { max_connections: 0, ..ServeLimits::default() }.validate().is_err());
+        assert!(
+            ServeLimits {
+                header: Duration::ZERO,
+                ..ServeLimits::default()
+            }
+            .validate()
+            .is_err()
+        );
+        assert!(
+            ServeLimits {
+                max_connections: 0,
+                ..ServeLimits::default()
+            }
+            .validate()
+            .is_err()
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -301,7 +346,10 @@ mod tests {
         tokio::task::spawn_blocking(move || {
             // TCP and then nothing: closed at the handshake timeout.
             let took = closed_after(&mut tcp(addr), Duration::from_secs(5)).expect("a silent connection is closed");
-            assert!(took >= Duration::from_millis(800) && took < Duration::from_secs(3), "{took:?}");
+            assert!(
+                took >= Duration::from_millis(800) && took < Duration::from_secs(3),
+                "{took:?}"
+            );
 
             // A handshake, then half a request head, a byte at a time (slowloris): closed at the
             // header timeout.
@@ -316,7 +364,8 @@ mod tests {
                 match s.read(&mut buf) {
                     Ok(0) => break started.elapsed(),
                     Ok(_) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+                    Err(e)
+                        if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
                     Err(_) => break started.elapsed(),
                 }
             };
@@ -344,7 +393,10 @@ mod tests {
         let c2 = cp.clone();
         let watch = tokio::task::spawn_blocking(move || {
             let mut s = tls(&c2);
-            let req = format!("GET /api/v1/namespaces/default/configmaps?watch=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n", c2.tokens.admin);
+            let req = format!(
+                "GET /api/v1/namespaces/default/configmaps?watch=1 HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {}\r\n\r\n",
+                c2.tokens.admin
+            );
             s.write_all(req.as_bytes()).unwrap();
             let mut got = Vec::new();
             let mut buf = [0u8; 4096];
@@ -357,11 +409,16 @@ mod tests {
         });
         // Three times the idle and header timeouts with nothing to send, then an event.
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let client = crate::api::local::LocalClient { state: cp.state.clone() };
+        let client = crate::api::local::LocalClient {
+            state: cp.state.clone(),
+        };
         let configmaps = client.served("", "configmaps");
         let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "quiet", "namespace": "default"}});
         client.create(&configmaps, Some("default"), cm).await.unwrap();
-        let got = tokio::time::timeout(Duration::from_secs(10), watch).await.unwrap().unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(10), watch)
+            .await
+            .unwrap()
+            .unwrap();
         assert!(got.contains("ADDED"), "{got}");
     }
 
@@ -375,12 +432,19 @@ mod tests {
         for cert in rustls_pemfile::certs(&mut cp.ca_pem.as_bytes()) {
             roots.add(cert.unwrap()).unwrap();
         }
-        let mut cfg = rustls::ClientConfig::builder().with_root_certificates(roots).with_no_client_auth();
+        let mut cfg = rustls::ClientConfig::builder()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
         cfg.alpn_protocols = vec![b"h2".to_vec()];
         let tcp = tokio::net::TcpStream::connect(cp.addr).await.unwrap();
         let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await.unwrap();
-        let (mut h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls)).await.unwrap();
+        let tls = tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        let (mut h2, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .unwrap();
         let conn = tokio::spawn(conn);
         let req = ::http::Request::get("https://localhost/api/v1/namespaces/default/configmaps?watch=1")
             .header("authorization", format!("Bearer {}", cp.tokens.admin))
@@ -390,28 +454,51 @@ mod tests {
         assert_eq!(resp.status(), 200);
         let mut body = resp.into_body();
         tokio::time::sleep(Duration::from_secs(3)).await;
-        let client = crate::api::local::LocalClient { state: cp.state.clone() };
+        let client = crate::api::local::LocalClient {
+            state: cp.state.clone(),
+        };
         let configmaps = client.served("", "configmaps");
         let cm = serde_json::json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "quiet2", "namespace": "default"}});
         client.create(&configmaps, Some("default"), cm).await.unwrap();
         let mut got = Vec::new();
         while !String::from_utf8_lossy(&got).contains("quiet2") {
-            let frame = tokio::time::timeout(Duration::from_secs(5), body.frame()).await.expect("an event").expect("the stream is open").unwrap();
+            let frame = tokio::time::timeout(Duration::from_secs(5), body.frame())
+                .await
+                .expect("an event")
+                .expect("the stream is open")
+                .unwrap();
             if let Ok(data) = frame.into_data() {
                 got.extend_from_slice(&data);
             }
         }
         // Not even a GOAWAY was sent while the watch was quiet: the connection takes a new request.
-        let health = ::http::Request::get("https://localhost/healthz").body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap();
-        assert_eq!(h2.send_request(health).await.expect("the connection still takes requests").status(), 200);
+        let health = ::http::Request::get("https://localhost/healthz")
+            .body(http_body_util::Empty::<bytes::Bytes>::new())
+            .unwrap();
+        assert_eq!(
+            h2.send_request(health)
+                .await
+                .expect("the connection still takes requests")
+                .status(),
+            200
+        );
         // Dropping the body cancels the watch; then the connection, idle, is closed (GOAWAY).
         drop(body);
-        tokio::time::timeout(Duration::from_secs(10), conn).await.expect("the idle HTTP/2 connection is closed").unwrap().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), conn)
+            .await
+            .expect("the idle HTTP/2 connection is closed")
+            .unwrap()
+            .unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn connections_over_the_cap_are_closed_at_once() {
-        let (cp, _dir) = control(ServeLimits { tls_handshake: Duration::from_secs(10), max_connections: 2, ..quick() }).await;
+        let (cp, _dir) = control(ServeLimits {
+            tls_handshake: Duration::from_secs(10),
+            max_connections: 2,
+            ..quick()
+        })
+        .await;
         let addr = cp.addr;
         tokio::task::spawn_blocking(move || {
             let (mut a, _b) = (tcp(addr), tcp(addr));

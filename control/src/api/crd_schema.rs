@@ -26,51 +26,88 @@ fn type_name(v: &Value) -> &'static str {
 
 impl Checker {
     fn cause(&mut self, path: &str, reason: &str, message: String) {
-        self.causes.push(Cause { reason: reason.into(), message, field: path.into() });
+        self.causes.push(Cause {
+            reason: reason.into(),
+            message,
+            field: path.into(),
+        });
     }
 
     fn walk(&mut self, v: &mut Value, schema: &Value, path: &str) {
         if schema.get("x-kubernetes-int-or-string") == Some(&Value::Bool(true)) {
             if !matches!(type_name(v), "integer" | "string") {
-                self.cause(path, "FieldValueTypeInvalid", format!("Invalid value: \"{}\": {path} in body must be of type int-or-string", type_name(v)));
+                self.cause(
+                    path,
+                    "FieldValueTypeInvalid",
+                    format!(
+                        "Invalid value: \"{}\": {path} in body must be of type int-or-string",
+                        type_name(v)
+                    ),
+                );
             }
             return;
         }
         if let Some(t) = schema.get("type").and_then(Value::as_str) {
             let got = type_name(v);
-            let ok = got == t || (t == "number" && got == "integer") || (v.is_null() && schema.get("nullable") == Some(&Value::Bool(true)));
+            let ok = got == t
+                || (t == "number" && got == "integer")
+                || (v.is_null() && schema.get("nullable") == Some(&Value::Bool(true)));
             if !ok {
-                self.cause(path, "FieldValueTypeInvalid", format!("Invalid value: \"{got}\": {path} in body must be of type {t}: \"{got}\""));
+                self.cause(
+                    path,
+                    "FieldValueTypeInvalid",
+                    format!("Invalid value: \"{got}\": {path} in body must be of type {t}: \"{got}\""),
+                );
                 return;
             }
         }
         if let Some(allowed) = schema.get("enum").and_then(Value::as_array) {
             if !allowed.contains(v) {
                 let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
-                self.cause(path, "FieldValueNotSupported", format!("Unsupported value: {v}: supported values: {}", list.join(", ")));
+                self.cause(
+                    path,
+                    "FieldValueNotSupported",
+                    format!("Unsupported value: {v}: supported values: {}", list.join(", ")),
+                );
             }
         }
         if let Some(n) = v.as_f64() {
             if let Some(min) = schema.get("minimum").and_then(Value::as_f64) {
                 if n < min {
-                    self.cause(path, "FieldValueInvalid", format!("Invalid value: {v}: {path} in body should be greater than or equal to {min}"));
+                    self.cause(
+                        path,
+                        "FieldValueInvalid",
+                        format!("Invalid value: {v}: {path} in body should be greater than or equal to {min}"),
+                    );
                 }
             }
             if let Some(max) = schema.get("maximum").and_then(Value::as_f64) {
                 if n > max {
-                    self.cause(path, "FieldValueInvalid", format!("Invalid value: {v}: {path} in body should be less than or equal to {max}"));
+                    self.cause(
+                        path,
+                        "FieldValueInvalid",
+                        format!("Invalid value: {v}: {path} in body should be less than or equal to {max}"),
+                    );
                 }
             }
         }
         if let Some(s) = v.as_str() {
             if let Some(p) = schema.get("pattern").and_then(Value::as_str) {
                 if regex::Regex::new(p).is_ok_and(|re| !re.is_match(s)) {
-                    self.cause(path, "FieldValueInvalid", format!("Invalid value: \"{s}\": {path} in body should match '{p}'"));
+                    self.cause(
+                        path,
+                        "FieldValueInvalid",
+                        format!("Invalid value: \"{s}\": {path} in body should match '{p}'"),
+                    );
                 }
             }
             if let Some(max) = schema.get("maxLength").and_then(Value::as_u64) {
                 if s.chars().count() as u64 > max {
-                    self.cause(path, "FieldValueTooLong", format!("Too long: may not be more than {max} bytes"));
+                    self.cause(
+                        path,
+                        "FieldValueTooLong",
+                        format!("Too long: may not be more than {max} bytes"),
+                    );
                 }
             }
         }
@@ -88,8 +125,20 @@ impl Checker {
     }
 
     fn object(&mut self, map: &mut Map<String, Value>, schema: &Value, path: &str) {
-        let join = |k: &str| if path.is_empty() { k.to_string() } else { format!("{path}.{k}") };
-        for req in schema.get("required").and_then(Value::as_array).into_iter().flatten().filter_map(Value::as_str) {
+        let join = |k: &str| {
+            if path.is_empty() {
+                k.to_string()
+            } else {
+                format!("{path}.{k}")
+            }
+        };
+        for req in schema
+            .get("required")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
             if !map.contains_key(req) {
                 self.cause(&join(req), "FieldValueRequired", "Required value".into());
             }
@@ -121,8 +170,13 @@ impl Checker {
 
 /// Check (and prune) a custom resource. Returns the object and the warnings for unknown fields.
 pub fn check(served: &Served, mut obj: Value, validation: FieldValidation) -> Result<(Value, Vec<String>), ApiError> {
-    let Some(schema) = served.schema.as_ref() else { return Ok((obj, Vec::new())) };
-    let mut c = Checker { unknown: Vec::new(), causes: Vec::new() };
+    let Some(schema) = served.schema.as_ref() else {
+        return Ok((obj, Vec::new()));
+    };
+    let mut c = Checker {
+        unknown: Vec::new(),
+        causes: Vec::new(),
+    };
     c.walk(&mut obj, schema, "");
     let kind = &served.def.kind;
     if !c.unknown.is_empty() && validation == FieldValidation::Strict {
@@ -136,11 +190,19 @@ pub fn check(served: &Served, mut obj: Value, validation: FieldValidation) -> Re
     if !c.causes.is_empty() {
         let name = super::objects::name_of(&obj).to_string();
         let details: Vec<String> = c.causes.iter().map(|x| format!("{}: {}", x.field, x.message)).collect();
-        let joined = if details.len() == 1 { details[0].clone() } else { format!("[{}]", details.join(", ")) };
+        let joined = if details.len() == 1 {
+            details[0].clone()
+        } else {
+            format!("[{}]", details.join(", "))
+        };
         return Err(ApiError::Invalid {
             message: format!("{}.{} \"{name}\" is invalid: {joined}", kind, served.def.group),
             causes: c.causes,
-            subject: Subject { group: served.def.group.clone(), kind: kind.clone(), name },
+            subject: Subject {
+                group: served.def.group.clone(),
+                kind: kind.clone(),
+                name,
+            },
         });
     }
     let warnings = if validation == FieldValidation::Warn {
@@ -194,6 +256,11 @@ mod tests {
         let msg = err.to_string();
         assert!(msg.contains("spec.size") && msg.contains("spec.color"), "{msg}");
         let missing = json!({"metadata": {"name": "w"}, "spec": {}});
-        assert!(check(&served(), missing, FieldValidation::Strict).unwrap_err().to_string().contains("spec.size: Required value"));
+        assert!(
+            check(&served(), missing, FieldValidation::Strict)
+                .unwrap_err()
+                .to_string()
+                .contains("spec.size: Required value")
+        );
     }
 }

@@ -5,12 +5,12 @@ use std::sync::Arc;
 use http::Response;
 use serde_json::{Value, json};
 
+use super::ApiState;
 use super::error::ApiError;
-use super::handlers::{Query, ListOpts, UpdateCtx, commit_update, dry_run, not_found, store_err};
+use super::handlers::{ListOpts, Query, UpdateCtx, commit_update, dry_run, not_found, store_err};
 use super::http::{Body, BodyType, json_response, parse_value};
 use super::objects;
 use super::registry::Served;
-use super::ApiState;
 use crate::store::Write;
 use nodeless_types::keys;
 
@@ -28,8 +28,14 @@ fn options(q: &Query, raw: &[u8]) -> Result<DeleteOptions, ApiError> {
         let body = parse_value(raw, BodyType::Json)?;
         o.propagation = body.get("propagationPolicy").and_then(Value::as_str).map(String::from);
         o.grace = body.get("gracePeriodSeconds").and_then(Value::as_i64);
-        o.uid = body.pointer("/preconditions/uid").and_then(Value::as_str).map(String::from);
-        o.resource_version = body.pointer("/preconditions/resourceVersion").and_then(Value::as_str).map(String::from);
+        o.uid = body
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(String::from);
+        o.resource_version = body
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(String::from);
         if body.get("orphanDependents") == Some(&json!(true)) && o.propagation.is_none() {
             o.propagation = Some("Orphan".into());
         }
@@ -38,7 +44,10 @@ fn options(q: &Query, raw: &[u8]) -> Result<DeleteOptions, ApiError> {
         o.propagation = Some(p.clone());
     }
     if let Some(g) = q.get("gracePeriodSeconds") {
-        o.grace = Some(g.parse().map_err(|_| ApiError::bad_request(format!("gracePeriodSeconds: invalid value \"{g}\"")))?);
+        o.grace = Some(
+            g.parse()
+                .map_err(|_| ApiError::bad_request(format!("gracePeriodSeconds: invalid value \"{g}\"")))?,
+        );
     }
     match o.propagation.as_deref() {
         None | Some("Background" | "Foreground" | "Orphan") => Ok(o),
@@ -54,17 +63,29 @@ fn is_kind(served: &Served, group: &str, kind: &str) -> bool {
 
 /// Whether a pod's node will carry out a graceful deletion (it exists and is Ready).
 fn node_will_kill(state: &ApiState, pod: &Value) -> bool {
-    let Some(node) = pod.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) else {
+    let Some(node) = pod
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+    else {
         return false;
     };
-    if matches!(pod.pointer("/status/phase").and_then(Value::as_str), Some("Succeeded" | "Failed")) {
+    if matches!(
+        pod.pointer("/status/phase").and_then(Value::as_str),
+        Some("Succeeded" | "Failed")
+    ) {
         return false;
     }
-    let Some(nodes) = state.registry.lookup("", "v1", "nodes") else { return false };
+    let Some(nodes) = state.registry.lookup("", "v1", "nodes") else {
+        return false;
+    };
     state.store.get(&nodes.key(None, node)).is_some_and(|n| {
-        n.obj.pointer("/status/conditions").and_then(Value::as_array).into_iter().flatten().any(|c| {
-            c.get("type") == Some(&json!("Ready")) && c.get("status") == Some(&json!("True"))
-        })
+        n.obj
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .any(|c| c.get("type") == Some(&json!("Ready")) && c.get("status") == Some(&json!("True")))
     })
 }
 
@@ -97,7 +118,9 @@ async fn delete_object(
         if let Some(uid) = &opts.uid {
             if obj.pointer("/metadata/uid").and_then(Value::as_str) != Some(uid) {
                 let have = obj.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default();
-                return Err(conflict(format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {have}")));
+                return Err(conflict(format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {have}"
+                )));
             }
         }
         if let Some(rv) = &opts.resource_version {
@@ -111,7 +134,11 @@ async fn delete_object(
         let already = obj.pointer("/metadata/deletionTimestamp").is_some();
         let mut new = obj.clone();
         let meta = objects::meta_mut(&mut new);
-        let mut finalizers: Vec<Value> = meta.get("finalizers").and_then(Value::as_array).cloned().unwrap_or_default();
+        let mut finalizers: Vec<Value> = meta
+            .get("finalizers")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
         let policy_finalizer = match opts.propagation.as_deref() {
             Some("Foreground") => Some(keys::FOREGROUND_FINALIZER),
             Some("Orphan") => Some(keys::ORPHAN_FINALIZER),
@@ -124,7 +151,13 @@ async fn delete_object(
         }
         let is_pod = is_kind(served, "", "Pod");
         let is_namespace = is_kind(served, "", "Namespace");
-        let grace = opts.grace.or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64)).unwrap_or(30);
+        let grace = opts
+            .grace
+            .or_else(|| {
+                obj.pointer("/spec/terminationGracePeriodSeconds")
+                    .and_then(Value::as_i64)
+            })
+            .unwrap_or(30);
         let graceful_pod = is_pod && grace > 0 && node_will_kill(state, obj);
         // A pod already terminating may be deleted again with a grace its node will not honour
         // (e.g. --grace-period=0): that removes it now. Anything else: a second request changes nothing.
@@ -140,7 +173,10 @@ async fn delete_object(
             Some(new)
         } else if graceful_pod {
             let when = chrono::Utc::now() + chrono::Duration::seconds(grace);
-            meta.insert("deletionTimestamp".into(), json!(when.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)));
+            meta.insert(
+                "deletionTimestamp".into(),
+                json!(when.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+            );
             meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
             if !finalizers.is_empty() {
                 meta.insert("finalizers".into(), json!(finalizers));
@@ -164,10 +200,22 @@ async fn delete_object(
                 }
                 state
                     .store
-                    .write(Write::Update { key: key.clone(), obj: updated, expect_rev: Some(cur.rev) })
+                    .write(Write::Update {
+                        key: key.clone(),
+                        obj: updated,
+                        expect_rev: Some(cur.rev),
+                    })
                     .await
             }
-            None => state.store.write(Write::Delete { key: key.clone(), expect_rev: Some(cur.rev) }).await,
+            None => {
+                state
+                    .store
+                    .write(Write::Delete {
+                        key: key.clone(),
+                        expect_rev: Some(cur.rev),
+                    })
+                    .await
+            }
         };
         match result {
             Ok(stored) => {
@@ -184,7 +232,11 @@ async fn delete_object(
             Err(e) => return Err(store_err(served, name, e)),
         }
     }
-    Err(ApiError::Conflict { resource: served.def.qualified_resource(), name: name.to_string(), subject: super::handlers::subject(served, name) })
+    Err(ApiError::Conflict {
+        resource: served.def.qualified_resource(),
+        name: name.to_string(),
+        subject: super::handlers::subject(served, name),
+    })
 }
 
 pub(super) async fn delete_collection(
@@ -199,7 +251,11 @@ pub(super) async fn delete_collection(
     let mut deleted = Vec::new();
     for item in items {
         let name = objects::name_of(&item.obj).to_string();
-        let item_ns = item.obj.pointer("/metadata/namespace").and_then(Value::as_str).map(String::from);
+        let item_ns = item
+            .obj
+            .pointer("/metadata/namespace")
+            .and_then(Value::as_str)
+            .map(String::from);
         match delete_object(state, served, item_ns.as_deref(), &name, &opts, dry_run(q)).await {
             Ok(v) => deleted.push(v),
             Err(ApiError::NotFound { .. }) => {}
@@ -217,7 +273,12 @@ pub(super) async fn delete_collection(
 
 /// `PUT /api/v1/namespaces/<name>/finalize`: set `spec.finalizers`; a terminating namespace with
 /// none left is removed.
-pub(super) async fn finalize_namespace(state: &ApiState, served: &Served, name: &str, body: Value) -> Result<Response<Body>, ApiError> {
+pub(super) async fn finalize_namespace(
+    state: &ApiState,
+    served: &Served,
+    name: &str,
+    body: Value,
+) -> Result<Response<Body>, ApiError> {
     let key = served.key(None, name);
     let cur = state.store.get(&key).ok_or_else(|| not_found(served, name))?;
     let mut new = (*cur.obj).clone();

@@ -25,7 +25,16 @@ fn verbs(s: &Served) -> Vec<&'static str> {
     if s.def.read_only {
         return vec!["get", "list", "watch"];
     }
-    vec!["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
+    vec![
+        "create",
+        "delete",
+        "deletecollection",
+        "get",
+        "list",
+        "patch",
+        "update",
+        "watch",
+    ]
 }
 
 fn resource_entries(s: &Served) -> Vec<Value> {
@@ -79,7 +88,11 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
     if resources.is_empty() {
         return None;
     }
-    let gv = if group.is_empty() { version.to_string() } else { format!("{group}/{version}") };
+    let gv = if group.is_empty() {
+        version.to_string()
+    } else {
+        format!("{group}/{version}")
+    };
     let entries: Vec<Value> = resources.iter().flat_map(|s| resource_entries(s)).collect();
     Some(json!({
         "kind": "APIResourceList",
@@ -90,8 +103,10 @@ pub fn resource_list(reg: &Registry, group: &str, version: &str) -> Option<Value
 }
 
 fn group_doc(group: &str, versions: &[String]) -> Value {
-    let vs: Vec<Value> =
-        versions.iter().map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v})).collect();
+    let vs: Vec<Value> = versions
+        .iter()
+        .map(|v| json!({"groupVersion": format!("{group}/{v}"), "version": v}))
+        .collect();
     json!({
         "kind": "APIGroup",
         "apiVersion": "v1",
@@ -119,7 +134,10 @@ pub fn group_list(reg: &Registry) -> Value {
 }
 
 pub fn group(reg: &Registry, name: &str) -> Option<Value> {
-    reg.groups().into_iter().find(|(g, _)| g == name).map(|(g, versions)| group_doc(&g, &versions))
+    reg.groups()
+        .into_iter()
+        .find(|(g, _)| g == name)
+        .map(|(g, versions)| group_doc(&g, &versions))
 }
 
 /// `/openapi/v3`: one entry per group/version.
@@ -127,9 +145,16 @@ pub fn openapi_index(reg: &Registry) -> Value {
     let mut paths = serde_json::Map::new();
     for (g, versions) in reg.groups() {
         for v in versions {
-            let path = if g.is_empty() { format!("api/{v}") } else { format!("apis/{g}/{v}") };
+            let path = if g.is_empty() {
+                format!("api/{v}")
+            } else {
+                format!("apis/{g}/{v}")
+            };
             let hash = openapi_hash(reg, &g, &v);
-            paths.insert(path.clone(), json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}));
+            paths.insert(
+                path.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}),
+            );
         }
     }
     json!({"paths": paths})
@@ -159,7 +184,11 @@ pub fn openapi_group_version(reg: &Registry, group: &str, version: &str) -> Opti
     if resources.is_empty() {
         return None;
     }
-    let base = if group.is_empty() { format!("/api/{version}") } else { format!("/apis/{group}/{version}") };
+    let base = if group.is_empty() {
+        format!("/api/{version}")
+    } else {
+        format!("/apis/{group}/{version}")
+    };
     let query = |name: &str| json!({"name": name, "in": "query", "schema": {"type": "string", "uniqueItems": true}});
     let write_params = vec![query("dryRun"), query("fieldManager"), query("fieldValidation")];
     let mut paths = serde_json::Map::new();
@@ -168,7 +197,11 @@ pub fn openapi_group_version(reg: &Registry, group: &str, version: &str) -> Opti
         let gvk = json!({"group": s.def.group, "version": s.def.version, "kind": s.def.kind});
         let schema_name = format!(
             "{}.{}.{}",
-            if s.def.group.is_empty() { "io.k8s.api.core" } else { &s.def.group },
+            if s.def.group.is_empty() {
+                "io.k8s.api.core"
+            } else {
+                &s.def.group
+            },
             s.def.version,
             s.def.kind
         );

@@ -2,7 +2,6 @@
 
 use serde_json::{Value, json};
 
-
 /// A field-level cause, as `Status.details.causes` carries it.
 #[derive(Clone, Debug)]
 pub struct Cause {
@@ -28,21 +27,41 @@ pub enum ApiError {
     #[error("{0}")]
     Forbidden(String),
     #[error("{resource} \"{name}\" not found")]
-    NotFound { resource: String, name: String, subject: Subject },
+    NotFound {
+        resource: String,
+        name: String,
+        subject: Subject,
+    },
     #[error("the server could not find the requested resource")]
     NoRoute,
     #[error("{resource} \"{name}\" already exists")]
-    AlreadyExists { resource: String, name: String, subject: Subject },
+    AlreadyExists {
+        resource: String,
+        name: String,
+        subject: Subject,
+    },
     #[error(
         "Operation cannot be fulfilled on {resource} \"{name}\": the object has been modified; please apply your changes to the latest version and try again"
     )]
-    Conflict { resource: String, name: String, subject: Subject },
+    Conflict {
+        resource: String,
+        name: String,
+        subject: Subject,
+    },
     #[error("{0}")]
     PreconditionFailed(String),
     #[error("{message}")]
-    ApplyConflict { message: String, causes: Vec<Cause>, subject: Subject },
+    ApplyConflict {
+        message: String,
+        causes: Vec<Cause>,
+        subject: Subject,
+    },
     #[error("{message}")]
-    Invalid { message: String, causes: Vec<Cause>, subject: Subject },
+    Invalid {
+        message: String,
+        causes: Vec<Cause>,
+        subject: Subject,
+    },
     #[error("{0}")]
     MethodNotAllowed(String),
     #[error("{0}")]

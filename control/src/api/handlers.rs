@@ -20,7 +20,9 @@ use crate::store::{Stored, Write};
 pub type Query = HashMap<String, String>;
 
 pub fn parse_query(q: Option<&str>) -> Query {
-    url::form_urlencoded::parse(q.unwrap_or_default().as_bytes()).into_owned().collect()
+    url::form_urlencoded::parse(q.unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect()
 }
 
 fn flag(q: &Query, k: &str) -> bool {
@@ -31,8 +33,15 @@ pub fn dry_run(q: &Query) -> bool {
     q.get("dryRun").is_some_and(|v| v == "All")
 }
 
-pub(super) async fn dispatch(state: &Arc<ApiState>, t: Target, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
-    let served = state.registry.lookup(&t.group, &t.version, &t.plural).ok_or(ApiError::NoRoute)?;
+pub(super) async fn dispatch(
+    state: &Arc<ApiState>,
+    t: Target,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
+    let served = state
+        .registry
+        .lookup(&t.group, &t.version, &t.plural)
+        .ok_or(ApiError::NoRoute)?;
     if !served.def.namespaced() && t.namespace.is_some() {
         return Err(ApiError::NoRoute);
     }
@@ -96,17 +105,27 @@ pub(super) async fn dispatch(state: &Arc<ApiState>, t: Target, req: Request<Inco
         (Some(name), Some(sub @ ("log" | "exec" | "attach" | "portforward")), _) => {
             pods::proxy_to_node(state, t.namespace.as_deref().unwrap_or("default"), name, sub, req).await
         }
-        (_, _, m) => Err(ApiError::MethodNotAllowed(format!("the server does not allow this method on the requested resource ({m})"))),
+        (_, _, m) => Err(ApiError::MethodNotAllowed(format!(
+            "the server does not allow this method on the requested resource ({m})"
+        ))),
     }
 }
 
 /// The error subject the apiserver puts in `details` (kind is the plural resource name).
 pub fn subject(served: &Served, name: &str) -> Subject {
-    Subject { group: served.def.group.clone(), kind: served.def.plural.clone(), name: name.to_string() }
+    Subject {
+        group: served.def.group.clone(),
+        kind: served.def.plural.clone(),
+        name: name.to_string(),
+    }
 }
 
 pub fn not_found(served: &Served, name: &str) -> ApiError {
-    ApiError::NotFound { resource: served.def.qualified_resource(), name: name.to_string(), subject: subject(served, name) }
+    ApiError::NotFound {
+        resource: served.def.qualified_resource(),
+        name: name.to_string(),
+        subject: subject(served, name),
+    }
 }
 
 pub fn store_err(served: &Served, name: &str, e: crate::store::StoreError) -> ApiError {
@@ -115,19 +134,46 @@ pub fn store_err(served: &Served, name: &str, e: crate::store::StoreError) -> Ap
     let subject = subject(served, name);
     let name = name.to_string();
     match e {
-        S::AlreadyExists => ApiError::AlreadyExists { resource, name, subject },
-        S::NotFound => ApiError::NotFound { resource, name, subject },
-        S::Conflict { .. } => ApiError::Conflict { resource, name, subject },
+        S::AlreadyExists => ApiError::AlreadyExists {
+            resource,
+            name,
+            subject,
+        },
+        S::NotFound => ApiError::NotFound {
+            resource,
+            name,
+            subject,
+        },
+        S::Conflict { .. } => ApiError::Conflict {
+            resource,
+            name,
+            subject,
+        },
         S::Gone { requested, oldest } => ApiError::Gone { requested, oldest },
         S::Backend(m) => ApiError::Internal(m),
         S::Closed => ApiError::Unavailable("the store is shutting down".into()),
     }
 }
 
-fn get(state: &ApiState, served: &Served, ns: Option<&str>, name: &str, want: Want, q: &Query) -> Result<Response<Body>, ApiError> {
-    let stored = state.store.get(&served.key(ns, name)).ok_or_else(|| not_found(served, name))?;
+fn get(
+    state: &ApiState,
+    served: &Served,
+    ns: Option<&str>,
+    name: &str,
+    want: Want,
+    q: &Query,
+) -> Result<Response<Body>, ApiError> {
+    let stored = state
+        .store
+        .get(&served.key(ns, name))
+        .ok_or_else(|| not_found(served, name))?;
     if want == Want::Table {
-        let table = tables::table(served, std::slice::from_ref(&*stored.obj), q, json!({"resourceVersion": stored.rev.to_string()}));
+        let table = tables::table(
+            served,
+            std::slice::from_ref(&*stored.obj),
+            q,
+            json!({"resourceVersion": stored.rev.to_string()}),
+        );
         return Ok(json_response(200, &table, &[]));
     }
     Ok(json_response(200, &stored.obj, &[]))
@@ -182,18 +228,32 @@ fn encode_continue(rev: u64, key: &str) -> String {
 fn decode_continue(token: &str) -> Result<String, ApiError> {
     use base64::Engine;
     let bad = || ApiError::bad_request("continue key is not valid: the token could not be decoded");
-    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    let raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(token)
+        .map_err(|_| bad())?;
     let v: Value = serde_json::from_slice(&raw).map_err(|_| bad())?;
     v.get("start").and_then(Value::as_str).map(String::from).ok_or_else(bad)
 }
 
-fn list(state: &ApiState, served: &Served, ns: Option<&str>, q: &Query, want: Want) -> Result<Response<Body>, ApiError> {
+fn list(
+    state: &ApiState,
+    served: &Served,
+    ns: Option<&str>,
+    q: &Query,
+    want: Want,
+) -> Result<Response<Body>, ApiError> {
     let opts = ListOpts::parse(q)?;
     let limit: usize = match q.get("limit") {
-        Some(l) => l.parse().map_err(|_| ApiError::bad_request(format!("limit: invalid value \"{l}\"")))?,
+        Some(l) => l
+            .parse()
+            .map_err(|_| ApiError::bad_request(format!("limit: invalid value \"{l}\"")))?,
         None => 0,
     };
-    let after = q.get("continue").filter(|c| !c.is_empty()).map(|c| decode_continue(c)).transpose()?;
+    let after = q
+        .get("continue")
+        .filter(|c| !c.is_empty())
+        .map(|c| decode_continue(c))
+        .transpose()?;
     let prefix = served.ns_prefix(ns);
     let (items, rev, next) = state.store.list(&prefix, after.as_deref(), limit, &|o| opts.matches(o));
     let mut meta = json!({"resourceVersion": rev.to_string()});
@@ -248,7 +308,13 @@ pub fn decode_body(served: &Served, mut obj: Value, q: &Query) -> Result<(Value,
     if served.custom {
         return super::crd_schema::check(served, obj, validation);
     }
-    objects::canonicalize(&served.def.group, &served.def.kind, &served.def.version, obj, validation)
+    objects::canonicalize(
+        &served.def.group,
+        &served.def.kind,
+        &served.def.version,
+        obj,
+        validation,
+    )
 }
 
 /// Run admission: the apiserver's validation and the platform's rules.
@@ -261,9 +327,17 @@ pub fn admit(state: &ApiState, served: &Served, obj: &Value, old: Option<&Value>
             message: crate::admission::invalid_message(&served.def.qualified_kind(), &name, &causes),
             causes: causes
                 .iter()
-                .map(|c| Cause { reason: c.reason.to_string(), message: c.message.clone(), field: c.field.clone() })
+                .map(|c| Cause {
+                    reason: c.reason.to_string(),
+                    message: c.message.clone(),
+                    field: c.field.clone(),
+                })
                 .collect(),
-            subject: Subject { group: served.def.group.clone(), kind: served.def.kind.clone(), name },
+            subject: Subject {
+                group: served.def.group.clone(),
+                kind: served.def.kind.clone(),
+                name,
+            },
         }),
         Verdict::Forbidden { rule, message } => Err(ApiError::Forbidden(format!(
             "{} \"{name}\" is forbidden: {message} (rule {rule})",
@@ -274,13 +348,20 @@ pub fn admit(state: &ApiState, served: &Served, obj: &Value, old: Option<&Value>
 
 fn required_name(served: &Served) -> ApiError {
     ApiError::Invalid {
-        message: format!("{} \"\" is invalid: metadata.name: Required value: name or generateName is required", served.def.qualified_kind()),
+        message: format!(
+            "{} \"\" is invalid: metadata.name: Required value: name or generateName is required",
+            served.def.qualified_kind()
+        ),
         causes: vec![Cause {
             reason: "FieldValueRequired".into(),
             message: "Required value: name or generateName is required".into(),
             field: "metadata.name".into(),
         }],
-        subject: Subject { group: served.def.group.clone(), kind: served.def.kind.clone(), name: String::new() },
+        subject: Subject {
+            group: served.def.group.clone(),
+            kind: served.def.kind.clone(),
+            name: String::new(),
+        },
     }
 }
 
@@ -313,7 +394,9 @@ pub(super) async fn create(
     }
     if let (Some(ns), Some(body_ns)) = (ns, body.pointer("/metadata/namespace").and_then(Value::as_str)) {
         if !body_ns.is_empty() && body_ns != ns {
-            return Err(ApiError::bad_request("the namespace of the provided object does not match the namespace sent on the request"));
+            return Err(ApiError::bad_request(
+                "the namespace of the provided object does not match the namespace sent on the request",
+            ));
         }
     }
     let (obj, warnings) = decode_body(served, body, q)?;
@@ -322,7 +405,13 @@ pub(super) async fn create(
 }
 
 /// Create a decoded object: metadata, defaults, admission, kind hooks, store.
-pub async fn create_object(state: &ApiState, served: &Served, ns: Option<&str>, mut obj: Value, dry: bool) -> Result<Value, ApiError> {
+pub async fn create_object(
+    state: &ApiState,
+    served: &Served,
+    ns: Option<&str>,
+    mut obj: Value,
+    dry: bool,
+) -> Result<Value, ApiError> {
     let ns = if served.def.namespaced() { ns } else { None };
     if let Some(ns) = ns {
         check_namespace(state, ns)?;
@@ -379,9 +468,17 @@ pub async fn commit_update(
 ) -> Result<Value, ApiError> {
     let old = &*current.obj;
     let name = objects::name_of(old).to_string();
-    if let Some(rv) = new.pointer("/metadata/resourceVersion").and_then(Value::as_str).filter(|r| !r.is_empty()) {
+    if let Some(rv) = new
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .filter(|r| !r.is_empty())
+    {
         if rv != current.rev.to_string() {
-            return Err(ApiError::Conflict { resource: served.def.qualified_resource(), name: name.clone(), subject: subject(served, &name) });
+            return Err(ApiError::Conflict {
+                resource: served.def.qualified_resource(),
+                name: name.clone(),
+                subject: subject(served, &name),
+            });
         }
     }
     let body_name = objects::name_of(&new);
@@ -433,14 +530,28 @@ pub async fn commit_update(
         return Ok(new);
     }
     let deleting = new.pointer("/metadata/deletionTimestamp").is_some()
-        && new.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(Vec::is_empty)
+        && new
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
         && !(served.def.group.is_empty() && served.def.kind == "Namespace");
     let write = if deleting {
-        Write::Delete { key: key.to_string(), expect_rev: Some(current.rev) }
+        Write::Delete {
+            key: key.to_string(),
+            expect_rev: Some(current.rev),
+        }
     } else {
-        Write::Update { key: key.to_string(), obj: new, expect_rev: Some(current.rev) }
+        Write::Update {
+            key: key.to_string(),
+            obj: new,
+            expect_rev: Some(current.rev),
+        }
     };
-    let stored = state.store.write(write).await.map_err(|e| store_err(served, &name, e))?;
+    let stored = state
+        .store
+        .write(write)
+        .await
+        .map_err(|e| store_err(served, &name, e))?;
     if deleting {
         super::hooks::after_delete(state, served, &stored.obj);
     }
@@ -478,7 +589,14 @@ async fn patch(
     ty: BodyType,
     raw: &[u8],
 ) -> Result<Response<Body>, ApiError> {
-    let patch = parse_value(raw, if ty == BodyType::ApplyPatch { BodyType::ApplyPatch } else { BodyType::Json })?;
+    let patch = parse_value(
+        raw,
+        if ty == BodyType::ApplyPatch {
+            BodyType::ApplyPatch
+        } else {
+            BodyType::Json
+        },
+    )?;
     let key = served.key(ns, name);
     let manager = q.get("fieldManager").cloned();
     let force = flag(q, "force");
@@ -516,7 +634,11 @@ async fn patch(
             Ok(v) => return Ok(json_response(200, &v, &warnings)),
         }
     }
-    Err(ApiError::Conflict { resource: served.def.qualified_resource(), name: name.to_string(), subject: subject(served, name) })
+    Err(ApiError::Conflict {
+        resource: served.def.qualified_resource(),
+        name: name.to_string(),
+        subject: subject(served, name),
+    })
 }
 
 /// A patch that names a resourceVersion wants optimistic concurrency, not a retry.
@@ -530,7 +652,10 @@ fn scale_view(served: &Served, obj: &Value) -> Value {
     let get = |p: &str| obj.pointer(p).cloned();
     let selector = match selector_path {
         Some(p) => get(&p).and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
-        None => obj.pointer("/spec/selector").map(|s| LabelSelector::from_object(s).to_query()).unwrap_or_default(),
+        None => obj
+            .pointer("/spec/selector")
+            .map(|s| LabelSelector::from_object(s).to_query())
+            .unwrap_or_default(),
     };
     let meta = obj.get("metadata").cloned().unwrap_or_default();
     json!({
@@ -551,7 +676,11 @@ fn json_path_to_pointer(p: &str) -> String {
 
 fn scale_paths(served: &Served) -> (String, String, Option<String>) {
     match &served.scale_paths {
-        Some((spec, status, sel)) => (json_path_to_pointer(spec), json_path_to_pointer(status), sel.as_deref().map(json_path_to_pointer)),
+        Some((spec, status, sel)) => (
+            json_path_to_pointer(spec),
+            json_path_to_pointer(status),
+            sel.as_deref().map(json_path_to_pointer),
+        ),
         None => ("/spec/replicas".into(), "/status/replicas".into(), None),
     }
 }
@@ -581,16 +710,37 @@ async fn scale(
             Method::PATCH => patching::apply_plain_patch(ty, &view, &body)?,
             m => return Err(ApiError::MethodNotAllowed(format!("{m} is not allowed on scale"))),
         };
-        let replicas = new_view.pointer("/spec/replicas").and_then(Value::as_i64).ok_or_else(|| ApiError::Invalid {
-            message: format!("Scale.autoscaling \"{name}\" is invalid: spec.replicas: Required value"),
-            causes: vec![Cause { reason: "FieldValueRequired".into(), message: "Required value".into(), field: "spec.replicas".into() }],
-            subject: Subject { group: "autoscaling".into(), kind: "Scale".into(), name: name.to_string() },
-        })?;
+        let replicas = new_view
+            .pointer("/spec/replicas")
+            .and_then(Value::as_i64)
+            .ok_or_else(|| ApiError::Invalid {
+                message: format!("Scale.autoscaling \"{name}\" is invalid: spec.replicas: Required value"),
+                causes: vec![Cause {
+                    reason: "FieldValueRequired".into(),
+                    message: "Required value".into(),
+                    field: "spec.replicas".into(),
+                }],
+                subject: Subject {
+                    group: "autoscaling".into(),
+                    kind: "Scale".into(),
+                    name: name.to_string(),
+                },
+            })?;
         if replicas < 0 {
             return Err(ApiError::Invalid {
-                message: format!("Scale.autoscaling \"{name}\" is invalid: spec.replicas: Invalid value: {replicas}: must be greater than or equal to 0"),
-                causes: vec![Cause { reason: "FieldValueInvalid".into(), message: format!("Invalid value: {replicas}: must be greater than or equal to 0"), field: "spec.replicas".into() }],
-                subject: Subject { group: "autoscaling".into(), kind: "Scale".into(), name: name.to_string() },
+                message: format!(
+                    "Scale.autoscaling \"{name}\" is invalid: spec.replicas: Invalid value: {replicas}: must be greater than or equal to 0"
+                ),
+                causes: vec![Cause {
+                    reason: "FieldValueInvalid".into(),
+                    message: format!("Invalid value: {replicas}: must be greater than or equal to 0"),
+                    field: "spec.replicas".into(),
+                }],
+                subject: Subject {
+                    group: "autoscaling".into(),
+                    kind: "Scale".into(),
+                    name: name.to_string(),
+                },
             });
         }
         let mut new = (*cur.obj).clone();
@@ -601,13 +751,29 @@ async fn scale(
         } else if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
             m.remove("resourceVersion");
         }
-        match commit_update(state, served, &key, &cur, new, &UpdateCtx { sub: None, dry: dry_run(q) }).await {
+        match commit_update(
+            state,
+            served,
+            &key,
+            &cur,
+            new,
+            &UpdateCtx {
+                sub: None,
+                dry: dry_run(q),
+            },
+        )
+        .await
+        {
             Ok(v) => return Ok(json_response(200, &scale_view(served, &v), &[])),
             Err(ApiError::Conflict { .. }) if new_view.pointer("/metadata/resourceVersion").is_none() => continue,
             Err(e) => return Err(e),
         }
     }
-    Err(ApiError::Conflict { resource: served.def.qualified_resource(), name: name.to_string(), subject: subject(served, name) })
+    Err(ApiError::Conflict {
+        resource: served.def.qualified_resource(),
+        name: name.to_string(),
+        subject: subject(served, name),
+    })
 }
 
 /// Set a value at a JSON pointer, making objects along the way.
@@ -622,6 +788,10 @@ pub fn set_pointer(obj: &mut Value, pointer: &str, value: Value) {
             cur[*p] = value;
             return;
         }
-        cur = cur.as_object_mut().expect("made an object above").entry(p.to_string()).or_insert_with(|| json!({}));
+        cur = cur
+            .as_object_mut()
+            .expect("made an object above")
+            .entry(p.to_string())
+            .or_insert_with(|| json!({}));
     }
 }

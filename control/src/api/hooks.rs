@@ -15,9 +15,20 @@ fn is(served: &Served, group: &str, kind: &str) -> bool {
 fn invalid(served: &Served, obj: &Value, field: &str, reason: &str, message: String) -> ApiError {
     let name = super::objects::name_of(obj).to_string();
     ApiError::Invalid {
-        message: format!("{} \"{name}\" is invalid: {field}: {message}", served.def.qualified_kind()),
-        causes: vec![Cause { reason: reason.into(), message, field: field.into() }],
-        subject: Subject { group: served.def.group.clone(), kind: served.def.kind.clone(), name },
+        message: format!(
+            "{} \"{name}\" is invalid: {field}: {message}",
+            served.def.qualified_kind()
+        ),
+        causes: vec![Cause {
+            reason: reason.into(),
+            message,
+            field: field.into(),
+        }],
+        subject: Subject {
+            group: served.def.group.clone(),
+            kind: served.def.kind.clone(),
+            name,
+        },
     }
 }
 
@@ -30,16 +41,30 @@ fn claim_cluster_ip(state: &ApiState, served: &Served, obj: &mut Value) -> Resul
     if !wants_cluster_ip(obj) {
         return Ok(None);
     }
-    let requested = obj.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or_default().to_string();
+    let requested = obj
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let ip = match requested.as_str() {
         "None" => {
             obj["spec"]["clusterIPs"] = json!(["None"]);
             return Ok(None);
         }
-        "" => state.cluster_ips.allocate().map_err(|e| ApiError::Internal(e.to_string()))?.to_string(),
+        "" => state
+            .cluster_ips
+            .allocate()
+            .map_err(|e| ApiError::Internal(e.to_string()))?
+            .to_string(),
         ip => {
             state.cluster_ips.reserve(ip).map_err(|e| {
-                invalid(served, obj, "spec.clusterIPs", "FieldValueInvalid", format!("Invalid value: [\"{ip}\"]: failed to allocate IP {ip}: {e}"))
+                invalid(
+                    served,
+                    obj,
+                    "spec.clusterIPs",
+                    "FieldValueInvalid",
+                    format!("Invalid value: [\"{ip}\"]: failed to allocate IP {ip}: {e}"),
+                )
             })?;
             ip.to_string()
         }
@@ -68,8 +93,16 @@ pub fn undo_create(state: &ApiState, claimed: Option<&str>) {
 
 pub fn before_update(state: &ApiState, served: &Served, new: &mut Value, old: &Value) -> Result<(), ApiError> {
     if is(served, "", "Service") {
-        let old_ip = old.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or_default().to_string();
-        let new_ip = new.pointer("/spec/clusterIP").and_then(Value::as_str).unwrap_or_default().to_string();
+        let old_ip = old
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let new_ip = new
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         match (wants_cluster_ip(old), wants_cluster_ip(new)) {
             (true, true) => {
                 if new_ip.is_empty() {
@@ -78,7 +111,13 @@ pub fn before_update(state: &ApiState, served: &Served, new: &mut Value, old: &V
                         new["spec"]["clusterIPs"] = ips.clone();
                     }
                 } else if new_ip != old_ip {
-                    return Err(invalid(served, new, "spec.clusterIPs[0]", "FieldValueInvalid", format!("Invalid value: [\"{new_ip}\"]: may not change once set")));
+                    return Err(invalid(
+                        served,
+                        new,
+                        "spec.clusterIPs[0]",
+                        "FieldValueInvalid",
+                        format!("Invalid value: [\"{new_ip}\"]: may not change once set"),
+                    ));
                 }
             }
             (false, true) => {
@@ -99,7 +138,13 @@ pub fn before_update(state: &ApiState, served: &Served, new: &mut Value, old: &V
         for field in ["/spec/group", "/spec/names/plural", "/spec/scope"] {
             if new.pointer(field) != old.pointer(field) {
                 let path = field.trim_start_matches('/').replace('/', ".");
-                return Err(invalid(served, new, &path, "FieldValueInvalid", "Invalid value: field is immutable".into()));
+                return Err(invalid(
+                    served,
+                    new,
+                    &path,
+                    "FieldValueInvalid",
+                    "Invalid value: field is immutable".into(),
+                ));
             }
         }
     }
@@ -123,8 +168,15 @@ pub async fn after_write(state: &ApiState, served: &Served) {
 }
 
 pub fn refresh_crds(state: &ApiState) {
-    let Some(crds) = state.registry.lookup("apiextensions.k8s.io", "v1", "customresourcedefinitions") else { return };
-    let (items, _, _) = state.store.list(&crds.prefix(), None, 0, &|o| o.pointer("/metadata/deletionTimestamp").is_none());
+    let Some(crds) = state
+        .registry
+        .lookup("apiextensions.k8s.io", "v1", "customresourcedefinitions")
+    else {
+        return;
+    };
+    let (items, _, _) = state.store.list(&crds.prefix(), None, 0, &|o| {
+        o.pointer("/metadata/deletionTimestamp").is_none()
+    });
     let objs: Vec<Arc<Value>> = items.into_iter().map(|s| s.obj).collect();
     state.registry.set_crds(&objs);
 }
@@ -135,13 +187,31 @@ fn check_crd(served: &Served, crd: &Value) -> Result<(), ApiError> {
     let (group, plural, kind) = (s("/spec/group"), s("/spec/names/plural"), s("/spec/names/kind"));
     let name = super::objects::name_of(crd).to_string();
     if group.is_empty() {
-        return Err(invalid(served, crd, "spec.group", "FieldValueRequired", "Required value".into()));
+        return Err(invalid(
+            served,
+            crd,
+            "spec.group",
+            "FieldValueRequired",
+            "Required value".into(),
+        ));
     }
     if plural.is_empty() {
-        return Err(invalid(served, crd, "spec.names.plural", "FieldValueRequired", "Required value".into()));
+        return Err(invalid(
+            served,
+            crd,
+            "spec.names.plural",
+            "FieldValueRequired",
+            "Required value".into(),
+        ));
     }
     if kind.is_empty() {
-        return Err(invalid(served, crd, "spec.names.kind", "FieldValueRequired", "Required value".into()));
+        return Err(invalid(
+            served,
+            crd,
+            "spec.names.kind",
+            "FieldValueRequired",
+            "Required value".into(),
+        ));
     }
     if name != format!("{plural}.{group}") {
         return Err(invalid(
@@ -153,19 +223,53 @@ fn check_crd(served: &Served, crd: &Value) -> Result<(), ApiError> {
         ));
     }
     if !matches!(s("/spec/scope").as_str(), "Namespaced" | "Cluster") {
-        return Err(invalid(served, crd, "spec.scope", "FieldValueNotSupported", format!("Unsupported value: \"{}\": supported values: \"Cluster\", \"Namespaced\"", s("/spec/scope"))));
+        return Err(invalid(
+            served,
+            crd,
+            "spec.scope",
+            "FieldValueNotSupported",
+            format!(
+                "Unsupported value: \"{}\": supported values: \"Cluster\", \"Namespaced\"",
+                s("/spec/scope")
+            ),
+        ));
     }
-    let versions = crd.pointer("/spec/versions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let versions = crd
+        .pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if versions.is_empty() {
-        return Err(invalid(served, crd, "spec.versions", "FieldValueInvalid", "Invalid value: null: must have exactly one version marked as storage version".into()));
+        return Err(invalid(
+            served,
+            crd,
+            "spec.versions",
+            "FieldValueInvalid",
+            "Invalid value: null: must have exactly one version marked as storage version".into(),
+        ));
     }
-    let storage = versions.iter().filter(|v| v.get("storage") == Some(&json!(true))).count();
+    let storage = versions
+        .iter()
+        .filter(|v| v.get("storage") == Some(&json!(true)))
+        .count();
     if storage != 1 {
-        return Err(invalid(served, crd, "spec.versions", "FieldValueInvalid", "Invalid value: must have exactly one version marked as storage version".into()));
+        return Err(invalid(
+            served,
+            crd,
+            "spec.versions",
+            "FieldValueInvalid",
+            "Invalid value: must have exactly one version marked as storage version".into(),
+        ));
     }
     for (i, v) in versions.iter().enumerate() {
         if v.pointer("/schema/openAPIV3Schema").is_none() {
-            return Err(invalid(served, crd, &format!("spec.versions[{i}].schema.openAPIV3Schema"), "FieldValueRequired", "Required value: schemas are required".into()));
+            return Err(invalid(
+                served,
+                crd,
+                &format!("spec.versions[{i}].schema.openAPIV3Schema"),
+                "FieldValueRequired",
+                "Required value: schemas are required".into(),
+            ));
         }
     }
     Ok(())
@@ -177,7 +281,11 @@ fn accept_crd(crd: &mut Value) {
     let names = crd.pointer("/spec/names").cloned().unwrap_or(json!({}));
     let mut accepted = names.clone();
     if accepted.get("singular").is_none() {
-        let kind = names.get("kind").and_then(Value::as_str).unwrap_or_default().to_ascii_lowercase();
+        let kind = names
+            .get("kind")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_ascii_lowercase();
         accepted["singular"] = json!(kind);
     }
     if accepted.get("listKind").is_none() {

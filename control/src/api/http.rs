@@ -23,7 +23,8 @@ pub fn json_response(code: u16, value: &Value, warnings: &[String]) -> Response<
     let bytes = serde_json::to_vec(value).unwrap_or_default();
     let mut resp = Response::new(full(bytes));
     *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     for w in warnings {
         let text = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
         if let Ok(v) = HeaderValue::from_str(&text) {
@@ -37,10 +38,14 @@ pub fn error_response(e: &ApiError) -> Response<Body> {
     let mut resp = json_response(e.code(), &e.status(), &[]);
     if e.code() == 413 {
         // The rest of the body was never read: the connection cannot carry another request.
-        resp.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }
     if e.code() == 401 {
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"nodeless\""));
+        resp.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"nodeless\""),
+        );
     }
     resp
 }
@@ -48,7 +53,10 @@ pub fn error_response(e: &ApiError) -> Response<Body> {
 pub fn text_response(code: u16, text: &str) -> Response<Body> {
     let mut resp = Response::new(full(text.to_string()));
     *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::OK);
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     resp
 }
 
@@ -64,7 +72,10 @@ pub enum BodyType {
 }
 
 pub fn body_type(headers: &HeaderMap) -> Result<BodyType, ApiError> {
-    let raw = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("application/json");
+    let raw = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json");
     let media = raw.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
     Ok(match media.as_str() {
         "application/json" | "" => BodyType::Json,
@@ -96,10 +107,12 @@ pub fn parse_value(bytes: &[u8], ty: BodyType) -> Result<Value, ApiError> {
         return Err(ApiError::bad_request("the request body is empty"));
     }
     let as_yaml = matches!(ty, BodyType::Yaml | BodyType::ApplyPatch)
-        && !bytes.iter().find(|b| !b.is_ascii_whitespace()).is_some_and(|b| *b == b'{' || *b == b'[');
+        && !bytes
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'{' || *b == b'[');
     if as_yaml {
-        serde_yaml::from_slice::<Value>(bytes)
-            .map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
+        serde_yaml::from_slice::<Value>(bytes).map_err(|e| ApiError::bad_request(format!("error decoding YAML: {e}")))
     } else {
         serde_json::from_slice::<Value>(bytes)
             .map_err(|e| ApiError::bad_request(format!("error decoding JSON body: {e}")))
@@ -134,6 +147,8 @@ pub fn wants(headers: &HeaderMap) -> Result<Want, ApiError> {
     if json_ok {
         Ok(Want::Json)
     } else {
-        Err(ApiError::NotAcceptable(format!("only the following media types are accepted: application/json (asked for {accept})")))
+        Err(ApiError::NotAcceptable(format!(
+            "only the following media types are accepted: application/json (asked for {accept})"
+        )))
     }
 }

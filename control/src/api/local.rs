@@ -18,7 +18,10 @@ pub struct LocalClient {
 
 impl LocalClient {
     pub fn served(&self, group: &str, plural: &str) -> Arc<Served> {
-        self.state.registry.lookup(group, "v1", plural).expect("built-in resources are always served")
+        self.state
+            .registry
+            .lookup(group, "v1", plural)
+            .expect("built-in resources are always served")
     }
 
     pub fn get(&self, served: &Served, ns: Option<&str>, name: &str) -> Option<Stored> {
@@ -43,14 +46,26 @@ impl LocalClient {
         self.commit(served, current, new, Some("status")).await
     }
 
-    async fn commit(&self, served: &Served, current: &Stored, new: Value, sub: Option<&str>) -> Result<Value, ApiError> {
+    async fn commit(
+        &self,
+        served: &Served,
+        current: &Stored,
+        new: Value,
+        sub: Option<&str>,
+    ) -> Result<Value, ApiError> {
         let ns = current.obj.pointer("/metadata/namespace").and_then(Value::as_str);
         let key = served.key(ns, super::objects::name_of(&current.obj));
         commit_update(&self.state, served, &key, current, new, &UpdateCtx { sub, dry: false }).await
     }
 
     /// Delete with the given propagation policy (Background when None).
-    pub async fn delete(&self, served: &Served, ns: Option<&str>, name: &str, propagation: Option<&str>) -> Result<(), ApiError> {
+    pub async fn delete(
+        &self,
+        served: &Served,
+        ns: Option<&str>,
+        name: &str,
+        propagation: Option<&str>,
+    ) -> Result<(), ApiError> {
         let q = match propagation {
             Some(p) => [("propagationPolicy".to_string(), p.to_string())].into_iter().collect(),
             None => Default::default(),
@@ -66,7 +81,15 @@ impl LocalClient {
         let ns = current.obj.pointer("/metadata/namespace").and_then(Value::as_str);
         let name = super::objects::name_of(&current.obj);
         let key = served.key(ns, name);
-        match self.state.store.write(Write::Delete { key, expect_rev: Some(current.rev) }).await {
+        match self
+            .state
+            .store
+            .write(Write::Delete {
+                key,
+                expect_rev: Some(current.rev),
+            })
+            .await
+        {
             Ok(stored) => {
                 super::hooks::after_delete(&self.state, served, &stored.obj);
                 Ok(())

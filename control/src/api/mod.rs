@@ -140,7 +140,10 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Response<
     if matches!(route, Route::Health) {
         return Ok(text_response(200, "ok"));
     }
-    let auth_header = req.headers().get(::http::header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+    let auth_header = req
+        .headers()
+        .get(::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
     let role = state.auth.authenticate(auth_header).ok_or(ApiError::Unauthorized)?;
     let reg = &state.registry;
     match route {
@@ -148,14 +151,16 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Response<
         Route::Version => Ok(json_response(200, &discovery::version(), &[])),
         Route::CoreVersions => Ok(json_response(200, &discovery::core_versions(), &[])),
         Route::GroupList => Ok(json_response(200, &discovery::group_list(reg), &[])),
-        Route::Group(g) => discovery::group(reg, &g).map(|v| json_response(200, &v, &[])).ok_or(ApiError::NoRoute),
-        Route::ResourceList(g, v) => {
-            discovery::resource_list(reg, &g, &v).map(|d| json_response(200, &d, &[])).ok_or(ApiError::NoRoute)
-        }
+        Route::Group(g) => discovery::group(reg, &g)
+            .map(|v| json_response(200, &v, &[]))
+            .ok_or(ApiError::NoRoute),
+        Route::ResourceList(g, v) => discovery::resource_list(reg, &g, &v)
+            .map(|d| json_response(200, &d, &[]))
+            .ok_or(ApiError::NoRoute),
         Route::OpenApiIndex => Ok(json_response(200, &discovery::openapi_index(reg), &[])),
-        Route::OpenApi(g, v) => {
-            discovery::openapi_group_version(reg, &g, &v).map(|d| json_response(200, &d, &[])).ok_or(ApiError::NoRoute)
-        }
+        Route::OpenApi(g, v) => discovery::openapi_group_version(reg, &g, &v)
+            .map(|d| json_response(200, &d, &[]))
+            .ok_or(ApiError::NoRoute),
         Route::OpenApiV2 => {
             let mut resp = Response::new(http::full(openapi_v2::document(reg)));
             resp.headers_mut().insert(
@@ -219,16 +224,27 @@ mod tests {
     #[test]
     fn routes() {
         assert_eq!(parse_route("/api"), Some(Route::CoreVersions));
-        assert_eq!(parse_route("/apis/apps/v1"), Some(Route::ResourceList("apps".into(), "v1".into())));
+        assert_eq!(
+            parse_route("/apis/apps/v1"),
+            Some(Route::ResourceList("apps".into(), "v1".into()))
+        );
         let t = target(parse_route("/api/v1/namespaces/default/pods/p1/log"));
         assert_eq!(
-            (t.namespace.as_deref(), t.plural.as_str(), t.name.as_deref(), t.sub.as_deref()),
+            (
+                t.namespace.as_deref(),
+                t.plural.as_str(),
+                t.name.as_deref(),
+                t.sub.as_deref()
+            ),
             (Some("default"), "pods", Some("p1"), Some("log"))
         );
         let t = target(parse_route("/api/v1/namespaces/default"));
         assert_eq!((t.plural.as_str(), t.name.as_deref()), ("namespaces", Some("default")));
         let t = target(parse_route("/api/v1/namespaces/gone/finalize"));
-        assert_eq!((t.plural.as_str(), t.name.as_deref(), t.sub.as_deref()), ("namespaces", Some("gone"), Some("finalize")));
+        assert_eq!(
+            (t.plural.as_str(), t.name.as_deref(), t.sub.as_deref()),
+            ("namespaces", Some("gone"), Some("finalize"))
+        );
         let t = target(parse_route("/apis/apps/v1/watch/namespaces/x/deployments"));
         assert!(t.watch_path);
         assert_eq!(t.plural, "deployments");

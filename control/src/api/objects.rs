@@ -14,7 +14,11 @@ use super::error::ApiError;
 fn roundtrip<T: DeserializeOwned + Serialize>(input: &Value) -> Result<(Value, Vec<String>), String> {
     let typed: T = serde_path_to_error::deserialize(input).map_err(|e| {
         let path = e.path().to_string();
-        if path == "." { e.inner().to_string() } else { format!("{path}: {}", e.inner()) }
+        if path == "." {
+            e.inner().to_string()
+        } else {
+            format!("{path}: {}", e.inner())
+        }
     })?;
     let out = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
     let mut unknown = Vec::new();
@@ -116,7 +120,9 @@ pub fn canonicalize(
         return Ok((input, Vec::new()));
     };
     let cannot = |why: String| {
-        ApiError::bad_request(format!("{kind} in version \"{version}\" cannot be handled as a {kind}: {why}"))
+        ApiError::bad_request(format!(
+            "{kind} in version \"{version}\" cannot be handled as a {kind}: {why}"
+        ))
     };
     let (out, unknown) = result.map_err(cannot)?;
     if unknown.is_empty() || validation == FieldValidation::Ignore {
@@ -140,25 +146,35 @@ const NAME_CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 pub fn random_suffix() -> String {
     use rand::Rng;
     let mut rng = rand::thread_rng();
-    (0..5).map(|_| NAME_CHARS[rng.gen_range(0..NAME_CHARS.len())] as char).collect()
+    (0..5)
+        .map(|_| NAME_CHARS[rng.gen_range(0..NAME_CHARS.len())] as char)
+        .collect()
 }
 
 pub fn meta_mut(obj: &mut Value) -> &mut Map<String, Value> {
     if !obj.get("metadata").is_some_and(Value::is_object) {
         obj["metadata"] = json!({});
     }
-    obj["metadata"].as_object_mut().expect("metadata was just made an object")
+    obj["metadata"]
+        .as_object_mut()
+        .expect("metadata was just made an object")
 }
 
 pub fn name_of(obj: &Value) -> &str {
-    obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default()
+    obj.pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
 }
 
 /// Metadata the server owns on create: uid, timestamps, generation; client values are replaced.
 pub fn prepare_create_meta(obj: &mut Value, namespace: Option<&str>) {
     let meta = meta_mut(obj);
     if meta.get("name").and_then(Value::as_str).unwrap_or_default().is_empty() {
-        if let Some(prefix) = meta.get("generateName").and_then(Value::as_str).filter(|p| !p.is_empty()) {
+        if let Some(prefix) = meta
+            .get("generateName")
+            .and_then(Value::as_str)
+            .filter(|p| !p.is_empty())
+        {
             let name = format!("{prefix}{}", random_suffix());
             meta.insert("name".into(), json!(name));
         }
@@ -174,7 +190,12 @@ pub fn prepare_create_meta(obj: &mut Value, namespace: Option<&str>) {
     meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
     meta.insert("creationTimestamp".into(), json!(now_rfc3339()));
     meta.insert("generation".into(), json!(1));
-    for server_owned in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+    for server_owned in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "selfLink",
+    ] {
         meta.remove(server_owned);
     }
 }
@@ -183,7 +204,14 @@ pub fn prepare_create_meta(obj: &mut Value, namespace: Option<&str>) {
 pub fn keep_immutable_meta(new: &mut Value, old: &Value) {
     let old_meta = old.get("metadata").cloned().unwrap_or_else(|| json!({}));
     let meta = meta_mut(new);
-    for key in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "generation"] {
+    for key in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "namespace",
+        "generation",
+    ] {
         match old_meta.get(key) {
             Some(v) => {
                 meta.insert(key.into(), v.clone());
@@ -197,13 +225,19 @@ pub fn keep_immutable_meta(new: &mut Value, old: &Value) {
 
 /// Bump `metadata.generation` when anything but metadata and status changed.
 pub fn bump_generation(new: &mut Value, old: &Value) {
-    let changed = new.as_object().into_iter().flatten().any(|(k, v)| {
-        !matches!(k.as_str(), "metadata" | "status" | "kind" | "apiVersion") && old.get(k) != Some(v)
-    }) || old.as_object().into_iter().flatten().any(|(k, _)| {
-        !matches!(k.as_str(), "metadata" | "status" | "kind" | "apiVersion") && new.get(k).is_none()
-    });
+    let changed =
+        new.as_object().into_iter().flatten().any(|(k, v)| {
+            !matches!(k.as_str(), "metadata" | "status" | "kind" | "apiVersion") && old.get(k) != Some(v)
+        }) || old
+            .as_object()
+            .into_iter()
+            .flatten()
+            .any(|(k, _)| !matches!(k.as_str(), "metadata" | "status" | "kind" | "apiVersion") && new.get(k).is_none());
     let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
-    meta_mut(new).insert("generation".into(), json!(if changed { generation + 1 } else { generation }));
+    meta_mut(new).insert(
+        "generation".into(),
+        json!(if changed { generation + 1 } else { generation }),
+    );
 }
 
 fn set_default(obj: &mut Map<String, Value>, key: &str, value: Value) {
@@ -219,7 +253,11 @@ fn default_container(c: &mut Value) {
         let last = image.rsplit('/').next().unwrap_or(image);
         !image.contains('@') && (!last.contains(':') || last.ends_with(":latest"))
     };
-    set_default(c, "imagePullPolicy", json!(if latest { "Always" } else { "IfNotPresent" }));
+    set_default(
+        c,
+        "imagePullPolicy",
+        json!(if latest { "Always" } else { "IfNotPresent" }),
+    );
     set_default(c, "terminationMessagePath", json!("/dev/termination-log"));
     set_default(c, "terminationMessagePolicy", json!("File"));
     set_default(c, "resources", json!({}));
@@ -239,7 +277,10 @@ pub fn default_pod_spec(spec: &mut Value) {
     set_default(s, "schedulerName", json!("default-scheduler"));
     set_default(s, "securityContext", json!({}));
     set_default(s, "enableServiceLinks", json!(true));
-    let sa = s.get("serviceAccountName").cloned().filter(|v| v.as_str().is_some_and(|x| !x.is_empty()));
+    let sa = s
+        .get("serviceAccountName")
+        .cloned()
+        .filter(|v| v.as_str().is_some_and(|x| !x.is_empty()));
     let sa = sa.unwrap_or_else(|| json!("default"));
     s.insert("serviceAccountName".into(), sa.clone());
     set_default(s, "serviceAccount", sa);
@@ -315,7 +356,12 @@ pub fn apply_defaults(group: &str, kind: &str, obj: &mut Value) {
                     set_default(spec, "externalTrafficPolicy", json!("Cluster"));
                     set_default(spec, "allocateLoadBalancerNodePorts", json!(false));
                 }
-                for port in spec.get_mut("ports").and_then(Value::as_array_mut).into_iter().flatten() {
+                for port in spec
+                    .get_mut("ports")
+                    .and_then(Value::as_array_mut)
+                    .into_iter()
+                    .flatten()
+                {
                     if let Some(p) = port.as_object_mut() {
                         set_default(p, "protocol", json!("TCP"));
                         if let Some(n) = p.get("port").cloned() {
@@ -418,7 +464,10 @@ mod tests {
         let err = canonicalize("apps", "Deployment", "v1", input.clone(), FieldValidation::Strict).unwrap_err();
         let msg = err.to_string();
         assert!(msg.contains("unknown field \"spec.bogus\""), "{msg}");
-        assert!(msg.contains("unknown field \"spec.template.spec.containers[0].imagee\""), "{msg}");
+        assert!(
+            msg.contains("unknown field \"spec.template.spec.containers[0].imagee\""),
+            "{msg}"
+        );
         let (out, warnings) = canonicalize("apps", "Deployment", "v1", input, FieldValidation::Warn).unwrap();
         assert_eq!(warnings.len(), 2);
         assert!(out.pointer("/spec/bogus").is_none());
@@ -439,7 +488,10 @@ mod tests {
         apply_defaults("apps", "Deployment", &mut d);
         assert_eq!(d.pointer("/spec/replicas"), Some(&json!(1)));
         assert_eq!(d.pointer("/spec/strategy/rollingUpdate/maxSurge"), Some(&json!("25%")));
-        assert_eq!(d.pointer("/spec/template/spec/containers/0/imagePullPolicy"), Some(&json!("Always")));
+        assert_eq!(
+            d.pointer("/spec/template/spec/containers/0/imagePullPolicy"),
+            Some(&json!("Always"))
+        );
         let spec = json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]});
         assert_eq!(qos_class(&spec), "Guaranteed");
         let spec = json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]});

@@ -54,7 +54,11 @@ pub fn document(reg: &Registry) -> Vec<u8> {
     let mut paths = Vec::new();
     for served in reg.all() {
         let d = &served.def;
-        let base = if d.group.is_empty() { format!("/api/{}", d.version) } else { format!("/apis/{}/{}", d.group, d.version) };
+        let base = if d.group.is_empty() {
+            format!("/api/{}", d.version)
+        } else {
+            format!("/apis/{}/{}", d.group, d.version)
+        };
         let path = if d.namespaced() {
             format!("{base}/namespaces/{{namespace}}/{}/{{name}}", d.plural)
         } else {

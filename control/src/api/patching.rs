@@ -27,10 +27,10 @@ pub fn apply_plain_patch(ty: BodyType, doc: &Value, patch: &Value) -> Result<Val
     match ty {
         BodyType::JsonPatch => patch::json_patch(doc, patch).map_err(patch_error),
         BodyType::MergePatch | BodyType::Json => Ok(patch::merge_patch(doc, patch)),
-        BodyType::StrategicMergePatch => {
-            patch::strategic_merge_patch(doc, patch, "").map_err(patch_error)
-        }
-        _ => Err(ApiError::UnsupportedMediaType(format!("{ty:?} is not a patch type for this resource"))),
+        BodyType::StrategicMergePatch => patch::strategic_merge_patch(doc, patch, "").map_err(patch_error),
+        _ => Err(ApiError::UnsupportedMediaType(format!(
+            "{ty:?} is not a patch type for this resource"
+        ))),
     }
 }
 
@@ -76,19 +76,38 @@ pub fn apply_patch(
 pub fn apply_create(served: &Served, patch: &Value, manager: &str) -> Result<Value, ApiError> {
     check_applied(served, patch)?;
     let now = super::objects::now_rfc3339();
-    patch::apply(None, patch, manager, false, schema_kind(served), &served.def.api_version(), &now)
-        .map_err(|c| apply_conflict(served, patch, c))
+    patch::apply(
+        None,
+        patch,
+        manager,
+        false,
+        schema_kind(served),
+        &served.def.api_version(),
+        &now,
+    )
+    .map_err(|c| apply_conflict(served, patch, c))
 }
 
 fn check_applied(served: &Served, patch: &Value) -> Result<(), ApiError> {
     if !patch.is_object() {
         return Err(ApiError::bad_request("an apply patch must be an object"));
     }
-    for (field, want) in [("apiVersion", served.def.api_version()), ("kind", served.def.kind.clone())] {
+    for (field, want) in [
+        ("apiVersion", served.def.api_version()),
+        ("kind", served.def.kind.clone()),
+    ] {
         match patch.get(field).and_then(Value::as_str) {
             Some(v) if v == want => {}
-            Some(v) => return Err(ApiError::bad_request(format!("{field} in the applied configuration is \"{v}\", expected \"{want}\""))),
-            None => return Err(ApiError::bad_request(format!("{field} must be set in an applied configuration"))),
+            Some(v) => {
+                return Err(ApiError::bad_request(format!(
+                    "{field} in the applied configuration is \"{v}\", expected \"{want}\""
+                )));
+            }
+            None => {
+                return Err(ApiError::bad_request(format!(
+                    "{field} must be set in an applied configuration"
+                )));
+            }
         }
     }
     Ok(())
@@ -99,11 +118,19 @@ fn apply_conflict(served: &Served, obj: &Value, c: patch::ApplyConflict) -> ApiE
     let causes = c
         .conflicts
         .iter()
-        .map(|x| Cause { reason: "FieldManagerConflict".into(), message: format!("conflict with \"{}\"", x.manager), field: x.field.clone() })
+        .map(|x| Cause {
+            reason: "FieldManagerConflict".into(),
+            message: format!("conflict with \"{}\"", x.manager),
+            field: x.field.clone(),
+        })
         .collect();
     ApiError::ApplyConflict {
         message: c.to_string(),
         causes,
-        subject: Subject { group: served.def.group.clone(), kind: served.def.plural.clone(), name },
+        subject: Subject {
+            group: served.def.group.clone(),
+            kind: served.def.plural.clone(),
+            name,
+        },
     }
 }

@@ -9,48 +9,83 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
+use super::ApiState;
 use super::error::ApiError;
 use super::handlers::not_found;
 use super::http::{Body, json_response};
 use super::registry::Served;
-use super::ApiState;
 
 /// Annotation a node sets when its kubelet API listens on plain HTTP. sandbox-node never does
 /// (its kubelet API is mutual TLS: control presents `tls::KUBELET_CLIENT_NAME`'s certificate and
 /// checks the node's against the cluster CA); the tests' stand-in kubelet does.
 pub const KUBELET_SCHEME: &str = "nodeless.io/kubelet-scheme";
 
-pub(super) async fn bind(state: &ApiState, served: &Served, ns: &str, name: &str, body: Value) -> Result<Response<Body>, ApiError> {
-    let node = body.pointer("/target/name").and_then(Value::as_str).unwrap_or_default().to_string();
+pub(super) async fn bind(
+    state: &ApiState,
+    served: &Served,
+    ns: &str,
+    name: &str,
+    body: Value,
+) -> Result<Response<Body>, ApiError> {
+    let node = body
+        .pointer("/target/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     if node.is_empty() {
         return Err(ApiError::bad_request("binding target.name: Required value"));
     }
     let key = served.key(Some(ns), name);
     let cur = state.store.get(&key).ok_or_else(|| not_found(served, name))?;
-    if cur.obj.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty()) {
+    if cur
+        .obj
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty())
+    {
         return Err(ApiError::PreconditionFailed(format!(
             "Operation cannot be fulfilled on pods/binding \"{name}\": pod {name} is already assigned to node \"{}\"",
-            cur.obj.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default()
+            cur.obj
+                .pointer("/spec/nodeName")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
         )));
     }
     let mut new = (*cur.obj).clone();
     new["spec"]["nodeName"] = json!(node);
-    let conditions = new["status"].get("conditions").and_then(Value::as_array).cloned().unwrap_or_default();
-    let mut conditions: Vec<Value> = conditions.into_iter().filter(|c| c.get("type") != Some(&json!("PodScheduled"))).collect();
+    let conditions = new["status"]
+        .get("conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut conditions: Vec<Value> = conditions
+        .into_iter()
+        .filter(|c| c.get("type") != Some(&json!("PodScheduled")))
+        .collect();
     conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null,
         "lastTransitionTime": super::objects::now_rfc3339()}));
     new["status"]["conditions"] = json!(conditions);
     // Binding writes spec and status together, bypassing the status-subresource split.
     state
         .store
-        .write(crate::store::Write::Update { key: key.clone(), obj: new, expect_rev: Some(cur.rev) })
+        .write(crate::store::Write::Update {
+            key: key.clone(),
+            obj: new,
+            expect_rev: Some(cur.rev),
+        })
         .await
         .map_err(|e| super::handlers::store_err(served, name, e))?;
-    Ok(json_response(201, &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}), &[]))
+    Ok(json_response(
+        201,
+        &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),
+        &[],
+    ))
 }
 
 fn container_for(pod: &Value, name: &str, q: &str) -> Result<Option<String>, ApiError> {
-    let asked = url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == "container").map(|(_, v)| v.into_owned());
+    let asked = url::form_urlencoded::parse(q.as_bytes())
+        .find(|(k, _)| k == "container")
+        .map(|(_, v)| v.into_owned());
     if asked.is_some() {
         return Ok(asked);
     }
@@ -78,13 +113,26 @@ pub(super) async fn proxy_to_node(
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let pods = state.registry.lookup("", "v1", "pods").ok_or(ApiError::NoRoute)?;
-    let pod = state.store.get(&pods.key(Some(ns), name)).ok_or_else(|| not_found(&pods, name))?;
-    let node_name = pod.obj.pointer("/spec/nodeName").and_then(Value::as_str).unwrap_or_default().to_string();
+    let pod = state
+        .store
+        .get(&pods.key(Some(ns), name))
+        .ok_or_else(|| not_found(&pods, name))?;
+    let node_name = pod
+        .obj
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     if node_name.is_empty() {
-        return Err(ApiError::bad_request(format!("pod {name} does not have a host assigned")));
+        return Err(ApiError::bad_request(format!(
+            "pod {name} does not have a host assigned"
+        )));
     }
     let nodes = state.registry.lookup("", "v1", "nodes").ok_or(ApiError::NoRoute)?;
-    let node = state.store.get(&nodes.key(None, &node_name)).ok_or_else(|| not_found(&nodes, &node_name))?;
+    let node = state
+        .store
+        .get(&nodes.key(None, &node_name))
+        .ok_or_else(|| not_found(&nodes, &node_name))?;
     let addr = node
         .obj
         .pointer("/status/addresses")
@@ -95,20 +143,39 @@ pub(super) async fn proxy_to_node(
         .and_then(|a| a.get("address").and_then(Value::as_str))
         .unwrap_or("127.0.0.1")
         .to_string();
-    let port = node.obj.pointer("/status/daemonEndpoints/kubeletEndpoint/Port").and_then(Value::as_u64).unwrap_or(10250);
-    let plain = node.obj.pointer(&format!("/metadata/annotations/{}", KUBELET_SCHEME.replace('/', "~1"))) == Some(&json!("http"));
+    let port = node
+        .obj
+        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+        .and_then(Value::as_u64)
+        .unwrap_or(10250);
+    let plain = node
+        .obj
+        .pointer(&format!("/metadata/annotations/{}", KUBELET_SCHEME.replace('/', "~1")))
+        == Some(&json!("http"));
     let query = req.uri().query().unwrap_or_default().to_string();
     let path = match sub {
-        "log" => format!("/containerLogs/{ns}/{name}/{}", container_for(&pod.obj, name, &query)?.unwrap_or_default()),
-        "exec" => format!("/exec/{ns}/{name}/{}", container_for(&pod.obj, name, &query)?.unwrap_or_default()),
-        "attach" => format!("/attach/{ns}/{name}/{}", container_for(&pod.obj, name, &query)?.unwrap_or_default()),
+        "log" => format!(
+            "/containerLogs/{ns}/{name}/{}",
+            container_for(&pod.obj, name, &query)?.unwrap_or_default()
+        ),
+        "exec" => format!(
+            "/exec/{ns}/{name}/{}",
+            container_for(&pod.obj, name, &query)?.unwrap_or_default()
+        ),
+        "attach" => format!(
+            "/attach/{ns}/{name}/{}",
+            container_for(&pod.obj, name, &query)?.unwrap_or_default()
+        ),
         _ => format!("/portForward/{ns}/{name}"),
     };
     let uri: Uri = format!("{path}{}{query}", if query.is_empty() { "" } else { "?" })
         .parse()
         .map_err(|e| ApiError::internal(format!("bad node URL: {e}")))?;
-    let unavailable = |e: String| ApiError::Unavailable(format!("error talking to node {node_name} ({addr}:{port}): {e}"));
-    let tcp = tokio::net::TcpStream::connect((addr.as_str(), port as u16)).await.map_err(|e| unavailable(e.to_string()))?;
+    let unavailable =
+        |e: String| ApiError::Unavailable(format!("error talking to node {node_name} ({addr}:{port}): {e}"));
+    let tcp = tokio::net::TcpStream::connect((addr.as_str(), port as u16))
+        .await
+        .map_err(|e| unavailable(e.to_string()))?;
     let client_upgrade = hyper::upgrade::on(&mut req);
     let (parts, body) = req.into_parts();
     let mut out = Request::builder().method(parts.method.clone()).uri(uri);
@@ -117,11 +184,15 @@ pub(super) async fn proxy_to_node(
             out = out.header(k, v);
         }
     }
-    let out = out.header(header::HOST, format!("{addr}:{port}")).body(body).map_err(|e| ApiError::internal(e.to_string()))?;
+    let out = out
+        .header(header::HOST, format!("{addr}:{port}"))
+        .body(body)
+        .map_err(|e| ApiError::internal(e.to_string()))?;
     let resp = if plain {
         send(TokioIo::new(tcp), out).await
     } else {
-        let server_name = rustls::pki_types::ServerName::try_from(addr.clone()).map_err(|e| unavailable(e.to_string()))?;
+        let server_name =
+            rustls::pki_types::ServerName::try_from(addr.clone()).map_err(|e| unavailable(e.to_string()))?;
         let tls = tokio_rustls::TlsConnector::from(state.node_tls.clone())
             .connect(server_name, tcp)
             .await
@@ -158,7 +229,9 @@ async fn send<T>(io: TokioIo<T>, req: Request<Incoming>) -> Result<Response<Inco
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let (mut sender, conn) = hyper::client::conn::http1::handshake(io).await.map_err(|e| e.to_string())?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
+        .await
+        .map_err(|e| e.to_string())?;
     tokio::spawn(async move {
         let _ = conn.with_upgrades().await;
     });

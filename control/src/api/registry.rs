@@ -23,7 +23,11 @@ pub struct Served {
 impl Served {
     /// Store key prefix for this resource (all namespaces).
     pub fn prefix(&self) -> String {
-        let g = if self.def.group.is_empty() { "core" } else { &self.def.group };
+        let g = if self.def.group.is_empty() {
+            "core"
+        } else {
+            &self.def.group
+        };
         format!("/{g}/{}/", self.def.plural)
     }
 
@@ -67,9 +71,16 @@ impl Registry {
                     inner.groups.push(def.group.clone());
                 }
                 let key = (def.group.clone(), def.version.clone(), def.plural.clone());
-                inner
-                    .by_path
-                    .insert(key, Arc::new(Served { def, schema: None, columns: None, custom: false, scale_paths: None }));
+                inner.by_path.insert(
+                    key,
+                    Arc::new(Served {
+                        def,
+                        schema: None,
+                        columns: None,
+                        custom: false,
+                        scale_paths: None,
+                    }),
+                );
             }
         }
         reg
@@ -77,13 +88,20 @@ impl Registry {
 
     pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<Arc<Served>> {
         let inner = self.inner.read().unwrap();
-        inner.by_path.get(&(group.to_string(), version.to_string(), plural.to_string())).cloned()
+        inner
+            .by_path
+            .get(&(group.to_string(), version.to_string(), plural.to_string()))
+            .cloned()
     }
 
     /// Look a resource up by kind (first served version wins).
     pub fn by_kind(&self, group: &str, kind: &str) -> Option<Arc<Served>> {
         let inner = self.inner.read().unwrap();
-        inner.by_path.values().find(|s| s.def.group == group && s.def.kind == kind).cloned()
+        inner
+            .by_path
+            .values()
+            .find(|s| s.def.group == group && s.def.kind == kind)
+            .cloned()
     }
 
     pub fn all(&self) -> Vec<Arc<Served>> {
@@ -97,8 +115,12 @@ impl Registry {
             .groups
             .iter()
             .map(|g| {
-                let mut versions: Vec<String> =
-                    inner.by_path.keys().filter(|(gg, _, _)| gg == g).map(|(_, v, _)| v.clone()).collect();
+                let mut versions: Vec<String> = inner
+                    .by_path
+                    .keys()
+                    .filter(|(gg, _, _)| gg == g)
+                    .map(|(_, v, _)| v.clone())
+                    .collect();
                 versions.dedup();
                 versions.sort_by_key(|v| std::cmp::Reverse(version_priority(v)));
                 (g.clone(), versions)
@@ -109,20 +131,31 @@ impl Registry {
 
     pub fn resources(&self, group: &str, version: &str) -> Vec<Arc<Served>> {
         let inner = self.inner.read().unwrap();
-        inner.by_path.iter().filter(|((g, v, _), _)| g == group && v == version).map(|(_, s)| s.clone()).collect()
+        inner
+            .by_path
+            .iter()
+            .filter(|((g, v, _), _)| g == group && v == version)
+            .map(|(_, s)| s.clone())
+            .collect()
     }
 
     /// Replace every custom resource with those defined by `crds` (established CRD objects).
     pub fn set_crds(&self, crds: &[Arc<Value>]) {
         let mut inner = self.inner.write().unwrap();
         inner.by_path.retain(|_, s| !s.custom);
-        inner.groups.retain(|g| catalogue::builtin().iter().any(|d| &d.group == g));
+        inner
+            .groups
+            .retain(|g| catalogue::builtin().iter().any(|d| &d.group == g));
         for crd in crds {
             for served in served_from_crd(crd) {
                 if !inner.groups.contains(&served.def.group) {
                     inner.groups.push(served.def.group.clone());
                 }
-                let key = (served.def.group.clone(), served.def.version.clone(), served.def.plural.clone());
+                let key = (
+                    served.def.group.clone(),
+                    served.def.version.clone(),
+                    served.def.plural.clone(),
+                );
                 // A CRD never shadows a built-in resource.
                 inner.by_path.entry(key).or_insert_with(|| Arc::new(served));
             }
@@ -172,9 +205,18 @@ pub fn served_from_crd(crd: &Value) -> Vec<Served> {
     if list_kind.is_empty() {
         list_kind = format!("{kind}List");
     }
-    let scope = if s(crd, "/spec/scope") == "Cluster" { Scope::Cluster } else { Scope::Namespaced };
+    let scope = if s(crd, "/spec/scope") == "Cluster" {
+        Scope::Cluster
+    } else {
+        Scope::Namespaced
+    };
     let mut out = Vec::new();
-    for v in crd.pointer("/spec/versions").and_then(Value::as_array).into_iter().flatten() {
+    for v in crd
+        .pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if v.get("served").and_then(Value::as_bool) == Some(false) {
             continue;
         }

@@ -21,11 +21,14 @@ pub struct LabelSelector(Vec<Req>);
 fn valid_key(k: &str) -> bool {
     !k.is_empty()
         && k.len() <= 317
-        && k.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+        && k.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
 }
 
 fn valid_value(v: &str) -> bool {
-    v.len() <= 63 && v.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+    v.len() <= 63
+        && v.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 /// Split on commas that are not inside parentheses.
@@ -95,7 +98,12 @@ impl LabelSelector {
                 reqs.push(Req::Eq(k.clone(), v.as_str().unwrap_or_default().to_string()));
             }
         }
-        for e in sel.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
+        for e in sel
+            .get("matchExpressions")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+        {
             let key = e.get("key").and_then(Value::as_str).unwrap_or_default().to_string();
             let values: Vec<String> = e
                 .get("values")
@@ -158,7 +166,13 @@ fn split_set_op(part: &str, op: &str) -> Option<(String, String)> {
 
 fn parse_set(s: String) -> Option<Vec<String>> {
     let inner = s.trim().strip_prefix('(')?.strip_suffix(')')?;
-    Some(inner.split(',').map(|v| v.trim().to_string()).filter(|v| !v.is_empty()).collect())
+    Some(
+        inner
+            .split(',')
+            .map(|v| v.trim().to_string())
+            .filter(|v| !v.is_empty())
+            .collect(),
+    )
 }
 
 /// A parsed field selector (`metadata.name=x,status.phase!=Running`).
@@ -184,7 +198,11 @@ impl FieldSelector {
             if path.is_empty() || !path.chars().all(|c| c.is_ascii_alphanumeric() || c == '.') {
                 return Err(ApiError::bad_request(format!("field label not supported: {path}")));
             }
-            reqs.push((path.split('.').map(String::from).collect(), eq, value.trim().to_string()));
+            reqs.push((
+                path.split('.').map(String::from).collect(),
+                eq,
+                value.trim().to_string(),
+            ));
         }
         Ok(Self(reqs))
     }
@@ -256,10 +274,21 @@ mod tests {
     #[test]
     fn field_selector() {
         let pod = json!({"metadata": {"name": "p", "namespace": "d"}, "spec": {"nodeName": "n1"}, "status": {"phase": "Running"}});
-        assert!(FieldSelector::parse("spec.nodeName=n1,status.phase!=Pending").unwrap().matches(&pod));
+        assert!(
+            FieldSelector::parse("spec.nodeName=n1,status.phase!=Pending")
+                .unwrap()
+                .matches(&pod)
+        );
         assert!(!FieldSelector::parse("metadata.name=q").unwrap().matches(&pod));
-        assert!(FieldSelector::parse("spec.nodeName=").unwrap().matches(&json!({"spec": {}})));
+        assert!(
+            FieldSelector::parse("spec.nodeName=")
+                .unwrap()
+                .matches(&json!({"spec": {}}))
+        );
         assert!(FieldSelector::parse("bogus").is_err());
-        assert_eq!(FieldSelector::parse("metadata.name=p").unwrap().pinned_name(), Some("p"));
+        assert_eq!(
+            FieldSelector::parse("metadata.name=p").unwrap().pinned_name(),
+            Some("p")
+        );
     }
 }

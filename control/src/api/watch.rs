@@ -11,11 +11,11 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
+use super::ApiState;
 use super::error::ApiError;
 use super::handlers::{ListOpts, Query, tables};
 use super::http::{Body, Want};
 use super::registry::Served;
-use super::ApiState;
 use crate::store::{EventType, StoreError};
 
 /// How often a bookmark is sent to a watcher that asked for them.
@@ -31,7 +31,12 @@ impl Encoder {
     fn line(&self, kind: &str, obj: &Value) -> Bytes {
         let object = if self.want == Want::Table && kind != "ERROR" && kind != "BOOKMARK" {
             let rv = obj.pointer("/metadata/resourceVersion").cloned().unwrap_or(json!(""));
-            tables::table(&self.served, std::slice::from_ref(obj), &self.query, json!({"resourceVersion": rv}))
+            tables::table(
+                &self.served,
+                std::slice::from_ref(obj),
+                &self.query,
+                json!({"resourceVersion": rv}),
+            )
         } else {
             obj.clone()
         };
@@ -68,7 +73,10 @@ pub(super) fn watch(
     let rv_param = q.get("resourceVersion").map(String::as_str).unwrap_or_default();
     let from: Option<u64> = match rv_param {
         "" | "0" => None,
-        rv => Some(rv.parse().map_err(|_| ApiError::bad_request(format!("resourceVersion: invalid value \"{rv}\"")))?),
+        rv => Some(
+            rv.parse()
+                .map_err(|_| ApiError::bad_request(format!("resourceVersion: invalid value \"{rv}\"")))?,
+        ),
     };
     let bookmarks = q.get("allowWatchBookmarks").is_some_and(|v| v == "true");
     let send_initial = match q.get("sendInitialEvents").map(String::as_str) {
@@ -82,7 +90,11 @@ pub(super) fn watch(
         .map(Duration::from_secs)
         .unwrap_or(Duration::from_secs(1800 + rand::random::<u64>() % 1800));
     let prefix = served.ns_prefix(ns.as_deref());
-    let enc = Encoder { served: served.clone(), want, query: q.clone() };
+    let enc = Encoder {
+        served: served.clone(),
+        want,
+        query: q.clone(),
+    };
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(256);
 
     // Initial events come from a snapshot; the watch then starts exactly at the snapshot's revision.
@@ -152,8 +164,10 @@ pub(super) fn watch(
 
     let body = StreamBody::new(ReceiverStream::new(rx)).boxed_unsync();
     let mut resp = Response::new(body);
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
     Ok(resp)
 }
 

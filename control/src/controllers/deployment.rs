@@ -15,7 +15,11 @@ pub fn interested(_: &LocalClient, ev: &Event) -> Vec<String> {
     }
     if ev.key.starts_with("/apps/replicasets/") {
         if let Some(r) = controller_ref(&ev.obj).filter(|r| r.get("kind") == Some(&json!("Deployment"))) {
-            return vec![format!("/apps/deployments/{}/{}", str_at(&ev.obj, "/metadata/namespace"), str_at(r, "/name"))];
+            return vec![format!(
+                "/apps/deployments/{}/{}",
+                str_at(&ev.obj, "/metadata/namespace"),
+                str_at(r, "/name")
+            )];
         }
     }
     Vec::new()
@@ -23,7 +27,16 @@ pub fn interested(_: &LocalClient, ev: &Event) -> Vec<String> {
 
 pub fn resync(client: &LocalClient) -> Vec<String> {
     let d = client.served("apps", "deployments");
-    client.list(&d, None, &|_| true).iter().map(|s| d.key(s.obj.pointer("/metadata/namespace").and_then(Value::as_str), str_at(&s.obj, "/metadata/name"))).collect()
+    client
+        .list(&d, None, &|_| true)
+        .iter()
+        .map(|s| {
+            d.key(
+                s.obj.pointer("/metadata/namespace").and_then(Value::as_str),
+                str_at(&s.obj, "/metadata/name"),
+            )
+        })
+        .collect()
 }
 
 const HASH_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
@@ -32,7 +45,10 @@ const HASH_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
 pub fn template_hash(template: &Value) -> String {
     use sha2::Digest;
     let digest = sha2::Sha256::digest(template.to_string().as_bytes());
-    digest[..10].iter().map(|b| HASH_ALPHABET[*b as usize % HASH_ALPHABET.len()] as char).collect()
+    digest[..10]
+        .iter()
+        .map(|b| HASH_ALPHABET[*b as usize % HASH_ALPHABET.len()] as char)
+        .collect()
 }
 
 fn without_hash_label(template: &Value) -> Value {
@@ -44,10 +60,13 @@ fn without_hash_label(template: &Value) -> Value {
 }
 
 fn revision(rs: &Value) -> i64 {
-    rs.pointer(&format!("/metadata/annotations/{}", keys::DEPLOYMENT_REVISION.replace('/', "~1")))
-        .and_then(Value::as_str)
-        .and_then(|r| r.parse().ok())
-        .unwrap_or(0)
+    rs.pointer(&format!(
+        "/metadata/annotations/{}",
+        keys::DEPLOYMENT_REVISION.replace('/', "~1")
+    ))
+    .and_then(Value::as_str)
+    .and_then(|r| r.parse().ok())
+    .unwrap_or(0)
 }
 
 fn spec_replicas(rs: &Value) -> i64 {
@@ -55,14 +74,18 @@ fn spec_replicas(rs: &Value) -> i64 {
 }
 
 fn status_i(v: &Value, field: &str) -> i64 {
-    v.pointer(&format!("/status/{field}")).and_then(Value::as_i64).unwrap_or(0)
+    v.pointer(&format!("/status/{field}"))
+        .and_then(Value::as_i64)
+        .unwrap_or(0)
 }
 
 async fn scale(client: &LocalClient, rs: &Stored, replicas: i64, d: &Value, max_surge: i64) -> Result<(), ApiError> {
     let res = client.served("apps", "replicasets");
     let mut new = (*rs.obj).clone();
     new["spec"]["replicas"] = json!(replicas);
-    let ann = new["metadata"].as_object_mut().map(|m| m.entry("annotations").or_insert_with(|| json!({})));
+    let ann = new["metadata"]
+        .as_object_mut()
+        .map(|m| m.entry("annotations").or_insert_with(|| json!({})));
     if let Some(a) = ann.and_then(Value::as_object_mut) {
         let desired = d.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1);
         a.insert(keys::DESIRED_REPLICAS.into(), json!(desired.to_string()));
@@ -78,13 +101,17 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
     let d_res = client.served("apps", "deployments");
     let rs_res = client.served("apps", "replicasets");
     let (ns, name) = split_key(&key);
-    let Some(d) = client.get(&d_res, ns, name) else { return Ok(()) };
+    let Some(d) = client.get(&d_res, ns, name) else {
+        return Ok(());
+    };
     if is_deleting(&d.obj) {
         return Ok(());
     }
     let d_uid = uid(&d.obj).to_string();
     let owned = |c: &LocalClient| {
-        let mut v = c.list(&rs_res, ns, &|r| controller_ref(r).is_some_and(|o| str_at(o, "/uid") == d_uid));
+        let mut v = c.list(&rs_res, ns, &|r| {
+            controller_ref(r).is_some_and(|o| str_at(o, "/uid") == d_uid)
+        });
         v.sort_by_key(|s| revision(&s.obj));
         v
     };
@@ -94,13 +121,30 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
     let max_rev = rss.iter().map(|s| revision(&s.obj)).max().unwrap_or(0);
     let paused = d.obj.pointer("/spec/paused") == Some(&json!(true));
     let strategy = str_at(&d.obj, "/spec/strategy/type").to_string();
-    let surge = if strategy == "Recreate" { 0 } else { int_or_percent(d.obj.pointer("/spec/strategy/rollingUpdate/maxSurge"), replicas, true, 1) };
-    let mut unavail = int_or_percent(d.obj.pointer("/spec/strategy/rollingUpdate/maxUnavailable"), replicas, false, 0);
+    let surge = if strategy == "Recreate" {
+        0
+    } else {
+        int_or_percent(
+            d.obj.pointer("/spec/strategy/rollingUpdate/maxSurge"),
+            replicas,
+            true,
+            1,
+        )
+    };
+    let mut unavail = int_or_percent(
+        d.obj.pointer("/spec/strategy/rollingUpdate/maxUnavailable"),
+        replicas,
+        false,
+        0,
+    );
     if surge == 0 && unavail == 0 {
         unavail = 1;
     }
 
-    let mut new_rs = rss.iter().find(|s| without_hash_label(s.obj.pointer("/spec/template").unwrap_or(&Value::Null)) == template).cloned();
+    let mut new_rs = rss
+        .iter()
+        .find(|s| without_hash_label(s.obj.pointer("/spec/template").unwrap_or(&Value::Null)) == template)
+        .cloned();
     if !paused {
         match &new_rs {
             None => {
@@ -132,7 +176,10 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
                 });
                 client.create(&rs_res, ns, rs).await?;
                 rss = owned(&client);
-                new_rs = rss.iter().find(|s| without_hash_label(s.obj.pointer("/spec/template").unwrap_or(&Value::Null)) == template).cloned();
+                new_rs = rss
+                    .iter()
+                    .find(|s| without_hash_label(s.obj.pointer("/spec/template").unwrap_or(&Value::Null)) == template)
+                    .cloned();
             }
             Some(rs) if revision(&rs.obj) < max_rev => {
                 // Rolled back to an older template: it becomes the newest revision again.
@@ -145,7 +192,11 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
             Some(_) => {}
         }
     }
-    let olds: Vec<Stored> = rss.iter().filter(|s| new_rs.as_ref().is_none_or(|n| uid(&n.obj) != uid(&s.obj))).cloned().collect();
+    let olds: Vec<Stored> = rss
+        .iter()
+        .filter(|s| new_rs.as_ref().is_none_or(|n| uid(&n.obj) != uid(&s.obj)))
+        .cloned()
+        .collect();
 
     if let (Some(new), false) = (&new_rs, paused) {
         if strategy == "Recreate" {
@@ -190,7 +241,8 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
                     budget -= unhealthy;
                 }
             }
-            let available: i64 = olds.iter().map(|s| status_i(&s.obj, "availableReplicas")).sum::<i64>() + status_i(&new.obj, "availableReplicas");
+            let available: i64 = olds.iter().map(|s| status_i(&s.obj, "availableReplicas")).sum::<i64>()
+                + status_i(&new.obj, "availableReplicas");
             let mut can_remove = (available - min_available).max(0);
             for (rs, reps) in remaining.iter_mut() {
                 let healthy_take = (*reps).min(can_remove).min(status_i(&rs.obj, "availableReplicas"));
@@ -206,18 +258,30 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
             }
         }
         // Keep revisionHistoryLimit old, empty ReplicaSets.
-        let limit = d.obj.pointer("/spec/revisionHistoryLimit").and_then(Value::as_i64).unwrap_or(10).max(0) as usize;
-        let empty: Vec<&Stored> = olds.iter().filter(|s| spec_replicas(&s.obj) == 0 && status_i(&s.obj, "replicas") == 0).collect();
+        let limit = d
+            .obj
+            .pointer("/spec/revisionHistoryLimit")
+            .and_then(Value::as_i64)
+            .unwrap_or(10)
+            .max(0) as usize;
+        let empty: Vec<&Stored> = olds
+            .iter()
+            .filter(|s| spec_replicas(&s.obj) == 0 && status_i(&s.obj, "replicas") == 0)
+            .collect();
         if empty.len() > limit {
             for rs in &empty[..empty.len() - limit] {
-                client.delete(&rs_res, ns, str_at(&rs.obj, "/metadata/name"), None).await?;
+                client
+                    .delete(&rs_res, ns, str_at(&rs.obj, "/metadata/name"), None)
+                    .await?;
             }
         }
     }
 
     // Status and the revision annotation from the ReplicaSets as they are now.
     let rss = owned(&client);
-    let new_now = new_rs.as_ref().and_then(|n| rss.iter().find(|s| uid(&s.obj) == uid(&n.obj)));
+    let new_now = new_rs
+        .as_ref()
+        .and_then(|n| rss.iter().find(|s| uid(&s.obj) == uid(&n.obj)));
     let sum = |f: &str| rss.iter().map(|s| status_i(&s.obj, f)).sum::<i64>();
     let total = sum("replicas");
     let updated = new_now.map(|n| status_i(&n.obj, "replicas")).unwrap_or(0);
@@ -225,27 +289,60 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
     let complete = updated == replicas && total == replicas && available == replicas;
     let min_available = replicas - unavail;
     let now = crate::api::objects::now_rfc3339();
-    let old_conditions = d.obj.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let old_conditions = d
+        .obj
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let condition = |ty: &str, status: &str, reason: &str, message: String| {
         let prev = old_conditions.iter().find(|c| c.get("type") == Some(&json!(ty)));
-        let same = prev.is_some_and(|p| p.get("status") == Some(&json!(status)) && p.get("reason") == Some(&json!(reason)));
+        let same =
+            prev.is_some_and(|p| p.get("status") == Some(&json!(status)) && p.get("reason") == Some(&json!(reason)));
         let (transition, update) = match prev {
-            Some(p) if same => (p.get("lastTransitionTime").cloned().unwrap_or(json!(now)), p.get("lastUpdateTime").cloned().unwrap_or(json!(now))),
-            Some(p) if p.get("status") == Some(&json!(status)) => (p.get("lastTransitionTime").cloned().unwrap_or(json!(now)), json!(now)),
+            Some(p) if same => (
+                p.get("lastTransitionTime").cloned().unwrap_or(json!(now)),
+                p.get("lastUpdateTime").cloned().unwrap_or(json!(now)),
+            ),
+            Some(p) if p.get("status") == Some(&json!(status)) => {
+                (p.get("lastTransitionTime").cloned().unwrap_or(json!(now)), json!(now))
+            }
             _ => (json!(now), json!(now)),
         };
         json!({"type": ty, "status": status, "lastUpdateTime": update, "lastTransitionTime": transition, "reason": reason, "message": message})
     };
-    let rs_name = new_now.map(|n| str_at(&n.obj, "/metadata/name").to_string()).unwrap_or_default();
+    let rs_name = new_now
+        .map(|n| str_at(&n.obj, "/metadata/name").to_string())
+        .unwrap_or_default();
     let progressing = if complete {
-        condition("Progressing", "True", "NewReplicaSetAvailable", format!("ReplicaSet \"{rs_name}\" has successfully progressed."))
+        condition(
+            "Progressing",
+            "True",
+            "NewReplicaSetAvailable",
+            format!("ReplicaSet \"{rs_name}\" has successfully progressed."),
+        )
     } else {
-        condition("Progressing", "True", "ReplicaSetUpdated", format!("ReplicaSet \"{rs_name}\" is progressing."))
+        condition(
+            "Progressing",
+            "True",
+            "ReplicaSetUpdated",
+            format!("ReplicaSet \"{rs_name}\" is progressing."),
+        )
     };
     let available_cond = if available >= min_available {
-        condition("Available", "True", "MinimumReplicasAvailable", "Deployment has minimum availability.".into())
+        condition(
+            "Available",
+            "True",
+            "MinimumReplicasAvailable",
+            "Deployment has minimum availability.".into(),
+        )
     } else {
-        condition("Available", "False", "MinimumReplicasUnavailable", "Deployment does not have minimum availability.".into())
+        condition(
+            "Available",
+            "False",
+            "MinimumReplicasUnavailable",
+            "Deployment does not have minimum availability.".into(),
+        )
     };
     let status = json!({
         "observedGeneration": d.obj.pointer("/metadata/generation").cloned().unwrap_or(json!(1)),
@@ -266,7 +363,9 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
             let ann = meta.entry("annotations").or_insert_with(|| json!({}));
             ann[keys::DEPLOYMENT_REVISION] = json!(rev);
             client.update(&d_res, &cur, new).await?;
-            cur = client.get(&d_res, ns, name).ok_or_else(|| client.not_found(&d_res, name))?;
+            cur = client
+                .get(&d_res, ns, name)
+                .ok_or_else(|| client.not_found(&d_res, name))?;
         }
     }
     // Timestamps in conditions alone are no reason to write.
@@ -281,7 +380,12 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
 
 fn without_condition_times(status: &Value) -> Value {
     let mut s = status.clone();
-    for c in s.get_mut("conditions").and_then(Value::as_array_mut).into_iter().flatten() {
+    for c in s
+        .get_mut("conditions")
+        .and_then(Value::as_array_mut)
+        .into_iter()
+        .flatten()
+    {
         if let Some(m) = c.as_object_mut() {
             m.remove("lastUpdateTime");
             m.remove("lastTransitionTime");

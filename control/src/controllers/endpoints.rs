@@ -34,7 +34,16 @@ pub fn interested(client: &LocalClient, ev: &Event) -> Vec<String> {
 
 pub fn resync(client: &LocalClient) -> Vec<String> {
     let svc = client.served("", "services");
-    client.list(&svc, None, &|_| true).iter().map(|s| svc.key(s.obj.pointer("/metadata/namespace").and_then(Value::as_str), str_at(&s.obj, "/metadata/name"))).collect()
+    client
+        .list(&svc, None, &|_| true)
+        .iter()
+        .map(|s| {
+            svc.key(
+                s.obj.pointer("/metadata/namespace").and_then(Value::as_str),
+                str_at(&s.obj, "/metadata/name"),
+            )
+        })
+        .collect()
 }
 
 /// A Service port's target on one pod: a number, or a named container port.
@@ -66,7 +75,11 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
         // The slice goes with its owner (garbage collection); Endpoints has no owner reference.
         return client.delete(&eps, ns, name, None).await;
     };
-    let Some(selector) = svc.obj.pointer("/spec/selector").filter(|s| s.as_object().is_some_and(|m| !m.is_empty())) else {
+    let Some(selector) = svc
+        .obj
+        .pointer("/spec/selector")
+        .filter(|s| s.as_object().is_some_and(|m| !m.is_empty()))
+    else {
         return Ok(()); // No selector: the user manages the endpoints.
     };
     if is_deleting(&svc.obj) {
@@ -74,11 +87,18 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
     }
     let sel = LabelSelector::from_object(&json!({"matchLabels": selector}));
     let mut pods: Vec<_> = client
-        .list(&pods_res, ns, &|p| sel.matches(p) && !str_at(p, "/status/podIP").is_empty())
+        .list(&pods_res, ns, &|p| {
+            sel.matches(p) && !str_at(p, "/status/podIP").is_empty()
+        })
         .into_iter()
         .collect();
     pods.sort_by(|a, b| str_at(&a.obj, "/metadata/name").cmp(str_at(&b.obj, "/metadata/name")));
-    let svc_ports = svc.obj.pointer("/spec/ports").and_then(Value::as_array).cloned().unwrap_or_default();
+    let svc_ports = svc
+        .obj
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     let first_pod = pods.first().map(|p| (*p.obj).clone()).unwrap_or(json!({}));
     let ports: Vec<Value> = svc_ports
         .iter()
@@ -144,8 +164,16 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
             "targetRef": {"kind": "Pod", "namespace": ns, "name": str_at(p, "/metadata/name"), "uid": str_at(p, "/metadata/uid")}})
     };
     let serving = |p: &Value| pod_ready(p) && !is_deleting(p);
-    let ready: Vec<Value> = pods.iter().filter(|p| serving(&p.obj)).map(|p| address(&p.obj)).collect();
-    let not_ready: Vec<Value> = pods.iter().filter(|p| !serving(&p.obj)).map(|p| address(&p.obj)).collect();
+    let ready: Vec<Value> = pods
+        .iter()
+        .filter(|p| serving(&p.obj))
+        .map(|p| address(&p.obj))
+        .collect();
+    let not_ready: Vec<Value> = pods
+        .iter()
+        .filter(|p| !serving(&p.obj))
+        .map(|p| address(&p.obj))
+        .collect();
     let subsets = if pods.is_empty() {
         json!([])
     } else {

@@ -14,7 +14,9 @@ const OWNER: &str = "owner:";
 const SCAN: &str = "scan";
 
 fn has_finalizer(v: &Value, f: &str) -> bool {
-    v.pointer("/metadata/finalizers").and_then(Value::as_array).is_some_and(|a| a.iter().any(|x| x == f))
+    v.pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|a| a.iter().any(|x| x == f))
 }
 
 pub fn interested(_: &LocalClient, ev: &Event) -> Vec<String> {
@@ -42,7 +44,9 @@ pub fn resync(_: &LocalClient) -> Vec<String> {
 /// Every object (any resource) that lists `owner_uid` among its owners.
 fn dependents(client: &LocalClient, owner_uid: &str) -> Vec<(String, Stored)> {
     let (items, _, _) = client.state.store.list("/", None, 0, &|o| {
-        o.pointer("/metadata/ownerReferences").and_then(Value::as_array).is_some_and(|refs| refs.iter().any(|r| str_at(r, "/uid") == owner_uid))
+        o.pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .is_some_and(|refs| refs.iter().any(|r| str_at(r, "/uid") == owner_uid))
     });
     items.into_iter().map(|s| (key_of(client, &s.obj), s)).collect()
 }
@@ -54,9 +58,10 @@ fn key_of(client: &LocalClient, obj: &Value) -> String {
     };
     let kind = str_at(obj, "/kind");
     match client.state.registry.by_kind(&group, kind) {
-        Some(s) if s.def.version == version || !version.is_empty() => {
-            s.key(obj.pointer("/metadata/namespace").and_then(Value::as_str), str_at(obj, "/metadata/name"))
-        }
+        Some(s) if s.def.version == version || !version.is_empty() => s.key(
+            obj.pointer("/metadata/namespace").and_then(Value::as_str),
+            str_at(obj, "/metadata/name"),
+        ),
         _ => String::new(),
     }
 }
@@ -64,15 +69,28 @@ fn key_of(client: &LocalClient, obj: &Value) -> String {
 /// Whether the owner a reference names still exists (same uid).
 fn owner_exists(client: &LocalClient, dependent: &Value, r: &Value) -> bool {
     let (group, _) = str_at(r, "/apiVersion").split_once('/').unwrap_or(("", ""));
-    let Some(served) = client.state.registry.by_kind(group, str_at(r, "/kind")) else { return false };
-    let ns = if served.def.namespaced() { dependent.pointer("/metadata/namespace").and_then(Value::as_str) } else { None };
-    client.get(&served, ns, str_at(r, "/name")).is_some_and(|o| uid(&o.obj) == str_at(r, "/uid"))
+    let Some(served) = client.state.registry.by_kind(group, str_at(r, "/kind")) else {
+        return false;
+    };
+    let ns = if served.def.namespaced() {
+        dependent.pointer("/metadata/namespace").and_then(Value::as_str)
+    } else {
+        None
+    };
+    client
+        .get(&served, ns, str_at(r, "/name"))
+        .is_some_and(|o| uid(&o.obj) == str_at(r, "/uid"))
 }
 
 async fn release(client: &LocalClient, key: &str, dep: &Stored, owner_uid: &str) -> Result<(), ApiError> {
     let (group, plural) = served_of(key);
     let Some(served) = client.state.registry.lookup(&group, "v1", &plural).or_else(|| {
-        client.state.registry.all().into_iter().find(|s| s.def.group == group && s.def.plural == plural)
+        client
+            .state
+            .registry
+            .all()
+            .into_iter()
+            .find(|s| s.def.group == group && s.def.plural == plural)
     }) else {
         return Ok(());
     };
@@ -97,13 +115,23 @@ async fn release(client: &LocalClient, key: &str, dep: &Stored, owner_uid: &str)
 
 fn served_of(key: &str) -> (String, String) {
     let parts: Vec<&str> = key.trim_start_matches('/').split('/').collect();
-    let group = if parts.first() == Some(&"core") { String::new() } else { parts.first().unwrap_or(&"").to_string() };
+    let group = if parts.first() == Some(&"core") {
+        String::new()
+    } else {
+        parts.first().unwrap_or(&"").to_string()
+    };
     (group, parts.get(1).unwrap_or(&"").to_string())
 }
 
 async fn delete_dependent(client: &LocalClient, key: &str, policy: &str) -> Result<(), ApiError> {
     let (group, plural) = served_of(key);
-    let Some(served) = client.state.registry.all().into_iter().find(|s| s.def.group == group && s.def.plural == plural) else {
+    let Some(served) = client
+        .state
+        .registry
+        .all()
+        .into_iter()
+        .find(|s| s.def.group == group && s.def.plural == plural)
+    else {
         return Ok(());
     };
     let (ns, name) = split_key(key);
@@ -116,8 +144,16 @@ async fn owner_gone(client: &LocalClient, owner_uid: &str) -> Result<(), ApiErro
         if key.is_empty() {
             continue;
         }
-        let refs = dep.obj.pointer("/metadata/ownerReferences").and_then(Value::as_array).cloned().unwrap_or_default();
-        let others_alive = refs.iter().filter(|r| str_at(r, "/uid") != owner_uid).any(|r| owner_exists(client, &dep.obj, r));
+        let refs = dep
+            .obj
+            .pointer("/metadata/ownerReferences")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default();
+        let others_alive = refs
+            .iter()
+            .filter(|r| str_at(r, "/uid") != owner_uid)
+            .any(|r| owner_exists(client, &dep.obj, r));
         if others_alive {
             release(client, &key, &dep, owner_uid).await?;
         } else if !is_deleting(&dep.obj) {
@@ -129,7 +165,13 @@ async fn owner_gone(client: &LocalClient, owner_uid: &str) -> Result<(), ApiErro
 
 async fn remove_finalizer(client: &LocalClient, key: &str, obj: &Stored, f: &str) -> Result<(), ApiError> {
     let (group, plural) = served_of(key);
-    let Some(served) = client.state.registry.all().into_iter().find(|s| s.def.group == group && s.def.plural == plural) else {
+    let Some(served) = client
+        .state
+        .registry
+        .all()
+        .into_iter()
+        .find(|s| s.def.group == group && s.def.plural == plural)
+    else {
         return Ok(());
     };
     let mut new = (*obj.obj).clone();
@@ -144,13 +186,24 @@ async fn collect_pod(client: &LocalClient, key: &str) -> Result<(), ApiError> {
     let pods = client.served("", "pods");
     let nodes = client.served("", "nodes");
     let (ns, name) = split_key(key);
-    let Some(pod) = client.get(&pods, ns, name) else { return Ok(()) };
+    let Some(pod) = client.get(&pods, ns, name) else {
+        return Ok(());
+    };
     if !is_deleting(&pod.obj) {
         return Ok(());
     }
     let node = str_at(&pod.obj, "/spec/nodeName");
-    let node_ok = !node.is_empty() && client.get(&nodes, None, node).is_some_and(|n| condition_true(&n.obj, "Ready"));
-    if !node_ok && pod.obj.pointer("/metadata/finalizers").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+    let node_ok = !node.is_empty()
+        && client
+            .get(&nodes, None, node)
+            .is_some_and(|n| condition_true(&n.obj, "Ready"));
+    if !node_ok
+        && pod
+            .obj
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+    {
         client.force_delete(&pods, &pod).await?;
     }
     Ok(())
@@ -163,7 +216,10 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
     if key == SCAN {
         // Heal anything missed: dependents whose owners are all gone, and stuck deletions.
         let (items, _, _) = client.state.store.list("/", None, 0, &|o| {
-            o.pointer("/metadata/ownerReferences").and_then(Value::as_array).is_some_and(|r| !r.is_empty()) || is_deleting(o)
+            o.pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .is_some_and(|r| !r.is_empty())
+                || is_deleting(o)
         });
         for s in items {
             let k = key_of(&client, &s.obj);
@@ -173,7 +229,12 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
             if is_deleting(&s.obj) {
                 Box::pin(reconcile(client.clone(), k.clone())).await?;
             }
-            let refs = s.obj.pointer("/metadata/ownerReferences").and_then(Value::as_array).cloned().unwrap_or_default();
+            let refs = s
+                .obj
+                .pointer("/metadata/ownerReferences")
+                .and_then(Value::as_array)
+                .cloned()
+                .unwrap_or_default();
             if !refs.is_empty() && !refs.iter().any(|r| owner_exists(&client, &s.obj, r)) && !is_deleting(&s.obj) {
                 delete_dependent(&client, &k, "Background").await?;
             }
@@ -184,11 +245,19 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
         collect_pod(&client, &key).await?;
     }
     let (group, plural) = served_of(&key);
-    let Some(served) = client.state.registry.all().into_iter().find(|s| s.def.group == group && s.def.plural == plural) else {
+    let Some(served) = client
+        .state
+        .registry
+        .all()
+        .into_iter()
+        .find(|s| s.def.group == group && s.def.plural == plural)
+    else {
         return Ok(());
     };
     let (ns, name) = split_key(&key);
-    let Some(obj) = client.get(&served, ns, name) else { return Ok(()) };
+    let Some(obj) = client.get(&served, ns, name) else {
+        return Ok(());
+    };
     if !is_deleting(&obj.obj) {
         return Ok(());
     }
@@ -199,7 +268,9 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
                 release(&client, &k, &dep, &my_uid).await?;
             }
         }
-        let obj = client.get(&served, ns, name).ok_or_else(|| client.not_found(&served, name))?;
+        let obj = client
+            .get(&served, ns, name)
+            .ok_or_else(|| client.not_found(&served, name))?;
         return remove_finalizer(&client, &key, &obj, keys::ORPHAN_FINALIZER).await;
     }
     if has_finalizer(&obj.obj, keys::FOREGROUND_FINALIZER) {

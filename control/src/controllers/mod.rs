@@ -22,22 +22,48 @@ use crate::store::Event;
 /// Start every controller; returns their tasks.
 pub fn start(client: LocalClient) -> Vec<tokio::task::JoinHandle<()>> {
     vec![
-        tokio::spawn(drive(client.clone(), "replicaset", replicaset::interested, replicaset::resync, |c, k| {
-            Box::pin(replicaset::reconcile(c, k))
-        })),
-        tokio::spawn(drive(client.clone(), "deployment", deployment::interested, deployment::resync, |c, k| {
-            Box::pin(deployment::reconcile(c, k))
-        })),
-        tokio::spawn(drive(client.clone(), "endpointslice", endpoints::interested, endpoints::resync, |c, k| {
-            Box::pin(endpoints::reconcile(c, k))
-        })),
-        tokio::spawn(drive(client.clone(), "scheduler", scheduler::interested, scheduler::resync, |c, k| {
-            Box::pin(scheduler::reconcile(c, k))
-        })),
-        tokio::spawn(drive(client.clone(), "namespace", namespace::interested, namespace::resync, |c, k| {
-            Box::pin(namespace::reconcile(c, k))
-        })),
-        tokio::spawn(drive(client, "garbage-collector", gc::interested, gc::resync, |c, k| Box::pin(gc::reconcile(c, k)))),
+        tokio::spawn(drive(
+            client.clone(),
+            "replicaset",
+            replicaset::interested,
+            replicaset::resync,
+            |c, k| Box::pin(replicaset::reconcile(c, k)),
+        )),
+        tokio::spawn(drive(
+            client.clone(),
+            "deployment",
+            deployment::interested,
+            deployment::resync,
+            |c, k| Box::pin(deployment::reconcile(c, k)),
+        )),
+        tokio::spawn(drive(
+            client.clone(),
+            "endpointslice",
+            endpoints::interested,
+            endpoints::resync,
+            |c, k| Box::pin(endpoints::reconcile(c, k)),
+        )),
+        tokio::spawn(drive(
+            client.clone(),
+            "scheduler",
+            scheduler::interested,
+            scheduler::resync,
+            |c, k| Box::pin(scheduler::reconcile(c, k)),
+        )),
+        tokio::spawn(drive(
+            client.clone(),
+            "namespace",
+            namespace::interested,
+            namespace::resync,
+            |c, k| Box::pin(namespace::reconcile(c, k)),
+        )),
+        tokio::spawn(drive(
+            client,
+            "garbage-collector",
+            gc::interested,
+            gc::resync,
+            |c, k| Box::pin(gc::reconcile(c, k)),
+        )),
     ]
 }
 
@@ -150,7 +176,10 @@ pub fn condition_true(v: &Value, ty: &str) -> bool {
 /// Record an Event about `obj`, as `kubectl describe` shows them.
 pub async fn event(client: &LocalClient, obj: &Value, ty: &str, reason: &str, message: &str, component: &str) {
     let events = client.served("", "events");
-    let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str).unwrap_or("default");
+    let ns = obj
+        .pointer("/metadata/namespace")
+        .and_then(Value::as_str)
+        .unwrap_or("default");
     let now = crate::api::objects::now_rfc3339();
     let name = str_at(obj, "/metadata/name");
     let ev = json!({

@@ -30,13 +30,19 @@ pub fn interested(client: &LocalClient, ev: &Event) -> Vec<String> {
 
 pub fn resync(client: &LocalClient) -> Vec<String> {
     let ns = client.served("", "namespaces");
-    client.list(&ns, None, &|_| true).iter().map(|s| ns.key(None, str_at(&s.obj, "/metadata/name"))).collect()
+    client
+        .list(&ns, None, &|_| true)
+        .iter()
+        .map(|s| ns.key(None, str_at(&s.obj, "/metadata/name")))
+        .collect()
 }
 
 pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError> {
     let ns_res = client.served("", "namespaces");
     let (_, name) = split_key(&key);
-    let Some(ns) = client.get(&ns_res, None, name) else { return Ok(()) };
+    let Some(ns) = client.get(&ns_res, None, name) else {
+        return Ok(());
+    };
     if !is_deleting(&ns.obj) {
         let sa = client.served("", "serviceaccounts");
         if client.get(&sa, Some(name), "default").is_none() {
@@ -67,7 +73,14 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
                 }
                 continue;
             }
-            client.delete(&served, Some(name), str_at(&item.obj, "/metadata/name"), Some("Background")).await?;
+            client
+                .delete(
+                    &served,
+                    Some(name),
+                    str_at(&item.obj, "/metadata/name"),
+                    Some("Background"),
+                )
+                .await?;
         }
     }
     if remaining == 0 {

@@ -19,7 +19,11 @@ pub fn interested(_: &LocalClient, ev: &Event) -> Vec<String> {
         let mut keys = Vec::new();
         for obj in std::iter::once(&ev.obj).chain(ev.prev.iter()) {
             if let Some(r) = controller_ref(obj).filter(|r| r.get("kind") == Some(&json!("ReplicaSet"))) {
-                let k = format!("/apps/replicasets/{}/{}", str_at(obj, "/metadata/namespace"), str_at(r, "/name"));
+                let k = format!(
+                    "/apps/replicasets/{}/{}",
+                    str_at(obj, "/metadata/namespace"),
+                    str_at(r, "/name")
+                );
                 if !keys.contains(&k) {
                     keys.push(k);
                 }
@@ -32,7 +36,16 @@ pub fn interested(_: &LocalClient, ev: &Event) -> Vec<String> {
 
 pub fn resync(client: &LocalClient) -> Vec<String> {
     let rs = client.served("apps", "replicasets");
-    client.list(&rs, None, &|_| true).iter().map(|s| rs.key(s.obj.pointer("/metadata/namespace").and_then(Value::as_str), str_at(&s.obj, "/metadata/name"))).collect()
+    client
+        .list(&rs, None, &|_| true)
+        .iter()
+        .map(|s| {
+            rs.key(
+                s.obj.pointer("/metadata/namespace").and_then(Value::as_str),
+                str_at(&s.obj, "/metadata/name"),
+            )
+        })
+        .collect()
 }
 
 fn owned_by(pod: &Value, owner_uid: &str) -> bool {
@@ -49,7 +62,9 @@ fn ready_for(p: &Value) -> i64 {
         .find(|c| c.get("type") == Some(&json!("Ready")))
         .and_then(|c| c.get("lastTransitionTime").and_then(Value::as_str))
         .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok());
-    since.map(|t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds()).unwrap_or(0)
+    since
+        .map(|t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).num_seconds())
+        .unwrap_or(0)
 }
 
 fn pod_from_template(rs: &Value) -> Value {
@@ -69,21 +84,33 @@ fn deletion_rank(p: &Value) -> (u8, u8, u8, std::cmp::Reverse<String>) {
     let scheduled = u8::from(!str_at(p, "/spec/nodeName").is_empty());
     let running = u8::from(str_at(p, "/status/phase") == "Running");
     let ready = u8::from(pod_ready(p));
-    (scheduled, running, ready, std::cmp::Reverse(str_at(p, "/metadata/creationTimestamp").to_string()))
+    (
+        scheduled,
+        running,
+        ready,
+        std::cmp::Reverse(str_at(p, "/metadata/creationTimestamp").to_string()),
+    )
 }
 
 pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError> {
     let rs_res = client.served("apps", "replicasets");
     let pods_res = client.served("", "pods");
     let (ns, name) = split_key(&key);
-    let Some(rs) = client.get(&rs_res, ns, name) else { return Ok(()) };
+    let Some(rs) = client.get(&rs_res, ns, name) else {
+        return Ok(());
+    };
     if is_deleting(&rs.obj) {
         return Ok(());
     }
     let rs_uid = uid(&rs.obj).to_string();
     let pods = client.list(&pods_res, ns, &|p| owned_by(p, &rs_uid));
     let mut active: Vec<&Value> = pods.iter().map(|s| &*s.obj).filter(|p| pod_active(p)).collect();
-    let desired = rs.obj.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(1).max(0) as usize;
+    let desired = rs
+        .obj
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(1)
+        .max(0) as usize;
     if active.len() < desired {
         let missing = desired - active.len();
         for chunk_start in (0..missing).step_by(CREATE_CHUNK) {
@@ -95,7 +122,10 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
         }
     } else if active.len() > desired {
         active.sort_by_key(|p| deletion_rank(p));
-        let doomed: Vec<String> = active[..active.len() - desired].iter().map(|p| str_at(p, "/metadata/name").to_string()).collect();
+        let doomed: Vec<String> = active[..active.len() - desired]
+            .iter()
+            .map(|p| str_at(p, "/metadata/name").to_string())
+            .collect();
         let deletes = doomed.iter().map(|n| client.delete(&pods_res, ns, n, None));
         for r in join_all(deletes).await {
             r?;
@@ -104,14 +134,29 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
     // Status from what exists now.
     let pods = client.list(&pods_res, ns, &|p| owned_by(p, &rs_uid));
     let active: Vec<&Value> = pods.iter().map(|s| &*s.obj).filter(|p| pod_active(p)).collect();
-    let min_ready = rs.obj.pointer("/spec/minReadySeconds").and_then(Value::as_i64).unwrap_or(0);
+    let min_ready = rs
+        .obj
+        .pointer("/spec/minReadySeconds")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
     let ready = active.iter().filter(|p| pod_ready(p)).count();
-    let available = active.iter().filter(|p| pod_ready(p) && ready_for(p) >= min_ready).count();
-    let selector_labels = rs.obj.pointer("/spec/template/metadata/labels").cloned().unwrap_or(json!({}));
+    let available = active
+        .iter()
+        .filter(|p| pod_ready(p) && ready_for(p) >= min_ready)
+        .count();
+    let selector_labels = rs
+        .obj
+        .pointer("/spec/template/metadata/labels")
+        .cloned()
+        .unwrap_or(json!({}));
     let fully_labeled = active
         .iter()
         .filter(|p| {
-            selector_labels.as_object().into_iter().flatten().all(|(k, v)| p.pointer("/metadata/labels").and_then(|l| l.get(k)) == Some(v))
+            selector_labels
+                .as_object()
+                .into_iter()
+                .flatten()
+                .all(|(k, v)| p.pointer("/metadata/labels").and_then(|l| l.get(k)) == Some(v))
         })
         .count();
     let status = json!({

@@ -10,7 +10,9 @@ use crate::api::local::LocalClient;
 use crate::store::Event;
 
 fn pending(p: &Value) -> bool {
-    str_at(p, "/spec/nodeName").is_empty() && !is_deleting(p) && !matches!(str_at(p, "/status/phase"), "Succeeded" | "Failed")
+    str_at(p, "/spec/nodeName").is_empty()
+        && !is_deleting(p)
+        && !matches!(str_at(p, "/status/phase"), "Succeeded" | "Failed")
 }
 
 pub fn interested(client: &LocalClient, ev: &Event) -> Vec<String> {
@@ -25,7 +27,16 @@ pub fn interested(client: &LocalClient, ev: &Event) -> Vec<String> {
 
 pub fn resync(client: &LocalClient) -> Vec<String> {
     let pods = client.served("", "pods");
-    client.list(&pods, None, &pending).iter().map(|s| pods.key(s.obj.pointer("/metadata/namespace").and_then(Value::as_str), str_at(&s.obj, "/metadata/name"))).collect()
+    client
+        .list(&pods, None, &pending)
+        .iter()
+        .map(|s| {
+            pods.key(
+                s.obj.pointer("/metadata/namespace").and_then(Value::as_str),
+                str_at(&s.obj, "/metadata/name"),
+            )
+        })
+        .collect()
 }
 
 /// Whether one toleration tolerates one taint.
@@ -56,8 +67,17 @@ pub fn unfit(pod: &Value, node: &Value) -> Option<&'static str> {
             return Some("node(s) didn't match Pod's node affinity/selector");
         }
     }
-    let tolerations = pod.pointer("/spec/tolerations").and_then(Value::as_array).cloned().unwrap_or_default();
-    for taint in node.pointer("/spec/taints").and_then(Value::as_array).into_iter().flatten() {
+    let tolerations = pod
+        .pointer("/spec/tolerations")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    for taint in node
+        .pointer("/spec/taints")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if !matches!(str_at(taint, "/effect"), "NoSchedule" | "NoExecute") {
             continue;
         }
@@ -72,7 +92,9 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
     let pods = client.served("", "pods");
     let nodes = client.served("", "nodes");
     let (ns, name) = split_key(&key);
-    let Some(pod) = client.get(&pods, ns, name) else { return Ok(()) };
+    let Some(pod) = client.get(&pods, ns, name) else {
+        return Ok(());
+    };
     if !pending(&pod.obj) {
         return Ok(());
     }
@@ -91,7 +113,9 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
     if !fit.is_empty() {
         // Virtual nodes have no real capacity limit; spread pods evenly by picking at random.
         let node = fit[rand::random::<u64>() as usize % fit.len()];
-        return client.bind(ns.unwrap_or("default"), name, str_at(&node.obj, "/metadata/name")).await;
+        return client
+            .bind(ns.unwrap_or("default"), name, str_at(&node.obj, "/metadata/name"))
+            .await;
     }
     let message = if all.is_empty() {
         "0/0 nodes are available: no virtual node is registered.".to_string()
@@ -99,18 +123,38 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
         let parts: Vec<String> = reasons.iter().map(|(r, c)| format!("{c} {r}")).collect();
         format!("0/{} nodes are available: {}.", all.len(), parts.join(", "))
     };
-    let conds = pod.obj.pointer("/status/conditions").and_then(Value::as_array).cloned().unwrap_or_default();
-    let already = conds.iter().any(|c| c.get("type") == Some(&json!("PodScheduled")) && c.get("message") == Some(&json!(message)));
+    let conds = pod
+        .obj
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let already = conds
+        .iter()
+        .any(|c| c.get("type") == Some(&json!("PodScheduled")) && c.get("message") == Some(&json!(message)));
     if already {
         return Ok(());
     }
     let mut new = (*pod.obj).clone();
-    let mut conds: Vec<Value> = conds.into_iter().filter(|c| c.get("type") != Some(&json!("PodScheduled"))).collect();
-    conds.push(json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
-        "lastProbeTime": null, "lastTransitionTime": crate::api::objects::now_rfc3339()}));
+    let mut conds: Vec<Value> = conds
+        .into_iter()
+        .filter(|c| c.get("type") != Some(&json!("PodScheduled")))
+        .collect();
+    conds.push(
+        json!({"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": message,
+        "lastProbeTime": null, "lastTransitionTime": crate::api::objects::now_rfc3339()}),
+    );
     new["status"]["conditions"] = json!(conds);
     client.update_status(&pods, &pod, new).await?;
-    event(&client, &pod.obj, "Warning", "FailedScheduling", &message, "default-scheduler").await;
+    event(
+        &client,
+        &pod.obj,
+        "Warning",
+        "FailedScheduling",
+        &message,
+        "default-scheduler",
+    )
+    .await;
     Ok(())
 }
 
@@ -132,7 +176,10 @@ mod tests {
         let tolerant = json!({"spec": {"tolerations": [{"key": "virtual-kubelet.io/provider", "operator": "Exists"}]}});
         assert_eq!(unfit(&tolerant, &n), None);
         let wrong_sel = json!({"spec": {"nodeSelector": {"type": "other"}, "tolerations": [{"operator": "Exists"}]}});
-        assert_eq!(unfit(&wrong_sel, &n), Some("node(s) didn't match Pod's node affinity/selector"));
+        assert_eq!(
+            unfit(&wrong_sel, &n),
+            Some("node(s) didn't match Pod's node affinity/selector")
+        );
         let not_ready = json!({"metadata": {}, "status": {"conditions": [{"type": "Ready", "status": "False"}]}});
         assert_eq!(unfit(&plain, &not_ready), Some("node(s) were not ready"));
     }

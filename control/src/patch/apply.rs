@@ -25,7 +25,11 @@ impl std::fmt::Display for ApplyConflict {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let n = self.conflicts.len();
         write!(f, "Apply failed with {n} conflict{}: ", if n == 1 { "" } else { "s" })?;
-        let parts: Vec<String> = self.conflicts.iter().map(|c| format!("conflict with \"{}\": {}", c.manager, c.field)).collect();
+        let parts: Vec<String> = self
+            .conflicts
+            .iter()
+            .map(|c| format!("conflict with \"{}\": {}", c.manager, c.field))
+            .collect();
         write!(f, "{}", parts.join(", "))
     }
 }
@@ -34,15 +38,25 @@ impl std::error::Error for ApplyConflict {}
 
 /// `metadata.managedFields` of an object.
 pub fn managed_fields_of(obj: &Value) -> Vec<Value> {
-    obj.pointer("/metadata/managedFields").and_then(Value::as_array).cloned().unwrap_or_default()
+    obj.pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
 }
 
 /// Identity fields no manager owns.
 fn untracked(path: &[&str]) -> bool {
     matches!(
         path,
-        ["apiVersion"] | ["kind"] | ["metadata", "name"] | ["metadata", "namespace"] | ["metadata", "resourceVersion"]
-            | ["metadata", "managedFields"] | ["metadata", "uid"] | ["metadata", "creationTimestamp"] | ["metadata", "generation"]
+        ["apiVersion"]
+            | ["kind"]
+            | ["metadata", "name"]
+            | ["metadata", "namespace"]
+            | ["metadata", "resourceVersion"]
+            | ["metadata", "managedFields"]
+            | ["metadata", "uid"]
+            | ["metadata", "creationTimestamp"]
+            | ["metadata", "generation"]
     )
 }
 
@@ -129,14 +143,17 @@ fn value_at<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
 }
 
 fn remove_at(v: &mut Value, path: &[String]) {
-    let Some((last, parents)) = path.split_last() else { return };
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
     let mut cur = v;
     for seg in parents {
         let next = match seg.strip_prefix("f:") {
             Some(f) => cur.get_mut(f),
             None => {
                 let found = step(cur, seg).cloned();
-                cur.as_array_mut().and_then(|a| a.iter_mut().find(|i| Some(&**i) == found.as_ref()))
+                cur.as_array_mut()
+                    .and_then(|a| a.iter_mut().find(|i| Some(&**i) == found.as_ref()))
             }
         };
         match next {
@@ -170,7 +187,10 @@ fn merge(live: &mut Value, applied: &Value, path: &mut Vec<String>, kind: &str) 
                     (Some(Value::Array(litems)), Value::Array(aitems)) => match list_strategy(kind, &segs) {
                         ListStrategy::Merge(key) => {
                             for ai in aitems {
-                                match litems.iter_mut().find(|li| li.get(key).is_some() && li.get(key) == ai.get(key)) {
+                                match litems
+                                    .iter_mut()
+                                    .find(|li| li.get(key).is_some() && li.get(key) == ai.get(key))
+                                {
                                     Some(li) => merge(li, ai, path, kind),
                                     None => litems.push(ai.clone()),
                                 }
@@ -225,7 +245,11 @@ pub fn apply(
     // Conflicts: a field another apply manager owns, set here to a different value.
     let mut conflicts = Vec::new();
     for entry in managed.iter_mut() {
-        let other = entry.get("manager").and_then(Value::as_str).unwrap_or_default().to_string();
+        let other = entry
+            .get("manager")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
         if other == manager || entry.get("operation").and_then(Value::as_str) != Some("Apply") {
             continue;
         }
@@ -241,7 +265,10 @@ pub fn apply(
                     remove_owned(&mut owned, leaf);
                     taken = true;
                 } else {
-                    conflicts.push(Conflict { manager: other.clone(), field: dotted(leaf) });
+                    conflicts.push(Conflict {
+                        manager: other.clone(),
+                        field: dotted(leaf),
+                    });
                 }
             }
         }
@@ -258,7 +285,10 @@ pub fn apply(
     // Fields this manager applied before and no longer does go, unless someone else owns them.
     let old_set = managed
         .iter()
-        .find(|e| e.get("manager").and_then(Value::as_str) == Some(manager) && e.get("operation").and_then(Value::as_str) == Some("Apply"))
+        .find(|e| {
+            e.get("manager").and_then(Value::as_str) == Some(manager)
+                && e.get("operation").and_then(Value::as_str) == Some("Apply")
+        })
         .and_then(|e| e.get("fieldsV1").cloned());
     if let Some(old) = old_set {
         let mut old_leaves = Vec::new();
@@ -268,7 +298,8 @@ pub fn apply(
                 continue;
             }
             let others_own = managed.iter().any(|e| {
-                e.get("manager").and_then(Value::as_str) != Some(manager) && e.get("fieldsV1").is_some_and(|f| contains(f, &leaf))
+                e.get("manager").and_then(Value::as_str) != Some(manager)
+                    && e.get("fieldsV1").is_some_and(|f| contains(f, &leaf))
             });
             if !others_own {
                 remove_at(&mut out, &leaf);
@@ -276,7 +307,10 @@ pub fn apply(
         }
     }
 
-    managed.retain(|e| !(e.get("manager").and_then(Value::as_str) == Some(manager) && e.get("operation").and_then(Value::as_str) == Some("Apply")));
+    managed.retain(|e| {
+        !(e.get("manager").and_then(Value::as_str) == Some(manager)
+            && e.get("operation").and_then(Value::as_str) == Some("Apply"))
+    });
     managed.push(json!({
         "manager": manager, "operation": "Apply", "apiVersion": api_version, "time": now,
         "fieldsType": "FieldsV1", "fieldsV1": new_set,
@@ -290,7 +324,9 @@ pub fn apply(
 
 /// Drop one leaf from a FieldsV1 set.
 fn remove_owned(set: &mut Value, leaf: &[String]) {
-    let Some((last, parents)) = leaf.split_last() else { return };
+    let Some((last, parents)) = leaf.split_last() else {
+        return;
+    };
     let mut cur = set;
     for seg in parents {
         match cur.get_mut(seg) {
@@ -313,36 +349,72 @@ mod tests {
 
     #[test]
     fn reapply_removes_dropped_fields() {
-        let first = apply(None, &cm(json!({"x": "1", "y": "2"})), "me", false, "ConfigMap", "v1", "t").unwrap();
+        let first = apply(
+            None,
+            &cm(json!({"x": "1", "y": "2"})),
+            "me",
+            false,
+            "ConfigMap",
+            "v1",
+            "t",
+        )
+        .unwrap();
         assert_eq!(first["data"], json!({"x": "1", "y": "2"}));
         let fields = &first["metadata"]["managedFields"][0]["fieldsV1"];
         assert_eq!(fields["f:data"], json!({"f:x": {}, "f:y": {}}));
-        let second = apply(Some(&first), &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"x": "3"}}), "me", false, "ConfigMap", "v1", "t").unwrap();
+        let second = apply(
+            Some(&first),
+            &json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"x": "3"}}),
+            "me",
+            false,
+            "ConfigMap",
+            "v1",
+            "t",
+        )
+        .unwrap();
         assert_eq!(second["data"], json!({"x": "3"}));
-        assert!(second["metadata"].get("labels").is_none_or(|l| l.as_object().is_none_or(|m| m.is_empty())), "{second}");
+        assert!(
+            second["metadata"]
+                .get("labels")
+                .is_none_or(|l| l.as_object().is_none_or(|m| m.is_empty())),
+            "{second}"
+        );
     }
 
     #[test]
     fn conflicts_and_force() {
         let first = apply(None, &cm(json!({"x": "1"})), "a", false, "ConfigMap", "v1", "t").unwrap();
         let err = apply(Some(&first), &cm(json!({"x": "2"})), "b", false, "ConfigMap", "v1", "t").unwrap_err();
-        assert_eq!(err.to_string(), "Apply failed with 1 conflict: conflict with \"a\": .data.x");
+        assert_eq!(
+            err.to_string(),
+            "Apply failed with 1 conflict: conflict with \"a\": .data.x"
+        );
         // Same value: shared ownership, no conflict.
         assert!(apply(Some(&first), &cm(json!({"x": "1"})), "b", false, "ConfigMap", "v1", "t").is_ok());
         let forced = apply(Some(&first), &cm(json!({"x": "2"})), "b", true, "ConfigMap", "v1", "t").unwrap();
         assert_eq!(forced["data"]["x"], "2");
-        let a = forced["metadata"]["managedFields"].as_array().unwrap().iter().find(|e| e["manager"] == "a").unwrap();
+        let a = forced["metadata"]["managedFields"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["manager"] == "a")
+            .unwrap();
         assert!(a["fieldsV1"]["f:data"].get("f:x").is_none(), "{a}");
     }
 
     #[test]
     fn keyed_lists_merge_by_name() {
-        let dep = |img: &str| json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
-            "spec": {"template": {"spec": {"containers": [{"name": "app", "image": img}]}}}});
+        let dep = |img: &str| {
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"},
+            "spec": {"template": {"spec": {"containers": [{"name": "app", "image": img}]}}}})
+        };
         let mut live = apply(None, &dep("a:1"), "me", false, "Deployment", "apps/v1", "t").unwrap();
         live["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = json!("IfNotPresent");
         let out = apply(Some(&live), &dep("a:2"), "me", false, "Deployment", "apps/v1", "t").unwrap();
-        assert_eq!(out["spec"]["template"]["spec"]["containers"], json!([{"name": "app", "image": "a:2", "imagePullPolicy": "IfNotPresent"}]));
+        assert_eq!(
+            out["spec"]["template"]["spec"]["containers"],
+            json!([{"name": "app", "image": "a:2", "imagePullPolicy": "IfNotPresent"}])
+        );
         let f = &out["metadata"]["managedFields"][0]["fieldsV1"]["f:spec"]["f:template"]["f:spec"]["f:containers"];
         assert!(f.get("k:{\"name\":\"app\"}").is_some(), "{f}");
     }

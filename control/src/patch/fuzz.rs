@@ -13,8 +13,17 @@ use crate::api::http::{BodyType, parse_value};
 
 /// A request body in any of the media types the API takes: decoded, or refused with a 400.
 pub fn body(data: &[u8]) {
-    let Some((&which, bytes)) = data.split_first() else { return };
-    const TYPES: [BodyType; 6] = [BodyType::Json, BodyType::Yaml, BodyType::JsonPatch, BodyType::MergePatch, BodyType::StrategicMergePatch, BodyType::ApplyPatch];
+    let Some((&which, bytes)) = data.split_first() else {
+        return;
+    };
+    const TYPES: [BodyType; 6] = [
+        BodyType::Json,
+        BodyType::Yaml,
+        BodyType::JsonPatch,
+        BodyType::MergePatch,
+        BodyType::StrategicMergePatch,
+        BodyType::ApplyPatch,
+    ];
     let ty = TYPES[usize::from(which) % TYPES.len()];
     match parse_value(bytes, ty) {
         Ok(v) => {
@@ -34,7 +43,9 @@ struct Choices<'a>(&'a [u8]);
 
 impl Choices<'_> {
     fn byte(&mut self) -> u8 {
-        let Some((&b, rest)) = self.0.split_first() else { return 0 };
+        let Some((&b, rest)) = self.0.split_first() else {
+            return 0;
+        };
         self.0 = rest;
         b
     }
@@ -52,7 +63,20 @@ impl Choices<'_> {
     }
 }
 
-const KEYS: [&str; 12] = ["a", "b", "name", "spec", "containers", "metadata", "finalizers", "x/y", "m~n", "", "0", "-"];
+const KEYS: [&str; 12] = [
+    "a",
+    "b",
+    "name",
+    "spec",
+    "containers",
+    "metadata",
+    "finalizers",
+    "x/y",
+    "m~n",
+    "",
+    "0",
+    "-",
+];
 
 /// A JSON value from choices, at most `depth` deep.
 fn value(c: &mut Choices<'_>, depth: usize, keys: &[&str]) -> Value {
@@ -76,7 +100,24 @@ fn value(c: &mut Choices<'_>, depth: usize, keys: &[&str]) -> Value {
 
 /// A JSON pointer from choices: keys, indexes good and bad, escapes, and pointers that are not.
 fn pointer(c: &mut Choices<'_>) -> String {
-    const SEGMENTS: [&str; 16] = ["a", "b", "name", "spec", "0", "1", "2", "-", "01", "+1", "18446744073709551616", "", "x~1y", "m~0n", "~2", "~"];
+    const SEGMENTS: [&str; 16] = [
+        "a",
+        "b",
+        "name",
+        "spec",
+        "0",
+        "1",
+        "2",
+        "-",
+        "01",
+        "+1",
+        "18446744073709551616",
+        "",
+        "x~1y",
+        "m~0n",
+        "~2",
+        "~",
+    ];
     match c.below(10) {
         0 => String::new(),
         1 => c.pick(&["a", "/", "//"]).to_string(),
@@ -120,15 +161,25 @@ pub fn json(data: &[u8]) {
     for (i, op) in ops.iter().enumerate() {
         match json_patch(&state, &json!([op])) {
             Ok(next) => {
-                let (kind, path) = (op["op"].as_str().unwrap_or_default(), op["path"].as_str().unwrap_or_default());
+                let (kind, path) = (
+                    op["op"].as_str().unwrap_or_default(),
+                    op["path"].as_str().unwrap_or_default(),
+                );
                 if kind == "add" && !path.ends_with("/-") {
                     let test = json!([{"op": "test", "path": path, "value": op["value"]}]);
-                    assert!(json_patch(&next, &test).is_ok(), "{op} on {state} gave {next}, which does not test");
+                    assert!(
+                        json_patch(&next, &test).is_ok(),
+                        "{op} on {state} gave {next}, which does not test"
+                    );
                 }
                 if kind == "remove" {
                     let removed = json_patch(&state, &json!([{"op": "copy", "from": path, "path": ""}])).unwrap();
                     let back = json_patch(&next, &json!([{"op": "add", "path": path, "value": removed}]));
-                    assert_eq!(back.ok().as_ref(), Some(&state), "{op} on {state} is not undone by adding back");
+                    assert_eq!(
+                        back.ok().as_ref(),
+                        Some(&state),
+                        "{op} on {state} is not undone by adding back"
+                    );
                 }
                 state = next;
             }
@@ -145,10 +196,15 @@ pub fn json(data: &[u8]) {
             assert!(json_patch(&out, &json!([{"op": "test", "path": "", "value": out}])).is_ok());
         }
         (Err(e), Some(_)) => check_patch_error(&e),
-        (whole, failed) => panic!("the patch whole gave {whole:?}, one at a time failed at {failed:?}: {ops:?} on {doc}"),
+        (whole, failed) => {
+            panic!("the patch whole gave {whole:?}, one at a time failed at {failed:?}: {ops:?} on {doc}")
+        }
     }
     // Not an array: refused.
-    assert!(matches!(json_patch(&doc, &json!({"op": "add"})), Err(PatchError::Invalid(_))));
+    assert!(matches!(
+        json_patch(&doc, &json!({"op": "add"})),
+        Err(PatchError::Invalid(_))
+    ));
 }
 
 /// A merge patch (RFC 7386): applying it twice is applying it once, a null removes its member,
@@ -217,8 +273,19 @@ pub fn strategic(data: &[u8]) {
     let mut c = Choices(data);
     let kind = c.pick(&["Pod", "Deployment", "", "Service"]);
     let base = json!({"metadata": {"name": "p", "finalizers": ["a", "b"]}, "spec": {"containers": [{"name": "a", "image": "x", "env": [{"name": "A", "value": "1"}]}, {"name": "b"}]}});
-    let doc = if c.below(3) == 0 { value(&mut c, 3, &STRATEGIC_KEYS) } else { base };
-    let patch = if c.below(5) == 0 { value(&mut c, 4, &STRATEGIC_KEYS) } else { Value::Object(Map::from_iter([("spec".to_string(), value(&mut c, 4, &STRATEGIC_KEYS))])) };
+    let doc = if c.below(3) == 0 {
+        value(&mut c, 3, &STRATEGIC_KEYS)
+    } else {
+        base
+    };
+    let patch = if c.below(5) == 0 {
+        value(&mut c, 4, &STRATEGIC_KEYS)
+    } else {
+        Value::Object(Map::from_iter([(
+            "spec".to_string(),
+            value(&mut c, 4, &STRATEGIC_KEYS),
+        )]))
+    };
     match strategic_merge_patch(&doc, &patch, kind) {
         Ok(out) => {
             if !has_directive(&doc) {

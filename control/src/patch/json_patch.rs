@@ -12,7 +12,9 @@ fn split(pointer: &str) -> Result<Vec<String>, PatchError> {
     if pointer.is_empty() {
         return Ok(Vec::new());
     }
-    let rest = pointer.strip_prefix('/').ok_or_else(|| PatchError::Invalid(format!("path \"{pointer}\" must start with /")))?;
+    let rest = pointer
+        .strip_prefix('/')
+        .ok_or_else(|| PatchError::Invalid(format!("path \"{pointer}\" must start with /")))?;
     Ok(rest.split('/').map(unescape).collect())
 }
 
@@ -57,7 +59,9 @@ fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), PatchError> {
             if last == "-" {
                 a.push(value);
             } else {
-                let i: usize = last.parse().map_err(|_| PatchError::Invalid(format!("bad array index in {path}")))?;
+                let i: usize = last
+                    .parse()
+                    .map_err(|_| PatchError::Invalid(format!("bad array index in {path}")))?;
                 if i > a.len() {
                     return Err(PatchError::Missing(path.to_string()));
                 }
@@ -71,11 +75,15 @@ fn add(doc: &mut Value, path: &str, value: Value) -> Result<(), PatchError> {
 
 fn remove(doc: &mut Value, path: &str) -> Result<Value, PatchError> {
     let segs = split(path)?;
-    let (last, parents) = segs.split_last().ok_or_else(|| PatchError::Invalid("cannot remove the whole document".into()))?;
+    let (last, parents) = segs
+        .split_last()
+        .ok_or_else(|| PatchError::Invalid("cannot remove the whole document".into()))?;
     match parent_mut(doc, parents, path)? {
         Value::Object(m) => m.remove(last).ok_or_else(|| PatchError::Missing(path.to_string())),
         Value::Array(a) => {
-            let i: usize = last.parse().map_err(|_| PatchError::Invalid(format!("bad array index in {path}")))?;
+            let i: usize = last
+                .parse()
+                .map_err(|_| PatchError::Invalid(format!("bad array index in {path}")))?;
             if i >= a.len() {
                 return Err(PatchError::Missing(path.to_string()));
             }
@@ -87,14 +95,23 @@ fn remove(doc: &mut Value, path: &str) -> Result<Value, PatchError> {
 
 /// Apply an RFC 6902 patch (an array of operations) to a copy of `doc`.
 pub fn json_patch(doc: &Value, ops: &Value) -> Result<Value, PatchError> {
-    let ops = ops.as_array().ok_or_else(|| PatchError::Invalid("a JSON patch must be an array of operations".into()))?;
+    let ops = ops
+        .as_array()
+        .ok_or_else(|| PatchError::Invalid("a JSON patch must be an array of operations".into()))?;
     let mut out = doc.clone();
     for (n, op) in ops.iter().enumerate() {
         let field = |k: &str| {
-            op.get(k).and_then(Value::as_str).map(String::from).ok_or_else(|| PatchError::Invalid(format!("operation {n}: \"{k}\" is required")))
+            op.get(k)
+                .and_then(Value::as_str)
+                .map(String::from)
+                .ok_or_else(|| PatchError::Invalid(format!("operation {n}: \"{k}\" is required")))
         };
         let path = field("path")?;
-        let value = || op.get("value").cloned().ok_or_else(|| PatchError::Invalid(format!("operation {n}: \"value\" is required")));
+        let value = || {
+            op.get("value")
+                .cloned()
+                .ok_or_else(|| PatchError::Invalid(format!("operation {n}: \"value\" is required")))
+        };
         match field("op")?.as_str() {
             "add" => add(&mut out, &path, value()?)?,
             "remove" => {
@@ -140,7 +157,10 @@ mod tests {
             {"op": "remove", "path": "/a/b/1"},
             {"op": "test", "path": "/d/3", "value": 3},
         ]);
-        assert_eq!(json_patch(&doc, &ops).unwrap(), json!({"a": {"b": [0, 2, 3]}, "x/y": 2, "d": [0, 1, 2, 3]}));
+        assert_eq!(
+            json_patch(&doc, &ops).unwrap(),
+            json!({"a": {"b": [0, 2, 3]}, "x/y": 2, "d": [0, 1, 2, 3]})
+        );
     }
 
     #[test]

@@ -60,6 +60,9 @@ mod tests {
         let doc = json!({"a": "b", "c": {"d": "e", "f": "g"}});
         let out = merge_patch(&doc, &json!({"a": "z", "c": {"f": null}}));
         assert_eq!(out, json!({"a": "z", "c": {"d": "e"}}));
-        assert_eq!(merge_patch(&json!({"a": [1, 2]}), &json!({"a": [3]})), json!({"a": [3]}));
+        assert_eq!(
+            merge_patch(&json!({"a": [1, 2]}), &json!({"a": [3]})),
+            json!({"a": [3]})
+        );
     }
 }

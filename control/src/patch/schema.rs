@@ -18,7 +18,9 @@ const CONTAINER_LISTS: [&str; 3] = ["containers", "initContainers", "ephemeralCo
 fn pod_spec_root(kind: &str) -> &'static [&'static str] {
     match kind {
         "Pod" => &["spec"],
-        "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet" | "Job" | "ReplicationController" => &["spec", "template", "spec"],
+        "Deployment" | "ReplicaSet" | "DaemonSet" | "StatefulSet" | "Job" | "ReplicationController" => {
+            &["spec", "template", "spec"]
+        }
         "CronJob" => &["spec", "jobTemplate", "spec", "template", "spec"],
         _ => &[],
     }
@@ -50,7 +52,12 @@ pub fn list_strategy(kind: &str, path: &[&str]) -> ListStrategy {
     match path {
         ["metadata", "finalizers"] => return ListStrategy::Set,
         ["metadata", "ownerReferences"] => return ListStrategy::Merge("uid"),
-        ["status", "conditions"] if matches!(kind, "Pod" | "Node" | "Deployment" | "ReplicaSet" | "Namespace" | "DaemonSet") => {
+        ["status", "conditions"]
+            if matches!(
+                kind,
+                "Pod" | "Node" | "Deployment" | "ReplicaSet" | "Namespace" | "DaemonSet"
+            ) =>
+        {
             return ListStrategy::Merge("type");
         }
         ["status", "addresses"] if kind == "Node" => return ListStrategy::Merge("type"),
@@ -72,12 +79,27 @@ mod tests {
 
     #[test]
     fn built_in_merge_keys() {
-        assert_eq!(list_strategy("Deployment", &["spec", "template", "spec", "containers"]), ListStrategy::Merge("name"));
-        assert_eq!(list_strategy("Pod", &["spec", "containers", "env"]), ListStrategy::Merge("name"));
-        assert_eq!(list_strategy("Pod", &["spec", "initContainers", "ports"]), ListStrategy::Merge("containerPort"));
-        assert_eq!(list_strategy("Service", &["spec", "ports"]), ListStrategy::Merge("port"));
+        assert_eq!(
+            list_strategy("Deployment", &["spec", "template", "spec", "containers"]),
+            ListStrategy::Merge("name")
+        );
+        assert_eq!(
+            list_strategy("Pod", &["spec", "containers", "env"]),
+            ListStrategy::Merge("name")
+        );
+        assert_eq!(
+            list_strategy("Pod", &["spec", "initContainers", "ports"]),
+            ListStrategy::Merge("containerPort")
+        );
+        assert_eq!(
+            list_strategy("Service", &["spec", "ports"]),
+            ListStrategy::Merge("port")
+        );
         assert_eq!(list_strategy("Pod", &["spec", "tolerations"]), ListStrategy::Replace);
-        assert_eq!(list_strategy("ConfigMap", &["metadata", "finalizers"]), ListStrategy::Set);
+        assert_eq!(
+            list_strategy("ConfigMap", &["metadata", "finalizers"]),
+            ListStrategy::Set
+        );
         assert_eq!(list_strategy("", &["spec", "containers"]), ListStrategy::Replace);
     }
 }

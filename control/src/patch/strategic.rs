@@ -16,7 +16,9 @@ const PATCH: &str = "$patch";
 /// treats every list as atomic.
 pub fn strategic_merge_patch(doc: &Value, patch: &Value, kind: &str) -> Result<Value, PatchError> {
     let Value::Object(p) = patch else {
-        return Err(PatchError::Invalid("a strategic merge patch must be a JSON object".into()));
+        return Err(PatchError::Invalid(
+            "a strategic merge patch must be a JSON object".into(),
+        ));
     };
     let mut out = doc.clone();
     if !out.is_object() {
@@ -34,10 +36,16 @@ pub fn strategic_merge_patch(doc: &Value, patch: &Value, kind: &str) -> Result<V
 fn strip(v: &Value) -> Value {
     match v {
         Value::Object(m) => Value::Object(
-            m.iter().filter(|(k, _)| !k.starts_with('$')).map(|(k, v)| (k.clone(), strip(v))).collect(),
+            m.iter()
+                .filter(|(k, _)| !k.starts_with('$'))
+                .map(|(k, v)| (k.clone(), strip(v)))
+                .collect(),
         ),
         Value::Array(a) => Value::Array(
-            a.iter().filter(|x| !(x.is_object() && x.get(PATCH).is_some() && x.as_object().is_some_and(|m| m.len() == 1))).map(strip).collect(),
+            a.iter()
+                .filter(|x| !(x.is_object() && x.get(PATCH).is_some() && x.as_object().is_some_and(|m| m.len() == 1)))
+                .map(strip)
+                .collect(),
         ),
         other => other.clone(),
     }
@@ -49,22 +57,38 @@ enum MapOutcome {
     Delete,
 }
 
-fn merge_map(doc: &mut Map<String, Value>, patch: &Map<String, Value>, path: &mut Vec<String>, kind: &str) -> Result<MapOutcome, PatchError> {
+fn merge_map(
+    doc: &mut Map<String, Value>,
+    patch: &Map<String, Value>,
+    path: &mut Vec<String>,
+    kind: &str,
+) -> Result<MapOutcome, PatchError> {
     match patch.get(PATCH).and_then(Value::as_str) {
         Some("replace") => return Ok(MapOutcome::Replace(strip(&Value::Object(patch.clone())))),
         Some("delete") => return Ok(MapOutcome::Delete),
         Some("merge") | None => {}
-        Some(other) => return Err(PatchError::Invalid(format!("unknown patch directive \"{other}\" at {}", path.join(".")))),
+        Some(other) => {
+            return Err(PatchError::Invalid(format!(
+                "unknown patch directive \"{other}\" at {}",
+                path.join(".")
+            )));
+        }
     }
     let mut orders: Vec<(&str, &Vec<Value>)> = Vec::new();
     for (k, v) in patch {
         if let Some(field) = k.strip_prefix(DELETE_PRIMITIVE) {
-            let gone = v.as_array().ok_or_else(|| PatchError::Invalid(format!("{k} must be a list")))?;
+            let gone = v
+                .as_array()
+                .ok_or_else(|| PatchError::Invalid(format!("{k} must be a list")))?;
             if let Some(Value::Array(list)) = doc.get_mut(field) {
                 list.retain(|x| !gone.contains(x));
             }
         } else if let Some(field) = k.strip_prefix(SET_ORDER) {
-            orders.push((field, v.as_array().ok_or_else(|| PatchError::Invalid(format!("{k} must be a list")))?));
+            orders.push((
+                field,
+                v.as_array()
+                    .ok_or_else(|| PatchError::Invalid(format!("{k} must be a list")))?,
+            ));
         }
     }
     for (k, v) in patch {
@@ -132,9 +156,22 @@ fn key_of<'a>(v: &'a Value, key: &str) -> Option<&'a Value> {
     v.as_object().and_then(|m| m.get(key))
 }
 
-fn merge_keyed(mut cur: Vec<Value>, items: &[Value], key: &str, path: &mut Vec<String>, kind: &str) -> Result<Vec<Value>, PatchError> {
-    if items.iter().any(|x| x.get(PATCH).and_then(Value::as_str) == Some("replace") && x.as_object().is_some_and(|m| m.len() == 1)) {
-        return Ok(items.iter().filter(|x| !(x.get(PATCH).is_some() && x.as_object().is_some_and(|m| m.len() == 1))).map(strip).collect());
+fn merge_keyed(
+    mut cur: Vec<Value>,
+    items: &[Value],
+    key: &str,
+    path: &mut Vec<String>,
+    kind: &str,
+) -> Result<Vec<Value>, PatchError> {
+    if items
+        .iter()
+        .any(|x| x.get(PATCH).and_then(Value::as_str) == Some("replace") && x.as_object().is_some_and(|m| m.len() == 1))
+    {
+        return Ok(items
+            .iter()
+            .filter(|x| !(x.get(PATCH).is_some() && x.as_object().is_some_and(|m| m.len() == 1)))
+            .map(strip)
+            .collect());
     }
     for item in items {
         let Some(k) = key_of(item, key) else {
@@ -203,9 +240,18 @@ mod tests {
             "$setElementOrder/containers": [{"name": "app"}, {"name": "side"}],
             "containers": [{"$setElementOrder/env": [{"name": "A"}, {"name": "B"}], "env": [{"name": "A", "value": "9"}], "name": "app"}]}}}});
         let out = strategic_merge_patch(&deployment(), &patch, "Deployment").unwrap();
-        assert_eq!(out.pointer("/spec/template/spec/containers/0/env"), Some(&json!([{"name": "A", "value": "9"}, {"name": "B", "value": "2"}])));
-        assert_eq!(out.pointer("/spec/template/spec/containers/0/image"), Some(&json!("a:1")));
-        assert_eq!(out.pointer("/spec/template/spec/containers/1/name"), Some(&json!("side")));
+        assert_eq!(
+            out.pointer("/spec/template/spec/containers/0/env"),
+            Some(&json!([{"name": "A", "value": "9"}, {"name": "B", "value": "2"}]))
+        );
+        assert_eq!(
+            out.pointer("/spec/template/spec/containers/0/image"),
+            Some(&json!("a:1"))
+        );
+        assert_eq!(
+            out.pointer("/spec/template/spec/containers/1/name"),
+            Some(&json!("side"))
+        );
         assert!(!out.to_string().contains('$'));
     }
 
@@ -215,9 +261,18 @@ mod tests {
             {"name": "app", "env": [{"name": "B", "$patch": "delete"}]},
             {"name": "side", "$patch": "delete"}]}}}});
         let out = strategic_merge_patch(&deployment(), &patch, "Deployment").unwrap();
-        assert_eq!(out.pointer("/spec/template/spec/containers/0/env"), Some(&json!([{"name": "A", "value": "1"}])));
-        assert_eq!(out.pointer("/spec/template/spec/containers").and_then(Value::as_array).map(Vec::len), Some(1));
-        let recreate = json!({"spec": {"strategy": {"$retainKeys": ["type"], "type": "Recreate", "rollingUpdate": null}}});
+        assert_eq!(
+            out.pointer("/spec/template/spec/containers/0/env"),
+            Some(&json!([{"name": "A", "value": "1"}]))
+        );
+        assert_eq!(
+            out.pointer("/spec/template/spec/containers")
+                .and_then(Value::as_array)
+                .map(Vec::len),
+            Some(1)
+        );
+        let recreate =
+            json!({"spec": {"strategy": {"$retainKeys": ["type"], "type": "Recreate", "rollingUpdate": null}}});
         let out = strategic_merge_patch(&deployment(), &recreate, "Deployment").unwrap();
         assert_eq!(out.pointer("/spec/strategy"), Some(&json!({"type": "Recreate"})));
     }
@@ -230,7 +285,12 @@ mod tests {
         let out = strategic_merge_patch(&doc, &patch, "Pod").unwrap();
         assert_eq!(out.pointer("/metadata/finalizers"), Some(&json!(["b"])));
         assert_eq!(out.pointer("/spec/tolerations"), Some(&json!([{"key": "y"}])));
-        let out = strategic_merge_patch(&deployment(), &json!({"spec": {"template": {"$patch": "replace", "spec": {}}}}), "Deployment").unwrap();
+        let out = strategic_merge_patch(
+            &deployment(),
+            &json!({"spec": {"template": {"$patch": "replace", "spec": {}}}}),
+            "Deployment",
+        )
+        .unwrap();
         assert_eq!(out.pointer("/spec/template"), Some(&json!({"spec": {}})));
     }
 }

@@ -8,7 +8,10 @@ fn s<'a>(v: &'a Value, ptr: &str) -> &'a str {
 }
 
 fn arr<'a>(v: &'a Value, ptr: &str) -> &'a [Value] {
-    v.pointer(ptr).and_then(Value::as_array).map(Vec::as_slice).unwrap_or(&[])
+    v.pointer(ptr)
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or(&[])
 }
 
 fn int(v: &Value, ptr: &str) -> i64 {
@@ -29,20 +32,36 @@ pub fn human_duration(d: chrono::Duration) -> String {
     if secs < 120 {
         format!("{secs}s")
     } else if m < 10 {
-        if secs % 60 == 0 { format!("{m}m") } else { format!("{m}m{}s", secs % 60) }
+        if secs % 60 == 0 {
+            format!("{m}m")
+        } else {
+            format!("{m}m{}s", secs % 60)
+        }
     } else if h < 3 {
         format!("{m}m")
     } else if h < 8 {
-        if m % 60 == 0 { format!("{h}h") } else { format!("{h}h{}m", m % 60) }
+        if m % 60 == 0 {
+            format!("{h}h")
+        } else {
+            format!("{h}h{}m", m % 60)
+        }
     } else if h < 48 {
         format!("{h}h")
     } else if h < 24 * 8 {
-        if h % 24 == 0 { format!("{days}d") } else { format!("{days}d{}h", h % 24) }
+        if h % 24 == 0 {
+            format!("{days}d")
+        } else {
+            format!("{days}d{}h", h % 24)
+        }
     } else if h < 24 * 365 * 2 {
         format!("{days}d")
     } else if h < 24 * 365 * 8 {
         let y = days / 365;
-        if days % 365 == 0 { format!("{y}y") } else { format!("{y}y{}d", days % 365) }
+        if days % 365 == 0 {
+            format!("{y}y")
+        } else {
+            format!("{y}y{}d", days % 365)
+        }
     } else {
         format!("{}y", days / 365)
     }
@@ -78,7 +97,11 @@ pub fn json_path(v: &Value, path: &str) -> Option<Value> {
 }
 
 fn pod_status(p: &Value) -> (String, i64, Option<String>, usize, usize) {
-    let mut reason = if s(p, "/status/reason").is_empty() { s(p, "/status/phase").to_string() } else { s(p, "/status/reason").to_string() };
+    let mut reason = if s(p, "/status/reason").is_empty() {
+        s(p, "/status/phase").to_string()
+    } else {
+        s(p, "/status/reason").to_string()
+    };
     let total = arr(p, "/spec/containers").len();
     let mut ready = 0;
     let mut restarts = 0;
@@ -94,8 +117,15 @@ fn pod_status(p: &Value) -> (String, i64, Option<String>, usize, usize) {
         initializing = true;
         reason = if let Some(t) = term {
             let r = s(t, "/reason");
-            if r.is_empty() { format!("Init:ExitCode:{}", int(t, "/exitCode")) } else { format!("Init:{r}") }
-        } else if let Some(w) = c.pointer("/state/waiting").filter(|w| !s(w, "/reason").is_empty() && s(w, "/reason") != "PodInitializing") {
+            if r.is_empty() {
+                format!("Init:ExitCode:{}", int(t, "/exitCode"))
+            } else {
+                format!("Init:{r}")
+            }
+        } else if let Some(w) = c
+            .pointer("/state/waiting")
+            .filter(|w| !s(w, "/reason").is_empty() && s(w, "/reason") != "PodInitializing")
+        {
             format!("Init:{}", s(w, "/reason"))
         } else {
             format!("Init:{i}/{init_total}")
@@ -131,7 +161,11 @@ fn pod_status(p: &Value) -> (String, i64, Option<String>, usize, usize) {
         }
     }
     if p.pointer("/metadata/deletionTimestamp").is_some() {
-        reason = if s(p, "/status/reason") == "NodeLost" { "Unknown".into() } else { "Terminating".into() };
+        reason = if s(p, "/status/reason") == "NodeLost" {
+            "Unknown".into()
+        } else {
+            "Terminating".into()
+        };
     }
     (reason, restarts, last_restart, ready, total)
 }
@@ -142,10 +176,16 @@ fn joined(items: impl Iterator<Item = String>, none: &str) -> String {
 }
 
 fn selector_string(sel: Option<&Value>) -> String {
-    let Some(m) = sel.and_then(|s| s.get("matchLabels").or(Some(s))).and_then(Value::as_object) else {
+    let Some(m) = sel
+        .and_then(|s| s.get("matchLabels").or(Some(s)))
+        .and_then(Value::as_object)
+    else {
         return "<none>".into();
     };
-    joined(m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())), "<none>")
+    joined(
+        m.iter().map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default())),
+        "<none>",
+    )
 }
 
 pub fn cells(group: &str, kind: &str, v: &Value, now: DateTime<Utc>) -> Vec<Value> {
@@ -159,33 +199,93 @@ pub fn cells(group: &str, kind: &str, v: &Value, now: DateTime<Utc>) -> Vec<Valu
                 _ => restarts.to_string(),
             };
             let gates = arr(v, "/spec/readinessGates");
-            let gates = if gates.is_empty() { "<none>".to_string() } else { format!("0/{}", gates.len()) };
-            let or_none = |x: &str| if x.is_empty() { "<none>".to_string() } else { x.to_string() };
-            vec![name, json!(format!("{ready}/{total}")), json!(status), json!(restarts), age,
-                json!(or_none(s(v, "/status/podIP"))), json!(or_none(s(v, "/spec/nodeName"))), json!(or_none(s(v, "/status/nominatedNodeName"))), json!(gates)]
+            let gates = if gates.is_empty() {
+                "<none>".to_string()
+            } else {
+                format!("0/{}", gates.len())
+            };
+            let or_none = |x: &str| {
+                if x.is_empty() {
+                    "<none>".to_string()
+                } else {
+                    x.to_string()
+                }
+            };
+            vec![
+                name,
+                json!(format!("{ready}/{total}")),
+                json!(status),
+                json!(restarts),
+                age,
+                json!(or_none(s(v, "/status/podIP"))),
+                json!(or_none(s(v, "/spec/nodeName"))),
+                json!(or_none(s(v, "/status/nominatedNodeName"))),
+                json!(gates),
+            ]
         }
         ("", "Namespace") => vec![name, json!(s(v, "/status/phase")), age],
         ("", "Service") => {
             let ty = s(v, "/spec/type");
-            let cluster_ip = if s(v, "/spec/clusterIP").is_empty() { "<none>" } else { s(v, "/spec/clusterIP") };
-            let mut external: Vec<String> = arr(v, "/spec/externalIPs").iter().filter_map(|x| x.as_str().map(String::from)).collect();
-            let lb: Vec<String> = arr(v, "/status/loadBalancer/ingress").iter().map(|i| if s(i, "/ip").is_empty() { s(i, "/hostname").to_string() } else { s(i, "/ip").to_string() }).collect();
+            let cluster_ip = if s(v, "/spec/clusterIP").is_empty() {
+                "<none>"
+            } else {
+                s(v, "/spec/clusterIP")
+            };
+            let mut external: Vec<String> = arr(v, "/spec/externalIPs")
+                .iter()
+                .filter_map(|x| x.as_str().map(String::from))
+                .collect();
+            let lb: Vec<String> = arr(v, "/status/loadBalancer/ingress")
+                .iter()
+                .map(|i| {
+                    if s(i, "/ip").is_empty() {
+                        s(i, "/hostname").to_string()
+                    } else {
+                        s(i, "/ip").to_string()
+                    }
+                })
+                .collect();
             let ext = match ty {
                 "ExternalName" => s(v, "/spec/externalName").to_string(),
                 "LoadBalancer" => {
                     external.extend(lb);
-                    if external.is_empty() { "<pending>".into() } else { external.join(",") }
+                    if external.is_empty() {
+                        "<pending>".into()
+                    } else {
+                        external.join(",")
+                    }
                 }
-                _ => if external.is_empty() { "<none>".into() } else { external.join(",") },
+                _ => {
+                    if external.is_empty() {
+                        "<none>".into()
+                    } else {
+                        external.join(",")
+                    }
+                }
             };
-            let ports = joined(arr(v, "/spec/ports").iter().map(|p| {
-                let proto = if s(p, "/protocol").is_empty() { "TCP" } else { s(p, "/protocol") };
-                match p.get("nodePort").and_then(Value::as_i64) {
-                    Some(np) if np > 0 => format!("{}:{np}/{proto}", int(p, "/port")),
-                    _ => format!("{}/{proto}", int(p, "/port")),
-                }
-            }), "<none>");
-            vec![name, json!(ty), json!(cluster_ip), json!(ext), json!(ports), age, json!(selector_string(v.pointer("/spec/selector")))]
+            let ports = joined(
+                arr(v, "/spec/ports").iter().map(|p| {
+                    let proto = if s(p, "/protocol").is_empty() {
+                        "TCP"
+                    } else {
+                        s(p, "/protocol")
+                    };
+                    match p.get("nodePort").and_then(Value::as_i64) {
+                        Some(np) if np > 0 => format!("{}:{np}/{proto}", int(p, "/port")),
+                        _ => format!("{}/{proto}", int(p, "/port")),
+                    }
+                }),
+                "<none>",
+            );
+            vec![
+                name,
+                json!(ty),
+                json!(cluster_ip),
+                json!(ext),
+                json!(ports),
+                age,
+                json!(selector_string(v.pointer("/spec/selector"))),
+            ]
         }
         ("", "Endpoints") => {
             let mut list = Vec::new();
@@ -200,20 +300,40 @@ pub fn cells(group: &str, kind: &str, v: &Value, now: DateTime<Utc>) -> Vec<Valu
                     }
                 }
             }
-            let shown = if list.len() > 3 { format!("{} + {} more...", list[..3].join(","), list.len() - 3) } else { joined(list.into_iter(), "<none>") };
+            let shown = if list.len() > 3 {
+                format!("{} + {} more...", list[..3].join(","), list.len() - 3)
+            } else {
+                joined(list.into_iter(), "<none>")
+            };
             vec![name, json!(shown), age]
         }
         ("discovery.k8s.io", "EndpointSlice") => {
             let ports = joined(arr(v, "/ports").iter().map(|p| int(p, "/port").to_string()), "<unset>");
-            let addrs: Vec<String> = arr(v, "/endpoints").iter().flat_map(|e| arr(e, "/addresses").iter().filter_map(|a| a.as_str().map(String::from))).collect();
-            let shown = if addrs.len() > 3 { format!("{} + {} more...", addrs[..3].join(","), addrs.len() - 3) } else { joined(addrs.into_iter(), "<unset>") };
+            let addrs: Vec<String> = arr(v, "/endpoints")
+                .iter()
+                .flat_map(|e| arr(e, "/addresses").iter().filter_map(|a| a.as_str().map(String::from)))
+                .collect();
+            let shown = if addrs.len() > 3 {
+                format!("{} + {} more...", addrs[..3].join(","), addrs.len() - 3)
+            } else {
+                joined(addrs.into_iter(), "<unset>")
+            };
             vec![name, json!(s(v, "/addressType")), json!(ports), json!(shown), age]
         }
         ("", "ConfigMap") => {
-            let n = v.get("data").and_then(Value::as_object).map(|m| m.len()).unwrap_or(0) + v.get("binaryData").and_then(Value::as_object).map(|m| m.len()).unwrap_or(0);
+            let n = v.get("data").and_then(Value::as_object).map(|m| m.len()).unwrap_or(0)
+                + v.get("binaryData")
+                    .and_then(Value::as_object)
+                    .map(|m| m.len())
+                    .unwrap_or(0);
             vec![name, json!(n), age]
         }
-        ("", "Secret") => vec![name, json!(s(v, "/type")), json!(v.get("data").and_then(Value::as_object).map(|m| m.len()).unwrap_or(0)), age],
+        ("", "Secret") => vec![
+            name,
+            json!(s(v, "/type")),
+            json!(v.get("data").and_then(Value::as_object).map(|m| m.len()).unwrap_or(0)),
+            age,
+        ],
         ("", "Node") => {
             let conds = arr(v, "/status/conditions");
             let ready = conds.iter().find(|c| s(c, "/type") == "Ready");
@@ -226,41 +346,121 @@ pub fn cells(group: &str, kind: &str, v: &Value, now: DateTime<Utc>) -> Vec<Valu
                 status.push_str(",SchedulingDisabled");
             }
             let roles = joined(
-                v.pointer("/metadata/labels").and_then(Value::as_object).into_iter().flatten().filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/").map(String::from)),
+                v.pointer("/metadata/labels")
+                    .and_then(Value::as_object)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|(k, _)| k.strip_prefix("node-role.kubernetes.io/").map(String::from)),
                 "<none>",
             );
-            let addr = |t: &str| arr(v, "/status/addresses").iter().find(|a| s(a, "/type") == t).map(|a| s(a, "/address").to_string()).unwrap_or_else(|| "<none>".into());
-            vec![name, json!(status), json!(roles), age, json!(s(v, "/status/nodeInfo/kubeletVersion")), json!(addr("InternalIP")), json!(addr("ExternalIP")),
-                json!(s(v, "/status/nodeInfo/osImage")), json!(s(v, "/status/nodeInfo/kernelVersion")), json!(s(v, "/status/nodeInfo/containerRuntimeVersion"))]
+            let addr = |t: &str| {
+                arr(v, "/status/addresses")
+                    .iter()
+                    .find(|a| s(a, "/type") == t)
+                    .map(|a| s(a, "/address").to_string())
+                    .unwrap_or_else(|| "<none>".into())
+            };
+            vec![
+                name,
+                json!(status),
+                json!(roles),
+                age,
+                json!(s(v, "/status/nodeInfo/kubeletVersion")),
+                json!(addr("InternalIP")),
+                json!(addr("ExternalIP")),
+                json!(s(v, "/status/nodeInfo/osImage")),
+                json!(s(v, "/status/nodeInfo/kernelVersion")),
+                json!(s(v, "/status/nodeInfo/containerRuntimeVersion")),
+            ]
         }
         ("", "Event") => {
-            let last = [s(v, "/lastTimestamp"), s(v, "/eventTime"), s(v, "/metadata/creationTimestamp")].into_iter().find(|t| !t.is_empty()).unwrap_or_default();
-            let obj = format!("{}/{}", s(v, "/involvedObject/kind").to_ascii_lowercase(), s(v, "/involvedObject/name"));
-            vec![json!(age_of(last, now)), json!(s(v, "/type")), json!(s(v, "/reason")), json!(obj), json!(s(v, "/message").trim())]
+            let last = [
+                s(v, "/lastTimestamp"),
+                s(v, "/eventTime"),
+                s(v, "/metadata/creationTimestamp"),
+            ]
+            .into_iter()
+            .find(|t| !t.is_empty())
+            .unwrap_or_default();
+            let obj = format!(
+                "{}/{}",
+                s(v, "/involvedObject/kind").to_ascii_lowercase(),
+                s(v, "/involvedObject/name")
+            );
+            vec![
+                json!(age_of(last, now)),
+                json!(s(v, "/type")),
+                json!(s(v, "/reason")),
+                json!(obj),
+                json!(s(v, "/message").trim()),
+            ]
         }
         ("", "ServiceAccount") => vec![name, json!(arr(v, "/secrets").len()), age],
         ("apps", "Deployment") => {
             let desired = int(v, "/spec/replicas");
             let containers = arr(v, "/spec/template/spec/containers");
-            vec![name, json!(format!("{}/{desired}", int(v, "/status/readyReplicas"))), json!(int(v, "/status/updatedReplicas")), json!(int(v, "/status/availableReplicas")), age,
-                json!(joined(containers.iter().map(|c| s(c, "/name").to_string()), "<none>")), json!(joined(containers.iter().map(|c| s(c, "/image").to_string()), "<none>")),
-                json!(selector_string(v.pointer("/spec/selector")))]
+            vec![
+                name,
+                json!(format!("{}/{desired}", int(v, "/status/readyReplicas"))),
+                json!(int(v, "/status/updatedReplicas")),
+                json!(int(v, "/status/availableReplicas")),
+                age,
+                json!(joined(containers.iter().map(|c| s(c, "/name").to_string()), "<none>")),
+                json!(joined(containers.iter().map(|c| s(c, "/image").to_string()), "<none>")),
+                json!(selector_string(v.pointer("/spec/selector"))),
+            ]
         }
         ("apps", "ReplicaSet") => {
             let containers = arr(v, "/spec/template/spec/containers");
-            vec![name, json!(int(v, "/spec/replicas")), json!(int(v, "/status/replicas")), json!(int(v, "/status/readyReplicas")), age,
-                json!(joined(containers.iter().map(|c| s(c, "/name").to_string()), "<none>")), json!(joined(containers.iter().map(|c| s(c, "/image").to_string()), "<none>")),
-                json!(selector_string(v.pointer("/spec/selector")))]
+            vec![
+                name,
+                json!(int(v, "/spec/replicas")),
+                json!(int(v, "/status/replicas")),
+                json!(int(v, "/status/readyReplicas")),
+                age,
+                json!(joined(containers.iter().map(|c| s(c, "/name").to_string()), "<none>")),
+                json!(joined(containers.iter().map(|c| s(c, "/image").to_string()), "<none>")),
+                json!(selector_string(v.pointer("/spec/selector"))),
+            ]
         }
         ("networking.k8s.io", "Ingress") => {
-            let class = if s(v, "/spec/ingressClassName").is_empty() { "<none>" } else { s(v, "/spec/ingressClassName") };
-            let hosts = joined(arr(v, "/spec/rules").iter().map(|r| if s(r, "/host").is_empty() { "*".to_string() } else { s(r, "/host").to_string() }), "*");
-            let addr = joined(arr(v, "/status/loadBalancer/ingress").iter().map(|i| if s(i, "/ip").is_empty() { s(i, "/hostname").to_string() } else { s(i, "/ip").to_string() }), "");
-            let ports = if arr(v, "/spec/tls").is_empty() { "80" } else { "80, 443" };
+            let class = if s(v, "/spec/ingressClassName").is_empty() {
+                "<none>"
+            } else {
+                s(v, "/spec/ingressClassName")
+            };
+            let hosts = joined(
+                arr(v, "/spec/rules").iter().map(|r| {
+                    if s(r, "/host").is_empty() {
+                        "*".to_string()
+                    } else {
+                        s(r, "/host").to_string()
+                    }
+                }),
+                "*",
+            );
+            let addr = joined(
+                arr(v, "/status/loadBalancer/ingress").iter().map(|i| {
+                    if s(i, "/ip").is_empty() {
+                        s(i, "/hostname").to_string()
+                    } else {
+                        s(i, "/ip").to_string()
+                    }
+                }),
+                "",
+            );
+            let ports = if arr(v, "/spec/tls").is_empty() {
+                "80"
+            } else {
+                "80, 443"
+            };
             vec![name, json!(class), json!(hosts), json!(addr), json!(ports), age]
         }
         ("networking.k8s.io", "IngressClass") => {
-            let params = v.pointer("/spec/parameters").map(|p| format!("{}/{}", s(p, "/kind"), s(p, "/name"))).unwrap_or_else(|| "<none>".into());
+            let params = v
+                .pointer("/spec/parameters")
+                .map(|p| format!("{}/{}", s(p, "/kind"), s(p, "/name")))
+                .unwrap_or_else(|| "<none>".into());
             vec![name, json!(s(v, "/spec/controller")), json!(params), age]
         }
         ("coordination.k8s.io", "Lease") => vec![name, json!(s(v, "/spec/holderIdentity")), age],
@@ -280,7 +480,19 @@ mod tests {
     #[test]
     fn ages() {
         let d = |s: i64| human_duration(chrono::Duration::seconds(s));
-        assert_eq!([d(5), d(119), d(182), d(600), d(4 * 3600 + 120), d(20 * 3600), d(50 * 3600), d(400 * 86_400)], ["5s", "119s", "3m2s", "10m", "4h2m", "20h", "2d2h", "400d"]);
+        assert_eq!(
+            [
+                d(5),
+                d(119),
+                d(182),
+                d(600),
+                d(4 * 3600 + 120),
+                d(20 * 3600),
+                d(50 * 3600),
+                d(400 * 86_400)
+            ],
+            ["5s", "119s", "3m2s", "10m", "4h2m", "20h", "2d2h", "400d"]
+        );
     }
 
     #[test]
@@ -293,10 +505,23 @@ mod tests {
                 {"name": "b", "ready": false, "restartCount": 5, "state": {"waiting": {"reason": "CrashLoopBackOff"}},
                  "lastState": {"terminated": {"finishedAt": "2026-01-01T00:09:30Z"}}}]}});
         let c = cells("", "Pod", &crash, now);
-        assert_eq!(&c[..6], &[json!("p"), json!("1/2"), json!("CrashLoopBackOff"), json!("5 (30s ago)"), json!("10m"), json!("10.0.0.5")]);
+        assert_eq!(
+            &c[..6],
+            &[
+                json!("p"),
+                json!("1/2"),
+                json!("CrashLoopBackOff"),
+                json!("5 (30s ago)"),
+                json!("10m"),
+                json!("10.0.0.5")
+            ]
+        );
         let pending = json!({"metadata": {"name": "q", "creationTimestamp": "2026-01-01T00:09:55Z"}, "spec": {"containers": [{"name": "a"}]}, "status": {"phase": "Pending"}});
         let c = cells("", "Pod", &pending, now);
-        assert_eq!(&c[..5], &[json!("q"), json!("0/1"), json!("Pending"), json!("0"), json!("5s")]);
+        assert_eq!(
+            &c[..5],
+            &[json!("q"), json!("0/1"), json!("Pending"), json!("0"), json!("5s")]
+        );
     }
 
     #[test]
@@ -304,9 +529,23 @@ mod tests {
         let now = at("2026-01-01T00:00:30Z");
         let svc = json!({"metadata": {"name": "s", "creationTimestamp": "2026-01-01T00:00:00Z"},
             "spec": {"type": "LoadBalancer", "clusterIP": "10.96.0.10", "ports": [{"port": 80, "protocol": "TCP"}, {"port": 53, "protocol": "UDP"}], "selector": {"app": "x"}}});
-        assert_eq!(cells("", "Service", &svc, now), vec![json!("s"), json!("LoadBalancer"), json!("10.96.0.10"), json!("<pending>"), json!("80/TCP,53/UDP"), json!("30s"), json!("app=x")]);
+        assert_eq!(
+            cells("", "Service", &svc, now),
+            vec![
+                json!("s"),
+                json!("LoadBalancer"),
+                json!("10.96.0.10"),
+                json!("<pending>"),
+                json!("80/TCP,53/UDP"),
+                json!("30s"),
+                json!("app=x")
+            ]
+        );
         let d = json!({"metadata": {"name": "d", "creationTimestamp": "2026-01-01T00:00:00Z"}, "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "x"}},
             "template": {"spec": {"containers": [{"name": "c", "image": "i:1"}]}}}, "status": {"readyReplicas": 2, "updatedReplicas": 3, "availableReplicas": 2}});
-        assert_eq!(&cells("apps", "Deployment", &d, now)[..5], &[json!("d"), json!("2/3"), json!(3), json!(2), json!("30s")]);
+        assert_eq!(
+            &cells("apps", "Deployment", &d, now)[..5],
+            &[json!("d"), json!("2/3"), json!(3), json!(2), json!("30s")]
+        );
     }
 }

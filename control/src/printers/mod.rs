@@ -24,45 +24,138 @@ struct Col {
 }
 
 const fn col(name: &'static str, ty: &'static str, priority: u8, description: &'static str) -> Col {
-    Col { name, ty, priority, description }
+    Col {
+        name,
+        ty,
+        priority,
+        description,
+    }
 }
 
 const NAME: Col = col("Name", "string", 0, "Name must be unique within a namespace.");
-const AGE: Col = col("Age", "string", 0, "CreationTimestamp is a timestamp representing the server time when this object was created.");
+const AGE: Col = col(
+    "Age",
+    "string",
+    0,
+    "CreationTimestamp is a timestamp representing the server time when this object was created.",
+);
 
 fn columns_of(group: &str, kind: &str) -> Vec<Col> {
     match (group, kind) {
         ("", "Pod") => vec![
             NAME,
-            col("Ready", "string", 0, "The aggregate readiness state of this pod for accepting traffic."),
-            col("Status", "string", 0, "The aggregate status of the containers in this pod."),
-            col("Restarts", "string", 0, "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted."),
+            col(
+                "Ready",
+                "string",
+                0,
+                "The aggregate readiness state of this pod for accepting traffic.",
+            ),
+            col(
+                "Status",
+                "string",
+                0,
+                "The aggregate status of the containers in this pod.",
+            ),
+            col(
+                "Restarts",
+                "string",
+                0,
+                "The number of times the containers in this pod have been restarted and when the last container in this pod has restarted.",
+            ),
             AGE,
-            col("IP", "string", 1, "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated."),
-            col("Node", "string", 1, "NodeName is a request to schedule this pod onto a specific node."),
-            col("Nominated Node", "string", 1, "nominatedNodeName is set only when this pod preempts other pods on the node."),
-            col("Readiness Gates", "string", 1, "If specified, all readiness gates will be evaluated for pod readiness."),
+            col(
+                "IP",
+                "string",
+                1,
+                "IP address allocated to the pod. Routable at least within the cluster. Empty if not yet allocated.",
+            ),
+            col(
+                "Node",
+                "string",
+                1,
+                "NodeName is a request to schedule this pod onto a specific node.",
+            ),
+            col(
+                "Nominated Node",
+                "string",
+                1,
+                "nominatedNodeName is set only when this pod preempts other pods on the node.",
+            ),
+            col(
+                "Readiness Gates",
+                "string",
+                1,
+                "If specified, all readiness gates will be evaluated for pod readiness.",
+            ),
         ],
         ("", "Namespace") => vec![NAME, col("Status", "string", 0, "The status of the namespace"), AGE],
         ("", "Service") => vec![
             NAME,
             col("Type", "string", 0, "type determines how the Service is exposed."),
             col("Cluster-IP", "string", 0, "clusterIP is the IP address of the service."),
-            col("External-IP", "string", 0, "externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service."),
+            col(
+                "External-IP",
+                "string",
+                0,
+                "externalIPs is a list of IP addresses for which nodes in the cluster will also accept traffic for this service.",
+            ),
             col("Port(s)", "string", 0, "The ports that are exposed by this service."),
             AGE,
-            col("Selector", "string", 1, "Route service traffic to pods with label keys and values matching this selector."),
+            col(
+                "Selector",
+                "string",
+                1,
+                "Route service traffic to pods with label keys and values matching this selector.",
+            ),
         ],
-        ("", "Endpoints") => vec![NAME, col("Endpoints", "string", 0, "Endpoints is the list of endpoints in this set."), AGE],
-        ("discovery.k8s.io", "EndpointSlice") => vec![
+        ("", "Endpoints") => vec![
             NAME,
-            col("AddressType", "string", 0, "addressType specifies the type of address carried by this EndpointSlice."),
-            col("Ports", "string", 0, "ports specifies the list of network ports exposed by each endpoint in this slice."),
-            col("Endpoints", "string", 0, "endpoints is a list of unique endpoints in this slice."),
+            col(
+                "Endpoints",
+                "string",
+                0,
+                "Endpoints is the list of endpoints in this set.",
+            ),
             AGE,
         ],
-        ("", "ConfigMap") => vec![NAME, col("Data", "string", 0, "Data contains the configuration data."), AGE],
-        ("", "Secret") => vec![NAME, col("Type", "string", 0, "Used to facilitate programmatic handling of secret data."), col("Data", "string", 0, "Data contains the secret data."), AGE],
+        ("discovery.k8s.io", "EndpointSlice") => vec![
+            NAME,
+            col(
+                "AddressType",
+                "string",
+                0,
+                "addressType specifies the type of address carried by this EndpointSlice.",
+            ),
+            col(
+                "Ports",
+                "string",
+                0,
+                "ports specifies the list of network ports exposed by each endpoint in this slice.",
+            ),
+            col(
+                "Endpoints",
+                "string",
+                0,
+                "endpoints is a list of unique endpoints in this slice.",
+            ),
+            AGE,
+        ],
+        ("", "ConfigMap") => vec![
+            NAME,
+            col("Data", "string", 0, "Data contains the configuration data."),
+            AGE,
+        ],
+        ("", "Secret") => vec![
+            NAME,
+            col(
+                "Type",
+                "string",
+                0,
+                "Used to facilitate programmatic handling of secret data.",
+            ),
+            col("Data", "string", 0, "Data contains the secret data."),
+            AGE,
+        ],
         ("", "Node") => vec![
             NAME,
             col("Status", "string", 0, "The status of the node"),
@@ -71,55 +164,162 @@ fn columns_of(group: &str, kind: &str) -> Vec<Col> {
             col("Version", "string", 0, "Kubelet Version reported by the node."),
             col("Internal-IP", "string", 1, "List of addresses reachable to the node."),
             col("External-IP", "string", 1, "List of addresses reachable to the node."),
-            col("OS-Image", "string", 1, "OS Image reported by the node from /etc/os-release."),
+            col(
+                "OS-Image",
+                "string",
+                1,
+                "OS Image reported by the node from /etc/os-release.",
+            ),
             col("Kernel-Version", "string", 1, "Kernel Version reported by the node."),
-            col("Container-Runtime", "string", 1, "Container Runtime Version reported by the node."),
+            col(
+                "Container-Runtime",
+                "string",
+                1,
+                "Container Runtime Version reported by the node.",
+            ),
         ],
         ("", "Event") => vec![
-            col("Last Seen", "string", 0, "The time at which the most recent occurrence of this event was recorded."),
+            col(
+                "Last Seen",
+                "string",
+                0,
+                "The time at which the most recent occurrence of this event was recorded.",
+            ),
             col("Type", "string", 0, "Type of this event (Normal, Warning)."),
-            col("Reason", "string", 0, "This should be a short, machine understandable string that gives the reason for the transition into the object's current status."),
+            col(
+                "Reason",
+                "string",
+                0,
+                "This should be a short, machine understandable string that gives the reason for the transition into the object's current status.",
+            ),
             col("Object", "string", 0, "The object that this event is about."),
-            col("Message", "string", 0, "A human-readable description of the status of this operation."),
+            col(
+                "Message",
+                "string",
+                0,
+                "A human-readable description of the status of this operation.",
+            ),
         ],
-        ("", "ServiceAccount") => vec![NAME, col("Secrets", "string", 0, "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use."), AGE],
+        ("", "ServiceAccount") => vec![
+            NAME,
+            col(
+                "Secrets",
+                "string",
+                0,
+                "Secrets is a list of the secrets in the same namespace that pods running using this ServiceAccount are allowed to use.",
+            ),
+            AGE,
+        ],
         ("apps", "Deployment") => vec![
             NAME,
             col("Ready", "string", 0, "Number of the pod with ready state"),
-            col("Up-to-date", "string", 0, "Total number of non-terminated pods targeted by this deployment that have the desired template spec."),
-            col("Available", "string", 0, "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment."),
+            col(
+                "Up-to-date",
+                "string",
+                0,
+                "Total number of non-terminated pods targeted by this deployment that have the desired template spec.",
+            ),
+            col(
+                "Available",
+                "string",
+                0,
+                "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
+            ),
             AGE,
             col("Containers", "string", 1, "Names of each container in the template."),
-            col("Images", "string", 1, "Images referenced by each container in the template."),
-            col("Selector", "string", 1, "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment."),
+            col(
+                "Images",
+                "string",
+                1,
+                "Images referenced by each container in the template.",
+            ),
+            col(
+                "Selector",
+                "string",
+                1,
+                "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.",
+            ),
         ],
         ("apps", "ReplicaSet") => vec![
             NAME,
             col("Desired", "integer", 0, "Replicas is the number of desired replicas."),
-            col("Current", "integer", 0, "Replicas is the most recently observed number of replicas."),
-            col("Ready", "integer", 0, "The number of ready replicas for this replica set."),
+            col(
+                "Current",
+                "integer",
+                0,
+                "Replicas is the most recently observed number of replicas.",
+            ),
+            col(
+                "Ready",
+                "integer",
+                0,
+                "The number of ready replicas for this replica set.",
+            ),
             AGE,
             col("Containers", "string", 1, "Names of each container in the template."),
-            col("Images", "string", 1, "Images referenced by each container in the template."),
-            col("Selector", "string", 1, "Selector is a label query over pods that should match the replica count."),
+            col(
+                "Images",
+                "string",
+                1,
+                "Images referenced by each container in the template.",
+            ),
+            col(
+                "Selector",
+                "string",
+                1,
+                "Selector is a label query over pods that should match the replica count.",
+            ),
         ],
         ("networking.k8s.io", "Ingress") => vec![
             NAME,
-            col("Class", "string", 0, "ingressClassName is the name of an IngressClass cluster resource."),
-            col("Hosts", "string", 0, "Hosts that incoming requests are matched against before the ingress rule"),
-            col("Address", "string", 0, "Address is a list containing ingress points for the load-balancer"),
+            col(
+                "Class",
+                "string",
+                0,
+                "ingressClassName is the name of an IngressClass cluster resource.",
+            ),
+            col(
+                "Hosts",
+                "string",
+                0,
+                "Hosts that incoming requests are matched against before the ingress rule",
+            ),
+            col(
+                "Address",
+                "string",
+                0,
+                "Address is a list containing ingress points for the load-balancer",
+            ),
             col("Ports", "string", 0, "Ports of TLS configurations that open"),
             AGE,
         ],
         ("networking.k8s.io", "IngressClass") => vec![
             NAME,
-            col("Controller", "string", 0, "Controller that is responsible for handling this class"),
-            col("Parameters", "string", 0, "A reference to a resource with additional parameters"),
+            col(
+                "Controller",
+                "string",
+                0,
+                "Controller that is responsible for handling this class",
+            ),
+            col(
+                "Parameters",
+                "string",
+                0,
+                "A reference to a resource with additional parameters",
+            ),
             AGE,
         ],
         ("coordination.k8s.io", "Lease") => vec![NAME, col("Holder", "string", 0, "The holder of the lease"), AGE],
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
-            vec![NAME, col("Created At", "date", 0, "The time the CustomResourceDefinition was created.")]
+            vec![
+                NAME,
+                col(
+                    "Created At",
+                    "date",
+                    0,
+                    "The time the CustomResourceDefinition was created.",
+                ),
+            ]
         }
         _ => vec![NAME, AGE],
     }
@@ -164,15 +364,33 @@ fn row(cells: Vec<Value>, item: &Value, include: IncludeObject) -> Value {
 }
 
 /// A Table of built-in objects.
-pub fn table(group: &str, kind: &str, items: &[Value], include: IncludeObject, now: DateTime<Utc>, list_meta: Value) -> Value {
-    let rows = items.iter().map(|i| row(cells::cells(group, kind, i, now), i, include)).collect();
+pub fn table(
+    group: &str,
+    kind: &str,
+    items: &[Value],
+    include: IncludeObject,
+    now: DateTime<Utc>,
+    list_meta: Value,
+) -> Value {
+    let rows = items
+        .iter()
+        .map(|i| row(cells::cells(group, kind, i, now), i, include))
+        .collect();
     table_of(columns(group, kind), rows, list_meta)
 }
 
 /// A Table of custom resources with the CRD version's `additionalPrinterColumns`.
-pub fn custom_table(items: &[Value], printer_columns: &Value, include: IncludeObject, now: DateTime<Utc>, list_meta: Value) -> Value {
+pub fn custom_table(
+    items: &[Value],
+    printer_columns: &Value,
+    include: IncludeObject,
+    now: DateTime<Utc>,
+    list_meta: Value,
+) -> Value {
     let extra = printer_columns.as_array().cloned().unwrap_or_default();
-    let mut defs = vec![json!({"name": "Name", "type": "string", "format": "name", "description": NAME.description, "priority": 0})];
+    let mut defs = vec![
+        json!({"name": "Name", "type": "string", "format": "name", "description": NAME.description, "priority": 0}),
+    ];
     for c in &extra {
         defs.push(json!({
             "name": c.get("name").cloned().unwrap_or(json!("")),
@@ -182,7 +400,9 @@ pub fn custom_table(items: &[Value], printer_columns: &Value, include: IncludeOb
             "priority": c.get("priority").cloned().unwrap_or(json!(0)),
         }));
     }
-    let has_age = extra.iter().any(|c| c.get("jsonPath").and_then(Value::as_str) == Some(".metadata.creationTimestamp"));
+    let has_age = extra
+        .iter()
+        .any(|c| c.get("jsonPath").and_then(Value::as_str) == Some(".metadata.creationTimestamp"));
     if !has_age {
         defs.push(json!({"name": "Age", "type": "date", "format": "", "description": AGE.description, "priority": 0}));
     }

@@ -57,13 +57,25 @@ impl Store {
         for (key, bytes, rev) in loaded.objects {
             let obj: Value = serde_json::from_slice(&bytes)
                 .map_err(|e| StoreError::Backend(format!("corrupt object {key}: {e}")))?;
-            objects.insert(key, Stored { obj: Arc::new(obj), rev });
+            objects.insert(
+                key,
+                Stored {
+                    obj: Arc::new(obj),
+                    rev,
+                },
+            );
         }
         let mut history = VecDeque::with_capacity(loaded.events.len());
         for (rev, kind, key, bytes) in loaded.events {
             let obj: Value = serde_json::from_slice(&bytes)
                 .map_err(|e| StoreError::Backend(format!("corrupt change {rev}: {e}")))?;
-            history.push_back(Arc::new(Event { rev, kind, key, obj: Arc::new(obj), prev: None }));
+            history.push_back(Arc::new(Event {
+                rev,
+                kind,
+                key,
+                obj: Arc::new(obj),
+                prev: None,
+            }));
         }
         let oldest_resumable = history.front().map(|e| e.rev - 1).unwrap_or(loaded.revision);
         let state = Arc::new(RwLock::new(State {
@@ -75,7 +87,11 @@ impl Store {
         }));
         let (events, _) = broadcast::channel(16_384);
         let (writes, rx) = mpsc::channel(8_192);
-        let writer = Writer { state: state.clone(), events: events.clone(), backend: Box::new(backend) };
+        let writer = Writer {
+            state: state.clone(),
+            events: events.clone(),
+            backend: Box::new(backend),
+        };
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run(rx))
@@ -93,7 +109,10 @@ impl Store {
     /// Commit one write durably; returns the object as stored (absent fields filled).
     pub async fn write(&self, write: Write) -> Result<Stored, StoreError> {
         let (reply, rx) = oneshot::channel();
-        self.writes.send(Request { write, reply }).await.map_err(|_| StoreError::Closed)?;
+        self.writes
+            .send(Request { write, reply })
+            .await
+            .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -135,7 +154,11 @@ impl Store {
             }
             out.push((key, stored));
         }
-        let next = if has_more { out.last().map(|(k, _)| (*k).clone()) } else { None };
+        let next = if has_more {
+            out.last().map(|(k, _)| (*k).clone())
+        } else {
+            None
+        };
         (out.into_iter().map(|(_, s)| s.clone()).collect(), state.revision, next)
     }
 
@@ -143,17 +166,31 @@ impl Store {
     pub fn watch(&self, prefix: &str, from: u64) -> Result<Watch, StoreError> {
         let state = self.state.read().unwrap();
         if from < state.oldest_resumable {
-            return Err(StoreError::Gone { requested: from, oldest: state.oldest_resumable });
+            return Err(StoreError::Gone {
+                requested: from,
+                oldest: state.oldest_resumable,
+            });
         }
         let backlog: VecDeque<Arc<Event>> = if from < state.revision {
             let start = state.history.partition_point(|e| e.rev <= from);
-            state.history.range(start..).filter(|e| e.key.starts_with(prefix)).cloned().collect()
+            state
+                .history
+                .range(start..)
+                .filter(|e| e.key.starts_with(prefix))
+                .cloned()
+                .collect()
         } else {
             VecDeque::new()
         };
         let rx = self.events.subscribe();
         let last = state.revision.max(from);
-        Ok(Watch { prefix: prefix.to_string(), backlog, rx, last, from })
+        Ok(Watch {
+            prefix: prefix.to_string(),
+            backlog,
+            rx,
+            last,
+            from,
+        })
     }
 }
 
@@ -260,11 +297,21 @@ impl Writer {
                         let obj = Arc::new(obj);
                         overlay.insert(
                             key.clone(),
-                            if kind == EventType::Deleted { None } else { Some((obj.clone(), rev)) },
+                            if kind == EventType::Deleted {
+                                None
+                            } else {
+                                Some((obj.clone(), rev))
+                            },
                         );
                         prevs.push(current.map(|(o, _)| o));
                         results.push(Ok(staged.len()));
-                        staged.push(Staged { kind, key, obj, bytes, rev });
+                        staged.push(Staged {
+                            kind,
+                            key,
+                            obj,
+                            bytes,
+                            rev,
+                        });
                     }
                     Err(e) => results.push(Err(e)),
                 }
@@ -273,7 +320,12 @@ impl Writer {
         if !staged.is_empty() {
             let mutations: Vec<Mutation<'_>> = staged
                 .iter()
-                .map(|s| Mutation { rev: s.rev, kind: s.kind, key: &s.key, bytes: &s.bytes })
+                .map(|s| Mutation {
+                    rev: s.rev,
+                    kind: s.kind,
+                    key: &s.key,
+                    bytes: &s.bytes,
+                })
                 .collect();
             if let Err(e) = self.backend.commit(&mutations, rev) {
                 tracing::error!(error = %e, "store commit failed; the batch is refused");
@@ -290,11 +342,22 @@ impl Writer {
                         state.objects.remove(&s.key);
                     }
                     _ => {
-                        state.objects.insert(s.key.clone(), Stored { obj: s.obj.clone(), rev: s.rev });
+                        state.objects.insert(
+                            s.key.clone(),
+                            Stored {
+                                obj: s.obj.clone(),
+                                rev: s.rev,
+                            },
+                        );
                     }
                 }
-                let event =
-                    Arc::new(Event { rev: s.rev, kind: s.kind, key: s.key.clone(), obj: s.obj.clone(), prev });
+                let event = Arc::new(Event {
+                    rev: s.rev,
+                    kind: s.kind,
+                    key: s.key.clone(),
+                    obj: s.obj.clone(),
+                    prev,
+                });
                 if state.history.len() >= state.history_limit {
                     if let Some(old) = state.history.pop_front() {
                         state.oldest_resumable = old.rev;
@@ -306,7 +369,10 @@ impl Writer {
             state.revision = rev;
         }
         for (req, result) in batch.into_iter().zip(results) {
-            let reply = result.map(|i| Stored { obj: staged[i].obj.clone(), rev: staged[i].rev });
+            let reply = result.map(|i| Stored {
+                obj: staged[i].obj.clone(),
+                rev: staged[i].rev,
+            });
             let _ = req.reply.send(reply);
         }
     }
@@ -356,24 +422,63 @@ mod tests {
     async fn writes_are_ordered_checked_and_durable() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path());
-        let a = s.write(Write::Create { key: "/g/r/a".into(), obj: obj("a", 1) }).await.unwrap();
+        let a = s
+            .write(Write::Create {
+                key: "/g/r/a".into(),
+                obj: obj("a", 1),
+            })
+            .await
+            .unwrap();
         assert_eq!(a.rev, 1);
         assert_eq!(a.obj["metadata"]["resourceVersion"], "1");
-        assert!(matches!(s.write(Write::Create { key: "/g/r/a".into(), obj: obj("a", 2) }).await, Err(StoreError::AlreadyExists)));
         assert!(matches!(
-            s.write(Write::Update { key: "/g/r/a".into(), obj: obj("a", 2), expect_rev: Some(99) }).await,
+            s.write(Write::Create {
+                key: "/g/r/a".into(),
+                obj: obj("a", 2)
+            })
+            .await,
+            Err(StoreError::AlreadyExists)
+        ));
+        assert!(matches!(
+            s.write(Write::Update {
+                key: "/g/r/a".into(),
+                obj: obj("a", 2),
+                expect_rev: Some(99)
+            })
+            .await,
             Err(StoreError::Conflict { current: 1 })
         ));
-        let b = s.write(Write::Update { key: "/g/r/a".into(), obj: obj("a", 2), expect_rev: Some(1) }).await.unwrap();
+        let b = s
+            .write(Write::Update {
+                key: "/g/r/a".into(),
+                obj: obj("a", 2),
+                expect_rev: Some(1),
+            })
+            .await
+            .unwrap();
         assert_eq!(b.rev, 2);
         // Concurrent writers share commits but each gets its own revision.
-        let writes = (0..100).map(|i| s.write(Write::Create { key: format!("/g/r/x{i:03}"), obj: obj("x", i) }));
-        let revs: Vec<u64> = futures::future::join_all(writes).await.into_iter().map(|r| r.unwrap().rev).collect();
+        let writes = (0..100).map(|i| {
+            s.write(Write::Create {
+                key: format!("/g/r/x{i:03}"),
+                obj: obj("x", i),
+            })
+        });
+        let revs: Vec<u64> = futures::future::join_all(writes)
+            .await
+            .into_iter()
+            .map(|r| r.unwrap().rev)
+            .collect();
         let mut sorted = revs.clone();
         sorted.sort_unstable();
         sorted.dedup();
         assert_eq!(sorted.len(), 100);
-        s.write(Write::Delete { key: "/g/r/a".into(), expect_rev: None }).await.unwrap();
+        s.write(Write::Delete {
+            key: "/g/r/a".into(),
+            expect_rev: None,
+        })
+        .await
+        .unwrap();
         let rev = s.revision();
         drop(s);
         let s = open(dir.path());
@@ -388,9 +493,17 @@ mod tests {
         let backend = super::super::redb::RedbBackend::open(&dir.path().join("s.redb")).unwrap();
         let s = Store::open_with_history(backend, 5).unwrap();
         for i in 0..10 {
-            s.write(Write::Create { key: format!("/g/r/o{i}"), obj: obj("o", i) }).await.unwrap();
+            s.write(Write::Create {
+                key: format!("/g/r/o{i}"),
+                obj: obj("o", i),
+            })
+            .await
+            .unwrap();
         }
-        assert!(matches!(s.watch("/g/r/", 2), Err(StoreError::Gone { requested: 2, .. })));
+        assert!(matches!(
+            s.watch("/g/r/", 2),
+            Err(StoreError::Gone { requested: 2, .. })
+        ));
         let mut w = s.watch("/g/r/", 6).unwrap();
         assert_eq!(w.next().await.unwrap().rev, 7);
     }
@@ -400,9 +513,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path());
         for i in 0..10 {
-            s.write(Write::Create { key: format!("/g/r/ns/o{i}"), obj: obj("o", i) }).await.unwrap();
+            s.write(Write::Create {
+                key: format!("/g/r/ns/o{i}"),
+                obj: obj("o", i),
+            })
+            .await
+            .unwrap();
         }
-        s.write(Write::Create { key: "/g/r2/ns/other".into(), obj: obj("other", 0) }).await.unwrap();
+        s.write(Write::Create {
+            key: "/g/r2/ns/other".into(),
+            obj: obj("other", 0),
+        })
+        .await
+        .unwrap();
         let (page, _, next) = s.list("/g/r/", None, 4, &|_| true);
         assert_eq!(page.len(), 4);
         let (rest, _, end) = s.list("/g/r/", next.as_deref(), 0, &|_| true);
@@ -416,14 +539,30 @@ mod tests {
     async fn watch_resumes_from_history_even_after_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let s = open(dir.path());
-        s.write(Write::Create { key: "/g/r/a".into(), obj: obj("a", 1) }).await.unwrap();
-        s.write(Write::Update { key: "/g/r/a".into(), obj: obj("a", 2), expect_rev: None }).await.unwrap();
+        s.write(Write::Create {
+            key: "/g/r/a".into(),
+            obj: obj("a", 1),
+        })
+        .await
+        .unwrap();
+        s.write(Write::Update {
+            key: "/g/r/a".into(),
+            obj: obj("a", 2),
+            expect_rev: None,
+        })
+        .await
+        .unwrap();
         drop(s);
         let s = open(dir.path());
         let mut w = s.watch("/g/r/", 1).unwrap();
         let e = w.next().await.unwrap();
         assert_eq!((e.rev, e.kind), (2, EventType::Modified));
-        s.write(Write::Delete { key: "/g/r/a".into(), expect_rev: None }).await.unwrap();
+        s.write(Write::Delete {
+            key: "/g/r/a".into(),
+            expect_rev: None,
+        })
+        .await
+        .unwrap();
         let e = w.next().await.unwrap();
         assert_eq!((e.rev, e.kind), (3, EventType::Deleted));
         assert_eq!(e.obj["metadata"]["resourceVersion"], "3");

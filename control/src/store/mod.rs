@@ -54,9 +54,19 @@ pub struct Event {
 /// A write request. Preconditions are checked against the state at commit time.
 #[derive(Debug)]
 pub enum Write {
-    Create { key: String, obj: Value },
-    Update { key: String, obj: Value, expect_rev: Option<u64> },
-    Delete { key: String, expect_rev: Option<u64> },
+    Create {
+        key: String,
+        obj: Value,
+    },
+    Update {
+        key: String,
+        obj: Value,
+        expect_rev: Option<u64>,
+    },
+    Delete {
+        key: String,
+        expect_rev: Option<u64>,
+    },
 }
 
 impl Write {

@@ -29,7 +29,12 @@ impl RedbBackend {
         {
             use std::os::unix::fs::OpenOptionsExt;
             let io = |e: std::io::Error| StoreError::Backend(format!("{}: {e}", path.display()));
-            std::fs::OpenOptions::new().create(true).append(true).mode(crate::private::FILE_MODE).open(path).map_err(io)?;
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .mode(crate::private::FILE_MODE)
+                .open(path)
+                .map_err(io)?;
             crate::private::file(path).map_err(io)?;
         }
         let db = Database::create(path).map_err(backend)?;
@@ -80,7 +85,11 @@ impl Backend for RedbBackend {
             events.push((rev.value(), code_type(code), key.to_string(), bytes.to_vec()));
         }
         events.reverse();
-        Ok(Loaded { revision, objects, events })
+        Ok(Loaded {
+            revision,
+            objects,
+            events,
+        })
     }
 
     fn commit(&mut self, batch: &[Mutation<'_>], revision: u64) -> Result<(), StoreError> {
@@ -97,7 +106,9 @@ impl Backend for RedbBackend {
                         objects.insert(m.key, (m.rev, m.bytes)).map_err(backend)?;
                     }
                 }
-                changes.insert(m.rev, (type_code(m.kind), m.key, m.bytes)).map_err(backend)?;
+                changes
+                    .insert(m.rev, (type_code(m.kind), m.key, m.bytes))
+                    .map_err(backend)?;
             }
             let mut meta = txn.open_table(META).map_err(backend)?;
             meta.insert("revision", revision).map_err(backend)?;

@@ -72,12 +72,22 @@ fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
 fn handler() -> Handler {
     let origin = cluster::origin("cluster.local").expect("a fixed domain");
     let services = [
-        obj(serde_json::json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}})),
-        obj(serde_json::json!({"metadata": {"name": "db", "namespace": "default"}, "spec": {"clusterIP": "None", "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}]}})),
+        obj(
+            serde_json::json!({"metadata": {"name": "web", "namespace": "default"}, "spec": {"clusterIP": "10.96.0.10", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]}}),
+        ),
+        obj(
+            serde_json::json!({"metadata": {"name": "db", "namespace": "default"}, "spec": {"clusterIP": "None", "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}]}}),
+        ),
     ];
-    let slices = [obj(serde_json::json!({"metadata": {"name": "db-x", "namespace": "default", "labels": {"kubernetes.io/service-name": "db"}}, "addressType": "IPv4",
-        "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}], "endpoints": [{"addresses": ["10.0.0.5"], "hostname": "db-0"}, {"addresses": ["10.0.0.6"]}]}))];
-    let pod_zone = LowerName::from(Name::from_ascii("pod").and_then(|n| n.append_domain(&origin)).expect("a fixed name"));
+    let slices = [obj(
+        serde_json::json!({"metadata": {"name": "db-x", "namespace": "default", "labels": {"kubernetes.io/service-name": "db"}}, "addressType": "IPv4",
+        "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}], "endpoints": [{"addresses": ["10.0.0.5"], "hostname": "db-0"}, {"addresses": ["10.0.0.6"]}]}),
+    )];
+    let pod_zone = LowerName::from(
+        Name::from_ascii("pod")
+            .and_then(|n| n.append_domain(&origin))
+            .expect("a fixed name"),
+    );
     let shared = Shared {
         cluster: ArcSwap::from_pointee(cluster::build(&origin, 30, 1, &services, &slices)),
         views: ArcSwap::from_pointee(privatezone::Views::default()),
@@ -85,9 +95,17 @@ fn handler() -> Handler {
         ttl: 30,
         forwarder: Forwarder::new(ForwardConfig::new(Vec::new())),
         generation: AtomicU64::new(0),
-        guard: guard::Guard::new(Vec::new(), guard::RateLimit { per_second: 0, ..guard::RateLimit::default() }),
+        guard: guard::Guard::new(
+            Vec::new(),
+            guard::RateLimit {
+                per_second: 0,
+                ..guard::RateLimit::default()
+            },
+        ),
     };
-    Handler { shared: Arc::new(shared) }
+    Handler {
+        shared: Arc::new(shared),
+    }
 }
 
 thread_local! {
@@ -124,19 +142,34 @@ pub fn packet(data: &[u8]) {
     let mut key = Vec::new();
     let end = query_key(data, &mut key);
     if let Some(end) = end {
-        assert!(end > 12 && end <= data.len() && data[end - 1] == 0, "a name ending at {end}");
+        assert!(
+            end > 12 && end <= data.len() && data[end - 1] == 0,
+            "a name ending at {end}"
+        );
         assert_eq!(key.len(), data.len() - 2);
         let mut again = Vec::new();
         assert_eq!(query_key(&respelled(data, end), &mut again), Some(end));
         assert_eq!(again, key, "another ID or letter case is another key");
     }
     let src: SocketAddr = ASKER.parse().unwrap();
-    let Ok(request) = Request::from_bytes(data.to_vec(), src, Protocol::Udp) else { return };
+    let Ok(request) = Request::from_bytes(data.to_vec(), src, Protocol::Udp) else {
+        return;
+    };
     if let Some(end) = end {
-        let q = request.queries.queries().first().expect("a keyed packet has one question").original();
+        let q = request
+            .queries
+            .queries()
+            .first()
+            .expect("a keyed packet has one question")
+            .original();
         let mut read = q.name().to_bytes().expect("a decoded name encodes");
         read.make_ascii_lowercase();
-        assert_eq!(read, data[12..end].to_ascii_lowercase(), "hickory reads {} where the key has another name", q.name());
+        assert_eq!(
+            read,
+            data[12..end].to_ascii_lowercase(),
+            "hickory reads {} where the key has another name",
+            q.name()
+        );
     }
     if request.metadata.message_type == MessageType::Response {
         return;
@@ -156,7 +189,11 @@ pub fn packet(data: &[u8]) {
     }
     let Some(layout) = layout(&sent, end) else { return };
     let asked = respelled(data, end);
-    let kept = KeptAnswer { bytes: sent.clone().into(), layout, clock: None };
+    let kept = KeptAnswer {
+        bytes: sent.clone().into(),
+        layout,
+        clock: None,
+    };
     let mut out = Vec::new();
     assert!(patch(&kept, &asked, end, &mut out));
     let patched = Message::from_vec(&out).unwrap_or_else(|e| panic!("a patched answer does not decode: {e}"));
@@ -164,11 +201,24 @@ pub fn packet(data: &[u8]) {
     assert_eq!(&out[12..end], &asked[12..end]);
     let mut same = patched.clone();
     same.metadata.id = answer.metadata.id;
-    assert_eq!(same, answer, "patching changed more than the ID and the name's spelling");
-    let spelled = Request::from_bytes(asked.clone(), src, Protocol::Udp).unwrap().queries.queries()[0].original().name().clone();
+    assert_eq!(
+        same, answer,
+        "patching changed more than the ID and the name's spelling"
+    );
+    let spelled = Request::from_bytes(asked.clone(), src, Protocol::Udp)
+        .unwrap()
+        .queries
+        .queries()[0]
+        .original()
+        .name()
+        .clone();
     for r in patched.answers.iter().chain(&patched.additionals) {
         if r.name == spelled {
-            assert_eq!(r.name.to_ascii(), spelled.to_ascii(), "a record owned by the asked name kept the old spelling");
+            assert_eq!(
+                r.name.to_ascii(),
+                spelled.to_ascii(),
+                "a record owned by the asked name kept the old spelling"
+            );
         }
     }
 }
@@ -178,7 +228,9 @@ struct Choices<'a>(&'a [u8]);
 
 impl Choices<'_> {
     fn byte(&mut self) -> u8 {
-        let Some((&b, rest)) = self.0.split_first() else { return 0 };
+        let Some((&b, rest)) = self.0.split_first() else {
+            return 0;
+        };
         self.0 = rest;
         b
     }
@@ -192,10 +244,27 @@ impl Choices<'_> {
 /// letter case, every common type and class, with or without EDNS (versions 0 and 1, sizes
 /// from 0 up), now and then a flag, count or trailing byte that is wrong.
 pub fn query(data: &[u8]) {
-    const LABELS: [&str; 14] = ["web", "db", "db-0", "default", "svc", "cluster", "local", "pod", "10-0-0-5", "fd00--1", "_http", "_tcp", "in-addr", "arpa"];
-    const NAMES: [&[usize]; 8] = [&[0, 3, 4, 5, 6], &[1, 3, 4, 5, 6], &[2, 1, 3, 4, 5, 6], &[8, 3, 7, 5, 6], &[10, 11, 0, 3, 4, 5, 6], &[5, 6], &[9, 3, 7, 5, 6], &[]];
+    const LABELS: [&str; 14] = [
+        "web", "db", "db-0", "default", "svc", "cluster", "local", "pod", "10-0-0-5", "fd00--1", "_http", "_tcp",
+        "in-addr", "arpa",
+    ];
+    const NAMES: [&[usize]; 8] = [
+        &[0, 3, 4, 5, 6],
+        &[1, 3, 4, 5, 6],
+        &[2, 1, 3, 4, 5, 6],
+        &[8, 3, 7, 5, 6],
+        &[10, 11, 0, 3, 4, 5, 6],
+        &[5, 6],
+        &[9, 3, 7, 5, 6],
+        &[],
+    ];
     let mut c = Choices(data);
-    let mut p = vec![c.byte(), c.byte(), [0x01, 0x00, 0x81, 0x20, 0x00][c.below(5)], [0x00, 0x10, 0x20][c.below(3)]];
+    let mut p = vec![
+        c.byte(),
+        c.byte(),
+        [0x01, 0x00, 0x81, 0x20, 0x00][c.below(5)],
+        [0x00, 0x10, 0x20][c.below(3)],
+    ];
     let questions = [1u8, 1, 1, 0, 2][c.below(5)];
     let edns = c.below(3) != 0;
     p.extend_from_slice(&[0, questions, 0, 0, 0, 0, 0, u8::from(edns)]);
@@ -207,7 +276,10 @@ pub fn query(data: &[u8]) {
         };
         for l in labels {
             p.push(l.len() as u8);
-            p.extend(l.bytes().map(|b| if c.below(3) == 0 { b.to_ascii_uppercase() } else { b }));
+            p.extend(
+                l.bytes()
+                    .map(|b| if c.below(3) == 0 { b.to_ascii_uppercase() } else { b }),
+            );
         }
         p.push(0);
         let qtype: u16 = [1, 28, 33, 12, 255, 16, 5, 6, 2, 0, 65535][c.below(11)];

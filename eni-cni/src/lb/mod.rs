@@ -31,12 +31,7 @@ pub const AFFINITY_MAP: &str = "nl_affinity";
 pub const REVNAT_MAP: &str = "nl_revnat";
 pub const STATS_MAP: &str = "nl_lb_stats";
 /// The programs, by the hook each is attached at.
-pub const PROGRAMS: [&str; 4] = [
-    "lb_connect4",
-    "lb_sendmsg4",
-    "lb_recvmsg4",
-    "lb_getpeername4",
-];
+pub const PROGRAMS: [&str; 4] = ["lb_connect4", "lb_sendmsg4", "lb_recvmsg4", "lb_getpeername4"];
 
 /// `enum nl_lb_stat`, in order.
 pub const STATS: [&str; 5] = ["translated", "affinity", "no-endpoint", "reversed", "no-port"];
@@ -164,10 +159,7 @@ pub struct Pins {
 impl Pins {
     pub fn named(name: &str) -> Pins {
         Pins {
-            dir: Path::new(crate::bpf::BPFFS)
-                .join("nodeless")
-                .join("lb")
-                .join(name),
+            dir: Path::new(crate::bpf::BPFFS).join("nodeless").join("lb").join(name),
         }
     }
     fn map(&self, name: &str) -> PathBuf {
@@ -181,14 +173,12 @@ impl Pins {
     }
 
     fn open_map(&self, name: &str) -> Result<Map, LbError> {
-        let data =
-            MapData::from_pin(self.map(name)).map_err(|e| err(&format!("opening {name}"), e))?;
+        let data = MapData::from_pin(self.map(name)).map_err(|e| err(&format!("opening {name}"), e))?;
         Map::from_map_data(data).map_err(|e| err(name, e))
     }
 
     fn complete(&self) -> bool {
-        PROGRAMS.iter().all(|p| self.link(p).exists())
-            && MAPS.iter().all(|m| self.map(m).exists())
+        PROGRAMS.iter().all(|p| self.link(p).exists()) && MAPS.iter().all(|m| self.map(m).exists())
     }
 
     /// Detach the programs and remove every pin; whatever is already gone is skipped.
@@ -229,8 +219,7 @@ impl Pins {
             return Ok(out);
         }
         let services: HashMap<MapData, SvcKey, SvcValue> =
-            HashMap::try_from(self.open_map(SERVICES_MAP)?)
-                .map_err(|e| err("the services map's layout", e))?;
+            HashMap::try_from(self.open_map(SERVICES_MAP)?).map_err(|e| err("the services map's layout", e))?;
         let table = read_table(&services);
         out.push_str(&format!(
             "  services: {} ports on {} addresses (other ports of those addresses: refused)\n",
@@ -238,11 +227,7 @@ impl Pins {
             addresses(&table).len()
         ));
         for (f, e) in &table {
-            let eps: Vec<String> = e
-                .backends
-                .iter()
-                .map(|b| format!("{}:{}", b.addr, b.port))
-                .collect();
+            let eps: Vec<String> = e.backends.iter().map(|b| format!("{}:{}", b.addr, b.port)).collect();
             let affinity = if e.affinity > 0 {
                 format!(" (ClientIP affinity {}s)", e.affinity)
             } else {
@@ -253,19 +238,13 @@ impl Pins {
             } else {
                 eps.join(" ")
             };
-            out.push_str(&format!(
-                "    {}:{}/{}{affinity} -> {eps}\n",
-                f.addr, f.port, f.proto
-            ));
+            out.push_str(&format!("    {}:{}/{}{affinity} -> {eps}\n", f.addr, f.port, f.proto));
         }
-        let stats: PerCpuArray<MapData, u64> = PerCpuArray::try_from(self.open_map(STATS_MAP)?)
-            .map_err(|e| err("the counters' layout", e))?;
+        let stats: PerCpuArray<MapData, u64> =
+            PerCpuArray::try_from(self.open_map(STATS_MAP)?).map_err(|e| err("the counters' layout", e))?;
         out.push_str("  socket calls:\n");
         for (i, name) in STATS.iter().enumerate() {
-            let n: u64 = stats
-                .get(&(i as u32), 0)
-                .map(|v| v.iter().sum())
-                .unwrap_or(0);
+            let n: u64 = stats.get(&(i as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
             out.push_str(&format!("    {name:<16} {n}\n"));
         }
         Ok(out)
@@ -316,13 +295,11 @@ impl Balancer {
             load(&pins, cgroup)?;
         }
         let services: HashMap<MapData, SvcKey, SvcValue> =
-            HashMap::try_from(pins.open_map(SERVICES_MAP)?)
-                .map_err(|e| err("the services map's layout", e))?;
-        let service_ips: HashMap<MapData, AddrKey, u32> =
-            HashMap::try_from(pins.open_map(SERVICE_IPS_MAP)?)
-                .map_err(|e| err("the service addresses map's layout", e))?;
-        let affinity = HashMap::try_from(pins.open_map(AFFINITY_MAP)?)
-            .map_err(|e| err("the affinity map's layout", e))?;
+            HashMap::try_from(pins.open_map(SERVICES_MAP)?).map_err(|e| err("the services map's layout", e))?;
+        let service_ips: HashMap<MapData, AddrKey, u32> = HashMap::try_from(pins.open_map(SERVICE_IPS_MAP)?)
+            .map_err(|e| err("the service addresses map's layout", e))?;
+        let affinity =
+            HashMap::try_from(pins.open_map(AFFINITY_MAP)?).map_err(|e| err("the affinity map's layout", e))?;
         let current = read_table(&services);
         let current_ips = service_ips
             .iter()
@@ -361,8 +338,7 @@ impl Balancer {
                 continue;
             }
             let old_backends: Vec<Backend> = old.map(|o| o.backends.clone()).unwrap_or_default();
-            check_count(entry.backends.len())
-                .map_err(|e| err(&format!("{}:{}", f.addr, f.port), e))?;
+            check_count(entry.backends.len()).map_err(|e| err(&format!("{}:{}", f.addr, f.port), e))?;
             for (i, b) in entry.backends.iter().enumerate() {
                 if old_backends.get(i) != Some(b) {
                     self.services
@@ -475,26 +451,22 @@ fn check_count(n: usize) -> Result<(), String> {
 /// Load the object, pin its maps, attach each program to the cgroup and pin the links.
 fn load(pins: &Pins, cgroup: &Path) -> Result<(), LbError> {
     crate::bpf::ensure_bpffs().map_err(|e| err("the BPF filesystem", e))?;
-    std::fs::create_dir_all(pins.dir.join("links"))
-        .map_err(|e| err("creating the pin directory", e))?;
+    std::fs::create_dir_all(pins.dir.join("links")).map_err(|e| err("creating the pin directory", e))?;
     let result = (|| {
-        let cg = std::fs::File::open(cgroup)
-            .map_err(|e| err(&format!("opening the cgroup {}", cgroup.display()), e))?;
+        let cg =
+            std::fs::File::open(cgroup).map_err(|e| err(&format!("opening the cgroup {}", cgroup.display()), e))?;
         let mut loader = EbpfLoader::new();
         for m in MAPS {
             loader.map_pin_path(m, pins.map(m));
         }
-        let mut ebpf = loader
-            .load(OBJECT)
-            .map_err(|e| err("loading the object", e))?;
+        let mut ebpf = loader.load(OBJECT).map_err(|e| err("loading the object", e))?;
         for name in PROGRAMS {
             let prog: &mut CgroupSockAddr = ebpf
                 .program_mut(name)
                 .ok_or_else(|| err("the object has no program", name))?
                 .try_into()
                 .map_err(|e| err("the program's type", e))?;
-            prog.load()
-                .map_err(|e| err(&format!("loading {name} (verifier)"), e))?;
+            prog.load().map_err(|e| err(&format!("loading {name} (verifier)"), e))?;
             let id = prog
                 .attach(&cg, CgroupAttachMode::Single)
                 .map_err(|e| err(&format!("attaching {name} to {}", cgroup.display()), e))?;
@@ -503,8 +475,7 @@ fn load(pins: &Pins, cgroup: &Path) -> Result<(), LbError> {
                 .map_err(|e| err("taking the link", e))?
                 .try_into()
                 .map_err(|e| err("the link's kind", e))?;
-            link.pin(pins.link(name))
-                .map_err(|e| err("pinning the link", e))?;
+            link.pin(pins.link(name)).map_err(|e| err("pinning the link", e))?;
         }
         Ok(())
     })();
@@ -550,8 +521,7 @@ mod tests {
         let _: HashMap<&MapData, SvcKey, SvcValue> =
             HashMap::try_from(ebpf.map(SERVICES_MAP).expect("services")).expect("services layout");
         let _: HashMap<&MapData, AddrKey, u32> =
-            HashMap::try_from(ebpf.map(SERVICE_IPS_MAP).expect("service addresses"))
-                .expect("service addresses layout");
+            HashMap::try_from(ebpf.map(SERVICE_IPS_MAP).expect("service addresses")).expect("service addresses layout");
         let _: HashMap<&MapData, AffinityKey, [u8; AFFINITY_VALUE_SIZE]> =
             HashMap::try_from(ebpf.map(AFFINITY_MAP).expect("affinity")).expect("affinity layout");
         let _: HashMap<&MapData, [u8; REVNAT_KEY_SIZE], [u8; REVNAT_VALUE_SIZE]> =

@@ -113,12 +113,7 @@ pub fn build(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Table 
                 continue;
             };
             let f = found
-                .entry((
-                    ns.clone(),
-                    svc.clone(),
-                    port.name.clone().unwrap_or_default(),
-                    proto,
-                ))
+                .entry((ns.clone(), svc.clone(), port.name.clone().unwrap_or_default(), proto))
                 .or_default();
             for ep in slice.endpoints.iter().flatten() {
                 let c = ep.conditions.as_ref();
@@ -175,10 +170,7 @@ pub fn build(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Table 
             0
         };
         for port in spec.ports.iter().flatten() {
-            let (Ok(number), Some(proto)) = (
-                u16::try_from(port.port),
-                Proto::parse(port.protocol.as_deref()),
-            ) else {
+            let (Ok(number), Some(proto)) = (u16::try_from(port.port), Proto::parse(port.protocol.as_deref())) else {
                 continue;
             };
             let key = (
@@ -227,8 +219,7 @@ struct FileRow {
 /// A table from a JSON file: `[{"address", "port", "protocol" ("TCP" or "UDP"), "endpoints":
 /// ["ip:port", …], "affinity": seconds}]`. Errors name the row and field.
 pub fn read_file(path: &std::path::Path) -> anyhow::Result<Table> {
-    let text =
-        std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
+    let text = std::fs::read(path).map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
     parse_file(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))
 }
 
@@ -267,10 +258,7 @@ pub fn parse_file(text: &[u8]) -> Result<Table, String> {
             )
             .is_some()
         {
-            return Err(format!(
-                "[{i}]: {}:{}/{proto} is listed twice",
-                f.addr, f.port
-            ));
+            return Err(format!("[{i}]: {}:{}/{proto} is listed twice", f.addr, f.port));
         }
     }
     Ok(table)
@@ -339,11 +327,7 @@ mod tests {
         assert_eq!(t.len(), 2);
         assert_eq!(
             t[&fe("10.96.0.10", 80, Proto::Tcp)].backends,
-            vec![
-                be("10.66.0.2", 8080),
-                be("10.66.0.3", 8080),
-                be("10.66.0.4", 8080)
-            ]
+            vec![be("10.66.0.2", 8080), be("10.66.0.3", 8080), be("10.66.0.4", 8080)]
         );
         assert_eq!(
             t[&fe("10.96.0.10", 53, Proto::Udp)].backends,
@@ -382,13 +366,10 @@ mod tests {
         );
         let e = parse_file(br#"[{"address": "10.96.0.1", "port": 70000}]"#).unwrap_err();
         assert!(e.starts_with("[0].port"), "{e}");
-        let e = parse_file(br#"[{"address": "10.96.0.1", "port": 7, "protocol": "SCTP"}]"#)
-            .unwrap_err();
+        let e = parse_file(br#"[{"address": "10.96.0.1", "port": 7, "protocol": "SCTP"}]"#).unwrap_err();
         assert!(e.contains("[0].protocol"), "{e}");
-        let e = parse_file(
-            br#"[{"address": "10.96.0.1", "port": 7}, {"address": "10.96.0.1", "port": 7}]"#,
-        )
-        .unwrap_err();
+        let e =
+            parse_file(br#"[{"address": "10.96.0.1", "port": 7}, {"address": "10.96.0.1", "port": 7}]"#).unwrap_err();
         assert!(e.contains("twice"), "{e}");
     }
 

@@ -21,18 +21,12 @@ pub async fn run(client: kube::Client, mut lb: Balancer) {
     let (slices, slice_writer) = reflector::store::<EndpointSlice>();
     let svc_stream = reflector(
         svc_writer,
-        watcher(
-            Api::<Service>::all(client.clone()),
-            watcher::Config::default(),
-        ),
+        watcher(Api::<Service>::all(client.clone()), watcher::Config::default()),
     )
     .default_backoff();
     let slice_stream = reflector(
         slice_writer,
-        watcher(
-            Api::<EndpointSlice>::all(client),
-            watcher::Config::default(),
-        ),
+        watcher(Api::<EndpointSlice>::all(client), watcher::Config::default()),
     )
     .default_backoff();
     let mut events = futures::stream::select(
@@ -54,11 +48,7 @@ pub async fn run(client: kube::Client, mut lb: Balancer) {
         let table = super::table::build(&services.state(), &slices.state());
         match lb.sync(&table) {
             Ok(0) => {}
-            Ok(n) => tracing::debug!(
-                changed = n,
-                services = table.len(),
-                "service load balancer synced"
-            ),
+            Ok(n) => tracing::debug!(changed = n, services = table.len(), "service load balancer synced"),
             Err(e) => tracing::warn!(error = %e, "syncing the service load balancer"),
         }
     }

@@ -11,7 +11,11 @@ use super::{CniError, CniResult, NetConf, SUPPORTED, code};
 const CONFIG_CODES: [u32; 3] = [code::INCOMPATIBLE_VERSION, code::DECODE, code::INVALID_CONFIG];
 
 fn check_error(e: &CniError) {
-    assert!(CONFIG_CODES.contains(&e.code), "a config refused with code {}: {e}", e.code);
+    assert!(
+        CONFIG_CODES.contains(&e.code),
+        "a config refused with code {}: {e}",
+        e.code
+    );
     assert!(!e.msg.is_empty());
     let v = e.to_json("1.1.0");
     assert_eq!(v["code"], json!(e.code));
@@ -20,11 +24,14 @@ fn check_error(e: &CniError) {
 
 /// A result read back is the result written, in every version the plugin writes.
 fn check_result(prev: &Value) {
-    let Ok(result) = CniResult::from_value(prev) else { return };
+    let Ok(result) = CniResult::from_value(prev) else {
+        return;
+    };
     for version in SUPPORTED {
         let written = result.to_json(version);
         assert_eq!(written["cniVersion"], version);
-        let back = CniResult::from_value(&written).unwrap_or_else(|e| panic!("a result written as {version} does not read back: {e}: {written}"));
+        let back = CniResult::from_value(&written)
+            .unwrap_or_else(|e| panic!("a result written as {version} does not read back: {e}: {written}"));
         assert_eq!(back, result, "{version}");
     }
 }
@@ -58,7 +65,9 @@ struct Choices<'a>(&'a [u8]);
 
 impl Choices<'_> {
     fn byte(&mut self) -> u8 {
-        let Some((&b, rest)) = self.0.split_first() else { return 0 };
+        let Some((&b, rest)) = self.0.split_first() else {
+            return 0;
+        };
         self.0 = rest;
         b
     }
@@ -74,13 +83,28 @@ impl Choices<'_> {
 
 /// A `prevResult` from choices: interfaces, addresses (v4, v6, bad), routes and DNS.
 fn prev_result(c: &mut Choices<'_>) -> Value {
-    let addresses = [json!("10.0.0.2/32"), json!("fd00::2/128"), json!("10.0.0.2"), json!("10.0.0.2/33"), json!(7), json!("::/0")];
+    let addresses = [
+        json!("10.0.0.2/32"),
+        json!("fd00::2/128"),
+        json!("10.0.0.2"),
+        json!("10.0.0.2/33"),
+        json!(7),
+        json!("::/0"),
+    ];
     let mut ips = Vec::new();
     for _ in 0..c.below(3) {
         let mut ip = json!({"address": c.value(&addresses)});
         match c.below(4) {
             0 => ip["gateway"] = c.value(&[json!("169.254.1.1"), json!("fe80::1"), json!("x")]),
-            1 => ip["interface"] = c.value(&[json!(0), json!(1), json!(-1), json!(18446744073709551615u64), json!("0")]),
+            1 => {
+                ip["interface"] = c.value(&[
+                    json!(0),
+                    json!(1),
+                    json!(-1),
+                    json!(18446744073709551615u64),
+                    json!("0"),
+                ])
+            }
             2 => ip["version"] = c.value(&[json!("4"), json!("6")]),
             _ => {}
         }
@@ -101,24 +125,82 @@ pub fn config_fields(data: &[u8]) {
     let mut c = Choices(data);
     let mut v = json!({});
     let fields: [(&str, Vec<Value>); 14] = [
-        ("cniVersion", vec![json!("1.1.0"), json!("1.0.0"), json!("0.4.0"), json!("0.3.1"), json!("1.1"), json!(1), json!("")]),
-        ("name", vec![json!("pods"), json!("-x"), json!(""), json!("a b"), json!("p.o_d-s"), json!("é"), json!(null)]),
+        (
+            "cniVersion",
+            vec![
+                json!("1.1.0"),
+                json!("1.0.0"),
+                json!("0.4.0"),
+                json!("0.3.1"),
+                json!("1.1"),
+                json!(1),
+                json!(""),
+            ],
+        ),
+        (
+            "name",
+            vec![
+                json!("pods"),
+                json!("-x"),
+                json!(""),
+                json!("a b"),
+                json!("p.o_d-s"),
+                json!("é"),
+                json!(null),
+            ],
+        ),
         ("type", vec![json!("eni-cni"), json!(3)]),
-        ("mode", vec![json!("veth"), json!("host"), json!("ipvlan"), json!("macvlan"), json!("bridge"), json!("VETH")]),
-        ("mtu", vec![json!(1500), json!(67), json!(68), json!(65535), json!(65536), json!(-1), json!(1e3), json!("1500")]),
+        (
+            "mode",
+            vec![
+                json!("veth"),
+                json!("host"),
+                json!("ipvlan"),
+                json!("macvlan"),
+                json!("bridge"),
+                json!("VETH"),
+            ],
+        ),
+        (
+            "mtu",
+            vec![
+                json!(1500),
+                json!(67),
+                json!(68),
+                json!(65535),
+                json!(65536),
+                json!(-1),
+                json!(1e3),
+                json!("1500"),
+            ],
+        ),
         ("parent", vec![json!("eth0"), json!(""), json!(null)]),
         ("hostIP", vec![json!("10.0.0.1"), json!("::1"), json!("10.0.0.256")]),
         ("pool", vec![json!("/run/x.sock"), json!(""), json!(1)]),
         ("clusterDNS", vec![json!("10.66.0.10"), json!("dns")]),
         ("allowNodeAccess", vec![json!(true), json!("yes")]),
         ("fastPath", vec![json!(false), json!(0)]),
-        ("dns", vec![json!({"nameservers": ["1.1.1.1"]}), json!({"search": "x"}), json!([])]),
-        ("cni.dev/valid-attachments", vec![json!([{"containerID": "c", "ifname": "eth0"}]), json!([{"containerID": 1}]), json!({})]),
+        (
+            "dns",
+            vec![json!({"nameservers": ["1.1.1.1"]}), json!({"search": "x"}), json!([])],
+        ),
+        (
+            "cni.dev/valid-attachments",
+            vec![
+                json!([{"containerID": "c", "ifname": "eth0"}]),
+                json!([{"containerID": 1}]),
+                json!({}),
+            ],
+        ),
         ("prevResult", vec![]),
     ];
     for _ in 0..1 + c.below(16) {
         let (name, values) = &fields[c.below(fields.len())];
-        v[*name] = if values.is_empty() { prev_result(&mut c) } else { c.value(values) };
+        v[*name] = if values.is_empty() {
+            prev_result(&mut c)
+        } else {
+            c.value(values)
+        };
     }
     // Usually the three required fields, so that the rest is looked at.
     if c.below(4) != 0 {

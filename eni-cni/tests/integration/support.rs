@@ -22,7 +22,11 @@ pub fn root() -> bool {
 
 pub fn run(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().expect("iproute2");
-    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Everything a test made on the host, removed on drop (pass or fail): the namespaces (their
@@ -38,7 +42,11 @@ impl Scene {
     /// A scene for one test: names unique to this process and `tag`.
     pub fn new(tag: &str) -> Scene {
         let id = std::process::id() % 100_000;
-        Scene { network: format!("nl{tag}{id}"), namespaces: Vec::new(), node_link: format!("nl{tag}d{id}") }
+        Scene {
+            network: format!("nl{tag}{id}"),
+            namespaces: Vec::new(),
+            node_link: format!("nl{tag}d{id}"),
+        }
     }
 
     /// A network namespace of the scene's, by a short name.
@@ -52,7 +60,10 @@ impl Scene {
 
 impl Drop for Scene {
     fn drop(&mut self) {
-        let _ = Command::new("ip").args(["link", "del", &self.node_link]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.node_link])
+            .stderr(Stdio::null())
+            .status();
         for ns in &self.namespaces {
             let _ = Command::new("ip").args(["netns", "delete", ns]).status();
         }
@@ -95,29 +106,51 @@ pub fn plumb(rt: &tokio::runtime::Runtime, network: &str, ns: &str, name: &str, 
     let (pair, address) = rt.block_on(async {
         let host = datapath::host().unwrap();
         datapath::enable_forwarding().unwrap();
-        let (pair, pod) = datapath::veth_create(&host, datapath::inside_async(&file), &file, &host_ifname, ifname, None).await.unwrap();
+        let (pair, pod) =
+            datapath::veth_create(&host, datapath::inside_async(&file), &file, &host_ifname, ifname, None)
+                .await
+                .unwrap();
         let address = datapath::veth_address(&host, &pod, &pair, ip).await.unwrap();
         (pair, address)
     });
     let mut mac = [0u8; 6];
     mac.copy_from_slice(&address.pod_mac);
-    let endpoint = PodEndpoint { ifindex: pair.host_ifindex, mac, sandbox: bpf::sandbox_of(&file) };
-    Pod { ns: ns.to_string(), host_ifname, ip, endpoint }
+    let endpoint = PodEndpoint {
+        ifindex: pair.host_ifindex,
+        mac,
+        sandbox: bpf::sandbox_of(&file),
+    };
+    Pod {
+        ns: ns.to_string(),
+        host_ifname,
+        ip,
+        endpoint,
+    }
 }
 
 /// Make a pod: namespace, veth pair, address, host route; then the datapath, as ADD and the
 /// pool do.
-pub fn pod(rt: &tokio::runtime::Runtime, scene: &mut Scene, pins: &Pins, name: &str, ip: Ipv4Addr, walls: Walls) -> Pod {
+pub fn pod(
+    rt: &tokio::runtime::Runtime,
+    scene: &mut Scene,
+    pins: &Pins,
+    name: &str,
+    ip: Ipv4Addr,
+    walls: Walls,
+) -> Pod {
     let ns = scene.namespace(name);
     let pod = plumb(rt, &scene.network, &ns, name, "eth0", ip);
-    pins.attach(&pod.host_ifname, ip, pod.endpoint, false, walls).expect("attaching the datapath");
+    pins.attach(&pod.host_ifname, ip, pod.endpoint, false, walls)
+        .expect("attaching the datapath");
     pod
 }
 
 /// A counter from `show`.
 pub fn counter(pins: &Pins, name: &str) -> u64 {
     let show = pins.show().unwrap();
-    show.lines().find_map(|l| l.trim().strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+    show.lines()
+        .find_map(|l| l.trim().strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
 }
 
 /// Datagrams that reach `socket` within WAIT of each other.

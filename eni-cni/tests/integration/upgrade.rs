@@ -27,7 +27,10 @@ fn pins_of_an_older_layout_are_replaced_with_their_pods_kept() {
     let mut scene = Scene::new("u");
     let pins = Pins::for_network(&scene.network);
     let subnet = |last: u8| Ipv4Addr::new(10, 248, k, last);
-    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     let walls = Walls::default();
 
     // Three pods plumbed and attached the way the older eni-cni did, its pins left behind.
@@ -61,8 +64,14 @@ fn pins_of_an_older_layout_are_replaced_with_their_pods_kept() {
     prog.pin(pins.dir.join("from_pod")).unwrap();
     for p in &old {
         tc::qdisc_add_clsact(&p.host_ifname).unwrap();
-        let options = TcAttachOptions::Netlink(NlOptions { priority: 1, handle: TcHandle::new(0, 1), classid: None });
-        let id = prog.attach_with_options(&p.host_ifname, TcAttachType::Ingress, options).unwrap();
+        let options = TcAttachOptions::Netlink(NlOptions {
+            priority: 1,
+            handle: TcHandle::new(0, 1),
+            classid: None,
+        });
+        let id = prog
+            .attach_with_options(&p.host_ifname, TcAttachType::Ingress, options)
+            .unwrap();
         std::mem::forget(prog.take_link(id).unwrap());
         prog.pin(pins.dir.join("links").join(&p.host_ifname)).unwrap();
     }
@@ -71,21 +80,37 @@ fn pins_of_an_older_layout_are_replaced_with_their_pods_kept() {
 
     // Read as they are: show, CHECK and DEL work on the older layout.
     let show = pins.show().unwrap();
-    assert!(show.contains(&format!("{:<15} ifindex {:<6}", a.ip, a.endpoint.ifindex)) && show.contains("sandbox unknown"), "{show}");
-    pins.check(&a.host_ifname, a.ip, a.endpoint.ifindex).expect("CHECK on the older pins");
+    assert!(
+        show.contains(&format!("{:<15} ifindex {:<6}", a.ip, a.endpoint.ifindex)) && show.contains("sandbox unknown"),
+        "{show}"
+    );
+    pins.check(&a.host_ifname, a.ip, a.endpoint.ifindex)
+        .expect("CHECK on the older pins");
     pins.detach(&z.host_ifname, Some(z.ip)).expect("DEL on the older pins");
-    assert!(!pins.show().unwrap().contains(&format!("{} ", z.ip)), "{}", pins.show().unwrap());
+    assert!(
+        !pins.show().unwrap().contains(&format!("{} ", z.ip)),
+        "{}",
+        pins.show().unwrap()
+    );
 
     // The next ADD's attach replaces them: the pods kept (without a sandbox), the new pod
     // with its own, the new maps pinned.
     let c = pod(&rt, &mut scene, &pins, "c", subnet(4), walls);
     let show = pins.show().unwrap();
     for p in [a, b] {
-        assert!(show.contains(&format!("{:<15} ifindex {:<6}", p.ip, p.endpoint.ifindex)), "{} carried over: {show}", p.ip);
+        assert!(
+            show.contains(&format!("{:<15} ifindex {:<6}", p.ip, p.endpoint.ifindex)),
+            "{} carried over: {show}",
+            p.ip
+        );
     }
     assert!(show.contains(&format!("sandbox {}", c.endpoint.sandbox)), "{show}");
-    assert!(pins.dir.join("nl_host_ends").exists() && pins.walls().unwrap() == walls, "{show}");
-    pins.check(&b.host_ifname, b.ip, b.endpoint.ifindex).expect("CHECK after the upgrade");
+    assert!(
+        pins.dir.join("nl_host_ends").exists() && pins.walls().unwrap() == walls,
+        "{show}"
+    );
+    pins.check(&b.host_ifname, b.ip, b.endpoint.ifindex)
+        .expect("CHECK after the upgrade");
 
     // This build's program now runs on the older pods' host ends: a's packets to b and c are
     // redirected (the older program never did), and a lie from a is dropped and counted.
@@ -97,17 +122,28 @@ fn pins_of_an_older_layout_are_replaced_with_their_pods_kept() {
     let a_ip = a.ip;
     a.run(move || {
         for (from, text) in [(a_ip, "from a"), (c_ip, "from c")] {
-            UdpSocket::bind((from, 0)).unwrap().send_to(text.as_bytes(), to).unwrap();
+            UdpSocket::bind((from, 0))
+                .unwrap()
+                .send_to(text.as_bytes(), to)
+                .unwrap();
             std::thread::sleep(Duration::from_millis(100));
         }
     });
     assert_eq!(received(&listener), vec!["from a".to_string()]);
-    assert!(counter(&pins, "redirected") > redirected, "a -> b through the new program: {}", pins.show().unwrap());
+    assert!(
+        counter(&pins, "redirected") > redirected,
+        "a -> b through the new program: {}",
+        pins.show().unwrap()
+    );
     assert!(counter(&pins, "drop-spoofed") > spoofed, "{}", pins.show().unwrap());
 
     // The last DEL removes everything, the carried-over pods included.
     for p in [a, b, &c] {
         pins.detach(&p.host_ifname, Some(p.ip)).unwrap();
     }
-    assert!(!pins.dir.exists(), "pins left: {:?}", std::fs::read_dir(&pins.dir).map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect::<Vec<_>>()));
+    assert!(
+        !pins.dir.exists(),
+        "pins left: {:?}",
+        std::fs::read_dir(&pins.dir).map(|d| d.filter_map(Result::ok).map(|e| e.file_name()).collect::<Vec<_>>())
+    );
 }

@@ -12,7 +12,7 @@ use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use serde_json::json;
 
-use super::{Chunked, ChunkState, Front, MAX_HEADERS, Plan, content_length};
+use super::{ChunkState, Chunked, Front, MAX_HEADERS, Plan, content_length};
 use crate::metrics::Metrics;
 use crate::routes::{self, Table};
 
@@ -22,14 +22,29 @@ fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
 
 /// A front routing every request for host `h` to 192.0.2.1:80 (never connected to).
 fn front() -> Front {
-    let class = obj(json!({"metadata": {"name": "nodeless", "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}}, "spec": {"controller": "nodeless.io/ingress-l7"}}));
-    let service = obj(json!({"metadata": {"name": "up", "namespace": "default"}, "spec": {"ports": [{"name": "http", "port": 80}]}}));
-    let slice = obj(json!({"metadata": {"name": "up-x", "namespace": "default", "labels": {"kubernetes.io/service-name": "up"}},
-        "addressType": "IPv4", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}], "endpoints": [{"addresses": ["192.0.2.1"]}]}));
-    let ingress = obj(json!({"metadata": {"name": "i", "namespace": "default", "creationTimestamp": "2026-01-01T00:00:00Z"},
-        "spec": {"rules": [{"host": "h", "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "up", "port": {"number": 80}}}}]}}]}}));
+    let class = obj(
+        json!({"metadata": {"name": "nodeless", "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}}, "spec": {"controller": "nodeless.io/ingress-l7"}}),
+    );
+    let service = obj(
+        json!({"metadata": {"name": "up", "namespace": "default"}, "spec": {"ports": [{"name": "http", "port": 80}]}}),
+    );
+    let slice = obj(
+        json!({"metadata": {"name": "up-x", "namespace": "default", "labels": {"kubernetes.io/service-name": "up"}},
+        "addressType": "IPv4", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}], "endpoints": [{"addresses": ["192.0.2.1"]}]}),
+    );
+    let ingress = obj(
+        json!({"metadata": {"name": "i", "namespace": "default", "creationTimestamp": "2026-01-01T00:00:00Z"},
+        "spec": {"rules": [{"host": "h", "http": {"paths": [{"path": "/", "pathType": "Prefix", "backend": {"service": {"name": "up", "port": {"number": 80}}}}]}}]}}),
+    );
     let table: Table = routes::build(&[ingress], &[class], &[service], &[slice], &Table::default());
-    Front { table: Arc::new(ArcSwap::from_pointee(table)), metrics: Arc::new(Metrics::new(0)), scheme: "http", alt_svc: None, h2c: Default::default(), limits: Default::default() }
+    Front {
+        table: Arc::new(ArcSwap::from_pointee(table)),
+        metrics: Arc::new(Metrics::new(0)),
+        scheme: "http",
+        alt_svc: None,
+        h2c: Default::default(),
+        limits: Default::default(),
+    }
 }
 
 thread_local! {
@@ -55,26 +70,65 @@ fn check_head(front: &Front, data: &[u8]) {
     let mut parsed = httparse::Request::new(&mut headers);
     let status = parsed.parse(data);
     match front.plan(data, "192.0.2.7", &mut out) {
-        Ok(None) => assert!(matches!(status, Ok(httparse::Status::Partial)), "an incomplete head that httparse calls {status:?}"),
+        Ok(None) => assert!(
+            matches!(status, Ok(httparse::Status::Partial)),
+            "an incomplete head that httparse calls {status:?}"
+        ),
         Err((code, _)) => assert!((400..500).contains(&code), "a refused head answered with {code}"),
         Ok(Some(req)) => {
-            assert_eq!(status, Ok(httparse::Status::Complete(req.head_len)), "the head's length");
+            assert_eq!(
+                status,
+                Ok(httparse::Status::Complete(req.head_len)),
+                "the head's length"
+            );
             let Plan::Forward(f) = &req.plan else { return };
             let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS + 4];
             let mut fwd = httparse::Request::new(&mut fields);
-            assert_eq!(fwd.parse(&out), Ok(httparse::Status::Complete(out.len())), "the forwarded head: {:?}", String::from_utf8_lossy(&out));
-            assert_eq!((fwd.method, fwd.path, fwd.version), (parsed.method, parsed.path, Some(1)));
-            let kept: Vec<(&str, &[u8])> = parsed.headers.iter().filter(|h| !dropped(h.name)).map(|h| (h.name, h.value)).collect();
+            assert_eq!(
+                fwd.parse(&out),
+                Ok(httparse::Status::Complete(out.len())),
+                "the forwarded head: {:?}",
+                String::from_utf8_lossy(&out)
+            );
+            assert_eq!(
+                (fwd.method, fwd.path, fwd.version),
+                (parsed.method, parsed.path, Some(1))
+            );
+            let kept: Vec<(&str, &[u8])> = parsed
+                .headers
+                .iter()
+                .filter(|h| !dropped(h.name))
+                .map(|h| (h.name, h.value))
+                .collect();
             let sent: Vec<(&str, &[u8])> = fwd.headers.iter().map(|h| (h.name, h.value)).collect();
             assert!(sent.len() >= kept.len() + 3, "fields went missing");
             assert_eq!(&sent[..kept.len()], &kept[..], "the client's fields, in order");
             for name in ["x-forwarded-for", "x-forwarded-proto", "x-request-id"] {
-                assert_eq!(sent.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count(), 1, "{name}");
+                assert_eq!(
+                    sent.iter().filter(|(n, _)| n.eq_ignore_ascii_case(name)).count(),
+                    1,
+                    "{name}"
+                );
             }
-            assert!(!sent.iter().any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding")), "a taken request with a coded body");
-            let declared: Vec<u64> = sent.iter().filter(|(n, _)| n.eq_ignore_ascii_case("content-length")).map(|(_, v)| content_length(v).expect("a checked length")).collect();
-            assert!(declared.iter().all(|&n| n == f.body), "Content-Length {declared:?} but a body of {}", f.body);
-            assert!(!declared.is_empty() || f.body == 0, "a body of {} without a Content-Length", f.body);
+            assert!(
+                !sent.iter().any(|(n, _)| n.eq_ignore_ascii_case("transfer-encoding")),
+                "a taken request with a coded body"
+            );
+            let declared: Vec<u64> = sent
+                .iter()
+                .filter(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                .map(|(_, v)| content_length(v).expect("a checked length"))
+                .collect();
+            assert!(
+                declared.iter().all(|&n| n == f.body),
+                "Content-Length {declared:?} but a body of {}",
+                f.body
+            );
+            assert!(
+                !declared.is_empty() || f.body == 0,
+                "a body of {} without a Content-Length",
+                f.body
+            );
         }
     }
 }
@@ -84,7 +138,9 @@ struct Choices<'a>(&'a [u8]);
 
 impl Choices<'_> {
     fn byte(&mut self) -> u8 {
-        let Some((&b, rest)) = self.0.split_first() else { return 0 };
+        let Some((&b, rest)) = self.0.split_first() else {
+            return 0;
+        };
         self.0 = rest;
         b
     }
@@ -107,9 +163,40 @@ impl Choices<'_> {
 /// length that is not plain digits, two that differ, or a length beside `Transfer-Encoding` is
 /// a 400, and a head that breaks none of them is never refused for its framing.
 pub fn head_fields(data: &[u8]) {
-    const LENGTHS: [&str; 12] = ["0", "5", " 7 ", "+5", "-1", "0x5", "5,5", "5 5", "007", "18446744073709551615", "18446744073709551616", ""];
-    const CODINGS: [&str; 6] = ["chunked", "gzip", "gzip, chunked", "chunked, gzip", "CHUNKED", " chunked "];
-    const NAMES: [&str; 10] = ["Host", "Connection", "X-Request-Id", "X-Forwarded-For", "Accept", "Content-Length", "Transfer-Encoding", "Upgrade", "Expect", "TE"];
+    const LENGTHS: [&str; 12] = [
+        "0",
+        "5",
+        " 7 ",
+        "+5",
+        "-1",
+        "0x5",
+        "5,5",
+        "5 5",
+        "007",
+        "18446744073709551615",
+        "18446744073709551616",
+        "",
+    ];
+    const CODINGS: [&str; 6] = [
+        "chunked",
+        "gzip",
+        "gzip, chunked",
+        "chunked, gzip",
+        "CHUNKED",
+        " chunked ",
+    ];
+    const NAMES: [&str; 10] = [
+        "Host",
+        "Connection",
+        "X-Request-Id",
+        "X-Forwarded-For",
+        "Accept",
+        "Content-Length",
+        "Transfer-Encoding",
+        "Upgrade",
+        "Expect",
+        "TE",
+    ];
     let mut c = Choices(data);
     let mut text = String::new();
     text.push_str(c.pick(&["GET", "POST", "HEAD", "PUT", "OPTIONS"]));
@@ -148,7 +235,9 @@ pub fn head_fields(data: &[u8]) {
         let mut out = Vec::new();
         let verdict = front.plan(text.as_bytes(), "192.0.2.7", &mut out);
         let digits: Vec<u64> = lengths.iter().flatten().copied().collect();
-        let framing_bad = lengths.iter().any(Option::is_none) || digits.windows(2).any(|w| w[0] != w[1]) || (coded && !lengths.is_empty());
+        let framing_bad = lengths.iter().any(Option::is_none)
+            || digits.windows(2).any(|w| w[0] != w[1])
+            || (coded && !lengths.is_empty());
         if framing_bad {
             assert!(matches!(verdict, Err((400, _))), "{text:?} was not refused");
         }
@@ -157,7 +246,10 @@ pub fn head_fields(data: &[u8]) {
         }
         if let Err((status, why)) = &verdict {
             if !framing_bad && hosts <= 1 && !coded {
-                assert!(!why.contains("Content-Length"), "{text:?} refused for its length ({status}: {why})");
+                assert!(
+                    !why.contains("Content-Length"),
+                    "{text:?} refused for its length ({status}: {why})"
+                );
             }
         }
     });
@@ -188,7 +280,9 @@ fn scan_in_steps(buf: &[u8], step: usize) -> (Option<usize>, Vec<u8>, bool) {
 /// A chunked body from an endpoint (or an HTTP/2 client's request turned HTTP/1.1): scanned
 /// whole or in pieces of any size, the same verdict, the same end and the same data.
 pub fn chunked(data: &[u8]) {
-    let Some((&step, body)) = data.split_first() else { return };
+    let Some((&step, body)) = data.split_first() else {
+        return;
+    };
     let whole = scan_in_steps(body, body.len());
     let pieces = scan_in_steps(body, usize::from(step % 7) + 1);
     if whole.0.is_none() {
@@ -231,7 +325,12 @@ pub fn chunked_encode(data: &[u8]) {
     wire.extend_from_slice(b"GET / HTTP/1.1\r\n");
     for step in [wire.len(), 1, 1 + c.below(13)] {
         let (taken, got, done) = scan_in_steps(&wire, step);
-        assert_eq!((taken, done), (Some(end), true), "{:?} in pieces of {step}", String::from_utf8_lossy(&wire));
+        assert_eq!(
+            (taken, done),
+            (Some(end), true),
+            "{:?} in pieces of {step}",
+            String::from_utf8_lossy(&wire)
+        );
         assert_eq!(got, want);
     }
 }

@@ -22,7 +22,9 @@ struct Choices<'a>(&'a [u8]);
 
 impl Choices<'_> {
     fn byte(&mut self) -> u8 {
-        let Some((&b, rest)) = self.0.split_first() else { return 0 };
+        let Some((&b, rest)) = self.0.split_first() else {
+            return 0;
+        };
         self.0 = rest;
         b
     }
@@ -53,7 +55,11 @@ impl Drop for Sandbox {
 
 impl Sandbox {
     fn new() -> Sandbox {
-        let dir = std::env::temp_dir().join(format!("nodeless-fuzz-{}-{:016x}", std::process::id(), rand::random::<u64>()));
+        let dir = std::env::temp_dir().join(format!(
+            "nodeless-fuzz-{}-{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
         std::fs::create_dir(&dir).expect("a temporary directory");
         let sandbox = Sandbox { dir };
         std::fs::create_dir(sandbox.sentinel()).unwrap();
@@ -72,17 +78,35 @@ impl Sandbox {
     /// The sentinel holds its one file, unchanged, and the sandbox nothing but `expected`.
     fn assert_untouched(&self, expected: &[&str]) {
         let names = |p: &Path| {
-            let mut v: Vec<String> = std::fs::read_dir(p).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+            let mut v: Vec<String> = std::fs::read_dir(p)
+                .unwrap()
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect();
             v.sort();
             v
         };
-        assert_eq!(names(&self.sentinel()), [KEEP], "something was made in the sentinel directory");
+        assert_eq!(
+            names(&self.sentinel()),
+            [KEEP],
+            "something was made in the sentinel directory"
+        );
         let keep = self.sentinel().join(KEEP);
         let meta = std::fs::symlink_metadata(&keep).unwrap();
         assert!(meta.file_type().is_file(), "the sentinel file was replaced");
-        assert_eq!(std::fs::read(&keep).unwrap(), KEEP_TEXT, "the sentinel file was written");
-        assert!(xattr::get(self.sentinel(), "trusted.overlay.opaque").unwrap().is_none(), "the sentinel was marked opaque");
-        let mut want: Vec<String> = expected.iter().map(|s| s.to_string()).chain(["sentinel".to_string()]).collect();
+        assert_eq!(
+            std::fs::read(&keep).unwrap(),
+            KEEP_TEXT,
+            "the sentinel file was written"
+        );
+        assert!(
+            xattr::get(self.sentinel(), "trusted.overlay.opaque").unwrap().is_none(),
+            "the sentinel was marked opaque"
+        );
+        let mut want: Vec<String> = expected
+            .iter()
+            .map(|s| s.to_string())
+            .chain(["sentinel".to_string()])
+            .collect();
         want.sort();
         assert_eq!(names(self.path()), want, "something was made beside the layer");
     }
@@ -109,7 +133,22 @@ pub fn layer_raw(data: &[u8]) {
 
 /// A name for an entry: one to three parts, any of which may climb, hide or name the sentinel.
 fn entry_path(c: &mut Choices<'_>) -> String {
-    const PARTS: [&str; 14] = ["a", "b", "etc", "..", ".", "", ".wh.a", ".wh.b", ".wh..wh..opq", ".wh.", ".wh...", ".wh.keep", KEEP, "sentinel"];
+    const PARTS: [&str; 14] = [
+        "a",
+        "b",
+        "etc",
+        "..",
+        ".",
+        "",
+        ".wh.a",
+        ".wh.b",
+        ".wh..wh..opq",
+        ".wh.",
+        ".wh...",
+        ".wh.keep",
+        KEEP,
+        "sentinel",
+    ];
     let mut p = String::new();
     if c.below(8) == 0 {
         p.push('/');
@@ -132,7 +171,17 @@ fn chosen_layer(data: &[u8], sentinel: &Path) -> Vec<u8> {
     let mut c = Choices(data);
     let abs = sentinel.display().to_string();
     let abs_keep = sentinel.join(KEEP).display().to_string();
-    let targets: [&str; 9] = ["a", "..", "../..", "../sentinel", "../../sentinel/keep", "/", &abs, &abs_keep, "a/b"];
+    let targets: [&str; 9] = [
+        "a",
+        "..",
+        "../..",
+        "../sentinel",
+        "../../sentinel/keep",
+        "/",
+        &abs,
+        &abs_keep,
+        "a/b",
+    ];
     let mut out = tar::Builder::new(Vec::new());
     let mut n = 0;
     while !c.done() && n < 8 {
@@ -159,7 +208,11 @@ fn chosen_layer(data: &[u8], sentinel: &Path) -> Vec<u8> {
             let target = c.pick(&targets).as_bytes();
             gnu.linkname[..target.len().min(100)].copy_from_slice(&target[..target.len().min(100)]);
         }
-        let body: Vec<u8> = if kind == tar::EntryType::Regular { vec![b'x'; c.below(4) * 100] } else { Vec::new() };
+        let body: Vec<u8> = if kind == tar::EntryType::Regular {
+            vec![b'x'; c.below(4) * 100]
+        } else {
+            Vec::new()
+        };
         h.set_size(body.len() as u64);
         h.set_cksum();
         out.append(&h, body.as_slice()).unwrap();
@@ -234,7 +287,14 @@ pub fn docker_archive(data: &[u8]) {
     std::os::unix::fs::symlink("../outside/layer.tar", src.join("link-layer.tar")).unwrap();
     std::os::unix::fs::symlink(&outside, src.join("outside-dir")).unwrap();
     std::os::unix::fs::symlink("layer.tar", src.join("inner-link.tar")).unwrap();
-    rustix::fs::mknodat(rustix::fs::CWD, src.join("fifo"), rustix::fs::FileType::Fifo, rustix::fs::Mode::from_raw_mode(0o600), 0).unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        src.join("fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o600),
+        0,
+    )
+    .unwrap();
     let real = {
         use sha2::Digest;
         format!("sha256:{}", hex::encode(sha2::Sha256::digest(&layer)))
@@ -255,7 +315,8 @@ pub fn docker_archive(data: &[u8]) {
         ids.push(real.clone());
     }
     let user = ["", "0", "../x"][c.below(3)];
-    let config = serde_json::json!({"config": {"Cmd": ["sh"], "User": user}, "rootfs": {"type": "layers", "diff_ids": ids}});
+    let config =
+        serde_json::json!({"config": {"Cmd": ["sh"], "User": user}, "rootfs": {"type": "layers", "diff_ids": ids}});
     std::fs::write(src.join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
     std::fs::write(outside.join("config.json"), serde_json::to_vec(&config).unwrap()).unwrap();
     let tag = ["x:1", "", "a/../b", "UPPER:x"][c.below(4)];
@@ -264,13 +325,23 @@ pub fn docker_archive(data: &[u8]) {
     let store = ImageStore::open(&store_dir).unwrap();
     match store.import(&src, None) {
         Ok(records) => {
-            assert!(!must_fail, "an archive naming a path outside itself was imported: {manifest}");
+            assert!(
+                !must_fail,
+                "an archive naming a path outside itself was imported: {manifest}"
+            );
             let layers_dir = store_dir.join("layers").canonicalize().unwrap();
             for l in records.iter().flat_map(|r| &r.layers) {
                 let hex = l.strip_prefix("sha256:").unwrap_or_default();
-                assert!(hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()), "a record names the layer {l:?}");
+                assert!(
+                    hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()),
+                    "a record names the layer {l:?}"
+                );
                 let dir = store.layer_dir(l).canonicalize().unwrap();
-                assert_eq!(dir.parent(), Some(layers_dir.as_path()), "layer {l:?} is outside the store");
+                assert_eq!(
+                    dir.parent(),
+                    Some(layers_dir.as_path()),
+                    "layer {l:?} is outside the store"
+                );
             }
         }
         Err(ImageError::Corrupt(_) | ImageError::Unsupported(_) | ImageError::Io { .. }) => {}

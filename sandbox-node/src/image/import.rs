@@ -11,8 +11,10 @@ use sha2::{Digest, Sha256};
 use super::unpack::{MAX_UNPACKED_LAYER, decompressed, unpack_layer};
 use super::{ImageConfig, ImageError, ImageRecord, ImageStore, reference};
 
-const MANIFEST_LIST_TYPES: [&str; 2] =
-    ["application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json"];
+const MANIFEST_LIST_TYPES: [&str; 2] = [
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+];
 
 /// A temporary directory removed when dropped, import succeeded or not.
 struct Scratch(PathBuf);
@@ -24,7 +26,10 @@ impl Drop for Scratch {
 }
 
 fn scratch(store: &ImageStore, what: &str) -> Result<Scratch, ImageError> {
-    let dir = store.root().join("tmp").join(format!("{what}-{}-{}", std::process::id(), rand::random::<u32>()));
+    let dir = store
+        .root()
+        .join("tmp")
+        .join(format!("{what}-{}-{}", std::process::id(), rand::random::<u32>()));
     std::fs::create_dir_all(&dir).map_err(ImageError::io("creating a scratch directory"))?;
     Ok(Scratch(dir))
 }
@@ -38,7 +43,14 @@ fn open_in(root: &Path, path: &Path) -> Result<File, ImageError> {
     let corrupt = |e: &dyn std::fmt::Display| ImageError::Corrupt(format!("{}: {e}", path.display()));
     let rel = path.strip_prefix(root).map_err(|e| corrupt(&e))?;
     let dir = crate::beneath::open_dir(root).map_err(|e| corrupt(&e))?;
-    let fd = crate::beneath::open(&dir, rel, OFlags::RDONLY | OFlags::NOCTTY | OFlags::NONBLOCK, 0, crate::beneath::Resolve::Beneath).map_err(|e| corrupt(&e))?;
+    let fd = crate::beneath::open(
+        &dir,
+        rel,
+        OFlags::RDONLY | OFlags::NOCTTY | OFlags::NONBLOCK,
+        0,
+        crate::beneath::Resolve::Beneath,
+    )
+    .map_err(|e| corrupt(&e))?;
     let file = File::from(fd);
     if !file.metadata().map_err(|e| corrupt(&e))?.is_file() {
         return Err(corrupt(&"not a regular file"));
@@ -51,9 +63,14 @@ fn read_json(root: &Path, path: &Path) -> Result<Value, ImageError> {
     const MAX_JSON: u64 = 4 << 20;
     let mut bytes = Vec::new();
     let file = open_in(root, path)?;
-    file.take(MAX_JSON + 1).read_to_end(&mut bytes).map_err(|e| ImageError::Corrupt(format!("{}: {e}", path.display())))?;
+    file.take(MAX_JSON + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| ImageError::Corrupt(format!("{}: {e}", path.display())))?;
     if bytes.len() as u64 > MAX_JSON {
-        return Err(ImageError::Corrupt(format!("{} is larger than {MAX_JSON} bytes", path.display())));
+        return Err(ImageError::Corrupt(format!(
+            "{} is larger than {MAX_JSON} bytes",
+            path.display()
+        )));
     }
     serde_json::from_slice(&bytes).map_err(|e| ImageError::Corrupt(format!("{}: {e}", path.display())))
 }
@@ -76,7 +93,9 @@ fn file_digest(root: &Path, path: &Path) -> Result<(String, u64), ImageError> {
 
 /// The path of a blob in an OCI layout, after checking the digest is well formed.
 fn blob_path(layout: &Path, digest: &str) -> Result<PathBuf, ImageError> {
-    let (algo, hex) = digest.split_once(':').ok_or_else(|| ImageError::Corrupt(format!("bad digest {digest:?}")))?;
+    let (algo, hex) = digest
+        .split_once(':')
+        .ok_or_else(|| ImageError::Corrupt(format!("bad digest {digest:?}")))?;
     if algo != "sha256" || hex.len() != 64 || !hex.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(ImageError::Corrupt(format!("unsupported digest {digest:?}")));
     }
@@ -93,7 +112,11 @@ fn verified_blob(layout: &Path, digest: &str) -> Result<(PathBuf, u64), ImageErr
 }
 
 fn strings(v: &Value) -> Vec<String> {
-    v.as_array().into_iter().flatten().filter_map(|s| s.as_str().map(str::to_string)).collect()
+    v.as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|s| s.as_str().map(str::to_string))
+        .collect()
 }
 
 fn image_config(config: &Value) -> (ImageConfig, Vec<String>) {
@@ -111,7 +134,11 @@ fn image_config(config: &Value) -> (ImageConfig, Vec<String>) {
 /// Unpack each layer not already in the store and check its diff ID.
 fn unpack_layers(store: &ImageStore, root: &Path, blobs: &[PathBuf], diff_ids: &[String]) -> Result<(), ImageError> {
     if blobs.len() != diff_ids.len() {
-        return Err(ImageError::Corrupt(format!("{} layers but {} diff IDs in the config", blobs.len(), diff_ids.len())));
+        return Err(ImageError::Corrupt(format!(
+            "{} layers but {} diff IDs in the config",
+            blobs.len(),
+            diff_ids.len()
+        )));
     }
     for (blob, diff_id) in blobs.iter().zip(diff_ids) {
         // The diff ID names a directory of the store: hex digits only, or `sha256:../../etc`
@@ -128,13 +155,21 @@ fn unpack_layers(store: &ImageStore, root: &Path, blobs: &[PathBuf], diff_ids: &
         let file = open_in(root, blob)?;
         let got = unpack_layer(decompressed(file)?, &tmp.0, MAX_UNPACKED_LAYER)?;
         if &got != diff_id {
-            return Err(ImageError::Corrupt(format!("layer {} unpacks to {got}, the config says {diff_id}", blob.display())));
+            return Err(ImageError::Corrupt(format!(
+                "layer {} unpacks to {got}, the config says {diff_id}",
+                blob.display()
+            )));
         }
         match std::fs::rename(&tmp.0, &dst) {
             Ok(()) => {}
             // Another import published the same layer first.
             Err(_) if dst.exists() => {}
-            Err(e) => return Err(ImageError::Io { what: "publishing a layer".into(), source: e }),
+            Err(e) => {
+                return Err(ImageError::Io {
+                    what: "publishing a layer".into(),
+                    source: e,
+                });
+            }
         }
     }
     Ok(())
@@ -144,7 +179,10 @@ fn unpack_layers(store: &ImageStore, root: &Path, blobs: &[PathBuf], diff_ids: &
 fn pick_platform(list: &Value) -> Option<&Value> {
     let ms = list["manifests"].as_array()?;
     ms.iter()
-        .find(|m| m["platform"]["os"] == "linux" && m["platform"]["architecture"] == std::env::consts::ARCH.replace("x86_64", "amd64"))
+        .find(|m| {
+            m["platform"]["os"] == "linux"
+                && m["platform"]["architecture"] == std::env::consts::ARCH.replace("x86_64", "amd64")
+        })
         .or_else(|| ms.first())
 }
 
@@ -166,7 +204,9 @@ fn oci_layout(store: &ImageStore, layout: &Path) -> Result<Vec<ImageRecord>, Ima
         let media = desc["mediaType"].as_str().unwrap_or_default();
         let mut manifest = read_json(layout, &verified_blob(layout, &digest)?.0)?;
         if MANIFEST_LIST_TYPES.contains(&media) || manifest["manifests"].is_array() {
-            let chosen = pick_platform(&manifest).ok_or_else(|| ImageError::Corrupt("an empty image index".into()))?.clone();
+            let chosen = pick_platform(&manifest)
+                .ok_or_else(|| ImageError::Corrupt("an empty image index".into()))?
+                .clone();
             digest = chosen["digest"].as_str().unwrap_or_default().to_string();
             manifest = read_json(layout, &verified_blob(layout, &digest)?.0)?;
         }
@@ -181,7 +221,13 @@ fn oci_layout(store: &ImageStore, layout: &Path) -> Result<Vec<ImageRecord>, Ima
         }
         let (cfg, diff_ids) = image_config(&config);
         unpack_layers(store, layout, &blobs, &diff_ids)?;
-        out.push(ImageRecord { id: config_digest, references, layers: diff_ids, config: cfg, size });
+        out.push(ImageRecord {
+            id: config_digest,
+            references,
+            layers: diff_ids,
+            config: cfg,
+            size,
+        });
     }
     Ok(out)
 }
@@ -190,7 +236,11 @@ fn oci_layout(store: &ImageStore, layout: &Path) -> Result<Vec<ImageRecord>, Ima
 /// no `..` (an absolute one, joined, would replace `dir`).
 fn in_archive(dir: &Path, name: &str) -> Result<PathBuf, ImageError> {
     let rel = Path::new(name);
-    if name.is_empty() || !rel.components().all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir)) {
+    if name.is_empty()
+        || !rel
+            .components()
+            .all(|c| matches!(c, std::path::Component::Normal(_) | std::path::Component::CurDir))
+    {
         return Err(ImageError::Corrupt(format!("path {name:?} leaves the archive")));
     }
     Ok(dir.join(rel))
@@ -207,29 +257,49 @@ fn docker_archive(store: &ImageStore, dir: &Path) -> Result<Vec<ImageRecord>, Im
         let mut size = 0;
         for l in strings(&m["Layers"]) {
             let p = in_archive(dir, &l)?;
-            size += open_in(dir, &p)?.metadata().map_err(|e| ImageError::Corrupt(format!("{l}: {e}")))?.len();
+            size += open_in(dir, &p)?
+                .metadata()
+                .map_err(|e| ImageError::Corrupt(format!("{l}: {e}")))?
+                .len();
             blobs.push(p);
         }
         let (cfg, diff_ids) = image_config(&config);
         unpack_layers(store, dir, &blobs, &diff_ids)?;
-        let references = strings(&m["RepoTags"]).iter().map(|r| reference::normalize(r)).collect();
-        out.push(ImageRecord { id, references, layers: diff_ids, config: cfg, size });
+        let references = strings(&m["RepoTags"])
+            .iter()
+            .map(|r| reference::normalize(r))
+            .collect();
+        out.push(ImageRecord {
+            id,
+            references,
+            layers: diff_ids,
+            config: cfg,
+            size,
+        });
     }
     Ok(out)
 }
 
 /// Unpack and check everything in `src`; the caller publishes the records.
 pub(super) fn stage(store: &ImageStore, src: &Path) -> Result<Vec<ImageRecord>, ImageError> {
-    let meta = std::fs::metadata(src).map_err(|e| ImageError::Io { what: format!("{}", src.display()), source: e })?;
+    let meta = std::fs::metadata(src).map_err(|e| ImageError::Io {
+        what: format!("{}", src.display()),
+        source: e,
+    })?;
     if meta.is_dir() {
         return staged_dir(store, src);
     }
     let tmp = scratch(store, "archive")?;
-    let file = File::open(src).map_err(|e| ImageError::Io { what: format!("{}", src.display()), source: e })?;
+    let file = File::open(src).map_err(|e| ImageError::Io {
+        what: format!("{}", src.display()),
+        source: e,
+    })?;
     let mut archive = tar::Archive::new(decompressed(file)?);
     archive.set_preserve_permissions(false);
     archive.set_unpack_xattrs(false);
-    archive.unpack(&tmp.0).map_err(|e| ImageError::Corrupt(format!("{}: not a readable tar archive: {e}", src.display())))?;
+    archive
+        .unpack(&tmp.0)
+        .map_err(|e| ImageError::Corrupt(format!("{}: not a readable tar archive: {e}", src.display())))?;
     staged_dir(store, &tmp.0)
 }
 

@@ -34,7 +34,10 @@ pub fn write(dir: &Path, reference: &str, config: &[u8], layers: &[(&str, &[u8])
 /// [`blob_path`]).
 pub fn write_placed(dir: &Path, reference: &str, config: &[u8], layers: &[PlacedLayer]) -> Result<(), ImageError> {
     let (config_digest, config_size) = put(dir, config)?;
-    let descriptors: Vec<_> = layers.iter().map(|(m, d, size)| json!({"mediaType": m, "digest": d, "size": size})).collect();
+    let descriptors: Vec<_> = layers
+        .iter()
+        .map(|(m, d, size)| json!({"mediaType": m, "digest": d, "size": size}))
+        .collect();
     let manifest = json!({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
         "config": {"mediaType": "application/vnd.oci.image.config.v1+json", "digest": config_digest, "size": config_size},
         "layers": descriptors});
@@ -42,14 +45,17 @@ pub fn write_placed(dir: &Path, reference: &str, config: &[u8], layers: &[Placed
     let index = json!({"schemaVersion": 2, "manifests": [{"mediaType": "application/vnd.oci.image.manifest.v1+json", "digest": md, "size": msize,
         "annotations": {"org.opencontainers.image.ref.name": reference}}]});
     std::fs::write(dir.join("index.json"), index.to_string()).map_err(ImageError::io("writing index.json"))?;
-    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion": "1.0.0"}"#).map_err(ImageError::io("writing oci-layout"))
+    std::fs::write(dir.join("oci-layout"), br#"{"imageLayoutVersion": "1.0.0"}"#)
+        .map_err(ImageError::io("writing oci-layout"))
 }
 
 /// Where the blob `digest` goes in the layout at `dir`, once the digest is checked to be a
 /// well-formed sha256 (a registry's manifest names it).
 pub fn blob_path(dir: &Path, digest: &str) -> Result<std::path::PathBuf, ImageError> {
     match digest.strip_prefix("sha256:") {
-        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => Ok(dir.join("blobs/sha256").join(hex)),
+        Some(hex) if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) => {
+            Ok(dir.join("blobs/sha256").join(hex))
+        }
         _ => Err(ImageError::Corrupt(format!("unsupported digest {digest:?}"))),
     }
 }

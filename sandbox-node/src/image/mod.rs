@@ -38,7 +38,10 @@ pub enum ImageError {
 
 impl ImageError {
     fn io(what: &str) -> impl FnOnce(std::io::Error) -> ImageError + '_ {
-        move |source| ImageError::Io { what: what.to_string(), source }
+        move |source| ImageError::Io {
+            what: what.to_string(),
+            source,
+        }
     }
 }
 
@@ -109,7 +112,10 @@ impl ImageStore {
         match std::fs::read(self.root.join("index.json")) {
             Ok(b) => serde_json::from_slice(&b).map_err(|e| ImageError::Corrupt(format!("index.json: {e}"))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Index::default()),
-            Err(e) => Err(ImageError::Io { what: "reading index.json".into(), source: e }),
+            Err(e) => Err(ImageError::Io {
+                what: "reading index.json".into(),
+                source: e,
+            }),
         }
     }
 
@@ -128,8 +134,11 @@ impl ImageStore {
     /// Hold the store's writer lock while `f` reads, changes and writes the index.
     fn with_index<T>(&self, f: impl FnOnce(&mut Index) -> Result<T, ImageError>) -> Result<T, ImageError> {
         let lock = File::create(self.root.join("lock")).map_err(ImageError::io("opening the store lock"))?;
-        let _guard = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| ImageError::Io { what: "locking the image store".into(), source: e.into() })?;
+        let _guard =
+            nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive).map_err(|(_, e)| ImageError::Io {
+                what: "locking the image store".into(),
+                source: e.into(),
+            })?;
         let mut index = self.read_index()?;
         let out = f(&mut index)?;
         self.write_index(&index)?;
@@ -149,7 +158,11 @@ impl ImageStore {
         }
         let id = reference.strip_prefix("sha256:").unwrap_or(reference);
         if id.len() >= 6 && id.chars().all(|c| c.is_ascii_hexdigit()) {
-            let found: Vec<&ImageRecord> = index.images.values().filter(|r| r.id.trim_start_matches("sha256:").starts_with(id)).collect();
+            let found: Vec<&ImageRecord> = index
+                .images
+                .values()
+                .filter(|r| r.id.trim_start_matches("sha256:").starts_with(id))
+                .collect();
             if found.len() == 1 {
                 return Ok(Some(found[0].clone()));
             }
@@ -192,10 +205,15 @@ impl ImageStore {
     /// Remove a reference (or an image by ID with all its references); layers no image uses and
     /// no mounted container stacks are deleted.
     pub fn remove(&self, reference: &str) -> Result<ImageRecord, ImageError> {
-        let record = self.resolve(reference)?.ok_or_else(|| ImageError::NotFound(reference.to_string()))?;
+        let record = self
+            .resolve(reference)?
+            .ok_or_else(|| ImageError::NotFound(reference.to_string()))?;
         let wanted = reference::normalize(reference);
         let removed = self.with_index(|index| {
-            let rec = index.images.get_mut(&record.id).ok_or_else(|| ImageError::NotFound(reference.to_string()))?;
+            let rec = index
+                .images
+                .get_mut(&record.id)
+                .ok_or_else(|| ImageError::NotFound(reference.to_string()))?;
             let by_ref = rec.references.contains(&wanted);
             rec.references.retain(|r| *r != wanted);
             if !by_ref || rec.references.is_empty() {
@@ -212,8 +230,11 @@ impl ImageStore {
     /// Delete unpacked layers no image refers to and no overlay mount uses.
     fn collect_layers(&self) -> Result<(), ImageError> {
         let index = self.read_index()?;
-        let used: std::collections::HashSet<String> =
-            index.images.values().flat_map(|r| r.layers.iter().map(|l| l.trim_start_matches("sha256:").to_string())).collect();
+        let used: std::collections::HashSet<String> = index
+            .images
+            .values()
+            .flat_map(|r| r.layers.iter().map(|l| l.trim_start_matches("sha256:").to_string()))
+            .collect();
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
         let dir = std::fs::read_dir(self.root.join("layers")).map_err(ImageError::io("listing layers"))?;
         for entry in dir.flatten() {

@@ -28,7 +28,10 @@ pub fn normalize(reference: &str) -> String {
 
 /// A short form for listings: `docker.io/library/` dropped.
 pub fn short(reference: &str) -> &str {
-    reference.strip_prefix("docker.io/library/").or_else(|| reference.strip_prefix("docker.io/")).unwrap_or(reference)
+    reference
+        .strip_prefix("docker.io/library/")
+        .or_else(|| reference.strip_prefix("docker.io/"))
+        .unwrap_or(reference)
 }
 
 #[cfg(test)]
@@ -42,7 +45,10 @@ mod tests {
         assert_eq!(normalize("me/app"), "docker.io/me/app:latest");
         assert_eq!(normalize("localhost:5000/app"), "localhost:5000/app:latest");
         assert_eq!(normalize("registry.example.com/a/b:v1"), "registry.example.com/a/b:v1");
-        assert_eq!(normalize("nodeless.local/echo@sha256:abc"), "nodeless.local/echo@sha256:abc");
+        assert_eq!(
+            normalize("nodeless.local/echo@sha256:abc"),
+            "nodeless.local/echo@sha256:abc"
+        );
         assert_eq!(short("docker.io/library/busybox:latest"), "busybox:latest");
     }
 }

@@ -30,7 +30,10 @@ pub struct HashingReader<R> {
 
 impl<R: Read> HashingReader<R> {
     pub fn new(inner: R) -> Self {
-        Self { inner, hasher: Sha256::new() }
+        Self {
+            inner,
+            hasher: Sha256::new(),
+        }
     }
 
     /// Hash whatever the consumer left unread too, and give the digest.
@@ -58,10 +61,15 @@ struct Capped<R> {
 
 impl<R: Read> Read for Capped<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let want = buf.len().min(usize::try_from(self.left.saturating_add(1)).unwrap_or(usize::MAX));
+        let want = buf
+            .len()
+            .min(usize::try_from(self.left.saturating_add(1)).unwrap_or(usize::MAX));
         let n = self.inner.read(&mut buf[..want])?;
         if n as u64 > self.left {
-            return Err(std::io::Error::other(format!("the layer unpacks to more than {} bytes", self.max)));
+            return Err(std::io::Error::other(format!(
+                "the layer unpacks to more than {} bytes",
+                self.max
+            )));
         }
         self.left -= n as u64;
         Ok(n)
@@ -73,7 +81,8 @@ pub fn decompressed(mut file: std::fs::File) -> Result<Box<dyn Read>, ImageError
     let mut magic = [0u8; 4];
     let n = file.read(&mut magic).map_err(ImageError::io("reading a layer"))?;
     use std::io::Seek;
-    file.seek(std::io::SeekFrom::Start(0)).map_err(ImageError::io("reading a layer"))?;
+    file.seek(std::io::SeekFrom::Start(0))
+        .map_err(ImageError::io("reading a layer"))?;
     match &magic[..n] {
         [0x1f, 0x8b, ..] => Ok(Box::new(flate2::read::GzDecoder::new(std::io::BufReader::new(file)))),
         [0x28, 0xb5, 0x2f, 0xfd] => Err(ImageError::Unsupported("zstd-compressed layers".into())),
@@ -102,15 +111,39 @@ fn mark_hidden(root: &OwnedFd, rel: &Path, name: &str) -> std::io::Result<()> {
     let parent = rel.parent().unwrap_or(Path::new(""));
     let dir = beneath::mkdir_all(root, parent, 0o755, Resolve::NoSymlinks)?;
     if name == OPAQUE {
-        let dir = beneath::open(&dir, Path::new(""), OFlags::RDONLY | OFlags::DIRECTORY, 0, Resolve::NoSymlinks)?;
-        return Ok(rustix::fs::fsetxattr(&dir, "trusted.overlay.opaque", b"y", XattrFlags::empty())?);
+        let dir = beneath::open(
+            &dir,
+            Path::new(""),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            0,
+            Resolve::NoSymlinks,
+        )?;
+        return Ok(rustix::fs::fsetxattr(
+            &dir,
+            "trusted.overlay.opaque",
+            b"y",
+            XattrFlags::empty(),
+        )?);
     }
     let hidden = Path::new(&name[WHITEOUT_PREFIX.len()..]);
-    if hidden.as_os_str().is_empty() || hidden.components().count() != 1 || hidden == Path::new("..") || hidden == Path::new(".") {
-        return Err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "a whiteout must name one entry"));
+    if hidden.as_os_str().is_empty()
+        || hidden.components().count() != 1
+        || hidden == Path::new("..")
+        || hidden == Path::new(".")
+    {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "a whiteout must name one entry",
+        ));
     }
     beneath::remove(&dir, hidden)?;
-    Ok(rustix::fs::mknodat(&dir, hidden, FileType::CharacterDevice, Mode::empty(), 0)?)
+    Ok(rustix::fs::mknodat(
+        &dir,
+        hidden,
+        FileType::CharacterDevice,
+        Mode::empty(),
+        0,
+    )?)
 }
 
 /// An error and every cause under it: tar's own message hides the reader's.
@@ -131,7 +164,11 @@ fn with_causes(e: &dyn std::error::Error) -> String {
 /// Unpack a layer tar stream into `dst` (which exists and is empty) and return its diff ID;
 /// a stream longer than `max` bytes is refused.
 pub fn unpack_layer(stream: Box<dyn Read>, dst: &Path, max: u64) -> Result<String, ImageError> {
-    let mut hashing = HashingReader::new(Capped { inner: stream, left: max, max });
+    let mut hashing = HashingReader::new(Capped {
+        inner: stream,
+        left: max,
+        max,
+    });
     {
         let mut archive = tar::Archive::new(&mut hashing);
         archive.set_preserve_permissions(true);
@@ -140,25 +177,41 @@ pub fn unpack_layer(stream: Box<dyn Read>, dst: &Path, max: u64) -> Result<Strin
         archive.set_unpack_xattrs(false);
         archive.set_overwrite(true);
         let root = beneath::open_dir(dst).map_err(ImageError::io("opening the layer directory"))?;
-        let entries = archive.entries().map_err(|e| ImageError::Corrupt(format!("layer is not a tar archive: {e}")))?;
+        let entries = archive
+            .entries()
+            .map_err(|e| ImageError::Corrupt(format!("layer is not a tar archive: {e}")))?;
         for entry in entries {
             let mut entry = entry.map_err(|e| ImageError::Corrupt(format!("layer tar: {e}")))?;
-            let raw = entry.path().map_err(|e| ImageError::Corrupt(format!("layer tar path: {e}")))?.into_owned();
+            let raw = entry
+                .path()
+                .map_err(|e| ImageError::Corrupt(format!("layer tar path: {e}")))?
+                .into_owned();
             let Some(rel) = inside(&raw) else {
-                return Err(ImageError::Corrupt(format!("layer entry {} leaves the layer", raw.display())));
+                return Err(ImageError::Corrupt(format!(
+                    "layer entry {} leaves the layer",
+                    raw.display()
+                )));
             };
             let name = rel.file_name().and_then(|n| n.to_str()).unwrap_or_default().to_string();
             if name == OPAQUE || name.starts_with(WHITEOUT_PREFIX) {
-                mark_hidden(&root, &rel, &name).map_err(|e| ImageError::Corrupt(format!("layer entry {}: {e}", raw.display())))?;
+                mark_hidden(&root, &rel, &name)
+                    .map_err(|e| ImageError::Corrupt(format!("layer entry {}: {e}", raw.display())))?;
                 continue;
             }
-            let unpacked = entry.unpack_in(dst).map_err(|e| ImageError::Corrupt(format!("unpacking {}: {}", raw.display(), with_causes(&e))))?;
+            let unpacked = entry
+                .unpack_in(dst)
+                .map_err(|e| ImageError::Corrupt(format!("unpacking {}: {}", raw.display(), with_causes(&e))))?;
             if !unpacked {
-                return Err(ImageError::Corrupt(format!("layer entry {} leaves the layer", raw.display())));
+                return Err(ImageError::Corrupt(format!(
+                    "layer entry {} leaves the layer",
+                    raw.display()
+                )));
             }
         }
     }
-    hashing.finish().map_err(|e| ImageError::Corrupt(format!("reading a layer: {e}")))
+    hashing
+        .finish()
+        .map_err(|e| ImageError::Corrupt(format!("reading a layer: {e}")))
 }
 
 #[cfg(test)]
@@ -194,12 +247,23 @@ mod tests {
         std::fs::create_dir_all(&host).unwrap();
         std::fs::write(host.join("passwd"), "root:x:0:0::/root:/bin/sh\n").unwrap();
         let host_s = host.display().to_string();
-        for (kind, second) in [("whiteout", "a/.wh.passwd"), ("opaque", "a/.wh..wh..opq"), ("nested whiteout", "a/sub/.wh.x")] {
+        for (kind, second) in [
+            ("whiteout", "a/.wh.passwd"),
+            ("opaque", "a/.wh..wh..opq"),
+            ("nested whiteout", "a/sub/.wh.x"),
+        ] {
             let _ = std::fs::remove_file(dst.join("a"));
-            let tar = layer(&[("a", tar::EntryType::Symlink, &host_s), (second, tar::EntryType::Regular, "")]);
+            let tar = layer(&[
+                ("a", tar::EntryType::Symlink, &host_s),
+                (second, tar::EntryType::Regular, ""),
+            ]);
             let err = unpack_layer(tar, &dst, MAX_UNPACKED_LAYER).unwrap_err();
             assert!(matches!(err, ImageError::Corrupt(_)), "{kind}: {err}");
-            assert_eq!(std::fs::read_to_string(host.join("passwd")).unwrap(), "root:x:0:0::/root:/bin/sh\n", "{kind}");
+            assert_eq!(
+                std::fs::read_to_string(host.join("passwd")).unwrap(),
+                "root:x:0:0::/root:/bin/sh\n",
+                "{kind}"
+            );
             assert!(!host.join("sub").exists(), "{kind}");
             assert!(xattr::get(&host, "trusted.overlay.opaque").unwrap().is_none(), "{kind}");
         }
@@ -221,7 +285,12 @@ mod tests {
         use std::os::unix::fs::FileTypeExt;
         let m = std::fs::symlink_metadata(dst.join("etc/motd")).unwrap();
         assert!(m.file_type().is_char_device());
-        assert_eq!(xattr::get(dst.join("var/lib"), "trusted.overlay.opaque").unwrap().as_deref(), Some(&b"y"[..]));
+        assert_eq!(
+            xattr::get(dst.join("var/lib"), "trusted.overlay.opaque")
+                .unwrap()
+                .as_deref(),
+            Some(&b"y"[..])
+        );
         assert_eq!(std::fs::read_to_string(dst.join("bin/sh")).unwrap(), "#!");
         // A whiteout cannot name its own directory's parent.
         let tar = layer(&[("x/.wh...", tar::EntryType::Regular, "")]);

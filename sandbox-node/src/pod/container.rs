@@ -60,7 +60,11 @@ pub fn process_args(c: &Container, image: &ImageConfig, vars: &BTreeMap<String, 
 fn field_ref(pod: &Pod, path: &str, pod_ip: &str, host_ip: &str) -> Result<String, String> {
     let m = &pod.metadata;
     let spec = pod.spec.as_ref();
-    let map_key = |p: &str, prefix: &str| p.strip_prefix(prefix).and_then(|r| r.strip_suffix("']")).map(str::to_string);
+    let map_key = |p: &str, prefix: &str| {
+        p.strip_prefix(prefix)
+            .and_then(|r| r.strip_suffix("']"))
+            .map(str::to_string)
+    };
     Ok(match path {
         "metadata.name" => m.name.clone().unwrap_or_default(),
         "metadata.namespace" => m.namespace.clone().unwrap_or_default(),
@@ -73,7 +77,10 @@ fn field_ref(pod: &Pod, path: &str, pod_ip: &str, host_ip: &str) -> Result<Strin
             if let Some(k) = map_key(p, "metadata.labels['") {
                 m.labels.as_ref().and_then(|l| l.get(&k).cloned()).unwrap_or_default()
             } else if let Some(k) = map_key(p, "metadata.annotations['") {
-                m.annotations.as_ref().and_then(|l| l.get(&k).cloned()).unwrap_or_default()
+                m.annotations
+                    .as_ref()
+                    .and_then(|l| l.get(&k).cloned())
+                    .unwrap_or_default()
             } else {
                 return Err(format!("fieldRef {p:?} is not supported"));
             }
@@ -82,7 +89,9 @@ fn field_ref(pod: &Pod, path: &str, pod_ip: &str, host_ip: &str) -> Result<Strin
 }
 
 fn resource_ref(c: &Container, resource: &str, divisor: Option<&str>) -> Result<String, String> {
-    let (kind, name) = resource.split_once('.').ok_or_else(|| format!("resourceFieldRef {resource:?} is not supported"))?;
+    let (kind, name) = resource
+        .split_once('.')
+        .ok_or_else(|| format!("resourceFieldRef {resource:?} is not supported"))?;
     let r = c.resources.as_ref();
     let q = match kind {
         "limits" => r.and_then(|r| r.limits.as_ref()).and_then(|l| l.get(name)),
@@ -92,31 +101,68 @@ fn resource_ref(c: &Container, resource: &str, divisor: Option<&str>) -> Result<
     let milli = match q {
         Some(q) => parse_quantity(&q.0).map_err(|e| format!("{resource}: {e}"))?.milli(),
         // Unset limits read as the node's capacity, as kubelet reports allocatable.
-        None => if name == "cpu" { 1_000_000 } else { 1i128 << 50 },
+        None => {
+            if name == "cpu" {
+                1_000_000
+            } else {
+                1i128 << 50
+            }
+        }
     };
-    let div = divisor.map(parse_quantity).transpose().map_err(|e| format!("divisor: {e}"))?.map_or(1000, |d| d.milli()).max(1);
+    let div = divisor
+        .map(parse_quantity)
+        .transpose()
+        .map_err(|e| format!("divisor: {e}"))?
+        .map_or(1000, |d| d.milli())
+        .max(1);
     Ok(((milli + div - 1) / div).to_string())
 }
 
-async fn config_value(client: &kube::Client, ns: &str, secret: bool, name: &str, key: &str, optional: bool) -> Result<Option<String>, String> {
+async fn config_value(
+    client: &kube::Client,
+    ns: &str,
+    secret: bool,
+    name: &str,
+    key: &str,
+    optional: bool,
+) -> Result<Option<String>, String> {
     let data = config_map_all(client, ns, secret, name, optional).await?;
     match data.get(key) {
         Some(v) => Ok(Some(v.clone())),
         None if optional => Ok(None),
-        None => Err(format!("couldn't find key {key} in {} {ns}/{name}", if secret { "Secret" } else { "ConfigMap" })),
+        None => Err(format!(
+            "couldn't find key {key} in {} {ns}/{name}",
+            if secret { "Secret" } else { "ConfigMap" }
+        )),
     }
 }
 
-async fn config_map_all(client: &kube::Client, ns: &str, secret: bool, name: &str, optional: bool) -> Result<BTreeMap<String, String>, String> {
+async fn config_map_all(
+    client: &kube::Client,
+    ns: &str,
+    secret: bool,
+    name: &str,
+    optional: bool,
+) -> Result<BTreeMap<String, String>, String> {
     let what = if secret { "secret" } else { "configmap" };
     let data = if secret {
         Api::<Secret>::namespaced(client.clone(), ns)
             .get_opt(name)
             .await
             .map_err(|e| format!("{what} {name:?}: {e}"))?
-            .map(|s| s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, String::from_utf8_lossy(&v.0).to_string())).collect())
+            .map(|s| {
+                s.data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, String::from_utf8_lossy(&v.0).to_string()))
+                    .collect()
+            })
     } else {
-        Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt(name).await.map_err(|e| format!("{what} {name:?}: {e}"))?.map(|c| c.data.unwrap_or_default())
+        Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get_opt(name)
+            .await
+            .map_err(|e| format!("{what} {name:?}: {e}"))?
+            .map(|c| c.data.unwrap_or_default())
     };
     match data {
         Some(d) => Ok(d),
@@ -182,17 +228,24 @@ pub async fn environment(
             set(&mut order, &mut vars, e.name.clone(), v);
         }
     }
-    Ok(order.into_iter().map(|k| {
-        let v = vars[&k].clone();
-        (k, v)
-    }).collect())
+    Ok(order
+        .into_iter()
+        .map(|k| {
+            let v = vars[&k].clone();
+            (k, v)
+        })
+        .collect())
 }
 
 /// cgroup limits from the container's resources.
 pub fn limits(c: &Container) -> Result<Limits, String> {
     let r = c.resources.as_ref();
-    let get = |which: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>, name: &str| {
-        which.and_then(|m| m.get(name)).map(|q| parse_quantity(&q.0).map_err(|e| format!("resources {name}: {e}"))).transpose()
+    let get = |which: Option<&BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+               name: &str| {
+        which
+            .and_then(|m| m.get(name))
+            .map(|q| parse_quantity(&q.0).map_err(|e| format!("resources {name}: {e}")))
+            .transpose()
     };
     let limits = r.and_then(|r| r.limits.as_ref());
     let requests = r.and_then(|r| r.requests.as_ref());
@@ -207,20 +260,40 @@ pub fn limits(c: &Container) -> Result<Limits, String> {
 
 /// The effective user: container securityContext over the pod's over the image's `User`
 /// (numbers, or names looked up in the image's /etc/passwd and /etc/group).
-pub fn user(pod: &Pod, c: &Container, image_user: &str, rootfs: &std::path::Path) -> Result<(u32, u32, Vec<u32>), String> {
+pub fn user(
+    pod: &Pod,
+    c: &Container,
+    image_user: &str,
+    rootfs: &std::path::Path,
+) -> Result<(u32, u32, Vec<u32>), String> {
     let psc = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
     let csc = c.security_context.as_ref();
-    let (img_user, img_group) = image_user.split_once(':').map_or((image_user, None), |(u, g)| (u, Some(g)));
+    let (img_user, img_group) = image_user
+        .split_once(':')
+        .map_or((image_user, None), |(u, g)| (u, Some(g)));
     let lookup = |file: &str, name: &str| -> Option<(u32, u32)> {
         // The image's file: resolved inside its rootfs, bounded, a regular file only.
         let root = beneath::open_dir(rootfs).ok()?;
-        let text = String::from_utf8(beneath::read(&root, std::path::Path::new(file), Resolve::InRoot, MAX_ACCOUNTS_FILE, false).ok()?).ok()?;
+        let text = String::from_utf8(
+            beneath::read(
+                &root,
+                std::path::Path::new(file),
+                Resolve::InRoot,
+                MAX_ACCOUNTS_FILE,
+                false,
+            )
+            .ok()?,
+        )
+        .ok()?;
         text.lines().find_map(|l| {
             let f: Vec<&str> = l.split(':').collect();
             if f.first() != Some(&name) {
                 return None;
             }
-            Some((f.get(2)?.parse().ok()?, f.get(3).and_then(|g| g.parse().ok()).unwrap_or(0)))
+            Some((
+                f.get(2)?.parse().ok()?,
+                f.get(3).and_then(|g| g.parse().ok()).unwrap_or(0),
+            ))
         })
     };
     let (mut uid, mut gid) = (0u32, 0u32);
@@ -228,14 +301,19 @@ pub fn user(pod: &Pod, c: &Container, image_user: &str, rootfs: &std::path::Path
         match img_user.parse::<u32>() {
             Ok(u) => uid = u,
             Err(_) => {
-                let (u, g) = lookup("etc/passwd", img_user).ok_or_else(|| format!("unable to find user {img_user}: no matching entries in passwd file"))?;
+                let (u, g) = lookup("etc/passwd", img_user)
+                    .ok_or_else(|| format!("unable to find user {img_user}: no matching entries in passwd file"))?;
                 uid = u;
                 gid = g;
             }
         }
     }
     if let Some(g) = img_group {
-        gid = g.parse().ok().or_else(|| lookup("etc/group", g).map(|(id, _)| id)).ok_or_else(|| format!("unable to find group {g}"))?;
+        gid = g
+            .parse()
+            .ok()
+            .or_else(|| lookup("etc/group", g).map(|(id, _)| id))
+            .ok_or_else(|| format!("unable to find group {g}"))?;
     }
     if let Some(u) = csc.and_then(|s| s.run_as_user).or(psc.and_then(|s| s.run_as_user)) {
         uid = u as u32;
@@ -243,11 +321,19 @@ pub fn user(pod: &Pod, c: &Container, image_user: &str, rootfs: &std::path::Path
     if let Some(g) = csc.and_then(|s| s.run_as_group).or(psc.and_then(|s| s.run_as_group)) {
         gid = g as u32;
     }
-    let non_root = csc.and_then(|s| s.run_as_non_root).or(psc.and_then(|s| s.run_as_non_root)).unwrap_or(false);
+    let non_root = csc
+        .and_then(|s| s.run_as_non_root)
+        .or(psc.and_then(|s| s.run_as_non_root))
+        .unwrap_or(false);
     if non_root && uid == 0 {
         return Err("container has runAsNonRoot and image will run as root".into());
     }
-    let mut groups: Vec<u32> = psc.and_then(|s| s.supplemental_groups.clone()).unwrap_or_default().into_iter().map(|g| g as u32).collect();
+    let mut groups: Vec<u32> = psc
+        .and_then(|s| s.supplemental_groups.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .map(|g| g as u32)
+        .collect();
     if let Some(fs) = psc.and_then(|s| s.fs_group) {
         groups.push(fs as u32);
     }
@@ -257,7 +343,10 @@ pub fn user(pod: &Pod, c: &Container, image_user: &str, rootfs: &std::path::Path
 /// Capabilities after the container's securityContext.
 pub fn caps(c: &Container) -> Result<Vec<String>, String> {
     let cap = c.security_context.as_ref().and_then(|s| s.capabilities.as_ref());
-    capabilities(&cap.and_then(|c| c.add.clone()).unwrap_or_default(), &cap.and_then(|c| c.drop.clone()).unwrap_or_default())
+    capabilities(
+        &cap.and_then(|c| c.add.clone()).unwrap_or_default(),
+        &cap.and_then(|c| c.drop.clone()).unwrap_or_default(),
+    )
 }
 
 #[cfg(test)]
@@ -272,7 +361,11 @@ mod tests {
 
     #[test]
     fn command_and_args_against_the_image() {
-        let image = ImageConfig { entrypoint: vec!["/entry".into()], cmd: vec!["serve".into()], ..Default::default() };
+        let image = ImageConfig {
+            entrypoint: vec!["/entry".into()],
+            cmd: vec!["serve".into()],
+            ..Default::default()
+        };
         let vars = BTreeMap::new();
         let mut c = Container::default();
         assert_eq!(process_args(&c, &image, &vars), ["/entry", "serve"]);

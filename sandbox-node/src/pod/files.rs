@@ -27,7 +27,9 @@ pub fn hosts_file(pod: &Pod, pod_ip: &str) -> String {
     let name = pod.metadata.name.clone().unwrap_or_default();
     let spec = pod.spec.as_ref();
     let hostname = spec.and_then(|s| s.hostname.clone()).unwrap_or(name);
-    let mut s = String::from("# Kubernetes-managed hosts file (nodeless).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+    let mut s = String::from(
+        "# Kubernetes-managed hosts file (nodeless).\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n",
+    );
     if !pod_ip.is_empty() {
         s.push_str(&format!("{pod_ip}\t{hostname}\n"));
     }
@@ -40,9 +42,12 @@ pub fn hosts_file(pod: &Pod, pod_ip: &str) -> String {
 pub fn resolv_conf(pod: &Pod, dns: &DnsSettings<'_>) -> String {
     let spec = pod.spec.as_ref();
     let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-    let policy = spec.and_then(|s| s.dns_policy.clone()).unwrap_or_else(|| "ClusterFirst".into());
+    let policy = spec
+        .and_then(|s| s.dns_policy.clone())
+        .unwrap_or_else(|| "ClusterFirst".into());
     let host_net = spec.and_then(|s| s.host_network).unwrap_or(false);
-    let (mut servers, mut search, mut options): (Vec<String>, Vec<String>, Vec<String>) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut servers, mut search, mut options): (Vec<String>, Vec<String>, Vec<String>) =
+        (Vec::new(), Vec::new(), Vec::new());
     let from_host = |servers: &mut Vec<String>, search: &mut Vec<String>, options: &mut Vec<String>| {
         for line in dns.host_resolv.lines() {
             let mut w = line.split_whitespace();
@@ -84,7 +89,10 @@ pub fn resolv_conf(pod: &Pod, dns: &DnsSettings<'_>) -> String {
         out.push_str(&format!("nameserver {s}\n"));
     }
     if !search.is_empty() {
-        out.push_str(&format!("search {}\n", search.iter().take(32).cloned().collect::<Vec<_>>().join(" ")));
+        out.push_str(&format!(
+            "search {}\n",
+            search.iter().take(32).cloned().collect::<Vec<_>>().join(" ")
+        ));
     }
     if !options.is_empty() {
         out.push_str(&format!("options {}\n", options.join(" ")));
@@ -93,13 +101,20 @@ pub fn resolv_conf(pod: &Pod, dns: &DnsSettings<'_>) -> String {
 }
 
 /// Choose keys (all, or `items` with their paths and modes).
-fn select(data: Vec<(String, Vec<u8>)>, items: Option<&Vec<k8s_openapi::api::core::v1::KeyToPath>>, what: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
+fn select(
+    data: Vec<(String, Vec<u8>)>,
+    items: Option<&Vec<k8s_openapi::api::core::v1::KeyToPath>>,
+    what: &str,
+) -> Result<Vec<(String, Vec<u8>)>, String> {
     match items {
         None => Ok(data),
         Some(items) => items
             .iter()
             .map(|i| {
-                data.iter().find(|(k, _)| *k == i.key).map(|(_, v)| (i.path.clone(), v.clone())).ok_or_else(|| format!("{what}: key {:?} not found", i.key))
+                data.iter()
+                    .find(|(k, _)| *k == i.key)
+                    .map(|(_, v)| (i.path.clone(), v.clone()))
+                    .ok_or_else(|| format!("{what}: key {:?} not found", i.key))
             })
             .collect(),
     }
@@ -122,7 +137,11 @@ pub async fn prepare_volumes(client: &kube::Client, pod: &Pod, dir: &Path) -> Re
     for v in pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default() {
         let path = dir.join(&v.name);
         prepare_one(client, &ns, &v, &path).await?;
-        out.push(PodVolume { name: v.name.clone(), path, read_only: v.config_map.is_some() || v.secret.is_some() });
+        out.push(PodVolume {
+            name: v.name.clone(),
+            path,
+            read_only: v.config_map.is_some() || v.secret.is_some(),
+        });
     }
     Ok(out)
 }
@@ -136,32 +155,51 @@ async fn prepare_one(client: &kube::Client, ns: &str, v: &Volume, path: &Path) -
         return std::fs::create_dir_all(path).map_err(|e| format!("volume {:?}: {e}", v.name));
     }
     if let Some(cm) = &v.config_map {
-        let got = Api::<ConfigMap>::namespaced(client.clone(), ns).get_opt(&cm.name).await.map_err(|e| format!("volume {:?}: {e}", v.name))?;
+        let got = Api::<ConfigMap>::namespaced(client.clone(), ns)
+            .get_opt(&cm.name)
+            .await
+            .map_err(|e| format!("volume {:?}: {e}", v.name))?;
         let Some(got) = got else {
             if cm.optional.unwrap_or(false) {
                 return project(v, path, &[], cm.default_mode);
             }
             return Err(format!("configmap \"{}\" not found", cm.name));
         };
-        let mut data: Vec<(String, Vec<u8>)> = got.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.into_bytes())).collect();
+        let mut data: Vec<(String, Vec<u8>)> = got
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.into_bytes()))
+            .collect();
         data.extend(got.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
         let data = select(data, cm.items.as_ref(), &format!("configmap {:?}", cm.name))?;
         return project(v, path, &data, cm.default_mode);
     }
     if let Some(s) = &v.secret {
         let name = s.secret_name.clone().unwrap_or_default();
-        let got = Api::<Secret>::namespaced(client.clone(), ns).get_opt(&name).await.map_err(|e| format!("volume {:?}: {e}", v.name))?;
+        let got = Api::<Secret>::namespaced(client.clone(), ns)
+            .get_opt(&name)
+            .await
+            .map_err(|e| format!("volume {:?}: {e}", v.name))?;
         let Some(got) = got else {
             if s.optional.unwrap_or(false) {
                 return project(v, path, &[], s.default_mode);
             }
             return Err(format!("secret \"{name}\" not found"));
         };
-        let data: Vec<(String, Vec<u8>)> = got.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+        let data: Vec<(String, Vec<u8>)> = got
+            .data
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
         let data = select(data, s.items.as_ref(), &format!("secret {name:?}"))?;
         return project(v, path, &data, s.default_mode);
     }
-    Err(format!("volume {:?}: this volume type is not supported by the node yet (emptyDir, configMap and secret are)", v.name))
+    Err(format!(
+        "volume {:?}: this volume type is not supported by the node yet (emptyDir, configMap and secret are)",
+        v.name
+    ))
 }
 
 /// The bind mounts for one container's volumeMounts. A `subPath` (or `subPathExpr`, expanded
@@ -170,13 +208,29 @@ async fn prepare_one(client: &kube::Client, ns: &str, v: &Volume, path: &Path) -
 /// by descriptor at `subpaths/<n>` under `bundle`, which the runtime then mounts: what the pod
 /// does to the path afterwards changes nothing. The caller unmounts those once the container
 /// runs (see `teardown::unmount_bundle`).
-pub fn volume_mounts(c: &Container, volumes: &[PodVolume], vars: &BTreeMap<String, String>, bundle: &Path) -> Result<Vec<BindMount>, String> {
+pub fn volume_mounts(
+    c: &Container,
+    volumes: &[PodVolume],
+    vars: &BTreeMap<String, String>,
+    bundle: &Path,
+) -> Result<Vec<BindMount>, String> {
     let mut out = Vec::new();
     for (i, m) in c.volume_mounts.iter().flatten().enumerate() {
-        let vol = volumes.iter().find(|v| v.name == m.name).ok_or_else(|| format!("volumeMount {:?}: no volume of that name", m.name))?;
+        let vol = volumes
+            .iter()
+            .find(|v| v.name == m.name)
+            .ok_or_else(|| format!("volumeMount {:?}: no volume of that name", m.name))?;
         let read_only = vol.read_only || m.read_only.unwrap_or(false);
-        let sub = match (m.sub_path.as_deref().filter(|s| !s.is_empty()), m.sub_path_expr.as_deref().filter(|s| !s.is_empty())) {
-            (Some(_), Some(_)) => return Err(format!("volumeMount {:?}: subPath and subPathExpr are mutually exclusive", m.name)),
+        let sub = match (
+            m.sub_path.as_deref().filter(|s| !s.is_empty()),
+            m.sub_path_expr.as_deref().filter(|s| !s.is_empty()),
+        ) {
+            (Some(_), Some(_)) => {
+                return Err(format!(
+                    "volumeMount {:?}: subPath and subPathExpr are mutually exclusive",
+                    m.name
+                ));
+            }
             (Some(s), None) => Some(s.to_string()),
             (None, Some(e)) => Some(super::container::expand(e, vars)),
             (None, None) => None,
@@ -185,11 +239,16 @@ pub fn volume_mounts(c: &Container, volumes: &[PodVolume], vars: &BTreeMap<Strin
             None => vol.path.clone(),
             Some(sub) => {
                 let target = bundle.join("subpaths").join(i.to_string());
-                bind_sub_path(&vol.path, &sub, &target).map_err(|e| format!("volumeMount {:?}: subPath {sub:?}: {e}", m.name))?;
+                bind_sub_path(&vol.path, &sub, &target)
+                    .map_err(|e| format!("volumeMount {:?}: subPath {sub:?}: {e}", m.name))?;
                 target
             }
         };
-        out.push(BindMount { source, destination: m.mount_path.clone(), read_only });
+        out.push(BindMount {
+            source,
+            destination: m.mount_path.clone(),
+            read_only,
+        });
     }
     Ok(out)
 }
@@ -201,8 +260,12 @@ fn bind_sub_path(volume: &Path, sub: &str, target: &Path) -> Result<(), String> 
     let root = beneath::open_dir(volume).map_err(|e| e.to_string())?;
     let found = match beneath::open(&root, &rel, OFlags::PATH, 0, Resolve::Beneath) {
         Ok(fd) => fd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => beneath::mkdir_all_owned(&root, &rel, 0o755, Resolve::Beneath, true).map_err(|e| e.to_string())?,
-        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => return Err("it leaves the volume (through a symlink)".into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            beneath::mkdir_all_owned(&root, &rel, 0o755, Resolve::Beneath, true).map_err(|e| e.to_string())?
+        }
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::XDEV.raw_os_error()) => {
+            return Err("it leaves the volume (through a symlink)".into());
+        }
         Err(e) => return Err(e.to_string()),
     };
     let st = rustix::fs::fstat(&found).map_err(|e| e.to_string())?;
@@ -210,9 +273,20 @@ fn bind_sub_path(volume: &Path, sub: &str, target: &Path) -> Result<(), String> 
     if let Some(parent) = target.parent() {
         std::fs::create_dir_all(parent).map_err(|e| format!("{}: {e}", parent.display()))?;
     }
-    let made = if is_dir { std::fs::create_dir(target) } else { std::fs::File::create(target).map(drop) };
+    let made = if is_dir {
+        std::fs::create_dir(target)
+    } else {
+        std::fs::File::create(target).map(drop)
+    };
     made.map_err(|e| format!("{}: {e}", target.display()))?;
-    nix::mount::mount(Some(&beneath::fd_path(&found)), target, None::<&str>, MsFlags::MS_BIND, None::<&str>).map_err(|e| format!("bind-mounting it: {e}"))
+    nix::mount::mount(
+        Some(&beneath::fd_path(&found)),
+        target,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(|e| format!("bind-mounting it: {e}"))
 }
 
 #[cfg(test)]
@@ -225,10 +299,19 @@ mod tests {
 
     #[test]
     fn cluster_first_search_path() {
-        let p = pod(serde_json::json!({"metadata": {"name": "a", "namespace": "shop"}, "spec": {"containers": [], "dnsPolicy": "ClusterFirst",
-            "dnsConfig": {"options": [{"name": "ndots", "value": "2"}], "searches": ["corp.example"]}}}));
-        let dns = DnsSettings { cluster_dns: Some("10.96.0.10"), cluster_domain: "cluster.local", host_resolv: "nameserver 1.1.1.1\n" };
-        assert_eq!(resolv_conf(&p, &dns), "nameserver 10.96.0.10\nsearch shop.svc.cluster.local svc.cluster.local cluster.local corp.example\noptions ndots:2\n");
+        let p = pod(
+            serde_json::json!({"metadata": {"name": "a", "namespace": "shop"}, "spec": {"containers": [], "dnsPolicy": "ClusterFirst",
+            "dnsConfig": {"options": [{"name": "ndots", "value": "2"}], "searches": ["corp.example"]}}}),
+        );
+        let dns = DnsSettings {
+            cluster_dns: Some("10.96.0.10"),
+            cluster_domain: "cluster.local",
+            host_resolv: "nameserver 1.1.1.1\n",
+        };
+        assert_eq!(
+            resolv_conf(&p, &dns),
+            "nameserver 10.96.0.10\nsearch shop.svc.cluster.local svc.cluster.local cluster.local corp.example\noptions ndots:2\n"
+        );
         let p = pod(serde_json::json!({"metadata": {"name": "a"}, "spec": {"containers": [], "dnsPolicy": "Default"}}));
         assert_eq!(resolv_conf(&p, &dns), "nameserver 1.1.1.1\n");
     }

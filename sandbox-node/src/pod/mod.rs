@@ -6,9 +6,9 @@ mod container;
 mod files;
 pub mod probe;
 mod projection;
-mod storage;
 pub(crate) mod state;
 mod status;
+mod storage;
 mod teardown;
 
 use std::collections::BTreeMap;
@@ -36,8 +36,18 @@ pub enum Event {
     Pod(Box<Pod>),
     /// The pod is gone from the API (deleted without grace, or the watch lost it).
     Gone,
-    Exited { name: String, number: u32, record: ExitRecord },
-    Probe { name: String, number: u32, kind: probe::Kind, ok: bool, message: String },
+    Exited {
+        name: String,
+        number: u32,
+        record: ExitRecord,
+    },
+    Probe {
+        name: String,
+        number: u32,
+        kind: probe::Kind,
+        ok: bool,
+        message: String,
+    },
 }
 
 pub struct Worker {
@@ -67,7 +77,11 @@ pub struct Worker {
 }
 
 fn grace_period(pod: &Pod) -> i64 {
-    pod.metadata.deletion_grace_period_seconds.or(pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds)).unwrap_or(30).max(0)
+    pod.metadata
+        .deletion_grace_period_seconds
+        .or(pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds))
+        .unwrap_or(30)
+        .max(0)
 }
 
 impl Worker {
@@ -80,9 +94,17 @@ impl Worker {
         let ns = PodNamespaces::at(ctx.ns_dir.join(&uid));
         let spec = pod.spec.clone().unwrap_or_default();
         let mut ctrs: Vec<Ctr> = Vec::new();
-        for (init, list) in [(true, spec.init_containers.clone().unwrap_or_default()), (false, spec.containers.clone())] {
+        for (init, list) in [
+            (true, spec.init_containers.clone().unwrap_or_default()),
+            (false, spec.containers.clone()),
+        ] {
             for c in list {
-                ctrs.push(Ctr { name: c.name.clone(), init, backoff: ctx.backoff_base, ..Default::default() });
+                ctrs.push(Ctr {
+                    name: c.name.clone(),
+                    init,
+                    backoff: ctx.backoff_base,
+                    ..Default::default()
+                });
             }
         }
         let w = Worker {
@@ -110,16 +132,29 @@ impl Worker {
     }
 
     fn pod_name(&self) -> String {
-        format!("{}/{}", self.pod.metadata.namespace.clone().unwrap_or_default(), self.pod.metadata.name.clone().unwrap_or_default())
+        format!(
+            "{}/{}",
+            self.pod.metadata.namespace.clone().unwrap_or_default(),
+            self.pod.metadata.name.clone().unwrap_or_default()
+        )
     }
 
     fn spec_of(&self, name: &str) -> Option<Container> {
         let s = self.pod.spec.as_ref()?;
-        s.init_containers.iter().flatten().chain(s.containers.iter()).find(|c| c.name == name).cloned()
+        s.init_containers
+            .iter()
+            .flatten()
+            .chain(s.containers.iter())
+            .find(|c| c.name == name)
+            .cloned()
     }
 
     fn restart_policy(&self) -> String {
-        self.pod.spec.as_ref().and_then(|s| s.restart_policy.clone()).unwrap_or_else(|| "Always".into())
+        self.pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.restart_policy.clone())
+            .unwrap_or_else(|| "Always".into())
     }
 
     async fn run(mut self, mut rx: mpsc::UnboundedReceiver<Event>) {
@@ -136,8 +171,13 @@ impl Worker {
             self.check_storage().await;
             self.reconcile().await;
             self.report().await;
-            let deadline =
-                self.ctrs.iter().filter_map(|c| c.next_start).chain(self.failed_sandbox.as_ref().map(|f| f.1)).chain(self.next_storage_check).min();
+            let deadline = self
+                .ctrs
+                .iter()
+                .filter_map(|c| c.next_start)
+                .chain(self.failed_sandbox.as_ref().map(|f| f.1))
+                .chain(self.next_storage_check)
+                .min();
             // An evicted pod waits for its deletion only.
             let deadline = deadline.filter(|_| self.evicted.is_none());
             let ev = match deadline {
@@ -172,8 +212,12 @@ impl Worker {
             Event::Gone => {}
             Event::Exited { name, number, record } => {
                 let (base, max) = (self.ctx.backoff_base, self.ctx.backoff_max);
-                let Some(c) = self.ctrs.iter_mut().find(|c| c.name == name) else { return };
-                let Some(cur) = c.current.as_mut().filter(|a| a.number == number && a.exit.is_none()) else { return };
+                let Some(c) = self.ctrs.iter_mut().find(|c| c.name == name) else {
+                    return;
+                };
+                let Some(cur) = c.current.as_mut().filter(|a| a.number == number && a.exit.is_none()) else {
+                    return;
+                };
                 // A container that ran ten minutes has earned a fresh back-off.
                 let ran_long = chrono::DateTime::parse_from_rfc3339(&cur.started_at)
                     .is_ok_and(|s| chrono::Utc::now().signed_duration_since(s) > chrono::Duration::minutes(10));
@@ -189,9 +233,20 @@ impl Worker {
                 c.stop_tasks();
                 self.save();
             }
-            Event::Probe { name, number, kind, ok, message } => {
-                let Some(c) = self.ctrs.iter_mut().find(|c| c.name == name) else { return };
-                if c.current.as_ref().is_none_or(|a| a.number != number || a.exit.is_some()) {
+            Event::Probe {
+                name,
+                number,
+                kind,
+                ok,
+                message,
+            } => {
+                let Some(c) = self.ctrs.iter_mut().find(|c| c.name == name) else {
+                    return;
+                };
+                if c.current
+                    .as_ref()
+                    .is_none_or(|a| a.number != number || a.exit.is_some())
+                {
                     return;
                 }
                 match kind {
@@ -209,7 +264,14 @@ impl Worker {
                     self.event("Warning", "Unhealthy", &format!("{what} probe failed: {message}"));
                     if kind != probe::Kind::Readiness {
                         // A failed liveness or startup probe restarts the container.
-                        self.event("Normal", "Killing", &format!("Container {name} failed {} probe, will be restarted", what.to_lowercase()));
+                        self.event(
+                            "Normal",
+                            "Killing",
+                            &format!(
+                                "Container {name} failed {} probe, will be restarted",
+                                what.to_lowercase()
+                            ),
+                        );
                         let rt = self.ctx.runtime.clone();
                         let grace = grace_period(&self.pod);
                         tokio::spawn(async move {
@@ -234,7 +296,19 @@ impl Worker {
         let saved = Saved {
             pod_ip: self.pod_ip.clone(),
             user_base: self.user_base,
-            containers: self.ctrs.iter().map(|c| (c.name.clone(), SavedCtr { current: c.current.clone(), previous: c.previous.clone() })).collect(),
+            containers: self
+                .ctrs
+                .iter()
+                .map(|c| {
+                    (
+                        c.name.clone(),
+                        SavedCtr {
+                            current: c.current.clone(),
+                            previous: c.previous.clone(),
+                        },
+                    )
+                })
+                .collect(),
         };
         if let Err(e) = state::save(&self.run_dir, &saved) {
             tracing::warn!(pod = %self.pod_name(), error = %e, "saving pod state");
@@ -243,7 +317,9 @@ impl Worker {
 
     /// Pick up where a previous run of the node left off.
     async fn adopt(&mut self) {
-        let Some(saved) = state::load(&self.run_dir, &self.dir) else { return };
+        let Some(saved) = state::load(&self.run_dir, &self.dir) else {
+            return;
+        };
         // Held whether or not the namespaces are still there: the range is released with the
         // pod, at its teardown.
         if let Some(base) = saved.user_base {
@@ -253,14 +329,25 @@ impl Worker {
         if !self.ns.exist() || self.ns.user().is_some() != self.user_base.is_some() {
             return;
         }
-        let running: Vec<String> = self.ctx.runtime.list().await.unwrap_or_default().into_iter().filter(|s| s.status == "running").map(|s| s.id).collect();
+        let running: Vec<String> = self
+            .ctx
+            .runtime
+            .list()
+            .await
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|s| s.status == "running")
+            .map(|s| s.id)
+            .collect();
         self.pod_ip = saved.pod_ip;
         if let Ok(v) = files::prepare_volumes(&self.ctx.client, &self.pod, &self.dir.join("volumes")).await {
             self.volumes = v;
         }
         self.sandbox_ready = true;
         for c in &mut self.ctrs {
-            let Some(s) = saved.containers.get(&c.name) else { continue };
+            let Some(s) = saved.containers.get(&c.name) else {
+                continue;
+            };
             c.previous = s.previous.clone();
             c.current = s.current.clone();
             if let Some(cur) = c.current.as_mut().filter(|a| a.exit.is_none()) {
@@ -281,13 +368,24 @@ impl Worker {
                         }
                     }));
                 } else {
-                    cur.exit = Some(ExitRecord { exit_code: 255, signal: None, reason: "Error".into(), message: "the container was gone when the node restarted".into(), finished_at: now_rfc3339() });
+                    cur.exit = Some(ExitRecord {
+                        exit_code: 255,
+                        signal: None,
+                        reason: "Error".into(),
+                        message: "the container was gone when the node restarted".into(),
+                        finished_at: now_rfc3339(),
+                    });
                 }
             }
         }
         tracing::info!(pod = %self.pod_name(), "adopted");
         // Probes start again for the running containers.
-        let names: Vec<String> = self.ctrs.iter().filter(|c| c.running()).map(|c| c.name.clone()).collect();
+        let names: Vec<String> = self
+            .ctrs
+            .iter()
+            .filter(|c| c.running())
+            .map(|c| c.name.clone())
+            .collect();
         for n in names {
             self.start_probes(&n);
         }
@@ -308,7 +406,8 @@ impl Worker {
             std::fs::create_dir_all(d.join("containers")).map_err(|e| format!("{}: {e}", d.display()))?;
         }
         let hostname = pod_hostname(&self.pod);
-        let wants_userns = crate::userns::wants_user_namespace(&self.pod, self.ctx.user_namespaces).map_err(|e| e.to_string())?;
+        let wants_userns =
+            crate::userns::wants_user_namespace(&self.pod, self.ctx.user_namespaces).map_err(|e| e.to_string())?;
         if wants_userns && self.user_base.is_none() {
             self.user_base = Some(self.ctx.id_ranges.allocate().map_err(|e| e.to_string())?);
             self.save();
@@ -316,20 +415,33 @@ impl Worker {
         let user_base = self.user_base.filter(|_| wants_userns);
         // Namespaces left from an earlier try that do not match (made before the range was saved).
         if self.ns.exist() && self.ns.user().is_some() != user_base.is_some() {
-            self.ns.remove(&self.ctx.keeper).await.map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))?;
+            self.ns
+                .remove(&self.ctx.keeper)
+                .await
+                .map_err(|e| e.iter().map(|e| e.to_string()).collect::<Vec<_>>().join("; "))?;
         }
         if !self.ns.exist() {
-            self.ns.create(&self.ctx.keeper, &hostname, user_base).await.map_err(|e| e.to_string())?;
+            self.ns
+                .create(&self.ctx.keeper, &hostname, user_base)
+                .await
+                .map_err(|e| e.to_string())?;
         }
         crate::cgroups::limit_pod_pids(&self.ctx.cgroup_parent, &self.uid, crate::cgroups::POD_PIDS_MAX)?;
-        let ip = self.ctx.network.attach(&self.uid, &self.pod, &self.ns.net()).await.map_err(|e| format!("network: {e}"))?;
+        let ip = self
+            .ctx
+            .network
+            .attach(&self.uid, &self.pod, &self.ns.net())
+            .await
+            .map_err(|e| format!("network: {e}"))?;
         self.pod_ip = ip;
         let dns = files::DnsSettings {
             cluster_dns: self.ctx.cluster_dns.as_deref(),
             cluster_domain: &self.ctx.cluster_domain,
             host_resolv: &self.ctx.host_resolv,
         };
-        let write = |name: &str, body: String| std::fs::write(self.run_dir.join(name), body).map_err(|e| format!("{name}: {e}"));
+        let write = |name: &str, body: String| {
+            std::fs::write(self.run_dir.join(name), body).map_err(|e| format!("{name}: {e}"))
+        };
         write("hosts", files::hosts_file(&self.pod, &self.pod_ip))?;
         write("hostname", format!("{hostname}\n"))?;
         write("resolv.conf", files::resolv_conf(&self.pod, &dns))?;
@@ -338,14 +450,23 @@ impl Worker {
             // The pod's own directories: its range's root reaches its rootfs and volumes through
             // them (the runtime mounts them as that uid), nobody else gets in (see `private`).
             for d in [&self.dir, &self.run_dir] {
-                crate::userns::give_to_pod(d, base).map_err(|e| format!("giving {} to the pod's user namespace: {e}", d.display()))?;
-                std::fs::set_permissions(d, <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(crate::private::DIR_MODE)).map_err(|e| format!("{}: {e}", d.display()))?;
+                crate::userns::give_to_pod(d, base)
+                    .map_err(|e| format!("giving {} to the pod's user namespace: {e}", d.display()))?;
+                std::fs::set_permissions(
+                    d,
+                    <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(crate::private::DIR_MODE),
+                )
+                .map_err(|e| format!("{}: {e}", d.display()))?;
             }
             // Root in the pod writes these, as it would without a user namespace; configMap and
             // secret volumes stay the node's (read-only, world-readable).
             let writable = ["hosts", "hostname", "resolv.conf"].map(|n| self.run_dir.join(n));
-            for p in writable.iter().chain(self.volumes.iter().filter(|v| !v.read_only).map(|v| &v.path)) {
-                crate::userns::give_to_pod(p, base).map_err(|e| format!("giving {} to the pod's user namespace: {e}", p.display()))?;
+            for p in writable
+                .iter()
+                .chain(self.volumes.iter().filter(|v| !v.read_only).map(|v| &v.path))
+            {
+                crate::userns::give_to_pod(p, base)
+                    .map_err(|e| format!("giving {} to the pod's user namespace: {e}", p.display()))?;
             }
         }
         self.sandbox_ready = true;
@@ -362,10 +483,20 @@ impl Worker {
             return;
         }
         self.next_storage_check = Some(Instant::now() + storage::CHECK_EVERY);
-        let dirs: Vec<(String, PathBuf)> =
-            self.ctrs.iter().filter_map(|c| Some((c.name.clone(), attempt_data_dir(&self.dir, &c.name, c.current.as_ref()?.number)))).collect();
+        let dirs: Vec<(String, PathBuf)> = self
+            .ctrs
+            .iter()
+            .filter_map(|c| {
+                Some((
+                    c.name.clone(),
+                    attempt_data_dir(&self.dir, &c.name, c.current.as_ref()?.number),
+                ))
+            })
+            .collect();
         let (limits, volumes) = (self.storage.clone(), self.dir.join("volumes"));
-        let Ok(Some(why)) = tokio::task::spawn_blocking(move || storage::over(&limits, &volumes, &dirs)).await else { return };
+        let Ok(Some(why)) = tokio::task::spawn_blocking(move || storage::over(&limits, &volumes, &dirs)).await else {
+            return;
+        };
         self.event("Warning", "Evicted", &why);
         self.evicted = Some(why);
         self.next_storage_check = None;
@@ -438,7 +569,11 @@ impl Worker {
             if t > now {
                 if c.exited().is_some() {
                     let name = c.name.clone();
-                    let msg = format!("back-off {:?} restarting failed container={name} pod={}", c.backoff, self.pod.metadata.name.clone().unwrap_or_default());
+                    let msg = format!(
+                        "back-off {:?} restarting failed container={name} pod={}",
+                        c.backoff,
+                        self.pod.metadata.name.clone().unwrap_or_default()
+                    );
                     let c = &mut self.ctrs[i];
                     if c.waiting.as_ref().is_none_or(|w| w.0 != "CrashLoopBackOff") {
                         c.waiting = Some(("CrashLoopBackOff".into(), msg.clone()));
@@ -462,7 +597,11 @@ impl Worker {
                 c.next_start = Some(Instant::now() + c.backoff);
                 c.backoff = (c.backoff * 2).min(self.ctx.backoff_max);
                 if first {
-                    self.event("Warning", if reason == "ErrImagePull" { "Failed" } else { &reason }, &message);
+                    self.event(
+                        "Warning",
+                        if reason == "ErrImagePull" { "Failed" } else { &reason },
+                        &message,
+                    );
                 }
             }
         }
@@ -470,12 +609,21 @@ impl Worker {
 
     /// Start a new attempt of a container; on failure, the waiting reason and message.
     async fn start(&mut self, name: &str) -> Result<(), (String, String)> {
-        let spec = self.spec_of(name).ok_or_else(|| ("CreateContainerConfigError".to_string(), "no such container".to_string()))?;
+        let spec = self.spec_of(name).ok_or_else(|| {
+            (
+                "CreateContainerConfigError".to_string(),
+                "no such container".to_string(),
+            )
+        })?;
         let image_ref = spec.image.clone().unwrap_or_default();
         let cfg_err = |m: String| ("CreateContainerConfigError".to_string(), m);
         let t0 = std::time::Instant::now();
         let image = self.image_for(name, &spec).await?;
-        let c = self.ctrs.iter().find(|c| c.name == name).ok_or_else(|| cfg_err("no such container".into()))?;
+        let c = self
+            .ctrs
+            .iter()
+            .find(|c| c.name == name)
+            .ok_or_else(|| cfg_err("no such container".into()))?;
         let number = match (&c.current, c.current.as_ref().and_then(|a| a.exit.as_ref())) {
             (Some(a), Some(_)) => a.number + 1,
             (Some(a), None) => a.number,
@@ -490,45 +638,73 @@ impl Worker {
         for d in [bundle.join("rootfs"), data.join("upper"), data.join("work")] {
             std::fs::create_dir_all(&d).map_err(|e| cfg_err(format!("{}: {e}", d.display())))?;
         }
-        let layers: Vec<PathBuf> = image.layers.iter().rev().map(|l| self.ctx.images.layer_dir(l)).collect();
+        let layers: Vec<PathBuf> = image
+            .layers
+            .iter()
+            .rev()
+            .map(|l| self.ctx.images.layer_dir(l))
+            .collect();
         let user_base = self.user_base.filter(|_| self.ns.user().is_some());
         // With a user namespace the layers are seen through idmapped mounts (see `userns`); the
         // views live until the overlay holds its own clones of them.
         let idmapped = match (user_base, self.ns.user()) {
-            (Some(base), Some(ns)) => match crate::userns::IdmappedLayers::mount(&layers, &ns, &bundle.join("layers")) {
-                Ok(views) => {
-                    let top = layers.first().and_then(|l| std::fs::metadata(l).ok()).map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777);
-                    let upper = data.join("upper");
-                    crate::userns::give_to_pod(&upper, base)
-                        .and_then(|()| std::fs::set_permissions(&upper, std::os::unix::fs::PermissionsExt::from_mode(top.unwrap_or(0o755))))
-                        .map_err(|e| cfg_err(format!("giving the pod its writable layer: {e}")))?;
-                    Some(views)
+            (Some(base), Some(ns)) => {
+                match crate::userns::IdmappedLayers::mount(&layers, &ns, &bundle.join("layers")) {
+                    Ok(views) => {
+                        let top = layers
+                            .first()
+                            .and_then(|l| std::fs::metadata(l).ok())
+                            .map(|m| std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o7777);
+                        let upper = data.join("upper");
+                        crate::userns::give_to_pod(&upper, base)
+                            .and_then(|()| {
+                                std::fs::set_permissions(
+                                    &upper,
+                                    std::os::unix::fs::PermissionsExt::from_mode(top.unwrap_or(0o755)),
+                                )
+                            })
+                            .map_err(|e| cfg_err(format!("giving the pod its writable layer: {e}")))?;
+                        Some(views)
+                    }
+                    Err(e) => {
+                        tracing::warn!(pod = %self.pod_name(), error = %e, "the image's layers cannot be idmapped here; shifting the rootfs's owners instead");
+                        None
+                    }
                 }
-                Err(e) => {
-                    tracing::warn!(pod = %self.pod_name(), error = %e, "the image's layers cannot be idmapped here; shifting the rootfs's owners instead");
-                    None
-                }
-            },
+            }
             _ => None,
         };
         let lower: Vec<String> = match &idmapped {
             Some(views) => views.paths.iter().map(|p| p.display().to_string()).collect(),
             None => layers.iter().map(|p| p.display().to_string()).collect(),
         };
-        let mut opts = format!("lowerdir={},upperdir={},workdir={}", lower.join(":"), data.join("upper").display(), data.join("work").display());
+        let mut opts = format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lower.join(":"),
+            data.join("upper").display(),
+            data.join("work").display()
+        );
         let shift = user_base.filter(|_| idmapped.is_none());
         if shift.is_some() {
             // Chowning into the pod's range then copies metadata up, not data (see `userns`).
             opts.push_str(",metacopy=on");
         }
-        nix::mount::mount(Some("overlay"), &bundle.join("rootfs"), Some("overlay"), nix::mount::MsFlags::empty(), Some(opts.as_str()))
-            .map_err(|e| cfg_err(format!("mounting the image's layers: {e}")))?;
+        nix::mount::mount(
+            Some("overlay"),
+            &bundle.join("rootfs"),
+            Some("overlay"),
+            nix::mount::MsFlags::empty(),
+            Some(opts.as_str()),
+        )
+        .map_err(|e| cfg_err(format!("mounting the image's layers: {e}")))?;
         drop(idmapped);
         if let Some(base) = shift
             && let Err(e) = crate::userns::shift_rootfs(&bundle.join("rootfs"), base)
         {
             let _ = teardown::unmount_bundle(&bundle);
-            return Err(cfg_err(format!("shifting the rootfs into the pod's user namespace: {e}")));
+            return Err(cfg_err(format!(
+                "shifting the rootfs into the pod's user namespace: {e}"
+            )));
         }
         let built = self.build_spec(&spec, &image, &bundle).await;
         let cspec = match built {
@@ -538,9 +714,17 @@ impl Worker {
                 return Err(cfg_err(m));
             }
         };
-        crate::private::write(&bundle.join("config.json"), &serde_json::to_vec(&config_json(&cspec)).unwrap_or_default())
-            .map_err(|e| cfg_err(format!("writing config.json: {e}")))?;
-        let launch = Launch { id: id.clone(), bundle: bundle.clone(), log: data.join("log"), exit: bundle.join("exit") };
+        crate::private::write(
+            &bundle.join("config.json"),
+            &serde_json::to_vec(&config_json(&cspec)).unwrap_or_default(),
+        )
+        .map_err(|e| cfg_err(format!("writing config.json: {e}")))?;
+        let launch = Launch {
+            id: id.clone(),
+            bundle: bundle.clone(),
+            log: data.join("log"),
+            exit: bundle.join("exit"),
+        };
         let prepared = t0.elapsed();
         let started = match self.ctx.runtime.start(&launch).await {
             Ok(s) => s,
@@ -555,7 +739,14 @@ impl Worker {
             tracing::warn!(pod = %self.pod_name(), error = %e, "unmounting the started container's rootfs");
         }
         tracing::debug!(pod = %self.pod_name(), container = name, prepare_ms = prepared.as_millis() as u64, start_ms = (t0.elapsed() - prepared).as_millis() as u64, "container started");
-        let attempt = Attempt { number, id, started_at: now_rfc3339(), image: image_ref.clone(), image_id: image.id.clone(), exit: None };
+        let attempt = Attempt {
+            number,
+            id,
+            started_at: now_rfc3339(),
+            image: image_ref.clone(),
+            image_id: image.id.clone(),
+            exit: None,
+        };
         let tx = self.tx.clone();
         let (cname, exit_file) = (name.to_string(), launch.exit.clone());
         let watcher = tokio::spawn(async move {
@@ -567,10 +758,18 @@ impl Worker {
                 message: "the node's supervisor ended without an exit record for the container".into(),
                 finished_at: now_rfc3339(),
             });
-            let _ = tx.send(Event::Exited { name: cname, number, record });
+            let _ = tx.send(Event::Exited {
+                name: cname,
+                number,
+                record,
+            });
         });
         let pod_name = self.pod.metadata.name.clone().unwrap_or_default();
-        let c = self.ctrs.iter_mut().find(|c| c.name == name).ok_or_else(|| cfg_err("no such container".into()))?;
+        let c = self
+            .ctrs
+            .iter_mut()
+            .find(|c| c.name == name)
+            .ok_or_else(|| cfg_err("no such container".into()))?;
         let retired = match c.current.take() {
             Some(prev) => c.previous.replace(prev),
             None => None,
@@ -591,12 +790,22 @@ impl Worker {
             let _ = std::fs::remove_dir_all(&bundle);
             let _ = std::fs::remove_dir_all(attempt_data_dir(&self.dir, name, old.number));
         }
-        self.event("Normal", "Started", &format!("Started container {name} of pod {pod_name}"));
+        self.event(
+            "Normal",
+            "Started",
+            &format!("Started container {name} of pod {pod_name}"),
+        );
         self.start_probes(name);
         if let Some(h) = spec.lifecycle.as_ref().and_then(|l| l.post_start.clone()) {
             if let Err(m) = self.run_hook(name, &spec, &h).await {
                 self.event("Warning", "FailedPostStartHook", &m);
-                let id = self.ctrs.iter().find(|c| c.name == name).and_then(|c| c.current.as_ref()).map(|a| a.id.clone()).unwrap_or_default();
+                let id = self
+                    .ctrs
+                    .iter()
+                    .find(|c| c.name == name)
+                    .and_then(|c| c.current.as_ref())
+                    .map(|a| a.id.clone())
+                    .unwrap_or_default();
                 let _ = self.ctx.runtime.kill(&id, "KILL").await;
             }
         }
@@ -608,36 +817,76 @@ impl Worker {
     async fn image_for(&mut self, name: &str, spec: &Container) -> Result<crate::image::ImageRecord, (String, String)> {
         let image_ref = spec.image.clone().unwrap_or_default();
         let policy = spec.image_pull_policy.clone().unwrap_or_else(|| "IfNotPresent".into());
-        let local = self.ctx.images.resolve(&image_ref).map_err(|e| ("ErrImagePull".to_string(), format!("image \"{image_ref}\": {e}")))?;
+        let local = self
+            .ctx
+            .images
+            .resolve(&image_ref)
+            .map_err(|e| ("ErrImagePull".to_string(), format!("image \"{image_ref}\": {e}")))?;
         match (policy.as_str(), local) {
             ("Never", Some(i)) | ("IfNotPresent", Some(i)) => return Ok(i),
             ("Never", None) => {
-                return Err(("ErrImageNeverPull".into(), format!("Container image \"{image_ref}\" is not present with pull policy of Never")));
+                return Err((
+                    "ErrImageNeverPull".into(),
+                    format!("Container image \"{image_ref}\" is not present with pull policy of Never"),
+                ));
             }
             _ => {}
         }
-        let backing_off = self.ctrs.iter().find(|c| c.name == name).is_some_and(|c| c.waiting.as_ref().is_some_and(|w| w.0.contains("ImagePull")));
+        let backing_off = self
+            .ctrs
+            .iter()
+            .find(|c| c.name == name)
+            .is_some_and(|c| c.waiting.as_ref().is_some_and(|w| w.0.contains("ImagePull")));
         self.event("Normal", "Pulling", &format!("Pulling image \"{image_ref}\""));
         let started = std::time::Instant::now();
         let lock = self.ctx.pull_lock(&image_ref);
         let _one_pull = lock.lock().await;
         // Another pod may have pulled it while this one waited.
-        let fresh = if policy != "Always" { self.ctx.images.resolve(&image_ref).ok().flatten() } else { None };
+        let fresh = if policy != "Always" {
+            self.ctx.images.resolve(&image_ref).ok().flatten()
+        } else {
+            None
+        };
         let pulled = match fresh {
             Some(i) => Ok(i),
             None => self.ctx.images.pull(&image_ref, &self.ctx.insecure_registries).await,
         };
         match pulled {
             Ok(i) => {
-                self.event("Normal", "Pulled", &format!("Successfully pulled image \"{image_ref}\" in {:?}", started.elapsed()));
+                self.event(
+                    "Normal",
+                    "Pulled",
+                    &format!("Successfully pulled image \"{image_ref}\" in {:?}", started.elapsed()),
+                );
                 Ok(i)
             }
-            Err(e) => Err((if backing_off { "ImagePullBackOff" } else { "ErrImagePull" }.into(), format!("Failed to pull image \"{image_ref}\": {e}"))),
+            Err(e) => Err((
+                if backing_off {
+                    "ImagePullBackOff"
+                } else {
+                    "ErrImagePull"
+                }
+                .into(),
+                format!("Failed to pull image \"{image_ref}\": {e}"),
+            )),
         }
     }
 
-    async fn build_spec(&self, c: &Container, image: &crate::image::ImageRecord, bundle: &std::path::Path) -> Result<ContainerSpec, String> {
-        let env = container::environment(&self.ctx.client, &self.pod, c, &image.config, &self.pod_ip, &self.ctx.host_ip).await?;
+    async fn build_spec(
+        &self,
+        c: &Container,
+        image: &crate::image::ImageRecord,
+        bundle: &std::path::Path,
+    ) -> Result<ContainerSpec, String> {
+        let env = container::environment(
+            &self.ctx.client,
+            &self.pod,
+            c,
+            &image.config,
+            &self.pod_ip,
+            &self.ctx.host_ip,
+        )
+        .await?;
         // Not read back from the file: the pod can write to its /etc/hostname.
         let hostname = pod_hostname(&self.pod);
         let mut env = env;
@@ -647,7 +896,9 @@ impl Worker {
         let vars: BTreeMap<String, String> = env.iter().cloned().collect();
         let args = container::process_args(c, &image.config, &vars);
         if args.is_empty() {
-            return Err("no command specified: the image has no entrypoint or cmd and the container sets no command".into());
+            return Err(
+                "no command specified: the image has no entrypoint or cmd and the container sets no command".into(),
+            );
         }
         let rootfs = bundle.join("rootfs");
         let (uid, gid, groups) = container::user(&self.pod, c, &image.config.user, &rootfs)?;
@@ -656,23 +907,43 @@ impl Worker {
             return Err("privileged containers are not allowed on this platform".into());
         }
         let mut mounts = vec![
-            crate::spec::BindMount { source: self.pod_file("hosts"), destination: "/etc/hosts".into(), read_only: false },
-            crate::spec::BindMount { source: self.pod_file("hostname"), destination: "/etc/hostname".into(), read_only: false },
-            crate::spec::BindMount { source: self.pod_file("resolv.conf"), destination: "/etc/resolv.conf".into(), read_only: false },
+            crate::spec::BindMount {
+                source: self.pod_file("hosts"),
+                destination: "/etc/hosts".into(),
+                read_only: false,
+            },
+            crate::spec::BindMount {
+                source: self.pod_file("hostname"),
+                destination: "/etc/hostname".into(),
+                read_only: false,
+            },
+            crate::spec::BindMount {
+                source: self.pod_file("resolv.conf"),
+                destination: "/etc/resolv.conf".into(),
+                read_only: false,
+            },
         ];
         let term = bundle.join("termination-log");
         std::fs::write(&term, b"").map_err(|e| e.to_string())?;
         let userns = self.ns.user().zip(self.user_base);
         if let Some((_, base)) = &userns {
-            crate::userns::give_to_pod(&term, *base).map_err(|e| format!("giving the termination log to the pod: {e}"))?;
+            crate::userns::give_to_pod(&term, *base)
+                .map_err(|e| format!("giving the termination log to the pod: {e}"))?;
         }
         mounts.push(crate::spec::BindMount {
             source: term,
-            destination: c.termination_message_path.clone().unwrap_or_else(|| "/dev/termination-log".into()),
+            destination: c
+                .termination_message_path
+                .clone()
+                .unwrap_or_else(|| "/dev/termination-log".into()),
             read_only: false,
         });
         mounts.extend(files::volume_mounts(c, &self.volumes, &vars, bundle)?);
-        let cwd = c.working_dir.clone().filter(|w| !w.is_empty()).unwrap_or_else(|| image.config.working_dir.clone());
+        let cwd = c
+            .working_dir
+            .clone()
+            .filter(|w| !w.is_empty())
+            .unwrap_or_else(|| image.config.working_dir.clone());
         Ok(ContainerSpec {
             args,
             env: env.iter().map(|(k, v)| format!("{k}={v}")).collect(),
@@ -694,7 +965,8 @@ impl Worker {
             limits: container::limits(c)?,
             seccomp: true,
             oom_score_adj: 0,
-            sysctls: pod_features::sysctls(self.pod.spec.as_ref().ok_or("the pod has no spec")?).map_err(|e| format!("spec.{e}"))?,
+            sysctls: pod_features::sysctls(self.pod.spec.as_ref().ok_or("the pod has no spec")?)
+                .map_err(|e| format!("spec.{e}"))?,
         })
     }
 
@@ -704,7 +976,10 @@ impl Worker {
             runtime: self.ctx.runtime.clone(),
             container_ref: {
                 let a = c.current.as_ref()?;
-                crate::runtime::ContainerRef { id: a.id.clone(), bundle: attempt_bundle(&self.run_dir, &self.dir, name, a.number) }
+                crate::runtime::ContainerRef {
+                    id: a.id.clone(),
+                    bundle: attempt_bundle(&self.run_dir, &self.dir, name, a.number),
+                }
             },
             netns: self.ns.net(),
             pod_ip: self.pod_ip.clone(),
@@ -712,7 +987,12 @@ impl Worker {
         })
     }
 
-    async fn run_hook(&self, name: &str, spec: &Container, h: &k8s_openapi::api::core::v1::LifecycleHandler) -> Result<(), String> {
+    async fn run_hook(
+        &self,
+        name: &str,
+        spec: &Container,
+        h: &k8s_openapi::api::core::v1::LifecycleHandler,
+    ) -> Result<(), String> {
         let t = self.target(name).ok_or("container is gone")?;
         let action = probe::hook_action(spec, h)?;
         probe::run(&t, &action, Duration::from_secs(grace_period(&self.pod).max(1) as u64)).await
@@ -721,11 +1001,19 @@ impl Worker {
     fn start_probes(&mut self, name: &str) {
         let Some(t) = self.target(name) else { return };
         let Some(spec) = self.spec_of(name) else { return };
-        let number = self.ctrs.iter().find(|c| c.name == name).map_or(0, |c| c.restart_count());
+        let number = self
+            .ctrs
+            .iter()
+            .find(|c| c.name == name)
+            .map_or(0, |c| c.restart_count());
         let mut tasks = Vec::new();
         let has_startup = spec.startup_probe.is_some();
         let (started_tx, started_rx) = tokio::sync::watch::channel(!has_startup);
-        for (kind, p) in [(probe::Kind::Startup, &spec.startup_probe), (probe::Kind::Liveness, &spec.liveness_probe), (probe::Kind::Readiness, &spec.readiness_probe)] {
+        for (kind, p) in [
+            (probe::Kind::Startup, &spec.startup_probe),
+            (probe::Kind::Liveness, &spec.liveness_probe),
+            (probe::Kind::Readiness, &spec.readiness_probe),
+        ] {
             let Some(p) = p.clone() else { continue };
             let (tx, t, n, mut srx) = (self.tx.clone(), t.clone(), name.to_string(), started_rx.clone());
             let started_tx = started_tx.clone();
@@ -737,7 +1025,13 @@ impl Worker {
                     if kind == probe::Kind::Startup && ok {
                         let _ = started_tx.send(true);
                     }
-                    let _ = tx.send(Event::Probe { name: n.clone(), number, kind, ok, message });
+                    let _ = tx.send(Event::Probe {
+                        name: n.clone(),
+                        number,
+                        kind,
+                        ok,
+                        message,
+                    });
                 })
                 .await;
             }));
@@ -755,9 +1049,19 @@ impl Worker {
         if status == self.last_status {
             return;
         }
-        let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), self.pod.metadata.namespace.as_deref().unwrap_or("default"));
+        let api: Api<Pod> = Api::namespaced(
+            self.ctx.client.clone(),
+            self.pod.metadata.namespace.as_deref().unwrap_or("default"),
+        );
         let patch = serde_json::json!({"status": status});
-        match api.patch_status(self.pod.metadata.name.as_deref().unwrap_or_default(), &PatchParams::default(), &Patch::Merge(&patch)).await {
+        match api
+            .patch_status(
+                self.pod.metadata.name.as_deref().unwrap_or_default(),
+                &PatchParams::default(),
+                &Patch::Merge(&patch),
+            )
+            .await
+        {
             Ok(_) => self.last_status = status,
             Err(e) => tracing::warn!(pod = %self.pod_name(), error = %e, "reporting status"),
         }
@@ -768,8 +1072,12 @@ impl Worker {
     async fn terminate(&mut self, rx: &mut mpsc::UnboundedReceiver<Event>, finish_delete: bool) {
         let grace = if finish_delete { grace_period(&self.pod) } else { 0 };
         let deadline = Instant::now() + Duration::from_secs(grace as u64);
-        let running: Vec<(String, String)> =
-            self.ctrs.iter().filter(|c| c.running()).filter_map(|c| Some((c.name.clone(), c.current.as_ref()?.id.clone()))).collect();
+        let running: Vec<(String, String)> = self
+            .ctrs
+            .iter()
+            .filter(|c| c.running())
+            .filter_map(|c| Some((c.name.clone(), c.current.as_ref()?.id.clone())))
+            .collect();
         for (name, _) in &running {
             self.event("Normal", "Killing", &format!("Stopping container {name}"));
         }
@@ -811,10 +1119,27 @@ impl Worker {
                 }
             }
         }
-        let mut ids: Vec<String> = self.ctrs.iter().flat_map(|c| [c.current.as_ref(), c.previous.as_ref()]).flatten().map(|a| a.id.clone()).collect();
+        let mut ids: Vec<String> = self
+            .ctrs
+            .iter()
+            .flat_map(|c| [c.current.as_ref(), c.previous.as_ref()])
+            .flatten()
+            .map(|a| a.id.clone())
+            .collect();
         // What the node saved before a restart, for pods it no longer has a spec for.
-        for s in state::load(&self.run_dir, &self.dir).map(|s| s.containers).unwrap_or_default().into_values() {
-            ids.extend([s.current, s.previous].into_iter().flatten().map(|a| a.id).filter(|id| !ids.contains(id)).collect::<Vec<_>>());
+        for s in state::load(&self.run_dir, &self.dir)
+            .map(|s| s.containers)
+            .unwrap_or_default()
+            .into_values()
+        {
+            ids.extend(
+                [s.current, s.previous]
+                    .into_iter()
+                    .flatten()
+                    .map(|a| a.id)
+                    .filter(|id| !ids.contains(id))
+                    .collect::<Vec<_>>(),
+            );
         }
         for c in &mut self.ctrs {
             c.stop_tasks();
@@ -833,9 +1158,22 @@ impl Worker {
             self.event("Warning", "FailedKillPod", &msg);
         }
         if finish_delete {
-            let api: Api<Pod> = Api::namespaced(self.ctx.client.clone(), self.pod.metadata.namespace.as_deref().unwrap_or("default"));
-            let dp = DeleteParams { grace_period_seconds: Some(0), preconditions: Some(Preconditions { uid: Some(self.uid.clone()), resource_version: None }), ..Default::default() };
-            if let Err(e) = api.delete(self.pod.metadata.name.as_deref().unwrap_or_default(), &dp).await {
+            let api: Api<Pod> = Api::namespaced(
+                self.ctx.client.clone(),
+                self.pod.metadata.namespace.as_deref().unwrap_or("default"),
+            );
+            let dp = DeleteParams {
+                grace_period_seconds: Some(0),
+                preconditions: Some(Preconditions {
+                    uid: Some(self.uid.clone()),
+                    resource_version: None,
+                }),
+                ..Default::default()
+            };
+            if let Err(e) = api
+                .delete(self.pod.metadata.name.as_deref().unwrap_or_default(), &dp)
+                .await
+            {
                 if !matches!(&e, kube::Error::Api(s) if s.code == 404 || s.code == 409) {
                     tracing::warn!(pod = %self.pod_name(), error = %e, "finishing deletion");
                 }
@@ -847,7 +1185,12 @@ impl Worker {
 
 /// The pod's hostname: `spec.hostname` or its name, at most 63 characters.
 fn pod_hostname(pod: &Pod) -> String {
-    let name = pod.spec.as_ref().and_then(|s| s.hostname.clone()).or(pod.metadata.name.clone()).unwrap_or_default();
+    let name = pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.hostname.clone())
+        .or(pod.metadata.name.clone())
+        .unwrap_or_default();
     name.chars().take(63).collect()
 }
 
@@ -867,7 +1210,11 @@ pub fn attempt_data_dir(pod_dir: &Path, container: &str, number: u32) -> PathBuf
 fn pod_file(pod_run_dir: &Path, pod_dir: &Path, name: &str) -> PathBuf {
     let file = pod_run_dir.join(name);
     let legacy = pod_dir.join(name);
-    if !file.exists() && legacy.exists() { legacy } else { file }
+    if !file.exists() && legacy.exists() {
+        legacy
+    } else {
+        file
+    }
 }
 
 /// The bundle of an attempt that exists: in the run directory, or beside its data for one
@@ -875,7 +1222,11 @@ fn pod_file(pod_run_dir: &Path, pod_dir: &Path, name: &str) -> PathBuf {
 pub fn attempt_bundle(pod_run_dir: &Path, pod_dir: &Path, container: &str, number: u32) -> PathBuf {
     let bundle = bundle_dir(pod_run_dir, container, number);
     let legacy = attempt_data_dir(pod_dir, container, number);
-    if !bundle.exists() && legacy.join("config.json").exists() { legacy } else { bundle }
+    if !bundle.exists() && legacy.join("config.json").exists() {
+        legacy
+    } else {
+        bundle
+    }
 }
 
 #[cfg(test)]
@@ -910,12 +1261,24 @@ mod tests {
         assert_eq!(pod_file(&run, &data, "hosts"), run.join("hosts"));
         // The old layout: both in the data directory, and read from there.
         std::fs::write(data.join("hosts"), "127.0.0.1 localhost\n").unwrap();
-        let old = Saved { pod_ip: "10.0.0.1".into(), containers: BTreeMap::new(), ..Default::default() };
+        let old = Saved {
+            pod_ip: "10.0.0.1".into(),
+            containers: BTreeMap::new(),
+            ..Default::default()
+        };
         std::fs::write(state::state_path(&data), serde_json::to_vec(&old).unwrap()).unwrap();
         assert_eq!(pod_file(&run, &data, "hosts"), data.join("hosts"));
         assert_eq!(state::load(&run, &data).map(|s| s.pod_ip).as_deref(), Some("10.0.0.1"));
         // Saving writes to the run directory (creating it), which wins from then on.
-        state::save(&run, &Saved { pod_ip: "10.0.0.2".into(), containers: BTreeMap::new(), ..Default::default() }).unwrap();
+        state::save(
+            &run,
+            &Saved {
+                pod_ip: "10.0.0.2".into(),
+                containers: BTreeMap::new(),
+                ..Default::default()
+            },
+        )
+        .unwrap();
         assert!(state::state_path(&run).exists());
         assert_eq!(state::load(&run, &data).map(|s| s.pod_ip).as_deref(), Some("10.0.0.2"));
         std::fs::write(run.join("hosts"), "").unwrap();

@@ -24,8 +24,17 @@ pub struct Target {
 #[derive(Clone, Debug)]
 pub enum Action {
     Exec(Vec<String>),
-    Http { host: String, port: u16, path: String, https: bool, headers: Vec<(String, String)> },
-    Tcp { host: String, port: u16 },
+    Http {
+        host: String,
+        port: u16,
+        path: String,
+        https: bool,
+        headers: Vec<(String, String)>,
+    },
+    Tcp {
+        host: String,
+        port: u16,
+    },
     Sleep(u64),
 }
 
@@ -42,7 +51,12 @@ fn port(c: &Container, p: &IntOrString) -> Result<u16, String> {
     }
 }
 
-fn from_parts(c: &Container, exec: Option<&ExecAction>, http: Option<&HTTPGetAction>, tcp: Option<&TCPSocketAction>) -> Result<Action, String> {
+fn from_parts(
+    c: &Container,
+    exec: Option<&ExecAction>,
+    http: Option<&HTTPGetAction>,
+    tcp: Option<&TCPSocketAction>,
+) -> Result<Action, String> {
     if let Some(e) = exec {
         return Ok(Action::Exec(e.command.clone().unwrap_or_default()));
     }
@@ -52,11 +66,19 @@ fn from_parts(c: &Container, exec: Option<&ExecAction>, http: Option<&HTTPGetAct
             port: port(c, &h.port)?,
             path: h.path.clone().unwrap_or_else(|| "/".into()),
             https: h.scheme.as_deref() == Some("HTTPS"),
-            headers: h.http_headers.iter().flatten().map(|x| (x.name.clone(), x.value.clone())).collect(),
+            headers: h
+                .http_headers
+                .iter()
+                .flatten()
+                .map(|x| (x.name.clone(), x.value.clone()))
+                .collect(),
         });
     }
     if let Some(t) = tcp {
-        return Ok(Action::Tcp { host: t.host.clone().unwrap_or_default(), port: port(c, &t.port)? });
+        return Ok(Action::Tcp {
+            host: t.host.clone().unwrap_or_default(),
+            port: port(c, &t.port)?,
+        });
     }
     Err("the handler names no action".into())
 }
@@ -73,18 +95,40 @@ pub fn hook_action(c: &Container, h: &LifecycleHandler) -> Result<Action, String
 }
 
 async fn connect(t: &Target, host: &str, port: u16, timeout: Duration) -> Result<tokio::net::TcpStream, String> {
-    let host = if !host.is_empty() { host.to_string() } else if !t.pod_ip.is_empty() { t.pod_ip.clone() } else { "127.0.0.1".to_string() };
-    let addr: SocketAddr = format!("{host}:{port}").parse().map_err(|_| format!("{host}:{port} is not an address"))?;
+    let host = if !host.is_empty() {
+        host.to_string()
+    } else if !t.pod_ip.is_empty() {
+        t.pod_ip.clone()
+    } else {
+        "127.0.0.1".to_string()
+    };
+    let addr: SocketAddr = format!("{host}:{port}")
+        .parse()
+        .map_err(|_| format!("{host}:{port} is not an address"))?;
     crate::sandbox::connect_in(&t.netns, addr, timeout).await
 }
 
-async fn http_get(t: &Target, host: &str, port: u16, path: &str, headers: &[(String, String)], timeout: Duration) -> Result<(), String> {
+async fn http_get(
+    t: &Target,
+    host: &str,
+    port: u16,
+    path: &str,
+    headers: &[(String, String)],
+    timeout: Duration,
+) -> Result<(), String> {
     use http_body_util::BodyExt;
     let stream = connect(t, host, port, timeout).await?;
     let io = hyper_util::rt::TokioIo::new(stream);
-    let (mut send, conn) = hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(io).await.map_err(|e| e.to_string())?;
+    let (mut send, conn) = hyper::client::conn::http1::handshake::<_, http_body_util::Empty<bytes::Bytes>>(io)
+        .await
+        .map_err(|e| e.to_string())?;
     let driver = tokio::spawn(conn);
-    let mut req = http::Request::get(path).header("Host", format!("{}:{port}", if host.is_empty() { &t.pod_ip } else { host })).header("User-Agent", "kube-probe/1.33");
+    let mut req = http::Request::get(path)
+        .header(
+            "Host",
+            format!("{}:{port}", if host.is_empty() { &t.pod_ip } else { host }),
+        )
+        .header("User-Agent", "kube-probe/1.33");
     for (k, v) in headers {
         req = req.header(k.as_str(), v.as_str());
     }
@@ -94,7 +138,11 @@ async fn http_get(t: &Target, host: &str, port: u16, path: &str, headers: &[(Str
         Ok(r) => {
             let code = r.status().as_u16();
             let _ = r.into_body().collect().await;
-            if (200..400).contains(&code) { Ok(()) } else { Err(format!("HTTP probe failed with statuscode: {code}")) }
+            if (200..400).contains(&code) {
+                Ok(())
+            } else {
+                Err(format!("HTTP probe failed with statuscode: {code}"))
+            }
         }
         Err(e) => Err(e),
     };
@@ -107,7 +155,14 @@ pub async fn run(t: &Target, action: &Action, timeout: Duration) -> Result<(), S
     let work = async {
         match action {
             Action::Exec(cmd) => {
-                let out = t.runtime.exec(&t.container_ref, cmd, false).map_err(|e| e.to_string())?.stdin(std::process::Stdio::null()).output().await.map_err(|e| e.to_string())?;
+                let out = t
+                    .runtime
+                    .exec(&t.container_ref, cmd, false)
+                    .map_err(|e| e.to_string())?
+                    .stdin(std::process::Stdio::null())
+                    .output()
+                    .await
+                    .map_err(|e| e.to_string())?;
                 if out.status.success() {
                     Ok(())
                 } else {
@@ -115,10 +170,19 @@ pub async fn run(t: &Target, action: &Action, timeout: Duration) -> Result<(), S
                     if msg.is_empty() {
                         msg = String::from_utf8_lossy(&out.stderr).trim().to_string();
                     }
-                    Err(format!("command {cmd:?} exited with {}: {msg}", out.status.code().unwrap_or(-1)))
+                    Err(format!(
+                        "command {cmd:?} exited with {}: {msg}",
+                        out.status.code().unwrap_or(-1)
+                    ))
                 }
             }
-            Action::Http { host, port, path, https, headers } => {
+            Action::Http {
+                host,
+                port,
+                path,
+                https,
+                headers,
+            } => {
                 if *https {
                     // Kubelet does not verify probe certificates; a TCP connect stands in for now.
                     connect(t, host, *port, timeout).await.map(drop)
@@ -159,7 +223,10 @@ pub async fn probe_loop(kind: Kind, t: Target, probe: Probe, report: impl Fn(boo
     let timeout = Duration::from_secs(probe.timeout_seconds.unwrap_or(1).max(1) as u64);
     let need_ok = probe.success_threshold.unwrap_or(1).max(1);
     let need_fail = probe.failure_threshold.unwrap_or(3).max(1);
-    tokio::time::sleep(Duration::from_secs(probe.initial_delay_seconds.unwrap_or(0).max(0) as u64)).await;
+    tokio::time::sleep(Duration::from_secs(
+        probe.initial_delay_seconds.unwrap_or(0).max(0) as u64
+    ))
+    .await;
     let (mut oks, mut fails) = (0, 0);
     let mut verdict: Option<bool> = None;
     loop {

@@ -53,7 +53,11 @@ fn key_path(key: &str) -> Result<PathBuf, ProjectionError> {
             _ => return Err(bad()),
         }
     }
-    if out.as_os_str().is_empty() { Err(bad()) } else { Ok(out) }
+    if out.as_os_str().is_empty() {
+        Err(bad())
+    } else {
+        Ok(out)
+    }
 }
 
 fn version_name() -> String {
@@ -66,7 +70,14 @@ fn write_file(version: &OwnedFd, rel: &Path, bytes: &[u8], mode: u32) -> Result<
     let parent = rel.parent().unwrap_or(Path::new(""));
     let dir = beneath::mkdir_all(version, parent, 0o755, Resolve::NoSymlinks).map_err(io(what()))?;
     let name = rel.file_name().map(Path::new).unwrap_or(rel);
-    let fd = beneath::open(&dir, name, OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL, 0o600, Resolve::NoSymlinks).map_err(io(what()))?;
+    let fd = beneath::open(
+        &dir,
+        name,
+        OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL,
+        0o600,
+        Resolve::NoSymlinks,
+    )
+    .map_err(io(what()))?;
     let mut f = std::fs::File::from(fd);
     f.write_all(bytes).map_err(io(what()))?;
     rustix::fs::fchmod(&f, Mode::from_raw_mode(mode & 0o7777)).map_err(|e| io(what())(e.into()))
@@ -82,8 +93,16 @@ pub fn write(dir: &Path, files: &[(String, Vec<u8>)], mode: u32) -> Result<(), P
     while rustix::fs::statat(&root, version.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok() {
         version.push('x');
     }
-    rustix::fs::mkdirat(&root, version.as_str(), Mode::from_raw_mode(0o755)).map_err(|e| io("creating a version directory")(e.into()))?;
-    let vfd = beneath::open(&root, Path::new(&version), OFlags::PATH | OFlags::DIRECTORY, 0, Resolve::NoSymlinks).map_err(io("opening the version directory"))?;
+    rustix::fs::mkdirat(&root, version.as_str(), Mode::from_raw_mode(0o755))
+        .map_err(|e| io("creating a version directory")(e.into()))?;
+    let vfd = beneath::open(
+        &root,
+        Path::new(&version),
+        OFlags::PATH | OFlags::DIRECTORY,
+        0,
+        Resolve::NoSymlinks,
+    )
+    .map_err(io("opening the version directory"))?;
     for (rel, (_, bytes)) in paths.iter().zip(files) {
         write_file(&vfd, rel, bytes, mode)?;
     }
@@ -92,7 +111,11 @@ pub fn write(dir: &Path, files: &[(String, Vec<u8>)], mode: u32) -> Result<(), P
     rustix::fs::symlinkat(version.as_str(), &root, DATA_TMP).map_err(|e| io("linking the new version")(e.into()))?;
     rustix::fs::renameat(&root, DATA_TMP, &root, DATA).map_err(|e| io("switching to the new version")(e.into()))?;
     // One link per top-level name; anything else in that place goes.
-    let tops: BTreeSet<String> = paths.iter().filter_map(|p| p.components().next()).map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
+    let tops: BTreeSet<String> = paths
+        .iter()
+        .filter_map(|p| p.components().next())
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .collect();
     for top in &tops {
         let want = format!("{DATA}/{top}");
         let have = rustix::fs::readlinkat(&root, top.as_str(), Vec::new()).ok();
@@ -100,14 +123,24 @@ pub fn write(dir: &Path, files: &[(String, Vec<u8>)], mode: u32) -> Result<(), P
             continue;
         }
         beneath::remove(&root, Path::new(top)).map_err(io(format!("replacing {top}")))?;
-        rustix::fs::symlinkat(want.as_str(), &root, top.as_str()).map_err(|e| io(format!("linking {top}"))(e.into()))?;
+        rustix::fs::symlinkat(want.as_str(), &root, top.as_str())
+            .map_err(|e| io(format!("linking {top}"))(e.into()))?;
     }
     // Old versions and names the new data no longer has.
-    let names: Vec<String> = rustix::fs::Dir::read_from(&beneath::open(&root, Path::new(""), OFlags::RDONLY | OFlags::DIRECTORY, 0, Resolve::NoSymlinks).map_err(io("listing the volume"))?)
-        .map_err(|e| io("listing the volume")(e.into()))?
-        .filter_map(|e| e.ok())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
+    let names: Vec<String> = rustix::fs::Dir::read_from(
+        &beneath::open(
+            &root,
+            Path::new(""),
+            OFlags::RDONLY | OFlags::DIRECTORY,
+            0,
+            Resolve::NoSymlinks,
+        )
+        .map_err(io("listing the volume"))?,
+    )
+    .map_err(|e| io("listing the volume")(e.into()))?
+    .filter_map(|e| e.ok())
+    .map(|e| e.file_name().to_string_lossy().into_owned())
+    .collect();
     for n in names {
         if n == "." || n == ".." || n == DATA || n == version || tops.contains(&n) {
             continue;
@@ -133,11 +166,17 @@ mod tests {
         assert_eq!(std::fs::read_to_string(vol.join("a")).unwrap(), "1");
         assert_eq!(std::fs::read_to_string(vol.join("dir/b")).unwrap(), "2");
         use std::os::unix::fs::PermissionsExt;
-        assert_eq!(std::fs::metadata(vol.join("a")).unwrap().permissions().mode() & 0o7777, 0o640);
+        assert_eq!(
+            std::fs::metadata(vol.join("a")).unwrap().permissions().mode() & 0o7777,
+            0o640
+        );
         write(&vol, &files(&[("a", "3")]), 0o644).unwrap();
         assert_eq!(std::fs::read_to_string(vol.join("a")).unwrap(), "3");
         assert!(!vol.join("dir").exists());
-        let left: Vec<String> = std::fs::read_dir(&vol).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+        let left: Vec<String> = std::fs::read_dir(&vol)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
         assert_eq!(left.len(), 3, "{left:?}");
     }
 

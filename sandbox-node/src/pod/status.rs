@@ -84,18 +84,55 @@ pub fn pod_status(w: &mut Worker) -> Value {
         let a = c.current.as_ref()?;
         // The pod writes this file: read at most kubelet's 4096 bytes of it, and only a file.
         let bundle = beneath::open_dir(&super::attempt_bundle(&w.run_dir, &w.dir, &c.name, a.number)).ok()?;
-        let bytes = beneath::read(&bundle, std::path::Path::new("termination-log"), Resolve::NoSymlinks, 4096, true).ok()?;
+        let bytes = beneath::read(
+            &bundle,
+            std::path::Path::new("termination-log"),
+            Resolve::NoSymlinks,
+            4096,
+            true,
+        )
+        .ok()?;
         Some(String::from_utf8_lossy(&bytes).into_owned())
     };
     let image_of = |name: &str| w.spec_of(name).and_then(|c| c.image).unwrap_or_default();
     let runtime = w.ctx.runtime.name();
-    let init_statuses: Vec<Value> = inits.iter().map(|c| container_status(c, runtime, &image_of(&c.name), term_msg(c))).collect();
-    let statuses: Vec<Value> = mains.iter().map(|c| container_status(c, runtime, &image_of(&c.name), term_msg(c))).collect();
-    let not_ready: Vec<String> = mains.iter().filter(|c| !(c.ready && c.running())).map(|c| c.name.clone()).collect();
-    let reason_for = |ok: bool| if ok { (None, None) } else { (Some("ContainersNotReady"), Some(format!("containers with unready status: [{}]", not_ready.join(" ")))) };
+    let init_statuses: Vec<Value> = inits
+        .iter()
+        .map(|c| container_status(c, runtime, &image_of(&c.name), term_msg(c)))
+        .collect();
+    let statuses: Vec<Value> = mains
+        .iter()
+        .map(|c| container_status(c, runtime, &image_of(&c.name), term_msg(c)))
+        .collect();
+    let not_ready: Vec<String> = mains
+        .iter()
+        .filter(|c| !(c.ready && c.running()))
+        .map(|c| c.name.clone())
+        .collect();
+    let reason_for = |ok: bool| {
+        if ok {
+            (None, None)
+        } else {
+            (
+                Some("ContainersNotReady"),
+                Some(format!("containers with unready status: [{}]", not_ready.join(" "))),
+            )
+        }
+    };
     let conds = [
         ("PodReadyToStartContainers", w.sandbox_ready, (None, None)),
-        ("Initialized", init_done, if init_done { (None, None) } else { (Some("ContainersNotInitialized"), Some("containers with incomplete status".to_string())) }),
+        (
+            "Initialized",
+            init_done,
+            if init_done {
+                (None, None)
+            } else {
+                (
+                    Some("ContainersNotInitialized"),
+                    Some("containers with incomplete status".to_string()),
+                )
+            },
+        ),
         ("Ready", all_ready, reason_for(all_ready)),
         ("ContainersReady", all_ready, reason_for(all_ready)),
         ("PodScheduled", true, (None, None)),
@@ -104,7 +141,10 @@ pub fn pod_status(w: &mut Worker) -> Value {
     let mut conditions = Vec::new();
     for (kind, ok, (reason, message)) in conds {
         let value = if ok { "True" } else { "False" };
-        let entry = w.transitions.entry(kind.to_string()).or_insert_with(|| (value.to_string(), now.clone()));
+        let entry = w
+            .transitions
+            .entry(kind.to_string())
+            .or_insert_with(|| (value.to_string(), now.clone()));
         if entry.0 != value {
             *entry = (value.to_string(), now.clone());
         }
@@ -118,7 +158,12 @@ pub fn pod_status(w: &mut Worker) -> Value {
         conditions.push(c);
     }
     let phase = if w.evicted.is_some() { "Failed" } else { phase };
-    let start = w.pod.status.as_ref().and_then(|s| s.start_time.as_ref()).map(|t| t.0.to_string());
+    let start = w
+        .pod
+        .status
+        .as_ref()
+        .and_then(|s| s.start_time.as_ref())
+        .map(|t| t.0.to_string());
     let mut status = json!({
         "phase": phase,
         "conditions": conditions,

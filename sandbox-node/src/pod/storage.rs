@@ -18,7 +18,11 @@ pub const CHECK_EVERY: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Bytes allocated under `dir` (0 when it does not exist).
 pub fn usage(dir: &Path) -> u64 {
-    let Ok(fd) = rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, rustix::fs::Mode::empty()) else {
+    let Ok(fd) = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    ) else {
         return 0;
     };
     walk(fd, 0)
@@ -30,17 +34,26 @@ fn walk(dir: std::os::fd::OwnedFd, depth: u32) -> u64 {
     if depth > 256 {
         return 0;
     }
-    let Ok(entries) = rustix::fs::Dir::read_from(&dir) else { return 0 };
+    let Ok(entries) = rustix::fs::Dir::read_from(&dir) else {
+        return 0;
+    };
     let mut total = 0;
     for e in entries.flatten() {
         let name = e.file_name();
         if name.to_bytes() == b"." || name.to_bytes() == b".." {
             continue;
         }
-        let Ok(st) = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) else { continue };
+        let Ok(st) = rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) else {
+            continue;
+        };
         total += st.st_blocks as u64 * 512;
         if FileType::from_raw_mode(st.st_mode) == FileType::Directory {
-            if let Ok(sub) = rustix::fs::openat(&dir, name, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC, rustix::fs::Mode::empty()) {
+            if let Ok(sub) = rustix::fs::openat(
+                &dir,
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                rustix::fs::Mode::empty(),
+            ) {
                 total += walk(sub, depth + 1);
             }
         }
@@ -65,14 +78,27 @@ impl Limits {
         let mut out = Limits::default();
         for v in spec.and_then(|s| s.volumes.as_ref()).into_iter().flatten() {
             if let Some(q) = v.empty_dir.as_ref().and_then(|e| e.size_limit.as_ref()) {
-                let bytes = parse_quantity(&q.0).map_err(|e| format!("volume {:?} sizeLimit: {e}", v.name))?.units_ceil().max(0) as u64;
+                let bytes = parse_quantity(&q.0)
+                    .map_err(|e| format!("volume {:?} sizeLimit: {e}", v.name))?
+                    .units_ceil()
+                    .max(0) as u64;
                 out.empty_dirs.push((v.name.clone(), bytes, q.0.clone()));
             }
         }
-        let containers: Vec<_> = spec.map(|s| s.init_containers.iter().flatten().chain(s.containers.iter()).collect()).unwrap_or_default();
+        let containers: Vec<_> = spec
+            .map(|s| s.init_containers.iter().flatten().chain(s.containers.iter()).collect())
+            .unwrap_or_default();
         for c in &containers {
-            if let Some(q) = c.resources.as_ref().and_then(|r| r.limits.as_ref()).and_then(|l| l.get("ephemeral-storage")) {
-                let bytes = parse_quantity(&q.0).map_err(|e| format!("container {:?} ephemeral-storage: {e}", c.name))?.units_ceil().max(0) as u64;
+            if let Some(q) = c
+                .resources
+                .as_ref()
+                .and_then(|r| r.limits.as_ref())
+                .and_then(|l| l.get("ephemeral-storage"))
+            {
+                let bytes = parse_quantity(&q.0)
+                    .map_err(|e| format!("container {:?} ephemeral-storage: {e}", c.name))?
+                    .units_ceil()
+                    .max(0) as u64;
                 out.containers.push((c.name.clone(), bytes, q.0.clone()));
             }
         }
@@ -93,7 +119,9 @@ impl Limits {
 pub fn over(limits: &Limits, volume_dir: &Path, container_dirs: &[(String, PathBuf)]) -> Option<String> {
     for (name, bytes, written) in &limits.empty_dirs {
         if usage(&volume_dir.join(name)) > *bytes {
-            return Some(format!("Usage of EmptyDir volume \"{name}\" exceeds the limit \"{written}\". "));
+            return Some(format!(
+                "Usage of EmptyDir volume \"{name}\" exceeds the limit \"{written}\". "
+            ));
         }
     }
     let mut total = 0;
@@ -102,7 +130,9 @@ pub fn over(limits: &Limits, volume_dir: &Path, container_dirs: &[(String, PathB
         total += used;
         if let Some((_, bytes, written)) = limits.containers.iter().find(|c| c.0 == *name) {
             if used > *bytes {
-                return Some(format!("Container {name} exceeded its local ephemeral storage limit \"{written}\". "));
+                return Some(format!(
+                    "Container {name} exceeded its local ephemeral storage limit \"{written}\". "
+                ));
             }
         }
     }
@@ -111,7 +141,9 @@ pub fn over(limits: &Limits, volume_dir: &Path, container_dirs: &[(String, PathB
         total += usage(volume_dir);
     }
     match limits.pod {
-        Some(pod) if total > pod => Some(format!("Pod ephemeral local storage usage exceeds the total limit of containers {pod}. ")),
+        Some(pod) if total > pod => Some(format!(
+            "Pod ephemeral local storage usage exceeds the total limit of containers {pod}. "
+        )),
         _ => None,
     }
 }
@@ -136,9 +168,13 @@ mod tests {
     fn limits_and_the_first_one_exceeded() {
         let pod: Pod = serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}, "spec": {
             "containers": [{"name": "c", "resources": {"limits": {"ephemeral-storage": "50Ki"}}}],
-            "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "10Ki"}}, {"name": "free", "emptyDir": {}}]}})).unwrap();
+            "volumes": [{"name": "scratch", "emptyDir": {"sizeLimit": "10Ki"}}, {"name": "free", "emptyDir": {}}]}}))
+        .unwrap();
         let l = Limits::of(&pod).unwrap();
-        assert_eq!(l.empty_dirs, vec![("scratch".to_string(), 10 * 1024, "10Ki".to_string())]);
+        assert_eq!(
+            l.empty_dirs,
+            vec![("scratch".to_string(), 10 * 1024, "10Ki".to_string())]
+        );
         assert_eq!(l.pod, Some(50 * 1024));
         let t = tempfile::tempdir().unwrap();
         let (vols, layer) = (t.path().join("volumes"), t.path().join("c"));
@@ -147,9 +183,17 @@ mod tests {
         let dirs = vec![("c".to_string(), layer.clone())];
         assert_eq!(over(&l, &vols, &dirs), None);
         std::fs::write(vols.join("scratch/big"), vec![1u8; 20 * 1024]).unwrap();
-        assert!(over(&l, &vols, &dirs).unwrap().contains("EmptyDir volume \"scratch\" exceeds the limit \"10Ki\""));
+        assert!(
+            over(&l, &vols, &dirs)
+                .unwrap()
+                .contains("EmptyDir volume \"scratch\" exceeds the limit \"10Ki\"")
+        );
         std::fs::remove_file(vols.join("scratch/big")).unwrap();
         std::fs::write(layer.join("big"), vec![1u8; 80 * 1024]).unwrap();
-        assert!(over(&l, &vols, &dirs).unwrap().contains("Container c exceeded its local ephemeral storage limit \"50Ki\""));
+        assert!(
+            over(&l, &vols, &dirs)
+                .unwrap()
+                .contains("Container c exceeded its local ephemeral storage limit \"50Ki\"")
+        );
     }
 }

@@ -13,7 +13,13 @@ use crate::sandbox::PodNamespaces;
 pub fn unmount_bundle(bundle: &Path) -> Result<(), String> {
     let mut targets = vec![bundle.join("rootfs")];
     for dir in ["subpaths", "layers"] {
-        targets.extend(std::fs::read_dir(bundle.join(dir)).into_iter().flatten().flatten().map(|e| e.path()));
+        targets.extend(
+            std::fs::read_dir(bundle.join(dir))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path()),
+        );
     }
     let mut errors = Vec::new();
     for t in targets {
@@ -22,19 +28,32 @@ pub fn unmount_bundle(bundle: &Path) -> Result<(), String> {
             Err(e) => errors.push(format!("unmounting {}: {e}", t.display())),
         }
     }
-    if errors.is_empty() { Ok(()) } else { Err(errors.join("; ")) }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
 }
 
 /// The pod's cgroup directories in every controller, deepest first.
 fn pod_cgroups(parent: &str, uid: &str) -> Vec<std::path::PathBuf> {
     let mut dirs = Vec::new();
-    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else { return dirs };
+    let Ok(controllers) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return dirs;
+    };
     for ctl in controllers.flatten() {
         let dir = ctl.path().join(parent.trim_start_matches('/')).join(uid);
         if !dir.is_dir() {
             continue;
         }
-        dirs.extend(std::fs::read_dir(&dir).into_iter().flatten().flatten().map(|e| e.path()).filter(|p| p.is_dir()));
+        dirs.extend(
+            std::fs::read_dir(&dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.is_dir()),
+        );
         dirs.push(dir);
     }
     dirs
@@ -49,7 +68,10 @@ fn pod_cgroups(parent: &str, uid: &str) -> Vec<std::path::PathBuf> {
 /// that still has a process refuses, and may then linger as before.
 fn reclaim_memory(dir: &Path) {
     let write = |file: &str, value: &str| {
-        std::fs::OpenOptions::new().write(true).open(dir.join(file)).and_then(|mut f| std::io::Write::write_all(&mut f, value.as_bytes()))
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(dir.join(file))
+            .and_then(|mut f| std::io::Write::write_all(&mut f, value.as_bytes()))
     };
     if dir.join("memory.force_empty").exists() {
         let _ = write("memory.force_empty", "0");
@@ -70,7 +92,11 @@ async fn remove_cgroups(parent: &str, uid: &str) -> Vec<String> {
     for attempt in 0..50 {
         errors.clear();
         for d in pod_cgroups(parent, uid) {
-            for pid in std::fs::read_to_string(d.join("cgroup.procs")).unwrap_or_default().lines().filter_map(|l| l.trim().parse::<i32>().ok()) {
+            for pid in std::fs::read_to_string(d.join("cgroup.procs"))
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| l.trim().parse::<i32>().ok())
+            {
                 let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
             }
             if let Err(e) = std::fs::remove_dir(&d) {
@@ -89,7 +115,14 @@ async fn remove_cgroups(parent: &str, uid: &str) -> Vec<String> {
     errors
 }
 
-pub async fn teardown(ctx: &NodeCtx, uid: &str, dir: &Path, run_dir: &Path, ns: &PodNamespaces, ids: &[String]) -> Vec<String> {
+pub async fn teardown(
+    ctx: &NodeCtx,
+    uid: &str,
+    dir: &Path,
+    run_dir: &Path,
+    ns: &PodNamespaces,
+    ids: &[String],
+) -> Vec<String> {
     let mut errors = Vec::new();
     for id in ids {
         if let Err(e) = ctx.runtime.delete(id).await {

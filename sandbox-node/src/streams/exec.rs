@@ -25,7 +25,11 @@ impl ExecOptions {
     pub fn from_query(pairs: &[(String, String)]) -> Self {
         let flag = |k: &str| pairs.iter().any(|(n, v)| n == k && (v == "1" || v == "true"));
         ExecOptions {
-            command: pairs.iter().filter(|(n, _)| n == "command").map(|(_, v)| v.clone()).collect(),
+            command: pairs
+                .iter()
+                .filter(|(n, _)| n == "command")
+                .map(|(_, v)| v.clone())
+                .collect(),
             stdin: flag("stdin"),
             stdout: flag("stdout"),
             stderr: flag("stderr"),
@@ -55,7 +59,9 @@ impl ExecOptions {
 /// The `Status` the error channel carries when the command ends.
 pub fn exit_status(code: Option<i32>, failure: Option<String>) -> serde_json::Value {
     match (code, failure) {
-        (_, Some(message)) => json!({"metadata": {}, "status": "Failure", "message": message, "reason": "InternalError", "code": 500}),
+        (_, Some(message)) => {
+            json!({"metadata": {}, "status": "Failure", "message": message, "reason": "InternalError", "code": 500})
+        }
         (Some(0), None) => json!({"metadata": {}, "status": "Success"}),
         (code, None) => {
             let c = code.unwrap_or(137);
@@ -80,7 +86,11 @@ async fn pump(mut from: impl tokio::io::AsyncRead + Unpin, out: Output, channel:
 }
 
 pub async fn run(runtime: Arc<dyn Runtime>, c: ContainerRef, o: ExecOptions, out: Output, input: Input) {
-    let result = if o.tty { with_tty(runtime, &c, &o, out.clone(), input).await } else { plain(runtime, &c, &o, out.clone(), input).await };
+    let result = if o.tty {
+        with_tty(runtime, &c, &o, out.clone(), input).await
+    } else {
+        plain(runtime, &c, &o, out.clone(), input).await
+    };
     let status = match result {
         Ok(code) => exit_status(code, None),
         Err(e) => exit_status(None, Some(e)),
@@ -89,14 +99,26 @@ pub async fn run(runtime: Arc<dyn Runtime>, c: ContainerRef, o: ExecOptions, out
     out.finish().await;
 }
 
-async fn plain(runtime: Arc<dyn Runtime>, c: &ContainerRef, o: &ExecOptions, out: Output, mut input: Input) -> Result<Option<i32>, String> {
+async fn plain(
+    runtime: Arc<dyn Runtime>,
+    c: &ContainerRef,
+    o: &ExecOptions,
+    out: Output,
+    mut input: Input,
+) -> Result<Option<i32>, String> {
     let mut cmd = runtime.exec(c, &o.command, false).map_err(|e| e.to_string())?;
-    cmd.stdin(if o.stdin { Stdio::piped() } else { Stdio::null() }).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.stdin(if o.stdin { Stdio::piped() } else { Stdio::null() })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
     let mut child = cmd.spawn().map_err(|e| format!("starting the command: {e}"))?;
     let mut stdin = child.stdin.take();
     let outs = [
         tokio::spawn(pump(child.stdout.take().ok_or("no stdout")?, out.clone(), STDOUT)),
-        tokio::spawn(pump(child.stderr.take().ok_or("no stderr")?, out.clone(), if o.stderr { STDERR } else { STDOUT })),
+        tokio::spawn(pump(
+            child.stderr.take().ok_or("no stderr")?,
+            out.clone(),
+            if o.stderr { STDERR } else { STDOUT },
+        )),
     ];
     let feeder = tokio::spawn(async move {
         while let Some((ch, data)) = input.recv().await {
@@ -126,11 +148,19 @@ async fn plain(runtime: Arc<dyn Runtime>, c: &ContainerRef, o: &ExecOptions, out
 
 fn resize(master: &OwnedFd, pid: Option<u32>, msg: &[u8]) {
     let v: serde_json::Value = serde_json::from_slice(msg).unwrap_or_default();
-    let (w, h) = (v["Width"].as_u64().unwrap_or(0) as u16, v["Height"].as_u64().unwrap_or(0) as u16);
+    let (w, h) = (
+        v["Width"].as_u64().unwrap_or(0) as u16,
+        v["Height"].as_u64().unwrap_or(0) as u16,
+    );
     if w == 0 || h == 0 {
         return;
     }
-    let size = rustix::termios::Winsize { ws_row: h, ws_col: w, ws_xpixel: 0, ws_ypixel: 0 };
+    let size = rustix::termios::Winsize {
+        ws_row: h,
+        ws_col: w,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
     if rustix::termios::tcsetwinsize(master, size).is_ok() {
         // The runtime passes its terminal's size on to the container's on SIGWINCH.
         if let Some(pid) = pid.and_then(|p| rustix::process::Pid::from_raw(p as i32)) {
@@ -139,7 +169,13 @@ fn resize(master: &OwnedFd, pid: Option<u32>, msg: &[u8]) {
     }
 }
 
-async fn with_tty(runtime: Arc<dyn Runtime>, c: &ContainerRef, o: &ExecOptions, out: Output, mut input: Input) -> Result<Option<i32>, String> {
+async fn with_tty(
+    runtime: Arc<dyn Runtime>,
+    c: &ContainerRef,
+    o: &ExecOptions,
+    out: Output,
+    mut input: Input,
+) -> Result<Option<i32>, String> {
     let pty = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
     // Clients send the terminal's size first: size the terminal before the command starts, so
     // it never sees a resize race at its start. Anything else that came early is replayed.

@@ -36,8 +36,13 @@ pub type Input = mpsc::Receiver<(u8, Option<Vec<u8>>)>;
 /// The sending half of a stream session.
 #[derive(Clone)]
 pub enum Output {
-    Ws { sink: Arc<Mutex<WsSink>> },
-    Spdy { spdy: spdy::Spdy<WriteHalf<Io>>, ids: Arc<HashMap<u8, u32>> },
+    Ws {
+        sink: Arc<Mutex<WsSink>>,
+    },
+    Spdy {
+        spdy: spdy::Spdy<WriteHalf<Io>>,
+        ids: Arc<HashMap<u8, u32>>,
+    },
 }
 
 impl Output {
@@ -47,7 +52,11 @@ impl Output {
                 let mut m = Vec::with_capacity(data.len() + 1);
                 m.push(channel);
                 m.extend_from_slice(data);
-                sink.lock().await.send(Message::Binary(m.into())).await.map_err(std::io::Error::other)
+                sink.lock()
+                    .await
+                    .send(Message::Binary(m.into()))
+                    .await
+                    .map_err(std::io::Error::other)
             }
             Output::Spdy { spdy, ids } => match ids.get(&channel) {
                 Some(id) => spdy.send(*id, data, false).await,
@@ -63,7 +72,10 @@ impl Output {
                 // A normal closure: the client reads it as the end of every stream (the
                 // per-channel close signal of v5 goes only from client to server).
                 use tokio_tungstenite::tungstenite::protocol::{CloseFrame, frame::coding::CloseCode};
-                let frame = CloseFrame { code: CloseCode::Normal, reason: "".into() };
+                let frame = CloseFrame {
+                    code: CloseCode::Normal,
+                    reason: "".into(),
+                };
                 let _ = sink.lock().await.send(Message::Close(Some(frame))).await;
             }
             Output::Spdy { spdy, ids } => {
@@ -88,15 +100,26 @@ pub async fn websocket(io: Io, v5: bool) -> (Output, Input) {
                 Message::Close(_) => break,
                 _ => continue,
             };
-            let Some((&ch, rest)) = data.split_first() else { continue };
-            let ev = if ch == 255 && v5 { (rest.first().copied().unwrap_or(STDIN), None) } else { (ch, Some(rest.to_vec())) };
+            let Some((&ch, rest)) = data.split_first() else {
+                continue;
+            };
+            let ev = if ch == 255 && v5 {
+                (rest.first().copied().unwrap_or(STDIN), None)
+            } else {
+                (ch, Some(rest.to_vec()))
+            };
             if tx.send(ev).await.is_err() {
                 break;
             }
         }
         let _ = tx.send((STDIN, None)).await;
     });
-    (Output::Ws { sink: Arc::new(Mutex::new(sink)) }, rx)
+    (
+        Output::Ws {
+            sink: Arc::new(Mutex::new(sink)),
+        },
+        rx,
+    )
 }
 
 /// A SPDY exec session: wait for the client to open the streams it asked for (by their
@@ -106,7 +129,9 @@ pub async fn spdy_channels(io: Io, expected: &[u8]) -> Result<(Output, Input), S
     let mut ids: HashMap<u8, u32> = HashMap::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while !expected.iter().all(|c| ids.contains_key(c)) {
-        let ev = tokio::time::timeout_at(deadline, events.recv()).await.map_err(|_| "timed out waiting for the client's streams".to_string())?;
+        let ev = tokio::time::timeout_at(deadline, events.recv())
+            .await
+            .map_err(|_| "timed out waiting for the client's streams".to_string())?;
         match ev {
             Some(spdy::SpdyEvent::Open { id, headers, .. }) => {
                 let ch = match headers.get("streamtype").map(String::as_str) {
@@ -154,5 +179,11 @@ pub async fn spdy_channels(io: Io, expected: &[u8]) -> Result<(Output, Input), S
         }
         let _ = tx.send((STDIN, None)).await;
     });
-    Ok((Output::Spdy { spdy, ids: Arc::new(ids) }, rx))
+    Ok((
+        Output::Spdy {
+            spdy,
+            ids: Arc::new(ids),
+        },
+        rx,
+    ))
 }

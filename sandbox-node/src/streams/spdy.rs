@@ -27,15 +27,71 @@ const MAX_FRAME: usize = 1 << 20;
 /// of common status lines, dates and media types.
 pub fn dictionary() -> Vec<u8> {
     const WORDS: [&str; 65] = [
-        "options", "head", "post", "put", "delete", "trace", "accept", "accept-charset", "accept-encoding",
-        "accept-language", "accept-ranges", "age", "allow", "authorization", "cache-control", "connection",
-        "content-base", "content-encoding", "content-language", "content-length", "content-location",
-        "content-md5", "content-range", "content-type", "date", "etag", "expect", "expires", "from", "host",
-        "if-match", "if-modified-since", "if-none-match", "if-range", "if-unmodified-since", "last-modified",
-        "location", "max-forwards", "pragma", "proxy-authenticate", "proxy-authorization", "range", "referer",
-        "retry-after", "server", "te", "trailer", "transfer-encoding", "upgrade", "user-agent", "vary", "via",
-        "warning", "www-authenticate", "method", "get", "status", "200 OK", "version", "HTTP/1.1", "url",
-        "public", "set-cookie", "keep-alive", "origin",
+        "options",
+        "head",
+        "post",
+        "put",
+        "delete",
+        "trace",
+        "accept",
+        "accept-charset",
+        "accept-encoding",
+        "accept-language",
+        "accept-ranges",
+        "age",
+        "allow",
+        "authorization",
+        "cache-control",
+        "connection",
+        "content-base",
+        "content-encoding",
+        "content-language",
+        "content-length",
+        "content-location",
+        "content-md5",
+        "content-range",
+        "content-type",
+        "date",
+        "etag",
+        "expect",
+        "expires",
+        "from",
+        "host",
+        "if-match",
+        "if-modified-since",
+        "if-none-match",
+        "if-range",
+        "if-unmodified-since",
+        "last-modified",
+        "location",
+        "max-forwards",
+        "pragma",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "range",
+        "referer",
+        "retry-after",
+        "server",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "user-agent",
+        "vary",
+        "via",
+        "warning",
+        "www-authenticate",
+        "method",
+        "get",
+        "status",
+        "200 OK",
+        "version",
+        "HTTP/1.1",
+        "url",
+        "public",
+        "set-cookie",
+        "keep-alive",
+        "origin",
     ];
     const TAIL: &str = concat!(
         "100101201202205206300302303304305306307402405406407408409410411412413414415416417502504505",
@@ -56,9 +112,19 @@ pub fn dictionary() -> Vec<u8> {
 
 #[derive(Debug)]
 pub enum SpdyEvent {
-    Open { id: u32, headers: HashMap<String, String>, fin: bool },
-    Data { id: u32, data: Vec<u8>, fin: bool },
-    Reset { id: u32 },
+    Open {
+        id: u32,
+        headers: HashMap<String, String>,
+        fin: bool,
+    },
+    Data {
+        id: u32,
+        data: Vec<u8>,
+        fin: bool,
+    },
+    Reset {
+        id: u32,
+    },
 }
 
 struct Writer<W> {
@@ -86,7 +152,9 @@ impl<W: AsyncWrite + Unpin> Writer<W> {
             raw.extend_from_slice(v.as_bytes());
         }
         let mut out = Vec::with_capacity(raw.len() + 64);
-        self.compress.compress_vec(&raw, &mut out, FlushCompress::Sync).map_err(std::io::Error::other)?;
+        self.compress
+            .compress_vec(&raw, &mut out, FlushCompress::Sync)
+            .map_err(std::io::Error::other)?;
         Ok(out)
     }
 }
@@ -184,7 +252,11 @@ fn inflate(d: &mut Decompress, dict: &[u8], input: &[u8]) -> Option<Vec<u8>> {
     Some(out)
 }
 
-async fn read_loop<R: AsyncRead + Unpin, W: AsyncWrite + Unpin + Send + 'static>(mut r: R, spdy: Spdy<W>, tx: mpsc::Sender<SpdyEvent>) {
+async fn read_loop<R: AsyncRead + Unpin, W: AsyncWrite + Unpin + Send + 'static>(
+    mut r: R,
+    spdy: Spdy<W>,
+    tx: mpsc::Sender<SpdyEvent>,
+) {
     let dict = dictionary();
     let mut d = Decompress::new(true);
     let mut head = [0u8; 8];
@@ -205,9 +277,17 @@ async fn read_loop<R: AsyncRead + Unpin, W: AsyncWrite + Unpin + Send + 'static>
         }
         let fin = flags & FLAG_FIN != 0;
         let ev = if word & 0x8000_0000 == 0 {
-            Some(SpdyEvent::Data { id: word & 0x7fff_ffff, data: payload, fin })
+            Some(SpdyEvent::Data {
+                id: word & 0x7fff_ffff,
+                data: payload,
+                fin,
+            })
         } else {
-            let be = |i: usize| payload.get(i..i + 4).map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]));
+            let be = |i: usize| {
+                payload
+                    .get(i..i + 4)
+                    .map(|b| u32::from_be_bytes([b[0], b[1], b[2], b[3]]))
+            };
             match (word & 0xffff) as u16 {
                 SYN_STREAM if len >= 10 => {
                     let id = be(0).unwrap_or(0) & 0x7fff_ffff;
@@ -248,7 +328,9 @@ where
     let (r, w): (ReadHalf<S>, WriteHalf<S>) = tokio::io::split(io);
     let mut compress = Compress::new(Compression::default(), true);
     let _ = compress.set_dictionary(&dictionary());
-    let spdy = Spdy { w: Arc::new(Mutex::new(Writer { io: w, compress })) };
+    let spdy = Spdy {
+        w: Arc::new(Mutex::new(Writer { io: w, compress })),
+    };
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(read_loop(r, spdy.clone(), tx));
     (spdy, rx)
@@ -268,7 +350,10 @@ mod tests {
 
     #[tokio::test]
     async fn header_blocks_round_trip_through_the_shared_context() {
-        let mut w = Writer { io: Vec::new(), compress: Compress::new(Compression::default(), true) };
+        let mut w = Writer {
+            io: Vec::new(),
+            compress: Compress::new(Compression::default(), true),
+        };
         w.compress.set_dictionary(&dictionary()).unwrap();
         let mut d = Decompress::new(true);
         for i in 0..3 {

@@ -50,7 +50,10 @@ struct Netns(String);
 
 impl Netns {
     fn new(name: String) -> Result<Netns> {
-        anyhow::ensure!(Command::new("ip").args(["netns", "add", &name]).status()?.success(), "ip netns add {name}");
+        anyhow::ensure!(
+            Command::new("ip").args(["netns", "add", &name]).status()?.success(),
+            "ip netns add {name}"
+        );
         Ok(Netns(name))
     }
     fn path(&self) -> String {
@@ -80,7 +83,10 @@ impl Drop for Cleanup {
             let _ = p.kill();
             let _ = p.wait();
         }
-        let _ = Command::new("ip").args(["link", "del", &self.bridge]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
@@ -98,19 +104,36 @@ impl Plugin {
         let mut child = Command::new(&self.bin)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .envs([("CNI_COMMAND", command), ("CNI_CONTAINERID", id), ("CNI_NETNS", netns), ("CNI_IFNAME", "eth0"), ("CNI_PATH", &self.cni_path)])
+            .envs([
+                ("CNI_COMMAND", command),
+                ("CNI_CONTAINERID", id),
+                ("CNI_NETNS", netns),
+                ("CNI_IFNAME", "eth0"),
+                ("CNI_PATH", &self.cni_path),
+            ])
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()?;
-        child.stdin.take().context("stdin")?.write_all(self.conf.to_string().as_bytes())?;
+        child
+            .stdin
+            .take()
+            .context("stdin")?
+            .write_all(self.conf.to_string().as_bytes())?;
         let out = child.wait_with_output()?;
         let took = start.elapsed();
         let text = String::from_utf8_lossy(&out.stdout);
         if !out.status.success() {
             bail!("{} {command}: {text}", self.label);
         }
-        Ok((took, if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text)? }))
+        Ok((
+            took,
+            if text.trim().is_empty() {
+                Value::Null
+            } else {
+                serde_json::from_str(&text)?
+            },
+        ))
     }
 }
 
@@ -118,14 +141,25 @@ impl Plugin {
 fn dynamically_linked(path: &Path) -> Result<bool> {
     let elf = std::fs::read(path)?;
     let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]) as usize);
-    let phoff = elf.get(0x20..0x28).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) as usize);
-    let (Some(phoff), Some(size), Some(count)) = (phoff, u16_at(0x36), u16_at(0x38)) else { bail!("{} is not an ELF executable", path.display()) };
+    let phoff = elf
+        .get(0x20..0x28)
+        .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()) as usize);
+    let (Some(phoff), Some(size), Some(count)) = (phoff, u16_at(0x36), u16_at(0x38)) else {
+        bail!("{} is not an ELF executable", path.display())
+    };
     const PT_INTERP: u32 = 3;
-    Ok((0..count).any(|i| elf.get(phoff + i * size..phoff + i * size + 4).is_some_and(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) == PT_INTERP)))
+    Ok((0..count).any(|i| {
+        elf.get(phoff + i * size..phoff + i * size + 4)
+            .is_some_and(|t| u32::from_le_bytes([t[0], t[1], t[2], t[3]]) == PT_INTERP)
+    }))
 }
 
 fn pod_ip(result: &Value) -> Result<Ipv4Addr> {
-    let a = result["ips"].as_array().and_then(|v| v.last()).and_then(|v| v["address"].as_str()).context("no address in the result")?;
+    let a = result["ips"]
+        .as_array()
+        .and_then(|v| v.last())
+        .and_then(|v| v["address"].as_str())
+        .context("no address in the result")?;
     Ok(a.split('/').next().unwrap_or_default().parse()?)
 }
 
@@ -180,26 +214,71 @@ fn medians(rounds: &[[f64; 3]]) -> [f64; 3] {
 
 fn request_response(me: &Path, a: &Netns, b: &Netns, b_ip: Ipv4Addr, seconds: u64, cores: (&str, &str)) -> Result<f64> {
     let me = me.to_str().unwrap_or_default();
-    let mut server = b.cmd("taskset").args(["-c", cores.1, me, "--rr-server", "5301"]).stdout(Stdio::piped()).spawn()?;
+    let mut server = b
+        .cmd("taskset")
+        .args(["-c", cores.1, me, "--rr-server", "5301"])
+        .stdout(Stdio::piped())
+        .spawn()?;
     let mut ready = [0u8; 6];
-    server.stdout.as_mut().context("rr server stdout")?.read_exact(&mut ready)?;
-    let out = a.cmd("taskset").args(["-c", cores.0, me, "--rr-client", &format!("{b_ip}:5301"), "--seconds", &seconds.to_string()]).output()?;
+    server
+        .stdout
+        .as_mut()
+        .context("rr server stdout")?
+        .read_exact(&mut ready)?;
+    let out = a
+        .cmd("taskset")
+        .args([
+            "-c",
+            cores.0,
+            me,
+            "--rr-client",
+            &format!("{b_ip}:5301"),
+            "--seconds",
+            &seconds.to_string(),
+        ])
+        .output()?;
     let _ = server.kill();
     let _ = server.wait();
-    String::from_utf8_lossy(&out.stdout).trim().parse().with_context(|| format!("rr client: {}", String::from_utf8_lossy(&out.stderr)))
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .with_context(|| format!("rr client: {}", String::from_utf8_lossy(&out.stderr)))
 }
 
 /// TCP throughput (Gbit/s) from pod `a` to pod `b`, and request/response rates (per second)
 /// with client and server on two cores and on one. Each process keeps to its core (the same
 /// for both networks): the scheduler moving them about was most of the spread between rounds.
 fn traffic(me: &Path, a: &Netns, b: &Netns, b_ip: Ipv4Addr, seconds: u64) -> Result<[f64; 3]> {
-    let mut server = b.cmd("taskset").args(["-c", "1", "iperf3", "-s", "-1", "-p", "5201"]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("iperf3 (apt-get install iperf3)")?;
+    let mut server = b
+        .cmd("taskset")
+        .args(["-c", "1", "iperf3", "-s", "-1", "-p", "5201"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("iperf3 (apt-get install iperf3)")?;
     std::thread::sleep(Duration::from_millis(300));
-    let out = a.cmd("taskset").args(["-c", "0", "iperf3", "-c", &b_ip.to_string(), "-p", "5201", "-t", &seconds.to_string(), "-J"]).output()?;
+    let out = a
+        .cmd("taskset")
+        .args([
+            "-c",
+            "0",
+            "iperf3",
+            "-c",
+            &b_ip.to_string(),
+            "-p",
+            "5201",
+            "-t",
+            &seconds.to_string(),
+            "-J",
+        ])
+        .output()?;
     let _ = server.kill();
     let _ = server.wait();
     let v: Value = serde_json::from_slice(&out.stdout).context("iperf3 output")?;
-    let gbps = v["end"]["sum_received"]["bits_per_second"].as_f64().context("iperf3 gave no rate")? / 1e9;
+    let gbps = v["end"]["sum_received"]["bits_per_second"]
+        .as_f64()
+        .context("iperf3 gave no rate")?
+        / 1e9;
     let two = request_response(me, a, b, b_ip, seconds, ("0", "1"))?;
     let one = request_response(me, a, b, b_ip, seconds, ("0", "0"))?;
     Ok([gbps, two, one])
@@ -217,8 +296,15 @@ fn main() -> Result<()> {
     }
     let me = std::env::current_exe()?;
     let eni = me.with_file_name("eni-cni");
-    anyhow::ensure!(eni.exists() && eni.with_file_name("eni-cnid").exists(), "eni-cni or eni-cnid is missing beside {}: scripts/up builds them", eni.display());
-    anyhow::ensure!(Path::new("/usr/lib/cni/bridge").exists(), "the reference plugins are missing: apt-get install containernetworking-plugins");
+    anyhow::ensure!(
+        eni.exists() && eni.with_file_name("eni-cnid").exists(),
+        "eni-cni or eni-cnid is missing beside {}: scripts/up builds them",
+        eni.display()
+    );
+    anyhow::ensure!(
+        Path::new("/usr/lib/cni/bridge").exists(),
+        "the reference plugins are missing: apt-get install containernetworking-plugins"
+    );
     let tag = std::process::id() % 10_000;
     let work = tempfile::tempdir()?;
     let socket = work.path().join("pool.sock");
@@ -227,18 +313,34 @@ fn main() -> Result<()> {
         .arg(&socket)
         .arg("--state")
         .arg(work.path().join("pool.redb"))
-        .args(["--cidr", "10.242.0.0/22", "--min-warm", "32", "--max-warm", "64", "--no-snat"])
+        .args([
+            "--cidr",
+            "10.242.0.0/22",
+            "--min-warm",
+            "32",
+            "--max-warm",
+            "64",
+            "--no-snat",
+        ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()?;
-    let _cleanup = Cleanup { pool: Some(pool), bridge: format!("nlb{tag}") };
+    let _cleanup = Cleanup {
+        pool: Some(pool),
+        bridge: format!("nlb{tag}"),
+    };
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::os::unix::net::UnixStream::connect(&socket).is_err() {
         anyhow::ensure!(Instant::now() < deadline, "the pool never listened");
         std::thread::sleep(Duration::from_millis(20));
     }
     let plugins = [
-        Plugin { label: "eni-cni", bin: eni.clone(), cni_path: "/usr/lib/cni".into(), conf: json!({"cniVersion": "1.1.0", "name": format!("bench{tag}"), "type": "eni-cni", "pool": socket}) },
+        Plugin {
+            label: "eni-cni",
+            bin: eni.clone(),
+            cni_path: "/usr/lib/cni".into(),
+            conf: json!({"cniVersion": "1.1.0", "name": format!("bench{tag}"), "type": "eni-cni", "pool": socket}),
+        },
         Plugin {
             label: "bridge",
             bin: "/usr/lib/cni/bridge".into(),
@@ -264,8 +366,15 @@ fn main() -> Result<()> {
             ips[k].push(pod_ip(&result)?);
         }
     }
-    println!("CNI benchmark: {} pods per plugin, each in its own network namespace; eni-cni (veth, warm pool) vs bridge + host-local", args.pods);
-    let linked = if dynamically_linked(&eni)? { "dynamically (scripts/up links it statically)" } else { "statically" };
+    println!(
+        "CNI benchmark: {} pods per plugin, each in its own network namespace; eni-cni (veth, warm pool) vs bridge + host-local",
+        args.pods
+    );
+    let linked = if dynamically_linked(&eni)? {
+        "dynamically (scripts/up links it statically)"
+    } else {
+        "statically"
+    };
     println!("the eni-cni binary is linked {linked}");
     println!("{:<36} {:>12} {:>12} {:>8}", "", "eni-cni", "bridge", "ratio");
     let mut rows = Vec::new();
@@ -273,10 +382,19 @@ fn main() -> Result<()> {
         a.sort();
     }
     for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
-        rows.push((format!("ADD latency {name} (ms)"), ms(percentile(&add[0], p)), ms(percentile(&add[1], p))));
+        rows.push((
+            format!("ADD latency {name} (ms)"),
+            ms(percentile(&add[0], p)),
+            ms(percentile(&add[1], p)),
+        ));
     }
     // Two pods of a third network: eni-cni with socket acceleration (not timed).
-    let accelerated = Plugin { label: "eni-cni, socket acceleration", bin: eni.clone(), cni_path: "/usr/lib/cni".into(), conf: json!({"cniVersion": "1.1.0", "name": format!("benchsa{tag}"), "type": "eni-cni", "pool": socket, "socketAcceleration": true}) };
+    let accelerated = Plugin {
+        label: "eni-cni, socket acceleration",
+        bin: eni.clone(),
+        cni_path: "/usr/lib/cni".into(),
+        conf: json!({"cniVersion": "1.1.0", "name": format!("benchsa{tag}"), "type": "eni-cni", "pool": socket, "socketAcceleration": true}),
+    };
     let mut sa_pods = Vec::new();
     for i in 0..2 {
         let ns = Netns::new(format!("nlb{tag}xsx{i}"))?;
@@ -314,7 +432,11 @@ fn main() -> Result<()> {
         d.sort();
     }
     for (name, p) in [("p50", 0.5), ("p99", 0.99)] {
-        rows.push((format!("DEL latency {name} (ms)"), ms(percentile(&del[0], p)), ms(percentile(&del[1], p))));
+        rows.push((
+            format!("DEL latency {name} (ms)"),
+            ms(percentile(&del[0], p)),
+            ms(percentile(&del[1], p)),
+        ));
     }
     for (label, a, b) in &rows {
         // Latency: lower is better; the ratio is ours over theirs (goal ADD <= 0.5x).

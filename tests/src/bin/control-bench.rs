@@ -50,7 +50,12 @@ async fn create_pods(n: &Nodeless, ns: &str, total: usize, clients: usize) -> Re
                 if i >= total {
                     return Ok::<_, anyhow::Error>(());
                 }
-                let resp = http.post(&url).bearer_auth(&token).json(&pod(&ns, &format!("p{i}"))).send().await?;
+                let resp = http
+                    .post(&url)
+                    .bearer_auth(&token)
+                    .json(&pod(&ns, &format!("p{i}")))
+                    .send()
+                    .await?;
                 anyhow::ensure!(resp.status().as_u16() == 201, "create failed: {}", resp.text().await?);
             }
         }));
@@ -62,15 +67,29 @@ async fn create_pods(n: &Nodeless, ns: &str, total: usize, clients: usize) -> Re
 }
 
 fn now_us() -> u128 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_micros()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0)
 }
 
 async fn watch_latency(n: &Nodeless, watchers: usize, changes: usize) -> Result<(f64, f64, usize)> {
     let token = n.admin_token();
     let ns = "watchbench";
     let http = n.http();
-    http.post(n.url("/api/v1/namespaces")).bearer_auth(&token).json(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).send().await?;
-    let rv = n.http().get(n.url(&format!("/api/v1/namespaces/{ns}/configmaps"))).bearer_auth(&token).send().await?.json::<Value>().await?["metadata"]["resourceVersion"]
+    http.post(n.url("/api/v1/namespaces"))
+        .bearer_auth(&token)
+        .json(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+        .send()
+        .await?;
+    let rv = n
+        .http()
+        .get(n.url(&format!("/api/v1/namespaces/{ns}/configmaps")))
+        .bearer_auth(&token)
+        .send()
+        .await?
+        .json::<Value>()
+        .await?["metadata"]["resourceVersion"]
         .as_str()
         .unwrap_or("0")
         .to_string();
@@ -78,7 +97,9 @@ async fn watch_latency(n: &Nodeless, watchers: usize, changes: usize) -> Result<
     let mut tasks = Vec::new();
     for _ in 0..watchers {
         let client = n.http();
-        let url = n.url(&format!("/api/v1/namespaces/{ns}/configmaps?watch=1&resourceVersion={rv}"));
+        let url = n.url(&format!(
+            "/api/v1/namespaces/{ns}/configmaps?watch=1&resourceVersion={rv}"
+        ));
         let (token, tx) = (token.clone(), tx.clone());
         tasks.push(tokio::spawn(async move {
             let resp = client.get(&url).bearer_auth(&token).send().await?;
@@ -90,7 +111,10 @@ async fn watch_latency(n: &Nodeless, watchers: usize, changes: usize) -> Result<
                     let line: Vec<u8> = buf.drain(..=pos).collect();
                     let received = now_us();
                     let ev: Value = serde_json::from_slice(&line)?;
-                    if let Some(sent) = ev["object"]["data"]["sent"].as_str().and_then(|s| s.parse::<u128>().ok()) {
+                    if let Some(sent) = ev["object"]["data"]["sent"]
+                        .as_str()
+                        .and_then(|s| s.parse::<u128>().ok())
+                    {
                         let _ = tx.send(received.saturating_sub(sent));
                     }
                 }
@@ -118,7 +142,12 @@ async fn watch_latency(n: &Nodeless, watchers: usize, changes: usize) -> Result<
         t.abort();
     }
     lat.sort_unstable();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0) as f64
+            / 1000.0
+    };
     Ok((pct(0.50), pct(0.99), lat.len()))
 }
 
@@ -129,13 +158,23 @@ async fn main() -> Result<()> {
     let http = n.http();
     let token = n.admin_token();
     for ns in ["bench1", "bench32"] {
-        http.post(n.url("/api/v1/namespaces")).bearer_auth(&token).json(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).send().await?;
+        http.post(n.url("/api/v1/namespaces"))
+            .bearer_auth(&token)
+            .json(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
+            .send()
+            .await?;
     }
-    println!("nodeless control-plane benchmark ({} cores)", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+    println!(
+        "nodeless control-plane benchmark ({} cores)",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+    );
     let one = create_pods(&n, "bench1", args.single, 1).await?;
     println!("durable pod creates/s, 1 client:    {one:>8.0}  ({} pods)", args.single);
     let many = create_pods(&n, "bench32", args.concurrent, args.clients).await?;
-    println!("durable pod creates/s, {} clients: {many:>8.0}  ({} pods)   goal >= 2000", args.clients, args.concurrent);
+    println!(
+        "durable pod creates/s, {} clients: {many:>8.0}  ({} pods)   goal >= 2000",
+        args.clients, args.concurrent
+    );
     let (p50, p99, got) = watch_latency(&n, args.watchers, args.changes).await?;
     println!(
         "watch delivery latency, {} watchers: p50 {p50:.2} ms  p99 {p99:.2} ms  ({got} of {} events)   goal p99 <= 10 ms",

@@ -57,12 +57,31 @@ impl Unbound {
                 d = dir.path().display()
             ),
         )?;
-        let child = Command::new("unbound").arg("-d").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("unbound (apt-get install unbound)")?;
+        let child = Command::new("unbound")
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("unbound (apt-get install unbound)")?;
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse()?;
         let u = Unbound { child, addr, _dir: dir };
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
-            let out = Command::new("dig").args(["@127.0.0.1", "-p", &port.to_string(), "+time=1", "+tries=1", "+short", "version.bind", "CH", "TXT"]).output()?;
+            let out = Command::new("dig")
+                .args([
+                    "@127.0.0.1",
+                    "-p",
+                    &port.to_string(),
+                    "+time=1",
+                    "+tries=1",
+                    "+short",
+                    "version.bind",
+                    "CH",
+                    "TXT",
+                ])
+                .output()?;
             if out.status.success() {
                 return Ok(u);
             }
@@ -97,11 +116,26 @@ fn dnsperf(server: SocketAddr, queries: &std::path::Path, seconds: u64, clients:
     let out = Command::new("dnsperf")
         .args(["-s", &server.ip().to_string(), "-p", &server.port().to_string(), "-d"])
         .arg(queries)
-        .args(["-l", &seconds.to_string(), "-c", &clients.to_string(), "-T", "1", "-q", &args_q.to_string(), "-t", "2"])
+        .args([
+            "-l",
+            &seconds.to_string(),
+            "-c",
+            &clients.to_string(),
+            "-T",
+            "1",
+            "-q",
+            &args_q.to_string(),
+            "-t",
+            "2",
+        ])
         .output()
         .context("dnsperf (apt-get install dnsperf)")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let field = |label: &str| text.lines().find_map(|l| l.trim().strip_prefix(label)).map(|v| v.split_whitespace().next().unwrap_or("").to_string());
+    let field = |label: &str| {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(label))
+            .map(|v| v.split_whitespace().next().unwrap_or("").to_string())
+    };
     let perf = Perf {
         qps: field("Queries per second:").and_then(|v| v.parse().ok()).unwrap_or(0.0),
         lost: field("Queries lost:").and_then(|v| v.parse().ok()).unwrap_or(u64::MAX),
@@ -112,14 +146,30 @@ fn dnsperf(server: SocketAddr, queries: &std::path::Path, seconds: u64, clients:
         bail!("dnsperf: {text}\n{}", String::from_utf8_lossy(&out.stderr));
     }
     let completed = perf.completed;
-    let noerror = text.lines().find_map(|l| l.trim().strip_prefix("Response codes:")).unwrap_or("").to_string();
-    anyhow::ensure!(noerror.contains("NOERROR") && !noerror.contains("SERVFAIL") && !noerror.contains("NXDOMAIN"), "unexpected response codes from {server}: {noerror} ({completed} completed)");
+    let noerror = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Response codes:"))
+        .unwrap_or("")
+        .to_string();
+    anyhow::ensure!(
+        noerror.contains("NOERROR") && !noerror.contains("SERVFAIL") && !noerror.contains("NXDOMAIN"),
+        "unexpected response codes from {server}: {noerror} ({completed} completed)"
+    );
     Ok(perf)
 }
 
 fn dig_ok(server: SocketAddr, name: &str) -> bool {
     Command::new("dig")
-        .args([&format!("@{}", server.ip()), "-p", &server.port().to_string(), "+time=1", "+tries=1", "+short", name, "A"])
+        .args([
+            &format!("@{}", server.ip()),
+            "-p",
+            &server.port().to_string(),
+            "+time=1",
+            "+tries=1",
+            "+short",
+            name,
+            "A",
+        ])
         .output()
         .is_ok_and(|o| !String::from_utf8_lossy(&o.stdout).trim().is_empty())
 }
@@ -133,7 +183,10 @@ async fn main() -> Result<()> {
     // The authority for forwarded names.
     let mut authority_data = String::from("  local-zone: \"fwd.test.\" static\n");
     for i in 0..args.names {
-        authority_data.push_str(&format!("  local-data: \"n{i}.fwd.test. 3600 IN A 192.0.2.{}\"\n", i % 250 + 1));
+        authority_data.push_str(&format!(
+            "  local-data: \"n{i}.fwd.test. 3600 IN A 192.0.2.{}\"\n",
+            i % 250 + 1
+        ));
     }
     let authority = Unbound::start(1, &authority_data)?;
 
@@ -169,18 +222,39 @@ async fn main() -> Result<()> {
     let services = api.list(&Default::default()).await?;
     let mut peer_conf = String::from("  local-zone: \"cluster.local.\" static\n");
     for s in &services.items {
-        let (Some(name), Some(ip)) = (s.metadata.name.as_deref(), s.spec.as_ref().and_then(|s| s.cluster_ip.as_deref())) else { continue };
-        peer_conf.push_str(&format!("  local-data: \"{name}.default.svc.cluster.local. 5 IN A {ip}\"\n"));
+        let (Some(name), Some(ip)) = (
+            s.metadata.name.as_deref(),
+            s.spec.as_ref().and_then(|s| s.cluster_ip.as_deref()),
+        ) else {
+            continue;
+        };
+        peer_conf.push_str(&format!(
+            "  local-data: \"{name}.default.svc.cluster.local. 5 IN A {ip}\"\n"
+        ));
     }
     // unbound answers the special-use `test.` itself (RFC 6761) unless told not to.
     peer_conf.push_str("  local-zone: \"test.\" nodefault\n");
-    peer_conf.push_str(&format!("forward-zone:\n  name: \"fwd.test.\"\n  forward-addr: {}@{}\n", authority.addr.ip(), authority.addr.port()));
+    peer_conf.push_str(&format!(
+        "forward-zone:\n  name: \"fwd.test.\"\n  forward-addr: {}@{}\n",
+        authority.addr.ip(),
+        authority.addr.port()
+    ));
     let peer = Unbound::start(cores, &peer_conf)?;
 
     let cluster_q = work.path().join("cluster.txt");
     let forward_q = work.path().join("forward.txt");
-    std::fs::write(&cluster_q, (0..args.names).map(|i| format!("svc{i}.default.svc.cluster.local A\n")).collect::<String>())?;
-    std::fs::write(&forward_q, (0..args.names).map(|i| format!("n{i}.fwd.test A\n")).collect::<String>())?;
+    std::fs::write(
+        &cluster_q,
+        (0..args.names)
+            .map(|i| format!("svc{i}.default.svc.cluster.local A\n"))
+            .collect::<String>(),
+    )?;
+    std::fs::write(
+        &forward_q,
+        (0..args.names)
+            .map(|i| format!("n{i}.fwd.test A\n"))
+            .collect::<String>(),
+    )?;
 
     // Warm both caches with every forwarded name.
     for server in [ours, peer.addr] {
@@ -191,7 +265,10 @@ async fn main() -> Result<()> {
         "DNS benchmark: {} names of each kind, dnsperf {} s x {} clients x {} outstanding, {} cores shared by everything (unbound with num-threads {cores}; nodeless with {cores} runtime threads)",
         args.names, args.seconds, args.clients, args.outstanding, cores
     );
-    println!("{:<34} {:>12} {:>12} {:>8} {:>14}", "", "nodeless", "unbound", "ratio", "lost (n / u)");
+    println!(
+        "{:<34} {:>12} {:>12} {:>8} {:>14}",
+        "", "nodeless", "unbound", "ratio", "lost (n / u)"
+    );
     let our_pid = n.pid().context("nodeless is not running")?;
     let mut costs = Vec::new();
     for (label, file) in [("cluster names", &cluster_q), ("cached forwarded names", &forward_q)] {
@@ -205,12 +282,28 @@ async fn main() -> Result<()> {
         };
         let (a, a_cpu) = measure(ours, our_pid)?;
         let (b, b_cpu) = measure(peer.addr, peer.pid())?;
-        println!("{:<34} {:>12.0} {:>12.0} {:>7.2}x {:>8} / {}", format!("{label} (q/s)"), a.qps, b.qps, a.qps / b.qps.max(1.0), a.lost, b.lost);
+        println!(
+            "{:<34} {:>12.0} {:>12.0} {:>7.2}x {:>8} / {}",
+            format!("{label} (q/s)"),
+            a.qps,
+            b.qps,
+            a.qps / b.qps.max(1.0),
+            a.lost,
+            b.lost
+        );
         costs.push((label, a_cpu, b_cpu));
     }
     for (label, a, b) in costs {
-        println!("{:<34} {:>12.0} {:>12.0} {:>7.2}x", format!("{label} (q per CPU-s)"), a, b, a / b.max(1.0));
+        println!(
+            "{:<34} {:>12.0} {:>12.0} {:>7.2}x",
+            format!("{label} (q per CPU-s)"),
+            a,
+            b,
+            a / b.max(1.0)
+        );
     }
-    println!("(ratio > 1 means nodeless is faster; both answer every query from memory; q per CPU-s is queries answered per second of the server's own CPU time, dnsperf's share of the cores left out)");
+    println!(
+        "(ratio > 1 means nodeless is faster; both answer every query from memory; q per CPU-s is queries answered per second of the server's own CPU time, dnsperf's share of the cores left out)"
+    );
     Ok(())
 }

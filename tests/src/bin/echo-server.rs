@@ -43,7 +43,10 @@ fn handle(stream: TcpStream, pod: &str) -> std::io::Result<()> {
         }
         let mut body_in = vec![0u8; content_length];
         std::io::Read::read_exact(&mut reader, &mut body_in)?;
-        let code: u16 = path.strip_prefix("/status/").and_then(|c| c.parse().ok()).unwrap_or(200);
+        let code: u16 = path
+            .strip_prefix("/status/")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(200);
         let mut body = format!("pod: {pod}\npath: {path}\n");
         for h in &headers {
             body.push_str(&format!("header: {h}\n"));
@@ -51,7 +54,10 @@ fn handle(stream: TcpStream, pod: &str) -> std::io::Result<()> {
         // One write for the whole response: written piece by piece (as `write!` on the socket
         // does), the pieces after the first wait, by Nagle's rule, for the client's delayed ACK
         // (40 ms here).
-        let response = format!("HTTP/1.1 {code} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}", body.len());
+        let response = format!(
+            "HTTP/1.1 {code} X\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
         out.write_all(response.as_bytes())?;
         if close {
             return Ok(());
@@ -68,18 +74,35 @@ fn get(url: &str) -> ! {
         eprintln!("echo-server get: {what}");
         std::process::exit(1)
     };
-    let rest = url.strip_prefix("http://").unwrap_or_else(|| fail(format!("{url}: only http:// URLs")));
-    let (hostport, path) = rest.split_once('/').map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
-    let addrs: Vec<_> = hostport.to_socket_addrs().unwrap_or_else(|e| fail(format!("resolving {hostport}: {e}"))).collect();
+    let rest = url
+        .strip_prefix("http://")
+        .unwrap_or_else(|| fail(format!("{url}: only http:// URLs")));
+    let (hostport, path) = rest
+        .split_once('/')
+        .map_or((rest, "/".to_string()), |(h, p)| (h, format!("/{p}")));
+    let addrs: Vec<_> = hostport
+        .to_socket_addrs()
+        .unwrap_or_else(|e| fail(format!("resolving {hostport}: {e}")))
+        .collect();
     let mut last_error = String::from("no address");
     let mut stream = addrs
         .iter()
-        .find_map(|a| std::net::TcpStream::connect_timeout(a, std::time::Duration::from_secs(5)).map_err(|e| last_error = e.to_string()).ok())
+        .find_map(|a| {
+            std::net::TcpStream::connect_timeout(a, std::time::Duration::from_secs(5))
+                .map_err(|e| last_error = e.to_string())
+                .ok()
+        })
         .unwrap_or_else(|| fail(format!("connecting to {addrs:?}: {last_error}")));
     let host = hostport.split(':').next().unwrap_or(hostport);
-    write!(stream, "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").unwrap_or_else(|e| fail(e.to_string()));
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap_or_else(|e| fail(e.to_string()));
     let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap_or_else(|e| fail(e.to_string()));
+    stream
+        .read_to_string(&mut response)
+        .unwrap_or_else(|e| fail(e.to_string()));
     print!("{}", response.split_once("\r\n\r\n").map_or("", |(_, body)| body));
     std::process::exit(0)
 }
@@ -93,10 +116,14 @@ fn udp(to: &str, message: &str) -> ! {
     };
     let to: std::net::SocketAddr = to.parse().unwrap_or_else(|e| fail(format!("{to}: {e}")));
     let sock = std::net::UdpSocket::bind("0.0.0.0:0").unwrap_or_else(|e| fail(e.to_string()));
-    sock.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap_or_else(|e| fail(e.to_string()));
-    sock.send_to(message.as_bytes(), to).unwrap_or_else(|e| fail(format!("sending to {to}: {e}")));
+    sock.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .unwrap_or_else(|e| fail(e.to_string()));
+    sock.send_to(message.as_bytes(), to)
+        .unwrap_or_else(|e| fail(format!("sending to {to}: {e}")));
     let mut buf = [0u8; 2048];
-    let (n, from) = sock.recv_from(&mut buf).unwrap_or_else(|e| fail(format!("waiting for {to}: {e}")));
+    let (n, from) = sock
+        .recv_from(&mut buf)
+        .unwrap_or_else(|e| fail(format!("waiting for {to}: {e}")));
     println!("from: {from}");
     print!("{}", String::from_utf8_lossy(&buf[..n]));
     std::process::exit(0)
@@ -128,7 +155,9 @@ fn serve_websocket(pod: String) {
         for stream in listener.incoming().flatten() {
             let pod = pod.clone();
             std::thread::spawn(move || {
-                let Ok(mut ws) = tungstenite::accept(stream) else { return };
+                let Ok(mut ws) = tungstenite::accept(stream) else {
+                    return;
+                };
                 while let Ok(msg) = ws.read() {
                     let text = match msg {
                         tungstenite::Message::Text(t) => t.to_string(),
@@ -153,13 +182,26 @@ fn serve_grpc() {
         return;
     };
     std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else { return };
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            return;
+        };
         rt.block_on(async move {
             let (reporter, service) = tonic_health::server::health_reporter();
-            reporter.set_service_status("echo", tonic_health::ServingStatus::Serving).await;
-            let Ok(listener) = listener.set_nonblocking(true).and_then(|()| tokio::net::TcpListener::from_std(listener)) else { return };
+            reporter
+                .set_service_status("echo", tonic_health::ServingStatus::Serving)
+                .await;
+            let Ok(listener) = listener
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::TcpListener::from_std(listener))
+            else {
+                return;
+            };
             let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
-            if let Err(e) = tonic::transport::Server::builder().add_service(service).serve_with_incoming(incoming).await {
+            if let Err(e) = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming(incoming)
+                .await
+            {
                 eprintln!("echo-server: gRPC: {e}");
             }
         });
@@ -170,7 +212,10 @@ fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
         Some("get") => get(args.get(2).map_or("", String::as_str)),
-        Some("udp") => udp(args.get(2).map_or("", String::as_str), args.get(3).map_or("", String::as_str)),
+        Some("udp") => udp(
+            args.get(2).map_or("", String::as_str),
+            args.get(3).map_or("", String::as_str),
+        ),
         _ => {}
     }
     if let Ok(mut signals) = signal_hook::iterator::Signals::new([signal_hook::consts::SIGTERM]) {
@@ -182,7 +227,12 @@ fn main() {
         });
     }
     let port = std::env::var("PORT").unwrap_or_else(|_| "8080".into());
-    let pod = std::env::var("POD_NAME").ok().or_else(|| std::fs::read_to_string("/etc/hostname").ok()).unwrap_or_default().trim().to_string();
+    let pod = std::env::var("POD_NAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .unwrap_or_default()
+        .trim()
+        .to_string();
     let listener = match TcpListener::bind(format!("0.0.0.0:{port}")) {
         Ok(l) => l,
         Err(e) => {

@@ -51,7 +51,10 @@ impl Drop for Proc {
         while Instant::now() < deadline && matches!(self.0.try_wait(), Ok(None)) {
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = Command::new("kill").args(["-KILL", "--", &format!("-{pid}")]).stderr(Stdio::null()).status();
+        let _ = Command::new("kill")
+            .args(["-KILL", "--", &format!("-{pid}")])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -67,14 +70,23 @@ fn tree_cpu(pid: u32) -> (f64, f64) {
     let mut pids = vec![pid];
     let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     pids.extend(children.split_whitespace().filter_map(|c| c.parse::<u32>().ok()));
-    pids.into_iter().filter_map(|p| cpu_times(p).ok()).fold((0.0, 0.0), |(user, all), (u, k)| (user + u, all + u + k))
+    pids.into_iter()
+        .filter_map(|p| cpu_times(p).ok())
+        .fold((0.0, 0.0), |(user, all), (u, k)| (user + u, all + u + k))
 }
 
 /// The machine's CPU times so far, in seconds: the fields of `/proc/stat`'s first line (user,
 /// nice, system, idle, iowait, irq, softirq, steal, ...).
 fn machine_cpu() -> Vec<f64> {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    stat.lines().next().unwrap_or("").split_whitespace().skip(1).filter_map(|v| v.parse::<f64>().ok()).map(|t| t / 100.0).collect()
+    stat.lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse::<f64>().ok())
+        .map(|t| t / 100.0)
+        .collect()
 }
 
 /// The whole machine's busy CPU time so far (user, nice, system, irq and softirq; not idle,
@@ -96,7 +108,12 @@ fn tcp_segments_sent() -> f64 {
     let snmp = std::fs::read_to_string("/proc/net/snmp").unwrap_or_default();
     let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
     let (names, values) = (tcp.next().unwrap_or(""), tcp.next().unwrap_or(""));
-    names.split_whitespace().zip(values.split_whitespace()).find(|(name, _)| *name == "OutSegs").and_then(|(_, v)| v.parse().ok()).unwrap_or(0.0)
+    names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "OutSegs")
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0.0)
 }
 
 fn nginx(conf_dir: &Path, name: &str, conf: &str) -> Result<Proc> {
@@ -106,19 +123,40 @@ fn nginx(conf_dir: &Path, name: &str, conf: &str) -> Result<Proc> {
         dir = conf_dir.display()
     );
     std::fs::write(&path, full)?;
-    let child = group(Command::new("nginx").arg("-p").arg(conf_dir).arg("-c").arg(&path)).stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("nginx (apt-get install nginx)")?;
+    let child = group(Command::new("nginx").arg("-p").arg(conf_dir).arg("-c").arg(&path))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("nginx (apt-get install nginx)")?;
     Ok(Proc(child))
 }
 
 fn wait_ok(url: &str, host: &str, extra: &[&str]) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let out = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "2", "-H", &format!("Host: {host}")]).args(extra).arg(url).output()?;
+        let out = Command::new("curl")
+            .args([
+                "-s",
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                "--max-time",
+                "2",
+                "-H",
+                &format!("Host: {host}"),
+            ])
+            .args(extra)
+            .arg(url)
+            .output()?;
         if out.stdout == b"200" {
             return Ok(());
         }
         if Instant::now() > deadline {
-            bail!("{url} never answered 200 (last: {})", String::from_utf8_lossy(&out.stdout));
+            bail!(
+                "{url} never answered 200 (last: {})",
+                String::from_utf8_lossy(&out.stdout)
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -148,10 +186,32 @@ fn millis(v: &str) -> Option<f64> {
 }
 
 fn wrk(url: &str, host: &str, seconds: u64, connections: usize) -> Result<(f64, f64)> {
-    let out = Command::new("wrk").args(["-t", "1", "-c", &connections.to_string(), "-d", &format!("{seconds}s"), "--latency", "-H", &format!("Host: {host}"), url]).output().context("wrk (apt-get install wrk)")?;
+    let out = Command::new("wrk")
+        .args([
+            "-t",
+            "1",
+            "-c",
+            &connections.to_string(),
+            "-d",
+            &format!("{seconds}s"),
+            "--latency",
+            "-H",
+            &format!("Host: {host}"),
+            url,
+        ])
+        .output()
+        .context("wrk (apt-get install wrk)")?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let rps = text.lines().find_map(|l| l.strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse().ok()).with_context(|| format!("wrk: {text}"))?;
-    let p99 = text.lines().find_map(|l| l.trim().strip_prefix("99%")).and_then(millis).with_context(|| format!("wrk: {text}"))?;
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .with_context(|| format!("wrk: {text}"))?;
+    let p99 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("99%"))
+        .and_then(millis)
+        .with_context(|| format!("wrk: {text}"))?;
     if text.contains("Non-2xx") || text.contains("Socket errors") {
         bail!("wrk saw errors: {text}");
     }
@@ -161,21 +221,46 @@ fn wrk(url: &str, host: &str, seconds: u64, connections: usize) -> Result<(f64, 
 /// `url` names the host (for SNI and :authority); the connections go to `connect`.
 fn h2load(url: &str, connect: &str, seconds: u64, connections: usize, log: &Path) -> Result<(f64, f64)> {
     let out = Command::new("h2load")
-        .args(["-t", "1", "-c", &connections.to_string(), "-m", "10", "-D", &seconds.to_string(), "--connect-to", connect, "--log-file"])
+        .args([
+            "-t",
+            "1",
+            "-c",
+            &connections.to_string(),
+            "-m",
+            "10",
+            "-D",
+            &seconds.to_string(),
+            "--connect-to",
+            connect,
+            "--log-file",
+        ])
         .arg(log)
         .arg(url)
         .output()
         .context("h2load (apt-get install nghttp2-client)")?;
     let text = String::from_utf8_lossy(&out.stdout);
     // "finished in 5.00s, 12345.67 req/s, ..."
-    let rps = text.lines().find(|l| l.starts_with("finished in")).and_then(|l| l.split(", ").nth(1)).and_then(|v| v.trim_end_matches(" req/s").parse().ok()).with_context(|| format!("h2load: {text}"))?;
+    let rps = text
+        .lines()
+        .find(|l| l.starts_with("finished in"))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|v| v.trim_end_matches(" req/s").parse().ok())
+        .with_context(|| format!("h2load: {text}"))?;
     // "requests: N total, N started, N done, N succeeded, M failed, ..."
-    let failed = text.lines().find(|l| l.starts_with("requests:")).and_then(|l| l.split(", ").find(|p| p.ends_with(" failed"))).and_then(|p| p.trim_end_matches(" failed").parse::<u64>().ok()).unwrap_or(0);
+    let failed = text
+        .lines()
+        .find(|l| l.starts_with("requests:"))
+        .and_then(|l| l.split(", ").find(|p| p.ends_with(" failed")))
+        .and_then(|p| p.trim_end_matches(" failed").parse::<u64>().ok())
+        .unwrap_or(0);
     if failed > 0 {
         bail!("h2load saw {failed} failed requests: {text}");
     }
     // The log: start time, status, duration in microseconds, one request a line.
-    let mut times: Vec<f64> = std::fs::read_to_string(log)?.lines().filter_map(|l| l.split('\t').nth(2)?.trim().parse::<f64>().ok()).collect();
+    let mut times: Vec<f64> = std::fs::read_to_string(log)?
+        .lines()
+        .filter_map(|l| l.split('\t').nth(2)?.trim().parse::<f64>().ok())
+        .collect();
     if times.is_empty() {
         bail!("h2load logged no request");
     }
@@ -223,7 +308,9 @@ fn main() -> Result<()> {
 
     // ingress-l7 following a control plane.
     let n = Nodeless::start()?;
-    let mut yaml = String::from("apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata:\n  name: nodeless\n  annotations: {ingressclass.kubernetes.io/is-default-class: \"true\"}\nspec: {controller: nodeless.io/ingress-l7}\n");
+    let mut yaml = String::from(
+        "apiVersion: networking.k8s.io/v1\nkind: IngressClass\nmetadata:\n  name: nodeless\n  annotations: {ingressclass.kubernetes.io/is-default-class: \"true\"}\nspec: {controller: nodeless.io/ingress-l7}\n",
+    );
     // One selectorless Service per backend port would be two services; one Service with one
     // slice per backend port keeps both behind the same route.
     yaml.push_str("---\napiVersion: v1\nkind: Service\nmetadata: {name: backends}\nspec:\n  ports: [{name: http, port: 80, protocol: TCP}]\n");
@@ -238,11 +325,20 @@ fn main() -> Result<()> {
         bail!("kubectl apply: {}", String::from_utf8_lossy(&out.stderr));
     }
     let bin: PathBuf = workspace_binary("ingress-l7")?;
-    let mut child = group(Command::new(&bin).arg("--kubeconfig").arg(n.kubeconfig()).args(["--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--threads", &args.threads.to_string()]))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()?;
+    let mut child = group(Command::new(&bin).arg("--kubeconfig").arg(n.kubeconfig()).args([
+        "--http",
+        "127.0.0.1:0",
+        "--https",
+        "127.0.0.1:0",
+        "--metrics",
+        "127.0.0.1:0",
+        "--threads",
+        &args.threads.to_string(),
+    ]))
+    .env("RUST_LOG", "warn")
+    .stdout(Stdio::piped())
+    .stderr(Stdio::null())
+    .spawn()?;
     let addrs = nodeless_tests::ingress_addresses(&mut child);
     let ours = Proc(child);
     let [h1, tls, _] = addrs?;
@@ -250,28 +346,96 @@ fn main() -> Result<()> {
     let resolve = |port: u16| format!("bench.example:{port}:127.0.0.1");
     wait_ok(&format!("http://127.0.0.1:{nl_h1}/"), "bench.example", &[])?;
     wait_ok(&format!("http://127.0.0.1:{ng_h1}/"), "bench.example", &[])?;
-    wait_ok(&format!("https://bench.example:{nl_tls}/"), "bench.example", &["-k", "--resolve", &resolve(nl_tls)])?;
-    wait_ok(&format!("https://bench.example:{ng_tls}/"), "bench.example", &["-k", "--resolve", &resolve(ng_tls)])?;
+    wait_ok(
+        &format!("https://bench.example:{nl_tls}/"),
+        "bench.example",
+        &["-k", "--resolve", &resolve(nl_tls)],
+    )?;
+    wait_ok(
+        &format!("https://bench.example:{ng_tls}/"),
+        "bench.example",
+        &["-k", "--resolve", &resolve(ng_tls)],
+    )?;
 
-    println!("Ingress benchmark: ingress-l7 and nginx as the same reverse proxy, {} worker threads each, two nginx backends, {} connections, {} s runs, medians of {} rounds", args.threads, args.connections, args.seconds, args.rounds);
-    println!("{:<24} {:>14} {:>14} {:>8} {:>12} {:>12} {:>15} {:>15}", "", "rps ours", "rps nginx", "ratio", "p99 ours", "p99 nginx", "CPU/req ours", "CPU/req nginx");
+    println!(
+        "Ingress benchmark: ingress-l7 and nginx as the same reverse proxy, {} worker threads each, two nginx backends, {} connections, {} s runs, medians of {} rounds",
+        args.threads, args.connections, args.seconds, args.rounds
+    );
+    println!(
+        "{:<24} {:>14} {:>14} {:>8} {:>12} {:>12} {:>15} {:>15}",
+        "", "rps ours", "rps nginx", "ratio", "p99 ours", "p99 nginx", "CPU/req ours", "CPU/req nginx"
+    );
     type Load<'a> = Box<dyn Fn(u16) -> Result<(f64, f64)> + 'a>;
     let log = d.join("h2load.log");
     // Where the machine's time went, per case, printed after the ratios.
     let mut costs = Vec::new();
     let steal_before = stolen();
     let cases: Vec<(&str, u16, u16, Load<'_>)> = vec![
-        ("HTTP/1.1", nl_h1, ng_h1, Box::new(|p| wrk(&format!("http://127.0.0.1:{p}/"), "bench.example", args.seconds, args.connections))),
-        ("HTTP/1.1 + TLS", nl_tls, ng_tls, Box::new(|p| wrk(&format!("https://127.0.0.1:{p}/"), "bench.example", args.seconds, args.connections))),
-        ("HTTP/2 (h2c)", nl_h1, ng_h2c, Box::new(|p| h2load(&format!("http://bench.example:{p}/"), &format!("127.0.0.1:{p}"), args.seconds, args.connections, &log))),
-        ("HTTP/2 + TLS", nl_tls, ng_tls, Box::new(|p| h2load(&format!("https://bench.example:{p}/"), &format!("127.0.0.1:{p}"), args.seconds, args.connections, &log))),
+        (
+            "HTTP/1.1",
+            nl_h1,
+            ng_h1,
+            Box::new(|p| {
+                wrk(
+                    &format!("http://127.0.0.1:{p}/"),
+                    "bench.example",
+                    args.seconds,
+                    args.connections,
+                )
+            }),
+        ),
+        (
+            "HTTP/1.1 + TLS",
+            nl_tls,
+            ng_tls,
+            Box::new(|p| {
+                wrk(
+                    &format!("https://127.0.0.1:{p}/"),
+                    "bench.example",
+                    args.seconds,
+                    args.connections,
+                )
+            }),
+        ),
+        (
+            "HTTP/2 (h2c)",
+            nl_h1,
+            ng_h2c,
+            Box::new(|p| {
+                h2load(
+                    &format!("http://bench.example:{p}/"),
+                    &format!("127.0.0.1:{p}"),
+                    args.seconds,
+                    args.connections,
+                    &log,
+                )
+            }),
+        ),
+        (
+            "HTTP/2 + TLS",
+            nl_tls,
+            ng_tls,
+            Box::new(|p| {
+                h2load(
+                    &format!("https://bench.example:{p}/"),
+                    &format!("127.0.0.1:{p}"),
+                    args.seconds,
+                    args.connections,
+                    &log,
+                )
+            }),
+        ),
     ];
     for (label, ours_port, nginx_port, load) in &cases {
         let mut runs: [Vec<Run>; 2] = [Vec::new(), Vec::new()];
         for _ in 0..args.rounds.max(1) {
-            for (k, (port, pid)) in [(*ours_port, ours.0.id()), (*nginx_port, nginx_pid)].into_iter().enumerate() {
+            for (k, (port, pid)) in [(*ours_port, ours.0.id()), (*nginx_port, nginx_pid)]
+                .into_iter()
+                .enumerate()
+            {
                 let (before, machine, segments) = (tree_cpu(pid), machine_busy(), tcp_segments_sent());
-                let (rps, p99_ms) = load(port).with_context(|| format!("{label} through {}", if k == 0 { "ingress-l7" } else { "nginx" }))?;
+                let (rps, p99_ms) = load(port)
+                    .with_context(|| format!("{label} through {}", if k == 0 { "ingress-l7" } else { "nginx" }))?;
                 let (after, requests) = (tree_cpu(pid), (rps * args.seconds as f64).max(1.0));
                 runs[k].push(Run {
                     rps,
@@ -287,9 +451,21 @@ fn main() -> Result<()> {
         let (r0, r1) = (m(0, |r| r.rps), m(1, |r| r.rps));
         println!(
             "{:<24} {:>14.0} {:>14.0} {:>7.2}x {:>10.2}ms {:>10.2}ms {:>13.1}us {:>13.1}us",
-            label, r0, r1, r0 / r1.max(1e-9), m(0, |r| r.p99_ms), m(1, |r| r.p99_ms), m(0, |r| r.cpu_us_per_req), m(1, |r| r.cpu_us_per_req)
+            label,
+            r0,
+            r1,
+            r0 / r1.max(1e-9),
+            m(0, |r| r.p99_ms),
+            m(1, |r| r.p99_ms),
+            m(0, |r| r.cpu_us_per_req),
+            m(1, |r| r.cpu_us_per_req)
         );
-        costs.push((label, [0, 1].map(|k| (m(k, |r| r.segments_per_req), m(k, |r| r.machine_us_per_req))), m(0, |r| r.user_us_per_req), m(1, |r| r.user_us_per_req)));
+        costs.push((
+            label,
+            [0, 1].map(|k| (m(k, |r| r.segments_per_req), m(k, |r| r.machine_us_per_req))),
+            m(0, |r| r.user_us_per_req),
+            m(1, |r| r.user_us_per_req),
+        ));
     }
     println!("(rps ratio: ingress-l7 over nginx, goal >= 1.2x; p99 and CPU per request: lower is better)");
     // The load generator, the backends and both proxies share the machine's cores, and the
@@ -297,12 +473,37 @@ fn main() -> Result<()> {
     // costs all of them together. The last column is the ratio if ingress-l7 spent no time at all
     // in user space, everything else the same: how far any change to our own code could go.
     println!();
-    println!("{:<24} {:>14} {:>14} {:>15} {:>15} {:>12} {:>12} {:>14}", "", "TCP segs ours", "TCP segs nginx", "machine ours", "machine nginx", "user ours", "user nginx", "no-user ratio");
+    println!(
+        "{:<24} {:>14} {:>14} {:>15} {:>15} {:>12} {:>12} {:>14}",
+        "",
+        "TCP segs ours",
+        "TCP segs nginx",
+        "machine ours",
+        "machine nginx",
+        "user ours",
+        "user nginx",
+        "no-user ratio"
+    );
     for (label, [(seg0, mach0), (seg1, mach1)], user0, user1) in costs {
-        println!("{:<24} {:>14.2} {:>14.2} {:>13.1}us {:>13.1}us {:>10.1}us {:>10.1}us {:>13.2}x", label, seg0, seg1, mach0, mach1, user0, user1, mach1 / (mach0 - user0).max(1e-9));
+        println!(
+            "{:<24} {:>14.2} {:>14.2} {:>13.1}us {:>13.1}us {:>10.1}us {:>10.1}us {:>13.2}x",
+            label,
+            seg0,
+            seg1,
+            mach0,
+            mach1,
+            user0,
+            user1,
+            mach1 / (mach0 - user0).max(1e-9)
+        );
     }
-    println!("(per request: TCP segments sent on the machine, the machine's busy CPU time, the proxy's CPU time in user space)");
-    println!("CPU time the hypervisor gave to others during the runs (steal): {:.1} s", stolen() - steal_before);
+    println!(
+        "(per request: TCP segments sent on the machine, the machine's busy CPU time, the proxy's CPU time in user space)"
+    );
+    println!(
+        "CPU time the hypervisor gave to others during the runs (steal): {:.1} s",
+        stolen() - steal_before
+    );
     drop(ours);
     drop(procs);
     Ok(())

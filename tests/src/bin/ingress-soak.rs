@@ -76,7 +76,11 @@ impl Counts {
 
 /// A 200 from one of the soak pods.
 fn check(status: u16, body: &str) -> Result<(), String> {
-    if status == 200 && body.starts_with("pod: soak-") { Ok(()) } else { Err(format!("{status} {}", body.lines().next().unwrap_or_default())) }
+    if status == 200 && body.starts_with("pod: soak-") {
+        Ok(())
+    } else {
+        Err(format!("{status} {}", body.lines().next().unwrap_or_default()))
+    }
 }
 
 fn main() -> Result<()> {
@@ -85,11 +89,21 @@ fn main() -> Result<()> {
         bail!("ingress-soak runs real pods: run it as root");
     }
     let k = 20 + std::process::id() % 200;
-    let n = Nodeless::start_with_node(&["--pod-cidr", &format!("10.247.{k}.0/24"), "--cluster-dns", &format!("10.247.{k}.1")])?;
+    let n = Nodeless::start_with_node(&[
+        "--pod-cidr",
+        &format!("10.247.{k}.0/24"),
+        "--cluster-dns",
+        &format!("10.247.{k}.1"),
+    ])?;
     let cert = rcgen::generate_simple_self_signed(vec!["soak.example".to_string()])?;
     let indent = |s: String| s.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
     let mut yaml = String::new();
-    for (pod, group) in [("soak-1", "soak-a"), ("soak-2", "soak-b"), ("soak-3", "soak-a"), ("soak-4", "soak-b")] {
+    for (pod, group) in [
+        ("soak-1", "soak-a"),
+        ("soak-2", "soak-b"),
+        ("soak-3", "soak-a"),
+        ("soak-4", "soak-b"),
+    ] {
         yaml.push_str(&nodeless_tests::echo_pod(pod, group));
         yaml.push_str("---\n");
     }
@@ -103,7 +117,18 @@ fn main() -> Result<()> {
     if !out.status.success() {
         bail!("kubectl apply: {}", String::from_utf8_lossy(&out.stderr));
     }
-    let out = n.kubectl("1.33", &["wait", "--for=condition=Ready", "pod/soak-1", "pod/soak-2", "pod/soak-3", "pod/soak-4", "--timeout=120s"]);
+    let out = n.kubectl(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/soak-1",
+            "pod/soak-2",
+            "pod/soak-3",
+            "pod/soak-4",
+            "--timeout=120s",
+        ],
+    );
     if !out.status.success() {
         bail!("the soak pods are not Ready: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -111,7 +136,16 @@ fn main() -> Result<()> {
     let mut child = Command::new(workspace_binary("ingress-l7")?)
         .arg("--kubeconfig")
         .arg(n.kubeconfig())
-        .args(["--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--access-log-rate", "0"])
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--https",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--access-log-rate",
+            "0",
+        ])
         .env("RUST_LOG", "warn")
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
@@ -121,7 +155,10 @@ fn main() -> Result<()> {
     let [http, https, _] = addrs?;
     let ca = cert.cert.pem();
 
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     let client = rt.block_on(n.client())?;
     rt.block_on(async {
         let h1 = reqwest::Client::builder().timeout(Duration::from_secs(10)).build()?;
@@ -236,5 +273,12 @@ fn main() -> Result<()> {
 }
 
 fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").ok().and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))).unwrap_or(false)
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
 }

@@ -74,7 +74,14 @@ fn cpu_secs(pid: u32) -> f64 {
 /// CPU seconds the whole machine has spent busy so far (all but idle and iowait).
 fn machine_busy_secs() -> f64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
-    let f: Vec<f64> = stat.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|v| v.parse().ok()).collect();
+    let f: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
     let at = |i: usize| f.get(i).copied().unwrap_or(0.0);
     // user nice system idle iowait irq softirq steal
     (at(0) + at(1) + at(2) + at(5) + at(6) + at(7)) / 100.0
@@ -84,18 +91,32 @@ fn machine_busy_secs() -> f64 {
 /// make creating more slower, so a machine that has run many containers is slower here).
 fn memory_cgroups() -> u64 {
     let text = std::fs::read_to_string("/proc/cgroups").unwrap_or_default();
-    text.lines().find(|l| l.starts_with("memory\t")).and_then(|l| l.split_whitespace().nth(2)).and_then(|v| v.parse().ok()).unwrap_or(0)
+    text.lines()
+        .find(|l| l.starts_with("memory\t"))
+        .and_then(|l| l.split_whitespace().nth(2))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// (RSS, PSS) in KiB of a process.
 fn memory(pid: u32) -> (u64, u64) {
     let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    let field = |name: &str| text.lines().find(|l| l.starts_with(name)).and_then(|l| l.split_whitespace().nth(1)).and_then(|v| v.parse().ok()).unwrap_or(0);
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
     (field("Rss:"), field("Pss:"))
 }
 
 fn pids_of(pattern: &str) -> Vec<u32> {
-    let out = Command::new("pgrep").args(["-f", pattern]).output().map(|o| String::from_utf8_lossy(&o.stdout).to_string()).unwrap_or_default();
+    let out = Command::new("pgrep")
+        .args(["-f", pattern])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).to_string())
+        .unwrap_or_default();
     out.lines().filter_map(|l| l.trim().parse().ok()).collect()
 }
 
@@ -115,9 +136,16 @@ fn watch_ready(api: Api<Pod>) -> ReadyTimes {
         let mut s = watcher(api, watcher::Config::default()).boxed();
         while let Some(Ok(ev)) = s.next().await {
             if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = ev {
-                let ready = p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                let ready = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
                 if ready {
-                    t.lock().unwrap().entry(p.metadata.name.unwrap_or_default()).or_insert_with(Instant::now);
+                    t.lock()
+                        .unwrap()
+                        .entry(p.metadata.name.unwrap_or_default())
+                        .or_insert_with(Instant::now);
                 }
             }
         }
@@ -166,7 +194,10 @@ async fn nodeless(args: &Args) -> Result<Figures> {
         .arg(n.kubeconfig())
         .arg("--data-dir")
         .arg(n.data_dir())
-        .env("NODELESS_LOG", std::env::var("NODE_BENCH_LOG").unwrap_or_else(|_| "warn".into()))
+        .env(
+            "NODELESS_LOG",
+            std::env::var("NODE_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+        )
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(std::env::temp_dir().join("node-bench-node.log"))?)
         .spawn()?;
@@ -180,7 +211,13 @@ async fn nodeless(args: &Args) -> Result<Figures> {
     api.delete("warm", &DeleteParams::default()).await?;
     let (rss0, pss0) = memory(node.id());
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(n.client().await?);
-    let runtime = nodes.get(&node_name).await?.status.and_then(|s| s.node_info).map(|i| i.container_runtime_version).unwrap_or_default();
+    let runtime = nodes
+        .get(&node_name)
+        .await?
+        .status
+        .and_then(|s| s.node_info)
+        .map(|i| i.container_runtime_version)
+        .unwrap_or_default();
 
     let mut lat = Vec::new();
     for i in 0..args.single {
@@ -205,7 +242,9 @@ async fn nodeless(args: &Args) -> Result<Figures> {
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                let Some(name) = names.get(i) else { return Ok::<_, anyhow::Error>(()) };
+                let Some(name) = names.get(i) else {
+                    return Ok::<_, anyhow::Error>(());
+                };
                 api.create(&PostParams::default(), &pod(name)).await?;
             }
         }));
@@ -224,12 +263,17 @@ async fn nodeless(args: &Args) -> Result<Figures> {
         n.pid().map_or(0.0, cpu_secs) - control_cpu0,
         runtime.split("://").next().unwrap_or("the runtime")
     );
-    eprintln!("nodeless: {memcgs} memory cgroups on the machine when the burst began (removed ones that still hold pages count, and slow the kernel's cgroup work)");
+    eprintln!(
+        "nodeless: {memcgs} memory cgroups on the machine when the burst began (removed ones that still hold pages count, and slow the kernel's cgroup work)"
+    );
     tokio::time::sleep(Duration::from_secs(2)).await;
     let (rss1, pss1) = memory(node.id());
     // Per pod: the node's growth, and all of the node's supervisor (it holds every pod's
     // namespaces and is every container's parent) shared among the pods.
-    let shims: Vec<(u64, u64)> = nodeless_tests::keeper_pids(&node_name).into_iter().map(memory).collect();
+    let shims: Vec<(u64, u64)> = nodeless_tests::keeper_pids(&node_name)
+        .into_iter()
+        .map(memory)
+        .collect();
     let (shim_rss, shim_pss): (u64, u64) = shims.iter().fold((0, 0), |a, m| (a.0 + m.0, a.1 + m.1));
     let per = |node: u64, node0: u64, shim: u64| (node.saturating_sub(node0) + shim) as f64 / args.burst as f64;
     let figures = Figures {
@@ -241,12 +285,25 @@ async fn nodeless(args: &Args) -> Result<Figures> {
         rss_per_pod_kib: per(rss1, rss0, shim_rss),
         pss_per_pod_kib: per(pss1, pss0, shim_pss),
     };
-    eprintln!("nodeless: node RSS {rss0} -> {rss1} KiB; the supervisor ({} process) RSS {shim_rss} KiB, PSS {shim_pss} KiB", shims.len());
+    eprintln!(
+        "nodeless: node RSS {rss0} -> {rss1} KiB; the supervisor ({} process) RSS {shim_rss} KiB, PSS {shim_pss} KiB",
+        shims.len()
+    );
 
     // Clean up through the API, as a user would.
-    api.delete_collection(&DeleteParams::default(), &kube::api::ListParams::default().labels("bench=node")).await?;
+    api.delete_collection(
+        &DeleteParams::default(),
+        &kube::api::ListParams::default().labels("bench=node"),
+    )
+    .await?;
     let deadline = Instant::now() + Duration::from_secs(300);
-    while !api.list(&kube::api::ListParams::default().labels("bench=node")).await?.items.is_empty() && Instant::now() < deadline {
+    while !api
+        .list(&kube::api::ListParams::default().labels("bench=node"))
+        .await?
+        .items
+        .is_empty()
+        && Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     // The node tears pods down after the API forgets them: give it the time, then make sure.
@@ -270,14 +327,35 @@ struct Podman {
 impl Podman {
     fn cmd(&self) -> Command {
         let mut c = Command::new("podman");
-        c.arg("--root").arg(&self.root).arg("--runroot").arg(&self.runroot).args(["--cgroup-manager", "cgroupfs", "--events-backend", "none"]);
+        c.arg("--root")
+            .arg(&self.root)
+            .arg("--runroot")
+            .arg(&self.runroot)
+            .args(["--cgroup-manager", "cgroupfs", "--events-backend", "none"]);
         c
     }
 
     fn run(&self, name: &str) -> Result<()> {
         let out = self
             .cmd()
-            .args(["run", "-d", "--rm", "--runtime", &self.runtime, "--network", "none", "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=4096:4096", "--name", name, BUSYBOX, "sleep", "3600"])
+            .args([
+                "run",
+                "-d",
+                "--rm",
+                "--runtime",
+                &self.runtime,
+                "--network",
+                "none",
+                "--ulimit",
+                "nofile=1024:1024",
+                "--ulimit",
+                "nproc=4096:4096",
+                "--name",
+                name,
+                BUSYBOX,
+                "sleep",
+                "3600",
+            ])
             .output()?;
         if !out.status.success() {
             bail!("podman run: {}", String::from_utf8_lossy(&out.stderr));
@@ -300,13 +378,27 @@ impl Drop for Podman {
 
 fn podman(args: &Args, runtime: &str, layout: &Path) -> Result<Figures> {
     let base = std::env::temp_dir().join(format!("nodeless-bench-podman-{}", std::process::id()));
-    let p = Podman { runtime: runtime.to_string(), root: base.join("root"), runroot: base.join("run") };
+    let p = Podman {
+        runtime: runtime.to_string(),
+        root: base.join("root"),
+        runroot: base.join("run"),
+    };
     let archive = base.join("busybox.tar");
     std::fs::create_dir_all(&base)?;
-    let st = Command::new("tar").arg("-cf").arg(&archive).arg("-C").arg(layout).arg(".").status()?;
+    let st = Command::new("tar")
+        .arg("-cf")
+        .arg(&archive)
+        .arg("-C")
+        .arg(layout)
+        .arg(".")
+        .status()?;
     anyhow::ensure!(st.success(), "tar");
     let out = p.cmd().arg("load").arg("-i").arg(&archive).output()?;
-    anyhow::ensure!(out.status.success(), "podman load: {}", String::from_utf8_lossy(&out.stderr));
+    anyhow::ensure!(
+        out.status.success(),
+        "podman load: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = p.cmd().args(["tag", "nodeless.local/busybox:1", BUSYBOX]).output()?;
     let _ = out;
     p.run("warm")?;
@@ -342,9 +434,15 @@ fn podman(args: &Args, runtime: &str, layout: &Path) -> Result<Figures> {
         t.join().map_err(|_| anyhow::anyhow!("podman thread panicked"))??;
     }
     let burst_secs = t0.elapsed().as_secs_f64();
-    let conmons: Vec<(u64, u64)> = pids_of(&format!("conmon.*{}", p.runroot.display())).into_iter().map(memory).collect();
+    let conmons: Vec<(u64, u64)> = pids_of(&format!("conmon.*{}", p.runroot.display()))
+        .into_iter()
+        .map(memory)
+        .collect();
     let (rss, pss): (u64, u64) = conmons.iter().fold((0, 0), |a, m| (a.0 + m.0, a.1 + m.1));
-    eprintln!("podman: {} conmon processes with RSS {rss} KiB, PSS {pss} KiB", conmons.len());
+    eprintln!(
+        "podman: {} conmon processes with RSS {rss} KiB, PSS {pss} KiB",
+        conmons.len()
+    );
     Ok(Figures {
         runtime: format!("{runtime}://podman"),
         p50,
@@ -361,7 +459,16 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let ours = nodeless(&args).await.context("nodeless")?;
     let layouts = nodeless_tests::test_image_layouts()?;
-    let theirs = if args.skip_podman { None } else { Some(tokio::task::block_in_place(|| podman(&args, ours.runtime.split("://").next().unwrap_or("runc"), &layouts[0])).context("podman")?) };
+    let theirs = if args.skip_podman {
+        None
+    } else {
+        Some(
+            tokio::task::block_in_place(|| {
+                podman(&args, ours.runtime.split("://").next().unwrap_or("runc"), &layouts[0])
+            })
+            .context("podman")?,
+        )
+    };
     println!(
         "node benchmark (nodeless on {}, podman --runtime the same): {} single pods one after another, then a burst of {} by {} clients (2 cores)",
         ours.runtime, args.single, args.burst, args.clients
@@ -377,11 +484,36 @@ async fn main() -> Result<()> {
             ratio.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "-".into())
         );
     };
-    row("create-to-Ready p50 (ms)", ours.p50, theirs.as_ref().map(|t| t.p50), true);
-    row("create-to-Ready p99 (ms)", ours.p99, theirs.as_ref().map(|t| t.p99), true);
-    row(&format!("burst of {} all Ready (s)", ours.burst_n), ours.burst_secs, theirs.as_ref().map(|t| t.burst_secs), true);
-    row("memory per pod, RSS (KiB)", ours.rss_per_pod_kib, theirs.as_ref().map(|t| t.rss_per_pod_kib), true);
-    row("memory per pod, PSS (KiB)", ours.pss_per_pod_kib, theirs.as_ref().map(|t| t.pss_per_pod_kib), true);
+    row(
+        "create-to-Ready p50 (ms)",
+        ours.p50,
+        theirs.as_ref().map(|t| t.p50),
+        true,
+    );
+    row(
+        "create-to-Ready p99 (ms)",
+        ours.p99,
+        theirs.as_ref().map(|t| t.p99),
+        true,
+    );
+    row(
+        &format!("burst of {} all Ready (s)", ours.burst_n),
+        ours.burst_secs,
+        theirs.as_ref().map(|t| t.burst_secs),
+        true,
+    );
+    row(
+        "memory per pod, RSS (KiB)",
+        ours.rss_per_pod_kib,
+        theirs.as_ref().map(|t| t.rss_per_pod_kib),
+        true,
+    );
+    row(
+        "memory per pod, PSS (KiB)",
+        ours.pss_per_pod_kib,
+        theirs.as_ref().map(|t| t.pss_per_pod_kib),
+        true,
+    );
     println!("(ratio > 1 means nodeless is better; podman's per-pod memory is its conmon per container)");
     Ok(())
 }

@@ -93,16 +93,31 @@ impl Setup {
 
     fn new() -> Result<Setup> {
         let tag = format!("nlsb{}", std::process::id() % 100_000);
-        let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?.trim().to_string();
+        let forwarding = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward")?
+            .trim()
+            .to_string();
         let cgroup = nodeless_tests::cgroup2_root()?.join(&tag);
-        let nat_table_existed = Command::new("nft").args(["list", "table", "ip", "nat"]).stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
-        let s = Setup { tag, cgroup, forwarding, nat_table_existed, children: Vec::new() };
+        let nat_table_existed = Command::new("nft")
+            .args(["list", "table", "ip", "nat"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        let s = Setup {
+            tag,
+            cgroup,
+            forwarding,
+            nat_table_existed,
+            children: Vec::new(),
+        };
         std::fs::create_dir_all(&s.cgroup)?;
         // client 10.253.1.2 <-> host 10.253.1.1; server 10.253.2.2 <-> host 10.253.2.1.
         for (ns, net) in [(s.client_ns(), 1), (s.server_ns(), 2)] {
             ip(&["netns", "add", &ns])?;
             let host_end = format!("{ns}h");
-            ip(&["link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns])?;
+            ip(&[
+                "link", "add", &host_end, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+            ])?;
             ip(&["addr", "add", &format!("10.253.{net}.1/30"), "dev", &host_end])?;
             ip(&["link", "set", &host_end, "up"])?;
             for a in [
@@ -137,25 +152,42 @@ impl Setup {
                 rules.push_str(&format!(":{top}-E{i}-{e} - [0:0]\n"));
             }
         }
-        rules.push_str(&format!("-A PREROUTING -m comment --comment \"nodeless svc-bench\" -j {top}\n"));
+        rules.push_str(&format!(
+            "-A PREROUTING -m comment --comment \"nodeless svc-bench\" -j {top}\n"
+        ));
         for i in 0..n {
             rules.push_str(&format!("-A {top} -d {}/32 -p tcp -m comment --comment \"bench/svc-{i}:http cluster IP\" -m tcp --dport 80 -j {top}-S{i}\n", vip(i)));
             for e in 0..endpoints {
                 // The last endpoint takes what the random matches before it left.
                 let remaining = endpoints - e;
                 if remaining > 1 {
-                    rules.push_str(&format!("-A {top}-S{i} -m statistic --mode random --probability {:.11} -j {top}-E{i}-{e}\n", 1.0 / remaining as f64));
+                    rules.push_str(&format!(
+                        "-A {top}-S{i} -m statistic --mode random --probability {:.11} -j {top}-E{i}-{e}\n",
+                        1.0 / remaining as f64
+                    ));
                 } else {
                     rules.push_str(&format!("-A {top}-S{i} -j {top}-E{i}-{e}\n"));
                 }
-                rules.push_str(&format!("-A {top}-E{i}-{e} -p tcp -m tcp -j DNAT --to-destination {SERVER}:{}\n", FIRST_PORT + e));
+                rules.push_str(&format!(
+                    "-A {top}-E{i}-{e} -p tcp -m tcp -j DNAT --to-destination {SERVER}:{}\n",
+                    FIRST_PORT + e
+                ));
             }
         }
         rules.push_str("COMMIT\n");
-        let mut child = Command::new("iptables-restore").arg("--noflush").stdin(Stdio::piped()).stderr(Stdio::piped()).spawn().context("iptables-restore (apt-get install iptables)")?;
+        let mut child = Command::new("iptables-restore")
+            .arg("--noflush")
+            .stdin(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("iptables-restore (apt-get install iptables)")?;
         child.stdin.take().context("stdin")?.write_all(rules.as_bytes())?;
         let out = child.wait_with_output()?;
-        anyhow::ensure!(out.status.success(), "iptables-restore: {}", String::from_utf8_lossy(&out.stderr));
+        anyhow::ensure!(
+            out.status.success(),
+            "iptables-restore: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         Ok(())
     }
 
@@ -165,8 +197,27 @@ impl Setup {
             Ok(r) => r,
             Err(_) => return,
         };
-        let _ = Command::new("iptables").args(["-t", "nat", "-D", "PREROUTING", "-m", "comment", "--comment", "nodeless svc-bench", "-j", &top]).stderr(Stdio::null()).status();
-        let chains: Vec<&str> = rules.lines().filter_map(|l| l.strip_prefix(':')).filter_map(|l| l.split_whitespace().next()).filter(|c| *c == top || c.starts_with(&format!("{top}-"))).collect();
+        let _ = Command::new("iptables")
+            .args([
+                "-t",
+                "nat",
+                "-D",
+                "PREROUTING",
+                "-m",
+                "comment",
+                "--comment",
+                "nodeless svc-bench",
+                "-j",
+                &top,
+            ])
+            .stderr(Stdio::null())
+            .status();
+        let chains: Vec<&str> = rules
+            .lines()
+            .filter_map(|l| l.strip_prefix(':'))
+            .filter_map(|l| l.split_whitespace().next())
+            .filter(|c| *c == top || c.starts_with(&format!("{top}-")))
+            .collect();
         if chains.is_empty() {
             return;
         }
@@ -178,7 +229,11 @@ impl Setup {
             restore.push_str(&format!("-X {c}\n"));
         }
         restore.push_str("COMMIT\n");
-        if let Ok(mut child) = Command::new("iptables-restore").arg("--noflush").stdin(Stdio::piped()).spawn() {
+        if let Ok(mut child) = Command::new("iptables-restore")
+            .arg("--noflush")
+            .stdin(Stdio::piped())
+            .spawn()
+        {
             if let Some(mut stdin) = child.stdin.take() {
                 let _ = stdin.write_all(restore.as_bytes());
             }
@@ -196,9 +251,13 @@ impl Drop for Setup {
         self.remove_iptables();
         // The empty `ip nat` table iptables-nft left, when there was none before and no rule is
         // in it now.
-        let rules_left = run(Command::new("iptables-save").args(["-t", "nat"])).map(|r| r.lines().any(|l| l.starts_with("-A ")));
+        let rules_left =
+            run(Command::new("iptables-save").args(["-t", "nat"])).map(|r| r.lines().any(|l| l.starts_with("-A ")));
         if !self.nat_table_existed && matches!(rules_left, Ok(false)) {
-            let _ = Command::new("nft").args(["delete", "table", "ip", "nat"]).stderr(Stdio::null()).status();
+            let _ = Command::new("nft")
+                .args(["delete", "table", "ip", "nat"])
+                .stderr(Stdio::null())
+                .status();
         }
         let _ = std::fs::remove_dir_all(Path::new("/sys/fs/bpf/nodeless/lb").join(self.lb_name()));
         for ns in [self.client_ns(), self.server_ns()] {
@@ -273,7 +332,12 @@ fn connect(file: &Path) -> ! {
     }
     let elapsed = start.elapsed().as_secs_f64();
     latencies.sort_unstable();
-    let q = |p: f64| latencies.get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1))).copied().unwrap_or(0);
+    let q = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     println!("{} {:.3} {} {} {failures}", latencies.len(), elapsed, q(0.5), q(0.99));
     std::process::exit(0)
 }
@@ -304,16 +368,27 @@ fn measure(setup: &Setup, me: &Path, n: usize, seconds: u64, in_cgroup: bool) ->
     let mut cmd = Command::new("sh");
     cmd.arg("-c");
     if in_cgroup {
-        cmd.arg(format!("echo $$ > {} && exec \"$@\"", setup.cgroup.join("cgroup.procs").display()));
+        cmd.arg(format!(
+            "echo $$ > {} && exec \"$@\"",
+            setup.cgroup.join("cgroup.procs").display()
+        ));
     } else {
         cmd.arg("exec \"$@\"");
     }
-    cmd.args(["sh", "ip", "netns", "exec", &setup.client_ns()]).arg(me).arg("--connect").arg(&file);
+    cmd.args(["sh", "ip", "netns", "exec", &setup.client_ns()])
+        .arg(me)
+        .arg("--connect")
+        .arg(&file);
     let out = run(&mut cmd)?;
     let _ = std::fs::remove_file(&file);
     let f: Vec<f64> = out.split_whitespace().filter_map(|v| v.parse().ok()).collect();
     anyhow::ensure!(f.len() == 5, "unexpected client output: {out}");
-    Ok(Measured { rate: f[0] / f[1], p50_us: f[2] as u32, p99_us: f[3] as u32, failures: f[4] as u64 })
+    Ok(Measured {
+        rate: f[0] / f[1],
+        p50_us: f[2] as u32,
+        p99_us: f[3] as u32,
+        failures: f[4] as u64,
+    })
 }
 
 fn main() -> Result<()> {
@@ -324,20 +399,43 @@ fn main() -> Result<()> {
     if let Some(f) = &args.connect {
         connect(f);
     }
-    anyhow::ensure!(std::fs::read_to_string("/proc/self/status")?.lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")), "svc-bench needs root (namespaces, cgroups, eBPF, iptables)");
+    anyhow::ensure!(
+        std::fs::read_to_string("/proc/self/status")?
+            .lines()
+            .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0")),
+        "svc-bench needs root (namespaces, cgroups, eBPF, iptables)"
+    );
     let me = std::env::current_exe()?;
     let eni = me.with_file_name("eni-cni");
-    anyhow::ensure!(eni.exists(), "{} is missing: cargo build --release -p nodeless-eni-cni", eni.display());
+    anyhow::ensure!(
+        eni.exists(),
+        "{} is missing: cargo build --release -p nodeless-eni-cni",
+        eni.display()
+    );
     let mut setup = Setup::new()?;
 
     let ports: Vec<String> = (0..args.endpoints).map(|e| (FIRST_PORT + e).to_string()).collect();
-    let mut server = setup.in_ns(&setup.server_ns(), &me).arg("--serve").arg(ports.join(",")).stdout(Stdio::piped()).spawn()?;
+    let mut server = setup
+        .in_ns(&setup.server_ns(), &me)
+        .arg("--serve")
+        .arg(ports.join(","))
+        .stdout(Stdio::piped())
+        .spawn()?;
     let mut ready = [0u8; 6];
-    std::io::Read::read_exact(server.stdout.as_mut().context("server stdout")?, &mut ready).context("the server did not start")?;
+    std::io::Read::read_exact(server.stdout.as_mut().context("server stdout")?, &mut ready)
+        .context("the server did not start")?;
     setup.children.push(server);
 
-    println!("svc-bench: connect to a random ClusterIP of N (one connection at a time, {} endpoints per service; median of {} rounds of {} s, taking turns)", args.endpoints, args.rounds.max(1), args.seconds);
-    println!("{:>6}  {:>22}  {:>22}  {:>8}", "N", "eBPF (eni-cni)", "iptables DNAT", "ratio");
+    println!(
+        "svc-bench: connect to a random ClusterIP of N (one connection at a time, {} endpoints per service; median of {} rounds of {} s, taking turns)",
+        args.endpoints,
+        args.rounds.max(1),
+        args.seconds
+    );
+    println!(
+        "{:>6}  {:>22}  {:>22}  {:>8}",
+        "N", "eBPF (eni-cni)", "iptables DNAT", "ratio"
+    );
     let mut ebpf_rates = Vec::new();
     for &n in &args.services {
         anyhow::ensure!(n > 0 && n <= 250 * 250, "--services takes 1..=62500");
@@ -347,7 +445,13 @@ fn main() -> Result<()> {
             .map(|i| serde_json::json!({"address": vip(i).to_string(), "port": 80, "endpoints": (0..args.endpoints).map(|e| format!("{SERVER}:{}", FIRST_PORT + e)).collect::<Vec<_>>()}))
             .collect();
         std::fs::write(&table, serde_json::Value::Array(rows).to_string())?;
-        let mut lb = Command::new(&eni).args(["services", "--name", &setup.lb_name(), "--cgroup"]).arg(&setup.cgroup).arg("--table").arg(&table).stderr(Stdio::null()).spawn()?;
+        let mut lb = Command::new(&eni)
+            .args(["services", "--name", &setup.lb_name(), "--cgroup"])
+            .arg(&setup.cgroup)
+            .arg("--table")
+            .arg(&table)
+            .stderr(Stdio::null())
+            .spawn()?;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let show = run(Command::new(&eni).args(["show", &setup.lb_name()])).unwrap_or_default();
@@ -372,7 +476,9 @@ fn main() -> Result<()> {
                     break;
                 }
             }
-            let ipt = setup.install_iptables(n, args.endpoints).and_then(|()| measure(&setup, &me, n, args.seconds, false));
+            let ipt = setup
+                .install_iptables(n, args.endpoints)
+                .and_then(|()| measure(&setup, &me, n, args.seconds, false));
             setup.remove_iptables();
             match ipt {
                 Ok(m) => rounds.1.push(m),
@@ -388,15 +494,28 @@ fn main() -> Result<()> {
         outcome?;
         let (ebpf, ipt) = (median(rounds.0), median(rounds.1));
         let cell = |m: &Measured| format!("{:>7.0}/s p50 {:>4} p99 {:>5} us", m.rate, m.p50_us, m.p99_us);
-        println!("{n:>6}  {}  {}  {:>7.2}x", cell(&ebpf), cell(&ipt), ebpf.rate / ipt.rate);
+        println!(
+            "{n:>6}  {}  {}  {:>7.2}x",
+            cell(&ebpf),
+            cell(&ipt),
+            ebpf.rate / ipt.rate
+        );
         if ebpf.failures + ipt.failures > 0 {
-            println!("        failed connects: eBPF {}, iptables {}", ebpf.failures, ipt.failures);
+            println!(
+                "        failed connects: eBPF {}, iptables {}",
+                ebpf.failures, ipt.failures
+            );
         }
         ebpf_rates.push((n, ebpf.rate));
     }
     if let (Some(first), Some(last)) = (ebpf_rates.first(), ebpf_rates.last()) {
         if first.0 != last.0 {
-            println!("eBPF rate at {} services / at {}: {:.2}", last.0, first.0, last.1 / first.1);
+            println!(
+                "eBPF rate at {} services / at {}: {:.2}",
+                last.0,
+                first.0,
+                last.1 / first.1
+            );
         }
     }
     Ok(())

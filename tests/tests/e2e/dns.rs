@@ -24,7 +24,11 @@ struct Dig {
 impl Dig {
     /// The answer section's data fields (after name, TTL, class and type), sorted.
     fn data(&self) -> Vec<String> {
-        let mut v: Vec<String> = self.answer.iter().map(|l| l.split_whitespace().skip(4).collect::<Vec<_>>().join(" ")).collect();
+        let mut v: Vec<String> = self
+            .answer
+            .iter()
+            .map(|l| l.split_whitespace().skip(4).collect::<Vec<_>>().join(" "))
+            .collect();
         v.sort();
         v
     }
@@ -36,7 +40,9 @@ impl Dig {
         self.flags.iter().any(|x| x == f)
     }
     fn soa_in_authority(&self) -> bool {
-        self.authority.iter().any(|l| l.split_whitespace().nth(3) == Some("SOA"))
+        self.authority
+            .iter()
+            .any(|l| l.split_whitespace().nth(3) == Some("SOA"))
     }
 }
 
@@ -50,14 +56,27 @@ fn dig(server: SocketAddr, args: &[&str]) -> Dig {
         .output()
         .expect("dig (apt-get install bind9-dnsutils)");
     let raw = String::from_utf8_lossy(&out.stdout).into_owned();
-    let mut d = Dig { status: String::new(), flags: Vec::new(), answer: Vec::new(), authority: Vec::new(), additional: Vec::new(), raw: raw.clone() };
+    let mut d = Dig {
+        status: String::new(),
+        flags: Vec::new(),
+        answer: Vec::new(),
+        authority: Vec::new(),
+        additional: Vec::new(),
+        raw: raw.clone(),
+    };
     let mut section = "";
     for line in raw.lines() {
         if let Some(rest) = line.split("status: ").nth(1) {
             d.status = rest.split(',').next().unwrap_or("").to_string();
         }
         if let Some(rest) = line.strip_prefix(";; flags: ") {
-            d.flags = rest.split(';').next().unwrap_or("").split_whitespace().map(str::to_string).collect();
+            d.flags = rest
+                .split(';')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .map(str::to_string)
+                .collect();
         }
         match line {
             ";; ANSWER SECTION:" => section = "answer",
@@ -129,7 +148,9 @@ fn cluster_names_follow_the_dns_spec() {
     let dns = n.dns_addr().unwrap();
     apply(&n, OBJECTS);
     let cluster_ip = n.kubectl_ok(V, &["get", "svc", "web", "-o", "jsonpath={.spec.clusterIP}"]);
-    eventually("the cluster zone to hold the Services and the slice", 20, || dig(dns, &["db.prod.svc.cluster.local", "A"]).data().len() == 2);
+    eventually("the cluster zone to hold the Services and the slice", 20, || {
+        dig(dns, &["db.prod.svc.cluster.local", "A"]).data().len() == 2
+    });
 
     // dns-version.
     let d = dig(dns, &["dns-version.cluster.local", "TXT"]);
@@ -139,17 +160,30 @@ fn cluster_names_follow_the_dns_spec() {
     // ClusterIP Service: A, case-insensitive (the asker's case comes back), SRV per named port
     // with the target's address as additional data, PTR.
     let d = dig(dns, &["web.default.svc.cluster.local", "A"]);
-    assert_eq!((d.status.as_str(), d.data()), ("NOERROR", vec![cluster_ip.clone()]), "{}", d.raw);
+    assert_eq!(
+        (d.status.as_str(), d.data()),
+        ("NOERROR", vec![cluster_ip.clone()]),
+        "{}",
+        d.raw
+    );
     assert_eq!(d.ttl(), Some(5), "TTL 5 s by default: {}", d.raw);
     let d = dig(dns, &["WeB.DeFault.SVC.cluster.LOCAL", "A"]);
     assert_eq!(d.data(), vec![cluster_ip.clone()], "{}", d.raw);
     assert!(d.answer[0].starts_with("WeB.DeFault.SVC.cluster.LOCAL."), "{}", d.raw);
     // The same question again, byte for byte but for the ID and the case (no cookie), is
     // answered from the bytes kept from the first answer: the asker's spelling still comes back.
-    for spelling in ["web.default.svc.cluster.local", "WEB.default.svc.cluster.local", "web.default.svc.cluster.local"] {
+    for spelling in [
+        "web.default.svc.cluster.local",
+        "WEB.default.svc.cluster.local",
+        "web.default.svc.cluster.local",
+    ] {
         let d = dig(dns, &["+nocookie", spelling, "A"]);
         assert_eq!(d.data(), vec![cluster_ip.clone()], "{}", d.raw);
-        assert!(d.answer[0].starts_with(&format!("{spelling}.")) && d.has_flag("aa"), "{}", d.raw);
+        assert!(
+            d.answer[0].starts_with(&format!("{spelling}.")) && d.has_flag("aa"),
+            "{}",
+            d.raw
+        );
     }
     let d = dig(dns, &["_http._tcp.web.default.svc.cluster.local", "SRV"]);
     assert_eq!(d.data(), vec!["0 100 80 web.default.svc.cluster.local."], "{}", d.raw);
@@ -163,12 +197,32 @@ fn cluster_names_follow_the_dns_spec() {
     // address with dashes), SRV per endpoint with the endpoint's port, PTR for the hostname.
     let d = dig(dns, &["db.prod.svc.cluster.local", "A"]);
     assert_eq!(d.data(), vec!["10.77.0.1", "10.77.0.2"], "{}", d.raw);
-    assert_eq!(dig(dns, &["db-0.db.prod.svc.cluster.local", "A"]).data(), vec!["10.77.0.1"]);
-    assert_eq!(dig(dns, &["10-77-0-2.db.prod.svc.cluster.local", "A"]).data(), vec!["10.77.0.2"]);
-    assert_eq!(dig(dns, &["10-77-0-3.db.prod.svc.cluster.local", "A"]).status, "NXDOMAIN");
+    assert_eq!(
+        dig(dns, &["db-0.db.prod.svc.cluster.local", "A"]).data(),
+        vec!["10.77.0.1"]
+    );
+    assert_eq!(
+        dig(dns, &["10-77-0-2.db.prod.svc.cluster.local", "A"]).data(),
+        vec!["10.77.0.2"]
+    );
+    assert_eq!(
+        dig(dns, &["10-77-0-3.db.prod.svc.cluster.local", "A"]).status,
+        "NXDOMAIN"
+    );
     let d = dig(dns, &["_pg._tcp.db.prod.svc.cluster.local", "SRV"]);
-    assert_eq!(d.data(), vec!["0 50 5433 10-77-0-2.db.prod.svc.cluster.local.", "0 50 5433 db-0.db.prod.svc.cluster.local."], "{}", d.raw);
-    assert_eq!(dig(dns, &["-x", "10.77.0.1"]).data(), vec!["db-0.db.prod.svc.cluster.local."]);
+    assert_eq!(
+        d.data(),
+        vec![
+            "0 50 5433 10-77-0-2.db.prod.svc.cluster.local.",
+            "0 50 5433 db-0.db.prod.svc.cluster.local."
+        ],
+        "{}",
+        d.raw
+    );
+    assert_eq!(
+        dig(dns, &["-x", "10.77.0.1"]).data(),
+        vec!["db-0.db.prod.svc.cluster.local."]
+    );
     // No ready endpoint: the name does not exist.
     let d = dig(dns, &["empty.prod.svc.cluster.local", "A"]);
     assert_eq!(d.status, "NXDOMAIN", "{}", d.raw);
@@ -178,8 +232,14 @@ fn cluster_names_follow_the_dns_spec() {
     assert_eq!(d.data(), vec!["ext.example.test."], "{}", d.raw);
 
     // Pods.
-    assert_eq!(dig(dns, &["10-1-2-3.default.pod.cluster.local", "A"]).data(), vec!["10.1.2.3"]);
-    assert_eq!(dig(dns, &["not-an-ip.default.pod.cluster.local", "A"]).status, "NXDOMAIN");
+    assert_eq!(
+        dig(dns, &["10-1-2-3.default.pod.cluster.local", "A"]).data(),
+        vec!["10.1.2.3"]
+    );
+    assert_eq!(
+        dig(dns, &["not-an-ip.default.pod.cluster.local", "A"]).status,
+        "NXDOMAIN"
+    );
 
     // NXDOMAIN and NODATA told apart, both with the zone's SOA, authoritative.
     let d = dig(dns, &["web.default.svc.cluster.local", "AAAA"]);
@@ -196,10 +256,15 @@ fn cluster_names_follow_the_dns_spec() {
     assert!(d.has_flag("aa"), "{}", d.raw);
 
     // TCP.
-    assert_eq!(dig(dns, &["+tcp", "db.prod.svc.cluster.local", "A"]).data(), vec!["10.77.0.1", "10.77.0.2"]);
+    assert_eq!(
+        dig(dns, &["+tcp", "db.prod.svc.cluster.local", "A"]).data(),
+        vec!["10.77.0.1", "10.77.0.2"]
+    );
 
     // Truncation and EDNS0: 60 ready endpoints do not fit in 512 bytes.
-    let endpoints: Vec<String> = (1..=60).map(|i| format!("- {{addresses: [10.78.0.{i}], conditions: {{ready: true}}}}")).collect();
+    let endpoints: Vec<String> = (1..=60)
+        .map(|i| format!("- {{addresses: [10.78.0.{i}], conditions: {{ready: true}}}}"))
+        .collect();
     apply(
         &n,
         &format!(
@@ -207,7 +272,9 @@ fn cluster_names_follow_the_dns_spec() {
             endpoints.join("\n")
         ),
     );
-    eventually("60 endpoints", 20, || dig(dns, &["+tcp", "big.default.svc.cluster.local", "A"]).data().len() == 60);
+    eventually("60 endpoints", 20, || {
+        dig(dns, &["+tcp", "big.default.svc.cluster.local", "A"]).data().len() == 60
+    });
     let d = dig(dns, &["+noedns", "+ignore", "big.default.svc.cluster.local", "A"]);
     assert!(d.has_flag("tc") && d.answer.len() < 60, "{}", d.raw);
     let d = dig(dns, &["+bufsize=4096", "+ignore", "big.default.svc.cluster.local", "A"]);
@@ -215,12 +282,31 @@ fn cluster_names_follow_the_dns_spec() {
     assert!(d.raw.contains("udp: 4096"), "EDNS in the reply: {}", d.raw);
 
     // A change applies within a second or two.
-    n.kubectl_ok(V, &["-n", "prod", "patch", "endpointslice", "db-manual", "--type=json", "-p", r#"[{"op": "replace", "path": "/endpoints/2/conditions/ready", "value": true}]"#]);
-    eventually("the third endpoint to become ready", 5, || dig(dns, &["db.prod.svc.cluster.local", "A"]).data().len() == 3);
+    n.kubectl_ok(
+        V,
+        &[
+            "-n",
+            "prod",
+            "patch",
+            "endpointslice",
+            "db-manual",
+            "--type=json",
+            "-p",
+            r#"[{"op": "replace", "path": "/endpoints/2/conditions/ready", "value": true}]"#,
+        ],
+    );
+    eventually("the third endpoint to become ready", 5, || {
+        dig(dns, &["db.prod.svc.cluster.local", "A"]).data().len() == 3
+    });
     n.kubectl_ok(V, &["delete", "svc", "web"]);
-    eventually("the deleted Service to be gone", 5, || dig(dns, &["web.default.svc.cluster.local", "A"]).status == "NXDOMAIN");
+    eventually("the deleted Service to be gone", 5, || {
+        dig(dns, &["web.default.svc.cluster.local", "A"]).status == "NXDOMAIN"
+    });
     // Answers kept for repeated questions went with the change too.
-    assert_eq!(dig(dns, &["+nocookie", "web.default.svc.cluster.local", "A"]).status, "NXDOMAIN");
+    assert_eq!(
+        dig(dns, &["+nocookie", "web.default.svc.cluster.local", "A"]).status,
+        "NXDOMAIN"
+    );
 }
 
 /// unbound answering `example.test` from local data, logging every query it gets.
@@ -243,16 +329,29 @@ impl Unbound {
             ),
         )
         .unwrap();
-        let child = Command::new("unbound").arg("-d").arg("-c").arg(&conf).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("unbound (apt-get install unbound)");
+        let child = Command::new("unbound")
+            .arg("-d")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("unbound (apt-get install unbound)");
         let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
         let u = Unbound { child, dir };
-        eventually("unbound to answer", 10, || dig(addr, &["www.example.test", "A"]).data() == vec!["192.0.2.10"]);
+        eventually("unbound to answer", 10, || {
+            dig(addr, &["www.example.test", "A"]).data() == vec!["192.0.2.10"]
+        });
         u
     }
 
     /// How many queries for `name` reached unbound.
     fn queries(&self, name: &str) -> usize {
-        std::fs::read_to_string(self.dir.path().join("queries.log")).unwrap_or_default().lines().filter(|l| l.contains(&format!(" {name}. "))).count()
+        std::fs::read_to_string(self.dir.path().join("queries.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(&format!(" {name}. ")))
+            .count()
     }
 
     fn stop(&mut self) {
@@ -282,7 +381,11 @@ fn forwarding_caches_coalesces_and_serves_stale() {
         assert_eq!(d.data(), vec!["192.0.2.10"], "{}", d.raw);
         assert!(!d.has_flag("aa") && d.has_flag("ra"), "{}", d.raw);
     }
-    assert_eq!(unbound.queries("www.example.test") - before, 1, "one upstream query for three asks");
+    assert_eq!(
+        unbound.queries("www.example.test") - before,
+        1,
+        "one upstream query for three asks"
+    );
     // The same request bytes again (no cookie) are answered from the bytes kept from the first
     // answer; their TTLs count down all the same.
     let first = dig(dns, &["+nocookie", "www.example.test", "A"]).ttl().unwrap();
@@ -294,16 +397,25 @@ fn forwarding_caches_coalesces_and_serves_stale() {
     }
 
     // Identical queries in flight are one upstream query.
-    let askers: Vec<_> = (0..20).map(|_| std::thread::spawn(move || dig(dns, &["burst.example.test", "A"]).data())).collect();
+    let askers: Vec<_> = (0..20)
+        .map(|_| std::thread::spawn(move || dig(dns, &["burst.example.test", "A"]).data()))
+        .collect();
     for a in askers {
         assert_eq!(a.join().unwrap(), vec!["192.0.2.12"]);
     }
-    assert_eq!(unbound.queries("burst.example.test"), 1, "20 concurrent asks, one upstream query");
+    assert_eq!(
+        unbound.queries("burst.example.test"),
+        1,
+        "20 concurrent asks, one upstream query"
+    );
 
     // Negative answers are cached too (for the SOA's minimum, 60 s here).
     assert_eq!(dig(dns, &["nothing.example.test", "A"]).status, "NXDOMAIN");
     assert_eq!(dig(dns, &["short.example.test", "A"]).data(), vec!["192.0.2.11"]);
-    assert_eq!(dig(dns, &["+nocookie", "short.example.test", "A"]).data(), vec!["192.0.2.11"]);
+    assert_eq!(
+        dig(dns, &["+nocookie", "short.example.test", "A"]).data(),
+        vec!["192.0.2.11"]
+    );
 
     // Upstream down: cached answers stay, the negative one too, and an expired one is served
     // stale (TTL 30, RFC 8767) instead of failing.
@@ -316,13 +428,21 @@ fn forwarding_caches_coalesces_and_serves_stale() {
     assert_eq!(d.ttl(), Some(30), "a stale answer goes out with TTL 30: {}", d.raw);
     // Kept bytes are not sent past the answer's freshness either.
     let d = dig(dns, &["+time=6", "+nocookie", "short.example.test", "A"]);
-    assert_eq!((d.data(), d.ttl()), (vec!["192.0.2.11".to_string()], Some(30)), "{}", d.raw);
+    assert_eq!(
+        (d.data(), d.ttl()),
+        (vec!["192.0.2.11".to_string()], Some(30)),
+        "{}",
+        d.raw
+    );
     // A name never seen fails cleanly.
     assert_eq!(dig(dns, &["+time=6", "never.example.test", "A"]).status, "SERVFAIL");
 }
 
 fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").unwrap().lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
 
 /// From inside a pod: a Service by its short name, `<svc>.<ns>` and its FQDN, through the
@@ -332,13 +452,29 @@ fn pods_resolve_service_names() {
     assert!(is_root(), "pod tests need root");
     let n = Nodeless::start_with_node_network(&[]).unwrap();
     apply(&n, &nodeless_tests::echo_service_and_client("echo-dns"));
-    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/echo-0", "pod/client", "--timeout=60s"]);
+    n.kubectl_ok(
+        V,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/echo-0",
+            "pod/client",
+            "--timeout=60s",
+        ],
+    );
     let ip = n.kubectl_ok(V, &["get", "pod", "echo-0", "-o", "jsonpath={.status.podIP}"]);
     let (_, subnet) = n.net.clone().unwrap();
     let gateway = subnet.replace(".0/24", ".1");
     let resolv = n.kubectl_ok(V, &["exec", "client", "--", "cat", "/etc/resolv.conf"]);
-    assert!(resolv.contains(&format!("nameserver {gateway}")) && resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local") && resolv.contains("ndots:5"), "{resolv}");
-    eventually("the headless Service to have its ready pod", 30, || dig(n.dns_addr().unwrap(), &["echo.default.svc.cluster.local", "A"]).data() == vec![ip.clone()]);
+    assert!(
+        resolv.contains(&format!("nameserver {gateway}"))
+            && resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local")
+            && resolv.contains("ndots:5"),
+        "{resolv}"
+    );
+    eventually("the headless Service to have its ready pod", 30, || {
+        dig(n.dns_addr().unwrap(), &["echo.default.svc.cluster.local", "A"]).data() == vec![ip.clone()]
+    });
     // (busybox's nslookup applies the search path to dotless names only; `<svc>.<ns>` is asked
     // through the C library below.)
     for name in ["echo", "echo.default.svc.cluster.local"] {
@@ -346,14 +482,37 @@ fn pods_resolve_service_names() {
         let text = String::from_utf8_lossy(&out.stdout);
         // busybox's nslookup asks every search-path expansion at once and prints each NXDOMAIN
         // (and then exits 1); the answer must be among them.
-        assert!(text.contains(&format!("Name:\techo.default.svc.cluster.local\nAddress: {ip}")), "nslookup {name}: {text}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            text.contains(&format!("Name:\techo.default.svc.cluster.local\nAddress: {ip}")),
+            "nslookup {name}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     // The C library's resolver, with the search path and ndots:5: HTTP to the Service by every
     // form of its name.
-    for host in ["echo", "echo.default", "echo.default.svc", "echo.default.svc.cluster.local"] {
-        let out = n.kubectl(V, &["exec", "echo-0", "--", "/echo-server", "get", &format!("http://{host}:8080/dns")]);
+    for host in [
+        "echo",
+        "echo.default",
+        "echo.default.svc",
+        "echo.default.svc.cluster.local",
+    ] {
+        let out = n.kubectl(
+            V,
+            &[
+                "exec",
+                "echo-0",
+                "--",
+                "/echo-server",
+                "get",
+                &format!("http://{host}:8080/dns"),
+            ],
+        );
         let body = String::from_utf8_lossy(&out.stdout);
-        assert!(body.starts_with("pod: echo-0\npath: /dns\n"), "{host}: {body}{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            body.starts_with("pod: echo-0\npath: /dns\n"),
+            "{host}: {body}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
 }
@@ -367,7 +526,9 @@ fn private_zones_answer_by_network() {
     let authority = Unbound::start(port);
     let n = Nodeless::start().unwrap();
     let dns = n.dns_addr().unwrap();
-    eventually("the PrivateZone CRD to be served", 30, || n.kubectl(V, &["get", "privatezones"]).status.success());
+    eventually("the PrivateZone CRD to be served", 30, || {
+        n.kubectl(V, &["get", "privatezones"]).status.success()
+    });
     apply(
         &n,
         &format!(
@@ -419,7 +580,9 @@ spec:
         a.extend_from_slice(args);
         dig(dns, &a)
     };
-    eventually("the zones to be served", 20, || from("127.10.0.1", &["www.corp.example", "A"]).status == "NOERROR");
+    eventually("the zones to be served", 20, || {
+        from("127.10.0.1", &["www.corp.example", "A"]).status == "NOERROR"
+    });
 
     // Weighted: one value per answer, in proportion; weight 0 never.
     let mut seen = std::collections::BTreeMap::new();
@@ -429,24 +592,48 @@ spec:
         *seen.entry(d.data()[0].clone()).or_insert(0) += 1;
     }
     assert!(!seen.contains_key("192.0.2.3"), "weight 0 served: {seen:?}");
-    assert!(seen.get("192.0.2.1").copied().unwrap_or(0) > seen.get("192.0.2.2").copied().unwrap_or(0), "70 against 30: {seen:?}");
+    assert!(
+        seen.get("192.0.2.1").copied().unwrap_or(0) > seen.get("192.0.2.2").copied().unwrap_or(0),
+        "70 against 30: {seen:?}"
+    );
     // The other record types.
-    assert_eq!(from("127.10.0.1", &["corp.example", "MX"]).data(), vec!["10 mail.corp.example."]);
-    assert_eq!(from("127.10.0.1", &["info.corp.example", "TXT"]).data(), vec!["\"network a\""]);
-    assert_eq!(from("127.10.0.1", &["_sip._tcp.corp.example", "SRV"]).data(), vec!["0 5 5060 sip.corp.example."]);
-    assert_eq!(from("127.10.0.1", &["alias.corp.example", "CNAME"]).data(), vec!["www.corp.example."]);
+    assert_eq!(
+        from("127.10.0.1", &["corp.example", "MX"]).data(),
+        vec!["10 mail.corp.example."]
+    );
+    assert_eq!(
+        from("127.10.0.1", &["info.corp.example", "TXT"]).data(),
+        vec!["\"network a\""]
+    );
+    assert_eq!(
+        from("127.10.0.1", &["_sip._tcp.corp.example", "SRV"]).data(),
+        vec!["0 5 5060 sip.corp.example."]
+    );
+    assert_eq!(
+        from("127.10.0.1", &["alias.corp.example", "CNAME"]).data(),
+        vec!["www.corp.example."]
+    );
     let d = from("127.10.0.1", &["nothing.corp.example", "A"]);
     assert!(d.status == "NXDOMAIN" && d.soa_in_authority(), "{}", d.raw);
 
     // The same name, another network, another answer; no bound network, no zone.
-    assert_eq!(from("127.20.0.1", &["www.corp.example", "A"]).data(), vec!["198.51.100.1"]);
+    assert_eq!(
+        from("127.20.0.1", &["www.corp.example", "A"]).data(),
+        vec!["198.51.100.1"]
+    );
     assert_ne!(from("127.40.0.1", &["www.corp.example", "A"]).status, "NOERROR");
     // The sub-zone overrides its parent for its names, in its network only.
-    assert_eq!(from("127.10.0.1", &["www.dev.corp.example", "AAAA"]).data(), vec!["fd00::1"]);
+    assert_eq!(
+        from("127.10.0.1", &["www.dev.corp.example", "AAAA"]).data(),
+        vec!["fd00::1"]
+    );
     assert_eq!(from("127.20.0.1", &["www.dev.corp.example", "AAAA"]).status, "NXDOMAIN");
 
     // A forwarding rule: the zone's names go to its resolver.
-    assert_eq!(from("127.30.0.1", &["www.example.test", "A"]).data(), vec!["192.0.2.10"]);
+    assert_eq!(
+        from("127.30.0.1", &["www.example.test", "A"]).data(),
+        vec!["192.0.2.10"]
+    );
     drop(authority);
 
     // A bad object is refused with the field.
@@ -464,7 +651,14 @@ fn answers_survive_control_going_away() {
     let dir = tempfile::tempdir().unwrap();
     let addr_file = dir.path().join("dns.addr");
     let mut dns = Command::new(nodeless_tests::nodeless_binary().unwrap())
-        .args(["dns", "--dns-listen", "127.0.0.1:0", "--dns-upstream", "127.0.0.1:9", "--kubeconfig"])
+        .args([
+            "dns",
+            "--dns-listen",
+            "127.0.0.1:0",
+            "--dns-upstream",
+            "127.0.0.1:9",
+            "--kubeconfig",
+        ])
         .arg(n.kubeconfig())
         .arg("--dns-address-file")
         .arg(&addr_file)
@@ -482,21 +676,34 @@ fn answers_survive_control_going_away() {
     let _guard = Kill(&mut dns);
     let mut addr = None;
     eventually("nodeless dns to serve", 30, || {
-        addr = std::fs::read_to_string(&addr_file).ok().and_then(|t| t.trim().parse::<SocketAddr>().ok());
+        addr = std::fs::read_to_string(&addr_file)
+            .ok()
+            .and_then(|t| t.trim().parse::<SocketAddr>().ok());
         addr.is_some()
     });
     let addr = addr.unwrap();
-    apply(&n, "apiVersion: v1\nkind: Service\nmetadata: {name: kept}\nspec: {ports: [{port: 80}]}\n");
+    apply(
+        &n,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: kept}\nspec: {ports: [{port: 80}]}\n",
+    );
     let ip = n.kubectl_ok(V, &["get", "svc", "kept", "-o", "jsonpath={.spec.clusterIP}"]);
-    eventually("the Service to be served", 20, || dig(addr, &["kept.default.svc.cluster.local", "A"]).data() == vec![ip.clone()]);
+    eventually("the Service to be served", 20, || {
+        dig(addr, &["kept.default.svc.cluster.local", "A"]).data() == vec![ip.clone()]
+    });
 
     n.stop(true).unwrap();
     std::thread::sleep(Duration::from_secs(3));
     for _ in 0..3 {
-        assert_eq!(dig(addr, &["kept.default.svc.cluster.local", "A"]).data(), vec![ip.clone()], "answers from the last state");
+        assert_eq!(
+            dig(addr, &["kept.default.svc.cluster.local", "A"]).data(),
+            vec![ip.clone()],
+            "answers from the last state"
+        );
         std::thread::sleep(Duration::from_secs(1));
     }
     n.restart(false).unwrap();
     n.kubectl_ok(V, &["delete", "svc", "kept"]);
-    eventually("the deletion to be seen after control came back", 60, || dig(addr, &["kept.default.svc.cluster.local", "A"]).status == "NXDOMAIN");
+    eventually("the deletion to be seen after control came back", 60, || {
+        dig(addr, &["kept.default.svc.cluster.local", "A"]).status == "NXDOMAIN"
+    });
 }

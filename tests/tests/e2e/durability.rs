@@ -44,24 +44,57 @@ async fn acknowledged_writes_survive_kill_9() {
         w.await.unwrap();
     }
     let acked = acked.lock().unwrap().clone();
-    assert!(acked.len() > 50, "the load did run: {} writes acknowledged", acked.len());
+    assert!(
+        acked.len() > 50,
+        "the load did run: {} writes acknowledged",
+        acked.len()
+    );
 
     n.restart(false).unwrap();
     let http = n.http();
-    let list: Value = http.get(&url).bearer_auth(&token).send().await.unwrap().json().await.unwrap();
+    let list: Value = http
+        .get(&url)
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let items = list["items"].as_array().unwrap();
     let stored: std::collections::HashMap<&str, u64> = items
         .iter()
-        .map(|i| (i["metadata"]["name"].as_str().unwrap(), i["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap()))
+        .map(|i| {
+            (
+                i["metadata"]["name"].as_str().unwrap(),
+                i["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap(),
+            )
+        })
         .collect();
     for (name, rv) in &acked {
-        assert_eq!(stored.get(name.as_str()), Some(rv), "acknowledged write {name} (rv {rv}) is stored unchanged");
+        assert_eq!(
+            stored.get(name.as_str()),
+            Some(rv),
+            "acknowledged write {name} (rv {rv}) is stored unchanged"
+        );
     }
     let max_acked = acked.iter().map(|(_, rv)| *rv).max().unwrap();
     let list_rv: u64 = list["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
     assert!(list_rv >= max_acked);
     let body = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "after-restart"}});
-    let v: Value = http.post(&url).bearer_auth(&token).json(&body).send().await.unwrap().json().await.unwrap();
+    let v: Value = http
+        .post(&url)
+        .bearer_auth(&token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let rv: u64 = v["metadata"]["resourceVersion"].as_str().unwrap().parse().unwrap();
-    assert!(rv > list_rv, "resourceVersions keep growing after the crash: {rv} > {list_rv}");
+    assert!(
+        rv > list_rv,
+        "resourceVersions keep growing after the crash: {rv} > {list_rv}"
+    );
 }

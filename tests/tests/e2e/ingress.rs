@@ -30,7 +30,16 @@ impl IngressL7 {
         let mut child = Command::new(workspace_binary("ingress-l7").unwrap())
             .args(["--kubeconfig"])
             .arg(n.kubeconfig())
-            .args(["--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--address", "127.0.0.1"])
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--https",
+                "127.0.0.1:0",
+                "--metrics",
+                "127.0.0.1:0",
+                "--address",
+                "127.0.0.1",
+            ])
             .args(["--lb-pool", lb_pool, "--lb-interface", lb_link])
             .stdout(Stdio::piped())
             .stderr(log.reopen().unwrap())
@@ -40,7 +49,13 @@ impl IngressL7 {
             Ok(a) => a,
             Err(e) => panic!("{e}\n{}", std::fs::read_to_string(log.path()).unwrap_or_default()),
         };
-        IngressL7 { child, http, https, metrics, lb_link: lb_link.to_string() }
+        IngressL7 {
+            child,
+            http,
+            https,
+            metrics,
+            lb_link: lb_link.to_string(),
+        }
     }
 
     /// SIGTERM, as a service manager stops it, and its exit status.
@@ -48,7 +63,9 @@ impl IngressL7 {
         if let Ok(Some(status)) = self.child.try_wait() {
             return Some(status);
         }
-        let _ = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
         for _ in 0..100 {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Some(status);
@@ -66,18 +83,31 @@ impl Drop for IngressL7 {
             let _ = self.child.wait();
         }
         // Whatever happened, the test's interface does not outlive it.
-        let _ = Command::new("ip").args(["link", "del", &self.lb_link]).stderr(Stdio::null()).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.lb_link])
+            .stderr(Stdio::null())
+            .status();
     }
 }
 
 fn curl(args: &[&str]) -> Output {
-    Command::new("curl").args(["-sS", "--max-time", "10"]).args(args).output().unwrap()
+    Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 /// The pod that answered `http://<host><path>` through the ingress, or the status and body
 /// when it was the ingress that answered.
 fn via(ing: &IngressL7, host: &str, path: &str) -> String {
-    let out = curl(&["-H", &format!("Host: {host}"), "-w", "\n%{http_code}", &format!("http://{}{path}", ing.http)]);
+    let out = curl(&[
+        "-H",
+        &format!("Host: {host}"),
+        "-w",
+        "\n%{http_code}",
+        &format!("http://{}{path}", ing.http),
+    ]);
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let (body, code) = text.rsplit_once('\n').unwrap_or((&text, ""));
     match body.lines().next().and_then(|l| l.strip_prefix("pod: ")) {
@@ -94,23 +124,37 @@ fn cert(hosts: &[&str]) -> (String, String) {
 
 fn tls_secret(name: &str, (crt, key): &(String, String)) -> String {
     let indent = |s: &str| s.lines().map(|l| format!("    {l}")).collect::<Vec<_>>().join("\n");
-    format!("apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}\n  tls.key: |\n{}\n", indent(crt), indent(key))
+    format!(
+        "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}}}\ntype: kubernetes.io/tls\nstringData:\n  tls.crt: |\n{}\n  tls.key: |\n{}\n",
+        indent(crt),
+        indent(key)
+    )
 }
 
 fn service(name: &str) -> String {
-    format!("apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{app: ing-{name}}}\n  ports: [{{name: http, port: 80, targetPort: http}}]\n")
+    format!(
+        "apiVersion: v1\nkind: Service\nmetadata: {{name: {name}}}\nspec:\n  selector: {{app: ing-{name}}}\n  ports: [{{name: http, port: 80, targetPort: http}}]\n"
+    )
 }
 
 #[test]
 fn ingress_routes_tls_and_http2_through_real_pods() {
     let k = 20 + std::process::id() % 200;
-    let n = Nodeless::start_with_node(&["--pod-cidr", &format!("10.249.{k}.0/24"), "--cluster-dns", &format!("10.249.{k}.1")]).unwrap();
+    let n = Nodeless::start_with_node(&[
+        "--pod-cidr",
+        &format!("10.249.{k}.0/24"),
+        "--cluster-dns",
+        &format!("10.249.{k}.1"),
+    ])
+    .unwrap();
     let one = cert(&["one.example"]);
     let wild = cert(&["*.wild.example"]);
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("one.pem"), &one.0).unwrap();
     std::fs::write(dir.path().join("wild.pem"), &wild.0).unwrap();
-    let path = |p: &str, kind: &str, svc: &str| format!("{{path: {p}, pathType: {kind}, backend: {{service: {{name: {svc}, port: {{number: 80}}}}}}}}");
+    let path = |p: &str, kind: &str, svc: &str| {
+        format!("{{path: {p}, pathType: {kind}, backend: {{service: {{name: {svc}, port: {{number: 80}}}}}}}}")
+    };
     let yaml = [
         nodeless_tests::echo_pod("echo-a", "ing-a"),
         nodeless_tests::echo_pod("echo-b", "ing-b"),
@@ -146,11 +190,26 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
     .join("---\n");
     let out = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&yaml));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/echo-a", "pod/echo-b", "pod/echo-c", "--timeout=60s"]);
+    n.kubectl_ok(
+        V,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/echo-a",
+            "pod/echo-b",
+            "pod/echo-c",
+            "--timeout=60s",
+        ],
+    );
 
-    let (lb_pool, lb_link) = (format!("198.19.{k}.0/29"), format!("nllb{}", std::process::id() % 100_000));
+    let (lb_pool, lb_link) = (
+        format!("198.19.{k}.0/29"),
+        format!("nllb{}", std::process::id() % 100_000),
+    );
     let mut ing = IngressL7::start(&n, &lb_pool, &lb_link);
-    eventually("the routes to be served", 20, || via(&ing, "h", "/foo") == "echo-a" && via(&ing, "h", "/aaa") == "echo-b");
+    eventually("the routes to be served", 20, || {
+        via(&ing, "h", "/foo") == "echo-a" && via(&ing, "h", "/aaa") == "echo-b"
+    });
 
     // Paths.
     assert_eq!(via(&ing, "h", "/foo"), "echo-a");
@@ -158,12 +217,24 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
     assert_eq!(via(&ing, "h", "/aaa"), "echo-b");
     assert_eq!(via(&ing, "h", "/aaa/"), "echo-b");
     assert_eq!(via(&ing, "h", "/aaa/ccc"), "echo-b");
-    assert_eq!(via(&ing, "h", "/aaaccc"), "echo-c", "Prefix /aaa does not match /aaaccc");
+    assert_eq!(
+        via(&ing, "h", "/aaaccc"),
+        "echo-c",
+        "Prefix /aaa does not match /aaaccc"
+    );
     // Hosts.
     assert_eq!(via(&ing, "bar.foo.com", "/"), "echo-a");
-    assert_eq!(via(&ing, "baz.bar.foo.com", "/"), "echo-c", "*.foo.com covers one label");
+    assert_eq!(
+        via(&ing, "baz.bar.foo.com", "/"),
+        "echo-c",
+        "*.foo.com covers one label"
+    );
     assert_eq!(via(&ing, "foo.com", "/"), "echo-c", "*.foo.com does not cover foo.com");
-    assert_eq!(via(&ing, "other.example", "/"), "echo-c", "another class's Ingress is not served");
+    assert_eq!(
+        via(&ing, "other.example", "/"),
+        "echo-c",
+        "another class's Ingress is not served"
+    );
     // A backend that does not exist: 503 at once, saying why.
     let started = Instant::now();
     let missing = via(&ing, "h", "/missing");
@@ -171,10 +242,27 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
     assert!(started.elapsed() < Duration::from_secs(3), "{:?}", started.elapsed());
 
     // Annotations: HTTP to HTTPS, a body-size limit (declared and chunked), least-request.
-    let out = curl(&["-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", "-H", "Host: secure.example", &format!("http://{}/x?y=1", ing.http)]);
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code} %{redirect_url}",
+        "-H",
+        "Host: secure.example",
+        &format!("http://{}/x?y=1", ing.http),
+    ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "308 https://secure.example/x?y=1");
     let small = |body: &str, chunked: bool| {
-        let mut args = vec!["-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: small.example", "--data-binary", body];
+        let mut args = vec![
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "-H",
+            "Host: small.example",
+            "--data-binary",
+            body,
+        ];
         if chunked {
             args.extend_from_slice(&["-H", "Transfer-Encoding: chunked"]);
         }
@@ -183,35 +271,71 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
         String::from_utf8_lossy(&curl(&args).stdout).to_string()
     };
     assert_eq!(small(&"x".repeat(512), false), "200");
-    assert_eq!(small(&"x".repeat(4096), false), "413", "a declared length over proxy-body-size");
-    assert_ne!(small(&"x".repeat(4096), true), "200", "a chunked body over proxy-body-size");
-    assert_eq!(via(&ing, "small.example", "/"), "echo-c", "least-request routes as well");
+    assert_eq!(
+        small(&"x".repeat(4096), false),
+        "413",
+        "a declared length over proxy-body-size"
+    );
+    assert_ne!(
+        small(&"x".repeat(4096), true),
+        "200",
+        "a chunked body over proxy-body-size"
+    );
+    assert_eq!(
+        via(&ing, "small.example", "/"),
+        "echo-c",
+        "least-request routes as well"
+    );
 
     // A websocket passes through (the upgrade, then messages both ways).
     let tcp = std::net::TcpStream::connect(ing.http).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    let (mut ws, resp) = tungstenite::client("ws://ws.example/chat", tcp).expect("the websocket handshake through the ingress");
+    let (mut ws, resp) =
+        tungstenite::client("ws://ws.example/chat", tcp).expect("the websocket handshake through the ingress");
     assert_eq!(resp.status(), 101);
     for text in ["hello", "again"] {
         ws.send(tungstenite::Message::text(text)).unwrap();
-        assert_eq!(ws.read().unwrap().into_text().unwrap().as_str(), format!("echo-a: {text}"));
+        assert_eq!(
+            ws.read().unwrap().into_text().unwrap().as_str(),
+            format!("echo-a: {text}")
+        );
     }
     let _ = ws.close(None);
 
     // Oversized headers: 431.
     let big = format!("X-Big: {}", "y".repeat(100 * 1024));
-    let out = curl(&["-o", "/dev/null", "-w", "%{http_code}", "-H", "Host: h", "-H", &big, &format!("http://{}/foo", ing.http)]);
+    let out = curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Host: h",
+        "-H",
+        &big,
+        &format!("http://{}/foo", ing.http),
+    ]);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "431");
     // A malformed Ingress is refused by control, with the fields named.
     let bad = "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: bad}\nspec:\n  rules:\n  - host: \"a*b.example\"\n    http: {paths: [{path: /x, pathType: Bogus, backend: {service: {name: a, port: {number: 80}}}}]}\n";
     let out = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(bad));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains("spec.rules[0].http.paths[0].pathType") && err.contains("spec.rules[0].host"), "{err}");
+    assert!(
+        !out.status.success()
+            && err.contains("spec.rules[0].http.paths[0].pathType")
+            && err.contains("spec.rules[0].host"),
+        "{err}"
+    );
 
     // What the upstream is told.
     let out = curl(&["-H", "Host: h.example", &format!("http://{}/foo", ing.http)]);
     let body = String::from_utf8_lossy(&out.stdout);
-    for h in ["x-forwarded-for: 127.0.0.1", "x-forwarded-proto: http", "x-forwarded-host: h.example", "x-request-id: "] {
+    for h in [
+        "x-forwarded-for: 127.0.0.1",
+        "x-forwarded-proto: http",
+        "x-forwarded-host: h.example",
+        "x-request-id: ",
+    ] {
         assert!(body.to_ascii_lowercase().contains(h), "{h} missing in\n{body}");
     }
 
@@ -220,82 +344,178 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
         let resolve = format!("{host}:{}:127.0.0.1", ing.https.port());
         let url = format!("https://{host}:{}/", ing.https.port());
         let ca = dir.path().join(ca);
-        let mut args = vec!["--resolve", &resolve, "--cacert", ca.to_str().unwrap(), "-w", "\n%{http_version}"];
+        let mut args = vec![
+            "--resolve",
+            &resolve,
+            "--cacert",
+            ca.to_str().unwrap(),
+            "-w",
+            "\n%{http_version}",
+        ];
         args.extend_from_slice(extra);
         args.push(&url);
         curl(&args)
     };
     let out = https("one.example", "one.pem", &["--http1.1"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.starts_with("pod: echo-b") && text.ends_with("\n1.1"), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && text.starts_with("pod: echo-b") && text.ends_with("\n1.1"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(text.to_ascii_lowercase().contains("x-forwarded-proto: https"), "{text}");
     let out = https("x.wild.example", "wild.pem", &["--http2"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.starts_with("pod: echo-a") && text.ends_with("\n2"), "{text} {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && text.starts_with("pod: echo-a") && text.ends_with("\n2"),
+        "{text} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = https("one.example", "wild.pem", &[]);
-    assert!(!out.status.success(), "one.example must not be served the wildcard certificate");
+    assert!(
+        !out.status.success(),
+        "one.example must not be served the wildcard certificate"
+    );
     let out = https("nocert.example", "one.pem", &[]);
-    assert!(!out.status.success(), "a host without a certificate gets the default one, which is not trusted");
+    assert!(
+        !out.status.success(),
+        "a host without a certificate gets the default one, which is not trusted"
+    );
 
     // HTTP/3: advertised by Alt-Svc over TLS, served over QUIC on the HTTPS port's number with
     // the same certificates by SNI and the same routes (a quinn client).
     let out = https("one.example", "one.pem", &["-D", "-", "-o", "/dev/null"]);
     let head = String::from_utf8_lossy(&out.stdout).to_ascii_lowercase();
-    assert!(head.contains(&format!("alt-svc: h3=\":{}\"", ing.https.port())), "{head}");
+    assert!(
+        head.contains(&format!("alt-svc: h3=\":{}\"", ing.https.port())),
+        "{head}"
+    );
     let ca = |f: &str| std::fs::read_to_string(dir.path().join(f)).unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut c = nodeless_tests::http3::Client::connect(ing.https, "one.example", &ca("one.pem")).await.unwrap();
+        let mut c = nodeless_tests::http3::Client::connect(ing.https, "one.example", &ca("one.pem"))
+            .await
+            .unwrap();
         let a = c.request("GET", "/h3?x=1", b"").await.unwrap();
-        assert!(a.status == 200 && a.body.starts_with("pod: echo-b\npath: /h3?x=1\n"), "{} {}", a.status, a.body);
+        assert!(
+            a.status == 200 && a.body.starts_with("pod: echo-b\npath: /h3?x=1\n"),
+            "{} {}",
+            a.status,
+            a.body
+        );
         let body = a.body.to_ascii_lowercase();
-        assert!(body.contains("x-forwarded-proto: https") && body.contains("host: one.example") && a.headers.contains_key("x-request-id"), "{body}");
+        assert!(
+            body.contains("x-forwarded-proto: https")
+                && body.contains("host: one.example")
+                && a.headers.contains_key("x-request-id"),
+            "{body}"
+        );
         let a = c.request("POST", "/upload", b"hello").await.unwrap();
-        assert!(a.status == 200 && a.body.to_ascii_lowercase().contains("content-length: 5"), "{} {}", a.status, a.body);
-        let mut c = nodeless_tests::http3::Client::connect(ing.https, "x.wild.example", &ca("wild.pem")).await.unwrap();
+        assert!(
+            a.status == 200 && a.body.to_ascii_lowercase().contains("content-length: 5"),
+            "{} {}",
+            a.status,
+            a.body
+        );
+        let mut c = nodeless_tests::http3::Client::connect(ing.https, "x.wild.example", &ca("wild.pem"))
+            .await
+            .unwrap();
         let a = c.request("GET", "/", b"").await.unwrap();
-        assert!(a.status == 200 && a.body.starts_with("pod: echo-a"), "{} {}", a.status, a.body);
-        assert!(nodeless_tests::http3::Client::connect(ing.https, "one.example", &ca("wild.pem")).await.is_err(), "one.example must not be served the wildcard certificate over QUIC either");
+        assert!(
+            a.status == 200 && a.body.starts_with("pod: echo-a"),
+            "{} {}",
+            a.status,
+            a.body
+        );
+        assert!(
+            nodeless_tests::http3::Client::connect(ing.https, "one.example", &ca("wild.pem"))
+                .await
+                .is_err(),
+            "one.example must not be served the wildcard certificate over QUIC either"
+        );
     });
 
     // gRPC passes through: a unary call, a server stream, and an error status, which travels in
     // HTTP/2 trailers (tonic's client, h2c to the ingress, h2c to the pod by appProtocol).
     rt.block_on(async {
         use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient};
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", ing.http)).unwrap().origin("http://grpc.example".parse().unwrap()).connect().await.unwrap();
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", ing.http))
+            .unwrap()
+            .origin("http://grpc.example".parse().unwrap())
+            .connect()
+            .await
+            .unwrap();
         let mut c = HealthClient::new(channel);
         let r = c.check(HealthCheckRequest { service: "echo".into() }).await.unwrap();
         assert_eq!(r.into_inner().status, ServingStatus::Serving as i32);
-        let e = c.check(HealthCheckRequest { service: "nope".into() }).await.unwrap_err();
+        let e = c
+            .check(HealthCheckRequest { service: "nope".into() })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), tonic::Code::NotFound, "{e:?}");
-        let mut watch = c.watch(HealthCheckRequest { service: "echo".into() }).await.unwrap().into_inner();
-        let first = tokio::time::timeout(Duration::from_secs(5), watch.message()).await.expect("the stream's first message").unwrap().unwrap();
+        let mut watch = c
+            .watch(HealthCheckRequest { service: "echo".into() })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = tokio::time::timeout(Duration::from_secs(5), watch.message())
+            .await
+            .expect("the stream's first message")
+            .unwrap()
+            .unwrap();
         assert_eq!(first.status, ServingStatus::Serving as i32);
     });
 
     // Metrics: requests by Ingress, Service and status, latency, and the 503s of the missing one.
     let out = curl(&[&format!("http://{}/metrics", ing.metrics)]);
     let text = String::from_utf8_lossy(&out.stdout);
-    for want in [r#"nodeless_ingress_requests_total{ingress="default/routes",service="default/a:80",code="200"}"#, r#"nodeless_ingress_requests_total{ingress="default/routes",service="-",code="503"}"#, r#"nodeless_ingress_request_duration_seconds_count{ingress="default/routes",service="default/b:80"}"#] {
+    for want in [
+        r#"nodeless_ingress_requests_total{ingress="default/routes",service="default/a:80",code="200"}"#,
+        r#"nodeless_ingress_requests_total{ingress="default/routes",service="-",code="503"}"#,
+        r#"nodeless_ingress_request_duration_seconds_count{ingress="default/routes",service="default/b:80"}"#,
+    ] {
         assert!(text.contains(want), "{want} missing in\n{text}");
     }
 
     // The address is published.
     eventually("status.loadBalancer to show the address", 10, || {
-        n.kubectl_ok(V, &["get", "ingress", "routes", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"]) == "127.0.0.1"
+        n.kubectl_ok(
+            V,
+            &[
+                "get",
+                "ingress",
+                "routes",
+                "-o",
+                "jsonpath={.status.loadBalancer.ingress[0].ip}",
+            ],
+        ) == "127.0.0.1"
     });
 
     // A route change applies within a second or so.
-    n.kubectl_ok(V, &["patch", "ingress", "routes", "--type=json", "-p", r#"[{"op":"replace","path":"/spec/rules/0/http/paths/0/backend/service/name","value":"b"}]"#]);
+    n.kubectl_ok(
+        V,
+        &[
+            "patch",
+            "ingress",
+            "routes",
+            "--type=json",
+            "-p",
+            r#"[{"op":"replace","path":"/spec/rules/0/http/paths/0/backend/service/name","value":"b"}]"#,
+        ],
+    );
     let changed = Instant::now();
     eventually("/foo to move to service b", 10, || via(&ing, "h", "/foo") == "echo-b");
     let took = changed.elapsed();
     eprintln!("route change served after {took:?}");
     // An endpoint going: its service answers 503 rather than hanging.
     n.kubectl_ok(V, &["delete", "pod", "echo-b", "--wait=false"]);
-    eventually("service b's last endpoint to leave", 30, || via(&ing, "h", "/aaa") == "503 service default/b:80 has no ready endpoints");
+    eventually("service b's last endpoint to leave", 30, || {
+        via(&ing, "h", "/aaa") == "503 service default/b:80 has no ready endpoints"
+    });
     n.kubectl_ok(V, &["delete", "ingress", "routes"]);
-    eventually("the deleted Ingress's routes to go", 10, || via(&ing, "h", "/foo").starts_with("404 no ingress rule matches"));
+    eventually("the deleted Ingress's routes to go", 10, || {
+        via(&ing, "h", "/foo").starts_with("404 no ingress rule matches")
+    });
 
     // A LoadBalancer Service: an address from the pool on the dummy interface, in its status,
     // with TCP and UDP forwarded to the endpoints.
@@ -304,13 +524,43 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut lb_ip = String::new();
     eventually("the LoadBalancer Service's address", 10, || {
-        lb_ip = n.kubectl_ok(V, &["get", "service", "lb", "-o", "jsonpath={.status.loadBalancer.ingress[0].ip}"]);
+        lb_ip = n.kubectl_ok(
+            V,
+            &[
+                "get",
+                "service",
+                "lb",
+                "-o",
+                "jsonpath={.status.loadBalancer.ingress[0].ip}",
+            ],
+        );
         !lb_ip.is_empty()
     });
-    assert!(lb_ip.starts_with(&format!("198.19.{k}.")), "{lb_ip} is not from the pool {lb_pool}");
-    let ports = n.kubectl_ok(V, &["get", "service", "lb", "-o", "jsonpath={.status.loadBalancer.ingress[0].ports[*].protocol}"]);
+    assert!(
+        lb_ip.starts_with(&format!("198.19.{k}.")),
+        "{lb_ip} is not from the pool {lb_pool}"
+    );
+    let ports = n.kubectl_ok(
+        V,
+        &[
+            "get",
+            "service",
+            "lb",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ports[*].protocol}",
+        ],
+    );
     assert_eq!(ports, "TCP UDP");
-    let on_link = || String::from_utf8_lossy(&Command::new("ip").args(["-o", "-4", "addr", "show", "dev", &lb_link]).output().unwrap().stdout).to_string();
+    let on_link = || {
+        String::from_utf8_lossy(
+            &Command::new("ip")
+                .args(["-o", "-4", "addr", "show", "dev", &lb_link])
+                .output()
+                .unwrap()
+                .stdout,
+        )
+        .to_string()
+    };
     assert!(on_link().contains(&format!("{lb_ip}/32")), "{}", on_link());
     eventually("TCP through the load balancer", 10, || {
         let out = curl(&[&format!("http://{lb_ip}/lb")]);
@@ -333,7 +583,9 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
     assert_eq!(text, "pod: echo-a\nping\n");
     // The Service goes: so do its address and its listener.
     n.kubectl_ok(V, &["delete", "service", "lb"]);
-    eventually("the address to leave the interface", 10, || !on_link().contains(&format!("{lb_ip}/")));
+    eventually("the address to leave the interface", 10, || {
+        !on_link().contains(&format!("{lb_ip}/"))
+    });
     // SIGTERM: the ingress exits cleanly and takes its interface with it.
     let status = ing.stop().expect("ingress-l7 did not exit on SIGTERM");
     assert!(status.success(), "{status:?}");
@@ -344,7 +596,9 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
     drop(ing);
     n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
     let node = n.node.clone().unwrap();
-    eventually("the pods' fast-path pins to go", 30, || !std::path::Path::new("/sys/fs/bpf/nodeless").join(&node).exists());
+    eventually("the pods' fast-path pins to go", 30, || {
+        !std::path::Path::new("/sys/fs/bpf/nodeless").join(&node).exists()
+    });
     drop(n);
     let dir = std::path::Path::new("/sys/fs/cgroup/unified/nodeless").join(&node);
     assert!(!dir.exists(), "{} left", dir.display());
@@ -362,8 +616,27 @@ fn ingress_cuts_off_slow_clients_and_caps_connections() {
     let mut child = Command::new(workspace_binary("ingress-l7").unwrap())
         .arg("--kubeconfig")
         .arg(n.kubeconfig())
-        .args(["--http", "127.0.0.1:0", "--https", "127.0.0.1:0", "--metrics", "127.0.0.1:0", "--no-http3", "--threads", "1"])
-        .args(["--tls-handshake-timeout", "1", "--client-header-timeout", "1", "--client-idle-timeout", "30", "--max-connections", "2"])
+        .args([
+            "--http",
+            "127.0.0.1:0",
+            "--https",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+            "--no-http3",
+            "--threads",
+            "1",
+        ])
+        .args([
+            "--tls-handshake-timeout",
+            "1",
+            "--client-header-timeout",
+            "1",
+            "--client-idle-timeout",
+            "30",
+            "--max-connections",
+            "2",
+        ])
         .stdout(Stdio::piped())
         .stderr(log.reopen().unwrap())
         .spawn()
@@ -377,7 +650,8 @@ fn ingress_cuts_off_slow_clients_and_caps_connections() {
     }
     let addrs = nodeless_tests::ingress_addresses(&mut child);
     let _child = Kill(child);
-    let [http, https, _] = addrs.unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(log.path()).unwrap_or_default()));
+    let [http, https, _] =
+        addrs.unwrap_or_else(|e| panic!("{e}\n{}", std::fs::read_to_string(log.path()).unwrap_or_default()));
     // How long until the ingress closes `c` (EOF or reset).
     let closed_after = |c: &mut std::net::TcpStream, within: Duration| -> Option<Duration> {
         c.set_read_timeout(Some(within)).unwrap();
@@ -387,7 +661,9 @@ fn ingress_cuts_off_slow_clients_and_caps_connections() {
             match c.read(&mut buf) {
                 Ok(0) => return Some(started.elapsed()),
                 Ok(_) => {}
-                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => return None,
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return None;
+                }
                 Err(_) => return Some(started.elapsed()),
             }
             if started.elapsed() > within {
@@ -399,7 +675,10 @@ fn ingress_cuts_off_slow_clients_and_caps_connections() {
     // A TCP connection to the HTTPS port that never starts its handshake.
     let mut c = std::net::TcpStream::connect(https).unwrap();
     let took = closed_after(&mut c, Duration::from_secs(5)).expect("no handshake: closed");
-    assert!(took >= Duration::from_millis(800) && took < Duration::from_secs(3), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_secs(3),
+        "{took:?}"
+    );
     drop(c);
 
     // Slowloris on the plain port: half a head, then a byte every 200 ms.
@@ -409,7 +688,10 @@ fn ingress_cuts_off_slow_clients_and_caps_connections() {
     let started = Instant::now();
     let mut buf = [0u8; 64];
     let cut = loop {
-        assert!(started.elapsed() < Duration::from_secs(6), "the slowloris head was kept for 6 s");
+        assert!(
+            started.elapsed() < Duration::from_secs(6),
+            "the slowloris head was kept for 6 s"
+        );
         if c.write_all(b"X").is_err() {
             break started.elapsed();
         }
@@ -425,18 +707,26 @@ fn ingress_cuts_off_slow_clients_and_caps_connections() {
     std::thread::sleep(Duration::from_millis(300));
 
     // Two connections within the cap stay open (idle, 30 s allowed); a third is closed at once.
-    let (a, _b) = (std::net::TcpStream::connect(http).unwrap(), std::net::TcpStream::connect(http).unwrap());
+    let (a, _b) = (
+        std::net::TcpStream::connect(http).unwrap(),
+        std::net::TcpStream::connect(http).unwrap(),
+    );
     std::thread::sleep(Duration::from_millis(300));
     let mut third = std::net::TcpStream::connect(http).unwrap();
     let took = closed_after(&mut third, Duration::from_secs(5)).expect("over the cap: closed");
     assert!(took < Duration::from_millis(900), "closed at once: {took:?}");
     let mut a2 = a.try_clone().unwrap();
-    assert_eq!(closed_after(&mut a2, Duration::from_millis(500)), None, "the first is still open");
+    assert_eq!(
+        closed_after(&mut a2, Duration::from_millis(500)),
+        None,
+        "the first is still open"
+    );
     drop((a, a2));
     std::thread::sleep(Duration::from_millis(300));
     // A freed place lets the next one in: it gets an answer (404: no Ingress).
     let mut d = std::net::TcpStream::connect(http).unwrap();
-    d.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    d.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        .unwrap();
     d.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
     let mut answer = String::new();
     let _ = d.read_to_string(&mut answer);

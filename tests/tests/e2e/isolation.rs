@@ -13,7 +13,10 @@ use sha2::{Digest, Sha256};
 const V: &str = "1.33";
 
 fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").unwrap().lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
 
 fn apply(n: &Nodeless, yaml: &str) {
@@ -28,13 +31,23 @@ fn out(n: &Nodeless, args: &[&str]) -> String {
 /// Delete every pod and wait until they are gone (their sandboxes torn down).
 fn delete_pods(n: &Nodeless, secs: u64) {
     n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
-    eventually("pods gone", secs, || out(n, &["get", "pods", "-o", "name"]).trim().is_empty());
+    eventually("pods gone", secs, || {
+        out(n, &["get", "pods", "-o", "name"]).trim().is_empty()
+    });
 }
 
 /// Apply one pod running `sleep 3600` in busybox and wait for it to be Ready.
 fn sleeper(n: &Nodeless, name: &str, spec_extra: &str) {
-    apply(n, &format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n{spec_extra}  containers:\n  - {{name: c, image: {BUSYBOX}, command: [sh, -c, 'sleep 3600']}}\n"));
-    n.kubectl_ok(V, &["wait", "--for=condition=Ready", &format!("pod/{name}"), "--timeout=60s"]);
+    apply(
+        n,
+        &format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: {name}}}\nspec:\n{spec_extra}  containers:\n  - {{name: c, image: {BUSYBOX}, command: [sh, -c, 'sleep 3600']}}\n"
+        ),
+    );
+    n.kubectl_ok(
+        V,
+        &["wait", "--for=condition=Ready", &format!("pod/{name}"), "--timeout=60s"],
+    );
 }
 
 /// An OCI layout of one layer: a symlink `a` to `host`, then an entry under `a` (a whiteout,
@@ -66,14 +79,22 @@ fn hostile_layout(dir: &Path, host: &Path, second: &str) -> std::path::PathBuf {
         "rootfs": {"type": "layers", "diff_ids": [format!("sha256:{}", hex::encode(Sha256::digest(&tar_bytes)))]}
     });
     std::fs::create_dir_all(dir).unwrap();
-    nodeless_sandbox_node::image::layout::write(dir, "evil.example/whiteout:1", &serde_json::to_vec(&config).unwrap(), &[("application/vnd.oci.image.layer.v1.tar+gzip", &gz)])
-        .unwrap();
+    nodeless_sandbox_node::image::layout::write(
+        dir,
+        "evil.example/whiteout:1",
+        &serde_json::to_vec(&config).unwrap(),
+        &[("application/vnd.oci.image.layer.v1.tar+gzip", &gz)],
+    )
+    .unwrap();
     dir.to_path_buf()
 }
 
 #[test]
 fn an_image_reaching_out_through_a_symlink_is_refused() {
-    assert!(is_root(), "the image store makes whiteouts (character devices): needs root");
+    assert!(
+        is_root(),
+        "the image store makes whiteouts (character devices): needs root"
+    );
     let n = Nodeless::start().unwrap();
     n.import_test_images().unwrap();
     let before = n.nodeless(&["image", "ls"]).unwrap();
@@ -83,15 +104,30 @@ fn an_image_reaching_out_through_a_symlink_is_refused() {
     std::fs::write(host.join("victim"), "the node's file").unwrap();
     for (i, second) in ["a/.wh.victim", "a/.wh..wh..opq"].iter().enumerate() {
         let layout = hostile_layout(&t.path().join(format!("layout{i}")), &host, second);
-        let err = n.nodeless(&["image", "import", &layout.to_string_lossy()]).unwrap_err().to_string();
+        let err = n
+            .nodeless(&["image", "import", &layout.to_string_lossy()])
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("corrupt") && err.contains(second), "{second}: {err}");
-        assert_eq!(std::fs::read_to_string(host.join("victim")).unwrap(), "the node's file", "{second}");
+        assert_eq!(
+            std::fs::read_to_string(host.join("victim")).unwrap(),
+            "the node's file",
+            "{second}"
+        );
         assert!(xattr_absent(&host), "{second}: the host directory was marked opaque");
     }
-    assert_eq!(std::fs::read_dir(&host).unwrap().count(), 1, "nothing was added beside the victim");
+    assert_eq!(
+        std::fs::read_dir(&host).unwrap().count(),
+        1,
+        "nothing was added beside the victim"
+    );
     assert_eq!(n.nodeless(&["image", "ls"]).unwrap(), before, "the store is unchanged");
     let tmp = n.data_dir().join("node/images/tmp");
-    assert_eq!(std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0), 0, "no scratch left behind");
+    assert_eq!(
+        std::fs::read_dir(&tmp).map(|d| d.count()).unwrap_or(0),
+        0,
+        "no scratch left behind"
+    );
 }
 
 fn xattr_absent(p: &Path) -> bool {
@@ -143,21 +179,51 @@ spec:
     );
     // The escaping subPath: the container never starts, and the reason says why.
     eventually("escape waits with a config error naming the subPath", 60, || {
-        let d = out(&n, &["get", "pod", "escape", "-o", "jsonpath={.status.containerStatuses[0].state.waiting.reason} {.status.containerStatuses[0].state.waiting.message}"]);
+        let d = out(
+            &n,
+            &[
+                "get",
+                "pod",
+                "escape",
+                "-o",
+                "jsonpath={.status.containerStatuses[0].state.waiting.reason} {.status.containerStatuses[0].state.waiting.message}",
+            ],
+        );
         d.starts_with("CreateContainerConfigError") && d.contains("subPath \"x\"") && d.contains("leaves the volume")
     });
-    let running = out(&n, &["get", "pod", "escape", "-o", "jsonpath={.status.containerStatuses[0].state.running}"]);
+    let running = out(
+        &n,
+        &[
+            "get",
+            "pod",
+            "escape",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.running}",
+        ],
+    );
     assert!(running.is_empty(), "the container must not run: {running}");
     let logs = n.kubectl(V, &["logs", "escape", "-c", "read"]);
     assert!(!String::from_utf8_lossy(&logs.stdout).contains("host-only"));
-    assert_eq!(std::fs::read_dir(&host).unwrap().count(), 1, "nothing was made in the host directory");
+    assert_eq!(
+        std::fs::read_dir(&host).unwrap().count(),
+        1,
+        "nothing was made in the host directory"
+    );
     // A link that stays inside the volume works as on kubelet, and subPathExpr expands.
     n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/inside", "--timeout=60s"]);
-    assert_eq!(n.kubectl_ok(V, &["exec", "inside", "--", "cat", "/rel/f"]).trim(), "inside");
+    assert_eq!(
+        n.kubectl_ok(V, &["exec", "inside", "--", "cat", "/rel/f"]).trim(),
+        "inside"
+    );
     n.kubectl_ok(V, &["exec", "inside", "--", "sh", "-c", "echo made > /made/g"]);
     let uid = out(&n, &["get", "pod", "inside", "-o", "jsonpath={.metadata.uid}"]);
     let made = n.data_dir().join("node/pods").join(&uid).join("volumes/v/by/inside/g");
-    assert_eq!(std::fs::read_to_string(&made).unwrap_or_default().trim(), "made", "{}", made.display());
+    assert_eq!(
+        std::fs::read_to_string(&made).unwrap_or_default().trim(),
+        "made",
+        "{}",
+        made.display()
+    );
     delete_pods(&n, 60);
 }
 
@@ -187,12 +253,29 @@ spec:
         ),
     );
     n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/holder", "--timeout=60s"]);
-    assert_eq!(n.kubectl_ok(V, &["exec", "holder", "--", "cat", "/cfg/conf"]), "from-the-configmap");
+    assert_eq!(
+        n.kubectl_ok(V, &["exec", "holder", "--", "cat", "/cfg/conf"]),
+        "from-the-configmap"
+    );
     // The pod cannot change its configMap volume.
     let victim_s = victim.display().to_string();
-    let swap = n.kubectl(V, &["exec", "holder", "--", "sh", "-c", &format!("rm -f /cfg/conf; ln -s {victim_s} /cfg/conf")]);
+    let swap = n.kubectl(
+        V,
+        &[
+            "exec",
+            "holder",
+            "--",
+            "sh",
+            "-c",
+            &format!("rm -f /cfg/conf; ln -s {victim_s} /cfg/conf"),
+        ],
+    );
     assert!(!swap.status.success(), "the swap must fail");
-    assert!(String::from_utf8_lossy(&swap.stderr).contains("Read-only file system"), "{}", String::from_utf8_lossy(&swap.stderr));
+    assert!(
+        String::from_utf8_lossy(&swap.stderr).contains("Read-only file system"),
+        "{}",
+        String::from_utf8_lossy(&swap.stderr)
+    );
     // What a pod could plant in a volume an older node left writable: every name a link out.
     let uid = out(&n, &["get", "pod", "holder", "-o", "jsonpath={.metadata.uid}"]);
     let vol = n.data_dir().join("node/pods").join(&uid).join("volumes/cfg");
@@ -202,9 +285,18 @@ spec:
     }
     // The node restarts, adopts the pod and writes its configMap again.
     n.restart(false).unwrap();
-    eventually("the node adopted the pod and rewrote the volume", 60, || std::fs::read_link(vol.join("conf")).is_ok_and(|l| l == Path::new("..data/conf")));
-    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "node data", "the node wrote through the planted link");
-    assert_eq!(n.kubectl_ok(V, &["exec", "holder", "--", "cat", "/cfg/conf"]), "from-the-configmap");
+    eventually("the node adopted the pod and rewrote the volume", 60, || {
+        std::fs::read_link(vol.join("conf")).is_ok_and(|l| l == Path::new("..data/conf"))
+    });
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "node data",
+        "the node wrote through the planted link"
+    );
+    assert_eq!(
+        n.kubectl_ok(V, &["exec", "holder", "--", "cat", "/cfg/conf"]),
+        "from-the-configmap"
+    );
     delete_pods(&n, 60);
 }
 
@@ -233,23 +325,39 @@ async fn the_viewer_cannot_run_commands_or_read_secrets() {
         ] {
             let o = as_viewer(args);
             let err = String::from_utf8_lossy(&o.stderr);
-            assert!(!o.status.success() && err.contains("forbidden"), "kubectl {version} {args:?}: {err}");
-            assert!(!String::from_utf8_lossy(&o.stdout).contains("aHVudGVyMg"), "{args:?} showed the secret");
+            assert!(
+                !o.status.success() && err.contains("forbidden"),
+                "kubectl {version} {args:?}: {err}"
+            );
+            assert!(
+                !String::from_utf8_lossy(&o.stdout).contains("aHVudGVyMg"),
+                "{args:?} showed the secret"
+            );
         }
     }
     // The raw requests, every method, are 403 too.
     let http = n.http();
     let token = n.viewer_token();
     for (method, path) in [
-        ("GET", "/api/v1/namespaces/default/pods/target/exec?command=id&stdout=true"),
-        ("POST", "/api/v1/namespaces/default/pods/target/exec?command=id&stdout=true"),
+        (
+            "GET",
+            "/api/v1/namespaces/default/pods/target/exec?command=id&stdout=true",
+        ),
+        (
+            "POST",
+            "/api/v1/namespaces/default/pods/target/exec?command=id&stdout=true",
+        ),
         ("GET", "/api/v1/namespaces/default/pods/target/attach?stdout=true"),
         ("GET", "/api/v1/namespaces/default/pods/target/portforward?ports=80"),
         ("GET", "/api/v1/namespaces/default/pods/target/proxy/"),
         ("GET", "/api/v1/secrets"),
         ("GET", "/api/v1/watch/namespaces/default/secrets"),
     ] {
-        let req = http.request(method.parse().unwrap(), n.url(path)).bearer_auth(&token).header("Connection", "Upgrade").header("Upgrade", "websocket");
+        let req = http
+            .request(method.parse().unwrap(), n.url(path))
+            .bearer_auth(&token)
+            .header("Connection", "Upgrade")
+            .header("Upgrade", "websocket");
         let code = req.send().await.unwrap().status().as_u16();
         assert_eq!(code, 403, "{method} {path}");
     }
@@ -278,17 +386,39 @@ spec:
 "#
         ),
     );
-    eventually("the bomb started", 60, || !out(&n, &["get", "pod", "bomb", "-o", "jsonpath={.status.containerStatuses[0].containerID}"]).is_empty());
+    eventually("the bomb started", 60, || {
+        !out(
+            &n,
+            &[
+                "get",
+                "pod",
+                "bomb",
+                "-o",
+                "jsonpath={.status.containerStatuses[0].containerID}",
+            ],
+        )
+        .is_empty()
+    });
     let uid = out(&n, &["get", "pod", "bomb", "-o", "jsonpath={.metadata.uid}"]);
     let node = n.node.clone().unwrap();
     let cg = Path::new("/sys/fs/cgroup/pids/nodeless").join(&node).join(&uid);
     let unified = Path::new("/sys/fs/cgroup/nodeless").join(&node).join(&uid);
     let cg = if cg.exists() { cg } else { unified };
-    let max: u64 = std::fs::read_to_string(cg.join("pids.max")).unwrap().trim().parse().unwrap();
+    let max: u64 = std::fs::read_to_string(cg.join("pids.max"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert_eq!(max, 4096);
     // Forks fail at the wall: the shell says so, and the pod's cgroup peaked at the cap.
-    eventually("the bomb hits the pod's limit", 120, || out(&n, &["logs", "bomb"]).contains("can't fork"));
-    let peak: u64 = std::fs::read_to_string(cg.join("pids.peak")).unwrap().trim().parse().unwrap();
+    eventually("the bomb hits the pod's limit", 120, || {
+        out(&n, &["logs", "bomb"]).contains("can't fork")
+    });
+    let peak: u64 = std::fs::read_to_string(cg.join("pids.peak"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
     assert_eq!(peak, max, "the pod's processes peaked at {peak}");
     // The node is healthy: another pod starts and runs.
     sleeper(&n, "after", "");
@@ -316,10 +446,14 @@ spec:
     );
     let uid = out(&n, &["get", "pod", "chatty", "-o", "jsonpath={.metadata.uid}"]);
     let dir = n.data_dir().join("node/pods").join(&uid).join("containers/c/0");
-    eventually("the last line is logged", 120, || out(&n, &["logs", "chatty", "--tail=1"]).trim() == "the-end");
+    eventually("the last line is logged", 120, || {
+        out(&n, &["logs", "chatty", "--tail=1"]).trim() == "the-end"
+    });
     let mut total = 0;
     for name in ["log", "log.1", "log.2", "log.3", "log.4"] {
-        let len = std::fs::metadata(dir.join(name)).unwrap_or_else(|e| panic!("{name}: {e}")).len();
+        let len = std::fs::metadata(dir.join(name))
+            .unwrap_or_else(|e| panic!("{name}: {e}"))
+            .len();
         assert!(len <= 10 << 20, "{name} holds {len} bytes");
         total += len;
     }
@@ -327,7 +461,11 @@ spec:
     assert!(total < 50 << 20, "{total} bytes kept");
     // `kubectl logs` reads the current file only, bounded.
     let logs = n.kubectl_ok(V, &["logs", "chatty"]);
-    assert!(logs.len() <= 20 << 20 && logs.trim_end().ends_with("the-end"), "{} bytes", logs.len());
+    assert!(
+        logs.len() <= 20 << 20 && logs.trim_end().ends_with("the-end"),
+        "{} bytes",
+        logs.len()
+    );
     delete_pods(&n, 60);
 }
 
@@ -362,7 +500,18 @@ spec:
 "#
         ),
     );
-    let status = |pod: &str| out(&n, &["get", "pod", pod, "-o", "jsonpath={.status.phase} {.status.reason} {.status.message}"]);
+    let status = |pod: &str| {
+        out(
+            &n,
+            &[
+                "get",
+                "pod",
+                pod,
+                "-o",
+                "jsonpath={.status.phase} {.status.reason} {.status.message}",
+            ],
+        )
+    };
     eventually("the emptyDir over its sizeLimit is evicted", 90, || {
         let s = status("fills-volume");
         s.starts_with("Failed Evicted") && s.contains("Usage of EmptyDir volume \"scratch\" exceeds the limit \"1Mi\"")
@@ -372,10 +521,22 @@ spec:
         s.starts_with("Failed Evicted") && s.contains("Container c exceeded its local ephemeral storage limit \"2Mi\"")
     });
     // Its containers stay stopped, and the pod within its limit runs on.
-    let running = out(&n, &["get", "pod", "fills-layer", "-o", "jsonpath={.status.containerStatuses[0].state.running}"]);
+    let running = out(
+        &n,
+        &[
+            "get",
+            "pod",
+            "fills-layer",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].state.running}",
+        ],
+    );
     assert!(running.is_empty(), "{running}");
     assert_eq!(status("within").trim(), "Running");
-    let events = out(&n, &["get", "events", "--field-selector", "reason=Evicted", "-o", "name"]);
+    let events = out(
+        &n,
+        &["get", "events", "--field-selector", "reason=Evicted", "-o", "name"],
+    );
     assert!(events.lines().count() >= 2, "{events}");
     delete_pods(&n, 60);
 }
@@ -386,16 +547,41 @@ async fn what_the_node_cannot_honour_is_refused_not_ignored() {
     let n = Nodeless::start_with_node(&[]).unwrap();
     for (spec, field) in [
         ("  runtimeClassName: microvm\n", "spec.runtimeClassName"),
-        ("  securityContext: {seccompProfile: {type: Unconfined}}\n", "spec.securityContext.seccompProfile.type"),
-        ("  securityContext: {sysctls: [{name: kernel.msgmax, value: '1'}]}\n", "spec.securityContext.sysctls[0].name"),
+        (
+            "  securityContext: {seccompProfile: {type: Unconfined}}\n",
+            "spec.securityContext.seccompProfile.type",
+        ),
+        (
+            "  securityContext: {sysctls: [{name: kernel.msgmax, value: '1'}]}\n",
+            "spec.securityContext.sysctls[0].name",
+        ),
     ] {
-        let yaml = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: asks}}\nspec:\n{spec}  containers:\n  - {{name: c, image: {BUSYBOX}}}\n");
+        let yaml = format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: asks}}\nspec:\n{spec}  containers:\n  - {{name: c, image: {BUSYBOX}}}\n"
+        );
         let o = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&yaml));
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success() && err.contains(field), "{field}: {err}");
     }
     // A safe sysctl is honoured inside the pod's own namespaces.
-    sleeper(&n, "tuned", "  securityContext: {sysctls: [{name: net.ipv4.ip_unprivileged_port_start, value: '0'}]}\n");
-    assert_eq!(n.kubectl_ok(V, &["exec", "tuned", "--", "cat", "/proc/sys/net/ipv4/ip_unprivileged_port_start"]).trim(), "0");
+    sleeper(
+        &n,
+        "tuned",
+        "  securityContext: {sysctls: [{name: net.ipv4.ip_unprivileged_port_start, value: '0'}]}\n",
+    );
+    assert_eq!(
+        n.kubectl_ok(
+            V,
+            &[
+                "exec",
+                "tuned",
+                "--",
+                "cat",
+                "/proc/sys/net/ipv4/ip_unprivileged_port_start"
+            ]
+        )
+        .trim(),
+        "0"
+    );
     delete_pods(&n, 60);
 }

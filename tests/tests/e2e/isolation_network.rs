@@ -22,7 +22,9 @@ static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A counter from `eni-cni show`'s output (0 when it is not there).
 fn counter_in(show: &str, name: &str) -> u64 {
-    show.lines().find_map(|l| l.trim().strip_prefix(name).and_then(|v| v.trim().parse().ok())).unwrap_or(0)
+    show.lines()
+        .find_map(|l| l.trim().strip_prefix(name).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0)
 }
 
 /// The echo requests a pod has received (`InEchos` of /proc/net/snmp in its namespace).
@@ -30,13 +32,23 @@ fn echo_requests_in(n: &Nodeless, pod: &str) -> u64 {
     let snmp = n.kubectl_ok(V, &["exec", pod, "--", "cat", "/proc/net/snmp"]);
     let icmp: Vec<&str> = snmp.lines().filter(|l| l.starts_with("Icmp:")).collect();
     let (names, values) = (icmp[0].split_whitespace(), icmp[1].split_whitespace());
-    names.zip(values).find(|(k, _)| *k == "InEchos").and_then(|(_, v)| v.parse().ok()).expect("InEchos in /proc/net/snmp")
+    names
+        .zip(values)
+        .find(|(k, _)| *k == "InEchos")
+        .and_then(|(_, v)| v.parse().ok())
+        .expect("InEchos in /proc/net/snmp")
 }
 
 /// The host's first global IPv4 address besides the pod network's own.
 fn node_address(exclude: &str) -> Option<Ipv4Addr> {
-    let out = Command::new("ip").args(["-4", "-o", "addr", "show", "scope", "global"]).output().ok()?;
-    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split_whitespace().nth(3)?.split('/').next()?.parse::<Ipv4Addr>().ok()).find(|a| !a.to_string().starts_with(exclude))
+    let out = Command::new("ip")
+        .args(["-4", "-o", "addr", "show", "scope", "global"])
+        .output()
+        .ok()?;
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(3)?.split('/').next()?.parse::<Ipv4Addr>().ok())
+        .find(|a| !a.to_string().starts_with(exclude))
 }
 
 #[test]
@@ -71,29 +83,85 @@ spec:
     let yaml = format!("{liar}{}", nodeless_tests::echo_service_and_client("echo-walls"));
     let out = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&yaml));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/liar", "pod/target", "pod/echo-0", "--timeout=90s"]);
+    n.kubectl_ok(
+        V,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/liar",
+            "pod/target",
+            "pod/echo-0",
+            "--timeout=90s",
+        ],
+    );
     let ip = |pod: &str| n.kubectl_ok(V, &["get", "pod", pod, "-o", "jsonpath={.status.podIP}"]);
     let (target_ip, echo_ip, liar_ip) = (ip("target"), ip("echo-0"), ip("liar"));
     let bin = workspace_binary("eni-cni").unwrap();
-    let show = || String::from_utf8_lossy(&Command::new(&bin).args(["show", &node]).output().unwrap().stdout).into_owned();
+    let show =
+        || String::from_utf8_lossy(&Command::new(&bin).args(["show", &node]).output().unwrap().stdout).into_owned();
     eventually("the pods in the datapath", 10, || {
         let s = show();
-        [&target_ip, &echo_ip, &liar_ip].iter().all(|ip| s.contains(&format!("{ip} ")))
+        [&target_ip, &echo_ip, &liar_ip]
+            .iter()
+            .all(|ip| s.contains(&format!("{ip} ")))
     });
-    assert!(show().contains(&format!("walls: node closed but the cluster DNS {dns} port 53; link-local closed")), "{}", show());
+    assert!(
+        show().contains(&format!(
+            "walls: node closed but the cluster DNS {dns} port 53; link-local closed"
+        )),
+        "{}",
+        show()
+    );
 
     // The lie: an address from the pod CIDR that no pod has, on the liar's eth0.
     let claimed = format!("{prefix}250");
-    let out = n.kubectl(V, &["exec", "liar", "--", "ip", "addr", "add", &format!("{claimed}/32"), "dev", "eth0"]);
-    assert!(out.status.success(), "NET_ADMIN lets the pod add an address: {}", String::from_utf8_lossy(&out.stderr));
+    let out = n.kubectl(
+        V,
+        &[
+            "exec",
+            "liar",
+            "--",
+            "ip",
+            "addr",
+            "add",
+            &format!("{claimed}/32"),
+            "dev",
+            "eth0",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "NET_ADMIN lets the pod add an address: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (echoes, spoofed) = (echo_requests_in(&n, "target"), counter_in(&show(), "drop-spoofed"));
-    let out = n.kubectl(V, &["exec", "liar", "--", "ping", "-c", "3", "-W", "1", "-I", &claimed, &target_ip]);
-    assert!(!out.status.success(), "no answer to a spoofed ping: {}", String::from_utf8_lossy(&out.stdout));
-    assert_eq!(echo_requests_in(&n, "target"), echoes, "no spoofed echo request reached the target");
-    assert!(counter_in(&show(), "drop-spoofed") >= spoofed + 3, "each spoofed packet dropped and counted: {}", show());
+    let out = n.kubectl(
+        V,
+        &[
+            "exec", "liar", "--", "ping", "-c", "3", "-W", "1", "-I", &claimed, &target_ip,
+        ],
+    );
+    assert!(
+        !out.status.success(),
+        "no answer to a spoofed ping: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_eq!(
+        echo_requests_in(&n, "target"),
+        echoes,
+        "no spoofed echo request reached the target"
+    );
+    assert!(
+        counter_in(&show(), "drop-spoofed") >= spoofed + 3,
+        "each spoofed packet dropped and counted: {}",
+        show()
+    );
     // From its own address the same ping arrives.
     n.kubectl_ok(V, &["exec", "liar", "--", "ping", "-c", "1", "-W", "2", &target_ip]);
-    assert!(echo_requests_in(&n, "target") > echoes, "the honest ping reached the target");
+    assert!(
+        echo_requests_in(&n, "target") > echoes,
+        "the honest ping reached the target"
+    );
 
     // The node: a TCP server on every address of the host, tried at the cluster DNS address
     // (local on the node) and at the host's own address.
@@ -104,17 +172,58 @@ spec:
     tried.extend(node_address(&prefix).map(|a| a.to_string()));
     let dropped = counter_in(&show(), "drop-node");
     for addr in &tried {
-        let out = n.kubectl(V, &["exec", "liar", "--", "sh", "-c", &format!("nc -w 2 {addr} {port} </dev/null")]);
+        let out = n.kubectl(
+            V,
+            &[
+                "exec",
+                "liar",
+                "--",
+                "sh",
+                "-c",
+                &format!("nc -w 2 {addr} {port} </dev/null"),
+            ],
+        );
         assert!(!out.status.success(), "the pod connected to the node at {addr}:{port}");
     }
-    assert!(server.accept().is_err(), "the node's server saw no connection from the pod");
-    assert!(counter_in(&show(), "drop-node") >= dropped + tried.len() as u64, "{}", show());
+    assert!(
+        server.accept().is_err(),
+        "the node's server saw no connection from the pod"
+    );
+    assert!(
+        counter_in(&show(), "drop-node") >= dropped + tried.len() as u64,
+        "{}",
+        show()
+    );
 
     // What must keep working: another pod, and a Service by name through the cluster DNS.
-    let body = n.kubectl_ok(V, &["exec", "liar", "--", "wget", "-qO-", &format!("http://{echo_ip}:8080/by-address")]);
+    let body = n.kubectl_ok(
+        V,
+        &[
+            "exec",
+            "liar",
+            "--",
+            "wget",
+            "-qO-",
+            &format!("http://{echo_ip}:8080/by-address"),
+        ],
+    );
     assert!(body.starts_with("pod: echo-0\npath: /by-address\n"), "{body}");
     let dns_before = counter_in(&show(), "node-dns");
-    let body = n.kubectl_ok(V, &["exec", "liar", "--", "wget", "-qO-", "http://echo.default.svc.cluster.local:8080/by-name"]);
+    let body = n.kubectl_ok(
+        V,
+        &[
+            "exec",
+            "liar",
+            "--",
+            "wget",
+            "-qO-",
+            "http://echo.default.svc.cluster.local:8080/by-name",
+        ],
+    );
     assert!(body.starts_with("pod: echo-0\npath: /by-name\n"), "{body}");
-    assert!(counter_in(&show(), "node-dns") > dns_before, "the lookup went to the cluster DNS through the wall's door: {}", show());
+    assert!(
+        counter_in(&show(), "node-dns") > dns_before,
+        "the lookup went to the cluster DNS through the wall's door: {}",
+        show()
+    );
 }

@@ -13,7 +13,10 @@ use nodeless_tests::{Nodeless, eventually};
 const V: &str = "1.33";
 
 fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").unwrap().lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
 
 fn text(b: &[u8]) -> String {
@@ -48,16 +51,34 @@ spec:
 #[test]
 fn every_profile_name_is_known_to_libseccomp() {
     let profile = nodeless_sandbox_node::seccomp::profile();
-    let archs: Vec<String> =
-        profile["architectures"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().trim_start_matches("SCMP_ARCH_").to_ascii_lowercase()).collect();
-    let names: Vec<&str> = profile["syscalls"].as_array().unwrap().iter().flat_map(|r| r["names"].as_array().unwrap()).map(|n| n.as_str().unwrap()).collect();
+    let archs: Vec<String> = profile["architectures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            a.as_str()
+                .unwrap()
+                .trim_start_matches("SCMP_ARCH_")
+                .to_ascii_lowercase()
+        })
+        .collect();
+    let names: Vec<&str> = profile["syscalls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r["names"].as_array().unwrap())
+        .map(|n| n.as_str().unwrap())
+        .collect();
     assert!(names.len() > 300, "{} names", names.len());
     let mut unknown = Vec::new();
     for name in names {
         // -1 on every architecture: a name libseccomp has never heard of. (A negative number
         // other than -1 is a call it knows that this architecture lacks, which it skips.)
         let known = archs.iter().any(|arch| {
-            let out = Command::new("scmp_sys_resolver").args(["-a", arch, name]).output().expect("scmp_sys_resolver runs (Debian package seccomp)");
+            let out = Command::new("scmp_sys_resolver")
+                .args(["-a", arch, name])
+                .output()
+                .expect("scmp_sys_resolver runs (Debian package seccomp)");
             text(&out.stdout).trim() != "-1"
         });
         if !known {
@@ -84,23 +105,49 @@ async fn container_boundary_holds_under(runtime: &str) {
     let out = |args: &[&str]| text(&n.kubectl(V, args).stdout);
     let applied = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&pods()));
     assert!(applied.status.success(), "{}", text(&applied.stderr));
-    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/tenant", "pod/web", "--timeout=60s"]);
+    n.kubectl_ok(
+        V,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/tenant",
+            "pod/web",
+            "--timeout=60s",
+        ],
+    );
     let exec = |cmd: &str| -> Output { n.kubectl(V, &["exec", "tenant", "--", "sh", "-c", cmd]) };
     let sh = |cmd: &str| n.kubectl_ok(V, &["exec", "tenant", "--", "sh", "-c", cmd]);
 
     // The filter is on, for the container's first process and for what exec starts.
-    assert_eq!(sh("grep '^Seccomp:' /proc/1/status /proc/self/status | cut -d: -f3 | tr -d '\\t'"), "2\n2\n");
+    assert_eq!(
+        sh("grep '^Seccomp:' /proc/1/status /proc/self/status | cut -d: -f3 | tr -d '\\t'"),
+        "2\n2\n"
+    );
 
     // No namespaces: a user namespace (which needs no capability, so only seccomp stops it),
     // a network, mount or PID namespace, nor joining one (setns).
-    for cmd in ["unshare -U true", "unshare -n true", "unshare -m true", "unshare -p -f true", "unshare -U -r id", "nsenter -t 1 -n true"] {
+    for cmd in [
+        "unshare -U true",
+        "unshare -n true",
+        "unshare -m true",
+        "unshare -p -f true",
+        "unshare -U -r id",
+        "nsenter -t 1 -n true",
+    ] {
         let o = exec(cmd);
         assert!(!o.status.success(), "`{cmd}` succeeded in a pod: {}", text(&o.stdout));
-        assert!(text(&o.stderr).contains("Operation not permitted"), "`{cmd}`: {}", text(&o.stderr));
+        assert!(
+            text(&o.stderr).contains("Operation not permitted"),
+            "`{cmd}`: {}",
+            text(&o.stderr)
+        );
     }
     // Nor mounts (busybox words EPERM as "permission denied (are you root?)").
     let o = exec("mkdir -p /tmp/m && mount -t tmpfs none /tmp/m");
-    assert!(!o.status.success() && text(&o.stderr).contains("mount: permission denied"), "{o:?}");
+    assert!(
+        !o.status.success() && text(&o.stderr).contains("mount: permission denied"),
+        "{o:?}"
+    );
 
     // Ordinary things work: a shell, files, /proc, processes, a fork and a wait.
     assert_eq!(sh("echo ok"), "ok\n");
@@ -109,16 +156,38 @@ async fn container_boundary_holds_under(runtime: &str) {
     assert!(sh("ps").contains("sleep 3600"), "ps lists the container's process");
     assert_eq!(sh("sleep 0.1 & wait $!; echo waited $?"), "waited 0\n");
     assert_eq!(sh("echo piped | cat | tr a-z A-Z"), "PIPED\n");
-    assert_eq!(sh("cd /tmp && echo x > f && mv f g && cat g && rm g && echo gone"), "x\ngone\n");
+    assert_eq!(
+        sh("cd /tmp && echo x > f && mv f g && cat g && rm g && echo gone"),
+        "x\ngone\n"
+    );
 
     // Kernel files that describe the host read empty: /proc/interrupts has content on the host.
-    assert!(!std::fs::read_to_string("/proc/interrupts").unwrap().is_empty(), "the host has interrupts to hide");
-    for file in ["/proc/interrupts", "/proc/keys", "/proc/timer_list", "/proc/kcore", "/proc/sched_debug", "/proc/latency_stats"] {
+    assert!(
+        !std::fs::read_to_string("/proc/interrupts").unwrap().is_empty(),
+        "the host has interrupts to hide"
+    );
+    for file in [
+        "/proc/interrupts",
+        "/proc/keys",
+        "/proc/timer_list",
+        "/proc/kcore",
+        "/proc/sched_debug",
+        "/proc/latency_stats",
+    ] {
         let size = sh(&format!("if [ -e {file} ]; then wc -c < {file}; else echo 0; fi"));
         assert_eq!(size.trim(), "0", "{file} is readable in the pod");
     }
-    for dir in ["/sys/firmware", "/proc/acpi", "/proc/scsi", "/sys/devices/virtual/powercap"] {
-        assert_eq!(sh(&format!("ls -A {dir} 2>/dev/null | wc -l")).trim(), "0", "{dir} lists entries in the pod");
+    for dir in [
+        "/sys/firmware",
+        "/proc/acpi",
+        "/proc/scsi",
+        "/sys/devices/virtual/powercap",
+    ] {
+        assert_eq!(
+            sh(&format!("ls -A {dir} 2>/dev/null | wc -l")).trim(),
+            "0",
+            "{dir} lists entries in the pod"
+        );
     }
     // …and the host's settings cannot be written.
     for (file, value) in [("/proc/sysrq-trigger", "h"), ("/proc/sys/kernel/domainname", "tenant")] {
@@ -129,7 +198,12 @@ async fn container_boundary_holds_under(runtime: &str) {
     // The echo server, threads and all, started under the profile and serves on its own IP.
     let ip = out(&["get", "pod", "web", "-o", "jsonpath={.status.podIP}"]);
     assert!(ip.starts_with("10.252."), "{ip}");
-    let body = reqwest::get(format!("http://{ip}:8080/hello")).await.unwrap().text().await.unwrap();
+    let body = reqwest::get(format!("http://{ip}:8080/hello"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(body.starts_with("pod: web\npath: /hello\n"), "{body}");
 
     // A capability outside the platform's set is refused at admission, in any spelling, with
@@ -142,7 +216,12 @@ async fn container_boundary_holds_under(runtime: &str) {
         let err = text(&o.stderr);
         assert!(!o.status.success(), "a pod adding {cap} was admitted");
         let canonical = format!("CAP_{}", cap.to_ascii_uppercase().trim_start_matches("CAP_"));
-        assert!(err.contains(&format!("capability {canonical} is outside the set this platform grants")), "{cap}: {err}");
+        assert!(
+            err.contains(&format!(
+                "capability {canonical} is outside the set this platform grants"
+            )),
+            "{cap}: {err}"
+        );
     }
 
     n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);

@@ -147,40 +147,103 @@ async fn user_workflow(v: &str) {
 
     // apply, get, get -o yaml, rollout status
     let out = k(&["apply", "-f", f]);
-    for created in ["namespace/shop created", "deployment.apps/web created", "service/web created", "ingress.networking.k8s.io/web created", "configmap/web-config created", "secret/web-secret created"] {
+    for created in [
+        "namespace/shop created",
+        "deployment.apps/web created",
+        "service/web created",
+        "ingress.networking.k8s.io/web created",
+        "configmap/web-config created",
+        "secret/web-secret created",
+    ] {
         assert!(out.contains(created), "{out}");
     }
     let out = k(&["rollout", "status", "deployment/web", "-n", "shop", "--timeout=60s"]);
     assert!(out.contains("successfully rolled out"), "{out}");
     let table = k(&["get", "deployments", "-n", "shop"]);
-    assert!(table.contains("READY") && table.contains("web") && table.contains("2/2"), "{table}");
-    let yaml: serde_yaml::Value = serde_yaml::from_str(&k(&["get", "deployment", "web", "-n", "shop", "-o", "yaml"])).unwrap();
+    assert!(
+        table.contains("READY") && table.contains("web") && table.contains("2/2"),
+        "{table}"
+    );
+    let yaml: serde_yaml::Value =
+        serde_yaml::from_str(&k(&["get", "deployment", "web", "-n", "shop", "-o", "yaml"])).unwrap();
     assert_eq!(yaml["kind"].as_str(), Some("Deployment"));
     assert_eq!(yaml["spec"]["replicas"].as_i64(), Some(2));
     assert_eq!(yaml["status"]["readyReplicas"].as_i64(), Some(2));
-    let secret = k(&["get", "secret", "web-secret", "-n", "shop", "-o", "jsonpath={.data.password}"]);
+    let secret = k(&[
+        "get",
+        "secret",
+        "web-secret",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.data.password}",
+    ]);
     assert_eq!(secret, "czNjcmV0", "stringData becomes base64 data");
     let svc_ip = k(&["get", "svc", "web", "-n", "shop", "-o", "jsonpath={.spec.clusterIP}"]);
     assert!(svc_ip.starts_with("10.96."), "{svc_ip}");
     eventually("the EndpointSlice lists both ready pods", 20, || {
-        let eps = n.kubectl(v, &["get", "endpointslices", "-n", "shop", "-l", "kubernetes.io/service-name=web", "-o", "jsonpath={.items[0].endpoints[*].conditions.ready}"]);
+        let eps = n.kubectl(
+            v,
+            &[
+                "get",
+                "endpointslices",
+                "-n",
+                "shop",
+                "-l",
+                "kubernetes.io/service-name=web",
+                "-o",
+                "jsonpath={.items[0].endpoints[*].conditions.ready}",
+            ],
+        );
         stdout(&eps) == "true true"
     });
 
     // A second identical apply changes nothing.
-    let rv = k(&["get", "deployment", "web", "-n", "shop", "-o", "jsonpath={.metadata.resourceVersion}"]);
+    let rv = k(&[
+        "get",
+        "deployment",
+        "web",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.metadata.resourceVersion}",
+    ]);
     let out = k(&["apply", "-f", f]);
     assert!(out.contains("deployment.apps/web unchanged"), "{out}");
-    let rv2 = k(&["get", "deployment", "web", "-n", "shop", "-o", "jsonpath={.metadata.resourceVersion}"]);
+    let rv2 = k(&[
+        "get",
+        "deployment",
+        "web",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.metadata.resourceVersion}",
+    ]);
     assert_eq!(rv, rv2, "an unchanged apply must not write");
 
     // Changing one env var merges into the container (strategic merge patch by name).
     std::fs::write(&file, manifest("green")).unwrap();
     let out = k(&["apply", "-f", f]);
     assert!(out.contains("deployment.apps/web configured"), "{out}");
-    let env = k(&["get", "deployment", "web", "-n", "shop", "-o", "jsonpath={range .spec.template.spec.containers[0].env[*]}{.name}={.value}{.valueFrom.configMapKeyRef.key};{end}"]);
+    let env = k(&[
+        "get",
+        "deployment",
+        "web",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={range .spec.template.spec.containers[0].env[*]}{.name}={.value}{.valueFrom.configMapKeyRef.key};{end}",
+    ]);
     assert_eq!(env, "MODE=green;GREETING=greeting;", "{env}");
-    let image = k(&["get", "deployment", "web", "-n", "shop", "-o", "jsonpath={.spec.template.spec.containers[0].image}"]);
+    let image = k(&[
+        "get",
+        "deployment",
+        "web",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].image}",
+    ]);
     assert_eq!(image, "registry.example/echo:1.0");
     let out = k(&["rollout", "status", "deployment/web", "-n", "shop", "--timeout=60s"]);
     assert!(out.contains("successfully rolled out"), "{out}");
@@ -190,25 +253,53 @@ async fn user_workflow(v: &str) {
     // rollout undo goes back to the first template.
     k(&["rollout", "undo", "deployment/web", "-n", "shop"]);
     k(&["rollout", "status", "deployment/web", "-n", "shop", "--timeout=60s"]);
-    let mode = k(&["get", "deployment", "web", "-n", "shop", "-o", "jsonpath={.spec.template.spec.containers[0].env[0].value}"]);
+    let mode = k(&[
+        "get",
+        "deployment",
+        "web",
+        "-n",
+        "shop",
+        "-o",
+        "jsonpath={.spec.template.spec.containers[0].env[0].value}",
+    ]);
     assert_eq!(mode, "blue");
 
     // scale
     k(&["scale", "deployment/web", "-n", "shop", "--replicas=3"]);
     k(&["rollout", "status", "deployment/web", "-n", "shop", "--timeout=60s"]);
-    eventually("3 pods run", 20, || stdout(&n.kubectl(v, &["get", "pods", "-n", "shop", "-l", "app=web", "-o", "name"])).lines().count() == 3);
+    eventually("3 pods run", 20, || {
+        stdout(&n.kubectl(v, &["get", "pods", "-n", "shop", "-l", "app=web", "-o", "name"]))
+            .lines()
+            .count()
+            == 3
+    });
 
     // describe
     let d = k(&["describe", "deployment", "web", "-n", "shop"]);
     assert!(d.contains("Replicas:") && d.contains("3 desired"), "{d}");
-    let pod = k(&["get", "pods", "-n", "shop", "-l", "app=web", "-o", "jsonpath={.items[0].metadata.name}"]);
+    let pod = k(&[
+        "get",
+        "pods",
+        "-n",
+        "shop",
+        "-l",
+        "app=web",
+        "-o",
+        "jsonpath={.items[0].metadata.name}",
+    ]);
     let d = k(&["describe", "pod", &pod, "-n", "shop"]);
     assert!(d.contains("Status:") && d.contains("Running"), "{d}");
 
     // server-side apply
-    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\n  namespace: shop\ndata:\n  a: \"1\"\n  b: \"2\"\n";
+    let cm =
+        "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\n  namespace: shop\ndata:\n  a: \"1\"\n  b: \"2\"\n";
     let out = n.kubectl_with(v, &n.kubeconfig(), &["apply", "--server-side", "-f", "-"], Some(cm));
-    assert!(out.status.success() && stdout(&out).contains("configmap/ssa serverside-applied"), "{} {}", stdout(&out), stderr(&out));
+    assert!(
+        out.status.success() && stdout(&out).contains("configmap/ssa serverside-applied"),
+        "{} {}",
+        stdout(&out),
+        stderr(&out)
+    );
     let cm2 = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\n  namespace: shop\ndata:\n  a: \"10\"\n";
     let out = n.kubectl_with(v, &n.kubeconfig(), &["apply", "--server-side", "-f", "-"], Some(cm2));
     assert!(out.status.success(), "{}", stderr(&out));
@@ -218,7 +309,16 @@ async fn user_workflow(v: &str) {
     // get -w sees a change
     let mut watch = Command::new(kubectl_path(v))
         .env("KUBECONFIG", n.kubeconfig())
-        .args(["get", "cm", "web-config", "-n", "shop", "-w", "-o", "jsonpath={.data.greeting}{\"\\n\"}"])
+        .args([
+            "get",
+            "cm",
+            "web-config",
+            "-n",
+            "shop",
+            "-w",
+            "-o",
+            "jsonpath={.data.greeting}{\"\\n\"}",
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -233,9 +333,23 @@ async fn user_workflow(v: &str) {
             }
         })
     };
-    eventually("the watch prints the current value", 20, || lines.lock().unwrap().iter().any(|l| l == "hello"));
-    k(&["patch", "cm", "web-config", "-n", "shop", "--type", "merge", "-p", r#"{"data":{"greeting":"bonjour"}}"#]);
-    eventually("the watch prints the new value", 20, || lines.lock().unwrap().iter().any(|l| l == "bonjour"));
+    eventually("the watch prints the current value", 20, || {
+        lines.lock().unwrap().iter().any(|l| l == "hello")
+    });
+    k(&[
+        "patch",
+        "cm",
+        "web-config",
+        "-n",
+        "shop",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"greeting":"bonjour"}}"#,
+    ]);
+    eventually("the watch prints the new value", 20, || {
+        lines.lock().unwrap().iter().any(|l| l == "bonjour")
+    });
     let _ = watch.kill();
     let _ = watch.wait();
     let _ = reader.join();
@@ -243,29 +357,58 @@ async fn user_workflow(v: &str) {
     // A CRD, then its objects.
     let out = n.kubectl_with(v, &n.kubeconfig(), &["apply", "-f", "-"], Some(CRD));
     assert!(out.status.success(), "{}", stderr(&out));
-    let widget = "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w1\n  namespace: shop\nspec:\n  size: 3\n";
+    let widget =
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w1\n  namespace: shop\nspec:\n  size: 3\n";
     let out = n.kubectl_with(v, &n.kubeconfig(), &["apply", "-f", "-"], Some(widget));
-    assert!(out.status.success() && stdout(&out).contains("widget.example.com/w1 created"), "{} {}", stdout(&out), stderr(&out));
+    assert!(
+        out.status.success() && stdout(&out).contains("widget.example.com/w1 created"),
+        "{} {}",
+        stdout(&out),
+        stderr(&out)
+    );
     let got = k(&["get", "wd", "-n", "shop", "-o", "jsonpath={.items[0].spec.size}"]);
     assert_eq!(got, "3");
-    let bad_widget = "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w2\n  namespace: shop\nspec:\n  size: 0\n";
+    let bad_widget =
+        "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w2\n  namespace: shop\nspec:\n  size: 0\n";
     let out = n.kubectl_with(v, &n.kubeconfig(), &["apply", "-f", "-"], Some(bad_widget));
-    assert!(!out.status.success() && stderr(&out).contains("spec.size"), "{}", stderr(&out));
+    assert!(
+        !out.status.success() && stderr(&out).contains("spec.size"),
+        "{}",
+        stderr(&out)
+    );
 
     // A bad manifest gets kubectl's error with the field.
     let bad = "apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: broken\n  namespace: shop\nspec:\n  selector:\n    matchLabels: {app: b}\n  template:\n    metadata:\n      labels: {app: b}\n    spec:\n      containers:\n      - name: c\n";
     let out = n.kubectl_with(v, &n.kubeconfig(), &["apply", "-f", "-"], Some(bad));
     assert!(!out.status.success(), "a container without an image must be refused");
-    assert!(stderr(&out).contains("spec.template.spec.containers[0].image"), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("spec.template.spec.containers[0].image"),
+        "{}",
+        stderr(&out)
+    );
     let typo = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: typo\n  namespace: shop\ndatta:\n  a: b\n";
     let out = n.kubectl_with(v, &n.kubeconfig(), &["apply", "-f", "-"], Some(typo));
-    assert!(!out.status.success() && stderr(&out).contains("unknown field \"datta\""), "{}", stderr(&out));
+    assert!(
+        !out.status.success() && stderr(&out).contains("unknown field \"datta\""),
+        "{}",
+        stderr(&out)
+    );
 
     // delete: the namespace takes everything in it along.
     let out = k(&["delete", "-f", f, "--wait=true", "--timeout=60s"]);
     assert!(out.contains("namespace \"shop\" deleted"), "{out}");
-    eventually("the namespace is gone", 30, || !n.kubectl(v, &["get", "ns", "shop"]).status.success());
-    let left = k(&["get", "pods,rs,deploy,svc,cm,endpointslices", "-A", "-o", "name", "--field-selector", "metadata.namespace=shop"]);
+    eventually("the namespace is gone", 30, || {
+        !n.kubectl(v, &["get", "ns", "shop"]).status.success()
+    });
+    let left = k(&[
+        "get",
+        "pods,rs,deploy,svc,cm,endpointslices",
+        "-A",
+        "-o",
+        "name",
+        "--field-selector",
+        "metadata.namespace=shop",
+    ]);
     assert!(left.trim().is_empty(), "objects left behind: {left}");
 }
 

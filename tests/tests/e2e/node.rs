@@ -75,18 +75,38 @@ spec:
 fn leftovers(n: &Nodeless) -> Vec<String> {
     let node = n.node.clone().unwrap_or_default();
     let mut found = Vec::new();
-    found.extend(nodeless_tests::runtime_containers(&node).into_iter().map(|id| format!("runtime container {id}")));
+    found.extend(
+        nodeless_tests::runtime_containers(&node)
+            .into_iter()
+            .map(|id| format!("runtime container {id}")),
+    );
     // The node's supervisor may run on, with no container under it and holding nothing but its own
     // (the host's) namespaces.
     for pid in nodeless_tests::keeper_pids(&node) {
-        for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
             let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
-            found.extend(children.split_whitespace().map(|c| format!("process {c} under the supervisor {pid}")));
+            found.extend(
+                children
+                    .split_whitespace()
+                    .map(|c| format!("process {c} under the supervisor {pid}")),
+            );
         }
-        for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten() {
-            let Ok(link) = std::fs::read_link(fd.path()) else { continue };
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .into_iter()
+            .flatten()
+            .flatten()
+        {
+            let Ok(link) = std::fs::read_link(fd.path()) else {
+                continue;
+            };
             let link = link.to_string_lossy().into_owned();
-            let host = ["net", "ipc", "uts"].iter().any(|k| std::fs::read_link(format!("/proc/self/ns/{k}")).is_ok_and(|h| h.to_string_lossy() == link));
+            let host = ["net", "ipc", "uts"]
+                .iter()
+                .any(|k| std::fs::read_link(format!("/proc/self/ns/{k}")).is_ok_and(|h| h.to_string_lossy() == link));
             if ["net:[", "ipc:[", "uts:["].iter().any(|k| link.starts_with(k)) && !host {
                 found.push(format!("namespace {link} held by the keeper {pid}"));
             }
@@ -94,17 +114,47 @@ fn leftovers(n: &Nodeless) -> Vec<String> {
     }
     let data = n.data_dir().to_string_lossy().to_string();
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    found.extend(mounts.lines().filter(|l| l.contains(&data) || l.contains(&format!("/run/nodeless/{node}/"))).map(|l| format!("mount {l}")));
+    found.extend(
+        mounts
+            .lines()
+            .filter(|l| l.contains(&data) || l.contains(&format!("/run/nodeless/{node}/")))
+            .map(|l| format!("mount {l}")),
+    );
     let ns = Path::new("/run/nodeless").join(&node).join("ns");
-    found.extend(std::fs::read_dir(&ns).into_iter().flatten().flatten().map(|e| format!("namespaces {}", e.path().display())));
+    found.extend(
+        std::fs::read_dir(&ns)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| format!("namespaces {}", e.path().display())),
+    );
     for ctl in std::fs::read_dir("/sys/fs/cgroup").unwrap().flatten() {
         let base = ctl.path().join("nodeless").join(&node);
-        found.extend(std::fs::read_dir(&base).into_iter().flatten().flatten().filter(|e| e.path().is_dir()).map(|e| format!("cgroup {}", e.path().display())));
+        found.extend(
+            std::fs::read_dir(&base)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter(|e| e.path().is_dir())
+                .map(|e| format!("cgroup {}", e.path().display())),
+        );
     }
     let pods = n.data_dir().join("node").join("pods");
-    found.extend(std::fs::read_dir(&pods).into_iter().flatten().flatten().map(|e| format!("pod dir {}", e.path().display())));
+    found.extend(
+        std::fs::read_dir(&pods)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| format!("pod dir {}", e.path().display())),
+    );
     let bundles = Path::new("/run/nodeless").join(&node).join("bundles");
-    found.extend(std::fs::read_dir(&bundles).into_iter().flatten().flatten().map(|e| format!("bundles {}", e.path().display())));
+    found.extend(
+        std::fs::read_dir(&bundles)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| format!("bundles {}", e.path().display())),
+    );
     found
 }
 
@@ -116,13 +166,19 @@ fn no_leftovers(n: &Nodeless, what: &str, secs: u64) {
         if left.is_empty() {
             return;
         }
-        assert!(std::time::Instant::now() < deadline, "{what}: still there after {secs} s: {left:#?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: still there after {secs} s: {left:#?}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
 }
 
 fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").unwrap().lines().any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -135,40 +191,95 @@ async fn pods_run_in_sandboxes() {
 
     // Three echo replicas come up Running and Ready, and are the Service's ready endpoints.
     n.kubectl_ok(V, &["rollout", "status", "deployment/echo", "--timeout=60s"]);
-    let ready = out(&["get", "pods", "-l", "app=echo", "-o", "jsonpath={range .items[*]}{.metadata.name} {.status.phase} {.status.conditions[?(@.type==\"Ready\")].status} {.status.podIP}{\"\\n\"}{end}"]);
+    let ready = out(&[
+        "get",
+        "pods",
+        "-l",
+        "app=echo",
+        "-o",
+        "jsonpath={range .items[*]}{.metadata.name} {.status.phase} {.status.conditions[?(@.type==\"Ready\")].status} {.status.podIP}{\"\\n\"}{end}",
+    ]);
     let replicas: Vec<&str> = ready.lines().filter(|l| l.starts_with("echo-")).collect();
     assert_eq!(replicas.len(), 3, "{ready}");
     assert!(replicas.iter().all(|l| l.contains(" Running True 10.252.")), "{ready}");
-    let slice = || out(&["get", "endpointslices", "-l", "kubernetes.io/service-name=echo", "-o", "jsonpath={range .items[*].endpoints[*]}{.targetRef.name}={.conditions.ready}{\"\\n\"}{end}"]);
+    let slice = || {
+        out(&[
+            "get",
+            "endpointslices",
+            "-l",
+            "kubernetes.io/service-name=echo",
+            "-o",
+            "jsonpath={range .items[*].endpoints[*]}{.targetRef.name}={.conditions.ready}{\"\\n\"}{end}",
+        ])
+    };
     eventually("3 ready endpoints and notready not ready", 30, || {
         let s = slice();
-        s.lines().filter(|l| l.starts_with("echo-") && l.ends_with("=true")).count() == 3 && !s.contains("notready=true")
+        s.lines()
+            .filter(|l| l.starts_with("echo-") && l.ends_with("=true"))
+            .count()
+            == 3
+            && !s.contains("notready=true")
     });
 
     // A pod answers on its own IP with its own name (the env from a fieldRef).
     let line = replicas[0];
     let (name, ip) = (line.split(' ').next().unwrap(), line.rsplit(' ').next().unwrap());
-    let body = reqwest::get(format!("http://{ip}:8080/hello")).await.unwrap().text().await.unwrap();
+    let body = reqwest::get(format!("http://{ip}:8080/hello"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(body.starts_with(&format!("pod: {name}\npath: /hello\n")), "{body}");
 
     // Logs come from the container through control and the node.
     let logs = n.kubectl_ok(V, &["logs", name]);
     assert_eq!(logs.trim(), format!("echo-server: pod {name} listening on :8080"));
     let stamped = n.kubectl_ok(V, &["logs", name, "--timestamps", "--tail=1"]);
-    assert!(stamped.split(' ').next().unwrap().parse::<chrono::DateTime<chrono::Utc>>().is_ok(), "{stamped}");
+    assert!(
+        stamped
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse::<chrono::DateTime<chrono::Utc>>()
+            .is_ok(),
+        "{stamped}"
+    );
 
     // A failing readiness probe keeps the pod NotReady, with the reason in its events.
-    assert_eq!(out(&["get", "pod", "notready", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]), "False");
-    eventually("the Unhealthy event", 20, || out(&["describe", "pod", "notready"]).contains("Readiness probe failed: HTTP probe failed with statuscode: 503"));
+    assert_eq!(
+        out(&[
+            "get",
+            "pod",
+            "notready",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"
+        ]),
+        "False"
+    );
+    eventually("the Unhealthy event", 20, || {
+        out(&["describe", "pod", "notready"]).contains("Readiness probe failed: HTTP probe failed with statuscode: 503")
+    });
 
     // A container that exits 1 goes to CrashLoopBackOff with a growing restart count.
     eventually("crash restarts at least twice and backs off", 60, || {
-        let restarts: u32 = out(&["get", "pod", "crash", "-o", "jsonpath={.status.containerStatuses[0].restartCount}"]).parse().unwrap_or(0);
+        let restarts: u32 = out(&[
+            "get",
+            "pod",
+            "crash",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].restartCount}",
+        ])
+        .parse()
+        .unwrap_or(0);
         restarts >= 2 && out(&["get", "pod", "crash"]).contains("CrashLoopBackOff")
     });
     let crash = out(&["describe", "pod", "crash"]);
     assert!(crash.contains("Exit Code:    1"), "{crash}");
-    assert_eq!(n.kubectl_ok(V, &["logs", "crash", "--previous"]).trim(), "about to fail");
+    assert_eq!(
+        n.kubectl_ok(V, &["logs", "crash", "--previous"]).trim(),
+        "about to fail"
+    );
 
     // A missing command and a missing image each say why in describe.
     eventually("nocmd names the missing binary", 30, || {
@@ -181,7 +292,10 @@ async fn pods_run_in_sandboxes() {
     });
 
     // Deleting everything leaves nothing behind on the host.
-    assert!(!leftovers(&n).is_empty(), "the running pods are visible to the leftover check");
+    assert!(
+        !leftovers(&n).is_empty(),
+        "the running pods are visible to the leftover check"
+    );
     n.kubectl_ok(V, &["delete", "deployment", "echo", "--wait=false"]);
     n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
     eventually("no pods", 60, || out(&["get", "pods", "-o", "name"]).trim().is_empty());
@@ -193,11 +307,35 @@ async fn node_restart_adopts_running_pods() {
     assert!(is_root(), "sandbox-node tests need root");
     let mut n = Nodeless::start_with_node(&[]).unwrap();
     let out = |n: &Nodeless, args: &[&str]| String::from_utf8_lossy(&n.kubectl(V, args).stdout).into_owned();
-    let pod = format!("apiVersion: v1\nkind: Pod\nmetadata: {{name: keeper}}\nspec:\n  containers:\n  - {{name: c, image: {BUSYBOX}, command: [sh, -c, 'echo started; while true; do sleep 1; done']}}\n");
-    assert!(n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&pod)).status.success());
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: keeper}}\nspec:\n  containers:\n  - {{name: c, image: {BUSYBOX}, command: [sh, -c, 'echo started; while true; do sleep 1; done']}}\n"
+    );
+    assert!(
+        n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&pod))
+            .status
+            .success()
+    );
     n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/keeper", "--timeout=60s"]);
-    let id_before = out(&n, &["get", "pod", "keeper", "-o", "jsonpath={.status.containerStatuses[0].containerID}"]);
-    let runtime = out(&n, &["get", "node", n.node.as_deref().unwrap(), "-o", "jsonpath={.status.nodeInfo.containerRuntimeVersion}"]);
+    let id_before = out(
+        &n,
+        &[
+            "get",
+            "pod",
+            "keeper",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].containerID}",
+        ],
+    );
+    let runtime = out(
+        &n,
+        &[
+            "get",
+            "node",
+            n.node.as_deref().unwrap(),
+            "-o",
+            "jsonpath={.status.nodeInfo.containerRuntimeVersion}",
+        ],
+    );
     let runtime = runtime.split("://").next().unwrap().to_string();
     assert!(["crun", "runc"].contains(&runtime.as_str()), "{runtime}");
     assert!(id_before.starts_with(&format!("{runtime}://")), "{id_before}");
@@ -206,14 +344,32 @@ async fn node_restart_adopts_running_pods() {
     n.restart(true).unwrap();
     std::thread::sleep(Duration::from_secs(2));
     n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/keeper", "--timeout=60s"]);
-    let after = out(&n, &["get", "pod", "keeper", "-o", "jsonpath={.status.containerStatuses[0].containerID} {.status.containerStatuses[0].restartCount}"]);
+    let after = out(
+        &n,
+        &[
+            "get",
+            "pod",
+            "keeper",
+            "-o",
+            "jsonpath={.status.containerStatuses[0].containerID} {.status.containerStatuses[0].restartCount}",
+        ],
+    );
     assert_eq!(after, format!("{id_before} 0"), "the same container, never restarted");
     assert_eq!(n.kubectl_ok(V, &["logs", "keeper"]).trim(), "started");
     let listed = std::process::Command::new(&runtime)
-        .args(["--root", &format!("/run/nodeless/{}/runtime", n.node.clone().unwrap()), "list", "-q"])
+        .args([
+            "--root",
+            &format!("/run/nodeless/{}/runtime", n.node.clone().unwrap()),
+            "list",
+            "-q",
+        ])
         .output()
         .unwrap();
-    assert_eq!(String::from_utf8_lossy(&listed.stdout).lines().count(), 1, "one container, not duplicated");
+    assert_eq!(
+        String::from_utf8_lossy(&listed.stdout).lines().count(),
+        1,
+        "one container, not duplicated"
+    );
 
     n.kubectl_ok(V, &["delete", "pod", "keeper", "--grace-period=1"]);
     no_leftovers(&n, "no leftovers after the restart", 30);
@@ -229,20 +385,48 @@ fn corrupt_image_archives_are_refused() {
     let layouts = nodeless_tests::test_image_layouts().unwrap();
     let busybox = &layouts[0];
     let tampered = dir.path().join("tampered");
-    std::process::Command::new("cp").arg("-r").arg(busybox).arg(&tampered).status().unwrap();
+    std::process::Command::new("cp")
+        .arg("-r")
+        .arg(busybox)
+        .arg(&tampered)
+        .status()
+        .unwrap();
     let blobs = tampered.join("blobs/sha256");
-    let biggest = std::fs::read_dir(&blobs).unwrap().flatten().max_by_key(|e| e.metadata().unwrap().len()).unwrap().path();
+    let biggest = std::fs::read_dir(&blobs)
+        .unwrap()
+        .flatten()
+        .max_by_key(|e| e.metadata().unwrap().len())
+        .unwrap()
+        .path();
     let mut bytes = std::fs::read(&biggest).unwrap();
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0xff;
     std::fs::write(&biggest, bytes).unwrap();
-    let err = n.nodeless(&["image", "import", &tampered.to_string_lossy(), "--name", "tampered:1"]).unwrap_err().to_string();
+    let err = n
+        .nodeless(&["image", "import", &tampered.to_string_lossy(), "--name", "tampered:1"])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("corrupt") && err.contains("digest"), "{err}");
     let truncated = dir.path().join("cut.tar");
-    std::process::Command::new("tar").arg("-cf").arg(&truncated).arg("-C").arg(busybox).arg(".").status().unwrap();
+    std::process::Command::new("tar")
+        .arg("-cf")
+        .arg(&truncated)
+        .arg("-C")
+        .arg(busybox)
+        .arg(".")
+        .status()
+        .unwrap();
     let len = std::fs::metadata(&truncated).unwrap().len();
-    std::fs::OpenOptions::new().write(true).open(&truncated).unwrap().set_len(len / 3).unwrap();
-    let err = n.nodeless(&["image", "import", &truncated.to_string_lossy(), "--name", "cut:1"]).unwrap_err().to_string();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&truncated)
+        .unwrap()
+        .set_len(len / 3)
+        .unwrap();
+    let err = n
+        .nodeless(&["image", "import", &truncated.to_string_lossy(), "--name", "cut:1"])
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("corrupt") || err.contains("not a readable tar"), "{err}");
     assert_eq!(n.nodeless(&["image", "ls"]).unwrap(), before, "the store is unchanged");
     let tmp = n.data_dir().join("node/images/tmp");
@@ -284,24 +468,61 @@ async fn exec_port_forward_and_follow_with_every_kubectl() {
     let pods = format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: shell}}\nspec:\n  containers:\n  - {{name: c, image: {BUSYBOX}, command: [sh, -c, 'i=0; while true; do echo tick $i; i=$((i+1)); sleep 0.2; done']}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: web}}\nspec:\n  containers:\n  - {{name: echo, image: {ECHO}, readinessProbe: {{tcpSocket: {{port: 8080}}, periodSeconds: 1}}}}\n"
     );
-    assert!(n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&pods)).status.success());
-    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/shell", "pod/web", "--timeout=60s"]);
+    assert!(
+        n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&pods))
+            .status
+            .success()
+    );
+    n.kubectl_ok(
+        V,
+        &["wait", "--for=condition=Ready", "pod/shell", "pod/web", "--timeout=60s"],
+    );
     let kc = n.kubeconfig();
     for v in ["1.33", "1.27"] {
         // 1.33 speaks websockets (v5.channel.k8s.io), 1.27 SPDY; both must carry the exit code.
-        let out = n.kubectl(v, &["exec", "shell", "--", "sh", "-c", "echo to-stdout; echo to-stderr >&2; exit 3"]);
+        let out = n.kubectl(
+            v,
+            &[
+                "exec",
+                "shell",
+                "--",
+                "sh",
+                "-c",
+                "echo to-stdout; echo to-stderr >&2; exit 3",
+            ],
+        );
         assert_eq!(out.status.code(), Some(3), "kubectl {v} exec: {out:?}");
         assert_eq!(String::from_utf8_lossy(&out.stdout), "to-stdout\n");
         assert!(String::from_utf8_lossy(&out.stderr).contains("to-stderr"), "{out:?}");
-        let out = n.kubectl_with(v, &kc, &["exec", "-i", "shell", "--", "sh", "-c", "tr a-z A-Z"], Some("piped through stdin\n"));
-        assert_eq!(String::from_utf8_lossy(&out.stdout), "PIPED THROUGH STDIN\n", "kubectl {v} exec -i");
+        let out = n.kubectl_with(
+            v,
+            &kc,
+            &["exec", "-i", "shell", "--", "sh", "-c", "tr a-z A-Z"],
+            Some("piped through stdin\n"),
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "PIPED THROUGH STDIN\n",
+            "kubectl {v} exec -i"
+        );
 
         // A TTY, sized like the caller's terminal.
         let kubectl = nodeless_tests::kubectl_path(v);
-        let script = format!("stty cols 91 rows 33; KUBECONFIG={} {} exec -it shell -- sh -c 'tty; stty size; exit 4'", kc.display(), kubectl.display());
-        let out = std::process::Command::new("script").args(["-qec", &script, "/dev/null"]).stdin(std::process::Stdio::null()).output().unwrap();
+        let script = format!(
+            "stty cols 91 rows 33; KUBECONFIG={} {} exec -it shell -- sh -c 'tty; stty size; exit 4'",
+            kc.display(),
+            kubectl.display()
+        );
+        let out = std::process::Command::new("script")
+            .args(["-qec", &script, "/dev/null"])
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap();
         let text = String::from_utf8_lossy(&out.stdout);
-        assert!(text.contains("/dev/pts/") && text.contains("33 91"), "kubectl {v} exec -it: {text}");
+        assert!(
+            text.contains("/dev/pts/") && text.contains("33 91"),
+            "kubectl {v} exec -it: {text}"
+        );
         assert_eq!(out.status.code(), Some(4), "kubectl {v} exec -it: {text}");
 
         // port-forward to the pod's loopback, inside its network namespace.
@@ -314,13 +535,27 @@ async fn exec_port_forward_and_follow_with_every_kubectl() {
             .unwrap();
         // Keep reading kubectl's output while it forwards: a closed pipe would kill it.
         let pf_lines = lines(&mut pf);
-        let line = wait_line(&pf_lines, 20, |l| l.starts_with("Forwarding from 127.0.0.1:")).expect("port-forward listens");
-        let port = line.trim_start_matches("Forwarding from 127.0.0.1:").split(' ').next().unwrap().to_string();
-        let body = reqwest::get(format!("http://127.0.0.1:{port}/forwarded")).await.unwrap().text().await.unwrap();
+        let line =
+            wait_line(&pf_lines, 20, |l| l.starts_with("Forwarding from 127.0.0.1:")).expect("port-forward listens");
+        let port = line
+            .trim_start_matches("Forwarding from 127.0.0.1:")
+            .split(' ')
+            .next()
+            .unwrap()
+            .to_string();
+        let body = reqwest::get(format!("http://127.0.0.1:{port}/forwarded"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
         let _ = pf.kill();
         let _ = pf.wait();
         drop(pf_lines);
-        assert!(body.starts_with("pod: web\npath: /forwarded\n"), "kubectl {v} port-forward: {body}");
+        assert!(
+            body.starts_with("pod: web\npath: /forwarded\n"),
+            "kubectl {v} port-forward: {body}"
+        );
     }
 
     // logs -f follows a running container.
@@ -333,7 +568,9 @@ async fn exec_port_forward_and_follow_with_every_kubectl() {
     let followed = lines(&mut follow);
     let first = wait_line(&followed, 20, |l| l.starts_with("tick ")).expect("a first line");
     let n0: u32 = first.trim_start_matches("tick ").parse().unwrap();
-    let later = wait_line(&followed, 20, |l| l.trim_start_matches("tick ").parse::<u32>().is_ok_and(|k| k >= n0 + 5));
+    let later = wait_line(&followed, 20, |l| {
+        l.trim_start_matches("tick ").parse::<u32>().is_ok_and(|k| k >= n0 + 5)
+    });
     let _ = follow.kill();
     let _ = follow.wait();
     assert!(later.is_some(), "logs -f kept following past {first}");
@@ -352,10 +589,19 @@ struct Registry {
 impl Registry {
     fn start() -> Registry {
         let dir = tempfile::tempdir().unwrap();
-        let config = format!("version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n", dir.path().join("data").display());
+        let config = format!(
+            "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:0\n",
+            dir.path().join("data").display()
+        );
         std::fs::write(dir.path().join("config.yml"), config).unwrap();
         let log = std::fs::File::create(dir.path().join("log")).unwrap();
-        let child = std::process::Command::new("docker-registry").arg("serve").arg(dir.path().join("config.yml")).stdout(std::process::Stdio::null()).stderr(log).spawn().unwrap();
+        let child = std::process::Command::new("docker-registry")
+            .arg("serve")
+            .arg(dir.path().join("config.yml"))
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
         let mut addr = String::new();
         eventually("the registry listens", 20, || {
             let text = std::fs::read_to_string(dir.path().join("log")).unwrap_or_default();
@@ -374,14 +620,28 @@ impl Registry {
     fn push(&self, layout: &Path, name: &str, save_as: Option<&Path>) {
         let root = nodeless_tests::PodmanStore::new();
         let archive = root.dir().join("image.tar");
-        let tar = std::process::Command::new("tar").arg("-cf").arg(&archive).arg("-C").arg(layout).arg(".").status().unwrap();
+        let tar = std::process::Command::new("tar")
+            .arg("-cf")
+            .arg(&archive)
+            .arg("-C")
+            .arg(layout)
+            .arg(".")
+            .status()
+            .unwrap();
         assert!(tar.success());
         root.podman(&["load", "-i", &archive.to_string_lossy()]);
         let dest = format!("docker://{}/{name}", self.addr);
         root.podman(&["push", "--tls-verify=false", nodeless_tests::images::BUSYBOX, &dest]);
         // While podman has it: a `docker save` archive of the same image, for the import test.
         if let Some(save) = save_as {
-            root.podman(&["save", "--format", "docker-archive", "-o", &save.to_string_lossy(), nodeless_tests::images::BUSYBOX]);
+            root.podman(&[
+                "save",
+                "--format",
+                "docker-archive",
+                "-o",
+                &save.to_string_lossy(),
+                nodeless_tests::images::BUSYBOX,
+            ]);
         }
     }
 }
@@ -403,25 +663,42 @@ async fn images_are_pulled_from_a_registry_by_pull_policy() {
     registry.push(&layouts[0], "team/tools:1", Some(&docker_archive));
     let n = Nodeless::start_with_node(&[]).unwrap();
     // A `docker save` archive imports too, under the name it carries.
-    let imported = n.nodeless(&["image", "import", &docker_archive.to_string_lossy(), "--name", "saved/busybox:1"]).unwrap();
+    let imported = n
+        .nodeless(&[
+            "image",
+            "import",
+            &docker_archive.to_string_lossy(),
+            "--name",
+            "saved/busybox:1",
+        ])
+        .unwrap();
     assert!(imported.contains("saved/busybox:1"), "{imported}");
     let out = |args: &[&str]| String::from_utf8_lossy(&n.kubectl(V, args).stdout).into_owned();
     let a = &registry.addr;
     let pods = format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: pulled}}\nspec:\n  containers:\n  - {{name: c, image: {a}/team/tools:1, command: [sh, -c, 'echo from the registry; sleep 3600']}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: absent}}\nspec:\n  containers:\n  - {{name: c, image: {a}/team/absent:1}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: never}}\nspec:\n  containers:\n  - {{name: c, image: {a}/team/unpulled:1, imagePullPolicy: Never}}\n"
     );
-    assert!(n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&pods)).status.success());
+    assert!(
+        n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&pods))
+            .status
+            .success()
+    );
     n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/pulled", "--timeout=60s"]);
     assert_eq!(n.kubectl_ok(V, &["logs", "pulled"]).trim(), "from the registry");
     let described = out(&["describe", "pod", "pulled"]);
     assert!(described.contains("Successfully pulled image"), "{described}");
     let listed = n.nodeless(&["image", "ls"]).unwrap();
-    assert!(listed.contains(&format!("{a}/team/tools:1")) && listed.contains("saved/busybox:1"), "{listed}");
+    assert!(
+        listed.contains(&format!("{a}/team/tools:1")) && listed.contains("saved/busybox:1"),
+        "{listed}"
+    );
     eventually("a missing image fails to pull, naming it", 30, || {
         let d = out(&["describe", "pod", "absent"]);
         (d.contains("ErrImagePull") || d.contains("ImagePullBackOff")) && d.contains(&format!("{a}/team/absent:1"))
     });
-    eventually("Never does not pull", 30, || out(&["describe", "pod", "never"]).contains("ErrImageNeverPull"));
+    eventually("Never does not pull", 30, || {
+        out(&["describe", "pod", "never"]).contains("ErrImageNeverPull")
+    });
     n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
     no_leftovers(&n, "no leftovers", 30);
 }
@@ -440,8 +717,24 @@ async fn pod_spec_is_honoured_by_runc_too() {
 fn pod_spec_is_honoured_by(runtime: &str) {
     assert!(is_root(), "sandbox-node tests need root");
     let n = Nodeless::start_with_node(&["--runtime", runtime]).unwrap();
-    let chosen = String::from_utf8_lossy(&n.kubectl(V, &["get", "node", n.node.as_deref().unwrap(), "-o", "jsonpath={.status.nodeInfo.containerRuntimeVersion}"]).stdout).into_owned();
-    assert!(runtime == "auto" || chosen.starts_with(&format!("{runtime}://")), "{chosen}");
+    let chosen = String::from_utf8_lossy(
+        &n.kubectl(
+            V,
+            &[
+                "get",
+                "node",
+                n.node.as_deref().unwrap(),
+                "-o",
+                "jsonpath={.status.nodeInfo.containerRuntimeVersion}",
+            ],
+        )
+        .stdout,
+    )
+    .into_owned();
+    assert!(
+        runtime == "auto" || chosen.starts_with(&format!("{runtime}://")),
+        "{chosen}"
+    );
     let out = |args: &[&str]| String::from_utf8_lossy(&n.kubectl(V, args).stdout).into_owned();
     let manifest = format!(
         r#"apiVersion: v1
@@ -498,38 +791,84 @@ spec:
     );
     let applied = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&manifest));
     assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
-    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/spec", "pod/stubborn", "--timeout=60s"]);
+    n.kubectl_ok(
+        V,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/spec",
+            "pod/stubborn",
+            "--timeout=60s",
+        ],
+    );
     let sh = |cmd: &str| n.kubectl_ok(V, &["exec", "spec", "--", "sh", "-c", cmd]);
 
     // Init containers ran in order, before the container, and finished.
     assert_eq!(sh("cat /work/order"), "one\ntwo\n");
-    assert_eq!(out(&["get", "pod", "spec", "-o", "jsonpath={.status.initContainerStatuses[*].state.terminated.reason}"]), "Completed Completed");
+    assert_eq!(
+        out(&[
+            "get",
+            "pod",
+            "spec",
+            "-o",
+            "jsonpath={.status.initContainerStatuses[*].state.terminated.reason}"
+        ]),
+        "Completed Completed"
+    );
     // User, groups, working directory, environment with valueFrom and $(VAR), volumes, hooks.
     assert_eq!(sh("id -u; id -g"), "1000\n3000\n");
     assert!(sh("id -G").split_whitespace().any(|g| g == "4000"));
     assert_eq!(sh("pwd; echo $MSG"), "/work\nhello world\n");
     assert_eq!(sh("cat /cfg/file.txt"), "from a configmap");
-    eventually("the postStart hook ran", 10, || n.kubectl(V, &["exec", "spec", "--", "cat", "/work/poststart"]).stdout == b"started\n");
+    eventually("the postStart hook ran", 10, || {
+        n.kubectl(V, &["exec", "spec", "--", "cat", "/work/poststart"]).stdout == b"started\n"
+    });
     // A read-only root, no capabilities, no privilege escalation.
-    assert!(!n.kubectl(V, &["exec", "spec", "--", "touch", "/rootfile"]).status.success());
-    assert_eq!(sh("grep -E '^(CapEff|NoNewPrivs)' /proc/self/status | tr -s '\\t' ' '"), "CapEff: 0000000000000000\nNoNewPrivs: 1\n");
+    assert!(
+        !n.kubectl(V, &["exec", "spec", "--", "touch", "/rootfile"])
+            .status
+            .success()
+    );
+    assert_eq!(
+        sh("grep -E '^(CapEff|NoNewPrivs)' /proc/self/status | tr -s '\\t' ' '"),
+        "CapEff: 0000000000000000\nNoNewPrivs: 1\n"
+    );
     // Resources became cgroup limits.
     let uid = out(&["get", "pod", "spec", "-o", "jsonpath={.metadata.uid}"]);
-    let cg = |ctl: &str, file: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{ctl}/nodeless/{}/{uid}/main/{file}", n.node.clone().unwrap())).unwrap_or_default();
+    let cg = |ctl: &str, file: &str| {
+        std::fs::read_to_string(format!(
+            "/sys/fs/cgroup/{ctl}/nodeless/{}/{uid}/main/{file}",
+            n.node.clone().unwrap()
+        ))
+        .unwrap_or_default()
+    };
     assert_eq!(cg("memory", "memory.limit_in_bytes").trim(), (64u64 << 20).to_string());
     assert_eq!(cg("cpu", "cpu.cfs_quota_us").trim(), "25000");
 
     // restartPolicy Never: success and failure are final, with the termination message.
-    eventually("done Succeeded", 30, || out(&["get", "pod", "done", "-o", "jsonpath={.status.phase}"]) == "Succeeded");
-    eventually("failed Failed", 30, || out(&["get", "pod", "failed", "-o", "jsonpath={.status.phase}"]) == "Failed");
-    let term = out(&["get", "pod", "failed", "-o", "jsonpath={.status.containerStatuses[0].state.terminated.exitCode} {.status.containerStatuses[0].state.terminated.message}"]);
+    eventually("done Succeeded", 30, || {
+        out(&["get", "pod", "done", "-o", "jsonpath={.status.phase}"]) == "Succeeded"
+    });
+    eventually("failed Failed", 30, || {
+        out(&["get", "pod", "failed", "-o", "jsonpath={.status.phase}"]) == "Failed"
+    });
+    let term = out(&[
+        "get",
+        "pod",
+        "failed",
+        "-o",
+        "jsonpath={.status.containerStatuses[0].state.terminated.exitCode} {.status.containerStatuses[0].state.terminated.message}",
+    ]);
     assert_eq!(term.trim(), "2 last words");
 
     // A container that ignores SIGTERM is killed when its grace period runs out, not before.
     let t0 = std::time::Instant::now();
     n.kubectl_ok(V, &["delete", "pod", "stubborn", "--timeout=30s"]);
     let took = t0.elapsed();
-    assert!(took >= Duration::from_millis(1800), "deleted after {took:?}, before the 2 s grace period ended");
+    assert!(
+        took >= Duration::from_millis(1800),
+        "deleted after {took:?}, before the 2 s grace period ended"
+    );
 
     n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
     no_leftovers(&n, "no leftovers", 30);

@@ -32,8 +32,11 @@ async fn reflector_sees_added_modified_deleted_across_restart() {
     let client = n.client().await.unwrap();
     let api: Api<ConfigMap> = Api::namespaced(client.clone(), "default");
     let (reader, writer) = reflector::store::<ConfigMap>();
-    let stream = reflector(writer, watcher(api.clone(), watcher::Config::default().labels("test=reflector")))
-        .default_backoff();
+    let stream = reflector(
+        writer,
+        watcher(api.clone(), watcher::Config::default().labels("test=reflector")),
+    )
+    .default_backoff();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
@@ -56,15 +59,29 @@ async fn reflector_sees_added_modified_deleted_across_restart() {
     // Restart control: the watcher resumes from its last resourceVersion.
     n.restart(false).unwrap();
     let api: Api<ConfigMap> = Api::namespaced(n.client().await.unwrap(), "default");
-    api.patch("watched", &PatchParams::default(), &Patch::Merge(json!({"data": {"v": "2"}}))).await.unwrap();
+    api.patch(
+        "watched",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"v": "2"}})),
+    )
+    .await
+    .unwrap();
     let (what, got) = next(&mut rx).await.unwrap();
-    assert_eq!((what, got.data.unwrap()["v"].as_str()), ("apply", "2"), "MODIFIED after the restart");
+    assert_eq!(
+        (what, got.data.unwrap()["v"].as_str()),
+        ("apply", "2"),
+        "MODIFIED after the restart"
+    );
 
     n.restart(true).unwrap();
     let api: Api<ConfigMap> = Api::namespaced(n.client().await.unwrap(), "default");
     api.delete("watched", &DeleteParams::default()).await.unwrap();
     let (what, got) = next(&mut rx).await.unwrap();
-    assert_eq!((what, got.metadata.name.as_deref()), ("delete", Some("watched")), "DELETED after a crash restart");
+    assert_eq!(
+        (what, got.metadata.name.as_deref()),
+        ("delete", Some("watched")),
+        "DELETED after a crash restart"
+    );
     assert!(reader.state().is_empty(), "the reflector's store is empty again");
     task.abort();
 }

@@ -93,10 +93,7 @@ fn echo_server(name: &str, port: u16) -> Running {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(
-            Instant::now() < deadline,
-            "echo-server {name} did not start"
-        );
+        assert!(Instant::now() < deadline, "echo-server {name} did not start");
         std::thread::sleep(Duration::from_millis(20));
     }
     Running(child)
@@ -113,11 +110,7 @@ fn show(name: &str) -> String {
 fn counter(name: &str, which: &str) -> u64 {
     show(name)
         .lines()
-        .find_map(|l| {
-            l.trim()
-                .strip_prefix(which)
-                .and_then(|v| v.trim().parse().ok())
-        })
+        .find_map(|l| l.trim().strip_prefix(which).and_then(|v| v.trim().parse().ok()))
         .unwrap_or(0)
 }
 
@@ -164,11 +157,7 @@ fn the_balancer_serves_a_table_to_a_cgroup() {
     };
 
     // A bad table is refused, naming the row and field, and nothing is attached.
-    std::fs::write(
-        &table,
-        r#"[{"address": "10.250.0.1", "port": 80, "protocol": "SCTP"}]"#,
-    )
-    .unwrap();
+    std::fs::write(&table, r#"[{"address": "10.250.0.1", "port": 80, "protocol": "SCTP"}]"#).unwrap();
     let out = Command::new(&bin)
         .args(["services", "--name", &name, "--cgroup"])
         .arg(&cg.dir)
@@ -218,11 +207,7 @@ fn the_balancer_serves_a_table_to_a_cgroup() {
     let echo = workspace_binary("echo-server").unwrap();
     let out = cg.run(&[echo.to_str().unwrap(), "udp", &format!("{vip}:53"), "ping"]);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(text, format!("from: {vip}:53\npod: a\nping\n"));
     assert!(counter(&name, "reversed") >= 1, "{}", show(&name));
 
@@ -242,10 +227,7 @@ fn the_balancer_serves_a_table_to_a_cgroup() {
     let started = Instant::now();
     let e = get_from(&cg, &format!("http://{empty}:80/")).unwrap_err();
     assert!(e.contains("Connection refused"), "{e}");
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "refused, not timed out"
-    );
+    assert!(started.elapsed() < Duration::from_secs(4), "refused, not timed out");
     assert!(counter(&name, "no-endpoint") >= 1);
 
     // So is a port that no service of a ClusterIP has, over TCP and UDP, instead of leaving by
@@ -257,17 +239,12 @@ fn the_balancer_serves_a_table_to_a_cgroup() {
     assert!(!out.status.success());
     let e = String::from_utf8_lossy(&out.stderr);
     assert!(e.contains("Connection refused"), "{e}");
-    assert!(
-        started.elapsed() < Duration::from_secs(4),
-        "refused, not timed out"
-    );
+    assert!(started.elapsed() < Duration::from_secs(4), "refused, not timed out");
     assert!(counter(&name, "no-port") >= 2, "{}", show(&name));
 
     // An endpoint leaves: after SIGHUP only the other one serves.
     write_table(&[pa]);
-    let _ = Command::new("kill")
-        .args(["-HUP", &lb.0.id().to_string()])
-        .status();
+    let _ = Command::new("kill").args(["-HUP", &lb.0.id().to_string()]).status();
     eventually("the endpoint to leave the map", 10, || {
         show(&name)
             .lines()
@@ -278,9 +255,7 @@ fn the_balancer_serves_a_table_to_a_cgroup() {
     }
 
     // Stopped: the programs are detached and the pins gone.
-    let _ = Command::new("kill")
-        .args(["-TERM", &lb.0.id().to_string()])
-        .status();
+    let _ = Command::new("kill").args(["-TERM", &lb.0.id().to_string()]).status();
     eventually("the balancer to remove its pins", 10, || {
         !Path::new("/sys/fs/bpf/nodeless/lb").join(&name).exists()
     });
@@ -341,13 +316,27 @@ endpoints: [{{addresses: ["{dns}"]}}]
     );
     let out = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&yaml));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/echo-0", "pod/echo-1", "pod/client", "--timeout=60s"]);
+    n.kubectl_ok(
+        V,
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/echo-0",
+            "pod/echo-1",
+            "pod/client",
+            "--timeout=60s",
+        ],
+    );
     let ip_of = |what: &str| n.kubectl_ok(V, &["get", what, "-o", "jsonpath={.spec.clusterIP}{.status.podIP}"]);
     let (web, sticky, resolver) = (ip_of("service/web"), ip_of("service/sticky"), ip_of("service/resolver"));
     let (ip0, ip1) = (ip_of("pod/echo-0"), ip_of("pod/echo-1"));
     eventually("both pods behind the web ClusterIP", 10, || {
         let s = show(&node);
-        s.lines().any(|l| l.contains(&format!("{web}:80/TCP")) && l.contains(&format!("{ip0}:8080")) && l.contains(&format!("{ip1}:8080")))
+        s.lines().any(|l| {
+            l.contains(&format!("{web}:80/TCP"))
+                && l.contains(&format!("{ip0}:8080"))
+                && l.contains(&format!("{ip1}:8080"))
+        })
     });
 
     // TCP: a pod reaches the ClusterIP, and both endpoints serve it.
@@ -358,19 +347,54 @@ endpoints: [{{addresses: ["{dns}"]}}]
     };
     let got = answers(&web, 20);
     assert_eq!(got.len(), 20, "every request answered: {got:?}");
-    assert!(got.contains(&"echo-0".to_string()) && got.contains(&"echo-1".to_string()), "both endpoints serve: {got:?}");
+    assert!(
+        got.contains(&"echo-0".to_string()) && got.contains(&"echo-1".to_string()),
+        "both endpoints serve: {got:?}"
+    );
 
     // UDP (sendto/recvfrom): the answer comes from the ClusterIP.
-    let out = n.kubectl_ok(V, &["exec", "echo-0", "--", "/echo-server", "udp", &format!("{web}:5353"), "ping"]);
+    let out = n.kubectl_ok(
+        V,
+        &[
+            "exec",
+            "echo-0",
+            "--",
+            "/echo-server",
+            "udp",
+            &format!("{web}:5353"),
+            "ping",
+        ],
+    );
     assert!(out.starts_with(&format!("from: {web}:5353\npod: echo-")), "{out}");
     // A port the Service does not have is refused in the pod, not sent out by the default route.
-    let out = n.kubectl(V, &["exec", "client", "--", "wget", "-qO-", &format!("http://{web}:81/")]);
+    let out = n.kubectl(
+        V,
+        &["exec", "client", "--", "wget", "-qO-", &format!("http://{web}:81/")],
+    );
     let text = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && text.contains("refused"), "{text}{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        !out.status.success() && text.contains("refused"),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     // Cluster DNS behind a ClusterIP with a hand-written EndpointSlice.
-    let out = n.kubectl(V, &["exec", "client", "--", "nslookup", "web.default.svc.cluster.local", &resolver]);
+    let out = n.kubectl(
+        V,
+        &[
+            "exec",
+            "client",
+            "--",
+            "nslookup",
+            "web.default.svc.cluster.local",
+            &resolver,
+        ],
+    );
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success() && text.contains(&web), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success() && text.contains(&web),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     // ClientIP affinity: the client keeps one endpoint.
     let got = answers(&sticky, 10);
@@ -380,8 +404,13 @@ endpoints: [{{addresses: ["{dns}"]}}]
     // A deleted pod leaves the service; only the other one answers.
     let started = Instant::now();
     n.kubectl_ok(V, &["delete", "pod", "echo-1", "--wait=false", "--grace-period=5"]);
-    eventually("echo-1 to leave the balancer", 10, || !show(&node).contains(&format!("{ip1}:8080")));
-    eprintln!("echo-1 left the balancer {:?} after kubectl delete returned", started.elapsed());
+    eventually("echo-1 to leave the balancer", 10, || {
+        !show(&node).contains(&format!("{ip1}:8080"))
+    });
+    eprintln!(
+        "echo-1 left the balancer {:?} after kubectl delete returned",
+        started.elapsed()
+    );
     let got = answers(&web, 10);
     assert!(got.iter().all(|g| g == "echo-0"), "{got:?}");
     // A new pod joins once ready.
@@ -389,15 +418,22 @@ endpoints: [{{addresses: ["{dns}"]}}]
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/echo-2", "--timeout=60s"]);
     let ip2 = ip_of("pod/echo-2");
-    eventually("echo-2 to join the balancer", 10, || show(&node).contains(&format!("{ip2}:8080")));
+    eventually("echo-2 to join the balancer", 10, || {
+        show(&node).contains(&format!("{ip2}:8080"))
+    });
     let got = answers(&web, 30);
     assert!(got.contains(&"echo-2".to_string()), "{got:?}");
 
     // Pods gone and node stopped: the balancer's pins and cgroup go too.
     n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
-    nodeless_tests::eventually("the pods' networks to be torn down", 30, || !show(&node).contains(&format!("{ip0} ")));
+    nodeless_tests::eventually("the pods' networks to be torn down", 30, || {
+        !show(&node).contains(&format!("{ip0} "))
+    });
     drop(n);
-    assert!(!Path::new("/sys/fs/bpf/nodeless/lb").join(&node).exists(), "the balancer's pins went with the node");
+    assert!(
+        !Path::new("/sys/fs/bpf/nodeless/lb").join(&node).exists(),
+        "the balancer's pins went with the node"
+    );
     for h in ["unified", "memory", "pids"] {
         let dir = Path::new("/sys/fs/cgroup").join(h).join("nodeless").join(&node);
         assert!(!dir.exists(), "the node's cgroup went with it: {}", dir.display());

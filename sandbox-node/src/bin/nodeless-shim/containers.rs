@@ -10,8 +10,8 @@ use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::process::CommandExt;
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -24,7 +24,8 @@ use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTime
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
 use nodeless_sandbox_node::shim_proto::{
-    ExitRecord, LOG_MAX_BYTES, LOG_MAX_FILES, RunRequest, RuntimeIdentity, START_FAILED_EXIT_CODE, cri_line, now_rfc3339, rotated_log,
+    ExitRecord, LOG_MAX_BYTES, LOG_MAX_FILES, RunRequest, RuntimeIdentity, START_FAILED_EXIT_CODE, cri_line,
+    now_rfc3339, rotated_log,
 };
 
 /// Lines longer than this are split into partial (`P`) records, as kubelet does.
@@ -76,11 +77,21 @@ pub struct Supervisor {
 impl Supervisor {
     /// Start the reaper and the log copier. The process must be a child subreaper already.
     pub fn start(runtime: RuntimeIdentity) -> std::io::Result<Arc<Self>> {
-        let sup = Arc::new(Self { runtime, state: Mutex::default(), changed: Condvar::new(), logs: Logs::new()?, on_idle: OnceLock::new() });
+        let sup = Arc::new(Self {
+            runtime,
+            state: Mutex::default(),
+            changed: Condvar::new(),
+            logs: Logs::new()?,
+            on_idle: OnceLock::new(),
+        });
         let reaper = sup.clone();
-        std::thread::Builder::new().name("reaper".into()).spawn(move || reaper.reap())?;
+        std::thread::Builder::new()
+            .name("reaper".into())
+            .spawn(move || reaper.reap())?;
         let copier = sup.clone();
-        std::thread::Builder::new().name("logs".into()).spawn(move || copier.logs.copy())?;
+        std::thread::Builder::new()
+            .name("logs".into())
+            .spawn(move || copier.logs.copy())?;
         Ok(sup)
     }
 
@@ -113,7 +124,11 @@ impl Supervisor {
         match outcome {
             Ok((pid, after, drained)) => {
                 let _ = writeln!(conn, "started {pid}");
-                let container = Container { exit: req.exit, conn, drained };
+                let container = Container {
+                    exit: req.exit,
+                    conn,
+                    drained,
+                };
                 // Its init may have ended (and been reaped) already.
                 match s.reaped.get(&pid) {
                     Some((at, ended)) if *at > after => {
@@ -129,8 +144,18 @@ impl Supervisor {
             }
             Err(message) => {
                 drop(s);
-                let record = ExitRecord { exit_code: START_FAILED_EXIT_CODE, signal: None, reason: "StartError".into(), message, finished_at: now_rfc3339() };
-                let written = record.write(&req.exit).err().map(|e| format!(" (writing {}: {e})", req.exit.display())).unwrap_or_default();
+                let record = ExitRecord {
+                    exit_code: START_FAILED_EXIT_CODE,
+                    signal: None,
+                    reason: "StartError".into(),
+                    message,
+                    finished_at: now_rfc3339(),
+                };
+                let written = record
+                    .write(&req.exit)
+                    .err()
+                    .map(|e| format!(" (writing {}: {e})", req.exit.display()))
+                    .unwrap_or_default();
                 let _ = writeln!(conn, "failed {}{written}", record.message.replace('\n', " "));
             }
         }
@@ -142,7 +167,10 @@ impl Supervisor {
         let log = LogFile::open(&req.log).map_err(|e| format!("{}: {e}", req.log.display()))?;
         let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
         let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-        let drained = self.logs.add(Arc::new(Mutex::new(log)), out_r, err_r).map_err(|e| format!("watching the container's output: {e}"))?;
+        let drained = self
+            .logs
+            .add(Arc::new(Mutex::new(log)), out_r, err_r)
+            .map_err(|e| format!("watching the container's output: {e}"))?;
         let runtime_log = req.bundle.join("runtime.log");
         let pid_file = req.bundle.join("pid");
         let (program, arg0) = nodeless_sandbox_node::sealed_binary::program(&self.runtime.runtime);
@@ -163,7 +191,9 @@ impl Supervisor {
         // Spawned under the lock, so the reaper cannot report the runtime before it is known.
         let (runtime_pid, after) = {
             let mut s = self.lock();
-            let child = cmd.spawn().map_err(|e| format!("{}: {e}", self.runtime.runtime.display()))?;
+            let child = cmd
+                .spawn()
+                .map_err(|e| format!("{}: {e}", self.runtime.runtime.display()))?;
             s.spawns += 1;
             self.changed.notify_all();
             (child.id() as i32, s.reaps)
@@ -200,7 +230,13 @@ impl Supervisor {
             let spawns = self.lock().spawns;
             let (pid, ended) = match waitpid(None::<Pid>, None) {
                 Ok(WaitStatus::Exited(p, c)) => (p.as_raw(), Ended { code: c, signal: None }),
-                Ok(WaitStatus::Signaled(p, sig, _)) => (p.as_raw(), Ended { code: 128 + sig as i32, signal: Some(sig as i32) }),
+                Ok(WaitStatus::Signaled(p, sig, _)) => (
+                    p.as_raw(),
+                    Ended {
+                        code: 128 + sig as i32,
+                        signal: Some(sig as i32),
+                    },
+                ),
                 Ok(_) | Err(Errno::EINTR) => continue,
                 Err(_) => {
                     // No children: sleep until something is spawned.
@@ -244,7 +280,11 @@ fn finish(mut c: Container, ended: Ended) {
     let record = ExitRecord {
         exit_code: ended.code,
         signal: ended.signal,
-        reason: if ended.code == 0 { "Completed".into() } else { "Error".into() },
+        reason: if ended.code == 0 {
+            "Completed".into()
+        } else {
+            "Error".into()
+        },
         message: String::new(),
         finished_at: now_rfc3339(),
     };
@@ -280,7 +320,11 @@ impl LogFile {
         use std::os::unix::fs::OpenOptionsExt;
         let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
         let size = file.metadata()?.len();
-        Ok(Self { path: path.to_path_buf(), file, size })
+        Ok(Self {
+            path: path.to_path_buf(),
+            file,
+            size,
+        })
     }
 
     fn write(&mut self, bytes: &[u8]) {
@@ -327,7 +371,11 @@ struct Logs {
 impl Logs {
     fn new() -> std::io::Result<Self> {
         let epoll = Epoll::new(EpollCreateFlags::EPOLL_CLOEXEC)?;
-        Ok(Self { epoll, streams: Mutex::default(), next: AtomicU64::new(0) })
+        Ok(Self {
+            epoll,
+            streams: Mutex::default(),
+            next: AtomicU64::new(0),
+        })
     }
 
     /// Watch a container's stdout and stderr; the receiver disconnects when both have ended.
@@ -336,8 +384,15 @@ impl Logs {
         let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
         for (fd, name) in [(out, "stdout"), (err, "stderr")] {
             let key = self.next.fetch_add(1, Ordering::Relaxed);
-            let stream = Stream { pipe: File::from(fd), name, log: log.clone(), pending: Vec::new(), _open: open.clone() };
-            self.epoll.add(stream.pipe.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, key))?;
+            let stream = Stream {
+                pipe: File::from(fd),
+                name,
+                log: log.clone(),
+                pending: Vec::new(),
+                _open: open.clone(),
+            };
+            self.epoll
+                .add(stream.pipe.as_fd(), EpollEvent::new(EpollFlags::EPOLLIN, key))?;
             streams.insert(key, stream);
         }
         Ok(drained)
@@ -363,7 +418,12 @@ impl Logs {
                 match s.pipe.read(&mut buf) {
                     Ok(0) | Err(_) => {
                         if !s.pending.is_empty() {
-                            s.log.lock().unwrap_or_else(|e| e.into_inner()).write(&cri_line(&now_rfc3339(), s.name, true, &s.pending));
+                            s.log.lock().unwrap_or_else(|e| e.into_inner()).write(&cri_line(
+                                &now_rfc3339(),
+                                s.name,
+                                true,
+                                &s.pending,
+                            ));
                         }
                         let _ = self.epoll.delete(s.pipe.as_fd());
                         streams.remove(&key);
@@ -408,7 +468,16 @@ mod tests {
         let (open, drained) = mpsc::channel();
         let (r, _w) = nix::unistd::pipe().unwrap();
         let log = Arc::new(Mutex::new(LogFile::open(log).unwrap()));
-        (Stream { pipe: File::from(r), name: "stdout", log, pending: Vec::new(), _open: open }, drained)
+        (
+            Stream {
+                pipe: File::from(r),
+                name: "stdout",
+                log,
+                pending: Vec::new(),
+                _open: open,
+            },
+            drained,
+        )
     }
 
     fn records(log: &Path) -> Vec<(String, String)> {
@@ -416,7 +485,12 @@ mod tests {
         text.lines()
             .map(|l| {
                 let mut f = l.splitn(4, ' ');
-                let (_ts, stream, tag, body) = (f.next().unwrap(), f.next().unwrap(), f.next().unwrap(), f.next().unwrap_or(""));
+                let (_ts, stream, tag, body) = (
+                    f.next().unwrap(),
+                    f.next().unwrap(),
+                    f.next().unwrap(),
+                    f.next().unwrap_or(""),
+                );
                 (format!("{stream} {tag}"), body.to_string())
             })
             .collect()
@@ -455,9 +529,18 @@ mod tests {
         nix::unistd::write(&out_w, b"hello\n").unwrap();
         nix::unistd::write(&err_w, b"oops").unwrap();
         drop(out_w);
-        assert!(matches!(drained.recv_timeout(Duration::from_millis(300)), Err(mpsc::RecvTimeoutError::Timeout)), "stderr is still open");
+        assert!(
+            matches!(
+                drained.recv_timeout(Duration::from_millis(300)),
+                Err(mpsc::RecvTimeoutError::Timeout)
+            ),
+            "stderr is still open"
+        );
         drop(err_w);
-        assert!(matches!(drained.recv_timeout(Duration::from_secs(5)), Err(mpsc::RecvTimeoutError::Disconnected)));
+        assert!(matches!(
+            drained.recv_timeout(Duration::from_secs(5)),
+            Err(mpsc::RecvTimeoutError::Disconnected)
+        ));
         let r = records(&dir.path().join("log"));
         assert!(r.contains(&("stdout F".to_string(), "hello".to_string())), "{r:?}");
         assert!(r.contains(&("stderr F".to_string(), "oops".to_string())), "{r:?}");

@@ -85,7 +85,10 @@ impl Shared {
                 }
             }
             let reply = if request == "runtime" {
-                format!("ok {}", serde_json::to_string(self.containers.identity()).unwrap_or_default())
+                format!(
+                    "ok {}",
+                    serde_json::to_string(self.containers.identity()).unwrap_or_default()
+                )
             } else {
                 self.namespaces().answer(request)
             };
@@ -117,7 +120,10 @@ impl Refusals {
         self.count += 1;
         if self.logged.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
             let who = uid.map_or_else(|| "of unknown uid".to_string(), |u| format!("uid {u}"));
-            eprintln!("nodeless-shim keep: refused a connection from {who} ({} refused so far): only the node's own uid may connect", self.count);
+            eprintln!(
+                "nodeless-shim keep: refused a connection from {who} ({} refused so far): only the node's own uid may connect",
+                self.count
+            );
             self.logged = Some(Instant::now());
         }
     }
@@ -133,7 +139,13 @@ fn keep(socket: &Path, runtime: RuntimeIdentity) -> Result<(), String> {
     };
     let containers = Supervisor::start(runtime).map_err(|e| format!("starting the supervisor's threads: {e}"))?;
     let inode = std::fs::metadata(socket).map(|m| m.st_ino()).unwrap_or(0);
-    let shared = Arc::new(Shared { socket: socket.to_path_buf(), inode, namespaces: Mutex::new(namespaces), containers, connections: Mutex::new(0) });
+    let shared = Arc::new(Shared {
+        socket: socket.to_path_buf(),
+        inode,
+        namespaces: Mutex::new(namespaces),
+        containers,
+        connections: Mutex::new(0),
+    });
     // The last container may end after the node has gone.
     let weak = Arc::downgrade(&shared);
     shared.containers.when_idle(move || {
@@ -168,7 +180,10 @@ fn keep(socket: &Path, runtime: RuntimeIdentity) -> Result<(), String> {
 
 /// The value after `--<name>` on the command line.
 fn flag(argv: &[String], name: &str) -> Option<PathBuf> {
-    argv.iter().position(|a| a == name).and_then(|i| argv.get(i + 1)).map(PathBuf::from)
+    argv.iter()
+        .position(|a| a == name)
+        .and_then(|i| argv.get(i + 1))
+        .map(PathBuf::from)
 }
 
 fn main() -> ExitCode {
@@ -184,10 +199,17 @@ fn main() -> ExitCode {
             }
         };
     }
-    let (socket, runtime, root) = match (argv.get(1).map(String::as_str), flag(&argv, "--socket"), flag(&argv, "--runtime"), flag(&argv, "--root")) {
+    let (socket, runtime, root) = match (
+        argv.get(1).map(String::as_str),
+        flag(&argv, "--socket"),
+        flag(&argv, "--runtime"),
+        flag(&argv, "--root"),
+    ) {
         (Some("keep"), Some(socket), Some(runtime), Some(root)) => (socket, runtime, root),
         _ => {
-            eprintln!("usage: nodeless-shim keep --socket <path> --runtime <OCI runtime binary> --root <its state directory>");
+            eprintln!(
+                "usage: nodeless-shim keep --socket <path> --runtime <OCI runtime binary> --root <its state directory>"
+            );
             return ExitCode::from(2);
         }
     };

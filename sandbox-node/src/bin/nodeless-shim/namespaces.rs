@@ -21,8 +21,11 @@ use std::process::{Command, Stdio};
 
 use nix::sched::{CloneFlags, setns, unshare};
 
-const KINDS: [(&str, CloneFlags); 3] =
-    [("net", CloneFlags::CLONE_NEWNET), ("ipc", CloneFlags::CLONE_NEWIPC), ("uts", CloneFlags::CLONE_NEWUTS)];
+const KINDS: [(&str, CloneFlags); 3] = [
+    ("net", CloneFlags::CLONE_NEWNET),
+    ("ipc", CloneFlags::CLONE_NEWIPC),
+    ("uts", CloneFlags::CLONE_NEWUTS),
+];
 
 pub struct Namespaces {
     home: Vec<File>,
@@ -32,8 +35,14 @@ pub struct Namespaces {
 impl Namespaces {
     /// The calling thread's own namespaces, to return to after making a pod's.
     pub fn new() -> std::io::Result<Self> {
-        let home = KINDS.iter().map(|(k, _)| File::open(format!("/proc/thread-self/ns/{k}"))).collect::<Result<_, _>>()?;
-        Ok(Self { home, held: HashMap::new() })
+        let home = KINDS
+            .iter()
+            .map(|(k, _)| File::open(format!("/proc/thread-self/ns/{k}")))
+            .collect::<Result<_, _>>()?;
+        Ok(Self {
+            home,
+            held: HashMap::new(),
+        })
     }
 
     pub fn is_empty(&self) -> bool {
@@ -60,7 +69,13 @@ impl Namespaces {
         let made = (|| -> Result<Vec<File>, String> {
             nix::unistd::sethostname(hostname).map_err(|e| format!("sethostname {hostname:?}: {e}"))?;
             loopback_up().map_err(|e| format!("setting lo up: {e}"))?;
-            KINDS.iter().map(|(k, _)| File::open(format!("/proc/thread-self/ns/{k}")).map_err(|e| format!("opening the new {k} namespace: {e}"))).collect()
+            KINDS
+                .iter()
+                .map(|(k, _)| {
+                    File::open(format!("/proc/thread-self/ns/{k}"))
+                        .map_err(|e| format!("opening the new {k} namespace: {e}"))
+                })
+                .collect()
         })();
         // Back home, or this process would keep the pod's namespaces alive after `del`.
         for (file, (kind, flag)) in self.home.iter().zip(KINDS) {
@@ -80,9 +95,13 @@ impl Namespaces {
     pub fn answer(&mut self, line: &str) -> String {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
-            ["new", key, hostname] => self.new_namespaces(key, hostname, None).unwrap_or_else(|e| format!("err {e}")),
+            ["new", key, hostname] => self
+                .new_namespaces(key, hostname, None)
+                .unwrap_or_else(|e| format!("err {e}")),
             ["new", key, hostname, base] => match base.parse::<u32>() {
-                Ok(b) if b > 0 && b.checked_add(USER_RANGE - 1).is_some() => self.new_namespaces(key, hostname, Some(b)).unwrap_or_else(|e| format!("err {e}")),
+                Ok(b) if b > 0 && b.checked_add(USER_RANGE - 1).is_some() => self
+                    .new_namespaces(key, hostname, Some(b))
+                    .unwrap_or_else(|e| format!("err {e}")),
                 _ => format!("err {base:?} is not a host uid base"),
             },
             ["get", key] => self.held.get(*key).map_or_else(|| "none".to_string(), |f| Self::fds(f)),
@@ -117,23 +136,32 @@ fn in_user_namespace(hostname: &str, base: u32) -> Result<Vec<File>, String> {
         let pid = kid.id();
         let mut out = BufReader::new(kid.stdout.take().ok_or("no pipe from the child")?);
         let mut line = String::new();
-        out.read_line(&mut line).map_err(|e| format!("reading from the child: {e}"))?;
+        out.read_line(&mut line)
+            .map_err(|e| format!("reading from the child: {e}"))?;
         if line.trim() != "unshared" {
             return Err(format!("the child could not make the namespaces: {}", line.trim()));
         }
         let map = format!("0 {base} {USER_RANGE}\n");
         for file in ["uid_map", "gid_map"] {
-            std::fs::write(format!("/proc/{pid}/{file}"), &map).map_err(|e| format!("writing the pod's {file}: {e}"))?;
+            std::fs::write(format!("/proc/{pid}/{file}"), &map)
+                .map_err(|e| format!("writing the pod's {file}: {e}"))?;
         }
-        writeln!(kid.stdin.as_mut().ok_or("no pipe to the child")?, "mapped").map_err(|e| format!("writing to the child: {e}"))?;
+        writeln!(kid.stdin.as_mut().ok_or("no pipe to the child")?, "mapped")
+            .map_err(|e| format!("writing to the child: {e}"))?;
         line.clear();
-        out.read_line(&mut line).map_err(|e| format!("reading from the child: {e}"))?;
+        out.read_line(&mut line)
+            .map_err(|e| format!("reading from the child: {e}"))?;
         if line.trim() != "ready" {
-            return Err(format!("the child could not set the pod's namespaces up: {}", line.trim()));
+            return Err(format!(
+                "the child could not set the pod's namespaces up: {}",
+                line.trim()
+            ));
         }
         ["net", "ipc", "uts", "user"]
             .iter()
-            .map(|k| File::open(format!("/proc/{pid}/ns/{k}")).map_err(|e| format!("opening the new {k} namespace: {e}")))
+            .map(|k| {
+                File::open(format!("/proc/{pid}/ns/{k}")).map_err(|e| format!("opening the new {k} namespace: {e}"))
+            })
             .collect()
     })();
     // Closing its stdin lets it exit; the files keep the namespaces.
@@ -154,9 +182,14 @@ pub fn child(hostname: &str) -> Result<(), String> {
         let _ = writeln!(stdout, "unshare: {e}");
         return Err(format!("unshare: {e}"));
     }
-    writeln!(stdout, "unshared").and_then(|()| stdout.flush()).map_err(|e| e.to_string())?;
+    writeln!(stdout, "unshared")
+        .and_then(|()| stdout.flush())
+        .map_err(|e| e.to_string())?;
     let mut line = String::new();
-    std::io::stdin().lock().read_line(&mut line).map_err(|e| e.to_string())?;
+    std::io::stdin()
+        .lock()
+        .read_line(&mut line)
+        .map_err(|e| e.to_string())?;
     if line.trim() != "mapped" {
         return Err("the supervisor did not map the user namespace".into());
     }
@@ -178,12 +211,20 @@ pub fn child(hostname: &str) -> Result<(), String> {
 /// `ip link set lo up` as one rtnetlink request: RTM_NEWLINK for ifindex 1 (a new network
 /// namespace's loopback) with IFF_UP, acknowledged.
 fn loopback_up() -> Result<(), String> {
-    use nix::sys::socket::{AddressFamily, NetlinkAddr, MsgFlags, SockFlag, SockProtocol, SockType, recv, sendto, socket};
+    use nix::sys::socket::{
+        AddressFamily, MsgFlags, NetlinkAddr, SockFlag, SockProtocol, SockType, recv, sendto, socket,
+    };
     const RTM_NEWLINK: u16 = 16;
     const NLM_F_REQUEST_ACK: u16 = 1 | 4;
     const NLMSG_ERROR: u16 = 2;
     const IFF_UP: u32 = 1;
-    let sock = socket(AddressFamily::Netlink, SockType::Raw, SockFlag::SOCK_CLOEXEC, SockProtocol::NetlinkRoute).map_err(|e| e.to_string())?;
+    let sock = socket(
+        AddressFamily::Netlink,
+        SockType::Raw,
+        SockFlag::SOCK_CLOEXEC,
+        SockProtocol::NetlinkRoute,
+    )
+    .map_err(|e| e.to_string())?;
     let mut msg = Vec::with_capacity(32);
     msg.extend(32u32.to_ne_bytes()); // nlmsg_len
     msg.extend(RTM_NEWLINK.to_ne_bytes());
