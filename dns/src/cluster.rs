@@ -11,13 +11,14 @@
 //!
 //! Pod names (`a-b-c-d.<ns>.pod.<zone>`) are answered from the name itself ([`pod_address`]).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::str::FromStr;
 
 use hickory_server::proto::rr::{LowerName, Name, RData, Record, rdata};
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use nodeless_watch::{Conditions, SlicesByService};
 
 use crate::table::Zone;
 
@@ -91,35 +92,7 @@ pub fn build(
         ));
     }
 
-    // Endpoints by (namespace, service), from every slice of the service.
-    let mut endpoints: BTreeMap<(String, String), Vec<(Endpoint, bool)>> = BTreeMap::new();
-    for slice in slices {
-        let (Some(ns), Some(svc)) = (
-            slice.metadata.namespace.clone(),
-            slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("kubernetes.io/service-name"))
-                .cloned(),
-        ) else {
-            continue;
-        };
-        for ep in slice.endpoints.iter().flatten() {
-            // A missing ready condition means ready (the API's rule).
-            let ready = ep.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true);
-            for addr in &ep.addresses {
-                let Ok(ip) = addr.parse::<IpAddr>() else { continue };
-                endpoints.entry((ns.clone(), svc.clone())).or_default().push((
-                    Endpoint {
-                        ip,
-                        hostname: ep.hostname.clone(),
-                    },
-                    ready,
-                ));
-            }
-        }
-    }
+    let slices = SlicesByService::new(slices);
 
     for svc in services {
         let (Some(ns), Some(svc_name), Some(spec)) = (
@@ -180,12 +153,21 @@ pub fn build(
             continue;
         }
         let publish_not_ready = spec.publish_not_ready_addresses.unwrap_or(false);
-        let eps: Vec<&Endpoint> = endpoints
-            .get(&(ns.to_string(), svc_name.to_string()))
-            .into_iter()
-            .flatten()
-            .filter(|(_, ready)| *ready || publish_not_ready)
-            .map(|(e, _)| e)
+        // Every address of every slice of the service, whatever its family or port.
+        let svc_slices = slices.get(ns, svc_name);
+        let eps: Vec<Endpoint> = svc_slices
+            .iter()
+            .flat_map(|s| s.endpoints.iter().flatten())
+            .filter(|ep| publish_not_ready || Conditions::of(ep).ready)
+            .flat_map(|ep| {
+                ep.addresses
+                    .iter()
+                    .filter_map(|a| a.parse::<IpAddr>().ok())
+                    .map(|ip| Endpoint {
+                        ip,
+                        hostname: ep.hostname.clone(),
+                    })
+            })
             .collect();
         if eps.is_empty() {
             continue;
@@ -205,8 +187,7 @@ pub fn build(
                 // The endpoint's port of that name (a headless Service has no port mapping).
                 if let (Some(o), Some(number)) = (
                     srv_owner(port, proto),
-                    endpoint_port(slices, ns, svc_name, port)
-                        .or_else(|| ports.iter().find(|p| &p.0 == port).map(|p| p.2)),
+                    endpoint_port(svc_slices, port).or_else(|| ports.iter().find(|p| &p.0 == port).map(|p| p.2)),
                 ) {
                     zone.add(Record::from_rdata(
                         o,
@@ -221,18 +202,9 @@ pub fn build(
 }
 
 /// The port number a Service's EndpointSlices give a named port.
-fn endpoint_port(slices: &[std::sync::Arc<EndpointSlice>], ns: &str, svc: &str, port: &str) -> Option<u16> {
+fn endpoint_port(slices: &[&EndpointSlice], port: &str) -> Option<u16> {
     slices
         .iter()
-        .filter(|s| {
-            s.metadata.namespace.as_deref() == Some(ns)
-                && s.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("kubernetes.io/service-name"))
-                    .map(String::as_str)
-                    == Some(svc)
-        })
         .flat_map(|s| s.ports.iter().flatten())
         .find(|p| p.name.as_deref() == Some(port))
         .and_then(|p| p.port)
@@ -273,7 +245,7 @@ mod tests {
             ),
         ];
         let slices: Vec<Arc<EndpointSlice>> = vec![Arc::new(
-            serde_json::from_value(json!({"metadata": {"name": "db-1", "namespace": "prod", "labels": {"kubernetes.io/service-name": "db"}},
+            serde_json::from_value(json!({"metadata": {"name": "db-1", "namespace": "prod", "labels": {nodeless_types::keys::SERVICE_NAME: "db"}},
                 "addressType": "IPv4", "ports": [{"name": "pg", "port": 5433}],
                 "endpoints": [
                     {"addresses": ["10.1.0.1"], "hostname": "db-0", "conditions": {"ready": true}},

@@ -102,6 +102,15 @@ pub struct Walls {
 }
 
 impl Walls {
+    /// The walls a network's configuration asks for.
+    pub fn of(conf: &crate::spec::NetConf) -> Walls {
+        Walls {
+            cluster_dns: conf.cluster_dns,
+            allow_node_access: conf.allow_node_access,
+            allow_link_local: conf.allow_link_local,
+        }
+    }
+
     /// `struct net_config`, as the map holds it.
     pub fn encode(&self) -> [u8; NET_CONFIG_SIZE] {
         let mut flags = 0;
@@ -475,7 +484,7 @@ impl Pins {
     /// Attach the sk_msg program to the sockets map and the sockops program to the root of the
     /// cgroup v2 hierarchy (as a BPF link, beside any other program there), and pin the link.
     fn accelerate_sockets(&self, ebpf: &mut Ebpf) -> Result<(), CniError> {
-        let cgroup = crate::node::cgroup2_root()
+        let cgroup = crate::cgroup::cgroup2_root()
             .ok_or_else(|| err("socket acceleration", "no cgroup v2 hierarchy is mounted"))?;
         let map = ebpf
             .take_map(SOCKETS_MAP)
@@ -757,6 +766,21 @@ impl Pins {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn walls_come_from_the_network_config() {
+        let plain = crate::spec::NetConf::parse(br#"{"cniVersion":"1.0.0","name":"pods","type":"eni-cni"}"#).unwrap();
+        assert_eq!(Walls::of(&plain), Walls::default(), "walled off by default");
+        let open = crate::spec::NetConf::parse(br#"{"cniVersion":"1.0.0","name":"pods","type":"eni-cni","clusterDNS":"10.66.0.1","allowNodeAccess":true,"allowLinkLocal":true}"#).unwrap();
+        assert_eq!(
+            Walls::of(&open),
+            Walls {
+                cluster_dns: Some(Ipv4Addr::new(10, 66, 0, 1)),
+                allow_node_access: true,
+                allow_link_local: true
+            }
+        );
+    }
 
     #[test]
     fn endpoints_encode_as_the_c_struct() {

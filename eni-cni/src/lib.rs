@@ -1,10 +1,12 @@
 pub mod bpf;
+pub mod cgroup;
 pub mod datapath;
 pub mod fastpath;
 pub mod lb;
 pub mod node;
 pub mod plugin;
 pub mod pool;
+pub mod pool_proto;
 pub mod snat;
 pub mod spec;
 pub mod verbs;

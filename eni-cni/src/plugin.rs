@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use crate::bpf::Pins;
 use crate::datapath::{self, GATEWAY, HOST_MAC, mac_string};
-use crate::pool::{self, Reply, Request};
+use crate::pool_proto::{self, Client, Reply, Request};
 use crate::spec::{CniError, CniResult, Interface, IpConfig, Mode, NetConf, Route, SUPPORTED, code};
 
 /// What the runtime told us through the environment.
@@ -208,14 +208,14 @@ fn needs_1_1(conf: &NetConf, verb: &str) -> Result<(), CniError> {
 }
 
 async fn ask(conf: &NetConf, req: Request) -> Result<Reply, CniError> {
-    let reply = pool::call(&conf.pool, &req)
+    let reply = pool_proto::call(&conf.pool, &req)
         .await
         .map_err(|e| unreachable_pool(conf, e))?;
     checked(reply)
 }
 
 /// A request on an open connection to the pool.
-async fn ask_on(conf: &NetConf, client: &mut pool::Client, req: Request) -> Result<Reply, CniError> {
+async fn ask_on(conf: &NetConf, client: &mut Client, req: Request) -> Result<Reply, CniError> {
     let reply = client.call(&req).await.map_err(|e| unreachable_pool(conf, e))?;
     checked(reply)
 }
@@ -286,7 +286,7 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
     // the request goes before any interface work starts, so the pool's write (and the disk wait
     // after it) overlaps that work instead of queueing behind it; from here on, every way out
     // gives a new address back. The other modes look at the pod's interfaces first.
-    let mut client = pool::Client::connect(&conf.pool)
+    let mut client = Client::connect(&conf.pool)
         .await
         .map_err(|e| unreachable_pool(conf, e))?;
     let request = Request::Alloc {
@@ -376,7 +376,7 @@ async fn add(inv: &Invocation, conf: &NetConf) -> Result<Value, CniError> {
                             ifindex: pair.host_ifindex,
                             mac,
                             socket_acceleration: conf.socket_acceleration,
-                            walls: conf.walls(),
+                            walls: crate::bpf::Walls::of(conf),
                             sandbox: crate::bpf::sandbox_of(&netns),
                         };
                         ask_on(conf, &mut client, publish).await.map(drop)
@@ -690,7 +690,7 @@ async fn status(conf: &NetConf) -> Result<(), CniError> {
     if conf.mode == Mode::Host {
         return Ok(());
     }
-    let reply = pool::call(&conf.pool, &Request::Status).await.map_err(|e| {
+    let reply = pool_proto::call(&conf.pool, &Request::Status).await.map_err(|e| {
         CniError::new(
             code::NOT_AVAILABLE,
             format!("the IP pool at {} is not reachable", conf.pool.display()),

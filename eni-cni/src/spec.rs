@@ -224,15 +224,6 @@ impl NetConf {
         Ok(conf)
     }
 
-    /// What the network's pods may reach besides each other and the world beyond the node.
-    pub fn walls(&self) -> crate::bpf::Walls {
-        crate::bpf::Walls {
-            cluster_dns: self.cluster_dns,
-            allow_node_access: self.allow_node_access,
-            allow_link_local: self.allow_link_local,
-        }
-    }
-
     /// Whether the config's version has a verb (GC and STATUS came with 1.1.0).
     pub fn at_least(&self, version: &str) -> bool {
         let parse = |v: &str| v.split('.').map(|p| p.parse::<u32>().unwrap_or(0)).collect::<Vec<_>>();
@@ -345,16 +336,6 @@ mod tests {
         assert!(
             plain.fast_path && !plain.socket_acceleration,
             "the fast path is on by default, socket acceleration off"
-        );
-        assert_eq!(plain.walls(), crate::bpf::Walls::default(), "walled off by default");
-        let open = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"pods","type":"eni-cni","clusterDNS":"10.66.0.1","allowNodeAccess":true,"allowLinkLocal":true}"#).unwrap();
-        assert_eq!(
-            open.walls(),
-            crate::bpf::Walls {
-                cluster_dns: Some(Ipv4Addr::new(10, 66, 0, 1)),
-                allow_node_access: true,
-                allow_link_local: true
-            }
         );
         let bad =
             NetConf::parse(br#"{"cniVersion":"1.0.0","name":"pods","type":"eni-cni","clusterDNS":"dns"}"#).unwrap_err();

@@ -26,9 +26,8 @@ use arc_swap::ArcSwap;
 use futures::TryStreamExt;
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use nodeless_watch::{SlicesByService, port_endpoints};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-
-use crate::routes::ready_endpoints;
 
 /// The `spec.loadBalancerClass` this ingress serves (besides Services that name none).
 pub const CLASS: &str = "nodeless.io/slb";
@@ -193,28 +192,14 @@ pub fn plan(pool: ipnet::Ipv4Net, services: &[Arc<Service>], slices: &[Arc<Endpo
         }
     }
 
-    let mut by_service: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
-    for sl in slices {
-        if let Some(svc) = sl
-            .metadata
-            .labels
-            .as_ref()
-            .and_then(|l| l.get("kubernetes.io/service-name"))
-        {
-            by_service
-                .entry((sl.metadata.namespace.clone().unwrap_or_default(), svc.clone()))
-                .or_default()
-                .push(sl.as_ref());
-        }
-    }
+    let by_service = SlicesByService::new(slices);
     let mut assignments = Vec::new();
     for s in &mine {
         let Some(&ip) = chosen.get(&id(s)) else { continue };
-        let key = (
-            s.metadata.namespace.clone().unwrap_or_default(),
-            s.metadata.name.clone().unwrap_or_default(),
+        let slices = by_service.get(
+            s.metadata.namespace.as_deref().unwrap_or_default(),
+            s.metadata.name.as_deref().unwrap_or_default(),
         );
-        let slices = by_service.get(&key).map(Vec::as_slice).unwrap_or_default();
         let spec = s.spec.as_ref();
         let affinity = spec.and_then(|p| p.session_affinity.as_deref()) == Some("ClientIP");
         let mut ports = Vec::new();
@@ -235,7 +220,7 @@ pub fn plan(pool: ipnet::Ipv4Net, services: &[Arc<Service>], slices: &[Arc<Endpo
             ports.push(Port {
                 port,
                 protocol,
-                endpoints: ready_endpoints(slices, p.name.as_deref().unwrap_or_default()),
+                endpoints: port_endpoints(slices, p).ready,
                 affinity,
             });
         }
@@ -668,7 +653,7 @@ mod tests {
             .collect();
         Arc::new(
             serde_json::from_value(serde_json::json!({
-                "metadata": {"name": format!("{svc}-x"), "namespace": "default", "labels": {"kubernetes.io/service-name": svc}},
+                "metadata": {"name": format!("{svc}-x"), "namespace": "default", "labels": {nodeless_types::keys::SERVICE_NAME: svc}},
                 "addressType": "IPv4",
                 "ports": [{"name": port_name, "port": port, "protocol": "TCP"}],
                 "endpoints": eps,

@@ -1,14 +1,27 @@
-//! The L7 ingress: Ingress v1 routing ([`routes`]), certificates by SNI ([`tls`]), the proxy on
-//! pingora ([`proxy`]) its own HTTP/1.1 and HTTP/2 paths ([`h1`], [`h2`]), HTTP/3 over QUIC ([`http3`]), its counters and access log ([`metrics`]) and the watch that keeps them in step with the control API ([`watch`]).
+//! The L7 ingress, in layers a request passes down through:
+//!
+//! - [`front`]: the client side, one front per protocol ([`front::h1`], [`front::h2`],
+//!   [`front::h3`]), each parsing its own and never another's;
+//! - [`admit`]: the one admission policy all of them ask, over the routing table ([`routes`]);
+//! - [`upstream`]: reaching the endpoints (which one, how many tries, kept-alive connections);
+//! - [`wire`]: HTTP/1.1 as bytes (heads, lengths, chunked bodies, hop-by-hop fields), read by
+//!   every layer above;
+//! - [`fallback`]: pingora's proxy, for the HTTP/1.1 requests the own front hands over.
+//!
+//! Beside them: certificates by SNI ([`tls`]), what a client may hold ([`limits`]), counters and
+//! the access log ([`metrics`]), the layer-4 balancer for LoadBalancer Services ([`lb`]), the
+//! watch that keeps the table in step with the control API ([`watch`]), and the wiring of it all
+//! ([`server`]).
 
-pub mod h1;
-pub mod h2;
-pub mod http3;
+pub mod admit;
+pub mod fallback;
+pub mod front;
 pub mod lb;
 pub mod limits;
 pub mod metrics;
-pub mod proxy;
 pub mod routes;
-pub mod stream;
+pub mod server;
 pub mod tls;
+pub mod upstream;
 pub mod watch;
+pub mod wire;

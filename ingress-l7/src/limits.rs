@@ -13,6 +13,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
+/// The most request-line-and-header bytes taken; more gets 431 (nginx allows 4 x 8 KiB by
+/// default), on every listener. Pingora itself stops reading at 1 MiB and drops the connection.
+/// An endpoint's response head is held to the same.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
 /// A connection's limits, the same on every TCP listener (plain and TLS; HTTP/1.1 and HTTP/2).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct ClientLimits {

@@ -22,11 +22,13 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressBackend, IngressClass};
+use nodeless_types::keys;
+use nodeless_watch::{SlicesByService, port_endpoints};
 
 /// The controller name IngressClasses use to pick this ingress.
 pub const CONTROLLER: &str = "nodeless.io/ingress-l7";
 /// The annotation that makes an IngressClass the cluster's default.
-pub const DEFAULT_CLASS: &str = "ingressclass.kubernetes.io/is-default-class";
+pub const DEFAULT_CLASS: &str = keys::DEFAULT_INGRESS_CLASS;
 /// The Service port `appProtocol` that asks for HTTP/2 without TLS to the endpoints.
 pub const H2C: &str = "kubernetes.io/h2c";
 
@@ -439,7 +441,7 @@ struct Backends<'a> {
     /// The previous table's upstreams by name, whose endpoint state carries over.
     prior: HashMap<String, Arc<Upstream>>,
     services: HashMap<(String, String), &'a Service>,
-    slices: HashMap<(String, String), Vec<&'a EndpointSlice>>,
+    slices: SlicesByService<'a>,
     built: HashMap<(String, String, String), Target>,
 }
 
@@ -457,25 +459,11 @@ impl<'a> Backends<'a> {
                 )
             })
             .collect();
-        let mut by_service: HashMap<(String, String), Vec<&EndpointSlice>> = HashMap::new();
-        for s in slices {
-            if let Some(svc) = s
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("kubernetes.io/service-name"))
-            {
-                by_service
-                    .entry((s.metadata.namespace.clone().unwrap_or_default(), svc.clone()))
-                    .or_default()
-                    .push(s.as_ref());
-            }
-        }
         let prior = prior.upstreams().into_iter().map(|u| (u.name.clone(), u)).collect();
         Backends {
             prior,
             services,
-            slices: by_service,
+            slices: SlicesByService::new(slices),
             built: HashMap::new(),
         }
     }
@@ -529,13 +517,7 @@ impl<'a> Backends<'a> {
         if sp.protocol.as_deref().unwrap_or("TCP") != "TCP" {
             return Target::Unavailable(format!("port {port_key} of service {namespace}/{name} is not TCP"));
         }
-        let port_name = sp.name.clone().unwrap_or_default();
-        let slices = self
-            .slices
-            .get(&(namespace.to_string(), name.to_string()))
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        let endpoints = ready_endpoints(slices, &port_name);
+        let endpoints = port_endpoints(self.slices.get(namespace, name), sp).ready;
         if endpoints.is_empty() {
             return Target::Unavailable(format!("service {label} has no ready endpoints"));
         }
@@ -545,42 +527,6 @@ impl<'a> Backends<'a> {
         }
         Target::Upstream(Arc::new(u))
     }
-}
-
-/// The ready endpoints (address and target port) of the Service port named `port_name` (empty
-/// for an unnamed port), from the Service's EndpointSlices; sorted, each once.
-pub fn ready_endpoints(slices: &[&EndpointSlice], port_name: &str) -> Vec<SocketAddr> {
-    let mut endpoints = Vec::new();
-    for slice in slices {
-        if slice.address_type != "IPv4" && slice.address_type != "IPv6" {
-            continue;
-        }
-        let Some(target_port) = slice
-            .ports
-            .iter()
-            .flatten()
-            .find(|p| p.name.as_deref().unwrap_or_default() == port_name)
-            .and_then(|p| p.port)
-        else {
-            continue;
-        };
-        for ep in slice.endpoints.iter().flatten() {
-            // Ready only; a missing condition counts as ready, as the API says.
-            if ep.conditions.as_ref().and_then(|c| c.ready) == Some(false) {
-                continue;
-            }
-            for a in &ep.addresses {
-                if let Ok(ip) = a.parse::<std::net::IpAddr>() {
-                    let addr = SocketAddr::new(ip, target_port as u16);
-                    if !endpoints.contains(&addr) {
-                        endpoints.push(addr);
-                    }
-                }
-            }
-        }
-    }
-    endpoints.sort();
-    endpoints
 }
 
 /// Build the table from the cluster's objects: the Ingresses of this controller's classes, the
@@ -716,7 +662,7 @@ mod tests {
             .map(|(ip, r)| json!({"addresses": [ip], "conditions": {"ready": r}}))
             .collect();
         obj(
-            json!({"metadata": {"name": format!("{service}-x"), "namespace": "default", "labels": {"kubernetes.io/service-name": service}},
+            json!({"metadata": {"name": format!("{service}-x"), "namespace": "default", "labels": {keys::SERVICE_NAME: service}},
             "addressType": "IPv4", "ports": [{"name": port_name, "port": port, "protocol": "TCP"}], "endpoints": eps}),
         )
     }

@@ -1,53 +1,24 @@
 //! Keeps the routing table and the certificates in step with the control API through `kube`
-//! reflectors: after a change (and a short settle, so a burst is one rebuild) the table is built
-//! whole and swapped in; requests under way keep the table they started with. The address the
-//! ingress answers on is published in the `status.loadBalancer` of every Ingress it serves.
+//! reflectors (`nodeless_watch::Follow`): after a change (and a short settle, so a burst is one
+//! rebuild) the table is built whole and swapped in; requests under way keep the table they
+//! started with. The address the ingress answers on is published in the `status.loadBalancer` of
+//! every Ingress it serves.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::Api;
 use kube::api::{Patch, PatchParams};
-use kube::runtime::{WatchStreamExt, reflector, watcher};
+use nodeless_watch::Follow;
 use serde_json::json;
 
 use crate::lb;
 use crate::routes::{self, Table};
 use crate::tls::Certs;
-
-/// How long after a change more changes are gathered into the same rebuild.
-const SETTLE: Duration = Duration::from_millis(20);
-
-fn stream<K>(
-    api: Api<K>,
-) -> (
-    reflector::Store<K>,
-    futures::stream::BoxStream<'static, Result<(), String>>,
-)
-where
-    K: kube::Resource<DynamicType = ()> + Clone + std::fmt::Debug + serde::de::DeserializeOwned + Send + Sync + 'static,
-{
-    let (store, writer) = reflector::store::<K>();
-    let s = reflector(writer, watcher(api, watcher::Config::default()))
-        .default_backoff()
-        .map(|e| e.map(|_| ()).map_err(|e| e.to_string()))
-        .boxed();
-    (store, s)
-}
-
-fn listed<K>(store: &reflector::Store<K>) -> bool
-where
-    K: kube::Resource + Clone + 'static,
-    K::DynamicType: Eq + std::hash::Hash + Clone,
-{
-    futures::FutureExt::now_or_never(store.wait_until_ready()).is_some_and(|r| r.is_ok())
-}
 
 /// Where LoadBalancer Services' plans go: the pool, and the channel to the forwarder.
 pub struct LoadBalancers {
@@ -63,22 +34,14 @@ pub async fn run(
     lbs: Option<LoadBalancers>,
 ) {
     let mut reported: Vec<String> = Vec::new();
-    let (ingresses, s1) = stream(Api::<Ingress>::all(client.clone()));
-    let (classes, s2) = stream(Api::<IngressClass>::all(client.clone()));
-    let (services, s3) = stream(Api::<Service>::all(client.clone()));
-    let (slices, s4) = stream(Api::<EndpointSlice>::all(client.clone()));
-    let (secrets, s5) = stream(Api::<Secret>::all(client.clone()));
-    let mut events = futures::stream::select_all([s1, s2, s3, s4, s5]);
-    while let Some(e) = events.next().await {
-        if let Err(e) = e {
-            tracing::debug!(error = %e, "watch (the table keeps what it holds)");
-            continue;
-        }
-        let deadline = tokio::time::Instant::now() + SETTLE;
-        while let Ok(Some(_)) = tokio::time::timeout_at(deadline, events.next()).await {}
-        if !(listed(&ingresses) && listed(&classes) && listed(&services) && listed(&slices) && listed(&secrets)) {
-            continue;
-        }
+    // A 20 ms settle (nodeless_watch::SETTLE), and no rebuild before every first list is in.
+    let mut follow = Follow::new(client.clone(), "watch (the table keeps what it holds)");
+    let ingresses = follow.all::<Ingress>();
+    let classes = follow.all::<IngressClass>();
+    let services = follow.all::<Service>();
+    let slices = follow.all::<EndpointSlice>();
+    let secrets = follow.all::<Secret>();
+    while follow.changed().await {
         let all_ingresses = ingresses.state();
         let built = routes::build(
             &all_ingresses,
@@ -227,7 +190,7 @@ pub async fn ensure_class(client: kube::Client, name: String) {
             Err(kube::Error::Api(e)) if e.code == 409 => return,
             Err(e) => {
                 tracing::debug!(error = %e, "creating the IngressClass (will retry)");
-                tokio::time::sleep(Duration::from_secs(1)).await;
+                tokio::time::sleep(nodeless_watch::RETRY).await;
             }
         }
     }

@@ -1,11 +1,13 @@
-//! The HTTP/1.1 fuzz targets ([`nodeless_ingress_l7::h1::fuzz`]) as bounded property tests on
+//! The HTTP/1.1 fuzz targets (the head's, [`nodeless_ingress_l7::front::h1::fuzz`], and the
+//! chunked body's, [`nodeless_ingress_l7::wire::fuzz`]) as bounded property tests on
 //! the stable toolchain: the same functions `cargo +nightly fuzz run` drives, on a fixed number
 //! of seeded inputs, with every input that once broke a property kept as a seed.
 
 #[path = "../../fuzz/stable.rs"]
 mod stable;
 
-use nodeless_ingress_l7::h1::fuzz;
+use nodeless_ingress_l7::front::h1::fuzz;
+use nodeless_ingress_l7::wire::fuzz as wire_fuzz;
 
 const HEADS: [&[u8]; 8] = [
     b"GET / HTTP/1.1\r\nHost: h\r\n\r\n",
@@ -35,10 +37,10 @@ fn chunked() {
         b"\x030\r\n\r\n",
         b"\x00a\r\n0123456789\r\n0\r\n\r\n",
     ];
-    stable::run("h1_chunked", 30000, 256, &seeds, fuzz::chunked);
+    stable::run("h1_chunked", 30000, 256, &seeds, wire_fuzz::chunked);
 }
 
 #[test]
 fn chunked_encode() {
-    stable::run("h1_chunked_encode", 10000, 64, &[], fuzz::chunked_encode);
+    stable::run("h1_chunked_encode", 10000, 64, &[], wire_fuzz::chunked_encode);
 }

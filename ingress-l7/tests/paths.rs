@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::{Buf, Bytes, BytesMut};
-use nodeless_ingress_l7::h1::{End, Front};
+use nodeless_ingress_l7::front::{End, Front};
 use nodeless_ingress_l7::limits::ClientLimits;
 use nodeless_ingress_l7::metrics::Metrics;
 use nodeless_ingress_l7::routes::{self, Table};
@@ -166,7 +166,7 @@ fn connect_h1(front: Arc<Front>) -> (DuplexStream, tokio::task::JoinHandle<Optio
     let (_tx, shutdown) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {
         let _keep = _tx;
-        match front.serve(server, CLIENT.parse().unwrap(), &shutdown).await {
+        match front.serve_h1(server, CLIENT.parse().unwrap(), &shutdown).await {
             End::Closed => None,
             End::HandOff(_, replay) => Some(replay.to_vec()),
         }

@@ -7,7 +7,13 @@ use std::path::PathBuf;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
+mod down;
 mod node_cmd;
+
+// The ingress in `up` and `nodeless ingress` allocates a little for every request; glibc's
+// allocator showed up as a tenth of its CPU under load (ingress-l7/README.md).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[derive(Parser)]
 #[command(
@@ -22,8 +28,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run everything on this machine on the embedded store and write ./nodeless.kubeconfig.
+    /// Run everything on this machine on the embedded store (control plane, a node, cluster DNS
+    /// and the L7 ingress) and write ./nodeless.kubeconfig.
     Up(UpArgs),
+    /// Stop the `nodeless up` of a data directory; with --purge, also remove every pod, the pod
+    /// network's state and the data directory.
+    Down {
+        #[arg(long, default_value = ".nodeless")]
+        data_dir: PathBuf,
+        /// Remove every pod (containers, namespaces, mounts, cgroups, eBPF pins), the pod
+        /// network's egress rule, the kubeconfig `up` wrote and the data directory.
+        #[arg(long)]
+        purge: bool,
+    },
     /// Run only the control plane (API server, store, controllers).
     Control(UpArgs),
     /// Run a virtual node against a control plane (or any Kubernetes API server).
@@ -44,6 +61,11 @@ enum Command {
         kubeconfig: PathBuf,
         #[command(flatten)]
         dns: DnsArgs,
+    },
+    /// Run the L7 ingress against a control plane (or any Kubernetes API server), as `up` does.
+    Ingress {
+        #[command(flatten)]
+        ingress: nodeless_ingress_l7::server::Args,
     },
     /// Manage the node's images.
     Image {
@@ -84,6 +106,91 @@ struct UpArgs {
     /// Run no cluster DNS.
     #[arg(long)]
     no_dns: bool,
+    /// Import no sample images (by default a node without `nodeless.local/busybox:1` and
+    /// `nodeless.local/echo:1` gets them, built from busybox-static and the echo-server
+    /// beside this binary, so `examples/` runs with no registry).
+    #[arg(long)]
+    no_sample_images: bool,
+    #[command(flatten)]
+    ingress: IngressArgs,
+    /// As root, pods get no network of their own (loopback only) unless --pod-cidr or
+    /// --cni-conf says otherwise; without this, `up` as root gives them eni-cni on
+    /// 10.66.0.0/16 with cluster DNS at 10.66.0.1.
+    #[arg(long, conflicts_with_all = ["pod_cidrs", "cni_conf"])]
+    no_pod_network: bool,
+}
+
+/// The L7 ingress `up` runs (`nodeless ingress` and `ingress-l7` take the full set of flags).
+#[derive(clap::Args, Clone)]
+struct IngressArgs {
+    /// Run no L7 ingress.
+    #[arg(long)]
+    no_ingress: bool,
+    /// Where the ingress serves plain HTTP (port 0 picks one; the address is printed).
+    #[arg(long, default_value = "127.0.0.1:8081")]
+    ingress_http: String,
+    /// Where the ingress serves HTTPS, and HTTP/3 on the same port over UDP.
+    #[arg(long, default_value = "127.0.0.1:8443")]
+    ingress_https: String,
+    /// Where the ingress serves Prometheus metrics at /metrics.
+    #[arg(long, default_value = "127.0.0.1:9113")]
+    ingress_metrics: String,
+    /// As root, LoadBalancer Services get addresses from this pool (standing for SLB/EIP
+    /// addresses), put on the interface nodeless-lb0 and forwarded over TCP and UDP.
+    #[arg(long, default_value = "198.18.255.0/28")]
+    lb_pool: ipnet::Ipv4Net,
+    /// Serve no LoadBalancer Services.
+    #[arg(long)]
+    no_lb_pool: bool,
+}
+
+/// The IngressClass `up` makes (the default class), as `scripts/up` did.
+const INGRESS_CLASS: &str = "nodeless";
+/// The pod network `up` gives pods as root when none is named.
+const DEFAULT_POD_CIDR: &str = "10.66.0.0/16";
+const DEFAULT_CLUSTER_DNS: &str = "10.66.0.1";
+
+fn is_root() -> bool {
+    nix::unistd::geteuid().is_root()
+}
+
+/// The ingress `up` runs, on a thread of its own until `stopping` fires.
+fn start_ingress(
+    args: &IngressArgs,
+    kubeconfig: &std::path::Path,
+    stopping: tokio::sync::oneshot::Receiver<()>,
+) -> Option<std::thread::JoinHandle<()>> {
+    if args.no_ingress {
+        return None;
+    }
+    let mut ingress = nodeless_ingress_l7::server::Args::following(kubeconfig);
+    ingress.http = args.ingress_http.clone();
+    ingress.https = args.ingress_https.clone();
+    ingress.metrics = args.ingress_metrics.clone();
+    ingress.ensure_class = Some(INGRESS_CLASS.into());
+    // The address published in Ingresses' status: the HTTP listener's, when it names one.
+    ingress.address = args
+        .ingress_http
+        .parse::<SocketAddr>()
+        .ok()
+        .map(|a| a.ip())
+        .filter(|ip| !ip.is_unspecified())
+        .map(|ip| ip.to_string());
+    if is_root() && !args.no_lb_pool {
+        ingress.lb_pool = Some(args.lb_pool);
+    }
+    let spawned = std::thread::Builder::new().name("ingress".into()).spawn(move || {
+        if let Err(e) = nodeless_ingress_l7::server::run(ingress, stopping) {
+            eprintln!("nodeless: the ingress stopped: {e:#}");
+        }
+    });
+    match spawned {
+        Ok(h) => Some(h),
+        Err(e) => {
+            eprintln!("nodeless: no ingress started: {e}");
+            None
+        }
+    }
 }
 
 #[derive(clap::Args, Clone)]
@@ -232,7 +339,24 @@ async fn run_node(kubeconfig: PathBuf, data_dir: PathBuf, args: node_cmd::NodeAr
     Ok(())
 }
 
-async fn run_control(args: UpArgs, with_node: bool) -> anyhow::Result<()> {
+async fn run_control(mut args: UpArgs, with_node: bool) -> anyhow::Result<()> {
+    if with_node {
+        std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+        down::claim(&args.data_dir)?;
+        if !is_root() && !args.no_node {
+            eprintln!(
+                "nodeless: not root: running without a node (it needs namespaces, mounts and cgroups); pods will stay Pending"
+            );
+            args.no_node = true;
+        }
+        let unnamed = args.node.pod_cidrs.is_empty() && args.node.cni_conf.is_none();
+        if unnamed && !args.no_pod_network && !args.no_node && is_root() {
+            args.node.pod_cidrs = vec![DEFAULT_POD_CIDR.parse()?];
+            args.node
+                .cluster_dns
+                .get_or_insert_with(|| DEFAULT_CLUSTER_DNS.to_string());
+        }
+    }
     let mut cfg = nodeless_control::Config::new(&args.data_dir);
     cfg.listen = args.listen;
     cfg.hosts = args.tls_hosts.clone();
@@ -251,6 +375,12 @@ async fn run_control(args: UpArgs, with_node: bool) -> anyhow::Result<()> {
         args.kubeconfig.display()
     );
     let mut node = None;
+    if with_node && !args.no_node && !args.no_sample_images {
+        match node_cmd::import_samples(&args.data_dir) {
+            Ok(said) => said.iter().for_each(|s| println!("nodeless: {s}")),
+            Err(e) => eprintln!("nodeless: no sample images: {e:#}"),
+        }
+    }
     if with_node && !args.no_node {
         let client = node_cmd::client_from_yaml(&cp.kubeconfig(true)).await?;
         match node_cmd::start_node(&args.node, &args.data_dir, client).await {
@@ -263,6 +393,17 @@ async fn run_control(args: UpArgs, with_node: bool) -> anyhow::Result<()> {
             }
             Err(e) => eprintln!("nodeless: no node started: {e:#}; pods will stay Pending"),
         }
+    }
+    if with_node {
+        let record = down::UpRecord {
+            pid: std::process::id(),
+            node: node.as_ref().map(|n| n.node.ctx.name.clone()),
+            pod_cidrs: args.node.pod_cidrs.clone(),
+            kubeconfig: std::path::absolute(&args.kubeconfig).unwrap_or_else(|_| args.kubeconfig.clone()),
+            lb_interface: (is_root() && !args.ingress.no_ingress && !args.ingress.no_lb_pool)
+                .then(|| nodeless_ingress_l7::server::Args::following(&args.kubeconfig).lb_interface),
+        };
+        record.write(&args.data_dir)?;
     }
     let mut dns = None;
     if with_node && !args.no_dns {
@@ -287,8 +428,19 @@ async fn run_control(args: UpArgs, with_node: bool) -> anyhow::Result<()> {
             Err(e) => eprintln!("nodeless: no cluster DNS started: {e:#}"),
         }
     }
+    let (stop_ingress, ingress_stopping) = tokio::sync::oneshot::channel();
+    let ingress = if with_node {
+        start_ingress(&args.ingress, &args.kubeconfig, ingress_stopping)
+    } else {
+        None
+    };
     wait_for_signal().await?;
     println!("nodeless: stopping");
+    let _ = stop_ingress.send(());
+    if let Some(i) = ingress {
+        // It takes the LoadBalancer addresses down before it returns.
+        let _ = tokio::task::spawn_blocking(move || i.join()).await;
+    }
     if let Some(d) = dns {
         d.stop();
     }
@@ -312,8 +464,12 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
-        // `up` runs the control plane, a node and DNS; ingress joins as its issue lands.
         Command::Up(args) => rt.block_on(run_control(args, true)),
+        Command::Down { data_dir, purge } => down::down(&data_dir, purge),
+        Command::Ingress { ingress } => {
+            drop(rt);
+            nodeless_ingress_l7::server::run(ingress, nodeless_ingress_l7::server::on_signal()?)
+        }
         Command::Control(args) => rt.block_on(run_control(args, false)),
         Command::Node {
             kubeconfig,

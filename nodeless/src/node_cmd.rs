@@ -356,6 +356,52 @@ pub enum ImageCommand {
     Rm { reference: String },
 }
 
+/// Import the sample images (`nodeless.local/busybox:1`, `nodeless.local/echo:1`, which
+/// `examples/` runs) into the node's store under `data_dir` where it lacks them, built from
+/// busybox-static and the `echo-server` installed beside this binary. What was imported, or
+/// why not.
+pub fn import_samples(data_dir: &Path) -> anyhow::Result<Vec<String>> {
+    use nodeless_sandbox_node::image::samples;
+    let store = ImageStore::open(node_dir(data_dir).join("images"))?;
+    let held: Vec<String> = store
+        .list()?
+        .iter()
+        .flat_map(|r| r.references.iter().map(|x| reference::short(x).to_string()))
+        .collect();
+    let scratch = data_dir.join("samples.tmp");
+    let _ = std::fs::remove_dir_all(&scratch);
+    let mut said = Vec::new();
+    let echo_bin = std::env::current_exe()?.with_file_name("echo-server");
+    type Build<'a> = Box<dyn Fn(&Path) -> anyhow::Result<PathBuf> + 'a>;
+    let builds: [(&str, Build<'_>); 2] = [
+        (samples::BUSYBOX, Box::new(samples::busybox_layout)),
+        (
+            samples::ECHO,
+            Box::new(|dir: &Path| {
+                anyhow::ensure!(
+                    echo_bin.is_file(),
+                    "no echo-server beside {}",
+                    echo_bin.with_file_name("nodeless").display()
+                );
+                samples::echo_layout(dir, &echo_bin)
+            }),
+        ),
+    ];
+    for (name, build) in builds {
+        if held.iter().any(|h| h == name) {
+            continue;
+        }
+        let imported =
+            build(&scratch.join(name.replace(['/', ':'], "_"))).and_then(|layout| Ok(store.import(&layout, None)?));
+        said.push(match imported {
+            Ok(_) => format!("imported the sample image {name}"),
+            Err(e) => format!("no sample image {name}: {e:#}"),
+        });
+    }
+    let _ = std::fs::remove_dir_all(&scratch);
+    Ok(said)
+}
+
 pub fn image(cmd: ImageCommand, data_dir: &Path) -> anyhow::Result<()> {
     // A node with user namespaces made it searchable (0711) for its pods: keep that.
     let searchable = std::fs::metadata(data_dir).is_ok_and(|m| {

@@ -8,12 +8,14 @@
 
 pub mod beneath;
 pub mod cgroups;
+pub mod context;
 pub mod image;
 pub mod kubelet_tls;
 pub mod network;
 pub mod node;
 pub mod pod;
 pub mod private;
+pub mod purge;
 pub mod rundir;
 pub mod runtime;
 pub mod sandbox;

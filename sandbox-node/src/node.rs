@@ -9,16 +9,20 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Event as K8sEvent, Node, Pod};
+use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::json;
 use tokio::sync::mpsc;
 
+pub use crate::context::{NodeCtx, emit_event};
 use crate::image::ImageStore;
 use crate::network::Network;
 use crate::pod::{Event, Worker};
 use crate::runtime::Runtime;
+
+/// The node's registry: one worker per pod it tracks, by pod UID, and the channel to it.
+type Workers = Arc<Mutex<HashMap<String, mpsc::UnboundedSender<Event>>>>;
 
 pub struct NodeConfig {
     pub name: String,
@@ -45,70 +49,6 @@ pub struct NodeConfig {
     pub user_namespaces: bool,
 }
 
-pub struct NodeCtx {
-    pub client: kube::Client,
-    pub name: String,
-    pub runtime: Arc<dyn Runtime>,
-    pub network: Arc<dyn Network>,
-    pub images: ImageStore,
-    pub pods_dir: PathBuf,
-    /// The containers' bundles (rootfs mount points, config.json, exit records), in the run
-    /// directory: each start writes a handful of small files there, which cost far less on a
-    /// tmpfs than on a disk. Writable layers and logs stay in `pods_dir`.
-    pub bundles_dir: PathBuf,
-    pub ns_dir: PathBuf,
-    pub host_ip: String,
-    pub cluster_dns: Option<String>,
-    pub cluster_domain: String,
-    pub host_resolv: String,
-    pub cgroup_parent: String,
-    pub backoff_base: Duration,
-    pub backoff_max: Duration,
-    pub insecure_registries: Vec<String>,
-    pub keeper: Arc<crate::sandbox::Keeper>,
-    pub user_namespaces: bool,
-    /// The host id ranges of pods' user namespaces, one per pod.
-    pub id_ranges: crate::userns::IdRanges,
-    pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
-    workers: Mutex<HashMap<String, mpsc::UnboundedSender<Event>>>,
-    names: Mutex<HashMap<(String, String), String>>,
-}
-
-impl NodeCtx {
-    /// A worker that finished removes itself.
-    pub fn forget(&self, uid: &str) {
-        self.workers.lock().unwrap_or_else(|e| e.into_inner()).remove(uid);
-    }
-
-    /// The lock that makes concurrent pulls of one image a single pull.
-    pub fn pull_lock(&self, image: &str) -> Arc<tokio::sync::Mutex<()>> {
-        self.pulls
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(image.to_string())
-            .or_default()
-            .clone()
-    }
-
-    /// The UID of a pod on this node, by namespace and name.
-    pub fn uid_of(&self, ns: &str, name: &str) -> Option<String> {
-        self.names
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&(ns.to_string(), name.to_string()))
-            .cloned()
-    }
-
-    pub fn pod_dir(&self, uid: &str) -> PathBuf {
-        self.pods_dir.join(uid)
-    }
-
-    /// Where a pod's container bundles are (see `bundles_dir`).
-    pub fn pod_run_dir(&self, uid: &str) -> PathBuf {
-        self.bundles_dir.join(uid)
-    }
-}
-
 /// The id ranges that pods saved under `bundles_dir` hold (pods a restarted node will adopt):
 /// read before any worker starts, so a new pod never gets a range an adopted one still has.
 fn held_id_ranges(bundles_dir: &std::path::Path) -> crate::userns::IdRanges {
@@ -119,31 +59,6 @@ fn held_id_ranges(bundles_dir: &std::path::Path) -> crate::userns::IdRanges {
         }
     }
     ranges
-}
-
-/// Record a Kubernetes Event about a pod, as kubelet does; failures only get logged.
-pub fn emit_event(ctx: &Arc<NodeCtx>, pod: &Pod, kind: &str, reason: &str, message: &str) {
-    let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
-    let name = pod.metadata.name.clone().unwrap_or_default();
-    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
-    let ev = json!({
-        "apiVersion": "v1", "kind": "Event",
-        "metadata": {"generateName": format!("{name}."), "namespace": ns},
-        "involvedObject": {"kind": "Pod", "apiVersion": "v1", "namespace": ns, "name": name, "uid": pod.metadata.uid},
-        "reason": reason, "message": message, "type": kind,
-        "source": {"component": "kubelet", "host": ctx.name},
-        "firstTimestamp": now, "lastTimestamp": now, "count": 1,
-        "reportingComponent": "kubelet", "reportingInstance": ctx.name,
-    });
-    let client = ctx.client.clone();
-    tokio::spawn(async move {
-        let Ok(ev) = serde_json::from_value::<K8sEvent>(ev) else {
-            return;
-        };
-        let _ = Api::<K8sEvent>::namespaced(client, &ns)
-            .create(&PostParams::default(), &ev)
-            .await;
-    });
 }
 
 pub struct RunningNode {
@@ -259,7 +174,7 @@ async fn heartbeat(client: kube::Client, name: String) {
     }
 }
 
-async fn watch_pods(ctx: Arc<NodeCtx>) {
+async fn watch_pods(ctx: Arc<NodeCtx>, workers: Workers) {
     let pods: Api<Pod> = Api::all(ctx.client.clone());
     let cfg = watcher::Config::default().fields(&format!("spec.nodeName={}", ctx.name));
     let mut stream = watcher(pods, cfg).boxed();
@@ -288,7 +203,7 @@ async fn watch_pods(ctx: Arc<NodeCtx>) {
                 if let Some(s) = seen_in_relist.as_mut() {
                     s.insert(uid.clone());
                 }
-                let mut workers = ctx.workers.lock().unwrap_or_else(|e| e.into_inner());
+                let mut workers = workers.lock().unwrap_or_else(|e| e.into_inner());
                 let sent = workers
                     .get(&uid)
                     .is_some_and(|tx| tx.send(Event::Pod(Box::new(p.clone()))).is_ok());
@@ -308,31 +223,31 @@ async fn watch_pods(ctx: Arc<NodeCtx>) {
             }
             watcher::Event::Delete(p) => {
                 let uid = p.metadata.uid.clone().unwrap_or_default();
-                if let Some(tx) = ctx.workers.lock().unwrap_or_else(|e| e.into_inner()).get(&uid) {
+                if let Some(tx) = workers.lock().unwrap_or_else(|e| e.into_inner()).get(&uid) {
                     let _ = tx.send(Event::Gone);
                 }
             }
             watcher::Event::InitDone => {
                 let seen = seen_in_relist.take().unwrap_or_default();
-                for (uid, tx) in ctx.workers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+                for (uid, tx) in workers.lock().unwrap_or_else(|e| e.into_inner()).iter() {
                     if !seen.contains(uid) {
                         let _ = tx.send(Event::Gone);
                     }
                 }
-                clean_orphans(&ctx, &seen).await;
+                clean_orphans(&ctx, &workers, &seen).await;
             }
         }
     }
 }
 
 /// Pods on disk that the API no longer has (deleted while the node was down): tear them down.
-async fn clean_orphans(ctx: &Arc<NodeCtx>, live: &std::collections::HashSet<String>) {
+async fn clean_orphans(ctx: &Arc<NodeCtx>, workers: &Workers, live: &std::collections::HashSet<String>) {
     let Ok(dir) = std::fs::read_dir(&ctx.pods_dir) else {
         return;
     };
     for e in dir.flatten() {
         let uid = e.file_name().to_string_lossy().to_string();
-        if live.contains(&uid) || ctx.workers.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&uid) {
+        if live.contains(&uid) || workers.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&uid) {
             continue;
         }
         let pod = Pod {
@@ -384,6 +299,8 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
         }
     }
     let bundles_dir_for_ranges = bundles_dir.clone();
+    let workers = Workers::default();
+    let registry = workers.clone();
     let ctx = Arc::new(NodeCtx {
         client: client.clone(),
         name: cfg.name.clone(),
@@ -405,8 +322,10 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
         user_namespaces: cfg.user_namespaces,
         id_ranges: held_id_ranges(&bundles_dir_for_ranges),
         pulls: Mutex::new(HashMap::new()),
-        workers: Mutex::new(HashMap::new()),
         names: Mutex::new(HashMap::new()),
+        forget_worker: Box::new(move |uid| {
+            registry.lock().unwrap_or_else(|e| e.into_inner()).remove(uid);
+        }),
     });
     let listener = tokio::net::TcpListener::bind(cfg.listen).await?;
     let kubelet_addr = listener.local_addr()?;
@@ -417,7 +336,7 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
     )
     .await?;
     let hb = tokio::spawn(heartbeat(client, cfg.name.clone()));
-    let watch = tokio::spawn(watch_pods(ctx.clone()));
+    let watch = tokio::spawn(watch_pods(ctx.clone(), workers));
     tracing::info!(node = %cfg.name, kubelet = %kubelet_addr, "node registered");
     Ok(RunningNode {
         ctx,

@@ -15,7 +15,7 @@ use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::node::NodeCtx;
+use crate::context::NodeCtx;
 use crate::shim_proto::parse_cri_line;
 
 type Body = BoxBody<Bytes, Infallible>;

@@ -21,7 +21,7 @@ pub fn kubectl_path(version: &str) -> PathBuf {
     if p.exists() { p } else { PathBuf::from("kubectl") }
 }
 
-fn workspace_root() -> PathBuf {
+pub fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("tests/ sits in the workspace")
@@ -237,6 +237,22 @@ impl Nodeless {
         self.dir.path().join("data")
     }
 
+    /// What `up` does by default that a test does not ask for: the ingress on fixed ports (and
+    /// the LoadBalancer pool on a fixed interface), the pod network on 10.66.0.0/16 as root, and
+    /// the sample images (tests import their own first). A test that names the flag gets it.
+    fn defaults_off(&self) -> Vec<&'static str> {
+        let named = |flag: &str| self.extra_args.iter().any(|a| a == flag);
+        let mut off = Vec::new();
+        if !named("--ingress-http") {
+            off.push("--no-ingress");
+        }
+        if !named("--pod-cidr") && !named("--cni-conf") && !named("--no-node") {
+            off.push("--no-pod-network");
+        }
+        off.push("--no-sample-images");
+        off
+    }
+
     fn launch(&mut self) -> Result<()> {
         let _ = std::fs::remove_file(self.kubeconfig());
         let log = std::fs::OpenOptions::new()
@@ -257,6 +273,7 @@ impl Nodeless {
             .arg("127.0.0.1:0")
             .arg("--dns-address-file")
             .arg(self.dir.path().join("dns.addr"))
+            .args(self.defaults_off())
             .args(&self.extra_args)
             .stdout(Stdio::null())
             .stderr(log)
@@ -486,82 +503,14 @@ pub fn test_image_layouts() -> Result<Vec<PathBuf>> {
         .map_err(anyhow::Error::msg)
 }
 
-/// The containers a node's OCI runtime holds: one state directory each, for runc and crun alike.
-pub fn runtime_containers(node: &str) -> Vec<String> {
-    let root = Path::new("/run/nodeless").join(node).join("runtime");
-    let mut ids: Vec<String> = std::fs::read_dir(root)
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter(|e| e.path().is_dir())
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    ids.sort();
-    ids
-}
+/// The containers a node's runtime still knows, its supervisor's PIDs, and the removal of what a
+/// stopped node left (containers, supervisor, mounts, namespaces, cgroups, bpf pins): the
+/// node's own purge, which `nodeless down --purge` runs.
+pub use nodeless_sandbox_node::purge::{runtime_containers, supervisor_pids as keeper_pids};
 
-/// The PIDs of a node's supervisor (`nodeless-shim keep`, which holds pods' namespaces and is
-/// every container's parent; one, or none when it holds nothing and the node is gone).
-pub fn keeper_pids(node: &str) -> Vec<u32> {
-    let pattern = format!("nodeless-shim keep --socket /run/nodeless/{node}/keeper.sock");
-    let out = Command::new("pgrep")
-        .args(["-f", &pattern])
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-        .unwrap_or_default();
-    out.lines().filter_map(|l| l.trim().parse().ok()).collect()
-}
-
-/// Remove whatever a node left on the host (containers, its supervisor, mounts, namespaces, cgroups, its
-/// runtime directory), for tests and benchmarks that stop a node before its pods are gone.
 pub fn clean_node_leftovers(node: &str, data_dir: &Path) {
-    let root = Path::new("/run/nodeless").join(node).join("runtime");
-    for id in runtime_containers(node) {
-        for runtime in ["crun", "runc"] {
-            let _ = Command::new(runtime)
-                .arg("--root")
-                .arg(&root)
-                .args(["delete", "--force", &id])
-                .output();
-        }
-    }
-    for pid in keeper_pids(node) {
-        let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).output();
-    }
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let data = data_dir.to_string_lossy().to_string();
-    let run = format!("/run/nodeless/{node}/");
-    let ours: Vec<String> = mounts
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4).map(str::to_string))
-        .filter(|m| m.starts_with(&data) || m.starts_with(&run))
-        .collect();
-    for m in ours.iter().rev() {
-        let _ = Command::new("umount").arg("-l").arg(m).output();
-    }
-    let _ = std::fs::remove_dir_all(Path::new("/run/nodeless").join(node));
-    // The node's eBPF pins (the fast path's program and maps); unlinking a pin is how it goes.
-    let _ = std::fs::remove_dir_all(Path::new("/sys/fs/bpf/nodeless").join(node));
-    // Its service load balancer's pins: the cgroup hooks stay attached while their links are
-    // pinned.
-    let _ = std::fs::remove_dir_all(Path::new("/sys/fs/bpf/nodeless/lb").join(node));
-    // Cgroups go once their last process has exited, which takes a moment after a kill.
-    for _ in 0..20 {
-        let mut left = false;
-        for ctl in std::fs::read_dir("/sys/fs/cgroup").into_iter().flatten().flatten() {
-            let base = ctl.path().join("nodeless").join(node);
-            if base.is_dir() {
-                let _ = Command::new("find")
-                    .arg(&base)
-                    .args(["-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
-                    .output();
-                left |= base.is_dir();
-            }
-        }
-        if !left {
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(100));
+    for problem in nodeless_sandbox_node::purge::purge(node, data_dir) {
+        eprintln!("cleaning node {node}: {problem}");
     }
 }
 
@@ -581,7 +530,10 @@ pub fn ingress_addresses(child: &mut Child) -> Result<[std::net::SocketAddr; 3]>
         .try_into()
         .map_err(|_| anyhow::anyhow!("ingress-l7 printed {line:?}"))
 }
-pub mod images;
+/// The sample images the tests run on (built by the node's own sample builder).
+pub mod images {
+    pub use nodeless_sandbox_node::image::samples::*;
+}
 
 pub mod kubelet;
 

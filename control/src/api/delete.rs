@@ -6,10 +6,11 @@ use http::Response;
 use serde_json::{Value, json};
 
 use super::ApiState;
-use super::error::ApiError;
-use super::handlers::{ListOpts, Query, UpdateCtx, commit_update, dry_run, not_found, store_err};
+use super::commit::{UpdateCtx, commit_update};
+use super::error::{ApiError, not_found, store_err};
 use super::http::{Body, BodyType, json_response, parse_value};
 use super::objects;
+use super::query::{ListOpts, Query, dry_run};
 use super::registry::Served;
 use crate::store::Write;
 use nodeless_types::keys;
@@ -235,7 +236,7 @@ async fn delete_object(
     Err(ApiError::Conflict {
         resource: served.def.qualified_resource(),
         name: name.to_string(),
-        subject: super::handlers::subject(served, name),
+        subject: super::error::subject(served, name),
     })
 }
 

@@ -2,6 +2,8 @@
 
 use serde_json::{Value, json};
 
+use super::registry::Served;
+
 /// A field-level cause, as `Status.details.causes` carries it.
 #[derive(Clone, Debug)]
 pub struct Cause {
@@ -161,5 +163,49 @@ impl ApiError {
 
     pub fn internal(msg: impl std::fmt::Display) -> Self {
         ApiError::Internal(msg.to_string())
+    }
+}
+
+/// The error subject the apiserver puts in `details` (kind is the plural resource name).
+pub fn subject(served: &Served, name: &str) -> Subject {
+    Subject {
+        group: served.def.group.clone(),
+        kind: served.def.plural.clone(),
+        name: name.to_string(),
+    }
+}
+
+pub fn not_found(served: &Served, name: &str) -> ApiError {
+    ApiError::NotFound {
+        resource: served.def.qualified_resource(),
+        name: name.to_string(),
+        subject: subject(served, name),
+    }
+}
+
+pub fn store_err(served: &Served, name: &str, e: crate::store::StoreError) -> ApiError {
+    use crate::store::StoreError as S;
+    let resource = served.def.qualified_resource();
+    let subject = subject(served, name);
+    let name = name.to_string();
+    match e {
+        S::AlreadyExists => ApiError::AlreadyExists {
+            resource,
+            name,
+            subject,
+        },
+        S::NotFound => ApiError::NotFound {
+            resource,
+            name,
+            subject,
+        },
+        S::Conflict { .. } => ApiError::Conflict {
+            resource,
+            name,
+            subject,
+        },
+        S::Gone { requested, oldest } => ApiError::Gone { requested, oldest },
+        S::Backend(m) => ApiError::Internal(m),
+        S::Closed => ApiError::Unavailable("the store is shutting down".into()),
     }
 }

@@ -2,36 +2,21 @@
 //! subresources. Every write goes through [`commit_update`] or [`create_object`], so admission,
 //! defaults and metadata rules apply the same way whichever verb carried the change.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use ::http::{Method, Request, Response};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
-use super::error::{ApiError, Cause, Subject};
+use super::commit::{UpdateCtx, admit, commit_update};
+use super::error::{ApiError, Cause, Subject, not_found, store_err, subject};
 use super::http::{Body, BodyType, Want, body_type, json_response, parse_value, read_body, wants};
 use super::objects::{self, FieldValidation};
+use super::query::{ListOpts, Query, dry_run, flag, parse_query};
 use super::registry::Served;
-use super::select::{FieldSelector, LabelSelector};
-use super::{ApiState, Target, delete, patching, pods, watch};
-use crate::store::{Stored, Write};
-
-pub type Query = HashMap<String, String>;
-
-pub fn parse_query(q: Option<&str>) -> Query {
-    url::form_urlencoded::parse(q.unwrap_or_default().as_bytes())
-        .into_owned()
-        .collect()
-}
-
-fn flag(q: &Query, k: &str) -> bool {
-    q.get(k).is_some_and(|v| v == "true" || v == "1")
-}
-
-pub fn dry_run(q: &Query) -> bool {
-    q.get("dryRun").is_some_and(|v| v == "All")
-}
+use super::select::LabelSelector;
+use super::{ApiState, Target, delete, patching, pods, tables, watch};
+use crate::store::Write;
 
 pub(super) async fn dispatch(
     state: &Arc<ApiState>,
@@ -111,50 +96,6 @@ pub(super) async fn dispatch(
     }
 }
 
-/// The error subject the apiserver puts in `details` (kind is the plural resource name).
-pub fn subject(served: &Served, name: &str) -> Subject {
-    Subject {
-        group: served.def.group.clone(),
-        kind: served.def.plural.clone(),
-        name: name.to_string(),
-    }
-}
-
-pub fn not_found(served: &Served, name: &str) -> ApiError {
-    ApiError::NotFound {
-        resource: served.def.qualified_resource(),
-        name: name.to_string(),
-        subject: subject(served, name),
-    }
-}
-
-pub fn store_err(served: &Served, name: &str, e: crate::store::StoreError) -> ApiError {
-    use crate::store::StoreError as S;
-    let resource = served.def.qualified_resource();
-    let subject = subject(served, name);
-    let name = name.to_string();
-    match e {
-        S::AlreadyExists => ApiError::AlreadyExists {
-            resource,
-            name,
-            subject,
-        },
-        S::NotFound => ApiError::NotFound {
-            resource,
-            name,
-            subject,
-        },
-        S::Conflict { .. } => ApiError::Conflict {
-            resource,
-            name,
-            subject,
-        },
-        S::Gone { requested, oldest } => ApiError::Gone { requested, oldest },
-        S::Backend(m) => ApiError::Internal(m),
-        S::Closed => ApiError::Unavailable("the store is shutting down".into()),
-    }
-}
-
 fn get(
     state: &ApiState,
     served: &Served,
@@ -177,47 +118,6 @@ fn get(
         return Ok(json_response(200, &table, &[]));
     }
     Ok(json_response(200, &stored.obj, &[]))
-}
-
-pub mod tables {
-    //! Table responses through the printers crate.
-    use super::{Query, Served};
-    use serde_json::Value;
-
-    pub fn include(q: &Query) -> crate::printers::IncludeObject {
-        match q.get("includeObject").map(String::as_str) {
-            Some("None") => crate::printers::IncludeObject::None,
-            Some("Object") => crate::printers::IncludeObject::Object,
-            _ => crate::printers::IncludeObject::Metadata,
-        }
-    }
-
-    pub fn table(served: &Served, items: &[Value], q: &Query, list_meta: Value) -> Value {
-        let now = chrono::Utc::now();
-        match (&served.columns, served.custom) {
-            (Some(cols), true) => crate::printers::custom_table(items, cols, include(q), now, list_meta),
-            _ => crate::printers::table(&served.def.group, &served.def.kind, items, include(q), now, list_meta),
-        }
-    }
-}
-
-/// Parsed list options shared by list and watch.
-pub struct ListOpts {
-    pub labels: LabelSelector,
-    pub fields: FieldSelector,
-}
-
-impl ListOpts {
-    pub fn parse(q: &Query) -> Result<Self, ApiError> {
-        Ok(Self {
-            labels: LabelSelector::parse(q.get("labelSelector").map(String::as_str).unwrap_or_default())?,
-            fields: FieldSelector::parse(q.get("fieldSelector").map(String::as_str).unwrap_or_default())?,
-        })
-    }
-
-    pub fn matches(&self, obj: &Value) -> bool {
-        self.labels.matches(obj) && self.fields.matches(obj)
-    }
 }
 
 fn encode_continue(rev: u64, key: &str) -> String {
@@ -315,35 +215,6 @@ pub fn decode_body(served: &Served, mut obj: Value, q: &Query) -> Result<(Value,
         obj,
         validation,
     )
-}
-
-/// Run admission: the apiserver's validation and the platform's rules.
-pub fn admit(state: &ApiState, served: &Served, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
-    use crate::admission::Verdict;
-    let name = objects::name_of(obj).to_string();
-    match crate::admission::admit(&served.def.group, &served.def.kind, obj, old, &state.policy) {
-        Verdict::Allowed => Ok(()),
-        Verdict::Invalid(causes) => Err(ApiError::Invalid {
-            message: crate::admission::invalid_message(&served.def.qualified_kind(), &name, &causes),
-            causes: causes
-                .iter()
-                .map(|c| Cause {
-                    reason: c.reason.to_string(),
-                    message: c.message.clone(),
-                    field: c.field.clone(),
-                })
-                .collect(),
-            subject: Subject {
-                group: served.def.group.clone(),
-                kind: served.def.kind.clone(),
-                name,
-            },
-        }),
-        Verdict::Forbidden { rule, message } => Err(ApiError::Forbidden(format!(
-            "{} \"{name}\" is forbidden: {message} (rule {rule})",
-            served.def.qualified_resource()
-        ))),
-    }
 }
 
 fn required_name(served: &Served) -> ApiError {
@@ -448,115 +319,6 @@ pub async fn create_object(
             Err(store_err(served, &name, e))
         }
     }
-}
-
-/// The new object of an update, before it is committed.
-pub struct UpdateCtx<'a> {
-    pub sub: Option<&'a str>,
-    pub dry: bool,
-}
-
-/// Commit `new` over `current`: subresource rules, immutable metadata, defaults, generation,
-/// admission, deletion when the last finalizer goes, and no write at all when nothing changed.
-pub async fn commit_update(
-    state: &ApiState,
-    served: &Served,
-    key: &str,
-    current: &Stored,
-    mut new: Value,
-    ctx: &UpdateCtx<'_>,
-) -> Result<Value, ApiError> {
-    let old = &*current.obj;
-    let name = objects::name_of(old).to_string();
-    if let Some(rv) = new
-        .pointer("/metadata/resourceVersion")
-        .and_then(Value::as_str)
-        .filter(|r| !r.is_empty())
-    {
-        if rv != current.rev.to_string() {
-            return Err(ApiError::Conflict {
-                resource: served.def.qualified_resource(),
-                name: name.clone(),
-                subject: subject(served, &name),
-            });
-        }
-    }
-    let body_name = objects::name_of(&new);
-    if !body_name.is_empty() && body_name != name {
-        return Err(ApiError::bad_request(format!(
-            "the name of the object ({body_name}) does not match the name on the URL ({name})"
-        )));
-    }
-    objects::meta_mut(&mut new).insert("name".into(), json!(name));
-    match ctx.sub {
-        Some("status") => {
-            // Only the status changes through /status.
-            let status = new.get("status").cloned();
-            new = old.clone();
-            match status {
-                Some(s) => new["status"] = s,
-                None => {
-                    if let Some(m) = new.as_object_mut() {
-                        m.remove("status");
-                    }
-                }
-            }
-        }
-        _ => {
-            if served.def.has_subresource("status") {
-                match old.get("status") {
-                    Some(s) => new["status"] = s.clone(),
-                    None => {
-                        if let Some(m) = new.as_object_mut() {
-                            m.remove("status");
-                        }
-                    }
-                }
-            }
-            objects::keep_immutable_meta(&mut new, old);
-            objects::apply_defaults(&served.def.group, &served.def.kind, &mut new);
-            objects::bump_generation(&mut new, old);
-        }
-    }
-    if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
-        m.insert("resourceVersion".into(), json!(current.rev.to_string()));
-    }
-    if new == *old {
-        return Ok(new);
-    }
-    admit(state, served, &new, Some(old))?;
-    super::hooks::before_update(state, served, &mut new, old)?;
-    if ctx.dry {
-        return Ok(new);
-    }
-    let deleting = new.pointer("/metadata/deletionTimestamp").is_some()
-        && new
-            .pointer("/metadata/finalizers")
-            .and_then(Value::as_array)
-            .is_none_or(Vec::is_empty)
-        && !(served.def.group.is_empty() && served.def.kind == "Namespace");
-    let write = if deleting {
-        Write::Delete {
-            key: key.to_string(),
-            expect_rev: Some(current.rev),
-        }
-    } else {
-        Write::Update {
-            key: key.to_string(),
-            obj: new,
-            expect_rev: Some(current.rev),
-        }
-    };
-    let stored = state
-        .store
-        .write(write)
-        .await
-        .map_err(|e| store_err(served, &name, e))?;
-    if deleting {
-        super::hooks::after_delete(state, served, &stored.obj);
-    }
-    super::hooks::after_write(state, served).await;
-    Ok(Arc::unwrap_or_clone(stored.obj))
 }
 
 async fn update(

@@ -6,8 +6,9 @@ use std::sync::Arc;
 use serde_json::Value;
 
 use super::ApiState;
-use super::error::ApiError;
-use super::handlers::{UpdateCtx, commit_update, create_object, not_found};
+use super::commit::{UpdateCtx, commit_update};
+use super::error::{ApiError, not_found, store_err};
+use super::handlers::create_object;
 use super::registry::Served;
 use crate::store::{Stored, Write};
 
@@ -95,7 +96,7 @@ impl LocalClient {
                 Ok(())
             }
             Err(crate::store::StoreError::NotFound) => Ok(()),
-            Err(e) => Err(super::handlers::store_err(served, name, e)),
+            Err(e) => Err(store_err(served, name, e)),
         }
     }
 

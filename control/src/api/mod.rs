@@ -1,5 +1,6 @@
 //! The Kubernetes REST API over HTTPS (HTTP/2 and HTTP/1.1).
 
+mod commit;
 mod conn;
 mod crd_schema;
 mod delete;
@@ -13,8 +14,10 @@ pub mod objects;
 mod openapi_v2;
 mod patching;
 mod pods;
+mod query;
 pub mod registry;
 pub mod select;
+mod tables;
 mod watch;
 
 pub use conn::{LimitsError, ServeLimits, serve};

@@ -10,8 +10,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 use super::ApiState;
-use super::error::ApiError;
-use super::handlers::not_found;
+use super::error::{ApiError, not_found};
 use super::http::{Body, json_response};
 use super::registry::Served;
 
@@ -74,7 +73,7 @@ pub(super) async fn bind(
             expect_rev: Some(cur.rev),
         })
         .await
-        .map_err(|e| super::handlers::store_err(served, name, e))?;
+        .map_err(|e| super::error::store_err(served, name, e))?;
     Ok(json_response(
         201,
         &json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}),

@@ -13,9 +13,10 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::ApiState;
 use super::error::ApiError;
-use super::handlers::{ListOpts, Query, tables};
 use super::http::{Body, Want};
+use super::query::{ListOpts, Query};
 use super::registry::Served;
+use super::tables;
 use crate::store::{EventType, StoreError};
 
 /// How often a bookmark is sent to a watcher that asked for them.

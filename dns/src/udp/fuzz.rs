@@ -80,7 +80,7 @@ fn handler() -> Handler {
         ),
     ];
     let slices = [obj(
-        serde_json::json!({"metadata": {"name": "db-x", "namespace": "default", "labels": {"kubernetes.io/service-name": "db"}}, "addressType": "IPv4",
+        serde_json::json!({"metadata": {"name": "db-x", "namespace": "default", "labels": {nodeless_types::keys::SERVICE_NAME: "db"}}, "addressType": "IPv4",
         "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}], "endpoints": [{"addresses": ["10.0.0.5"], "hostname": "db-0"}, {"addresses": ["10.0.0.6"]}]}),
     )];
     let pod_zone = LowerName::from(

@@ -3,11 +3,12 @@
 //! labelled with the Service's name, at the port of the same name in those slices.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use nodeless_watch::{SlicesByService, port_endpoints};
 
 /// Kubernetes' default for `sessionAffinityConfig.clientIP.timeoutSeconds`: three hours.
 pub const DEFAULT_AFFINITY_SECONDS: u32 = 10_800;
@@ -82,60 +83,7 @@ pub type Table = BTreeMap<Frontend, Entry>;
 /// and ports of other protocols (SCTP) are left out; a service port with no ready endpoint is
 /// kept with none, so that connecting to it is refused rather than routed elsewhere.
 pub fn build(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Table {
-    // (namespace, service, port name, protocol) -> endpoints; ready ones, and separately the
-    // serving-and-terminating ones used when none is ready (as kube-proxy does).
-    #[derive(Default)]
-    struct Found {
-        ready: BTreeSet<Backend>,
-        terminating: BTreeSet<Backend>,
-    }
-    let mut found: BTreeMap<(String, String, String, Proto), Found> = BTreeMap::new();
-    for slice in slices {
-        if slice.address_type != "IPv4" {
-            continue;
-        }
-        let (Some(ns), Some(svc)) = (
-            slice.metadata.namespace.clone(),
-            slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get("kubernetes.io/service-name"))
-                .cloned(),
-        ) else {
-            continue;
-        };
-        for port in slice.ports.iter().flatten() {
-            let (Some(number), Some(proto)) = (
-                port.port.and_then(|p| u16::try_from(p).ok()),
-                Proto::parse(port.protocol.as_deref()),
-            ) else {
-                continue;
-            };
-            let f = found
-                .entry((ns.clone(), svc.clone(), port.name.clone().unwrap_or_default(), proto))
-                .or_default();
-            for ep in slice.endpoints.iter().flatten() {
-                let c = ep.conditions.as_ref();
-                // Missing conditions mean ready and serving (the API's rule).
-                let ready = c.and_then(|c| c.ready).unwrap_or(true);
-                let serving = c.and_then(|c| c.serving).unwrap_or(ready);
-                let terminating = c.and_then(|c| c.terminating).unwrap_or(false);
-                for a in &ep.addresses {
-                    let Ok(addr) = a.parse::<Ipv4Addr>() else {
-                        continue;
-                    };
-                    let b = Backend { addr, port: number };
-                    if ready {
-                        f.ready.insert(b);
-                    } else if serving && terminating {
-                        f.terminating.insert(b);
-                    }
-                }
-            }
-        }
-    }
-
+    let slices = SlicesByService::new(slices);
     let mut table = Table::new();
     for svc in services {
         let (Some(ns), Some(name), Some(spec)) = (
@@ -169,20 +117,25 @@ pub fn build(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Table 
         } else {
             0
         };
+        // The programs balance IPv4 only.
+        let ipv4: Vec<&EndpointSlice> = slices
+            .get(ns, name)
+            .iter()
+            .copied()
+            .filter(|s| s.address_type == "IPv4")
+            .collect();
         for port in spec.ports.iter().flatten() {
             let (Ok(number), Some(proto)) = (u16::try_from(port.port), Proto::parse(port.protocol.as_deref())) else {
                 continue;
             };
-            let key = (
-                ns.to_string(),
-                name.to_string(),
-                port.name.clone().unwrap_or_default(),
-                proto,
-            );
-            let backends: Vec<Backend> = match found.get(&key) {
-                Some(f) if !f.ready.is_empty() => f.ready.iter().copied().collect(),
-                Some(f) => f.terminating.iter().copied().collect(),
-                None => Vec::new(),
+            // The ready endpoints, or the serving-and-terminating ones when none is ready (as
+            // kube-proxy does).
+            let found = port_endpoints(&ipv4, port);
+            let ready = as_backends(&found.ready);
+            let backends = if ready.is_empty() {
+                as_backends(&found.terminating)
+            } else {
+                ready
             };
             for addr in &addrs {
                 table.insert(
@@ -200,6 +153,20 @@ pub fn build(services: &[Arc<Service>], slices: &[Arc<EndpointSlice>]) -> Table 
         }
     }
     table
+}
+
+/// The IPv4 ones of a port's endpoints, as backends (sorted, each once, as they came).
+fn as_backends(endpoints: &[SocketAddr]) -> Vec<Backend> {
+    endpoints
+        .iter()
+        .filter_map(|e| match e {
+            SocketAddr::V4(a) => Some(Backend {
+                addr: *a.ip(),
+                port: a.port(),
+            }),
+            SocketAddr::V6(_) => None,
+        })
+        .collect()
 }
 
 /// One row of a table file.
@@ -267,6 +234,7 @@ pub fn parse_file(text: &[u8]) -> Result<Table, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nodeless_types::keys;
     use serde_json::json;
 
     fn svc(v: serde_json::Value) -> Arc<Service> {
@@ -300,7 +268,7 @@ mod tests {
         }))];
         let slices = vec![
             slice(json!({
-                "metadata": {"name": "web-1", "namespace": "a", "labels": {"kubernetes.io/service-name": "web"}},
+                "metadata": {"name": "web-1", "namespace": "a", "labels": {keys::SERVICE_NAME: "web"}},
                 "addressType": "IPv4",
                 "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 5353, "protocol": "UDP"}],
                 "endpoints": [
@@ -311,13 +279,13 @@ mod tests {
             })),
             // Another slice of the same service adds endpoints; one in another namespace does not.
             slice(json!({
-                "metadata": {"name": "web-2", "namespace": "a", "labels": {"kubernetes.io/service-name": "web"}},
+                "metadata": {"name": "web-2", "namespace": "a", "labels": {keys::SERVICE_NAME: "web"}},
                 "addressType": "IPv4",
                 "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
                 "endpoints": [{"addresses": ["10.66.0.4"]}, {"addresses": ["10.66.0.3"]}]
             })),
             slice(json!({
-                "metadata": {"name": "web-x", "namespace": "b", "labels": {"kubernetes.io/service-name": "web"}},
+                "metadata": {"name": "web-x", "namespace": "b", "labels": {keys::SERVICE_NAME: "web"}},
                 "addressType": "IPv4",
                 "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
                 "endpoints": [{"addresses": ["10.66.0.7"]}]
@@ -385,7 +353,7 @@ mod tests {
             ),
         ];
         let slices = vec![slice(json!({
-            "metadata": {"name": "a-1", "namespace": "n", "labels": {"kubernetes.io/service-name": "a"}},
+            "metadata": {"name": "a-1", "namespace": "n", "labels": {keys::SERVICE_NAME: "a"}},
             "addressType": "IPv4",
             "ports": [{"port": 8080}],
             "endpoints": [

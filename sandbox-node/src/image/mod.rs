@@ -14,6 +14,7 @@ mod import;
 pub mod layout;
 mod pull;
 pub mod reference;
+pub mod samples;
 mod unpack;
 
 use std::collections::BTreeMap;

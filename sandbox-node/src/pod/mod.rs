@@ -24,7 +24,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 
-use crate::node::NodeCtx;
+use crate::context::NodeCtx;
 use crate::runtime::Launch;
 use crate::sandbox::PodNamespaces;
 use crate::shim_proto::{ExitRecord, now_rfc3339};
@@ -392,7 +392,7 @@ impl Worker {
     }
 
     fn event(&self, kind: &str, reason: &str, message: &str) {
-        crate::node::emit_event(&self.ctx, &self.pod, kind, reason, message);
+        crate::context::emit_event(&self.ctx, &self.pod, kind, reason, message);
     }
 
     async fn ensure_sandbox(&mut self) -> Result<(), String> {

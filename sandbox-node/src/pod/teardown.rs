@@ -5,7 +5,7 @@ use std::path::Path;
 
 use nix::mount::MntFlags;
 
-use crate::node::NodeCtx;
+use crate::context::NodeCtx;
 use crate::sandbox::PodNamespaces;
 
 /// Unmount what the node mounted for one attempt: its rootfs and its subPath mounts. The

@@ -16,3 +16,4 @@ mod lifecycle;
 mod node;
 mod reflector;
 mod services;
+mod up;

@@ -7,8 +7,8 @@
 //! [`Buffered`], a small response leaves in one. Over TLS the buffer sits above the TLS stream,
 //! so the header and body also go out in one record.
 //!
-//! A connection the HTTP/1.1 path ([`crate::h1`]) hands to pingora comes with the bytes it read
-//! and did not consume; [`Buffered`] returns them first.
+//! A connection the HTTP/1.1 front ([`crate::front::h1`]) hands to pingora comes with the bytes
+//! it read and did not consume; [`Buffered`] returns them first.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -167,71 +167,4 @@ pub fn boxed<S: IO + 'static>(stream: S) -> pingora_core::protocols::Stream {
 /// `stream` buffered, reading `replay` first, as the stream pingora's apps take.
 pub fn boxed_replaying<S: IO + 'static>(stream: S, replay: bytes::BytesMut) -> pingora_core::protocols::Stream {
     Box::new(Buffered::replaying(stream, replay))
-}
-
-/// HTTP/2's connection preface (RFC 9113, section 3.4).
-const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// Whether a plain connection opens with HTTP/2's preface (h2c with prior knowledge). Found by
-/// peeking, so nothing is consumed, and once per connection: pingora, with h2c on, reads for the
-/// preface before every request of a kept-alive HTTP/1.1 connection. `None`: the client closed,
-/// or sent nothing within `limit` (the idle limit: it has not begun a request).
-pub async fn opens_with_h2_preface(tcp: &tokio::net::TcpStream, limit: Duration) -> Option<bool> {
-    let deadline = tokio::time::Instant::now() + limit;
-    let mut buf = [0u8; H2_PREFACE.len()];
-    loop {
-        let n = tokio::time::timeout_at(deadline, tcp.peek(&mut buf)).await.ok()?.ok()?;
-        if n == 0 {
-            return None;
-        }
-        if buf[..n] != H2_PREFACE[..n] {
-            return Some(false);
-        }
-        if n == H2_PREFACE.len() {
-            return Some(true);
-        }
-        // The preface so far, split across segments: its rest is on its way.
-        if tokio::time::Instant::now() >= deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use tokio::io::AsyncReadExt;
-
-    async fn pair() -> (tokio::net::TcpStream, tokio::net::TcpStream) {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let client = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
-        let (server, _) = l.accept().await.unwrap();
-        (client, server)
-    }
-
-    #[tokio::test]
-    async fn the_h2_preface_is_told_from_http1_without_consuming_anything() {
-        let (mut c, mut s) = pair().await;
-        c.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n").await.unwrap();
-        assert_eq!(opens_with_h2_preface(&s, Duration::from_secs(5)).await, Some(false));
-        let mut first = [0u8; 3];
-        s.read_exact(&mut first).await.unwrap();
-        assert_eq!(&first, b"GET");
-
-        let (mut c, s) = pair().await;
-        // A preface in two segments.
-        c.write_all(&H2_PREFACE[..10]).await.unwrap();
-        let rest = tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            c.write_all(&H2_PREFACE[10..]).await.unwrap();
-            c
-        });
-        assert_eq!(opens_with_h2_preface(&s, Duration::from_secs(5)).await, Some(true));
-        let _c = rest.await.unwrap();
-
-        let (c, s) = pair().await;
-        drop(c);
-        assert_eq!(opens_with_h2_preface(&s, Duration::from_secs(5)).await, None);
-    }
 }

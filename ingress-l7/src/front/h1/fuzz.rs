@@ -1,20 +1,23 @@
-//! Fuzz targets for the HTTP/1.1 path's parsers of client and endpoint bytes: the request head
-//! (httparse, then this path's framing and forwarding rules in [`Front::plan`]) and the chunked
-//! body scanner. `fuzz/` runs them under libfuzzer and `tests/fuzz_props.rs` on stable; both
-//! panic when a property fails, not only when the parser does.
+//! Fuzz targets for the HTTP/1.1 front's parser of client bytes: the request head (httparse,
+//! then this front's framing and forwarding rules in [`Front::plan`]). The chunked-body scanner's
+//! targets are with the scanner ([`crate::wire::fuzz`]). `fuzz/` runs them under libfuzzer and
+//! `tests/fuzz_props.rs` on stable; both panic when a property fails, not only when the parser
+//! does.
 //!
-//! A child of [`super`] so that it reaches the private planner and scanner without widening
-//! them; the front it plans with routes host `h` to an endpoint nothing connects to.
+//! A child of [`super`] so that it reaches the private planner without widening it; the front it
+//! plans with routes host `h` to an endpoint nothing connects to.
 
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use bytes::BytesMut;
 use serde_json::json;
 
-use super::{ChunkState, Chunked, Front, MAX_HEADERS, Plan, content_length};
+use super::{Plan, request_dropped};
+use crate::front::Front;
 use crate::metrics::Metrics;
 use crate::routes::{self, Table};
+use crate::wire::fuzz::Choices;
+use crate::wire::{MAX_HEADERS, content_length};
 
 fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
     Arc::new(serde_json::from_value(v).expect("a fixed object"))
@@ -49,11 +52,6 @@ fn front() -> Front {
 
 thread_local! {
     static FRONT: Front = front();
-}
-
-/// Request headers the forwarded head does not carry as they came (see `REQUEST_DROPPED`).
-fn dropped(name: &str) -> bool {
-    super::REQUEST_DROPPED.iter().any(|d| name.eq_ignore_ascii_case(d))
 }
 
 /// A request head from a client. It is incomplete, refused with a 4xx, handed to pingora, or
@@ -97,7 +95,7 @@ fn check_head(front: &Front, data: &[u8]) {
             let kept: Vec<(&str, &[u8])> = parsed
                 .headers
                 .iter()
-                .filter(|h| !dropped(h.name))
+                .filter(|h| !request_dropped(h.name))
                 .map(|h| (h.name, h.value))
                 .collect();
             let sent: Vec<(&str, &[u8])> = fwd.headers.iter().map(|h| (h.name, h.value)).collect();
@@ -130,31 +128,6 @@ fn check_head(front: &Front, data: &[u8]) {
                 f.body
             );
         }
-    }
-}
-
-/// Reads an input as a stream of choices; past its end every choice is 0.
-struct Choices<'a>(&'a [u8]);
-
-impl Choices<'_> {
-    fn byte(&mut self) -> u8 {
-        let Some((&b, rest)) = self.0.split_first() else {
-            return 0;
-        };
-        self.0 = rest;
-        b
-    }
-
-    fn below(&mut self, n: usize) -> usize {
-        usize::from(self.byte()) % n
-    }
-
-    fn pick<'v>(&mut self, from: &[&'v str]) -> &'v str {
-        from[self.below(from.len())]
-    }
-
-    fn done(&self) -> bool {
-        self.0.is_empty()
     }
 }
 
@@ -253,84 +226,4 @@ pub fn head_fields(data: &[u8]) {
             }
         }
     });
-}
-
-/// Scan `buf` in pieces of `step` bytes (the last piece shorter): what was taken, the chunks'
-/// data, and whether the body ended.
-fn scan_in_steps(buf: &[u8], step: usize) -> (Option<usize>, Vec<u8>, bool) {
-    let mut c = Chunked::default();
-    let mut data = BytesMut::new();
-    let mut taken = 0;
-    for piece in buf.chunks(step.max(1)) {
-        match c.scan_into(piece, Some(&mut data)) {
-            None => return (None, data.to_vec(), false),
-            Some(n) => {
-                taken += n;
-                if c.state == ChunkState::Done {
-                    assert!(n <= piece.len());
-                    break;
-                }
-                assert_eq!(n, piece.len(), "an unfinished body left bytes of a piece");
-            }
-        }
-    }
-    (Some(taken), data.to_vec(), c.state == ChunkState::Done)
-}
-
-/// A chunked body from an endpoint (or an HTTP/2 client's request turned HTTP/1.1): scanned
-/// whole or in pieces of any size, the same verdict, the same end and the same data.
-pub fn chunked(data: &[u8]) {
-    let Some((&step, body)) = data.split_first() else {
-        return;
-    };
-    let whole = scan_in_steps(body, body.len());
-    let pieces = scan_in_steps(body, usize::from(step % 7) + 1);
-    if whole.0.is_none() {
-        assert_eq!(pieces.0, None, "refused whole but not in pieces");
-    } else {
-        assert_eq!(whole, pieces, "a different scan in pieces of {}", step % 7 + 1);
-    }
-}
-
-/// A well-formed chunked body built from choices (sizes in any case with leading zeros,
-/// extensions, trailers) then bytes of the next message: the scanner gives back exactly the
-/// data and stops exactly at the body's end.
-pub fn chunked_encode(data: &[u8]) {
-    let mut c = Choices(data);
-    let (mut wire, mut want) = (Vec::new(), Vec::new());
-    let mut n = 0u8;
-    while !c.done() && c.below(6) != 0 {
-        n = n.wrapping_add(1);
-        let len = 1 + c.below(40);
-        let chunk: Vec<u8> = (0..len).map(|i| b'a' + ((i + usize::from(n)) % 26) as u8).collect();
-        let size = match c.below(3) {
-            0 => format!("{len:x}"),
-            1 => format!("{len:X}"),
-            _ => format!("{len:08x}"),
-        };
-        wire.extend_from_slice(size.as_bytes());
-        wire.extend_from_slice(c.pick(&["", ";ext", ";a=b;c=\"d\"", " ", "\t;x"]).as_bytes());
-        wire.extend_from_slice(b"\r\n");
-        wire.extend_from_slice(&chunk);
-        wire.extend_from_slice(b"\r\n");
-        want.extend_from_slice(&chunk);
-    }
-    wire.extend_from_slice(c.pick(&["0", "000", "0;last"]).as_bytes());
-    wire.extend_from_slice(b"\r\n");
-    for _ in 0..c.below(3) {
-        wire.extend_from_slice(c.pick(&["X-T: 1\r\n", "Checksum: abc\r\n", "E:\r\n"]).as_bytes());
-    }
-    wire.extend_from_slice(b"\r\n");
-    let end = wire.len();
-    wire.extend_from_slice(b"GET / HTTP/1.1\r\n");
-    for step in [wire.len(), 1, 1 + c.below(13)] {
-        let (taken, got, done) = scan_in_steps(&wire, step);
-        assert_eq!(
-            (taken, done),
-            (Some(end), true),
-            "{:?} in pieces of {step}",
-            String::from_utf8_lossy(&wire)
-        );
-        assert_eq!(got, want);
-    }
 }

@@ -1,9 +1,13 @@
-//! The admission policy every listener shares ([`admit`]), and the pingora proxy that serves the
-//! HTTP/1.1 connections the ingress's own HTTP/1.1 path hands over (chunked request bodies,
-//! upgrades, HTTP/1.0, routes to h2c endpoints): each request is routed by the current table
-//! (Host, path), sent to one of its upstream's ready endpoints, and answered by the ingress
-//! itself when there is nowhere to send it (404 with no rule, 503 naming the reason when the
-//! backend cannot take it: never a hang).
+//! The fallback: pingora's HTTP proxy (`ProxyHttp`), serving the HTTP/1.1 connections the
+//! ingress's own HTTP/1.1 front hands over ([`crate::front::End::HandOff`]): request bodies
+//! without a length (`Transfer-Encoding`), `Expect`, upgrades (websockets), HTTP/1.0, targets
+//! that are not origin-form, `Connection` options other than `close` and `keep-alive`, and
+//! routes to h2c endpoints. Each request is admitted by the same policy as every other
+//! ([`crate::admit`]), sent to one of its upstream's ready endpoints through pingora's own
+//! connector and pool, and answered by the ingress itself when there is nowhere to send it (404
+//! with no rule, 503 naming the reason when the backend cannot take it: never a hang).
+//!
+//! [`stream`] wraps a handed-over connection as pingora's apps want it.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -16,15 +20,12 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 
+use crate::admit::{Outcome, admit, default_settings, idempotent, request_host, request_id};
 use crate::metrics::{self, Metrics};
-use crate::routes::{Decision, Settings, Table, Target, Upstream};
+use crate::routes::{Settings, Table, Upstream};
+use crate::upstream::{connect_failed, connect_tries};
 
-/// Connect attempts for one request (the first and up to two retries on other endpoints).
-const CONNECT_TRIES: usize = 3;
-
-/// The most request-line-and-header bytes taken; more gets 431 (nginx allows 4 x 8 KiB by
-/// default). Pingora itself stops reading at 1 MiB and drops the connection.
-pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+pub mod stream;
 
 pub struct Ingress {
     pub table: Arc<ArcSwap<Table>>,
@@ -58,16 +59,6 @@ impl Ctx {
     }
 }
 
-/// The request's host: the Host header, or the authority of an HTTP/2 or HTTP/3 request.
-pub fn request_host(uri: &http::Uri, headers: &http::HeaderMap) -> String {
-    headers
-        .get(http::header::HOST)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| uri.authority().map(|a| a.to_string()))
-        .unwrap_or_default()
-}
-
 async fn respond(session: &mut Session, status: u16, body: String) -> Result<bool> {
     let mut resp = ResponseHeader::build(status, Some(3))?;
     resp.insert_header(http::header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
@@ -77,134 +68,6 @@ async fn respond(session: &mut Session, status: u16, body: String) -> Result<boo
         .write_response_body(Some(Bytes::from(body + "\n")), true)
         .await?;
     Ok(true)
-}
-
-pub fn idempotent(method: &http::Method) -> bool {
-    idempotent_method(method.as_str())
-}
-
-/// Whether a request by this method may be sent again (RFC 9110, section 9.2.2).
-pub fn idempotent_method(method: &str) -> bool {
-    matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE")
-}
-
-/// What the ingress does with a request, decided from its head alone: the one policy the TCP
-/// listeners (pingora) and the QUIC listener (HTTP/3) share.
-pub struct Admitted {
-    /// The Ingress whose rule matched (`-` when none did).
-    pub ingress: String,
-    pub settings: Arc<Settings>,
-    pub outcome: Outcome,
-}
-
-pub enum Outcome {
-    /// Send it to this upstream.
-    Forward(Arc<Upstream>),
-    /// Answer it here: status and body.
-    Respond(u16, String),
-    /// Answer with a 308 to this URL (the route wants HTTPS).
-    Redirect(String),
-}
-
-/// The shared default settings: a request that no route takes allocates none.
-fn default_settings() -> Arc<Settings> {
-    static DEFAULT: std::sync::LazyLock<Arc<Settings>> = std::sync::LazyLock::new(Arc::default);
-    DEFAULT.clone()
-}
-
-/// Route a request by its head: 431 for an oversized head, 404 when no rule matches, 308 when
-/// the route wants HTTPS and this is plain HTTP, 413 for a declared body over the route's
-/// limit, 503 naming why when the backend cannot take it.
-pub fn admit(table: &Table, scheme: &str, uri: &http::Uri, headers: &http::HeaderMap) -> Admitted {
-    let header_bytes = uri.path_and_query().map(|p| p.as_str().len()).unwrap_or(0)
-        + headers
-            .iter()
-            .map(|(k, v)| k.as_str().len() + v.len() + 4)
-            .sum::<usize>();
-    let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    admit_head(
-        table,
-        scheme,
-        &request_host(uri, headers),
-        target,
-        declared_length(headers),
-        header_bytes,
-    )
-}
-
-/// [`admit`] from the parts of a request head that decide it: the host (Host header or
-/// authority), the origin-form target (path and query), the declared body length and the head's
-/// size in bytes.
-pub fn admit_head(
-    table: &Table,
-    scheme: &str,
-    host: &str,
-    target: &str,
-    declared: Option<u64>,
-    header_bytes: usize,
-) -> Admitted {
-    let early = |status, body| Admitted {
-        ingress: "-".to_string(),
-        settings: default_settings(),
-        outcome: Outcome::Respond(status, body),
-    };
-    if header_bytes > MAX_HEADER_BYTES {
-        return early(
-            431,
-            format!("the request's header is {header_bytes} bytes, over the limit of {MAX_HEADER_BYTES}"),
-        );
-    }
-    let path = target.split_once('?').map_or(target, |(p, _)| p);
-    let route = match table.route(host, path) {
-        Decision::Route(r) | Decision::Default(r) => r,
-        Decision::NotFound => {
-            return early(
-                404,
-                format!(
-                    "no ingress rule matches host {:?} and path {path:?}",
-                    crate::routes::normalize_host(host)
-                ),
-            );
-        }
-    };
-    let settings = route.settings.clone();
-    let outcome = if settings.ssl_redirect && scheme == "http" {
-        Outcome::Redirect(format!("https://{}{}", crate::routes::normalize_host(host), target))
-    } else if settings.body_limit > 0 && declared.is_some_and(|n| n > settings.body_limit) {
-        Outcome::Respond(
-            413,
-            format!(
-                "the request body is larger than this route's limit of {} bytes",
-                settings.body_limit
-            ),
-        )
-    } else {
-        match &route.target {
-            Target::Upstream(u) => Outcome::Forward(u.clone()),
-            Target::Unavailable(reason) => Outcome::Respond(503, reason.clone()),
-        }
-    };
-    Admitted {
-        ingress: route.ingress.clone(),
-        settings,
-        outcome,
-    }
-}
-
-/// The request body's declared length.
-pub fn declared_length(headers: &http::HeaderMap) -> Option<u64> {
-    headers
-        .get(http::header::CONTENT_LENGTH)
-        .and_then(|v| crate::h1::content_length(v.as_bytes()))
-}
-
-/// The client's X-Request-Id, or a new one.
-pub fn request_id(headers: &http::HeaderMap) -> String {
-    headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .unwrap_or_else(|| uuid::Uuid::new_v4().simple().to_string())
 }
 
 #[async_trait]
@@ -277,19 +140,14 @@ impl ProxyHttp for Ingress {
         // Nothing reached the endpoint: it counts towards ejecting it, and an idempotent
         // request goes to another one.
         if let (Some(u), Some(&i)) = (&ctx.upstream, ctx.tried.last()) {
-            u.connect_failed(i);
-            self.metrics
-                .upstream_errors
-                .get_or_create(&metrics::UpstreamError {
-                    ingress: ctx.ingress.clone(),
-                    service: u.name.clone(),
-                    kind: "connect".into(),
-                })
-                .inc();
+            connect_failed(&self.metrics, u, i, &ctx.ingress);
         }
         ctx.release();
-        let others = ctx.upstream.as_ref().map(|u| u.endpoints.len()).unwrap_or(0);
-        if idempotent(&session.req_header().method) && ctx.tried.len() < CONNECT_TRIES.min(others.max(1)) {
+        let more = ctx
+            .upstream
+            .as_ref()
+            .is_some_and(|u| ctx.tried.len() < connect_tries(u, true));
+        if idempotent(&session.req_header().method) && more {
             e.set_retry(true);
         }
         e

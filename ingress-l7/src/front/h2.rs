@@ -1,9 +1,10 @@
-//! The HTTP/2 path: h2c connections (by their preface) and TLS connections with `h2` by ALPN are
+//! The HTTP/2 front: h2c connections (by their preface) and TLS connections with `h2` by ALPN are
 //! served here with the h2 crate, one task per connection driving its streams together. Each
-//! stream is admitted by the same policy as every other request ([`proxy::admit`]) and forwarded
-//! as HTTP/1.1 over the worker thread's pool of kept-alive connections (the one the HTTP/1.1
-//! path uses), or, to h2c endpoints (`appProtocol: kubernetes.io/h2c`, gRPC), over one shared
-//! HTTP/2 connection per endpoint (hyper).
+//! stream is admitted by the same policy as every other request ([`crate::admit::admit`]) and
+//! forwarded as HTTP/1.1 over the worker thread's own kept-alive connections (the ones the
+//! HTTP/1.1 front uses, [`crate::upstream::tcp`]), or, to h2c endpoints (`appProtocol:
+//! kubernetes.io/h2c`, gRPC), over one shared HTTP/2 connection per endpoint
+//! ([`crate::upstream::client`]).
 //!
 //! Towards an HTTP/1.1 endpoint a request body of unknown length is sent chunked, and a chunked
 //! response is sent on as plain DATA frames (HTTP/2 has no chunked coding); response trailers
@@ -24,32 +25,25 @@ use hyper::body::Frame;
 use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
-use crate::h1::{
-    Body, CONNECT_TRIES, Forwarded, Front, MAX_HEADERS, READ_CHUNK, Read, UnderWay, framing, parse_response, put_idle,
-    read_head, unusable_head, write_out,
-};
-use crate::http3::{BoxError, Conn, strip_hop_by_hop};
+use super::{Front, SET_BY_INGRESS};
+use crate::admit::{self, Outcome};
+use crate::limits::MAX_HEADER_BYTES;
 use crate::metrics;
-use crate::proxy::{self, MAX_HEADER_BYTES, Outcome};
 use crate::routes::{Settings, Upstream};
+use crate::upstream::client::{BoxError, Conn};
+use crate::upstream::tcp::{Read, obtain, put_idle, read_head, unusable_head};
+use crate::upstream::{CONNECT_TRIES, Forwarded, UnderWay, connect_tries};
+use crate::wire::{Body, MAX_HEADERS, READ_CHUNK, framing, is_hop_by_hop, parse_response, strip_hop_by_hop, write_out};
 
 /// Streams a client may have open at once on one connection.
 const MAX_STREAMS: u32 = 256;
-/// Request headers not sent to an HTTP/1.1 endpoint: HTTP/2 has no hop-by-hop fields, and
-/// these the ingress writes itself.
-const REQUEST_DROPPED: [&str; 11] = [
-    "host",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-request-id",
-];
+
+/// Whether a client's request field (named in lower case, as HTTP/2 has them) is left out of the
+/// head for an HTTP/1.1 endpoint: `Host`, written from the authority; the hop-by-hop fields,
+/// which HTTP/2 does not have; and the fields the ingress sets itself.
+fn request_dropped(name: &str) -> bool {
+    name == "host" || is_hop_by_hop(name) || SET_BY_INGRESS.contains(&name)
+}
 
 impl Front {
     /// Serve an HTTP/2 connection until the client closes it, it fails, or the ingress shuts
@@ -115,9 +109,9 @@ impl Front {
     async fn h2_stream(&self, req: http::Request<RecvStream>, mut respond: SendResponse<Bytes>, client: SocketAddr) {
         let started = Instant::now();
         let (head, body) = req.into_parts();
-        let id = proxy::request_id(&head.headers);
-        let admitted = proxy::admit(&self.table.load(), self.scheme, &head.uri, &head.headers);
-        let host = proxy::request_host(&head.uri, &head.headers);
+        let id = admit::request_id(&head.headers);
+        let admitted = admit::admit(&self.table.load(), self.scheme, &head.uri, &head.headers);
+        let host = admit::request_host(&head.uri, &head.headers);
         let mut service = None;
         let mut done = match admitted.outcome {
             Outcome::Respond(status, text) => Forwarded {
@@ -233,33 +227,29 @@ impl Front {
         respond: &mut SendResponse<Bytes>,
     ) -> Forwarded {
         let mut done = Forwarded::default();
-        let declared = proxy::declared_length(&head.headers);
+        let declared = admit::declared_length(&head.headers);
         let has_body = !body.is_end_stream();
         let chunked = has_body && declared.is_none();
         let out = request_head(head, host, id, client, self.scheme, chunked);
         let timeout = settings.read_timeout;
-        let tries = if proxy::idempotent(&head.method) {
-            CONNECT_TRIES.min(u.endpoints.len().max(1))
-        } else {
-            1
-        };
+        let tries = connect_tries(u, admit::idempotent(&head.method));
         let (mut tried, mut ntried, mut again) = ([0usize; CONNECT_TRIES], 0, None);
         let mut under_way: Option<UnderWay<'_>>;
         let mut ubuf = BytesMut::with_capacity(READ_CHUNK);
         let (i, mut conn, len, status, headers, mut framing, keep_alive) = 'attempt: loop {
-            let Some((i, mut conn, reused)) = self
-                .obtain(
-                    u,
-                    settings,
-                    tries,
-                    has_body,
-                    &mut tried,
-                    &mut ntried,
-                    again.take(),
-                    ingress,
-                    &mut done,
-                )
-                .await
+            let Some((i, mut conn, reused)) = obtain(
+                &self.metrics,
+                u,
+                settings,
+                tries,
+                has_body,
+                &mut tried,
+                &mut ntried,
+                again.take(),
+                ingress,
+                &mut done,
+            )
+            .await
             else {
                 return done;
             };
@@ -426,7 +416,7 @@ impl Front {
         let mut done = Forwarded::default();
         let (last, got) = self
             .h2c
-            .connect_any(u, settings, proxy::idempotent(&head.method), &self.metrics, ingress)
+            .connect_any(u, settings, admit::idempotent(&head.method), &self.metrics, ingress)
             .await;
         done.endpoint = last.map(|i| u.addr(i));
         let (i, mut conn) = match got {
@@ -603,7 +593,7 @@ fn request_head(
             cookies.push(value.as_bytes());
         } else if n == "x-forwarded-for" {
             prior_xff = value.to_str().ok().filter(|v| !v.is_empty());
-        } else if !REQUEST_DROPPED.contains(&n) {
+        } else if !request_dropped(n) {
             field(n.as_bytes(), value.as_bytes());
         }
     }
@@ -643,18 +633,7 @@ fn response_head(
     let (body, keep_alive) = framing(status, version, head_request, resp.headers);
     let mut headers = HeaderMap::with_capacity(resp.headers.len());
     for h in resp.headers.iter() {
-        let hop = [
-            "connection",
-            "transfer-encoding",
-            "keep-alive",
-            "proxy-connection",
-            "upgrade",
-            "te",
-            "x-request-id",
-        ]
-        .iter()
-        .any(|d| h.name.eq_ignore_ascii_case(d));
-        if hop {
+        if is_hop_by_hop(h.name) || h.name.eq_ignore_ascii_case("x-request-id") {
             continue;
         }
         if let (Ok(n), Ok(v)) = (

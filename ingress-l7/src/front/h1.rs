@@ -1,7 +1,7 @@
-//! The HTTP/1.1 path: requests on an HTTP/1.1 connection (plain, or TLS with `http/1.1` by ALPN)
-//! are parsed here (httparse), admitted by the same policy as every other request
-//! ([`proxy::admit_head`]), and forwarded over a pool of kept-alive connections that belongs to
-//! the worker thread, with no task, lock or channel per request.
+//! The HTTP/1.1 front: requests on an HTTP/1.1 connection (plain, or TLS with `http/1.1` by
+//! ALPN) are parsed here (httparse), admitted by the same policy as every other request
+//! ([`crate::admit::admit_head`]), and forwarded over the worker thread's own kept-alive
+//! connections ([`crate::upstream::tcp`]), with no task, lock or channel per request.
 //!
 //! Pingora's proxy spends two to three times nginx's CPU on a short request, most of it in
 //! machinery this path does not need: every upstream connection returned to its pool gets a
@@ -10,78 +10,41 @@
 //! into one buffer and written once, the response head and as much of the body as has arrived go
 //! back in one write, and an idle upstream connection is a socket in a per-thread list.
 //!
-//! What this path does not take it hands over, unread, to pingora's proxy, which keeps the
-//! connection from then on: bodies without a length (`Transfer-Encoding`), `Expect`, upgrades
-//! (websockets), HTTP/1.0, targets that are not origin-form, `Connection` options other than
-//! `close` and `keep-alive`, and routes to h2c endpoints.
+//! What this front does not take it hands over, unread, to the pingora fallback
+//! ([`crate::fallback`]), which keeps the connection from then on: bodies without a length
+//! (`Transfer-Encoding`), `Expect`, upgrades (websockets), HTTP/1.0, targets that are not
+//! origin-form, `Connection` options other than `close` and `keep-alive`, and routes to h2c
+//! endpoints.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use arc_swap::ArcSwap;
 use bytes::{Buf, BytesMut};
 use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::TcpStream;
 
-use crate::limits::ClientLimits;
-use crate::metrics::{self, Metrics};
-use crate::proxy::{self, MAX_HEADER_BYTES, Outcome};
-use crate::routes::{Settings, Table, Upstream};
+use super::{End, Front, SET_BY_INGRESS};
+use crate::admit::{self, Outcome};
+use crate::limits::MAX_HEADER_BYTES;
+use crate::metrics;
+use crate::routes::{Settings, Upstream};
+use crate::upstream::tcp::{Read, obtain, put_idle, read_head, unusable_head};
+use crate::upstream::{CONNECT_TRIES, Forwarded, UnderWay, connect_tries};
+use crate::wire::{Body, MAX_HEADERS, READ_CHUNK, content_length, framing, is_hop_by_hop, parse_response, write_out};
 
-/// Header fields taken in one head.
-pub(crate) const MAX_HEADERS: usize = 128;
-/// Connect attempts for one idempotent request (the first and up to two other endpoints).
-pub(crate) const CONNECT_TRIES: usize = 3;
-/// An idle upstream connection is closed after this long.
-const UPSTREAM_IDLE: Duration = Duration::from_secs(60);
-/// Idle connections kept per endpoint, per worker thread.
-const IDLE_PER_ENDPOINT: usize = 256;
-/// A connection idle for longer than this is checked for a close from the endpoint before it is
-/// reused; a younger one is trusted, and a request without a body that finds it closed anyway
-/// is sent again on a new connection.
-const CHECK_AFTER: Duration = Duration::from_secs(1);
-/// Read buffer growth step.
-pub(crate) const READ_CHUNK: usize = 16 * 1024;
-
-/// Request headers not passed on: hop-by-hop ones, and those the ingress sets itself.
-const REQUEST_DROPPED: [&str; 8] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-request-id",
-];
-
-/// One listener's HTTP/1.1 front on one worker thread.
-pub struct Front {
-    pub table: Arc<ArcSwap<Table>>,
-    pub metrics: Arc<Metrics>,
-    /// `http` or `https`: what X-Forwarded-Proto says.
-    pub scheme: &'static str,
-    /// The Alt-Svc value that advertises HTTP/3 in this listener's responses.
-    pub alt_svc: Option<http::HeaderValue>,
-    /// Connections to h2c endpoints (HTTP/2 clients' requests for them; HTTP/1.1 clients' go to
-    /// pingora).
-    pub h2c: crate::http3::Pool,
-    /// How long a client may take over a head and stay idle between requests.
-    pub limits: ClientLimits,
+/// Whether a client's request field is left out of the head for the endpoint: the hop-by-hop
+/// fields (requests with `Transfer-Encoding` or `Upgrade` go to pingora, so of those only
+/// `Connection`, `Keep-Alive`, `Proxy-Connection` and `TE` get this far), and the fields the
+/// ingress sets itself.
+fn request_dropped(name: &str) -> bool {
+    is_hop_by_hop(name) || SET_BY_INGRESS.iter().any(|d| name.eq_ignore_ascii_case(d))
 }
 
-/// How a connection left this path.
-pub enum End<S> {
-    /// Closed, by either side or after an error.
-    Closed,
-    /// To be served by pingora from here on: the stream, and the bytes read from it and not
-    /// consumed (the next request's head first), to be read again.
-    HandOff(S, BytesMut),
-}
+/// Of the hop-by-hop fields, those an endpoint's response keeps on its way to the client: it
+/// goes on framed as the endpoint framed it (a chunked body stays chunked, so its
+/// `Transfer-Encoding` stays), and `TE` and `Upgrade` with it.
+const RESPONSE_KEPT: [&str; 3] = ["te", "transfer-encoding", "upgrade"];
 
 /// What a request head asks for, decided while the head is borrowed from the read buffer.
 enum Plan {
@@ -115,33 +78,10 @@ struct Request {
     plan: Plan,
 }
 
-/// What happened to a forwarded request, for the metrics and the log.
-#[derive(Default)]
-pub(crate) struct Forwarded {
-    pub(crate) code: u16,
-    pub(crate) endpoint: Option<SocketAddr>,
-    pub(crate) upstream_error: Option<&'static str>,
-    pub(crate) error: String,
-    /// The ingress's own answer instead of the endpoint's (nothing was sent to the client yet).
-    pub(crate) answer: Option<(u16, String)>,
-    /// The client connection cannot go on (an error mid-response, or the response was delimited
-    /// by closing).
-    pub(crate) close: bool,
-}
-
-/// Counts a request as under way at an endpoint until dropped.
-pub(crate) struct UnderWay<'a>(pub(crate) &'a Upstream, pub(crate) usize);
-
-impl Drop for UnderWay<'_> {
-    fn drop(&mut self) {
-        self.0.done(self.1);
-    }
-}
-
 impl Front {
     /// Serve HTTP/1.1 requests on `io` until the client closes, an error ends the connection, the
     /// ingress shuts down, or a request needs pingora ([`End::HandOff`]).
-    pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(
+    pub async fn serve_h1<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         mut io: S,
         client: SocketAddr,
@@ -349,14 +289,14 @@ impl Front {
         let Some(host) = host else {
             return Err((400, "an HTTP/1.1 request without a Host header".into()));
         };
-        let admitted = proxy::admit_head(&self.table.load(), self.scheme, host, target, length, head_len);
+        let admitted = admit::admit_head(&self.table.load(), self.scheme, host, target, length, head_len);
         let plan = match admitted.outcome {
             Outcome::Forward(u) if u.h2c => return Ok(Some(hand_off)),
             Outcome::Forward(upstream) => Plan::Forward(Forward {
                 upstream,
                 settings: admitted.settings,
                 body: length.unwrap_or(0),
-                idempotent: proxy::idempotent_method(method),
+                idempotent: admit::idempotent_method(method),
                 head: method == "HEAD",
             }),
             // A body that is not read leaves the connection unusable.
@@ -378,11 +318,7 @@ impl Front {
             out.push(b' ');
             out.extend_from_slice(target.as_bytes());
             out.extend_from_slice(b" HTTP/1.1\r\n");
-            for h in req
-                .headers
-                .iter()
-                .filter(|h| !REQUEST_DROPPED.iter().any(|d| h.name.eq_ignore_ascii_case(d)))
-            {
+            for h in req.headers.iter().filter(|h| !request_dropped(h.name)) {
                 field(out, h.name, h.value);
             }
             match prior_xff {
@@ -472,11 +408,7 @@ impl Front {
         let u = &*f.upstream;
         let mut done = Forwarded::default();
         let timeout = f.settings.read_timeout;
-        let tries = if f.idempotent {
-            CONNECT_TRIES.min(u.endpoints.len().max(1))
-        } else {
-            1
-        };
+        let tries = connect_tries(u, f.idempotent);
         let mut tried = [0usize; CONNECT_TRIES];
         let mut ntried = 0;
         // After a kept-alive connection turned out closed, a request without a body goes again,
@@ -485,19 +417,19 @@ impl Front {
         // The endpoint the request is under way at (replaced, and so released, by a retry).
         let mut under_way: Option<UnderWay<'_>>;
         let (i, mut conn, head) = 'attempt: loop {
-            let Some((i, mut conn, reused)) = self
-                .obtain(
-                    u,
-                    &f.settings,
-                    tries,
-                    f.body > 0,
-                    &mut tried,
-                    &mut ntried,
-                    again.take(),
-                    ingress,
-                    &mut done,
-                )
-                .await
+            let Some((i, mut conn, reused)) = obtain(
+                &self.metrics,
+                u,
+                &f.settings,
+                tries,
+                f.body > 0,
+                &mut tried,
+                &mut ntried,
+                again.take(),
+                ingress,
+                &mut done,
+            )
+            .await
             else {
                 return done;
             };
@@ -626,76 +558,6 @@ impl Front {
         done
     }
 
-    /// A connection to one of `u`'s endpoints: `again`'s anew, or one picked among those not
-    /// `tried` yet, kept-alive if one is idle (checked first when `check`), else new; up to
-    /// `tries` endpoints. `None` when there is none, with the answer set in `done`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) async fn obtain(
-        &self,
-        u: &Upstream,
-        settings: &Settings,
-        tries: usize,
-        check: bool,
-        tried: &mut [usize; CONNECT_TRIES],
-        ntried: &mut usize,
-        again: Option<usize>,
-        ingress: &str,
-        done: &mut Forwarded,
-    ) -> Option<(usize, TcpStream, bool)> {
-        if let Some(i) = again {
-            return match connect(u.addr(i), settings.connect_timeout).await {
-                Ok(c) => Some((i, c, false)),
-                Err(e) => {
-                    self.connect_failed(u, i, ingress);
-                    done.error = format!("connecting to {}: {e}", u.addr(i));
-                    done.answer = Some((
-                        502,
-                        format!("could not connect to an endpoint of service {}: {e}", u.name),
-                    ));
-                    None
-                }
-            };
-        }
-        loop {
-            let Some(i) = u.pick(settings.balance, &tried[..*ntried]) else {
-                done.answer = Some((503, format!("service {} has no ready endpoints", u.name)));
-                return None;
-            };
-            tried[*ntried] = i;
-            *ntried += 1;
-            done.endpoint = Some(u.addr(i));
-            if let Some(c) = take_idle(u.addr(i), check) {
-                return Some((i, c, true));
-            }
-            match connect(u.addr(i), settings.connect_timeout).await {
-                Ok(c) => return Some((i, c, false)),
-                Err(e) => {
-                    self.connect_failed(u, i, ingress);
-                    if *ntried >= tries {
-                        done.error = format!("connecting to {}: {e}", u.addr(i));
-                        done.answer = Some((
-                            502,
-                            format!("could not connect to an endpoint of service {}: {e}", u.name),
-                        ));
-                        return None;
-                    }
-                }
-            }
-        }
-    }
-
-    fn connect_failed(&self, u: &Upstream, i: usize, ingress: &str) {
-        u.connect_failed(i);
-        self.metrics
-            .upstream_errors
-            .get_or_create(&metrics::UpstreamError {
-                ingress: ingress.to_string(),
-                service: u.name.clone(),
-                kind: "connect".into(),
-            })
-            .inc();
-    }
-
     /// Parse the response head at the start of `ubuf` and write the client's version of it into
     /// `rout`: the status line and fields as they came, less the hop-by-hop ones and those the
     /// ingress sets (X-Request-Id, Alt-Svc).
@@ -718,9 +580,8 @@ impl Front {
         status_line(rout, status, resp.reason.unwrap_or(""));
         for h in resp.headers.iter() {
             let n = h.name;
-            if ["connection", "keep-alive", "proxy-connection", "x-request-id"]
-                .iter()
-                .any(|d| n.eq_ignore_ascii_case(d))
+            if (is_hop_by_hop(n) && !RESPONSE_KEPT.iter().any(|k| n.eq_ignore_ascii_case(k)))
+                || n.eq_ignore_ascii_case("x-request-id")
                 || (self.alt_svc.is_some() && n.eq_ignore_ascii_case("alt-svc"))
             {
                 continue;
@@ -742,131 +603,6 @@ impl Front {
     }
 }
 
-/// How reading a response head ended.
-pub(crate) enum Read {
-    /// `ubuf` starts with a whole head (perhaps an interim one).
-    Head,
-    /// A kept-alive connection turned out closed before any answer: send the request again on a
-    /// new one.
-    Again,
-    /// The ingress's answer is set.
-    Failed,
-}
-
-/// Read from an endpoint's connection into `ubuf` until it holds a whole response head, within
-/// `timeout` a read. A connection closed before any byte of answer is [`Read::Again`] when
-/// `retryable`.
-pub(crate) async fn read_head(
-    conn: &mut TcpStream,
-    ubuf: &mut BytesMut,
-    timeout: Duration,
-    u: &Upstream,
-    i: usize,
-    retryable: bool,
-    done: &mut Forwarded,
-) -> Read {
-    loop {
-        if ubuf.windows(4).any(|w| w == b"\r\n\r\n") {
-            return Read::Head;
-        }
-        if ubuf.len() > MAX_HEADER_BYTES {
-            *done = unusable_head(
-                std::mem::take(done),
-                u,
-                i,
-                &format!("sent a response head over {MAX_HEADER_BYTES} bytes"),
-            );
-            return Read::Failed;
-        }
-        ubuf.reserve(READ_CHUNK);
-        let failure = match tokio::time::timeout(timeout, conn.read_buf(ubuf)).await {
-            Ok(Ok(n)) if n > 0 => continue,
-            Ok(Ok(_)) => "closed the connection without an answer".to_string(),
-            Ok(Err(e)) => e.to_string(),
-            Err(_) => {
-                done.upstream_error = Some("read timeout");
-                done.error = "read timeout".into();
-                done.answer = Some((
-                    504,
-                    format!(
-                        "endpoint {} of service {} sent no answer in {:?}",
-                        u.addr(i),
-                        u.name,
-                        timeout
-                    ),
-                ));
-                return Read::Failed;
-            }
-        };
-        if retryable && ubuf.is_empty() {
-            return Read::Again;
-        }
-        done.upstream_error = Some("read");
-        done.error = format!("{}: {failure}", u.addr(i));
-        done.answer = Some((
-            502,
-            format!("endpoint {} of service {} failed: {failure}", u.addr(i), u.name),
-        ));
-        return Read::Failed;
-    }
-}
-
-/// `done` with the 502 for an endpoint's response head the ingress cannot pass on.
-pub(crate) fn unusable_head(mut done: Forwarded, u: &Upstream, i: usize, what: &str) -> Forwarded {
-    done.upstream_error = Some("protocol");
-    done.error = format!("{} {what}", u.addr(i));
-    done.answer = Some((502, format!("endpoint {} of service {} {what}", u.addr(i), u.name)));
-    done
-}
-
-/// Parse the response head at the start of `ubuf` into `resp`: its length, status and version,
-/// or `None` while it is incomplete.
-pub(crate) fn parse_response<'b>(
-    resp: &mut httparse::Response<'_, 'b>,
-    ubuf: &'b [u8],
-) -> Result<Option<(usize, u16, u8)>, httparse::Error> {
-    let httparse::Status::Complete(len) = resp.parse(ubuf)? else {
-        return Ok(None);
-    };
-    match (resp.code, resp.version) {
-        (Some(status), Some(version)) => Ok(Some((len, status, version))),
-        _ => Err(httparse::Error::Status),
-    }
-}
-
-/// How a response's body ends, and whether the endpoint keeps the connection open after it,
-/// from its status, version and fields (and whether it answers a HEAD).
-pub(crate) fn framing(status: u16, version: u8, head_request: bool, fields: &[httparse::Header<'_>]) -> (Body, bool) {
-    let mut keep_alive = version == 1;
-    let (mut length, mut chunked, mut coded) = (None::<u64>, false, false);
-    for h in fields {
-        let value = std::str::from_utf8(h.value).unwrap_or("").trim();
-        if h.name.eq_ignore_ascii_case("connection") {
-            keep_alive &= !value.split(',').any(|t| t.trim().eq_ignore_ascii_case("close"));
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            coded = true;
-            chunked = value
-                .rsplit(',')
-                .next()
-                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
-        } else if h.name.eq_ignore_ascii_case("content-length") {
-            length = value.parse().ok();
-        }
-    }
-    let body = if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
-        Body::Length(0)
-    } else if coded {
-        if chunked {
-            Body::Chunked(Chunked::default())
-        } else {
-            Body::UntilClose
-        }
-    } else {
-        length.map_or(Body::UntilClose, Body::Length)
-    };
-    (body, keep_alive)
-}
-
 /// A response head from an endpoint, parsed.
 struct Head {
     len: usize,
@@ -874,169 +610,6 @@ struct Head {
     body: Body,
     /// Whether the endpoint keeps the connection open after this response.
     keep_alive: bool,
-}
-
-/// How a response body ends.
-pub(crate) enum Body {
-    /// After this many more bytes.
-    Length(u64),
-    /// After its last chunk and trailer.
-    Chunked(Chunked),
-    /// When the endpoint closes.
-    UntilClose,
-}
-
-impl Body {
-    /// How many bytes at the start of `buf` belong to the body (all of them are passed on as
-    /// they are); `None` for a malformed chunked body.
-    pub(crate) fn take(&mut self, buf: &[u8]) -> Option<usize> {
-        match self {
-            Body::Length(rest) => {
-                let n = (*rest).min(buf.len() as u64);
-                *rest -= n;
-                Some(n as usize)
-            }
-            Body::Chunked(c) => c.scan(buf),
-            Body::UntilClose => Some(buf.len()),
-        }
-    }
-
-    pub(crate) fn finished(&self) -> bool {
-        match self {
-            Body::Length(rest) => *rest == 0,
-            Body::Chunked(c) => c.state == ChunkState::Done,
-            Body::UntilClose => false,
-        }
-    }
-}
-
-/// Where a scan of a chunked body is: it finds where the body ends, passing every byte on.
-#[derive(Default)]
-pub(crate) struct Chunked {
-    state: ChunkState,
-    /// The size being read, or the data left in the current chunk.
-    n: u64,
-    digits: u8,
-}
-
-#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
-enum ChunkState {
-    #[default]
-    Size,
-    Extension,
-    SizeLf,
-    Data,
-    DataCr,
-    DataLf,
-    TrailerStart,
-    Trailer,
-    TrailerLf,
-    EndLf,
-    Done,
-}
-
-impl Chunked {
-    /// How many bytes of `buf` belong to the body: all of them, or fewer when the body ends in
-    /// them. `None` when the framing is malformed.
-    fn scan(&mut self, buf: &[u8]) -> Option<usize> {
-        self.scan_into(buf, None)
-    }
-
-    /// [`Chunked::scan`], with the chunks' data appended to `data` (the body without its
-    /// framing, as HTTP/2 carries it).
-    pub(crate) fn scan_into(&mut self, buf: &[u8], mut data: Option<&mut BytesMut>) -> Option<usize> {
-        use ChunkState::*;
-        let mut k = 0;
-        while k < buf.len() && self.state != Done {
-            let b = buf[k];
-            match self.state {
-                Size => match b {
-                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
-                        self.digits += 1;
-                        if self.digits > 15 {
-                            return None;
-                        }
-                        self.n = self.n * 16 + (b as char).to_digit(16)? as u64;
-                    }
-                    b';' | b' ' | b'\t' if self.digits > 0 => self.state = Extension,
-                    b'\r' if self.digits > 0 => self.state = SizeLf,
-                    _ => return None,
-                },
-                Extension => {
-                    if b == b'\r' {
-                        self.state = SizeLf;
-                    }
-                }
-                SizeLf => {
-                    if b != b'\n' {
-                        return None;
-                    }
-                    self.state = if self.n == 0 { TrailerStart } else { Data };
-                }
-                Data => {
-                    let n = (self.n).min((buf.len() - k) as u64) as usize;
-                    if let Some(d) = data.as_deref_mut() {
-                        d.extend_from_slice(&buf[k..k + n]);
-                    }
-                    self.n -= n as u64;
-                    k += n;
-                    if self.n == 0 {
-                        self.state = DataCr;
-                    }
-                    continue;
-                }
-                DataCr => {
-                    if b != b'\r' {
-                        return None;
-                    }
-                    self.state = DataLf;
-                }
-                DataLf => {
-                    if b != b'\n' {
-                        return None;
-                    }
-                    (self.state, self.n, self.digits) = (Size, 0, 0);
-                }
-                TrailerStart => self.state = if b == b'\r' { EndLf } else { Trailer },
-                Trailer => {
-                    if b == b'\r' {
-                        self.state = TrailerLf;
-                    }
-                }
-                TrailerLf => {
-                    if b != b'\n' {
-                        return None;
-                    }
-                    self.state = TrailerStart;
-                }
-                EndLf => {
-                    if b != b'\n' {
-                        return None;
-                    }
-                    self.state = Done;
-                }
-                Done => {}
-            }
-            k += 1;
-        }
-        Some(k)
-    }
-}
-
-/// A Content-Length value: ASCII digits and nothing else (optional whitespace around them),
-/// within u64. Not `str::parse`, which takes a leading `+`; a list (`5, 5`) is refused too,
-/// as RFC 9110 section 8.6 allows.
-pub(crate) fn content_length(value: &[u8]) -> Option<u64> {
-    let start = value.iter().position(|b| !matches!(b, b' ' | b'\t'))?;
-    let end = value.iter().rposition(|b| !matches!(b, b' ' | b'\t'))? + 1;
-    let mut n: u64 = 0;
-    for &b in &value[start..end] {
-        if !b.is_ascii_digit() {
-            return None;
-        }
-        n = n.checked_mul(10)?.checked_add(u64::from(b - b'0'))?;
-    }
-    Some(n)
 }
 
 fn status_line(out: &mut Vec<u8>, status: u16, reason: &str) {
@@ -1061,151 +634,6 @@ fn reason(status: u16) -> &'static str {
         .unwrap_or("")
 }
 
-/// Write all of `bytes` and flush (a TLS stream sends its records on flush), within `limit`.
-pub(crate) async fn write_out<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8], limit: Duration) -> std::io::Result<()> {
-    match tokio::time::timeout(limit, async {
-        io.write_all(bytes).await?;
-        io.flush().await
-    })
-    .await
-    {
-        Ok(r) => r,
-        Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write timed out")),
-    }
-}
-
-async fn connect(addr: SocketAddr, limit: Duration) -> std::io::Result<TcpStream> {
-    let conn = match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
-        Ok(r) => r?,
-        Err(_) => {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no connection in {limit:?}"),
-            ));
-        }
-    };
-    conn.set_nodelay(true)?;
-    Ok(conn)
-}
-
-thread_local! {
-    /// This worker's idle upstream connections, by endpoint, the most recent last.
-    static IDLE: RefCell<HashMap<SocketAddr, Vec<(TcpStream, Instant)>>> = RefCell::new(HashMap::new());
-}
-
-/// An idle connection to `addr`, if one is kept and still open. A request with a body only
-/// takes one that is checked (it could not be sent again); others trust a recent one.
-fn take_idle(addr: SocketAddr, check: bool) -> Option<TcpStream> {
-    IDLE.with(|idle| {
-        let mut idle = idle.borrow_mut();
-        let list = idle.get_mut(&addr)?;
-        while let Some((conn, since)) = list.pop() {
-            let age = since.elapsed();
-            if age < UPSTREAM_IDLE && (!(check || age > CHECK_AFTER) || open(&conn)) {
-                return Some(conn);
-            }
-        }
-        None
-    })
-}
-
-/// Whether an idle connection is still open: nothing to read (no close, no stray bytes). This
-/// reads only when the runtime has seen the socket become readable.
-fn open(conn: &TcpStream) -> bool {
-    let mut byte = [0u8; 1];
-    matches!(conn.try_read(&mut byte), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
-}
-
-pub(crate) fn put_idle(addr: SocketAddr, conn: TcpStream) {
-    IDLE.with(|idle| {
-        let mut idle = idle.borrow_mut();
-        let list = idle.entry(addr).or_default();
-        if list.len() < IDLE_PER_ENDPOINT {
-            list.push((conn, Instant::now()));
-        }
-    })
-}
-
-/// Close this worker's idle connections that are too old or closed by their endpoint, every few
-/// seconds; run once on every worker thread.
-pub async fn sweep_idle() {
-    loop {
-        tokio::time::sleep(Duration::from_secs(5)).await;
-        IDLE.with(|idle| {
-            let mut idle = idle.borrow_mut();
-            for list in idle.values_mut() {
-                list.retain(|(conn, since)| since.elapsed() < UPSTREAM_IDLE && open(conn));
-            }
-            idle.retain(|_, list| !list.is_empty());
-        });
-    }
-}
-
-/// Fuzz targets for the head planner and the chunked scanner (they stay private here).
+/// Fuzz targets for the head planner (it stays private here).
 #[doc(hidden)]
 pub mod fuzz;
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_chunked_body_ends_after_its_last_chunk_and_trailer() {
-        let body = b"5\r\nhello\r\n6;ext=1\r\n world\r\n0\r\nX-T: 1\r\n\r\nNEXT";
-        let mut c = Chunked::default();
-        assert_eq!(c.scan(body), Some(body.len() - 4));
-        assert_eq!(c.state, ChunkState::Done);
-        // Byte by byte, the same end.
-        let mut c = Chunked::default();
-        let mut total = 0;
-        for b in body.iter() {
-            total += c.scan(std::slice::from_ref(b)).unwrap();
-            if c.state == ChunkState::Done {
-                break;
-            }
-        }
-        assert_eq!(total, body.len() - 4);
-        // Without a trailer.
-        let mut c = Chunked::default();
-        assert_eq!(c.scan(b"0\r\n\r\n"), Some(5));
-        assert_eq!(c.state, ChunkState::Done);
-        // Malformed: no size, a missing CRLF after data, an oversized size.
-        assert_eq!(Chunked::default().scan(b"\r\n"), None);
-        assert_eq!(Chunked::default().scan(b"2\r\nabXY"), None);
-        assert_eq!(Chunked::default().scan(b"ffffffffffffffffff\r\n"), None);
-    }
-
-    #[test]
-    fn content_length_is_ascii_digits_only() {
-        assert_eq!(content_length(b"5"), Some(5));
-        assert_eq!(content_length(b" 0042\t"), Some(42));
-        assert_eq!(content_length(b"18446744073709551615"), Some(u64::MAX));
-        for bad in [
-            &b""[..],
-            b" ",
-            b"+5",
-            b"-5",
-            b"0x5",
-            b"5 ,6",
-            b"5,5",
-            b"5 5",
-            b"5.0",
-            b"\xd9\xa5",
-            b"18446744073709551616",
-        ] {
-            assert_eq!(content_length(bad), None, "{:?}", String::from_utf8_lossy(bad));
-        }
-    }
-
-    #[test]
-    fn body_framing_by_length_and_until_close() {
-        let mut b = Body::Length(5);
-        assert_eq!(b.take(b"abc"), Some(3));
-        assert!(!b.finished());
-        assert_eq!(b.take(b"defgh"), Some(2));
-        assert!(b.finished());
-        let mut b = Body::UntilClose;
-        assert_eq!(b.take(b"abc"), Some(3));
-        assert!(!b.finished());
-    }
-}

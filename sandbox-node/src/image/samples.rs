@@ -1,13 +1,15 @@
-//! The test images, built hermetically from what is on the machine: `busybox` from Debian's
-//! busybox-static, and `echo` from this workspace's echo-server (with the C library it links),
-//! each written as an OCI image layout that `nodeless image import` reads.
+//! The sample images, built hermetically from what is on the machine: `busybox` from Debian's
+//! busybox-static, and `echo` from the workspace's `echo-server` (an HTTP, UDP and websocket
+//! echo server, with the C library it links), each written as an OCI image layout that
+//! `nodeless image import` reads. `nodeless up` imports them into a new node (so that
+//! `examples/` runs with no registry), and the tests run on them.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
-use nodeless_sandbox_node::image::layout;
+use crate::image::layout;
 use serde_json::json;
 use sha2::{Digest, Sha256};
 

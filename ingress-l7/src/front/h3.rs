@@ -1,53 +1,35 @@
-//! HTTP/3: a QUIC listener (quinn, h3) on the HTTPS port's number, beside the TCP listeners,
-//! with the same certificates by SNI and the same routes. The TCP listeners advertise it with
-//! `Alt-Svc`. Pingora has no HTTP/3, so requests that arrive over QUIC are admitted by the same
-//! policy as the others ([`proxy::admit`]) and forwarded here, through a small pool of HTTP/1.1
-//! (or h2c) connections to the endpoints kept by hyper.
+//! The HTTP/3 front: a QUIC endpoint (quinn, h3) on the HTTPS port's number, beside the TCP
+//! listeners, with the same certificates by SNI and the same routes. The TCP listeners advertise
+//! it with `Alt-Svc`. Pingora has no HTTP/3, so requests that arrive over QUIC are admitted by
+//! the same policy as the others ([`crate::admit::admit`]) and forwarded through hyper's client
+//! connections to the endpoints ([`crate::upstream::client`]).
 //!
 //! Connect failures count towards passive ejection and an idempotent request is retried on
 //! another endpoint, as on the TCP side: the connection is made before the request's body is
 //! read, so nothing is lost by a retry.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use arc_swap::ArcSwap;
 use bytes::{Buf, Bytes};
-use http::{HeaderMap, HeaderValue, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Empty, StreamBody, combinators::UnsyncBoxBody};
+use http::{HeaderValue, Request, Response, StatusCode};
+use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 
+use crate::admit::{self, Outcome};
+use crate::limits::MAX_HEADER_BYTES;
 use crate::metrics::{self, Metrics};
-use crate::proxy::{self, Outcome};
 use crate::routes::{Settings, Table, Upstream};
 use crate::tls::Certs;
+use crate::upstream::client::{BoxBody, BoxError, Pool};
+use crate::upstream::{Forwarded, UnderWay};
+use crate::wire::strip_hop_by_hop;
 
-pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
-pub(crate) type Body = UnsyncBoxBody<Bytes, BoxError>;
 type SendHalf = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 type RecvHalf = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
-
-/// Connect attempts for one idempotent request, as on the TCP side.
-const CONNECT_TRIES: usize = 3;
-/// An idle connection to an endpoint is closed after this long.
-const IDLE: Duration = Duration::from_secs(90);
-/// Idle HTTP/1.1 connections kept per endpoint.
-const IDLE_PER_ENDPOINT: usize = 64;
-
-/// Headers about one hop, which a proxy does not pass on (and HTTP/3 forbids).
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "transfer-encoding",
-    "upgrade",
-    "proxy-authenticate",
-];
 
 /// The QUIC endpoint: TLS 1.3 with the ingress's certificates by SNI, ALPN `h3`.
 pub fn endpoint(addr: SocketAddr, certs: Arc<Certs>) -> Result<quinn::Endpoint> {
@@ -65,6 +47,8 @@ pub fn endpoint(addr: SocketAddr, certs: Arc<Certs>) -> Result<quinn::Endpoint> 
     quinn::Endpoint::server(config, addr).with_context(|| format!("binding UDP {addr} for HTTP/3"))
 }
 
+/// The QUIC endpoint's requests: the routes and metrics the TCP fronts share, and a pool of
+/// connections to endpoints of its own.
 pub struct Http3 {
     pub table: Arc<ArcSwap<Table>>,
     pub metrics: Arc<Metrics>,
@@ -96,7 +80,7 @@ impl Http3 {
 
     async fn connection(self: Arc<Self>, conn: quinn::Connection, client: SocketAddr) {
         let mut h3 = match h3::server::builder()
-            .max_field_section_size(proxy::MAX_HEADER_BYTES as u64)
+            .max_field_section_size(MAX_HEADER_BYTES as u64)
             .build::<_, Bytes>(h3_quinn::Connection::new(conn))
             .await
         {
@@ -129,10 +113,10 @@ impl Http3 {
     async fn request(&self, req: Request<()>, mut send: SendHalf, recv: RecvHalf, client: SocketAddr) {
         let started = Instant::now();
         let (head, ()) = req.into_parts();
-        let id = proxy::request_id(&head.headers);
-        let admitted = proxy::admit(&self.table.load(), "https", &head.uri, &head.headers);
+        let id = admit::request_id(&head.headers);
+        let admitted = admit::admit(&self.table.load(), "https", &head.uri, &head.headers);
         let (mut upstream, mut service) = (None, "-".to_string());
-        let host = proxy::request_host(&head.uri, &head.headers);
+        let host = admit::request_host(&head.uri, &head.headers);
         let (method, uri) = (head.method.clone(), head.uri.clone());
         let (code, upstream_error, error) = match admitted.outcome {
             Outcome::Respond(status, body) => (answer(&mut send, status, &body, &id).await, None, String::new()),
@@ -156,7 +140,7 @@ impl Http3 {
                         recv,
                     )
                     .await;
-                upstream = f.endpoint.map(|i| u.addr(i));
+                upstream = f.endpoint;
                 service = u.name.clone();
                 let code = match f.answer {
                     Some((status, body)) => answer(&mut send, status, &body, &id).await,
@@ -202,9 +186,9 @@ impl Http3 {
         let mut done = Forwarded::default();
         let (last, got) = self
             .pool
-            .connect_any(u, settings, proxy::idempotent(&head.method), &self.metrics, ingress)
+            .connect_any(u, settings, admit::idempotent(&head.method), &self.metrics, ingress)
             .await;
-        done.endpoint = last;
+        done.endpoint = last.map(|i| u.addr(i));
         let (i, mut conn) = match got {
             Ok(c) => c,
             Err((status, body, error)) => {
@@ -215,7 +199,7 @@ impl Http3 {
         };
         u.connected(i);
         u.start(i);
-        let _under_way = Release(u, i);
+        let _under_way = UnderWay(u, i);
 
         let too_large = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let req = match upstream_request(head, host, id, client, recv, settings.body_limit, too_large.clone()) {
@@ -316,27 +300,6 @@ impl Http3 {
     }
 }
 
-#[derive(Default)]
-struct Forwarded {
-    /// The endpoint last tried.
-    endpoint: Option<usize>,
-    /// The status the endpoint answered.
-    code: u16,
-    /// An answer the ingress gives itself instead.
-    answer: Option<(u16, String)>,
-    upstream_error: Option<&'static str>,
-    error: String,
-}
-
-/// Counts a request as under way at an endpoint until dropped.
-struct Release<'a>(&'a Upstream, usize);
-
-impl Drop for Release<'_> {
-    fn drop(&mut self) {
-        self.0.done(self.1);
-    }
-}
-
 /// The ingress's own answer; returns its status.
 async fn answer(send: &mut SendHalf, status: u16, body: &str, id: &str) -> u16 {
     let text = format!("{body}\n");
@@ -354,20 +317,6 @@ async fn answer(send: &mut SendHalf, status: u16, body: &str, id: &str) -> u16 {
     status
 }
 
-pub(crate) fn strip_hop_by_hop(h: &mut HeaderMap) {
-    // Headers the Connection header names are hop-by-hop too.
-    let named: Vec<String> = h
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .collect();
-    for n in HOP_BY_HOP.iter().copied().chain(named.iter().map(String::as_str)) {
-        h.remove(n);
-    }
-}
-
 /// The HTTP/1.1 (or h2c) request for the endpoint: origin-form target, Host from the
 /// authority, the forwarding headers, and the client's body streamed as it arrives (cut off
 /// past `limit` bytes, which sets `too_large`).
@@ -379,9 +328,9 @@ fn upstream_request(
     recv: RecvHalf,
     limit: u64,
     too_large: Arc<std::sync::atomic::AtomicBool>,
-) -> Result<Request<Body>> {
+) -> Result<Request<BoxBody>> {
     let target = head.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
-    let declared = proxy::declared_length(&head.headers);
+    let declared = admit::declared_length(&head.headers);
     let mut headers = head.headers;
     strip_hop_by_hop(&mut headers);
     if !host.is_empty() {
@@ -407,7 +356,7 @@ fn upstream_request(
                     | http::Method::DELETE
                     | http::Method::TRACE
             ));
-    let body: Body = if bodyless {
+    let body: BoxBody = if bodyless {
         Empty::new()
             .map_err(|e: std::convert::Infallible| match e {})
             .boxed_unsync()
@@ -467,145 +416,4 @@ fn client_body(
             }
         }
     })
-}
-
-/// A connection to an endpoint, ready for one request.
-pub(crate) enum Conn {
-    H1(hyper::client::conn::http1::SendRequest<Body>),
-    H2(hyper::client::conn::http2::SendRequest<Body>),
-}
-
-impl Conn {
-    pub(crate) async fn send(&mut self, req: Request<Body>) -> hyper::Result<Response<hyper::body::Incoming>> {
-        match self {
-            Conn::H1(s) => s.send_request(req).await,
-            Conn::H2(s) => {
-                let mut req = req;
-                *req.version_mut() = http::Version::HTTP_2;
-                s.send_request(req).await
-            }
-        }
-    }
-}
-
-/// Keep-alive connections to endpoints: idle HTTP/1.1 connections (one request at a time each)
-/// and one shared HTTP/2 connection per h2c endpoint.
-/// An idle HTTP/1.1 connection and when it went idle.
-type Idle = (Instant, hyper::client::conn::http1::SendRequest<Body>);
-
-#[derive(Default)]
-pub struct Pool {
-    idle: Mutex<HashMap<SocketAddr, Vec<Idle>>>,
-    h2: Mutex<HashMap<SocketAddr, hyper::client::conn::http2::SendRequest<Body>>>,
-}
-
-impl Pool {
-    /// A connection to one of `u`'s endpoints: another one after a failed connect (each counted
-    /// towards the endpoint's ejection and in the metrics), up to three for an idempotent
-    /// request. Returns the endpoint last tried, and the connection or the status, body and
-    /// error of the answer to give instead.
-    pub(crate) async fn connect_any(
-        &self,
-        u: &Upstream,
-        settings: &Settings,
-        idempotent: bool,
-        metrics: &Metrics,
-        ingress: &str,
-    ) -> (Option<usize>, std::result::Result<(usize, Conn), (u16, String, String)>) {
-        let tries = if idempotent {
-            CONNECT_TRIES.min(u.endpoints.len().max(1))
-        } else {
-            1
-        };
-        let mut tried = Vec::new();
-        loop {
-            let Some(i) = u.pick(settings.balance, &tried) else {
-                return (
-                    tried.last().copied(),
-                    Err((503, format!("service {} has no ready endpoints", u.name), String::new())),
-                );
-            };
-            tried.push(i);
-            match self.get(u.addr(i), u.h2c, settings.connect_timeout).await {
-                Ok(c) => return (Some(i), Ok((i, c))),
-                Err(e) => {
-                    u.connect_failed(i);
-                    metrics
-                        .upstream_errors
-                        .get_or_create(&metrics::UpstreamError {
-                            ingress: ingress.to_string(),
-                            service: u.name.clone(),
-                            kind: "connect".into(),
-                        })
-                        .inc();
-                    if tried.len() >= tries {
-                        return (
-                            Some(i),
-                            Err((
-                                502,
-                                format!("could not connect to an endpoint of service {}: {e}", u.name),
-                                format!("connecting to {}: {e}", u.addr(i)),
-                            )),
-                        );
-                    }
-                }
-            }
-        }
-    }
-
-    pub(crate) async fn get(&self, addr: SocketAddr, h2c: bool, connect_timeout: Duration) -> Result<Conn> {
-        if h2c {
-            if let Some(s) = self
-                .h2
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .get(&addr)
-                .filter(|s| !s.is_closed())
-                .cloned()
-            {
-                return Ok(Conn::H2(s));
-            }
-        } else {
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            if let Some(list) = idle.get_mut(&addr) {
-                while let Some((since, s)) = list.pop() {
-                    if since.elapsed() < IDLE && s.is_ready() {
-                        return Ok(Conn::H1(s));
-                    }
-                }
-            }
-        }
-        let tcp = tokio::time::timeout(connect_timeout, tokio::net::TcpStream::connect(addr))
-            .await
-            .map_err(|_| anyhow::anyhow!("timed out after {connect_timeout:?}"))??;
-        tcp.set_nodelay(true)?;
-        if h2c {
-            let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp)).await?;
-            tokio::spawn(conn);
-            self.h2
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(addr, send.clone());
-            Ok(Conn::H2(send))
-        } else {
-            let (send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-            tokio::spawn(conn);
-            Ok(Conn::H1(send))
-        }
-    }
-
-    /// A connection whose response was read to the end goes back to the pool.
-    pub(crate) fn put(&self, addr: SocketAddr, conn: Conn) {
-        if let Conn::H1(s) = conn {
-            if s.is_closed() {
-                return;
-            }
-            let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            let list = idle.entry(addr).or_default();
-            list.retain(|(since, s)| since.elapsed() < IDLE && !s.is_closed());
-            if list.len() < IDLE_PER_ENDPOINT {
-                list.push((Instant::now(), s));
-            }
-        }
-    }
 }

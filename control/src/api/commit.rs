@@ -1,0 +1,151 @@
+//! The one way an object already stored changes: [`commit_update`], through which update, patch,
+//! scale, the status subresource, delete's finalizer handling and in-process callers all pass, and
+//! the admission it runs (which create runs too).
+
+use std::sync::Arc;
+
+use serde_json::{Value, json};
+
+use super::ApiState;
+use super::error::{ApiError, Cause, Subject, store_err, subject};
+use super::objects;
+use super::registry::Served;
+use crate::store::{Stored, Write};
+
+/// Run admission: the apiserver's validation and the platform's rules.
+pub fn admit(state: &ApiState, served: &Served, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
+    use crate::admission::Verdict;
+    let name = objects::name_of(obj).to_string();
+    match crate::admission::admit(&served.def.group, &served.def.kind, obj, old, &state.policy) {
+        Verdict::Allowed => Ok(()),
+        Verdict::Invalid(causes) => Err(ApiError::Invalid {
+            message: crate::admission::invalid_message(&served.def.qualified_kind(), &name, &causes),
+            causes: causes
+                .iter()
+                .map(|c| Cause {
+                    reason: c.reason.to_string(),
+                    message: c.message.clone(),
+                    field: c.field.clone(),
+                })
+                .collect(),
+            subject: Subject {
+                group: served.def.group.clone(),
+                kind: served.def.kind.clone(),
+                name,
+            },
+        }),
+        Verdict::Forbidden { rule, message } => Err(ApiError::Forbidden(format!(
+            "{} \"{name}\" is forbidden: {message} (rule {rule})",
+            served.def.qualified_resource()
+        ))),
+    }
+}
+
+/// The new object of an update, before it is committed.
+pub struct UpdateCtx<'a> {
+    pub sub: Option<&'a str>,
+    pub dry: bool,
+}
+
+/// Commit `new` over `current`: subresource rules, immutable metadata, defaults, generation,
+/// admission, deletion when the last finalizer goes, and no write at all when nothing changed.
+pub async fn commit_update(
+    state: &ApiState,
+    served: &Served,
+    key: &str,
+    current: &Stored,
+    mut new: Value,
+    ctx: &UpdateCtx<'_>,
+) -> Result<Value, ApiError> {
+    let old = &*current.obj;
+    let name = objects::name_of(old).to_string();
+    if let Some(rv) = new
+        .pointer("/metadata/resourceVersion")
+        .and_then(Value::as_str)
+        .filter(|r| !r.is_empty())
+    {
+        if rv != current.rev.to_string() {
+            return Err(ApiError::Conflict {
+                resource: served.def.qualified_resource(),
+                name: name.clone(),
+                subject: subject(served, &name),
+            });
+        }
+    }
+    let body_name = objects::name_of(&new);
+    if !body_name.is_empty() && body_name != name {
+        return Err(ApiError::bad_request(format!(
+            "the name of the object ({body_name}) does not match the name on the URL ({name})"
+        )));
+    }
+    objects::meta_mut(&mut new).insert("name".into(), json!(name));
+    match ctx.sub {
+        Some("status") => {
+            // Only the status changes through /status.
+            let status = new.get("status").cloned();
+            new = old.clone();
+            match status {
+                Some(s) => new["status"] = s,
+                None => {
+                    if let Some(m) = new.as_object_mut() {
+                        m.remove("status");
+                    }
+                }
+            }
+        }
+        _ => {
+            if served.def.has_subresource("status") {
+                match old.get("status") {
+                    Some(s) => new["status"] = s.clone(),
+                    None => {
+                        if let Some(m) = new.as_object_mut() {
+                            m.remove("status");
+                        }
+                    }
+                }
+            }
+            objects::keep_immutable_meta(&mut new, old);
+            objects::apply_defaults(&served.def.group, &served.def.kind, &mut new);
+            objects::bump_generation(&mut new, old);
+        }
+    }
+    if let Some(m) = new.get_mut("metadata").and_then(Value::as_object_mut) {
+        m.insert("resourceVersion".into(), json!(current.rev.to_string()));
+    }
+    if new == *old {
+        return Ok(new);
+    }
+    admit(state, served, &new, Some(old))?;
+    super::hooks::before_update(state, served, &mut new, old)?;
+    if ctx.dry {
+        return Ok(new);
+    }
+    let deleting = new.pointer("/metadata/deletionTimestamp").is_some()
+        && new
+            .pointer("/metadata/finalizers")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+        && !(served.def.group.is_empty() && served.def.kind == "Namespace");
+    let write = if deleting {
+        Write::Delete {
+            key: key.to_string(),
+            expect_rev: Some(current.rev),
+        }
+    } else {
+        Write::Update {
+            key: key.to_string(),
+            obj: new,
+            expect_rev: Some(current.rev),
+        }
+    };
+    let stored = state
+        .store
+        .write(write)
+        .await
+        .map_err(|e| store_err(served, &name, e))?;
+    if deleting {
+        super::hooks::after_delete(state, served, &stored.obj);
+    }
+    super::hooks::after_write(state, served).await;
+    Ok(Arc::unwrap_or_clone(stored.obj))
+}
