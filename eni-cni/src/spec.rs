@@ -92,9 +92,12 @@ pub struct Attachment {
     pub ifname: String,
 }
 
-/// The network configuration, as a runtime passes it on stdin.
+/// The network configuration, as a runtime passes it on stdin. A field this plugin does not
+/// know is refused (CNI lets a plugin do so), naming the field: a misspelt `fastPath` or
+/// `allowNodeAccess` would otherwise be ignored and the network run without what it asked for.
+/// The fields a runtime adds on its own (`runtimeConfig`, `capabilities`, `args`, …) are known.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct NetConf {
     pub cni_version: String,
     pub name: String,
@@ -139,6 +142,21 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
     #[serde(rename = "cni.dev/valid-attachments", default)]
     pub valid_attachments: Option<Vec<Attachment>>,
+    /// What runtimes and conflists add that this plugin has no use for: runtime values for the
+    /// capabilities it does not declare, CNI_ARGS-style args, an IPAM section (addresses come
+    /// from the pool), and the list-level switches some runtimes copy down.
+    #[serde(default)]
+    pub runtime_config: Option<Value>,
+    #[serde(default)]
+    pub capabilities: Option<Value>,
+    #[serde(default)]
+    pub args: Option<Value>,
+    #[serde(default)]
+    pub ipam: Option<Value>,
+    #[serde(default, rename = "disableCheck")]
+    pub disable_check: Option<Value>,
+    #[serde(default, rename = "disableGC")]
+    pub disable_gc: Option<Value>,
 }
 
 fn yes() -> bool {
@@ -353,6 +371,16 @@ mod tests {
         assert!(bad.code == code::INVALID_CONFIG && bad.msg.contains("name"), "{bad}");
         let bad = NetConf::parse(br#"{"cniVersion":"1.0.0","name":"x","type":"eni-cni","mode":"ipvlan"}"#).unwrap_err();
         assert!(bad.code == code::INVALID_CONFIG && bad.msg.contains("parent"), "{bad}");
+        // A misspelt field is refused, naming it; what runtimes add is not.
+        let bad =
+            NetConf::parse(br#"{"cniVersion":"1.0.0","name":"x","type":"eni-cni","fastpath":false}"#).unwrap_err();
+        assert!(
+            bad.code == code::INVALID_CONFIG && bad.details.contains("fastpath"),
+            "{bad}"
+        );
+        let runtime = br#"{"cniVersion":"1.1.0","name":"x","type":"eni-cni","runtimeConfig":{"portMappings":[]},
+            "capabilities":{"portMappings":true},"args":{"cni":{}},"ipam":{},"prevResult":{"ips":[]}}"#;
+        assert!(NetConf::parse(runtime).is_ok());
         let bad = NetConf::parse(br#"{"cniVersion":"1.0.0","type":"eni-cni"}"#).unwrap_err();
         assert!(
             bad.code == code::INVALID_CONFIG && bad.details.contains("name"),
