@@ -224,6 +224,7 @@ mod tests {
     use super::*;
     use crate::table::Answer;
     use hickory_server::proto::rr::RecordType;
+    use nodeless_types::keys;
     use serde_json::json;
     use std::sync::Arc;
 
@@ -245,12 +246,14 @@ mod tests {
             ),
         ];
         let slices: Vec<Arc<EndpointSlice>> = vec![Arc::new(
-            serde_json::from_value(json!({"metadata": {"name": "db-1", "namespace": "prod", "labels": {nodeless_types::keys::SERVICE_NAME: "db"}},
+            serde_json::from_value(
+                json!({"metadata": {"name": "db-1", "namespace": "prod", "labels": {keys::SERVICE_NAME: "db"}},
                 "addressType": "IPv4", "ports": [{"name": "pg", "port": 5433}],
                 "endpoints": [
                     {"addresses": ["10.1.0.1"], "hostname": "db-0", "conditions": {"ready": true}},
                     {"addresses": ["10.1.0.2"], "conditions": {}},
-                    {"addresses": ["10.1.0.3"], "conditions": {"ready": false}}]}))
+                    {"addresses": ["10.1.0.3"], "conditions": {"ready": false}}]}),
+            )
             .unwrap(),
         )];
         build(&origin("cluster.local").unwrap(), 5, 1, &services, &slices)

@@ -622,6 +622,7 @@ async fn answers(socket: Arc<UdpSocket>, upstream: Arc<UdpSocket>, client: Socke
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nodeless_types::keys;
 
     fn svc(
         name: &str,
@@ -653,7 +654,7 @@ mod tests {
             .collect();
         Arc::new(
             serde_json::from_value(serde_json::json!({
-                "metadata": {"name": format!("{svc}-x"), "namespace": "default", "labels": {nodeless_types::keys::SERVICE_NAME: svc}},
+                "metadata": {"name": format!("{svc}-x"), "namespace": "default", "labels": {keys::SERVICE_NAME: svc}},
                 "addressType": "IPv4",
                 "ports": [{"name": port_name, "port": port, "protocol": "TCP"}],
                 "endpoints": eps,

@@ -1,9 +1,9 @@
 //! HTTP/1.1 as bytes, read and written by both sides of the proxy: the size of a head, a
 //! `Content-Length` value, how a response's body ends (by length, chunked, or at the close), the
 //! chunked-body scanner, the hop-by-hop fields, and a write with a deadline. No routes, no
-//! sockets of its own: the fronts ([`crate::front`]), the admission policy ([`crate::admit`]),
-//! the upstream layer ([`crate::upstream`]) and the pingora fallback ([`crate::fallback`]) all
-//! read through here, so a framing rule is written once.
+//! sockets of its own: the fronts ([`crate::front`]), the admission policy ([`crate::admit`])
+//! and the upstream layer ([`crate::upstream`]) all read through here, so a framing rule is
+//! written once.
 
 use std::time::Duration;
 

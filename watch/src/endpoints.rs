@@ -156,7 +156,10 @@ mod tests {
             slice(json!({
                 "metadata": {"name": "web-1", "namespace": "a", "labels": {keys::SERVICE_NAME: "web"}},
                 "addressType": "IPv4",
-                "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 5353, "protocol": "UDP"}],
+                "ports": [
+                    {"name": "http", "port": 8080, "protocol": "TCP"},
+                    {"name": "dns", "port": 5353, "protocol": "UDP"}
+                ],
                 "endpoints": [
                     {"addresses": ["10.0.0.3"], "conditions": {"ready": true}},
                     {"addresses": ["10.0.0.2"]},

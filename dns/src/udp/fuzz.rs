@@ -20,6 +20,7 @@ use hickory_server::proto::rr::{LowerName, Name, Record};
 use hickory_server::proto::serialize::binary::BinEncodable;
 use hickory_server::server::{Request, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponse;
+use nodeless_types::keys;
 
 use super::{KeptAnswer, format_error, layout, patch, query_key};
 use crate::forward::{ForwardConfig, Forwarder};
@@ -80,7 +81,7 @@ fn handler() -> Handler {
         ),
     ];
     let slices = [obj(
-        serde_json::json!({"metadata": {"name": "db-x", "namespace": "default", "labels": {nodeless_types::keys::SERVICE_NAME: "db"}}, "addressType": "IPv4",
+        serde_json::json!({"metadata": {"name": "db-x", "namespace": "default", "labels": {keys::SERVICE_NAME: "db"}}, "addressType": "IPv4",
         "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}], "endpoints": [{"addresses": ["10.0.0.5"], "hostname": "db-0"}, {"addresses": ["10.0.0.6"]}]}),
     )];
     let pod_zone = LowerName::from(
