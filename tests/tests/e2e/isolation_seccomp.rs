@@ -224,6 +224,46 @@ async fn container_boundary_holds_under(runtime: &str) {
         );
     }
 
+    // A container started after others gets crun's compiled program from an earlier one (the
+    // node's runtime keeps it: `run.oci.seccomp_bpf_data`) and is walled in all the same.
+    let later = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: later}}\nspec:\n  containers:\n  - {{name: c, image: {BUSYBOX}, command: [sleep, \"3600\"]}}\n"
+    );
+    let applied = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&later));
+    assert!(applied.status.success(), "{}", text(&applied.stderr));
+    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/later", "--timeout=60s"]);
+    let in_later = |cmd: &str| n.kubectl(V, &["exec", "later", "--", "sh", "-c", cmd]);
+    let status = in_later("grep '^Seccomp:' /proc/1/status | cut -d: -f2 | tr -d '\\t '");
+    assert_eq!(text(&status.stdout).trim(), "2", "{}", text(&status.stderr));
+    for cmd in ["unshare -U true", "unshare -n true"] {
+        let o = in_later(cmd);
+        assert!(
+            !o.status.success() && text(&o.stderr).contains("Operation not permitted"),
+            "`{cmd}` in the later pod: {}{}",
+            text(&o.stdout),
+            text(&o.stderr)
+        );
+    }
+    let uid = out(&["get", "pod", "later", "-o", "jsonpath={.metadata.uid}"]);
+    let config = std::path::Path::new("/run/nodeless")
+        .join(n.node.as_ref().unwrap())
+        .join("bundles")
+        .join(&uid)
+        .join("containers/c/0/config.json");
+    let config: serde_json::Value = serde_json::from_slice(&std::fs::read(&config).unwrap()).unwrap();
+    let runtime = out(&[
+        "get",
+        "nodes",
+        "-o",
+        "jsonpath={.items[0].status.nodeInfo.containerRuntimeVersion}",
+    ]);
+    let given = config["annotations"].get("run.oci.seccomp_bpf_data").is_some();
+    assert_eq!(
+        given,
+        runtime.starts_with("crun://"),
+        "{runtime}: the compiled program given: {given}"
+    );
+
     n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
     eventually("no pods", 60, || out(&["get", "pods", "-o", "name"]).trim().is_empty());
 }
