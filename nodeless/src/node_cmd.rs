@@ -71,7 +71,8 @@ pub struct NodeArgs {
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub restart_backoff: Duration,
     /// Run pods without a user namespace each (root in a pod is then root on the node), for
-    /// kernels without overlayfs metacopy; pods that ask for one (`hostUsers: false`) fail.
+    /// kernels without user namespaces or idmapped mounts; pods that ask for one
+    /// (`hostUsers: false`) fail.
     #[arg(long)]
     pub no_user_namespaces: bool,
 }
