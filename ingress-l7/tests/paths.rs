@@ -29,13 +29,13 @@ fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
 /// A table sending every request for host `h` to one endpoint.
 fn table(endpoint: SocketAddr) -> Table {
     let class = obj(
-        json!({"metadata": {"name": "nodeless", "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}}, "spec": {"controller": "nodeless.io/ingress-l7"}}),
+        json!({"metadata": {"name": "nodeless", "annotations": {nodeless_types::keys::DEFAULT_INGRESS_CLASS: "true"}}, "spec": {"controller": "nodeless.io/ingress-l7"}}),
     );
     let service = obj(
         json!({"metadata": {"name": "up", "namespace": "default"}, "spec": {"ports": [{"name": "http", "port": 80}]}}),
     );
     let slice = obj(
-        json!({"metadata": {"name": "up-x", "namespace": "default", "labels": {"kubernetes.io/service-name": "up"}},
+        json!({"metadata": {"name": "up-x", "namespace": "default", "labels": {nodeless_types::keys::SERVICE_NAME: "up"}},
         "addressType": "IPv4", "ports": [{"name": "http", "port": endpoint.port(), "protocol": "TCP"}], "endpoints": [{"addresses": [endpoint.ip().to_string()]}]}),
     );
     let ingress = obj(

@@ -109,6 +109,13 @@ pub fn down(data_dir: &Path, purge: bool) -> anyhow::Result<()> {
             data_dir.display(),
             record_path(data_dir).display()
         ),
+        // Without the record the node's name is unknown, and so are its pods: removing the data
+        // directory would leave them running with nothing to adopt them.
+        None if crate::node_cmd::node_dir(data_dir).exists() => anyhow::bail!(
+            "{} holds a node's state but no record of the nodeless up that ran it ({} is missing): nothing was removed",
+            data_dir.display(),
+            record_path(data_dir).display()
+        ),
         None => {}
     }
     if !purge {
@@ -213,6 +220,20 @@ mod tests {
             lb_interface: None,
         };
         assert!(!me.running(), "a test binary is not `nodeless up`");
+    }
+
+    #[test]
+    fn a_purge_without_a_record_keeps_a_node_it_cannot_name() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(crate::node_cmd::node_dir(t.path()).join("pods")).unwrap();
+        let err = down(t.path(), true).unwrap_err().to_string();
+        assert!(err.contains("nothing was removed"), "{err}");
+        assert!(crate::node_cmd::node_dir(t.path()).exists());
+        // A control plane's directory (no node) goes.
+        let c = tempfile::tempdir().unwrap();
+        std::fs::write(c.path().join("store.redb"), "x").unwrap();
+        down(c.path(), true).unwrap();
+        assert!(!c.path().exists());
     }
 
     #[test]

@@ -26,13 +26,13 @@ fn obj<T: serde::de::DeserializeOwned>(v: serde_json::Value) -> Arc<T> {
 /// A front routing every request for host `h` to 192.0.2.1:80 (never connected to).
 fn front() -> Front {
     let class = obj(
-        json!({"metadata": {"name": "nodeless", "annotations": {"ingressclass.kubernetes.io/is-default-class": "true"}}, "spec": {"controller": "nodeless.io/ingress-l7"}}),
+        json!({"metadata": {"name": "nodeless", "annotations": {nodeless_types::keys::DEFAULT_INGRESS_CLASS: "true"}}, "spec": {"controller": "nodeless.io/ingress-l7"}}),
     );
     let service = obj(
         json!({"metadata": {"name": "up", "namespace": "default"}, "spec": {"ports": [{"name": "http", "port": 80}]}}),
     );
     let slice = obj(
-        json!({"metadata": {"name": "up-x", "namespace": "default", "labels": {"kubernetes.io/service-name": "up"}},
+        json!({"metadata": {"name": "up-x", "namespace": "default", "labels": {nodeless_types::keys::SERVICE_NAME: "up"}},
         "addressType": "IPv4", "ports": [{"name": "http", "port": 80, "protocol": "TCP"}], "endpoints": [{"addresses": ["192.0.2.1"]}]}),
     );
     let ingress = obj(
