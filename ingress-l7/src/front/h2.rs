@@ -414,22 +414,14 @@ impl Front {
         respond: &mut SendResponse<Bytes>,
     ) -> Forwarded {
         let mut done = Forwarded::default();
-        let (last, got) = self
+        let idempotent = admit::idempotent(&head.method);
+        let Some((i, mut conn, _under_way)) = self
             .h2c
-            .connect_any(u, settings, admit::idempotent(&head.method), &self.metrics, ingress)
-            .await;
-        done.endpoint = last.map(|i| u.addr(i));
-        let (i, mut conn) = match got {
-            Ok(c) => c,
-            Err((status, body, error)) => {
-                done.error = error;
-                done.answer = Some((status, body));
-                return done;
-            }
+            .open(u, settings, idempotent, &self.metrics, ingress, &mut done)
+            .await
+        else {
+            return done;
         };
-        u.connected(i);
-        u.start(i);
-        let _under_way = UnderWay(u, i);
         let uri = format!(
             "http://{}{}",
             if host.is_empty() { "localhost" } else { host },

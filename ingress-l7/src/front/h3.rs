@@ -25,7 +25,7 @@ use crate::metrics::{self, Metrics};
 use crate::routes::{Settings, Table, Upstream};
 use crate::tls::Certs;
 use crate::upstream::client::{BoxBody, BoxError, Pool};
-use crate::upstream::{Forwarded, UnderWay};
+use crate::upstream::Forwarded;
 use crate::wire::strip_hop_by_hop;
 
 type SendHalf = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
@@ -184,22 +184,14 @@ impl Http3 {
         recv: RecvHalf,
     ) -> Forwarded {
         let mut done = Forwarded::default();
-        let (last, got) = self
+        let idempotent = admit::idempotent(&head.method);
+        let Some((i, mut conn, _under_way)) = self
             .pool
-            .connect_any(u, settings, admit::idempotent(&head.method), &self.metrics, ingress)
-            .await;
-        done.endpoint = last.map(|i| u.addr(i));
-        let (i, mut conn) = match got {
-            Ok(c) => c,
-            Err((status, body, error)) => {
-                done.error = error;
-                done.answer = Some((status, body));
-                return done;
-            }
+            .open(u, settings, idempotent, &self.metrics, ingress, &mut done)
+            .await
+        else {
+            return done;
         };
-        u.connected(i);
-        u.start(i);
-        let _under_way = UnderWay(u, i);
 
         let too_large = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let req = match upstream_request(head, host, id, client, recv, settings.body_limit, too_large.clone()) {

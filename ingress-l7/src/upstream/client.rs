@@ -59,6 +59,34 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// A connection for one request, as [`Pool::connect_any`] finds one, with what happened put
+    /// in `done` (the endpoint last tried; the answer to give instead when none could be had),
+    /// and the request counted as under way at the endpoint until the guard is dropped.
+    pub(crate) async fn open<'u>(
+        &self,
+        u: &'u Upstream,
+        settings: &Settings,
+        idempotent: bool,
+        metrics: &Metrics,
+        ingress: &str,
+        done: &mut super::Forwarded,
+    ) -> Option<(usize, Conn, super::UnderWay<'u>)> {
+        let (last, got) = self.connect_any(u, settings, idempotent, metrics, ingress).await;
+        done.endpoint = last.map(|i| u.addr(i));
+        match got {
+            Ok((i, conn)) => {
+                u.connected(i);
+                u.start(i);
+                Some((i, conn, super::UnderWay(u, i)))
+            }
+            Err((status, body, error)) => {
+                done.error = error;
+                done.answer = Some((status, body));
+                None
+            }
+        }
+    }
+
     /// A connection to one of `u`'s endpoints: another one after a failed connect (each counted
     /// towards the endpoint's ejection and in the metrics), up to three for an idempotent
     /// request ([`super::connect_tries`]). Returns the endpoint last tried, and the connection
