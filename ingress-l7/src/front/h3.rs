@@ -24,8 +24,8 @@ use crate::limits::MAX_HEADER_BYTES;
 use crate::metrics::{self, Metrics};
 use crate::routes::{Settings, Table, Upstream};
 use crate::tls::Certs;
-use crate::upstream::client::{BoxBody, BoxError, Pool};
 use crate::upstream::Forwarded;
+use crate::upstream::client::{BoxBody, BoxError, Pool};
 use crate::wire::strip_hop_by_hop;
 
 type SendHalf = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;

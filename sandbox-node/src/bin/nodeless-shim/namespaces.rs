@@ -118,6 +118,11 @@ impl Namespaces {
             ["get", key] => self.held.get(*key).map_or_else(|| "none".to_string(), |f| Self::fds(f)),
             ["del", key] => {
                 self.held.remove(*key);
+                if self.held.is_empty() {
+                    // No pod left: the spare goes too (its stdin closes and it exits), so the
+                    // supervisor holds nothing and runs nothing.
+                    self.spare = None;
+                }
                 "ok".to_string()
             }
             _ => format!("err unknown request {line:?}"),
