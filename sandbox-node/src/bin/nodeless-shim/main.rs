@@ -190,8 +190,8 @@ fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
     // The supervisor's own child for a pod's user namespace (see `namespaces::child`): before
     // anything could start a thread.
-    if argv.get(1).map(String::as_str) == Some("pod-namespaces") {
-        return match namespaces::child() {
+    if let (Some("pod-namespaces"), Some(hostname)) = (argv.get(1).map(String::as_str), argv.get(2)) {
+        return match namespaces::child(hostname) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("nodeless-shim pod-namespaces: {e}");

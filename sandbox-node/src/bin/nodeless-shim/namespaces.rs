@@ -10,15 +10,14 @@
 //! own network (ports below 1024, ping, `ip addr add` with CAP_NET_ADMIN). The kernel lets only
 //! a single-threaded process unshare or join a user namespace, and the supervisor has a thread
 //! per connection, so a child (`nodeless-shim pod-namespaces`, see [`child`]) unshares all four
-//! at once and the supervisor writes its uid and gid maps, opens its namespaces and lets it go.
-//! That child is a fork and an exec, about 2 ms, so one is always made ahead: once a pod has
-//! asked for a user namespace, a spare child waits, unshared and not yet mapped, for the next.
+//! at once and the supervisor writes its uid and gid maps, opens its namespaces and lets it go:
+//! a fork and an exec more per pod than without, about 2 ms.
 
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::AsRawFd;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 
 use nix::sched::{CloneFlags, setns, unshare};
 
@@ -31,8 +30,6 @@ const KINDS: [(&str, CloneFlags); 3] = [
 pub struct Namespaces {
     home: Vec<File>,
     held: HashMap<String, Vec<File>>,
-    /// The child for the next pod with a user namespace, started ahead.
-    spare: Option<Child>,
 }
 
 impl Namespaces {
@@ -45,7 +42,6 @@ impl Namespaces {
         Ok(Self {
             home,
             held: HashMap::new(),
-            spare: None,
         })
     }
 
@@ -64,14 +60,7 @@ impl Namespaces {
         }
         let flags = KINDS.iter().fold(CloneFlags::empty(), |a, k| a | k.1);
         if let Some(base) = user_base {
-            // The spare, or a new child if there is none or it has gone.
-            let files = match self.spare.take() {
-                Some(kid) => in_user_namespace(kid, hostname, base)
-                    .or_else(|_| in_user_namespace(start_child()?, hostname, base)),
-                None => in_user_namespace(start_child()?, hostname, base),
-            }?;
-            // The next pod's child starts now, while this one's containers do.
-            self.spare = start_child().ok();
+            let files = in_user_namespace(hostname, base)?;
             let reply = Self::fds(&files);
             self.held.insert(key.to_string(), files);
             return Ok(reply);
@@ -118,11 +107,6 @@ impl Namespaces {
             ["get", key] => self.held.get(*key).map_or_else(|| "none".to_string(), |f| Self::fds(f)),
             ["del", key] => {
                 self.held.remove(*key);
-                if self.held.is_empty() {
-                    // No pod left: the spare goes too (its stdin closes and it exits), so the
-                    // supervisor holds nothing and runs nothing.
-                    self.spare = None;
-                }
                 "ok".to_string()
             }
             _ => format!("err unknown request {line:?}"),
@@ -134,24 +118,20 @@ impl Namespaces {
 /// give each pod).
 const USER_RANGE: u32 = 65536;
 
-/// Start a child ([`child`]) that unshares a pod's user, network, IPC and UTS namespaces and then
-/// waits to be mapped.
-fn start_child() -> Result<Child, String> {
+/// A user namespace mapping 0…65535 to `base`…, owning new network, IPC and UTS namespaces:
+/// made by a child ([`child`]), whose maps this process writes (it is root in the parent user
+/// namespace) and whose namespaces it opens before letting it exit. The files come back as net,
+/// ipc, uts, user: the order of the reply.
+fn in_user_namespace(hostname: &str, base: u32) -> Result<Vec<File>, String> {
     let exe = std::env::current_exe().map_err(|e| format!("finding the supervisor's own binary: {e}"))?;
-    Command::new(exe)
+    let mut kid = Command::new(exe)
         .arg("pod-namespaces")
+        .arg(hostname)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(Stdio::piped())
         .spawn()
-        .map_err(|e| format!("starting the child that makes the pod's user namespace: {e}"))
-}
-
-/// A user namespace mapping 0…65535 to `base`…, owning new network, IPC and UTS namespaces:
-/// made by `kid` (from [`start_child`]), whose maps this process writes (it is root in the
-/// parent user namespace) and whose namespaces it opens before letting it exit. The files come
-/// back as net, ipc, uts, user: the order of the reply.
-fn in_user_namespace(mut kid: Child, hostname: &str, base: u32) -> Result<Vec<File>, String> {
+        .map_err(|e| format!("starting the child that makes the pod's user namespace: {e}"))?;
     let result = (|| -> Result<Vec<File>, String> {
         let pid = kid.id();
         let mut out = BufReader::new(kid.stdout.take().ok_or("no pipe from the child")?);
@@ -166,7 +146,7 @@ fn in_user_namespace(mut kid: Child, hostname: &str, base: u32) -> Result<Vec<Fi
             std::fs::write(format!("/proc/{pid}/{file}"), &map)
                 .map_err(|e| format!("writing the pod's {file}: {e}"))?;
         }
-        writeln!(kid.stdin.as_mut().ok_or("no pipe to the child")?, "mapped {hostname}")
+        writeln!(kid.stdin.as_mut().ok_or("no pipe to the child")?, "mapped")
             .map_err(|e| format!("writing to the child: {e}"))?;
         line.clear();
         out.read_line(&mut line)
@@ -184,17 +164,18 @@ fn in_user_namespace(mut kid: Child, hostname: &str, base: u32) -> Result<Vec<Fi
             })
             .collect()
     })();
-    // Closing its stdin lets it exit; the files keep the namespaces. The supervisor's reaper
-    // (`containers`) reaps it, as it does every child.
+    // Closing its stdin lets it exit; the files keep the namespaces.
     drop(kid.stdin.take());
+    // The supervisor's reaper (`containers`) may reap it first: either is fine.
+    let _ = kid.wait();
     result
 }
 
-/// `nodeless-shim pod-namespaces`, run by the supervisor: unshare a user namespace and, owned by
-/// it, network, IPC and UTS namespaces; say `unshared`, wait for `mapped <hostname>` (the
+/// `nodeless-shim pod-namespaces <hostname>`, run by the supervisor: unshare a user namespace
+/// and, owned by it, network, IPC and UTS namespaces; say `unshared`, wait for `mapped` (the
 /// supervisor has written the uid and gid maps), set the hostname and loopback up, say `ready`
 /// and wait for stdin to close. Single-threaded, as unsharing a user namespace requires.
-pub fn child() -> Result<(), String> {
+pub fn child(hostname: &str) -> Result<(), String> {
     let flags = KINDS.iter().fold(CloneFlags::CLONE_NEWUSER, |a, k| a | k.1);
     let mut stdout = std::io::stdout();
     if let Err(e) = unshare(flags) {
@@ -209,11 +190,9 @@ pub fn child() -> Result<(), String> {
         .lock()
         .read_line(&mut line)
         .map_err(|e| e.to_string())?;
-    let Some(hostname) = line.trim().strip_prefix("mapped ") else {
+    if line.trim() != "mapped" {
         return Err("the supervisor did not map the user namespace".into());
-    };
-    let hostname = hostname.to_string();
-    let hostname = hostname.as_str();
+    }
     let set_up = nix::unistd::sethostname(hostname)
         .map_err(|e| format!("sethostname {hostname:?}: {e}"))
         .and_then(|()| loopback_up().map_err(|e| format!("setting lo up: {e}")));
