@@ -27,7 +27,15 @@ fn head() {
 
 #[test]
 fn head_fields() {
-    stable::run("h1_head_fields", 20000, 48, &[], fuzz::head_fields);
+    // libFuzzer's first find (2026-12-06): over a hundred `Host` lines and conflicting
+    // `Content-Length`s. The front refuses such a head whole with a 431; the property had
+    // asked for a 400.
+    let mut many_fields = b"\x01\x20\x00\x00\x00\x0e\x0e\x0e\x5d".to_vec();
+    many_fields.extend([0xb5; 23]);
+    many_fields.extend(b"\x01\x20\x00\x00\x00\x0e\x0e\x0e\x5d");
+    many_fields.extend([0xb5; 231]);
+    many_fields.extend(b"\x9d\x00\x00\x00\x01");
+    stable::run("h1_head_fields", 20000, 48, &[&many_fields], fuzz::head_fields);
 }
 
 #[test]

@@ -119,6 +119,14 @@ fn merge_map(
                 let merged = match list_strategy(kind, &segs) {
                     ListStrategy::Replace => strip(v),
                     ListStrategy::Set => {
+                        // A set is a list of primitives (finalizers): an object or a list in it is
+                        // refused, as the API would refuse the object it made.
+                        if let Some(i) = items.iter().position(|x| x.is_object() || x.is_array()) {
+                            return Err(PatchError::Invalid(format!(
+                                "{}[{i}]: a list of strings cannot hold an object or a list",
+                                path.join(".")
+                            )));
+                        }
                         let mut cur = doc.get(k).and_then(Value::as_array).cloned().unwrap_or_default();
                         for x in items {
                             if !cur.contains(x) {
@@ -275,6 +283,21 @@ mod tests {
             json!({"spec": {"strategy": {"$retainKeys": ["type"], "type": "Recreate", "rollingUpdate": null}}});
         let out = strategic_merge_patch(&deployment(), &recreate, "Deployment").unwrap();
         assert_eq!(out.pointer("/spec/strategy"), Some(&json!({"type": "Recreate"})));
+    }
+
+    #[test]
+    fn structured_element_in_a_set_list_is_refused() {
+        // libFuzzer's find (2026-12-06): a directive inside an object appended to finalizers
+        // stayed in the object.
+        let doc = json!({"metadata": {"name": "p", "finalizers": ["a"]}});
+        let patch = json!({"metadata": {"finalizers": [[""], {"$setElementOrder/containers": null}]}});
+        let err = strategic_merge_patch(&doc, &patch, "Pod").unwrap_err();
+        assert!(err.to_string().contains("metadata.finalizers[0]"), "{err}");
+        let patch = json!({"metadata": {"finalizers": ["b", {"x": 1}]}});
+        let err = strategic_merge_patch(&doc, &patch, "Pod").unwrap_err();
+        assert!(err.to_string().contains("metadata.finalizers[1]"), "{err}");
+        let ok = strategic_merge_patch(&doc, &json!({"metadata": {"finalizers": ["b", "a"]}}), "Pod").unwrap();
+        assert_eq!(ok["metadata"]["finalizers"], json!(["a", "b"]));
     }
 
     #[test]

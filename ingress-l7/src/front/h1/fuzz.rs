@@ -134,7 +134,8 @@ fn check_head(front: &Front, data: &[u8]) {
 /// A head built from choices of request line, names and values (every `Content-Length`
 /// spelling that has smuggled a request somewhere), checked against the framing rules: a
 /// length that is not plain digits, two that differ, or a length beside `Transfer-Encoding` is
-/// a 400, and a head that breaks none of them is never refused for its framing.
+/// a 400, a head with more fields than the front reads is a 431 (whatever they say), and a head
+/// that breaks none of the rules is never refused for its framing.
 pub fn head_fields(data: &[u8]) {
     const LENGTHS: [&str; 12] = [
         "0",
@@ -176,7 +177,7 @@ pub fn head_fields(data: &[u8]) {
     text.push(' ');
     text.push_str(c.pick(&["/", "/a?b=c", "*", "http://h/", "/%2e%2e/x"]));
     text.push_str(c.pick(&[" HTTP/1.1\r\n", " HTTP/1.0\r\n"]));
-    let (mut lengths, mut coded, mut hosts) = (Vec::new(), false, 0);
+    let (mut lengths, mut coded, mut hosts, mut fields) = (Vec::new(), false, 0, 0);
     while !c.done() && text.len() < 2048 {
         let name = match c.below(4) {
             0 => "Content-Length",
@@ -201,6 +202,7 @@ pub fn head_fields(data: &[u8]) {
             _ => c.pick(&["1", "x", "100-continue", "websocket", "a, b"]),
         };
         text.push_str(&format!("{name}: {value}\r\n"));
+        fields += 1;
     }
     text.push_str("\r\n");
     FRONT.with(|front| {
@@ -211,7 +213,14 @@ pub fn head_fields(data: &[u8]) {
         let framing_bad = lengths.iter().any(Option::is_none)
             || digits.windows(2).any(|w| w[0] != w[1])
             || (coded && !lengths.is_empty());
-        if framing_bad {
+        // A head with more fields than the front reads is refused whole (431) before any of them
+        // is looked at: refused all the same, so nothing of it reaches pingora or an endpoint.
+        if fields > MAX_HEADERS {
+            assert!(
+                matches!(verdict, Err((431, _))),
+                "{text:?}: {fields} fields were not refused"
+            );
+        } else if framing_bad {
             assert!(matches!(verdict, Err((400, _))), "{text:?} was not refused");
         }
         if hosts > 1 {
