@@ -8,6 +8,7 @@ pub mod api;
 pub mod auth;
 pub mod controllers;
 pub mod ipalloc;
+pub mod knative;
 pub mod kubeconfig;
 pub mod patch;
 pub mod printers;
@@ -119,6 +120,7 @@ impl ControlPlane {
             },
             cluster_ips,
             node_tls,
+            revision_stats: Default::default(),
         });
         bootstrap(&state, addr).await?;
         let mut tasks = vec![tokio::spawn(api::serve(
@@ -198,5 +200,6 @@ async fn bootstrap(state: &Arc<ApiState>, addr: SocketAddr) -> Result<(), Contro
             .await
             .map_err(|e| ControlError::Bootstrap(e.to_string()))?;
     }
+    knative::install(&client).await.map_err(ControlError::Bootstrap)?;
     Ok(())
 }

@@ -175,6 +175,32 @@ pub fn subject(served: &Served, name: &str) -> Subject {
     }
 }
 
+/// A 422 for one field of `obj`, as the API server words it: `<Kind> "<name>" is invalid:
+/// <field>: <message>`, with the field and reason in the Status's causes.
+pub fn invalid(served: &Served, obj: &Value, field: &str, reason: &str, message: String) -> ApiError {
+    let name = obj
+        .pointer("/metadata/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    ApiError::Invalid {
+        message: format!(
+            "{} \"{name}\" is invalid: {field}: {message}",
+            served.def.qualified_kind()
+        ),
+        causes: vec![Cause {
+            reason: reason.into(),
+            message,
+            field: field.into(),
+        }],
+        subject: Subject {
+            group: served.def.group.clone(),
+            kind: served.def.kind.clone(),
+            name,
+        },
+    }
+}
+
 pub fn not_found(served: &Served, name: &str) -> ApiError {
     ApiError::NotFound {
         resource: served.def.qualified_resource(),

@@ -5,31 +5,11 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::ApiState;
-use super::error::{ApiError, Cause, Subject};
+use super::error::{ApiError, invalid};
 use super::registry::Served;
 
 fn is(served: &Served, group: &str, kind: &str) -> bool {
     served.def.group == group && served.def.kind == kind
-}
-
-fn invalid(served: &Served, obj: &Value, field: &str, reason: &str, message: String) -> ApiError {
-    let name = super::objects::name_of(obj).to_string();
-    ApiError::Invalid {
-        message: format!(
-            "{} \"{name}\" is invalid: {field}: {message}",
-            served.def.qualified_kind()
-        ),
-        causes: vec![Cause {
-            reason: reason.into(),
-            message,
-            field: field.into(),
-        }],
-        subject: Subject {
-            group: served.def.group.clone(),
-            kind: served.def.kind.clone(),
-            name,
-        },
-    }
 }
 
 fn wants_cluster_ip(obj: &Value) -> bool {
@@ -75,6 +55,7 @@ fn claim_cluster_ip(state: &ApiState, served: &Served, obj: &mut Value) -> Resul
 }
 
 pub fn before_create(state: &ApiState, served: &Served, obj: &mut Value) -> Result<Option<String>, ApiError> {
+    crate::knative::admit::admit(served, obj, None)?;
     if is(served, "", "Service") {
         return claim_cluster_ip(state, served, obj);
     }
@@ -92,6 +73,7 @@ pub fn undo_create(state: &ApiState, claimed: Option<&str>) {
 }
 
 pub fn before_update(state: &ApiState, served: &Served, new: &mut Value, old: &Value) -> Result<(), ApiError> {
+    crate::knative::admit::admit(served, new, Some(old))?;
     if is(served, "", "Service") {
         let old_ip = old
             .pointer("/spec/clusterIP")

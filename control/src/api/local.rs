@@ -25,6 +25,11 @@ impl LocalClient {
             .expect("built-in resources are always served")
     }
 
+    /// A resource of any group and version (custom resources), if served.
+    pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<Arc<Served>> {
+        self.state.registry.lookup(group, version, plural)
+    }
+
     pub fn get(&self, served: &Served, ns: Option<&str>, name: &str) -> Option<Stored> {
         self.state.store.get(&served.key(ns, name))
     }

@@ -37,6 +37,10 @@ use error::ApiError;
 use http::{Body, error_response, json_response, text_response};
 use registry::Registry;
 
+/// The last segment of [`nodeless_types::knative::STATS_PATH`]: where ingresses post what they
+/// saw of each revision.
+const STATS_RESOURCE: &str = "nodeless-stats";
+
 /// Everything a request handler needs.
 pub struct ApiState {
     pub store: Store,
@@ -46,6 +50,8 @@ pub struct ApiState {
     pub cluster_ips: IpAllocator,
     /// TLS client settings for the kubelet API of nodes (trusts the cluster CA).
     pub node_tls: Arc<rustls::ClientConfig>,
+    /// What the ingresses report about Knative revisions, for the autoscaler.
+    pub revision_stats: crate::knative::stats::Sink,
 }
 
 /// Where a request is going, parsed from its path.
@@ -172,6 +178,29 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Response<
             );
             Ok(resp)
         }
+        Route::Resource(target)
+            if target.group == nodeless_types::knative::AUTOSCALING_GROUP && target.plural == STATS_RESOURCE =>
+        {
+            if *req.method() != Method::POST || target.namespace.is_some() || target.name.is_some() {
+                return Err(ApiError::bad_request(format!(
+                    "{STATS_RESOURCE} takes a POST of the ingress's revision statistics"
+                )));
+            }
+            let asked = auth::Request {
+                read: false,
+                group: &target.group,
+                plural: &target.plural,
+                sub: None,
+            };
+            if role.authorize(&asked).is_err() {
+                return Err(forbidden_for(role, req.method(), &target));
+            }
+            let body = http::read_body(req.into_body()).await?;
+            let stats: nodeless_types::knative::Stats = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::bad_request(format!("revision statistics: {e}")))?;
+            state.revision_stats.record(&stats);
+            Ok(text_response(200, "ok"))
+        }
         Route::Resource(target) => {
             let asked = auth::Request {
                 read: matches!(*req.method(), Method::GET | Method::HEAD),
@@ -252,5 +281,10 @@ mod tests {
         assert!(t.watch_path);
         assert_eq!(t.plural, "deployments");
         assert_eq!(parse_route("/nope"), None);
+        let t = target(parse_route(nodeless_types::knative::STATS_PATH));
+        assert_eq!(
+            (t.group.as_str(), t.plural.as_str(), t.namespace, t.name),
+            (nodeless_types::knative::AUTOSCALING_GROUP, STATS_RESOURCE, None, None)
+        );
     }
 }

@@ -5,6 +5,7 @@
 mod deployment;
 mod endpoints;
 mod gc;
+pub mod knative;
 mod namespace;
 mod replicaset;
 mod scheduler;
@@ -57,6 +58,35 @@ pub fn start(client: LocalClient) -> Vec<tokio::task::JoinHandle<()>> {
             namespace::resync,
             |c, k| Box::pin(namespace::reconcile(c, k)),
         )),
+        tokio::spawn(drive(
+            client.clone(),
+            "knative-service",
+            knative::service::interested,
+            knative::service::resync,
+            |c, k| Box::pin(knative::service::reconcile(c, k)),
+        )),
+        tokio::spawn(drive(
+            client.clone(),
+            "knative-configuration",
+            knative::configuration::interested,
+            knative::configuration::resync,
+            |c, k| Box::pin(knative::configuration::reconcile(c, k)),
+        )),
+        tokio::spawn(drive(
+            client.clone(),
+            "knative-revision",
+            knative::revision::interested,
+            knative::revision::resync,
+            |c, k| Box::pin(knative::revision::reconcile(c, k)),
+        )),
+        tokio::spawn(drive(
+            client.clone(),
+            "knative-route",
+            knative::route::interested,
+            knative::route::resync,
+            |c, k| Box::pin(knative::route::reconcile(c, k)),
+        )),
+        tokio::spawn(knative::autoscaler::run(client.clone())),
         tokio::spawn(drive(
             client,
             "garbage-collector",

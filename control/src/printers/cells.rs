@@ -78,19 +78,41 @@ pub fn age(v: &Value, now: DateTime<Utc>) -> String {
     age_of(s(v, "/metadata/creationTimestamp"), now)
 }
 
-/// A simple JSONPath (`.spec.replicas`, `.status.items[0].name`) as CRD printer columns use.
+/// The JSONPath subset CRD printer columns use: `.spec.replicas`, `.status.items[0].name`,
+/// `.metadata.labels['serving\.knative\.dev/configuration']` (a quoted key, `\.` a dot) and
+/// `.status.conditions[?(@.type=='Ready')].status` (the first element whose field equals).
 pub fn json_path(v: &Value, path: &str) -> Option<Value> {
     let mut cur = v;
-    for seg in path.trim_start_matches('.').split('.').filter(|x| !x.is_empty()) {
-        let (field, index) = match seg.split_once('[') {
-            Some((f, rest)) => (f, rest.trim_end_matches(']').parse::<usize>().ok()),
-            None => (seg, None),
-        };
-        if !field.is_empty() {
-            cur = cur.get(field)?;
-        }
-        if let Some(i) = index {
-            cur = cur.get(i)?;
+    let mut rest = path.trim();
+    while !rest.is_empty() {
+        if let Some(r) = rest.strip_prefix('.') {
+            let end = r.find(['.', '[']).unwrap_or(r.len());
+            let field = &r[..end];
+            if !field.is_empty() {
+                cur = cur.get(field)?;
+            }
+            rest = &r[end..];
+        } else if let Some(r) = rest.strip_prefix("[?(@.") {
+            let close = r.find(")]")?;
+            let (field, want) = r[..close].split_once("==")?;
+            let want = want.trim().trim_matches(|c| c == '\'' || c == '"');
+            cur = cur.as_array()?.iter().find(|e| match e.get(field.trim()) {
+                Some(Value::String(s)) => s == want,
+                Some(other) => other.to_string() == want,
+                None => false,
+            })?;
+            rest = &r[close + 2..];
+        } else if let Some(r) = rest.strip_prefix("['").or_else(|| rest.strip_prefix("[\"")) {
+            let close = r.find(['\'', '"'])?;
+            let key = r[..close].replace("\\.", ".");
+            cur = cur.get(key.as_str())?;
+            rest = r[close + 1..].strip_prefix(']')?;
+        } else if let Some(r) = rest.strip_prefix('[') {
+            let close = r.find(']')?;
+            cur = cur.get(r[..close].trim().parse::<usize>().ok()?)?;
+            rest = &r[close + 1..];
+        } else {
+            return None;
         }
     }
     Some(cur.clone())
@@ -475,6 +497,25 @@ mod tests {
 
     fn at(t: &str) -> DateTime<Utc> {
         DateTime::parse_from_rfc3339(t).unwrap().with_timezone(&Utc)
+    }
+
+    #[test]
+    fn json_paths_of_crd_columns() {
+        let v = json!({"metadata": {"labels": {"serving.knative.dev/configuration": "hello"}},
+            "status": {"replicas": 2, "items": [{"name": "a"}],
+            "conditions": [{"type": "Active", "status": "False"}, {"type": "Ready", "status": "True", "reason": "x"}]}});
+        assert_eq!(json_path(&v, ".status.replicas"), Some(json!(2)));
+        assert_eq!(json_path(&v, ".status.items[0].name"), Some(json!("a")));
+        assert_eq!(
+            json_path(&v, ".metadata.labels['serving\\.knative\\.dev/configuration']"),
+            Some(json!("hello"))
+        );
+        assert_eq!(
+            json_path(&v, ".status.conditions[?(@.type=='Ready')].status"),
+            Some(json!("True"))
+        );
+        assert_eq!(json_path(&v, ".status.conditions[?(@.type==\"Gone\")].status"), None);
+        assert_eq!(json_path(&v, ".status.missing"), None);
     }
 
     #[test]
