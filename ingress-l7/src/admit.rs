@@ -2,12 +2,15 @@
 //! from its head alone, between a front that parsed it and the upstream layer that will carry
 //! it. The HTTP/1.1, HTTP/2 and HTTP/3 fronts and the pingora fallback all ask [`admit`] (or
 //! [`admit_head`]), so a 404, 308, 413, 431 or 503 is the same whichever way the request came;
-//! the routing table it asks is [`crate::routes`].
+//! the routing table it asks is [`crate::routes`], with its Knative part ([`crate::knative`])
+//! tried first.
 
 use std::sync::Arc;
 
+use crate::activator::Revision;
+use crate::balance::Upstream;
 use crate::limits::MAX_HEADER_BYTES;
-use crate::routes::{Decision, Settings, Table, Target, Upstream};
+use crate::routes::{Decision, Settings, Table, Target};
 use crate::wire::content_length;
 
 /// The request's host: the Host header, or the authority of an HTTP/2 or HTTP/3 request.
@@ -36,6 +39,32 @@ pub struct Admitted {
     pub ingress: String,
     pub settings: Arc<Settings>,
     pub outcome: Outcome,
+    /// A Knative revision's request: it goes through the activator ([`crate::activator::gate`]).
+    pub revision: Option<Arc<Revision>>,
+    /// Fields to set on the forwarded request, replacing the client's of the same names.
+    pub append: Option<Arc<[(String, String)]>>,
+}
+
+/// Whether a client's request field is one the route sets itself (`append`).
+pub fn appended(append: Option<&Arc<[(String, String)]>>, name: &str) -> bool {
+    append.is_some_and(|a| a.iter().any(|(n, _)| name.eq_ignore_ascii_case(n)))
+}
+
+/// A request head as the admission policy reads it.
+pub struct Asked<'a> {
+    /// `http` or `https`.
+    pub scheme: &'a str,
+    /// Whether it came in on the internal listener (cluster-local Knative routes are served).
+    pub internal: bool,
+    /// The Host header or authority.
+    pub host: &'a str,
+    /// The origin-form target (path and query).
+    pub target: &'a str,
+    pub declared: Option<u64>,
+    /// The head's size in bytes.
+    pub header_bytes: usize,
+    /// A request field's value by name (any case).
+    pub header: &'a dyn Fn(&str) -> Option<&'a [u8]>,
 }
 
 pub enum Outcome {
@@ -56,20 +85,25 @@ pub(crate) fn default_settings() -> Arc<Settings> {
 /// Route a request by its head: 431 for an oversized head, 404 when no rule matches, 308 when
 /// the route wants HTTPS and this is plain HTTP, 413 for a declared body over the route's
 /// limit, 503 naming why when the backend cannot take it.
-pub fn admit(table: &Table, scheme: &str, uri: &http::Uri, headers: &http::HeaderMap) -> Admitted {
+pub fn admit(table: &Table, scheme: &str, internal: bool, uri: &http::Uri, headers: &http::HeaderMap) -> Admitted {
     let header_bytes = uri.path_and_query().map(|p| p.as_str().len()).unwrap_or(0)
         + headers
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum::<usize>();
     let target = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    admit_head(
+    let header = |n: &str| headers.get(n).map(|v| v.as_bytes());
+    admit_request(
         table,
-        scheme,
-        &request_host(uri, headers),
-        target,
-        declared_length(headers),
-        header_bytes,
+        &Asked {
+            scheme,
+            internal,
+            host: &request_host(uri, headers),
+            target,
+            declared: declared_length(headers),
+            header_bytes,
+            header: &header,
+        },
     )
 }
 
@@ -84,10 +118,40 @@ pub fn admit_head(
     declared: Option<u64>,
     header_bytes: usize,
 ) -> Admitted {
+    admit_request(
+        table,
+        &Asked {
+            scheme,
+            internal: false,
+            host,
+            target,
+            declared,
+            header_bytes,
+            header: &no_header,
+        },
+    )
+}
+
+fn no_header<'x>(_: &str) -> Option<&'x [u8]> {
+    None
+}
+
+/// [`admit`] from an [`Asked`].
+pub fn admit_request(table: &Table, asked: &Asked<'_>) -> Admitted {
+    let Asked {
+        scheme,
+        host,
+        target,
+        declared,
+        header_bytes,
+        ..
+    } = *asked;
     let early = |status, body| Admitted {
         ingress: "-".to_string(),
         settings: default_settings(),
         outcome: Outcome::Respond(status, body),
+        revision: None,
+        append: None,
     };
     if header_bytes > MAX_HEADER_BYTES {
         return early(
@@ -96,6 +160,24 @@ pub fn admit_head(
         );
     }
     let path = target.split_once('?').map_or(target, |(p, _)| p);
+    if let Some(p) = table.knative.find(host, path, asked.internal, asked.header) {
+        let Some(split) = p.pick() else {
+            return Admitted {
+                ingress: p.ingress.clone(),
+                ..early(
+                    503,
+                    format!("no split of {}'s route for this path has any weight", p.ingress),
+                )
+            };
+        };
+        return Admitted {
+            ingress: p.ingress.clone(),
+            settings: split.settings.clone(),
+            outcome: outcome(&split.settings, &split.target, scheme, host, target, declared),
+            revision: split.revision.clone(),
+            append: Some(split.append.clone()).filter(|a| !a.is_empty()),
+        };
+    }
     let route = match table.route(host, path) {
         Decision::Route(r) | Decision::Default(r) => r,
         Decision::NotFound => {
@@ -108,8 +190,19 @@ pub fn admit_head(
             );
         }
     };
-    let settings = route.settings.clone();
-    let outcome = if settings.ssl_redirect && scheme == "http" {
+    Admitted {
+        ingress: route.ingress.clone(),
+        settings: route.settings.clone(),
+        outcome: outcome(&route.settings, &route.target, scheme, host, target, declared),
+        revision: None,
+        append: None,
+    }
+}
+
+/// What a matched route does with the request: 308 to HTTPS, 413, 503 with its reason, or
+/// forward.
+fn outcome(settings: &Settings, to: &Target, scheme: &str, host: &str, target: &str, declared: Option<u64>) -> Outcome {
+    if settings.ssl_redirect && scheme == "http" {
         Outcome::Redirect(format!("https://{}{}", crate::routes::normalize_host(host), target))
     } else if settings.body_limit > 0 && declared.is_some_and(|n| n > settings.body_limit) {
         Outcome::Respond(
@@ -120,15 +213,10 @@ pub fn admit_head(
             ),
         )
     } else {
-        match &route.target {
+        match to {
             Target::Upstream(u) => Outcome::Forward(u.clone()),
             Target::Unavailable(reason) => Outcome::Respond(503, reason.clone()),
         }
-    };
-    Admitted {
-        ingress: route.ingress.clone(),
-        settings,
-        outcome,
     }
 }
 

@@ -5,7 +5,9 @@
 //! routes to h2c endpoints. Each request is admitted by the same policy as every other
 //! ([`crate::admit`]), sent to one of its upstream's ready endpoints through pingora's own
 //! connector and pool, and answered by the ingress itself when there is nowhere to send it (404
-//! with no rule, 503 naming the reason when the backend cannot take it: never a hang).
+//! with no rule, 503 naming the reason when the backend cannot take it: never a hang). A
+//! Knative revision's request (websockets, h2c revisions) waits for the activator's permit
+//! ([`crate::activator::gate`]) in `request_filter` and goes to the permit's endpoint.
 //!
 //! [`stream`] wraps a handed-over connection as pingora's apps want it.
 
@@ -20,9 +22,11 @@ use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{ProxyHttp, Session};
 
+use crate::activator::{self, Permit, Revision};
 use crate::admit::{Outcome, admit, default_settings, idempotent, request_host, request_id};
+use crate::balance::Upstream;
 use crate::metrics::{self, Metrics};
-use crate::routes::{Settings, Table, Upstream};
+use crate::routes::{Settings, Table};
 use crate::upstream::{connect_failed, connect_tries};
 
 pub mod stream;
@@ -32,6 +36,8 @@ pub struct Ingress {
     pub metrics: Arc<Metrics>,
     /// `http` or `https`: what this listener tells the upstream in X-Forwarded-Proto.
     pub scheme: &'static str,
+    /// The internal listener: cluster-local Knative routes are served too.
+    pub internal: bool,
     /// The Alt-Svc value that advertises HTTP/3 in this listener's responses.
     pub alt_svc: Option<http::HeaderValue>,
 }
@@ -48,6 +54,10 @@ pub struct Ctx {
     /// The Ingress that routed the request (`-` when none did).
     ingress: String,
     started: Option<std::time::Instant>,
+    revision: Option<Arc<Revision>>,
+    /// The activator's permit for a revision's request, held until the request ends.
+    permit: Option<Permit>,
+    append: Option<Arc<[(String, String)]>>,
 }
 
 impl Ctx {
@@ -84,6 +94,9 @@ impl ProxyHttp for Ingress {
             request_id: String::new(),
             ingress: String::new(),
             started: None,
+            revision: None,
+            permit: None,
+            append: None,
         }
     }
 
@@ -91,12 +104,29 @@ impl ProxyHttp for Ingress {
         let req = session.req_header();
         ctx.request_id = request_id(&req.headers);
         ctx.started = Some(std::time::Instant::now());
-        let admitted = admit(&self.table.load(), self.scheme, &req.uri, &req.headers);
+        let admitted = admit(&self.table.load(), self.scheme, self.internal, &req.uri, &req.headers);
         ctx.settings = admitted.settings;
         ctx.ingress = admitted.ingress;
+        ctx.revision = admitted.revision;
+        ctx.append = admitted.append;
         match admitted.outcome {
             Outcome::Forward(u) => {
-                ctx.upstream = Some(u);
+                match activator::gate(
+                    ctx.revision.as_ref(),
+                    ctx.started.unwrap_or_else(std::time::Instant::now),
+                )
+                .await
+                {
+                    Ok(Some(p)) => {
+                        ctx.upstream = Some(p.upstream.clone());
+                        ctx.permit = Some(p);
+                    }
+                    Ok(None) => ctx.upstream = Some(u),
+                    Err((status, body)) => {
+                        ctx.upstream = Some(u);
+                        return respond(session, status, body).await;
+                    }
+                }
                 Ok(false)
             }
             Outcome::Respond(status, body) => respond(session, status, body).await,
@@ -116,7 +146,12 @@ impl ProxyHttp for Ingress {
             .upstream
             .clone()
             .ok_or_else(|| Error::explain(ErrorType::InternalError, "no upstream chosen"))?;
-        let i = u.pick(ctx.settings.balance, &ctx.tried).ok_or_else(|| {
+        let pinned = ctx.permit.as_ref().map(|p| p.endpoint);
+        let pick = match pinned {
+            Some(i) => ctx.tried.is_empty().then_some(i),
+            None => u.pick(ctx.settings.balance, &ctx.tried),
+        };
+        let i = pick.ok_or_else(|| {
             Error::explain(
                 ErrorType::HTTPStatus(503),
                 format!("service {} has no ready endpoints", u.name),
@@ -143,10 +178,11 @@ impl ProxyHttp for Ingress {
             connect_failed(&self.metrics, u, i, &ctx.ingress);
         }
         ctx.release();
-        let more = ctx
-            .upstream
-            .as_ref()
-            .is_some_and(|u| ctx.tried.len() < connect_tries(u, true));
+        let more = ctx.permit.is_none()
+            && ctx
+                .upstream
+                .as_ref()
+                .is_some_and(|u| ctx.tried.len() < connect_tries(u, true));
         if idempotent(&session.req_header().method) && more {
             e.set_retry(true);
         }
@@ -179,6 +215,9 @@ impl ProxyHttp for Ingress {
             req.insert_header("x-forwarded-host", host)?;
         }
         req.insert_header("x-request-id", ctx.request_id.clone())?;
+        for (name, value) in ctx.append.iter().flat_map(|a| a.iter()) {
+            req.insert_header(name.clone(), value.as_str())?;
+        }
         Ok(())
     }
 
@@ -213,6 +252,7 @@ impl ProxyHttp for Ingress {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         ctx.release();
+        ctx.permit = None;
         let code = session.response_written().map(|r| r.status.as_u16()).unwrap_or(0);
         let service = ctx.upstream.as_ref().map(|u| u.name.as_str()).unwrap_or("-");
         let ingress = if ctx.ingress.is_empty() {
@@ -226,6 +266,9 @@ impl ProxyHttp for Ingress {
         };
         let took = ctx.started.map(|t| t.elapsed()).unwrap_or_default();
         self.metrics.count(ingress, service, code, took, upstream_error);
+        if let Some(r) = &ctx.revision {
+            self.metrics.count_revision(&r.id, code, took);
+        }
         if !self.metrics.may_log() {
             return;
         }

@@ -2,7 +2,9 @@
 //!
 //! - [`front`]: the client side, one front per protocol ([`front::h1`], [`front::h2`],
 //!   [`front::h3`]), each parsing its own and never another's;
-//! - [`admit`]: the one admission policy all of them ask, over the routing table ([`routes`]);
+//! - [`admit`]: the one admission policy all of them ask, over the routing table ([`routes`],
+//!   and its Knative part, [`routes::knative`]), and the balancer's state ([`balance`]);
+//! - [`activator`]: where a Knative revision's requests wait for a pod with room;
 //! - [`upstream`]: reaching the endpoints (which one, how many tries, kept-alive connections);
 //! - [`wire`]: HTTP/1.1 as bytes (heads, lengths, chunked bodies, hop-by-hop fields), read by
 //!   every layer above;
@@ -13,7 +15,9 @@
 //! watch that keeps the table in step with the control API ([`watch`]), and the wiring of it all
 //! ([`server`]).
 
+pub mod activator;
 pub mod admit;
+pub mod balance;
 pub mod fallback;
 pub mod front;
 pub mod lb;

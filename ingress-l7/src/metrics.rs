@@ -1,7 +1,9 @@
 //! What the ingress counts, for Prometheus (`/metrics` on `--metrics`): requests by Ingress,
 //! Service and status, request latency by Ingress and Service, and upstream errors by kind; and
 //! the access log, one structured line a request, at most `--access-log-rate` lines a second
-//! (the lines left out are counted and reported once a second).
+//! (the lines left out are counted and reported once a second). Per Knative revision: requests
+//! by status class, latency, the queue of requests waiting for a pod, and the cold-start wait
+//! (how long a request waited because its revision had no ready pod).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -9,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -32,6 +35,24 @@ pub struct UpstreamError {
     pub kind: String,
 }
 
+/// A Knative revision, `namespace/name`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevisionLabels {
+    pub revision: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RevisionRequest {
+    pub revision: String,
+    /// `2xx`, `3xx`, `4xx` or `5xx`.
+    pub class: String,
+}
+
+fn cold_start_histogram() -> Histogram {
+    // 10 ms to ~5 min: a pod's start, up to the default timeoutSeconds.
+    Histogram::new(exponential_buckets(0.01, 2.0, 16))
+}
+
 fn latency_histogram() -> Histogram {
     // 0.5 ms to ~16 s.
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
@@ -42,6 +63,10 @@ pub struct Metrics {
     pub requests: Family<Request, Counter>,
     pub latency: Family<Route, Histogram, fn() -> Histogram>,
     pub upstream_errors: Family<UpstreamError, Counter>,
+    pub revision_requests: Family<RevisionRequest, Counter>,
+    pub revision_latency: Family<RevisionLabels, Histogram, fn() -> Histogram>,
+    pub revision_queue: Family<RevisionLabels, Gauge>,
+    pub revision_cold_start: Family<RevisionLabels, Histogram, fn() -> Histogram>,
     log: AccessLog,
 }
 
@@ -66,11 +91,41 @@ impl Metrics {
             "Failures talking to endpoints, by kind",
             upstream_errors.clone(),
         );
+        let revision_requests = Family::<RevisionRequest, Counter>::default();
+        let revision_latency =
+            Family::<RevisionLabels, Histogram, fn() -> Histogram>::new_with_constructor(latency_histogram);
+        let revision_queue = Family::<RevisionLabels, Gauge>::default();
+        let revision_cold_start =
+            Family::<RevisionLabels, Histogram, fn() -> Histogram>::new_with_constructor(cold_start_histogram);
+        registry.register(
+            "revision_requests",
+            "Requests for Knative revisions answered, by revision and status class",
+            revision_requests.clone(),
+        );
+        registry.register(
+            "revision_request_duration_seconds",
+            "Time from a revision's request's header to the end of its response, waiting included",
+            revision_latency.clone(),
+        );
+        registry.register(
+            "revision_queue_depth",
+            "Requests waiting for a pod of the revision (none ready, or all at their concurrency)",
+            revision_queue.clone(),
+        );
+        registry.register(
+            "revision_cold_start_seconds",
+            "How long a request waited because its revision had no ready pod",
+            revision_cold_start.clone(),
+        );
         Metrics {
             registry,
             requests,
             latency,
             upstream_errors,
+            revision_requests,
+            revision_latency,
+            revision_queue,
+            revision_cold_start,
             log: AccessLog {
                 per_second: access_log_per_second,
                 ..Default::default()
@@ -122,6 +177,28 @@ impl Metrics {
                 })
                 .inc();
         }
+    }
+
+    /// Count a finished request for a Knative revision (`namespace/name`), beside [`Metrics::count`].
+    pub fn count_revision(&self, revision: &str, code: u16, took: std::time::Duration) {
+        let class = match code {
+            100..=199 => "1xx",
+            200..=299 => "2xx",
+            300..=399 => "3xx",
+            400..=499 => "4xx",
+            _ => "5xx",
+        };
+        self.revision_requests
+            .get_or_create(&RevisionRequest {
+                revision: revision.to_string(),
+                class: class.to_string(),
+            })
+            .inc();
+        self.revision_latency
+            .get_or_create(&RevisionLabels {
+                revision: revision.to_string(),
+            })
+            .observe(took.as_secs_f64());
     }
 
     /// Write a finished request's access-log line; call when [`Metrics::may_log`] allows.

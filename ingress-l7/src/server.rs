@@ -1,13 +1,15 @@
 //! The ingress put together: listeners and a runtime per worker thread, HTTP/3 on a thread of
 //! its own, the layer-4 balancer for LoadBalancer Services, metrics, and the watch that keeps
-//! the routing table in step with the cluster. `ingress-l7`, `nodeless ingress` and `nodeless
-//! up` all run [`run`].
+//! the routing table in step with the cluster; and for Knative, the internal listener
+//! (`--internal-http`, where cluster-local routes are served) and the activator's reports to the
+//! autoscaler. `ingress-l7`, `nodeless ingress` and `nodeless up` all run [`run`].
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::activator::{self, Activator};
 use crate::fallback::{Ingress, stream};
 use crate::front::{End, Front, h3, opens_with_h2_preface};
 use crate::limits::{ClientLimits, Gate};
@@ -77,6 +79,14 @@ pub struct Args {
     /// Client connections open at once, over all threads; one over it is closed at once.
     #[arg(long, default_value_t = ClientLimits::default().max_connections)]
     pub max_connections: usize,
+    /// Where to serve plain HTTP for the cluster (port 0 picks one; the address is printed):
+    /// Knative's cluster-local routes (`hello.default.svc.cluster.local`) are served here, beside
+    /// everything the public listeners serve. None by default.
+    #[arg(long)]
+    pub internal_http: Option<String>,
+    /// Requests that may wait for a pod of one Knative revision; one more gets 503.
+    #[arg(long, default_value_t = activator::QUEUE_CAPACITY)]
+    pub revision_queue: usize,
 }
 
 impl Args {
@@ -129,9 +139,15 @@ pub fn run(args: Args, stopping: tokio::sync::oneshot::Receiver<()>) -> Result<(
     let mut http = vec![reuseport_listener(&args.http)?];
     let mut https = vec![reuseport_listener(&args.https)?];
     let (http_addr, https_addr) = (http[0].local_addr()?, https[0].local_addr()?);
+    let mut internal = match &args.internal_http {
+        Some(a) => vec![Some(reuseport_listener(a)?)],
+        None => vec![None],
+    };
+    let internal_addr = internal[0].as_ref().map(|l| l.local_addr()).transpose()?;
     for _ in 1..threads {
         http.push(reuseport_listener(&http_addr.to_string())?);
         https.push(reuseport_listener(&https_addr.to_string())?);
+        internal.push(internal_addr.map(|a| reuseport_listener(&a.to_string())).transpose()?);
     }
 
     let control = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -139,6 +155,7 @@ pub fn run(args: Args, stopping: tokio::sync::oneshot::Receiver<()>) -> Result<(
     let table = Arc::new(ArcSwap::from_pointee(Table::default()));
     let certs = Arc::new(Certs::new().map_err(anyhow::Error::msg)?);
     let metrics = Arc::new(Metrics::new(args.access_log_rate));
+    let activator = Arc::new(Activator::new(metrics.clone(), args.revision_queue));
     let metrics_listener =
         std::net::TcpListener::bind(&args.metrics).with_context(|| format!("binding {}", args.metrics))?;
     metrics_listener.set_nonblocking(true)?;
@@ -162,7 +179,7 @@ pub fn run(args: Args, stopping: tokio::sync::oneshot::Receiver<()>) -> Result<(
         None => None,
     };
     let conf = Arc::new(ServerConf::default());
-    let app = |scheme: &'static str| {
+    let app = |scheme: &'static str, internal: bool| {
         let alt_svc = if scheme == "https" { alt_svc.clone() } else { None };
         let mut proxy = pingora_proxy::http_proxy(
             &conf,
@@ -170,6 +187,7 @@ pub fn run(args: Args, stopping: tokio::sync::oneshot::Receiver<()>) -> Result<(
                 table: table.clone(),
                 metrics: metrics.clone(),
                 scheme,
+                internal,
                 alt_svc,
             },
         );
@@ -179,24 +197,25 @@ pub fn run(args: Args, stopping: tokio::sync::oneshot::Receiver<()>) -> Result<(
     // Each listener has its HTTP/1.1 and HTTP/2 fronts and a pingora proxy for the connections
     // the HTTP/1.1 front hands over. Plain listeners also take HTTP/2 with prior knowledge (h2c):
     // which protocol a connection speaks is found once, when it opens.
-    let front = |scheme: &'static str| {
+    let front = |scheme: &'static str, internal: bool| {
         Arc::new(Front {
             table: table.clone(),
             metrics: metrics.clone(),
             scheme,
+            internal,
             alt_svc: if scheme == "https" { alt_svc.clone() } else { None },
             h2c: Default::default(),
             limits,
         })
     };
-    let plain = || Apps {
-        front: front("http"),
-        http1: app("http"),
+    let plain = |internal: bool| Apps {
+        front: front("http", internal),
+        http1: app("http", internal),
         h2c: true,
     };
     let secure = || Apps {
-        front: front("https"),
-        http1: app("https"),
+        front: front("https", false),
+        http1: app("https", false),
         h2c: false,
     };
     let mut server_tls =
@@ -209,12 +228,13 @@ pub fn run(args: Args, stopping: tokio::sync::oneshot::Receiver<()>) -> Result<(
     let acceptor = Arc::new(Acceptor::from_server_config(Arc::new(server_tls)));
     let (stop, shutdown) = tokio::sync::watch::channel(false);
 
-    for (i, (h, s)) in http.into_iter().zip(https).enumerate() {
+    for (i, ((h, s), n)) in http.into_iter().zip(https).zip(internal).enumerate() {
         // Each worker has its own proxies and so its own pools of upstream connections: a
         // connection is kept, watched while idle and reused on one thread (shared pools had
         // threads race for the same idle connection, which pingora then drops).
+        let cluster = n.map(|n| (n, plain(true)));
         let (plain, secure, acceptor, shutdown, gate) =
-            (plain(), secure(), acceptor.clone(), shutdown.clone(), gate.clone());
+            (plain(false), secure(), acceptor.clone(), shutdown.clone(), gate.clone());
         let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         std::thread::Builder::new()
             .name(format!("ingress-{i}"))
@@ -228,9 +248,18 @@ pub fn run(args: Args, stopping: tokio::sync::oneshot::Receiver<()>) -> Result<(
                         }
                     };
                     tokio::spawn(upstream::tcp::sweep_idle());
+                    let internal = async {
+                        if let Some((n, apps)) = cluster {
+                            match TcpListener::from_std(n) {
+                                Ok(n) => serve(n, apps, None, shutdown.clone(), gate.clone()).await,
+                                Err(e) => tracing::error!(error = %e, "listening (internal)"),
+                            }
+                        }
+                    };
                     tokio::join!(
                         serve(h, plain, None, shutdown.clone(), gate.clone()),
-                        serve(s, secure, Some(acceptor), shutdown, gate)
+                        serve(s, secure, Some(acceptor), shutdown.clone(), gate.clone()),
+                        internal,
                     );
                 })
             })?;
@@ -275,11 +304,24 @@ pub fn run(args: Args, stopping: tokio::sync::oneshot::Receiver<()>) -> Result<(
     };
     let over = if args.no_http3 { "https" } else { "https and http3" };
     println!("ingress-l7: http on {http_addr}, {over} on {https_addr}, metrics on {metrics_addr}");
+    if let Some(a) = internal_addr {
+        println!("ingress-l7: internal http on {a}");
+    }
+    let domain = args.address.clone().unwrap_or_else(|| http_addr.ip().to_string());
+    let reporter = format!("{}@{http_addr}", hostname());
     control.block_on(async move {
         if let Some(name) = args.ensure_class.clone() {
             tokio::spawn(watch::ensure_class(client.clone(), name));
         }
-        tokio::spawn(watch::run(client, table, certs, args.address.clone(), lbs));
+        tokio::spawn(activator::report::run(client.clone(), activator.clone(), reporter));
+        tokio::spawn(watch::run(
+            client,
+            table,
+            certs,
+            args.address.clone(),
+            lbs,
+            watch::Knative { activator, domain },
+        ));
         tokio::spawn(serve_metrics(TcpListener::from_std(metrics_listener)?, metrics));
         let _ = stopping.await;
         let _ = stop.send(true);
@@ -289,6 +331,13 @@ pub fn run(args: Args, stopping: tokio::sync::oneshot::Receiver<()>) -> Result<(
         }
         Ok(())
     })
+}
+
+/// This machine's name, for the activator's reports.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "ingress-l7".into())
 }
 
 /// A receiver that resolves at the first SIGTERM or SIGINT: the stop of a process that runs

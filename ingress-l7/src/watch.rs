@@ -2,7 +2,9 @@
 //! reflectors (`nodeless_watch::Follow`): after a change (and a short settle, so a burst is one
 //! rebuild) the table is built whole and swapped in; requests under way keep the table they
 //! started with. The address the ingress answers on is published in the `status.loadBalancer` of
-//! every Ingress it serves.
+//! every Ingress it serves. Knative's KIngresses are followed beside them ([`kingress`]): they
+//! add the table's Knative part, their revisions' endpoints go to the activator, and each served
+//! KIngress is marked ready.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,9 +18,20 @@ use kube::api::{Patch, PatchParams};
 use nodeless_watch::Follow;
 use serde_json::json;
 
+use crate::activator::Activator;
 use crate::lb;
+use crate::routes::knative;
 use crate::routes::{self, Table};
 use crate::tls::Certs;
+
+pub mod kingress;
+
+/// What serving Knative needs from the watch: the activator whose revisions the table feeds, and
+/// the address KIngresses' status names (`domainInternal`).
+pub struct Knative {
+    pub activator: Arc<Activator>,
+    pub domain: String,
+}
 
 /// Where LoadBalancer Services' plans go: the pool, and the channel to the forwarder.
 pub struct LoadBalancers {
@@ -32,6 +45,7 @@ pub async fn run(
     certs: Arc<Certs>,
     address: Option<String>,
     lbs: Option<LoadBalancers>,
+    kn: Knative,
 ) {
     let mut reported: Vec<String> = Vec::new();
     // A 20 ms settle (nodeless_watch::SETTLE), and no rebuild before every first list is in.
@@ -41,15 +55,29 @@ pub async fn run(
     let services = follow.all::<Service>();
     let slices = follow.all::<EndpointSlice>();
     let secrets = follow.all::<Secret>();
-    while follow.changed().await {
+    let mut kingresses = kingress::KIngresses::new(client.clone());
+    // KIngress changes are only looked at once the other kinds are listed, so the first
+    // rebuild waits for those (and `follow.changed()`, cancelled by a KIngress change, can only
+    // lose events that the rebuild right after reads anyway).
+    let mut listed = false;
+    loop {
+        tokio::select! {
+            more = follow.changed() => {
+                if !more {
+                    break;
+                }
+                listed = true;
+            }
+            () = kingresses.changed(), if listed => {}
+        }
         let all_ingresses = ingresses.state();
-        let built = routes::build(
-            &all_ingresses,
-            &classes.state(),
-            &services.state(),
-            &slices.state(),
-            &table.load(),
-        );
+        let all_services = services.state();
+        let all_slices = slices.state();
+        let all_kingresses = kingresses.state();
+        let prior = table.load();
+        let mut built = routes::build(&all_ingresses, &classes.state(), &all_services, &all_slices, &prior);
+        built.knative = knative::build(&all_kingresses, &all_services, &all_slices, &kn.activator, &prior);
+        drop(prior);
         let by_name: HashMap<String, Arc<Secret>> = secrets
             .state()
             .into_iter()
@@ -64,7 +92,7 @@ pub async fn run(
                 )
             })
             .collect();
-        for problem in &built.problems {
+        for problem in built.problems.iter().chain(&built.knative.problems) {
             tracing::warn!(%problem, "annotation ignored");
         }
         for problem in certs.update(&built.tls, &by_name) {
@@ -76,13 +104,17 @@ pub async fn run(
             "routing table rebuilt"
         );
         let served = built.ingresses.clone();
+        let revisions = built.knative.revisions.clone();
+        let served_kingresses = built.knative.served.clone();
         table.store(Arc::new(built));
+        // Requests waiting for a revision look at its endpoints again.
+        kn.activator.apply(&revisions);
         if let Some(addr) = &address {
             publish(&client, &all_ingresses, &served, addr).await;
         }
+        kingress::publish(&client, &all_kingresses, &served_kingresses, &kn.domain).await;
         if let Some(lbs) = &lbs {
-            let all_services = services.state();
-            let plan = lb::plan(lbs.pool, &all_services, &slices.state());
+            let plan = lb::plan(lbs.pool, &all_services, &all_slices);
             // Each problem is logged when it appears, not on every rebuild.
             for problem in plan.problems.iter().filter(|p| !reported.contains(p)) {
                 tracing::warn!(%problem, "load balancer");

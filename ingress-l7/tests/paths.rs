@@ -152,6 +152,7 @@ fn front(endpoint: SocketAddr) -> Arc<Front> {
         table: Arc::new(ArcSwap::from_pointee(table(endpoint))),
         metrics: Arc::new(Metrics::new(0)),
         scheme: "http",
+        internal: false,
         alt_svc: None,
         h2c: Default::default(),
         limits: Default::default(),

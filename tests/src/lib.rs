@@ -692,3 +692,86 @@ pub fn cpu_times(pid: u32) -> Result<(f64, f64)> {
     let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0) as f64 / 100.0;
     Ok((ticks(11), ticks(12)))
 }
+
+/// The ingress process, killed on drop.
+pub struct IngressL7 {
+    child: Child,
+    pub http: std::net::SocketAddr,
+    pub https: std::net::SocketAddr,
+    pub metrics: std::net::SocketAddr,
+    /// The interface the load balancer addresses go on, if it has a pool.
+    pub lb_link: Option<String>,
+}
+
+impl IngressL7 {
+    /// Started following `n`, with a load balancer pool of its own (`pool` on the interface
+    /// `link`) when given.
+    pub fn start(n: &Nodeless, lb: Option<(&str, &str)>) -> IngressL7 {
+        // Its log, shown if it fails to start.
+        let log = tempfile::NamedTempFile::new().unwrap();
+        let mut child = Command::new(workspace_binary("ingress-l7").unwrap())
+            .args(["--kubeconfig"])
+            .arg(n.kubeconfig())
+            .args([
+                "--http",
+                "127.0.0.1:0",
+                "--https",
+                "127.0.0.1:0",
+                "--metrics",
+                "127.0.0.1:0",
+                "--address",
+                "127.0.0.1",
+            ])
+            .args(lb.map_or(Vec::new(), |(pool, link)| {
+                vec!["--lb-pool", pool, "--lb-interface", link]
+            }))
+            .stdout(Stdio::piped())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .unwrap();
+        let [http, https, metrics] = match ingress_addresses(&mut child) {
+            Ok(a) => a,
+            Err(e) => panic!("{e}\n{}", std::fs::read_to_string(log.path()).unwrap_or_default()),
+        };
+        IngressL7 {
+            child,
+            http,
+            https,
+            metrics,
+            lb_link: lb.map(|(_, link)| link.to_string()),
+        }
+    }
+
+    /// SIGTERM, as a service manager stops it, and its exit status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        if let Ok(Some(status)) = self.child.try_wait() {
+            return Some(status);
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+}
+
+impl Drop for IngressL7 {
+    fn drop(&mut self) {
+        if self.stop().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        // Whatever happened, the test's interface does not outlive it.
+        if let Some(link) = &self.lb_link {
+            let _ = Command::new("ip")
+                .args(["link", "del", link])
+                .stderr(Stdio::null())
+                .status();
+        }
+    }
+}

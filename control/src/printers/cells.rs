@@ -98,8 +98,9 @@ pub fn json_path(v: &Value, path: &str) -> Option<Value> {
             let want = want.trim().trim_matches(|c| c == '\'' || c == '"');
             cur = cur.as_array()?.iter().find(|e| match e.get(field.trim()) {
                 Some(Value::String(s)) => s == want,
-                Some(other) => other.to_string() == want,
-                None => false,
+                Some(Value::Number(n)) => n.to_string() == want,
+                Some(Value::Bool(b)) => b.to_string() == want,
+                _ => false,
             })?;
             rest = &r[close + 2..];
         } else if let Some(r) = rest.strip_prefix("['").or_else(|| rest.strip_prefix("[\"")) {

@@ -15,6 +15,9 @@
 //! (`Transfer-Encoding`), `Expect`, upgrades (websockets), HTTP/1.0, targets that are not
 //! origin-form, `Connection` options other than `close` and `keep-alive`, and routes to h2c
 //! endpoints.
+//!
+//! A Knative revision's request waits here, before its endpoint is chosen, for the activator's
+//! permit ([`crate::activator::gate`]); its route's `appendHeaders` are written into the head.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,10 +28,12 @@ use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use super::{End, Front, SET_BY_INGRESS};
-use crate::admit::{self, Outcome};
+use crate::activator::{self, Revision};
+use crate::admit::{self, Asked, Outcome};
+use crate::balance::Upstream;
 use crate::limits::MAX_HEADER_BYTES;
 use crate::metrics;
-use crate::routes::{Settings, Upstream};
+use crate::routes::Settings;
 use crate::upstream::tcp::{Read, obtain, put_idle, read_head, unusable_head};
 use crate::upstream::{CONNECT_TRIES, Forwarded, UnderWay, connect_tries};
 use crate::wire::{Body, MAX_HEADERS, READ_CHUNK, content_length, framing, is_hop_by_hop, parse_response, write_out};
@@ -64,6 +69,8 @@ struct Forward {
     idempotent: bool,
     /// A HEAD request: the response has no body, whatever its Content-Length says.
     head: bool,
+    /// A Knative revision's request: it waits for the activator's permit.
+    revision: Option<Arc<Revision>>,
 }
 
 /// A parsed request head: how long it is, and what to do with it.
@@ -138,6 +145,7 @@ impl Front {
                 log,
                 plan,
             } = req;
+            let mut revision = None;
             let (code, service, done) = match plan {
                 Plan::HandOff => return End::HandOff(io, buf),
                 Plan::Answer(status, body, location) => {
@@ -153,6 +161,7 @@ impl Front {
                 }
                 Plan::Forward(f) => {
                     buf.advance(head_len);
+                    revision = f.revision.clone();
                     let mut done = self
                         .forward(&mut io, &mut buf, &mut ubuf, &out, &mut rout, &f, &id, &ingress, close)
                         .await;
@@ -171,6 +180,9 @@ impl Front {
             let service_name = service.as_ref().map_or("-", |u| u.name.as_str());
             self.metrics
                 .count(&ingress, service_name, code, took, done.upstream_error);
+            if let Some(r) = &revision {
+                self.metrics.count_revision(&r.id, code, took);
+            }
             if let Some((method, host, path)) = log {
                 self.metrics.log(&metrics::Finished {
                     client: &ip,
@@ -289,7 +301,25 @@ impl Front {
         let Some(host) = host else {
             return Err((400, "an HTTP/1.1 request without a Host header".into()));
         };
-        let admitted = admit::admit_head(&self.table.load(), self.scheme, host, target, length, head_len);
+        let header = |n: &str| {
+            req.headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case(n))
+                .map(|h| h.value)
+        };
+        let admitted = admit::admit_request(
+            &self.table.load(),
+            &Asked {
+                scheme: self.scheme,
+                internal: self.internal,
+                host,
+                target,
+                declared: length,
+                header_bytes: head_len,
+                header: &header,
+            },
+        );
+        let append = admitted.append;
         let plan = match admitted.outcome {
             Outcome::Forward(u) if u.h2c => return Ok(Some(hand_off)),
             Outcome::Forward(upstream) => Plan::Forward(Forward {
@@ -298,6 +328,7 @@ impl Front {
                 body: length.unwrap_or(0),
                 idempotent: admit::idempotent_method(method),
                 head: method == "HEAD",
+                revision: admitted.revision,
             }),
             // A body that is not read leaves the connection unusable.
             Outcome::Respond(status, body) => {
@@ -318,8 +349,13 @@ impl Front {
             out.push(b' ');
             out.extend_from_slice(target.as_bytes());
             out.extend_from_slice(b" HTTP/1.1\r\n");
-            for h in req.headers.iter().filter(|h| !request_dropped(h.name)) {
-                field(out, h.name, h.value);
+            for h in req.headers.iter() {
+                if !request_dropped(h.name) && !admit::appended(append.as_ref(), h.name) {
+                    field(out, h.name, h.value);
+                }
+            }
+            for (name, value) in append.iter().flat_map(|a| a.iter()) {
+                field(out, name, value.as_bytes());
             }
             match prior_xff {
                 Some(prior) => field(out, "X-Forwarded-For", format!("{prior}, {ip}").as_bytes()),
@@ -405,10 +441,23 @@ impl Front {
         ingress: &str,
         close: bool,
     ) -> Forwarded {
-        let u = &*f.upstream;
         let mut done = Forwarded::default();
+        // A revision's request: a pod with room, waited for if need be.
+        let permit = match activator::gate(f.revision.as_ref(), Instant::now()).await {
+            Ok(p) => p,
+            Err(answer) => {
+                done.answer = Some(answer);
+                return done;
+            }
+        };
+        let u = permit.as_ref().map_or(&*f.upstream, |p| &*p.upstream);
+        let pin = permit.as_ref().map(|p| p.endpoint);
         let timeout = f.settings.read_timeout;
-        let tries = connect_tries(u, f.idempotent);
+        let tries = if pin.is_some() {
+            1
+        } else {
+            connect_tries(u, f.idempotent)
+        };
         let mut tried = [0usize; CONNECT_TRIES];
         let mut ntried = 0;
         // After a kept-alive connection turned out closed, a request without a body goes again,
@@ -426,6 +475,7 @@ impl Front {
                 &mut tried,
                 &mut ntried,
                 again.take(),
+                pin,
                 ingress,
                 &mut done,
             )
@@ -510,6 +560,7 @@ impl Front {
             }
         };
         let _under_way = under_way;
+        let idle = f.settings.idle_timeout.unwrap_or(timeout);
         done.code = head.status;
         done.close = matches!(head.body, Body::UntilClose);
         ubuf.advance(head.len);
@@ -541,7 +592,7 @@ impl Front {
                 break;
             }
             ubuf.reserve(READ_CHUNK);
-            match tokio::time::timeout(timeout, conn.read_buf(ubuf)).await {
+            match tokio::time::timeout(idle, conn.read_buf(ubuf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(Ok(_)) if matches!(body, Body::UntilClose) => break,
                 outcome => {

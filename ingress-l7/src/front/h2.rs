@@ -10,8 +10,12 @@
 //! response is sent on as plain DATA frames (HTTP/2 has no chunked coding); response trailers
 //! from an HTTP/1.1 endpoint are dropped. Towards an h2c endpoint bodies and trailers go through
 //! as they are.
+//!
+//! A Knative revision's stream waits for the activator's permit ([`crate::activator::gate`])
+//! before its endpoint is chosen.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -26,10 +30,12 @@ use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use super::{Front, SET_BY_INGRESS};
+use crate::activator;
 use crate::admit::{self, Outcome};
+use crate::balance::Upstream;
 use crate::limits::MAX_HEADER_BYTES;
 use crate::metrics;
-use crate::routes::{Settings, Upstream};
+use crate::routes::Settings;
 use crate::upstream::client::{BoxError, Conn};
 use crate::upstream::tcp::{Read, obtain, put_idle, read_head, unusable_head};
 use crate::upstream::{CONNECT_TRIES, Forwarded, UnderWay, connect_tries};
@@ -110,7 +116,7 @@ impl Front {
         let started = Instant::now();
         let (head, body) = req.into_parts();
         let id = admit::request_id(&head.headers);
-        let admitted = admit::admit(&self.table.load(), self.scheme, &head.uri, &head.headers);
+        let admitted = admit::admit(&self.table.load(), self.scheme, self.internal, &head.uri, &head.headers);
         let host = admit::request_host(&head.uri, &head.headers);
         let mut service = None;
         let mut done = match admitted.outcome {
@@ -131,37 +137,54 @@ impl Front {
                     ..Default::default()
                 }
             }
-            Outcome::Forward(u) => {
-                let f = if u.h2c {
-                    self.h2_to_h2c(
-                        &u,
-                        &admitted.settings,
-                        &head,
-                        body,
-                        &host,
-                        &id,
-                        client,
-                        &admitted.ingress,
-                        &mut respond,
-                    )
-                    .await
-                } else {
-                    self.h2_to_h1(
-                        &u,
-                        &admitted.settings,
-                        &head,
-                        body,
-                        &host,
-                        &id,
-                        client,
-                        &admitted.ingress,
-                        &mut respond,
-                    )
-                    .await
-                };
-                service = Some(u);
-                f
-            }
+            Outcome::Forward(u) => match activator::gate(admitted.revision.as_ref(), started).await {
+                Err(answer) => Forwarded {
+                    answer: Some(answer),
+                    ..Default::default()
+                },
+                Ok(permit) => {
+                    // A revision's permit names the endpoint, in the revision's latest upstream.
+                    let (u, pin) = match &permit {
+                        Some(p) => (p.upstream.clone(), Some(p.endpoint)),
+                        None => (u, None),
+                    };
+                    let append = admitted.append.as_ref();
+                    let f = if u.h2c {
+                        self.h2_to_h2c(
+                            &u,
+                            pin,
+                            append,
+                            &admitted.settings,
+                            &head,
+                            body,
+                            &host,
+                            &id,
+                            client,
+                            &admitted.ingress,
+                            &mut respond,
+                        )
+                        .await
+                    } else {
+                        self.h2_to_h1(
+                            &u,
+                            pin,
+                            append,
+                            &admitted.settings,
+                            &head,
+                            body,
+                            &host,
+                            &id,
+                            client,
+                            &admitted.ingress,
+                            &mut respond,
+                        )
+                        .await
+                    };
+                    drop(permit);
+                    service = Some(u);
+                    f
+                }
+            },
         };
         if let Some((status, text)) = done.answer.take() {
             done.code = status;
@@ -183,6 +206,9 @@ impl Front {
         let service_name = service.as_ref().map_or("-", |u| u.name.as_str());
         self.metrics
             .count(&admitted.ingress, service_name, done.code, took, done.upstream_error);
+        if let Some(r) = &admitted.revision {
+            self.metrics.count_revision(&r.id, done.code, took);
+        }
         if self.metrics.may_log() {
             self.metrics.log(&metrics::Finished {
                 client: &client.ip().to_string(),
@@ -217,6 +243,8 @@ impl Front {
     async fn h2_to_h1(
         &self,
         u: &Upstream,
+        pin: Option<usize>,
+        append: Option<&Arc<[(String, String)]>>,
         settings: &Settings,
         head: &http::request::Parts,
         mut body: RecvStream,
@@ -230,9 +258,13 @@ impl Front {
         let declared = admit::declared_length(&head.headers);
         let has_body = !body.is_end_stream();
         let chunked = has_body && declared.is_none();
-        let out = request_head(head, host, id, client, self.scheme, chunked);
+        let out = request_head(head, host, id, client, self.scheme, chunked, append);
         let timeout = settings.read_timeout;
-        let tries = connect_tries(u, admit::idempotent(&head.method));
+        let tries = if pin.is_some() {
+            1
+        } else {
+            connect_tries(u, admit::idempotent(&head.method))
+        };
         let (mut tried, mut ntried, mut again) = ([0usize; CONNECT_TRIES], 0, None);
         let mut under_way: Option<UnderWay<'_>>;
         let mut ubuf = BytesMut::with_capacity(READ_CHUNK);
@@ -246,6 +278,7 @@ impl Front {
                 &mut tried,
                 &mut ntried,
                 again.take(),
+                pin,
                 ingress,
                 &mut done,
             )
@@ -355,6 +388,7 @@ impl Front {
             }
         };
         let mut data = BytesMut::new();
+        let idle = settings.idle_timeout.unwrap_or(timeout);
         while !framing.finished() {
             if !ubuf.is_empty() {
                 let n = match &mut framing {
@@ -379,7 +413,7 @@ impl Front {
                 }
             }
             ubuf.reserve(READ_CHUNK);
-            match tokio::time::timeout(timeout, conn.read_buf(&mut ubuf)).await {
+            match tokio::time::timeout(idle, conn.read_buf(&mut ubuf)).await {
                 Ok(Ok(n)) if n > 0 => {}
                 Ok(Ok(_)) if matches!(framing, Body::UntilClose) => {
                     let _ = send_all(&mut stream, Bytes::new(), true).await;
@@ -404,6 +438,8 @@ impl Front {
     async fn h2_to_h2c(
         &self,
         u: &Upstream,
+        pin: Option<usize>,
+        append: Option<&Arc<[(String, String)]>>,
         settings: &Settings,
         head: &http::request::Parts,
         body: RecvStream,
@@ -417,7 +453,7 @@ impl Front {
         let idempotent = admit::idempotent(&head.method);
         let Some((i, mut conn, _under_way)) = self
             .h2c
-            .open(u, settings, idempotent, &self.metrics, ingress, &mut done)
+            .open(u, pin, settings, idempotent, &self.metrics, ingress, &mut done)
             .await
         else {
             return done;
@@ -440,9 +476,13 @@ impl Front {
             ("x-forwarded-host", host),
             ("x-request-id", id),
         ];
-        for (name, value) in values {
-            if let Ok(v) = HeaderValue::from_str(value) {
-                headers.insert(name, v);
+        let appended = append
+            .iter()
+            .flat_map(|a| a.iter())
+            .map(|(n, v)| (n.as_str(), v.as_str()));
+        for (name, value) in values.into_iter().chain(appended) {
+            if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
+                headers.insert(n, v);
             }
         }
         headers.remove(http::header::HOST);
@@ -501,19 +541,21 @@ impl Front {
             }
         };
         loop {
-            let frame = match tokio::time::timeout(settings.read_timeout, rbody.frame()).await {
-                Ok(Some(Ok(f))) => f,
-                Ok(None) => {
-                    let _ = send_all(&mut stream, Bytes::new(), true).await;
-                    return done;
-                }
-                outcome => {
-                    done.upstream_error = Some(if outcome.is_err() { "read timeout" } else { "read" });
-                    done.error = "the endpoint's body failed".into();
-                    stream.send_reset(h2::Reason::INTERNAL_ERROR);
-                    return done;
-                }
-            };
+            let frame =
+                match tokio::time::timeout(settings.idle_timeout.unwrap_or(settings.read_timeout), rbody.frame()).await
+                {
+                    Ok(Some(Ok(f))) => f,
+                    Ok(None) => {
+                        let _ = send_all(&mut stream, Bytes::new(), true).await;
+                        return done;
+                    }
+                    outcome => {
+                        done.upstream_error = Some(if outcome.is_err() { "read timeout" } else { "read" });
+                        done.error = "the endpoint's body failed".into();
+                        stream.send_reset(h2::Reason::INTERNAL_ERROR);
+                        return done;
+                    }
+                };
             let sent = match frame.into_data() {
                 Ok(data) => send_all(&mut stream, data, false).await,
                 Err(frame) => match frame.into_trailers() {
@@ -564,6 +606,7 @@ fn request_head(
     client: SocketAddr,
     scheme: &str,
     chunked: bool,
+    append: Option<&Arc<[(String, String)]>>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(head.method.as_str().as_bytes());
@@ -585,9 +628,12 @@ fn request_head(
             cookies.push(value.as_bytes());
         } else if n == "x-forwarded-for" {
             prior_xff = value.to_str().ok().filter(|v| !v.is_empty());
-        } else if !request_dropped(n) {
+        } else if !request_dropped(n) && !admit::appended(append, n) {
             field(n.as_bytes(), value.as_bytes());
         }
+    }
+    for (name, value) in append.iter().flat_map(|a| a.iter()) {
+        field(name.as_bytes(), value.as_bytes());
     }
     if !cookies.is_empty() {
         field(b"cookie", &cookies.join(&b"; "[..]));

@@ -19,10 +19,12 @@ use http::{HeaderValue, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Empty, StreamBody};
 use hyper::body::Frame;
 
+use crate::activator;
 use crate::admit::{self, Outcome};
+use crate::balance::Upstream;
 use crate::limits::MAX_HEADER_BYTES;
 use crate::metrics::{self, Metrics};
-use crate::routes::{Settings, Table, Upstream};
+use crate::routes::{Settings, Table};
 use crate::tls::Certs;
 use crate::upstream::Forwarded;
 use crate::upstream::client::{BoxBody, BoxError, Pool};
@@ -114,7 +116,7 @@ impl Http3 {
         let started = Instant::now();
         let (head, ()) = req.into_parts();
         let id = admit::request_id(&head.headers);
-        let admitted = admit::admit(&self.table.load(), "https", &head.uri, &head.headers);
+        let admitted = admit::admit(&self.table.load(), "https", false, &head.uri, &head.headers);
         let (mut upstream, mut service) = (None, "-".to_string());
         let host = admit::request_host(&head.uri, &head.headers);
         let (method, uri) = (head.method.clone(), head.uri.clone());
@@ -127,19 +129,34 @@ impl Http3 {
                 String::new(),
             ),
             Outcome::Forward(u) => {
-                let f = self
-                    .forward(
-                        &u,
-                        &admitted.settings,
-                        &admitted.ingress,
-                        head,
-                        &host,
-                        &id,
-                        client,
-                        &mut send,
-                        recv,
-                    )
-                    .await;
+                let permit = activator::gate(admitted.revision.as_ref(), started).await;
+                let (u, pin) = match &permit {
+                    Ok(Some(p)) => (p.upstream.clone(), Some(p.endpoint)),
+                    _ => (u, None),
+                };
+                let f = match &permit {
+                    Err(answer) => Forwarded {
+                        answer: Some(answer.clone()),
+                        ..Default::default()
+                    },
+                    Ok(_) => {
+                        self.forward(
+                            &u,
+                            pin,
+                            admitted.append.as_ref(),
+                            &admitted.settings,
+                            &admitted.ingress,
+                            head,
+                            &host,
+                            &id,
+                            client,
+                            &mut send,
+                            recv,
+                        )
+                        .await
+                    }
+                };
+                drop(permit);
                 upstream = f.endpoint;
                 service = u.name.clone();
                 let code = match f.answer {
@@ -152,6 +169,9 @@ impl Http3 {
         let took = started.elapsed();
         self.metrics
             .count(&admitted.ingress, &service, code, took, upstream_error);
+        if let Some(r) = &admitted.revision {
+            self.metrics.count_revision(&r.id, code, took);
+        }
         if self.metrics.may_log() {
             self.metrics.log(&metrics::Finished {
                 client: &client.ip().to_string(),
@@ -171,9 +191,12 @@ impl Http3 {
     }
 
     /// Send the request to one of `u`'s endpoints and stream the answer back.
+    #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
         u: &Upstream,
+        pin: Option<usize>,
+        append: Option<&Arc<[(String, String)]>>,
         settings: &Settings,
         ingress: &str,
         head: http::request::Parts,
@@ -187,14 +210,23 @@ impl Http3 {
         let idempotent = admit::idempotent(&head.method);
         let Some((i, mut conn, _under_way)) = self
             .pool
-            .open(u, settings, idempotent, &self.metrics, ingress, &mut done)
+            .open(u, pin, settings, idempotent, &self.metrics, ingress, &mut done)
             .await
         else {
             return done;
         };
 
         let too_large = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let req = match upstream_request(head, host, id, client, recv, settings.body_limit, too_large.clone()) {
+        let req = match upstream_request(
+            head,
+            host,
+            id,
+            client,
+            recv,
+            settings.body_limit,
+            too_large.clone(),
+            append,
+        ) {
             Ok(r) => r,
             Err(e) => {
                 done.answer = Some((400, format!("the request cannot be forwarded: {e}")));
@@ -254,7 +286,9 @@ impl Http3 {
             return done;
         }
         loop {
-            let frame = match tokio::time::timeout(settings.read_timeout, body.frame()).await {
+            let frame = match tokio::time::timeout(settings.idle_timeout.unwrap_or(settings.read_timeout), body.frame())
+                .await
+            {
                 Ok(Some(Ok(f))) => f,
                 Ok(None) => break,
                 Ok(Some(Err(e))) => {
@@ -320,6 +354,7 @@ fn upstream_request(
     recv: RecvHalf,
     limit: u64,
     too_large: Arc<std::sync::atomic::AtomicBool>,
+    append: Option<&Arc<[(String, String)]>>,
 ) -> Result<Request<BoxBody>> {
     let target = head.uri.path_and_query().map(|p| p.as_str()).unwrap_or("/").to_string();
     let declared = admit::declared_length(&head.headers);
@@ -336,6 +371,12 @@ fn upstream_request(
     headers.insert("x-forwarded-for", HeaderValue::from_str(&xff)?);
     headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
     headers.insert("x-request-id", HeaderValue::from_str(id)?);
+    for (name, value) in append.iter().flat_map(|a| a.iter()) {
+        headers.insert(
+            http::HeaderName::from_bytes(name.as_bytes())?,
+            HeaderValue::from_str(value)?,
+        );
+    }
     // A GET or the like with no declared length has no body (HTTP/3 ends the stream); others
     // are streamed, chunked when no length is declared.
     let bodyless = declared == Some(0)

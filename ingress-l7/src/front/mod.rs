@@ -36,6 +36,8 @@ pub struct Front {
     pub metrics: Arc<Metrics>,
     /// `http` or `https`: what X-Forwarded-Proto says.
     pub scheme: &'static str,
+    /// The internal listener (`--internal-http`): cluster-local Knative routes are served too.
+    pub internal: bool,
     /// The Alt-Svc value that advertises HTTP/3 in this listener's responses.
     pub alt_svc: Option<http::HeaderValue>,
     /// Connections to h2c endpoints (HTTP/2 clients' requests for them; HTTP/1.1 clients' go to

@@ -16,8 +16,9 @@ use http_body_util::combinators::UnsyncBoxBody;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 use super::{connect_failed, connect_tries};
+use crate::balance::Upstream;
 use crate::metrics::Metrics;
-use crate::routes::{Settings, Upstream};
+use crate::routes::Settings;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// A request body as hyper's client takes it.
@@ -65,13 +66,14 @@ impl Pool {
     pub(crate) async fn open<'u>(
         &self,
         u: &'u Upstream,
+        pin: Option<usize>,
         settings: &Settings,
         idempotent: bool,
         metrics: &Metrics,
         ingress: &str,
         done: &mut super::Forwarded,
     ) -> Option<(usize, Conn, super::UnderWay<'u>)> {
-        let (last, got) = self.connect_any(u, settings, idempotent, metrics, ingress).await;
+        let (last, got) = self.connect_any(u, pin, settings, idempotent, metrics, ingress).await;
         done.endpoint = last.map(|i| u.addr(i));
         match got {
             Ok((i, conn)) => {
@@ -89,20 +91,26 @@ impl Pool {
 
     /// A connection to one of `u`'s endpoints: another one after a failed connect (each counted
     /// towards the endpoint's ejection and in the metrics), up to three for an idempotent
-    /// request ([`super::connect_tries`]). Returns the endpoint last tried, and the connection
+    /// request ([`super::connect_tries`]); with `pin` (the activator's permit), that endpoint
+    /// only. Returns the endpoint last tried, and the connection
     /// or the status, body and error of the answer to give instead.
     pub(crate) async fn connect_any(
         &self,
         u: &Upstream,
+        pin: Option<usize>,
         settings: &Settings,
         idempotent: bool,
         metrics: &Metrics,
         ingress: &str,
     ) -> (Option<usize>, std::result::Result<(usize, Conn), (u16, String, String)>) {
-        let tries = connect_tries(u, idempotent);
+        let tries = if pin.is_some() { 1 } else { connect_tries(u, idempotent) };
         let mut tried = Vec::new();
         loop {
-            let Some(i) = u.pick(settings.balance, &tried) else {
+            let pick = match pin {
+                Some(i) => tried.is_empty().then_some(i),
+                None => u.pick(settings.balance, &tried),
+            };
+            let Some(i) = pick else {
                 return (
                     tried.last().copied(),
                     Err((503, format!("service {} has no ready endpoints", u.name), String::new())),

@@ -12,8 +12,8 @@
 
 use std::net::SocketAddr;
 
+use crate::balance::Upstream;
 use crate::metrics::{self, Metrics};
-use crate::routes::Upstream;
 
 pub mod client;
 pub mod tcp;

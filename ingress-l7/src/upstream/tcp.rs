@@ -19,9 +19,10 @@ use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 
 use super::{CONNECT_TRIES, Forwarded, connect_failed};
+use crate::balance::Upstream;
 use crate::limits::MAX_HEADER_BYTES;
 use crate::metrics::Metrics;
-use crate::routes::{Settings, Upstream};
+use crate::routes::Settings;
 use crate::wire::READ_CHUNK;
 
 /// An idle upstream connection is closed after this long.
@@ -35,7 +36,8 @@ const CHECK_AFTER: Duration = Duration::from_secs(1);
 
 /// A connection to one of `u`'s endpoints: `again`'s anew, or one picked among those not
 /// `tried` yet, kept-alive if one is idle (checked first when `check`), else new; up to `tries`
-/// endpoints (see [`super::connect_tries`]). `None` when there is none, with the answer set in
+/// endpoints (see [`super::connect_tries`]). With `pin` (the activator's permit), that endpoint
+/// and no other. `None` when there is none, with the answer set in
 /// `done`.
 #[allow(clippy::too_many_arguments)]
 pub(crate) async fn obtain(
@@ -47,6 +49,7 @@ pub(crate) async fn obtain(
     tried: &mut [usize; CONNECT_TRIES],
     ntried: &mut usize,
     again: Option<usize>,
+    pin: Option<usize>,
     ingress: &str,
     done: &mut Forwarded,
 ) -> Option<(usize, TcpStream, bool)> {
@@ -65,7 +68,11 @@ pub(crate) async fn obtain(
         };
     }
     loop {
-        let Some(i) = u.pick(settings.balance, &tried[..*ntried]) else {
+        let pick = match pin {
+            Some(i) => (*ntried == 0).then_some(i),
+            None => u.pick(settings.balance, &tried[..*ntried]),
+        };
+        let Some(i) = pick else {
             done.answer = Some((503, format!("service {} has no ready endpoints", u.name)));
             return None;
         };

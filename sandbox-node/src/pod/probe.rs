@@ -229,6 +229,7 @@ pub async fn probe_loop(kind: Kind, t: Target, probe: Probe, report: impl Fn(boo
     .await;
     let (mut oks, mut fails) = (0, 0);
     let mut verdict: Option<bool> = None;
+    let mut settle = SETTLE_FIRST;
     loop {
         match run(&t, &action, timeout).await {
             Ok(()) => {
@@ -250,6 +251,52 @@ pub async fn probe_loop(kind: Kind, t: Target, probe: Probe, report: impl Fn(boo
                 }
             }
         }
-        tokio::time::sleep(period).await;
+        tokio::time::sleep(next_wait(kind, verdict, &mut settle, period)).await;
+    }
+}
+
+/// The first wait of a readiness probe that has not yet passed once; it doubles up to the
+/// probe's period (startup and liveness probes keep their period: their failures count). A server that listens 30 ms after it starts is Ready then, not a period
+/// later: what a scale-from-zero request waits for. Knative's queue-proxy probes as eagerly
+/// until the first success.
+const SETTLE_FIRST: Duration = Duration::from_millis(10);
+
+/// How long until the next probe: the period, or until a readiness probe first passes, a wait
+/// that starts at [`SETTLE_FIRST`] and doubles up to the period.
+fn next_wait(kind: Kind, verdict: Option<bool>, settle: &mut Duration, period: Duration) -> Duration {
+    if verdict == Some(true) {
+        *settle = period;
+    }
+    if kind != Kind::Readiness || *settle >= period {
+        return period;
+    }
+    let wait = *settle;
+    *settle = (*settle * 2).min(period);
+    wait
+}
+
+#[cfg(test)]
+mod settle_tests {
+    use super::*;
+
+    #[test]
+    fn readiness_probes_eagerly_until_it_first_passes() {
+        let period = Duration::from_secs(1);
+        let mut settle = SETTLE_FIRST;
+        let waits: Vec<u64> = (0..9)
+            .map(|_| next_wait(Kind::Readiness, None, &mut settle, period).as_millis() as u64)
+            .collect();
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        let mut settle = SETTLE_FIRST;
+        assert_eq!(next_wait(Kind::Readiness, Some(true), &mut settle, period), period);
+        assert_eq!(
+            next_wait(Kind::Readiness, Some(false), &mut settle, period),
+            period,
+            "only before the first pass"
+        );
+        for kind in [Kind::Startup, Kind::Liveness] {
+            let mut settle = SETTLE_FIRST;
+            assert_eq!(next_wait(kind, None, &mut settle, period), period);
+        }
     }
 }

@@ -8,87 +8,9 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use nodeless_tests::{Nodeless, eventually, workspace_binary};
+use nodeless_tests::{IngressL7, Nodeless, eventually, workspace_binary};
 
 const V: &str = "1.33";
-
-/// The ingress process, killed on drop.
-struct IngressL7 {
-    child: Child,
-    http: SocketAddr,
-    https: SocketAddr,
-    metrics: SocketAddr,
-    /// The dummy interface the load balancer addresses go on.
-    lb_link: String,
-}
-
-impl IngressL7 {
-    /// Started with a load balancer pool of its own: `lb_pool` on the interface `lb_link`.
-    fn start(n: &Nodeless, lb_pool: &str, lb_link: &str) -> IngressL7 {
-        // Its log, shown if it fails to start.
-        let log = tempfile::NamedTempFile::new().unwrap();
-        let mut child = Command::new(workspace_binary("ingress-l7").unwrap())
-            .args(["--kubeconfig"])
-            .arg(n.kubeconfig())
-            .args([
-                "--http",
-                "127.0.0.1:0",
-                "--https",
-                "127.0.0.1:0",
-                "--metrics",
-                "127.0.0.1:0",
-                "--address",
-                "127.0.0.1",
-            ])
-            .args(["--lb-pool", lb_pool, "--lb-interface", lb_link])
-            .stdout(Stdio::piped())
-            .stderr(log.reopen().unwrap())
-            .spawn()
-            .unwrap();
-        let [http, https, metrics] = match nodeless_tests::ingress_addresses(&mut child) {
-            Ok(a) => a,
-            Err(e) => panic!("{e}\n{}", std::fs::read_to_string(log.path()).unwrap_or_default()),
-        };
-        IngressL7 {
-            child,
-            http,
-            https,
-            metrics,
-            lb_link: lb_link.to_string(),
-        }
-    }
-
-    /// SIGTERM, as a service manager stops it, and its exit status.
-    fn stop(&mut self) -> Option<std::process::ExitStatus> {
-        if let Ok(Some(status)) = self.child.try_wait() {
-            return Some(status);
-        }
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        for _ in 0..100 {
-            if let Ok(Some(status)) = self.child.try_wait() {
-                return Some(status);
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        None
-    }
-}
-
-impl Drop for IngressL7 {
-    fn drop(&mut self) {
-        if self.stop().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        // Whatever happened, the test's interface does not outlive it.
-        let _ = Command::new("ip")
-            .args(["link", "del", &self.lb_link])
-            .stderr(Stdio::null())
-            .status();
-    }
-}
 
 fn curl(args: &[&str]) -> Output {
     Command::new("curl")
@@ -206,7 +128,7 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
         format!("198.19.{k}.0/29"),
         format!("nllb{}", std::process::id() % 100_000),
     );
-    let mut ing = IngressL7::start(&n, &lb_pool, &lb_link);
+    let mut ing = IngressL7::start(&n, Some((&lb_pool, &lb_link)));
     eventually("the routes to be served", 20, || {
         via(&ing, "h", "/foo") == "echo-a" && via(&ing, "h", "/aaa") == "echo-b"
     });

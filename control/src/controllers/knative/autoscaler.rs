@@ -29,6 +29,8 @@ struct Memory {
     panic_until: Option<Instant>,
     panic_pods: i64,
     reached_initial: bool,
+    /// When the initial scale was reached: idle time counts from then at the earliest.
+    reached_at: Option<Instant>,
     /// Recent decisions, for `scale-down-delay`.
     recent: VecDeque<(Instant, i64)>,
 }
@@ -185,13 +187,18 @@ fn decide(s: &Settings, i: Inputs, mem: &mut Memory, now: Instant) -> i64 {
     if !mem.reached_initial {
         if i.ready >= s.initial || i.current.is_some_and(|c| c != s.initial) {
             mem.reached_initial = true;
+            mem.reached_at = Some(now);
         } else {
             desired = desired.max(s.initial);
         }
     }
     if desired == 0 {
         let current = i.current.unwrap_or(0).max(i.ready);
-        let may_zero = s.to_zero && i.idle >= s.grace.max(s.retention);
+        let idle = match mem.reached_at {
+            Some(t) => i.idle.min(now.duration_since(t)),
+            None => i.idle,
+        };
+        let may_zero = s.to_zero && idle >= s.grace.max(s.retention);
         if !may_zero && current > 0 {
             desired = 1;
         }

@@ -44,6 +44,7 @@ fn front() -> Front {
         table: Arc::new(ArcSwap::from_pointee(table)),
         metrics: Arc::new(Metrics::new(0)),
         scheme: "http",
+        internal: false,
         alt_svc: None,
         h2c: Default::default(),
         limits: Default::default(),
