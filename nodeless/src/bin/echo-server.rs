@@ -1,5 +1,6 @@
 //! The test image's HTTP echo server: answers every request with the pod's name, the request's
-//! path and its headers. `/status/<code>` answers with that status (for probes that must fail).
+//! path and its headers. `/status/<code>` answers with that status (for probes that must fail),
+//! `/sleep/<ms>` after that long (at most a minute: for concurrency limits and timeouts).
 //! The same port over UDP answers each datagram with the pod's name and the datagram, and
 //! `WS_PORT` (8081) is a websocket echo, and `GRPC_PORT` (8082) serves gRPC's standard health
 //! service (`grpc.health.v1.Health`, tonic) over HTTP/2 without TLS: `Check` and the streaming
@@ -47,6 +48,9 @@ fn handle(stream: TcpStream, pod: &str) -> std::io::Result<()> {
             .strip_prefix("/status/")
             .and_then(|c| c.parse().ok())
             .unwrap_or(200);
+        if let Some(ms) = path.strip_prefix("/sleep/").and_then(|m| m.parse::<u64>().ok()) {
+            std::thread::sleep(std::time::Duration::from_millis(ms.min(60_000)));
+        }
         let mut body = format!("pod: {pod}\npath: {path}\n");
         for h in &headers {
             body.push_str(&format!("header: {h}\n"));

@@ -11,6 +11,7 @@ mod isolation_network;
 mod isolation_node;
 mod isolation_seccomp;
 mod isolation_userns;
+mod knative;
 mod kubectl;
 mod lifecycle;
 mod node;

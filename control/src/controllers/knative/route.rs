@@ -243,6 +243,9 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
             apply(&client, &kingresses, kingress, &["spec"]).await?;
         }
     }
+    if let Some(k) = client.get(&kingresses, Some(&ns), &name) {
+        cluster_local_service(&client, route, &k.obj).await?;
+    }
     let ingress_ready = client.get(&kingresses, Some(&ns), &name).map(|k| {
         let k = &k.obj;
         let seen = k.pointer("/status/observedGeneration") == k.pointer("/metadata/generation");
@@ -269,6 +272,58 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
         &["AllTrafficAssigned", "IngressReady", "CertificateProvisioned"],
     );
     write_status(&client, &routes, &cur, status).await
+}
+
+/// The label value that marks the EndpointSlice of a Route's in-cluster Service as this
+/// controller's (the EndpointSlice controller leaves selector-less Services alone).
+const SLICE_MANAGER: &str = "route.serving.knative.dev";
+
+/// `{route}.{namespace}.svc.cluster.local` for pods: a Service named as the Route, without a
+/// selector, port 80, whose one endpoint is the ingress's internal listener (the KIngress
+/// status's `privateLoadBalancer.ingress[0].ip`, port 80). Without that address (an ingress
+/// with no internal listener) there is no Service: the name does not resolve rather than
+/// resolve to something that does not answer.
+async fn cluster_local_service(client: &LocalClient, route: &Value, kingress: &Value) -> Result<(), ApiError> {
+    let ns = str_at(route, "/metadata/namespace");
+    let name = str_at(route, "/metadata/name");
+    let ip = kingress
+        .pointer("/status/privateLoadBalancer/ingress/0/ip")
+        .and_then(Value::as_str)
+        .filter(|ip| ip.parse::<std::net::Ipv4Addr>().is_ok());
+    let services = client.served("", "services");
+    let slices = client
+        .lookup("discovery.k8s.io", "v1", "endpointslices")
+        .expect("built in");
+    let owner = json!([owner_ref(super::SERVING_API, "Route", route)]);
+    let ours = |o: &Value| {
+        crate::controllers::controller_ref(o).is_some_and(|r| str_at(r, "/uid") == str_at(route, "/metadata/uid"))
+    };
+    let existing = client.get(&services, Some(ns), name);
+    if existing.as_ref().is_some_and(|s| !ours(&s.obj)) {
+        // A Service of that name that is not the Route's: leave it (Knative does the same).
+        return Ok(());
+    }
+    let Some(ip) = ip else {
+        if existing.is_some() {
+            client.delete(&services, Some(ns), name, None).await?;
+        }
+        return Ok(());
+    };
+    let labels = json!({ROUTE: name});
+    if existing.is_none() {
+        let svc = json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": name, "namespace": ns, "labels": labels, "ownerReferences": owner},
+            "spec": {"ports": [{"name": "http", "port": 80, "protocol": "TCP", "targetPort": 80}]}});
+        client.create(&services, Some(ns), svc).await?;
+    }
+    let slice = json!({"apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": format!("{name}-ingress"), "namespace": ns, "ownerReferences": owner,
+            "labels": {nodeless_types::keys::SERVICE_NAME: name, nodeless_types::keys::MANAGED_BY: SLICE_MANAGER, ROUTE: name}},
+        "addressType": "IPv4",
+        "endpoints": [{"addresses": [ip], "conditions": {"ready": true, "serving": true, "terminating": false}}],
+        "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]});
+    apply(client, &slices, slice, &["endpoints", "ports", "addressType"]).await?;
+    Ok(())
 }
 
 #[cfg(test)]
