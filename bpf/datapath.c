@@ -115,7 +115,7 @@ int from_pod(struct __sk_buff *skb)
 	if (!to) {
 		__u32 zero = 0;
 		__u32 what = node_wall(skb, ip, end, bpf_map_lookup_elem(&nl_config, &zero));
-		return count(what, what == NL_PASSED || what == NL_NODE_DNS || what == NL_NODE_REPLY ? TC_ACT_OK : TC_ACT_SHOT);
+		return count(what, what == NL_PASSED || what == NL_NODE_DNS || what == NL_NODE_REPLY || what == NL_NODE_INGRESS ? TC_ACT_OK : TC_ACT_SHOT);
 	}
 	if (ip->ttl <= 1)
 		return count(NL_TTL_EXPIRED, TC_ACT_OK);

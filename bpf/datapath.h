@@ -38,7 +38,9 @@ enum nl_stat {
 	NL_DROP_LINK_LOCAL = 11, /* dropped: for 169.254.0.0/16 (cloud metadata among it) */
 	NL_NODE_DNS = 12,     /* passed to the node: the cluster DNS address, port 53 */
 	NL_NODE_REPLY = 13,   /* passed to the node: part of an exchange the node began */
-	NL_STAT_MAX = 14,
+	NL_NODE_INGRESS = 14, /* passed to the node: the cluster DNS address, TCP port 80 (the
+	                       * ingress's cluster-local listener) */
+	NL_STAT_MAX = 15,
 };
 
 /* nl_config: the network's settings, one row (key 0), written at every attach. */

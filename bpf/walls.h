@@ -7,7 +7,8 @@
  *   (169.254.169.254), which hands out the node's credentials.
  * - A packet the node would not forward (bpf_fib_lookup says "not forwarded": an address the
  *   node holds, a broadcast, or no route at all) is for the node, and is dropped unless it is
- *   - for the cluster DNS address, port 53, UDP or TCP;
+ *   - for the cluster DNS address, port 53, UDP or TCP; or TCP port 80 there, where the
+ *     ingress serves cluster-local routes (Knative's `{name}.{namespace}.svc`) to pods;
  *   - TCP matching a socket of the node's that is not a listener, or UDP matching one of its
  *     connected sockets: the node talking to the pod (probes, the ingress) and the pod's
  *     answers;
@@ -33,6 +34,7 @@
 #define WALL_AF_INET 2
 #define WALL_IP_OFFSET 0x1fff
 #define WALL_DNS_PORT 53
+#define WALL_INGRESS_PORT 80
 
 /* An ICMP header (linux/icmp.h pulls in libc's socket headers, which a BPF build lacks). */
 struct wall_icmp {
@@ -121,6 +123,8 @@ static __always_inline __u32 node_wall(struct __sk_buff *skb, struct iphdr *ip, 
 			return NL_DROP_MALFORMED;
 		if (to_dns && ports->dest == bpf_htons(WALL_DNS_PORT))
 			return NL_NODE_DNS;
+		if (to_dns && proto == IPPROTO_TCP && ports->dest == bpf_htons(WALL_INGRESS_PORT))
+			return NL_NODE_INGRESS;
 		struct bpf_sock_tuple t = {};
 		t.ipv4.saddr = saddr;
 		t.ipv4.daddr = daddr;

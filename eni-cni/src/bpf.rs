@@ -63,7 +63,7 @@ pub const SOCK_KEY_SIZE: usize = 16;
 pub const NET_CONFIG_SIZE: usize = 8;
 
 /// `enum nl_stat`, in order: the one table of what happens to packets, drop reasons among them.
-pub const STATS: [&str; 14] = [
+pub const STATS: [&str; 15] = [
     "redirected",
     "passed",
     "not-ipv4",
@@ -78,6 +78,7 @@ pub const STATS: [&str; 14] = [
     "drop-link-local",
     "node-dns",
     "node-reply",
+    "node-ingress",
 ];
 
 /// `enum nl_config_flag`.
@@ -140,7 +141,7 @@ impl Walls {
     pub fn describe(&self) -> String {
         let node = match (self.allow_node_access, self.cluster_dns) {
             (true, _) => "open".to_string(),
-            (false, Some(dns)) => format!("closed but the cluster DNS {dns} port 53"),
+            (false, Some(dns)) => format!("closed but the cluster DNS {dns} port 53 (and the ingress there, TCP 80)"),
             (false, None) => "closed".to_string(),
         };
         format!(
@@ -827,7 +828,7 @@ mod tests {
         assert_eq!(Walls::decode(&open.encode()), open);
         assert_eq!(
             w.describe(),
-            "node closed but the cluster DNS 10.66.0.1 port 53; link-local open"
+            "node closed but the cluster DNS 10.66.0.1 port 53 (and the ingress there, TCP 80); link-local open"
         );
         assert_eq!(open.describe(), "node open; link-local closed");
     }

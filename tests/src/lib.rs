@@ -707,6 +707,11 @@ impl IngressL7 {
     /// Started following `n`, with a load balancer pool of its own (`pool` on the interface
     /// `link`) when given.
     pub fn start(n: &Nodeless, lb: Option<(&str, &str)>) -> IngressL7 {
+        Self::start_with(n, lb, &[])
+    }
+
+    /// [`IngressL7::start`] with more flags (`--internal-http ADDR`, say).
+    pub fn start_with(n: &Nodeless, lb: Option<(&str, &str)>, extra: &[&str]) -> IngressL7 {
         // Its log, shown if it fails to start.
         let log = tempfile::NamedTempFile::new().unwrap();
         let mut child = Command::new(workspace_binary("ingress-l7").unwrap())

@@ -13,6 +13,11 @@ const DEFAULT_TIMEOUT: i64 = 300;
 const MAX_TIMEOUT: i64 = 600;
 const MAX_CONCURRENCY: i64 = 1000;
 const CONTAINER_NAME: &str = "user-container";
+/// Annotations naming who created an object and who last changed its spec.
+pub const CREATOR: &str = "serving.knative.dev/creator";
+pub const LAST_MODIFIER: &str = "serving.knative.dev/lastModifier";
+/// Container fields Knative refuses in a revision.
+const DISALLOWED_CONTAINER_FIELDS: [&str; 4] = ["lifecycle", "stdin", "stdinOnce", "tty"];
 /// Annotations of the autoscaler that take a whole number.
 const INT_ANNOTATIONS: [&str; 5] = [
     "autoscaling.knative.dev/min-scale",
@@ -50,6 +55,8 @@ pub fn admit(served: &Served, obj: &mut Value, old: Option<&Value>) -> Result<()
             if kind == "Service" && obj.pointer("/spec/traffic").is_none() {
                 obj["spec"]["traffic"] = json!([{"latestRevision": true, "percent": 100}]);
             }
+            default_traffic(obj);
+            set_authors(obj, old);
             check_parent(obj, &kind, old)
         }
         "Revision" => {
@@ -62,10 +69,58 @@ pub fn admit(served: &Served, obj: &mut Value, old: Option<&Value>) -> Result<()
                     .and_then(|_| annotations(obj, "metadata.annotations")),
             }
         }
-        "Route" => traffic(obj, "spec.traffic", false),
+        "Route" => {
+            default_traffic(obj);
+            set_authors(obj, old);
+            traffic(obj, "spec.traffic", false)
+        }
         _ => Ok(()),
     };
     r.map_err(|(field, message)| invalid(served, obj, &field, "FieldValueInvalid", message))
+}
+
+/// Knative's defaulting of traffic targets: `latestRevision` is whether the target names no
+/// revision.
+fn default_traffic(obj: &mut Value) {
+    let Some(list) = obj.pointer_mut("/spec/traffic").and_then(Value::as_array_mut) else {
+        return;
+    };
+    for t in list.iter_mut().filter(|t| t.is_object()) {
+        if t.get("latestRevision").is_none() {
+            let named = t
+                .get("revisionName")
+                .and_then(Value::as_str)
+                .is_some_and(|r| !r.is_empty());
+            t["latestRevision"] = json!(!named);
+        }
+    }
+}
+
+/// Who made the object and who last changed its spec (Knative's `creator` and `lastModifier`).
+/// Every write through the API is the admin token's until RBAC brings users of its own; writes
+/// by the controllers carry the annotations of the object they follow, which they copy.
+fn set_authors(obj: &mut Value, old: Option<&Value>) {
+    let user = crate::auth::Role::Admin.user();
+    let ann = |o: &Value, k: &str| {
+        o.pointer(&format!("/metadata/annotations/{}", k.replace('/', "~1")))
+            .and_then(Value::as_str)
+            .map(String::from)
+    };
+    let creator = match old {
+        Some(o) => ann(o, CREATOR),
+        None => ann(obj, CREATOR),
+    };
+    let modifier = match old {
+        Some(o) if o.get("spec") == obj.get("spec") => ann(o, LAST_MODIFIER).or_else(|| ann(obj, LAST_MODIFIER)),
+        Some(_) => Some(user.to_string()),
+        None => ann(obj, LAST_MODIFIER),
+    };
+    if !obj.pointer("/metadata/annotations").is_some_and(Value::is_object) {
+        obj["metadata"]["annotations"] = json!({});
+    }
+    let a = &mut obj["metadata"]["annotations"];
+    a[CREATOR] = json!(creator.unwrap_or_else(|| user.to_string()));
+    a[LAST_MODIFIER] = json!(modifier.unwrap_or_else(|| user.to_string()));
 }
 
 /// A revision's name for a template that names one: it must be `<parent>-<suffix>`.
@@ -90,7 +145,7 @@ fn default_revision_spec(spec: &mut Value) {
     if let Some(cs) = spec.get_mut("containers").and_then(Value::as_array_mut) {
         let single = cs.len() == 1;
         for (i, c) in cs.iter_mut().enumerate() {
-            if c.get("name").is_none() && c.is_object() {
+            if c.is_object() && c.get("name").and_then(Value::as_str).is_none_or(str::is_empty) {
                 c["name"] = json!(if single {
                     CONTAINER_NAME.to_string()
                 } else {
@@ -159,8 +214,41 @@ fn revision_spec(spec: &Value, at: &str) -> Check {
             "exactly one container of several must name its port",
         );
     }
+    if let Some(sa) = spec.get("serviceAccountName").and_then(Value::as_str) {
+        if !sa.is_empty() && !dns1123_subdomain(sa) {
+            return bad(
+                format!("{at}.serviceAccountName"),
+                format!("invalid value: {sa}: {at}.serviceAccountName\n{DNS1123_SUBDOMAIN}"),
+            );
+        }
+    }
     for (i, c) in containers.iter().enumerate() {
         let here = format!("{at}.containers[{i}]");
+        if let Some(f) = DISALLOWED_CONTAINER_FIELDS.iter().find(|f| c.get(**f).is_some()) {
+            return bad(format!("{here}.{f}"), format!("must not set the field(s): {here}.{f}"));
+        }
+        if let Some(u) = c.pointer("/securityContext/runAsUser") {
+            if !u.as_i64().is_some_and(|u| u >= 0) {
+                return bad(
+                    format!("{here}.securityContext.runAsUser"),
+                    format!("expected 0 <= {u} <= 2147483647"),
+                );
+            }
+        }
+        for (j, m) in c
+            .get("volumeMounts")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            if m.get("mountPropagation").is_some() {
+                return bad(
+                    format!("{here}.volumeMounts[{j}].mountPropagation"),
+                    format!("must not set the field(s): {here}.volumeMounts[{j}].mountPropagation"),
+                );
+            }
+        }
         if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
             return bad(format!("{here}.image"), "Required value");
         }
@@ -181,10 +269,11 @@ fn revision_spec(spec: &Value, at: &str) -> Check {
                 );
             }
             if let Some(n) = p.get("containerPort") {
-                if !n.as_i64().is_some_and(|n| (1..=65535).contains(&n)) {
+                // 0 (or none) is the default port, 8080.
+                if !n.as_i64().is_some_and(|n| (0..=65535).contains(&n)) {
                     return bad(
                         format!("{here}.ports.containerPort"),
-                        format!("Invalid value: {n}: must be between 1 and 65535"),
+                        format!("Invalid value: {n}: must be between 0 and 65535"),
                     );
                 }
             }
@@ -218,6 +307,21 @@ fn revision_spec(spec: &Value, at: &str) -> Check {
         }
     }
     Ok(())
+}
+
+/// Kubernetes' words for a name that is not a DNS-1123 subdomain.
+const DNS1123_SUBDOMAIN: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character";
+
+fn dns1123_subdomain(s: &str) -> bool {
+    s.len() <= 253
+        && s.split('.').all(|label| {
+            !label.is_empty()
+                && label
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
 }
 
 /// The `autoscaling.knative.dev/` annotations Knative checks.
@@ -443,7 +547,70 @@ mod tests {
     }
 
     #[test]
+    fn knative_refuses_what_a_revision_may_not_hold() {
+        let spec = |c: Value, extra: Value| {
+            let mut s = json!({"template": {"spec": {"containers": [c]}}});
+            if let Some(m) = extra.as_object() {
+                for (k, v) in m {
+                    s["template"]["spec"][k] = v.clone();
+                }
+            }
+            check(&svc(s))
+        };
+        for field in ["lifecycle", "stdin", "stdinOnce", "tty"] {
+            let e = spec(json!({"image": "x", field: true}), json!({})).unwrap_err();
+            assert_eq!(e.0, format!("spec.template.spec.containers[0].{field}"));
+        }
+        let e = spec(json!({"image": "x", "securityContext": {"runAsUser": -10}}), json!({})).unwrap_err();
+        assert_eq!(e.0, "spec.template.spec.containers[0].securityContext.runAsUser");
+        let e = spec(json!({"image": "x", "volumeMounts": [{"name": "v", "mountPath": "/v", "mountPropagation": "Bidirectional"}]}), json!({})).unwrap_err();
+        assert_eq!(e.0, "spec.template.spec.containers[0].volumeMounts[0].mountPropagation");
+        let e = spec(json!({"image": "x"}), json!({"serviceAccountName": "foo@bar.baz"})).unwrap_err();
+        assert!(
+            e.1.contains("foo@bar.baz: spec.template.spec.serviceAccountName"),
+            "{e:?}"
+        );
+        assert!(spec(json!({"image": "x"}), json!({"serviceAccountName": "robot"})).is_ok());
+        assert!(spec(json!({"image": "x", "ports": [{"name": "h2c"}]}), json!({})).is_ok());
+        assert!(
+            spec(
+                json!({"image": "x", "ports": [{"name": "h2c", "containerPort": 0}]}),
+                json!({})
+            )
+            .is_ok()
+        );
+    }
+
+    #[test]
+    fn traffic_and_authors_defaults() {
+        let mut o = svc(json!({"template": {"spec": {"containers": [{"image": "x"}]}},
+            "traffic": [{"tag": "latest", "percent": 100}, {"revisionName": "hello-1", "percent": 0}]}));
+        default_traffic(&mut o);
+        assert_eq!(o["spec"]["traffic"][0]["latestRevision"], true);
+        assert_eq!(o["spec"]["traffic"][1]["latestRevision"], false);
+        assert!(check(&o).is_ok());
+        set_authors(&mut o, None);
+        let admin = crate::auth::Role::Admin.user();
+        assert_eq!(o["metadata"]["annotations"][CREATOR], admin);
+        assert_eq!(o["metadata"]["annotations"][LAST_MODIFIER], admin);
+        let mut inherited = svc(json!({}));
+        inherited["metadata"]["annotations"] = json!({CREATOR: "someone", LAST_MODIFIER: "someone"});
+        set_authors(&mut inherited, None);
+        assert_eq!(inherited["metadata"]["annotations"][CREATOR], "someone");
+        let old = inherited.clone();
+        let mut same = inherited.clone();
+        set_authors(&mut same, Some(&old));
+        assert_eq!(
+            same["metadata"]["annotations"][LAST_MODIFIER], "someone",
+            "no spec change"
+        );
+    }
+
+    #[test]
     fn defaults() {
+        let mut named = json!({"spec": {"containers": [{"image": "x", "name": ""}]}});
+        default_template(&mut named);
+        assert_eq!(named["spec"]["containers"][0]["name"], "user-container");
         let mut t = json!({"spec": {"containers": [{"image": "x"}]}});
         default_template(&mut t);
         assert_eq!(t["spec"]["timeoutSeconds"], 300);

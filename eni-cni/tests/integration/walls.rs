@@ -5,7 +5,8 @@
 //! can leave the machine even when a wall is missing.
 //!
 //! What is pinned: a spoofed source is dropped (an unknown address, and another pod's) and
-//! counted; the node's addresses are closed to pods but for the cluster DNS on port 53, while
+//! counted; the node's addresses are closed to pods but for the cluster DNS on port 53 (and TCP
+//! port 80 there, the ingress's cluster-local listener), while
 //! the node's own exchanges with a pod (TCP it began, connected UDP, ping) still work;
 //! 169.254.169.254 is closed; pod to pod is untouched; each wall falls with its setting; a pod
 //! with two interfaces may send either of its addresses out of either (one sandbox, one pod),
@@ -65,7 +66,7 @@ fn pods_cannot_lie_about_their_address_or_reach_the_node() {
     let c = pod(&rt, &mut scene, &pins, "c", subnet(4), walls);
     assert!(
         pins.show().unwrap().contains(&format!(
-            "walls: node closed but the cluster DNS {dns} port 53; link-local closed"
+            "walls: node closed but the cluster DNS {dns} port 53 (and the ingress there, TCP 80); link-local closed"
         )),
         "{}",
         pins.show().unwrap()
@@ -170,6 +171,24 @@ fn pods_cannot_lie_about_their_address_or_reach_the_node() {
     assert_eq!(got.as_deref(), Ok(&b"answer"[..]), "pod -> cluster DNS over TCP");
     exchange.join().unwrap();
     assert!(counter(&pins, "node-dns") >= dns_before + 2, "{}", pins.show().unwrap());
+
+    // And TCP port 80 there (the ingress's cluster-local listener); not 81.
+    let ingress = TcpListener::bind((dns, 80)).unwrap();
+    let closed = TcpListener::bind((dns, 81)).unwrap();
+    let ingress_before = counter(&pins, "node-ingress");
+    assert!(
+        a.connects(SocketAddr::from((dns, 80))),
+        "pod -> the ingress on {dns}:80"
+    );
+    assert!(!a.connects(SocketAddr::from((dns, 81))), "pod -> {dns}:81 must fail");
+    assert!(
+        counter(&pins, "node-ingress") > ingress_before,
+        "{}",
+        pins.show().unwrap()
+    );
+    closed.set_nonblocking(true).unwrap();
+    assert!(closed.accept().is_err(), "nothing reached port 81");
+    drop(ingress);
 
     // The node's own exchanges with a pod: TCP it opens, UDP on a connected socket, ping.
     let replies = counter(&pins, "node-reply");

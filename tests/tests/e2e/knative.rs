@@ -126,7 +126,9 @@ fn knative_services_route_split_and_scale_to_zero() {
         &format!("10.248.{k}.1"),
     ])
     .unwrap();
-    let ing = IngressL7::start(&n, None);
+    // Cluster-local routes are served to pods on the pod network's gateway, port 80.
+    let gateway = format!("10.248.{k}.1");
+    let ing = IngressL7::start_with(&n, None, &["--internal-http", &format!("{gateway}:80")]);
     // Knative's install: the CRDs, the knative-serving namespace and its ConfigMaps.
     let crds = n.kubectl_ok(V, &["get", "crd", "-o", "name"]);
     for crd in [
@@ -372,6 +374,37 @@ fn knative_services_route_split_and_scale_to_zero() {
         started.elapsed()
     );
     assert!(pods_of(&n, "sleepy") >= 1);
+
+    // A cluster-local Service: reachable from a pod by its cluster name, not from outside.
+    let local = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata:\n  name: local\n  labels: {networking.knative.dev/visibility: cluster-local}\nspec:\n  template:\n    spec: {containers: [{image: nodeless.local/echo:1}]}\n";
+    assert!(apply(&n, local).status.success());
+    wait_ready(&n, "ksvc/local");
+    assert_eq!(
+        jsonpath(&n, "ksvc/local", "{.status.url}"),
+        "http://local.default.svc.cluster.local"
+    );
+    assert!(
+        revision_of(&ing, "local.default.svc.cluster.local", "/", &[]).starts_with("404"),
+        "a cluster-local route answered on the public listener"
+    );
+    assert!(apply(&n, &nodeless_tests::echo_pod("asker", "asker")).status.success());
+    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/asker", "--timeout=60s"]);
+    eventually("local.default.svc.cluster.local from a pod", 60, || {
+        let out = n.kubectl(
+            V,
+            &[
+                "exec",
+                "asker",
+                "--",
+                "/echo-server",
+                "get",
+                "http://local.default.svc.cluster.local/",
+            ],
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .any(|l| revision_line(l).as_deref() == Some("local-00001"))
+    });
 
     // A missing image: Ready=False, naming it.
     let bad = ksvc(

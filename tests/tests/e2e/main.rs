@@ -12,6 +12,7 @@ mod isolation_node;
 mod isolation_seccomp;
 mod isolation_userns;
 mod knative;
+mod knative_conformance;
 mod kubectl;
 mod lifecycle;
 mod node;

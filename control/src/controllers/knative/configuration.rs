@@ -11,9 +11,10 @@ use super::{
 use crate::api::error::ApiError;
 use crate::api::local::LocalClient;
 use crate::controllers::{is_deleting, owner_ref, str_at};
+use crate::knative::admit::{CREATOR, LAST_MODIFIER};
 use crate::knative::{config, duration};
 use crate::store::Event;
-use nodeless_types::knative::{CONFIGURATION, CONFIGURATION_GENERATION, ROUTE, SERVICE};
+use nodeless_types::knative::{CONFIGURATION, CONFIGURATION_GENERATION, SERVICE};
 
 /// Annotation that keeps a revision from collection.
 const NO_GC: &str = "serving.knative.dev/no-gc";
@@ -21,6 +22,8 @@ const NO_GC: &str = "serving.knative.dev/no-gc";
 pub const ROUTING_STATE_MODIFIED: &str = "serving.knative.dev/routingStateModified";
 /// Label on a revision: `active` while a Route sends it traffic, `reserve` after.
 pub const ROUTING_STATE: &str = "serving.knative.dev/routingState";
+/// Annotation on a revision: the Routes that send it traffic, comma-separated.
+pub const ROUTES: &str = "serving.knative.dev/routes";
 
 pub fn interested(_: &LocalClient, ev: &Event) -> Vec<String> {
     if ev.key.starts_with(&prefix("configurations")) {
@@ -89,7 +92,13 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
             if let Some(s) = cfg.pointer(&format!("/metadata/labels/{}", SERVICE.replace('/', "~1"))) {
                 labels.insert(SERVICE.into(), s.clone());
             }
-            let annotations = inherited(meta, "annotations");
+            let mut annotations = inherited(meta, "annotations");
+            // The revision's creator is whoever last changed the configuration's spec.
+            let author = cfg
+                .pointer(&format!("/metadata/annotations/{}", LAST_MODIFIER.replace('/', "~1")))
+                .cloned()
+                .unwrap_or(json!(crate::auth::Role::Admin.user()));
+            annotations.insert(CREATOR.into(), author);
             let rev = json!({
                 "apiVersion": SERVING_API, "kind": "Revision",
                 "metadata": {"name": rev_name, "namespace": ns, "labels": labels, "annotations": annotations,
@@ -209,8 +218,8 @@ async fn collect_garbage(client: &LocalClient, cfg: &Value, owned: &[Value], sta
             !keep_names.contains(&n)
                 && !routed.iter().any(|x| x == n)
                 && r.pointer(&format!("/metadata/annotations/{}", NO_GC.replace('/', "~1"))) != Some(&json!("true"))
-                && r.pointer(&format!("/metadata/labels/{}", ROUTE.replace('/', "~1")))
-                    .is_none()
+                && r.pointer(&format!("/metadata/labels/{}", ROUTING_STATE.replace('/', "~1")))
+                    != Some(&json!("active"))
         })
         .collect();
     idle.sort_by_key(|r| generation_of(r));

@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Value, json};
 
+use super::configuration::{ROUTES, ROUTING_STATE, ROUTING_STATE_MODIFIED};
 use super::{
     apply, condition, is_ready, keys_of, ns_name, owner_keys, prefix, served, set_condition, set_ready_from,
     write_status,
@@ -241,6 +242,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
                 "spec": {"httpOption": "Enabled", "rules": rules(&name, &ns, &domain, cluster_local, &targets)},
             });
             apply(&client, &kingresses, kingress, &["spec"]).await?;
+            label_revisions(&client, &ns, &name, &targets).await?;
         }
     }
     if let Some(k) = client.get(&kingresses, Some(&ns), &name) {
@@ -272,6 +274,59 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
         &["AllTrafficAssigned", "IngressReady", "CertificateProvisioned"],
     );
     write_status(&client, &routes, &cur, status).await
+}
+
+/// Mark the revisions the route sends traffic to `routingState: active` (with the route in
+/// their `serving.knative.dev/routes` annotation), and those it no longer does, once no route
+/// does, `reserve`, stamping when each changed: what Knative's labeler does, and what the
+/// collection of old revisions reads.
+async fn label_revisions(client: &LocalClient, ns: &str, route: &str, targets: &[Target]) -> Result<(), ApiError> {
+    let Some(revisions) = served(client, "revisions") else {
+        return Ok(());
+    };
+    let now = crate::api::objects::now_rfc3339();
+    for cur in client.list(&revisions, Some(ns), &|_| true) {
+        let rev = &cur.obj;
+        let name = str_at(rev, "/metadata/name");
+        let routes_ptr = format!("/metadata/annotations/{}", ROUTES.replace('/', "~1"));
+        let mut routes: Vec<String> = rev
+            .pointer(&routes_ptr)
+            .and_then(Value::as_str)
+            .map(|s| s.split(',').filter(|x| !x.is_empty()).map(String::from).collect())
+            .unwrap_or_default();
+        let targeted = targets.iter().any(|t| t.revision == name);
+        let listed = routes.iter().any(|r| r == route);
+        match (targeted, listed) {
+            (true, false) => routes.push(route.to_string()),
+            (false, true) => routes.retain(|r| r != route),
+            _ => {}
+        }
+        routes.sort();
+        let state = if routes.is_empty() { "reserve" } else { "active" };
+        let have_state = rev.pointer(&format!("/metadata/labels/{}", ROUTING_STATE.replace('/', "~1")));
+        let have_routes = rev.pointer(&routes_ptr).and_then(Value::as_str).unwrap_or_default();
+        // Revisions no route ever named keep no state until one does.
+        if have_state.is_none() && routes.is_empty() {
+            continue;
+        }
+        if have_state == Some(&json!(state)) && have_routes == routes.join(",") {
+            continue;
+        }
+        let mut new = (**rev).clone();
+        if !new.pointer("/metadata/labels").is_some_and(Value::is_object) {
+            new["metadata"]["labels"] = json!({});
+        }
+        if !new.pointer("/metadata/annotations").is_some_and(Value::is_object) {
+            new["metadata"]["annotations"] = json!({});
+        }
+        new["metadata"]["labels"][ROUTING_STATE] = json!(state);
+        new["metadata"]["annotations"][ROUTES] = json!(routes.join(","));
+        if have_state != Some(&json!(state)) {
+            new["metadata"]["annotations"][ROUTING_STATE_MODIFIED] = json!(now);
+        }
+        client.update(&revisions, &cur, new).await?;
+    }
+    Ok(())
 }
 
 /// The label value that marks the EndpointSlice of a Route's in-cluster Service as this
