@@ -81,9 +81,14 @@ pub struct Args {
     pub max_connections: usize,
     /// Where to serve plain HTTP for the cluster (port 0 picks one; the address is printed):
     /// Knative's cluster-local routes (`hello.default.svc.cluster.local`) are served here, beside
-    /// everything the public listeners serve. None by default.
+    /// everything the public listeners serve. On port 80 its IP is published in KIngresses'
+    /// status, and pods reach it through the Route's Service. None by default.
     #[arg(long)]
     pub internal_http: Option<String>,
+    /// Bind the internal listener with IP_FREEBIND: its address may not exist yet (a pod
+    /// network's gateway before the network is up). Set by `nodeless up`, no flag.
+    #[arg(skip)]
+    pub internal_freebind: bool,
     /// Requests that may wait for a pod of one Knative revision; one more gets 503.
     #[arg(long, default_value_t = activator::QUEUE_CAPACITY)]
     pub revision_queue: usize,
@@ -140,14 +145,18 @@ pub fn run(args: Args, stopping: tokio::sync::oneshot::Receiver<()>) -> Result<(
     let mut https = vec![reuseport_listener(&args.https)?];
     let (http_addr, https_addr) = (http[0].local_addr()?, https[0].local_addr()?);
     let mut internal = match &args.internal_http {
-        Some(a) => vec![Some(reuseport_listener(a)?)],
+        Some(a) => vec![Some(bind_listener(a, args.internal_freebind)?)],
         None => vec![None],
     };
     let internal_addr = internal[0].as_ref().map(|l| l.local_addr()).transpose()?;
     for _ in 1..threads {
         http.push(reuseport_listener(&http_addr.to_string())?);
         https.push(reuseport_listener(&https_addr.to_string())?);
-        internal.push(internal_addr.map(|a| reuseport_listener(&a.to_string())).transpose()?);
+        internal.push(
+            internal_addr
+                .map(|a| bind_listener(&a.to_string(), args.internal_freebind))
+                .transpose()?,
+        );
     }
 
     let control = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
@@ -304,10 +313,20 @@ pub fn run(args: Args, stopping: tokio::sync::oneshot::Receiver<()>) -> Result<(
     };
     let over = if args.no_http3 { "https" } else { "https and http3" };
     println!("ingress-l7: http on {http_addr}, {over} on {https_addr}, metrics on {metrics_addr}");
-    if let Some(a) = internal_addr {
-        println!("ingress-l7: internal http on {a}");
-    }
     let domain = args.address.clone().unwrap_or_else(|| http_addr.ip().to_string());
+    let at = watch::kingress::Addresses::of(domain, internal_addr);
+    match (internal_addr, at.internal) {
+        (Some(a), Some(_)) => println!("ingress-l7: internal http on {a} (cluster-local routes, for pods)"),
+        (Some(a), None) => {
+            println!("ingress-l7: internal http on {a} (cluster-local routes)");
+            tracing::warn!(
+                listener = %a,
+                "the internal listener is not on one address at port {}: KIngresses' status names no internal address, so pods get no Service for cluster-local routes",
+                watch::kingress::INTERNAL_PORT
+            );
+        }
+        (None, _) => {}
+    }
     let reporter = format!("{}@{http_addr}", hostname());
     control.block_on(async move {
         if let Some(name) = args.ensure_class.clone() {
@@ -320,7 +339,7 @@ pub fn run(args: Args, stopping: tokio::sync::oneshot::Receiver<()>) -> Result<(
             certs,
             args.address.clone(),
             lbs,
-            watch::Knative { activator, domain },
+            watch::Knative { activator, at },
         ));
         tokio::spawn(serve_metrics(TcpListener::from_std(metrics_listener)?, metrics));
         let _ = stopping.await;
@@ -402,6 +421,11 @@ async fn serve_metrics(listener: TcpListener, metrics: Arc<Metrics>) {
 
 /// A listening socket with SO_REUSEPORT, non-blocking, for a worker's runtime to take.
 fn reuseport_listener(addr: &str) -> Result<std::net::TcpListener> {
+    bind_listener(addr, false)
+}
+
+/// [`reuseport_listener`], with IP_FREEBIND when `freebind`: bound before its address exists.
+fn bind_listener(addr: &str, freebind: bool) -> Result<std::net::TcpListener> {
     let addr: std::net::SocketAddr = addr.parse().with_context(|| format!("{addr}: not an address:port"))?;
     let socket = socket2::Socket::new(
         socket2::Domain::for_address(addr),
@@ -411,6 +435,13 @@ fn reuseport_listener(addr: &str) -> Result<std::net::TcpListener> {
     socket.set_reuse_address(true)?;
     socket.set_reuse_port(true)?;
     socket.set_nonblocking(true)?;
+    if freebind {
+        if addr.is_ipv4() {
+            socket.set_freebind_v4(true)?;
+        } else {
+            socket.set_freebind_v6(true)?;
+        }
+    }
     socket.bind(&addr.into()).with_context(|| format!("binding {addr}"))?;
     socket.listen(4096)?;
     Ok(socket.into())
@@ -511,5 +542,19 @@ async fn keep_serving(
 ) {
     while let Some(s) = app.process_new(stream, shutdown).await {
         stream = s;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `nodeless up` binds the internal listener to the pod network's gateway, which may not be
+    /// on this machine yet: with IP_FREEBIND that works, as it does not without.
+    #[test]
+    fn the_internal_listener_binds_before_its_address_exists() {
+        // TEST-NET-1: no machine holds it.
+        let absent = "192.0.2.77:0";
+        assert!(super::bind_listener(absent, false).is_err());
+        let l = super::bind_listener(absent, true).unwrap();
+        assert_eq!(l.local_addr().unwrap().ip().to_string(), "192.0.2.77");
     }
 }

@@ -27,10 +27,10 @@ use crate::tls::Certs;
 pub mod kingress;
 
 /// What serving Knative needs from the watch: the activator whose revisions the table feeds, and
-/// the address KIngresses' status names (`domainInternal`).
+/// the addresses KIngresses' status names (`domainInternal`, the internal listener's `ip`).
 pub struct Knative {
     pub activator: Arc<Activator>,
-    pub domain: String,
+    pub at: kingress::Addresses,
 }
 
 /// Where LoadBalancer Services' plans go: the pool, and the channel to the forwarder.
@@ -112,7 +112,7 @@ pub async fn run(
         if let Some(addr) = &address {
             publish(&client, &all_ingresses, &served, addr).await;
         }
-        kingress::publish(&client, &all_kingresses, &served_kingresses, &kn.domain).await;
+        kingress::publish(&client, &all_kingresses, &served_kingresses, &kn.at).await;
         if let Some(lbs) = &lbs {
             let plan = lb::plan(lbs.pool, &all_services, &all_slices);
             // Each problem is logged when it appears, not on every rebuild.

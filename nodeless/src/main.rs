@@ -1,7 +1,7 @@
 //! `nodeless`: one binary, one subcommand per component.
 #![forbid(unsafe_code)]
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use anyhow::Context;
@@ -135,6 +135,11 @@ struct IngressArgs {
     /// Where the ingress serves Prometheus metrics at /metrics.
     #[arg(long, default_value = "127.0.0.1:9113")]
     ingress_metrics: String,
+    /// Where the ingress serves plain HTTP for pods, Knative's cluster-local routes among it
+    /// (default: with a pod network, port 80 of its cluster DNS address, the pods' gateway on
+    /// this machine; without one, nowhere).
+    #[arg(long)]
+    ingress_internal: Option<String>,
     /// As root, LoadBalancer Services get addresses from this pool (standing for SLB/EIP
     /// addresses), put on the interface nodeless-lb0 and forwarded over TCP and UDP.
     #[arg(long, default_value = "198.18.255.0/28")]
@@ -154,9 +159,33 @@ fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
 
+/// Where `up`'s ingress serves pods (`--internal-http`): --ingress-internal, else port 80
+/// (`kingress::INTERNAL_PORT`, where a Route's Service sends) of `pod_dns`, the cluster DNS
+/// address of the pod network if there is one. With it, whether to bind before the address
+/// exists: `pod_dns` is the network's gateway on this machine, which may not be up yet (DNS
+/// binds its port 53 the same way).
+fn internal_listener(args: &IngressArgs, pod_dns: Option<IpAddr>) -> Option<(String, bool)> {
+    let addr = match &args.ingress_internal {
+        Some(a) => a.clone(),
+        None => SocketAddr::new(pod_dns?, nodeless_ingress_l7::watch::kingress::INTERNAL_PORT).to_string(),
+    };
+    let on_gateway = addr.parse::<SocketAddr>().is_ok_and(|a| Some(a.ip()) == pod_dns);
+    Some((addr, on_gateway))
+}
+
+/// The cluster DNS address of `up`'s pod network: none without a node or a network.
+fn pod_network_dns(no_node: bool, node: &node_cmd::NodeArgs) -> Option<IpAddr> {
+    let networked = !node.pod_cidrs.is_empty() || node.cni_conf.is_some();
+    if no_node || !networked {
+        return None;
+    }
+    node.cluster_dns.as_deref()?.parse().ok()
+}
+
 /// The ingress `up` runs, on a thread of its own until `stopping` fires.
 fn start_ingress(
     args: &IngressArgs,
+    pod_dns: Option<IpAddr>,
     kubeconfig: &std::path::Path,
     stopping: tokio::sync::oneshot::Receiver<()>,
 ) -> Option<std::thread::JoinHandle<()>> {
@@ -167,6 +196,10 @@ fn start_ingress(
     ingress.http = args.ingress_http.clone();
     ingress.https = args.ingress_https.clone();
     ingress.metrics = args.ingress_metrics.clone();
+    if let Some((addr, freebind)) = internal_listener(args, pod_dns) {
+        ingress.internal_http = Some(addr);
+        ingress.internal_freebind = freebind;
+    }
     ingress.ensure_class = Some(INGRESS_CLASS.into());
     // The address published in Ingresses' status: the HTTP listener's, when it names one.
     ingress.address = args
@@ -430,7 +463,8 @@ async fn run_control(mut args: UpArgs, with_node: bool) -> anyhow::Result<()> {
     }
     let (stop_ingress, ingress_stopping) = tokio::sync::oneshot::channel();
     let ingress = if with_node {
-        start_ingress(&args.ingress, &args.kubeconfig, ingress_stopping)
+        let pod_dns = pod_network_dns(args.no_node, &args.node);
+        start_ingress(&args.ingress, pod_dns, &args.kubeconfig, ingress_stopping)
     } else {
         None
     };
@@ -483,6 +517,53 @@ fn main() -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    use clap::Parser;
+
+    fn up(args: &[&str]) -> super::UpArgs {
+        let argv = ["nodeless", "up"].iter().chain(args).copied();
+        match super::Cli::try_parse_from(argv).unwrap().command {
+            super::Command::Up(a) => a,
+            _ => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn the_internal_listener_is_port_80_of_the_pod_networks_dns_address() {
+        let gateway = Some("10.66.0.1".parse().unwrap());
+        let a = up(&[]);
+        assert_eq!(
+            super::internal_listener(&a.ingress, gateway),
+            Some(("10.66.0.1:80".into(), true)),
+            "bound before the gateway exists"
+        );
+        assert_eq!(super::internal_listener(&a.ingress, None), None, "no pod network");
+        let a = up(&["--ingress-internal", "10.66.0.1:8080"]);
+        assert_eq!(
+            super::internal_listener(&a.ingress, gateway),
+            Some(("10.66.0.1:8080".into(), true))
+        );
+        let a = up(&["--ingress-internal", "127.0.0.1:0"]);
+        assert_eq!(
+            super::internal_listener(&a.ingress, None),
+            Some(("127.0.0.1:0".into(), false)),
+            "named, it is served without a pod network too"
+        );
+    }
+
+    #[test]
+    fn only_a_node_with_a_pod_network_has_a_pod_dns_address() {
+        let a = up(&["--pod-cidr", "10.70.0.0/16", "--cluster-dns", "10.70.0.1"]);
+        assert_eq!(
+            super::pod_network_dns(false, &a.node),
+            Some("10.70.0.1".parse().unwrap())
+        );
+        assert_eq!(super::pod_network_dns(true, &a.node), None, "--no-node");
+        let a = up(&["--no-pod-network", "--cluster-dns", "10.70.0.1"]);
+        assert_eq!(super::pod_network_dns(false, &a.node), None, "loopback only");
+        let a = up(&["--pod-cidr", "10.70.0.0/16"]);
+        assert_eq!(super::pod_network_dns(false, &a.node), None, "no DNS address");
+    }
+
     #[test]
     fn the_subnets_of_a_cni_config_are_its_pod_networks() {
         let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "n", "plugins": [
