@@ -25,6 +25,7 @@ use pingora_proxy::{ProxyHttp, Session};
 use crate::activator::{self, Permit, Revision};
 use crate::admit::{Outcome, admit, default_settings, idempotent, request_host, request_id};
 use crate::balance::Upstream;
+use crate::forwarding::{FORWARDED, Forwarding, SET_BY_INGRESS};
 use crate::metrics::{self, Metrics};
 use crate::routes::{Settings, Table};
 use crate::upstream::{connect_failed, connect_tries};
@@ -162,6 +163,13 @@ impl ProxyHttp for Ingress {
         ctx.counted = true;
         let mut peer = HttpPeer::new(u.addr(i), false, String::new());
         peer.options.connection_timeout = Some(ctx.settings.connect_timeout);
+        // Pingora bounds every read from the endpoint, the head's and each of the body's, by one
+        // `read_timeout`, with no hook between the head and the body to change it: so here a
+        // Knative revision's `timeoutSeconds` (or `responseStartTimeoutSeconds`) bounds each
+        // read, not only the wait for the head as on the other fronts
+        // ([`Settings::body_idle`]). What comes here for a revision is websockets, request
+        // bodies without a length and h2c revisions; the head's bound is kept (no head in time
+        // is still an error, not a request held forever).
         peer.options.read_timeout = Some(ctx.settings.read_timeout);
         peer.options.write_timeout = Some(ctx.settings.read_timeout);
         peer.options.idle_timeout = Some(Duration::from_secs(90));
@@ -195,24 +203,37 @@ impl ProxyHttp for Ingress {
         req: &mut RequestHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        let client = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip().to_string());
         let host = {
             let r = session.req_header();
             request_host(&r.uri, &r.headers)
         };
-        if let Some(ip) = client {
-            let xff = match req.headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(prior) if !prior.is_empty() => format!("{prior}, {ip}"),
-                _ => ip,
-            };
-            req.insert_header("x-forwarded-for", xff)?;
+        let forwarding = Forwarding {
+            client: session.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()),
+            scheme: self.scheme,
+            host: &host,
+            rfc7239: ctx.settings.forwarded,
+        };
+        let joined = |name: &str| {
+            let values: Vec<&str> = req
+                .headers
+                .get_all(name)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .collect();
+            (!values.is_empty()).then(|| values.join(", "))
+        };
+        let prior_xff = joined("x-forwarded-for");
+        let prior_forwarded = forwarding.rfc7239.then(|| joined(FORWARDED)).flatten();
+        let mut fields = Vec::with_capacity(4);
+        forwarding.each(prior_xff.as_deref(), prior_forwarded.as_deref(), |name, value| {
+            fields.push((name, value.to_string()))
+        });
+        // The client's values of the fields the ingress sets go, whether or not it sets each now.
+        for name in SET_BY_INGRESS.iter().chain(forwarding.rfc7239.then_some(&FORWARDED)) {
+            req.remove_header(*name);
         }
-        req.insert_header("x-forwarded-proto", self.scheme)?;
-        if !host.is_empty() {
-            req.insert_header("x-forwarded-host", host)?;
+        for (name, value) in fields {
+            req.insert_header(name, value)?;
         }
         req.insert_header("x-request-id", ctx.request_id.clone())?;
         for (name, value) in ctx.append.iter().flat_map(|a| a.iter()) {

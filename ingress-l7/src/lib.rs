@@ -6,6 +6,7 @@
 //!   and its Knative part, [`routes::knative`]), and the balancer's state ([`balance`]);
 //! - [`activator`]: where a Knative revision's requests wait for a pod with room;
 //! - [`upstream`]: reaching the endpoints (which one, how many tries, kept-alive connections);
+//! - [`forwarding`]: the forwarding fields every front writes for the endpoint;
 //! - [`wire`]: HTTP/1.1 as bytes (heads, lengths, chunked bodies, hop-by-hop fields), read by
 //!   every layer above;
 //! - [`fallback`]: pingora's proxy, for the HTTP/1.1 requests the own front hands over.
@@ -19,6 +20,7 @@ pub mod activator;
 pub mod admit;
 pub mod balance;
 pub mod fallback;
+pub mod forwarding;
 pub mod front;
 pub mod lb;
 pub mod limits;

@@ -48,9 +48,35 @@ pub struct Settings {
     pub ssl_redirect: bool,
     /// `load-balance: round-robin | least-request` (power of two choices).
     pub balance: Balance,
-    /// The longest wait between reads of a response's body, when not `read_timeout` (a Knative
-    /// revision's `idleTimeoutSeconds`).
-    pub idle_timeout: Option<Duration>,
+    /// The longest wait between reads of a response's body, once its head is in.
+    pub body_idle: BodyIdle,
+    /// Whether the request for the endpoint carries RFC 7239's `Forwarded` (Knative routes:
+    /// [`crate::forwarding`]).
+    pub forwarded: bool,
+}
+
+/// How long a read of a response's body may wait, once the head is in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyIdle {
+    /// As long as the head: an Ingress's `proxy-read-timeout` bounds every read.
+    AsHead,
+    /// This long: a Knative revision's `idleTimeoutSeconds`.
+    Limit(Duration),
+    /// No limit: a Knative revision without `idleTimeoutSeconds`, whose `timeoutSeconds` (or
+    /// `responseStartTimeoutSeconds`) bounds only the wait for the response to start.
+    Unbounded,
+}
+
+impl Settings {
+    /// The longest wait between reads of a response's body (`None`: no limit), the one rule
+    /// every front reads a body by.
+    pub fn body_idle(&self) -> Option<Duration> {
+        match self.body_idle {
+            BodyIdle::AsHead => Some(self.read_timeout),
+            BodyIdle::Limit(d) => Some(d),
+            BodyIdle::Unbounded => None,
+        }
+    }
 }
 
 /// The request-body limit of an Ingress without `proxy-body-size`: 64 MiB. Large enough for
@@ -68,7 +94,8 @@ impl Default for Settings {
             body_limit: DEFAULT_BODY_LIMIT,
             ssl_redirect: false,
             balance: Balance::RoundRobin,
-            idle_timeout: None,
+            body_idle: BodyIdle::AsHead,
+            forwarded: false,
         }
     }
 }
@@ -864,7 +891,8 @@ mod tests {
                 body_limit: 8192,
                 ssl_redirect: true,
                 balance: Balance::LeastRequest,
-                idle_timeout: None,
+                body_idle: BodyIdle::AsHead,
+                forwarded: false,
             }
         );
         let bad: BTreeMap<String, String> = [

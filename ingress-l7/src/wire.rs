@@ -279,6 +279,15 @@ pub(crate) async fn write_out<S: AsyncWrite + Unpin>(io: &mut S, bytes: &[u8], l
     }
 }
 
+/// `f`, given at most `limit` (`None`: no limit); `None` when the time ran out. How a read of a
+/// response body waits ([`crate::routes::Settings::body_idle`]).
+pub(crate) async fn within<F: std::future::Future>(limit: Option<Duration>, f: F) -> Option<F::Output> {
+    match limit {
+        Some(d) => tokio::time::timeout(d, f).await.ok(),
+        None => Some(f.await),
+    }
+}
+
 /// Fuzz targets for the chunked scanner (its state stays private here), and the reader of
 /// choices the other targets share.
 #[doc(hidden)]

@@ -227,3 +227,101 @@ async fn container_concurrency_one_answers_ten_requests_one_at_a_time() {
     assert_eq!(pod.served.load(Ordering::SeqCst), 10);
     assert_eq!(pod.most.load(Ordering::SeqCst), 1, "never two at once on the pod");
 }
+
+#[tokio::test]
+async fn a_revisions_pod_gets_forwarded_appended_to_the_clients() {
+    let ingress = Ingress::start().await;
+    let pod = pod(Duration::ZERO).await;
+    ingress.set(json!({}), &[pod.addr]);
+    let (status, body) = get(ingress.addr, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("Forwarded: for=127.0.0.1;proto=http\r\n"), "{body}");
+    assert!(body.contains("X-Forwarded-For: 127.0.0.1\r\n"), "{body}");
+    let (status, body) = get(
+        ingress.addr,
+        "Forwarded: for=\"[2001:db8::1]\";proto=https\r\nX-Forwarded-For: 2001:db8::1\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body.matches("Forwarded:").count(), 1, "{body}");
+    assert!(
+        body.contains("Forwarded: for=\"[2001:db8::1]\";proto=https, for=127.0.0.1;proto=http\r\n"),
+        "{body}"
+    );
+    assert!(body.contains("X-Forwarded-For: 2001:db8::1, 127.0.0.1\r\n"), "{body}");
+}
+
+/// A pod that answers each request on its connection with `head` at once, then each of
+/// `chunks` after its delay (a chunked body), then closes.
+async fn slow_pod(head: bool, chunks: &'static [(u64, &'static str)]) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut buf = BytesMut::new();
+                while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                    if conn.read_buf(&mut buf).await.unwrap_or(0) == 0 {
+                        return;
+                    }
+                }
+                if !head {
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                    return;
+                }
+                let _ = conn
+                    .write_all(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+                    .await;
+                for (ms, text) in chunks {
+                    tokio::time::sleep(Duration::from_millis(*ms)).await;
+                    let chunk = format!("{:x}\r\n{text}\r\n", text.len());
+                    if conn.write_all(chunk.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+                let _ = conn.write_all(b"0\r\n\r\n").await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_response_begun_within_the_revisions_timeout_streams_past_it() {
+    let ingress = Ingress::start().await;
+    // The head at once, then the body over 2 s with a pause of 1.5 s: past `timeoutSeconds`
+    // in all and between two reads, with no `idleTimeoutSeconds`.
+    let pod = slow_pod(true, &[(300, "first,"), (1500, "late,"), (200, "last")]).await;
+    ingress.set(json!({kn::TIMEOUT_SECONDS: "1"}), &[pod]);
+    let t0 = Instant::now();
+    let (status, body) = get(ingress.addr, "").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(t0.elapsed() >= Duration::from_secs(2), "{:?}", t0.elapsed());
+    for text in ["first,", "late,", "last", "0\r\n\r\n"] {
+        assert!(body.contains(text), "{text} missing from {body:?}");
+    }
+}
+
+#[tokio::test]
+async fn an_idle_timeout_still_cuts_a_pause_in_the_body() {
+    let ingress = Ingress::start().await;
+    let pod = slow_pod(true, &[(100, "first,"), (1500, "late")]).await;
+    ingress.set(json!({kn::TIMEOUT_SECONDS: "5", kn::IDLE_TIMEOUT_SECONDS: "1"}), &[pod]);
+    let t0 = Instant::now();
+    let (status, body) = get(ingress.addr, "").await;
+    assert_eq!(status, 200, "the head went out: {body}");
+    assert!(body.contains("first,") && !body.contains("late"), "{body:?}");
+    assert!(t0.elapsed() < Duration::from_millis(1500), "{:?}", t0.elapsed());
+}
+
+#[tokio::test]
+async fn no_response_head_within_the_revisions_timeout_is_a_504() {
+    let ingress = Ingress::start().await;
+    let pod = slow_pod(false, &[]).await;
+    ingress.set(json!({kn::TIMEOUT_SECONDS: "1"}), &[pod]);
+    let t0 = Instant::now();
+    let (status, body) = get(ingress.addr, "").await;
+    assert_eq!(status, 504, "{body}");
+    assert!(t0.elapsed() >= Duration::from_secs(1) && t0.elapsed() < Duration::from_secs(3));
+    assert!(body.contains("sent no answer in 1s"), "{body}");
+}

@@ -19,7 +19,7 @@
 //! A Knative revision's request waits here, before its endpoint is chosen, for the activator's
 //! permit ([`crate::activator::gate`]); its route's `appendHeaders` are written into the head.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -27,23 +27,26 @@ use bytes::{Buf, BytesMut};
 use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use super::{End, Front, SET_BY_INGRESS};
+use super::{End, Front};
 use crate::activator::{self, Revision};
 use crate::admit::{self, Asked, Outcome};
 use crate::balance::Upstream;
+use crate::forwarding::{FORWARDED, Forwarding, set_by_ingress};
 use crate::limits::MAX_HEADER_BYTES;
 use crate::metrics;
 use crate::routes::Settings;
 use crate::upstream::tcp::{Read, obtain, put_idle, read_head, unusable_head};
 use crate::upstream::{CONNECT_TRIES, Forwarded, UnderWay, connect_tries};
-use crate::wire::{Body, MAX_HEADERS, READ_CHUNK, content_length, framing, is_hop_by_hop, parse_response, write_out};
+use crate::wire::{
+    Body, MAX_HEADERS, READ_CHUNK, content_length, framing, is_hop_by_hop, parse_response, within, write_out,
+};
 
 /// Whether a client's request field is left out of the head for the endpoint: the hop-by-hop
 /// fields (requests with `Transfer-Encoding` or `Upgrade` go to pingora, so of those only
 /// `Connection`, `Keep-Alive`, `Proxy-Connection` and `TE` get this far), and the fields the
-/// ingress sets itself.
-fn request_dropped(name: &str) -> bool {
-    is_hop_by_hop(name) || SET_BY_INGRESS.iter().any(|d| name.eq_ignore_ascii_case(d))
+/// ingress sets itself on a route that does (`rfc7239`) or does not write `Forwarded`.
+fn request_dropped(name: &str, rfc7239: bool) -> bool {
+    is_hop_by_hop(name) || set_by_ingress(name, rfc7239)
 }
 
 /// Of the hop-by-hop fields, those an endpoint's response keeps on its way to the client: it
@@ -98,7 +101,7 @@ impl Front {
         let mut ubuf = BytesMut::with_capacity(READ_CHUNK);
         let mut out = Vec::with_capacity(1024);
         let mut rout = Vec::with_capacity(1024);
-        // The client's address as X-Forwarded-For and the access log write it.
+        // The client's address as the access log writes it.
         let ip = client.ip().to_string();
         loop {
             if *shutdown.borrow() {
@@ -111,7 +114,7 @@ impl Front {
             let mut deadline = tokio::time::Instant::now() + if begun { self.limits.header } else { self.limits.idle };
             let req = loop {
                 if !buf.is_empty() {
-                    match self.plan(&buf, &ip, &mut out) {
+                    match self.plan(&buf, client.ip(), &mut out) {
                         Ok(Some(r)) => break r,
                         Ok(None) if buf.len() <= MAX_HEADER_BYTES => {
                             if !begun {
@@ -209,7 +212,7 @@ impl Front {
     /// Parse the head at the start of `buf` and decide what to do with it; a request to forward
     /// has its head for the endpoint written into `out`. `Ok(None)`: the head is not complete
     /// yet. `Err`: the status and reason to answer with before closing.
-    fn plan(&self, buf: &[u8], ip: &str, out: &mut Vec<u8>) -> Result<Option<Request>, (u16, String)> {
+    fn plan(&self, buf: &[u8], client: IpAddr, out: &mut Vec<u8>) -> Result<Option<Request>, (u16, String)> {
         let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
         let mut req = httparse::Request::new(&mut headers);
         let head_len = match req.parse(buf) {
@@ -320,6 +323,7 @@ impl Front {
             },
         );
         let append = admitted.append;
+        let rfc7239 = admitted.settings.forwarded;
         let plan = match admitted.outcome {
             Outcome::Forward(u) if u.h2c => return Ok(Some(hand_off)),
             Outcome::Forward(upstream) => Plan::Forward(Forward {
@@ -349,22 +353,31 @@ impl Front {
             out.push(b' ');
             out.extend_from_slice(target.as_bytes());
             out.extend_from_slice(b" HTTP/1.1\r\n");
+            let mut prior_forwarded: Option<String> = None;
             for h in req.headers.iter() {
-                if !request_dropped(h.name) && !admit::appended(append.as_ref(), h.name) {
+                if rfc7239 && h.name.eq_ignore_ascii_case(FORWARDED) {
+                    if let Ok(v) = std::str::from_utf8(h.value) {
+                        match &mut prior_forwarded {
+                            Some(p) => *p = format!("{p}, {v}"),
+                            None => prior_forwarded = Some(v.to_string()),
+                        }
+                    }
+                } else if !request_dropped(h.name, rfc7239) && !admit::appended(append.as_ref(), h.name) {
                     field(out, h.name, h.value);
                 }
             }
             for (name, value) in append.iter().flat_map(|a| a.iter()) {
                 field(out, name, value.as_bytes());
             }
-            match prior_xff {
-                Some(prior) => field(out, "X-Forwarded-For", format!("{prior}, {ip}").as_bytes()),
-                None => field(out, "X-Forwarded-For", ip.as_bytes()),
-            }
-            field(out, "X-Forwarded-Proto", self.scheme.as_bytes());
-            if !host.is_empty() {
-                field(out, "X-Forwarded-Host", host.as_bytes());
-            }
+            let forwarding = Forwarding {
+                client: Some(client),
+                scheme: self.scheme,
+                host,
+                rfc7239,
+            };
+            forwarding.each(prior_xff, prior_forwarded.as_deref(), |name, value| {
+                field(out, name, value.as_bytes())
+            });
             field(out, "X-Request-Id", id.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
@@ -560,7 +573,7 @@ impl Front {
             }
         };
         let _under_way = under_way;
-        let idle = f.settings.idle_timeout.unwrap_or(timeout);
+        let idle = f.settings.body_idle();
         done.code = head.status;
         done.close = matches!(head.body, Body::UntilClose);
         ubuf.advance(head.len);
@@ -592,11 +605,11 @@ impl Front {
                 break;
             }
             ubuf.reserve(READ_CHUNK);
-            match tokio::time::timeout(idle, conn.read_buf(ubuf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(Ok(_)) if matches!(body, Body::UntilClose) => break,
+            match within(idle, conn.read_buf(ubuf)).await {
+                Some(Ok(n)) if n > 0 => {}
+                Some(Ok(_)) if matches!(body, Body::UntilClose) => break,
                 outcome => {
-                    done.upstream_error = Some(if outcome.is_err() { "read timeout" } else { "read" });
+                    done.upstream_error = Some(if outcome.is_none() { "read timeout" } else { "read" });
                     done.error = format!("the body from {} ended early", u.addr(i));
                     done.close = true;
                     return done;

@@ -29,26 +29,30 @@ use hyper::body::Frame;
 use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
-use super::{Front, SET_BY_INGRESS};
+use super::Front;
 use crate::activator;
 use crate::admit::{self, Outcome};
 use crate::balance::Upstream;
+use crate::forwarding::{FORWARDED, Forwarding, set_by_ingress};
 use crate::limits::MAX_HEADER_BYTES;
 use crate::metrics;
 use crate::routes::Settings;
 use crate::upstream::client::{BoxError, Conn};
 use crate::upstream::tcp::{Read, obtain, put_idle, read_head, unusable_head};
 use crate::upstream::{CONNECT_TRIES, Forwarded, UnderWay, connect_tries};
-use crate::wire::{Body, MAX_HEADERS, READ_CHUNK, framing, is_hop_by_hop, parse_response, strip_hop_by_hop, write_out};
+use crate::wire::{
+    Body, MAX_HEADERS, READ_CHUNK, framing, is_hop_by_hop, parse_response, strip_hop_by_hop, within, write_out,
+};
 
 /// Streams a client may have open at once on one connection.
 const MAX_STREAMS: u32 = 256;
 
 /// Whether a client's request field (named in lower case, as HTTP/2 has them) is left out of the
 /// head for an HTTP/1.1 endpoint: `Host`, written from the authority; the hop-by-hop fields,
-/// which HTTP/2 does not have; and the fields the ingress sets itself.
-fn request_dropped(name: &str) -> bool {
-    name == "host" || is_hop_by_hop(name) || SET_BY_INGRESS.contains(&name)
+/// which HTTP/2 does not have; and the fields the ingress sets itself on a route that does
+/// (`rfc7239`) or does not write `Forwarded`.
+fn request_dropped(name: &str, rfc7239: bool) -> bool {
+    name == "host" || is_hop_by_hop(name) || set_by_ingress(name, rfc7239)
 }
 
 impl Front {
@@ -258,7 +262,13 @@ impl Front {
         let declared = admit::declared_length(&head.headers);
         let has_body = !body.is_end_stream();
         let chunked = has_body && declared.is_none();
-        let out = request_head(head, host, id, client, self.scheme, chunked, append);
+        let forwarding = Forwarding {
+            client: Some(client.ip()),
+            scheme: self.scheme,
+            host,
+            rfc7239: settings.forwarded,
+        };
+        let out = request_head(head, id, &forwarding, chunked, append);
         let timeout = settings.read_timeout;
         let tries = if pin.is_some() {
             1
@@ -388,7 +398,7 @@ impl Front {
             }
         };
         let mut data = BytesMut::new();
-        let idle = settings.idle_timeout.unwrap_or(timeout);
+        let idle = settings.body_idle();
         while !framing.finished() {
             if !ubuf.is_empty() {
                 let n = match &mut framing {
@@ -413,14 +423,14 @@ impl Front {
                 }
             }
             ubuf.reserve(READ_CHUNK);
-            match tokio::time::timeout(idle, conn.read_buf(&mut ubuf)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                Ok(Ok(_)) if matches!(framing, Body::UntilClose) => {
+            match within(idle, conn.read_buf(&mut ubuf)).await {
+                Some(Ok(n)) if n > 0 => {}
+                Some(Ok(_)) if matches!(framing, Body::UntilClose) => {
                     let _ = send_all(&mut stream, Bytes::new(), true).await;
                     return done;
                 }
                 outcome => {
-                    done.upstream_error = Some(if outcome.is_err() { "read timeout" } else { "read" });
+                    done.upstream_error = Some(if outcome.is_none() { "read timeout" } else { "read" });
                     done.error = format!("the body from {} ended early", u.addr(i));
                     stream.send_reset(h2::Reason::INTERNAL_ERROR);
                     return done;
@@ -465,25 +475,23 @@ impl Front {
         );
         let mut headers = head.headers.clone();
         strip_hop_by_hop(&mut headers);
-        let ip = client.ip().to_string();
-        let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-            Some(prior) if !prior.is_empty() => format!("{prior}, {ip}"),
-            _ => ip,
+        let forwarding = Forwarding {
+            client: Some(client.ip()),
+            scheme: self.scheme,
+            host,
+            rfc7239: settings.forwarded,
         };
-        let values = [
-            ("x-forwarded-for", xff.as_str()),
-            ("x-forwarded-proto", self.scheme),
-            ("x-forwarded-host", host),
-            ("x-request-id", id),
-        ];
-        let appended = append
-            .iter()
-            .flat_map(|a| a.iter())
-            .map(|(n, v)| (n.as_str(), v.as_str()));
-        for (name, value) in values.into_iter().chain(appended) {
+        let prior_xff = joined(&headers, "x-forwarded-for");
+        let prior_forwarded = forwarding.rfc7239.then(|| joined(&headers, FORWARDED)).flatten();
+        let mut set = |name: &str, value: &str| {
             if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
                 headers.insert(n, v);
             }
+        };
+        forwarding.each(prior_xff.as_deref(), prior_forwarded.as_deref(), &mut set);
+        set("x-request-id", id);
+        for (name, value) in append.iter().flat_map(|a| a.iter()) {
+            set(name, value);
         }
         headers.remove(http::header::HOST);
         let limit = settings.body_limit;
@@ -541,21 +549,19 @@ impl Front {
             }
         };
         loop {
-            let frame =
-                match tokio::time::timeout(settings.idle_timeout.unwrap_or(settings.read_timeout), rbody.frame()).await
-                {
-                    Ok(Some(Ok(f))) => f,
-                    Ok(None) => {
-                        let _ = send_all(&mut stream, Bytes::new(), true).await;
-                        return done;
-                    }
-                    outcome => {
-                        done.upstream_error = Some(if outcome.is_err() { "read timeout" } else { "read" });
-                        done.error = "the endpoint's body failed".into();
-                        stream.send_reset(h2::Reason::INTERNAL_ERROR);
-                        return done;
-                    }
-                };
+            let frame = match within(settings.body_idle(), rbody.frame()).await {
+                Some(Some(Ok(f))) => f,
+                Some(None) => {
+                    let _ = send_all(&mut stream, Bytes::new(), true).await;
+                    return done;
+                }
+                outcome => {
+                    done.upstream_error = Some(if outcome.is_none() { "read timeout" } else { "read" });
+                    done.error = "the endpoint's body failed".into();
+                    stream.send_reset(h2::Reason::INTERNAL_ERROR);
+                    return done;
+                }
+            };
             let sent = match frame.into_data() {
                 Ok(data) => send_all(&mut stream, data, false).await,
                 Err(frame) => match frame.into_trailers() {
@@ -601,13 +607,12 @@ fn client_frames(
 /// fields (cookies joined into one), the forwarding fields, and the body's framing.
 fn request_head(
     head: &http::request::Parts,
-    host: &str,
     id: &str,
-    client: SocketAddr,
-    scheme: &str,
+    forwarding: &Forwarding<'_>,
     chunked: bool,
     append: Option<&Arc<[(String, String)]>>,
 ) -> Vec<u8> {
+    let host = forwarding.host;
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(head.method.as_str().as_bytes());
     out.push(b' ');
@@ -628,7 +633,7 @@ fn request_head(
             cookies.push(value.as_bytes());
         } else if n == "x-forwarded-for" {
             prior_xff = value.to_str().ok().filter(|v| !v.is_empty());
-        } else if !request_dropped(n) && !admit::appended(append, n) {
+        } else if !request_dropped(n, forwarding.rfc7239) && !admit::appended(append, n) {
             field(n.as_bytes(), value.as_bytes());
         }
     }
@@ -638,21 +643,22 @@ fn request_head(
     if !cookies.is_empty() {
         field(b"cookie", &cookies.join(&b"; "[..]));
     }
-    let ip = client.ip().to_string();
-    match prior_xff {
-        Some(prior) => field(b"X-Forwarded-For", format!("{prior}, {ip}").as_bytes()),
-        None => field(b"X-Forwarded-For", ip.as_bytes()),
-    }
-    field(b"X-Forwarded-Proto", scheme.as_bytes());
-    if !host.is_empty() {
-        field(b"X-Forwarded-Host", host.as_bytes());
-    }
+    let prior_forwarded = forwarding.rfc7239.then(|| joined(&head.headers, FORWARDED)).flatten();
+    forwarding.each(prior_xff, prior_forwarded.as_deref(), |name, value| {
+        field(name.as_bytes(), value.as_bytes())
+    });
     field(b"X-Request-Id", id.as_bytes());
     if chunked {
         field(b"Transfer-Encoding", b"chunked");
     }
     out.extend_from_slice(b"\r\n");
     out
+}
+
+/// The client's fields named `name`, joined by `, ` as one list (`None` when there are none).
+fn joined(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+    (!values.is_empty()).then(|| values.join(", "))
 }
 
 /// An HTTP/1.1 response head from an endpoint: its length, status, the fields for an HTTP/2

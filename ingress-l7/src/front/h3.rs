@@ -22,13 +22,14 @@ use hyper::body::Frame;
 use crate::activator;
 use crate::admit::{self, Outcome};
 use crate::balance::Upstream;
+use crate::forwarding::{FORWARDED, Forwarding, SET_BY_INGRESS};
 use crate::limits::MAX_HEADER_BYTES;
 use crate::metrics::{self, Metrics};
 use crate::routes::{Settings, Table};
 use crate::tls::Certs;
 use crate::upstream::Forwarded;
 use crate::upstream::client::{BoxBody, BoxError, Pool};
-use crate::wire::strip_hop_by_hop;
+use crate::wire::{strip_hop_by_hop, within};
 
 type SendHalf = h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>;
 type RecvHalf = h3::server::RequestStream<h3_quinn::RecvStream, Bytes>;
@@ -217,11 +218,16 @@ impl Http3 {
         };
 
         let too_large = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let forwarding = Forwarding {
+            client: Some(client.ip()),
+            scheme: "https",
+            host,
+            rfc7239: settings.forwarded,
+        };
         let req = match upstream_request(
             head,
-            host,
+            &forwarding,
             id,
-            client,
             recv,
             settings.body_limit,
             too_large.clone(),
@@ -286,18 +292,16 @@ impl Http3 {
             return done;
         }
         loop {
-            let frame = match tokio::time::timeout(settings.idle_timeout.unwrap_or(settings.read_timeout), body.frame())
-                .await
-            {
-                Ok(Some(Ok(f))) => f,
-                Ok(None) => break,
-                Ok(Some(Err(e))) => {
+            let frame = match within(settings.body_idle(), body.frame()).await {
+                Some(Some(Ok(f))) => f,
+                Some(None) => break,
+                Some(Some(Err(e))) => {
                     done.upstream_error = Some("read");
                     done.error = format!("the endpoint's body: {e}");
                     send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
                     return done;
                 }
-                Err(_) => {
+                None => {
                     done.upstream_error = Some("read timeout");
                     done.error = "read timeout in the body".into();
                     send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
@@ -348,9 +352,8 @@ async fn answer(send: &mut SendHalf, status: u16, body: &str, id: &str) -> u16 {
 /// past `limit` bytes, which sets `too_large`).
 fn upstream_request(
     head: http::request::Parts,
-    host: &str,
+    forwarding: &Forwarding<'_>,
     id: &str,
-    client: SocketAddr,
     recv: RecvHalf,
     limit: u64,
     too_large: Arc<std::sync::atomic::AtomicBool>,
@@ -360,16 +363,26 @@ fn upstream_request(
     let declared = admit::declared_length(&head.headers);
     let mut headers = head.headers;
     strip_hop_by_hop(&mut headers);
-    if !host.is_empty() {
-        headers.insert(http::header::HOST, HeaderValue::from_str(host)?);
-        headers.insert("x-forwarded-host", HeaderValue::from_str(host)?);
+    if !forwarding.host.is_empty() {
+        headers.insert(http::header::HOST, HeaderValue::from_str(forwarding.host)?);
     }
-    let xff = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(prior) if !prior.is_empty() => format!("{prior}, {}", client.ip()),
-        _ => client.ip().to_string(),
+    let joined = |name: &str| {
+        let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+        (!values.is_empty()).then(|| values.join(", "))
     };
-    headers.insert("x-forwarded-for", HeaderValue::from_str(&xff)?);
-    headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    let prior_xff = joined("x-forwarded-for");
+    let prior_forwarded = forwarding.rfc7239.then(|| joined(FORWARDED)).flatten();
+    let mut fields = Vec::with_capacity(4);
+    forwarding.each(prior_xff.as_deref(), prior_forwarded.as_deref(), |name, value| {
+        fields.push((name, value.to_string()))
+    });
+    // The client's values of the fields the ingress sets go, whether or not it sets each now.
+    for name in SET_BY_INGRESS.iter().chain(forwarding.rfc7239.then_some(&FORWARDED)) {
+        headers.remove(*name);
+    }
+    for (name, value) in fields {
+        headers.insert(name, HeaderValue::from_str(&value)?);
+    }
     headers.insert("x-request-id", HeaderValue::from_str(id)?);
     for (name, value) in append.iter().flat_map(|a| a.iter()) {
         headers.insert(

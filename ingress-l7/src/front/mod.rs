@@ -20,15 +20,6 @@ pub mod h1;
 pub mod h2;
 pub mod h3;
 
-/// Request fields the ingress writes itself (the forwarding fields and the request id), so the
-/// client's are not passed on as they came.
-pub(crate) const SET_BY_INGRESS: [&str; 4] = [
-    "x-forwarded-for",
-    "x-forwarded-proto",
-    "x-forwarded-host",
-    "x-request-id",
-];
-
 /// One TCP listener's HTTP/1.1 and HTTP/2 fronts on one worker thread: what both need to serve
 /// a connection ([`Front::serve_h1`] in [`h1`], [`Front::serve_h2`] in [`h2`]).
 pub struct Front {

@@ -32,7 +32,7 @@ use nodeless_types::knative as kn;
 use nodeless_watch::{SlicesByService, port_endpoints};
 use serde::Deserialize;
 
-use super::{H2C, Settings, Table, Target, normalize_host};
+use super::{BodyIdle, H2C, Settings, Table, Target, normalize_host};
 use crate::activator::{Activator, Config, Revision, RevisionRoute};
 use crate::balance::Upstream;
 
@@ -378,8 +378,13 @@ pub fn build(
                         append.push((k.clone(), v.clone()));
                     }
                     let settings = Settings {
+                        // Knative's timeouts: `responseStartTimeoutSeconds` (else
+                        // `timeoutSeconds`) bounds the wait for the response to start; after
+                        // its first byte only `idleTimeoutSeconds` (0 or unset: none) bounds
+                        // each wait between reads.
                         read_timeout: config.response_start.unwrap_or(config.timeout),
-                        idle_timeout: config.idle,
+                        body_idle: config.idle.map_or(BodyIdle::Unbounded, BodyIdle::Limit),
+                        forwarded: true,
                         ssl_redirect: redirect,
                         ..Settings::default()
                     };

@@ -57,7 +57,7 @@ pub fn process_args(c: &Container, image: &ImageConfig, vars: &BTreeMap<String, 
     entry.into_iter().chain(cmd).map(|a| expand(&a, vars)).collect()
 }
 
-fn field_ref(pod: &Pod, path: &str, pod_ip: &str, host_ip: &str) -> Result<String, String> {
+pub(super) fn field_ref(pod: &Pod, path: &str, pod_ip: &str, host_ip: &str) -> Result<String, String> {
     let m = &pod.metadata;
     let spec = pod.spec.as_ref();
     let map_key = |p: &str, prefix: &str| {
@@ -88,7 +88,7 @@ fn field_ref(pod: &Pod, path: &str, pod_ip: &str, host_ip: &str) -> Result<Strin
     })
 }
 
-fn resource_ref(c: &Container, resource: &str, divisor: Option<&str>) -> Result<String, String> {
+pub(super) fn resource_ref(c: &Container, resource: &str, divisor: Option<&str>) -> Result<String, String> {
     let (kind, name) = resource
         .split_once('.')
         .ok_or_else(|| format!("resourceFieldRef {resource:?} is not supported"))?;

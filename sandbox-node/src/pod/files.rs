@@ -1,18 +1,17 @@
 //! Files a pod's containers see that the node writes: /etc/hosts, /etc/hostname,
-//! /etc/resolv.conf (from dnsPolicy and dnsConfig), and the simple volumes
-//! (emptyDir, configMap, secret); the CSI-shaped drivers of `volumes/` take over the rest.
-//! configMap and secret volumes are always read-only in the pod and written by
-//! [`super::projection`]; subPaths are resolved beneath their volume and mounted by descriptor.
+//! /etc/resolv.conf (from dnsPolicy and dnsConfig), and the simple volumes (emptyDir, configMap,
+//! secret, downwardAPI, projected); the CSI-shaped drivers of `volumes/` take over the rest.
+//! All but emptyDir are read-only in the pod, assembled by [`super::volume_data`] and written
+//! by [`super::projection`]; subPaths are resolved beneath their volume and mounted by descriptor.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret, Volume};
-use kube::Api;
+use k8s_openapi::api::core::v1::{Container, Pod, Volume};
 use nix::mount::MsFlags;
 use rustix::fs::OFlags;
 
-use super::projection;
+use super::{projection, volume_data};
 use crate::beneath::{self, Resolve};
 use crate::spec::BindMount;
 
@@ -100,106 +99,62 @@ pub fn resolv_conf(pod: &Pod, dns: &DnsSettings<'_>) -> String {
     out
 }
 
-/// Choose keys (all, or `items` with their paths and modes).
-fn select(
-    data: Vec<(String, Vec<u8>)>,
-    items: Option<&Vec<k8s_openapi::api::core::v1::KeyToPath>>,
-    what: &str,
-) -> Result<Vec<(String, Vec<u8>)>, String> {
-    match items {
-        None => Ok(data),
-        Some(items) => items
-            .iter()
-            .map(|i| {
-                data.iter()
-                    .find(|(k, _)| *k == i.key)
-                    .map(|(_, v)| (i.path.clone(), v.clone()))
-                    .ok_or_else(|| format!("{what}: key {:?} not found", i.key))
-            })
-            .collect(),
-    }
-}
-
 /// A pod volume prepared on the node.
 #[derive(Clone, Debug)]
 pub struct PodVolume {
     pub name: String,
     pub path: PathBuf,
-    /// configMap and secret volumes: the node writes them, the pod only reads them.
+    /// configMap, secret, downwardAPI and projected volumes: the node writes them, the pod only
+    /// reads them.
     pub read_only: bool,
+}
+
+/// The first volume of the pod the node cannot honour, from its spec alone: checked before the
+/// sandbox is made, so such a pod costs no namespace or network attachment.
+pub fn unsupported_volume(pod: &Pod) -> Option<String> {
+    let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
+    volumes.into_iter().flatten().find_map(volume_data::unsupported)
 }
 
 /// Prepare each volume under `dir` and return where it is; unsupported kinds are an error
 /// naming the volume (CreateContainerConfigError).
 pub async fn prepare_volumes(client: &kube::Client, pod: &Pod, dir: &Path) -> Result<Vec<PodVolume>, String> {
-    let ns = pod.metadata.namespace.clone().unwrap_or_default();
+    let lookup = volume_data::ApiLookup {
+        client: client.clone(),
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+    };
     let mut out = Vec::new();
     for v in pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default() {
         let path = dir.join(&v.name);
-        prepare_one(client, &ns, &v, &path).await?;
+        let read_only = prepare_one(&lookup, pod, &v, &path).await?;
         out.push(PodVolume {
             name: v.name.clone(),
             path,
-            read_only: v.config_map.is_some() || v.secret.is_some(),
+            read_only,
         });
     }
     Ok(out)
 }
 
-fn project(v: &Volume, path: &Path, data: &[(String, Vec<u8>)], mode: Option<i32>) -> Result<(), String> {
-    projection::write(path, data, mode.unwrap_or(0o644) as u32).map_err(|e| format!("volume {:?}: {e}", v.name))
-}
-
-async fn prepare_one(client: &kube::Client, ns: &str, v: &Volume, path: &Path) -> Result<(), String> {
+/// Make one volume at `path`; whether the pod only reads it.
+async fn prepare_one(lookup: &volume_data::ApiLookup, pod: &Pod, v: &Volume, path: &Path) -> Result<bool, String> {
     if v.empty_dir.is_some() {
-        return std::fs::create_dir_all(path).map_err(|e| format!("volume {:?}: {e}", v.name));
+        std::fs::create_dir_all(path).map_err(|e| format!("volume {:?}: {e}", v.name))?;
+        return Ok(false);
     }
-    if let Some(cm) = &v.config_map {
-        let got = Api::<ConfigMap>::namespaced(client.clone(), ns)
-            .get_opt(&cm.name)
-            .await
-            .map_err(|e| format!("volume {:?}: {e}", v.name))?;
-        let Some(got) = got else {
-            if cm.optional.unwrap_or(false) {
-                return project(v, path, &[], cm.default_mode);
-            }
-            return Err(format!("configmap \"{}\" not found", cm.name));
-        };
-        let mut data: Vec<(String, Vec<u8>)> = got
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.into_bytes()))
-            .collect();
-        data.extend(got.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
-        let data = select(data, cm.items.as_ref(), &format!("configmap {:?}", cm.name))?;
-        return project(v, path, &data, cm.default_mode);
+    if let Some(why) = volume_data::unsupported(v) {
+        return Err(why);
     }
-    if let Some(s) = &v.secret {
-        let name = s.secret_name.clone().unwrap_or_default();
-        let got = Api::<Secret>::namespaced(client.clone(), ns)
-            .get_opt(&name)
-            .await
-            .map_err(|e| format!("volume {:?}: {e}", v.name))?;
-        let Some(got) = got else {
-            if s.optional.unwrap_or(false) {
-                return project(v, path, &[], s.default_mode);
-            }
-            return Err(format!("secret \"{name}\" not found"));
-        };
-        let data: Vec<(String, Vec<u8>)> = got
-            .data
-            .unwrap_or_default()
-            .into_iter()
-            .map(|(k, v)| (k, v.0))
-            .collect();
-        let data = select(data, s.items.as_ref(), &format!("secret {name:?}"))?;
-        return project(v, path, &data, s.default_mode);
+    match volume_data::files(lookup, pod, v).await? {
+        Some(files) => {
+            projection::write(path, &files).map_err(|e| format!("volume {:?}: {e}", v.name))?;
+            Ok(true)
+        }
+        None => Err(format!(
+            "volume {:?}: this volume type is not supported by the node yet",
+            v.name
+        )),
     }
-    Err(format!(
-        "volume {:?}: this volume type is not supported by the node yet (emptyDir, configMap and secret are)",
-        v.name
-    ))
 }
 
 /// The bind mounts for one container's volumeMounts. A `subPath` (or `subPathExpr`, expanded

@@ -6,10 +6,12 @@ mod container;
 mod files;
 pub mod probe;
 mod projection;
+mod sandbox_retry;
 pub(crate) mod state;
 mod status;
 mod storage;
 mod teardown;
+mod volume_data;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -66,7 +68,7 @@ pub struct Worker {
     tx: mpsc::UnboundedSender<Event>,
     last_status: Value,
     transitions: BTreeMap<String, (String, String)>,
-    failed_sandbox: Option<(String, Instant)>,
+    failed_sandbox: Option<sandbox_retry::SandboxFailure>,
     /// The host id that is root in the pod's user namespace (see `userns`), if it has one.
     user_base: Option<u32>,
     /// Local storage limits (emptyDir sizeLimit, ephemeral-storage) and when to measure next.
@@ -175,7 +177,7 @@ impl Worker {
                 .ctrs
                 .iter()
                 .filter_map(|c| c.next_start)
-                .chain(self.failed_sandbox.as_ref().map(|f| f.1))
+                .chain(self.failed_sandbox.as_ref().map(|f| f.retry_at))
                 .chain(self.next_storage_check)
                 .min();
             // An evicted pod waits for its deletion only.
@@ -395,12 +397,40 @@ impl Worker {
         crate::context::emit_event(&self.ctx, &self.pod, kind, reason, message);
     }
 
+    /// Make the pod's sandbox unless it is made. A start that fails part way gives back the
+    /// network attachment and namespaces it got (see `teardown::release`), so the next try,
+    /// after its back-off, starts clean.
     async fn ensure_sandbox(&mut self) -> Result<(), String> {
         if self.sandbox_ready {
             return Ok(());
         }
+        let mut made = teardown::Made::default();
+        let Err(e) = self.make_sandbox(&mut made).await else {
+            return Ok(());
+        };
+        let parts = teardown::LiveSandbox {
+            ctx: &self.ctx,
+            uid: &self.uid,
+            ns: &self.ns,
+        };
+        let errors = teardown::release(&parts, made).await;
+        if made.network {
+            self.pod_ip.clear();
+        }
+        if errors.is_empty() {
+            Err(e)
+        } else {
+            Err(format!("{e} (and undoing the sandbox: {})", errors.join("; ")))
+        }
+    }
+
+    /// The steps of `ensure_sandbox`, recording in `made` what needs undoing if a later one fails.
+    async fn make_sandbox(&mut self, made: &mut teardown::Made) -> Result<(), String> {
         if let Some(why) = self.pod.spec.as_ref().and_then(pod_features::unsupported) {
             return Err(format!("spec.{why}"));
+        }
+        if let Some(why) = files::unsupported_volume(&self.pod) {
+            return Err(why);
         }
         for d in [&self.dir, &self.run_dir] {
             std::fs::create_dir_all(d.join("containers")).map_err(|e| format!("{}: {e}", d.display()))?;
@@ -426,7 +456,9 @@ impl Worker {
                 .await
                 .map_err(|e| e.to_string())?;
         }
+        made.namespaces = true;
         crate::cgroups::limit_pod_pids(&self.ctx.cgroup_parent, &self.uid, crate::cgroups::POD_PIDS_MAX)?;
+        made.network = true;
         let ip = self
             .ctx
             .network
@@ -458,8 +490,9 @@ impl Worker {
                 )
                 .map_err(|e| format!("{}: {e}", d.display()))?;
             }
-            // Root in the pod writes these, as it would without a user namespace; configMap and
-            // secret volumes stay the node's (read-only, world-readable).
+            // Root in the pod writes these, as it would without a user namespace; the volumes the
+            // node writes (configMap, secret, downwardAPI, projected) stay its own (read-only,
+            // world-readable).
             let writable = ["hosts", "hostname", "resolv.conf"].map(|n| self.run_dir.join(n));
             for p in writable
                 .iter()
@@ -511,12 +544,24 @@ impl Worker {
         if self.evicted.is_some() {
             return;
         }
+        // A failed sandbox is tried again only once its back-off has run out, not at every
+        // event (the worker's own status patches come back as events).
+        if !self.sandbox_ready && self.failed_sandbox.as_ref().is_some_and(|f| !f.due(Instant::now())) {
+            return;
+        }
         if let Err(e) = self.ensure_sandbox().await {
-            let retry = self.failed_sandbox.as_ref().is_none_or(|f| f.0 != e);
-            if retry {
+            let previous = self.failed_sandbox.as_ref();
+            if sandbox_retry::SandboxFailure::is_new(previous, &e) {
                 self.event("Warning", "FailedCreatePodSandBox", &e);
             }
-            self.failed_sandbox = Some((e.clone(), Instant::now() + Duration::from_secs(5)));
+            let (base, max) = (self.ctx.backoff_base, self.ctx.backoff_max);
+            self.failed_sandbox = Some(sandbox_retry::SandboxFailure::after(
+                previous,
+                e.clone(),
+                Instant::now(),
+                base,
+                max,
+            ));
             for c in &mut self.ctrs {
                 if c.current.is_none() {
                     c.waiting = Some(("ContainerCreating".into(), e.clone()));

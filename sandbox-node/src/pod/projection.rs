@@ -1,5 +1,6 @@
-//! configMap and secret volumes written the way kubelet's atomic writer does, so that the node
-//! never writes through anything a pod could have changed.
+//! configMap, secret, downwardAPI and projected volumes written the way kubelet's atomic writer
+//! does, so that the node never writes through anything a pod could have changed. What goes in
+//! them is assembled by [`super::volume_data`]; this is the one writer they all share.
 //!
 //! ```text
 //! <volume>/..2026_12_06_09_10_11.123456789/   this version's files, fresh every write
@@ -23,6 +24,14 @@ use crate::beneath::{self, Resolve};
 
 const DATA: &str = "..data";
 const DATA_TMP: &str = "..data_tmp";
+
+/// One file of a volume: its path beneath the volume, its bytes and its mode.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct File {
+    pub path: String,
+    pub bytes: Vec<u8>,
+    pub mode: u32,
+}
 
 /// Why a projection could not be written.
 #[derive(Debug, thiserror::Error)]
@@ -83,10 +92,10 @@ fn write_file(version: &OwnedFd, rel: &Path, bytes: &[u8], mode: u32) -> Result<
     rustix::fs::fchmod(&f, Mode::from_raw_mode(mode & 0o7777)).map_err(|e| io(what())(e.into()))
 }
 
-/// Write `files` (key path, bytes) into the volume directory `dir` (created when missing) as a
-/// new version, switch to it, and remove what the old one had.
-pub fn write(dir: &Path, files: &[(String, Vec<u8>)], mode: u32) -> Result<(), ProjectionError> {
-    let paths: Vec<PathBuf> = files.iter().map(|(k, _)| key_path(k)).collect::<Result<_, _>>()?;
+/// Write `files` into the volume directory `dir` (created when missing) as a new version, switch
+/// to it, and remove what the old one had.
+pub fn write(dir: &Path, files: &[File]) -> Result<(), ProjectionError> {
+    let paths: Vec<PathBuf> = files.iter().map(|f| key_path(&f.path)).collect::<Result<_, _>>()?;
     std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
     let root = beneath::open_dir(dir).map_err(io(format!("opening {}", dir.display())))?;
     let mut version = version_name();
@@ -103,8 +112,8 @@ pub fn write(dir: &Path, files: &[(String, Vec<u8>)], mode: u32) -> Result<(), P
         Resolve::NoSymlinks,
     )
     .map_err(io("opening the version directory"))?;
-    for (rel, (_, bytes)) in paths.iter().zip(files) {
-        write_file(&vfd, rel, bytes, mode)?;
+    for (rel, f) in paths.iter().zip(files) {
+        write_file(&vfd, rel, &f.bytes, f.mode)?;
     }
     // Switch: a fresh link renamed over `..data`.
     beneath::remove(&root, Path::new(DATA_TMP)).map_err(io("removing a stale link"))?;
@@ -154,15 +163,21 @@ pub fn write(dir: &Path, files: &[(String, Vec<u8>)], mode: u32) -> Result<(), P
 mod tests {
     use super::*;
 
-    fn files(v: &[(&str, &str)]) -> Vec<(String, Vec<u8>)> {
-        v.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect()
+    fn files(v: &[(&str, &str)], mode: u32) -> Vec<File> {
+        v.iter()
+            .map(|(k, v)| File {
+                path: k.to_string(),
+                bytes: v.as_bytes().to_vec(),
+                mode,
+            })
+            .collect()
     }
 
     #[test]
     fn versions_switch_and_old_ones_go() {
         let t = tempfile::tempdir().unwrap();
         let vol = t.path().join("vol");
-        write(&vol, &files(&[("a", "1"), ("dir/b", "2")]), 0o640).unwrap();
+        write(&vol, &files(&[("a", "1"), ("dir/b", "2")], 0o640)).unwrap();
         assert_eq!(std::fs::read_to_string(vol.join("a")).unwrap(), "1");
         assert_eq!(std::fs::read_to_string(vol.join("dir/b")).unwrap(), "2");
         use std::os::unix::fs::PermissionsExt;
@@ -170,7 +185,7 @@ mod tests {
             std::fs::metadata(vol.join("a")).unwrap().permissions().mode() & 0o7777,
             0o640
         );
-        write(&vol, &files(&[("a", "3")]), 0o644).unwrap();
+        write(&vol, &files(&[("a", "3")], 0o644)).unwrap();
         assert_eq!(std::fs::read_to_string(vol.join("a")).unwrap(), "3");
         assert!(!vol.join("dir").exists());
         let left: Vec<String> = std::fs::read_dir(&vol)
@@ -187,14 +202,14 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let (vol, host) = (t.path().join("vol"), t.path().join("host"));
         std::fs::write(&host, "node").unwrap();
-        write(&vol, &files(&[("conf", "v1"), ("d/x", "v1")]), 0o644).unwrap();
+        write(&vol, &files(&[("conf", "v1"), ("d/x", "v1")], 0o644)).unwrap();
         // What a pod could do to a writable volume: every name replaced by a link out.
         for planted in ["conf", "..data", "d"] {
             beneath::remove(beneath::open_dir(&vol).unwrap(), Path::new(planted)).unwrap();
             std::os::unix::fs::symlink(&host, vol.join(planted)).unwrap();
         }
         std::os::unix::fs::symlink(t.path(), vol.join("..data_tmp")).unwrap();
-        write(&vol, &files(&[("conf", "v2"), ("d/x", "v2")]), 0o644).unwrap();
+        write(&vol, &files(&[("conf", "v2"), ("d/x", "v2")], 0o644)).unwrap();
         assert_eq!(std::fs::read_to_string(&host).unwrap(), "node");
         assert_eq!(std::fs::read_to_string(vol.join("conf")).unwrap(), "v2");
         assert_eq!(std::fs::read_to_string(vol.join("d/x")).unwrap(), "v2");

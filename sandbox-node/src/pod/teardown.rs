@@ -1,8 +1,12 @@
 //! Removing everything a pod had on the node. Best effort: every step runs even when an
-//! earlier one failed or the thing is already gone, and every failure is reported.
+//! earlier one failed or the thing is already gone, and every failure is reported. A sandbox
+//! start that failed part way gives back what it had made the same way ([`release`]), so the
+//! retry starts clean: left behind, its `eth0` made every later CNI ADD fail with "interface
+//! eth0 already exists".
 
 use std::path::Path;
 
+use async_trait::async_trait;
 use nix::mount::MntFlags;
 
 use crate::context::NodeCtx;
@@ -115,6 +119,64 @@ async fn remove_cgroups(parent: &str, uid: &str) -> Vec<String> {
     errors
 }
 
+/// What a pod's sandbox holds, or what a failed start got as far as making.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Made {
+    /// A CNI ADD was run (whether or not it finished: DEL is safe on what is not there).
+    pub network: bool,
+    /// The pod's namespaces exist.
+    pub namespaces: bool,
+}
+
+/// The two parts of a sandbox that outlive a failed start, behind a seam the tests fake.
+#[async_trait]
+pub trait SandboxParts: Send + Sync {
+    async fn detach_network(&self) -> Result<(), String>;
+    async fn remove_namespaces(&self) -> Result<(), Vec<String>>;
+}
+
+/// The node's own: CNI DEL through `ctx.network`, namespaces through the keeper.
+pub struct LiveSandbox<'a> {
+    pub ctx: &'a NodeCtx,
+    pub uid: &'a str,
+    pub ns: &'a PodNamespaces,
+}
+
+#[async_trait]
+impl SandboxParts for LiveSandbox<'_> {
+    async fn detach_network(&self) -> Result<(), String> {
+        self.ctx
+            .network
+            .detach(self.uid, &self.ns.net())
+            .await
+            .map_err(|e| format!("network: {e}"))
+    }
+    async fn remove_namespaces(&self) -> Result<(), Vec<String>> {
+        self.ns
+            .remove(&self.ctx.keeper)
+            .await
+            .map_err(|es| es.into_iter().map(|e| e.to_string()).collect())
+    }
+}
+
+/// Give back the network attachment and then the namespaces, in reverse of the order they were
+/// made: CNI DEL needs the network namespace to find the pod's interfaces in. Both steps run
+/// whatever the first did; every failure is returned.
+pub async fn release(parts: &dyn SandboxParts, made: Made) -> Vec<String> {
+    let mut errors = Vec::new();
+    if made.network {
+        if let Err(e) = parts.detach_network().await {
+            errors.push(e);
+        }
+    }
+    if made.namespaces {
+        if let Err(es) = parts.remove_namespaces().await {
+            errors.extend(es);
+        }
+    }
+    errors
+}
+
 pub async fn teardown(
     ctx: &NodeCtx,
     uid: &str,
@@ -140,12 +202,11 @@ pub async fn teardown(
             }
         }
     }
-    if let Err(e) = ctx.network.detach(uid, &ns.net()).await {
-        errors.push(format!("network: {e}"));
-    }
-    if let Err(es) = ns.remove(&ctx.keeper).await {
-        errors.extend(es.into_iter().map(|e| e.to_string()));
-    }
+    let all = Made {
+        network: true,
+        namespaces: true,
+    };
+    errors.extend(release(&LiveSandbox { ctx, uid, ns }, all).await);
     errors.extend(remove_cgroups(&ctx.cgroup_parent, uid).await);
     for d in [run_dir, dir] {
         if let Err(e) = std::fs::remove_dir_all(d) {
@@ -155,4 +216,66 @@ pub async fn teardown(
         }
     }
     errors
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use super::*;
+
+    /// Records the calls; fails the ones it is told to.
+    #[derive(Default)]
+    struct Fake {
+        calls: Mutex<Vec<&'static str>>,
+        fail_network: bool,
+    }
+
+    #[async_trait]
+    impl SandboxParts for Fake {
+        async fn detach_network(&self) -> Result<(), String> {
+            self.calls.lock().unwrap().push("cni del");
+            if self.fail_network {
+                return Err("network: CNI plugin eni-cni DEL: busy".into());
+            }
+            Ok(())
+        }
+        async fn remove_namespaces(&self) -> Result<(), Vec<String>> {
+            self.calls.lock().unwrap().push("remove netns");
+            Ok(())
+        }
+    }
+
+    #[tokio::test]
+    async fn the_network_goes_before_its_namespace_and_a_failure_stops_nothing() {
+        let all = Made {
+            network: true,
+            namespaces: true,
+        };
+        let f = Fake::default();
+        assert!(release(&f, all).await.is_empty());
+        assert_eq!(*f.calls.lock().unwrap(), ["cni del", "remove netns"]);
+
+        let f = Fake {
+            fail_network: true,
+            ..Default::default()
+        };
+        let errors = release(&f, all).await;
+        assert_eq!(errors, ["network: CNI plugin eni-cni DEL: busy"]);
+        assert_eq!(*f.calls.lock().unwrap(), ["cni del", "remove netns"]);
+    }
+
+    #[tokio::test]
+    async fn only_what_was_made_is_undone() {
+        let f = Fake::default();
+        let only_ns = Made {
+            network: false,
+            namespaces: true,
+        };
+        assert!(release(&f, only_ns).await.is_empty());
+        assert_eq!(*f.calls.lock().unwrap(), ["remove netns"]);
+        let f = Fake::default();
+        assert!(release(&f, Made::default()).await.is_empty());
+        assert!(f.calls.lock().unwrap().is_empty());
+    }
 }

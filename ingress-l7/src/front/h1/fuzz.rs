@@ -68,7 +68,7 @@ fn check_head(front: &Front, data: &[u8]) {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut parsed = httparse::Request::new(&mut headers);
     let status = parsed.parse(data);
-    match front.plan(data, "192.0.2.7", &mut out) {
+    match front.plan(data, std::net::IpAddr::from([192, 0, 2, 7]), &mut out) {
         Ok(None) => assert!(
             matches!(status, Ok(httparse::Status::Partial)),
             "an incomplete head that httparse calls {status:?}"
@@ -96,7 +96,7 @@ fn check_head(front: &Front, data: &[u8]) {
             let kept: Vec<(&str, &[u8])> = parsed
                 .headers
                 .iter()
-                .filter(|h| !request_dropped(h.name))
+                .filter(|h| !request_dropped(h.name, false))
                 .map(|h| (h.name, h.value))
                 .collect();
             let sent: Vec<(&str, &[u8])> = fwd.headers.iter().map(|h| (h.name, h.value)).collect();
@@ -209,7 +209,7 @@ pub fn head_fields(data: &[u8]) {
     FRONT.with(|front| {
         check_head(front, text.as_bytes());
         let mut out = Vec::new();
-        let verdict = front.plan(text.as_bytes(), "192.0.2.7", &mut out);
+        let verdict = front.plan(text.as_bytes(), std::net::IpAddr::from([192, 0, 2, 7]), &mut out);
         let digits: Vec<u64> = lengths.iter().flatten().copied().collect();
         let framing_bad = lengths.iter().any(Option::is_none)
             || digits.windows(2).any(|w| w[0] != w[1])
@@ -236,4 +236,29 @@ pub fn head_fields(data: &[u8]) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Plan, front};
+
+    #[test]
+    fn an_ingress_route_adds_no_forwarded_and_passes_the_clients_on() {
+        let front = front();
+        for (client, want) in [
+            ("", None),
+            ("Forwarded: for=10.0.0.1\r\n", Some("Forwarded: for=10.0.0.1\r\n")),
+        ] {
+            let head = format!("GET / HTTP/1.1\r\nHost: h\r\n{client}\r\n");
+            let mut out = Vec::new();
+            let planned = front.plan(head.as_bytes(), std::net::IpAddr::from([192, 0, 2, 7]), &mut out);
+            assert!(matches!(planned, Ok(Some(r)) if matches!(r.plan, Plan::Forward(_))));
+            let out = String::from_utf8(out).unwrap();
+            assert!(out.contains("X-Forwarded-For: 192.0.2.7\r\n"), "{out}");
+            assert_eq!(out.matches("orwarded:").count(), usize::from(want.is_some()), "{out}");
+            if let Some(w) = want {
+                assert!(out.contains(w), "{out}");
+            }
+        }
+    }
 }
