@@ -730,6 +730,7 @@ impl IngressL7 {
             .args(lb.map_or(Vec::new(), |(pool, link)| {
                 vec!["--lb-pool", pool, "--lb-interface", link]
             }))
+            .args(extra)
             .stdout(Stdio::piped())
             .stderr(log.reopen().unwrap())
             .spawn()

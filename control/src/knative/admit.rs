@@ -228,7 +228,7 @@ fn revision_spec(spec: &Value, at: &str) -> Check {
             return bad(format!("{here}.{f}"), format!("must not set the field(s): {here}.{f}"));
         }
         if let Some(u) = c.pointer("/securityContext/runAsUser") {
-            if !u.as_i64().is_some_and(|u| u >= 0) {
+            if u.as_i64().is_none_or(|u| u < 0) {
                 return bad(
                     format!("{here}.securityContext.runAsUser"),
                     format!("expected 0 <= {u} <= 2147483647"),
