@@ -136,6 +136,15 @@ impl Upstream {
         }
     }
 
+    /// Leave the endpoint out now (a revision's pod that refused a connection is going away:
+    /// its replacement, or another pod, takes the retry).
+    pub fn eject(&self, i: usize) {
+        let st = &self.state[i];
+        st.ejected_until
+            .store(now_ms() + EJECT_FOR.as_millis() as u64, Ordering::Relaxed);
+        st.failures.store(0, Ordering::Relaxed);
+    }
+
     pub fn connected(&self, i: usize) {
         self.state[i].failures.store(0, Ordering::Relaxed);
     }

@@ -86,8 +86,9 @@ pub struct Args {
     #[arg(long)]
     pub internal_http: Option<String>,
     /// Bind the internal listener with IP_FREEBIND: its address may not exist yet (a pod
-    /// network's gateway before the network is up). Set by `nodeless up`, no flag.
-    #[arg(skip)]
+    /// network's gateway before the node's first pod brings it up). `nodeless up` sets it for
+    /// the gateway.
+    #[arg(long)]
     pub internal_freebind: bool,
     /// Requests that may wait for a pod of one Knative revision; one more gets 503.
     #[arg(long, default_value_t = activator::QUEUE_CAPACITY)]

@@ -454,17 +454,52 @@ impl Front {
         ingress: &str,
         close: bool,
     ) -> Forwarded {
-        let mut done = Forwarded::default();
-        // A revision's request: a pod with room, waited for if need be.
-        let permit = match activator::gate(f.revision.as_ref(), Instant::now()).await {
-            Ok(p) => p,
-            Err(answer) => {
-                done.answer = Some(answer);
-                return done;
+        // A revision's request: a pod with room, waited for if need be. A pod that refuses the
+        // connection (going away before the ingress saw it go) is left out and the request waits
+        // for another, as long as nothing of it was sent.
+        let started = Instant::now();
+        let mut regated = 0;
+        loop {
+            let permit = match activator::gate(f.revision.as_ref(), started).await {
+                Ok(p) => p,
+                Err(answer) => {
+                    return Forwarded {
+                        answer: Some(answer),
+                        ..Forwarded::default()
+                    };
+                }
+            };
+            let done = self
+                .forward_permitted(io, buf, ubuf, out, rout, f, id, ingress, close, permit.as_ref())
+                .await;
+            match &permit {
+                Some(p) if done.unconnected && regated < CONNECT_TRIES => {
+                    p.upstream.eject(p.endpoint);
+                    regated += 1;
+                }
+                _ => return done,
             }
-        };
-        let u = permit.as_ref().map_or(&*f.upstream, |p| &*p.upstream);
-        let pin = permit.as_ref().map(|p| p.endpoint);
+        }
+    }
+
+    /// [`Self::forward`] with the activator's permit (for a revision's request) in hand.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward_permitted<S: AsyncRead + AsyncWrite + Unpin>(
+        &self,
+        io: &mut S,
+        buf: &mut BytesMut,
+        ubuf: &mut BytesMut,
+        out: &[u8],
+        rout: &mut Vec<u8>,
+        f: &Forward,
+        id: &str,
+        ingress: &str,
+        close: bool,
+        permit: Option<&activator::Permit>,
+    ) -> Forwarded {
+        let mut done = Forwarded::default();
+        let u = permit.map_or(&*f.upstream, |p| &*p.upstream);
+        let pin = permit.map(|p| p.endpoint);
         let timeout = f.settings.read_timeout;
         let tries = if pin.is_some() {
             1

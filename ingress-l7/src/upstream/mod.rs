@@ -59,6 +59,9 @@ pub(crate) struct Forwarded {
     /// The client connection cannot go on (an error mid-response, or the response was delimited
     /// by closing).
     pub(crate) close: bool,
+    /// No endpoint could be connected to, and nothing of the request was sent: a revision's
+    /// request may wait for another pod and go again.
+    pub(crate) unconnected: bool,
 }
 
 /// Counts a request as under way at an endpoint until dropped.

@@ -58,6 +58,7 @@ pub(crate) async fn obtain(
             Ok(c) => Some((i, c, false)),
             Err(e) => {
                 connect_failed(metrics, u, i, ingress);
+                done.unconnected = true;
                 done.error = format!("connecting to {}: {e}", u.addr(i));
                 done.answer = Some((
                     502,
@@ -87,6 +88,7 @@ pub(crate) async fn obtain(
             Err(e) => {
                 connect_failed(metrics, u, i, ingress);
                 if *ntried >= tries {
+                    done.unconnected = true;
                     done.error = format!("connecting to {}: {e}", u.addr(i));
                     done.answer = Some((
                         502,

@@ -10,9 +10,15 @@
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use nodeless_tests::{IngressL7, Nodeless, eventually};
+use nodeless_tests::{Nodeless, eventually};
 
 const V: &str = "1.33";
+
+/// The ingress `nodeless up` runs in its own process (the product's own wiring: the internal
+/// listener on the pod network's gateway, port 80, for cluster-local routes), on a free port.
+struct Ingress {
+    http: std::net::SocketAddr,
+}
 
 fn curl(args: &[&str]) -> Output {
     Command::new("curl")
@@ -24,7 +30,7 @@ fn curl(args: &[&str]) -> Output {
 
 /// The revision that answered `GET http://<host><path>` through the ingress (the echo server
 /// shows the `Knative-Serving-Revision` field the ingress added), or the status and body.
-fn revision_of(ing: &IngressL7, host: &str, path: &str, headers: &[&str]) -> String {
+fn revision_of(ing: &Ingress, host: &str, path: &str, headers: &[&str]) -> String {
     let mut args = vec![
         "-H".to_string(),
         format!("Host: {host}"),
@@ -53,17 +59,28 @@ fn revision_line(line: &str) -> Option<String> {
         .then(|| value.to_string())
 }
 
-/// How many of `n` requests each revision answered (one curl, one kept-alive connection).
-fn tally(ing: &IngressL7, host: &str, n: usize) -> std::collections::BTreeMap<String, usize> {
+/// How many of `n` requests each revision answered (one curl, one kept-alive connection),
+/// with the status of each that was not a 200 under `"status <code>"`.
+fn tally(ing: &Ingress, host: &str, n: usize) -> std::collections::BTreeMap<String, usize> {
     let dir = tempfile::tempdir().unwrap();
     let config = dir.path().join("urls");
-    let line = format!("url = \"http://{}/\"\noutput = \"/dev/stdout\"\n", ing.http);
-    std::fs::write(&config, line.repeat(n)).unwrap();
-    let out = curl(&["-H", &format!("Host: {host}"), "-K", &config.to_string_lossy()]);
+    std::fs::write(&config, format!("url = \"http://{}/\"\n", ing.http).repeat(n)).unwrap();
+    let out = curl(&[
+        "-H",
+        &format!("Host: {host}"),
+        "-w",
+        "\nstatus %{http_code}\n",
+        "-K",
+        &config.to_string_lossy(),
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     let mut counts = std::collections::BTreeMap::new();
-    for rev in text.lines().filter_map(revision_line) {
-        *counts.entry(rev).or_default() += 1;
+    for line in text.lines() {
+        if let Some(rev) = revision_line(line) {
+            *counts.entry(rev).or_default() += 1;
+        } else if line.starts_with("status ") && line != "status 200" {
+            *counts.entry(line.to_string()).or_default() += 1;
+        }
     }
     counts
 }
@@ -119,16 +136,27 @@ fn pods_of(n: &Nodeless, service: &str) -> usize {
 #[test]
 fn knative_services_route_split_and_scale_to_zero() {
     let k = 20 + std::process::id() % 200;
+    let http_port = nodeless_tests::free_port().to_string();
     let n = Nodeless::start_with_node(&[
         "--pod-cidr",
         &format!("10.248.{k}.0/24"),
         "--cluster-dns",
         &format!("10.248.{k}.1"),
+        "--ingress-http",
+        &format!("127.0.0.1:{http_port}"),
+        "--ingress-https",
+        "127.0.0.1:0",
+        "--ingress-metrics",
+        "127.0.0.1:0",
+        "--no-lb-pool",
     ])
     .unwrap();
-    // Cluster-local routes are served to pods on the pod network's gateway, port 80.
-    let gateway = format!("10.248.{k}.1");
-    let ing = IngressL7::start_with(&n, None, &["--internal-http", &format!("{gateway}:80")]);
+    let ing = Ingress {
+        http: format!("127.0.0.1:{http_port}").parse().unwrap(),
+    };
+    eventually("nodeless up's ingress listening", 60, || {
+        std::net::TcpStream::connect(ing.http).is_ok()
+    });
     // Knative's install: the CRDs, the knative-serving namespace and its ConfigMaps.
     let crds = n.kubectl_ok(V, &["get", "crd", "-o", "name"]);
     for crd in [
@@ -398,7 +426,7 @@ fn knative_services_route_split_and_scale_to_zero() {
                 "--",
                 "/echo-server",
                 "get",
-                "http://local.default.svc.cluster.local/",
+                "http://local.default.svc.cluster.local:80/",
             ],
         );
         String::from_utf8_lossy(&out.stdout)

@@ -106,7 +106,11 @@ fn knative_conformance_suite() {
     for layout in images.lines() {
         n.nodeless(&["image", "import", layout]).unwrap();
     }
-    let ing = IngressL7::start_with(&n, None, &["--internal-http", &format!("10.251.{k}.1:80")]);
+    let ing = IngressL7::start_with(
+        &n,
+        None,
+        &["--internal-http", &format!("10.251.{k}.1:80"), "--internal-freebind"],
+    );
 
     let run_started = Instant::now();
     let run = Command::new("bash")

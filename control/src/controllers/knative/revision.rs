@@ -5,6 +5,7 @@
 
 use serde_json::{Map, Value, json};
 
+use super::configuration::{ROUTES, ROUTING_STATE, ROUTING_STATE_MODIFIED};
 use super::{
     SERVING_API, condition, keys_of, ns_name, owner_keys, prefix, served, set_condition, set_ready_from, write_status,
 };
@@ -26,6 +27,9 @@ const REVISION_ONLY: [&str; 4] = [
     "responseStartTimeoutSeconds",
     "idleTimeoutSeconds",
 ];
+/// What the route controller writes on a revision as routes come and go: never copied into its
+/// pods.
+const ROUTING_KEYS: [&str; 3] = [ROUTING_STATE, ROUTES, ROUTING_STATE_MODIFIED];
 /// Waiting reasons of a container whose image cannot be had.
 const IMAGE_ERRORS: [&str; 4] = [
     "ErrImagePull",
@@ -128,15 +132,23 @@ fn pod_template(rev: &Value, labels: &Map<String, Value>) -> Value {
         }
         c["readinessProbe"] = probe;
     }
-    let mut meta_labels = rev
-        .pointer("/metadata/labels")
-        .and_then(Value::as_object)
-        .cloned()
-        .unwrap_or_default();
+    // The revision's labels and annotations, less what routing changes on it: a pod template
+    // that followed them would roll the pods whenever a route starts or stops sending traffic.
+    let stable = |field: &str| -> Map<String, Value> {
+        rev.pointer(&format!("/metadata/{field}"))
+            .and_then(Value::as_object)
+            .map(|m| {
+                m.iter()
+                    .filter(|(k, _)| !ROUTING_KEYS.contains(&k.as_str()))
+                    .map(|(k, v)| (k.clone(), v.clone()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut meta_labels = stable("labels");
     meta_labels.extend(labels.clone());
     json!({
-        "metadata": {"labels": meta_labels,
-            "annotations": rev.pointer("/metadata/annotations").cloned().unwrap_or(json!({}))},
+        "metadata": {"labels": meta_labels, "annotations": stable("annotations")},
         "spec": spec,
     })
 }
@@ -401,6 +413,14 @@ mod tests {
                 "containers": [{"name": "user-container", "image": "x", "env": [{"name": "TARGET", "value": "World"}]}]}});
         let t = pod_template(&rev, &Map::new());
         let c = &t["spec"]["containers"][0];
+        let mut routed = rev.clone();
+        routed["metadata"]["labels"][ROUTING_STATE] = json!("active");
+        routed["metadata"]["annotations"] = json!({ROUTES: "hello", ROUTING_STATE_MODIFIED: "now"});
+        assert_eq!(
+            pod_template(&routed, &Map::new())["metadata"],
+            t["metadata"],
+            "routing must not roll the pods"
+        );
         assert_eq!(t["spec"].get("containerConcurrency"), None);
         let env: Vec<(&str, &str)> = c["env"]
             .as_array()
