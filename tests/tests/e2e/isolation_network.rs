@@ -107,7 +107,7 @@ spec:
     });
     assert!(
         show().contains(&format!(
-            "walls: node closed but the cluster DNS {dns} port 53; link-local closed"
+            "walls: node closed but the cluster DNS {dns} port 53 (and the ingress there, TCP 80); link-local closed"
         )),
         "{}",
         show()
