@@ -16,69 +16,47 @@ use nodeless_tests::{IngressL7, Nodeless, kubectl_path, workspace_root};
 const V: &str = "1.33";
 
 /// `<suite> <test>` of every test that passed on Nodeless.
-const PASSING: [&str; 31] = [
-    "api TestBlueGreenRoute
-",
-    "api TestConfigMapVolume
-",
-    "api TestConfigurationGetAndList
-",
-    "api TestContainerExitingMsg
-",
-    "api TestCustomResourcesLimits
-",
-    "api TestRevisionGetAndList
-",
-    "api TestRouteAndConfigGenerateName
-",
-    "api TestRouteGetAndList
-",
-    "api TestSecretVolume
-",
-    "api TestServiceCreateListAndDelete
-",
-    "api TestServiceGenerateName
-",
-    "api TestSingleConcurrency
-",
-    "api TestUpdateConfigurationMetadata
-",
-    "runtime TestCmdArgs
-",
-    "runtime TestConfigsViaEnv
-",
-    "runtime TestLivenessWithFail
-",
-    "runtime TestMustEnvVars
-",
-    "runtime TestMustHaveCgroupConfigured
-",
-    "runtime TestMustHaveFiles
-",
-    "runtime TestMustRunAsUser
-",
-    "runtime TestProbeRuntime
-",
-    "runtime TestProbeRuntimeAfterStartup
-",
-    "runtime TestSecretsViaEnv
-",
-    "runtime TestShouldEnvVars
-",
-    "runtime TestShouldHaveCgroupReadOnly
-",
-    "runtime TestShouldHaveFiles
-",
-    "runtime TestShouldHaveHeadersSet
-",
-    "runtime TestShouldHaveStdinEOF
-",
-    "runtime TestShouldHaveSysctlReadOnly
-",
-    "runtime TestShouldRunAsUserContainerDefault
-",
-    "runtime TestWorkingDirService
-",
+const PASSING: [&str; 40] = [
+    "api TestBlueGreenRoute",
+    "api TestConfigMapVolume",
+    "api TestConfigurationGetAndList",
+    "api TestContainerExitingMsg",
+    "api TestCustomResourcesLimits",
+    "api TestProjectedComplex",
+    "api TestProjectedConfigMapVolume",
+    "api TestProjectedSecretVolume",
+    "api TestRevisionGetAndList",
+    "api TestRevisionTimeout",
+    "api TestRouteAndConfigGenerateName",
+    "api TestRouteCreation",
+    "api TestRouteGetAndList",
+    "api TestSecretVolume",
+    "api TestServiceBYOName",
+    "api TestServiceCreateListAndDelete",
+    "api TestServiceGenerateName",
+    "api TestServiceWithTrafficSplit",
+    "api TestSingleConcurrency",
+    "api TestUpdateConfigurationMetadata",
+    "runtime TestCmdArgs",
+    "runtime TestConfigsViaEnv",
+    "runtime TestLivenessWithFail",
+    "runtime TestMustEnvVars",
+    "runtime TestMustHaveCgroupConfigured",
+    "runtime TestMustHaveFiles",
+    "runtime TestMustHaveHeadersSet",
+    "runtime TestMustNotContainerConstraints",
+    "runtime TestMustRunAsUser",
+    "runtime TestProbeRuntime",
+    "runtime TestProbeRuntimeAfterStartup",
+    "runtime TestSecretsViaEnv",
+    "runtime TestShouldEnvVars",
+    "runtime TestShouldHaveCgroupReadOnly",
+    "runtime TestShouldHaveFiles",
+    "runtime TestShouldHaveHeadersSet",
+    "runtime TestShouldHaveStdinEOF",
+    "runtime TestShouldHaveSysctlReadOnly",
+    "runtime TestShouldRunAsUserContainerDefault",
+    "runtime TestWorkingDirService",
 ];
 
 #[test]
