@@ -59,7 +59,12 @@ const PASSING: [&str; 40] = [
     "runtime TestWorkingDirService",
 ];
 
+// Run by hand (`cargo test -p nodeless-tests --test e2e knative_conformance -- --ignored`), not
+// by default: on 2026-12-06 it passed 40 tests in one clean-clone run, and in the next (no product
+// change between them) no Service became Ready within the suites' 5 minutes, for a reason not
+// found yet. Until it is, it would make CI fail at random.
 #[test]
+#[ignore = "flaky: see the comment above"]
 fn knative_conformance_suite() {
     let started = Instant::now();
     let scripts = workspace_root().join("tests/knative-conformance");
