@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 
-use super::{served, set_condition, write_status};
+use super::{served, set_active, set_condition, write_status};
 use crate::api::local::LocalClient;
 use crate::controllers::str_at;
 use crate::knative::{config, duration};
@@ -273,25 +273,7 @@ pub async fn run(client: LocalClient) {
             status["desiredScale"] = json!(desired);
             status["actualScale"] = json!(ready);
             set_condition(&mut status, "Ready", "True", "", "");
-            if ready > 0 {
-                set_condition(&mut status, "Active", "True", "", "");
-            } else if desired == 0 {
-                set_condition(
-                    &mut status,
-                    "Active",
-                    "False",
-                    "NoTraffic",
-                    "The target is not receiving traffic.",
-                );
-            } else {
-                set_condition(
-                    &mut status,
-                    "Active",
-                    "Unknown",
-                    "Queued",
-                    "Requests to the target are being buffered as resources are provisioned.",
-                );
-            }
+            set_active(&mut status, ready, desired);
             if current != Some(desired) {
                 tracing::info!(namespace = %ns, revision = %name, from = ?current, to = desired, ready, stable = inputs.stable, panic = inputs.panic, "scale");
             }

@@ -160,6 +160,30 @@ pub fn set_ready_from(status: &mut Value, deps: &[&str]) {
     }
 }
 
+/// `Active` of a PodAutoscaler or Revision: pods ready, none wanted, or requests waiting for the
+/// first.
+pub fn set_active(status: &mut Value, ready: i64, desired: i64) {
+    if ready > 0 {
+        set_condition(status, "Active", "True", "", "");
+    } else if desired == 0 {
+        set_condition(
+            status,
+            "Active",
+            "False",
+            "NoTraffic",
+            "The target is not receiving traffic.",
+        );
+    } else {
+        set_condition(
+            status,
+            "Active",
+            "Unknown",
+            "Queued",
+            "Requests to the target are being buffered as resources are provisioned.",
+        );
+    }
+}
+
 /// Write `status` if it differs from the stored one (with `observedGeneration` set).
 pub async fn write_status(
     client: &LocalClient,

@@ -7,7 +7,8 @@ use serde_json::{Map, Value, json};
 
 use super::configuration::{ROUTES, ROUTING_STATE, ROUTING_STATE_MODIFIED};
 use super::{
-    SERVING_API, condition, keys_of, ns_name, owner_keys, prefix, served, set_condition, set_ready_from, write_status,
+    SERVING_API, condition, keys_of, ns_name, owner_keys, prefix, served, set_active, set_condition, set_ready_from,
+    write_status,
 };
 use crate::api::error::ApiError;
 use crate::api::local::LocalClient;
@@ -328,25 +329,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
             }
         }
     }
-    if ready > 0 {
-        set_condition(&mut status, "Active", "True", "", "");
-    } else if desired == 0 {
-        set_condition(
-            &mut status,
-            "Active",
-            "False",
-            "NoTraffic",
-            "The target is not receiving traffic.",
-        );
-    } else {
-        set_condition(
-            &mut status,
-            "Active",
-            "Unknown",
-            "Activating",
-            "Waiting for a ready pod.",
-        );
-    }
+    set_active(&mut status, ready, desired);
     set_ready_from(&mut status, &["ResourcesAvailable", "ContainerHealthy"]);
     write_status(&client, &revisions, &cur, status).await
 }
