@@ -75,6 +75,10 @@ pub struct NodeArgs {
     /// (`hostUsers: false`) fail.
     #[arg(long)]
     pub no_user_namespaces: bool,
+    /// Sandboxes (namespaces with their network attached) kept made ahead of their pods, so a
+    /// new pod skips that step; refilled in the background after each is taken. 0 for none
+    #[arg(long, default_value_t = 2)]
+    pub warm_sandboxes: usize,
 }
 
 /// Where the node keeps images and pods under a data directory.
@@ -174,7 +178,7 @@ pub struct StartedNode {
 
 impl StartedNode {
     pub async fn stop(self) {
-        self.node.stop();
+        self.node.stop().await;
         if let Some(n) = self.network {
             n.stop().await;
         }
@@ -300,6 +304,7 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         insecure_registries: args.insecure_registries.clone(),
         keeper,
         user_namespaces: !args.no_user_namespaces,
+        warm_sandboxes: args.warm_sandboxes,
     };
     match nodeless_sandbox_node::node::start(cfg, client).await {
         Ok(node) => Ok(StartedNode {

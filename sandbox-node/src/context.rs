@@ -40,6 +40,8 @@ pub struct NodeCtx {
     pub user_namespaces: bool,
     /// The host id ranges of pods' user namespaces, one per pod.
     pub id_ranges: crate::userns::IdRanges,
+    /// Sandboxes made ahead of their pods (see `warm`).
+    pub warm: crate::warm::WarmPool,
     pub(crate) pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Pod UIDs by namespace and name, as the node's watch last saw them.
     pub(crate) names: Mutex<HashMap<(String, String), String>>,
@@ -70,6 +72,16 @@ impl NodeCtx {
             .unwrap_or_else(|e| e.into_inner())
             .get(&(ns.to_string(), name.to_string()))
             .cloned()
+    }
+
+    /// What the warm pool makes its sandboxes with.
+    pub fn warm_makers(&self) -> crate::warm::Makers<'_> {
+        crate::warm::Makers {
+            keeper: &self.keeper,
+            network: &*self.network,
+            ranges: &self.id_ranges,
+            user_namespaces: self.user_namespaces,
+        }
     }
 
     pub fn pod_dir(&self, uid: &str) -> PathBuf {

@@ -26,3 +26,4 @@ pub mod shim_proto;
 pub mod spec;
 pub mod streams;
 pub mod userns;
+pub mod warm;

@@ -47,6 +47,8 @@ pub struct NodeConfig {
     pub keeper: Arc<crate::sandbox::Keeper>,
     /// Every pod in its own user namespace (see `userns`); off for kernels that cannot.
     pub user_namespaces: bool,
+    /// How many sandboxes to keep made ahead of their pods (see `warm`); 0 for none.
+    pub warm_sandboxes: usize,
 }
 
 /// The id ranges that pods saved under `bundles_dir` hold (pods a restarted node will adopt):
@@ -68,9 +70,18 @@ pub struct RunningNode {
 }
 
 impl RunningNode {
-    pub fn stop(self) {
+    /// Stop the node's tasks and give back its warm sandboxes (their addresses and namespaces:
+    /// pods keep running and are adopted at the next start, the pool is made again then).
+    pub async fn stop(self) {
         for t in self.tasks {
             t.abort();
+        }
+        let makers = self.ctx.warm_makers();
+        let give_back = self.ctx.warm.give_back(&makers, true);
+        match tokio::time::timeout(Duration::from_secs(10), give_back).await {
+            Ok(errors) if errors.is_empty() => {}
+            Ok(errors) => tracing::warn!(errors = %errors.join("; "), "giving back the warm sandboxes"),
+            Err(_) => tracing::warn!("giving back the warm sandboxes took over 10 s; the next start finishes it"),
         }
     }
 }
@@ -240,6 +251,34 @@ async fn watch_pods(ctx: Arc<NodeCtx>, workers: Workers) {
     }
 }
 
+/// Keep the warm pool full: first give back what an earlier run of the node left, then make
+/// sandboxes until the pool is full, and again a moment after each one is taken. A failure is
+/// logged and tried again after a back-off (1 s, doubling to a minute).
+async fn keep_warm(ctx: Arc<NodeCtx>) {
+    let errors = ctx.warm.give_back(&ctx.warm_makers(), false).await;
+    if !errors.is_empty() {
+        tracing::warn!(errors = %errors.join("; "), "giving back an earlier run's warm sandboxes");
+    }
+    let mut backoff = Duration::from_secs(1);
+    loop {
+        while ctx.warm.wanted() {
+            match ctx.warm.make_one(&ctx.warm_makers()).await {
+                Ok(()) => backoff = Duration::from_secs(1),
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "making a warm sandbox");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(60));
+                }
+            }
+        }
+        if ctx.warm.is_off() {
+            return;
+        }
+        ctx.warm.taken().await;
+        tokio::time::sleep(crate::warm::REFILL_DELAY).await;
+    }
+}
+
 /// Pods on disk that the API no longer has (deleted while the node was down): tear them down.
 async fn clean_orphans(ctx: &Arc<NodeCtx>, workers: &Workers, live: &std::collections::HashSet<String>) {
     let Ok(dir) = std::fs::read_dir(&ctx.pods_dir) else {
@@ -292,6 +331,8 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
         }
     }
     crate::private::dir(&ns_dir)?;
+    let warm_dir = cfg.run_dir.join("warm");
+    crate::private::dir(&warm_dir)?;
     match crate::cgroups::cap_pods(&cgroup_parent(&cfg.name)) {
         Ok((memory, millicpu)) => tracing::info!(memory, millicpu, "all pods together capped"),
         Err(e) => {
@@ -321,6 +362,7 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
         keeper: cfg.keeper,
         user_namespaces: cfg.user_namespaces,
         id_ranges: held_id_ranges(&bundles_dir_for_ranges),
+        warm: crate::warm::WarmPool::new(warm_dir, cfg.warm_sandboxes),
         pulls: Mutex::new(HashMap::new()),
         names: Mutex::new(HashMap::new()),
         forget_worker: Box::new(move |uid| {
@@ -337,10 +379,11 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
     .await?;
     let hb = tokio::spawn(heartbeat(client, cfg.name.clone()));
     let watch = tokio::spawn(watch_pods(ctx.clone(), workers));
+    let warm = tokio::spawn(keep_warm(ctx.clone()));
     tracing::info!(node = %cfg.name, kubelet = %kubelet_addr, "node registered");
     Ok(RunningNode {
         ctx,
         kubelet_addr,
-        tasks: vec![server, hb, watch],
+        tasks: vec![server, hb, watch, warm],
     })
 }

@@ -328,6 +328,35 @@ impl PodNamespaces {
         Ok(())
     }
 
+    /// Take over the namespaces `warm` holds (made ahead of any pod, see `warm`), renamed to
+    /// this pod's and given its hostname; `warm`'s record goes.
+    pub async fn claim(&self, keeper: &Keeper, warm: &PodNamespaces, hostname: &str) -> Result<(), SandboxError> {
+        std::fs::create_dir_all(&self.dir).map_err(io(format!("creating {}", self.dir.display())))?;
+        check_hostname(hostname)?;
+        let before = warm.held().ok_or_else(|| SandboxError {
+            what: format!("the warm sandbox {}", warm.key()),
+            source: std::io::Error::other("its namespaces are gone"),
+        })?;
+        let reply = keeper
+            .request(&format!("claim {} {} {hostname}", warm.key(), self.key()))
+            .await?;
+        let fds = reply.strip_prefix("ok ").ok_or_else(|| SandboxError {
+            what: "the node's supervisor".into(),
+            source: std::io::Error::other(reply.strip_prefix("err ").unwrap_or(&reply).to_string()),
+        })?;
+        if Held::parse(fds) != Some(before) {
+            return Err(SandboxError {
+                what: "the node's supervisor".into(),
+                source: std::io::Error::other(format!("unexpected answer {reply:?}")),
+            });
+        }
+        let tmp = self.dir.join("ns.tmp");
+        std::fs::write(&tmp, format!("{fds}\n")).map_err(io("recording the namespaces"))?;
+        std::fs::rename(&tmp, self.dir.join("ns")).map_err(io("recording the namespaces"))?;
+        let _ = std::fs::remove_dir_all(&warm.dir);
+        Ok(())
+    }
+
     /// Let the keeper close them (the namespaces go with their last user) and forget them;
     /// keeps going past failures and reports all of them.
     pub async fn remove(&self, keeper: &Keeper) -> Result<(), Vec<SandboxError>> {

@@ -61,6 +61,8 @@ pub struct Worker {
     /// Each attempt's bundle (in the run directory).
     run_dir: PathBuf,
     ns: PodNamespaces,
+    /// The pod's CNI container id: its UID, or the key of the warm sandbox it took.
+    net_id: String,
     pod_ip: String,
     sandbox_ready: bool,
     volumes: Vec<files::PodVolume>,
@@ -112,6 +114,7 @@ impl Worker {
         let w = Worker {
             ctx,
             pod,
+            net_id: uid.clone(),
             uid,
             dir,
             run_dir,
@@ -298,6 +301,7 @@ impl Worker {
         let saved = Saved {
             pod_ip: self.pod_ip.clone(),
             user_base: self.user_base,
+            net_id: (self.net_id != self.uid).then(|| self.net_id.clone()),
             containers: self
                 .ctrs
                 .iter()
@@ -327,6 +331,9 @@ impl Worker {
         if let Some(base) = saved.user_base {
             self.ctx.id_ranges.hold(base);
             self.user_base = Some(base);
+        }
+        if let Some(id) = saved.net_id {
+            self.net_id = id;
         }
         if !self.ns.exist() || self.ns.user().is_some() != self.user_base.is_some() {
             return;
@@ -410,12 +417,13 @@ impl Worker {
         };
         let parts = teardown::LiveSandbox {
             ctx: &self.ctx,
-            uid: &self.uid,
+            net_id: &self.net_id,
             ns: &self.ns,
         };
         let errors = teardown::release(&parts, made).await;
         if made.network {
             self.pod_ip.clear();
+            self.net_id = self.uid.clone();
         }
         if errors.is_empty() {
             Err(e)
@@ -438,6 +446,8 @@ impl Worker {
         let hostname = pod_hostname(&self.pod);
         let wants_userns =
             crate::userns::wants_user_namespace(&self.pod, self.ctx.user_namespaces).map_err(|e| e.to_string())?;
+        let t0 = std::time::Instant::now();
+        let warm = self.take_warm(wants_userns, &hostname, made).await;
         if wants_userns && self.user_base.is_none() {
             self.user_base = Some(self.ctx.id_ranges.allocate().map_err(|e| e.to_string())?);
             self.save();
@@ -457,15 +467,19 @@ impl Worker {
                 .map_err(|e| e.to_string())?;
         }
         made.namespaces = true;
+        let namespaced = t0.elapsed();
         crate::cgroups::limit_pod_pids(&self.ctx.cgroup_parent, &self.uid, crate::cgroups::POD_PIDS_MAX)?;
         made.network = true;
-        let ip = self
-            .ctx
-            .network
-            .attach(&self.uid, &self.pod, &self.ns.net())
-            .await
-            .map_err(|e| format!("network: {e}"))?;
-        self.pod_ip = ip;
+        if !warm {
+            let ip = self
+                .ctx
+                .network
+                .attach(&self.net_id, &self.pod, &self.ns.net())
+                .await
+                .map_err(|e| format!("network: {e}"))?;
+            self.pod_ip = ip;
+        }
+        let attached = t0.elapsed();
         let dns = files::DnsSettings {
             cluster_dns: self.ctx.cluster_dns.as_deref(),
             cluster_domain: &self.ctx.cluster_domain,
@@ -504,7 +518,56 @@ impl Worker {
         }
         self.sandbox_ready = true;
         self.save();
+        tracing::debug!(
+            pod = %self.pod_name(),
+            warm,
+            namespaces_ms = namespaced.as_secs_f64() * 1e3,
+            network_ms = (attached - namespaced).as_secs_f64() * 1e3,
+            files_ms = (t0.elapsed() - attached).as_secs_f64() * 1e3,
+            "sandbox made"
+        );
         Ok(())
+    }
+
+    /// On a pod's first try, take a warm sandbox (see `warm`) if the pool has one for it: its
+    /// namespaces become the pod's, with the pod's hostname, and its network (address and CNI
+    /// id) the pod's. False when there is none or taking it failed (what was taken is given
+    /// back in the background, and a supervisor that cannot hand namespaces over turns the
+    /// pool off); the sandbox is then made as without a pool.
+    async fn take_warm(&mut self, wants_userns: bool, hostname: &str, made: &mut teardown::Made) -> bool {
+        if self.user_base.is_some() || self.ns.exist() || self.net_id != self.uid {
+            return false;
+        }
+        let Some(w) = self.ctx.warm.take(wants_userns) else {
+            return false;
+        };
+        match self.ns.claim(&self.ctx.keeper, &w.ns, hostname).await {
+            Ok(()) => {
+                made.namespaces = true;
+                made.network = true;
+                self.user_base = w.user_base;
+                self.net_id = w.key;
+                self.pod_ip = w.ip;
+                self.save();
+                true
+            }
+            Err(e) => {
+                let message = e.to_string();
+                tracing::warn!(pod = %self.pod_name(), warm = %w.key, error = %message, "taking a warm sandbox");
+                if message.contains("unknown request") {
+                    tracing::warn!("the node's supervisor predates warm sandboxes: the pool is off until it restarts");
+                    self.ctx.warm.turn_off();
+                }
+                let ctx = self.ctx.clone();
+                tokio::spawn(async move {
+                    let errors = crate::warm::discard(&w, &ctx.warm_makers()).await;
+                    if !errors.is_empty() {
+                        tracing::warn!(warm = %w.key, errors = %errors.join("; "), "giving back a warm sandbox");
+                    }
+                });
+                false
+            }
+        }
     }
 
     /// Measure the pod's local storage when it is due; evict the pod that is over a limit.
@@ -1189,7 +1252,18 @@ impl Worker {
         for c in &mut self.ctrs {
             c.stop_tasks();
         }
-        let errors = teardown::teardown(&self.ctx, &self.uid, &self.dir, &self.run_dir, &self.ns, &ids).await;
+        let errors = teardown::teardown(
+            &self.ctx,
+            &self.uid,
+            &self.net_id,
+            teardown::Dirs {
+                data: &self.dir,
+                run: &self.run_dir,
+            },
+            &self.ns,
+            &ids,
+        )
+        .await;
         // The range is free once nothing of the pod runs in it (its namespaces are gone with
         // the keeper's descriptors, its files with its directories).
         if let Some(base) = self.user_base.take()

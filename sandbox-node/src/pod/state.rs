@@ -65,6 +65,9 @@ pub struct Saved {
     /// pod's range, kept across node restarts.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_base: Option<u32>,
+    /// The CNI container id, when it is not the pod's UID (a warm sandbox's key).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub net_id: Option<String>,
     pub containers: BTreeMap<String, SavedCtr>,
 }
 

@@ -138,7 +138,8 @@ pub trait SandboxParts: Send + Sync {
 /// The node's own: CNI DEL through `ctx.network`, namespaces through the keeper.
 pub struct LiveSandbox<'a> {
     pub ctx: &'a NodeCtx,
-    pub uid: &'a str,
+    /// The pod's CNI container id (its UID, or the key of the warm sandbox it took).
+    pub net_id: &'a str,
     pub ns: &'a PodNamespaces,
 }
 
@@ -147,7 +148,7 @@ impl SandboxParts for LiveSandbox<'_> {
     async fn detach_network(&self) -> Result<(), String> {
         self.ctx
             .network
-            .detach(self.uid, &self.ns.net())
+            .detach(self.net_id, &self.ns.net())
             .await
             .map_err(|e| format!("network: {e}"))
     }
@@ -177,14 +178,24 @@ pub async fn release(parts: &dyn SandboxParts, made: Made) -> Vec<String> {
     errors
 }
 
+/// A pod's data directory and run directory.
+pub struct Dirs<'a> {
+    pub data: &'a Path,
+    pub run: &'a Path,
+}
+
 pub async fn teardown(
     ctx: &NodeCtx,
     uid: &str,
-    dir: &Path,
-    run_dir: &Path,
+    net_id: &str,
+    dirs: Dirs<'_>,
     ns: &PodNamespaces,
     ids: &[String],
 ) -> Vec<String> {
+    let Dirs {
+        data: dir,
+        run: run_dir,
+    } = dirs;
     let mut errors = Vec::new();
     for id in ids {
         if let Err(e) = ctx.runtime.delete(id).await {
@@ -206,7 +217,7 @@ pub async fn teardown(
         network: true,
         namespaces: true,
     };
-    errors.extend(release(&LiveSandbox { ctx, uid, ns }, all).await);
+    errors.extend(release(&LiveSandbox { ctx, net_id, ns }, all).await);
     errors.extend(remove_cgroups(&ctx.cgroup_parent, uid).await);
     for d in [run_dir, dir] {
         if let Err(e) = std::fs::remove_dir_all(d) {

@@ -70,10 +70,26 @@ spec:
     )
 }
 
+/// The warm pool's sandboxes (made ahead of pods, see sandbox-node's `warm`): key, and the
+/// supervisor's pid and descriptors, from `/run/nodeless/<node>/warm/<key>/ns`.
+fn warm_sandboxes(node: &str) -> Vec<(String, u32, Vec<u32>)> {
+    let dir = Path::new("/run/nodeless").join(node).join("warm");
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+        let record = std::fs::read_to_string(e.path().join("ns")).unwrap_or_default();
+        let mut words = record.split_whitespace().filter_map(|w| w.parse::<u32>().ok());
+        if let Some(pid) = words.next() {
+            found.push((e.file_name().to_string_lossy().into_owned(), pid, words.collect()));
+        }
+    }
+    found
+}
+
 /// Every trace a pod can leave on the host: containers and their processes, mounts, namespaces,
-/// cgroups, pod directories.
+/// cgroups, pod directories. The warm pool's namespaces are the node's, not a pod's.
 fn leftovers(n: &Nodeless) -> Vec<String> {
     let node = n.node.clone().unwrap_or_default();
+    let warm = warm_sandboxes(&node);
     let mut found = Vec::new();
     found.extend(
         nodeless_tests::runtime_containers(&node)
@@ -103,6 +119,10 @@ fn leftovers(n: &Nodeless) -> Vec<String> {
             let Ok(link) = std::fs::read_link(fd.path()) else {
                 continue;
             };
+            let number: u32 = fd.file_name().to_string_lossy().parse().unwrap_or(0);
+            if warm.iter().any(|(_, p, fds)| *p == pid && fds.contains(&number)) {
+                continue;
+            }
             let link = link.to_string_lossy().into_owned();
             let host = ["net", "ipc", "uts"]
                 .iter()
@@ -373,6 +393,108 @@ async fn node_restart_adopts_running_pods() {
 
     n.kubectl_ok(V, &["delete", "pod", "keeper", "--grace-period=1"]);
     no_leftovers(&n, "no leftovers after the restart", 30);
+}
+
+/// The warm pool: with a pod network (eni-cni), the node keeps two sandboxes made ahead (their
+/// namespaces held, their address leased); a new pod takes one (its IP is that sandbox's, its
+/// hostname its own), the pool refills, a restart after a crash gives back the earlier run's
+/// sandboxes, and a deleted pod gives back the address under the sandbox's CNI id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_take_warm_sandboxes_and_the_pool_refills() {
+    assert!(is_root(), "sandbox-node tests need root");
+    let k = 20 + std::process::id() % 200;
+    let mut n = Nodeless::start_with_node(&[
+        "--pod-cidr",
+        &format!("10.249.{k}.0/24"),
+        "--cluster-dns",
+        &format!("10.249.{k}.1"),
+        "--warm-sandboxes",
+        "2",
+    ])
+    .unwrap();
+    let node = n.node.clone().unwrap();
+    let cni_cache = n.data_dir().join("node").join("cni");
+    let cached = |key: &str| cni_cache.join(format!("{key}.json")).exists();
+    let ready = || {
+        let w = warm_sandboxes(&node);
+        let recorded = w.iter().all(|(key, _, _)| {
+            Path::new("/run/nodeless")
+                .join(&node)
+                .join("warm")
+                .join(key)
+                .join("warm.json")
+                .exists()
+        });
+        (w.len() == 2 && recorded).then_some(w)
+    };
+    eventually("two warm sandboxes", 60, || ready().is_some());
+    let before = ready().unwrap();
+    let ip_of = |key: &str| -> String {
+        let record = std::fs::read_to_string(
+            Path::new("/run/nodeless")
+                .join(&node)
+                .join("warm")
+                .join(key)
+                .join("warm.json"),
+        )
+        .unwrap();
+        serde_json::from_str::<serde_json::Value>(&record).unwrap()["ip"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let warm_ips: Vec<(String, String)> = before.iter().map(|(key, _, _)| (key.clone(), ip_of(key))).collect();
+    for (key, ip) in &warm_ips {
+        assert!(ip.starts_with(&format!("10.249.{k}.")), "{key}: {ip}");
+        assert!(cached(key), "{key} has no CNI result cached: its ADD did not run");
+    }
+
+    let pod = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: warm-taker}}\nspec:\n  containers:\n  - {{name: c, image: {BUSYBOX}, command: [sh, -c, 'hostname; cat /etc/hostname; while true; do sleep 1; done']}}\n"
+    );
+    let applied = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&pod));
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/warm-taker", "--timeout=60s"]);
+    let ip = n.kubectl_ok(V, &["get", "pod", "warm-taker", "-o", "jsonpath={.status.podIP}"]);
+    let taken = warm_ips
+        .iter()
+        .find(|(_, w)| *w == ip)
+        .map(|(key, _)| key.clone())
+        .unwrap_or_else(|| panic!("the pod's IP {ip} is none of the warm sandboxes' {warm_ips:?}"));
+    eventually("the pod's hostname in its logs", 20, || {
+        n.kubectl_ok(V, &["logs", "warm-taker"]).lines().collect::<Vec<_>>() == ["warm-taker", "warm-taker"]
+    });
+    // The pool refills: two again, the taken one no longer among them.
+    eventually("the pool refilled", 30, || {
+        ready().is_some_and(|w| w.len() == 2 && w.iter().all(|(key, _, _)| *key != taken))
+    });
+    assert!(
+        cached(&taken),
+        "the pod's address is leased under the warm sandbox's id"
+    );
+
+    // The node crashes; its next start gives back the sandboxes the first run made and makes new
+    // ones; the pod is adopted, its network under the same id.
+    let kept: Vec<String> = ready().unwrap().into_iter().map(|(key, _, _)| key).collect();
+    n.restart(true).unwrap();
+    eventually(
+        "the earlier run's warm sandboxes given back, two new ones made",
+        60,
+        || {
+            ready().is_some_and(|w| w.iter().all(|(key, _, _)| !kept.contains(key)))
+                && kept.iter().all(|key| !cached(key))
+        },
+    );
+    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/warm-taker", "--timeout=60s"]);
+    assert_eq!(
+        n.kubectl_ok(V, &["get", "pod", "warm-taker", "-o", "jsonpath={.status.podIP}"]),
+        ip
+    );
+
+    // Deleting the pod releases the address under the sandbox's id, and leaves nothing.
+    n.kubectl_ok(V, &["delete", "pod", "warm-taker", "--grace-period=1"]);
+    eventually("the taken sandbox's CNI DEL", 30, || !cached(&taken));
+    no_leftovers(&n, "no leftovers", 30);
 }
 
 #[test]

@@ -90,8 +90,32 @@ impl Namespaces {
         Ok(reply)
     }
 
-    /// `new <key> <hostname> [<host uid base>]`, `get <key>` or `del <key>`; `ok <pid> <net> <ipc>
-    /// <uts> [<user>]`, `none`, `ok` or `err <why>`.
+    /// Hand the namespaces held as `from` (a warm sandbox, made before its pod) to `to`, with the
+    /// pod's hostname: the descriptors stay the same, only their key and the UTS name change.
+    fn claim(&mut self, from: &str, to: &str, hostname: &str) -> Result<String, String> {
+        if self.held.contains_key(to) {
+            return Err(format!("{to} already holds namespaces"));
+        }
+        let files = self
+            .held
+            .get(from)
+            .ok_or_else(|| format!("no namespaces held as {from}"))?;
+        let uts = &files[2];
+        setns(uts, CloneFlags::CLONE_NEWUTS).map_err(|e| format!("entering {from}'s UTS namespace: {e}"))?;
+        let named = nix::unistd::sethostname(hostname).map_err(|e| format!("sethostname {hostname:?}: {e}"));
+        if let Err(e) = setns(&self.home[2], CloneFlags::CLONE_NEWUTS) {
+            eprintln!("nodeless-shim keep: cannot return to the host's uts namespace: {e}");
+            std::process::exit(1);
+        }
+        named?;
+        let files = self.held.remove(from).unwrap_or_default();
+        let reply = Self::fds(&files);
+        self.held.insert(to.to_string(), files);
+        Ok(reply)
+    }
+
+    /// `new <key> <hostname> [<host uid base>]`, `claim <from> <to> <hostname>`, `get <key>` or
+    /// `del <key>`; `ok <pid> <net> <ipc> <uts> [<user>]`, `none`, `ok` or `err <why>`.
     pub fn answer(&mut self, line: &str) -> String {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
@@ -104,6 +128,7 @@ impl Namespaces {
                     .unwrap_or_else(|e| format!("err {e}")),
                 _ => format!("err {base:?} is not a host uid base"),
             },
+            ["claim", from, to, hostname] => self.claim(from, to, hostname).unwrap_or_else(|e| format!("err {e}")),
             ["get", key] => self.held.get(*key).map_or_else(|| "none".to_string(), |f| Self::fds(f)),
             ["del", key] => {
                 self.held.remove(*key);
