@@ -7,6 +7,7 @@
 //!   created at zero (`initial-scale: 0`), one after another; beside it the node's plain pod
 //!   create-to-Ready of the same image with the same readiness probe (a TCP connect to 8080),
 //!   through the API and a watch. p50/p99 of both, and the difference.
+//!   `--warm-sandboxes 0` turns the node's warm pool off, to see what it saves.
 //! - **Step**: 0 to C concurrent clients on a revision at zero, each sending requests back to
 //!   back for S seconds: time to the first response of each client, failed requests, and when
 //!   the ready pod count stopped changing.
@@ -46,6 +47,9 @@ struct Args {
     /// wrk connections of the steady runs.
     #[arg(long, default_value_t = 32)]
     connections: usize,
+    /// The node's warm pool (`nodeless up --warm-sandboxes`; 2 is its default, 0 turns it off).
+    #[arg(long, default_value_t = 2)]
+    warm_sandboxes: usize,
 }
 
 const V: &str = "1.33";
@@ -330,6 +334,8 @@ async fn main() -> Result<()> {
         &format!("10.246.{k}.0/24"),
         "--cluster-dns",
         &format!("10.246.{k}.1"),
+        "--warm-sandboxes",
+        &args.warm_sandboxes.to_string(),
     ])?;
     let ing = IngressL7::start(&n, None);
     n.kubectl_ok(
@@ -352,8 +358,8 @@ async fn main() -> Result<()> {
     let (c50, c99) = p50_p99(cold);
     let (p50, p99) = p50_p99(plain);
     println!(
-        "cold start (request to a revision at zero until its response), {} revisions:",
-        args.cold
+        "cold start (request to a revision at zero until its response), {} revisions, warm pool {}:",
+        args.cold, args.warm_sandboxes
     );
     println!("  knative cold start  p50 {c50:7.1} ms  p99 {c99:7.1} ms");
     println!("  plain pod to Ready  p50 {p50:7.1} ms  p99 {p99:7.1} ms");
