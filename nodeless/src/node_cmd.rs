@@ -174,6 +174,41 @@ pub struct StartedNode {
     pub network: Option<nodeless_eni_cni::node::NodeNetwork>,
     /// The cgroup the node's pods run under, removed at stop when no pod is left in it.
     cgroup_parent: String,
+    /// Held while the node runs (see [`lock_run_dir`]).
+    _run_lock: nix::fcntl::Flock<std::fs::File>,
+}
+
+/// Take the node's run directory (`/run/nodeless/<node>`: its supervisor's socket, the pods'
+/// namespaces and bundles, eni-cni's pool socket, the warm sandboxes) for this process alone.
+/// Two nodes of one name on one host, say two `nodeless up` with different data directories,
+/// would share all of it and undo each other's pods; the second is refused, naming the first.
+fn lock_run_dir(run_dir: &Path, name: &str) -> anyhow::Result<nix::fcntl::Flock<std::fs::File>> {
+    use std::io::{Seek, Write};
+    let path = run_dir.join("node.lock");
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+        Ok(mut lock) => {
+            lock.set_len(0)?;
+            lock.rewind()?;
+            writeln!(lock, "{}", std::process::id())?;
+            Ok(lock)
+        }
+        Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+            let holder = std::fs::read_to_string(&path).unwrap_or_default();
+            anyhow::bail!(
+                "another node named {name} runs on this host (pid {}, holding {}): give this one another --node-name",
+                holder.trim(),
+                path.display()
+            )
+        }
+        Err((_, e)) => Err(anyhow::anyhow!("locking {}: {e}", path.display())),
+    }
 }
 
 impl StartedNode {
@@ -212,6 +247,7 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
     for d in [run_base, run_dir.as_path()] {
         nodeless_sandbox_node::private::dir_for_pods(d, userns).with_context(|| format!("creating {}", d.display()))?;
     }
+    let run_lock = lock_run_dir(&run_dir, &name)?;
     // The runtime resolves bundle paths itself: everything the node hands it is absolute.
     let dir = std::path::absolute(node_dir(data_dir))?;
     let host_ip = if args.kubelet_listen.ip().is_unspecified() {
@@ -309,6 +345,7 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
     match nodeless_sandbox_node::node::start(cfg, client).await {
         Ok(node) => Ok(StartedNode {
             node,
+            _run_lock: run_lock,
             network: pod_network,
             cgroup_parent,
         }),
@@ -461,6 +498,21 @@ pub fn image(cmd: ImageCommand, data_dir: &Path) -> anyhow::Result<()> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_second_node_of_the_same_name_is_refused_until_the_first_lets_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = super::lock_run_dir(dir.path(), "n1").unwrap();
+        let e = super::lock_run_dir(dir.path(), "n1").unwrap_err().to_string();
+        assert!(
+            e.contains("another node named n1 runs on this host")
+                && e.contains(&format!("pid {}", std::process::id()))
+                && e.contains("--node-name"),
+            "{e}"
+        );
+        drop(first);
+        super::lock_run_dir(dir.path(), "n1").expect("free once the first is gone");
+    }
+
     #[test]
     fn the_node_accepts_the_client_name_control_presents() {
         assert_eq!(
