@@ -10,6 +10,7 @@ pub mod controllers;
 pub mod ipalloc;
 pub mod knative;
 pub mod kubeconfig;
+pub mod metrics;
 pub mod patch;
 pub mod printers;
 pub mod private;
@@ -111,6 +112,7 @@ impl ControlPlane {
         let server_tls = pki.server_config()?;
         let node_tls = pki.kubelet_client_config()?;
         let cluster_ips = IpAllocator::new(std::net::Ipv4Addr::new(10, 96, 0, 0), 16);
+        let metrics = metrics::Metrics::new(store.commit_histogram());
         let state = Arc::new(ApiState {
             store,
             registry: Registry::with_builtins(),
@@ -121,6 +123,7 @@ impl ControlPlane {
             cluster_ips,
             node_tls,
             revision_stats: Default::default(),
+            metrics,
         });
         bootstrap(&state, addr).await?;
         let mut tasks = vec![tokio::spawn(api::serve(

@@ -52,12 +52,15 @@ pub struct ApiState {
     pub node_tls: Arc<rustls::ClientConfig>,
     /// What the ingresses report about Knative revisions, for the autoscaler.
     pub revision_stats: crate::knative::stats::Sink,
+    /// What `/metrics` serves (see `metrics`).
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// Where a request is going, parsed from its path.
 #[derive(Debug, PartialEq)]
 enum Route {
     Health,
+    Metrics,
     Version,
     CoreVersions,
     GroupList,
@@ -87,6 +90,7 @@ fn parse_route(path: &str) -> Option<Route> {
     let (group, version, rest) = match segs.as_slice() {
         ["healthz" | "livez" | "readyz", ..] => return Some(Route::Health),
         ["version"] => return Some(Route::Version),
+        ["metrics"] => return Some(Route::Metrics),
         ["api"] => return Some(Route::CoreVersions),
         ["apis"] => return Some(Route::GroupList),
         ["apis", g] => return Some(Route::Group(g.to_string())),
@@ -127,10 +131,15 @@ fn parse_route(path: &str) -> Option<Route> {
 }
 
 async fn handle(state: Arc<ApiState>, req: Request<Incoming>, _peer: SocketAddr) -> Response<Body> {
+    let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let result = route(state, req).await;
-    match result {
+    let watch = req.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|kv| kv == "watch=true" || kv == "watch=1" || kv == "watch")
+    });
+    let result = route(state.clone(), req).await;
+    let resp = match result {
         Ok(resp) => resp,
         Err(e) => {
             if e.code() >= 500 {
@@ -141,6 +150,52 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>, _peer: SocketAddr)
             }
             error_response(&e)
         }
+    };
+    count(
+        &state.metrics,
+        &method,
+        &path,
+        watch,
+        resp.status().as_u16(),
+        started.elapsed(),
+    );
+    resp
+}
+
+/// A request in `apiserver_request_total` and (unless a watch) its duration.
+fn count(m: &crate::metrics::Metrics, method: &Method, path: &str, watch: bool, code: u16, took: std::time::Duration) {
+    let (group, version, resource, subresource, named, watch) = match parse_route(path) {
+        Some(Route::Resource(t)) => (
+            t.group,
+            t.version,
+            t.plural,
+            t.sub.unwrap_or_default(),
+            t.name.is_some(),
+            watch || t.watch_path,
+        ),
+        _ => Default::default(),
+    };
+    let verb = crate::metrics::verb(method, named, watch).to_string();
+    m.requests
+        .get_or_create(&crate::metrics::RequestLabels {
+            verb: verb.clone(),
+            group: group.clone(),
+            version: version.clone(),
+            resource: resource.clone(),
+            subresource: subresource.clone(),
+            code: code.to_string(),
+        })
+        .inc();
+    if !watch {
+        m.request_duration
+            .get_or_create(&crate::metrics::DurationLabels {
+                verb,
+                group,
+                version,
+                resource,
+                subresource,
+            })
+            .observe(took.as_secs_f64());
     }
 }
 
@@ -158,6 +213,14 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Response<
     match route {
         Route::Health => Ok(text_response(200, "ok")),
         Route::Version => Ok(json_response(200, &discovery::version(), &[])),
+        Route::Metrics => {
+            let mut resp = text_response(200, &state.metrics.encode());
+            resp.headers_mut().insert(
+                ::http::header::CONTENT_TYPE,
+                ::http::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            Ok(resp)
+        }
         Route::CoreVersions => Ok(json_response(200, &discovery::core_versions(), &[])),
         Route::GroupList => Ok(json_response(200, &discovery::group_list(reg), &[])),
         Route::Group(g) => discovery::group(reg, &g)

@@ -109,8 +109,12 @@ pub(super) fn watch(
         (Vec::new(), from.unwrap_or_else(|| state.store.revision()))
     };
     let watch = state.store.watch(&prefix, start);
+    let watching = state
+        .metrics
+        .watching(&served.def.group, &served.def.version, &served.def.kind);
 
     tokio::spawn(async move {
+        let _watching = watching;
         let send = |b: Bytes| {
             let tx = tx.clone();
             async move { tx.send(Ok(Frame::data(b))).await.is_ok() }

@@ -36,6 +36,8 @@ pub struct Store {
     state: Arc<RwLock<State>>,
     events: broadcast::Sender<Arc<Event>>,
     writes: mpsc::Sender<Request>,
+    /// How long each group commit of the backend took (seconds).
+    commits: prometheus_client::metrics::histogram::Histogram,
 }
 
 fn set_resource_version(obj: &mut Value, rev: u64) {
@@ -87,16 +89,31 @@ impl Store {
         }));
         let (events, _) = broadcast::channel(16_384);
         let (writes, rx) = mpsc::channel(8_192);
+        // 0.1 ms to about 3 s.
+        let commits = prometheus_client::metrics::histogram::Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.0001, 2.0, 16),
+        );
         let writer = Writer {
             state: state.clone(),
             events: events.clone(),
             backend: Box::new(backend),
+            commits: commits.clone(),
         };
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer.run(rx))
             .map_err(|e| StoreError::Backend(format!("cannot start the writer thread: {e}")))?;
-        Ok(Self { state, events, writes })
+        Ok(Self {
+            state,
+            events,
+            writes,
+            commits,
+        })
+    }
+
+    /// The histogram of the backend's group commits (for `/metrics`).
+    pub fn commit_histogram(&self) -> prometheus_client::metrics::histogram::Histogram {
+        self.commits.clone()
     }
 
     /// Open the embedded store in `dir`.
@@ -228,6 +245,7 @@ struct Writer {
     state: Arc<RwLock<State>>,
     events: broadcast::Sender<Arc<Event>>,
     backend: Box<dyn Backend>,
+    commits: prometheus_client::metrics::histogram::Histogram,
 }
 
 /// What one request will do if the batch commits.
@@ -327,7 +345,10 @@ impl Writer {
                     bytes: &s.bytes,
                 })
                 .collect();
-            if let Err(e) = self.backend.commit(&mutations, rev) {
+            let started = std::time::Instant::now();
+            let committed = self.backend.commit(&mutations, rev);
+            self.commits.observe(started.elapsed().as_secs_f64());
+            if let Err(e) = committed {
                 tracing::error!(error = %e, "store commit failed; the batch is refused");
                 let msg = e.to_string();
                 for (req, _) in batch.into_iter().zip(results) {

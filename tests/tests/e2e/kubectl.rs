@@ -421,3 +421,66 @@ async fn kubectl_newest() {
 async fn kubectl_oldest() {
     user_workflow("1.27").await;
 }
+
+/// control's `/metrics`, as `kubectl get --raw /metrics` reads it: requests by kube-apiserver's
+/// verb, resource and code, open watches, the store's commits; the read-only user may read it,
+/// a client without a token may not.
+#[test]
+fn control_serves_its_metrics() {
+    let n = Nodeless::start().unwrap();
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: m1}\ndata: {a: b}\n";
+    let created = n.kubectl_with("1.33", &n.kubeconfig(), &["create", "-f", "-"], Some(cm));
+    assert!(created.status.success(), "{}", stderr(&created));
+    n.kubectl_ok("1.33", &["get", "configmaps"]);
+    let mut watch = Command::new(kubectl_path("1.33"))
+        .env("KUBECONFIG", n.kubeconfig())
+        .args(["get", "configmaps", "--watch", "-o", "name"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(watch.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let text = n.kubectl_ok("1.33", &["get", "--raw", "/metrics"]);
+    let _ = watch.kill();
+    let _ = watch.wait();
+    let has = |needle: &str| text.lines().any(|l| l.starts_with(needle));
+    assert!(
+        has(
+            r#"apiserver_request_total{verb="POST",group="",version="v1",resource="configmaps",subresource="",code="201"}"#
+        ),
+        "{text}"
+    );
+    assert!(
+        has(
+            r#"apiserver_request_total{verb="LIST",group="",version="v1",resource="configmaps",subresource="",code="200"}"#
+        ),
+        "{text}"
+    );
+    assert!(
+        has(r#"apiserver_request_duration_seconds_count{verb="LIST",group="",version="v1",resource="configmaps""#),
+        "{text}"
+    );
+    let watchers = text
+        .lines()
+        .find(|l| l.starts_with(r#"apiserver_registered_watchers{group="",version="v1",kind="ConfigMap"}"#))
+        .unwrap_or_else(|| panic!("no watcher gauge: {text}"));
+    assert!(watchers.ends_with(" 1"), "the open watch is counted: {watchers}");
+    let commits: u64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("nodeless_store_commit_duration_seconds_count "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no commit histogram: {text}"));
+    assert!(commits >= 1, "{text}");
+    // The read-only user reads it; no token, no metrics.
+    let viewer = n.kubectl_with("1.33", &n.viewer_kubeconfig(), &["get", "--raw", "/metrics"], None);
+    assert!(viewer.status.success(), "{}", stderr(&viewer));
+    let anonymous = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg(format!("https://127.0.0.1:{}/metrics", n.port))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&anonymous), "401");
+}
