@@ -67,6 +67,11 @@ pub struct NodeArgs {
     /// A registry to reach over plain HTTP (repeatable; loopback registries always are).
     #[arg(long = "insecure-registry")]
     pub insecure_registries: Vec<String>,
+    /// A registry's mirror, `<registry>=<http|https>://<host>[:<port>]` (repeatable; a registry's
+    /// mirrors are tried in the order given, then the registry itself), as containerd's
+    /// hosts.toml: `--registry-mirror docker.io=http://127.0.0.1:5000`
+    #[arg(long = "registry-mirror")]
+    pub registry_mirrors: Vec<nodeless_sandbox_node::image::Mirror>,
     /// The first restart back-off of a crashing container (doubles up to 5 minutes).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub restart_backoff: Duration,
@@ -337,7 +342,10 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         cluster_domain: args.cluster_domain.clone(),
         backoff_base: args.restart_backoff,
         backoff_max: Duration::from_secs(300),
-        insecure_registries: args.insecure_registries.clone(),
+        pull: nodeless_sandbox_node::image::PullConfig {
+            insecure: args.insecure_registries.clone(),
+            mirrors: args.registry_mirrors.clone(),
+        },
         keeper,
         user_namespaces: !args.no_user_namespaces,
         warm_sandboxes: args.warm_sandboxes,

@@ -35,7 +35,8 @@ pub struct NodeCtx {
     pub cgroup_parent: String,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
-    pub insecure_registries: Vec<String>,
+    /// Plain-HTTP registries and mirrors.
+    pub pull: crate::image::PullConfig,
     pub keeper: Arc<crate::sandbox::Keeper>,
     pub user_namespaces: bool,
     /// The host id ranges of pods' user namespaces, one per pod.

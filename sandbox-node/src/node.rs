@@ -41,8 +41,8 @@ pub struct NodeConfig {
     pub cluster_domain: String,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
-    /// Registries reached over plain HTTP (loopback ones always are).
-    pub insecure_registries: Vec<String>,
+    /// Registries reached over plain HTTP (loopback ones always are), and registries' mirrors.
+    pub pull: crate::image::PullConfig,
     /// The node's supervisor, which holds pods' namespaces (and runs the OCI runtime's containers).
     pub keeper: Arc<crate::sandbox::Keeper>,
     /// Every pod in its own user namespace (see `userns`); off for kernels that cannot.
@@ -358,7 +358,7 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
         cgroup_parent: cgroup_parent(&cfg.name),
         backoff_base: cfg.backoff_base,
         backoff_max: cfg.backoff_max,
-        insecure_registries: cfg.insecure_registries,
+        pull: cfg.pull,
         keeper: cfg.keeper,
         user_namespaces: cfg.user_namespaces,
         id_ranges: held_id_ranges(&bundles_dir_for_ranges),

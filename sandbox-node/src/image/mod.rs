@@ -13,6 +13,7 @@ pub mod fuzz;
 mod import;
 pub mod layout;
 mod pull;
+pub use pull::{Credential, Mirror, PullConfig, credentials_of};
 pub mod reference;
 pub mod samples;
 mod unpack;
@@ -94,10 +95,15 @@ impl ImageStore {
         Ok(Self { root })
     }
 
-    /// Pull an image from its registry into the store (registries in `insecure`, and loopback
-    /// ones, over plain HTTP).
-    pub async fn pull(&self, image: &str, insecure: &[String]) -> Result<ImageRecord, ImageError> {
-        pull::pull(self, image, insecure).await
+    /// Pull an image into the store: from its registry's mirrors, then the registry (see
+    /// `pull`), with the pull secrets' credentials.
+    pub async fn pull(
+        &self,
+        image: &str,
+        cfg: &PullConfig,
+        credentials: &[Credential],
+    ) -> Result<ImageRecord, ImageError> {
+        pull::pull(self, image, cfg, credentials).await
     }
 
     pub fn root(&self) -> &Path {

@@ -920,6 +920,51 @@ impl Worker {
         Ok(())
     }
 
+    /// The registry credentials of the pod's `imagePullSecrets` (`kubernetes.io/dockerconfigjson`
+    /// or the older `kubernetes.io/dockercfg`). A secret that is missing or unreadable is named
+    /// in a warning event and the pull goes on without it, as kubelet does.
+    async fn pull_credentials(&self) -> Vec<crate::image::Credential> {
+        let names: Vec<String> = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.image_pull_secrets.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|r| r.name.clone())
+            .filter(|n| !n.is_empty())
+            .collect();
+        let ns = self.pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
+        let api: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(self.ctx.client.clone(), &ns);
+        let mut out = Vec::new();
+        for name in names {
+            let read = match api.get(&name).await {
+                Ok(secret) => {
+                    let data = secret.data.unwrap_or_default();
+                    match (data.get(".dockerconfigjson"), data.get(".dockercfg")) {
+                        (Some(json), _) => crate::image::credentials_of(&json.0),
+                        (None, Some(cfg)) => serde_json::from_slice::<Value>(&cfg.0)
+                            .map_err(|e| format!("not a docker config: {e}"))
+                            .and_then(|auths| {
+                                crate::image::credentials_of(serde_json::json!({"auths": auths}).to_string().as_bytes())
+                            }),
+                        (None, None) => Err("it holds neither .dockerconfigjson nor .dockercfg".into()),
+                    }
+                }
+                Err(e) => Err(e.to_string()),
+            };
+            match read {
+                Ok(c) => out.extend(c),
+                Err(e) => self.event(
+                    "Warning",
+                    "FailedToRetrieveImagePullSecret",
+                    &format!("Unable to retrieve some image pull secrets ({name}); attempting to pull the image may not succeed: {e}"),
+                ),
+            }
+        }
+        out
+    }
+
     /// The container's image by its imagePullPolicy: Never uses the store only, IfNotPresent
     /// pulls what the store lacks, Always pulls (several pods share one pull).
     async fn image_for(&mut self, name: &str, spec: &Container) -> Result<crate::image::ImageRecord, (String, String)> {
@@ -957,7 +1002,10 @@ impl Worker {
         };
         let pulled = match fresh {
             Some(i) => Ok(i),
-            None => self.ctx.images.pull(&image_ref, &self.ctx.insecure_registries).await,
+            None => {
+                let credentials = self.pull_credentials().await;
+                self.ctx.images.pull(&image_ref, &self.ctx.pull, &credentials).await
+            }
         };
         match pulled {
             Ok(i) => {

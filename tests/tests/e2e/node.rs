@@ -775,6 +775,56 @@ impl Drop for Registry {
     }
 }
 
+/// A cluster in a closed network: `image: busybox` (Docker Hub, tag latest, so pulled every
+/// time) starts through `--registry-mirror docker.io=...` on a local registry. The first mirror
+/// given answers nothing and the next is tried; an image no source has fails naming each one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn docker_hub_images_come_through_a_registry_mirror() {
+    assert!(is_root(), "sandbox-node tests need root");
+    let registry = Registry::start();
+    let layouts = nodeless_tests::test_image_layouts().unwrap();
+    registry.push(&layouts[0], "library/busybox:latest", None);
+    // A port nothing listens on, for the first mirror.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let n = Nodeless::start_with_node(&[
+        "--registry-mirror",
+        &format!("docker.io=http://{dead}"),
+        "--registry-mirror",
+        &format!("docker.io=http://{}", registry.addr),
+    ])
+    .unwrap();
+    let pods = "apiVersion: v1\nkind: Pod\nmetadata: {name: hub}\nspec:\n  containers:\n  - {name: c, image: busybox, command: [sh, -c, 'echo through the mirror; sleep 1000']}\n---\napiVersion: v1\nkind: Pod\nmetadata: {name: nowhere}\nspec:\n  containers:\n  - {name: c, image: 'busybox:no-such-tag'}\n";
+    let applied = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(pods));
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    n.kubectl_ok(V, &["wait", "--for=condition=Ready", "pod/hub", "--timeout=90s"]);
+    assert_eq!(n.kubectl_ok(V, &["logs", "hub"]).trim(), "through the mirror");
+    assert_eq!(
+        n.kubectl_ok(
+            V,
+            &[
+                "get",
+                "pod",
+                "hub",
+                "-o",
+                "jsonpath={.spec.containers[0].imagePullPolicy}"
+            ]
+        ),
+        "Always"
+    );
+    let images = n.nodeless(&["image", "ls"]).unwrap();
+    assert!(images.contains("busybox:latest"), "stored under its own name: {images}");
+    eventually("a tag no source has fails, naming each source", 60, || {
+        let d = n.kubectl_ok(V, &["describe", "pod", "nowhere"]);
+        d.contains(&format!("from the mirror {dead}"))
+            && d.contains(&format!("from the mirror {}", registry.addr))
+            && d.contains("from docker.io")
+    });
+    n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn images_are_pulled_from_a_registry_by_pull_policy() {
     assert!(is_root(), "sandbox-node tests need root");
