@@ -43,6 +43,8 @@ pub struct NodeCtx {
     pub id_ranges: crate::userns::IdRanges,
     /// Sandboxes made ahead of their pods (see `warm`).
     pub warm: crate::warm::WarmPool,
+    /// What `/metrics` serves.
+    pub metrics: crate::metrics::NodeMetrics,
     pub(crate) pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Pod UIDs by namespace and name, as the node's watch last saw them.
     pub(crate) names: Mutex<HashMap<(String, String), String>>,

@@ -11,6 +11,7 @@ pub mod cgroups;
 pub mod context;
 pub mod image;
 pub mod kubelet_tls;
+pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod pod;

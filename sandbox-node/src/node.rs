@@ -363,6 +363,7 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
         user_namespaces: cfg.user_namespaces,
         id_ranges: held_id_ranges(&bundles_dir_for_ranges),
         warm: crate::warm::WarmPool::new(warm_dir, cfg.warm_sandboxes),
+        metrics: Default::default(),
         pulls: Mutex::new(HashMap::new()),
         names: Mutex::new(HashMap::new()),
         forget_worker: Box::new(move |uid| {

@@ -74,6 +74,14 @@ async fn route(ctx: Arc<NodeCtx>, req: Request<Incoming>) -> Response<Body> {
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match parts.as_slice() {
         ["healthz"] => text(StatusCode::OK, "ok"),
+        ["metrics"] => {
+            let mut resp = text(StatusCode::OK, ctx.metrics.encode(ctx.warm.len()));
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
+            );
+            resp
+        }
         ["containerLogs", ns, pod, container] => logs(ctx, ns, pod, container, query(&req)).await,
         ["exec", ns, pod, container] => {
             let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());

@@ -69,6 +69,8 @@ enum Route {
     OpenApiIndex,
     OpenApi(String, String),
     OpenApiV2,
+    /// `/api/v1/nodes/<node>/proxy/<path>`: the node's kubelet API at `/<path>`.
+    NodeProxy(String, String),
     Resource(Target),
 }
 
@@ -98,6 +100,9 @@ fn parse_route(path: &str) -> Option<Route> {
         ["openapi", "v3", "api", v] => return Some(Route::OpenApi(String::new(), v.to_string())),
         ["openapi", "v3", "apis", g, v] => return Some(Route::OpenApi(g.to_string(), v.to_string())),
         ["openapi", "v2"] | ["swagger.json"] => return Some(Route::OpenApiV2),
+        ["api", "v1", "nodes", node, "proxy", rest @ ..] => {
+            return Some(Route::NodeProxy(node.to_string(), format!("/{}", rest.join("/"))));
+        }
         ["api", v] => return Some(Route::ResourceList(String::new(), v.to_string())),
         ["apis", g, v] => return Some(Route::ResourceList(g.to_string(), v.to_string())),
         ["api", v, rest @ ..] => ("", *v, rest),
@@ -241,6 +246,27 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Response<
             );
             Ok(resp)
         }
+        Route::NodeProxy(node, path) => {
+            let asked = auth::Request {
+                read: matches!(*req.method(), Method::GET | Method::HEAD),
+                group: "",
+                plural: "nodes",
+                sub: Some("proxy"),
+            };
+            if role.authorize(&asked).is_err() {
+                let target = Target {
+                    group: String::new(),
+                    version: "v1".into(),
+                    namespace: None,
+                    plural: "nodes".into(),
+                    name: Some(node),
+                    sub: Some("proxy".into()),
+                    watch_path: false,
+                };
+                return Err(forbidden_for(role, req.method(), &target));
+            }
+            pods::forward_to_node(&state, &node, &path, req).await
+        }
         Route::Resource(target)
             if target.group == nodeless_types::knative::AUTOSCALING_GROUP && target.plural == STATS_RESOURCE =>
         {
@@ -344,6 +370,10 @@ mod tests {
         assert!(t.watch_path);
         assert_eq!(t.plural, "deployments");
         assert_eq!(parse_route("/nope"), None);
+        assert_eq!(
+            parse_route("/api/v1/nodes/n1/proxy/metrics"),
+            Some(Route::NodeProxy("n1".into(), "/metrics".into()))
+        );
         let t = target(parse_route(nodeless_types::knative::STATS_PATH));
         assert_eq!(
             (t.group.as_str(), t.plural.as_str(), t.namespace, t.name),

@@ -109,7 +109,7 @@ pub(super) async fn proxy_to_node(
     ns: &str,
     name: &str,
     sub: &str,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
     let pods = state.registry.lookup("", "v1", "pods").ok_or(ApiError::NoRoute)?;
     let pod = state
@@ -127,11 +127,39 @@ pub(super) async fn proxy_to_node(
             "pod {name} does not have a host assigned"
         )));
     }
+    let query = req.uri().query().unwrap_or_default().to_string();
+    let path = match sub {
+        "log" => format!(
+            "/containerLogs/{ns}/{name}/{}",
+            container_for(&pod.obj, name, &query)?.unwrap_or_default()
+        ),
+        "exec" => format!(
+            "/exec/{ns}/{name}/{}",
+            container_for(&pod.obj, name, &query)?.unwrap_or_default()
+        ),
+        "attach" => format!(
+            "/attach/{ns}/{name}/{}",
+            container_for(&pod.obj, name, &query)?.unwrap_or_default()
+        ),
+        _ => format!("/portForward/{ns}/{name}"),
+    };
+    forward_to_node(state, &node_name, &path, req).await
+}
+
+/// Send `req` to the kubelet API of `node_name` at `path` (its query kept), over mutual TLS (or
+/// plain HTTP for a node that says so), and stream the answer back; an upgrade (exec, attach,
+/// port-forward) is spliced through.
+pub(super) async fn forward_to_node(
+    state: &Arc<ApiState>,
+    node_name: &str,
+    path: &str,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ApiError> {
     let nodes = state.registry.lookup("", "v1", "nodes").ok_or(ApiError::NoRoute)?;
     let node = state
         .store
-        .get(&nodes.key(None, &node_name))
-        .ok_or_else(|| not_found(&nodes, &node_name))?;
+        .get(&nodes.key(None, node_name))
+        .ok_or_else(|| not_found(&nodes, node_name))?;
     let addr = node
         .obj
         .pointer("/status/addresses")
@@ -152,21 +180,6 @@ pub(super) async fn proxy_to_node(
         .pointer(&format!("/metadata/annotations/{}", KUBELET_SCHEME.replace('/', "~1")))
         == Some(&json!("http"));
     let query = req.uri().query().unwrap_or_default().to_string();
-    let path = match sub {
-        "log" => format!(
-            "/containerLogs/{ns}/{name}/{}",
-            container_for(&pod.obj, name, &query)?.unwrap_or_default()
-        ),
-        "exec" => format!(
-            "/exec/{ns}/{name}/{}",
-            container_for(&pod.obj, name, &query)?.unwrap_or_default()
-        ),
-        "attach" => format!(
-            "/attach/{ns}/{name}/{}",
-            container_for(&pod.obj, name, &query)?.unwrap_or_default()
-        ),
-        _ => format!("/portForward/{ns}/{name}"),
-    };
     let uri: Uri = format!("{path}{}{query}", if query.is_empty() { "" } else { "?" })
         .parse()
         .map_err(|e| ApiError::internal(format!("bad node URL: {e}")))?;

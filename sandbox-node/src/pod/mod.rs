@@ -78,6 +78,11 @@ pub struct Worker {
     next_storage_check: Option<Instant>,
     /// Why the pod was evicted, once it is: its containers stay stopped.
     evicted: Option<String>,
+    /// When this worker first saw the pod, and whether its start was counted yet (see `metrics`).
+    first_seen: Instant,
+    start_counted: bool,
+    /// Counted in `kubelet_running_pods`.
+    counted_running: bool,
 }
 
 fn grace_period(pod: &Pod) -> i64 {
@@ -131,6 +136,9 @@ impl Worker {
             storage: storage::Limits::default(),
             next_storage_check: None,
             evicted: None,
+            first_seen: Instant::now(),
+            start_counted: false,
+            counted_running: false,
         };
         tokio::spawn(w.run(rx));
         tx
@@ -353,6 +361,8 @@ impl Worker {
             self.volumes = v;
         }
         self.sandbox_ready = true;
+        self.count_running(true);
+        self.start_counted = true;
         for c in &mut self.ctrs {
             let Some(s) = saved.containers.get(&c.name) else {
                 continue;
@@ -517,6 +527,7 @@ impl Worker {
             }
         }
         self.sandbox_ready = true;
+        self.count_running(true);
         self.save();
         tracing::debug!(
             pod = %self.pod_name(),
@@ -529,6 +540,19 @@ impl Worker {
         Ok(())
     }
 
+    /// Keep `kubelet_running_pods` in step: the pod counts from its sandbox's making (or adoption)
+    /// to its teardown, once.
+    fn count_running(&mut self, running: bool) {
+        if running != self.counted_running {
+            self.counted_running = running;
+            if running {
+                self.ctx.metrics.running_pods.inc();
+            } else {
+                self.ctx.metrics.running_pods.dec();
+            }
+        }
+    }
+
     /// On a pod's first try, take a warm sandbox (see `warm`) if the pool has one for it: its
     /// namespaces become the pod's, with the pod's hostname, and its network (address and CNI
     /// id) the pod's. False when there is none or taking it failed (what was taken is given
@@ -539,6 +563,7 @@ impl Worker {
             return false;
         }
         let Some(w) = self.ctx.warm.take(wants_userns) else {
+            crate::metrics::NodeMetrics::count(&self.ctx.metrics.warm_claims, "none");
             return false;
         };
         match self.ns.claim(&self.ctx.keeper, &w.ns, hostname).await {
@@ -549,9 +574,11 @@ impl Worker {
                 self.net_id = w.key;
                 self.pod_ip = w.ip;
                 self.save();
+                crate::metrics::NodeMetrics::count(&self.ctx.metrics.warm_claims, "taken");
                 true
             }
             Err(e) => {
+                crate::metrics::NodeMetrics::count(&self.ctx.metrics.warm_claims, "failed");
                 let message = e.to_string();
                 tracing::warn!(pod = %self.pod_name(), warm = %w.key, error = %message, "taking a warm sandbox");
                 if message.contains("unknown request") {
@@ -1004,7 +1031,12 @@ impl Worker {
             Some(i) => Ok(i),
             None => {
                 let credentials = self.pull_credentials().await;
-                self.ctx.images.pull(&image_ref, &self.ctx.pull, &credentials).await
+                let pull_started = std::time::Instant::now();
+                let pulled = self.ctx.images.pull(&image_ref, &self.ctx.pull, &credentials).await;
+                let m = &self.ctx.metrics;
+                m.image_pull_duration.observe(pull_started.elapsed().as_secs_f64());
+                crate::metrics::NodeMetrics::count(&m.image_pulls, if pulled.is_ok() { "pulled" } else { "failed" });
+                pulled
             }
         };
         match pulled {
@@ -1201,6 +1233,13 @@ impl Worker {
     }
 
     async fn report(&mut self) {
+        if !self.start_counted && self.ctrs.iter().filter(|c| !c.init).all(|c| c.running()) && self.sandbox_ready {
+            self.start_counted = true;
+            self.ctx
+                .metrics
+                .pod_start
+                .observe(self.first_seen.elapsed().as_secs_f64());
+        }
         let status = status::pod_status(self);
         if status == self.last_status {
             return;
@@ -1300,6 +1339,7 @@ impl Worker {
         for c in &mut self.ctrs {
             c.stop_tasks();
         }
+        self.count_running(false);
         let errors = teardown::teardown(
             &self.ctx,
             &self.uid,

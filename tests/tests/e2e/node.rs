@@ -472,6 +472,16 @@ async fn pods_take_warm_sandboxes_and_the_pool_refills() {
         cached(&taken),
         "the pod's address is leased under the warm sandbox's id"
     );
+    // The node's metrics, through control's node proxy.
+    let metrics = n.kubectl_ok(V, &["get", "--raw", &format!("/api/v1/nodes/{node}/proxy/metrics")]);
+    for line in [
+        "kubelet_running_pods 1",
+        "kubelet_pod_start_duration_seconds_count 1",
+        r#"nodeless_warm_sandbox_claims_total{result="taken"} 1"#,
+        r#"nodeless_sandboxes{phase="warm"} 2"#,
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line} missing from\n{metrics}");
+    }
 
     // The node crashes; its next start gives back the sandboxes the first run made and makes new
     // ones; the pod is adopted, its network under the same id.
