@@ -312,11 +312,17 @@ impl PodNamespaces {
             None => format!("new {} {hostname}", self.key()),
         };
         let reply = keeper.request(&request).await?;
+        self.record(&reply, |h| h.user.is_some() == user_base.is_some())
+    }
+
+    /// Check the supervisor's answer (`ok <pid> <fds>` that `expected` accepts) and record it as
+    /// this pod's namespaces (through a temporary file: a reader sees the old record or the new).
+    fn record(&self, reply: &str, expected: impl FnOnce(Held) -> bool) -> Result<(), SandboxError> {
         let fds = reply.strip_prefix("ok ").ok_or_else(|| SandboxError {
             what: "the node's supervisor".into(),
-            source: std::io::Error::other(reply.strip_prefix("err ").unwrap_or(&reply).to_string()),
+            source: std::io::Error::other(reply.strip_prefix("err ").unwrap_or(reply).to_string()),
         })?;
-        if Held::parse(fds).is_none_or(|h| h.user.is_some() != user_base.is_some()) {
+        if !Held::parse(fds).is_some_and(expected) {
             return Err(SandboxError {
                 what: "the node's supervisor".into(),
                 source: std::io::Error::other(format!("unexpected answer {reply:?}")),
@@ -340,19 +346,7 @@ impl PodNamespaces {
         let reply = keeper
             .request(&format!("claim {} {} {hostname}", warm.key(), self.key()))
             .await?;
-        let fds = reply.strip_prefix("ok ").ok_or_else(|| SandboxError {
-            what: "the node's supervisor".into(),
-            source: std::io::Error::other(reply.strip_prefix("err ").unwrap_or(&reply).to_string()),
-        })?;
-        if Held::parse(fds) != Some(before) {
-            return Err(SandboxError {
-                what: "the node's supervisor".into(),
-                source: std::io::Error::other(format!("unexpected answer {reply:?}")),
-            });
-        }
-        let tmp = self.dir.join("ns.tmp");
-        std::fs::write(&tmp, format!("{fds}\n")).map_err(io("recording the namespaces"))?;
-        std::fs::rename(&tmp, self.dir.join("ns")).map_err(io("recording the namespaces"))?;
+        self.record(&reply, |h| h == before)?;
         let _ = std::fs::remove_dir_all(&warm.dir);
         Ok(())
     }
