@@ -1,82 +1,106 @@
 //! What Knative's webhook does to Service, Configuration, Revision and Route writes: fill in the
-//! defaults (so `kubectl get -o yaml` shows them) and refuse what Knative refuses, naming the
-//! field.
+//! defaults (so `kubectl get -o yaml` shows them) and refuse what Knative refuses, every refusal
+//! at once and in its words, naming the field ([`super::field_error`]); the pod spec's checks
+//! are in [`super::podspec`].
 
 use serde_json::{Value, json};
 
-use crate::api::error::{ApiError, invalid};
+use super::field_error::{FieldError, FieldErrors};
+use super::podspec;
+use crate::api::error::ApiError;
 use crate::api::registry::Served;
 use nodeless_types::knative::SERVING_GROUP;
 
-/// Default request timeout of a revision, and the most one may ask (config-defaults).
+/// Default request timeout of a revision (config-defaults).
 const DEFAULT_TIMEOUT: i64 = 300;
-const MAX_TIMEOUT: i64 = 600;
-const MAX_CONCURRENCY: i64 = 1000;
 const CONTAINER_NAME: &str = "user-container";
 /// Annotations naming who created an object and who last changed its spec.
 pub const CREATOR: &str = "serving.knative.dev/creator";
 pub const LAST_MODIFIER: &str = "serving.knative.dev/lastModifier";
-/// Container fields Knative refuses in a revision.
-const DISALLOWED_CONTAINER_FIELDS: [&str; 4] = ["lifecycle", "stdin", "stdinOnce", "tty"];
-/// Annotations of the autoscaler that take a whole number.
-const INT_ANNOTATIONS: [&str; 5] = [
-    "autoscaling.knative.dev/min-scale",
-    "autoscaling.knative.dev/max-scale",
-    "autoscaling.knative.dev/initial-scale",
-    "autoscaling.knative.dev/activation-scale",
-    "autoscaling.knative.dev/target-burst-capacity",
-];
-
-type Check = Result<(), (String, String)>;
-
-fn bad(field: impl Into<String>, message: impl Into<String>) -> Check {
-    Err((field.into(), message.into()))
-}
+/// The autoscaler's annotations, which only a revision (or a template) may carry.
+const AUTOSCALING: &str = "autoscaling.knative.dev";
+const MIN_SCALE: &str = "autoscaling.knative.dev/min-scale";
+const MAX_SCALE: &str = "autoscaling.knative.dev/max-scale";
+const ACTIVATION_SCALE: &str = "autoscaling.knative.dev/activation-scale";
+const INITIAL_SCALE: &str = "autoscaling.knative.dev/initial-scale";
+/// Kubernetes' words for a name that is not a DNS-1035 label (`validation.IsDNS1035Label`).
+const DNS1035_LABEL: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
 
 /// Default and check a write of a `serving.knative.dev` object (`old` on update).
 pub fn admit(served: &Served, obj: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
     if served.def.group != SERVING_GROUP {
         return Ok(());
     }
-    let kind = served.def.kind.clone();
-    let r = match kind.as_str() {
-        "Service" | "Configuration" => {
-            if let Some(t) = obj.pointer_mut("/spec/template") {
-                default_template(t);
-            } else {
-                return Err(invalid(
-                    served,
-                    obj,
-                    "spec.template",
-                    "FieldValueRequired",
-                    "Required value".into(),
-                ));
-            }
-            if kind == "Service" && obj.pointer("/spec/traffic").is_none() {
-                obj["spec"]["traffic"] = json!([{"latestRevision": true, "percent": 100}]);
-            }
-            default_traffic(obj);
-            set_authors(obj, old);
-            check_parent(obj, &kind, old)
-        }
+    let kind = served.def.kind.as_str();
+    match kind {
+        "Service" | "Configuration" => default_parent(obj, kind, old),
         "Revision" => {
             if let Some(spec) = obj.get_mut("spec") {
                 default_revision_spec(spec);
-            }
-            match old {
-                Some(o) if o.get("spec") != obj.get("spec") => bad("spec", "Immutable fields changed"),
-                _ => revision_spec(obj.get("spec").unwrap_or(&Value::Null), "spec")
-                    .and_then(|_| annotations(obj, "metadata.annotations")),
             }
         }
         "Route" => {
             default_traffic(obj);
             set_authors(obj, old);
-            traffic(obj, "spec.traffic", false)
         }
-        _ => Ok(()),
-    };
-    r.map_err(|(field, message)| invalid(served, obj, &field, "FieldValueInvalid", message))
+        _ => return Ok(()),
+    }
+    let errs = check(kind, obj, old);
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(errs.into_api_error())
+    }
+}
+
+/// Knative's refusals of a defaulted write. A write that leaves the spec and annotations as they
+/// were (a status update, a controller's labels, a finalizer) is not checked again, as Knative's
+/// webhook leaves status updates alone: the object was admitted, perhaps under older rules, and
+/// refusing now would keep its controller from reporting on it.
+fn check(kind: &str, obj: &Value, old: Option<&Value>) -> FieldErrors {
+    let mut errs = FieldErrors::default();
+    let annotations = |o: &Value| o.pointer("/metadata/annotations").cloned();
+    if old.is_some_and(|o| o.get("spec") == obj.get("spec") && annotations(o) == annotations(obj)) {
+        return errs;
+    }
+    match kind {
+        "Service" | "Configuration" => check_parent(obj, kind, old, &mut errs),
+        "Revision" => {
+            autoscaling(obj, "metadata.annotations", &mut errs);
+            match old {
+                Some(o) if o.get("spec") != obj.get("spec") => errs.push(
+                    FieldError::generic("Immutable fields changed (-old +new)", &["spec".into()])
+                        .with_details(diff(o.get("spec"), obj.get("spec"))),
+                ),
+                Some(_) => {}
+                None => podspec::check(obj.get("spec").unwrap_or(&Value::Null), "spec", &mut errs),
+            }
+        }
+        "Route" => {
+            no_autoscaling(obj, &mut errs);
+            traffic(obj, false, &mut errs);
+        }
+        _ => {}
+    }
+    errs
+}
+
+/// Knative's defaults of a Service or Configuration: the template's, a Service's traffic (all
+/// to the latest revision), and the authors.
+fn default_parent(obj: &mut Value, kind: &str, old: Option<&Value>) {
+    if let Some(t) = obj.pointer_mut("/spec/template") {
+        default_template(t);
+    }
+    if kind == "Service"
+        && obj
+            .pointer("/spec/traffic")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+    {
+        obj["spec"]["traffic"] = json!([{"latestRevision": true, "percent": 100}]);
+    }
+    default_traffic(obj);
+    set_authors(obj, old);
 }
 
 /// Knative's defaulting of traffic targets: `latestRevision` is whether the target names no
@@ -123,12 +147,6 @@ fn set_authors(obj: &mut Value, old: Option<&Value>) {
     a[LAST_MODIFIER] = json!(modifier.unwrap_or_else(|| user.to_string()));
 }
 
-/// A revision's name for a template that names one: it must be `<parent>-<suffix>`.
-pub fn revision_name_ok(parent: &str, name: &str) -> bool {
-    name.strip_prefix(parent)
-        .is_some_and(|s| s.len() > 1 && s.starts_with('-'))
-}
-
 fn default_revision_spec(spec: &mut Value) {
     if !spec.is_object() {
         return;
@@ -162,319 +180,312 @@ fn default_template(t: &mut Value) {
     }
 }
 
-/// Service and Configuration: the template, its name, the traffic (Service).
-fn check_parent(obj: &Value, kind: &str, old: Option<&Value>) -> Check {
-    let name = obj
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or_default();
-    let t = obj.pointer("/spec/template").unwrap_or(&Value::Null);
-    revision_spec(t.get("spec").unwrap_or(&Value::Null), "spec.template.spec")?;
-    annotations(t, "spec.template.metadata.annotations")?;
-    annotations(obj, "metadata.annotations")?;
-    if let Some(rev) = t.pointer("/metadata/name").and_then(Value::as_str) {
-        if !revision_name_ok(name, rev) {
-            return bad(
-                "spec.template.metadata.name",
-                format!("\"{rev}\" must have prefix \"{name}-\""),
-            );
-        }
-        // A named template is one revision: changing it without a new name would rewrite an
-        // immutable revision.
-        if let Some(o) = old {
-            let same_name = o.pointer("/spec/template/metadata/name") == t.pointer("/metadata/name");
-            if same_name && o.pointer("/spec/template") != Some(t) {
-                return bad(
-                    "spec.template.metadata.name",
-                    format!(
-                        "Saw changes to the template without a name change: \"{rev}\" already names the old template"
-                    ),
-                );
-            }
-        }
-    }
+/// Service and Configuration: their own annotations, the template (its spec, annotations and
+/// name), and the traffic (Service).
+fn check_parent(obj: &Value, kind: &str, old: Option<&Value>, errs: &mut FieldErrors) {
+    no_autoscaling(obj, errs);
+    let null = Value::Null;
+    let t = obj.pointer("/spec/template").unwrap_or(&null);
+    podspec::check(t.get("spec").unwrap_or(&null), "spec.template.spec", errs);
+    autoscaling(t, "spec.template.metadata.annotations", errs);
+    template_name(obj, t, old, errs);
     if kind == "Service" {
-        traffic(obj, "spec.traffic", true)?;
+        traffic(obj, true, errs);
     }
-    Ok(())
 }
 
-fn revision_spec(spec: &Value, at: &str) -> Check {
-    let containers = spec.get("containers").and_then(Value::as_array);
-    let Some(containers) = containers.filter(|c| !c.is_empty()) else {
-        return bad(
-            format!("{at}.containers"),
-            "Required value: a revision needs a container",
-        );
+/// A template that names its revision: a DNS-1035 label, `<parent>-…`, and a new name for each
+/// change (a revision is immutable).
+fn template_name(obj: &Value, t: &Value, old: Option<&Value>, errs: &mut FieldErrors) {
+    let Some(rev) = t.pointer("/metadata/name").and_then(Value::as_str) else {
+        return;
     };
-    let with_ports = containers.iter().filter(|c| c.get("ports").is_some()).count();
-    if containers.len() > 1 && with_ports != 1 {
-        return bad(
-            format!("{at}.containers"),
-            "exactly one container of several must name its port",
-        );
-    }
-    if let Some(sa) = spec.get("serviceAccountName").and_then(Value::as_str) {
-        if !sa.is_empty() && !dns1123_subdomain(sa) {
-            return bad(
-                format!("{at}.serviceAccountName"),
-                format!("invalid value: {sa}: {at}.serviceAccountName\n{DNS1123_SUBDOMAIN}"),
-            );
-        }
-    }
-    for (i, c) in containers.iter().enumerate() {
-        let here = format!("{at}.containers[{i}]");
-        if let Some(f) = DISALLOWED_CONTAINER_FIELDS.iter().find(|f| c.get(**f).is_some()) {
-            return bad(format!("{here}.{f}"), format!("must not set the field(s): {here}.{f}"));
-        }
-        if let Some(u) = c.pointer("/securityContext/runAsUser") {
-            if u.as_i64().is_none_or(|u| u < 0) {
-                return bad(
-                    format!("{here}.securityContext.runAsUser"),
-                    format!("expected 0 <= {u} <= 2147483647"),
-                );
-            }
-        }
-        for (j, m) in c
-            .get("volumeMounts")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .enumerate()
-        {
-            if m.get("mountPropagation").is_some() {
-                return bad(
-                    format!("{here}.volumeMounts[{j}].mountPropagation"),
-                    format!("must not set the field(s): {here}.volumeMounts[{j}].mountPropagation"),
-                );
-            }
-        }
-        if c.get("image").and_then(Value::as_str).is_none_or(str::is_empty) {
-            return bad(format!("{here}.image"), "Required value");
-        }
-        let ports = c
-            .get("ports")
-            .and_then(Value::as_array)
-            .map(Vec::as_slice)
-            .unwrap_or_default();
-        if ports.len() > 1 {
-            return bad(format!("{here}.ports"), "More than one container port is set");
-        }
-        if let Some(p) = ports.first() {
-            let name = p.get("name").and_then(Value::as_str).unwrap_or_default();
-            if !matches!(name, "" | "http1" | "h2c") {
-                return bad(
-                    format!("{here}.ports.name"),
-                    format!("Invalid value: \"{name}\": must be \"http1\" or \"h2c\""),
-                );
-            }
-            if let Some(n) = p.get("containerPort") {
-                // 0 (or none) is the default port, 8080.
-                if !n.as_i64().is_some_and(|n| (0..=65535).contains(&n)) {
-                    return bad(
-                        format!("{here}.ports.containerPort"),
-                        format!("Invalid value: {n}: must be between 0 and 65535"),
-                    );
-                }
-            }
-        }
-    }
-    for (field, max) in [
-        ("containerConcurrency", MAX_CONCURRENCY),
-        ("timeoutSeconds", MAX_TIMEOUT),
-    ] {
-        if let Some(v) = spec.get(field) {
-            if !v.as_i64().is_some_and(|n| (0..=max).contains(&n)) {
-                return bad(
-                    format!("{at}.{field}"),
-                    format!("Invalid value: {v}: must be between 0 and {max}"),
-                );
-            }
-        }
-    }
-    for field in ["responseStartTimeoutSeconds", "idleTimeoutSeconds"] {
-        if let Some(v) = spec.get(field) {
-            let limit = spec
-                .get("timeoutSeconds")
-                .and_then(Value::as_i64)
-                .unwrap_or(MAX_TIMEOUT);
-            if !v.as_i64().is_some_and(|n| (0..=limit.max(MAX_TIMEOUT)).contains(&n)) {
-                return bad(
-                    format!("{at}.{field}"),
-                    format!("Invalid value: {v}: must be between 0 and {MAX_TIMEOUT}"),
-                );
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Kubernetes' words for a name that is not a DNS-1123 subdomain.
-const DNS1123_SUBDOMAIN: &str = "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character";
-
-fn dns1123_subdomain(s: &str) -> bool {
-    s.len() <= 253
-        && s.split('.').all(|label| {
-            !label.is_empty()
-                && label
-                    .chars()
-                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
-
-/// The `autoscaling.knative.dev/` annotations Knative checks.
-fn annotations(obj: &Value, at: &str) -> Check {
-    let Some(a) = obj.pointer("/metadata/annotations").and_then(Value::as_object) else {
-        return Ok(());
-    };
-    let get = |k: &str| a.get(k).and_then(Value::as_str);
-    for k in INT_ANNOTATIONS {
-        if let Some(v) = get(k) {
-            let ok = if k.ends_with("target-burst-capacity") {
-                v.parse::<f64>().is_ok_and(|n| n >= -1.0)
-            } else {
-                v.parse::<i64>().is_ok_and(|n| n >= 0)
-            };
-            if !ok {
-                return bad(format!("{at}.{k}"), format!("invalid value: \"{v}\""));
-            }
-        }
-    }
-    let min = get("autoscaling.knative.dev/min-scale").and_then(|v| v.parse::<i64>().ok());
-    let max = get("autoscaling.knative.dev/max-scale").and_then(|v| v.parse::<i64>().ok());
-    if let (Some(lo), Some(hi)) = (min, max) {
-        if hi != 0 && lo > hi {
-            return bad(
-                format!("{at}.autoscaling.knative.dev/max-scale"),
-                format!("max-scale={hi} is less than min-scale={lo}"),
-            );
-        }
-    }
-    if let Some(m) = get("autoscaling.knative.dev/metric") {
-        if !matches!(m, "concurrency" | "rps") {
-            return bad(
-                format!("{at}.autoscaling.knative.dev/metric"),
-                format!("invalid value: \"{m}\": must be \"concurrency\" or \"rps\""),
-            );
-        }
-    }
-    for k in [
-        "autoscaling.knative.dev/target",
-        "autoscaling.knative.dev/target-utilization-percentage",
-    ] {
-        if let Some(v) = get(k) {
-            if !v.parse::<f64>().is_ok_and(|n| n > 0.0) {
-                return bad(format!("{at}.{k}"), format!("invalid value: \"{v}\": must be above 0"));
-            }
-        }
-    }
-    if let Some(v) = get("autoscaling.knative.dev/window") {
-        let d = super::duration::parse(v);
-        if !d.is_some_and(|d| (6..=3600).contains(&d.as_secs())) {
-            return bad(
-                format!("{at}.autoscaling.knative.dev/window"),
-                format!("invalid value: \"{v}\": must be between 6s and 1h"),
-            );
-        }
-    }
-    for k in [
-        "autoscaling.knative.dev/scale-down-delay",
-        "autoscaling.knative.dev/scale-to-zero-pod-retention-period",
-    ] {
-        if let Some(v) = get(k) {
-            if super::duration::parse(v).is_none_or(|d| d.as_secs() > 3600) {
-                return bad(format!("{at}.{k}"), format!("invalid value: \"{v}\""));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// A traffic block: percents in 0..=100 summing to 100, one target each, unique tags.
-fn traffic(obj: &Value, at: &str, service: bool) -> Check {
-    let Some(list) = obj.pointer("/spec/traffic") else {
-        return Ok(());
-    };
-    let Some(list) = list.as_array() else {
-        return bad(at, "must be a list");
-    };
-    if list.is_empty() {
-        return Ok(());
-    }
-    let mut sum = 0;
-    let mut tags: Vec<&str> = Vec::new();
-    for (i, t) in list.iter().enumerate() {
-        let here = format!("{at}[{i}]");
-        let percent = match t.get("percent") {
-            None | Some(Value::Null) => 0,
-            Some(p) => match p.as_i64().filter(|p| (0..=100).contains(p)) {
-                Some(p) => p,
-                None => {
-                    return bad(
-                        format!("{here}.percent"),
-                        format!("Invalid value: {p}: must be between 0 and 100"),
-                    );
-                }
-            },
-        };
-        sum += percent;
-        let rev = t.get("revisionName").and_then(Value::as_str).filter(|s| !s.is_empty());
-        let cfg = t
-            .get("configurationName")
+    let at = "spec.template.metadata.name";
+    let meta = |k: &str| {
+        obj.pointer(&format!("/metadata/{k}"))
             .and_then(Value::as_str)
-            .filter(|s| !s.is_empty());
-        let latest = t.get("latestRevision").and_then(Value::as_bool);
-        if service && cfg.is_some() {
-            return bad(format!("{here}.configurationName"), "must not be set");
+            .unwrap_or_default()
+    };
+    let (name, generate_name) = (meta("name"), meta("generateName"));
+    if !dns1035_label(rev) {
+        errs.push(FieldError::invalid_value(
+            format!("not a DNS 1035 label: [{DNS1035_LABEL}]"),
+            at,
+        ));
+    } else if name.is_empty() && !generate_name.is_empty() {
+        errs.push(FieldError::disallowed(&[at.into()]));
+    } else if !rev.starts_with(&format!("{name}-")) {
+        errs.push(FieldError::invalid_value(
+            format!("\"{rev}\" must have prefix \"{name}-\""),
+            at,
+        ));
+    }
+    if let Some(o) = old {
+        let before = o.pointer("/spec/template");
+        if before.and_then(|b| b.pointer("/metadata/name")) == t.pointer("/metadata/name") && before != Some(t) {
+            errs.push(
+                FieldError::generic(
+                    "Saw the following changes without a name change (-old +new)",
+                    &[at.into()],
+                )
+                .with_details(diff(before, Some(t))),
+            );
         }
-        match (rev, latest) {
-            (Some(_), Some(true)) => {
-                return bad(
-                    format!("{here}.latestRevision"),
-                    "may not set revisionName and latestRevision: true",
-                );
+    }
+}
+
+/// The fields that differ between two versions, one `-path: old` / `+path: new` pair a line:
+/// the details of a refused change to something immutable.
+fn diff(old: Option<&Value>, new: Option<&Value>) -> String {
+    fn walk(path: &str, old: Option<&Value>, new: Option<&Value>, out: &mut Vec<String>) {
+        match (old, new) {
+            (Some(Value::Object(a)), Some(Value::Object(b))) => {
+                let mut keys: Vec<&String> = a.keys().chain(b.keys()).collect();
+                keys.sort();
+                keys.dedup();
+                for k in keys {
+                    let p = if path.is_empty() {
+                        k.clone()
+                    } else {
+                        format!("{path}.{k}")
+                    };
+                    walk(&p, a.get(k), b.get(k), out);
+                }
             }
-            (None, Some(false)) => {
-                return bad(
-                    format!("{here}.revisionName"),
-                    "Required value: latestRevision is false",
-                );
+            (Some(Value::Array(a)), Some(Value::Array(b))) if a.len() == b.len() => {
+                for (i, (x, y)) in a.iter().zip(b).enumerate() {
+                    walk(&format!("{path}[{i}]"), Some(x), Some(y), out);
+                }
             }
-            (None, None) if service || cfg.is_none() => {
-                return bad(
-                    format!("{here}.revisionName"),
-                    "expected exactly one, got neither: revisionName, latestRevision",
-                );
+            (a, b) if a != b => {
+                if let Some(a) = a {
+                    out.push(format!("-{path}: {a}"));
+                }
+                if let Some(b) = b {
+                    out.push(format!("+{path}: {b}"));
+                }
             }
             _ => {}
         }
-        if rev.is_some() && cfg.is_some() {
-            return bad(
-                format!("{here}.configurationName"),
-                "expected exactly one, got both: configurationName, revisionName",
-            );
+    }
+    let mut out = Vec::new();
+    walk("", old, new, &mut out);
+    out.join("\n")
+}
+
+fn dns1035_label(s: &str) -> bool {
+    s.len() <= 63
+        && s.starts_with(|c: char| c.is_ascii_lowercase())
+        && !s.ends_with('-')
+        && s.chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+/// A Service, Configuration or Route may not carry the autoscaler's annotations: they belong on
+/// the template.
+fn no_autoscaling(obj: &Value, errs: &mut FieldErrors) {
+    let Some(a) = obj.pointer("/metadata/annotations").and_then(Value::as_object) else {
+        return;
+    };
+    for k in a.keys().filter(|k| k.starts_with(AUTOSCALING)) {
+        errs.push(
+            FieldError::invalid_key_name(k, "metadata.annotations").with_details(
+                "autoscaling annotations must be put under \"spec.template.metadata.annotations\" to work",
+            ),
+        );
+    }
+}
+
+/// Knative's checks of the `autoscaling.knative.dev/` annotations of a revision or template
+/// (`autoscaling.ValidateAnnotations`).
+fn autoscaling(obj: &Value, at: &str, errs: &mut FieldErrors) {
+    let Some(a) = obj.pointer("/metadata/annotations").and_then(Value::as_object) else {
+        return;
+    };
+    let get = |k: &str| a.get(k).and_then(Value::as_str);
+    let path = |k: &str| format!("{at}.{k}");
+    // A whole number of at least 0.
+    let int_ge0 = |k: &str, errs: &mut FieldErrors| -> i64 {
+        let Some(v) = get(k) else { return 0 };
+        match v.parse::<i64>() {
+            Ok(n) if (0..=i64::from(i32::MAX)).contains(&n) => n,
+            Ok(_) => {
+                errs.push(FieldError::out_of_bounds(v, 0, i32::MAX, path(k)));
+                0
+            }
+            Err(_) => {
+                errs.push(FieldError::invalid_value(v, path(k)));
+                0
+            }
         }
-        if let Some(tag) = t.get("tag").and_then(Value::as_str).filter(|s| !s.is_empty()) {
-            if tags.contains(&tag) {
-                return bad(format!("{here}.tag"), format!("Multiple definitions for \"{tag}\""));
+    };
+    let min = int_ge0(MIN_SCALE, errs);
+    let max = int_ge0(MAX_SCALE, errs);
+    if max != 0 && max < min {
+        errs.push(FieldError::generic(
+            format!("max-scale={max} is less than min-scale={min}"),
+            &[path(MAX_SCALE), path(MIN_SCALE)],
+        ));
+    }
+    if let Some(v) = get(ACTIVATION_SCALE) {
+        let message = match v.parse::<i64>() {
+            Err(_) => Some(format!("invalid value: {v}")),
+            Ok(n) if min > n => Some(format!("min-scale={min} is greater than activation-scale={n}")),
+            Ok(n) if max != 0 && max < n => Some(format!("max-scale={max} is less than activation-scale={n}")),
+            Ok(n) if n < 2 => Some(format!("activation-scale={n} must be greater than 1")),
+            Ok(_) => None,
+        };
+        if let Some(m) = message {
+            errs.push(FieldError::generic(m, &[path(ACTIVATION_SCALE)]));
+        }
+    }
+    // A number, with its text as written (Knative's messages quote the text).
+    let float = |k: &str, errs: &mut FieldErrors| -> Option<(&str, f64)> {
+        let v = get(k)?;
+        let f = v.parse::<f64>().ok();
+        if f.is_none() {
+            errs.push(FieldError::invalid_value(v, path(k)));
+        }
+        f.map(|f| (v, f))
+    };
+    let k = "autoscaling.knative.dev/target";
+    if let Some((v, _)) = float(k, errs).filter(|(_, f)| *f < 0.01) {
+        errs.push(FieldError::generic(
+            format!("target {v} should be at least 0.01"),
+            &[path(k)],
+        ));
+    }
+    for (k, lo, hi) in [
+        ("autoscaling.knative.dev/target-utilization-percentage", 1.0, 100.0),
+        ("autoscaling.knative.dev/panic-window-percentage", 1.0, 100.0),
+        ("autoscaling.knative.dev/panic-threshold-percentage", 110.0, 1000.0),
+    ] {
+        if let Some((v, _)) = float(k, errs).filter(|(_, f)| !(lo..=hi).contains(f)) {
+            errs.push(FieldError::out_of_bounds(v, lo, hi, path(k)));
+        }
+    }
+    let k = "autoscaling.knative.dev/target-burst-capacity";
+    if let Some(v) = get(k) {
+        if !v.parse::<f64>().is_ok_and(|f| f >= 0.0 || f == -1.0) {
+            errs.push(FieldError::invalid_value(v, path(k)));
+        }
+    }
+    for (k, lo) in [
+        ("autoscaling.knative.dev/window", 6),
+        ("autoscaling.knative.dev/scale-down-delay", 0),
+        ("autoscaling.knative.dev/scale-to-zero-pod-retention-period", 0),
+    ] {
+        let Some(v) = get(k) else { continue };
+        match super::duration::parse(v) {
+            None => errs.push(FieldError::invalid_value(v, path(k))),
+            Some(d) if d.as_secs() < lo || d.as_secs_f64() > 3600.0 => {
+                errs.push(FieldError::out_of_bounds(v, format!("{lo}s"), "1h0m0s", path(k)))
             }
-            if !tag
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
-                || tag.starts_with('-')
-                || tag.ends_with('-')
-            {
-                return bad(format!("{here}.tag"), format!("Invalid value: \"{tag}\": a DNS label"));
+            Some(d) if d.subsec_nanos() != 0 && !k.ends_with("retention-period") => errs.push(FieldError::generic(
+                "must be specified with at most second precision",
+                &[path(k)],
+            )),
+            Some(_) => {}
+        }
+    }
+    let kpa = get("autoscaling.knative.dev/class").is_none_or(|c| c == "kpa.autoscaling.knative.dev");
+    if let Some(m) = get("autoscaling.knative.dev/metric") {
+        if kpa && !matches!(m, "concurrency" | "rps") {
+            errs.push(FieldError::invalid_value(m, path("autoscaling.knative.dev/metric")));
+        }
+    }
+    if let Some(c) = get("autoscaling.knative.dev/class") {
+        if c.ends_with(".knative.dev") && !matches!(c, "kpa.autoscaling.knative.dev" | "hpa.autoscaling.knative.dev") {
+            errs.push(FieldError::invalid_value(c, path("autoscaling.knative.dev/class")));
+        }
+    }
+    if let Some(v) = get(INITIAL_SCALE) {
+        match v.parse::<i64>() {
+            Err(_) => errs.push(FieldError::invalid_value(v, path(INITIAL_SCALE))),
+            Ok(n) if n < 0 => errs.push(FieldError::invalid_value(
+                v,
+                format!("{} must be greater than 0", path(INITIAL_SCALE)),
+            )),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// A traffic block (`service`: a Service's, whose targets follow its own Configuration): one
+/// target each, percents in 0..=100 summing to 100, tags DNS-1035 labels and unique.
+fn traffic(obj: &Value, service: bool, errs: &mut FieldErrors) {
+    let at = "spec.traffic";
+    let null = Value::Null;
+    let list = obj.pointer("/spec/traffic").unwrap_or(&null);
+    let list = match list {
+        Value::Array(l) => l.as_slice(),
+        Value::Null => &[],
+        _ => {
+            errs.push(FieldError::invalid_value(list, at));
+            return;
+        }
+    };
+    let mut sum = 0;
+    let mut tags: Vec<(&str, usize)> = Vec::new();
+    for (i, t) in list.iter().enumerate() {
+        let here = |f: &str| format!("{at}[{i}].{f}");
+        let s = |f: &str| t.get(f).and_then(Value::as_str).filter(|s| !s.is_empty());
+        let (rev, cfg) = (s("revisionName"), s("configurationName"));
+        if let Some(latest) = t.get("latestRevision").and_then(Value::as_bool) {
+            if rev.is_some() == latest {
+                errs.push(FieldError::generic(
+                    format!(
+                        "may not set revisionName \"{}\" when latestRevision is {latest}",
+                        rev.unwrap_or_default()
+                    ),
+                    &[here("latestRevision")],
+                ));
             }
-            tags.push(tag);
+        }
+        match (rev, cfg) {
+            (_, Some(_)) if service => errs.push(FieldError::disallowed(&[here("configurationName")])),
+            (Some(_), Some(_)) => errs.push(FieldError::multiple_one_of(&[
+                here("configurationName"),
+                here("revisionName"),
+            ])),
+            (None, None) if !service => errs.push(FieldError::missing_one_of(&[
+                here("configurationName"),
+                here("revisionName"),
+            ])),
+            _ => {}
+        }
+        match t.get("percent") {
+            None | Some(Value::Null) => {}
+            Some(p) => match p.as_i64().filter(|p| (0..=100).contains(p)) {
+                Some(p) => sum += p,
+                None => errs.push(FieldError::out_of_bounds(p, 0, 100, here("percent"))),
+            },
+        }
+        if s("url").is_some() {
+            errs.push(FieldError::disallowed(&[here("url")]));
+        }
+        if let Some(tag) = s("tag") {
+            if !dns1035_label(tag) {
+                errs.push(FieldError::invalid_value(
+                    format!("not a DNS 1035 label: [{DNS1035_LABEL}]"),
+                    here("tag"),
+                ));
+            }
+            match tags.iter().find(|(t, _)| *t == tag) {
+                Some((_, first)) => errs.push(FieldError::generic(
+                    format!("Multiple definitions for \"{tag}\""),
+                    &[here("tag"), format!("{at}[{first}].tag")],
+                )),
+                None => tags.push((tag, i)),
+            }
         }
     }
     if sum != 100 {
-        return bad(at, format!("Traffic targets sum to {sum}, want 100"));
+        errs.push(FieldError::generic(
+            format!("Traffic targets sum to {sum}, want 100"),
+            &[at.into()],
+        ));
     }
-    Ok(())
 }
 
 #[cfg(test)]
@@ -485,100 +496,143 @@ mod tests {
         json!({"metadata": {"name": "hello"}, "spec": spec})
     }
 
-    fn check(obj: &Value) -> Check {
-        check_parent(obj, "Service", None)
+    /// A Service's refusals once defaulted, as Knative prints them ("" when admitted).
+    fn check_update(obj: &Value, old: Option<&Value>) -> String {
+        let mut obj = obj.clone();
+        default_parent(&mut obj, "Service", old);
+        let mut errs = FieldErrors::default();
+        check_parent(&obj, "Service", old, &mut errs);
+        errs.to_string()
+    }
+
+    fn refusals(obj: &Value) -> String {
+        check_update(obj, None)
+    }
+
+    fn with_traffic(traffic: Value) -> String {
+        refusals(&svc(
+            json!({"template": {"spec": {"containers": [{"image": "x"}]}}, "traffic": traffic}),
+        ))
     }
 
     #[test]
     fn traffic_rules() {
-        let t = |traffic: Value| {
-            check(&svc(
-                json!({"template": {"spec": {"containers": [{"image": "x"}]}}, "traffic": traffic}),
-            ))
-        };
-        assert!(t(json!([{"latestRevision": true, "percent": 100}])).is_ok());
-        let e = t(json!([{"revisionName": "hello-1", "percent": 40}, {"latestRevision": true, "percent": 50}]))
-            .unwrap_err();
-        assert_eq!(e.0, "spec.traffic");
-        assert!(e.1.contains("sum to 90"), "{e:?}");
-        let e = t(json!([{"revisionName": "hello-1", "percent": 50, "tag": "a"}, {"latestRevision": true, "percent": 50, "tag": "a"}])).unwrap_err();
-        assert_eq!(e.0, "spec.traffic[1].tag");
-        let e = t(json!([{"percent": 100}])).unwrap_err();
-        assert_eq!(e.0, "spec.traffic[0].revisionName");
-        let e = t(json!([{"revisionName": "r", "latestRevision": true, "percent": 100}])).unwrap_err();
-        assert_eq!(e.0, "spec.traffic[0].latestRevision");
-        let e = t(json!([{"latestRevision": true, "percent": 101}])).unwrap_err();
-        assert_eq!(e.0, "spec.traffic[0].percent");
+        assert_eq!(with_traffic(json!([{"latestRevision": true, "percent": 100}])), "");
+        assert_eq!(
+            with_traffic(json!([{"revisionName": "hello-1", "percent": 40}, {"latestRevision": true, "percent": 50}])),
+            "Traffic targets sum to 90, want 100: spec.traffic"
+        );
+        assert_eq!(
+            with_traffic(
+                json!([{"revisionName": "hello-1", "percent": 50, "tag": "a"}, {"latestRevision": true, "percent": 50, "tag": "a"}])
+            ),
+            "Multiple definitions for \"a\": spec.traffic[0].tag, spec.traffic[1].tag"
+        );
+        assert_eq!(
+            with_traffic(json!([{"revisionName": "r", "latestRevision": true, "percent": 100}])),
+            "may not set revisionName \"r\" when latestRevision is true: spec.traffic[0].latestRevision"
+        );
+        assert_eq!(
+            with_traffic(json!([{"latestRevision": true, "percent": 101}])),
+            "Traffic targets sum to 0, want 100: spec.traffic\nexpected 0 <= 101 <= 100: spec.traffic[0].percent"
+        );
+        assert_eq!(
+            with_traffic(json!([{"configurationName": "c", "percent": 100}])),
+            "must not set the field(s): spec.traffic[0].configurationName"
+        );
+        assert!(
+            with_traffic(json!([{"latestRevision": true, "percent": 100, "tag": "1a"}]))
+                .starts_with("invalid value: not a DNS 1035 label: [a DNS-1035 label must consist of"),
+        );
+        // A Route's targets name a revision or a configuration.
+        let mut errs = FieldErrors::default();
+        traffic(&json!({"spec": {"traffic": [{"percent": 100}]}}), false, &mut errs);
+        assert_eq!(
+            errs.to_string(),
+            "expected exactly one, got neither: spec.traffic[0].configurationName, spec.traffic[0].revisionName"
+        );
     }
 
     #[test]
     fn template_rules() {
-        let e = check(&svc(
-            json!({"template": {"metadata": {"name": "other-1"}, "spec": {"containers": [{"image": "x"}]}}}),
-        ))
-        .unwrap_err();
-        assert_eq!(e.0, "spec.template.metadata.name");
-        assert!(
-            check(&svc(
-                json!({"template": {"metadata": {"name": "hello-v2"}, "spec": {"containers": [{"image": "x"}]}}})
-            ))
-            .is_ok()
-        );
-        let e = check(&svc(json!({"template": {"spec": {"containers": [{"image": "x", "ports": [{"containerPort": 80}, {"containerPort": 81}]}]}}}))).unwrap_err();
-        assert_eq!(e.0, "spec.template.spec.containers[0].ports");
-        let e = check(&svc(
-            json!({"template": {"spec": {"containers": [{"image": "x"}], "containerConcurrency": 1001}}}),
-        ))
-        .unwrap_err();
-        assert_eq!(e.0, "spec.template.spec.containerConcurrency");
-        let e = check(&svc(json!({"template": {"spec": {"containers": [{}]}}}))).unwrap_err();
-        assert_eq!(e.0, "spec.template.spec.containers[0].image");
-        let e = check(&svc(json!({"template": {"metadata": {"annotations": {"autoscaling.knative.dev/min-scale": "3", "autoscaling.knative.dev/max-scale": "2"}}, "spec": {"containers": [{"image": "x"}]}}}))).unwrap_err();
+        let named =
+            |n: &str| svc(json!({"template": {"metadata": {"name": n}, "spec": {"containers": [{"image": "x"}]}}}));
         assert_eq!(
-            e.0,
-            "spec.template.metadata.annotations.autoscaling.knative.dev/max-scale"
+            refusals(&named("other-1")),
+            "invalid value: \"other-1\" must have prefix \"hello-\": spec.template.metadata.name"
         );
-        let mut named =
-            svc(json!({"template": {"metadata": {"name": "hello-a"}, "spec": {"containers": [{"image": "x"}]}}}));
-        let old = named.clone();
-        named["spec"]["template"]["spec"]["containers"][0]["image"] = json!("y");
-        let e = check_parent(&named, "Service", Some(&old)).unwrap_err();
-        assert_eq!(e.0, "spec.template.metadata.name");
+        assert_eq!(refusals(&named("hello-v2")), "");
+        let mut generated = named("hello-v2");
+        generated["metadata"] = json!({"generateName": "hello-"});
+        assert_eq!(
+            refusals(&generated),
+            "must not set the field(s): spec.template.metadata.name"
+        );
+        let with_ann = svc(
+            json!({"template": {"metadata": {"annotations": {MIN_SCALE: "3", MAX_SCALE: "2"}}, "spec": {"containers": [{"image": "x"}]}}}),
+        );
+        assert_eq!(
+            refusals(&with_ann),
+            "max-scale=2 is less than min-scale=3: spec.template.metadata.annotations.autoscaling.knative.dev/max-scale, spec.template.metadata.annotations.autoscaling.knative.dev/min-scale"
+        );
+        let mut old = named("hello-a");
+        default_parent(&mut old, "Service", None);
+        let mut renamed = old.clone();
+        renamed["spec"]["template"]["spec"]["containers"][0]["image"] = json!("y");
+        assert_eq!(
+            check_update(&renamed, Some(&old)),
+            "Saw the following changes without a name change (-old +new): spec.template.metadata.name\n-spec.containers[0].image: \"x\"\n+spec.containers[0].image: \"y\""
+        );
+        // No template at all: no container.
+        assert_eq!(
+            refusals(&svc(json!({}))),
+            "missing field(s): spec.template.spec.containers"
+        );
     }
 
     #[test]
-    fn knative_refuses_what_a_revision_may_not_hold() {
-        let spec = |c: Value, extra: Value| {
-            let mut s = json!({"template": {"spec": {"containers": [c]}}});
-            if let Some(m) = extra.as_object() {
-                for (k, v) in m {
-                    s["template"]["spec"][k] = v.clone();
-                }
-            }
-            check(&svc(s))
+    fn autoscaling_annotations_belong_on_the_template() {
+        let mut o = svc(json!({"template": {"spec": {"containers": [{"image": "x"}]}}}));
+        o["metadata"]["annotations"] = json!({MIN_SCALE: "1"});
+        assert_eq!(
+            refusals(&o),
+            "invalid key name \"autoscaling.knative.dev/min-scale\": metadata.annotations\nautoscaling annotations must be put under \"spec.template.metadata.annotations\" to work"
+        );
+        let ann = |k: &str, v: &str| {
+            let mut errs = FieldErrors::default();
+            autoscaling(
+                &json!({"metadata": {"annotations": {k: v}}}),
+                "metadata.annotations",
+                &mut errs,
+            );
+            errs.to_string()
         };
-        for field in ["lifecycle", "stdin", "stdinOnce", "tty"] {
-            let e = spec(json!({"image": "x", field: true}), json!({})).unwrap_err();
-            assert_eq!(e.0, format!("spec.template.spec.containers[0].{field}"));
-        }
-        let e = spec(json!({"image": "x", "securityContext": {"runAsUser": -10}}), json!({})).unwrap_err();
-        assert_eq!(e.0, "spec.template.spec.containers[0].securityContext.runAsUser");
-        let e = spec(json!({"image": "x", "volumeMounts": [{"name": "v", "mountPath": "/v", "mountPropagation": "Bidirectional"}]}), json!({})).unwrap_err();
-        assert_eq!(e.0, "spec.template.spec.containers[0].volumeMounts[0].mountPropagation");
-        let e = spec(json!({"image": "x"}), json!({"serviceAccountName": "foo@bar.baz"})).unwrap_err();
-        assert!(
-            e.1.contains("foo@bar.baz: spec.template.spec.serviceAccountName"),
-            "{e:?}"
+        assert_eq!(
+            ann(MIN_SCALE, "x"),
+            "invalid value: x: metadata.annotations.autoscaling.knative.dev/min-scale"
         );
-        assert!(spec(json!({"image": "x"}), json!({"serviceAccountName": "robot"})).is_ok());
-        assert!(spec(json!({"image": "x", "ports": [{"name": "h2c"}]}), json!({})).is_ok());
-        assert!(
-            spec(
-                json!({"image": "x", "ports": [{"name": "h2c", "containerPort": 0}]}),
-                json!({})
-            )
-            .is_ok()
+        assert_eq!(
+            ann(MIN_SCALE, "-1"),
+            "expected 0 <= -1 <= 2147483647: metadata.annotations.autoscaling.knative.dev/min-scale"
         );
+        assert_eq!(
+            ann("autoscaling.knative.dev/window", "2s"),
+            "expected 6s <= 2s <= 1h0m0s: metadata.annotations.autoscaling.knative.dev/window"
+        );
+        assert_eq!(
+            ann("autoscaling.knative.dev/metric", "cpu"),
+            "invalid value: cpu: metadata.annotations.autoscaling.knative.dev/metric"
+        );
+        assert_eq!(
+            ann(ACTIVATION_SCALE, "1"),
+            "activation-scale=1 must be greater than 1: metadata.annotations.autoscaling.knative.dev/activation-scale"
+        );
+        assert_eq!(
+            ann("autoscaling.knative.dev/target", "0"),
+            "target 0 should be at least 0.01: metadata.annotations.autoscaling.knative.dev/target"
+        );
+        assert_eq!(ann("autoscaling.knative.dev/window", "60s"), "");
+        assert_eq!(ann(INITIAL_SCALE, "0"), "");
     }
 
     #[test]
@@ -588,7 +642,7 @@ mod tests {
         default_traffic(&mut o);
         assert_eq!(o["spec"]["traffic"][0]["latestRevision"], true);
         assert_eq!(o["spec"]["traffic"][1]["latestRevision"], false);
-        assert!(check(&o).is_ok());
+        assert_eq!(refusals(&o), "");
         set_authors(&mut o, None);
         let admin = crate::auth::Role::Admin.user();
         assert_eq!(o["metadata"]["annotations"][CREATOR], admin);
@@ -616,8 +670,35 @@ mod tests {
         assert_eq!(t["spec"]["timeoutSeconds"], 300);
         assert_eq!(t["spec"]["containerConcurrency"], 0);
         assert_eq!(t["spec"]["containers"][0]["name"], "user-container");
-        assert!(revision_name_ok("hello", "hello-00001"));
-        assert!(!revision_name_ok("hello", "hello"));
-        assert!(!revision_name_ok("hello", "hellothere-1"));
+    }
+
+    #[test]
+    fn what_was_admitted_is_not_checked_again() {
+        // Admitted under older rules, before Knative's reserved variables were refused.
+        let mut stored = svc(
+            json!({"template": {"spec": {"containers": [{"image": "x", "env": [{"name": "PORT", "value": "1"}]}]}}}),
+        );
+        default_parent(&mut stored, "Service", None);
+        let mut status = stored.clone();
+        status["status"] = json!({"observedGeneration": 1});
+        assert!(check("Service", &status, Some(&stored)).is_empty());
+        assert_eq!(
+            check("Service", &stored, None).to_string(),
+            "\"PORT\" is a reserved environment variable: spec.template.spec.containers[0].env[0].name"
+        );
+        let mut changed = stored.clone();
+        changed["spec"]["template"]["spec"]["containers"][0]["image"] = json!("y");
+        assert!(!check("Service", &changed, Some(&stored)).is_empty());
+    }
+
+    #[test]
+    fn a_diff_names_each_changed_field() {
+        assert_eq!(
+            diff(
+                Some(&json!({"a": 1, "b": [1]})),
+                Some(&json!({"a": 2, "b": [1], "c": true}))
+            ),
+            "-a: 1\n+a: 2\n+c: true"
+        );
     }
 }

@@ -1,11 +1,14 @@
 //! Knative Serving's API in control: the CRDs (`serving.knative.dev/v1` Service, Configuration,
 //! Revision, Route; the internal KIngress and PodAutoscaler), installed at start as Knative's
 //! own install does, the `knative-serving` ConfigMaps, and the defaults and checks Knative's
-//! webhook applies ([`admit`]). The controllers are in `controllers/knative`.
+//! webhook applies ([`admit`], [`podspec`]; refused in Knative's words, [`field_error`]). The
+//! controllers are in `controllers/knative`.
 
 pub mod admit;
 pub mod config;
 pub mod duration;
+pub mod field_error;
+pub mod podspec;
 pub mod stats;
 
 use serde_json::{Value, json};

@@ -314,7 +314,7 @@ fn knative_services_route_split_and_scale_to_zero() {
     assert!(err.contains("spec.template.metadata.name"), "{err}");
     let two_ports = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: ports}\nspec:\n  template:\n    spec: {containers: [{image: nodeless.local/echo:1, ports: [{containerPort: 8080}, {containerPort: 8081}]}]}\n";
     let err = String::from_utf8_lossy(&apply(&n, two_ports).stderr).to_string();
-    assert!(err.contains("spec.template.spec.containers[0].ports"), "{err}");
+    assert!(err.contains("spec.template.spec.containers[*].ports"), "{err}");
 
     // containerConcurrency 1 on one pod: ten concurrent requests of 300 ms, all answered, one
     // at a time (so no sooner than ten times one).
@@ -366,6 +366,18 @@ fn knative_services_route_split_and_scale_to_zero() {
     );
     eventually("sleepy at zero pods", 90, || pods_of(&n, "sleepy") == 0);
     assert_eq!(jsonpath(&n, "kpa/sleepy-00001", "{.status.desiredScale}"), "0");
+    // Knative's autoscaler metrics, in control's /metrics.
+    let labels = r#"{namespace_name="default",configuration_name="sleepy",revision_name="sleepy-00001"}"#;
+    eventually("the autoscaler's metrics at zero", 10, || {
+        let metrics = n.kubectl_ok(V, &["get", "--raw", "/metrics"]);
+        [
+            format!("autoscaler_desired_pods{labels} 0"),
+            format!("autoscaler_actual_pods{labels} 0"),
+            format!("autoscaler_panic_mode{labels} 0"),
+        ]
+        .iter()
+        .all(|line| metrics.lines().any(|l| l == line))
+    });
     assert_eq!(
         jsonpath(
             &n,

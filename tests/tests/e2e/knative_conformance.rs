@@ -17,7 +17,8 @@ use nodeless_tests::{Nodeless, eventually, kubectl_path, workspace_root};
 const V: &str = "1.33";
 
 /// `<suite> <test>` of every test that passed on Nodeless.
-const PASSING: [&str; 40] = [
+const PASSING: [&str; 45] = [
+    "api TestAnnotationPropagation",
     "api TestBlueGreenRoute",
     "api TestConfigMapVolume",
     "api TestConfigurationGetAndList",
@@ -32,7 +33,9 @@ const PASSING: [&str; 40] = [
     "api TestRouteCreation",
     "api TestRouteGetAndList",
     "api TestSecretVolume",
+    "api TestServiceAccountValidation",
     "api TestServiceBYOName",
+    "api TestServiceCreateAndUpdate",
     "api TestServiceCreateListAndDelete",
     "api TestServiceGenerateName",
     "api TestServiceWithTrafficSplit",
@@ -49,6 +52,7 @@ const PASSING: [&str; 40] = [
     "runtime TestMustRunAsUser",
     "runtime TestProbeRuntime",
     "runtime TestProbeRuntimeAfterStartup",
+    "runtime TestProtocols",
     "runtime TestSecretsViaEnv",
     "runtime TestShouldEnvVars",
     "runtime TestShouldHaveCgroupReadOnly",
@@ -56,6 +60,7 @@ const PASSING: [&str; 40] = [
     "runtime TestShouldHaveHeadersSet",
     "runtime TestShouldHaveStdinEOF",
     "runtime TestShouldHaveSysctlReadOnly",
+    "runtime TestShouldNotContainerConstraints",
     "runtime TestShouldRunAsUserContainerDefault",
     "runtime TestWorkingDirService",
 ];
@@ -108,7 +113,7 @@ fn knative_conformance_suite() {
         .arg(&out)
         .env("KUBECTL", kubectl_path(V))
         // The passing tests take seconds to a minute; the ones that wait for what Nodeless does
-        // not do yet (a ServiceAccount token, h2c) are cut off here rather than at the 5-minute
+        // not do yet (a ServiceAccount token) are cut off here rather than at the 5-minute
         // default, to keep the suite's wall time down.
         .env("KC_TIMEOUT", "180s")
         .output()

@@ -33,6 +33,8 @@ struct Memory {
     reached_at: Option<Instant>,
     /// Recent decisions, for `scale-down-delay`.
     recent: VecDeque<(Instant, i64)>,
+    /// The revision's labels in control's `/metrics`, once published.
+    metrics: Option<crate::metrics::RevisionLabels>,
 }
 
 /// The settings of one revision: its annotations over `config-autoscaler`.
@@ -225,9 +227,14 @@ pub async fn run(client: LocalClient) {
             continue;
         };
         let all = client.list(&pas, None, &|_| true);
-        memory.retain(|(ns, n), _| {
-            all.iter()
-                .any(|p| str_at(&p.obj, "/metadata/namespace") == ns && str_at(&p.obj, "/metadata/name") == n)
+        memory.retain(|(ns, n), mem| {
+            let kept = all
+                .iter()
+                .any(|p| str_at(&p.obj, "/metadata/namespace") == ns && str_at(&p.obj, "/metadata/name") == n);
+            if let Some(labels) = mem.metrics.as_ref().filter(|_| !kept) {
+                client.state.metrics.forget_revision(labels);
+            }
+            kept
         });
         let cfg = config::read(&client, "config-autoscaler");
         for pa in all {
@@ -269,6 +276,26 @@ pub async fn run(client: LocalClient) {
                 poked: is_poked,
             };
             let desired = decide(&s, inputs, mem, now);
+            let m = &client.state.metrics;
+            let labels = mem.metrics.get_or_insert_with(|| crate::metrics::RevisionLabels {
+                namespace_name: ns.clone(),
+                configuration_name: str_at(
+                    &pa.obj,
+                    &format!(
+                        "/metadata/labels/{}",
+                        nodeless_types::knative::CONFIGURATION.replace('/', "~1")
+                    ),
+                )
+                .to_string(),
+                revision_name: name.clone(),
+            });
+            m.desired_pods.get_or_create(labels).set(desired);
+            m.actual_pods.get_or_create(labels).set(ready);
+            m.panic_mode
+                .get_or_create(labels)
+                .set(i64::from(mem.panic_until.is_some_and(|t| t > now)));
+            m.stable_metric.get_or_create(labels).set(inputs.stable);
+            m.panic_metric.get_or_create(labels).set(inputs.panic);
             let mut status = pa.obj.get("status").cloned().unwrap_or(json!({}));
             status["desiredScale"] = json!(desired);
             status["actualScale"] = json!(ready);

@@ -107,8 +107,9 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
             });
             match client.create(&revisions, Some(&ns), rev).await {
                 Ok(r) => r,
-                Err(ApiError::Invalid { message, .. }) => {
-                    set_condition(&mut status, "Ready", "False", "RevisionFailed", &message);
+                // Refused by the checks Knative's webhook makes.
+                Err(e @ (ApiError::Invalid { .. } | ApiError::BadRequest(_))) => {
+                    set_condition(&mut status, "Ready", "False", "RevisionFailed", &e.to_string());
                     return write_status(&client, &configs, &cur, status).await;
                 }
                 Err(e) => return Err(e),

@@ -202,10 +202,28 @@ pub async fn write_status(
     client.update_status(served, cur, new).await.map(|_| ())
 }
 
+/// What [`apply`] does to the stored object's labels and annotations.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Meta {
+    /// Add ours and keep the rest: others write there too (the Deployment controller's
+    /// revision annotation, the Route's labels on a Revision).
+    Merge,
+    /// Make them exactly ours, as Knative's Service controller does to its Configuration and
+    /// Route: a label or annotation taken off the Service goes from them too.
+    Replace,
+}
+
 /// Create `want` (named and namespaced in its metadata), or bring the stored one's spec, labels,
 /// annotations and owners to it. `fields` are the top-level fields to compare (`spec`, or
-/// `data`…). Returns the object as stored.
-pub async fn apply(client: &LocalClient, served: &Served, want: Value, fields: &[&str]) -> Result<Value, ApiError> {
+/// `data`…); `meta` says whether labels and annotations not in `want` stay. Returns the object
+/// as stored.
+pub async fn apply(
+    client: &LocalClient,
+    served: &Served,
+    want: Value,
+    fields: &[&str],
+    meta: Meta,
+) -> Result<Value, ApiError> {
     let ns = want
         .pointer("/metadata/namespace")
         .and_then(Value::as_str)
@@ -235,7 +253,10 @@ pub async fn apply(client: &LocalClient, served: &Served, want: Value, fields: &
             .and_then(Value::as_object)
             .cloned()
             .unwrap_or_default();
-        let mut merged: Map<String, Value> = have.clone();
+        let mut merged: Map<String, Value> = match meta {
+            Meta::Merge => have.clone(),
+            Meta::Replace => Map::new(),
+        };
         for (k, v) in w {
             merged.insert(k.clone(), v.clone());
         }

@@ -7,8 +7,8 @@ use serde_json::{Map, Value, json};
 
 use super::configuration::{ROUTES, ROUTING_STATE, ROUTING_STATE_MODIFIED};
 use super::{
-    SERVING_API, condition, keys_of, ns_name, owner_keys, prefix, served, set_active, set_condition, set_ready_from,
-    write_status,
+    Meta, SERVING_API, condition, keys_of, ns_name, owner_keys, prefix, served, set_active, set_condition,
+    set_ready_from, write_status,
 };
 use crate::api::error::ApiError;
 use crate::api::local::LocalClient;
@@ -63,17 +63,23 @@ pub fn resync(client: &LocalClient) -> Vec<String> {
 }
 
 /// The container that serves (the one naming a port, or the only one), its port and protocol.
+/// A port named without a number (`containerPort` 0, as Go's client sends `{name: h2c}`) is
+/// the default port.
 pub fn serving_port(spec: &Value) -> (usize, i64, bool) {
     let containers = spec
         .get("containers")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
-    let i = containers.iter().position(|c| c.get("ports").is_some()).unwrap_or(0);
+    let i = containers
+        .iter()
+        .position(|c| c.pointer("/ports/0").is_some())
+        .unwrap_or(0);
     let port = containers.get(i).and_then(|c| c.pointer("/ports/0"));
     let number = port
         .and_then(|p| p.get("containerPort"))
         .and_then(Value::as_i64)
+        .filter(|n| *n != 0)
         .unwrap_or(DEFAULT_PORT);
     let h2c = port.and_then(|p| p.get("name")).and_then(Value::as_str) == Some("h2c");
     (i, number, h2c)
@@ -212,7 +218,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
         "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": format!("{name}-deployment")},
             "containerConcurrency": cc, "protocolType": if h2c { "h2c" } else { "http1" }},
     });
-    let pa = super::apply(&client, &pas, pa, &["spec"]).await?;
+    let pa = super::apply(&client, &pas, pa, &["spec"], Meta::Merge).await?;
     let desired = pa
         .pointer("/status/desiredScale")
         .and_then(Value::as_i64)
@@ -272,7 +278,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
             "template": pod_template(rev, &labels)},
     });
-    let deployment = super::apply(&client, &deployments, deployment, &["spec"]).await?;
+    let deployment = super::apply(&client, &deployments, deployment, &["spec"], Meta::Merge).await?;
 
     // Status.
     let pods = client.served("", "pods");
@@ -423,6 +429,9 @@ mod tests {
         assert_eq!(serving_port(&h2["spec"]), (0, 9000, true));
         let t = pod_template(&h2, &Map::new());
         assert_eq!(t["spec"]["containers"][0]["readinessProbe"]["httpGet"]["port"], 9000);
+        // A port named without a number (TestProtocols' `{name: h2c}`) is the default port.
+        let named = json!({"containers": [{"image": "x", "ports": [{"name": "h2c", "containerPort": 0}]}]});
+        assert_eq!(serving_port(&named), (0, 8080, true));
     }
 
     #[test]

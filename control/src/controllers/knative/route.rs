@@ -11,7 +11,7 @@ use serde_json::{Value, json};
 
 use super::configuration::{ROUTES, ROUTING_STATE, ROUTING_STATE_MODIFIED};
 use super::{
-    apply, condition, is_ready, keys_of, ns_name, owner_keys, prefix, served, set_condition, set_ready_from,
+    Meta, apply, condition, is_ready, keys_of, ns_name, owner_keys, prefix, served, set_condition, set_ready_from,
     write_status,
 };
 use crate::api::error::ApiError;
@@ -241,7 +241,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
                     "ownerReferences": [owner_ref(super::SERVING_API, "Route", route)]},
                 "spec": {"httpOption": "Enabled", "rules": rules(&name, &ns, &domain, cluster_local, &targets)},
             });
-            apply(&client, &kingresses, kingress, &["spec"]).await?;
+            apply(&client, &kingresses, kingress, &["spec"], Meta::Merge).await?;
             label_revisions(&client, &ns, &name, &targets).await?;
         }
     }
@@ -377,7 +377,14 @@ async fn cluster_local_service(client: &LocalClient, route: &Value, kingress: &V
         "addressType": "IPv4",
         "endpoints": [{"addresses": [ip], "conditions": {"ready": true, "serving": true, "terminating": false}}],
         "ports": [{"name": "http", "port": 80, "protocol": "TCP"}]});
-    apply(client, &slices, slice, &["endpoints", "ports", "addressType"]).await?;
+    apply(
+        client,
+        &slices,
+        slice,
+        &["endpoints", "ports", "addressType"],
+        Meta::Merge,
+    )
+    .await?;
     Ok(())
 }
 
