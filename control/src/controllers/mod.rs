@@ -99,14 +99,30 @@ pub fn start(client: LocalClient) -> Vec<tokio::task::JoinHandle<()>> {
 
 const RESYNC_EVERY: Duration = Duration::from_secs(30);
 const COALESCE: Duration = Duration::from_millis(3);
+/// A key whose reconcile lost a race (a conflict) is tried again this soon.
+const RACE_RETRY: Duration = Duration::from_millis(20);
+/// A key whose reconcile failed otherwise waits 20 ms, doubling with each failure in a row up to
+/// this, so an object that keeps failing (refused by admission, say) does not spin its
+/// controller; short enough that a fix to the object is taken up soon.
+const FAILURE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 type Interested = fn(&LocalClient, &Event) -> Vec<String>;
 type Resync = fn(&LocalClient) -> Vec<String>;
+
+/// How long a key waits after its `failures`-th failure in a row.
+fn failure_backoff(failures: u32) -> Duration {
+    RACE_RETRY
+        .saturating_mul(1u32 << failures.saturating_sub(1).min(20))
+        .min(FAILURE_BACKOFF_MAX)
+}
 
 async fn drive<R>(client: LocalClient, name: &'static str, interested: Interested, resync: Resync, reconcile: R)
 where
     R: Fn(LocalClient, String) -> BoxFuture<'static, Result<(), ApiError>> + Send + 'static,
 {
+    // Failures in a row per key, and the keys waiting out their back-off.
+    let mut failures: std::collections::HashMap<String, u32> = Default::default();
+    let mut waiting: Vec<(tokio::time::Instant, String)> = Vec::new();
     loop {
         let rev = client.state.store.revision();
         let Ok(mut watch) = client.state.store.watch("/", rev) else {
@@ -117,6 +133,7 @@ where
         let mut tick = tokio::time::interval(RESYNC_EVERY);
         tick.tick().await;
         loop {
+            let next_due = waiting.iter().map(|(t, _)| *t).min();
             tokio::select! {
                 ev = watch.next() => match ev {
                     Some(e) => dirty.extend(interested(&client, &e)),
@@ -124,23 +141,35 @@ where
                     None => break,
                 },
                 _ = tick.tick() => dirty.extend(resync(&client)),
+                _ = tokio::time::sleep_until(next_due.unwrap_or_else(tokio::time::Instant::now)), if next_due.is_some() => {
+                    let now = tokio::time::Instant::now();
+                    let (due, later): (Vec<_>, Vec<_>) = waiting.drain(..).partition(|(t, _)| *t <= now);
+                    waiting = later;
+                    dirty.extend(due.into_iter().map(|(_, k)| k));
+                }
                 _ = tokio::time::sleep(COALESCE), if !dirty.is_empty() => {
                     let keys = std::mem::take(&mut dirty);
-                    let mut retry = Vec::new();
                     for key in keys {
-                        match reconcile(client.clone(), key.clone()).await {
-                            Ok(()) => {}
-                            Err(ApiError::Conflict { .. }) | Err(ApiError::AlreadyExists { .. }) => retry.push(key),
-                            Err(ApiError::NotFound { .. }) => {}
-                            Err(e) => {
-                                tracing::warn!(controller = name, %key, error = %e, "reconcile failed");
-                                retry.push(key);
-                            }
+                        // A key waiting out a back-off goes when it is due, not before.
+                        if waiting.iter().any(|(_, k)| *k == key) {
+                            continue;
                         }
-                    }
-                    if !retry.is_empty() {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                        dirty.extend(retry);
+                        let delay = match reconcile(client.clone(), key.clone()).await {
+                            Ok(()) | Err(ApiError::NotFound { .. }) => {
+                                failures.remove(&key);
+                                continue;
+                            }
+                            Err(ApiError::Conflict { .. }) | Err(ApiError::AlreadyExists { .. }) => RACE_RETRY,
+                            Err(e) => {
+                                let n = failures.entry(key.clone()).or_default();
+                                *n = n.saturating_add(1);
+                                if *n == 1 || n.is_power_of_two() {
+                                    tracing::warn!(controller = name, %key, failures = *n, error = %e, "reconcile failed");
+                                }
+                                failure_backoff(*n)
+                            }
+                        };
+                        waiting.push((tokio::time::Instant::now() + delay, key));
                     }
                 }
             }
@@ -247,6 +276,16 @@ pub fn int_or_percent(v: Option<&Value>, total: i64, round_up: bool, default: i6
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failing_key_backs_off_doubling_to_a_cap() {
+        assert_eq!(failure_backoff(1), Duration::from_millis(20));
+        assert_eq!(failure_backoff(2), Duration::from_millis(40));
+        assert_eq!(failure_backoff(5), Duration::from_millis(320));
+        assert_eq!(failure_backoff(9), Duration::from_millis(5120).min(FAILURE_BACKOFF_MAX));
+        assert_eq!(failure_backoff(20), FAILURE_BACKOFF_MAX);
+        assert_eq!(failure_backoff(u32::MAX), FAILURE_BACKOFF_MAX);
+    }
 
     #[test]
     fn keys_and_percentages() {
