@@ -1079,7 +1079,8 @@ fn nodeless_pods_run_on_eni_cni() {
     let k = 20 + (std::process::id() + NEXT.fetch_add(1, Ordering::Relaxed)) % 200;
     let cidr = format!("10.249.{k}.0/24");
     let dns = format!("10.249.{k}.1");
-    let n = Nodeless::start_with_node(&["--pod-cidr", &cidr, "--cluster-dns", &dns, "--socket-acceleration"]).unwrap();
+    let mut n =
+        Nodeless::start_with_node(&["--pod-cidr", &cidr, "--cluster-dns", &dns, "--socket-acceleration"]).unwrap();
     let node = n.node.clone().unwrap();
     let yaml = nodeless_tests::echo_service_and_client("echo-eni");
     let out = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&yaml));
@@ -1161,8 +1162,13 @@ fn nodeless_pods_run_on_eni_cni() {
     let mut reply = String::new();
     s.read_to_string(&mut reply).unwrap();
     assert!(reply.contains("pod: echo-0\npath: /from-host\n"), "{reply}");
-    // Pods gone, node stopped: no route, pin, SNAT rule or DNS address left.
+    // Pods gone, node stopped: no route, pin, SNAT rule or DNS address left. (While the node
+    // runs, its warm sandboxes keep their addresses; it gives them back when it stops.)
     n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
+    nodeless_tests::eventually("the pods gone", 30, || {
+        n.kubectl_ok(V, &["get", "pods", "-o", "name"]).trim().is_empty()
+    });
+    n.stop(false).unwrap();
     nodeless_tests::eventually("the pods' networks to be torn down", 30, || {
         host_routes_in(&format!("10.249.{k}.")).is_empty()
     });

@@ -62,7 +62,7 @@ fn service(name: &str) -> String {
 #[test]
 fn ingress_routes_tls_and_http2_through_real_pods() {
     let k = 20 + std::process::id() % 200;
-    let n = Nodeless::start_with_node(&[
+    let mut n = Nodeless::start_with_node(&[
         "--pod-cidr",
         &format!("10.249.{k}.0/24"),
         "--cluster-dns",
@@ -532,9 +532,14 @@ fn ingress_routes_tls_and_http2_through_real_pods() {
     let gone = Command::new("ip").args(["link", "show", &lb_link]).output().unwrap();
     assert!(!gone.status.success(), "{lb_link} left behind");
 
-    // Pods gone, then the node: its network (pins, egress rule, cgroups) goes with it.
+    // Pods gone, then the node: its network (pins, egress rule, cgroups) goes with it. (While
+    // the node runs, its warm sandboxes keep theirs; it gives them back when it stops.)
     drop(ing);
     n.kubectl_ok(V, &["delete", "pods", "--all", "--grace-period=1"]);
+    eventually("the pods gone", 30, || {
+        n.kubectl_ok(V, &["get", "pods", "-o", "name"]).trim().is_empty()
+    });
+    n.stop(false).unwrap();
     let node = n.node.clone().unwrap();
     eventually("the pods' fast-path pins to go", 30, || {
         !std::path::Path::new("/sys/fs/bpf/nodeless").join(&node).exists()
