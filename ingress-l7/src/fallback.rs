@@ -25,7 +25,7 @@ use pingora_proxy::{ProxyHttp, Session};
 use crate::activator::{self, Permit, Revision};
 use crate::admit::{Outcome, admit, default_settings, idempotent, request_host, request_id};
 use crate::balance::Upstream;
-use crate::forwarding::{FORWARDED, Forwarding, SET_BY_INGRESS};
+use crate::forwarding::Forwarding;
 use crate::metrics::{self, Metrics};
 use crate::routes::{Settings, Table};
 use crate::upstream::{connect_failed, connect_tries};
@@ -213,24 +213,9 @@ impl ProxyHttp for Ingress {
             host: &host,
             rfc7239: ctx.settings.forwarded,
         };
-        let joined = |name: &str| {
-            let values: Vec<&str> = req
-                .headers
-                .get_all(name)
-                .iter()
-                .filter_map(|v| v.to_str().ok())
-                .collect();
-            (!values.is_empty()).then(|| values.join(", "))
-        };
-        let prior_xff = joined("x-forwarded-for");
-        let prior_forwarded = forwarding.rfc7239.then(|| joined(FORWARDED)).flatten();
-        let mut fields = Vec::with_capacity(4);
-        forwarding.each(prior_xff.as_deref(), prior_forwarded.as_deref(), |name, value| {
-            fields.push((name, value.to_string()))
-        });
-        // The client's values of the fields the ingress sets go, whether or not it sets each now.
-        for name in SET_BY_INGRESS.iter().chain(forwarding.rfc7239.then_some(&FORWARDED)) {
-            req.remove_header(*name);
+        let fields = forwarding.fields_for(&req.headers);
+        for name in forwarding.replaced() {
+            req.remove_header(name);
         }
         for (name, value) in fields {
             req.insert_header(name, value)?;

@@ -40,7 +40,30 @@ pub(crate) struct Forwarding<'a> {
     pub rfc7239: bool,
 }
 
+/// The values of every field `name` in `headers`, joined by `, ` (none: `None`).
+pub(crate) fn joined(headers: &http::HeaderMap, name: &str) -> Option<String> {
+    let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
+    (!values.is_empty()).then(|| values.join(", "))
+}
+
 impl Forwarding<'_> {
+    /// [`Forwarding::each`] for a request whose fields are `headers`: the client's
+    /// `X-Forwarded-For` and `Forwarded` read from them, the fields to write returned.
+    pub(crate) fn fields_for(&self, headers: &http::HeaderMap) -> Vec<(&'static str, String)> {
+        let prior_xff = joined(headers, "x-forwarded-for");
+        let prior_forwarded = self.rfc7239.then(|| joined(headers, FORWARDED)).flatten();
+        let mut fields = Vec::with_capacity(4);
+        self.each(prior_xff.as_deref(), prior_forwarded.as_deref(), |name, value| {
+            fields.push((name, value.to_string()))
+        });
+        fields
+    }
+
+    /// The client's fields the ingress replaces on this route, whether or not it sets each now.
+    pub(crate) fn replaced(&self) -> impl Iterator<Item = &'static str> {
+        SET_BY_INGRESS.into_iter().chain(self.rfc7239.then_some(FORWARDED))
+    }
+
     /// Each forwarding field for the endpoint, in order, as `(name, value)`: the client's
     /// `X-Forwarded-For` and (with [`Forwarding::rfc7239`]) `Forwarded` values, `prior_xff` and
     /// `prior_forwarded` (several fields joined by `, `), get this hop appended as one more

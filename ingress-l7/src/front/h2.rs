@@ -481,14 +481,15 @@ impl Front {
             host,
             rfc7239: settings.forwarded,
         };
-        let prior_xff = joined(&headers, "x-forwarded-for");
-        let prior_forwarded = forwarding.rfc7239.then(|| joined(&headers, FORWARDED)).flatten();
+        let fields = forwarding.fields_for(&headers);
         let mut set = |name: &str, value: &str| {
             if let (Ok(n), Ok(v)) = (HeaderName::from_bytes(name.as_bytes()), HeaderValue::from_str(value)) {
                 headers.insert(n, v);
             }
         };
-        forwarding.each(prior_xff.as_deref(), prior_forwarded.as_deref(), &mut set);
+        for (name, value) in &fields {
+            set(name, value);
+        }
         set("x-request-id", id);
         for (name, value) in append.iter().flat_map(|a| a.iter()) {
             set(name, value);
@@ -643,7 +644,10 @@ fn request_head(
     if !cookies.is_empty() {
         field(b"cookie", &cookies.join(&b"; "[..]));
     }
-    let prior_forwarded = forwarding.rfc7239.then(|| joined(&head.headers, FORWARDED)).flatten();
+    let prior_forwarded = forwarding
+        .rfc7239
+        .then(|| crate::forwarding::joined(&head.headers, FORWARDED))
+        .flatten();
     forwarding.each(prior_xff, prior_forwarded.as_deref(), |name, value| {
         field(name.as_bytes(), value.as_bytes())
     });
@@ -653,12 +657,6 @@ fn request_head(
     }
     out.extend_from_slice(b"\r\n");
     out
-}
-
-/// The client's fields named `name`, joined by `, ` as one list (`None` when there are none).
-fn joined(headers: &http::HeaderMap, name: &str) -> Option<String> {
-    let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
-    (!values.is_empty()).then(|| values.join(", "))
 }
 
 /// An HTTP/1.1 response head from an endpoint: its length, status, the fields for an HTTP/2

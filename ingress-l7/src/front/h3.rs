@@ -22,7 +22,7 @@ use hyper::body::Frame;
 use crate::activator;
 use crate::admit::{self, Outcome};
 use crate::balance::Upstream;
-use crate::forwarding::{FORWARDED, Forwarding, SET_BY_INGRESS};
+use crate::forwarding::Forwarding;
 use crate::limits::MAX_HEADER_BYTES;
 use crate::metrics::{self, Metrics};
 use crate::routes::{Settings, Table};
@@ -366,19 +366,9 @@ fn upstream_request(
     if !forwarding.host.is_empty() {
         headers.insert(http::header::HOST, HeaderValue::from_str(forwarding.host)?);
     }
-    let joined = |name: &str| {
-        let values: Vec<&str> = headers.get_all(name).iter().filter_map(|v| v.to_str().ok()).collect();
-        (!values.is_empty()).then(|| values.join(", "))
-    };
-    let prior_xff = joined("x-forwarded-for");
-    let prior_forwarded = forwarding.rfc7239.then(|| joined(FORWARDED)).flatten();
-    let mut fields = Vec::with_capacity(4);
-    forwarding.each(prior_xff.as_deref(), prior_forwarded.as_deref(), |name, value| {
-        fields.push((name, value.to_string()))
-    });
-    // The client's values of the fields the ingress sets go, whether or not it sets each now.
-    for name in SET_BY_INGRESS.iter().chain(forwarding.rfc7239.then_some(&FORWARDED)) {
-        headers.remove(*name);
+    let fields = forwarding.fields_for(&headers);
+    for name in forwarding.replaced() {
+        headers.remove(name);
     }
     for (name, value) in fields {
         headers.insert(name, HeaderValue::from_str(&value)?);
