@@ -22,11 +22,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, PostParams};
 use kube::runtime::watcher;
 use nodeless_tests::images::ECHO;
+use nodeless_tests::ready::{self, watch_ready};
 use nodeless_tests::{IngressL7, Nodeless};
 use serde_json::json;
 
@@ -158,27 +158,7 @@ async fn cold_starts(n: &Nodeless, ing: &IngressL7, count: usize) -> Result<Vec<
 async fn pod_starts(n: &Nodeless, count: usize) -> Result<Vec<f64>> {
     let client = n.client().await?;
     let api: Api<Pod> = Api::namespaced(client, "default");
-    let seen: Arc<std::sync::Mutex<std::collections::HashMap<String, Instant>>> = Default::default();
-    let s = seen.clone();
-    let w = api.clone();
-    let watch = tokio::spawn(async move {
-        let mut stream = watcher(w, watcher::Config::default().labels("bench=plain")).boxed();
-        while let Some(Ok(ev)) = stream.next().await {
-            if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = ev {
-                let ready = p
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-                if ready {
-                    s.lock()
-                        .unwrap()
-                        .entry(p.metadata.name.unwrap_or_default())
-                        .or_insert_with(Instant::now);
-                }
-            }
-        }
-    });
+    let (seen, watch) = watch_ready(api.clone(), watcher::Config::default().labels("bench=plain"));
     tokio::time::sleep(Duration::from_millis(300)).await;
     let mut out = Vec::new();
     for i in 0..count {
@@ -190,17 +170,8 @@ async fn pod_starts(n: &Nodeless, count: usize) -> Result<Vec<f64>> {
                 "readinessProbe": {"tcpSocket": {"port": 8080}, "successThreshold": 1}}]}}))?;
         let t = Instant::now();
         api.create(&PostParams::default(), &pod).await?;
-        let deadline = t + Duration::from_secs(60);
-        loop {
-            if let Some(at) = seen.lock().unwrap().get(&name) {
-                out.push(at.duration_since(t).as_secs_f64() * 1000.0);
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("{name} not Ready in 60 s");
-            }
-            tokio::time::sleep(Duration::from_micros(500)).await;
-        }
+        let at = ready::wait_ready(&seen, std::slice::from_ref(&name), Duration::from_secs(60)).await?;
+        out.push(at.duration_since(t).as_secs_f64() * 1000.0);
     }
     watch.abort();
     n.kubectl(V, &["delete", "pods", "-l", "bench=plain", "--wait=false"]);

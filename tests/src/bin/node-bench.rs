@@ -11,20 +11,19 @@
 //! OCI archive), with explicit nofile/nproc ulimits; "ready" is `podman run -d` returning.
 #![forbid(unsafe_code)]
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::runtime::watcher;
 use nodeless_tests::Nodeless;
 use nodeless_tests::images::BUSYBOX;
+use nodeless_tests::ready::{wait_ready, watch_ready};
 use serde_json::json;
 
 #[derive(Parser)]
@@ -127,49 +126,6 @@ fn pod(name: &str) -> Pod {
 }
 
 /// When each pod was first seen Ready.
-type ReadyTimes = Arc<Mutex<HashMap<String, Instant>>>;
-
-fn watch_ready(api: Api<Pod>) -> ReadyTimes {
-    let times: ReadyTimes = Default::default();
-    let t = times.clone();
-    tokio::spawn(async move {
-        let mut s = watcher(api, watcher::Config::default()).boxed();
-        while let Some(Ok(ev)) = s.next().await {
-            if let watcher::Event::Apply(p) | watcher::Event::InitApply(p) = ev {
-                let ready = p
-                    .status
-                    .as_ref()
-                    .and_then(|s| s.conditions.as_ref())
-                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
-                if ready {
-                    t.lock()
-                        .unwrap()
-                        .entry(p.metadata.name.unwrap_or_default())
-                        .or_insert_with(Instant::now);
-                }
-            }
-        }
-    });
-    times
-}
-
-async fn wait_ready(times: &ReadyTimes, names: &[String], limit: Duration) -> Result<Instant> {
-    let deadline = Instant::now() + limit;
-    loop {
-        {
-            let t = times.lock().unwrap();
-            if names.iter().all(|n| t.contains_key(n)) {
-                return Ok(names.iter().map(|n| t[n]).max().unwrap_or_else(Instant::now));
-            }
-        }
-        if Instant::now() > deadline {
-            let done = names.iter().filter(|n| times.lock().unwrap().contains_key(*n)).count();
-            bail!("only {done}/{} pods Ready after {limit:?}", names.len());
-        }
-        tokio::time::sleep(Duration::from_micros(500)).await;
-    }
-}
-
 struct Figures {
     /// `<runtime>://<version>` as the Node reports it.
     runtime: String,
@@ -203,7 +159,7 @@ async fn nodeless(args: &Args) -> Result<Figures> {
         .spawn()?;
     let client = n.client().await?;
     let api: Api<Pod> = Api::namespaced(client, "default");
-    let times = watch_ready(api.clone());
+    let (times, _watch) = watch_ready(api.clone(), watcher::Config::default());
     // The node registers; a first pod warms the image's layer cache.
     tokio::time::sleep(Duration::from_secs(1)).await;
     api.create(&PostParams::default(), &pod("warm")).await?;
