@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use super::ApiState;
 use super::commit::{UpdateCtx, commit_update};
 use super::error::{ApiError, not_found, store_err};
-use super::http::{Body, BodyType, json_response, parse_value};
+use super::http::{Body, BodyType, Want, json_response, parse_value, respond};
 use super::objects;
 use super::query::{ListOpts, Query, dry_run};
 use super::registry::Served;
@@ -26,7 +26,12 @@ struct DeleteOptions {
 fn options(q: &Query, raw: &[u8]) -> Result<DeleteOptions, ApiError> {
     let mut o = DeleteOptions::default();
     if !raw.iter().all(u8::is_ascii_whitespace) {
-        let body = parse_value(raw, BodyType::Json)?;
+        let ty = if super::proto::is_enveloped(raw) {
+            BodyType::Protobuf
+        } else {
+            BodyType::Json
+        };
+        let body = parse_value(raw, ty)?;
         o.propagation = body.get("propagationPolicy").and_then(Value::as_str).map(String::from);
         o.grace = body.get("gracePeriodSeconds").and_then(Value::as_i64);
         o.uid = body
@@ -97,10 +102,11 @@ pub(super) async fn delete(
     name: &str,
     q: &Query,
     raw: &[u8],
+    answer: Want,
 ) -> Result<Response<Body>, ApiError> {
     let opts = options(q, raw)?;
     let out = delete_object(state, served, ns, name, &opts, dry_run(q)).await?;
-    Ok(json_response(200, &out, &[]))
+    Ok(respond(answer, 200, &out, &[]))
 }
 
 async fn delete_object(

@@ -75,6 +75,89 @@ fn resource_entries(s: &Served) -> Vec<Value> {
     out
 }
 
+/// The media type of aggregated discovery (`apidiscovery.k8s.io/v2`, or v2beta1 for kubectl
+/// 1.27–1.29) when the client's Accept asks for it: one round trip for every group's resources.
+pub fn aggregated_media(accept: Option<&str>) -> Option<&'static str> {
+    for part in accept?.split(',') {
+        let params: Vec<&str> = part.split(';').map(str::trim).collect();
+        let has = |p: &str| params.contains(&p);
+        if !matches!(params.first(), Some(&"application/json")) || !has("g=apidiscovery.k8s.io") {
+            continue;
+        }
+        if !has("as=APIGroupDiscoveryList") {
+            continue;
+        }
+        if has("v=v2") {
+            return Some("application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList");
+        }
+        if has("v=v2beta1") {
+            return Some("application/json;g=apidiscovery.k8s.io;v=v2beta1;as=APIGroupDiscoveryList");
+        }
+    }
+    None
+}
+
+/// `/api` (core) or `/apis` (every other group) as one `APIGroupDiscoveryList`.
+pub fn aggregated(reg: &Registry, core: bool, media: &str) -> Value {
+    let api_version = if media.contains("v=v2beta1") {
+        "apidiscovery.k8s.io/v2beta1"
+    } else {
+        "apidiscovery.k8s.io/v2"
+    };
+    let items: Vec<Value> = reg
+        .groups()
+        .into_iter()
+        .filter(|(g, _)| g.is_empty() == core)
+        .map(|(g, versions)| {
+            let versions: Vec<Value> = versions
+                .iter()
+                .map(|v| {
+                    let resources: Vec<Value> = reg.resources(&g, v).iter().map(|s| aggregated_resource(s)).collect();
+                    json!({"version": v, "resources": resources, "freshness": "Current"})
+                })
+                .collect();
+            json!({"metadata": {"name": g, "creationTimestamp": null}, "versions": versions})
+        })
+        .collect();
+    json!({"kind": "APIGroupDiscoveryList", "apiVersion": api_version, "metadata": {}, "items": items})
+}
+
+fn aggregated_resource(s: &Served) -> Value {
+    let kind = |kind: &str, group: &str, version: &str| json!({"group": group, "version": version, "kind": kind});
+    let own = kind(&s.def.kind, &s.def.group, &s.def.version);
+    let subresources: Vec<Value> = resource_entries(s)
+        .into_iter()
+        .skip(1)
+        .map(|e| {
+            let name = e["name"].as_str().unwrap_or_default();
+            let sub = name.split_once('/').map(|(_, sub)| sub).unwrap_or(name);
+            let response = kind(
+                e["kind"].as_str().unwrap_or_default(),
+                e.get("group").and_then(Value::as_str).unwrap_or(&s.def.group),
+                e.get("version").and_then(Value::as_str).unwrap_or(&s.def.version),
+            );
+            json!({"subresource": sub, "responseKind": response, "verbs": e["verbs"]})
+        })
+        .collect();
+    let mut out = json!({
+        "resource": s.def.plural,
+        "responseKind": own,
+        "scope": if s.def.namespaced() { "Namespaced" } else { "Cluster" },
+        "singularResource": s.def.singular,
+        "verbs": verbs(s),
+    });
+    if !s.def.short_names.is_empty() {
+        out["shortNames"] = json!(s.def.short_names);
+    }
+    if !s.def.categories.is_empty() {
+        out["categories"] = json!(s.def.categories);
+    }
+    if !subresources.is_empty() {
+        out["subresources"] = json!(subresources);
+    }
+    out
+}
+
 pub fn core_versions() -> Value {
     json!({
         "kind": "APIVersions",

@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 
 use super::commit::{UpdateCtx, admit, commit_update};
 use super::error::{ApiError, Cause, Subject, not_found, store_err, subject};
-use super::http::{Body, BodyType, Want, body_type, json_response, parse_value, read_body, wants};
+use super::http::{Body, BodyType, Want, body_type, json_response, parse_value, read_body, respond, wants};
 use super::objects::{self, FieldValidation};
 use super::query::{ListOpts, Query, dry_run, flag, parse_query};
 use super::registry::Served;
@@ -37,6 +37,11 @@ pub(super) async fn dispatch(
     }
     let q = parse_query(req.uri().query());
     let method = req.method().clone();
+    // What a write answers with: a table is only for reads.
+    let answer = match wants(req.headers()) {
+        Ok(Want::Protobuf) => Want::Protobuf,
+        _ => Want::Json,
+    };
     match (&t.name, t.sub.as_deref(), method) {
         (None, None, Method::GET) => {
             let want = wants(req.headers())?;
@@ -49,7 +54,7 @@ pub(super) async fn dispatch(
         (None, None, Method::POST) => {
             let ty = body_type(req.headers())?;
             let body = parse_value(&read_body(req.into_body()).await?, ty)?;
-            create(state, &served, t.namespace.as_deref(), &q, body).await
+            create(state, &served, t.namespace.as_deref(), &q, body, answer).await
         }
         (None, None, Method::DELETE) => delete::delete_collection(state, &served, t.namespace.as_deref(), &q).await,
         (Some(name), None, Method::GET) => {
@@ -64,17 +69,17 @@ pub(super) async fn dispatch(
         (Some(name), sub @ (None | Some("status")), Method::PUT) => {
             let ty = body_type(req.headers())?;
             let body = parse_value(&read_body(req.into_body()).await?, ty)?;
-            update(state, &served, t.namespace.as_deref(), name, sub, &q, body).await
+            update(state, &served, t.namespace.as_deref(), name, sub, &q, body, answer).await
         }
         (Some(name), sub @ (None | Some("status")), Method::PATCH) => {
             let ty = body_type(req.headers())?;
             let raw = read_body(req.into_body()).await?;
-            patch(state, &served, t.namespace.as_deref(), name, sub, &q, ty, &raw).await
+            patch(state, &served, t.namespace.as_deref(), name, sub, &q, ty, &raw, answer).await
         }
-        (Some(name), Some("status"), Method::GET) => get(state, &served, t.namespace.as_deref(), name, Want::Json, &q),
+        (Some(name), Some("status"), Method::GET) => get(state, &served, t.namespace.as_deref(), name, answer, &q),
         (Some(name), None, Method::DELETE) => {
             let raw = read_body(req.into_body()).await?;
-            delete::delete(state, &served, t.namespace.as_deref(), name, &q, &raw).await
+            delete::delete(state, &served, t.namespace.as_deref(), name, &q, &raw, answer).await
         }
         (Some(name), Some("scale"), m) => scale(state, &served, t.namespace.as_deref(), name, m, &q, req).await,
         (Some(name), Some("finalize"), Method::PUT) => {
@@ -117,7 +122,7 @@ fn get(
         );
         return Ok(json_response(200, &table, &[]));
     }
-    Ok(json_response(200, &stored.obj, &[]))
+    Ok(respond(want, 200, &stored.obj, &[]))
 }
 
 fn encode_continue(rev: u64, key: &str) -> String {
@@ -170,7 +175,7 @@ fn list(
         "metadata": meta,
         "items": items,
     });
-    Ok(json_response(200, &list, &[]))
+    Ok(respond(want, 200, &list, &[]))
 }
 
 /// Check `apiVersion`/`kind` in a body against the resource and fill them in when absent.
@@ -256,6 +261,7 @@ pub(super) async fn create(
     ns: Option<&str>,
     q: &Query,
     body: Value,
+    answer: Want,
 ) -> Result<Response<Body>, ApiError> {
     if served.def.namespaced() && ns.is_none() {
         return Err(ApiError::MethodNotAllowed(format!(
@@ -272,7 +278,7 @@ pub(super) async fn create(
     }
     let (obj, warnings) = decode_body(served, body, q)?;
     let stored = create_object(state, served, ns, obj, dry_run(q)).await?;
-    Ok(json_response(201, &stored, &warnings))
+    Ok(respond(answer, 201, &stored, &warnings))
 }
 
 /// Create a decoded object: metadata, defaults, admission, kind hooks, store.
@@ -321,6 +327,7 @@ pub async fn create_object(
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn update(
     state: &ApiState,
     served: &Served,
@@ -329,12 +336,13 @@ async fn update(
     sub: Option<&str>,
     q: &Query,
     body: Value,
+    answer: Want,
 ) -> Result<Response<Body>, ApiError> {
     let (obj, warnings) = decode_body(served, body, q)?;
     let key = served.key(ns, name);
     let current = state.store.get(&key).ok_or_else(|| not_found(served, name))?;
     let out = commit_update(state, served, &key, &current, obj, &UpdateCtx { sub, dry: dry_run(q) }).await?;
-    Ok(json_response(200, &out, &warnings))
+    Ok(respond(answer, 200, &out, &warnings))
 }
 
 /// How many times a patch is re-applied when the object changed underneath it.
@@ -350,6 +358,7 @@ async fn patch(
     q: &Query,
     ty: BodyType,
     raw: &[u8],
+    answer: Want,
 ) -> Result<Response<Body>, ApiError> {
     let patch = parse_value(
         raw,
@@ -380,7 +389,7 @@ async fn patch(
                 }
                 let created = create_object(state, served, ns, obj, dry_run(q)).await;
                 match created {
-                    Ok(v) => return Ok(json_response(201, &v, &warnings)),
+                    Ok(v) => return Ok(respond(answer, 201, &v, &warnings)),
                     Err(ApiError::AlreadyExists { .. }) => continue,
                     Err(e) => return Err(e),
                 }
@@ -393,7 +402,7 @@ async fn patch(
         match commit_update(state, served, &key, &current, obj, &ctx).await {
             Err(ApiError::Conflict { .. }) if !patch_pins_version(&patch) => continue,
             Err(e) => return Err(e),
-            Ok(v) => return Ok(json_response(200, &v, &warnings)),
+            Ok(v) => return Ok(respond(answer, 200, &v, &warnings)),
         }
     }
     Err(ApiError::Conflict {

@@ -20,11 +20,19 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 }
 
 pub fn json_response(code: u16, value: &Value, warnings: &[String]) -> Response<Body> {
-    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    body_response(
+        code,
+        serde_json::to_vec(value).unwrap_or_default(),
+        "application/json",
+        warnings,
+    )
+}
+
+fn body_response(code: u16, bytes: Vec<u8>, media: &'static str, warnings: &[String]) -> Response<Body> {
     let mut resp = Response::new(full(bytes));
     *resp.status_mut() = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
     resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(media));
     for w in warnings {
         let text = format!("299 - \"{}\"", w.replace('\\', "\\\\").replace('"', "\\\""));
         if let Ok(v) = HeaderValue::from_str(&text) {
@@ -32,6 +40,19 @@ pub fn json_response(code: u16, value: &Value, warnings: &[String]) -> Response<
         }
     }
     resp
+}
+
+/// An object in the form the client asked for: protobuf when it prefers it and the kind has a
+/// message, JSON otherwise.
+pub fn respond(want: Want, code: u16, value: &Value, warnings: &[String]) -> Response<Body> {
+    if want == Want::Protobuf {
+        match super::proto::encode(value) {
+            Some(Ok(bytes)) => return body_response(code, bytes, super::proto::MEDIA_TYPE, warnings),
+            Some(Err(e)) => tracing::warn!(error = %e, "writing a response as protobuf; sent as JSON"),
+            None => {}
+        }
+    }
+    json_response(code, value, warnings)
 }
 
 pub fn error_response(e: &ApiError) -> Response<Body> {
@@ -69,6 +90,8 @@ pub enum BodyType {
     MergePatch,
     StrategicMergePatch,
     ApplyPatch,
+    /// `application/vnd.kubernetes.protobuf`: the built-in kinds in their protobuf envelope.
+    Protobuf,
 }
 
 pub fn body_type(headers: &HeaderMap) -> Result<BodyType, ApiError> {
@@ -84,9 +107,10 @@ pub fn body_type(headers: &HeaderMap) -> Result<BodyType, ApiError> {
         "application/merge-patch+json" => BodyType::MergePatch,
         "application/strategic-merge-patch+json" => BodyType::StrategicMergePatch,
         "application/apply-patch+yaml" | "application/apply-patch+json" => BodyType::ApplyPatch,
+        super::proto::MEDIA_TYPE => BodyType::Protobuf,
         _ => {
             return Err(ApiError::UnsupportedMediaType(format!(
-                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml (got \"{raw}\")"
+                "the body of the request was in an unknown format - accepted media types include: application/json, application/yaml, application/vnd.kubernetes.protobuf, application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json, application/apply-patch+yaml (got \"{raw}\")"
             )));
         }
     })
@@ -101,8 +125,12 @@ pub async fn read_body(body: Incoming) -> Result<Bytes, ApiError> {
     }
 }
 
-/// Parse a body as JSON or YAML (YAML is a superset, but JSON errors read better as JSON).
+/// Parse a body as JSON, YAML (a superset, but JSON errors read better as JSON) or protobuf.
 pub fn parse_value(bytes: &[u8], ty: BodyType) -> Result<Value, ApiError> {
+    if ty == BodyType::Protobuf {
+        return super::proto::decode(bytes)
+            .map_err(|e| ApiError::bad_request(format!("error decoding protobuf body: {e}")));
+    }
     if bytes.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("the request body is empty"));
     }
@@ -124,6 +152,8 @@ pub fn parse_value(bytes: &[u8], ty: BodyType) -> Result<Value, ApiError> {
 pub enum Want {
     Json,
     Table,
+    /// Protobuf where the kind has a message, JSON otherwise (custom resources, as Kubernetes).
+    Protobuf,
 }
 
 pub fn wants(headers: &HeaderMap) -> Result<Want, ApiError> {
@@ -139,6 +169,9 @@ pub fn wants(headers: &HeaderMap) -> Result<Want, ApiError> {
         }
         if p.contains("as=") {
             continue;
+        }
+        if media == super::proto::MEDIA_TYPE && !json_ok {
+            return Ok(Want::Protobuf);
         }
         if matches!(media, "application/json" | "*/*" | "application/*" | "application/yaml") {
             json_ok = true;

@@ -76,7 +76,7 @@ impl LocalClient {
             Some(p) => [("propagationPolicy".to_string(), p.to_string())].into_iter().collect(),
             None => Default::default(),
         };
-        match super::delete::delete(&self.state, served, ns, name, &q, b"").await {
+        match super::delete::delete(&self.state, served, ns, name, &q, b"", super::http::Want::Json).await {
             Ok(_) | Err(ApiError::NotFound { .. }) => Ok(()),
             Err(e) => Err(e),
         }

@@ -14,6 +14,7 @@ pub mod objects;
 mod openapi_v2;
 mod patching;
 mod pods;
+pub mod proto;
 mod query;
 pub mod registry;
 pub mod select;
@@ -226,8 +227,22 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Response<
             );
             Ok(resp)
         }
-        Route::CoreVersions => Ok(json_response(200, &discovery::core_versions(), &[])),
-        Route::GroupList => Ok(json_response(200, &discovery::group_list(reg), &[])),
+        Route::CoreVersions | Route::GroupList => {
+            let core = matches!(route, Route::CoreVersions);
+            let accept = req.headers().get(::http::header::ACCEPT).and_then(|v| v.to_str().ok());
+            if let Some(media) = discovery::aggregated_media(accept) {
+                let mut resp = json_response(200, &discovery::aggregated(reg, core, media), &[]);
+                resp.headers_mut()
+                    .insert(::http::header::CONTENT_TYPE, ::http::HeaderValue::from_static(media));
+                return Ok(resp);
+            }
+            let doc = if core {
+                discovery::core_versions()
+            } else {
+                discovery::group_list(reg)
+            };
+            Ok(json_response(200, &doc, &[]))
+        }
         Route::Group(g) => discovery::group(reg, &g)
             .map(|v| json_response(200, &v, &[]))
             .ok_or(ApiError::NoRoute),

@@ -66,7 +66,7 @@ pub fn apply_patch(
             patch::apply(Some(current), patch, manager.unwrap_or_default(), force, kind, &served.def.api_version(), &now)
                 .map_err(|c| apply_conflict(served, current, c))
         }
-        BodyType::Json | BodyType::Yaml => Err(ApiError::UnsupportedMediaType(
+        BodyType::Json | BodyType::Yaml | BodyType::Protobuf => Err(ApiError::UnsupportedMediaType(
             "the body of a PATCH must be application/json-patch+json, application/merge-patch+json, application/strategic-merge-patch+json or application/apply-patch+yaml".into(),
         )),
     }

@@ -41,9 +41,26 @@ impl Encoder {
         } else {
             obj.clone()
         };
+        if self.want == Want::Protobuf {
+            if let Some(frame) = super::proto::watch_frame(kind, &object) {
+                return Bytes::from(frame);
+            }
+        }
         let mut out = serde_json::to_vec(&json!({"type": kind, "object": object})).unwrap_or_default();
         out.push(b'\n');
         Bytes::from(out)
+    }
+
+    fn gone(&self, requested: u64, oldest: u64) -> Bytes {
+        self.line("ERROR", &ApiError::Gone { requested, oldest }.status())
+    }
+
+    fn media_type(&self) -> &'static str {
+        if self.want == Want::Protobuf {
+            "application/vnd.kubernetes.protobuf;stream=watch"
+        } else {
+            "application/json"
+        }
     }
 
     fn bookmark(&self, rev: u64, initial_end: bool) -> Bytes {
@@ -54,13 +71,6 @@ impl Encoder {
         let obj = json!({"kind": self.served.def.kind, "apiVersion": self.served.def.api_version(), "metadata": meta});
         self.line("BOOKMARK", &obj)
     }
-}
-
-fn gone_line(requested: u64, oldest: u64) -> Bytes {
-    let status = ApiError::Gone { requested, oldest }.status();
-    let mut out = serde_json::to_vec(&json!({"type": "ERROR", "object": status})).unwrap_or_default();
-    out.push(b'\n');
-    Bytes::from(out)
 }
 
 pub(super) fn watch(
@@ -93,9 +103,15 @@ pub(super) fn watch(
     let prefix = served.ns_prefix(ns.as_deref());
     let enc = Encoder {
         served: served.clone(),
-        want,
+        // Custom resources have no message: their watches are JSON, as on Kubernetes.
+        want: if want == Want::Protobuf && served.custom {
+            Want::Json
+        } else {
+            want
+        },
         query: q.clone(),
     };
+    let media_type = enc.media_type();
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(256);
 
     // Initial events come from a snapshot; the watch then starts exactly at the snapshot's revision.
@@ -122,7 +138,7 @@ pub(super) fn watch(
         let mut watch = match watch {
             Ok(w) => w,
             Err(StoreError::Gone { requested, oldest }) => {
-                let _ = send(gone_line(requested, oldest)).await;
+                let _ = send(enc.gone(requested, oldest)).await;
                 return;
             }
             Err(_) => return,
@@ -170,7 +186,7 @@ pub(super) fn watch(
     let body = StreamBody::new(ReceiverStream::new(rx)).boxed_unsync();
     let mut resp = Response::new(body);
     resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static(media_type));
     resp.headers_mut()
         .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache, private"));
     Ok(resp)

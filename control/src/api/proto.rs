@@ -1,0 +1,653 @@
+//! `application/vnd.kubernetes.protobuf` bodies: read into, and written from, the JSON objects
+//! the rest of the API works on.
+//!
+//! The Kubernetes wire form is the magic `k8s\0` followed by a `runtime.Unknown` envelope that
+//! names the object's apiVersion and kind and carries its message bytes. The messages are read
+//! and written through the API's own descriptors (`control/proto/kubernetes.binpb`, made by
+//! `scripts/gen-kube-descriptors`), so every built-in kind is covered by one walk over the fields;
+//! only the few types whose JSON form is not their message shape (times, quantities,
+//! int-or-string, embedded raw objects, string lists) are special.
+//!
+//! The protobuf field names of the Kubernetes API are its JSON names. Go writes every non-pointer
+//! field, empty or not, so a decoded object carries zero values a JSON client would have left
+//! out; empty strings and the zero time are dropped as the JSON encoder's `omitempty` does.
+
+use std::collections::HashMap;
+use std::sync::LazyLock;
+
+use base64::Engine;
+use prost::Message;
+use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MapKey, MessageDescriptor, ReflectMessage, Value as Pv};
+use serde_json::{Map, Value};
+
+/// The media type of protobuf bodies.
+pub const MEDIA_TYPE: &str = "application/vnd.kubernetes.protobuf";
+
+/// What every protobuf body of the Kubernetes API starts with.
+const MAGIC: &[u8; 4] = b"k8s\0";
+
+static POOL: LazyLock<DescriptorPool> = LazyLock::new(|| {
+    DescriptorPool::decode(&include_bytes!("../../proto/kubernetes.binpb")[..])
+        .expect("the Kubernetes descriptors built into control decode")
+});
+
+const META: &str = "k8s.io.apimachinery.pkg.apis.meta.v1";
+const TIME: &str = "k8s.io.apimachinery.pkg.apis.meta.v1.Time";
+const MICRO_TIME: &str = "k8s.io.apimachinery.pkg.apis.meta.v1.MicroTime";
+const DURATION: &str = "k8s.io.apimachinery.pkg.apis.meta.v1.Duration";
+const FIELDS_V1: &str = "k8s.io.apimachinery.pkg.apis.meta.v1.FieldsV1";
+const QUANTITY: &str = "k8s.io.apimachinery.pkg.api.resource.Quantity";
+const INT_OR_STRING: &str = "k8s.io.apimachinery.pkg.util.intstr.IntOrString";
+const RAW_EXTENSION: &str = "k8s.io.apimachinery.pkg.runtime.RawExtension";
+const UNKNOWN: &str = "k8s.io.apimachinery.pkg.runtime.Unknown";
+
+/// Seconds from the Unix epoch to Go's zero time (0001-01-01T00:00:00Z): an unset `metav1.Time`.
+const GO_ZERO_TIME: i64 = -62_135_596_800;
+
+/// Pointer string fields for which an empty value means something (it cannot be told from an
+/// unset non-pointer string on the wire).
+const EMPTY_MEANS_SOMETHING: &[&str] = &["storageClassName"];
+
+/// Why a body could not be read or written as protobuf.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ProtoError(pub String);
+
+impl std::fmt::Display for ProtoError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+fn err(msg: impl Into<String>) -> ProtoError {
+    ProtoError(msg.into())
+}
+
+/// The message describing `kind` of `api_version`, if the API has one (custom resources do not).
+pub fn message_for(api_version: &str, kind: &str) -> Option<MessageDescriptor> {
+    let (group, version) = api_version.rsplit_once('/').unwrap_or(("", api_version));
+    let package = match group {
+        "" => "core",
+        "internal.apiserver.k8s.io" => "apiserverinternal",
+        "meta.k8s.io" => return POOL.get_message_by_name(&format!("{META}.{kind}")),
+        g => g.split('.').next().unwrap_or(g),
+    };
+    POOL.get_message_by_name(&format!("k8s.io.api.{package}.{version}.{kind}"))
+        // Options and statuses (DeleteOptions, Status…) are sent under any group's version.
+        .or_else(|| POOL.get_message_by_name(&format!("{META}.{kind}")))
+}
+
+/// Whether a body is in the protobuf envelope.
+pub fn is_enveloped(bytes: &[u8]) -> bool {
+    bytes.starts_with(MAGIC)
+}
+
+/// Read an enveloped protobuf body into the object's JSON form, apiVersion and kind included.
+pub fn decode(bytes: &[u8]) -> Result<Value, ProtoError> {
+    let body = bytes
+        .strip_prefix(MAGIC)
+        .ok_or_else(|| err("the body does not start with the protobuf envelope's \"k8s\\x00\""))?;
+    let unknown = POOL
+        .get_message_by_name(UNKNOWN)
+        .ok_or_else(|| err("no runtime.Unknown"))?;
+    let envelope = DynamicMessage::decode(unknown, body)
+        .map_err(|e| err(format!("the protobuf envelope does not decode: {e}")))?;
+    let text = |m: &DynamicMessage, name: &str| {
+        m.get_field_by_name(name)
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default()
+    };
+    let type_meta = envelope
+        .get_field_by_name("typeMeta")
+        .and_then(|v| v.as_message().cloned())
+        .ok_or_else(|| err("the protobuf envelope names no type"))?;
+    let (api_version, kind) = (text(&type_meta, "apiVersion"), text(&type_meta, "kind"));
+    let encoding = text(&envelope, "contentEncoding");
+    if !encoding.is_empty() {
+        return Err(err(format!("content encoding {encoding:?} is not supported")));
+    }
+    let raw = envelope
+        .get_field_by_name("raw")
+        .and_then(|v| v.as_bytes().cloned())
+        .unwrap_or_default();
+    let desc = message_for(&api_version, &kind).ok_or_else(|| {
+        err(format!(
+            "no protobuf message is known for kind {kind:?} of {api_version:?}"
+        ))
+    })?;
+    let msg = DynamicMessage::decode(desc, raw).map_err(|e| err(format!("{kind} does not decode: {e}")))?;
+    let mut obj = match message_to_json(&msg) {
+        Value::Object(o) => o,
+        _ => Map::new(),
+    };
+    // apiVersion and kind first, as JSON clients write them.
+    let mut out = Map::new();
+    out.insert("apiVersion".into(), Value::String(api_version));
+    out.insert("kind".into(), Value::String(kind));
+    obj.remove("apiVersion");
+    obj.remove("kind");
+    out.extend(obj);
+    Ok(Value::Object(out))
+}
+
+/// Write an object (with apiVersion and kind) in the protobuf envelope; `None` when the API has
+/// no message for its kind (custom resources, tables), which are then served as JSON.
+pub fn encode(obj: &Value) -> Option<Result<Vec<u8>, ProtoError>> {
+    let api_version = obj.get("apiVersion")?.as_str()?;
+    let kind = obj.get("kind")?.as_str()?;
+    let desc = message_for(api_version, kind)?;
+    Some(encode_as(obj, desc, api_version, kind))
+}
+
+fn encode_as(obj: &Value, desc: MessageDescriptor, api_version: &str, kind: &str) -> Result<Vec<u8>, ProtoError> {
+    let msg = json_to_message(obj, &desc, "")?;
+    let unknown = POOL
+        .get_message_by_name(UNKNOWN)
+        .ok_or_else(|| err("no runtime.Unknown"))?;
+    let mut envelope = DynamicMessage::new(unknown.clone());
+    let type_meta_desc = unknown
+        .get_field_by_name("typeMeta")
+        .and_then(|f| f.kind().as_message().cloned())
+        .ok_or_else(|| err("runtime.Unknown has no typeMeta"))?;
+    let mut type_meta = DynamicMessage::new(type_meta_desc);
+    type_meta.set_field_by_name("apiVersion", Pv::String(api_version.into()));
+    type_meta.set_field_by_name("kind", Pv::String(kind.into()));
+    envelope.set_field_by_name("typeMeta", Pv::Message(type_meta));
+    envelope.set_field_by_name("raw", Pv::Bytes(msg.encode_to_vec().into()));
+    let mut out = Vec::with_capacity(MAGIC.len() + envelope.encoded_len());
+    out.extend_from_slice(MAGIC);
+    envelope
+        .encode(&mut out)
+        .map_err(|e| err(format!("encoding {kind}: {e}")))?;
+    Ok(out)
+}
+
+/// One event of a protobuf watch stream: a `WatchEvent` (its object embedded in the envelope),
+/// framed by its length as four big-endian bytes. `None` when the object's kind has no message.
+pub fn watch_frame(event_type: &str, obj: &Value) -> Option<Vec<u8>> {
+    let embedded = match encode(obj)? {
+        Ok(b) => b,
+        Err(e) => {
+            tracing::warn!(error = %e, "a watch event does not encode as protobuf");
+            return None;
+        }
+    };
+    let desc = POOL.get_message_by_name(&format!("{META}.WatchEvent"))?;
+    let raw_desc = POOL.get_message_by_name(RAW_EXTENSION)?;
+    let mut raw = DynamicMessage::new(raw_desc);
+    raw.set_field_by_name("raw", Pv::Bytes(embedded.into()));
+    let mut event = DynamicMessage::new(desc);
+    event.set_field_by_name("type", Pv::String(event_type.into()));
+    event.set_field_by_name("object", Pv::Message(raw));
+    let len = u32::try_from(event.encoded_len()).ok()?;
+    let mut out = Vec::with_capacity(4 + len as usize);
+    out.extend_from_slice(&len.to_be_bytes());
+    event.encode(&mut out).ok()?;
+    Some(out)
+}
+
+// ---- messages to JSON ----
+
+fn message_to_json(msg: &DynamicMessage) -> Value {
+    let desc = msg.descriptor();
+    match desc.full_name() {
+        TIME => return time_to_json(msg, false),
+        MICRO_TIME => return time_to_json(msg, true),
+        DURATION => {
+            let ns = msg.get_field_by_name("duration").and_then(|v| v.as_i64()).unwrap_or(0);
+            return Value::String(go_duration(ns));
+        }
+        QUANTITY => {
+            let s = msg.get_field_by_name("string");
+            return Value::String(s.and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default());
+        }
+        INT_OR_STRING => {
+            let is_string = msg.get_field_by_name("type").and_then(|v| v.as_i64()) == Some(1);
+            return if is_string {
+                Value::String(
+                    msg.get_field_by_name("strVal")
+                        .and_then(|v| v.as_str().map(str::to_string))
+                        .unwrap_or_default(),
+                )
+            } else {
+                Value::from(msg.get_field_by_name("intVal").and_then(|v| v.as_i32()).unwrap_or(0))
+            };
+        }
+        RAW_EXTENSION | FIELDS_V1 => {
+            let field = if desc.full_name() == FIELDS_V1 { "Raw" } else { "raw" };
+            let raw = msg
+                .get_field_by_name(field)
+                .and_then(|v| v.as_bytes().cloned())
+                .unwrap_or_default();
+            return raw_to_json(&raw);
+        }
+        _ => {}
+    }
+    if let Some(items) = list_alias(&desc) {
+        return msg
+            .get_field(&items)
+            .as_list()
+            .map(|l| Value::Array(l.iter().map(|v| value_to_json(v, "")).collect()))
+            .unwrap_or(Value::Null);
+    }
+    let mut out = Map::new();
+    for (field, value) in msg.fields() {
+        let v = value_to_json(value, field.name());
+        if !v.is_null() {
+            out.insert(field.name().to_string(), v);
+        }
+    }
+    Value::Object(out)
+}
+
+/// The only field of messages that stand for a plain list in JSON (`ExtraValue`, `Verbs`…).
+fn list_alias(desc: &MessageDescriptor) -> Option<prost_reflect::FieldDescriptor> {
+    let mut fields = desc.fields();
+    let only = fields.next()?;
+    (fields.next().is_none() && only.name() == "items" && only.is_list() && !desc.name().ends_with("List"))
+        .then_some(only)
+}
+
+fn value_to_json(v: &Pv, name: &str) -> Value {
+    match v {
+        Pv::Bool(b) => Value::Bool(*b),
+        Pv::I32(n) => Value::from(*n),
+        Pv::I64(n) => Value::from(*n),
+        Pv::U32(n) => Value::from(*n),
+        Pv::U64(n) => Value::from(*n),
+        Pv::F32(n) => Value::from(*n as f64),
+        Pv::F64(n) => Value::from(*n),
+        Pv::String(s) if s.is_empty() && !EMPTY_MEANS_SOMETHING.contains(&name) => Value::Null,
+        Pv::String(s) => Value::String(s.clone()),
+        Pv::Bytes(b) => Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
+        Pv::EnumNumber(n) => Value::from(*n),
+        Pv::Message(m) => message_to_json(m),
+        Pv::List(items) => Value::Array(items.iter().map(|i| value_to_json(i, "")).collect()),
+        Pv::Map(entries) => {
+            let mut out = Map::new();
+            for (k, v) in entries {
+                let key = match k {
+                    MapKey::String(s) => s.clone(),
+                    MapKey::Bool(b) => b.to_string(),
+                    MapKey::I32(n) => n.to_string(),
+                    MapKey::I64(n) => n.to_string(),
+                    MapKey::U32(n) => n.to_string(),
+                    MapKey::U64(n) => n.to_string(),
+                };
+                // A map's empty string value is a value (a ConfigMap key with no text).
+                let v = match v {
+                    Pv::String(s) => Value::String(s.clone()),
+                    other => value_to_json(other, ""),
+                };
+                out.insert(key, v);
+            }
+            Value::Object(out)
+        }
+    }
+}
+
+fn time_to_json(msg: &DynamicMessage, micro: bool) -> Value {
+    let seconds = msg.get_field_by_name("seconds").and_then(|v| v.as_i64()).unwrap_or(0);
+    let nanos = msg.get_field_by_name("nanos").and_then(|v| v.as_i32()).unwrap_or(0);
+    if seconds == GO_ZERO_TIME && nanos == 0 {
+        return Value::Null;
+    }
+    let Some(t) = chrono::DateTime::from_timestamp(seconds, nanos.max(0) as u32) else {
+        return Value::Null;
+    };
+    let precision = if micro {
+        chrono::SecondsFormat::Micros
+    } else {
+        chrono::SecondsFormat::Secs
+    };
+    Value::String(t.to_rfc3339_opts(precision, true))
+}
+
+/// An embedded object: protobuf (enveloped) or JSON bytes.
+fn raw_to_json(raw: &[u8]) -> Value {
+    if raw.is_empty() {
+        return Value::Null;
+    }
+    if is_enveloped(raw) {
+        return decode(raw).unwrap_or(Value::Null);
+    }
+    serde_json::from_slice(raw).unwrap_or(Value::Null)
+}
+
+/// A duration as Go prints it (`1h2m3.5s`, `150ms`, `0s`).
+fn go_duration(ns: i64) -> String {
+    if ns == 0 {
+        return "0s".into();
+    }
+    let sign = if ns < 0 { "-" } else { "" };
+    let ns = ns.unsigned_abs();
+    if ns < 1_000_000_000 {
+        let (unit, div) = if ns < 1_000 {
+            ("ns", 1)
+        } else if ns < 1_000_000 {
+            ("µs", 1_000)
+        } else {
+            ("ms", 1_000_000)
+        };
+        return format!("{sign}{}{unit}", trim_fraction(ns, div));
+    }
+    let (h, rest) = (ns / 3_600_000_000_000, ns % 3_600_000_000_000);
+    let (m, s) = (rest / 60_000_000_000, rest % 60_000_000_000);
+    let mut out = sign.to_string();
+    if h > 0 {
+        out.push_str(&format!("{h}h"));
+    }
+    if h > 0 || m > 0 {
+        out.push_str(&format!("{m}m"));
+    }
+    out.push_str(&format!("{}s", trim_fraction(s, 1_000_000_000)));
+    out
+}
+
+fn trim_fraction(n: u64, div: u64) -> String {
+    let (whole, frac) = (n / div, n % div);
+    if frac == 0 {
+        return whole.to_string();
+    }
+    let digits = div.to_string().len() - 1;
+    let f = format!("{frac:0digits$}");
+    format!("{whole}.{}", f.trim_end_matches('0'))
+}
+
+fn parse_go_duration(s: &str) -> Option<i64> {
+    let (neg, mut rest) = match s.strip_prefix('-') {
+        Some(r) => (true, r),
+        None => (false, s.strip_prefix('+').unwrap_or(s)),
+    };
+    if rest == "0" {
+        return Some(0);
+    }
+    let mut total = 0f64;
+    while !rest.is_empty() {
+        let num_len = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
+        let n: f64 = rest[..num_len].parse().ok()?;
+        rest = &rest[num_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1.0,
+            "us" | "µs" | "μs" => 1e3,
+            "ms" => 1e6,
+            "s" => 1e9,
+            "m" => 60e9,
+            "h" => 3600e9,
+            _ => return None,
+        };
+        total += n * scale;
+        rest = &rest[unit_len..];
+    }
+    let ns = total.round() as i64;
+    Some(if neg { -ns } else { ns })
+}
+
+// ---- JSON to messages ----
+
+fn json_to_message(v: &Value, desc: &MessageDescriptor, path: &str) -> Result<DynamicMessage, ProtoError> {
+    let mut msg = DynamicMessage::new(desc.clone());
+    let wrong = |want: &str| {
+        err(format!(
+            "{}: expected {want}, got {v}",
+            if path.is_empty() { "." } else { path }
+        ))
+    };
+    match desc.full_name() {
+        TIME | MICRO_TIME => {
+            let s = v.as_str().ok_or_else(|| wrong("a time string"))?;
+            let t = chrono::DateTime::parse_from_rfc3339(s).map_err(|_| wrong("an RFC 3339 time"))?;
+            msg.set_field_by_name("seconds", Pv::I64(t.timestamp()));
+            let nanos = t.timestamp_subsec_nanos() as i32;
+            if nanos != 0 {
+                msg.set_field_by_name("nanos", Pv::I32(nanos));
+            }
+            return Ok(msg);
+        }
+        DURATION => {
+            let ns = v
+                .as_str()
+                .and_then(parse_go_duration)
+                .ok_or_else(|| wrong("a duration"))?;
+            msg.set_field_by_name("duration", Pv::I64(ns));
+            return Ok(msg);
+        }
+        QUANTITY => {
+            let s = match v {
+                Value::String(s) => s.clone(),
+                Value::Number(n) => n.to_string(),
+                _ => return Err(wrong("a quantity")),
+            };
+            msg.set_field_by_name("string", Pv::String(s));
+            return Ok(msg);
+        }
+        INT_OR_STRING => {
+            match v {
+                Value::String(s) => {
+                    msg.set_field_by_name("type", Pv::I64(1));
+                    msg.set_field_by_name("strVal", Pv::String(s.clone()));
+                }
+                Value::Number(n) => {
+                    let n = n
+                        .as_i64()
+                        .and_then(|n| i32::try_from(n).ok())
+                        .ok_or_else(|| wrong("an int32"))?;
+                    msg.set_field_by_name("type", Pv::I64(0));
+                    msg.set_field_by_name("intVal", Pv::I32(n));
+                }
+                _ => return Err(wrong("an integer or a string")),
+            }
+            return Ok(msg);
+        }
+        RAW_EXTENSION | FIELDS_V1 => {
+            let field = if desc.full_name() == FIELDS_V1 { "Raw" } else { "raw" };
+            let raw = serde_json::to_vec(v).unwrap_or_default();
+            msg.set_field_by_name(field, Pv::Bytes(raw.into()));
+            return Ok(msg);
+        }
+        _ => {}
+    }
+    if let Some(items) = list_alias(desc) {
+        let arr = v.as_array().ok_or_else(|| wrong("a list"))?;
+        let kind = items.kind();
+        let list = arr
+            .iter()
+            .enumerate()
+            .map(|(i, x)| scalar_or_message(x, &kind, &format!("{path}[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        msg.set_field(&items, Pv::List(list));
+        return Ok(msg);
+    }
+    let obj = v.as_object().ok_or_else(|| wrong("an object"))?;
+    for (name, value) in obj {
+        if value.is_null() {
+            continue;
+        }
+        // Fields the message does not have (a newer field, apiVersion and kind) are left out.
+        let Some(field) = desc.get_field_by_name(name) else {
+            continue;
+        };
+        let here = if path.is_empty() {
+            name.clone()
+        } else {
+            format!("{path}.{name}")
+        };
+        let pv = if field.is_map() {
+            let entry = field.kind();
+            let entry = entry.as_message().ok_or_else(|| err(format!("{here}: not a map")))?;
+            let value_kind = entry.map_entry_value_field().kind();
+            let m = value
+                .as_object()
+                .ok_or_else(|| err(format!("{here}: expected an object")))?;
+            let mut out = HashMap::with_capacity(m.len());
+            for (k, x) in m {
+                if x.is_null() {
+                    continue;
+                }
+                out.insert(
+                    MapKey::String(k.clone()),
+                    scalar_or_message(x, &value_kind, &format!("{here}.{k}"))?,
+                );
+            }
+            Pv::Map(out)
+        } else if field.is_list() {
+            let arr = value
+                .as_array()
+                .ok_or_else(|| err(format!("{here}: expected a list, got {value}")))?;
+            let kind = field.kind();
+            Pv::List(
+                arr.iter()
+                    .enumerate()
+                    .map(|(i, x)| scalar_or_message(x, &kind, &format!("{here}[{i}]")))
+                    .collect::<Result<_, _>>()?,
+            )
+        } else {
+            scalar_or_message(value, &field.kind(), &here)?
+        };
+        msg.set_field(&field, pv);
+    }
+    Ok(msg)
+}
+
+fn scalar_or_message(v: &Value, kind: &Kind, path: &str) -> Result<Pv, ProtoError> {
+    let wrong = |want: &str| err(format!("{path}: expected {want}, got {v}"));
+    let int = || v.as_i64().ok_or_else(|| wrong("an integer"));
+    Ok(match kind {
+        Kind::Message(m) => Pv::Message(json_to_message(v, m, path)?),
+        Kind::String => Pv::String(v.as_str().ok_or_else(|| wrong("a string"))?.to_string()),
+        Kind::Bool => Pv::Bool(v.as_bool().ok_or_else(|| wrong("a boolean"))?),
+        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Pv::I32(i32::try_from(int()?).map_err(|_| wrong("an int32"))?),
+        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Pv::I64(int()?),
+        Kind::Uint32 | Kind::Fixed32 => Pv::U32(
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| wrong("a uint32"))?,
+        ),
+        Kind::Uint64 | Kind::Fixed64 => Pv::U64(v.as_u64().ok_or_else(|| wrong("a uint64"))?),
+        Kind::Float => Pv::F32(v.as_f64().ok_or_else(|| wrong("a number"))? as f32),
+        Kind::Double => Pv::F64(v.as_f64().ok_or_else(|| wrong("a number"))?),
+        Kind::Bytes => {
+            let s = v.as_str().ok_or_else(|| wrong("base64 text"))?;
+            Pv::Bytes(
+                base64::engine::general_purpose::STANDARD
+                    .decode(s)
+                    .map_err(|_| wrong("base64 text"))?
+                    .into(),
+            )
+        }
+        Kind::Enum(_) => Pv::EnumNumber(i32::try_from(int()?).map_err(|_| wrong("an enum number"))?),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn round_trip(obj: Value) -> Value {
+        let bytes = encode(&obj).expect("a built-in kind").expect("encodes");
+        assert!(is_enveloped(&bytes));
+        decode(&bytes).expect("decodes")
+    }
+
+    #[test]
+    fn a_deployment_comes_back_as_it_was_written() {
+        let d = json!({
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "shop", "labels": {"app": "web"},
+                         "creationTimestamp": "2026-12-06T20:00:01Z", "generation": 3},
+            "spec": {
+                "replicas": 0,
+                "selector": {"matchLabels": {"app": "web"}},
+                "strategy": {"rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 1}},
+                "template": {
+                    "metadata": {"labels": {"app": "web"}},
+                    "spec": {"containers": [{
+                        "name": "web", "image": "nginx:1.27",
+                        "ports": [{"containerPort": 80, "protocol": "TCP"}],
+                        "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}},
+                        "env": [{"name": "EMPTY", "value": ""}]
+                    }]}
+                }
+            }
+        });
+        let back = round_trip(d.clone());
+        // The one difference is the empty env value, which Go's omitempty drops as well.
+        let mut want = d;
+        want["spec"]["template"]["spec"]["containers"][0]["env"][0]
+            .as_object_mut()
+            .unwrap()
+            .remove("value");
+        assert_eq!(back, want);
+    }
+
+    #[test]
+    fn secrets_configmaps_and_raw_objects_keep_their_json_forms() {
+        let s = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+                       "data": {"k": "aGk="}, "type": "Opaque"});
+        assert_eq!(round_trip(s.clone()), s);
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"},
+                        "data": {"a": "b", "empty": ""}});
+        assert_eq!(round_trip(cm.clone()), cm);
+        let rev = json!({"apiVersion": "apps/v1", "kind": "ControllerRevision", "metadata": {"name": "r"},
+                         "data": {"spec": {"x": [1, 2]}}, "revision": 2});
+        assert_eq!(round_trip(rev.clone()), rev);
+        let ev = json!({"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "e"},
+                        "eventTime": "2026-12-06T20:00:01.123456Z", "reason": "Pulled"});
+        assert_eq!(round_trip(ev.clone()), ev);
+    }
+
+    #[test]
+    fn options_and_lists_of_any_group_find_their_message() {
+        assert!(message_for("v1", "DeleteOptions").is_some());
+        assert!(message_for("meta.k8s.io/v1", "Status").is_some());
+        assert!(message_for("networking.k8s.io/v1", "IngressList").is_some());
+        assert!(message_for("rbac.authorization.k8s.io/v1", "ClusterRole").is_some());
+        assert!(message_for("example.com/v1", "Widget").is_none());
+        assert!(encode(&json!({"apiVersion": "example.com/v1", "kind": "Widget"})).is_none());
+        let list = json!({"apiVersion": "v1", "kind": "PodList", "metadata": {"resourceVersion": "7"},
+                          "items": [{"metadata": {"name": "a"}, "spec": {"containers": [{"name": "c"}]}}]});
+        assert_eq!(round_trip(list.clone()), list);
+    }
+
+    #[test]
+    fn watch_events_are_length_framed_with_the_object_enveloped() {
+        let cm = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c", "resourceVersion": "9"}});
+        let frame = watch_frame("ADDED", &cm).unwrap();
+        let len = u32::from_be_bytes(frame[..4].try_into().unwrap()) as usize;
+        assert_eq!(len, frame.len() - 4);
+        let desc = POOL.get_message_by_name(&format!("{META}.WatchEvent")).unwrap();
+        let event = DynamicMessage::decode(desc, &frame[4..]).unwrap();
+        assert_eq!(event.get_field_by_name("type").unwrap().as_str(), Some("ADDED"));
+        assert_eq!(
+            message_to_json(event.get_field_by_name("object").unwrap().as_message().unwrap()),
+            cm
+        );
+    }
+
+    #[test]
+    fn go_durations_read_and_print_as_go_does() {
+        for (ns, s) in [
+            (0, "0s"),
+            (1_500_000_000, "1.5s"),
+            (3_723_000_000_000, "1h2m3s"),
+            (150_000_000, "150ms"),
+        ] {
+            assert_eq!(go_duration(ns), s);
+            assert_eq!(parse_go_duration(s), Some(ns));
+        }
+        assert_eq!(parse_go_duration("3x"), None);
+    }
+
+    #[test]
+    fn bad_bodies_are_refused_with_the_reason() {
+        assert!(decode(b"{}").unwrap_err().0.contains("envelope"));
+        assert!(decode(b"k8s\0\xff\xff").is_err());
+        let bad = json!({"apiVersion": "v1", "kind": "Pod", "spec": {"containers": [{"name": 3}]}});
+        let e = encode(&bad).unwrap().unwrap_err();
+        assert!(e.0.contains("spec.containers[0].name"), "{e}");
+    }
+}
