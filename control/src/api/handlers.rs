@@ -10,7 +10,9 @@ use serde_json::{Value, json};
 
 use super::commit::{UpdateCtx, admit, commit_update};
 use super::error::{ApiError, Cause, Subject, not_found, store_err, subject};
-use super::http::{Body, BodyType, Want, body_type, json_response, parse_value, read_body, respond, wants};
+use super::http::{
+    Body, BodyType, Want, answer_form, body_type, json_response, parse_value, read_body, respond, wants,
+};
 use super::objects::{self, FieldValidation};
 use super::query::{ListOpts, Query, dry_run, flag, parse_query};
 use super::registry::Served;
@@ -37,11 +39,7 @@ pub(super) async fn dispatch(
     }
     let q = parse_query(req.uri().query());
     let method = req.method().clone();
-    // What a write answers with: a table is only for reads.
-    let answer = match wants(req.headers()) {
-        Ok(Want::Protobuf) => Want::Protobuf,
-        _ => Want::Json,
-    };
+    let answer = answer_form(req.headers());
     match (&t.name, t.sub.as_deref(), method) {
         (None, None, Method::GET) => {
             let want = wants(req.headers())?;

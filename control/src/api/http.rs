@@ -55,8 +55,9 @@ pub fn respond(want: Want, code: u16, value: &Value, warnings: &[String]) -> Res
     json_response(code, value, warnings)
 }
 
-pub fn error_response(e: &ApiError) -> Response<Body> {
-    let mut resp = json_response(e.code(), &e.status(), &[]);
+/// A refusal as a `Status`, in protobuf when the client prefers it.
+pub fn error_response(e: &ApiError, want: Want) -> Response<Body> {
+    let mut resp = respond(want, e.code(), &e.status(), &[]);
     if e.code() == 413 {
         // The rest of the body was never read: the connection cannot carry another request.
         resp.headers_mut()
@@ -154,6 +155,15 @@ pub enum Want {
     Table,
     /// Protobuf where the kind has a message, JSON otherwise (custom resources, as Kubernetes).
     Protobuf,
+}
+
+/// The form of a write's answer or a refusal: protobuf or JSON (tables are for reads, and an
+/// Accept nothing satisfies still gets JSON).
+pub fn answer_form(headers: &HeaderMap) -> Want {
+    match wants(headers) {
+        Ok(Want::Protobuf) => Want::Protobuf,
+        _ => Want::Json,
+    }
 }
 
 pub fn wants(headers: &HeaderMap) -> Result<Want, ApiError> {

@@ -144,6 +144,7 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>, _peer: SocketAddr)
         q.split('&')
             .any(|kv| kv == "watch=true" || kv == "watch=1" || kv == "watch")
     });
+    let want = http::answer_form(req.headers());
     let result = route(state.clone(), req).await;
     let resp = match result {
         Ok(resp) => resp,
@@ -154,7 +155,7 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>, _peer: SocketAddr)
                 // The message may quote the request body (a Secret's data, say): log only the code.
                 tracing::debug!(%method, %path, code = e.code(), "request refused");
             }
-            error_response(&e)
+            error_response(&e, want)
         }
     };
     count(

@@ -48,6 +48,26 @@ const GO_ZERO_TIME: i64 = -62_135_596_800;
 /// unset non-pointer string on the wire).
 const EMPTY_MEANS_SOMETHING: &[&str] = &["storageClassName"];
 
+/// Go structs embedded with `json:",inline"`: a nested message on the wire, their fields merged
+/// into the parent's in JSON. (field name, message name), from the API's Go types.
+const INLINE: &[(&str, &str)] = &[
+    ("localObjectReference", "LocalObjectReference"),
+    ("volumeSource", "VolumeSource"),
+    ("persistentVolumeSource", "PersistentVolumeSource"),
+    ("handler", "ProbeHandler"),
+    ("ephemeralContainerCommon", "EphemeralContainerCommon"),
+    ("ingressRuleValue", "IngressRuleValue"),
+    ("ruleWithOperations", "RuleWithOperations"),
+    ("rule", "Rule"),
+];
+
+fn inline_message(field: &prost_reflect::FieldDescriptor) -> Option<MessageDescriptor> {
+    let Kind::Message(m) = field.kind() else { return None };
+    let inline = INLINE.iter().any(|(f, t)| *f == field.name() && *t == m.name())
+        && (m.name() != "Rule" || m.package_name().contains("admissionregistration"));
+    (inline && !field.is_list()).then_some(m)
+}
+
 /// Why a body could not be read or written as protobuf.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ProtoError(pub String);
@@ -232,7 +252,11 @@ fn message_to_json(msg: &DynamicMessage) -> Value {
     let mut out = Map::new();
     for (field, value) in msg.fields() {
         let v = value_to_json(value, field.name());
-        if !v.is_null() {
+        if inline_message(&field).is_some() {
+            if let Value::Object(inner) = v {
+                out.extend(inner);
+            }
+        } else if !v.is_null() {
             out.insert(field.name().to_string(), v);
         }
     }
@@ -461,6 +485,13 @@ fn json_to_message(v: &Value, desc: &MessageDescriptor, path: &str) -> Result<Dy
         return Ok(msg);
     }
     let obj = v.as_object().ok_or_else(|| wrong("an object"))?;
+    for field in desc.fields() {
+        if let Some(m) = inline_message(&field) {
+            if obj.keys().any(|k| m.get_field_by_name(k).is_some()) {
+                msg.set_field(&field, Pv::Message(json_to_message(v, &m, path)?));
+            }
+        }
+    }
     for (name, value) in obj {
         if value.is_null() {
             continue;
@@ -582,6 +613,24 @@ mod tests {
             .unwrap()
             .remove("value");
         assert_eq!(back, want);
+    }
+
+    #[test]
+    fn inline_go_structs_merge_into_their_parent_as_in_json() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"},
+        "spec": {
+            "volumes": [{"name": "conf", "configMap": {"name": "web-config"}}],
+            "containers": [{
+                "name": "c",
+                "env": [{"name": "PW", "valueFrom": {"secretKeyRef": {"name": "s", "key": "pw"}}}],
+                "readinessProbe": {"httpGet": {"path": "/ready", "port": "http"}, "periodSeconds": 1}
+            }]
+        }});
+        assert_eq!(round_trip(pod.clone()), pod);
+        let ing = json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "i"},
+            "spec": {"rules": [{"host": "a.example", "http": {"paths": [{"path": "/", "pathType": "Prefix",
+                "backend": {"service": {"name": "web", "port": {"number": 80}}}}]}}]}});
+        assert_eq!(round_trip(ing.clone()), ing);
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! starts its own `nodeless up` on a free port with its own data directory.
 
 mod bad_input;
+mod client_go;
 mod cni;
 mod dns;
 mod durability;
