@@ -14,6 +14,7 @@ pub mod metrics;
 pub mod patch;
 pub mod printers;
 pub mod private;
+pub mod schedule;
 pub mod store;
 pub mod tls;
 

@@ -135,6 +135,16 @@ const ROWS: &[Row] = &[
         &["all"],
         &["status", "scale"],
     ),
+    row("batch", "Job", "jobs", Scope::Namespaced, &[], &["all"], &["status"]),
+    row(
+        "batch",
+        "CronJob",
+        "cronjobs",
+        Scope::Namespaced,
+        &["cj"],
+        &["all"],
+        &["status"],
+    ),
     // Served so kubectl knows the kind; admission refuses every DaemonSet with the reason.
     row(
         "apps",

@@ -31,6 +31,11 @@ pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Ca
             }
         }
         ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") => workload(kind, obj, old, &mut c),
+        ("batch", "Job") => {
+            let spec = obj.get("spec").unwrap_or(&Value::Null);
+            job_spec(spec, old.and_then(|o| o.get("spec")), "spec", &mut c);
+        }
+        ("batch", "CronJob") => cronjob(obj, &mut c),
         ("", "Service") => service(obj, old, &mut c),
         ("", "ConfigMap") => config_data(obj, false, &mut c),
         ("", "Secret") => {
@@ -342,6 +347,118 @@ fn int_or_percent_ok(v: Option<&Value>) -> bool {
 fn is_zero(v: Option<&Value>) -> bool {
     matches!(v, Some(Value::Number(n)) if n.as_i64() == Some(0))
         || matches!(v, Some(Value::String(t)) if t == "0%" || t == "0")
+}
+
+/// A Job's spec (or a CronJob's job template's): pods that end, sane counts, a selector that
+/// picks the template, and what may not change once it runs.
+fn job_spec(spec: &Value, old: Option<&Value>, path: &str, c: &mut Causes) {
+    let tspec = spec.pointer("/template/spec");
+    match tspec {
+        // As a pod's, not a workload's: a Job's pods end (their restart policy is checked here).
+        Some(ps) => pod_spec(ps, &format!("{path}.template.spec"), false, c),
+        None => c.push(Cause::required(format!("{path}.template"))),
+    }
+    let restart = tspec.and_then(|t| s(t, "/restartPolicy")).unwrap_or("Always");
+    if !matches!(restart, "Never" | "OnFailure") {
+        c.push(Cause::unsupported(
+            format!("{path}.template.spec.restartPolicy"),
+            restart,
+            &["OnFailure", "Never"],
+        ));
+    }
+    for (field, min) in [
+        ("parallelism", 0),
+        ("completions", 0),
+        ("backoffLimit", 0),
+        ("activeDeadlineSeconds", 1),
+        ("ttlSecondsAfterFinished", 0),
+    ] {
+        if let Some(n) = spec.get(field).and_then(Value::as_i64) {
+            if n < min {
+                let what = if min == 0 {
+                    "must be greater than or equal to 0"
+                } else {
+                    "must be greater than 0"
+                };
+                c.push(Cause::invalid(format!("{path}.{field}"), &json!(n), what));
+            }
+        }
+    }
+    let mode = s(spec, "/completionMode").unwrap_or("NonIndexed");
+    if !matches!(mode, "NonIndexed" | "Indexed") {
+        c.push(Cause::unsupported(
+            format!("{path}.completionMode"),
+            mode,
+            &["NonIndexed", "Indexed"],
+        ));
+    }
+    if mode == "Indexed" && spec.get("completions").is_none_or(Value::is_null) {
+        c.push(Cause::required_because(
+            format!("{path}.completions"),
+            "when completion mode is Indexed",
+        ));
+    }
+    if let Some(ml) = spec.pointer("/selector/matchLabels").and_then(Value::as_object) {
+        let tlabels = spec.pointer("/template/metadata/labels");
+        if !ml.iter().all(|(k, v)| tlabels.and_then(|l| l.get(k)) == Some(v)) {
+            c.push(Cause::invalid(
+                format!("{path}.template.metadata.labels"),
+                tlabels.unwrap_or(&json!({})),
+                "`selector` does not match template `labels`",
+            ));
+        }
+    }
+    if let Some(old) = old {
+        for field in ["selector", "completionMode", "template"] {
+            if old.get(field) != spec.get(field) {
+                c.push(Cause::invalid(
+                    format!("{path}.{field}"),
+                    spec.get(field).unwrap_or(&Value::Null),
+                    "field is immutable",
+                ));
+            }
+        }
+    }
+}
+
+fn cronjob(obj: &Value, c: &mut Causes) {
+    let name = s(obj, "/metadata/name").unwrap_or_default();
+    // Job names get 11 more characters (`-<minutes>`), and must stay DNS labels.
+    if name.len() > 52 {
+        c.push(Cause::invalid(
+            "metadata.name",
+            &json!(name),
+            "must be no more than 52 characters",
+        ));
+    }
+    match s(obj, "/spec/schedule") {
+        None | Some("") => c.push(Cause::required("spec.schedule")),
+        Some(sched) => {
+            if let Some(why) = crate::schedule::check(sched, s(obj, "/spec/timeZone")) {
+                let field = if why.contains("time zone") {
+                    "spec.timeZone"
+                } else {
+                    "spec.schedule"
+                };
+                let value = obj
+                    .pointer(&format!("/{}", field.replace('.', "/")))
+                    .unwrap_or(&Value::Null);
+                c.push(Cause::invalid(field, value, &why));
+            }
+        }
+    }
+    let policy = s(obj, "/spec/concurrencyPolicy").unwrap_or("Allow");
+    if !matches!(policy, "Allow" | "Forbid" | "Replace") {
+        c.push(Cause::unsupported(
+            "spec.concurrencyPolicy",
+            policy,
+            &["Allow", "Forbid", "Replace"],
+        ));
+    }
+    match obj.pointer("/spec/jobTemplate/spec") {
+        Some(js) => job_spec(js, None, "spec.jobTemplate.spec", c),
+        None => c.push(Cause::required("spec.jobTemplate")),
+    }
 }
 
 fn workload(kind: &str, obj: &Value, old: Option<&Value>, c: &mut Causes) {

@@ -1,7 +1,7 @@
 //! What the server does to an object before storing it: typed decoding of built-in kinds (which
 //! finds unknown fields and wrong types), metadata on create, and the apiserver's defaults.
 
-use k8s_openapi::api::{apps, coordination, core, discovery, networking};
+use k8s_openapi::api::{apps, batch, coordination, core, discovery, networking};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -77,6 +77,8 @@ fn decode(group: &str, kind: &str, input: &Value) -> Option<Result<(Value, Vec<S
         ("apps", "Deployment") => roundtrip::<apps::v1::Deployment>(input),
         ("apps", "ReplicaSet") => roundtrip::<apps::v1::ReplicaSet>(input),
         ("apps", "DaemonSet") => roundtrip::<apps::v1::DaemonSet>(input),
+        ("batch", "Job") => roundtrip::<batch::v1::Job>(input),
+        ("batch", "CronJob") => roundtrip::<batch::v1::CronJob>(input),
         ("networking.k8s.io", "Ingress") => roundtrip::<networking::v1::Ingress>(input),
         ("networking.k8s.io", "IngressClass") => roundtrip::<networking::v1::IngressClass>(input),
         ("discovery.k8s.io", "EndpointSlice") => roundtrip::<discovery::v1::EndpointSlice>(input),
@@ -304,6 +306,25 @@ fn tolerate_virtual_nodes(spec: &mut Value) {
     }
 }
 
+/// A Job's defaults (also those of a CronJob's job template), as Kubernetes sets them.
+fn default_job_spec(spec: &mut Value) {
+    let Some(m) = spec.as_object_mut() else { return };
+    let has_completions = m.get("completions").is_some_and(|v| !v.is_null());
+    let has_parallelism = m.get("parallelism").is_some_and(|v| !v.is_null());
+    if !has_completions && !has_parallelism {
+        m.insert("completions".into(), json!(1));
+    }
+    set_default(m, "parallelism", json!(1));
+    set_default(m, "backoffLimit", json!(6));
+    set_default(m, "completionMode", json!("NonIndexed"));
+    set_default(m, "suspend", json!(false));
+    set_default(m, "manualSelector", json!(false));
+    set_default(m, "podReplacementPolicy", json!("TerminatingOrFailed"));
+    if let Some(ps) = m.get_mut("template").and_then(|t| t.get_mut("spec")) {
+        default_pod_spec(ps);
+    }
+}
+
 /// Defaults for the built-in kinds, applied on every create and update.
 pub fn apply_defaults(group: &str, kind: &str, obj: &mut Value) {
     match (group, kind) {
@@ -331,6 +352,42 @@ pub fn apply_defaults(group: &str, kind: &str, obj: &mut Value) {
                 }
                 if let Some(ps) = spec.get_mut("template").and_then(|t| t.get_mut("spec")) {
                     default_pod_spec(ps);
+                }
+            }
+        }
+        ("batch", "Job") => {
+            let uid = obj.pointer("/metadata/uid").cloned().unwrap_or(Value::Null);
+            let name = obj.pointer("/metadata/name").cloned().unwrap_or(Value::Null);
+            if let Some(spec) = obj.get_mut("spec") {
+                default_job_spec(spec);
+                // The Job's own selector, on its uid, unless it brings one (manualSelector).
+                if spec.get("manualSelector") != Some(&json!(true)) && uid.is_string() {
+                    let mut labels = spec.pointer("/template/metadata/labels").cloned().unwrap_or(json!({}));
+                    for (k, v) in [
+                        ("batch.kubernetes.io/controller-uid", &uid),
+                        ("batch.kubernetes.io/job-name", &name),
+                        ("controller-uid", &uid),
+                        ("job-name", &name),
+                    ] {
+                        labels[k] = v.clone();
+                    }
+                    if spec.get("selector").is_none() {
+                        spec["selector"] = json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}});
+                    }
+                    if spec.get("template").is_some() {
+                        spec["template"]["metadata"]["labels"] = labels;
+                    }
+                }
+            }
+        }
+        ("batch", "CronJob") => {
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                set_default(spec, "concurrencyPolicy", json!("Allow"));
+                set_default(spec, "suspend", json!(false));
+                set_default(spec, "successfulJobsHistoryLimit", json!(3));
+                set_default(spec, "failedJobsHistoryLimit", json!(1));
+                if let Some(js) = spec.get_mut("jobTemplate").and_then(|t| t.get_mut("spec")) {
+                    default_job_spec(js);
                 }
             }
         }

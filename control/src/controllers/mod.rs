@@ -2,9 +2,11 @@
 //! turn each change into the keys it affects, reconcile those keys (deduplicated, after a few
 //! milliseconds so bursts coalesce), and resync everything periodically to heal anything missed.
 
+mod cronjob;
 mod deployment;
 mod endpoints;
 mod gc;
+pub mod job;
 pub mod knative;
 mod namespace;
 mod replicaset;
@@ -28,63 +30,73 @@ pub fn start(client: LocalClient) -> Vec<tokio::task::JoinHandle<()>> {
             "replicaset",
             replicaset::interested,
             replicaset::resync,
-            |c, k| Box::pin(replicaset::reconcile(c, k)),
+            |c, k| Box::pin(done(replicaset::reconcile(c, k))),
         )),
         tokio::spawn(drive(
             client.clone(),
             "deployment",
             deployment::interested,
             deployment::resync,
-            |c, k| Box::pin(deployment::reconcile(c, k)),
+            |c, k| Box::pin(done(deployment::reconcile(c, k))),
         )),
         tokio::spawn(drive(
             client.clone(),
             "endpointslice",
             endpoints::interested,
             endpoints::resync,
-            |c, k| Box::pin(endpoints::reconcile(c, k)),
+            |c, k| Box::pin(done(endpoints::reconcile(c, k))),
         )),
         tokio::spawn(drive(
             client.clone(),
             "scheduler",
             scheduler::interested,
             scheduler::resync,
-            |c, k| Box::pin(scheduler::reconcile(c, k)),
+            |c, k| Box::pin(done(scheduler::reconcile(c, k))),
         )),
         tokio::spawn(drive(
             client.clone(),
             "namespace",
             namespace::interested,
             namespace::resync,
-            |c, k| Box::pin(namespace::reconcile(c, k)),
+            |c, k| Box::pin(done(namespace::reconcile(c, k))),
         )),
         tokio::spawn(drive(
             client.clone(),
             "knative-service",
             knative::service::interested,
             knative::service::resync,
-            |c, k| Box::pin(knative::service::reconcile(c, k)),
+            |c, k| Box::pin(done(knative::service::reconcile(c, k))),
         )),
         tokio::spawn(drive(
             client.clone(),
             "knative-configuration",
             knative::configuration::interested,
             knative::configuration::resync,
-            |c, k| Box::pin(knative::configuration::reconcile(c, k)),
+            |c, k| Box::pin(done(knative::configuration::reconcile(c, k))),
         )),
         tokio::spawn(drive(
             client.clone(),
             "knative-revision",
             knative::revision::interested,
             knative::revision::resync,
-            |c, k| Box::pin(knative::revision::reconcile(c, k)),
+            |c, k| Box::pin(done(knative::revision::reconcile(c, k))),
         )),
         tokio::spawn(drive(
             client.clone(),
             "knative-route",
             knative::route::interested,
             knative::route::resync,
-            |c, k| Box::pin(knative::route::reconcile(c, k)),
+            |c, k| Box::pin(done(knative::route::reconcile(c, k))),
+        )),
+        tokio::spawn(drive(client.clone(), "job", job::interested, job::resync, |c, k| {
+            Box::pin(job::reconcile(c, k))
+        })),
+        tokio::spawn(drive(
+            client.clone(),
+            "cronjob",
+            cronjob::interested,
+            cronjob::resync,
+            |c, k| Box::pin(cronjob::reconcile(c, k)),
         )),
         tokio::spawn(knative::autoscaler::run(client.clone())),
         tokio::spawn(drive(
@@ -92,7 +104,7 @@ pub fn start(client: LocalClient) -> Vec<tokio::task::JoinHandle<()>> {
             "garbage-collector",
             gc::interested,
             gc::resync,
-            |c, k| Box::pin(gc::reconcile(c, k)),
+            |c, k| Box::pin(done(gc::reconcile(c, k))),
         )),
     ]
 }
@@ -106,6 +118,15 @@ const RACE_RETRY: Duration = Duration::from_millis(20);
 /// controller; short enough that a fix to the object is taken up soon.
 const FAILURE_BACKOFF_MAX: Duration = Duration::from_secs(5);
 
+/// What a reconcile ends with: done, or done and to be looked at again after a while (a
+/// deadline, a back-off, a schedule), whatever changes in between.
+pub type Outcome = Result<Option<Duration>, ApiError>;
+
+/// A reconcile that never asks to be looked at again.
+async fn done(f: impl std::future::Future<Output = Result<(), ApiError>>) -> Outcome {
+    f.await.map(|()| None)
+}
+
 type Interested = fn(&LocalClient, &Event) -> Vec<String>;
 type Resync = fn(&LocalClient) -> Vec<String>;
 
@@ -118,11 +139,13 @@ fn failure_backoff(failures: u32) -> Duration {
 
 async fn drive<R>(client: LocalClient, name: &'static str, interested: Interested, resync: Resync, reconcile: R)
 where
-    R: Fn(LocalClient, String) -> BoxFuture<'static, Result<(), ApiError>> + Send + 'static,
+    R: Fn(LocalClient, String) -> BoxFuture<'static, Outcome> + Send + 'static,
 {
     // Failures in a row per key, and the keys waiting out their back-off.
     let mut failures: std::collections::HashMap<String, u32> = Default::default();
     let mut waiting: Vec<(tokio::time::Instant, String)> = Vec::new();
+    // Keys a reconcile asked to see again at a time; changes before then still reconcile them.
+    let mut timers: std::collections::HashMap<String, tokio::time::Instant> = Default::default();
     loop {
         let rev = client.state.store.revision();
         let Ok(mut watch) = client.state.store.watch("/", rev) else {
@@ -133,7 +156,7 @@ where
         let mut tick = tokio::time::interval(RESYNC_EVERY);
         tick.tick().await;
         loop {
-            let next_due = waiting.iter().map(|(t, _)| *t).min();
+            let next_due = waiting.iter().map(|(t, _)| *t).chain(timers.values().copied()).min();
             tokio::select! {
                 ev = watch.next() => match ev {
                     Some(e) => dirty.extend(interested(&client, &e)),
@@ -146,6 +169,13 @@ where
                     let (due, later): (Vec<_>, Vec<_>) = waiting.drain(..).partition(|(t, _)| *t <= now);
                     waiting = later;
                     dirty.extend(due.into_iter().map(|(_, k)| k));
+                    timers.retain(|k, t| {
+                        let due = *t <= now;
+                        if due {
+                            dirty.insert(k.clone());
+                        }
+                        !due
+                    });
                 }
                 _ = tokio::time::sleep(COALESCE), if !dirty.is_empty() => {
                     let keys = std::mem::take(&mut dirty);
@@ -155,7 +185,15 @@ where
                             continue;
                         }
                         let delay = match reconcile(client.clone(), key.clone()).await {
-                            Ok(()) | Err(ApiError::NotFound { .. }) => {
+                            Ok(again) => {
+                                failures.remove(&key);
+                                match again {
+                                    Some(after) => timers.insert(key, tokio::time::Instant::now() + after),
+                                    None => timers.remove(&key),
+                                };
+                                continue;
+                            }
+                            Err(ApiError::NotFound { .. }) => {
                                 failures.remove(&key);
                                 continue;
                             }

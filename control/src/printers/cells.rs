@@ -419,6 +419,75 @@ pub fn cells(group: &str, kind: &str, v: &Value, now: DateTime<Utc>) -> Vec<Valu
             ]
         }
         ("", "ServiceAccount") => vec![name, json!(arr(v, "/secrets").len()), age],
+        ("batch", "Job") => {
+            let containers = arr(v, "/spec/template/spec/containers");
+            let cond = |ty: &str| {
+                arr(v, "/status/conditions")
+                    .iter()
+                    .any(|c| s(c, "/type") == ty && s(c, "/status") == "True")
+            };
+            let status = if cond("Failed") {
+                "Failed"
+            } else if cond("Complete") {
+                "Complete"
+            } else if cond("Suspended") {
+                "Suspended"
+            } else if cond("FailureTarget") {
+                "FailureTarget"
+            } else {
+                "Running"
+            };
+            let succeeded = int(v, "/status/succeeded");
+            let completions = match v.pointer("/spec/completions").and_then(Value::as_i64) {
+                Some(c) => format!("{succeeded}/{c}"),
+                None => {
+                    let p = v.pointer("/spec/parallelism").and_then(Value::as_i64).unwrap_or(1);
+                    if p > 1 {
+                        format!("{succeeded}/1 of {p}")
+                    } else {
+                        format!("{succeeded}/1")
+                    }
+                }
+            };
+            let started = v.pointer("/status/startTime").and_then(Value::as_str);
+            let ended = v.pointer("/status/completionTime").and_then(Value::as_str);
+            let parse = |t: &str| DateTime::parse_from_rfc3339(t).ok().map(|t| t.with_timezone(&Utc));
+            let duration = match (started.and_then(parse), ended.and_then(parse)) {
+                (Some(a), Some(b)) => human_duration(b - a),
+                (Some(a), None) => human_duration(now - a),
+                _ => String::new(),
+            };
+            vec![
+                name,
+                json!(status),
+                json!(completions),
+                json!(duration),
+                age,
+                json!(joined(containers.iter().map(|c| s(c, "/name").to_string()), "<none>")),
+                json!(joined(containers.iter().map(|c| s(c, "/image").to_string()), "<none>")),
+                json!(selector_string(v.pointer("/spec/selector"))),
+            ]
+        }
+        ("batch", "CronJob") => {
+            let containers = arr(v, "/spec/jobTemplate/spec/template/spec/containers");
+            let last = v
+                .pointer("/status/lastScheduleTime")
+                .and_then(Value::as_str)
+                .map(|t| age_of(t, now))
+                .unwrap_or_else(|| "<none>".into());
+            vec![
+                name,
+                json!(s(v, "/spec/schedule")),
+                json!(v.pointer("/spec/timeZone").and_then(Value::as_str).unwrap_or("<none>")),
+                json!(v.pointer("/spec/suspend").and_then(Value::as_bool).unwrap_or(false)),
+                json!(arr(v, "/status/active").len()),
+                json!(last),
+                age,
+                json!(joined(containers.iter().map(|c| s(c, "/name").to_string()), "<none>")),
+                json!(joined(containers.iter().map(|c| s(c, "/image").to_string()), "<none>")),
+                json!(selector_string(v.pointer("/spec/jobTemplate/spec/selector"))),
+            ]
+        }
         ("apps", "Deployment") => {
             let desired = int(v, "/spec/replicas");
             let containers = arr(v, "/spec/template/spec/containers");

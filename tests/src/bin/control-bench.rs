@@ -1,5 +1,6 @@
-//! Control-plane benchmark: durable pod creates per second (1 and 32 concurrent clients) and
-//! watch delivery latency with 100 watchers, against a real `nodeless up` on this machine.
+//! Control-plane benchmark: durable pod creates per second (1 and 32 concurrent clients), with
+//! JSON bodies and with protobuf bodies (as client-go sends them) side by side, and watch
+//! delivery latency with 100 watchers, against a real `nodeless up` on this machine.
 //!
 //!     cargo run --release -p nodeless-tests --bin control-bench
 #![forbid(unsafe_code)]
@@ -36,14 +37,47 @@ fn pod(ns: &str, name: &str) -> Value {
             "ports": [{"containerPort": 8080}], "resources": {"requests": {"cpu": "100m", "memory": "64Mi"}}}]}})
 }
 
-async fn create_pods(n: &Nodeless, ns: &str, total: usize, clients: usize) -> Result<f64> {
+/// How request bodies are written and answers asked for.
+#[derive(Clone, Copy, PartialEq)]
+enum Wire {
+    Json,
+    Protobuf,
+}
+
+impl Wire {
+    fn media(self) -> &'static str {
+        match self {
+            Wire::Json => "application/json",
+            Wire::Protobuf => nodeless_control::api::proto::MEDIA_TYPE,
+        }
+    }
+
+    /// Every body, written before the clock starts so only the server's work is timed.
+    fn bodies(self, ns: &str, total: usize) -> Result<Vec<bytes::Bytes>> {
+        (0..total)
+            .map(|i| {
+                let p = pod(ns, &format!("p{i}"));
+                Ok(match self {
+                    Wire::Json => serde_json::to_vec(&p)?.into(),
+                    Wire::Protobuf => nodeless_control::api::proto::encode(&p)
+                        .ok_or_else(|| anyhow::anyhow!("Pod has a protobuf message"))?
+                        .map_err(|e| anyhow::anyhow!("{e}"))?
+                        .into(),
+                })
+            })
+            .collect()
+    }
+}
+
+async fn create_pods(n: &Nodeless, ns: &str, total: usize, clients: usize, wire: Wire) -> Result<f64> {
     let token = n.admin_token();
     let url = n.url(&format!("/api/v1/namespaces/{ns}/pods"));
+    let bodies = Arc::new(wire.bodies(ns, total)?);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let start = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..clients {
-        let (http, token, url, next, ns) = (n.http(), token.clone(), url.clone(), next.clone(), ns.to_string());
+        let (http, token, url, next, bodies) = (n.http(), token.clone(), url.clone(), next.clone(), bodies.clone());
         tasks.push(tokio::spawn(async move {
             loop {
                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -53,10 +87,14 @@ async fn create_pods(n: &Nodeless, ns: &str, total: usize, clients: usize) -> Re
                 let resp = http
                     .post(&url)
                     .bearer_auth(&token)
-                    .json(&pod(&ns, &format!("p{i}")))
+                    .header("content-type", wire.media())
+                    .header("accept", wire.media())
+                    .body(bodies[i].clone())
                     .send()
                     .await?;
                 anyhow::ensure!(resp.status().as_u16() == 201, "create failed: {}", resp.text().await?);
+                let answer = resp.headers().get("content-type").and_then(|v| v.to_str().ok());
+                anyhow::ensure!(answer == Some(wire.media()), "answered in {answer:?}");
             }
         }));
     }
@@ -157,7 +195,7 @@ async fn main() -> Result<()> {
     let n = Nodeless::start()?;
     let http = n.http();
     let token = n.admin_token();
-    for ns in ["bench1", "bench32"] {
+    for ns in ["bench1", "bench32", "proto1", "proto32"] {
         http.post(n.url("/api/v1/namespaces"))
             .bearer_auth(&token)
             .json(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
@@ -168,12 +206,20 @@ async fn main() -> Result<()> {
         "nodeless control-plane benchmark ({} cores)",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
-    let one = create_pods(&n, "bench1", args.single, 1).await?;
-    println!("durable pod creates/s, 1 client:    {one:>8.0}  ({} pods)", args.single);
-    let many = create_pods(&n, "bench32", args.concurrent, args.clients).await?;
+    let one = create_pods(&n, "bench1", args.single, 1, Wire::Json).await?;
+    let one_pb = create_pods(&n, "proto1", args.single, 1, Wire::Protobuf).await?;
     println!(
-        "durable pod creates/s, {} clients: {many:>8.0}  ({} pods)   goal >= 2000",
-        args.clients, args.concurrent
+        "durable pod creates/s, 1 client:    JSON {one:>8.0}  protobuf {one_pb:>8.0}  protobuf/JSON x{:.2}  ({} pods each)",
+        one_pb / one,
+        args.single
+    );
+    let many = create_pods(&n, "bench32", args.concurrent, args.clients, Wire::Json).await?;
+    let many_pb = create_pods(&n, "proto32", args.concurrent, args.clients, Wire::Protobuf).await?;
+    println!(
+        "durable pod creates/s, {} clients: JSON {many:>8.0}  protobuf {many_pb:>8.0}  protobuf/JSON x{:.2}  ({} pods each)   goal >= 2000, protobuf >= JSON",
+        args.clients,
+        many_pb / many,
+        args.concurrent
     );
     let (p50, p99, got) = watch_latency(&n, args.watchers, args.changes).await?;
     println!(

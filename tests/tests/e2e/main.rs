@@ -12,6 +12,7 @@ mod isolation_network;
 mod isolation_node;
 mod isolation_seccomp;
 mod isolation_userns;
+mod jobs;
 mod knative;
 mod knative_conformance;
 mod kubectl;
