@@ -36,6 +36,21 @@ pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Ca
             job_spec(spec, old.and_then(|o| o.get("spec")), "spec", &mut c);
         }
         ("batch", "CronJob") => cronjob(obj, &mut c),
+        ("", "ReplicationController") => {
+            // The selector is a plain map; checked as a workload's matchLabels would be.
+            let mut as_rs = obj.clone();
+            if let Some(sel) = obj.pointer("/spec/selector").cloned() {
+                as_rs["spec"]["selector"] = json!({"matchLabels": sel});
+            }
+            let old_rs = old.map(|o| {
+                let mut o = o.clone();
+                if let Some(sel) = o.pointer("/spec/selector").cloned() {
+                    o["spec"]["selector"] = json!({"matchLabels": sel});
+                }
+                o
+            });
+            workload(kind, &as_rs, old_rs.as_ref(), &mut c);
+        }
         ("", "Service") => service(obj, old, &mut c),
         ("", "ConfigMap") => config_data(obj, false, &mut c),
         ("", "Secret") => {

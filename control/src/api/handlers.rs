@@ -421,6 +421,11 @@ fn scale_view(served: &Served, obj: &Value) -> Value {
     let get = |p: &str| obj.pointer(p).cloned();
     let selector = match selector_path {
         Some(p) => get(&p).and_then(|v| v.as_str().map(String::from)).unwrap_or_default(),
+        // A ReplicationController's selector is a plain map of labels.
+        None if served.def.kind == "ReplicationController" => obj
+            .pointer("/spec/selector")
+            .map(|s| LabelSelector::from_object(&json!({"matchLabels": s})).to_query())
+            .unwrap_or_default(),
         None => obj
             .pointer("/spec/selector")
             .map(|s| LabelSelector::from_object(s).to_query())

@@ -74,6 +74,7 @@ fn decode(group: &str, kind: &str, input: &Value) -> Option<Result<(Value, Vec<S
         ("", "Event") => roundtrip::<core::v1::Event>(input),
         ("", "ServiceAccount") => roundtrip::<core::v1::ServiceAccount>(input),
         ("", "Binding") => roundtrip::<core::v1::Binding>(input),
+        ("", "ReplicationController") => roundtrip::<core::v1::ReplicationController>(input),
         ("apps", "Deployment") => roundtrip::<apps::v1::Deployment>(input),
         ("apps", "ReplicaSet") => roundtrip::<apps::v1::ReplicaSet>(input),
         ("apps", "DaemonSet") => roundtrip::<apps::v1::DaemonSet>(input),
@@ -388,6 +389,22 @@ pub fn apply_defaults(group: &str, kind: &str, obj: &mut Value) {
                 set_default(spec, "failedJobsHistoryLimit", json!(1));
                 if let Some(js) = spec.get_mut("jobTemplate").and_then(|t| t.get_mut("spec")) {
                     default_job_spec(js);
+                }
+            }
+        }
+        ("", "ReplicationController") => {
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                set_default(spec, "replicas", json!(1));
+                // No selector: the template's labels, as Kubernetes defaults it.
+                let labels = spec
+                    .get("template")
+                    .and_then(|t| t.pointer("/metadata/labels"))
+                    .cloned();
+                if let Some(labels) = labels {
+                    set_default(spec, "selector", labels);
+                }
+                if let Some(ps) = spec.get_mut("template").and_then(|t| t.get_mut("spec")) {
+                    default_pod_spec(ps);
                 }
             }
         }

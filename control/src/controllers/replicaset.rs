@@ -1,4 +1,5 @@
-//! ReplicaSet → Pods: keep `spec.replicas` pods running from the template, report status.
+//! ReplicaSet → Pods: keep `spec.replicas` pods running from the template, report status. The
+//! legacy ReplicationController (core/v1, selector a plain map) is run by the same code.
 
 use futures::future::join_all;
 use serde_json::{Value, json};
@@ -11,18 +12,54 @@ use crate::store::Event;
 /// Pods created per round, concurrently, so their writes share durable commits.
 const CREATE_CHUNK: usize = 64;
 
+/// The kinds that keep a number of pods from a template.
+pub struct Replicated {
+    group: &'static str,
+    plural: &'static str,
+    api_version: &'static str,
+    kind: &'static str,
+}
+
+pub const REPLICA_SET: Replicated = Replicated {
+    group: "apps",
+    plural: "replicasets",
+    api_version: "apps/v1",
+    kind: "ReplicaSet",
+};
+
+pub const REPLICATION_CONTROLLER: Replicated = Replicated {
+    group: "",
+    plural: "replicationcontrollers",
+    api_version: "v1",
+    kind: "ReplicationController",
+};
+
+impl Replicated {
+    fn prefix(&self) -> String {
+        let g = if self.group.is_empty() { "core" } else { self.group };
+        format!("/{g}/{}/", self.plural)
+    }
+}
+
 pub fn interested(_: &LocalClient, ev: &Event) -> Vec<String> {
-    if ev.key.starts_with("/apps/replicasets/") {
+    let mut keys = interested_in(&REPLICA_SET, ev);
+    keys.extend(interested_in(&REPLICATION_CONTROLLER, ev));
+    keys
+}
+
+fn interested_in(r: &Replicated, ev: &Event) -> Vec<String> {
+    if ev.key.starts_with(&r.prefix()) {
         return vec![ev.key.clone()];
     }
     if ev.key.starts_with("/core/pods/") {
         let mut keys = Vec::new();
         for obj in std::iter::once(&ev.obj).chain(ev.prev.iter()) {
-            if let Some(r) = controller_ref(obj).filter(|r| r.get("kind") == Some(&json!("ReplicaSet"))) {
+            if let Some(owner) = controller_ref(obj).filter(|o| o.get("kind") == Some(&json!(r.kind))) {
                 let k = format!(
-                    "/apps/replicasets/{}/{}",
+                    "{}{}/{}",
+                    r.prefix(),
                     str_at(obj, "/metadata/namespace"),
-                    str_at(r, "/name")
+                    str_at(owner, "/name")
                 );
                 if !keys.contains(&k) {
                     keys.push(k);
@@ -35,17 +72,17 @@ pub fn interested(_: &LocalClient, ev: &Event) -> Vec<String> {
 }
 
 pub fn resync(client: &LocalClient) -> Vec<String> {
-    let rs = client.served("apps", "replicasets");
-    client
-        .list(&rs, None, &|_| true)
-        .iter()
-        .map(|s| {
-            rs.key(
+    let mut keys = Vec::new();
+    for r in [&REPLICA_SET, &REPLICATION_CONTROLLER] {
+        let res = client.served(r.group, r.plural);
+        keys.extend(client.list(&res, None, &|_| true).iter().map(|s| {
+            res.key(
                 s.obj.pointer("/metadata/namespace").and_then(Value::as_str),
                 str_at(&s.obj, "/metadata/name"),
             )
-        })
-        .collect()
+        }));
+    }
+    keys
 }
 
 fn owned_by(pod: &Value, owner_uid: &str) -> bool {
@@ -67,11 +104,11 @@ fn ready_for(p: &Value) -> i64 {
         .unwrap_or(0)
 }
 
-fn pod_from_template(rs: &Value) -> Value {
+fn pod_from_template(r: &Replicated, rs: &Value) -> Value {
     let template = rs.pointer("/spec/template").cloned().unwrap_or(json!({}));
     let mut meta = template.get("metadata").cloned().unwrap_or(json!({}));
     meta["generateName"] = json!(format!("{}-", str_at(rs, "/metadata/name")));
-    meta["ownerReferences"] = json!([owner_ref("apps/v1", "ReplicaSet", rs)]);
+    meta["ownerReferences"] = json!([owner_ref(r.api_version, r.kind, rs)]);
     if let Some(m) = meta.as_object_mut() {
         m.remove("name");
         m.remove("namespace");
@@ -93,7 +130,12 @@ fn deletion_rank(p: &Value) -> (u8, u8, u8, std::cmp::Reverse<String>) {
 }
 
 pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError> {
-    let rs_res = client.served("apps", "replicasets");
+    let r = if key.starts_with(&REPLICATION_CONTROLLER.prefix()) {
+        &REPLICATION_CONTROLLER
+    } else {
+        &REPLICA_SET
+    };
+    let rs_res = client.served(r.group, r.plural);
     let pods_res = client.served("", "pods");
     let (ns, name) = split_key(&key);
     let Some(rs) = client.get(&rs_res, ns, name) else {
@@ -115,7 +157,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
         let missing = desired - active.len();
         for chunk_start in (0..missing).step_by(CREATE_CHUNK) {
             let n = CREATE_CHUNK.min(missing - chunk_start);
-            let creates = (0..n).map(|_| client.create(&pods_res, ns, pod_from_template(&rs.obj)));
+            let creates = (0..n).map(|_| client.create(&pods_res, ns, pod_from_template(r, &rs.obj)));
             for r in join_all(creates).await {
                 r?;
             }

@@ -502,7 +502,7 @@ pub fn cells(group: &str, kind: &str, v: &Value, now: DateTime<Utc>) -> Vec<Valu
                 json!(selector_string(v.pointer("/spec/selector"))),
             ]
         }
-        ("apps", "ReplicaSet") => {
+        ("apps", "ReplicaSet") | ("", "ReplicationController") => {
             let containers = arr(v, "/spec/template/spec/containers");
             vec![
                 name,

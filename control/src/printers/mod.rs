@@ -307,7 +307,7 @@ fn columns_of(group: &str, kind: &str) -> Vec<Col> {
                 "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.",
             ),
         ],
-        ("apps", "ReplicaSet") => vec![
+        ("apps", "ReplicaSet") | ("", "ReplicationController") => vec![
             NAME,
             col("Desired", "integer", 0, "Replicas is the number of desired replicas."),
             col(

@@ -575,6 +575,22 @@ fn typed_commands(v: &str) {
             .success()
     );
 
+    // The legacy ReplicationController, which client libraries' own tests still use.
+    let rc = "apiVersion: v1\nkind: ReplicationController\nmetadata: {name: legacy, namespace: typed}\nspec:\n  replicas: 2\n  template:\n    metadata: {labels: {app: legacy}}\n    spec: {containers: [{name: c, image: registry.local/web:1}]}\n";
+    let out = n.kubectl_with(v, &n.kubeconfig(), &["apply", "-f", "-"], Some(rc));
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        get("rc/legacy", "{.spec.selector.app}"),
+        "legacy",
+        "the selector defaults to the template's labels"
+    );
+    let out = k(&["scale", "rc/legacy", "-n", "typed", "--replicas=3"]);
+    assert!(out.contains("scaled"), "{out}");
+    nodeless_tests::eventually("the ReplicationController keeps three pods", 30, || {
+        let pods = n.kubectl(v, &["get", "pods", "-n", "typed", "-l", "app=legacy", "-o", "name"]);
+        stdout(&pods).lines().count() == 3 && get("rc/legacy", "{.status.replicas}") == "3"
+    });
+
     // Aggregated discovery: a cold cache fills from /api and /apis alone.
     let cache = n.dir.path().join(format!("cache-{v}"));
     let cache_arg = format!("--cache-dir={}", cache.display());
