@@ -107,6 +107,15 @@ const ROWS: &[Row] = &[
     row("", "ConfigMap", "configmaps", Scope::Namespaced, &["cm"], &[], &[]),
     row(
         "",
+        "LimitRange",
+        "limitranges",
+        Scope::Namespaced,
+        &["limits"],
+        &[],
+        &[],
+    ),
+    row(
+        "",
         "ReplicationController",
         "replicationcontrollers",
         Scope::Namespaced,

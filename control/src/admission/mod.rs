@@ -1,6 +1,7 @@
 //! Admission: the apiserver's validation for the fields users hit, and the platform's rules — what
 //! a serverless Kubernetes does not run is refused with the rule that says why (as ECI does).
 
+pub mod limits;
 mod names;
 mod platform;
 mod validate;

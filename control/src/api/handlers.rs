@@ -303,6 +303,7 @@ pub async fn create_object(
     }
     objects::apply_defaults(&served.def.group, &served.def.kind, &mut obj);
     if served.def.group.is_empty() && served.def.kind == "Pod" {
+        limit_ranges(state, ns, &name, &mut obj)?;
         let qos = obj.get("spec").map(objects::qos_class).unwrap_or("BestEffort");
         obj["status"]["qosClass"] = json!(qos);
     }
@@ -322,6 +323,25 @@ pub async fn create_object(
             super::hooks::undo_create(state, allocated.as_deref());
             Err(store_err(served, &name, e))
         }
+    }
+}
+
+/// The namespace's LimitRanges on a new pod: defaults in, bounds checked (403 with the reason).
+fn limit_ranges(state: &ApiState, ns: Option<&str>, name: &str, pod: &mut Value) -> Result<(), ApiError> {
+    use crate::admission::limits;
+    limits::requests_from_limits(pod);
+    let Some(ns) = ns else { return Ok(()) };
+    let (ranges, _, _) = state
+        .store
+        .list(&format!("/core/limitranges/{ns}/"), None, 0, &|_| true);
+    let ranges: Vec<&Value> = ranges.iter().map(|s| &*s.obj).collect();
+    match limits::apply(pod, &ranges) {
+        Ok(Some(note)) => {
+            pod["metadata"]["annotations"]["kubernetes.io/limit-ranger"] = json!(note);
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(why) => Err(ApiError::Forbidden(format!("pods \"{name}\" is forbidden: {why}"))),
     }
 }
 

@@ -75,6 +75,7 @@ fn decode(group: &str, kind: &str, input: &Value) -> Option<Result<(Value, Vec<S
         ("", "ServiceAccount") => roundtrip::<core::v1::ServiceAccount>(input),
         ("", "Binding") => roundtrip::<core::v1::Binding>(input),
         ("", "ReplicationController") => roundtrip::<core::v1::ReplicationController>(input),
+        ("", "LimitRange") => roundtrip::<core::v1::LimitRange>(input),
         ("apps", "Deployment") => roundtrip::<apps::v1::Deployment>(input),
         ("apps", "ReplicaSet") => roundtrip::<apps::v1::ReplicaSet>(input),
         ("apps", "DaemonSet") => roundtrip::<apps::v1::DaemonSet>(input),

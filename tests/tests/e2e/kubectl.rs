@@ -591,6 +591,29 @@ fn typed_commands(v: &str) {
         stdout(&pods).lines().count() == 3 && get("rc/legacy", "{.status.replicas}") == "3"
     });
 
+    // A LimitRange sizes pods that do not say (as ASK sizes each pod from its requests) and
+    // refuses those out of bounds.
+    let lr = "apiVersion: v1\nkind: LimitRange\nmetadata: {name: sizes, namespace: typed}\nspec:\n  limits:\n  - type: Container\n    default: {cpu: 500m, memory: 256Mi}\n    defaultRequest: {cpu: 100m, memory: 128Mi}\n    max: {cpu: \"2\"}\n";
+    let out = n.kubectl_with(v, &n.kubeconfig(), &["apply", "-f", "-"], Some(lr));
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = k(&["run", "sized", "-n", "typed", "--image=registry.local/web:1"]);
+    assert!(out.contains("pod/sized created"), "{out}");
+    assert_eq!(
+        get("pod/sized", "{.spec.containers[0].resources}"),
+        r#"{"limits":{"cpu":"500m","memory":"256Mi"},"requests":{"cpu":"100m","memory":"128Mi"}}"#
+    );
+    assert_eq!(get("pod/sized", "{.status.qosClass}"), "Burstable");
+    let big = n.kubectl(
+        v,
+        &["run", "big", "-n", "typed", "--image=registry.local/web:1", "--overrides", r#"{"spec":{"containers":[{"name":"big","image":"registry.local/web:1","resources":{"limits":{"cpu":"3"}}}]}}"#],
+    );
+    assert!(!big.status.success());
+    assert!(
+        stderr(&big).contains("maximum cpu usage per Container is 2, but limit is 3"),
+        "{}",
+        stderr(&big)
+    );
+
     // Aggregated discovery: a cold cache fills from /api and /apis alone.
     let cache = n.dir.path().join(format!("cache-{v}"));
     let cache_arg = format!("--cache-dir={}", cache.display());
