@@ -12,11 +12,10 @@
 //! field, empty or not, so a decoded object carries zero values a JSON client would have left
 //! out; empty strings and the zero time are dropped as the JSON encoder's `omitempty` does.
 
-use std::collections::HashMap;
 use std::sync::LazyLock;
 
 use base64::Engine;
-use prost::Message;
+use prost::encoding::{WireType, encode_key, encode_varint};
 use prost_reflect::{DescriptorPool, DynamicMessage, Kind, MapKey, MessageDescriptor, ReflectMessage, Value as Pv};
 use serde_json::{Map, Value};
 
@@ -159,26 +158,9 @@ pub fn encode(obj: &Value) -> Option<Result<Vec<u8>, ProtoError>> {
 }
 
 fn encode_as(obj: &Value, desc: MessageDescriptor, api_version: &str, kind: &str) -> Result<Vec<u8>, ProtoError> {
-    let msg = json_to_message(obj, &desc, "")?;
-    let unknown = POOL
-        .get_message_by_name(UNKNOWN)
-        .ok_or_else(|| err("no runtime.Unknown"))?;
-    let mut envelope = DynamicMessage::new(unknown.clone());
-    let type_meta_desc = unknown
-        .get_field_by_name("typeMeta")
-        .and_then(|f| f.kind().as_message().cloned())
-        .ok_or_else(|| err("runtime.Unknown has no typeMeta"))?;
-    let mut type_meta = DynamicMessage::new(type_meta_desc);
-    type_meta.set_field_by_name("apiVersion", Pv::String(api_version.into()));
-    type_meta.set_field_by_name("kind", Pv::String(kind.into()));
-    envelope.set_field_by_name("typeMeta", Pv::Message(type_meta));
-    envelope.set_field_by_name("raw", Pv::Bytes(msg.encode_to_vec().into()));
-    let mut out = Vec::with_capacity(MAGIC.len() + envelope.encoded_len());
-    out.extend_from_slice(MAGIC);
-    envelope
-        .encode(&mut out)
-        .map_err(|e| err(format!("encoding {kind}: {e}")))?;
-    Ok(out)
+    let mut raw = Vec::with_capacity(1024);
+    write_message(&mut raw, obj, &desc, "")?;
+    Ok(envelope(api_version, kind, &raw))
 }
 
 /// One event of a protobuf watch stream: a `WatchEvent` (its object embedded in the envelope),
@@ -191,17 +173,16 @@ pub fn watch_frame(event_type: &str, obj: &Value) -> Option<Vec<u8>> {
             return None;
         }
     };
-    let desc = POOL.get_message_by_name(&format!("{META}.WatchEvent"))?;
-    let raw_desc = POOL.get_message_by_name(RAW_EXTENSION)?;
-    let mut raw = DynamicMessage::new(raw_desc);
-    raw.set_field_by_name("raw", Pv::Bytes(embedded.into()));
-    let mut event = DynamicMessage::new(desc);
-    event.set_field_by_name("type", Pv::String(event_type.into()));
-    event.set_field_by_name("object", Pv::Message(raw));
-    let len = u32::try_from(event.encoded_len()).ok()?;
-    let mut out = Vec::with_capacity(4 + len as usize);
+    // WatchEvent{type = 1, object = 2: RawExtension{raw = 1}}
+    let mut raw_ext = Vec::with_capacity(embedded.len() + 6);
+    write_len(&mut raw_ext, 1, &embedded);
+    let mut event = Vec::with_capacity(raw_ext.len() + event_type.len() + 8);
+    write_len(&mut event, 1, event_type.as_bytes());
+    write_len(&mut event, 2, &raw_ext);
+    let len = u32::try_from(event.len()).ok()?;
+    let mut out = Vec::with_capacity(4 + event.len());
     out.extend_from_slice(&len.to_be_bytes());
-    event.encode(&mut out).ok()?;
+    out.extend_from_slice(&event);
     Some(out)
 }
 
@@ -285,7 +266,16 @@ fn value_to_json(v: &Pv, name: &str) -> Value {
         Pv::Bytes(b) => Value::String(base64::engine::general_purpose::STANDARD.encode(b)),
         Pv::EnumNumber(n) => Value::from(*n),
         Pv::Message(m) => message_to_json(m),
-        Pv::List(items) => Value::Array(items.iter().map(|i| value_to_json(i, "")).collect()),
+        // A list's empty string is an element (an empty argument), kept as such.
+        Pv::List(items) => Value::Array(
+            items
+                .iter()
+                .map(|i| match i {
+                    Pv::String(s) => Value::String(s.clone()),
+                    other => value_to_json(other, ""),
+                })
+                .collect(),
+        ),
         Pv::Map(entries) => {
             let mut out = Map::new();
             for (k, v) in entries {
@@ -409,34 +399,57 @@ fn parse_go_duration(s: &str) -> Option<i64> {
     Some(if neg { -ns } else { ns })
 }
 
-// ---- JSON to messages ----
+// ---- JSON to the wire ----
+//
+// Written straight from the JSON value, field by field as the descriptors say, without building
+// a message first: answers are the hot direction (every create, update and get).
 
-fn json_to_message(v: &Value, desc: &MessageDescriptor, path: &str) -> Result<DynamicMessage, ProtoError> {
-    let mut msg = DynamicMessage::new(desc.clone());
-    let wrong = |want: &str| {
-        err(format!(
-            "{}: expected {want}, got {v}",
-            if path.is_empty() { "." } else { path }
-        ))
-    };
+fn write_len(out: &mut Vec<u8>, number: u32, bytes: &[u8]) {
+    encode_key(number, WireType::LengthDelimited, out);
+    encode_varint(bytes.len() as u64, out);
+    out.extend_from_slice(bytes);
+}
+
+fn write_varint(out: &mut Vec<u8>, number: u32, n: u64) {
+    encode_key(number, WireType::Varint, out);
+    encode_varint(n, out);
+}
+
+fn write_nested(
+    out: &mut Vec<u8>,
+    number: u32,
+    v: &Value,
+    desc: &MessageDescriptor,
+    path: &str,
+) -> Result<(), ProtoError> {
+    let mut inner = Vec::new();
+    write_message(&mut inner, v, desc, path)?;
+    write_len(out, number, &inner);
+    Ok(())
+}
+
+/// The fields of `desc` from the JSON value `v` (a message's body, without its own tag).
+fn write_message(out: &mut Vec<u8>, v: &Value, desc: &MessageDescriptor, path: &str) -> Result<(), ProtoError> {
+    let here = || if path.is_empty() { "." } else { path };
+    let wrong = |want: &str| err(format!("{}: expected {want}, got {v}", here()));
     match desc.full_name() {
         TIME | MICRO_TIME => {
             let s = v.as_str().ok_or_else(|| wrong("a time string"))?;
             let t = chrono::DateTime::parse_from_rfc3339(s).map_err(|_| wrong("an RFC 3339 time"))?;
-            msg.set_field_by_name("seconds", Pv::I64(t.timestamp()));
-            let nanos = t.timestamp_subsec_nanos() as i32;
+            write_varint(out, 1, t.timestamp() as u64);
+            let nanos = t.timestamp_subsec_nanos();
             if nanos != 0 {
-                msg.set_field_by_name("nanos", Pv::I32(nanos));
+                write_varint(out, 2, u64::from(nanos));
             }
-            return Ok(msg);
+            return Ok(());
         }
         DURATION => {
             let ns = v
                 .as_str()
                 .and_then(parse_go_duration)
                 .ok_or_else(|| wrong("a duration"))?;
-            msg.set_field_by_name("duration", Pv::I64(ns));
-            return Ok(msg);
+            write_varint(out, 1, ns as u64);
+            return Ok(());
         }
         QUANTITY => {
             let s = match v {
@@ -444,51 +457,46 @@ fn json_to_message(v: &Value, desc: &MessageDescriptor, path: &str) -> Result<Dy
                 Value::Number(n) => n.to_string(),
                 _ => return Err(wrong("a quantity")),
             };
-            msg.set_field_by_name("string", Pv::String(s));
-            return Ok(msg);
+            write_len(out, 1, s.as_bytes());
+            return Ok(());
         }
         INT_OR_STRING => {
             match v {
                 Value::String(s) => {
-                    msg.set_field_by_name("type", Pv::I64(1));
-                    msg.set_field_by_name("strVal", Pv::String(s.clone()));
+                    write_varint(out, 1, 1);
+                    write_len(out, 3, s.as_bytes());
                 }
                 Value::Number(n) => {
                     let n = n
                         .as_i64()
                         .and_then(|n| i32::try_from(n).ok())
                         .ok_or_else(|| wrong("an int32"))?;
-                    msg.set_field_by_name("type", Pv::I64(0));
-                    msg.set_field_by_name("intVal", Pv::I32(n));
+                    write_varint(out, 1, 0);
+                    write_varint(out, 2, n as i64 as u64);
                 }
                 _ => return Err(wrong("an integer or a string")),
             }
-            return Ok(msg);
+            return Ok(());
         }
         RAW_EXTENSION | FIELDS_V1 => {
-            let field = if desc.full_name() == FIELDS_V1 { "Raw" } else { "raw" };
-            let raw = serde_json::to_vec(v).unwrap_or_default();
-            msg.set_field_by_name(field, Pv::Bytes(raw.into()));
-            return Ok(msg);
+            write_len(out, 1, &serde_json::to_vec(v).unwrap_or_default());
+            return Ok(());
         }
         _ => {}
     }
     if let Some(items) = list_alias(desc) {
         let arr = v.as_array().ok_or_else(|| wrong("a list"))?;
         let kind = items.kind();
-        let list = arr
-            .iter()
-            .enumerate()
-            .map(|(i, x)| scalar_or_message(x, &kind, &format!("{path}[{i}]")))
-            .collect::<Result<Vec<_>, _>>()?;
-        msg.set_field(&items, Pv::List(list));
-        return Ok(msg);
+        for (i, x) in arr.iter().enumerate() {
+            write_single(out, items.number(), &kind, x, &format!("{path}[{i}]"))?;
+        }
+        return Ok(());
     }
     let obj = v.as_object().ok_or_else(|| wrong("an object"))?;
     for field in desc.fields() {
         if let Some(m) = inline_message(&field) {
             if obj.keys().any(|k| m.get_field_by_name(k).is_some()) {
-                msg.set_field(&field, Pv::Message(json_to_message(v, &m, path)?));
+                write_nested(out, field.number(), v, &m, path)?;
             }
         }
     }
@@ -505,71 +513,100 @@ fn json_to_message(v: &Value, desc: &MessageDescriptor, path: &str) -> Result<Dy
         } else {
             format!("{path}.{name}")
         };
-        let pv = if field.is_map() {
+        if field.is_map() {
             let entry = field.kind();
             let entry = entry.as_message().ok_or_else(|| err(format!("{here}: not a map")))?;
-            let value_kind = entry.map_entry_value_field().kind();
+            let value_field = entry.map_entry_value_field();
+            let value_kind = value_field.kind();
             let m = value
                 .as_object()
                 .ok_or_else(|| err(format!("{here}: expected an object")))?;
-            let mut out = HashMap::with_capacity(m.len());
+            let mut buf = Vec::new();
             for (k, x) in m {
                 if x.is_null() {
                     continue;
                 }
-                out.insert(
-                    MapKey::String(k.clone()),
-                    scalar_or_message(x, &value_kind, &format!("{here}.{k}"))?,
-                );
+                buf.clear();
+                write_len(&mut buf, 1, k.as_bytes());
+                write_single(&mut buf, value_field.number(), &value_kind, x, &format!("{here}.{k}"))?;
+                write_len(out, field.number(), &buf);
             }
-            Pv::Map(out)
         } else if field.is_list() {
             let arr = value
                 .as_array()
                 .ok_or_else(|| err(format!("{here}: expected a list, got {value}")))?;
             let kind = field.kind();
-            Pv::List(
-                arr.iter()
-                    .enumerate()
-                    .map(|(i, x)| scalar_or_message(x, &kind, &format!("{here}[{i}]")))
-                    .collect::<Result<_, _>>()?,
-            )
+            for (i, x) in arr.iter().enumerate() {
+                write_single(out, field.number(), &kind, x, &format!("{here}[{i}]"))?;
+            }
         } else {
-            scalar_or_message(value, &field.kind(), &here)?
-        };
-        msg.set_field(&field, pv);
+            write_single(out, field.number(), &field.kind(), value, &here)?;
+        }
     }
-    Ok(msg)
+    Ok(())
 }
 
-fn scalar_or_message(v: &Value, kind: &Kind, path: &str) -> Result<Pv, ProtoError> {
+fn write_single(out: &mut Vec<u8>, number: u32, kind: &Kind, v: &Value, path: &str) -> Result<(), ProtoError> {
     let wrong = |want: &str| err(format!("{path}: expected {want}, got {v}"));
     let int = || v.as_i64().ok_or_else(|| wrong("an integer"));
-    Ok(match kind {
-        Kind::Message(m) => Pv::Message(json_to_message(v, m, path)?),
-        Kind::String => Pv::String(v.as_str().ok_or_else(|| wrong("a string"))?.to_string()),
-        Kind::Bool => Pv::Bool(v.as_bool().ok_or_else(|| wrong("a boolean"))?),
-        Kind::Int32 | Kind::Sint32 | Kind::Sfixed32 => Pv::I32(i32::try_from(int()?).map_err(|_| wrong("an int32"))?),
-        Kind::Int64 | Kind::Sint64 | Kind::Sfixed64 => Pv::I64(int()?),
-        Kind::Uint32 | Kind::Fixed32 => Pv::U32(
+    match kind {
+        Kind::Message(m) => write_nested(out, number, v, m, path)?,
+        Kind::String => write_len(out, number, v.as_str().ok_or_else(|| wrong("a string"))?.as_bytes()),
+        Kind::Bool => write_varint(out, number, u64::from(v.as_bool().ok_or_else(|| wrong("a boolean"))?)),
+        Kind::Int32 | Kind::Enum(_) => {
+            let n = i32::try_from(int()?).map_err(|_| wrong("an int32"))?;
+            write_varint(out, number, n as i64 as u64);
+        }
+        Kind::Int64 => write_varint(out, number, int()? as u64),
+        Kind::Uint32 => write_varint(
+            out,
+            number,
             v.as_u64()
-                .and_then(|n| u32::try_from(n).ok())
+                .filter(|n| u32::try_from(*n).is_ok())
                 .ok_or_else(|| wrong("a uint32"))?,
         ),
-        Kind::Uint64 | Kind::Fixed64 => Pv::U64(v.as_u64().ok_or_else(|| wrong("a uint64"))?),
-        Kind::Float => Pv::F32(v.as_f64().ok_or_else(|| wrong("a number"))? as f32),
-        Kind::Double => Pv::F64(v.as_f64().ok_or_else(|| wrong("a number"))?),
+        Kind::Uint64 => write_varint(out, number, v.as_u64().ok_or_else(|| wrong("a uint64"))?),
+        Kind::Sint32 | Kind::Sint64 => {
+            let n = int()?;
+            write_varint(out, number, ((n << 1) ^ (n >> 63)) as u64);
+        }
+        Kind::Fixed32 | Kind::Sfixed32 | Kind::Float => {
+            encode_key(number, WireType::ThirtyTwoBit, out);
+            let bits = match kind {
+                Kind::Float => (v.as_f64().ok_or_else(|| wrong("a number"))? as f32).to_bits(),
+                _ => int()? as u32,
+            };
+            out.extend_from_slice(&bits.to_le_bytes());
+        }
+        Kind::Fixed64 | Kind::Sfixed64 | Kind::Double => {
+            encode_key(number, WireType::SixtyFourBit, out);
+            let bits = match kind {
+                Kind::Double => v.as_f64().ok_or_else(|| wrong("a number"))?.to_bits(),
+                _ => int()? as u64,
+            };
+            out.extend_from_slice(&bits.to_le_bytes());
+        }
         Kind::Bytes => {
             let s = v.as_str().ok_or_else(|| wrong("base64 text"))?;
-            Pv::Bytes(
-                base64::engine::general_purpose::STANDARD
-                    .decode(s)
-                    .map_err(|_| wrong("base64 text"))?
-                    .into(),
-            )
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(s)
+                .map_err(|_| wrong("base64 text"))?;
+            write_len(out, number, &bytes);
         }
-        Kind::Enum(_) => Pv::EnumNumber(i32::try_from(int()?).map_err(|_| wrong("an enum number"))?),
-    })
+    }
+    Ok(())
+}
+
+/// The envelope: the magic, then `runtime.Unknown{typeMeta{apiVersion, kind}, raw}`.
+fn envelope(api_version: &str, kind: &str, raw: &[u8]) -> Vec<u8> {
+    let mut type_meta = Vec::with_capacity(api_version.len() + kind.len() + 4);
+    write_len(&mut type_meta, 1, api_version.as_bytes());
+    write_len(&mut type_meta, 2, kind.as_bytes());
+    let mut out = Vec::with_capacity(MAGIC.len() + type_meta.len() + raw.len() + 12);
+    out.extend_from_slice(MAGIC);
+    write_len(&mut out, 1, &type_meta);
+    write_len(&mut out, 2, raw);
+    out
 }
 
 #[cfg(test)]
@@ -600,7 +637,8 @@ mod tests {
                         "name": "web", "image": "nginx:1.27",
                         "ports": [{"containerPort": 80, "protocol": "TCP"}],
                         "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}},
-                        "env": [{"name": "EMPTY", "value": ""}]
+                        "env": [{"name": "EMPTY", "value": ""}],
+                        "args": ["-c", ""]
                     }]}
                 }
             }
