@@ -14,7 +14,8 @@ pub fn requests_from_limits(pod: &mut Value) {
         };
         for c in cs.iter_mut() {
             let limits = c.pointer("/resources/limits").and_then(Value::as_object).cloned();
-            for (res, q) in limits.into_iter().flatten() {
+            // A limit that is not a quantity is refused by validation, naming the limit alone.
+            for (res, q) in limits.into_iter().flatten().filter(|(_, q)| milli(q).is_some()) {
                 resources(c, "requests").entry(res).or_insert(q);
             }
         }
