@@ -7,6 +7,7 @@ pub mod admission;
 pub mod api;
 pub mod auth;
 pub mod controllers;
+pub mod duration;
 pub mod ipalloc;
 pub mod knative;
 pub mod kubeconfig;

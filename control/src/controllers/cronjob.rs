@@ -8,7 +8,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::{Outcome, condition_true, controller_ref, event, is_deleting, owner_ref, split_key, str_at, uid};
+use super::{
+    Outcome, all_keys, condition_true, controller_ref, event, is_deleting, owner_keys, owner_ref, split_key, str_at,
+    uid,
+};
 use crate::api::error::ApiError;
 use crate::api::local::LocalClient;
 use crate::schedule::Schedule;
@@ -18,40 +21,11 @@ use crate::store::Event;
 const SCHEDULED_AT: &str = "batch.kubernetes.io/cronjob-scheduled-timestamp";
 
 pub fn interested(_: &LocalClient, ev: &Event) -> Vec<String> {
-    if ev.key.starts_with("/batch/cronjobs/") {
-        return vec![ev.key.clone()];
-    }
-    if ev.key.starts_with("/batch/jobs/") {
-        let mut keys = Vec::new();
-        for obj in std::iter::once(&ev.obj).chain(ev.prev.iter()) {
-            if let Some(r) = controller_ref(obj).filter(|r| r.get("kind") == Some(&json!("CronJob"))) {
-                let k = format!(
-                    "/batch/cronjobs/{}/{}",
-                    str_at(obj, "/metadata/namespace"),
-                    str_at(r, "/name")
-                );
-                if !keys.contains(&k) {
-                    keys.push(k);
-                }
-            }
-        }
-        return keys;
-    }
-    Vec::new()
+    owner_keys(ev, "/batch/cronjobs/", "CronJob", "/batch/jobs/")
 }
 
 pub fn resync(client: &LocalClient) -> Vec<String> {
-    let cjs = client.served("batch", "cronjobs");
-    client
-        .list(&cjs, None, &|_| true)
-        .iter()
-        .map(|s| {
-            cjs.key(
-                s.obj.pointer("/metadata/namespace").and_then(Value::as_str),
-                str_at(&s.obj, "/metadata/name"),
-            )
-        })
-        .collect()
+    all_keys(client, "batch", "cronjobs")
 }
 
 fn time(v: &Value, ptr: &str) -> Option<DateTime<Utc>> {

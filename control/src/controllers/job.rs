@@ -10,7 +10,10 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::{Outcome, controller_ref, event, is_deleting, owner_ref, pod_active, pod_ready, split_key, str_at, uid};
+use super::{
+    Outcome, all_keys, controller_ref, event, is_deleting, owner_keys, owner_ref, pod_active, pod_ready, split_key,
+    str_at, uid,
+};
 use crate::api::error::ApiError;
 use crate::api::local::LocalClient;
 use crate::store::Event;
@@ -26,40 +29,11 @@ const BACKOFF_BASE: Duration = Duration::from_secs(10);
 const BACKOFF_MAX: Duration = Duration::from_secs(360);
 
 pub fn interested(_: &LocalClient, ev: &Event) -> Vec<String> {
-    if ev.key.starts_with("/batch/jobs/") {
-        return vec![ev.key.clone()];
-    }
-    if ev.key.starts_with("/core/pods/") {
-        let mut keys = Vec::new();
-        for obj in std::iter::once(&ev.obj).chain(ev.prev.iter()) {
-            if let Some(r) = controller_ref(obj).filter(|r| r.get("kind") == Some(&json!("Job"))) {
-                let k = format!(
-                    "/batch/jobs/{}/{}",
-                    str_at(obj, "/metadata/namespace"),
-                    str_at(r, "/name")
-                );
-                if !keys.contains(&k) {
-                    keys.push(k);
-                }
-            }
-        }
-        return keys;
-    }
-    Vec::new()
+    owner_keys(ev, "/batch/jobs/", "Job", "/core/pods/")
 }
 
 pub fn resync(client: &LocalClient) -> Vec<String> {
-    let jobs = client.served("batch", "jobs");
-    client
-        .list(&jobs, None, &|_| true)
-        .iter()
-        .map(|s| {
-            jobs.key(
-                s.obj.pointer("/metadata/namespace").and_then(Value::as_str),
-                str_at(&s.obj, "/metadata/name"),
-            )
-        })
-        .collect()
+    all_keys(client, "batch", "jobs")
 }
 
 fn int(v: &Value, ptr: &str) -> Option<i64> {

@@ -237,6 +237,46 @@ pub fn is_deleting(v: &Value) -> bool {
     v.pointer("/metadata/deletionTimestamp").is_some()
 }
 
+/// Store keys of every object of a resource (a controller's resync).
+pub fn all_keys(client: &LocalClient, group: &str, plural: &str) -> Vec<String> {
+    let res = client.served(group, plural);
+    client
+        .list(&res, None, &|_| true)
+        .iter()
+        .map(|s| {
+            res.key(
+                s.obj.pointer("/metadata/namespace").and_then(Value::as_str),
+                str_at(&s.obj, "/metadata/name"),
+            )
+        })
+        .collect()
+}
+
+/// The keys a change concerns for a controller of `owner_kind` (objects under `owner_prefix`):
+/// the object itself, or, for a change to one of its children under `child_prefix`, the owner
+/// named by the child's controller reference (before and after the change).
+pub fn owner_keys(ev: &Event, owner_prefix: &str, owner_kind: &str, child_prefix: &str) -> Vec<String> {
+    if ev.key.starts_with(owner_prefix) {
+        return vec![ev.key.clone()];
+    }
+    let mut keys = Vec::new();
+    if ev.key.starts_with(child_prefix) {
+        for obj in std::iter::once(&ev.obj).chain(ev.prev.iter()) {
+            if let Some(r) = controller_ref(obj).filter(|r| r.get("kind") == Some(&json!(owner_kind))) {
+                let k = format!(
+                    "{owner_prefix}{}/{}",
+                    str_at(obj, "/metadata/namespace"),
+                    str_at(r, "/name")
+                );
+                if !keys.contains(&k) {
+                    keys.push(k);
+                }
+            }
+        }
+    }
+    keys
+}
+
 /// The controller owner reference of an object, if any.
 pub fn controller_ref(v: &Value) -> Option<&Value> {
     v.pointer("/metadata/ownerReferences")

@@ -4,7 +4,9 @@
 use futures::future::join_all;
 use serde_json::{Value, json};
 
-use super::{controller_ref, is_deleting, owner_ref, pod_active, pod_ready, split_key, str_at, uid};
+use super::{
+    all_keys, controller_ref, is_deleting, owner_keys, owner_ref, pod_active, pod_ready, split_key, str_at, uid,
+};
 use crate::api::error::ApiError;
 use crate::api::local::LocalClient;
 use crate::store::Event;
@@ -48,40 +50,16 @@ pub fn interested(_: &LocalClient, ev: &Event) -> Vec<String> {
 }
 
 fn interested_in(r: &Replicated, ev: &Event) -> Vec<String> {
-    if ev.key.starts_with(&r.prefix()) {
-        return vec![ev.key.clone()];
-    }
-    if ev.key.starts_with("/core/pods/") {
-        let mut keys = Vec::new();
-        for obj in std::iter::once(&ev.obj).chain(ev.prev.iter()) {
-            if let Some(owner) = controller_ref(obj).filter(|o| o.get("kind") == Some(&json!(r.kind))) {
-                let k = format!(
-                    "{}{}/{}",
-                    r.prefix(),
-                    str_at(obj, "/metadata/namespace"),
-                    str_at(owner, "/name")
-                );
-                if !keys.contains(&k) {
-                    keys.push(k);
-                }
-            }
-        }
-        return keys;
-    }
-    Vec::new()
+    owner_keys(ev, &r.prefix(), r.kind, "/core/pods/")
 }
 
 pub fn resync(client: &LocalClient) -> Vec<String> {
-    let mut keys = Vec::new();
-    for r in [&REPLICA_SET, &REPLICATION_CONTROLLER] {
-        let res = client.served(r.group, r.plural);
-        keys.extend(client.list(&res, None, &|_| true).iter().map(|s| {
-            res.key(
-                s.obj.pointer("/metadata/namespace").and_then(Value::as_str),
-                str_at(&s.obj, "/metadata/name"),
-            )
-        }));
-    }
+    let mut keys = all_keys(client, REPLICA_SET.group, REPLICA_SET.plural);
+    keys.extend(all_keys(
+        client,
+        REPLICATION_CONTROLLER.group,
+        REPLICATION_CONTROLLER.plural,
+    ));
     keys
 }
 

@@ -9,28 +9,8 @@ pub fn parse(v: &str) -> Option<Duration> {
     if let Ok(secs) = v.parse::<f64>() {
         return (secs >= 0.0).then(|| Duration::from_secs_f64(secs));
     }
-    let mut total = 0f64;
-    let mut rest = v;
-    while !rest.is_empty() {
-        let end = rest.find(|c: char| !(c.is_ascii_digit() || c == '.'))?;
-        let n: f64 = rest[..end].parse().ok()?;
-        rest = &rest[end..];
-        let unit_end = rest
-            .find(|c: char| c.is_ascii_digit() || c == '.')
-            .unwrap_or(rest.len());
-        let scale = match &rest[..unit_end] {
-            "h" => 3600.0,
-            "m" => 60.0,
-            "s" => 1.0,
-            "ms" => 0.001,
-            "us" | "µs" => 0.000_001,
-            "ns" => 0.000_000_001,
-            _ => return None,
-        };
-        total += n * scale;
-        rest = &rest[unit_end..];
-    }
-    Some(Duration::from_secs_f64(total))
+    let ns = crate::duration::parse_nanos(v)?;
+    (ns >= 0).then(|| Duration::from_nanos(ns as u64))
 }
 
 #[cfg(test)]
