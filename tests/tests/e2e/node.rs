@@ -645,11 +645,21 @@ async fn exec_port_forward_and_follow_with_every_kubectl() {
             kc.display(),
             kubectl.display()
         );
-        let out = std::process::Command::new("script")
-            .args(["-qec", &script, "/dev/null"])
-            .stdin(std::process::Stdio::null())
-            .output()
-            .unwrap();
+        // Known flaw, not yet understood: under load, the container's `stty` sometimes fails on
+        // its new terminal with "No child processes" (seen in 2 of about 10 clean-clone runs).
+        // One more try is allowed for that failure alone, and said on stderr.
+        let run = || {
+            std::process::Command::new("script")
+                .args(["-qec", &script, "/dev/null"])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap()
+        };
+        let mut out = run();
+        if String::from_utf8_lossy(&out.stdout).contains("stty: standard input: No child processes") {
+            eprintln!("kubectl {v} exec -it: stty failed with ECHILD; trying once more");
+            out = run();
+        }
         let text = String::from_utf8_lossy(&out.stdout);
         assert!(
             text.contains("/dev/pts/") && text.contains("33 91"),
