@@ -9,7 +9,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::{
-    Outcome, all_keys, condition_true, controller_ref, event, is_deleting, owner_keys, owner_ref, split_key, str_at,
+    Outcome, all_keys, condition_true, event, is_deleting, owned_by, owner_keys, owner_ref, split_key, str_at, time_at,
     uid,
 };
 use crate::api::error::ApiError;
@@ -26,13 +26,6 @@ pub fn interested(_: &LocalClient, ev: &Event) -> Vec<String> {
 
 pub fn resync(client: &LocalClient) -> Vec<String> {
     all_keys(client, "batch", "cronjobs")
-}
-
-fn time(v: &Value, ptr: &str) -> Option<DateTime<Utc>> {
-    v.pointer(ptr)
-        .and_then(Value::as_str)
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc))
 }
 
 fn rfc3339(t: DateTime<Utc>) -> String {
@@ -82,9 +75,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Outcome {
     }
     let c = &*cj.obj;
     let cj_uid = uid(c).to_string();
-    let jobs = client.list(&jobs_res, ns, &|j| {
-        controller_ref(j).is_some_and(|r| str_at(r, "/uid") == cj_uid)
-    });
+    let jobs = client.list(&jobs_res, ns, &|j| owned_by(j, &cj_uid));
     let mut jobs: Vec<&Value> = jobs.iter().map(|s| &*s.obj).filter(|j| !is_deleting(j)).collect();
     let now = Utc::now();
     let old_status = c.get("status").cloned().unwrap_or(json!({}));
@@ -129,7 +120,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Outcome {
     if let Some(last) = jobs
         .iter()
         .filter(|j| finished(j) == Some(true))
-        .filter_map(|j| time(j, "/status/completionTime"))
+        .filter_map(|j| time_at(j, "/status/completionTime"))
         .max()
     {
         status["lastSuccessfulTime"] = json!(rfc3339(last));
@@ -137,8 +128,8 @@ pub async fn reconcile(client: LocalClient, key: String) -> Outcome {
     let mut active_refs: Vec<Value> = active.iter().map(|j| job_ref(j)).collect();
 
     let suspended = c.pointer("/spec/suspend") == Some(&json!(true));
-    let since = time(&status, "/lastScheduleTime")
-        .or_else(|| time(c, "/metadata/creationTimestamp"))
+    let since = time_at(&status, "/lastScheduleTime")
+        .or_else(|| time_at(c, "/metadata/creationTimestamp"))
         .unwrap_or(now);
     let due = schedule.latest(now).filter(|t| *t > since);
     if let (Some(at), false) = (due, suspended) {

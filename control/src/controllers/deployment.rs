@@ -26,17 +26,7 @@ pub fn interested(_: &LocalClient, ev: &Event) -> Vec<String> {
 }
 
 pub fn resync(client: &LocalClient) -> Vec<String> {
-    let d = client.served("apps", "deployments");
-    client
-        .list(&d, None, &|_| true)
-        .iter()
-        .map(|s| {
-            d.key(
-                s.obj.pointer("/metadata/namespace").and_then(Value::as_str),
-                str_at(&s.obj, "/metadata/name"),
-            )
-        })
-        .collect()
+    super::all_keys(client, "apps", "deployments")
 }
 
 const HASH_ALPHABET: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";

@@ -33,17 +33,7 @@ pub fn interested(client: &LocalClient, ev: &Event) -> Vec<String> {
 }
 
 pub fn resync(client: &LocalClient) -> Vec<String> {
-    let svc = client.served("", "services");
-    client
-        .list(&svc, None, &|_| true)
-        .iter()
-        .map(|s| {
-            svc.key(
-                s.obj.pointer("/metadata/namespace").and_then(Value::as_str),
-                str_at(&s.obj, "/metadata/name"),
-            )
-        })
-        .collect()
+    super::all_keys(client, "", "services")
 }
 
 /// A Service port's target on one pod: a number, or a named container port.

@@ -11,8 +11,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
 use super::{
-    Outcome, all_keys, controller_ref, event, is_deleting, owner_keys, owner_ref, pod_active, pod_ready, split_key,
-    str_at, uid,
+    Outcome, all_keys, event, is_deleting, owned_by, owner_keys, owner_ref, pod_active, pod_ready, split_key, str_at,
+    time_at, uid,
 };
 use crate::api::error::ApiError;
 use crate::api::local::LocalClient;
@@ -38,13 +38,6 @@ pub fn resync(client: &LocalClient) -> Vec<String> {
 
 fn int(v: &Value, ptr: &str) -> Option<i64> {
     v.pointer(ptr).and_then(Value::as_i64)
-}
-
-fn time(v: &Value, ptr: &str) -> Option<DateTime<Utc>> {
-    v.pointer(ptr)
-        .and_then(Value::as_str)
-        .and_then(|t| DateTime::parse_from_rfc3339(t).ok())
-        .map(|t| t.with_timezone(&Utc))
 }
 
 fn now_rfc3339() -> String {
@@ -187,9 +180,9 @@ fn finished_at(pod: &Value) -> Option<DateTime<Utc>> {
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
-        .filter_map(|s| time(s, "/state/terminated/finishedAt"))
+        .filter_map(|s| time_at(s, "/state/terminated/finishedAt"))
         .max()
-        .or_else(|| time(pod, "/metadata/creationTimestamp"))
+        .or_else(|| time_at(pod, "/metadata/creationTimestamp"))
 }
 
 fn backoff(failures: i64) -> Duration {
@@ -255,9 +248,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Outcome {
     }
     let j = &*job.obj;
     let job_uid = uid(j).to_string();
-    let pods = client.list(&pods_res, ns, &|p| {
-        controller_ref(p).is_some_and(|r| str_at(r, "/uid") == job_uid)
-    });
+    let pods = client.list(&pods_res, ns, &|p| owned_by(p, &job_uid));
     let pods: Vec<&Value> = pods.iter().map(|s| &*s.obj).collect();
     let now = Utc::now();
     let old_status = j.get("status").cloned().unwrap_or(json!({}));
@@ -273,8 +264,8 @@ pub async fn reconcile(client: LocalClient, key: String) -> Outcome {
         status["active"] = json!(0);
         status["ready"] = json!(0);
         if let Some(ttl) = int(j, "/spec/ttlSecondsAfterFinished") {
-            let done = time(&status, "/completionTime")
-                .or_else(|| condition(&status, "Failed").and_then(|c| time(c, "/lastTransitionTime")))
+            let done = time_at(&status, "/completionTime")
+                .or_else(|| condition(&status, "Failed").and_then(|c| time_at(c, "/lastTransitionTime")))
                 .unwrap_or(now);
             let due = done + chrono::Duration::seconds(ttl.max(0));
             if now >= due {
@@ -350,7 +341,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Outcome {
         set_condition(&mut status, "Suspended", false, "JobResumed", "Job resumed");
         event(&client, j, "Normal", "Resumed", "Job resumed", "job-controller").await;
     }
-    let start = time(&status, "/startTime").unwrap_or(now);
+    let start = time_at(&status, "/startTime").unwrap_or(now);
     if status.get("startTime").is_none() {
         status["startTime"] = json!(now_rfc3339());
     }

@@ -239,9 +239,13 @@ pub fn is_deleting(v: &Value) -> bool {
 
 /// Store keys of every object of a resource (a controller's resync).
 pub fn all_keys(client: &LocalClient, group: &str, plural: &str) -> Vec<String> {
-    let res = client.served(group, plural);
+    keys_of(client, &client.served(group, plural))
+}
+
+/// Store keys of every object of a served resource.
+pub fn keys_of(client: &LocalClient, res: &crate::api::registry::Served) -> Vec<String> {
     client
-        .list(&res, None, &|_| true)
+        .list(res, None, &|_| true)
         .iter()
         .map(|s| {
             res.key(
@@ -250,6 +254,19 @@ pub fn all_keys(client: &LocalClient, group: &str, plural: &str) -> Vec<String> 
             )
         })
         .collect()
+}
+
+/// Whether `child`'s controller is the object with uid `owner_uid`.
+pub fn owned_by(child: &Value, owner_uid: &str) -> bool {
+    controller_ref(child).is_some_and(|r| str_at(r, "/uid") == owner_uid)
+}
+
+/// A timestamp field of an object, if set and well-formed.
+pub fn time_at(v: &Value, ptr: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    v.pointer(ptr)
+        .and_then(Value::as_str)
+        .and_then(|t| chrono::DateTime::parse_from_rfc3339(t).ok())
+        .map(|t| t.with_timezone(&chrono::Utc))
 }
 
 /// The keys a change concerns for a controller of `owner_kind` (objects under `owner_prefix`):

@@ -4,9 +4,7 @@
 use futures::future::join_all;
 use serde_json::{Value, json};
 
-use super::{
-    all_keys, controller_ref, is_deleting, owner_keys, owner_ref, pod_active, pod_ready, split_key, str_at, uid,
-};
+use super::{all_keys, is_deleting, owned_by, owner_keys, owner_ref, pod_active, pod_ready, split_key, str_at, uid};
 use crate::api::error::ApiError;
 use crate::api::local::LocalClient;
 use crate::store::Event;
@@ -61,10 +59,6 @@ pub fn resync(client: &LocalClient) -> Vec<String> {
         REPLICATION_CONTROLLER.plural,
     ));
     keys
-}
-
-fn owned_by(pod: &Value, owner_uid: &str) -> bool {
-    controller_ref(pod).is_some_and(|r| str_at(r, "/uid") == owner_uid)
 }
 
 /// Seconds since the pod's Ready condition turned true.

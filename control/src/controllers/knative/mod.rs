@@ -39,19 +39,9 @@ pub fn served(client: &LocalClient, plural: &str) -> Option<Arc<Served>> {
 
 /// Every object of a Knative resource, as keys for a resync.
 pub fn keys_of(client: &LocalClient, plural: &str) -> Vec<String> {
-    let Some(s) = served(client, plural) else {
-        return Vec::new();
-    };
-    client
-        .list(&s, None, &|_| true)
-        .iter()
-        .map(|o| {
-            s.key(
-                o.obj.pointer("/metadata/namespace").and_then(Value::as_str),
-                str_at(&o.obj, "/metadata/name"),
-            )
-        })
-        .collect()
+    served(client, plural)
+        .map(|s| super::keys_of(client, &s))
+        .unwrap_or_default()
 }
 
 /// The store key prefix of a Knative resource (`/serving.knative.dev/services/`).
