@@ -171,7 +171,7 @@ fn stop(pid: u32) -> anyhow::Result<()> {
     let p = nix::unistd::Pid::from_raw(pid as i32);
     kill(p, Signal::SIGTERM).with_context(|| format!("signalling pid {pid}"))?;
     let deadline = Instant::now() + STOP_GRACE;
-    while Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid) {
+    while !ended(pid) {
         if Instant::now() > deadline {
             eprintln!("nodeless: pid {pid} did not stop within {STOP_GRACE:?}; killing it");
             let _ = kill(p, Signal::SIGKILL);
@@ -183,11 +183,21 @@ fn stop(pid: u32) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Whether the process has ended: gone, or a zombie with no thread left. When a threaded process
+/// exits, its main thread shows as a zombie while the others are still being torn down, and its
+/// parent cannot reap it until they are gone.
+fn ended(pid: u32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return true;
+    };
+    let tasks: Vec<_> = tasks.flatten().collect();
+    tasks.len() <= 1 && (tasks.is_empty() || is_zombie(pid))
+}
+
 fn is_zombie(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, rest)| rest.trim_start().starts_with('Z')))
-        .unwrap_or(false)
+        .map(|s| s.rsplit_once(')').is_none_or(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])))
+        .unwrap_or(true)
 }
 
 #[cfg(test)]
@@ -208,6 +218,20 @@ mod tests {
         assert_eq!(UpRecord::read(t.path()).unwrap(), Some(r));
         std::fs::write(record_path(t.path()), "{").unwrap();
         assert!(UpRecord::read(t.path()).is_err());
+    }
+
+    #[test]
+    fn a_zombie_has_ended_and_a_sleeper_has_not() {
+        let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        assert!(!ended(child.id()));
+        child.kill().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !ended(child.id()) {
+            assert!(Instant::now() < deadline, "a killed child never ended");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        // Not reaped yet: it is a zombie, and its parent can now reap it.
+        assert!(child.try_wait().unwrap().is_some());
     }
 
     #[test]

@@ -160,7 +160,13 @@ fn up_alone_runs_the_example_through_its_ingress_and_down_purge_leaves_nothing()
     // Down without --purge stops it and keeps the pods for the next up.
     let down = up.down(false);
     assert!(down.status.success(), "{}", String::from_utf8_lossy(&down.stderr));
-    let status = up.child.try_wait().unwrap();
+    // `down` returns once the process has ended; the kernel tells its parent a moment later.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut status = up.child.try_wait().unwrap();
+    while status.is_none() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+        status = up.child.try_wait().unwrap();
+    }
     assert!(status.is_some(), "nodeless up still runs after nodeless down");
     assert!(
         !nodeless_tests::runtime_containers(&up.node).is_empty(),
