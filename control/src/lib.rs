@@ -15,6 +15,7 @@ pub mod metrics;
 pub mod patch;
 pub mod printers;
 pub mod private;
+pub mod rbac;
 pub mod schedule;
 pub mod store;
 pub mod tls;
@@ -112,13 +113,15 @@ impl ControlPlane {
         hosts.extend(cfg.hosts.iter().cloned());
         let pki = tls::Pki::load_or_create(&cfg.data_dir.join("pki"), &hosts)?;
         let server_tls = pki.server_config()?;
+        let sa_key = tls::service_account_key(&cfg.data_dir.join("pki"))?;
+        let issuer = auth::jwt::Issuer::from_pem(&sa_key).map_err(ControlError::Bootstrap)?;
         let node_tls = pki.kubelet_client_config()?;
         let cluster_ips = IpAllocator::new(std::net::Ipv4Addr::new(10, 96, 0, 0), 16);
         let metrics = metrics::Metrics::new(store.commit_histogram());
         let state = Arc::new(ApiState {
             store,
             registry: Registry::with_builtins(),
-            auth: Authenticator::new(&tokens),
+            auth: Authenticator::new(&tokens, issuer),
             policy: admission::Policy {
                 allow_host_network: cfg.allow_host_network,
             },
@@ -206,5 +209,8 @@ async fn bootstrap(state: &Arc<ApiState>, addr: SocketAddr) -> Result<(), Contro
             .map_err(|e| ControlError::Bootstrap(e.to_string()))?;
     }
     knative::install(&client).await.map_err(ControlError::Bootstrap)?;
+    rbac::defaults::install(&client)
+        .await
+        .map_err(|e| ControlError::Bootstrap(format!("default roles: {e}")))?;
     Ok(())
 }

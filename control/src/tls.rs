@@ -113,6 +113,21 @@ pub fn issue_client(pki_dir: &Path, common_name: &str) -> Result<Issued, TlsErro
     )
 }
 
+/// The key that signs ServiceAccount tokens (`sa.key`, ECDSA P-256, PKCS#8 PEM), made at first
+/// start and kept, so tokens stay valid across restarts.
+pub fn service_account_key(pki_dir: &Path) -> Result<String, TlsError> {
+    let path = pki_dir.join("sa.key");
+    match std::fs::read_to_string(&path) {
+        Ok(pem) => Ok(pem),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let pem = KeyPair::generate()?.serialize_pem();
+            write_private(&path, &pem)?;
+            Ok(pem)
+        }
+        Err(source) => Err(TlsError::Io { path, source }),
+    }
+}
+
 fn parse_certs(pem: &str, what: &str) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, TlsError> {
     let certs: Vec<_> = rustls_pemfile::certs(&mut pem.as_bytes())
         .collect::<Result<_, _>>()

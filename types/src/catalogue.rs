@@ -24,8 +24,9 @@ pub struct ResourceDef {
     pub categories: Vec<String>,
     /// Subresources served under `<object>/<name>` (e.g. "status", "scale", "log").
     pub subresources: Vec<String>,
-    /// Objects of this resource may be read but not written by clients (none yet).
-    pub read_only: bool,
+    /// Answered, never stored: a review or a request, whose only verb is `create`
+    /// (SelfSubjectAccessReview, TokenReview…).
+    pub create_only: bool,
 }
 
 impl ResourceDef {
@@ -73,6 +74,7 @@ struct Row {
     short: &'static [&'static str],
     categories: &'static [&'static str],
     subresources: &'static [&'static str],
+    create_only: bool,
 }
 
 const ROWS: &[Row] = &[
@@ -133,7 +135,7 @@ const ROWS: &[Row] = &[
         Scope::Namespaced,
         &["sa"],
         &[],
-        &[],
+        &["token"],
     ),
     row(
         "apps",
@@ -209,6 +211,39 @@ const ROWS: &[Row] = &[
         &[],
         &[],
     ),
+    row(RBAC, "ClusterRole", "clusterroles", Scope::Cluster, &[], &[], &[]),
+    row(
+        RBAC,
+        "ClusterRoleBinding",
+        "clusterrolebindings",
+        Scope::Cluster,
+        &[],
+        &[],
+        &[],
+    ),
+    row(RBAC, "Role", "roles", Scope::Namespaced, &[], &[], &[]),
+    row(RBAC, "RoleBinding", "rolebindings", Scope::Namespaced, &[], &[], &[]),
+    review(
+        AUTHZ,
+        "SelfSubjectAccessReview",
+        "selfsubjectaccessreviews",
+        Scope::Cluster,
+    ),
+    review(
+        AUTHZ,
+        "SelfSubjectRulesReview",
+        "selfsubjectrulesreviews",
+        Scope::Cluster,
+    ),
+    review(AUTHZ, "SubjectAccessReview", "subjectaccessreviews", Scope::Cluster),
+    review(
+        AUTHZ,
+        "LocalSubjectAccessReview",
+        "localsubjectaccessreviews",
+        Scope::Namespaced,
+    ),
+    review(AUTHN, "TokenReview", "tokenreviews", Scope::Cluster),
+    review(AUTHN, "SelfSubjectReview", "selfsubjectreviews", Scope::Cluster),
     row(
         "apiextensions.k8s.io",
         "CustomResourceDefinition",
@@ -219,6 +254,23 @@ const ROWS: &[Row] = &[
         &["status"],
     ),
 ];
+
+const RBAC: &str = "rbac.authorization.k8s.io";
+const AUTHZ: &str = "authorization.k8s.io";
+const AUTHN: &str = "authentication.k8s.io";
+
+const fn review(group: &'static str, kind: &'static str, plural: &'static str, scope: Scope) -> Row {
+    Row {
+        group,
+        kind,
+        plural,
+        scope,
+        short: &[],
+        categories: &[],
+        subresources: &[],
+        create_only: true,
+    }
+}
 
 const fn row(
     group: &'static str,
@@ -237,6 +289,7 @@ const fn row(
         short,
         categories,
         subresources,
+        create_only: false,
     }
 }
 
@@ -257,7 +310,7 @@ pub fn builtin() -> Vec<ResourceDef> {
             short_names: r.short.iter().map(|s| s.to_string()).collect(),
             categories: r.categories.iter().map(|s| s.to_string()).collect(),
             subresources: r.subresources.iter().map(|s| s.to_string()).collect(),
-            read_only: false,
+            create_only: r.create_only,
         })
         .collect()
 }

@@ -20,8 +20,13 @@ fn arr<'a>(v: &'a Value, key: &str) -> &'a [Value] {
 
 pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Causes {
     let mut c = Vec::new();
-    let label_names = matches!((group, kind), ("", "Namespace" | "Service"));
-    metadata(obj, label_names, &mut c);
+    let naming: fn(&str) -> Option<String> = match (group, kind) {
+        ("", "Namespace" | "Service") => names::dns1123_label,
+        // RBAC's names only have to be a path segment: `system:aggregate-to-admin`.
+        ("rbac.authorization.k8s.io", _) => names::path_segment,
+        _ => names::dns1123_subdomain,
+    };
+    metadata(obj, naming, &mut c);
     match (group, kind) {
         ("", "Pod") => {
             if let Some(spec) = obj.get("spec") {
@@ -64,6 +69,10 @@ pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Ca
             }
         }
         ("networking.k8s.io", "Ingress") => ingress(obj, &mut c),
+        ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => rbac_rules(obj, kind == "Role", &mut c),
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
+            rbac_binding(obj, old, kind == "RoleBinding", &mut c)
+        }
         ("discovery.k8s.io", "EndpointSlice") => {
             let t = s(obj, "/addressType").unwrap_or_default();
             if !matches!(t, "IPv4" | "IPv6" | "FQDN") {
@@ -75,15 +84,131 @@ pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Ca
     c
 }
 
-fn metadata(obj: &Value, label_name: bool, c: &mut Causes) {
+fn strings(v: &Value, key: &str) -> Vec<String> {
+    arr(v, key)
+        .iter()
+        .filter_map(|x| x.as_str().map(String::from))
+        .collect()
+}
+
+/// A role's rules: each grants verbs on resources of API groups, or (cluster roles only) on
+/// non-resource URLs, not both.
+fn rbac_rules(obj: &Value, namespaced: bool, c: &mut Causes) {
+    for (i, rule) in arr(obj, "rules").iter().enumerate() {
+        let at = |f: &str| format!("rules[{i}].{f}");
+        if strings(rule, "verbs").is_empty() {
+            c.push(Cause::required_because(
+                at("verbs"),
+                "verbs must contain at least one value",
+            ));
+        }
+        let urls = strings(rule, "nonResourceURLs");
+        let resources = strings(rule, "resources");
+        if !urls.is_empty() {
+            if namespaced {
+                c.push(Cause::invalid(
+                    at("nonResourceURLs"),
+                    &json!(urls),
+                    "namespaced rules cannot apply to non-resource URLs",
+                ));
+            }
+            if !resources.is_empty() || !strings(rule, "apiGroups").is_empty() {
+                c.push(Cause::invalid(
+                    at("nonResourceURLs"),
+                    &json!(urls),
+                    "rules cannot apply to both regular resources and non-resource URLs",
+                ));
+            }
+            continue;
+        }
+        if rule
+            .get("apiGroups")
+            .and_then(Value::as_array)
+            .is_none_or(Vec::is_empty)
+        {
+            c.push(Cause::required_because(
+                at("apiGroups"),
+                "resource rules must supply at least one api group",
+            ));
+        }
+        if resources.is_empty() {
+            c.push(Cause::required_because(
+                at("resources"),
+                "resource rules must supply at least one resource",
+            ));
+        }
+    }
+}
+
+/// A binding names a role of its own kind's reach, which never changes, and subjects of the
+/// three kinds.
+fn rbac_binding(obj: &Value, old: Option<&Value>, namespaced: bool, c: &mut Causes) {
+    let role_ref = obj.get("roleRef").unwrap_or(&Value::Null);
+    if s(role_ref, "/apiGroup") != Some("rbac.authorization.k8s.io") {
+        c.push(Cause::unsupported(
+            "roleRef.apiGroup",
+            s(role_ref, "/apiGroup").unwrap_or_default(),
+            &["rbac.authorization.k8s.io"],
+        ));
+    }
+    let kinds: &[&str] = if namespaced {
+        &["ClusterRole", "Role"]
+    } else {
+        &["ClusterRole"]
+    };
+    let kind = s(role_ref, "/kind").unwrap_or_default();
+    if !kinds.contains(&kind) {
+        c.push(Cause::unsupported("roleRef.kind", kind, kinds));
+    }
+    if s(role_ref, "/name").unwrap_or_default().is_empty() {
+        c.push(Cause::required("roleRef.name"));
+    }
+    if let Some(old_ref) = old.and_then(|o| o.get("roleRef")) {
+        if old_ref != role_ref {
+            c.push(Cause::invalid("roleRef", role_ref, "cannot change roleRef"));
+        }
+    }
+    for (i, sub) in arr(obj, "subjects").iter().enumerate() {
+        let at = |f: &str| format!("subjects[{i}].{f}");
+        let kind = s(sub, "/kind").unwrap_or_default();
+        if s(sub, "/name").unwrap_or_default().is_empty() {
+            c.push(Cause::required(at("name")));
+        }
+        match kind {
+            "ServiceAccount" => {
+                if !matches!(s(sub, "/apiGroup"), None | Some("")) {
+                    c.push(Cause::unsupported(
+                        at("apiGroup"),
+                        s(sub, "/apiGroup").unwrap_or_default(),
+                        &[""],
+                    ));
+                }
+                if !namespaced && s(sub, "/namespace").unwrap_or_default().is_empty() {
+                    c.push(Cause::required(at("namespace")));
+                }
+            }
+            "User" | "Group" => {
+                if s(sub, "/apiGroup") != Some("rbac.authorization.k8s.io") {
+                    c.push(Cause::unsupported(
+                        at("apiGroup"),
+                        s(sub, "/apiGroup").unwrap_or_default(),
+                        &["rbac.authorization.k8s.io"],
+                    ));
+                }
+            }
+            _ => c.push(Cause::unsupported(
+                at("kind"),
+                kind,
+                &["Group", "ServiceAccount", "User"],
+            )),
+        }
+    }
+}
+
+fn metadata(obj: &Value, naming: fn(&str) -> Option<String>, c: &mut Causes) {
     let name = s(obj, "/metadata/name").unwrap_or_default();
     if !name.is_empty() {
-        let bad = if label_name {
-            names::dns1123_label(name)
-        } else {
-            names::dns1123_subdomain(name)
-        };
-        if let Some(why) = bad {
+        if let Some(why) = naming(name) {
             c.push(Cause::invalid("metadata.name", &json!(name), &why));
         }
     }

@@ -17,7 +17,7 @@ pub fn admit(state: &ApiState, served: &Served, obj: &Value, old: Option<&Value>
     use crate::admission::Verdict;
     let name = objects::name_of(obj).to_string();
     match crate::admission::admit(&served.def.group, &served.def.kind, obj, old, &state.policy) {
-        Verdict::Allowed => Ok(()),
+        Verdict::Allowed => no_escalation(state, served, obj),
         Verdict::Invalid(causes) => Err(ApiError::Invalid {
             message: crate::admission::invalid_message(&served.def.qualified_kind(), &name, &causes),
             causes: causes
@@ -37,6 +37,75 @@ pub fn admit(state: &ApiState, served: &Served, obj: &Value, old: Option<&Value>
         Verdict::Forbidden { rule, message } => Err(ApiError::Forbidden(format!(
             "{} \"{name}\" is forbidden: {message} (rule {rule})",
             served.def.qualified_resource()
+        ))),
+    }
+}
+
+/// RBAC's escalation check: a user may write a role only with rules the user has, and bind a
+/// role only with the rules it grants, unless granted `escalate` (roles) or `bind` (bindings).
+/// Writes by control itself (no requester) are trusted.
+fn no_escalation(state: &ApiState, served: &Served, obj: &Value) -> Result<(), ApiError> {
+    use crate::rbac::{self, Attributes};
+    if served.def.group != "rbac.authorization.k8s.io" {
+        return Ok(());
+    }
+    let Some(user) = crate::auth::requester() else {
+        return Ok(());
+    };
+    let ns = obj.pointer("/metadata/namespace").and_then(Value::as_str);
+    let name = objects::name_of(obj);
+    let may = |verb: &str, plural: &str, name: &str| {
+        rbac::authorize(
+            &state.store,
+            &user,
+            &Attributes::resource(verb, &served.def.group, plural, None, ns, Some(name)),
+        )
+        .allowed
+    };
+    let wanted = match served.def.kind.as_str() {
+        "Role" | "ClusterRole" => {
+            if may("escalate", &served.def.plural, name) {
+                return Ok(());
+            }
+            let mut rules: Vec<k8s_openapi::api::rbac::v1::PolicyRule> =
+                serde_json::from_value(obj.get("rules").cloned().unwrap_or_else(|| json!([]))).unwrap_or_default();
+            // Aggregation may gather anything: it takes the right to grant everything.
+            if obj.get("aggregationRule").is_some() {
+                rules = serde_json::from_value(json!([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]))
+                    .unwrap_or_default();
+            }
+            rules
+        }
+        _ => {
+            let role_ref = obj.get("roleRef").cloned().unwrap_or(Value::Null);
+            let role_name = role_ref.get("name").and_then(Value::as_str).unwrap_or_default();
+            let role_plural = match role_ref.get("kind").and_then(Value::as_str) {
+                Some("Role") => "roles",
+                _ => "clusterroles",
+            };
+            if may("bind", role_plural, role_name) {
+                return Ok(());
+            }
+            rbac::role_rules(&state.store, &role_ref, ns).ok_or_else(|| {
+                ApiError::Forbidden(format!(
+                    "{} \"{name}\" is forbidden: user \"{}\" may not bind {role_plural} \"{role_name}\": it does not exist",
+                    served.def.qualified_resource(),
+                    user.name
+                ))
+            })?
+        }
+    };
+    let owned: Vec<_> = rbac::rules_for(&state.store, &user, ns)
+        .into_iter()
+        .flat_map(|(r, _)| r)
+        .collect();
+    match rbac::uncovered(&owned, &wanted) {
+        None => Ok(()),
+        Some(missing) => Err(ApiError::Forbidden(format!(
+            "{} \"{name}\" is forbidden: user \"{}\" (groups={:?}) is attempting to grant RBAC permissions not currently held:\n{missing}",
+            served.def.qualified_resource(),
+            user.name,
+            user.groups
         ))),
     }
 }

@@ -232,7 +232,7 @@ mod tests {
                 short_names: vec![],
                 categories: vec![],
                 subresources: vec![],
-                read_only: false,
+                create_only: false,
             },
             schema: Some(json!({"type": "object", "properties": {"spec": {"type": "object",
                 "required": ["size"],

@@ -22,8 +22,8 @@ pub fn version() -> Value {
 }
 
 fn verbs(s: &Served) -> Vec<&'static str> {
-    if s.def.read_only {
-        return vec!["get", "list", "watch"];
+    if s.def.create_only {
+        return vec!["create"];
     }
     vec![
         "create",
@@ -56,6 +56,12 @@ fn resource_entries(s: &Served) -> Vec<Value> {
             "exec" | "attach" => ("PodExecOptions", None, None, vec!["create", "get"]),
             "portforward" => ("PodPortForwardOptions", None, None, vec!["create", "get"]),
             "binding" => ("Binding", None, None, vec!["create"]),
+            "token" => (
+                "TokenRequest",
+                Some("authentication.k8s.io"),
+                Some("v1"),
+                vec!["create"],
+            ),
             "finalize" => ("Namespace", None, None, vec!["update"]),
             _ => continue,
         };

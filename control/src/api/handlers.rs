@@ -17,7 +17,7 @@ use super::objects::{self, FieldValidation};
 use super::query::{ListOpts, Query, dry_run, flag, parse_query};
 use super::registry::Served;
 use super::select::LabelSelector;
-use super::{ApiState, Target, delete, patching, pods, tables, watch};
+use super::{ApiState, Target, delete, patching, pods, reviews, tables, watch};
 use crate::store::Write;
 
 pub(super) async fn dispatch(
@@ -40,6 +40,17 @@ pub(super) async fn dispatch(
     let q = parse_query(req.uri().query());
     let method = req.method().clone();
     let answer = answer_form(req.headers());
+    if served.def.create_only {
+        if t.name.is_some() || method != Method::POST {
+            return Err(ApiError::MethodNotAllowed(format!(
+                "{} can only be created (POST to the collection)",
+                served.def.qualified_resource()
+            )));
+        }
+        let ty = body_type(req.headers())?;
+        let body = parse_value(&read_body(req.into_body()).await?, ty)?;
+        return reviews::review(state, &served, t.namespace.as_deref(), body, answer);
+    }
     match (&t.name, t.sub.as_deref(), method) {
         (None, None, Method::GET) => {
             let want = wants(req.headers())?;
@@ -89,6 +100,12 @@ pub(super) async fn dispatch(
             let ty = body_type(req.headers())?;
             let body = parse_value(&read_body(req.into_body()).await?, ty)?;
             pods::bind(state, &served, t.namespace.as_deref().unwrap_or("default"), name, body).await
+        }
+        (Some(name), Some("token"), Method::POST) => {
+            let ty = body_type(req.headers())?;
+            let body = parse_value(&read_body(req.into_body()).await?, ty)?;
+            let ns = t.namespace.as_deref().unwrap_or("default");
+            reviews::token_request(state, &served, ns, name, body, answer)
         }
         (Some(name), Some(sub @ ("log" | "exec" | "attach" | "portforward")), _) => {
             pods::proxy_to_node(state, t.namespace.as_deref().unwrap_or("default"), name, sub, req).await

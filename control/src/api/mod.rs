@@ -17,6 +17,7 @@ mod pods;
 pub mod proto;
 mod query;
 pub mod registry;
+mod reviews;
 pub mod select;
 mod tables;
 mod watch;
@@ -31,8 +32,9 @@ use std::sync::Arc;
 use ::http::{Method, Request, Response};
 use hyper::body::Incoming;
 
-use crate::auth::{self, Authenticator, Role};
+use crate::auth::{Authenticator, User};
 use crate::ipalloc::IpAllocator;
+use crate::rbac::{self, Attributes};
 use crate::store::Store;
 use error::ApiError;
 use http::{Body, error_response, json_response, text_response};
@@ -140,10 +142,7 @@ async fn handle(state: Arc<ApiState>, req: Request<Incoming>, _peer: SocketAddr)
     let started = std::time::Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let watch = req.uri().query().is_some_and(|q| {
-        q.split('&')
-            .any(|kv| kv == "watch=true" || kv == "watch=1" || kv == "watch")
-    });
+    let watch = is_watch(req.uri().query());
     let want = http::answer_form(req.headers());
     let result = route(state.clone(), req).await;
     let resp = match result {
@@ -206,6 +205,136 @@ fn count(m: &crate::metrics::Metrics, method: &Method, path: &str, watch: bool, 
     }
 }
 
+fn is_watch(query: Option<&str>) -> bool {
+    query.is_some_and(|q| {
+        q.split('&')
+            .any(|kv| kv == "watch=true" || kv == "watch=1" || kv == "watch")
+    })
+}
+
+/// What RBAC is asked for a request (two questions for a websocket exec, attach or port-forward,
+/// a GET that acts: `get` and `create`, as Kubernetes asks since 1.31).
+fn attributes(route: &Route, method: &Method, path: &str, watch: bool) -> Vec<Attributes> {
+    match route {
+        Route::Resource(t) => {
+            let verb = rbac::verb(method, t.name.is_some(), watch || t.watch_path);
+            // A namespace is in itself, so a RoleBinding may let its subjects read it.
+            let ns = match (&t.namespace, t.group.as_str(), t.plural.as_str()) {
+                (None, "", "namespaces") => t.name.as_deref(),
+                (ns, ..) => ns.as_deref(),
+            };
+            let one =
+                |verb: &str| Attributes::resource(verb, &t.group, &t.plural, t.sub.as_deref(), ns, t.name.as_deref());
+            let acting = t.sub.as_deref().is_some_and(|s| ACTING.contains(&s));
+            if acting && verb == "get" {
+                vec![one("get"), one("create")]
+            } else {
+                vec![one(verb)]
+            }
+        }
+        Route::NodeProxy(node, _) => vec![Attributes::resource(
+            rbac::verb(method, true, false),
+            "",
+            "nodes",
+            Some("proxy"),
+            None,
+            Some(node),
+        )],
+        _ => vec![Attributes::NonResource {
+            verb: method.as_str().to_ascii_lowercase(),
+            path: path.to_string(),
+        }],
+    }
+}
+
+/// Subresources that act on a running pod or node rather than show an object.
+const ACTING: [&str; 4] = ["exec", "attach", "portforward", "proxy"];
+
+/// The user a request acts as: its own, or the one it impersonates (`kubectl --as`, `--as-group`)
+/// when RBAC lets it impersonate that user and those groups.
+fn impersonated(state: &ApiState, me: User, headers: &::http::HeaderMap) -> Result<User, ApiError> {
+    let values = |name: &str| -> Vec<String> {
+        headers
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok().map(str::to_string))
+            .collect()
+    };
+    let name = values("impersonate-user").into_iter().next();
+    let groups = values("impersonate-group");
+    let uid = values("impersonate-uid").into_iter().next();
+    if headers.keys().any(|k| k.as_str().starts_with("impersonate-extra-")) {
+        return Err(ApiError::bad_request("Impersonate-Extra-* headers are not supported"));
+    }
+    let Some(name) = name else {
+        if !groups.is_empty() || uid.is_some() {
+            return Err(ApiError::bad_request(
+                "requested impersonation of groups or a uid without impersonating a user",
+            ));
+        }
+        return Ok(me);
+    };
+    let check = |a: Attributes| -> Result<(), ApiError> {
+        if rbac::authorize(&state.store, &me, &a).allowed {
+            Ok(())
+        } else {
+            Err(ApiError::Forbidden(a.forbidden(&me.name)))
+        }
+    };
+    let mut user = match name
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|r| r.split_once(':'))
+    {
+        Some((ns, sa)) => {
+            check(Attributes::resource(
+                "impersonate",
+                "",
+                "serviceaccounts",
+                None,
+                Some(ns),
+                Some(sa),
+            ))?;
+            let mut u = User::service_account(ns, sa, "");
+            u.groups
+                .retain(|g| groups.is_empty() || g == crate::auth::AUTHENTICATED);
+            u
+        }
+        None => {
+            check(Attributes::resource(
+                "impersonate",
+                "",
+                "users",
+                None,
+                None,
+                Some(&name),
+            ))?;
+            User {
+                name,
+                ..Default::default()
+            }
+        }
+    };
+    for g in &groups {
+        check(Attributes::resource("impersonate", "", "groups", None, None, Some(g)))?;
+        user.groups.push(g.clone());
+    }
+    if let Some(uid) = uid {
+        check(Attributes::resource(
+            "impersonate",
+            "authentication.k8s.io",
+            "uids",
+            None,
+            None,
+            Some(&uid),
+        ))?;
+        user.uid = uid;
+    }
+    if !user.groups.iter().any(|g| g == crate::auth::AUTHENTICATED) {
+        user.groups.push(crate::auth::AUTHENTICATED.into());
+    }
+    Ok(user)
+}
+
 async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let route = parse_route(req.uri().path()).ok_or(ApiError::NoRoute)?;
     if matches!(route, Route::Health) {
@@ -215,7 +344,20 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Response<
         .headers()
         .get(::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let role = state.auth.authenticate(auth_header).ok_or(ApiError::Unauthorized)?;
+    let me = state
+        .auth
+        .authenticate(&state.store, auth_header)
+        .ok_or(ApiError::Unauthorized)?;
+    let user = impersonated(&state, me, req.headers())?;
+    for asked in attributes(&route, req.method(), req.uri().path(), is_watch(req.uri().query())) {
+        if !rbac::authorize(&state.store, &user, &asked).allowed {
+            return Err(ApiError::Forbidden(asked.forbidden(&user.name)));
+        }
+    }
+    crate::auth::REQUESTER.scope(user, answer(state, route, req)).await
+}
+
+async fn answer(state: Arc<ApiState>, route: Route, req: Request<Incoming>) -> Result<Response<Body>, ApiError> {
     let reg = &state.registry;
     match route {
         Route::Health => Ok(text_response(200, "ok")),
@@ -262,27 +404,7 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Response<
             );
             Ok(resp)
         }
-        Route::NodeProxy(node, path) => {
-            let asked = auth::Request {
-                read: matches!(*req.method(), Method::GET | Method::HEAD),
-                group: "",
-                plural: "nodes",
-                sub: Some("proxy"),
-            };
-            if role.authorize(&asked).is_err() {
-                let target = Target {
-                    group: String::new(),
-                    version: "v1".into(),
-                    namespace: None,
-                    plural: "nodes".into(),
-                    name: Some(node),
-                    sub: Some("proxy".into()),
-                    watch_path: false,
-                };
-                return Err(forbidden_for(role, req.method(), &target));
-            }
-            pods::forward_to_node(&state, &node, &path, req).await
-        }
+        Route::NodeProxy(node, path) => pods::forward_to_node(&state, &node, &path, req).await,
         Route::Resource(target)
             if target.group == nodeless_types::knative::AUTOSCALING_GROUP && target.plural == STATS_RESOURCE =>
         {
@@ -291,60 +413,14 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Response<
                     "{STATS_RESOURCE} takes a POST of the ingress's revision statistics"
                 )));
             }
-            let asked = auth::Request {
-                read: false,
-                group: &target.group,
-                plural: &target.plural,
-                sub: None,
-            };
-            if role.authorize(&asked).is_err() {
-                return Err(forbidden_for(role, req.method(), &target));
-            }
             let body = http::read_body(req.into_body()).await?;
             let stats: nodeless_types::knative::Stats = serde_json::from_slice(&body)
                 .map_err(|e| ApiError::bad_request(format!("revision statistics: {e}")))?;
             state.revision_stats.record(&stats);
             Ok(text_response(200, "ok"))
         }
-        Route::Resource(target) => {
-            let asked = auth::Request {
-                read: matches!(*req.method(), Method::GET | Method::HEAD),
-                group: &target.group,
-                plural: &target.plural,
-                sub: target.sub.as_deref(),
-            };
-            if role.authorize(&asked).is_err() {
-                return Err(forbidden_for(role, req.method(), &target));
-            }
-            handlers::dispatch(&state, target, req).await
-        }
+        Route::Resource(target) => handlers::dispatch(&state, target, req).await,
     }
-}
-
-fn forbidden_for(role: Role, method: &Method, t: &Target) -> ApiError {
-    let verb = match *method {
-        Method::GET | Method::HEAD if t.name.is_none() => "list",
-        Method::GET | Method::HEAD => "get",
-        Method::POST => "create",
-        Method::PUT => "update",
-        Method::PATCH => "patch",
-        Method::DELETE => "delete",
-        _ => "access",
-    };
-    let resource = match &t.sub {
-        Some(s) => format!("{}/{s}", t.plural),
-        None => t.plural.clone(),
-    };
-    let scope = match &t.namespace {
-        Some(ns) => format!(" in the namespace \"{ns}\""),
-        None => " at the cluster scope".to_string(),
-    };
-    ApiError::Forbidden(format!(
-        "{} is forbidden: User \"{}\" cannot {verb} resource \"{resource}\" in API group \"{}\"{scope}",
-        t.plural,
-        role.user(),
-        t.group
-    ))
 }
 
 #[cfg(test)]

@@ -1,7 +1,7 @@
 //! What the server does to an object before storing it: typed decoding of built-in kinds (which
 //! finds unknown fields and wrong types), metadata on create, and the apiserver's defaults.
 
-use k8s_openapi::api::{apps, batch, coordination, core, discovery, networking};
+use k8s_openapi::api::{apps, batch, coordination, core, discovery, networking, rbac};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -76,6 +76,10 @@ fn decode(group: &str, kind: &str, input: &Value) -> Option<Result<(Value, Vec<S
         ("", "Binding") => roundtrip::<core::v1::Binding>(input),
         ("", "ReplicationController") => roundtrip::<core::v1::ReplicationController>(input),
         ("", "LimitRange") => roundtrip::<core::v1::LimitRange>(input),
+        ("rbac.authorization.k8s.io", "Role") => roundtrip::<rbac::v1::Role>(input),
+        ("rbac.authorization.k8s.io", "ClusterRole") => roundtrip::<rbac::v1::ClusterRole>(input),
+        ("rbac.authorization.k8s.io", "RoleBinding") => roundtrip::<rbac::v1::RoleBinding>(input),
+        ("rbac.authorization.k8s.io", "ClusterRoleBinding") => roundtrip::<rbac::v1::ClusterRoleBinding>(input),
         ("apps", "Deployment") => roundtrip::<apps::v1::Deployment>(input),
         ("apps", "ReplicaSet") => roundtrip::<apps::v1::ReplicaSet>(input),
         ("apps", "DaemonSet") => roundtrip::<apps::v1::DaemonSet>(input),
@@ -330,6 +334,27 @@ fn default_job_spec(spec: &mut Value) {
 /// Defaults for the built-in kinds, applied on every create and update.
 pub fn apply_defaults(group: &str, kind: &str, obj: &mut Value) {
     match (group, kind) {
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
+            const RBAC: &str = "rbac.authorization.k8s.io";
+            if let Some(r) = obj.get_mut("roleRef").and_then(Value::as_object_mut) {
+                if r.get("apiGroup").and_then(Value::as_str).is_none_or(str::is_empty) {
+                    r.insert("apiGroup".into(), json!(RBAC));
+                }
+            }
+            for sub in obj
+                .get_mut("subjects")
+                .and_then(Value::as_array_mut)
+                .into_iter()
+                .flatten()
+            {
+                let people = matches!(sub.get("kind").and_then(Value::as_str), Some("User" | "Group"));
+                if let Some(m) = sub.as_object_mut().filter(|_| people) {
+                    if m.get("apiGroup").and_then(Value::as_str).is_none_or(str::is_empty) {
+                        m.insert("apiGroup".into(), json!(RBAC));
+                    }
+                }
+            }
+        }
         ("", "Pod") => {
             if let Some(spec) = obj.get_mut("spec") {
                 default_pod_spec(spec);

@@ -2,6 +2,7 @@
 //! turn each change into the keys it affects, reconcile those keys (deduplicated, after a few
 //! milliseconds so bursts coalesce), and resync everything periodically to heal anything missed.
 
+mod clusterrole;
 mod cronjob;
 mod deployment;
 mod endpoints;
@@ -98,6 +99,13 @@ pub fn start(client: LocalClient) -> Vec<tokio::task::JoinHandle<()>> {
             cronjob::resync,
             |c, k| Box::pin(cronjob::reconcile(c, k)),
         )),
+        tokio::spawn(drive(
+            client.clone(),
+            "clusterrole-aggregation",
+            clusterrole::interested,
+            clusterrole::resync,
+            |c, k| Box::pin(done(clusterrole::reconcile(c, k))),
+        )),
         tokio::spawn(knative::autoscaler::run(client.clone())),
         tokio::spawn(drive(
             client,
@@ -108,6 +116,8 @@ pub fn start(client: LocalClient) -> Vec<tokio::task::JoinHandle<()>> {
         )),
     ]
 }
+
+pub use clusterrole::aggregate_all as aggregate_cluster_roles;
 
 const RESYNC_EVERY: Duration = Duration::from_secs(30);
 const COALESCE: Duration = Duration::from_millis(3);

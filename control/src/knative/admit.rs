@@ -121,22 +121,27 @@ fn default_traffic(obj: &mut Value) {
 }
 
 /// Who made the object and who last changed its spec (Knative's `creator` and `lastModifier`).
-/// Every write through the API is the admin token's until RBAC brings users of its own; writes
-/// by the controllers carry the annotations of the object they follow, which they copy.
+/// A write through the API is its requester's; writes by the controllers carry the annotations
+/// of the object they follow, which they copy (and otherwise are the admin's).
 fn set_authors(obj: &mut Value, old: Option<&Value>) {
-    let user = crate::auth::Role::Admin.user();
+    let requester = crate::auth::requester();
+    let user = requester.as_ref().map_or(crate::auth::ADMIN_USER, |u| u.name.as_str());
     let ann = |o: &Value, k: &str| {
         o.pointer(&format!("/metadata/annotations/{}", k.replace('/', "~1")))
             .and_then(Value::as_str)
             .map(String::from)
     };
+    // A user's new object is the user's, whatever annotations it came with.
+    let by_user = requester.is_some();
     let creator = match old {
         Some(o) => ann(o, CREATOR),
+        None if by_user => None,
         None => ann(obj, CREATOR),
     };
     let modifier = match old {
         Some(o) if o.get("spec") == obj.get("spec") => ann(o, LAST_MODIFIER).or_else(|| ann(obj, LAST_MODIFIER)),
         Some(_) => Some(user.to_string()),
+        None if by_user => None,
         None => ann(obj, LAST_MODIFIER),
     };
     if !obj.pointer("/metadata/annotations").is_some_and(Value::is_object) {
@@ -644,7 +649,7 @@ mod tests {
         assert_eq!(o["spec"]["traffic"][1]["latestRevision"], false);
         assert_eq!(refusals(&o), "");
         set_authors(&mut o, None);
-        let admin = crate::auth::Role::Admin.user();
+        let admin = crate::auth::ADMIN_USER;
         assert_eq!(o["metadata"]["annotations"][CREATOR], admin);
         assert_eq!(o["metadata"]["annotations"][LAST_MODIFIER], admin);
         let mut inherited = svc(json!({}));

@@ -419,6 +419,31 @@ pub fn cells(group: &str, kind: &str, v: &Value, now: DateTime<Utc>) -> Vec<Valu
             ]
         }
         ("", "ServiceAccount") => vec![name, json!(arr(v, "/secrets").len()), age],
+        ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => {
+            vec![name, json!(s(v, "/metadata/creationTimestamp"))]
+        }
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
+            let subjects = |kind: &str| {
+                let names: Vec<String> = arr(v, "/subjects")
+                    .iter()
+                    .filter(|x| s(x, "/kind") == kind)
+                    .map(|x| match (kind, s(x, "/namespace")) {
+                        ("ServiceAccount", ns) => format!("{ns}/{}", s(x, "/name")),
+                        _ => s(x, "/name").to_string(),
+                    })
+                    .collect();
+                json!(names.join(", "))
+            };
+            let role = format!("{}/{}", s(v, "/roleRef/kind"), s(v, "/roleRef/name"));
+            vec![
+                name,
+                json!(role),
+                age,
+                subjects("User"),
+                subjects("Group"),
+                subjects("ServiceAccount"),
+            ]
+        }
         ("batch", "Job") => {
             let containers = arr(v, "/spec/template/spec/containers");
             let cond = |ty: &str| {

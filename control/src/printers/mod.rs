@@ -200,6 +200,28 @@ fn columns_of(group: &str, kind: &str) -> Vec<Col> {
                 "A human-readable description of the status of this operation.",
             ),
         ],
+        ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => vec![
+            NAME,
+            col(
+                "Created At",
+                "date",
+                0,
+                "CreationTimestamp is a timestamp representing the server time when this object was created.",
+            ),
+        ],
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => vec![
+            NAME,
+            col(
+                "Role",
+                "string",
+                0,
+                "RoleRef can reference a Role in the current namespace or a ClusterRole in the global namespace.",
+            ),
+            AGE,
+            col("Users", "string", 1, "Users in the binding"),
+            col("Groups", "string", 1, "Groups in the binding"),
+            col("ServiceAccounts", "string", 1, "ServiceAccounts in the binding"),
+        ],
         ("", "ServiceAccount") => vec![
             NAME,
             col(

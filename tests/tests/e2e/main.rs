@@ -18,6 +18,7 @@ mod knative_conformance;
 mod kubectl;
 mod lifecycle;
 mod node;
+mod rbac;
 mod reflector;
 mod services;
 mod up;

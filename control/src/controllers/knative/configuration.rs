@@ -97,7 +97,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
             let author = cfg
                 .pointer(&format!("/metadata/annotations/{}", LAST_MODIFIER.replace('/', "~1")))
                 .cloned()
-                .unwrap_or(json!(crate::auth::Role::Admin.user()));
+                .unwrap_or(json!(crate::auth::ADMIN_USER));
             annotations.insert(CREATOR.into(), author);
             let rev = json!({
                 "apiVersion": SERVING_API, "kind": "Revision",

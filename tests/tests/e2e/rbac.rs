@@ -1,0 +1,324 @@
+//! ServiceAccount tokens and RBAC with kubectl as users type it: `create serviceaccount`,
+//! `create rolebinding`, `create token`, `auth can-i` (with `--as` and `--list`), `auth whoami`;
+//! what a token may do is what its bindings say, no more, and a user cannot grant what it lacks.
+
+use std::process::Output;
+
+use nodeless_tests::{KUBECTL_VERSIONS, Nodeless, eventually};
+use serde_json::{Value, json};
+
+fn out(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).trim().to_string()
+}
+
+fn err(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn service_accounts_get_what_their_bindings_grant() {
+    let n = Nodeless::start().unwrap();
+    let kc = n.kubeconfig();
+    for v in KUBECTL_VERSIONS {
+        let ns = format!("team-{}", v.replace('.', "-"));
+        let sa = format!("system:serviceaccount:{ns}:reader");
+        n.kubectl_ok(v, &["create", "namespace", &ns]);
+        n.kubectl_ok(v, &["create", "serviceaccount", "reader", "-n", &ns]);
+        n.kubectl_ok(v, &["create", "serviceaccount", "boss", "-n", &ns]);
+        n.kubectl_ok(
+            v,
+            &[
+                "create",
+                "rolebinding",
+                "reader-view",
+                "--clusterrole=view",
+                &format!("--serviceaccount={ns}:reader"),
+                "-n",
+                &ns,
+            ],
+        );
+        n.kubectl_ok(
+            v,
+            &[
+                "create",
+                "rolebinding",
+                "boss-admin",
+                "--clusterrole=admin",
+                &format!("--serviceaccount={ns}:boss"),
+                "-n",
+                &ns,
+            ],
+        );
+        n.kubectl_ok(v, &["create", "configmap", "c", "--from-literal=a=b", "-n", &ns]);
+
+        // The admin answers for others with --as.
+        let can = |args: &[&str]| n.kubectl(v, &[&["auth", "can-i"][..], args].concat());
+        assert_eq!(out(&can(&["list", "pods", "-n", &ns, "--as", &sa])), "yes");
+        let no = can(&["create", "pods", "-n", &ns, "--as", &sa]);
+        assert_eq!(out(&no), "no", "{}", err(&no));
+        assert!(!no.status.success());
+        assert_eq!(out(&can(&["list", "pods", "-n", "default", "--as", &sa])), "no");
+        assert_eq!(out(&can(&["get", "secrets", "-n", &ns, "--as", &sa])), "no");
+        assert_eq!(
+            out(&can(&["create", "pods", "--subresource=exec", "-n", &ns, "--as", &sa])),
+            "no"
+        );
+        assert_eq!(out(&can(&["*", "*"])), "yes", "the admin may do anything");
+
+        // A token of the ServiceAccount, and kubectl with it.
+        let token = n.kubectl_ok(v, &["create", "token", "reader", "-n", &ns, "--duration=20m"]);
+        let token = token.trim();
+        assert_eq!(token.matches('.').count(), 2, "{token}");
+        let as_reader = |args: &[&str]| n.kubectl_with(v, &kc, &[args, &["--token", token]].concat(), None);
+        let pods = as_reader(&["get", "configmaps", "-n", &ns]);
+        assert!(pods.status.success(), "{}", err(&pods));
+        assert!(out(&pods).contains("c "), "{}", out(&pods));
+        let run = as_reader(&["create", "configmap", "x", "--from-literal=a=b", "-n", &ns]);
+        assert!(!run.status.success());
+        assert!(
+            err(&run).contains(&format!(
+                "configmaps is forbidden: User \"{sa}\" cannot create resource \"configmaps\" in API group \"\" in the namespace \"{ns}\""
+            )),
+            "{}",
+            err(&run)
+        );
+        let elsewhere = as_reader(&["get", "pods", "-n", "default"]);
+        assert!(err(&elsewhere).contains("forbidden"), "{}", err(&elsewhere));
+        assert!(err(&as_reader(&["get", "secrets", "-n", &ns])).contains("forbidden"));
+        assert_eq!(
+            out(&as_reader(&["auth", "can-i", "watch", "deployments.apps", "-n", &ns])),
+            "yes"
+        );
+        assert_eq!(
+            out(&as_reader(&["auth", "can-i", "delete", "deployments.apps", "-n", &ns])),
+            "no"
+        );
+        let list = as_reader(&["auth", "can-i", "--list", "-n", &ns]);
+        assert!(list.status.success(), "{}", err(&list));
+        let pods_line = out(&list)
+            .lines()
+            .find(|l| l.starts_with("pods "))
+            .map(str::to_string)
+            .unwrap_or_default();
+        assert!(
+            pods_line.contains("get") && pods_line.contains("list") && !pods_line.contains("create"),
+            "{}",
+            out(&list)
+        );
+        if v == "1.33" {
+            let who = as_reader(&["auth", "whoami", "-o", "json"]);
+            assert!(who.status.success(), "{}", err(&who));
+            let who: Value = serde_json::from_str(&out(&who)).unwrap();
+            assert_eq!(who["status"]["userInfo"]["username"], json!(sa));
+            let groups = who["status"]["userInfo"]["groups"].to_string();
+            assert!(groups.contains(&format!("system:serviceaccounts:{ns}")), "{groups}");
+        }
+
+        // A namespace admin may grant what it has, and nothing more.
+        let boss = n.kubectl_ok(v, &["create", "token", "boss", "-n", &ns]);
+        let as_boss = |args: &[&str]| n.kubectl_with(v, &kc, &[args, &["--token", boss.trim()]].concat(), None);
+        let ok = as_boss(&[
+            "create",
+            "role",
+            "pod-reader",
+            "--verb=get,list",
+            "--resource=pods",
+            "-n",
+            &ns,
+        ]);
+        assert!(ok.status.success(), "{}", err(&ok));
+        let ok = as_boss(&[
+            "create",
+            "rolebinding",
+            "r",
+            "--role=pod-reader",
+            &format!("--serviceaccount={ns}:reader"),
+            "-n",
+            &ns,
+        ]);
+        assert!(ok.status.success(), "{}", err(&ok));
+        let more = as_boss(&[
+            "create",
+            "role",
+            "node-reader",
+            "--verb=get",
+            "--resource=nodes",
+            "-n",
+            &ns,
+        ]);
+        assert!(
+            err(&more).contains("is attempting to grant RBAC permissions not currently held"),
+            "{}",
+            err(&more)
+        );
+        let bind = as_boss(&[
+            "create",
+            "rolebinding",
+            "root",
+            "--clusterrole=cluster-admin",
+            &format!("--serviceaccount={ns}:boss"),
+            "-n",
+            &ns,
+        ]);
+        assert!(err(&bind).contains("forbidden"), "{}", err(&bind));
+        assert_eq!(
+            out(&as_boss(&["auth", "can-i", "create", "pods", "-n", "default"])),
+            "no"
+        );
+
+        // The token dies with its ServiceAccount.
+        n.kubectl_ok(v, &["delete", "serviceaccount", "reader", "-n", &ns]);
+        let gone = as_reader(&["get", "configmaps", "-n", &ns]);
+        assert!(
+            err(&gone).contains("Unauthorized") || err(&gone).contains("provide credentials"),
+            "{}",
+            err(&gone)
+        );
+        n.kubectl_ok(v, &["delete", "namespace", &ns, "--wait=false"]);
+    }
+
+    // The read-only token is an ordinary subject bound to a role.
+    let viewer = n.viewer_kubeconfig();
+    let as_viewer = |args: &[&str]| n.kubectl_with("1.33", &viewer, args, None);
+    assert_eq!(out(&as_viewer(&["auth", "can-i", "list", "pods", "-A"])), "yes");
+    assert_eq!(out(&as_viewer(&["auth", "can-i", "create", "pods"])), "no");
+    assert_eq!(out(&as_viewer(&["auth", "can-i", "get", "secrets"])), "no");
+    let bindings = n.kubectl_ok("1.33", &["get", "clusterrolebinding", "nodeless:viewer", "-o", "wide"]);
+    assert!(
+        bindings.contains("ClusterRole/nodeless:cluster-viewer") && bindings.contains("nodeless:viewer"),
+        "{bindings}"
+    );
+
+    // Aggregation: a role labelled to join `view` joins it.
+    let role = "apiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata:\n  name: widget-view\n  labels: {rbac.authorization.k8s.io/aggregate-to-view: \"true\"}\nrules:\n- {apiGroups: [example.com], resources: [widgets], verbs: [get, list]}\n";
+    let applied = n.kubectl_with("1.33", &kc, &["apply", "-f", "-"], Some(role));
+    assert!(applied.status.success(), "{}", err(&applied));
+    eventually("view to take in widget-view", 20, || {
+        let rules = out(&n.kubectl("1.33", &["get", "clusterrole", "view", "-o", "jsonpath={.rules}"]));
+        rules.contains("widgets")
+    });
+    eventually("edit to take in view", 20, || {
+        out(&n.kubectl("1.33", &["get", "clusterrole", "edit", "-o", "jsonpath={.rules}"])).contains("widgets")
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_are_bound_to_their_audience_and_objects() {
+    let n = Nodeless::start().unwrap();
+    let http = n.http();
+    let admin = n.admin_token();
+    n.kubectl_ok("1.33", &["create", "serviceaccount", "robot"]);
+    n.kubectl_ok(
+        "1.33",
+        &[
+            "create",
+            "clusterrolebinding",
+            "robot-view",
+            "--clusterrole=view",
+            "--serviceaccount=default:robot",
+        ],
+    );
+    n.kubectl_ok("1.33", &["create", "secret", "generic", "anchor", "--from-literal=a=b"]);
+    let request = |spec: Value| {
+        let http = http.clone();
+        let admin = admin.clone();
+        let url = n.url("/api/v1/namespaces/default/serviceaccounts/robot/token");
+        async move {
+            let resp = http
+                .post(url)
+                .bearer_auth(admin)
+                .json(&json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": spec}))
+                .send()
+                .await
+                .unwrap();
+            (resp.status().as_u16(), resp.json::<Value>().await.unwrap())
+        }
+    };
+    let pods = |token: String| {
+        let http = http.clone();
+        let url = n.url("/api/v1/namespaces/default/pods");
+        async move { http.get(url).bearer_auth(token).send().await.unwrap().status().as_u16() }
+    };
+
+    // Too short a life is refused with the field.
+    let (code, body) = request(json!({"expirationSeconds": 60})).await;
+    assert_eq!(code, 422, "{body}");
+    assert!(
+        body["message"].as_str().unwrap().contains("spec.expirationSeconds"),
+        "{body}"
+    );
+
+    // Bound to a Secret: works while the Secret is there.
+    let (code, body) =
+        request(json!({"boundObjectRef": {"kind": "Secret", "apiVersion": "v1", "name": "anchor"}})).await;
+    assert_eq!(code, 201, "{body}");
+    let bound = body["status"]["token"].as_str().unwrap().to_string();
+    assert!(body["status"]["expirationTimestamp"].is_string(), "{body}");
+    assert_eq!(pods(bound.clone()).await, 200);
+    let (code, _) = request(json!({"boundObjectRef": {"kind": "Secret", "apiVersion": "v1", "name": "nope"}})).await;
+    assert_eq!(code, 404);
+
+    // For another audience: not for this API, though a TokenReview for that audience accepts it.
+    let (_, body) = request(json!({"audiences": ["vault"]})).await;
+    let vault = body["status"]["token"].as_str().unwrap().to_string();
+    assert_eq!(pods(vault.clone()).await, 401);
+    let review = |token: String, audiences: Value| {
+        let http = http.clone();
+        let admin = admin.clone();
+        let url = n.url("/apis/authentication.k8s.io/v1/tokenreviews");
+        async move {
+            http.post(url)
+                .bearer_auth(admin)
+                .json(&json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenReview", "spec": {"token": token, "audiences": audiences}}))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let r = review(vault.clone(), json!(["vault"])).await;
+    assert_eq!(r["status"]["authenticated"], true, "{r}");
+    assert_eq!(r["status"]["user"]["username"], "system:serviceaccount:default:robot");
+    let r = review(vault, json!([])).await;
+    assert_eq!(r["status"]["authenticated"], false, "{r}");
+
+    // A SubjectAccessReview asks about anyone.
+    let sar = http
+        .post(n.url("/apis/authorization.k8s.io/v1/subjectaccessreviews"))
+        .bearer_auth(&admin)
+        .json(
+            &json!({"apiVersion": "authorization.k8s.io/v1", "kind": "SubjectAccessReview",
+            "spec": {"user": "system:serviceaccount:default:robot", "groups": ["system:serviceaccounts"],
+                     "resourceAttributes": {"verb": "list", "resource": "pods", "namespace": "kube-system"}}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(sar["status"]["allowed"], true, "{sar}");
+    assert!(
+        sar["status"]["reason"].as_str().unwrap().contains("robot-view"),
+        "{sar}"
+    );
+
+    // The Secret goes, and so does the token bound to it.
+    n.kubectl_ok("1.33", &["delete", "secret", "anchor"]);
+    assert_eq!(pods(bound).await, 401);
+
+    // A forged token (signed by another key) and a mangled one are refused.
+    let (_, body) = request(json!({})).await;
+    let good = body["status"]["token"].as_str().unwrap().to_string();
+    assert_eq!(pods(good.clone()).await, 200);
+    let mut parts: Vec<String> = good.split('.').map(String::from).collect();
+    let flipped = if parts[1].as_bytes()[10] == b'x' { "y" } else { "x" };
+    parts[1].replace_range(10..11, flipped);
+    assert_eq!(pods(parts.join(".")).await, 401);
+
+    // A role binding removed is obeyed by the next request.
+    n.kubectl_ok("1.33", &["delete", "clusterrolebinding", "robot-view"]);
+    assert_eq!(pods(good).await, 403);
+}
