@@ -129,6 +129,7 @@ impl ControlPlane {
             node_tls,
             revision_stats: Default::default(),
             metrics,
+            ca_pem: pki.ca_cert_pem.clone(),
         });
         bootstrap(&state, addr).await?;
         let mut tasks = vec![tokio::spawn(api::serve(

@@ -4,6 +4,7 @@
 pub mod limits;
 mod names;
 mod platform;
+pub mod service_account;
 mod validate;
 
 pub use nodeless_types::quantity::{Quantity, parse_quantity};

@@ -321,6 +321,7 @@ pub async fn create_object(
     objects::apply_defaults(&served.def.group, &served.def.kind, &mut obj);
     if served.def.group.is_empty() && served.def.kind == "Pod" {
         limit_ranges(state, ns, &name, &mut obj)?;
+        service_account_token(state, ns, &mut obj);
         let qos = obj.get("spec").map(objects::qos_class).unwrap_or("BestEffort");
         obj["status"]["qosClass"] = json!(qos);
     }
@@ -341,6 +342,20 @@ pub async fn create_object(
             Err(store_err(served, &name, e))
         }
     }
+}
+
+/// The token volume of a new pod, as its ServiceAccount says (see `admission::service_account`).
+fn service_account_token(state: &ApiState, ns: Option<&str>, pod: &mut Value) {
+    let account = pod
+        .pointer("/spec/serviceAccountName")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .unwrap_or("default");
+    let automount = state
+        .store
+        .get(&format!("/core/serviceaccounts/{}/{account}", ns.unwrap_or_default()))
+        .and_then(|sa| sa.obj.get("automountServiceAccountToken").and_then(Value::as_bool));
+    crate::admission::service_account::mount_token(pod, automount);
 }
 
 /// The namespace's LimitRanges on a new pod: defaults in, bounds checked (403 with the reason).

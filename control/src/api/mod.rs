@@ -57,6 +57,8 @@ pub struct ApiState {
     pub revision_stats: crate::knative::stats::Sink,
     /// What `/metrics` serves (see `metrics`).
     pub metrics: crate::metrics::Metrics,
+    /// The cluster CA's certificate, published in every namespace (`kube-root-ca.crt`).
+    pub ca_pem: String,
 }
 
 /// Where a request is going, parsed from its path.

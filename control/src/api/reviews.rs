@@ -15,6 +15,10 @@ use crate::rbac::{self, Attributes};
 /// Kubernetes' default and least token lifetimes.
 const DEFAULT_TOKEN_SECONDS: i64 = 3600;
 const MIN_TOKEN_SECONDS: i64 = 600;
+/// A pod's token asked for with the admission's lifetime lives a year, as with the apiserver's
+/// `--service-account-extend-token-expiration` (on by default): clients that never reread the
+/// file keep working; the node still rewrites it hourly.
+const EXTENDED_TOKEN_SECONDS: u64 = 365 * 24 * 3600;
 
 fn s<'a>(v: &'a Value, path: &str) -> &'a str {
     v.pointer(path).and_then(Value::as_str).unwrap_or("")
@@ -309,11 +313,18 @@ pub(super) fn token_request(
             private.secret = Some(r);
         }
     }
-    let (token, exp) = state
+    let extended = private.pod.is_some() && seconds == crate::admission::service_account::DEFAULT_TOKEN_SECONDS;
+    let lifetime = if extended {
+        EXTENDED_TOKEN_SECONDS
+    } else {
+        seconds as u64
+    };
+    let (token, _) = state
         .auth
         .issuer
-        .issue(audiences.clone(), seconds as u64, private)
+        .issue(audiences.clone(), lifetime, private)
         .map_err(ApiError::Internal)?;
+    let exp = jwt::now() + seconds as u64;
     let expires = chrono::DateTime::from_timestamp(exp as i64, 0)
         .unwrap_or_default()
         .to_rfc3339_opts(chrono::SecondsFormat::Secs, true);

@@ -21,7 +21,12 @@ pub fn interested(client: &LocalClient, ev: &Event) -> Vec<String> {
             }
         }
     }
-    if ev.key.starts_with("/core/serviceaccounts/") && ev.kind == EventType::Deleted {
+    // What the controller keeps in each namespace, changed or gone.
+    let kept = (ev.key.starts_with("/core/serviceaccounts/") && ev.kind == EventType::Deleted)
+        || (ev.key.starts_with("/core/configmaps/")
+            && ev.kind != EventType::Added
+            && str_at(&ev.obj, "/metadata/name") == crate::admission::service_account::ROOT_CA_CONFIGMAP);
+    if kept {
         let ns = str_at(&ev.obj, "/metadata/namespace");
         return vec![format!("/core/namespaces/{ns}")];
     }
@@ -37,6 +42,32 @@ pub fn resync(client: &LocalClient) -> Vec<String> {
         .collect()
 }
 
+/// The cluster CA in the namespace (`kube-root-ca.crt`), for pods' token volumes, as
+/// Kubernetes' root CA publisher keeps it.
+async fn publish_root_ca(client: &LocalClient, ns: &str) -> Result<(), ApiError> {
+    use crate::admission::service_account::ROOT_CA_CONFIGMAP;
+    let cms = client.served("", "configmaps");
+    let data = json!({"ca.crt": client.state.ca_pem});
+    match client.get(&cms, Some(ns), ROOT_CA_CONFIGMAP) {
+        Some(current) if current.obj.get("data") == Some(&data) => Ok(()),
+        Some(current) => {
+            let mut want = (*current.obj).clone();
+            want["data"] = data;
+            client.update(&cms, &current, want).await.map(|_| ())
+        }
+        None => {
+            let obj = json!({"apiVersion": "v1", "kind": "ConfigMap",
+                "metadata": {"name": ROOT_CA_CONFIGMAP, "annotations": {"kubernetes.io/description":
+                    "Contains a CA bundle that can be used to verify the kube-apiserver when using internal endpoints such as the internal service IP or kubernetes.default.svc. No other usage is guaranteed across distributions of Kubernetes clusters."}},
+                "data": data});
+            match client.create(&cms, Some(ns), obj).await {
+                Ok(_) | Err(ApiError::AlreadyExists { .. }) | Err(ApiError::Forbidden(_)) => Ok(()),
+                Err(e) => Err(e),
+            }
+        }
+    }
+}
+
 pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError> {
     let ns_res = client.served("", "namespaces");
     let (_, name) = split_key(&key);
@@ -44,6 +75,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
         return Ok(());
     };
     if !is_deleting(&ns.obj) {
+        publish_root_ca(&client, name).await?;
         let sa = client.served("", "serviceaccounts");
         if client.get(&sa, Some(name), "default").is_none() {
             let obj = json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "default"}});

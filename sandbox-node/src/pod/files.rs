@@ -136,6 +136,25 @@ pub async fn prepare_volumes(client: &kube::Client, pod: &Pod, dir: &Path) -> Re
     Ok(out)
 }
 
+/// Write the pod's volumes that hold ServiceAccount tokens again, with fresh tokens (the
+/// atomic writer swaps them under the running containers).
+pub async fn refresh_tokens(client: &kube::Client, pod: &Pod, volumes: &[PodVolume]) -> Result<(), String> {
+    let lookup = volume_data::ApiLookup {
+        client: client.clone(),
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+    };
+    let specs = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
+    for v in specs.into_iter().flatten().filter(|v| volume_data::holds_token(v)) {
+        let Some(at) = volumes.iter().find(|p| p.name == v.name) else {
+            continue;
+        };
+        if let Some(files) = volume_data::files(&lookup, pod, v).await? {
+            projection::write(&at.path, &files).map_err(|e| format!("volume {:?}: {e}", v.name))?;
+        }
+    }
+    Ok(())
+}
+
 /// Make one volume at `path`; whether the pod only reads it.
 async fn prepare_one(lookup: &volume_data::ApiLookup, pod: &Pod, v: &Volume, path: &Path) -> Result<bool, String> {
     if v.empty_dir.is_some() {

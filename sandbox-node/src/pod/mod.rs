@@ -34,6 +34,10 @@ use crate::spec::{ContainerSpec, config_json};
 pub use state::Attempt;
 use state::{Ctr, Saved, SavedCtr};
 
+/// Tokens are written again at this share of their life, and after a failure this soon.
+const TOKEN_REFRESH_AT: f64 = 0.8;
+const TOKEN_REFRESH_RETRY: Duration = Duration::from_secs(10);
+
 pub enum Event {
     Pod(Box<Pod>),
     /// The pod is gone from the API (deleted without grace, or the watch lost it).
@@ -76,6 +80,8 @@ pub struct Worker {
     /// Local storage limits (emptyDir sizeLimit, ephemeral-storage) and when to measure next.
     storage: storage::Limits,
     next_storage_check: Option<Instant>,
+    /// When the tokens in the pod's volumes are written again (at 80% of their life).
+    next_token_refresh: Option<Instant>,
     /// Why the pod was evicted, once it is: its containers stay stopped.
     evicted: Option<String>,
     /// When this worker first saw the pod, and whether its start was counted yet (see `metrics`).
@@ -135,6 +141,7 @@ impl Worker {
             user_base: None,
             storage: storage::Limits::default(),
             next_storage_check: None,
+            next_token_refresh: None,
             evicted: None,
             first_seen: Instant::now(),
             start_counted: false,
@@ -182,6 +189,7 @@ impl Worker {
                 return;
             }
             self.check_storage().await;
+            self.refresh_tokens().await;
             self.reconcile().await;
             self.report().await;
             let deadline = self
@@ -190,6 +198,7 @@ impl Worker {
                 .filter_map(|c| c.next_start)
                 .chain(self.failed_sandbox.as_ref().map(|f| f.retry_at))
                 .chain(self.next_storage_check)
+                .chain(self.next_token_refresh)
                 .min();
             // An evicted pod waits for its deletion only.
             let deadline = deadline.filter(|_| self.evicted.is_none());
@@ -359,6 +368,7 @@ impl Worker {
         self.pod_ip = saved.pod_ip;
         if let Ok(v) = files::prepare_volumes(&self.ctx.client, &self.pod, &self.dir.join("volumes")).await {
             self.volumes = v;
+            self.schedule_token_refresh();
         }
         self.sandbox_ready = true;
         self.count_running(true);
@@ -502,6 +512,7 @@ impl Worker {
         write("hostname", format!("{hostname}\n"))?;
         write("resolv.conf", files::resolv_conf(&self.pod, &dns))?;
         self.volumes = files::prepare_volumes(&self.ctx.client, &self.pod, &self.dir.join("volumes")).await?;
+        self.schedule_token_refresh();
         if let Some(base) = user_base {
             // The pod's own directories: its range's root reaches its rootfs and volumes through
             // them (the runtime mounts them as that uid), nobody else gets in (see `private`).
@@ -738,6 +749,30 @@ impl Worker {
                         &message,
                     );
                 }
+            }
+        }
+    }
+
+    fn schedule_token_refresh(&mut self) {
+        self.next_token_refresh =
+            volume_data::token_lifetime(&self.pod).map(|life| Instant::now() + life.mul_f64(TOKEN_REFRESH_AT));
+    }
+
+    /// Fresh tokens into the pod's volumes when they are due; a failure is said in an event and
+    /// tried again shortly, while the old tokens still have a fifth of their life.
+    async fn refresh_tokens(&mut self) {
+        if self.next_token_refresh.is_none_or(|t| t > Instant::now()) {
+            return;
+        }
+        match files::refresh_tokens(&self.ctx.client, &self.pod, &self.volumes).await {
+            Ok(()) => self.schedule_token_refresh(),
+            Err(e) => {
+                self.event(
+                    "Warning",
+                    "FailedMount",
+                    &format!("refreshing the ServiceAccount token: {e}"),
+                );
+                self.next_token_refresh = Some(Instant::now() + TOKEN_REFRESH_RETRY);
             }
         }
     }

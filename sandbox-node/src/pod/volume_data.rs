@@ -4,16 +4,17 @@
 //! source wins a path two of them name). Writing them is [`super::projection`]'s, one writer
 //! for every kind, so the pod never gets a path the node writes through.
 //!
-//! ConfigMaps and Secrets are read through [`Lookup`], the seam the unit tests fake. A
-//! `serviceAccountToken` source is refused by [`unsupported`] before the sandbox is made: this
-//! platform issues no ServiceAccount tokens yet, and a pod that asked for one must not run
-//! without it.
+//! ConfigMaps, Secrets and ServiceAccount tokens come through [`Lookup`], the seam the unit tests
+//! fake. A `serviceAccountToken` source gets a token bound to the pod (TokenRequest, as kubelet
+//! asks for one), which the worker rewrites before it expires ([`token_lifetime`]).
 
 use std::collections::BTreeMap;
 
 use async_trait::async_trait;
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, Volume, VolumeProjection,
+    ConfigMap, Container, DownwardAPIVolumeFile, KeyToPath, Pod, Secret, ServiceAccount, ServiceAccountTokenProjection,
+    Volume, VolumeProjection,
 };
 use kube::Api;
 
@@ -29,6 +30,41 @@ const DEFAULT_MODE: i32 = 0o644;
 pub trait Lookup: Send + Sync {
     async fn config_map(&self, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, String>;
     async fn secret(&self, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, String>;
+    /// A token of the pod's ServiceAccount, bound to the pod, for `audience` (the API's when
+    /// `None`), valid `seconds`.
+    async fn token(&self, pod: &Pod, audience: Option<&str>, seconds: i64) -> Result<Vec<u8>, String>;
+}
+
+/// kubelet's default lifetime of a projected token, and the least the API server grants.
+const TOKEN_SECONDS: i64 = 3600;
+const TOKEN_MIN_SECONDS: i64 = 600;
+
+fn token_seconds(t: &ServiceAccountTokenProjection) -> i64 {
+    t.expiration_seconds.unwrap_or(TOKEN_SECONDS)
+}
+
+/// The shortest lifetime of the tokens the pod's volumes hold, if they hold any: the worker
+/// rewrites those volumes at 80% of it, as kubelet does.
+pub fn token_lifetime(pod: &Pod) -> Option<std::time::Duration> {
+    pod.spec
+        .as_ref()?
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.projected.as_ref())
+        .flat_map(|p| p.sources.iter().flatten())
+        .filter_map(|s| s.service_account_token.as_ref())
+        .map(token_seconds)
+        .min()
+        .map(|s| std::time::Duration::from_secs(s.max(TOKEN_MIN_SECONDS) as u64))
+}
+
+/// Whether a volume holds a ServiceAccount token.
+pub fn holds_token(v: &Volume) -> bool {
+    v.projected
+        .iter()
+        .flat_map(|p| p.sources.iter().flatten())
+        .any(|s| s.service_account_token.is_some())
 }
 
 /// The API server, in the pod's namespace.
@@ -63,6 +99,38 @@ impl Lookup for ApiLookup {
             .map_err(|e| format!("secret {name:?}: {e}"))?;
         Ok(got.map(|s| s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect()))
     }
+
+    async fn token(&self, pod: &Pod, audience: Option<&str>, seconds: i64) -> Result<Vec<u8>, String> {
+        let sa = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "default".into());
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec {
+                audiences: audience.map(|a| vec![a.to_string()]),
+                expiration_seconds: Some(seconds),
+                bound_object_ref: Some(BoundObjectReference {
+                    api_version: Some("v1".into()),
+                    kind: Some("Pod".into()),
+                    name: pod.metadata.name.clone(),
+                    uid: pod.metadata.uid.clone(),
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let answer: TokenRequest = Api::<ServiceAccount>::namespaced(self.client.clone(), &self.namespace)
+            .create_subresource("token", &sa, &Default::default(), &request)
+            .await
+            .map_err(|e| format!("token of serviceaccount {sa:?}: {e}"))?;
+        let token = answer.status.and_then(|s| s.token).unwrap_or_default();
+        if token.is_empty() {
+            return Err(format!("token of serviceaccount {sa:?}: the API server returned none"));
+        }
+        Ok(token.into_bytes())
+    }
 }
 
 /// Why a volume cannot be honoured on this node, found from the spec alone (so that the node
@@ -79,11 +147,15 @@ pub fn unsupported(v: &Volume) -> Option<String> {
         ));
     };
     for s in p.sources.iter().flatten() {
-        if s.service_account_token.is_some() {
-            return Some(format!(
-                "volume {:?}: projected serviceAccountToken: this platform issues no ServiceAccount tokens yet, so a pod that needs one cannot run",
-                v.name
-            ));
+        if let Some(t) = &s.service_account_token {
+            if token_seconds(t) < TOKEN_MIN_SECONDS {
+                return Some(format!(
+                    "volume {:?}: serviceAccountToken expirationSeconds {} is less than 10 minutes",
+                    v.name,
+                    token_seconds(t)
+                ));
+            }
+            continue;
         }
         if s.config_map.is_none() && s.secret.is_none() && s.downward_api.is_none() {
             return Some(format!(
@@ -214,6 +286,16 @@ async fn projected_source(
     if let Some(d) = &s.downward_api {
         return downward_files(pod, d.items.as_deref().unwrap_or_default(), default_mode);
     }
+    if let Some(t) = &s.service_account_token {
+        let bytes = lookup
+            .token(pod, t.audience.as_deref().filter(|a| !a.is_empty()), token_seconds(t))
+            .await?;
+        return Ok(vec![File {
+            path: t.path.clone(),
+            bytes,
+            mode: mode(default_mode),
+        }]);
+    }
     // `unsupported` refused the rest before the sandbox was made.
     Err("a projected source the node cannot fill".into())
 }
@@ -269,6 +351,10 @@ mod tests {
         }
         async fn secret(&self, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
             Ok(self.0.get(&format!("secret/{name}")).cloned())
+        }
+        async fn token(&self, pod: &Pod, audience: Option<&str>, seconds: i64) -> Result<Vec<u8>, String> {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            Ok(format!("token-of-{name}-for-{}-{seconds}s", audience.unwrap_or("api")).into_bytes())
         }
     }
 
@@ -358,18 +444,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_service_account_token_is_refused_not_skipped() {
+    async fn a_service_account_token_is_the_pods_and_too_short_a_life_is_refused() {
         let p = pod(serde_json::json!([
-            {"name": "token", "projected": {"sources": [{"configMap": {"name": "conf"}},
-                {"serviceAccountToken": {"path": "token", "expirationSeconds": 3600}}]}},
+            {"name": "token", "projected": {"sources": [{"configMap": {"name": "conf", "items": [{"key": "a", "path": "a"}]}},
+                {"serviceAccountToken": {"path": "token", "expirationSeconds": 7200, "audience": "vault"}}]}},
             {"name": "nfs", "nfs": {"server": "s", "path": "/"}},
-            {"name": "fine", "projected": {"sources": [{"configMap": {"name": "conf"}}]}}]));
-        let why = unsupported(&volume(&p, 0)).unwrap();
+            {"name": "fine", "projected": {"sources": [{"configMap": {"name": "conf"}}]}},
+            {"name": "short", "projected": {"sources": [{"serviceAccountToken": {"path": "t", "expirationSeconds": 60}}]}}]));
+        assert_eq!(unsupported(&volume(&p, 0)), None);
+        let got = files(&table(), &p, &volume(&p, 0)).await.unwrap().unwrap();
+        assert_eq!(
+            summary(&got),
+            vec![
+                ("a".to_string(), "1".to_string(), 0o644),
+                ("token".to_string(), "token-of-p-for-vault-7200s".to_string(), 0o644)
+            ]
+        );
+        assert!(holds_token(&volume(&p, 0)) && !holds_token(&volume(&p, 2)));
+        let why = unsupported(&volume(&p, 3)).unwrap();
         assert!(
-            why.contains("\"token\"") && why.contains("serviceAccountToken"),
+            why.contains("\"short\"") && why.contains("less than 10 minutes"),
             "{why}"
         );
-        assert!(files(&table(), &p, &volume(&p, 0)).await.is_err());
+        // The worker rewrites at 80% of the shortest lifetime; 60 s counts as the least, 600.
+        assert_eq!(token_lifetime(&p), Some(std::time::Duration::from_secs(600)));
         assert!(
             unsupported(&volume(&p, 1))
                 .unwrap()

@@ -322,3 +322,59 @@ async fn tokens_are_bound_to_their_audience_and_objects() {
     n.kubectl_ok("1.33", &["delete", "clusterrolebinding", "robot-view"]);
     assert_eq!(pods(good).await, 403);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pods_get_a_token_bound_to_them() {
+    use nodeless_tests::images::BUSYBOX;
+    let n = Nodeless::start_with_node(&[]).unwrap();
+    let kc = n.kubeconfig();
+    let pods = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: talker}}\nspec:\n  containers:\n  - {{name: c, image: {BUSYBOX}, command: [sh, -c, 'sleep 3600']}}\n---\napiVersion: v1\nkind: Pod\nmetadata: {{name: quiet}}\nspec:\n  automountServiceAccountToken: false\n  containers:\n  - {{name: c, image: {BUSYBOX}, command: [sh, -c, 'sleep 3600']}}\n"
+    );
+    let applied = n.kubectl_with("1.33", &kc, &["apply", "-f", "-"], Some(&pods));
+    assert!(applied.status.success(), "{}", err(&applied));
+    n.kubectl_ok(
+        "1.33",
+        &[
+            "wait",
+            "--for=condition=Ready",
+            "pod/talker",
+            "pod/quiet",
+            "--timeout=90s",
+        ],
+    );
+    let dir = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let read = |pod: &str, file: &str| n.kubectl("1.33", &["exec", pod, "--", "cat", &format!("{dir}/{file}")]);
+    assert_eq!(out(&read("talker", "namespace")), "default");
+    let ca = out(&read("talker", "ca.crt"));
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"), "{ca}");
+    assert_eq!(ca, String::from_utf8_lossy(&n.ca_pem()).trim());
+    let token = out(&read("talker", "token"));
+    assert_eq!(token.matches('.').count(), 2, "{token}");
+    let quiet = read("quiet", "token");
+    assert!(!quiet.status.success(), "a pod that opted out has no token");
+
+    // The token is the pod's ServiceAccount's, bound to the pod.
+    let who = n.kubectl_with("1.33", &kc, &["auth", "whoami", "-o", "json", "--token", &token], None);
+    assert!(who.status.success(), "{}", err(&who));
+    let who: Value = serde_json::from_str(&out(&who)).unwrap();
+    assert_eq!(
+        who["status"]["userInfo"]["username"],
+        "system:serviceaccount:default:default"
+    );
+    assert_eq!(
+        who["status"]["userInfo"]["extra"]["authentication.kubernetes.io/pod-name"],
+        json!(["talker"])
+    );
+    // The default account may do nothing but discover and ask.
+    let denied = n.kubectl_with("1.33", &kc, &["get", "pods", "--token", &token], None);
+    assert!(err(&denied).contains("forbidden"), "{}", err(&denied));
+    n.kubectl_ok(
+        "1.33",
+        &["delete", "pod", "talker", "quiet", "--grace-period=1", "--timeout=60s"],
+    );
+    eventually("the token to die with its pod", 30, || {
+        let o = n.kubectl_with("1.33", &kc, &["auth", "whoami", "--token", &token], None);
+        err(&o).contains("Unauthorized") || err(&o).contains("provide credentials")
+    });
+}
