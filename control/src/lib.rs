@@ -19,6 +19,7 @@ pub mod rbac;
 pub mod schedule;
 pub mod store;
 pub mod tls;
+pub mod usage;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -130,6 +131,7 @@ impl ControlPlane {
             revision_stats: Default::default(),
             metrics,
             ca_pem: pki.ca_cert_pem.clone(),
+            usage: Default::default(),
         });
         bootstrap(&state, addr).await?;
         let mut tasks = vec![tokio::spawn(api::serve(
@@ -138,6 +140,7 @@ impl ControlPlane {
             server_tls,
             cfg.limits,
         ))];
+        tasks.push(tokio::spawn(api::resource_metrics::scrape(state.clone())));
         if cfg.controllers {
             tasks.extend(controllers::start(LocalClient { state: state.clone() }));
         }

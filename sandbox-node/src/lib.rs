@@ -25,6 +25,7 @@ pub mod seccomp;
 pub mod server;
 pub mod shim_proto;
 pub mod spec;
+pub mod stats;
 pub mod streams;
 pub mod userns;
 pub mod warm;

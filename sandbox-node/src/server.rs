@@ -82,6 +82,33 @@ async fn route(ctx: Arc<NodeCtx>, req: Request<Incoming>) -> Response<Body> {
             );
             resp
         }
+        ["metrics", "resource"] => {
+            let pods: Vec<crate::stats::PodRef> = ctx
+                .names
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .iter()
+                .map(|((namespace, name), uid)| crate::stats::PodRef {
+                    namespace: namespace.clone(),
+                    name: name.clone(),
+                    uid: uid.clone(),
+                })
+                .collect();
+            let layout = crate::cgroups::layout();
+            let body = crate::stats::resource_metrics(
+                &layout,
+                &ctx.cgroup_parent,
+                &pods,
+                crate::stats::node_usage(),
+                chrono::Utc::now().timestamp_millis(),
+            );
+            let mut resp = text(StatusCode::OK, body);
+            resp.headers_mut().insert(
+                hyper::header::CONTENT_TYPE,
+                hyper::header::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            resp
+        }
         ["containerLogs", ns, pod, container] => logs(ctx, ns, pod, container, query(&req)).await,
         ["exec", ns, pod, container] => {
             let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());

@@ -9,6 +9,18 @@ pub enum Scope {
     Cluster,
 }
 
+/// How a resource's objects come to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Storage {
+    /// Written by clients, kept in the store: every verb.
+    Stored,
+    /// A question answered when it is created, never kept (SelfSubjectAccessReview,
+    /// TokenReview…): `create` only.
+    Review,
+    /// Measured when read, never written (PodMetrics, NodeMetrics): `get` and `list` only.
+    Computed,
+}
+
 /// One served resource (one plural name in one group/version).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResourceDef {
@@ -24,9 +36,8 @@ pub struct ResourceDef {
     pub categories: Vec<String>,
     /// Subresources served under `<object>/<name>` (e.g. "status", "scale", "log").
     pub subresources: Vec<String>,
-    /// Answered, never stored: a review or a request, whose only verb is `create`
-    /// (SelfSubjectAccessReview, TokenReview…).
-    pub create_only: bool,
+    /// Whether objects are stored, or answered without being stored.
+    pub storage: Storage,
 }
 
 impl ResourceDef {
@@ -74,7 +85,8 @@ struct Row {
     short: &'static [&'static str],
     categories: &'static [&'static str],
     subresources: &'static [&'static str],
-    create_only: bool,
+    storage: Storage,
+    version: &'static str,
 }
 
 const ROWS: &[Row] = &[
@@ -244,6 +256,8 @@ const ROWS: &[Row] = &[
     ),
     review(AUTHN, "TokenReview", "tokenreviews", Scope::Cluster),
     review(AUTHN, "SelfSubjectReview", "selfsubjectreviews", Scope::Cluster),
+    measured("PodMetrics", "pods", Scope::Namespaced),
+    measured("NodeMetrics", "nodes", Scope::Cluster),
     row(
         "apiextensions.k8s.io",
         "CustomResourceDefinition",
@@ -259,6 +273,20 @@ const RBAC: &str = "rbac.authorization.k8s.io";
 const AUTHZ: &str = "authorization.k8s.io";
 const AUTHN: &str = "authentication.k8s.io";
 
+const fn measured(kind: &'static str, plural: &'static str, scope: Scope) -> Row {
+    Row {
+        group: "metrics.k8s.io",
+        kind,
+        plural,
+        scope,
+        short: &[],
+        categories: &[],
+        subresources: &[],
+        storage: Storage::Computed,
+        version: "v1beta1",
+    }
+}
+
 const fn review(group: &'static str, kind: &'static str, plural: &'static str, scope: Scope) -> Row {
     Row {
         group,
@@ -268,7 +296,8 @@ const fn review(group: &'static str, kind: &'static str, plural: &'static str, s
         short: &[],
         categories: &[],
         subresources: &[],
-        create_only: true,
+        storage: Storage::Review,
+        version: "v1",
     }
 }
 
@@ -289,7 +318,8 @@ const fn row(
         short,
         categories,
         subresources,
-        create_only: false,
+        storage: Storage::Stored,
+        version: "v1",
     }
 }
 
@@ -301,7 +331,7 @@ pub fn builtin() -> Vec<ResourceDef> {
     ROWS.iter()
         .map(|r| ResourceDef {
             group: r.group.to_string(),
-            version: "v1".to_string(),
+            version: r.version.to_string(),
             kind: r.kind.to_string(),
             list_kind: format!("{}List", r.kind),
             plural: r.plural.to_string(),
@@ -310,7 +340,7 @@ pub fn builtin() -> Vec<ResourceDef> {
             short_names: r.short.iter().map(|s| s.to_string()).collect(),
             categories: r.categories.iter().map(|s| s.to_string()).collect(),
             subresources: r.subresources.iter().map(|s| s.to_string()).collect(),
-            create_only: r.create_only,
+            storage: r.storage,
         })
         .collect()
 }

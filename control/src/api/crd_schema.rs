@@ -232,7 +232,7 @@ mod tests {
                 short_names: vec![],
                 categories: vec![],
                 subresources: vec![],
-                create_only: false,
+                storage: nodeless_types::catalogue::Storage::Stored,
             },
             schema: Some(json!({"type": "object", "properties": {"spec": {"type": "object",
                 "required": ["size"],

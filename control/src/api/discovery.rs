@@ -2,6 +2,8 @@
 
 use serde_json::{Value, json};
 
+use nodeless_types::catalogue::Storage;
+
 use super::registry::{Registry, Served};
 
 /// The Kubernetes version whose API this server follows.
@@ -22,8 +24,10 @@ pub fn version() -> Value {
 }
 
 fn verbs(s: &Served) -> Vec<&'static str> {
-    if s.def.create_only {
-        return vec!["create"];
+    match s.def.storage {
+        Storage::Review => return vec!["create"],
+        Storage::Computed => return vec!["get", "list"],
+        Storage::Stored => {}
     }
     vec![
         "create",

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use ::http::{Method, Request, Response};
 use hyper::body::Incoming;
+use nodeless_types::catalogue::Storage;
 use serde_json::{Value, json};
 
 use super::commit::{UpdateCtx, admit, commit_update};
@@ -40,7 +41,17 @@ pub(super) async fn dispatch(
     let q = parse_query(req.uri().query());
     let method = req.method().clone();
     let answer = answer_form(req.headers());
-    if served.def.create_only {
+    if served.def.storage == Storage::Computed {
+        if method != Method::GET || t.sub.is_some() {
+            return Err(ApiError::MethodNotAllowed(format!(
+                "{} can only be read",
+                served.def.qualified_resource()
+            )));
+        }
+        let want = wants(req.headers())?;
+        return super::resource_metrics::answer(state, &served, t.namespace.as_deref(), t.name.as_deref(), &q, want);
+    }
+    if served.def.storage == Storage::Review {
         if t.name.is_some() || method != Method::POST {
             return Err(ApiError::MethodNotAllowed(format!(
                 "{} can only be created (POST to the collection)",

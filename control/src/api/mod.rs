@@ -17,6 +17,7 @@ mod pods;
 pub mod proto;
 mod query;
 pub mod registry;
+pub mod resource_metrics;
 mod reviews;
 pub mod select;
 mod tables;
@@ -59,6 +60,8 @@ pub struct ApiState {
     pub metrics: crate::metrics::Metrics,
     /// The cluster CA's certificate, published in every namespace (`kube-root-ca.crt`).
     pub ca_pem: String,
+    /// What the nodes report of their pods' CPU and memory (`metrics.k8s.io`).
+    pub usage: crate::usage::Usage,
 }
 
 /// Where a request is going, parsed from its path.

@@ -155,37 +155,14 @@ pub(super) async fn forward_to_node(
     path: &str,
     mut req: Request<Incoming>,
 ) -> Result<Response<Body>, ApiError> {
-    let nodes = state.registry.lookup("", "v1", "nodes").ok_or(ApiError::NoRoute)?;
-    let node = state
-        .store
-        .get(&nodes.key(None, node_name))
-        .ok_or_else(|| not_found(&nodes, node_name))?;
-    let addr = node
-        .obj
-        .pointer("/status/addresses")
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .find(|a| a.get("type") == Some(&json!("InternalIP")))
-        .and_then(|a| a.get("address").and_then(Value::as_str))
-        .unwrap_or("127.0.0.1")
-        .to_string();
-    let port = node
-        .obj
-        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
-        .and_then(Value::as_u64)
-        .unwrap_or(10250);
-    let plain = node
-        .obj
-        .pointer(&format!("/metadata/annotations/{}", KUBELET_SCHEME.replace('/', "~1")))
-        == Some(&json!("http"));
+    let (addr, port, plain) = node_endpoint(state, node_name)?;
     let query = req.uri().query().unwrap_or_default().to_string();
     let uri: Uri = format!("{path}{}{query}", if query.is_empty() { "" } else { "?" })
         .parse()
         .map_err(|e| ApiError::internal(format!("bad node URL: {e}")))?;
     let unavailable =
         |e: String| ApiError::Unavailable(format!("error talking to node {node_name} ({addr}:{port}): {e}"));
-    let tcp = tokio::net::TcpStream::connect((addr.as_str(), port as u16))
+    let tcp = tokio::net::TcpStream::connect((addr.as_str(), port))
         .await
         .map_err(|e| unavailable(e.to_string()))?;
     let client_upgrade = hyper::upgrade::on(&mut req);
@@ -237,9 +214,68 @@ pub(super) async fn forward_to_node(
     Ok(Response::from_parts(rparts, body))
 }
 
-async fn send<T>(io: TokioIo<T>, req: Request<Incoming>) -> Result<Response<Incoming>, String>
+/// Where a node's kubelet API listens, and whether it speaks plain HTTP (see [`KUBELET_SCHEME`]).
+fn node_endpoint(state: &ApiState, node_name: &str) -> Result<(String, u16, bool), ApiError> {
+    let nodes = state.registry.lookup("", "v1", "nodes").ok_or(ApiError::NoRoute)?;
+    let node = state
+        .store
+        .get(&nodes.key(None, node_name))
+        .ok_or_else(|| not_found(&nodes, node_name))?;
+    let addr = node
+        .obj
+        .pointer("/status/addresses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .find(|a| a.get("type") == Some(&json!("InternalIP")))
+        .and_then(|a| a.get("address").and_then(Value::as_str))
+        .unwrap_or("127.0.0.1")
+        .to_string();
+    let port = node
+        .obj
+        .pointer("/status/daemonEndpoints/kubeletEndpoint/Port")
+        .and_then(Value::as_u64)
+        .unwrap_or(10250) as u16;
+    let plain = node
+        .obj
+        .pointer(&format!("/metadata/annotations/{}", KUBELET_SCHEME.replace('/', "~1")))
+        == Some(&json!("http"));
+    Ok((addr, port, plain))
+}
+
+/// GET a path of a node's kubelet API (what control's metrics API scrapes); the body as text.
+pub(crate) async fn node_get(state: &ApiState, node_name: &str, path: &str) -> Result<String, String> {
+    let (addr, port, plain) = node_endpoint(state, node_name).map_err(|e| e.to_string())?;
+    let tcp = tokio::net::TcpStream::connect((addr.as_str(), port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let req = Request::get(path)
+        .header(header::HOST, format!("{addr}:{port}"))
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .map_err(|e| e.to_string())?;
+    let resp = if plain {
+        send(TokioIo::new(tcp), req).await?
+    } else {
+        let server_name = rustls::pki_types::ServerName::try_from(addr.clone()).map_err(|e| e.to_string())?;
+        let tls = tokio_rustls::TlsConnector::from(state.node_tls.clone())
+            .connect(server_name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        send(TokioIo::new(tls), req).await?
+    };
+    if !resp.status().is_success() {
+        return Err(format!("{path}: {}", resp.status()));
+    }
+    let body = resp.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    String::from_utf8(body.to_vec()).map_err(|e| e.to_string())
+}
+
+async fn send<T, B>(io: TokioIo<T>, req: Request<B>) -> Result<Response<Incoming>, String>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
     let (mut sender, conn) = hyper::client::conn::http1::handshake(io)
         .await

@@ -246,7 +246,7 @@ pub fn served_from_crd(crd: &Value) -> Vec<Served> {
                 short_names: strings(crd, "/spec/names/shortNames"),
                 categories: strings(crd, "/spec/names/categories"),
                 subresources,
-                create_only: false,
+                storage: nodeless_types::catalogue::Storage::Stored,
             },
             schema: v.pointer("/schema/openAPIV3Schema").cloned(),
             columns: v.get("additionalPrinterColumns").cloned(),

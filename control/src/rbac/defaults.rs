@@ -251,6 +251,12 @@ pub fn cluster_roles() -> Vec<Value> {
             &[(&to_view, "true")],
             vec![rule(&knative, &["*"], READ)],
         ),
+        // What metrics-server's release adds, so `view` may run `kubectl top`.
+        role(
+            "system:aggregated-metrics-reader",
+            &[(&to_view, "true"), (&to_edit, "true"), (&to_admin, "true")],
+            vec![rule(&["metrics.k8s.io"], &["pods", "nodes"], READ)],
+        ),
         role(
             "system:discovery",
             &[],

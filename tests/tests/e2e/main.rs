@@ -17,6 +17,7 @@ mod knative;
 mod knative_conformance;
 mod kubectl;
 mod lifecycle;
+mod metrics;
 mod node;
 mod rbac;
 mod reflector;
