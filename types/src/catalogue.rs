@@ -168,6 +168,17 @@ const ROWS: &[Row] = &[
         &["status", "scale"],
     ),
     row("batch", "Job", "jobs", Scope::Namespaced, &[], &["all"], &["status"]),
+    Row {
+        group: "autoscaling",
+        kind: "HorizontalPodAutoscaler",
+        plural: "horizontalpodautoscalers",
+        scope: Scope::Namespaced,
+        short: &["hpa"],
+        categories: &["all"],
+        subresources: &["status"],
+        storage: Storage::Stored,
+        version: "v2",
+    },
     row(
         "batch",
         "CronJob",

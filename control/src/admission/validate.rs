@@ -69,6 +69,7 @@ pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Ca
             }
         }
         ("networking.k8s.io", "Ingress") => ingress(obj, &mut c),
+        ("autoscaling", "HorizontalPodAutoscaler") => hpa(obj, &mut c),
         ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => rbac_rules(obj, kind == "Role", &mut c),
         ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
             rbac_binding(obj, old, kind == "RoleBinding", &mut c)
@@ -82,6 +83,119 @@ pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Ca
         _ => {}
     }
     c
+}
+
+/// An autoscaler: a target by kind and name, 1 ≤ minReplicas ≤ maxReplicas, metrics of a known
+/// type with a target, and behavior policies with positive values.
+fn hpa(obj: &Value, c: &mut Causes) {
+    let spec = obj.get("spec").unwrap_or(&Value::Null);
+    for f in ["kind", "name"] {
+        if s(spec, &format!("/scaleTargetRef/{f}")).unwrap_or_default().is_empty() {
+            c.push(Cause::required(format!("spec.scaleTargetRef.{f}")));
+        }
+    }
+    let min = spec.get("minReplicas").and_then(Value::as_i64).unwrap_or(1);
+    if min < 1 {
+        c.push(Cause::invalid(
+            "spec.minReplicas",
+            &json!(min),
+            "must be greater than or equal to 1",
+        ));
+    }
+    match spec.get("maxReplicas").and_then(Value::as_i64) {
+        None => c.push(Cause::required("spec.maxReplicas")),
+        Some(max) if max < min => c.push(Cause::invalid(
+            "spec.maxReplicas",
+            &json!(max),
+            "must be greater than or equal to `minReplicas`",
+        )),
+        Some(_) => {}
+    }
+    for (i, m) in arr(spec, "metrics").iter().enumerate() {
+        let at = format!("spec.metrics[{i}]");
+        let ty = s(m, "/type").unwrap_or_default();
+        let key = match ty {
+            "Resource" => "resource",
+            "ContainerResource" => "containerResource",
+            "Pods" => "pods",
+            "Object" => "object",
+            "External" => "external",
+            _ => {
+                c.push(Cause::unsupported(
+                    format!("{at}.type"),
+                    ty,
+                    &["ContainerResource", "External", "Object", "Pods", "Resource"],
+                ));
+                continue;
+            }
+        };
+        let Some(source) = m.get(key) else {
+            c.push(Cause::required_because(
+                format!("{at}.{key}"),
+                &format!("must populate information for the given metric source (type {ty})"),
+            ));
+            continue;
+        };
+        let target = source.get("target").unwrap_or(&Value::Null);
+        let tty = s(target, "/type").unwrap_or_default();
+        if !matches!(tty, "Utilization" | "Value" | "AverageValue") {
+            c.push(Cause::unsupported(
+                format!("{at}.{key}.target.type"),
+                tty,
+                &["AverageValue", "Utilization", "Value"],
+            ));
+        }
+        if tty == "Utilization"
+            && target
+                .get("averageUtilization")
+                .and_then(Value::as_i64)
+                .is_none_or(|u| u < 1)
+        {
+            c.push(Cause::required_because(
+                format!("{at}.{key}.target.averageUtilization"),
+                "must be set and greater than 0 for a Utilization target",
+            ));
+        }
+    }
+    for dir in ["scaleUp", "scaleDown"] {
+        let rules = spec.pointer(&format!("/behavior/{dir}")).unwrap_or(&Value::Null);
+        if let Some(w) = rules.get("stabilizationWindowSeconds").and_then(Value::as_i64) {
+            if !(0..=3600).contains(&w) {
+                c.push(Cause::invalid(
+                    format!("spec.behavior.{dir}.stabilizationWindowSeconds"),
+                    &json!(w),
+                    "must be between 0 and 3600",
+                ));
+            }
+        }
+        for (i, p) in arr(rules, "policies").iter().enumerate() {
+            let at = format!("spec.behavior.{dir}.policies[{i}]");
+            if !matches!(s(p, "/type"), Some("Pods" | "Percent")) {
+                c.push(Cause::unsupported(
+                    format!("{at}.type"),
+                    s(p, "/type").unwrap_or_default(),
+                    &["Percent", "Pods"],
+                ));
+            }
+            if p.get("value").and_then(Value::as_i64).is_none_or(|v| v < 1) {
+                c.push(Cause::invalid(
+                    format!("{at}.value"),
+                    p.get("value").unwrap_or(&Value::Null),
+                    "must be greater than zero",
+                ));
+            }
+            if p.get("periodSeconds")
+                .and_then(Value::as_i64)
+                .is_none_or(|v| !(1..=1800).contains(&v))
+            {
+                c.push(Cause::invalid(
+                    format!("{at}.periodSeconds"),
+                    p.get("periodSeconds").unwrap_or(&Value::Null),
+                    "must be greater than zero and less than or equal to 1800",
+                ));
+            }
+        }
+    }
 }
 
 fn strings(v: &Value, key: &str) -> Vec<String> {

@@ -18,10 +18,12 @@ pub struct LocalClient {
 }
 
 impl LocalClient {
+    /// A built-in resource, in the version it is served in (`v1`, or `autoscaling`'s `v2`).
     pub fn served(&self, group: &str, plural: &str) -> Arc<Served> {
         self.state
             .registry
             .lookup(group, "v1", plural)
+            .or_else(|| self.state.registry.by_plural(group, plural))
             .expect("built-in resources are always served")
     }
 

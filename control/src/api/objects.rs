@@ -1,7 +1,7 @@
 //! What the server does to an object before storing it: typed decoding of built-in kinds (which
 //! finds unknown fields and wrong types), metadata on create, and the apiserver's defaults.
 
-use k8s_openapi::api::{apps, batch, coordination, core, discovery, networking, rbac};
+use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, networking, rbac};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -76,6 +76,7 @@ fn decode(group: &str, kind: &str, input: &Value) -> Option<Result<(Value, Vec<S
         ("", "Binding") => roundtrip::<core::v1::Binding>(input),
         ("", "ReplicationController") => roundtrip::<core::v1::ReplicationController>(input),
         ("", "LimitRange") => roundtrip::<core::v1::LimitRange>(input),
+        ("autoscaling", "HorizontalPodAutoscaler") => roundtrip::<autoscaling::v2::HorizontalPodAutoscaler>(input),
         ("rbac.authorization.k8s.io", "Role") => roundtrip::<rbac::v1::Role>(input),
         ("rbac.authorization.k8s.io", "ClusterRole") => roundtrip::<rbac::v1::ClusterRole>(input),
         ("rbac.authorization.k8s.io", "RoleBinding") => roundtrip::<rbac::v1::RoleBinding>(input),
@@ -334,6 +335,17 @@ fn default_job_spec(spec: &mut Value) {
 /// Defaults for the built-in kinds, applied on every create and update.
 pub fn apply_defaults(group: &str, kind: &str, obj: &mut Value) {
     match (group, kind) {
+        ("autoscaling", "HorizontalPodAutoscaler") => {
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                set_default(spec, "minReplicas", json!(1));
+                if spec.get("metrics").and_then(Value::as_array).is_none_or(Vec::is_empty) {
+                    spec.insert(
+                        "metrics".into(),
+                        json!([{"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 80}}}]),
+                    );
+                }
+            }
+        }
         ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
             const RBAC: &str = "rbac.authorization.k8s.io";
             if let Some(r) = obj.get_mut("roleRef").and_then(Value::as_object_mut) {
@@ -516,6 +528,7 @@ pub fn initial_status(group: &str, kind: &str) -> Option<Value> {
         ("", "Node") => None,
         ("", "Service") => Some(json!({"loadBalancer": {}})),
         ("networking.k8s.io", "Ingress") => Some(json!({"loadBalancer": {}})),
+        ("autoscaling", "HorizontalPodAutoscaler") => Some(json!({"currentReplicas": 0, "desiredReplicas": 0})),
         _ => Some(json!({})),
     }
 }

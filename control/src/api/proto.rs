@@ -200,12 +200,18 @@ pub fn watch_frame(event_type: &str, obj: &Value) -> Option<Vec<u8>> {
 //
 // Read straight into the JSON value, field by field as the descriptors say.
 
-/// The only field of messages that stand for a plain list in JSON (`ExtraValue`, `Verbs`…).
+/// The only field of messages that stand for a plain list of strings in JSON (`ExtraValue`,
+/// `Verbs`…: Go's named slice types). A message whose one field is a list of messages is an
+/// ordinary struct (`DownwardAPIProjection {items}`), an object in JSON.
 fn list_alias(desc: &MessageDescriptor) -> Option<prost_reflect::FieldDescriptor> {
     let mut fields = desc.fields();
     let only = fields.next()?;
-    (fields.next().is_none() && only.name() == "items" && only.is_list() && !desc.name().ends_with("List"))
-        .then_some(only)
+    (fields.next().is_none()
+        && only.name() == "items"
+        && only.is_list()
+        && matches!(only.kind(), Kind::String)
+        && !desc.name().ends_with("List"))
+    .then_some(only)
 }
 
 fn truncated() -> ProtoError {
@@ -663,6 +669,18 @@ mod tests {
         let desc = message_for(obj["apiVersion"].as_str().unwrap(), obj["kind"].as_str().unwrap()).unwrap();
         DynamicMessage::decode(desc, raw.as_bytes().unwrap().clone()).expect("the object decodes");
         decode(&bytes).expect("decodes")
+    }
+
+    #[test]
+    fn a_projected_downward_api_is_an_object_not_a_list() {
+        let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c"}],
+            "volumes": [{"name": "v", "projected": {"sources": [{"downwardAPI": {"items": [{"path": "namespace",
+                "fieldRef": {"apiVersion": "v1", "fieldPath": "metadata.namespace"}}]}}]}}]}});
+        let wire = encode(&pod)
+            .unwrap()
+            .expect("a pod with a projected downwardAPI is written");
+        let back = decode(&wire).unwrap();
+        assert_eq!(back["spec"]["volumes"], pod["spec"]["volumes"]);
     }
 
     #[test]

@@ -94,6 +94,16 @@ impl Registry {
             .cloned()
     }
 
+    /// Look a resource up by group and plural (first served version wins).
+    pub fn by_plural(&self, group: &str, plural: &str) -> Option<Arc<Served>> {
+        let inner = self.inner.read().unwrap();
+        inner
+            .by_path
+            .values()
+            .find(|s| s.def.group == group && s.def.plural == plural)
+            .cloned()
+    }
+
     /// Look a resource up by kind (first served version wins).
     pub fn by_kind(&self, group: &str, kind: &str) -> Option<Arc<Served>> {
         let inner = self.inner.read().unwrap();

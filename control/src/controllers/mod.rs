@@ -7,6 +7,7 @@ mod cronjob;
 mod deployment;
 mod endpoints;
 mod gc;
+mod hpa;
 pub mod job;
 pub mod knative;
 mod namespace;
@@ -105,6 +106,13 @@ pub fn start(client: LocalClient) -> Vec<tokio::task::JoinHandle<()>> {
             clusterrole::interested,
             clusterrole::resync,
             |c, k| Box::pin(done(clusterrole::reconcile(c, k))),
+        )),
+        tokio::spawn(drive(
+            client.clone(),
+            "horizontal-pod-autoscaler",
+            hpa::interested,
+            hpa::resync,
+            |c, k| Box::pin(hpa::reconcile(c, k)),
         )),
         tokio::spawn(knative::autoscaler::run(client.clone())),
         tokio::spawn(drive(

@@ -419,6 +419,53 @@ pub fn cells(group: &str, kind: &str, v: &Value, now: DateTime<Utc>) -> Vec<Valu
             ]
         }
         ("", "ServiceAccount") => vec![name, json!(arr(v, "/secrets").len()), age],
+        ("autoscaling", "HorizontalPodAutoscaler") => {
+            let reference = format!(
+                "{}/{}",
+                s(v, "/spec/scaleTargetRef/kind"),
+                s(v, "/spec/scaleTargetRef/name")
+            );
+            let current = arr(v, "/status/currentMetrics");
+            let targets: Vec<String> = arr(v, "/spec/metrics")
+                .iter()
+                .map(|m| {
+                    let res = s(m, "/resource/name");
+                    let now = current.iter().find(|c| s(c, "/resource/name") == res);
+                    match s(m, "/resource/target/type") {
+                        "Utilization" => {
+                            let got = now
+                                .and_then(|c| c.pointer("/resource/current/averageUtilization"))
+                                .map(|u| format!("{u}%"))
+                                .unwrap_or_else(|| "<unknown>".into());
+                            format!(
+                                "{res}: {got}/{}%",
+                                m.pointer("/resource/target/averageUtilization").unwrap_or(&json!(0))
+                            )
+                        }
+                        _ => {
+                            let got = now
+                                .and_then(|c| c.pointer("/resource/current/averageValue").and_then(Value::as_str))
+                                .unwrap_or("<unknown>");
+                            format!("{res}: {got}/{}", s(m, "/resource/target/averageValue"))
+                        }
+                    }
+                })
+                .collect();
+            vec![
+                name,
+                json!(reference),
+                json!(targets.join(", ")),
+                json!(
+                    v.pointer("/spec/minReplicas")
+                        .and_then(Value::as_i64)
+                        .unwrap_or(1)
+                        .to_string()
+                ),
+                json!(int(v, "/spec/maxReplicas")),
+                json!(int(v, "/status/currentReplicas")),
+                age,
+            ]
+        }
         ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => {
             vec![name, json!(s(v, "/metadata/creationTimestamp"))]
         }

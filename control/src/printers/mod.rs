@@ -200,6 +200,15 @@ fn columns_of(group: &str, kind: &str) -> Vec<Col> {
                 "A human-readable description of the status of this operation.",
             ),
         ],
+        ("autoscaling", "HorizontalPodAutoscaler") => vec![
+            NAME,
+            col("Reference", "string", 0, "reference to the object scaled"),
+            col("Targets", "string", 0, "the metrics and their targets"),
+            col("MinPods", "string", 0, "the lower limit of replicas"),
+            col("MaxPods", "integer", 0, "the upper limit of replicas"),
+            col("Replicas", "integer", 0, "the current number of replicas"),
+            AGE,
+        ],
         ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => vec![
             NAME,
             col(

@@ -60,3 +60,95 @@ async fn kubectl_top_shows_what_pods_use() {
     }
     n.kubectl_ok("1.33", &["delete", "pod", "burner", "idler", "--grace-period=1"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_autoscaler_scales_a_deployment_up_under_load_and_down_after_it() {
+    let n = Nodeless::start_with_node(&[]).unwrap();
+    // Every pod spins until one wall-clock moment, then idles: load that starts and ends.
+    let busy_for = 100;
+    let end = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + busy_for;
+    let deployment = format!(
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {{name: burn}}\nspec:\n  replicas: 1\n  selector: {{matchLabels: {{app: burn}}}}\n  template:\n    metadata: {{labels: {{app: burn}}}}\n    spec:\n      terminationGracePeriodSeconds: 1\n      containers:\n      - name: spin\n        image: {BUSYBOX}\n        command: [sh, -c, 'while [ $(date +%s) -lt {end} ]; do :; done; sleep 3600']\n        resources: {{requests: {{cpu: 100m}}, limits: {{cpu: 200m}}}}\n"
+    );
+    let applied = n.kubectl_with("1.33", &n.kubeconfig(), &["apply", "-f", "-"], Some(&deployment));
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    n.kubectl_ok(
+        "1.33",
+        &[
+            "autoscale",
+            "deployment",
+            "burn",
+            "--cpu-percent=50",
+            "--min=1",
+            "--max=3",
+        ],
+    );
+    let hpa = n.kubectl_ok("1.33", &["get", "hpa", "burn", "-o", "json"]);
+    assert!(hpa.contains("\"apiVersion\": \"autoscaling/v2\""), "{hpa}");
+    // Scale down after 15 s of low usage rather than the default 5 minutes.
+    n.kubectl_ok(
+        "1.33",
+        &[
+            "patch",
+            "hpa",
+            "burn",
+            "--type=merge",
+            "-p",
+            r#"{"spec":{"behavior":{"scaleDown":{"stabilizationWindowSeconds":15}}}}"#,
+        ],
+    );
+    let replicas = || {
+        n.kubectl_ok(
+            "1.33",
+            &["get", "deployment", "burn", "-o", "jsonpath={.spec.replicas}"],
+        )
+        .trim()
+        .parse::<i64>()
+        .unwrap_or(0)
+    };
+    let started = std::time::Instant::now();
+    eventually("the autoscaler to scale up to its maximum under load", 90, || {
+        replicas() == 3
+    });
+    let up_after = started.elapsed();
+    let table = n.kubectl_ok("1.33", &["get", "hpa", "burn"]);
+    assert!(table.contains("Deployment/burn") && table.contains("cpu: "), "{table}");
+    assert!(
+        up_after.as_secs() < busy_for,
+        "scaled up only after the load ended ({up_after:?})"
+    );
+    // Never above the maximum, and back to the minimum once the load is gone.
+    eventually(
+        "the autoscaler to scale back down after the load",
+        busy_for + 120,
+        || {
+            let r = replicas();
+            assert!(r <= 3, "{r} replicas, above the maximum");
+            r == 1
+        },
+    );
+    let events = n.kubectl_ok(
+        "1.33",
+        &["get", "events", "--field-selector", "reason=SuccessfulRescale"],
+    );
+    assert!(
+        events.contains("New size: 3") && events.contains("New size: 1"),
+        "{events}"
+    );
+    let status = n.kubectl_ok(
+        "1.33",
+        &[
+            "get",
+            "hpa",
+            "burn",
+            "-o",
+            "jsonpath={.status.conditions[?(@.type==\"ScalingActive\")].status}",
+        ],
+    );
+    assert_eq!(status.trim(), "True");
+    n.kubectl_ok("1.33", &["delete", "deployment", "burn"]);
+}
