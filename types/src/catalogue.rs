@@ -138,6 +138,15 @@ const ROWS: &[Row] = &[
         &["status", "scale"],
     ),
     row("", "Secret", "secrets", Scope::Namespaced, &[], &[], &[]),
+    row(
+        "",
+        "ResourceQuota",
+        "resourcequotas",
+        Scope::Namespaced,
+        &["quota"],
+        &[],
+        &["status"],
+    ),
     row("", "Node", "nodes", Scope::Cluster, &["no"], &[], &["status"]),
     row("", "Event", "events", Scope::Namespaced, &["ev"], &[], &[]),
     row(

@@ -4,6 +4,7 @@
 pub mod limits;
 mod names;
 mod platform;
+pub mod quota;
 pub mod service_account;
 mod validate;
 

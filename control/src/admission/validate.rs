@@ -70,6 +70,7 @@ pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Ca
         }
         ("networking.k8s.io", "Ingress") => ingress(obj, &mut c),
         ("autoscaling", "HorizontalPodAutoscaler") => hpa(obj, &mut c),
+        ("", "ResourceQuota") => resource_quota(obj, &mut c),
         ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => rbac_rules(obj, kind == "Role", &mut c),
         ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
             rbac_binding(obj, old, kind == "RoleBinding", &mut c)
@@ -83,6 +84,41 @@ pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Ca
         _ => {}
     }
     c
+}
+
+/// A quota: quantities for its limits, scopes admission enforces, no `scopeSelector` (not
+/// enforced here, so refused rather than ignored).
+fn resource_quota(obj: &Value, c: &mut Causes) {
+    for (k, v) in obj
+        .pointer("/spec/hard")
+        .and_then(Value::as_object)
+        .into_iter()
+        .flatten()
+    {
+        if v.as_str().is_none_or(|q| parse_quantity(q).is_err()) {
+            c.push(Cause::invalid(format!("spec.hard[{k}]"), v, QUANTITY_MSG));
+        }
+    }
+    for (i, sc) in arr(obj.get("spec").unwrap_or(&Value::Null), "scopes")
+        .iter()
+        .enumerate()
+    {
+        let sc = sc.as_str().unwrap_or_default();
+        if !super::quota::SCOPES.contains(&sc) {
+            c.push(Cause::unsupported(
+                format!("spec.scopes[{i}]"),
+                sc,
+                super::quota::SCOPES,
+            ));
+        }
+    }
+    if obj.pointer("/spec/scopeSelector").is_some_and(|v| !v.is_null()) {
+        c.push(Cause::invalid(
+            "spec.scopeSelector",
+            obj.pointer("/spec/scopeSelector").unwrap_or(&Value::Null),
+            "scope selectors are not supported by this cluster; use spec.scopes",
+        ));
+    }
 }
 
 /// An autoscaler: a target by kind and name, 1 ≤ minReplicas ≤ maxReplicas, metrics of a known

@@ -338,6 +338,14 @@ pub async fn create_object(
     }
     admit(state, served, &obj, None)?;
     let allocated = super::hooks::before_create(state, served, &mut obj)?;
+    // Held until the object is stored, so two creates cannot both take a quota's last unit.
+    let _quota = match resource_quota(state, served, ns, &name, &obj).await {
+        Ok(guard) => guard,
+        Err(e) => {
+            super::hooks::undo_create(state, allocated.as_deref());
+            return Err(e);
+        }
+    };
     if dry {
         super::hooks::undo_create(state, allocated.as_deref());
         return Ok(obj);
@@ -353,6 +361,51 @@ pub async fn create_object(
             Err(store_err(served, &name, e))
         }
     }
+}
+
+/// The namespace's ResourceQuotas on a new object (see `admission::quota`): a 403 when it
+/// would go past one; otherwise the lock that keeps the check true until the object is stored.
+async fn resource_quota(
+    state: &ApiState,
+    served: &Served,
+    ns: Option<&str>,
+    name: &str,
+    obj: &Value,
+) -> Result<Option<tokio::sync::MutexGuard<'static, ()>>, ApiError> {
+    use crate::admission::quota;
+    static QUOTA: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    let Some(ns) = ns else { return Ok(None) };
+    let list = |prefix: &str| -> Vec<Value> {
+        let (items, _, _) = state.store.list(prefix, None, 0, &|_| true);
+        items.into_iter().map(|s| Arc::unwrap_or_clone(s.obj)).collect()
+    };
+    if state
+        .store
+        .list(&format!("/core/resourcequotas/{ns}/"), None, 1, &|_| true)
+        .0
+        .is_empty()
+    {
+        return Ok(None);
+    }
+    let guard = QUOTA.lock().await;
+    let quotas = list(&format!("/core/resourcequotas/{ns}/"));
+    let (group, plural) = (served.def.group.clone(), served.def.plural.clone());
+    let mut objects = std::collections::BTreeMap::new();
+    for (g, p) in quota::counted(&quotas)
+        .into_iter()
+        .chain([(group.clone(), plural.clone())])
+    {
+        let g_dir = if g.is_empty() { "core".to_string() } else { g.clone() };
+        let items = list(&format!("/{g_dir}/{p}/{ns}/"));
+        objects.insert((g, p), items);
+    }
+    quota::admit(&group, &plural, obj, &quotas, &objects).map_err(|why| {
+        ApiError::Forbidden(format!(
+            "{} \"{name}\" is forbidden: {why}",
+            served.def.qualified_resource()
+        ))
+    })?;
+    Ok(Some(guard))
 }
 
 /// The token volume of a new pod, as its ServiceAccount says (see `admission::service_account`).

@@ -76,6 +76,7 @@ fn decode(group: &str, kind: &str, input: &Value) -> Option<Result<(Value, Vec<S
         ("", "Binding") => roundtrip::<core::v1::Binding>(input),
         ("", "ReplicationController") => roundtrip::<core::v1::ReplicationController>(input),
         ("", "LimitRange") => roundtrip::<core::v1::LimitRange>(input),
+        ("", "ResourceQuota") => roundtrip::<core::v1::ResourceQuota>(input),
         ("autoscaling", "HorizontalPodAutoscaler") => roundtrip::<autoscaling::v2::HorizontalPodAutoscaler>(input),
         ("rbac.authorization.k8s.io", "Role") => roundtrip::<rbac::v1::Role>(input),
         ("rbac.authorization.k8s.io", "ClusterRole") => roundtrip::<rbac::v1::ClusterRole>(input),

@@ -11,6 +11,7 @@ mod hpa;
 pub mod job;
 pub mod knative;
 mod namespace;
+mod quota;
 mod replicaset;
 mod scheduler;
 
@@ -113,6 +114,13 @@ pub fn start(client: LocalClient) -> Vec<tokio::task::JoinHandle<()>> {
             hpa::interested,
             hpa::resync,
             |c, k| Box::pin(hpa::reconcile(c, k)),
+        )),
+        tokio::spawn(drive(
+            client.clone(),
+            "resourcequota",
+            quota::interested,
+            quota::resync,
+            |c, k| Box::pin(done(quota::reconcile(c, k))),
         )),
         tokio::spawn(knative::autoscaler::run(client.clone())),
         tokio::spawn(drive(

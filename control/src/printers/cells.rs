@@ -419,6 +419,27 @@ pub fn cells(group: &str, kind: &str, v: &Value, now: DateTime<Utc>) -> Vec<Valu
             ]
         }
         ("", "ServiceAccount") => vec![name, json!(arr(v, "/secrets").len()), age],
+        ("", "ResourceQuota") => {
+            let hard = v
+                .pointer("/status/hard")
+                .and_then(Value::as_object)
+                .cloned()
+                .unwrap_or_default();
+            let part = |limits: bool| {
+                hard.iter()
+                    .filter(|(k, _)| k.starts_with("limits.") == limits)
+                    .map(|(k, h)| {
+                        let used = v
+                            .pointer(&format!("/status/used/{}", k.replace('/', "~1")))
+                            .and_then(Value::as_str)
+                            .unwrap_or("0");
+                        format!("{k}: {used}/{}", h.as_str().unwrap_or_default())
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![name, age, json!(part(false)), json!(part(true))]
+        }
         ("autoscaling", "HorizontalPodAutoscaler") => {
             let reference = format!(
                 "{}/{}",

@@ -200,6 +200,17 @@ fn columns_of(group: &str, kind: &str) -> Vec<Col> {
                 "A human-readable description of the status of this operation.",
             ),
         ],
+        ("", "ResourceQuota") => vec![
+            NAME,
+            AGE,
+            col(
+                "Request",
+                "string",
+                0,
+                "what the namespace uses of each limit that is not a limits.* one",
+            ),
+            col("Limit", "string", 0, "what the namespace uses of each limits.* one"),
+        ],
         ("autoscaling", "HorizontalPodAutoscaler") => vec![
             NAME,
             col("Reference", "string", 0, "reference to the object scaled"),

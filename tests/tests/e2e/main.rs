@@ -19,6 +19,7 @@ mod kubectl;
 mod lifecycle;
 mod metrics;
 mod node;
+mod quota;
 mod rbac;
 mod reflector;
 mod services;
