@@ -106,7 +106,7 @@ const ROWS: &[Row] = &[
         Scope::Namespaced,
         &["po"],
         &["all"],
-        &["status", "log", "exec", "attach", "portforward", "binding"],
+        &["status", "log", "exec", "attach", "portforward", "binding", "eviction"],
     ),
     row(
         "",
@@ -177,6 +177,15 @@ const ROWS: &[Row] = &[
         &["status", "scale"],
     ),
     row("batch", "Job", "jobs", Scope::Namespaced, &[], &["all"], &["status"]),
+    row(
+        "policy",
+        "PodDisruptionBudget",
+        "poddisruptionbudgets",
+        Scope::Namespaced,
+        &["pdb"],
+        &[],
+        &["status"],
+    ),
     Row {
         group: "autoscaling",
         kind: "HorizontalPodAutoscaler",

@@ -71,6 +71,7 @@ pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Ca
         ("networking.k8s.io", "Ingress") => ingress(obj, &mut c),
         ("autoscaling", "HorizontalPodAutoscaler") => hpa(obj, &mut c),
         ("", "ResourceQuota") => resource_quota(obj, &mut c),
+        ("policy", "PodDisruptionBudget") => pdb(obj, &mut c),
         ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => rbac_rules(obj, kind == "Role", &mut c),
         ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
             rbac_binding(obj, old, kind == "RoleBinding", &mut c)
@@ -84,6 +85,47 @@ pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Ca
         _ => {}
     }
     c
+}
+
+/// A disruption budget: `minAvailable` or `maxUnavailable` (not both), each a count or a
+/// percentage, and a known unhealthy-pod eviction policy.
+fn pdb(obj: &Value, c: &mut Causes) {
+    let spec = obj.get("spec").unwrap_or(&Value::Null);
+    let (min, max) = (spec.get("minAvailable"), spec.get("maxUnavailable"));
+    if min.is_some_and(|v| !v.is_null()) && max.is_some_and(|v| !v.is_null()) {
+        c.push(Cause::invalid(
+            "spec",
+            spec,
+            "minAvailable and maxUnavailable cannot be both set",
+        ));
+    }
+    for (f, v) in [("minAvailable", min), ("maxUnavailable", max)] {
+        let Some(v) = v.filter(|v| !v.is_null()) else { continue };
+        let ok = match v {
+            Value::Number(n) => n.as_i64().is_some_and(|n| n >= 0),
+            Value::String(p) => p
+                .strip_suffix('%')
+                .and_then(|n| n.parse::<u32>().ok())
+                .is_some_and(|n| n <= 100),
+            _ => false,
+        };
+        if !ok {
+            c.push(Cause::invalid(
+                format!("spec.{f}"),
+                v,
+                "must be a non-negative integer or a percentage between 0% and 100%",
+            ));
+        }
+    }
+    if let Some(p) = s(spec, "/unhealthyPodEvictionPolicy") {
+        if !matches!(p, "IfHealthyBudget" | "AlwaysAllow") {
+            c.push(Cause::unsupported(
+                "spec.unhealthyPodEvictionPolicy",
+                p,
+                &["AlwaysAllow", "IfHealthyBudget"],
+            ));
+        }
+    }
 }
 
 /// A quota: quantities for its limits, scopes admission enforces, no `scopeSelector` (not

@@ -109,6 +109,19 @@ pub(super) async fn delete(
     Ok(respond(answer, 200, &out, &[]))
 }
 
+/// Delete with `DeleteOptions` given as an object (an eviction's `deleteOptions`).
+pub(super) async fn delete_with_options(
+    state: &ApiState,
+    served: &Served,
+    ns: Option<&str>,
+    name: &str,
+    options_obj: Option<&Value>,
+) -> Result<Value, ApiError> {
+    let raw = options_obj.map(|o| o.to_string()).unwrap_or_default();
+    let opts = options(&Query::default(), raw.as_bytes())?;
+    delete_object(state, served, ns, name, &opts, false).await
+}
+
 async fn delete_object(
     state: &ApiState,
     served: &Served,

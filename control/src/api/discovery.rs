@@ -60,6 +60,7 @@ fn resource_entries(s: &Served) -> Vec<Value> {
             "exec" | "attach" => ("PodExecOptions", None, None, vec!["create", "get"]),
             "portforward" => ("PodPortForwardOptions", None, None, vec!["create", "get"]),
             "binding" => ("Binding", None, None, vec!["create"]),
+            "eviction" => ("Eviction", Some("policy"), Some("v1"), vec!["create"]),
             "token" => (
                 "TokenRequest",
                 Some("authentication.k8s.io"),

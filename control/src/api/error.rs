@@ -74,6 +74,9 @@ pub enum ApiError {
     TooLarge { limit: usize },
     #[error("too old resource version: {requested} ({oldest})")]
     Gone { requested: u64, oldest: u64 },
+    /// 429: the request is refused for now (an eviction a disruption budget does not allow).
+    #[error("{message}")]
+    TooManyRequests { message: String, cause: Cause },
     #[error("{0}")]
     Internal(String),
     #[error("{0}")]
@@ -97,6 +100,7 @@ impl ApiError {
             ApiError::TooLarge { .. } => 413,
             ApiError::UnsupportedMediaType(_) => 415,
             ApiError::Invalid { .. } => 422,
+            ApiError::TooManyRequests { .. } => 429,
             ApiError::Internal(_) => 500,
             ApiError::Unavailable(_) => 503,
         }
@@ -116,6 +120,7 @@ impl ApiError {
             ApiError::TooLarge { .. } => "RequestEntityTooLarge",
             ApiError::UnsupportedMediaType(_) => "UnsupportedMediaType",
             ApiError::Invalid { .. } => "Invalid",
+            ApiError::TooManyRequests { .. } => "TooManyRequests",
             ApiError::Internal(_) => "InternalError",
             ApiError::Unavailable(_) => "ServiceUnavailable",
         }
@@ -141,6 +146,9 @@ impl ApiError {
             }
             _ => (None, None),
         };
+        if let ApiError::TooManyRequests { cause, .. } = self {
+            status["details"] = json!({"causes": [{"reason": cause.reason, "message": cause.message}]});
+        }
         if let Some(s) = subject {
             let mut details = json!({ "name": s.name, "kind": s.kind });
             if !s.group.is_empty() {

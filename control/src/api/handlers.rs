@@ -112,6 +112,12 @@ pub(super) async fn dispatch(
             let body = parse_value(&read_body(req.into_body()).await?, ty)?;
             pods::bind(state, &served, t.namespace.as_deref().unwrap_or("default"), name, body).await
         }
+        (Some(name), Some("eviction"), Method::POST) => {
+            let ty = body_type(req.headers())?;
+            let body = parse_value(&read_body(req.into_body()).await?, ty)?;
+            let ns = t.namespace.as_deref().unwrap_or("default");
+            super::eviction::evict(state, &served, ns, name, body, answer).await
+        }
         (Some(name), Some("token"), Method::POST) => {
             let ty = body_type(req.headers())?;
             let body = parse_value(&read_body(req.into_body()).await?, ty)?;

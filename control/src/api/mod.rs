@@ -6,6 +6,7 @@ mod crd_schema;
 mod delete;
 pub mod discovery;
 pub mod error;
+pub mod eviction;
 mod handlers;
 mod hooks;
 pub mod http;

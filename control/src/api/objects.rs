@@ -1,7 +1,7 @@
 //! What the server does to an object before storing it: typed decoding of built-in kinds (which
 //! finds unknown fields and wrong types), metadata on create, and the apiserver's defaults.
 
-use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, networking, rbac};
+use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, networking, policy, rbac};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -77,6 +77,7 @@ fn decode(group: &str, kind: &str, input: &Value) -> Option<Result<(Value, Vec<S
         ("", "ReplicationController") => roundtrip::<core::v1::ReplicationController>(input),
         ("", "LimitRange") => roundtrip::<core::v1::LimitRange>(input),
         ("", "ResourceQuota") => roundtrip::<core::v1::ResourceQuota>(input),
+        ("policy", "PodDisruptionBudget") => roundtrip::<policy::v1::PodDisruptionBudget>(input),
         ("autoscaling", "HorizontalPodAutoscaler") => roundtrip::<autoscaling::v2::HorizontalPodAutoscaler>(input),
         ("rbac.authorization.k8s.io", "Role") => roundtrip::<rbac::v1::Role>(input),
         ("rbac.authorization.k8s.io", "ClusterRole") => roundtrip::<rbac::v1::ClusterRole>(input),

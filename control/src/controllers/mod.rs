@@ -5,6 +5,7 @@
 mod clusterrole;
 mod cronjob;
 mod deployment;
+mod disruption;
 mod endpoints;
 mod gc;
 mod hpa;
@@ -121,6 +122,13 @@ pub fn start(client: LocalClient) -> Vec<tokio::task::JoinHandle<()>> {
             quota::interested,
             quota::resync,
             |c, k| Box::pin(done(quota::reconcile(c, k))),
+        )),
+        tokio::spawn(drive(
+            client.clone(),
+            "disruption",
+            disruption::interested,
+            disruption::resync,
+            |c, k| Box::pin(done(disruption::reconcile(c, k))),
         )),
         tokio::spawn(knative::autoscaler::run(client.clone())),
         tokio::spawn(drive(

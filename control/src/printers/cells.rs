@@ -419,6 +419,20 @@ pub fn cells(group: &str, kind: &str, v: &Value, now: DateTime<Utc>) -> Vec<Valu
             ]
         }
         ("", "ServiceAccount") => vec![name, json!(arr(v, "/secrets").len()), age],
+        ("policy", "PodDisruptionBudget") => {
+            let shown = |p: &str| match v.pointer(p) {
+                Some(Value::String(x)) => json!(x),
+                Some(Value::Number(n)) => json!(n.to_string()),
+                _ => json!("N/A"),
+            };
+            vec![
+                name,
+                shown("/spec/minAvailable"),
+                shown("/spec/maxUnavailable"),
+                json!(int(v, "/status/disruptionsAllowed")),
+                age,
+            ]
+        }
         ("", "ResourceQuota") => {
             let hard = v
                 .pointer("/status/hard")

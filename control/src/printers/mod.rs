@@ -200,6 +200,28 @@ fn columns_of(group: &str, kind: &str) -> Vec<Col> {
                 "A human-readable description of the status of this operation.",
             ),
         ],
+        ("policy", "PodDisruptionBudget") => vec![
+            NAME,
+            col(
+                "Min Available",
+                "string",
+                0,
+                "The minimum number of pods that must be available",
+            ),
+            col(
+                "Max Unavailable",
+                "string",
+                0,
+                "The maximum number of pods that may be unavailable",
+            ),
+            col(
+                "Allowed Disruptions",
+                "integer",
+                0,
+                "Calculated number of pods that may be disrupted at this time",
+            ),
+            AGE,
+        ],
         ("", "ResourceQuota") => vec![
             NAME,
             AGE,
