@@ -21,6 +21,26 @@ pub enum Storage {
     Computed,
 }
 
+impl Storage {
+    /// The verbs a resource of this storage serves, as discovery lists them.
+    pub const fn verbs(self) -> &'static [&'static str] {
+        match self {
+            Storage::Stored => &[
+                "create",
+                "delete",
+                "deletecollection",
+                "get",
+                "list",
+                "patch",
+                "update",
+                "watch",
+            ],
+            Storage::Review => &["create"],
+            Storage::Computed => &["get", "list"],
+        }
+    }
+}
+
 /// One served resource (one plural name in one group/version).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ResourceDef {
@@ -302,21 +322,15 @@ const RBAC: &str = "rbac.authorization.k8s.io";
 const AUTHZ: &str = "authorization.k8s.io";
 const AUTHN: &str = "authentication.k8s.io";
 
-const fn measured(kind: &'static str, plural: &'static str, scope: Scope) -> Row {
-    Row {
-        group: "metrics.k8s.io",
-        kind,
-        plural,
-        scope,
-        short: &[],
-        categories: &[],
-        subresources: &[],
-        storage: Storage::Computed,
-        version: "v1beta1",
-    }
-}
-
-const fn review(group: &'static str, kind: &'static str, plural: &'static str, scope: Scope) -> Row {
+/// A resource whose objects are never stored: answered (reviews) or measured (metrics).
+const fn unstored(
+    group: &'static str,
+    version: &'static str,
+    kind: &'static str,
+    plural: &'static str,
+    scope: Scope,
+    storage: Storage,
+) -> Row {
     Row {
         group,
         kind,
@@ -325,9 +339,17 @@ const fn review(group: &'static str, kind: &'static str, plural: &'static str, s
         short: &[],
         categories: &[],
         subresources: &[],
-        storage: Storage::Review,
-        version: "v1",
+        storage,
+        version,
     }
+}
+
+const fn review(group: &'static str, kind: &'static str, plural: &'static str, scope: Scope) -> Row {
+    unstored(group, "v1", kind, plural, scope, Storage::Review)
+}
+
+const fn measured(kind: &'static str, plural: &'static str, scope: Scope) -> Row {
+    unstored("metrics.k8s.io", "v1beta1", kind, plural, scope, Storage::Computed)
 }
 
 const fn row(

@@ -2,8 +2,6 @@
 
 use serde_json::{Value, json};
 
-use nodeless_types::catalogue::Storage;
-
 use super::registry::{Registry, Served};
 
 /// The Kubernetes version whose API this server follows.
@@ -24,21 +22,7 @@ pub fn version() -> Value {
 }
 
 fn verbs(s: &Served) -> Vec<&'static str> {
-    match s.def.storage {
-        Storage::Review => return vec!["create"],
-        Storage::Computed => return vec!["get", "list"],
-        Storage::Stored => {}
-    }
-    vec![
-        "create",
-        "delete",
-        "deletecollection",
-        "get",
-        "list",
-        "patch",
-        "update",
-        "watch",
-    ]
+    s.def.storage.verbs().to_vec()
 }
 
 fn resource_entries(s: &Served) -> Vec<Value> {

@@ -21,16 +21,8 @@ const TO_CLUSTER_VIEWER: &str = "nodeless.io/aggregate-to-cluster-viewer";
 
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
-const ALL: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
+/// Every verb of a stored resource.
+const ALL: &[&str] = nodeless_types::catalogue::Storage::Stored.verbs();
 
 fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Value {
     json!({"apiGroups": groups, "resources": resources, "verbs": verbs})
