@@ -169,6 +169,9 @@ fn resize(master: &OwnedFd, pid: Option<u32>, msg: &[u8]) {
     }
 }
 
+/// How long a TTY exec waits for the client's terminal size before it starts the command.
+const FIRST_SIZE_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn with_tty(
     runtime: Arc<dyn Runtime>,
     c: &ContainerRef,
@@ -179,8 +182,12 @@ async fn with_tty(
     let pty = nix::pty::openpty(None, None).map_err(|e| format!("openpty: {e}"))?;
     // Clients send the terminal's size first: size the terminal before the command starts, so
     // it never sees a resize race at its start. Anything else that came early is replayed.
+    // Under load the size came later than 500 ms, and a command that read it at once found
+    // 0x0 (busybox `stty size` then fails with a stale errno, "No child processes"): so wait
+    // up to 2 s for it; a client that sends none starts that much later, and resizes still
+    // apply while the command runs.
     let mut early = Vec::new();
-    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+    let deadline = tokio::time::Instant::now() + FIRST_SIZE_WAIT;
     while let Ok(Some((ch, data))) = tokio::time::timeout_at(deadline, input.recv()).await {
         if ch == RESIZE {
             if let Some(d) = data {

@@ -645,9 +645,10 @@ async fn exec_port_forward_and_follow_with_every_kubectl() {
             kc.display(),
             kubectl.display()
         );
-        // Known flaw, not yet understood: under load, the container's `stty` sometimes fails on
-        // its new terminal with "No child processes" (seen in 2 of about 10 clean-clone runs).
-        // One more try is allowed for that failure alone, and said on stderr.
+        // Under load the container's `stty` sometimes failed on its new terminal with "No child
+        // processes": the terminal was still 0x0 (the size came after the node's wait for it,
+        // then 500 ms, now 2 s) and busybox reports that with a stale errno. One more try is
+        // still allowed for that failure alone, and said on stderr.
         let run = || {
             std::process::Command::new("script")
                 .args(["-qec", &script, "/dev/null"])
