@@ -28,6 +28,10 @@ fn s<'a>(v: &'a Value, p: &str) -> &'a str {
     v.pointer(p).and_then(Value::as_str).unwrap_or("")
 }
 
+fn int(v: &Value, p: &str, default: i64) -> i64 {
+    v.pointer(p).and_then(Value::as_i64).unwrap_or(default)
+}
+
 fn ready(pod: &Value) -> bool {
     pod.pointer("/status/conditions")
         .and_then(Value::as_array)
@@ -79,43 +83,23 @@ pub(super) async fn evict(
     let pdb = &pdbs[0];
     let pdb_name = s(&pdb.obj, "/metadata/name").to_string();
     let refused = "Cannot evict pod as it would violate the pod's disruption budget.".to_string();
-    let generation = pdb
-        .obj
-        .pointer("/metadata/generation")
-        .and_then(Value::as_i64)
-        .unwrap_or(1);
-    let observed = pdb
-        .obj
-        .pointer("/status/observedGeneration")
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
+    let generation = int(&pdb.obj, "/metadata/generation", 1);
+    let observed = int(&pdb.obj, "/status/observedGeneration", 0);
     if observed < generation {
         return Err(too_many(
             refused,
             format!("The disruption budget {pdb_name} is still being processed by the server."),
         ));
     }
-    let desired = pdb
-        .obj
-        .pointer("/status/desiredHealthy")
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
-    let healthy = pdb
-        .obj
-        .pointer("/status/currentHealthy")
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
+    let desired = int(&pdb.obj, "/status/desiredHealthy", 0);
+    let healthy = int(&pdb.obj, "/status/currentHealthy", 0);
     // An unready pod takes nothing from the budget when the budget says so.
     let policy = s(&pdb.obj, "/spec/unhealthyPodEvictionPolicy");
     if !ready(&pod.obj) && (policy == "AlwaysAllow" || healthy >= desired) {
         super::delete::delete_with_options(state, pods, Some(ns), name, options).await?;
         return Ok(respond(answer, 201, &done(), &[]));
     }
-    let allowed = pdb
-        .obj
-        .pointer("/status/disruptionsAllowed")
-        .and_then(Value::as_i64)
-        .unwrap_or(0);
+    let allowed = int(&pdb.obj, "/status/disruptionsAllowed", 0);
     if allowed <= 0 {
         return Err(too_many(
             refused,
