@@ -355,7 +355,13 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Response<
         .authenticate(&state.store, auth_header)
         .ok_or(ApiError::Unauthorized)?;
     let user = impersonated(&state, me, req.headers())?;
-    for asked in attributes(&route, req.method(), req.uri().path(), is_watch(req.uri().query())) {
+    // The admin's requests (every component's) skip building the questions RBAC would allow.
+    let asked = if user.is_superuser() {
+        Vec::new()
+    } else {
+        attributes(&route, req.method(), req.uri().path(), is_watch(req.uri().query()))
+    };
+    for asked in asked {
         if !rbac::authorize(&state.store, &user, &asked).allowed {
             return Err(ApiError::Forbidden(asked.forbidden(&user.name)));
         }

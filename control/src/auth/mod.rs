@@ -62,6 +62,11 @@ impl User {
         }
     }
 
+    /// A member of `system:masters`: allowed everything, before any binding is read.
+    pub fn is_superuser(&self) -> bool {
+        self.groups.iter().any(|g| g == SUPERUSERS)
+    }
+
     /// As a `UserInfo` object (reviews, `kubectl auth whoami`).
     pub fn to_json(&self) -> Value {
         let mut v = serde_json::json!({"username": self.name, "groups": self.groups});

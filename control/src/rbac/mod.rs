@@ -204,7 +204,7 @@ pub fn rules_for(store: &Store, user: &User, namespace: Option<&str>) -> Vec<(Ve
 
 /// The decision for one request.
 pub fn authorize(store: &Store, user: &User, attrs: &Attributes) -> Decision {
-    if user.groups.iter().any(|g| g == SUPERUSERS) {
+    if user.is_superuser() {
         return Decision {
             allowed: true,
             reason: format!("member of {SUPERUSERS}"),
