@@ -36,6 +36,10 @@ pub struct Launch {
     pub bundle: PathBuf,
     pub log: PathBuf,
     pub exit: PathBuf,
+    /// The container keeps a stdin open for `attach` (`stdin: true`).
+    pub stdin: bool,
+    /// The container's process has a terminal (`tty: true`).
+    pub tty: bool,
 }
 
 /// A container attempt the runtime has taken on: resolves once it has ended (or never ran) and
@@ -77,6 +81,9 @@ pub trait Runtime: Send + Sync {
     /// as the container's own process does: same user and groups, environment, working directory,
     /// capabilities and limits.
     fn exec(&self, c: &ContainerRef, args: &[String], tty: bool) -> Result<Command, RuntimeError>;
+    /// A connection to a running container's stdin and output (`kubectl attach`), carrying
+    /// frames as [`crate::shim_proto::attach`] says.
+    async fn attach(&self, id: &str) -> Result<tokio::io::BufReader<tokio::net::UnixStream>, RuntimeError>;
 }
 
 pub struct OciRuntime {
@@ -264,6 +271,8 @@ impl Runtime for OciRuntime {
             bundle: l.bundle.clone(),
             log: l.log.clone(),
             exit: l.exit.clone(),
+            stdin: l.stdin,
+            tty: l.tty,
         };
         let mut conn = self.supervisor.run(&req).await.map_err(|e| RuntimeError::Spawn {
             binary: e.what,
@@ -341,5 +350,14 @@ impl Runtime for OciRuntime {
         let mut cmd = self.command();
         cmd.arg("exec").arg("--process").arg(process).arg(&c.id);
         Ok(cmd)
+    }
+
+    async fn attach(&self, id: &str) -> Result<tokio::io::BufReader<tokio::net::UnixStream>, RuntimeError> {
+        self.supervisor.attach(id).await.map_err(|e| RuntimeError::Failed {
+            binary: "the node's supervisor".into(),
+            command: "attach".into(),
+            id: id.to_string(),
+            message: e.to_string(),
+        })
     }
 }

@@ -79,6 +79,21 @@ impl Keeper {
         Ok(conn)
     }
 
+    /// Connect to a running container's streams (see [`crate::shim_proto::attach`]).
+    pub async fn attach(&self, id: &str) -> Result<BufReader<UnixStream>, SandboxError> {
+        let mut conn = self.connect().await?;
+        let answer = Self::exchange(&mut conn, &format!("attach {id}"))
+            .await
+            .map_err(io("attaching to a container through the node's supervisor"))?;
+        if answer != "ok" {
+            return Err(SandboxError {
+                what: format!("attaching to container {id}"),
+                source: std::io::Error::other(answer.strip_prefix("failed ").unwrap_or(&answer).to_string()),
+            });
+        }
+        Ok(conn)
+    }
+
     async fn spawn(&self) -> Result<(), SandboxError> {
         // Its complaints go to a file beside the socket: a pipe nobody reads would fill up.
         let log_path = self.socket.with_extension("log");

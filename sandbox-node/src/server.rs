@@ -28,6 +28,26 @@ fn text(code: StatusCode, msg: impl Into<String>) -> Response<Body> {
         .unwrap_or_default()
 }
 
+/// A refused stream (exec, attach, port-forward) as a Kubernetes `Status`: kubectl reads the
+/// body of a failed upgrade as one and shows its message (a text body shows as an empty
+/// "Error from server:").
+fn refused(code: StatusCode, msg: impl Into<String>) -> Response<Body> {
+    let reason = match code {
+        StatusCode::NOT_FOUND => "NotFound",
+        StatusCode::FORBIDDEN => "Forbidden",
+        _ => "BadRequest",
+    };
+    let status = serde_json::json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+        "message": msg.into(), "reason": reason, "code": code.as_u16(),
+    });
+    Response::builder()
+        .status(code)
+        .header("Content-Type", "application/json")
+        .body(Full::new(Bytes::from(status.to_string())).boxed())
+        .unwrap_or_default()
+}
+
 fn query(req: &Request<Incoming>) -> HashMap<String, String> {
     url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
         .into_owned()
@@ -114,6 +134,10 @@ async fn route(ctx: Arc<NodeCtx>, req: Request<Incoming>) -> Response<Body> {
             let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
             exec(ctx, &ns, &pod, &container, req).await
         }
+        ["attach", ns, pod, container] => {
+            let (ns, pod, container) = (ns.to_string(), pod.to_string(), container.to_string());
+            attach(ctx, &ns, &pod, &container, req).await
+        }
         ["portForward", ns, pod] => {
             let (ns, pod) = (ns.to_string(), pod.to_string());
             port_forward(ctx, &ns, &pod, req).await
@@ -156,7 +180,7 @@ fn negotiate(
         let offers = offered(req, "sec-websocket-protocol");
         let Some(p) = offers.iter().find(|o| ws_protocols.contains(&o.as_str())) else {
             // kubectl falls back to SPDY when the websocket upgrade is refused.
-            return Err(Box::new(text(
+            return Err(Box::new(refused(
                 StatusCode::BAD_REQUEST,
                 format!("none of the websocket protocols {offers:?} is supported (supported: {ws_protocols:?})"),
             )));
@@ -171,7 +195,7 @@ fn negotiate(
     if upgrade.starts_with("spdy/3.1") {
         let offers = offered(req, "x-stream-protocol-version");
         let Some(p) = spdy_protocols.iter().find(|p| offers.iter().any(|o| o == *p)) else {
-            return Err(Box::new(text(
+            return Err(Box::new(refused(
                 StatusCode::FORBIDDEN,
                 format!("none of the stream protocols {offers:?} is supported (supported: {spdy_protocols:?})"),
             )));
@@ -180,7 +204,7 @@ fn negotiate(
             protocol: p.to_string(),
         });
     }
-    Err(Box::new(text(
+    Err(Box::new(refused(
         StatusCode::BAD_REQUEST,
         "this endpoint needs a websocket or SPDY/3.1 upgrade",
     )))
@@ -249,14 +273,14 @@ async fn exec(ctx: Arc<NodeCtx>, ns: &str, pod: &str, container: &str, mut req: 
         .collect();
     let opts = crate::streams::exec::ExecOptions::from_query(&pairs);
     if opts.command.is_empty() {
-        return text(
+        return refused(
             StatusCode::BAD_REQUEST,
             "you must specify at least one command for the container",
         );
     }
     let id = match running_container(&ctx, ns, pod, container) {
         Ok(id) => id,
-        Err(e) => return text(StatusCode::BAD_REQUEST, e),
+        Err(e) => return refused(StatusCode::BAD_REQUEST, e),
     };
     let transport = match negotiate(
         &req,
@@ -287,9 +311,80 @@ async fn exec(ctx: Arc<NodeCtx>, ns: &str, pod: &str, container: &str, mut req: 
     resp
 }
 
+/// What the container's spec offers to an attached session (stdin, stdinOnce, tty).
+async fn attach_offer(
+    ctx: &NodeCtx,
+    ns: &str,
+    pod: &str,
+    container: &str,
+) -> Result<crate::streams::attach::Offered, String> {
+    let api: kube::Api<k8s_openapi::api::core::v1::Pod> = kube::Api::namespaced(ctx.client.clone(), ns);
+    let p = api.get(pod).await.map_err(|e| format!("reading pod {ns}/{pod}: {e}"))?;
+    let spec = serde_json::to_value(p.spec.unwrap_or_default()).unwrap_or_default();
+    ["containers", "initContainers", "ephemeralContainers"]
+        .iter()
+        .flat_map(|l| spec[l].as_array().cloned().unwrap_or_default())
+        .find(|c| c["name"] == container)
+        .map(|c| crate::streams::attach::Offered {
+            stdin: c["stdin"] == true,
+            stdin_once: c["stdinOnce"] == true,
+            tty: c["tty"] == true,
+        })
+        .ok_or_else(|| format!("container {container} is not valid for pod {pod}"))
+}
+
+async fn attach(ctx: Arc<NodeCtx>, ns: &str, pod: &str, container: &str, mut req: Request<Incoming>) -> Response<Body> {
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(req.uri().query().unwrap_or_default().as_bytes())
+        .into_owned()
+        .collect();
+    let opts = crate::streams::exec::ExecOptions::from_query(&pairs);
+    let offered = match attach_offer(&ctx, ns, pod, container).await {
+        Ok(o) => o,
+        Err(e) => return refused(StatusCode::BAD_REQUEST, e),
+    };
+    if let Some(why) = crate::streams::attach::refusal(container, &opts, offered) {
+        return refused(StatusCode::BAD_REQUEST, why);
+    }
+    let c = match running_container(&ctx, ns, pod, container) {
+        Ok(c) => c,
+        Err(e) => return refused(StatusCode::BAD_REQUEST, e),
+    };
+    // Connected before the upgrade is answered, so a refusal is an HTTP error kubectl shows.
+    let conn = match ctx.runtime.attach(&c.id).await {
+        Ok(conn) => conn,
+        Err(e) => return refused(StatusCode::BAD_REQUEST, e.to_string()),
+    };
+    let transport = match negotiate(
+        &req,
+        &["v5.channel.k8s.io", "v4.channel.k8s.io"],
+        &["v4.channel.k8s.io"],
+    ) {
+        Ok(t) => t,
+        Err(resp) => return *resp,
+    };
+    let resp = switching(&transport);
+    let upgrade = hyper::upgrade::on(&mut req);
+    tokio::spawn(async move {
+        let Ok(upgraded) = upgrade.await else { return };
+        let io = hyper_util::rt::TokioIo::new(upgraded);
+        let (out, input) = match transport {
+            Transport::Websocket { protocol, .. } => crate::streams::websocket(io, protocol.starts_with("v5")).await,
+            Transport::Spdy { .. } => match crate::streams::spdy_channels(io, &opts.channels()).await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "attach session");
+                    return;
+                }
+            },
+        };
+        crate::streams::attach::run(conn, opts, offered, out, input).await;
+    });
+    resp
+}
+
 async fn port_forward(ctx: Arc<NodeCtx>, ns: &str, pod: &str, mut req: Request<Incoming>) -> Response<Body> {
     let Some(uid) = ctx.uid_of(ns, pod) else {
-        return text(StatusCode::NOT_FOUND, format!("pod {ns}/{pod} is not on this node"));
+        return refused(StatusCode::NOT_FOUND, format!("pod {ns}/{pod} is not on this node"));
     };
     let netns = crate::sandbox::PodNamespaces::at(ctx.ns_dir.join(uid)).net();
     let transport = match negotiate(&req, &[], &["portforward.k8s.io"]) {

@@ -75,6 +75,11 @@ pub struct ContainerSpec {
     pub oom_score_adj: i32,
     /// Namespaced sysctls (`linux.sysctl`), the safe ones a pod asked for.
     pub sysctls: std::collections::BTreeMap<String, String>,
+    /// The process has a terminal (`tty: true`).
+    pub terminal: bool,
+    /// A PID namespace to join (the pod's shared one, or an ephemeral container's target's);
+    /// None: a namespace of its own.
+    pub pidns: Option<PathBuf>,
 }
 
 /// The capability set after the container's `add` and `drop` (names with or without `CAP_`,
@@ -120,7 +125,10 @@ pub fn config_json(c: &ContainerSpec) -> Value {
     }
     let mut linux = json!({
         "namespaces": [
-            {"type": "pid"},
+            match &c.pidns {
+                Some(path) => json!({"type": "pid", "path": path}),
+                None => json!({"type": "pid"}),
+            },
             {"type": "mount"},
             {"type": "network", "path": c.netns},
             {"type": "ipc", "path": c.ipcns},
@@ -151,7 +159,7 @@ pub fn config_json(c: &ContainerSpec) -> Value {
     json!({
         "ociVersion": "1.0.2",
         "process": {
-            "terminal": false,
+            "terminal": c.terminal,
             "user": {"uid": c.uid, "gid": c.gid, "additionalGids": c.additional_gids},
             "args": c.args,
             "env": c.env,

@@ -126,7 +126,16 @@ const ROWS: &[Row] = &[
         Scope::Namespaced,
         &["po"],
         &["all"],
-        &["status", "log", "exec", "attach", "portforward", "binding", "eviction"],
+        &[
+            "status",
+            "ephemeralcontainers",
+            "log",
+            "exec",
+            "attach",
+            "portforward",
+            "binding",
+            "eviction",
+        ],
     ),
     row(
         "",

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{PodSpec, SeccompProfile};
+use k8s_openapi::api::core::v1::{PodSpec, SeccompProfile, SecurityContext};
 
 /// The namespaced sysctls Kubernetes calls safe (kubelet allows them without
 /// `--allowed-unsafe-sysctls`): they act on the pod's own namespaces only.
@@ -62,33 +62,36 @@ pub fn unsupported(spec: &PodSpec) -> Option<String> {
             p.localhost_profile.clone().unwrap_or_default()
         ));
     }
-    let lists = [
-        ("initContainers", spec.init_containers.as_deref().unwrap_or_default()),
-        ("containers", &spec.containers[..]),
-    ];
-    for (list, containers) in lists {
-        for (i, c) in containers.iter().enumerate() {
-            let sc = c.security_context.as_ref();
-            let field = format!("{list}[{i}].securityContext");
-            if let Some(why) = sc
-                .and_then(|s| s.seccomp_profile.as_ref())
-                .and_then(|p| seccomp_refusal(p, &format!("{field}.seccompProfile")))
-            {
-                return Some(why);
-            }
-            if sc
-                .and_then(|s| s.app_armor_profile.as_ref())
-                .is_some_and(|p| p.type_ == "Localhost")
-            {
-                return Some(format!(
-                    "{field}.appArmorProfile: Localhost profiles cannot be applied: this node has no AppArmor"
-                ));
-            }
-            if sc.and_then(|s| s.proc_mount.as_deref()) == Some("Unmasked") {
-                return Some(format!(
-                    "{field}.procMount: Unmasked is not allowed: /proc stays masked in every container"
-                ));
-            }
+    let mut all: Vec<(&str, usize, Option<&SecurityContext>)> = Vec::new();
+    for (i, c) in spec.init_containers.iter().flatten().enumerate() {
+        all.push(("initContainers", i, c.security_context.as_ref()));
+    }
+    for (i, c) in spec.containers.iter().enumerate() {
+        all.push(("containers", i, c.security_context.as_ref()));
+    }
+    for (i, c) in spec.ephemeral_containers.iter().flatten().enumerate() {
+        all.push(("ephemeralContainers", i, c.security_context.as_ref()));
+    }
+    for (list, i, sc) in all {
+        let field = format!("{list}[{i}].securityContext");
+        if let Some(why) = sc
+            .and_then(|s| s.seccomp_profile.as_ref())
+            .and_then(|p| seccomp_refusal(p, &format!("{field}.seccompProfile")))
+        {
+            return Some(why);
+        }
+        if sc
+            .and_then(|s| s.app_armor_profile.as_ref())
+            .is_some_and(|p| p.type_ == "Localhost")
+        {
+            return Some(format!(
+                "{field}.appArmorProfile: Localhost profiles cannot be applied: this node has no AppArmor"
+            ));
+        }
+        if sc.and_then(|s| s.proc_mount.as_deref()) == Some("Unmasked") {
+            return Some(format!(
+                "{field}.procMount: Unmasked is not allowed: /proc stays masked in every container"
+            ));
         }
     }
     sysctls(spec).err()

@@ -6,7 +6,7 @@ mod names;
 mod platform;
 pub mod quota;
 pub mod service_account;
-mod validate;
+pub(crate) mod validate;
 
 pub use nodeless_types::quantity::{Quantity, parse_quantity};
 

@@ -34,6 +34,9 @@ pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Ca
             } else {
                 c.push(Cause::required("spec"));
             }
+            if let Some(old) = old {
+                pod_update(obj, old, &mut c);
+            }
         }
         ("apps", "Deployment" | "ReplicaSet" | "StatefulSet" | "DaemonSet") => workload(kind, obj, old, &mut c),
         ("batch", "Job") => {
@@ -666,6 +669,117 @@ pub fn pod_spec(spec: &Value, path: &str, template: bool, c: &mut Causes) {
             ));
         }
     }
+}
+
+/// The fields of a pod's spec an update may change, as Kubernetes allows (its ephemeral
+/// containers change through their own subresource, checked there).
+fn pod_update(obj: &Value, old: &Value, c: &mut Causes) {
+    let strip = |spec: Option<&Value>| {
+        let mut spec = spec.cloned().unwrap_or(Value::Null);
+        if let Some(m) = spec.as_object_mut() {
+            for f in [
+                "activeDeadlineSeconds",
+                "tolerations",
+                "terminationGracePeriodSeconds",
+                "ephemeralContainers",
+                "schedulingGates",
+            ] {
+                m.remove(f);
+            }
+            for list in ["containers", "initContainers"] {
+                for ct in m.get_mut(list).and_then(Value::as_array_mut).into_iter().flatten() {
+                    if let Some(ct) = ct.as_object_mut() {
+                        ct.remove("image");
+                    }
+                }
+            }
+        }
+        spec
+    };
+    let (new_spec, old_spec) = (obj.get("spec"), old.get("spec"));
+    // The node a pod is bound to is set once, by its binding.
+    let node = |s: Option<&Value>| s.and_then(|s| s.get("nodeName")).cloned();
+    let bound_now = node(old_spec).is_none() && node(new_spec).is_some();
+    let (mut a, mut b) = (strip(new_spec), strip(old_spec));
+    if bound_now {
+        for s in [&mut a, &mut b] {
+            if let Some(m) = s.as_object_mut() {
+                m.remove("nodeName");
+            }
+        }
+    }
+    if a != b {
+        c.push(Cause::forbidden(
+            "spec",
+            "pod updates may not change fields other than `spec.containers[*].image`, `spec.initContainers[*].image`, `spec.activeDeadlineSeconds`, `spec.tolerations` (only additions to existing tolerations) or `spec.terminationGracePeriodSeconds`",
+        ));
+    }
+}
+
+/// A pod's ephemeral containers after a write to `pods/ephemeralcontainers`: those it had stay
+/// as they were; each new one is a valid container with a unique name and none of the fields
+/// an ephemeral container may not have (ports, probes, resources, lifecycle), targeting a
+/// container of the pod if it names one.
+pub fn ephemeral_containers(pod: &Value, old: &Value) -> Causes {
+    let mut c = Vec::new();
+    let spec = pod.get("spec").unwrap_or(&Value::Null);
+    let before = arr(old.get("spec").unwrap_or(&Value::Null), "ephemeralContainers");
+    let now = arr(spec, "ephemeralContainers");
+    for (i, e) in before.iter().enumerate() {
+        let name = s(e, "/name").unwrap_or_default();
+        match now.iter().find(|n| s(n, "/name") == Some(name)) {
+            Some(n) if n == e => {}
+            Some(_) => c.push(Cause::forbidden(
+                format!("spec.ephemeralContainers[{i}]"),
+                &format!("existing ephemeral container {name:?} may not be changed"),
+            )),
+            None => c.push(Cause::forbidden(
+                "spec.ephemeralContainers",
+                &format!("existing ephemeral container {name:?} may not be removed"),
+            )),
+        }
+    }
+    let volumes: HashSet<String> = arr(spec, "volumes")
+        .iter()
+        .filter_map(|v| s(v, "/name").map(str::to_string))
+        .collect();
+    let regular: Vec<&str> = ["containers", "initContainers"]
+        .iter()
+        .flat_map(|l| arr(spec, l))
+        .filter_map(|ct| s(ct, "/name"))
+        .collect();
+    let mut seen: HashSet<String> = regular.iter().map(|n| n.to_string()).collect();
+    for (i, e) in now.iter().enumerate() {
+        let path = format!("spec.ephemeralContainers[{i}]");
+        container(e, &path, &volumes, &mut seen, false, &mut c);
+        for f in [
+            "ports",
+            "livenessProbe",
+            "readinessProbe",
+            "startupProbe",
+            "resources",
+            "lifecycle",
+        ] {
+            if e.get(f)
+                .is_some_and(|v| !v.is_null() && v != &json!({}) && v != &json!([]))
+            {
+                c.push(Cause::forbidden(
+                    format!("{path}.{f}"),
+                    "cannot be set for an Ephemeral Container",
+                ));
+            }
+        }
+        if let Some(t) = s(e, "/targetContainerName")
+            && !regular.contains(&t)
+        {
+            c.push(Cause {
+                field: format!("{path}.targetContainerName"),
+                reason: "FieldValueNotFound",
+                message: format!("Not found: {t:?}"),
+            });
+        }
+    }
+    c
 }
 
 fn int_or_percent_ok(v: Option<&Value>) -> bool {

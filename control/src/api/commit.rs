@@ -13,27 +13,32 @@ use super::registry::Served;
 use crate::store::{Stored, Write};
 
 /// Run admission: the apiserver's validation and the platform's rules.
+/// The 422 for an object of `served` that breaks `causes`.
+fn invalid(served: &Served, name: &str, causes: &[crate::admission::Cause]) -> ApiError {
+    ApiError::Invalid {
+        message: crate::admission::invalid_message(&served.def.qualified_kind(), name, causes),
+        causes: causes
+            .iter()
+            .map(|c| Cause {
+                reason: c.reason.to_string(),
+                message: c.message.clone(),
+                field: c.field.clone(),
+            })
+            .collect(),
+        subject: Subject {
+            group: served.def.group.clone(),
+            kind: served.def.kind.clone(),
+            name: name.to_string(),
+        },
+    }
+}
+
 pub fn admit(state: &ApiState, served: &Served, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
     use crate::admission::Verdict;
     let name = objects::name_of(obj).to_string();
     match crate::admission::admit(&served.def.group, &served.def.kind, obj, old, &state.policy) {
         Verdict::Allowed => no_escalation(state, served, obj),
-        Verdict::Invalid(causes) => Err(ApiError::Invalid {
-            message: crate::admission::invalid_message(&served.def.qualified_kind(), &name, &causes),
-            causes: causes
-                .iter()
-                .map(|c| Cause {
-                    reason: c.reason.to_string(),
-                    message: c.message.clone(),
-                    field: c.field.clone(),
-                })
-                .collect(),
-            subject: Subject {
-                group: served.def.group.clone(),
-                kind: served.def.kind.clone(),
-                name,
-            },
-        }),
+        Verdict::Invalid(causes) => Err(invalid(served, &name, &causes)),
         Verdict::Forbidden { rule, message } => Err(ApiError::Forbidden(format!(
             "{} \"{name}\" is forbidden: {message} (rule {rule})",
             served.def.qualified_resource()
@@ -162,7 +167,36 @@ pub async fn commit_update(
                 }
             }
         }
+        Some("ephemeralcontainers") => {
+            // Only the pod's ephemeral containers change through /ephemeralcontainers: added,
+            // never changed or taken away (checked with the pod's own rules at admission).
+            let added = new.pointer("/spec/ephemeralContainers").cloned();
+            new = old.clone();
+            match added {
+                Some(list) => new["spec"]["ephemeralContainers"] = list,
+                None => {
+                    if let Some(m) = new.get_mut("spec").and_then(Value::as_object_mut) {
+                        m.remove("ephemeralContainers");
+                    }
+                }
+            }
+            super::objects::apply_defaults(&served.def.group, &served.def.kind, &mut new);
+            let causes = crate::admission::validate::ephemeral_containers(&new, old);
+            if !causes.is_empty() {
+                return Err(invalid(served, &name, &causes));
+            }
+        }
         _ => {
+            if served.def.group.is_empty()
+                && served.def.kind == "Pod"
+                && new.pointer("/spec/ephemeralContainers") != old.pointer("/spec/ephemeralContainers")
+            {
+                let cause = crate::admission::Cause::forbidden(
+                    "spec.ephemeralContainers",
+                    "cannot be changed by updating the pod: use its ephemeralcontainers subresource (kubectl debug)",
+                );
+                return Err(invalid(served, &name, &[cause]));
+            }
             if served.def.has_subresource("status") {
                 match old.get("status") {
                     Some(s) => new["status"] = s.clone(),

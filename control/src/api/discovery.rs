@@ -38,7 +38,7 @@ fn resource_entries(s: &Served) -> Vec<Value> {
     })];
     for sub in &s.def.subresources {
         let (kind, group, version, verbs): (&str, Option<&str>, Option<&str>, Vec<&str>) = match sub.as_str() {
-            "status" => (&s.def.kind, None, None, vec!["get", "patch", "update"]),
+            "status" | "ephemeralcontainers" => (&s.def.kind, None, None, vec!["get", "patch", "update"]),
             "scale" => ("Scale", Some("autoscaling"), Some("v1"), vec!["get", "patch", "update"]),
             "log" => ("Pod", None, None, vec!["get"]),
             "exec" | "attach" => ("PodExecOptions", None, None, vec!["create", "get"]),

@@ -86,17 +86,19 @@ pub(super) async fn dispatch(
             }
             get(state, &served, t.namespace.as_deref(), name, want, &q)
         }
-        (Some(name), sub @ (None | Some("status")), Method::PUT) => {
+        (Some(name), sub @ (None | Some("status" | "ephemeralcontainers")), Method::PUT) => {
             let ty = body_type(req.headers())?;
             let body = parse_value(&read_body(req.into_body()).await?, ty)?;
             update(state, &served, t.namespace.as_deref(), name, sub, &q, body, answer).await
         }
-        (Some(name), sub @ (None | Some("status")), Method::PATCH) => {
+        (Some(name), sub @ (None | Some("status" | "ephemeralcontainers")), Method::PATCH) => {
             let ty = body_type(req.headers())?;
             let raw = read_body(req.into_body()).await?;
             patch(state, &served, t.namespace.as_deref(), name, sub, &q, ty, &raw, answer).await
         }
-        (Some(name), Some("status"), Method::GET) => get(state, &served, t.namespace.as_deref(), name, answer, &q),
+        (Some(name), Some("status" | "ephemeralcontainers"), Method::GET) => {
+            get(state, &served, t.namespace.as_deref(), name, answer, &q)
+        }
         (Some(name), None, Method::DELETE) => {
             let raw = read_body(req.into_body()).await?;
             delete::delete(state, &served, t.namespace.as_deref(), name, &q, &raw, answer).await

@@ -122,7 +122,7 @@ impl Worker {
                 });
             }
         }
-        let w = Worker {
+        let mut w = Worker {
             ctx,
             pod,
             net_id: uid.clone(),
@@ -147,8 +147,51 @@ impl Worker {
             start_counted: false,
             counted_running: false,
         };
+        w.add_ephemeral();
         tokio::spawn(w.run(rx));
         tx
+    }
+
+    /// Ephemeral containers the pod has gained (`kubectl debug`) join the worker's list.
+    fn add_ephemeral(&mut self) {
+        let names: Vec<String> = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.ephemeral_containers.as_ref())
+            .into_iter()
+            .flatten()
+            .map(|e| e.name.clone())
+            .collect();
+        for name in names {
+            if !self.ctrs.iter().any(|c| c.name == name) {
+                self.ctrs.push(Ctr {
+                    name,
+                    ephemeral: true,
+                    backoff: self.ctx.backoff_base,
+                    ..Default::default()
+                });
+            }
+        }
+    }
+
+    /// An ephemeral container's spec as a container's (they share every field it has), and the
+    /// container whose processes it sees (`targetContainerName`).
+    fn ephemeral_spec(&self, name: &str) -> Option<(Container, Option<String>)> {
+        let e = self
+            .pod
+            .spec
+            .as_ref()?
+            .ephemeral_containers
+            .as_ref()?
+            .iter()
+            .find(|e| e.name == name)?;
+        let mut v = serde_json::to_value(e).ok()?;
+        let target = v
+            .as_object_mut()?
+            .remove("targetContainerName")
+            .and_then(|t| t.as_str().map(str::to_string));
+        Some((serde_json::from_value(v).ok()?, target))
     }
 
     fn pod_name(&self) -> String {
@@ -167,6 +210,43 @@ impl Worker {
             .chain(s.containers.iter())
             .find(|c| c.name == name)
             .cloned()
+            .or_else(|| self.ephemeral_spec(name).map(|(c, _)| c))
+    }
+
+    /// The PID namespace a container joins: its target's, for an ephemeral container with one;
+    /// with `shareProcessNamespace`, the first running container's (the pod has no pause
+    /// process, so that container is PID 1 of the pod); otherwise none (its own).
+    fn pid_namespace(&self, name: &str) -> Result<Option<PathBuf>, String> {
+        let of = |c: &Ctr| -> Option<PathBuf> {
+            let a = c.current.as_ref().filter(|a| a.exit.is_none())?;
+            let pid = std::fs::read_to_string(bundle_dir(&self.run_dir, &c.name, a.number).join("pid")).ok()?;
+            let path = PathBuf::from(format!("/proc/{}/ns/pid", pid.trim()));
+            path.exists().then_some(path)
+        };
+        if let Some(target) = self.ephemeral_spec(name).and_then(|(_, t)| t) {
+            let c = self
+                .ctrs
+                .iter()
+                .find(|c| c.name == target && !c.ephemeral)
+                .ok_or_else(|| format!("targetContainerName {target:?} is not a container of the pod"))?;
+            return of(c)
+                .map(Some)
+                .ok_or_else(|| format!("target container {target:?} is not running"));
+        }
+        let shared = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.share_process_namespace)
+            .unwrap_or(false);
+        if !shared {
+            return Ok(None);
+        }
+        Ok(self
+            .ctrs
+            .iter()
+            .filter(|c| c.name != name && !c.init)
+            .find_map(of))
     }
 
     fn restart_policy(&self) -> String {
@@ -230,7 +310,10 @@ impl Worker {
 
     fn apply(&mut self, ev: Event) {
         match ev {
-            Event::Pod(p) => self.pod = *p,
+            Event::Pod(p) => {
+                self.pod = *p;
+                self.add_ephemeral();
+            }
             Event::Gone => {}
             Event::Exited { name, number, record } => {
                 let (base, max) = (self.ctx.backoff_base, self.ctx.backoff_max);
@@ -693,6 +776,10 @@ impl Worker {
             if self.ctrs[i].init || self.ctrs[i].running() {
                 continue;
             }
+            // An ephemeral container runs once.
+            if self.ctrs[i].ephemeral && self.ctrs[i].current.is_some() {
+                continue;
+            }
             if let Some(e) = self.ctrs[i].exited() {
                 let restart = match policy.as_str() {
                     "Never" => false,
@@ -894,6 +981,8 @@ impl Worker {
             bundle: bundle.clone(),
             log: data.join("log"),
             exit: bundle.join("exit"),
+            stdin: spec.stdin.unwrap_or(false),
+            tty: spec.tty.unwrap_or(false),
         };
         let prepared = t0.elapsed();
         let started = match self.ctx.runtime.start(&launch).await {
@@ -1190,6 +1279,8 @@ impl Worker {
             oom_score_adj: 0,
             sysctls: pod_features::sysctls(self.pod.spec.as_ref().ok_or("the pod has no spec")?)
                 .map_err(|e| format!("spec.{e}"))?,
+            terminal: c.tty.unwrap_or(false),
+            pidns: self.pid_namespace(&c.name)?,
         })
     }
 
@@ -1268,7 +1359,14 @@ impl Worker {
     }
 
     async fn report(&mut self) {
-        if !self.start_counted && self.ctrs.iter().filter(|c| !c.init).all(|c| c.running()) && self.sandbox_ready {
+        if !self.start_counted
+            && self
+                .ctrs
+                .iter()
+                .filter(|c| !c.init && !c.ephemeral)
+                .all(|c| c.running())
+            && self.sandbox_ready
+        {
             self.start_counted = true;
             self.ctx
                 .metrics

@@ -28,6 +28,9 @@ pub struct Attempt {
 pub struct Ctr {
     pub name: String,
     pub init: bool,
+    /// Added to the running pod (`kubectl debug`): started once, never restarted, not counted
+    /// in the pod's phase or readiness.
+    pub ephemeral: bool,
     pub current: Option<Attempt>,
     pub previous: Option<Attempt>,
     /// Why the container is not running (ErrImagePull, CrashLoopBackOff, …) and the message.

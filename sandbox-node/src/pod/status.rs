@@ -57,7 +57,8 @@ fn container_status(c: &Ctr, runtime: &str, image: &str, termination_message: Op
 pub fn pod_status(w: &mut Worker) -> Value {
     let policy = w.restart_policy();
     let inits: Vec<&Ctr> = w.ctrs.iter().filter(|c| c.init).collect();
-    let mains: Vec<&Ctr> = w.ctrs.iter().filter(|c| !c.init).collect();
+    let mains: Vec<&Ctr> = w.ctrs.iter().filter(|c| !c.init && !c.ephemeral).collect();
+    let ephemerals: Vec<&Ctr> = w.ctrs.iter().filter(|c| c.ephemeral).collect();
     let init_done = inits.iter().all(|c| c.exited().is_some_and(|e| e.exit_code == 0));
     let init_failed = policy == "Never" && inits.iter().any(|c| c.exited().is_some_and(|e| e.exit_code != 0));
     let will_restart = |c: &Ctr| match c.exited() {
@@ -103,6 +104,18 @@ pub fn pod_status(w: &mut Worker) -> Value {
     let statuses: Vec<Value> = mains
         .iter()
         .map(|c| container_status(c, runtime, &image_of(&c.name), term_msg(c)))
+        .collect();
+    let ephemeral_statuses: Vec<Value> = ephemerals
+        .iter()
+        .map(|c| {
+            let mut s = container_status(c, runtime, &image_of(&c.name), term_msg(c));
+            // Ephemeral containers have no probes and no readiness of their own.
+            if let Some(o) = s.as_object_mut() {
+                o.remove("started");
+                o.insert("ready".into(), json!(false));
+            }
+            s
+        })
         .collect();
     let not_ready: Vec<String> = mains
         .iter()
@@ -174,6 +187,9 @@ pub fn pod_status(w: &mut Worker) -> Value {
     });
     if !init_statuses.is_empty() {
         status["initContainerStatuses"] = json!(init_statuses);
+    }
+    if !ephemeral_statuses.is_empty() {
+        status["ephemeralContainerStatuses"] = json!(ephemeral_statuses);
     }
     if let Some(why) = &w.evicted {
         status["reason"] = json!("Evicted");

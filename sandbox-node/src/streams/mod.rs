@@ -1,10 +1,11 @@
-//! The kubelet's streaming endpoints: exec and port-forward, over the two transports kubectl
+//! The kubelet's streaming endpoints: exec, attach and port-forward, over the two transports kubectl
 //! speaks — websockets (`v5.channel.k8s.io`, `v4.channel.k8s.io`; kubectl 1.30+ for exec) and
 //! SPDY/3.1 (`v4.channel.k8s.io` for exec, `portforward.k8s.io`; every kubectl).
 //!
 //! A transport turns into numbered channels, as the websocket protocol numbers them:
 //! 0 stdin, 1 stdout, 2 stderr, 3 error (a `Status` at the end), 4 resize.
 
+pub mod attach;
 pub mod exec;
 pub mod portforward;
 pub mod spdy;

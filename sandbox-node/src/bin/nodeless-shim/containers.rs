@@ -18,11 +18,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock, mpsc};
 use std::time::Duration;
 
+use crate::attach::{ConsoleSocket, Io};
 use nix::errno::Errno;
 use nix::fcntl::OFlag;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
+use nodeless_sandbox_node::shim_proto::attach as attach_proto;
 use nodeless_sandbox_node::shim_proto::{
     ExitRecord, LOG_MAX_BYTES, LOG_MAX_FILES, RunRequest, RuntimeIdentity, START_FAILED_EXIT_CODE, cri_line,
     now_rfc3339, rotated_log,
@@ -48,6 +50,8 @@ struct Container {
     conn: UnixStream,
     /// Disconnected once both of the container's streams reached end of file.
     drained: mpsc::Receiver<()>,
+    /// Its id, under which `attach` finds it.
+    id: String,
 }
 
 #[derive(Default)]
@@ -62,6 +66,8 @@ struct State {
     running: HashMap<i32, Container>,
     /// `run` requests under way.
     starting: usize,
+    /// What `attach` reaches of each running container, by its id.
+    attachable: HashMap<String, Arc<Io>>,
 }
 
 pub struct Supervisor {
@@ -122,12 +128,14 @@ impl Supervisor {
         let mut s = self.lock();
         s.starting -= 1;
         match outcome {
-            Ok((pid, after, drained)) => {
+            Ok((pid, after, drained, io)) => {
                 let _ = writeln!(conn, "started {pid}");
+                s.attachable.insert(req.id.clone(), io);
                 let container = Container {
                     exit: req.exit,
                     conn,
                     drained,
+                    id: req.id,
                 };
                 // Its init may have ended (and been reaped) already.
                 match s.reaped.get(&pid) {
@@ -135,7 +143,7 @@ impl Supervisor {
                         let ended = *ended;
                         s.reaped.remove(&pid);
                         drop(s);
-                        finish(container, ended);
+                        self.finish(container, ended);
                     }
                     _ => {
                         s.running.insert(pid, container);
@@ -161,16 +169,37 @@ impl Supervisor {
         }
     }
 
+    /// Serve `attach <id>` on `conn`: `ok` and the container's streams, or `failed <why>`.
+    pub fn attach(&self, id: &str, mut conn: UnixStream) {
+        let io = self.lock().attachable.get(id).cloned();
+        match io {
+            Some(io) => {
+                if writeln!(conn, "ok").is_ok() {
+                    io.serve(conn);
+                }
+            }
+            None => {
+                let _ = writeln!(conn, "failed no running container {id}");
+            }
+        }
+    }
+
     /// Run the runtime and wait for it: the container's init PID, the reap count before the
-    /// runtime started, and the container's drain signal.
-    fn start_container(&self, req: &RunRequest) -> Result<(i32, u64, mpsc::Receiver<()>), String> {
-        let log = LogFile::open(&req.log).map_err(|e| format!("{}: {e}", req.log.display()))?;
+    /// runtime started, the container's drain signal and what `attach` reaches of it.
+    fn start_container(&self, req: &RunRequest) -> Result<Started, String> {
+        let log = Arc::new(Mutex::new(
+            LogFile::open(&req.log).map_err(|e| format!("{}: {e}", req.log.display()))?,
+        ));
         let (out_r, out_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
         let (err_r, err_w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
-        let drained = self
-            .logs
-            .add(Arc::new(Mutex::new(log)), out_r, err_r)
-            .map_err(|e| format!("watching the container's output: {e}"))?;
+        // A container with stdin (and no terminal) reads a pipe whose write end stays here.
+        let (stdin, stdin_keep) = if req.stdin && !req.tty {
+            let (r, w) = nix::unistd::pipe2(OFlag::O_CLOEXEC).map_err(|e| format!("pipe: {e}"))?;
+            (Stdio::from(r), Some(File::from(w)))
+        } else {
+            (Stdio::null(), None)
+        };
+        let console = if req.tty { Some(ConsoleSocket::listen()?) } else { None };
         let runtime_log = req.bundle.join("runtime.log");
         let pid_file = req.bundle.join("pid");
         let (program, arg0) = nodeless_sandbox_node::sealed_binary::program(&self.runtime.runtime);
@@ -183,9 +212,12 @@ impl Supervisor {
             .args(["--log-format", "json", "run", "--detach", "--bundle"])
             .arg(&req.bundle)
             .arg("--pid-file")
-            .arg(&pid_file)
-            .arg(&req.id)
-            .stdin(Stdio::null())
+            .arg(&pid_file);
+        if let Some(c) = &console {
+            cmd.arg("--console-socket").arg(c.path());
+        }
+        cmd.arg(&req.id)
+            .stdin(stdin)
             .stdout(Stdio::from(out_w))
             .stderr(Stdio::from(err_w));
         // Spawned under the lock, so the reaper cannot report the runtime before it is known.
@@ -201,6 +233,29 @@ impl Supervisor {
         // The write ends live on in the container only.
         drop(cmd);
         let ended = self.wait_for(runtime_pid);
+        // Without a terminal the container prints into the pipes; with one, into the terminal
+        // (and the pipes carry only what the runtime itself says).
+        let plain = |name| if req.tty { None } else { Some(name) };
+        let mut streams = vec![
+            (out_r, "stdout", plain(attach_proto::STDOUT)),
+            (err_r, "stderr", plain(attach_proto::STDERR)),
+        ];
+        let master = match &console {
+            Some(c) if ended.code == 0 => Some(c.master()?),
+            _ => None,
+        };
+        let io = Arc::new(Io::new(
+            stdin_keep.or(master.as_ref().and_then(|m| m.try_clone().ok()).map(File::from)),
+            master.as_ref().and_then(|m| m.try_clone().ok()),
+            if req.tty { 1 } else { 2 },
+        ));
+        if let Some(m) = master {
+            streams.push((m, "stdout", Some(attach_proto::STDOUT)));
+        }
+        let drained = self
+            .logs
+            .add(log, streams, &io)
+            .map_err(|e| format!("watching the container's output: {e}"))?;
         if ended.code != 0 {
             return Err(runtime_error(&runtime_log));
         }
@@ -209,7 +264,7 @@ impl Supervisor {
             .trim()
             .parse()
             .map_err(|e| format!("pid file: {e}"))?;
-        Ok((pid, after, drained))
+        Ok((pid, after, drained, io))
     }
 
     /// Wait until the reaper has reaped `pid`, a child of ours.
@@ -254,7 +309,7 @@ impl Supervisor {
                 // Waiting for its output to drain must not hold up reaping.
                 let sup = self.clone();
                 let _ = std::thread::Builder::new().name("finish".into()).spawn(move || {
-                    finish(container, ended);
+                    sup.finish(container, ended);
                     if sup.is_idle()
                         && let Some(f) = sup.on_idle.get()
                     {
@@ -273,10 +328,19 @@ impl Supervisor {
     }
 }
 
-/// The container's init has ended: let its output drain, write the exit record, tell the node.
+impl Supervisor {
+    /// The container's init has ended: let its output drain, write the exit record, tell the
+    /// node.
+    fn finish(&self, c: Container, ended: Ended) {
+        // Every process of the container has gone with its init; give the copier a moment.
+        let _ = c.drained.recv_timeout(Duration::from_secs(2));
+        self.lock().attachable.remove(&c.id);
+        finish(c, ended);
+    }
+}
+
+/// Write the exit record of a container whose output has drained, and tell the node.
 fn finish(mut c: Container, ended: Ended) {
-    // Every process of the container has gone with its init; give the copier a moment.
-    let _ = c.drained.recv_timeout(Duration::from_secs(2));
     let record = ExitRecord {
         exit_code: ended.code,
         signal: ended.signal,
@@ -350,11 +414,17 @@ impl LogFile {
     }
 }
 
+/// A started container: its init's PID, the reap count before the runtime started, its drain
+/// signal, and what `attach` reaches of it.
+type Started = (i32, u64, mpsc::Receiver<()>, Arc<Io>);
+
 /// One of a container's output streams.
 struct Stream {
     pipe: File,
     name: &'static str,
     log: Arc<Mutex<LogFile>>,
+    /// Attached clients get what it carries, as this kind of frame.
+    attach: Option<(Arc<Io>, u8)>,
     /// A partial line, kept until its end arrives.
     pending: Vec<u8>,
     /// Dropped at end of file; the container has drained when both of its streams dropped theirs.
@@ -378,16 +448,24 @@ impl Logs {
         })
     }
 
-    /// Watch a container's stdout and stderr; the receiver disconnects when both have ended.
-    fn add(&self, log: Arc<Mutex<LogFile>>, out: OwnedFd, err: OwnedFd) -> std::io::Result<mpsc::Receiver<()>> {
+    /// Watch a container's output streams (each a descriptor, its name in the log, and the
+    /// frame attached clients get it in, if they do); the receiver disconnects when all have
+    /// ended.
+    fn add(
+        &self,
+        log: Arc<Mutex<LogFile>>,
+        fds: Vec<(OwnedFd, &'static str, Option<u8>)>,
+        io: &Arc<Io>,
+    ) -> std::io::Result<mpsc::Receiver<()>> {
         let (open, drained) = mpsc::channel();
         let mut streams = self.streams.lock().unwrap_or_else(|e| e.into_inner());
-        for (fd, name) in [(out, "stdout"), (err, "stderr")] {
+        for (fd, name, kind) in fds {
             let key = self.next.fetch_add(1, Ordering::Relaxed);
             let stream = Stream {
                 pipe: File::from(fd),
                 name,
                 log: log.clone(),
+                attach: kind.map(|k| (io.clone(), k)),
                 pending: Vec::new(),
                 _open: open.clone(),
             };
@@ -426,9 +504,17 @@ impl Logs {
                             ));
                         }
                         let _ = self.epoll.delete(s.pipe.as_fd());
+                        if let Some((io, _)) = &s.attach {
+                            io.stream_ended();
+                        }
                         streams.remove(&key);
                     }
-                    Ok(n) => s.take(&buf[..n]),
+                    Ok(n) => {
+                        s.take(&buf[..n]);
+                        if let Some((io, kind)) = &s.attach {
+                            io.send(*kind, &buf[..n]);
+                        }
+                    }
                 }
             }
         }
@@ -473,6 +559,7 @@ mod tests {
                 pipe: File::from(r),
                 name: "stdout",
                 log,
+                attach: None,
                 pending: Vec::new(),
                 _open: open,
             },
@@ -522,7 +609,10 @@ mod tests {
         let (out_r, out_w) = nix::unistd::pipe().unwrap();
         let (err_r, err_w) = nix::unistd::pipe().unwrap();
         let log = Arc::new(Mutex::new(LogFile::open(&dir.path().join("log")).unwrap()));
-        let drained = logs.add(log, out_r, err_r).unwrap();
+        let io = Arc::new(Io::new(None, None, 2));
+        let drained = logs
+            .add(log, vec![(out_r, "stdout", Some(1)), (err_r, "stderr", Some(2))], &io)
+            .unwrap();
         let logs = Arc::new(logs);
         let copier = logs.clone();
         std::thread::spawn(move || copier.copy());

@@ -6,8 +6,10 @@
 //! `new <key> <hostname> [<host uid base>]`, `get <key>` and `del <key>` for namespaces, answered on the same line;
 //! `runtime`, answered `ok <RuntimeIdentity JSON>`; `run <RunRequest JSON>`, answered
 //! `started <pid>` and later `exited`, or `failed <why>`, after which the connection belongs to
-//! that container. It exits when its last connection ends while it holds no namespace and runs
-//! no container; otherwise the node finds it again after a restart.
+//! that container; `attach <id>`, answered `ok` and then the container's streams in frames
+//! (see `shim_proto::attach`), or `failed <why>`. It exits when its last connection ends while
+//! it holds no namespace and runs no container; otherwise the node finds it again after a
+//! restart.
 //!
 //! It runs as root and execs the runtime as root, so who may talk to it is narrow: the socket is
 //! 0600 in the node's 0700 run directory, a peer whose uid (SO_PEERCRED) is not the
@@ -15,6 +17,7 @@
 //! the runtime on its command line (a request names none).
 #![forbid(unsafe_code)]
 
+mod attach;
 mod containers;
 mod namespaces;
 
@@ -83,6 +86,10 @@ impl Shared {
                         return;
                     }
                 }
+            }
+            if let Some(id) = request.strip_prefix("attach ") {
+                // The connection now carries the container's streams.
+                return self.containers.attach(id, out);
             }
             let reply = if request == "runtime" {
                 format!(
