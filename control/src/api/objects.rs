@@ -531,6 +531,9 @@ pub fn initial_status(group: &str, kind: &str) -> Option<Value> {
         ("", "Service") => Some(json!({"loadBalancer": {}})),
         ("networking.k8s.io", "Ingress") => Some(json!({"loadBalancer": {}})),
         ("autoscaling", "HorizontalPodAutoscaler") => Some(json!({"currentReplicas": 0, "desiredReplicas": 0})),
+        // `replicas` is not optional in these statuses: typed clients (the Python client's
+        // models) refuse a status without it.
+        ("", "ReplicationController") | ("apps", "ReplicaSet") => Some(json!({"replicas": 0})),
         _ => Some(json!({})),
     }
 }

@@ -242,11 +242,7 @@ impl Worker {
         if !shared {
             return Ok(None);
         }
-        Ok(self
-            .ctrs
-            .iter()
-            .filter(|c| c.name != name && !c.init)
-            .find_map(of))
+        Ok(self.ctrs.iter().filter(|c| c.name != name && !c.init).find_map(of))
     }
 
     fn restart_policy(&self) -> String {

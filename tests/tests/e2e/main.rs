@@ -21,6 +21,7 @@ mod kubectl;
 mod lifecycle;
 mod metrics;
 mod node;
+mod python_client;
 mod quota;
 mod rbac;
 mod reflector;
