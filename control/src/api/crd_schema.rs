@@ -240,6 +240,7 @@ mod tests {
             columns: None,
             custom: true,
             scale_paths: None,
+            view_of: None,
         }
     }
 

@@ -30,6 +30,36 @@ pub(super) async fn dispatch(
         .registry
         .lookup(&t.group, &t.version, &t.plural)
         .ok_or(ApiError::NoRoute)?;
+    match served.view_of.clone() {
+        // A view (autoscaling/v1 HPA): bodies converted in, answers converted out.
+        Some(stored) => {
+            let streaming = t.watch_path
+                || parse_query(req.uri().query())
+                    .get("watch")
+                    .is_some_and(|w| w == "true" || w == "1");
+            let resp = dispatch_to(state, t, req, stored, true).await?;
+            Ok(super::hpa_v1::answer(resp, streaming).await)
+        }
+        None => dispatch_to(state, t, req, served, false).await,
+    }
+}
+
+/// Serve `t` from `served`'s objects; `view`: the request is in autoscaling/v1 (its bodies are
+/// converted here, its answers by the caller, and it is answered in JSON).
+async fn dispatch_to(
+    state: &Arc<ApiState>,
+    t: Target,
+    req: Request<Incoming>,
+    served: Arc<Served>,
+    view: bool,
+) -> Result<Response<Body>, ApiError> {
+    let wants = |h: &::http::HeaderMap| -> Result<Want, ApiError> {
+        match wants(h)? {
+            Want::Protobuf if view => Ok(Want::Json),
+            w => Ok(w),
+        }
+    };
+    let incoming = |body: Value| if view { super::hpa_v1::to_v2(body) } else { Ok(body) };
     if !served.def.namespaced() && t.namespace.is_some() {
         return Err(ApiError::NoRoute);
     }
@@ -40,7 +70,7 @@ pub(super) async fn dispatch(
     }
     let q = parse_query(req.uri().query());
     let method = req.method().clone();
-    let answer = answer_form(req.headers());
+    let answer = if view { Want::Json } else { answer_form(req.headers()) };
     if served.def.storage == Storage::Computed {
         if method != Method::GET || t.sub.is_some() {
             return Err(ApiError::MethodNotAllowed(format!(
@@ -73,7 +103,7 @@ pub(super) async fn dispatch(
         }
         (None, None, Method::POST) => {
             let ty = body_type(req.headers())?;
-            let body = parse_value(&read_body(req.into_body()).await?, ty)?;
+            let body = incoming(parse_value(&read_body(req.into_body()).await?, ty)?)?;
             create(state, &served, t.namespace.as_deref(), &q, body, answer).await
         }
         (None, None, Method::DELETE) => delete::delete_collection(state, &served, t.namespace.as_deref(), &q).await,
@@ -88,13 +118,19 @@ pub(super) async fn dispatch(
         }
         (Some(name), sub @ (None | Some("status" | "ephemeralcontainers")), Method::PUT) => {
             let ty = body_type(req.headers())?;
-            let body = parse_value(&read_body(req.into_body()).await?, ty)?;
+            let body = incoming(parse_value(&read_body(req.into_body()).await?, ty)?)?;
             update(state, &served, t.namespace.as_deref(), name, sub, &q, body, answer).await
         }
         (Some(name), sub @ (None | Some("status" | "ephemeralcontainers")), Method::PATCH) => {
             let ty = body_type(req.headers())?;
             let raw = read_body(req.into_body()).await?;
-            patch(state, &served, t.namespace.as_deref(), name, sub, &q, ty, &raw, answer).await
+            let at = At {
+                ns: t.namespace.as_deref(),
+                name,
+                sub,
+                view,
+            };
+            patch(state, &served, at, &q, ty, &raw, answer).await
         }
         (Some(name), Some("status" | "ephemeralcontainers"), Method::GET) => {
             get(state, &served, t.namespace.as_deref(), name, answer, &q)
@@ -470,13 +506,18 @@ async fn update(
 /// How many times a patch is re-applied when the object changed underneath it.
 const PATCH_RETRIES: usize = 8;
 
-#[allow(clippy::too_many_arguments)]
+/// The object a patch is for, and whether the request is in autoscaling/v1 (see `hpa_v1`).
+struct At<'a> {
+    ns: Option<&'a str>,
+    name: &'a str,
+    sub: Option<&'a str>,
+    view: bool,
+}
+
 async fn patch(
     state: &ApiState,
     served: &Served,
-    ns: Option<&str>,
-    name: &str,
-    sub: Option<&str>,
+    at: At<'_>,
     q: &Query,
     ty: BodyType,
     raw: &[u8],
@@ -490,11 +531,19 @@ async fn patch(
             BodyType::Json
         },
     )?;
+    let At { ns, name, sub, view } = at;
     let key = served.key(ns, name);
     let manager = q.get("fieldManager").cloned();
     let force = flag(q, "force");
     if ty == BodyType::ApplyPatch && manager.as_deref().is_none_or(str::is_empty) {
         return Err(ApiError::bad_request("fieldManager must be set for apply requests"));
+    }
+    if ty == BodyType::ApplyPatch && view {
+        return Err(ApiError::UnsupportedMediaType(format!(
+            "server-side apply is not served for {} in {}: apply the autoscaling/v2 object",
+            served.def.plural,
+            super::hpa_v1::V1
+        )));
     }
     for _ in 0..PATCH_RETRIES {
         let current = match state.store.get(&key) {
@@ -518,7 +567,19 @@ async fn patch(
             }
             None => return Err(not_found(served, name)),
         };
-        let patched = patching::apply_patch(served, ty, &current.obj, &patch, manager.as_deref(), force)?;
+        let patched = if view {
+            let shown = super::hpa_v1::to_v1((*current.obj).clone());
+            super::hpa_v1::to_v2(patching::apply_patch(
+                served,
+                ty,
+                &shown,
+                &patch,
+                manager.as_deref(),
+                force,
+            )?)?
+        } else {
+            patching::apply_patch(served, ty, &current.obj, &patch, manager.as_deref(), force)?
+        };
         let (obj, warnings) = decode_body(served, patched, q)?;
         let ctx = UpdateCtx { sub, dry: dry_run(q) };
         match commit_update(state, served, &key, &current, obj, &ctx).await {

@@ -9,6 +9,7 @@ pub mod error;
 pub mod eviction;
 mod handlers;
 mod hooks;
+mod hpa_v1;
 pub mod http;
 pub mod local;
 pub mod objects;

@@ -18,6 +18,9 @@ pub struct Served {
     pub custom: bool,
     /// For a CRD's scale subresource: JSON paths of spec/status replicas and the label selector.
     pub scale_paths: Option<(String, String, Option<String>)>,
+    /// Served as a conversion of another version's stored objects: `autoscaling/v1`
+    /// HorizontalPodAutoscaler, a view of v2 (see `hpa_v1`).
+    pub view_of: Option<Arc<Served>>,
 }
 
 impl Served {
@@ -79,6 +82,29 @@ impl Registry {
                         columns: None,
                         custom: false,
                         scale_paths: None,
+                        view_of: None,
+                    }),
+                );
+            }
+            // autoscaling/v1 HorizontalPodAutoscaler: v2's objects, converted at the boundary.
+            let v2 = (
+                "autoscaling".to_string(),
+                "v2".to_string(),
+                "horizontalpodautoscalers".to_string(),
+            );
+            if let Some(stored) = inner.by_path.get(&v2).cloned() {
+                let mut def = stored.def.clone();
+                def.version = "v1".into();
+                let key = (def.group.clone(), def.version.clone(), def.plural.clone());
+                inner.by_path.insert(
+                    key,
+                    Arc::new(Served {
+                        def,
+                        schema: None,
+                        columns: None,
+                        custom: false,
+                        scale_paths: None,
+                        view_of: Some(stored),
                     }),
                 );
             }
@@ -94,28 +120,37 @@ impl Registry {
             .cloned()
     }
 
-    /// Look a resource up by group and plural (first served version wins).
+    /// Look a resource up by group and plural (first stored version wins; views are not
+    /// stored).
     pub fn by_plural(&self, group: &str, plural: &str) -> Option<Arc<Served>> {
         let inner = self.inner.read().unwrap();
         inner
             .by_path
             .values()
-            .find(|s| s.def.group == group && s.def.plural == plural)
+            .find(|s| s.view_of.is_none() && s.def.group == group && s.def.plural == plural)
             .cloned()
     }
 
-    /// Look a resource up by kind (first served version wins).
+    /// Look a resource up by kind (first stored version wins).
     pub fn by_kind(&self, group: &str, kind: &str) -> Option<Arc<Served>> {
         let inner = self.inner.read().unwrap();
         inner
             .by_path
             .values()
-            .find(|s| s.def.group == group && s.def.kind == kind)
+            .find(|s| s.view_of.is_none() && s.def.group == group && s.def.kind == kind)
             .cloned()
     }
 
+    /// Every stored resource, each once (views of another version's objects left out).
     pub fn all(&self) -> Vec<Arc<Served>> {
-        self.inner.read().unwrap().by_path.values().cloned().collect()
+        self.inner
+            .read()
+            .unwrap()
+            .by_path
+            .values()
+            .filter(|s| s.view_of.is_none())
+            .cloned()
+            .collect()
     }
 
     /// Groups in discovery order, each with its versions.
@@ -262,6 +297,7 @@ pub fn served_from_crd(crd: &Value) -> Vec<Served> {
             columns: v.get("additionalPrinterColumns").cloned(),
             custom: true,
             scale_paths,
+            view_of: None,
         });
     }
     out

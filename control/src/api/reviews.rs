@@ -223,6 +223,7 @@ pub(super) fn token_request(
             columns: None,
             custom: false,
             scale_paths: None,
+            view_of: None,
         }
     };
     let bad = |field: &str, message: String| invalid(&token_kind(), &body, field, "FieldValueInvalid", message);

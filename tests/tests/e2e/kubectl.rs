@@ -575,6 +575,46 @@ fn typed_commands(v: &str) {
             .success()
     );
 
+    // kubectl autoscale: 1.27 makes the HPA in autoscaling/v1, 1.33 in v2; either reads back in
+    // both versions (v1 is a view of the stored v2 object).
+    let out = k(&[
+        "autoscale",
+        "deployment/web",
+        "-n",
+        "typed",
+        "--min=1",
+        "--max=4",
+        "--cpu-percent=60",
+    ]);
+    assert!(out.contains("autoscaled"), "{out}");
+    assert_eq!(
+        get(
+            "hpa/web",
+            "{.apiVersion} {.spec.metrics[0].resource.target.averageUtilization}"
+        ),
+        "autoscaling/v2 60"
+    );
+    assert_eq!(
+        get(
+            "horizontalpodautoscalers.v1.autoscaling/web",
+            "{.apiVersion} {.spec.targetCPUUtilizationPercentage} {.spec.maxReplicas}"
+        ),
+        "autoscaling/v1 60 4"
+    );
+    let out = k(&[
+        "patch",
+        "horizontalpodautoscalers.v1.autoscaling/web",
+        "-n",
+        "typed",
+        "-p",
+        r#"{"spec":{"targetCPUUtilizationPercentage":75}}"#,
+    ]);
+    assert!(out.contains("patched"), "{out}");
+    assert_eq!(
+        get("hpa/web", "{.spec.metrics[0].resource.target.averageUtilization}"),
+        "75"
+    );
+
     // The legacy ReplicationController, which client libraries' own tests still use.
     let rc = "apiVersion: v1\nkind: ReplicationController\nmetadata: {name: legacy, namespace: typed}\nspec:\n  replicas: 2\n  template:\n    metadata: {labels: {app: legacy}}\n    spec: {containers: [{name: c, image: registry.local/web:1}]}\n";
     let out = n.kubectl_with(v, &n.kubeconfig(), &["apply", "-f", "-"], Some(rc));
