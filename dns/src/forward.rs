@@ -176,8 +176,10 @@ impl Forwarder {
         let key = (name.clone(), qtype, class);
         let cached = self.inner.cache.get(&key).await;
         if let Some(c) = cached.as_ref().filter(|c| c.fresh()) {
+            crate::metrics::metrics().cache_hit(c.response_code == ResponseCode::NXDomain || c.answers.is_empty());
             return Ok(c.view(false));
         }
+        crate::metrics::metrics().cache_miss();
         match self.fetch_coalesced(key.clone()).await {
             Ok(c) => Ok(c.view(false)),
             Err(e) => match cached {
@@ -232,7 +234,14 @@ impl Forwarder {
                     .stats
                     .upstream_queries
                     .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                match self.exchange(*addr, udp, key).await {
+                let start = Instant::now();
+                let answer = self.exchange(*addr, udp, key).await;
+                crate::metrics::metrics().forwarded(
+                    *addr,
+                    answer.as_ref().ok().map(|m| m.metadata.response_code),
+                    start.elapsed(),
+                );
+                match answer {
                     // A failing upstream is not an answer: try the next one.
                     Ok(m) if matches!(m.metadata.response_code, ResponseCode::ServFail | ResponseCode::Refused) => {
                         last = format!("{addr}: {}", m.metadata.response_code);

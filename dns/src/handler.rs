@@ -303,6 +303,7 @@ impl RequestHandler for Handler {
     /// TCP's way in (UDP's is [`crate::udp`], which checks the asker before decoding).
     async fn handle_request<R: ResponseHandler, T: Time>(&self, request: &Request, mut handle: R) -> ResponseInfo {
         if !self.shared.guard.allowed(request.src().ip()) {
+            crate::metrics::metrics().guarded(crate::metrics::Guarded::Refused);
             let builder = MessageResponseBuilder::new(&request.queries, None);
             return send(
                 &mut handle,
@@ -319,6 +320,27 @@ impl Handler {
     /// Answer one request, and say for how long the answer sent may be sent again for the
     /// same request bytes.
     pub async fn respond<R: ResponseHandler>(&self, request: &Request, handle: &mut R) -> (ResponseInfo, Keep) {
+        let start = std::time::Instant::now();
+        let (info, keep, qtype) = self.respond_to(request, handle).await;
+        let proto = match request.protocol() {
+            hickory_server::net::xfer::Protocol::Tcp => crate::metrics::Proto::Tcp,
+            _ => crate::metrics::Proto::Udp,
+        };
+        crate::metrics::metrics().answered(proto, qtype, info.response_code.into(), start.elapsed());
+        (info, keep)
+    }
+
+    /// [`Self::respond`]'s work, and the query's type for the metrics (`NULL` when it had none).
+    async fn respond_to<R: ResponseHandler>(
+        &self,
+        request: &Request,
+        handle: &mut R,
+    ) -> (ResponseInfo, Keep, RecordType) {
+        let qtype = request
+            .queries
+            .queries()
+            .first()
+            .map_or(RecordType::NULL, |q| q.query_type());
         // The reply's EDNS payload is the UDP size the server truncates to (TC set).
         let edns = request.edns.as_ref().map(|e| {
             let mut r = Edns::new();
@@ -335,6 +357,7 @@ impl Handler {
                 )
                 .await,
                 Keep::Never,
+                qtype,
             );
         }
         if request.metadata.op_code != OpCode::Query {
@@ -346,6 +369,7 @@ impl Handler {
                 )
                 .await,
                 Keep::Never,
+                qtype,
             );
         }
         let Ok(info) = request.request_info() else {
@@ -357,16 +381,17 @@ impl Handler {
                 )
                 .await,
                 Keep::Never,
+                qtype,
             );
         };
-        let (qname, name, qtype, class) = (
+        let (qname, name, asked, class) = (
             info.query.original().name().clone(),
             info.query.name().clone(),
             info.query.query_type(),
             info.query.query_class(),
         );
         let reply = self
-            .answer(request.src().ip().to_canonical(), &qname, &name, qtype, class)
+            .answer(request.src().ip().to_canonical(), &qname, &name, asked, class)
             .await;
         let mut md = Metadata::response_from_request(&request.metadata);
         md.response_code = reply.code;
@@ -379,6 +404,6 @@ impl Handler {
             std::iter::empty(),
             reply.additionals.iter(),
         );
-        (send(handle, request, response).await, reply.keep)
+        (send(handle, request, response).await, reply.keep, asked)
     }
 }

@@ -8,6 +8,7 @@ pub mod cluster;
 pub mod forward;
 pub mod guard;
 pub mod handler;
+pub mod metrics;
 pub mod privatezone;
 pub mod table;
 mod udp;
@@ -41,6 +42,8 @@ pub struct DnsConfig {
     pub allow: Vec<ipnet::IpNet>,
     /// Response-rate limiting over UDP ([`guard`]).
     pub rate_limit: RateLimit,
+    /// Where Prometheus metrics are served at `/metrics` ([`metrics`]; port 0 picks one).
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 impl DnsConfig {
@@ -53,6 +56,7 @@ impl DnsConfig {
             forward: ForwardConfig::new(upstreams),
             allow: guard::loopback(),
             rate_limit: RateLimit::default(),
+            metrics_listen: None,
         }
     }
 }
@@ -60,6 +64,8 @@ impl DnsConfig {
 pub struct RunningDns {
     /// Where it serves (UDP and TCP on each).
     pub addrs: Vec<SocketAddr>,
+    /// Where its metrics are served, if they are.
+    pub metrics_addr: Option<SocketAddr>,
     pub shared: Arc<Shared>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
     shutdown: tokio_util_token::Token,
@@ -178,6 +184,14 @@ pub async fn start(cfg: DnsConfig, client: Option<kube::Client>) -> anyhow::Resu
         .into_iter()
         .map(|s| tokio::spawn(udp::serve(s, handler.clone())))
         .collect();
+    let mut metrics_addr = None;
+    if let Some(addr) = cfg.metrics_listen {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(|e| anyhow::anyhow!("binding DNS metrics on {addr}: {e}"))?;
+        metrics_addr = Some(listener.local_addr()?);
+        tasks.push(tokio::spawn(metrics::serve(listener)));
+    }
     let stop = shutdown.clone();
     tasks.push(tokio::spawn(async move {
         tokio::select! {
@@ -201,6 +215,7 @@ pub async fn start(cfg: DnsConfig, client: Option<kube::Client>) -> anyhow::Resu
     tracing::info!(addrs = ?addrs, domain = %cfg.cluster_domain, allow = ?cfg.allow, rate_limit = cfg.rate_limit.per_second, "dns serving");
     Ok(RunningDns {
         addrs,
+        metrics_addr,
         shared,
         tasks,
         shutdown,

@@ -34,6 +34,8 @@ use tokio::net::UdpSocket;
 use crate::batch::{BATCH, Inbox, Outbox};
 use crate::guard::{REFUSED, Verdict, bare_reply};
 use crate::handler::{Handler, Keep};
+use crate::metrics::{Guarded, Proto};
+use hickory_server::proto::rr::RecordType;
 
 #[derive(Clone)]
 struct Reply {
@@ -227,7 +229,21 @@ fn query_key(packet: &[u8], key: &mut Vec<u8>) -> Option<usize> {
 }
 
 /// Serve one UDP socket until it fails.
+/// Count an answer sent again from the kept ones: the question's type follows its name (at
+/// `end`); the answer's code and count are in its header.
+fn kept_answer_sent(packet: &[u8], end: usize, answer: &[u8], start: Instant) {
+    let qtype = packet
+        .get(end..end + 2)
+        .map_or(RecordType::NULL, |t| RecordType::from(u16::from_be_bytes([t[0], t[1]])));
+    let rcode = answer.get(3).map_or(0, |b| u16::from(b & 0x0f));
+    let empty = answer.get(6..8).is_some_and(|c| c == [0, 0]);
+    let m = crate::metrics::metrics();
+    m.cache_hit(rcode == 3 || empty);
+    m.answered(Proto::Udp, qtype, rcode, start.elapsed());
+}
+
 pub async fn serve(socket: UdpSocket, handler: Handler) {
+    let metrics = crate::metrics::metrics();
     let socket = Arc::new(socket);
     let mut inbox = Inbox::default();
     let mut outbox = Outbox::default();
@@ -269,14 +285,19 @@ pub async fn serve(socket: UdpSocket, handler: Handler) {
             match verdict {
                 Verdict::Answer => {}
                 Verdict::Truncate => {
+                    metrics.guarded(Guarded::Truncated);
                     if bare_reply(packet, 0, true, &mut out) {
                         outbox.push(&out, from);
                     }
                     continue;
                 }
-                Verdict::Drop => continue,
+                Verdict::Drop => {
+                    metrics.guarded(Guarded::Dropped);
+                    continue;
+                }
             }
             if !guard.allowed(from.ip()) {
+                metrics.guarded(Guarded::Refused);
                 if bare_reply(packet, REFUSED, false, &mut out) {
                     outbox.push(&out, from);
                 }
@@ -288,8 +309,10 @@ pub async fn serve(socket: UdpSocket, handler: Handler) {
             if let Some(end) = name_end {
                 if let Some(answer) = kept.answers.get(key.as_slice()) {
                     if viewless() {
+                        let start = Instant::now();
                         if patch(answer, packet, end, &mut out) {
                             outbox.push(&out, from);
+                            kept_answer_sent(packet, end, &out, start);
                             continue;
                         }
                         kept.answers.remove(key.as_slice());
@@ -299,6 +322,7 @@ pub async fn serve(socket: UdpSocket, handler: Handler) {
             let request = match Request::from_bytes(packet.to_vec(), from, Protocol::Udp) {
                 Ok(r) => r,
                 Err(_) => {
+                    metrics.malformed(Proto::Udp);
                     if let Some(h) = format_error(packet) {
                         outbox.push(&h, from);
                     }

@@ -250,6 +250,10 @@ struct DnsArgs {
     /// dropped. Loopback is exempt. 0: no limit.
     #[arg(long = "dns-rate-limit", default_value_t = nodeless_dns::guard::RateLimit::default().per_second)]
     dns_rate_limit: u32,
+    /// Where DNS serves Prometheus metrics at /metrics, under CoreDNS's names (its port,
+    /// 9153, by default; port 0 picks one).
+    #[arg(long = "dns-metrics", default_value = "127.0.0.1:9153")]
+    dns_metrics: SocketAddr,
 }
 
 /// The subnets a CNI network config's IPAM hands out (host-local's `ranges[][].subnet` or
@@ -316,9 +320,15 @@ async fn start_dns(
     cfg.allow.extend(args.dns_allow.iter().copied());
     cfg.rate_limit.per_second = args.dns_rate_limit;
     cfg.rate_limit.burst = args.dns_rate_limit.saturating_mul(2);
+    cfg.metrics_listen = Some(args.dns_metrics);
     let dns = nodeless_dns::start(cfg, Some(client)).await?;
+    if let Some(m) = dns.metrics_addr {
+        println!("nodeless: DNS metrics on http://{m}/metrics");
+    }
     if let (Some(file), Some(addr)) = (&args.dns_address_file, dns.addrs.first()) {
-        std::fs::write(file, format!("{addr}\n")).with_context(|| format!("writing {}", file.display()))?;
+        // The address first (what scripts read), then where the metrics are.
+        let metrics = dns.metrics_addr.map(|m| format!("metrics {m}\n")).unwrap_or_default();
+        std::fs::write(file, format!("{addr}\n{metrics}")).with_context(|| format!("writing {}", file.display()))?;
     }
     Ok(dns)
 }

@@ -273,6 +273,8 @@ impl Nodeless {
             .arg("127.0.0.1:0")
             .arg("--dns-address-file")
             .arg(self.dir.path().join("dns.addr"))
+            .arg("--dns-metrics")
+            .arg("127.0.0.1:0")
             .args(self.defaults_off())
             .args(&self.extra_args)
             .stdout(Stdio::null())
@@ -301,13 +303,21 @@ impl Nodeless {
 
     /// Where this instance's cluster DNS serves (UDP and TCP), once it does.
     pub fn dns_addr(&self) -> Result<std::net::SocketAddr> {
+        self.dns_file_line(|l| l.parse().ok())
+    }
+
+    /// Where this instance's cluster DNS serves its Prometheus metrics.
+    pub fn dns_metrics_addr(&self) -> Result<std::net::SocketAddr> {
+        self.dns_file_line(|l| l.strip_prefix("metrics ").and_then(|a| a.parse().ok()))
+    }
+
+    /// The first line of `--dns-address-file` that `pick` reads, once DNS has written it.
+    fn dns_file_line<T>(&self, pick: impl Fn(&str) -> Option<T>) -> Result<T> {
         let deadline = Instant::now() + Duration::from_secs(30);
         while Instant::now() < deadline {
-            if let Some(addr) = std::fs::read_to_string(self.dir.path().join("dns.addr"))
-                .ok()
-                .and_then(|t| t.trim().parse().ok())
-            {
-                return Ok(addr);
+            let text = std::fs::read_to_string(self.dir.path().join("dns.addr")).unwrap_or_default();
+            if let Some(v) = text.lines().find_map(|l| pick(l.trim())) {
+                return Ok(v);
             }
             std::thread::sleep(Duration::from_millis(20));
         }

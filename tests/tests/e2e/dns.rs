@@ -657,6 +657,8 @@ fn answers_survive_control_going_away() {
             "127.0.0.1:0",
             "--dns-upstream",
             "127.0.0.1:9",
+            "--dns-metrics",
+            "127.0.0.1:0",
             "--kubeconfig",
         ])
         .arg(n.kubeconfig())
@@ -678,7 +680,7 @@ fn answers_survive_control_going_away() {
     eventually("nodeless dns to serve", 30, || {
         addr = std::fs::read_to_string(&addr_file)
             .ok()
-            .and_then(|t| t.trim().parse::<SocketAddr>().ok());
+            .and_then(|t| t.lines().next().and_then(|l| l.trim().parse::<SocketAddr>().ok()));
         addr.is_some()
     });
     let addr = addr.unwrap();
@@ -706,4 +708,56 @@ fn answers_survive_control_going_away() {
     eventually("the deletion to be seen after control came back", 60, || {
         dig(addr, &["kept.default.svc.cluster.local", "A"]).status == "NXDOMAIN"
     });
+}
+
+/// `GET /metrics` on `addr`, plain HTTP/1.1 (the body, after the headers).
+fn metrics_text(addr: std::net::SocketAddr) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10))).unwrap();
+    write!(s, "GET /metrics HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text.split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default()
+}
+
+/// The value of the sample `line` (name and labels exactly) in `text`, 0 when absent.
+fn sample(text: &str, line: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(line).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn dns_counts_under_coredns_metric_names() {
+    let n = Nodeless::start().unwrap();
+    let dns = n.dns_addr().unwrap();
+    let metrics = n.dns_metrics_addr().unwrap();
+    apply(&n, OBJECTS);
+    eventually("the cluster zone to hold the Services", 20, || {
+        !dig(dns, &["web.default.svc.cluster.local", "A"]).data().is_empty()
+    });
+    let before = metrics_text(metrics);
+    // Asked twice without a cookie: the second answer is sent from the kept bytes.
+    for _ in 0..2 {
+        dig(dns, &["+nocookie", "web.default.svc.cluster.local", "A"]);
+    }
+    let d = dig(dns, &["nothing.default.svc.cluster.local", "A"]);
+    assert_eq!(d.status, "NXDOMAIN", "{}", d.raw);
+    dig(dns, &["+tcp", "_http._tcp.web.default.svc.cluster.local", "SRV"]);
+    let after = metrics_text(metrics);
+    let grew = |line: &str, by: f64| {
+        let (b, a) = (sample(&before, line), sample(&after, line));
+        assert!(a - b >= by, "{line}: {b} -> {a}\n{after}");
+    };
+    grew(r#"coredns_dns_requests_total{proto="udp",type="A"}"#, 3.0);
+    grew(r#"coredns_dns_requests_total{proto="tcp",type="SRV"}"#, 1.0);
+    grew(r#"coredns_dns_responses_total{rcode="NXDOMAIN"}"#, 1.0);
+    grew(r#"coredns_dns_responses_total{rcode="NOERROR"}"#, 3.0);
+    grew(r#"coredns_cache_hits_total{type="success"}"#, 1.0);
+    grew(r#"coredns_dns_request_duration_seconds_count{type="A"}"#, 3.0);
+    assert!(after.contains("# TYPE coredns_forward_requests counter"), "{after}");
 }

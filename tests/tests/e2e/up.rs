@@ -93,6 +93,8 @@ fn up_alone_runs_the_example_through_its_ingress_and_down_purge_leaves_nothing()
             "127.0.0.1:0",
             "--ingress-metrics",
             "127.0.0.1:0",
+            "--dns-metrics",
+            "127.0.0.1:0",
         ])
         .args(["--no-lb-pool", "--node-name", &node])
         .stdout(Stdio::piped())
