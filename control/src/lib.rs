@@ -213,6 +213,9 @@ async fn bootstrap(state: &Arc<ApiState>, addr: SocketAddr) -> Result<(), Contro
             .map_err(|e| ControlError::Bootstrap(e.to_string()))?;
     }
     knative::install(&client).await.map_err(ControlError::Bootstrap)?;
+    controllers::cronhpa::install(&client)
+        .await
+        .map_err(|e| ControlError::Bootstrap(format!("the CronHPA CRD: {e}")))?;
     rbac::defaults::install(&client)
         .await
         .map_err(|e| ControlError::Bootstrap(format!("default roles: {e}")))?;

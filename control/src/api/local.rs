@@ -18,11 +18,13 @@ pub struct LocalClient {
 }
 
 impl LocalClient {
-    /// A built-in resource, in the version it is served in (`v1`, or `autoscaling`'s `v2`).
+    /// A built-in resource, in the version it is stored in (`v1`, or `autoscaling`'s `v2`, never
+    /// a view such as `autoscaling/v1`).
     pub fn served(&self, group: &str, plural: &str) -> Arc<Served> {
         self.state
             .registry
             .lookup(group, "v1", plural)
+            .filter(|s| s.view_of.is_none())
             .or_else(|| self.state.registry.by_plural(group, plural))
             .expect("built-in resources are always served")
     }

@@ -84,14 +84,20 @@ fn owner_exists(client: &LocalClient, dependent: &Value, r: &Value) -> bool {
 
 async fn release(client: &LocalClient, key: &str, dep: &Stored, owner_uid: &str) -> Result<(), ApiError> {
     let (group, plural) = served_of(key);
-    let Some(served) = client.state.registry.lookup(&group, "v1", &plural).or_else(|| {
-        client
-            .state
-            .registry
-            .all()
-            .into_iter()
-            .find(|s| s.def.group == group && s.def.plural == plural)
-    }) else {
+    let Some(served) = client
+        .state
+        .registry
+        .lookup(&group, "v1", &plural)
+        .filter(|s| s.view_of.is_none())
+        .or_else(|| {
+            client
+                .state
+                .registry
+                .all()
+                .into_iter()
+                .find(|s| s.def.group == group && s.def.plural == plural)
+        })
+    else {
         return Ok(());
     };
     let mut new = (*dep.obj).clone();

@@ -3,6 +3,7 @@
 //! milliseconds so bursts coalesce), and resync everything periodically to heal anything missed.
 
 mod clusterrole;
+pub mod cronhpa;
 mod cronjob;
 mod deployment;
 mod disruption;
@@ -115,6 +116,13 @@ pub fn start(client: LocalClient) -> Vec<tokio::task::JoinHandle<()>> {
             hpa::interested,
             hpa::resync,
             |c, k| Box::pin(hpa::reconcile(c, k)),
+        )),
+        tokio::spawn(drive(
+            client.clone(),
+            "cron-horizontal-pod-autoscaler",
+            cronhpa::interested,
+            cronhpa::resync,
+            |c, k| Box::pin(cronhpa::reconcile(c, k)),
         )),
         tokio::spawn(drive(
             client.clone(),

@@ -152,3 +152,90 @@ async fn an_autoscaler_scales_a_deployment_up_under_load_and_down_after_it() {
     assert_eq!(status.trim(), "True");
     n.kubectl_ok("1.33", &["delete", "deployment", "burn"]);
 }
+
+/// ASK's CronHPA: a job on a six-field schedule sizes a Deployment, another raises an HPA's
+/// floor, a bad schedule is reported in the job's condition, with either kubectl.
+#[test]
+fn cron_hpa_sizes_its_targets_on_schedule() {
+    let n = Nodeless::start().unwrap();
+    let objects = r#"apiVersion: apps/v1
+kind: Deployment
+metadata: {name: office}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: office}}
+  template:
+    metadata: {labels: {app: office}}
+    spec: {containers: [{name: c, image: nodeless.local/busybox:1}]}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: night}
+spec:
+  replicas: 1
+  selector: {matchLabels: {app: night}}
+  template:
+    metadata: {labels: {app: night}}
+    spec: {containers: [{name: c, image: nodeless.local/busybox:1}]}
+---
+apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: night}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: night}
+  minReplicas: 1
+  maxReplicas: 2
+---
+apiVersion: autoscaling.alibabacloud.com/v1beta1
+kind: CronHorizontalPodAutoscaler
+metadata: {name: office-hours}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: office}
+  jobs:
+  - {name: every-few-seconds, schedule: "*/3 * * * * *", targetSize: 3}
+  - {name: broken, schedule: "at nine", targetSize: 5}
+---
+apiVersion: autoscaling.alibabacloud.com/v1beta1
+kind: CronHorizontalPodAutoscaler
+metadata: {name: floor}
+spec:
+  scaleTargetRef: {apiVersion: autoscaling/v2, kind: HorizontalPodAutoscaler, name: night}
+  jobs:
+  - {name: raise, schedule: "*/3 * * * * *", targetSize: 4, runOnce: true}
+"#;
+    let applied = n.kubectl_with("1.33", &n.kubeconfig(), &["apply", "-f", "-"], Some(objects));
+    assert!(applied.status.success(), "{}", String::from_utf8_lossy(&applied.stderr));
+    for v in KUBECTL_VERSIONS {
+        let get = |what: &str, path: &str| n.kubectl_ok(v, &["get", what, "-o", &format!("jsonpath={path}")]);
+        eventually(
+            &format!("the CronHPA job to size the Deployment (kubectl {v})"),
+            30,
+            || {
+                get("deployment/office", "{.spec.replicas}") == "3"
+                    && get(
+                        "cronhpa/office-hours",
+                        "{.status.conditions[?(@.name==\"every-few-seconds\")].state}",
+                    ) == "Succeed"
+            },
+        );
+        let broken = get(
+            "cronhpa/office-hours",
+            "{.status.conditions[?(@.name==\"broken\")].state} {.status.conditions[?(@.name==\"broken\")].message}",
+        );
+        assert!(broken.starts_with("Failed unparseable schedule"), "{broken}");
+        eventually(
+            &format!("the CronHPA job to raise the HPA's floor (kubectl {v})"),
+            30,
+            || get("hpa/night", "{.spec.minReplicas} {.spec.maxReplicas}") == "4 4",
+        );
+    }
+    // A job that does not say its size is refused by the CRD's schema.
+    let bad = "apiVersion: autoscaling.alibabacloud.com/v1beta1\nkind: CronHorizontalPodAutoscaler\nmetadata: {name: bad}\nspec:\n  scaleTargetRef: {kind: Deployment, name: office}\n  jobs: [{name: j, schedule: '0 0 9 * * *'}]\n";
+    let out = n.kubectl_with("1.33", &n.kubeconfig(), &["apply", "-f", "-"], Some(bad));
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("targetSize"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
