@@ -86,6 +86,12 @@ def sample(group, kind, name):
                 ],
             }
         },
+        ("autoscaling.alibabacloud.com", "CronHorizontalPodAutoscaler"): {
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": name},
+                "jobs": [{"name": "nightly", "schedule": "0 0 2 * * *", "targetSize": 1}],
+            }
+        },
         ("policy", "PodDisruptionBudget"): {"spec": {"minAvailable": 1, "selector": {"matchLabels": sel}}},
         ("networking.k8s.io", "Ingress"): {
             "spec": {
