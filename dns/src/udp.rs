@@ -34,7 +34,7 @@ use tokio::net::UdpSocket;
 use crate::batch::{BATCH, Inbox, Outbox};
 use crate::guard::{REFUSED, Verdict, bare_reply};
 use crate::handler::{Handler, Keep};
-use crate::metrics::{Guarded, Proto};
+use crate::metrics::{Guarded, Proto, Tally};
 use hickory_server::proto::rr::RecordType;
 
 #[derive(Clone)]
@@ -231,19 +231,18 @@ fn query_key(packet: &[u8], key: &mut Vec<u8>) -> Option<usize> {
 /// Serve one UDP socket until it fails.
 /// Count an answer sent again from the kept ones: the question's type follows its name (at
 /// `end`); the answer's code and count are in its header.
-fn kept_answer_sent(packet: &[u8], end: usize, answer: &[u8], start: Instant) {
+fn kept_answer_sent(tally: &mut Tally, packet: &[u8], end: usize, answer: &[u8], start: Instant) {
     let qtype = packet
         .get(end..end + 2)
         .map_or(RecordType::NULL, |t| RecordType::from(u16::from_be_bytes([t[0], t[1]])));
     let rcode = answer.get(3).map_or(0, |b| u16::from(b & 0x0f));
     let empty = answer.get(6..8).is_some_and(|c| c == [0, 0]);
-    let m = crate::metrics::metrics();
-    m.cache_hit(rcode == 3 || empty);
-    m.answered(Proto::Udp, qtype, rcode, start.elapsed());
+    tally.kept(qtype, rcode, rcode == 3 || empty, start.elapsed());
 }
 
 pub async fn serve(socket: UdpSocket, handler: Handler) {
     let metrics = crate::metrics::metrics();
+    let mut tally = Tally::default();
     let socket = Arc::new(socket);
     let mut inbox = Inbox::default();
     let mut outbox = Outbox::default();
@@ -312,7 +311,7 @@ pub async fn serve(socket: UdpSocket, handler: Handler) {
                         let start = Instant::now();
                         if patch(answer, packet, end, &mut out) {
                             outbox.push(&out, from);
-                            kept_answer_sent(packet, end, &out, start);
+                            kept_answer_sent(&mut tally, packet, end, &out, start);
                             continue;
                         }
                         kept.answers.remove(key.as_slice());
@@ -379,6 +378,7 @@ pub async fn serve(socket: UdpSocket, handler: Handler) {
             }
         }
         outbox.flush(&socket).await;
+        tally.flush(metrics);
     }
 }
 
