@@ -282,31 +282,47 @@ async fn exec(ctx: Arc<NodeCtx>, ns: &str, pod: &str, container: &str, mut req: 
         Ok(id) => id,
         Err(e) => return refused(StatusCode::BAD_REQUEST, e),
     };
-    let transport = match negotiate(
-        &req,
-        &["v5.channel.k8s.io", "v4.channel.k8s.io"],
-        &["v4.channel.k8s.io"],
-    ) {
+    let runtime = ctx.runtime.clone();
+    let channels = opts.channels();
+    channel_session(&mut req, &channels, "exec", move |out, input| {
+        crate::streams::exec::run(runtime, id, opts, out, input)
+    })
+}
+
+/// Answer an exec or attach request with the upgrade to the channel protocol the client
+/// offers (websockets `v5`/`v4.channel.k8s.io`, or SPDY `v4.channel.k8s.io` with `channels`),
+/// and run `session` on the channels once the upgrade is through.
+fn channel_session<F, Fut>(
+    req: &mut Request<Incoming>,
+    channels: &[u8],
+    what: &'static str,
+    session: F,
+) -> Response<Body>
+where
+    F: FnOnce(crate::streams::Output, crate::streams::Input) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let transport = match negotiate(req, &["v5.channel.k8s.io", "v4.channel.k8s.io"], &["v4.channel.k8s.io"]) {
         Ok(t) => t,
         Err(resp) => return *resp,
     };
     let resp = switching(&transport);
-    let upgrade = hyper::upgrade::on(&mut req);
-    let runtime = ctx.runtime.clone();
+    let upgrade = hyper::upgrade::on(req);
+    let channels = channels.to_vec();
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
         let io = hyper_util::rt::TokioIo::new(upgraded);
         let (out, input) = match transport {
             Transport::Websocket { protocol, .. } => crate::streams::websocket(io, protocol.starts_with("v5")).await,
-            Transport::Spdy { .. } => match crate::streams::spdy_channels(io, &opts.channels()).await {
+            Transport::Spdy { .. } => match crate::streams::spdy_channels(io, &channels).await {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!(error = %e, "exec session");
+                    tracing::warn!(error = %e, "{what} session");
                     return;
                 }
             },
         };
-        crate::streams::exec::run(runtime, id, opts, out, input).await;
+        session(out, input).await;
     });
     resp
 }
@@ -354,32 +370,10 @@ async fn attach(ctx: Arc<NodeCtx>, ns: &str, pod: &str, container: &str, mut req
         Ok(conn) => conn,
         Err(e) => return refused(StatusCode::BAD_REQUEST, e.to_string()),
     };
-    let transport = match negotiate(
-        &req,
-        &["v5.channel.k8s.io", "v4.channel.k8s.io"],
-        &["v4.channel.k8s.io"],
-    ) {
-        Ok(t) => t,
-        Err(resp) => return *resp,
-    };
-    let resp = switching(&transport);
-    let upgrade = hyper::upgrade::on(&mut req);
-    tokio::spawn(async move {
-        let Ok(upgraded) = upgrade.await else { return };
-        let io = hyper_util::rt::TokioIo::new(upgraded);
-        let (out, input) = match transport {
-            Transport::Websocket { protocol, .. } => crate::streams::websocket(io, protocol.starts_with("v5")).await,
-            Transport::Spdy { .. } => match crate::streams::spdy_channels(io, &opts.channels()).await {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "attach session");
-                    return;
-                }
-            },
-        };
-        crate::streams::attach::run(conn, opts, offered, out, input).await;
-    });
-    resp
+    let channels = opts.channels();
+    channel_session(&mut req, &channels, "attach", move |out, input| {
+        crate::streams::attach::run(conn, opts, offered, out, input)
+    })
 }
 
 async fn port_forward(ctx: Arc<NodeCtx>, ns: &str, pod: &str, mut req: Request<Incoming>) -> Response<Body> {

@@ -29,6 +29,28 @@ impl LocalClient {
             .expect("built-in resources are always served")
     }
 
+    /// Create the CRD `want`, or bring its spec up to date (a CRD control installs at start).
+    pub async fn ensure_crd(&self, want: Value) -> Result<(), String> {
+        let defs = self.served("apiextensions.k8s.io", "customresourcedefinitions");
+        let name = want
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        match self.get(&defs, None, &name) {
+            None => {
+                self.create(&defs, None, want).await.map_err(|e| e.to_string())?;
+            }
+            Some(cur) if cur.obj.get("spec") != want.get("spec") => {
+                let mut new = (*cur.obj).clone();
+                new["spec"] = want["spec"].clone();
+                self.update(&defs, &cur, new).await.map_err(|e| e.to_string())?;
+            }
+            Some(_) => {}
+        }
+        Ok(())
+    }
+
     /// A resource of any group and version (custom resources), if served.
     pub fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<Arc<Served>> {
         self.state.registry.lookup(group, version, plural)

@@ -97,13 +97,10 @@ fn condition(job: &Value, state: &str, message: &str, probe: Option<DateTime<Utc
 async fn scale(client: &LocalClient, ns: &str, target: &Value, size: i64) -> Result<String, String> {
     let kind = str_at(target, "/kind");
     let name = str_at(target, "/name");
-    let (group, plural) = match kind {
-        "Deployment" => ("apps", "deployments"),
-        "ReplicaSet" => ("apps", "replicasets"),
-        "StatefulSet" => ("apps", "statefulsets"),
-        "ReplicationController" => ("", "replicationcontrollers"),
-        "HorizontalPodAutoscaler" => ("autoscaling", "horizontalpodautoscalers"),
-        other => return Err(format!("CronHPA does not scale {other:?}")),
+    let (group, plural) = match (kind, super::scalable(kind)) {
+        (_, Some(gp)) => gp,
+        ("HorizontalPodAutoscaler", None) => ("autoscaling", "horizontalpodautoscalers"),
+        (other, None) => return Err(format!("CronHPA does not scale {other:?}")),
     };
     let served = client
         .state
@@ -239,20 +236,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Outcome {
 
 /// Install (or bring up to date) the CronHPA CRD.
 pub async fn install(client: &LocalClient) -> Result<(), String> {
-    let defs = client.served("apiextensions.k8s.io", "customresourcedefinitions");
-    let want = crd();
-    let name = format!("{PLURAL}.{GROUP}");
-    match client.get(&defs, None, &name) {
-        None => {
-            client.create(&defs, None, want).await.map_err(|e| e.to_string())?;
-        }
-        Some(cur) if cur.obj.get("spec") != want.get("spec") => {
-            let mut new = (*cur.obj).clone();
-            new["spec"] = want["spec"].clone();
-            client.update(&defs, &cur, new).await.map_err(|e| e.to_string())?;
-        }
-        Some(_) => {}
-    }
+    client.ensure_crd(crd()).await?;
     crate::api::refresh_crds(&client.state);
     Ok(())
 }

@@ -57,12 +57,8 @@ fn target_of(
 ) -> Result<(std::sync::Arc<crate::api::registry::Served>, crate::store::Stored), String> {
     let kind = str_at(r, "/kind");
     let name = str_at(r, "/name");
-    let (group, plural) = match kind {
-        "Deployment" => ("apps", "deployments"),
-        "ReplicaSet" => ("apps", "replicasets"),
-        "StatefulSet" => ("apps", "statefulsets"),
-        "ReplicationController" => ("", "replicationcontrollers"),
-        other => return Err(format!("the HPA controller does not scale {other:?}")),
+    let Some((group, plural)) = super::scalable(kind) else {
+        return Err(format!("the HPA controller does not scale {kind:?}"));
     };
     let served = client
         .lookup(group, "v1", plural)

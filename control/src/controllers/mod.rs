@@ -267,6 +267,17 @@ pub fn split_key(key: &str) -> (Option<&str>, &str) {
     }
 }
 
+/// The group and plural of a kind with a scale that autoscalers set (HPA, CronHPA).
+pub fn scalable(kind: &str) -> Option<(&'static str, &'static str)> {
+    match kind {
+        "Deployment" => Some(("apps", "deployments")),
+        "ReplicaSet" => Some(("apps", "replicasets")),
+        "StatefulSet" => Some(("apps", "statefulsets")),
+        "ReplicationController" => Some(("", "replicationcontrollers")),
+        _ => None,
+    }
+}
+
 pub fn str_at<'a>(v: &'a Value, ptr: &str) -> &'a str {
     v.pointer(ptr).and_then(Value::as_str).unwrap_or_default()
 }

@@ -156,21 +156,8 @@ fn crd_object(c: &Crd) -> Value {
 
 /// Install (or bring up to date) Knative's CRDs, namespace and ConfigMaps.
 pub async fn install(client: &LocalClient) -> Result<(), String> {
-    let defs = client.served("apiextensions.k8s.io", "customresourcedefinitions");
     for c in crds() {
-        let want = crd_object(&c);
-        let name = format!("{}.{}", c.plural, c.group);
-        match client.get(&defs, None, &name) {
-            None => {
-                client.create(&defs, None, want).await.map_err(|e| e.to_string())?;
-            }
-            Some(cur) if cur.obj.get("spec") != want.get("spec") => {
-                let mut new = (*cur.obj).clone();
-                new["spec"] = want["spec"].clone();
-                client.update(&defs, &cur, new).await.map_err(|e| e.to_string())?;
-            }
-            Some(_) => {}
-        }
+        client.ensure_crd(crd_object(&c)).await?;
     }
     crate::api::refresh_crds(&client.state);
     let namespaces = client.served("", "namespaces");
