@@ -69,44 +69,35 @@ impl Registry {
         let reg = Self::default();
         {
             let mut inner = reg.inner.write().unwrap();
-            for def in catalogue::builtin() {
+            let mut insert = |def: ResourceDef, view_of: Option<Arc<Served>>| {
                 if !inner.groups.contains(&def.group) {
                     inner.groups.push(def.group.clone());
                 }
                 let key = (def.group.clone(), def.version.clone(), def.plural.clone());
-                inner.by_path.insert(
-                    key,
-                    Arc::new(Served {
-                        def,
-                        schema: None,
-                        columns: None,
-                        custom: false,
-                        scale_paths: None,
-                        view_of: None,
-                    }),
-                );
+                let served = Arc::new(Served {
+                    def,
+                    schema: None,
+                    columns: None,
+                    custom: false,
+                    scale_paths: None,
+                    view_of,
+                });
+                inner.by_path.insert(key, served.clone());
+                served
+            };
+            let mut hpa_v2 = None;
+            for def in catalogue::builtin() {
+                let is_hpa_v2 = def.group == "autoscaling" && def.plural == "horizontalpodautoscalers";
+                let served = insert(def, None);
+                if is_hpa_v2 {
+                    hpa_v2 = Some(served);
+                }
             }
             // autoscaling/v1 HorizontalPodAutoscaler: v2's objects, converted at the boundary.
-            let v2 = (
-                "autoscaling".to_string(),
-                "v2".to_string(),
-                "horizontalpodautoscalers".to_string(),
-            );
-            if let Some(stored) = inner.by_path.get(&v2).cloned() {
+            if let Some(stored) = hpa_v2 {
                 let mut def = stored.def.clone();
                 def.version = "v1".into();
-                let key = (def.group.clone(), def.version.clone(), def.plural.clone());
-                inner.by_path.insert(
-                    key,
-                    Arc::new(Served {
-                        def,
-                        schema: None,
-                        columns: None,
-                        custom: false,
-                        scale_paths: None,
-                        view_of: Some(stored),
-                    }),
-                );
+                insert(def, Some(stored));
             }
         }
         reg

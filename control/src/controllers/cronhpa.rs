@@ -15,7 +15,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 use serde_json::{Value, json};
 
-use super::{Outcome, all_keys, event, split_key, str_at};
+use super::{Outcome, all_keys, event, own_keys, split_key, str_at};
 use crate::api::error::ApiError;
 use crate::api::local::LocalClient;
 use crate::store::Event;
@@ -30,22 +30,14 @@ const STARTING_DEADLINE: i64 = 60;
 const RESYNC: Duration = Duration::from_secs(60);
 
 pub fn interested(_: &LocalClient, ev: &Event) -> Vec<String> {
-    if ev.key.starts_with(&format!("/{GROUP}/{PLURAL}/")) {
-        vec![ev.key.clone()]
-    } else {
-        Vec::new()
-    }
+    own_keys(ev, GROUP, PLURAL)
 }
 
 pub fn resync(client: &LocalClient) -> Vec<String> {
     match client.lookup(GROUP, VERSION, PLURAL) {
-        Some(_) => all_keys_of(client),
+        Some(_) => all_keys(client, GROUP, PLURAL),
         None => Vec::new(),
     }
-}
-
-fn all_keys_of(client: &LocalClient) -> Vec<String> {
-    all_keys(client, GROUP, PLURAL)
 }
 
 /// A job's schedule: six fields (seconds first) or five.

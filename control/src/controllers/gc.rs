@@ -84,20 +84,7 @@ fn owner_exists(client: &LocalClient, dependent: &Value, r: &Value) -> bool {
 
 async fn release(client: &LocalClient, key: &str, dep: &Stored, owner_uid: &str) -> Result<(), ApiError> {
     let (group, plural) = served_of(key);
-    let Some(served) = client
-        .state
-        .registry
-        .lookup(&group, "v1", &plural)
-        .filter(|s| s.view_of.is_none())
-        .or_else(|| {
-            client
-                .state
-                .registry
-                .all()
-                .into_iter()
-                .find(|s| s.def.group == group && s.def.plural == plural)
-        })
-    else {
+    let Some(served) = client.state.registry.by_plural(&group, &plural) else {
         return Ok(());
     };
     let mut new = (*dep.obj).clone();
@@ -131,13 +118,7 @@ fn served_of(key: &str) -> (String, String) {
 
 async fn delete_dependent(client: &LocalClient, key: &str, policy: &str) -> Result<(), ApiError> {
     let (group, plural) = served_of(key);
-    let Some(served) = client
-        .state
-        .registry
-        .all()
-        .into_iter()
-        .find(|s| s.def.group == group && s.def.plural == plural)
-    else {
+    let Some(served) = client.state.registry.by_plural(&group, &plural) else {
         return Ok(());
     };
     let (ns, name) = split_key(key);
@@ -171,13 +152,7 @@ async fn owner_gone(client: &LocalClient, owner_uid: &str) -> Result<(), ApiErro
 
 async fn remove_finalizer(client: &LocalClient, key: &str, obj: &Stored, f: &str) -> Result<(), ApiError> {
     let (group, plural) = served_of(key);
-    let Some(served) = client
-        .state
-        .registry
-        .all()
-        .into_iter()
-        .find(|s| s.def.group == group && s.def.plural == plural)
-    else {
+    let Some(served) = client.state.registry.by_plural(&group, &plural) else {
         return Ok(());
     };
     let mut new = (*obj.obj).clone();
@@ -251,13 +226,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
         collect_pod(&client, &key).await?;
     }
     let (group, plural) = served_of(&key);
-    let Some(served) = client
-        .state
-        .registry
-        .all()
-        .into_iter()
-        .find(|s| s.def.group == group && s.def.plural == plural)
-    else {
+    let Some(served) = client.state.registry.by_plural(&group, &plural) else {
         return Ok(());
     };
     let (ns, name) = split_key(&key);

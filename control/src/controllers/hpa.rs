@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use nodeless_types::quantity::parse_quantity;
 use serde_json::{Value, json};
 
-use super::{Outcome, all_keys, event, split_key, str_at};
+use super::{Outcome, all_keys, event, own_keys, split_key, str_at};
 use crate::api::error::ApiError;
 use crate::api::local::LocalClient;
 use crate::api::select::LabelSelector;
@@ -38,11 +38,7 @@ struct Memory {
 static MEMORY: std::sync::LazyLock<Mutex<HashMap<String, Memory>>> = std::sync::LazyLock::new(Default::default);
 
 pub fn interested(_: &LocalClient, ev: &Event) -> Vec<String> {
-    if ev.key.starts_with(&format!("/{GROUP}/{PLURAL}/")) {
-        vec![ev.key.clone()]
-    } else {
-        Vec::new()
-    }
+    own_keys(ev, GROUP, PLURAL)
 }
 
 pub fn resync(client: &LocalClient) -> Vec<String> {

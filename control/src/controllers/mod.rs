@@ -325,6 +325,16 @@ pub fn time_at(v: &Value, ptr: &str) -> Option<chrono::DateTime<chrono::Utc>> {
 /// The keys a change concerns for a controller of `owner_kind` (objects under `owner_prefix`):
 /// the object itself, or, for a change to one of its children under `child_prefix`, the owner
 /// named by the child's controller reference (before and after the change).
+/// The event's key when it is an object of `group`'s `plural` itself (a controller of that kind
+/// looks at its own objects only).
+pub fn own_keys(ev: &Event, group: &str, plural: &str) -> Vec<String> {
+    if ev.key.starts_with(&format!("/{group}/{plural}/")) {
+        vec![ev.key.clone()]
+    } else {
+        Vec::new()
+    }
+}
+
 pub fn owner_keys(ev: &Event, owner_prefix: &str, owner_kind: &str, child_prefix: &str) -> Vec<String> {
     if ev.key.starts_with(owner_prefix) {
         return vec![ev.key.clone()];
