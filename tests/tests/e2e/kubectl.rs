@@ -446,7 +446,14 @@ fn control_serves_its_metrics() {
     BufReader::new(watch.stdout.take().unwrap())
         .read_line(&mut first)
         .unwrap();
-    let text = n.kubectl_ok("1.33", &["get", "--raw", "/metrics"]);
+    // kubectl prints the list's first line before it opens the watch: wait for the watch to be
+    // counted (bounded), then read everything from that one answer.
+    let gauge = r#"apiserver_registered_watchers{group="",version="v1",kind="ConfigMap"}"#;
+    let mut text = String::new();
+    eventually("the open watch to be counted", 10, || {
+        text = n.kubectl_ok("1.33", &["get", "--raw", "/metrics"]);
+        text.lines().any(|l| l.starts_with(gauge) && !l.ends_with(" 0"))
+    });
     let _ = watch.kill();
     let _ = watch.wait();
     let has = |needle: &str| text.lines().any(|l| l.starts_with(needle));
