@@ -751,16 +751,29 @@ impl Pins {
                 crate::datapath::mac_string(&ep.mac)
             ));
         }
+        out.push_str("  packets:\n");
+        for (name, n) in self.counters()?.unwrap_or_default() {
+            out.push_str(&format!("    {name:<16} {n}\n"));
+        }
+        Ok(out)
+    }
+
+    /// The packet counters (`STATS`), summed over CPUs; none while no datapath is loaded.
+    pub fn counters(&self) -> Result<Option<Vec<(&'static str, u64)>>, CniError> {
+        if !self.stats().exists() {
+            return Ok(None);
+        }
         let data = MapData::from_pin(self.stats()).map_err(|e| err("opening the counters", e))?;
         let stats: PerCpuArray<MapData, u64> =
             PerCpuArray::try_from(Map::from_map_data(data).map_err(|e| err("the counters", e))?)
                 .map_err(|e| err("the counters' layout", e))?;
-        out.push_str("  packets:\n");
-        for (i, name) in STATS.iter().enumerate() {
-            let n: u64 = stats.get(&(i as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
-            out.push_str(&format!("    {name:<16} {n}\n"));
-        }
-        Ok(out)
+        Ok(Some(
+            STATS
+                .iter()
+                .enumerate()
+                .map(|(i, name)| (*name, stats.get(&(i as u32), 0).map(|v| v.iter().sum()).unwrap_or(0)))
+                .collect(),
+        ))
     }
 }
 

@@ -3,6 +3,7 @@ pub mod cgroup;
 pub mod datapath;
 pub mod fastpath;
 pub mod lb;
+pub mod metrics;
 pub mod node;
 pub mod plugin;
 pub mod pool;

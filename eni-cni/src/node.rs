@@ -21,6 +21,9 @@ pub struct NodeNetwork {
     snat: Option<Snat>,
     local_dns: Option<Ipv4Addr>,
     services: Option<(tokio::task::JoinHandle<()>, crate::lb::Pins, PathBuf)>,
+    /// The pool's use and the network's name, for [`NodeNetwork::collector`].
+    gauges: Option<(Arc<crate::pool::PoolGauges>, usize)>,
+    network: String,
 }
 
 /// Where the node's pods will be balanced: the cgroup (v2) the runtime puts them under.
@@ -62,6 +65,8 @@ pub async fn start(
         snat: None,
         local_dns: None,
         services: None,
+        gauges: None,
+        network: network.to_string(),
     };
     match net
         .bring_up(network, cidrs, cluster_dns, balancing, socket_acceleration)
@@ -103,7 +108,10 @@ impl NodeNetwork {
             idle_reclaim: Duration::from_secs(300),
         };
         self.snat = Some(Snat::install(&cidrs).map_err(anyhow::Error::msg)?);
-        let pool: Arc<Pool<LocalProvider>> = Pool::open(cfg, LocalProvider::new(cidrs))?;
+        let provider = LocalProvider::new(cidrs);
+        let capacity = provider.size();
+        let pool: Arc<Pool<LocalProvider>> = Pool::open(cfg, provider)?;
+        self.gauges = Some((pool.gauges(), capacity));
         let sock = self.socket.clone();
         self.pool = Some(tokio::spawn(async move {
             if let Err(e) = pool.serve(&sock).await {
@@ -130,6 +138,20 @@ impl NodeNetwork {
         let conf = serde_json::json!({"cniVersion": "1.1.0", "name": network, "plugins": [{"type": "eni-cni", "pool": self.socket, "socketAcceleration": socket_acceleration, "clusterDNS": cluster_dns}]});
         std::fs::write(&self.conflist, conf.to_string())?;
         Ok(())
+    }
+
+    /// The network's metrics (pool use, datapath and balancer counters), for the node's
+    /// `/metrics`.
+    pub fn collectors(&self) -> Vec<Box<dyn prometheus_client::collector::Collector>> {
+        let Some((pool, capacity)) = self.gauges.clone() else {
+            return Vec::new();
+        };
+        vec![Box::new(crate::metrics::NetworkCollector {
+            pool,
+            capacity,
+            datapath: crate::bpf::Pins::for_network(&self.network),
+            services: self.services.as_ref().map(|(_, pins, _)| pins.clone()),
+        })]
     }
 
     /// Stop the pool and the balancer's watch. With no pod left on the network, the host

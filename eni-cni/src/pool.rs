@@ -18,6 +18,7 @@ use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use ipnet::Ipv4Net;
@@ -54,6 +55,19 @@ pub struct LocalProvider {
 impl LocalProvider {
     pub fn new(cidrs: Vec<Ipv4Net>) -> Self {
         LocalProvider { cidrs }
+    }
+
+    /// How many addresses the CIDRs hold for pods (every host address but the gateway's).
+    pub fn size(&self) -> usize {
+        self.cidrs
+            .iter()
+            .map(|c| {
+                let all = 1usize << (32 - u32::from(c.prefix_len()));
+                // A /31 or /32 has no network or broadcast address to leave out.
+                let hosts = if c.prefix_len() >= 31 { all } else { all - 2 };
+                hosts.saturating_sub(1)
+            })
+            .sum()
     }
 
     fn usable(&self) -> impl Iterator<Item = Ipv4Addr> + '_ {
@@ -95,6 +109,16 @@ fn key(network: &str, container: &str, ifname: &str) -> String {
     format!("{network}/{container}/{ifname}")
 }
 
+/// The pool's use as the node's `/metrics` reads it ([`crate::metrics`]): kept by every commit,
+/// so a scrape takes no lock.
+#[derive(Debug, Default)]
+pub struct PoolGauges {
+    /// Addresses allocated to pods' interfaces.
+    pub in_use: AtomicUsize,
+    /// Addresses assigned to the node and idle, ready for the next pod.
+    pub warm: AtomicUsize,
+}
+
 struct State {
     db: Database,
     /// Assigned addresses -> when they went idle (0: in use).
@@ -102,6 +126,7 @@ struct State {
     allocations: BTreeMap<String, Allocation>,
     /// A commit since the last durable one was not waited onto the disk.
     unsynced: bool,
+    gauges: Arc<PoolGauges>,
 }
 
 pub struct Pool<P: Provider> {
@@ -112,6 +137,7 @@ pub struct Pool<P: Provider> {
     /// Wakes the task that tops the warm set up after allocations.
     refill: tokio::sync::Notify,
     verbs: crate::verbs::Verbs,
+    gauges: Arc<PoolGauges>,
 }
 
 type DbResult<T> = Result<T, String>;
@@ -123,6 +149,11 @@ fn db_err(e: impl std::fmt::Display) -> String {
 impl State {
     fn warm(&self) -> usize {
         self.assigned.values().filter(|&&t| t != 0).count()
+    }
+
+    fn publish_gauges(&self) {
+        self.gauges.in_use.store(self.allocations.len(), Ordering::Relaxed);
+        self.gauges.warm.store(self.warm(), Ordering::Relaxed);
     }
 
     /// Write these address and allocation changes in one transaction, durable when it returns.
@@ -174,6 +205,7 @@ impl State {
                 None => self.allocations.remove(*k),
             };
         }
+        self.publish_gauges();
         Ok(())
     }
 }
@@ -203,6 +235,10 @@ impl<P: Provider> Pool<P> {
                 allocations.insert(k.value().to_string(), a);
             }
         }
+        let gauges = Arc::new(PoolGauges {
+            in_use: AtomicUsize::new(allocations.len()),
+            warm: AtomicUsize::new(assigned.values().filter(|&&t| t != 0).count()),
+        });
         let pool = Arc::new(Pool {
             cfg,
             provider,
@@ -211,12 +247,19 @@ impl<P: Provider> Pool<P> {
                 assigned,
                 allocations,
                 unsynced: false,
+                gauges: gauges.clone(),
             }),
+            gauges,
             fastpath: Default::default(),
             refill: tokio::sync::Notify::new(),
             verbs: crate::verbs::Verbs::start(),
         });
         Ok(pool)
+    }
+
+    /// The pool's use, as every commit leaves it.
+    pub fn gauges(&self) -> Arc<PoolGauges> {
+        self.gauges.clone()
     }
 
     /// Assign addresses until `min_warm` are idle.

@@ -349,6 +349,7 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         keeper,
         user_namespaces: !args.no_user_namespaces,
         warm_sandboxes: args.warm_sandboxes,
+        metrics_collectors: pod_network.as_ref().map(|n| n.collectors()).unwrap_or_default(),
     };
     match nodeless_sandbox_node::node::start(cfg, client).await {
         Ok(node) => Ok(StartedNode {

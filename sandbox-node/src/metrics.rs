@@ -4,6 +4,8 @@
 //! started), `kubelet_running_pods`, `kubelet_image_pull_duration_seconds`. The node's own:
 //! `nodeless_image_pulls_total` by result, `nodeless_sandboxes` by phase (`warm`: made ahead,
 //! see `warm`), `nodeless_warm_sandbox_claims_total` by result (`taken`, `none`, `failed`).
+//! What runs beside the node adds its own through [`NodeMetrics::with_collectors`] (the eni-cni
+//! pod network: `nodeless_eni_*`).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -86,6 +88,15 @@ impl Default for NodeMetrics {
 }
 
 impl NodeMetrics {
+    /// The node's metrics and, at each scrape, what these collectors report.
+    pub fn with_collectors(collectors: Vec<Box<dyn prometheus_client::collector::Collector>>) -> Self {
+        let mut m = NodeMetrics::default();
+        for c in collectors {
+            m.registry.register_collector(c);
+        }
+        m
+    }
+
     /// The OpenMetrics text, with the warm pool's size as it is now.
     pub fn encode(&self, warm: usize) -> String {
         self.sandboxes

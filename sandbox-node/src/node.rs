@@ -49,6 +49,8 @@ pub struct NodeConfig {
     pub user_namespaces: bool,
     /// How many sandboxes to keep made ahead of their pods (see `warm`); 0 for none.
     pub warm_sandboxes: usize,
+    /// Metrics of what runs beside the node (its pod network), served with its own.
+    pub metrics_collectors: Vec<Box<dyn prometheus_client::collector::Collector>>,
 }
 
 /// The id ranges that pods saved under `bundles_dir` hold (pods a restarted node will adopt):
@@ -363,7 +365,7 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
         user_namespaces: cfg.user_namespaces,
         id_ranges: held_id_ranges(&bundles_dir_for_ranges),
         warm: crate::warm::WarmPool::new(warm_dir, cfg.warm_sandboxes),
-        metrics: Default::default(),
+        metrics: crate::metrics::NodeMetrics::with_collectors(cfg.metrics_collectors),
         pulls: Mutex::new(HashMap::new()),
         names: Mutex::new(HashMap::new()),
         forget_worker: Box::new(move |uid| {

@@ -439,6 +439,33 @@ pub fn searchable(dir: &Path) -> std::io::Result<()> {
     std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o711))
 }
 
+/// A pod network for one `nodeless up --pod-cidr` of a test: a /24 and its first address (for
+/// `--cluster-dns`), different for every call in this process (one counter for every test
+/// file, so tests running side by side never share a network, its routes or its DNS address)
+/// and, through the process id, most likely from another run's. Drawn from 10.245-10.249, which
+/// no fixed address of a test uses.
+pub struct PodNet {
+    /// `10.x.y.`: what the network's addresses start with.
+    pub prefix: String,
+    pub cidr: String,
+    pub dns: String,
+    /// A number unique to this network (0..250), for a test's other per-run ranges.
+    pub k: u32,
+}
+
+pub fn pod_net() -> PodNet {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = std::process::id().wrapping_mul(7) + NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let (second, k) = (245 + (n / 250) % 5, n % 250);
+    let prefix = format!("10.{second}.{k}.");
+    PodNet {
+        cidr: format!("{prefix}0/24"),
+        dns: format!("{prefix}1"),
+        prefix,
+        k,
+    }
+}
+
 pub fn free_port() -> u16 {
     loop {
         let u = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();

@@ -63,6 +63,13 @@ pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Ca
         ("", "ConfigMap") => config_data(obj, false, &mut c),
         ("", "Secret") => {
             config_data(obj, true, &mut c);
+            if s(obj, "/type") == Some("kubernetes.io/service-account-token")
+                && s(obj, "/metadata/annotations/kubernetes.io~1service-account.name").is_none_or(str::is_empty)
+            {
+                c.push(Cause::required(
+                    "metadata.annotations[kubernetes.io/service-account.name]".to_string(),
+                ));
+            }
             if s(obj, "/type") == Some("kubernetes.io/tls") {
                 for k in ["tls.crt", "tls.key"] {
                     if obj.pointer("/data").and_then(|d| d.get(k)).is_none() {

@@ -376,7 +376,7 @@ pub async fn create_object(
     objects::apply_defaults(&served.def.group, &served.def.kind, &mut obj);
     if served.def.group.is_empty() && served.def.kind == "Pod" {
         limit_ranges(state, ns, &name, &mut obj)?;
-        service_account_token(state, ns, &mut obj);
+        service_account_token(state, ns, &name, &mut obj)?;
         let qos = obj.get("spec").map(objects::qos_class).unwrap_or("BestEffort");
         obj["status"]["qosClass"] = json!(qos);
     }
@@ -453,17 +453,27 @@ async fn resource_quota(
 }
 
 /// The token volume of a new pod, as its ServiceAccount says (see `admission::service_account`).
-fn service_account_token(state: &ApiState, ns: Option<&str>, pod: &mut Value) {
+/// A pod naming a ServiceAccount its namespace lacks is refused, as Kubernetes' admission
+/// refuses it (its token could never be issued, so it could never start); the `default` one
+/// may be missing for the moments after its namespace is made, before the namespace
+/// controller creates it.
+fn service_account_token(state: &ApiState, ns: Option<&str>, name: &str, pod: &mut Value) -> Result<(), ApiError> {
+    let ns = ns.unwrap_or_default();
     let account = pod
         .pointer("/spec/serviceAccountName")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
-        .unwrap_or("default");
-    let automount = state
-        .store
-        .get(&format!("/core/serviceaccounts/{}/{account}", ns.unwrap_or_default()))
-        .and_then(|sa| sa.obj.get("automountServiceAccountToken").and_then(Value::as_bool));
+        .unwrap_or("default")
+        .to_string();
+    let sa = state.store.get(&format!("/core/serviceaccounts/{ns}/{account}"));
+    if sa.is_none() && account != "default" {
+        return Err(ApiError::Forbidden(format!(
+            "pods \"{name}\" is forbidden: error looking up service account {ns}/{account}: serviceaccount \"{account}\" not found"
+        )));
+    }
+    let automount = sa.and_then(|sa| sa.obj.get("automountServiceAccountToken").and_then(Value::as_bool));
     crate::admission::service_account::mount_token(pod, automount);
+    Ok(())
 }
 
 /// The namespace's LimitRanges on a new pod: defaults in, bounds checked (403 with the reason).

@@ -79,6 +79,10 @@ enum Route {
     OpenApiIndex,
     OpenApi(String, String),
     OpenApiV2,
+    /// ServiceAccount issuer discovery: the OpenID configuration and the key set, so other
+    /// systems can verify the cluster's tokens (workload identity federation).
+    OidcDiscovery,
+    Jwks,
     /// `/api/v1/nodes/<node>/proxy/<path>`: the node's kubelet API at `/<path>`.
     NodeProxy(String, String),
     Resource(Target),
@@ -102,6 +106,8 @@ fn parse_route(path: &str) -> Option<Route> {
     let (group, version, rest) = match segs.as_slice() {
         ["healthz" | "livez" | "readyz", ..] => return Some(Route::Health),
         ["version"] => return Some(Route::Version),
+        [".well-known", "openid-configuration"] => return Some(Route::OidcDiscovery),
+        ["openid", "v1", "jwks"] => return Some(Route::Jwks),
         ["metrics"] => return Some(Route::Metrics),
         ["api"] => return Some(Route::CoreVersions),
         ["apis"] => return Some(Route::GroupList),
@@ -375,6 +381,26 @@ async fn answer(state: Arc<ApiState>, route: Route, req: Request<Incoming>) -> R
     match route {
         Route::Health => Ok(text_response(200, "ok")),
         Route::Version => Ok(json_response(200, &discovery::version(), &[])),
+        Route::OidcDiscovery => {
+            // Where this request reached the API, as Kubernetes derives the key set's address
+            // from its external host.
+            let host = req
+                .headers()
+                .get(::http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .or_else(|| req.uri().authority().map(|a| a.as_str()))
+                .unwrap_or("kubernetes.default.svc");
+            let body = crate::auth::jwt::Issuer::discovery(&format!("https://{host}/openid/v1/jwks"));
+            Ok(json_response(200, &body, &[]))
+        }
+        Route::Jwks => {
+            let mut resp = json_response(200, &state.auth.issuer.jwks(), &[]);
+            resp.headers_mut().insert(
+                ::http::header::CONTENT_TYPE,
+                ::http::HeaderValue::from_static("application/jwk-set+json"),
+            );
+            Ok(resp)
+        }
         Route::Metrics => {
             let mut resp = text_response(200, &state.metrics.encode());
             resp.headers_mut().insert(

@@ -43,6 +43,8 @@ pub struct Issuer {
     encoding: EncodingKey,
     decoding: DecodingKey,
     kid: String,
+    /// The public key as a JSON Web Key (RFC 7517), for `/openid/v1/jwks`.
+    jwk: serde_json::Value,
 }
 
 impl std::fmt::Debug for Issuer {
@@ -68,11 +70,37 @@ impl Issuer {
         // The key id: a digest of the public key, as Kubernetes derives it.
         use base64::Engine;
         use sha2::Digest;
-        let kid = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sha2::Sha256::digest(pair.public_key_der()));
+        let b64 = |b: &[u8]| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b);
+        let kid = b64(&sha2::Sha256::digest(pair.public_key_der()));
+        // The uncompressed point: 0x04, then X and Y, 32 bytes each.
+        let point = pair.public_key_raw();
+        if point.len() != 65 || point[0] != 4 {
+            return Err("signing key: not an uncompressed P-256 point".into());
+        }
+        let jwk = serde_json::json!({"use": "sig", "kty": "EC", "kid": kid, "crv": "P-256", "alg": "ES256",
+            "x": b64(&point[1..33]), "y": b64(&point[33..])});
         Ok(Self {
             encoding,
             decoding,
             kid,
+            jwk,
+        })
+    }
+
+    /// The key set relying parties verify tokens with (`/openid/v1/jwks`).
+    pub fn jwks(&self) -> serde_json::Value {
+        serde_json::json!({"keys": [self.jwk]})
+    }
+
+    /// The OpenID provider configuration (`/.well-known/openid-configuration`), with the key
+    /// set at `jwks_uri`.
+    pub fn discovery(jwks_uri: &str) -> serde_json::Value {
+        serde_json::json!({
+            "issuer": ISSUER,
+            "jwks_uri": jwks_uri,
+            "response_types_supported": ["id_token"],
+            "subject_types_supported": ["public"],
+            "id_token_signing_alg_values_supported": ["ES256"],
         })
     }
 
@@ -129,6 +157,26 @@ mod tests {
             pod: None,
             secret: None,
         }
+    }
+
+    #[test]
+    fn the_key_set_holds_the_key_tokens_name() {
+        use base64::Engine;
+        let i = issuer();
+        let (token, _) = i.issue(vec![ISSUER.into()], 600, private()).unwrap();
+        let header = jsonwebtoken::decode_header(&token).unwrap();
+        let set = i.jwks();
+        let key = &set["keys"][0];
+        assert_eq!(key["kid"].as_str(), header.kid.as_deref());
+        // The published key verifies the token.
+        let jwk: jsonwebtoken::jwk::Jwk = serde_json::from_value(key.clone()).unwrap();
+        let decoding = DecodingKey::from_jwk(&jwk).unwrap();
+        let mut v = Validation::new(Algorithm::ES256);
+        v.set_audience(&[ISSUER]);
+        assert!(jsonwebtoken::decode::<Claims>(&token, &decoding, &v).is_ok());
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        assert_eq!(b64.decode(key["x"].as_str().unwrap()).unwrap().len(), 32);
+        assert_eq!(Issuer::discovery("https://h/openid/v1/jwks")["issuer"], ISSUER);
     }
 
     #[test]

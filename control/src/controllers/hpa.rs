@@ -91,11 +91,80 @@ fn ceil_div(a: f64) -> i64 {
     (a - 1e-9).ceil().max(0.0) as i64
 }
 
+/// The proposal for a usage `ratio` of the target across `n` pods: none within the tolerance.
+fn propose(ratio: f64, n: f64, current: i64) -> i64 {
+    if (ratio - 1.0).abs() <= TOLERANCE {
+        current
+    } else {
+        ceil_div(ratio * n)
+    }
+}
+
+/// A `Pods` metric: Knative's request metrics, `concurrency` (requests in flight) and `rps`
+/// (requests per second), which ingress-l7 measures for each Knative revision (the pods'
+/// `serving.knative.dev/revision` label says which), averaged over the revision's stable window
+/// as Knative's autoscaler serves them to its HPAs. Other pods have no such metrics: an error
+/// that says so.
+fn read_request_metric(client: &LocalClient, metric: &Value, pods: &[Value], current: i64) -> Result<Reading, String> {
+    let name = str_at(metric, "/pods/metric/name");
+    let rps = match name {
+        "rps" => true,
+        "concurrency" => false,
+        _ => {
+            return Err(format!(
+                "unable to get pods metric {name:?}: the metrics served are Knative's request metrics, concurrency and rps"
+            ));
+        }
+    };
+    let target = metric.pointer("/pods/target").cloned().unwrap_or(Value::Null);
+    if str_at(&target, "/type") != "AverageValue" {
+        return Err(format!(
+            "target type {:?} is not supported for pods metrics: only AverageValue is",
+            str_at(&target, "/type")
+        ));
+    }
+    let want = milli(target.get("averageValue")).ok_or("averageValue is not a quantity")?;
+    if want <= 0 {
+        return Err("averageValue must be above 0".into());
+    }
+    let label = format!(
+        "/metadata/labels/{}",
+        nodeless_types::knative::REVISION.replace('/', "~1")
+    );
+    let mut revisions: Vec<(&str, &str)> = pods
+        .iter()
+        .filter_map(|p| Some((str_at(p, "/metadata/namespace"), p.pointer(&label)?.as_str()?)))
+        .collect();
+    revisions.sort_unstable();
+    revisions.dedup();
+    if revisions.is_empty() {
+        return Err(format!(
+            "unable to get pods metric {name}: requests are measured for Knative revisions' pods only"
+        ));
+    }
+    let mut total = 0.0;
+    for (ns, rev) in &revisions {
+        total += crate::controllers::knative::autoscaler::revision_metric(client, ns, rev, rps)
+            .ok_or_else(|| format!("unable to get pods metric {name}: revision {ns}/{rev} has no PodAutoscaler"))?;
+    }
+    let ready = pods.iter().filter(|p| super::pod_ready(p)).count().max(1) as f64;
+    let average = total / ready;
+    let wanted = want as f64 / 1000.0;
+    Ok(Reading {
+        proposal: propose(average / wanted, ready, current),
+        current: json!({"type": "Pods", "pods": {"metric": {"name": name}, "current": {
+            "averageValue": format!("{}m", (average * 1000.0).round() as i64)}}}),
+    })
+}
+
 fn read_metric(client: &LocalClient, metric: &Value, pods: &[Value], current: i64) -> Result<Reading, String> {
     let ty = str_at(metric, "/type");
+    if ty == "Pods" {
+        return read_request_metric(client, metric, pods, current);
+    }
     if ty != "Resource" && ty != "ContainerResource" {
         return Err(format!(
-            "metric type {ty:?} is not supported: only Resource metrics (cpu, memory) are"
+            "metric type {ty:?} is not supported: Resource metrics (cpu, memory) and Pods metrics (Knative's concurrency and rps) are"
         ));
     }
     let key = if ty == "Resource" {
@@ -158,14 +227,8 @@ fn read_metric(client: &LocalClient, metric: &Value, pods: &[Value], current: i6
             }
             let want = target.get("averageUtilization").and_then(Value::as_i64).unwrap_or(80) as f64;
             let utilization = used as f64 * 100.0 / requested as f64;
-            let ratio = utilization / want;
-            let proposal = if (ratio - 1.0).abs() <= TOLERANCE {
-                current
-            } else {
-                ceil_div(ratio * measured as f64)
-            };
             Ok(Reading {
-                proposal,
+                proposal: propose(utilization / want, measured as f64, current),
                 current: json!({"type": "Resource", "resource": {"name": resource, "current": {
                     "averageUtilization": utilization.round() as i64, "averageValue": quantity(used / measured)}}}),
             })
@@ -175,14 +238,8 @@ fn read_metric(client: &LocalClient, metric: &Value, pods: &[Value], current: i6
             if want <= 0 {
                 return Err("averageValue must be above 0".into());
             }
-            let ratio = used as f64 / (want as f64 * measured as f64);
-            let proposal = if (ratio - 1.0).abs() <= TOLERANCE {
-                current
-            } else {
-                ceil_div(used as f64 / want as f64)
-            };
             Ok(Reading {
-                proposal,
+                proposal: propose(used as f64 / (want as f64 * measured as f64), measured as f64, current),
                 current: json!({"type": "Resource", "resource": {"name": resource, "current": {"averageValue": quantity(used / measured)}}}),
             })
         }
@@ -309,7 +366,14 @@ pub async fn reconcile(client: LocalClient, key: String) -> Outcome {
                 proposals.push(r.proposal);
                 current_metrics.push(r.current);
             }
-            Err(e) => failure = Some(e),
+            Err(e) => {
+                let reason = if str_at(m, "/type") == "Pods" {
+                    "FailedGetPodsMetric"
+                } else {
+                    "FailedGetResourceMetric"
+                };
+                failure = Some((reason, e));
+            }
         }
     }
     let mut status = json!({
@@ -321,7 +385,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Outcome {
         status["lastScaleTime"] = t.clone();
     }
     if proposals.is_empty() {
-        let why = failure.unwrap_or_else(|| "no metrics to scale on".into());
+        let (reason, why) = failure.unwrap_or(("InvalidMetricSourceType", "no metrics to scale on".into()));
         status["conditions"] = json!([
             condition(
                 "AbleToScale",
@@ -332,7 +396,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Outcome {
             condition(
                 "ScalingActive",
                 false,
-                "FailedGetResourceMetric",
+                reason,
                 &format!("the HPA was unable to compute the replica count: {why}")
             ),
         ]);
@@ -422,18 +486,23 @@ pub async fn reconcile(client: LocalClient, key: String) -> Outcome {
             .push((now, desired - current));
         status["lastScaleTime"] = json!(crate::api::objects::now_rfc3339());
         let reason = if desired > current { "above" } else { "below" };
+        // Kubernetes' wording, for the first metric.
         let which = current_metrics
             .first()
-            .map(|m| str_at(m, "/resource/name").to_string())
+            .map(|m| match str_at(m, "/type") {
+                "Pods" => format!("pods metric {}", str_at(m, "/pods/metric/name")),
+                _ => format!(
+                    "{} resource utilization (percentage of request)",
+                    str_at(m, "/resource/name")
+                ),
+            })
             .unwrap_or_default();
         event(
             &client,
             obj,
             "Normal",
             "SuccessfulRescale",
-            &format!(
-                "New size: {desired}; reason: {which} resource utilization (percentage of request) {reason} target"
-            ),
+            &format!("New size: {desired}; reason: {which} {reason} target"),
             "horizontal-pod-autoscaler",
         )
         .await;

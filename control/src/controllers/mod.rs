@@ -16,6 +16,7 @@ mod namespace;
 mod quota;
 mod replicaset;
 mod scheduler;
+mod token_secrets;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -116,6 +117,13 @@ pub fn start(client: LocalClient) -> Vec<tokio::task::JoinHandle<()>> {
             hpa::interested,
             hpa::resync,
             |c, k| Box::pin(hpa::reconcile(c, k)),
+        )),
+        tokio::spawn(drive(
+            client.clone(),
+            "serviceaccount-token",
+            token_secrets::interested,
+            token_secrets::resync,
+            |c, k| Box::pin(token_secrets::reconcile(c, k)),
         )),
         tokio::spawn(drive(
             client.clone(),

@@ -278,6 +278,14 @@ pub fn cluster_roles() -> Vec<Value> {
             )],
         ),
         role(
+            "system:service-account-issuer-discovery",
+            &[],
+            vec![urls(
+                &["/.well-known/openid-configuration", "/openid/v1/jwks"],
+                &["get"],
+            )],
+        ),
+        role(
             "system:basic-user",
             &[],
             vec![
@@ -339,6 +347,11 @@ pub fn cluster_role_bindings() -> Vec<Value> {
         binding("cluster-admin", "cluster-admin", &[("Group", SUPERUSERS)]),
         binding("system:discovery", "system:discovery", &[("Group", AUTHENTICATED)]),
         binding("system:basic-user", "system:basic-user", &[("Group", AUTHENTICATED)]),
+        binding(
+            "system:service-account-issuer-discovery",
+            "system:service-account-issuer-discovery",
+            &[("Group", "system:serviceaccounts")],
+        ),
         binding(
             "system:public-info-viewer",
             "system:public-info-viewer",

@@ -240,14 +240,28 @@ impl Pins {
             };
             out.push_str(&format!("    {}:{}/{}{affinity} -> {eps}\n", f.addr, f.port, f.proto));
         }
-        let stats: PerCpuArray<MapData, u64> =
-            PerCpuArray::try_from(self.open_map(STATS_MAP)?).map_err(|e| err("the counters' layout", e))?;
         out.push_str("  socket calls:\n");
-        for (i, name) in STATS.iter().enumerate() {
-            let n: u64 = stats.get(&(i as u32), 0).map(|v| v.iter().sum()).unwrap_or(0);
+        for (name, n) in self.counters()?.unwrap_or_default() {
             out.push_str(&format!("    {name:<16} {n}\n"));
         }
         Ok(out)
+    }
+
+    /// The socket-call counters (`STATS`), summed over CPUs; none while the balancer is not
+    /// loaded.
+    pub fn counters(&self) -> Result<Option<Vec<(&'static str, u64)>>, LbError> {
+        if !self.complete() {
+            return Ok(None);
+        }
+        let stats: PerCpuArray<MapData, u64> =
+            PerCpuArray::try_from(self.open_map(STATS_MAP)?).map_err(|e| err("the counters' layout", e))?;
+        Ok(Some(
+            STATS
+                .iter()
+                .enumerate()
+                .map(|(i, name)| (*name, stats.get(&(i as u32), 0).map(|v| v.iter().sum()).unwrap_or(0)))
+                .collect(),
+        ))
     }
 }
 

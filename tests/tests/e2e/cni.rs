@@ -1076,9 +1076,7 @@ fn podman_runs_containers_on_an_eni_cni_network() {
 fn nodeless_pods_run_on_eni_cni() {
     use nodeless_tests::Nodeless;
     const V: &str = "1.33";
-    let k = 20 + (std::process::id() + NEXT.fetch_add(1, Ordering::Relaxed)) % 200;
-    let cidr = format!("10.249.{k}.0/24");
-    let dns = format!("10.249.{k}.1");
+    let nodeless_tests::PodNet { prefix, cidr, dns, .. } = nodeless_tests::pod_net();
     let mut n =
         Nodeless::start_with_node(&["--pod-cidr", &cidr, "--cluster-dns", &dns, "--socket-acceleration"]).unwrap();
     let node = n.node.clone().unwrap();
@@ -1099,7 +1097,7 @@ fn nodeless_pods_run_on_eni_cni() {
     let client_ip = n.kubectl_ok(V, &["get", "pod", "client", "-o", "jsonpath={.status.podIP}"]);
     for ip in [&echo_ip, &client_ip] {
         assert!(
-            ip.starts_with(&format!("10.249.{k}.")) && *ip != dns,
+            ip.starts_with(&prefix) && *ip != dns,
             "a pod address from the pod CIDR: {ip}"
         );
     }
@@ -1170,7 +1168,7 @@ fn nodeless_pods_run_on_eni_cni() {
     });
     n.stop(false).unwrap();
     nodeless_tests::eventually("the pods' networks to be torn down", 30, || {
-        host_routes_in(&format!("10.249.{k}.")).is_empty()
+        host_routes_in(&prefix).is_empty()
     });
     nodeless_tests::eventually("the fast path's pins to go", 10, || {
         !std::path::Path::new("/sys/fs/bpf/nodeless").join(&node).exists()

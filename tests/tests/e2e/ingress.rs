@@ -61,14 +61,9 @@ fn service(name: &str) -> String {
 
 #[test]
 fn ingress_routes_tls_and_http2_through_real_pods() {
-    let k = 20 + std::process::id() % 200;
-    let mut n = Nodeless::start_with_node(&[
-        "--pod-cidr",
-        &format!("10.249.{k}.0/24"),
-        "--cluster-dns",
-        &format!("10.249.{k}.1"),
-    ])
-    .unwrap();
+    let net = nodeless_tests::pod_net();
+    let k = net.k;
+    let mut n = Nodeless::start_with_node(&["--pod-cidr", &net.cidr, "--cluster-dns", &net.dns]).unwrap();
     let one = cert(&["one.example"]);
     let wild = cert(&["*.wild.example"]);
     let dir = tempfile::tempdir().unwrap();

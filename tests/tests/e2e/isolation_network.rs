@@ -11,14 +11,11 @@
 
 use std::net::{Ipv4Addr, TcpListener};
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use nodeless_tests::images::BUSYBOX;
 use nodeless_tests::{Nodeless, eventually, workspace_binary};
 
 const V: &str = "1.33";
-
-static NEXT: AtomicU32 = AtomicU32::new(0);
 
 /// A counter from `eni-cni show`'s output (0 when it is not there).
 fn counter_in(show: &str, name: &str) -> u64 {
@@ -53,9 +50,7 @@ fn node_address(exclude: &str) -> Option<Ipv4Addr> {
 
 #[test]
 fn a_pod_cannot_spoof_its_source_or_reach_the_node_but_reaches_dns_and_pods() {
-    let k = 20 + (std::process::id() + NEXT.fetch_add(1, Ordering::Relaxed)) % 200;
-    let prefix = format!("10.245.{k}.");
-    let (cidr, dns) = (format!("{prefix}0/24"), format!("{prefix}1"));
+    let nodeless_tests::PodNet { prefix, cidr, dns, .. } = nodeless_tests::pod_net();
     let n = Nodeless::start_with_node(&["--pod-cidr", &cidr, "--cluster-dns", &dns]).unwrap();
     let node = n.node.clone().unwrap();
     let liar = format!(
@@ -226,4 +221,34 @@ spec:
         "the lookup went to the cluster DNS through the wall's door: {}",
         show()
     );
+
+    // The same counters, and the pool's use, in the node's Prometheus metrics (through
+    // control's node proxy), as a dashboard reads them.
+    let metrics = n.kubectl_ok(V, &["get", "--raw", &format!("/api/v1/nodes/{node}/proxy/metrics")]);
+    let value = |series: &str| -> u64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{series} missing from\n{metrics}"))
+    };
+    assert!(
+        value(r#"nodeless_eni_datapath_drops_total{reason="spoofed"} "#) >= spoofed + 3,
+        "{metrics}"
+    );
+    assert!(
+        value(r#"nodeless_eni_datapath_drops_total{reason="node"} "#) >= dropped + tried.len() as u64,
+        "{metrics}"
+    );
+    assert!(value(r#"nodeless_eni_datapath_packets_total{result="node-dns"} "#) > dns_before);
+    assert!(value(r#"nodeless_eni_datapath_packets_total{result="redirected"} "#) > 0);
+    // liar, target, echo-0 and the echo client, and the node's two warm sandboxes (made ahead
+    // of pods, with their addresses): four to six addresses in use as pods take warm ones.
+    let in_use = value(r#"nodeless_eni_pool_addresses{state="in_use"} "#);
+    assert!((4..=6).contains(&in_use), "{metrics}");
+    assert!(value(r#"nodeless_eni_pool_addresses{state="warm"} "#) > 0, "{metrics}");
+    // A /24 less its network, broadcast and gateway addresses.
+    assert_eq!(value("nodeless_eni_pool_capacity "), 253);
+    // The Service is headless (its name resolves to the pod): the balancer's counters are
+    // there, at whatever they stand.
+    value(r#"nodeless_eni_service_socket_calls_total{result="translated"} "#);
 }

@@ -292,14 +292,8 @@ async fn kubelet_api_takes_only_controls_certificate_and_pod_secrets_stay_privat
 #[test]
 fn node_sockets_hang_up_on_other_uids() {
     assert!(is_root(), "node isolation tests need root");
-    let k = (std::process::id() % 250) as u8;
-    let n = Nodeless::start_with_node(&[
-        "--pod-cidr",
-        &format!("10.241.{k}.0/24"),
-        "--cluster-dns",
-        &format!("10.241.{k}.1"),
-    ])
-    .unwrap();
+    let net = nodeless_tests::pod_net();
+    let n = Nodeless::start_with_node(&["--pod-cidr", &net.cidr, "--cluster-dns", &net.dns]).unwrap();
     // A pod, so that the supervisor runs.
     let pod = format!(
         "apiVersion: v1\nkind: Pod\nmetadata: {{name: sleeper}}\nspec:\n  containers:\n  - {{name: c, image: {BUSYBOX}, command: [sleep, \"3600\"]}}\n"

@@ -4,8 +4,9 @@
 //! new revision; a 50/50 split holds within ±5 % over 1,000 requests; tags route by host and by
 //! header; a pinned revision takes everything; an idle revision goes to zero after the grace
 //! period and the next request wakes it, none failing; `containerConcurrency: 1` answers ten
-//! concurrent requests one at a time; a missing image is Ready=False naming it; bad specs are
-//! refused naming the field.
+//! concurrent requests one at a time; a revision of the HPA class scales on requests per
+//! second through an `autoscaling/v2` HPA; a missing image is Ready=False naming it; bad specs
+//! are refused naming the field.
 
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -135,13 +136,13 @@ fn pods_of(n: &Nodeless, service: &str) -> usize {
 
 #[test]
 fn knative_services_route_split_and_scale_to_zero() {
-    let k = 20 + std::process::id() % 200;
+    let net = nodeless_tests::pod_net();
     let http_port = nodeless_tests::free_port().to_string();
     let n = Nodeless::start_with_node(&[
         "--pod-cidr",
-        &format!("10.248.{k}.0/24"),
+        &net.cidr,
         "--cluster-dns",
-        &format!("10.248.{k}.1"),
+        &net.dns,
         "--ingress-http",
         &format!("127.0.0.1:{http_port}"),
         "--ingress-https",
@@ -462,6 +463,52 @@ fn knative_services_route_split_and_scale_to_zero() {
         jsonpath(&n, "ksvc/bad", "{.status.conditions[?(@.type=='Ready')].reason}"),
         "RevisionFailed"
     );
+
+    // The HPA class on Knative's request metric: the revision gets an autoscaling/v2 HPA on
+    // `rps` (per pod, measured by the ingress), which scales its Deployment up under load and
+    // back to min-scale after it, within the window.
+    let busy = ksvc(
+        "busy",
+        "autoscaling.knative.dev/class: hpa.autoscaling.knative.dev, autoscaling.knative.dev/metric: rps, autoscaling.knative.dev/target: \"5\", autoscaling.knative.dev/max-scale: \"3\", autoscaling.knative.dev/window: \"10s\"",
+        "      containers: [{image: nodeless.local/echo:1}]\n",
+    );
+    assert!(apply(&n, &busy).status.success());
+    wait_ready(&n, "ksvc/busy");
+    let hpa = |path: &str| jsonpath(&n, "hpa/busy-00001", path);
+    assert_eq!(hpa("{.spec.metrics[0].pods.metric.name}"), "rps");
+    assert_eq!(hpa("{.spec.metrics[0].pods.target.averageValue}"), "5");
+    assert_eq!(hpa("{.spec.minReplicas} {.spec.maxReplicas}"), "1 3");
+    assert_eq!(hpa("{.spec.behavior.scaleDown.stabilizationWindowSeconds}"), "10");
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let (stop, http) = (stop.clone(), ing.http);
+        // At most 120 s of requests, about 100 per curl.
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && started.elapsed() < Duration::from_secs(120) {
+                tally(&Ingress { http }, "busy.default.example.com", 100);
+            }
+        })
+    };
+    eventually("the HPA scaled busy to 3 pods under load", 90, || {
+        jsonpath(&n, "deploy/busy-00001-deployment", "{.spec.replicas}") == "3"
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    load.join().unwrap();
+    let current = hpa("{.status.currentMetrics[0].pods.current.averageValue}");
+    assert!(!current.is_empty(), "the HPA reports the rps it saw");
+    let events = n.kubectl_ok(
+        V,
+        &["get", "events", "--field-selector", "involvedObject.name=busy-00001"],
+    );
+    assert!(events.contains("pods metric rps above target"), "{events}");
+    eventually("busy back to one pod after the load", 90, || {
+        jsonpath(&n, "deploy/busy-00001-deployment", "{.spec.replicas}") == "1"
+    });
+    // The PodAutoscaler's status follows (the autoscaler's next tick, every 2 s).
+    eventually("busy's PodAutoscaler at one", 10, || {
+        jsonpath(&n, "kpa/busy-00001", "{.status.desiredScale}") == "1"
+    });
 
     // Deleting the Service takes everything it made with it.
     n.kubectl_ok(V, &["delete", "ksvc", "hello"]);

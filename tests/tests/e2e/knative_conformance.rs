@@ -82,13 +82,13 @@ fn knative_conformance_suite() {
 
     // `nodeless up` with its own ingress (as a user runs it) on a free port; its internal
     // listener serves cluster-local routes on the pod network's gateway, port 80.
-    let k = 20 + std::process::id() % 200;
+    let net = nodeless_tests::pod_net();
     let http = format!("127.0.0.1:{}", nodeless_tests::free_port());
     let n = Nodeless::start_with_node(&[
         "--pod-cidr",
-        &format!("10.251.{k}.0/24"),
+        &net.cidr,
         "--cluster-dns",
-        &format!("10.251.{k}.1"),
+        &net.dns,
         "--ingress-http",
         &http,
         "--ingress-https",

@@ -402,12 +402,12 @@ async fn node_restart_adopts_running_pods() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pods_take_warm_sandboxes_and_the_pool_refills() {
     assert!(is_root(), "sandbox-node tests need root");
-    let k = 20 + std::process::id() % 200;
+    let net = nodeless_tests::pod_net();
     let mut n = Nodeless::start_with_node(&[
         "--pod-cidr",
-        &format!("10.249.{k}.0/24"),
+        &net.cidr,
         "--cluster-dns",
-        &format!("10.249.{k}.1"),
+        &net.dns,
         "--warm-sandboxes",
         "2",
     ])
@@ -445,7 +445,7 @@ async fn pods_take_warm_sandboxes_and_the_pool_refills() {
     };
     let warm_ips: Vec<(String, String)> = before.iter().map(|(key, _, _)| (key.clone(), ip_of(key))).collect();
     for (key, ip) in &warm_ips {
-        assert!(ip.starts_with(&format!("10.249.{k}.")), "{key}: {ip}");
+        assert!(ip.starts_with(&net.prefix), "{key}: {ip}");
         assert!(cached(key), "{key} has no CNI result cached: its ADD did not run");
     }
 

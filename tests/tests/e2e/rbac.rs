@@ -1,6 +1,8 @@
 //! ServiceAccount tokens and RBAC with kubectl as users type it: `create serviceaccount`,
 //! `create rolebinding`, `create token`, `auth can-i` (with `--as` and `--list`), `auth whoami`;
-//! what a token may do is what its bindings say, no more, and a user cannot grant what it lacks.
+//! what a token may do is what its bindings say, no more, and a user cannot grant what it lacks;
+//! long-lived token Secrets filled and revoked with their account; issuer discovery (OpenID
+//! configuration and key set); pods naming a missing account refused.
 
 use std::process::Output;
 
@@ -318,9 +320,140 @@ async fn tokens_are_bound_to_their_audience_and_objects() {
     parts[1].replace_range(10..11, flipped);
     assert_eq!(pods(parts.join(".")).await, 401);
 
+    // A long-lived token Secret, as tools made before TokenRequest ask for one: filled by the
+    // tokens controller, good while the Secret and its account are there.
+    n.kubectl_ok("1.33", &["create", "serviceaccount", "legacy"]);
+    n.kubectl_ok(
+        "1.33",
+        &[
+            "create",
+            "clusterrolebinding",
+            "legacy-view",
+            "--clusterrole=view",
+            "--serviceaccount=default:legacy",
+        ],
+    );
+    let secret = |name: &str, annotations: &str| {
+        format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, annotations: {{{annotations}}}}}\ntype: kubernetes.io/service-account-token\n"
+        )
+    };
+    let refused = n.kubectl_with(
+        "1.33",
+        &n.kubeconfig(),
+        &["apply", "-f", "-"],
+        Some(&secret("nameless", "")),
+    );
+    assert!(
+        err(&refused).contains("metadata.annotations[kubernetes.io/service-account.name]: Required value"),
+        "{}",
+        err(&refused)
+    );
+    let made = n.kubectl_with(
+        "1.33",
+        &n.kubeconfig(),
+        &["apply", "-f", "-"],
+        Some(&secret("legacy-token", "kubernetes.io/service-account.name: legacy")),
+    );
+    assert!(made.status.success(), "{}", err(&made));
+    let field = |path: &str| {
+        out(&n.kubectl(
+            "1.33",
+            &["get", "secret", "legacy-token", "-o", &format!("jsonpath={path}")],
+        ))
+    };
+    eventually("the token Secret filled", 20, || !field("{.data.token}").is_empty());
+    use base64::Engine;
+    let decode = |v: String| String::from_utf8(base64::engine::general_purpose::STANDARD.decode(v).unwrap()).unwrap();
+    let legacy = decode(field("{.data.token}"));
+    assert_eq!(decode(field("{.data.namespace}")), "default");
+    assert!(decode(field("{.data.ca\\.crt}")).contains("BEGIN CERTIFICATE"));
+    assert_eq!(
+        field("{.metadata.annotations.kubernetes\\.io/service-account\\.uid}"),
+        out(&n.kubectl(
+            "1.33",
+            &["get", "serviceaccount", "legacy", "-o", "jsonpath={.metadata.uid}"]
+        ))
+    );
+    assert_eq!(pods(legacy.clone()).await, 200);
+    let who = n.kubectl(
+        "1.33",
+        &[
+            "auth",
+            "whoami",
+            "--token",
+            &legacy,
+            "-o",
+            "jsonpath={.status.userInfo.username}",
+        ],
+    );
+    assert_eq!(out(&who), "system:serviceaccount:default:legacy", "{}", err(&who));
+    // The account deleted: its token Secret goes, and the token with it.
+    n.kubectl_ok("1.33", &["delete", "serviceaccount", "legacy"]);
+    assert_eq!(pods(legacy).await, 401);
+    eventually("the token Secret deleted with its account", 20, || {
+        !out(&n.kubectl("1.33", &["get", "secrets", "-o", "name"])).contains("legacy-token")
+    });
+
+    // Issuer discovery: any ServiceAccount reads the OpenID configuration and the key set,
+    // and the key set holds the key the tokens name.
+    let get_json = |path: &str, token: String| {
+        let (http, url) = (http.clone(), n.url(path));
+        async move {
+            let resp = http.get(url).bearer_auth(token).send().await.unwrap();
+            (
+                resp.status().as_u16(),
+                resp.json::<Value>().await.unwrap_or(Value::Null),
+            )
+        }
+    };
+    let (code, oidc) = get_json("/.well-known/openid-configuration", good.clone()).await;
+    assert_eq!(code, 200, "{oidc}");
+    let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let claims: Value = serde_json::from_slice(&b64.decode(good.split('.').nth(1).unwrap()).unwrap()).unwrap();
+    assert_eq!(oidc["issuer"], claims["iss"], "{oidc}");
+    assert!(
+        oidc["jwks_uri"].as_str().unwrap().ends_with("/openid/v1/jwks"),
+        "{oidc}"
+    );
+    let (code, jwks) = get_json("/openid/v1/jwks", good.clone()).await;
+    assert_eq!(code, 200, "{jwks}");
+    let header: Value = serde_json::from_slice(&b64.decode(good.split('.').next().unwrap()).unwrap()).unwrap();
+    let key = &jwks["keys"][0];
+    assert_eq!(key["kid"], header["kid"], "{jwks}");
+    assert_eq!(
+        (key["kty"].as_str(), key["crv"].as_str(), key["alg"].as_str()),
+        (Some("EC"), Some("P-256"), Some("ES256"))
+    );
+    for c in ["x", "y"] {
+        assert_eq!(b64.decode(key[c].as_str().unwrap()).unwrap().len(), 32, "{jwks}");
+    }
+
     // A role binding removed is obeyed by the next request.
     n.kubectl_ok("1.33", &["delete", "clusterrolebinding", "robot-view"]);
     assert_eq!(pods(good).await, 403);
+
+    // A pod may run as robot; one naming an account the namespace lacks is refused, as
+    // Kubernetes' ServiceAccount admission refuses it, naming the account.
+    let pod = |account: &str| {
+        format!(
+            "apiVersion: v1\nkind: Pod\nmetadata: {{name: as-{account}}}\nspec:\n  serviceAccountName: {account}\n  containers: [{{name: c, image: busybox}}]\n"
+        )
+    };
+    let made = n.kubectl_with(
+        "1.33",
+        &n.kubeconfig(),
+        &["apply", "--dry-run=server", "-f", "-"],
+        Some(&pod("robot")),
+    );
+    assert!(made.status.success(), "{}", err(&made));
+    let refused = n.kubectl_with("1.33", &n.kubeconfig(), &["apply", "-f", "-"], Some(&pod("ghost")));
+    assert!(!refused.status.success());
+    assert!(
+        err(&refused).contains(r#"pods "as-ghost" is forbidden: error looking up service account default/ghost: serviceaccount "ghost" not found"#),
+        "{}",
+        err(&refused)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -270,9 +270,7 @@ fn the_balancer_serves_a_table_to_a_cgroup() {
 fn pods_reach_services_by_cluster_ip() {
     use nodeless_tests::Nodeless;
     const V: &str = "1.33";
-    let k = 20 + (std::process::id() + NEXT.fetch_add(1, Ordering::Relaxed)) % 200;
-    let cidr = format!("10.248.{k}.0/24");
-    let dns = format!("10.248.{k}.1");
+    let nodeless_tests::PodNet { cidr, dns, .. } = nodeless_tests::pod_net();
     let n = Nodeless::start_with_node(&["--pod-cidr", &cidr, "--cluster-dns", &dns]).unwrap();
     let node = n.node.clone().unwrap();
     let echo_pod = |name: &str| nodeless_tests::echo_pod(name, "lb-echo");
@@ -377,6 +375,18 @@ endpoints: [{{addresses: ["{dns}"]}}]
         "{text}{}",
         String::from_utf8_lossy(&out.stdout)
     );
+    // The node's metrics count what the balancer did: the 20 connects and the UDP send
+    // translated, the port the Service lacks refused.
+    let metrics = n.kubectl_ok(V, &["get", "--raw", &format!("/api/v1/nodes/{node}/proxy/metrics")]);
+    let calls = |result: &str| -> u64 {
+        let series = format!(r#"nodeless_eni_service_socket_calls_total{{result="{result}"}} "#);
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&series).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("{series} missing from\n{metrics}"))
+    };
+    assert!(calls("translated") >= 21, "{metrics}");
+    assert!(calls("no-port") >= 1, "{metrics}");
     // Cluster DNS behind a ClusterIP with a hand-written EndpointSlice.
     let out = n.kubectl(
         V,

@@ -215,6 +215,37 @@ fn decide(s: &Settings, i: Inputs, mem: &mut Memory, now: Instant) -> i64 {
     desired
 }
 
+/// Whether a PodAutoscaler is the KPA's (the default class) rather than the HPA's
+/// (`hpa.autoscaling.knative.dev`: an `autoscaling/v2` HPA scales the revision, see `revision`).
+pub fn is_kpa(pa: &Value) -> bool {
+    matches!(
+        pa.pointer(&format!("/metadata/annotations/{}", CLASS.replace('/', "~1")))
+            .and_then(Value::as_str),
+        None | Some(KPA_CLASS)
+    )
+}
+
+pub const CLASS: &str = "autoscaling.knative.dev/class";
+pub const KPA_CLASS: &str = "kpa.autoscaling.knative.dev";
+pub const HPA_CLASS: &str = "hpa.autoscaling.knative.dev";
+
+/// A revision's request metric as the autoscalers read it: requests in flight (queued ones
+/// included) or requests per second, summed over its pods, averaged over its stable window
+/// (its `autoscaling.knative.dev/window`, else `config-autoscaler`'s). None when the revision
+/// has no PodAutoscaler.
+pub fn revision_metric(client: &LocalClient, ns: &str, revision: &str, rps: bool) -> Option<f64> {
+    let pas = served(client, "podautoscalers")?;
+    let pa = client.get(&pas, Some(ns), revision)?;
+    let s = Settings::of(&pa.obj, &config::read(client, "config-autoscaler"));
+    let sink = &client.state.revision_stats;
+    let o = sink.observed(ns, revision, s.window);
+    Some(if rps {
+        o.rps
+    } else {
+        o.concurrency + sink.queued(ns, revision) as f64
+    })
+}
+
 pub async fn run(client: LocalClient) {
     let mut memory: HashMap<(String, String), Memory> = HashMap::new();
     let mut tick = tokio::time::interval(TICK);
@@ -242,6 +273,10 @@ pub async fn run(client: LocalClient) {
             let name = str_at(&pa.obj, "/metadata/name").to_string();
             let is_poked = poked.iter().any(|(a, b)| *a == ns && *b == name);
             if !poked.is_empty() && !is_poked {
+                continue;
+            }
+            if !is_kpa(&pa.obj) {
+                mirror_hpa(&client, &pas, &pa).await;
                 continue;
             }
             let mem = memory.entry((ns.clone(), name.clone())).or_default();
@@ -308,6 +343,27 @@ pub async fn run(client: LocalClient) {
                 tracing::debug!(namespace = %ns, revision = %name, error = %e, "writing the PodAutoscaler status failed");
             }
         }
+    }
+}
+
+/// A PodAutoscaler of the HPA class: its HPA scales the Deployment, and its status says what
+/// the Deployment has (as Knative's HPA reconciler copies the HPA's status).
+async fn mirror_hpa(client: &LocalClient, pas: &crate::api::registry::Served, pa: &crate::store::Stored) {
+    let ns = str_at(&pa.obj, "/metadata/namespace");
+    let deployments = client.served("apps", "deployments");
+    let target = str_at(&pa.obj, "/spec/scaleTargetRef/name");
+    let Some(d) = client.get(&deployments, Some(ns), target) else {
+        return;
+    };
+    let at = |p: &str| d.obj.pointer(p).and_then(Value::as_i64).unwrap_or(0);
+    let (desired, ready) = (at("/spec/replicas"), at("/status/readyReplicas"));
+    let mut status = pa.obj.get("status").cloned().unwrap_or(json!({}));
+    status["desiredScale"] = json!(desired);
+    status["actualScale"] = json!(ready);
+    set_condition(&mut status, "Ready", "True", "", "");
+    set_active(&mut status, ready, desired);
+    if let Err(e) = write_status(client, pas, pa, status).await {
+        tracing::debug!(namespace = %ns, revision = %str_at(&pa.obj, "/metadata/name"), error = %e, "writing the PodAutoscaler status failed");
     }
 }
 

@@ -160,6 +160,74 @@ fn pod_template(rev: &Value, labels: &Map<String, Value>) -> Value {
     })
 }
 
+/// The `autoscaling/v2` HPA of a revision of the HPA class, named after it and owned by its
+/// PodAutoscaler, as Knative's HPA reconciler makes it from the revision's annotations:
+/// `metric` cpu (the default: `target` is the utilisation percentage, 80 when unset), memory
+/// (`target` in MiB, else 80 % utilisation), or a request metric (`concurrency`, `rps`: a per-pod
+/// average value, the KPA's target when unset); `min-scale` (at least 1) and `max-scale` (none:
+/// unbounded); `window` as the scale-down stabilisation window.
+async fn apply_hpa(
+    client: &LocalClient,
+    ns: &str,
+    name: &str,
+    pa: &Value,
+    labels: &Map<String, Value>,
+) -> Result<(), ApiError> {
+    let hpas = client
+        .lookup("autoscaling", "v2", "horizontalpodautoscalers")
+        .ok_or(ApiError::NoRoute)?;
+    let ann = |k: &str| {
+        pa.pointer(&format!("/metadata/annotations/autoscaling.knative.dev~1{k}"))
+            .and_then(Value::as_str)
+    };
+    let target = ann("target").and_then(|v| v.parse::<f64>().ok());
+    let metric = match ann("metric").unwrap_or("cpu") {
+        "cpu" => json!({"type": "Resource", "resource": {"name": "cpu",
+            "target": {"type": "Utilization", "averageUtilization": target.unwrap_or(80.0).ceil() as i64}}}),
+        "memory" => match target {
+            Some(t) => json!({"type": "Resource", "resource": {"name": "memory",
+                "target": {"type": "AverageValue", "averageValue": format!("{}Mi", t.ceil() as i64)}}}),
+            None => json!({"type": "Resource", "resource": {"name": "memory",
+                "target": {"type": "Utilization", "averageUtilization": 80}}}),
+        },
+        other => {
+            let cfg = crate::knative::config::read(client, "config-autoscaler");
+            let milli = (super::autoscaler::Settings::of(pa, &cfg).target * 1000.0).round() as i64;
+            let value = if milli % 1000 == 0 {
+                (milli / 1000).to_string()
+            } else {
+                format!("{milli}m")
+            };
+            json!({"type": "Pods", "pods": {"metric": {"name": other},
+                "target": {"type": "AverageValue", "averageValue": value}}})
+        }
+    };
+    let int = |k: &str| ann(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+    let max = if int("max-scale") > 0 {
+        int("max-scale")
+    } else {
+        i64::from(i32::MAX)
+    };
+    let mut spec = json!({
+        "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": format!("{name}-deployment")},
+        "minReplicas": int("min-scale").max(1),
+        "maxReplicas": max,
+        "metrics": [metric],
+    });
+    if let Some(w) = ann("window").and_then(crate::knative::duration::parse) {
+        spec["behavior"] = json!({"scaleDown": {"stabilizationWindowSeconds": w.as_secs()}});
+    }
+    let hpa = json!({
+        "apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler",
+        "metadata": {"name": name, "namespace": ns, "labels": labels,
+            "ownerReferences": [owner_ref("autoscaling.internal.knative.dev/v1alpha1", "PodAutoscaler", pa)]},
+        "spec": spec,
+    });
+    super::apply(client, &hpas, hpa, &["spec"], Meta::Merge)
+        .await
+        .map(|_| ())
+}
+
 /// The scale the revision starts at before the autoscaler has said anything.
 fn initial_scale(client: &LocalClient, rev: &Value) -> i64 {
     let cfg = crate::knative::config::read(client, "config-autoscaler");
@@ -219,10 +287,22 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
             "containerConcurrency": cc, "protocolType": if h2c { "h2c" } else { "http1" }},
     });
     let pa = super::apply(&client, &pas, pa, &["spec"], Meta::Merge).await?;
-    let desired = pa
-        .pointer("/status/desiredScale")
-        .and_then(Value::as_i64)
-        .unwrap_or_else(|| initial_scale(&client, rev));
+    let deployments = client.served("apps", "deployments");
+    let dep_name = format!("{name}-deployment");
+    let desired = if super::autoscaler::is_kpa(&pa) {
+        pa.pointer("/status/desiredScale")
+            .and_then(Value::as_i64)
+            .unwrap_or_else(|| initial_scale(&client, rev))
+    } else {
+        // The HPA class: the HPA sets the Deployment's replicas; never below one (an HPA does
+        // not scale to zero).
+        apply_hpa(&client, &ns, &name, &pa, &labels).await?;
+        client
+            .get(&deployments, Some(&ns), &dep_name)
+            .and_then(|d| d.obj.pointer("/spec/replicas").and_then(Value::as_i64))
+            .unwrap_or_else(|| initial_scale(&client, rev))
+            .max(1)
+    };
 
     // The Service the ingress sends the revision's traffic to.
     let mut svc_ann = Map::new();
@@ -268,8 +348,6 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
     }
 
     // The Deployment.
-    let deployments = client.served("apps", "deployments");
-    let dep_name = format!("{name}-deployment");
     let deployment = json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
         "metadata": {"name": dep_name, "namespace": ns, "labels": labels, "ownerReferences": owner},
