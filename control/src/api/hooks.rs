@@ -55,7 +55,7 @@ fn claim_cluster_ip(state: &ApiState, served: &Served, obj: &mut Value) -> Resul
 }
 
 pub fn before_create(state: &ApiState, served: &Served, obj: &mut Value) -> Result<Option<String>, ApiError> {
-    crate::knative::admit::admit(served, obj, None)?;
+    crate::knative::admit::admit(&state.store, served, obj, None)?;
     if is(served, "", "Service") {
         return claim_cluster_ip(state, served, obj);
     }
@@ -73,7 +73,7 @@ pub fn undo_create(state: &ApiState, claimed: Option<&str>) {
 }
 
 pub fn before_update(state: &ApiState, served: &Served, new: &mut Value, old: &Value) -> Result<(), ApiError> {
-    crate::knative::admit::admit(served, new, Some(old))?;
+    crate::knative::admit::admit(&state.store, served, new, Some(old))?;
     if is(served, "", "Service") {
         let old_ip = old
             .pointer("/spec/clusterIP")

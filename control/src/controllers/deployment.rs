@@ -334,6 +334,24 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
             "Deployment does not have minimum availability.".into(),
         )
     };
+    let mut conditions = vec![available_cond, progressing];
+    // A ReplicaSet whose pods the API refuses: its ReplicaFailure, as Kubernetes copies it up.
+    if let Some(failure) = rss.iter().find_map(|s| {
+        s.obj
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .and_then(|cs| {
+                cs.iter()
+                    .find(|c| str_at(c, "/type") == "ReplicaFailure" && str_at(c, "/status") == "True")
+            })
+    }) {
+        conditions.push(condition(
+            "ReplicaFailure",
+            "True",
+            str_at(failure, "/reason"),
+            str_at(failure, "/message").to_string(),
+        ));
+    }
     let status = json!({
         "observedGeneration": d.obj.pointer("/metadata/generation").cloned().unwrap_or(json!(1)),
         "replicas": total,
@@ -341,7 +359,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
         "readyReplicas": sum("readyReplicas"),
         "availableReplicas": available,
         "unavailableReplicas": (replicas - available).max(0),
-        "conditions": [available_cond, progressing],
+        "conditions": conditions,
     });
     let mut cur = d;
     if let Some(n) = new_now {

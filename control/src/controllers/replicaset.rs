@@ -1,10 +1,15 @@
 //! ReplicaSet → Pods: keep `spec.replicas` pods running from the template, report status. The
-//! legacy ReplicationController (core/v1, selector a plain map) is run by the same code.
+//! legacy ReplicationController (core/v1, selector a plain map) is run by the same code. A pod the
+//! API refuses (a quota, a LimitRange, a missing ServiceAccount) is a `FailedCreate` warning
+//! event and a `ReplicaFailure` condition naming why, as Kubernetes reports it, and is tried
+//! again with a back-off; the condition goes once the pods can be made.
 
 use futures::future::join_all;
 use serde_json::{Value, json};
 
-use super::{all_keys, is_deleting, owned_by, owner_keys, owner_ref, pod_active, pod_ready, split_key, str_at, uid};
+use super::{
+    all_keys, event, is_deleting, owned_by, owner_keys, owner_ref, pod_active, pod_ready, split_key, str_at, uid,
+};
 use crate::api::error::ApiError;
 use crate::api::local::LocalClient;
 use crate::store::Event;
@@ -125,13 +130,24 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
         .and_then(Value::as_i64)
         .unwrap_or(1)
         .max(0) as usize;
+    // A create the API refused (a 4xx other than a race): why, for the status and the event.
+    let mut refused: Option<ApiError> = None;
     if active.len() < desired {
         let missing = desired - active.len();
         for chunk_start in (0..missing).step_by(CREATE_CHUNK) {
             let n = CREATE_CHUNK.min(missing - chunk_start);
             let creates = (0..n).map(|_| client.create(&pods_res, ns, pod_from_template(r, &rs.obj)));
             for r in join_all(creates).await {
-                r?;
+                match r {
+                    Ok(_) => {}
+                    Err(e) if (400..500).contains(&e.code()) && e.code() != 409 => {
+                        refused.get_or_insert(e);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            if refused.is_some() {
+                break;
             }
         }
     } else if active.len() > desired {
@@ -173,17 +189,43 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
                 .all(|(k, v)| p.pointer("/metadata/labels").and_then(|l| l.get(k)) == Some(v))
         })
         .count();
-    let status = json!({
+    let mut status = json!({
         "replicas": active.len(),
         "fullyLabeledReplicas": fully_labeled,
         "readyReplicas": ready,
         "availableReplicas": available,
         "observedGeneration": rs.obj.pointer("/metadata/generation").cloned().unwrap_or(json!(1)),
     });
+    if let Some(e) = &refused {
+        let message = e.to_string();
+        let was = rs
+            .obj
+            .pointer("/status/conditions")
+            .and_then(Value::as_array)
+            .and_then(|cs| cs.iter().find(|c| str_at(c, "/type") == "ReplicaFailure"));
+        let since = match was {
+            Some(c) if str_at(c, "/message") == message => c["lastTransitionTime"].clone(),
+            _ => json!(crate::api::objects::now_rfc3339()),
+        };
+        status["conditions"] = json!([{"type": "ReplicaFailure", "status": "True", "reason": "FailedCreate",
+            "message": message, "lastTransitionTime": since}]);
+    }
     if rs.obj.get("status") != Some(&status) {
         let mut new = (*rs.obj).clone();
         new["status"] = status;
         client.update_status(&rs_res, &rs, new).await?;
+    }
+    if let Some(e) = refused {
+        event(
+            &client,
+            &rs.obj,
+            "Warning",
+            "FailedCreate",
+            &format!("Error creating: {e}"),
+            "replicaset-controller",
+        )
+        .await;
+        return Err(e);
     }
     // Pods that are ready but not yet available (minReadySeconds) are counted again on the
     // next change or the periodic resync.

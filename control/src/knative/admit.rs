@@ -5,6 +5,7 @@
 
 use serde_json::{Value, json};
 
+use super::config::RevisionDefaults;
 use super::field_error::{FieldError, FieldErrors};
 use super::podspec;
 use crate::api::error::ApiError;
@@ -12,7 +13,6 @@ use crate::api::registry::Served;
 use nodeless_types::knative::SERVING_GROUP;
 
 /// Default request timeout of a revision (config-defaults).
-const DEFAULT_TIMEOUT: i64 = 300;
 const CONTAINER_NAME: &str = "user-container";
 /// Annotations naming who created an object and who last changed its spec.
 pub const CREATOR: &str = "serving.knative.dev/creator";
@@ -27,16 +27,22 @@ const INITIAL_SCALE: &str = "autoscaling.knative.dev/initial-scale";
 const DNS1035_LABEL: &str = "a DNS-1035 label must consist of lower case alphanumeric characters or '-', start with an alphabetic character, and end with an alphanumeric character (e.g. 'my-name',  or 'abc-123', regex used for validation is '[a-z]([-a-z0-9]*[a-z0-9])?')";
 
 /// Default and check a write of a `serving.knative.dev` object (`old` on update).
-pub fn admit(served: &Served, obj: &mut Value, old: Option<&Value>) -> Result<(), ApiError> {
+pub fn admit(
+    store: &crate::store::Store,
+    served: &Served,
+    obj: &mut Value,
+    old: Option<&Value>,
+) -> Result<(), ApiError> {
     if served.def.group != SERVING_GROUP {
         return Ok(());
     }
     let kind = served.def.kind.as_str();
+    let defaults = RevisionDefaults::read(store);
     match kind {
-        "Service" | "Configuration" => default_parent(obj, kind, old),
+        "Service" | "Configuration" => default_parent(obj, kind, old, &defaults),
         "Revision" => {
             if let Some(spec) = obj.get_mut("spec") {
-                default_revision_spec(spec);
+                default_revision_spec(spec, &defaults);
             }
         }
         "Route" => {
@@ -45,7 +51,8 @@ pub fn admit(served: &Served, obj: &mut Value, old: Option<&Value>) -> Result<()
         }
         _ => return Ok(()),
     }
-    let errs = check(kind, obj, old);
+    let mut errs = check(kind, obj, old, &defaults);
+    zero_initial_scale(store, kind, obj, old, &mut errs);
     if errs.is_empty() {
         Ok(())
     } else {
@@ -57,14 +64,14 @@ pub fn admit(served: &Served, obj: &mut Value, old: Option<&Value>) -> Result<()
 /// were (a status update, a controller's labels, a finalizer) is not checked again, as Knative's
 /// webhook leaves status updates alone: the object was admitted, perhaps under older rules, and
 /// refusing now would keep its controller from reporting on it.
-fn check(kind: &str, obj: &Value, old: Option<&Value>) -> FieldErrors {
+fn check(kind: &str, obj: &Value, old: Option<&Value>, d: &RevisionDefaults) -> FieldErrors {
     let mut errs = FieldErrors::default();
     let annotations = |o: &Value| o.pointer("/metadata/annotations").cloned();
     if old.is_some_and(|o| o.get("spec") == obj.get("spec") && annotations(o) == annotations(obj)) {
         return errs;
     }
     match kind {
-        "Service" | "Configuration" => check_parent(obj, kind, old, &mut errs),
+        "Service" | "Configuration" => check_parent(obj, kind, old, d, &mut errs),
         "Revision" => {
             autoscaling(obj, "metadata.annotations", &mut errs);
             match old {
@@ -73,7 +80,7 @@ fn check(kind: &str, obj: &Value, old: Option<&Value>) -> FieldErrors {
                         .with_details(diff(o.get("spec"), obj.get("spec"))),
                 ),
                 Some(_) => {}
-                None => podspec::check(obj.get("spec").unwrap_or(&Value::Null), "spec", &mut errs),
+                None => podspec::check(obj.get("spec").unwrap_or(&Value::Null), "spec", d, &mut errs),
             }
         }
         "Route" => {
@@ -87,9 +94,9 @@ fn check(kind: &str, obj: &Value, old: Option<&Value>) -> FieldErrors {
 
 /// Knative's defaults of a Service or Configuration: the template's, a Service's traffic (all
 /// to the latest revision), and the authors.
-fn default_parent(obj: &mut Value, kind: &str, old: Option<&Value>) {
+fn default_parent(obj: &mut Value, kind: &str, old: Option<&Value>, d: &RevisionDefaults) {
     if let Some(t) = obj.pointer_mut("/spec/template") {
-        default_template(t);
+        default_template(t, d);
     }
     if kind == "Service"
         && obj
@@ -152,15 +159,15 @@ fn set_authors(obj: &mut Value, old: Option<&Value>) {
     a[LAST_MODIFIER] = json!(modifier.unwrap_or_else(|| user.to_string()));
 }
 
-fn default_revision_spec(spec: &mut Value) {
+fn default_revision_spec(spec: &mut Value, d: &RevisionDefaults) {
     if !spec.is_object() {
         return;
     }
     if spec.get("timeoutSeconds").is_none() {
-        spec["timeoutSeconds"] = json!(DEFAULT_TIMEOUT);
+        spec["timeoutSeconds"] = json!(d.timeout);
     }
     if spec.get("containerConcurrency").is_none() {
-        spec["containerConcurrency"] = json!(0);
+        spec["containerConcurrency"] = json!(d.concurrency);
     }
     if spec.get("enableServiceLinks").is_none() {
         spec["enableServiceLinks"] = json!(false);
@@ -179,19 +186,19 @@ fn default_revision_spec(spec: &mut Value) {
     }
 }
 
-fn default_template(t: &mut Value) {
+fn default_template(t: &mut Value, d: &RevisionDefaults) {
     if let Some(spec) = t.get_mut("spec") {
-        default_revision_spec(spec);
+        default_revision_spec(spec, d);
     }
 }
 
 /// Service and Configuration: their own annotations, the template (its spec, annotations and
 /// name), and the traffic (Service).
-fn check_parent(obj: &Value, kind: &str, old: Option<&Value>, errs: &mut FieldErrors) {
+fn check_parent(obj: &Value, kind: &str, old: Option<&Value>, d: &RevisionDefaults, errs: &mut FieldErrors) {
     no_autoscaling(obj, errs);
     let null = Value::Null;
     let t = obj.pointer("/spec/template").unwrap_or(&null);
-    podspec::check(t.get("spec").unwrap_or(&null), "spec.template.spec", errs);
+    podspec::check(t.get("spec").unwrap_or(&null), "spec.template.spec", d, errs);
     autoscaling(t, "spec.template.metadata.annotations", errs);
     template_name(obj, t, old, errs);
     if kind == "Service" {
@@ -298,6 +305,36 @@ fn no_autoscaling(obj: &Value, errs: &mut FieldErrors) {
                 "autoscaling annotations must be put under \"spec.template.metadata.annotations\" to work",
             ),
         );
+    }
+}
+
+/// `initial-scale: "0"` is refused unless `config-autoscaler` says `allow-zero-initial-scale:
+/// "true"` (Knative's `validateInitialScale`), on a write that sets or changes it.
+fn zero_initial_scale(
+    store: &crate::store::Store,
+    kind: &str,
+    obj: &Value,
+    old: Option<&Value>,
+    errs: &mut FieldErrors,
+) {
+    let at = if kind == "Revision" {
+        "/metadata/annotations"
+    } else {
+        "/spec/template/metadata/annotations"
+    };
+    let value = |o: &Value| {
+        o.pointer(&format!("{at}/{}", INITIAL_SCALE.replace('/', "~1")))
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let v = value(obj);
+    if v.as_deref() != Some("0") || old.and_then(value) == v {
+        return;
+    }
+    let cfg = crate::knative::config::read_store(store, "config-autoscaler");
+    if cfg.get("allow-zero-initial-scale").map(String::as_str) != Some("true") {
+        let path = at.trim_start_matches('/').replace('/', ".");
+        errs.push(FieldError::invalid_value("0", format!("{path}.{INITIAL_SCALE}")));
     }
 }
 
@@ -501,12 +538,53 @@ mod tests {
         json!({"metadata": {"name": "hello"}, "spec": spec})
     }
 
+    #[test]
+    fn config_defaults_set_and_bound_the_revision_spec() {
+        let cfg: std::collections::BTreeMap<String, String> = [
+            ("revision-timeout-seconds", "120"),
+            ("max-revision-timeout-seconds", "200"),
+            ("container-concurrency", "5"),
+            ("container-concurrency-max-limit", "10"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        let d = RevisionDefaults::of(&cfg);
+        let mut obj = svc(json!({"template": {"spec": {"containers": [{"image": "x"}]}}}));
+        default_parent(&mut obj, "Service", None, &d);
+        assert_eq!(obj.pointer("/spec/template/spec/timeoutSeconds"), Some(&json!(120)));
+        assert_eq!(obj.pointer("/spec/template/spec/containerConcurrency"), Some(&json!(5)));
+        let mut errs = FieldErrors::default();
+        obj["spec"]["template"]["spec"]["timeoutSeconds"] = json!(300);
+        obj["spec"]["template"]["spec"]["containerConcurrency"] = json!(11);
+        check_parent(&obj, "Service", None, &d, &mut errs);
+        let text = errs.to_string();
+        assert!(
+            text.contains("expected 0 <= 300 <= 200: spec.template.spec.timeoutSeconds"),
+            "{text}"
+        );
+        assert!(
+            text.contains("expected 0 <= 11 <= 10: spec.template.spec.containerConcurrency"),
+            "{text}"
+        );
+        // Knative's own defaults when the ConfigMap says nothing.
+        assert_eq!(
+            RevisionDefaults::default(),
+            RevisionDefaults {
+                timeout: 300,
+                max_timeout: 600,
+                concurrency: 0,
+                max_concurrency: 1000
+            }
+        );
+    }
+
     /// A Service's refusals once defaulted, as Knative prints them ("" when admitted).
     fn check_update(obj: &Value, old: Option<&Value>) -> String {
         let mut obj = obj.clone();
-        default_parent(&mut obj, "Service", old);
+        default_parent(&mut obj, "Service", old, &RevisionDefaults::default());
         let mut errs = FieldErrors::default();
-        check_parent(&obj, "Service", old, &mut errs);
+        check_parent(&obj, "Service", old, &RevisionDefaults::default(), &mut errs);
         errs.to_string()
     }
 
@@ -581,7 +659,7 @@ mod tests {
             "max-scale=2 is less than min-scale=3: spec.template.metadata.annotations.autoscaling.knative.dev/max-scale, spec.template.metadata.annotations.autoscaling.knative.dev/min-scale"
         );
         let mut old = named("hello-a");
-        default_parent(&mut old, "Service", None);
+        default_parent(&mut old, "Service", None, &RevisionDefaults::default());
         let mut renamed = old.clone();
         renamed["spec"]["template"]["spec"]["containers"][0]["image"] = json!("y");
         assert_eq!(
@@ -668,10 +746,10 @@ mod tests {
     #[test]
     fn defaults() {
         let mut named = json!({"spec": {"containers": [{"image": "x", "name": ""}]}});
-        default_template(&mut named);
+        default_template(&mut named, &RevisionDefaults::default());
         assert_eq!(named["spec"]["containers"][0]["name"], "user-container");
         let mut t = json!({"spec": {"containers": [{"image": "x"}]}});
-        default_template(&mut t);
+        default_template(&mut t, &RevisionDefaults::default());
         assert_eq!(t["spec"]["timeoutSeconds"], 300);
         assert_eq!(t["spec"]["containerConcurrency"], 0);
         assert_eq!(t["spec"]["containers"][0]["name"], "user-container");
@@ -683,17 +761,17 @@ mod tests {
         let mut stored = svc(
             json!({"template": {"spec": {"containers": [{"image": "x", "env": [{"name": "PORT", "value": "1"}]}]}}}),
         );
-        default_parent(&mut stored, "Service", None);
+        default_parent(&mut stored, "Service", None, &RevisionDefaults::default());
         let mut status = stored.clone();
         status["status"] = json!({"observedGeneration": 1});
-        assert!(check("Service", &status, Some(&stored)).is_empty());
+        assert!(check("Service", &status, Some(&stored), &RevisionDefaults::default()).is_empty());
         assert_eq!(
-            check("Service", &stored, None).to_string(),
+            check("Service", &stored, None, &RevisionDefaults::default()).to_string(),
             "\"PORT\" is a reserved environment variable: spec.template.spec.containers[0].env[0].name"
         );
         let mut changed = stored.clone();
         changed["spec"]["template"]["spec"]["containers"][0]["image"] = json!("y");
-        assert!(!check("Service", &changed, Some(&stored)).is_empty());
+        assert!(!check("Service", &changed, Some(&stored), &RevisionDefaults::default()).is_empty());
     }
 
     #[test]

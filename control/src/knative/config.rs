@@ -58,15 +58,55 @@ pub const DEFAULTS: &[(&str, &[(&str, &str)])] = &[
     ),
 ];
 
+/// What `config-defaults` says of revisions, as the webhook applies and checks it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RevisionDefaults {
+    /// `revision-timeout-seconds`: a revision's `timeoutSeconds` when it gives none.
+    pub timeout: i64,
+    /// `max-revision-timeout-seconds`: the most `timeoutSeconds` (and the other timeouts) may ask.
+    pub max_timeout: i64,
+    /// `container-concurrency`: `containerConcurrency` when it gives none.
+    pub concurrency: i64,
+    /// `container-concurrency-max-limit`: the most `containerConcurrency` may ask.
+    pub max_concurrency: i64,
+}
+
+impl Default for RevisionDefaults {
+    fn default() -> Self {
+        RevisionDefaults::of(&BTreeMap::new())
+    }
+}
+
+impl RevisionDefaults {
+    /// From `config-defaults`' data; a key missing or not a number keeps Knative's default.
+    pub fn of(cfg: &BTreeMap<String, String>) -> Self {
+        let num = |k: &str, d: i64| cfg.get(k).and_then(|v| v.trim().parse::<i64>().ok()).unwrap_or(d);
+        RevisionDefaults {
+            timeout: num("revision-timeout-seconds", 300),
+            max_timeout: num("max-revision-timeout-seconds", 600),
+            concurrency: num("container-concurrency", 0),
+            max_concurrency: num("container-concurrency-max-limit", 1000),
+        }
+    }
+
+    pub fn read(store: &crate::store::Store) -> Self {
+        Self::of(&read_store(store, "config-defaults"))
+    }
+}
+
 /// One ConfigMap's data, with the built-in defaults under what the cluster says.
 pub fn read(client: &LocalClient, name: &str) -> BTreeMap<String, String> {
+    read_store(&client.state.store, name)
+}
+
+/// [`read`] from the store itself (admission, which has no client).
+pub fn read_store(store: &crate::store::Store, name: &str) -> BTreeMap<String, String> {
     let mut out: BTreeMap<String, String> = DEFAULTS
         .iter()
         .find(|(n, _)| *n == name)
         .map(|(_, kv)| kv.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect())
         .unwrap_or_default();
-    let configmaps = client.served("", "configmaps");
-    if let Some(cm) = client.get(&configmaps, Some(SYSTEM_NAMESPACE), name) {
+    if let Some(cm) = store.get(&format!("/core/configmaps/{SYSTEM_NAMESPACE}/{name}")) {
         if let Some(data) = cm.obj.get("data").and_then(Value::as_object) {
             for (k, v) in data {
                 if k.starts_with('_') {

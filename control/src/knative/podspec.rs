@@ -6,12 +6,9 @@
 
 use serde_json::Value;
 
+use super::config::RevisionDefaults;
 use super::field_error::{FieldError, FieldErrors};
 
-/// The most `timeoutSeconds` may ask (config-defaults' `max-revision-timeout-seconds`).
-pub const MAX_TIMEOUT: i64 = 600;
-/// The most `containerConcurrency` may ask (config-defaults' `container-concurrency-max-limit`).
-const MAX_CONCURRENCY: i64 = 1000;
 const MAX_ID: i64 = i32::MAX as i64;
 
 /// How Go tells that a field is set, which is what Knative's masks compare: a pointer, slice or
@@ -86,7 +83,8 @@ fn list<'a>(v: &'a Value, field: &str) -> &'a [Value] {
 }
 
 /// Check a revision spec (`at` is where it sits: `spec`, or `spec.template.spec`).
-pub fn check(spec: &Value, at: &str, errs: &mut FieldErrors) {
+pub fn check(spec: &Value, at: &str, d: &RevisionDefaults, errs: &mut FieldErrors) {
+    let (max_timeout, max_concurrency) = (d.max_timeout, d.max_concurrency);
     let containers = list(spec, "containers");
     // The one serving port, across all containers.
     let ports: usize = containers.iter().map(|c| list(c, "ports").len()).sum();
@@ -138,29 +136,29 @@ pub fn check(spec: &Value, at: &str, errs: &mut FieldErrors) {
         }
     }
     if let Some(v) = spec.get("timeoutSeconds") {
-        if v.as_i64() != Some(0) && !v.as_i64().is_some_and(|n| (0..=MAX_TIMEOUT).contains(&n)) {
+        if v.as_i64() != Some(0) && !v.as_i64().is_some_and(|n| (0..=max_timeout).contains(&n)) {
             errs.push(FieldError::out_of_bounds(
                 v,
                 0,
-                MAX_TIMEOUT,
+                max_timeout,
                 format!("{at}.timeoutSeconds"),
             ));
         }
     }
     if let Some(v) = spec.get("containerConcurrency") {
-        if !v.as_i64().is_some_and(|n| (0..=MAX_CONCURRENCY).contains(&n)) {
+        if !v.as_i64().is_some_and(|n| (0..=max_concurrency).contains(&n)) {
             errs.push(FieldError::out_of_bounds(
                 v,
                 0,
-                MAX_CONCURRENCY,
+                max_concurrency,
                 format!("{at}.containerConcurrency"),
             ));
         }
     }
     for field in ["responseStartTimeoutSeconds", "idleTimeoutSeconds"] {
         if let Some(v) = spec.get(field) {
-            if !v.as_i64().is_some_and(|n| (0..=MAX_TIMEOUT).contains(&n)) {
-                errs.push(FieldError::out_of_bounds(v, 0, MAX_TIMEOUT, format!("{at}.{field}")));
+            if !v.as_i64().is_some_and(|n| (0..=max_timeout).contains(&n)) {
+                errs.push(FieldError::out_of_bounds(v, 0, max_timeout, format!("{at}.{field}")));
             }
         }
     }
@@ -263,7 +261,7 @@ mod tests {
             spec[k] = v.clone();
         }
         let mut errs = FieldErrors::default();
-        check(&spec, "spec.template.spec", &mut errs);
+        check(&spec, "spec.template.spec", &RevisionDefaults::default(), &mut errs);
         errs.to_string()
     }
 
@@ -380,6 +378,7 @@ mod tests {
         check(
             &json!({"containers": [{"name": "a", "image": "x"}, {"name": "b", "image": "y"}]}),
             "spec",
+            &RevisionDefaults::default(),
             &mut errs,
         );
         assert_eq!(errs.to_string(), "missing field(s): spec.containers[*].ports");
@@ -403,7 +402,7 @@ mod tests {
             "missing field(s): spec.template.spec.containers[0].image"
         );
         let mut errs = FieldErrors::default();
-        check(&json!({}), "spec", &mut errs);
+        check(&json!({}), "spec", &RevisionDefaults::default(), &mut errs);
         assert_eq!(errs.to_string(), "missing field(s): spec.containers");
     }
 }

@@ -5,8 +5,8 @@
 //! header; a pinned revision takes everything; an idle revision goes to zero after the grace
 //! period and the next request wakes it, none failing; `containerConcurrency: 1` answers ten
 //! concurrent requests one at a time; a revision of the HPA class scales on requests per
-//! second through an `autoscaling/v2` HPA; a missing image is Ready=False naming it; bad specs
-//! are refused naming the field.
+//! second through an `autoscaling/v2` HPA; a missing image is Ready=False naming it, and so are
+//! pods the API refuses; bad specs are refused naming the field.
 
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
@@ -313,6 +313,17 @@ fn knative_services_route_split_and_scale_to_zero() {
     let bad_name = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: named}\nspec:\n  template:\n    metadata: {name: other-1}\n    spec: {containers: [{image: nodeless.local/echo:1}]}\n";
     let err = String::from_utf8_lossy(&apply(&n, bad_name).stderr).to_string();
     assert!(err.contains("spec.template.metadata.name"), "{err}");
+    // initial-scale 0 only where config-autoscaler allows it (it does not by default).
+    let at_zero = ksvc(
+        "zero",
+        "autoscaling.knative.dev/initial-scale: \"0\"",
+        "      containers: [{image: nodeless.local/echo:1}]\n",
+    );
+    let err = String::from_utf8_lossy(&apply(&n, &at_zero).stderr).to_string();
+    assert!(
+        err.contains("invalid value: 0: spec.template.metadata.annotations.autoscaling.knative.dev/initial-scale"),
+        "{err}"
+    );
     let two_ports = "apiVersion: serving.knative.dev/v1\nkind: Service\nmetadata: {name: ports}\nspec:\n  template:\n    spec: {containers: [{image: nodeless.local/echo:1, ports: [{containerPort: 8080}, {containerPort: 8081}]}]}\n";
     let err = String::from_utf8_lossy(&apply(&n, two_ports).stderr).to_string();
     assert!(err.contains("spec.template.spec.containers[*].ports"), "{err}");
@@ -509,6 +520,36 @@ fn knative_services_route_split_and_scale_to_zero() {
     eventually("busy's PodAutoscaler at one", 10, || {
         jsonpath(&n, "kpa/busy-00001", "{.status.desiredScale}") == "1"
     });
+
+    // Pods the API refuses (here: a ServiceAccount the namespace lacks): Ready=False with the
+    // reason, not Unknown forever.
+    let refused = ksvc(
+        "nobody",
+        "",
+        "      serviceAccountName: ghost\n      containers: [{image: nodeless.local/echo:1}]\n",
+    );
+    assert!(apply(&n, &refused).status.success());
+    eventually("refused pods reported", 60, || {
+        jsonpath(
+            &n,
+            "rev/nobody-00001",
+            "{.status.conditions[?(@.type=='Ready')].status}",
+        ) == "False"
+    });
+    let message = jsonpath(
+        &n,
+        "rev/nobody-00001",
+        "{.status.conditions[?(@.type=='Ready')].message}",
+    );
+    assert!(message.contains(r#"serviceaccount "ghost" not found"#), "{message}");
+    assert_eq!(
+        jsonpath(
+            &n,
+            "rev/nobody-00001",
+            "{.status.conditions[?(@.type=='Ready')].reason}"
+        ),
+        "FailedCreate"
+    );
 
     // Deleting the Service takes everything it made with it.
     n.kubectl_ok(V, &["delete", "ksvc", "hello"]);

@@ -454,6 +454,28 @@ async fn tokens_are_bound_to_their_audience_and_objects() {
         "{}",
         err(&refused)
     );
+    // The same pods made by a Deployment: its ReplicaSet says why in a FailedCreate event and a
+    // ReplicaFailure condition, which the Deployment carries.
+    let deployment = "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: ghosts}\nspec:\n  selector: {matchLabels: {app: ghosts}}\n  template:\n    metadata: {labels: {app: ghosts}}\n    spec:\n      serviceAccountName: ghost\n      containers: [{name: c, image: busybox}]\n";
+    let made = n.kubectl_with("1.33", &n.kubeconfig(), &["apply", "-f", "-"], Some(deployment));
+    assert!(made.status.success(), "{}", err(&made));
+    let failure = || {
+        out(&n.kubectl(
+            "1.33",
+            &[
+                "get",
+                "deployment",
+                "ghosts",
+                "-o",
+                "jsonpath={.status.conditions[?(@.type=='ReplicaFailure')].message}",
+            ],
+        ))
+    };
+    eventually("the Deployment's ReplicaFailure", 20, || {
+        failure().contains(r#"serviceaccount "ghost" not found"#)
+    });
+    let events = out(&n.kubectl("1.33", &["get", "events", "--field-selector", "reason=FailedCreate"]));
+    assert!(events.contains("Error creating: pods"), "{events}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -356,7 +356,30 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": "25%", "maxUnavailable": 0}},
             "template": pod_template(rev, &labels)},
     });
-    let deployment = super::apply(&client, &deployments, deployment, &["spec"], Meta::Merge).await?;
+    let deployment = match super::apply(&client, &deployments, deployment, &["spec"], Meta::Merge).await {
+        Ok(d) => d,
+        // Refused by the API (a quota on Deployments, a policy): the revision cannot be served,
+        // and says why rather than staying Unknown.
+        Err(e) if (400..500).contains(&e.code()) && e.code() != 409 => {
+            let mut status = rev.get("status").cloned().unwrap_or(json!({}));
+            let message = format!("creating Deployment {dep_name}: {e}");
+            set_condition(&mut status, "ResourcesAvailable", "False", "FailedCreate", &message);
+            set_ready_from(&mut status, &["ResourcesAvailable", "ContainerHealthy"]);
+            write_status(&client, &revisions, &cur, status).await?;
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    // Pods the API refuses (a quota, a LimitRange, a missing ServiceAccount): the Deployment's
+    // ReplicaFailure, as Knative propagates it.
+    let replica_failure = deployment
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .and_then(|cs| {
+            cs.iter()
+                .find(|c| str_at(c, "/type") == "ReplicaFailure" && str_at(c, "/status") == "True")
+        })
+        .map(|c| (str_at(c, "/reason").to_string(), str_at(c, "/message").to_string()));
 
     // Status.
     let pods = client.served("", "pods");
@@ -377,8 +400,14 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
         .and_then(Value::as_str)
         .unwrap_or_default();
     let was = |ty: &str| condition(rev, ty).is_some_and(|c| c.0 == "True");
-    let failure = revision_pods.iter().find_map(|p| pod_failure(p, image));
+    let failure = revision_pods
+        .iter()
+        .find_map(|p| pod_failure(p, image))
+        .or(replica_failure.map(|(reason, message)| (Kind::Refused(reason), "", message)));
     match (&failure, ready > 0 || was("ResourcesAvailable")) {
+        (Some((Kind::Refused(reason), _, message)), false) => {
+            set_condition(&mut status, "ResourcesAvailable", "False", reason, message);
+        }
         (Some((Kind::Image, reason, message)), false) => {
             set_condition(&mut status, "ContainerHealthy", "False", reason, message);
             set_condition(&mut status, "ResourcesAvailable", "False", reason, message);
@@ -422,6 +451,8 @@ enum Kind {
     Image,
     Container,
     Unschedulable,
+    /// The API refused the revision's pods: the Deployment's ReplicaFailure reason.
+    Refused(String),
 }
 
 /// Why a pod of the revision cannot serve, if it says.

@@ -148,8 +148,10 @@ const USER_RANGE: u32 = 65536;
 /// namespace) and whose namespaces it opens before letting it exit. The files come back as net,
 /// ipc, uts, user: the order of the reply.
 fn in_user_namespace(hostname: &str, base: u32) -> Result<Vec<File>, String> {
-    let exe = std::env::current_exe().map_err(|e| format!("finding the supervisor's own binary: {e}"))?;
-    let mut kid = Command::new(exe)
+    // The running image itself, not the path it was started from: the supervisor outlives
+    // upgrades, and once its file is replaced (a rebuild, a package update) that path names
+    // another binary, or nothing ("… (deleted)").
+    let mut kid = Command::new("/proc/self/exe")
         .arg("pod-namespaces")
         .arg(hostname)
         .stdin(Stdio::piped())
