@@ -982,12 +982,82 @@ fn workload(kind: &str, obj: &Value, old: Option<&Value>, c: &mut Causes) {
             ));
         }
     }
+    if kind == "StatefulSet" {
+        stateful_set(obj, old, c);
+    }
     if let Some(old) = old {
         if old.pointer("/spec/selector") != obj.pointer("/spec/selector") {
             c.push(Cause::invalid(
                 "spec.selector",
                 obj.pointer("/spec/selector").unwrap_or(&Value::Null),
                 "field is immutable",
+            ));
+        }
+    }
+}
+
+/// A StatefulSet's own rules, in Kubernetes' words, and one of the platform's: claims from
+/// `volumeClaimTemplates` need PersistentVolumeClaims, which are not served yet, so such a set
+/// is refused rather than run without its disks.
+fn stateful_set(obj: &Value, old: Option<&Value>, c: &mut Causes) {
+    if obj
+        .pointer("/spec/volumeClaimTemplates")
+        .and_then(Value::as_array)
+        .is_some_and(|v| !v.is_empty())
+    {
+        c.push(Cause::forbidden(
+            "spec.volumeClaimTemplates",
+            "PersistentVolumeClaims are not served by this cluster yet, so a StatefulSet cannot have per-pod claims; use emptyDir volumes in the template, or remove the templates",
+        ));
+    }
+    let policy = s(obj, "/spec/podManagementPolicy").unwrap_or("OrderedReady");
+    if !matches!(policy, "OrderedReady" | "Parallel") {
+        c.push(Cause::unsupported(
+            "spec.podManagementPolicy",
+            policy,
+            &["OrderedReady", "Parallel"],
+        ));
+    }
+    let strategy = s(obj, "/spec/updateStrategy/type").unwrap_or("RollingUpdate");
+    if !matches!(strategy, "RollingUpdate" | "OnDelete") {
+        c.push(Cause::unsupported(
+            "spec.updateStrategy.type",
+            strategy,
+            &["OnDelete", "RollingUpdate"],
+        ));
+    }
+    if let Some(p) = obj
+        .pointer("/spec/updateStrategy/rollingUpdate/partition")
+        .and_then(Value::as_i64)
+        .filter(|p| *p < 0)
+    {
+        c.push(Cause::invalid(
+            "spec.updateStrategy.rollingUpdate.partition",
+            &json!(p),
+            "must be greater than or equal to 0",
+        ));
+    }
+    if let Some(old) = old {
+        const MUTABLE: [&str; 7] = [
+            "replicas",
+            "ordinals",
+            "template",
+            "updateStrategy",
+            "revisionHistoryLimit",
+            "persistentVolumeClaimRetentionPolicy",
+            "minReadySeconds",
+        ];
+        let rest = |o: &Value| {
+            let mut spec = o.get("spec").cloned().unwrap_or(json!({}));
+            if let Some(m) = spec.as_object_mut() {
+                m.retain(|k, _| !MUTABLE.contains(&k.as_str()));
+            }
+            spec
+        };
+        if rest(obj) != rest(old) {
+            c.push(Cause::forbidden(
+                "spec",
+                "updates to statefulset spec for fields other than 'replicas', 'ordinals', 'template', 'updateStrategy', 'revisionHistoryLimit', 'persistentVolumeClaimRetentionPolicy' and 'minReadySeconds' are forbidden",
             ));
         }
     }

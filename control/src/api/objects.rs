@@ -86,6 +86,8 @@ fn decode(group: &str, kind: &str, input: &Value) -> Option<Result<(Value, Vec<S
         ("apps", "Deployment") => roundtrip::<apps::v1::Deployment>(input),
         ("apps", "ReplicaSet") => roundtrip::<apps::v1::ReplicaSet>(input),
         ("apps", "DaemonSet") => roundtrip::<apps::v1::DaemonSet>(input),
+        ("apps", "StatefulSet") => roundtrip::<apps::v1::StatefulSet>(input),
+        ("apps", "ControllerRevision") => roundtrip::<apps::v1::ControllerRevision>(input),
         ("batch", "Job") => roundtrip::<batch::v1::Job>(input),
         ("batch", "CronJob") => roundtrip::<batch::v1::CronJob>(input),
         ("networking.k8s.io", "Ingress") => roundtrip::<networking::v1::Ingress>(input),
@@ -448,6 +450,31 @@ pub fn apply_defaults(group: &str, kind: &str, obj: &mut Value) {
                 }
             }
         }
+        ("apps", "StatefulSet") => {
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                set_default(spec, "replicas", json!(1));
+                set_default(spec, "revisionHistoryLimit", json!(10));
+                set_default(spec, "podManagementPolicy", json!("OrderedReady"));
+                set_default(spec, "updateStrategy", json!({"type": "RollingUpdate"}));
+                if let Some(st) = spec.get_mut("updateStrategy").and_then(Value::as_object_mut) {
+                    set_default(st, "type", json!("RollingUpdate"));
+                    if st.get("type") == Some(&json!("RollingUpdate")) {
+                        set_default(st, "rollingUpdate", json!({}));
+                        if let Some(ru) = st.get_mut("rollingUpdate").and_then(Value::as_object_mut) {
+                            set_default(ru, "partition", json!(0));
+                        }
+                    }
+                }
+                set_default(
+                    spec,
+                    "persistentVolumeClaimRetentionPolicy",
+                    json!({"whenDeleted": "Retain", "whenScaled": "Retain"}),
+                );
+                if let Some(ps) = spec.get_mut("template").and_then(|t| t.get_mut("spec")) {
+                    default_pod_spec(ps);
+                }
+            }
+        }
         ("apps", "ReplicaSet") => {
             if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
                 set_default(spec, "replicas", json!(1));
@@ -533,7 +560,7 @@ pub fn initial_status(group: &str, kind: &str) -> Option<Value> {
         ("autoscaling", "HorizontalPodAutoscaler") => Some(json!({"currentReplicas": 0, "desiredReplicas": 0})),
         // `replicas` is not optional in these statuses: typed clients (the Python client's
         // models) refuse a status without it.
-        ("", "ReplicationController") | ("apps", "ReplicaSet") => Some(json!({"replicas": 0})),
+        ("", "ReplicationController") | ("apps", "ReplicaSet" | "StatefulSet") => Some(json!({"replicas": 0})),
         _ => Some(json!({})),
     }
 }

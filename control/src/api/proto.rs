@@ -62,6 +62,35 @@ const INLINE: &[(&str, &str)] = &[
     ("rule", "Rule"),
 ];
 
+/// What reading and writing a message needs beyond its fields, worked out once per message of
+/// the pool (walking every field of every message written, as each write did before, cost more
+/// than the write itself).
+struct Shape {
+    /// Its inline fields ([`INLINE`]) and their messages.
+    inline: Vec<(prost_reflect::FieldDescriptor, MessageDescriptor)>,
+    /// [`list_alias`]'s answer.
+    list_alias: Option<prost_reflect::FieldDescriptor>,
+}
+
+static SHAPES: LazyLock<std::collections::HashMap<String, Shape>> = LazyLock::new(|| {
+    POOL.all_messages()
+        .map(|m| {
+            let shape = Shape {
+                inline: m
+                    .fields()
+                    .filter_map(|f| inline_message(&f).map(|im| (f, im)))
+                    .collect(),
+                list_alias: list_alias(&m),
+            };
+            (m.full_name().to_string(), shape)
+        })
+        .collect()
+});
+
+fn shape(desc: &MessageDescriptor) -> Option<&'static Shape> {
+    SHAPES.get(desc.full_name())
+}
+
 fn inline_message(field: &prost_reflect::FieldDescriptor) -> Option<MessageDescriptor> {
     let Kind::Message(m) = field.kind() else { return None };
     let inline = INLINE.iter().any(|(f, t)| *f == field.name() && *t == m.name())
@@ -286,7 +315,7 @@ fn read_message(mut buf: &[u8], desc: &MessageDescriptor) -> Result<Value, Proto
             _ => raw_to_json(s1),
         });
     }
-    let alias = list_alias(desc);
+    let alias = shape(desc).and_then(|s| s.list_alias.clone());
     let mut out = Map::new();
     let mut items: Vec<Value> = Vec::new();
     while !buf.is_empty() {
@@ -361,7 +390,7 @@ fn read_message(mut buf: &[u8], desc: &MessageDescriptor) -> Result<Value, Proto
             continue;
         }
         let value = read_single(&mut buf, wire, &kind)?;
-        if inline_message(&field).is_some() {
+        if shape(desc).is_some_and(|s| s.inline.iter().any(|(f, _)| f.number() == field.number())) {
             if let Value::Object(inner) = value {
                 out.extend(inner);
             }
@@ -528,7 +557,8 @@ fn write_message(out: &mut Vec<u8>, v: &Value, desc: &MessageDescriptor, path: &
         }
         _ => {}
     }
-    if let Some(items) = list_alias(desc) {
+    let shape = shape(desc);
+    if let Some(items) = shape.and_then(|s| s.list_alias.as_ref()) {
         let arr = v.as_array().ok_or_else(|| wrong("a list"))?;
         let kind = items.kind();
         for (i, x) in arr.iter().enumerate() {
@@ -537,11 +567,9 @@ fn write_message(out: &mut Vec<u8>, v: &Value, desc: &MessageDescriptor, path: &
         return Ok(());
     }
     let obj = v.as_object().ok_or_else(|| wrong("an object"))?;
-    for field in desc.fields() {
-        if let Some(m) = inline_message(&field) {
-            if obj.keys().any(|k| m.get_field_by_name(k).is_some()) {
-                write_nested(out, field.number(), v, &m, path)?;
-            }
+    for (field, m) in shape.iter().flat_map(|s| s.inline.iter()) {
+        if obj.keys().any(|k| m.get_field_by_name(k).is_some()) {
+            write_nested(out, field.number(), v, m, path)?;
         }
     }
     for (name, value) in obj {

@@ -128,10 +128,25 @@ pub fn requester() -> Option<User> {
     REQUESTER.try_with(Clone::clone).ok()
 }
 
-#[derive(Debug)]
+/// How long a token whose signature checked out is taken without checking it again (the
+/// apiserver caches successful token authentications for 10 s too). Only the signature: that
+/// its ServiceAccount, Pod or Secret still exist is looked up on every request.
+const VERIFIED_FOR: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct Authenticator {
     tokens: HashMap<String, User>,
     pub issuer: jwt::Issuer,
+    /// Tokens whose signature, issuer and audience checked out, with their claims. An ES256
+    /// verification costs about as much as the rest of a small request.
+    verified: moka::sync::Cache<String, jwt::Claims>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("issuer", &self.issuer)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Authenticator {
@@ -139,7 +154,14 @@ impl Authenticator {
         let mut map = HashMap::new();
         map.insert(tokens.admin.clone(), User::admin());
         map.insert(tokens.viewer.clone(), User::viewer());
-        Self { tokens: map, issuer }
+        Self {
+            tokens: map,
+            issuer,
+            verified: moka::sync::Cache::builder()
+                .max_capacity(10_000)
+                .time_to_live(VERIFIED_FOR)
+                .build(),
+        }
     }
 
     /// The user of an `Authorization` header value, if it carries a known bearer token.
@@ -162,7 +184,14 @@ impl Authenticator {
         if token.matches('.').count() != 2 {
             return None;
         }
-        let claims = self.issuer.verify(token, jwt::ISSUER).ok()?;
+        let claims = match self.verified.get(token).filter(|c| c.exp > jwt::now()) {
+            Some(c) => c,
+            None => {
+                let c = self.issuer.verify(token, jwt::ISSUER).ok()?;
+                self.verified.insert(token.to_string(), c.clone());
+                c
+            }
+        };
         service_account_user(store, &claims).ok()
     }
 }

@@ -16,6 +16,7 @@ mod namespace;
 mod quota;
 mod replicaset;
 mod scheduler;
+mod statefulset;
 mod token_secrets;
 
 use std::collections::BTreeSet;
@@ -117,6 +118,13 @@ pub fn start(client: LocalClient) -> Vec<tokio::task::JoinHandle<()>> {
             hpa::interested,
             hpa::resync,
             |c, k| Box::pin(hpa::reconcile(c, k)),
+        )),
+        tokio::spawn(drive(
+            client.clone(),
+            "statefulset",
+            statefulset::interested,
+            statefulset::resync,
+            |c, k| Box::pin(done(statefulset::reconcile(c, k))),
         )),
         tokio::spawn(drive(
             client.clone(),

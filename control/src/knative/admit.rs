@@ -331,7 +331,7 @@ fn zero_initial_scale(
     if v.as_deref() != Some("0") || old.and_then(value) == v {
         return;
     }
-    let cfg = crate::knative::config::read_store(store, "config-autoscaler");
+    let cfg = crate::knative::config::read(store, "config-autoscaler");
     if cfg.get("allow-zero-initial-scale").map(String::as_str) != Some("true") {
         let path = at.trim_start_matches('/').replace('/', ".");
         errs.push(FieldError::invalid_value("0", format!("{path}.{INITIAL_SCALE}")));

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde_json::Value;
 
 use super::SYSTEM_NAMESPACE;
-use crate::api::local::LocalClient;
+use crate::store::Store;
 
 /// What `install` writes when a ConfigMap is missing: Knative's defaults, spelled out so that
 /// `kubectl get cm -n knative-serving config-autoscaler -o yaml` shows them.
@@ -89,18 +89,13 @@ impl RevisionDefaults {
         }
     }
 
-    pub fn read(store: &crate::store::Store) -> Self {
-        Self::of(&read_store(store, "config-defaults"))
+    pub fn read(store: &Store) -> Self {
+        Self::of(&read(store, "config-defaults"))
     }
 }
 
 /// One ConfigMap's data, with the built-in defaults under what the cluster says.
-pub fn read(client: &LocalClient, name: &str) -> BTreeMap<String, String> {
-    read_store(&client.state.store, name)
-}
-
-/// [`read`] from the store itself (admission, which has no client).
-pub fn read_store(store: &crate::store::Store, name: &str) -> BTreeMap<String, String> {
+pub fn read(store: &Store, name: &str) -> BTreeMap<String, String> {
     let mut out: BTreeMap<String, String> = DEFAULTS
         .iter()
         .find(|(n, _)| *n == name)
@@ -123,9 +118,8 @@ pub fn read_store(store: &crate::store::Store, name: &str) -> BTreeMap<String, S
 
 /// The cluster's domain for a Route with these labels: the `config-domain` key whose selector
 /// matches them (the most specific), else the key with an empty value, else `example.com`.
-pub fn domain(client: &LocalClient, labels: Option<&serde_json::Map<String, Value>>) -> String {
-    let configmaps = client.served("", "configmaps");
-    let Some(cm) = client.get(&configmaps, Some(SYSTEM_NAMESPACE), "config-domain") else {
+pub fn domain(store: &Store, labels: Option<&serde_json::Map<String, Value>>) -> String {
+    let Some(cm) = store.get(&format!("/core/configmaps/{SYSTEM_NAMESPACE}/config-domain")) else {
         return "example.com".into();
     };
     let Some(data) = cm.obj.get("data").and_then(Value::as_object) else {

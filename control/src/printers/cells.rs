@@ -609,6 +609,34 @@ pub fn cells(group: &str, kind: &str, v: &Value, now: DateTime<Utc>) -> Vec<Valu
                 json!(selector_string(v.pointer("/spec/selector"))),
             ]
         }
+        ("apps", "StatefulSet") => {
+            let containers = arr(v, "/spec/template/spec/containers");
+            vec![
+                name,
+                json!(format!(
+                    "{}/{}",
+                    int(v, "/status/readyReplicas"),
+                    int(v, "/spec/replicas")
+                )),
+                age,
+                json!(joined(containers.iter().map(|c| s(c, "/name").to_string()), "<none>")),
+                json!(joined(containers.iter().map(|c| s(c, "/image").to_string()), "<none>")),
+            ]
+        }
+        ("apps", "ControllerRevision") => {
+            let owner = arr(v, "/metadata/ownerReferences")
+                .iter()
+                .find(|o| o.get("controller") == Some(&json!(true)))
+                .map(|o| {
+                    format!(
+                        "{}/{}",
+                        s(o, "/kind").to_lowercase() + "." + s(o, "/apiVersion").split('/').next().unwrap_or(""),
+                        s(o, "/name")
+                    )
+                })
+                .unwrap_or_else(|| "<none>".into());
+            vec![name, json!(owner), json!(int(v, "/revision")), age]
+        }
         ("apps", "ReplicaSet") | ("", "ReplicationController") => {
             let containers = arr(v, "/spec/template/spec/containers");
             vec![

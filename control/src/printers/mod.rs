@@ -371,6 +371,24 @@ fn columns_of(group: &str, kind: &str) -> Vec<Col> {
                 "Label selector for pods. Existing ReplicaSets whose pods are selected by this will be the ones affected by this deployment.",
             ),
         ],
+        ("apps", "StatefulSet") => vec![
+            NAME,
+            col("Ready", "string", 0, "Number of the pod with ready state"),
+            AGE,
+            col("Containers", "string", 1, "Names of each container in the template."),
+            col(
+                "Images",
+                "string",
+                1,
+                "Images referenced by each container in the template.",
+            ),
+        ],
+        ("apps", "ControllerRevision") => vec![
+            NAME,
+            col("Controller", "string", 0, "Controller of the object"),
+            col("Revision", "string", 0, "Revision of the ControllerRevision"),
+            AGE,
+        ],
         ("apps", "ReplicaSet") | ("", "ReplicationController") => vec![
             NAME,
             col("Desired", "integer", 0, "Replicas is the number of desired replicas."),

@@ -1,6 +1,8 @@
 //! Control-plane benchmark: durable pod creates per second (1 and 32 concurrent clients), with
-//! JSON bodies and with protobuf bodies (as client-go sends them) side by side, and watch
-//! delivery latency with 100 watchers, against a real `nodeless up` on this machine.
+//! JSON bodies and with protobuf bodies (as client-go sends them) side by side; the same 32-client
+//! JSON creates by a ServiceAccount bound to `edit` (every request authorized by RBAC, which the
+//! admin, in `system:masters`, skips) beside the admin's; and watch delivery latency with 100
+//! watchers, against a real `nodeless up` on this machine.
 //!
 //!     cargo run --release -p nodeless-tests --bin control-bench
 #![forbid(unsafe_code)]
@@ -69,8 +71,8 @@ impl Wire {
     }
 }
 
-async fn create_pods(n: &Nodeless, ns: &str, total: usize, clients: usize, wire: Wire) -> Result<f64> {
-    let token = n.admin_token();
+async fn create_pods(n: &Nodeless, token: &str, ns: &str, total: usize, clients: usize, wire: Wire) -> Result<f64> {
+    let token = token.to_string();
     let url = n.url(&format!("/api/v1/namespaces/{ns}/pods"));
     let bodies = Arc::new(wire.bodies(ns, total)?);
     let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
@@ -102,6 +104,40 @@ async fn create_pods(n: &Nodeless, ns: &str, total: usize, clients: usize, wire:
         t.await??;
     }
     Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
+/// A token of a ServiceAccount `bencher` in `ns`, bound there to the `edit` ClusterRole.
+async fn edit_token(n: &Nodeless, ns: &str) -> Result<String> {
+    let (http, admin) = (n.http(), n.admin_token());
+    let post = |path: String, body: Value| {
+        let (http, admin, url) = (http.clone(), admin.clone(), n.url(&path));
+        async move {
+            let resp = http.post(url).bearer_auth(admin).json(&body).send().await?;
+            anyhow::ensure!(resp.status().is_success(), "{path}: {}", resp.text().await?);
+            Ok::<Value, anyhow::Error>(resp.json().await?)
+        }
+    };
+    post(
+        format!("/api/v1/namespaces/{ns}/serviceaccounts"),
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "bencher"}}),
+    )
+    .await?;
+    post(
+        format!("/apis/rbac.authorization.k8s.io/v1/namespaces/{ns}/rolebindings"),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "bencher-edit"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "edit"},
+            "subjects": [{"kind": "ServiceAccount", "name": "bencher", "namespace": ns}]}),
+    )
+    .await?;
+    let answer = post(
+        format!("/api/v1/namespaces/{ns}/serviceaccounts/bencher/token"),
+        json!({"apiVersion": "authentication.k8s.io/v1", "kind": "TokenRequest", "spec": {}}),
+    )
+    .await?;
+    answer["status"]["token"]
+        .as_str()
+        .map(str::to_string)
+        .ok_or_else(|| anyhow::anyhow!("no token in {answer}"))
 }
 
 fn now_us() -> u128 {
@@ -195,7 +231,7 @@ async fn main() -> Result<()> {
     let n = Nodeless::start()?;
     let http = n.http();
     let token = n.admin_token();
-    for ns in ["bench1", "bench32", "proto1", "proto32"] {
+    for ns in ["bench1", "bench32", "proto1", "proto32", "rbac32"] {
         http.post(n.url("/api/v1/namespaces"))
             .bearer_auth(&token)
             .json(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))
@@ -206,20 +242,27 @@ async fn main() -> Result<()> {
         "nodeless control-plane benchmark ({} cores)",
         std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
     );
-    let one = create_pods(&n, "bench1", args.single, 1, Wire::Json).await?;
-    let one_pb = create_pods(&n, "proto1", args.single, 1, Wire::Protobuf).await?;
+    let one = create_pods(&n, &token, "bench1", args.single, 1, Wire::Json).await?;
+    let one_pb = create_pods(&n, &token, "proto1", args.single, 1, Wire::Protobuf).await?;
     println!(
         "durable pod creates/s, 1 client:    JSON {one:>8.0}  protobuf {one_pb:>8.0}  protobuf/JSON x{:.2}  ({} pods each)",
         one_pb / one,
         args.single
     );
-    let many = create_pods(&n, "bench32", args.concurrent, args.clients, Wire::Json).await?;
-    let many_pb = create_pods(&n, "proto32", args.concurrent, args.clients, Wire::Protobuf).await?;
+    let many = create_pods(&n, &token, "bench32", args.concurrent, args.clients, Wire::Json).await?;
+    let many_pb = create_pods(&n, &token, "proto32", args.concurrent, args.clients, Wire::Protobuf).await?;
     println!(
         "durable pod creates/s, {} clients: JSON {many:>8.0}  protobuf {many_pb:>8.0}  protobuf/JSON x{:.2}  ({} pods each)   goal >= 2000, protobuf >= JSON",
         args.clients,
         many_pb / many,
         args.concurrent
+    );
+    let editor = edit_token(&n, "rbac32").await?;
+    let many_sa = create_pods(&n, &editor, "rbac32", args.concurrent, args.clients, Wire::Json).await?;
+    println!(
+        "durable pod creates/s, {} clients, JSON as a ServiceAccount bound to edit (RBAC on every request): {many_sa:>8.0}  vs the admin x{:.2}",
+        args.clients,
+        many_sa / many
     );
     let (p50, p99, got) = watch_latency(&n, args.watchers, args.changes).await?;
     println!(

@@ -26,4 +26,5 @@ mod quota;
 mod rbac;
 mod reflector;
 mod services;
+mod statefulset;
 mod up;

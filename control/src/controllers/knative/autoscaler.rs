@@ -236,7 +236,7 @@ pub const HPA_CLASS: &str = "hpa.autoscaling.knative.dev";
 pub fn revision_metric(client: &LocalClient, ns: &str, revision: &str, rps: bool) -> Option<f64> {
     let pas = served(client, "podautoscalers")?;
     let pa = client.get(&pas, Some(ns), revision)?;
-    let s = Settings::of(&pa.obj, &config::read(client, "config-autoscaler"));
+    let s = Settings::of(&pa.obj, &config::read(&client.state.store, "config-autoscaler"));
     let sink = &client.state.revision_stats;
     let o = sink.observed(ns, revision, s.window);
     Some(if rps {
@@ -267,7 +267,7 @@ pub async fn run(client: LocalClient) {
             }
             kept
         });
-        let cfg = config::read(&client, "config-autoscaler");
+        let cfg = config::read(&client.state.store, "config-autoscaler");
         for pa in all {
             let ns = str_at(&pa.obj, "/metadata/namespace").to_string();
             let name = str_at(&pa.obj, "/metadata/name").to_string();

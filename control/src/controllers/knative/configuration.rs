@@ -169,7 +169,7 @@ async fn collect_garbage(client: &LocalClient, cfg: &Value, owned: &[Value], sta
     let Some(revisions) = served(client, "revisions") else {
         return;
     };
-    let gc = config::read(client, "config-gc");
+    let gc = config::read(&client.state.store, "config-gc");
     let num = |k: &str, d: i64| gc.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(d);
     let dur = |k: &str| gc.get(k).filter(|v| *v != "disabled").and_then(|v| duration::parse(v));
     let (min_keep, max_keep) = (

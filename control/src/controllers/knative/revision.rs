@@ -191,7 +191,7 @@ async fn apply_hpa(
                 "target": {"type": "Utilization", "averageUtilization": 80}}}),
         },
         other => {
-            let cfg = crate::knative::config::read(client, "config-autoscaler");
+            let cfg = crate::knative::config::read(&client.state.store, "config-autoscaler");
             let milli = (super::autoscaler::Settings::of(pa, &cfg).target * 1000.0).round() as i64;
             let value = if milli % 1000 == 0 {
                 (milli / 1000).to_string()
@@ -230,7 +230,7 @@ async fn apply_hpa(
 
 /// The scale the revision starts at before the autoscaler has said anything.
 fn initial_scale(client: &LocalClient, rev: &Value) -> i64 {
-    let cfg = crate::knative::config::read(client, "config-autoscaler");
+    let cfg = crate::knative::config::read(&client.state.store, "config-autoscaler");
     let ann = |k: &str| {
         rev.pointer(&format!("/metadata/annotations/autoscaling.knative.dev~1{k}"))
             .and_then(Value::as_str)

@@ -199,7 +199,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
     let domain = if cluster_local {
         "svc.cluster.local".to_string()
     } else {
-        config::domain(&client, labels)
+        config::domain(&client.state.store, labels)
     };
     let host = |n: &str| format!("{n}.{ns}.{domain}");
     let traffic = route
