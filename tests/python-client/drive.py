@@ -58,6 +58,10 @@ def sample(group, kind, name):
             "spec": {"replicas": 0, "selector": {"matchLabels": sel}, "template": template(sel)}
         },
         ("apps", "DaemonSet"): {"spec": {"selector": {"matchLabels": sel}, "template": template(sel)}},
+        ("apps", "StatefulSet"): {
+            "spec": {"replicas": 0, "serviceName": name, "selector": {"matchLabels": sel}, "template": template(sel)}
+        },
+        ("apps", "ControllerRevision"): {"data": {"spec": {"template": template(sel)}}, "revision": 1},
         ("batch", "Job"): {
             "spec": {
                 "suspend": True,
