@@ -306,6 +306,16 @@ pub fn ensure_bpffs() -> Result<(), CniError> {
     .map_err(|e| err("mounting the BPF filesystem", e))
 }
 
+/// A per-CPU counters map as `(name, sum over CPUs)`, a name per slot, in order (the datapath's
+/// and the service balancer's counters alike).
+pub fn per_cpu_sums(map: &PerCpuArray<MapData, u64>, names: &[&'static str]) -> Vec<(&'static str, u64)> {
+    names
+        .iter()
+        .enumerate()
+        .map(|(i, name)| (*name, map.get(&(i as u32), 0).map(|v| v.iter().sum()).unwrap_or(0)))
+        .collect()
+}
+
 /// Where one network's programs, maps and links are pinned.
 #[derive(Debug, Clone)]
 pub struct Pins {
@@ -767,13 +777,7 @@ impl Pins {
         let stats: PerCpuArray<MapData, u64> =
             PerCpuArray::try_from(Map::from_map_data(data).map_err(|e| err("the counters", e))?)
                 .map_err(|e| err("the counters' layout", e))?;
-        Ok(Some(
-            STATS
-                .iter()
-                .enumerate()
-                .map(|(i, name)| (*name, stats.get(&(i as u32), 0).map(|v| v.iter().sum()).unwrap_or(0)))
-                .collect(),
-        ))
+        Ok(Some(per_cpu_sums(&stats, &STATS)))
     }
 }
 

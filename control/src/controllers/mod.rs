@@ -313,8 +313,18 @@ pub fn all_keys(client: &LocalClient, group: &str, plural: &str) -> Vec<String> 
 
 /// Store keys of every object of a served resource.
 pub fn keys_of(client: &LocalClient, res: &crate::api::registry::Served) -> Vec<String> {
+    keys_where(client, res, None, &|_| true)
+}
+
+/// Store keys of the objects of a served resource (in `ns`, or everywhere) that `keep` keeps.
+pub fn keys_where(
+    client: &LocalClient,
+    res: &crate::api::registry::Served,
+    ns: Option<&str>,
+    keep: &dyn Fn(&Value) -> bool,
+) -> Vec<String> {
     client
-        .list(res, None, &|_| true)
+        .list(res, ns, keep)
         .iter()
         .map(|s| {
             res.key(

@@ -17,7 +17,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde_json::{Value, json};
 
-use super::{Outcome, is_deleting, split_key, str_at};
+use super::{Outcome, is_deleting, keys_where, split_key, str_at};
 use crate::api::error::ApiError;
 use crate::api::local::LocalClient;
 use crate::auth::jwt;
@@ -53,29 +53,16 @@ pub fn interested(client: &LocalClient, ev: &Event) -> Vec<String> {
         let ns = str_at(&ev.obj, "/metadata/namespace");
         let account = str_at(&ev.obj, "/metadata/name");
         let secrets = client.served("", "secrets");
-        return client
-            .list(&secrets, Some(ns), &|s| {
-                is_token_secret(s) && annotation(s, ACCOUNT_NAME) == Some(account)
-            })
-            .iter()
-            .map(|s| secrets.key(Some(ns), str_at(&s.obj, "/metadata/name")))
-            .collect();
+        return keys_where(client, &secrets, Some(ns), &|s| {
+            is_token_secret(s) && annotation(s, ACCOUNT_NAME) == Some(account)
+        });
     }
     Vec::new()
 }
 
 pub fn resync(client: &LocalClient) -> Vec<String> {
     let secrets = client.served("", "secrets");
-    client
-        .list(&secrets, None, &is_token_secret)
-        .iter()
-        .map(|s| {
-            secrets.key(
-                s.obj.pointer("/metadata/namespace").and_then(Value::as_str),
-                str_at(&s.obj, "/metadata/name"),
-            )
-        })
-        .collect()
+    keys_where(client, &secrets, None, &is_token_secret)
 }
 
 pub async fn reconcile(client: LocalClient, key: String) -> Outcome {

@@ -33,6 +33,14 @@ const fn col(name: &'static str, ty: &'static str, priority: u8, description: &'
 }
 
 const NAME: Col = col("Name", "string", 0, "Name must be unique within a namespace.");
+/// The wide columns of every kind with a pod template.
+const CONTAINERS: Col = col("Containers", "string", 1, "Names of each container in the template.");
+const IMAGES: Col = col(
+    "Images",
+    "string",
+    1,
+    "Images referenced by each container in the template.",
+);
 const AGE: Col = col(
     "Age",
     "string",
@@ -285,13 +293,8 @@ fn columns_of(group: &str, kind: &str) -> Vec<Col> {
             ),
             col("Duration", "string", 0, "Time required to complete the job."),
             AGE,
-            col("Containers", "string", 1, "Names of each container in the template."),
-            col(
-                "Images",
-                "string",
-                1,
-                "Images referenced by each container in the template.",
-            ),
+            CONTAINERS,
+            IMAGES,
             col(
                 "Selector",
                 "string",
@@ -327,13 +330,8 @@ fn columns_of(group: &str, kind: &str) -> Vec<Col> {
                 "Information when was the last time the job was successfully scheduled.",
             ),
             AGE,
-            col("Containers", "string", 1, "Names of each container in the template."),
-            col(
-                "Images",
-                "string",
-                1,
-                "Images referenced by each container in the template.",
-            ),
+            CONTAINERS,
+            IMAGES,
             col(
                 "Selector",
                 "string",
@@ -357,13 +355,8 @@ fn columns_of(group: &str, kind: &str) -> Vec<Col> {
                 "Total number of available pods (ready for at least minReadySeconds) targeted by this deployment.",
             ),
             AGE,
-            col("Containers", "string", 1, "Names of each container in the template."),
-            col(
-                "Images",
-                "string",
-                1,
-                "Images referenced by each container in the template.",
-            ),
+            CONTAINERS,
+            IMAGES,
             col(
                 "Selector",
                 "string",
@@ -375,13 +368,8 @@ fn columns_of(group: &str, kind: &str) -> Vec<Col> {
             NAME,
             col("Ready", "string", 0, "Number of the pod with ready state"),
             AGE,
-            col("Containers", "string", 1, "Names of each container in the template."),
-            col(
-                "Images",
-                "string",
-                1,
-                "Images referenced by each container in the template.",
-            ),
+            CONTAINERS,
+            IMAGES,
         ],
         ("apps", "ControllerRevision") => vec![
             NAME,
@@ -405,13 +393,8 @@ fn columns_of(group: &str, kind: &str) -> Vec<Col> {
                 "The number of ready replicas for this replica set.",
             ),
             AGE,
-            col("Containers", "string", 1, "Names of each container in the template."),
-            col(
-                "Images",
-                "string",
-                1,
-                "Images referenced by each container in the template.",
-            ),
+            CONTAINERS,
+            IMAGES,
             col(
                 "Selector",
                 "string",

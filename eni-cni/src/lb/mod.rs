@@ -255,13 +255,7 @@ impl Pins {
         }
         let stats: PerCpuArray<MapData, u64> =
             PerCpuArray::try_from(self.open_map(STATS_MAP)?).map_err(|e| err("the counters' layout", e))?;
-        Ok(Some(
-            STATS
-                .iter()
-                .enumerate()
-                .map(|(i, name)| (*name, stats.get(&(i as u32), 0).map(|v| v.iter().sum()).unwrap_or(0)))
-                .collect(),
-        ))
+        Ok(Some(crate::bpf::per_cpu_sums(&stats, &STATS)))
     }
 }
 
