@@ -198,7 +198,7 @@ pub fn encode(obj: &Value) -> Option<Result<Vec<u8>, ProtoError>> {
 
 fn encode_as(obj: &Value, desc: MessageDescriptor, api_version: &str, kind: &str) -> Result<Vec<u8>, ProtoError> {
     let mut raw = Vec::with_capacity(1024);
-    write_message(&mut raw, obj, &desc, "")?;
+    write_message(&mut raw, obj, &desc, &Trail::Root)?;
     Ok(envelope(api_version, kind, &raw))
 }
 
@@ -488,22 +488,57 @@ fn write_varint(out: &mut Vec<u8>, number: u32, n: u64) {
     encode_varint(n, out);
 }
 
+/// Where in the object a value sits, for error messages (`spec.containers[0].image`): made as
+/// the writer descends, and turned into text only when something is wrong (formatting it for
+/// every field cost more than writing the field).
+#[derive(Clone, Copy)]
+enum Trail<'a> {
+    Root,
+    Field(&'a Trail<'a>, &'a str),
+    Index(&'a Trail<'a>, usize),
+}
+
+impl std::fmt::Display for Trail<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Trail::Root => Ok(()),
+            Trail::Field(Trail::Root, name) => f.write_str(name),
+            Trail::Field(up, name) => write!(f, "{up}.{name}"),
+            Trail::Index(up, i) => write!(f, "{up}[{i}]"),
+        }
+    }
+}
+
+/// A nested message, written in place: its length is known once it is written, so one byte is
+/// kept for it (enough below 128 bytes) and the body moved along in the rare case it needs more.
 fn write_nested(
     out: &mut Vec<u8>,
     number: u32,
     v: &Value,
     desc: &MessageDescriptor,
-    path: &str,
+    path: &Trail<'_>,
 ) -> Result<(), ProtoError> {
-    let mut inner = Vec::new();
-    write_message(&mut inner, v, desc, path)?;
-    write_len(out, number, &inner);
+    encode_key(number, WireType::LengthDelimited, out);
+    let at = out.len();
+    out.push(0);
+    write_message(out, v, desc, path)?;
+    let len = out.len() - at - 1;
+    let mut prefix = Vec::with_capacity(10);
+    encode_varint(len as u64, &mut prefix);
+    if prefix.len() == 1 {
+        out[at] = prefix[0];
+    } else {
+        out.splice(at..at + 1, prefix);
+    }
     Ok(())
 }
 
 /// The fields of `desc` from the JSON value `v` (a message's body, without its own tag).
-fn write_message(out: &mut Vec<u8>, v: &Value, desc: &MessageDescriptor, path: &str) -> Result<(), ProtoError> {
-    let here = || if path.is_empty() { "." } else { path };
+fn write_message(out: &mut Vec<u8>, v: &Value, desc: &MessageDescriptor, path: &Trail<'_>) -> Result<(), ProtoError> {
+    let here = || match path {
+        Trail::Root => ".".to_string(),
+        p => p.to_string(),
+    };
     let wrong = |want: &str| err(format!("{}: expected {want}, got {v}", here()));
     match desc.full_name() {
         TIME | MICRO_TIME => {
@@ -562,7 +597,7 @@ fn write_message(out: &mut Vec<u8>, v: &Value, desc: &MessageDescriptor, path: &
         let arr = v.as_array().ok_or_else(|| wrong("a list"))?;
         let kind = items.kind();
         for (i, x) in arr.iter().enumerate() {
-            write_single(out, items.number(), &kind, x, &format!("{path}[{i}]"))?;
+            write_single(out, items.number(), &kind, x, &Trail::Index(path, i))?;
         }
         return Ok(());
     }
@@ -580,11 +615,7 @@ fn write_message(out: &mut Vec<u8>, v: &Value, desc: &MessageDescriptor, path: &
         let Some(field) = desc.get_field_by_name(name) else {
             continue;
         };
-        let here = if path.is_empty() {
-            name.clone()
-        } else {
-            format!("{path}.{name}")
-        };
+        let here = Trail::Field(path, name);
         if field.is_map() {
             let entry = field.kind();
             let entry = entry.as_message().ok_or_else(|| err(format!("{here}: not a map")))?;
@@ -600,7 +631,7 @@ fn write_message(out: &mut Vec<u8>, v: &Value, desc: &MessageDescriptor, path: &
                 }
                 buf.clear();
                 write_len(&mut buf, 1, k.as_bytes());
-                write_single(&mut buf, value_field.number(), &value_kind, x, &format!("{here}.{k}"))?;
+                write_single(&mut buf, value_field.number(), &value_kind, x, &Trail::Field(&here, k))?;
                 write_len(out, field.number(), &buf);
             }
         } else if field.is_list() {
@@ -609,7 +640,7 @@ fn write_message(out: &mut Vec<u8>, v: &Value, desc: &MessageDescriptor, path: &
                 .ok_or_else(|| err(format!("{here}: expected a list, got {value}")))?;
             let kind = field.kind();
             for (i, x) in arr.iter().enumerate() {
-                write_single(out, field.number(), &kind, x, &format!("{here}[{i}]"))?;
+                write_single(out, field.number(), &kind, x, &Trail::Index(&here, i))?;
             }
         } else {
             write_single(out, field.number(), &field.kind(), value, &here)?;
@@ -618,7 +649,7 @@ fn write_message(out: &mut Vec<u8>, v: &Value, desc: &MessageDescriptor, path: &
     Ok(())
 }
 
-fn write_single(out: &mut Vec<u8>, number: u32, kind: &Kind, v: &Value, path: &str) -> Result<(), ProtoError> {
+fn write_single(out: &mut Vec<u8>, number: u32, kind: &Kind, v: &Value, path: &Trail<'_>) -> Result<(), ProtoError> {
     let wrong = |want: &str| err(format!("{path}: expected {want}, got {v}"));
     let int = || v.as_i64().ok_or_else(|| wrong("an integer"));
     match kind {
