@@ -11,9 +11,10 @@ fn the_python_client_drives_every_served_kind() {
     let dir = workspace_root().join("tests/python-client");
     let venv = workspace_root().join("target/python-client/venv");
     let python = venv.join("bin/python");
-    if !python.exists() {
+    // A venv that an interrupted run left half made (a python but no pip) is made again.
+    if !python.exists() || !venv.join("bin/pip").exists() {
         let made = Command::new("python3")
-            .args(["-m", "venv"])
+            .args(["-m", "venv", "--clear"])
             .arg(&venv)
             .status()
             .expect("running python3 -m venv (Python 3 is needed for the Python client test)");
