@@ -78,6 +78,10 @@ fn stateful_sets_keep_names_order_and_partitions() {
             .to_string()
         };
         let apply = |yaml: &str| n.kubectl_with(v, &n.kubeconfig(), &["apply", "-f", "-"], Some(yaml));
+        let set_partition = |p: u32| {
+            let patch = format!(r#"{{"spec":{{"updateStrategy":{{"rollingUpdate":{{"partition":{p}}}}}}}}}"#);
+            n.kubectl_ok(v, &["patch", "sts", "web", "-n", &ns, "-p", &patch]);
+        };
         let out = apply(&manifest(&ns, 3, "one"));
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         let status = n.kubectl_ok(
@@ -136,18 +140,7 @@ fn stateful_sets_keep_names_order_and_partitions() {
         assert_eq!(revisions, vec![1, 2], "{history}");
 
         // A partitioned update: only ordinals at or above the partition take the new template.
-        n.kubectl_ok(
-            v,
-            &[
-                "patch",
-                "sts",
-                "web",
-                "-n",
-                &ns,
-                "-p",
-                r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":2}}}}"#,
-            ],
-        );
+        set_partition(2);
         let before = get("pod/web-0", "{.metadata.labels.controller-revision-hash}");
         let out = apply(&manifest(&ns, 3, "two"));
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -173,18 +166,7 @@ fn stateful_sets_keep_names_order_and_partitions() {
         });
 
         // rollout undo: back to the template before the last change, from its ControllerRevision.
-        n.kubectl_ok(
-            v,
-            &[
-                "patch",
-                "sts",
-                "web",
-                "-n",
-                &ns,
-                "-p",
-                r#"{"spec":{"updateStrategy":{"rollingUpdate":{"partition":0}}}}"#,
-            ],
-        );
+        set_partition(0);
         n.kubectl_ok(v, &["rollout", "undo", "statefulset/web", "-n", &ns]);
         eventually("web-0 back at the restarted revision", 60, || {
             get("sts/web", "{.status.updateRevision}") == update
