@@ -124,7 +124,7 @@ pub fn start(client: LocalClient) -> Vec<tokio::task::JoinHandle<()>> {
             "statefulset",
             statefulset::interested,
             statefulset::resync,
-            |c, k| Box::pin(done(statefulset::reconcile(c, k))),
+            |c, k| Box::pin(statefulset::reconcile(c, k)),
         )),
         tokio::spawn(drive(
             client.clone(),

@@ -67,7 +67,7 @@ pub fn resync(client: &LocalClient) -> Vec<String> {
 }
 
 /// Seconds since the pod's Ready condition turned true.
-fn ready_for(p: &Value) -> i64 {
+pub(super) fn ready_for(p: &Value) -> i64 {
     let since = p
         .pointer("/status/conditions")
         .and_then(Value::as_array)

@@ -12,13 +12,15 @@
 //!   Ready again; pods below the partition keep (and are remade at) the current revision.
 //!   `OnDelete` replaces nothing: a pod the user deletes comes back at the update revision.
 //! - A pod that failed or finished is deleted and made again under the same name.
+//! - With `minReadySeconds`, a pod counts (for the next ordinal, the rollout and
+//!   `availableReplicas`) once it has been Ready that long; the set is looked at again then.
 //! - `volumeClaimTemplates` are refused at admission while PersistentVolumeClaims are not
 //!   served (`admission::validate`): a set that asks for disks never runs without them.
 
 use serde_json::{Value, json};
 use sha2::Digest;
 
-use super::{all_keys, is_deleting, owned_by, owner_keys, owner_ref, pod_ready, split_key, str_at, uid};
+use super::{Outcome, all_keys, is_deleting, owned_by, owner_keys, owner_ref, pod_ready, split_key, str_at, uid};
 use crate::api::error::ApiError;
 use crate::api::local::LocalClient;
 use crate::store::Event;
@@ -57,6 +59,11 @@ fn ordinal(set: &str, pod: &Value) -> Option<i64> {
 
 fn running_and_ready(p: &Value) -> bool {
     !is_deleting(p) && str_at(p, "/status/phase") == "Running" && pod_ready(p)
+}
+
+/// Running, Ready, and Ready for at least `min_ready` seconds.
+fn available(p: &Value, min_ready: i64) -> bool {
+    running_and_ready(p) && (min_ready <= 0 || super::replicaset::ready_for(p) >= min_ready)
 }
 
 fn pod_for(sts: &Value, template: &Value, revision: &str, n: i64) -> Value {
@@ -161,17 +168,17 @@ async fn record_revision(
     Ok(())
 }
 
-pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError> {
+pub async fn reconcile(client: LocalClient, key: String) -> Outcome {
     let sets = client.served("apps", "statefulsets");
     let pods_res = client.served("", "pods");
     let (ns, name) = split_key(&key);
     let ns = ns.unwrap_or("default").to_string();
     let Some(cur) = client.get(&sets, Some(&ns), name) else {
-        return Ok(());
+        return Ok(None);
     };
     let sts = &cur.obj;
     if is_deleting(sts) {
-        return Ok(());
+        return Ok(None);
     }
     let spec = sts.get("spec").cloned().unwrap_or(json!({}));
     let replicas = spec.get("replicas").and_then(Value::as_i64).unwrap_or(1).max(0);
@@ -182,6 +189,8 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
         .max(0);
     let end = start + replicas;
     let parallel = str_at(&spec, "/podManagementPolicy") == "Parallel";
+    let min_ready = spec.get("minReadySeconds").and_then(Value::as_i64).unwrap_or(0);
+    let ok = |p: &Value| available(p, min_ready);
     let on_delete = str_at(&spec, "/updateStrategy/type") == "OnDelete";
     let partition = spec
         .pointer("/updateStrategy/rollingUpdate/partition")
@@ -253,7 +262,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
                     break;
                 }
             }
-            Some(p) if !parallel && !running_and_ready(p) => {
+            Some(p) if !parallel && !ok(p) => {
                 blocked = true;
                 break;
             }
@@ -287,7 +296,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
     }
     // Roll: the highest ordinal at or above the partition not at the update revision, once
     // every pod in range is Running and Ready.
-    let all_ready = (start..end).all(|n| by_ordinal(n).is_some_and(running_and_ready));
+    let all_ready = (start..end).all(|n| by_ordinal(n).is_some_and(ok));
     if !on_delete && !blocked && all_ready {
         if let Some(p) = (start..end)
             .rev()
@@ -310,6 +319,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
     let live: Vec<&Value> = pods.iter().filter(|p| !is_deleting(p)).collect();
     let count = |f: &dyn Fn(&Value) -> bool| live.iter().filter(|p| f(p)).count() as i64;
     let ready = count(&|p| running_and_ready(p));
+    let available_now = count(&|p| ok(p));
     let updated = count(&|p| revision_of(p) == update_rev);
     let current = count(&|p| revision_of(p) == current_rev);
     let done =
@@ -318,7 +328,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
         "observedGeneration": sts.pointer("/metadata/generation").cloned().unwrap_or(json!(1)),
         "replicas": live.len(),
         "readyReplicas": ready,
-        "availableReplicas": ready,
+        "availableReplicas": available_now,
         "currentReplicas": if done { updated } else { current },
         "updatedReplicas": updated,
         "currentRevision": if done { update_rev.clone() } else { current_rev },
@@ -333,7 +343,8 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
         new["status"] = status;
         client.update_status(&sets, &cur, new).await?;
     }
-    Ok(())
+    // Ready pods not yet available are counted again once they have been Ready long enough.
+    Ok((ready > available_now).then(|| std::time::Duration::from_secs(1)))
 }
 
 #[cfg(test)]
@@ -354,6 +365,18 @@ mod tests {
         assert_eq!(p["metadata"]["labels"]["app"], "web");
         assert_eq!(ordinal("web", &p), Some(2));
         assert_eq!(ordinal("we", &p), None, "web-2 is not a pod of set we");
+    }
+
+    #[test]
+    fn min_ready_seconds_hold_a_pod_back_until_it_has_been_ready_that_long() {
+        let since = (chrono::Utc::now() - chrono::Duration::seconds(5)).to_rfc3339();
+        let pod = json!({"metadata": {"name": "web-0"}, "status": {"phase": "Running",
+            "conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": since}]}});
+        assert!(available(&pod, 0));
+        assert!(available(&pod, 3));
+        assert!(!available(&pod, 10), "ready for 5 s, not 10");
+        let unready = json!({"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "False"}]}});
+        assert!(!available(&unready, 0));
     }
 
     #[test]
