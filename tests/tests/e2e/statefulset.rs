@@ -1,5 +1,5 @@
 //! StatefulSets with kubectl as users type it (1.33 and 1.27), on `nodeless up --pod-cidr`:
-//! ordinal pods made one after another, each Ready before the next, with stable names and DNS
+//! ordinal pods made one after another, each Ready (for minReadySeconds) before the next, with stable names and DNS
 //! names through the headless Service (`web-1.web.<ns>.svc.cluster.local`); `rollout status`,
 //! `rollout restart` (every pod replaced, highest ordinal first), `rollout history`; a
 //! partitioned update that replaces only the ordinals at or above the partition; `scale` down
@@ -49,6 +49,7 @@ metadata: {{name: web, namespace: {ns}}}
 spec:
   serviceName: web
   replicas: {replicas}
+  minReadySeconds: 2
   selector: {{matchLabels: {{app: web}}}}
   template:
     metadata:
@@ -89,20 +90,20 @@ fn stateful_sets_keep_names_order_and_partitions() {
             &["rollout", "status", "statefulset/web", "-n", &ns, "--timeout=120s"],
         );
         assert!(status.contains("3 new pods have been updated"), "{status}");
-        // In order: each ordinal made after the one below it was Ready.
-        let ready_at = |pod: &str| {
-            get(
-                &format!("pod/{pod}"),
-                "{.status.conditions[?(@.type=='Ready')].lastTransitionTime}",
-            )
+        // In order: each ordinal made once the one below it had been Ready for minReadySeconds.
+        let time = |pod: &str, path: &str| {
+            let t = get(&format!("pod/{pod}"), path);
+            chrono::DateTime::parse_from_rfc3339(&t).unwrap_or_else(|e| panic!("{pod} {path}: {t:?}: {e}"))
         };
-        let made_at = |pod: &str| get(&format!("pod/{pod}"), "{.metadata.creationTimestamp}");
         for (lower, higher) in [("web-0", "web-1"), ("web-1", "web-2")] {
+            let ready = time(lower, "{.status.conditions[?(@.type=='Ready')].lastTransitionTime}");
+            let made = time(higher, "{.metadata.creationTimestamp}");
             assert!(
-                made_at(higher) >= ready_at(lower),
-                "{higher} made before {lower} was Ready"
+                (made - ready).num_seconds() >= 2,
+                "{higher} made at {made}, {lower} Ready at {ready}: not 2 s apart"
             );
         }
+        assert_eq!(get("sts/web", "{.status.availableReplicas}"), "3");
         let table = n.kubectl_ok(v, &["get", "sts", "web", "-n", &ns]);
         assert!(table.contains("READY") && table.contains("3/3"), "{table}");
         // Stable identity: the hostname, and a DNS name per pod through the headless Service.
