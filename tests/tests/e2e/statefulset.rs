@@ -103,7 +103,10 @@ fn stateful_sets_keep_names_order_and_partitions() {
                 "{higher} made at {made}, {lower} Ready at {ready}: not 2 s apart"
             );
         }
-        assert_eq!(get("sts/web", "{.status.availableReplicas}"), "3");
+        // Ready is what `rollout status` waits for; available follows minReadySeconds later.
+        eventually("three pods available", 10, || {
+            get("sts/web", "{.status.availableReplicas}") == "3"
+        });
         let table = n.kubectl_ok(v, &["get", "sts", "web", "-n", &ns]);
         assert!(table.contains("READY") && table.contains("3/3"), "{table}");
         // Stable identity: the hostname, and a DNS name per pod through the headless Service.
