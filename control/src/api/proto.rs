@@ -523,11 +523,12 @@ fn write_nested(
     out.push(0);
     write_message(out, v, desc, path)?;
     let len = out.len() - at - 1;
-    let mut prefix = Vec::with_capacity(10);
-    encode_varint(len as u64, &mut prefix);
-    if prefix.len() == 1 {
-        out[at] = prefix[0];
+    if len < 0x80 {
+        // A one-byte varint is the length itself.
+        out[at] = len as u8;
     } else {
+        let mut prefix = Vec::with_capacity(10);
+        encode_varint(len as u64, &mut prefix);
         out.splice(at..at + 1, prefix);
     }
     Ok(())

@@ -112,6 +112,7 @@ fn revisions(client: &LocalClient, ns: &str, sts_uid: &str) -> Vec<(String, Valu
 
 /// Record the set's template as a ControllerRevision (or make an old one the newest again, as
 /// `rollout undo` does), and drop the oldest beyond `revisionHistoryLimit` that no pod uses.
+/// Returns the revisions other than `name` that are kept (one listing serves both).
 async fn record_revision(
     client: &LocalClient,
     sts: &Value,
@@ -119,7 +120,7 @@ async fn record_revision(
     name: &str,
     template: &Value,
     in_use: &[String],
-) -> Result<(), ApiError> {
+) -> Result<Vec<(String, Value, i64)>, ApiError> {
     let res = client.served("apps", "controllerrevisions");
     let known = revisions(client, ns, uid(sts));
     let newest = known.iter().map(|r| r.2).max().unwrap_or(0);
@@ -155,17 +156,21 @@ async fn record_revision(
         .and_then(Value::as_i64)
         .unwrap_or(10)
         .max(0) as usize;
-    let mut old: Vec<(String, i64)> = revisions(client, ns, uid(sts))
-        .into_iter()
+    let mut old: Vec<(String, i64)> = known
+        .iter()
         .filter(|r| r.0 != name && !in_use.contains(&r.0))
-        .map(|r| (r.0, r.2))
+        .map(|r| (r.0.clone(), r.2))
         .collect();
     old.sort_by_key(|r| r.1);
     let extra = old.len().saturating_sub(limit);
-    for (n, _) in old.into_iter().take(extra) {
-        client.delete(&res, Some(ns), &n, None).await?;
+    let dropped: Vec<String> = old.into_iter().take(extra).map(|r| r.0).collect();
+    for n in &dropped {
+        client.delete(&res, Some(ns), n, None).await?;
     }
-    Ok(())
+    Ok(known
+        .into_iter()
+        .filter(|r| r.0 != name && !dropped.contains(&r.0))
+        .collect())
 }
 
 pub async fn reconcile(client: LocalClient, key: String) -> Outcome {
@@ -215,12 +220,12 @@ pub async fn reconcile(client: LocalClient, key: String) -> Outcome {
         .map(|p| str_at(p, &format!("/metadata/labels/{REVISION_LABEL}")).to_string())
         .chain([current_rev.clone(), update_rev.clone()])
         .collect();
-    record_revision(&client, sts, &ns, &update_rev, &template, &in_use).await?;
+    let kept = record_revision(&client, sts, &ns, &update_rev, &template, &in_use).await?;
     let by_ordinal = |n: i64| pods.iter().find(|p| ordinal(name, p) == Some(n));
     let revision_of = |p: &Value| str_at(p, &format!("/metadata/labels/{REVISION_LABEL}")).to_string();
     // The template a pod of ordinal n is made from: the update revision's at or above the
     // partition, the current one's below it (kept in its ControllerRevision).
-    let current_template = revisions(&client, &ns, &sts_uid)
+    let current_template = kept
         .into_iter()
         .find(|r| r.0 == current_rev)
         .map(|r| r.1)

@@ -35,6 +35,14 @@ pub struct Observed {
     pub rps: f64,
 }
 
+impl Observed {
+    /// The metric an autoscaler scales on: requests per second, or requests in flight with
+    /// those `queued` at the ingress added (they are load no pod has taken yet).
+    pub fn metric(&self, rps: bool, queued: f64) -> f64 {
+        if rps { self.rps } else { self.concurrency + queued }
+    }
+}
+
 #[derive(Default)]
 pub struct Sink {
     inner: Mutex<HashMap<(String, String), Revision>>,

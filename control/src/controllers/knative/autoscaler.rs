@@ -238,12 +238,8 @@ pub fn revision_metric(client: &LocalClient, ns: &str, revision: &str, rps: bool
     let pa = client.get(&pas, Some(ns), revision)?;
     let s = Settings::of(&pa.obj, &config::read(&client.state.store, "config-autoscaler"));
     let sink = &client.state.revision_stats;
-    let o = sink.observed(ns, revision, s.window);
-    Some(if rps {
-        o.rps
-    } else {
-        o.concurrency + sink.queued(ns, revision) as f64
-    })
+    let queued = sink.queued(ns, revision) as f64;
+    Some(sink.observed(ns, revision, s.window).metric(rps, queued))
 }
 
 pub async fn run(client: LocalClient) {
@@ -289,7 +285,7 @@ pub async fn run(client: LocalClient) {
                 sink.observed(&ns, &name, s.panic_window),
             );
             let queued = sink.queued(&ns, &name) as f64;
-            let metric = |o: crate::knative::stats::Observed| if s.rps { o.rps } else { o.concurrency + queued };
+            let metric = |o: crate::knative::stats::Observed| o.metric(s.rps, queued);
             let deployments = client.served("apps", "deployments");
             let target = str_at(&pa.obj, "/spec/scaleTargetRef/name").to_string();
             let ready = client
