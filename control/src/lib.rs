@@ -63,6 +63,9 @@ pub struct Config {
     pub controllers: bool,
     /// The API server's connection limits (timeouts and a cap).
     pub limits: api::ServeLimits,
+    /// CSI drivers control provisions, attaches and expands volumes through, as Kubernetes'
+    /// external sidecars do: driver name → endpoint (`unix:///…`).
+    pub csi_drivers: std::collections::BTreeMap<String, String>,
 }
 
 impl Config {
@@ -74,6 +77,7 @@ impl Config {
             allow_host_network: false,
             controllers: true,
             limits: api::ServeLimits::default(),
+            csi_drivers: Default::default(),
         }
     }
 }
@@ -142,7 +146,10 @@ impl ControlPlane {
         ))];
         tasks.push(tokio::spawn(api::resource_metrics::scrape(state.clone())));
         if cfg.controllers {
-            tasks.extend(controllers::start(LocalClient { state: state.clone() }));
+            tasks.extend(controllers::start(
+                LocalClient { state: state.clone() },
+                controllers::volumes::Drivers(cfg.csi_drivers.clone()),
+            ));
         }
         tracing::info!(%addr, "control plane serving");
         Ok(Self {

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 mod down;
 mod node_cmd;
+mod storage;
 
 // The ingress in `up` and `nodeless ingress` allocates a little for every request; glibc's
 // allocator showed up as a tenth of its CPU under load (ingress-l7/README.md).
@@ -67,6 +68,12 @@ enum Command {
         #[command(flatten)]
         ingress: nodeless_ingress_l7::server::Args,
     },
+    /// Run a CSI volume driver alone on a Unix socket (Identity, Controller and Node), as
+    /// kubelet and the CSI sidecars call one.
+    Csi {
+        #[command(subcommand)]
+        driver: CsiDriver,
+    },
     /// Manage the node's images.
     Image {
         #[arg(long, default_value = ".nodeless", global = true)]
@@ -74,6 +81,46 @@ enum Command {
         #[command(subcommand)]
         command: node_cmd::ImageCommand,
     },
+}
+
+#[derive(Subcommand)]
+enum CsiDriver {
+    /// disk.csi.nodeless.io: disks that stand for cloud disks, sparse files attached as loop
+    /// devices (volumes/README.md).
+    Disk {
+        /// Where to serve: unix:///path/to/csi.sock or a path.
+        #[arg(long, default_value = "unix:///run/nodeless/csi/disk.sock")]
+        endpoint: String,
+        /// Where disk images and their records live; drivers sharing it share the disks.
+        #[arg(long, default_value = ".nodeless/csi/disk")]
+        state_dir: PathBuf,
+        /// The node this driver serves (NodeGetInfo), a Kubernetes node name.
+        #[arg(long)]
+        node_id: String,
+    },
+}
+
+async fn run_csi(driver: CsiDriver) -> anyhow::Result<()> {
+    match driver {
+        CsiDriver::Disk {
+            endpoint,
+            state_dir,
+            node_id,
+        } => {
+            let disk = nodeless_volumes::DiskDriver::new(nodeless_volumes::DiskConfig::new(&state_dir, node_id))
+                .with_context(|| format!("starting {} on {}", nodeless_volumes::DISK_DRIVER, state_dir.display()))?;
+            let listener = nodeless_volumes::listen(&endpoint)?;
+            println!("nodeless: {} serving on {endpoint}", nodeless_volumes::DISK_DRIVER);
+            let stop = async {
+                if let Err(e) = wait_for_signal().await {
+                    eprintln!("nodeless: no signal handler ({e}); stopping");
+                }
+            };
+            nodeless_volumes::serve_on(listener, disk, stop).await?;
+            println!("nodeless: CSI driver stopped (staged and published volumes stay)");
+            Ok(())
+        }
+    }
 }
 
 #[derive(clap::Args)]
@@ -401,6 +448,19 @@ async fn run_control(mut args: UpArgs, with_node: bool) -> anyhow::Result<()> {
         }
     }
     let mut cfg = nodeless_control::Config::new(&args.data_dir);
+    // The disk CSI driver runs with the node (loop devices need root); control provisions,
+    // attaches and expands through it, the node stages and publishes.
+    let mut storage = None;
+    if with_node && !args.no_node && is_root() {
+        match storage::start_disk(&args.data_dir, &node_cmd::node_name(&args.node)) {
+            Ok(d) => {
+                cfg.csi_drivers = d.endpoints.clone();
+                args.node.csi_drivers.extend(d.endpoints.clone());
+                storage = Some(d);
+            }
+            Err(e) => eprintln!("nodeless: no disk CSI driver started: {e:#}; claims on its class stay Pending"),
+        }
+    }
     cfg.listen = args.listen;
     cfg.hosts = args.tls_hosts.clone();
     cfg.allow_host_network = args.allow_host_network;
@@ -422,6 +482,16 @@ async fn run_control(mut args: UpArgs, with_node: bool) -> anyhow::Result<()> {
         match node_cmd::import_samples(&args.data_dir) {
             Ok(said) => said.iter().for_each(|s| println!("nodeless: {s}")),
             Err(e) => eprintln!("nodeless: no sample images: {e:#}"),
+        }
+    }
+    if storage.is_some() {
+        let client = node_cmd::client_from_yaml(&cp.kubeconfig(true)).await?;
+        match storage::ensure_objects(client).await {
+            Ok(()) => println!(
+                "nodeless: disk CSI driver ready (default StorageClass {})",
+                storage::DEFAULT_CLASS
+            ),
+            Err(e) => eprintln!("nodeless: the disk CSI driver's objects: {e:#}"),
         }
     }
     if with_node && !args.no_node {
@@ -491,6 +561,9 @@ async fn run_control(mut args: UpArgs, with_node: bool) -> anyhow::Result<()> {
     if let Some(n) = node {
         n.stop().await;
     }
+    if let Some(s) = storage {
+        s.stop().await;
+    }
     cp.shutdown();
     Ok(())
 }
@@ -521,6 +594,7 @@ fn main() -> anyhow::Result<()> {
             node,
         } => rt.block_on(run_node(kubeconfig, data_dir, node)),
         Command::Dns { kubeconfig, dns } => rt.block_on(run_dns(kubeconfig, dns)),
+        Command::Csi { driver } => rt.block_on(run_csi(driver)),
         Command::Image { data_dir, command } => node_cmd::image(command, &data_dir),
     }
 }

@@ -84,6 +84,22 @@ pub struct NodeArgs {
     /// new pod skips that step; refilled in the background after each is taken. 0 for none
     #[arg(long, default_value_t = 2)]
     pub warm_sandboxes: usize,
+    /// A CSI driver on this node, `NAME=unix:///path.sock` (repeatable), called as kubelet calls
+    /// CSI drivers for pods' claims. `up` adds the disk driver it runs.
+    #[arg(long = "csi-driver", value_parser = parse_csi_driver)]
+    pub csi_drivers: Vec<(String, String)>,
+}
+
+/// `NAME=ENDPOINT` of --csi-driver.
+fn parse_csi_driver(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, endpoint)) if !name.is_empty() && !endpoint.is_empty() => {
+            Ok((name.to_string(), endpoint.to_string()))
+        }
+        _ => Err(format!(
+            "{s:?}: expected NAME=ENDPOINT, e.g. disk.csi.nodeless.io=unix:///run/disk.sock"
+        )),
+    }
 }
 
 /// Where the node keeps images and pods under a data directory.
@@ -226,12 +242,17 @@ impl StartedNode {
     }
 }
 
-pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) -> anyhow::Result<StartedNode> {
-    anyhow::ensure!(nix_is_root(), "the node needs root (namespaces, mounts and cgroups)");
-    let name = args.node_name.clone().unwrap_or_else(|| {
+/// The Node's name: --node-name, else `nodeless-<hostname>`.
+pub fn node_name(args: &NodeArgs) -> String {
+    args.node_name.clone().unwrap_or_else(|| {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "local".into());
         format!("nodeless-{}", host.trim().to_lowercase())
-    });
+    })
+}
+
+pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) -> anyhow::Result<StartedNode> {
+    anyhow::ensure!(nix_is_root(), "the node needs root (namespaces, mounts and cgroups)");
+    let name = node_name(args);
     // Before anything is made in them: the data and run directories are the node's alone.
     // (0711 with user namespaces: the pods' ranges pass through, see `private`.)
     let userns = !args.no_user_namespaces;
@@ -350,6 +371,7 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         user_namespaces: !args.no_user_namespaces,
         warm_sandboxes: args.warm_sandboxes,
         metrics_collectors: pod_network.as_ref().map(|n| n.collectors()).unwrap_or_default(),
+        csi_drivers: args.csi_drivers.iter().cloned().collect(),
     };
     match nodeless_sandbox_node::node::start(cfg, client).await {
         Ok(node) => Ok(StartedNode {

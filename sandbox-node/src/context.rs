@@ -45,6 +45,10 @@ pub struct NodeCtx {
     pub warm: crate::warm::WarmPool,
     /// What `/metrics` serves.
     pub metrics: crate::metrics::NodeMetrics,
+    /// The node's CSI drivers and where it stages their volumes.
+    pub csi: crate::csi::CsiPlugins,
+    /// Woken when a pod's CSI volumes were unmounted, so `volumesInUse` follows at once.
+    pub volumes_changed: tokio::sync::Notify,
     pub(crate) pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Pod UIDs by namespace and name, as the node's watch last saw them.
     pub(crate) names: Mutex<HashMap<(String, String), String>>,

@@ -9,6 +9,7 @@
 pub mod beneath;
 pub mod cgroups;
 pub mod context;
+pub mod csi;
 pub mod image;
 pub mod kubelet_tls;
 pub mod metrics;

@@ -51,6 +51,9 @@ pub struct NodeConfig {
     pub warm_sandboxes: usize,
     /// Metrics of what runs beside the node (its pod network), served with its own.
     pub metrics_collectors: Vec<Box<dyn prometheus_client::collector::Collector>>,
+    /// The CSI drivers on this node: name → endpoint (`unix:///…`), as kubelet's plugin
+    /// registry knows them.
+    pub csi_drivers: std::collections::BTreeMap<String, String>,
 }
 
 /// The id ranges that pods saved under `bundles_dir` hold (pods a restarted node will adopt):
@@ -184,6 +187,59 @@ async fn heartbeat(client: kube::Client, name: String) {
         }
         tick += 1;
         tokio::time::sleep(Duration::from_secs(10)).await;
+    }
+}
+
+/// The node's side of volumes beyond mounting: `status.volumesInUse` kept to what its pods have
+/// published (control detaches only what is not listed), and filesystems grown for claims that
+/// wait for it (`FileSystemResizePending`).
+async fn watch_volumes(ctx: Arc<NodeCtx>) {
+    let mut reported: Option<Vec<String>> = None;
+    // The last failure said per claim, so a growth that cannot happen online is said once.
+    let mut said: HashMap<String, String> = HashMap::new();
+    loop {
+        report_volumes(&ctx, &mut reported).await;
+        for p in crate::csi::published(&ctx.pods_dir) {
+            let key = format!("{}/{}", p.namespace, p.claim);
+            match ctx.csi.expand(&ctx.client, &p).await {
+                Ok(true) => {
+                    said.remove(&key);
+                    tracing::info!(claim = %p.claim, namespace = %p.namespace, "volume's filesystem grown")
+                }
+                Ok(false) => {}
+                Err(e) => {
+                    if said.get(&key) != Some(&e) {
+                        tracing::warn!(claim = %p.claim, namespace = %p.namespace, error = %e, "growing the volume's filesystem");
+                        said.insert(key, e);
+                    }
+                }
+            }
+        }
+        tokio::select! {
+            _ = ctx.volumes_changed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+/// Patch `status.volumesInUse` (and `volumesAttached`) when what the pods have published changed.
+pub async fn report_volumes(ctx: &NodeCtx, reported: &mut Option<Vec<String>>) {
+    let published = crate::csi::published(&ctx.pods_dir);
+    let mut in_use: Vec<String> = published.iter().map(|p| p.unique_name()).collect();
+    in_use.sort();
+    in_use.dedup();
+    if reported.as_ref() == Some(&in_use) {
+        return;
+    }
+    let attached: Vec<serde_json::Value> = in_use.iter().map(|n| json!({"name": n, "devicePath": ""})).collect();
+    let nodes: Api<Node> = Api::all(ctx.client.clone());
+    let patch = json!({"status": {"volumesInUse": in_use, "volumesAttached": attached}});
+    match nodes
+        .patch_status(&ctx.name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+    {
+        Ok(_) => *reported = Some(in_use),
+        Err(e) => tracing::warn!(error = %e, "reporting the node's volumes in use"),
     }
 }
 
@@ -366,6 +422,11 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
         id_ranges: held_id_ranges(&bundles_dir_for_ranges),
         warm: crate::warm::WarmPool::new(warm_dir, cfg.warm_sandboxes),
         metrics: crate::metrics::NodeMetrics::with_collectors(cfg.metrics_collectors),
+        csi: crate::csi::CsiPlugins {
+            drivers: cfg.csi_drivers,
+            root: cfg.data_dir.join("csi"),
+        },
+        volumes_changed: tokio::sync::Notify::new(),
         pulls: Mutex::new(HashMap::new()),
         names: Mutex::new(HashMap::new()),
         forget_worker: Box::new(move |uid| {
@@ -380,13 +441,17 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
         &node_object(&cfg.name, &cfg.host_ip, kubelet_addr.port(), &ctx.runtime.version()),
     )
     .await?;
+    if !ctx.csi.drivers.is_empty() {
+        ctx.csi.register(&client, &cfg.name).await.map_err(anyhow::Error::msg)?;
+    }
     let hb = tokio::spawn(heartbeat(client, cfg.name.clone()));
+    let volumes = tokio::spawn(watch_volumes(ctx.clone()));
     let watch = tokio::spawn(watch_pods(ctx.clone(), workers));
     let warm = tokio::spawn(keep_warm(ctx.clone()));
     tracing::info!(node = %cfg.name, kubelet = %kubelet_addr, "node registered");
     Ok(RunningNode {
         ctx,
         kubelet_addr,
-        tasks: vec![server, hb, watch, warm],
+        tasks: vec![server, hb, watch, warm, volumes],
     })
 }

@@ -177,6 +177,24 @@ const ROWS: &[Row] = &[
         &["status"],
     ),
     row("", "Node", "nodes", Scope::Cluster, &["no"], &[], &["status"]),
+    row(
+        "",
+        "PersistentVolume",
+        "persistentvolumes",
+        Scope::Cluster,
+        &["pv"],
+        &[],
+        &["status"],
+    ),
+    row(
+        "",
+        "PersistentVolumeClaim",
+        "persistentvolumeclaims",
+        Scope::Namespaced,
+        &["pvc"],
+        &[],
+        &["status"],
+    ),
     row("", "Event", "events", Scope::Namespaced, &["ev"], &[], &[]),
     row(
         "",
@@ -299,6 +317,26 @@ const ROWS: &[Row] = &[
         &[],
         &[],
     ),
+    row(
+        STORAGE,
+        "StorageClass",
+        "storageclasses",
+        Scope::Cluster,
+        &["sc"],
+        &[],
+        &[],
+    ),
+    row(STORAGE, "CSIDriver", "csidrivers", Scope::Cluster, &[], &[], &[]),
+    row(STORAGE, "CSINode", "csinodes", Scope::Cluster, &[], &[], &[]),
+    row(
+        STORAGE,
+        "VolumeAttachment",
+        "volumeattachments",
+        Scope::Cluster,
+        &[],
+        &[],
+        &["status"],
+    ),
     row(RBAC, "ClusterRole", "clusterroles", Scope::Cluster, &[], &[], &[]),
     row(
         RBAC,
@@ -346,6 +384,7 @@ const ROWS: &[Row] = &[
 ];
 
 const RBAC: &str = "rbac.authorization.k8s.io";
+const STORAGE: &str = "storage.k8s.io";
 const AUTHZ: &str = "authorization.k8s.io";
 const AUTHN: &str = "authentication.k8s.io";
 

@@ -6,6 +6,7 @@ mod names;
 mod platform;
 pub mod quota;
 pub mod service_account;
+pub mod storage;
 pub(crate) mod validate;
 
 pub use nodeless_types::quantity::{Quantity, parse_quantity};

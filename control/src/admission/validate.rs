@@ -86,6 +86,9 @@ pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>) -> Ca
         ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
             rbac_binding(obj, old, kind == "RoleBinding", &mut c)
         }
+        ("", "PersistentVolume" | "PersistentVolumeClaim") | ("storage.k8s.io", _) => {
+            super::storage::validate(group, kind, obj, old, &mut c)
+        }
         ("discovery.k8s.io", "EndpointSlice") => {
             let t = s(obj, "/addressType").unwrap_or_default();
             if !matches!(t, "IPv4" | "IPv6" | "FQDN") {
@@ -946,6 +949,27 @@ fn workload(kind: &str, obj: &Value, old: Option<&Value>, c: &mut Causes) {
         }
     }
     match obj.pointer("/spec/template/spec") {
+        // A StatefulSet's claim templates are volumes of its pods too.
+        Some(spec) if kind == "StatefulSet" => {
+            let mut spec = spec.clone();
+            let claims: Vec<Value> = obj
+                .pointer("/spec/volumeClaimTemplates")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .map(|t| json!({"name": s(t, "/metadata/name").unwrap_or_default(), "persistentVolumeClaim": {"claimName": "-"}}))
+                .collect();
+            if !claims.is_empty() {
+                let mut vols: Vec<Value> = arr(&spec, "volumes")
+                    .iter()
+                    .filter(|v| !claims.iter().any(|c| c.get("name") == v.get("name")))
+                    .cloned()
+                    .collect();
+                vols.extend(claims);
+                spec["volumes"] = json!(vols);
+            }
+            pod_spec(&spec, "spec.template.spec", true, c)
+        }
         Some(spec) => pod_spec(spec, "spec.template.spec", true, c),
         None => c.push(Cause::required("spec.template")),
     }
@@ -996,19 +1020,20 @@ fn workload(kind: &str, obj: &Value, old: Option<&Value>, c: &mut Causes) {
     }
 }
 
-/// A StatefulSet's own rules, in Kubernetes' words, and one of the platform's: claims from
-/// `volumeClaimTemplates` need PersistentVolumeClaims, which are not served yet, so such a set
-/// is refused rather than run without its disks.
+/// A StatefulSet's own rules, in Kubernetes' words.
 fn stateful_set(obj: &Value, old: Option<&Value>, c: &mut Causes) {
-    if obj
+    for (i, t) in obj
         .pointer("/spec/volumeClaimTemplates")
         .and_then(Value::as_array)
-        .is_some_and(|v| !v.is_empty())
+        .into_iter()
+        .flatten()
+        .enumerate()
     {
-        c.push(Cause::forbidden(
-            "spec.volumeClaimTemplates",
-            "PersistentVolumeClaims are not served by this cluster yet, so a StatefulSet cannot have per-pod claims; use emptyDir volumes in the template, or remove the templates",
-        ));
+        let path = format!("spec.volumeClaimTemplates[{i}]");
+        if s(t, "/metadata/name").is_none_or(str::is_empty) {
+            c.push(Cause::required(format!("{path}.metadata.name")));
+        }
+        super::storage::claim_spec(t.get("spec").unwrap_or(&Value::Null), &format!("{path}.spec"), c);
     }
     let policy = s(obj, "/spec/podManagementPolicy").unwrap_or("OrderedReady");
     if !matches!(policy, "OrderedReady" | "Parallel") {

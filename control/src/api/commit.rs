@@ -37,7 +37,13 @@ pub fn admit(state: &ApiState, served: &Served, obj: &Value, old: Option<&Value>
     use crate::admission::Verdict;
     let name = objects::name_of(obj).to_string();
     match crate::admission::admit(&served.def.group, &served.def.kind, obj, old, &state.policy) {
-        Verdict::Allowed => no_escalation(state, served, obj),
+        Verdict::Allowed => {
+            let causes = crate::admission::storage::check(&state.store, &served.def.group, &served.def.kind, obj, old);
+            if !causes.is_empty() {
+                return Err(invalid(served, &name, &causes));
+            }
+            no_escalation(state, served, obj)
+        }
         Verdict::Invalid(causes) => Err(invalid(served, &name, &causes)),
         Verdict::Forbidden { rule, message } => Err(ApiError::Forbidden(format!(
             "{} \"{name}\" is forbidden: {message} (rule {rule})",

@@ -374,6 +374,7 @@ pub async fn create_object(
         }
     }
     objects::apply_defaults(&served.def.group, &served.def.kind, &mut obj);
+    crate::admission::storage::on_create(&state.store, &served.def.group, &served.def.kind, &mut obj);
     if served.def.group.is_empty() && served.def.kind == "Pod" {
         limit_ranges(state, ns, &name, &mut obj)?;
         service_account_token(state, ns, &name, &mut obj)?;

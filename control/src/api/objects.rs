@@ -1,7 +1,7 @@
 //! What the server does to an object before storing it: typed decoding of built-in kinds (which
 //! finds unknown fields and wrong types), metadata on create, and the apiserver's defaults.
 
-use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, networking, policy, rbac};
+use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, networking, policy, rbac, storage};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -77,6 +77,12 @@ fn decode(group: &str, kind: &str, input: &Value) -> Option<Result<(Value, Vec<S
         ("", "ReplicationController") => roundtrip::<core::v1::ReplicationController>(input),
         ("", "LimitRange") => roundtrip::<core::v1::LimitRange>(input),
         ("", "ResourceQuota") => roundtrip::<core::v1::ResourceQuota>(input),
+        ("", "PersistentVolume") => roundtrip::<core::v1::PersistentVolume>(input),
+        ("", "PersistentVolumeClaim") => roundtrip::<core::v1::PersistentVolumeClaim>(input),
+        ("storage.k8s.io", "StorageClass") => roundtrip::<storage::v1::StorageClass>(input),
+        ("storage.k8s.io", "CSIDriver") => roundtrip::<storage::v1::CSIDriver>(input),
+        ("storage.k8s.io", "CSINode") => roundtrip::<storage::v1::CSINode>(input),
+        ("storage.k8s.io", "VolumeAttachment") => roundtrip::<storage::v1::VolumeAttachment>(input),
         ("policy", "PodDisruptionBudget") => roundtrip::<policy::v1::PodDisruptionBudget>(input),
         ("autoscaling", "HorizontalPodAutoscaler") => roundtrip::<autoscaling::v2::HorizontalPodAutoscaler>(input),
         ("rbac.authorization.k8s.io", "Role") => roundtrip::<rbac::v1::Role>(input),
@@ -450,6 +456,34 @@ pub fn apply_defaults(group: &str, kind: &str, obj: &mut Value) {
                 }
             }
         }
+        ("", "PersistentVolumeClaim") => {
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                set_default(spec, "volumeMode", json!("Filesystem"));
+            }
+        }
+        ("", "PersistentVolume") => {
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                set_default(spec, "volumeMode", json!("Filesystem"));
+                set_default(spec, "persistentVolumeReclaimPolicy", json!("Retain"));
+            }
+        }
+        ("storage.k8s.io", "StorageClass") => {
+            if let Some(m) = obj.as_object_mut() {
+                set_default(m, "reclaimPolicy", json!("Delete"));
+                set_default(m, "volumeBindingMode", json!("Immediate"));
+            }
+        }
+        ("storage.k8s.io", "CSIDriver") => {
+            if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
+                set_default(spec, "attachRequired", json!(true));
+                set_default(spec, "podInfoOnMount", json!(false));
+                set_default(spec, "requiresRepublish", json!(false));
+                set_default(spec, "storageCapacity", json!(false));
+                set_default(spec, "seLinuxMount", json!(false));
+                set_default(spec, "fsGroupPolicy", json!("ReadWriteOnceWithFSType"));
+                set_default(spec, "volumeLifecycleModes", json!(["Persistent"]));
+            }
+        }
         ("apps", "StatefulSet") => {
             if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
                 set_default(spec, "replicas", json!(1));
@@ -556,6 +590,9 @@ pub fn initial_status(group: &str, kind: &str) -> Option<Value> {
         ("", "Namespace") => Some(json!({"phase": "Active"})),
         ("", "Node") => None,
         ("", "Service") => Some(json!({"loadBalancer": {}})),
+        // A volume is Pending until the binder has looked at it; a claim until it is bound.
+        ("", "PersistentVolume" | "PersistentVolumeClaim") => Some(json!({"phase": "Pending"})),
+        ("storage.k8s.io", "VolumeAttachment") => Some(json!({"attached": false})),
         ("networking.k8s.io", "Ingress") => Some(json!({"loadBalancer": {}})),
         ("autoscaling", "HorizontalPodAutoscaler") => Some(json!({"currentReplicas": 0, "desiredReplicas": 0})),
         // `replicas` is not optional in these statuses: typed clients (the Python client's

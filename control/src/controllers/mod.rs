@@ -18,6 +18,7 @@ mod replicaset;
 mod scheduler;
 mod statefulset;
 mod token_secrets;
+pub mod volumes;
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -29,9 +30,25 @@ use crate::api::error::ApiError;
 use crate::api::local::LocalClient;
 use crate::store::Event;
 
-/// Start every controller; returns their tasks.
-pub fn start(client: LocalClient) -> Vec<tokio::task::JoinHandle<()>> {
+/// Start every controller; returns their tasks. `drivers` are the CSI drivers control
+/// provisions, attaches and expands volumes with.
+pub fn start(client: LocalClient, drivers: volumes::Drivers) -> Vec<tokio::task::JoinHandle<()>> {
+    let attach_drivers = drivers.clone();
     vec![
+        tokio::spawn(drive(
+            client.clone(),
+            "persistentvolume",
+            volumes::interested,
+            volumes::resync,
+            move |c, k| Box::pin(volumes::reconcile(c, drivers.clone(), k)),
+        )),
+        tokio::spawn(drive(
+            client.clone(),
+            "volume-attach",
+            volumes::attach::interested,
+            volumes::attach::resync,
+            move |c, k| Box::pin(volumes::attach::reconcile(c, attach_drivers.clone(), k)),
+        )),
         tokio::spawn(drive(
             client.clone(),
             "replicaset",

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::{condition_true, event, is_deleting, split_key, str_at};
+use super::{condition_true, event, is_deleting, split_key, str_at, volumes};
 use crate::api::error::ApiError;
 use crate::api::local::LocalClient;
 use crate::store::Event;
@@ -21,6 +21,15 @@ pub fn interested(client: &LocalClient, ev: &Event) -> Vec<String> {
     }
     if ev.key.starts_with("/core/nodes/") {
         return resync(client);
+    }
+    // A claim bound or made: the pods waiting for it.
+    if ev.key.starts_with("/core/persistentvolumeclaims/") {
+        let ns = str_at(&ev.obj, "/metadata/namespace");
+        let claim = str_at(&ev.obj, "/metadata/name");
+        let pods = client.served("", "pods");
+        return super::keys_where(client, &pods, Some(ns), &|p| {
+            pending(p) && volumes::claim_names(p).iter().any(|c| c == claim)
+        });
     }
     Vec::new()
 }
@@ -99,6 +108,11 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
         return Ok(());
     }
     let all = client.list(&nodes, None, &|_| true);
+    let claims = volumes::scheduling(&client, &pod.obj);
+    if let volumes::Scheduling::Unschedulable(why) = &claims {
+        let message = format!("0/{} nodes are available: {why}.", all.len());
+        return unschedulable(&client, &pod, message).await;
+    }
     let mut reasons: Vec<(&'static str, usize)> = Vec::new();
     let mut fit = Vec::new();
     for n in &all {
@@ -111,11 +125,21 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
         }
     }
     if !fit.is_empty() {
-        // Virtual nodes have no real capacity limit; spread pods evenly by picking at random.
-        let node = fit[rand::random::<u64>() as usize % fit.len()];
-        return client
-            .bind(ns.unwrap_or("default"), name, str_at(&node.obj, "/metadata/name"))
-            .await;
+        // A node already chosen for the pod's volumes is kept; otherwise, virtual nodes having
+        // no real capacity limit, pods spread evenly by picking at random.
+        let node = claims
+            .chosen_node()
+            .and_then(|chosen| fit.iter().find(|n| str_at(&n.obj, "/metadata/name") == chosen))
+            .copied()
+            .unwrap_or_else(|| fit[rand::random::<u64>() as usize % fit.len()]);
+        let node_name = str_at(&node.obj, "/metadata/name");
+        return match claims {
+            volumes::Scheduling::Ready => client.bind(ns.unwrap_or("default"), name, node_name).await,
+            // Claims waiting for their first consumer are provisioned where the pod goes; the
+            // pod is bound once they are (their changes bring it back here).
+            volumes::Scheduling::WaitForVolumes(waiting) => volumes::select_node(&client, &waiting, node_name).await,
+            volumes::Scheduling::Unschedulable(_) => Ok(()),
+        };
     }
     let message = if all.is_empty() {
         "0/0 nodes are available: no virtual node is registered.".to_string()
@@ -123,6 +147,12 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
         let parts: Vec<String> = reasons.iter().map(|(r, c)| format!("{c} {r}")).collect();
         format!("0/{} nodes are available: {}.", all.len(), parts.join(", "))
     };
+    unschedulable(&client, &pod, message).await
+}
+
+/// Mark a pod Unschedulable with the reason (once per reason) and say so in an event.
+async fn unschedulable(client: &LocalClient, pod: &crate::store::Stored, message: String) -> Result<(), ApiError> {
+    let pods = client.served("", "pods");
     let conds = pod
         .obj
         .pointer("/status/conditions")
@@ -145,9 +175,9 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
         "lastProbeTime": null, "lastTransitionTime": crate::api::objects::now_rfc3339()}),
     );
     new["status"]["conditions"] = json!(conds);
-    client.update_status(&pods, &pod, new).await?;
+    client.update_status(&pods, pod, new).await?;
     event(
-        &client,
+        client,
         &pod.obj,
         "Warning",
         "FailedScheduling",

@@ -14,8 +14,11 @@
 //! - A pod that failed or finished is deleted and made again under the same name.
 //! - With `minReadySeconds`, a pod counts (for the next ordinal, the rollout and
 //!   `availableReplicas`) once it has been Ready that long; the set is looked at again then.
-//! - `volumeClaimTemplates` are refused at admission while PersistentVolumeClaims are not
-//!   served (`admission::validate`): a set that asks for disks never runs without them.
+//! - `volumeClaimTemplates`: each ordinal gets its claims `<template>-<set>-<ordinal>`, made
+//!   before its pod and named in the pod's volumes, so a replaced pod finds its disk again. The
+//!   claims outlive the pods; `persistentVolumeClaimRetentionPolicy` says whether they go with
+//!   the set (`whenDeleted: Delete`: the set owns them, the garbage collector takes them) and
+//!   when the set scales down (`whenScaled: Delete`).
 
 use serde_json::{Value, json};
 use sha2::Digest;
@@ -86,12 +89,94 @@ fn pod_for(sts: &Value, template: &Value, revision: &str, n: i64) -> Value {
         m.remove("generateName");
     }
     let mut spec = template.get("spec").cloned().unwrap_or(json!({}));
+    let claims = claim_templates(sts);
+    if !claims.is_empty() {
+        let mut volumes: Vec<Value> = spec
+            .get("volumes")
+            .and_then(Value::as_array)
+            .cloned()
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|v| !claims.iter().any(|c| str_at(c, "/metadata/name") == str_at(v, "/name")))
+            .collect();
+        for c in &claims {
+            let t = str_at(c, "/metadata/name");
+            volumes.push(json!({"name": t, "persistentVolumeClaim": {"claimName": claim_name(t, set, n)}}));
+        }
+        spec["volumes"] = json!(volumes);
+    }
     spec["hostname"] = json!(name);
     let service = str_at(sts, "/spec/serviceName");
     if !service.is_empty() {
         spec["subdomain"] = json!(service);
     }
     json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta, "spec": spec})
+}
+
+fn claim_templates(sts: &Value) -> Vec<Value> {
+    sts.pointer("/spec/volumeClaimTemplates")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default()
+}
+
+/// The claim of template `t` for ordinal `n`: `<template>-<set>-<ordinal>`, Kubernetes' name.
+fn claim_name(t: &str, set: &str, n: i64) -> String {
+    format!("{t}-{set}-{n}")
+}
+
+/// Make the claims of ordinal `n` that do not exist yet, from the set's templates.
+async fn ensure_claims(client: &LocalClient, sts: &Value, ns: &str, n: i64) -> Result<(), ApiError> {
+    let pvcs = client.served("", "persistentvolumeclaims");
+    let set = str_at(sts, "/metadata/name");
+    let delete_with_set = str_at(sts, "/spec/persistentVolumeClaimRetentionPolicy/whenDeleted") == "Delete";
+    for t in claim_templates(sts) {
+        let name = claim_name(str_at(&t, "/metadata/name"), set, n);
+        if client.get(&pvcs, Some(ns), &name).is_some() {
+            continue;
+        }
+        let mut meta = t.get("metadata").cloned().filter(Value::is_object).unwrap_or(json!({}));
+        meta["name"] = json!(name);
+        if let Some(m) = meta.as_object_mut() {
+            m.remove("namespace");
+        }
+        // The set's selector labels, so the claims are found as the set's.
+        if let Some(sel) = sts.pointer("/spec/selector/matchLabels").and_then(Value::as_object) {
+            if !meta.get("labels").is_some_and(Value::is_object) {
+                meta["labels"] = json!({});
+            }
+            for (k, v) in sel {
+                meta["labels"][k] = v.clone();
+            }
+        }
+        if delete_with_set {
+            meta["ownerReferences"] = json!([owner_ref("apps/v1", "StatefulSet", sts)]);
+        }
+        let claim = json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": meta,
+            "spec": t.get("spec").cloned().unwrap_or(json!({}))});
+        match client.create(&pvcs, Some(ns), claim).await {
+            Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// With `whenScaled: Delete`, the claims of an ordinal the set scaled away from go with it.
+async fn delete_scaled_claims(client: &LocalClient, sts: &Value, ns: &str, n: i64) -> Result<(), ApiError> {
+    if str_at(sts, "/spec/persistentVolumeClaimRetentionPolicy/whenScaled") != "Delete" {
+        return Ok(());
+    }
+    let pvcs = client.served("", "persistentvolumeclaims");
+    let set = str_at(sts, "/metadata/name");
+    for t in claim_templates(sts) {
+        let name = claim_name(str_at(&t, "/metadata/name"), set, n);
+        match client.delete(&pvcs, Some(ns), &name, None).await {
+            Ok(()) | Err(ApiError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
 }
 
 /// The ControllerRevisions of a set, by name: their templates and revision numbers.
@@ -258,6 +343,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Outcome {
     for n in start..end {
         match by_ordinal(n) {
             None => {
+                ensure_claims(&client, sts, &ns, n).await?;
                 match client.create(&pods_res, Some(&ns), make(n)).await {
                     Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
                     Err(e) => return Err(e),
@@ -294,6 +380,9 @@ pub async fn reconcile(client: LocalClient, key: String) -> Outcome {
         client
             .delete(&pods_res, Some(&ns), str_at(p, "/metadata/name"), None)
             .await?;
+        if let Some(n) = ordinal(name, p) {
+            delete_scaled_claims(&client, sts, &ns, n).await?;
+        }
         if !parallel {
             blocked = true;
             break;

@@ -198,6 +198,27 @@ fn joined(items: impl Iterator<Item = String>, none: &str) -> String {
     if v.is_empty() { none.to_string() } else { v.join(",") }
 }
 
+/// Access modes as kubectl abbreviates them: `RWO,ROX`.
+fn access_modes(modes: Option<&Value>) -> String {
+    modes
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|m| match m.as_str().unwrap_or_default() {
+            "ReadWriteOnce" => "RWO",
+            "ReadOnlyMany" => "ROX",
+            "ReadWriteMany" => "RWX",
+            "ReadWriteOncePod" => "RWOP",
+            other => other,
+        })
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn or_unset(s: &str) -> &str {
+    if s.is_empty() { "<unset>" } else { s }
+}
+
 fn selector_string(sel: Option<&Value>) -> String {
     let Some(m) = sel
         .and_then(|s| s.get("matchLabels").or(Some(s)))
@@ -609,6 +630,84 @@ pub fn cells(group: &str, kind: &str, v: &Value, now: DateTime<Utc>) -> Vec<Valu
                 json!(selector_string(v.pointer("/spec/selector"))),
             ]
         }
+        ("", "PersistentVolume") => {
+            let claim = match (s(v, "/spec/claimRef/namespace"), s(v, "/spec/claimRef/name")) {
+                (_, "") => String::new(),
+                (ns, n) => format!("{ns}/{n}"),
+            };
+            vec![
+                name,
+                json!(s(v, "/spec/capacity/storage")),
+                json!(access_modes(v.pointer("/spec/accessModes"))),
+                json!(s(v, "/spec/persistentVolumeReclaimPolicy")),
+                json!(s(v, "/status/phase")),
+                json!(claim),
+                json!(s(v, "/spec/storageClassName")),
+                json!(or_unset(s(v, "/spec/volumeAttributesClassName"))),
+                json!(s(v, "/status/reason")),
+                age,
+                json!(s(v, "/spec/volumeMode")),
+            ]
+        }
+        ("", "PersistentVolumeClaim") => vec![
+            name,
+            json!(s(v, "/status/phase")),
+            json!(s(v, "/spec/volumeName")),
+            json!(s(v, "/status/capacity/storage")),
+            json!(access_modes(v.pointer("/status/accessModes"))),
+            json!(s(v, "/spec/storageClassName")),
+            json!(or_unset(s(v, "/spec/volumeAttributesClassName"))),
+            age,
+            json!(s(v, "/spec/volumeMode")),
+        ],
+        ("storage.k8s.io", "StorageClass") => {
+            let shown = if crate::admission::storage::is_default_class(v) {
+                format!("{} (default)", s(v, "/metadata/name"))
+            } else {
+                s(v, "/metadata/name").to_string()
+            };
+            vec![
+                json!(shown),
+                json!(s(v, "/provisioner")),
+                json!(s(v, "/reclaimPolicy")),
+                json!(s(v, "/volumeBindingMode")),
+                json!(v.get("allowVolumeExpansion").and_then(Value::as_bool).unwrap_or(false)),
+                age,
+            ]
+        }
+        ("storage.k8s.io", "CSIDriver") => {
+            let flag = |p: &str| json!(v.pointer(p).and_then(Value::as_bool).unwrap_or(false));
+            let tokens = joined(
+                arr(v, "/spec/tokenRequests")
+                    .iter()
+                    .map(|t| s(t, "/audience").to_string()),
+                "<unset>",
+            );
+            vec![
+                name,
+                flag("/spec/attachRequired"),
+                flag("/spec/podInfoOnMount"),
+                flag("/spec/storageCapacity"),
+                json!(tokens),
+                flag("/spec/requiresRepublish"),
+                json!(joined(
+                    arr(v, "/spec/volumeLifecycleModes")
+                        .iter()
+                        .map(|m| m.as_str().unwrap_or_default().to_string()),
+                    "<none>"
+                )),
+                age,
+            ]
+        }
+        ("storage.k8s.io", "CSINode") => vec![name, json!(arr(v, "/spec/drivers").len()), age],
+        ("storage.k8s.io", "VolumeAttachment") => vec![
+            name,
+            json!(s(v, "/spec/attacher")),
+            json!(s(v, "/spec/source/persistentVolumeName")),
+            json!(s(v, "/spec/nodeName")),
+            json!(v.pointer("/status/attached").and_then(Value::as_bool).unwrap_or(false)),
+            age,
+        ],
         ("apps", "StatefulSet") => {
             let containers = arr(v, "/spec/template/spec/containers");
             vec![

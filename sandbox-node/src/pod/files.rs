@@ -107,6 +107,9 @@ pub struct PodVolume {
     /// configMap, secret, downwardAPI and projected volumes: the node writes them, the pod only
     /// reads them.
     pub read_only: bool,
+    /// A CSI volume: its files keep their own owners (seen through an idmapped mount), the node
+    /// never changes them.
+    pub csi: bool,
 }
 
 /// The first volume of the pod the node cannot honour, from its spec alone: checked before the
@@ -116,24 +119,56 @@ pub fn unsupported_volume(pod: &Pod) -> Option<String> {
     volumes.into_iter().flatten().find_map(volume_data::unsupported)
 }
 
-/// Prepare each volume under `dir` and return where it is; unsupported kinds are an error
-/// naming the volume (CreateContainerConfigError).
-pub async fn prepare_volumes(client: &kube::Client, pod: &Pod, dir: &Path) -> Result<Vec<PodVolume>, String> {
+/// Prepare each volume under `<pod_dir>/volumes` and return where it is; unsupported kinds are
+/// an error naming the volume (CreateContainerConfigError). Claims are mounted through the
+/// node's CSI drivers (see `crate::csi`), idmapped by `userns` when the pod has one; a claim
+/// volume already published (a restarted node adopting the pod) is taken as it is.
+pub async fn prepare_volumes(
+    ctx: &crate::context::NodeCtx,
+    pod: &Pod,
+    pod_dir: &Path,
+    userns: Option<&Path>,
+) -> Result<Vec<PodVolume>, String> {
     let lookup = volume_data::ApiLookup {
-        client: client.clone(),
+        client: ctx.client.clone(),
         namespace: pod.metadata.namespace.clone().unwrap_or_default(),
     };
+    let dir = pod_dir.join("volumes");
+    let published = crate::csi::records(pod_dir);
     let mut out = Vec::new();
     for v in pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default() {
         let path = dir.join(&v.name);
+        if v.persistent_volume_claim.is_some() || v.ephemeral.is_some() {
+            let done = published.iter().any(|(_, p)| p.view == path && is_mount_point(&path));
+            if !done {
+                ctx.csi.mount(&ctx.client, &ctx.name, pod, &v, pod_dir, userns).await?;
+            }
+            out.push(PodVolume {
+                name: v.name.clone(),
+                path,
+                read_only: false,
+                csi: true,
+            });
+            continue;
+        }
         let read_only = prepare_one(&lookup, pod, &v, &path).await?;
         out.push(PodVolume {
             name: v.name.clone(),
             path,
             read_only,
+            csi: false,
         });
     }
     Ok(out)
+}
+
+/// Whether something is mounted at `path` (it is on another device than its parent).
+fn is_mount_point(path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let (Ok(me), Some(Ok(parent))) = (std::fs::metadata(path), path.parent().map(std::fs::metadata)) else {
+        return false;
+    };
+    me.dev() != parent.dev() || me.ino() == parent.ino()
 }
 
 /// Write the pod's volumes that hold ServiceAccount tokens again, with fresh tokens (the

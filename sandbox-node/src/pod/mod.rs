@@ -445,7 +445,8 @@ impl Worker {
             .map(|s| s.id)
             .collect();
         self.pod_ip = saved.pod_ip;
-        if let Ok(v) = files::prepare_volumes(&self.ctx.client, &self.pod, &self.dir.join("volumes")).await {
+        let userns = self.ns.user().filter(|_| self.user_base.is_some());
+        if let Ok(v) = files::prepare_volumes(&self.ctx, &self.pod, &self.dir, userns.as_deref()).await {
             self.volumes = v;
             self.schedule_token_refresh();
         }
@@ -590,7 +591,8 @@ impl Worker {
         write("hosts", files::hosts_file(&self.pod, &self.pod_ip))?;
         write("hostname", format!("{hostname}\n"))?;
         write("resolv.conf", files::resolv_conf(&self.pod, &dns))?;
-        self.volumes = files::prepare_volumes(&self.ctx.client, &self.pod, &self.dir.join("volumes")).await?;
+        let userns = self.ns.user().filter(|_| user_base.is_some());
+        self.volumes = files::prepare_volumes(&self.ctx, &self.pod, &self.dir, userns.as_deref()).await?;
         self.schedule_token_refresh();
         if let Some(base) = user_base {
             // The pod's own directories: its range's root reaches its rootfs and volumes through
@@ -610,7 +612,7 @@ impl Worker {
             let writable = ["hosts", "hostname", "resolv.conf"].map(|n| self.run_dir.join(n));
             for p in writable
                 .iter()
-                .chain(self.volumes.iter().filter(|v| !v.read_only).map(|v| &v.path))
+                .chain(self.volumes.iter().filter(|v| !v.read_only && !v.csi).map(|v| &v.path))
             {
                 crate::userns::give_to_pod(p, base)
                     .map_err(|e| format!("giving {} to the pod's user namespace: {e}", p.display()))?;

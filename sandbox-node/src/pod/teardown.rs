@@ -219,7 +219,17 @@ pub async fn teardown(
     };
     errors.extend(release(&LiveSandbox { ctx, net_id, ns }, all).await);
     errors.extend(remove_cgroups(&ctx.cgroup_parent, uid).await);
+    // CSI volumes: unpublished (and unstaged when no other pod has them) before anything of the
+    // pod's directory goes; one that could not be is still mounted there, so the directory
+    // stays (its data must not be removed through the mount) and the error is reported.
+    let csi_errors = ctx.csi.unmount_pod(&ctx.pods_dir, dir).await;
+    ctx.volumes_changed.notify_one();
+    let keep_data = !csi_errors.is_empty();
+    errors.extend(csi_errors);
     for d in [run_dir, dir] {
+        if keep_data && d == dir {
+            continue;
+        }
         if let Err(e) = std::fs::remove_dir_all(d) {
             if e.kind() != std::io::ErrorKind::NotFound {
                 errors.push(format!("removing {}: {e}", d.display()));

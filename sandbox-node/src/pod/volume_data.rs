@@ -137,12 +137,18 @@ impl Lookup for ApiLookup {
 /// refuses it before it makes any namespace or network): a kind the node does not have, or a
 /// projected source it cannot fill.
 pub fn unsupported(v: &Volume) -> Option<String> {
-    if v.empty_dir.is_some() || v.config_map.is_some() || v.secret.is_some() || v.downward_api.is_some() {
+    if v.empty_dir.is_some()
+        || v.config_map.is_some()
+        || v.secret.is_some()
+        || v.downward_api.is_some()
+        || v.persistent_volume_claim.is_some()
+        || v.ephemeral.is_some()
+    {
         return None;
     }
     let Some(p) = &v.projected else {
         return Some(format!(
-            "volume {:?}: this volume type is not supported by the node yet (emptyDir, configMap, secret, downwardAPI and projected are)",
+            "volume {:?}: this volume type is not supported by the node (emptyDir, configMap, secret, downwardAPI, projected, persistentVolumeClaim and ephemeral are)",
             v.name
         ));
     };

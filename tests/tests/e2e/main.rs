@@ -28,3 +28,4 @@ mod reflector;
 mod services;
 mod statefulset;
 mod up;
+mod volumes;

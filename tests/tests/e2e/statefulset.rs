@@ -3,8 +3,8 @@
 //! names through the headless Service (`web-1.web.<ns>.svc.cluster.local`); `rollout status`,
 //! `rollout restart` (every pod replaced, highest ordinal first), `rollout history`; a
 //! partitioned update that replaces only the ordinals at or above the partition; `scale` down
-//! from the highest ordinal; `rollout undo`; `volumeClaimTemplates` refused with the reason while claims are not
-//! served; deleting the set takes its pods.
+//! from the highest ordinal; `rollout undo`; deleting the set takes its pods. Sets with
+//! `volumeClaimTemplates` are in `volumes.rs`.
 
 use std::net::SocketAddr;
 use std::process::Command;
@@ -176,20 +176,6 @@ fn stateful_sets_keep_names_order_and_partitions() {
             get("sts/web", "{.status.updateRevision}") == update
                 && get("pod/web-0", "{.metadata.labels.controller-revision-hash}") == update
         });
-
-        // Claims are not served yet: a set asking for them is refused, saying so.
-        let with_claims = format!(
-            "{}  volumeClaimTemplates:\n  - metadata: {{name: data}}\n    spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 1Gi}}}}}}\n",
-            manifest(&ns, 1, "one")
-                .replace("name: web, namespace", "name: db, namespace")
-                .replace("serviceName: web", "serviceName: db")
-        );
-        let out = apply(&with_claims);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success() && err.contains("spec.volumeClaimTemplates"),
-            "{err}"
-        );
 
         // Deleting the set takes its pods.
         n.kubectl_ok(v, &["delete", "sts", "web", "-n", &ns]);

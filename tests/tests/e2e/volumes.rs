@@ -1,0 +1,311 @@
+//! Persistent volumes end to end, with kubectl as users type it, on `nodeless up` and its disk
+//! CSI driver (loop devices standing for cloud disks):
+//!
+//! - a claim on the default class (`nodeless-disk`, WaitForFirstConsumer) is provisioned for its
+//!   first pod, attached (a VolumeAttachment), formatted and mounted; the pod writes, is
+//!   deleted, and a new pod reads the same bytes, owned by the pod's own root;
+//! - growing the claim's request grows the filesystem under the running pod (`df`);
+//! - a claim for a class that does not exist stays Pending and says why; a pod naming a claim
+//!   that does not exist stays Pending and says why;
+//! - a StatefulSet with `volumeClaimTemplates`: one claim per ordinal, `web-1` deleted comes
+//!   back with its own data;
+//! - deleting the claims (reclaimPolicy Delete) leaves no volume, attachment, loop device,
+//!   mount or disk file.
+
+use std::path::Path;
+
+use nodeless_tests::images::BUSYBOX;
+use nodeless_tests::{Nodeless, eventually};
+
+const V: &str = "1.33";
+
+fn get(n: &Nodeless, ns: &str, what: &str, path: &str) -> String {
+    let out = n.kubectl(V, &["get", what, "-n", ns, "-o", &format!("jsonpath={path}")]);
+    String::from_utf8_lossy(&out.stdout).to_string()
+}
+
+fn apply(n: &Nodeless, yaml: &str) {
+    let out = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(yaml));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+fn pod(ns: &str, name: &str, claim: &str, script: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Pod
+metadata: {{name: {name}, namespace: {ns}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sh, -c, '{script}']
+    volumeMounts: [{{name: data, mountPath: /data}}]
+  volumes:
+  - {{name: data, persistentVolumeClaim: {{claimName: {claim}}}}}
+"#
+    )
+}
+
+fn wait_running(n: &Nodeless, ns: &str, pod: &str) {
+    eventually(&format!("pod {pod} Running"), 120, || {
+        get(n, ns, &format!("pod/{pod}"), "{.status.phase}") == "Running"
+    });
+}
+
+fn events(n: &Nodeless, ns: &str) -> String {
+    n.kubectl_ok(
+        V,
+        &["get", "events", "-n", ns, "-o", "custom-columns=R:.reason,M:.message"],
+    )
+}
+
+/// Loop devices backed by files under `dir`.
+fn loops_under(dir: &Path) -> Vec<String> {
+    let out = std::process::Command::new("losetup")
+        .args(["--list", "--noheadings", "--output", "NAME,BACK-FILE"])
+        .output()
+        .expect("losetup");
+    let dir = dir.to_string_lossy().to_string();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&dir))
+        .map(str::to_string)
+        .collect()
+}
+
+fn mounts_under(dir: &Path) -> Vec<String> {
+    let dir = dir.to_string_lossy().to_string();
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|p| p.starts_with(&dir) && p.contains("/csi"))
+        .map(str::to_string)
+        .collect()
+}
+
+#[test]
+fn claims_are_provisioned_attached_kept_grown_and_reclaimed() {
+    let net = nodeless_tests::pod_net();
+    let n = Nodeless::start_with_node(&["--pod-cidr", &net.cidr, "--cluster-dns", &net.dns]).unwrap();
+    let ns = "vol";
+    n.kubectl_ok(V, &["create", "namespace", ns]);
+    let classes = n.kubectl_ok(V, &["get", "storageclass"]);
+    assert!(classes.contains("nodeless-disk (default)"), "{classes}");
+    assert!(
+        classes.contains("disk.csi.nodeless.io") && classes.contains("WaitForFirstConsumer"),
+        "{classes}"
+    );
+
+    // A claim on the default class waits for its first pod.
+    apply(
+        &n,
+        &format!(
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: data, namespace: {ns}}}\nspec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 64Mi}}}}}}\n"
+        ),
+    );
+    assert_eq!(get(&n, ns, "pvc/data", "{.spec.storageClassName}"), "nodeless-disk");
+    eventually("the claim waits for its consumer", 30, || {
+        events(&n, ns).contains("WaitForFirstConsumer")
+    });
+    assert_eq!(get(&n, ns, "pvc/data", "{.status.phase}"), "Pending");
+
+    let token = format!("bytes-{}", std::process::id());
+    apply(
+        &n,
+        &pod(
+            ns,
+            "writer",
+            "data",
+            &format!("echo {token} > /data/f && sync && sleep 3600"),
+        ),
+    );
+    wait_running(&n, ns, "writer");
+    assert_eq!(get(&n, ns, "pvc/data", "{.status.phase}"), "Bound");
+    let pv = get(&n, ns, "pvc/data", "{.spec.volumeName}");
+    assert!(pv.starts_with("pvc-"), "{pv}");
+    let pvs = n.kubectl_ok(V, &["get", "pv", &pv]);
+    assert!(
+        pvs.contains("64Mi") && pvs.contains("RWO") && pvs.contains("Delete") && pvs.contains("Bound"),
+        "{pvs}"
+    );
+    let vas = n.kubectl_ok(V, &["get", "volumeattachments"]);
+    assert!(vas.contains(&pv) && vas.contains("true"), "{vas}");
+    eventually("the writer wrote", 30, || {
+        n.kubectl(V, &["exec", "-n", ns, "writer", "--", "cat", "/data/f"])
+            .stdout
+            == format!("{token}\n").as_bytes()
+    });
+    // The pod's root owns what it wrote (ids on the disk are the pod's own).
+    let owner = n.kubectl_ok(V, &["exec", "-n", ns, "writer", "--", "stat", "-c", "%u:%g", "/data/f"]);
+    assert_eq!(owner.trim(), "0:0");
+
+    // The pod goes; another one reads the same bytes.
+    n.kubectl_ok(V, &["delete", "pod", "writer", "-n", ns, "--wait=true"]);
+    apply(&n, &pod(ns, "reader", "data", "cat /data/f && sleep 3600"));
+    wait_running(&n, ns, "reader");
+    eventually("the reader read the writer's bytes", 30, || {
+        n.kubectl(V, &["logs", "-n", ns, "reader"]).stdout == format!("{token}\n").as_bytes()
+    });
+
+    // Growing the claim grows the filesystem under the running pod.
+    let df_kib = || -> u64 {
+        let out = n.kubectl(V, &["exec", "-n", ns, "reader", "--", "df", "-k", "/data"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .nth(1)
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
+    };
+    let before = df_kib();
+    assert!(before > 30_000 && before < 70_000, "{before} KiB");
+    n.kubectl_ok(
+        V,
+        &[
+            "patch",
+            "pvc",
+            "data",
+            "-n",
+            ns,
+            "-p",
+            r#"{"spec":{"resources":{"requests":{"storage":"128Mi"}}}}"#,
+        ],
+    );
+    // The disk grows at once; its ext4 grows under a running pod where the kernel lets the
+    // node resize online (CAP_SYS_RESOURCE, which this test machine's root lacks), else when the
+    // volume is next staged, before it is mounted: a pod restarted on it sees the new size.
+    eventually("the volume is 128Mi", 30, || {
+        n.kubectl_ok(V, &["get", "pv", &pv]).contains("128Mi")
+    });
+    if df_kib() < 100_000 {
+        eventually("the claim waits for the node to grow it", 30, || {
+            get(&n, ns, "pvc/data", "{.status.conditions[*].type}").contains("FileSystemResizePending")
+        });
+        n.kubectl_ok(V, &["delete", "pod", "reader", "-n", ns, "--wait=true"]);
+        apply(&n, &pod(ns, "reader", "data", "cat /data/f && sleep 3600"));
+        wait_running(&n, ns, "reader");
+    }
+    eventually("df in the pod shows the grown disk", 60, || df_kib() > 100_000);
+    eventually("the claim's capacity is 128Mi", 30, || {
+        get(&n, ns, "pvc/data", "{.status.capacity.storage}") == "128Mi"
+    });
+    // Shrinking is refused, in Kubernetes' words.
+    let out = n.kubectl(
+        V,
+        &[
+            "patch",
+            "pvc",
+            "data",
+            "-n",
+            ns,
+            "-p",
+            r#"{"spec":{"resources":{"requests":{"storage":"32Mi"}}}}"#,
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("field can not be less than previous value"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Bad input: a class that does not exist, a claim that does not exist.
+    apply(
+        &n,
+        &format!(
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: lost, namespace: {ns}}}\nspec: {{storageClassName: nope, accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 1Mi}}}}}}\n"
+        ),
+    );
+    eventually("the claim says its class is missing", 30, || {
+        events(&n, ns).contains(r#"storageclass.storage.k8s.io "nope" not found"#)
+    });
+    assert_eq!(get(&n, ns, "pvc/lost", "{.status.phase}"), "Pending");
+    apply(&n, &pod(ns, "orphan", "missing", "sleep 3600"));
+    eventually("the pod says its claim is missing", 30, || {
+        get(&n, ns, "pod/orphan", "{.status.conditions[0].message}")
+            .contains(r#"persistentvolumeclaim "missing" not found"#)
+    });
+
+    // Deleted with reclaimPolicy Delete: nothing is left.
+    n.kubectl_ok(V, &["delete", "pod", "reader", "orphan", "-n", ns, "--wait=true"]);
+    n.kubectl_ok(V, &["delete", "pvc", "data", "lost", "-n", ns, "--wait=true"]);
+    eventually("the volume and its attachment are gone", 60, || {
+        n.kubectl(V, &["get", "pv", &pv]).status.code() == Some(1)
+            && !n.kubectl_ok(V, &["get", "volumeattachments"]).contains(&pv)
+    });
+    let data = n.data_dir();
+    assert!(loops_under(&data).is_empty(), "{:?}", loops_under(&data));
+    assert!(mounts_under(&data).is_empty(), "{:?}", mounts_under(&data));
+    let disks: Vec<_> = std::fs::read_dir(data.join("csi/disk/disks"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.file_name())
+        .collect();
+    assert!(disks.is_empty(), "{disks:?}");
+}
+
+#[test]
+fn a_stateful_set_keeps_each_ordinal_on_its_own_disk() {
+    let net = nodeless_tests::pod_net();
+    let n = Nodeless::start_with_node(&["--pod-cidr", &net.cidr, "--cluster-dns", &net.dns]).unwrap();
+    let ns = "stsvol";
+    n.kubectl_ok(V, &["create", "namespace", ns]);
+    apply(
+        &n,
+        &format!(
+            r#"apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: {ns}}}
+spec: {{clusterIP: None, selector: {{app: web}}, ports: [{{port: 80}}]}}
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {{name: web, namespace: {ns}}}
+spec:
+  serviceName: web
+  replicas: 3
+  podManagementPolicy: Parallel
+  persistentVolumeClaimRetentionPolicy: {{whenDeleted: Delete, whenScaled: Retain}}
+  selector: {{matchLabels: {{app: web}}}}
+  template:
+    metadata: {{labels: {{app: web}}}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: c
+        image: {BUSYBOX}
+        command: [sh, -c, 'test -f /data/me || hostname > /data/me; sleep 3600']
+        volumeMounts: [{{name: data, mountPath: /data}}]
+  volumeClaimTemplates:
+  - metadata: {{name: data}}
+    spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 16Mi}}}}}}
+"#
+        ),
+    );
+    n.kubectl_ok(V, &["rollout", "status", "statefulset/web", "-n", ns, "--timeout=180s"]);
+    for i in 0..3 {
+        assert_eq!(get(&n, ns, &format!("pvc/data-web-{i}"), "{.status.phase}"), "Bound");
+    }
+    let read = |pod: &str| n.kubectl_ok(V, &["exec", "-n", ns, pod, "--", "cat", "/data/me"]);
+    eventually("web-1 wrote its name", 30, || read("web-1").trim() == "web-1");
+    let pv1 = get(&n, ns, "pvc/data-web-1", "{.spec.volumeName}");
+    n.kubectl_ok(V, &["delete", "pod", "web-1", "-n", ns, "--wait=true"]);
+    eventually("web-1 back", 120, || {
+        get(&n, ns, "pod/web-1", "{.status.phase}") == "Running"
+    });
+    assert_eq!(read("web-1").trim(), "web-1");
+    assert_eq!(get(&n, ns, "pvc/data-web-1", "{.spec.volumeName}"), pv1);
+
+    // whenDeleted: Delete — the claims go with the set, and their disks with them.
+    n.kubectl_ok(V, &["delete", "sts", "web", "-n", ns, "--wait=true"]);
+    eventually("claims and volumes gone", 120, || {
+        String::from_utf8_lossy(&n.kubectl(V, &["get", "pvc", "-n", ns, "-o", "name"]).stdout)
+            .trim()
+            .is_empty()
+            && !n.kubectl_ok(V, &["get", "pv"]).contains(&pv1)
+    });
+    assert!(loops_under(&n.data_dir()).is_empty());
+}
