@@ -18,6 +18,7 @@ pub mod disk;
 pub mod endpoint;
 pub mod error;
 pub mod host;
+pub mod purge;
 
 pub use disk::{DISK_DRIVER, DiskConfig, DiskDriver};
 pub use endpoint::{EndpointError, connect, listen, serve, serve_on};

@@ -373,7 +373,7 @@ async fn a_volume_is_formatted_once_keeps_its_data_and_grows_online() {
     assert_eq!(std::fs::read(Path::new(&target).join("data.bin")).unwrap(), bytes);
 
     let usage = c.stats(&id, &target).await.unwrap();
-    let by_unit = |u: csi::volume_usage::Unit| usage.iter().find(|x| x.unit == u as i32).unwrap().clone();
+    let by_unit = |u: csi::volume_usage::Unit| *usage.iter().find(|x| x.unit == u as i32).unwrap();
     let b = by_unit(csi::volume_usage::Unit::Bytes);
     assert_eq!(b.total as u64, after);
     assert!(b.used >= bytes.len() as i64 && b.available > 0, "{b:?}");

@@ -254,7 +254,6 @@ fn list(ctx: &Context, req: ListVolumesRequest) -> Result<ListVolumesResponse, E
             volume: Some(volume(id, record)),
             status: Some(VolumeStatus {
                 published_node_ids: record.published_node.iter().cloned().collect(),
-                ..Default::default()
             }),
         })
         .collect();
