@@ -649,6 +649,39 @@ mod tests {
     }
 
     #[test]
+    fn csi_disk_takes_an_endpoint_a_state_directory_and_a_node() {
+        let argv = [
+            "nodeless",
+            "csi",
+            "disk",
+            "--endpoint",
+            "unix:///tmp/d.sock",
+            "--state-dir",
+            "/s",
+            "--node-id",
+            "n1",
+        ];
+        match super::Cli::try_parse_from(argv).unwrap().command {
+            super::Command::Csi {
+                driver:
+                    super::CsiDriver::Disk {
+                        endpoint,
+                        state_dir,
+                        node_id,
+                    },
+            } => {
+                assert_eq!((endpoint.as_str(), node_id.as_str()), ("unix:///tmp/d.sock", "n1"));
+                assert_eq!(state_dir, std::path::PathBuf::from("/s"));
+            }
+            _ => unreachable!(),
+        }
+        assert!(
+            super::Cli::try_parse_from(["nodeless", "csi", "disk"]).is_err(),
+            "--node-id is required"
+        );
+    }
+
+    #[test]
     fn the_subnets_of_a_cni_config_are_its_pod_networks() {
         let conf = serde_json::json!({"cniVersion": "1.0.0", "name": "n", "plugins": [
             {"type": "bridge", "ipam": {"type": "host-local", "ranges": [[{"subnet": "10.252.7.0/24", "gateway": "10.252.7.1"}], [{"subnet": "fd00:1::/64"}]]}},

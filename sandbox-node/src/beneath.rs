@@ -139,6 +139,67 @@ pub fn mkdir_all_owned(
 
 /// The path through which the kernel reaches the object behind `fd` itself, whatever becomes
 /// of its name: a bind mount's source.
+/// Visit the directory `root` and everything beneath it without following a link: each
+/// directory is opened beneath the last with `O_NOFOLLOW`. `visit` gets an entry's directory
+/// and its name (empty for `root` itself) and says whether the entry is a directory to go
+/// into. Returns how many entries were visited.
+pub fn walk(
+    root: &Path,
+    mut visit: impl FnMut(&OwnedFd, &std::ffi::CStr) -> std::io::Result<bool>,
+) -> std::io::Result<usize> {
+    let dir = rustix::fs::open(
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    visit(&dir, c"")?;
+    let mut stack = vec![dir];
+    let mut count = 1;
+    while let Some(dir) = stack.pop() {
+        let names: Vec<std::ffi::CString> = rustix::fs::Dir::read_from(&dir)?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_owned())
+            .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
+            .collect();
+        for name in names {
+            let is_dir = visit(&dir, &name)?;
+            count += 1;
+            if is_dir {
+                stack.push(rustix::fs::openat(
+                    &dir,
+                    &name,
+                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                    Mode::empty(),
+                )?);
+            }
+        }
+    }
+    Ok(count)
+}
+
+/// Change the mode of `name` in `dir` (or `dir` itself when `name` is empty) without following
+/// a link planted there since it was looked at: through an `O_PATH` descriptor, not the name.
+pub fn chmod_no_follow(dir: &OwnedFd, name: &std::ffi::CStr, mode: u32) -> std::io::Result<()> {
+    let f = if name.is_empty() {
+        None
+    } else {
+        Some(rustix::fs::openat(
+            dir.as_fd(),
+            name,
+            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::empty(),
+        )?)
+    };
+    let raw = f.as_ref().map(|f| f.as_raw_fd()).unwrap_or_else(|| dir.as_raw_fd());
+    rustix::fs::chmodat(
+        rustix::fs::CWD,
+        format!("/proc/self/fd/{raw}"),
+        Mode::from_raw_mode(mode & 0o7777),
+        AtFlags::empty(),
+    )?;
+    Ok(())
+}
+
 pub fn fd_path(fd: &impl AsRawFd) -> PathBuf {
     PathBuf::from(format!("/proc/self/fd/{}", fd.as_raw_fd()))
 }

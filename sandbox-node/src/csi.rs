@@ -171,16 +171,11 @@ impl CsiPlugins {
         }
         // The attachment control made for this node, when the driver needs one.
         let drivers: Api<CSIDriver> = Api::all(client.clone());
-        let attach_required = drivers
-            .get_opt(&driver)
-            .await
-            .ok()
-            .flatten()
-            .and_then(|d| d.spec.attach_required)
-            .unwrap_or(true);
+        let driver_spec = drivers.get_opt(&driver).await.ok().flatten().map(|d| d.spec);
+        let attach_required = driver_spec.as_ref().and_then(|d| d.attach_required).unwrap_or(true);
         let mut publish_context = HashMap::new();
         if attach_required {
-            let name = capability::attachment_name(&pv_name, &driver, node);
+            let name = capability::attachment_name(&source.volume_handle, &driver, node);
             let vas: Api<VolumeAttachment> = Api::all(client.clone());
             let va = vas
                 .get_opt(&name)
@@ -261,6 +256,26 @@ impl CsiPlugins {
         })
         .await
         .map_err(|s| err(&format!("MountVolume.SetUp failed for volume \"{pv_name}\""), s))?;
+        let fs_group = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
+        let policy = driver_spec
+            .as_ref()
+            .and_then(|d| d.fs_group_policy.clone())
+            .unwrap_or_else(|| "ReadWriteOnceWithFSType".into());
+        let applies = match policy.as_str() {
+            "File" => true,
+            "None" => false,
+            _ => {
+                source.fs_type.as_deref().is_some_and(|f| !f.is_empty())
+                    && modes.iter().any(|m| m == "ReadWriteOnce" || m == "ReadWriteOncePod")
+            }
+        };
+        if let Some(gid) = fs_group.and_then(|s| s.fs_group).filter(|_| applies) {
+            let on_root_mismatch = fs_group.and_then(|s| s.fs_group_change_policy.as_deref()) == Some("OnRootMismatch");
+            let ro = read_only || source.read_only.unwrap_or(false);
+            // On the driver's mount, not the view: ids there are the pod's own.
+            set_volume_ownership(&published.target, gid as u32, ro, on_root_mismatch)
+                .map_err(|e| format!("volume {:?}: applying fsGroup {gid}: {e}", v.name))?;
+        }
         view(&published.target, &published.view, userns)
             .map_err(|e| format!("volume {:?}: mounting it for the pod: {e}", v.name))?;
         Ok(published)
@@ -399,6 +414,68 @@ pub fn in_use(pods_dir: &Path) -> BTreeSet<String> {
     published(pods_dir).iter().map(Published::unique_name).collect()
 }
 
+impl CsiPlugins {
+    /// NodeGetVolumeStats of a published volume: its bytes and inodes.
+    pub async fn usage(&self, p: &Published) -> Result<crate::metrics::VolumeUsage, String> {
+        use csi::volume_usage::Unit;
+        let mut c = self.node(&p.driver).await?;
+        let out = c
+            .node_get_volume_stats(csi::NodeGetVolumeStatsRequest {
+                volume_id: p.volume_id.clone(),
+                volume_path: p.target.display().to_string(),
+                staging_target_path: p.staging.as_ref().map(|s| s.display().to_string()).unwrap_or_default(),
+            })
+            .await
+            .map_err(|s| err("NodeGetVolumeStats", s))?
+            .into_inner();
+        let mut u = crate::metrics::VolumeUsage::default();
+        for x in out.usage {
+            if x.unit == Unit::Bytes as i32 {
+                (u.capacity_bytes, u.available_bytes, u.used_bytes) = (x.total, x.available, x.used);
+            } else if x.unit == Unit::Inodes as i32 {
+                (u.inodes, u.inodes_free, u.inodes_used) = (x.total, x.available, x.used);
+            }
+        }
+        Ok(u)
+    }
+}
+
+/// kubelet's fsGroup ownership: every file and directory of the volume gets group `gid` and
+/// group read/write (and search), directories the set-group-id bit so new files inherit the
+/// group; read-only volumes group read only. `OnRootMismatch` skips the walk when the root
+/// already has them. Links are changed, never followed.
+pub fn set_volume_ownership(root: &Path, gid: u32, read_only: bool, on_root_mismatch: bool) -> std::io::Result<usize> {
+    use rustix::fs::{AtFlags, FileType};
+    let mask = if read_only { 0o440 } else { 0o660 };
+    if on_root_mismatch {
+        let st = rustix::fs::stat(root)?;
+        let want = mask | 0o110 | 0o2000;
+        if st.st_gid == gid && (st.st_mode as u32) & want == want {
+            return Ok(0);
+        }
+    }
+    crate::beneath::walk(root, |dir, name| {
+        let flags = if name.is_empty() {
+            AtFlags::EMPTY_PATH | AtFlags::SYMLINK_NOFOLLOW
+        } else {
+            AtFlags::SYMLINK_NOFOLLOW
+        };
+        let st = rustix::fs::statat(dir, name, flags)?;
+        rustix::fs::chownat(dir, name, None, Some(rustix::fs::Gid::from_raw(gid)), flags)?;
+        let kind = FileType::from_raw_mode(st.st_mode as _);
+        if kind == FileType::Symlink {
+            return Ok(false);
+        }
+        let is_dir = kind == FileType::Directory;
+        let mut mode = (st.st_mode as u32 & 0o7777) | mask;
+        if is_dir {
+            mode |= 0o2000 | 0o110;
+        }
+        crate::beneath::chmod_no_follow(dir, name, mode)?;
+        Ok(is_dir)
+    })
+}
+
 /// Mount the published `target` at `at` for the pod: idmapped through its user namespace when
 /// it has one (so ids on the volume are the pod's own), a plain bind otherwise.
 fn view(target: &Path, at: &Path, userns: Option<&Path>) -> std::io::Result<()> {
@@ -426,6 +503,32 @@ fn view(target: &Path, at: &Path, userns: Option<&Path>) -> std::io::Result<()> 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fs_group_reaches_every_entry_and_never_follows_a_link() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("vol");
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        std::fs::write(root.join("sub/f"), b"x").unwrap();
+        let outside = d.path().join("outside");
+        std::fs::write(&outside, b"y").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
+        let before = std::fs::metadata(&outside).unwrap();
+        let n = set_volume_ownership(&root, 4242, false, false).unwrap();
+        assert_eq!(n, 4);
+        for p in [root.clone(), root.join("sub"), root.join("sub/f")] {
+            let m = std::fs::symlink_metadata(&p).unwrap();
+            assert_eq!(m.gid(), 4242, "{}", p.display());
+            assert_eq!(m.mode() & 0o060, 0o060, "{}", p.display());
+        }
+        assert_eq!(std::fs::metadata(&root).unwrap().mode() & 0o2000, 0o2000);
+        assert_eq!(std::fs::symlink_metadata(root.join("link")).unwrap().gid(), 4242);
+        let after = std::fs::metadata(&outside).unwrap();
+        assert_eq!((after.gid(), after.mode()), (before.gid(), before.mode()));
+        // OnRootMismatch: a root that has it already is not walked again.
+        assert_eq!(set_volume_ownership(&root, 4242, false, true).unwrap(), 0);
+    }
 
     #[test]
     fn records_name_what_is_in_use() {

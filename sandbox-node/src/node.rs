@@ -199,7 +199,15 @@ async fn watch_volumes(ctx: Arc<NodeCtx>) {
     let mut said: HashMap<String, String> = HashMap::new();
     loop {
         report_volumes(&ctx, &mut reported).await;
+        let mut usage = Vec::new();
         for p in crate::csi::published(&ctx.pods_dir) {
+            if let Ok(u) = ctx.csi.usage(&p).await {
+                let labels = crate::metrics::VolumeLabels {
+                    namespace: p.namespace.clone(),
+                    persistentvolumeclaim: p.claim.clone(),
+                };
+                usage.push((labels, u));
+            }
             let key = format!("{}/{}", p.namespace, p.claim);
             match ctx.csi.expand(&ctx.client, &p).await {
                 Ok(true) => {
@@ -215,6 +223,7 @@ async fn watch_volumes(ctx: Arc<NodeCtx>) {
                 }
             }
         }
+        ctx.metrics.volume_stats.show(&usage);
         tokio::select! {
             _ = ctx.volumes_changed.notified() => {}
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}

@@ -20,7 +20,7 @@ use std::path::Path;
 use std::sync::Mutex;
 
 use k8s_openapi::api::core::v1::Pod;
-use rustix::fs::{AtFlags, Mode, OFlags, RawMode};
+use rustix::fs::{AtFlags, RawMode};
 
 /// Ids per pod: 0…65535 inside, as containerd and Kubernetes map a pod.
 pub const RANGE_SIZE: u32 = 65536;
@@ -165,34 +165,9 @@ impl Drop for IdmappedLayers {
 /// and each directory is opened beneath the last one with `O_NOFOLLOW`. chown clears set-id
 /// bits, so they are put back. Returns how many entries were shifted.
 pub fn shift_rootfs(root: &Path, base: u32) -> std::io::Result<usize> {
-    let dir = rustix::fs::open(
-        root,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-        Mode::empty(),
-    )?;
-    shift_entry(&dir, None, base)?;
-    let mut stack = vec![dir];
-    let mut count = 1;
-    while let Some(dir) = stack.pop() {
-        let names: Vec<std::ffi::CString> = rustix::fs::Dir::read_from(&dir)?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name().to_owned())
-            .filter(|n| n.as_bytes() != b"." && n.as_bytes() != b"..")
-            .collect();
-        for name in names {
-            let is_dir = shift_entry(&dir, Some(&name), base)?;
-            count += 1;
-            if is_dir {
-                stack.push(rustix::fs::openat(
-                    &dir,
-                    &name,
-                    OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-                    Mode::empty(),
-                )?);
-            }
-        }
-    }
-    Ok(count)
+    crate::beneath::walk(root, |dir, name| {
+        shift_entry(dir, Some(name).filter(|n| !n.is_empty()), base)
+    })
 }
 
 /// The pod's id for host id `id` (from an image layer).
@@ -220,19 +195,8 @@ fn shift_entry(dir: &OwnedFd, name: Option<&std::ffi::CStr>, base: u32) -> std::
     let mode = st.st_mode as RawMode;
     let kind = rustix::fs::FileType::from_raw_mode(mode);
     if kind == rustix::fs::FileType::RegularFile && mode & 0o6000 != 0 {
-        // chmod of a name could follow a link planted since the stat: open it, not a path.
-        let f = rustix::fs::openat(
-            dir.as_fd(),
-            name,
-            OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
-            Mode::empty(),
-        )?;
-        rustix::fs::chmodat(
-            rustix::fs::CWD,
-            format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(&f)),
-            Mode::from_raw_mode(mode & 0o7777),
-            AtFlags::empty(),
-        )?;
+        // chmod of a name could follow a link planted since the stat.
+        crate::beneath::chmod_no_follow(dir, name, mode)?;
     }
     Ok(kind == rustix::fs::FileType::Directory)
 }

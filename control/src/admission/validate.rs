@@ -630,6 +630,15 @@ pub fn pod_spec(spec: &Value, path: &str, template: bool, c: &mut Causes) {
             .as_object()
             .map(|m| m.keys().filter(|k| *k != "name").count())
             .unwrap_or(0);
+        if let Some(t) = v.pointer("/ephemeral/volumeClaimTemplate") {
+            super::storage::claim_spec(
+                t.get("spec").unwrap_or(&Value::Null),
+                &format!("{vp}.ephemeral.volumeClaimTemplate.spec"),
+                c,
+            );
+        } else if v.get("ephemeral").is_some() {
+            c.push(Cause::required(format!("{vp}.ephemeral.volumeClaimTemplate")));
+        }
         if sources == 0 {
             c.push(Cause::required_because(vp.clone(), "must specify a volume type"));
         } else if sources > 1 {

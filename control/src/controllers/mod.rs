@@ -44,6 +44,13 @@ pub fn start(client: LocalClient, drivers: volumes::Drivers) -> Vec<tokio::task:
         )),
         tokio::spawn(drive(
             client.clone(),
+            "ephemeral-volume",
+            volumes::ephemeral::interested,
+            volumes::ephemeral::resync,
+            |c, k| Box::pin(volumes::ephemeral::reconcile(c, k)),
+        )),
+        tokio::spawn(drive(
+            client.clone(),
             "volume-attach",
             volumes::attach::interested,
             volumes::attach::resync,

@@ -190,10 +190,60 @@ pub async fn refresh_tokens(client: &kube::Client, pod: &Pod, volumes: &[PodVolu
     Ok(())
 }
 
+/// Read the pod's configMap, secret, downwardAPI and projected volumes again (not those with a
+/// token: they are written with each fresh token) and write the ones whose data changed since
+/// they were last written, as a new version swapped in. `written` keeps a digest of each.
+pub async fn refresh_data(
+    client: &kube::Client,
+    pod: &Pod,
+    volumes: &[PodVolume],
+    written: &mut std::collections::HashMap<String, [u8; 32]>,
+) -> Result<usize, String> {
+    use sha2::Digest;
+    let lookup = volume_data::ApiLookup {
+        client: client.clone(),
+        namespace: pod.metadata.namespace.clone().unwrap_or_default(),
+    };
+    let specs = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
+    let mut changed = 0;
+    for v in specs.into_iter().flatten().filter(|v| !volume_data::holds_token(v)) {
+        let Some(at) = volumes.iter().find(|p| p.name == v.name && p.read_only) else {
+            continue;
+        };
+        let Some(files) = volume_data::files(&lookup, pod, v).await? else {
+            continue;
+        };
+        let mut h = sha2::Sha256::new();
+        for f in &files {
+            h.update(f.path.as_bytes());
+            h.update([0]);
+            h.update(f.mode.to_le_bytes());
+            h.update((f.bytes.len() as u64).to_le_bytes());
+            h.update(&f.bytes);
+        }
+        let digest: [u8; 32] = h.finalize().into();
+        if written.get(&v.name) == Some(&digest) {
+            continue;
+        }
+        // The first look after the pod started (or was adopted) writes too: what changed since
+        // the sandbox was made reaches it then.
+        projection::write(&at.path, &files).map_err(|e| format!("volume {:?}: {e}", v.name))?;
+        changed += 1;
+        written.insert(v.name.clone(), digest);
+    }
+    Ok(changed)
+}
+
 /// Make one volume at `path`; whether the pod only reads it.
 async fn prepare_one(lookup: &volume_data::ApiLookup, pod: &Pod, v: &Volume, path: &Path) -> Result<bool, String> {
-    if v.empty_dir.is_some() {
+    if let Some(e) = &v.empty_dir {
         std::fs::create_dir_all(path).map_err(|e| format!("volume {:?}: {e}", v.name))?;
+        if let Some(why) = volume_data::unsupported(v) {
+            return Err(why);
+        }
+        if e.medium.as_deref() == Some("Memory") {
+            memory_medium(pod, v, path)?;
+        }
         return Ok(false);
     }
     if let Some(why) = volume_data::unsupported(v) {
@@ -209,6 +259,51 @@ async fn prepare_one(lookup: &volume_data::ApiLookup, pod: &Pod, v: &Volume, pat
             v.name
         )),
     }
+}
+
+/// A memory-backed emptyDir: a tmpfs at `path` (kept if one is there already: an adopted pod),
+/// as large as its `sizeLimit`, else the pod's memory limit (the sum of its containers'), else
+/// half the host's memory (tmpfs's own default). What is written there is charged to the
+/// pod's memory.
+fn memory_medium(pod: &Pod, v: &Volume, path: &Path) -> Result<(), String> {
+    use nodeless_types::quantity::parse_quantity;
+    let parse = |q: &str| parse_quantity(q).ok().map(|q| q.units_ceil().max(0) as u64);
+    let limit = v
+        .empty_dir
+        .as_ref()
+        .and_then(|e| e.size_limit.as_ref())
+        .and_then(|q| parse(&q.0));
+    let pod_limit = pod.spec.as_ref().and_then(|s| {
+        s.containers
+            .iter()
+            .map(|c| {
+                c.resources
+                    .as_ref()
+                    .and_then(|r| r.limits.as_ref())
+                    .and_then(|l| l.get("memory"))
+                    .and_then(|q| parse(&q.0))
+            })
+            .sum::<Option<u64>>()
+    });
+    let size = match (limit, pod_limit) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
+    if is_mount_point(path) {
+        return Ok(());
+    }
+    let data = match size {
+        Some(bytes) => format!("size={},mode=0777", bytes.max(4096)),
+        None => "mode=0777".to_string(),
+    };
+    nix::mount::mount(
+        Some("tmpfs"),
+        path,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV,
+        Some(data.as_str()),
+    )
+    .map_err(|e| format!("volume {:?}: mounting its tmpfs: {e}", v.name))
 }
 
 /// The bind mounts for one container's volumeMounts. A `subPath` (or `subPathExpr`, expanded

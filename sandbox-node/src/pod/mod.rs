@@ -37,6 +37,9 @@ use state::{Ctr, Saved, SavedCtr};
 /// Tokens are written again at this share of their life, and after a failure this soon.
 const TOKEN_REFRESH_AT: f64 = 0.8;
 const TOKEN_REFRESH_RETRY: Duration = Duration::from_secs(10);
+/// How often the configMap, secret, downwardAPI and projected volumes of a running pod are
+/// read again and, where their data changed, swapped under it (kubelet syncs within a minute).
+const VOLUME_DATA_RESYNC: Duration = Duration::from_secs(20);
 
 pub enum Event {
     Pod(Box<Pod>),
@@ -82,6 +85,9 @@ pub struct Worker {
     next_storage_check: Option<Instant>,
     /// When the tokens in the pod's volumes are written again (at 80% of their life).
     next_token_refresh: Option<Instant>,
+    /// When the node-written volumes are read again, and a digest of what each holds now.
+    next_data_refresh: Option<Instant>,
+    written: std::collections::HashMap<String, [u8; 32]>,
     /// Why the pod was evicted, once it is: its containers stay stopped.
     evicted: Option<String>,
     /// When this worker first saw the pod, and whether its start was counted yet (see `metrics`).
@@ -142,6 +148,8 @@ impl Worker {
             storage: storage::Limits::default(),
             next_storage_check: None,
             next_token_refresh: None,
+            next_data_refresh: None,
+            written: std::collections::HashMap::new(),
             evicted: None,
             first_seen: Instant::now(),
             start_counted: false,
@@ -266,6 +274,7 @@ impl Worker {
             }
             self.check_storage().await;
             self.refresh_tokens().await;
+            self.refresh_volume_data().await;
             self.reconcile().await;
             self.report().await;
             let deadline = self
@@ -275,6 +284,7 @@ impl Worker {
                 .chain(self.failed_sandbox.as_ref().map(|f| f.retry_at))
                 .chain(self.next_storage_check)
                 .chain(self.next_token_refresh)
+                .chain(self.next_data_refresh)
                 .min();
             // An evicted pod waits for its deletion only.
             let deadline = deadline.filter(|_| self.evicted.is_none());
@@ -859,6 +869,29 @@ impl Worker {
                 );
                 self.next_token_refresh = Some(Instant::now() + TOKEN_REFRESH_RETRY);
             }
+        }
+    }
+
+    /// A changed ConfigMap or Secret (or the pod's labels and annotations) reach the running
+    /// pod's volumes: each is read again and, if it changed, written as a new version swapped
+    /// in atomically. A failure is said in an event; the old data stays.
+    async fn refresh_volume_data(&mut self) {
+        if !self.sandbox_ready {
+            self.next_data_refresh = None;
+            return;
+        }
+        let now = Instant::now();
+        match self.next_data_refresh {
+            None => {
+                self.next_data_refresh = Some(now + VOLUME_DATA_RESYNC);
+                return;
+            }
+            Some(t) if t > now => return,
+            Some(_) => {}
+        }
+        self.next_data_refresh = Some(now + VOLUME_DATA_RESYNC);
+        if let Err(e) = files::refresh_data(&self.ctx.client, &self.pod, &self.volumes, &mut self.written).await {
+            self.event("Warning", "FailedMount", &format!("refreshing a volume's data: {e}"));
         }
     }
 

@@ -226,6 +226,15 @@ pub async fn teardown(
     ctx.volumes_changed.notify_one();
     let keep_data = !csi_errors.is_empty();
     errors.extend(csi_errors);
+    // Memory-backed emptyDirs are tmpfs mounts.
+    if !keep_data {
+        for v in std::fs::read_dir(dir.join("volumes")).into_iter().flatten().flatten() {
+            match nix::mount::umount2(&v.path(), MntFlags::MNT_DETACH | MntFlags::UMOUNT_NOFOLLOW) {
+                Ok(()) | Err(nix::errno::Errno::EINVAL) | Err(nix::errno::Errno::ENOENT) => {}
+                Err(e) => errors.push(format!("unmounting {}: {e}", v.path().display())),
+            }
+        }
+    }
     for d in [run_dir, dir] {
         if keep_data && d == dir {
             continue;

@@ -137,6 +137,17 @@ impl Lookup for ApiLookup {
 /// refuses it before it makes any namespace or network): a kind the node does not have, or a
 /// projected source it cannot fill.
 pub fn unsupported(v: &Volume) -> Option<String> {
+    if let Some(m) = v
+        .empty_dir
+        .as_ref()
+        .and_then(|e| e.medium.as_deref())
+        .filter(|m| !m.is_empty() && *m != "Memory")
+    {
+        return Some(format!(
+            "volume {:?}: emptyDir medium {m:?} is not supported by this node (\"\" or \"Memory\")",
+            v.name
+        ));
+    }
     if v.empty_dir.is_some()
         || v.config_map.is_some()
         || v.secret.is_some()

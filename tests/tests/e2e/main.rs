@@ -4,6 +4,7 @@
 mod bad_input;
 mod client_go;
 mod cni;
+mod csi_sanity;
 mod debugging;
 mod disruption;
 mod dns;

@@ -9,8 +9,14 @@
 //!   that does not exist stays Pending and says why;
 //! - a StatefulSet with `volumeClaimTemplates`: one claim per ordinal, `web-1` deleted comes
 //!   back with its own data;
+//! - `nodeless up` killed with -9 and started again: the running pod keeps its volume, and its
+//!   deletion afterwards still unmounts, unstages and detaches it;
 //! - deleting the claims (reclaimPolicy Delete) leaves no volume, attachment, loop device,
-//!   mount or disk file.
+//!   mount or disk file;
+//! - the pod-spec volumes around claims: a generic `ephemeral` volume (a claim per pod, gone
+//!   with it) with `fsGroup` ownership, a full disk giving ENOSPC in the pod and nothing else,
+//!   `kubelet_volume_stats_*` for it, a memory-backed emptyDir as large as its `sizeLimit`, and
+//!   a ConfigMap change reaching the running pod.
 
 use std::path::Path;
 
@@ -80,7 +86,7 @@ fn mounts_under(dir: &Path) -> Vec<String> {
         .unwrap_or_default()
         .lines()
         .filter_map(|l| l.split(' ').nth(4))
-        .filter(|p| p.starts_with(&dir) && p.contains("/csi"))
+        .filter(|p| p.starts_with(&dir) && (p.contains("/csi") || p.contains("/volumes/")))
         .map(str::to_string)
         .collect()
 }
@@ -88,7 +94,7 @@ fn mounts_under(dir: &Path) -> Vec<String> {
 #[test]
 fn claims_are_provisioned_attached_kept_grown_and_reclaimed() {
     let net = nodeless_tests::pod_net();
-    let n = Nodeless::start_with_node(&["--pod-cidr", &net.cidr, "--cluster-dns", &net.dns]).unwrap();
+    let mut n = Nodeless::start_with_node(&["--pod-cidr", &net.cidr, "--cluster-dns", &net.dns]).unwrap();
     let ns = "vol";
     n.kubectl_ok(V, &["create", "namespace", ns]);
     let classes = n.kubectl_ok(V, &["get", "storageclass"]);
@@ -211,6 +217,19 @@ fn claims_are_provisioned_attached_kept_grown_and_reclaimed() {
         String::from_utf8_lossy(&out.stderr)
     );
 
+    // Killed and started again: the pod keeps its volume (the mounts are the kernel's, the driver
+    // finds what it staged), and everything below still tears down.
+    n.restart(true).unwrap();
+    eventually("the pod reads its volume after the restart", 60, || {
+        n.kubectl(V, &["exec", "-n", ns, "reader", "--", "cat", "/data/f"])
+            .stdout
+            == format!("{token}\n").as_bytes()
+    });
+    assert_eq!(
+        get(&n, ns, "pod/reader", "{.status.containerStatuses[0].restartCount}"),
+        "0"
+    );
+
     // Bad input: a class that does not exist, a claim that does not exist.
     apply(
         &n,
@@ -308,4 +327,104 @@ spec:
             && !n.kubectl_ok(V, &["get", "pv"]).contains(&pv1)
     });
     assert!(loops_under(&n.data_dir()).is_empty());
+}
+
+#[test]
+fn pod_volumes_around_claims() {
+    let net = nodeless_tests::pod_net();
+    let n = Nodeless::start_with_node(&["--pod-cidr", &net.cidr, "--cluster-dns", &net.dns]).unwrap();
+    let node = n.node.clone().unwrap();
+    let ns = "podvol";
+    n.kubectl_ok(V, &["create", "namespace", ns]);
+    apply(
+        &n,
+        &format!(
+            r#"apiVersion: v1
+kind: ConfigMap
+metadata: {{name: cfg, namespace: {ns}}}
+data: {{k: one}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: p, namespace: {ns}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  securityContext: {{fsGroup: 2000}}
+  containers:
+  - name: c
+    image: {BUSYBOX}
+    command: [sleep, "3600"]
+    volumeMounts:
+    - {{name: cfg, mountPath: /cfg}}
+    - {{name: mem, mountPath: /mem}}
+    - {{name: scratch, mountPath: /scratch}}
+  volumes:
+  - {{name: cfg, configMap: {{name: cfg}}}}
+  - {{name: mem, emptyDir: {{medium: Memory, sizeLimit: 8Mi}}}}
+  - name: scratch
+    ephemeral:
+      volumeClaimTemplate:
+        spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 16Mi}}}}}}
+"#
+        ),
+    );
+    wait_running(&n, ns, "p");
+    let exec = |cmd: &str| n.kubectl(V, &["exec", "-n", ns, "p", "--", "sh", "-c", cmd]);
+    let out = |cmd: &str| String::from_utf8_lossy(&exec(cmd).stdout).trim().to_string();
+
+    // The ephemeral claim: made for the pod, owned by it, bound; fsGroup owns the volume.
+    assert_eq!(get(&n, ns, "pvc/p-scratch", "{.status.phase}"), "Bound");
+    assert_eq!(get(&n, ns, "pvc/p-scratch", "{.metadata.ownerReferences[0].name}"), "p");
+    assert_eq!(out("stat -c %g /scratch"), "2000");
+    assert_eq!(out("touch /scratch/g && stat -c %g /scratch/g"), "2000");
+    let pv = get(&n, ns, "pvc/p-scratch", "{.spec.volumeName}");
+
+    // A full disk: ENOSPC in the pod, and the pod (and the node) go on.
+    let full = exec("dd if=/dev/zero of=/scratch/big bs=1M count=64");
+    assert!(!full.status.success());
+    assert!(
+        String::from_utf8_lossy(&full.stderr).contains("No space left on device"),
+        "{}",
+        String::from_utf8_lossy(&full.stderr)
+    );
+    assert_eq!(
+        out("rm /scratch/big && echo ok > /scratch/small && cat /scratch/small"),
+        "ok"
+    );
+
+    // kubelet's volume stats for the claim, through control's node proxy.
+    eventually("kubelet_volume_stats for the claim", 30, || {
+        let m = n.kubectl_ok(V, &["get", "--raw", &format!("/api/v1/nodes/{node}/proxy/metrics")]);
+        m.lines().any(|l| {
+            l.starts_with(&format!(
+                r#"kubelet_volume_stats_capacity_bytes{{namespace="{ns}",persistentvolumeclaim="p-scratch"}}"#
+            )) && l
+                .rsplit(' ')
+                .next()
+                .and_then(|v| v.parse::<f64>().ok())
+                .is_some_and(|v| v > 8e6 && v < 17e6)
+        })
+    });
+
+    // The memory-backed emptyDir: a tmpfs of its sizeLimit.
+    assert_eq!(out("df -k /mem | tail -1 | awk '{print $2}'"), "8192");
+    let over = exec("dd if=/dev/zero of=/mem/f bs=1M count=9");
+    assert!(!over.status.success(), "9 MiB fit in an 8 MiB memory emptyDir");
+
+    // A ConfigMap change reaches the running pod (kubelet's promise: within a minute).
+    assert_eq!(out("cat /cfg/k"), "one");
+    n.kubectl_ok(
+        V,
+        &["patch", "configmap", "cfg", "-n", ns, "-p", r#"{"data":{"k":"two"}}"#],
+    );
+    eventually("the new value in the pod", 60, || out("cat /cfg/k") == "two");
+
+    // The pod goes, and its ephemeral claim and disk with it.
+    n.kubectl_ok(V, &["delete", "pod", "p", "-n", ns, "--wait=true"]);
+    eventually("the ephemeral claim and its volume gone", 90, || {
+        n.kubectl(V, &["get", "pvc", "p-scratch", "-n", ns]).status.code() == Some(1)
+            && n.kubectl(V, &["get", "pv", &pv]).status.code() == Some(1)
+    });
+    assert!(loops_under(&n.data_dir()).is_empty());
+    assert!(mounts_under(&n.data_dir()).is_empty());
 }

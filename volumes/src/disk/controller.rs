@@ -21,7 +21,7 @@ use crate::csi::{
 };
 use crate::error::Error;
 
-use super::params::{self, Access, Parameters};
+use super::params::{self, Access, Parameters, required};
 use super::store::VolumeRecord;
 use super::{Context, DiskDriver};
 
@@ -33,14 +33,6 @@ fn volume(id: &str, record: &VolumeRecord) -> Volume {
         volume_id: id.to_string(),
         volume_context: record.parameters.iter().map(|(k, v)| (k.clone(), v.clone())).collect(),
         ..Default::default()
-    }
-}
-
-fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Error> {
-    if value.is_empty() {
-        Err(Error::Missing(field))
-    } else {
-        Ok(value)
     }
 }
 

@@ -25,7 +25,7 @@ use crate::csi::{
 use crate::error::Error;
 use crate::host::{Host, LoopDevice, Mount, MountOptions};
 
-use super::params::{self, Access, Parameters};
+use super::params::{self, Access, Parameters, required};
 use super::store::VolumeRecord;
 use super::{Context, DiskDriver};
 
@@ -39,14 +39,6 @@ const DETACH_WAIT: Duration = Duration::from_secs(5);
 const DETACH_POLL: Duration = Duration::from_millis(20);
 const BUSY_WAIT: Duration = Duration::from_secs(2);
 const BUSY_POLL: Duration = Duration::from_millis(20);
-
-fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Error> {
-    if value.is_empty() {
-        Err(Error::Missing(field))
-    } else {
-        Ok(value)
-    }
-}
 
 fn load(ctx: &Context, id: &str) -> Result<VolumeRecord, Error> {
     ctx.store

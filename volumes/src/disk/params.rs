@@ -300,6 +300,15 @@ pub fn capabilities(field: &'static str, caps: &[VolumeCapability]) -> Result<Ve
     caps.iter().map(|c| capability(field, c)).collect()
 }
 
+/// `value`, or INVALID_ARGUMENT naming `field` when it is empty (a required string of a request).
+pub fn required<'a>(field: &'static str, value: &'a str) -> Result<&'a str, Error> {
+    if value.is_empty() {
+        Err(Error::Missing(field))
+    } else {
+        Ok(value)
+    }
+}
+
 const ID_PREFIX: &str = "d-";
 const ID_READABLE_MAX: usize = 40;
 const ID_HASH_HEX: usize = 16;

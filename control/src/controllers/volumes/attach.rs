@@ -150,7 +150,7 @@ pub async fn reconcile(client: LocalClient, drivers: Drivers, key: String) -> Ou
     let vas = attachments(&client);
     let mut again = None;
     for node in &wanted {
-        let name = attachment_name(pv_name, &driver, node);
+        let name = attachment_name(&handle, &driver, node);
         if existing.iter().any(|va| str_at(&va.obj, "/metadata/name") == name) {
             continue;
         }

@@ -26,6 +26,7 @@
 
 pub mod attach;
 pub mod csi;
+pub mod ephemeral;
 
 use std::collections::BTreeMap;
 use std::sync::Mutex;
