@@ -25,6 +25,10 @@ use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tonic::transport::Channel;
 
+/// How long a pod's volume may take to be attached before its sandbox fails (and is tried
+/// again after the back-off): kubelet's two minutes.
+const ATTACH_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
+
 /// One published volume of a pod, as saved beside it.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Published {
@@ -39,9 +43,21 @@ pub struct Published {
     pub namespace: String,
     pub claim: String,
     pub pv: String,
+    /// A raw block volume: `target` (and `view`) is its device node.
+    #[serde(default)]
+    pub block: bool,
 }
 
 impl Published {
+    /// The pod volume's name (the record's file name, `<pod>/csi/<name>.json`).
+    pub fn name(&self) -> String {
+        self.target
+            .parent()
+            .and_then(|p| p.file_name())
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    }
+
     pub fn unique_name(&self) -> String {
         capability::unique_name(&self.driver, &self.volume_id)
     }
@@ -127,8 +143,10 @@ impl CsiPlugins {
         pod: &Pod,
         v: &Volume,
         pod_dir: &Path,
-        userns: Option<&Path>,
+        userns: Option<(&Path, u32)>,
     ) -> Result<Published, String> {
+        let userns_base = userns.map(|(_, base)| base);
+        let userns = userns.map(|(path, _)| path);
         let ns = pod.metadata.namespace.clone().unwrap_or_default();
         let pod_name = pod.metadata.name.clone().unwrap_or_default();
         let (claim, read_only) = if let Some(c) = &v.persistent_volume_claim {
@@ -163,12 +181,7 @@ impl CsiPlugins {
         let driver = source.driver.clone();
         let mut c = self.node(&driver).await?;
         let volume_mode = spec.volume_mode.clone().unwrap_or_else(|| "Filesystem".into());
-        if volume_mode == "Block" {
-            return Err(format!(
-                "volume {:?}: PersistentVolume {pv_name:?} is a raw block volume; use it through volumeDevices, which this node does not serve yet",
-                v.name
-            ));
-        }
+        let block = volume_mode == "Block";
         // The attachment control made for this node, when the driver needs one.
         let drivers: Api<CSIDriver> = Api::all(client.clone());
         let driver_spec = drivers.get_opt(&driver).await.ok().flatten().map(|d| d.spec);
@@ -176,21 +189,35 @@ impl CsiPlugins {
         let mut publish_context = HashMap::new();
         if attach_required {
             let name = capability::attachment_name(&source.volume_handle, &driver, node);
+            // Control attaches it once the pod is bound here, which is when the node sees the
+            // pod too: wait for it, as kubelet's WaitForAttach does, up to its two minutes.
             let vas: Api<VolumeAttachment> = Api::all(client.clone());
-            let va = vas
-                .get_opt(&name)
-                .await
-                .map_err(|e| format!("reading VolumeAttachment {name}: {e}"))?;
-            let status = va.and_then(|va| va.status);
-            match status {
-                Some(s) if s.attached => {
-                    publish_context = s.attachment_metadata.unwrap_or_default().into_iter().collect()
+            let since = std::time::Instant::now();
+            let mut pause = std::time::Duration::from_millis(20);
+            loop {
+                let va = vas
+                    .get_opt(&name)
+                    .await
+                    .map_err(|e| format!("reading VolumeAttachment {name}: {e}"))?;
+                match va.and_then(|va| va.status) {
+                    Some(s) if s.attached => {
+                        publish_context = s.attachment_metadata.unwrap_or_default().into_iter().collect();
+                        break;
+                    }
+                    Some(s) if s.attach_error.is_some() => {
+                        let why = s.attach_error.and_then(|e| e.message).unwrap_or_default();
+                        return Err(format!("AttachVolume.Attach failed for volume \"{pv_name}\" : {why}"));
+                    }
+                    _ if since.elapsed() > ATTACH_WAIT => {
+                        return Err(format!(
+                            "volume \"{pv_name}\" is not attached to node {node} after {} s",
+                            ATTACH_WAIT.as_secs()
+                        ));
+                    }
+                    _ => {}
                 }
-                Some(s) if s.attach_error.is_some() => {
-                    let why = s.attach_error.and_then(|e| e.message).unwrap_or_default();
-                    return Err(format!("AttachVolume.Attach failed for volume \"{pv_name}\" : {why}"));
-                }
-                _ => return Err(format!("volume \"{pv_name}\" is not attached to node {node} yet")),
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(std::time::Duration::from_millis(500));
             }
         }
         let modes = spec.access_modes.clone().unwrap_or_default();
@@ -218,11 +245,16 @@ impl CsiPlugins {
             driver: driver.clone(),
             volume_id: source.volume_handle.clone(),
             staging: staging.clone(),
-            target: dir.join(&v.name).join("mount"),
-            view: pod_dir.join("volumes").join(&v.name),
+            target: dir.join(&v.name).join(if block { "dev" } else { "mount" }),
+            view: if block {
+                dir.join(&v.name).join("dev")
+            } else {
+                pod_dir.join("volumes").join(&v.name)
+            },
             namespace: ns.clone(),
             claim: claim.clone(),
             pv: pv_name.clone(),
+            block,
         };
         // Saved first: whatever happens next, teardown knows what to undo.
         let record = dir.join(format!("{}.json", v.name));
@@ -256,6 +288,19 @@ impl CsiPlugins {
         })
         .await
         .map_err(|s| err(&format!("MountVolume.SetUp failed for volume \"{pv_name}\""), s))?;
+        if block {
+            // The device node is the loop device's own inode: the pod's root gets it, as a
+            // device it was given (it is this volume's alone while published).
+            if let Some(base) = userns_base {
+                rustix::fs::chown(
+                    &published.target,
+                    Some(rustix::fs::Uid::from_raw(base)),
+                    Some(rustix::fs::Gid::from_raw(base)),
+                )
+                .map_err(|e| format!("volume {:?}: giving the device to the pod: {e}", v.name))?;
+            }
+            return Ok(published);
+        }
         let fs_group = pod.spec.as_ref().and_then(|s| s.security_context.as_ref());
         let policy = driver_spec
             .as_ref()
@@ -544,6 +589,7 @@ mod tests {
             namespace: "n".into(),
             claim: "c".into(),
             pv: "pvc-1".into(),
+            block: false,
         };
         std::fs::write(pod.join("csi/data.json"), serde_json::to_vec(&p).unwrap()).unwrap();
         std::fs::write(pod.join("csi/garbage.json"), b"{").unwrap();

@@ -38,6 +38,16 @@ pub struct BindMount {
     pub read_only: bool,
 }
 
+/// A raw block device given to a container (a claim's `volumeDevices`): the published device
+/// node bound at `destination`, and the device cgroup rule that lets the container use it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BlockDevice {
+    pub source: PathBuf,
+    pub destination: String,
+    pub major: u32,
+    pub minor: u32,
+}
+
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Limits {
     pub memory_bytes: Option<i64>,
@@ -62,6 +72,7 @@ pub struct ContainerSpec {
     pub no_new_privileges: bool,
     pub capabilities: Vec<String>,
     pub mounts: Vec<BindMount>,
+    pub devices: Vec<BlockDevice>,
     /// Paths of the pod's namespaces to join: network, ipc, uts.
     pub netns: PathBuf,
     pub ipcns: PathBuf,
@@ -105,6 +116,13 @@ pub fn config_json(c: &ContainerSpec) -> Value {
         mounts.push(json!({"destination": m.destination, "type": "bind", "source": m.source, "options": options}));
     }
     let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
+    for d in &c.devices {
+        mounts.push(json!({"destination": d.destination, "type": "bind", "source": d.source,
+            "options": ["bind", "rprivate", "rw"]}));
+        if let Some(rules) = resources["devices"].as_array_mut() {
+            rules.push(json!({"allow": true, "type": "b", "major": d.major, "minor": d.minor, "access": "rwm"}));
+        }
+    }
     let l = &c.limits;
     if let Some(m) = l.memory_bytes {
         resources["memory"] = json!({"limit": m});

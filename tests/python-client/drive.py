@@ -51,6 +51,27 @@ def sample(group, kind, name):
             "type": "Normal",
         },
         ("", "ServiceAccount"): {},
+        ("", "PersistentVolume"): {
+            "spec": {
+                "capacity": {"storage": "1Gi"},
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "python-static",
+                "csi": {"driver": "example.com/python", "volumeHandle": name},
+            }
+        },
+        ("", "PersistentVolumeClaim"): {
+            "spec": {
+                "accessModes": ["ReadWriteOnce"],
+                "storageClassName": "python-none",
+                "resources": {"requests": {"storage": "1Gi"}},
+            }
+        },
+        ("storage.k8s.io", "StorageClass"): {"provisioner": "example.com/python", "parameters": {"type": "a"}},
+        ("storage.k8s.io", "CSIDriver"): {"spec": {"attachRequired": False}},
+        ("storage.k8s.io", "CSINode"): {"spec": {"drivers": [{"name": "example.com/python", "nodeID": name}]}},
+        ("storage.k8s.io", "VolumeAttachment"): {
+            "spec": {"attacher": "example.com/python", "nodeName": name, "source": {"persistentVolumeName": name}}
+        },
         ("apps", "Deployment"): {
             "spec": {"replicas": 0, "selector": {"matchLabels": sel}, "template": template(sel)}
         },

@@ -114,7 +114,13 @@ pub fn busybox_layout(dir: &Path) -> Result<PathBuf> {
 
 /// The echo server and the shared libraries it links, at their host paths.
 pub fn echo_layout(dir: &Path, echo_bin: &Path) -> Result<PathBuf> {
-    let ldd = Command::new("ldd").arg(echo_bin).output().context("running ldd")?;
+    binary_layout(dir, ECHO, echo_bin, "echo-server")
+}
+
+/// An image of one host program at `/<name>` and the shared libraries it links, at their host
+/// paths (a benchmark's tool: fio), with busybox's base files.
+pub fn binary_layout(dir: &Path, reference: &str, bin: &Path, name: &str) -> Result<PathBuf> {
+    let ldd = Command::new("ldd").arg(bin).output().context("running ldd")?;
     let mut entries = base_entries();
     entries.push(Entry::Dir("lib", 0o755));
     entries.push(Entry::Dir("lib64", 0o755));
@@ -136,8 +142,8 @@ pub fn echo_layout(dir: &Path, echo_bin: &Path) -> Result<PathBuf> {
         .iter()
         .any(|e| matches!(e, Entry::File(p, _, _) if p.contains("ld-linux")))
     {
-        bail!("ldd named no dynamic loader for {}", echo_bin.display());
+        bail!("ldd named no dynamic loader for {}", bin.display());
     }
-    entries.push(Entry::File("echo-server".into(), std::fs::read(echo_bin)?, 0o755));
-    write_layout(dir, ECHO, &layer(&entries)?, &["/echo-server"], &[])
+    entries.push(Entry::File(name.into(), std::fs::read(bin)?, 0o755));
+    write_layout(dir, reference, &layer(&entries)?, &[&format!("/{name}")], &[])
 }

@@ -110,6 +110,8 @@ pub struct PodVolume {
     /// A CSI volume: its files keep their own owners (seen through an idmapped mount), the node
     /// never changes them.
     pub csi: bool,
+    /// A raw block volume (`volumeMode: Block`): `path` is its device node, for `volumeDevices`.
+    pub block: bool,
 }
 
 /// The first volume of the pod the node cannot honour, from its spec alone: checked before the
@@ -127,7 +129,7 @@ pub async fn prepare_volumes(
     ctx: &crate::context::NodeCtx,
     pod: &Pod,
     pod_dir: &Path,
-    userns: Option<&Path>,
+    userns: Option<(&Path, u32)>,
 ) -> Result<Vec<PodVolume>, String> {
     let lookup = volume_data::ApiLookup {
         client: ctx.client.clone(),
@@ -139,15 +141,20 @@ pub async fn prepare_volumes(
     for v in pod.spec.as_ref().and_then(|s| s.volumes.clone()).unwrap_or_default() {
         let path = dir.join(&v.name);
         if v.persistent_volume_claim.is_some() || v.ephemeral.is_some() {
-            let done = published.iter().any(|(_, p)| p.view == path && is_mount_point(&path));
-            if !done {
-                ctx.csi.mount(&ctx.client, &ctx.name, pod, &v, pod_dir, userns).await?;
-            }
+            let done = published
+                .iter()
+                .find(|(_, p)| p.name() == v.name && is_mount_point(&p.view))
+                .map(|(_, p)| p.clone());
+            let p = match done {
+                Some(p) => p,
+                None => ctx.csi.mount(&ctx.client, &ctx.name, pod, &v, pod_dir, userns).await?,
+            };
             out.push(PodVolume {
                 name: v.name.clone(),
-                path,
+                path: p.view.clone(),
                 read_only: false,
                 csi: true,
+                block: p.block,
             });
             continue;
         }
@@ -157,6 +164,7 @@ pub async fn prepare_volumes(
             path,
             read_only,
             csi: false,
+            block: false,
         });
     }
     Ok(out)
@@ -324,6 +332,12 @@ pub fn volume_mounts(
             .iter()
             .find(|v| v.name == m.name)
             .ok_or_else(|| format!("volumeMount {:?}: no volume of that name", m.name))?;
+        if vol.block {
+            return Err(format!(
+                "volumeMount {:?}: the volume is a raw block device (volumeMode: Block); use it through volumeDevices",
+                m.name
+            ));
+        }
         let read_only = vol.read_only || m.read_only.unwrap_or(false);
         let sub = match (
             m.sub_path.as_deref().filter(|s| !s.is_empty()),
@@ -352,6 +366,40 @@ pub fn volume_mounts(
             source,
             destination: m.mount_path.clone(),
             read_only,
+        });
+    }
+    Ok(out)
+}
+
+/// The raw block devices of one container's `volumeDevices`.
+pub fn volume_devices(c: &Container, volumes: &[PodVolume]) -> Result<Vec<crate::spec::BlockDevice>, String> {
+    use std::os::unix::fs::FileTypeExt;
+    let mut out = Vec::new();
+    for d in c.volume_devices.iter().flatten() {
+        let vol = volumes
+            .iter()
+            .find(|v| v.name == d.name)
+            .ok_or_else(|| format!("volumeDevice {:?}: no volume of that name", d.name))?;
+        if !vol.block {
+            return Err(format!(
+                "volumeDevice {:?}: the volume is not a raw block volume (its claim's volumeMode is not Block); mount it with volumeMounts",
+                d.name
+            ));
+        }
+        let meta = std::fs::metadata(&vol.path).map_err(|e| format!("volumeDevice {:?}: {e}", d.name))?;
+        if !meta.file_type().is_block_device() {
+            return Err(format!(
+                "volumeDevice {:?}: {} is not a block device",
+                d.name,
+                vol.path.display()
+            ));
+        }
+        let rdev = std::os::unix::fs::MetadataExt::rdev(&meta);
+        out.push(crate::spec::BlockDevice {
+            source: vol.path.clone(),
+            destination: d.device_path.clone(),
+            major: rustix::fs::major(rdev),
+            minor: rustix::fs::minor(rdev),
         });
     }
     Ok(out)

@@ -455,8 +455,9 @@ impl Worker {
             .map(|s| s.id)
             .collect();
         self.pod_ip = saved.pod_ip;
-        let userns = self.ns.user().filter(|_| self.user_base.is_some());
-        if let Ok(v) = files::prepare_volumes(&self.ctx, &self.pod, &self.dir, userns.as_deref()).await {
+        let userns = self.ns.user().zip(self.user_base);
+        let userns = userns.as_ref().map(|(p, b)| (p.as_path(), *b));
+        if let Ok(v) = files::prepare_volumes(&self.ctx, &self.pod, &self.dir, userns).await {
             self.volumes = v;
             self.schedule_token_refresh();
         }
@@ -601,8 +602,9 @@ impl Worker {
         write("hosts", files::hosts_file(&self.pod, &self.pod_ip))?;
         write("hostname", format!("{hostname}\n"))?;
         write("resolv.conf", files::resolv_conf(&self.pod, &dns))?;
-        let userns = self.ns.user().filter(|_| user_base.is_some());
-        self.volumes = files::prepare_volumes(&self.ctx, &self.pod, &self.dir, userns.as_deref()).await?;
+        let userns = self.ns.user().zip(user_base);
+        let userns = userns.as_ref().map(|(p, b)| (p.as_path(), *b));
+        self.volumes = files::prepare_volumes(&self.ctx, &self.pod, &self.dir, userns).await?;
         self.schedule_token_refresh();
         if let Some(base) = user_base {
             // The pod's own directories: its range's root reaches its rootfs and volumes through
@@ -1282,6 +1284,7 @@ impl Worker {
             read_only: false,
         });
         mounts.extend(files::volume_mounts(c, &self.volumes, &vars, bundle)?);
+        let devices = files::volume_devices(c, &self.volumes)?;
         let cwd = c
             .working_dir
             .clone()
@@ -1300,6 +1303,7 @@ impl Worker {
             no_new_privileges: sc.and_then(|s| s.allow_privilege_escalation) == Some(false),
             capabilities: container::caps(c)?,
             mounts,
+            devices,
             netns: self.ns.net(),
             ipcns: self.ns.ipc(),
             utsns: self.ns.uts(),

@@ -488,7 +488,7 @@ mod tests {
         assert!(
             unsupported(&volume(&p, 1))
                 .unwrap()
-                .contains("not supported by the node yet")
+                .contains("is not supported by the node")
         );
         assert_eq!(unsupported(&volume(&p, 2)), None);
     }

@@ -15,8 +15,9 @@
 //!   mount or disk file;
 //! - the pod-spec volumes around claims: a generic `ephemeral` volume (a claim per pod, gone
 //!   with it) with `fsGroup` ownership, a full disk giving ENOSPC in the pod and nothing else,
-//!   `kubelet_volume_stats_*` for it, a memory-backed emptyDir as large as its `sizeLimit`, and
-//!   a ConfigMap change reaching the running pod.
+//!   `kubelet_volume_stats_*` for it, a memory-backed emptyDir as large as its `sizeLimit`, a
+//!   ConfigMap change reaching the running pod, and a raw block claim (`volumeMode: Block`)
+//!   given to the pod as a device (`volumeDevices`).
 
 use std::path::Path;
 
@@ -418,6 +419,45 @@ spec:
         &["patch", "configmap", "cfg", "-n", ns, "-p", r#"{"data":{"k":"two"}}"#],
     );
     eventually("the new value in the pod", 60, || out("cat /cfg/k") == "two");
+
+    // A raw block claim: the pod gets the device itself at its devicePath.
+    apply(
+        &n,
+        &format!(
+            r#"apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: raw, namespace: {ns}}}
+spec: {{accessModes: [ReadWriteOnce], volumeMode: Block, resources: {{requests: {{storage: 16Mi}}}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: b, namespace: {ns}}}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {{name: c, image: {BUSYBOX}, command: [sleep, "3600"], volumeDevices: [{{name: raw, devicePath: /dev/xvda}}]}}
+  volumes: [{{name: raw, persistentVolumeClaim: {{claimName: raw}}}}]
+"#
+        ),
+    );
+    wait_running(&n, ns, "b");
+    let block = |cmd: &str| {
+        let o = n.kubectl(V, &["exec", "-n", ns, "b", "--", "sh", "-c", cmd]);
+        String::from_utf8_lossy(&o.stdout).trim().to_string()
+    };
+    assert!(
+        block("ls -l /dev/xvda").starts_with('b'),
+        "{}",
+        block("ls -l /dev/xvda")
+    );
+    assert_eq!(block("blockdev --getsize64 /dev/xvda"), "16777216");
+    block("echo raw-bytes | dd of=/dev/xvda bs=512 count=1 conv=sync 2>/dev/null");
+    assert_eq!(
+        block("dd if=/dev/xvda bs=512 count=1 2>/dev/null | head -c 9"),
+        "raw-bytes"
+    );
+    n.kubectl_ok(V, &["delete", "pod", "b", "-n", ns, "--wait=true"]);
+    n.kubectl_ok(V, &["delete", "pvc", "raw", "-n", ns, "--wait=true"]);
 
     // The pod goes, and its ephemeral claim and disk with it.
     n.kubectl_ok(V, &["delete", "pod", "p", "-n", ns, "--wait=true"]);

@@ -5,7 +5,8 @@
 //! `attachError` with the driver's words). Once no pod on that node needs it and the node no
 //! longer lists it in `status.volumesInUse` (it has unmounted it), it is detached through
 //! ControllerUnpublishVolume and the attachment deleted. Drivers whose CSIDriver says
-//! `attachRequired: false` are never attached.
+//! `attachRequired: false` are never attached, and attachments of an attacher control does not
+//! serve are left to it.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -167,10 +168,14 @@ pub async fn reconcile(client: LocalClient, drivers: Drivers, key: String) -> Ou
     for va in existing {
         let node = str_at(&va.obj, "/spec/nodeName").to_string();
         let va_driver = str_at(&va.obj, "/spec/attacher").to_string();
+        // An attacher control does not serve manages its own attachments.
+        if !drivers.knows(&va_driver) {
+            continue;
+        }
         let attached = va.obj.pointer("/status/attached") == Some(&json!(true));
         let id = node_id(&client, &va_driver, &node);
         if wanted.contains(&node) {
-            if attached || !drivers.knows(&va_driver) {
+            if attached {
                 continue;
             }
             let Some(pv) = pv.as_ref() else { continue };
@@ -216,7 +221,7 @@ pub async fn reconcile(client: LocalClient, drivers: Drivers, key: String) -> Ou
         ) {
             continue;
         }
-        if attached && drivers.knows(&va_driver) {
+        if attached {
             if let Err(why) = drivers.unpublish(&va_driver, &handle, &id).await {
                 let mut new = (*va.obj).clone();
                 new["status"]["detachError"] = json!({"time": crate::api::objects::now_rfc3339(), "message": why});
