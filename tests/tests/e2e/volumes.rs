@@ -273,38 +273,10 @@ fn a_stateful_set_keeps_each_ordinal_on_its_own_disk() {
     let n = Nodeless::start_with_node(&["--pod-cidr", &net.cidr, "--cluster-dns", &net.dns]).unwrap();
     let ns = "stsvol";
     n.kubectl_ok(V, &["create", "namespace", ns]);
-    apply(
-        &n,
-        &format!(
-            r#"apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: {ns}}}
-spec: {{clusterIP: None, selector: {{app: web}}, ports: [{{port: 80}}]}}
----
-apiVersion: apps/v1
-kind: StatefulSet
-metadata: {{name: web, namespace: {ns}}}
-spec:
-  serviceName: web
-  replicas: 3
-  podManagementPolicy: Parallel
-  persistentVolumeClaimRetentionPolicy: {{whenDeleted: Delete, whenScaled: Retain}}
-  selector: {{matchLabels: {{app: web}}}}
-  template:
-    metadata: {{labels: {{app: web}}}}
-    spec:
-      terminationGracePeriodSeconds: 1
-      containers:
-      - name: c
-        image: {BUSYBOX}
-        command: [sh, -c, 'test -f /data/me || hostname > /data/me; sleep 3600']
-        volumeMounts: [{{name: data, mountPath: /data}}]
-  volumeClaimTemplates:
-  - metadata: {{name: data}}
-    spec: {{accessModes: [ReadWriteOnce], resources: {{requests: {{storage: 16Mi}}}}}}
-"#
-        ),
-    );
+    // The example users are pointed to, as it is.
+    let example = nodeless_tests::workspace_root().join("examples/storage/disk-statefulset.yaml");
+    let out = n.kubectl(V, &["apply", "-n", ns, "-f", &example.to_string_lossy()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     n.kubectl_ok(V, &["rollout", "status", "statefulset/web", "-n", ns, "--timeout=180s"]);
     for i in 0..3 {
         assert_eq!(get(&n, ns, &format!("pvc/data-web-{i}"), "{.status.phase}"), "Bound");
