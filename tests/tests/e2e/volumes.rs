@@ -17,7 +17,8 @@
 //!   with it) with `fsGroup` ownership, a full disk giving ENOSPC in the pod and nothing else,
 //!   `kubelet_volume_stats_*` for it, a memory-backed emptyDir as large as its `sizeLimit`, a
 //!   ConfigMap change reaching the running pod, and a raw block claim (`volumeMode: Block`)
-//!   given to the pod as a device (`volumeDevices`).
+//!   given to the pod as a device (`volumeDevices`); a ReadWriteOncePod claim held by one pod
+//!   keeps a second one Pending with the reason.
 
 use std::path::Path;
 
@@ -168,18 +169,11 @@ fn claims_are_provisioned_attached_kept_grown_and_reclaimed() {
     };
     let before = df_kib();
     assert!(before > 30_000 && before < 70_000, "{before} KiB");
-    n.kubectl_ok(
-        V,
-        &[
-            "patch",
-            "pvc",
-            "data",
-            "-n",
-            ns,
-            "-p",
-            r#"{"spec":{"resources":{"requests":{"storage":"128Mi"}}}}"#,
-        ],
-    );
+    let request = |size: &str| {
+        let patch = format!(r#"{{"spec":{{"resources":{{"requests":{{"storage":"{size}"}}}}}}}}"#);
+        n.kubectl(V, &["patch", "pvc", "data", "-n", ns, "-p", &patch])
+    };
+    assert!(request("128Mi").status.success());
     // The disk grows at once; its ext4 grows under a running pod where the kernel lets the
     // node resize online (CAP_SYS_RESOURCE, which this test machine's root lacks), else when the
     // volume is next staged, before it is mounted: a pod restarted on it sees the new size.
@@ -199,18 +193,7 @@ fn claims_are_provisioned_attached_kept_grown_and_reclaimed() {
         get(&n, ns, "pvc/data", "{.status.capacity.storage}") == "128Mi"
     });
     // Shrinking is refused, in Kubernetes' words.
-    let out = n.kubectl(
-        V,
-        &[
-            "patch",
-            "pvc",
-            "data",
-            "-n",
-            ns,
-            "-p",
-            r#"{"spec":{"resources":{"requests":{"storage":"32Mi"}}}}"#,
-        ],
-    );
+    let out = request("32Mi");
     assert!(!out.status.success());
     assert!(
         String::from_utf8_lossy(&out.stderr).contains("field can not be less than previous value"),
@@ -430,6 +413,23 @@ spec:
     );
     n.kubectl_ok(V, &["delete", "pod", "b", "-n", ns, "--wait=true"]);
     n.kubectl_ok(V, &["delete", "pvc", "raw", "-n", ns, "--wait=true"]);
+
+    // ReadWriteOncePod: a second pod on the claim waits, saying why.
+    apply(
+        &n,
+        &format!(
+            "apiVersion: v1\nkind: PersistentVolumeClaim\nmetadata: {{name: solo, namespace: {ns}}}\nspec: {{accessModes: [ReadWriteOncePod], resources: {{requests: {{storage: 16Mi}}}}}}\n"
+        ),
+    );
+    apply(&n, &pod(ns, "solo-a", "solo", "sleep 3600"));
+    wait_running(&n, ns, "solo-a");
+    apply(&n, &pod(ns, "solo-b", "solo", "sleep 3600"));
+    eventually("the second pod waits for the ReadWriteOncePod claim", 30, || {
+        get(&n, ns, "pod/solo-b", "{.status.conditions[0].message}").contains("ReadWriteOncePod")
+    });
+    assert_eq!(get(&n, ns, "pod/solo-b", "{.status.phase}"), "Pending");
+    n.kubectl_ok(V, &["delete", "pod", "solo-a", "solo-b", "-n", ns, "--wait=true"]);
+    n.kubectl_ok(V, &["delete", "pvc", "solo", "-n", ns, "--wait=true"]);
 
     // The pod goes, and its ephemeral claim and disk with it.
     n.kubectl_ok(V, &["delete", "pod", "p", "-n", ns, "--wait=true"]);
