@@ -485,14 +485,17 @@ async fn run_control(mut args: UpArgs, with_node: bool) -> anyhow::Result<()> {
         }
     }
     if storage.is_some() {
+        // Beside the node's start, not before it: only claims wait for these.
         let client = node_cmd::client_from_yaml(&cp.kubeconfig(true)).await?;
-        match storage::ensure_objects(client).await {
-            Ok(()) => println!(
-                "nodeless: disk CSI driver ready (default StorageClass {})",
-                storage::DEFAULT_CLASS
-            ),
-            Err(e) => eprintln!("nodeless: the disk CSI driver's objects: {e:#}"),
-        }
+        tokio::spawn(async move {
+            match storage::ensure_objects(client).await {
+                Ok(()) => println!(
+                    "nodeless: disk CSI driver ready (default StorageClass {})",
+                    storage::DEFAULT_CLASS
+                ),
+                Err(e) => eprintln!("nodeless: the disk CSI driver's objects: {e:#}"),
+            }
+        });
     }
     if with_node && !args.no_node {
         let client = node_cmd::client_from_yaml(&cp.kubeconfig(true)).await?;

@@ -222,6 +222,15 @@ pub fn validate(group: &str, kind: &str, obj: &Value, old: Option<&Value>, c: &m
                         }
                     }
                 }
+                // A claim made before any default class existed gets one later (Kubernetes'
+                // retroactive default StorageClass assignment).
+                if b.get("storageClassName").is_none_or(Value::is_null) {
+                    for s in [&mut a, &mut b] {
+                        if let Some(m) = s.as_object_mut() {
+                            m.remove("storageClassName");
+                        }
+                    }
+                }
                 if a != b {
                     c.push(Cause::forbidden(
                         "spec",
@@ -446,6 +455,14 @@ mod tests {
         let mut moved = bound.clone();
         moved["spec"]["volumeName"] = json!("pv-2");
         assert!(causes("", "PersistentVolumeClaim", moved, Some(bound))[0].starts_with("spec: Forbidden"));
+
+        // A claim without a class may get one later (the default, retroactively); not another.
+        let mut classed = pvc.clone();
+        classed["spec"]["storageClassName"] = json!("fast");
+        assert!(causes("", "PersistentVolumeClaim", classed.clone(), Some(pvc.clone())).is_empty());
+        let mut other = classed.clone();
+        other["spec"]["storageClassName"] = json!("slow");
+        assert!(!causes("", "PersistentVolumeClaim", other, Some(classed)).is_empty());
 
         let pv = json!({"spec": {"accessModes": ["ReadWriteOnce"], "capacity": {"storage": "1Gi"},
             "csi": {"driver": "disk.csi.nodeless.io", "volumeHandle": "d-1"}, "claimRef": {"name": "c"}}});

@@ -450,7 +450,7 @@ fn control_serves_its_metrics() {
     // counted (bounded), then read everything from that one answer.
     let gauge = r#"apiserver_registered_watchers{group="",version="v1",kind="ConfigMap"}"#;
     let mut text = String::new();
-    eventually("the open watch to be counted", 10, || {
+    eventually("the open watch to be counted", 30, || {
         text = n.kubectl_ok("1.33", &["get", "--raw", "/metrics"]);
         text.lines().any(|l| l.starts_with(gauge) && !l.ends_with(" 0"))
     });

@@ -910,20 +910,25 @@ async fn pod_spec_is_honoured_by_runc_too() {
 fn pod_spec_is_honoured_by(runtime: &str) {
     assert!(is_root(), "sandbox-node tests need root");
     let n = Nodeless::start_with_node(&["--runtime", runtime]).unwrap();
-    let chosen = String::from_utf8_lossy(
-        &n.kubectl(
-            V,
-            &[
-                "get",
-                "node",
-                n.node.as_deref().unwrap(),
-                "-o",
-                "jsonpath={.status.nodeInfo.containerRuntimeVersion}",
-            ],
+    // `up` writes its kubeconfig before its node has registered.
+    let mut chosen = String::new();
+    eventually("the node to register", 30, || {
+        chosen = String::from_utf8_lossy(
+            &n.kubectl(
+                V,
+                &[
+                    "get",
+                    "node",
+                    n.node.as_deref().unwrap(),
+                    "-o",
+                    "jsonpath={.status.nodeInfo.containerRuntimeVersion}",
+                ],
+            )
+            .stdout,
         )
-        .stdout,
-    )
-    .into_owned();
+        .into_owned();
+        !chosen.is_empty()
+    });
     assert!(
         runtime == "auto" || chosen.starts_with(&format!("{runtime}://")),
         "{chosen}"

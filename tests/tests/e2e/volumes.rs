@@ -99,8 +99,11 @@ fn claims_are_provisioned_attached_kept_grown_and_reclaimed() {
     let mut n = Nodeless::start_with_node(&["--pod-cidr", &net.cidr, "--cluster-dns", &net.dns]).unwrap();
     let ns = "vol";
     n.kubectl_ok(V, &["create", "namespace", ns]);
-    let classes = n.kubectl_ok(V, &["get", "storageclass"]);
-    assert!(classes.contains("nodeless-disk (default)"), "{classes}");
+    let mut classes = String::new();
+    eventually("the default class", 30, || {
+        classes = n.kubectl_ok(V, &["get", "storageclass"]);
+        classes.contains("nodeless-disk (default)")
+    });
     assert!(
         classes.contains("disk.csi.nodeless.io") && classes.contains("WaitForFirstConsumer"),
         "{classes}"

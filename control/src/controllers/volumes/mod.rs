@@ -244,6 +244,16 @@ async fn reconcile_claim(client: &LocalClient, drivers: &Drivers, key: &str) -> 
         bind(client, &pvc, &pv).await?;
         return Ok(None);
     }
+    // Made before there was a default class: it gets the default now, as Kubernetes assigns
+    // one retroactively (an explicit "" stays classless).
+    if pvc.obj.pointer("/spec/storageClassName").is_none_or(Value::is_null) {
+        if let Some(class) = crate::admission::storage::default_class(&client.state.store) {
+            let mut new = (*pvc.obj).clone();
+            new["spec"]["storageClassName"] = json!(class);
+            client.update(&pvcs, &pvc, new).await?;
+            return Ok(None);
+        }
+    }
     provision(client, drivers, &pvc).await
 }
 
