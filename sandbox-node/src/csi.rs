@@ -18,9 +18,9 @@ use std::path::{Path, PathBuf};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Pod, Volume};
 use k8s_openapi::api::storage::v1::{CSIDriver, VolumeAttachment};
 use kube::Api;
-use nodeless_volumes::capability;
-use nodeless_volumes::csi::node_client::NodeClient;
-use nodeless_volumes::csi::{self, node_service_capability};
+use nodeless_csi::capability;
+use nodeless_csi::csi::node_client::NodeClient;
+use nodeless_csi::csi::{self, node_service_capability};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 use tonic::transport::Channel;
@@ -80,7 +80,7 @@ impl CsiPlugins {
         let endpoint = self.drivers.get(driver).ok_or_else(|| {
             format!("kubernetes.io/csi: driver name {driver} not found in the list of registered CSI drivers")
         })?;
-        let ch = nodeless_volumes::connect(endpoint)
+        let ch = nodeless_csi::connect(endpoint)
             .await
             .map_err(|e| format!("kubernetes.io/csi: connecting to driver {driver} at {endpoint}: {e}"))?;
         Ok(NodeClient::new(ch))

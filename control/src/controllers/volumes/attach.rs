@@ -10,7 +10,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use nodeless_volumes::capability::attachment_name;
+use nodeless_csi::capability::attachment_name;
 use serde_json::{Value, json};
 
 use super::{Drivers, claim_names, strings, volume_mode};
@@ -179,7 +179,7 @@ pub async fn reconcile(client: LocalClient, drivers: Drivers, key: String) -> Ou
                 continue;
             }
             let Some(pv) = pv.as_ref() else { continue };
-            let cap = nodeless_volumes::capability::volume_capability(
+            let cap = nodeless_csi::capability::volume_capability(
                 &strings(pv.obj.pointer("/spec/accessModes")),
                 volume_mode(&pv.obj),
                 str_at(&pv.obj, "/spec/csi/fsType"),
@@ -217,7 +217,7 @@ pub async fn reconcile(client: LocalClient, drivers: Drivers, key: String) -> Ou
         if in_use_on(
             &client,
             &node,
-            &nodeless_volumes::capability::unique_name(&va_driver, &handle),
+            &nodeless_csi::capability::unique_name(&va_driver, &handle),
         ) {
             continue;
         }

@@ -5,8 +5,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use nodeless_volumes::csi::controller_client::ControllerClient;
-use nodeless_volumes::csi::{self, VolumeCapability};
+use nodeless_csi::csi::controller_client::ControllerClient;
+use nodeless_csi::csi::{self, VolumeCapability};
 use tonic::transport::Channel;
 
 /// The CSI drivers control provisions, attaches and expands for: name → endpoint
@@ -27,7 +27,7 @@ impl Drivers {
             .0
             .get(driver)
             .ok_or_else(|| format!("no endpoint is configured for CSI driver {driver:?}"))?;
-        let channel = nodeless_volumes::connect(endpoint)
+        let channel = nodeless_csi::connect(endpoint)
             .await
             .map_err(|e| format!("connecting to CSI driver {driver:?} at {endpoint}: {e}"))?;
         Ok(ControllerClient::new(channel))
@@ -45,7 +45,7 @@ impl Drivers {
         let mut c = self.controller(driver).await?;
         let req = csi::CreateVolumeRequest {
             name: name.to_string(),
-            capacity_range: Some(nodeless_volumes::capability::at_least(bytes)),
+            capacity_range: Some(nodeless_csi::capability::at_least(bytes)),
             volume_capabilities: vec![capability],
             parameters: parameters.into_iter().collect::<HashMap<_, _>>(),
             ..Default::default()
@@ -116,7 +116,7 @@ impl Drivers {
         let out = c
             .controller_expand_volume(csi::ControllerExpandVolumeRequest {
                 volume_id: volume_id.to_string(),
-                capacity_range: Some(nodeless_volumes::capability::at_least(bytes)),
+                capacity_range: Some(nodeless_csi::capability::at_least(bytes)),
                 volume_capability: Some(capability),
                 ..Default::default()
             })

@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 
-use nodeless_volumes::capability;
+use nodeless_csi::capability;
 use serde_json::{Value, json};
 
 use super::{Outcome, event, is_deleting, pod_active, split_key, str_at};
