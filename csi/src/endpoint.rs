@@ -118,6 +118,12 @@ where
     served.map_err(|source| EndpointError::Transport { path, source })
 }
 
+/// How long a call to a driver may take before it fails with DEADLINE_EXCEEDED (and is tried
+/// again by whoever made it): kubelet's two minutes for a mount, which covers formatting a
+/// large disk. A hung driver holds a caller no longer than this.
+pub const CALL_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(120);
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// A gRPC channel to the driver at `endpoint` (a Unix socket), connected now; make the
 /// generated clients over it (`csi::node_client::NodeClient::new(channel)`).
 pub async fn connect(endpoint: &str) -> Result<tonic::transport::Channel, EndpointError> {
@@ -126,6 +132,8 @@ pub async fn connect(endpoint: &str) -> Result<tonic::transport::Channel, Endpoi
     // The URI only satisfies the HTTP/2 layer (it becomes :authority); the connector below
     // ignores it and dials the socket.
     tonic::transport::Endpoint::from_static("http://localhost")
+        .connect_timeout(CONNECT_TIMEOUT)
+        .timeout(CALL_TIMEOUT)
         .connect_with_connector(tower::service_fn(move |_: http::Uri| {
             let target = target.clone();
             async move { Ok::<_, std::io::Error>(TokioIo::new(UnixStream::connect(target).await?)) }

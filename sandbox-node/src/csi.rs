@@ -46,6 +46,9 @@ pub struct Published {
     /// A raw block volume: `target` (and `view`) is its device node.
     #[serde(default)]
     pub block: bool,
+    /// Published read-only (the pod's volume or the PersistentVolume says so).
+    #[serde(default)]
+    pub read_only: bool,
 }
 
 impl Published {
@@ -255,6 +258,7 @@ impl CsiPlugins {
             claim: claim.clone(),
             pv: pv_name.clone(),
             block,
+            read_only: read_only || source.read_only.unwrap_or(false),
         };
         // Saved first: whatever happens next, teardown knows what to undo.
         let record = dir.join(format!("{}.json", v.name));
@@ -282,7 +286,7 @@ impl CsiPlugins {
             staging_target_path: staging.as_ref().map(|s| s.display().to_string()).unwrap_or_default(),
             target_path: published.target.display().to_string(),
             volume_capability: Some(cap),
-            readonly: read_only || source.read_only.unwrap_or(false),
+            readonly: published.read_only,
             volume_context: context,
             ..Default::default()
         })
@@ -314,6 +318,8 @@ impl CsiPlugins {
                     && modes.iter().any(|m| m == "ReadWriteOnce" || m == "ReadWriteOncePod")
             }
         };
+        // A read-only volume is left as it is, as kubelet leaves it.
+        let applies = applies && !published.read_only;
         if let Some(gid) = fs_group.and_then(|s| s.fs_group).filter(|_| applies) {
             let on_root_mismatch = fs_group.and_then(|s| s.fs_group_change_policy.as_deref()) == Some("OnRootMismatch");
             let ro = read_only || source.read_only.unwrap_or(false);
@@ -353,9 +359,12 @@ impl CsiPlugins {
                 ));
                 continue;
             }
-            let _ = std::fs::remove_file(&record);
+            // The record goes only once the volume is unstaged too (or another pod of the node
+            // still has it): until then the node reports it in use, and control does not detach it.
             if let Some(staging) = &p.staging {
-                let others = in_use(pods_dir).contains(&p.unique_name());
+                let others = published(pods_dir)
+                    .iter()
+                    .any(|o| o.unique_name() == p.unique_name() && o.target != p.target);
                 if !others {
                     if let Err(s) = c
                         .node_unstage_volume(csi::NodeUnstageVolumeRequest {
@@ -365,12 +374,11 @@ impl CsiPlugins {
                         .await
                     {
                         errors.push(err(&format!("UnmountDevice failed for volume \"{}\"", p.pv), s));
-                        // Keep it counted in use, so control does not detach it from under us.
-                        let _ = std::fs::write(&record, serde_json::to_vec(&p).unwrap_or_default());
                         continue;
                     }
                 }
             }
+            let _ = std::fs::remove_file(&record);
         }
         errors
     }
@@ -590,6 +598,7 @@ mod tests {
             claim: "c".into(),
             pv: "pvc-1".into(),
             block: false,
+            read_only: false,
         };
         std::fs::write(pod.join("csi/data.json"), serde_json::to_vec(&p).unwrap()).unwrap();
         std::fs::write(pod.join("csi/garbage.json"), b"{").unwrap();

@@ -44,6 +44,8 @@ pub struct BindMount {
 pub struct BlockDevice {
     pub source: PathBuf,
     pub destination: String,
+    /// A read-only claim: the device is bound read-only and the rule allows reads only.
+    pub read_only: bool,
     pub major: u32,
     pub minor: u32,
 }
@@ -117,10 +119,11 @@ pub fn config_json(c: &ContainerSpec) -> Value {
     }
     let mut resources = json!({"devices": [{"allow": false, "access": "rwm"}]});
     for d in &c.devices {
+        let (mode, access) = if d.read_only { ("ro", "r") } else { ("rw", "rwm") };
         mounts.push(json!({"destination": d.destination, "type": "bind", "source": d.source,
-            "options": ["bind", "rprivate", "rw"]}));
+            "options": ["bind", "rprivate", mode]}));
         if let Some(rules) = resources["devices"].as_array_mut() {
-            rules.push(json!({"allow": true, "type": "b", "major": d.major, "minor": d.minor, "access": "rwm"}));
+            rules.push(json!({"allow": true, "type": "b", "major": d.major, "minor": d.minor, "access": access}));
         }
     }
     let l = &c.limits;
@@ -268,6 +271,34 @@ mod tests {
         let map = json!([{"containerID": 0, "hostID": 1 << 20, "size": 65536}]);
         assert_eq!(v["linux"]["uidMappings"], map);
         assert_eq!(v["linux"]["gidMappings"], map);
+    }
+
+    #[test]
+    fn a_block_device_is_bound_with_a_rule_for_it_alone() {
+        let dev = |read_only| BlockDevice {
+            source: "/pods/p/csi/raw/dev".into(),
+            destination: "/dev/xvda".into(),
+            read_only,
+            major: 7,
+            minor: 3,
+        };
+        for (ro, mode, access) in [(false, "rw", "rwm"), (true, "ro", "r")] {
+            let v = config_json(&ContainerSpec {
+                args: vec!["/bin/sh".into()],
+                devices: vec![dev(ro)],
+                ..Default::default()
+            });
+            let m = v["mounts"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["destination"] == "/dev/xvda")
+                .unwrap();
+            assert!(m["options"].as_array().unwrap().contains(&json!(mode)), "{m}");
+            let rules = v["linux"]["resources"]["devices"].as_array().unwrap();
+            assert_eq!(rules[0], json!({"allow": false, "access": "rwm"}));
+            assert!(rules.contains(&json!({"allow": true, "type": "b", "major": 7, "minor": 3, "access": access})));
+        }
     }
 
     #[test]

@@ -33,10 +33,16 @@ pub const POD_NAME_LABEL: &str = "statefulset.kubernetes.io/pod-name";
 pub const POD_INDEX_LABEL: &str = "apps.kubernetes.io/pod-index";
 pub const REVISION_LABEL: &str = "controller-revision-hash";
 
-pub fn interested(_: &LocalClient, ev: &Event) -> Vec<String> {
+pub fn interested(client: &LocalClient, ev: &Event) -> Vec<String> {
     let mut keys = owner_keys(ev, PREFIX, "StatefulSet", "/core/pods/");
     if keys.is_empty() {
         keys = owner_keys(ev, PREFIX, "StatefulSet", "/apps/controllerrevisions/");
+    }
+    // A claim gone: a set waiting to remake it (its ordinal was blocked on its deletion).
+    if ev.key.starts_with("/core/persistentvolumeclaims/") && ev.kind == crate::store::EventType::Deleted {
+        let sets = client.served("apps", "statefulsets");
+        let ns = str_at(&ev.obj, "/metadata/namespace");
+        keys.extend(super::keys_where(client, &sets, Some(ns), &|_| true));
     }
     keys
 }
@@ -125,14 +131,20 @@ fn claim_name(t: &str, set: &str, n: i64) -> String {
     format!("{t}-{set}-{n}")
 }
 
-/// Make the claims of ordinal `n` that do not exist yet, from the set's templates.
-async fn ensure_claims(client: &LocalClient, sts: &Value, ns: &str, n: i64) -> Result<(), ApiError> {
+/// Make the claims of ordinal `n` that do not exist yet, from the set's templates. Whether the
+/// ordinal's pod may be made: not while one of its claims is being deleted (the pod would hold
+/// it, and it would never go), as Kubernetes waits.
+async fn ensure_claims(client: &LocalClient, sts: &Value, ns: &str, n: i64) -> Result<bool, ApiError> {
     let pvcs = client.served("", "persistentvolumeclaims");
     let set = str_at(sts, "/metadata/name");
     let delete_with_set = str_at(sts, "/spec/persistentVolumeClaimRetentionPolicy/whenDeleted") == "Delete";
     for t in claim_templates(sts) {
         let name = claim_name(str_at(&t, "/metadata/name"), set, n);
-        if client.get(&pvcs, Some(ns), &name).is_some() {
+        if let Some(c) = client.get(&pvcs, Some(ns), &name) {
+            if is_deleting(&c.obj) {
+                tracing::debug!(namespace = %ns, claim = %name, "waiting for the claim being deleted to go");
+                return Ok(false);
+            }
             continue;
         }
         let mut meta = t.get("metadata").cloned().filter(Value::is_object).unwrap_or(json!({}));
@@ -159,7 +171,7 @@ async fn ensure_claims(client: &LocalClient, sts: &Value, ns: &str, n: i64) -> R
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    Ok(true)
 }
 
 /// With `whenScaled: Delete`, the claims of an ordinal the set scaled away from go with it.
@@ -343,7 +355,13 @@ pub async fn reconcile(client: LocalClient, key: String) -> Outcome {
     for n in start..end {
         match by_ordinal(n) {
             None => {
-                ensure_claims(&client, sts, &ns, n).await?;
+                if !ensure_claims(&client, sts, &ns, n).await? {
+                    blocked = true;
+                    if parallel {
+                        continue;
+                    }
+                    break;
+                }
                 match client.create(&pods_res, Some(&ns), make(n)).await {
                     Ok(_) | Err(ApiError::AlreadyExists { .. }) => {}
                     Err(e) => return Err(e),

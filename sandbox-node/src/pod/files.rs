@@ -152,7 +152,7 @@ pub async fn prepare_volumes(
             out.push(PodVolume {
                 name: v.name.clone(),
                 path: p.view.clone(),
-                read_only: false,
+                read_only: p.read_only,
                 csi: true,
                 block: p.block,
             });
@@ -398,6 +398,7 @@ pub fn volume_devices(c: &Container, volumes: &[PodVolume]) -> Result<Vec<crate:
         out.push(crate::spec::BlockDevice {
             source: vol.path.clone(),
             destination: d.device_path.clone(),
+            read_only: vol.read_only,
             major: rustix::fs::major(rdev),
             minor: rustix::fs::minor(rdev),
         });

@@ -138,7 +138,14 @@ pub async fn reconcile(client: LocalClient, drivers: Drivers, key: String) -> Ou
     {
         let claim_ns = str_at(&pv.obj, "/spec/claimRef/namespace");
         let claim = str_at(&pv.obj, "/spec/claimRef/name");
-        if !claim.is_empty() {
+        // Only the claim this volume is bound to: not a later claim of the same name.
+        let bound = client
+            .get(&client.served("", "persistentvolumeclaims"), Some(claim_ns), claim)
+            .is_some_and(|c| {
+                crate::controllers::uid(&c.obj) == str_at(&pv.obj, "/spec/claimRef/uid")
+                    && str_at(&c.obj, "/spec/volumeName") == pv_name
+            });
+        if !claim.is_empty() && bound {
             let pods = client.served("", "pods");
             for p in client.list(&pods, Some(claim_ns), &|p| super::pod_holds(p, claim)) {
                 let node = str_at(&p.obj, "/spec/nodeName");

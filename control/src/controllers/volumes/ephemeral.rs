@@ -48,7 +48,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Outcome {
         if let Some(existing) = client.get(&pvcs, Some(ns), &claim) {
             if !owned_by(&existing.obj, uid(&pod.obj)) {
                 let msg = format!("PVC {ns}/{claim} was not created for pod {ns}/{name} (pod is not owner)");
-                event(&client, &pod.obj, "Warning", "FailedBinding", &msg, "ephemeral_volume").await;
+                super::note(&client, &pod.obj, "Warning", "FailedBinding", &msg).await;
             }
             continue;
         }

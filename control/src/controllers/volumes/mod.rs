@@ -717,8 +717,15 @@ async fn reconcile_volume(client: &LocalClient, drivers: &Drivers, key: &str) ->
         }
         return Ok(None);
     }
-    if claim_name.is_empty() {
-        set_volume_phase(client, &pv, "Available", None).await?;
+    // No claim, or pre-bound by its author to a claim that has not taken it yet (no uid: the
+    // claim may not even exist yet): Available, never released, never deleted.
+    if claim_name.is_empty() || claim_uid.is_empty() {
+        let points_back = claim
+            .as_ref()
+            .is_some_and(|c| str_at(&c.obj, "/spec/volumeName") == name);
+        if !points_back {
+            set_volume_phase(client, &pv, "Available", None).await?;
+        }
         return Ok(None);
     }
     if claim_alive {
@@ -734,11 +741,11 @@ async fn reconcile_volume(client: &LocalClient, drivers: &Drivers, key: &str) ->
         }
         return Ok(None);
     }
-    // The claim is gone: released, then reclaimed as the policy says.
-    if str_at(&pv.obj, "/status/phase") == "Failed" {
-        return Ok(None);
+    // The claim is gone: released, then reclaimed as the policy says (a volume whose deletion
+    // failed stays Failed, and the deletion is tried again).
+    if str_at(&pv.obj, "/status/phase") != "Failed" {
+        set_volume_phase(client, &pv, "Released", None).await?;
     }
-    set_volume_phase(client, &pv, "Released", None).await?;
     if str_at(&pv.obj, "/spec/persistentVolumeReclaimPolicy") != "Delete" {
         return Ok(None);
     }
@@ -809,10 +816,24 @@ pub fn scheduling(client: &LocalClient, pod: &Value) -> Scheduling {
     let pvcs = claims(client);
     let classes = client.served("storage.k8s.io", "storageclasses");
     let mut waiting = Vec::new();
+    let pod_name = str_at(pod, "/metadata/name");
+    let ephemeral: Vec<String> = pod
+        .pointer("/spec/volumes")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|v| v.get("ephemeral").is_some())
+        .map(|v| format!("{pod_name}-{}", str_at(v, "/name")))
+        .collect();
     for name in claim_names(pod) {
         let Some(c) = client.get(&pvcs, Some(ns), &name) else {
             return Scheduling::Unschedulable(format!("persistentvolumeclaim \"{name}\" not found"));
         };
+        if ephemeral.contains(&name) && !super::owned_by(&c.obj, super::uid(pod)) {
+            return Scheduling::Unschedulable(format!(
+                "PVC {ns}/{name} was not created for pod {ns}/{pod_name} (pod is not owner)"
+            ));
+        }
         if is_deleting(&c.obj) {
             return Scheduling::Unschedulable(format!("persistentvolumeclaim \"{name}\" is being deleted"));
         }
