@@ -549,6 +549,10 @@ pub fn clean_node_leftovers(node: &str, data_dir: &Path) {
     for problem in nodeless_sandbox_node::purge::purge(node, data_dir) {
         eprintln!("cleaning node {node}: {problem}");
     }
+    // The disk driver's loop devices (their mounts went with the node's purge).
+    for problem in nodeless_volumes::purge::detach_loops_under(data_dir) {
+        eprintln!("cleaning node {node}: {problem}");
+    }
 }
 
 pub mod http3;
