@@ -76,14 +76,18 @@ pub fn on_create(store: &Store, group: &str, kind: &str, obj: &mut Value) {
     }
 }
 
-fn storage_request(pvc: &Value) -> Option<Quantity> {
-    let q = pvc.pointer("/spec/resources/requests/storage")?;
-    let s = match q {
+/// A quantity as an object holds it: a string (`1Gi`) or a bare number.
+pub fn quantity_of(q: Option<&Value>) -> Option<Quantity> {
+    let s = match q? {
         Value::String(s) => s.clone(),
         Value::Number(n) => n.to_string(),
         _ => return None,
     };
     parse_quantity(&s).ok()
+}
+
+fn storage_request(pvc: &Value) -> Option<Quantity> {
+    quantity_of(pvc.pointer("/spec/resources/requests/storage"))
 }
 
 /// Checks that need other objects: a claim's growth needs a class that allows expansion.

@@ -5,7 +5,6 @@
 //! claim (snapshots, cloning, ModifyVolume…). The counts are printed. Nothing of the driver's
 //! disks (loop devices, mounts) is left afterwards.
 
-use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -34,17 +33,6 @@ fn counts(out: &str) -> Option<(u32, u32, u32, u32)> {
             .ok()
     };
     Some((num("Passed")?, num("Failed")?, num("Pending")?, num("Skipped")?))
-}
-
-fn loops_under(dir: &Path) -> usize {
-    let out = Command::new("losetup")
-        .args(["--list", "--noheadings", "--output", "BACK-FILE"])
-        .output()
-        .expect("losetup");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(&*dir.to_string_lossy()))
-        .count()
 }
 
 #[test]
@@ -114,7 +102,10 @@ fn csi_sanity_passes_against_the_disk_driver() {
         assert!(passed >= 55, "only {passed} csi-sanity tests ran and passed ({what})");
     }
     drop(driver);
-    assert_eq!(loops_under(dir.path()), 0, "loop devices left behind");
+    assert!(
+        crate::volumes::loops_under(dir.path()).is_empty(),
+        "loop devices left behind"
+    );
     let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
     assert!(
         !mounts.contains(&*dir.path().to_string_lossy()),

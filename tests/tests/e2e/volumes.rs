@@ -69,7 +69,7 @@ fn events(n: &Nodeless, ns: &str) -> String {
 }
 
 /// Loop devices backed by files under `dir`.
-fn loops_under(dir: &Path) -> Vec<String> {
+pub(crate) fn loops_under(dir: &Path) -> Vec<String> {
     let out = std::process::Command::new("losetup")
         .args(["--list", "--noheadings", "--output", "NAME,BACK-FILE"])
         .output()

@@ -37,7 +37,6 @@ use serde_json::{Value, json};
 
 use super::{Outcome, event, is_deleting, pod_active, split_key, str_at};
 use crate::admission::storage::{PV_PROTECTION, PVC_PROTECTION};
-use crate::admission::{Quantity, parse_quantity};
 use crate::api::error::ApiError;
 use crate::api::local::LocalClient;
 use crate::store::{Event, Stored};
@@ -79,12 +78,7 @@ fn strings(v: Option<&Value>) -> Vec<String> {
 }
 
 fn bytes_of(q: Option<&Value>) -> Option<i64> {
-    let s = match q? {
-        Value::String(s) => s.clone(),
-        Value::Number(n) => n.to_string(),
-        _ => return None,
-    };
-    parse_quantity(&s).ok().map(|q: Quantity| q.units_ceil() as i64)
+    crate::admission::storage::quantity_of(q).map(|q| q.units_ceil() as i64)
 }
 
 /// The size a claim asks for, in bytes.
