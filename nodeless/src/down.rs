@@ -134,10 +134,11 @@ pub fn down(data_dir: &Path, purge: bool) -> anyhow::Result<()> {
                 &crate::node_cmd::node_dir(data_dir),
             ));
         }
+        let abs = std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+        // OSS mounts of pods the node left (their processes exit once detached).
+        problems.extend(nodeless_volumes::purge::unmount_fuse_under(&abs));
         // The disk driver's loop devices (the node's purge took their mounts).
-        problems.extend(nodeless_volumes::purge::detach_loops_under(
-            &std::path::absolute(data_dir).unwrap_or_else(|_| data_dir.to_path_buf()),
-        ));
+        problems.extend(nodeless_volumes::purge::detach_loops_under(&abs));
         if !r.pod_cidrs.is_empty() {
             // eni-cni's egress rule outlives the node while pods run (a restart adopts them).
             let table = nodeless_eni_cni::snat::Snat::table_for(&r.pod_cidrs);

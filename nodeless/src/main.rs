@@ -98,6 +98,25 @@ enum CsiDriver {
         #[arg(long)]
         node_id: String,
     },
+    /// oss.csi.nodeless.io: OSS (or any S3) buckets mounted in pods as FUSE file systems
+    /// (volumes/README.md). Each mount is served by its own `nodeless csi oss-mount` process.
+    Oss {
+        /// Where to serve: unix:///path/to/csi.sock or a path.
+        #[arg(long, default_value = "unix:///run/nodeless/csi/oss.sock")]
+        endpoint: String,
+        /// Where records of volumes and mounts, and files being written, live.
+        #[arg(long, default_value = ".nodeless/csi/oss")]
+        state_dir: PathBuf,
+        /// The node this driver serves (NodeGetInfo), a Kubernetes node name.
+        #[arg(long)]
+        node_id: String,
+    },
+    /// Serve one OSS mount until it is unmounted (started by the OSS driver, not by hand).
+    OssMount {
+        /// The mount's configuration, written by the driver (mode 0600).
+        #[arg(long)]
+        config: PathBuf,
+    },
 }
 
 async fn run_csi(driver: CsiDriver) -> anyhow::Result<()> {
@@ -120,6 +139,25 @@ async fn run_csi(driver: CsiDriver) -> anyhow::Result<()> {
             println!("nodeless: CSI driver stopped (staged and published volumes stay)");
             Ok(())
         }
+        CsiDriver::Oss {
+            endpoint,
+            state_dir,
+            node_id,
+        } => {
+            let oss = nodeless_volumes::OssDriver::new(storage::oss_config(&state_dir, &node_id)?)
+                .with_context(|| format!("starting {} on {}", nodeless_volumes::OSS_DRIVER, state_dir.display()))?;
+            let listener = nodeless_volumes::listen(&endpoint)?;
+            println!("nodeless: {} serving on {endpoint}", nodeless_volumes::OSS_DRIVER);
+            let stop = async {
+                if let Err(e) = wait_for_signal().await {
+                    eprintln!("nodeless: no signal handler ({e}); stopping");
+                }
+            };
+            nodeless_volumes::serve_on(listener, oss, stop).await?;
+            println!("nodeless: CSI driver stopped (mounted volumes stay)");
+            Ok(())
+        }
+        CsiDriver::OssMount { .. } => unreachable!("run before any runtime starts"),
     }
 }
 
@@ -452,13 +490,13 @@ async fn run_control(mut args: UpArgs, with_node: bool) -> anyhow::Result<()> {
     // attaches and expands through it, the node stages and publishes.
     let mut storage = None;
     if with_node && !args.no_node && is_root() {
-        match storage::start_disk(&args.data_dir, &node_cmd::node_name(&args.node)) {
+        match storage::start(&args.data_dir, &node_cmd::node_name(&args.node)) {
             Ok(d) => {
                 cfg.csi_drivers = d.endpoints.clone();
                 args.node.csi_drivers.extend(d.endpoints.clone());
                 storage = Some(d);
             }
-            Err(e) => eprintln!("nodeless: no disk CSI driver started: {e:#}; claims on its class stay Pending"),
+            Err(e) => eprintln!("nodeless: no CSI drivers started: {e:#}; claims on their classes stay Pending"),
         }
     }
     cfg.listen = args.listen;
@@ -490,10 +528,10 @@ async fn run_control(mut args: UpArgs, with_node: bool) -> anyhow::Result<()> {
         tokio::spawn(async move {
             match storage::ensure_objects(client).await {
                 Ok(()) => println!(
-                    "nodeless: disk CSI driver ready (default StorageClass {})",
+                    "nodeless: CSI drivers ready (disk, default StorageClass {}; oss)",
                     storage::DEFAULT_CLASS
                 ),
-                Err(e) => eprintln!("nodeless: the disk CSI driver's objects: {e:#}"),
+                Err(e) => eprintln!("nodeless: the CSI drivers' objects: {e:#}"),
             }
         });
     }
@@ -582,6 +620,13 @@ fn main() -> anyhow::Result<()> {
     // One TLS provider for every client in the process (kube, the registry client).
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
+    // A mount process runs its own runtime and serves FUSE from its own threads.
+    if let Command::Csi {
+        driver: CsiDriver::OssMount { config },
+    } = &cli.command
+    {
+        std::process::exit(nodeless_volumes::oss::mount::run(config));
+    }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {
         Command::Up(args) => rt.block_on(run_control(args, true)),

@@ -370,7 +370,16 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         keeper,
         user_namespaces: !args.no_user_namespaces,
         warm_sandboxes: args.warm_sandboxes,
-        metrics_collectors: pod_network.as_ref().map(|n| n.collectors()).unwrap_or_default(),
+        metrics_collectors: {
+            let mut c = pod_network.as_ref().map(|n| n.collectors()).unwrap_or_default();
+            // The OSS driver `up` runs keeps its mounts' records under `<data>/csi/oss`.
+            if args.csi_drivers.iter().any(|(d, _)| d == nodeless_volumes::OSS_DRIVER) {
+                c.push(Box::new(nodeless_volumes::oss::metrics::OssCollector {
+                    state_dir: std::path::absolute(data_dir.join("csi").join("oss"))?,
+                }));
+            }
+            c
+        },
         csi_drivers: args.csi_drivers.iter().cloned().collect(),
     };
     match nodeless_sandbox_node::node::start(cfg, client).await {

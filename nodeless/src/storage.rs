@@ -1,6 +1,6 @@
-//! The storage `up` runs: the disk CSI driver (`disk.csi.nodeless.io`) on a socket under the data
-//! directory, its CSIDriver object, and the default StorageClass on it, as ASK clusters come
-//! with their disk classes.
+//! The storage `up` runs: the disk CSI driver (`disk.csi.nodeless.io`) and the OSS driver
+//! (`oss.csi.nodeless.io`) on sockets under the data directory, their CSIDriver objects, and
+//! the default StorageClass on disks, as ASK clusters come with their disk and OSS plugins.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -8,7 +8,7 @@ use std::path::Path;
 use anyhow::Context;
 use kube::Api;
 use kube::api::PostParams;
-use nodeless_volumes::{DISK_DRIVER, DiskConfig, DiskDriver};
+use nodeless_volumes::{DISK_DRIVER, DiskConfig, DiskDriver, OSS_DRIVER, OssConfig, OssDriver};
 use serde_json::json;
 
 /// The StorageClass `up` makes the default: disks made for a pod where it is scheduled,
@@ -32,32 +32,61 @@ impl Drivers {
     }
 }
 
-/// Start the disk driver for `node`, its disks under `<data_dir>/csi/disk`, serving on
-/// `<data_dir>/csi/disk.sock`.
-pub fn start_disk(data_dir: &Path, node: &str) -> anyhow::Result<Drivers> {
+/// How the OSS driver of this program is set up: mounts are served by `<this program> csi
+/// oss-mount`.
+pub fn oss_config(state_dir: &Path, node: &str) -> anyhow::Result<OssConfig> {
+    let exe = std::env::current_exe().context("finding this program for the OSS mounts")?;
+    Ok(OssConfig {
+        state_dir: std::path::absolute(state_dir)?,
+        node_id: node.to_string(),
+        mount_command: vec![exe.into(), "csi".into(), "oss-mount".into()],
+    })
+}
+
+/// Start the disk and OSS drivers for `node`, their state under `<data_dir>/csi/{disk,oss}`,
+/// serving on `<data_dir>/csi/{disk,oss}.sock`.
+pub fn start(data_dir: &Path, node: &str) -> anyhow::Result<Drivers> {
     let dir = std::path::absolute(data_dir.join("csi"))?;
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let endpoint = format!("unix://{}", dir.join("disk.sock").display());
-    let driver = DiskDriver::new(DiskConfig::new(dir.join("disk"), node)).context("the disk CSI driver")?;
-    let listener = nodeless_volumes::listen(&endpoint).context("the disk CSI driver's socket")?;
+    let disk_endpoint = format!("unix://{}", dir.join("disk.sock").display());
+    let oss_endpoint = format!("unix://{}", dir.join("oss.sock").display());
+    let disk = DiskDriver::new(DiskConfig::new(dir.join("disk"), node)).context("the disk CSI driver")?;
+    let oss = OssDriver::new(oss_config(&dir.join("oss"), node)?).context("the OSS CSI driver")?;
+    let disk_listener = nodeless_volumes::listen(&disk_endpoint).context("the disk CSI driver's socket")?;
+    let oss_listener = nodeless_volumes::listen(&oss_endpoint).context("the OSS CSI driver's socket")?;
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        let shutdown = async {
-            let _ = stopped.await;
-        };
-        if let Err(e) = nodeless_volumes::serve_on(listener, driver, shutdown).await {
-            tracing::error!(error = %e, "the disk CSI driver stopped");
+        let (tx, _) = tokio::sync::broadcast::channel::<()>(1);
+        let mut a = tx.subscribe();
+        let mut b = tx.subscribe();
+        let disk = tokio::spawn(nodeless_volumes::serve_on(disk_listener, disk, async move {
+            let _ = a.recv().await;
+        }));
+        let oss = tokio::spawn(nodeless_volumes::serve_on(oss_listener, oss, async move {
+            let _ = b.recv().await;
+        }));
+        let _ = stopped.await;
+        let _ = tx.send(());
+        for (name, t) in [(DISK_DRIVER, disk), (OSS_DRIVER, oss)] {
+            match t.await {
+                Ok(Err(e)) => tracing::error!(driver = name, error = %e, "a CSI driver stopped"),
+                Err(e) => tracing::error!(driver = name, error = %e, "a CSI driver failed"),
+                Ok(Ok(())) => {}
+            }
         }
     });
     Ok(Drivers {
-        endpoints: BTreeMap::from([(DISK_DRIVER.to_string(), endpoint)]),
+        endpoints: BTreeMap::from([
+            (DISK_DRIVER.to_string(), disk_endpoint),
+            (OSS_DRIVER.to_string(), oss_endpoint),
+        ]),
         stop: Some(stop),
         task,
     })
 }
 
-/// The CSIDriver object of the disk driver and the default StorageClass, made when missing
-/// (an administrator's changes to them are kept).
+/// The CSIDriver objects of the drivers and the default StorageClass, made when missing (an
+/// administrator's changes to them are kept).
 pub async fn ensure_objects(client: kube::Client) -> anyhow::Result<()> {
     let drivers: Api<k8s_openapi::api::storage::v1::CSIDriver> = Api::all(client.clone());
     let driver = serde_json::from_value(json!({
@@ -67,6 +96,14 @@ pub async fn ensure_objects(client: kube::Client) -> anyhow::Result<()> {
             "volumeLifecycleModes": ["Persistent"]},
     }))?;
     create_missing(drivers.create(&PostParams::default(), &driver).await)?;
+    // Buckets attach nowhere, and ownership is the mount's (uid/gid/umask), not fsGroup's.
+    let oss = serde_json::from_value(json!({
+        "apiVersion": "storage.k8s.io/v1", "kind": "CSIDriver",
+        "metadata": {"name": OSS_DRIVER},
+        "spec": {"attachRequired": false, "podInfoOnMount": false, "fsGroupPolicy": "None",
+            "volumeLifecycleModes": ["Persistent"]},
+    }))?;
+    create_missing(drivers.create(&PostParams::default(), &oss).await)?;
     let classes: Api<k8s_openapi::api::storage::v1::StorageClass> = Api::all(client);
     let class = serde_json::from_value(json!({
         "apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",

@@ -237,6 +237,8 @@ impl CsiPlugins {
             .unwrap_or_default()
             .into_iter()
             .collect();
+        let stage_secrets = secrets_of(client, source.node_stage_secret_ref.as_ref(), &pv_name).await?;
+        let publish_secrets = secrets_of(client, source.node_publish_secret_ref.as_ref(), &pv_name).await?;
         let dir = pod_dir.join("csi");
         std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
         let staging = if self.stages(&mut c).await? {
@@ -272,7 +274,7 @@ impl CsiPlugins {
                 staging_target_path: staging.display().to_string(),
                 volume_capability: Some(cap.clone()),
                 volume_context: context.clone(),
-                ..Default::default()
+                secrets: stage_secrets,
             })
             .await
             .map_err(|s| err(&format!("MountVolume.MountDevice failed for volume \"{pv_name}\""), s))?;
@@ -288,7 +290,7 @@ impl CsiPlugins {
             volume_capability: Some(cap),
             readonly: published.read_only,
             volume_context: context,
-            ..Default::default()
+            secrets: publish_secrets,
         })
         .await
         .map_err(|s| err(&format!("MountVolume.SetUp failed for volume \"{pv_name}\""), s))?;
@@ -491,6 +493,31 @@ impl CsiPlugins {
         }
         Ok(u)
     }
+}
+
+/// The data of the Secret a PersistentVolume names for a CSI call (`nodePublishSecretRef`,
+/// `nodeStageSecretRef`), as kubelet hands it to the driver; none when it names none.
+async fn secrets_of(
+    client: &kube::Client,
+    r: Option<&k8s_openapi::api::core::v1::SecretReference>,
+    pv: &str,
+) -> Result<HashMap<String, String>, String> {
+    let Some(r) = r else {
+        return Ok(HashMap::new());
+    };
+    let name = r.name.clone().unwrap_or_default();
+    let ns = r.namespace.clone().unwrap_or_else(|| "default".into());
+    let secrets: Api<k8s_openapi::api::core::v1::Secret> = Api::namespaced(client.clone(), &ns);
+    let secret = secrets
+        .get_opt(&name)
+        .await
+        .map_err(|e| format!("reading secret {ns}/{name} of PersistentVolume {pv:?}: {e}"))?
+        .ok_or_else(|| format!("secret {ns}/{name} of PersistentVolume {pv:?} not found"))?;
+    let mut out: HashMap<String, String> = secret.string_data.unwrap_or_default().into_iter().collect();
+    for (k, v) in secret.data.unwrap_or_default() {
+        out.insert(k, String::from_utf8_lossy(&v.0).into_owned());
+    }
+    Ok(out)
 }
 
 /// kubelet's fsGroup ownership: every file and directory of the volume gets group `gid` and

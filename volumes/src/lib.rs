@@ -6,6 +6,7 @@
 //! shared crate `nodeless-csi`, re-exported here.
 //!
 //! - [`disk`]: `disk.csi.nodeless.io`, loop devices over sparse files standing for cloud disks.
+//! - [`oss`]: `oss.csi.nodeless.io`, buckets mounted as FUSE file systems over the S3 API.
 //! - [`host`]: every kernel and tool call the drivers make (losetup, mkfs, mount, statvfs),
 //!   behind one trait that unit tests fake.
 
@@ -14,8 +15,11 @@
 pub mod disk;
 pub mod error;
 pub mod host;
+pub mod locks;
+pub mod oss;
 pub mod purge;
 
 pub use disk::{DISK_DRIVER, DiskConfig, DiskDriver};
 pub use error::Error;
 pub use nodeless_csi::{EndpointError, capability, connect, csi, endpoint, listen, serve, serve_on};
+pub use oss::{OSS_DRIVER, OssConfig, OssDriver};

@@ -31,3 +31,24 @@ pub fn detach_loops_under(dir: &Path) -> Vec<String> {
     }
     problems
 }
+
+/// Detach every FUSE mount under `dir` (the OSS mounts of pods the node left behind); their
+/// processes exit once the kernel lets the mounts go. The mounts it could not detach, with why.
+pub fn unmount_fuse_under(dir: &Path) -> Vec<String> {
+    let Ok(text) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut problems = Vec::new();
+    // Deepest first, so nested mounts go before the ones they sit on.
+    let mut mounts: Vec<_> = crate::host::mountinfo::parse(&text)
+        .into_iter()
+        .filter(|m| m.fs_type.starts_with("fuse") && m.mount_point.starts_with(dir))
+        .collect();
+    mounts.sort_by_key(|m| std::cmp::Reverse(m.mount_point.components().count()));
+    for m in mounts {
+        if let Err(e) = rustix::mount::unmount(&m.mount_point, rustix::mount::UnmountFlags::DETACH) {
+            problems.push(format!("{}: {e}", m.mount_point.display()));
+        }
+    }
+    problems
+}

@@ -14,12 +14,12 @@
 //! calls for different volumes run side by side) on the blocking pool, since losetup, mkfs and
 //! mount take milliseconds to seconds.
 
-use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use crate::error::Error;
 use crate::host::{Host, System};
+use crate::locks::Locks;
 
 mod controller;
 mod identity;
@@ -83,21 +83,6 @@ struct Context {
     node_id: String,
     max_volumes_per_node: i64,
     locks: Locks,
-}
-
-/// One async lock per volume id, made on first use and dropped when no call holds it.
-#[derive(Default)]
-struct Locks(Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>);
-
-impl Locks {
-    async fn lock(&self, key: &str) -> tokio::sync::OwnedMutexGuard<()> {
-        let m = {
-            let mut map = self.0.lock().unwrap_or_else(|p| p.into_inner());
-            map.retain(|_, m| Arc::strong_count(m) > 1);
-            map.entry(key.to_string()).or_default().clone()
-        };
-        m.lock_owned().await
-    }
 }
 
 impl DiskDriver {

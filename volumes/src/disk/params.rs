@@ -318,6 +318,11 @@ const ID_HASH_HEX: usize = 16;
 /// a name, never the same for two names, and a safe file name whatever the name holds (CSI
 /// names are any UTF-8 string of up to 128 bytes; kubelet's are `pvc-<uid>`).
 pub fn volume_id(name: &str) -> String {
+    id_for(ID_PREFIX, name)
+}
+
+/// [`volume_id`] with another driver's prefix (`oss-`, `nas-`).
+pub fn id_for(prefix: &str, name: &str) -> String {
     let mut readable = String::new();
     for c in name.chars() {
         if readable.len() >= ID_READABLE_MAX {
@@ -333,13 +338,18 @@ pub fn volume_id(name: &str) -> String {
     let readable = readable.trim_end_matches('-');
     let readable = if readable.is_empty() { "vol" } else { readable };
     let hash = hex::encode(Sha256::digest(name.as_bytes()));
-    format!("{ID_PREFIX}{readable}-{}", &hash[..ID_HASH_HEX])
+    format!("{prefix}{readable}-{}", &hash[..ID_HASH_HEX])
 }
 
 /// Whether `id` has the shape [`volume_id`] gives; anything else names no disk of this driver
 /// (and is never used as a file name).
 pub fn is_volume_id(id: &str) -> bool {
-    let Some(rest) = id.strip_prefix(ID_PREFIX) else {
+    is_id_for(ID_PREFIX, id)
+}
+
+/// [`is_volume_id`] with another driver's prefix.
+pub fn is_id_for(prefix: &str, id: &str) -> bool {
+    let Some(rest) = id.strip_prefix(prefix) else {
         return false;
     };
     let Some((readable, hash)) = rest.rsplit_once('-') else {

@@ -41,6 +41,7 @@ impl Drivers {
         bytes: i64,
         capability: VolumeCapability,
         parameters: BTreeMap<String, String>,
+        secrets: HashMap<String, String>,
     ) -> CsiResult<csi::Volume> {
         let mut c = self.controller(driver).await?;
         let req = csi::CreateVolumeRequest {
@@ -48,6 +49,7 @@ impl Drivers {
             capacity_range: Some(nodeless_csi::capability::at_least(bytes)),
             volume_capabilities: vec![capability],
             parameters: parameters.into_iter().collect::<HashMap<_, _>>(),
+            secrets,
             ..Default::default()
         };
         let out = c.create_volume(req).await.map_err(status)?.into_inner();
@@ -55,11 +57,11 @@ impl Drivers {
             .ok_or_else(|| format!("CSI driver {driver:?} created a volume and returned none"))
     }
 
-    pub async fn delete(&self, driver: &str, volume_id: &str) -> CsiResult<()> {
+    pub async fn delete(&self, driver: &str, volume_id: &str, secrets: HashMap<String, String>) -> CsiResult<()> {
         let mut c = self.controller(driver).await?;
         c.delete_volume(csi::DeleteVolumeRequest {
             volume_id: volume_id.to_string(),
-            ..Default::default()
+            secrets,
         })
         .await
         .map_err(status)?;

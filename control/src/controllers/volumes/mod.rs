@@ -28,7 +28,7 @@ pub mod attach;
 pub mod csi;
 pub mod ephemeral;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -60,6 +60,47 @@ fn claims(client: &LocalClient) -> std::sync::Arc<crate::api::registry::Served> 
 
 fn volumes(client: &LocalClient) -> std::sync::Arc<crate::api::registry::Served> {
     client.served("", "persistentvolumes")
+}
+
+/// The secret references a StorageClass may give, as the external provisioner reads them:
+/// `csi.storage.k8s.io/<kind>-secret-{name,namespace}` → the PV's `spec.csi.<field>`.
+const SECRET_REFS: [(&str, &str); 4] = [
+    ("node-publish", "nodePublishSecretRef"),
+    ("node-stage", "nodeStageSecretRef"),
+    ("controller-publish", "controllerPublishSecretRef"),
+    ("controller-expand", "controllerExpandSecretRef"),
+];
+
+/// A StorageClass's secret reference of `kind` for a claim, its templates filled
+/// (`${pvc.namespace}`, `${pvc.name}`, `${pv.name}`); `None` when the class names none.
+fn secret_ref(parameters: &BTreeMap<String, String>, kind: &str, pvc: &Value, pv: &str) -> Option<(String, String)> {
+    let fill = |s: &str| {
+        s.replace("${pvc.namespace}", str_at(pvc, "/metadata/namespace"))
+            .replace("${pvc.name}", str_at(pvc, "/metadata/name"))
+            .replace("${pv.name}", pv)
+    };
+    let name = parameters.get(&format!("csi.storage.k8s.io/{kind}-secret-name"))?;
+    let ns = parameters
+        .get(&format!("csi.storage.k8s.io/{kind}-secret-namespace"))
+        .map(String::as_str)
+        .unwrap_or("default");
+    Some((fill(ns), fill(name)))
+}
+
+/// The data of Secret `ns/name`, decoded (what a CSI call carries as `secrets`).
+fn secret_data(client: &LocalClient, ns: &str, name: &str) -> Result<HashMap<String, String>, String> {
+    use base64::Engine;
+    let secret = client
+        .get(&client.served("", "secrets"), Some(ns), name)
+        .ok_or_else(|| format!("secret \"{ns}/{name}\" not found"))?;
+    let mut out = HashMap::new();
+    for (k, v) in secret.obj.get("data").and_then(Value::as_object).into_iter().flatten() {
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(v.as_str().unwrap_or_default())
+            .map_err(|e| format!("secret \"{ns}/{name}\" key {k:?}: {e}"))?;
+        out.insert(k.clone(), String::from_utf8_lossy(&bytes).into_owned());
+    }
+    Ok(out)
 }
 
 fn annotation<'a>(obj: &'a Value, key: &str) -> &'a str {
@@ -495,12 +536,28 @@ async fn provision(client: &LocalClient, drivers: &Drivers, pvc: &Stored) -> Out
         .unwrap_or_default();
     let mount_options = strings(class.obj.get("mountOptions"));
     let cap = capability::volume_capability(&modes, volume_mode(&pvc.obj), &fs_type, &mount_options);
+    let provisioner_secret = secret_ref(&parameters, "provisioner", &pvc.obj, &pv_name);
+    let secrets = match &provisioner_secret {
+        Some((sns, sname)) => match secret_data(client, sns, sname) {
+            Ok(d) => d,
+            Err(why) => {
+                let msg = format!("failed to provision volume with StorageClass \"{class_name}\": {why}");
+                note(client, &pvc.obj, "Warning", "ProvisioningFailed", &msg).await;
+                return Ok(Some(RETRY));
+            }
+        },
+        None => HashMap::new(),
+    };
+    let refs: Vec<(&str, (String, String))> = SECRET_REFS
+        .iter()
+        .filter_map(|(kind, field)| secret_ref(&parameters, kind, &pvc.obj, &pv_name).map(|r| (*field, r)))
+        .collect();
     let driver_params: BTreeMap<String, String> = parameters
         .into_iter()
         .filter(|(k, _)| !k.starts_with("csi.storage.k8s.io/"))
         .collect();
     let volume = match drivers
-        .create(&driver, &pv_name, requested(&pvc.obj), cap, driver_params)
+        .create(&driver, &pv_name, requested(&pvc.obj), cap, driver_params, secrets)
         .await
     {
         Ok(v) => v,
@@ -520,14 +577,18 @@ async fn provision(client: &LocalClient, drivers: &Drivers, pvc: &Stored) -> Out
         json!(format!("nodeless-{driver}")),
     );
     let mut csi_source = json!({"driver": driver, "volumeHandle": volume.volume_id, "volumeAttributes": attributes});
+    for (field, (sns, sname)) in refs {
+        csi_source[field] = json!({"name": sname, "namespace": sns});
+    }
+    let (deletion_name, deletion_ns) = provisioner_secret.map(|(ns, name)| (name, ns)).unwrap_or_default();
     if volume_mode(&pvc.obj) != "Block" {
         csi_source["fsType"] = json!(if fs_type.is_empty() { "ext4" } else { fs_type.as_str() });
     }
     let mut pv = json!({
         "apiVersion": "v1", "kind": "PersistentVolume",
         "metadata": {"name": pv_name, "annotations": {PROVISIONED_BY: driver,
-            "volume.kubernetes.io/provisioner-deletion-secret-name": "",
-            "volume.kubernetes.io/provisioner-deletion-secret-namespace": ""}},
+            "volume.kubernetes.io/provisioner-deletion-secret-name": deletion_name,
+            "volume.kubernetes.io/provisioner-deletion-secret-namespace": deletion_ns}},
         "spec": {
             "capacity": {"storage": capability::quantity(volume.capacity_bytes.max(requested(&pvc.obj)))},
             "accessModes": modes,
@@ -759,7 +820,23 @@ async fn reconcile_volume(client: &LocalClient, drivers: &Drivers, key: &str) ->
     let pv = client
         .get(&pvs, None, name)
         .ok_or_else(|| client.not_found(&pvs, name))?;
-    if let Err(why) = drivers.delete(&driver, str_at(&pv.obj, "/spec/csi/volumeHandle")).await {
+    // The provisioner's secret, as recorded on the volume when it was made.
+    let secrets = match (
+        annotation(&pv.obj, "volume.kubernetes.io/provisioner-deletion-secret-namespace"),
+        annotation(&pv.obj, "volume.kubernetes.io/provisioner-deletion-secret-name"),
+    ) {
+        (_, "") => Ok(HashMap::new()),
+        (sns, sname) => secret_data(client, sns, sname),
+    };
+    let deleted = match secrets {
+        Ok(secrets) => {
+            drivers
+                .delete(&driver, str_at(&pv.obj, "/spec/csi/volumeHandle"), secrets)
+                .await
+        }
+        Err(why) => Err(why),
+    };
+    if let Err(why) = deleted {
         let msg = format!("rpc error deleting volume {name}: {why}");
         note(client, &pv.obj, "Warning", "VolumeFailedDelete", &msg).await;
         set_volume_phase(client, &pv, "Failed", Some(&msg)).await?;

@@ -1,0 +1,492 @@
+//! `oss.csi.nodeless.io`: object storage buckets (Alibaba OSS, or any S3 API) mounted in pods,
+//! with the volume attributes of alibaba-cloud-csi-driver's ossplugin (`bucket`, `url`, `path`,
+//! `otherOpts`, and `akId`/`akSecret` from `nodePublishSecretRef`), so PVs written for ASK carry
+//! over.
+//!
+//! Each published volume is a FUSE mount ([`fs`]) served by its own process, `nodeless csi
+//! oss-mount`, which the driver starts in a process group of its own and does not keep: a
+//! driver or node that is killed or restarted leaves running pods' mounts serving, and finds
+//! them again from its records (`<state>/mounts/<hash of the target>/`: the mount's
+//! configuration, mode 0600, its pid, log and counters).
+//!
+//! Dynamic provisioning (`volumeAs: subpath`, the default) gives each claim its own prefix
+//! `<path>/<volume name>/` in the class's bucket; deleting the volume deletes the objects under
+//! it. The controller keeps a record per volume under `<state>/volumes/` so DeleteVolume knows
+//! the bucket; the credentials always come with the call (the provisioner secret), never from
+//! the records.
+
+use std::collections::HashMap;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::csi::controller_server::Controller;
+use crate::csi::identity_server::Identity;
+use crate::csi::node_server::Node;
+use crate::csi::volume_capability::AccessType;
+use crate::csi::*;
+use crate::error::Error;
+use crate::locks::Locks;
+
+pub mod fs;
+pub mod metrics;
+pub mod mount;
+pub mod params;
+pub mod s3;
+
+/// The driver's name.
+pub const OSS_DRIVER: &str = "oss.csi.nodeless.io";
+/// The volume id prefix of dynamically provisioned volumes.
+const ID_PREFIX: &str = "oss-";
+
+type Reply<T> = Result<tonic::Response<T>, tonic::Status>;
+
+/// How an OSS driver is set up.
+#[derive(Clone, Debug)]
+pub struct OssConfig {
+    /// Records of volumes and mounts, and the staging area of files being written.
+    pub state_dir: PathBuf,
+    pub node_id: String,
+    /// The program (and its first arguments) that serves one mount: `nodeless csi oss-mount`.
+    /// `--config <file>` is added.
+    pub mount_command: Vec<OsString>,
+}
+
+/// The OSS driver: serve it with [`crate::serve`]. Cloning shares it.
+#[derive(Clone)]
+pub struct OssDriver {
+    ctx: Arc<Ctx>,
+}
+
+struct Ctx {
+    config: OssConfig,
+    locks: Locks,
+}
+
+/// What the controller keeps of a volume it made.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+struct VolumeRecord {
+    name: String,
+    /// The volume's attributes (its context): bucket, url, path, otherOpts.
+    attributes: HashMap<String, String>,
+}
+
+impl OssDriver {
+    pub fn new(config: OssConfig) -> Result<OssDriver, Error> {
+        if config.mount_command.is_empty() {
+            return Err(Error::invalid("mount command", "names no program"));
+        }
+        for d in ["volumes", "mounts", "cache"] {
+            let p = config.state_dir.join(d);
+            std::fs::create_dir_all(&p).map_err(|e| Error::io("mkdir", &p, e))?;
+        }
+        Ok(OssDriver {
+            ctx: Arc::new(Ctx {
+                config,
+                locks: Locks::default(),
+            }),
+        })
+    }
+
+    fn volume_record(&self, id: &str) -> PathBuf {
+        self.ctx.config.state_dir.join("volumes").join(format!("{id}.json"))
+    }
+}
+
+fn status(e: Error) -> tonic::Status {
+    e.into()
+}
+
+fn required<'a>(field: &'static str, v: &'a str) -> Result<&'a str, tonic::Status> {
+    if v.is_empty() {
+        Err(status(Error::Missing(field)))
+    } else {
+        Ok(v)
+    }
+}
+
+/// Mount capabilities in any access mode; block is refused (a bucket is not a device).
+fn check_capabilities(field: &'static str, caps: &[VolumeCapability]) -> Result<bool, tonic::Status> {
+    if caps.is_empty() {
+        return Err(status(Error::Missing(field)));
+    }
+    let mut read_only = true;
+    for c in caps {
+        match c.access_type {
+            Some(AccessType::Mount(_)) => {}
+            Some(AccessType::Block(_)) => {
+                return Err(status(Error::invalid(
+                    field,
+                    "a bucket is mounted as files, not as a block device",
+                )));
+            }
+            None => return Err(status(Error::invalid(field, "access_type (mount) is required"))),
+        }
+        let mode = c.access_mode.as_ref().map(|m| m.mode).unwrap_or(0);
+        use volume_capability::access_mode::Mode;
+        match Mode::try_from(mode) {
+            Ok(Mode::Unknown) | Err(_) => {
+                return Err(status(Error::invalid(field, format!("unknown access mode {mode}"))));
+            }
+            Ok(Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly) => {}
+            Ok(_) => read_only = false,
+        }
+    }
+    Ok(read_only)
+}
+
+#[tonic::async_trait]
+impl Identity for OssDriver {
+    async fn get_plugin_info(&self, _: tonic::Request<GetPluginInfoRequest>) -> Reply<GetPluginInfoResponse> {
+        Ok(tonic::Response::new(GetPluginInfoResponse {
+            name: OSS_DRIVER.to_string(),
+            vendor_version: env!("CARGO_PKG_VERSION").to_string(),
+            manifest: Default::default(),
+        }))
+    }
+
+    async fn get_plugin_capabilities(
+        &self,
+        _: tonic::Request<GetPluginCapabilitiesRequest>,
+    ) -> Reply<GetPluginCapabilitiesResponse> {
+        Ok(tonic::Response::new(GetPluginCapabilitiesResponse {
+            capabilities: vec![PluginCapability {
+                r#type: Some(plugin_capability::Type::Service(plugin_capability::Service {
+                    r#type: plugin_capability::service::Type::ControllerService as i32,
+                })),
+            }],
+        }))
+    }
+
+    async fn probe(&self, _: tonic::Request<ProbeRequest>) -> Reply<ProbeResponse> {
+        if !self.ctx.config.state_dir.is_dir() {
+            return Err(tonic::Status::failed_precondition(format!(
+                "state directory {} is gone",
+                self.ctx.config.state_dir.display()
+            )));
+        }
+        Ok(tonic::Response::new(ProbeResponse { ready: Some(true) }))
+    }
+}
+
+fn ctrl_cap(t: controller_service_capability::rpc::Type) -> ControllerServiceCapability {
+    ControllerServiceCapability {
+        r#type: Some(controller_service_capability::Type::Rpc(
+            controller_service_capability::Rpc { r#type: t as i32 },
+        )),
+    }
+}
+
+fn s3_of(v: &params::Volume, secrets: &HashMap<String, String>) -> Result<s3::S3, tonic::Status> {
+    let creds = params::credentials(secrets).map_err(status)?;
+    s3::S3::new(&v.endpoint, &v.bucket, &v.region, v.path_style, creds).map_err(tonic::Status::invalid_argument)
+}
+
+fn s3_status(what: &str, e: s3::S3Error) -> tonic::Status {
+    match e {
+        s3::S3Error::Denied(m) => tonic::Status::permission_denied(format!("{what}: {m}")),
+        s3::S3Error::Transport(m) => tonic::Status::unavailable(format!("{what}: {m}")),
+        e => tonic::Status::internal(format!("{what}: {e}")),
+    }
+}
+
+#[tonic::async_trait]
+impl Controller for OssDriver {
+    async fn create_volume(&self, request: tonic::Request<CreateVolumeRequest>) -> Reply<CreateVolumeResponse> {
+        let req = request.into_inner();
+        let name = required("name", &req.name)?.to_string();
+        check_capabilities("volume_capabilities", &req.volume_capabilities)?;
+        if req.volume_content_source.is_some() {
+            return Err(tonic::Status::invalid_argument(
+                "volume_content_source: OSS volumes cannot be made from snapshots or other volumes",
+            ));
+        }
+        let mut attributes: HashMap<String, String> = req
+            .parameters
+            .iter()
+            .filter(|(k, _)| !k.starts_with("csi.storage.k8s.io/"))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        match attributes.remove("volumeAs").as_deref() {
+            None | Some("subpath") => {}
+            Some(other) => {
+                return Err(status(Error::invalid(
+                    "parameters.volumeAs",
+                    format!("{other:?}: only \"subpath\" (a prefix per volume) is offered"),
+                )));
+            }
+        }
+        let base = params::prefix_of(attributes.get("path").map(String::as_str).unwrap_or("/")).map_err(status)?;
+        attributes.insert("path".into(), format!("/{base}{}", sanitize(&name)));
+        let v = params::volume(&attributes, false).map_err(status)?;
+        let id = crate::disk::params::id_for(ID_PREFIX, &name);
+        let _guard = self.ctx.locks.lock(&id).await;
+        let record = self.volume_record(&id);
+        let wanted = VolumeRecord {
+            name: name.clone(),
+            attributes: attributes.clone(),
+        };
+        if let Ok(text) = std::fs::read(&record) {
+            let had: VolumeRecord = serde_json::from_slice(&text).map_err(|e| {
+                status(Error::Record {
+                    path: record.clone(),
+                    source: e,
+                })
+            })?;
+            if had != wanted {
+                return Err(tonic::Status::already_exists(format!(
+                    "volume {name:?} exists with other parameters"
+                )));
+            }
+        } else {
+            let s3 = s3_of(&v, &req.secrets)?;
+            // The prefix's marker, so the volume's top directory exists while it is empty.
+            s3.put(&v.prefix, bytes::Bytes::new())
+                .await
+                .map_err(|e| s3_status(&format!("making {}{}", v.bucket, v.prefix), e))?;
+            write_atomic(&record, &serde_json::to_vec(&wanted).unwrap_or_default(), 0o644).map_err(status)?;
+        }
+        let capacity = req.capacity_range.map(|r| r.required_bytes.max(0)).unwrap_or(0);
+        Ok(tonic::Response::new(CreateVolumeResponse {
+            volume: Some(crate::csi::Volume {
+                capacity_bytes: capacity,
+                volume_id: id,
+                volume_context: attributes,
+                ..Default::default()
+            }),
+        }))
+    }
+
+    async fn delete_volume(&self, request: tonic::Request<DeleteVolumeRequest>) -> Reply<DeleteVolumeResponse> {
+        let req = request.into_inner();
+        let id = required("volume_id", &req.volume_id)?.to_string();
+        if !crate::disk::params::is_id_for(ID_PREFIX, &id) {
+            // Not one this driver made: nothing of it is here to delete.
+            return Ok(tonic::Response::new(DeleteVolumeResponse {}));
+        }
+        let _guard = self.ctx.locks.lock(&id).await;
+        let record = self.volume_record(&id);
+        let Ok(text) = std::fs::read(&record) else {
+            return Ok(tonic::Response::new(DeleteVolumeResponse {}));
+        };
+        let had: VolumeRecord = serde_json::from_slice(&text).map_err(|e| {
+            status(Error::Record {
+                path: record.clone(),
+                source: e,
+            })
+        })?;
+        let v = params::volume(&had.attributes, false).map_err(status)?;
+        let s3 = s3_of(&v, &req.secrets)?;
+        let what = format!("deleting {}/{}", v.bucket, v.prefix);
+        let objects = s3.list_all(&v.prefix).await.map_err(|e| s3_status(&what, e))?;
+        for o in objects {
+            s3.delete(&o.key).await.map_err(|e| s3_status(&what, e))?;
+        }
+        std::fs::remove_file(&record).map_err(|e| status(Error::io("unlink", &record, e)))?;
+        Ok(tonic::Response::new(DeleteVolumeResponse {}))
+    }
+
+    async fn validate_volume_capabilities(
+        &self,
+        request: tonic::Request<ValidateVolumeCapabilitiesRequest>,
+    ) -> Reply<ValidateVolumeCapabilitiesResponse> {
+        let req = request.into_inner();
+        let id = required("volume_id", &req.volume_id)?;
+        check_capabilities("volume_capabilities", &req.volume_capabilities)?;
+        if !self.volume_record(id).is_file() || !crate::disk::params::is_id_for(ID_PREFIX, id) {
+            return Err(tonic::Status::not_found(format!("volume {id} does not exist")));
+        }
+        Ok(tonic::Response::new(ValidateVolumeCapabilitiesResponse {
+            confirmed: Some(validate_volume_capabilities_response::Confirmed {
+                volume_context: req.volume_context,
+                volume_capabilities: req.volume_capabilities,
+                parameters: req.parameters,
+                mutable_parameters: Default::default(),
+            }),
+            message: String::new(),
+        }))
+    }
+
+    async fn controller_get_capabilities(
+        &self,
+        _: tonic::Request<ControllerGetCapabilitiesRequest>,
+    ) -> Reply<ControllerGetCapabilitiesResponse> {
+        use controller_service_capability::rpc::Type;
+        Ok(tonic::Response::new(ControllerGetCapabilitiesResponse {
+            capabilities: vec![ctrl_cap(Type::CreateDeleteVolume)],
+        }))
+    }
+}
+
+/// A volume name as a key segment: what S3 keys take without escaping.
+fn sanitize(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.') {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect()
+}
+
+fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| Error::io("open", &tmp, e))?;
+    f.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
+    f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
+    std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))
+}
+
+fn node_cap(t: node_service_capability::rpc::Type) -> NodeServiceCapability {
+    NodeServiceCapability {
+        r#type: Some(node_service_capability::Type::Rpc(node_service_capability::Rpc {
+            r#type: t as i32,
+        })),
+    }
+}
+
+#[tonic::async_trait]
+impl Node for OssDriver {
+    async fn node_stage_volume(&self, _: tonic::Request<NodeStageVolumeRequest>) -> Reply<NodeStageVolumeResponse> {
+        Err(tonic::Status::unimplemented(
+            "OSS volumes are mounted per pod; there is no staging",
+        ))
+    }
+
+    async fn node_unstage_volume(
+        &self,
+        _: tonic::Request<NodeUnstageVolumeRequest>,
+    ) -> Reply<NodeUnstageVolumeResponse> {
+        Err(tonic::Status::unimplemented(
+            "OSS volumes are mounted per pod; there is no staging",
+        ))
+    }
+
+    async fn node_publish_volume(
+        &self,
+        request: tonic::Request<NodePublishVolumeRequest>,
+    ) -> Reply<NodePublishVolumeResponse> {
+        let req = request.into_inner();
+        let id = required("volume_id", &req.volume_id)?.to_string();
+        let target = PathBuf::from(required("target_path", &req.target_path)?);
+        let cap = req
+            .volume_capability
+            .clone()
+            .ok_or_else(|| status(Error::Missing("volume_capability")))?;
+        let cap_ro = check_capabilities("volume_capability", std::slice::from_ref(&cap))?;
+        let attributes: HashMap<String, String> = req.volume_context.clone().into_iter().collect();
+        let v = params::volume(&attributes, req.readonly || cap_ro).map_err(status)?;
+        let creds = params::credentials(&req.secrets).map_err(status)?;
+        let _guard = self.ctx.locks.lock(&target.display().to_string()).await;
+        let ctx = self.ctx.clone();
+        let r = mount::publish(&ctx.config, &id, &target, v, creds).await;
+        r.map(|()| tonic::Response::new(NodePublishVolumeResponse {}))
+    }
+
+    async fn node_unpublish_volume(
+        &self,
+        request: tonic::Request<NodeUnpublishVolumeRequest>,
+    ) -> Reply<NodeUnpublishVolumeResponse> {
+        let req = request.into_inner();
+        required("volume_id", &req.volume_id)?;
+        let target = PathBuf::from(required("target_path", &req.target_path)?);
+        let _guard = self.ctx.locks.lock(&target.display().to_string()).await;
+        mount::unpublish(&self.ctx.config, &target).await?;
+        Ok(tonic::Response::new(NodeUnpublishVolumeResponse {}))
+    }
+
+    async fn node_get_volume_stats(
+        &self,
+        request: tonic::Request<NodeGetVolumeStatsRequest>,
+    ) -> Reply<NodeGetVolumeStatsResponse> {
+        let req = request.into_inner();
+        required("volume_id", &req.volume_id)?;
+        let path = PathBuf::from(required("volume_path", &req.volume_path)?);
+        mount::stats(&path).await.map(tonic::Response::new)
+    }
+
+    async fn node_get_volume_health(
+        &self,
+        request: tonic::Request<NodeGetVolumeHealthRequest>,
+    ) -> Reply<NodeGetVolumeHealthResponse> {
+        let req = request.into_inner();
+        let id = required("volume_id", &req.volume_id)?.to_string();
+        let path = PathBuf::from(required("volume_publish_path", &req.volume_publish_path)?);
+        let statuses = mount::health(&self.ctx.config, &path).await;
+        Ok(tonic::Response::new(NodeGetVolumeHealthResponse {
+            volume_health: Some(VolumeHealth {
+                volume_id: id,
+                health_statuses: statuses,
+            }),
+        }))
+    }
+
+    async fn node_expand_volume(&self, _: tonic::Request<NodeExpandVolumeRequest>) -> Reply<NodeExpandVolumeResponse> {
+        Err(tonic::Status::unimplemented("a bucket has no size to grow"))
+    }
+
+    async fn node_get_capabilities(
+        &self,
+        _: tonic::Request<NodeGetCapabilitiesRequest>,
+    ) -> Reply<NodeGetCapabilitiesResponse> {
+        use node_service_capability::rpc::Type;
+        Ok(tonic::Response::new(NodeGetCapabilitiesResponse {
+            capabilities: vec![node_cap(Type::GetVolumeStats), node_cap(Type::GetVolumeHealth)],
+        }))
+    }
+
+    async fn node_get_info(&self, _: tonic::Request<NodeGetInfoRequest>) -> Reply<NodeGetInfoResponse> {
+        Ok(tonic::Response::new(NodeGetInfoResponse {
+            node_id: self.ctx.config.node_id.clone(),
+            max_volumes_per_node: 0,
+            accessible_topology: None,
+        }))
+    }
+}
+
+/// The record directory of a mount at `target`.
+fn mount_dir(config: &OssConfig, target: &Path) -> PathBuf {
+    let h = hex::encode(Sha256::digest(target.as_os_str().as_encoded_bytes()));
+    config.state_dir.join("mounts").join(&h[..24])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn capabilities_are_mounts_in_any_mode() {
+        use volume_capability::access_mode::Mode;
+        let cap = |mode: Mode, block: bool| VolumeCapability {
+            access_mode: Some(volume_capability::AccessMode { mode: mode as i32 }),
+            access_type: Some(if block {
+                AccessType::Block(Default::default())
+            } else {
+                AccessType::Mount(Default::default())
+            }),
+        };
+        assert!(!check_capabilities("c", &[cap(Mode::MultiNodeMultiWriter, false)]).unwrap());
+        assert!(check_capabilities("c", &[cap(Mode::MultiNodeReaderOnly, false)]).unwrap());
+        assert!(check_capabilities("c", &[cap(Mode::SingleNodeWriter, true)]).is_err());
+        assert!(check_capabilities("c", &[]).is_err());
+    }
+
+    #[test]
+    fn volume_names_become_plain_key_segments() {
+        assert_eq!(sanitize("pvc-1234"), "pvc-1234");
+        assert_eq!(sanitize("a b/c"), "a-b-c");
+    }
+}
