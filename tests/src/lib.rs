@@ -557,6 +557,7 @@ pub fn clean_node_leftovers(node: &str, data_dir: &Path) {
 
 pub mod http3;
 pub mod ready;
+pub mod s3;
 
 /// The addresses `ingress-l7` prints once listening ("ingress-l7: http on A, https and http3 on
 /// B, metrics on C"), read from its piped stdout: HTTP, HTTPS, metrics.

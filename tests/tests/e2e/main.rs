@@ -22,6 +22,7 @@ mod kubectl;
 mod lifecycle;
 mod metrics;
 mod node;
+mod oss;
 mod python_client;
 mod quota;
 mod rbac;
