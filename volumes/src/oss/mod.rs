@@ -70,6 +70,10 @@ struct Ctx {
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 struct VolumeRecord {
     name: String,
+    /// The size asked for (a bucket has none; it is kept so a second request for the name
+    /// with another size is told apart, as CSI asks).
+    #[serde(default)]
+    capacity: i64,
     /// The volume's attributes (its context): bucket, url, path, otherOpts.
     attributes: HashMap<String, String>,
 }
@@ -225,8 +229,16 @@ impl Controller for OssDriver {
         let id = crate::disk::params::id_for(ID_PREFIX, &name);
         let _guard = self.ctx.locks.lock(&id).await;
         let record = self.volume_record(&id);
+        let capacity = req.capacity_range.as_ref().map(|r| r.required_bytes.max(0)).unwrap_or(0);
+        let limit = req.capacity_range.as_ref().map(|r| r.limit_bytes).unwrap_or(0);
+        if limit > 0 && capacity > limit {
+            return Err(tonic::Status::out_of_range(format!(
+                "capacity_range: required {capacity} is more than limit {limit}"
+            )));
+        }
         let wanted = VolumeRecord {
             name: name.clone(),
+            capacity,
             attributes: attributes.clone(),
         };
         if let Ok(text) = std::fs::read(&record) {
@@ -249,7 +261,6 @@ impl Controller for OssDriver {
                 .map_err(|e| s3_status(&format!("making {}{}", v.bucket, v.prefix), e))?;
             write_atomic(&record, &serde_json::to_vec(&wanted).unwrap_or_default(), 0o644).map_err(status)?;
         }
-        let capacity = req.capacity_range.map(|r| r.required_bytes.max(0)).unwrap_or(0);
         Ok(tonic::Response::new(CreateVolumeResponse {
             volume: Some(crate::csi::Volume {
                 capacity_bytes: capacity,
@@ -424,8 +435,12 @@ impl Node for OssDriver {
     ) -> Reply<NodeGetVolumeHealthResponse> {
         let req = request.into_inner();
         let id = required("volume_id", &req.volume_id)?.to_string();
-        let path = PathBuf::from(required("volume_publish_path", &req.volume_publish_path)?);
-        let statuses = mount::health(&self.ctx.config, &path).await;
+        // Without a path, the volume itself: nothing of it is on the node to go wrong.
+        let statuses = if req.volume_publish_path.is_empty() {
+            Vec::new()
+        } else {
+            mount::health(&self.ctx.config, Path::new(&req.volume_publish_path)).await
+        };
         Ok(tonic::Response::new(NodeGetVolumeHealthResponse {
             volume_health: Some(VolumeHealth {
                 volume_id: id,
