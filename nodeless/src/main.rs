@@ -99,7 +99,7 @@ enum CsiDriver {
         node_id: String,
     },
     /// oss.csi.nodeless.io: OSS (or any S3) buckets mounted in pods as FUSE file systems
-    /// (volumes/README.md). Each mount is served by its own `nodeless csi oss-mount` process.
+    /// (volumes/README.md). Each mount is served by its own `nodeless csi fuse-mount` process.
     Oss {
         /// Where to serve: unix:///path/to/csi.sock or a path.
         #[arg(long, default_value = "unix:///run/nodeless/csi/oss.sock")]
@@ -111,8 +111,22 @@ enum CsiDriver {
         #[arg(long)]
         node_id: String,
     },
-    /// Serve one OSS mount until it is unmounted (started by the OSS driver, not by hand).
-    OssMount {
+    /// nas.csi.nodeless.io: NFS exports mounted in pods, with the kernel's NFS client where
+    /// there is one, else a user-space NFSv3 client over FUSE (volumes/README.md).
+    Nas {
+        /// Where to serve: unix:///path/to/csi.sock or a path.
+        #[arg(long, default_value = "unix:///run/nodeless/csi/nas.sock")]
+        endpoint: String,
+        /// Where records of volumes and mounts live.
+        #[arg(long, default_value = ".nodeless/csi/nas")]
+        state_dir: PathBuf,
+        /// The node this driver serves (NodeGetInfo), a Kubernetes node name.
+        #[arg(long)]
+        node_id: String,
+    },
+    /// Serve one FUSE volume (OSS, or NAS without a kernel NFS client) until it is unmounted
+    /// (started by the drivers, not by hand).
+    FuseMount {
         /// The mount's configuration, written by the driver (mode 0600).
         #[arg(long)]
         config: PathBuf,
@@ -157,7 +171,25 @@ async fn run_csi(driver: CsiDriver) -> anyhow::Result<()> {
             println!("nodeless: CSI driver stopped (mounted volumes stay)");
             Ok(())
         }
-        CsiDriver::OssMount { .. } => unreachable!("run before any runtime starts"),
+        CsiDriver::Nas {
+            endpoint,
+            state_dir,
+            node_id,
+        } => {
+            let nas = nodeless_volumes::NasDriver::new(storage::nas_config(&state_dir, &node_id)?)
+                .with_context(|| format!("starting {} on {}", nodeless_volumes::NAS_DRIVER, state_dir.display()))?;
+            let listener = nodeless_volumes::listen(&endpoint)?;
+            println!("nodeless: {} serving on {endpoint}", nodeless_volumes::NAS_DRIVER);
+            let stop = async {
+                if let Err(e) = wait_for_signal().await {
+                    eprintln!("nodeless: no signal handler ({e}); stopping");
+                }
+            };
+            nodeless_volumes::serve_on(listener, nas, stop).await?;
+            println!("nodeless: CSI driver stopped (mounted volumes stay)");
+            Ok(())
+        }
+        CsiDriver::FuseMount { .. } => unreachable!("run before any runtime starts"),
     }
 }
 
@@ -622,10 +654,10 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     // A mount process runs its own runtime and serves FUSE from its own threads.
     if let Command::Csi {
-        driver: CsiDriver::OssMount { config },
+        driver: CsiDriver::FuseMount { config },
     } = &cli.command
     {
-        std::process::exit(nodeless_volumes::oss::mount::run(config));
+        std::process::exit(nodeless_volumes::mounter::run(config));
     }
     let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     match cli.command {

@@ -372,10 +372,19 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         warm_sandboxes: args.warm_sandboxes,
         metrics_collectors: {
             let mut c = pod_network.as_ref().map(|n| n.collectors()).unwrap_or_default();
-            // The OSS driver `up` runs keeps its mounts' records under `<data>/csi/oss`.
-            if args.csi_drivers.iter().any(|(d, _)| d == nodeless_volumes::OSS_DRIVER) {
-                c.push(Box::new(nodeless_volumes::oss::metrics::OssCollector {
-                    state_dir: std::path::absolute(data_dir.join("csi").join("oss"))?,
+            // The FUSE drivers `up` runs keep their mounts' records under `<data>/csi/<name>`.
+            let mut fuse = Vec::new();
+            for (driver, dir) in [
+                (nodeless_volumes::OSS_DRIVER, "oss"),
+                (nodeless_volumes::NAS_DRIVER, "nas"),
+            ] {
+                if args.csi_drivers.iter().any(|(d, _)| d == driver) {
+                    fuse.push((driver.to_string(), std::path::absolute(data_dir.join("csi").join(dir))?));
+                }
+            }
+            if !fuse.is_empty() {
+                c.push(Box::new(nodeless_volumes::fuse::metrics::FuseCollector {
+                    drivers: fuse,
                 }));
             }
             c

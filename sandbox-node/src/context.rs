@@ -102,7 +102,7 @@ impl NodeCtx {
 }
 
 /// Record a Kubernetes Event about a pod, as kubelet does; failures only get logged.
-pub fn emit_event(ctx: &Arc<NodeCtx>, pod: &Pod, kind: &str, reason: &str, message: &str) {
+pub fn emit_event(ctx: &NodeCtx, pod: &Pod, kind: &str, reason: &str, message: &str) {
     let ns = pod.metadata.namespace.clone().unwrap_or_else(|| "default".into());
     let name = pod.metadata.name.clone().unwrap_or_default();
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);

@@ -495,6 +495,21 @@ impl CsiPlugins {
     }
 }
 
+/// The file system type and source the mount table gives for the mount at `target`.
+pub fn mounted_from(target: &Path) -> Option<(String, String)> {
+    let text = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
+    let want = target.to_string_lossy();
+    text.lines().rev().find_map(|l| {
+        let mut f = l.split(' ');
+        let point = f.nth(4)?;
+        if point != want {
+            return None;
+        }
+        let mut rest = l.split(" - ").nth(1)?.split(' ');
+        Some((rest.next()?.to_string(), rest.next()?.to_string()))
+    })
+}
+
 /// The data of the Secret a PersistentVolume names for a CSI call (`nodePublishSecretRef`,
 /// `nodeStageSecretRef`), as kubelet hands it to the driver; none when it names none.
 async fn secrets_of(

@@ -147,7 +147,16 @@ pub async fn prepare_volumes(
                 .map(|(_, p)| p.clone());
             let p = match done {
                 Some(p) => p,
-                None => ctx.csi.mount(&ctx.client, &ctx.name, pod, &v, pod_dir, userns).await?,
+                None => {
+                    let p = ctx.csi.mount(&ctx.client, &ctx.name, pod, &v, pod_dir, userns).await?;
+                    // Which file system serves it (a NAS volume: the kernel's NFS client, or
+                    // the user-space one where the kernel has none), as the mount table says.
+                    if let Some((fs, source)) = crate::csi::mounted_from(&p.target) {
+                        let msg = format!("MountVolume.SetUp succeeded for volume \"{}\" ({fs} {source})", v.name);
+                        crate::context::emit_event(ctx, pod, "Normal", "SuccessfulMountVolume", &msg);
+                    }
+                    p
+                }
             };
             out.push(PodVolume {
                 name: v.name.clone(),

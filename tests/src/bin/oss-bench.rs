@@ -8,7 +8,7 @@
 //! 4. stat the N files by name, after a fresh mount (nothing cached);
 //! 5. list the directory of N files, after a fresh mount.
 //!
-//! Each client runs as users run it: ours as the driver starts it (`nodeless csi oss-mount`,
+//! Each client runs as users run it: ours as the driver starts it (`nodeless csi fuse-mount`,
 //! its defaults), s3fs with the options the bucket needs and its defaults otherwise.
 //!
 //! `oss-bench [--size-mib 1024] [--files 10000]`; it prints a table with the ratios (ours / s3fs).
@@ -45,7 +45,7 @@ fn args() -> Args {
 }
 
 fn mounted(at: &Path) -> bool {
-    nodeless_volumes::oss::mount::mounted_at(at)
+    nodeless_volumes::fuse::mounted_at(at)
 }
 
 fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Result<()> {
@@ -77,13 +77,13 @@ impl Mount {
         match &self.client {
             Client::Ours { config } => {
                 Command::new(nodeless_tests::nodeless_binary()?)
-                    .args(["csi", "oss-mount", "--config"])
+                    .args(["csi", "fuse-mount", "--config"])
                     .arg(config)
                     .stdout(Stdio::null())
                     .stderr(Stdio::null())
                     .process_group(0)
                     .spawn()
-                    .context("starting nodeless csi oss-mount")?;
+                    .context("starting nodeless csi fuse-mount")?;
             }
             Client::S3fs { source, options } => {
                 let st = Command::new("s3fs")
@@ -231,7 +231,9 @@ fn main() -> Result<()> {
         stats_file: work.path().join("stats.json"),
     };
     let config_path = work.path().join("config.json");
-    std::fs::write(&config_path, serde_json::to_vec(&config)?)?;
+    let mut value = serde_json::to_value(&config)?;
+    value["kind"] = serde_json::json!(nodeless_volumes::oss::KIND);
+    std::fs::write(&config_path, serde_json::to_vec(&value)?)?;
     let passwd = work.path().join("passwd");
     std::fs::write(&passwd, format!("{ACCESS_KEY}:{SECRET_KEY}"))?;
     std::fs::set_permissions(&passwd, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;

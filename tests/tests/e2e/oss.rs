@@ -80,7 +80,7 @@ fn mount_processes(dir: &Path) -> Vec<String> {
         .flatten()
         .filter_map(|e| std::fs::read(e.path().join("cmdline")).ok())
         .map(|c| String::from_utf8_lossy(&c).replace('\0', " "))
-        .filter(|c| c.contains("oss-mount") && c.contains(&needle))
+        .filter(|c| c.contains("fuse-mount") && c.contains(&needle))
         .collect()
 }
 

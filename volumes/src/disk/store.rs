@@ -14,7 +14,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::io::{ErrorKind, Write};
+use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
@@ -102,12 +102,7 @@ impl Store {
             path: path.clone(),
             source,
         })?;
-        let tmp = self.disks.join(format!(".{id}.json.tmp"));
-        let mut f = File::create(&tmp).map_err(|e| Error::io("create", &tmp, e))?;
-        f.write_all(&bytes)
-            .and_then(|()| f.sync_all())
-            .map_err(|e| Error::io("write", &tmp, e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| Error::io("rename", &path, e))
+        crate::records::write_atomic(&path, &bytes, 0o644)
     }
 
     /// Make the image of volume `id`: a sparse file of `size` bytes, replacing any left by a

@@ -40,6 +40,7 @@ use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::{StreamExt, TryStreamExt};
 
 use super::s3::{Level, S3, S3Error};
+use crate::fuse::FsCounters;
 
 /// How long the kernel may keep an entry or attributes before asking again.
 const KERNEL_TTL: Duration = Duration::from_secs(1);
@@ -65,15 +66,6 @@ pub struct FsOptions {
     pub readahead: u64,
     /// Where files being written are staged.
     pub cache_dir: PathBuf,
-}
-
-/// Counters of the file system calls (beside the S3 client's).
-#[derive(Debug, Default)]
-pub struct FsCounters {
-    pub operations: AtomicU64,
-    pub errors: AtomicU64,
-    pub bytes_read: AtomicU64,
-    pub bytes_written: AtomicU64,
 }
 
 /// One child of a directory listing.
@@ -195,7 +187,7 @@ struct Inner {
     /// Files made here and not uploaded yet: key → inode.
     pending: Mutex<HashMap<String, u64>>,
     next_fh: AtomicU64,
-    pub counters: Arc<FsCounters>,
+    counters: Arc<FsCounters>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -223,7 +215,7 @@ fn eio(e: S3Error) -> i32 {
 }
 
 impl ObjectFs {
-    pub fn new(s3: S3, o: FsOptions, rt: tokio::runtime::Handle) -> ObjectFs {
+    pub fn new(s3: S3, o: FsOptions, counters: Arc<FsCounters>, rt: tokio::runtime::Handle) -> ObjectFs {
         let mut nodes = Nodes {
             next: 1,
             ..Default::default()
@@ -253,13 +245,9 @@ impl ObjectFs {
                 handles: Mutex::default(),
                 pending: Mutex::default(),
                 next_fh: AtomicU64::new(1),
-                counters: Arc::default(),
+                counters,
             }),
         }
-    }
-
-    pub fn counters(&self) -> Arc<FsCounters> {
-        self.inner.counters.clone()
     }
 
     /// Run `f` on the runtime, counting it (and its error).

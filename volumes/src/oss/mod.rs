@@ -3,11 +3,9 @@
 //! `otherOpts`, and `akId`/`akSecret` from `nodePublishSecretRef`), so PVs written for ASK carry
 //! over.
 //!
-//! Each published volume is a FUSE mount ([`fs`]) served by its own process, `nodeless csi
-//! oss-mount`, which the driver starts in a process group of its own and does not keep: a
-//! driver or node that is killed or restarted leaves running pods' mounts serving, and finds
-//! them again from its records (`<state>/mounts/<hash of the target>/`: the mount's
-//! configuration, mode 0600, its pid, log and counters).
+//! Each published volume is a FUSE mount ([`fs`]) served by its own process (see
+//! [`crate::fuse`]): a driver or node that is killed or restarted leaves running pods' mounts
+//! serving, and finds them again from its records.
 //!
 //! Dynamic provisioning (`volumeAs: subpath`, the default) gives each claim its own prefix
 //! `<path>/<volume name>/` in the class's bucket; deleting the volume deletes the objects under
@@ -21,7 +19,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::csi::controller_server::Controller;
 use crate::csi::identity_server::Identity;
@@ -32,8 +29,6 @@ use crate::error::Error;
 use crate::locks::Locks;
 
 pub mod fs;
-pub mod metrics;
-pub mod mount;
 pub mod params;
 pub mod s3;
 
@@ -50,9 +45,18 @@ pub struct OssConfig {
     /// Records of volumes and mounts, and the staging area of files being written.
     pub state_dir: PathBuf,
     pub node_id: String,
-    /// The program (and its first arguments) that serves one mount: `nodeless csi oss-mount`.
-    /// `--config <file>` is added.
+    /// The program (and its first arguments) that serves one mount: `nodeless csi
+    /// fuse-mount`. `--config <file>` is added.
     pub mount_command: Vec<OsString>,
+}
+
+impl OssConfig {
+    fn mounter(&self) -> crate::fuse::Mounter {
+        crate::fuse::Mounter {
+            state_dir: self.state_dir.clone(),
+            command: self.mount_command.clone(),
+        }
+    }
 }
 
 /// The OSS driver: serve it with [`crate::serve`]. Cloning shares it.
@@ -229,7 +233,11 @@ impl Controller for OssDriver {
         let id = crate::disk::params::id_for(ID_PREFIX, &name);
         let _guard = self.ctx.locks.lock(&id).await;
         let record = self.volume_record(&id);
-        let capacity = req.capacity_range.as_ref().map(|r| r.required_bytes.max(0)).unwrap_or(0);
+        let capacity = req
+            .capacity_range
+            .as_ref()
+            .map(|r| r.required_bytes.max(0))
+            .unwrap_or(0);
         let limit = req.capacity_range.as_ref().map(|r| r.limit_bytes).unwrap_or(0);
         if limit > 0 && capacity > limit {
             return Err(tonic::Status::out_of_range(format!(
@@ -259,7 +267,8 @@ impl Controller for OssDriver {
             s3.put(&v.prefix, bytes::Bytes::new())
                 .await
                 .map_err(|e| s3_status(&format!("making {}{}", v.bucket, v.prefix), e))?;
-            write_atomic(&record, &serde_json::to_vec(&wanted).unwrap_or_default(), 0o644).map_err(status)?;
+            crate::records::write_atomic(&record, &serde_json::to_vec(&wanted).unwrap_or_default(), 0o644)
+                .map_err(status)?;
         }
         Ok(tonic::Response::new(CreateVolumeResponse {
             volume: Some(crate::csi::Volume {
@@ -345,22 +354,6 @@ fn sanitize(name: &str) -> String {
         .collect()
 }
 
-fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(mode)
-        .open(&tmp)
-        .map_err(|e| Error::io("open", &tmp, e))?;
-    f.write_all(bytes).map_err(|e| Error::io("write", &tmp, e))?;
-    f.sync_all().map_err(|e| Error::io("fsync", &tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))
-}
-
 fn node_cap(t: node_service_capability::rpc::Type) -> NodeServiceCapability {
     NodeServiceCapability {
         r#type: Some(node_service_capability::Type::Rpc(node_service_capability::Rpc {
@@ -402,9 +395,33 @@ impl Node for OssDriver {
         let v = params::volume(&attributes, req.readonly || cap_ro).map_err(status)?;
         let creds = params::credentials(&req.secrets).map_err(status)?;
         let _guard = self.ctx.locks.lock(&target.display().to_string()).await;
-        let ctx = self.ctx.clone();
-        let r = mount::publish(&ctx.config, &id, &target, v, creds).await;
-        r.map(|()| tonic::Response::new(NodePublishVolumeResponse {}))
+        let m = self.ctx.config.mounter();
+        let (access_key, secret_key) = match creds {
+            Some((a, s)) => (Some(a), Some(s)),
+            None => (None, None),
+        };
+        let mc = params::MountConfig {
+            endpoint: v.endpoint,
+            bucket: v.bucket,
+            region: v.region,
+            path_style: v.path_style,
+            prefix: v.prefix,
+            uid: v.uid,
+            gid: v.gid,
+            umask: v.umask,
+            read_only: v.read_only,
+            listing_ttl_secs: v.listing_ttl_secs,
+            part_mib: v.part_mib,
+            parallel: v.parallel,
+            readahead_mib: v.readahead_mib,
+            access_key,
+            secret_key,
+            mountpoint: target.clone(),
+            cache_dir: m.cache_dir(&target),
+            stats_file: m.stats_file(&target),
+        };
+        crate::fuse::publish(&m, &id, &target, KIND, &mc).await?;
+        Ok(tonic::Response::new(NodePublishVolumeResponse {}))
     }
 
     async fn node_unpublish_volume(
@@ -415,7 +432,7 @@ impl Node for OssDriver {
         required("volume_id", &req.volume_id)?;
         let target = PathBuf::from(required("target_path", &req.target_path)?);
         let _guard = self.ctx.locks.lock(&target.display().to_string()).await;
-        mount::unpublish(&self.ctx.config, &target).await?;
+        crate::fuse::unpublish(&self.ctx.config.mounter(), &target).await?;
         Ok(tonic::Response::new(NodeUnpublishVolumeResponse {}))
     }
 
@@ -426,7 +443,7 @@ impl Node for OssDriver {
         let req = request.into_inner();
         required("volume_id", &req.volume_id)?;
         let path = PathBuf::from(required("volume_path", &req.volume_path)?);
-        mount::stats(&path).await.map(tonic::Response::new)
+        crate::fuse::stats(&path).await.map(tonic::Response::new)
     }
 
     async fn node_get_volume_health(
@@ -439,7 +456,7 @@ impl Node for OssDriver {
         let statuses = if req.volume_publish_path.is_empty() {
             Vec::new()
         } else {
-            mount::health(&self.ctx.config, Path::new(&req.volume_publish_path)).await
+            crate::fuse::health(&self.ctx.config.mounter(), Path::new(&req.volume_publish_path)).await
         };
         Ok(tonic::Response::new(NodeGetVolumeHealthResponse {
             volume_health: Some(VolumeHealth {
@@ -472,11 +489,45 @@ impl Node for OssDriver {
     }
 }
 
-/// The record directory of a mount at `target`.
-fn mount_dir(config: &OssConfig, target: &Path) -> PathBuf {
-    let h = hex::encode(Sha256::digest(target.as_os_str().as_encoded_bytes()));
-    config.state_dir.join("mounts").join(&h[..24])
+/// The mount process of an OSS volume: check the bucket, mount, serve until unmounted.
+/// Returns the exit code.
+pub fn run_mount(c: params::MountConfig) -> i32 {
+    use crate::fuse::exit;
+    let rt = match crate::fuse::runtime() {
+        Ok(rt) => rt,
+        Err(code) => return code,
+    };
+    let creds = c.access_key.clone().zip(c.secret_key.clone());
+    let counters = std::sync::Arc::new(crate::fuse::FsCounters::default());
+    let s3 = match s3::S3::new(&c.endpoint, &c.bucket, &c.region, c.path_style, creds) {
+        Ok(s) => s.with_counters(counters.clone()),
+        Err(e) => {
+            eprintln!("fuse-mount: {e}");
+            return exit::CONFIG;
+        }
+    };
+    if let Err(e) = rt.block_on(s3.check(&c.prefix)) {
+        eprintln!("fuse-mount: bucket {:?} at {}: {e}", c.bucket, c.endpoint);
+        return match e {
+            s3::S3Error::Denied(_) => exit::DENIED,
+            s3::S3Error::Transport(_) => exit::UNREACHABLE,
+            _ => exit::CONFIG,
+        };
+    }
+    let fs = fs::ObjectFs::new(s3, c.fs_options(), counters.clone(), rt.handle().clone());
+    crate::fuse::serve(
+        fs,
+        format!("oss:{}/{}", c.bucket, c.prefix),
+        &c.mountpoint,
+        c.read_only,
+        counters,
+        &c.stats_file,
+        &rt,
+    )
 }
+
+/// What the mount configuration's `kind` says for OSS mounts.
+pub const KIND: &str = "oss";
 
 #[cfg(test)]
 mod tests {

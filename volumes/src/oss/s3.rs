@@ -10,7 +10,7 @@
 //! succeeds.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -62,15 +62,6 @@ const fn libc_enoent() -> i32 {
     2
 }
 
-/// Counters of one client: what the volume's statistics report.
-#[derive(Debug, Default)]
-pub struct Counters {
-    pub requests: AtomicU64,
-    pub errors: AtomicU64,
-    pub bytes_down: AtomicU64,
-    pub bytes_up: AtomicU64,
-}
-
 /// One object of a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Object {
@@ -92,7 +83,7 @@ pub struct S3 {
     bucket: Arc<Bucket>,
     credentials: Option<Arc<Credentials>>,
     http: reqwest::Client,
-    pub counters: Arc<Counters>,
+    pub counters: Arc<crate::fuse::FsCounters>,
 }
 
 impl S3 {
@@ -129,6 +120,12 @@ impl S3 {
         })
     }
 
+    /// Count its calls in `counters` (the mount's).
+    pub fn with_counters(mut self, counters: Arc<crate::fuse::FsCounters>) -> S3 {
+        self.counters = counters;
+        self
+    }
+
     fn creds(&self) -> Option<&Credentials> {
         self.credentials.as_deref()
     }
@@ -153,7 +150,7 @@ impl S3 {
                 Ok(resp) => return Ok(resp),
                 Err(e) => {
                     if e != S3Error::NotFound {
-                        self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                        self.counters.request_errors.fetch_add(1, Ordering::Relaxed);
                     }
                     if !(idempotent && e.retryable() && attempt < ATTEMPTS) {
                         return Err(e);
@@ -300,14 +297,16 @@ impl S3 {
             // A body cut short is retried like a failed request.
             match resp.bytes().await {
                 Ok(b) => {
-                    self.counters.bytes_down.fetch_add(b.len() as u64, Ordering::Relaxed);
+                    self.counters
+                        .bytes_downloaded
+                        .fetch_add(b.len() as u64, Ordering::Relaxed);
                     return Ok(b);
                 }
                 Err(e) if attempt < ATTEMPTS => {
                     tracing::debug!(error = %e, key, "reading an object's body; trying again");
                 }
                 Err(e) => {
-                    self.counters.errors.fetch_add(1, Ordering::Relaxed);
+                    self.counters.request_errors.fetch_add(1, Ordering::Relaxed);
                     return Err(S3Error::Transport(e.to_string()));
                 }
             }
@@ -324,7 +323,7 @@ impl S3 {
         // A PUT of the same bytes is idempotent.
         self.send(true, || self.http.put(url.clone()).body(body.clone()))
             .await?;
-        self.counters.bytes_up.fetch_add(n, Ordering::Relaxed);
+        self.counters.bytes_uploaded.fetch_add(n, Ordering::Relaxed);
         Ok(())
     }
 
@@ -385,7 +384,7 @@ impl S3 {
             .and_then(|v| v.to_str().ok())
             .map(str::to_string)
             .ok_or_else(|| S3Error::Parse("an uploaded part has no ETag".into()))?;
-        self.counters.bytes_up.fetch_add(n, Ordering::Relaxed);
+        self.counters.bytes_uploaded.fetch_add(n, Ordering::Relaxed);
         Ok(etag)
     }
 

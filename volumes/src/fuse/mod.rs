@@ -1,10 +1,13 @@
-//! One OSS mount: started by NodePublishVolume as its own process (`nodeless csi oss-mount
-//! --config <file>`, [`run`]), found again from its record by NodeUnpublishVolume and
-//! NodeGetVolumeStats, whether or not the driver was restarted in between.
+//! What the FUSE-backed drivers (OSS, and NAS where the kernel has no NFS client) share: each
+//! published volume is a FUSE mount served by its own process (`nodeless csi fuse-mount
+//! --config <file>`, see `crate::mounter`), started by NodePublishVolume in a process group of
+//! its own and not kept by the driver, so a driver or node that is killed or restarted leaves
+//! running pods' mounts serving; NodeUnpublishVolume and NodeGetVolumeStats find it again from
+//! its record.
 //!
-//! The record directory (`<state>/mounts/<hash>/`) holds `config.json` (mode 0600: it carries
-//! the volume's keys), `pid`, `log` and `stats.json` (the mount's counters, rewritten every two
-//! seconds).
+//! The record directory (`<state>/mounts/<hash of the target>/`) holds `config.json` (mode
+//! 0600: it may carry the volume's keys), `volume`, `pid`, `log` and `stats.json` (the mount's
+//! counters, rewritten every two seconds).
 //!
 //! Unpublishing never hangs on a server that is gone: the mount is detached at once (lazy
 //! unmount), the process is given [`EXIT_WAIT`] to finish and is then killed.
@@ -16,8 +19,8 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::params::{MountConfig, Volume};
-use super::{OssConfig, mount_dir};
+use sha2::{Digest, Sha256};
+
 use crate::csi::volume_health::VolumeHealthEntry;
 use crate::csi::{NodeGetVolumeStatsResponse, VolumeHealthErrorType, VolumeUsage, volume_usage::Unit};
 
@@ -36,6 +39,43 @@ pub mod exit {
     pub const UNREACHABLE: i32 = 4;
     /// The mount itself failed.
     pub const MOUNT: i32 = 5;
+}
+
+pub mod metrics;
+
+/// Counters of one mount's file system calls and of its calls to the server.
+#[derive(Debug, Default)]
+pub struct FsCounters {
+    pub operations: std::sync::atomic::AtomicU64,
+    pub errors: std::sync::atomic::AtomicU64,
+    pub bytes_read: std::sync::atomic::AtomicU64,
+    pub bytes_written: std::sync::atomic::AtomicU64,
+    pub requests: std::sync::atomic::AtomicU64,
+    pub request_errors: std::sync::atomic::AtomicU64,
+    pub bytes_downloaded: std::sync::atomic::AtomicU64,
+    pub bytes_uploaded: std::sync::atomic::AtomicU64,
+}
+
+impl FsCounters {
+    pub fn snapshot(&self) -> Stats {
+        let l = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+        Stats {
+            operations: l(&self.operations),
+            errors: l(&self.errors),
+            bytes_read: l(&self.bytes_read),
+            bytes_written: l(&self.bytes_written),
+            requests: l(&self.requests),
+            request_errors: l(&self.request_errors),
+            bytes_downloaded: l(&self.bytes_downloaded),
+            bytes_uploaded: l(&self.bytes_uploaded),
+        }
+    }
+}
+
+/// The record directory of a mount at `target`.
+pub fn mount_dir(state_dir: &Path, target: &Path) -> std::path::PathBuf {
+    let h = hex::encode(Sha256::digest(target.as_os_str().as_encoded_bytes()));
+    state_dir.join("mounts").join(&h[..24])
 }
 
 /// The counters a mount writes.
@@ -76,15 +116,40 @@ fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     f.write_all(bytes)
 }
 
-/// Mount volume `v` at `target` (NodePublishVolume): start its process and wait for the mount.
+/// How the driver starts mount processes.
+#[derive(Clone, Debug)]
+pub struct Mounter {
+    /// Records of mounts, and the staging area of files being written (`<state>/mounts`,
+    /// `<state>/cache`).
+    pub state_dir: std::path::PathBuf,
+    /// The program (and its first arguments) that serves one mount: `nodeless csi
+    /// fuse-mount`. `--config <file>` is added.
+    pub command: Vec<std::ffi::OsString>,
+}
+
+impl Mounter {
+    /// Where a mount at `target` may stage files.
+    pub fn cache_dir(&self, target: &Path) -> std::path::PathBuf {
+        let dir = mount_dir(&self.state_dir, target);
+        self.state_dir.join("cache").join(dir.file_name().unwrap_or_default())
+    }
+
+    /// Where a mount at `target` writes its counters.
+    pub fn stats_file(&self, target: &Path) -> std::path::PathBuf {
+        mount_dir(&self.state_dir, target).join("stats.json")
+    }
+}
+
+/// Mount volume `id` at `target` (NodePublishVolume): write its configuration (`kind` names
+/// the file system, `config` its settings), start its process and wait for the mount.
 pub async fn publish(
-    config: &OssConfig,
+    m: &Mounter,
     id: &str,
     target: &Path,
-    v: Volume,
-    creds: Option<(String, String)>,
+    kind: &str,
+    config: &impl Serialize,
 ) -> Result<(), tonic::Status> {
-    let dir = mount_dir(config, target);
+    let dir = mount_dir(&m.state_dir, target);
     if mounted_at(target) {
         // Published before (a retried call): the same volume is fine, another is not.
         let had = std::fs::read_to_string(dir.join("volume")).unwrap_or_default();
@@ -96,34 +161,13 @@ pub async fn publish(
             target.display()
         )));
     }
-    let cache = config.state_dir.join("cache").join(dir.file_name().unwrap_or_default());
+    let cache = m.cache_dir(target);
     for d in [target, dir.as_path(), cache.as_path()] {
         std::fs::create_dir_all(d).map_err(|e| io_status("mkdir", d, e))?;
     }
-    let (access_key, secret_key) = match creds {
-        Some((a, s)) => (Some(a), Some(s)),
-        None => (None, None),
-    };
-    let mc = MountConfig {
-        endpoint: v.endpoint,
-        bucket: v.bucket,
-        region: v.region,
-        path_style: v.path_style,
-        prefix: v.prefix,
-        uid: v.uid,
-        gid: v.gid,
-        umask: v.umask,
-        read_only: v.read_only,
-        listing_ttl_secs: v.listing_ttl_secs,
-        part_mib: v.part_mib,
-        parallel: v.parallel,
-        readahead_mib: v.readahead_mib,
-        access_key,
-        secret_key,
-        mountpoint: target.to_path_buf(),
-        cache_dir: cache,
-        stats_file: dir.join("stats.json"),
-    };
+    let mut value = serde_json::to_value(config).map_err(|e| tonic::Status::internal(e.to_string()))?;
+    value["kind"] = serde_json::json!(kind);
+    let mc = value;
     let config_file = dir.join("config.json");
     write_private(&config_file, &serde_json::to_vec(&mc).unwrap_or_default())
         .map_err(|e| io_status("writing", &config_file, e))?;
@@ -131,8 +175,8 @@ pub async fn publish(
     let log_path = dir.join("log");
     let log = std::fs::File::create(&log_path).map_err(|e| io_status("creating", &log_path, e))?;
     let log2 = log.try_clone().map_err(|e| io_status("opening", &log_path, e))?;
-    let mut cmd = tokio::process::Command::new(&config.mount_command[0]);
-    cmd.args(&config.mount_command[1..])
+    let mut cmd = tokio::process::Command::new(&m.command[0]);
+    cmd.args(&m.command[1..])
         .arg("--config")
         .arg(&config_file)
         .stdin(std::process::Stdio::null())
@@ -144,7 +188,7 @@ pub async fn publish(
         .kill_on_drop(false);
     let mut child = cmd
         .spawn()
-        .map_err(|e| tonic::Status::internal(format!("starting {:?}: {e}", config.mount_command[0])))?;
+        .map_err(|e| tonic::Status::internal(format!("starting {:?}: {e}", m.command[0])))?;
     if let Some(pid) = child.id() {
         std::fs::write(dir.join("pid"), pid.to_string()).map_err(|e| io_status("writing", &dir, e))?;
     }
@@ -157,7 +201,7 @@ pub async fn publish(
         if let Ok(Some(st)) = child.try_wait() {
             let why = last_lines(&log_path);
             let _ = std::fs::remove_dir_all(&dir);
-            let msg = format!("mounting the bucket failed: {why}");
+            let msg = format!("mounting the volume failed: {why}");
             return Err(match st.code() {
                 Some(exit::CONFIG) => tonic::Status::invalid_argument(msg),
                 Some(exit::DENIED) => tonic::Status::permission_denied(msg),
@@ -169,7 +213,7 @@ pub async fn publish(
             let _ = child.start_kill();
             let why = last_lines(&log_path);
             return Err(tonic::Status::deadline_exceeded(format!(
-                "the bucket was not mounted within {} s: {why}",
+                "the volume was not mounted within {} s: {why}",
                 MOUNT_WAIT.as_secs()
             )));
         }
@@ -194,8 +238,8 @@ fn live_pid(dir: &Path) -> Option<i32> {
 
 /// Unmount `target` (NodeUnpublishVolume): detach it, let its process go, remove the target
 /// directory and the record. Unmounting what is not mounted is no error.
-pub async fn unpublish(config: &OssConfig, target: &Path) -> Result<(), tonic::Status> {
-    let dir = mount_dir(config, target);
+pub async fn unpublish(m: &Mounter, target: &Path) -> Result<(), tonic::Status> {
+    let dir = mount_dir(&m.state_dir, target);
     if mounted_at(target) {
         rustix::mount::unmount(target, rustix::mount::UnmountFlags::DETACH)
             .map_err(|e| io_status("unmounting", target, e.into()))?;
@@ -206,7 +250,7 @@ pub async fn unpublish(config: &OssConfig, target: &Path) -> Result<(), tonic::S
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         if live_pid(&dir).is_some() {
-            tracing::warn!(pid, target = %target.display(), "a detached OSS mount did not exit; killing it");
+            tracing::warn!(pid, target = %target.display(), "a detached FUSE mount's process did not exit; killing it");
             if let Some(p) = rustix::process::Pid::from_raw(pid) {
                 let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
             }
@@ -217,7 +261,7 @@ pub async fn unpublish(config: &OssConfig, target: &Path) -> Result<(), tonic::S
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io_status("removing", target, e)),
     }
-    let cache = config.state_dir.join("cache").join(dir.file_name().unwrap_or_default());
+    let cache = m.cache_dir(target);
     for d in [&dir, &cache] {
         match std::fs::remove_dir_all(d) {
             Ok(()) => {}
@@ -247,7 +291,7 @@ fn statvfs_bounded(path: &Path) -> impl std::future::Future<Output = Option<rust
 pub async fn stats(path: &Path) -> Result<NodeGetVolumeStatsResponse, tonic::Status> {
     if !mounted_at(path) {
         return Err(tonic::Status::not_found(format!(
-            "{} is not an OSS volume of this node",
+            "{} is not a volume of this driver on this node",
             path.display()
         )));
     }
@@ -268,7 +312,7 @@ pub async fn stats(path: &Path) -> Result<NodeGetVolumeStatsResponse, tonic::Sta
 
 /// NodeGetVolumeHealth of the mount at `path`: INACCESSIBLE when it is not mounted, its
 /// process is gone or it does not answer.
-pub async fn health(config: &OssConfig, path: &Path) -> Vec<VolumeHealthEntry> {
+pub async fn health(m: &Mounter, path: &Path) -> Vec<VolumeHealthEntry> {
     let entry = |reason: &str, message: String| VolumeHealthEntry {
         status: VolumeHealthErrorType::Inaccessible as i32,
         reason: reason.to_string(),
@@ -278,7 +322,7 @@ pub async fn health(config: &OssConfig, path: &Path) -> Vec<VolumeHealthEntry> {
         return vec![entry("NotPublished", format!("{} is not mounted", path.display()))];
     }
     let mut out = Vec::new();
-    if live_pid(&mount_dir(config, path)).is_none() {
+    if live_pid(&mount_dir(&m.state_dir, path)).is_none() {
         out.push(entry(
             "MountProcessGone",
             "the process serving the mount has exited".into(),
@@ -309,15 +353,20 @@ pub fn mounts(state_dir: &Path) -> Vec<MountState> {
     let mut out = Vec::new();
     for d in dirs.flatten() {
         let dir = d.path();
-        let Some(c) = std::fs::read(dir.join("config.json"))
+        let Some(target) = std::fs::read(dir.join("config.json"))
             .ok()
-            .and_then(|b| serde_json::from_slice::<MountConfig>(&b).ok())
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .and_then(|c| {
+                c.get("mountpoint")
+                    .and_then(|m| m.as_str())
+                    .map(std::path::PathBuf::from)
+            })
         else {
             continue;
         };
         out.push(MountState {
             volume: std::fs::read_to_string(dir.join("volume")).unwrap_or_default(),
-            target: c.mountpoint,
+            target,
             alive: live_pid(&dir).is_some(),
             stats: std::fs::read(dir.join("stats.json"))
                 .ok()
@@ -332,57 +381,25 @@ fn clamp(v: u64) -> i64 {
     i64::try_from(v).unwrap_or(i64::MAX)
 }
 
-/// The mount process: read the configuration, check the bucket, mount, serve until unmounted
-/// (or SIGTERM/SIGINT, which unmount). Returns the exit code.
-pub fn run(config_file: &Path) -> i32 {
-    let c: MountConfig = match std::fs::read(config_file)
-        .map_err(|e| e.to_string())
-        .and_then(|b| serde_json::from_slice(&b).map_err(|e| e.to_string()))
-    {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("oss-mount: {}: {e}", config_file.display());
-            return exit::CONFIG;
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("oss-mount: runtime: {e}");
-            return exit::MOUNT;
-        }
-    };
-    let creds = c.access_key.clone().zip(c.secret_key.clone());
-    let s3 = match super::s3::S3::new(&c.endpoint, &c.bucket, &c.region, c.path_style, creds) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("oss-mount: {e}");
-            return exit::CONFIG;
-        }
-    };
-    if let Err(e) = rt.block_on(s3.check(&c.prefix)) {
-        eprintln!("oss-mount: bucket {:?} at {}: {e}", c.bucket, c.endpoint);
-        return match e {
-            super::s3::S3Error::Denied(_) => exit::DENIED,
-            super::s3::S3Error::Transport(_) => exit::UNREACHABLE,
-            _ => exit::CONFIG,
-        };
-    }
-    let s3_counters = s3.counters.clone();
-    let fs = super::fs::ObjectFs::new(s3, c.fs_options(), rt.handle().clone());
-    let fs_counters = fs.counters();
+/// Serve `fs` at `mountpoint` until it is unmounted (or SIGTERM/SIGINT, which unmount),
+/// writing `counters` to `stats_file` every two seconds. `fsname` is what mount tables show
+/// as its source. Returns the exit code.
+pub fn serve<F: fuser::Filesystem>(
+    fs: F,
+    fsname: String,
+    mountpoint: &Path,
+    read_only: bool,
+    counters: std::sync::Arc<FsCounters>,
+    stats_file: &Path,
+    rt: &tokio::runtime::Runtime,
+) -> i32 {
     let mut options = vec![
-        fuser::MountOption::FSName(format!("oss:{}/{}", c.bucket, c.prefix)),
-        fuser::MountOption::Subtype("nodeless-oss".into()),
+        fuser::MountOption::FSName(fsname.clone()),
         fuser::MountOption::DefaultPermissions,
         fuser::MountOption::NoDev,
         fuser::MountOption::NoSuid,
     ];
-    if c.read_only {
+    if read_only {
         options.push(fuser::MountOption::RO);
     }
     let mut fc = fuser::Config::default();
@@ -390,37 +407,20 @@ pub fn run(config_file: &Path) -> i32 {
     fc.acl = fuser::SessionACL::All;
     fc.n_threads = Some(4);
     fc.clone_fd = true;
-    let session = match fuser::Session::new(fs, &c.mountpoint, &fc) {
+    let mut session = match fuser::Session::new(fs, mountpoint, &fc) {
         Ok(s) => s,
         Err(e) => {
-            eprintln!("oss-mount: mounting at {}: {e}", c.mountpoint.display());
+            eprintln!("fuse-mount: mounting at {}: {e}", mountpoint.display());
             return exit::MOUNT;
         }
     };
-    let mut session = session;
     let mut unmounter = session.unmount_callable();
-    eprintln!(
-        "oss-mount: {}/{} at {} mounted on {}",
-        c.bucket,
-        c.prefix,
-        c.endpoint,
-        c.mountpoint.display()
-    );
+    eprintln!("fuse-mount: {fsname} mounted on {}", mountpoint.display());
     let write_stats = {
-        let file = c.stats_file.clone();
+        let file = stats_file.to_path_buf();
         move || {
-            let s = Stats {
-                operations: fs_counters.operations.load(Ordering::Relaxed),
-                errors: fs_counters.errors.load(Ordering::Relaxed),
-                bytes_read: fs_counters.bytes_read.load(Ordering::Relaxed),
-                bytes_written: fs_counters.bytes_written.load(Ordering::Relaxed),
-                requests: s3_counters.requests.load(Ordering::Relaxed),
-                request_errors: s3_counters.errors.load(Ordering::Relaxed),
-                bytes_downloaded: s3_counters.bytes_down.load(Ordering::Relaxed),
-                bytes_uploaded: s3_counters.bytes_up.load(Ordering::Relaxed),
-            };
             let tmp = file.with_extension("tmp");
-            if std::fs::write(&tmp, serde_json::to_vec(&s).unwrap_or_default()).is_ok() {
+            if std::fs::write(&tmp, serde_json::to_vec(&counters.snapshot()).unwrap_or_default()).is_ok() {
                 let _ = std::fs::rename(&tmp, &file);
             }
         }
@@ -442,7 +442,7 @@ pub fn run(config_file: &Path) -> i32 {
             _ = int.recv() => {}
         }
         if let Err(e) = unmounter.unmount() {
-            eprintln!("oss-mount: unmounting: {e}");
+            eprintln!("fuse-mount: unmounting: {e}");
         }
     });
     let r = session.run();
@@ -450,8 +450,20 @@ pub fn run(config_file: &Path) -> i32 {
     match r {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("oss-mount: serving {}: {e}", c.mountpoint.display());
+            eprintln!("fuse-mount: serving {}: {e}", mountpoint.display());
             exit::MOUNT
         }
     }
+}
+
+/// A runtime for a mount process.
+pub fn runtime() -> Result<tokio::runtime::Runtime, i32> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("fuse-mount: runtime: {e}");
+            exit::MOUNT
+        })
 }
