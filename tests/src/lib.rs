@@ -556,6 +556,7 @@ pub fn clean_node_leftovers(node: &str, data_dir: &Path) {
 }
 
 pub mod http3;
+pub mod nfs;
 pub mod ready;
 pub mod s3;
 

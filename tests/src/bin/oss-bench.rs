@@ -14,8 +14,8 @@
 //! `oss-bench [--size-mib 1024] [--files 10000]`; it prints a table with the ratios (ours / s3fs).
 
 use std::io::{Read, Write};
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 

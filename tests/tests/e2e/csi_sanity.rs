@@ -174,6 +174,40 @@ fn csi_sanity_passes_against_the_oss_driver() {
     assert!(left.is_empty(), "objects left: {left:?}");
 }
 
+#[test]
+fn csi_sanity_passes_against_the_nas_driver() {
+    let dir = tempfile::Builder::new().prefix("csi-sanity-nas-").tempdir().unwrap();
+    let nfs = nodeless_tests::nfs::NfsServer::start().unwrap();
+    std::fs::create_dir_all(nfs.root.path().join("sanity")).unwrap();
+    let sanity = build_sanity(dir.path());
+    let (driver, endpoint) = start_driver(dir.path(), "nas");
+    let params = dir.path().join("params.yaml");
+    std::fs::write(
+        &params,
+        format!(
+            "volumeAs: subpath\nserver: \"127.0.0.1:/export/sanity\"\nport: \"{p}\"\nmountport: \"{p}\"\n",
+            p = nfs.port
+        ),
+    )
+    .unwrap();
+    let extra = vec![format!("--csi.testvolumeparameters={}", params.display())];
+    run_sanity(&sanity, &endpoint, dir.path(), "nas", &extra, 30);
+    drop(driver);
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        !mounts.contains(&*dir.path().to_string_lossy()),
+        "mounts left under {}",
+        dir.path().display()
+    );
+    // Every volume csi-sanity made was deleted with its directory.
+    let left: Vec<_> = std::fs::read_dir(nfs.root.path().join("sanity"))
+        .unwrap()
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    assert!(left.is_empty(), "directories left: {left:?}");
+}
+
 /// Files under `dir` (none if it is gone).
 fn walk(dir: &Path) -> Vec<PathBuf> {
     let mut out = Vec::new();

@@ -390,7 +390,7 @@ impl Controller for NasDriver {
         p.remove("modeType");
         let base = params::volume(&p, &flags, false).map_err(status)?;
         for k in p.keys() {
-            if !matches!(k.as_str(), "server" | "path" | "vers") {
+            if !matches!(k.as_str(), "server" | "path" | "vers" | "port" | "mountport") {
                 return Err(status(Error::invalid(
                     "parameters",
                     format!("{k:?} is not a parameter of this driver"),
@@ -419,6 +419,8 @@ impl Controller for NasDriver {
                 format!("{}/{dir_name}", base.path.trim_end_matches('/')),
             ),
             ("vers".to_string(), base.vers.clone()),
+            ("port".to_string(), p.get("port").cloned().unwrap_or_default()),
+            ("mountport".to_string(), p.get("mountport").cloned().unwrap_or_default()),
         ]);
         let id = crate::disk::params::id_for(ID_PREFIX, &name);
         let _guard = self.ctx.locks.lock(&id).await;

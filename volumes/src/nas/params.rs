@@ -123,6 +123,14 @@ pub fn volume(attrs: &HashMap<String, String>, mount_flags: &[String], read_only
         read_only,
         options: Vec::new(),
     };
+    // A server on other ports than NFS's own: `port`/`mountport` as attributes too (this
+    // driver's addition: a CSI caller that passes no mount options can still say them).
+    if let Some(p) = attrs.get("port").filter(|p| !p.is_empty()) {
+        v.nfs_port = Some(port("port", p)?);
+    }
+    if let Some(p) = attrs.get("mountport").filter(|p| !p.is_empty()) {
+        v.mount_port = Some(port("mountport", p)?);
+    }
     for flag in mount_flags {
         for o in flag.split(',').map(str::trim).filter(|o| !o.is_empty()) {
             let (k, val) = o.split_once('=').unwrap_or((o, ""));
@@ -185,6 +193,13 @@ mod tests {
         );
         let v = volume(&attrs(&[("server", "h"), ("vers", "4.0")]), &[], false).unwrap();
         assert!(!v.is_v3());
+        let v = volume(
+            &attrs(&[("server", "h"), ("port", "3049"), ("mountport", "3049")]),
+            &[],
+            false,
+        )
+        .unwrap();
+        assert_eq!((v.nfs_port, v.mount_port), (Some(3049), Some(3049)));
     }
 
     #[test]
