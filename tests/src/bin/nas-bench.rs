@@ -5,7 +5,7 @@
 //! 1. sequential write of one file: 1 MiB writes through the mount (close included: it waits
 //!    for the writes and COMMITs) / `nfs-cp` of a local file of the same size;
 //! 2. sequential read of it, page caches dropped: through the mount (after a fresh mount) /
-//!    `nfs-cp` to `/dev/null`;
+//!    `nfs-cp` to a local file;
 //! 3. metadata: create N small files through the mount (open, write 100 bytes, close) / `nfs-cp`
 //!    of a 100-byte file N times (a process, and its MOUNT, per file: how scripts use it);
 //!    stat the N files through a fresh mount; list the directory through a fresh mount /
@@ -79,11 +79,18 @@ impl Ours {
     }
 
     fn unmount(&self) -> Result<()> {
-        if nodeless_volumes::fuse::mounted_at(&self.at) {
-            let st = Command::new("umount").arg(&self.at).status()?;
-            if !st.success() {
+        // The kernel lets go of files a moment after their last close (FUSE's release is
+        // asynchronous): busy for that moment.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while nodeless_volumes::fuse::mounted_at(&self.at) {
+            let st = Command::new("umount").arg(&self.at).stderr(Stdio::null()).status()?;
+            if st.success() {
+                break;
+            }
+            if Instant::now() > deadline {
                 bail!("umount {} failed", self.at.display());
             }
+            std::thread::sleep(Duration::from_millis(100));
         }
         std::thread::sleep(Duration::from_millis(200));
         Ok(())
@@ -97,11 +104,18 @@ impl Ours {
 }
 
 fn url(nfs: &NfsServer, path: &str) -> String {
-    format!("nfs://127.0.0.1{}/{path}?nfsport={p}&mountport={p}", nfs.export, p = nfs.port)
+    format!(
+        "nfs://127.0.0.1{}/{path}?nfsport={p}&mountport={p}",
+        nfs.export,
+        p = nfs.port
+    )
 }
 
 fn nfs_cp(from: &str, to: &str) -> Result<()> {
-    let out = Command::new("nfs-cp").args([from, to]).output().context("nfs-cp (apt-get install libnfs-utils)")?;
+    let out = Command::new("nfs-cp")
+        .args([from, to])
+        .output()
+        .context("nfs-cp (apt-get install libnfs-utils)")?;
     if !out.status.success() {
         bail!("nfs-cp {from} {to}: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
@@ -214,14 +228,19 @@ fn run(a: &Args, nfs: &NfsServer, ours: &Ours, work: &Path) -> Result<Vec<Row>> 
         }
         total += n as u64;
     }
+    let ours_read = mib as f64 / t.elapsed().as_secs_f64();
+    drop(f);
     if total != mib << 20 {
         bail!("read {total} of {} bytes", mib << 20);
     }
-    let ours_read = mib as f64 / t.elapsed().as_secs_f64();
+    // nfs-cp writes to a file (not /dev/null): into the page cache, as the mount's reader reads
+    // into memory.
+    let copy = work.join("copy.bin");
     drop_caches();
     let t = Instant::now();
-    nfs_cp(&url(nfs, "peer/big.bin"), "/dev/null")?;
+    nfs_cp(&url(nfs, "peer/big.bin"), &copy.to_string_lossy())?;
     let peer_read = mib as f64 / t.elapsed().as_secs_f64();
+    std::fs::remove_file(&copy)?;
     eprintln!("read: ours {ours_read:.1} MiB/s, nfs-cp {peer_read:.1} MiB/s");
     rows.push(Row {
         what: format!("sequential read {mib} MiB (cold)"),
@@ -276,7 +295,10 @@ fn run(a: &Args, nfs: &NfsServer, ours: &Ours, work: &Path) -> Result<Vec<Row>> 
     }
     let t = Instant::now();
     let out = Command::new("nfs-ls").arg(url(nfs, "peer/small")).output()?;
-    let listed = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.contains(" f")).count();
+    let listed = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(" f"))
+        .count();
     let peer_list = listed as f64 / t.elapsed().as_secs_f64();
     if listed != n {
         bail!("nfs-ls listed {listed} of {n}");

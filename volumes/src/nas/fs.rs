@@ -22,6 +22,8 @@
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use futures::FutureExt;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
@@ -242,6 +244,19 @@ impl Nodes {
     }
 }
 
+/// Chunks of an open file fetched ahead of a reader going forward.
+#[derive(Default)]
+struct Ahead {
+    ino: u64,
+    chunks: Mutex<std::collections::BTreeMap<u64, Chunk>>,
+    furthest: AtomicU64,
+}
+
+type Chunk = futures::future::Shared<futures::future::BoxFuture<'static, Result<(bytes::Bytes, bool), i32>>>;
+
+/// Chunks (of the server's `rtmax`) fetched ahead of a sequential reader.
+pub const READ_AHEAD_CHUNKS: u64 = 8;
+
 /// A file open for writing: its writes in flight and the first error of any.
 #[derive(Default)]
 struct Writes {
@@ -263,6 +278,8 @@ struct Inner {
     /// (parent inode, name) → (handle, attributes), from listings.
     dentries: moka::sync::Cache<(u64, String), (nfs_fh3, fattr3)>,
     writes: Mutex<HashMap<u64, Arc<Writes>>>,
+    /// Read-ahead of each open file (by FUSE handle: a new open reads anew).
+    ahead: Mutex<HashMap<u64, Arc<Ahead>>>,
     next_fh: AtomicU64,
     /// Largest READ and WRITE the server takes (FSINFO).
     rtmax: u32,
@@ -322,6 +339,7 @@ impl NfsFs {
                     .max_capacity(100_000)
                     .build(),
                 writes: Mutex::default(),
+                ahead: Mutex::default(),
                 next_fh: AtomicU64::new(1),
                 rtmax,
                 wtmax,
@@ -464,47 +482,74 @@ impl Inner {
         Ok(self.attr(ino, &a))
     }
 
-    async fn read(&self, ino: u64, offset: u64, size: u32) -> Result<Vec<u8>, i32> {
-        let fh = self.fh(ino)?;
-        // Pieces the server takes, side by side.
-        let mut pieces = Vec::new();
-        let mut off = offset;
-        let end = offset + size as u64;
-        while off < end {
-            let n = ((end - off) as u32).min(self.rtmax);
-            pieces.push((off, n));
-            off += n as u64;
+    /// One READ of `count` bytes at `offset`: the bytes and whether the file ends there.
+    async fn read_once(&self, file: nfs_fh3, offset: u64, count: u32) -> Result<(bytes::Bytes, bool), i32> {
+        let r = self
+            .pool
+            .call(move |c| Box::pin(async move { c.read(&READ3args { file, offset, count }).await }))
+            .await?;
+        let r = ok(r)?;
+        Ok((bytes::Bytes::from(r.data.into_owned()), r.eof))
+    }
+
+    /// Read through the open file's chunks (of `rtmax`), fetching up to [`READ_AHEAD_CHUNKS`]
+    /// ahead while the reader goes forward; a file written through this handle is read
+    /// directly (its writes land first).
+    async fn read(self: &Arc<Self>, ino: u64, fh: u64, offset: u64, size: u32) -> Result<bytes::Bytes, i32> {
+        let file = self.fh(ino)?;
+        if lock(&self.writes).contains_key(&fh) {
+            self.flush(ino, fh).await?;
+            let (data, _) = self.read_once(file, offset, size.min(self.rtmax)).await?;
+            return Ok(data);
         }
-        let results = futures::future::join_all(pieces.into_iter().map(|(off, n)| {
-            let fh = fh.clone();
-            async move {
-                let r = self
-                    .pool
-                    .call(move |c| {
-                        Box::pin(async move {
-                            c.read(&READ3args {
-                                file: fh,
-                                offset: off,
-                                count: n,
-                            })
-                            .await
-                        })
-                    })
-                    .await?;
-                let r = ok(r)?;
-                Ok::<_, i32>((r.data.to_vec(), r.eof))
+        let ahead = lock(&self.ahead)
+            .entry(fh)
+            .or_insert_with(|| {
+                Arc::new(Ahead {
+                    ino,
+                    ..Default::default()
+                })
+            })
+            .clone();
+        let part = self.rtmax as u64;
+        let end = offset + size as u64;
+        let first = offset / part;
+        let last = (end - 1) / part;
+        let furthest = ahead.furthest.fetch_max(end, Ordering::Relaxed);
+        let sequential = offset == 0 || offset.abs_diff(furthest) <= part;
+        let reach = if sequential { last + READ_AHEAD_CHUNKS } else { last };
+        let wanted: Vec<Chunk> = {
+            let mut chunks = lock(&ahead.chunks);
+            chunks.retain(|&i, _| i + 2 >= first && i <= last + READ_AHEAD_CHUNKS + 1);
+            for i in first..=reach {
+                chunks.entry(i).or_insert_with(|| {
+                    let me = self.clone();
+                    let file = file.clone();
+                    let t = tokio::spawn(async move { me.read_once(file, i * part, part as u32).await });
+                    async move { t.await.unwrap_or(Err(libc::EIO)) }.boxed().shared()
+                });
             }
-        }))
-        .await;
-        let mut out = Vec::with_capacity(size as usize);
-        for r in results {
-            let (data, eof) = r?;
-            let short = eof || data.is_empty();
-            out.extend_from_slice(&data);
-            if short {
+            (first..=last).filter_map(|i| chunks.get(&i).cloned()).collect()
+        };
+        let mut pieces = Vec::with_capacity(wanted.len());
+        for (n, c) in wanted.into_iter().enumerate() {
+            let (data, eof) = c.await?;
+            let base = (first + n as u64) * part;
+            let from = (offset.max(base) - base) as usize;
+            let to = ((end.min(base + part)) - base) as usize;
+            if from < data.len() {
+                // A slice of the chunk: no copy.
+                pieces.push(data.slice(from..to.min(data.len())));
+            }
+            if eof || data.len() < part as usize {
                 break;
             }
         }
+        let out = match pieces.len() {
+            0 => bytes::Bytes::new(),
+            1 => pieces.pop().unwrap_or_default(),
+            _ => pieces.concat().into(),
+        };
         self.pool
             .counters
             .bytes_read
@@ -521,6 +566,8 @@ impl Inner {
         if self.read_only {
             return Err(libc::EROFS);
         }
+        // What was read ahead of this file is no longer what it holds.
+        lock(&self.ahead).retain(|_, a| a.ino != ino);
         let w = self.writes_of(fh);
         if let Some(e) = *lock(&w.error) {
             return Err(e);
@@ -1040,7 +1087,7 @@ impl fuser::Filesystem for NfsFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         size: u32,
         _flags: OpenFlags,
@@ -1048,7 +1095,7 @@ impl fuser::Filesystem for NfsFs {
         reply: ReplyData,
     ) {
         let inner = self.inner.clone();
-        self.go(async move { answer!(reply, inner.read(ino.0, offset, size).await, |d| reply.data(&d)) });
+        self.go(async move { answer!(reply, inner.read(ino.0, fh.0, offset, size).await, |d| reply.data(&d)) });
     }
 
     fn write(
@@ -1095,6 +1142,7 @@ impl fuser::Filesystem for NfsFs {
         self.go(async move {
             let r = inner.flush(ino.0, fh.0).await;
             lock(&inner.writes).remove(&fh.0);
+            lock(&inner.ahead).remove(&fh.0);
             answer!(reply, r, |_v| reply.ok())
         });
     }

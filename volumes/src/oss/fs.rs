@@ -654,18 +654,24 @@ impl Inner {
             }
             (first..=last).filter_map(|i| chunks.get(&i).cloned()).collect()
         };
-        let mut out = Vec::with_capacity((end - offset) as usize);
+        let mut pieces = Vec::with_capacity(wanted.len());
         for (n, c) in wanted.into_iter().enumerate() {
             let b = c.await?;
             let base = (first + n as u64) * part;
             let from = offset.max(base) - base;
             let to = (end.min(base + b.len() as u64)).saturating_sub(base);
             if from < to {
-                out.extend_from_slice(&b[from as usize..to as usize]);
+                // A slice of the chunk: no copy.
+                pieces.push(b.slice(from as usize..to as usize));
             }
         }
+        let out = match pieces.len() {
+            0 => Bytes::new(),
+            1 => pieces.pop().unwrap_or_default(),
+            _ => pieces.concat().into(),
+        };
         self.counters.bytes_read.fetch_add(out.len() as u64, Ordering::Relaxed);
-        Ok(Bytes::from(out))
+        Ok(out)
     }
 
     async fn set_size(self: &Arc<Self>, ino: u64, fh: Option<u64>, size: u64) -> Result<(), i32> {
