@@ -11,6 +11,7 @@
 //!   a pod deleted while the server is away is torn down all the same;
 //! - a StorageClass (`volumeAs: subpath`, provisioner and node-publish secrets) gives each claim
 //!   its own prefix, and deleting the claim deletes its objects;
+//! - the mount's counters reach the node's `/metrics` (`nodeless_fuse_volume_*`);
 //! - afterwards: no FUSE mount, mount process or record is left.
 
 use std::path::Path;
@@ -204,6 +205,22 @@ spec:
     assert_eq!(text.lines().next(), Some("10000"), "{text}");
     let out = exec(&n, ns, "reader", "cat /data/many/f09999");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "9999");
+
+    // The mount's counters, through control's node proxy.
+    let node = n.node.clone().unwrap();
+    eventually("the OSS mount's counters in the node's metrics", 30, || {
+        let m = n.kubectl_ok(V, &["get", "--raw", &format!("/api/v1/nodes/{node}/proxy/metrics")]);
+        let value = |name: &str| {
+            m.lines()
+                .find(|l| l.starts_with(name) && l.contains(r#"driver="oss.csi.nodeless.io""#))
+                .and_then(|l| l.rsplit(' ').next())
+                .and_then(|v| v.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        value("nodeless_fuse_volume_operations_total{") > 0.0
+            && value("nodeless_fuse_volume_written_bytes_total{") >= 17.0
+            && value("nodeless_fuse_volume_up{") == 1.0
+    });
 
     // A second pod on the same claim sees the first one's writes, and the first the second's.
     apply(
