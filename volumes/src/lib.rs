@@ -24,6 +24,7 @@ pub mod nas;
 pub mod oss;
 pub mod purge;
 pub mod records;
+pub mod shared_fs;
 
 pub use disk::{DISK_DRIVER, DiskConfig, DiskDriver};
 pub use error::Error;

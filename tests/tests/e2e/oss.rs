@@ -16,52 +16,19 @@
 
 use std::path::Path;
 
-use nodeless_tests::images::BUSYBOX;
 use nodeless_tests::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
 use nodeless_tests::{Nodeless, eventually};
 
+use crate::volumes::{apply, get, pod, wait_running};
+
 const V: &str = "1.33";
-
-fn get(n: &Nodeless, ns: &str, what: &str, path: &str) -> String {
-    let out = n.kubectl(V, &["get", what, "-n", ns, "-o", &format!("jsonpath={path}")]);
-    String::from_utf8_lossy(&out.stdout).to_string()
-}
-
-fn apply(n: &Nodeless, yaml: &str) {
-    let out = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(yaml));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-}
-
-fn pod(ns: &str, name: &str, claim: &str, script: &str) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Pod
-metadata: {{name: {name}, namespace: {ns}}}
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: c
-    image: {BUSYBOX}
-    command: [sh, -c, '{script}']
-    volumeMounts: [{{name: data, mountPath: /data}}]
-  volumes:
-  - {{name: data, persistentVolumeClaim: {{claimName: {claim}}}}}
-"#
-    )
-}
-
-fn wait_running(n: &Nodeless, ns: &str, pod: &str) {
-    eventually(&format!("pod {pod} Running"), 120, || {
-        get(n, ns, &format!("pod/{pod}"), "{.status.phase}") == "Running"
-    });
-}
 
 fn exec(n: &Nodeless, ns: &str, pod: &str, script: &str) -> std::process::Output {
     n.kubectl(V, &["exec", "-n", ns, pod, "--", "sh", "-c", script])
 }
 
 /// FUSE mounts under `dir`.
-fn fuse_mounts_under(dir: &Path) -> Vec<String> {
+pub(crate) fn fuse_mounts_under(dir: &Path) -> Vec<String> {
     let dir = dir.to_string_lossy().to_string();
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap_or_default()

@@ -27,17 +27,17 @@ use nodeless_tests::{Nodeless, eventually};
 
 const V: &str = "1.33";
 
-fn get(n: &Nodeless, ns: &str, what: &str, path: &str) -> String {
+pub(crate) fn get(n: &Nodeless, ns: &str, what: &str, path: &str) -> String {
     let out = n.kubectl(V, &["get", what, "-n", ns, "-o", &format!("jsonpath={path}")]);
     String::from_utf8_lossy(&out.stdout).to_string()
 }
 
-fn apply(n: &Nodeless, yaml: &str) {
+pub(crate) fn apply(n: &Nodeless, yaml: &str) {
     let out = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(yaml));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
-fn pod(ns: &str, name: &str, claim: &str, script: &str) -> String {
+pub(crate) fn pod(ns: &str, name: &str, claim: &str, script: &str) -> String {
     format!(
         r#"apiVersion: v1
 kind: Pod
@@ -55,13 +55,13 @@ spec:
     )
 }
 
-fn wait_running(n: &Nodeless, ns: &str, pod: &str) {
+pub(crate) fn wait_running(n: &Nodeless, ns: &str, pod: &str) {
     eventually(&format!("pod {pod} Running"), 120, || {
         get(n, ns, &format!("pod/{pod}"), "{.status.phase}") == "Running"
     });
 }
 
-fn events(n: &Nodeless, ns: &str) -> String {
+pub(crate) fn events(n: &Nodeless, ns: &str) -> String {
     n.kubectl_ok(
         V,
         &["get", "events", "-n", ns, "-o", "custom-columns=R:.reason,M:.message"],

@@ -27,10 +27,10 @@ use serde::{Deserialize, Serialize};
 use crate::csi::controller_server::Controller;
 use crate::csi::identity_server::Identity;
 use crate::csi::node_server::Node;
-use crate::csi::volume_capability::AccessType;
 use crate::csi::*;
 use crate::error::Error;
 use crate::locks::Locks;
+use crate::shared_fs::{self, required};
 
 pub mod fs;
 pub mod params;
@@ -143,52 +143,6 @@ impl NasDriver {
     fn volume_record(&self, id: &str) -> PathBuf {
         self.ctx.config.state_dir.join("volumes").join(format!("{id}.json"))
     }
-}
-
-fn status(e: Error) -> tonic::Status {
-    e.into()
-}
-
-fn required<'a>(field: &'static str, v: &'a str) -> Result<&'a str, tonic::Status> {
-    if v.is_empty() {
-        Err(status(Error::Missing(field)))
-    } else {
-        Ok(v)
-    }
-}
-
-/// Mount capabilities in any access mode; the mount flags of the first; whether all are
-/// read-only.
-fn check_capabilities(field: &'static str, caps: &[VolumeCapability]) -> Result<(Vec<String>, bool), tonic::Status> {
-    if caps.is_empty() {
-        return Err(status(Error::Missing(field)));
-    }
-    let mut read_only = true;
-    let mut flags = None;
-    for c in caps {
-        match &c.access_type {
-            Some(AccessType::Mount(m)) => {
-                flags.get_or_insert_with(|| m.mount_flags.clone());
-            }
-            Some(AccessType::Block(_)) => {
-                return Err(status(Error::invalid(
-                    field,
-                    "an NFS export is mounted as files, not as a block device",
-                )));
-            }
-            None => return Err(status(Error::invalid(field, "access_type (mount) is required"))),
-        }
-        let mode = c.access_mode.as_ref().map(|m| m.mode).unwrap_or(0);
-        use volume_capability::access_mode::Mode;
-        match Mode::try_from(mode) {
-            Ok(Mode::Unknown) | Err(_) => {
-                return Err(status(Error::invalid(field, format!("unknown access mode {mode}"))));
-            }
-            Ok(Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly) => {}
-            Ok(_) => read_only = false,
-        }
-    }
-    Ok((flags.unwrap_or_default(), read_only))
 }
 
 /// A short-lived connection to `host:path` for the controller's directory work.
@@ -318,34 +272,18 @@ fn remove_tree<'a>(pool: &'a fs::Pool, dir: nfs_fh3, name: String) -> futures::f
 #[tonic::async_trait]
 impl Identity for NasDriver {
     async fn get_plugin_info(&self, _: tonic::Request<GetPluginInfoRequest>) -> Reply<GetPluginInfoResponse> {
-        Ok(tonic::Response::new(GetPluginInfoResponse {
-            name: NAS_DRIVER.to_string(),
-            vendor_version: env!("CARGO_PKG_VERSION").to_string(),
-            manifest: Default::default(),
-        }))
+        Ok(tonic::Response::new(shared_fs::plugin_info(NAS_DRIVER)))
     }
 
     async fn get_plugin_capabilities(
         &self,
         _: tonic::Request<GetPluginCapabilitiesRequest>,
     ) -> Reply<GetPluginCapabilitiesResponse> {
-        Ok(tonic::Response::new(GetPluginCapabilitiesResponse {
-            capabilities: vec![PluginCapability {
-                r#type: Some(plugin_capability::Type::Service(plugin_capability::Service {
-                    r#type: plugin_capability::service::Type::ControllerService as i32,
-                })),
-            }],
-        }))
+        Ok(tonic::Response::new(shared_fs::plugin_capabilities()))
     }
 
     async fn probe(&self, _: tonic::Request<ProbeRequest>) -> Reply<ProbeResponse> {
-        if !self.ctx.config.state_dir.is_dir() {
-            return Err(tonic::Status::failed_precondition(format!(
-                "state directory {} is gone",
-                self.ctx.config.state_dir.display()
-            )));
-        }
-        Ok(tonic::Response::new(ProbeResponse { ready: Some(true) }))
+        shared_fs::probe(&self.ctx.config.state_dir).map(tonic::Response::new)
     }
 }
 
@@ -354,7 +292,8 @@ impl Controller for NasDriver {
     async fn create_volume(&self, request: tonic::Request<CreateVolumeRequest>) -> Reply<CreateVolumeResponse> {
         let req = request.into_inner();
         let name = required("name", &req.name)?.to_string();
-        let (flags, _) = check_capabilities("volume_capabilities", &req.volume_capabilities)?;
+        let (flags, _) =
+            shared_fs::mount_capabilities("volume_capabilities", &req.volume_capabilities, "an NFS export")?;
         if req.volume_content_source.is_some() {
             return Err(tonic::Status::invalid_argument(
                 "volume_content_source: NAS volumes cannot be made from snapshots or other volumes",
@@ -369,7 +308,7 @@ impl Controller for NasDriver {
         match p.remove("volumeAs").as_deref() {
             None | Some("subpath") => {}
             Some(other) => {
-                return Err(status(Error::invalid(
+                return Err(tonic::Status::from(Error::invalid(
                     "parameters.volumeAs",
                     format!("{other:?}: only \"subpath\" (a directory per volume on a shared export) is offered"),
                 )));
@@ -379,7 +318,7 @@ impl Controller for NasDriver {
             None | Some("false") => false,
             Some("true") => true,
             Some(o) => {
-                return Err(status(Error::invalid(
+                return Err(tonic::Status::from(Error::invalid(
                     "parameters.archiveOnDelete",
                     format!("{o:?} is not true or false"),
                 )));
@@ -388,10 +327,10 @@ impl Controller for NasDriver {
         // nasplugin's class options that only matter to its own provisioning.
         p.remove("mode");
         p.remove("modeType");
-        let base = params::volume(&p, &flags, false).map_err(status)?;
+        let base = params::volume(&p, &flags, false).map_err(tonic::Status::from)?;
         for k in p.keys() {
             if !matches!(k.as_str(), "server" | "path" | "vers" | "port" | "mountport") {
-                return Err(status(Error::invalid(
+                return Err(tonic::Status::from(Error::invalid(
                     "parameters",
                     format!("{k:?} is not a parameter of this driver"),
                 )));
@@ -434,7 +373,7 @@ impl Controller for NasDriver {
         };
         if let Ok(text) = std::fs::read(&record) {
             let had: VolumeRecord = serde_json::from_slice(&text).map_err(|e| {
-                status(Error::Record {
+                tonic::Status::from(Error::Record {
                     path: record.clone(),
                     source: e,
                 })
@@ -467,7 +406,7 @@ impl Controller for NasDriver {
                 Nfs3Result::Err((s, _)) => return Err(nfs_status("making the volume's directory", fs::errno_of(s))),
             }
             crate::records::write_atomic(&record, &serde_json::to_vec(&wanted).unwrap_or_default(), 0o644)
-                .map_err(status)?;
+                .map_err(tonic::Status::from)?;
         }
         attributes.retain(|_, v| !v.is_empty());
         Ok(tonic::Response::new(CreateVolumeResponse {
@@ -492,12 +431,12 @@ impl Controller for NasDriver {
             return Ok(tonic::Response::new(DeleteVolumeResponse {}));
         };
         let had: VolumeRecord = serde_json::from_slice(&text).map_err(|e| {
-            status(Error::Record {
+            tonic::Status::from(Error::Record {
                 path: record.clone(),
                 source: e,
             })
         })?;
-        let v = params::volume(&had.attributes, &had.mount_flags, false).map_err(status)?;
+        let v = params::volume(&had.attributes, &had.mount_flags, false).map_err(tonic::Status::from)?;
         let (parent, dir_name) = v.path.rsplit_once('/').unwrap_or(("", v.path.as_str()));
         let base = params::Volume {
             path: if parent.is_empty() {
@@ -537,7 +476,7 @@ impl Controller for NasDriver {
                 .await
                 .map_err(|e| nfs_status("removing the volume's directory", e))?;
         }
-        std::fs::remove_file(&record).map_err(|e| status(Error::io("unlink", &record, e)))?;
+        std::fs::remove_file(&record).map_err(|e| tonic::Status::from(Error::io("unlink", &record, e)))?;
         Ok(tonic::Response::new(DeleteVolumeResponse {}))
     }
 
@@ -547,7 +486,7 @@ impl Controller for NasDriver {
     ) -> Reply<ValidateVolumeCapabilitiesResponse> {
         let req = request.into_inner();
         let id = required("volume_id", &req.volume_id)?;
-        check_capabilities("volume_capabilities", &req.volume_capabilities)?;
+        shared_fs::mount_capabilities("volume_capabilities", &req.volume_capabilities, "an NFS export")?;
         if !crate::disk::params::is_id_for(ID_PREFIX, id) || !self.volume_record(id).is_file() {
             return Err(tonic::Status::not_found(format!("volume {id} does not exist")));
         }
@@ -566,16 +505,7 @@ impl Controller for NasDriver {
         &self,
         _: tonic::Request<ControllerGetCapabilitiesRequest>,
     ) -> Reply<ControllerGetCapabilitiesResponse> {
-        use controller_service_capability::rpc::Type;
-        Ok(tonic::Response::new(ControllerGetCapabilitiesResponse {
-            capabilities: vec![ControllerServiceCapability {
-                r#type: Some(controller_service_capability::Type::Rpc(
-                    controller_service_capability::Rpc {
-                        r#type: Type::CreateDeleteVolume as i32,
-                    },
-                )),
-            }],
-        }))
+        Ok(tonic::Response::new(shared_fs::controller_capabilities()))
     }
 }
 
@@ -619,10 +549,11 @@ impl Node for NasDriver {
         let cap = req
             .volume_capability
             .clone()
-            .ok_or_else(|| status(Error::Missing("volume_capability")))?;
-        let (flags, cap_ro) = check_capabilities("volume_capability", std::slice::from_ref(&cap))?;
+            .ok_or_else(|| tonic::Status::from(Error::Missing("volume_capability")))?;
+        let (flags, cap_ro) =
+            shared_fs::mount_capabilities("volume_capability", std::slice::from_ref(&cap), "an NFS export")?;
         let attributes: HashMap<String, String> = req.volume_context.clone().into_iter().collect();
-        let v = params::volume(&attributes, &flags, req.readonly || cap_ro).map_err(status)?;
+        let v = params::volume(&attributes, &flags, req.readonly || cap_ro).map_err(tonic::Status::from)?;
         let _guard = self.ctx.locks.lock(&target.display().to_string()).await;
         if self.ctx.kernel {
             if crate::fuse::mounted_at(&target) || is_nfs_mount(&target) {
@@ -716,15 +647,7 @@ impl Node for NasDriver {
         &self,
         _: tonic::Request<NodeGetCapabilitiesRequest>,
     ) -> Reply<NodeGetCapabilitiesResponse> {
-        use node_service_capability::rpc::Type;
-        let cap = |t: Type| NodeServiceCapability {
-            r#type: Some(node_service_capability::Type::Rpc(node_service_capability::Rpc {
-                r#type: t as i32,
-            })),
-        };
-        Ok(tonic::Response::new(NodeGetCapabilitiesResponse {
-            capabilities: vec![cap(Type::GetVolumeStats), cap(Type::GetVolumeHealth)],
-        }))
+        Ok(tonic::Response::new(shared_fs::node_capabilities()))
     }
 
     async fn node_get_info(&self, _: tonic::Request<NodeGetInfoRequest>) -> Reply<NodeGetInfoResponse> {

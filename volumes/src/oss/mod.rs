@@ -23,10 +23,10 @@ use serde::{Deserialize, Serialize};
 use crate::csi::controller_server::Controller;
 use crate::csi::identity_server::Identity;
 use crate::csi::node_server::Node;
-use crate::csi::volume_capability::AccessType;
 use crate::csi::*;
 use crate::error::Error;
 use crate::locks::Locks;
+use crate::shared_fs::{self, required};
 
 pub mod fs;
 pub mod params;
@@ -104,92 +104,26 @@ impl OssDriver {
     }
 }
 
-fn status(e: Error) -> tonic::Status {
-    e.into()
-}
-
-fn required<'a>(field: &'static str, v: &'a str) -> Result<&'a str, tonic::Status> {
-    if v.is_empty() {
-        Err(status(Error::Missing(field)))
-    } else {
-        Ok(v)
-    }
-}
-
-/// Mount capabilities in any access mode; block is refused (a bucket is not a device).
-fn check_capabilities(field: &'static str, caps: &[VolumeCapability]) -> Result<bool, tonic::Status> {
-    if caps.is_empty() {
-        return Err(status(Error::Missing(field)));
-    }
-    let mut read_only = true;
-    for c in caps {
-        match c.access_type {
-            Some(AccessType::Mount(_)) => {}
-            Some(AccessType::Block(_)) => {
-                return Err(status(Error::invalid(
-                    field,
-                    "a bucket is mounted as files, not as a block device",
-                )));
-            }
-            None => return Err(status(Error::invalid(field, "access_type (mount) is required"))),
-        }
-        let mode = c.access_mode.as_ref().map(|m| m.mode).unwrap_or(0);
-        use volume_capability::access_mode::Mode;
-        match Mode::try_from(mode) {
-            Ok(Mode::Unknown) | Err(_) => {
-                return Err(status(Error::invalid(field, format!("unknown access mode {mode}"))));
-            }
-            Ok(Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly) => {}
-            Ok(_) => read_only = false,
-        }
-    }
-    Ok(read_only)
-}
-
 #[tonic::async_trait]
 impl Identity for OssDriver {
     async fn get_plugin_info(&self, _: tonic::Request<GetPluginInfoRequest>) -> Reply<GetPluginInfoResponse> {
-        Ok(tonic::Response::new(GetPluginInfoResponse {
-            name: OSS_DRIVER.to_string(),
-            vendor_version: env!("CARGO_PKG_VERSION").to_string(),
-            manifest: Default::default(),
-        }))
+        Ok(tonic::Response::new(shared_fs::plugin_info(OSS_DRIVER)))
     }
 
     async fn get_plugin_capabilities(
         &self,
         _: tonic::Request<GetPluginCapabilitiesRequest>,
     ) -> Reply<GetPluginCapabilitiesResponse> {
-        Ok(tonic::Response::new(GetPluginCapabilitiesResponse {
-            capabilities: vec![PluginCapability {
-                r#type: Some(plugin_capability::Type::Service(plugin_capability::Service {
-                    r#type: plugin_capability::service::Type::ControllerService as i32,
-                })),
-            }],
-        }))
+        Ok(tonic::Response::new(shared_fs::plugin_capabilities()))
     }
 
     async fn probe(&self, _: tonic::Request<ProbeRequest>) -> Reply<ProbeResponse> {
-        if !self.ctx.config.state_dir.is_dir() {
-            return Err(tonic::Status::failed_precondition(format!(
-                "state directory {} is gone",
-                self.ctx.config.state_dir.display()
-            )));
-        }
-        Ok(tonic::Response::new(ProbeResponse { ready: Some(true) }))
-    }
-}
-
-fn ctrl_cap(t: controller_service_capability::rpc::Type) -> ControllerServiceCapability {
-    ControllerServiceCapability {
-        r#type: Some(controller_service_capability::Type::Rpc(
-            controller_service_capability::Rpc { r#type: t as i32 },
-        )),
+        shared_fs::probe(&self.ctx.config.state_dir).map(tonic::Response::new)
     }
 }
 
 fn s3_of(v: &params::Volume, secrets: &HashMap<String, String>) -> Result<s3::S3, tonic::Status> {
-    let creds = params::credentials(secrets).map_err(status)?;
+    let creds = params::credentials(secrets).map_err(tonic::Status::from)?;
     s3::S3::new(&v.endpoint, &v.bucket, &v.region, v.path_style, creds).map_err(tonic::Status::invalid_argument)
 }
 
@@ -206,7 +140,7 @@ impl Controller for OssDriver {
     async fn create_volume(&self, request: tonic::Request<CreateVolumeRequest>) -> Reply<CreateVolumeResponse> {
         let req = request.into_inner();
         let name = required("name", &req.name)?.to_string();
-        check_capabilities("volume_capabilities", &req.volume_capabilities)?;
+        shared_fs::mount_capabilities("volume_capabilities", &req.volume_capabilities, "a bucket")?;
         if req.volume_content_source.is_some() {
             return Err(tonic::Status::invalid_argument(
                 "volume_content_source: OSS volumes cannot be made from snapshots or other volumes",
@@ -221,15 +155,16 @@ impl Controller for OssDriver {
         match attributes.remove("volumeAs").as_deref() {
             None | Some("subpath") => {}
             Some(other) => {
-                return Err(status(Error::invalid(
+                return Err(tonic::Status::from(Error::invalid(
                     "parameters.volumeAs",
                     format!("{other:?}: only \"subpath\" (a prefix per volume) is offered"),
                 )));
             }
         }
-        let base = params::prefix_of(attributes.get("path").map(String::as_str).unwrap_or("/")).map_err(status)?;
+        let base = params::prefix_of(attributes.get("path").map(String::as_str).unwrap_or("/"))
+            .map_err(tonic::Status::from)?;
         attributes.insert("path".into(), format!("/{base}{}", sanitize(&name)));
-        let v = params::volume(&attributes, false).map_err(status)?;
+        let v = params::volume(&attributes, false).map_err(tonic::Status::from)?;
         let id = crate::disk::params::id_for(ID_PREFIX, &name);
         let _guard = self.ctx.locks.lock(&id).await;
         let record = self.volume_record(&id);
@@ -251,7 +186,7 @@ impl Controller for OssDriver {
         };
         if let Ok(text) = std::fs::read(&record) {
             let had: VolumeRecord = serde_json::from_slice(&text).map_err(|e| {
-                status(Error::Record {
+                tonic::Status::from(Error::Record {
                     path: record.clone(),
                     source: e,
                 })
@@ -268,7 +203,7 @@ impl Controller for OssDriver {
                 .await
                 .map_err(|e| s3_status(&format!("making {}{}", v.bucket, v.prefix), e))?;
             crate::records::write_atomic(&record, &serde_json::to_vec(&wanted).unwrap_or_default(), 0o644)
-                .map_err(status)?;
+                .map_err(tonic::Status::from)?;
         }
         Ok(tonic::Response::new(CreateVolumeResponse {
             volume: Some(crate::csi::Volume {
@@ -293,19 +228,19 @@ impl Controller for OssDriver {
             return Ok(tonic::Response::new(DeleteVolumeResponse {}));
         };
         let had: VolumeRecord = serde_json::from_slice(&text).map_err(|e| {
-            status(Error::Record {
+            tonic::Status::from(Error::Record {
                 path: record.clone(),
                 source: e,
             })
         })?;
-        let v = params::volume(&had.attributes, false).map_err(status)?;
+        let v = params::volume(&had.attributes, false).map_err(tonic::Status::from)?;
         let s3 = s3_of(&v, &req.secrets)?;
         let what = format!("deleting {}/{}", v.bucket, v.prefix);
         let objects = s3.list_all(&v.prefix).await.map_err(|e| s3_status(&what, e))?;
         for o in objects {
             s3.delete(&o.key).await.map_err(|e| s3_status(&what, e))?;
         }
-        std::fs::remove_file(&record).map_err(|e| status(Error::io("unlink", &record, e)))?;
+        std::fs::remove_file(&record).map_err(|e| tonic::Status::from(Error::io("unlink", &record, e)))?;
         Ok(tonic::Response::new(DeleteVolumeResponse {}))
     }
 
@@ -315,7 +250,7 @@ impl Controller for OssDriver {
     ) -> Reply<ValidateVolumeCapabilitiesResponse> {
         let req = request.into_inner();
         let id = required("volume_id", &req.volume_id)?;
-        check_capabilities("volume_capabilities", &req.volume_capabilities)?;
+        shared_fs::mount_capabilities("volume_capabilities", &req.volume_capabilities, "a bucket")?;
         if !self.volume_record(id).is_file() || !crate::disk::params::is_id_for(ID_PREFIX, id) {
             return Err(tonic::Status::not_found(format!("volume {id} does not exist")));
         }
@@ -334,10 +269,7 @@ impl Controller for OssDriver {
         &self,
         _: tonic::Request<ControllerGetCapabilitiesRequest>,
     ) -> Reply<ControllerGetCapabilitiesResponse> {
-        use controller_service_capability::rpc::Type;
-        Ok(tonic::Response::new(ControllerGetCapabilitiesResponse {
-            capabilities: vec![ctrl_cap(Type::CreateDeleteVolume)],
-        }))
+        Ok(tonic::Response::new(shared_fs::controller_capabilities()))
     }
 }
 
@@ -352,14 +284,6 @@ fn sanitize(name: &str) -> String {
             }
         })
         .collect()
-}
-
-fn node_cap(t: node_service_capability::rpc::Type) -> NodeServiceCapability {
-    NodeServiceCapability {
-        r#type: Some(node_service_capability::Type::Rpc(node_service_capability::Rpc {
-            r#type: t as i32,
-        })),
-    }
 }
 
 #[tonic::async_trait]
@@ -389,11 +313,11 @@ impl Node for OssDriver {
         let cap = req
             .volume_capability
             .clone()
-            .ok_or_else(|| status(Error::Missing("volume_capability")))?;
-        let cap_ro = check_capabilities("volume_capability", std::slice::from_ref(&cap))?;
+            .ok_or_else(|| tonic::Status::from(Error::Missing("volume_capability")))?;
+        let (_, cap_ro) = shared_fs::mount_capabilities("volume_capability", std::slice::from_ref(&cap), "a bucket")?;
         let attributes: HashMap<String, String> = req.volume_context.clone().into_iter().collect();
-        let v = params::volume(&attributes, req.readonly || cap_ro).map_err(status)?;
-        let creds = params::credentials(&req.secrets).map_err(status)?;
+        let v = params::volume(&attributes, req.readonly || cap_ro).map_err(tonic::Status::from)?;
+        let creds = params::credentials(&req.secrets).map_err(tonic::Status::from)?;
         let _guard = self.ctx.locks.lock(&target.display().to_string()).await;
         let m = self.ctx.config.mounter();
         let (access_key, secret_key) = match creds {
@@ -474,10 +398,7 @@ impl Node for OssDriver {
         &self,
         _: tonic::Request<NodeGetCapabilitiesRequest>,
     ) -> Reply<NodeGetCapabilitiesResponse> {
-        use node_service_capability::rpc::Type;
-        Ok(tonic::Response::new(NodeGetCapabilitiesResponse {
-            capabilities: vec![node_cap(Type::GetVolumeStats), node_cap(Type::GetVolumeHealth)],
-        }))
+        Ok(tonic::Response::new(shared_fs::node_capabilities()))
     }
 
     async fn node_get_info(&self, _: tonic::Request<NodeGetInfoRequest>) -> Reply<NodeGetInfoResponse> {
@@ -532,23 +453,6 @@ pub const KIND: &str = "oss";
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn capabilities_are_mounts_in_any_mode() {
-        use volume_capability::access_mode::Mode;
-        let cap = |mode: Mode, block: bool| VolumeCapability {
-            access_mode: Some(volume_capability::AccessMode { mode: mode as i32 }),
-            access_type: Some(if block {
-                AccessType::Block(Default::default())
-            } else {
-                AccessType::Mount(Default::default())
-            }),
-        };
-        assert!(!check_capabilities("c", &[cap(Mode::MultiNodeMultiWriter, false)]).unwrap());
-        assert!(check_capabilities("c", &[cap(Mode::MultiNodeReaderOnly, false)]).unwrap());
-        assert!(check_capabilities("c", &[cap(Mode::SingleNodeWriter, true)]).is_err());
-        assert!(check_capabilities("c", &[]).is_err());
-    }
 
     #[test]
     fn volume_names_become_plain_key_segments() {
