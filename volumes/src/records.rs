@@ -27,3 +27,27 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> Result<(), Error> {
         .map_err(|e| Error::io("write", &tmp, e))?;
     std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))
 }
+
+/// A record as JSON, written atomically (mode 0644).
+pub fn save<T: serde::Serialize>(path: &Path, record: &T) -> Result<(), Error> {
+    let bytes = serde_json::to_vec(record).map_err(|source| Error::Record {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    write_atomic(path, &bytes, 0o644)
+}
+
+/// A record, or `None` when there is none.
+pub fn load<T: serde::de::DeserializeOwned>(path: &Path) -> Result<Option<T>, Error> {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io("read", path, e)),
+    };
+    serde_json::from_slice(&bytes)
+        .map(Some)
+        .map_err(|source| Error::Record {
+            path: path.to_path_buf(),
+            source,
+        })
+}

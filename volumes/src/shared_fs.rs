@@ -82,6 +82,19 @@ pub fn probe(state_dir: &Path) -> Result<ProbeResponse, tonic::Status> {
     Ok(ProbeResponse { ready: Some(true) })
 }
 
+/// ValidateVolumeCapabilities' answer for a volume that exists (any mount capability fits).
+pub fn confirmed(req: ValidateVolumeCapabilitiesRequest) -> ValidateVolumeCapabilitiesResponse {
+    ValidateVolumeCapabilitiesResponse {
+        confirmed: Some(validate_volume_capabilities_response::Confirmed {
+            volume_context: req.volume_context,
+            volume_capabilities: req.volume_capabilities,
+            parameters: req.parameters,
+            mutable_parameters: Default::default(),
+        }),
+        message: String::new(),
+    }
+}
+
 /// CREATE_DELETE_VOLUME, the one controller capability of these drivers.
 pub fn controller_capabilities() -> ControllerGetCapabilitiesResponse {
     use controller_service_capability::rpc::Type;

@@ -456,6 +456,18 @@ pub fn serve<F: fuser::Filesystem>(
     }
 }
 
+/// What every FUSE volume asks of the kernel at INIT: idmapped binds allowed (containers see
+/// the volume through one; FUSE allows it from kernel 6.12), 1 MiB reads and writes, 64
+/// requests in the background.
+pub fn init_kernel(config: &mut fuser::KernelConfig) {
+    if config.add_capabilities(fuser::InitFlags::FUSE_ALLOW_IDMAP).is_err() {
+        tracing::warn!("this kernel's FUSE cannot be idmapped: pods with user namespaces will not mount it");
+    }
+    let _ = config.set_max_readahead(1 << 20);
+    let _ = config.set_max_write(1 << 20);
+    let _ = config.set_max_background(64);
+}
+
 /// A runtime for a mount process.
 pub fn runtime() -> Result<tokio::runtime::Runtime, i32> {
     tokio::runtime::Builder::new_multi_thread()

@@ -567,7 +567,12 @@ impl Inner {
             return Err(libc::EROFS);
         }
         // What was read ahead of this file is no longer what it holds.
-        lock(&self.ahead).retain(|_, a| a.ino != ino);
+        {
+            let mut ahead = lock(&self.ahead);
+            if !ahead.is_empty() {
+                ahead.retain(|_, a| a.ino != ino);
+            }
+        }
         let w = self.writes_of(fh);
         if let Some(e) = *lock(&w.error) {
             return Err(e);
@@ -930,12 +935,7 @@ macro_rules! answer {
 
 impl fuser::Filesystem for NfsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        if config.add_capabilities(fuser::InitFlags::FUSE_ALLOW_IDMAP).is_err() {
-            tracing::warn!("this kernel's FUSE cannot be idmapped: pods with user namespaces will not mount it");
-        }
-        let _ = config.set_max_readahead(1 << 20);
-        let _ = config.set_max_write(1 << 20);
-        let _ = config.set_max_background(64);
+        crate::fuse::init_kernel(config);
         Ok(())
     }
 

@@ -371,13 +371,7 @@ impl Controller for NasDriver {
             mount_flags: flags.clone(),
             archive,
         };
-        if let Ok(text) = std::fs::read(&record) {
-            let had: VolumeRecord = serde_json::from_slice(&text).map_err(|e| {
-                tonic::Status::from(Error::Record {
-                    path: record.clone(),
-                    source: e,
-                })
-            })?;
+        if let Some(had) = crate::records::load::<VolumeRecord>(&record)? {
             if had != wanted {
                 return Err(tonic::Status::already_exists(format!(
                     "volume {name:?} exists with other parameters"
@@ -405,8 +399,7 @@ impl Controller for NasDriver {
                 Nfs3Result::Ok(_) | Nfs3Result::Err((nfsstat3::NFS3ERR_EXIST, _)) => {}
                 Nfs3Result::Err((s, _)) => return Err(nfs_status("making the volume's directory", fs::errno_of(s))),
             }
-            crate::records::write_atomic(&record, &serde_json::to_vec(&wanted).unwrap_or_default(), 0o644)
-                .map_err(tonic::Status::from)?;
+            crate::records::save(&record, &wanted)?;
         }
         attributes.retain(|_, v| !v.is_empty());
         Ok(tonic::Response::new(CreateVolumeResponse {
@@ -427,15 +420,9 @@ impl Controller for NasDriver {
         }
         let _guard = self.ctx.locks.lock(&id).await;
         let record = self.volume_record(&id);
-        let Ok(text) = std::fs::read(&record) else {
+        let Some(had) = crate::records::load::<VolumeRecord>(&record)? else {
             return Ok(tonic::Response::new(DeleteVolumeResponse {}));
         };
-        let had: VolumeRecord = serde_json::from_slice(&text).map_err(|e| {
-            tonic::Status::from(Error::Record {
-                path: record.clone(),
-                source: e,
-            })
-        })?;
         let v = params::volume(&had.attributes, &had.mount_flags, false).map_err(tonic::Status::from)?;
         let (parent, dir_name) = v.path.rsplit_once('/').unwrap_or(("", v.path.as_str()));
         let base = params::Volume {
@@ -490,15 +477,7 @@ impl Controller for NasDriver {
         if !crate::disk::params::is_id_for(ID_PREFIX, id) || !self.volume_record(id).is_file() {
             return Err(tonic::Status::not_found(format!("volume {id} does not exist")));
         }
-        Ok(tonic::Response::new(ValidateVolumeCapabilitiesResponse {
-            confirmed: Some(validate_volume_capabilities_response::Confirmed {
-                volume_context: req.volume_context,
-                volume_capabilities: req.volume_capabilities,
-                parameters: req.parameters,
-                mutable_parameters: Default::default(),
-            }),
-            message: String::new(),
-        }))
+        Ok(tonic::Response::new(shared_fs::confirmed(req)))
     }
 
     async fn controller_get_capabilities(

@@ -940,14 +940,7 @@ fn errno(e: i32) -> Errno {
 
 impl fuser::Filesystem for ObjectFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
-        // Containers see the volume through an idmapped bind of the mount (the kernel needs the
-        // file system to allow it; 6.12 and later do for FUSE).
-        if config.add_capabilities(fuser::InitFlags::FUSE_ALLOW_IDMAP).is_err() {
-            tracing::warn!("this kernel's FUSE cannot be idmapped: pods with user namespaces will not mount it");
-        }
-        let _ = config.set_max_readahead(1 << 20);
-        let _ = config.set_max_write(1 << 20);
-        let _ = config.set_max_background(64);
+        crate::fuse::init_kernel(config);
         Ok(())
     }
 

@@ -184,13 +184,7 @@ impl Controller for OssDriver {
             capacity,
             attributes: attributes.clone(),
         };
-        if let Ok(text) = std::fs::read(&record) {
-            let had: VolumeRecord = serde_json::from_slice(&text).map_err(|e| {
-                tonic::Status::from(Error::Record {
-                    path: record.clone(),
-                    source: e,
-                })
-            })?;
+        if let Some(had) = crate::records::load::<VolumeRecord>(&record)? {
             if had != wanted {
                 return Err(tonic::Status::already_exists(format!(
                     "volume {name:?} exists with other parameters"
@@ -202,8 +196,7 @@ impl Controller for OssDriver {
             s3.put(&v.prefix, bytes::Bytes::new())
                 .await
                 .map_err(|e| s3_status(&format!("making {}{}", v.bucket, v.prefix), e))?;
-            crate::records::write_atomic(&record, &serde_json::to_vec(&wanted).unwrap_or_default(), 0o644)
-                .map_err(tonic::Status::from)?;
+            crate::records::save(&record, &wanted)?;
         }
         Ok(tonic::Response::new(CreateVolumeResponse {
             volume: Some(crate::csi::Volume {
@@ -224,15 +217,9 @@ impl Controller for OssDriver {
         }
         let _guard = self.ctx.locks.lock(&id).await;
         let record = self.volume_record(&id);
-        let Ok(text) = std::fs::read(&record) else {
+        let Some(had) = crate::records::load::<VolumeRecord>(&record)? else {
             return Ok(tonic::Response::new(DeleteVolumeResponse {}));
         };
-        let had: VolumeRecord = serde_json::from_slice(&text).map_err(|e| {
-            tonic::Status::from(Error::Record {
-                path: record.clone(),
-                source: e,
-            })
-        })?;
         let v = params::volume(&had.attributes, false).map_err(tonic::Status::from)?;
         let s3 = s3_of(&v, &req.secrets)?;
         let what = format!("deleting {}/{}", v.bucket, v.prefix);
@@ -254,15 +241,7 @@ impl Controller for OssDriver {
         if !self.volume_record(id).is_file() || !crate::disk::params::is_id_for(ID_PREFIX, id) {
             return Err(tonic::Status::not_found(format!("volume {id} does not exist")));
         }
-        Ok(tonic::Response::new(ValidateVolumeCapabilitiesResponse {
-            confirmed: Some(validate_volume_capabilities_response::Confirmed {
-                volume_context: req.volume_context,
-                volume_capabilities: req.volume_capabilities,
-                parameters: req.parameters,
-                mutable_parameters: Default::default(),
-            }),
-            message: String::new(),
-        }))
+        Ok(tonic::Response::new(shared_fs::confirmed(req)))
     }
 
     async fn controller_get_capabilities(
