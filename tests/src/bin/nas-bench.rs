@@ -14,12 +14,12 @@
 //! `nas-bench [--size-mib 1024] [--files 2000]`; it prints a table with the ratios.
 
 use std::io::{Read, Write};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use nodeless_tests::fuse_bench::{drop_caches, fuse_mount, unmount};
 use nodeless_tests::nfs::NfsServer;
 
 struct Args {
@@ -43,22 +43,6 @@ fn args() -> Args {
     a
 }
 
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        if Instant::now() > deadline {
-            bail!("{what} did not happen within {secs} s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
-fn drop_caches() {
-    let _ = Command::new("sync").status();
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
-}
-
 /// Our mount of `/export/ours`.
 struct Ours {
     config: PathBuf,
@@ -67,33 +51,11 @@ struct Ours {
 
 impl Ours {
     fn mount(&self) -> Result<()> {
-        Command::new(nodeless_tests::nodeless_binary()?)
-            .args(["csi", "fuse-mount", "--config"])
-            .arg(&self.config)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .process_group(0)
-            .spawn()
-            .context("starting nodeless csi fuse-mount")?;
-        wait_for("the mount", 30, || nodeless_volumes::fuse::mounted_at(&self.at))
+        fuse_mount(&self.config, &self.at)
     }
 
     fn unmount(&self) -> Result<()> {
-        // The kernel lets go of files a moment after their last close (FUSE's release is
-        // asynchronous): busy for that moment.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while nodeless_volumes::fuse::mounted_at(&self.at) {
-            let st = Command::new("umount").arg(&self.at).stderr(Stdio::null()).status()?;
-            if st.success() {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("umount {} failed", self.at.display());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        std::thread::sleep(Duration::from_millis(200));
-        Ok(())
+        unmount(&self.at)
     }
 
     fn remount(&self) -> Result<()> {

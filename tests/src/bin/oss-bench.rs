@@ -14,12 +14,12 @@
 //! `oss-bench [--size-mib 1024] [--files 10000]`; it prints a table with the ratios (ours / s3fs).
 
 use std::io::{Read, Write};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
+use nodeless_tests::fuse_bench::{drop_caches, fuse_mount, unmount, wait_for};
 use nodeless_tests::s3::{ACCESS_KEY, S3Server, SECRET_KEY};
 use nodeless_volumes::oss::params::MountConfig;
 
@@ -48,17 +48,6 @@ fn mounted(at: &Path) -> bool {
     nodeless_volumes::fuse::mounted_at(at)
 }
 
-fn wait_for(what: &str, secs: u64, mut f: impl FnMut() -> bool) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while !f() {
-        if Instant::now() > deadline {
-            bail!("{what} did not happen within {secs} s");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(())
-}
-
 /// One of the two clients.
 enum Client {
     Ours { config: PathBuf },
@@ -75,16 +64,7 @@ impl Mount {
     fn mount(&self) -> Result<()> {
         std::fs::create_dir_all(&self.at)?;
         match &self.client {
-            Client::Ours { config } => {
-                Command::new(nodeless_tests::nodeless_binary()?)
-                    .args(["csi", "fuse-mount", "--config"])
-                    .arg(config)
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .process_group(0)
-                    .spawn()
-                    .context("starting nodeless csi fuse-mount")?;
-            }
+            Client::Ours { config } => return fuse_mount(config, &self.at),
             Client::S3fs { source, options } => {
                 let st = Command::new("s3fs")
                     .arg(source)
@@ -101,22 +81,7 @@ impl Mount {
     }
 
     fn unmount(&self) -> Result<()> {
-        // The kernel lets go of files a moment after their last close (FUSE's release is
-        // asynchronous): busy for that moment.
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while mounted(&self.at) {
-            let st = Command::new("umount").arg(&self.at).stderr(Stdio::null()).status()?;
-            if st.success() {
-                break;
-            }
-            if Instant::now() > deadline {
-                bail!("umount {} failed", self.at.display());
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // Both clients' processes exit once unmounted; give them a moment.
-        std::thread::sleep(Duration::from_millis(300));
-        Ok(())
+        unmount(&self.at)
     }
 
     fn remount(&self) -> Result<()> {
@@ -124,11 +89,6 @@ impl Mount {
         drop_caches();
         self.mount()
     }
-}
-
-fn drop_caches() {
-    let _ = Command::new("sync").status();
-    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
 }
 
 struct Row {
