@@ -29,4 +29,5 @@ pub mod spec;
 pub mod stats;
 pub mod streams;
 pub mod userns;
+pub mod vm;
 pub mod warm;

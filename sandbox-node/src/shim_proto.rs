@@ -2,25 +2,14 @@
 //! the request that starts one, and the exit record the supervisor leaves behind, written once,
 //! atomically, when the container's init process has exited (or could not be started).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-/// A container's log is rotated past this size (kubelet's `containerLogMaxSize` default).
-pub const LOG_MAX_BYTES: u64 = 10 << 20;
-/// How many files of a container's log are kept, the current one included (kubelet's
-/// `containerLogMaxFiles` default).
-pub const LOG_MAX_FILES: u32 = 5;
-
-/// The `n`th older file of the log at `path` (`log.1` is the newest of them).
-pub fn rotated_log(path: &std::path::Path, n: u32) -> std::path::PathBuf {
-    let mut name = path.file_name().unwrap_or_default().to_os_string();
-    name.push(format!(".{n}"));
-    path.with_file_name(name)
-}
-
-/// The exit code kubelet reports for a container that never started (the runtime failed).
-pub const START_FAILED_EXIT_CODE: i32 = 128;
+pub use nodeless_guest_agent::records::{
+    ExitRecord, LOG_MAX_BYTES, LOG_MAX_FILES, LogLine, START_FAILED_EXIT_CODE, cri_line, now_rfc3339, parse_cri_line,
+    rotated_log,
+};
 
 /// `run <this as JSON>` on a connection to the supervisor: run the container with `<runtime> run
 /// --detach`, become its parent, copy its stdout and stderr into `log` as CRI lines and write
@@ -62,6 +51,9 @@ pub mod attach {
     pub const CLOSE_STDIN: u8 = 3;
     /// To the supervisor: the terminal's new size, width then height, u16 big-endian each.
     pub const RESIZE: u8 = 4;
+    /// From the node's exec proxy for microVM pods (`nodeless-shim vm-exec`): the process's
+    /// exit code, i32 big-endian; the last frame.
+    pub const EXIT: u8 = 5;
     /// A frame's data is never longer (a peer sending more is hung up on).
     pub const MAX_FRAME: usize = 1 << 20;
 
@@ -123,75 +115,6 @@ pub mod attach {
 pub struct RuntimeIdentity {
     pub runtime: PathBuf,
     pub root: PathBuf,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
-#[serde(rename_all = "camelCase")]
-pub struct ExitRecord {
-    pub exit_code: i32,
-    /// The signal that ended the process, if one did.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub signal: Option<i32>,
-    /// `Completed`, `Error` or `StartError`, as kubelet names them.
-    pub reason: String,
-    #[serde(default, skip_serializing_if = "String::is_empty")]
-    pub message: String,
-    /// RFC 3339 with nanoseconds.
-    pub finished_at: String,
-}
-
-impl ExitRecord {
-    pub fn read(path: &Path) -> Option<ExitRecord> {
-        let bytes = std::fs::read(path).ok()?;
-        serde_json::from_slice(&bytes).ok()
-    }
-
-    /// Write through a temporary file and a rename, so a reader sees all of it or none.
-    pub fn write(&self, path: &Path) -> std::io::Result<()> {
-        let tmp = path.with_extension("tmp");
-        std::fs::write(&tmp, serde_json::to_vec(self)?)?;
-        std::fs::rename(tmp, path)
-    }
-}
-
-/// One line of the CRI log format that kubelet and `kubectl logs` use:
-/// `<RFC 3339 nano timestamp> <stream> <F|P> <text>`; `P` marks a line split for length.
-pub fn cri_line(timestamp: &str, stream: &str, full: bool, text: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(text.len() + 48);
-    out.extend_from_slice(timestamp.as_bytes());
-    out.push(b' ');
-    out.extend_from_slice(stream.as_bytes());
-    out.extend_from_slice(if full { b" F " } else { b" P " });
-    out.extend_from_slice(text);
-    out.push(b'\n');
-    out
-}
-
-/// A parsed CRI log line.
-#[derive(Debug, PartialEq, Eq)]
-pub struct LogLine<'a> {
-    pub timestamp: &'a str,
-    pub stream: &'a str,
-    pub full: bool,
-    pub text: &'a str,
-}
-
-pub fn parse_cri_line(line: &str) -> Option<LogLine<'_>> {
-    let mut parts = line.splitn(4, ' ');
-    let timestamp = parts.next()?;
-    let stream = parts.next()?;
-    let tag = parts.next()?;
-    let text = parts.next().unwrap_or("");
-    Some(LogLine {
-        timestamp,
-        stream,
-        full: tag != "P",
-        text,
-    })
-}
-
-pub fn now_rfc3339() -> String {
-    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Nanos, true)
 }
 
 #[cfg(test)]

@@ -24,14 +24,11 @@ use nix::fcntl::OFlag;
 use nix::sys::epoll::{Epoll, EpollCreateFlags, EpollEvent, EpollFlags, EpollTimeout};
 use nix::sys::wait::{WaitStatus, waitpid};
 use nix::unistd::Pid;
+use nodeless_guest_agent::records::{CriLines, LogFile};
 use nodeless_sandbox_node::shim_proto::attach as attach_proto;
-use nodeless_sandbox_node::shim_proto::{
-    ExitRecord, LOG_MAX_BYTES, LOG_MAX_FILES, RunRequest, RuntimeIdentity, START_FAILED_EXIT_CODE, cri_line,
-    now_rfc3339, rotated_log,
-};
+use nodeless_sandbox_node::shim_proto::{ExitRecord, RunRequest, RuntimeIdentity, START_FAILED_EXIT_CODE, now_rfc3339};
 
 /// Lines longer than this are split into partial (`P`) records, as kubelet does.
-const MAX_LINE: usize = 16 * 1024;
 
 /// Reaped processes nobody has claimed yet are forgotten beyond this many.
 const UNCLAIMED: usize = 1024;
@@ -369,51 +366,6 @@ fn runtime_error(log: &Path) -> String {
         .unwrap_or_else(|| "the OCI runtime failed to start the container".to_string())
 }
 
-/// A container's log file, rotated as kubelet rotates it (`containerLogMaxSize`,
-/// `containerLogMaxFiles`): past [`LOG_MAX_BYTES`] the file becomes `log.1` (older ones move up,
-/// the oldest goes) and a new one starts, so a pod that prints without end fills neither the
-/// node's disk nor, through `kubectl logs`, its memory.
-struct LogFile {
-    path: std::path::PathBuf,
-    file: File,
-    size: u64,
-}
-
-impl LogFile {
-    fn open(path: &Path) -> std::io::Result<Self> {
-        use std::os::unix::fs::OpenOptionsExt;
-        let file = OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
-        let size = file.metadata()?.len();
-        Ok(Self {
-            path: path.to_path_buf(),
-            file,
-            size,
-        })
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        if self.size > 0 && self.size + bytes.len() as u64 > LOG_MAX_BYTES {
-            if let Err(e) = self.rotate() {
-                eprintln!("nodeless-shim keep: rotating {}: {e}", self.path.display());
-            }
-        }
-        if (&self.file).write_all(bytes).is_ok() {
-            self.size += bytes.len() as u64;
-        }
-    }
-
-    fn rotate(&mut self) -> std::io::Result<()> {
-        let nth = |n: u32| rotated_log(&self.path, n);
-        let _ = std::fs::remove_file(nth(LOG_MAX_FILES - 1));
-        for n in (1..LOG_MAX_FILES - 1).rev() {
-            let _ = std::fs::rename(nth(n), nth(n + 1));
-        }
-        std::fs::rename(&self.path, nth(1))?;
-        *self = Self::open(&self.path)?;
-        Ok(())
-    }
-}
-
 /// A started container: its init's PID, the reap count before the runtime started, its drain
 /// signal, and what `attach` reaches of it.
 type Started = (i32, u64, mpsc::Receiver<()>, Arc<Io>);
@@ -421,12 +373,11 @@ type Started = (i32, u64, mpsc::Receiver<()>, Arc<Io>);
 /// One of a container's output streams.
 struct Stream {
     pipe: File,
-    name: &'static str,
     log: Arc<Mutex<LogFile>>,
     /// Attached clients get what it carries, as this kind of frame.
     attach: Option<(Arc<Io>, u8)>,
-    /// A partial line, kept until its end arrives.
-    pending: Vec<u8>,
+    /// The stream's text, cut into CRI lines.
+    lines: CriLines,
     /// Dropped at end of file; the container has drained when both of its streams dropped theirs.
     _open: mpsc::Sender<()>,
 }
@@ -463,10 +414,9 @@ impl Logs {
             let key = self.next.fetch_add(1, Ordering::Relaxed);
             let stream = Stream {
                 pipe: File::from(fd),
-                name,
                 log: log.clone(),
                 attach: kind.map(|k| (io.clone(), k)),
-                pending: Vec::new(),
+                lines: CriLines::new(name),
                 _open: open.clone(),
             };
             self.epoll
@@ -495,13 +445,9 @@ impl Logs {
                 let Some(s) = streams.get_mut(&key) else { continue };
                 match s.pipe.read(&mut buf) {
                     Ok(0) | Err(_) => {
-                        if !s.pending.is_empty() {
-                            s.log.lock().unwrap_or_else(|e| e.into_inner()).write(&cri_line(
-                                &now_rfc3339(),
-                                s.name,
-                                true,
-                                &s.pending,
-                            ));
+                        let rest = s.lines.finish();
+                        if !rest.is_empty() {
+                            s.log.lock().unwrap_or_else(|e| e.into_inner()).write(&rest);
                         }
                         let _ = self.epoll.delete(s.pipe.as_fd());
                         if let Some((io, _)) = &s.attach {
@@ -524,24 +470,9 @@ impl Logs {
 impl Stream {
     /// Append what was read; write out every complete line, and overlong partial ones.
     fn take(&mut self, data: &[u8]) {
-        self.pending.extend_from_slice(data);
-        let ts = now_rfc3339();
-        let mut out = Vec::new();
-        let mut start = 0;
-        while let Some(pos) = self.pending[start..].iter().position(|b| *b == b'\n') {
-            out.extend(cri_line(&ts, self.name, true, &self.pending[start..start + pos]));
-            start += pos + 1;
-        }
-        while self.pending.len() - start >= MAX_LINE {
-            out.extend(cri_line(&ts, self.name, false, &self.pending[start..start + MAX_LINE]));
-            start += MAX_LINE;
-        }
-        self.pending.drain(..start);
+        let out = self.lines.take(data);
         if !out.is_empty() {
             self.log.lock().unwrap_or_else(|e| e.into_inner()).write(&out);
-        }
-        if self.pending.capacity() > MAX_LINE * 2 {
-            self.pending.shrink_to(MAX_LINE);
         }
     }
 }
@@ -549,6 +480,7 @@ impl Stream {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use nodeless_guest_agent::records::{LOG_MAX_BYTES, LOG_MAX_FILES, MAX_LINE, rotated_log};
 
     fn stream(log: &Path) -> (Stream, mpsc::Receiver<()>) {
         let (open, drained) = mpsc::channel();
@@ -557,10 +489,9 @@ mod tests {
         (
             Stream {
                 pipe: File::from(r),
-                name: "stdout",
                 log,
                 attach: None,
-                pending: Vec::new(),
+                lines: CriLines::new("stdout"),
                 _open: open,
             },
             drained,
@@ -599,7 +530,7 @@ mod tests {
         assert_eq!(r[2].0, "stdout P");
         assert_eq!(r[2].1.len(), MAX_LINE);
         assert_eq!(r[3], ("stdout F".to_string(), "xxxxx".to_string()));
-        assert!(s.pending.is_empty());
+        assert_eq!(s.lines.pending(), 0);
     }
 
     #[test]
