@@ -26,7 +26,7 @@ fn main() {
         eprintln!("nodeless-guest-agent is a microVM's init (PID 1); the node puts it in the VM's initramfs");
         std::process::exit(2);
     }
-    let init_uptime = init::uptime();
+    let init_uptime = init::start_uptime();
     println!("nodeless-guest-agent: user space at {init_uptime:.3}s");
     if let Err(e) = serve(init_uptime) {
         eprintln!("nodeless-guest-agent: {e}");

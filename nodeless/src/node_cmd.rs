@@ -84,6 +84,17 @@ pub struct NodeArgs {
     /// new pod skips that step; refilled in the background after each is taken. 0 for none
     #[arg(long, default_value_t = 2)]
     pub warm_sandboxes: usize,
+    /// QEMU for microVM pods (RuntimeClass handler `microvm`); default: qemu-system-x86_64 on PATH.
+    #[arg(long)]
+    pub vm_qemu: Option<PathBuf>,
+    /// The guest kernel of microVM pods (`vmlinuz-<release>`, modules in /lib/modules/<release>);
+    /// default: the newest in /boot (Debian's linux-image-amd64).
+    #[arg(long)]
+    pub vm_kernel: Option<PathBuf>,
+    /// The statically linked guest agent (`nodeless-guest-agent`); default: beside this binary,
+    /// or target/guest/<profile>/ as scripts/up builds it.
+    #[arg(long)]
+    pub vm_agent: Option<PathBuf>,
     /// A CSI driver on this node, `NAME=unix:///path.sock` (repeatable), called as kubelet calls
     /// CSI drivers for pods' claims. `up` adds the disk driver it runs.
     #[arg(long = "csi-driver", value_parser = parse_csi_driver)]
@@ -370,6 +381,11 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         keeper,
         user_namespaces: !args.no_user_namespaces,
         warm_sandboxes: args.warm_sandboxes,
+        microvm: nodeless_sandbox_node::vm::MicroVmConfig {
+            qemu: args.vm_qemu.clone(),
+            kernel: args.vm_kernel.clone(),
+            agent: args.vm_agent.clone(),
+        },
         metrics_collectors: {
             let mut c = pod_network.as_ref().map(|n| n.collectors()).unwrap_or_default();
             // The FUSE drivers `up` runs keep their mounts' records under `<data>/csi/<name>`.

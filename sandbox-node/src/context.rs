@@ -52,6 +52,10 @@ pub struct NodeCtx {
     pub(crate) pulls: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Pod UIDs by namespace and name, as the node's watch last saw them.
     pub(crate) names: Mutex<HashMap<(String, String), String>>,
+    /// How this node runs microVM pods, or why it cannot.
+    pub vm: Result<crate::vm::VmSettings, String>,
+    /// The microVMs running now, by pod UID.
+    pub vms: crate::vm::Vms,
     /// Takes a finished worker out of the node's registry (which `node` keeps).
     pub(crate) forget_worker: Box<dyn Fn(&str) + Send + Sync>,
 }
@@ -96,6 +100,20 @@ impl NodeCtx {
     }
 
     /// Where a pod's container bundles are (see `bundles_dir`).
+    /// A pod's VM files (pid file, sockets, console): beside its run directory, not in it, since
+    /// that one is shared with the guest.
+    pub fn vm_dir(&self, uid: &str) -> PathBuf {
+        self.ns_dir.with_file_name("vm").join(uid)
+    }
+
+    /// What runs the containers of the pod `uid`: its VM, or the node's OCI runtime.
+    pub fn runtime_for(&self, uid: &str) -> Arc<dyn Runtime> {
+        match self.vms.get(uid) {
+            Some(vm) => vm,
+            None => self.runtime.clone(),
+        }
+    }
+
     pub fn pod_run_dir(&self, uid: &str) -> PathBuf {
         self.bundles_dir.join(uid)
     }

@@ -54,6 +54,8 @@ pub struct NodeConfig {
     /// The CSI drivers on this node: name → endpoint (`unix:///…`), as kubelet's plugin
     /// registry knows them.
     pub csi_drivers: std::collections::BTreeMap<String, String>,
+    /// What microVM pods run with (found on the machine when not given).
+    pub microvm: crate::vm::MicroVmConfig,
 }
 
 /// The id ranges that pods saved under `bundles_dir` hold (pods a restarted node will adopt):
@@ -96,7 +98,7 @@ pub fn cgroup_parent(name: &str) -> String {
     format!("/nodeless/{name}")
 }
 
-fn node_object(name: &str, host_ip: &str, port: u16, runtime: &str) -> Node {
+fn node_object(name: &str, host_ip: &str, port: u16, runtime: &str, handlers: &[&str]) -> Node {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let capacity = json!({"cpu": "1000", "memory": "4Ti", "pods": "10000", "ephemeral-storage": "10Ti"});
     serde_json::from_value(json!({
@@ -116,6 +118,7 @@ fn node_object(name: &str, host_ip: &str, port: u16, runtime: &str) -> Node {
             ],
             "addresses": [{"type": "InternalIP", "address": host_ip}, {"type": "Hostname", "address": name}],
             "daemonEndpoints": {"kubeletEndpoint": {"Port": port}},
+            "runtimeHandlers": handlers.iter().map(|h| json!({"name": h, "features": {"recursiveReadOnlyMounts": false, "userNamespaces": *h != crate::vm::HANDLER}})).collect::<Vec<_>>(),
             "capacity": capacity, "allocatable": capacity,
             "nodeInfo": {"kubeletVersion": format!("v1.33.0-nodeless-{}", env!("CARGO_PKG_VERSION")), "osImage": "nodeless sandbox-node",
                 "kernelVersion": nix::sys::utsname::uname().map(|u| u.release().to_string_lossy().to_string()).unwrap_or_default(),
@@ -406,6 +409,14 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
             tracing::warn!(error = %e, "the pods' memory and CPU are not capped: the node's processes are not protected from them")
         }
     }
+    let vm = crate::vm::settle(&cfg.microvm, &cfg.data_dir.join("vm"));
+    match &vm {
+        Ok(s) if s.accel.kvm => tracing::info!(kernel = %s.image.kernel.display(), "microVM pods run under KVM"),
+        Ok(s) => {
+            tracing::warn!(kernel = %s.image.kernel.display(), why = %s.accel.why, "microVM pods run under TCG (emulated CPUs, seconds per boot)")
+        }
+        Err(e) => tracing::info!(why = %e, "no microVM pods on this node"),
+    }
     let bundles_dir_for_ranges = bundles_dir.clone();
     let workers = Workers::default();
     let registry = workers.clone();
@@ -438,6 +449,8 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
         volumes_changed: tokio::sync::Notify::new(),
         pulls: Mutex::new(HashMap::new()),
         names: Mutex::new(HashMap::new()),
+        vm,
+        vms: Default::default(),
         forget_worker: Box::new(move |uid| {
             registry.lock().unwrap_or_else(|e| e.into_inner()).remove(uid);
         }),
@@ -447,7 +460,17 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
     let server = tokio::spawn(crate::server::serve(listener, tls, ctx.clone()));
     register(
         &client,
-        &node_object(&cfg.name, &cfg.host_ip, kubelet_addr.port(), &ctx.runtime.version()),
+        &node_object(
+            &cfg.name,
+            &cfg.host_ip,
+            kubelet_addr.port(),
+            &ctx.runtime.version(),
+            &if ctx.vm.is_ok() {
+                vec![ctx.runtime.name(), crate::vm::HANDLER]
+            } else {
+                vec![ctx.runtime.name()]
+            },
+        ),
     )
     .await?;
     if !ctx.csi.drivers.is_empty() {

@@ -282,7 +282,10 @@ async fn exec(ctx: Arc<NodeCtx>, ns: &str, pod: &str, container: &str, mut req: 
         Ok(id) => id,
         Err(e) => return refused(StatusCode::BAD_REQUEST, e),
     };
-    let runtime = ctx.runtime.clone();
+    let runtime = ctx
+        .uid_of(ns, pod)
+        .map(|u| ctx.runtime_for(&u))
+        .unwrap_or_else(|| ctx.runtime.clone());
     let channels = opts.channels();
     channel_session(&mut req, &channels, "exec", move |out, input| {
         crate::streams::exec::run(runtime, id, opts, out, input)
@@ -366,7 +369,11 @@ async fn attach(ctx: Arc<NodeCtx>, ns: &str, pod: &str, container: &str, mut req
         Err(e) => return refused(StatusCode::BAD_REQUEST, e),
     };
     // Connected before the upgrade is answered, so a refusal is an HTTP error kubectl shows.
-    let conn = match ctx.runtime.attach(&c.id).await {
+    let runtime = ctx
+        .uid_of(ns, pod)
+        .map(|u| ctx.runtime_for(&u))
+        .unwrap_or_else(|| ctx.runtime.clone());
+    let conn = match runtime.attach(&c.id).await {
         Ok(conn) => conn,
         Err(e) => return refused(StatusCode::BAD_REQUEST, e.to_string()),
     };
@@ -380,7 +387,10 @@ async fn port_forward(ctx: Arc<NodeCtx>, ns: &str, pod: &str, mut req: Request<I
     let Some(uid) = ctx.uid_of(ns, pod) else {
         return refused(StatusCode::NOT_FOUND, format!("pod {ns}/{pod} is not on this node"));
     };
-    let netns = crate::sandbox::PodNamespaces::at(ctx.ns_dir.join(uid)).net();
+    let net = match ctx.vms.get(&uid) {
+        Some(vm) => crate::sandbox::PodNet::Vm(vm),
+        None => crate::sandbox::PodNet::Netns(crate::sandbox::PodNamespaces::at(ctx.ns_dir.join(&uid)).net()),
+    };
     let transport = match negotiate(&req, &[], &["portforward.k8s.io"]) {
         Ok(t) => t,
         Err(resp) => return *resp,
@@ -389,7 +399,7 @@ async fn port_forward(ctx: Arc<NodeCtx>, ns: &str, pod: &str, mut req: Request<I
     let upgrade = hyper::upgrade::on(&mut req);
     tokio::spawn(async move {
         let Ok(upgraded) = upgrade.await else { return };
-        crate::streams::portforward::serve(hyper_util::rt::TokioIo::new(upgraded), netns).await;
+        crate::streams::portforward::serve(hyper_util::rt::TokioIo::new(upgraded), net).await;
     });
     resp
 }

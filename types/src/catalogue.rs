@@ -327,6 +327,15 @@ const ROWS: &[Row] = &[
         &[],
     ),
     row(STORAGE, "CSIDriver", "csidrivers", Scope::Cluster, &[], &[], &[]),
+    row(
+        "node.k8s.io",
+        "RuntimeClass",
+        "runtimeclasses",
+        Scope::Cluster,
+        &[],
+        &[],
+        &[],
+    ),
     row(STORAGE, "CSINode", "csinodes", Scope::Cluster, &[], &[], &[]),
     row(
         STORAGE,

@@ -38,11 +38,6 @@ fn seccomp_refusal(p: &SeccompProfile, field: &str) -> Option<String> {
 
 /// Why the node cannot run a pod of this spec as asked, if it cannot.
 pub fn unsupported(spec: &PodSpec) -> Option<String> {
-    if let Some(rc) = spec.runtime_class_name.as_deref().filter(|r| !r.is_empty()) {
-        return Some(format!(
-            "runtimeClassName: RuntimeClass {rc:?} is not supported by this node: it runs pods in OCI sandboxes only"
-        ));
-    }
     if let Some(why) = spec
         .security_context
         .as_ref()

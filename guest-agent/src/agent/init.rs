@@ -21,7 +21,29 @@ fn mount_fs(kind: &str, target: &str, flags: MsFlags, data: Option<&str>) -> Res
     }
 }
 
+/// The guest's uptime when user space began, read from a /proc mounted for it.
+pub fn start_uptime() -> f64 {
+    let _ = mount_fs("proc", "/proc", MsFlags::empty(), None);
+    uptime()
+}
+
+/// pivot_root(2) cannot leave the initramfs (rootfs has no parent mount), and containers pivot
+/// into their rootfs: so the guest's root becomes a tmpfs over it, as switch_root does. The
+/// agent's own binary stays reachable as /proc/self/exe, which is how it runs its helpers.
+fn leave_initramfs() -> Result<(), String> {
+    let root = "/newroot";
+    std::fs::create_dir_all(root).map_err(|e| format!("{root}: {e}"))?;
+    mount(Some("tmpfs"), root, Some("tmpfs"), MsFlags::empty(), Some("mode=0755"))
+        .map_err(|e| format!("a tmpfs root: {e}"))?;
+    std::env::set_current_dir(root).map_err(|e| format!("{root}: {e}"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>).map_err(|e| format!("moving the root: {e}"))?;
+    nix::unistd::chroot(".").map_err(|e| format!("chroot: {e}"))?;
+    std::env::set_current_dir("/").map_err(|e| format!("/: {e}"))
+}
+
 pub fn boot() -> Result<(), String> {
+    load_modules(Path::new("/lib/modules"))?;
+    leave_initramfs()?;
     let quiet = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
     mount_fs("proc", "/proc", quiet, None)?;
     mount_fs("sysfs", "/sys", quiet, None)?;

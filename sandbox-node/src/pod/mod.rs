@@ -95,6 +95,8 @@ pub struct Worker {
     start_counted: bool,
     /// Counted in `kubelet_running_pods`.
     counted_running: bool,
+    /// The pod's VM, when it runs as a microVM (see `vm`).
+    vm: Option<Arc<crate::vm::MicroVm>>,
 }
 
 fn grace_period(pod: &Pod) -> i64 {
@@ -145,6 +147,7 @@ impl Worker {
             transitions: BTreeMap::new(),
             failed_sandbox: None,
             user_base: None,
+            vm: None,
             storage: storage::Limits::default(),
             next_storage_check: None,
             next_token_refresh: None,
@@ -200,6 +203,14 @@ impl Worker {
             .remove("targetContainerName")
             .and_then(|t| t.as_str().map(str::to_string));
         Some((serde_json::from_value(v).ok()?, target))
+    }
+
+    /// What runs the pod's containers: its VM, or the node's OCI runtime.
+    fn runtime(&self) -> Arc<dyn crate::runtime::Runtime> {
+        match &self.vm {
+            Some(vm) => vm.clone(),
+            None => self.ctx.runtime.clone(),
+        }
     }
 
     fn pod_name(&self) -> String {
@@ -383,7 +394,7 @@ impl Worker {
                                 what.to_lowercase()
                             ),
                         );
-                        let rt = self.ctx.runtime.clone();
+                        let rt = self.runtime();
                         let grace = grace_period(&self.pod);
                         tokio::spawn(async move {
                             let _ = rt.kill(&id, "TERM").await;
@@ -444,9 +455,23 @@ impl Worker {
         if !self.ns.exist() || self.ns.user().is_some() != self.user_base.is_some() {
             return;
         }
+        let vm_dir = self.ctx.vm_dir(&self.uid);
+        if crate::vm::qemu::pid_file(&vm_dir).exists() {
+            match Box::pin(crate::vm::MicroVm::adopt(
+                &vm_dir,
+                self.ctx.keeper.binary().to_path_buf(),
+            ))
+            .await
+            {
+                Ok(vm) => {
+                    self.ctx.vms.insert(&self.uid, vm.clone());
+                    self.vm = Some(vm);
+                }
+                Err(e) => tracing::warn!(pod = %self.pod_name(), error = %e, "the pod's VM cannot be adopted"),
+            }
+        }
         let running: Vec<String> = self
-            .ctx
-            .runtime
+            .runtime()
             .list()
             .await
             .unwrap_or_default()
@@ -555,10 +580,12 @@ impl Worker {
             std::fs::create_dir_all(d.join("containers")).map_err(|e| format!("{}: {e}", d.display()))?;
         }
         let hostname = pod_hostname(&self.pod);
-        let wants_userns =
-            crate::userns::wants_user_namespace(&self.pod, self.ctx.user_namespaces).map_err(|e| e.to_string())?;
+        let microvm = self.runtime_handler().await?.as_deref() == Some(crate::vm::HANDLER);
+        // In a microVM the VM is the wall: its root is nobody on the host.
+        let wants_userns = !microvm
+            && crate::userns::wants_user_namespace(&self.pod, self.ctx.user_namespaces).map_err(|e| e.to_string())?;
         let t0 = std::time::Instant::now();
-        let warm = self.take_warm(wants_userns, &hostname, made).await;
+        let warm = !microvm && self.take_warm(wants_userns, &hostname, made).await;
         if wants_userns && self.user_base.is_none() {
             self.user_base = Some(self.ctx.id_ranges.allocate().map_err(|e| e.to_string())?);
             self.save();
@@ -630,6 +657,10 @@ impl Worker {
                     .map_err(|e| format!("giving {} to the pod's user namespace: {e}", p.display()))?;
             }
         }
+        if microvm {
+            // Boxed: the VM's start is a large future, the worker's stack is not.
+            Box::pin(self.launch_vm(&hostname)).await?;
+        }
         self.sandbox_ready = true;
         self.count_running(true);
         self.save();
@@ -641,6 +672,107 @@ impl Worker {
             files_ms = (t0.elapsed() - attached).as_secs_f64() * 1e3,
             "sandbox made"
         );
+        Ok(())
+    }
+
+    /// The RuntimeClass handler the pod asks for, `None` for the node's OCI runtime; a class
+    /// that does not exist or names a handler this node lacks is the pod's failure, with why.
+    async fn runtime_handler(&self) -> Result<Option<String>, String> {
+        let Some(name) = self
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.runtime_class_name.clone())
+            .filter(|n| !n.is_empty())
+        else {
+            return Ok(None);
+        };
+        let api: Api<k8s_openapi::api::node::v1::RuntimeClass> = Api::all(self.ctx.client.clone());
+        let rc = api
+            .get_opt(&name)
+            .await
+            .map_err(|e| format!("spec.runtimeClassName: reading RuntimeClass {name:?}: {e}"))?
+            .ok_or_else(|| format!("spec.runtimeClassName: RuntimeClass {name:?} not found"))?;
+        let handler = rc.handler;
+        if handler == crate::vm::HANDLER {
+            return match &self.ctx.vm {
+                Ok(_) => Ok(Some(handler)),
+                Err(why) => Err(format!(
+                    "spec.runtimeClassName: RuntimeClass {name:?} asks for handler {handler:?}, which this node cannot run: {why}"
+                )),
+            };
+        }
+        if handler == self.ctx.runtime.name() || handler == "runc" && self.ctx.runtime.name() == "crun" {
+            return Ok(None);
+        }
+        Err(format!(
+            "spec.runtimeClassName: RuntimeClass {name:?} asks for handler {handler:?}, which this node does not have (it has {}{})",
+            self.ctx.runtime.name(),
+            if self.ctx.vm.is_ok() { ", microvm" } else { "" }
+        ))
+    }
+
+    /// Start the pod's microVM on its sandbox's network and files, and say how it went.
+    async fn launch_vm(&mut self, hostname: &str) -> Result<(), String> {
+        let settings = self.ctx.vm.as_ref().map_err(|e| e.clone())?.clone();
+        let (vcpus, memory_mib) = crate::vm::size(&self.pod);
+        let dir = self.ctx.vm_dir(&self.uid);
+        let shares = vec![
+            ("run".to_string(), self.run_dir.clone()),
+            ("data".to_string(), self.dir.clone()),
+        ];
+        let setup = nodeless_guest_agent::proto::SetupRequest {
+            hostname: hostname.to_string(),
+            shares: shares
+                .iter()
+                .map(|(tag, path)| nodeless_guest_agent::proto::Share {
+                    tag: tag.clone(),
+                    path: path.display().to_string(),
+                })
+                .collect(),
+            interfaces: Vec::new(),
+        };
+        let netns = self.ns.net();
+        let launch = crate::vm::qemu::Launch {
+            uid: &self.uid,
+            dir: &dir,
+            vcpus,
+            memory_mib,
+            shares,
+            mac: String::new(),
+            netns: &netns,
+        };
+        let (vm, t) = Box::pin(crate::vm::MicroVm::launch(
+            &settings,
+            launch,
+            setup,
+            self.ctx.keeper.binary().to_path_buf(),
+        ))
+        .await
+        .map_err(|e| format!("starting the pod's VM: {e}"))?;
+        let accel = if settings.accel.kvm {
+            "KVM".to_string()
+        } else {
+            format!("TCG, no KVM: {}", settings.accel.why)
+        };
+        let ms = |d: Duration| d.as_millis();
+        self.event(
+            "Normal",
+            "StartedVM",
+            &format!(
+                "microVM started ({accel}; {vcpus} vCPU, {memory_mib} MiB; kernel {}): {} ms in all: QEMU {} ms, guest kernel {} ms, agent {} ms, to its first answer {} ms, guest set-up {} ms",
+                vm.hello.kernel,
+                ms(t.total),
+                ms(t.qemu),
+                ms(t.kernel),
+                ms(t.agent),
+                ms(t.to_hello),
+                ms(t.setup)
+            ),
+        );
+        tracing::info!(pod = %self.pod_name(), accel = settings.accel.name(), total_ms = ms(t.total) as u64, "microVM started");
+        self.ctx.vms.insert(&self.uid, vm.clone());
+        self.vm = Some(vm);
         Ok(())
     }
 
@@ -729,7 +861,7 @@ impl Worker {
         self.next_storage_check = None;
         for c in self.ctrs.iter().filter(|c| c.running()) {
             if let Some(a) = &c.current {
-                let _ = self.ctx.runtime.kill(&a.id, "KILL").await;
+                let _ = self.runtime().kill(&a.id, "KILL").await;
             }
         }
     }
@@ -1018,7 +1150,7 @@ impl Worker {
             tty: spec.tty.unwrap_or(false),
         };
         let prepared = t0.elapsed();
-        let started = match self.ctx.runtime.start(&launch).await {
+        let started = match self.runtime().start(&launch).await {
             Ok(s) => s,
             Err(e) => {
                 let _ = teardown::unmount_bundle(&bundle);
@@ -1026,8 +1158,11 @@ impl Worker {
             }
         };
         // The container has its own copy of the rootfs mount now; the host's would only make
-        // every later container's mount namespace larger (and slower to create).
-        if let Err(e) = teardown::unmount_bundle(&bundle) {
+        // every later container's mount namespace larger (and slower to create). A microVM's
+        // container reads it through the share, so it stays until the attempt is removed.
+        if self.vm.is_none()
+            && let Err(e) = teardown::unmount_bundle(&bundle)
+        {
             tracing::warn!(pod = %self.pod_name(), error = %e, "unmounting the started container's rootfs");
         }
         tracing::debug!(pod = %self.pod_name(), container = name, prepare_ms = prepared.as_millis() as u64, start_ms = (t0.elapsed() - prepared).as_millis() as u64, "container started");
@@ -1075,7 +1210,7 @@ impl Worker {
         // Like kubelet, keep the current and the previous attempt; older ones go.
         if let Some(old) = retired {
             let bundle = bundle_dir(&self.run_dir, name, old.number);
-            if let Err(e) = self.ctx.runtime.delete(&old.id).await {
+            if let Err(e) = self.runtime().delete(&old.id).await {
                 tracing::warn!(pod = %self.pod_name(), error = %e, "removing an old container");
             }
             let _ = teardown::unmount_bundle(&bundle);
@@ -1098,7 +1233,7 @@ impl Worker {
                     .and_then(|c| c.current.as_ref())
                     .map(|a| a.id.clone())
                     .unwrap_or_default();
-                let _ = self.ctx.runtime.kill(&id, "KILL").await;
+                let _ = self.runtime().kill(&id, "KILL").await;
             }
         }
         Ok(())
@@ -1322,7 +1457,7 @@ impl Worker {
     fn target(&self, name: &str) -> Option<probe::Target> {
         let c = self.ctrs.iter().find(|c| c.name == name)?;
         Some(probe::Target {
-            runtime: self.ctx.runtime.clone(),
+            runtime: self.runtime(),
             container_ref: {
                 let a = c.current.as_ref()?;
                 crate::runtime::ContainerRef {
@@ -1330,7 +1465,10 @@ impl Worker {
                     bundle: attempt_bundle(&self.run_dir, &self.dir, name, a.number),
                 }
             },
-            netns: self.ns.net(),
+            net: match &self.vm {
+                Some(vm) => crate::sandbox::PodNet::Vm(vm.clone()),
+                None => crate::sandbox::PodNet::Netns(self.ns.net()),
+            },
             pod_ip: self.pod_ip.clone(),
             container: self.spec_of(name)?,
         })
@@ -1448,7 +1586,7 @@ impl Worker {
         for (name, id) in running {
             let spec = self.spec_of(&name);
             let target = self.target(&name);
-            let rt = self.ctx.runtime.clone();
+            let rt = self.runtime();
             stops.push(tokio::spawn(async move {
                 if let (Some(spec), Some(t)) = (spec, target) {
                     if let Some(h) = spec.lifecycle.as_ref().and_then(|l| l.pre_stop.clone()) {
@@ -1475,7 +1613,7 @@ impl Worker {
                 _ = tokio::time::sleep_until(deadline) => {
                     for c in self.ctrs.iter().filter(|c| c.running()) {
                         if let Some(a) = &c.current {
-                            let _ = self.ctx.runtime.kill(&a.id, "KILL").await;
+                            let _ = self.runtime().kill(&a.id, "KILL").await;
                         }
                     }
                     break;

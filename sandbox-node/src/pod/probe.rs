@@ -3,7 +3,6 @@
 //! routable pod IP.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use crate::runtime::Runtime;
 pub struct Target {
     pub runtime: Arc<dyn Runtime>,
     pub container_ref: crate::runtime::ContainerRef,
-    pub netns: PathBuf,
+    pub net: crate::sandbox::PodNet,
     pub pod_ip: String,
     pub container: Container,
 }
@@ -94,7 +93,12 @@ pub fn hook_action(c: &Container, h: &LifecycleHandler) -> Result<Action, String
     from_parts(c, h.exec.as_ref(), h.http_get.as_ref(), h.tcp_socket.as_ref())
 }
 
-async fn connect(t: &Target, host: &str, port: u16, timeout: Duration) -> Result<tokio::net::TcpStream, String> {
+async fn connect(
+    t: &Target,
+    host: &str,
+    port: u16,
+    timeout: Duration,
+) -> Result<Box<dyn crate::sandbox::PodStream>, String> {
     let host = if !host.is_empty() {
         host.to_string()
     } else if !t.pod_ip.is_empty() {
@@ -105,7 +109,7 @@ async fn connect(t: &Target, host: &str, port: u16, timeout: Duration) -> Result
     let addr: SocketAddr = format!("{host}:{port}")
         .parse()
         .map_err(|_| format!("{host}:{port} is not an address"))?;
-    crate::sandbox::connect_in(&t.netns, addr, timeout).await
+    t.net.connect(addr, timeout).await
 }
 
 async fn http_get(

@@ -96,7 +96,8 @@ pub fn pod_status(w: &mut Worker) -> Value {
         Some(String::from_utf8_lossy(&bytes).into_owned())
     };
     let image_of = |name: &str| w.spec_of(name).and_then(|c| c.image).unwrap_or_default();
-    let runtime = w.ctx.runtime.name();
+    let runtime = w.runtime();
+    let runtime = runtime.name();
     let init_statuses: Vec<Value> = inits
         .iter()
         .map(|c| container_status(c, runtime, &image_of(&c.name), term_msg(c)))

@@ -5,6 +5,7 @@
 //! eth0 already exists".
 
 use std::path::Path;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use nix::mount::MntFlags;
@@ -197,8 +198,26 @@ pub async fn teardown(
         run: run_dir,
     } = dirs;
     let mut errors = Vec::new();
+    // A microVM goes first: its containers go with it, and QEMU lets go of the shared files.
+    let vm_dir = ctx.vm_dir(uid);
+    match ctx.vms.remove(uid) {
+        Some(vm) => {
+            if let Err(e) = vm.shutdown().await {
+                errors.push(format!("stopping the pod's VM: {e}"));
+            }
+        }
+        None => {
+            if let Err(e) = crate::vm::qemu::stop(&vm_dir, Duration::from_secs(3)).await {
+                errors.push(format!("stopping the pod's VM: {e}"));
+            }
+        }
+    }
+    if crate::vm::qemu::running_pid(&vm_dir).is_none() {
+        let _ = std::fs::remove_dir_all(&vm_dir);
+    }
+    let runtime = ctx.runtime_for(uid);
     for id in ids {
-        if let Err(e) = ctx.runtime.delete(id).await {
+        if let Err(e) = runtime.delete(id).await {
             errors.push(e.to_string());
         }
     }

@@ -3,7 +3,6 @@
 //! joined to a TCP connection to that port on the pod's loopback, inside its network namespace.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -12,7 +11,7 @@ use tokio::sync::mpsc;
 use super::Io;
 use super::spdy::{self, SpdyEvent};
 
-pub async fn serve(io: Io, netns: PathBuf) {
+pub async fn serve(io: Io, net: crate::sandbox::PodNet) {
     let (spdy, mut events) = spdy::serve(io);
     // request ID → the error stream's ID, until its data stream arrives.
     let mut errors: HashMap<String, u32> = HashMap::new();
@@ -34,7 +33,7 @@ pub async fn serve(io: Io, netns: PathBuf) {
                         let error_id = errors.remove(&request);
                         let (tx, rx) = mpsc::channel(64);
                         feeds.insert(id, tx);
-                        tokio::spawn(connection(spdy.clone(), netns.clone(), port, id, error_id, rx));
+                        tokio::spawn(connection(spdy.clone(), net.clone(), port, id, error_id, rx));
                     }
                     _ => {
                         let _ = spdy.reset(id, 2).await;
@@ -62,7 +61,7 @@ pub async fn serve(io: Io, netns: PathBuf) {
 
 async fn connection(
     spdy: spdy::Spdy<tokio::io::WriteHalf<Io>>,
-    netns: PathBuf,
+    net: crate::sandbox::PodNet,
     port: Option<u16>,
     data_id: u32,
     error_id: Option<u32>,
@@ -81,11 +80,11 @@ async fn connection(
         return fail("the data stream names no port".into()).await;
     };
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let stream = match crate::sandbox::connect_in(&netns, addr, Duration::from_secs(5)).await {
+    let stream = match net.connect(addr, Duration::from_secs(5)).await {
         Ok(s) => s,
         Err(e) => return fail(format!("error forwarding port {port} to pod: {e}")).await,
     };
-    let (mut r, mut w) = stream.into_split();
+    let (mut r, mut w) = tokio::io::split(stream);
     let up = tokio::spawn(async move {
         while let Some(msg) = feed.recv().await {
             match msg {

@@ -29,8 +29,6 @@ pub struct VmSettings {
     pub image: initramfs::GuestImage,
     /// `kvm` or `tcg`, and why when it is not KVM.
     pub accel: Accel,
-    /// The node binary: its `vm-exec` runs a process in a VM's container for probes and exec.
-    pub node_binary: PathBuf,
 }
 
 #[derive(Clone, Debug)]
@@ -43,6 +41,68 @@ impl Accel {
     pub fn name(&self) -> &'static str {
         if self.kvm { "kvm" } else { "tcg" }
     }
+}
+
+/// What the node is told about microVMs (`--vm-qemu`, `--vm-kernel`, `--vm-agent`); what is
+/// not given is looked for on the machine.
+#[derive(Clone, Debug, Default)]
+pub struct MicroVmConfig {
+    pub qemu: Option<PathBuf>,
+    pub kernel: Option<PathBuf>,
+    pub agent: Option<PathBuf>,
+}
+
+fn in_path(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// The static agent beside this binary (`nodeless-guest-agent`), or where `cargo rustc` builds
+/// it for the workspace (`target/guest/<profile>/`, see scripts/up).
+fn default_agent() -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    let profile = dir.file_name()?.to_os_string();
+    let guest = dir.parent()?.join("guest");
+    let candidates = [
+        dir.join("nodeless-guest-agent"),
+        guest.join(profile).join("nodeless-guest-agent"),
+        guest.join("release").join("nodeless-guest-agent"),
+    ];
+    let is_static = |p: &PathBuf| {
+        std::fs::read(p)
+            .ok()
+            .is_some_and(|b| initramfs::needs_interpreter(&b) == Ok(false))
+    };
+    candidates
+        .iter()
+        .find(|p| is_static(p))
+        .or(candidates.iter().find(|p| p.exists()))
+        .cloned()
+}
+
+/// Settle how this node runs microVMs, or say why it cannot.
+pub fn settle(cfg: &MicroVmConfig, state_dir: &std::path::Path) -> Result<VmSettings, String> {
+    let qemu = cfg
+        .qemu
+        .clone()
+        .or_else(|| in_path("qemu-system-x86_64"))
+        .ok_or("no qemu-system-x86_64 (Debian's qemu-system-x86), and --vm-qemu not given")?;
+    let kernel =
+        cfg.kernel.clone().or_else(initramfs::default_kernel).ok_or(
+            "no guest kernel in /boot with its modules (Debian's linux-image-amd64), and --vm-kernel not given",
+        )?;
+    let agent = cfg
+        .agent
+        .clone()
+        .or_else(default_agent)
+        .ok_or("no nodeless-guest-agent beside the node's binary, and --vm-agent not given")?;
+    let image = initramfs::build(&kernel, &agent, state_dir)?;
+    let accel = probe_kvm(&qemu);
+    Ok(VmSettings { qemu, image, accel })
 }
 
 /// The running VMs by pod UID.
@@ -128,4 +188,45 @@ pub fn probe_kvm(qemu: &std::path::Path) -> Accel {
         kvm: true,
         why: String::new(),
     }
+}
+
+/// The vCPUs and memory of a pod's VM: its containers' limits (init containers run one at a
+/// time, so the larger of them and the sum of the others), plus the pod's overhead from its
+/// RuntimeClass and what the guest kernel and agent take. Without limits: 1 vCPU, 256 MiB.
+pub fn size(pod: &k8s_openapi::api::core::v1::Pod) -> (u32, u64) {
+    use nodeless_types::quantity::parse_quantity;
+    let Some(spec) = pod.spec.as_ref() else { return (1, 256) };
+    let limit = |c: &k8s_openapi::api::core::v1::Container, key: &str| -> Option<f64> {
+        let q = c.resources.as_ref()?.limits.as_ref()?.get(key)?;
+        parse_quantity(&q.0).ok().map(|q| q.milli() as f64 / 1000.0)
+    };
+    let sum = |key: &str| -> Option<f64> {
+        let all: Vec<f64> = spec.containers.iter().filter_map(|c| limit(c, key)).collect();
+        let inits = spec
+            .init_containers
+            .iter()
+            .flatten()
+            .filter_map(|c| limit(c, key))
+            .fold(0.0, f64::max);
+        (!all.is_empty() || inits > 0.0).then(|| all.iter().sum::<f64>().max(inits))
+    };
+    let overhead = |key: &str| -> f64 {
+        spec.overhead
+            .as_ref()
+            .and_then(|o| o.get(key))
+            .and_then(|q| parse_quantity(&q.0).ok())
+            .map(|q| q.milli() as f64 / 1000.0)
+            .unwrap_or(0.0)
+    };
+    let host = std::thread::available_parallelism()
+        .map(|n| n.get() as u32)
+        .unwrap_or(1);
+    let vcpus = sum("cpu")
+        .map(|c| ((c + overhead("cpu")).ceil() as u32).clamp(1, host))
+        .unwrap_or(1);
+    const GUEST_MIB: u64 = 128;
+    let memory = sum("memory")
+        .map(|m| ((m + overhead("memory")) / (1 << 20) as f64).ceil() as u64 + GUEST_MIB)
+        .unwrap_or(256);
+    (vcpus, memory)
 }

@@ -1,8 +1,8 @@
 //! Starting, finding and stopping a pod's QEMU. Its files are in `<pod run dir>/vm/`:
 //! `qemu.pid`, `agent.sock` (the virtio-serial port), `exec.sock` (the node's exec proxy),
-//! `console.log` (the guest's serial console). QEMU daemonizes in its own session, so it
-//! outlives a node that stops or crashes; a restarted node finds it by its pid file and its
-//! command line, and connects to the agent again.
+//! `console.log` (the guest's serial console), `qemu.log`. QEMU runs in a process group of its
+//! own, so it outlives a node that stops or crashes; a restarted node finds it by its pid file
+//! and its command line, and connects to the agent again.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -88,10 +88,9 @@ pub fn args(s: &VmSettings, l: &Launch<'_>) -> Vec<String> {
         format!("virtio-net-device,netdev=net0,mac={}", l.mac),
         "-pidfile".into(),
         pid_file(dir).display().to_string(),
-        // QEMU's own seccomp filter: no new privileges, no spawning, no obsolete calls.
+        // QEMU's own seccomp filter: no new privileges, no forking or exec, no obsolete calls.
         "-sandbox".into(),
         "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny".into(),
-        "-daemonize".into(),
     ]);
     for (tag, path) in &l.shares {
         a.extend([
@@ -107,24 +106,52 @@ pub fn args(s: &VmSettings, l: &Launch<'_>) -> Vec<String> {
     a
 }
 
-/// Start QEMU in the pod's network namespace (where it makes its tap) and return its pid once
-/// it has daemonized.
+/// Start QEMU in the pod's network namespace (where it makes its tap), in a process group of
+/// its own (a signal to the node's group does not reach it; it outlives the node), and return
+/// its pid once its agent socket is there. QEMU's seccomp filter forbids forking, so it does
+/// not daemonize: a thread of the node reaps it if it ends while the node runs.
 pub fn start(s: &VmSettings, l: &Launch<'_>) -> Result<u32, String> {
+    use std::os::unix::process::CommandExt;
     std::fs::create_dir_all(l.dir).map_err(|e| format!("{}: {e}", l.dir.display()))?;
-    let _ = std::fs::remove_file(agent_socket(l.dir));
+    for f in [agent_socket(l.dir), pid_file(l.dir)] {
+        let _ = std::fs::remove_file(f);
+    }
+    let log_path = l.dir.join("qemu.log");
+    let log = std::fs::File::create(&log_path).map_err(|e| format!("{}: {e}", log_path.display()))?;
     let args = args(s, l);
     let qemu = s.qemu.clone();
-    let out = crate::sandbox::in_netns(l.netns, move || Command::new(&qemu).args(&args).output())
-        .map_err(|e| e.to_string())?
-        .map_err(|e| format!("{}: {e}", s.qemu.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "QEMU failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
+    let mut child = crate::sandbox::in_netns(l.netns, move || {
+        Command::new(&qemu)
+            .args(&args)
+            .process_group(0)
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+    })
+    .map_err(|e| e.to_string())?
+    .map_err(|e| format!("{}: {e}", s.qemu.display()))?;
+    let pid = child.id();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            let said = std::fs::read_to_string(&log_path).unwrap_or_default();
+            return Err(format!("QEMU exited ({status}): {}", said.trim()));
+        }
+        if agent_socket(l.dir).exists() && running_pid(l.dir) == Some(pid) {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err("QEMU did not make its agent socket within 30s".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
     }
-    running_pid(l.dir).ok_or_else(|| "QEMU daemonized without a pid file".to_string())
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    Ok(pid)
 }
 
 /// The pid of the pod's QEMU, if one runs.
@@ -215,8 +242,28 @@ pub fn read_interface(netns: &Path) -> Result<nodeless_guest_agent::proto::Inter
     })
 }
 
-/// Tie the VM's tap to the pod's interface: everything arriving on one leaves by the other.
+/// Tie the VM's tap to the pod's interface: everything arriving on one leaves by the other
+/// (a u32 match-all filter: this kernel has no `matchall` classifier).
 pub fn wire_tap(netns: &Path, mtu: u32) -> Result<(), String> {
+    // QEMU makes the tap after its sockets.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let has_tap = crate::sandbox::in_netns(netns, || {
+            Command::new("ip")
+                .args(["link", "show", "tap0"])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        if has_tap.map_err(|e| e.to_string())? {
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            return Err("QEMU made no tap0 in the pod's network namespace".into());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     let mtu = mtu.to_string();
     let steps: Vec<Vec<String>> = vec![
         vec![
@@ -232,7 +279,7 @@ pub fn wire_tap(netns: &Path, mtu: u32) -> Result<(), String> {
             .split(' ')
             .map(String::from)
             .collect(),
-        "tc filter replace dev eth0 parent ffff: pref 1 matchall action mirred egress redirect dev tap0"
+        "tc filter replace dev eth0 parent ffff: pref 1 protocol all u32 match u32 0 0 action mirred egress redirect dev tap0"
             .split(' ')
             .map(String::from)
             .collect(),
@@ -240,7 +287,7 @@ pub fn wire_tap(netns: &Path, mtu: u32) -> Result<(), String> {
             .split(' ')
             .map(String::from)
             .collect(),
-        "tc filter replace dev tap0 parent ffff: pref 1 matchall action mirred egress redirect dev eth0"
+        "tc filter replace dev tap0 parent ffff: pref 1 protocol all u32 match u32 0 0 action mirred egress redirect dev eth0"
             .split(' ')
             .map(String::from)
             .collect(),

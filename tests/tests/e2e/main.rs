@@ -21,6 +21,7 @@ mod knative_conformance;
 mod kubectl;
 mod lifecycle;
 mod metrics;
+mod microvm;
 mod nas;
 mod node;
 mod oss;

@@ -20,6 +20,7 @@
 mod attach;
 mod containers;
 mod namespaces;
+mod vm_exec;
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::linux::fs::MetadataExt;
@@ -203,6 +204,20 @@ fn main() -> ExitCode {
             Err(e) => {
                 eprintln!("nodeless-shim pod-namespaces: {e}");
                 ExitCode::FAILURE
+            }
+        };
+    }
+    if argv.get(1).map(String::as_str) == Some("vm-exec") {
+        let split = argv.iter().position(|a| a == "--").unwrap_or(argv.len());
+        let head = &argv[..split];
+        let args: Vec<String> = argv.iter().skip(split + 1).cloned().collect();
+        return match (flag(head, "--socket"), flag(head, "--id")) {
+            (Some(socket), Some(id)) if !args.is_empty() => {
+                vm_exec::run(&socket, &id.to_string_lossy(), head.iter().any(|a| a == "--tty"), args)
+            }
+            _ => {
+                eprintln!("usage: nodeless-shim vm-exec --socket <path> --id <container> [--tty] -- <command...>");
+                ExitCode::from(2)
             }
         };
     }
