@@ -101,6 +101,15 @@ pub fn purge(node: &str, node_data: &Path) -> Vec<String> {
             tracing::debug!(container = %id, "no runtime deleted the container");
         }
     }
+    // MicroVMs: their QEMUs hold the pods' shares and taps.
+    for vm in std::fs::read_dir(run.join("vm")).into_iter().flatten().flatten() {
+        if let Some(pid) = crate::vm::qemu::running_pid(&vm.path()) {
+            let pid = nix::unistd::Pid::from_raw(pid as i32);
+            if let Err(e) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) {
+                problems.push(format!("killing a pod's QEMU (pid {pid}): {e}"));
+            }
+        }
+    }
     for pid in supervisor_pids(node) {
         let pid = nix::unistd::Pid::from_raw(pid as i32);
         if let Err(e) = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGKILL) {

@@ -123,11 +123,15 @@ mod tests {
     fn what_the_node_cannot_honour_is_refused_with_the_field() {
         let c = serde_json::json!([{"name": "c"}]);
         assert_eq!(unsupported(&pod(serde_json::json!({"containers": c}))), None);
+        // A RuntimeClass is for control's admission (does it exist) and the node (does it have
+        // the handler) to judge.
+        assert_eq!(
+            unsupported(&pod(
+                serde_json::json!({"containers": c, "runtimeClassName": "microvm"})
+            )),
+            None
+        );
         let cases = [
-            (
-                serde_json::json!({"containers": c, "runtimeClassName": "microvm"}),
-                "runtimeClassName",
-            ),
             (
                 serde_json::json!({"containers": c, "securityContext": {"seccompProfile": {"type": "Unconfined"}}}),
                 "securityContext.seccompProfile.type",

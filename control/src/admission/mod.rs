@@ -5,6 +5,7 @@ pub mod limits;
 mod names;
 mod platform;
 pub mod quota;
+pub mod runtime_class;
 pub mod service_account;
 pub mod storage;
 pub(crate) mod validate;

@@ -205,12 +205,15 @@ mod tests {
             )
             .is_none()
         );
-        // What the node cannot honour, with the field path of the kind.
+        // A RuntimeClass is judged when the pod is made (see `runtime_class`), not in a template.
         let d = json!({"spec": {"template": {"spec": {"runtimeClassName": "microvm", "containers": [{"name": "c"}]}}}});
+        assert!(check("apps", "Deployment", &d, &p).is_none());
+        // What the node cannot honour, with the field path of the kind.
+        let d = json!({"spec": {"template": {"spec": {"securityContext": {"seccompProfile": {"type": "Unconfined"}}, "containers": [{"name": "c"}]}}}});
         let (rule, message) = check("apps", "Deployment", &d, &p).unwrap();
         assert_eq!(rule, "nodeless.io/unsupported-pod-feature");
         assert!(
-            message.starts_with("spec.template.spec.runtimeClassName: "),
+            message.starts_with("spec.template.spec.securityContext.seccompProfile.type: "),
             "{message}"
         );
         let (_, message) = check(

@@ -376,6 +376,7 @@ pub async fn create_object(
     objects::apply_defaults(&served.def.group, &served.def.kind, &mut obj);
     crate::admission::storage::on_create(&state.store, &served.def.group, &served.def.kind, &mut obj);
     if served.def.group.is_empty() && served.def.kind == "Pod" {
+        runtime_class(state, &name, &mut obj)?;
         limit_ranges(state, ns, &name, &mut obj)?;
         service_account_token(state, ns, &name, &mut obj)?;
         let qos = obj.get("spec").map(objects::qos_class).unwrap_or("BestEffort");
@@ -475,6 +476,22 @@ fn service_account_token(state: &ApiState, ns: Option<&str>, name: &str, pod: &m
     let automount = sa.and_then(|sa| sa.obj.get("automountServiceAccountToken").and_then(Value::as_bool));
     crate::admission::service_account::mount_token(pod, automount);
     Ok(())
+}
+
+/// The pod's RuntimeClass, if it names one (see `admission::runtime_class`): 403 with the
+/// reason when the class is missing or conflicts with the pod.
+fn runtime_class(state: &ApiState, name: &str, pod: &mut Value) -> Result<(), ApiError> {
+    let Some(class) = pod
+        .pointer("/spec/runtimeClassName")
+        .and_then(Value::as_str)
+        .filter(|c| !c.is_empty())
+        .map(str::to_string)
+    else {
+        return Ok(());
+    };
+    let rc = state.store.get(&format!("/node.k8s.io/runtimeclasses/{class}"));
+    crate::admission::runtime_class::apply(pod, &class, rc.as_ref().map(|s| &*s.obj))
+        .map_err(|why| ApiError::Forbidden(format!("pods \"{name}\" is forbidden: {why}")))
 }
 
 /// The namespace's LimitRanges on a new pod: defaults in, bounds checked (403 with the reason).

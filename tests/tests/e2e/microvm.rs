@@ -5,8 +5,12 @@
 //! - the pod gets Ready through an HTTP readiness probe the node dials inside the VM;
 //! - `uname -r` in the container (its log and `kubectl exec`) is the guest kernel's, not the
 //!   host's; the pod's events say how the VM started;
-//! - another pod reaches it through its Service's ClusterIP (the VM carries the pod's address);
-//! - a RuntimeClass that does not exist fails a pod with the reason;
+//! - `kubectl exec` gives the guest's answers and exit codes; port-forward reaches the pod;
+//! - another pod reaches it through its Service's ClusterIP and DNS name (the VM carries the
+//!   pod's address);
+//! - a crash restarts the container inside the same VM; the node killed with -9 and started
+//!   again adopts the VM (same QEMU process, no restart);
+//! - a pod naming a RuntimeClass that does not exist is refused with the reason;
 //! - after deletion no QEMU process or VM directory of the pod is left.
 
 use nodeless_tests::{Nodeless, eventually};
@@ -31,7 +35,7 @@ fn a_microvm_pod_runs_its_own_kernel_and_keeps_the_pods_network() {
         .to_string();
     assert_ne!(guest, host, "the test needs a guest kernel other than the host's");
     let net = nodeless_tests::pod_net();
-    let n = Nodeless::start_with_node(&["--pod-cidr", &net.cidr, "--cluster-dns", &net.dns]).unwrap();
+    let mut n = Nodeless::start_with_node(&["--pod-cidr", &net.cidr, "--cluster-dns", &net.dns]).unwrap();
     let ns = "vm";
     n.kubectl_ok(V, &["create", "namespace", ns]);
     apply(
@@ -91,8 +95,7 @@ spec:
     let id = get(&n, ns, "pods", "{.items[0].status.containerStatuses[0].containerID}");
     assert!(id.starts_with("microvm://"), "{id}");
 
-    // Another pod (an ordinary sandbox) reaches it by its Service's ClusterIP.
-    let ip = get(&n, ns, "svc/web", "{.spec.clusterIP}");
+    // Another pod (an ordinary sandbox) reaches it by its Service's ClusterIP and DNS name.
     apply(
         &n,
         &format!(
@@ -102,37 +105,95 @@ spec:
     eventually("the client pod Running", 120, || {
         get(&n, ns, "pod/client", "{.status.phase}") == "Running"
     });
-    eventually("the VM's page through the Service", 60, || {
-        let out = n.kubectl(
-            V,
-            &[
-                "exec",
-                "-n",
-                ns,
-                "client",
-                "--",
-                "wget",
-                "-qO-",
-                "-T",
-                "3",
-                &format!("http://{ip}/"),
-            ],
-        );
-        String::from_utf8_lossy(&out.stdout).contains("hello-from-the-vm")
-    });
+    for target in [
+        get(&n, ns, "svc/web", "{.spec.clusterIP}"),
+        format!("web.{ns}.svc.cluster.local"),
+    ] {
+        eventually(&format!("the VM's page through {target}"), 60, || {
+            let script = format!("printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {target} 80");
+            let out = n.kubectl(V, &["exec", "-n", ns, "client", "--", "sh", "-c", &script]);
+            String::from_utf8_lossy(&out.stdout).contains("hello-from-the-vm")
+        });
+    }
 
-    // A class that does not exist: the pod fails with why.
-    apply(
-        &n,
-        &format!(
-            "apiVersion: v1\nkind: Pod\nmetadata: {{name: nope, namespace: {ns}}}\nspec:\n  runtimeClassName: kata\n  containers:\n  - {{name: c, image: {BUSYBOX}, command: [sleep, '3600']}}\n"
+    // port-forward reaches the pod's port inside the VM.
+    let mut pf = std::process::Command::new(nodeless_tests::kubectl_path(V))
+        .env("KUBECONFIG", n.kubeconfig())
+        .args(["port-forward", "-n", ns, &format!("pod/{pod}"), ":8080"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufRead::lines(std::io::BufReader::new(pf.stdout.take().unwrap()));
+    let line = lines
+        .find_map(|l| l.ok().filter(|l| l.starts_with("Forwarding from 127.0.0.1:")))
+        .expect("port-forward listens");
+    std::thread::spawn(move || lines.for_each(drop));
+    let port = line
+        .trim_start_matches("Forwarding from 127.0.0.1:")
+        .split(' ')
+        .next()
+        .unwrap()
+        .to_string();
+    let mut conn = std::net::TcpStream::connect(format!("127.0.0.1:{port}")).unwrap();
+    conn.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+    std::io::Write::write_all(&mut conn, b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    let mut body = String::new();
+    let _ = std::io::Read::read_to_string(&mut conn, &mut body);
+    let _ = pf.kill();
+    let _ = pf.wait();
+    assert!(body.contains("hello-from-the-vm"), "{body}");
+
+    // A crash restarts the container inside the same VM.
+    let qemu = || {
+        let out = std::process::Command::new("pgrep")
+            .args(["-f", &format!("nodeless-{uid}")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let vm = qemu();
+    assert!(!vm.is_empty() && !vm.contains('\n'), "one QEMU for the pod: {vm:?}");
+    n.kubectl_ok(V, &["exec", "-n", ns, &pod, "--", "sh", "-c", "kill $(pidof httpd)"]);
+    eventually("the container restarted and Ready", 120, || {
+        get(
+            &n,
+            ns,
+            &format!("pod/{pod}"),
+            "{.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].ready}",
+        ) == "1 true"
+    });
+    assert_eq!(qemu(), vm, "the same VM");
+
+    // The node killed and started again adopts the VM: same QEMU, no restart.
+    n.restart(true).unwrap();
+    eventually("the adopted pod answers exec", 120, || {
+        let out = n.kubectl(V, &["exec", "-n", ns, &pod, "--", "uname", "-r"]);
+        String::from_utf8_lossy(&out.stdout).trim() == guest
+    });
+    assert_eq!(qemu(), vm, "the same VM after the node's restart");
+    assert_eq!(
+        get(
+            &n,
+            ns,
+            &format!("pod/{pod}"),
+            "{.status.containerStatuses[0].restartCount} {.status.containerStatuses[0].ready}"
         ),
+        "1 true"
     );
-    eventually("the pod with a missing RuntimeClass fails with the reason", 60, || {
-        events(&n, ns).contains("RuntimeClass \"kata\" not found")
-    });
 
-    n.kubectl_ok(V, &["delete", "-n", ns, "deployment/web", "pod/nope", "--wait=true"]);
+    // A class that does not exist: the pod is refused with why.
+    let yaml = format!(
+        "apiVersion: v1\nkind: Pod\nmetadata: {{name: nope, namespace: {ns}}}\nspec:\n  runtimeClassName: kata\n  containers:\n  - {{name: c, image: {BUSYBOX}, command: [sleep, '3600']}}\n"
+    );
+    let o = n.kubectl_with(V, &n.kubeconfig(), &["apply", "-f", "-"], Some(&yaml));
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("spec.runtimeClassName: RuntimeClass \"kata\" not found"),
+        "{err}"
+    );
+
+    n.kubectl_ok(V, &["delete", "-n", ns, "deployment/web", "--wait=true"]);
     eventually("the microVM pod gone", 120, || {
         get(&n, ns, "pods", "{.items[*].metadata.name}") == "client"
     });
