@@ -7,7 +7,7 @@
 //! [`bind_v2_controllers`] gives each such controller its own v1 hierarchy, which is the layout
 //! systemd's hybrid mode sets up itself; afterwards crun and runc both apply limits through v1.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Layout {
@@ -146,6 +146,26 @@ pub fn limit_pod_pids(parent: &str, uid: &str, max: i64) -> Result<(), String> {
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating the pod's pids cgroup {}: {e}", dir.display()))?;
     std::fs::write(dir.join("pids.max"), max.to_string())
         .map_err(|e| format!("limiting the pod's processes in {}: {e}", dir.display()))
+}
+
+/// Put a process the node runs for a pod (a microVM's QEMU) into the pod's cgroups, as a child
+/// `<leaf>` beside its containers': the pod's process cap and the cap on all pods together then
+/// hold for it, and teardown removes it with the pod's.
+pub fn join_pod(parent: &str, uid: &str, leaf: &str, pid: u32) -> Result<(), String> {
+    let rel = Path::new(parent.trim_start_matches('/')).join(uid).join(leaf);
+    let dirs: Vec<PathBuf> = match layout() {
+        Layout::Unified => vec![Path::new("/sys/fs/cgroup").join(&rel)],
+        _ => ["memory", "cpu", "pids"]
+            .iter()
+            .map(|c| Path::new("/sys/fs/cgroup").join(c).join(&rel))
+            .collect(),
+    };
+    for dir in dirs {
+        std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+        std::fs::write(dir.join("cgroup.procs"), pid.to_string())
+            .map_err(|e| format!("moving {pid} into {}: {e}", dir.display()))?;
+    }
+    Ok(())
 }
 
 /// What the node keeps for itself out of the pods' reach: memory (the larger of 512 MiB and 5 %

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod network;
 pub mod node;
 pub mod pod;
+pub mod pod_net;
 pub mod private;
 pub mod purge;
 pub mod rundir;

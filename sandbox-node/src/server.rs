@@ -388,8 +388,8 @@ async fn port_forward(ctx: Arc<NodeCtx>, ns: &str, pod: &str, mut req: Request<I
         return refused(StatusCode::NOT_FOUND, format!("pod {ns}/{pod} is not on this node"));
     };
     let net = match ctx.vms.get(&uid) {
-        Some(vm) => crate::sandbox::PodNet::Vm(vm),
-        None => crate::sandbox::PodNet::Netns(crate::sandbox::PodNamespaces::at(ctx.ns_dir.join(&uid)).net()),
+        Some(vm) => crate::pod_net::PodNet::Vm(vm),
+        None => crate::pod_net::PodNet::Netns(crate::sandbox::PodNamespaces::at(ctx.ns_dir.join(&uid)).net()),
     };
     let transport = match negotiate(&req, &[], &["portforward.k8s.io"]) {
         Ok(t) => t,

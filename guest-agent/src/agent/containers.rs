@@ -6,6 +6,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex, MutexGuard, mpsc};
@@ -58,19 +59,25 @@ pub struct Stdio3 {
     pub input: Option<File>,
 }
 
-/// A terminal: the master for the agent, the slave as the process's three streams.
-pub fn terminal() -> Result<(File, Stdio3), String> {
+/// A terminal: the master for the agent, the slave as the process's three streams. With
+/// `ptmx`, from that devpts instance (a container's own, so the process finds its terminal
+/// under its /dev/pts), else from the guest's.
+pub fn terminal(ptmx: Option<&Path>) -> Result<(File, Stdio3), String> {
     use rustix::pty::OpenptFlags;
-    let master = rustix::pty::openpt(OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC)
-        .map_err(|e| format!("openpt: {e}"))?;
+    let flags = OpenptFlags::RDWR | OpenptFlags::NOCTTY | OpenptFlags::CLOEXEC;
+    let master: std::os::fd::OwnedFd = match ptmx {
+        Some(path) => std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags(nix::fcntl::OFlag::O_NOCTTY.bits() | nix::fcntl::OFlag::O_CLOEXEC.bits())
+            .open(path)
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .into(),
+        None => rustix::pty::openpt(flags).map_err(|e| format!("openpt: {e}"))?,
+    };
     rustix::pty::grantpt(&master).map_err(|e| format!("grantpt: {e}"))?;
     rustix::pty::unlockpt(&master).map_err(|e| format!("unlockpt: {e}"))?;
-    let name = rustix::pty::ptsname(&master, Vec::new()).map_err(|e| format!("ptsname: {e}"))?;
-    let slave = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(name.to_string_lossy().as_ref())
-        .map_err(|e| format!("{}: {e}", name.to_string_lossy()))?;
+    let slave = File::from(rustix::pty::ioctl_tiocgptpeer(&master, flags).map_err(|e| format!("TIOCGPTPEER: {e}"))?);
     let master = File::from(master);
     let dup = |f: &File| f.try_clone().map_err(|e| e.to_string());
     let io = Stdio3 {
@@ -199,7 +206,7 @@ impl Containers {
         let log = Arc::new(Mutex::new(
             LogFile::open(log).map_err(|e| format!("{}: {e}", log.display()))?,
         ));
-        let io = if tty { terminal()?.1 } else { pipes(stdin)? };
+        let io = if tty { terminal(None)?.1 } else { pipes(stdin)? };
         let mut s = self.lock();
         if let Some(c) = s.containers.get(id)
             && c.ended.borrow().is_none()

@@ -169,7 +169,13 @@ impl Agent for Service {
             return Err(Status::invalid_argument("the first message of an exec must be `start`"));
         };
         let (io, master) = if start.tty {
-            let (master, io) = terminal().map_err(failed)?;
+            // From the container's own devpts, so its /dev/pts has the process's terminal.
+            let (pid, _, _) = self
+                .containers
+                .pid(&start.id)
+                .ok_or_else(|| failed(format!("no container {}", start.id)))?;
+            let ptmx = std::path::PathBuf::from(format!("/proc/{pid}/root/dev/pts/ptmx"));
+            let (master, io) = terminal(Some(&ptmx)).map_err(failed)?;
             resize(&master, start.cols, start.rows);
             (io, Some(master))
         } else {

@@ -771,6 +771,9 @@ impl Worker {
             ),
         );
         tracing::info!(pod = %self.pod_name(), accel = settings.accel.name(), total_ms = ms(t.total) as u64, "microVM started");
+        if let Err(e) = crate::cgroups::join_pod(&self.ctx.cgroup_parent, &self.uid, "vm", vm.pid) {
+            tracing::warn!(pod = %self.pod_name(), error = %e, "the pod's QEMU is outside the pods' cgroups: their caps do not hold for it");
+        }
         self.ctx.vms.insert(&self.uid, vm.clone());
         self.vm = Some(vm);
         Ok(())
@@ -1466,8 +1469,8 @@ impl Worker {
                 }
             },
             net: match &self.vm {
-                Some(vm) => crate::sandbox::PodNet::Vm(vm.clone()),
-                None => crate::sandbox::PodNet::Netns(self.ns.net()),
+                Some(vm) => crate::pod_net::PodNet::Vm(vm.clone()),
+                None => crate::pod_net::PodNet::Netns(self.ns.net()),
             },
             pod_ip: self.pod_ip.clone(),
             container: self.spec_of(name)?,

@@ -15,7 +15,7 @@ use crate::runtime::Runtime;
 pub struct Target {
     pub runtime: Arc<dyn Runtime>,
     pub container_ref: crate::runtime::ContainerRef,
-    pub net: crate::sandbox::PodNet,
+    pub net: crate::pod_net::PodNet,
     pub pod_ip: String,
     pub container: Container,
 }
@@ -98,7 +98,7 @@ async fn connect(
     host: &str,
     port: u16,
     timeout: Duration,
-) -> Result<Box<dyn crate::sandbox::PodStream>, String> {
+) -> Result<Box<dyn crate::pod_net::PodStream>, String> {
     let host = if !host.is_empty() {
         host.to_string()
     } else if !t.pod_ip.is_empty() {

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use super::Io;
 use super::spdy::{self, SpdyEvent};
 
-pub async fn serve(io: Io, net: crate::sandbox::PodNet) {
+pub async fn serve(io: Io, net: crate::pod_net::PodNet) {
     let (spdy, mut events) = spdy::serve(io);
     // request ID → the error stream's ID, until its data stream arrives.
     let mut errors: HashMap<String, u32> = HashMap::new();
@@ -61,7 +61,7 @@ pub async fn serve(io: Io, net: crate::sandbox::PodNet) {
 
 async fn connection(
     spdy: spdy::Spdy<tokio::io::WriteHalf<Io>>,
-    net: crate::sandbox::PodNet,
+    net: crate::pod_net::PodNet,
     port: Option<u16>,
     data_id: u32,
     error_id: Option<u32>,

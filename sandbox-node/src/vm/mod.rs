@@ -192,7 +192,8 @@ pub fn probe_kvm(qemu: &std::path::Path) -> Accel {
 
 /// The vCPUs and memory of a pod's VM: its containers' limits (init containers run one at a
 /// time, so the larger of them and the sum of the others), plus the pod's overhead from its
-/// RuntimeClass and what the guest kernel and agent take. Without limits: 1 vCPU, 256 MiB.
+/// RuntimeClass (or, without one, 128 MiB for the guest's kernel and agent). Without limits:
+/// 1 vCPU, 256 MiB.
 pub fn size(pod: &k8s_openapi::api::core::v1::Pod) -> (u32, u64) {
     use nodeless_types::quantity::parse_quantity;
     let Some(spec) = pod.spec.as_ref() else { return (1, 256) };
@@ -224,9 +225,43 @@ pub fn size(pod: &k8s_openapi::api::core::v1::Pod) -> (u32, u64) {
     let vcpus = sum("cpu")
         .map(|c| ((c + overhead("cpu")).ceil() as u32).clamp(1, host))
         .unwrap_or(1);
-    const GUEST_MIB: u64 = 128;
+    // What the guest's kernel and agent take, unless the RuntimeClass's overhead says.
+    const GUEST_MIB: f64 = 128.0;
+    let fixed = overhead("memory");
+    let guest = if fixed > 0.0 {
+        fixed / (1 << 20) as f64
+    } else {
+        GUEST_MIB
+    };
     let memory = sum("memory")
-        .map(|m| ((m + overhead("memory")) / (1 << 20) as f64).ceil() as u64 + GUEST_MIB)
+        .map(|m| (m / (1 << 20) as f64 + guest).ceil() as u64)
         .unwrap_or(256);
     (vcpus, memory)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(spec: serde_json::Value) -> k8s_openapi::api::core::v1::Pod {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "p"}, "spec": spec})).unwrap()
+    }
+
+    #[test]
+    fn a_vm_is_as_large_as_its_pods_limits_and_overhead() {
+        let none = pod(serde_json::json!({"containers": [{"name": "c"}]}));
+        assert_eq!(size(&none), (1, 256));
+        let limited = pod(serde_json::json!({"containers": [
+            {"name": "a", "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}}},
+            {"name": "b", "resources": {"limits": {"cpu": "500m", "memory": "64Mi"}}}],
+            "initContainers": [{"name": "i", "resources": {"limits": {"memory": "512Mi"}}}]}));
+        assert_eq!(size(&limited), (1, 512 + 128));
+        let with_overhead = pod(serde_json::json!({"containers": [
+            {"name": "a", "resources": {"limits": {"cpu": "1", "memory": "128Mi"}}}],
+            "overhead": {"cpu": "100m", "memory": "64Mi"}}));
+        let host = std::thread::available_parallelism()
+            .map(|n| n.get() as u32)
+            .unwrap_or(1);
+        assert_eq!(size(&with_overhead), (2.min(host), 128 + 64));
+    }
 }

@@ -5,9 +5,10 @@
 //! - the pod gets Ready through an HTTP readiness probe the node dials inside the VM;
 //! - `uname -r` in the container (its log and `kubectl exec`) is the guest kernel's, not the
 //!   host's; the pod's events say how the VM started;
-//! - `kubectl exec` gives the guest's answers and exit codes; port-forward reaches the pod;
-//! - another pod reaches it through its Service's ClusterIP and DNS name (the VM carries the
-//!   pod's address);
+//! - `kubectl exec` (and `exec -it`, on a terminal of the container's own) gives the guest's
+//!   answers and exit codes; port-forward reaches the pod;
+//! - another pod reaches it through its Service's ClusterIP and DNS name, and the ingress routes
+//!   to it (the VM carries the pod's address);
 //! - a crash restarts the container inside the same VM; the node killed with -9 and started
 //!   again adopts the VM (same QEMU process, no restart);
 //! - a pod naming a RuntimeClass that does not exist is refused with the reason;
@@ -35,7 +36,21 @@ fn a_microvm_pod_runs_its_own_kernel_and_keeps_the_pods_network() {
         .to_string();
     assert_ne!(guest, host, "the test needs a guest kernel other than the host's");
     let net = nodeless_tests::pod_net();
-    let mut n = Nodeless::start_with_node(&["--pod-cidr", &net.cidr, "--cluster-dns", &net.dns]).unwrap();
+    let http = format!("127.0.0.1:{}", nodeless_tests::free_port());
+    let mut n = Nodeless::start_with_node(&[
+        "--pod-cidr",
+        &net.cidr,
+        "--cluster-dns",
+        &net.dns,
+        "--ingress-http",
+        &http,
+        "--ingress-https",
+        "127.0.0.1:0",
+        "--ingress-metrics",
+        "127.0.0.1:0",
+        "--no-lb-pool",
+    ])
+    .unwrap();
     let ns = "vm";
     n.kubectl_ok(V, &["create", "namespace", ns]);
     apply(
@@ -90,6 +105,18 @@ spec:
     assert_eq!(exec.trim(), guest);
     let exec = n.kubectl(V, &["exec", "-n", ns, &pod, "--", "sh", "-c", "exit 3"]);
     assert_eq!(exec.status.code(), Some(3), "{}", String::from_utf8_lossy(&exec.stderr));
+    // exec -it: a terminal of the container's own, typed into.
+    let line = format!(
+        "printf 'tty\\nexit 4\\n' | {} --kubeconfig {} exec -it -n {ns} {pod} -- sh",
+        nodeless_tests::kubectl_path(V).display(),
+        n.kubeconfig().display()
+    );
+    let out = std::process::Command::new("script")
+        .args(["-qec", &line, "/dev/null"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("/dev/pts/0") && text.contains("exit code 4"), "{text}");
     let ev = events(&n, ns);
     assert!(ev.contains("StartedVM") && ev.contains("microVM started (TCG"), "{ev}");
     let id = get(&n, ns, "pods", "{.items[0].status.containerStatuses[0].containerID}");
@@ -115,6 +142,27 @@ spec:
             String::from_utf8_lossy(&out.stdout).contains("hello-from-the-vm")
         });
     }
+
+    // The ingress routes to it.
+    apply(
+        &n,
+        &format!(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {{name: web, namespace: {ns}}}\nspec:\n  rules:\n  - host: vm.example\n    http:\n      paths:\n      - {{path: /, pathType: Prefix, backend: {{service: {{name: web, port: {{number: 80}}}}}}}}\n"
+        ),
+    );
+    eventually("the VM's page through the ingress", 60, || {
+        let Ok(mut c) = std::net::TcpStream::connect(&http) else {
+            return false;
+        };
+        let _ = c.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+        let _ = std::io::Write::write_all(
+            &mut c,
+            b"GET / HTTP/1.1\r\nHost: vm.example\r\nConnection: close\r\n\r\n",
+        );
+        let mut body = String::new();
+        let _ = std::io::Read::read_to_string(&mut c, &mut body);
+        body.contains("hello-from-the-vm")
+    });
 
     // port-forward reaches the pod's port inside the VM.
     let mut pf = std::process::Command::new(nodeless_tests::kubectl_path(V))

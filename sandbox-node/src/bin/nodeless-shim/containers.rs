@@ -28,8 +28,6 @@ use nodeless_guest_agent::records::{CriLines, LogFile};
 use nodeless_sandbox_node::shim_proto::attach as attach_proto;
 use nodeless_sandbox_node::shim_proto::{ExitRecord, RunRequest, RuntimeIdentity, START_FAILED_EXIT_CODE, now_rfc3339};
 
-/// Lines longer than this are split into partial (`P`) records, as kubelet does.
-
 /// Reaped processes nobody has claimed yet are forgotten beyond this many.
 const UNCLAIMED: usize = 1024;
 
