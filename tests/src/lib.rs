@@ -70,6 +70,40 @@ pub fn nodeless_binary() -> Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
+/// The microVM pods' guest agent, linked statically as `scripts/up` builds it (into
+/// `target/guest/release`, apart from the workspace's own build of it).
+pub fn guest_agent_binary() -> Result<PathBuf> {
+    static BUILT: std::sync::OnceLock<std::result::Result<PathBuf, String>> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+            let dir = workspace_root().join("target").join("guest");
+            let status = Command::new(cargo)
+                .current_dir(workspace_root())
+                .env("CARGO_TARGET_DIR", &dir)
+                .args([
+                    "rustc",
+                    "-q",
+                    "--release",
+                    "-p",
+                    "nodeless-guest-agent",
+                    "--bin",
+                    "nodeless-guest-agent",
+                    "--",
+                    "-C",
+                    "target-feature=+crt-static",
+                ])
+                .status()
+                .map_err(|e| format!("running cargo: {e}"))?;
+            if !status.success() {
+                return Err("building the guest agent failed".to_string());
+            }
+            Ok(dir.join("release").join("nodeless-guest-agent"))
+        })
+        .clone()
+        .map_err(anyhow::Error::msg)
+}
+
 /// Another binary of the workspace (built with `nodeless`), e.g. `eni-cni`.
 pub fn workspace_binary(name: &str) -> Result<PathBuf> {
     Ok(nodeless_binary()?.with_file_name(name))

@@ -118,7 +118,8 @@ fn bare_boot(settings: &vm::VmSettings) -> Result<(f64, (u64, u64))> {
 async fn main() -> Result<()> {
     let args = Args::parse();
     let net = nodeless_tests::pod_net();
-    let n = Nodeless::start_with_node(&["--pod-cidr", &net.cidr, "--cluster-dns", &net.dns])?;
+    let agent = nodeless_tests::guest_agent_binary()?.display().to_string();
+    let n = Nodeless::start_with_node(&["--pod-cidr", &net.cidr, "--cluster-dns", &net.dns, "--vm-agent", &agent])?;
     n.import_test_images()?;
     let client = n.client().await?;
     let classes: Api<k8s_openapi::api::node::v1::RuntimeClass> = Api::all(client.clone());

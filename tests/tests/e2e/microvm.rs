@@ -3,6 +3,7 @@
 //! as PID 1:
 //!
 //! - the pod gets Ready through an HTTP readiness probe the node dials inside the VM;
+//! - its configMap, service account token, emptyDir and disk claim reach the container;
 //! - `uname -r` in the container (its log and `kubectl exec`) is the guest kernel's, not the
 //!   host's; the pod's events say how the VM started;
 //! - `kubectl exec` (and `exec -it`, on a terminal of the container's own) gives the guest's
@@ -37,6 +38,7 @@ fn a_microvm_pod_runs_its_own_kernel_and_keeps_the_pods_network() {
     assert_ne!(guest, host, "the test needs a guest kernel other than the host's");
     let net = nodeless_tests::pod_net();
     let http = format!("127.0.0.1:{}", nodeless_tests::free_port());
+    let agent = nodeless_tests::guest_agent_binary().unwrap().display().to_string();
     let mut n = Nodeless::start_with_node(&[
         "--pod-cidr",
         &net.cidr,
@@ -49,6 +51,8 @@ fn a_microvm_pod_runs_its_own_kernel_and_keeps_the_pods_network() {
         "--ingress-metrics",
         "127.0.0.1:0",
         "--no-lb-pool",
+        "--vm-agent",
+        &agent,
     ])
     .unwrap();
     let ns = "vm";
@@ -60,6 +64,18 @@ fn a_microvm_pod_runs_its_own_kernel_and_keeps_the_pods_network() {
 kind: RuntimeClass
 metadata: {{name: microvm}}
 handler: microvm
+---
+apiVersion: v1
+kind: ConfigMap
+metadata: {{name: vmcfg, namespace: {ns}}}
+data: {{k: one}}
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {{name: data, namespace: {ns}}}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {{requests: {{storage: 1Gi}}}}
 ---
 apiVersion: apps/v1
 kind: Deployment
@@ -79,6 +95,11 @@ spec:
         readinessProbe:
           httpGet: {{path: /, port: 8080}}
           periodSeconds: 2
+        volumeMounts: [{{name: cfg, mountPath: /etc/cfg}}, {{name: scratch, mountPath: /scratch}}, {{name: data, mountPath: /data}}]
+      volumes:
+      - {{name: cfg, configMap: {{name: vmcfg}}}}
+      - {{name: scratch, emptyDir: {{}}}}
+      - {{name: data, persistentVolumeClaim: {{claimName: data}}}}
 ---
 apiVersion: v1
 kind: Service
@@ -105,16 +126,29 @@ spec:
     assert_eq!(exec.trim(), guest);
     let exec = n.kubectl(V, &["exec", "-n", ns, &pod, "--", "sh", "-c", "exit 3"]);
     assert_eq!(exec.status.code(), Some(3), "{}", String::from_utf8_lossy(&exec.stderr));
+    // The pod's volumes reach the container in the VM: a configMap, its service account's
+    // token, an emptyDir and a disk claim, all shared from the host.
+    let files = n.kubectl_ok(
+        V,
+        &["exec", "-n", ns, &pod, "--", "sh", "-c",
+          "cat /etc/cfg/k /var/run/secrets/kubernetes.io/serviceaccount/namespace; echo; echo x > /scratch/f && cat /scratch/f; echo d > /data/f && cat /data/f"],
+    );
+    assert_eq!(files, format!("one{ns}\nx\nd\n"));
     // exec -it: a terminal of the container's own, typed into.
     let line = format!(
-        "printf 'tty\\nexit 4\\n' | {} --kubeconfig {} exec -it -n {ns} {pod} -- sh",
+        "{} --kubeconfig {} exec -it -n {ns} {pod} -- sh",
         nodeless_tests::kubectl_path(V).display(),
         n.kubeconfig().display()
     );
-    let out = std::process::Command::new("script")
+    // script gives kubectl a terminal; what is typed into it comes from script's stdin.
+    let mut typing = std::process::Command::new("script")
         .args(["-qec", &line, "/dev/null"])
-        .output()
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
+    std::io::Write::write_all(typing.stdin.as_mut().unwrap(), b"tty\nexit 4\n").unwrap();
+    let out = typing.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("/dev/pts/0") && text.contains("exit code 4"), "{text}");
     let ev = events(&n, ns);
