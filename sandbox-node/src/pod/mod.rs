@@ -97,6 +97,8 @@ pub struct Worker {
     counted_running: bool,
     /// The pod's VM, when it runs as a microVM (see `vm`).
     vm: Option<Arc<crate::vm::MicroVm>>,
+    /// The pod runs in a microVM: without one, its containers do not start (never in a sandbox).
+    microvm: bool,
 }
 
 fn grace_period(pod: &Pod) -> i64 {
@@ -148,6 +150,7 @@ impl Worker {
             failed_sandbox: None,
             user_base: None,
             vm: None,
+            microvm: false,
             storage: storage::Limits::default(),
             next_storage_check: None,
             next_token_refresh: None,
@@ -464,10 +467,20 @@ impl Worker {
             .await
             {
                 Ok(vm) => {
+                    self.microvm = true;
                     self.ctx.vms.insert(&self.uid, vm.clone());
                     self.vm = Some(vm);
                 }
-                Err(e) => tracing::warn!(pod = %self.pod_name(), error = %e, "the pod's VM cannot be adopted"),
+                Err(e) => {
+                    // Its containers went with it, and they never run outside a VM.
+                    self.microvm = true;
+                    tracing::warn!(pod = %self.pod_name(), error = %e, "the pod's VM cannot be adopted");
+                    self.event(
+                        "Warning",
+                        "VMGone",
+                        &format!("the pod's microVM cannot be adopted ({e}); its containers do not run outside it: delete the pod for a new one"),
+                    );
+                }
             }
         }
         let running: Vec<String> = self
@@ -658,6 +671,7 @@ impl Worker {
             }
         }
         if microvm {
+            self.microvm = true;
             // Boxed: the VM's start is a large future, the worker's stack is not.
             Box::pin(self.launch_vm(&hostname)).await?;
         }
@@ -702,7 +716,7 @@ impl Worker {
                 )),
             };
         }
-        if handler == self.ctx.runtime.name() || handler == "runc" && self.ctx.runtime.name() == "crun" {
+        if handler == self.ctx.runtime.name() {
             return Ok(None);
         }
         Err(format!(
@@ -1040,6 +1054,12 @@ impl Worker {
                 "no such container".to_string(),
             )
         })?;
+        if self.microvm && self.vm.is_none() {
+            return Err((
+                "RunContainerError".to_string(),
+                "the pod's microVM is not running; its containers do not run outside it".to_string(),
+            ));
+        }
         let image_ref = spec.image.clone().unwrap_or_default();
         let cfg_err = |m: String| ("CreateContainerConfigError".to_string(), m);
         let t0 = std::time::Instant::now();

@@ -13,7 +13,8 @@ pub type Client = AgentClient<Channel>;
 
 /// Connect to the agent behind `socket` and wait (up to `wait`) until it answers Hello. The
 /// channel is made once: a connection QEMU accepted is handed to the guest as soon as the agent
-/// opens its port.
+/// opens its port. No HTTP/2 keep-alive: under TCG on a busy machine a boot can outlast its
+/// timeout, and a VM that is gone is seen by its pid, not by pings.
 pub async fn connect(
     socket: &Path,
     wait: Duration,
@@ -30,7 +31,6 @@ pub async fn connect(
     let p = path.clone();
     let channel = Endpoint::from_static("http://agent")
         .connect_timeout(Duration::from_secs(5))
-        .http2_keep_alive_interval(Duration::from_secs(30))
         .connect_with_connector(tower::service_fn(move |_| {
             let p = p.clone();
             async move { tokio::net::UnixStream::connect(p).await.map(TokioIo::new) }
