@@ -68,6 +68,7 @@ def sample(group, kind, name):
         },
         ("storage.k8s.io", "StorageClass"): {"provisioner": "example.com/python", "parameters": {"type": "a"}},
         ("storage.k8s.io", "CSIDriver"): {"spec": {"attachRequired": False}},
+        ("node.k8s.io", "RuntimeClass"): {"handler": "python"},
         ("storage.k8s.io", "CSINode"): {"spec": {"drivers": [{"name": "example.com/python", "nodeID": name}]}},
         ("storage.k8s.io", "VolumeAttachment"): {
             "spec": {"attacher": "example.com/python", "nodeName": name, "source": {"persistentVolumeName": name}}
