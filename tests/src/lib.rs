@@ -70,6 +70,19 @@ pub fn nodeless_binary() -> Result<PathBuf> {
         .map_err(anyhow::Error::msg)
 }
 
+/// (RSS, PSS) in KiB of a process, from its `smaps_rollup`; zeros if it is gone.
+pub fn process_memory_kib(pid: u32) -> (u64, u64) {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    (field("Rss:"), field("Pss:"))
+}
+
 /// The microVM pods' guest agent, linked statically as `scripts/up` builds it (into
 /// `target/guest/release`, apart from the workspace's own build of it).
 pub fn guest_agent_binary() -> Result<PathBuf> {

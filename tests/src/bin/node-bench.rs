@@ -97,19 +97,6 @@ fn memory_cgroups() -> u64 {
         .unwrap_or(0)
 }
 
-/// (RSS, PSS) in KiB of a process.
-fn memory(pid: u32) -> (u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("Rss:"), field("Pss:"))
-}
-
 fn pids_of(pattern: &str) -> Vec<u32> {
     let out = Command::new("pgrep")
         .args(["-f", pattern])
@@ -165,7 +152,7 @@ async fn nodeless(args: &Args) -> Result<Figures> {
     api.create(&PostParams::default(), &pod("warm")).await?;
     wait_ready(&times, &["warm".into()], Duration::from_secs(60)).await?;
     api.delete("warm", &DeleteParams::default()).await?;
-    let (rss0, pss0) = memory(node.id());
+    let (rss0, pss0) = nodeless_tests::process_memory_kib(node.id());
     let nodes: Api<k8s_openapi::api::core::v1::Node> = Api::all(n.client().await?);
     let runtime = nodes
         .get(&node_name)
@@ -223,12 +210,12 @@ async fn nodeless(args: &Args) -> Result<Figures> {
         "nodeless: {memcgs} memory cgroups on the machine when the burst began (removed ones that still hold pages count, and slow the kernel's cgroup work)"
     );
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let (rss1, pss1) = memory(node.id());
+    let (rss1, pss1) = nodeless_tests::process_memory_kib(node.id());
     // Per pod: the node's growth, and all of the node's supervisor (it holds every pod's
     // namespaces and is every container's parent) shared among the pods.
     let shims: Vec<(u64, u64)> = nodeless_tests::keeper_pids(&node_name)
         .into_iter()
-        .map(memory)
+        .map(nodeless_tests::process_memory_kib)
         .collect();
     let (shim_rss, shim_pss): (u64, u64) = shims.iter().fold((0, 0), |a, m| (a.0 + m.0, a.1 + m.1));
     let per = |node: u64, node0: u64, shim: u64| (node.saturating_sub(node0) + shim) as f64 / args.burst as f64;
@@ -392,7 +379,7 @@ fn podman(args: &Args, runtime: &str, layout: &Path) -> Result<Figures> {
     let burst_secs = t0.elapsed().as_secs_f64();
     let conmons: Vec<(u64, u64)> = pids_of(&format!("conmon.*{}", p.runroot.display()))
         .into_iter()
-        .map(memory)
+        .map(nodeless_tests::process_memory_kib)
         .collect();
     let (rss, pss): (u64, u64) = conmons.iter().fold((0, 0), |a, m| (a.0 + m.0, a.1 + m.1));
     eprintln!(

@@ -42,19 +42,6 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
-/// (RSS, PSS) in KiB of a process.
-fn memory(pid: u32) -> (u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
-    (field("Rss:"), field("Pss:"))
-}
-
 /// The figure after `label` in the node's StartedVM message (`QEMU 31 ms`, `... 5774 ms in all`).
 fn figure(message: &str, label: &str) -> f64 {
     let Some(at) = message.find(label) else { return f64::NAN };
@@ -102,7 +89,7 @@ fn bare_boot(settings: &vm::VmSettings) -> Result<(f64, (u64, u64))> {
             break None;
         }
     };
-    let mem = memory(child.id());
+    let mem = nodeless_tests::process_memory_kib(child.id());
     let _ = child.kill();
     let _ = child.wait();
     match found {
@@ -161,7 +148,7 @@ async fn main() -> Result<()> {
             .args(["-f", &format!("nodeless-{uid}")])
             .output()?;
         let pid: u32 = String::from_utf8_lossy(&pid.stdout).trim().parse().unwrap_or(0);
-        let (r, p) = memory(pid);
+        let (r, p) = nodeless_tests::process_memory_kib(pid);
         let total = before_ms_in_all(&events);
         let split = [
             figure(&events, "QEMU "),
