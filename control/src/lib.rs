@@ -16,6 +16,7 @@ pub mod patch;
 pub mod printers;
 pub mod private;
 pub mod rbac;
+pub mod replicas;
 pub mod schedule;
 pub mod store;
 pub mod tls;
@@ -66,6 +67,11 @@ pub struct Config {
     /// CSI drivers control provisions, attaches and expands volumes through, as Kubernetes'
     /// external sidecars do: driver name → endpoint (`unix:///…`).
     pub csi_drivers: std::collections::BTreeMap<String, String>,
+    /// Keep objects in etcd instead of the embedded store: several replicas may then serve
+    /// one cluster, sharing its keys, with the controllers in the replica that holds their Lease.
+    pub etcd: Option<store::etcd::EtcdConfig>,
+    /// This replica's name in the controllers' Lease (default: host name and listen address).
+    pub identity: Option<String>,
 }
 
 impl Config {
@@ -78,6 +84,8 @@ impl Config {
             controllers: true,
             limits: api::ServeLimits::default(),
             csi_drivers: Default::default(),
+            etcd: None,
+            identity: None,
         }
     }
 }
@@ -99,9 +107,10 @@ impl ControlPlane {
         };
         cfg.limits.validate()?;
         private::dir(&cfg.data_dir).map_err(io("creating the data directory"))?;
-        let store = Store::open_embedded(&cfg.data_dir.join("store"))?;
-        let tokens = Tokens::load_or_create(&cfg.data_dir.join("tokens.json")).map_err(io("token file"))?;
-        private::file(&cfg.data_dir.join("tokens.json")).map_err(io("token file"))?;
+        let store = match &cfg.etcd {
+            Some(etcd) => Store::open_etcd(etcd).await?,
+            None => Store::open_embedded(&cfg.data_dir.join("store"))?,
+        };
         let listener = TcpListener::bind(cfg.listen)
             .await
             .map_err(io(&format!("binding {}", cfg.listen)))?;
@@ -116,6 +125,11 @@ impl ControlPlane {
             hosts.push(addr.ip().to_string());
         }
         hosts.extend(cfg.hosts.iter().cloned());
+        if cfg.etcd.is_some() {
+            replicas::share_keys(&store, &cfg.data_dir, &hosts).await?;
+        }
+        let tokens = Tokens::load_or_create(&cfg.data_dir.join("tokens.json")).map_err(io("token file"))?;
+        private::file(&cfg.data_dir.join("tokens.json")).map_err(io("token file"))?;
         let pki = tls::Pki::load_or_create(&cfg.data_dir.join("pki"), &hosts)?;
         let server_tls = pki.server_config()?;
         let sa_key = tls::service_account_key(&cfg.data_dir.join("pki"))?;
@@ -146,10 +160,19 @@ impl ControlPlane {
         ))];
         tasks.push(tokio::spawn(api::resource_metrics::scrape(state.clone())));
         if cfg.controllers {
-            tasks.extend(controllers::start(
-                LocalClient { state: state.clone() },
-                controllers::volumes::Drivers(cfg.csi_drivers.clone()),
-            ));
+            let client = LocalClient { state: state.clone() };
+            let drivers = controllers::volumes::Drivers(cfg.csi_drivers.clone());
+            if cfg.etcd.is_some() {
+                let identity = cfg.identity.clone().unwrap_or_else(|| {
+                    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+                    format!("{}_{addr}", host.trim())
+                });
+                tasks.push(tokio::spawn(replicas::lead(client.clone(), identity, move || {
+                    controllers::start(client.clone(), drivers.clone())
+                })));
+            } else {
+                tasks.extend(controllers::start(client, drivers));
+            }
         }
         tracing::info!(%addr, "control plane serving");
         Ok(Self {

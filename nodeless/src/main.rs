@@ -193,6 +193,44 @@ async fn run_csi(driver: CsiDriver) -> anyhow::Result<()> {
     }
 }
 
+/// Where the objects live when not in the embedded store.
+#[derive(clap::Args)]
+struct EtcdArgs {
+    /// Keep objects in etcd v3 at these client URLs (comma-separated) instead of the embedded
+    /// store; any number of `nodeless control` replicas may then serve the cluster.
+    #[arg(long = "etcd", alias = "etcd-servers", value_delimiter = ',')]
+    endpoints: Vec<String>,
+    /// The key prefix of this cluster's objects in etcd.
+    #[arg(long, default_value = "/nodeless")]
+    etcd_prefix: String,
+    /// PEM CA of the etcd members' serving certificates (for https:// URLs).
+    #[arg(long)]
+    etcd_cafile: Option<PathBuf>,
+    /// PEM client certificate to present to etcd.
+    #[arg(long, requires = "etcd_keyfile")]
+    etcd_certfile: Option<PathBuf>,
+    /// Its key.
+    #[arg(long, requires = "etcd_certfile")]
+    etcd_keyfile: Option<PathBuf>,
+    /// This replica's name in the controllers' Lease (default: host name and API address).
+    #[arg(long)]
+    replica_name: Option<String>,
+}
+
+impl EtcdArgs {
+    fn config(&self) -> Option<nodeless_control::store::etcd::EtcdConfig> {
+        if self.endpoints.is_empty() {
+            return None;
+        }
+        let mut cfg = nodeless_control::store::etcd::EtcdConfig::new(self.endpoints.clone());
+        cfg.prefix = self.etcd_prefix.clone();
+        cfg.ca = self.etcd_cafile.clone();
+        cfg.cert = self.etcd_certfile.clone();
+        cfg.key = self.etcd_keyfile.clone();
+        Some(cfg)
+    }
+}
+
 #[derive(clap::Args)]
 struct UpArgs {
     /// Where objects, keys and certificates live.
@@ -213,6 +251,8 @@ struct UpArgs {
     /// Admit pods with hostNetwork: true (refused by default).
     #[arg(long)]
     allow_host_network: bool,
+    #[command(flatten)]
+    etcd: EtcdArgs,
     /// Run the control plane only, no node.
     #[arg(long)]
     no_node: bool,
@@ -534,6 +574,8 @@ async fn run_control(mut args: UpArgs, with_node: bool) -> anyhow::Result<()> {
     cfg.listen = args.listen;
     cfg.hosts = args.tls_hosts.clone();
     cfg.allow_host_network = args.allow_host_network;
+    cfg.etcd = args.etcd.config();
+    cfg.identity = args.etcd.replica_name.clone();
     let cp = nodeless_control::ControlPlane::start(cfg)
         .await
         .context("starting the control plane")?;

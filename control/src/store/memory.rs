@@ -30,17 +30,24 @@ struct Request {
     reply: oneshot::Sender<Result<Stored, StoreError>>,
 }
 
+/// Where writes go: the embedded backend's writer thread, or etcd.
+#[derive(Clone)]
+enum Sink {
+    Local(mpsc::Sender<Request>),
+    Etcd(Arc<super::etcd::Remote>),
+}
+
 /// The store handle. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
     state: Arc<RwLock<State>>,
     events: broadcast::Sender<Arc<Event>>,
-    writes: mpsc::Sender<Request>,
+    sink: Sink,
     /// How long each group commit of the backend took (seconds).
     commits: prometheus_client::metrics::histogram::Histogram,
 }
 
-fn set_resource_version(obj: &mut Value, rev: u64) {
+pub(super) fn set_resource_version(obj: &mut Value, rev: u64) {
     if let Some(meta) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.insert("resourceVersion".into(), Value::String(rev.to_string()));
     }
@@ -106,9 +113,38 @@ impl Store {
         Ok(Self {
             state,
             events,
-            writes,
+            sink: Sink::Local(writes),
             commits,
         })
+    }
+
+    /// A store whose objects live in etcd: `objects` is a snapshot at `revision`, and the
+    /// returned [`Cache`] is what the etcd watch applies later changes to.
+    pub(super) fn remote(
+        objects: BTreeMap<String, Stored>,
+        revision: u64,
+        remote: Arc<super::etcd::Remote>,
+        commits: prometheus_client::metrics::histogram::Histogram,
+    ) -> (Self, Cache) {
+        let state = Arc::new(RwLock::new(State {
+            objects,
+            history: VecDeque::new(),
+            revision,
+            oldest_resumable: revision,
+            history_limit: HISTORY,
+        }));
+        let (events, _) = broadcast::channel(16_384);
+        let cache = Cache {
+            state: state.clone(),
+            events: events.clone(),
+        };
+        let store = Self {
+            state,
+            events,
+            sink: Sink::Etcd(remote),
+            commits,
+        };
+        (store, cache)
     }
 
     /// The histogram of the backend's group commits (for `/metrics`).
@@ -125,8 +161,17 @@ impl Store {
 
     /// Commit one write durably; returns the object as stored (absent fields filled).
     pub async fn write(&self, write: Write) -> Result<Stored, StoreError> {
+        let writes = match &self.sink {
+            Sink::Local(w) => w,
+            Sink::Etcd(remote) => {
+                let started = std::time::Instant::now();
+                let done = remote.write(write).await;
+                self.commits.observe(started.elapsed().as_secs_f64());
+                return done;
+            }
+        };
         let (reply, rx) = oneshot::channel();
-        self.writes
+        writes
             .send(Request { write, reply })
             .await
             .map_err(|_| StoreError::Closed)?;
@@ -238,6 +283,72 @@ impl Watch {
                 }
             }
         }
+    }
+}
+
+/// The write side of a store fed from elsewhere (etcd's watch): applies committed changes in
+/// revision order and tells the watches.
+#[derive(Clone)]
+pub(super) struct Cache {
+    state: Arc<RwLock<State>>,
+    events: broadcast::Sender<Arc<Event>>,
+}
+
+impl Cache {
+    /// The current object under `key`.
+    pub(super) fn get(&self, key: &str) -> Option<Stored> {
+        self.state.read().unwrap().objects.get(key).cloned()
+    }
+
+    pub(super) fn revision(&self) -> u64 {
+        self.state.read().unwrap().revision
+    }
+
+    /// Every object, as of now.
+    pub(super) fn objects(&self) -> BTreeMap<String, Stored> {
+        self.state.read().unwrap().objects.clone()
+    }
+
+    /// Apply one change; `rev` must be above every change applied before.
+    pub(super) fn apply(&self, kind: EventType, key: String, obj: Arc<Value>, rev: u64) {
+        let mut state = self.state.write().unwrap();
+        let prev = match kind {
+            EventType::Deleted => state.objects.remove(&key).map(|s| s.obj),
+            _ => state
+                .objects
+                .insert(key.clone(), Stored { obj: obj.clone(), rev })
+                .map(|s| s.obj),
+        };
+        let event = Arc::new(Event {
+            rev,
+            kind,
+            key,
+            obj,
+            prev,
+        });
+        if state.history.len() >= state.history_limit {
+            if let Some(old) = state.history.pop_front() {
+                state.oldest_resumable = old.rev;
+            }
+        }
+        state.history.push_back(event.clone());
+        state.revision = state.revision.max(rev);
+        let _ = self.events.send(event);
+    }
+
+    /// Nothing under the prefix changed up to `rev` (a progress notice).
+    pub(super) fn advance(&self, rev: u64) {
+        let mut state = self.state.write().unwrap();
+        state.revision = state.revision.max(rev);
+    }
+
+    /// After the history the watches need was compacted away: from now on a watch may resume
+    /// only from `rev` on.
+    pub(super) fn forget_before(&self, rev: u64) {
+        let mut state = self.state.write().unwrap();
+        state.history.clear();
+        state.oldest_resumable = rev;
+        state.revision = state.revision.max(rev);
     }
 }
 

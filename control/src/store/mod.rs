@@ -3,9 +3,11 @@
 //! [`Store`] keeps every object in memory (as the apiserver's watch cache does) and persists each
 //! write through a [`Backend`] before acknowledging it. Writes funnel into one writer thread that
 //! commits whatever has queued up in one durable transaction (group commit), so N concurrent
-//! clients cost one fsync, not N. The embedded backend is redb ([`redb::RedbBackend`]); an etcd
-//! backend plugs in behind the same trait.
+//! clients cost one fsync, not N. The embedded backend is redb ([`redb::RedbBackend`]). On etcd
+//! ([`etcd`], for several control replicas) writes go to etcd one transaction each, and the
+//! in-memory index follows etcd's watch.
 
+pub mod etcd;
 mod memory;
 pub mod redb;
 
