@@ -37,6 +37,15 @@ impl IpAllocator {
         }
     }
 
+    /// Start handing out addresses from a random place: replicas that allocate from the same
+    /// range at the same moment then almost never pick the same address.
+    pub fn start_anywhere(&self) {
+        use rand::Rng;
+        if self.size > 4 {
+            self.used.lock().unwrap().1 = rand::thread_rng().gen_range(2..self.size - 1);
+        }
+    }
+
     pub fn first_host(&self) -> Ipv4Addr {
         Ipv4Addr::from(self.base + 1)
     }

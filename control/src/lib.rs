@@ -159,6 +159,10 @@ impl ControlPlane {
             cfg.limits,
         ))];
         tasks.push(tokio::spawn(api::resource_metrics::scrape(state.clone())));
+        if cfg.etcd.is_some() {
+            state.cluster_ips.start_anywhere();
+            tasks.push(tokio::spawn(follow_cluster_ips(state.clone())));
+        }
         if cfg.controllers {
             let client = LocalClient { state: state.clone() };
             let drivers = controllers::volumes::Drivers(cfg.csi_drivers.clone());
@@ -205,6 +209,39 @@ impl ControlPlane {
     pub fn shutdown(self) {
         for t in self.tasks {
             t.abort();
+        }
+    }
+}
+
+/// With several replicas, Services created through the others hold addresses too: follow them.
+async fn follow_cluster_ips(state: Arc<ApiState>) {
+    let ip_of = |obj: &Value| {
+        obj.pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .map(str::to_string)
+    };
+    let mut from = state.store.revision();
+    loop {
+        let (services, rev, _) = state.store.list("/core/services/", None, 0, &|_| true);
+        for svc in services {
+            if let Some(ip) = ip_of(&svc.obj) {
+                let _ = state.cluster_ips.reserve(&ip);
+            }
+        }
+        from = from.max(rev);
+        let Ok(mut watch) = state.store.watch("/core/services/", from) else {
+            from = 0;
+            continue;
+        };
+        while let Some(ev) = watch.next().await {
+            from = ev.rev;
+            let Some(ip) = ip_of(&ev.obj) else { continue };
+            match ev.kind {
+                store::EventType::Deleted => state.cluster_ips.release(&ip),
+                _ => {
+                    let _ = state.cluster_ips.reserve(&ip);
+                }
+            }
         }
     }
 }

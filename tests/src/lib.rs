@@ -602,6 +602,7 @@ pub fn clean_node_leftovers(node: &str, data_dir: &Path) {
     }
 }
 
+pub mod etcd;
 pub mod fuse_bench;
 pub mod http3;
 pub mod nfs;

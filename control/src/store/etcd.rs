@@ -33,8 +33,13 @@ use super::{EventType, Store, StoreError, Stored, Write};
 const PAGE: i64 = 2_000;
 /// How long a write waits for this replica's cache to reach it before replying anyway.
 const APPLY_WAIT: Duration = Duration::from_secs(10);
-/// Pause between attempts to resume etcd's watch.
+/// Pause between attempts to resume etcd's watch, or to send a write again.
 const RETRY: Duration = Duration::from_millis(200);
+/// How long a write keeps trying while etcd is unavailable (a member lost, a leader elected).
+const WRITE_PATIENCE: Duration = Duration::from_secs(4);
+/// How often each member's health is probed, and how long a probe may take.
+const PROBE_EVERY: Duration = Duration::from_millis(500);
+const PROBE_TIMEOUT: Duration = Duration::from_millis(800);
 /// Revisions etcd keeps behind the newest; the replica compacts older ones every
 /// [`COMPACT_INTERVAL`] (kube-apiserver compacts every 5 minutes).
 const KEEP_REVISIONS: u64 = 50_000;
@@ -70,10 +75,7 @@ fn backend(what: &str, e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(format!("etcd {what}: {e}"))
 }
 
-async fn connect(cfg: &EtcdConfig) -> Result<Client, StoreError> {
-    if cfg.endpoints.is_empty() {
-        return Err(StoreError::Backend("etcd: no endpoints given".into()));
-    }
+fn options(cfg: &EtcdConfig) -> Result<ConnectOptions, StoreError> {
     let mut opts = ConnectOptions::new()
         .with_connect_timeout(Duration::from_secs(3))
         .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
@@ -95,9 +97,56 @@ async fn connect(cfg: &EtcdConfig) -> Result<Client, StoreError> {
         }
         opts = opts.with_tls(tls);
     }
-    Client::connect(&cfg.endpoints, Some(opts))
+    Ok(opts)
+}
+
+async fn connect(cfg: &EtcdConfig) -> Result<Client, StoreError> {
+    if cfg.endpoints.is_empty() {
+        return Err(StoreError::Backend("etcd: no endpoints given".into()));
+    }
+    Client::connect(&cfg.endpoints, Some(options(cfg)?))
         .await
         .map_err(|e| backend(&format!("connecting to {}", cfg.endpoints.join(",")), e))
+}
+
+/// Keep only members that answer in the client's rotation. (The client balances requests over
+/// its endpoints and would go on sending a share of them to a member that is gone.)
+async fn probe_members(client: Client, cfg: EtcdConfig) {
+    let Ok(opts) = options(&cfg) else { return };
+    let mut probes = Vec::new();
+    for ep in &cfg.endpoints {
+        match Client::connect([ep.as_str()], Some(opts.clone().with_timeout(PROBE_TIMEOUT))).await {
+            Ok(c) => probes.push((ep.clone(), c, true)),
+            Err(e) => tracing::warn!(endpoint = %ep, error = %e, "cannot probe this etcd member"),
+        }
+    }
+    loop {
+        tokio::time::sleep(PROBE_EVERY).await;
+        for (ep, probe, in_rotation) in probes.iter_mut() {
+            let healthy = matches!(tokio::time::timeout(PROBE_TIMEOUT, probe.status()).await, Ok(Ok(_)));
+            if healthy && !*in_rotation {
+                if client.add_endpoint(ep.as_str()).await.is_ok() {
+                    tracing::info!(endpoint = %ep, "etcd member answers again");
+                    *in_rotation = true;
+                }
+            } else if !healthy && *in_rotation {
+                if client.remove_endpoint(ep.as_str()).await.is_ok() {
+                    tracing::warn!(endpoint = %ep, "etcd member does not answer; not sending to it");
+                    *in_rotation = false;
+                }
+            }
+        }
+    }
+}
+
+/// Whether etcd did not take a request at all (no member reachable, no leader), so sending it
+/// again cannot apply it twice.
+fn unavailable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::GRpcStatus(s) => s.code() == tonic::Code::Unavailable,
+        etcd_client::Error::TransportError(_) => true,
+        _ => false,
+    }
 }
 
 /// The write side, shared by every clone of the [`Store`].
@@ -139,22 +188,63 @@ fn current_of(resp: &etcd_client::TxnResponse) -> Option<u64> {
     })
 }
 
+/// After a resent transaction's compare failed: the revision at which the key holds exactly
+/// `bytes`, if it does (the earlier send landed; objects carry a fresh uid or revision, so equal
+/// bytes are this write's own).
+fn landed(resp: &etcd_client::TxnResponse, resent: bool, bytes: &[u8]) -> Option<u64> {
+    if !resent {
+        return None;
+    }
+    resp.op_responses().into_iter().find_map(|r| match r {
+        TxnOpResponse::Get(g) => g
+            .kvs()
+            .first()
+            .filter(|kv| kv.value() == bytes)
+            .map(|kv| kv.mod_revision() as u64),
+        _ => None,
+    })
+}
+
 impl Remote {
     fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
     }
 
-    pub(super) async fn write(&self, write: Write) -> Result<Stored, StoreError> {
+    /// Run a transaction, sending it again while etcd is unavailable. A resend whose compare
+    /// fails may be the first send having landed after all: `landed` tells from the failed
+    /// transaction's read whether the key now holds exactly what this write put.
+    async fn txn(&self, what: &str, txn: Txn) -> Result<(etcd_client::TxnResponse, bool), StoreError> {
         let mut kv = self.client.kv_client();
+        let deadline = tokio::time::Instant::now() + WRITE_PATIENCE;
+        let mut resent = false;
+        loop {
+            match kv.txn(txn.clone()).await {
+                Ok(resp) => return Ok((resp, resent)),
+                Err(e) if unavailable(&e) && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(error = %e, "etcd unavailable; sending the {what} again");
+                    resent = true;
+                    tokio::time::sleep(RETRY).await;
+                }
+                Err(e) => return Err(backend(what, e)),
+            }
+        }
+    }
+
+    pub(super) async fn write(&self, write: Write) -> Result<Stored, StoreError> {
         let (stored, rev) = match write {
             Write::Create { key, obj } => {
                 let k = self.key(&key);
+                let bytes = encode(&obj)?;
                 let txn = Txn::new()
                     .when([Compare::version(k.clone(), CompareOp::Equal, 0)])
-                    .and_then([TxnOp::put(k, encode(&obj)?, None)]);
-                let resp = kv.txn(txn).await.map_err(|e| backend("create", e))?;
+                    .and_then([TxnOp::put(k.clone(), bytes.clone(), None)])
+                    .or_else([TxnOp::get(k, None)]);
+                let (resp, resent) = self.txn("create", txn).await?;
                 if !resp.succeeded() {
-                    return Err(StoreError::AlreadyExists);
+                    return match landed(&resp, resent, &bytes) {
+                        Some(rev) => self.reply(obj, rev).await,
+                        None => Err(StoreError::AlreadyExists),
+                    };
                 }
                 (obj, revision_of(resp.header())?)
             }
@@ -164,12 +254,16 @@ impl Remote {
                     Some(r) => Compare::mod_revision(k.clone(), CompareOp::Equal, r as i64),
                     None => Compare::version(k.clone(), CompareOp::Greater, 0),
                 };
+                let bytes = encode(&obj)?;
                 let txn = Txn::new()
                     .when([cmp])
-                    .and_then([TxnOp::put(k.clone(), encode(&obj)?, None)])
+                    .and_then([TxnOp::put(k.clone(), bytes.clone(), None)])
                     .or_else([TxnOp::get(k, None)]);
-                let resp = kv.txn(txn).await.map_err(|e| backend("update", e))?;
+                let (resp, resent) = self.txn("update", txn).await?;
                 if !resp.succeeded() {
+                    if let Some(rev) = landed(&resp, resent, &bytes) {
+                        return self.reply(obj, rev).await;
+                    }
                     return Err(match current_of(&resp) {
                         Some(current) => StoreError::Conflict { current },
                         None => StoreError::NotFound,
@@ -187,7 +281,7 @@ impl Remote {
                     .when([cmp])
                     .and_then([TxnOp::delete(k.clone(), Some(DeleteOptions::new().with_prev_key()))])
                     .or_else([TxnOp::get(k, None)]);
-                let resp = kv.txn(txn).await.map_err(|e| backend("delete", e))?;
+                let (resp, _) = self.txn("delete", txn).await?;
                 if !resp.succeeded() {
                     return Err(match current_of(&resp) {
                         Some(current) => StoreError::Conflict { current },
@@ -204,9 +298,13 @@ impl Remote {
                 (decode(&prev)?, revision_of(resp.header())?)
             }
         };
-        let mut obj = stored;
+        self.reply(stored, rev).await
+    }
+
+    /// The object as written at `rev`, once this replica's watch has brought the change in
+    /// (read-your-writes on this replica).
+    async fn reply(&self, mut obj: Value, rev: u64) -> Result<Stored, StoreError> {
         set_resource_version(&mut obj, rev);
-        // Read-your-writes on this replica: wait for the watch to bring the change in.
         let mut applied = self.applied.clone();
         let _ = tokio::time::timeout(APPLY_WAIT, applied.wait_for(|a| *a >= rev)).await;
         Ok(Stored {
@@ -291,7 +389,10 @@ impl Store {
             "store on etcd"
         );
         tokio::spawn(follow(client.clone(), cfg.prefix.clone(), cache, applied_tx));
-        tokio::spawn(compact(client));
+        tokio::spawn(compact(client.clone()));
+        if cfg.endpoints.len() > 1 {
+            tokio::spawn(probe_members(client, cfg.clone()));
+        }
         Ok(store)
     }
 }

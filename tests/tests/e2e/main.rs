@@ -29,6 +29,7 @@ mod python_client;
 mod quota;
 mod rbac;
 mod reflector;
+mod replicas;
 mod services;
 mod statefulset;
 mod up;
