@@ -2,6 +2,7 @@ pub mod bpf;
 pub mod cgroup;
 pub mod datapath;
 pub mod fastpath;
+pub mod hosts;
 pub mod lb;
 pub mod metrics;
 pub mod node;

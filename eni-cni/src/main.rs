@@ -134,7 +134,7 @@ fn main() {
         let snat = if no_snat {
             None
         } else {
-            Some(nodeless_eni_cni::snat::Snat::install(&cidrs).map_err(anyhow::Error::msg)?)
+            Some(nodeless_eni_cni::snat::Snat::install(&cidrs, &[]).map_err(anyhow::Error::msg)?)
         };
         let pool = Pool::open(cfg, LocalProvider::new(cidrs))?;
         tracing::info!(socket = %socket.display(), snat = snat.is_some(), "IP pool serving");

@@ -24,6 +24,8 @@ pub struct NodeNetwork {
     /// The pool's use and the network's name, for [`NodeNetwork::collector`].
     gauges: Option<(Arc<crate::pool::PoolGauges>, usize)>,
     network: String,
+    /// Routes to other hosts' pods (see [`crate::hosts`]), when the pod network spans hosts.
+    hosts: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// Where the node's pods will be balanced: the cgroup (v2) the runtime puts them under.
@@ -42,6 +44,7 @@ pub async fn start(
     state_dir: &Path,
     socket: &Path,
     cidrs: Vec<Ipv4Net>,
+    cluster: Vec<Ipv4Net>,
     cluster_dns: Option<Ipv4Addr>,
     balancing: Option<ServiceBalancing>,
     socket_acceleration: bool,
@@ -67,9 +70,10 @@ pub async fn start(
         services: None,
         gauges: None,
         network: network.to_string(),
+        hosts: None,
     };
     match net
-        .bring_up(network, cidrs, cluster_dns, balancing, socket_acceleration)
+        .bring_up(network, cidrs, cluster, cluster_dns, balancing, socket_acceleration)
         .await
     {
         Ok(()) => Ok(net),
@@ -85,10 +89,16 @@ impl NodeNetwork {
         &mut self,
         network: &str,
         cidrs: Vec<Ipv4Net>,
+        cluster: Vec<Ipv4Net>,
         cluster_dns: Option<Ipv4Addr>,
         balancing: Option<ServiceBalancing>,
         socket_acceleration: bool,
     ) -> anyhow::Result<()> {
+        if let Some(b) = &balancing {
+            if !cluster.is_empty() {
+                self.hosts = Some(tokio::spawn(crate::hosts::run(b.client.clone(), network.to_string())));
+            }
+        }
         if let Some(b) = balancing {
             let root = cgroup2_root().ok_or_else(|| {
                 anyhow::anyhow!("the service load balancer needs a cgroup v2 hierarchy, and this host mounts none")
@@ -107,7 +117,7 @@ impl NodeNetwork {
             max_warm: 32,
             idle_reclaim: Duration::from_secs(300),
         };
-        self.snat = Some(Snat::install(&cidrs).map_err(anyhow::Error::msg)?);
+        self.snat = Some(Snat::install(&cidrs, &cluster).map_err(anyhow::Error::msg)?);
         let provider = LocalProvider::new(cidrs);
         let capacity = provider.size();
         let pool: Arc<Pool<LocalProvider>> = Pool::open(cfg, provider)?;
@@ -169,10 +179,13 @@ impl NodeNetwork {
             if let Some((task, _, _)) = self.services.take() {
                 task.abort();
             }
+            if let Some(task) = self.hosts.take() {
+                task.abort();
+            }
             let _ = std::fs::remove_file(&self.socket);
             tracing::info!(
                 pods = in_use,
-                "pods keep running: the egress rule, the cluster DNS address and the service load balancer stay"
+                "pods keep running: the egress rule, the cluster DNS address, the service load balancer and the routes to other hosts' pods stay"
             );
             return;
         }
@@ -183,6 +196,10 @@ impl NodeNetwork {
     async fn remove_host_changes(&mut self) {
         if let Some(p) = self.pool.take() {
             p.abort();
+        }
+        if let Some(task) = self.hosts.take() {
+            task.abort();
+            crate::hosts::clear().await;
         }
         let _ = std::fs::remove_file(&self.socket);
         if let Some((task, pins, cgroup)) = self.services.take() {

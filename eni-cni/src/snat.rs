@@ -1,7 +1,8 @@
 //! Egress: pods reach hosts beyond the node with the node's address (masquerade), as a VPC's
 //! SNAT gateway would give them. One nftables table per pool, holding one rule: traffic from the
-//! pool's CIDRs to anywhere outside them is masqueraded on its way out. Traffic between pods and
-//! to the node itself is left alone.
+//! pool's CIDRs to anywhere outside them (and outside the cluster's pod network, when it spans
+//! hosts) is masqueraded on its way out. Traffic between pods and to the node itself is left
+//! alone.
 
 use std::io::Write;
 use std::process::{Command, Stdio};
@@ -41,12 +42,19 @@ impl Snat {
         format!("nodeless_eni_{}", first.replace(['.', '/'], "_"))
     }
 
-    /// Install (or replace, in one transaction) the masquerade rule for these CIDRs.
-    pub fn install(cidrs: &[Ipv4Net]) -> Result<Snat, String> {
+    /// Install (or replace, in one transaction) the masquerade rule for these CIDRs. Traffic to
+    /// `cluster` (the pod network of every host, when it spans several) keeps its pod address.
+    pub fn install(cidrs: &[Ipv4Net], cluster: &[Ipv4Net]) -> Result<Snat, String> {
         let table = Self::table_for(cidrs);
         let set = cidrs.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ");
+        let inside = cidrs
+            .iter()
+            .chain(cluster)
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ");
         nft(&format!(
-            "table ip {table}\ndelete table ip {table}\ntable ip {table} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {{ {set} }} ip daddr != {{ {set} }} masquerade\n  }}\n}}\n"
+            "table ip {table}\ndelete table ip {table}\ntable ip {table} {{\n  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n    ip saddr {{ {set} }} ip daddr != {{ {inside} }} masquerade\n  }}\n}}\n"
         ))?;
         Ok(Snat { table })
     }

@@ -54,6 +54,12 @@ enum Command {
         data_dir: PathBuf,
         #[command(flatten)]
         node: node_cmd::NodeArgs,
+        /// With --pod-cidr and --cluster-dns: serve no cluster DNS for this host's pods (by
+        /// default the node serves it on the --cluster-dns address, port 53, as `up` does).
+        #[arg(long)]
+        no_dns: bool,
+        #[command(flatten)]
+        dns: DnsArgs,
     },
     /// Run cluster DNS against a control plane (or any Kubernetes API server).
     Dns {
@@ -524,17 +530,48 @@ async fn wait_for_signal() -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_node(kubeconfig: PathBuf, data_dir: PathBuf, args: node_cmd::NodeArgs) -> anyhow::Result<()> {
+async fn run_node(
+    kubeconfig: PathBuf,
+    data_dir: PathBuf,
+    args: node_cmd::NodeArgs,
+    dns: Option<DnsArgs>,
+) -> anyhow::Result<()> {
     let client = node_cmd::client_from(&kubeconfig).await?;
-    let node = node_cmd::start_node(&args, &data_dir, client)
+    let node = node_cmd::start_node(&args, &data_dir, client.clone())
         .await
         .context("starting the node")?;
     println!(
         "nodeless: node {} ready, kubelet API on {}",
         node.node.ctx.name, node.node.kubelet_addr
     );
+    // This host's pods ask the node's --cluster-dns address, as on `up`.
+    let mut running_dns = None;
+    let pod_dns = args
+        .cluster_dns
+        .as_deref()
+        .and_then(|ip| ip.parse::<IpAddr>().ok())
+        .filter(|_| !args.pod_cidrs.is_empty());
+    if let (Some(dns), Some(ip)) = (dns, pod_dns) {
+        let started = start_dns(
+            &dns,
+            &args.cluster_domain,
+            vec![SocketAddr::new(ip, 53)],
+            pod_networks(&args)?
+                .into_iter()
+                .chain(args.cluster_cidrs.iter().map(|c| ipnet::IpNet::V4(*c)))
+                .collect(),
+            client,
+        )
+        .await
+        .context("starting cluster DNS for this host's pods")?;
+        println!("nodeless: DNS on {:?}", started.addrs);
+        running_dns = Some(started);
+    }
     wait_for_signal().await?;
     println!("nodeless: node stopping (its pods keep running and are adopted at the next start)");
+    if let Some(d) = running_dns {
+        d.stop();
+    }
     node.stop().await;
     Ok(())
 }
@@ -714,7 +751,9 @@ fn main() -> anyhow::Result<()> {
             kubeconfig,
             data_dir,
             node,
-        } => rt.block_on(run_node(kubeconfig, data_dir, node)),
+            no_dns,
+            dns,
+        } => rt.block_on(run_node(kubeconfig, data_dir, node, (!no_dns).then_some(dns))),
         Command::Dns { kubeconfig, dns } => rt.block_on(run_dns(kubeconfig, dns)),
         Command::Csi { driver } => rt.block_on(run_csi(driver)),
         Command::Image { data_dir, command } => node_cmd::image(command, &data_dir),

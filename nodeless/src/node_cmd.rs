@@ -51,6 +51,12 @@ pub struct NodeArgs {
     /// on the pods' cgroup). The CIDR's first address is never a pod's: use it for --cluster-dns.
     #[arg(long = "pod-cidr", conflicts_with = "cni_conf")]
     pub pod_cidrs: Vec<ipnet::Ipv4Net>,
+    /// With --pod-cidr, on a cluster of several hosts: the pod network of the whole cluster
+    /// (repeatable). The node routes each other Node's `spec.podCIDRs` through that host's
+    /// InternalIP (VPC route mode) and leaves traffic to it unmasqueraded. The Node's own
+    /// `spec.podCIDRs` are its --pod-cidr.
+    #[arg(long = "cluster-cidr", requires = "pod_cidrs")]
+    pub cluster_cidrs: Vec<ipnet::Ipv4Net>,
     /// With --pod-cidr: TCP between two pods goes from socket to socket (eBPF sockops and
     /// sk_msg), skipping TCP/IP and the veths. Off by default: a blocking read on a socket
     /// that has shut down its sending side can end in EAGAIN (see eni-cni's README).
@@ -75,6 +81,10 @@ pub struct NodeArgs {
     /// The first restart back-off of a crashing container (doubles up to 5 minutes).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub restart_backoff: Duration,
+    /// How long the node's Lease lasts; the node renews it every quarter of this, and control
+    /// takes a node whose Lease lapsed for lost (tainted unreachable, its pods evicted).
+    #[arg(long, default_value = "40s", value_parser = humantime::parse_duration)]
+    pub node_lease_duration: Duration,
     /// Run pods without a user namespace each (root in a pod is then root on the node), for
     /// kernels without user namespaces or idmapped mounts; pods that ask for one
     /// (`hostUsers: false`) fail.
@@ -326,6 +336,7 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
                 &dir.join("eni"),
                 &run_dir.join("eni.sock"),
                 args.pod_cidrs.clone(),
+                args.cluster_cidrs.clone(),
                 dns,
                 Some(balancing),
                 args.socket_acceleration,
@@ -373,6 +384,8 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
         cluster_dns: args.cluster_dns.clone(),
         cluster_domain: args.cluster_domain.clone(),
         backoff_base: args.restart_backoff,
+        lease_duration: args.node_lease_duration,
+        pod_cidrs: args.pod_cidrs.iter().map(ToString::to_string).collect(),
         backoff_max: Duration::from_secs(300),
         pull: nodeless_sandbox_node::image::PullConfig {
             insecure: args.insecure_registries.clone(),

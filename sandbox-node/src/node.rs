@@ -41,6 +41,10 @@ pub struct NodeConfig {
     pub cluster_domain: String,
     pub backoff_base: Duration,
     pub backoff_max: Duration,
+    /// How long the node's Lease lasts (renewed every quarter of it).
+    pub lease_duration: Duration,
+    /// The pod CIDRs of this host (the Node's `spec.podCIDRs`), if it hands out pod addresses.
+    pub pod_cidrs: Vec<String>,
     /// Registries reached over plain HTTP (loopback ones always are), and registries' mirrors.
     pub pull: crate::image::PullConfig,
     /// The node's supervisor, which holds pods' namespaces (and runs the OCI runtime's containers).
@@ -98,7 +102,7 @@ pub fn cgroup_parent(name: &str) -> String {
     format!("/nodeless/{name}")
 }
 
-fn node_object(name: &str, host_ip: &str, port: u16, runtime: &str, handlers: &[&str]) -> Node {
+fn node_object(name: &str, host_ip: &str, port: u16, runtime: &str, handlers: &[&str], pod_cidrs: &[String]) -> Node {
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let capacity = json!({"cpu": "1000", "memory": "4Ti", "pods": "10000", "ephemeral-storage": "10Ti"});
     serde_json::from_value(json!({
@@ -108,7 +112,8 @@ fn node_object(name: &str, host_ip: &str, port: u16, runtime: &str, handlers: &[
                 "kubernetes.io/arch": std::env::consts::ARCH.replace("x86_64", "amd64"), "kubernetes.io/role": "agent",
                 "node.kubernetes.io/instance-type": "nodeless-virtual-node"},
             "annotations": {"nodeless.io/kubelet-scheme": "https"}},
-        "spec": {"taints": [{"key": nodeless_types::keys::VIRTUAL_NODE_TAINT, "value": "nodeless", "effect": "NoSchedule"}]},
+        "spec": {"taints": [{"key": nodeless_types::keys::VIRTUAL_NODE_TAINT, "value": "nodeless", "effect": "NoSchedule"}],
+            "podCIDR": pod_cidrs.first(), "podCIDRs": if pod_cidrs.is_empty() { None } else { Some(pod_cidrs) }},
         "status": {
             "conditions": [
                 {"type": "Ready", "status": "True", "reason": "KubeletReady", "message": "sandbox-node is ready", "lastHeartbeatTime": now, "lastTransitionTime": now},
@@ -152,14 +157,16 @@ async fn register(client: &kube::Client, node: &Node) -> Result<(), kube::Error>
     Ok(())
 }
 
-async fn heartbeat(client: kube::Client, name: String) {
+async fn heartbeat(client: kube::Client, name: String, lease_duration: Duration) {
+    let lease_secs = lease_duration.as_secs().max(4);
+    let every = Duration::from_secs(lease_secs) / 4;
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let nodes: Api<Node> = Api::all(client);
     let mut tick = 0u64;
     loop {
         let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true);
         let lease = json!({"apiVersion": "coordination.k8s.io/v1", "kind": "Lease", "metadata": {"name": name, "namespace": "kube-node-lease"},
-            "spec": {"holderIdentity": name, "leaseDurationSeconds": 40, "renewTime": now}});
+            "spec": {"holderIdentity": name, "leaseDurationSeconds": lease_secs, "renewTime": now}});
         let r = leases
             .patch(
                 &name,
@@ -189,7 +196,7 @@ async fn heartbeat(client: kube::Client, name: String) {
             }
         }
         tick += 1;
-        tokio::time::sleep(Duration::from_secs(10)).await;
+        tokio::time::sleep(every).await;
     }
 }
 
@@ -470,13 +477,14 @@ pub async fn start(cfg: NodeConfig, client: kube::Client) -> anyhow::Result<Runn
             } else {
                 vec![ctx.runtime.name()]
             },
+            &cfg.pod_cidrs,
         ),
     )
     .await?;
     if !ctx.csi.drivers.is_empty() {
         ctx.csi.register(&client, &cfg.name).await.map_err(anyhow::Error::msg)?;
     }
-    let hb = tokio::spawn(heartbeat(client, cfg.name.clone()));
+    let hb = tokio::spawn(heartbeat(client, cfg.name.clone(), cfg.lease_duration));
     let volumes = tokio::spawn(watch_volumes(ctx.clone()));
     let watch = tokio::spawn(watch_pods(ctx.clone(), workers));
     let warm = tokio::spawn(keep_warm(ctx.clone()));

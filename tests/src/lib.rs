@@ -604,6 +604,7 @@ pub fn clean_node_leftovers(node: &str, data_dir: &Path) {
 
 pub mod etcd;
 pub mod fuse_bench;
+pub mod hosts;
 pub mod http3;
 pub mod nfs;
 pub mod ready;

@@ -13,6 +13,7 @@ mod hpa;
 pub mod job;
 pub mod knative;
 mod namespace;
+pub mod node_lifecycle;
 mod quota;
 mod replicaset;
 mod scheduler;
@@ -179,6 +180,7 @@ pub fn start(client: LocalClient, drivers: volumes::Drivers) -> Vec<tokio::task:
             |c, k| Box::pin(done(disruption::reconcile(c, k))),
         )),
         tokio::spawn(knative::autoscaler::run(client.clone())),
+        tokio::spawn(node_lifecycle::run(client.clone())),
         tokio::spawn(drive(
             client,
             "garbage-collector",

@@ -2,7 +2,9 @@
 //! JSON bodies and with protobuf bodies (as client-go sends them) side by side; the same 32-client
 //! JSON creates by a ServiceAccount bound to `edit` (every request authorized by RBAC, which the
 //! admin, in `system:masters`, skips) beside the admin's; and watch delivery latency with 100
-//! watchers, against a real `nodeless up` on this machine.
+//! watchers, against a real `nodeless up` on this machine. Then the same 32-client creates and
+//! watch latency on a 3-member etcd cluster (Debian's etcd, all members on this machine, each
+//! fsyncing its own WAL) beside the embedded store's figures.
 //!
 //!     cargo run --release -p nodeless-tests --bin control-bench
 #![forbid(unsafe_code)]
@@ -31,6 +33,9 @@ struct Args {
     /// Changes made while the watchers listen.
     #[arg(long, default_value_t = 300)]
     changes: usize,
+    /// Members of the etcd cluster for the store-on-etcd comparison (0: skip it).
+    #[arg(long, default_value_t = 3)]
+    etcd_members: usize,
 }
 
 fn pod(ns: &str, name: &str) -> Value {
@@ -270,5 +275,32 @@ async fn main() -> Result<()> {
         args.watchers,
         args.watchers * args.changes
     );
+    if args.etcd_members > 0 {
+        let etcd = nodeless_tests::etcd::EtcdCluster::start(args.etcd_members)?;
+        let e = Nodeless::start_with(&["--etcd", &etcd.endpoints()])?;
+        let token = e.admin_token();
+        e.http()
+            .post(e.url("/api/v1/namespaces"))
+            .bearer_auth(&token)
+            .json(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench32"}}))
+            .send()
+            .await?;
+        let on_etcd = create_pods(&e, &token, "bench32", args.concurrent, args.clients, Wire::Json).await?;
+        let (e50, e99, egot) = watch_latency(&e, args.watchers, args.changes).await?;
+        println!(
+            "store on a {}-member etcd (same machine): durable pod creates/s, {} clients, JSON: {on_etcd:>8.0}  vs embedded x{:.2}   goal >= x0.5",
+            args.etcd_members,
+            args.clients,
+            on_etcd / many
+        );
+        println!(
+            "store on a {}-member etcd: watch delivery latency, {} watchers: p50 {e50:.2} ms  p99 {e99:.2} ms  ({egot} of {} events)   embedded p99 {p99:.2} ms",
+            args.etcd_members,
+            args.watchers,
+            args.watchers * args.changes
+        );
+        drop(e);
+        drop(etcd);
+    }
     Ok(())
 }

@@ -9,6 +9,7 @@ mod debugging;
 mod disruption;
 mod dns;
 mod durability;
+mod hosts;
 mod ingress;
 mod isolation;
 mod isolation_network;
