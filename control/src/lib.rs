@@ -72,6 +72,8 @@ pub struct Config {
     pub etcd: Option<store::etcd::EtcdConfig>,
     /// This replica's name in the controllers' Lease (default: host name and listen address).
     pub identity: Option<String>,
+    /// The pod network of every host: Nodes that bring no pod CIDRs get a /24 of it.
+    pub cluster_cidr: Option<ipnet::Ipv4Net>,
 }
 
 impl Config {
@@ -86,6 +88,7 @@ impl Config {
             csi_drivers: Default::default(),
             etcd: None,
             identity: None,
+            cluster_cidr: None,
         }
     }
 }
@@ -166,16 +169,17 @@ impl ControlPlane {
         if cfg.controllers {
             let client = LocalClient { state: state.clone() };
             let drivers = controllers::volumes::Drivers(cfg.csi_drivers.clone());
+            let cluster_cidr = cfg.cluster_cidr;
             if cfg.etcd.is_some() {
                 let identity = cfg.identity.clone().unwrap_or_else(|| {
                     let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
                     format!("{}_{addr}", host.trim())
                 });
                 tasks.push(tokio::spawn(replicas::lead(client.clone(), identity, move || {
-                    controllers::start(client.clone(), drivers.clone())
+                    controllers::start(client.clone(), drivers.clone(), cluster_cidr)
                 })));
             } else {
-                tasks.extend(controllers::start(client, drivers));
+                tasks.extend(controllers::start(client, drivers, cluster_cidr));
             }
         }
         tracing::info!(%addr, "control plane serving");

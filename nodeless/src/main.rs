@@ -533,10 +533,11 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 async fn run_node(
     kubeconfig: PathBuf,
     data_dir: PathBuf,
-    args: node_cmd::NodeArgs,
+    mut args: node_cmd::NodeArgs,
     dns: Option<DnsArgs>,
 ) -> anyhow::Result<()> {
     let client = node_cmd::client_from(&kubeconfig).await?;
+    node_cmd::await_pod_cidr(&mut args, &client).await?;
     let node = node_cmd::start_node(&args, &data_dir, client.clone())
         .await
         .context("starting the node")?;
@@ -613,6 +614,7 @@ async fn run_control(mut args: UpArgs, with_node: bool) -> anyhow::Result<()> {
     cfg.allow_host_network = args.allow_host_network;
     cfg.etcd = args.etcd.config();
     cfg.identity = args.etcd.replica_name.clone();
+    cfg.cluster_cidr = args.node.cluster_cidrs.first().copied();
     let cp = nodeless_control::ControlPlane::start(cfg)
         .await
         .context("starting the control plane")?;

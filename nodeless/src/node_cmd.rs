@@ -51,11 +51,12 @@ pub struct NodeArgs {
     /// on the pods' cgroup). The CIDR's first address is never a pod's: use it for --cluster-dns.
     #[arg(long = "pod-cidr", conflicts_with = "cni_conf")]
     pub pod_cidrs: Vec<ipnet::Ipv4Net>,
-    /// With --pod-cidr, on a cluster of several hosts: the pod network of the whole cluster
-    /// (repeatable). The node routes each other Node's `spec.podCIDRs` through that host's
-    /// InternalIP (VPC route mode) and leaves traffic to it unmasqueraded. The Node's own
-    /// `spec.podCIDRs` are its --pod-cidr.
-    #[arg(long = "cluster-cidr", requires = "pod_cidrs")]
+    /// On a cluster of several hosts: the pod network of the whole cluster (repeatable). The
+    /// node routes each other Node's `spec.podCIDRs` through that host's InternalIP (VPC route
+    /// mode) and leaves traffic to it unmasqueraded. Its own `spec.podCIDRs` are its --pod-cidr,
+    /// or, without one, the block control allocates (control: given this, it allocates a /24 of
+    /// it to each Node that brings none); --cluster-dns then defaults to its first address.
+    #[arg(long = "cluster-cidr", conflicts_with = "cni_conf")]
     pub cluster_cidrs: Vec<ipnet::Ipv4Net>,
     /// With --pod-cidr: TCP between two pods goes from socket to socket (eBPF sockops and
     /// sk_msg), skipping TCP/IP and the veths. Off by default: a blocking read on a socket
@@ -269,6 +270,45 @@ pub fn node_name(args: &NodeArgs) -> String {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_else(|_| "local".into());
         format!("nodeless-{}", host.trim().to_lowercase())
     })
+}
+
+/// A node given --cluster-cidr but no --pod-cidr: register its Node early and wait for control
+/// to allocate its block, then take it as --pod-cidr (and its first address as --cluster-dns).
+pub async fn await_pod_cidr(args: &mut NodeArgs, client: &kube::Client) -> anyhow::Result<()> {
+    use k8s_openapi::api::core::v1::Node;
+    if !args.pod_cidrs.is_empty() || args.cluster_cidrs.is_empty() {
+        return Ok(());
+    }
+    let name = node_name(args);
+    let nodes: kube::Api<Node> = kube::Api::all(client.clone());
+    let stub: Node =
+        serde_json::from_value(serde_json::json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}))?;
+    match nodes.create(&kube::api::PostParams::default(), &stub).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(s)) if s.code == 409 => {}
+        Err(e) => return Err(e).context("registering the Node to get its pod CIDR"),
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let node = nodes.get(&name).await.context("reading the Node's pod CIDR")?;
+        let cidr = node
+            .spec
+            .and_then(|s| s.pod_cidrs.and_then(|c| c.into_iter().next()).or(s.pod_cidr));
+        if let Some(cidr) = cidr {
+            let net: ipnet::Ipv4Net = cidr.parse().with_context(|| format!("the Node's podCIDR {cidr}"))?;
+            args.pod_cidrs = vec![net];
+            if args.cluster_dns.is_none() {
+                args.cluster_dns = net.hosts().next().map(|a| a.to_string());
+            }
+            tracing::info!(node = %name, cidr = %net, "pod CIDR from control");
+            return Ok(());
+        }
+        anyhow::ensure!(
+            tokio::time::Instant::now() < deadline,
+            "control allocated no pod CIDR to Node {name} within 60 s (is control started with --cluster-cidr?)"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
 }
 
 pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) -> anyhow::Result<StartedNode> {

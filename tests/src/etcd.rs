@@ -111,6 +111,14 @@ impl EtcdCluster {
         bail!("no leader among {endpoints:?}")
     }
 
+    /// The process ids of the members still running.
+    pub fn pids(&self) -> Vec<u32> {
+        self.members
+            .iter()
+            .filter_map(|m| m.child.as_ref().map(Child::id))
+            .collect()
+    }
+
     /// SIGKILL member `i`.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {

@@ -13,6 +13,7 @@ mod hpa;
 pub mod job;
 pub mod knative;
 mod namespace;
+pub mod node_ipam;
 pub mod node_lifecycle;
 mod quota;
 mod replicaset;
@@ -32,10 +33,25 @@ use crate::api::local::LocalClient;
 use crate::store::Event;
 
 /// Start every controller; returns their tasks. `drivers` are the CSI drivers control
-/// provisions, attaches and expands volumes with.
-pub fn start(client: LocalClient, drivers: volumes::Drivers) -> Vec<tokio::task::JoinHandle<()>> {
+/// provisions, attaches and expands volumes with; with `cluster_cidr`, Nodes without pod CIDRs
+/// get a block of it.
+pub fn start(
+    client: LocalClient,
+    drivers: volumes::Drivers,
+    cluster_cidr: Option<ipnet::Ipv4Net>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let attach_drivers = drivers.clone();
-    vec![
+    let mut tasks = Vec::new();
+    if let Some(cluster) = cluster_cidr {
+        tasks.push(tokio::spawn(drive(
+            client.clone(),
+            "node-ipam",
+            node_ipam::interested,
+            node_ipam::resync,
+            move |c, k| Box::pin(done(node_ipam::reconcile(c, cluster, k))),
+        )));
+    }
+    tasks.extend([
         tokio::spawn(drive(
             client.clone(),
             "persistentvolume",
@@ -188,7 +204,8 @@ pub fn start(client: LocalClient, drivers: volumes::Drivers) -> Vec<tokio::task:
             gc::resync,
             |c, k| Box::pin(done(gc::reconcile(c, k))),
         )),
-    ]
+    ]);
+    tasks
 }
 
 pub use clusterrole::aggregate_all as aggregate_cluster_roles;

@@ -155,7 +155,12 @@ pub(super) struct Remote {
     prefix: String,
     /// The newest revision this replica's cache has applied.
     applied: watch::Receiver<u64>,
+    /// Objects this replica wrote, by revision, until its watch brings them in: the watch takes
+    /// them as they are rather than parsing etcd's copy again.
+    written: Written,
 }
+
+type Written = Arc<std::sync::Mutex<std::collections::HashMap<u64, Arc<Value>>>>;
 
 /// Parse an object as etcd holds it, with its resourceVersion.
 fn decode(kv: &KeyValue) -> Result<Value, StoreError> {
@@ -305,12 +310,15 @@ impl Remote {
     /// (read-your-writes on this replica).
     async fn reply(&self, mut obj: Value, rev: u64) -> Result<Stored, StoreError> {
         set_resource_version(&mut obj, rev);
-        let mut applied = self.applied.clone();
-        let _ = tokio::time::timeout(APPLY_WAIT, applied.wait_for(|a| *a >= rev)).await;
-        Ok(Stored {
-            obj: Arc::new(obj),
-            rev,
-        })
+        let obj = Arc::new(obj);
+        if *self.applied.borrow() < rev {
+            self.written.lock().unwrap().insert(rev, obj.clone());
+            let mut applied = self.applied.clone();
+            let _ = tokio::time::timeout(APPLY_WAIT, applied.wait_for(|a| *a >= rev)).await;
+            // Taken by the watch, or (if the watch got there first) still here.
+            self.written.lock().unwrap().remove(&rev);
+        }
+        Ok(Stored { obj, rev })
     }
 }
 
@@ -372,10 +380,12 @@ impl Store {
         let client = connect(cfg).await?;
         let (objects, revision) = snapshot(&client, &cfg.prefix).await?;
         let (applied_tx, applied) = watch::channel(revision);
+        let written: Written = Arc::default();
         let remote = Arc::new(Remote {
             client: client.clone(),
             prefix: cfg.prefix.clone(),
             applied,
+            written: written.clone(),
         });
         // 0.1 ms to about 3 s, as the embedded store's.
         let commits = prometheus_client::metrics::histogram::Histogram::new(
@@ -388,7 +398,7 @@ impl Store {
             revision,
             "store on etcd"
         );
-        tokio::spawn(follow(client.clone(), cfg.prefix.clone(), cache, applied_tx));
+        tokio::spawn(follow(client.clone(), cfg.prefix.clone(), cache, applied_tx, written));
         tokio::spawn(compact(client.clone()));
         if cfg.endpoints.len() > 1 {
             tokio::spawn(probe_members(client, cfg.clone()));
@@ -398,10 +408,10 @@ impl Store {
 }
 
 /// Apply etcd's changes to the cache for as long as the process runs.
-async fn follow(client: Client, prefix: String, cache: Cache, applied: watch::Sender<u64>) {
+async fn follow(client: Client, prefix: String, cache: Cache, applied: watch::Sender<u64>, written: Written) {
     loop {
         let from = cache.revision() + 1;
-        match follow_once(&client, &prefix, &cache, &applied, from).await {
+        match follow_once(&client, &prefix, &cache, &applied, &written, from).await {
             Ok(Resume::Compacted(at)) => {
                 tracing::warn!(
                     from,
@@ -429,6 +439,7 @@ async fn follow_once(
     prefix: &str,
     cache: &Cache,
     applied: &watch::Sender<u64>,
+    written: &Written,
     from: u64,
 ) -> Result<Resume, StoreError> {
     let opts = WatchOptions::new()
@@ -462,8 +473,9 @@ async fn follow_once(
                     } else {
                         EventType::Modified
                     };
-                    match decode(kv) {
-                        Ok(obj) => cache.apply(kind, key, Arc::new(obj), rev),
+                    let mine = written.lock().unwrap().remove(&rev);
+                    match mine.map(Ok).unwrap_or_else(|| decode(kv).map(Arc::new)) {
+                        Ok(obj) => cache.apply(kind, key, obj, rev),
                         Err(e) => tracing::error!(error = %e, "skipping an object etcd holds that is not JSON"),
                     }
                 }

@@ -230,6 +230,41 @@ async fn watch_latency(n: &Nodeless, watchers: usize, changes: usize) -> Result<
     Ok((pct(0.50), pct(0.99), lat.len()))
 }
 
+/// etcd's own ceiling here: the transaction the store sends for a create (compare the key is
+/// absent, put), with a pod's JSON, from `clients` concurrent clients on one connection pool.
+async fn etcd_alone(endpoints: &str, total: usize, clients: usize) -> Result<f64> {
+    let eps: Vec<&str> = endpoints.split(',').collect();
+    let client = etcd_client::Client::connect(&eps, None).await?;
+    let body = serde_json::to_vec(&pod("raw", "p"))?;
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let start = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let (mut kv, next, body) = (client.kv_client(), next.clone(), body.clone());
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= total {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                let key = format!("/raw-bench/{i}");
+                let txn = etcd_client::Txn::new()
+                    .when([etcd_client::Compare::version(
+                        key.clone(),
+                        etcd_client::CompareOp::Equal,
+                        0,
+                    )])
+                    .and_then([etcd_client::TxnOp::put(key, body.clone(), None)]);
+                anyhow::ensure!(kv.txn(txn).await?.succeeded(), "the key existed");
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let args = Args::parse();
@@ -254,7 +289,10 @@ async fn main() -> Result<()> {
         one_pb / one,
         args.single
     );
+    let cpu_before = nodeless_tests::cpu_seconds(n.pid().unwrap_or(0)).unwrap_or(0.0);
     let many = create_pods(&n, &token, "bench32", args.concurrent, args.clients, Wire::Json).await?;
+    let embedded_cpu_us =
+        (nodeless_tests::cpu_seconds(n.pid().unwrap_or(0)).unwrap_or(0.0) - cpu_before) * 1e6 / args.concurrent as f64;
     let many_pb = create_pods(&n, &token, "proto32", args.concurrent, args.clients, Wire::Protobuf).await?;
     println!(
         "durable pod creates/s, {} clients: JSON {many:>8.0}  protobuf {many_pb:>8.0}  protobuf/JSON x{:.2}  ({} pods each)   goal >= 2000, protobuf >= JSON",
@@ -285,13 +323,35 @@ async fn main() -> Result<()> {
             .json(&json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "bench32"}}))
             .send()
             .await?;
+        let cpu = |pids: &[u32]| {
+            pids.iter()
+                .map(|p| nodeless_tests::cpu_seconds(*p).unwrap_or(0.0))
+                .sum::<f64>()
+        };
+        let (ours, members) = (vec![e.pid().unwrap_or(0)], etcd.pids());
+        let (ours0, members0) = (cpu(&ours), cpu(&members));
         let on_etcd = create_pods(&e, &token, "bench32", args.concurrent, args.clients, Wire::Json).await?;
+        let per_write = |now: f64, then: f64| (now - then) * 1e6 / args.concurrent as f64;
+        let (ours_us, members_us) = (per_write(cpu(&ours), ours0), per_write(cpu(&members), members0));
+        let raw = etcd_alone(&etcd.endpoints(), args.concurrent, args.clients).await?;
         let (e50, e99, egot) = watch_latency(&e, args.watchers, args.changes).await?;
         println!(
             "store on a {}-member etcd (same machine): durable pod creates/s, {} clients, JSON: {on_etcd:>8.0}  vs embedded x{:.2}   goal >= x0.5",
             args.etcd_members,
             args.clients,
             on_etcd / many
+        );
+        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) as f64;
+        println!(
+            "CPU per durable create: embedded store {embedded_cpu_us:.0} us (nodeless); on etcd {ours_us:.0} us (nodeless) + {members_us:.0} us (the {} etcd members) = {:.0} us, so {cores} cores allow at most {:.0} creates/s on etcd here",
+            args.etcd_members,
+            ours_us + members_us,
+            cores * 1e6 / (ours_us + members_us)
+        );
+        println!(
+            "etcd alone, same cluster: compare-and-create transactions/s of the same pod JSON, {} clients: {raw:>8.0}  (the store on etcd reaches x{:.2} of it)",
+            args.clients,
+            on_etcd / raw
         );
         println!(
             "store on a {}-member etcd: watch delivery latency, {} watchers: p50 {e50:.2} ms  p99 {e99:.2} ms  ({egot} of {} events)   embedded p99 {p99:.2} ms",

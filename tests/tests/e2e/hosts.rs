@@ -57,7 +57,7 @@ async fn pods_talk_across_hosts_and_a_lost_hosts_pods_move() {
     assert!(nix::unistd::Uid::effective().is_root(), "multi-host tests need root");
     let work = tempfile::Builder::new().prefix("nodeless-hosts-").tempdir().unwrap();
     nodeless_tests::searchable(work.path()).unwrap();
-    let mut vpc = Vpc::new("t", 2).unwrap();
+    let vpc = Vpc::new("t", 2).unwrap();
     let bin = nodeless_binary().unwrap();
 
     // Control on the machine's own VPC address.
@@ -66,7 +66,13 @@ async fn pods_talk_across_hosts_and_a_lost_hosts_pods_move() {
     let control_log = std::fs::File::create(work.path().join("control.log")).unwrap();
     let _control = Proc(
         Command::new(&bin)
-            .args(["control", "--listen", &format!("{}:0", vpc.gateway())])
+            .args([
+                "control",
+                "--listen",
+                &format!("{}:0", vpc.gateway()),
+                "--cluster-cidr",
+                CLUSTER_CIDR,
+            ])
             .arg("--data-dir")
             .arg(&control_data)
             .arg("--kubeconfig")
@@ -97,9 +103,12 @@ async fn pods_talk_across_hosts_and_a_lost_hosts_pods_move() {
                 .unwrap();
             assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
         }
-        let issued =
-            nodeless_control::tls::issue_kubelet_serving(&control_data.join("pki"), &name, &[host.addr.clone()])
-                .unwrap();
+        let issued = nodeless_control::tls::issue_kubelet_serving(
+            &control_data.join("pki"),
+            &name,
+            std::slice::from_ref(&host.addr),
+        )
+        .unwrap();
         std::fs::write(data.join("kubelet.crt"), &issued.cert_pem).unwrap();
         std::fs::write(data.join("kubelet.key"), &issued.key_pem).unwrap();
         std::fs::copy(control_data.join("pki/ca.crt"), data.join("client-ca.crt")).unwrap();
@@ -133,39 +142,20 @@ async fn pods_talk_across_hosts_and_a_lost_hosts_pods_move() {
         .arg(n.data.join("kubelet.key"))
         .arg("--kubelet-client-ca")
         .arg(n.data.join("client-ca.crt"))
-        .args([
-            "--pod-cidr",
-            &format!("10.248.{}.0/24", i + 1),
-            "--cluster-cidr",
-            CLUSTER_CIDR,
-        ])
-        .args([
-            "--cluster-dns",
-            &format!("10.248.{}.1", i + 1),
-            "--dns-listen",
-            "127.0.0.1:0",
-        ]);
+        .args(["--cluster-cidr", CLUSTER_CIDR, "--dns-listen", "127.0.0.1:0"]);
+        // Host B brings its own block; host A takes the one control allocates (10.248.0.0/24,
+        // the first that B's does not overlap), and cluster DNS at its first address.
+        if i == 1 {
+            cmd.args(["--pod-cidr", "10.248.2.0/24", "--cluster-dns", "10.248.2.1"]);
+        }
         host.spawn(cmd, &n.log).unwrap();
     };
     let node_log = |n: &HostNode| tail(&std::fs::read_to_string(&n.log).unwrap_or_default(), 3000).to_string();
-    let cleanup = |nodes: &[HostNode]| {
-        for n in nodes {
-            nodeless_tests::clean_node_leftovers(&n.name, &n.data);
-        }
-    };
-    struct Cleanup<'a>(&'a dyn Fn());
-    impl Drop for Cleanup<'_> {
-        fn drop(&mut self) {
-            (self.0)()
-        }
-    }
-    let cleanup_all = || cleanup(&nodes);
-    let _cleanup = Cleanup(&cleanup_all);
-
+    let mut w = World { vpc, nodes };
     // Host B first, so the Deployment's pods all land there.
-    start_node(&mut vpc, 1, &nodes);
+    start_node(&mut w.vpc, 1, &w.nodes);
     eventually("host B's node to be Ready", 60, || {
-        kubectl(&kc, &["get", "node", &nodes[1].name], None).status.success()
+        kubectl(&kc, &["get", "node", &w.nodes[1].name], None).status.success()
     });
     let echo = images::ECHO;
     apply(
@@ -207,20 +197,20 @@ spec:
         "web is not available: {}\n{}\nnode B: {}",
         String::from_utf8_lossy(&waited.stderr),
         kubectl_ok(&kc, &["get", "pods", "-o", "wide"]),
-        node_log(&nodes[1])
+        node_log(&w.nodes[1])
     );
 
     // Host A, with a client pod on it.
-    start_node(&mut vpc, 0, &nodes);
+    start_node(&mut w.vpc, 0, &w.nodes);
     eventually("host A's node to register", 60, || {
-        kubectl(&kc, &["get", "node", &nodes[0].name], None).status.success()
+        kubectl(&kc, &["get", "node", &w.nodes[0].name], None).status.success()
     });
     let busybox = images::BUSYBOX;
     apply(
         &kc,
         &format!(
             "apiVersion: v1\nkind: Pod\nmetadata: {{name: client}}\nspec:\n  nodeSelector: {{kubernetes.io/hostname: {}}}\n  containers:\n  - {{name: c, image: {busybox}, command: [sleep, \"3600\"]}}\n",
-            nodes[0].name
+            w.nodes[0].name
         ),
     );
     let waited = kubectl(
@@ -232,7 +222,17 @@ spec:
         waited.status.success(),
         "client is not Ready: {}\nnode A: {}",
         String::from_utf8_lossy(&waited.stderr),
-        node_log(&nodes[0])
+        node_log(&w.nodes[0])
+    );
+    let a_cidr = kubectl_ok(
+        &kc,
+        &["get", "node", &w.nodes[0].name, "-o", "jsonpath={.spec.podCIDR}"],
+    );
+    assert_eq!(a_cidr, "10.248.0.0/24", "control allocated host A's block");
+    let client_ip = kubectl_ok(&kc, &["get", "pod", "client", "-o", "jsonpath={.status.podIP}"]);
+    assert!(
+        client_ip.starts_with("10.248.0."),
+        "the client has an address of host A's block: {client_ip}"
     );
     let pod_ips = kubectl_ok(
         &kc,
@@ -259,7 +259,7 @@ spec:
             out.status.success() && body.contains("web-"),
             "a pod on host A reaches host B's pods by {what} ({url}): {body} {}\nnode A: {}",
             String::from_utf8_lossy(&out.stderr),
-            node_log(&nodes[0])
+            node_log(&w.nodes[0])
         );
     }
 
@@ -270,7 +270,7 @@ spec:
         &[
             "get",
             "node",
-            &nodes[1].name,
+            &w.nodes[1].name,
             "-o",
             "jsonpath={.status.daemonEndpoints.kubeletEndpoint.Port}",
         ],
@@ -286,12 +286,12 @@ spec:
             "jsonpath={.items[0].metadata.name}",
         ],
     );
-    let out = vpc.hosts[0]
+    let out = w.vpc.hosts[0]
         .command("curl")
         .args(["-sS", "-k", "--max-time", "5"])
         .arg(format!(
             "https://{}:{port}/containerLogs/default/{web_pod}/echo",
-            vpc.hosts[1].addr
+            w.vpc.hosts[1].addr
         ))
         .output()
         .unwrap();
@@ -303,13 +303,13 @@ spec:
 
     // The ingress on host A, routing web.example to the Service.
     let ingress_log = work.path().join("ingress.log");
-    let mut cmd = vpc.hosts[0].command(&bin);
-    let http = format!("{}:18080", vpc.hosts[0].addr);
+    let mut cmd = w.vpc.hosts[0].command(&bin);
+    let http = format!("{}:18080", w.vpc.hosts[0].addr);
     cmd.args(["ingress", "--kubeconfig"])
         .arg(&kc)
-        .args(["--http", &http, "--https", &format!("{}:18443", vpc.hosts[0].addr)])
+        .args(["--http", &http, "--https", &format!("{}:18443", w.vpc.hosts[0].addr)])
         .args(["--metrics", "127.0.0.1:0", "--ensure-class", "nodeless", "--no-http3"]);
-    vpc.hosts[0].spawn(cmd, &ingress_log).unwrap();
+    w.vpc.hosts[0].spawn(cmd, &ingress_log).unwrap();
     apply(
         &kc,
         "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata: {name: web}\nspec:\n  rules:\n  - host: web.example\n    http: {paths: [{path: /, pathType: Prefix, backend: {service: {name: web, port: {number: 80}}}}]}\n",
@@ -333,16 +333,16 @@ spec:
             .map(|o| String::from_utf8_lossy(&o.stdout) == "200")
             .unwrap_or(false)
     };
-    eventually("the ingress on host A to serve host B's pods", 30, || poll(&vpc));
+    eventually("the ingress on host A to serve host B's pods", 30, || poll(&w.vpc));
 
     // Lose host B while a client polls through the ingress.
     let lost_at = Instant::now();
-    vpc.hosts[1].lose();
+    w.vpc.hosts[1].lose();
     let mut results: Vec<(Duration, bool)> = Vec::new();
     let deadline = lost_at + Duration::from_secs(90);
     let mut moved_at = None;
     while Instant::now() < deadline {
-        results.push((lost_at.elapsed(), poll(&vpc)));
+        results.push((lost_at.elapsed(), poll(&w.vpc)));
         if moved_at.is_none() {
             let wide = kubectl_ok(
                 &kc,
@@ -357,7 +357,7 @@ spec:
             );
             let on_a_ready = wide
                 .lines()
-                .filter(|l| l.starts_with(&format!("{} True", nodes[0].name)) && l.split_whitespace().count() == 2)
+                .filter(|l| l.starts_with(&format!("{} True", w.nodes[0].name)) && l.split_whitespace().count() == 2)
                 .count();
             if on_a_ready >= 2 {
                 moved_at = Some(lost_at.elapsed());
@@ -396,7 +396,7 @@ spec:
     );
     let taints = kubectl_ok(
         &kc,
-        &["get", "node", &nodes[1].name, "-o", "jsonpath={.spec.taints[*].key}"],
+        &["get", "node", &w.nodes[1].name, "-o", "jsonpath={.spec.taints[*].key}"],
     );
     assert!(
         taints.contains("node.kubernetes.io/unreachable"),
@@ -407,7 +407,7 @@ spec:
         &[
             "get",
             "node",
-            &nodes[1].name,
+            &w.nodes[1].name,
             "-o",
             "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}",
         ],
@@ -422,5 +422,23 @@ impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// The hosts and their nodes: on the way out, every host is lost first (its processes killed),
+/// then what its node left on the machine is removed.
+struct World {
+    vpc: Vpc,
+    nodes: Vec<HostNode>,
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for h in &mut self.vpc.hosts {
+            h.lose();
+        }
+        for n in &self.nodes {
+            nodeless_tests::clean_node_leftovers(&n.name, &n.data);
+        }
     }
 }
