@@ -18,12 +18,7 @@ use serde_json::{Value, json};
 use super::{condition_true, event, is_deleting, str_at};
 use crate::api::local::LocalClient;
 
-/// The taint of a Node whose Lease lapsed.
-pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
-/// The taint of a Node that says it is not ready.
-pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
-/// How long a pod stays on a lost node by default (DefaultTolerationSeconds).
-const DEFAULT_TOLERATION_SECONDS: i64 = 300;
+pub use crate::admission::tolerations::{NOT_READY, UNREACHABLE};
 /// How often Leases and evictions are looked at.
 const EVERY: Duration = Duration::from_secs(1);
 /// A Node whose Lease does not say how long it lasts.
@@ -75,26 +70,6 @@ pub async fn run(client: LocalClient) {
         }
         seen.retain(|name, _| client.get(&nodes, None, name).is_some());
         evict(&client).await;
-    }
-}
-
-/// What Kubernetes' DefaultTolerationSeconds admission does: a new pod that does not say how
-/// long it stays on a not-ready or unreachable node tolerates each for 300 s.
-pub fn default_tolerations(pod: &mut Value) {
-    let Some(spec) = pod.get_mut("spec").and_then(Value::as_object_mut) else {
-        return;
-    };
-    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
-    let Some(list) = tolerations.as_array_mut() else { return };
-    for key in [NOT_READY, UNREACHABLE] {
-        let covered = list.iter().any(|t| {
-            let effect = str_at(t, "/effect");
-            (effect.is_empty() || effect == "NoExecute")
-                && (str_at(t, "/key") == key || (str_at(t, "/key").is_empty() && str_at(t, "/operator") == "Exists"))
-        });
-        if !covered {
-            list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": DEFAULT_TOLERATION_SECONDS}));
-        }
     }
 }
 

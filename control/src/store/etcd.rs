@@ -210,6 +210,12 @@ fn landed(resp: &etcd_client::TxnResponse, resent: bool, bytes: &[u8]) -> Option
     })
 }
 
+impl super::RemoteWrites for Remote {
+    fn write(&self, write: Write) -> futures::future::BoxFuture<'_, Result<Stored, StoreError>> {
+        Box::pin(Remote::write(self, write))
+    }
+}
+
 impl Remote {
     fn key(&self, key: &str) -> String {
         format!("{}{key}", self.prefix)
@@ -235,7 +241,7 @@ impl Remote {
         }
     }
 
-    pub(super) async fn write(&self, write: Write) -> Result<Stored, StoreError> {
+    async fn write(&self, write: Write) -> Result<Stored, StoreError> {
         let (stored, rev) = match write {
             Write::Create { key, obj } => {
                 let k = self.key(&key);

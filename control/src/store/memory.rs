@@ -30,11 +30,11 @@ struct Request {
     reply: oneshot::Sender<Result<Stored, StoreError>>,
 }
 
-/// Where writes go: the embedded backend's writer thread, or etcd.
+/// Where writes go: the embedded backend's writer thread, or elsewhere (etcd).
 #[derive(Clone)]
 enum Sink {
     Local(mpsc::Sender<Request>),
-    Etcd(Arc<super::etcd::Remote>),
+    Remote(Arc<dyn super::RemoteWrites>),
 }
 
 /// The store handle. Cheap to clone.
@@ -123,7 +123,7 @@ impl Store {
     pub(super) fn remote(
         objects: BTreeMap<String, Stored>,
         revision: u64,
-        remote: Arc<super::etcd::Remote>,
+        remote: Arc<dyn super::RemoteWrites>,
         commits: prometheus_client::metrics::histogram::Histogram,
     ) -> (Self, Cache) {
         let state = Arc::new(RwLock::new(State {
@@ -141,7 +141,7 @@ impl Store {
         let store = Self {
             state,
             events,
-            sink: Sink::Etcd(remote),
+            sink: Sink::Remote(remote),
             commits,
         };
         (store, cache)
@@ -163,7 +163,7 @@ impl Store {
     pub async fn write(&self, write: Write) -> Result<Stored, StoreError> {
         let writes = match &self.sink {
             Sink::Local(w) => w,
-            Sink::Etcd(remote) => {
+            Sink::Remote(remote) => {
                 let started = std::time::Instant::now();
                 let done = remote.write(write).await;
                 self.commits.observe(started.elapsed().as_secs_f64());

@@ -122,3 +122,9 @@ pub trait Backend: Send + 'static {
     /// Drop change-log entries with revision below `below`.
     fn compact(&mut self, below: u64) -> Result<(), StoreError>;
 }
+
+/// Writes that go elsewhere (etcd) instead of to a [`Backend`] through the writer thread: the
+/// store's cache is then fed by whoever implements this (see `etcd.rs`).
+pub(crate) trait RemoteWrites: Send + Sync + 'static {
+    fn write(&self, write: Write) -> futures::future::BoxFuture<'_, Result<Stored, StoreError>>;
+}

@@ -9,6 +9,7 @@ mod debugging;
 mod disruption;
 mod dns;
 mod durability;
+mod etcd_store;
 mod hosts;
 mod ingress;
 mod isolation;
