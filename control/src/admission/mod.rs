@@ -8,7 +8,6 @@ pub mod quota;
 pub mod runtime_class;
 pub mod service_account;
 pub mod storage;
-pub mod tolerations;
 pub(crate) mod validate;
 
 pub use nodeless_types::quantity::{Quantity, parse_quantity};

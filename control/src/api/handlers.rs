@@ -377,7 +377,6 @@ pub async fn create_object(
     crate::admission::storage::on_create(&state.store, &served.def.group, &served.def.kind, &mut obj);
     if served.def.group.is_empty() && served.def.kind == "Pod" {
         runtime_class(state, &name, &mut obj)?;
-        crate::admission::tolerations::add_defaults(&mut obj);
         limit_ranges(state, ns, &name, &mut obj)?;
         service_account_token(state, ns, &name, &mut obj)?;
         let qos = obj.get("spec").map(objects::qos_class).unwrap_or("BestEffort");

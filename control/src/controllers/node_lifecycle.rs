@@ -5,9 +5,9 @@
 //! clocks need not agree) the Node's Ready condition becomes `Unknown`, it is tainted
 //! `node.kubernetes.io/unreachable` (NoSchedule and NoExecute), and its pods' Ready conditions
 //! become False at once, so EndpointSlices stop sending to them. Pods are then evicted (deleted)
-//! when the NoExecute taint is not tolerated, or once their `tolerationSeconds` for it have
-//! passed since the taint was added (pods get 300 s by default, as DefaultTolerationSeconds
-//! gives them); their ReplicaSets replace them on the hosts that are left. A Lease renewed
+//! once their `tolerationSeconds` for the NoExecute taint have passed since it was added (300 s
+//! for a pod that does not say, as DefaultTolerationSeconds gives every pod); their ReplicaSets
+//! replace them on the hosts that are left. A Lease renewed
 //! again takes the taints off and makes the Node Ready.
 
 use std::collections::HashMap;
@@ -18,7 +18,12 @@ use serde_json::{Value, json};
 use super::{condition_true, event, is_deleting, str_at};
 use crate::api::local::LocalClient;
 
-pub use crate::admission::tolerations::{NOT_READY, UNREACHABLE};
+/// The taint of a Node whose Lease lapsed.
+pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+/// How long a pod that does not say stays on a lost node (Kubernetes' DefaultTolerationSeconds
+/// admission writes this into every pod; here it is applied at eviction, and pods are left as
+/// they were written).
+const DEFAULT_TOLERATION_SECONDS: i64 = 300;
 /// How often Leases and evictions are looked at.
 const EVERY: Duration = Duration::from_secs(1);
 /// A Node whose Lease does not say how long it lasts.
@@ -188,7 +193,7 @@ async fn evict(client: &LocalClient) {
                     .map(|t| t.with_timezone(&chrono::Utc))
                     .unwrap_or(now);
                 match toleration_seconds(&pod.obj, taint) {
-                    None => true,
+                    None => now.signed_duration_since(added).num_seconds() >= DEFAULT_TOLERATION_SECONDS,
                     Some(None) => false,
                     Some(Some(secs)) => now.signed_duration_since(added).num_seconds() >= secs,
                 }
@@ -214,8 +219,8 @@ async fn evict(client: &LocalClient) {
     }
 }
 
-/// How the pod tolerates a NoExecute taint: not at all (None), for ever (Some(None)), or for
-/// so many seconds.
+/// How the pod tolerates a NoExecute taint: it does not say (None: the default applies), for
+/// ever (Some(None)), or for so many seconds.
 fn toleration_seconds(pod: &Value, taint: &Value) -> Option<Option<i64>> {
     let tolerations = pod.pointer("/spec/tolerations").and_then(Value::as_array)?;
     let mut best: Option<Option<i64>> = None;
