@@ -43,6 +43,9 @@ pub fn start(
     let attach_drivers = drivers.clone();
     let mut tasks = Vec::new();
     if let Some(cluster) = cluster_cidr {
+        // Hosts that join from elsewhere: their Nodes get pod CIDRs, and a host that stops
+        // renewing its Lease is taken for lost (`node_lifecycle`).
+        tasks.push(tokio::spawn(node_lifecycle::run(client.clone())));
         tasks.push(tokio::spawn(drive(
             client.clone(),
             "node-ipam",
@@ -196,7 +199,6 @@ pub fn start(
             |c, k| Box::pin(done(disruption::reconcile(c, k))),
         )),
         tokio::spawn(knative::autoscaler::run(client.clone())),
-        tokio::spawn(node_lifecycle::run(client.clone())),
         tokio::spawn(drive(
             client,
             "garbage-collector",
