@@ -152,6 +152,7 @@ impl ControlPlane {
             revision_stats: Default::default(),
             metrics,
             ca_pem: pki.ca_cert_pem.clone(),
+            pki_dir: cfg.data_dir.join("pki"),
             usage: Default::default(),
         });
         bootstrap(&state, addr).await?;

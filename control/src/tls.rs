@@ -113,6 +113,121 @@ pub fn issue_client(pki_dir: &Path, common_name: &str) -> Result<Issued, TlsErro
     )
 }
 
+/// `sha256:<hex>` of a certificate's SubjectPublicKeyInfo, as kubeadm's `--discovery-token-ca-cert-hash`
+/// pins a cluster CA: `openssl x509 -pubkey -in ca.crt | openssl pkey -pubin -outform der |
+/// sha256sum` gives the same hex.
+pub fn spki_hash(cert_der: &[u8]) -> Option<String> {
+    use sha2::Digest;
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(cert_der).ok()?;
+    Some(format!(
+        "sha256:{}",
+        hex::encode(sha2::Sha256::digest(cert.public_key().raw))
+    ))
+}
+
+/// [`spki_hash`] of the first certificate in `pem`.
+pub fn spki_hash_pem(pem: &str) -> Option<String> {
+    let certs = parse_certs(pem, "certificate").ok()?;
+    spki_hash(certs.first()?.as_ref())
+}
+
+/// Sign a certificate for the public key of a certificate signing request (`csr_pem`, its
+/// signature checked) with the CA under `pki_dir`: subject `common_name` in `organizations`,
+/// for `hosts` (serving certificates), with `usage`, valid from now for `valid_for`. Nothing the
+/// request asks for beyond its key is taken from it; the signer decides the rest.
+pub fn sign_request(
+    pki_dir: &Path,
+    csr_pem: &str,
+    common_name: &str,
+    organizations: &[String],
+    hosts: &[String],
+    usage: rcgen::ExtendedKeyUsagePurpose,
+    valid_for: std::time::Duration,
+) -> Result<String, TlsError> {
+    let mut csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem)?;
+    let mut params = leaf_params(common_name, hosts, usage)?;
+    for o in organizations {
+        params.distinguished_name.push(DnType::OrganizationName, o.as_str());
+    }
+    let now = std::time::SystemTime::now();
+    // A minute's slack for clocks that run behind the signer's.
+    params.not_before = (now - std::time::Duration::from_secs(60)).into();
+    params.not_after = (now + valid_for).into();
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature, KeyUsagePurpose::KeyEncipherment];
+    csr.params = params;
+    let ca_key_pair = KeyPair::from_pem(&read(&pki_dir.join("ca.key"))?)?;
+    let ca = ca_params()?.self_signed(&ca_key_pair)?;
+    Ok(csr.signed_by(&ca, &ca_key_pair)?.pem())
+}
+
+/// A new key (ECDSA P-256) and a PEM certificate request for a node's certificate: subject
+/// `system:node:<node>` in `system:nodes`, for `hosts` (a serving certificate's names and IP
+/// addresses; none for a client certificate). Returns (request, key).
+pub fn node_request(node: &str, hosts: &[String]) -> Result<(String, String), TlsError> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(hosts.to_vec())?;
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::CommonName, format!("system:node:{node}"));
+    dn.push(DnType::OrganizationName, "system:nodes");
+    params.distinguished_name = dn;
+    let csr = params.serialize_request(&key)?;
+    Ok((csr.pem()?, key.serialize_pem()))
+}
+
+/// What a certificate signing request asks for, its signature checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Requested {
+    pub common_name: String,
+    pub organizations: Vec<String>,
+    pub dns_names: Vec<String>,
+    pub ips: Vec<std::net::IpAddr>,
+    /// Any other subject alternative name (e-mail, URI…).
+    pub other_names: usize,
+}
+
+/// Read a PEM certificate signing request (`CERTIFICATE REQUEST`), checking its signature.
+pub fn inspect_request(pem: &str) -> Result<Requested, String> {
+    use x509_parser::extensions::{GeneralName, ParsedExtension};
+    use x509_parser::prelude::FromDer;
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).map_err(|e| format!("not PEM: {e}"))?;
+    if block.label != "CERTIFICATE REQUEST" {
+        return Err(format!(
+            "a PEM block of type \"{}\", not \"CERTIFICATE REQUEST\"",
+            block.label
+        ));
+    }
+    let (_, csr) = x509_parser::certification_request::X509CertificationRequest::from_der(&block.contents)
+        .map_err(|e| format!("not a certificate request: {e}"))?;
+    csr.verify_signature()
+        .map_err(|_| "the request's signature does not verify with its own key".to_string())?;
+    let subject = &csr.certification_request_info.subject;
+    let text = |a: &x509_parser::x509::AttributeTypeAndValue<'_>| a.as_str().map(str::to_string).ok();
+    let mut out = Requested {
+        common_name: subject.iter_common_name().next().and_then(text).unwrap_or_default(),
+        organizations: subject.iter_organization().filter_map(text).collect(),
+        ..Default::default()
+    };
+    for ext in csr.requested_extensions().into_iter().flatten() {
+        if let ParsedExtension::SubjectAlternativeName(san) = ext {
+            for name in &san.general_names {
+                match name {
+                    GeneralName::DNSName(d) => out.dns_names.push(d.to_string()),
+                    GeneralName::IPAddress(b) => match <[u8; 4]>::try_from(*b) {
+                        Ok(v4) => out.ips.push(v4.into()),
+                        Err(_) => match <[u8; 16]>::try_from(*b) {
+                            Ok(v6) => out.ips.push(v6.into()),
+                            Err(_) => out.other_names += 1,
+                        },
+                    },
+                    _ => out.other_names += 1,
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// The key that signs ServiceAccount tokens (`sa.key`, ECDSA P-256, PKCS#8 PEM), made at first
 /// start and kept, so tokens stay valid across restarts.
 pub fn service_account_key(pki_dir: &Path) -> Result<String, TlsError> {
@@ -241,14 +356,27 @@ impl Pki {
         Ok(Arc::new(cfg))
     }
 
-    /// A rustls server configuration offering HTTP/2 and HTTP/1.1 by ALPN.
+    /// A rustls server configuration offering HTTP/2 and HTTP/1.1 by ALPN. It sends the CA
+    /// after the serving certificate, so a joining host can pin the CA by its hash
+    /// (`--ca-cert-hash`, [`spki_hash`]), and asks for a client certificate of the cluster CA
+    /// without requiring one (tokens stay good; nodes authenticate with their certificates).
     pub fn server_config(&self) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-        let certs = parse_certs(&self.server_cert_pem, "server.crt")?;
+        let mut certs = parse_certs(&self.server_cert_pem, "server.crt")?;
+        let ca = parse_certs(&self.ca_cert_pem, "ca.crt")?;
         let key = parse_key(&self.server_key_pem, "server.key")?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in &ca {
+            roots.add(cert.clone())?;
+        }
+        certs.extend(ca);
         let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+            .allow_unauthenticated()
+            .build()
+            .map_err(|e| TlsError::Rustls(rustls::Error::General(format!("client certificate verifier: {e}"))))?;
         let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()?
-            .with_no_client_auth()
+            .with_client_cert_verifier(clients)
             .with_single_cert(certs, key)?;
         cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
         Ok(Arc::new(cfg))

@@ -8,6 +8,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 mod down;
+mod join;
 mod node_cmd;
 mod storage;
 
@@ -46,9 +47,11 @@ enum Command {
     Control(UpArgs),
     /// Run a virtual node against a control plane (or any Kubernetes API server).
     Node {
-        /// The kubeconfig of the cluster to join.
+        /// The kubeconfig of the cluster to join (unless joining with --server and --token).
         #[arg(long, default_value = "nodeless.kubeconfig")]
         kubeconfig: PathBuf,
+        #[command(flatten)]
+        join: join::JoinArgs,
         /// Where images and pod state live.
         #[arg(long, default_value = ".nodeless")]
         data_dir: PathBuf,
@@ -60,6 +63,11 @@ enum Command {
         no_dns: bool,
         #[command(flatten)]
         dns: DnsArgs,
+    },
+    /// Bootstrap tokens, with which hosts join the cluster (`nodeless node --token`).
+    Token {
+        #[command(subcommand)]
+        command: TokenCommand,
     },
     /// Run cluster DNS against a control plane (or any Kubernetes API server).
     Dns {
@@ -86,6 +94,22 @@ enum Command {
         data_dir: PathBuf,
         #[command(subcommand)]
         command: node_cmd::ImageCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make a bootstrap token and print the command that joins a host with it.
+    Create {
+        /// An administrator's kubeconfig.
+        #[arg(long, default_value = "nodeless.kubeconfig")]
+        kubeconfig: PathBuf,
+        /// How long the token may be used to join.
+        #[arg(long, default_value = "24h", value_parser = humantime::parse_duration)]
+        ttl: std::time::Duration,
+        /// The API server address hosts reach (default: the kubeconfig's).
+        #[arg(long)]
+        server: Option<String>,
     },
 }
 
@@ -532,13 +556,23 @@ async fn wait_for_signal() -> anyhow::Result<()> {
 
 async fn run_node(
     kubeconfig: PathBuf,
+    join: join::JoinArgs,
     data_dir: PathBuf,
     mut args: node_cmd::NodeArgs,
     dns: Option<DnsArgs>,
 ) -> anyhow::Result<()> {
-    let client = node_cmd::client_from(&kubeconfig).await?;
+    let (client, kubelet) = match &join.server {
+        Some(_) => {
+            let name = node_cmd::node_name(&args);
+            let joined = join::join(&join, &data_dir, &name, &node_cmd::host_ip(&args))
+                .await
+                .context("joining the cluster")?;
+            (joined.client, Some(joined.kubelet))
+        }
+        None => (node_cmd::client_from(&kubeconfig).await?, None),
+    };
     node_cmd::await_pod_cidr(&mut args, &client).await?;
-    let node = node_cmd::start_node(&args, &data_dir, client.clone())
+    let node = node_cmd::start_node(&args, &data_dir, client.clone(), kubelet)
         .await
         .context("starting the node")?;
     println!(
@@ -650,7 +684,7 @@ async fn run_control(mut args: UpArgs, with_node: bool) -> anyhow::Result<()> {
     }
     if with_node && !args.no_node {
         let client = node_cmd::client_from_yaml(&cp.kubeconfig(true)).await?;
-        match node_cmd::start_node(&args.node, &args.data_dir, client).await {
+        match node_cmd::start_node(&args.node, &args.data_dir, client, None).await {
             Ok(n) => {
                 println!(
                     "nodeless: node {} ready (runtime {})",
@@ -751,11 +785,24 @@ fn main() -> anyhow::Result<()> {
         Command::Control(args) => rt.block_on(run_control(args, false)),
         Command::Node {
             kubeconfig,
+            join,
             data_dir,
             node,
             no_dns,
             dns,
-        } => rt.block_on(run_node(kubeconfig, data_dir, node, (!no_dns).then_some(dns))),
+        } => rt.block_on(run_node(kubeconfig, join, data_dir, node, (!no_dns).then_some(dns))),
+        Command::Token {
+            command:
+                TokenCommand::Create {
+                    kubeconfig,
+                    ttl,
+                    server,
+                },
+        } => rt.block_on(async {
+            let client = node_cmd::client_from(&kubeconfig).await?;
+            println!("{}", join::create_token(client, &kubeconfig, ttl, server).await?);
+            Ok(())
+        }),
         Command::Dns { kubeconfig, dns } => rt.block_on(run_dns(kubeconfig, dns)),
         Command::Csi { driver } => rt.block_on(run_csi(driver)),
         Command::Image { data_dir, command } => node_cmd::image(command, &data_dir),

@@ -311,7 +311,23 @@ pub async fn await_pod_cidr(args: &mut NodeArgs, client: &kube::Client) -> anyho
     }
 }
 
-pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) -> anyhow::Result<StartedNode> {
+/// The address control dials the kubelet API at: --kubelet-listen's, or loopback.
+pub fn host_ip(args: &NodeArgs) -> String {
+    if args.kubelet_listen.ip().is_unspecified() {
+        "127.0.0.1".to_string()
+    } else {
+        args.kubelet_listen.ip().to_string()
+    }
+}
+
+/// Start the node with `client`; `kubelet` is the kubelet API's certificate when the host joined
+/// with a bootstrap token (`crate::join`), else it comes from the flags or the local CA.
+pub async fn start_node(
+    args: &NodeArgs,
+    data_dir: &Path,
+    client: kube::Client,
+    kubelet: Option<KubeletTls>,
+) -> anyhow::Result<StartedNode> {
     anyhow::ensure!(nix_is_root(), "the node needs root (namespaces, mounts and cgroups)");
     let name = node_name(args);
     // Before anything is made in them: the data and run directories are the node's alone.
@@ -337,12 +353,14 @@ pub async fn start_node(args: &NodeArgs, data_dir: &Path, client: kube::Client) 
     let run_lock = lock_run_dir(&run_dir, &name)?;
     // The runtime resolves bundle paths itself: everything the node hands it is absolute.
     let dir = std::path::absolute(node_dir(data_dir))?;
-    let host_ip = if args.kubelet_listen.ip().is_unspecified() {
-        "127.0.0.1".to_string()
-    } else {
-        args.kubelet_listen.ip().to_string()
+    let host_ip = host_ip(args);
+    let tls = match kubelet {
+        Some(joined) => KubeletTls {
+            client_names: args.kubelet_client_names.clone(),
+            ..joined
+        },
+        None => kubelet_tls(args, data_dir, &name, &host_ip)?,
     };
-    let tls = kubelet_tls(args, data_dir, &name, &host_ip)?;
     let runtime_identity = RuntimeIdentity {
         runtime: choose_runtime(&args.runtime)?,
         root: run_dir.join("runtime"),

@@ -309,6 +309,15 @@ const ROWS: &[Row] = &[
         &[],
     ),
     row(
+        "certificates.k8s.io",
+        "CertificateSigningRequest",
+        "certificatesigningrequests",
+        Scope::Cluster,
+        &["csr"],
+        &[],
+        &["status", "approval"],
+    ),
+    row(
         "coordination.k8s.io",
         "Lease",
         "leases",

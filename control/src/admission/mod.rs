@@ -1,8 +1,10 @@
 //! Admission: the apiserver's validation for the fields users hit, and the platform's rules — what
 //! a serverless Kubernetes does not run is refused with the rule that says why (as ECI does).
 
+pub mod certificates;
 pub mod limits;
 mod names;
+pub mod node_restriction;
 mod platform;
 pub mod quota;
 pub mod runtime_class;

@@ -7,35 +7,25 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::ApiState;
-use super::error::{ApiError, Cause, Subject, store_err, subject};
+use super::error::{ApiError, invalid_all as invalid, store_err, subject};
 use super::objects;
 use super::registry::Served;
 use crate::store::{Stored, Write};
 
 /// Run admission: the apiserver's validation and the platform's rules.
-/// The 422 for an object of `served` that breaks `causes`.
-fn invalid(served: &Served, name: &str, causes: &[crate::admission::Cause]) -> ApiError {
-    ApiError::Invalid {
-        message: crate::admission::invalid_message(&served.def.qualified_kind(), name, causes),
-        causes: causes
-            .iter()
-            .map(|c| Cause {
-                reason: c.reason.to_string(),
-                message: c.message.clone(),
-                field: c.field.clone(),
-            })
-            .collect(),
-        subject: Subject {
-            group: served.def.group.clone(),
-            kind: served.def.kind.clone(),
-            name: name.to_string(),
-        },
-    }
-}
-
 pub fn admit(state: &ApiState, served: &Served, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {
     use crate::admission::Verdict;
     let name = objects::name_of(obj).to_string();
+    if let Some(user) = crate::auth::requester()
+        && let Some(node) = user.node_name()
+        && let Some(why) =
+            crate::admission::node_restriction::check(node, &served.def.group, &served.def.kind, obj, old)
+    {
+        return Err(ApiError::Forbidden(format!(
+            "{} \"{name}\" is forbidden: {why} (NodeRestriction)",
+            served.def.qualified_resource()
+        )));
+    }
     match crate::admission::admit(&served.def.group, &served.def.kind, obj, old, &state.policy) {
         Verdict::Allowed => {
             let causes = crate::admission::storage::check(&state.store, &served.def.group, &served.def.kind, obj, old);
@@ -172,6 +162,33 @@ pub async fn commit_update(
                     }
                 }
             }
+        }
+        Some("approval") => {
+            // Only the Approved and Denied conditions change through /approval (kubectl
+            // certificate approve/deny); the signer's status stays as it is.
+            let conditions = new.pointer("/status/conditions").cloned();
+            new = old.clone();
+            let keep: Vec<Value> = old
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|c| !matches!(c.get("type").and_then(Value::as_str), Some("Approved" | "Denied")))
+                .cloned()
+                .collect();
+            let decided: Vec<Value> = conditions
+                .as_ref()
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter(|c| matches!(c.get("type").and_then(Value::as_str), Some("Approved" | "Denied")))
+                .cloned()
+                .collect();
+            let causes = crate::admission::certificates::approval(old, &decided);
+            if !causes.is_empty() {
+                return Err(invalid(served, &name, &causes));
+            }
+            new["status"]["conditions"] = json!(keep.into_iter().chain(decided).collect::<Vec<_>>());
         }
         Some("ephemeralcontainers") => {
             // Only the pod's ephemeral containers change through /ephemeralcontainers: added,

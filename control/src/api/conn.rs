@@ -218,8 +218,20 @@ pub async fn serve(state: Arc<ApiState>, listener: TcpListener, tls: Arc<rustls:
                 any: AtomicBool::new(false),
             });
             let seen = activity.clone();
-            let svc = hyper::service::service_fn(move |req| {
+            // A client certificate the handshake verified against the cluster CA names the user
+            // of every request on this connection that brings no other credentials.
+            let certified = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| crate::auth::certificate_user(leaf.as_ref()))
+                .map(super::CertifiedUser);
+            let svc = hyper::service::service_fn(move |mut req: hyper::Request<hyper::body::Incoming>| {
                 let (state, busy) = (state.clone(), seen.begin());
+                if let Some(user) = &certified {
+                    req.extensions_mut().insert(user.clone());
+                }
                 async move {
                     let resp = super::handle(state, req, peer).await;
                     // The request is under way until its body is sent (or dropped).

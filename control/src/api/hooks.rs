@@ -63,6 +63,15 @@ pub fn before_create(state: &ApiState, served: &Served, obj: &mut Value) -> Resu
         check_crd(served, obj)?;
         accept_crd(obj);
     }
+    if is(served, "certificates.k8s.io", "CertificateSigningRequest") {
+        if let Some(user) = crate::auth::requester() {
+            crate::admission::certificates::stamp_requester(obj, &user);
+        }
+        let causes = crate::admission::certificates::validate_create(obj);
+        if !causes.is_empty() {
+            return Err(super::error::invalid_all(served, super::objects::name_of(obj), &causes));
+        }
+    }
     Ok(None)
 }
 
@@ -114,6 +123,15 @@ pub fn before_update(state: &ApiState, served: &Served, new: &mut Value, old: &V
             }
             (false, false) => {}
         }
+    }
+    if is(served, "certificates.k8s.io", "CertificateSigningRequest") && new.get("spec") != old.get("spec") {
+        return Err(invalid(
+            served,
+            new,
+            "spec",
+            "FieldValueForbidden",
+            "Forbidden: a certificate signing request's spec is immutable".into(),
+        ));
     }
     if is(served, "apiextensions.k8s.io", "CustomResourceDefinition") {
         check_crd(served, new)?;

@@ -62,9 +62,15 @@ pub struct ApiState {
     pub metrics: crate::metrics::Metrics,
     /// The cluster CA's certificate, published in every namespace (`kube-root-ca.crt`).
     pub ca_pem: String,
+    /// Where the cluster CA's key is: the certificate signer signs with it.
+    pub pki_dir: std::path::PathBuf,
     /// What the nodes report of their pods' CPU and memory (`metrics.k8s.io`).
     pub usage: crate::usage::Usage,
 }
+
+/// The user a connection's verified client certificate names (`crate::auth::certificate_user`).
+#[derive(Clone, Debug)]
+pub struct CertifiedUser(pub crate::auth::User);
 
 /// Where a request is going, parsed from its path.
 #[derive(Debug, PartialEq)]
@@ -357,10 +363,12 @@ async fn route(state: Arc<ApiState>, req: Request<Incoming>) -> Result<Response<
         .headers()
         .get(::http::header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok());
-    let me = state
-        .auth
-        .authenticate(&state.store, auth_header)
-        .ok_or(ApiError::Unauthorized)?;
+    // A bearer token speaks for the request; without one, the connection's client certificate.
+    let me = match auth_header {
+        Some(_) => state.auth.authenticate(&state.store, auth_header),
+        None => req.extensions().get::<CertifiedUser>().map(|c| c.0.clone()),
+    }
+    .ok_or(ApiError::Unauthorized)?;
     let user = impersonated(&state, me, req.headers())?;
     // The admin's requests (every component's) skip building the questions RBAC would allow.
     let asked = if user.is_superuser() {

@@ -1,7 +1,9 @@
 //! What the server does to an object before storing it: typed decoding of built-in kinds (which
 //! finds unknown fields and wrong types), metadata on create, and the apiserver's defaults.
 
-use k8s_openapi::api::{apps, autoscaling, batch, coordination, core, discovery, networking, policy, rbac, storage};
+use k8s_openapi::api::{
+    apps, autoscaling, batch, certificates, coordination, core, discovery, networking, policy, rbac, storage,
+};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -100,6 +102,9 @@ fn decode(group: &str, kind: &str, input: &Value) -> Option<Result<(Value, Vec<S
         ("networking.k8s.io", "IngressClass") => roundtrip::<networking::v1::IngressClass>(input),
         ("discovery.k8s.io", "EndpointSlice") => roundtrip::<discovery::v1::EndpointSlice>(input),
         ("coordination.k8s.io", "Lease") => roundtrip::<coordination::v1::Lease>(input),
+        ("certificates.k8s.io", "CertificateSigningRequest") => {
+            roundtrip::<certificates::v1::CertificateSigningRequest>(input)
+        }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => roundtrip::<apiext::CustomResourceDefinition>(input),
         _ => return None,
     })

@@ -3,7 +3,13 @@
 //! `nodeless:cluster-viewer`), and ServiceAccount tokens this control plane signed ([`jwt`]),
 //! which stop working when their ServiceAccount, or the Pod or Secret they are bound to, is gone.
 //! What a user may do is RBAC's to say (`crate::rbac`): the tokens are ordinary subjects.
+//!
+//! Hosts that join a cluster authenticate in two more ways, as kubelets do: with a bootstrap
+//! token ([`bootstrap`]) until they have a certificate, then with a client certificate of the
+//! cluster CA ([`certificate_user`]: the common name is the user, the organizations its groups,
+//! so a node's is `system:node:<name>` in `system:nodes`).
 
+pub mod bootstrap;
 pub mod jwt;
 
 use std::collections::{BTreeMap, HashMap};
@@ -21,6 +27,9 @@ pub const VIEWER_USER: &str = "nodeless:viewer";
 pub const AUTHENTICATED: &str = "system:authenticated";
 /// The group whose members may do anything, whatever RBAC's bindings say.
 pub const SUPERUSERS: &str = "system:masters";
+/// The group of nodes' users, and the prefix of a node's user name.
+pub const NODES: &str = "system:nodes";
+pub const NODE_USER_PREFIX: &str = "system:node:";
 
 /// An authenticated user, as `user.Info` describes one.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -65,6 +74,12 @@ impl User {
     /// A member of `system:masters`: allowed everything, before any binding is read.
     pub fn is_superuser(&self) -> bool {
         self.groups.iter().any(|g| g == SUPERUSERS)
+    }
+
+    /// The Node this user is, for a node's credentials (`system:node:<name>` in `system:nodes`).
+    pub fn node_name(&self) -> Option<&str> {
+        let name = self.name.strip_prefix(NODE_USER_PREFIX)?;
+        (!name.is_empty() && self.groups.iter().any(|g| g == NODES)).then_some(name)
     }
 
     /// As a `UserInfo` object (reviews, `kubectl auth whoami`).
@@ -181,6 +196,9 @@ impl Authenticator {
         {
             return Some(u.clone());
         }
+        if let Some(user) = bootstrap::user_of(store, token) {
+            return Some(user);
+        }
         if token.matches('.').count() != 2 {
             return None;
         }
@@ -235,6 +253,28 @@ pub fn service_account_user(store: &Store, c: &jwt::Claims) -> Result<User, Stri
         vec![format!("JTI={}", c.jti)],
     );
     Ok(user)
+}
+
+/// The user of a client certificate the TLS handshake verified against the cluster CA: its
+/// common name, in its organizations as groups, as the apiserver's x509 authenticator reads it.
+pub fn certificate_user(der: &[u8]) -> Option<User> {
+    use x509_parser::prelude::FromDer;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    let subject = cert.subject();
+    let name = subject.iter_common_name().next()?.as_str().ok()?.to_string();
+    if name.is_empty() {
+        return None;
+    }
+    let mut groups: Vec<String> = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(str::to_string))
+        .collect();
+    groups.push(AUTHENTICATED.into());
+    Some(User {
+        name,
+        groups,
+        ..Default::default()
+    })
 }
 
 fn constant_eq(a: &[u8], b: &[u8]) -> bool {

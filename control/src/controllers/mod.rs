@@ -2,6 +2,7 @@
 //! turn each change into the keys it affects, reconcile those keys (deduplicated, after a few
 //! milliseconds so bursts coalesce), and resync everything periodically to heal anything missed.
 
+mod certificates;
 mod clusterrole;
 pub mod cronhpa;
 mod cronjob;
@@ -197,6 +198,13 @@ pub fn start(
             disruption::interested,
             disruption::resync,
             |c, k| Box::pin(done(disruption::reconcile(c, k))),
+        )),
+        tokio::spawn(drive(
+            client.clone(),
+            "certificatesigningrequest",
+            certificates::interested,
+            certificates::resync,
+            |c, k| Box::pin(done(certificates::reconcile(c, k))),
         )),
         tokio::spawn(knative::autoscaler::run(client.clone())),
         tokio::spawn(drive(

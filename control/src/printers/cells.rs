@@ -790,6 +790,34 @@ pub fn cells(group: &str, kind: &str, v: &Value, now: DateTime<Utc>) -> Vec<Valu
             vec![name, json!(s(v, "/spec/controller")), json!(params), age]
         }
         ("coordination.k8s.io", "Lease") => vec![name, json!(s(v, "/spec/holderIdentity")), age],
+        ("certificates.k8s.io", "CertificateSigningRequest") => {
+            let duration = v
+                .pointer("/spec/expirationSeconds")
+                .and_then(Value::as_u64)
+                .map(|secs| human_duration(chrono::Duration::seconds(secs as i64)))
+                .unwrap_or_else(|| "<none>".into());
+            let mut condition: Vec<String> = arr(v, "/status/conditions")
+                .iter()
+                .filter(|c| s(c, "/status") != "False")
+                .map(|c| s(c, "/type").to_string())
+                .collect();
+            if !s(v, "/status/certificate").is_empty() {
+                condition.push("Issued".into());
+            }
+            let condition = if condition.is_empty() {
+                "Pending".to_string()
+            } else {
+                condition.join(",")
+            };
+            vec![
+                name,
+                age,
+                json!(s(v, "/spec/signerName")),
+                json!(s(v, "/spec/username")),
+                json!(duration),
+                json!(condition),
+            ]
+        }
         ("apiextensions.k8s.io", "CustomResourceDefinition") => vec![name, json!(s(v, "/metadata/creationTimestamp"))],
         _ => vec![name, age],
     }

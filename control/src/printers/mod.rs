@@ -652,6 +652,19 @@ fn columns_of(group: &str, kind: &str) -> Vec<Col> {
             AGE,
         ],
         ("coordination.k8s.io", "Lease") => vec![NAME, col("Holder", "string", 0, "The holder of the lease"), AGE],
+        ("certificates.k8s.io", "CertificateSigningRequest") => vec![
+            NAME,
+            AGE,
+            col("SignerName", "string", 0, "The signer the request is for"),
+            col("Requestor", "string", 0, "The user who made the request"),
+            col(
+                "RequestedDuration",
+                "string",
+                0,
+                "How long the certificate is asked to last",
+            ),
+            col("Condition", "string", 0, "Approved, Denied, Failed, Issued or Pending"),
+        ],
         ("apiextensions.k8s.io", "CustomResourceDefinition") => {
             vec![
                 NAME,

@@ -322,6 +322,36 @@ pub fn cluster_roles() -> Vec<Value> {
                 rule(&["authorization.k8s.io"], &["subjectaccessreviews"], &["create"]),
             ],
         ),
+        // A joining host: its bootstrap token may ask for a node's client certificate and
+        // watch for it; the request is approved on its own (`nodeclient`), as is a node's
+        // request to renew its own (`selfnodeclient`).
+        role(
+            "system:node-bootstrapper",
+            &[],
+            vec![rule(
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests"],
+                &["create", "get", "list", "watch"],
+            )],
+        ),
+        role(
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            &[],
+            vec![rule(
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/nodeclient"],
+                &["create"],
+            )],
+        ),
+        role(
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            &[],
+            vec![rule(
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/selfnodeclient"],
+                &["create"],
+            )],
+        ),
         aggregated("nodeless:cluster-viewer", &[], &[&to_view, TO_CLUSTER_VIEWER]),
         role(
             "nodeless:aggregate-to-cluster-viewer",
@@ -363,6 +393,21 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             &[("Group", "system:monitoring")],
         ),
         binding("nodeless:viewer", "nodeless:cluster-viewer", &[("User", VIEWER_USER)]),
+        binding(
+            "nodeless:node-bootstrapper",
+            "system:node-bootstrapper",
+            &[("Group", crate::auth::bootstrap::BOOTSTRAPPERS)],
+        ),
+        binding(
+            "nodeless:node-autoapprove-bootstrap",
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            &[("Group", crate::auth::bootstrap::BOOTSTRAPPERS)],
+        ),
+        binding(
+            "nodeless:node-autoapprove-certificate-rotation",
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            &[("Group", crate::auth::NODES)],
+        ),
     ]
 }
 

@@ -7,6 +7,7 @@
 //! cluster's administrator can never lock itself out by deleting a binding.
 
 pub mod defaults;
+pub mod node;
 
 use k8s_openapi::api::rbac::v1::{PolicyRule, Subject};
 use serde_json::Value;
@@ -209,6 +210,9 @@ pub fn authorize(store: &Store, user: &User, attrs: &Attributes) -> Decision {
             allowed: true,
             reason: format!("member of {SUPERUSERS}"),
         };
+    }
+    if let Some(allowed) = user.node_name().and_then(|node| node::authorize(store, node, attrs)) {
+        return allowed;
     }
     let ns = match attrs {
         Attributes::Resource { namespace, .. } => namespace.as_deref(),

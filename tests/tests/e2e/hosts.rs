@@ -46,6 +46,108 @@ fn apply(kc: &Path, yaml: &str) {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// Host A joined with a bootstrap token: its credentials are its own certificate, and they
+/// write only what is host A's. A wrong CA hash is refused before anything is sent.
+fn node_credentials_stay_with_their_node(bin: &Path, admin: &Path, w: &World, join_args: &[String]) {
+    let (a, b) = (&w.nodes[0].name, &w.nodes[1].name);
+    let csrs = kubectl_ok(
+        admin,
+        &[
+            "get",
+            "csr",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.signerName} {.spec.username} {.status.conditions[0].type}{\"\\n\"}{end}",
+        ],
+    );
+    assert!(
+        csrs.lines().any(
+            |l| l.starts_with("kubernetes.io/kube-apiserver-client-kubelet system:bootstrap:")
+                && l.ends_with("Approved")
+        ),
+        "host A's client certificate was asked for with the bootstrap token and approved: {csrs}"
+    );
+    assert!(
+        csrs.lines()
+            .any(|l| l == format!("kubernetes.io/kubelet-serving system:node:{a} Approved")),
+        "host A asked for its serving certificate as itself: {csrs}"
+    );
+    let mine = w.nodes[0].data.join("node/kubelet.kubeconfig");
+    assert!(mine.exists(), "the node keeps its credentials in its data directory");
+    let kc_text = std::fs::read_to_string(&mine).unwrap();
+    assert!(
+        kc_text.contains("client-certificate-data") && !kc_text.contains("token"),
+        "{kc_text}"
+    );
+    let refused = |args: &[&str], what: &str| {
+        let out = kubectl(&mine, args, None);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && (err.contains("Forbidden") || err.contains("forbidden")),
+            "host A's credentials {what}: {}{err}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    };
+    kubectl_ok(&mine, &["label", "node", a, "nodeless.test/labelled-by-itself=yes"]);
+    refused(
+        &["label", "node", b, "nodeless.test/labelled-by-a=yes"],
+        "labelled another Node",
+    );
+    refused(&["delete", "node", b, "--wait=false"], "deleted another Node");
+    refused(
+        &["label", "node", a, "node-restriction.kubernetes.io/trusted=yes"],
+        "set an administrator's restricted label on its own Node",
+    );
+    refused(
+        &["annotate", "lease", "-n", "kube-node-lease", b, "nodeless.test/x=y"],
+        "changed another host's Lease",
+    );
+    let web_on_b = kubectl_ok(
+        admin,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ],
+    );
+    refused(
+        &["delete", "pod", &web_on_b, "--wait=false"],
+        "deleted a pod of another host",
+    );
+    refused(&["run", "intruder", "--image", images::BUSYBOX], "created a pod");
+    refused(&["get", "secrets", "-A"], "listed Secrets");
+    refused(
+        &[
+            "create",
+            "clusterrolebinding",
+            "me",
+            "--clusterrole",
+            "cluster-admin",
+            "--user",
+            &format!("system:node:{a}"),
+        ],
+        "granted itself cluster-admin",
+    );
+    let who = kubectl_ok(&mine, &["auth", "whoami", "-o", "jsonpath={.status.userInfo.username}"]);
+    assert_eq!(who, format!("system:node:{a}"));
+
+    // The right token with another CA's hash: the handshake is refused, no certificate asked.
+    let mut wrong = join_args.to_vec();
+    wrong[5] = format!("sha256:{}", "0".repeat(64));
+    let scratch = tempfile::tempdir().unwrap();
+    let out = w.vpc.hosts[0]
+        .command(bin)
+        .args(["node", "--node-name", "impostor-check", "--data-dir"])
+        .arg(scratch.path())
+        .args(&wrong)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("presented no CA"), "{err}");
+}
+
 struct HostNode {
     name: String,
     data: PathBuf,
@@ -118,6 +220,33 @@ async fn pods_talk_across_hosts_and_a_lost_hosts_pods_move() {
             data,
         });
     }
+    // Host A joins as a new host does: with a bootstrap token and the CA's hash, getting its own
+    // client and serving certificates. Host B is set up by hand (the admin kubeconfig and a
+    // serving certificate issued from the CA), as a host of an existing cluster can be.
+    let joining = Command::new(&bin)
+        .args(["token", "create", "--ttl", "1h", "--kubeconfig"])
+        .arg(&kc)
+        .output()
+        .unwrap();
+    assert!(joining.status.success(), "{}", String::from_utf8_lossy(&joining.stderr));
+    let join_line = String::from_utf8_lossy(&joining.stdout).trim().to_string();
+    let join_flag = |flag: &str| -> String {
+        let words: Vec<&str> = join_line.split_whitespace().collect();
+        let at = words
+            .iter()
+            .position(|w| *w == flag)
+            .unwrap_or_else(|| panic!("{flag} in {join_line}"));
+        words[at + 1].to_string()
+    };
+    let join_args = [
+        "--server".to_string(),
+        join_flag("--server"),
+        "--token".to_string(),
+        join_flag("--token"),
+        "--ca-cert-hash".to_string(),
+        join_flag("--ca-cert-hash"),
+    ];
+    assert!(join_args[5].starts_with("sha256:"), "{join_line}");
     let start_node = |vpc: &mut Vpc, i: usize, nodes: &[HostNode]| {
         let host = &mut vpc.hosts[i];
         let n = &nodes[i];
@@ -131,18 +260,22 @@ async fn pods_talk_across_hosts_and_a_lost_hosts_pods_move() {
             "--node-lease-duration",
             "8s",
         ])
-        .arg("--kubeconfig")
-        .arg(&kc)
         .arg("--data-dir")
         .arg(&n.data)
         .args(["--kubelet-listen", &format!("{}:0", host.addr)])
-        .arg("--kubelet-cert")
-        .arg(n.data.join("kubelet.crt"))
-        .arg("--kubelet-key")
-        .arg(n.data.join("kubelet.key"))
-        .arg("--kubelet-client-ca")
-        .arg(n.data.join("client-ca.crt"))
         .args(["--cluster-cidr", CLUSTER_CIDR, "--dns-listen", "127.0.0.1:0"]);
+        if i == 0 {
+            cmd.args(&join_args);
+        } else {
+            cmd.arg("--kubeconfig")
+                .arg(&kc)
+                .arg("--kubelet-cert")
+                .arg(n.data.join("kubelet.crt"))
+                .arg("--kubelet-key")
+                .arg(n.data.join("kubelet.key"))
+                .arg("--kubelet-client-ca")
+                .arg(n.data.join("client-ca.crt"));
+        }
         // Host B brings its own block; host A takes the one control allocates (10.248.0.0/24,
         // the first that B's does not overlap), and cluster DNS at its first address.
         if i == 1 {
@@ -224,6 +357,7 @@ spec:
         String::from_utf8_lossy(&waited.stderr),
         node_log(&w.nodes[0])
     );
+    node_credentials_stay_with_their_node(&bin, &kc, &w, &join_args);
     let a_cidr = kubectl_ok(
         &kc,
         &["get", "node", &w.nodes[0].name, "-o", "jsonpath={.spec.podCIDR}"],
