@@ -98,7 +98,10 @@ pub fn admit(group: &str, kind: &str, obj: &Value, old: Option<&Value>, policy: 
     if let Some((rule, message)) = platform::check(group, kind, obj, policy) {
         return Verdict::Forbidden { rule, message };
     }
-    let causes = validate::validate(group, kind, obj, old);
+    let mut causes = validate::validate(group, kind, obj, old);
+    if (group, kind, old) == ("certificates.k8s.io", "CertificateSigningRequest", None) {
+        causes.extend(certificates::validate_create(obj));
+    }
     if causes.is_empty() {
         Verdict::Allowed
     } else {

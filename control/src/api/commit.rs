@@ -7,10 +7,30 @@ use std::sync::Arc;
 use serde_json::{Value, json};
 
 use super::ApiState;
-use super::error::{ApiError, invalid_all as invalid, store_err, subject};
+use super::error::{ApiError, Cause, Subject, store_err, subject};
 use super::objects;
 use super::registry::Served;
 use crate::store::{Stored, Write};
+
+/// The 422 for an object of `served` that breaks `causes`.
+fn invalid(served: &Served, name: &str, causes: &[crate::admission::Cause]) -> ApiError {
+    ApiError::Invalid {
+        message: crate::admission::invalid_message(&served.def.qualified_kind(), name, causes),
+        causes: causes
+            .iter()
+            .map(|c| Cause {
+                reason: c.reason.to_string(),
+                message: c.message.clone(),
+                field: c.field.clone(),
+            })
+            .collect(),
+        subject: Subject {
+            group: served.def.group.clone(),
+            kind: served.def.kind.clone(),
+            name: name.to_string(),
+        },
+    }
+}
 
 /// Run admission: the apiserver's validation and the platform's rules.
 pub fn admit(state: &ApiState, served: &Served, obj: &Value, old: Option<&Value>) -> Result<(), ApiError> {

@@ -243,23 +243,3 @@ pub fn store_err(served: &Served, name: &str, e: crate::store::StoreError) -> Ap
         S::Closed => ApiError::Unavailable("the store is shutting down".into()),
     }
 }
-
-/// The 422 for an object of `served` that breaks `causes`.
-pub fn invalid_all(served: &Served, name: &str, causes: &[crate::admission::Cause]) -> ApiError {
-    ApiError::Invalid {
-        message: crate::admission::invalid_message(&served.def.qualified_kind(), name, causes),
-        causes: causes
-            .iter()
-            .map(|c| Cause {
-                reason: c.reason.to_string(),
-                message: c.message.clone(),
-                field: c.field.clone(),
-            })
-            .collect(),
-        subject: Subject {
-            group: served.def.group.clone(),
-            kind: served.def.kind.clone(),
-            name: name.to_string(),
-        },
-    }
-}

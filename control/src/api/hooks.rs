@@ -67,10 +67,6 @@ pub fn before_create(state: &ApiState, served: &Served, obj: &mut Value) -> Resu
         if let Some(user) = crate::auth::requester() {
             crate::admission::certificates::stamp_requester(obj, &user);
         }
-        let causes = crate::admission::certificates::validate_create(obj);
-        if !causes.is_empty() {
-            return Err(super::error::invalid_all(served, super::objects::name_of(obj), &causes));
-        }
     }
     Ok(None)
 }
