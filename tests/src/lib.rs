@@ -609,6 +609,7 @@ pub mod http3;
 pub mod nfs;
 pub mod ready;
 pub mod s3;
+pub mod traffic;
 
 /// The addresses `ingress-l7` prints once listening ("ingress-l7: http on A, https and http3 on
 /// B, metrics on C"), read from its piped stdout: HTTP, HTTPS, metrics.

@@ -17,14 +17,15 @@
 //! when it fails.
 #![forbid(unsafe_code)]
 
-use std::io::{Read, Write};
-use std::net::{Ipv4Addr, TcpListener, TcpStream};
+use std::io::Write;
+use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use nodeless_tests::traffic;
 use serde_json::{Value, json};
 
 #[derive(Parser)]
@@ -171,128 +172,15 @@ fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// Serve 1-byte request/response until the client goes.
-fn rr_server(port: u16) -> Result<()> {
-    let l = TcpListener::bind(("0.0.0.0", port))?;
-    println!("ready");
-    std::io::stdout().flush()?;
-    let (mut s, _) = l.accept()?;
-    s.set_nodelay(true)?;
-    let mut b = [0u8; 1];
-    while s.read_exact(&mut b).is_ok() {
-        s.write_all(&b)?;
-    }
-    Ok(())
-}
-
-/// Ping-pong one byte for `seconds`; print the exchanges per second.
-fn rr_client(addr: &str, seconds: u64) -> Result<()> {
-    let mut s = TcpStream::connect(addr)?;
-    s.set_nodelay(true)?;
-    let mut b = [7u8; 1];
-    let deadline = Instant::now() + Duration::from_secs(seconds);
-    let mut n = 0u64;
-    let start = Instant::now();
-    while Instant::now() < deadline {
-        s.write_all(&b)?;
-        s.read_exact(&mut b)?;
-        n += 1;
-    }
-    println!("{:.0}", n as f64 / start.elapsed().as_secs_f64());
-    Ok(())
-}
-
-/// The median of each field over the rounds.
-fn medians(rounds: &[[f64; 3]]) -> [f64; 3] {
-    let median = |i: usize| {
-        let mut v: Vec<f64> = rounds.iter().map(|r| r[i]).collect();
-        v.sort_by(f64::total_cmp);
-        v[v.len() / 2]
-    };
-    [median(0), median(1), median(2)]
-}
-
-fn request_response(me: &Path, a: &Netns, b: &Netns, b_ip: Ipv4Addr, seconds: u64, cores: (&str, &str)) -> Result<f64> {
-    let me = me.to_str().unwrap_or_default();
-    let mut server = b
-        .cmd("taskset")
-        .args(["-c", cores.1, me, "--rr-server", "5301"])
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut ready = [0u8; 6];
-    server
-        .stdout
-        .as_mut()
-        .context("rr server stdout")?
-        .read_exact(&mut ready)?;
-    let out = a
-        .cmd("taskset")
-        .args([
-            "-c",
-            cores.0,
-            me,
-            "--rr-client",
-            &format!("{b_ip}:5301"),
-            "--seconds",
-            &seconds.to_string(),
-        ])
-        .output()?;
-    let _ = server.kill();
-    let _ = server.wait();
-    String::from_utf8_lossy(&out.stdout)
-        .trim()
-        .parse()
-        .with_context(|| format!("rr client: {}", String::from_utf8_lossy(&out.stderr)))
-}
-
-/// TCP throughput (Gbit/s) from pod `a` to pod `b`, and request/response rates (per second)
-/// with client and server on two cores and on one. Each process keeps to its core (the same
-/// for both networks): the scheduler moving them about was most of the spread between rounds.
-fn traffic(me: &Path, a: &Netns, b: &Netns, b_ip: Ipv4Addr, seconds: u64) -> Result<[f64; 3]> {
-    let mut server = b
-        .cmd("taskset")
-        .args(["-c", "1", "iperf3", "-s", "-1", "-p", "5201"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .context("iperf3 (apt-get install iperf3)")?;
-    std::thread::sleep(Duration::from_millis(300));
-    let out = a
-        .cmd("taskset")
-        .args([
-            "-c",
-            "0",
-            "iperf3",
-            "-c",
-            &b_ip.to_string(),
-            "-p",
-            "5201",
-            "-t",
-            &seconds.to_string(),
-            "-J",
-        ])
-        .output()?;
-    let _ = server.kill();
-    let _ = server.wait();
-    let v: Value = serde_json::from_slice(&out.stdout).context("iperf3 output")?;
-    let gbps = v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .context("iperf3 gave no rate")?
-        / 1e9;
-    let two = request_response(me, a, b, b_ip, seconds, ("0", "1"))?;
-    let one = request_response(me, a, b, b_ip, seconds, ("0", "0"))?;
-    Ok([gbps, two, one])
-}
-
 // The plugins take turns at each pod index, so the loops index two lists by position.
 #[allow(clippy::needless_range_loop)]
 fn main() -> Result<()> {
     let args = Args::parse();
     if let Some(port) = args.rr_server {
-        return rr_server(port);
+        return traffic::rr_server(port);
     }
     if let Some(addr) = &args.rr_client {
-        return rr_client(addr, args.seconds);
+        return traffic::rr_client(addr, args.seconds);
     }
     let me = std::env::current_exe()?;
     let eni = me.with_file_name("eni-cni");
@@ -406,11 +294,14 @@ fn main() -> Result<()> {
     // Rounds taking turns, medians kept: the machine's noise falls on all three.
     let (mut r0, mut r1, mut r2) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..args.rounds.max(1) {
-        r0.push(traffic(&me, &pods[0][0].0, &pods[0][1].0, ips[0][1], args.seconds)?);
-        r1.push(traffic(&me, &pods[1][0].0, &pods[1][1].0, ips[1][1], args.seconds)?);
-        r2.push(traffic(&me, &sa_pods[0].0, &sa_pods[1].0, sa_pods[1].1, args.seconds)?);
+        let between = |a: &Netns, b: &Netns, ip: Ipv4Addr| {
+            traffic::measure(&me, &|p: &str| a.cmd(p), &|p: &str| b.cmd(p), ip, args.seconds)
+        };
+        r0.push(between(&pods[0][0].0, &pods[0][1].0, ips[0][1])?);
+        r1.push(between(&pods[1][0].0, &pods[1][1].0, ips[1][1])?);
+        r2.push(between(&sa_pods[0].0, &sa_pods[1].0, sa_pods[1].1)?);
     }
-    let (t0, t1, t2) = (medians(&r0), medians(&r1), medians(&r2));
+    let (t0, t1, t2) = (traffic::medians(&r0), traffic::medians(&r1), traffic::medians(&r2));
     traffic_rows.push(("pod-to-pod TCP (Gbit/s)".to_string(), t0[0], t1[0]));
     traffic_rows.push(("request/response, two cores (/s)".to_string(), t0[1], t1[1]));
     traffic_rows.push(("request/response, one core (/s)".to_string(), t0[2], t1[2]));
