@@ -116,12 +116,12 @@ async fn dispatch_to(
             }
             get(state, &served, t.namespace.as_deref(), name, want, &q)
         }
-        (Some(name), sub @ (None | Some("status" | "ephemeralcontainers")), Method::PUT) => {
+        (Some(name), sub @ (None | Some("status" | "ephemeralcontainers" | "approval")), Method::PUT) => {
             let ty = body_type(req.headers())?;
             let body = incoming(parse_value(&read_body(req.into_body()).await?, ty)?)?;
             update(state, &served, t.namespace.as_deref(), name, sub, &q, body, answer).await
         }
-        (Some(name), sub @ (None | Some("status" | "ephemeralcontainers")), Method::PATCH) => {
+        (Some(name), sub @ (None | Some("status" | "ephemeralcontainers" | "approval")), Method::PATCH) => {
             let ty = body_type(req.headers())?;
             let raw = read_body(req.into_body()).await?;
             let at = At {
@@ -132,7 +132,7 @@ async fn dispatch_to(
             };
             patch(state, &served, at, &q, ty, &raw, answer).await
         }
-        (Some(name), Some("status" | "ephemeralcontainers"), Method::GET) => {
+        (Some(name), Some("status" | "ephemeralcontainers" | "approval"), Method::GET) => {
             get(state, &served, t.namespace.as_deref(), name, answer, &q)
         }
         (Some(name), None, Method::DELETE) => {

@@ -10,7 +10,9 @@
 //!   itself, for its own name and addresses no other Node claims (Kubernetes leaves these to an
 //!   administrator or an approver such as kubelet-csr-approver, which checks the same).
 //!
-//! Everything else waits for `kubectl certificate approve`. Approved requests of the three
+//! Requests are removed an hour after they are decided and a day after they are made if nobody
+//! decides, as kube-controller-manager's cleaner does. Everything else waits for
+//! `kubectl certificate approve`. Approved requests of the three
 //! signers control knows are signed for what the signer allows and no more; a request a signer
 //! cannot sign gets a `Failed` condition with the reason.
 
@@ -231,34 +233,52 @@ fn condition(kind: &str, reason: &str, message: &str) -> Value {
            "lastUpdateTime": now, "lastTransitionTime": now})
 }
 
-pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError> {
+/// How long a request is kept once decided (approved, denied, failed) and while pending, as
+/// kube-controller-manager's CSR cleaner keeps them.
+const KEEP_DECIDED: Duration = Duration::from_secs(3600);
+const KEEP_PENDING: Duration = Duration::from_secs(24 * 3600);
+
+/// Approve, sign, and clean up one request; looked at again when it is due to be removed.
+pub async fn reconcile(client: LocalClient, key: String) -> super::Outcome {
     let served = client.served(GROUP, PLURAL);
     let (_, name) = split_key(&key);
     let Some(current) = client.get(&served, None, name) else {
-        return Ok(());
+        return Ok(None);
     };
     let csr = &*current.obj;
+    let age = chrono::DateTime::parse_from_rfc3339(super::str_at(csr, "/metadata/creationTimestamp"))
+        .ok()
+        .and_then(|t| (chrono::Utc::now() - t.with_timezone(&chrono::Utc)).to_std().ok())
+        .unwrap_or_default();
     let issued = csr
         .pointer("/status/certificate")
         .and_then(Value::as_str)
         .is_some_and(|c| !c.is_empty());
+    let decided = issued || ["Approved", "Denied", "Failed"].iter().any(|c| has_condition(csr, c));
+    let keep = if decided { KEEP_DECIDED } else { KEEP_PENDING };
+    if age >= keep {
+        client.delete(&served, None, name, None).await?;
+        tracing::info!(csr = %name, "removed a certificate signing request past its time");
+        return Ok(None);
+    }
+    let again = Some(keep - age);
     if issued || has_condition(csr, "Denied") || has_condition(csr, "Failed") {
-        return Ok(());
+        return Ok(again);
     }
     let signer = csr
         .pointer("/spec/signerName")
         .and_then(Value::as_str)
         .unwrap_or_default();
     if ![CLIENT_SIGNER, KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER].contains(&signer) {
-        return Ok(());
+        return Ok(again);
     }
     let Some(req) = request_pem(csr).and_then(|pem| crate::tls::inspect_request(&pem).ok()) else {
-        return Ok(()); // Admission refuses these; nothing to sign.
+        return Ok(again); // Admission refuses these; nothing to sign.
     };
     let mut new = csr.clone();
     if !has_condition(csr, "Approved") {
         let Some(why) = auto_approval(&client, csr, &req) else {
-            return Ok(());
+            return Ok(again);
         };
         push_condition(&mut new, condition("Approved", "AutoApproved", &why));
         tracing::info!(csr = %name, requester = %requester(csr).name, subject = %req.common_name, "approved");
@@ -290,7 +310,7 @@ pub async fn reconcile(client: LocalClient, key: String) -> Result<(), ApiError>
         }
     }
     client.update_status(&served, &current, new).await?;
-    Ok(())
+    Ok(Some(KEEP_DECIDED.saturating_sub(age)))
 }
 
 fn push_condition(csr: &mut Value, c: Value) {

@@ -204,7 +204,7 @@ pub fn start(
             "certificatesigningrequest",
             certificates::interested,
             certificates::resync,
-            |c, k| Box::pin(done(certificates::reconcile(c, k))),
+            |c, k| Box::pin(certificates::reconcile(c, k)),
         )),
         tokio::spawn(knative::autoscaler::run(client.clone())),
         tokio::spawn(drive(
