@@ -231,24 +231,6 @@ async fn request_certificate(
     }
 }
 
-fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    Ok(())
-}
-
 /// Join with `args` (or with the credentials an earlier join left in `data_dir`): the node's
 /// client and its kubelet API's serving certificate for `host_ip`.
 pub async fn join(args: &JoinArgs, data_dir: &Path, node: &str, host_ip: &str) -> anyhow::Result<Joined> {
@@ -284,8 +266,9 @@ pub async fn join(args: &JoinArgs, data_dir: &Path, node: &str, host_ip: &str) -
                 &ca,
                 serde_json::json!({"client-certificate-data": b64(&cert), "client-key-data": b64(&key)}),
             );
-            write_private(&ca_path, &ca)?;
-            write_private(&kubeconfig, &yaml)?;
+            std::fs::create_dir_all(crate::node_cmd::node_dir(data_dir))?;
+            crate::node_cmd::write_private(&ca_path, &ca)?;
+            crate::node_cmd::write_private(&kubeconfig, &yaml)?;
             println!(
                 "nodeless: joined {server} as system:node:{node} (credentials in {})",
                 kubeconfig.display()

@@ -531,20 +531,6 @@ async fn run_dns(kubeconfig: PathBuf, args: DnsArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn write_private(path: &PathBuf, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(contents.as_bytes())?;
-    Ok(())
-}
-
 async fn wait_for_signal() -> anyhow::Result<()> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
@@ -652,9 +638,9 @@ async fn run_control(mut args: UpArgs, with_node: bool) -> anyhow::Result<()> {
     let cp = nodeless_control::ControlPlane::start(cfg)
         .await
         .context("starting the control plane")?;
-    write_private(&args.kubeconfig, &cp.kubeconfig(true))?;
+    node_cmd::write_private(&args.kubeconfig, &cp.kubeconfig(true))?;
     if let Some(v) = &args.viewer_kubeconfig {
-        write_private(v, &cp.kubeconfig(false))?;
+        node_cmd::write_private(v, &cp.kubeconfig(false))?;
     }
     println!("nodeless: API server on https://{}", cp.addr);
     println!("nodeless: kubeconfig written to {}", args.kubeconfig.display());

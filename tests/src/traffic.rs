@@ -47,6 +47,16 @@ pub fn rr_client(addr: &str, seconds: u64) -> Result<()> {
     Ok(())
 }
 
+/// When the benchmark binary was started as one end of a request/response exchange
+/// (`--rr-server PORT` or `--rr-client ADDR`), play that end and give its result.
+pub fn play_end(server: Option<u16>, client: Option<&str>, seconds: u64) -> Option<Result<()>> {
+    match (server, client) {
+        (Some(port), _) => Some(rr_server(port)),
+        (None, Some(addr)) => Some(rr_client(addr, seconds)),
+        (None, None) => None,
+    }
+}
+
 /// The median of each field over the rounds.
 pub fn medians(rounds: &[[f64; 3]]) -> [f64; 3] {
     let median = |i: usize| {

@@ -48,15 +48,20 @@ pub fn request_pem(obj: &Value) -> Option<String> {
     String::from_utf8(raw).ok()
 }
 
-/// The usages a request names.
-pub fn usages(obj: &Value) -> Vec<String> {
-    obj.pointer("/spec/usages")
+/// The strings of the list at `ptr` (a request's usages, its requester's groups).
+pub fn strings(obj: &Value, ptr: &str) -> Vec<String> {
+    obj.pointer(ptr)
         .and_then(Value::as_array)
         .into_iter()
         .flatten()
         .filter_map(Value::as_str)
         .map(str::to_string)
         .collect()
+}
+
+/// The usages a request names.
+pub fn usages(obj: &Value) -> Vec<String> {
+    strings(obj, "/spec/usages")
 }
 
 /// Checks on a new request, as the apiserver's validation makes them.

@@ -23,7 +23,7 @@ use serde_json::{Value, json};
 
 use super::split_key;
 use crate::admission::certificates::{
-    CLIENT_SIGNER, KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER, request_pem, usages,
+    CLIENT_SIGNER, KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER, request_pem, strings, usages,
 };
 use crate::api::error::ApiError;
 use crate::api::local::LocalClient;
@@ -62,22 +62,13 @@ fn has_condition(csr: &Value, kind: &str) -> bool {
 }
 
 fn requester(csr: &Value) -> User {
-    let strings = |ptr: &str| -> Vec<String> {
-        csr.pointer(ptr)
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str)
-            .map(str::to_string)
-            .collect()
-    };
     User {
         name: csr
             .pointer("/spec/username")
             .and_then(Value::as_str)
             .unwrap_or_default()
             .into(),
-        groups: strings("/spec/groups"),
+        groups: strings(csr, "/spec/groups"),
         ..Default::default()
     }
 }

@@ -203,17 +203,6 @@ mod tests {
     use super::*;
     use crate::store::Write;
 
-    fn attrs(
-        verb: &str,
-        group: &str,
-        res: &str,
-        sub: Option<&str>,
-        ns: Option<&str>,
-        name: Option<&str>,
-    ) -> Attributes {
-        Attributes::resource(verb, group, res, sub, ns, name)
-    }
-
     #[test]
     fn a_pod_names_what_it_uses() {
         let pod = json!({"metadata": {"name": "p"}, "spec": {
@@ -264,10 +253,24 @@ mod tests {
                 .unwrap();
         }
         let ok = |a: Attributes| authorize(&store, "a", &a).is_some_and(|d| d.allowed);
-        assert!(ok(attrs("patch", "", "nodes", Some("status"), None, Some("a"))));
-        assert!(!ok(attrs("patch", "", "nodes", Some("status"), None, Some("b"))));
-        assert!(!ok(attrs("delete", "", "nodes", None, None, Some("b"))));
-        assert!(ok(attrs(
+        assert!(ok(Attributes::resource(
+            "patch",
+            "",
+            "nodes",
+            Some("status"),
+            None,
+            Some("a")
+        )));
+        assert!(!ok(Attributes::resource(
+            "patch",
+            "",
+            "nodes",
+            Some("status"),
+            None,
+            Some("b")
+        )));
+        assert!(!ok(Attributes::resource("delete", "", "nodes", None, None, Some("b"))));
+        assert!(ok(Attributes::resource(
             "update",
             "coordination.k8s.io",
             "leases",
@@ -275,7 +278,7 @@ mod tests {
             Some(LEASE_NAMESPACE),
             Some("a")
         )));
-        assert!(!ok(attrs(
+        assert!(!ok(Attributes::resource(
             "update",
             "coordination.k8s.io",
             "leases",
@@ -283,7 +286,7 @@ mod tests {
             Some(LEASE_NAMESPACE),
             Some("b")
         )));
-        assert!(!ok(attrs(
+        assert!(!ok(Attributes::resource(
             "update",
             "coordination.k8s.io",
             "leases",
@@ -291,8 +294,15 @@ mod tests {
             Some("kube-system"),
             Some("a")
         )));
-        assert!(ok(attrs("patch", "", "pods", Some("status"), Some("ns"), Some("mine"))));
-        assert!(!ok(attrs(
+        assert!(ok(Attributes::resource(
+            "patch",
+            "",
+            "pods",
+            Some("status"),
+            Some("ns"),
+            Some("mine")
+        )));
+        assert!(!ok(Attributes::resource(
             "patch",
             "",
             "pods",
@@ -301,15 +311,50 @@ mod tests {
             Some("theirs")
         )));
         assert!(
-            !ok(attrs("patch", "", "pods", None, Some("ns"), Some("mine"))),
+            !ok(Attributes::resource(
+                "patch",
+                "",
+                "pods",
+                None,
+                Some("ns"),
+                Some("mine")
+            )),
             "only the status"
         );
-        assert!(ok(attrs("delete", "", "pods", None, Some("ns"), Some("mine"))));
-        assert!(!ok(attrs("delete", "", "pods", None, Some("ns"), Some("theirs"))));
-        assert!(ok(attrs("get", "", "secrets", None, Some("ns"), Some("s-mine"))));
-        assert!(!ok(attrs("get", "", "secrets", None, Some("ns"), Some("s-theirs"))));
-        assert!(!ok(attrs("list", "", "secrets", None, Some("ns"), None)));
-        assert!(ok(attrs(
+        assert!(ok(Attributes::resource(
+            "delete",
+            "",
+            "pods",
+            None,
+            Some("ns"),
+            Some("mine")
+        )));
+        assert!(!ok(Attributes::resource(
+            "delete",
+            "",
+            "pods",
+            None,
+            Some("ns"),
+            Some("theirs")
+        )));
+        assert!(ok(Attributes::resource(
+            "get",
+            "",
+            "secrets",
+            None,
+            Some("ns"),
+            Some("s-mine")
+        )));
+        assert!(!ok(Attributes::resource(
+            "get",
+            "",
+            "secrets",
+            None,
+            Some("ns"),
+            Some("s-theirs")
+        )));
+        assert!(!ok(Attributes::resource("list", "", "secrets", None, Some("ns"), None)));
+        assert!(ok(Attributes::resource(
             "create",
             "",
             "serviceaccounts",
@@ -317,7 +362,7 @@ mod tests {
             Some("ns"),
             Some("default")
         )));
-        assert!(!ok(attrs(
+        assert!(!ok(Attributes::resource(
             "create",
             "",
             "serviceaccounts",
@@ -325,8 +370,8 @@ mod tests {
             Some("other"),
             Some("default")
         )));
-        assert!(ok(attrs("watch", "", "pods", None, None, None)));
-        assert!(ok(attrs(
+        assert!(ok(Attributes::resource("watch", "", "pods", None, None, None)));
+        assert!(ok(Attributes::resource(
             "list",
             "discovery.k8s.io",
             "endpointslices",
@@ -334,9 +379,16 @@ mod tests {
             None,
             None
         )));
-        assert!(!ok(attrs("create", "", "pods", None, Some("ns"), None)));
-        assert!(!ok(attrs("update", "", "services", None, Some("ns"), Some("x"))));
-        assert!(!ok(attrs(
+        assert!(!ok(Attributes::resource("create", "", "pods", None, Some("ns"), None)));
+        assert!(!ok(Attributes::resource(
+            "update",
+            "",
+            "services",
+            None,
+            Some("ns"),
+            Some("x")
+        )));
+        assert!(!ok(Attributes::resource(
             "list",
             "rbac.authorization.k8s.io",
             "clusterroles",

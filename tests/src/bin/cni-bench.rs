@@ -176,11 +176,8 @@ fn ms(d: Duration) -> f64 {
 #[allow(clippy::needless_range_loop)]
 fn main() -> Result<()> {
     let args = Args::parse();
-    if let Some(port) = args.rr_server {
-        return traffic::rr_server(port);
-    }
-    if let Some(addr) = &args.rr_client {
-        return traffic::rr_client(addr, args.seconds);
+    if let Some(done) = traffic::play_end(args.rr_server, args.rr_client.as_deref(), args.seconds) {
+        return done;
     }
     let me = std::env::current_exe()?;
     let eni = me.with_file_name("eni-cni");

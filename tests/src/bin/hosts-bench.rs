@@ -82,11 +82,8 @@ impl Drop for World {
 
 fn main() -> Result<()> {
     let args = Args::parse();
-    if let Some(port) = args.rr_server {
-        return traffic::rr_server(port);
-    }
-    if let Some(addr) = &args.rr_client {
-        return traffic::rr_client(addr, args.seconds);
+    if let Some(done) = traffic::play_end(args.rr_server, args.rr_client.as_deref(), args.seconds) {
+        return done;
     }
     anyhow::ensure!(
         nix::unistd::Uid::effective().is_root(),

@@ -41,6 +41,21 @@ fn kubectl_ok(kc: &Path, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// The name of the first pod of the `web` Deployment (all of them run on host B).
+fn first_web_pod(kc: &Path) -> String {
+    kubectl_ok(
+        kc,
+        &[
+            "get",
+            "pods",
+            "-l",
+            "app=web",
+            "-o",
+            "jsonpath={.items[0].metadata.name}",
+        ],
+    )
+}
+
 fn apply(kc: &Path, yaml: &str) {
     let out = kubectl(kc, &["apply", "-f", "-"], Some(yaml));
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -101,17 +116,7 @@ fn node_credentials_stay_with_their_node(bin: &Path, admin: &Path, w: &World, jo
         &["annotate", "lease", "-n", "kube-node-lease", b, "nodeless.test/x=y"],
         "changed another host's Lease",
     );
-    let web_on_b = kubectl_ok(
-        admin,
-        &[
-            "get",
-            "pods",
-            "-l",
-            "app=web",
-            "-o",
-            "jsonpath={.items[0].metadata.name}",
-        ],
-    );
+    let web_on_b = first_web_pod(admin);
     refused(
         &["delete", "pod", &web_on_b, "--wait=false"],
         "deleted a pod of another host",
@@ -409,17 +414,7 @@ spec:
             "jsonpath={.status.daemonEndpoints.kubeletEndpoint.Port}",
         ],
     );
-    let web_pod = kubectl_ok(
-        &kc,
-        &[
-            "get",
-            "pods",
-            "-l",
-            "app=web",
-            "-o",
-            "jsonpath={.items[0].metadata.name}",
-        ],
-    );
+    let web_pod = first_web_pod(&kc);
     let out = w.vpc.hosts[0]
         .command("curl")
         .args(["-sS", "-k", "--max-time", "5"])
