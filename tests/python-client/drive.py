@@ -30,6 +30,13 @@ def template(labels):
     return {"metadata": {"labels": labels}, "spec": {"containers": [container()]}}
 
 
+# A certificate request (CN=python-client, O=python) made once with openssl, base64 as the API
+# carries it; its key was thrown away, and its signer is nobody's, so nothing is signed for it.
+CSR_REQUEST = (
+    "LS0tLS1CRUdJTiBDRVJUSUZJQ0FURSBSRVFVRVNULS0tLS0KTUlIa01JR0xBZ0VBTUNreEZqQVVCZ05WQkFNTURYQjVkR2h2YmkxamJHbGxiblF4RHpBTkJnTlZCQW9NQm5CNQpkR2h2YmpCWk1CTUdCeXFHU000OUFnRUdDQ3FHU000OUF3RUhBMElBQklmblRJb2lWaFkxSnkyNENWVUNJM20xCjNkWm9VeXhEMmV1TngxU212M2l3eWFGelpWdDUrTEdBYWhRNytVeSt0T3pqZVBITXFDTW5TdE0xdDZEMm1yNmcKQURBS0JnZ3Foa2pPUFFRREFnTklBREJGQWlFQSthMUR3V0pIQU1aYSttM2NFVGEwV3lvK2NVZm01bHNEbGR2OQpnT1ZvTWtnQ0lFeldtcllBMUVRaHhqdEJERHVnWjNaY1dPalcxRFlEc1dmNjdLZXZXT2RpCi0tLS0tRU5EIENFUlRJRklDQVRFIFJFUVVFU1QtLS0tLQo="
+)
+
+
 def sample(group, kind, name):
     """A minimal valid object of each served kind (metadata added by the caller)."""
     sel = {"app": name}
@@ -143,6 +150,13 @@ def sample(group, kind, name):
             "ports": [{"port": 80}],
         },
         ("coordination.k8s.io", "Lease"): {"spec": {"holderIdentity": "python", "leaseDurationSeconds": 10}},
+        ("certificates.k8s.io", "CertificateSigningRequest"): {
+            "spec": {
+                "request": CSR_REQUEST,
+                "signerName": "python.example.com/signer",
+                "usages": ["digital signature", "client auth"],
+            }
+        },
         ("rbac.authorization.k8s.io", "ClusterRole"): {
             "rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]
         },
