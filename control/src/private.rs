@@ -26,6 +26,23 @@ pub fn file(path: &Path) -> io::Result<()> {
     }
 }
 
+/// Write `contents` to `path` as a 0600 file, durably: to a temporary file beside it, synced,
+/// then renamed over it, so a crash leaves the old file or the new one, never half of one.
+pub fn write(path: &Path, contents: &[u8]) -> io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .write(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)
+}
+
 #[cfg(test)]
 mod tests {
     use std::os::unix::fs::PermissionsExt;

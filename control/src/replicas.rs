@@ -59,7 +59,7 @@ pub async fn share_keys(store: &Store, data_dir: &Path, hosts: &[String]) -> Res
                 if std::fs::read_to_string(&path).ok().as_deref() != Some(text) {
                     crate::private::dir(path.parent().unwrap_or(data_dir))
                         .map_err(io(format!("creating {}", path.display())))?;
-                    write_private(&path, text).map_err(io(format!("writing {}", path.display())))?;
+                    crate::private::write(&path, text.as_bytes()).map_err(io(format!("writing {}", path.display())))?;
                     changed = true;
                 }
             }
@@ -93,21 +93,6 @@ pub async fn share_keys(store: &Store, data_dir: &Path, hosts: &[String]) -> Res
             Err(e) => return Err(e.into()),
         }
     }
-}
-
-fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)
 }
 
 /// The Lease the controllers' leader holds.

@@ -40,21 +40,10 @@ fn read(path: &Path) -> Result<String, TlsError> {
 }
 
 fn write_private(path: &Path, contents: &str) -> Result<(), TlsError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| TlsError::Io {
+    crate::private::write(path, contents.as_bytes()).map_err(|source| TlsError::Io {
         path: path.into(),
         source,
-    };
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(io)?;
-    f.write_all(contents.as_bytes()).map_err(io)?;
-    f.sync_all().map_err(io)
+    })
 }
 
 /// A leaf certificate of the CA: `common_name`, valid for `hosts` (names and IP addresses),

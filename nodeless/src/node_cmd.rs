@@ -507,18 +507,7 @@ fn nix_is_root() -> bool {
 
 /// Write a file only its owner may read (a kubeconfig, a key), durably.
 pub fn write_private(path: &Path, contents: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    f.write_all(contents.as_bytes())?;
-    f.sync_all()?;
-    Ok(())
+    nodeless_control::private::write(path, contents.as_bytes()).with_context(|| format!("writing {}", path.display()))
 }
 
 /// A client for a kubeconfig file.

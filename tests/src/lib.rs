@@ -554,6 +554,27 @@ pub fn echo_binary() -> Result<PathBuf> {
     Ok(echo)
 }
 
+/// Import the test images into the image store of a node whose data directory is `data_dir`,
+/// with `nodeless image import` (for nodes a test starts by hand, not through [`Nodeless`]).
+pub fn import_test_images(data_dir: &Path) -> Result<()> {
+    let bin = nodeless_binary()?;
+    for layout in test_image_layouts()? {
+        let out = std::process::Command::new(&bin)
+            .args(["image", "import"])
+            .arg(&layout)
+            .arg("--data-dir")
+            .arg(data_dir)
+            .output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "importing {}: {}",
+            layout.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
 /// OCI layouts of the test images, built once per process into `target/test-images/<echo
 /// binary digest>` (kept between runs; a new echo binary makes a new directory).
 pub fn test_image_layouts() -> Result<Vec<PathBuf>> {

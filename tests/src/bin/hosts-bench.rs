@@ -22,7 +22,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::Parser;
 use nodeless_tests::hosts::Vpc;
-use nodeless_tests::{images, kubectl_path, nodeless_binary, test_image_layouts, traffic};
+use nodeless_tests::{images, kubectl_path, nodeless_binary, traffic};
 
 #[derive(Parser)]
 struct Args {
@@ -122,15 +122,7 @@ fn main() -> Result<()> {
         let data = work.path().join(format!("host{i}"));
         std::fs::create_dir_all(&data)?;
         w.nodes.push((name.clone(), data.clone()));
-        for layout in test_image_layouts()? {
-            let out = Command::new(&bin)
-                .args(["image", "import"])
-                .arg(&layout)
-                .arg("--data-dir")
-                .arg(&data)
-                .output()?;
-            anyhow::ensure!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        }
+        nodeless_tests::import_test_images(&data)?;
         let addr = w.vpc.hosts[i].addr.clone();
         let issued = nodeless_control::tls::issue_kubelet_serving(
             &control_data.join("pki"),

@@ -9,7 +9,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use nodeless_tests::hosts::Vpc;
-use nodeless_tests::{eventually, images, kubectl_path, nodeless_binary, tail, test_image_layouts};
+use nodeless_tests::{eventually, images, kubectl_path, nodeless_binary, tail};
 
 const V: &str = "1.33";
 const CLUSTER_CIDR: &str = "10.248.0.0/16";
@@ -200,16 +200,7 @@ async fn pods_talk_across_hosts_and_a_lost_hosts_pods_move() {
         let name = format!("{}-{i}", host.netns);
         let data = work.path().join(format!("host{i}"));
         std::fs::create_dir_all(&data).unwrap();
-        for layout in test_image_layouts().unwrap() {
-            let out = Command::new(&bin)
-                .args(["image", "import"])
-                .arg(&layout)
-                .arg("--data-dir")
-                .arg(&data)
-                .output()
-                .unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-        }
+        nodeless_tests::import_test_images(&data).unwrap();
         let issued = nodeless_control::tls::issue_kubelet_serving(
             &control_data.join("pki"),
             &name,

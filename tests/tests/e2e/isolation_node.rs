@@ -389,16 +389,7 @@ fn a_node_joining_from_elsewhere_takes_its_certificate_from_flags() {
     nodeless_tests::searchable(dir.path()).unwrap();
     let data = dir.path().join("data");
     let bin = nodeless_tests::nodeless_binary().unwrap();
-    for layout in nodeless_tests::test_image_layouts().unwrap() {
-        let out = Command::new(&bin)
-            .args(["image", "import"])
-            .arg(&layout)
-            .arg("--data-dir")
-            .arg(&data)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    }
+    nodeless_tests::import_test_images(&data).unwrap();
     let name = format!("alone-{}", std::process::id());
     // What an operator would hand the node: a serving certificate from the cluster CA, and the CA.
     let issued =
